@@ -1,0 +1,64 @@
+"""pepperpy-pg-memory: the memory layer for LLM agents, on PostgreSQL.
+
+Semantic recall through pgvector, contextual recall through full-text search, hybrid recall
+fusing both, with memory types, scopes and expiry. Start with :class:`PostgresStorage`.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from .config import PostgresConfig
+from .embeddings import (
+    Embedder,
+    HashingEmbedder,
+    LangChainEmbedder,
+    SentenceTransformerEmbedder,
+    default_embedder,
+)
+from .errors import (
+    DimensionMismatchError,
+    MemoryConfigurationError,
+    MemoryConnectionError,
+    MemoryError,
+    MemoryIndexError,
+    MemoryNotFoundError,
+    MemorySchemaError,
+    MemoryTimeoutError,
+    MemoryValidationError,
+)
+from .models import MemoryEntry, MemoryQuery, MemorySearchResult
+from .storage import MemoryItem, MemorySearchResults, PostgresStorage, ProgressCallback
+from .types import MemoryIndex, MemoryScope, MemoryType
+
+try:
+    __version__ = version("pepperpy-pg-memory")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0"
+
+__all__ = [
+    "__version__",
+    "PostgresConfig",
+    "PostgresStorage",
+    "MemorySearchResults",
+    "MemoryItem",
+    "ProgressCallback",
+    "MemoryType",
+    "MemoryScope",
+    "MemoryIndex",
+    "MemoryQuery",
+    "MemoryEntry",
+    "MemorySearchResult",
+    "Embedder",
+    "SentenceTransformerEmbedder",
+    "LangChainEmbedder",
+    "HashingEmbedder",
+    "default_embedder",
+    "MemoryError",
+    "MemoryConfigurationError",
+    "MemoryConnectionError",
+    "MemoryTimeoutError",
+    "MemoryNotFoundError",
+    "MemoryValidationError",
+    "DimensionMismatchError",
+    "MemoryIndexError",
+    "MemorySchemaError",
+]

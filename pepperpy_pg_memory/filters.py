@@ -1,0 +1,202 @@
+"""The metadata filter language, compiled to a SQL condition whose values are all parameters.
+
+A filter is a mapping from metadata keys to conditions, in the style of MongoDB::
+
+    {"topic": "billing"}                          # equality
+    {"priority": {"$gte": 2, "$lt": 5}}           # numeric range (numbers compared as numbers)
+    {"lang": {"$in": ["en", "pt"]}}               # membership ($nin: the opposite)
+    {"tags": {"$contains": "urgent"}}             # a list that holds a value
+    {"reviewed": {"$exists": False}}              # key absent
+    {"$or": [{"topic": "billing"}, {"$not": {"lang": "en"}}]}
+
+Operators: ``$eq $ne $gt $gte $lt $lte $in $nin $contains $exists`` on a key, and
+``$and $or $not`` to combine. A key is a name of letters, digits, ``_`` and ``-``; dots step into
+nested objects (``"user.plan"``). Keys travel as ``text[]`` parameters and values as ``jsonb`` or
+``numeric`` parameters: nothing from a filter is ever spliced into the SQL text. Anything
+outside this grammar raises :class:`~pepperpy_pg_memory.MemoryValidationError`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from .errors import MemoryValidationError
+
+__all__ = ["Params", "compile_filter", "MAX_FILTER_DEPTH"]
+
+MAX_FILTER_DEPTH = 8
+MAX_FILTER_CONDITIONS = 200
+MAX_IN_VALUES = 1_000
+_KEY_SEGMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_\-]{0,63}")
+_MAX_KEY_SEGMENTS = 8
+
+_RANGE_OPERATORS = {"$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
+_FIELD_OPERATORS = {"$eq", "$ne", "$in", "$nin", "$contains", "$exists", *_RANGE_OPERATORS}
+_LOGICAL_OPERATORS = {"$and", "$or", "$not"}
+
+
+class Params:
+    """Collects bind parameters and hands out their ``$n`` placeholders."""
+
+    def __init__(self, initial: list[Any] | None = None) -> None:
+        self.values: list[Any] = list(initial or [])
+
+    def add(self, value: Any) -> str:
+        self.values.append(value)
+        return f"${len(self.values)}"
+
+
+class _Compiler:
+    def __init__(self, params: Params, column: str) -> None:
+        self.params = params
+        self.column = column
+        self.conditions = 0
+
+    def document(self, spec: Any, depth: int) -> str:
+        if depth > MAX_FILTER_DEPTH:
+            raise MemoryValidationError(f"filter nests deeper than {MAX_FILTER_DEPTH} levels")
+        if not isinstance(spec, Mapping):
+            raise MemoryValidationError(
+                f"a filter must be a mapping of keys to conditions, got {type(spec).__name__}"
+            )
+        parts: list[str] = []
+        for key, condition in spec.items():
+            if not isinstance(key, str):
+                raise MemoryValidationError(f"filter keys must be strings, got {key!r}")
+            if key in _LOGICAL_OPERATORS:
+                parts.append(self.logical(key, condition, depth))
+            elif key.startswith("$"):
+                raise MemoryValidationError(
+                    f"unknown filter operator {key!r} at the top of a filter "
+                    f"(use one of {sorted(_LOGICAL_OPERATORS)})"
+                )
+            else:
+                parts.append(self.field(key, condition))
+        if not parts:
+            return "TRUE"
+        return parts[0] if len(parts) == 1 else "(" + " AND ".join(parts) + ")"
+
+    def logical(self, operator: str, operand: Any, depth: int) -> str:
+        if operator == "$not":
+            return f"(NOT {self.document(operand, depth + 1)})"
+        if not isinstance(operand, list) or not operand:
+            raise MemoryValidationError(f"{operator} takes a non-empty list of filters")
+        joiner = " AND " if operator == "$and" else " OR "
+        return "(" + joiner.join(self.document(item, depth + 1) for item in operand) + ")"
+
+    def field(self, key: str, condition: Any) -> str:
+        path = _key_path(key)
+        if isinstance(condition, Mapping) and any(
+            isinstance(op, str) and op.startswith("$") for op in condition
+        ):
+            if not condition:
+                raise MemoryValidationError(f"empty condition for {key!r}")
+            parts = [self.operator(path, key, op, operand) for op, operand in condition.items()]
+            return parts[0] if len(parts) == 1 else "(" + " AND ".join(parts) + ")"
+        return self.operator(path, key, "$eq", condition)
+
+    def operator(self, path: list[str], key: str, operator: Any, operand: Any) -> str:
+        self.conditions += 1
+        if self.conditions > MAX_FILTER_CONDITIONS:
+            raise MemoryValidationError(f"filter has more than {MAX_FILTER_CONDITIONS} conditions")
+        if operator not in _FIELD_OPERATORS:
+            raise MemoryValidationError(
+                f"unknown filter operator {operator!r} for {key!r} "
+                f"(use one of {sorted(_FIELD_OPERATORS)})"
+            )
+        column = self.column
+        if operator == "$eq":
+            return self.equals(path, key, operand)
+        if operator == "$ne":
+            return f"(NOT {self.equals(path, key, operand)})"
+        if operator in ("$in", "$nin"):
+            if not isinstance(operand, list) or not operand:
+                raise MemoryValidationError(f"{operator} for {key!r} takes a non-empty list")
+            if len(operand) > MAX_IN_VALUES:
+                raise MemoryValidationError(f"{operator} takes at most {MAX_IN_VALUES} values")
+            documents = [_nest(path, _json_scalar(key, operator, item)) for item in operand]
+            # jsonb @> ANY(...) lets the GIN (jsonb_path_ops) index serve membership tests.
+            test = f"({column} @> ANY({self.params.add(documents)}::jsonb[]))"
+            return test if operator == "$in" else f"(NOT {test})"
+        if operator == "$contains":
+            item = _json_value(key, operator, operand)
+            return f"({column} @> {self.params.add(_nest(path, [item]))}::jsonb)"
+        if operator == "$exists":
+            if not isinstance(operand, bool):
+                raise MemoryValidationError(f"$exists for {key!r} takes true or false")
+            test = f"({column} #> {self.params.add(path)}::text[]) IS NOT NULL"
+            return f"({test})" if operand else f"(NOT {test})"
+        # Range: compare as numbers, and only against values that are numbers, so that
+        # "9" never sorts above "10" and a string never satisfies a numeric bound.
+        if isinstance(operand, bool) or not isinstance(operand, (int, float)):
+            raise MemoryValidationError(
+                f"{operator} for {key!r} takes a number, got {type(operand).__name__}"
+            )
+        if not math.isfinite(operand):
+            raise MemoryValidationError(f"{operator} for {key!r} takes a finite number")
+        extracted = f"({column} #> {self.params.add(path)}::text[])"
+        bound = self.params.add(float(operand) if isinstance(operand, float) else operand)
+        return (
+            f"(jsonb_typeof({extracted}) = 'number' AND "
+            f"{extracted} {_RANGE_OPERATORS[operator]} to_jsonb({bound}::numeric))"
+        )
+
+    def equals(self, path: list[str], key: str, operand: Any) -> str:
+        value = _json_value(key, "$eq", operand)
+        if isinstance(value, (list, dict)):
+            # Containment would accept a superset; structured values need exact equality.
+            return f"(({self.column} #> {self.params.add(path)}::text[]) = {self.params.add(value)}::jsonb)"
+        return f"({self.column} @> {self.params.add(_nest(path, value))}::jsonb)"
+
+
+def _key_path(key: str) -> list[str]:
+    segments = key.split(".")
+    if len(segments) > _MAX_KEY_SEGMENTS or not all(_KEY_SEGMENT.fullmatch(s) for s in segments):
+        raise MemoryValidationError(
+            f"invalid filter key {key!r}: use letters, digits, '_' and '-', "
+            f"with '.' between nested keys"
+        )
+    return segments
+
+
+def _nest(path: list[str], value: Any) -> Any:
+    for segment in reversed(path):
+        value = {segment: value}
+    return value
+
+
+def _json_scalar(key: str, operator: str, value: Any) -> Any:
+    if isinstance(value, (list, dict)):
+        raise MemoryValidationError(f"{operator} for {key!r} takes scalar values")
+    return _json_value(key, operator, value)
+
+
+def _json_value(key: str, operator: str, value: Any) -> Any:
+    if value is None or isinstance(value, (str, bool, int)):
+        if isinstance(value, str) and "\x00" in value:
+            raise MemoryValidationError(f"{operator} for {key!r}: text may not contain NUL")
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise MemoryValidationError(f"{operator} for {key!r} takes a finite number")
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_json_value(key, operator, item) for item in value]
+    if isinstance(value, Mapping):
+        return {str(k): _json_value(key, operator, v) for k, v in value.items()}
+    raise MemoryValidationError(
+        f"{operator} for {key!r}: {type(value).__name__} is not a JSON value"
+    )
+
+
+def compile_filter(spec: Mapping[str, Any] | None, params: Params, column: str = "metadata") -> str:
+    """SQL condition for ``spec`` over the jsonb ``column``; values are added to ``params``.
+
+    ``column`` is always one of this package's own column expressions, never user input.
+    """
+    if spec is None:
+        return "TRUE"
+    return _Compiler(params, column).document(spec, depth=1)

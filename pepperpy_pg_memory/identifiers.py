@@ -1,0 +1,29 @@
+"""The one place that turns names into SQL identifiers.
+
+asyncpg has no ``sql.Identifier``: schema and table names are validated against a strict
+pattern here and double-quoted by :func:`quote_ident`. No other module splices a name into SQL.
+"""
+
+from __future__ import annotations
+
+import re
+
+from .errors import MemoryValidationError
+
+__all__ = ["IDENTIFIER_PATTERN", "TEXT_SEARCH_CONFIG_PATTERN", "quote_ident", "qualified"]
+
+# 48 leaves room for the suffixes of derived index names within PostgreSQL's 63-byte limit.
+IDENTIFIER_PATTERN = re.compile(r"[a-z_][a-z0-9_]{0,47}")
+TEXT_SEARCH_CONFIG_PATTERN = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+
+def quote_ident(name: str) -> str:
+    """``name`` double-quoted for SQL, after checking it against :data:`IDENTIFIER_PATTERN`."""
+    if not IDENTIFIER_PATTERN.fullmatch(name):
+        raise MemoryValidationError(f"{name!r} is not an acceptable SQL identifier")
+    return f'"{name}"'
+
+
+def qualified(schema: str, name: str) -> str:
+    """``"schema"."name"``, both parts validated."""
+    return f"{quote_ident(schema)}.{quote_ident(name)}"

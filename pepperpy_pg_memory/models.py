@@ -1,0 +1,141 @@
+"""The objects callers exchange with the store: entries, queries and search results."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import MemoryValidationError
+from .types import MemoryIndex, MemoryScope, MemoryType
+
+__all__ = ["MemoryEntry", "MemoryQuery", "MemorySearchResult"]
+
+V = TypeVar("V")
+
+MAX_LIMIT = 1_000
+MAX_OFFSET = 100_000
+
+
+class MemoryEntry(BaseModel, Generic[V]):
+    """One stored memory.
+
+    Attributes:
+        key: unique within the store's table.
+        value: what was stored (JSON data, or the model type the storage was declared with).
+        text: what the indices were built from (see ``PostgresStorage.text_of``).
+        type, scope, scope_id: what kind of memory and whose (``scope_id`` is ``""`` for GLOBAL).
+        indices: the indices the entry is in.
+        metadata: free-form JSON object, searchable with filters.
+        created_at: first stored; unchanged by later upserts of the same key.
+        updated_at: last stored.
+        expires_at: when it stops being visible; ``None`` never.
+        embedding: only filled when asked for (``retrieve(..., include_embedding=True)``).
+    """
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    key: str
+    value: V
+    text: str
+    type: MemoryType
+    scope: MemoryScope
+    scope_id: str
+    indices: frozenset[MemoryIndex]
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    created_at: datetime
+    updated_at: datetime
+    expires_at: datetime | None = None
+    embedding: list[float] | None = None
+
+
+class MemorySearchResult(BaseModel, Generic[V]):
+    """One hit of a search.
+
+    ``score`` depends on the index used (see :class:`MemoryQuery`); higher is always better.
+    ``semantic_score`` and ``contextual_score`` show the parts a HYBRID score was fused from.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    entry: MemoryEntry[V]
+    score: float
+    index_type: MemoryIndex
+    semantic_score: float | None = None
+    contextual_score: float | None = None
+
+
+class MemoryQuery(BaseModel):
+    """What to search for, where, and how much.
+
+    Scores by ``index_type`` (``min_score`` is compared with the same number):
+
+    * SEMANTIC: cosine similarity of the embeddings, in [-1, 1] (1 is identical meaning).
+    * CONTEXTUAL: in (0, 1]. Full-text matches score 0.5 + 0.5 x the ``ts_rank_cd`` rank
+      normalised as rank/(rank+1); matches found only by trigram similarity (a misspelling)
+      score 0.5 x their word similarity, so they rank below every exact-word match.
+    * HYBRID: reciprocal-rank fusion of both lists, scaled so that an entry ranked first by both
+      indices scores 1.
+    * TEMPORAL: newest first; score 1 / (1 + age in hours). ``query`` is optional.
+
+    Example:
+        >>> MemoryQuery(query="coffee preferences", index_type=MemoryIndex.HYBRID, limit=5).limit
+        5
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    query: str | None = None
+    embedding: list[float] | None = Field(
+        default=None, description="Search by this vector instead of embedding `query`."
+    )
+    index_type: MemoryIndex = MemoryIndex.SEMANTIC
+    min_score: float | None = None
+    limit: int = Field(default=10, ge=1, le=MAX_LIMIT)
+    offset: int = Field(default=0, ge=0, le=MAX_OFFSET)
+    types: frozenset[MemoryType] | None = None
+    scope: MemoryScope | None = None
+    scope_id: str | None = None
+    filter: dict[str, Any] | None = None
+    keys: frozenset[str] | None = Field(default=None, description="Only these keys.")
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    updated_after: datetime | None = None
+    updated_before: datetime | None = None
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"]) or "query"
+            raise MemoryValidationError(f"invalid MemoryQuery.{where}: {first['msg']}") from None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MemoryQuery:
+        index = self.index_type
+        if self.query is not None and not self.query.strip():
+            raise ValueError("query is empty")
+        if self.query is not None and "\x00" in self.query:
+            raise ValueError("query contains a NUL character")
+        if index is MemoryIndex.SEMANTIC:
+            if self.query is None and self.embedding is None:
+                raise ValueError("a SEMANTIC query needs `query` text or an `embedding`")
+        elif index in (MemoryIndex.CONTEXTUAL, MemoryIndex.HYBRID):
+            if self.query is None:
+                raise ValueError(f"a {index.name} query needs `query` text")
+        if self.embedding is not None and index not in (MemoryIndex.SEMANTIC, MemoryIndex.HYBRID):
+            raise ValueError(f"`embedding` is only used by SEMANTIC and HYBRID queries")
+        if self.min_score is not None:
+            low = -1.0 if index is MemoryIndex.SEMANTIC else 0.0
+            if not low <= self.min_score <= 1.0:
+                raise ValueError(
+                    f"min_score {self.min_score} is outside the {index.name} score range "
+                    f"[{low:g}, 1]"
+                )
+        if self.scope_id is not None and self.scope is None:
+            raise ValueError("scope_id needs a scope")
+        if self.scope is MemoryScope.GLOBAL and self.scope_id not in (None, ""):
+            raise ValueError("GLOBAL memories have no scope_id")
+        return self

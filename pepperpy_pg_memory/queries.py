@@ -1,0 +1,499 @@
+"""Every SQL statement the store runs, built apart from running it.
+
+Each builder returns ``(sql, args)``; the store only awaits them, so the SQL can be read and
+tested without a database. Values are always ``$n`` parameters; the only names in the text are
+the table's, validated and quoted by :mod:`pepperpy_pg_memory.identifiers`, and this module's
+own column names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from .filters import Params, compile_filter
+from .schema import TableLayout
+from .types import MemoryScope, MemoryType
+
+__all__ = ["Statements", "Restriction", "STAGING_COLUMNS", "ENTRY_COLUMNS"]
+
+ENTRY_COLUMNS = (
+    "key",
+    "value",
+    "content",
+    "memory_type",
+    "scope",
+    "scope_id",
+    "indices",
+    "metadata",
+    "created_at",
+    "updated_at",
+    "expires_at",
+)
+_SELECT_ENTRY = ", ".join(f"m.{column}" for column in ENTRY_COLUMNS)
+
+# Columns a write supplies, in the order of store()'s parameters and of the COPY records.
+STAGING_COLUMNS = (
+    "key",
+    "value",
+    "content",
+    "content_hash",
+    "memory_type",
+    "scope",
+    "scope_id",
+    "indices",
+    "metadata",
+    "embedding",
+    "ttl",
+    "expires_at",
+)
+
+_LIVE = "(m.expires_at IS NULL OR m.expires_at > now())"
+_SEMANTIC = "m.indices @> ARRAY['semantic']"
+_CONTEXTUAL = "m.indices @> ARRAY['contextual']"
+
+ListOrder = Literal["created_at", "updated_at", "key"]
+_ORDER_COLUMNS: dict[str, str] = {
+    "created_at": "m.created_at",
+    "updated_at": "m.updated_at",
+    "key": "m.key",
+}
+
+
+def _at_least(params: Params, expression: str, min_score: float | None) -> str:
+    if min_score is None:
+        return "TRUE"
+    return f"({expression}) >= {params.add(float(min_score))}::float8"
+
+
+@dataclass(frozen=True)
+class Restriction:
+    """Which memories a read, search or delete may see. Every field narrows; None means any."""
+
+    scope: MemoryScope | None = None
+    scope_id: str | None = None
+    types: frozenset[MemoryType] | None = None
+    filter: Mapping[str, Any] | None = None
+    keys: frozenset[str] | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    updated_after: datetime | None = None
+    updated_before: datetime | None = None
+    include_expired: bool = False
+
+    def conditions(self, params: Params) -> str:
+        parts = [] if self.include_expired else [_LIVE]
+        if self.scope is not None:
+            parts.append(f"m.scope = {params.add(self.scope.value)}")
+        if self.scope_id is not None:
+            parts.append(f"m.scope_id = {params.add(self.scope_id)}")
+        if self.types is not None:
+            parts.append(f"m.memory_type = ANY({params.add(sorted(t.value for t in self.types))})")
+        if self.keys is not None:
+            parts.append(f"m.key = ANY({params.add(sorted(self.keys))}::text[])")
+        for column, operator, bound in (
+            ("created_at", ">=", self.created_after),
+            ("created_at", "<", self.created_before),
+            ("updated_at", ">=", self.updated_after),
+            ("updated_at", "<", self.updated_before),
+        ):
+            if bound is not None:
+                parts.append(f"m.{column} {operator} {params.add(bound)}")
+        if self.filter:
+            parts.append(compile_filter(self.filter, params, column="m.metadata"))
+        return " AND ".join(parts) if parts else "TRUE"
+
+
+class Statements:
+    """The SQL of one memory table."""
+
+    def __init__(self, layout: TableLayout) -> None:
+        self.layout = layout
+        self.table = layout.qualified_table
+        self.registry = layout.registry
+        self.vector = layout.vector_column_type
+        self.staging = f"pepperpy_staging_{layout.table}_{int(layout.dimension)}"
+
+    # --- writes --------------------------------------------------------------------------
+    def _upsert_tail(self) -> str:
+        # created_at survives an update unless the old row had expired: an expired memory is
+        # gone, and storing its key again starts a new one. The embedding is kept when the
+        # caller sent none because the text is unchanged (see PostgresStorage._embed_plan).
+        return """
+            ON CONFLICT (key) DO UPDATE SET
+                value = EXCLUDED.value,
+                content = EXCLUDED.content,
+                content_hash = EXCLUDED.content_hash,
+                memory_type = EXCLUDED.memory_type,
+                scope = EXCLUDED.scope,
+                scope_id = EXCLUDED.scope_id,
+                indices = EXCLUDED.indices,
+                metadata = EXCLUDED.metadata,
+                embedding = CASE
+                    WHEN EXCLUDED.embedding IS NULL
+                         AND EXCLUDED.indices @> ARRAY['semantic']
+                         AND m.content_hash = EXCLUDED.content_hash
+                    THEN m.embedding
+                    ELSE EXCLUDED.embedding END,
+                created_at = CASE
+                    WHEN m.expires_at IS NOT NULL AND m.expires_at <= now() THEN now()
+                    ELSE m.created_at END,
+                updated_at = now(),
+                expires_at = EXCLUDED.expires_at
+            RETURNING m.key, m.created_at, m.updated_at, m.expires_at,
+                (m.embedding IS NULL AND m.indices @> ARRAY['semantic']) AS needs_embedding
+        """
+
+    def upsert_one(self, record: Sequence[Any]) -> tuple[str, list[Any]]:
+        sql = f"""
+            INSERT INTO {self.table} AS m (key, value, content, content_hash, memory_type,
+                scope, scope_id, indices, metadata, embedding, expires_at)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::{self.vector},
+                COALESCE($12::timestamptz, now() + $11::interval))
+            {self._upsert_tail()}
+        """
+        return sql, list(record)
+
+    def create_staging(self) -> str:
+        # One temporary table per connection, emptied at each commit: COPY needs a target, and
+        # re-creating it per batch would churn the catalog.
+        return f"""
+            CREATE TEMPORARY TABLE IF NOT EXISTS {self.staging} (
+                key text, value jsonb, content text, content_hash bytea, memory_type text,
+                scope text, scope_id text, indices text[], metadata jsonb,
+                embedding {self.vector}, ttl interval, expires_at timestamptz
+            ) ON COMMIT DELETE ROWS
+        """
+
+    def merge_staging(self) -> str:
+        return f"""
+            INSERT INTO {self.table} AS m (key, value, content, content_hash, memory_type,
+                scope, scope_id, indices, metadata, embedding, expires_at)
+            SELECT key, value, content, content_hash, memory_type, scope, scope_id, indices,
+                metadata, embedding, COALESCE(expires_at, now() + ttl)
+            FROM {self.staging}
+            {self._upsert_tail()}
+        """
+
+    def set_embeddings(self) -> str:
+        # Only if the text is still the one that was embedded: a concurrent writer that changed
+        # it has written its own embedding.
+        return (
+            f"UPDATE {self.table} SET embedding = $2::{self.vector} "
+            "WHERE key = $1 AND content_hash = $3"
+        )
+
+    def known_hashes(self, keys: list[str]) -> tuple[str, list[Any]]:
+        return (
+            f"SELECT key, content_hash FROM {self.table} "
+            "WHERE key = ANY($1::text[]) AND embedding IS NOT NULL",
+            [keys],
+        )
+
+    # --- reads -----------------------------------------------------------------------------
+    def retrieve(
+        self, key: str, restriction: Restriction, include_embedding: bool
+    ) -> tuple[str, list[Any]]:
+        params = Params([key])
+        extra = ", m.embedding" if include_embedding else ""
+        sql = (
+            f"SELECT {_SELECT_ENTRY}{extra} FROM {self.table} m "
+            f"WHERE m.key = $1 AND {restriction.conditions(params)}"
+        )
+        return sql, params.values
+
+    def exists(self, key: str, restriction: Restriction) -> tuple[str, list[Any]]:
+        params = Params([key])
+        sql = (
+            f"SELECT EXISTS (SELECT 1 FROM {self.table} m "
+            f"WHERE m.key = $1 AND {restriction.conditions(params)})"
+        )
+        return sql, params.values
+
+    def count(self, restriction: Restriction) -> tuple[str, list[Any]]:
+        params = Params()
+        sql = f"SELECT count(*) FROM {self.table} m WHERE {restriction.conditions(params)}"
+        return sql, params.values
+
+    def list(
+        self,
+        restriction: Restriction,
+        *,
+        limit: int,
+        offset: int,
+        order_by: ListOrder,
+        descending: bool,
+    ) -> tuple[str, list[Any]]:
+        params = Params()
+        where = restriction.conditions(params)
+        direction = "DESC" if descending else "ASC"
+        order = _ORDER_COLUMNS[order_by]
+        sql = (
+            f"SELECT {_SELECT_ENTRY} FROM {self.table} m WHERE {where} "
+            f"ORDER BY {order} {direction}, m.key {direction} "
+            f"LIMIT {params.add(limit)} OFFSET {params.add(offset)}"
+        )
+        return sql, params.values
+
+    # --- deletes ---------------------------------------------------------------------------
+    def delete(self, key: str, restriction: Restriction) -> tuple[str, list[Any]]:
+        params = Params([key])
+        sql = (
+            f"DELETE FROM {self.table} m WHERE m.key = $1 "
+            f"AND {restriction.conditions(params)} "
+            f"RETURNING {_LIVE} AS live"
+        )
+        return sql, params.values
+
+    def delete_many(self, restriction: Restriction) -> tuple[str, list[Any]]:
+        params = Params()
+        sql = f"DELETE FROM {self.table} m WHERE {restriction.conditions(params)}"
+        return sql, params.values
+
+    def delete_expired_batch(self, restriction: Restriction, batch: int) -> tuple[str, list[Any]]:
+        params = Params()
+        where = restriction.conditions(params)
+        # Bounded batches with SKIP LOCKED: a sweep never holds many row locks at once and
+        # never waits on a writer.
+        sql = f"""
+            DELETE FROM {self.table} WHERE key IN (
+                SELECT m.key FROM {self.table} m
+                WHERE m.expires_at <= now() AND {where}
+                LIMIT {params.add(batch)} FOR UPDATE SKIP LOCKED)
+        """
+        return sql, params.values
+
+    def count_expired(self) -> str:
+        return f"SELECT count(*) FROM {self.table} WHERE expires_at <= now()"
+
+    # --- search ----------------------------------------------------------------------------
+    def semantic_search(
+        self,
+        embedding: Any,
+        restriction: Restriction,
+        *,
+        limit: int,
+        offset: int,
+        min_score: float | None,
+    ) -> tuple[str, list[Any]]:
+        params = Params()
+        vector = f"{params.add(embedding)}::{self.vector}"
+        where = restriction.conditions(params)
+        # The inner query is the shape pgvector's HNSW index serves (ORDER BY distance LIMIT);
+        # with iterative scans on, it keeps scanning until the filters let `limit` rows through.
+        # MATERIALIZED and the outer ORDER BY restore exact order after relaxed_order scans.
+        sql = f"""
+            WITH hits AS MATERIALIZED (
+                SELECT {_SELECT_ENTRY}, m.embedding <=> {vector} AS distance
+                FROM {self.table} m
+                WHERE m.embedding IS NOT NULL AND {where}
+                ORDER BY m.embedding <=> {vector}
+                LIMIT {params.add(limit + offset)}
+            )
+            SELECT *, 1 - distance AS score FROM hits
+            WHERE {_at_least(params, "1 - distance", min_score)}
+            ORDER BY distance, key
+            LIMIT {params.add(limit)} OFFSET {params.add(offset)}
+        """
+        return sql, params.values
+
+    def _contextual_hits(self, params: Params, query: str, where: str) -> str:
+        text = params.add(query)
+        config = params.add(self.layout.text_search_config)
+        return f"""
+            SELECT m.key,
+                CASE WHEN m.tsv @@ websearch_to_tsquery({config}::text::regconfig, {text})
+                     THEN 0.5 + 0.5 * ts_rank_cd(
+                        m.tsv, websearch_to_tsquery({config}::text::regconfig, {text}), 32)
+                     ELSE 0.5 * word_similarity({text}, m.content)
+                END AS score
+            FROM {self.table} m
+            WHERE {_CONTEXTUAL} AND {where}
+              AND (m.tsv @@ websearch_to_tsquery({config}::text::regconfig, {text})
+                   OR {text} <% m.content)
+        """
+
+    def contextual_search(
+        self,
+        query: str,
+        restriction: Restriction,
+        *,
+        limit: int,
+        offset: int,
+        min_score: float | None,
+    ) -> tuple[str, list[Any]]:
+        params = Params()
+        where = restriction.conditions(params)
+        hits = self._contextual_hits(params, query, where)
+        sql = f"""
+            WITH hits AS ({hits})
+            SELECT {_SELECT_ENTRY}, hits.score FROM hits JOIN {self.table} m USING (key)
+            WHERE {_at_least(params, "hits.score", min_score)}
+            ORDER BY hits.score DESC, m.key
+            LIMIT {params.add(limit)} OFFSET {params.add(offset)}
+        """
+        return sql, params.values
+
+    def hybrid_search(
+        self,
+        query: str,
+        embedding: Any,
+        restriction: Restriction,
+        *,
+        limit: int,
+        offset: int,
+        min_score: float | None,
+        candidates: int,
+        rrf_k: int,
+    ) -> tuple[str, list[Any]]:
+        params = Params()
+        where = restriction.conditions(params)
+        vector = f"{params.add(embedding)}::{self.vector}"
+        pool = params.add(max(candidates, limit + offset))
+        k = params.add(float(rrf_k))
+        hits = self._contextual_hits(params, query, where)
+        # Reciprocal-rank fusion in the database, in one round trip: each index ranks its own
+        # candidates, ranks are fused as sum(1 / (k + rank)), and the sum is scaled by (k+1)/2
+        # so that first place in both lists scores 1.
+        sql = f"""
+            WITH semantic AS MATERIALIZED (
+                SELECT m.key, m.embedding <=> {vector} AS distance
+                FROM {self.table} m
+                WHERE m.embedding IS NOT NULL AND {where}
+                ORDER BY m.embedding <=> {vector}
+                LIMIT {pool}
+            ),
+            semantic_ranked AS (
+                SELECT key, 1 - distance AS semantic_score,
+                       row_number() OVER (ORDER BY distance, key) AS rank
+                FROM semantic
+            ),
+            contextual_ranked AS (
+                SELECT key, score AS contextual_score,
+                       row_number() OVER (ORDER BY score DESC, key) AS rank
+                FROM ({hits}) AS hits
+                ORDER BY score DESC, key
+                LIMIT {pool}
+            ),
+            fused AS (
+                SELECT key,
+                    (COALESCE(1.0 / ({k} + s.rank), 0) + COALESCE(1.0 / ({k} + c.rank), 0))
+                        * ({k} + 1) / 2 AS score,
+                    s.semantic_score, c.contextual_score
+                FROM semantic_ranked s FULL OUTER JOIN contextual_ranked c USING (key)
+            )
+            SELECT {_SELECT_ENTRY}, f.score::float8 AS score, f.semantic_score,
+                   f.contextual_score::float8 AS contextual_score
+            FROM fused f JOIN {self.table} m USING (key)
+            WHERE {_at_least(params, "f.score", min_score)}
+            ORDER BY f.score DESC, m.key
+            LIMIT {params.add(limit)} OFFSET {params.add(offset)}
+        """
+        return sql, params.values
+
+    def temporal_search(
+        self,
+        query: str | None,
+        restriction: Restriction,
+        *,
+        limit: int,
+        offset: int,
+        min_score: float | None,
+    ) -> tuple[str, list[Any]]:
+        params = Params()
+        where = restriction.conditions(params)
+        matches = "TRUE"
+        if query is not None:
+            matches = f"m.key IN (SELECT key FROM ({self._contextual_hits(params, query, 'TRUE')}) AS h)"
+        score = "1.0 / (1.0 + extract(epoch FROM now() - m.updated_at) / 3600.0)"
+        sql = f"""
+            SELECT {_SELECT_ENTRY}, ({score})::float8 AS score
+            FROM {self.table} m
+            WHERE {where} AND {matches}
+              AND {_at_least(params, score, min_score)}
+            ORDER BY m.updated_at DESC, m.key
+            LIMIT {params.add(limit)} OFFSET {params.add(offset)}
+        """
+        return sql, params.values
+
+    def similar(
+        self,
+        key: str,
+        target: Restriction,
+        restriction: Restriction,
+        *,
+        limit: int,
+        min_score: float | None,
+    ) -> tuple[str, list[Any]]:
+        params = Params([key])
+        target_where = target.conditions(params)
+        where = restriction.conditions(params)
+        # A scalar subquery becomes an InitPlan parameter, which the HNSW index can order by:
+        # the stored vector is used as is, never re-embedded.
+        probe = (
+            f"(SELECT m.embedding FROM {self.table} m WHERE m.key = $1 AND {target_where})"
+        )
+        sql = f"""
+            WITH hits AS MATERIALIZED (
+                SELECT {_SELECT_ENTRY}, m.embedding <=> {probe} AS distance
+                FROM {self.table} m
+                WHERE m.embedding IS NOT NULL AND m.key <> $1 AND {where}
+                ORDER BY m.embedding <=> {probe}
+                LIMIT {params.add(limit)}
+            )
+            SELECT *, 1 - distance AS score FROM hits
+            WHERE distance IS NOT NULL AND {_at_least(params, "1 - distance", min_score)}
+            ORDER BY distance, key
+        """
+        return sql, params.values
+
+    def probe_state(self, key: str, target: Restriction) -> tuple[str, list[Any]]:
+        """Whether ``key`` is visible, and whether it has an embedding (for similar's errors)."""
+        params = Params([key])
+        sql = (
+            f"SELECT m.embedding IS NOT NULL AS has_embedding FROM {self.table} m "
+            f"WHERE m.key = $1 AND {target.conditions(params)}"
+        )
+        return sql, params.values
+
+    # --- maintenance -----------------------------------------------------------------------
+    def reindex_batch(self) -> str:
+        return (
+            f"SELECT m.key, m.content, m.content_hash FROM {self.table} m "
+            f"WHERE {_SEMANTIC} AND {_LIVE} AND m.key > $1 ORDER BY m.key LIMIT $2"
+        )
+
+    def count_semantic(self) -> str:
+        return f"SELECT count(*) FROM {self.table} m WHERE {_SEMANTIC} AND {_LIVE}"
+
+    def count_contextual(self) -> str:
+        return f"SELECT count(*) FROM {self.table} m WHERE {_CONTEXTUAL}"
+
+    def save_reindex_cursor(self) -> str:
+        return (
+            f"UPDATE {self.registry} SET reindex_cursor = $2, updated_at = now() "
+            "WHERE table_name = $1"
+        )
+
+    def load_reindex_cursor(self) -> str:
+        return f"SELECT reindex_cursor FROM {self.registry} WHERE table_name = $1"
+
+    def record_dimension(self) -> str:
+        return (
+            f"UPDATE {self.registry} SET dimension = $2, vector_type = $3, updated_at = now() "
+            "WHERE table_name = $1"
+        )
+
+    def record_text_search_config(self) -> str:
+        return (
+            f"UPDATE {self.registry} SET text_search_config = $2, updated_at = now() "
+            "WHERE table_name = $1"
+        )
+
+    def table_sizes(self) -> str:
+        return (
+            "SELECT pg_total_relation_size($1::regclass) AS total, "
+            "pg_relation_size($1::regclass) AS heap"
+        )

@@ -1,0 +1,262 @@
+"""The one place that knows the schema: the memory table, its indexes, and how they evolve.
+
+The schema is an append-only list of migrations. Each is a function of the table's recorded
+layout (:class:`TableLayout`) returning idempotent statements. :func:`migrate` applies the ones a
+table has not had yet, inside one transaction holding an advisory lock, so that any number of
+processes may start against a fresh database at once. Never edit a released migration: append.
+
+A registry table, ``pepperpy_memory_tables``, in the same schema records per memory table its
+schema version, the embedding dimension and vector type, and the text search configuration.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import asyncpg
+
+from .errors import MemoryConfigurationError, MemorySchemaError
+from .identifiers import qualified, quote_ident
+
+__all__ = [
+    "TableLayout",
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "migrate",
+    "vector_type_for",
+    "MAX_INDEXED_DIMENSION",
+]
+
+logger = logging.getLogger(__name__)
+
+REGISTRY = "pepperpy_memory_tables"
+# pg_advisory_xact_lock key shared by every store: extension and registry creation are
+# database-wide, so one lock serialises all of them. (A constant: "pepperpy" in ASCII.)
+MIGRATION_LOCK_KEY = 0x7065707065727079
+
+# pgvector's HNSW indexes `vector` up to 2,000 dimensions and `halfvec` up to 4,000.
+_VECTOR_MAX = 2_000
+MAX_INDEXED_DIMENSION = 4_000
+
+
+def vector_type_for(dimension: int) -> str:
+    """The pgvector column type for embeddings of ``dimension``."""
+    if dimension < 1:
+        raise MemoryConfigurationError(f"embedding dimension must be positive, got {dimension}")
+    if dimension <= _VECTOR_MAX:
+        return "vector"
+    if dimension <= MAX_INDEXED_DIMENSION:
+        return "halfvec"
+    raise MemoryConfigurationError(
+        f"{dimension}-dimensional embeddings cannot be indexed by pgvector's HNSW "
+        f"(at most {MAX_INDEXED_DIMENSION}); use a model with fewer dimensions"
+    )
+
+
+@dataclass(frozen=True)
+class TableLayout:
+    """What a memory table looks like, as recorded in the registry."""
+
+    schema: str
+    table: str
+    dimension: int
+    vector_type: str
+    text_search_config: str
+    hnsw_m: int = 16
+    hnsw_ef_construction: int = 64
+    version: int = 0
+
+    @property
+    def qualified_table(self) -> str:
+        return qualified(self.schema, self.table)
+
+    @property
+    def registry(self) -> str:
+        return qualified(self.schema, REGISTRY)
+
+    def index_name(self, suffix: str) -> str:
+        return quote_ident(f"{self.table}_{suffix}")
+
+    def qualified_index(self, suffix: str) -> str:
+        return qualified(self.schema, f"{self.table}_{suffix}")
+
+    @property
+    def vector_column_type(self) -> str:
+        # Both parts come from vector_type_for() and an int: no caller text reaches here.
+        return f"{self.vector_type}({int(self.dimension)})"
+
+    @property
+    def cosine_ops(self) -> str:
+        return f"{self.vector_type}_cosine_ops"
+
+    def hnsw_index_statement(self) -> str:
+        return (
+            f"CREATE INDEX IF NOT EXISTS {self.index_name('embedding_idx')} "
+            f"ON {self.qualified_table} USING hnsw (embedding {self.cosine_ops}) "
+            f"WITH (m = {int(self.hnsw_m)}, ef_construction = {int(self.hnsw_ef_construction)})"
+        )
+
+    def tsvector_expression(self) -> str:
+        # The configuration name matched TEXT_SEARCH_CONFIG_PATTERN and was looked up in
+        # pg_ts_config before any DDL uses it.
+        return (
+            "CASE WHEN indices @> ARRAY['contextual'] "
+            f"THEN to_tsvector('{self.text_search_config}'::regconfig, content) END"
+        )
+
+
+def _v1_table(layout: TableLayout) -> list[str]:
+    t = layout.qualified_table
+    return [
+        f"""
+        CREATE TABLE IF NOT EXISTS {t} (
+            key           text PRIMARY KEY,
+            value         jsonb NOT NULL,
+            content       text NOT NULL,
+            content_hash  bytea NOT NULL,
+            memory_type   text NOT NULL,
+            scope         text NOT NULL,
+            scope_id      text NOT NULL,
+            indices       text[] NOT NULL,
+            metadata      jsonb NOT NULL DEFAULT '{{}}'::jsonb,
+            embedding     {layout.vector_column_type},
+            tsv           tsvector GENERATED ALWAYS AS ({layout.tsvector_expression()}) STORED,
+            created_at    timestamptz NOT NULL DEFAULT now(),
+            updated_at    timestamptz NOT NULL DEFAULT now(),
+            expires_at    timestamptz,
+            CONSTRAINT {layout.index_name("metadata_object")}
+                CHECK (jsonb_typeof(metadata) = 'object')
+        )
+        """,
+        f"CREATE INDEX IF NOT EXISTS {layout.index_name('scope_idx')} "
+        f"ON {t} (scope, scope_id, memory_type)",
+        f"CREATE INDEX IF NOT EXISTS {layout.index_name('expires_idx')} "
+        f"ON {t} (expires_at) WHERE expires_at IS NOT NULL",
+        f"CREATE INDEX IF NOT EXISTS {layout.index_name('updated_idx')} ON {t} (updated_at)",
+        f"CREATE INDEX IF NOT EXISTS {layout.index_name('metadata_idx')} "
+        f"ON {t} USING gin (metadata jsonb_path_ops)",
+        f"CREATE INDEX IF NOT EXISTS {layout.index_name('tsv_idx')} ON {t} USING gin (tsv)",
+        f"CREATE INDEX IF NOT EXISTS {layout.index_name('trgm_idx')} "
+        f"ON {t} USING gin (content gin_trgm_ops)",
+        layout.hnsw_index_statement(),
+    ]
+
+
+Migration = Callable[[TableLayout], list[str]]
+
+MIGRATIONS: list[Migration] = [_v1_table]
+"""Append-only. Position i (0-based) is schema version i + 1."""
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def _registry_statement(schema: str) -> str:
+    return f"""
+        CREATE TABLE IF NOT EXISTS {qualified(schema, REGISTRY)} (
+            table_name          text PRIMARY KEY,
+            schema_version      integer NOT NULL,
+            dimension           integer NOT NULL,
+            vector_type         text NOT NULL,
+            text_search_config  text NOT NULL,
+            reindex_cursor      text,
+            updated_at          timestamptz NOT NULL DEFAULT now()
+        )
+    """
+
+
+async def _ensure_extensions(conn: asyncpg.Connection) -> None:
+    for extension, purpose in (("vector", "pgvector"), ("pg_trgm", "pg_trgm")):
+        try:
+            # Under the advisory lock: concurrent CREATE EXTENSION calls race otherwise.
+            await conn.execute(f"CREATE EXTENSION IF NOT EXISTS {extension}")
+        except asyncpg.InsufficientPrivilegeError as exc:
+            raise MemoryConfigurationError(
+                f"the {purpose} extension is not enabled in this database and this user may not "
+                f"enable it: ask an administrator to run CREATE EXTENSION {extension};"
+            ) from exc
+        except (asyncpg.UndefinedFileError, asyncpg.FeatureNotSupportedError) as exc:
+            raise MemoryConfigurationError(
+                f"the {purpose} extension is not installed on the server: install it "
+                f"(e.g. the pgvector/pgvector Docker image) or use the embedded server"
+            ) from exc
+        except asyncpg.PostgresError as exc:
+            if "extension" in str(exc) and "is not available" in str(exc):
+                raise MemoryConfigurationError(
+                    f"the {purpose} extension is not installed on the server: install it "
+                    f"(e.g. the pgvector/pgvector Docker image) or use the embedded server"
+                ) from exc
+            raise
+
+
+async def migrate(conn: asyncpg.Connection, wanted: TableLayout) -> TableLayout:
+    """Create or upgrade the table described by ``wanted``; return its recorded layout.
+
+    The recorded dimension and text search configuration win over ``wanted`` for an existing
+    table: changing them is a reindex, not a migration.
+    """
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_KEY)
+        await _ensure_extensions(conn)
+        await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(wanted.schema)}")
+        await conn.execute(_registry_statement(wanted.schema))
+        if not await conn.fetchval("SELECT EXISTS (SELECT 1 FROM pg_ts_config WHERE cfgname = $1)", wanted.text_search_config):
+            raise MemoryConfigurationError(
+                f"text search configuration {wanted.text_search_config!r} does not exist on the "
+                "server (see \\dF in psql for the available ones)",
+                field="text_search_config",
+            )
+        row = await conn.fetchrow(
+            f"SELECT schema_version, dimension, vector_type, text_search_config "
+            f"FROM {wanted.registry} WHERE table_name = $1 FOR UPDATE",
+            wanted.table,
+        )
+        if row is None:
+            exists = await conn.fetchval(
+                "SELECT to_regclass($1) IS NOT NULL", f"{wanted.schema}.{wanted.table}"
+            )
+            if exists:
+                raise MemorySchemaError(
+                    f"table {wanted.schema}.{wanted.table} exists but was not created by "
+                    "pepperpy-pg-memory; choose another `table` or drop it"
+                )
+            layout = wanted
+            await conn.execute(
+                f"INSERT INTO {wanted.registry} "
+                "(table_name, schema_version, dimension, vector_type, text_search_config) "
+                "VALUES ($1, 0, $2, $3, $4)",
+                wanted.table,
+                wanted.dimension,
+                wanted.vector_type,
+                wanted.text_search_config,
+            )
+        else:
+            layout = TableLayout(
+                schema=wanted.schema,
+                table=wanted.table,
+                dimension=row["dimension"],
+                vector_type=row["vector_type"],
+                text_search_config=row["text_search_config"],
+                hnsw_m=wanted.hnsw_m,
+                hnsw_ef_construction=wanted.hnsw_ef_construction,
+                version=row["schema_version"],
+            )
+        if layout.version > SCHEMA_VERSION:
+            raise MemorySchemaError(
+                f"table {wanted.schema}.{wanted.table} has schema version {layout.version}, "
+                f"newer than this library's {SCHEMA_VERSION}: upgrade pepperpy-pg-memory"
+            )
+        for version in range(layout.version + 1, SCHEMA_VERSION + 1):
+            logger.info("applying migration %d to %s.%s", version, layout.schema, layout.table)
+            for statement in MIGRATIONS[version - 1](layout):
+                await conn.execute(statement)
+        if layout.version < SCHEMA_VERSION:
+            await conn.execute(
+                f"UPDATE {wanted.registry} SET schema_version = $2, updated_at = now() "
+                "WHERE table_name = $1",
+                wanted.table,
+                SCHEMA_VERSION,
+            )
+            layout = replace(layout, version=SCHEMA_VERSION)
+        return layout

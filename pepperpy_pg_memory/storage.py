@@ -1,0 +1,1259 @@
+"""``PostgresStorage``: an agent's memories in PostgreSQL, recalled by meaning and by words."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import math
+import typing
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable, Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta, timezone
+from typing import Any, Generic, Literal, TypeVar
+
+import asyncpg
+import numpy as np
+import numpy.typing as npt
+from pgvector.asyncpg import register_vector
+from pydantic import BaseModel, TypeAdapter
+from pydantic import ValidationError as PydanticValidationError
+
+from .cache import EmbeddingCache
+from .config import PostgresConfig
+from .embedded import EmbeddedServer, acquire_embedded, release_embedded
+from .embeddings import Embedder, as_embedder
+from .errors import (
+    DimensionMismatchError,
+    MemoryConfigurationError,
+    MemoryError,
+    MemoryIndexError,
+    MemoryNotFoundError,
+    MemoryTimeoutError,
+    MemoryValidationError,
+)
+from .faults import backoff_delay, is_transient, translate
+from .models import MemoryEntry, MemoryQuery, MemorySearchResult
+from .queries import STAGING_COLUMNS, ListOrder, Restriction, Statements
+from .schema import TableLayout, migrate, vector_type_for
+from .types import STORABLE_INDICES, MemoryIndex, MemoryScope, MemoryType
+from .values import default_text_of, encode_json, to_json_value, validate_key
+
+__all__ = ["PostgresStorage", "MemorySearchResults", "ProgressCallback", "MemoryItem"]
+
+logger = logging.getLogger(__name__)
+
+K = TypeVar("K", bound=str)
+V = TypeVar("V")
+T = TypeVar("T")
+
+Vector = npt.NDArray[np.float32]
+ProgressCallback = Callable[[int, int], None]
+"""Called as ``progress(done, total)`` while long work runs."""
+
+TTL = timedelta | float | int | Literal["never"] | None
+"""A time-to-live: a timedelta or seconds; ``"never"``; None for the memory type's default."""
+
+MemoryItem = Mapping[str, Any]
+"""One entry for :meth:`PostgresStorage.store_many`: a mapping with ``key`` and ``value`` and
+optionally ``type``, ``scope``, ``scope_id``, ``indices``, ``metadata``, ``ttl``,
+``expires_at`` and ``embedding``, each overriding the call's default. A ``(key, value)`` pair
+is accepted too."""
+
+_ITEM_FIELDS = frozenset(
+    {"key", "value", "type", "scope", "scope_id", "indices", "metadata", "ttl", "expires_at",
+     "embedding"}
+)
+_DEFAULT_INDICES = frozenset({MemoryIndex.SEMANTIC, MemoryIndex.CONTEXTUAL})
+
+
+@dataclass
+class _Write:
+    """One validated write, in the column order of ``STAGING_COLUMNS``."""
+
+    key: str
+    value: Any
+    text: str
+    content_hash: bytes
+    type: MemoryType
+    scope: MemoryScope
+    scope_id: str
+    indices: frozenset[MemoryIndex]
+    metadata: dict[str, Any]
+    embedding: Vector | None
+    ttl: timedelta | None
+    expires_at: datetime | None
+
+    @property
+    def wants_embedding(self) -> bool:
+        return MemoryIndex.SEMANTIC in self.indices
+
+    def record(self) -> tuple[Any, ...]:
+        return (
+            self.key,
+            self.value,
+            self.text,
+            self.content_hash,
+            self.type.value,
+            self.scope.value,
+            self.scope_id,
+            sorted(index.value for index in self.indices),
+            self.metadata,
+            self.embedding,
+            self.ttl,
+            self.expires_at,
+        )
+
+
+class MemorySearchResults(Generic[V]):
+    """Search results: iterate with ``async for``, or ``await`` for a list."""
+
+    def __init__(self, fetch: Callable[[], Awaitable[list[MemorySearchResult[V]]]]) -> None:
+        self._fetch = fetch
+
+    def __await__(self) -> Generator[Any, None, list[MemorySearchResult[V]]]:
+        return self._fetch().__await__()
+
+    async def __aiter__(self) -> AsyncIterator[MemorySearchResult[V]]:
+        for result in await self._fetch():
+            yield result
+
+
+class PostgresStorage(Generic[K, V]):
+    """An agent's memories in one PostgreSQL table.
+
+    ``K`` is the key type (strings); ``V`` the value type. Values are stored as JSON; when
+    ``V`` is a concrete type (a pydantic model, ``dict``, ``str`` ...) values read back are
+    validated into it.
+
+    Example:
+        >>> async def main() -> None:
+        ...     async with PostgresStorage[str, dict](PostgresConfig()) as storage:
+        ...         await storage.store(
+        ...             "pref-1",
+        ...             {"content": "Ana prefers oat milk in her coffee"},
+        ...             type=MemoryType.LONG_TERM,
+        ...             scope=MemoryScope.USER,
+        ...             scope_id="ana",
+        ...         )
+        ...         query = MemoryQuery(query="what does Ana drink?", scope=MemoryScope.USER,
+        ...                             scope_id="ana", index_type=MemoryIndex.HYBRID)
+        ...         async for hit in storage.search(query):
+        ...             print(round(hit.score, 2), hit.entry.text)
+
+    Args:
+        config: where and how; ``PostgresConfig()`` (the default) reads ``PEPPERPY_PG_*``
+            variables and otherwise runs an embedded server.
+        embedder: an :class:`~pepperpy_pg_memory.Embedder` or a LangChain ``Embeddings``;
+            None for the default all-MiniLM-L6-v2 model.
+        text_of: turns a value into the text that is indexed (default:
+            :func:`~pepperpy_pg_memory.values.default_text_of`).
+    """
+
+    def __init__(
+        self,
+        config: PostgresConfig | None = None,
+        embedder: Any = None,
+        *,
+        text_of: Callable[[Any], str] | None = None,
+    ) -> None:
+        self.config = config if config is not None else PostgresConfig()
+        self.embedder: Embedder = as_embedder(embedder)
+        self.text_of: Callable[[Any], str] = text_of or default_text_of
+        self._cache = EmbeddingCache(self.config.embedding_cache_size)
+        self._pool: asyncpg.Pool | None = None
+        self._server: EmbeddedServer | None = None
+        self._layout: TableLayout | None = None
+        self._sql: Statements | None = None
+        self._value_adapter: TypeAdapter[Any] | None | Literal[False] = False
+        self._start_lock = asyncio.Lock()
+
+    # --- lifecycle ---------------------------------------------------------------------------
+    async def __aenter__(self) -> PostgresStorage[K, V]:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    @property
+    def started(self) -> bool:
+        return self._pool is not None
+
+    @property
+    def layout(self) -> TableLayout:
+        """The table's recorded layout (dimension, vector type, text search configuration)."""
+        if self._layout is None:
+            raise MemoryError("the storage is not started: await storage.start() first")
+        return self._layout
+
+    async def start(self) -> None:
+        """Connect, create the extensions and the table if needed, and open the pool.
+
+        Idempotent. On an embedded config, starts the server first (or attaches to a running
+        one). Raises :class:`DimensionMismatchError` when the table holds embeddings of another
+        dimension than the embedder's, unless ``config.on_dimension_mismatch == "reindex"``.
+        """
+        async with self._start_lock:
+            if self._pool is not None:
+                return
+            try:
+                await self._start()
+            except BaseException:
+                await self._close()
+                raise
+
+    async def _start(self) -> None:
+        config = self.config
+        if config.is_embedded:
+            self._server = await acquire_embedded(config.data_dir)
+            await self._ensure_embedded_database(self._server)
+            dsn = self._server.uri(config.database)
+        else:
+            dsn = config.connection_dsn()
+        dimension = await asyncio.to_thread(lambda: int(self.embedder.dimension))
+        wanted = TableLayout(
+            schema=config.schema_name,
+            table=config.table,
+            dimension=dimension,
+            vector_type=vector_type_for(dimension),
+            text_search_config=config.text_search_config,
+            hnsw_m=config.hnsw_m,
+            hnsw_ef_construction=config.hnsw_ef_construction,
+        )
+        conn = await self._retrying("connect", lambda: self._connect(dsn))
+        try:
+            layout = await migrate(conn, wanted)
+            vector_schema = await conn.fetchval(
+                "SELECT n.nspname FROM pg_extension e JOIN pg_namespace n "
+                "ON n.oid = e.extnamespace WHERE e.extname = 'vector'"
+            )
+        except asyncpg.PostgresError as exc:
+            raise translate(exc, "start") from exc
+        finally:
+            await conn.close()
+        if layout.text_search_config != config.text_search_config:
+            logger.warning(
+                "table %s.%s is indexed with text search configuration %r, not %r: run "
+                "reindex(MemoryIndex.CONTEXTUAL) to switch",
+                layout.schema,
+                layout.table,
+                layout.text_search_config,
+                config.text_search_config,
+            )
+        self._layout = layout
+        self._sql = Statements(layout)
+        self._pool = await self._retrying(
+            "open pool", lambda: self._create_pool(dsn, vector_schema)
+        )
+        if layout.dimension != dimension:
+            if config.on_dimension_mismatch == "reindex":
+                await self.reindex(MemoryIndex.SEMANTIC)
+            else:
+                raise DimensionMismatchError(
+                    f"table {layout.schema}.{layout.table} holds {layout.dimension}-dimensional "
+                    f"embeddings but the embedder produces {dimension}: start with "
+                    "PostgresConfig(on_dimension_mismatch='reindex') to re-embed every memory "
+                    "with the new model, or use the model the table was built with",
+                    expected=layout.dimension,
+                    actual=dimension,
+                )
+        logger.info("memory store ready on %s", config.describe_target())
+
+    async def _connect(self, dsn: str, database: str | None = None) -> asyncpg.Connection:
+        kwargs: dict[str, Any] = {"timeout": self.config.connect_timeout}
+        if database is not None:
+            kwargs["database"] = database
+        return await asyncpg.connect(dsn, **kwargs)
+
+    async def _ensure_embedded_database(self, server: EmbeddedServer) -> None:
+        conn = await self._retrying("connect", lambda: self._connect(server.uri("postgres")))
+        try:
+            exists = await conn.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)",
+                self.config.database,
+            )
+            if not exists:
+                # CREATE DATABASE takes no parameters; the name is quoted as an identifier.
+                name = self.config.database.replace('"', '""')
+                try:
+                    await conn.execute(f'CREATE DATABASE "{name}"')
+                except asyncpg.DuplicateDatabaseError:
+                    pass  # another process created it first
+        finally:
+            await conn.close()
+
+    async def _create_pool(self, dsn: str, vector_schema: str) -> asyncpg.Pool:
+        config = self.config
+
+        async def init(conn: asyncpg.Connection) -> None:
+            await register_vector(conn, schema=vector_schema)
+            # Binary jsonb (a version byte, then the text) so that COPY can carry it.
+            await conn.set_type_codec(
+                "jsonb",
+                schema="pg_catalog",
+                encoder=lambda value: b"\x01" + encode_json(value).encode(),
+                decoder=lambda data: json.loads(data[1:]),
+                format="binary",
+            )
+
+        pool = await asyncpg.create_pool(
+            dsn,
+            min_size=config.min_size,
+            max_size=config.max_size,
+            command_timeout=config.command_timeout,
+            timeout=config.connect_timeout,
+            init=init,
+            server_settings={
+                "application_name": "pepperpy-pg-memory",
+                "hnsw.ef_search": str(config.hnsw_ef_search),
+                "hnsw.iterative_scan": config.hnsw_iterative_scan,
+                "pg_trgm.word_similarity_threshold": str(config.trigram_threshold),
+            },
+        )
+        assert pool is not None
+        return pool
+
+    async def close(self) -> None:
+        """Close the pool, and stop the embedded server if this store started it. Idempotent."""
+        async with self._start_lock:
+            await self._close()
+
+    async def _close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            try:
+                await asyncio.wait_for(pool.close(), timeout=self.config.command_timeout)
+            except (asyncio.TimeoutError, asyncpg.InterfaceError, OSError):
+                pool.terminate()
+        server, self._server = self._server, None
+        if server is not None:
+            await release_embedded(server)
+
+    # --- running statements ------------------------------------------------------------------
+    @property
+    def _statements(self) -> Statements:
+        if self._sql is None:
+            raise MemoryError("the storage is not started: await storage.start() first")
+        return self._sql
+
+    async def _retrying(self, operation: str, attempt: Callable[[], Awaitable[T]]) -> T:
+        config = self.config
+        for number in range(config.retry_attempts + 1):
+            try:
+                return await attempt()
+            except MemoryError:
+                raise
+            except Exception as exc:
+                if number < config.retry_attempts and is_transient(exc):
+                    delay = backoff_delay(number, config.retry_base_delay, config.retry_max_delay)
+                    logger.warning(
+                        "%s: transient fault (%s), retry %d in %.2fs",
+                        operation,
+                        type(exc).__name__,
+                        number + 1,
+                        delay,
+                    )
+                    await asyncio.sleep(delay)
+                    continue
+                raise translate(exc, operation) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _run(
+        self, operation: str, work: Callable[[asyncpg.Connection], Awaitable[T]]
+    ) -> T:
+        """Run ``work`` on a pooled connection, retrying transient faults.
+
+        Every caller's ``work`` is idempotent (reads, upserts, deletes by key or condition),
+        so running it again after a broken connection cannot duplicate anything.
+        """
+        pool = self._pool
+        if pool is None:
+            raise MemoryError("the storage is not started: await storage.start() first")
+
+        async def attempt() -> T:
+            try:
+                conn = await pool.acquire(timeout=self.config.pool_timeout)
+            except asyncio.TimeoutError:
+                raise MemoryTimeoutError(
+                    f"{operation}: no free database connection within "
+                    f"{self.config.pool_timeout:g}s (max_size={self.config.max_size}); raise "
+                    "max_size or pool_timeout, or run fewer operations at once"
+                ) from None
+            try:
+                return await work(conn)
+            finally:
+                await pool.release(conn)
+
+        return await self._retrying(operation, attempt)
+
+    # --- values --------------------------------------------------------------------------------
+    def _decode_value(self, raw: Any) -> V:
+        adapter = self._value_adapter
+        if adapter is False:
+            adapter = self._value_adapter = self._make_value_adapter()
+        if adapter is None:
+            return typing.cast(V, raw)
+        try:
+            return typing.cast(V, adapter.validate_python(raw))
+        except PydanticValidationError as exc:
+            raise MemoryValidationError(
+                f"a stored value does not fit the storage's value type: {exc.errors()[0]['msg']}"
+            ) from None
+
+    def _make_value_adapter(self) -> TypeAdapter[Any] | None:
+        # PostgresStorage[str, Note](...) records its type arguments on the instance. Only a
+        # pydantic model is rebuilt from the stored JSON; other declared types are hints, and a
+        # value that does not match one is still returned rather than made unreadable.
+        origin = getattr(self, "__orig_class__", None)
+        args = typing.get_args(origin) if origin is not None else ()
+        if len(args) == 2 and isinstance(args[1], type) and issubclass(args[1], BaseModel):
+            return TypeAdapter(args[1])
+        return None
+
+    def _entry(self, row: Mapping[str, Any], embedding: bool = False) -> MemoryEntry[V]:
+        vector = row["embedding"] if embedding else None
+        return MemoryEntry.model_construct(
+            key=row["key"],
+            value=self._decode_value(row["value"]),
+            text=row["content"],
+            type=MemoryType(row["memory_type"]),
+            scope=MemoryScope(row["scope"]),
+            scope_id=row["scope_id"],
+            indices=frozenset(MemoryIndex(index) for index in row["indices"]),
+            metadata=row["metadata"],
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
+            expires_at=row["expires_at"],
+            embedding=None if vector is None else [float(x) for x in vector.to_list()],
+        )
+
+    # --- restricting -----------------------------------------------------------------------
+    def _owner(
+        self, scope: MemoryScope | str | None, scope_id: str | None
+    ) -> tuple[MemoryScope | None, str | None]:
+        if scope is None:
+            if scope_id is not None:
+                raise MemoryValidationError("scope_id needs a scope")
+            return None, None
+        scope = _enum(MemoryScope, scope, "scope")
+        if scope is MemoryScope.GLOBAL:
+            if scope_id:
+                raise MemoryValidationError("GLOBAL memories have no scope_id")
+            return scope, ""
+        if scope_id is None:
+            return scope, self.config.default_scope_id
+        if not isinstance(scope_id, str) or not scope_id or "\x00" in scope_id:
+            raise MemoryValidationError("scope_id must be a non-empty string without NUL")
+        return scope, scope_id
+
+    def _restriction(
+        self,
+        scope: MemoryScope | str | None = None,
+        scope_id: str | None = None,
+        types: Iterable[MemoryType | str] | MemoryType | None = None,
+        filter: Mapping[str, Any] | None = None,
+        **bounds: Any,
+    ) -> Restriction:
+        owner_scope, owner_id = self._owner(scope, scope_id)
+        if isinstance(types, (MemoryType, str)):
+            types = [types]
+        type_set = (
+            frozenset(_enum(MemoryType, t, "type") for t in types) if types is not None else None
+        )
+        if filter is not None and not isinstance(filter, Mapping):
+            raise MemoryValidationError("filter must be a mapping")
+        return Restriction(
+            scope=owner_scope, scope_id=owner_id, types=type_set, filter=filter, **bounds
+        )
+
+    # --- writing ---------------------------------------------------------------------------
+    def _prepare(
+        self,
+        key: Any,
+        value: Any,
+        *,
+        type: MemoryType | str,
+        scope: MemoryScope | str,
+        scope_id: str | None,
+        indices: Iterable[MemoryIndex | str] | None,
+        metadata: Mapping[str, Any] | None,
+        ttl: TTL,
+        expires_at: datetime | None,
+        embedding: Any = None,
+    ) -> _Write:
+        config = self.config
+        key = validate_key(key, config.max_key_length)
+        memory_type = _enum(MemoryType, type, "type")
+        owner_scope, owner_id = self._owner(scope, scope_id)
+        assert owner_scope is not None and owner_id is not None
+        json_value = to_json_value(value)
+        size = len(encode_json(json_value).encode())
+        if size > config.max_value_bytes:
+            raise MemoryValidationError(
+                f"value of {key!r} is {size:,} bytes as JSON; the limit is "
+                f"{config.max_value_bytes:,} (PostgresConfig.max_value_bytes)"
+            )
+        if metadata is None:
+            json_metadata: dict[str, Any] = {}
+        elif isinstance(metadata, Mapping):
+            json_metadata = to_json_value(metadata, "metadata")
+        else:
+            raise MemoryValidationError("metadata must be a mapping")
+        text = self.text_of(value)
+        if not isinstance(text, str):
+            raise MemoryValidationError(f"text_of returned {type(text).__name__}, not str")
+        to_json_value(text, "indexed text")  # NUL and surrogate check
+        index_set = _indices(indices)
+        ttl_delta, expiry = self._expiry(memory_type, ttl, expires_at)
+        vector = None
+        if embedding is not None:
+            if MemoryIndex.SEMANTIC not in index_set:
+                raise MemoryValidationError(
+                    f"{key!r}: an embedding was given but SEMANTIC is not among its indices"
+                )
+            vector = self._check_vectors(np.asarray([embedding], dtype=np.float32), 1)[0]
+        return _Write(
+            key=key,
+            value=json_value,
+            text=text,
+            content_hash=hashlib.sha256(text.encode()).digest(),
+            type=memory_type,
+            scope=owner_scope,
+            scope_id=owner_id,
+            indices=index_set,
+            metadata=json_metadata,
+            embedding=vector,
+            ttl=ttl_delta,
+            expires_at=expiry,
+        )
+
+    def _expiry(
+        self, memory_type: MemoryType, ttl: TTL, expires_at: datetime | None
+    ) -> tuple[timedelta | None, datetime | None]:
+        if expires_at is not None:
+            if ttl is not None:
+                raise MemoryValidationError("give either ttl or expires_at, not both")
+            if not isinstance(expires_at, datetime) or expires_at.tzinfo is None:
+                raise MemoryValidationError("expires_at must be a timezone-aware datetime")
+            if expires_at <= datetime.now(timezone.utc):
+                raise MemoryValidationError(f"expires_at {expires_at.isoformat()} is in the past")
+            return None, expires_at
+        if ttl is None:
+            return self.config.ttl_for(memory_type), None
+        if ttl == "never":
+            return None, None
+        if isinstance(ttl, bool) or not isinstance(ttl, (timedelta, int, float)):
+            raise MemoryValidationError(
+                "ttl must be a timedelta, a number of seconds, 'never' or None"
+            )
+        delta = ttl if isinstance(ttl, timedelta) else timedelta(seconds=float(ttl))
+        if delta <= timedelta(0) or (isinstance(ttl, float) and not math.isfinite(ttl)):
+            raise MemoryValidationError(f"ttl must be positive and finite, got {ttl!r}")
+        return delta, None
+
+    def _check_vectors(self, vectors: Any, count: int) -> Vector:
+        array = np.asarray(vectors, dtype=np.float32)
+        dimension = self.layout.dimension
+        if array.ndim != 2 or array.shape[0] != count:
+            raise MemoryValidationError(
+                f"the embedder returned {array.shape[0] if array.ndim else 0} vectors for "
+                f"{count} texts"
+            )
+        if array.shape[1] != dimension:
+            raise DimensionMismatchError(
+                f"embedding has {array.shape[1]} dimensions; this store's vectors have "
+                f"{dimension}",
+                expected=dimension,
+                actual=int(array.shape[1]),
+            )
+        if not np.isfinite(array).all():
+            raise MemoryValidationError("embedding contains NaN or infinity")
+        if (np.abs(array).max(axis=1) == 0).any():
+            raise MemoryValidationError(
+                "embedding is all zeros: cosine similarity is undefined for it"
+            )
+        return array
+
+    async def _embed(self, texts: list[str], progress: ProgressCallback | None = None) -> Vector:
+        """Vectors for ``texts``, in batches, each distinct text embedded once."""
+        unique = list(dict.fromkeys(texts))
+        vectors: dict[str, Vector] = {}
+        batch = self.config.embedding_batch_size
+        for start in range(0, len(unique), batch):
+            chunk = unique[start : start + batch]
+            embedded = self._check_vectors(await self.embedder.embed_documents(chunk), len(chunk))
+            vectors.update(zip(chunk, embedded))
+            if progress is not None:
+                progress(min(start + batch, len(unique)), len(unique))
+        return np.stack([vectors[text] for text in texts]) if texts else np.zeros((0, 0))
+
+    async def _plan_embeddings(
+        self, writes: list[_Write], progress: ProgressCallback | None = None
+    ) -> None:
+        """Give every write that needs one an embedding, embedding as little as possible.
+
+        The cache answers texts embedded recently; a key whose stored text is unchanged keeps
+        its stored vector (the upsert leaves it in place when sent NULL); only the rest reach
+        the model, deduplicated, in batches.
+        """
+        pending = [w for w in writes if w.wants_embedding and w.embedding is None]
+        missing: list[_Write] = []
+        for write in pending:
+            cached = self._cache.get(write.content_hash)
+            if cached is not None:
+                write.embedding = cached
+            else:
+                missing.append(write)
+        if missing:
+            sql, args = self._statements.known_hashes([w.key for w in missing])
+            rows = await self._run("store", lambda conn: conn.fetch(sql, *args))
+            stored = {row["key"]: bytes(row["content_hash"]) for row in rows}
+            missing = [w for w in missing if stored.get(w.key) != w.content_hash]
+        if missing:
+            vectors = await self._embed([w.text for w in missing], progress)
+            for write, vector in zip(missing, vectors):
+                write.embedding = vector
+                self._cache.put(write.content_hash, vector)
+
+    async def _repair_embeddings(self, keys: list[str], writes: Mapping[str, _Write]) -> None:
+        """Embed rows the upsert left without a vector (their text changed concurrently)."""
+        todo = [writes[key] for key in keys if key in writes]
+        if not todo:
+            return
+        vectors = await self._embed([w.text for w in todo])
+        sql = self._statements.set_embeddings()
+        records = [(w.key, vector, w.content_hash) for w, vector in zip(todo, vectors)]
+        await self._run("store", lambda conn: conn.executemany(sql, records))
+
+    async def store(
+        self,
+        key: K,
+        value: V,
+        *,
+        type: MemoryType | str = MemoryType.LONG_TERM,
+        scope: MemoryScope | str = MemoryScope.GLOBAL,
+        scope_id: str | None = None,
+        indices: Iterable[MemoryIndex | str] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        ttl: TTL = None,
+        expires_at: datetime | None = None,
+        embedding: Any = None,
+    ) -> MemoryEntry[V]:
+        """Store ``value`` under ``key``, replacing what the key held before (an upsert).
+
+        Args:
+            key: unique in this store.
+            value: JSON data (dict, list, str, number, bool, None) or a pydantic model.
+            type, scope: what kind of memory and whose; ``scope_id`` defaults to
+                ``config.default_scope_id`` (GLOBAL has none).
+            indices: SEMANTIC and/or CONTEXTUAL (default both); an empty set stores a plain
+                key-value memory.
+            metadata: a JSON object, searchable with filters.
+            ttl: time-to-live (timedelta or seconds), ``"never"``, or None for the type's
+                default (``config.type_ttls``). ``expires_at`` sets the moment instead.
+            embedding: a precomputed vector, to skip the embedder.
+
+        Returns:
+            The stored entry. ``created_at`` is kept from an earlier live version of the key;
+            the text is re-embedded only if it changed.
+        """
+        write = self._prepare(
+            key,
+            value,
+            type=type,
+            scope=scope,
+            scope_id=scope_id,
+            indices=indices,
+            metadata=metadata,
+            ttl=ttl,
+            expires_at=expires_at,
+            embedding=embedding,
+        )
+        await self._plan_embeddings([write])
+        sql, args = self._statements.upsert_one(write.record())
+        row = await self._run("store", lambda conn: conn.fetchrow(sql, *args))
+        assert row is not None
+        if row["needs_embedding"]:
+            await self._repair_embeddings([write.key], {write.key: write})
+        return MemoryEntry.model_construct(
+            key=write.key,
+            value=value,
+            text=write.text,
+            type=write.type,
+            scope=write.scope,
+            scope_id=write.scope_id,
+            indices=write.indices,
+            metadata=write.metadata,
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
+            expires_at=row["expires_at"],
+            embedding=None,
+        )
+
+    async def store_many(
+        self,
+        items: Iterable[MemoryItem | tuple[str, Any]],
+        *,
+        type: MemoryType | str = MemoryType.LONG_TERM,
+        scope: MemoryScope | str = MemoryScope.GLOBAL,
+        scope_id: str | None = None,
+        indices: Iterable[MemoryIndex | str] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        ttl: TTL = None,
+        progress: ProgressCallback | None = None,
+    ) -> int:
+        """Store many memories in one transaction: all of them, or (on any error) none.
+
+        Everything is validated and embedded (in batches of ``config.embedding_batch_size``)
+        before the database is touched; rows then go in through COPY and one upsert. A key
+        given twice keeps its last value. ``progress(done, total)`` follows the embedding.
+
+        Returns:
+            How many distinct keys were written.
+        """
+        defaults = {
+            "type": type,
+            "scope": scope,
+            "scope_id": scope_id,
+            "indices": indices,
+            "metadata": metadata,
+            "ttl": ttl,
+            "expires_at": None,
+            "embedding": None,
+        }
+        writes: dict[str, _Write] = {}
+        for position, item in enumerate(items):
+            fields = _item_fields(item, position)
+            try:
+                write = self._prepare(**{**defaults, **fields})
+            except MemoryValidationError as exc:
+                raise MemoryValidationError(f"item {position}: {exc}") from None
+            writes.pop(write.key, None)  # re-insert so the last occurrence decides the order
+            writes[write.key] = write
+        if not writes:
+            return 0
+        batch = list(writes.values())
+        await self._plan_embeddings(batch, progress)
+        statements = self._statements
+        records = [write.record() for write in batch]
+
+        async def write_all(conn: asyncpg.Connection) -> list[str]:
+            async with conn.transaction():
+                await conn.execute(statements.create_staging())
+                await conn.copy_records_to_table(
+                    statements.staging, records=records, columns=list(STAGING_COLUMNS)
+                )
+                rows = await conn.fetch(
+                    f"WITH merged AS ({statements.merge_staging()}) "
+                    "SELECT key FROM merged WHERE needs_embedding"
+                )
+            return [row["key"] for row in rows]
+
+        repair = await self._run("store_many", write_all)
+        await self._repair_embeddings(repair, writes)
+        return len(batch)
+
+    # --- reading ---------------------------------------------------------------------------
+    async def retrieve(
+        self,
+        key: K,
+        *,
+        scope: MemoryScope | str | None = None,
+        scope_id: str | None = None,
+        include_embedding: bool = False,
+    ) -> MemoryEntry[V]:
+        """The live memory stored under ``key``.
+
+        Raises:
+            MemoryNotFoundError: no such key, it has expired, or it belongs to another
+                ``(scope, scope_id)`` than the one given.
+        """
+        key = validate_key(key, self.config.max_key_length)
+        sql, args = self._statements.retrieve(
+            key, self._restriction(scope, scope_id), include_embedding
+        )
+        row = await self._run("retrieve", lambda conn: conn.fetchrow(sql, *args))
+        if row is None:
+            raise MemoryNotFoundError(key)
+        return self._entry(row, embedding=include_embedding)
+
+    async def exists(
+        self, key: K, *, scope: MemoryScope | str | None = None, scope_id: str | None = None
+    ) -> bool:
+        """Whether a live memory is stored under ``key`` (within the owner, if given)."""
+        key = validate_key(key, self.config.max_key_length)
+        sql, args = self._statements.exists(key, self._restriction(scope, scope_id))
+        return bool(await self._run("exists", lambda conn: conn.fetchval(sql, *args)))
+
+    async def count(
+        self,
+        *,
+        scope: MemoryScope | str | None = None,
+        scope_id: str | None = None,
+        types: Iterable[MemoryType | str] | MemoryType | None = None,
+        filter: Mapping[str, Any] | None = None,
+    ) -> int:
+        """How many live memories match."""
+        sql, args = self._statements.count(self._restriction(scope, scope_id, types, filter))
+        return int(await self._run("count", lambda conn: conn.fetchval(sql, *args)))
+
+    async def list(
+        self,
+        *,
+        scope: MemoryScope | str | None = None,
+        scope_id: str | None = None,
+        types: Iterable[MemoryType | str] | MemoryType | None = None,
+        filter: Mapping[str, Any] | None = None,
+        limit: int = 100,
+        offset: int = 0,
+        order_by: ListOrder = "created_at",
+        descending: bool = True,
+    ) -> list[MemoryEntry[V]]:
+        """A page of live memories, newest first by default."""
+        if not 1 <= limit <= 10_000 or not 0 <= offset:
+            raise MemoryValidationError("limit must be in [1, 10000] and offset >= 0")
+        if order_by not in ("created_at", "updated_at", "key"):
+            raise MemoryValidationError(f"cannot order by {order_by!r}")
+        sql, args = self._statements.list(
+            self._restriction(scope, scope_id, types, filter),
+            limit=limit,
+            offset=offset,
+            order_by=order_by,
+            descending=descending,
+        )
+        rows = await self._run("list", lambda conn: conn.fetch(sql, *args))
+        return [self._entry(row) for row in rows]
+
+    # --- deleting --------------------------------------------------------------------------
+    async def delete(
+        self, key: K, *, scope: MemoryScope | str | None = None, scope_id: str | None = None
+    ) -> bool:
+        """Delete the memory stored under ``key``; True if a live one was deleted."""
+        key = validate_key(key, self.config.max_key_length)
+        restriction = replace(self._restriction(scope, scope_id), include_expired=True)
+        sql, args = self._statements.delete(key, restriction)
+        rows = await self._run("delete", lambda conn: conn.fetch(sql, *args))
+        return any(row["live"] for row in rows)
+
+    async def delete_many(
+        self,
+        *,
+        scope: MemoryScope | str | None = None,
+        scope_id: str | None = None,
+        types: Iterable[MemoryType | str] | MemoryType | None = None,
+        filter: Mapping[str, Any] | None = None,
+        keys: Iterable[str] | None = None,
+    ) -> int:
+        """Delete every memory that matches all the criteria given; returns how many.
+
+        At least one criterion is required, so that a forgotten argument cannot empty the
+        store: use :meth:`clear` for that.
+        """
+        if scope is None and types is None and not filter and keys is None:
+            raise MemoryValidationError(
+                "delete_many needs a scope, types, filter or keys; use clear() to delete all"
+            )
+        key_set = None
+        if keys is not None:
+            key_set = frozenset(validate_key(k, self.config.max_key_length) for k in keys)
+        restriction = replace(
+            self._restriction(scope, scope_id, types, filter), keys=key_set, include_expired=True
+        )
+        sql, args = self._statements.delete_many(restriction)
+        status = await self._run("delete_many", lambda conn: conn.execute(sql, *args))
+        return _affected(status)
+
+    async def clear(self) -> int:
+        """Delete every memory in this store's table; returns how many."""
+        sql, args = self._statements.delete_many(Restriction(include_expired=True))
+        status = await self._run("clear", lambda conn: conn.execute(sql, *args))
+        self._cache.clear()
+        return _affected(status)
+
+    # --- searching -------------------------------------------------------------------------
+    def search(self, query: MemoryQuery) -> MemorySearchResults[V]:
+        """Memories matching ``query``, best first (see :class:`MemoryQuery` for scores).
+
+        Use ``async for result in storage.search(query)`` or ``await storage.search(query)``.
+        """
+        if not isinstance(query, MemoryQuery):
+            raise MemoryValidationError("search takes a MemoryQuery")
+        return MemorySearchResults(lambda: self._search(query))
+
+    async def _query_vector(self, query: MemoryQuery) -> Vector:
+        if query.embedding is not None:
+            return self._check_vectors(np.asarray([query.embedding]), 1)[0]
+        assert query.query is not None
+        content_hash = hashlib.sha256(query.query.encode()).digest()
+        cached = self._cache.get(content_hash)
+        if cached is not None:
+            return cached
+        vector = self._check_vectors(
+            np.asarray([await self.embedder.embed_query(query.query)]), 1
+        )[0]
+        self._cache.put(content_hash, vector)
+        return vector
+
+    async def _search(self, query: MemoryQuery) -> list[MemorySearchResult[V]]:
+        statements = self._statements
+        restriction = self._restriction(
+            query.scope,
+            query.scope_id,
+            query.types,
+            query.filter,
+            keys=query.keys,
+            created_after=query.created_after,
+            created_before=query.created_before,
+            updated_after=query.updated_after,
+            updated_before=query.updated_before,
+        )
+        window = {"limit": query.limit, "offset": query.offset, "min_score": query.min_score}
+        index = query.index_type
+        if index is MemoryIndex.SEMANTIC:
+            vector = await self._query_vector(query)
+            sql, args = statements.semantic_search(vector, restriction, **window)
+        elif index is MemoryIndex.CONTEXTUAL:
+            assert query.query is not None
+            sql, args = statements.contextual_search(query.query, restriction, **window)
+        elif index is MemoryIndex.HYBRID:
+            assert query.query is not None
+            vector = await self._query_vector(query)
+            sql, args = statements.hybrid_search(
+                query.query,
+                vector,
+                restriction,
+                candidates=self.config.hybrid_candidates,
+                rrf_k=self.config.rrf_k,
+                **window,
+            )
+        else:
+            sql, args = statements.temporal_search(query.query, restriction, **window)
+        rows = await self._run("search", lambda conn: conn.fetch(sql, *args))
+        return [
+            MemorySearchResult.model_construct(
+                entry=self._entry(row),
+                score=float(row["score"]),
+                index_type=index,
+                semantic_score=_optional_float(row, "semantic_score"),
+                contextual_score=_optional_float(row, "contextual_score"),
+            )
+            for row in rows
+        ]
+
+    def similar(
+        self,
+        key: K,
+        limit: int = 5,
+        *,
+        scope: MemoryScope | str | None = None,
+        scope_id: str | None = None,
+        types: Iterable[MemoryType | str] | MemoryType | None = None,
+        filter: Mapping[str, Any] | None = None,
+        min_score: float | None = None,
+    ) -> MemorySearchResults[V]:
+        """The memories nearest in meaning to the one stored under ``key`` (itself excluded).
+
+        Uses the stored embedding; nothing is re-embedded. With a scope given, both ``key`` and
+        the results must belong to that owner. Scores are cosine similarities.
+
+        Raises:
+            MemoryNotFoundError: ``key`` is missing, expired or outside the given owner.
+            MemoryIndexError: ``key`` was stored without the SEMANTIC index.
+        """
+        key = validate_key(key, self.config.max_key_length)
+        if not 1 <= limit <= 1_000:
+            raise MemoryValidationError("limit must be in [1, 1000]")
+        if min_score is not None and not -1.0 <= min_score <= 1.0:
+            raise MemoryValidationError("min_score must be in [-1, 1] (cosine similarity)")
+        target = self._restriction(scope, scope_id)
+        restriction = self._restriction(scope, scope_id, types, filter)
+        return MemorySearchResults(
+            lambda: self._similar(key, target, restriction, limit, min_score)
+        )
+
+    async def _similar(
+        self,
+        key: str,
+        target: Restriction,
+        restriction: Restriction,
+        limit: int,
+        min_score: float | None,
+    ) -> list[MemorySearchResult[V]]:
+        statements = self._statements
+        sql, args = statements.similar(key, target, restriction, limit=limit, min_score=min_score)
+        rows = await self._run("similar", lambda conn: conn.fetch(sql, *args))
+        if not rows:
+            probe_sql, probe_args = statements.probe_state(key, target)
+            state = await self._run("similar", lambda conn: conn.fetchrow(probe_sql, *probe_args))
+            if state is None:
+                raise MemoryNotFoundError(key)
+            if not state["has_embedding"]:
+                raise MemoryIndexError(
+                    f"memory {key!r} has no embedding: it was stored without the SEMANTIC index"
+                )
+        return [
+            MemorySearchResult.model_construct(
+                entry=self._entry(row),
+                score=float(row["score"]),
+                index_type=MemoryIndex.SEMANTIC,
+                semantic_score=float(row["score"]),
+                contextual_score=None,
+            )
+            for row in rows
+        ]
+
+    # --- maintenance -------------------------------------------------------------------------
+    async def cleanup_expired(
+        self,
+        *,
+        scope: MemoryScope | str | None = None,
+        scope_id: str | None = None,
+        batch_size: int | None = None,
+    ) -> int:
+        """Delete expired memories in bounded batches; returns how many were deleted.
+
+        Expired memories are already invisible to every read; this reclaims their space.
+        """
+        batch = batch_size or self.config.maintenance_batch_size
+        restriction = replace(self._restriction(scope, scope_id), include_expired=True)
+        sql, args = self._statements.delete_expired_batch(restriction, batch)
+        total = 0
+        while True:
+            status = await self._run("cleanup_expired", lambda conn: conn.execute(sql, *args))
+            deleted = _affected(status)
+            total += deleted
+            if deleted < batch:
+                return total
+
+    async def reindex(
+        self,
+        index: MemoryIndex | str = MemoryIndex.SEMANTIC,
+        *,
+        batch_size: int | None = None,
+        resume: bool = True,
+        progress: ProgressCallback | None = None,
+    ) -> int:
+        """Rebuild an index; returns how many memories it covers.
+
+        SEMANTIC re-embeds every live memory with the current embedder, in batches walked by
+        key (keyset pagination). An interrupted run leaves its position in the registry and,
+        with ``resume=True``, the next call continues from there. If the embedder's dimension
+        differs from the table's, the column is converted first (this is how a store moves to
+        a new model). CONTEXTUAL rebuilds the full-text and trigram indexes, switching the
+        text search configuration to ``config.text_search_config`` if it changed.
+        """
+        index = _enum(MemoryIndex, index, "index")
+        if index is MemoryIndex.SEMANTIC:
+            return await self._reindex_semantic(batch_size, resume, progress)
+        if index is MemoryIndex.CONTEXTUAL:
+            return await self._reindex_contextual(progress)
+        raise MemoryValidationError(f"{index.name} is a query mode, not an index to rebuild")
+
+    async def _reindex_semantic(
+        self, batch_size: int | None, resume: bool, progress: ProgressCallback | None
+    ) -> int:
+        batch = batch_size or self.config.embedding_batch_size * 4
+        dimension = await asyncio.to_thread(lambda: int(self.embedder.dimension))
+        if dimension != self.layout.dimension:
+            await self._convert_dimension(dimension)
+            resume = False
+        statements = self._statements
+        table = self.layout.table
+        cursor = ""
+        if resume:
+            saved = await self._run(
+                "reindex",
+                lambda conn: conn.fetchval(statements.load_reindex_cursor(), table),
+            )
+            cursor = saved or ""
+        total = int(await self._run("reindex", lambda conn: conn.fetchval(statements.count_semantic())))
+        done = 0
+        if cursor:
+            logger.info("resuming semantic reindex of %s after key %r", table, cursor)
+        self._cache.clear()  # vectors from the previous model must not be reused
+        while True:
+            rows = await self._run(
+                "reindex",
+                lambda conn: conn.fetch(statements.reindex_batch(), cursor, batch),
+            )
+            if not rows:
+                break
+            vectors = await self._embed([row["content"] for row in rows])
+            records = [
+                (row["key"], vector, row["content_hash"]) for row, vector in zip(rows, vectors)
+            ]
+            cursor = rows[-1]["key"]
+
+            async def write(conn: asyncpg.Connection) -> None:
+                async with conn.transaction():
+                    await conn.executemany(statements.set_embeddings(), records)
+                    await conn.execute(statements.save_reindex_cursor(), table, cursor)
+
+            await self._run("reindex", write)
+            done += len(rows)
+            if progress is not None:
+                progress(min(done, total), total)
+        await self._run(
+            "reindex", lambda conn: conn.execute(statements.save_reindex_cursor(), table, None)
+        )
+        return done
+
+    async def _convert_dimension(self, dimension: int) -> None:
+        """Retype the embedding column for a new model; every stored vector is dropped."""
+        old = self.layout
+        new = replace(old, dimension=dimension, vector_type=vector_type_for(dimension))
+        logger.warning(
+            "converting %s.%s embeddings from %d to %d dimensions; every memory is re-embedded",
+            old.schema,
+            old.table,
+            old.dimension,
+            dimension,
+        )
+
+        async def convert(conn: asyncpg.Connection) -> None:
+            async with conn.transaction():
+                await conn.execute(f"DROP INDEX IF EXISTS {old.qualified_index('embedding_idx')}")
+                await conn.execute(
+                    f"ALTER TABLE {old.qualified_table} ALTER COLUMN embedding "
+                    f"TYPE {new.vector_column_type} USING NULL"
+                )
+                # Built while the column is empty, the index then grows with each batch.
+                await conn.execute(new.hnsw_index_statement())
+                await conn.execute(
+                    Statements(new).record_dimension(), new.table, new.dimension, new.vector_type
+                )
+
+        await self._run("reindex", convert)
+        self._layout = new
+        self._sql = Statements(new)
+        # Cached statements describe the old column type.
+        assert self._pool is not None
+        await self._pool.expire_connections()
+
+    async def _reindex_contextual(self, progress: ProgressCallback | None) -> int:
+        layout = self.layout
+        wanted = self.config.text_search_config
+        statements = self._statements
+
+        async def rebuild(conn: asyncpg.Connection) -> int:
+            async with conn.transaction():
+                if layout.text_search_config != wanted:
+                    if not await conn.fetchval("SELECT EXISTS (SELECT 1 FROM pg_ts_config WHERE cfgname = $1)", wanted):
+                        raise MemoryConfigurationError(
+                            f"text search configuration {wanted!r} does not exist",
+                            field="text_search_config",
+                        )
+                    new = replace(layout, text_search_config=wanted)
+                    await conn.execute(
+                        f"ALTER TABLE {layout.qualified_table} ALTER COLUMN tsv "
+                        f"SET EXPRESSION AS ({new.tsvector_expression()})"
+                    )
+                    await conn.execute(
+                        statements.record_text_search_config(), layout.table, wanted
+                    )
+                for suffix in ("tsv_idx", "trgm_idx"):
+                    await conn.execute(f"REINDEX INDEX {layout.qualified_index(suffix)}")
+                return int(await conn.fetchval(statements.count_contextual()))
+
+        count = await self._run("reindex", rebuild)
+        if layout.text_search_config != wanted:
+            self._layout = replace(layout, text_search_config=wanted)
+            self._sql = Statements(self._layout)
+        if progress is not None:
+            progress(count, count)
+        return count
+
+    async def stats(self) -> dict[str, Any]:
+        """Counts and sizes for monitoring: memories live and expired, table bytes, pool and
+        embedding cache figures."""
+        statements = self._statements
+        layout = self.layout
+
+        async def gather(conn: asyncpg.Connection) -> dict[str, Any]:
+            live = await conn.fetchval(statements.count(Restriction())[0])
+            expired = await conn.fetchval(statements.count_expired())
+            sizes = await conn.fetchrow(
+                statements.table_sizes(), f"{layout.schema}.{layout.table}"
+            )
+            return {
+                "memories": int(live),
+                "expired_not_cleaned": int(expired),
+                "table_bytes": int(sizes["heap"]),
+                "total_bytes": int(sizes["total"]),
+            }
+
+        figures = await self._run("stats", gather)
+        pool = self._pool
+        assert pool is not None
+        figures["pool"] = {
+            "size": pool.get_size(),
+            "idle": pool.get_idle_size(),
+            "in_use": pool.get_size() - pool.get_idle_size(),
+            "max_size": pool.get_max_size(),
+        }
+        figures["embedding_cache"] = {
+            "entries": len(self._cache),
+            "hits": self._cache.hits,
+            "misses": self._cache.misses,
+        }
+        figures["dimension"] = layout.dimension
+        return figures
+
+
+E = TypeVar("E", MemoryType, MemoryScope, MemoryIndex)
+
+
+def _enum(kind: type[E], value: Any, name: str) -> E:
+    if isinstance(value, kind):
+        return value
+    try:
+        return kind(value)
+    except ValueError:
+        choices = ", ".join(member.value for member in kind)
+        raise MemoryValidationError(f"invalid {name} {value!r}: use one of {choices}") from None
+
+
+def _indices(indices: Iterable[MemoryIndex | str] | None) -> frozenset[MemoryIndex]:
+    if indices is None:
+        return _DEFAULT_INDICES
+    if isinstance(indices, (str, MemoryIndex)):
+        indices = [indices]
+    result: set[MemoryIndex] = set()
+    for item in indices:
+        index = _enum(MemoryIndex, item, "index")
+        if index is MemoryIndex.HYBRID:
+            result.update(_DEFAULT_INDICES)
+        elif index in STORABLE_INDICES:
+            result.add(index)
+        # TEMPORAL needs no index of its own: every memory can be listed by time.
+    return frozenset(result)
+
+
+def _item_fields(item: Any, position: int) -> dict[str, Any]:
+    if isinstance(item, tuple) and len(item) == 2:
+        return {"key": item[0], "value": item[1]}
+    if not isinstance(item, Mapping):
+        raise MemoryValidationError(
+            f"item {position}: expected a mapping with 'key' and 'value' or a (key, value) pair"
+        )
+    unknown = set(item) - _ITEM_FIELDS
+    if unknown:
+        raise MemoryValidationError(f"item {position}: unknown fields {sorted(unknown)}")
+    if "key" not in item or "value" not in item:
+        raise MemoryValidationError(f"item {position}: needs both 'key' and 'value'")
+    return dict(item)
+
+
+def _affected(status: str) -> int:
+    # "DELETE 42" -> 42
+    return int(status.rsplit(" ", 1)[-1])
+
+
+def _optional_float(row: Mapping[str, Any], column: str) -> float | None:
+    try:
+        value = row[column]
+    except KeyError:
+        return None
+    return None if value is None else float(value)

@@ -1,0 +1,126 @@
+"""Checking what callers hand us before anything reaches the database.
+
+Keys, values and metadata are validated here so that a bad input fails with a
+:class:`~pepperpy_pg_memory.MemoryValidationError` naming the problem and nothing is written.
+Text containing NUL (``\\x00``) is rejected, not stripped: PostgreSQL cannot store it in
+``text`` or ``jsonb``, and silently changing a memory would be worse than refusing it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import unicodedata
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import BaseModel
+
+from .errors import MemoryValidationError
+
+__all__ = ["validate_key", "to_json_value", "default_text_of", "encode_json"]
+
+_MAX_DEPTH = 64
+
+
+def validate_key(key: Any, max_length: int) -> str:
+    """The key as a string, or an error saying why it cannot be one."""
+    if not isinstance(key, str):
+        raise MemoryValidationError(f"memory keys must be strings, got {type(key).__name__}")
+    if not key:
+        raise MemoryValidationError("memory key is empty")
+    if len(key) > max_length:
+        raise MemoryValidationError(
+            f"memory key is {len(key)} characters long; the limit is {max_length}"
+        )
+    for char in key:
+        if unicodedata.category(char) in ("Cc", "Cs"):
+            raise MemoryValidationError(
+                f"memory key contains the control or surrogate character U+{ord(char):04X}"
+            )
+    return key
+
+
+def to_json_value(value: Any, what: str = "value") -> Any:
+    """``value`` as plain JSON data (pydantic models dumped), checked for what PostgreSQL refuses."""
+    if isinstance(value, BaseModel):
+        value = value.model_dump(mode="json")
+    return _check(value, what, 0)
+
+
+def _check(value: Any, where: str, depth: int) -> Any:
+    if depth > _MAX_DEPTH:
+        raise MemoryValidationError(f"{where} nests deeper than {_MAX_DEPTH} levels")
+    if value is None or isinstance(value, bool) or isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise MemoryValidationError(f"{where} holds {value}, which JSON cannot represent")
+        return value
+    if isinstance(value, str):
+        _check_text(value, where)
+        return value
+    if isinstance(value, BaseModel):
+        return _check(value.model_dump(mode="json"), where, depth + 1)
+    if isinstance(value, Mapping):
+        result: dict[str, Any] = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise MemoryValidationError(
+                    f"{where} has the non-string key {key!r}; JSON object keys are strings"
+                )
+            _check_text(key, f"a key of {where}")
+            result[key] = _check(item, f"{where}[{key!r}]", depth + 1)
+        return result
+    if isinstance(value, (list, tuple)):
+        return [_check(item, f"{where}[{i}]", depth + 1) for i, item in enumerate(value)]
+    raise MemoryValidationError(
+        f"{where} is a {type(value).__name__}, which is not JSON-serialisable "
+        "(use dict, list, str, number, bool, None or a pydantic model)"
+    )
+
+
+def _check_text(text: str, where: str) -> None:
+    if "\x00" in text:
+        raise MemoryValidationError(
+            f"{where} contains a NUL character (\\x00), which PostgreSQL cannot store"
+        )
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise MemoryValidationError(
+            f"{where} is not valid Unicode text (lone surrogate at position {exc.start})"
+        ) from None
+
+
+def encode_json(value: Any) -> str:
+    """Compact JSON text of already-checked data."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def default_text_of(value: Any) -> str:
+    """The text a memory is indexed by, unless the storage is given its own ``text_of``.
+
+    * a string is its own text;
+    * a mapping with a string ``"content"`` is indexed by that;
+    * anything else by its string leaves (mapping values and list items, depth first), one per
+      line, or, if it has none, by its compact JSON.
+    """
+    if isinstance(value, str):
+        return value
+    if isinstance(value, Mapping) and isinstance(value.get("content"), str):
+        return str(value["content"])
+    leaves: list[str] = []
+    _string_leaves(value, leaves)
+    return "\n".join(leaves) if leaves else encode_json(value)
+
+
+def _string_leaves(value: Any, out: list[str]) -> None:
+    if isinstance(value, str):
+        out.append(value)
+    elif isinstance(value, Mapping):
+        for item in value.values():
+            _string_leaves(item, out)
+    elif isinstance(value, list):
+        for item in value:
+            _string_leaves(item, out)
