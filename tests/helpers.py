@@ -1,0 +1,59 @@
+"""Test doubles that are not databases: embedders that count or fail on cue."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from pepperpy_pg_memory import HashingEmbedder
+
+
+class CountingEmbedder(HashingEmbedder):
+    """The hashing embedder, recording every batch of texts it is asked to embed."""
+
+    def __init__(self, dimension: int = 64) -> None:
+        super().__init__(dimension)
+        self.batches: list[list[str]] = []
+        self.queries: list[str] = []
+
+    @property
+    def embedded_texts(self) -> list[str]:
+        return [text for batch in self.batches for text in batch]
+
+    async def embed_documents(self, texts: list[str]) -> Any:
+        self.batches.append(list(texts))
+        return await super().embed_documents(texts)
+
+    async def embed_query(self, text: str) -> Any:
+        self.queries.append(text)
+        return await super().embed_query(text)
+
+
+class FailingEmbedder(HashingEmbedder):
+    """Fails on the n-th call of embed_documents (1-based), as a crashed model would."""
+
+    def __init__(self, dimension: int, fail_on_call: int) -> None:
+        super().__init__(dimension)
+        self.calls = 0
+        self.fail_on_call = fail_on_call
+
+    async def embed_documents(self, texts: list[str]) -> Any:
+        self.calls += 1
+        if self.calls == self.fail_on_call:
+            raise RuntimeError("model crashed")
+        return await super().embed_documents(texts)
+
+
+class FixedEmbedder(HashingEmbedder):
+    """Returns the given vector for every text (to feed the store bad embeddings)."""
+
+    def __init__(self, vector: list[float]) -> None:
+        super().__init__(len(vector))
+        self.vector = np.asarray(vector, dtype=np.float32)
+
+    async def embed_documents(self, texts: list[str]) -> Any:
+        return np.stack([self.vector for _ in texts])
+
+    async def embed_query(self, text: str) -> Any:
+        return self.vector

@@ -1,0 +1,170 @@
+"""Expiry is enforced on every read at once; scopes never leak into each other."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import asyncpg
+import pytest
+
+from pepperpy_pg_memory import (
+    MemoryIndex,
+    MemoryNotFoundError,
+    MemoryQuery,
+    MemoryScope,
+    MemoryType,
+    PostgresConfig,
+    PostgresStorage,
+)
+
+
+async def _expire_now(conn: asyncpg.Connection, config: PostgresConfig, key: str) -> None:
+    # Move the deadline into the past behind the store's back, as the passing of time would.
+    await conn.execute(
+        f'UPDATE "{config.schema_name}"."{config.table}" '
+        "SET expires_at = now() - interval '1 second' WHERE key = $1",
+        key,
+    )
+
+
+async def test_expired_entries_vanish_from_every_read_before_cleanup(
+    storage: PostgresStorage[str, Any], raw_conn: asyncpg.Connection
+) -> None:
+    await storage.store("gone", "shared phrase about lanterns", type=MemoryType.SHORT_TERM)
+    await storage.store("kept", "shared phrase about lanterns too", type=MemoryType.LONG_TERM)
+    await _expire_now(raw_conn, storage.config, "gone")
+
+    with pytest.raises(MemoryNotFoundError):
+        await storage.retrieve("gone")
+    assert not await storage.exists("gone")
+    assert await storage.count() == 1
+    assert [e.key for e in await storage.list()] == ["kept"]
+    for index in MemoryIndex:
+        results = await storage.search(MemoryQuery(query="lanterns shared phrase", index_type=index))
+        assert "gone" not in [r.entry.key for r in results], index
+    assert "gone" not in [r.entry.key for r in await storage.similar("kept")]
+    with pytest.raises(MemoryNotFoundError):
+        await storage.similar("gone")
+
+    stats = await storage.stats()
+    assert stats["expired_not_cleaned"] == 1
+    assert await storage.cleanup_expired() == 1
+    assert await storage.cleanup_expired() == 0
+    assert (await storage.stats())["expired_not_cleaned"] == 0
+
+
+async def test_ttl_defaults_follow_the_memory_type(storage: PostgresStorage[str, Any]) -> None:
+    ttls = storage.config.type_ttls
+    for memory_type in MemoryType:
+        entry = await storage.store(f"k-{memory_type.value}", "x", type=memory_type)
+        ttl = ttls[memory_type]
+        if ttl is None:
+            assert entry.expires_at is None, memory_type
+        else:
+            assert entry.expires_at is not None
+            assert entry.expires_at - entry.updated_at == ttl, memory_type
+    assert ttls[MemoryType.SHORT_TERM] is not None and ttls[MemoryType.WORKING] is not None
+    assert ttls[MemoryType.LONG_TERM] is None
+
+
+async def test_explicit_ttl_never_and_expires_at(storage: PostgresStorage[str, Any]) -> None:
+    never = await storage.store("a", "x", type=MemoryType.SHORT_TERM, ttl="never")
+    assert never.expires_at is None
+    seconds = await storage.store("b", "x", ttl=90)
+    assert seconds.expires_at is not None
+    assert seconds.expires_at - seconds.updated_at == timedelta(seconds=90)
+    moment = datetime.now(timezone.utc) + timedelta(days=3)
+    fixed = await storage.store("c", "x", expires_at=moment)
+    assert fixed.expires_at == moment
+
+
+async def test_short_ttl_really_expires(storage: PostgresStorage[str, Any]) -> None:
+    await storage.store("brief", "x", ttl=0.2)
+    assert await storage.exists("brief")
+    await asyncio.sleep(0.4)
+    assert not await storage.exists("brief")
+    assert await storage.cleanup_expired() == 1
+
+
+async def test_storing_an_expired_key_again_starts_a_new_memory(
+    storage: PostgresStorage[str, Any], raw_conn: asyncpg.Connection
+) -> None:
+    first = await storage.store("k", "old")
+    await _expire_now(raw_conn, storage.config, "k")
+    second = await storage.store("k", "new")
+    assert second.created_at > first.created_at
+
+
+async def test_cleanup_runs_in_bounded_batches(
+    storage: PostgresStorage[str, Any], raw_conn: asyncpg.Connection
+) -> None:
+    await storage.store_many(((f"k{i}", "x") for i in range(25)), ttl=3600)
+    await raw_conn.execute(
+        f'UPDATE "{storage.config.schema_name}"."{storage.config.table}" '
+        "SET expires_at = now() - interval '1 second'"
+    )
+    assert await storage.cleanup_expired(batch_size=4) == 25
+    assert await storage.count() == 0
+
+
+@pytest.fixture
+async def two_sessions(storage: PostgresStorage[str, Any]) -> PostgresStorage[str, Any]:
+    for session in ("s1", "s2"):
+        await storage.store(
+            f"{session}-secret",
+            f"the password hint of {session} is a blue lantern",
+            type=MemoryType.SHORT_TERM,
+            scope=MemoryScope.SESSION,
+            scope_id=session,
+        )
+    await storage.store("public", "blue lanterns are pretty", scope=MemoryScope.GLOBAL)
+    return storage
+
+
+async def test_search_restricted_to_a_session_sees_only_that_session(
+    two_sessions: PostgresStorage[str, Any],
+) -> None:
+    for index in MemoryIndex:
+        results = await two_sessions.search(
+            MemoryQuery(
+                query="password hint blue lantern",
+                index_type=index,
+                scope=MemoryScope.SESSION,
+                scope_id="s1",
+                limit=50,
+            )
+        )
+        assert {r.entry.key for r in results} == {"s1-secret"}, index
+
+
+async def test_retrieve_delete_similar_respect_the_owner(
+    two_sessions: PostgresStorage[str, Any],
+) -> None:
+    store = two_sessions
+    session = MemoryScope.SESSION
+    with pytest.raises(MemoryNotFoundError):
+        await store.retrieve("s2-secret", scope=session, scope_id="s1")
+    assert (await store.retrieve("s1-secret", scope=session, scope_id="s1")).scope_id == "s1"
+    # similar() on someone else's key is "not found", not a leak of their neighbours
+    with pytest.raises(MemoryNotFoundError):
+        await store.similar("s2-secret", scope=session, scope_id="s1")
+    neighbours = await store.similar("s1-secret", scope=session, scope_id="s1", limit=10)
+    assert neighbours == []  # s1 has nothing else
+    assert await store.delete("s2-secret", scope=session, scope_id="s1") is False
+    assert await store.exists("s2-secret")
+    assert await store.delete_many(scope=session, scope_id="s1") == 1
+    assert await store.exists("s2-secret") and await store.exists("public")
+    assert await store.count(scope=MemoryScope.GLOBAL) == 1
+
+
+async def test_scope_without_id_uses_the_configured_default(make_config: Any) -> None:
+    from pepperpy_pg_memory import HashingEmbedder
+
+    config = make_config(default_scope_id="agent-007")
+    async with PostgresStorage[str, Any](config, HashingEmbedder(16)) as store:
+        entry = await store.store("k", "x", scope=MemoryScope.AGENT)
+        assert entry.scope_id == "agent-007"
+        assert await store.count(scope=MemoryScope.AGENT) == 1
+        assert await store.count(scope=MemoryScope.AGENT, scope_id="other") == 0

@@ -1,0 +1,231 @@
+"""Migrations, dimension changes, reindexing: the table's life over time."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import textwrap
+import uuid
+from typing import Any
+
+import asyncpg
+import pytest
+
+from helpers import CountingEmbedder, FailingEmbedder
+from pepperpy_pg_memory import (
+    DimensionMismatchError,
+    HashingEmbedder,
+    MemoryIndex,
+    MemoryQuery,
+    MemorySchemaError,
+    MemoryValidationError,
+    PostgresStorage,
+)
+from pepperpy_pg_memory.schema import MIGRATIONS, SCHEMA_VERSION
+
+
+async def _registry(conn: asyncpg.Connection, schema: str, table: str) -> asyncpg.Record:
+    row = await conn.fetchrow(
+        f'SELECT * FROM "{schema}".pepperpy_memory_tables WHERE table_name = $1', table
+    )
+    assert row is not None
+    return row
+
+
+async def test_start_twice_applies_migrations_once(
+    make_config: Any, raw_conn: asyncpg.Connection
+) -> None:
+    config = make_config()
+    for _ in range(2):
+        async with PostgresStorage[str, Any](config, HashingEmbedder(16)) as store:
+            await store.store("k", "survives restarts")
+    async with PostgresStorage[str, Any](config, HashingEmbedder(16)) as store:
+        assert (await store.retrieve("k")).value == "survives restarts"
+    row = await _registry(raw_conn, config.schema_name, config.table)
+    assert row["schema_version"] == SCHEMA_VERSION == len(MIGRATIONS)
+    assert row["dimension"] == 16 and row["vector_type"] == "vector"
+
+
+async def test_concurrent_starts_in_one_process(make_config: Any) -> None:
+    config = make_config(schema=f"fresh_{uuid.uuid4().hex[:8]}")
+    stores = [PostgresStorage[str, Any](config, HashingEmbedder(16)) for _ in range(6)]
+    await asyncio.gather(*(store.start() for store in stores))
+    try:
+        await asyncio.gather(*(s.store(f"k{i}", "x") for i, s in enumerate(stores)))
+        assert await stores[0].count() == 6
+    finally:
+        await asyncio.gather(*(store.close() for store in stores))
+
+
+async def test_concurrent_starts_in_separate_processes(make_config: Any, pg_dsn: str) -> None:
+    schema = f"procs_{uuid.uuid4().hex[:8]}"
+    script = textwrap.dedent(
+        f"""
+        import asyncio, sys
+        from pepperpy_pg_memory import HashingEmbedder, PostgresConfig, PostgresStorage
+        async def main():
+            config = PostgresConfig(dsn={pg_dsn!r}, schema={schema!r}, table="shared")
+            async with PostgresStorage(config, HashingEmbedder(16)) as store:
+                await store.store("from-" + sys.argv[1], "hello")
+        asyncio.run(main())
+        """
+    )
+    processes = [
+        await asyncio.create_subprocess_exec(
+            sys.executable, "-c", script, str(n), stderr=asyncio.subprocess.PIPE
+        )
+        for n in range(4)
+    ]
+    results = await asyncio.gather(*(p.communicate() for p in processes))
+    assert [p.returncode for p in processes] == [0, 0, 0, 0], [err for _, err in results]
+    config = make_config(schema=schema, table="shared")
+    async with PostgresStorage[str, Any](config, HashingEmbedder(16)) as store:
+        assert await store.count() == 4
+
+
+async def test_a_table_not_made_by_us_is_refused(
+    make_config: Any, raw_conn: asyncpg.Connection
+) -> None:
+    config = make_config()
+    await raw_conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{config.schema_name}"')
+    await raw_conn.execute(f'CREATE TABLE "{config.schema_name}"."{config.table}" (id int)')
+    with pytest.raises(MemorySchemaError, match="not created by pepperpy-pg-memory"):
+        async with PostgresStorage[str, Any](config, HashingEmbedder(16)):
+            pass
+
+
+async def test_a_table_from_a_newer_library_is_refused(
+    make_config: Any, raw_conn: asyncpg.Connection
+) -> None:
+    config = make_config()
+    async with PostgresStorage[str, Any](config, HashingEmbedder(16)):
+        pass
+    await raw_conn.execute(
+        f'UPDATE "{config.schema_name}".pepperpy_memory_tables '
+        "SET schema_version = 999 WHERE table_name = $1",
+        config.table,
+    )
+    with pytest.raises(MemorySchemaError, match="upgrade pepperpy-pg-memory"):
+        async with PostgresStorage[str, Any](config, HashingEmbedder(16)):
+            pass
+
+
+async def test_changing_the_model_dimension_is_detected_and_migrated(
+    make_config: Any, raw_conn: asyncpg.Connection
+) -> None:
+    config = make_config()
+    async with PostgresStorage[str, Any](config, HashingEmbedder(16)) as store:
+        await store.store_many((f"k{i}", f"memory text {i}") for i in range(40))
+
+    with pytest.raises(DimensionMismatchError, match="on_dimension_mismatch='reindex'") as caught:
+        async with PostgresStorage[str, Any](config, HashingEmbedder(24)):
+            pass
+    assert (caught.value.expected, caught.value.actual) == (16, 24)
+
+    migrating = config.model_copy(update={"on_dimension_mismatch": "reindex"})
+    embedder = CountingEmbedder(24)
+    async with PostgresStorage[str, Any](migrating, embedder) as store:
+        assert store.layout.dimension == 24
+        assert len(embedder.embedded_texts) == 40
+        hits = await store.search(MemoryQuery(query="memory text 7", limit=1))
+        assert hits[0].score > 0.99
+        await store.store("new", "after the migration")
+    row = await _registry(raw_conn, config.schema_name, config.table)
+    assert row["dimension"] == 24 and row["reindex_cursor"] is None
+
+
+async def test_dimensions_above_2000_use_halfvec(
+    make_config: Any, raw_conn: asyncpg.Connection
+) -> None:
+    config = make_config()
+    async with PostgresStorage[str, Any](config, HashingEmbedder(2_500)) as store:
+        assert store.layout.vector_type == "halfvec"
+        await store.store_many([("a", "red apples"), ("b", "green pears")])
+        hits = await store.search(MemoryQuery(query="red apples", limit=1))
+        assert hits[0].entry.key == "a" and hits[0].score == pytest.approx(1.0, abs=1e-3)
+    row = await _registry(raw_conn, config.schema_name, config.table)
+    assert row["vector_type"] == "halfvec"
+
+
+async def test_unindexable_dimension_is_a_configuration_error(make_config: Any) -> None:
+    from pepperpy_pg_memory import MemoryConfigurationError
+
+    with pytest.raises(MemoryConfigurationError, match="at most 4000"):
+        async with PostgresStorage[str, Any](make_config(), HashingEmbedder(5_000)):
+            pass
+
+
+async def test_reindex_semantic_re_embeds_everything_with_progress(make_config: Any) -> None:
+    embedder = CountingEmbedder(16)
+    async with PostgresStorage[str, Any](make_config(), embedder) as store:
+        await store.store_many((f"k{i:03d}", f"text {i}") for i in range(50))
+        await store.store("words-only", "no vector", indices={MemoryIndex.CONTEXTUAL})
+        embedder.batches.clear()
+        progress: list[tuple[int, int]] = []
+        count = await store.reindex(
+            MemoryIndex.SEMANTIC, batch_size=20, progress=lambda d, t: progress.append((d, t))
+        )
+        assert count == 50
+        assert sorted(embedder.embedded_texts) == sorted(f"text {i}" for i in range(50))
+        assert progress == [(20, 50), (40, 50), (50, 50)]
+
+
+async def test_interrupted_reindex_resumes_where_it_stopped(
+    make_config: Any, raw_conn: asyncpg.Connection
+) -> None:
+    config = make_config()
+    async with PostgresStorage[str, Any](config, HashingEmbedder(16)) as store:
+        await store.store_many((f"k{i:03d}", f"text {i}") for i in range(50))
+    failing = FailingEmbedder(16, fail_on_call=3)  # batches 1 and 2 succeed, 3 crashes
+    async with PostgresStorage[str, Any](config, failing) as store:
+        with pytest.raises(RuntimeError, match="model crashed"):
+            await store.reindex(MemoryIndex.SEMANTIC, batch_size=10)
+    row = await _registry(raw_conn, config.schema_name, config.table)
+    assert row["reindex_cursor"] == "k019"
+
+    embedder = CountingEmbedder(16)
+    async with PostgresStorage[str, Any](config, embedder) as store:
+        assert await store.reindex(MemoryIndex.SEMANTIC, batch_size=10) == 30
+        assert min(embedder.embedded_texts, key=lambda t: int(t.split()[1])) == "text 20"
+        assert await store.reindex(MemoryIndex.SEMANTIC, batch_size=10, resume=False) == 50
+    row = await _registry(raw_conn, config.schema_name, config.table)
+    assert row["reindex_cursor"] is None
+
+
+async def test_reindex_contextual_switches_the_language(
+    make_config: Any, raw_conn: asyncpg.Connection
+) -> None:
+    config = make_config()
+    async with PostgresStorage[str, Any](config, HashingEmbedder(16)) as store:
+        await store.store("pt", "os gatos estão dormindo")
+        await store.store("en", "the cats are sleeping")
+        # english stemming: "sleeping" matches "sleep"
+        hits = await store.search(MemoryQuery(query="sleep", index_type=MemoryIndex.CONTEXTUAL))
+        assert [h.entry.key for h in hits] == ["en"]
+
+    portuguese = config.model_copy(update={"text_search_config": "portuguese"})
+    async with PostgresStorage[str, Any](portuguese, HashingEmbedder(16)) as store:
+        assert store.layout.text_search_config == "english"  # until reindexed
+        assert await store.reindex(MemoryIndex.CONTEXTUAL) == 2
+        assert store.layout.text_search_config == "portuguese"
+        hits = await store.search(MemoryQuery(query="gato", index_type=MemoryIndex.CONTEXTUAL))
+        assert [h.entry.key for h in hits] == ["pt"]
+    row = await _registry(raw_conn, config.schema_name, config.table)
+    assert row["text_search_config"] == "portuguese"
+
+
+async def test_reindex_rejects_query_modes(storage: PostgresStorage[str, Any]) -> None:
+    with pytest.raises(MemoryValidationError, match="query mode"):
+        await storage.reindex(MemoryIndex.HYBRID)
+    with pytest.raises(MemoryValidationError):
+        await storage.reindex("nonsense")
+
+
+async def test_unknown_text_search_config_fails_at_start(make_config: Any) -> None:
+    from pepperpy_pg_memory import MemoryConfigurationError
+
+    with pytest.raises(MemoryConfigurationError, match="klingon"):
+        async with PostgresStorage[str, Any](
+            make_config(text_search_config="klingon"), HashingEmbedder(16)
+        ):
+            pass

@@ -1,0 +1,228 @@
+"""search() in every mode, similar(), scores, paging and filters on a real database."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from pepperpy_pg_memory import (
+    MemoryIndex,
+    MemoryIndexError,
+    MemoryNotFoundError,
+    MemoryQuery,
+    MemoryScope,
+    MemoryType,
+    MemoryValidationError,
+    PostgresStorage,
+)
+
+CORPUS = {
+    "coffee": "Ana drinks her coffee with oat milk every morning",
+    "tea": "Bruno prefers green tea in the afternoon",
+    "router": "Restart the router when the internet connection drops",
+    "refund": "Refunds are accepted within thirty days with a receipt",
+    "hiking": "Planning a hiking trip to Patagonia next March",
+}
+
+
+@pytest.fixture
+async def corpus(storage: PostgresStorage[str, Any]) -> PostgresStorage[str, Any]:
+    await storage.store_many(
+        {"key": key, "value": {"content": text}, "metadata": {"len": len(text)}}
+        for key, text in CORPUS.items()
+    )
+    return storage
+
+
+async def test_semantic_search_ranks_by_cosine_similarity(
+    corpus: PostgresStorage[str, Any],
+) -> None:
+    results = [r async for r in corpus.search(MemoryQuery(query=CORPUS["router"], limit=3))]
+    assert results[0].entry.key == "router"
+    assert results[0].score == pytest.approx(1.0, abs=1e-5)
+    assert all(-1.0 <= r.score <= 1.0 for r in results)
+    assert [r.score for r in results] == sorted((r.score for r in results), reverse=True)
+    assert all(r.index_type is MemoryIndex.SEMANTIC for r in results)
+
+
+async def test_semantic_search_by_vector_and_min_score(corpus: PostgresStorage[str, Any]) -> None:
+    vector = await corpus.embedder.embed_query(CORPUS["tea"])
+    results = await corpus.search(
+        MemoryQuery(embedding=[float(x) for x in vector], min_score=0.99)
+    )
+    assert [r.entry.key for r in results] == ["tea"]
+
+
+async def test_contextual_search_uses_full_text_with_stemming(
+    corpus: PostgresStorage[str, Any],
+) -> None:
+    results = await corpus.search(
+        MemoryQuery(query="refund receipts", index_type=MemoryIndex.CONTEXTUAL)
+    )
+    assert [r.entry.key for r in results] == ["refund"]
+    assert 0.5 < results[0].score <= 1.0
+
+
+async def test_contextual_search_finds_misspelled_words_ranked_below_exact_ones(
+    corpus: PostgresStorage[str, Any],
+) -> None:
+    fuzzy = await corpus.search(
+        MemoryQuery(query="Patagnia hikng", index_type=MemoryIndex.CONTEXTUAL)
+    )
+    assert [r.entry.key for r in fuzzy] == ["hiking"]
+    assert 0 < fuzzy[0].score <= 0.5
+    unrelated = await corpus.search(
+        MemoryQuery(query="xylophone quartet", index_type=MemoryIndex.CONTEXTUAL)
+    )
+    assert unrelated == []
+
+
+async def test_hybrid_fuses_both_rankings_in_the_database(
+    corpus: PostgresStorage[str, Any],
+) -> None:
+    results = await corpus.search(
+        MemoryQuery(query="green tea afternoon", index_type=MemoryIndex.HYBRID, limit=5)
+    )
+    top = results[0]
+    assert top.entry.key == "tea"
+    assert top.score == pytest.approx(1.0)  # first in both lists
+    assert top.semantic_score is not None and top.contextual_score is not None
+    others = results[1:]
+    assert all(r.contextual_score is None for r in others)  # matched by meaning only
+    assert all(0 < r.score < 1 for r in others)
+
+
+async def test_temporal_search_returns_newest_first(storage: PostgresStorage[str, Any]) -> None:
+    for key in ("old", "middle", "new"):
+        await storage.store(key, f"{key} event")
+    results = await storage.search(MemoryQuery(index_type=MemoryIndex.TEMPORAL))
+    assert [r.entry.key for r in results] == ["new", "middle", "old"]
+    assert all(0 < r.score <= 1 for r in results)
+    only = await storage.search(MemoryQuery(index_type=MemoryIndex.TEMPORAL, query="middle"))
+    assert [r.entry.key for r in only] == ["middle"]
+
+
+async def test_paging_with_offset_is_consistent(storage: PostgresStorage[str, Any]) -> None:
+    await storage.store_many((f"k{i:02d}", f"note number {i}") for i in range(30))
+    for index in (MemoryIndex.SEMANTIC, MemoryIndex.CONTEXTUAL, MemoryIndex.HYBRID):
+        everything = await storage.search(MemoryQuery(query="note", index_type=index, limit=30))
+        pages = []
+        for offset in range(0, 30, 7):
+            pages += await storage.search(
+                MemoryQuery(query="note", index_type=index, limit=7, offset=offset)
+            )
+        assert [r.entry.key for r in pages] == [r.entry.key for r in everything], index
+
+
+async def test_filtered_search_fills_the_limit(storage: PostgresStorage[str, Any]) -> None:
+    # 1 in 50 rows passes the filter: a plain HNSW scan (ef_search candidates, then filter)
+    # would return too few; iterative scans keep going until `limit` rows pass.
+    await storage.store_many(
+        {"key": f"k{i}", "value": f"shared words item {i}", "metadata": {"bucket": i % 50}}
+        for i in range(2_000)
+    )
+    results = await storage.search(
+        MemoryQuery(query="shared words", filter={"bucket": 7}, limit=30)
+    )
+    assert len(results) == 30
+    assert all(r.entry.metadata["bucket"] == 7 for r in results)
+
+
+async def test_types_and_time_bounds_restrict_search(storage: PostgresStorage[str, Any]) -> None:
+    first = await storage.store("a", "alpha memory", type=MemoryType.EPISODIC)
+    await storage.store("b", "alpha memory too", type=MemoryType.PROCEDURAL)
+    results = await storage.search(
+        MemoryQuery(query="alpha", index_type=MemoryIndex.CONTEXTUAL, types={MemoryType.EPISODIC})
+    )
+    assert [r.entry.key for r in results] == ["a"]
+    later = await storage.search(
+        MemoryQuery(
+            query="alpha", index_type=MemoryIndex.CONTEXTUAL, created_after=first.updated_at
+        )
+    )
+    assert {r.entry.key for r in later} <= {"a", "b"} and "b" in {r.entry.key for r in later}
+
+
+async def test_entries_without_an_index_are_not_found_by_it(
+    storage: PostgresStorage[str, Any],
+) -> None:
+    await storage.store("words", "unique zebra text", indices={MemoryIndex.CONTEXTUAL})
+    await storage.store("meaning", "unique zebra text", indices={MemoryIndex.SEMANTIC})
+    semantic = await storage.search(MemoryQuery(query="unique zebra text"))
+    contextual = await storage.search(
+        MemoryQuery(query="zebra", index_type=MemoryIndex.CONTEXTUAL)
+    )
+    assert [r.entry.key for r in semantic] == ["meaning"]
+    assert [r.entry.key for r in contextual] == ["words"]
+
+
+async def test_similar_uses_the_stored_vector_and_excludes_itself(
+    corpus: PostgresStorage[str, Any],
+) -> None:
+    queries_before = len(getattr(corpus.embedder, "queries", []))
+    results = await corpus.similar("coffee", limit=10)
+    assert "coffee" not in [r.entry.key for r in results]
+    assert len(results) == len(CORPUS) - 1
+    assert len(getattr(corpus.embedder, "queries", [])) == queries_before
+    scores = [r.score for r in results]
+    assert scores == sorted(scores, reverse=True)
+
+
+async def test_similar_errors(storage: PostgresStorage[str, Any]) -> None:
+    with pytest.raises(MemoryNotFoundError):
+        await storage.similar("missing")
+    await storage.store("plain", "no vector here", indices={MemoryIndex.CONTEXTUAL})
+    with pytest.raises(MemoryIndexError, match="SEMANTIC"):
+        await storage.similar("plain")
+    with pytest.raises(MemoryValidationError):
+        await storage.similar("plain", limit=0)
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"query": ""}, "empty"),
+        ({"query": "   "}, "empty"),
+        ({}, "needs `query`"),
+        ({"query": "x", "limit": 0}, "limit"),
+        ({"query": "x", "limit": 10_000_000}, "limit"),
+        ({"query": "x", "offset": -1}, "offset"),
+        ({"query": "x", "min_score": 1.5}, "outside"),
+        ({"query": "x", "min_score": -0.5, "index_type": MemoryIndex.CONTEXTUAL}, "outside"),
+        ({"query": "x", "scope_id": "u1"}, "scope_id needs a scope"),
+        ({"query": "x", "unknown": 1}, "unknown"),
+        ({"index_type": MemoryIndex.HYBRID}, "needs `query`"),
+    ],
+)
+def test_invalid_queries_are_rejected_at_construction(fields: dict[str, Any], message: str) -> None:
+    with pytest.raises(MemoryValidationError, match=message):
+        MemoryQuery(**fields)
+
+
+async def test_query_embedding_is_checked(storage: PostgresStorage[str, Any]) -> None:
+    from pepperpy_pg_memory import DimensionMismatchError
+
+    with pytest.raises(DimensionMismatchError):
+        await storage.search(MemoryQuery(embedding=[1.0, 0.0]))
+    with pytest.raises(MemoryValidationError, match="NaN"):
+        await storage.search(MemoryQuery(embedding=[float("nan")] * 64))
+    with pytest.raises(MemoryValidationError, match="all zeros"):
+        await storage.search(MemoryQuery(embedding=[0.0] * 64))
+
+
+async def test_seed_search_loop(storage: PostgresStorage[str, Any]) -> None:
+    await storage.store(
+        key="doc-1",
+        value={"content": "Example document"},
+        type=MemoryType.SHORT_TERM,
+        scope=MemoryScope.SESSION,
+        indices={MemoryIndex.SEMANTIC, MemoryIndex.CONTEXTUAL},
+    )
+    query = MemoryQuery(
+        query="example document", index_type=MemoryIndex.SEMANTIC, min_score=0.5, limit=10
+    )
+    seen = [(result.score, result.entry.key) async for result in storage.search(query)]
+    assert [key for _, key in seen] == ["doc-1"]
+    similar = [result async for result in storage.similar("doc-1", limit=5)]
+    assert similar == []

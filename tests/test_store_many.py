@@ -1,0 +1,135 @@
+"""store_many: batched embedding, one transaction, last value wins."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from helpers import CountingEmbedder, FailingEmbedder
+from pepperpy_pg_memory import (
+    MemoryIndex,
+    MemoryQuery,
+    MemoryScope,
+    MemoryType,
+    MemoryValidationError,
+    PostgresStorage,
+)
+
+
+async def test_store_many_embeds_in_batches_once_per_distinct_text(make_config: Any) -> None:
+    embedder = CountingEmbedder(32)
+    config = make_config(embedding_batch_size=10)
+    progress: list[tuple[int, int]] = []
+    async with PostgresStorage[str, Any](config, embedder) as store:
+        items = [{"key": f"k{i}", "value": f"text {i % 25}"} for i in range(100)]
+        assert await store.store_many(items, progress=lambda d, t: progress.append((d, t))) == 100
+        assert await store.count() == 100
+        assert sorted(embedder.embedded_texts) == sorted(f"text {i}" for i in range(25))
+        assert [len(batch) for batch in embedder.batches] == [10, 10, 5]
+        assert progress == [(10, 25), (20, 25), (25, 25)]
+        # Storing the same texts again reuses the vectors (cache and database), embeds nothing.
+        embedder.batches.clear()
+        store._cache.clear()
+        await store.store_many(items)
+        assert embedder.batches == []
+
+
+async def test_store_many_defaults_and_per_item_overrides(
+    storage: PostgresStorage[str, Any],
+) -> None:
+    await storage.store_many(
+        [
+            ("plain", "uses the call's defaults"),
+            {"key": "own", "value": "overrides", "type": "episodic", "scope": "user",
+             "scope_id": "u9", "metadata": {"x": 1}, "ttl": "never"},
+        ],
+        type=MemoryType.SHORT_TERM,
+        scope=MemoryScope.SESSION,
+        scope_id="s1",
+    )
+    plain = await storage.retrieve("plain")
+    own = await storage.retrieve("own")
+    assert (plain.type, plain.scope, plain.scope_id) == (
+        MemoryType.SHORT_TERM,
+        MemoryScope.SESSION,
+        "s1",
+    )
+    assert plain.expires_at is not None
+    assert (own.type, own.scope, own.scope_id, own.metadata, own.expires_at) == (
+        MemoryType.EPISODIC,
+        MemoryScope.USER,
+        "u9",
+        {"x": 1},
+        None,
+    )
+
+
+async def test_duplicate_keys_in_one_batch_keep_the_last_value(
+    storage: PostgresStorage[str, Any],
+) -> None:
+    assert await storage.store_many([("k", "first"), ("other", "x"), ("k", "last")]) == 2
+    assert (await storage.retrieve("k")).value == "last"
+
+
+async def test_store_many_upserts_and_keeps_created_at(storage: PostgresStorage[str, Any]) -> None:
+    created = (await storage.store("k", "v1")).created_at
+    await storage.store_many([("k", "v2"), ("n", "new")])
+    entry = await storage.retrieve("k")
+    assert entry.value == "v2" and entry.created_at == created
+
+
+async def test_a_bad_item_in_the_middle_stores_nothing(storage: PostgresStorage[str, Any]) -> None:
+    items: list[Any] = [("a", "fine"), ("b", {"bad": {1, 2}}), ("c", "fine")]
+    with pytest.raises(MemoryValidationError, match="item 1"):
+        await storage.store_many(items)
+    with pytest.raises(MemoryValidationError, match="unknown fields"):
+        await storage.store_many([{"key": "a", "value": "x", "colour": "red"}])
+    with pytest.raises(MemoryValidationError, match="needs both"):
+        await storage.store_many([{"key": "a"}])
+    assert await storage.count() == 0
+
+
+async def test_embedder_failure_midway_stores_nothing(make_config: Any) -> None:
+    config = make_config(embedding_batch_size=5)
+    async with PostgresStorage[str, Any](config, FailingEmbedder(16, fail_on_call=3)) as store:
+        with pytest.raises(RuntimeError, match="model crashed"):
+            await store.store_many((f"k{i}", f"text {i}") for i in range(20))
+        assert await store.count() == 0
+
+
+async def test_database_failure_in_the_batch_rolls_everything_back(
+    storage: PostgresStorage[str, Any], raw_conn: Any
+) -> None:
+    await storage.store("existing", "untouched")
+    table = f'"{storage.config.schema_name}"."{storage.config.table}"'
+    # A constraint the server enforces only at write time: the whole batch must roll back.
+    await raw_conn.execute(
+        f"ALTER TABLE {table} ADD CONSTRAINT no_poison CHECK (content <> 'poison')"
+    )
+    items = [(f"k{i}", "poison" if i == 50 else f"ok {i}") for i in range(100)]
+    items.append(("existing", "changed"))
+    with pytest.raises(MemoryValidationError):
+        await storage.store_many(items)
+    assert await storage.count() == 1
+    assert (await storage.retrieve("existing")).value == "untouched"
+
+
+async def test_store_many_of_nothing(storage: PostgresStorage[str, Any]) -> None:
+    assert await storage.store_many([]) == 0
+
+
+async def test_large_batch_is_searchable(storage: PostgresStorage[str, Any]) -> None:
+    await storage.store_many(
+        {"key": f"k{i}", "value": {"content": f"record {i}", "n": i}, "metadata": {"n": i}}
+        for i in range(3_000)
+    )
+    assert await storage.count() == 3_000
+    hits = await storage.search(
+        MemoryQuery(query="record 1234", index_type=MemoryIndex.CONTEXTUAL, limit=1)
+    )
+    assert hits[0].entry.key == "k1234"
+    entry = await storage.retrieve("k2999", include_embedding=True)
+    assert entry.embedding is not None
+    nearest = await storage.search(MemoryQuery(embedding=entry.embedding, limit=1))
+    assert nearest[0].score == pytest.approx(1.0, abs=1e-5)
