@@ -19,58 +19,148 @@ __all__ = ["DEMO_MEMORIES", "DEMO_QUERIES", "run_demo"]
 
 # (key, text, type, scope, scope_id, metadata)
 DEMO_MEMORIES: list[tuple[str, str, MemoryType, MemoryScope, str | None, dict[str, Any]]] = [
-    ("ana-coffee", "Ana takes her coffee with oat milk and no sugar.",
-     MemoryType.LONG_TERM, MemoryScope.USER, "ana", {"topic": "preferences"}),
-    ("ana-allergy", "Ana is allergic to peanuts; never suggest recipes that contain them.",
-     MemoryType.LONG_TERM, MemoryScope.USER, "ana", {"topic": "health", "priority": 10}),
-    ("ana-trip", "Ana is planning a hiking trip to Patagonia in March.",
-     MemoryType.EPISODIC, MemoryScope.USER, "ana", {"topic": "travel"}),
-    ("ana-kids", "Ana has two daughters, Lia (7) and Bea (4).",
-     MemoryType.LONG_TERM, MemoryScope.USER, "ana", {"topic": "family"}),
-    ("bruno-lang", "Bruno wants every answer in Portuguese.",
-     MemoryType.LONG_TERM, MemoryScope.USER, "bruno", {"topic": "preferences"}),
-    ("bruno-job", "Bruno works as a PostgreSQL database administrator in Lisbon.",
-     MemoryType.SEMANTIC, MemoryScope.USER, "bruno", {"topic": "work"}),
-    ("s1-turn-1", "User asked how to reset the router after the internet went down.",
-     MemoryType.SHORT_TERM, MemoryScope.SESSION, "session-42", {"role": "user"}),
-    ("s1-turn-2", "Assistant explained: unplug the router for thirty seconds, then wait for the "
-     "green light.", MemoryType.SHORT_TERM, MemoryScope.SESSION, "session-42",
-     {"role": "assistant"}),
-    ("task-draft", "Drafting the quarterly sales report; the revenue table still needs Q3 figures.",
-     MemoryType.WORKING, MemoryScope.AGENT, "report-writer", {"topic": "task"}),
-    ("tool-weather", "To get a forecast, call the weather tool with a city name and a date.",
-     MemoryType.PROCEDURAL, MemoryScope.AGENT, "assistant", {"topic": "tools"}),
-    ("fact-boiling", "Water boils at lower temperatures at high altitude, so pasta takes longer "
-     "to cook in the mountains.", MemoryType.SEMANTIC, MemoryScope.GLOBAL, None,
-     {"topic": "science"}),
-    ("policy-refund", "Company policy: refunds are possible within 30 days with a receipt.",
-     MemoryType.LONG_TERM, MemoryScope.GLOBAL, None, {"topic": "policy"}),
+    (
+        "ana-coffee",
+        "Ana takes her coffee with oat milk and no sugar.",
+        MemoryType.LONG_TERM,
+        MemoryScope.USER,
+        "ana",
+        {"topic": "preferences"},
+    ),
+    (
+        "ana-allergy",
+        "Ana is allergic to peanuts; never suggest recipes that contain them.",
+        MemoryType.LONG_TERM,
+        MemoryScope.USER,
+        "ana",
+        {"topic": "health", "priority": 10},
+    ),
+    (
+        "ana-trip",
+        "Ana is planning a hiking trip to Patagonia in March.",
+        MemoryType.EPISODIC,
+        MemoryScope.USER,
+        "ana",
+        {"topic": "travel"},
+    ),
+    (
+        "ana-kids",
+        "Ana has two daughters, Lia (7) and Bea (4).",
+        MemoryType.LONG_TERM,
+        MemoryScope.USER,
+        "ana",
+        {"topic": "family"},
+    ),
+    (
+        "bruno-lang",
+        "Bruno wants every answer in Portuguese.",
+        MemoryType.LONG_TERM,
+        MemoryScope.USER,
+        "bruno",
+        {"topic": "preferences"},
+    ),
+    (
+        "bruno-job",
+        "Bruno works as a PostgreSQL database administrator in Lisbon.",
+        MemoryType.SEMANTIC,
+        MemoryScope.USER,
+        "bruno",
+        {"topic": "work"},
+    ),
+    (
+        "s1-turn-1",
+        "User asked how to reset the router after the internet went down.",
+        MemoryType.SHORT_TERM,
+        MemoryScope.SESSION,
+        "session-42",
+        {"role": "user"},
+    ),
+    (
+        "s1-turn-2",
+        "Assistant explained: unplug the router for thirty seconds, then wait for the green light.",
+        MemoryType.SHORT_TERM,
+        MemoryScope.SESSION,
+        "session-42",
+        {"role": "assistant"},
+    ),
+    (
+        "task-draft",
+        "Drafting the quarterly sales report; the revenue table still needs Q3 figures.",
+        MemoryType.WORKING,
+        MemoryScope.AGENT,
+        "report-writer",
+        {"topic": "task"},
+    ),
+    (
+        "tool-weather",
+        "To get a forecast, call the weather tool with a city name and a date.",
+        MemoryType.PROCEDURAL,
+        MemoryScope.AGENT,
+        "assistant",
+        {"topic": "tools"},
+    ),
+    (
+        "fact-boiling",
+        "Water boils at lower temperatures at high altitude, so pasta takes longer "
+        "to cook in the mountains.",
+        MemoryType.SEMANTIC,
+        MemoryScope.GLOBAL,
+        None,
+        {"topic": "science"},
+    ),
+    (
+        "policy-refund",
+        "Company policy: refunds are possible within 30 days with a receipt.",
+        MemoryType.LONG_TERM,
+        MemoryScope.GLOBAL,
+        None,
+        {"topic": "policy"},
+    ),
 ]
 
 # (title, query)
 DEMO_QUERIES: list[tuple[str, MemoryQuery]] = [
-    ("Semantic: what should I avoid cooking for Ana? (Ana's memories only)",
-     MemoryQuery(query="what food should I avoid when cooking for Ana?",
-                 index_type=MemoryIndex.SEMANTIC, scope=MemoryScope.USER, scope_id="ana",
-                 limit=3)),
-    ("Semantic: the user's internet stopped working (everyone's memories)",
-     MemoryQuery(query="my wifi connection is broken", index_type=MemoryIndex.SEMANTIC, limit=3)),
-    ("Contextual: 'refund receipt' (full-text)",
-     MemoryQuery(query="refund receipt", index_type=MemoryIndex.CONTEXTUAL, limit=3)),
-    ("Contextual with a typo: 'Patagnia hikng' (trigram fallback)",
-     MemoryQuery(query="Patagnia hikng", index_type=MemoryIndex.CONTEXTUAL, limit=3)),
-    ("Hybrid: 'database job in Lisbon' (semantic + full-text, fused)",
-     MemoryQuery(query="database job in Lisbon", index_type=MemoryIndex.HYBRID, limit=3)),
-    ("Hybrid, filtered: Ana's high-priority memories about eating",
-     MemoryQuery(query="eating restrictions", index_type=MemoryIndex.HYBRID,
-                 scope=MemoryScope.USER, scope_id="ana", filter={"priority": {"$gte": 5}},
-                 limit=3)),
+    (
+        "Semantic: what should I avoid cooking for Ana? (Ana's memories only)",
+        MemoryQuery(
+            query="what food should I avoid when cooking for Ana?",
+            index_type=MemoryIndex.SEMANTIC,
+            scope=MemoryScope.USER,
+            scope_id="ana",
+            limit=3,
+        ),
+    ),
+    (
+        "Semantic: the user's internet stopped working (everyone's memories)",
+        MemoryQuery(query="my wifi connection is broken", index_type=MemoryIndex.SEMANTIC, limit=3),
+    ),
+    (
+        "Contextual: 'refund receipt' (full-text)",
+        MemoryQuery(query="refund receipt", index_type=MemoryIndex.CONTEXTUAL, limit=3),
+    ),
+    (
+        "Contextual with a typo: 'Patagnia hikng' (trigram fallback)",
+        MemoryQuery(query="Patagnia hikng", index_type=MemoryIndex.CONTEXTUAL, limit=3),
+    ),
+    (
+        "Hybrid: 'database job in Lisbon' (semantic + full-text, fused)",
+        MemoryQuery(query="database job in Lisbon", index_type=MemoryIndex.HYBRID, limit=3),
+    ),
+    (
+        "Hybrid, filtered: Ana's high-priority memories about eating",
+        MemoryQuery(
+            query="eating restrictions",
+            index_type=MemoryIndex.HYBRID,
+            scope=MemoryScope.USER,
+            scope_id="ana",
+            filter={"priority": {"$gte": 5}},
+            limit=3,
+        ),
+    ),
 ]
 
 
-def _print_results(
-    title: str, results: Sequence[MemorySearchResult[Any]], out: TextIO
-) -> None:
+def _print_results(title: str, results: Sequence[MemorySearchResult[Any]], out: TextIO) -> None:
     print(f"\n{title}", file=out)
     if not results:
         print("   (nothing recalled)", file=out)

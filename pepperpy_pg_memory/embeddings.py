@@ -32,6 +32,10 @@ __all__ = [
 ]
 
 Vector = npt.NDArray[np.float32]
+EmbeddingBatch = Sequence[Sequence[float]] | npt.NDArray[Any]
+"""What embed_documents returns: one vector per text, as lists or a 2-D array."""
+EmbeddingVector = Sequence[float] | npt.NDArray[Any]
+"""What embed_query returns."""
 
 
 @runtime_checkable
@@ -44,9 +48,9 @@ class Embedder(Protocol):
     @property
     def dimension(self) -> int: ...
 
-    async def embed_documents(self, texts: list[str]) -> Sequence[Sequence[float]]: ...
+    async def embed_documents(self, texts: list[str]) -> EmbeddingBatch: ...
 
-    async def embed_query(self, text: str) -> Sequence[float]: ...
+    async def embed_query(self, text: str) -> EmbeddingVector: ...
 
 
 class SentenceTransformerEmbedder:
@@ -100,9 +104,10 @@ class SentenceTransformerEmbedder:
     @property
     def dimension(self) -> int:
         model = self._load()
-        get_dimension = getattr(model, "get_embedding_dimension", None) or getattr(
-            model, "get_sentence_embedding_dimension"
-        )
+        # sentence-transformers 6 renamed get_sentence_embedding_dimension.
+        get_dimension = getattr(model, "get_embedding_dimension", None)
+        if get_dimension is None:
+            get_dimension = model.get_sentence_embedding_dimension
         return int(get_dimension())
 
     def _encode(self, texts: list[str]) -> Vector:
@@ -123,7 +128,8 @@ class SentenceTransformerEmbedder:
 
     async def embed_query(self, text: str) -> Vector:
         vectors = await asyncio.to_thread(self._encode, [text])
-        return vectors[0]
+        first: Vector = vectors[0]
+        return first
 
 
 def _quiet_transformers() -> None:
@@ -131,7 +137,7 @@ def _quiet_transformers() -> None:
     try:
         from transformers.utils import logging as transformers_logging
 
-        transformers_logging.disable_progress_bar()
+        transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     except ImportError:  # pragma: no cover - transformers comes with sentence-transformers
         pass
 

@@ -37,6 +37,10 @@ def is_transient(exc: BaseException) -> bool:
         return True
     if isinstance(exc, OSError) and not isinstance(exc, TimeoutError):
         return True
+    if isinstance(exc, asyncpg.exceptions._base.InternalClientError):
+        # Seen when the server ends an idle pooled connection just as a query starts on it
+        # ("cannot switch to state ..."): the connection is unusable, a fresh one is fine.
+        return True
     if isinstance(exc, asyncpg.InterfaceError):
         text = str(exc)
         return "connection is closed" in text or "connection was closed" in text

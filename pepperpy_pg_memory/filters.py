@@ -148,7 +148,8 @@ class _Compiler:
         value = _json_value(key, "$eq", operand)
         if isinstance(value, (list, dict)):
             # Containment would accept a superset; structured values need exact equality.
-            return f"(({self.column} #> {self.params.add(path)}::text[]) = {self.params.add(value)}::jsonb)"
+            extracted = f"({self.column} #> {self.params.add(path)}::text[])"
+            return f"({extracted} = {self.params.add(value)}::jsonb)"
         return f"({self.column} @> {self.params.add(_nest(path, value))}::jsonb)"
 
 

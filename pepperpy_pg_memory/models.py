@@ -126,7 +126,7 @@ class MemoryQuery(BaseModel):
             if self.query is None:
                 raise ValueError(f"a {index.name} query needs `query` text")
         if self.embedding is not None and index not in (MemoryIndex.SEMANTIC, MemoryIndex.HYBRID):
-            raise ValueError(f"`embedding` is only used by SEMANTIC and HYBRID queries")
+            raise ValueError("`embedding` is only used by SEMANTIC and HYBRID queries")
         if self.min_score is not None:
             low = -1.0 if index is MemoryIndex.SEMANTIC else 0.0
             if not low <= self.min_score <= 1.0:

@@ -229,7 +229,7 @@ class Statements:
         sql = f"SELECT count(*) FROM {self.table} m WHERE {restriction.conditions(params)}"
         return sql, params.values
 
-    def list(
+    def list_page(
         self,
         restriction: Restriction,
         *,
@@ -430,7 +430,9 @@ class Statements:
         where = restriction.conditions(params)
         matches = "TRUE"
         if query is not None:
-            matches = f"m.key IN (SELECT key FROM ({self._contextual_hits(params, query, 'TRUE')}) AS h)"
+            matches = (
+                f"m.key IN (SELECT key FROM ({self._contextual_hits(params, query, 'TRUE')}) AS h)"
+            )
         score = "1.0 / (1.0 + extract(epoch FROM now() - m.updated_at) / 3600.0)"
         sql = f"""
             SELECT {_SELECT_ENTRY}, ({score})::float8 AS score
@@ -456,9 +458,7 @@ class Statements:
         where = restriction.conditions(params)
         # A scalar subquery becomes an InitPlan parameter, which the HNSW index can order by:
         # the stored vector is used as is, never re-embedded.
-        probe = (
-            f"(SELECT m.embedding FROM {self.table} m WHERE m.key = $1 AND {target_where})"
-        )
+        probe = f"(SELECT m.embedding FROM {self.table} m WHERE m.key = $1 AND {target_where})"
         sql = f"""
             WITH hits AS MATERIALIZED (
                 SELECT {_SELECT_ENTRY}, m.embedding <=> {probe} AS distance

@@ -201,7 +201,10 @@ async def migrate(conn: asyncpg.Connection, wanted: TableLayout) -> TableLayout:
         await _ensure_extensions(conn)
         await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(wanted.schema)}")
         await conn.execute(_registry_statement(wanted.schema))
-        if not await conn.fetchval("SELECT EXISTS (SELECT 1 FROM pg_ts_config WHERE cfgname = $1)", wanted.text_search_config):
+        if not await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM pg_ts_config WHERE cfgname = $1)",
+            wanted.text_search_config,
+        ):
             raise MemoryConfigurationError(
                 f"text search configuration {wanted.text_search_config!r} does not exist on the "
                 "server (see \\dF in psql for the available ones)",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import builtins
 import hashlib
 import json
 import logging
@@ -11,6 +12,7 @@ import typing
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
+from functools import partial
 from typing import Any, Generic, Literal, TypeVar
 
 import asyncpg
@@ -62,8 +64,18 @@ optionally ``type``, ``scope``, ``scope_id``, ``indices``, ``metadata``, ``ttl``
 is accepted too."""
 
 _ITEM_FIELDS = frozenset(
-    {"key", "value", "type", "scope", "scope_id", "indices", "metadata", "ttl", "expires_at",
-     "embedding"}
+    {
+        "key",
+        "value",
+        "type",
+        "scope",
+        "scope_id",
+        "indices",
+        "metadata",
+        "ttl",
+        "expires_at",
+        "embedding",
+    }
 )
 _DEFAULT_INDICES = frozenset({MemoryIndex.SEMANTIC, MemoryIndex.CONTEXTUAL})
 
@@ -109,7 +121,9 @@ class _Write:
 class MemorySearchResults(Generic[V]):
     """Search results: iterate with ``async for``, or ``await`` for a list."""
 
-    def __init__(self, fetch: Callable[[], Awaitable[list[MemorySearchResult[V]]]]) -> None:
+    def __init__(
+        self, fetch: Callable[[], Awaitable[builtins.list[MemorySearchResult[V]]]]
+    ) -> None:
         self._fetch = fetch
 
     def __await__(self) -> Generator[Any, None, list[MemorySearchResult[V]]]:
@@ -360,9 +374,7 @@ class PostgresStorage(Generic[K, V]):
                 raise translate(exc, operation) from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _run(
-        self, operation: str, work: Callable[[asyncpg.Connection], Awaitable[T]]
-    ) -> T:
+    async def _run(self, operation: str, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
         """Run ``work`` on a pooled connection, retrying transient faults.
 
         Every caller's ``work`` is idempotent (reads, upserts, deletes by key or condition),
@@ -382,7 +394,12 @@ class PostgresStorage(Generic[K, V]):
                     "max_size or pool_timeout, or run fewer operations at once"
                 ) from None
             try:
-                return await work(conn)
+                return await work(typing.cast(asyncpg.Connection, conn))
+            except Exception as exc:
+                if is_transient(exc):
+                    # Never hand a broken connection back for reuse; the pool opens a new one.
+                    conn.terminate()
+                raise
             finally:
                 await pool.release(conn)
 
@@ -412,7 +429,7 @@ class PostgresStorage(Generic[K, V]):
             return TypeAdapter(args[1])
         return None
 
-    def _entry(self, row: Mapping[str, Any], embedding: bool = False) -> MemoryEntry[V]:
+    def _entry(self, row: asyncpg.Record, embedding: bool = False) -> MemoryEntry[V]:
         vector = row["embedding"] if embedding else None
         return MemoryEntry.model_construct(
             key=row["key"],
@@ -515,7 +532,7 @@ class PostgresStorage(Generic[K, V]):
                 raise MemoryValidationError(
                     f"{key!r}: an embedding was given but SEMANTIC is not among its indices"
                 )
-            vector = self._check_vectors(np.asarray([embedding], dtype=np.float32), 1)[0]
+            vector = self._one_vector(embedding)
         return _Write(
             key=key,
             value=json_value,
@@ -565,8 +582,7 @@ class PostgresStorage(Generic[K, V]):
             )
         if array.shape[1] != dimension:
             raise DimensionMismatchError(
-                f"embedding has {array.shape[1]} dimensions; this store's vectors have "
-                f"{dimension}",
+                f"embedding has {array.shape[1]} dimensions; this store's vectors have {dimension}",
                 expected=dimension,
                 actual=int(array.shape[1]),
             )
@@ -578,7 +594,9 @@ class PostgresStorage(Generic[K, V]):
             )
         return array
 
-    async def _embed(self, texts: list[str], progress: ProgressCallback | None = None) -> Vector:
+    async def _embed(
+        self, texts: builtins.list[str], progress: ProgressCallback | None = None
+    ) -> Vector:
         """Vectors for ``texts``, in batches, each distinct text embedded once."""
         unique = list(dict.fromkeys(texts))
         vectors: dict[str, Vector] = {}
@@ -586,13 +604,15 @@ class PostgresStorage(Generic[K, V]):
         for start in range(0, len(unique), batch):
             chunk = unique[start : start + batch]
             embedded = self._check_vectors(await self.embedder.embed_documents(chunk), len(chunk))
-            vectors.update(zip(chunk, embedded))
+            vectors.update(zip(chunk, embedded, strict=True))
             if progress is not None:
                 progress(min(start + batch, len(unique)), len(unique))
-        return np.stack([vectors[text] for text in texts]) if texts else np.zeros((0, 0))
+        if not texts:
+            return np.zeros((0, self.layout.dimension), dtype=np.float32)
+        return np.stack([vectors[text] for text in texts])
 
     async def _plan_embeddings(
-        self, writes: list[_Write], progress: ProgressCallback | None = None
+        self, writes: builtins.list[_Write], progress: ProgressCallback | None = None
     ) -> None:
         """Give every write that needs one an embedding, embedding as little as possible.
 
@@ -601,7 +621,7 @@ class PostgresStorage(Generic[K, V]):
         the model, deduplicated, in batches.
         """
         pending = [w for w in writes if w.wants_embedding and w.embedding is None]
-        missing: list[_Write] = []
+        missing: builtins.list[_Write] = []
         for write in pending:
             cached = self._cache.get(write.content_hash)
             if cached is not None:
@@ -615,18 +635,20 @@ class PostgresStorage(Generic[K, V]):
             missing = [w for w in missing if stored.get(w.key) != w.content_hash]
         if missing:
             vectors = await self._embed([w.text for w in missing], progress)
-            for write, vector in zip(missing, vectors):
+            for write, vector in zip(missing, vectors, strict=True):
                 write.embedding = vector
                 self._cache.put(write.content_hash, vector)
 
-    async def _repair_embeddings(self, keys: list[str], writes: Mapping[str, _Write]) -> None:
+    async def _repair_embeddings(
+        self, keys: builtins.list[str], writes: Mapping[str, _Write]
+    ) -> None:
         """Embed rows the upsert left without a vector (their text changed concurrently)."""
         todo = [writes[key] for key in keys if key in writes]
         if not todo:
             return
         vectors = await self._embed([w.text for w in todo])
         sql = self._statements.set_embeddings()
-        records = [(w.key, vector, w.content_hash) for w, vector in zip(todo, vectors)]
+        records = [(w.key, vector, w.content_hash) for w, vector in zip(todo, vectors, strict=True)]
         await self._run("store", lambda conn: conn.executemany(sql, records))
 
     async def store(
@@ -741,7 +763,7 @@ class PostgresStorage(Generic[K, V]):
         statements = self._statements
         records = [write.record() for write in batch]
 
-        async def write_all(conn: asyncpg.Connection) -> list[str]:
+        async def write_all(conn: asyncpg.Connection) -> builtins.list[str]:
             async with conn.transaction():
                 await conn.execute(statements.create_staging())
                 await conn.copy_records_to_table(
@@ -772,21 +794,21 @@ class PostgresStorage(Generic[K, V]):
             MemoryNotFoundError: no such key, it has expired, or it belongs to another
                 ``(scope, scope_id)`` than the one given.
         """
-        key = validate_key(key, self.config.max_key_length)
+        checked = validate_key(key, self.config.max_key_length)
         sql, args = self._statements.retrieve(
-            key, self._restriction(scope, scope_id), include_embedding
+            checked, self._restriction(scope, scope_id), include_embedding
         )
         row = await self._run("retrieve", lambda conn: conn.fetchrow(sql, *args))
         if row is None:
-            raise MemoryNotFoundError(key)
+            raise MemoryNotFoundError(checked)
         return self._entry(row, embedding=include_embedding)
 
     async def exists(
         self, key: K, *, scope: MemoryScope | str | None = None, scope_id: str | None = None
     ) -> bool:
         """Whether a live memory is stored under ``key`` (within the owner, if given)."""
-        key = validate_key(key, self.config.max_key_length)
-        sql, args = self._statements.exists(key, self._restriction(scope, scope_id))
+        checked = validate_key(key, self.config.max_key_length)
+        sql, args = self._statements.exists(checked, self._restriction(scope, scope_id))
         return bool(await self._run("exists", lambda conn: conn.fetchval(sql, *args)))
 
     async def count(
@@ -812,13 +834,13 @@ class PostgresStorage(Generic[K, V]):
         offset: int = 0,
         order_by: ListOrder = "created_at",
         descending: bool = True,
-    ) -> list[MemoryEntry[V]]:
+    ) -> builtins.list[MemoryEntry[V]]:
         """A page of live memories, newest first by default."""
         if not 1 <= limit <= 10_000 or not 0 <= offset:
             raise MemoryValidationError("limit must be in [1, 10000] and offset >= 0")
         if order_by not in ("created_at", "updated_at", "key"):
             raise MemoryValidationError(f"cannot order by {order_by!r}")
-        sql, args = self._statements.list(
+        sql, args = self._statements.list_page(
             self._restriction(scope, scope_id, types, filter),
             limit=limit,
             offset=offset,
@@ -833,9 +855,9 @@ class PostgresStorage(Generic[K, V]):
         self, key: K, *, scope: MemoryScope | str | None = None, scope_id: str | None = None
     ) -> bool:
         """Delete the memory stored under ``key``; True if a live one was deleted."""
-        key = validate_key(key, self.config.max_key_length)
+        checked = validate_key(key, self.config.max_key_length)
         restriction = replace(self._restriction(scope, scope_id), include_expired=True)
-        sql, args = self._statements.delete(key, restriction)
+        sql, args = self._statements.delete(checked, restriction)
         rows = await self._run("delete", lambda conn: conn.fetch(sql, *args))
         return any(row["live"] for row in rows)
 
@@ -886,19 +908,21 @@ class PostgresStorage(Generic[K, V]):
 
     async def _query_vector(self, query: MemoryQuery) -> Vector:
         if query.embedding is not None:
-            return self._check_vectors(np.asarray([query.embedding]), 1)[0]
+            return self._one_vector(query.embedding)
         assert query.query is not None
         content_hash = hashlib.sha256(query.query.encode()).digest()
         cached = self._cache.get(content_hash)
         if cached is not None:
             return cached
-        vector = self._check_vectors(
-            np.asarray([await self.embedder.embed_query(query.query)]), 1
-        )[0]
+        vector = self._one_vector(await self.embedder.embed_query(query.query))
         self._cache.put(content_hash, vector)
         return vector
 
-    async def _search(self, query: MemoryQuery) -> list[MemorySearchResult[V]]:
+    def _one_vector(self, raw: Any) -> Vector:
+        vector: Vector = self._check_vectors(np.asarray([raw], dtype=np.float32), 1)[0]
+        return vector
+
+    async def _search(self, query: MemoryQuery) -> builtins.list[MemorySearchResult[V]]:
         statements = self._statements
         restriction = self._restriction(
             query.scope,
@@ -911,14 +935,25 @@ class PostgresStorage(Generic[K, V]):
             updated_after=query.updated_after,
             updated_before=query.updated_before,
         )
-        window = {"limit": query.limit, "offset": query.offset, "min_score": query.min_score}
         index = query.index_type
         if index is MemoryIndex.SEMANTIC:
             vector = await self._query_vector(query)
-            sql, args = statements.semantic_search(vector, restriction, **window)
+            sql, args = statements.semantic_search(
+                vector,
+                restriction,
+                limit=query.limit,
+                offset=query.offset,
+                min_score=query.min_score,
+            )
         elif index is MemoryIndex.CONTEXTUAL:
             assert query.query is not None
-            sql, args = statements.contextual_search(query.query, restriction, **window)
+            sql, args = statements.contextual_search(
+                query.query,
+                restriction,
+                limit=query.limit,
+                offset=query.offset,
+                min_score=query.min_score,
+            )
         elif index is MemoryIndex.HYBRID:
             assert query.query is not None
             vector = await self._query_vector(query)
@@ -928,10 +963,18 @@ class PostgresStorage(Generic[K, V]):
                 restriction,
                 candidates=self.config.hybrid_candidates,
                 rrf_k=self.config.rrf_k,
-                **window,
+                limit=query.limit,
+                offset=query.offset,
+                min_score=query.min_score,
             )
         else:
-            sql, args = statements.temporal_search(query.query, restriction, **window)
+            sql, args = statements.temporal_search(
+                query.query,
+                restriction,
+                limit=query.limit,
+                offset=query.offset,
+                min_score=query.min_score,
+            )
         rows = await self._run("search", lambda conn: conn.fetch(sql, *args))
         return [
             MemorySearchResult.model_construct(
@@ -964,7 +1007,7 @@ class PostgresStorage(Generic[K, V]):
             MemoryNotFoundError: ``key`` is missing, expired or outside the given owner.
             MemoryIndexError: ``key`` was stored without the SEMANTIC index.
         """
-        key = validate_key(key, self.config.max_key_length)
+        checked = validate_key(key, self.config.max_key_length)
         if not 1 <= limit <= 1_000:
             raise MemoryValidationError("limit must be in [1, 1000]")
         if min_score is not None and not -1.0 <= min_score <= 1.0:
@@ -972,7 +1015,7 @@ class PostgresStorage(Generic[K, V]):
         target = self._restriction(scope, scope_id)
         restriction = self._restriction(scope, scope_id, types, filter)
         return MemorySearchResults(
-            lambda: self._similar(key, target, restriction, limit, min_score)
+            lambda: self._similar(checked, target, restriction, limit, min_score)
         )
 
     async def _similar(
@@ -982,7 +1025,7 @@ class PostgresStorage(Generic[K, V]):
         restriction: Restriction,
         limit: int,
         min_score: float | None,
-    ) -> list[MemorySearchResult[V]]:
+    ) -> builtins.list[MemorySearchResult[V]]:
         statements = self._statements
         sql, args = statements.similar(key, target, restriction, limit=limit, min_score=min_score)
         rows = await self._run("similar", lambda conn: conn.fetch(sql, *args))
@@ -1070,30 +1113,26 @@ class PostgresStorage(Generic[K, V]):
                 lambda conn: conn.fetchval(statements.load_reindex_cursor(), table),
             )
             cursor = saved or ""
-        total = int(await self._run("reindex", lambda conn: conn.fetchval(statements.count_semantic())))
+        total = int(
+            await self._run("reindex", lambda conn: conn.fetchval(statements.count_semantic()))
+        )
         done = 0
         if cursor:
             logger.info("resuming semantic reindex of %s after key %r", table, cursor)
         self._cache.clear()  # vectors from the previous model must not be reused
         while True:
-            rows = await self._run(
-                "reindex",
-                lambda conn: conn.fetch(statements.reindex_batch(), cursor, batch),
-            )
+            rows = await self._run("reindex", partial(_fetch_after, statements, cursor, batch))
             if not rows:
                 break
             vectors = await self._embed([row["content"] for row in rows])
             records = [
-                (row["key"], vector, row["content_hash"]) for row, vector in zip(rows, vectors)
+                (row["key"], vector, row["content_hash"])
+                for row, vector in zip(rows, vectors, strict=True)
             ]
             cursor = rows[-1]["key"]
-
-            async def write(conn: asyncpg.Connection) -> None:
-                async with conn.transaction():
-                    await conn.executemany(statements.set_embeddings(), records)
-                    await conn.execute(statements.save_reindex_cursor(), table, cursor)
-
-            await self._run("reindex", write)
+            await self._run(
+                "reindex", partial(_write_reindexed, statements, table, records, cursor)
+            )
             done += len(rows)
             if progress is not None:
                 progress(min(done, total), total)
@@ -1142,7 +1181,9 @@ class PostgresStorage(Generic[K, V]):
         async def rebuild(conn: asyncpg.Connection) -> int:
             async with conn.transaction():
                 if layout.text_search_config != wanted:
-                    if not await conn.fetchval("SELECT EXISTS (SELECT 1 FROM pg_ts_config WHERE cfgname = $1)", wanted):
+                    if not await conn.fetchval(
+                        "SELECT EXISTS (SELECT 1 FROM pg_ts_config WHERE cfgname = $1)", wanted
+                    ):
                         raise MemoryConfigurationError(
                             f"text search configuration {wanted!r} does not exist",
                             field="text_search_config",
@@ -1152,9 +1193,7 @@ class PostgresStorage(Generic[K, V]):
                         f"ALTER TABLE {layout.qualified_table} ALTER COLUMN tsv "
                         f"SET EXPRESSION AS ({new.tsvector_expression()})"
                     )
-                    await conn.execute(
-                        statements.record_text_search_config(), layout.table, wanted
-                    )
+                    await conn.execute(statements.record_text_search_config(), layout.table, wanted)
                 for suffix in ("tsv_idx", "trgm_idx"):
                     await conn.execute(f"REINDEX INDEX {layout.qualified_index(suffix)}")
                 return int(await conn.fetchval(statements.count_contextual()))
@@ -1176,9 +1215,8 @@ class PostgresStorage(Generic[K, V]):
         async def gather(conn: asyncpg.Connection) -> dict[str, Any]:
             live = await conn.fetchval(statements.count(Restriction())[0])
             expired = await conn.fetchval(statements.count_expired())
-            sizes = await conn.fetchrow(
-                statements.table_sizes(), f"{layout.schema}.{layout.table}"
-            )
+            sizes = await conn.fetchrow(statements.table_sizes(), f"{layout.schema}.{layout.table}")
+            assert sizes is not None
             return {
                 "memories": int(live),
                 "expired_not_cleaned": int(expired),
@@ -1248,12 +1286,34 @@ def _item_fields(item: Any, position: int) -> dict[str, Any]:
     return dict(item)
 
 
+async def _fetch_after(
+    statements: Statements, cursor: str, batch: int, conn: asyncpg.Connection
+) -> builtins.list[asyncpg.Record]:
+    rows: builtins.list[asyncpg.Record] = await conn.fetch(
+        statements.reindex_batch(), cursor, batch
+    )
+    return rows
+
+
+async def _write_reindexed(
+    statements: Statements,
+    table: str,
+    records: builtins.list[tuple[Any, ...]],
+    cursor: str,
+    conn: asyncpg.Connection,
+) -> None:
+    # The vectors and the position move together: a crash never skips a batch.
+    async with conn.transaction():
+        await conn.executemany(statements.set_embeddings(), records)
+        await conn.execute(statements.save_reindex_cursor(), table, cursor)
+
+
 def _affected(status: str) -> int:
     # "DELETE 42" -> 42
     return int(status.rsplit(" ", 1)[-1])
 
 
-def _optional_float(row: Mapping[str, Any], column: str) -> float | None:
+def _optional_float(row: asyncpg.Record, column: str) -> float | None:
     try:
         value = row[column]
     except KeyError:

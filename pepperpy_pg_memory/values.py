@@ -42,7 +42,8 @@ def validate_key(key: Any, max_length: int) -> str:
 
 
 def to_json_value(value: Any, what: str = "value") -> Any:
-    """``value`` as plain JSON data (pydantic models dumped), checked for what PostgreSQL refuses."""
+    """``value`` as plain JSON data (pydantic models dumped), checked for what PostgreSQL
+    refuses."""
     if isinstance(value, BaseModel):
         value = value.model_dump(mode="json")
     return _check(value, what, 0)

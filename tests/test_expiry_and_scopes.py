@@ -42,7 +42,9 @@ async def test_expired_entries_vanish_from_every_read_before_cleanup(
     assert await storage.count() == 1
     assert [e.key for e in await storage.list()] == ["kept"]
     for index in MemoryIndex:
-        results = await storage.search(MemoryQuery(query="lanterns shared phrase", index_type=index))
+        results = await storage.search(
+            MemoryQuery(query="lanterns shared phrase", index_type=index)
+        )
         assert "gone" not in [r.entry.key for r in results], index
     assert "gone" not in [r.entry.key for r in await storage.similar("kept")]
     with pytest.raises(MemoryNotFoundError):

@@ -48,9 +48,7 @@ async def test_semantic_search_ranks_by_cosine_similarity(
 
 async def test_semantic_search_by_vector_and_min_score(corpus: PostgresStorage[str, Any]) -> None:
     vector = await corpus.embedder.embed_query(CORPUS["tea"])
-    results = await corpus.search(
-        MemoryQuery(embedding=[float(x) for x in vector], min_score=0.99)
-    )
+    results = await corpus.search(MemoryQuery(embedding=[float(x) for x in vector], min_score=0.99))
     assert [r.entry.key for r in results] == ["tea"]
 
 
@@ -150,9 +148,7 @@ async def test_entries_without_an_index_are_not_found_by_it(
     await storage.store("words", "unique zebra text", indices={MemoryIndex.CONTEXTUAL})
     await storage.store("meaning", "unique zebra text", indices={MemoryIndex.SEMANTIC})
     semantic = await storage.search(MemoryQuery(query="unique zebra text"))
-    contextual = await storage.search(
-        MemoryQuery(query="zebra", index_type=MemoryIndex.CONTEXTUAL)
-    )
+    contextual = await storage.search(MemoryQuery(query="zebra", index_type=MemoryIndex.CONTEXTUAL))
     assert [r.entry.key for r in semantic] == ["meaning"]
     assert [r.entry.key for r in contextual] == ["words"]
 

@@ -41,8 +41,15 @@ async def test_store_many_defaults_and_per_item_overrides(
     await storage.store_many(
         [
             ("plain", "uses the call's defaults"),
-            {"key": "own", "value": "overrides", "type": "episodic", "scope": "user",
-             "scope_id": "u9", "metadata": {"x": 1}, "ttl": "never"},
+            {
+                "key": "own",
+                "value": "overrides",
+                "type": "episodic",
+                "scope": "user",
+                "scope_id": "u9",
+                "metadata": {"x": 1},
+                "ttl": "never",
+            },
         ],
         type=MemoryType.SHORT_TERM,
         scope=MemoryScope.SESSION,

@@ -105,13 +105,9 @@ async def test_text_of_hook_decides_what_is_indexed(config: PostgresConfig) -> N
     ) as store:
         entry = await store.store("faq", {"question": "How do refunds work?", "answer": "30 days"})
         assert entry.text == "How do refunds work?"
-        hits = await store.search(
-            MemoryQuery(query="refunds", index_type=MemoryIndex.CONTEXTUAL)
-        )
+        hits = await store.search(MemoryQuery(query="refunds", index_type=MemoryIndex.CONTEXTUAL))
         assert [hit.entry.key for hit in hits] == ["faq"]
-        assert not await store.search(
-            MemoryQuery(query="days", index_type=MemoryIndex.CONTEXTUAL)
-        )
+        assert not await store.search(MemoryQuery(query="days", index_type=MemoryIndex.CONTEXTUAL))
 
 
 async def test_upsert_keeps_created_at_and_replaces_everything_else(
@@ -323,9 +319,7 @@ async def test_expires_at_validation(storage: PostgresStorage[str, Any]) -> None
     with pytest.raises(MemoryValidationError, match="in the past"):
         await storage.store("k", "v", expires_at=datetime.now(timezone.utc) - timedelta(1))
     with pytest.raises(MemoryValidationError, match="not both"):
-        await storage.store(
-            "k", "v", ttl=10, expires_at=datetime.now(timezone.utc) + timedelta(1)
-        )
+        await storage.store("k", "v", ttl=10, expires_at=datetime.now(timezone.utc) + timedelta(1))
     with pytest.raises(MemoryValidationError, match="positive"):
         await storage.store("k", "v", ttl=-5)
     assert await storage.count() == 0

@@ -1,0 +1,77 @@
+"""Connection faults surface as MemoryError subclasses, never raw driver errors or hangs."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+
+import pytest
+
+from pepperpy_pg_memory import (
+    HashingEmbedder,
+    MemoryConnectionError,
+    MemoryTimeoutError,
+    PostgresConfig,
+    PostgresStorage,
+)
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_unreachable_server_is_a_connection_error() -> None:
+    config = PostgresConfig(
+        host="127.0.0.1",
+        port=_closed_port(),
+        password="topsecret",
+        retry_attempts=1,
+        retry_base_delay=0.01,
+        retry_max_delay=0.02,
+        connect_timeout=2,
+    )
+    store = PostgresStorage[str, Any](config, HashingEmbedder(8))
+    with pytest.raises(MemoryConnectionError) as caught:
+        await store.start()
+    assert caught.value.store_type == "postgres"
+    assert caught.value.__cause__ is not None
+    assert "topsecret" not in str(caught.value)
+    assert not store.started
+
+
+async def test_pool_exhaustion_times_out_with_a_clear_error(make_config: Any) -> None:
+    config = make_config(min_size=1, max_size=1, pool_timeout=0.3)
+    async with PostgresStorage[str, Any](config, HashingEmbedder(8)) as store:
+        await store.store("k", "v")
+        assert store._pool is not None
+        held = await store._pool.acquire()  # a long operation holding the only connection
+        try:
+            with pytest.raises(MemoryTimeoutError, match="no free database connection"):
+                await asyncio.wait_for(store.retrieve("k"), timeout=5)
+        finally:
+            await store._pool.release(held)
+        assert (await store.retrieve("k")).value == "v"
+
+
+async def test_queued_operations_complete_when_connections_free_up(make_config: Any) -> None:
+    config = make_config(min_size=1, max_size=2, pool_timeout=10)
+    async with PostgresStorage[str, Any](config, HashingEmbedder(8)) as store:
+        await asyncio.gather(*(store.store(f"k{i}", f"v{i}") for i in range(40)))
+        values = await asyncio.gather(*(store.retrieve(f"k{i}") for i in range(40)))
+        assert [v.value for v in values] == [f"v{i}" for i in range(40)]
+
+
+async def test_killed_connection_is_retried_transparently(
+    storage: PostgresStorage[str, Any], raw_conn: Any
+) -> None:
+    await storage.store("k", "v")
+    killed = await raw_conn.fetchval(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+        "WHERE application_name = 'pepperpy-pg-memory' AND datname = current_database() "
+        "AND pid <> pg_backend_pid()"
+    )
+    assert killed >= 1
+    assert (await storage.retrieve("k")).value == "v"
