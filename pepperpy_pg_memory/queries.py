@@ -69,8 +69,8 @@ FUZZY_MAX_WORDS = 8
 
 
 def fuzzy_words(query: str) -> list[str]:
-    """The query's words long enough for trigram matching, distinct, at most eight."""
-    words = [w.lower() for w in _WORD.findall(query) if len(w) >= FUZZY_MIN_WORD_LENGTH]
+    """The query's distinct words (at most eight) for trigram matching and scoring."""
+    words = [w.lower() for w in _WORD.findall(query) if len(w) >= 2]
     return list(dict.fromkeys(words))[:FUZZY_MAX_WORDS]
 
 
@@ -311,32 +311,65 @@ class Statements:
         """
         return sql, params.values
 
-    def _contextual_hits(self, params: Params, query: str, where: str) -> str:
-        text = params.add(query)
+    def _tsquery(self, params: Params, query: str) -> str:
+        return (
+            f"websearch_to_tsquery({params.add(self.layout.text_search_config)}::text::regconfig, "
+            f"{params.add(query)})"
+        )
+
+    def _contextual_ctes(self, params: Params, query: str, where: str, want: str) -> str:
+        """CTEs ``exact`` and ``fuzzy`` (key, score), each at most ``want`` rows, best first.
+
+        Full-text matches come first. The trigram fallback for misspellings runs only when
+        they do not fill the window: its cost grows with how common the words' trigrams are,
+        so it is kept off the path of queries that full text already answers.
+        """
+        tsquery = self._tsquery(params, query)
         config = params.add(self.layout.text_search_config)
-        tsquery = f"websearch_to_tsquery({config}::text::regconfig, {text})"
-        words = fuzzy_words(query)
-        if words:
-            # A misspelt word still shares most trigrams with the right one. Each word's `<%`
-            # test can use the trigram index; the mean similarity over the query's words then
-            # decides, so one lucky short word cannot drag in an unrelated memory.
-            placeholders = [params.add(word) for word in words]
-            any_word = " OR ".join(f"{p} <% m.content" for p in placeholders)
-            mean = " + ".join(f"word_similarity({p}, m.content)" for p in placeholders)
-            fuzzy_score = f"(({mean}) / {len(placeholders)})"
+        words = [params.add(word) for word in fuzzy_words(query)]
+        # Only a word the table has never seen (as a full-text lexeme) can be a misspelling
+        # worth a trigram search; it becomes NULL otherwise, and a NULL key makes its trigram
+        # index scan return nothing. Evaluated once per query, as an InitPlan.
+        suspects = [
+            f"""(SELECT CASE WHEN length({w}) >= {FUZZY_MIN_WORD_LENGTH}
+                    AND numnode(plainto_tsquery({config}::text::regconfig, {w})) > 0
+                    AND NOT EXISTS (SELECT 1 FROM {self.table} x
+                        WHERE x.tsv @@ plainto_tsquery({config}::text::regconfig, {w}))
+                THEN {w} END)"""
+            for w in words
+        ]
+        if suspects:
+            any_suspect = " OR ".join(f"{suspect} <% m.content" for suspect in suspects)
+            # Ranked by how well all the query's words appear, so that the correctly spelt
+            # words still decide between the rows a misspelt one brings in.
+            fuzzy_score = (
+                "(" + " + ".join(f"word_similarity({w}, m.content)" for w in words) + ")"
+                f" / {len(words)}"
+            )
             threshold = "current_setting('pg_trgm.word_similarity_threshold')::float8"
-            fuzzy_match = f"(({any_word}) AND {fuzzy_score} >= {threshold})"
+            fuzzy_match = f"({any_suspect}) AND {fuzzy_score} >= {threshold}"
         else:
             fuzzy_score, fuzzy_match = "0", "FALSE"
         return f"""
-            SELECT m.key,
-                CASE WHEN m.tsv @@ {tsquery}
-                     THEN 0.5 + 0.5 * ts_rank_cd(m.tsv, {tsquery}, 32)
-                     ELSE 0.5 * {fuzzy_score}
-                END AS score
-            FROM {self.table} m
-            WHERE {_CONTEXTUAL} AND {where}
-              AND (m.tsv @@ {tsquery} OR {fuzzy_match})
+            exact AS MATERIALIZED (
+                SELECT m.key, 0.5 + 0.5 * ts_rank_cd(m.tsv, {tsquery}, 32) AS score
+                FROM {self.table} m
+                WHERE {_CONTEXTUAL} AND {where} AND m.tsv @@ {tsquery}
+                ORDER BY score DESC, m.key
+                LIMIT {want}
+            ),
+            fuzzy AS MATERIALIZED (
+                SELECT m.key, 0.5 * {fuzzy_score} AS score
+                FROM {self.table} m
+                WHERE (SELECT count(*) FROM exact) < {want}
+                  AND {_CONTEXTUAL} AND {where} AND (m.tsv @@ {tsquery}) IS NOT TRUE
+                  AND {fuzzy_match}
+                ORDER BY score DESC, m.key
+                LIMIT {want}
+            ),
+            contextual AS (
+                SELECT key, score FROM exact UNION ALL SELECT key, score FROM fuzzy
+            )
         """
 
     def contextual_search(
@@ -350,12 +383,13 @@ class Statements:
     ) -> tuple[str, list[Any]]:
         params = Params()
         where = restriction.conditions(params)
-        hits = self._contextual_hits(params, query, where)
+        ctes = self._contextual_ctes(params, query, where, params.add(limit + offset))
         sql = f"""
-            WITH hits AS ({hits})
-            SELECT {_SELECT_ENTRY}, hits.score FROM hits JOIN {self.table} m USING (key)
-            WHERE {_at_least(params, "hits.score", min_score)}
-            ORDER BY hits.score DESC, m.key
+            WITH {ctes}
+            SELECT {_SELECT_ENTRY}, c.score::float8 AS score
+            FROM contextual c JOIN {self.table} m USING (key)
+            WHERE {_at_least(params, "c.score", min_score)}
+            ORDER BY c.score DESC, m.key
             LIMIT {params.add(limit)} OFFSET {params.add(offset)}
         """
         return sql, params.values
@@ -377,7 +411,7 @@ class Statements:
         vector = f"{params.add(embedding)}::{self.vector}"
         pool = params.add(max(candidates, limit + offset))
         k = params.add(float(rrf_k))
-        hits = self._contextual_hits(params, query, where)
+        ctes = self._contextual_ctes(params, query, where, pool)
         # Reciprocal-rank fusion in the database, in one round trip: each index ranks its own
         # candidates, ranks are fused as sum(1 / (k + rank)), and the sum is scaled by (k+1)/2
         # so that first place in both lists scores 1.
@@ -394,12 +428,11 @@ class Statements:
                        row_number() OVER (ORDER BY distance, key) AS rank
                 FROM semantic
             ),
+            {ctes},
             contextual_ranked AS (
                 SELECT key, score AS contextual_score,
                        row_number() OVER (ORDER BY score DESC, key) AS rank
-                FROM ({hits}) AS hits
-                ORDER BY score DESC, key
-                LIMIT {pool}
+                FROM contextual
             ),
             fused AS (
                 SELECT key,
@@ -430,9 +463,7 @@ class Statements:
         where = restriction.conditions(params)
         matches = "TRUE"
         if query is not None:
-            matches = (
-                f"m.key IN (SELECT key FROM ({self._contextual_hits(params, query, 'TRUE')}) AS h)"
-            )
+            matches = f"{_CONTEXTUAL} AND m.tsv @@ {self._tsquery(params, query)}"
         score = "1.0 / (1.0 + extract(epoch FROM now() - m.updated_at) / 3600.0)"
         sql = f"""
             SELECT {_SELECT_ENTRY}, ({score})::float8 AS score

@@ -324,6 +324,10 @@ class PostgresStorage(Generic[K, V]):
                 "hnsw.ef_search": str(config.hnsw_ef_search),
                 "hnsw.iterative_scan": config.hnsw_iterative_scan,
                 "pg_trgm.word_similarity_threshold": str(config.trigram_threshold),
+                # Memory lookups are short OLTP queries: starting parallel workers or JIT
+                # compiling costs more (milliseconds) than the queries themselves.
+                "max_parallel_workers_per_gather": "0",
+                "jit": "off",
             },
         )
         assert pool is not None
