@@ -136,6 +136,14 @@ class PostgresConfig(BaseSettings):
     embedding_batch_size: int = Field(default=64, ge=1, le=4096)
     embedding_cache_size: int = Field(default=10_000, ge=0)
     maintenance_batch_size: int = Field(default=1_000, ge=1, le=100_000)
+    bulk_index_rebuild_rows: int = Field(
+        default=1_000,
+        ge=0,
+        description=(
+            "A store_many of at least this many rows into a table holding fewer rows rebuilds "
+            "the vector index instead of growing it row by row (0 never does)."
+        ),
+    )
     maintenance_work_mem: str = Field(
         default="512MB", pattern=r"^[0-9]{1,7}(kB|MB|GB)$", description="For index builds."
     )

@@ -277,6 +277,10 @@ class Statements:
         """
         return sql, params.values
 
+    def count_up_to(self) -> str:
+        """Rows in the table, counted no further than $1 (cheap on a large table)."""
+        return f"SELECT count(*) FROM (SELECT 1 FROM {self.table} LIMIT $1) AS bounded"
+
     def count_expired(self) -> str:
         return f"SELECT count(*) FROM {self.table} WHERE expires_at <= now()"
 

@@ -767,8 +767,24 @@ class PostgresStorage(Generic[K, V]):
         statements = self._statements
         records = [write.record() for write in batch]
 
+        bulk_rows = self.config.bulk_index_rebuild_rows
+        layout = self.layout
+
         async def write_all(conn: asyncpg.Connection) -> builtins.list[str]:
+            # Inserting row by row into an HNSW graph is the slowest part of a write (about
+            # 1.5 ms a row at 384 dimensions); building the graph once over all rows is several
+            # times faster. So a batch at least as large as the table drops the index and
+            # rebuilds it, in the same transaction: readers wait for the commit, and a failure
+            # rolls the index back with the rows.
+            rebuild = bulk_rows > 0 and len(records) >= bulk_rows
+            if rebuild:
+                existing = await conn.fetchval(statements.count_up_to(), len(records))
+                rebuild = existing < len(records)
             async with conn.transaction():
+                if rebuild:
+                    await conn.execute(
+                        f"DROP INDEX IF EXISTS {layout.qualified_index('embedding_idx')}"
+                    )
                 await conn.execute(statements.create_staging())
                 await conn.copy_records_to_table(
                     statements.staging, records=records, columns=list(STAGING_COLUMNS)
@@ -777,6 +793,12 @@ class PostgresStorage(Generic[K, V]):
                     f"WITH merged AS ({statements.merge_staging()}) "
                     "SELECT key FROM merged WHERE needs_embedding"
                 )
+                if rebuild:
+                    await conn.execute(
+                        "SELECT set_config('maintenance_work_mem', $1, true)",
+                        self.config.maintenance_work_mem,
+                    )
+                    await conn.execute(layout.hnsw_index_statement())
             return [row["key"] for row in rows]
 
         repair = await self._run("store_many", write_all)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pytest
 
 from helpers import CountingEmbedder, FailingEmbedder
@@ -127,8 +128,14 @@ async def test_store_many_of_nothing(storage: PostgresStorage[str, Any]) -> None
 
 
 async def test_large_batch_is_searchable(storage: PostgresStorage[str, Any]) -> None:
+    vectors = np.random.default_rng(7).standard_normal((3_000, 64)).astype(np.float32)
     await storage.store_many(
-        {"key": f"k{i}", "value": {"content": f"record {i}", "n": i}, "metadata": {"n": i}}
+        {
+            "key": f"k{i}",
+            "value": {"content": f"record {i}", "n": i},
+            "metadata": {"n": i},
+            "embedding": vectors[i],
+        }
         for i in range(3_000)
     )
     assert await storage.count() == 3_000
@@ -136,7 +143,49 @@ async def test_large_batch_is_searchable(storage: PostgresStorage[str, Any]) -> 
         MemoryQuery(query="record 1234", index_type=MemoryIndex.CONTEXTUAL, limit=1)
     )
     assert hits[0].entry.key == "k1234"
-    entry = await storage.retrieve("k2999", include_embedding=True)
-    assert entry.embedding is not None
-    nearest = await storage.search(MemoryQuery(embedding=entry.embedding, limit=1))
+    nearest = await storage.search(MemoryQuery(embedding=vectors[2999].tolist(), limit=10))
+    assert nearest[0].entry.key == "k2999"
     assert nearest[0].score == pytest.approx(1.0, abs=1e-5)
+
+
+async def _has_vector_index(conn: Any, config: Any) -> bool:
+    return bool(
+        await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM pg_indexes WHERE schemaname = $1 AND indexname = $2)",
+            config.schema_name,
+            f"{config.table}_embedding_idx",
+        )
+    )
+
+
+async def test_bulk_load_rebuilds_the_vector_index_atomically(
+    make_config: Any, raw_conn: Any
+) -> None:
+    from pepperpy_pg_memory import HashingEmbedder
+
+    config = make_config(bulk_index_rebuild_rows=100)
+    async with PostgresStorage[str, Any](config, HashingEmbedder(32)) as store:
+        await store.store_many((f"k{i}", f"bulk text {i}") for i in range(300))
+        assert await _has_vector_index(raw_conn, config)
+        await raw_conn.execute("SET enable_seqscan = off")  # 300 rows: make the index the plan
+        plan = await raw_conn.fetch(
+            f'EXPLAIN SELECT key FROM "{config.schema_name}"."{config.table}" '
+            "ORDER BY embedding <=> (SELECT embedding FROM "
+            f'"{config.schema_name}"."{config.table}" LIMIT 1) LIMIT 5'
+        )
+        assert "embedding_idx" in "\n".join(row[0] for row in plan)
+        await raw_conn.execute("RESET enable_seqscan")
+        entry = await store.retrieve("k123", include_embedding=True)
+        assert entry.embedding is not None
+        hits = await store.search(MemoryQuery(embedding=entry.embedding, limit=1))
+        assert hits[0].score == pytest.approx(1.0, abs=1e-5)
+
+        table = f'"{config.schema_name}"."{config.table}"'
+        await raw_conn.execute(
+            f"ALTER TABLE {table} ADD CONSTRAINT no_bad CHECK (content <> 'bad')"
+        )
+        items = [(f"n{i}", "bad" if i == 399 else f"more {i}") for i in range(400)]
+        with pytest.raises(MemoryValidationError):
+            await store.store_many(items)
+        assert await store.count() == 300
+        assert await _has_vector_index(raw_conn, config)  # the drop was rolled back too
