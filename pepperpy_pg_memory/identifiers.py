@@ -10,7 +10,13 @@ import re
 
 from .errors import MemoryValidationError
 
-__all__ = ["IDENTIFIER_PATTERN", "TEXT_SEARCH_CONFIG_PATTERN", "quote_ident", "qualified"]
+__all__ = [
+    "IDENTIFIER_PATTERN",
+    "TEXT_SEARCH_CONFIG_PATTERN",
+    "quote_ident",
+    "quote_name",
+    "qualified",
+]
 
 # 48 leaves room for the suffixes of derived index names within PostgreSQL's 63-byte limit.
 IDENTIFIER_PATTERN = re.compile(r"[a-z_][a-z0-9_]{0,47}")
@@ -22,6 +28,16 @@ def quote_ident(name: str) -> str:
     if not IDENTIFIER_PATTERN.fullmatch(name):
         raise MemoryValidationError(f"{name!r} is not an acceptable SQL identifier")
     return f'"{name}"'
+
+
+def quote_name(name: str) -> str:
+    """Any name (e.g. a database's, which users choose freely) double-quoted, quotes doubled.
+
+    For names that must only be quoted, never validated against our stricter pattern.
+    """
+    if "\x00" in name:
+        raise MemoryValidationError("a SQL name cannot contain NUL")
+    return '"' + name.replace('"', '""') + '"'
 
 
 def qualified(schema: str, name: str) -> str:

@@ -36,6 +36,7 @@ from .errors import (
     MemoryValidationError,
 )
 from .faults import backoff_delay, is_transient, translate
+from .identifiers import quote_name
 from .models import MemoryEntry, MemoryQuery, MemorySearchResult
 from .queries import STAGING_COLUMNS, ListOrder, Restriction, Statements
 from .schema import TableLayout, migrate, vector_type_for
@@ -275,11 +276,8 @@ class PostgresStorage(Generic[K, V]):
                 )
         logger.info("memory store ready on %s", config.describe_target())
 
-    async def _connect(self, dsn: str, database: str | None = None) -> asyncpg.Connection:
-        kwargs: dict[str, Any] = {"timeout": self.config.connect_timeout}
-        if database is not None:
-            kwargs["database"] = database
-        return await asyncpg.connect(dsn, **kwargs)
+    async def _connect(self, dsn: str) -> asyncpg.Connection:
+        return await asyncpg.connect(dsn, timeout=self.config.connect_timeout)
 
     async def _ensure_embedded_database(self, server: EmbeddedServer) -> None:
         conn = await self._retrying("connect", lambda: self._connect(server.uri("postgres")))
@@ -289,10 +287,9 @@ class PostgresStorage(Generic[K, V]):
                 self.config.database,
             )
             if not exists:
-                # CREATE DATABASE takes no parameters; the name is quoted as an identifier.
-                name = self.config.database.replace('"', '""')
                 try:
-                    await conn.execute(f'CREATE DATABASE "{name}"')
+                    # CREATE DATABASE takes no parameters: the name is quoted instead.
+                    await conn.execute(f"CREATE DATABASE {quote_name(self.config.database)}")
                 except asyncpg.DuplicateDatabaseError:
                     pass  # another process created it first
         finally:
