@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from .filters import Params, compile_filter
-from .schema import TableLayout
+from .schema import GIN_INDEXES, TableLayout
 from .types import MemoryScope, MemoryType
 
 __all__ = ["Statements", "Restriction", "STAGING_COLUMNS", "ENTRY_COLUMNS"]
@@ -276,6 +276,14 @@ class Statements:
                 LIMIT {params.add(batch)} FOR UPDATE SKIP LOCKED)
         """
         return sql, params.values
+
+    def after_bulk_load(self) -> list[tuple[str, list[Any]]]:
+        """Statements that make a freshly loaded table fast to search: merge the GIN pending
+        lists (every search scans them until merged) and refresh the planner's statistics."""
+        return [
+            ("SELECT gin_clean_pending_list($1::regclass)", [self.layout.qualified_index(suffix)])
+            for suffix in GIN_INDEXES
+        ] + [(f"ANALYZE {self.table}", [])]
 
     def count_up_to(self) -> str:
         """Rows in the table, counted no further than $1 (cheap on a large table)."""

@@ -144,9 +144,22 @@ def _v1_table(layout: TableLayout) -> list[str]:
     ]
 
 
+GIN_INDEXES = ("tsv_idx", "trgm_idx", "metadata_idx")
+
+
+def _v2_small_gin_pending_lists(layout: TableLayout) -> list[str]:
+    # GIN defers inserts to a pending list that every search must scan in full until it is
+    # merged; at the default 4 MB a freshly written table searched 4x slower. 256 kB keeps
+    # the merge work small and frequent.
+    return [
+        f"ALTER INDEX {layout.qualified_index(suffix)} SET (gin_pending_list_limit = 256)"
+        for suffix in GIN_INDEXES
+    ]
+
+
 Migration = Callable[[TableLayout], list[str]]
 
-MIGRATIONS: list[Migration] = [_v1_table]
+MIGRATIONS: list[Migration] = [_v1_table, _v2_small_gin_pending_lists]
 """Append-only. Position i (0-based) is schema version i + 1."""
 
 SCHEMA_VERSION = len(MIGRATIONS)

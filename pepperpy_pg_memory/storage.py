@@ -325,6 +325,10 @@ class PostgresStorage(Generic[K, V]):
                 # compiling costs more (milliseconds) than the queries themselves.
                 "max_parallel_workers_per_gather": "0",
                 "jit": "off",
+                # asyncpg prepares every statement; after five runs PostgreSQL may switch to a
+                # generic plan that cannot see the query vector, the limit or the filters,
+                # and picks scans ten times slower. Plan each execution for its values.
+                "plan_cache_mode": "force_custom_plan",
             },
         )
         assert pool is not None
@@ -444,7 +448,7 @@ class PostgresStorage(Generic[K, V]):
             created_at=row["created_at"],
             updated_at=row["updated_at"],
             expires_at=row["expires_at"],
-            embedding=None if vector is None else [float(x) for x in vector.to_list()],
+            embedding=None if vector is None else _vector_list(vector),
         )
 
     # --- restricting -----------------------------------------------------------------------
@@ -800,7 +804,22 @@ class PostgresStorage(Generic[K, V]):
 
         repair = await self._run("store_many", write_all)
         await self._repair_embeddings(repair, writes)
+        if len(batch) >= bulk_rows > 0:
+            await self._after_bulk_load()
         return len(batch)
+
+    async def _after_bulk_load(self) -> None:
+        statements = self._statements.after_bulk_load()
+
+        async def tidy(conn: asyncpg.Connection) -> None:
+            for sql, args in statements:
+                await conn.execute(sql, *args)
+
+        try:
+            await self._run("store_many", tidy)
+        except MemoryError as exc:
+            # Only an optimisation (autovacuum does the same later): the data is committed.
+            logger.info("skipped post-load index maintenance: %s", exc)
 
     # --- reading ---------------------------------------------------------------------------
     async def retrieve(
@@ -1329,6 +1348,12 @@ async def _write_reindexed(
     async with conn.transaction():
         await conn.executemany(statements.set_embeddings(), records)
         await conn.execute(statements.save_reindex_cursor(), table, cursor)
+
+
+def _vector_list(vector: Any) -> builtins.list[float]:
+    # pgvector >= 0.4 decodes to Vector/HalfVector objects, 0.3 to numpy arrays.
+    values = vector.to_list() if hasattr(vector, "to_list") else np.asarray(vector).tolist()
+    return [float(x) for x in values]
 
 
 def _affected(status: str) -> int:

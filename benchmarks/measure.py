@@ -1,0 +1,87 @@
+"""Timing helpers and the record every measurement produces."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class Measurement:
+    """One row of results: a named operation of one system at one size."""
+
+    name: str
+    system: str
+    mode: str  # "storage" (vectors given) or "end_to_end" (the default model embeds)
+    size: int
+    unit: str
+    throughput: float
+    p50_ms: float | None = None
+    p95_ms: float | None = None
+    count: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self, environment: dict[str, Any]) -> dict[str, Any]:
+        return {**asdict(self), **environment}
+
+
+async def timed(work: Callable[[], Awaitable[Any]]) -> float:
+    """Seconds ``work`` took."""
+    started = time.perf_counter()
+    await work()
+    return time.perf_counter() - started
+
+
+async def latencies(calls: Sequence[Callable[[], Awaitable[Any]]], warmup: int = 5) -> list[float]:
+    """Milliseconds of each call, run one after another after ``warmup`` untimed calls."""
+    for call in calls[:warmup]:
+        await call()
+    out = []
+    for call in calls:
+        started = time.perf_counter()
+        await call()
+        out.append((time.perf_counter() - started) * 1000)
+    return out
+
+
+def latency_row(
+    name: str, system: str, mode: str, size: int, samples: list[float], **extra: Any
+) -> Measurement:
+    values = np.asarray(samples)
+    return Measurement(
+        name=name,
+        system=system,
+        mode=mode,
+        size=size,
+        unit="queries/s",
+        throughput=float(1000 / values.mean()),
+        p50_ms=float(np.percentile(values, 50)),
+        p95_ms=float(np.percentile(values, 95)),
+        count=len(samples),
+        extra=extra,
+    )
+
+
+def rate_row(
+    name: str, system: str, mode: str, size: int, count: int, seconds: float, **extra: Any
+) -> Measurement:
+    return Measurement(
+        name=name,
+        system=system,
+        mode=mode,
+        size=size,
+        unit="entries/s",
+        throughput=count / seconds,
+        p50_ms=seconds * 1000 / count,  # per-entry latency within the batch
+        count=count,
+        extra={"seconds": seconds, **extra},
+    )
+
+
+def cpu_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
