@@ -25,7 +25,7 @@ from typing import Any
 
 from .errors import MemoryValidationError
 
-__all__ = ["Params", "compile_filter", "MAX_FILTER_DEPTH"]
+__all__ = ["Params", "compile_filter", "key_path", "MAX_FILTER_DEPTH"]
 
 MAX_FILTER_DEPTH = 8
 MAX_FILTER_CONDITIONS = 200
@@ -88,7 +88,7 @@ class _Compiler:
         return "(" + joiner.join(self.document(item, depth + 1) for item in operand) + ")"
 
     def field(self, key: str, condition: Any) -> str:
-        path = _key_path(key)
+        path = key_path(key)
         if isinstance(condition, Mapping) and any(
             isinstance(op, str) and op.startswith("$") for op in condition
         ):
@@ -153,7 +153,8 @@ class _Compiler:
         return f"({self.column} @> {self.params.add(_nest(path, value))}::jsonb)"
 
 
-def _key_path(key: str) -> list[str]:
+def key_path(key: str) -> list[str]:
+    """A filter key (``a.b``) as its path of segments, or an error saying why it is invalid."""
     segments = key.split(".")
     if len(segments) > _MAX_KEY_SEGMENTS or not all(_KEY_SEGMENT.fullmatch(s) for s in segments):
         raise MemoryValidationError(

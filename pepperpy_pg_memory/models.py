@@ -98,7 +98,14 @@ class MemoryQuery(BaseModel):
     scope: MemoryScope | None = None
     scope_id: str | None = None
     filter: dict[str, Any] | None = None
+    value_filter: dict[str, Any] | None = Field(
+        default=None, description="The filter language applied to JSON-object values."
+    )
     keys: frozenset[str] | None = Field(default=None, description="Only these keys.")
+    key_prefix: str | None = Field(default=None, description="Only keys starting with this.")
+    include_embedding: bool = Field(
+        default=False, description="Fill entry.embedding (SEMANTIC queries only)."
+    )
     created_after: datetime | None = None
     created_before: datetime | None = None
     updated_after: datetime | None = None
@@ -134,6 +141,8 @@ class MemoryQuery(BaseModel):
                     f"min_score {self.min_score} is outside the {index.name} score range "
                     f"[{low:g}, 1]"
                 )
+        if self.include_embedding and index is not MemoryIndex.SEMANTIC:
+            raise ValueError("include_embedding is only available for SEMANTIC queries")
         if self.scope_id is not None and self.scope is None:
             raise ValueError("scope_id needs a scope")
         if self.scope is MemoryScope.GLOBAL and self.scope_id not in (None, ""):

@@ -88,7 +88,9 @@ class Restriction:
     scope_id: str | None = None
     types: frozenset[MemoryType] | None = None
     filter: Mapping[str, Any] | None = None
+    value_filter: Mapping[str, Any] | None = None
     keys: frozenset[str] | None = None
+    key_prefix: str | None = None
     created_after: datetime | None = None
     created_before: datetime | None = None
     updated_after: datetime | None = None
@@ -105,6 +107,8 @@ class Restriction:
             parts.append(f"m.memory_type = ANY({params.add(sorted(t.value for t in self.types))})")
         if self.keys is not None:
             parts.append(f"m.key = ANY({params.add(sorted(self.keys))}::text[])")
+        if self.key_prefix is not None:
+            parts.append(f"starts_with(m.key, {params.add(self.key_prefix)})")
         for column, operator, bound in (
             ("created_at", ">=", self.created_after),
             ("created_at", "<", self.created_before),
@@ -115,6 +119,8 @@ class Restriction:
                 parts.append(f"m.{column} {operator} {params.add(bound)}")
         if self.filter:
             parts.append(compile_filter(self.filter, params, column="m.metadata"))
+        if self.value_filter:
+            parts.append(compile_filter(self.value_filter, params, column="m.value"))
         return " AND ".join(parts) if parts else "TRUE"
 
 
@@ -216,11 +222,32 @@ class Statements:
         )
         return sql, params.values
 
+    def retrieve_many(self, keys: list[str], restriction: Restriction) -> tuple[str, list[Any]]:
+        params = Params([keys])
+        sql = (
+            f"SELECT {_SELECT_ENTRY} FROM {self.table} m "
+            f"WHERE m.key = ANY($1::text[]) AND {restriction.conditions(params)}"
+        )
+        return sql, params.values
+
     def exists(self, key: str, restriction: Restriction) -> tuple[str, list[Any]]:
         params = Params([key])
         sql = (
             f"SELECT EXISTS (SELECT 1 FROM {self.table} m "
             f"WHERE m.key = $1 AND {restriction.conditions(params)})"
+        )
+        return sql, params.values
+
+    def distinct_metadata(
+        self, path: list[str], restriction: Restriction, limit: int
+    ) -> tuple[str, list[Any]]:
+        params = Params()
+        extracted = f"m.metadata #> {params.add(path)}::text[]"
+        where = restriction.conditions(params)
+        sql = (
+            f"SELECT {extracted} AS value, count(*) AS memories FROM {self.table} m "
+            f"WHERE {where} AND {extracted} IS NOT NULL "
+            f"GROUP BY 1 ORDER BY 1 LIMIT {params.add(limit)}"
         )
         return sql, params.values
 
@@ -301,16 +328,18 @@ class Statements:
         limit: int,
         offset: int,
         min_score: float | None,
+        include_embedding: bool = False,
     ) -> tuple[str, list[Any]]:
         params = Params()
         vector = f"{params.add(embedding)}::{self.vector}"
         where = restriction.conditions(params)
+        extra = ", m.embedding" if include_embedding else ""
         # The inner query is the shape pgvector's HNSW index serves (ORDER BY distance LIMIT);
         # with iterative scans on, it keeps scanning until the filters let `limit` rows through.
         # MATERIALIZED and the outer ORDER BY restore exact order after relaxed_order scans.
         sql = f"""
             WITH hits AS MATERIALIZED (
-                SELECT {_SELECT_ENTRY}, m.embedding <=> {vector} AS distance
+                SELECT {_SELECT_ENTRY}{extra}, m.embedding <=> {vector} AS distance
                 FROM {self.table} m
                 WHERE m.embedding IS NOT NULL AND {where}
                 ORDER BY m.embedding <=> {vector}

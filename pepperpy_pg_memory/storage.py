@@ -183,6 +183,7 @@ class PostgresStorage(Generic[K, V]):
         self._sql: Statements | None = None
         self._value_adapter: TypeAdapter[Any] | None | Literal[False] = False
         self._start_lock = asyncio.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------
     async def __aenter__(self) -> PostgresStorage[K, V]:
@@ -195,6 +196,11 @@ class PostgresStorage(Generic[K, V]):
     @property
     def started(self) -> bool:
         return self._pool is not None
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The event loop the store was started on (its pool belongs to it); None if closed."""
+        return self._loop if self._pool is not None else None
 
     @property
     def layout(self) -> TableLayout:
@@ -214,6 +220,7 @@ class PostgresStorage(Generic[K, V]):
             if self._pool is not None:
                 return
             try:
+                self._loop = asyncio.get_running_loop()
                 await self._start()
             except BaseException:
                 await self._close()
@@ -316,6 +323,7 @@ class PostgresStorage(Generic[K, V]):
             command_timeout=config.command_timeout,
             timeout=config.connect_timeout,
             init=init,
+            reset=_keep_session,
             server_settings={
                 "application_name": "pepperpy-pg-memory",
                 "hnsw.ef_search": str(config.hnsw_ef_search),
@@ -484,8 +492,10 @@ class PostgresStorage(Generic[K, V]):
         type_set = (
             frozenset(_enum(MemoryType, t, "type") for t in types) if types is not None else None
         )
-        if filter is not None and not isinstance(filter, Mapping):
-            raise MemoryValidationError("filter must be a mapping")
+        for name in ("filter", "value_filter"):
+            given = filter if name == "filter" else bounds.get(name)
+            if given is not None and not isinstance(given, Mapping):
+                raise MemoryValidationError(f"{name} must be a mapping")
         return Restriction(
             scope=owner_scope, scope_id=owner_id, types=type_set, filter=filter, **bounds
         )
@@ -845,6 +855,21 @@ class PostgresStorage(Generic[K, V]):
             raise MemoryNotFoundError(checked)
         return self._entry(row, embedding=include_embedding)
 
+    async def retrieve_many(
+        self,
+        keys: Iterable[K],
+        *,
+        scope: MemoryScope | str | None = None,
+        scope_id: str | None = None,
+    ) -> dict[str, MemoryEntry[V]]:
+        """The live memories stored under ``keys``, by key; missing keys are left out."""
+        checked = list(dict.fromkeys(validate_key(key, self.config.max_key_length) for key in keys))
+        if not checked:
+            return {}
+        sql, args = self._statements.retrieve_many(checked, self._restriction(scope, scope_id))
+        rows = await self._run("retrieve_many", lambda conn: conn.fetch(sql, *args))
+        return {row["key"]: self._entry(row) for row in rows}
+
     async def exists(
         self, key: K, *, scope: MemoryScope | str | None = None, scope_id: str | None = None
     ) -> bool:
@@ -860,10 +885,37 @@ class PostgresStorage(Generic[K, V]):
         scope_id: str | None = None,
         types: Iterable[MemoryType | str] | MemoryType | None = None,
         filter: Mapping[str, Any] | None = None,
+        value_filter: Mapping[str, Any] | None = None,
+        key_prefix: str | None = None,
     ) -> int:
         """How many live memories match."""
-        sql, args = self._statements.count(self._restriction(scope, scope_id, types, filter))
+        restriction = self._restriction(
+            scope, scope_id, types, filter, value_filter=value_filter, key_prefix=key_prefix
+        )
+        sql, args = self._statements.count(restriction)
         return int(await self._run("count", lambda conn: conn.fetchval(sql, *args)))
+
+    async def distinct_metadata(
+        self,
+        key: str,
+        *,
+        scope: MemoryScope | str | None = None,
+        scope_id: str | None = None,
+        types: Iterable[MemoryType | str] | MemoryType | None = None,
+        filter: Mapping[str, Any] | None = None,
+        key_prefix: str | None = None,
+        limit: int = 1_000,
+    ) -> builtins.list[tuple[Any, int]]:
+        """The distinct values of metadata ``key`` (dots for nested keys) among live memories,
+        each with how many memories have it, in value order."""
+        from .filters import key_path
+
+        if not 1 <= limit <= 100_000:
+            raise MemoryValidationError("limit must be in [1, 100000]")
+        restriction = self._restriction(scope, scope_id, types, filter, key_prefix=key_prefix)
+        sql, args = self._statements.distinct_metadata(key_path(key), restriction, limit)
+        rows = await self._run("distinct_metadata", lambda conn: conn.fetch(sql, *args))
+        return [(row["value"], int(row["memories"])) for row in rows]
 
     async def list(
         self,
@@ -872,6 +924,8 @@ class PostgresStorage(Generic[K, V]):
         scope_id: str | None = None,
         types: Iterable[MemoryType | str] | MemoryType | None = None,
         filter: Mapping[str, Any] | None = None,
+        value_filter: Mapping[str, Any] | None = None,
+        key_prefix: str | None = None,
         limit: int = 100,
         offset: int = 0,
         order_by: ListOrder = "created_at",
@@ -883,7 +937,9 @@ class PostgresStorage(Generic[K, V]):
         if order_by not in ("created_at", "updated_at", "key"):
             raise MemoryValidationError(f"cannot order by {order_by!r}")
         sql, args = self._statements.list_page(
-            self._restriction(scope, scope_id, types, filter),
+            self._restriction(
+                scope, scope_id, types, filter, value_filter=value_filter, key_prefix=key_prefix
+            ),
             limit=limit,
             offset=offset,
             order_by=order_by,
@@ -911,21 +967,35 @@ class PostgresStorage(Generic[K, V]):
         types: Iterable[MemoryType | str] | MemoryType | None = None,
         filter: Mapping[str, Any] | None = None,
         keys: Iterable[str] | None = None,
+        value_filter: Mapping[str, Any] | None = None,
+        key_prefix: str | None = None,
     ) -> int:
         """Delete every memory that matches all the criteria given; returns how many.
 
         At least one criterion is required, so that a forgotten argument cannot empty the
         store: use :meth:`clear` for that.
         """
-        if scope is None and types is None and not filter and keys is None:
+        if (
+            scope is None
+            and types is None
+            and not filter
+            and not value_filter
+            and keys is None
+            and not key_prefix
+        ):
             raise MemoryValidationError(
-                "delete_many needs a scope, types, filter or keys; use clear() to delete all"
+                "delete_many needs a scope, types, filter, keys or key_prefix; "
+                "use clear() to delete all"
             )
         key_set = None
         if keys is not None:
             key_set = frozenset(validate_key(k, self.config.max_key_length) for k in keys)
         restriction = replace(
-            self._restriction(scope, scope_id, types, filter), keys=key_set, include_expired=True
+            self._restriction(
+                scope, scope_id, types, filter, value_filter=value_filter, key_prefix=key_prefix
+            ),
+            keys=key_set,
+            include_expired=True,
         )
         sql, args = self._statements.delete_many(restriction)
         status = await self._run("delete_many", lambda conn: conn.execute(sql, *args))
@@ -971,7 +1041,9 @@ class PostgresStorage(Generic[K, V]):
             query.scope_id,
             query.types,
             query.filter,
+            value_filter=query.value_filter,
             keys=query.keys,
+            key_prefix=query.key_prefix,
             created_after=query.created_after,
             created_before=query.created_before,
             updated_after=query.updated_after,
@@ -986,6 +1058,7 @@ class PostgresStorage(Generic[K, V]):
                 limit=query.limit,
                 offset=query.offset,
                 min_score=query.min_score,
+                include_embedding=query.include_embedding,
             )
         elif index is MemoryIndex.CONTEXTUAL:
             assert query.query is not None
@@ -1020,7 +1093,7 @@ class PostgresStorage(Generic[K, V]):
         rows = await self._run("search", lambda conn: conn.fetch(sql, *args))
         return [
             MemorySearchResult.model_construct(
-                entry=self._entry(row),
+                entry=self._entry(row, embedding=query.include_embedding),
                 score=float(row["score"]),
                 index_type=index,
                 semantic_score=_optional_float(row, "semantic_score"),
@@ -1348,6 +1421,12 @@ async def _write_reindexed(
     async with conn.transaction():
         await conn.executemany(statements.set_embeddings(), records)
         await conn.execute(statements.save_reindex_cursor(), table, cursor)
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Pool reset hook: nothing to undo. asyncpg rolls back any open transaction itself, and
+    this store keeps no session state (no LISTEN, session SETs or session advisory locks), so
+    the default RESET ALL round trip on every release would only cost latency."""
 
 
 def _vector_list(vector: Any) -> builtins.list[float]:
