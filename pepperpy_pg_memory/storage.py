@@ -61,8 +61,8 @@ TTL = timedelta | float | int | Literal["never"] | None
 MemoryItem = Mapping[str, Any]
 """One entry for :meth:`PostgresStorage.store_many`: a mapping with ``key`` and ``value`` and
 optionally ``type``, ``scope``, ``scope_id``, ``indices``, ``metadata``, ``ttl``,
-``expires_at`` and ``embedding``, each overriding the call's default. A ``(key, value)`` pair
-is accepted too."""
+``expires_at``, ``embedding`` and ``text`` (the text to index), each overriding the call's
+default. A ``(key, value)`` pair is accepted too."""
 
 _ITEM_FIELDS = frozenset(
     {
@@ -76,6 +76,7 @@ _ITEM_FIELDS = frozenset(
         "ttl",
         "expires_at",
         "embedding",
+        "text",
     }
 )
 _DEFAULT_INDICES = frozenset({MemoryIndex.SEMANTIC, MemoryIndex.CONTEXTUAL})
@@ -396,6 +397,12 @@ class PostgresStorage(Generic[K, V]):
         pool = self._pool
         if pool is None:
             raise MemoryError("the storage is not started: await storage.start() first")
+        if asyncio.get_running_loop() is not self._loop:
+            # asyncpg connections belong to the loop that opened them.
+            raise MemoryError(
+                f"{operation}: this store was started on another event loop; call it from "
+                "that loop, or through pepperpy_pg_memory.runner.BackgroundStorage"
+            )
 
         async def attempt() -> T:
             try:
@@ -514,6 +521,7 @@ class PostgresStorage(Generic[K, V]):
         ttl: TTL,
         expires_at: datetime | None,
         embedding: Any = None,
+        text: str | None = None,
     ) -> _Write:
         config = self.config
         key = validate_key(key, config.max_key_length)
@@ -535,9 +543,12 @@ class PostgresStorage(Generic[K, V]):
             json_metadata = to_json_value(metadata, "metadata")
         else:
             raise MemoryValidationError("metadata must be a mapping")
-        text = self.text_of(value)
+        if text is None:
+            text = self.text_of(value)
         if not isinstance(text, str):
-            raise MemoryValidationError(f"text_of returned {type(text).__name__}, not str")
+            raise MemoryValidationError(
+                f"the indexed text must be a str, not {type(text).__name__}"
+            )
         to_json_value(text, "indexed text")  # NUL and surrogate check
         index_set = _indices(indices)
         ttl_delta, expiry = self._expiry(memory_type, ttl, expires_at)
@@ -679,6 +690,7 @@ class PostgresStorage(Generic[K, V]):
         ttl: TTL = None,
         expires_at: datetime | None = None,
         embedding: Any = None,
+        text: str | None = None,
     ) -> MemoryEntry[V]:
         """Store ``value`` under ``key``, replacing what the key held before (an upsert).
 
@@ -693,6 +705,7 @@ class PostgresStorage(Generic[K, V]):
             ttl: time-to-live (timedelta or seconds), ``"never"``, or None for the type's
                 default (``config.type_ttls``). ``expires_at`` sets the moment instead.
             embedding: a precomputed vector, to skip the embedder.
+            text: the text to index, instead of what ``text_of(value)`` gives.
 
         Returns:
             The stored entry. ``created_at`` is kept from an earlier live version of the key;
@@ -709,6 +722,7 @@ class PostgresStorage(Generic[K, V]):
             ttl=ttl,
             expires_at=expires_at,
             embedding=embedding,
+            text=text,
         )
         await self._plan_embeddings([write])
         sql, args = self._statements.upsert_one(write.record())
@@ -761,6 +775,7 @@ class PostgresStorage(Generic[K, V]):
             "ttl": ttl,
             "expires_at": None,
             "embedding": None,
+            "text": None,
         }
         writes: dict[str, _Write] = {}
         for position, item in enumerate(items):

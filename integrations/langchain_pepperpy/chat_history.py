@@ -123,9 +123,7 @@ class PepperpyChatMessageHistory(BaseChatMessageHistory):
         await storage.store_many(items, type=MemoryType.SHORT_TERM, **self._owner())
 
     async def _clear(self, storage: PostgresStorage[Any, Any]) -> None:
-        await storage.delete_many(
-            **self._owner(), filter={"kind": KIND}, key_prefix=self._prefix()
-        )
+        await storage.delete_many(**self._owner(), filter={"kind": KIND}, key_prefix=self._prefix())
 
     @property
     def messages(self) -> list[BaseMessage]:  # type: ignore[override]

@@ -341,7 +341,7 @@ class PepperpyVectorStore(VectorStore):
             return []
         chosen = maximal_marginal_relevance(
             np.asarray(embedding, dtype=np.float32),
-            [r.entry.embedding for r in results],
+            [r.entry.embedding or [] for r in results],
             lambda_mult=lambda_mult,
             k=k,
         )

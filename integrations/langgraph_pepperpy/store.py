@@ -1,0 +1,299 @@
+"""``PepperpyStore``: LangGraph's long-term memory ``BaseStore`` over pepperpy-pg-memory.
+
+How LangGraph's namespaces map onto memories:
+
+* an item ``(namespace, key)`` is the memory with key ``lg:<seg1>/<seg2>/.../#<key>`` (each
+  segment percent-encoded), so a namespace prefix is a key prefix;
+* its scope comes from the namespace's first label: ``users``/``user`` → USER,
+  ``sessions``/``session``/``threads``/``thread`` → SESSION, ``agents``/``agent``/
+  ``assistants``/``assistant`` → AGENT, each with the second label as ``scope_id``;
+  anything else is GLOBAL;
+* its type is LONG_TERM; ``ttl`` (minutes, as in LangGraph) becomes the memory's expiry;
+* the value is stored as is; the text indexed for semantic search is the fields named by the
+  put's ``index`` (default: the whole value's text), and ``index=False`` stores it unindexed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import timedelta
+from typing import Any
+from urllib.parse import quote, unquote
+
+from langgraph.store.base import (
+    BaseStore,
+    GetOp,
+    Item,
+    ListNamespacesOp,
+    MatchCondition,
+    Op,
+    PutOp,
+    Result,
+    SearchItem,
+    SearchOp,
+    TTLConfig,
+)
+
+from pepperpy_pg_memory import (
+    MemoryEntry,
+    MemoryIndex,
+    MemoryQuery,
+    MemoryScope,
+    MemoryType,
+    PostgresConfig,
+    PostgresStorage,
+)
+from pepperpy_pg_memory.runner import BackgroundStorage
+from pepperpy_pg_memory.values import default_text_of
+
+__all__ = ["PepperpyStore", "namespace_scope"]
+
+PREFIX = "lg:"
+NAMESPACE_FIELD = "lg_namespace"
+_SCOPES = {
+    "user": MemoryScope.USER,
+    "users": MemoryScope.USER,
+    "session": MemoryScope.SESSION,
+    "sessions": MemoryScope.SESSION,
+    "thread": MemoryScope.SESSION,
+    "threads": MemoryScope.SESSION,
+    "agent": MemoryScope.AGENT,
+    "agents": MemoryScope.AGENT,
+    "assistant": MemoryScope.AGENT,
+    "assistants": MemoryScope.AGENT,
+}
+_MAX_NAMESPACES = 100_000
+
+
+def namespace_scope(namespace: tuple[str, ...]) -> tuple[MemoryScope, str | None]:
+    """The (scope, scope_id) a namespace's memories get (see the module docstring)."""
+    if len(namespace) >= 2 and namespace[0] in _SCOPES:
+        return _SCOPES[namespace[0]], namespace[1]
+    return MemoryScope.GLOBAL, None
+
+
+def _namespace_path(namespace: tuple[str, ...]) -> str:
+    return PREFIX + "".join(quote(label, safe="") + "/" for label in namespace)
+
+
+def memory_key(namespace: tuple[str, ...], key: str) -> str:
+    return f"{_namespace_path(namespace)}#{quote(key, safe='')}"
+
+
+def _item_key(memory: str) -> str:
+    return unquote(memory.rsplit("#", 1)[1])
+
+
+def _text_for(value: dict[str, Any], fields: list[str] | None) -> str:
+    if not fields or fields == ["$"]:
+        return default_text_of(value)
+    parts = []
+    for field in fields:
+        node: Any = value
+        for segment in field.split("."):
+            node = node.get(segment) if isinstance(node, dict) else None
+        if node is not None:
+            parts.append(default_text_of(node))
+    return "\n".join(parts)
+
+
+def _matches(namespace: tuple[str, ...], condition: MatchCondition) -> bool:
+    path = tuple(condition.path)
+    if len(path) > len(namespace):
+        return False
+    window = namespace[: len(path)] if condition.match_type == "prefix" else namespace[-len(path) :]
+    return all(want == "*" or want == have for want, have in zip(path, window, strict=True))
+
+
+class PepperpyStore(BaseStore):
+    """LangGraph ``BaseStore`` on pepperpy-pg-memory: put/get/delete/search/list_namespaces,
+    semantic search through the core's HNSW index, filters on values, TTLs in minutes.
+
+    Example:
+        >>> store = PepperpyStore.create(PostgresConfig(data_dir="/tmp/memories"))
+        >>> store.put(("users", "ana"), "coffee", {"text": "Ana drinks oat milk lattes"})
+        >>> store.search(("users", "ana"), query="what does Ana drink?")[0].key
+        'coffee'
+    """
+
+    supports_ttl = True
+
+    def __init__(
+        self,
+        storage: PostgresStorage[Any, Any] | BackgroundStorage[Any, Any],
+        *,
+        ttl: TTLConfig | None = None,
+    ) -> None:
+        self._handle = (
+            storage if isinstance(storage, BackgroundStorage) else BackgroundStorage.share(storage)
+        )
+        self.ttl_config = ttl
+
+    @classmethod
+    def create(
+        cls,
+        config: PostgresConfig | None = None,
+        embedding: Any = None,
+        ttl: TTLConfig | None = None,
+    ) -> PepperpyStore:
+        """A store opened on ``config`` (embedded by default); ``embedding`` is a LangChain
+        ``Embeddings`` or a pepperpy embedder, None for the default model."""
+        return cls(BackgroundStorage.create(config, embedding), ttl=ttl)
+
+    def close(self) -> None:
+        self._handle.close()
+
+    async def aclose(self) -> None:
+        await self._handle.aclose()
+
+    # --- batching ---------------------------------------------------------------------------
+    def batch(self, ops: Iterable[Op]) -> list[Result]:
+        operations = list(ops)
+        return self._handle.call(lambda s: self._execute(s, operations))
+
+    async def abatch(self, ops: Iterable[Op]) -> list[Result]:
+        operations = list(ops)
+        return await self._handle.acall(lambda s: self._execute(s, operations))
+
+    async def _execute(self, storage: PostgresStorage[Any, Any], ops: list[Op]) -> list[Result]:
+        results: list[Result] = [None] * len(ops)
+        pending_puts: dict[str, PutOp] = {}
+
+        async def flush() -> None:
+            if pending_puts:
+                await self._put(storage, list(pending_puts.values()))
+                pending_puts.clear()
+
+        # Consecutive puts go to the database as one batch; any other op first flushes them,
+        # so every op sees the writes that came before it.
+        for position, op in enumerate(ops):
+            if isinstance(op, PutOp):
+                pending_puts[memory_key(op.namespace, op.key)] = op
+                continue
+            await flush()
+            if isinstance(op, GetOp):
+                results[position] = await self._get(storage, op)
+            elif isinstance(op, SearchOp):
+                results[position] = await self._search(storage, op)
+            elif isinstance(op, ListNamespacesOp):
+                results[position] = await self._list_namespaces(storage, op)
+            else:
+                raise TypeError(f"unknown store operation {op!r}")
+        await flush()
+        return results
+
+    # --- operations -------------------------------------------------------------------------
+    def _ttl(self, op: PutOp) -> Any:
+        minutes = op.ttl
+        if minutes is None and self.ttl_config:
+            minutes = self.ttl_config.get("default_ttl")
+        return timedelta(minutes=minutes) if minutes is not None else "never"
+
+    async def _put(self, storage: PostgresStorage[Any, Any], ops: list[PutOp]) -> None:
+        deletes = [memory_key(op.namespace, op.key) for op in ops if op.value is None]
+        items = []
+        for op in ops:
+            if op.value is None:
+                continue
+            scope, scope_id = namespace_scope(op.namespace)
+            value = dict(op.value)
+            fields = list(op.index) if isinstance(op.index, list) else None
+            items.append(
+                {
+                    "key": memory_key(op.namespace, op.key),
+                    "value": value,
+                    "text": _text_for(value, fields),
+                    "type": MemoryType.LONG_TERM,
+                    "scope": scope,
+                    "scope_id": scope_id,
+                    "indices": [MemoryIndex.CONTEXTUAL]
+                    if op.index is False
+                    else [MemoryIndex.SEMANTIC, MemoryIndex.CONTEXTUAL],
+                    "metadata": {NAMESPACE_FIELD: list(op.namespace)},
+                    "ttl": self._ttl(op),
+                }
+            )
+        if deletes:
+            await storage.delete_many(keys=deletes)
+        if items:
+            await storage.store_many(items)
+
+    @staticmethod
+    def _item(entry: MemoryEntry[Any]) -> Item:
+        return Item(
+            value=entry.value,
+            key=_item_key(entry.key),
+            namespace=tuple(entry.metadata[NAMESPACE_FIELD]),
+            created_at=entry.created_at,
+            updated_at=entry.updated_at,
+        )
+
+    async def _get(self, storage: PostgresStorage[Any, Any], op: GetOp) -> Item | None:
+        found = await storage.retrieve_many([memory_key(op.namespace, op.key)])
+        entry = next(iter(found.values()), None)
+        return None if entry is None else self._item(entry)
+
+    async def _search(self, storage: PostgresStorage[Any, Any], op: SearchOp) -> list[SearchItem]:
+        prefix = _namespace_path(op.namespace_prefix)
+        if op.query:
+            query = MemoryQuery(
+                query=op.query,
+                index_type=MemoryIndex.SEMANTIC,
+                key_prefix=prefix,
+                value_filter=op.filter,
+                limit=op.limit,
+                offset=op.offset,
+            )
+            return [
+                SearchItem(
+                    namespace=tuple(r.entry.metadata[NAMESPACE_FIELD]),
+                    key=_item_key(r.entry.key),
+                    value=r.entry.value,
+                    created_at=r.entry.created_at,
+                    updated_at=r.entry.updated_at,
+                    score=r.score,
+                )
+                for r in await storage.search(query)
+            ]
+        entries = await storage.list(
+            key_prefix=prefix,
+            value_filter=op.filter,
+            limit=op.limit,
+            offset=op.offset,
+            order_by="updated_at",
+            descending=True,
+        )
+        return [
+            SearchItem(
+                namespace=tuple(e.metadata[NAMESPACE_FIELD]),
+                key=_item_key(e.key),
+                value=e.value,
+                created_at=e.created_at,
+                updated_at=e.updated_at,
+            )
+            for e in entries
+        ]
+
+    async def _list_namespaces(
+        self, storage: PostgresStorage[Any, Any], op: ListNamespacesOp
+    ) -> list[tuple[str, ...]]:
+        prefix = PREFIX
+        for condition in op.match_conditions or ():
+            # A literal prefix (up to the first wildcard) narrows the scan in the database.
+            if condition.match_type == "prefix":
+                literal = []
+                for label in condition.path:
+                    if label == "*":
+                        break
+                    literal.append(label)
+                prefix = max(prefix, _namespace_path(tuple(literal)), key=len)
+        values = await storage.distinct_metadata(
+            NAMESPACE_FIELD, key_prefix=prefix, limit=_MAX_NAMESPACES
+        )
+        namespaces = {tuple(value) for value, _ in values}
+        conditions = op.match_conditions or ()
+        selected = {ns for ns in namespaces if all(_matches(ns, c) for c in conditions)}
+        if op.max_depth is not None:
+            selected = {ns[: op.max_depth] for ns in selected}
+        ordered = sorted(selected)
+        return ordered[op.offset : op.offset + op.limit]

@@ -1,0 +1,198 @@
+"""PepperpyStore as LangGraph's long-term memory: the BaseStore operations, namespaces mapped
+onto scopes, TTLs, and a compiled graph sharing memories across two threads of one user."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from langgraph.store.base import GetOp, PutOp, SearchOp
+
+from langgraph_pepperpy import PepperpyStore, namespace_scope
+from pepperpy_pg_memory import HashingEmbedder, MemoryScope
+from pepperpy_pg_memory.runner import run_on_async
+
+
+@pytest.fixture
+def store(make_config: Any) -> Iterator[PepperpyStore]:
+    memory_store = PepperpyStore.create(make_config(), HashingEmbedder(64))
+    yield memory_store
+    memory_store.close()
+
+
+def test_namespaces_map_onto_scopes() -> None:
+    assert namespace_scope(("users", "ana", "prefs")) == (MemoryScope.USER, "ana")
+    assert namespace_scope(("threads", "t1")) == (MemoryScope.SESSION, "t1")
+    assert namespace_scope(("assistant", "helper")) == (MemoryScope.AGENT, "helper")
+    assert namespace_scope(("docs",)) == (MemoryScope.GLOBAL, None)
+
+
+def test_put_get_update_delete(store: PepperpyStore) -> None:
+    namespace = ("users", "ana", "prefs")
+    store.put(namespace, "drink", {"text": "oat milk latte", "rank": 1})
+    item = store.get(namespace, "drink")
+    assert item is not None
+    assert (item.namespace, item.key, item.value) == (
+        namespace,
+        "drink",
+        {"text": "oat milk latte", "rank": 1},
+    )
+    store.put(namespace, "drink", {"text": "green tea", "rank": 2})
+    updated = store.get(namespace, "drink")
+    assert updated is not None and updated.value["text"] == "green tea"
+    assert updated.created_at == item.created_at and updated.updated_at >= item.updated_at
+    assert store.get(("users", "bruno", "prefs"), "drink") is None
+    store.delete(namespace, "drink")
+    assert store.get(namespace, "drink") is None
+
+
+def test_keys_and_labels_with_separators_stay_apart(store: PepperpyStore) -> None:
+    store.put(("a/b", "c"), "k#1", {"v": 1})
+    store.put(("a", "b/c"), "k#1", {"v": 2})
+    first = store.get(("a/b", "c"), "k#1")
+    second = store.get(("a", "b/c"), "k#1")
+    assert first is not None and second is not None
+    assert (first.value, second.value) == ({"v": 1}, {"v": 2})
+    assert [i.value for i in store.search(("a/b",))] == [{"v": 1}]
+
+
+def test_search_semantic_filter_limit_offset(store: PepperpyStore) -> None:
+    for i, text in enumerate(["green tea in the morning", "chess on sundays", "black coffee"]):
+        store.put(("users", "ana", "memories"), f"m{i}", {"text": text, "n": i})
+    store.put(("users", "bruno", "memories"), "b0", {"text": "green tea too", "n": 0})
+    hits = store.search(("users", "ana"), query="green tea", limit=2)
+    assert hits[0].key == "m0" and hits[0].score is not None
+    assert all(h.namespace[:2] == ("users", "ana") for h in hits)
+    filtered = store.search(("users",), filter={"n": {"$gte": 1}})
+    assert sorted(h.key for h in filtered) == ["m1", "m2"]
+    everything = store.search(("users",), limit=10)
+    assert len(everything) == 4
+    paged = store.search(("users",), limit=2, offset=2)
+    assert [h.key for h in paged] == [h.key for h in everything[2:4]]
+
+
+def test_index_false_and_chosen_fields(store: PepperpyStore) -> None:
+    namespace = ("docs",)
+    store.put(
+        namespace, "indexed", {"title": "router manual", "body": "unrelated"}, index=["title"]
+    )
+    store.put(namespace, "hidden", {"title": "router manual"}, index=False)
+    hits = store.search(namespace, query="router manual")
+    assert [h.key for h in hits] == ["indexed"]
+    assert store.get(namespace, "hidden") is not None
+
+
+def test_list_namespaces_prefix_suffix_depth(store: PepperpyStore) -> None:
+    for namespace in [
+        ("users", "ana", "prefs"),
+        ("users", "ana", "facts"),
+        ("users", "bruno", "prefs"),
+        ("docs", "v1"),
+    ]:
+        store.put(namespace, "k", {"x": 1})
+    assert store.list_namespaces() == [
+        ("docs", "v1"),
+        ("users", "ana", "facts"),
+        ("users", "ana", "prefs"),
+        ("users", "bruno", "prefs"),
+    ]
+    assert store.list_namespaces(prefix=("users", "ana")) == [
+        ("users", "ana", "facts"),
+        ("users", "ana", "prefs"),
+    ]
+    assert store.list_namespaces(suffix=("prefs",)) == [
+        ("users", "ana", "prefs"),
+        ("users", "bruno", "prefs"),
+    ]
+    assert store.list_namespaces(prefix=("users", "*", "prefs")) == [
+        ("users", "ana", "prefs"),
+        ("users", "bruno", "prefs"),
+    ]
+    assert store.list_namespaces(max_depth=2) == [
+        ("docs", "v1"),
+        ("users", "ana"),
+        ("users", "bruno"),
+    ]
+    assert store.list_namespaces(limit=1, offset=1) == [("users", "ana", "facts")]
+
+
+async def test_ttl_is_honoured(store: PepperpyStore) -> None:
+    namespace = ("sessions", "s1")
+    await store.aput(namespace, "brief", {"text": "gone soon"}, ttl=0.005)  # minutes: 0.3 s
+    await store.aput(namespace, "lasting", {"text": "stays"})
+    assert await store.aget(namespace, "brief") is not None
+    await asyncio.sleep(0.6)
+    assert await store.aget(namespace, "brief") is None
+    assert [i.key for i in await store.asearch(namespace)] == ["lasting"]
+
+
+async def test_async_batch_mixes_operations_in_order(store: PepperpyStore) -> None:
+    namespace = ("agents", "helper")
+    results = await store.abatch(
+        [
+            PutOp(namespace, "a", {"text": "alpha"}),
+            PutOp(namespace, "b", {"text": "beta"}),
+            GetOp(namespace, "a"),
+            PutOp(namespace, "a", None),
+            GetOp(namespace, "a"),
+            SearchOp(namespace, limit=10),
+        ]
+    )
+    assert results[0] is None and results[1] is None
+    assert results[2] is not None and results[2].value == {"text": "alpha"}
+    assert results[4] is None
+    assert [i.key for i in results[5]] == ["b"]
+    entry = await run_on_async(
+        store._handle.loop, store._handle.storage.retrieve("lg:agents/helper/#b")
+    )
+    assert (entry.scope, entry.scope_id) == (MemoryScope.AGENT, "helper")
+
+
+def test_a_graph_reads_memories_across_two_threads_of_one_user(make_config: Any) -> None:
+    from langgraph.checkpoint.memory import InMemorySaver
+    from langgraph.graph import START, MessagesState, StateGraph
+    from langgraph.runtime import Runtime
+
+    store = PepperpyStore.create(make_config(), HashingEmbedder(64))
+
+    def remember_or_recall(
+        state: MessagesState, runtime: Runtime[dict[str, str]]
+    ) -> dict[str, Any]:
+        user = runtime.context["user_id"]
+        assert runtime.store is not None
+        namespace = ("users", user, "memories")
+        text = str(state["messages"][-1].content)
+        if text.startswith("remember "):
+            runtime.store.put(
+                namespace, str(len(runtime.store.search(namespace))), {"text": text[9:]}
+            )
+            return {"messages": [("ai", "noted")]}
+        found = runtime.store.search(namespace, query=text, limit=1)
+        return {"messages": [("ai", found[0].value["text"] if found else "nothing")]}
+
+    builder = StateGraph(MessagesState, context_schema=dict)
+    builder.add_node("memory", remember_or_recall)
+    builder.add_edge(START, "memory")
+    graph = builder.compile(checkpointer=InMemorySaver(), store=store)
+    try:
+        graph.invoke(
+            {"messages": [("user", "remember my favourite drink is green tea")]},
+            {"configurable": {"thread_id": "thread-1"}},
+            context={"user_id": "ana"},
+        )
+        answer = graph.invoke(
+            {"messages": [("user", "what is my favourite drink")]},
+            {"configurable": {"thread_id": "thread-2"}},
+            context={"user_id": "ana"},
+        )
+        assert answer["messages"][-1].content == "my favourite drink is green tea"
+        other = graph.invoke(
+            {"messages": [("user", "what is my favourite drink")]},
+            {"configurable": {"thread_id": "thread-3"}},
+            context={"user_id": "bruno"},
+        )
+        assert other["messages"][-1].content == "nothing"
+    finally:
+        store.close()
