@@ -1,0 +1,44 @@
+"""Adapters without their extras: a clear ImportError naming the extra to install."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.parametrize(
+    "adapter, blocked, extra",
+    [
+        ("langchain_pepperpy", "langchain_core", "pepperpy-pg-memory[langchain]"),
+        ("langgraph_pepperpy", "langgraph", "pepperpy-pg-memory[langgraph]"),
+    ],
+)
+def test_missing_extra_names_what_to_install(adapter: str, blocked: str, extra: str) -> None:
+    # sys.modules[name] = None makes `import name` fail as if it were not installed.
+    code = (
+        f"import sys; sys.modules[{blocked!r}] = None\n"
+        "try:\n"
+        f"    import {adapter}\n"
+        "except ImportError as exc:\n"
+        "    print(exc)\n"
+        "else:\n"
+        "    raise SystemExit('imported without its extra')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert extra in result.stdout
+
+
+def test_core_imports_without_the_frameworks() -> None:
+    code = (
+        "import sys\n"
+        "for name in ('langchain_core', 'langgraph', 'langchain_postgres'):\n"
+        "    sys.modules[name] = None\n"
+        "import pepperpy_pg_memory, pepperpy_pg_memory.runner, pepperpy_pg_memory.cli\n"
+        "print(pepperpy_pg_memory.PostgresStorage.__name__)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "PostgresStorage"

@@ -1,0 +1,46 @@
+"""`python -m benchmarks --quick` runs end to end and writes valid JSON (no timing asserted:
+performance targets live in the benchmark report, not in tests)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.model
+def test_quick_benchmark_writes_json(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    records = report["measurements"]
+    names = {(r["name"], r["system"]) for r in records}
+    assert ("semantic_search", "pepperpy-pg-memory") in names
+    assert ("batch_insert", "langchain-postgres PGVectorStore") in names
+    assert ("semantic_search", "langgraph AsyncPostgresStore") in names
+    for record in records:
+        assert {
+            "name",
+            "size",
+            "unit",
+            "p50_ms",
+            "p95_ms",
+            "throughput",
+            "cpu_count",
+            "versions",
+        } <= set(record)
+        assert record["throughput"] > 0
+    assert report["ratios"] and report["targets"] is not None
+    assert "measurement" in result.stdout  # the readable table
