@@ -95,9 +95,15 @@ class PostgresConfig(BaseSettings):
         default=10.0, gt=0, description="Seconds to wait for a free pooled connection."
     )
     retry_attempts: int = Field(
-        default=3, ge=0, le=20, description="Retries of idempotent operations on transient faults."
+        default=6,
+        ge=0,
+        le=20,
+        description=(
+            "Retries of idempotent operations on transient faults. With the default delays "
+            "they span 3.5 to 7 seconds: enough for a server restart."
+        ),
     )
-    retry_base_delay: float = Field(default=0.1, ge=0)
+    retry_base_delay: float = Field(default=0.2, ge=0)
     retry_max_delay: float = Field(default=2.0, ge=0)
 
     # --- memories ------------------------------------------------------------------------------

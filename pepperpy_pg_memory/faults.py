@@ -48,8 +48,11 @@ def is_transient(exc: BaseException) -> bool:
 
 
 def backoff_delay(attempt: int, base: float, cap: float) -> float:
-    """Exponential backoff with full jitter, so that many clients do not retry in step."""
-    return random.uniform(0, min(cap, base * (2**attempt)))
+    """Exponential backoff with "equal" jitter: at least half of each step is waited, so the
+    retries span a known minimum time (a server restart), and the random half keeps many
+    clients from retrying in step."""
+    step = min(cap, base * (2**attempt))
+    return step / 2 + random.uniform(0, step / 2)
 
 
 def translate(exc: BaseException, operation: str) -> MemoryError:

@@ -137,7 +137,9 @@ class Statements:
     # --- writes --------------------------------------------------------------------------
     def _upsert_tail(self) -> str:
         # created_at survives an update unless the old row had expired: an expired memory is
-        # gone, and storing its key again starts a new one. The embedding is kept when the
+        # gone, and storing its key again starts a new one. updated_at is the moment of the
+        # write (clock_timestamp, not the transaction's start), so that of concurrent upserts
+        # of one key, the one that committed last also has the latest updated_at. The embedding is kept when the
         # caller sent none because the text is unchanged (see PostgresStorage._embed_plan).
         return """
             ON CONFLICT (key) DO UPDATE SET
@@ -158,7 +160,7 @@ class Statements:
                 created_at = CASE
                     WHEN m.expires_at IS NOT NULL AND m.expires_at <= now() THEN now()
                     ELSE m.created_at END,
-                updated_at = now(),
+                updated_at = clock_timestamp(),
                 expires_at = EXCLUDED.expires_at
             RETURNING m.key, m.created_at, m.updated_at, m.expires_at,
                 (m.embedding IS NULL AND m.indices @> ARRAY['semantic']) AS needs_embedding
