@@ -106,6 +106,21 @@ class PostgresConfig(BaseSettings):
     retry_base_delay: float = Field(default=0.2, ge=0)
     retry_max_delay: float = Field(default=2.0, ge=0)
 
+    # --- multi-tenancy -------------------------------------------------------------------------
+    tenant: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="Tenant this store's sessions act for (the pepperpy.tenant setting).",
+    )
+    row_level_security: bool = Field(
+        default=False,
+        description=(
+            "Enable PostgreSQL row-level security on the table at start(): every session sees "
+            "only its tenant's rows, even through SQL that bypasses this library."
+        ),
+    )
+
     # --- memories ------------------------------------------------------------------------------
     default_scope_id: str = Field(
         default="default",

@@ -51,7 +51,7 @@ def backoff_delay(attempt: int, base: float, cap: float) -> float:
     """Exponential backoff with "equal" jitter: at least half of each step is waited, so the
     retries span a known minimum time (a server restart), and the random half keeps many
     clients from retrying in step."""
-    step = min(cap, base * (2**attempt))
+    step: float = min(cap, base * (2**attempt))
     return step / 2 + random.uniform(0, step / 2)
 
 

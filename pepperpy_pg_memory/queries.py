@@ -139,8 +139,9 @@ class Statements:
         # created_at survives an update unless the old row had expired: an expired memory is
         # gone, and storing its key again starts a new one. updated_at is the moment of the
         # write (clock_timestamp, not the transaction's start), so that of concurrent upserts
-        # of one key, the one that committed last also has the latest updated_at. The embedding is kept when the
-        # caller sent none because the text is unchanged (see PostgresStorage._embed_plan).
+        # of one key, the one that committed last also has the latest updated_at. The
+        # embedding is kept when the caller sent none because the text is unchanged (see
+        # PostgresStorage._plan_embeddings).
         return """
             ON CONFLICT (key) DO UPDATE SET
                 value = EXCLUDED.value,
@@ -368,8 +369,9 @@ class Statements:
         so it is kept off the path of queries that full text already answers.
         """
         tsquery = self._tsquery(params, query)
-        config = params.add(self.layout.text_search_config)
         words = [params.add(word) for word in fuzzy_words(query)]
+        # Added only when used: PostgreSQL rejects a parameter that no expression types.
+        config = params.add(self.layout.text_search_config) if words else ""
         # Only a word the table has never seen (as a full-text lexeme) can be a misspelling
         # worth a trigram search; it becomes NULL otherwise, and a NULL key makes its trigram
         # index scan return nothing. Evaluated once per query, as an InitPlan.

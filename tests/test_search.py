@@ -222,3 +222,12 @@ async def test_seed_search_loop(storage: PostgresStorage[str, Any]) -> None:
     assert [key for _, key in seen] == ["doc-1"]
     similar = [result async for result in storage.similar("doc-1", limit=5)]
     assert similar == []
+
+
+@pytest.mark.parametrize("text", ["a", "?", "$1", "!!", "the"])
+async def test_queries_without_searchable_words_return_nothing(
+    corpus: PostgresStorage[str, Any], text: str
+) -> None:
+    for index in (MemoryIndex.CONTEXTUAL, MemoryIndex.HYBRID):
+        results = await corpus.search(MemoryQuery(query=text, index_type=index))
+        assert all(r.contextual_score is None for r in results)

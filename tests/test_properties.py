@@ -1,0 +1,136 @@
+"""Property-based tests: whatever unicode goes in comes back identical, and no filter built
+from the grammar's pieces ever reaches the server as anything but our own validation error."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from helpers import FixedEmbedder
+from pepperpy_pg_memory import (
+    DimensionMismatchError,
+    MemoryError,
+    MemoryValidationError,
+    PostgresStorage,
+)
+
+# PostgreSQL text cannot hold NUL, and lone surrogates are not Unicode: both are rejected by
+# design (tested elsewhere); everything else must round-trip.
+text = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
+    max_size=40,
+)
+key_text = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=60
+)
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**53), max_value=2**53)
+    | st.floats(allow_nan=False, allow_infinity=False, width=64)
+    | text,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(text, children, max_size=4),
+    max_leaves=12,
+)
+values = json_values.filter(lambda v: v is not None)
+metadata = st.dictionaries(text, json_values, max_size=5)
+
+SETTINGS = settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+
+
+@SETTINGS
+@given(key=key_text, value=values, meta=metadata)
+async def test_unicode_round_trips_exactly(
+    storage: PostgresStorage[str, Any], key: str, value: Any, meta: dict[str, Any]
+) -> None:
+    await storage.store(key, value, metadata=meta)
+    entry = await storage.retrieve(key)
+    assert entry.value == value
+    assert entry.metadata == meta
+    assert entry.key == key
+
+
+filter_keys = st.sampled_from(["n", "tag", "user.plan", "a'b", "x;y", "n.m.o", "", "$or"]) | text
+operators = st.sampled_from(
+    [
+        "$eq",
+        "$ne",
+        "$gt",
+        "$gte",
+        "$lt",
+        "$lte",
+        "$in",
+        "$nin",
+        "$contains",
+        "$exists",
+        "$regex",
+        "$and",
+        "$or",
+        "$not",
+    ]
+)
+operands = json_values | st.lists(json_values, max_size=3)
+filters = st.recursive(
+    st.dictionaries(
+        filter_keys, operands | st.dictionaries(operators, operands, max_size=2), max_size=3
+    ),
+    lambda children: st.dictionaries(
+        st.sampled_from(["$and", "$or", "$not"]),
+        st.lists(children, max_size=3) | children,
+        max_size=2,
+    ),
+    max_leaves=8,
+)
+
+
+@SETTINGS
+@given(spec=filters)
+async def test_filter_language_never_reaches_the_server_as_an_error(
+    storage: PostgresStorage[str, Any], spec: Any
+) -> None:
+    try:
+        await storage.count(filter=spec)
+    except MemoryValidationError:
+        pass  # our own, precise rejection
+    except MemoryError as exc:  # pragma: no cover - this is the failure the test looks for
+        pytest.fail(f"filter {spec!r} reached the server as {exc!r}")
+
+
+@pytest.mark.parametrize(
+    "vector, error",
+    [
+        ([1.0, 0.0], DimensionMismatchError),
+        ([float("nan")] * 64, MemoryValidationError),
+        ([float("inf")] * 64, MemoryValidationError),
+        ([0.0] * 64, MemoryValidationError),
+    ],
+)
+async def test_bad_embeddings_are_rejected_and_nothing_is_written(
+    storage: PostgresStorage[str, Any], vector: list[float], error: type[Exception]
+) -> None:
+    with pytest.raises(error):
+        await storage.store("k", "text", embedding=vector)
+    with pytest.raises(error):
+        await storage.store_many([{"key": "a", "value": "x", "embedding": vector}])
+    assert await storage.count() == 0
+
+
+@pytest.mark.parametrize("vector", [[0.0] * 8, [float("nan")] * 8, [1.0] * 4])
+async def test_an_embedder_returning_bad_vectors_is_caught(
+    make_config: Any, vector: list[float]
+) -> None:
+    async with PostgresStorage[str, Any](make_config(), FixedEmbedder([1.0] * 8)) as store:
+        store.embedder = FixedEmbedder(vector)  # the model starts misbehaving
+        store.embedder._dimension = 8
+        with pytest.raises(MemoryValidationError):
+            await store.store("k", "some text")
+        assert await store.count() == 0
+    assert np.isfinite(1.0)

@@ -1,0 +1,233 @@
+"""Security: credentials, missing extensions, old tables, injection through every input,
+row-level security for tenants, and secrets kept out of logs, reprs and errors."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import pytest
+from conftest import PrivateServer
+
+from pepperpy_pg_memory import (
+    HashingEmbedder,
+    MemoryConfigurationError,
+    MemoryError,
+    MemoryIndex,
+    MemoryQuery,
+    MemoryScope,
+    MemoryValidationError,
+    PostgresConfig,
+    PostgresStorage,
+)
+from pepperpy_pg_memory.schema import MIGRATIONS, SCHEMA_VERSION
+
+PASSWORD = "s3cr3t-Pa55word!"
+
+
+@pytest.fixture(scope="module")
+async def tenant_db(private_server: PrivateServer) -> AsyncIterator[str]:
+    """A database owned by the non-superuser ``alice`` (password required), with the
+    extensions created by a superuser as an administrator would."""
+    conn = await asyncpg.connect(private_server.uri)
+    try:
+        await conn.execute("DROP ROLE IF EXISTS alice")
+        await conn.execute(f"CREATE ROLE alice LOGIN PASSWORD '{PASSWORD}'")
+        await conn.execute("CREATE DATABASE tenants OWNER alice")
+        await conn.execute("CREATE DATABASE noext OWNER alice")
+        private_server.require_password_for("alice")
+        await conn.execute("SELECT pg_reload_conf()")
+    finally:
+        await conn.close()
+    admin = await asyncpg.connect(private_server.handle.get_uri("tenants"))
+    try:
+        await admin.execute("CREATE EXTENSION vector; CREATE EXTENSION pg_trgm")
+    finally:
+        await admin.close()
+    yield private_server.user_dsn("alice", PASSWORD, "tenants")
+
+
+def _alice(private_server: PrivateServer, database: str = "tenants", **fields: Any) -> Any:
+    values: dict[str, Any] = {
+        "dsn": private_server.user_dsn("alice", PASSWORD, database),
+        "table": f"t_{uuid.uuid4().hex[:8]}",
+        "retry_attempts": 1,
+        "retry_base_delay": 0.01,
+        "retry_max_delay": 0.02,
+    }
+    values.update(fields)
+    return PostgresConfig(**values)
+
+
+async def test_wrong_password_is_a_configuration_error_without_the_secret(
+    private_server: PrivateServer, tenant_db: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    wrong = PostgresConfig(
+        dsn=private_server.user_dsn("alice", "not-the-password", "tenants"), retry_attempts=1
+    )
+    with pytest.raises(MemoryConfigurationError) as caught:
+        async with PostgresStorage[str, Any](wrong, HashingEmbedder(8)):
+            pass
+    assert caught.value.field == "password"
+    assert "not-the-password" not in str(caught.value)
+    assert "not-the-password" not in repr(wrong) and "not-the-password" not in caplog.text
+    async with PostgresStorage[str, Any](_alice(private_server), HashingEmbedder(8)) as store:
+        await store.store("k", "v")
+    assert PASSWORD not in caplog.text
+
+
+async def test_missing_pgvector_on_an_external_server_says_what_to_do(
+    private_server: PrivateServer, tenant_db: str
+) -> None:
+    with pytest.raises(MemoryConfigurationError, match="CREATE EXTENSION vector"):
+        async with PostgresStorage[str, Any](
+            _alice(private_server, database="noext"), HashingEmbedder(8)
+        ):
+            pass
+
+
+async def test_a_table_of_an_older_schema_version_is_upgraded(
+    make_config: Any, raw_conn: asyncpg.Connection
+) -> None:
+    config = make_config()
+    async with PostgresStorage[str, Any](config, HashingEmbedder(16)) as store:
+        await store.store("old", "written by version 1")
+    table = f'"{config.schema_name}"."{config.table}"'
+    # Roll the table back to what migration 1 made, as an older release would have left it.
+    await raw_conn.execute(f"ALTER TABLE {table} DROP COLUMN tenant")
+    await raw_conn.execute(
+        f'UPDATE "{config.schema_name}".pepperpy_memory_tables SET schema_version = 1 '
+        "WHERE table_name = $1",
+        config.table,
+    )
+    async with PostgresStorage[str, Any](config, HashingEmbedder(16)) as store:
+        assert (await store.retrieve("old")).value == "written by version 1"
+        await store.store("new", "after the upgrade")
+    version = await raw_conn.fetchval(
+        f'SELECT schema_version FROM "{config.schema_name}".pepperpy_memory_tables '
+        "WHERE table_name = $1",
+        config.table,
+    )
+    assert version == SCHEMA_VERSION == len(MIGRATIONS)
+    assert await raw_conn.fetchval(f"SELECT count(*) FROM {table} WHERE tenant = ''") == 2
+
+
+INJECTIONS = [
+    "'; DROP TABLE pepperpy_memory_tables; --",
+    '" OR 1=1 --',
+    "$1",
+    "x'); DELETE FROM memories; --",
+    "!!(a & | b)",  # tsquery syntax
+    "%_\\",  # LIKE wildcards and escape
+]
+
+
+@pytest.mark.parametrize("payload", INJECTIONS)
+async def test_injection_through_every_input_stays_data(
+    storage: PostgresStorage[str, Any], raw_conn: asyncpg.Connection, payload: str
+) -> None:
+    entry = await storage.store(
+        payload,
+        {"content": payload, payload: payload},
+        scope=MemoryScope.USER,
+        scope_id=payload,
+        metadata={"note": payload},
+    )
+    assert (await storage.retrieve(payload)).value == {"content": payload, payload: payload}
+    for index in MemoryIndex:
+        await storage.search(
+            MemoryQuery(
+                query=payload,
+                index_type=index,
+                scope=MemoryScope.USER,
+                scope_id=payload,
+                filter={"note": payload},
+                key_prefix=payload,
+            )
+        )
+    assert await storage.count(filter={"note": {"$in": [payload]}}) == 1
+    assert await storage.count(key_prefix=payload) == 1
+    assert [e.key for e in await storage.list(scope=MemoryScope.USER, scope_id=payload)] == [
+        entry.key
+    ]
+    with pytest.raises(MemoryValidationError):
+        await storage.count(filter={payload: 1})  # not a valid filter key
+    assert await storage.delete(payload, scope=MemoryScope.USER, scope_id=payload)
+    tables = await raw_conn.fetchval(
+        "SELECT count(*) FROM pg_tables WHERE schemaname = $1", storage.config.schema_name
+    )
+    assert tables >= 2  # the registry and the memory tables are all still there
+
+
+@pytest.mark.parametrize("name", INJECTIONS + ["Memories", "a b", "1table", "ä"])
+def test_identifiers_are_validated(name: str) -> None:
+    with pytest.raises(MemoryConfigurationError):
+        PostgresConfig(table=name)
+    with pytest.raises(MemoryConfigurationError):
+        PostgresConfig(schema=name)
+
+
+async def test_row_level_security_isolates_tenants_even_outside_the_library(
+    private_server: PrivateServer, tenant_db: str
+) -> None:
+    table = f"rls_{uuid.uuid4().hex[:8]}"
+    acme = _alice(private_server, table=table, tenant="acme", row_level_security=True)
+    globex = _alice(private_server, table=table, tenant="globex", row_level_security=True)
+    async with (
+        PostgresStorage[str, Any](acme, HashingEmbedder(16)) as acme_store,
+        PostgresStorage[str, Any](globex, HashingEmbedder(16)) as globex_store,
+    ):
+        await acme_store.store("acme-plan", "acme launches in May", scope=MemoryScope.GLOBAL)
+        await globex_store.store("globex-plan", "globex launches in June")
+        assert await acme_store.count() == 1 and await globex_store.count() == 1
+        hits = await globex_store.search(MemoryQuery(query="launches", limit=10))
+        assert [h.entry.key for h in hits] == ["globex-plan"]
+        with pytest.raises(MemoryError):
+            await globex_store.retrieve("acme-plan")
+        assert await globex_store.delete_many(keys=["acme-plan"]) == 0
+        assert await acme_store.exists("acme-plan")
+
+    # Plain SQL by the same role, not through the library: the policy still applies.
+    conn = await asyncpg.connect(tenant_db)
+    try:
+        assert await conn.fetchval(f'SELECT count(*) FROM public."{table}"') == 0
+        await conn.execute("SET pepperpy.tenant = 'acme'")
+        keys = await conn.fetch(f'SELECT key FROM public."{table}"')
+        assert [r["key"] for r in keys] == ["acme-plan"]
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await conn.execute(
+                f'UPDATE public."{table}" SET tenant = $1 WHERE key = $2', "globex", "acme-plan"
+            )
+    finally:
+        await conn.close()
+
+
+async def test_password_stays_out_of_reprs_logs_and_errors(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    config = PostgresConfig(
+        host="127.0.0.1",
+        port=1,
+        password=PASSWORD,
+        retry_attempts=1,
+        retry_base_delay=0.01,
+        retry_max_delay=0.02,
+        connect_timeout=1,
+    )
+    assert PASSWORD not in repr(config) and PASSWORD not in str(config)
+    assert PASSWORD not in config.describe_target()
+    with pytest.raises(MemoryError) as caught:
+        async with PostgresStorage[str, Any](config, HashingEmbedder(8)):
+            pass
+    chain: list[BaseException] = []
+    error: BaseException | None = caught.value
+    while error is not None:
+        chain.append(error)
+        error = error.__cause__
+    assert all(PASSWORD not in str(e) for e in chain)
+    assert PASSWORD not in caplog.text
