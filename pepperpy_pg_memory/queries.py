@@ -307,6 +307,17 @@ class Statements:
         """
         return sql, params.values
 
+    def drop_vector_index(self) -> str:
+        return f"DROP INDEX IF EXISTS {self.layout.qualified_index('embedding_idx')}"
+
+    def build_vector_index(self, maintenance_work_mem: str) -> list[tuple[str, list[Any]]]:
+        """Build the HNSW index in one pass, with more memory for this transaction only
+        (run inside a transaction)."""
+        return [
+            ("SELECT set_config('maintenance_work_mem', $1, true)", [maintenance_work_mem]),
+            (self.layout.hnsw_index_statement(), []),
+        ]
+
     def after_bulk_load(self) -> list[tuple[str, list[Any]]]:
         """Statements that make a freshly loaded table fast to search: merge the GIN pending
         lists (every search scans them until merged) and refresh the planner's statistics."""
@@ -590,6 +601,13 @@ class Statements:
         return (
             f"UPDATE {self.registry} SET text_search_config = $2, updated_at = now() "
             "WHERE table_name = $1"
+        )
+
+    def index_sizes(self) -> str:
+        return (
+            "SELECT c.relname AS name, pg_relation_size(c.oid) AS bytes FROM pg_index i "
+            "JOIN pg_class c ON c.oid = i.indexrelid WHERE i.indrelid = $1::regclass "
+            "ORDER BY c.relname"
         )
 
     def table_sizes(self) -> str:

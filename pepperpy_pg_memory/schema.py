@@ -300,6 +300,10 @@ async def migrate(
             logger.info("applying migration %d to %s.%s", version, layout.schema, layout.table)
             for statement in MIGRATIONS[version - 1](layout):
                 await conn.execute(statement)
+        if layout.version >= 1:
+            # Restores the vector index if an interrupted bulk reindex left the table without
+            # it (a no-op otherwise).
+            await conn.execute(layout.hnsw_index_statement())
         if row_level_security:
             for statement in row_level_security_statements(layout):
                 await conn.execute(statement)

@@ -37,6 +37,7 @@ from .errors import (
 )
 from .faults import backoff_delay, is_transient, translate
 from .identifiers import quote_name
+from .metrics import Metrics, instrumented
 from .models import MemoryEntry, MemoryQuery, MemorySearchResult
 from .queries import STAGING_COLUMNS, ListOrder, Restriction, Statements
 from .schema import TENANT_SETTING, TableLayout, migrate, vector_type_for
@@ -185,6 +186,7 @@ class PostgresStorage(Generic[K, V]):
         self._value_adapter: TypeAdapter[Any] | None | Literal[False] = False
         self._start_lock = asyncio.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.metrics = Metrics()
 
     # --- lifecycle ---------------------------------------------------------------------------
     async def __aenter__(self) -> PostgresStorage[K, V]:
@@ -406,6 +408,7 @@ class PostgresStorage(Generic[K, V]):
             )
 
         async def attempt() -> T:
+            self.metrics.waiting += 1
             try:
                 conn = await pool.acquire(timeout=self.config.pool_timeout)
             except asyncio.TimeoutError:
@@ -414,6 +417,8 @@ class PostgresStorage(Generic[K, V]):
                     f"{self.config.pool_timeout:g}s (max_size={self.config.max_size}); raise "
                     "max_size or pool_timeout, or run fewer operations at once"
                 ) from None
+            finally:
+                self.metrics.waiting -= 1
             try:
                 return await work(typing.cast(asyncpg.Connection, conn))
             except Exception as exc:
@@ -678,6 +683,7 @@ class PostgresStorage(Generic[K, V]):
         records = [(w.key, vector, w.content_hash) for w, vector in zip(todo, vectors, strict=True)]
         await self._run("store", lambda conn: conn.executemany(sql, records))
 
+    @instrumented("store")
     async def store(
         self,
         key: K,
@@ -746,6 +752,7 @@ class PostgresStorage(Generic[K, V]):
             embedding=None,
         )
 
+    @instrumented("store_many")
     async def store_many(
         self,
         items: Iterable[MemoryItem | tuple[str, Any]],
@@ -797,7 +804,7 @@ class PostgresStorage(Generic[K, V]):
         records = [write.record() for write in batch]
 
         bulk_rows = self.config.bulk_index_rebuild_rows
-        layout = self.layout
+        mwm = self.config.maintenance_work_mem
 
         async def write_all(conn: asyncpg.Connection) -> builtins.list[str]:
             # Inserting row by row into an HNSW graph is the slowest part of a write (about
@@ -811,9 +818,7 @@ class PostgresStorage(Generic[K, V]):
                 rebuild = existing < len(records)
             async with conn.transaction():
                 if rebuild:
-                    await conn.execute(
-                        f"DROP INDEX IF EXISTS {layout.qualified_index('embedding_idx')}"
-                    )
+                    await conn.execute(statements.drop_vector_index())
                 await conn.execute(statements.create_staging())
                 await conn.copy_records_to_table(
                     statements.staging, records=records, columns=list(STAGING_COLUMNS)
@@ -823,11 +828,8 @@ class PostgresStorage(Generic[K, V]):
                     "SELECT key FROM merged WHERE needs_embedding"
                 )
                 if rebuild:
-                    await conn.execute(
-                        "SELECT set_config('maintenance_work_mem', $1, true)",
-                        self.config.maintenance_work_mem,
-                    )
-                    await conn.execute(layout.hnsw_index_statement())
+                    for sql, args in statements.build_vector_index(mwm):
+                        await conn.execute(sql, *args)
             return [row["key"] for row in rows]
 
         repair = await self._run("store_many", write_all)
@@ -850,6 +852,7 @@ class PostgresStorage(Generic[K, V]):
             logger.info("skipped post-load index maintenance: %s", exc)
 
     # --- reading ---------------------------------------------------------------------------
+    @instrumented("retrieve")
     async def retrieve(
         self,
         key: K,
@@ -873,6 +876,7 @@ class PostgresStorage(Generic[K, V]):
             raise MemoryNotFoundError(checked)
         return self._entry(row, embedding=include_embedding)
 
+    @instrumented("retrieve_many")
     async def retrieve_many(
         self,
         keys: Iterable[K],
@@ -888,6 +892,7 @@ class PostgresStorage(Generic[K, V]):
         rows = await self._run("retrieve_many", lambda conn: conn.fetch(sql, *args))
         return {row["key"]: self._entry(row) for row in rows}
 
+    @instrumented("exists")
     async def exists(
         self, key: K, *, scope: MemoryScope | str | None = None, scope_id: str | None = None
     ) -> bool:
@@ -896,6 +901,7 @@ class PostgresStorage(Generic[K, V]):
         sql, args = self._statements.exists(checked, self._restriction(scope, scope_id))
         return bool(await self._run("exists", lambda conn: conn.fetchval(sql, *args)))
 
+    @instrumented("count")
     async def count(
         self,
         *,
@@ -913,6 +919,7 @@ class PostgresStorage(Generic[K, V]):
         sql, args = self._statements.count(restriction)
         return int(await self._run("count", lambda conn: conn.fetchval(sql, *args)))
 
+    @instrumented("distinct_metadata")
     async def distinct_metadata(
         self,
         key: str,
@@ -935,6 +942,7 @@ class PostgresStorage(Generic[K, V]):
         rows = await self._run("distinct_metadata", lambda conn: conn.fetch(sql, *args))
         return [(row["value"], int(row["memories"])) for row in rows]
 
+    @instrumented("list")
     async def list(
         self,
         *,
@@ -967,6 +975,7 @@ class PostgresStorage(Generic[K, V]):
         return [self._entry(row) for row in rows]
 
     # --- deleting --------------------------------------------------------------------------
+    @instrumented("delete")
     async def delete(
         self, key: K, *, scope: MemoryScope | str | None = None, scope_id: str | None = None
     ) -> bool:
@@ -977,6 +986,7 @@ class PostgresStorage(Generic[K, V]):
         rows = await self._run("delete", lambda conn: conn.fetch(sql, *args))
         return any(row["live"] for row in rows)
 
+    @instrumented("delete_many")
     async def delete_many(
         self,
         *,
@@ -1019,6 +1029,7 @@ class PostgresStorage(Generic[K, V]):
         status = await self._run("delete_many", lambda conn: conn.execute(sql, *args))
         return _affected(status)
 
+    @instrumented("clear")
     async def clear(self) -> int:
         """Delete every memory in this store's table; returns how many."""
         sql, args = self._statements.delete_many(Restriction(include_expired=True))
@@ -1052,6 +1063,7 @@ class PostgresStorage(Generic[K, V]):
         vector: Vector = self._check_vectors(np.asarray([raw], dtype=np.float32), 1)[0]
         return vector
 
+    @instrumented("search")
     async def _search(self, query: MemoryQuery) -> builtins.list[MemorySearchResult[V]]:
         statements = self._statements
         restriction = self._restriction(
@@ -1151,6 +1163,7 @@ class PostgresStorage(Generic[K, V]):
             lambda: self._similar(checked, target, restriction, limit, min_score)
         )
 
+    @instrumented("similar")
     async def _similar(
         self,
         key: str,
@@ -1183,6 +1196,7 @@ class PostgresStorage(Generic[K, V]):
         ]
 
     # --- maintenance -------------------------------------------------------------------------
+    @instrumented("cleanup_expired")
     async def cleanup_expired(
         self,
         *,
@@ -1205,6 +1219,7 @@ class PostgresStorage(Generic[K, V]):
             if deleted < batch:
                 return total
 
+    @instrumented("reindex")
     async def reindex(
         self,
         index: MemoryIndex | str = MemoryIndex.SEMANTIC,
@@ -1251,8 +1266,15 @@ class PostgresStorage(Generic[K, V]):
         )
         done = 0
         if cursor:
-            logger.info("resuming semantic reindex of %s after key %r", table, cursor)
+            logger.info("resuming an interrupted semantic reindex of %s", table)
         self._cache.clear()  # vectors from the previous model must not be reused
+        # Each re-embedded row would go through the HNSW graph (about 1 ms a row); without the
+        # index the updates are plain writes and the graph is built once at the end. Semantic
+        # searches meanwhile scan exactly (correct, slower); if the run is interrupted, the
+        # next start() or reindex() builds the index again.
+        rebuild = not cursor and 0 < self.config.bulk_index_rebuild_rows <= total
+        if rebuild:
+            await self._run("reindex", lambda conn: conn.execute(statements.drop_vector_index()))
         while True:
             rows = await self._run("reindex", partial(_fetch_after, statements, cursor, batch))
             if not rows:
@@ -1272,6 +1294,8 @@ class PostgresStorage(Generic[K, V]):
         await self._run(
             "reindex", lambda conn: conn.execute(statements.save_reindex_cursor(), table, None)
         )
+        if rebuild:
+            await self._run("reindex", partial(_build_vector_index, statements, self.config))
         return done
 
     async def _convert_dimension(self, dimension: int) -> None:
@@ -1340,8 +1364,13 @@ class PostgresStorage(Generic[K, V]):
         return count
 
     async def stats(self) -> dict[str, Any]:
-        """Counts and sizes for monitoring: memories live and expired, table bytes, pool and
-        embedding cache figures."""
+        """Figures for monitoring (the design document's list).
+
+        ``memories`` and ``expired_not_cleaned``; ``table_bytes``, ``total_bytes`` and
+        ``index_bytes`` per index; ``pool`` (size, in use, idle, waiting, max); ``operations``
+        (count, errors, mean and bucketed p50/p95 latency, histogram) per operation;
+        ``errors`` by class; ``embedding_cache`` (entries, hits, misses, hit rate).
+        """
         statements = self._statements
         layout = self.layout
 
@@ -1350,11 +1379,13 @@ class PostgresStorage(Generic[K, V]):
             expired = await conn.fetchval(statements.count_expired())
             sizes = await conn.fetchrow(statements.table_sizes(), f"{layout.schema}.{layout.table}")
             assert sizes is not None
+            indexes = await conn.fetch(statements.index_sizes(), f"{layout.schema}.{layout.table}")
             return {
                 "memories": int(live),
                 "expired_not_cleaned": int(expired),
                 "table_bytes": int(sizes["heap"]),
                 "total_bytes": int(sizes["total"]),
+                "index_bytes": {row["name"]: int(row["bytes"]) for row in indexes},
             }
 
         figures = await self._run("stats", gather)
@@ -1364,12 +1395,19 @@ class PostgresStorage(Generic[K, V]):
             "size": pool.get_size(),
             "idle": pool.get_idle_size(),
             "in_use": pool.get_size() - pool.get_idle_size(),
+            "waiting": self.metrics.waiting,
             "max_size": pool.get_max_size(),
         }
+        figures["operations"] = {
+            name: stats.as_dict() for name, stats in sorted(self.metrics.operations.items())
+        }
+        figures["errors"] = dict(self.metrics.errors)
+        lookups = self._cache.hits + self._cache.misses
         figures["embedding_cache"] = {
             "entries": len(self._cache),
             "hits": self._cache.hits,
             "misses": self._cache.misses,
+            "hit_rate": self._cache.hits / lookups if lookups else None,
         }
         figures["dimension"] = layout.dimension
         return figures
@@ -1426,6 +1464,14 @@ async def _fetch_after(
         statements.reindex_batch(), cursor, batch
     )
     return rows
+
+
+async def _build_vector_index(
+    statements: Statements, config: PostgresConfig, conn: asyncpg.Connection
+) -> None:
+    async with conn.transaction():
+        for sql, args in statements.build_vector_index(config.maintenance_work_mem):
+            await conn.execute(sql, *args)
 
 
 async def _write_reindexed(

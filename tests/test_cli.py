@@ -1,0 +1,129 @@
+"""The pepperpy-memory command, driven as a user would: a subprocess, exit codes, JSON on
+stdout, progress and summaries on stderr."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+
+def _cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pepperpy_pg_memory", *args],
+        capture_output=True,
+        text=True,
+        input=stdin,
+        timeout=300,
+    )
+
+
+@pytest.fixture
+def target(pg_dsn: str, test_schema: str) -> list[str]:
+    return ["--dsn", pg_dsn, "--schema", test_schema, "--table", f"cli_{uuid.uuid4().hex[:8]}"]
+
+
+def test_every_command_has_help() -> None:
+    top = _cli("--help")
+    assert top.returncode == 0
+    for command in (
+        "demo",
+        "init",
+        "migrate",
+        "store",
+        "get",
+        "delete",
+        "search",
+        "import",
+        "export",
+        "reindex",
+        "cleanup",
+        "stats",
+    ):
+        assert command in top.stdout
+        sub = _cli(command, "--help")
+        assert sub.returncode == 0 and "--dsn" in sub.stdout, command
+
+
+@pytest.mark.model
+def test_store_get_search_delete_round_trip(target: list[str]) -> None:
+    assert _cli("init", *target).stdout.startswith("ready:")
+    stored = _cli(
+        "store",
+        "ana-tea",
+        "Ana drinks green tea every morning",
+        "--scope",
+        "user",
+        "--scope-id",
+        "ana",
+        "--metadata",
+        '{"topic": "food"}',
+        "--json",
+        *target,
+    )
+    assert stored.returncode == 0, stored.stderr
+    assert json.loads(stored.stdout)["scope_id"] == "ana"
+    got = json.loads(_cli("get", "ana-tea", "--json", *target).stdout)
+    assert got["value"] == "Ana drinks green tea every morning"
+    assert got["metadata"] == {"topic": "food"}
+    found = _cli(
+        "search", "what does Ana drink?", "--scope", "user", "--scope-id", "ana", "--json", *target
+    )
+    hits = json.loads(found.stdout)
+    assert hits[0]["entry"]["key"] == "ana-tea" and 0 < hits[0]["score"] <= 1
+    table = _cli("search", "green tea", "--index", "contextual", *target)
+    assert "ana-tea" in table.stdout and "score" in table.stdout
+    assert _cli("delete", "ana-tea", *target).returncode == 0
+    assert _cli("delete", "ana-tea", *target).returncode == 1
+    missing = _cli("get", "ana-tea", *target)
+    assert missing.returncode == 1
+    assert missing.stderr == "error: no memory with key 'ana-tea'\n"
+
+
+@pytest.mark.model
+def test_import_export_reindex_cleanup_stats(target: list[str], tmp_path: Path) -> None:
+    lines = [
+        json.dumps({"key": f"k{i}", "value": f"imported memory number {i}", "metadata": {"i": i}})
+        for i in range(1200)
+    ]
+    lines.insert(3, "this is not json")
+    lines.insert(7, json.dumps({"value": "no key"}))
+    lines.insert(
+        9, json.dumps({"key": "bad", "value": {"x": float("inf")}}).replace("Infinity", '"\\u0000"')
+    )
+    source = tmp_path / "memories.jsonl"
+    source.write_text("\n".join(lines) + "\n")
+    imported = _cli("import", str(source), *target)
+    assert imported.returncode == 1  # something was skipped or failed
+    assert "stored 1200, skipped 2, failed 1" in imported.stderr
+    assert "importing [" in imported.stderr  # the progress bar
+    assert "line 4: not JSON" in imported.stderr and "line 10:" in imported.stderr
+
+    out = tmp_path / "export.jsonl"
+    exported = _cli("export", "--out", str(out), *target)
+    assert exported.returncode == 0 and "exported 1200 memories" in exported.stderr
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == 1200 and records[0]["metadata"] == {"i": 0}
+
+    reindexed = _cli("reindex", "contextual", *target)
+    assert reindexed.returncode == 0 and "reindexed 1200 memories" in reindexed.stderr
+    assert json.loads(_cli("cleanup", "--json", *target).stdout) == {"deleted": 0}
+    stats: dict[str, Any] = json.loads(_cli("stats", "--json", *target).stdout)
+    assert stats["memories"] == 1200 and stats["pool"]["max_size"] == 10
+    assert stats["index_bytes"]
+
+
+def test_errors_are_one_line_without_traceback(target: list[str]) -> None:
+    bad = _cli("get", "k", "--dsn", "postgresql://nobody@127.0.0.1:1/none")
+    assert bad.returncode == 1
+    assert bad.stderr.startswith("error: ") and bad.stderr.count("\n") == 1
+    assert "Traceback" not in bad.stderr
+    invalid = _cli("search", "x", "--filter", "{not json", *target)
+    assert invalid.returncode == 1 and "--filter is not valid JSON" in invalid.stderr
+    debug = _cli("get", "k", "--debug", "--dsn", "postgresql://nobody@127.0.0.1:1/none")
+    assert debug.returncode != 0 and "Traceback" in debug.stderr

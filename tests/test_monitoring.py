@@ -1,0 +1,57 @@
+"""stats() figures move when operations run; Prometheus sees the same numbers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from pepperpy_pg_memory import MemoryNotFoundError, MemoryQuery, PostgresStorage
+from pepperpy_pg_memory.metrics import PrometheusCollector
+
+
+async def test_stats_follow_the_operations(storage: PostgresStorage[str, Any]) -> None:
+    before = await storage.stats()
+    assert before["memories"] == 0 and before["operations"] == {}
+    await storage.store_many((f"k{i}", f"text {i}") for i in range(20))
+    await storage.store("one", "more text")
+    for _ in range(3):
+        await storage.search(MemoryQuery(query="text"))
+    with pytest.raises(MemoryNotFoundError):
+        await storage.retrieve("missing")
+    after = await storage.stats()
+    assert after["memories"] == 21
+    operations = after["operations"]
+    assert operations["search"]["count"] == 3 and operations["search"]["errors"] == 0
+    assert operations["store_many"]["count"] == 1 and operations["store"]["count"] == 1
+    assert operations["retrieve"]["errors"] == 1
+    assert after["errors"] == {"MemoryNotFoundError": 1}
+    assert sum(operations["search"]["histogram_ms"].values()) == 3
+    assert operations["search"]["p95_ms_at_most"] >= operations["search"]["p50_ms_at_most"]
+    assert after["pool"]["waiting"] == 0 and after["pool"]["size"] >= 1
+    assert set(after["index_bytes"]) >= {
+        f"{storage.config.table}_embedding_idx",
+        f"{storage.config.table}_tsv_idx",
+    }
+    assert after["total_bytes"] > before["total_bytes"]
+    assert after["embedding_cache"]["hits"] >= 2  # the repeated query was embedded once
+
+
+async def test_prometheus_collector_exports_histograms_and_errors(
+    storage: PostgresStorage[str, Any],
+) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    await storage.store("k", "v")
+    with pytest.raises(MemoryNotFoundError):
+        await storage.retrieve("nope")
+    registry = CollectorRegistry()
+    registry.register(PrometheusCollector(storage))
+    text = generate_latest(registry).decode()
+    table = storage.config.table
+    assert (
+        f'pepperpy_memory_operation_seconds_count{{operation="store",table="{table}"}} 1.0' in text
+    )
+    assert (
+        f'pepperpy_memory_errors_total{{error="MemoryNotFoundError",table="{table}"}} 1.0' in text
+    )
