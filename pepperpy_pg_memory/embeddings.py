@@ -15,6 +15,7 @@ import hashlib
 import json
 import re
 import threading
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -86,7 +87,11 @@ class SentenceTransformerEmbedder:
         with self._lock:
             if self._model is None:
                 try:
-                    from sentence_transformers import SentenceTransformer
+                    # In a notebook without ipywidgets, tqdm warns at import time; the model's
+                    # progress bars are switched off anyway.
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        from sentence_transformers import SentenceTransformer
                 except ImportError as exc:
                     raise MemoryConfigurationError(
                         "the default embedder needs sentence-transformers: "

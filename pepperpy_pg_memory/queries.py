@@ -467,6 +467,9 @@ class Statements:
         vector = f"{params.add(embedding)}::{self.vector}"
         pool = params.add(max(candidates, limit + offset))
         k = params.add(float(rrf_k))
+        # The word side keeps web-search semantics (every word must appear). Matching any word
+        # was tried: words every memory shares ("Ana") then flooded the fused ranking with
+        # noise and pushed the right memory out of the top results.
         ctes = self._contextual_ctes(params, query, where, pool)
         # Reciprocal-rank fusion in the database, in one round trip: each index ranks its own
         # candidates, ranks are fused as sum(1 / (k + rank)), and the sum is scaled by (k+1)/2
