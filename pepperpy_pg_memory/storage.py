@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import hashlib
 import json
 import logging
@@ -424,7 +425,9 @@ class PostgresStorage(Generic[K, V]):
             except Exception as exc:
                 if is_transient(exc):
                     # Never hand a broken connection back for reuse; the pool opens a new one.
-                    conn.terminate()
+                    # (If it died on its own, asyncpg has already taken it back: nothing to do.)
+                    with contextlib.suppress(asyncpg.InterfaceError):
+                        conn.terminate()
                 raise
             finally:
                 await pool.release(conn)
