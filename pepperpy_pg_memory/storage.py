@@ -43,7 +43,7 @@ from .models import MemoryEntry, MemoryQuery, MemorySearchResult
 from .queries import STAGING_COLUMNS, ListOrder, Restriction, Statements
 from .schema import TENANT_SETTING, TableLayout, migrate, vector_type_for
 from .types import STORABLE_INDICES, MemoryIndex, MemoryScope, MemoryType
-from .values import default_text_of, encode_json, to_json_value, validate_key
+from .values import EncodedJSON, default_text_of, encode_json, to_json_value, validate_key
 
 __all__ = ["PostgresStorage", "MemorySearchResults", "ProgressCallback", "MemoryItem"]
 
@@ -539,8 +539,9 @@ class PostgresStorage(Generic[K, V]):
         assert owner_scope is not None and owner_id is not None
         if value is None:
             raise MemoryValidationError(f"value of {key!r} is None: there is nothing to remember")
-        json_value = to_json_value(value)
-        size = len(encode_json(json_value).encode())
+        # Encoded once: the size check and the database write share the text.
+        json_text = EncodedJSON(encode_json(to_json_value(value)))
+        size = len(json_text.encode())
         if size > config.max_value_bytes:
             raise MemoryValidationError(
                 f"value of {key!r} is {size:,} bytes as JSON; the limit is "
@@ -570,7 +571,7 @@ class PostgresStorage(Generic[K, V]):
             vector = self._one_vector(embedding)
         return _Write(
             key=key,
-            value=json_value,
+            value=json_text,
             text=text,
             content_hash=hashlib.sha256(text.encode()).digest(),
             type=memory_type,

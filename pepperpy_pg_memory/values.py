@@ -18,7 +18,7 @@ from pydantic import BaseModel
 
 from .errors import MemoryValidationError
 
-__all__ = ["validate_key", "to_json_value", "default_text_of", "encode_json"]
+__all__ = ["validate_key", "to_json_value", "default_text_of", "encode_json", "EncodedJSON"]
 
 _MAX_DEPTH = 64
 _EXPONENT_FLOATS = 1e16  # from here on, repr(float) uses an exponent
@@ -100,8 +100,14 @@ def _check_text(text: str, where: str) -> None:
         ) from None
 
 
+class EncodedJSON(str):
+    """JSON text already encoded (and measured): the jsonb codec sends it as it is."""
+
+
 def encode_json(value: Any) -> str:
     """Compact JSON text of already-checked data."""
+    if isinstance(value, EncodedJSON):
+        return value
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 

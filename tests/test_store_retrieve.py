@@ -323,3 +323,11 @@ async def test_expires_at_validation(storage: PostgresStorage[str, Any]) -> None
     with pytest.raises(MemoryValidationError, match="positive"):
         await storage.store("k", "v", ttl=-5)
     assert await storage.count() == 0
+
+
+async def test_a_ten_megabyte_value_is_refused_by_default(
+    storage: PostgresStorage[str, Any],
+) -> None:
+    with pytest.raises(MemoryValidationError, match="the limit is 1,048,576"):
+        await storage.store("huge", {"content": "x" * 10_000_000})
+    assert await storage.count() == 0
