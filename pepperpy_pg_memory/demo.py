@@ -143,8 +143,8 @@ DEMO_QUERIES: list[tuple[str, MemoryQuery]] = [
         MemoryQuery(query="Patagnia hikng", index_type=MemoryIndex.CONTEXTUAL, limit=3),
     ),
     (
-        "Hybrid: 'database job in Lisbon' (semantic + full-text, fused)",
-        MemoryQuery(query="database job in Lisbon", index_type=MemoryIndex.HYBRID, limit=3),
+        "Hybrid: 'Lisbon database administrator' (semantic + full-text, fused)",
+        MemoryQuery(query="Lisbon database administrator", index_type=MemoryIndex.HYBRID, limit=3),
     ),
     (
         "Hybrid, filtered: Ana's high-priority memories about eating",

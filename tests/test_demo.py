@@ -31,7 +31,7 @@ def test_demo_stores_and_recalls(tmp_path: Path) -> None:
     assert "router" in first_hit("Semantic: the user's internet")
     assert "refunds" in first_hit("Contextual: 'refund receipt'")
     assert "Patagonia" in first_hit("Contextual with a typo")
-    assert "database administrator" in first_hit("Hybrid: 'database job")
+    assert "database administrator" in first_hit("Hybrid: 'Lisbon database")
     assert "Loading weights" not in result.stderr
 
 
