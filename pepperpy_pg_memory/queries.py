@@ -206,6 +206,13 @@ class Statements:
             "WHERE key = $1 AND content_hash = $3"
         )
 
+    def touch(self, keys: list[str], ttl: Any) -> tuple[str, list[Any]]:
+        return (
+            f"UPDATE {self.table} m SET expires_at = now() + $2::interval "
+            f"WHERE m.key = ANY($1::text[]) AND {_LIVE}",
+            [keys, ttl],
+        )
+
     def known_hashes(self, keys: list[str]) -> tuple[str, list[Any]]:
         return (
             f"SELECT key, content_hash FROM {self.table} "

@@ -896,6 +896,17 @@ class PostgresStorage(Generic[K, V]):
         rows = await self._run("retrieve_many", lambda conn: conn.fetch(sql, *args))
         return {row["key"]: self._entry(row) for row in rows}
 
+    @instrumented("touch")
+    async def touch(self, keys: Iterable[K], ttl: timedelta | float | int) -> int:
+        """Give the live memories under ``keys`` a new time-to-live from now (e.g. to keep
+        memories that are still being read); returns how many were extended."""
+        checked = list(dict.fromkeys(validate_key(key, self.config.max_key_length) for key in keys))
+        delta, _ = self._expiry(MemoryType.LONG_TERM, ttl, None)
+        if not checked or delta is None:
+            return 0
+        sql, args = self._statements.touch(checked, delta)
+        return _affected(await self._run("touch", lambda conn: conn.execute(sql, *args)))
+
     @instrumented("exists")
     async def exists(
         self, key: K, *, scope: MemoryScope | str | None = None, scope_id: str | None = None

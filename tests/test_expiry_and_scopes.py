@@ -170,3 +170,16 @@ async def test_scope_without_id_uses_the_configured_default(make_config: Any) ->
         assert entry.scope_id == "agent-007"
         assert await store.count(scope=MemoryScope.AGENT) == 1
         assert await store.count(scope=MemoryScope.AGENT, scope_id="other") == 0
+
+
+async def test_touch_extends_live_memories_only(
+    storage: PostgresStorage[str, Any], raw_conn: asyncpg.Connection
+) -> None:
+    await storage.store("a", "x", ttl=60)
+    await storage.store("b", "x", ttl=60)
+    await _expire_now(raw_conn, storage.config, "b")
+    assert await storage.touch(["a", "b", "missing"], timedelta(days=2)) == 1
+    entry = await storage.retrieve("a")
+    assert entry.expires_at is not None
+    assert entry.expires_at - entry.updated_at > timedelta(days=1)
+    assert not await storage.exists("b")

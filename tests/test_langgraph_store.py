@@ -196,3 +196,14 @@ def test_a_graph_reads_memories_across_two_threads_of_one_user(make_config: Any)
         assert other["messages"][-1].content == "nothing"
     finally:
         store.close()
+
+
+async def test_reads_refresh_the_ttl_unless_told_not_to(store: PepperpyStore) -> None:
+    namespace = ("sessions", "s2")
+    await store.aput(namespace, "note", {"text": "kept alive by reads"}, ttl=0.01)  # 0.6 s
+    await asyncio.sleep(0.4)
+    assert await store.aget(namespace, "note") is not None  # refreshed: 0.6 s from now
+    await asyncio.sleep(0.4)
+    assert await store.aget(namespace, "note", refresh_ttl=False) is not None
+    await asyncio.sleep(0.4)
+    assert await store.aget(namespace, "note") is None

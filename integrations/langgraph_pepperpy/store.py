@@ -50,6 +50,7 @@ __all__ = ["PepperpyStore", "namespace_scope"]
 
 PREFIX = "lg:"
 NAMESPACE_FIELD = "lg_namespace"
+TTL_FIELD = "lg_ttl_minutes"
 _SCOPES = {
     "user": MemoryScope.USER,
     "users": MemoryScope.USER,
@@ -183,11 +184,23 @@ class PepperpyStore(BaseStore):
         return results
 
     # --- operations -------------------------------------------------------------------------
-    def _ttl(self, op: PutOp) -> Any:
+    def _ttl_minutes(self, op: PutOp) -> float | None:
         minutes = op.ttl
         if minutes is None and self.ttl_config:
             minutes = self.ttl_config.get("default_ttl")
-        return timedelta(minutes=minutes) if minutes is not None else "never"
+        return minutes
+
+    async def _refresh(
+        self, storage: PostgresStorage[Any, Any], entries: list[MemoryEntry[Any]]
+    ) -> None:
+        """Reading an item with a TTL starts its TTL again (LangGraph's refresh_ttl)."""
+        by_ttl: dict[float, list[str]] = {}
+        for entry in entries:
+            minutes = entry.metadata.get(TTL_FIELD)
+            if minutes is not None:
+                by_ttl.setdefault(float(minutes), []).append(entry.key)
+        for minutes, keys in by_ttl.items():
+            await storage.touch(keys, timedelta(minutes=minutes))
 
     async def _put(self, storage: PostgresStorage[Any, Any], ops: list[PutOp]) -> None:
         deletes = [memory_key(op.namespace, op.key) for op in ops if op.value is None]
@@ -196,6 +209,7 @@ class PepperpyStore(BaseStore):
             if op.value is None:
                 continue
             scope, scope_id = namespace_scope(op.namespace)
+            minutes = self._ttl_minutes(op)
             value = dict(op.value)
             fields = list(op.index) if isinstance(op.index, list) else None
             items.append(
@@ -209,8 +223,8 @@ class PepperpyStore(BaseStore):
                     "indices": [MemoryIndex.CONTEXTUAL]
                     if op.index is False
                     else [MemoryIndex.SEMANTIC, MemoryIndex.CONTEXTUAL],
-                    "metadata": {NAMESPACE_FIELD: list(op.namespace)},
-                    "ttl": self._ttl(op),
+                    "metadata": {NAMESPACE_FIELD: list(op.namespace), TTL_FIELD: minutes},
+                    "ttl": timedelta(minutes=minutes) if minutes is not None else "never",
                 }
             )
         if deletes:
@@ -231,7 +245,11 @@ class PepperpyStore(BaseStore):
     async def _get(self, storage: PostgresStorage[Any, Any], op: GetOp) -> Item | None:
         found = await storage.retrieve_many([memory_key(op.namespace, op.key)])
         entry = next(iter(found.values()), None)
-        return None if entry is None else self._item(entry)
+        if entry is None:
+            return None
+        if op.refresh_ttl:
+            await self._refresh(storage, [entry])
+        return self._item(entry)
 
     async def _search(self, storage: PostgresStorage[Any, Any], op: SearchOp) -> list[SearchItem]:
         prefix = _namespace_path(op.namespace_prefix)
@@ -244,6 +262,9 @@ class PepperpyStore(BaseStore):
                 limit=op.limit,
                 offset=op.offset,
             )
+            results = await storage.search(query)
+            if op.refresh_ttl:
+                await self._refresh(storage, [r.entry for r in results])
             return [
                 SearchItem(
                     namespace=tuple(r.entry.metadata[NAMESPACE_FIELD]),
@@ -253,7 +274,7 @@ class PepperpyStore(BaseStore):
                     updated_at=r.entry.updated_at,
                     score=r.score,
                 )
-                for r in await storage.search(query)
+                for r in results
             ]
         entries = await storage.list(
             key_prefix=prefix,
@@ -263,6 +284,8 @@ class PepperpyStore(BaseStore):
             order_by="updated_at",
             descending=True,
         )
+        if op.refresh_ttl:
+            await self._refresh(storage, entries)
         return [
             SearchItem(
                 namespace=tuple(e.metadata[NAMESPACE_FIELD]),
