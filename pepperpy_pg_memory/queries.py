@@ -66,6 +66,7 @@ _ORDER_COLUMNS: dict[str, str] = {
 _WORD = re.compile(r"\w+", re.UNICODE)
 FUZZY_MIN_WORD_LENGTH = 4
 FUZZY_MAX_WORDS = 8
+FUZZY_MAX_CANDIDATES = 2_000
 
 
 def fuzzy_words(query: str) -> list[str]:
@@ -410,9 +411,10 @@ class Statements:
                 f" / {len(words)}"
             )
             threshold = "current_setting('pg_trgm.word_similarity_threshold')::float8"
-            fuzzy_match = f"({any_suspect}) AND {fuzzy_score} >= {threshold}"
+            candidates_match = f"({any_suspect})"
+            fuzzy_match = f"{fuzzy_score} >= {threshold}"
         else:
-            fuzzy_score, fuzzy_match = "0", "FALSE"
+            fuzzy_score, candidates_match, fuzzy_match = "0", "FALSE", "FALSE"
         return f"""
             exact AS MATERIALIZED (
                 SELECT m.key, 0.5 + 0.5 * ts_rank_cd(m.tsv, {tsquery}, 32) AS score
@@ -423,10 +425,16 @@ class Statements:
             ),
             fuzzy AS MATERIALIZED (
                 SELECT m.key, 0.5 * {fuzzy_score} AS score
-                FROM {self.table} m
-                WHERE (SELECT count(*) FROM exact) < {want}
-                  AND {_CONTEXTUAL} AND {where} AND (m.tsv @@ {tsquery}) IS NOT TRUE
-                  AND {fuzzy_match}
+                FROM (
+                    -- A misspelling of a common word matches most of the table; scoring
+                    -- is bounded to the first candidates the trigram index yields.
+                    SELECT m.key, m.content FROM {self.table} m
+                    WHERE (SELECT count(*) FROM exact) < {want}
+                      AND {_CONTEXTUAL} AND {where} AND (m.tsv @@ {tsquery}) IS NOT TRUE
+                      AND {candidates_match}
+                    LIMIT {FUZZY_MAX_CANDIDATES}
+                ) AS m
+                WHERE {fuzzy_match}
                 ORDER BY score DESC, m.key
                 LIMIT {want}
             ),
