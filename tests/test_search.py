@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -50,6 +51,35 @@ async def test_semantic_search_by_vector_and_min_score(corpus: PostgresStorage[s
     vector = await corpus.embedder.embed_query(CORPUS["tea"])
     results = await corpus.search(MemoryQuery(embedding=[float(x) for x in vector], min_score=0.99))
     assert [r.entry.key for r in results] == ["tea"]
+
+
+async def test_search_results_run_as_tasks_and_only_when_used(
+    corpus: PostgresStorage[str, Any],
+) -> None:
+    def searches() -> int:
+        stats = corpus.metrics.operations.get("search")
+        return stats.count if stats else 0
+
+    before = searches()
+    unused = corpus.search(MemoryQuery(query=CORPUS["tea"], limit=1))
+    assert searches() == before  # nothing ran yet
+    unused.close()
+
+    task = asyncio.create_task(corpus.search(MemoryQuery(query=CORPUS["tea"], limit=1)))
+    similar_task = asyncio.create_task(corpus.similar("tea", limit=1))
+    hits, neighbours = await asyncio.gather(task, similar_task)
+    assert [hit.entry.key for hit in hits] == ["tea"]
+    assert len(neighbours) == 1 and neighbours[0].entry.key != "tea"
+    assert searches() == before + 1
+
+    slow = asyncio.create_task(corpus.search(MemoryQuery(query=CORPUS["coffee"])))
+    await asyncio.sleep(0)
+    slow.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await slow
+    assert [
+        h.entry.key async for h in corpus.search(MemoryQuery(query=CORPUS["coffee"], limit=1))
+    ] == ["coffee"]
 
 
 async def test_contextual_search_uses_full_text_with_stemming(
