@@ -103,6 +103,22 @@ def _table(rows: list[list[str]], headers: list[str]) -> str:
     return "\n".join(out)
 
 
+def _print_table(rows: list[list[str]], headers: list[str]) -> None:
+    """A boxed table through rich when the ``cli`` extra is installed, aligned text otherwise."""
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:
+        print(_table(rows, headers))
+        return
+    table = Table(*headers, header_style="bold")
+    for row in rows:
+        table.add_row(*row)
+    # A pipe has no width: give the text column room instead of rich's 80-column default.
+    console = Console(width=None if sys.stdout.isatty() else 160, highlight=False)
+    console.print(table)
+
+
 def _clip(text: str, width: int = 70) -> str:
     text = " ".join(text.split())
     return text if len(text) <= width else text[: width - 1] + "…"
@@ -230,7 +246,7 @@ async def _search(args: argparse.Namespace) -> int:
                 ]
             )
         elif results:
-            print(_table(_results_rows(results), ["score", "key", "type", "owner", "text"]))
+            _print_table(_results_rows(results), ["score", "key", "type", "owner", "text"])
         else:
             print("no memories matched", file=sys.stderr)
         return 0

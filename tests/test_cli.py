@@ -78,6 +78,7 @@ def test_store_get_search_delete_round_trip(target: list[str]) -> None:
     assert hits[0]["entry"]["key"] == "ana-tea" and 0 < hits[0]["score"] <= 1
     table = _cli("search", "green tea", "--index", "contextual", *target)
     assert "ana-tea" in table.stdout and "score" in table.stdout
+    assert "┃" in table.stdout  # rich's boxed table (the `cli` extra is in `all`)
     assert _cli("delete", "ana-tea", *target).returncode == 0
     assert _cli("delete", "ana-tea", *target).returncode == 1
     missing = _cli("get", "ana-tea", *target)
@@ -127,3 +128,17 @@ def test_errors_are_one_line_without_traceback(target: list[str]) -> None:
     assert invalid.returncode == 1 and "--filter is not valid JSON" in invalid.stderr
     debug = _cli("get", "k", "--debug", "--dsn", "postgresql://nobody@127.0.0.1:1/none")
     assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+def test_tables_fall_back_to_plain_text_without_rich(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pepperpy_pg_memory import cli
+
+    monkeypatch.setitem(sys.modules, "rich.console", None)  # as if the extra were missing
+    cli._print_table([["0.912", "ana-tea", "long_term"]], ["score", "key", "type"])
+    assert capsys.readouterr().out.splitlines() == [
+        "score  key      type     ",
+        "-----  -------  ---------",
+        "0.912  ana-tea  long_term",
+    ]
