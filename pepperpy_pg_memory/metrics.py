@@ -84,23 +84,30 @@ class Metrics:
 
     @contextlib.contextmanager
     def measure(self, operation: str) -> Iterator[None]:
+        # Exceptions are not recorded on the span as OpenTelemetry would by default: their
+        # messages can name keys. The span gets the error's class instead.
         span = (
             _tracer.start_as_current_span(
                 f"pepperpy_memory.{operation}",
                 attributes={"db.system": "postgresql", "pepperpy.operation": operation},
+                record_exception=False,
+                set_status_on_exception=False,
             )
             if _tracer is not None
             else contextlib.nullcontext()
         )
         started = time.perf_counter()
         failed = False
-        with span:
+        with span as current:
             try:
                 yield
             except BaseException as exc:
                 failed = True
                 name = type(exc).__name__
                 self.errors[name] = self.errors.get(name, 0) + 1
+                if current is not None:
+                    current.set_attribute("error.type", name)
+                    current.set_status(_trace.Status(_trace.StatusCode.ERROR, name))
                 # Contents and keys stay out of logs: only what failed and how.
                 logger.debug("%s failed: %s", operation, name)
                 raise

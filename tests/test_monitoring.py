@@ -55,3 +55,42 @@ async def test_prometheus_collector_exports_histograms_and_errors(
     assert (
         f'pepperpy_memory_errors_total{{error="MemoryNotFoundError",table="{table}"}} 1.0' in text
     )
+
+
+@pytest.fixture(scope="module")
+def spans() -> Any:
+    """Finished OpenTelemetry spans, through the SDK's in-memory exporter."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    # The global provider can be set once per process; this module is the only one to set it.
+    trace.set_tracer_provider(provider)
+    return exporter
+
+
+async def test_each_operation_is_an_opentelemetry_span(
+    storage: PostgresStorage[str, Any], spans: Any
+) -> None:
+    spans.clear()
+    await storage.store("span-key", "a secret the span must not carry")
+    await storage.search(MemoryQuery(query="secret"))
+    with pytest.raises(MemoryNotFoundError):
+        await storage.retrieve("span-key-missing")
+    finished = {span.name: span for span in spans.get_finished_spans()}
+    assert {"pepperpy_memory.store", "pepperpy_memory.search", "pepperpy_memory.retrieve"} <= set(
+        finished
+    )
+    search = finished["pepperpy_memory.search"]
+    assert search.attributes == {"db.system": "postgresql", "pepperpy.operation": "search"}
+    assert search.status.is_ok
+    failed = finished["pepperpy_memory.retrieve"]
+    assert not failed.status.is_ok and failed.status.description == "MemoryNotFoundError"
+    assert failed.attributes["error.type"] == "MemoryNotFoundError"
+    for span in finished.values():  # keys and contents stay out of telemetry
+        seen = repr((span.attributes, span.status.description, [e.attributes for e in span.events]))
+        assert "secret" not in seen and "span-key" not in seen
