@@ -621,6 +621,29 @@ class Statements:
             "WHERE table_name = $1"
         )
 
+    def retype_embedding_column(self) -> str:
+        """Give the embedding column this layout's type, dropping every stored vector."""
+        return (
+            f"ALTER TABLE {self.table} ALTER COLUMN embedding "
+            f"TYPE {self.layout.vector_column_type} USING NULL"
+        )
+
+    def text_search_config_exists(self) -> str:
+        return "SELECT EXISTS (SELECT 1 FROM pg_ts_config WHERE cfgname = $1)"
+
+    def set_tsvector_expression(self) -> str:
+        """Recompute the generated tsvector column with this layout's text search config."""
+        return (
+            f"ALTER TABLE {self.table} ALTER COLUMN tsv "
+            f"SET EXPRESSION AS ({self.layout.tsvector_expression()})"
+        )
+
+    def reindex_contextual(self) -> list[str]:
+        return [
+            f"REINDEX INDEX {self.layout.qualified_index(suffix)}"
+            for suffix in ("tsv_idx", "trgm_idx")
+        ]
+
     def index_sizes(self) -> str:
         return (
             "SELECT c.relname AS name, pg_relation_size(c.oid) AS bytes FROM pg_index i "

@@ -8,36 +8,31 @@ import contextlib
 import hashlib
 import json
 import logging
-import math
 import typing
 from collections.abc import (
-    AsyncIterator,
     Awaitable,
     Callable,
-    Coroutine,
-    Generator,
     Iterable,
     Mapping,
 )
-from dataclasses import dataclass, replace
-from datetime import datetime, timedelta, timezone
+from dataclasses import replace
+from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, Generic, Literal, TypeVar
 
 import asyncpg
 import numpy as np
-import numpy.typing as npt
 from pgvector.asyncpg import register_vector
 from pydantic import BaseModel, TypeAdapter
 from pydantic import ValidationError as PydanticValidationError
 
+from . import maintenance
 from .cache import EmbeddingCache
 from .config import PostgresConfig
 from .embedded import EmbeddedServer, acquire_embedded, release_embedded
 from .embeddings import Embedder, as_embedder
 from .errors import (
     DimensionMismatchError,
-    MemoryConfigurationError,
     MemoryError,
     MemoryIndexError,
     MemoryNotFoundError,
@@ -46,11 +41,22 @@ from .errors import (
 )
 from .faults import backoff_delay, is_transient, translate
 from .identifiers import quote_name
+from .items import (
+    TTL,
+    MemoryItem,
+    PendingWrite,
+    Vector,
+    as_enum,
+    index_set,
+    item_fields,
+    resolve_expiry,
+)
 from .metrics import Metrics, instrumented
 from .models import MemoryEntry, MemoryQuery, MemorySearchResult
 from .queries import STAGING_COLUMNS, ListOrder, Restriction, Statements
+from .results import MemorySearchResults
 from .schema import TENANT_SETTING, TableLayout, migrate, vector_type_for
-from .types import STORABLE_INDICES, MemoryIndex, MemoryScope, MemoryType
+from .types import MemoryIndex, MemoryScope, MemoryType
 from .values import EncodedJSON, default_text_of, encode_json, to_json_value, validate_key
 
 __all__ = ["PostgresStorage", "MemorySearchResults", "ProgressCallback", "MemoryItem"]
@@ -61,113 +67,8 @@ K = TypeVar("K", bound=str)
 V = TypeVar("V")
 T = TypeVar("T")
 
-Vector = npt.NDArray[np.float32]
 ProgressCallback = Callable[[int, int], None]
 """Called as ``progress(done, total)`` while long work runs."""
-
-TTL = timedelta | float | int | Literal["never"] | None
-"""A time-to-live: a timedelta or seconds; ``"never"``; None for the memory type's default."""
-
-MemoryItem = Mapping[str, Any]
-"""One entry for :meth:`PostgresStorage.store_many`: a mapping with ``key`` and ``value`` and
-optionally ``type``, ``scope``, ``scope_id``, ``indices``, ``metadata``, ``ttl``,
-``expires_at``, ``embedding`` and ``text`` (the text to index), each overriding the call's
-default. A ``(key, value)`` pair is accepted too."""
-
-_ITEM_FIELDS = frozenset(
-    {
-        "key",
-        "value",
-        "type",
-        "scope",
-        "scope_id",
-        "indices",
-        "metadata",
-        "ttl",
-        "expires_at",
-        "embedding",
-        "text",
-    }
-)
-_DEFAULT_INDICES = frozenset({MemoryIndex.SEMANTIC, MemoryIndex.CONTEXTUAL})
-
-
-@dataclass
-class _Write:
-    """One validated write, in the column order of ``STAGING_COLUMNS``."""
-
-    key: str
-    value: Any
-    text: str
-    content_hash: bytes
-    type: MemoryType
-    scope: MemoryScope
-    scope_id: str
-    indices: frozenset[MemoryIndex]
-    metadata: dict[str, Any]
-    embedding: Vector | None
-    ttl: timedelta | None
-    expires_at: datetime | None
-
-    @property
-    def wants_embedding(self) -> bool:
-        return MemoryIndex.SEMANTIC in self.indices
-
-    def record(self) -> tuple[Any, ...]:
-        return (
-            self.key,
-            self.value,
-            self.text,
-            self.content_hash,
-            self.type.value,
-            self.scope.value,
-            self.scope_id,
-            sorted(index.value for index in self.indices),
-            self.metadata,
-            self.embedding,
-            self.ttl,
-            self.expires_at,
-        )
-
-
-class MemorySearchResults(Coroutine[Any, Any, "builtins.list[MemorySearchResult[V]]"], Generic[V]):
-    """Search results: iterate with ``async for``, or ``await`` for a list.
-
-    It is also a coroutine, so ``asyncio.create_task(storage.search(query))`` and
-    ``asyncio.gather`` take it as they would an ``async def`` call. The query runs when it is
-    first awaited, stepped or iterated; an object that is never used runs nothing.
-    """
-
-    def __init__(
-        self, fetch: Callable[[], Coroutine[Any, Any, builtins.list[MemorySearchResult[V]]]]
-    ) -> None:
-        self._fetch = fetch
-        self._running: Coroutine[Any, Any, builtins.list[MemorySearchResult[V]]] | None = None
-
-    def _coroutine(self) -> Coroutine[Any, Any, builtins.list[MemorySearchResult[V]]]:
-        if self._running is None:
-            self._running = self._fetch()
-        return self._running
-
-    def __await__(self) -> Generator[Any, None, builtins.list[MemorySearchResult[V]]]:
-        return self._coroutine().__await__()
-
-    # The coroutine protocol, which asyncio's tasks drive directly.
-    def send(self, value: Any) -> Any:
-        return self._coroutine().send(value)
-
-    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
-        if val is None and tb is None:
-            return self._coroutine().throw(typ)
-        return self._coroutine().throw(typ, val, tb)  # pragma: no cover - legacy signature
-
-    def close(self) -> None:
-        if self._running is not None:
-            self._running.close()
-
-    async def __aiter__(self) -> AsyncIterator[MemorySearchResult[V]]:
-        for result in await self._fetch():
-            yield result
 
 
 class PostgresStorage(Generic[K, V]):
@@ -515,7 +416,7 @@ class PostgresStorage(Generic[K, V]):
             if scope_id is not None:
                 raise MemoryValidationError("scope_id needs a scope")
             return None, None
-        scope = _enum(MemoryScope, scope, "scope")
+        scope = as_enum(MemoryScope, scope, "scope")
         if scope is MemoryScope.GLOBAL:
             if scope_id:
                 raise MemoryValidationError("GLOBAL memories have no scope_id")
@@ -538,7 +439,7 @@ class PostgresStorage(Generic[K, V]):
         if isinstance(types, (MemoryType, str)):
             types = [types]
         type_set = (
-            frozenset(_enum(MemoryType, t, "type") for t in types) if types is not None else None
+            frozenset(as_enum(MemoryType, t, "type") for t in types) if types is not None else None
         )
         for name in ("filter", "value_filter"):
             given = filter if name == "filter" else bounds.get(name)
@@ -563,10 +464,10 @@ class PostgresStorage(Generic[K, V]):
         expires_at: datetime | None,
         embedding: Any = None,
         text: str | None = None,
-    ) -> _Write:
+    ) -> PendingWrite:
         config = self.config
         key = validate_key(key, config.max_key_length)
-        memory_type = _enum(MemoryType, type, "type")
+        memory_type = as_enum(MemoryType, type, "type")
         owner_scope, owner_id = self._owner(scope, scope_id)
         assert owner_scope is not None and owner_id is not None
         if value is None:
@@ -592,16 +493,16 @@ class PostgresStorage(Generic[K, V]):
                 f"the indexed text must be a str, not {type(text).__name__}"
             )
         to_json_value(text, "indexed text")  # NUL and surrogate check
-        index_set = _indices(indices)
-        ttl_delta, expiry = self._expiry(memory_type, ttl, expires_at)
+        indices_to_write = index_set(indices)
+        ttl_delta, expiry = resolve_expiry(ttl, expires_at, self.config.ttl_for(memory_type))
         vector = None
         if embedding is not None:
-            if MemoryIndex.SEMANTIC not in index_set:
+            if MemoryIndex.SEMANTIC not in indices_to_write:
                 raise MemoryValidationError(
                     f"{key!r}: an embedding was given but SEMANTIC is not among its indices"
                 )
             vector = self._one_vector(embedding)
-        return _Write(
+        return PendingWrite(
             key=key,
             value=json_text,
             text=text,
@@ -609,36 +510,12 @@ class PostgresStorage(Generic[K, V]):
             type=memory_type,
             scope=owner_scope,
             scope_id=owner_id,
-            indices=index_set,
+            indices=indices_to_write,
             metadata=json_metadata,
             embedding=vector,
             ttl=ttl_delta,
             expires_at=expiry,
         )
-
-    def _expiry(
-        self, memory_type: MemoryType, ttl: TTL, expires_at: datetime | None
-    ) -> tuple[timedelta | None, datetime | None]:
-        if expires_at is not None:
-            if ttl is not None:
-                raise MemoryValidationError("give either ttl or expires_at, not both")
-            if not isinstance(expires_at, datetime) or expires_at.tzinfo is None:
-                raise MemoryValidationError("expires_at must be a timezone-aware datetime")
-            if expires_at <= datetime.now(timezone.utc):
-                raise MemoryValidationError(f"expires_at {expires_at.isoformat()} is in the past")
-            return None, expires_at
-        if ttl is None:
-            return self.config.ttl_for(memory_type), None
-        if ttl == "never":
-            return None, None
-        if isinstance(ttl, bool) or not isinstance(ttl, (timedelta, int, float)):
-            raise MemoryValidationError(
-                "ttl must be a timedelta, a number of seconds, 'never' or None"
-            )
-        delta = ttl if isinstance(ttl, timedelta) else timedelta(seconds=float(ttl))
-        if delta <= timedelta(0) or (isinstance(ttl, float) and not math.isfinite(ttl)):
-            raise MemoryValidationError(f"ttl must be positive and finite, got {ttl!r}")
-        return delta, None
 
     def _check_vectors(self, vectors: Any, count: int) -> Vector:
         array = np.asarray(vectors, dtype=np.float32)
@@ -680,7 +557,7 @@ class PostgresStorage(Generic[K, V]):
         return np.stack([vectors[text] for text in texts])
 
     async def _plan_embeddings(
-        self, writes: builtins.list[_Write], progress: ProgressCallback | None = None
+        self, writes: builtins.list[PendingWrite], progress: ProgressCallback | None = None
     ) -> None:
         """Give every write that needs one an embedding, embedding as little as possible.
 
@@ -689,7 +566,7 @@ class PostgresStorage(Generic[K, V]):
         the model, deduplicated, in batches.
         """
         pending = [w for w in writes if w.wants_embedding and w.embedding is None]
-        missing: builtins.list[_Write] = []
+        missing: builtins.list[PendingWrite] = []
         for write in pending:
             cached = self._cache.get(write.content_hash)
             if cached is not None:
@@ -708,7 +585,7 @@ class PostgresStorage(Generic[K, V]):
                 self._cache.put(write.content_hash, vector)
 
     async def _repair_embeddings(
-        self, keys: builtins.list[str], writes: Mapping[str, _Write]
+        self, keys: builtins.list[str], writes: Mapping[str, PendingWrite]
     ) -> None:
         """Embed rows the upsert left without a vector (their text changed concurrently)."""
         todo = [writes[key] for key in keys if key in writes]
@@ -821,9 +698,9 @@ class PostgresStorage(Generic[K, V]):
             "embedding": None,
             "text": None,
         }
-        writes: dict[str, _Write] = {}
+        writes: dict[str, PendingWrite] = {}
         for position, item in enumerate(items):
-            fields = _item_fields(item, position)
+            fields = item_fields(item, position)
             try:
                 write = self._prepare(**{**defaults, **fields})
             except MemoryValidationError as exc:
@@ -933,7 +810,7 @@ class PostgresStorage(Generic[K, V]):
         """Give the live memories under ``keys`` a new time-to-live from now (e.g. to keep
         memories that are still being read); returns how many were extended."""
         checked = list(dict.fromkeys(validate_key(key, self.config.max_key_length) for key in keys))
-        delta, _ = self._expiry(MemoryType.LONG_TERM, ttl, None)
+        delta, _ = resolve_expiry(ttl, None, self.config.ttl_for(MemoryType.LONG_TERM))
         if not checked or delta is None:
             return 0
         sql, args = self._statements.touch(checked, delta)
@@ -1284,7 +1161,7 @@ class PostgresStorage(Generic[K, V]):
         a new model). CONTEXTUAL rebuilds the full-text and trigram indexes, switching the
         text search configuration to ``config.text_search_config`` if it changed.
         """
-        index = _enum(MemoryIndex, index, "index")
+        index = as_enum(MemoryIndex, index, "index")
         if index is MemoryIndex.SEMANTIC:
             return await self._reindex_semantic(batch_size, resume, progress)
         if index is MemoryIndex.CONTEXTUAL:
@@ -1323,7 +1200,9 @@ class PostgresStorage(Generic[K, V]):
         if rebuild:
             await self._run("reindex", lambda conn: conn.execute(statements.drop_vector_index()))
         while True:
-            rows = await self._run("reindex", partial(_fetch_after, statements, cursor, batch))
+            rows = await self._run(
+                "reindex", partial(maintenance.fetch_reindex_batch, statements, cursor, batch)
+            )
             if not rows:
                 break
             vectors = await self._embed([row["content"] for row in rows])
@@ -1333,7 +1212,7 @@ class PostgresStorage(Generic[K, V]):
             ]
             cursor = rows[-1]["key"]
             await self._run(
-                "reindex", partial(_write_reindexed, statements, table, records, cursor)
+                "reindex", partial(maintenance.write_reindexed, statements, table, records, cursor)
             )
             done += len(rows)
             if progress is not None:
@@ -1342,7 +1221,12 @@ class PostgresStorage(Generic[K, V]):
             "reindex", lambda conn: conn.execute(statements.save_reindex_cursor(), table, None)
         )
         if rebuild:
-            await self._run("reindex", partial(_build_vector_index, statements, self.config))
+            await self._run(
+                "reindex",
+                partial(
+                    maintenance.build_vector_index, statements, self.config.maintenance_work_mem
+                ),
+            )
         return done
 
     async def _convert_dimension(self, dimension: int) -> None:
@@ -1357,20 +1241,7 @@ class PostgresStorage(Generic[K, V]):
             dimension,
         )
 
-        async def convert(conn: asyncpg.Connection) -> None:
-            async with conn.transaction():
-                await conn.execute(f"DROP INDEX IF EXISTS {old.qualified_index('embedding_idx')}")
-                await conn.execute(
-                    f"ALTER TABLE {old.qualified_table} ALTER COLUMN embedding "
-                    f"TYPE {new.vector_column_type} USING NULL"
-                )
-                # Built while the column is empty, the index then grows with each batch.
-                await conn.execute(new.hnsw_index_statement())
-                await conn.execute(
-                    Statements(new).record_dimension(), new.table, new.dimension, new.vector_type
-                )
-
-        await self._run("reindex", convert)
+        await self._run("reindex", partial(maintenance.convert_dimension, old, new))
         self._layout = new
         self._sql = Statements(new)
         # Cached statements describe the old column type.
@@ -1380,29 +1251,7 @@ class PostgresStorage(Generic[K, V]):
     async def _reindex_contextual(self, progress: ProgressCallback | None) -> int:
         layout = self.layout
         wanted = self.config.text_search_config
-        statements = self._statements
-
-        async def rebuild(conn: asyncpg.Connection) -> int:
-            async with conn.transaction():
-                if layout.text_search_config != wanted:
-                    if not await conn.fetchval(
-                        "SELECT EXISTS (SELECT 1 FROM pg_ts_config WHERE cfgname = $1)", wanted
-                    ):
-                        raise MemoryConfigurationError(
-                            f"text search configuration {wanted!r} does not exist",
-                            field="text_search_config",
-                        )
-                    new = replace(layout, text_search_config=wanted)
-                    await conn.execute(
-                        f"ALTER TABLE {layout.qualified_table} ALTER COLUMN tsv "
-                        f"SET EXPRESSION AS ({new.tsvector_expression()})"
-                    )
-                    await conn.execute(statements.record_text_search_config(), layout.table, wanted)
-                for suffix in ("tsv_idx", "trgm_idx"):
-                    await conn.execute(f"REINDEX INDEX {layout.qualified_index(suffix)}")
-                return int(await conn.fetchval(statements.count_contextual()))
-
-        count = await self._run("reindex", rebuild)
+        count = await self._run("reindex", partial(maintenance.rebuild_contextual, layout, wanted))
         if layout.text_search_config != wanted:
             self._layout = replace(layout, text_search_config=wanted)
             self._sql = Statements(self._layout)
@@ -1418,24 +1267,7 @@ class PostgresStorage(Generic[K, V]):
         (count, errors, mean and bucketed p50/p95 latency, histogram) per operation;
         ``errors`` by class; ``embedding_cache`` (entries, hits, misses, hit rate).
         """
-        statements = self._statements
-        layout = self.layout
-
-        async def gather(conn: asyncpg.Connection) -> dict[str, Any]:
-            live = await conn.fetchval(statements.count(Restriction())[0])
-            expired = await conn.fetchval(statements.count_expired())
-            sizes = await conn.fetchrow(statements.table_sizes(), f"{layout.schema}.{layout.table}")
-            assert sizes is not None
-            indexes = await conn.fetch(statements.index_sizes(), f"{layout.schema}.{layout.table}")
-            return {
-                "memories": int(live),
-                "expired_not_cleaned": int(expired),
-                "table_bytes": int(sizes["heap"]),
-                "total_bytes": int(sizes["total"]),
-                "index_bytes": {row["name"]: int(row["bytes"]) for row in indexes},
-            }
-
-        figures = await self._run("stats", gather)
+        figures = await self._run("stats", partial(maintenance.table_figures, self._statements))
         pool = self._pool
         assert pool is not None
         figures["pool"] = {
@@ -1456,82 +1288,8 @@ class PostgresStorage(Generic[K, V]):
             "misses": self._cache.misses,
             "hit_rate": self._cache.hits / lookups if lookups else None,
         }
-        figures["dimension"] = layout.dimension
+        figures["dimension"] = self.layout.dimension
         return figures
-
-
-E = TypeVar("E", MemoryType, MemoryScope, MemoryIndex)
-
-
-def _enum(kind: type[E], value: Any, name: str) -> E:
-    if isinstance(value, kind):
-        return value
-    try:
-        return kind(value)
-    except ValueError:
-        choices = ", ".join(member.value for member in kind)
-        raise MemoryValidationError(f"invalid {name} {value!r}: use one of {choices}") from None
-
-
-def _indices(indices: Iterable[MemoryIndex | str] | None) -> frozenset[MemoryIndex]:
-    if indices is None:
-        return _DEFAULT_INDICES
-    if isinstance(indices, (str, MemoryIndex)):
-        indices = [indices]
-    result: set[MemoryIndex] = set()
-    for item in indices:
-        index = _enum(MemoryIndex, item, "index")
-        if index is MemoryIndex.HYBRID:
-            result.update(_DEFAULT_INDICES)
-        elif index in STORABLE_INDICES:
-            result.add(index)
-        # TEMPORAL needs no index of its own: every memory can be listed by time.
-    return frozenset(result)
-
-
-def _item_fields(item: Any, position: int) -> dict[str, Any]:
-    if isinstance(item, tuple) and len(item) == 2:
-        return {"key": item[0], "value": item[1]}
-    if not isinstance(item, Mapping):
-        raise MemoryValidationError(
-            f"item {position}: expected a mapping with 'key' and 'value' or a (key, value) pair"
-        )
-    unknown = set(item) - _ITEM_FIELDS
-    if unknown:
-        raise MemoryValidationError(f"item {position}: unknown fields {sorted(unknown)}")
-    if "key" not in item or "value" not in item:
-        raise MemoryValidationError(f"item {position}: needs both 'key' and 'value'")
-    return dict(item)
-
-
-async def _fetch_after(
-    statements: Statements, cursor: str, batch: int, conn: asyncpg.Connection
-) -> builtins.list[asyncpg.Record]:
-    rows: builtins.list[asyncpg.Record] = await conn.fetch(
-        statements.reindex_batch(), cursor, batch
-    )
-    return rows
-
-
-async def _build_vector_index(
-    statements: Statements, config: PostgresConfig, conn: asyncpg.Connection
-) -> None:
-    async with conn.transaction():
-        for sql, args in statements.build_vector_index(config.maintenance_work_mem):
-            await conn.execute(sql, *args)
-
-
-async def _write_reindexed(
-    statements: Statements,
-    table: str,
-    records: builtins.list[tuple[Any, ...]],
-    cursor: str,
-    conn: asyncpg.Connection,
-) -> None:
-    # The vectors and the position move together: a crash never skips a batch.
-    async with conn.transaction():
-        await conn.executemany(statements.set_embeddings(), records)
-        await conn.execute(statements.save_reindex_cursor(), table, cursor)
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
