@@ -81,6 +81,10 @@ async def storage_suite(
 
         progress(f"recall@10 at {size}")
         rows.append(await recall_row(store, memories, vectors, questions, question_vectors))
+        progress(f"ef_search sweep at {size}")
+        rows.extend(
+            await ef_search_sweep(config, embedder, memories, vectors, questions, question_vectors)
+        )
 
         progress(f"full-text search at {size}")
         samples = await latencies(
@@ -198,6 +202,35 @@ async def recall_row(
             "ef_search": config.hnsw_ef_search,
         },
     )
+
+
+EF_SEARCH_SWEEP = (40, 100, 200)
+"""pgvector's default (40), ours (100) and double ours: the trade the default was chosen on."""
+
+
+async def ef_search_sweep(
+    config: PostgresConfig,
+    embedder: Any,
+    memories: list[Memory],
+    vectors: npt.NDArray[np.float32],
+    questions: list[str],
+    question_vectors: npt.NDArray[np.float32],
+) -> list[Measurement]:
+    """Recall@10 and search latency over the same loaded table at each ``hnsw_ef_search``."""
+    rows = []
+    for ef_search in EF_SEARCH_SWEEP:
+        swept = config.model_copy(update={"hnsw_ef_search": ef_search})
+        async with PostgresStorage[str, Any](swept, embedder) as store:
+            samples = await latencies(
+                [lambda q=q: store.search(MemoryQuery(query=q, limit=10)) for q in questions]
+            )
+            recall = await recall_row(store, memories, vectors, questions, question_vectors)
+        row = latency_row("ef_search_sweep", SYSTEM, "storage", len(memories), samples)
+        row.unit = "recall"
+        row.throughput = recall.throughput
+        row.extra = recall.extra
+        rows.append(row)
+    return rows
 
 
 async def concurrency_row(

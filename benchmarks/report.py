@@ -21,6 +21,8 @@ def results_table(report: dict[str, Any]) -> str:
     for row in report["measurements"]:
         if row["unit"] == "recall":
             throughput = f"{row['throughput']:.4f} recall"
+            if row["name"] == "ef_search_sweep":
+                throughput += f" (ef_search {row['extra']['ef_search']})"
         else:
             throughput = f"{row['throughput']:,.0f} {row['unit']}"
         lines.append(

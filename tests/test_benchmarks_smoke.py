@@ -42,5 +42,8 @@ def test_quick_benchmark_writes_json(tmp_path: Path) -> None:
             "versions",
         } <= set(record)
         assert record["throughput"] > 0
+    sweep = [r for r in records if r["name"] == "ef_search_sweep"]
+    assert {r["extra"]["ef_search"] for r in sweep} == {40, 100, 200}
+    assert all(0 < r["throughput"] <= 1 for r in sweep)
     assert report["ratios"] and report["targets"] is not None
     assert "measurement" in result.stdout  # the readable table
