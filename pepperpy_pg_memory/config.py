@@ -90,6 +90,14 @@ class PostgresConfig(BaseSettings):
     min_size: int = Field(default=1, ge=0, le=1000)
     max_size: int = Field(default=10, ge=1, le=1000)
     command_timeout: float = Field(default=30.0, gt=0, description="Seconds per statement.")
+    maintenance_timeout: float = Field(
+        default=3_600.0,
+        gt=0,
+        description=(
+            "Seconds per statement whose work grows with the data: store_many batches of "
+            "1,000 rows or more, index builds, reindex and dimension changes."
+        ),
+    )
     connect_timeout: float = Field(default=10.0, gt=0)
     pool_timeout: float = Field(
         default=10.0, gt=0, description="Seconds to wait for a free pooled connection."

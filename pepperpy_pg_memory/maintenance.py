@@ -49,26 +49,30 @@ async def write_reindexed(
 
 
 async def build_vector_index(
-    statements: Statements, maintenance_work_mem: str, conn: asyncpg.Connection
+    statements: Statements, maintenance_work_mem: str, timeout: float, conn: asyncpg.Connection
 ) -> None:
     """Build the HNSW index in one pass."""
     async with conn.transaction():
         for sql, args in statements.build_vector_index(maintenance_work_mem):
-            await conn.execute(sql, *args)
+            await conn.execute(sql, *args, timeout=timeout)
 
 
-async def convert_dimension(old: TableLayout, new: TableLayout, conn: asyncpg.Connection) -> None:
+async def convert_dimension(
+    old: TableLayout, new: TableLayout, timeout: float, conn: asyncpg.Connection
+) -> None:
     """Retype the embedding column from ``old``'s vectors to ``new``'s, dropping them all."""
     before, after = Statements(old), Statements(new)
     async with conn.transaction():
         await conn.execute(before.drop_vector_index())
-        await conn.execute(after.retype_embedding_column())
+        await conn.execute(after.retype_embedding_column(), timeout=timeout)
         # Built while the column is empty, the index then grows with each batch.
-        await conn.execute(new.hnsw_index_statement())
+        await conn.execute(new.hnsw_index_statement(), timeout=timeout)
         await conn.execute(after.record_dimension(), new.table, new.dimension, new.vector_type)
 
 
-async def rebuild_contextual(layout: TableLayout, wanted: str, conn: asyncpg.Connection) -> int:
+async def rebuild_contextual(
+    layout: TableLayout, wanted: str, timeout: float, conn: asyncpg.Connection
+) -> int:
     """Rebuild the full-text and trigram indexes, first switching the text search
     configuration to ``wanted`` if it differs; returns how many memories they cover."""
     statements = Statements(layout)
@@ -80,10 +84,10 @@ async def rebuild_contextual(layout: TableLayout, wanted: str, conn: asyncpg.Con
                     field="text_search_config",
                 )
             switched = Statements(replace(layout, text_search_config=wanted))
-            await conn.execute(switched.set_tsvector_expression())
+            await conn.execute(switched.set_tsvector_expression(), timeout=timeout)
             await conn.execute(statements.record_text_search_config(), layout.table, wanted)
         for sql in statements.reindex_contextual():
-            await conn.execute(sql)
+            await conn.execute(sql, timeout=timeout)
         return int(await conn.fetchval(statements.count_contextual()))
 
 

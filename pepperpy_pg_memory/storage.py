@@ -67,6 +67,9 @@ K = TypeVar("K", bound=str)
 V = TypeVar("V")
 T = TypeVar("T")
 
+BULK_WRITE_ROWS = 1_000
+"""A ``store_many`` of at least this many rows runs under ``config.maintenance_timeout``."""
+
 ProgressCallback = Callable[[int, int], None]
 """Called as ``progress(done, total)`` while long work runs."""
 
@@ -556,6 +559,16 @@ class PostgresStorage(Generic[K, V]):
             return np.zeros((0, self.layout.dimension), dtype=np.float32)
         return np.stack([vectors[text] for text in texts])
 
+    def _timeout_for(self, rows: int) -> float:
+        """Seconds per statement for work on ``rows`` rows at once.
+
+        A bulk load's statements do work that grows with the batch (and may rebuild the
+        index): they get the maintenance timeout, not the one meant for single reads/writes.
+        """
+        if rows >= BULK_WRITE_ROWS:
+            return self.config.maintenance_timeout
+        return self.config.command_timeout
+
     async def _plan_embeddings(
         self, writes: builtins.list[PendingWrite], progress: ProgressCallback | None = None
     ) -> None:
@@ -575,7 +588,8 @@ class PostgresStorage(Generic[K, V]):
                 missing.append(write)
         if missing:
             sql, args = self._statements.known_hashes([w.key for w in missing])
-            rows = await self._run("store", lambda conn: conn.fetch(sql, *args))
+            timeout = self._timeout_for(len(missing))
+            rows = await self._run("store", lambda conn: conn.fetch(sql, *args, timeout=timeout))
             stored = {row["key"]: bytes(row["content_hash"]) for row in rows}
             missing = [w for w in missing if stored.get(w.key) != w.content_hash]
         if missing:
@@ -594,7 +608,8 @@ class PostgresStorage(Generic[K, V]):
         vectors = await self._embed([w.text for w in todo])
         sql = self._statements.set_embeddings()
         records = [(w.key, vector, w.content_hash) for w, vector in zip(todo, vectors, strict=True)]
-        await self._run("store", lambda conn: conn.executemany(sql, records))
+        timeout = self._timeout_for(len(records))
+        await self._run("store", lambda conn: conn.executemany(sql, records, timeout=timeout))
 
     @instrumented("store")
     async def store(
@@ -718,6 +733,7 @@ class PostgresStorage(Generic[K, V]):
 
         bulk_rows = self.config.bulk_index_rebuild_rows
         mwm = self.config.maintenance_work_mem
+        timeout = self._timeout_for(len(records))
 
         async def write_all(conn: asyncpg.Connection) -> builtins.list[str]:
             # Inserting row by row into an HNSW graph is the slowest part of a write (about
@@ -727,22 +743,28 @@ class PostgresStorage(Generic[K, V]):
             # rolls the index back with the rows.
             rebuild = bulk_rows > 0 and len(records) >= bulk_rows
             if rebuild:
-                existing = await conn.fetchval(statements.count_up_to(), len(records))
+                existing = await conn.fetchval(
+                    statements.count_up_to(), len(records), timeout=timeout
+                )
                 rebuild = existing < len(records)
             async with conn.transaction():
                 if rebuild:
-                    await conn.execute(statements.drop_vector_index())
-                await conn.execute(statements.create_staging())
+                    await conn.execute(statements.drop_vector_index(), timeout=timeout)
+                await conn.execute(statements.create_staging(), timeout=timeout)
                 await conn.copy_records_to_table(
-                    statements.staging, records=records, columns=list(STAGING_COLUMNS)
+                    statements.staging,
+                    records=records,
+                    columns=list(STAGING_COLUMNS),
+                    timeout=timeout,
                 )
                 rows = await conn.fetch(
                     f"WITH merged AS ({statements.merge_staging()}) "
-                    "SELECT key FROM merged WHERE needs_embedding"
+                    "SELECT key FROM merged WHERE needs_embedding",
+                    timeout=timeout,
                 )
                 if rebuild:
                     for sql, args in statements.build_vector_index(mwm):
-                        await conn.execute(sql, *args)
+                        await conn.execute(sql, *args, timeout=timeout)
             return [row["key"] for row in rows]
 
         repair = await self._run("store_many", write_all)
@@ -754,9 +776,11 @@ class PostgresStorage(Generic[K, V]):
     async def _after_bulk_load(self) -> None:
         statements = self._statements.after_bulk_load()
 
+        timeout = self.config.maintenance_timeout
+
         async def tidy(conn: asyncpg.Connection) -> None:
             for sql, args in statements:
-                await conn.execute(sql, *args)
+                await conn.execute(sql, *args, timeout=timeout)
 
         try:
             await self._run("store_many", tidy)
@@ -1224,7 +1248,10 @@ class PostgresStorage(Generic[K, V]):
             await self._run(
                 "reindex",
                 partial(
-                    maintenance.build_vector_index, statements, self.config.maintenance_work_mem
+                    maintenance.build_vector_index,
+                    statements,
+                    self.config.maintenance_work_mem,
+                    self.config.maintenance_timeout,
                 ),
             )
         return done
@@ -1241,7 +1268,10 @@ class PostgresStorage(Generic[K, V]):
             dimension,
         )
 
-        await self._run("reindex", partial(maintenance.convert_dimension, old, new))
+        await self._run(
+            "reindex",
+            partial(maintenance.convert_dimension, old, new, self.config.maintenance_timeout),
+        )
         self._layout = new
         self._sql = Statements(new)
         # Cached statements describe the old column type.
@@ -1251,7 +1281,12 @@ class PostgresStorage(Generic[K, V]):
     async def _reindex_contextual(self, progress: ProgressCallback | None) -> int:
         layout = self.layout
         wanted = self.config.text_search_config
-        count = await self._run("reindex", partial(maintenance.rebuild_contextual, layout, wanted))
+        count = await self._run(
+            "reindex",
+            partial(
+                maintenance.rebuild_contextual, layout, wanted, self.config.maintenance_timeout
+            ),
+        )
         if layout.text_search_config != wanted:
             self._layout = replace(layout, text_search_config=wanted)
             self._sql = Statements(self._layout)

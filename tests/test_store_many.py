@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import numpy as np
@@ -189,3 +190,45 @@ async def test_bulk_load_rebuilds_the_vector_index_atomically(
             await store.store_many(items)
         assert await store.count() == 300
         assert await _has_vector_index(raw_conn, config)  # the drop was rolled back too
+
+
+async def test_bulk_work_gets_the_maintenance_timeout_not_the_statement_one(
+    make_config: Any, raw_conn: Any
+) -> None:
+    """A bulk load or an index rebuild may legitimately outlast ``command_timeout`` (an HNSW
+    build over 100k rows takes tens of seconds); a single write may not. A lock held by another
+    session makes both wait the same, deterministic time."""
+    from pepperpy_pg_memory import HashingEmbedder, MemoryIndex, MemoryTimeoutError
+
+    config = make_config(command_timeout=0.5, maintenance_timeout=30)
+    table = f'"{config.schema_name}"."{config.table}"'
+    async with PostgresStorage[str, Any](config, HashingEmbedder(32)) as store:
+        await store.store("seed", "seed text")
+
+        async def hold_lock(seconds: float) -> None:
+            async with raw_conn.transaction():
+                await raw_conn.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+                await asyncio.sleep(seconds)
+
+        holder = asyncio.create_task(hold_lock(1.5))
+        await asyncio.sleep(0.2)
+        with pytest.raises(MemoryTimeoutError):
+            await store.store_many((f"few{i}", f"text {i}") for i in range(10))
+        stored = await store.store_many((f"many{i}", f"text {i}") for i in range(1_000))
+        await holder
+        assert stored == 1_000
+        assert await store.count() == 1_001  # the timed-out batch left nothing behind
+
+        holder = asyncio.create_task(hold_lock(1.5))
+        await asyncio.sleep(0.2)
+        assert await store.reindex(MemoryIndex.CONTEXTUAL) == 1_001
+        await holder
+
+    # ... and the maintenance timeout still bounds it.
+    strict = config.model_copy(update={"command_timeout": 30, "maintenance_timeout": 0.5})
+    async with PostgresStorage[str, Any](strict, HashingEmbedder(32)) as store:
+        holder = asyncio.create_task(hold_lock(1.5))
+        await asyncio.sleep(0.2)
+        with pytest.raises(MemoryTimeoutError):
+            await store.reindex(MemoryIndex.CONTEXTUAL)
+        await holder
