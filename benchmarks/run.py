@@ -22,6 +22,7 @@ import asyncpg
 import numpy as np
 
 from pepperpy_pg_memory import PostgresConfig, SentenceTransformerEmbedder
+from pepperpy_pg_memory.shutdown import interrupt_on_sigterm
 
 from . import anchors, ours
 from .corpus import keyword_queries, memories, questions
@@ -264,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
             import langgraph.store.postgres  # noqa: F401
         except ImportError:
             parser.error("the anchors need: pip install -e '.[bench]' (or pass --no-anchors)")
+    interrupt_on_sigterm()  # a killed run stops its server instead of leaving it running
     result = asyncio.run(_run(args))
     rows = result.pop("rows")
     _print_table(rows)

@@ -22,6 +22,7 @@ from typing import Any, TextIO
 from .config import PostgresConfig
 from .errors import MemoryError, MemoryValidationError
 from .models import MemoryEntry, MemoryQuery, MemorySearchResult
+from .shutdown import interrupt_on_sigterm
 from .storage import PostgresStorage
 from .types import MemoryIndex, MemoryScope, MemoryType
 
@@ -470,6 +471,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    interrupt_on_sigterm()
     # Retries are logged as warnings; on a terminal only the final error line should show.
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.ERROR)
     try:

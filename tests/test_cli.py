@@ -4,8 +4,11 @@ stdout, progress and summaries on stderr."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -142,3 +145,28 @@ def test_tables_fall_back_to_plain_text_without_rich(
         "-----  -------  ---------",
         "0.912  ana-tea  long_term",
     ]
+
+
+@pytest.mark.model
+def test_a_terminated_command_stops_the_embedded_server_it_started(tmp_path: Path) -> None:
+    data_dir = tmp_path / "pgdata"
+    pid_file = data_dir / "postmaster.pid"
+    command = subprocess.Popen(
+        [sys.executable, "-m", "pepperpy_pg_memory", "demo", "--data-dir", str(data_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    # The server is up within a second or two; loading the model then takes seconds more, so
+    # the signal lands while the demo is still running.
+    deadline = time.monotonic() + 120
+    while not pid_file.exists():
+        assert command.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    postmaster = int(pid_file.read_text().split()[0])
+    command.send_signal(signal.SIGTERM)
+    command.communicate(timeout=120)
+    assert command.returncode == 130
+    assert not pid_file.exists()
+    with pytest.raises(ProcessLookupError):
+        os.kill(postmaster, 0)

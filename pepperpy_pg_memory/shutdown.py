@@ -1,0 +1,26 @@
+"""A terminated command shuts down the way an interrupted one does.
+
+Python's default SIGTERM handling ends the process on the spot: no ``finally`` blocks, no
+``atexit`` hooks. For a command on the embedded database that means a PostgreSQL server left
+running with nobody to stop it (the next run attaches to it and, not having started it, leaves
+it running too). Raising KeyboardInterrupt instead unwinds the stack: stores close, the pool
+lets its connections go, and the server this process started is stopped.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from types import FrameType
+
+__all__ = ["interrupt_on_sigterm"]
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def interrupt_on_sigterm() -> None:
+    """Make SIGTERM raise KeyboardInterrupt in the main thread (a no-op elsewhere)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
