@@ -11,6 +11,7 @@ import asyncio
 import importlib.metadata
 import json
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -238,7 +239,8 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
             "rows": rows,
         }
     finally:
-        server.cleanup()
+        server.cleanup()  # stops the server and deletes pgdata; the folder around it is ours
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,8 +4,11 @@ performance targets live in the benchmark report, not in tests)."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,14 +19,22 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.model
 def test_quick_benchmark_writes_json(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
-    result = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--quick", "--out", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    # Its own short TMPDIR (the server's socket path must stay short).
+    scratch = Path(tempfile.mkdtemp(prefix="bench-smoke-"))
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "benchmarks", "--quick", "--out", str(out)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env={**os.environ, "TMPDIR": str(scratch)},
+        )
+        left = [p.name for p in scratch.iterdir() if p.name.startswith("pepperpy-bench-")]
+    finally:
+        shutil.rmtree(scratch)  # torch and platformdirs keep caches of their own there
     assert result.returncode == 0, result.stderr[-3000:]
+    assert left == []  # the benchmark's server folder is gone
     report = json.loads(out.read_text())
     records = report["measurements"]
     names = {(r["name"], r["system"]) for r in records}
