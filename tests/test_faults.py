@@ -65,15 +65,22 @@ async def test_server_restart_under_load_loses_no_acknowledged_memory(
         started_at = await store._run(
             "check", lambda conn: conn.fetchval("SELECT pg_postmaster_start_time()")
         )
+
+        async def acknowledged_beyond(count: int) -> None:
+            # Progress, not a fixed sleep: a slow or busy machine only makes this take longer.
+            while len(acknowledged) <= count:
+                await asyncio.sleep(0.05)
+
         writers = [asyncio.create_task(writer(n)) for n in range(24)]
-        await asyncio.sleep(0.5)
+        await asyncio.wait_for(acknowledged_beyond(24), timeout=60)
         before = len(acknowledged)
         await asyncio.to_thread(private_server.restart, mode)
-        await asyncio.sleep(1.0)
+        # writes go on after the restart
+        await asyncio.wait_for(acknowledged_beyond(len(acknowledged) + 24), timeout=60)
         stop.set()
         await asyncio.gather(*writers)
 
-        assert before > 0 and len(acknowledged) > before  # writes went on after the restart
+        assert len(acknowledged) > before > 0
         raw = [f for f in failures if not isinstance(f, MemoryError)]
         assert raw == [], raw[:3]
         stored = await store.retrieve_many(list(acknowledged))

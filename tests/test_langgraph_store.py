@@ -11,6 +11,7 @@ import pytest
 from langgraph.store.base import GetOp, PutOp, SearchOp
 
 from langgraph_pepperpy import PepperpyStore, namespace_scope
+from langgraph_pepperpy.store import memory_key
 from pepperpy_pg_memory import HashingEmbedder, MemoryScope
 from pepperpy_pg_memory.runner import run_on_async
 
@@ -120,10 +121,10 @@ def test_list_namespaces_prefix_suffix_depth(store: PepperpyStore) -> None:
 
 async def test_ttl_is_honoured(store: PepperpyStore) -> None:
     namespace = ("sessions", "s1")
-    await store.aput(namespace, "brief", {"text": "gone soon"}, ttl=0.005)  # minutes: 0.3 s
+    await store.aput(namespace, "brief", {"text": "gone soon"}, ttl=0.02)  # minutes: 1.2 s
     await store.aput(namespace, "lasting", {"text": "stays"})
-    assert await store.aget(namespace, "brief") is not None
-    await asyncio.sleep(0.6)
+    assert await store.aget(namespace, "brief", refresh_ttl=False) is not None
+    await asyncio.sleep(1.5)
     assert await store.aget(namespace, "brief") is None
     assert [i.key for i in await store.asearch(namespace)] == ["lasting"]
 
@@ -198,12 +199,30 @@ def test_a_graph_reads_memories_across_two_threads_of_one_user(make_config: Any)
         store.close()
 
 
-async def test_reads_refresh_the_ttl_unless_told_not_to(store: PepperpyStore) -> None:
+async def test_reads_refresh_the_ttl_unless_told_not_to(make_config: Any, raw_conn: Any) -> None:
+    # Judged on the stored expiry, not on sleeps racing a short TTL (flaky on a busy machine).
+    config = make_config()
+    store = PepperpyStore.create(config, HashingEmbedder(64))
     namespace = ("sessions", "s2")
-    await store.aput(namespace, "note", {"text": "kept alive by reads"}, ttl=0.01)  # 0.6 s
-    await asyncio.sleep(0.4)
-    assert await store.aget(namespace, "note") is not None  # refreshed: 0.6 s from now
-    await asyncio.sleep(0.4)
-    assert await store.aget(namespace, "note", refresh_ttl=False) is not None
-    await asyncio.sleep(0.4)
-    assert await store.aget(namespace, "note") is None
+    key = memory_key(namespace, "note")
+
+    async def expiry() -> Any:
+        return await raw_conn.fetchval(
+            f'SELECT expires_at FROM "{config.schema_name}"."{config.table}" WHERE key = $1', key
+        )
+
+    try:
+        await store.aput(namespace, "note", {"text": "kept alive by reads"}, ttl=1.0)
+        written = await expiry()
+        assert written is not None
+        assert await store.aget(namespace, "note", refresh_ttl=False) is not None
+        assert await expiry() == written
+        assert await store.aget(namespace, "note") is not None
+        refreshed = await expiry()
+        assert refreshed > written
+        assert [i.key for i in await store.asearch(namespace, refresh_ttl=False)] == ["note"]
+        assert await expiry() == refreshed
+        await store.asearch(namespace)
+        assert await expiry() > refreshed
+    finally:
+        store.close()

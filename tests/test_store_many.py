@@ -205,13 +205,21 @@ async def test_bulk_work_gets_the_maintenance_timeout_not_the_statement_one(
     async with PostgresStorage[str, Any](config, HashingEmbedder(32)) as store:
         await store.store("seed", "seed text")
 
-        async def hold_lock(seconds: float) -> None:
-            async with raw_conn.transaction():
-                await raw_conn.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
-                await asyncio.sleep(seconds)
+        async def hold_lock(seconds: float) -> asyncio.Task[None]:
+            """Lock the table from another session for ``seconds``; returns once it is held."""
+            held = asyncio.Event()
 
-        holder = asyncio.create_task(hold_lock(1.5))
-        await asyncio.sleep(0.2)
+            async def hold() -> None:
+                async with raw_conn.transaction():
+                    await raw_conn.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+                    held.set()
+                    await asyncio.sleep(seconds)
+
+            task = asyncio.create_task(hold())
+            await held.wait()
+            return task
+
+        holder = await hold_lock(3.0)
         with pytest.raises(MemoryTimeoutError):
             await store.store_many((f"few{i}", f"text {i}") for i in range(10))
         stored = await store.store_many((f"many{i}", f"text {i}") for i in range(1_000))
@@ -219,16 +227,14 @@ async def test_bulk_work_gets_the_maintenance_timeout_not_the_statement_one(
         assert stored == 1_000
         assert await store.count() == 1_001  # the timed-out batch left nothing behind
 
-        holder = asyncio.create_task(hold_lock(1.5))
-        await asyncio.sleep(0.2)
+        holder = await hold_lock(3.0)
         assert await store.reindex(MemoryIndex.CONTEXTUAL) == 1_001
         await holder
 
     # ... and the maintenance timeout still bounds it.
     strict = config.model_copy(update={"command_timeout": 30, "maintenance_timeout": 0.5})
     async with PostgresStorage[str, Any](strict, HashingEmbedder(32)) as store:
-        holder = asyncio.create_task(hold_lock(1.5))
-        await asyncio.sleep(0.2)
+        holder = await hold_lock(3.0)
         with pytest.raises(MemoryTimeoutError):
             await store.reindex(MemoryIndex.CONTEXTUAL)
         await holder
