@@ -95,7 +95,8 @@ class PostgresConfig(BaseSettings):
         gt=0,
         description=(
             "Seconds per statement whose work grows with the data: store_many batches of "
-            "1,000 rows or more, index builds, reindex and dimension changes."
+            "1,000 rows or more, delete_many, clear, index builds, reindex and dimension "
+            "changes."
         ),
     )
     connect_timeout: float = Field(default=10.0, gt=0)

@@ -974,14 +974,19 @@ class PostgresStorage(Generic[K, V]):
             include_expired=True,
         )
         sql, args = self._statements.delete_many(restriction)
-        status = await self._run("delete_many", lambda conn: conn.execute(sql, *args))
+        # Its work grows with the rows matched, which nothing bounds.
+        timeout = self.config.maintenance_timeout
+        status = await self._run(
+            "delete_many", lambda conn: conn.execute(sql, *args, timeout=timeout)
+        )
         return _affected(status)
 
     @instrumented("clear")
     async def clear(self) -> int:
         """Delete every memory in this store's table; returns how many."""
         sql, args = self._statements.delete_many(Restriction(include_expired=True))
-        status = await self._run("clear", lambda conn: conn.execute(sql, *args))
+        timeout = self.config.maintenance_timeout
+        status = await self._run("clear", lambda conn: conn.execute(sql, *args, timeout=timeout))
         self._cache.clear()
         return _affected(status)
 

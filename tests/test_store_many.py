@@ -231,6 +231,11 @@ async def test_bulk_work_gets_the_maintenance_timeout_not_the_statement_one(
         assert await store.reindex(MemoryIndex.CONTEXTUAL) == 1_001
         await holder
 
+        holder = await hold_lock(3.0)
+        assert await store.delete_many(key_prefix="many") == 1_000
+        assert await store.clear() == 1
+        await holder
+
     # ... and the maintenance timeout still bounds it.
     strict = config.model_copy(update={"command_timeout": 30, "maintenance_timeout": 0.5})
     async with PostgresStorage[str, Any](strict, HashingEmbedder(32)) as store:
