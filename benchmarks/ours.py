@@ -6,6 +6,7 @@ import asyncio
 import random
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -225,11 +226,10 @@ async def ef_search_sweep(
                 [lambda q=q: store.search(MemoryQuery(query=q, limit=10)) for q in questions]
             )
             recall = await recall_row(store, memories, vectors, questions, question_vectors)
-        row = latency_row("ef_search_sweep", SYSTEM, "storage", len(memories), samples)
-        row.unit = "recall"
-        row.throughput = recall.throughput
-        row.extra = recall.extra
-        rows.append(row)
+        timing = latency_row(
+            "ef_search_sweep", SYSTEM, "storage", len(memories), samples, **recall.extra
+        )
+        rows.append(replace(timing, unit="recall", throughput=recall.throughput))
     return rows
 
 

@@ -14,7 +14,7 @@ import asyncpg
 
 from .errors import MemoryConfigurationError
 from .queries import Restriction, Statements
-from .schema import TableLayout
+from .schema import TableLayout, text_search_config_exists
 
 __all__ = [
     "build_vector_index",
@@ -78,7 +78,7 @@ async def rebuild_contextual(
     statements = Statements(layout)
     async with conn.transaction():
         if layout.text_search_config != wanted:
-            if not await conn.fetchval(statements.text_search_config_exists(), wanted):
+            if not await text_search_config_exists(conn, wanted):
                 raise MemoryConfigurationError(
                     f"text search configuration {wanted!r} does not exist",
                     field="text_search_config",

@@ -628,9 +628,6 @@ class Statements:
             f"TYPE {self.layout.vector_column_type} USING NULL"
         )
 
-    def text_search_config_exists(self) -> str:
-        return "SELECT EXISTS (SELECT 1 FROM pg_ts_config WHERE cfgname = $1)"
-
     def set_tsvector_expression(self) -> str:
         """Recompute the generated tsvector column with this layout's text search config."""
         return (

@@ -234,6 +234,14 @@ async def _ensure_extensions(conn: asyncpg.Connection) -> None:
             raise
 
 
+async def text_search_config_exists(conn: asyncpg.Connection, name: str) -> bool:
+    """Whether the server has the text search configuration ``name`` (checked before any DDL
+    interpolates it)."""
+    return bool(
+        await conn.fetchval("SELECT EXISTS (SELECT 1 FROM pg_ts_config WHERE cfgname = $1)", name)
+    )
+
+
 async def migrate(
     conn: asyncpg.Connection, wanted: TableLayout, *, row_level_security: bool = False
 ) -> TableLayout:
@@ -247,10 +255,7 @@ async def migrate(
         await _ensure_extensions(conn)
         await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(wanted.schema)}")
         await conn.execute(_registry_statement(wanted.schema))
-        if not await conn.fetchval(
-            "SELECT EXISTS (SELECT 1 FROM pg_ts_config WHERE cfgname = $1)",
-            wanted.text_search_config,
-        ):
+        if not await text_search_config_exists(conn, wanted.text_search_config):
             raise MemoryConfigurationError(
                 f"text search configuration {wanted.text_search_config!r} does not exist on the "
                 "server (see \\dF in psql for the available ones)",

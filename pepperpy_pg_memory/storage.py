@@ -775,7 +775,6 @@ class PostgresStorage(Generic[K, V]):
 
     async def _after_bulk_load(self) -> None:
         statements = self._statements.after_bulk_load()
-
         timeout = self.config.maintenance_timeout
 
         async def tidy(conn: asyncpg.Connection) -> None:
