@@ -15,6 +15,7 @@ from .embeddings import (
     default_embedder,
 )
 from .errors import (
+    AmbiguousKeyError,
     DimensionMismatchError,
     MemoryConfigurationError,
     MemoryConnectionError,
@@ -57,6 +58,7 @@ __all__ = [
     "MemoryConnectionError",
     "MemoryTimeoutError",
     "MemoryNotFoundError",
+    "AmbiguousKeyError",
     "MemoryValidationError",
     "DimensionMismatchError",
     "MemoryIndexError",

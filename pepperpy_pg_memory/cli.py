@@ -328,31 +328,20 @@ async def _export(args: argparse.Namespace) -> int:
         out = sys.stdout if args.out in (None, "-") else open(args.out, "w", encoding="utf-8")  # noqa: SIM115
         count = 0
         try:
-            offset = 0
-            while True:
-                page = await storage.list(
-                    scope=args.scope,
-                    scope_id=args.scope_id,
-                    limit=1_000,
-                    offset=offset,
-                    order_by="key",
-                    descending=False,
-                )
-                for entry in page:
-                    record = {
-                        "key": entry.key,
-                        "value": entry.value,
-                        "type": entry.type.value,
-                        "scope": entry.scope.value,
-                        "scope_id": entry.scope_id or None,
-                        "metadata": entry.metadata,
-                        "expires_at": entry.expires_at.isoformat() if entry.expires_at else None,
-                    }
-                    out.write(json.dumps(record, ensure_ascii=False) + "\n")
-                    count += 1
-                if len(page) < 1_000:
-                    break
-                offset += 1_000
+            # A keyset scan: pages never skip or repeat a memory, even under several owners
+            # holding one key or writes arriving meanwhile.
+            async for entry in storage.scan(scope=args.scope, scope_id=args.scope_id):
+                record = {
+                    "key": entry.key,
+                    "value": entry.value,
+                    "type": entry.type.value,
+                    "scope": entry.scope.value,
+                    "scope_id": entry.scope_id or None,
+                    "metadata": entry.metadata,
+                    "expires_at": entry.expires_at.isoformat() if entry.expires_at else None,
+                }
+                out.write(json.dumps(record, ensure_ascii=False) + "\n")
+                count += 1
         finally:
             if out is not sys.stdout:
                 out.close()

@@ -25,6 +25,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .errors import MemoryConfigurationError
 from .identifiers import IDENTIFIER_PATTERN, TEXT_SEARCH_CONFIG_PATTERN
+from .schema import MAX_KEY_BYTES, MAX_SCOPE_ID_BYTES, MAX_TENANT_BYTES
 from .types import MemoryType
 
 __all__ = ["PostgresConfig", "DEFAULT_TYPE_TTLS", "default_data_dir"]
@@ -119,8 +120,10 @@ class PostgresConfig(BaseSettings):
     tenant: str | None = Field(
         default=None,
         min_length=1,
-        max_length=200,
-        description="Tenant this store's sessions act for (the pepperpy.tenant setting).",
+        description=(
+            f"Tenant this store's sessions act for (the pepperpy.tenant setting); part of every "
+            f"memory's identity. At most {MAX_TENANT_BYTES} bytes in UTF-8."
+        ),
     )
     row_level_security: bool = Field(
         default=False,
@@ -134,13 +137,24 @@ class PostgresConfig(BaseSettings):
     default_scope_id: str = Field(
         default="default",
         min_length=1,
-        description="scope_id used when a SESSION/USER/AGENT call omits it.",
+        description=(
+            f"scope_id used when a SESSION/USER/AGENT call omits it (at most "
+            f"{MAX_SCOPE_ID_BYTES} bytes in UTF-8, like every scope_id)."
+        ),
     )
     type_ttls: dict[MemoryType, timedelta | None] = Field(
         default_factory=lambda: dict(DEFAULT_TYPE_TTLS),
         description="Default time-to-live per memory type; None never expires.",
     )
-    max_key_length: int = Field(default=512, ge=1, le=8192)
+    max_key_length: int = Field(
+        default=MAX_KEY_BYTES,
+        ge=1,
+        le=MAX_KEY_BYTES,
+        description=(
+            "Longest key accepted, in UTF-8 bytes. The maximum is what the primary key's "
+            "index holds beside the longest owner."
+        ),
+    )
     max_value_bytes: int = Field(
         default=1_048_576, ge=1, description="Largest JSON-encoded value accepted."
     )
@@ -203,6 +217,17 @@ class PostgresConfig(BaseSettings):
                 f"{value!r} is not a plain lower-case identifier "
                 f"(letters, digits, underscore; at most 48 characters; not starting with a digit)"
             )
+        return value
+
+    @field_validator("tenant", "default_scope_id")
+    @classmethod
+    def _owner_text(cls, value: str | None, info: Any) -> str | None:
+        limit = MAX_TENANT_BYTES if info.field_name == "tenant" else MAX_SCOPE_ID_BYTES
+        if value is not None:
+            if "\x00" in value:
+                raise ValueError("must not contain NUL")
+            if len(value.encode("utf-8", "surrogatepass")) > limit:
+                raise ValueError(f"is longer than {limit} bytes in UTF-8")
         return value
 
     @field_validator("text_search_config")

@@ -15,6 +15,7 @@ __all__ = [
     "MemoryConnectionError",
     "MemoryTimeoutError",
     "MemoryNotFoundError",
+    "AmbiguousKeyError",
     "MemoryValidationError",
     "DimensionMismatchError",
     "MemoryIndexError",
@@ -65,6 +66,26 @@ class MemoryNotFoundError(MemoryError, KeyError):
 
     # KeyError.__str__ would print the repr of the message.
     __str__ = MemoryError.__str__
+
+
+class AmbiguousKeyError(MemoryError, LookupError):
+    """A key was named without its owner, and several owners hold a memory under it.
+
+    A memory is named by its owner and its key: give ``scope=`` (and ``scope_id=``) to say
+    whose memory is meant. Nothing was read or changed.
+
+    Attributes:
+        key: the key.
+        owners: how many owners hold a live memory under it (at least 2).
+    """
+
+    def __init__(self, key: str, owners: int) -> None:
+        super().__init__(
+            f"{owners} owners hold a memory with key {key!r}: pass scope= and scope_id= "
+            "to say whose memory is meant"
+        )
+        self.key = key
+        self.owners = owners
 
 
 class MemoryValidationError(MemoryError, ValueError):

@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .errors import MemoryValidationError
-from .types import STORABLE_INDICES, MemoryIndex, MemoryScope, MemoryType
+from .types import STORABLE_INDICES, Identity, MemoryIndex, MemoryScope, MemoryType
 
 __all__ = [
     "TTL",
@@ -74,6 +74,10 @@ class PendingWrite:
     embedding: Vector | None
     ttl: timedelta | None
     expires_at: datetime | None
+
+    @property
+    def identity(self) -> Identity:
+        return Identity(self.scope.value, self.scope_id, self.key)
 
     @property
     def wants_embedding(self) -> bool:

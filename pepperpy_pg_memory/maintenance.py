@@ -7,6 +7,8 @@ retries, timeouts and error translation) and does one thing; the statements come
 
 from __future__ import annotations
 
+import json
+import logging
 from dataclasses import replace
 from typing import Any
 
@@ -15,8 +17,13 @@ import asyncpg
 from .errors import MemoryConfigurationError
 from .queries import Restriction, Statements
 from .schema import TableLayout, text_search_config_exists
+from .types import Identity
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
+    "decode_cursor",
+    "encode_cursor",
     "build_vector_index",
     "convert_dimension",
     "fetch_reindex_batch",
@@ -26,11 +33,39 @@ __all__ = [
 ]
 
 
+def encode_cursor(tenant: str, position: Identity) -> str:
+    """A reindex position as the registry keeps it."""
+    return json.dumps([tenant, *position])
+
+
+def decode_cursor(saved: str | None, tenant: str) -> Identity | None:
+    """The position a reindex of ``tenant`` left, or None to start from the beginning (none
+    saved, another tenant's, or a key alone as releases before owner identity saved it)."""
+    if not saved:
+        return None
+    try:
+        parts = json.loads(saved)
+    except json.JSONDecodeError:
+        parts = None
+    if not (isinstance(parts, list) and len(parts) == 4 and all(isinstance(p, str) for p in parts)):
+        logger.info("reindex position %r is from an older release: starting over", saved)
+        return None
+    if parts[0] != tenant:
+        return None
+    return Identity(*parts[1:])
+
+
 async def fetch_reindex_batch(
-    statements: Statements, cursor: str, batch: int, conn: asyncpg.Connection
+    statements: Statements,
+    tenant: str,
+    cursor: Identity | None,
+    batch: int,
+    conn: asyncpg.Connection,
 ) -> list[asyncpg.Record]:
-    """The next ``batch`` live semantic memories after key ``cursor``."""
-    rows: list[asyncpg.Record] = await conn.fetch(statements.reindex_batch(), cursor, batch)
+    """The next ``batch`` live semantic memories of ``tenant`` after ``cursor``."""
+    # Scopes are never empty, so ('', '', '') precedes every identity.
+    after = cursor or Identity("", "", "")
+    rows: list[asyncpg.Record] = await conn.fetch(statements.reindex_batch(), tenant, *after, batch)
     return rows
 
 
@@ -71,7 +106,7 @@ async def convert_dimension(
 
 
 async def rebuild_contextual(
-    layout: TableLayout, wanted: str, timeout: float, conn: asyncpg.Connection
+    layout: TableLayout, wanted: str, tenant: str, timeout: float, conn: asyncpg.Connection
 ) -> int:
     """Rebuild the full-text and trigram indexes, first switching the text search
     configuration to ``wanted`` if it differs; returns how many memories they cover."""
@@ -88,15 +123,18 @@ async def rebuild_contextual(
             await conn.execute(statements.record_text_search_config(), layout.table, wanted)
         for sql in statements.reindex_contextual():
             await conn.execute(sql, timeout=timeout)
-        return int(await conn.fetchval(statements.count_contextual()))
+        return int(await conn.fetchval(statements.count_contextual(), tenant))
 
 
-async def table_figures(statements: Statements, conn: asyncpg.Connection) -> dict[str, Any]:
-    """Row counts and on-disk sizes of the memory table and its indexes."""
+async def table_figures(
+    statements: Statements, tenant: str, conn: asyncpg.Connection
+) -> dict[str, Any]:
+    """The tenant's row counts, and on-disk sizes of the memory table and its indexes."""
     layout = statements.layout
     table = f"{layout.schema}.{layout.table}"
-    live = await conn.fetchval(statements.count(Restriction())[0])
-    expired = await conn.fetchval(statements.count_expired())
+    count_sql, count_args = statements.count(Restriction(tenant=tenant))
+    live = await conn.fetchval(count_sql, *count_args)
+    expired = await conn.fetchval(statements.count_expired(), tenant)
     sizes = await conn.fetchrow(statements.table_sizes(), table)
     assert sizes is not None
     indexes = await conn.fetch(statements.index_sizes(), table)

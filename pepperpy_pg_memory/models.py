@@ -102,7 +102,9 @@ class MemoryQuery(BaseModel):
         default=None, description="The filter language applied to JSON-object values."
     )
     keys: frozenset[str] | None = Field(default=None, description="Only these keys.")
-    key_prefix: str | None = Field(default=None, description="Only keys starting with this.")
+    key_prefix: str | tuple[str, ...] | None = Field(
+        default=None, description="Only keys starting with this (or with any of these)."
+    )
     include_embedding: bool = Field(
         default=False, description="Fill entry.embedding (SEMANTIC queries only)."
     )

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from .filters import Params, compile_filter
 from .schema import GIN_INDEXES, TableLayout
-from .types import MemoryScope, MemoryType
+from .types import Identity, MemoryScope, MemoryType
 
 __all__ = ["Statements", "Restriction", "STAGING_COLUMNS", "ENTRY_COLUMNS"]
 
@@ -52,6 +52,10 @@ STAGING_COLUMNS = (
 )
 
 _LIVE = "(m.expires_at IS NULL OR m.expires_at > now())"
+# How rows of one statement's branches are matched to each other and to the table: by the
+# whole identity, never by key alone (several owners may hold one key).
+_OWNER_KEY = "tenant, scope, scope_id, key"
+_M_OWNER_KEY = "m.tenant, m.scope, m.scope_id, m.key"
 _SEMANTIC = "m.indices @> ARRAY['semantic']"
 _CONTEXTUAL = "m.indices @> ARRAY['contextual']"
 
@@ -61,6 +65,25 @@ _ORDER_COLUMNS: dict[str, str] = {
     "updated_at": "m.updated_at",
     "key": "m.key",
 }
+# Breaks ties between rows of equal order value: the rest of the identity.
+_TIE_BREAK = ("m.key", "m.scope", "m.scope_id")
+
+
+def _identity_arrays(identities: Sequence[Identity]) -> list[list[str]]:
+    """Three parallel arrays (scopes, scope ids, keys) for ``unnest``."""
+    return [
+        [i.scope for i in identities],
+        [i.scope_id for i in identities],
+        [i.key for i in identities],
+    ]
+
+
+def _in_identities(params: Params, identities: Sequence[Identity]) -> str:
+    scopes, scope_ids, keys = (params.add(a) for a in _identity_arrays(identities))
+    return (
+        f"(m.scope, m.scope_id, m.key) IN (SELECT * FROM unnest("
+        f"{scopes}::text[], {scope_ids}::text[], {keys}::text[]))"
+    )
 
 
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -83,15 +106,21 @@ def _at_least(params: Params, expression: str, min_score: float | None) -> str:
 
 @dataclass(frozen=True)
 class Restriction:
-    """Which memories a read, search or delete may see. Every field narrows; None means any."""
+    """Which memories a read, search or delete may see. Every field narrows; None means any.
 
+    ``tenant`` is always matched: a store acts for one tenant ('' when none is configured).
+    """
+
+    tenant: str = ""
     scope: MemoryScope | None = None
     scope_id: str | None = None
     types: frozenset[MemoryType] | None = None
     filter: Mapping[str, Any] | None = None
     value_filter: Mapping[str, Any] | None = None
     keys: frozenset[str] | None = None
-    key_prefix: str | None = None
+    identities: frozenset[Identity] | None = None
+    key_prefix: str | tuple[str, ...] | None = None
+    """Keys starting with this, or with any of these."""
     created_after: datetime | None = None
     created_before: datetime | None = None
     updated_after: datetime | None = None
@@ -99,7 +128,9 @@ class Restriction:
     include_expired: bool = False
 
     def conditions(self, params: Params) -> str:
-        parts = [] if self.include_expired else [_LIVE]
+        parts = [f"m.tenant = {params.add(self.tenant)}"]
+        if not self.include_expired:
+            parts.append(_LIVE)
         if self.scope is not None:
             parts.append(f"m.scope = {params.add(self.scope.value)}")
         if self.scope_id is not None:
@@ -108,8 +139,12 @@ class Restriction:
             parts.append(f"m.memory_type = ANY({params.add(sorted(t.value for t in self.types))})")
         if self.keys is not None:
             parts.append(f"m.key = ANY({params.add(sorted(self.keys))}::text[])")
-        if self.key_prefix is not None:
+        if self.identities is not None:
+            parts.append(_in_identities(params, sorted(self.identities)))
+        if isinstance(self.key_prefix, str):
             parts.append(f"starts_with(m.key, {params.add(self.key_prefix)})")
+        elif self.key_prefix is not None:
+            parts.append(f"m.key ^@ ANY({params.add(list(self.key_prefix))}::text[])")
         for column, operator, bound in (
             ("created_at", ">=", self.created_after),
             ("created_at", "<", self.created_before),
@@ -122,7 +157,7 @@ class Restriction:
             parts.append(compile_filter(self.filter, params, column="m.metadata"))
         if self.value_filter:
             parts.append(compile_filter(self.value_filter, params, column="m.value"))
-        return " AND ".join(parts) if parts else "TRUE"
+        return " AND ".join(parts)
 
 
 class Statements:
@@ -143,14 +178,14 @@ class Statements:
         # of one key, the one that committed last also has the latest updated_at. The
         # embedding is kept when the caller sent none because the text is unchanged (see
         # PostgresStorage._plan_embeddings).
-        return """
-            ON CONFLICT (key) DO UPDATE SET
+        # The conflict target is the whole identity: a write never moves a memory to another
+        # owner, and never touches a memory another owner holds under the same key.
+        return f"""
+            ON CONFLICT ({_OWNER_KEY}) DO UPDATE SET
                 value = EXCLUDED.value,
                 content = EXCLUDED.content,
                 content_hash = EXCLUDED.content_hash,
                 memory_type = EXCLUDED.memory_type,
-                scope = EXCLUDED.scope,
-                scope_id = EXCLUDED.scope_id,
                 indices = EXCLUDED.indices,
                 metadata = EXCLUDED.metadata,
                 embedding = CASE
@@ -164,19 +199,19 @@ class Statements:
                     ELSE m.created_at END,
                 updated_at = clock_timestamp(),
                 expires_at = EXCLUDED.expires_at
-            RETURNING m.key, m.created_at, m.updated_at, m.expires_at,
+            RETURNING m.scope, m.scope_id, m.key, m.created_at, m.updated_at, m.expires_at,
                 (m.embedding IS NULL AND m.indices @> ARRAY['semantic']) AS needs_embedding
         """
 
-    def upsert_one(self, record: Sequence[Any]) -> tuple[str, list[Any]]:
+    def upsert_one(self, tenant: str, record: Sequence[Any]) -> tuple[str, list[Any]]:
         sql = f"""
             INSERT INTO {self.table} AS m (key, value, content, content_hash, memory_type,
-                scope, scope_id, indices, metadata, embedding, expires_at)
+                scope, scope_id, indices, metadata, embedding, expires_at, tenant)
             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::{self.vector},
-                COALESCE($12::timestamptz, now() + $11::interval))
+                COALESCE($12::timestamptz, now() + $11::interval), $13)
             {self._upsert_tail()}
         """
-        return sql, list(record)
+        return sql, [*record, tenant]
 
     def create_staging(self) -> str:
         # One temporary table per connection, emptied at each commit: COPY needs a target, and
@@ -189,47 +224,68 @@ class Statements:
             ) ON COMMIT DELETE ROWS
         """
 
-    def merge_staging(self) -> str:
-        return f"""
-            INSERT INTO {self.table} AS m (key, value, content, content_hash, memory_type,
-                scope, scope_id, indices, metadata, embedding, expires_at)
-            SELECT key, value, content, content_hash, memory_type, scope, scope_id, indices,
-                metadata, embedding, COALESCE(expires_at, now() + ttl)
-            FROM {self.staging}
-            {self._upsert_tail()}
+    def merge_staging(self, tenant: str) -> tuple[str, list[Any]]:
+        """The staged rows upserted; returns the identities left needing an embedding."""
+        sql = f"""
+            WITH merged AS (
+                INSERT INTO {self.table} AS m (key, value, content, content_hash, memory_type,
+                    scope, scope_id, indices, metadata, embedding, expires_at, tenant)
+                SELECT key, value, content, content_hash, memory_type, scope, scope_id, indices,
+                    metadata, embedding, COALESCE(expires_at, now() + ttl), $1
+                FROM {self.staging}
+                {self._upsert_tail()}
+            )
+            SELECT scope, scope_id, key FROM merged WHERE needs_embedding
         """
+        return sql, [tenant]
 
     def set_embeddings(self) -> str:
+        """Arguments per row: tenant, scope, scope_id, key, vector, content hash."""
         # Only if the text is still the one that was embedded: a concurrent writer that changed
         # it has written its own embedding.
         return (
-            f"UPDATE {self.table} SET embedding = $2::{self.vector} "
-            "WHERE key = $1 AND content_hash = $3"
+            f"UPDATE {self.table} SET embedding = $5::{self.vector} "
+            "WHERE tenant = $1 AND scope = $2 AND scope_id = $3 AND key = $4 "
+            "AND content_hash = $6"
         )
 
-    def touch(self, keys: list[str], ttl: Any) -> tuple[str, list[Any]]:
+    def touch(self, tenant: str, identities: Sequence[Identity], ttl: Any) -> tuple[str, list[Any]]:
+        params = Params([tenant, ttl])
         return (
             f"UPDATE {self.table} m SET expires_at = now() + $2::interval "
-            f"WHERE m.key = ANY($1::text[]) AND {_LIVE}",
-            [keys, ttl],
+            f"WHERE m.tenant = $1 AND {_in_identities(params, identities)} AND {_LIVE}",
+            params.values,
         )
 
-    def known_hashes(self, keys: list[str]) -> tuple[str, list[Any]]:
+    def known_hashes(self, tenant: str, identities: Sequence[Identity]) -> tuple[str, list[Any]]:
+        params = Params([tenant])
         return (
-            f"SELECT key, content_hash FROM {self.table} "
-            "WHERE key = ANY($1::text[]) AND embedding IS NOT NULL",
-            [keys],
+            f"SELECT m.scope, m.scope_id, m.key, m.content_hash FROM {self.table} m "
+            f"WHERE m.tenant = $1 AND {_in_identities(params, identities)} "
+            "AND m.embedding IS NOT NULL",
+            params.values,
         )
 
     # --- reads -----------------------------------------------------------------------------
     def retrieve(
         self, key: str, restriction: Restriction, include_embedding: bool
     ) -> tuple[str, list[Any]]:
+        """The memories under ``key`` the restriction lets through: one row with an owner
+        given; without one, up to two (two mean the key is ambiguous)."""
         params = Params([key])
         extra = ", m.embedding" if include_embedding else ""
         sql = (
             f"SELECT {_SELECT_ENTRY}{extra} FROM {self.table} m "
-            f"WHERE m.key = $1 AND {restriction.conditions(params)}"
+            f"WHERE m.key = $1 AND {restriction.conditions(params)} LIMIT 2"
+        )
+        return sql, params.values
+
+    def owners_of(self, keys: list[str], restriction: Restriction) -> tuple[str, list[Any]]:
+        """Every (scope, scope_id, key) holding one of ``keys`` within the restriction."""
+        params = Params([keys])
+        sql = (
+            f"SELECT m.scope, m.scope_id, m.key FROM {self.table} m "
+            f"WHERE m.key = ANY($1::text[]) AND {restriction.conditions(params)}"
         )
         return sql, params.values
 
@@ -242,10 +298,11 @@ class Statements:
         return sql, params.values
 
     def exists(self, key: str, restriction: Restriction) -> tuple[str, list[Any]]:
+        """How many owners hold ``key`` within the restriction, counted no further than 2."""
         params = Params([key])
         sql = (
-            f"SELECT EXISTS (SELECT 1 FROM {self.table} m "
-            f"WHERE m.key = $1 AND {restriction.conditions(params)})"
+            f"SELECT count(*) FROM (SELECT 1 FROM {self.table} m "
+            f"WHERE m.key = $1 AND {restriction.conditions(params)} LIMIT 2) AS found"
         )
         return sql, params.values
 
@@ -280,10 +337,27 @@ class Statements:
         where = restriction.conditions(params)
         direction = "DESC" if descending else "ASC"
         order = _ORDER_COLUMNS[order_by]
+        ties = ", ".join(f"{column} {direction}" for column in _TIE_BREAK if column != order)
         sql = (
             f"SELECT {_SELECT_ENTRY} FROM {self.table} m WHERE {where} "
-            f"ORDER BY {order} {direction}, m.key {direction} "
+            f"ORDER BY {order} {direction}, {ties} "
             f"LIMIT {params.add(limit)} OFFSET {params.add(offset)}"
+        )
+        return sql, params.values
+
+    def scan_page(
+        self, restriction: Restriction, after: Identity | None, limit: int
+    ) -> tuple[str, list[Any]]:
+        """The next ``limit`` memories in identity order after ``after`` (a keyset page: each
+        page costs the same however far the scan has gone, unlike OFFSET)."""
+        params = Params()
+        where = restriction.conditions(params)
+        if after is not None:
+            bound = ", ".join(params.add(part) for part in after)
+            where += f" AND (m.scope, m.scope_id, m.key) > ({bound})"
+        sql = (
+            f"SELECT {_SELECT_ENTRY} FROM {self.table} m WHERE {where} "
+            f"ORDER BY m.scope, m.scope_id, m.key LIMIT {params.add(limit)}"
         )
         return sql, params.values
 
@@ -306,12 +380,14 @@ class Statements:
         params = Params()
         where = restriction.conditions(params)
         # Bounded batches with SKIP LOCKED: a sweep never holds many row locks at once and
-        # never waits on a writer.
+        # never waits on a writer. Rows are named by their whole identity: another owner's
+        # live memory under the same key is not expired and stays.
         sql = f"""
-            DELETE FROM {self.table} WHERE key IN (
-                SELECT m.key FROM {self.table} m
+            DELETE FROM {self.table} d WHERE ({_OWNER_KEY}) IN (
+                SELECT {_M_OWNER_KEY} FROM {self.table} m
                 WHERE m.expires_at <= now() AND {where}
                 LIMIT {params.add(batch)} FOR UPDATE SKIP LOCKED)
+            AND d.expires_at <= now()
         """
         return sql, params.values
 
@@ -339,7 +415,7 @@ class Statements:
         return f"SELECT count(*) FROM (SELECT 1 FROM {self.table} LIMIT $1) AS bounded"
 
     def count_expired(self) -> str:
-        return f"SELECT count(*) FROM {self.table} WHERE expires_at <= now()"
+        return f"SELECT count(*) FROM {self.table} WHERE tenant = $1 AND expires_at <= now()"
 
     # --- search ----------------------------------------------------------------------------
     def semantic_search(
@@ -369,7 +445,7 @@ class Statements:
             )
             SELECT *, 1 - distance AS score FROM hits
             WHERE {_at_least(params, "1 - distance", min_score)}
-            ORDER BY distance, key
+            ORDER BY distance, key, scope, scope_id
             LIMIT {params.add(limit)} OFFSET {params.add(offset)}
         """
         return sql, params.values
@@ -380,8 +456,11 @@ class Statements:
             f"{params.add(query)})"
         )
 
-    def _contextual_ctes(self, params: Params, query: str, where: str, want: str) -> str:
-        """CTEs ``exact`` and ``fuzzy`` (key, score), each at most ``want`` rows, best first.
+    def _contextual_ctes(
+        self, params: Params, query: str, where: str, tenant: str, want: str
+    ) -> str:
+        """CTEs ``exact`` and ``fuzzy`` (identity, score), each at most ``want`` rows, best
+        first, and ``contextual``, both together.
 
         Full-text matches come first. The trigram fallback for misspellings runs only when
         they do not fill the window: its cost grows with how common the words' trigrams are,
@@ -390,6 +469,7 @@ class Statements:
         tsquery = self._tsquery(params, query)
         words = [params.add(word) for word in fuzzy_words(query)]
         # Added only when used: PostgreSQL rejects a parameter that no expression types.
+        own_tenant = params.add(tenant) if words else ""
         config = params.add(self.layout.text_search_config) if words else ""
         # Only a word the table has never seen (as a full-text lexeme) can be a misspelling
         # worth a trigram search; it becomes NULL otherwise, and a NULL key makes its trigram
@@ -398,7 +478,8 @@ class Statements:
             f"""(SELECT CASE WHEN length({w}) >= {FUZZY_MIN_WORD_LENGTH}
                     AND numnode(plainto_tsquery({config}::text::regconfig, {w})) > 0
                     AND NOT EXISTS (SELECT 1 FROM {self.table} x
-                        WHERE x.tsv @@ plainto_tsquery({config}::text::regconfig, {w}))
+                        WHERE x.tenant = {own_tenant}
+                          AND x.tsv @@ plainto_tsquery({config}::text::regconfig, {w}))
                 THEN {w} END)"""
             for w in words
         ]
@@ -417,29 +498,30 @@ class Statements:
             fuzzy_score, candidates_match, fuzzy_match = "0", "FALSE", "FALSE"
         return f"""
             exact AS MATERIALIZED (
-                SELECT m.key, 0.5 + 0.5 * ts_rank_cd(m.tsv, {tsquery}, 32) AS score
+                SELECT {_M_OWNER_KEY}, 0.5 + 0.5 * ts_rank_cd(m.tsv, {tsquery}, 32) AS score
                 FROM {self.table} m
                 WHERE {_CONTEXTUAL} AND {where} AND m.tsv @@ {tsquery}
-                ORDER BY score DESC, m.key
+                ORDER BY score DESC, m.key, m.scope, m.scope_id
                 LIMIT {want}
             ),
             fuzzy AS MATERIALIZED (
-                SELECT m.key, 0.5 * {fuzzy_score} AS score
+                SELECT {_M_OWNER_KEY}, 0.5 * {fuzzy_score} AS score
                 FROM (
                     -- A misspelling of a common word matches most of the table; scoring
                     -- is bounded to the first candidates the trigram index yields.
-                    SELECT m.key, m.content FROM {self.table} m
+                    SELECT {_M_OWNER_KEY}, m.content FROM {self.table} m
                     WHERE (SELECT count(*) FROM exact) < {want}
                       AND {_CONTEXTUAL} AND {where} AND (m.tsv @@ {tsquery}) IS NOT TRUE
                       AND {candidates_match}
                     LIMIT {FUZZY_MAX_CANDIDATES}
                 ) AS m
                 WHERE {fuzzy_match}
-                ORDER BY score DESC, m.key
+                ORDER BY score DESC, m.key, m.scope, m.scope_id
                 LIMIT {want}
             ),
             contextual AS (
-                SELECT key, score FROM exact UNION ALL SELECT key, score FROM fuzzy
+                SELECT {_OWNER_KEY}, score FROM exact
+                UNION ALL SELECT {_OWNER_KEY}, score FROM fuzzy
             )
         """
 
@@ -454,13 +536,15 @@ class Statements:
     ) -> tuple[str, list[Any]]:
         params = Params()
         where = restriction.conditions(params)
-        ctes = self._contextual_ctes(params, query, where, params.add(limit + offset))
+        ctes = self._contextual_ctes(
+            params, query, where, restriction.tenant, params.add(limit + offset)
+        )
         sql = f"""
             WITH {ctes}
             SELECT {_SELECT_ENTRY}, c.score::float8 AS score
-            FROM contextual c JOIN {self.table} m USING (key)
+            FROM contextual c JOIN {self.table} m USING ({_OWNER_KEY})
             WHERE {_at_least(params, "c.score", min_score)}
-            ORDER BY c.score DESC, m.key
+            ORDER BY c.score DESC, m.key, m.scope, m.scope_id
             LIMIT {params.add(limit)} OFFSET {params.add(offset)}
         """
         return sql, params.values
@@ -485,41 +569,42 @@ class Statements:
         # The word side keeps web-search semantics (every word must appear). Matching any word
         # was tried: words every memory shares ("Ana") then flooded the fused ranking with
         # noise and pushed the right memory out of the top results.
-        ctes = self._contextual_ctes(params, query, where, pool)
+        ctes = self._contextual_ctes(params, query, where, restriction.tenant, pool)
         # Reciprocal-rank fusion in the database, in one round trip: each index ranks its own
         # candidates, ranks are fused as sum(1 / (k + rank)), and the sum is scaled by (k+1)/2
         # so that first place in both lists scores 1.
         sql = f"""
             WITH semantic AS MATERIALIZED (
-                SELECT m.key, m.embedding <=> {vector} AS distance
+                SELECT {_M_OWNER_KEY}, m.embedding <=> {vector} AS distance
                 FROM {self.table} m
                 WHERE m.embedding IS NOT NULL AND {where}
                 ORDER BY m.embedding <=> {vector}
                 LIMIT {pool}
             ),
             semantic_ranked AS (
-                SELECT key, 1 - distance AS semantic_score,
-                       row_number() OVER (ORDER BY distance, key) AS rank
+                SELECT {_OWNER_KEY}, 1 - distance AS semantic_score,
+                       row_number() OVER (ORDER BY distance, {_OWNER_KEY}) AS rank
                 FROM semantic
             ),
             {ctes},
             contextual_ranked AS (
-                SELECT key, score AS contextual_score,
-                       row_number() OVER (ORDER BY score DESC, key) AS rank
+                SELECT {_OWNER_KEY}, score AS contextual_score,
+                       row_number() OVER (ORDER BY score DESC, {_OWNER_KEY}) AS rank
                 FROM contextual
             ),
             fused AS (
-                SELECT key,
+                SELECT {_OWNER_KEY},
                     (COALESCE(1.0 / ({k} + s.rank), 0) + COALESCE(1.0 / ({k} + c.rank), 0))
                         * ({k} + 1) / 2 AS score,
                     s.semantic_score, c.contextual_score
-                FROM semantic_ranked s FULL OUTER JOIN contextual_ranked c USING (key)
+                FROM semantic_ranked s
+                FULL OUTER JOIN contextual_ranked c USING ({_OWNER_KEY})
             )
             SELECT {_SELECT_ENTRY}, f.score::float8 AS score, f.semantic_score,
                    f.contextual_score::float8 AS contextual_score
-            FROM fused f JOIN {self.table} m USING (key)
+            FROM fused f JOIN {self.table} m USING ({_OWNER_KEY})
             WHERE {_at_least(params, "f.score", min_score)}
-            ORDER BY f.score DESC, m.key
+            ORDER BY f.score DESC, m.key, m.scope, m.scope_id
             LIMIT {params.add(limit)} OFFSET {params.add(offset)}
         """
         return sql, params.values
@@ -544,61 +629,69 @@ class Statements:
             FROM {self.table} m
             WHERE {where} AND {matches}
               AND {_at_least(params, score, min_score)}
-            ORDER BY m.updated_at DESC, m.key
+            ORDER BY m.updated_at DESC, m.key, m.scope, m.scope_id
             LIMIT {params.add(limit)} OFFSET {params.add(offset)}
         """
         return sql, params.values
 
     def similar(
         self,
-        key: str,
-        target: Restriction,
+        target: Identity,
         restriction: Restriction,
         *,
         limit: int,
         min_score: float | None,
     ) -> tuple[str, list[Any]]:
-        params = Params([key])
-        target_where = target.conditions(params)
+        params = Params([restriction.tenant, *target])
         where = restriction.conditions(params)
         # A scalar subquery becomes an InitPlan parameter, which the HNSW index can order by:
         # the stored vector is used as is, never re-embedded.
-        probe = f"(SELECT m.embedding FROM {self.table} m WHERE m.key = $1 AND {target_where})"
+        probe = (
+            f"(SELECT p.embedding FROM {self.table} p WHERE p.tenant = $1 AND p.scope = $2 "
+            "AND p.scope_id = $3 AND p.key = $4 AND (p.expires_at IS NULL OR p.expires_at > now()))"
+        )
         sql = f"""
             WITH hits AS MATERIALIZED (
                 SELECT {_SELECT_ENTRY}, m.embedding <=> {probe} AS distance
                 FROM {self.table} m
-                WHERE m.embedding IS NOT NULL AND m.key <> $1 AND {where}
+                WHERE m.embedding IS NOT NULL AND {where}
+                  AND (m.scope, m.scope_id, m.key) <> ($2, $3, $4)
                 ORDER BY m.embedding <=> {probe}
                 LIMIT {params.add(limit)}
             )
             SELECT *, 1 - distance AS score FROM hits
             WHERE distance IS NOT NULL AND {_at_least(params, "1 - distance", min_score)}
-            ORDER BY distance, key
+            ORDER BY distance, key, scope, scope_id
         """
         return sql, params.values
 
-    def probe_state(self, key: str, target: Restriction) -> tuple[str, list[Any]]:
-        """Whether ``key`` is visible, and whether it has an embedding (for similar's errors)."""
-        params = Params([key])
+    def probe_state(self, tenant: str, target: Identity) -> tuple[str, list[Any]]:
+        """Whether ``target`` is live, and whether it has an embedding (for similar's errors)."""
         sql = (
             f"SELECT m.embedding IS NOT NULL AS has_embedding FROM {self.table} m "
-            f"WHERE m.key = $1 AND {target.conditions(params)}"
+            f"WHERE m.tenant = $1 AND m.scope = $2 AND m.scope_id = $3 AND m.key = $4 "
+            f"AND {_LIVE}"
         )
-        return sql, params.values
+        return sql, [tenant, *target]
 
     # --- maintenance -----------------------------------------------------------------------
     def reindex_batch(self) -> str:
+        """Arguments: tenant, the cursor (scope, scope_id, key), the batch size. Walks the
+        primary key's order."""
         return (
-            f"SELECT m.key, m.content, m.content_hash FROM {self.table} m "
-            f"WHERE {_SEMANTIC} AND {_LIVE} AND m.key > $1 ORDER BY m.key LIMIT $2"
+            f"SELECT m.scope, m.scope_id, m.key, m.content, m.content_hash FROM {self.table} m "
+            f"WHERE m.tenant = $1 AND {_SEMANTIC} AND {_LIVE} "
+            "AND (m.scope, m.scope_id, m.key) > ($2, $3, $4) "
+            "ORDER BY m.scope, m.scope_id, m.key LIMIT $5"
         )
 
     def count_semantic(self) -> str:
-        return f"SELECT count(*) FROM {self.table} m WHERE {_SEMANTIC} AND {_LIVE}"
+        return (
+            f"SELECT count(*) FROM {self.table} m WHERE m.tenant = $1 AND {_SEMANTIC} AND {_LIVE}"
+        )
 
     def count_contextual(self) -> str:
-        return f"SELECT count(*) FROM {self.table} m WHERE {_CONTEXTUAL}"
+        return f"SELECT count(*) FROM {self.table} m WHERE m.tenant = $1 AND {_CONTEXTUAL}"
 
     def save_reindex_cursor(self) -> str:
         return (

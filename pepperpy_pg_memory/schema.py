@@ -28,6 +28,12 @@ __all__ = [
     "vector_type_for",
     "MAX_INDEXED_DIMENSION",
     "TENANT_SETTING",
+    "CLIENT_SCHEMA_SETTING",
+    "APPLICATION_NAME",
+    "IDENTITY_COLUMNS",
+    "MAX_KEY_BYTES",
+    "MAX_SCOPE_ID_BYTES",
+    "MAX_TENANT_BYTES",
     "row_level_security_statements",
 ]
 
@@ -188,9 +194,77 @@ def row_level_security_statements(layout: TableLayout) -> list[str]:
     ]
 
 
+IDENTITY_COLUMNS = ("tenant", "scope", "scope_id", "key")
+"""What names one memory: its owner (tenant, scope, scope_id) and its key. The primary key."""
+
+# A btree index entry holds at most 2,704 bytes (a third of a page, less headers). The primary
+# key's entry is the four identity columns: these limits keep the largest one at 2,475 bytes
+# (tenant 128 + scope 7 + scope_id 256 + key 2,048 + 36 of headers and alignment), so no valid
+# memory can fail with the server's "index row size exceeds maximum".
+MAX_KEY_BYTES = 2_048
+MAX_SCOPE_ID_BYTES = 256
+MAX_TENANT_BYTES = 128
+
+CLIENT_SCHEMA_SETTING = "pepperpy.client_schema"
+"""Session setting by which a store's connections say which schema version they speak."""
+_OWNER_IDENTITY_VERSION = 4
+APPLICATION_NAME = "pepperpy-pg-memory"
+_GUARD = "pepperpy_reject_old_clients"
+
+
+def _v4_owner_identity(layout: TableLayout) -> list[str]:
+    # The key alone was the primary key, so a write under another owner's key took that
+    # memory over. Swapping the constraint builds one index and rewrites no row: every row
+    # keeps its created_at and its embedding. Citus requires the distribution column
+    # (scope_id) in every unique index; the primary key is the only one.
+    table = layout.qualified_table
+    pkey = layout.index_name("pkey")
+    # One function per schema (shared by its tables), one trigger per table.
+    guard = qualified(layout.schema, _GUARD)
+    return [
+        f"ALTER TABLE {table} DROP CONSTRAINT IF EXISTS {pkey}, "
+        f"ADD CONSTRAINT {pkey} PRIMARY KEY ({', '.join(IDENTITY_COLUMNS)})",
+        # Calls that name a key without its owner look it up across owners.
+        f"CREATE INDEX IF NOT EXISTS {layout.index_name('key_idx')} ON {table} (key)",
+        # The primary key leads with tenant.
+        f"DROP INDEX IF EXISTS {layout.qualified_index('tenant_idx')}",
+        # A process still running the previous release would delete, touch or sweep by key
+        # alone, across owners. Its connections announce themselves by application name and
+        # lack the client schema setting: their writes are refused with a message that says
+        # what to do. (Its upserts fail on their own: ON CONFLICT (key) matches no
+        # constraint any more.) Sessions of other programs (psql, admin scripts) pass.
+        f"""
+        CREATE OR REPLACE FUNCTION {guard}() RETURNS trigger LANGUAGE plpgsql AS $guard$
+        BEGIN
+            IF current_setting('application_name', true) = '{APPLICATION_NAME}'
+               AND coalesce(nullif(current_setting('{CLIENT_SCHEMA_SETTING}', true), ''),
+                            '0')::int < {_OWNER_IDENTITY_VERSION} THEN
+                RAISE EXCEPTION USING
+                    ERRCODE = 'object_not_in_prerequisite_state',
+                    MESSAGE = format('%I.%I was upgraded to per-owner memory identity '
+                        '(schema {_OWNER_IDENTITY_VERSION}) by a newer pepperpy-pg-memory; '
+                        'this process runs an older release and may not write to it',
+                        TG_TABLE_SCHEMA, TG_TABLE_NAME),
+                    HINT = 'Stop every process running the older release and upgrade it.';
+            END IF;
+            RETURN NULL;
+        END
+        $guard$
+        """,
+        f"CREATE OR REPLACE TRIGGER {quote_ident(_GUARD)} "
+        f"BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON {table} "
+        f"FOR EACH STATEMENT EXECUTE FUNCTION {guard}()",
+    ]
+
+
 Migration = Callable[[TableLayout], list[str]]
 
-MIGRATIONS: list[Migration] = [_v1_table, _v2_small_gin_pending_lists, _v3_tenant_column]
+MIGRATIONS: list[Migration] = [
+    _v1_table,
+    _v2_small_gin_pending_lists,
+    _v3_tenant_column,
+    _v4_owner_identity,
+]
 """Append-only. Position i (0-based) is schema version i + 1."""
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -10,6 +10,7 @@ import json
 import logging
 import typing
 from collections.abc import (
+    AsyncIterator,
     Awaitable,
     Callable,
     Iterable,
@@ -32,6 +33,7 @@ from .config import PostgresConfig
 from .embedded import EmbeddedServer, acquire_embedded, release_embedded
 from .embeddings import Embedder, as_embedder
 from .errors import (
+    AmbiguousKeyError,
     DimensionMismatchError,
     MemoryError,
     MemoryIndexError,
@@ -55,9 +57,25 @@ from .metrics import Metrics, instrumented
 from .models import MemoryEntry, MemoryQuery, MemorySearchResult
 from .queries import STAGING_COLUMNS, ListOrder, Restriction, Statements
 from .results import MemorySearchResults
-from .schema import TENANT_SETTING, TableLayout, migrate, vector_type_for
-from .types import MemoryIndex, MemoryScope, MemoryType
-from .values import EncodedJSON, default_text_of, encode_json, to_json_value, validate_key
+from .schema import (
+    APPLICATION_NAME,
+    CLIENT_SCHEMA_SETTING,
+    MAX_SCOPE_ID_BYTES,
+    SCHEMA_VERSION,
+    TENANT_SETTING,
+    TableLayout,
+    migrate,
+    vector_type_for,
+)
+from .types import Identity, MemoryIndex, MemoryScope, MemoryType
+from .values import (
+    EncodedJSON,
+    check_bytes,
+    default_text_of,
+    encode_json,
+    to_json_value,
+    validate_key,
+)
 
 __all__ = ["PostgresStorage", "MemorySearchResults", "ProgressCallback", "MemoryItem"]
 
@@ -116,6 +134,8 @@ class PostgresStorage(Generic[K, V]):
         self.embedder: Embedder = as_embedder(embedder)
         self.text_of: Callable[[Any], str] = text_of or default_text_of
         self._cache = EmbeddingCache(self.config.embedding_cache_size)
+        # Part of every memory's identity; '' for a store without a tenant.
+        self._tenant = self.config.tenant or ""
         self._pool: asyncpg.Pool | None = None
         self._server: EmbeddedServer | None = None
         self._layout: TableLayout | None = None
@@ -265,7 +285,9 @@ class PostgresStorage(Generic[K, V]):
             init=init,
             reset=_keep_session,
             server_settings={
-                "application_name": "pepperpy-pg-memory",
+                "application_name": APPLICATION_NAME,
+                # Tells the schema's guard that these connections know per-owner identity.
+                CLIENT_SCHEMA_SETTING: str(SCHEMA_VERSION),
                 "hnsw.ef_search": str(config.hnsw_ef_search),
                 "hnsw.iterative_scan": config.hnsw_iterative_scan,
                 "pg_trgm.word_similarity_threshold": str(config.trigram_threshold),
@@ -426,8 +448,10 @@ class PostgresStorage(Generic[K, V]):
             return scope, ""
         if scope_id is None:
             return scope, self.config.default_scope_id
-        if not isinstance(scope_id, str) or not scope_id or "\x00" in scope_id:
-            raise MemoryValidationError("scope_id must be a non-empty string without NUL")
+        if not isinstance(scope_id, str) or not scope_id:
+            raise MemoryValidationError("scope_id must be a non-empty string")
+        to_json_value(scope_id, "scope_id")  # NUL and surrogate check
+        check_bytes(scope_id, MAX_SCOPE_ID_BYTES, "scope_id")
         return scope, scope_id
 
     def _restriction(
@@ -449,7 +473,12 @@ class PostgresStorage(Generic[K, V]):
             if given is not None and not isinstance(given, Mapping):
                 raise MemoryValidationError(f"{name} must be a mapping")
         return Restriction(
-            scope=owner_scope, scope_id=owner_id, types=type_set, filter=filter, **bounds
+            tenant=self._tenant,
+            scope=owner_scope,
+            scope_id=owner_id,
+            types=type_set,
+            filter=filter,
+            **bounds,
         )
 
     # --- writing ---------------------------------------------------------------------------
@@ -587,11 +616,11 @@ class PostgresStorage(Generic[K, V]):
             else:
                 missing.append(write)
         if missing:
-            sql, args = self._statements.known_hashes([w.key for w in missing])
+            sql, args = self._statements.known_hashes(self._tenant, [w.identity for w in missing])
             timeout = self._timeout_for(len(missing))
             rows = await self._run("store", lambda conn: conn.fetch(sql, *args, timeout=timeout))
-            stored = {row["key"]: bytes(row["content_hash"]) for row in rows}
-            missing = [w for w in missing if stored.get(w.key) != w.content_hash]
+            stored = {_identity(row): bytes(row["content_hash"]) for row in rows}
+            missing = [w for w in missing if stored.get(w.identity) != w.content_hash]
         if missing:
             vectors = await self._embed([w.text for w in missing], progress)
             for write, vector in zip(missing, vectors, strict=True):
@@ -599,15 +628,18 @@ class PostgresStorage(Generic[K, V]):
                 self._cache.put(write.content_hash, vector)
 
     async def _repair_embeddings(
-        self, keys: builtins.list[str], writes: Mapping[str, PendingWrite]
+        self, identities: builtins.list[Identity], writes: Mapping[Identity, PendingWrite]
     ) -> None:
         """Embed rows the upsert left without a vector (their text changed concurrently)."""
-        todo = [writes[key] for key in keys if key in writes]
+        todo = [writes[identity] for identity in identities if identity in writes]
         if not todo:
             return
         vectors = await self._embed([w.text for w in todo])
         sql = self._statements.set_embeddings()
-        records = [(w.key, vector, w.content_hash) for w, vector in zip(todo, vectors, strict=True)]
+        records = [
+            (self._tenant, *w.identity, vector, w.content_hash)
+            for w, vector in zip(todo, vectors, strict=True)
+        ]
         timeout = self._timeout_for(len(records))
         await self._run("store", lambda conn: conn.executemany(sql, records, timeout=timeout))
 
@@ -627,13 +659,14 @@ class PostgresStorage(Generic[K, V]):
         embedding: Any = None,
         text: str | None = None,
     ) -> MemoryEntry[V]:
-        """Store ``value`` under ``key``, replacing what the key held before (an upsert).
+        """Store ``value`` under ``key`` for one owner, replacing what that owner held under
+        the key before (an upsert). Another owner's memory under the same key is untouched.
 
         Args:
-            key: unique in this store.
+            key: unique per owner (at most ``config.max_key_length`` bytes in UTF-8).
             value: JSON data (dict, list, str, number, bool, None) or a pydantic model.
-            type, scope: what kind of memory and whose; ``scope_id`` defaults to
-                ``config.default_scope_id`` (GLOBAL has none).
+            type, scope: what kind of memory and whose; ``scope_id`` (at most 256 bytes)
+                defaults to ``config.default_scope_id`` (GLOBAL has none).
             indices: SEMANTIC and/or CONTEXTUAL (default both); an empty set stores a plain
                 key-value memory.
             metadata: a JSON object, searchable with filters.
@@ -660,11 +693,11 @@ class PostgresStorage(Generic[K, V]):
             text=text,
         )
         await self._plan_embeddings([write])
-        sql, args = self._statements.upsert_one(write.record())
+        sql, args = self._statements.upsert_one(self._tenant, write.record())
         row = await self._run("store", lambda conn: conn.fetchrow(sql, *args))
         assert row is not None
         if row["needs_embedding"]:
-            await self._repair_embeddings([write.key], {write.key: write})
+            await self._repair_embeddings([write.identity], {write.identity: write})
         return MemoryEntry.model_construct(
             key=write.key,
             value=value,
@@ -697,10 +730,11 @@ class PostgresStorage(Generic[K, V]):
 
         Everything is validated and embedded (in batches of ``config.embedding_batch_size``)
         before the database is touched; rows then go in through COPY and one upsert. A key
-        given twice keeps its last value. ``progress(done, total)`` follows the embedding.
+        given twice for one owner keeps its last value. ``progress(done, total)`` follows the
+        embedding.
 
         Returns:
-            How many distinct keys were written.
+            How many distinct memories (owner and key) were written.
         """
         defaults = {
             "type": type,
@@ -713,7 +747,7 @@ class PostgresStorage(Generic[K, V]):
             "embedding": None,
             "text": None,
         }
-        writes: dict[str, PendingWrite] = {}
+        writes: dict[Identity, PendingWrite] = {}
         for position, item in enumerate(items):
             fields = item_fields(item, position)
             try:
@@ -722,8 +756,9 @@ class PostgresStorage(Generic[K, V]):
                 # Say which item, keeping the error's own class (DimensionMismatchError...).
                 exc.message = f"item {position}: {exc.message}"
                 raise
-            writes.pop(write.key, None)  # re-insert so the last occurrence decides the order
-            writes[write.key] = write
+            # Re-inserted so that the last occurrence decides the order.
+            writes.pop(write.identity, None)
+            writes[write.identity] = write
         if not writes:
             return 0
         batch = list(writes.values())
@@ -735,7 +770,9 @@ class PostgresStorage(Generic[K, V]):
         mwm = self.config.maintenance_work_mem
         timeout = self._timeout_for(len(records))
 
-        async def write_all(conn: asyncpg.Connection) -> builtins.list[str]:
+        merge_sql, merge_args = statements.merge_staging(self._tenant)
+
+        async def write_all(conn: asyncpg.Connection) -> builtins.list[Identity]:
             # Inserting row by row into an HNSW graph is the slowest part of a write (about
             # 1.5 ms a row at 384 dimensions); building the graph once over all rows is several
             # times faster. So a batch at least as large as the table drops the index and
@@ -757,15 +794,11 @@ class PostgresStorage(Generic[K, V]):
                     columns=list(STAGING_COLUMNS),
                     timeout=timeout,
                 )
-                rows = await conn.fetch(
-                    f"WITH merged AS ({statements.merge_staging()}) "
-                    "SELECT key FROM merged WHERE needs_embedding",
-                    timeout=timeout,
-                )
+                rows = await conn.fetch(merge_sql, *merge_args, timeout=timeout)
                 if rebuild:
                     for sql, args in statements.build_vector_index(mwm):
                         await conn.execute(sql, *args, timeout=timeout)
-            return [row["key"] for row in rows]
+            return [_identity(row) for row in rows]
 
         repair = await self._run("store_many", write_all)
         await self._repair_embeddings(repair, writes)
@@ -797,20 +830,57 @@ class PostgresStorage(Generic[K, V]):
         scope_id: str | None = None,
         include_embedding: bool = False,
     ) -> MemoryEntry[V]:
-        """The live memory stored under ``key``.
+        """The live memory stored under ``key`` by the owner ``scope``/``scope_id``.
+
+        Without a scope, the key is looked up across the owners this store may see: one match
+        is that memory; several raise :class:`AmbiguousKeyError`.
 
         Raises:
             MemoryNotFoundError: no such key, it has expired, or it belongs to another
                 ``(scope, scope_id)`` than the one given.
+            AmbiguousKeyError: no scope was given and several owners hold the key.
         """
         checked = validate_key(key, self.config.max_key_length)
-        sql, args = self._statements.retrieve(
-            checked, self._restriction(scope, scope_id), include_embedding
-        )
-        row = await self._run("retrieve", lambda conn: conn.fetchrow(sql, *args))
-        if row is None:
+        restriction = self._restriction(scope, scope_id)
+        sql, args = self._statements.retrieve(checked, restriction, include_embedding)
+        rows = await self._run("retrieve", lambda conn: conn.fetch(sql, *args))
+        if not rows:
             raise MemoryNotFoundError(checked)
-        return self._entry(row, embedding=include_embedding)
+        if len(rows) > 1:
+            raise await self._ambiguous(checked, restriction)
+        return self._entry(rows[0], embedding=include_embedding)
+
+    async def _ambiguous(self, key: str, restriction: Restriction) -> AmbiguousKeyError:
+        """The error for a key several owners hold, saying how many."""
+        owners = await self._owners_of([key], restriction)
+        return AmbiguousKeyError(key, len(owners))
+
+    async def _owners_of(
+        self, keys: builtins.list[str], restriction: Restriction
+    ) -> builtins.list[Identity]:
+        sql, args = self._statements.owners_of(keys, restriction)
+        rows = await self._run("lookup", lambda conn: conn.fetch(sql, *args))
+        return [_identity(row) for row in rows]
+
+    async def _resolve(
+        self,
+        keys: builtins.list[str],
+        scope: MemoryScope | str | None,
+        scope_id: str | None,
+    ) -> builtins.list[Identity]:
+        """The memories ``keys`` name: the given owner's, or, without a scope, each key's one
+        live holder among the owners this store may see (keys nobody holds are left out).
+
+        Raises:
+            AmbiguousKeyError: no scope was given and several owners hold one of the keys.
+        """
+        owner_scope, owner_id = self._owner(scope, scope_id)
+        if owner_scope is not None:
+            assert owner_id is not None
+            return [Identity(owner_scope.value, owner_id, key) for key in keys]
+        found = await self._owners_of(keys, self._restriction())
+        _check_unambiguous(found)
+        return found
 
     @instrumented("retrieve_many")
     async def retrieve_many(
@@ -820,33 +890,61 @@ class PostgresStorage(Generic[K, V]):
         scope: MemoryScope | str | None = None,
         scope_id: str | None = None,
     ) -> dict[str, MemoryEntry[V]]:
-        """The live memories stored under ``keys``, by key; missing keys are left out."""
+        """The owner's live memories stored under ``keys``, by key; missing keys are left out.
+
+        Raises:
+            AmbiguousKeyError: no scope was given and several owners hold one of the keys.
+        """
         checked = list(dict.fromkeys(validate_key(key, self.config.max_key_length) for key in keys))
         if not checked:
             return {}
         sql, args = self._statements.retrieve_many(checked, self._restriction(scope, scope_id))
         rows = await self._run("retrieve_many", lambda conn: conn.fetch(sql, *args))
+        _check_unambiguous([_identity(row) for row in rows])
         return {row["key"]: self._entry(row) for row in rows}
 
     @instrumented("touch")
-    async def touch(self, keys: Iterable[K], ttl: timedelta | float | int) -> int:
-        """Give the live memories under ``keys`` a new time-to-live from now (e.g. to keep
-        memories that are still being read); returns how many were extended."""
+    async def touch(
+        self,
+        keys: Iterable[K],
+        ttl: timedelta | float | int,
+        *,
+        scope: MemoryScope | str | None = None,
+        scope_id: str | None = None,
+    ) -> int:
+        """Give the owner's live memories under ``keys`` a new time-to-live from now (e.g. to
+        keep memories that are still being read); returns how many were extended.
+
+        Raises:
+            AmbiguousKeyError: no scope was given and several owners hold one of the keys
+                (nothing is extended).
+        """
         checked = list(dict.fromkeys(validate_key(key, self.config.max_key_length) for key in keys))
         delta, _ = resolve_expiry(ttl, None, self.config.ttl_for(MemoryType.LONG_TERM))
         if not checked or delta is None:
             return 0
-        sql, args = self._statements.touch(checked, delta)
+        identities = await self._resolve(checked, scope, scope_id)
+        if not identities:
+            return 0
+        sql, args = self._statements.touch(self._tenant, identities, delta)
         return _affected(await self._run("touch", lambda conn: conn.execute(sql, *args)))
 
     @instrumented("exists")
     async def exists(
         self, key: K, *, scope: MemoryScope | str | None = None, scope_id: str | None = None
     ) -> bool:
-        """Whether a live memory is stored under ``key`` (within the owner, if given)."""
+        """Whether the owner holds a live memory under ``key``.
+
+        Raises:
+            AmbiguousKeyError: no scope was given and several owners hold the key.
+        """
         checked = validate_key(key, self.config.max_key_length)
-        sql, args = self._statements.exists(checked, self._restriction(scope, scope_id))
-        return bool(await self._run("exists", lambda conn: conn.fetchval(sql, *args)))
+        restriction = self._restriction(scope, scope_id)
+        sql, args = self._statements.exists(checked, restriction)
+        found = await self._run("exists", lambda conn: conn.fetchval(sql, *args))
+        if found > 1:
+            raise await self._ambiguous(checked, restriction)
+        return bool(found)
 
     @instrumented("count")
     async def count(
@@ -857,7 +955,7 @@ class PostgresStorage(Generic[K, V]):
         types: Iterable[MemoryType | str] | MemoryType | None = None,
         filter: Mapping[str, Any] | None = None,
         value_filter: Mapping[str, Any] | None = None,
-        key_prefix: str | None = None,
+        key_prefix: str | tuple[str, ...] | None = None,
     ) -> int:
         """How many live memories match."""
         restriction = self._restriction(
@@ -875,7 +973,7 @@ class PostgresStorage(Generic[K, V]):
         scope_id: str | None = None,
         types: Iterable[MemoryType | str] | MemoryType | None = None,
         filter: Mapping[str, Any] | None = None,
-        key_prefix: str | None = None,
+        key_prefix: str | tuple[str, ...] | None = None,
         limit: int = 1_000,
     ) -> builtins.list[tuple[Any, int]]:
         """The distinct values of metadata ``key`` (dots for nested keys) among live memories,
@@ -898,7 +996,7 @@ class PostgresStorage(Generic[K, V]):
         types: Iterable[MemoryType | str] | MemoryType | None = None,
         filter: Mapping[str, Any] | None = None,
         value_filter: Mapping[str, Any] | None = None,
-        key_prefix: str | None = None,
+        key_prefix: str | tuple[str, ...] | None = None,
         limit: int = 100,
         offset: int = 0,
         order_by: ListOrder = "created_at",
@@ -926,8 +1024,22 @@ class PostgresStorage(Generic[K, V]):
     async def delete(
         self, key: K, *, scope: MemoryScope | str | None = None, scope_id: str | None = None
     ) -> bool:
-        """Delete the memory stored under ``key``; True if a live one was deleted."""
+        """Delete the owner's memory stored under ``key``; True if a live one was deleted.
+
+        Without a scope, the key's one live holder is deleted (see :meth:`retrieve`).
+
+        Raises:
+            AmbiguousKeyError: no scope was given and several owners hold the key (nothing
+                is deleted).
+        """
         checked = validate_key(key, self.config.max_key_length)
+        if scope is None:
+            if scope_id is not None:
+                raise MemoryValidationError("scope_id needs a scope")
+            holders = await self._resolve([checked], None, None)
+            if not holders:
+                return False
+            scope, scope_id = holders[0].scope, holders[0].scope_id
         restriction = replace(self._restriction(scope, scope_id), include_expired=True)
         sql, args = self._statements.delete(checked, restriction)
         rows = await self._run("delete", lambda conn: conn.fetch(sql, *args))
@@ -943,12 +1055,17 @@ class PostgresStorage(Generic[K, V]):
         filter: Mapping[str, Any] | None = None,
         keys: Iterable[str] | None = None,
         value_filter: Mapping[str, Any] | None = None,
-        key_prefix: str | None = None,
+        key_prefix: str | tuple[str, ...] | None = None,
     ) -> int:
         """Delete every memory that matches all the criteria given; returns how many.
 
         At least one criterion is required, so that a forgotten argument cannot empty the
-        store: use :meth:`clear` for that.
+        store: use :meth:`clear` for that. ``keys`` without a scope name each key's one live
+        holder, as in :meth:`delete`.
+
+        Raises:
+            AmbiguousKeyError: ``keys`` without a scope, and several owners hold one of them
+                (nothing is deleted).
         """
         if (
             scope is None
@@ -962,14 +1079,19 @@ class PostgresStorage(Generic[K, V]):
                 "delete_many needs a scope, types, filter, keys or key_prefix; "
                 "use clear() to delete all"
             )
-        key_set = None
+        key_set = identities = None
         if keys is not None:
             key_set = frozenset(validate_key(k, self.config.max_key_length) for k in keys)
+            if scope is None:
+                identities = frozenset(await self._resolve(sorted(key_set), None, None))
+                if not identities:
+                    return 0
         restriction = replace(
             self._restriction(
                 scope, scope_id, types, filter, value_filter=value_filter, key_prefix=key_prefix
             ),
             keys=key_set,
+            identities=identities,
             include_expired=True,
         )
         sql, args = self._statements.delete_many(restriction)
@@ -982,12 +1104,42 @@ class PostgresStorage(Generic[K, V]):
 
     @instrumented("clear")
     async def clear(self) -> int:
-        """Delete every memory in this store's table; returns how many."""
-        sql, args = self._statements.delete_many(Restriction(include_expired=True))
+        """Delete every memory of this store's tenant; returns how many."""
+        sql, args = self._statements.delete_many(
+            Restriction(tenant=self._tenant, include_expired=True)
+        )
         timeout = self.config.maintenance_timeout
         status = await self._run("clear", lambda conn: conn.execute(sql, *args, timeout=timeout))
         self._cache.clear()
         return _affected(status)
+
+    async def scan(
+        self,
+        *,
+        scope: MemoryScope | str | None = None,
+        scope_id: str | None = None,
+        types: Iterable[MemoryType | str] | MemoryType | None = None,
+        filter: Mapping[str, Any] | None = None,
+        page_size: int = 1_000,
+    ) -> AsyncIterator[MemoryEntry[V]]:
+        """Every live memory that matches, in owner-then-key order, read a page at a time.
+
+        Pages follow the last memory read (a keyset), so each costs the same however far the
+        scan has gone, and memories written or deleted meanwhile never shift the pages: for
+        exports and migrations of any size.
+        """
+        if not 1 <= page_size <= 10_000:
+            raise MemoryValidationError("page_size must be in [1, 10000]")
+        restriction = self._restriction(scope, scope_id, types, filter)
+        after: Identity | None = None
+        while True:
+            sql, args = self._statements.scan_page(restriction, after, page_size)
+            rows = await self._run("scan", partial(_fetch, sql, args))
+            for row in rows:
+                yield self._entry(row)
+            if len(rows) < page_size:
+                return
+            after = _identity(rows[-1])
 
     # --- searching -------------------------------------------------------------------------
     def search(self, query: MemoryQuery) -> MemorySearchResults[V]:
@@ -1098,37 +1250,43 @@ class PostgresStorage(Generic[K, V]):
         """The memories nearest in meaning to the one stored under ``key`` (itself excluded).
 
         Uses the stored embedding; nothing is re-embedded. With a scope given, both ``key`` and
-        the results must belong to that owner. Scores are cosine similarities.
+        the results must belong to that owner; without one, ``key`` names its one live holder
+        and the results may come from any owner. Scores are cosine similarities.
 
         Raises:
             MemoryNotFoundError: ``key`` is missing, expired or outside the given owner.
             MemoryIndexError: ``key`` was stored without the SEMANTIC index.
+            AmbiguousKeyError: no scope was given and several owners hold ``key``.
         """
         checked = validate_key(key, self.config.max_key_length)
         if not 1 <= limit <= 1_000:
             raise MemoryValidationError("limit must be in [1, 1000]")
         if min_score is not None and not -1.0 <= min_score <= 1.0:
             raise MemoryValidationError("min_score must be in [-1, 1] (cosine similarity)")
-        target = self._restriction(scope, scope_id)
         restriction = self._restriction(scope, scope_id, types, filter)
         return MemorySearchResults(
-            lambda: self._similar(checked, target, restriction, limit, min_score)
+            lambda: self._similar(checked, scope, scope_id, restriction, limit, min_score)
         )
 
     @instrumented("similar")
     async def _similar(
         self,
         key: str,
-        target: Restriction,
+        scope: MemoryScope | str | None,
+        scope_id: str | None,
         restriction: Restriction,
         limit: int,
         min_score: float | None,
     ) -> builtins.list[MemorySearchResult[V]]:
         statements = self._statements
-        sql, args = statements.similar(key, target, restriction, limit=limit, min_score=min_score)
+        holders = await self._resolve([key], scope, scope_id)
+        if not holders:
+            raise MemoryNotFoundError(key)
+        target = holders[0]
+        sql, args = statements.similar(target, restriction, limit=limit, min_score=min_score)
         rows = await self._run("similar", lambda conn: conn.fetch(sql, *args))
         if not rows:
-            probe_sql, probe_args = statements.probe_state(key, target)
+            probe_sql, probe_args = statements.probe_state(self._tenant, target)
             state = await self._run("similar", lambda conn: conn.fetchrow(probe_sql, *probe_args))
             if state is None:
                 raise MemoryNotFoundError(key)
@@ -1206,15 +1364,18 @@ class PostgresStorage(Generic[K, V]):
             resume = False
         statements = self._statements
         table = self.layout.table
-        cursor = ""
+        tenant = self._tenant
+        cursor: Identity | None = None
         if resume:
             saved = await self._run(
                 "reindex",
                 lambda conn: conn.fetchval(statements.load_reindex_cursor(), table),
             )
-            cursor = saved or ""
+            cursor = maintenance.decode_cursor(saved, tenant)
         total = int(
-            await self._run("reindex", lambda conn: conn.fetchval(statements.count_semantic()))
+            await self._run(
+                "reindex", lambda conn: conn.fetchval(statements.count_semantic(), tenant)
+            )
         )
         done = 0
         if cursor:
@@ -1229,18 +1390,21 @@ class PostgresStorage(Generic[K, V]):
             await self._run("reindex", lambda conn: conn.execute(statements.drop_vector_index()))
         while True:
             rows = await self._run(
-                "reindex", partial(maintenance.fetch_reindex_batch, statements, cursor, batch)
+                "reindex",
+                partial(maintenance.fetch_reindex_batch, statements, tenant, cursor, batch),
             )
             if not rows:
                 break
             vectors = await self._embed([row["content"] for row in rows])
             records = [
-                (row["key"], vector, row["content_hash"])
+                (tenant, *_identity(row), vector, row["content_hash"])
                 for row, vector in zip(rows, vectors, strict=True)
             ]
-            cursor = rows[-1]["key"]
+            cursor = _identity(rows[-1])
+            saved_cursor = maintenance.encode_cursor(tenant, cursor)
             await self._run(
-                "reindex", partial(maintenance.write_reindexed, statements, table, records, cursor)
+                "reindex",
+                partial(maintenance.write_reindexed, statements, table, records, saved_cursor),
             )
             done += len(rows)
             if progress is not None:
@@ -1288,7 +1452,11 @@ class PostgresStorage(Generic[K, V]):
         count = await self._run(
             "reindex",
             partial(
-                maintenance.rebuild_contextual, layout, wanted, self.config.maintenance_timeout
+                maintenance.rebuild_contextual,
+                layout,
+                wanted,
+                self._tenant,
+                self.config.maintenance_timeout,
             ),
         )
         if layout.text_search_config != wanted:
@@ -1306,7 +1474,9 @@ class PostgresStorage(Generic[K, V]):
         (count, errors, mean and bucketed p50/p95 latency, histogram) per operation;
         ``errors`` by class; ``embedding_cache`` (entries, hits, misses, hit rate).
         """
-        figures = await self._run("stats", partial(maintenance.table_figures, self._statements))
+        figures = await self._run(
+            "stats", partial(maintenance.table_figures, self._statements, self._tenant)
+        )
         pool = self._pool
         assert pool is not None
         figures["pool"] = {
@@ -1341,6 +1511,27 @@ def _vector_list(vector: Any) -> builtins.list[float]:
     # pgvector >= 0.4 decodes to Vector/HalfVector objects, 0.3 to numpy arrays.
     values = vector.to_list() if hasattr(vector, "to_list") else np.asarray(vector).tolist()
     return [float(x) for x in values]
+
+
+async def _fetch(
+    sql: str, args: builtins.list[Any], conn: asyncpg.Connection
+) -> builtins.list[asyncpg.Record]:
+    rows: builtins.list[asyncpg.Record] = await conn.fetch(sql, *args)
+    return rows
+
+
+def _identity(row: asyncpg.Record) -> Identity:
+    return Identity(row["scope"], row["scope_id"], row["key"])
+
+
+def _check_unambiguous(identities: Iterable[Identity]) -> None:
+    """Raise :class:`AmbiguousKeyError` for the first key held by several owners."""
+    owners: dict[str, int] = {}
+    for identity in identities:
+        owners[identity.key] = owners.get(identity.key, 0) + 1
+    for key, count in owners.items():
+        if count > 1:
+            raise AmbiguousKeyError(key, count)
 
 
 def _affected(status: str) -> int:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from enum import Enum
+from typing import NamedTuple
 
-__all__ = ["MemoryType", "MemoryScope", "MemoryIndex"]
+__all__ = ["MemoryType", "MemoryScope", "MemoryIndex", "Identity"]
 
 
 class MemoryType(str, Enum):
@@ -58,3 +59,12 @@ class MemoryIndex(str, Enum):
 
 STORABLE_INDICES = frozenset({MemoryIndex.SEMANTIC, MemoryIndex.CONTEXTUAL})
 """The indices an entry can be written into; the others are ways of querying them."""
+
+
+class Identity(NamedTuple):
+    """What names one memory within a store's tenant: its owner (scope and scope_id; ''
+    for GLOBAL) and its key. Two owners may each hold a memory under the same key."""
+
+    scope: str
+    scope_id: str
+    key: str

@@ -18,28 +18,42 @@ from pydantic import BaseModel
 
 from .errors import MemoryValidationError
 
-__all__ = ["validate_key", "to_json_value", "default_text_of", "encode_json", "EncodedJSON"]
+__all__ = [
+    "validate_key",
+    "check_bytes",
+    "to_json_value",
+    "default_text_of",
+    "encode_json",
+    "EncodedJSON",
+]
 
 _MAX_DEPTH = 64
 _EXPONENT_FLOATS = 1e16  # from here on, repr(float) uses an exponent
 
 
-def validate_key(key: Any, max_length: int) -> str:
+def validate_key(key: Any, max_bytes: int) -> str:
     """The key as a string, or an error saying why it cannot be one."""
     if not isinstance(key, str):
         raise MemoryValidationError(f"memory keys must be strings, got {type(key).__name__}")
     if not key:
         raise MemoryValidationError("memory key is empty")
-    if len(key) > max_length:
-        raise MemoryValidationError(
-            f"memory key is {len(key)} characters long; the limit is {max_length}"
-        )
     for char in key:
         if unicodedata.category(char) in ("Cc", "Cs"):
             raise MemoryValidationError(
                 f"memory key contains the control or surrogate character U+{ord(char):04X}"
             )
+    check_bytes(key, max_bytes, "memory key")
     return key
+
+
+def check_bytes(text: str, max_bytes: int, what: str) -> None:
+    """Refuse ``text`` longer than ``max_bytes`` in UTF-8 (how PostgreSQL stores and indexes
+    it: a limit in characters would let 4-byte characters through four times over)."""
+    # Every character takes at least one byte: the encoding is needed only near the limit.
+    if len(text) * 4 > max_bytes and (size := len(text.encode("utf-8"))) > max_bytes:
+        raise MemoryValidationError(
+            f"{what} is {size:,} bytes in UTF-8; the limit is {max_bytes:,} bytes"
+        )
 
 
 def to_json_value(value: Any, what: str = "value") -> Any:

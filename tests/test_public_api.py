@@ -31,6 +31,7 @@ EXPECTED = {
     "MemoryConnectionError",
     "MemoryTimeoutError",
     "MemoryNotFoundError",
+    "AmbiguousKeyError",
     "MemoryValidationError",
     "DimensionMismatchError",
     "MemoryIndexError",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import textwrap
 import uuid
@@ -181,7 +182,8 @@ async def test_interrupted_reindex_resumes_where_it_stopped(
         with pytest.raises(RuntimeError, match="model crashed"):
             await store.reindex(MemoryIndex.SEMANTIC, batch_size=10)
     row = await _registry(raw_conn, config.schema_name, config.table)
-    assert row["reindex_cursor"] == "k019"
+    # The position is a whole identity (tenant, scope, scope_id, key), in key order per owner.
+    assert json.loads(row["reindex_cursor"]) == ["", "global", "", "k019"]
 
     embedder = CountingEmbedder(16)
     async with PostgresStorage[str, Any](config, embedder) as store:

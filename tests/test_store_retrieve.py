@@ -113,19 +113,15 @@ async def test_text_of_hook_decides_what_is_indexed(config: PostgresConfig) -> N
 async def test_upsert_keeps_created_at_and_replaces_everything_else(
     storage: PostgresStorage[str, Any],
 ) -> None:
-    first = await storage.store("k", "first text", metadata={"v": 1}, type=MemoryType.LONG_TERM)
+    owner = {"scope": MemoryScope.USER, "scope_id": "u1"}
+    first = await storage.store("k", "first text", metadata={"v": 1}, **owner)
     await asyncio.sleep(0.01)
     second = await storage.store(
-        "k",
-        "second text",
-        metadata={"v": 2},
-        type=MemoryType.EPISODIC,
-        scope=MemoryScope.USER,
-        scope_id="u1",
+        "k", "second text", metadata={"v": 2}, type=MemoryType.EPISODIC, **owner
     )
     assert second.created_at == first.created_at
     assert second.updated_at > first.updated_at
-    stored = await storage.retrieve("k")
+    stored = await storage.retrieve("k", **owner)
     assert (stored.value, stored.metadata, stored.type, stored.scope, stored.scope_id) == (
         "second text",
         {"v": 2},
@@ -187,7 +183,8 @@ async def test_precomputed_embedding_is_used_as_given(config: PostgresConfig) ->
     "key, message",
     [
         ("", "empty"),
-        ("x" * 513, "limit is 512"),
+        ("x" * 2049, "limit is 2,048 bytes"),
+        ("é" * 1025, "2,050 bytes in UTF-8"),
         ("bad\x00key", r"U\+0000"),
         ("tab\tkey", r"U\+0009"),
         (42, "must be strings"),

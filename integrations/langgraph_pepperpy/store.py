@@ -2,12 +2,16 @@
 
 How LangGraph's namespaces map onto memories:
 
-* an item ``(namespace, key)`` is the memory with key ``lg:<seg1>/<seg2>/.../#<key>`` (each
-  segment percent-encoded), so a namespace prefix is a key prefix;
+* an item ``(namespace, key)`` is the memory with key ``lg:<label1>/<label2>/.../#<key>``,
+  so a namespace prefix is a key prefix. Only ``%``, ``/`` and ``#`` are escaped (as ``%25``,
+  ``%2F``, ``%23``): a key in any script costs its UTF-8 bytes, not three times as many;
 * its scope comes from the namespace's first label: ``users``/``user`` → USER,
   ``sessions``/``session``/``threads``/``thread`` → SESSION, ``agents``/``agent``/
   ``assistants``/``assistant`` → AGENT, each with the second label as ``scope_id``;
-  anything else is GLOBAL;
+  anything else is GLOBAL. Items of two users never share a memory, whatever their keys;
+* limits, in UTF-8 bytes: the owner label (the second label of a users/sessions/agents
+  namespace) at most 256, like every ``scope_id``; the namespace's labels and the key together
+  at most 2,000 (up to 17 escaped characters besides: the encoded key is at most 2,048 bytes);
 * its type is LONG_TERM; ``ttl`` (minutes, as in LangGraph) becomes the memory's expiry;
 * the value is stored as is; the text indexed for semantic search is the fields named by the
   put's ``index`` (default: the whole value's text), and ``index=False`` stores it unindexed.
@@ -73,15 +77,40 @@ def namespace_scope(namespace: tuple[str, ...]) -> tuple[MemoryScope, str | None
     return MemoryScope.GLOBAL, None
 
 
-def _namespace_path(namespace: tuple[str, ...]) -> str:
-    return PREFIX + "".join(quote(label, safe="") + "/" for label in namespace)
+def _escape(text: str) -> str:
+    # '%' first, so that the escapes themselves are not escaped again.
+    return text.replace("%", "%25").replace("/", "%2F").replace("#", "%23")
+
+
+def _legacy_escape(text: str) -> str:
+    # Releases up to 0.1 percent-encoded everything but ASCII letters, digits and "_.-~".
+    return quote(text, safe="")
+
+
+def _namespace_path(namespace: tuple[str, ...], escape: Any = _escape) -> str:
+    return PREFIX + "".join(escape(label) + "/" for label in namespace)
 
 
 def memory_key(namespace: tuple[str, ...], key: str) -> str:
-    return f"{_namespace_path(namespace)}#{quote(key, safe='')}"
+    return f"{_namespace_path(namespace)}#{_escape(key)}"
+
+
+def legacy_memory_key(namespace: tuple[str, ...], key: str) -> str:
+    """The key releases up to 0.1 gave the item. It is the same as :func:`memory_key` unless
+    a label or the key has characters other than ASCII letters, digits and ``_.-~``; such
+    items are still found under it, and move to the new key when next written."""
+    return f"{_namespace_path(namespace, _legacy_escape)}#{_legacy_escape(key)}"
+
+
+def _prefixes(namespace: tuple[str, ...]) -> str | tuple[str, ...]:
+    """The key prefixes of a namespace's items: the current one, and the legacy one when
+    they differ."""
+    current, legacy = _namespace_path(namespace), _namespace_path(namespace, _legacy_escape)
+    return current if current == legacy else (current, legacy)
 
 
 def _item_key(memory: str) -> str:
+    # Both encodings decode the same way: '%' never stands for itself in either.
     return unquote(memory.rsplit("#", 1)[1])
 
 
@@ -194,16 +223,24 @@ class PepperpyStore(BaseStore):
         self, storage: PostgresStorage[Any, Any], entries: list[MemoryEntry[Any]]
     ) -> None:
         """Reading an item with a TTL starts its TTL again (LangGraph's refresh_ttl)."""
-        by_ttl: dict[float, list[str]] = {}
+        by_ttl: dict[tuple[float, MemoryScope, str | None], list[str]] = {}
         for entry in entries:
             minutes = entry.metadata.get(TTL_FIELD)
             if minutes is not None:
-                by_ttl.setdefault(float(minutes), []).append(entry.key)
-        for minutes, keys in by_ttl.items():
-            await storage.touch(keys, timedelta(minutes=minutes))
+                group = (float(minutes), entry.scope, entry.scope_id or None)
+                by_ttl.setdefault(group, []).append(entry.key)
+        for (minutes, scope, scope_id), keys in by_ttl.items():
+            await storage.touch(keys, timedelta(minutes=minutes), scope=scope, scope_id=scope_id)
 
     async def _put(self, storage: PostgresStorage[Any, Any], ops: list[PutOp]) -> None:
-        deletes = [memory_key(op.namespace, op.key) for op in ops if op.value is None]
+        # Keys to delete per owner: deleted items, and the legacy keys of items written anew.
+        deletes: dict[tuple[MemoryScope, str | None], list[str]] = {}
+        for op in ops:
+            owner = namespace_scope(op.namespace)
+            current = memory_key(op.namespace, op.key)
+            legacy = legacy_memory_key(op.namespace, op.key)
+            stale = {current, legacy} if op.value is None else {legacy} - {current}
+            deletes.setdefault(owner, []).extend(sorted(stale))
         items = []
         for op in ops:
             if op.value is None:
@@ -227,10 +264,13 @@ class PepperpyStore(BaseStore):
                     "ttl": timedelta(minutes=minutes) if minutes is not None else "never",
                 }
             )
-        if deletes:
-            await storage.delete_many(keys=deletes)
         if items:
             await storage.store_many(items)
+        # After the writes: a failure in between leaves an item under both keys (reads prefer
+        # the current one), never under neither.
+        for (scope, scope_id), keys in deletes.items():
+            if keys:
+                await storage.delete_many(keys=keys, scope=scope, scope_id=scope_id)
 
     @staticmethod
     def _item(entry: MemoryEntry[Any]) -> Item:
@@ -243,8 +283,13 @@ class PepperpyStore(BaseStore):
         )
 
     async def _get(self, storage: PostgresStorage[Any, Any], op: GetOp) -> Item | None:
-        found = await storage.retrieve_many([memory_key(op.namespace, op.key)])
-        entry = next(iter(found.values()), None)
+        scope, scope_id = namespace_scope(op.namespace)
+        current = memory_key(op.namespace, op.key)
+        legacy = legacy_memory_key(op.namespace, op.key)
+        found = await storage.retrieve_many(
+            dict.fromkeys([current, legacy]), scope=scope, scope_id=scope_id
+        )
+        entry = found.get(current) or found.get(legacy)
         if entry is None:
             return None
         if op.refresh_ttl:
@@ -252,7 +297,7 @@ class PepperpyStore(BaseStore):
         return self._item(entry)
 
     async def _search(self, storage: PostgresStorage[Any, Any], op: SearchOp) -> list[SearchItem]:
-        prefix = _namespace_path(op.namespace_prefix)
+        prefix = _prefixes(op.namespace_prefix)
         if op.query:
             query = MemoryQuery(
                 query=op.query,
@@ -300,16 +345,17 @@ class PepperpyStore(BaseStore):
     async def _list_namespaces(
         self, storage: PostgresStorage[Any, Any], op: ListNamespacesOp
     ) -> list[tuple[str, ...]]:
-        prefix = PREFIX
+        literal: tuple[str, ...] = ()
         for condition in op.match_conditions or ():
             # A literal prefix (up to the first wildcard) narrows the scan in the database.
             if condition.match_type == "prefix":
-                literal = []
+                labels = []
                 for label in condition.path:
                     if label == "*":
                         break
-                    literal.append(label)
-                prefix = max(prefix, _namespace_path(tuple(literal)), key=len)
+                    labels.append(label)
+                literal = max(literal, tuple(labels), key=len)
+        prefix = _prefixes(literal)
         values = await storage.distinct_metadata(
             NAMESPACE_FIELD, key_prefix=prefix, limit=_MAX_NAMESPACES
         )
