@@ -131,6 +131,23 @@ def test_each_store_sees_only_its_owner(make_config: Any) -> None:
         ana.close()
 
 
+def test_two_owners_may_use_the_same_ids(make_config: Any) -> None:
+    ana = PepperpyVectorStore.create(make_config(), WordEmbeddings(), scope="user", scope_id="ana")
+    bruno = PepperpyVectorStore.from_storage(ana.storage, scope=MemoryScope.USER, scope_id="bruno")
+    try:
+        ana.add_texts(["ana likes tea"], ids=["pref"])
+        bruno.add_texts(["bruno likes coffee"], ids=["pref"])  # no takeover of Ana's "pref"
+        assert [d.page_content for d in ana.get_by_ids(["pref"])] == ["ana likes tea"]
+        assert [d.page_content for d in bruno.get_by_ids(["pref"])] == ["bruno likes coffee"]
+        bruno.add_texts(["bruno likes espresso"], ids=["pref"])  # overwrites his own only
+        assert [d.page_content for d in ana.get_by_ids(["pref"])] == ["ana likes tea"]
+        bruno.delete(["pref"])
+        assert bruno.get_by_ids(["pref"]) == []
+        assert [d.page_content for d in ana.similarity_search("likes", k=5)] == ["ana likes tea"]
+    finally:
+        ana.close()
+
+
 async def test_from_texts_and_afrom_texts(make_config: Any) -> None:
     sync_store = PepperpyVectorStore.from_texts(
         ["alpha"], WordEmbeddings(), [{"k": 1}], ids=["x"], config=make_config()

@@ -59,6 +59,48 @@ def test_keys_and_labels_with_separators_stay_apart(store: PepperpyStore) -> Non
     assert [i.value for i in store.search(("a/b",))] == [{"v": 1}]
 
 
+@pytest.mark.parametrize(
+    "key",
+    [
+        "日本語のキー" * 10,
+        "Ключ на русском языке из шестидесяти символов работает без проблем!",
+        "مفتاح باللغة العربية من ستين حرفا يجب أن يعمل دون أي مشكلة هنا",
+        "🙂" * 60,
+    ],
+)
+def test_a_sixty_character_key_in_any_script(store: PepperpyStore, key: str) -> None:
+    assert len(key) >= 60
+    namespace = ("users", "ана", "notes")
+    store.put(namespace, key, {"text": "a note"})
+    item = store.get(namespace, key)
+    assert item is not None and item.key == key
+    assert [i.key for i in store.search(("users", "ана"))] == [key]
+
+
+def test_long_namespaces_and_keys_up_to_the_documented_limit(store: PepperpyStore) -> None:
+    # Ten labels and a key: 1,100 characters, 2,000 UTF-8 bytes in all (the documented limit).
+    labels = ["users", "o" * 200] + [f"{n}" + "é" * 80 for n in range(8)]
+    key = "k" * (2_000 - sum(len(label.encode()) for label in labels))
+    namespace = tuple(labels)
+    assert sum(len(part.encode()) for part in (*labels, key)) == 2_000
+    assert sum(len(part) for part in (*labels, key)) >= 1_000
+    store.put(namespace, key, {"text": "deep"})
+    item = store.get(namespace, key)
+    assert item is not None and item.namespace == namespace and item.key == key
+    assert [i.key for i in store.search(namespace[:3])] == [key]
+    assert store.list_namespaces(prefix=namespace[:2]) == [namespace]
+    store.delete(namespace, key)
+    assert store.get(namespace, key) is None
+
+
+def test_one_users_items_never_touch_anothers(store: PepperpyStore) -> None:
+    store.put(("users", "ana"), "theme", {"v": "dark"})
+    store.put(("users", "bruno"), "theme", {"v": "light"})
+    store.delete(("users", "bruno"), "theme")
+    item = store.get(("users", "ana"), "theme")
+    assert item is not None and item.value == {"v": "dark"}
+
+
 def test_search_semantic_filter_limit_offset(store: PepperpyStore) -> None:
     for i, text in enumerate(["green tea in the morning", "chess on sundays", "black coffee"]):
         store.put(("users", "ana", "memories"), f"m{i}", {"text": text, "n": i})

@@ -173,9 +173,7 @@ async def test_concurrent_upserts_of_one_key_by_two_owners(
         entry = await storage.store("profile", value, **owner)
         return value, entry.updated_at
 
-    results = await asyncio.gather(
-        *(write(owner, n) for n in range(40) for owner in (ANA, BRUNO))
-    )
+    results = await asyncio.gather(*(write(owner, n) for n in range(40) for owner in (ANA, BRUNO)))
     rows = await _rows(raw_conn, storage.config)
     assert len(rows) == 2
     for row in rows:
@@ -210,7 +208,9 @@ async def test_bad_owner_input_is_refused_and_nothing_is_written(
         with pytest.raises(MemoryValidationError, match=message):
             await storage.store(key, "value", **owner)
         with pytest.raises(MemoryValidationError, match=message):
-            await storage.store_many([{"key": "fine", "value": 1}, {"key": key, "value": 2, **owner}])
+            await storage.store_many(
+                [{"key": "fine", "value": 1}, {"key": key, "value": 2, **owner}]
+            )
     with pytest.raises(MemoryValidationError, match="scope_id needs a scope"):
         await storage.delete("k", scope_id="ana")
     assert await storage.count() == 0

@@ -48,6 +48,7 @@ from pepperpy_pg_memory import (
     PostgresStorage,
 )
 from pepperpy_pg_memory.runner import BackgroundStorage
+from pepperpy_pg_memory.schema import MAX_KEY_BYTES
 from pepperpy_pg_memory.values import default_text_of
 
 __all__ = ["PepperpyStore", "namespace_scope"]
@@ -95,11 +96,26 @@ def memory_key(namespace: tuple[str, ...], key: str) -> str:
     return f"{_namespace_path(namespace)}#{_escape(key)}"
 
 
-def legacy_memory_key(namespace: tuple[str, ...], key: str) -> str:
-    """The key releases up to 0.1 gave the item. It is the same as :func:`memory_key` unless
-    a label or the key has characters other than ASCII letters, digits and ``_.-~``; such
-    items are still found under it, and move to the new key when next written."""
-    return f"{_namespace_path(namespace, _legacy_escape)}#{_legacy_escape(key)}"
+# A longer legacy key cannot be named by this release (its encoded keys are ASCII, one byte
+# a character); 0.1 refused keys over 512 characters unless configured otherwise.
+_LEGACY_MAX_KEY = MAX_KEY_BYTES
+
+
+def legacy_memory_key(namespace: tuple[str, ...], key: str) -> str | None:
+    """The key releases up to 0.1 gave the item, when it differs from :func:`memory_key` (a
+    label or the key has characters other than ASCII letters, digits and ``_.-~``) and could
+    have been stored. Such items are still found under it, and move to the current key when
+    next written."""
+    legacy = f"{_namespace_path(namespace, _legacy_escape)}#{_legacy_escape(key)}"
+    if legacy == memory_key(namespace, key) or len(legacy) > _LEGACY_MAX_KEY:
+        return None
+    return legacy
+
+
+def _keys(namespace: tuple[str, ...], key: str) -> list[str]:
+    """Every key the item may be stored under: the current one first."""
+    legacy = legacy_memory_key(namespace, key)
+    return [memory_key(namespace, key)] + ([legacy] if legacy is not None else [])
 
 
 def _prefixes(namespace: tuple[str, ...]) -> str | tuple[str, ...]:
@@ -237,10 +253,10 @@ class PepperpyStore(BaseStore):
         deletes: dict[tuple[MemoryScope, str | None], list[str]] = {}
         for op in ops:
             owner = namespace_scope(op.namespace)
-            current = memory_key(op.namespace, op.key)
-            legacy = legacy_memory_key(op.namespace, op.key)
-            stale = {current, legacy} if op.value is None else {legacy} - {current}
-            deletes.setdefault(owner, []).extend(sorted(stale))
+            current, *legacy = _keys(op.namespace, op.key)
+            deletes.setdefault(owner, []).extend(
+                legacy if op.value is not None else [current, *legacy]
+            )
         items = []
         for op in ops:
             if op.value is None:
@@ -284,12 +300,9 @@ class PepperpyStore(BaseStore):
 
     async def _get(self, storage: PostgresStorage[Any, Any], op: GetOp) -> Item | None:
         scope, scope_id = namespace_scope(op.namespace)
-        current = memory_key(op.namespace, op.key)
-        legacy = legacy_memory_key(op.namespace, op.key)
-        found = await storage.retrieve_many(
-            dict.fromkeys([current, legacy]), scope=scope, scope_id=scope_id
-        )
-        entry = found.get(current) or found.get(legacy)
+        keys = _keys(op.namespace, op.key)
+        found = await storage.retrieve_many(keys, scope=scope, scope_id=scope_id)
+        entry = next((found[key] for key in keys if key in found), None)
         if entry is None:
             return None
         if op.refresh_ttl:

@@ -1,0 +1,214 @@
+"""Upgrading a database written by release 0.1 (schema 3, the key alone as primary key)."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from langchain_pepperpy import PepperpyChatMessageHistory
+from langgraph_pepperpy import PepperpyStore
+from pepperpy_pg_memory import (
+    HashingEmbedder,
+    MemoryIndex,
+    MemoryQuery,
+    MemoryScope,
+    MemoryType,
+    PostgresConfig,
+    PostgresStorage,
+)
+from pepperpy_pg_memory.schema import IDENTITY_COLUMNS, SCHEMA_VERSION
+
+RELEASE_0_1 = Path(__file__).parent / "fixtures" / "release_0_1_v3.sql"
+# What each memory of the fixture is and whose, as release 0.1 wrote it.
+OWNERS = {
+    "global-fact": ("global", ""),
+    "session-note": ("session", "s-1"),
+    "ana-allergy": ("user", "ana"),
+    "agent-procedure": ("agent", "support-bot"),
+    "bruno-pref": ("user", "bruno"),
+    "kv-only": ("user", "ana"),
+    "lg:users/ana/memories/#food": ("user", "ana"),
+    "lg:users/ana/notas/#caf%C3%A9%20da%20manh%C3%A3": ("user", "ana"),
+    "lg:docs/#readme": ("global", ""),
+}
+
+
+async def _load_release_0_1(dsn: str) -> str:
+    """The fixture, loaded into a schema of its own; returns the schema's name."""
+    schema = f"v3_{uuid.uuid4().hex[:8]}"
+    sql = RELEASE_0_1.read_text().replace("legacy_v3", schema)
+    conn = await asyncpg.connect(dsn)
+    try:
+        # As on the server release 0.1 ran against: its first start created these.
+        await conn.execute(
+            "CREATE EXTENSION IF NOT EXISTS vector; CREATE EXTENSION IF NOT EXISTS pg_trgm"
+        )
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+    return schema
+
+
+def _snapshot_sql(schema: str) -> str:
+    return (
+        f"SELECT tenant, scope, scope_id, key, value::text, created_at, updated_at, expires_at, "
+        f'embedding::text AS embedding FROM "{schema}".memories ORDER BY key'
+    )
+
+
+async def test_a_release_0_1_database_upgrades_in_place(
+    pg_dsn: str, raw_conn: asyncpg.Connection
+) -> None:
+    schema = await _load_release_0_1(pg_dsn)
+    before = await raw_conn.fetch(_snapshot_sql(schema))
+    assert len(before) == 11 and {r["key"] for r in before} >= set(OWNERS)
+    config = PostgresConfig(dsn=pg_dsn, schema=schema, table="memories")
+
+    async with PostgresStorage[str, Any](config, HashingEmbedder(16)) as store:
+        # Every row is kept as it was: owner, value, timestamps, embedding (not re-embedded).
+        after = await raw_conn.fetch(_snapshot_sql(schema))
+        assert [dict(r) for r in after] == [dict(r) for r in before]
+        for key, (scope, scope_id) in OWNERS.items():
+            entry = await store.retrieve(key)
+            assert (entry.scope.value, entry.scope_id) == (scope, scope_id)
+        hits = await store.search(
+            MemoryQuery(
+                query="peanuts allergy", index_type=MemoryIndex.HYBRID, scope="user", scope_id="ana"
+            )
+        )
+        assert hits[0].entry.key == "ana-allergy"
+        # Ana's key can now be reused by Bruno without touching hers.
+        await store.store("ana-allergy", "not Bruno's allergy", scope="user", scope_id="bruno")
+        assert (await store.retrieve("ana-allergy", scope="user", scope_id="ana")).value == {
+            "content": "Ana is allergic to peanuts"
+        }
+
+        # LangGraph items and the chat history written by 0.1 keep their identity.
+        graph = PepperpyStore(store)
+        food = await graph.aget(("users", "ana", "memories"), "food")
+        assert food is not None and food.value == {"text": "Ana loves ramen"}
+        cafe = await graph.aget(("users", "ana", "notas"), "café da manhã")
+        assert cafe is not None and cafe.value == {"text": "Ana toma café"}
+        listed = await graph.asearch(("users", "ana"), limit=10)
+        assert sorted(item.key for item in listed) == ["café da manhã", "food"]
+        assert await graph.alist_namespaces() == [
+            ("docs",),
+            ("users", "ana", "memories"),
+            ("users", "ana", "notas"),
+        ]
+        # Written again, the non-ASCII item moves to the current encoding: one item, not two.
+        await graph.aput(("users", "ana", "notas"), "café da manhã", {"text": "com açúcar"})
+        listed = await graph.asearch(("users", "ana", "notas"), limit=10)
+        assert [(i.key, i.value) for i in listed] == [("café da manhã", {"text": "com açúcar"})]
+        assert await store.count(key_prefix="lg:users/ana/notas/") == 1
+        await graph.adelete(("users", "ana", "memories"), "food")
+        assert await graph.aget(("users", "ana", "memories"), "food") is None
+
+        history = PepperpyChatMessageHistory("s-1", storage=store)
+        assert [m.content for m in await history.aget_messages()] == [
+            "Hi, I need a hotel in Lisbon",
+            "Sure, for which dates?",
+        ]
+
+    version = await raw_conn.fetchval(
+        f'SELECT schema_version FROM "{schema}".pepperpy_memory_tables'
+    )
+    assert version == SCHEMA_VERSION
+    primary_key = await raw_conn.fetchval(
+        "SELECT array_agg(a.attname ORDER BY k.n) FROM pg_constraint c "
+        "CROSS JOIN unnest(c.conkey) WITH ORDINALITY AS k(attnum, n) "
+        "JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.attnum "
+        "WHERE c.conrelid = $1::regclass AND c.contype = 'p'",
+        f"{schema}.memories",
+    )
+    assert tuple(primary_key) == IDENTITY_COLUMNS
+
+
+# The statements release 0.1 runs on a memory table, verbatim (only the table's name differs).
+RELEASE_0_1_WRITES = {
+    "delete": "DELETE FROM {t} m WHERE m.key = $1 RETURNING true",
+    "touch": "UPDATE {t} m SET expires_at = now() + interval '1 hour' WHERE m.key = ANY($1)",
+    "sweep": (
+        "DELETE FROM {t} WHERE key IN (SELECT m.key FROM {t} m WHERE m.expires_at <= now() "
+        "AND m.key = ANY($1) LIMIT 1000 FOR UPDATE SKIP LOCKED)"
+    ),
+}
+
+
+async def test_a_process_still_running_release_0_1_cannot_write_after_the_upgrade(
+    pg_dsn: str, raw_conn: asyncpg.Connection
+) -> None:
+    schema = await _load_release_0_1(pg_dsn)
+    config = PostgresConfig(dsn=pg_dsn, schema=schema, table="memories")
+    async with PostgresStorage[str, Any](config, HashingEmbedder(16)) as store:
+        await store.store("ana-allergy", "Bruno's own", scope="user", scope_id="bruno")
+    before = await raw_conn.fetch(_snapshot_sql(schema))
+    table = f'"{schema}".memories'
+    # Release 0.1's pool connections: its application name, no client schema setting.
+    old = await asyncpg.connect(pg_dsn, server_settings={"application_name": "pepperpy-pg-memory"})
+    try:
+        for name, statement in RELEASE_0_1_WRITES.items():
+            args: list[Any] = ["ana-allergy"] if name == "delete" else [["ana-allergy"]]
+            with pytest.raises(asyncpg.ObjectNotInPrerequisiteStateError) as caught:
+                await old.execute(statement.format(t=table), *args)
+            assert "upgraded to per-owner memory identity" in str(caught.value)
+            assert "Stop every process running the older release" in (caught.value.hint or "")
+        # Its upsert names the key alone as the conflict target, which no longer exists.
+        with pytest.raises(asyncpg.InvalidColumnReferenceError):
+            await old.execute(
+                f"INSERT INTO {table} AS m (key, value, content, content_hash, memory_type, "
+                "scope, scope_id, indices) VALUES ('ana-allergy', '\"x\"', 'x', '\\x00', "
+                "'long_term', 'user', 'ana', '{}') ON CONFLICT (key) DO UPDATE SET value = "
+                "EXCLUDED.value, scope = EXCLUDED.scope, scope_id = EXCLUDED.scope_id"
+            )
+    finally:
+        await old.close()
+    assert [dict(r) for r in await raw_conn.fetch(_snapshot_sql(schema))] == [
+        dict(r) for r in before
+    ]
+    # And release 0.1 itself refuses to start on the upgraded table.
+    registry = await raw_conn.fetchval(
+        f'SELECT schema_version FROM "{schema}".pepperpy_memory_tables'
+    )
+    assert registry > 3
+
+
+async def test_every_unique_index_includes_the_distribution_column(
+    storage: PostgresStorage[str, Any], raw_conn: asyncpg.Connection
+) -> None:
+    # Citus distributes a table by one column and requires it in every unique index: the
+    # owner id (scope_id) keeps one owner's memories on one node.
+    layout = storage.layout
+    unique = await raw_conn.fetch(
+        "SELECT c.relname, array_agg(a.attname) AS columns FROM pg_index i "
+        "JOIN pg_class c ON c.oid = i.indexrelid "
+        "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) "
+        "WHERE i.indrelid = $1::regclass AND i.indisunique GROUP BY c.relname",
+        f"{layout.schema}.{layout.table}",
+    )
+    assert unique, "the primary key is a unique index"
+    for index in unique:
+        assert "scope_id" in index["columns"], index["relname"]
+
+
+async def test_new_memories_after_the_upgrade_get_the_type_defaults(
+    pg_dsn: str,
+) -> None:
+    schema = await _load_release_0_1(pg_dsn)
+    config = PostgresConfig(dsn=pg_dsn, schema=schema, table="memories")
+    async with PostgresStorage[str, Any](config, HashingEmbedder(16)) as store:
+        entry = await store.store(
+            "session-note",
+            "another session's note",
+            type=MemoryType.SHORT_TERM,
+            scope=MemoryScope.SESSION,
+            scope_id="s-2",
+        )
+        assert entry.expires_at is not None
+        assert (
+            await store.retrieve("session-note", scope="session", scope_id="s-1")
+        ).expires_at is None
