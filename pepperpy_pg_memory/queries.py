@@ -280,22 +280,22 @@ class Statements:
         )
         return sql, params.values
 
-    def owners_of(self, keys: list[str], restriction: Restriction) -> tuple[str, list[Any]]:
-        """Every (scope, scope_id, key) holding one of ``keys`` within the restriction."""
+    def _under_keys(
+        self, columns: str, keys: list[str], restriction: Restriction
+    ) -> tuple[str, list[Any]]:
         params = Params([keys])
         sql = (
-            f"SELECT m.scope, m.scope_id, m.key FROM {self.table} m "
+            f"SELECT {columns} FROM {self.table} m "
             f"WHERE m.key = ANY($1::text[]) AND {restriction.conditions(params)}"
         )
         return sql, params.values
 
+    def owners_of(self, keys: list[str], restriction: Restriction) -> tuple[str, list[Any]]:
+        """Every (scope, scope_id, key) holding one of ``keys`` within the restriction."""
+        return self._under_keys("m.scope, m.scope_id, m.key", keys, restriction)
+
     def retrieve_many(self, keys: list[str], restriction: Restriction) -> tuple[str, list[Any]]:
-        params = Params([keys])
-        sql = (
-            f"SELECT {_SELECT_ENTRY} FROM {self.table} m "
-            f"WHERE m.key = ANY($1::text[]) AND {restriction.conditions(params)}"
-        )
-        return sql, params.values
+        return self._under_keys(_SELECT_ENTRY, keys, restriction)
 
     def exists(self, key: str, restriction: Restriction) -> tuple[str, list[Any]]:
         """How many owners hold ``key`` within the restriction, counted no further than 2."""

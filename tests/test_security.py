@@ -190,53 +190,29 @@ async def test_row_level_security_isolates_tenants_even_outside_the_library(
             await globex_store.retrieve("acme-plan")
         assert await globex_store.delete_many(keys=["acme-plan"]) == 0
         assert await acme_store.exists("acme-plan")
+        # The tenant is part of the identity: both may keep a memory under one key.
+        await acme_store.store("plan", "acme plan")
+        await globex_store.store("plan", "globex plan")
+        await globex_store.store("plan", "globex plan, updated")  # its own only
+        assert (await acme_store.retrieve("plan")).value == "acme plan"
+        assert await globex_store.delete("plan") is True
+        assert (await acme_store.retrieve("plan")).value == "acme plan"
+        await globex_store.store("plan", "globex again")
 
     # Plain SQL by the same role, not through the library: the policy still applies.
     conn = await asyncpg.connect(tenant_db)
     try:
         assert await conn.fetchval(f'SELECT count(*) FROM public."{table}"') == 0
         await conn.execute("SET pepperpy.tenant = 'acme'")
-        keys = await conn.fetch(f'SELECT key FROM public."{table}"')
-        assert [r["key"] for r in keys] == ["acme-plan"]
+        keys = await conn.fetch(f'SELECT key FROM public."{table}" ORDER BY key')
+        assert [r["key"] for r in keys] == ["acme-plan", "plan"]
         with pytest.raises(asyncpg.InsufficientPrivilegeError):
             await conn.execute(
                 f'UPDATE public."{table}" SET tenant = $1 WHERE key = $2', "globex", "acme-plan"
             )
-    finally:
-        await conn.close()
-
-
-async def test_two_tenants_may_use_the_same_key_under_row_level_security(
-    private_server: PrivateServer, tenant_db: str
-) -> None:
-    table = f"rls_{uuid.uuid4().hex[:8]}"
-    acme = _alice(private_server, table=table, tenant="acme", row_level_security=True)
-    globex = _alice(private_server, table=table, tenant="globex", row_level_security=True)
-    async with (
-        PostgresStorage[str, Any](acme, HashingEmbedder(16)) as acme_store,
-        PostgresStorage[str, Any](globex, HashingEmbedder(16)) as globex_store,
-    ):
-        await acme_store.store("plan", "acme launches in May")
-        await globex_store.store("plan", "globex launches in June")
-        await globex_store.store("plan", "globex launches in July")  # its own, updated
-        assert (await acme_store.retrieve("plan")).value == "acme launches in May"
-        assert (await globex_store.retrieve("plan")).value == "globex launches in July"
-        assert await globex_store.delete("plan") is True
-        assert (await acme_store.retrieve("plan")).value == "acme launches in May"
-        await globex_store.store("plan", "globex again")
-
-    # Plain SQL as each tenant: only that tenant's "plan" is read, updated or deleted.
-    conn = await asyncpg.connect(tenant_db)
-    try:
-        await conn.execute("SET pepperpy.tenant = 'acme'")
-        assert (
-            await conn.fetchval(f'SELECT count(*) FROM public."{table}" WHERE key = $1', "plan")
-            == 1
-        )
-        status = await conn.execute(
-            f"UPDATE public.\"{table}\" SET content = 'overwritten' WHERE key = $1", "plan"
-        )
-        assert status == "UPDATE 1"
+        # Acme's statements on the shared key reach Acme's row only.
+        update = f"UPDATE public.\"{table}\" SET content = 'overwritten' WHERE key = 'plan'"
+        assert await conn.execute(update) == "UPDATE 1"
         with pytest.raises(asyncpg.InsufficientPrivilegeError):
             await conn.execute(
                 f'INSERT INTO public."{table}" (tenant, key, value, content, content_hash, '
@@ -244,18 +220,12 @@ async def test_two_tenants_may_use_the_same_key_under_row_level_security(
                 "'\\x00', 'long_term', 'global', '', '{}')"
             )
         await conn.execute("SET pepperpy.tenant = 'globex'")
-        assert (
-            await conn.fetchval(f'SELECT content FROM public."{table}" WHERE key = $1', "plan")
-            == "globex again"
-        )
-        assert (
-            await conn.execute(f'DELETE FROM public."{table}" WHERE key = $1', "plan") == "DELETE 1"
-        )
+        select = f"SELECT content FROM public.\"{table}\" WHERE key = 'plan'"
+        assert await conn.fetchval(select) == "globex again"
+        delete = f"DELETE FROM public.\"{table}\" WHERE key = 'plan'"
+        assert await conn.execute(delete) == "DELETE 1"
         await conn.execute("SET pepperpy.tenant = 'acme'")
-        assert (
-            await conn.fetchval(f'SELECT content FROM public."{table}" WHERE key = $1', "plan")
-            == "overwritten"
-        )
+        assert await conn.fetchval(select) == "overwritten"
     finally:
         await conn.close()
 
