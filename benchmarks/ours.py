@@ -160,9 +160,8 @@ async def storage_suite(
 
 
 async def expire_half(store: PostgresStorage[str, Any]) -> None:
-    assert store._pool is not None
     layout = store.layout
-    async with store._pool.acquire() as conn:
+    async with store.database.pool.acquire() as conn:
         # Setup, not measured: each updated row is a new tuple in every index, HNSW included,
         # which takes minutes at 100k rows.
         await conn.execute(
@@ -305,7 +304,7 @@ async def end_to_end_suite(
     progress(f"end-to-end insert {size}")
     async with PostgresStorage[str, Any](config, model) as store:
         await store.clear()
-        store._cache.clear()
+        store.embedding_cache.clear()
         batch = items(memories)
         seconds = await timed(lambda: store.store_many(batch))
         row = rate_row("batch_insert", SYSTEM, mode, size, size, seconds)

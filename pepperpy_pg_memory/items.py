@@ -1,22 +1,26 @@
-"""What callers hand to ``store``/``store_many``, checked and turned into rows to write.
+"""What callers hand to the store, checked: writes turned into rows, owners and restrictions
+turned into what a statement may touch.
 
 Pure functions and plain data: nothing here talks to the database, so every rule about a
-memory's type, indices, fields and expiry is in one place and is checked before any write.
+memory's owner, type, indices, fields and expiry is in one place and is checked before any
+statement runs.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypedDict, TypeVar
 
-import numpy as np
-import numpy.typing as npt
-
+from .config import PostgresConfig
 from .errors import MemoryValidationError
+from .queries import STAGING_COLUMNS, Restriction
+from .schema import MAX_SCOPE_ID_BYTES
 from .types import STORABLE_INDICES, Identity, MemoryIndex, MemoryScope, MemoryType
+from .values import EncodedJSON, check_bytes, encode_json, to_json_value, validate_key
+from .vectors import Vector, content_hash, one_vector
 
 __all__ = [
     "TTL",
@@ -26,35 +30,39 @@ __all__ = [
     "as_enum",
     "index_set",
     "item_fields",
+    "owner",
+    "prepare_write",
     "resolve_expiry",
+    "restriction",
 ]
-
-Vector = npt.NDArray[np.float32]
 
 TTL = timedelta | float | int | Literal["never"] | None
 """A time-to-live: a timedelta or seconds; ``"never"``; None for the memory type's default."""
 
-MemoryItem = Mapping[str, Any]
-"""One entry for :meth:`PostgresStorage.store_many`: a mapping with ``key`` and ``value`` and
-optionally ``type``, ``scope``, ``scope_id``, ``indices``, ``metadata``, ``ttl``,
-``expires_at``, ``embedding`` and ``text`` (the text to index), each overriding the call's
-default. A ``(key, value)`` pair is accepted too."""
 
-ITEM_FIELDS = frozenset(
-    {
-        "key",
-        "value",
-        "type",
-        "scope",
-        "scope_id",
-        "indices",
-        "metadata",
-        "ttl",
-        "expires_at",
-        "embedding",
-        "text",
-    }
-)
+class _RequiredItem(TypedDict):
+    key: str
+    value: Any
+
+
+class MemoryItem(_RequiredItem, total=False):
+    """One entry for :meth:`PostgresStorage.store_many`: ``key`` and ``value``, and optionally
+    any of the other fields, each overriding the call's default. A ``(key, value)`` pair is
+    accepted too."""
+
+    type: MemoryType | str
+    scope: MemoryScope | str
+    scope_id: str | None
+    indices: Iterable[MemoryIndex | str] | None
+    metadata: Mapping[str, Any] | None
+    ttl: TTL
+    expires_at: datetime | None
+    embedding: Any
+    text: str | None
+    """The text to index, instead of what ``text_of(value)`` gives."""
+
+
+ITEM_FIELDS = frozenset(MemoryItem.__annotations__)
 DEFAULT_INDICES = frozenset({MemoryIndex.SEMANTIC, MemoryIndex.CONTEXTUAL})
 
 
@@ -84,20 +92,23 @@ class PendingWrite:
         return MemoryIndex.SEMANTIC in self.indices
 
     def record(self) -> tuple[Any, ...]:
-        return (
-            self.key,
-            self.value,
-            self.text,
-            self.content_hash,
-            self.type.value,
-            self.scope.value,
-            self.scope_id,
-            sorted(index.value for index in self.indices),
-            self.metadata,
-            self.embedding,
-            self.ttl,
-            self.expires_at,
-        )
+        """The values in :data:`~.queries.STAGING_COLUMNS` order (the order of the COPY and of
+        the single-row upsert's parameters)."""
+        columns = {
+            "key": self.key,
+            "value": self.value,
+            "content": self.text,
+            "content_hash": self.content_hash,
+            "memory_type": self.type.value,
+            "scope": self.scope.value,
+            "scope_id": self.scope_id,
+            "indices": sorted(index.value for index in self.indices),
+            "metadata": self.metadata,
+            "embedding": self.embedding,
+            "ttl": self.ttl,
+            "expires_at": self.expires_at,
+        }
+        return tuple(columns[name] for name in STAGING_COLUMNS)
 
 
 E = TypeVar("E", MemoryType, MemoryScope, MemoryIndex)
@@ -179,3 +190,133 @@ def resolve_expiry(
     if delta <= timedelta(0):
         raise MemoryValidationError(f"ttl must be positive and finite, got {ttl!r}")
     return delta, None
+
+
+Scope = MemoryScope | str | None
+
+
+def owner(
+    scope: Scope, scope_id: str | None, default_scope_id: str
+) -> tuple[MemoryScope | None, str | None]:
+    """The owner a call names: ``(None, None)`` for no scope, ``''`` as GLOBAL's id, and
+    ``default_scope_id`` for a scope given without an id."""
+    if scope is None:
+        if scope_id is not None:
+            raise MemoryValidationError("scope_id needs a scope")
+        return None, None
+    scope = as_enum(MemoryScope, scope, "scope")
+    if scope is MemoryScope.GLOBAL:
+        if scope_id:
+            raise MemoryValidationError("GLOBAL memories have no scope_id")
+        return scope, ""
+    if scope_id is None:
+        return scope, default_scope_id
+    if not isinstance(scope_id, str) or not scope_id:
+        raise MemoryValidationError("scope_id must be a non-empty string")
+    to_json_value(scope_id, "scope_id")  # NUL and surrogate check
+    check_bytes(scope_id, MAX_SCOPE_ID_BYTES, "scope_id")
+    return scope, scope_id
+
+
+def restriction(
+    config: PostgresConfig,
+    tenant: str,
+    scope: Scope = None,
+    scope_id: str | None = None,
+    types: Iterable[MemoryType | str] | MemoryType | str | None = None,
+    filter: Mapping[str, Any] | None = None,
+    **bounds: Any,
+) -> Restriction:
+    """What a read, search or delete of ``tenant``'s store may see, checked."""
+    owner_scope, owner_id = owner(scope, scope_id, config.default_scope_id)
+    if isinstance(types, (MemoryType, str)):
+        types = [types]
+    type_set = (
+        frozenset(as_enum(MemoryType, t, "type") for t in types) if types is not None else None
+    )
+    for name in ("filter", "value_filter"):
+        given = filter if name == "filter" else bounds.get(name)
+        if given is not None and not isinstance(given, Mapping):
+            raise MemoryValidationError(f"{name} must be a mapping")
+    return Restriction(
+        tenant=tenant,
+        scope=owner_scope,
+        scope_id=owner_id,
+        types=type_set,
+        filter=filter,
+        **bounds,
+    )
+
+
+def prepare_write(
+    config: PostgresConfig,
+    text_of: Callable[[Any], str],
+    dimension: int,
+    key: Any,
+    value: Any,
+    *,
+    type: MemoryType | str,
+    scope: MemoryScope | str,
+    scope_id: str | None,
+    indices: Iterable[MemoryIndex | str] | None,
+    metadata: Mapping[str, Any] | None,
+    ttl: TTL,
+    expires_at: datetime | None,
+    embedding: Any = None,
+    text: str | None = None,
+) -> PendingWrite:
+    """One write, checked: every rule a memory must meet before anything is sent.
+
+    ``dimension`` is the table's vector dimension, for an ``embedding`` given by the caller.
+    """
+    # `type` is the memory type here, as in store()'s signature; the builtin is not used.
+    memory_type = as_enum(MemoryType, type, "type")
+    key = validate_key(key, config.max_key_length)
+    owner_scope, owner_id = owner(scope, scope_id, config.default_scope_id)
+    if owner_scope is None or owner_id is None:
+        raise MemoryValidationError("a memory needs a scope")
+    if value is None:
+        raise MemoryValidationError(f"value of {key!r} is None: there is nothing to remember")
+    # Encoded once: the size check and the database write share the text.
+    json_text = EncodedJSON(encode_json(to_json_value(value)))
+    size = len(json_text.encode())
+    if size > config.max_value_bytes:
+        raise MemoryValidationError(
+            f"value of {key!r} is {size:,} bytes as JSON; the limit is "
+            f"{config.max_value_bytes:,} (PostgresConfig.max_value_bytes)"
+        )
+    if metadata is None:
+        json_metadata: dict[str, Any] = {}
+    elif isinstance(metadata, Mapping):
+        json_metadata = to_json_value(metadata, "metadata")
+    else:
+        raise MemoryValidationError("metadata must be a mapping")
+    indexed = text_of(value) if text is None else text
+    if not isinstance(indexed, str):
+        raise MemoryValidationError(
+            f"the indexed text must be a str, not {indexed.__class__.__name__}"
+        )
+    to_json_value(indexed, "indexed text")  # NUL and surrogate check
+    indices_to_write = index_set(indices)
+    ttl_delta, expiry = resolve_expiry(ttl, expires_at, config.ttl_for(memory_type))
+    vector = None
+    if embedding is not None:
+        if MemoryIndex.SEMANTIC not in indices_to_write:
+            raise MemoryValidationError(
+                f"{key!r}: an embedding was given but SEMANTIC is not among its indices"
+            )
+        vector = one_vector(embedding, dimension)
+    return PendingWrite(
+        key=key,
+        value=json_text,
+        text=indexed,
+        content_hash=content_hash(indexed),
+        type=memory_type,
+        scope=owner_scope,
+        scope_id=owner_id,
+        indices=indices_to_write,
+        metadata=json_metadata,
+        embedding=vector,
+        ttl=ttl_delta,
+        expires_at=expiry,
+    )

@@ -1,8 +1,9 @@
-"""The connection-level steps of ``reindex()`` and ``stats()``.
+"""The steps of ``reindex()`` and ``stats()`` that need one connection of their own.
 
-Each function runs on one connection handed to it by ``PostgresStorage._run`` (which owns
-retries, timeouts and error translation) and does one thing; the statements come from
-:class:`~pepperpy_pg_memory.queries.Statements`.
+Each function runs on a connection handed to it by :meth:`.database.Database.run` (which owns
+retries, timeouts and error translation) and does one thing in one transaction; the
+statements come from :class:`~.queries.Statements` and :class:`~.schema.TableLayout`. The
+reindex position is kept in the registry as the whole identity it reached.
 """
 
 from __future__ import annotations
@@ -17,20 +18,23 @@ import asyncpg
 from .errors import MemoryConfigurationError
 from .queries import Restriction, Statements
 from .schema import TableLayout, text_search_config_exists
+from .sql import Query
 from .types import Identity
-
-logger = logging.getLogger(__name__)
 
 __all__ = [
     "decode_cursor",
     "encode_cursor",
-    "build_vector_index",
+    "in_one_transaction",
     "convert_dimension",
-    "fetch_reindex_batch",
     "rebuild_contextual",
     "table_figures",
     "write_reindexed",
 ]
+
+logger = logging.getLogger(__name__)
+
+START = Identity("", "", "")
+"""Precedes every identity (scopes are never empty): where a reindex starts."""
 
 
 def encode_cursor(tenant: str, position: Identity) -> str:
@@ -55,23 +59,17 @@ def decode_cursor(saved: str | None, tenant: str) -> Identity | None:
     return Identity(*parts[1:])
 
 
-async def fetch_reindex_batch(
-    statements: Statements,
-    tenant: str,
-    cursor: Identity | None,
-    batch: int,
-    conn: asyncpg.Connection,
-) -> list[asyncpg.Record]:
-    """The next ``batch`` live semantic memories of ``tenant`` after ``cursor``."""
-    # Scopes are never empty, so ('', '', '') precedes every identity.
-    after = cursor or Identity("", "", "")
-    rows: list[asyncpg.Record] = await conn.fetch(statements.reindex_batch(), tenant, *after, batch)
-    return rows
+async def in_one_transaction(
+    queries: list[Query], timeout: float, conn: asyncpg.Connection
+) -> None:
+    """Run ``queries`` in order, all or none."""
+    async with conn.transaction():
+        for query in queries:
+            await conn.execute(query.sql, *query.args, timeout=timeout)
 
 
 async def write_reindexed(
     statements: Statements,
-    table: str,
     records: list[tuple[Any, ...]],
     cursor: str,
     conn: asyncpg.Connection,
@@ -79,30 +77,26 @@ async def write_reindexed(
     """Store re-embedded vectors and the position they reach."""
     # The vectors and the position move together: a crash never skips a batch.
     async with conn.transaction():
-        await conn.executemany(statements.set_embeddings(), records)
-        await conn.execute(statements.save_reindex_cursor(), table, cursor)
-
-
-async def build_vector_index(
-    statements: Statements, maintenance_work_mem: str, timeout: float, conn: asyncpg.Connection
-) -> None:
-    """Build the HNSW index in one pass."""
-    async with conn.transaction():
-        for sql, args in statements.build_vector_index(maintenance_work_mem):
-            await conn.execute(sql, *args, timeout=timeout)
+        await conn.executemany(statements.set_embeddings().sql, records)
+        save = statements.save_reindex_cursor(cursor)
+        await conn.execute(save.sql, *save.args)
 
 
 async def convert_dimension(
     old: TableLayout, new: TableLayout, timeout: float, conn: asyncpg.Connection
 ) -> None:
     """Retype the embedding column from ``old``'s vectors to ``new``'s, dropping them all."""
-    before, after = Statements(old), Statements(new)
-    async with conn.transaction():
-        await conn.execute(before.drop_vector_index())
-        await conn.execute(after.retype_embedding_column(), timeout=timeout)
-        # Built while the column is empty, the index then grows with each batch.
-        await conn.execute(new.hnsw_index_statement(), timeout=timeout)
-        await conn.execute(after.record_dimension(), new.table, new.dimension, new.vector_type)
+    # Built while the column is empty, the index then grows with each batch.
+    await in_one_transaction(
+        [
+            old.drop_vector_index(),
+            new.retype_embedding_column(),
+            Query(new.hnsw_index_statement()),
+            Statements(new).record_dimension(),
+        ],
+        timeout,
+        conn,
+    )
 
 
 async def rebuild_contextual(
@@ -110,38 +104,40 @@ async def rebuild_contextual(
 ) -> int:
     """Rebuild the full-text and trigram indexes, first switching the text search
     configuration to ``wanted`` if it differs; returns how many memories they cover."""
-    statements = Statements(layout)
     async with conn.transaction():
+        steps: list[Query] = []
         if layout.text_search_config != wanted:
             if not await text_search_config_exists(conn, wanted):
                 raise MemoryConfigurationError(
                     f"text search configuration {wanted!r} does not exist",
                     field="text_search_config",
                 )
-            switched = Statements(replace(layout, text_search_config=wanted))
-            await conn.execute(switched.set_tsvector_expression(), timeout=timeout)
-            await conn.execute(statements.record_text_search_config(), layout.table, wanted)
-        for sql in statements.reindex_contextual():
-            await conn.execute(sql, timeout=timeout)
-        return int(await conn.fetchval(statements.count_contextual(), tenant))
+            switched = replace(layout, text_search_config=wanted)
+            steps += [
+                switched.set_tsvector_expression(),
+                Statements(switched).record_text_search_config(),
+            ]
+        steps += layout.reindex_text_indexes()
+        await in_one_transaction(steps, timeout, conn)
+        count = Statements(layout).count_contextual(tenant)
+        return int(await conn.fetchval(count.sql, *count.args))
 
 
 async def table_figures(
     statements: Statements, tenant: str, conn: asyncpg.Connection
 ) -> dict[str, Any]:
     """The tenant's row counts, and on-disk sizes of the memory table and its indexes."""
-    layout = statements.layout
-    table = f"{layout.schema}.{layout.table}"
-    count_sql, count_args = statements.count(Restriction(tenant=tenant))
-    live = await conn.fetchval(count_sql, *count_args)
-    expired = await conn.fetchval(statements.count_expired(), tenant)
-    sizes = await conn.fetchrow(statements.table_sizes(), table)
+    figures: dict[str, Any] = {}
+    for name, query in (
+        ("memories", statements.count(Restriction(tenant=tenant))),
+        ("expired_not_cleaned", statements.count_expired(tenant)),
+    ):
+        figures[name] = int(await conn.fetchval(query.sql, *query.args))
+    sizes_query, indexes_query = statements.table_sizes(), statements.index_sizes()
+    sizes = await conn.fetchrow(sizes_query.sql, *sizes_query.args)
     assert sizes is not None
-    indexes = await conn.fetch(statements.index_sizes(), table)
-    return {
-        "memories": int(live),
-        "expired_not_cleaned": int(expired),
-        "table_bytes": int(sizes["heap"]),
-        "total_bytes": int(sizes["total"]),
-        "index_bytes": {row["name"]: int(row["bytes"]) for row in indexes},
-    }
+    indexes = await conn.fetch(indexes_query.sql, *indexes_query.args)
+    figures["table_bytes"] = int(sizes["heap"])
+    figures["total_bytes"] = int(sizes["total"])
+    figures["index_bytes"] = {row["name"]: int(row["bytes"]) for row in indexes}
+    return figures

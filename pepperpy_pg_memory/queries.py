@@ -1,24 +1,27 @@
-"""Every SQL statement the store runs, built apart from running it.
+"""The statements the store runs on its table for writes, reads, deletes and maintenance,
+built apart from running them (search has its own module, :mod:`.search_sql`; DDL lives with
+the schema).
 
-Each builder returns ``(sql, args)``; the store only awaits them, so the SQL can be read and
-tested without a database. Values are always ``$n`` parameters; the only names in the text are
-the table's, validated and quoted by :mod:`pepperpy_pg_memory.identifiers`, and this module's
-own column names.
+Every builder returns a :class:`Query`; the store hands it to :class:`~.database.Database`, so
+the SQL can be read and tested without a database. Values are always ``$n`` parameters; the
+only names in the text are the table's, validated and quoted by
+:mod:`pepperpy_pg_memory.identifiers`, and this module's own column names.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
 from .filters import Params, compile_filter
-from .schema import GIN_INDEXES, TableLayout
+from .identifiers import quote_ident
+from .schema import TableLayout
+from .sql import Query
 from .types import Identity, MemoryScope, MemoryType
 
-__all__ = ["Statements", "Restriction", "STAGING_COLUMNS", "ENTRY_COLUMNS"]
+__all__ = ["Query", "Statements", "Restriction", "STAGING_COLUMNS", "ENTRY_COLUMNS"]
 
 ENTRY_COLUMNS = (
     "key",
@@ -35,21 +38,27 @@ ENTRY_COLUMNS = (
 )
 _SELECT_ENTRY = ", ".join(f"m.{column}" for column in ENTRY_COLUMNS)
 
-# Columns a write supplies, in the order of store()'s parameters and of the COPY records.
-STAGING_COLUMNS = (
-    "key",
-    "value",
-    "content",
-    "content_hash",
-    "memory_type",
-    "scope",
-    "scope_id",
-    "indices",
-    "metadata",
-    "embedding",
-    "ttl",
-    "expires_at",
+# What a write supplies, with its type in the staging table. This one list drives the staging
+# table, the COPY, the record of a PendingWrite and both upserts' column and value lists.
+# ("vector" stands for the table's embedding type.)
+WRITE_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("key", "text"),
+    ("value", "jsonb"),
+    ("content", "text"),
+    ("content_hash", "bytea"),
+    ("memory_type", "text"),
+    ("scope", "text"),
+    ("scope_id", "text"),
+    ("indices", "text[]"),
+    ("metadata", "jsonb"),
+    ("embedding", "vector"),
+    ("ttl", "interval"),
+    ("expires_at", "timestamptz"),
 )
+STAGING_COLUMNS = tuple(name for name, _ in WRITE_COLUMNS)
+# Written columns that are not the staged value itself: the expiry is the moment given, or now
+# plus the time-to-live; the tenant is the store's.
+_TABLE_VALUES = {"expires_at": "COALESCE({expires_at}, now() + {ttl})", "tenant": "{tenant}"}
 
 _LIVE = "(m.expires_at IS NULL OR m.expires_at > now())"
 # How rows of one statement's branches are matched to each other and to the table: by the
@@ -84,24 +93,6 @@ def _in_identities(params: Params, identities: Sequence[Identity]) -> str:
         f"(m.scope, m.scope_id, m.key) IN (SELECT * FROM unnest("
         f"{scopes}::text[], {scope_ids}::text[], {keys}::text[]))"
     )
-
-
-_WORD = re.compile(r"\w+", re.UNICODE)
-FUZZY_MIN_WORD_LENGTH = 4
-FUZZY_MAX_WORDS = 8
-FUZZY_MAX_CANDIDATES = 2_000
-
-
-def fuzzy_words(query: str) -> list[str]:
-    """The query's distinct words (at most eight) for trigram matching and scoring."""
-    words = [w.lower() for w in _WORD.findall(query) if len(w) >= 2]
-    return list(dict.fromkeys(words))[:FUZZY_MAX_WORDS]
-
-
-def _at_least(params: Params, expression: str, min_score: float | None) -> str:
-    if min_score is None:
-        return "TRUE"
-    return f"({expression}) >= {params.add(float(min_score))}::float8"
 
 
 @dataclass(frozen=True)
@@ -168,7 +159,8 @@ class Statements:
         self.table = layout.qualified_table
         self.registry = layout.registry
         self.vector = layout.vector_column_type
-        self.staging = f"pepperpy_staging_{layout.table}_{int(layout.dimension)}"
+        self.staging = quote_ident(f"pepperpy_staging_{layout.table}_{int(layout.dimension)}")
+        self.staging_name = self.staging.strip('"')
 
     # --- writes --------------------------------------------------------------------------
     def _upsert_tail(self) -> str:
@@ -203,63 +195,75 @@ class Statements:
                 (m.embedding IS NULL AND m.indices @> ARRAY['semantic']) AS needs_embedding
         """
 
-    def upsert_one(self, tenant: str, record: Sequence[Any]) -> tuple[str, list[Any]]:
-        sql = f"""
-            INSERT INTO {self.table} AS m (key, value, content, content_hash, memory_type,
-                scope, scope_id, indices, metadata, embedding, expires_at, tenant)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::{self.vector},
-                COALESCE($12::timestamptz, now() + $11::interval), $13)
-            {self._upsert_tail()}
-        """
-        return sql, [*record, tenant]
+    def _staged_type(self, type_name: str) -> str:
+        return self.vector if type_name == "vector" else type_name
 
-    def create_staging(self) -> str:
+    def _insert(self, values: Mapping[str, str], source: str) -> str:
+        """``INSERT … SELECT``/``VALUES`` of every table column a write fills, each from
+        ``values`` (a write column's name → its SQL), then the upsert."""
+        columns = [name for name in STAGING_COLUMNS if name not in ("ttl", "expires_at")]
+        columns += list(_TABLE_VALUES)
+        expressions = [
+            _TABLE_VALUES[name].format(**values) if name in _TABLE_VALUES else values[name]
+            for name in columns
+        ]
+        if source:
+            body = f"SELECT {', '.join(expressions)} FROM {source}"
+        else:
+            body = f"VALUES ({', '.join(expressions)})"
+        return f"INSERT INTO {self.table} AS m ({', '.join(columns)}) {body} {self._upsert_tail()}"
+
+    def upsert_one(self, tenant: str, record: Sequence[Any]) -> Query:
+        """One write, ``record`` in :data:`STAGING_COLUMNS` order."""
+        values = {
+            name: f"${position}::{self._staged_type(type_name)}"
+            for position, (name, type_name) in enumerate(WRITE_COLUMNS, start=1)
+        }
+        values["tenant"] = f"${len(WRITE_COLUMNS) + 1}"
+        return Query(self._insert(values, source=""), [*record, tenant])
+
+    def create_staging(self) -> Query:
         # One temporary table per connection, emptied at each commit: COPY needs a target, and
         # re-creating it per batch would churn the catalog.
-        return f"""
-            CREATE TEMPORARY TABLE IF NOT EXISTS {self.staging} (
-                key text, value jsonb, content text, content_hash bytea, memory_type text,
-                scope text, scope_id text, indices text[], metadata jsonb,
-                embedding {self.vector}, ttl interval, expires_at timestamptz
-            ) ON COMMIT DELETE ROWS
-        """
+        columns = ", ".join(
+            f"{name} {self._staged_type(type_name)}" for name, type_name in WRITE_COLUMNS
+        )
+        return Query(
+            f"CREATE TEMPORARY TABLE IF NOT EXISTS {self.staging} ({columns}) ON COMMIT DELETE ROWS"
+        )
 
-    def merge_staging(self, tenant: str) -> tuple[str, list[Any]]:
+    def merge_staging(self, tenant: str) -> Query:
         """The staged rows upserted; returns the identities left needing an embedding."""
+        values = {name: name for name in STAGING_COLUMNS}
+        values["tenant"] = "$1"
         sql = f"""
-            WITH merged AS (
-                INSERT INTO {self.table} AS m (key, value, content, content_hash, memory_type,
-                    scope, scope_id, indices, metadata, embedding, expires_at, tenant)
-                SELECT key, value, content, content_hash, memory_type, scope, scope_id, indices,
-                    metadata, embedding, COALESCE(expires_at, now() + ttl), $1
-                FROM {self.staging}
-                {self._upsert_tail()}
-            )
+            WITH merged AS ({self._insert(values, source=self.staging)})
             SELECT scope, scope_id, key FROM merged WHERE needs_embedding
         """
-        return sql, [tenant]
+        return Query(sql, [tenant])
 
-    def set_embeddings(self) -> str:
-        """Arguments per row: tenant, scope, scope_id, key, vector, content hash."""
+    def set_embeddings(self) -> Query:
+        """A template for ``executemany``; per row: tenant, scope, scope_id, key, vector,
+        content hash."""
         # Only if the text is still the one that was embedded: a concurrent writer that changed
         # it has written its own embedding.
-        return (
+        return Query(
             f"UPDATE {self.table} SET embedding = $5::{self.vector} "
             "WHERE tenant = $1 AND scope = $2 AND scope_id = $3 AND key = $4 "
             "AND content_hash = $6"
         )
 
-    def touch(self, tenant: str, identities: Sequence[Identity], ttl: Any) -> tuple[str, list[Any]]:
+    def touch(self, tenant: str, identities: Sequence[Identity], ttl: Any) -> Query:
         params = Params([tenant, ttl])
-        return (
+        return Query(
             f"UPDATE {self.table} m SET expires_at = now() + $2::interval "
             f"WHERE m.tenant = $1 AND {_in_identities(params, identities)} AND {_LIVE}",
             params.values,
         )
 
-    def known_hashes(self, tenant: str, identities: Sequence[Identity]) -> tuple[str, list[Any]]:
+    def known_hashes(self, tenant: str, identities: Sequence[Identity]) -> Query:
         params = Params([tenant])
-        return (
+        return Query(
             f"SELECT m.scope, m.scope_id, m.key, m.content_hash FROM {self.table} m "
             f"WHERE m.tenant = $1 AND {_in_identities(params, identities)} "
             "AND m.embedding IS NOT NULL",
@@ -267,9 +271,7 @@ class Statements:
         )
 
     # --- reads -----------------------------------------------------------------------------
-    def retrieve(
-        self, key: str, restriction: Restriction, include_embedding: bool
-    ) -> tuple[str, list[Any]]:
+    def retrieve(self, key: str, restriction: Restriction, include_embedding: bool) -> Query:
         """The memories under ``key`` the restriction lets through: one row with an owner
         given; without one, up to two (two mean the key is ambiguous)."""
         params = Params([key])
@@ -278,37 +280,33 @@ class Statements:
             f"SELECT {_SELECT_ENTRY}{extra} FROM {self.table} m "
             f"WHERE m.key = $1 AND {restriction.conditions(params)} LIMIT 2"
         )
-        return sql, params.values
+        return Query(sql, params.values)
 
-    def _under_keys(
-        self, columns: str, keys: list[str], restriction: Restriction
-    ) -> tuple[str, list[Any]]:
+    def _under_keys(self, columns: str, keys: list[str], restriction: Restriction) -> Query:
         params = Params([keys])
         sql = (
             f"SELECT {columns} FROM {self.table} m "
             f"WHERE m.key = ANY($1::text[]) AND {restriction.conditions(params)}"
         )
-        return sql, params.values
+        return Query(sql, params.values)
 
-    def owners_of(self, keys: list[str], restriction: Restriction) -> tuple[str, list[Any]]:
+    def owners_of(self, keys: list[str], restriction: Restriction) -> Query:
         """Every (scope, scope_id, key) holding one of ``keys`` within the restriction."""
         return self._under_keys("m.scope, m.scope_id, m.key", keys, restriction)
 
-    def retrieve_many(self, keys: list[str], restriction: Restriction) -> tuple[str, list[Any]]:
+    def retrieve_many(self, keys: list[str], restriction: Restriction) -> Query:
         return self._under_keys(_SELECT_ENTRY, keys, restriction)
 
-    def exists(self, key: str, restriction: Restriction) -> tuple[str, list[Any]]:
+    def exists(self, key: str, restriction: Restriction) -> Query:
         """How many owners hold ``key`` within the restriction, counted no further than 2."""
         params = Params([key])
         sql = (
             f"SELECT count(*) FROM (SELECT 1 FROM {self.table} m "
             f"WHERE m.key = $1 AND {restriction.conditions(params)} LIMIT 2) AS found"
         )
-        return sql, params.values
+        return Query(sql, params.values)
 
-    def distinct_metadata(
-        self, path: list[str], restriction: Restriction, limit: int
-    ) -> tuple[str, list[Any]]:
+    def distinct_metadata(self, path: list[str], restriction: Restriction, limit: int) -> Query:
         params = Params()
         extracted = f"m.metadata #> {params.add(path)}::text[]"
         where = restriction.conditions(params)
@@ -317,12 +315,12 @@ class Statements:
             f"WHERE {where} AND {extracted} IS NOT NULL "
             f"GROUP BY 1 ORDER BY 1 LIMIT {params.add(limit)}"
         )
-        return sql, params.values
+        return Query(sql, params.values)
 
-    def count(self, restriction: Restriction) -> tuple[str, list[Any]]:
+    def count(self, restriction: Restriction) -> Query:
         params = Params()
         sql = f"SELECT count(*) FROM {self.table} m WHERE {restriction.conditions(params)}"
-        return sql, params.values
+        return Query(sql, params.values)
 
     def list_page(
         self,
@@ -332,22 +330,29 @@ class Statements:
         offset: int,
         order_by: ListOrder,
         descending: bool,
-    ) -> tuple[str, list[Any]]:
+        after: tuple[Any, ...] | None = None,
+    ) -> Query:
+        """A page in ``order_by`` order, ties broken by the rest of the identity. ``after`` is
+        the previous page's last row's position (its ``order_by`` value, then key, scope and
+        scope_id; for ``key`` order just the last three)."""
         params = Params()
         where = restriction.conditions(params)
         direction = "DESC" if descending else "ASC"
         order = _ORDER_COLUMNS[order_by]
-        ties = ", ".join(f"{column} {direction}" for column in _TIE_BREAK if column != order)
+        columns = [order] + [column for column in _TIE_BREAK if column != order]
+        if after is not None:
+            if len(after) != len(columns):
+                raise ValueError(f"a {order_by} position has {len(columns)} parts")
+            bound = ", ".join(params.add(value) for value in after)
+            where += f" AND ({', '.join(columns)}) {'<' if descending else '>'} ({bound})"
         sql = (
             f"SELECT {_SELECT_ENTRY} FROM {self.table} m WHERE {where} "
-            f"ORDER BY {order} {direction}, {ties} "
+            f"ORDER BY {', '.join(f'{column} {direction}' for column in columns)} "
             f"LIMIT {params.add(limit)} OFFSET {params.add(offset)}"
         )
-        return sql, params.values
+        return Query(sql, params.values)
 
-    def scan_page(
-        self, restriction: Restriction, after: Identity | None, limit: int
-    ) -> tuple[str, list[Any]]:
+    def scan_page(self, restriction: Restriction, after: Identity | None, limit: int) -> Query:
         """The next ``limit`` memories in identity order after ``after`` (a keyset page: each
         page costs the same however far the scan has gone, unlike OFFSET)."""
         params = Params()
@@ -359,24 +364,24 @@ class Statements:
             f"SELECT {_SELECT_ENTRY} FROM {self.table} m WHERE {where} "
             f"ORDER BY m.scope, m.scope_id, m.key LIMIT {params.add(limit)}"
         )
-        return sql, params.values
+        return Query(sql, params.values)
 
     # --- deletes ---------------------------------------------------------------------------
-    def delete(self, key: str, restriction: Restriction) -> tuple[str, list[Any]]:
+    def delete(self, key: str, restriction: Restriction) -> Query:
         params = Params([key])
         sql = (
             f"DELETE FROM {self.table} m WHERE m.key = $1 "
             f"AND {restriction.conditions(params)} "
             f"RETURNING {_LIVE} AS live"
         )
-        return sql, params.values
+        return Query(sql, params.values)
 
-    def delete_many(self, restriction: Restriction) -> tuple[str, list[Any]]:
+    def delete_many(self, restriction: Restriction) -> Query:
         params = Params()
         sql = f"DELETE FROM {self.table} m WHERE {restriction.conditions(params)}"
-        return sql, params.values
+        return Query(sql, params.values)
 
-    def delete_expired_batch(self, restriction: Restriction, batch: int) -> tuple[str, list[Any]]:
+    def delete_expired_batch(self, restriction: Restriction, batch: int) -> Query:
         params = Params()
         where = restriction.conditions(params)
         # Bounded batches with SKIP LOCKED: a sweep never holds many row locks at once and
@@ -389,360 +394,85 @@ class Statements:
                 LIMIT {params.add(batch)} FOR UPDATE SKIP LOCKED)
             AND d.expires_at <= now()
         """
-        return sql, params.values
+        return Query(sql, params.values)
 
-    def drop_vector_index(self) -> str:
-        return f"DROP INDEX IF EXISTS {self.layout.qualified_index('embedding_idx')}"
-
-    def build_vector_index(self, maintenance_work_mem: str) -> list[tuple[str, list[Any]]]:
-        """Build the HNSW index in one pass, with more memory for this transaction only
-        (run inside a transaction)."""
-        return [
-            ("SELECT set_config('maintenance_work_mem', $1, true)", [maintenance_work_mem]),
-            (self.layout.hnsw_index_statement(), []),
-        ]
-
-    def after_bulk_load(self) -> list[tuple[str, list[Any]]]:
-        """Statements that make a freshly loaded table fast to search: merge the GIN pending
-        lists (every search scans them until merged) and refresh the planner's statistics."""
-        return [
-            ("SELECT gin_clean_pending_list($1::regclass)", [self.layout.qualified_index(suffix)])
-            for suffix in GIN_INDEXES
-        ] + [(f"ANALYZE {self.table}", [])]
-
-    def count_up_to(self) -> str:
-        """Rows in the table, counted no further than $1 (cheap on a large table)."""
-        return f"SELECT count(*) FROM (SELECT 1 FROM {self.table} LIMIT $1) AS bounded"
-
-    def count_expired(self) -> str:
-        return f"SELECT count(*) FROM {self.table} WHERE tenant = $1 AND expires_at <= now()"
-
-    # --- search ----------------------------------------------------------------------------
-    def semantic_search(
-        self,
-        embedding: Any,
-        restriction: Restriction,
-        *,
-        limit: int,
-        offset: int,
-        min_score: float | None,
-        include_embedding: bool = False,
-    ) -> tuple[str, list[Any]]:
-        params = Params()
-        vector = f"{params.add(embedding)}::{self.vector}"
-        where = restriction.conditions(params)
-        extra = ", m.embedding" if include_embedding else ""
-        # The inner query is the shape pgvector's HNSW index serves (ORDER BY distance LIMIT);
-        # with iterative scans on, it keeps scanning until the filters let `limit` rows through.
-        # MATERIALIZED and the outer ORDER BY restore exact order after relaxed_order scans.
-        sql = f"""
-            WITH hits AS MATERIALIZED (
-                SELECT {_SELECT_ENTRY}{extra}, m.embedding <=> {vector} AS distance
-                FROM {self.table} m
-                WHERE m.embedding IS NOT NULL AND {where}
-                ORDER BY m.embedding <=> {vector}
-                LIMIT {params.add(limit + offset)}
-            )
-            SELECT *, 1 - distance AS score FROM hits
-            WHERE {_at_least(params, "1 - distance", min_score)}
-            ORDER BY distance, key, scope, scope_id
-            LIMIT {params.add(limit)} OFFSET {params.add(offset)}
-        """
-        return sql, params.values
-
-    def _tsquery(self, params: Params, query: str) -> str:
-        return (
-            f"websearch_to_tsquery({params.add(self.layout.text_search_config)}::text::regconfig, "
-            f"{params.add(query)})"
+    def count_up_to(self, limit: int) -> Query:
+        """Rows in the table, counted no further than ``limit`` (cheap on a large table)."""
+        return Query(
+            f"SELECT count(*) FROM (SELECT 1 FROM {self.table} LIMIT $1) AS bounded", [limit]
         )
 
-    def _contextual_ctes(
-        self, params: Params, query: str, where: str, tenant: str, want: str
-    ) -> str:
-        """CTEs ``exact`` and ``fuzzy`` (identity, score), each at most ``want`` rows, best
-        first, and ``contextual``, both together.
-
-        Full-text matches come first. The trigram fallback for misspellings runs only when
-        they do not fill the window: its cost grows with how common the words' trigrams are,
-        so it is kept off the path of queries that full text already answers.
-        """
-        tsquery = self._tsquery(params, query)
-        words = [params.add(word) for word in fuzzy_words(query)]
-        # Added only when used: PostgreSQL rejects a parameter that no expression types.
-        own_tenant = params.add(tenant) if words else ""
-        config = params.add(self.layout.text_search_config) if words else ""
-        # Only a word the table has never seen (as a full-text lexeme) can be a misspelling
-        # worth a trigram search; it becomes NULL otherwise, and a NULL key makes its trigram
-        # index scan return nothing. Evaluated once per query, as an InitPlan.
-        suspects = [
-            f"""(SELECT CASE WHEN length({w}) >= {FUZZY_MIN_WORD_LENGTH}
-                    AND numnode(plainto_tsquery({config}::text::regconfig, {w})) > 0
-                    AND NOT EXISTS (SELECT 1 FROM {self.table} x
-                        WHERE x.tenant = {own_tenant}
-                          AND x.tsv @@ plainto_tsquery({config}::text::regconfig, {w}))
-                THEN {w} END)"""
-            for w in words
-        ]
-        if suspects:
-            any_suspect = " OR ".join(f"{suspect} <% m.content" for suspect in suspects)
-            # Ranked by how well all the query's words appear, so that the correctly spelt
-            # words still decide between the rows a misspelt one brings in.
-            fuzzy_score = (
-                "(" + " + ".join(f"word_similarity({w}, m.content)" for w in words) + ")"
-                f" / {len(words)}"
-            )
-            threshold = "current_setting('pg_trgm.word_similarity_threshold')::float8"
-            candidates_match = f"({any_suspect})"
-            fuzzy_match = f"{fuzzy_score} >= {threshold}"
-        else:
-            fuzzy_score, candidates_match, fuzzy_match = "0", "FALSE", "FALSE"
-        return f"""
-            exact AS MATERIALIZED (
-                SELECT {_M_OWNER_KEY}, 0.5 + 0.5 * ts_rank_cd(m.tsv, {tsquery}, 32) AS score
-                FROM {self.table} m
-                WHERE {_CONTEXTUAL} AND {where} AND m.tsv @@ {tsquery}
-                ORDER BY score DESC, m.key, m.scope, m.scope_id
-                LIMIT {want}
-            ),
-            fuzzy AS MATERIALIZED (
-                SELECT {_M_OWNER_KEY}, 0.5 * {fuzzy_score} AS score
-                FROM (
-                    -- A misspelling of a common word matches most of the table; scoring
-                    -- is bounded to the first candidates the trigram index yields.
-                    SELECT {_M_OWNER_KEY}, m.content FROM {self.table} m
-                    WHERE (SELECT count(*) FROM exact) < {want}
-                      AND {_CONTEXTUAL} AND {where} AND (m.tsv @@ {tsquery}) IS NOT TRUE
-                      AND {candidates_match}
-                    LIMIT {FUZZY_MAX_CANDIDATES}
-                ) AS m
-                WHERE {fuzzy_match}
-                ORDER BY score DESC, m.key, m.scope, m.scope_id
-                LIMIT {want}
-            ),
-            contextual AS (
-                SELECT {_OWNER_KEY}, score FROM exact
-                UNION ALL SELECT {_OWNER_KEY}, score FROM fuzzy
-            )
-        """
-
-    def contextual_search(
-        self,
-        query: str,
-        restriction: Restriction,
-        *,
-        limit: int,
-        offset: int,
-        min_score: float | None,
-    ) -> tuple[str, list[Any]]:
-        params = Params()
-        where = restriction.conditions(params)
-        ctes = self._contextual_ctes(
-            params, query, where, restriction.tenant, params.add(limit + offset)
+    def count_expired(self, tenant: str) -> Query:
+        return Query(
+            f"SELECT count(*) FROM {self.table} WHERE tenant = $1 AND expires_at <= now()",
+            [tenant],
         )
-        sql = f"""
-            WITH {ctes}
-            SELECT {_SELECT_ENTRY}, c.score::float8 AS score
-            FROM contextual c JOIN {self.table} m USING ({_OWNER_KEY})
-            WHERE {_at_least(params, "c.score", min_score)}
-            ORDER BY c.score DESC, m.key, m.scope, m.scope_id
-            LIMIT {params.add(limit)} OFFSET {params.add(offset)}
-        """
-        return sql, params.values
-
-    def hybrid_search(
-        self,
-        query: str,
-        embedding: Any,
-        restriction: Restriction,
-        *,
-        limit: int,
-        offset: int,
-        min_score: float | None,
-        candidates: int,
-        rrf_k: int,
-    ) -> tuple[str, list[Any]]:
-        params = Params()
-        where = restriction.conditions(params)
-        vector = f"{params.add(embedding)}::{self.vector}"
-        pool = params.add(max(candidates, limit + offset))
-        k = params.add(float(rrf_k))
-        # The word side keeps web-search semantics (every word must appear). Matching any word
-        # was tried: words every memory shares ("Ana") then flooded the fused ranking with
-        # noise and pushed the right memory out of the top results.
-        ctes = self._contextual_ctes(params, query, where, restriction.tenant, pool)
-        # Reciprocal-rank fusion in the database, in one round trip: each index ranks its own
-        # candidates, ranks are fused as sum(1 / (k + rank)), and the sum is scaled by (k+1)/2
-        # so that first place in both lists scores 1.
-        sql = f"""
-            WITH semantic AS MATERIALIZED (
-                SELECT {_M_OWNER_KEY}, m.embedding <=> {vector} AS distance
-                FROM {self.table} m
-                WHERE m.embedding IS NOT NULL AND {where}
-                ORDER BY m.embedding <=> {vector}
-                LIMIT {pool}
-            ),
-            semantic_ranked AS (
-                SELECT {_OWNER_KEY}, 1 - distance AS semantic_score,
-                       row_number() OVER (ORDER BY distance, {_OWNER_KEY}) AS rank
-                FROM semantic
-            ),
-            {ctes},
-            contextual_ranked AS (
-                SELECT {_OWNER_KEY}, score AS contextual_score,
-                       row_number() OVER (ORDER BY score DESC, {_OWNER_KEY}) AS rank
-                FROM contextual
-            ),
-            fused AS (
-                SELECT {_OWNER_KEY},
-                    (COALESCE(1.0 / ({k} + s.rank), 0) + COALESCE(1.0 / ({k} + c.rank), 0))
-                        * ({k} + 1) / 2 AS score,
-                    s.semantic_score, c.contextual_score
-                FROM semantic_ranked s
-                FULL OUTER JOIN contextual_ranked c USING ({_OWNER_KEY})
-            )
-            SELECT {_SELECT_ENTRY}, f.score::float8 AS score, f.semantic_score,
-                   f.contextual_score::float8 AS contextual_score
-            FROM fused f JOIN {self.table} m USING ({_OWNER_KEY})
-            WHERE {_at_least(params, "f.score", min_score)}
-            ORDER BY f.score DESC, m.key, m.scope, m.scope_id
-            LIMIT {params.add(limit)} OFFSET {params.add(offset)}
-        """
-        return sql, params.values
-
-    def temporal_search(
-        self,
-        query: str | None,
-        restriction: Restriction,
-        *,
-        limit: int,
-        offset: int,
-        min_score: float | None,
-    ) -> tuple[str, list[Any]]:
-        params = Params()
-        where = restriction.conditions(params)
-        matches = "TRUE"
-        if query is not None:
-            matches = f"{_CONTEXTUAL} AND m.tsv @@ {self._tsquery(params, query)}"
-        score = "1.0 / (1.0 + extract(epoch FROM now() - m.updated_at) / 3600.0)"
-        sql = f"""
-            SELECT {_SELECT_ENTRY}, ({score})::float8 AS score
-            FROM {self.table} m
-            WHERE {where} AND {matches}
-              AND {_at_least(params, score, min_score)}
-            ORDER BY m.updated_at DESC, m.key, m.scope, m.scope_id
-            LIMIT {params.add(limit)} OFFSET {params.add(offset)}
-        """
-        return sql, params.values
-
-    def similar(
-        self,
-        target: Identity,
-        restriction: Restriction,
-        *,
-        limit: int,
-        min_score: float | None,
-    ) -> tuple[str, list[Any]]:
-        params = Params([restriction.tenant, *target])
-        where = restriction.conditions(params)
-        # A scalar subquery becomes an InitPlan parameter, which the HNSW index can order by:
-        # the stored vector is used as is, never re-embedded.
-        probe = (
-            f"(SELECT p.embedding FROM {self.table} p WHERE p.tenant = $1 AND p.scope = $2 "
-            "AND p.scope_id = $3 AND p.key = $4 AND (p.expires_at IS NULL OR p.expires_at > now()))"
-        )
-        sql = f"""
-            WITH hits AS MATERIALIZED (
-                SELECT {_SELECT_ENTRY}, m.embedding <=> {probe} AS distance
-                FROM {self.table} m
-                WHERE m.embedding IS NOT NULL AND {where}
-                  AND (m.scope, m.scope_id, m.key) <> ($2, $3, $4)
-                ORDER BY m.embedding <=> {probe}
-                LIMIT {params.add(limit)}
-            )
-            SELECT *, 1 - distance AS score FROM hits
-            WHERE distance IS NOT NULL AND {_at_least(params, "1 - distance", min_score)}
-            ORDER BY distance, key, scope, scope_id
-        """
-        return sql, params.values
-
-    def probe_state(self, tenant: str, target: Identity) -> tuple[str, list[Any]]:
-        """Whether ``target`` is live, and whether it has an embedding (for similar's errors)."""
-        sql = (
-            f"SELECT m.embedding IS NOT NULL AS has_embedding FROM {self.table} m "
-            f"WHERE m.tenant = $1 AND m.scope = $2 AND m.scope_id = $3 AND m.key = $4 "
-            f"AND {_LIVE}"
-        )
-        return sql, [tenant, *target]
 
     # --- maintenance -----------------------------------------------------------------------
-    def reindex_batch(self) -> str:
-        """Arguments: tenant, the cursor (scope, scope_id, key), the batch size. Walks the
+    def reindex_batch(self, tenant: str, after: Identity, batch: int) -> Query:
+        """The next ``batch`` live semantic memories of ``tenant`` after ``after``, in the
         primary key's order."""
-        return (
+        return Query(
             f"SELECT m.scope, m.scope_id, m.key, m.content, m.content_hash FROM {self.table} m "
             f"WHERE m.tenant = $1 AND {_SEMANTIC} AND {_LIVE} "
             "AND (m.scope, m.scope_id, m.key) > ($2, $3, $4) "
-            "ORDER BY m.scope, m.scope_id, m.key LIMIT $5"
+            "ORDER BY m.scope, m.scope_id, m.key LIMIT $5",
+            [tenant, *after, batch],
         )
 
-    def count_semantic(self) -> str:
-        return (
-            f"SELECT count(*) FROM {self.table} m WHERE m.tenant = $1 AND {_SEMANTIC} AND {_LIVE}"
+    def count_semantic(self, tenant: str) -> Query:
+        return Query(
+            f"SELECT count(*) FROM {self.table} m WHERE m.tenant = $1 AND {_SEMANTIC} AND {_LIVE}",
+            [tenant],
         )
 
-    def count_contextual(self) -> str:
-        return f"SELECT count(*) FROM {self.table} m WHERE m.tenant = $1 AND {_CONTEXTUAL}"
+    def count_contextual(self, tenant: str) -> Query:
+        return Query(
+            f"SELECT count(*) FROM {self.table} m WHERE m.tenant = $1 AND {_CONTEXTUAL}",
+            [tenant],
+        )
 
-    def save_reindex_cursor(self) -> str:
-        return (
+    def save_reindex_cursor(self, cursor: str | None) -> Query:
+        return Query(
             f"UPDATE {self.registry} SET reindex_cursor = $2, updated_at = now() "
-            "WHERE table_name = $1"
+            "WHERE table_name = $1",
+            [self.layout.table, cursor],
         )
 
-    def load_reindex_cursor(self) -> str:
-        return f"SELECT reindex_cursor FROM {self.registry} WHERE table_name = $1"
+    def load_reindex_cursor(self) -> Query:
+        return Query(
+            f"SELECT reindex_cursor FROM {self.registry} WHERE table_name = $1",
+            [self.layout.table],
+        )
 
-    def record_dimension(self) -> str:
-        return (
+    def record_dimension(self) -> Query:
+        """Record this layout's vector dimension and type in the registry."""
+        layout = self.layout
+        return Query(
             f"UPDATE {self.registry} SET dimension = $2, vector_type = $3, updated_at = now() "
-            "WHERE table_name = $1"
+            "WHERE table_name = $1",
+            [layout.table, layout.dimension, layout.vector_type],
         )
 
-    def record_text_search_config(self) -> str:
-        return (
+    def record_text_search_config(self) -> Query:
+        """Record this layout's text search configuration in the registry."""
+        return Query(
             f"UPDATE {self.registry} SET text_search_config = $2, updated_at = now() "
-            "WHERE table_name = $1"
+            "WHERE table_name = $1",
+            [self.layout.table, self.layout.text_search_config],
         )
 
-    def retype_embedding_column(self) -> str:
-        """Give the embedding column this layout's type, dropping every stored vector."""
-        return (
-            f"ALTER TABLE {self.table} ALTER COLUMN embedding "
-            f"TYPE {self.layout.vector_column_type} USING NULL"
-        )
-
-    def set_tsvector_expression(self) -> str:
-        """Recompute the generated tsvector column with this layout's text search config."""
-        return (
-            f"ALTER TABLE {self.table} ALTER COLUMN tsv "
-            f"SET EXPRESSION AS ({self.layout.tsvector_expression()})"
-        )
-
-    def reindex_contextual(self) -> list[str]:
-        return [
-            f"REINDEX INDEX {self.layout.qualified_index(suffix)}"
-            for suffix in ("tsv_idx", "trgm_idx")
-        ]
-
-    def index_sizes(self) -> str:
-        return (
+    def index_sizes(self) -> Query:
+        return Query(
             "SELECT c.relname AS name, pg_relation_size(c.oid) AS bytes FROM pg_index i "
             "JOIN pg_class c ON c.oid = i.indexrelid WHERE i.indrelid = $1::regclass "
-            "ORDER BY c.relname"
+            "ORDER BY c.relname",
+            [self.layout.regclass],
         )
 
-    def table_sizes(self) -> str:
-        return (
+    def table_sizes(self) -> Query:
+        return Query(
             "SELECT pg_total_relation_size($1::regclass) AS total, "
-            "pg_relation_size($1::regclass) AS heap"
+            "pg_relation_size($1::regclass) AS heap",
+            [self.layout.regclass],
         )

@@ -19,6 +19,7 @@ import asyncpg
 
 from .errors import MemoryConfigurationError, MemorySchemaError
 from .identifiers import qualified, quote_ident
+from .sql import Query
 
 __all__ = [
     "TableLayout",
@@ -105,6 +106,51 @@ class TableLayout:
             f"ON {self.qualified_table} USING hnsw (embedding {self.cosine_ops}) "
             f"WITH (m = {int(self.hnsw_m)}, ef_construction = {int(self.hnsw_ef_construction)})"
         )
+
+    @property
+    def regclass(self) -> str:
+        """The table's name as ``$n::regclass`` takes it (both parts validated)."""
+        return f"{self.schema}.{self.table}"
+
+    # --- DDL beyond migrations: index builds, reindexing, model changes --------------------
+    def drop_vector_index(self) -> Query:
+        return Query(f"DROP INDEX IF EXISTS {self.qualified_index('embedding_idx')}")
+
+    def build_vector_index(self, maintenance_work_mem: str) -> list[Query]:
+        """Build the HNSW index in one pass, with more memory for this transaction only
+        (run inside a transaction)."""
+        return [
+            Query("SELECT set_config('maintenance_work_mem', $1, true)", [maintenance_work_mem]),
+            Query(self.hnsw_index_statement()),
+        ]
+
+    def after_bulk_load(self) -> list[Query]:
+        """Statements that make a freshly loaded table fast to search: merge the GIN pending
+        lists (every search scans them until merged) and refresh the planner's statistics."""
+        return [
+            Query("SELECT gin_clean_pending_list($1::regclass)", [self.qualified_index(suffix)])
+            for suffix in GIN_INDEXES
+        ] + [Query(f"ANALYZE {self.qualified_table}")]
+
+    def retype_embedding_column(self) -> Query:
+        """Give the embedding column this layout's type, dropping every stored vector."""
+        return Query(
+            f"ALTER TABLE {self.qualified_table} ALTER COLUMN embedding "
+            f"TYPE {self.vector_column_type} USING NULL"
+        )
+
+    def set_tsvector_expression(self) -> Query:
+        """Recompute the generated tsvector column with this layout's text search config."""
+        return Query(
+            f"ALTER TABLE {self.qualified_table} ALTER COLUMN tsv "
+            f"SET EXPRESSION AS ({self.tsvector_expression()})"
+        )
+
+    def reindex_text_indexes(self) -> list[Query]:
+        return [
+            Query(f"REINDEX INDEX {self.qualified_index(suffix)}")
+            for suffix in ("tsv_idx", "trgm_idx")
+        ]
 
     def tsvector_expression(self) -> str:
         # The configuration name matched TEXT_SEARCH_CONFIG_PATTERN and was looked up in

@@ -1,21 +1,19 @@
-"""``PostgresStorage``: an agent's memories in PostgreSQL, recalled by meaning and by words."""
+"""``PostgresStorage``: an agent's memories in PostgreSQL, recalled by meaning and by words.
+
+The class keeps the public methods; each reads validate → build → run → map. What they share
+lives in small modules: :mod:`.items` checks input (pure), :mod:`.queries` and
+:mod:`.search_sql` build statements, :mod:`.database` runs them (pool, retries, errors),
+:mod:`.vectors` embeds (model, cache, checks), :mod:`.bulk` and :mod:`.maintenance` hold the
+steps that need one connection of their own.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import builtins
-import contextlib
-import hashlib
-import json
 import logging
 import typing
-from collections.abc import (
-    AsyncIterator,
-    Awaitable,
-    Callable,
-    Iterable,
-    Mapping,
-)
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import replace
 from datetime import datetime, timedelta
 from functools import partial
@@ -23,13 +21,14 @@ from typing import Any, Generic, Literal, TypeVar
 
 import asyncpg
 import numpy as np
-from pgvector.asyncpg import register_vector
 from pydantic import BaseModel, TypeAdapter
 from pydantic import ValidationError as PydanticValidationError
 
 from . import maintenance
+from .bulk import write_batch
 from .cache import EmbeddingCache
 from .config import PostgresConfig
+from .database import Database, connect
 from .embedded import EmbeddedServer, acquire_embedded, release_embedded
 from .embeddings import Embedder, as_embedder
 from .errors import (
@@ -38,44 +37,40 @@ from .errors import (
     MemoryError,
     MemoryIndexError,
     MemoryNotFoundError,
-    MemoryTimeoutError,
     MemoryValidationError,
 )
-from .faults import backoff_delay, is_transient, translate
+from .faults import translate
 from .identifiers import quote_name
 from .items import (
     TTL,
     MemoryItem,
     PendingWrite,
-    Vector,
+    Scope,
     as_enum,
-    index_set,
     item_fields,
+    owner,
+    prepare_write,
     resolve_expiry,
+    restriction,
 )
 from .metrics import Metrics, instrumented
 from .models import MemoryEntry, MemoryQuery, MemorySearchResult
-from .queries import STAGING_COLUMNS, ListOrder, Restriction, Statements
+from .queries import ListOrder, Restriction, Statements
 from .results import MemorySearchResults
 from .schema import (
     APPLICATION_NAME,
     CLIENT_SCHEMA_SETTING,
-    MAX_SCOPE_ID_BYTES,
     SCHEMA_VERSION,
     TENANT_SETTING,
     TableLayout,
     migrate,
     vector_type_for,
 )
+from .search_sql import Page, SearchStatements
+from .sql import Query
 from .types import Identity, MemoryIndex, MemoryScope, MemoryType
-from .values import (
-    EncodedJSON,
-    check_bytes,
-    default_text_of,
-    encode_json,
-    to_json_value,
-    validate_key,
-)
+from .values import default_text_of, validate_key
+from .vectors import EmbeddingPipeline, Vector
 
 __all__ = ["PostgresStorage", "MemorySearchResults", "ProgressCallback", "MemoryItem"]
 
@@ -83,7 +78,6 @@ logger = logging.getLogger(__name__)
 
 K = TypeVar("K", bound=str)
 V = TypeVar("V")
-T = TypeVar("T")
 
 BULK_WRITE_ROWS = 1_000
 """A ``store_many`` of at least this many rows runs under ``config.maintenance_timeout``."""
@@ -91,13 +85,15 @@ BULK_WRITE_ROWS = 1_000
 ProgressCallback = Callable[[int, int], None]
 """Called as ``progress(done, total)`` while long work runs."""
 
+Types = Iterable[MemoryType | str] | MemoryType | None
+
 
 class PostgresStorage(Generic[K, V]):
     """An agent's memories in one PostgreSQL table.
 
-    ``K`` is the key type (strings); ``V`` the value type. Values are stored as JSON; when
-    ``V`` is a concrete type (a pydantic model, ``dict``, ``str`` ...) values read back are
-    validated into it.
+    ``K`` is the key type (strings); ``V`` the value type. Values are stored as JSON; when the
+    value type is a pydantic model (``value_type=Note``, or ``PostgresStorage[str, Note]``),
+    values read back are validated into it.
 
     Example:
         >>> async def main() -> None:
@@ -121,6 +117,8 @@ class PostgresStorage(Generic[K, V]):
             None for the default all-MiniLM-L6-v2 model.
         text_of: turns a value into the text that is indexed (default:
             :func:`~pepperpy_pg_memory.values.default_text_of`).
+        value_type: the pydantic model values are read back as; by default the ``V`` of
+            ``PostgresStorage[str, V]`` (or of a subclass's base) when it is one.
     """
 
     def __init__(
@@ -129,21 +127,27 @@ class PostgresStorage(Generic[K, V]):
         embedder: Any = None,
         *,
         text_of: Callable[[Any], str] | None = None,
+        value_type: type[BaseModel] | None = None,
     ) -> None:
         self.config = config if config is not None else PostgresConfig()
-        self.embedder: Embedder = as_embedder(embedder)
         self.text_of: Callable[[Any], str] = text_of or default_text_of
-        self._cache = EmbeddingCache(self.config.embedding_cache_size)
+        self.metrics = Metrics()
+        self.database = Database(self.config, self.metrics)
+        """The pool and how statements run on it (for monitoring and tests)."""
+        self._vectors = EmbeddingPipeline(
+            as_embedder(embedder),
+            cache_size=self.config.embedding_cache_size,
+            batch_size=self.config.embedding_batch_size,
+        )
         # Part of every memory's identity; '' for a store without a tenant.
         self._tenant = self.config.tenant or ""
-        self._pool: asyncpg.Pool | None = None
         self._server: EmbeddedServer | None = None
         self._layout: TableLayout | None = None
         self._sql: Statements | None = None
+        self._search_sql: SearchStatements | None = None
+        self._value_type = value_type
         self._value_adapter: TypeAdapter[Any] | None | Literal[False] = False
         self._start_lock = asyncio.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self.metrics = Metrics()
 
     # --- lifecycle ---------------------------------------------------------------------------
     async def __aenter__(self) -> PostgresStorage[K, V]:
@@ -155,12 +159,21 @@ class PostgresStorage(Generic[K, V]):
 
     @property
     def started(self) -> bool:
-        return self._pool is not None
+        return self.database.is_open
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop | None:
         """The event loop the store was started on (its pool belongs to it); None if closed."""
-        return self._loop if self._pool is not None else None
+        return self.database.loop
+
+    @property
+    def embedder(self) -> Embedder:
+        return self._vectors.embedder
+
+    @property
+    def embedding_cache(self) -> EmbeddingCache:
+        """Recently embedded texts' vectors (``clear()`` it to force re-embedding)."""
+        return self._vectors.cache
 
     @property
     def layout(self) -> TableLayout:
@@ -177,10 +190,9 @@ class PostgresStorage(Generic[K, V]):
         dimension than the embedder's, unless ``config.on_dimension_mismatch == "reindex"``.
         """
         async with self._start_lock:
-            if self._pool is not None:
+            if self.database.is_open:
                 return
             try:
-                self._loop = asyncio.get_running_loop()
                 await self._start()
             except BaseException:
                 await self._close()
@@ -194,7 +206,7 @@ class PostgresStorage(Generic[K, V]):
             dsn = self._server.uri(config.database)
         else:
             dsn = config.connection_dsn()
-        dimension = await asyncio.to_thread(lambda: int(self.embedder.dimension))
+        dimension = await self._vectors.model_dimension()
         wanted = TableLayout(
             schema=config.schema_name,
             table=config.table,
@@ -204,7 +216,7 @@ class PostgresStorage(Generic[K, V]):
             hnsw_m=config.hnsw_m,
             hnsw_ef_construction=config.hnsw_ef_construction,
         )
-        conn = await self._retrying("connect", lambda: self._connect(dsn))
+        conn = await connect(config, dsn)
         try:
             layout = await migrate(conn, wanted, row_level_security=config.row_level_security)
             vector_schema = await conn.fetchval(
@@ -224,11 +236,8 @@ class PostgresStorage(Generic[K, V]):
                 layout.text_search_config,
                 config.text_search_config,
             )
-        self._layout = layout
-        self._sql = Statements(layout)
-        self._pool = await self._retrying(
-            "open pool", lambda: self._create_pool(dsn, vector_schema)
-        )
+        self._use_layout(layout)
+        await self.database.open(dsn, vector_schema, self._session_settings())
         if layout.dimension != dimension:
             if config.on_dimension_mismatch == "reindex":
                 await self.reindex(MemoryIndex.SEMANTIC)
@@ -243,11 +252,34 @@ class PostgresStorage(Generic[K, V]):
                 )
         logger.info("memory store ready on %s", config.describe_target())
 
-    async def _connect(self, dsn: str) -> asyncpg.Connection:
-        return await asyncpg.connect(dsn, timeout=self.config.connect_timeout)
+    def _session_settings(self) -> dict[str, str]:
+        config = self.config
+        return {
+            "application_name": APPLICATION_NAME,
+            # Tells the schema's guard that these connections know per-owner identity.
+            CLIENT_SCHEMA_SETTING: str(SCHEMA_VERSION),
+            "hnsw.ef_search": str(config.hnsw_ef_search),
+            "hnsw.iterative_scan": config.hnsw_iterative_scan,
+            "pg_trgm.word_similarity_threshold": str(config.trigram_threshold),
+            # Memory lookups are short OLTP queries: starting parallel workers or JIT compiling
+            # costs more (milliseconds) than the queries themselves.
+            "max_parallel_workers_per_gather": "0",
+            "jit": "off",
+            # asyncpg prepares every statement; after five runs PostgreSQL may switch to a
+            # generic plan that cannot see the query vector, the limit or the filters, and
+            # picks scans ten times slower. Plan each execution for its values.
+            "plan_cache_mode": "force_custom_plan",
+            **({TENANT_SETTING: config.tenant} if config.tenant is not None else {}),
+        }
+
+    def _use_layout(self, layout: TableLayout) -> None:
+        self._layout = layout
+        self._sql = Statements(layout)
+        self._search_sql = SearchStatements(layout)
+        self._vectors.dimension = layout.dimension
 
     async def _ensure_embedded_database(self, server: EmbeddedServer) -> None:
-        conn = await self._retrying("connect", lambda: self._connect(server.uri("postgres")))
+        conn = await connect(self.config, server.uri("postgres"))
         try:
             exists = await conn.fetchval(
                 "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)",
@@ -262,137 +294,30 @@ class PostgresStorage(Generic[K, V]):
         finally:
             await conn.close()
 
-    async def _create_pool(self, dsn: str, vector_schema: str) -> asyncpg.Pool:
-        config = self.config
-
-        async def init(conn: asyncpg.Connection) -> None:
-            await register_vector(conn, schema=vector_schema)
-            # Binary jsonb (a version byte, then the text) so that COPY can carry it.
-            await conn.set_type_codec(
-                "jsonb",
-                schema="pg_catalog",
-                encoder=lambda value: b"\x01" + encode_json(value).encode(),
-                decoder=lambda data: json.loads(data[1:]),
-                format="binary",
-            )
-
-        pool = await asyncpg.create_pool(
-            dsn,
-            min_size=config.min_size,
-            max_size=config.max_size,
-            command_timeout=config.command_timeout,
-            timeout=config.connect_timeout,
-            init=init,
-            reset=_keep_session,
-            server_settings={
-                "application_name": APPLICATION_NAME,
-                # Tells the schema's guard that these connections know per-owner identity.
-                CLIENT_SCHEMA_SETTING: str(SCHEMA_VERSION),
-                "hnsw.ef_search": str(config.hnsw_ef_search),
-                "hnsw.iterative_scan": config.hnsw_iterative_scan,
-                "pg_trgm.word_similarity_threshold": str(config.trigram_threshold),
-                # Memory lookups are short OLTP queries: starting parallel workers or JIT
-                # compiling costs more (milliseconds) than the queries themselves.
-                "max_parallel_workers_per_gather": "0",
-                "jit": "off",
-                # asyncpg prepares every statement; after five runs PostgreSQL may switch to a
-                # generic plan that cannot see the query vector, the limit or the filters,
-                # and picks scans ten times slower. Plan each execution for its values.
-                "plan_cache_mode": "force_custom_plan",
-                **({TENANT_SETTING: config.tenant} if config.tenant is not None else {}),
-            },
-        )
-        assert pool is not None
-        return pool
-
     async def close(self) -> None:
         """Close the pool, and stop the embedded server if this store started it. Idempotent."""
         async with self._start_lock:
             await self._close()
 
     async def _close(self) -> None:
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            try:
-                await asyncio.wait_for(pool.close(), timeout=self.config.command_timeout)
-            except (asyncio.TimeoutError, asyncpg.InterfaceError, OSError):
-                pool.terminate()
+        await self.database.close()
         server, self._server = self._server, None
         if server is not None:
             await release_embedded(server)
 
-    # --- running statements ------------------------------------------------------------------
     @property
     def _statements(self) -> Statements:
         if self._sql is None:
             raise MemoryError("the storage is not started: await storage.start() first")
         return self._sql
 
-    async def _retrying(self, operation: str, attempt: Callable[[], Awaitable[T]]) -> T:
-        config = self.config
-        for number in range(config.retry_attempts + 1):
-            try:
-                return await attempt()
-            except MemoryError:
-                raise
-            except Exception as exc:
-                if number < config.retry_attempts and is_transient(exc):
-                    delay = backoff_delay(number, config.retry_base_delay, config.retry_max_delay)
-                    logger.warning(
-                        "%s: transient fault (%s), retry %d in %.2fs",
-                        operation,
-                        type(exc).__name__,
-                        number + 1,
-                        delay,
-                    )
-                    await asyncio.sleep(delay)
-                    continue
-                raise translate(exc, operation) from exc
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    async def _run(self, operation: str, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
-        """Run ``work`` on a pooled connection, retrying transient faults.
-
-        Every caller's ``work`` is idempotent (reads, upserts, deletes by key or condition),
-        so running it again after a broken connection cannot duplicate anything.
-        """
-        pool = self._pool
-        if pool is None:
+    @property
+    def _searches(self) -> SearchStatements:
+        if self._search_sql is None:
             raise MemoryError("the storage is not started: await storage.start() first")
-        if asyncio.get_running_loop() is not self._loop:
-            # asyncpg connections belong to the loop that opened them.
-            raise MemoryError(
-                f"{operation}: this store was started on another event loop; call it from "
-                "that loop, or through pepperpy_pg_memory.runner.BackgroundStorage"
-            )
+        return self._search_sql
 
-        async def attempt() -> T:
-            self.metrics.waiting += 1
-            try:
-                conn = await pool.acquire(timeout=self.config.pool_timeout)
-            except asyncio.TimeoutError:
-                raise MemoryTimeoutError(
-                    f"{operation}: no free database connection within "
-                    f"{self.config.pool_timeout:g}s (max_size={self.config.max_size}); raise "
-                    "max_size or pool_timeout, or run fewer operations at once"
-                ) from None
-            finally:
-                self.metrics.waiting -= 1
-            try:
-                return await work(typing.cast(asyncpg.Connection, conn))
-            except Exception as exc:
-                if is_transient(exc):
-                    # Never hand a broken connection back for reuse; the pool opens a new one.
-                    # (If it died on its own, asyncpg has already taken it back: nothing to do.)
-                    with contextlib.suppress(asyncpg.InterfaceError):
-                        conn.terminate()
-                raise
-            finally:
-                await pool.release(conn)
-
-        return await self._retrying(operation, attempt)
-
-    # --- values --------------------------------------------------------------------------------
+    # --- mapping rows ------------------------------------------------------------------------
     def _decode_value(self, raw: Any) -> V:
         adapter = self._value_adapter
         if adapter is False:
@@ -407,13 +332,12 @@ class PostgresStorage(Generic[K, V]):
             ) from None
 
     def _make_value_adapter(self) -> TypeAdapter[Any] | None:
-        # PostgresStorage[str, Note](...) records its type arguments on the instance. Only a
-        # pydantic model is rebuilt from the stored JSON; other declared types are hints, and a
-        # value that does not match one is still returned rather than made unreadable.
-        origin = getattr(self, "__orig_class__", None)
-        args = typing.get_args(origin) if origin is not None else ()
-        if len(args) == 2 and isinstance(args[1], type) and issubclass(args[1], BaseModel):
-            return TypeAdapter(args[1])
+        # Only a pydantic model is rebuilt from the stored JSON; other declared types are
+        # hints, and a value that does not match one is still returned rather than made
+        # unreadable.
+        value_type = self._value_type or _declared_value_type(self)
+        if isinstance(value_type, type) and issubclass(value_type, BaseModel):
+            return TypeAdapter(value_type)
         return None
 
     def _entry(self, row: asyncpg.Record, embedding: bool = False) -> MemoryEntry[V]:
@@ -433,161 +357,35 @@ class PostgresStorage(Generic[K, V]):
             embedding=None if vector is None else _vector_list(vector),
         )
 
-    # --- restricting -----------------------------------------------------------------------
-    def _owner(
-        self, scope: MemoryScope | str | None, scope_id: str | None
-    ) -> tuple[MemoryScope | None, str | None]:
-        if scope is None:
-            if scope_id is not None:
-                raise MemoryValidationError("scope_id needs a scope")
-            return None, None
-        scope = as_enum(MemoryScope, scope, "scope")
-        if scope is MemoryScope.GLOBAL:
-            if scope_id:
-                raise MemoryValidationError("GLOBAL memories have no scope_id")
-            return scope, ""
-        if scope_id is None:
-            return scope, self.config.default_scope_id
-        if not isinstance(scope_id, str) or not scope_id:
-            raise MemoryValidationError("scope_id must be a non-empty string")
-        to_json_value(scope_id, "scope_id")  # NUL and surrogate check
-        check_bytes(scope_id, MAX_SCOPE_ID_BYTES, "scope_id")
-        return scope, scope_id
+    def _result(
+        self, row: asyncpg.Record, index: MemoryIndex, embedding: bool = False
+    ) -> MemorySearchResult[V]:
+        return MemorySearchResult.model_construct(
+            entry=self._entry(row, embedding=embedding),
+            score=float(row["score"]),
+            index_type=index,
+            semantic_score=_optional_float(row, "semantic_score"),
+            contextual_score=_optional_float(row, "contextual_score"),
+        )
 
+    # --- checking input ------------------------------------------------------------------
     def _restriction(
         self,
-        scope: MemoryScope | str | None = None,
+        scope: Scope = None,
         scope_id: str | None = None,
-        types: Iterable[MemoryType | str] | MemoryType | None = None,
+        types: Types = None,
         filter: Mapping[str, Any] | None = None,
         **bounds: Any,
     ) -> Restriction:
-        owner_scope, owner_id = self._owner(scope, scope_id)
-        if isinstance(types, (MemoryType, str)):
-            types = [types]
-        type_set = (
-            frozenset(as_enum(MemoryType, t, "type") for t in types) if types is not None else None
-        )
-        for name in ("filter", "value_filter"):
-            given = filter if name == "filter" else bounds.get(name)
-            if given is not None and not isinstance(given, Mapping):
-                raise MemoryValidationError(f"{name} must be a mapping")
-        return Restriction(
-            tenant=self._tenant,
-            scope=owner_scope,
-            scope_id=owner_id,
-            types=type_set,
-            filter=filter,
-            **bounds,
-        )
+        return restriction(self.config, self._tenant, scope, scope_id, types, filter, **bounds)
+
+    def _keys(self, keys: Iterable[str]) -> builtins.list[str]:
+        return list(dict.fromkeys(validate_key(key, self.config.max_key_length) for key in keys))
+
+    def _prepare(self, key: Any, value: Any, **fields: Any) -> PendingWrite:
+        return prepare_write(self.config, self.text_of, self.layout.dimension, key, value, **fields)
 
     # --- writing ---------------------------------------------------------------------------
-    def _prepare(
-        self,
-        key: Any,
-        value: Any,
-        *,
-        type: MemoryType | str,
-        scope: MemoryScope | str,
-        scope_id: str | None,
-        indices: Iterable[MemoryIndex | str] | None,
-        metadata: Mapping[str, Any] | None,
-        ttl: TTL,
-        expires_at: datetime | None,
-        embedding: Any = None,
-        text: str | None = None,
-    ) -> PendingWrite:
-        config = self.config
-        key = validate_key(key, config.max_key_length)
-        memory_type = as_enum(MemoryType, type, "type")
-        owner_scope, owner_id = self._owner(scope, scope_id)
-        assert owner_scope is not None and owner_id is not None
-        if value is None:
-            raise MemoryValidationError(f"value of {key!r} is None: there is nothing to remember")
-        # Encoded once: the size check and the database write share the text.
-        json_text = EncodedJSON(encode_json(to_json_value(value)))
-        size = len(json_text.encode())
-        if size > config.max_value_bytes:
-            raise MemoryValidationError(
-                f"value of {key!r} is {size:,} bytes as JSON; the limit is "
-                f"{config.max_value_bytes:,} (PostgresConfig.max_value_bytes)"
-            )
-        if metadata is None:
-            json_metadata: dict[str, Any] = {}
-        elif isinstance(metadata, Mapping):
-            json_metadata = to_json_value(metadata, "metadata")
-        else:
-            raise MemoryValidationError("metadata must be a mapping")
-        if text is None:
-            text = self.text_of(value)
-        if not isinstance(text, str):
-            raise MemoryValidationError(
-                f"the indexed text must be a str, not {type(text).__name__}"
-            )
-        to_json_value(text, "indexed text")  # NUL and surrogate check
-        indices_to_write = index_set(indices)
-        ttl_delta, expiry = resolve_expiry(ttl, expires_at, self.config.ttl_for(memory_type))
-        vector = None
-        if embedding is not None:
-            if MemoryIndex.SEMANTIC not in indices_to_write:
-                raise MemoryValidationError(
-                    f"{key!r}: an embedding was given but SEMANTIC is not among its indices"
-                )
-            vector = self._one_vector(embedding)
-        return PendingWrite(
-            key=key,
-            value=json_text,
-            text=text,
-            content_hash=hashlib.sha256(text.encode()).digest(),
-            type=memory_type,
-            scope=owner_scope,
-            scope_id=owner_id,
-            indices=indices_to_write,
-            metadata=json_metadata,
-            embedding=vector,
-            ttl=ttl_delta,
-            expires_at=expiry,
-        )
-
-    def _check_vectors(self, vectors: Any, count: int) -> Vector:
-        array = np.asarray(vectors, dtype=np.float32)
-        dimension = self.layout.dimension
-        if array.ndim != 2 or array.shape[0] != count:
-            raise MemoryValidationError(
-                f"the embedder returned {array.shape[0] if array.ndim else 0} vectors for "
-                f"{count} texts"
-            )
-        if array.shape[1] != dimension:
-            raise DimensionMismatchError(
-                f"embedding has {array.shape[1]} dimensions; this store's vectors have {dimension}",
-                expected=dimension,
-                actual=int(array.shape[1]),
-            )
-        if not np.isfinite(array).all():
-            raise MemoryValidationError("embedding contains NaN or infinity")
-        if (np.abs(array).max(axis=1) == 0).any():
-            raise MemoryValidationError(
-                "embedding is all zeros: cosine similarity is undefined for it"
-            )
-        return array
-
-    async def _embed(
-        self, texts: builtins.list[str], progress: ProgressCallback | None = None
-    ) -> Vector:
-        """Vectors for ``texts``, in batches, each distinct text embedded once."""
-        unique = list(dict.fromkeys(texts))
-        vectors: dict[str, Vector] = {}
-        batch = self.config.embedding_batch_size
-        for start in range(0, len(unique), batch):
-            chunk = unique[start : start + batch]
-            embedded = self._check_vectors(await self.embedder.embed_documents(chunk), len(chunk))
-            vectors.update(zip(chunk, embedded, strict=True))
-            if progress is not None:
-                progress(min(start + batch, len(unique)), len(unique))
-        if not texts:
-            return np.zeros((0, self.layout.dimension), dtype=np.float32)
-        return np.stack([vectors[text] for text in texts])
-
     def _timeout_for(self, rows: int) -> float:
         """Seconds per statement for work on ``rows`` rows at once.
 
@@ -603,29 +401,30 @@ class PostgresStorage(Generic[K, V]):
     ) -> None:
         """Give every write that needs one an embedding, embedding as little as possible.
 
-        The cache answers texts embedded recently; a key whose stored text is unchanged keeps
-        its stored vector (the upsert leaves it in place when sent NULL); only the rest reach
-        the model, deduplicated, in batches.
+        The cache answers texts embedded recently; a memory whose stored text is unchanged
+        keeps its stored vector (the upsert leaves it in place when sent NULL); only the rest
+        reach the model, deduplicated, in batches.
         """
-        pending = [w for w in writes if w.wants_embedding and w.embedding is None]
+        cache = self._vectors.cache
         missing: builtins.list[PendingWrite] = []
-        for write in pending:
-            cached = self._cache.get(write.content_hash)
-            if cached is not None:
-                write.embedding = cached
-            else:
-                missing.append(write)
+        for write in writes:
+            if write.wants_embedding and write.embedding is None:
+                write.embedding = cache.get(write.content_hash)
+                if write.embedding is None:
+                    missing.append(write)
         if missing:
-            sql, args = self._statements.known_hashes(self._tenant, [w.identity for w in missing])
-            timeout = self._timeout_for(len(missing))
-            rows = await self._run("store", lambda conn: conn.fetch(sql, *args, timeout=timeout))
+            rows = await self.database.fetch(
+                "store",
+                self._statements.known_hashes(self._tenant, [w.identity for w in missing]),
+                timeout=self._timeout_for(len(missing)),
+            )
             stored = {_identity(row): bytes(row["content_hash"]) for row in rows}
             missing = [w for w in missing if stored.get(w.identity) != w.content_hash]
         if missing:
-            vectors = await self._embed([w.text for w in missing], progress)
+            vectors = await self._vectors.embed([w.text for w in missing], progress)
             for write, vector in zip(missing, vectors, strict=True):
                 write.embedding = vector
-                self._cache.put(write.content_hash, vector)
+                cache.put(write.content_hash, vector)
 
     async def _repair_embeddings(
         self, identities: builtins.list[Identity], writes: Mapping[Identity, PendingWrite]
@@ -634,14 +433,16 @@ class PostgresStorage(Generic[K, V]):
         todo = [writes[identity] for identity in identities if identity in writes]
         if not todo:
             return
-        vectors = await self._embed([w.text for w in todo])
-        sql = self._statements.set_embeddings()
-        records = [
-            (self._tenant, *w.identity, vector, w.content_hash)
-            for w, vector in zip(todo, vectors, strict=True)
-        ]
-        timeout = self._timeout_for(len(records))
-        await self._run("store", lambda conn: conn.executemany(sql, records, timeout=timeout))
+        vectors = await self._vectors.embed([w.text for w in todo])
+        await self.database.executemany(
+            "store",
+            self._statements.set_embeddings().sql,
+            [
+                (self._tenant, *w.identity, vector, w.content_hash)
+                for w, vector in zip(todo, vectors, strict=True)
+            ],
+            timeout=self._timeout_for(len(todo)),
+        )
 
     @instrumented("store")
     async def store(
@@ -693,8 +494,9 @@ class PostgresStorage(Generic[K, V]):
             text=text,
         )
         await self._plan_embeddings([write])
-        sql, args = self._statements.upsert_one(self._tenant, write.record())
-        row = await self._run("store", lambda conn: conn.fetchrow(sql, *args))
+        row = await self.database.fetchrow(
+            "store", self._statements.upsert_one(self._tenant, write.record())
+        )
         assert row is not None
         if row["needs_embedding"]:
             await self._repair_embeddings([write.identity], {write.identity: write})
@@ -716,7 +518,7 @@ class PostgresStorage(Generic[K, V]):
     @instrumented("store_many")
     async def store_many(
         self,
-        items: Iterable[MemoryItem | tuple[str, Any]],
+        items: Iterable[MemoryItem | Mapping[str, Any] | tuple[str, Any]],
         *,
         type: MemoryType | str = MemoryType.LONG_TERM,
         scope: MemoryScope | str = MemoryScope.GLOBAL,
@@ -763,62 +565,65 @@ class PostgresStorage(Generic[K, V]):
             return 0
         batch = list(writes.values())
         await self._plan_embeddings(batch, progress)
-        statements = self._statements
-        records = [write.record() for write in batch]
-
-        bulk_rows = self.config.bulk_index_rebuild_rows
-        mwm = self.config.maintenance_work_mem
-        timeout = self._timeout_for(len(records))
-
-        merge_sql, merge_args = statements.merge_staging(self._tenant)
-
-        async def write_all(conn: asyncpg.Connection) -> builtins.list[Identity]:
-            # Inserting row by row into an HNSW graph is the slowest part of a write (about
-            # 1.5 ms a row at 384 dimensions); building the graph once over all rows is several
-            # times faster. So a batch at least as large as the table drops the index and
-            # rebuilds it, in the same transaction: readers wait for the commit, and a failure
-            # rolls the index back with the rows.
-            rebuild = bulk_rows > 0 and len(records) >= bulk_rows
-            if rebuild:
-                existing = await conn.fetchval(
-                    statements.count_up_to(), len(records), timeout=timeout
-                )
-                rebuild = existing < len(records)
-            async with conn.transaction():
-                if rebuild:
-                    await conn.execute(statements.drop_vector_index(), timeout=timeout)
-                await conn.execute(statements.create_staging(), timeout=timeout)
-                await conn.copy_records_to_table(
-                    statements.staging,
-                    records=records,
-                    columns=list(STAGING_COLUMNS),
-                    timeout=timeout,
-                )
-                rows = await conn.fetch(merge_sql, *merge_args, timeout=timeout)
-                if rebuild:
-                    for sql, args in statements.build_vector_index(mwm):
-                        await conn.execute(sql, *args, timeout=timeout)
-            return [_identity(row) for row in rows]
-
-        repair = await self._run("store_many", write_all)
+        config = self.config
+        repair = await self.database.run(
+            "store_many",
+            partial(
+                write_batch,
+                self._statements,
+                self._tenant,
+                [write.record() for write in batch],
+                config.bulk_index_rebuild_rows,
+                config.maintenance_work_mem,
+                self._timeout_for(len(batch)),
+            ),
+        )
         await self._repair_embeddings(repair, writes)
-        if len(batch) >= bulk_rows > 0:
+        if len(batch) >= config.bulk_index_rebuild_rows > 0:
             await self._after_bulk_load()
         return len(batch)
 
     async def _after_bulk_load(self) -> None:
-        statements = self._statements.after_bulk_load()
-        timeout = self.config.maintenance_timeout
-
-        async def tidy(conn: asyncpg.Connection) -> None:
-            for sql, args in statements:
-                await conn.execute(sql, *args, timeout=timeout)
-
         try:
-            await self._run("store_many", tidy)
+            await self.database.run(
+                "store_many",
+                partial(
+                    maintenance.in_one_transaction,
+                    self.layout.after_bulk_load(),
+                    self.config.maintenance_timeout,
+                ),
+            )
         except MemoryError as exc:
             # Only an optimisation (autovacuum does the same later): the data is committed.
             logger.info("skipped post-load index maintenance: %s", exc)
+
+    # --- naming memories -------------------------------------------------------------------
+    async def _resolve(
+        self, keys: builtins.list[str], scope: Scope, scope_id: str | None
+    ) -> builtins.list[Identity]:
+        """The memories ``keys`` name: the given owner's, or, without a scope, each key's one
+        live holder among the owners this store may see (keys nobody holds are left out).
+
+        Raises:
+            AmbiguousKeyError: no scope was given and several owners hold one of the keys.
+        """
+        owner_scope, owner_id = owner(scope, scope_id, self.config.default_scope_id)
+        if owner_scope is not None:
+            assert owner_id is not None
+            return [Identity(owner_scope.value, owner_id, key) for key in keys]
+        found = await self._owners_of(keys, self._restriction())
+        _check_unambiguous(found)
+        return found
+
+    async def _owners_of(
+        self, keys: builtins.list[str], restriction: Restriction
+    ) -> builtins.list[Identity]:
+        rows = await self.database.fetch("lookup", self._statements.owners_of(keys, restriction))
+        return [_identity(row) for row in rows]
+
+    async def _ambiguous(self, key: str, restriction: Restriction) -> AmbiguousKeyError:
+        """The error for a key several owners hold, saying how many."""
+        return AmbiguousKeyError(key, len(await self._owners_of([key], restriction)))
 
     # --- reading ---------------------------------------------------------------------------
     @instrumented("retrieve")
@@ -826,7 +631,7 @@ class PostgresStorage(Generic[K, V]):
         self,
         key: K,
         *,
-        scope: MemoryScope | str | None = None,
+        scope: Scope = None,
         scope_id: str | None = None,
         include_embedding: bool = False,
     ) -> MemoryEntry[V]:
@@ -842,64 +647,31 @@ class PostgresStorage(Generic[K, V]):
         """
         checked = validate_key(key, self.config.max_key_length)
         restriction = self._restriction(scope, scope_id)
-        sql, args = self._statements.retrieve(checked, restriction, include_embedding)
-        rows = await self._run("retrieve", lambda conn: conn.fetch(sql, *args))
+        rows = await self.database.fetch(
+            "retrieve", self._statements.retrieve(checked, restriction, include_embedding)
+        )
         if not rows:
             raise MemoryNotFoundError(checked)
         if len(rows) > 1:
             raise await self._ambiguous(checked, restriction)
         return self._entry(rows[0], embedding=include_embedding)
 
-    async def _ambiguous(self, key: str, restriction: Restriction) -> AmbiguousKeyError:
-        """The error for a key several owners hold, saying how many."""
-        owners = await self._owners_of([key], restriction)
-        return AmbiguousKeyError(key, len(owners))
-
-    async def _owners_of(
-        self, keys: builtins.list[str], restriction: Restriction
-    ) -> builtins.list[Identity]:
-        sql, args = self._statements.owners_of(keys, restriction)
-        rows = await self._run("lookup", lambda conn: conn.fetch(sql, *args))
-        return [_identity(row) for row in rows]
-
-    async def _resolve(
-        self,
-        keys: builtins.list[str],
-        scope: MemoryScope | str | None,
-        scope_id: str | None,
-    ) -> builtins.list[Identity]:
-        """The memories ``keys`` name: the given owner's, or, without a scope, each key's one
-        live holder among the owners this store may see (keys nobody holds are left out).
-
-        Raises:
-            AmbiguousKeyError: no scope was given and several owners hold one of the keys.
-        """
-        owner_scope, owner_id = self._owner(scope, scope_id)
-        if owner_scope is not None:
-            assert owner_id is not None
-            return [Identity(owner_scope.value, owner_id, key) for key in keys]
-        found = await self._owners_of(keys, self._restriction())
-        _check_unambiguous(found)
-        return found
-
     @instrumented("retrieve_many")
     async def retrieve_many(
-        self,
-        keys: Iterable[K],
-        *,
-        scope: MemoryScope | str | None = None,
-        scope_id: str | None = None,
+        self, keys: Iterable[K], *, scope: Scope = None, scope_id: str | None = None
     ) -> dict[str, MemoryEntry[V]]:
         """The owner's live memories stored under ``keys``, by key; missing keys are left out.
 
         Raises:
             AmbiguousKeyError: no scope was given and several owners hold one of the keys.
         """
-        checked = list(dict.fromkeys(validate_key(key, self.config.max_key_length) for key in keys))
+        checked = self._keys(keys)
         if not checked:
             return {}
-        sql, args = self._statements.retrieve_many(checked, self._restriction(scope, scope_id))
-        rows = await self._run("retrieve_many", lambda conn: conn.fetch(sql, *args))
+        rows = await self.database.fetch(
+            "retrieve_many",
+            self._statements.retrieve_many(checked, self._restriction(scope, scope_id)),
+        )
         _check_unambiguous([_identity(row) for row in rows])
         return {row["key"]: self._entry(row) for row in rows}
 
@@ -909,7 +681,7 @@ class PostgresStorage(Generic[K, V]):
         keys: Iterable[K],
         ttl: timedelta | float | int,
         *,
-        scope: MemoryScope | str | None = None,
+        scope: Scope = None,
         scope_id: str | None = None,
     ) -> int:
         """Give the owner's live memories under ``keys`` a new time-to-live from now (e.g. to
@@ -919,20 +691,19 @@ class PostgresStorage(Generic[K, V]):
             AmbiguousKeyError: no scope was given and several owners hold one of the keys
                 (nothing is extended).
         """
-        checked = list(dict.fromkeys(validate_key(key, self.config.max_key_length) for key in keys))
+        checked = self._keys(keys)
         delta, _ = resolve_expiry(ttl, None, self.config.ttl_for(MemoryType.LONG_TERM))
         if not checked or delta is None:
             return 0
         identities = await self._resolve(checked, scope, scope_id)
         if not identities:
             return 0
-        sql, args = self._statements.touch(self._tenant, identities, delta)
-        return _affected(await self._run("touch", lambda conn: conn.execute(sql, *args)))
+        return await self.database.execute(
+            "touch", self._statements.touch(self._tenant, identities, delta)
+        )
 
     @instrumented("exists")
-    async def exists(
-        self, key: K, *, scope: MemoryScope | str | None = None, scope_id: str | None = None
-    ) -> bool:
+    async def exists(self, key: K, *, scope: Scope = None, scope_id: str | None = None) -> bool:
         """Whether the owner holds a live memory under ``key``.
 
         Raises:
@@ -940,8 +711,9 @@ class PostgresStorage(Generic[K, V]):
         """
         checked = validate_key(key, self.config.max_key_length)
         restriction = self._restriction(scope, scope_id)
-        sql, args = self._statements.exists(checked, restriction)
-        found = await self._run("exists", lambda conn: conn.fetchval(sql, *args))
+        found = await self.database.fetchval(
+            "exists", self._statements.exists(checked, restriction)
+        )
         if found > 1:
             raise await self._ambiguous(checked, restriction)
         return bool(found)
@@ -950,9 +722,9 @@ class PostgresStorage(Generic[K, V]):
     async def count(
         self,
         *,
-        scope: MemoryScope | str | None = None,
+        scope: Scope = None,
         scope_id: str | None = None,
-        types: Iterable[MemoryType | str] | MemoryType | None = None,
+        types: Types = None,
         filter: Mapping[str, Any] | None = None,
         value_filter: Mapping[str, Any] | None = None,
         key_prefix: str | tuple[str, ...] | None = None,
@@ -961,17 +733,16 @@ class PostgresStorage(Generic[K, V]):
         restriction = self._restriction(
             scope, scope_id, types, filter, value_filter=value_filter, key_prefix=key_prefix
         )
-        sql, args = self._statements.count(restriction)
-        return int(await self._run("count", lambda conn: conn.fetchval(sql, *args)))
+        return int(await self.database.fetchval("count", self._statements.count(restriction)))
 
     @instrumented("distinct_metadata")
     async def distinct_metadata(
         self,
         key: str,
         *,
-        scope: MemoryScope | str | None = None,
+        scope: Scope = None,
         scope_id: str | None = None,
-        types: Iterable[MemoryType | str] | MemoryType | None = None,
+        types: Types = None,
         filter: Mapping[str, Any] | None = None,
         key_prefix: str | tuple[str, ...] | None = None,
         limit: int = 1_000,
@@ -983,17 +754,19 @@ class PostgresStorage(Generic[K, V]):
         if not 1 <= limit <= 100_000:
             raise MemoryValidationError("limit must be in [1, 100000]")
         restriction = self._restriction(scope, scope_id, types, filter, key_prefix=key_prefix)
-        sql, args = self._statements.distinct_metadata(key_path(key), restriction, limit)
-        rows = await self._run("distinct_metadata", lambda conn: conn.fetch(sql, *args))
+        rows = await self.database.fetch(
+            "distinct_metadata",
+            self._statements.distinct_metadata(key_path(key), restriction, limit),
+        )
         return [(row["value"], int(row["memories"])) for row in rows]
 
     @instrumented("list")
     async def list(
         self,
         *,
-        scope: MemoryScope | str | None = None,
+        scope: Scope = None,
         scope_id: str | None = None,
-        types: Iterable[MemoryType | str] | MemoryType | None = None,
+        types: Types = None,
         filter: Mapping[str, Any] | None = None,
         value_filter: Mapping[str, Any] | None = None,
         key_prefix: str | tuple[str, ...] | None = None,
@@ -1001,13 +774,18 @@ class PostgresStorage(Generic[K, V]):
         offset: int = 0,
         order_by: ListOrder = "created_at",
         descending: bool = True,
+        after: MemoryEntry[Any] | None = None,
     ) -> builtins.list[MemoryEntry[V]]:
-        """A page of live memories, newest first by default."""
+        """A page of live memories, newest first by default.
+
+        For the next page, pass the last entry of this one as ``after`` (a keyset: every page
+        costs the same, and writes meanwhile do not shift the pages); ``offset`` skips rows.
+        """
         if not 1 <= limit <= 10_000 or not 0 <= offset:
             raise MemoryValidationError("limit must be in [1, 10000] and offset >= 0")
         if order_by not in ("created_at", "updated_at", "key"):
             raise MemoryValidationError(f"cannot order by {order_by!r}")
-        sql, args = self._statements.list_page(
+        query = self._statements.list_page(
             self._restriction(
                 scope, scope_id, types, filter, value_filter=value_filter, key_prefix=key_prefix
             ),
@@ -1015,15 +793,42 @@ class PostgresStorage(Generic[K, V]):
             offset=offset,
             order_by=order_by,
             descending=descending,
+            after=None if after is None else _position(after, order_by),
         )
-        rows = await self._run("list", lambda conn: conn.fetch(sql, *args))
-        return [self._entry(row) for row in rows]
+        return [self._entry(row) for row in await self.database.fetch("list", query)]
+
+    async def scan(
+        self,
+        *,
+        scope: Scope = None,
+        scope_id: str | None = None,
+        types: Types = None,
+        filter: Mapping[str, Any] | None = None,
+        page_size: int = 1_000,
+    ) -> AsyncIterator[MemoryEntry[V]]:
+        """Every live memory that matches, in owner-then-key order, read a page at a time.
+
+        Pages follow the last memory read (a keyset), so each costs the same however far the
+        scan has gone, and memories written or deleted meanwhile never shift the pages: for
+        exports and migrations of any size.
+        """
+        if not 1 <= page_size <= 10_000:
+            raise MemoryValidationError("page_size must be in [1, 10000]")
+        restriction = self._restriction(scope, scope_id, types, filter)
+        after: Identity | None = None
+        while True:
+            rows = await self.database.fetch(
+                "scan", self._statements.scan_page(restriction, after, page_size)
+            )
+            for row in rows:
+                yield self._entry(row)
+            if len(rows) < page_size:
+                return
+            after = _identity(rows[-1])
 
     # --- deleting --------------------------------------------------------------------------
     @instrumented("delete")
-    async def delete(
-        self, key: K, *, scope: MemoryScope | str | None = None, scope_id: str | None = None
-    ) -> bool:
+    async def delete(self, key: K, *, scope: Scope = None, scope_id: str | None = None) -> bool:
         """Delete the owner's memory stored under ``key``; True if a live one was deleted.
 
         Without a scope, the key's one live holder is deleted (see :meth:`retrieve`).
@@ -1041,17 +846,16 @@ class PostgresStorage(Generic[K, V]):
                 return False
             scope, scope_id = holders[0].scope, holders[0].scope_id
         restriction = replace(self._restriction(scope, scope_id), include_expired=True)
-        sql, args = self._statements.delete(checked, restriction)
-        rows = await self._run("delete", lambda conn: conn.fetch(sql, *args))
+        rows = await self.database.fetch("delete", self._statements.delete(checked, restriction))
         return any(row["live"] for row in rows)
 
     @instrumented("delete_many")
     async def delete_many(
         self,
         *,
-        scope: MemoryScope | str | None = None,
+        scope: Scope = None,
         scope_id: str | None = None,
-        types: Iterable[MemoryType | str] | MemoryType | None = None,
+        types: Types = None,
         filter: Mapping[str, Any] | None = None,
         keys: Iterable[str] | None = None,
         value_filter: Mapping[str, Any] | None = None,
@@ -1081,7 +885,7 @@ class PostgresStorage(Generic[K, V]):
             )
         key_set = identities = None
         if keys is not None:
-            key_set = frozenset(validate_key(k, self.config.max_key_length) for k in keys)
+            key_set = frozenset(self._keys(keys))
             if scope is None:
                 identities = frozenset(await self._resolve(sorted(key_set), None, None))
                 if not identities:
@@ -1094,52 +898,23 @@ class PostgresStorage(Generic[K, V]):
             identities=identities,
             include_expired=True,
         )
-        sql, args = self._statements.delete_many(restriction)
         # Its work grows with the rows matched, which nothing bounds.
-        timeout = self.config.maintenance_timeout
-        status = await self._run(
-            "delete_many", lambda conn: conn.execute(sql, *args, timeout=timeout)
+        return await self.database.execute(
+            "delete_many",
+            self._statements.delete_many(restriction),
+            timeout=self.config.maintenance_timeout,
         )
-        return _affected(status)
 
     @instrumented("clear")
     async def clear(self) -> int:
         """Delete every memory of this store's tenant; returns how many."""
-        sql, args = self._statements.delete_many(
-            Restriction(tenant=self._tenant, include_expired=True)
+        deleted = await self.database.execute(
+            "clear",
+            self._statements.delete_many(Restriction(tenant=self._tenant, include_expired=True)),
+            timeout=self.config.maintenance_timeout,
         )
-        timeout = self.config.maintenance_timeout
-        status = await self._run("clear", lambda conn: conn.execute(sql, *args, timeout=timeout))
-        self._cache.clear()
-        return _affected(status)
-
-    async def scan(
-        self,
-        *,
-        scope: MemoryScope | str | None = None,
-        scope_id: str | None = None,
-        types: Iterable[MemoryType | str] | MemoryType | None = None,
-        filter: Mapping[str, Any] | None = None,
-        page_size: int = 1_000,
-    ) -> AsyncIterator[MemoryEntry[V]]:
-        """Every live memory that matches, in owner-then-key order, read a page at a time.
-
-        Pages follow the last memory read (a keyset), so each costs the same however far the
-        scan has gone, and memories written or deleted meanwhile never shift the pages: for
-        exports and migrations of any size.
-        """
-        if not 1 <= page_size <= 10_000:
-            raise MemoryValidationError("page_size must be in [1, 10000]")
-        restriction = self._restriction(scope, scope_id, types, filter)
-        after: Identity | None = None
-        while True:
-            sql, args = self._statements.scan_page(restriction, after, page_size)
-            rows = await self._run("scan", partial(_fetch, sql, args))
-            for row in rows:
-                yield self._entry(row)
-            if len(rows) < page_size:
-                return
-            after = _identity(rows[-1])
+        self._vectors.cache.clear()
+        return deleted
 
     # --- searching -------------------------------------------------------------------------
     def search(self, query: MemoryQuery) -> MemorySearchResults[V]:
@@ -1151,25 +926,21 @@ class PostgresStorage(Generic[K, V]):
             raise MemoryValidationError("search takes a MemoryQuery")
         return MemorySearchResults(lambda: self._search(query))
 
-    async def _query_vector(self, query: MemoryQuery) -> Vector:
-        if query.embedding is not None:
-            return self._one_vector(query.embedding)
-        assert query.query is not None
-        content_hash = hashlib.sha256(query.query.encode()).digest()
-        cached = self._cache.get(content_hash)
-        if cached is not None:
-            return cached
-        vector = self._one_vector(await self.embedder.embed_query(query.query))
-        self._cache.put(content_hash, vector)
-        return vector
+    async def query_vector(self, text: str) -> Vector:
+        """The vector a search for ``text`` uses: the embedder's query embedding, checked
+        against the table's dimension and cached (adapters that rank by vectors themselves,
+        e.g. for MMR, take it from here)."""
+        return await self._vectors.query(text)
 
-    def _one_vector(self, raw: Any) -> Vector:
-        vector: Vector = self._check_vectors(np.asarray([raw], dtype=np.float32), 1)[0]
-        return vector
+    async def _search_vector(self, query: MemoryQuery) -> Vector:
+        if query.embedding is not None:
+            return self._vectors.check(query.embedding)
+        assert query.query is not None
+        return await self._vectors.query(query.query)
 
     @instrumented("search")
     async def _search(self, query: MemoryQuery) -> builtins.list[MemorySearchResult[V]]:
-        statements = self._statements
+        searches = self._searches
         restriction = self._restriction(
             query.scope,
             query.scope_id,
@@ -1183,67 +954,42 @@ class PostgresStorage(Generic[K, V]):
             updated_after=query.updated_after,
             updated_before=query.updated_before,
         )
+        page = Page(query.limit, query.offset, query.min_score)
         index = query.index_type
+        statement: Query
         if index is MemoryIndex.SEMANTIC:
-            vector = await self._query_vector(query)
-            sql, args = statements.semantic_search(
-                vector,
+            statement = searches.semantic_search(
+                await self._search_vector(query),
                 restriction,
-                limit=query.limit,
-                offset=query.offset,
-                min_score=query.min_score,
+                page,
                 include_embedding=query.include_embedding,
             )
         elif index is MemoryIndex.CONTEXTUAL:
             assert query.query is not None
-            sql, args = statements.contextual_search(
-                query.query,
-                restriction,
-                limit=query.limit,
-                offset=query.offset,
-                min_score=query.min_score,
-            )
+            statement = searches.contextual_search(query.query, restriction, page)
         elif index is MemoryIndex.HYBRID:
             assert query.query is not None
-            vector = await self._query_vector(query)
-            sql, args = statements.hybrid_search(
+            statement = searches.hybrid_search(
                 query.query,
-                vector,
+                await self._search_vector(query),
                 restriction,
+                page,
                 candidates=self.config.hybrid_candidates,
                 rrf_k=self.config.rrf_k,
-                limit=query.limit,
-                offset=query.offset,
-                min_score=query.min_score,
             )
         else:
-            sql, args = statements.temporal_search(
-                query.query,
-                restriction,
-                limit=query.limit,
-                offset=query.offset,
-                min_score=query.min_score,
-            )
-        rows = await self._run("search", lambda conn: conn.fetch(sql, *args))
-        return [
-            MemorySearchResult.model_construct(
-                entry=self._entry(row, embedding=query.include_embedding),
-                score=float(row["score"]),
-                index_type=index,
-                semantic_score=_optional_float(row, "semantic_score"),
-                contextual_score=_optional_float(row, "contextual_score"),
-            )
-            for row in rows
-        ]
+            statement = searches.temporal_search(query.query, restriction, page)
+        rows = await self.database.fetch("search", statement)
+        return [self._result(row, index, embedding=query.include_embedding) for row in rows]
 
     def similar(
         self,
         key: K,
         limit: int = 5,
         *,
-        scope: MemoryScope | str | None = None,
+        scope: Scope = None,
         scope_id: str | None = None,
-        types: Iterable[MemoryType | str] | MemoryType | None = None,
+        types: Types = None,
         filter: Mapping[str, Any] | None = None,
         min_score: float | None = None,
     ) -> MemorySearchResults[V]:
@@ -1272,45 +1018,38 @@ class PostgresStorage(Generic[K, V]):
     async def _similar(
         self,
         key: str,
-        scope: MemoryScope | str | None,
+        scope: Scope,
         scope_id: str | None,
         restriction: Restriction,
         limit: int,
         min_score: float | None,
     ) -> builtins.list[MemorySearchResult[V]]:
-        statements = self._statements
         holders = await self._resolve([key], scope, scope_id)
         if not holders:
             raise MemoryNotFoundError(key)
         target = holders[0]
-        sql, args = statements.similar(target, restriction, limit=limit, min_score=min_score)
-        rows = await self._run("similar", lambda conn: conn.fetch(sql, *args))
+        rows = await self.database.fetch(
+            "similar",
+            self._searches.similar(target, restriction, limit=limit, min_score=min_score),
+        )
         if not rows:
-            probe_sql, probe_args = statements.probe_state(self._tenant, target)
-            state = await self._run("similar", lambda conn: conn.fetchrow(probe_sql, *probe_args))
+            state = await self.database.fetchrow(
+                "similar", self._searches.probe_state(self._tenant, target)
+            )
             if state is None:
                 raise MemoryNotFoundError(key)
             if not state["has_embedding"]:
                 raise MemoryIndexError(
                     f"memory {key!r} has no embedding: it was stored without the SEMANTIC index"
                 )
-        return [
-            MemorySearchResult.model_construct(
-                entry=self._entry(row),
-                score=float(row["score"]),
-                index_type=MemoryIndex.SEMANTIC,
-                semantic_score=float(row["score"]),
-                contextual_score=None,
-            )
-            for row in rows
-        ]
+        return [self._result(row, MemoryIndex.SEMANTIC) for row in rows]
 
     # --- maintenance -------------------------------------------------------------------------
     @instrumented("cleanup_expired")
     async def cleanup_expired(
         self,
         *,
-        scope: MemoryScope | str | None = None,
+        scope: Scope = None,
         scope_id: str | None = None,
         batch_size: int | None = None,
     ) -> int:
@@ -1320,11 +1059,10 @@ class PostgresStorage(Generic[K, V]):
         """
         batch = batch_size or self.config.maintenance_batch_size
         restriction = replace(self._restriction(scope, scope_id), include_expired=True)
-        sql, args = self._statements.delete_expired_batch(restriction, batch)
+        sweep = self._statements.delete_expired_batch(restriction, batch)
         total = 0
         while True:
-            status = await self._run("cleanup_expired", lambda conn: conn.execute(sql, *args))
-            deleted = _affected(status)
+            deleted = await self.database.execute("cleanup_expired", sweep)
             total += deleted
             if deleted < batch:
                 return total
@@ -1340,12 +1078,13 @@ class PostgresStorage(Generic[K, V]):
     ) -> int:
         """Rebuild an index; returns how many memories it covers.
 
-        SEMANTIC re-embeds every live memory with the current embedder, in batches walked by
-        key (keyset pagination). An interrupted run leaves its position in the registry and,
-        with ``resume=True``, the next call continues from there. If the embedder's dimension
-        differs from the table's, the column is converted first (this is how a store moves to
-        a new model). CONTEXTUAL rebuilds the full-text and trigram indexes, switching the
-        text search configuration to ``config.text_search_config`` if it changed.
+        SEMANTIC re-embeds every live memory with the current embedder, in batches walked in
+        identity order (keyset pagination). An interrupted run leaves its position in the
+        registry and, with ``resume=True``, the next call continues from there. If the
+        embedder's dimension differs from the table's, the column is converted first (this is
+        how a store moves to a new model). CONTEXTUAL rebuilds the full-text and trigram
+        indexes, switching the text search configuration to ``config.text_search_config`` if
+        it changed.
         """
         index = as_enum(MemoryIndex, index, "index")
         if index is MemoryIndex.SEMANTIC:
@@ -1358,67 +1097,59 @@ class PostgresStorage(Generic[K, V]):
         self, batch_size: int | None, resume: bool, progress: ProgressCallback | None
     ) -> int:
         batch = batch_size or self.config.embedding_batch_size * 4
-        dimension = await asyncio.to_thread(lambda: int(self.embedder.dimension))
+        dimension = await self._vectors.model_dimension()
         if dimension != self.layout.dimension:
             await self._convert_dimension(dimension)
             resume = False
-        statements = self._statements
-        table = self.layout.table
-        tenant = self._tenant
+        statements, database, tenant = self._statements, self.database, self._tenant
         cursor: Identity | None = None
         if resume:
-            saved = await self._run(
-                "reindex",
-                lambda conn: conn.fetchval(statements.load_reindex_cursor(), table),
-            )
+            saved = await database.fetchval("reindex", statements.load_reindex_cursor())
             cursor = maintenance.decode_cursor(saved, tenant)
-        total = int(
-            await self._run(
-                "reindex", lambda conn: conn.fetchval(statements.count_semantic(), tenant)
-            )
-        )
+        total = int(await database.fetchval("reindex", statements.count_semantic(tenant)))
         done = 0
-        if cursor:
-            logger.info("resuming an interrupted semantic reindex of %s", table)
-        self._cache.clear()  # vectors from the previous model must not be reused
+        if cursor is not None:
+            logger.info("resuming an interrupted semantic reindex of %s", self.layout.table)
+        self._vectors.cache.clear()  # vectors from the previous model must not be reused
         # Each re-embedded row would go through the HNSW graph (about 1 ms a row); without the
         # index the updates are plain writes and the graph is built once at the end. Semantic
         # searches meanwhile scan exactly (correct, slower); if the run is interrupted, the
         # next start() or reindex() builds the index again.
-        rebuild = not cursor and 0 < self.config.bulk_index_rebuild_rows <= total
+        rebuild = cursor is None and 0 < self.config.bulk_index_rebuild_rows <= total
         if rebuild:
-            await self._run("reindex", lambda conn: conn.execute(statements.drop_vector_index()))
+            await database.execute("reindex", self.layout.drop_vector_index())
         while True:
-            rows = await self._run(
+            rows = await database.fetch(
                 "reindex",
-                partial(maintenance.fetch_reindex_batch, statements, tenant, cursor, batch),
+                statements.reindex_batch(tenant, cursor or maintenance.START, batch),
             )
             if not rows:
                 break
-            vectors = await self._embed([row["content"] for row in rows])
+            vectors = await self._vectors.embed([row["content"] for row in rows])
             records = [
                 (tenant, *_identity(row), vector, row["content_hash"])
                 for row, vector in zip(rows, vectors, strict=True)
             ]
             cursor = _identity(rows[-1])
-            saved_cursor = maintenance.encode_cursor(tenant, cursor)
-            await self._run(
+            await database.run(
                 "reindex",
-                partial(maintenance.write_reindexed, statements, table, records, saved_cursor),
+                partial(
+                    maintenance.write_reindexed,
+                    statements,
+                    records,
+                    maintenance.encode_cursor(tenant, cursor),
+                ),
             )
             done += len(rows)
             if progress is not None:
                 progress(min(done, total), total)
-        await self._run(
-            "reindex", lambda conn: conn.execute(statements.save_reindex_cursor(), table, None)
-        )
+        await database.execute("reindex", statements.save_reindex_cursor(None))
         if rebuild:
-            await self._run(
+            await database.run(
                 "reindex",
                 partial(
-                    maintenance.build_vector_index,
-                    statements,
-                    self.config.maintenance_work_mem,
+                    maintenance.in_one_transaction,
+                    self.layout.build_vector_index(self.config.maintenance_work_mem),
                     self.config.maintenance_timeout,
                 ),
             )
@@ -1435,21 +1166,18 @@ class PostgresStorage(Generic[K, V]):
             old.dimension,
             dimension,
         )
-
-        await self._run(
+        await self.database.run(
             "reindex",
             partial(maintenance.convert_dimension, old, new, self.config.maintenance_timeout),
         )
-        self._layout = new
-        self._sql = Statements(new)
+        self._use_layout(new)
         # Cached statements describe the old column type.
-        assert self._pool is not None
-        await self._pool.expire_connections()
+        await self.database.expire_connections()
 
     async def _reindex_contextual(self, progress: ProgressCallback | None) -> int:
         layout = self.layout
         wanted = self.config.text_search_config
-        count = await self._run(
+        count = await self.database.run(
             "reindex",
             partial(
                 maintenance.rebuild_contextual,
@@ -1460,8 +1188,7 @@ class PostgresStorage(Generic[K, V]):
             ),
         )
         if layout.text_search_config != wanted:
-            self._layout = replace(layout, text_search_config=wanted)
-            self._sql = Statements(self._layout)
+            self._use_layout(replace(layout, text_search_config=wanted))
         if progress is not None:
             progress(count, count)
         return count
@@ -1474,11 +1201,10 @@ class PostgresStorage(Generic[K, V]):
         (count, errors, mean and bucketed p50/p95 latency, histogram) per operation;
         ``errors`` by class; ``embedding_cache`` (entries, hits, misses, hit rate).
         """
-        figures = await self._run(
+        figures = await self.database.run(
             "stats", partial(maintenance.table_figures, self._statements, self._tenant)
         )
-        pool = self._pool
-        assert pool is not None
+        pool = self.database.pool
         figures["pool"] = {
             "size": pool.get_size(),
             "idle": pool.get_idle_size(),
@@ -1490,34 +1216,45 @@ class PostgresStorage(Generic[K, V]):
             name: stats.as_dict() for name, stats in sorted(self.metrics.operations.items())
         }
         figures["errors"] = dict(self.metrics.errors)
-        lookups = self._cache.hits + self._cache.misses
+        cache = self._vectors.cache
+        lookups = cache.hits + cache.misses
         figures["embedding_cache"] = {
-            "entries": len(self._cache),
-            "hits": self._cache.hits,
-            "misses": self._cache.misses,
-            "hit_rate": self._cache.hits / lookups if lookups else None,
+            "entries": len(cache),
+            "hits": cache.hits,
+            "misses": cache.misses,
+            "hit_rate": cache.hits / lookups if lookups else None,
         }
         figures["dimension"] = self.layout.dimension
         return figures
 
 
-async def _keep_session(conn: asyncpg.Connection) -> None:
-    """Pool reset hook: nothing to undo. asyncpg rolls back any open transaction itself, and
-    this store keeps no session state (no LISTEN, session SETs or session advisory locks), so
-    the default RESET ALL round trip on every release would only cost latency."""
+def _declared_value_type(storage: PostgresStorage[Any, Any]) -> Any:
+    """The ``V`` of ``PostgresStorage[str, V](...)``, or of a subclass's
+    ``class Notes(PostgresStorage[str, Note])``; None when not declared."""
+    origin = getattr(storage, "__orig_class__", None)
+    candidates = [origin] if origin is not None else []
+    for klass in type(storage).__mro__:
+        candidates += getattr(klass, "__orig_bases__", ())
+    for candidate in candidates:
+        if typing.get_origin(candidate) is PostgresStorage:
+            args = typing.get_args(candidate)
+            if len(args) == 2:
+                return args[1]
+    return None
+
+
+def _position(entry: MemoryEntry[Any], order_by: ListOrder) -> tuple[Any, ...]:
+    """Where ``entry`` sits in a list ordered by ``order_by`` (for keyset paging)."""
+    scope = entry.scope.value if isinstance(entry.scope, MemoryScope) else entry.scope
+    first = {"created_at": entry.created_at, "updated_at": entry.updated_at}.get(order_by)
+    identity = (entry.key, scope, entry.scope_id)
+    return identity if first is None else (first, *identity)
 
 
 def _vector_list(vector: Any) -> builtins.list[float]:
     # pgvector >= 0.4 decodes to Vector/HalfVector objects, 0.3 to numpy arrays.
     values = vector.to_list() if hasattr(vector, "to_list") else np.asarray(vector).tolist()
     return [float(x) for x in values]
-
-
-async def _fetch(
-    sql: str, args: builtins.list[Any], conn: asyncpg.Connection
-) -> builtins.list[asyncpg.Record]:
-    rows: builtins.list[asyncpg.Record] = await conn.fetch(sql, *args)
-    return rows
 
 
 def _identity(row: asyncpg.Record) -> Identity:
@@ -1532,11 +1269,6 @@ def _check_unambiguous(identities: Iterable[Identity]) -> None:
     for key, count in owners.items():
         if count > 1:
             raise AmbiguousKeyError(key, count)
-
-
-def _affected(status: str) -> int:
-    # "DELETE 42" -> 42
-    return int(status.rsplit(" ", 1)[-1])
 
 
 def _optional_float(row: asyncpg.Record, column: str) -> float | None:

@@ -62,7 +62,7 @@ async def test_server_restart_under_load_loses_no_acknowledged_memory(
                     failures.append(exc)
                 sequence += 1
 
-        started_at = await store._run(
+        started_at = await store.database.run(
             "check", lambda conn: conn.fetchval("SELECT pg_postmaster_start_time()")
         )
 
@@ -88,7 +88,7 @@ async def test_server_restart_under_load_loses_no_acknowledged_memory(
         for key, value in acknowledged.items():
             assert stored[key].value == value, key
         # the same store object keeps working, on the restarted server
-        restarted_at = await store._run(
+        restarted_at = await store.database.run(
             "check", lambda conn: conn.fetchval("SELECT pg_postmaster_start_time()")
         )
         assert restarted_at > started_at
@@ -144,7 +144,7 @@ async def test_killed_backends_mid_workload(private_server: PrivateServer) -> No
         assert done > 0.9 * 8 * 60  # retries absorb nearly every kill
         stored = await store.retrieve_many(list(written))
         assert {k: e.value for k, e in stored.items()} == written
-        assert store._pool is not None and store._pool.get_size() <= 6
+        assert store.database.pool.get_size() <= 6
         assert await store.count() == 200 + len(written)
 
 
@@ -222,7 +222,7 @@ async def test_cancelled_writes_and_searches_leave_no_damage(private_server: Pri
         # every pooled connection is usable again
         results = await asyncio.gather(*(store.count() for _ in range(6)))
         assert len(set(results)) == 1
-        stuck = await store._run(
+        stuck = await store.database.run(
             "check",
             lambda conn: conn.fetchval(
                 "SELECT count(*) FROM pg_stat_activity WHERE application_name = "

@@ -46,13 +46,12 @@ async def test_pool_exhaustion_times_out_with_a_clear_error(make_config: Any) ->
     config = make_config(min_size=1, max_size=1, pool_timeout=0.3)
     async with PostgresStorage[str, Any](config, HashingEmbedder(8)) as store:
         await store.store("k", "v")
-        assert store._pool is not None
-        held = await store._pool.acquire()  # a long operation holding the only connection
+        held = await store.database.pool.acquire()  # a long operation holding the only connection
         try:
             with pytest.raises(MemoryTimeoutError, match="no free database connection"):
                 await asyncio.wait_for(store.retrieve("k"), timeout=5)
         finally:
-            await store._pool.release(held)
+            await store.database.pool.release(held)
         assert (await store.retrieve("k")).value == "v"
 
 

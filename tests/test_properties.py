@@ -127,10 +127,9 @@ async def test_bad_embeddings_are_rejected_and_nothing_is_written(
 async def test_an_embedder_returning_bad_vectors_is_caught(
     make_config: Any, vector: list[float]
 ) -> None:
-    async with PostgresStorage[str, Any](make_config(), FixedEmbedder([1.0] * 8)) as store:
-        store.embedder = FixedEmbedder(vector)  # the model starts misbehaving
-        store.embedder._dimension = 8
+    embedder = FixedEmbedder([1.0] * 8)
+    async with PostgresStorage[str, Any](make_config(), embedder) as store:
+        embedder.vector = np.asarray(vector, dtype=np.float32)  # the model starts misbehaving
         with pytest.raises(MemoryValidationError):
             await store.store("k", "some text")
         assert await store.count() == 0
-    assert np.isfinite(1.0)

@@ -32,7 +32,7 @@ async def test_store_many_embeds_in_batches_once_per_distinct_text(make_config: 
         assert progress == [(10, 25), (20, 25), (25, 25)]
         # Storing the same texts again reuses the vectors (cache and database), embeds nothing.
         embedder.batches.clear()
-        store._cache.clear()
+        store.embedding_cache.clear()
         await store.store_many(items)
         assert embedder.batches == []
 

@@ -137,7 +137,7 @@ async def test_reembeds_only_when_text_changes(config: PostgresConfig) -> None:
     async with PostgresStorage[str, Any](config, embedder) as store:
         await store.store("k", {"content": "same text", "n": 1})
         assert embedder.embedded_texts == ["same text"]
-        store._cache.clear()  # force the database-side check, not the in-process cache
+        store.embedding_cache.clear()  # force the database-side check, not the in-process cache
         await store.store("k", {"content": "same text", "n": 2})
         assert embedder.embedded_texts == ["same text"]
         await store.store("k", {"content": "new text"})
@@ -153,7 +153,7 @@ async def test_unchanged_upsert_keeps_its_vector(config: PostgresConfig) -> None
     async with PostgresStorage[str, Any](config, embedder) as store:
         await store.store("k", "stable text", metadata={"n": 1})
         before = (await store.retrieve("k", include_embedding=True)).embedding
-        store._cache.clear()
+        store.embedding_cache.clear()
         await store.store("k", "stable text", metadata={"n": 2})
         after = await store.retrieve("k", include_embedding=True)
         assert after.embedding == before

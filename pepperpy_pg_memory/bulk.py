@@ -1,0 +1,55 @@
+"""The one connection-level step of ``store_many``: COPY a batch into the staging table and
+merge it into the memory table, in one transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+
+from .queries import STAGING_COLUMNS, Statements
+from .types import Identity
+
+__all__ = ["write_batch"]
+
+
+async def write_batch(
+    statements: Statements,
+    tenant: str,
+    records: Sequence[tuple[Any, ...]],
+    rebuild_from: int,
+    maintenance_work_mem: str,
+    timeout: float,
+    conn: asyncpg.Connection,
+) -> list[Identity]:
+    """Upsert ``records`` (in :data:`STAGING_COLUMNS` order); returns the memories the merge
+    left without a vector (their text changed concurrently).
+
+    Inserting row by row into an HNSW graph is the slowest part of a write (about 1.5 ms a row
+    at 384 dimensions); building the graph once over all rows is several times faster. So a
+    batch of at least ``rebuild_from`` rows (0: never) that is larger than the table drops the
+    index and rebuilds it in the same transaction: readers wait for the commit, and a failure
+    rolls the index back with the rows.
+    """
+    layout = statements.layout
+    rebuild = 0 < rebuild_from <= len(records)
+    if rebuild:
+        count = statements.count_up_to(len(records))
+        rebuild = await conn.fetchval(count.sql, *count.args, timeout=timeout) < len(records)
+    merge = statements.merge_staging(tenant)
+    async with conn.transaction():
+        if rebuild:
+            await conn.execute(layout.drop_vector_index().sql, timeout=timeout)
+        await conn.execute(statements.create_staging().sql, timeout=timeout)
+        await conn.copy_records_to_table(
+            statements.staging_name,
+            records=records,
+            columns=list(STAGING_COLUMNS),
+            timeout=timeout,
+        )
+        rows = await conn.fetch(merge.sql, *merge.args, timeout=timeout)
+        if rebuild:
+            for query in layout.build_vector_index(maintenance_work_mem):
+                await conn.execute(query.sql, *query.args, timeout=timeout)
+    return [Identity(row["scope"], row["scope_id"], row["key"]) for row in rows]

@@ -1,0 +1,248 @@
+"""``Database``: the connection pool of one store, and how statements run on it.
+
+It owns what every statement needs and none should repeat: the pool and its lifecycle, the
+check that calls come from the loop the pool belongs to, acquiring a connection within
+``pool_timeout``, retrying transient faults with backoff, and turning driver errors into
+:class:`~pepperpy_pg_memory.MemoryError`. The store hands it a :class:`~.queries.Query`; what
+a statement means is not its business.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import typing
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, TypeVar
+
+import asyncpg
+from pgvector.asyncpg import register_vector
+
+from .config import PostgresConfig
+from .errors import MemoryError, MemoryTimeoutError
+from .faults import backoff_delay, is_transient, translate
+from .metrics import Metrics
+from .queries import Query
+from .values import encode_json
+
+__all__ = ["Database", "connect"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Work = Callable[[asyncpg.Connection], Awaitable[T]]
+
+
+async def retrying(
+    config: PostgresConfig, operation: str, attempt: Callable[[], Awaitable[T]]
+) -> T:
+    """Run ``attempt`` until it succeeds, retrying transient faults with backoff; any other
+    failure (or the last transient one) is raised as a :class:`MemoryError`."""
+    for number in range(config.retry_attempts + 1):
+        try:
+            return await attempt()
+        except MemoryError:
+            raise
+        except Exception as exc:
+            if number < config.retry_attempts and is_transient(exc):
+                delay = backoff_delay(number, config.retry_base_delay, config.retry_max_delay)
+                logger.warning(
+                    "%s: transient fault (%s), retry %d in %.2fs",
+                    operation,
+                    type(exc).__name__,
+                    number + 1,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                continue
+            raise translate(exc, operation) from exc
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def connect(config: PostgresConfig, dsn: str) -> asyncpg.Connection:
+    """One connection outside the pool (for migrations), retried like everything else."""
+    return await retrying(
+        config, "connect", lambda: asyncpg.connect(dsn, timeout=config.connect_timeout)
+    )
+
+
+class Database:
+    """The pool of one store and the one way statements reach it.
+
+    Args:
+        config: pool sizes, timeouts and retry settings.
+        metrics: where the number of tasks waiting for a connection is kept.
+    """
+
+    def __init__(self, config: PostgresConfig, metrics: Metrics) -> None:
+        self.config = config
+        self.metrics = metrics
+        self._pool: asyncpg.Pool | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise MemoryError("the storage is not started: await storage.start() first")
+        return self._pool
+
+    @property
+    def is_open(self) -> bool:
+        return self._pool is not None
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The event loop the pool belongs to; None when closed."""
+        return self._loop if self._pool is not None else None
+
+    async def open(self, dsn: str, vector_schema: str, settings: dict[str, str]) -> None:
+        """Open the pool; every connection gets pgvector's codecs, binary jsonb (so that
+        COPY can carry it) and ``settings``."""
+        config = self.config
+
+        async def init(conn: asyncpg.Connection) -> None:
+            await register_vector(conn, schema=vector_schema)
+            await conn.set_type_codec(
+                "jsonb",
+                schema="pg_catalog",
+                encoder=lambda value: b"\x01" + encode_json(value).encode(),
+                decoder=lambda data: json.loads(data[1:]),
+                format="binary",
+            )
+
+        async def create() -> asyncpg.Pool:
+            pool = await asyncpg.create_pool(
+                dsn,
+                min_size=config.min_size,
+                max_size=config.max_size,
+                command_timeout=config.command_timeout,
+                timeout=config.connect_timeout,
+                init=init,
+                reset=_keep_session,
+                server_settings=settings,
+            )
+            assert pool is not None
+            return pool
+
+        self._loop = asyncio.get_running_loop()
+        self._pool = await retrying(config, "open pool", create)
+
+    async def close(self) -> None:
+        """Close the pool (terminate it if closing hangs or the server is gone). Idempotent."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            try:
+                await asyncio.wait_for(pool.close(), timeout=self.config.command_timeout)
+            except (asyncio.TimeoutError, asyncpg.InterfaceError, OSError):
+                pool.terminate()
+
+    async def expire_connections(self) -> None:
+        """Make the pool replace its connections (their cached statements are stale)."""
+        await self.pool.expire_connections()
+
+    # --- running ----------------------------------------------------------------------------
+    async def run(self, operation: str, work: Work[T]) -> T:
+        """Run ``work`` on a pooled connection, retrying transient faults.
+
+        Every caller's ``work`` is idempotent (reads, upserts, deletes by key or condition),
+        so running it again after a broken connection cannot duplicate anything.
+        """
+        pool = self.pool
+        if asyncio.get_running_loop() is not self._loop:
+            # asyncpg connections belong to the loop that opened them.
+            raise MemoryError(
+                f"{operation}: this store was started on another event loop; call it from "
+                "that loop, or through pepperpy_pg_memory.runner.BackgroundStorage"
+            )
+        config = self.config
+
+        async def attempt() -> T:
+            self.metrics.waiting += 1
+            try:
+                conn = await pool.acquire(timeout=config.pool_timeout)
+            except asyncio.TimeoutError:
+                raise MemoryTimeoutError(
+                    f"{operation}: no free database connection within "
+                    f"{config.pool_timeout:g}s (max_size={config.max_size}); raise "
+                    "max_size or pool_timeout, or run fewer operations at once"
+                ) from None
+            finally:
+                self.metrics.waiting -= 1
+            try:
+                return await work(typing.cast(asyncpg.Connection, conn))
+            except Exception as exc:
+                if is_transient(exc):
+                    # Never hand a broken connection back for reuse; the pool opens a new one.
+                    # (If it died on its own, asyncpg has already taken it back: nothing to do.)
+                    with contextlib.suppress(asyncpg.InterfaceError):
+                        conn.terminate()
+                raise
+            finally:
+                await pool.release(conn)
+
+        return await retrying(config, operation, attempt)
+
+    async def fetch(
+        self, operation: str, query: Query, *, timeout: float | None = None
+    ) -> list[asyncpg.Record]:
+        rows: list[asyncpg.Record] = await self.run(
+            operation, lambda conn: conn.fetch(query.sql, *query.args, timeout=timeout)
+        )
+        return rows
+
+    async def fetchrow(
+        self, operation: str, query: Query, *, timeout: float | None = None
+    ) -> asyncpg.Record | None:
+        row: asyncpg.Record | None = await self.run(
+            operation, lambda conn: conn.fetchrow(query.sql, *query.args, timeout=timeout)
+        )
+        return row
+
+    async def fetchval(self, operation: str, query: Query, *, timeout: float | None = None) -> Any:
+        return await self.run(
+            operation, lambda conn: conn.fetchval(query.sql, *query.args, timeout=timeout)
+        )
+
+    async def execute(self, operation: str, query: Query, *, timeout: float | None = None) -> int:
+        """Run a statement; returns how many rows it affected."""
+        status: str = await self.run(
+            operation, lambda conn: conn.execute(query.sql, *query.args, timeout=timeout)
+        )
+        return affected(status)
+
+    async def executemany(
+        self,
+        operation: str,
+        sql: str,
+        records: Iterable[Sequence[Any]],
+        *,
+        timeout: float | None = None,
+    ) -> None:
+        rows = list(records)
+        await self.run(operation, lambda conn: conn.executemany(sql, rows, timeout=timeout))
+
+    async def execute_all(
+        self, operation: str, queries: Sequence[Query], *, timeout: float | None = None
+    ) -> None:
+        """Run ``queries`` in order in one transaction."""
+
+        async def work(conn: asyncpg.Connection) -> None:
+            async with conn.transaction():
+                for query in queries:
+                    await conn.execute(query.sql, *query.args, timeout=timeout)
+
+        await self.run(operation, work)
+
+
+def affected(status: str) -> int:
+    """Rows a command affected, from its status ("DELETE 42" -> 42; 0 for other commands)."""
+    last = status.rsplit(" ", 1)[-1]
+    return int(last) if last.isdigit() else 0
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Pool reset hook: nothing to undo. asyncpg rolls back any open transaction itself, and
+    this store keeps no session state (no LISTEN, session SETs or session advisory locks), so
+    the default RESET ALL round trip on every release would only cost latency."""
