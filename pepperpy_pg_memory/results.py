@@ -25,11 +25,16 @@ class MemorySearchResults(Coroutine[Any, Any, "list[MemorySearchResult[V]]"], Ge
     ) -> None:
         self._fetch = fetch
         self._running: Coroutine[Any, Any, list[MemorySearchResult[V]]] | None = None
+        self._results: list[MemorySearchResult[V]] | None = None
 
     def _coroutine(self) -> Coroutine[Any, Any, list[MemorySearchResult[V]]]:
         if self._running is None:
-            self._running = self._fetch()
+            self._running = self._run_once()
         return self._running
+
+    async def _run_once(self) -> list[MemorySearchResult[V]]:
+        self._results = await self._fetch()
+        return self._results
 
     def __await__(self) -> Generator[Any, None, list[MemorySearchResult[V]]]:
         return self._coroutine().__await__()
@@ -48,5 +53,7 @@ class MemorySearchResults(Coroutine[Any, Any, "list[MemorySearchResult[V]]"], Ge
             self._running.close()
 
     async def __aiter__(self) -> AsyncIterator[MemorySearchResult[V]]:
-        for result in await self._fetch():
+        # The query runs once: iterating after an await reads the results it already has.
+        results = self._results if self._results is not None else await self
+        for result in results:
             yield result

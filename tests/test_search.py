@@ -82,6 +82,19 @@ async def test_search_results_run_as_tasks_and_only_when_used(
     ] == ["coffee"]
 
 
+async def test_iterating_awaited_results_does_not_search_again(
+    corpus: PostgresStorage[str, Any],
+) -> None:
+    def searches() -> int:
+        return corpus.metrics.operations["search"].count
+
+    results = corpus.search(MemoryQuery(query=CORPUS["tea"], limit=2))
+    listed = await results
+    before = searches()
+    assert [hit async for hit in results] == listed
+    assert searches() == before
+
+
 async def test_contextual_search_uses_full_text_with_stemming(
     corpus: PostgresStorage[str, Any],
 ) -> None:

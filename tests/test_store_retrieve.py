@@ -110,6 +110,17 @@ async def test_text_of_hook_decides_what_is_indexed(config: PostgresConfig) -> N
         assert not await store.search(MemoryQuery(query="days", index_type=MemoryIndex.CONTEXTUAL))
 
 
+async def test_a_text_of_that_returns_no_string_is_a_validation_error(
+    config: PostgresConfig,
+) -> None:
+    from pepperpy_pg_memory import HashingEmbedder
+
+    async with PostgresStorage[str, Any](config, HashingEmbedder(8), text_of=len) as store:
+        with pytest.raises(MemoryValidationError, match="must be a str, not int"):
+            await store.store("k", "a value", type=MemoryType.EPISODIC)
+        assert await store.count() == 0
+
+
 async def test_upsert_keeps_created_at_and_replaces_everything_else(
     storage: PostgresStorage[str, Any],
 ) -> None:
