@@ -22,7 +22,7 @@ from pgvector.asyncpg import register_vector
 
 from .config import PostgresConfig
 from .errors import MemoryError, MemoryTimeoutError
-from .faults import backoff_delay, is_transient, translate
+from .faults import ConnectionLost, backoff_delay, is_transient, translate
 from .metrics import Metrics
 from .queries import Query
 from .values import encode_json
@@ -172,6 +172,10 @@ class Database:
                 self.metrics.waiting -= 1
             try:
                 return await work(typing.cast(asyncpg.Connection, conn))
+            except asyncpg.InterfaceError as exc:
+                if not conn.is_closed():
+                    raise
+                raise ConnectionLost(str(exc)) from exc
             except Exception as exc:
                 if is_transient(exc):
                     # Never hand a broken connection back for reuse; the pool opens a new one.

@@ -15,36 +15,41 @@ from .errors import (
     MemoryValidationError,
 )
 
-__all__ = ["is_transient", "translate", "backoff_delay"]
+__all__ = ["ConnectionLost", "is_transient", "translate", "backoff_delay"]
 
-# Server going away or not yet accepting, and conflicts a retry resolves.
-_TRANSIENT_POSTGRES = (
-    asyncpg.PostgresConnectionError,  # class 08
-    asyncpg.CannotConnectNowError,  # 57P03: starting up or shutting down
-    asyncpg.AdminShutdownError,  # 57P01: terminated by administrator / fast shutdown
-    asyncpg.CrashShutdownError,  # 57P02
-    asyncpg.TooManyConnectionsError,  # 53300
-    asyncpg.SerializationError,  # 40001
-    asyncpg.DeadlockDetectedError,  # 40P01
+# By SQLSTATE, as the server sent it: the server going away or not yet accepting, and
+# conflicts a retry resolves. Class 08 is every connection exception.
+_TRANSIENT_CLASSES = frozenset({"08"})
+_TRANSIENT_SQLSTATES = frozenset(
+    {
+        "57P01",  # admin_shutdown: terminated by an administrator, or a fast shutdown
+        "57P02",  # crash_shutdown
+        "57P03",  # cannot_connect_now: starting up or shutting down
+        "53300",  # too_many_connections
+        "40001",  # serialization_failure
+        "40P01",  # deadlock_detected
+    }
 )
+
+
+class ConnectionLost(Exception):
+    """A pooled connection turned out to be closed under a statement (the driver says so
+    with a plain ``InterfaceError``; the pool replaces the connection, a retry is safe)."""
 
 
 def is_transient(exc: BaseException) -> bool:
     """True for faults after which running the same idempotent operation again may succeed."""
-    if isinstance(exc, _TRANSIENT_POSTGRES):
-        return True
-    if isinstance(exc, (asyncpg.ConnectionDoesNotExistError, ConnectionError)):
+    if isinstance(exc, asyncpg.PostgresError):
+        sqlstate = str(getattr(exc, "sqlstate", "") or "")
+        return sqlstate[:2] in _TRANSIENT_CLASSES or sqlstate in _TRANSIENT_SQLSTATES
+    # Without a SQLSTATE: the network, or the driver's own public classes.
+    if isinstance(exc, (ConnectionLost, ConnectionError)):
         return True
     if isinstance(exc, OSError) and not isinstance(exc, TimeoutError):
         return True
-    if isinstance(exc, asyncpg.exceptions._base.InternalClientError):
-        # Seen when the server ends an idle pooled connection just as a query starts on it
-        # ("cannot switch to state ..."): the connection is unusable, a fresh one is fine.
-        return True
-    if isinstance(exc, asyncpg.InterfaceError):
-        text = str(exc)
-        return "connection is closed" in text or "connection was closed" in text
-    return False
+    # Seen when the server ends an idle pooled connection just as a query starts on it
+    # ("cannot switch to state ..."): the connection is unusable, a fresh one is fine.
+    return isinstance(exc, asyncpg.InternalClientError)
 
 
 def backoff_delay(attempt: int, base: float, cap: float) -> float:

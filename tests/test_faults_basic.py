@@ -6,15 +6,18 @@ import asyncio
 import socket
 from typing import Any
 
+import asyncpg
 import pytest
 
 from pepperpy_pg_memory import (
     HashingEmbedder,
     MemoryConnectionError,
+    MemoryError,
     MemoryTimeoutError,
     PostgresConfig,
     PostgresStorage,
 )
+from pepperpy_pg_memory.faults import is_transient, translate
 
 
 def _closed_port() -> int:
@@ -74,3 +77,26 @@ async def test_killed_connection_is_retried_transparently(
     )
     assert killed >= 1
     assert (await storage.retrieve("k")).value == "v"
+
+
+@pytest.mark.parametrize(
+    "error, transient",
+    [
+        (asyncpg.AdminShutdownError("terminating connection"), True),  # 57P01
+        (asyncpg.CannotConnectNowError("the database system is starting up"), True),  # 57P03
+        (asyncpg.ConnectionFailureError("connection failure"), True),  # 08006: class 08
+        (asyncpg.ConnectionDoesNotExistError("closed in the middle"), True),  # 08003
+        (asyncpg.SerializationError("could not serialize"), True),  # 40001
+        (asyncpg.UniqueViolationError("duplicate key"), False),  # 23505
+        (asyncpg.InsufficientPrivilegeError("permission denied"), False),  # 42501
+        (asyncpg.InterfaceError("cannot call Connection.fetch(): released"), False),
+        (asyncpg.InternalClientError("cannot switch to state 12"), True),
+        (ConnectionResetError("reset by peer"), True),
+        (TimeoutError("timed out"), False),
+    ],
+)
+def test_faults_are_classified_by_sqlstate_and_public_classes(
+    error: BaseException, transient: bool
+) -> None:
+    assert is_transient(error) is transient
+    assert isinstance(translate(error, "store"), MemoryError)
