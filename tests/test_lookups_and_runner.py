@@ -110,3 +110,32 @@ async def test_sync_call_on_the_stores_own_loop_is_refused(config: PostgresConfi
         assert await handle.acall(lambda s: s.count()) == 0
         handle.close()  # not owned: the store stays open
         assert store.started
+
+
+@pytest.mark.parametrize(
+    "order_by, descending",
+    [("created_at", True), ("updated_at", False), ("key", False), ("key", True)],
+)
+async def test_list_pages_by_keyset_match_one_long_list(
+    storage: PostgresStorage[str, Any], order_by: Any, descending: bool
+) -> None:
+    # Keys repeat across owners and created_at values tie within a batch: the position must
+    # include the whole identity for pages neither to skip nor to repeat a memory.
+    await storage.store_many(
+        {"key": f"k{n % 7}", "value": n, "scope": "user", "scope_id": f"u{n // 7}"}
+        for n in range(23)
+    )
+    whole = await storage.list(order_by=order_by, descending=descending, limit=100)
+    pages: list[Any] = []
+    while True:
+        page = await storage.list(
+            order_by=order_by,
+            descending=descending,
+            limit=4,
+            after=pages[-1] if pages else None,
+        )
+        pages += page
+        if len(page) < 4:
+            break
+    assert [(e.scope_id, e.key) for e in pages] == [(e.scope_id, e.key) for e in whole]
+    assert len(pages) == 23

@@ -97,6 +97,22 @@ async def test_pydantic_values_come_back_as_the_declared_model(config: PostgresC
         assert entry.text == "buy milk"
 
 
+class NoteStore(PostgresStorage[str, Note]):
+    """A subclass declares the value type in its base (no __orig_class__ on instances)."""
+
+
+async def test_value_type_given_explicitly_or_by_a_subclass(config: PostgresConfig) -> None:
+    from pepperpy_pg_memory import HashingEmbedder
+
+    async with NoteStore(config, HashingEmbedder(32)) as notes:
+        await notes.store("n1", Note(content="buy milk", tags=["errand"]))
+        assert (await notes.retrieve("n1")).value == Note(content="buy milk", tags=["errand"])
+    async with PostgresStorage(config, HashingEmbedder(32), value_type=Note) as explicit:
+        assert isinstance((await explicit.retrieve("n1")).value, Note)
+    async with PostgresStorage(config, HashingEmbedder(32)) as untyped:
+        assert (await untyped.retrieve("n1")).value == {"content": "buy milk", "tags": ["errand"]}
+
+
 async def test_text_of_hook_decides_what_is_indexed(config: PostgresConfig) -> None:
     from pepperpy_pg_memory import HashingEmbedder, MemoryQuery
 

@@ -12,6 +12,7 @@ from langchain_core.chat_history import BaseChatMessageHistory
 from langchain_core.messages import BaseMessage, message_to_dict, messages_from_dict
 
 from pepperpy_pg_memory import (
+    MemoryEntry,
     MemoryIndex,
     MemoryQuery,
     MemoryScope,
@@ -90,8 +91,9 @@ class PepperpyChatMessageHistory(BaseChatMessageHistory):
         return f"chat:{self.session_id}:"
 
     async def _read(self, storage: PostgresStorage[Any, Any]) -> list[BaseMessage]:
-        entries = []
-        for offset in itertools.count(0, _PAGE):
+        entries: list[MemoryEntry[Any]] = []
+        while True:
+            # Keyset pages: each costs the same however long the conversation is.
             page = await storage.list(
                 **self._owner(),
                 types=MemoryType.SHORT_TERM,
@@ -100,7 +102,7 @@ class PepperpyChatMessageHistory(BaseChatMessageHistory):
                 order_by="key",
                 descending=False,
                 limit=_PAGE,
-                offset=offset,
+                after=entries[-1] if entries else None,
             )
             entries += page
             if len(page) < _PAGE:

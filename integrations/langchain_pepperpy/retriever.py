@@ -23,6 +23,8 @@ from pepperpy_pg_memory import (
 )
 from pepperpy_pg_memory.runner import BackgroundStorage
 
+from .vectorstore import document_of
+
 __all__ = ["PepperpyMemoryRetriever"]
 
 
@@ -75,19 +77,16 @@ class PepperpyMemoryRetriever(BaseRetriever):
 
     @staticmethod
     def _documents(results: list[MemorySearchResult[Any]]) -> list[Document]:
-        documents = []
-        for result in results:
-            entry = result.entry
-            content = entry.value if isinstance(entry.value, str) else entry.text
-            metadata = {
-                **entry.metadata,
-                "key": entry.key,
-                "type": entry.type.value,
-                "score": result.score,
-                "created_at": entry.created_at.isoformat(),
-            }
-            documents.append(Document(page_content=content, metadata=metadata, id=entry.key))
-        return documents
+        return [
+            document_of(
+                r.entry,
+                key=r.entry.key,
+                type=r.entry.type.value,
+                score=r.score,
+                created_at=r.entry.created_at.isoformat(),
+            )
+            for r in results
+        ]
 
     def _get_relevant_documents(
         self, query: str, *, run_manager: CallbackManagerForRetrieverRun

@@ -33,10 +33,11 @@ from .embeddings import EmbedderEmbeddings
 __all__ = ["PepperpyVectorStore", "PepperpyVectorStoreRetriever"]
 
 
-def document_of(entry: MemoryEntry[Any]) -> Document:
-    """A memory as a LangChain Document: its text, its metadata, its key as the id."""
+def document_of(entry: MemoryEntry[Any], **extra: Any) -> Document:
+    """A memory as a LangChain Document: its value if a string (else its indexed text), its
+    metadata (with ``extra`` fields added), its key as the id."""
     content = entry.value if isinstance(entry.value, str) else entry.text
-    return Document(page_content=content, metadata=dict(entry.metadata), id=entry.key)
+    return Document(page_content=content, metadata={**entry.metadata, **extra}, id=entry.key)
 
 
 def _relevance(distance: float) -> float:
@@ -334,7 +335,8 @@ class PepperpyVectorStore(VectorStore):
     ) -> list[Document]:
         if embedding is None:
             assert query is not None
-            embedding = np.asarray(await storage.embedder.embed_query(query)).tolist()
+            # The store's own query path: cached, and checked against the table's dimension.
+            embedding = (await storage.query_vector(query)).tolist()
         q = self._query(embedding=embedding, limit=fetch_k, filter=filter, include_embedding=True)
         results = await storage.search(q)
         if not results:
