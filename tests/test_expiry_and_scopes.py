@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -82,11 +81,19 @@ async def test_explicit_ttl_never_and_expires_at(storage: PostgresStorage[str, A
     assert fixed.expires_at == moment
 
 
-async def test_short_ttl_really_expires(storage: PostgresStorage[str, Any]) -> None:
-    # A TTL long enough that a stall on a busy machine cannot expire it before the first check.
-    await storage.store("brief", "x", ttl=1.0)
+async def test_short_ttl_really_expires(
+    storage: PostgresStorage[str, Any], raw_conn: asyncpg.Connection
+) -> None:
+    entry = await storage.store("brief", "x", ttl=1.0)
+    assert entry.expires_at is not None
+    assert entry.expires_at - entry.updated_at == timedelta(seconds=1)
     assert await storage.exists("brief")
-    await asyncio.sleep(1.2)
+    # Two seconds pass for this memory (its clock moved back, not the test's asleep).
+    await raw_conn.execute(
+        f'UPDATE "{storage.config.schema_name}"."{storage.config.table}" SET '
+        "expires_at = expires_at - interval '2 seconds', "
+        "updated_at = updated_at - interval '2 seconds' WHERE key = 'brief'"
+    )
     assert not await storage.exists("brief")
     assert await storage.cleanup_expired() == 1
 

@@ -3,8 +3,8 @@ onto scopes, TTLs, and a compiled graph sharing memories across two threads of o
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -161,14 +161,29 @@ def test_list_namespaces_prefix_suffix_depth(store: PepperpyStore) -> None:
     assert store.list_namespaces(limit=1, offset=1) == [("users", "ana", "facts")]
 
 
-async def test_ttl_is_honoured(store: PepperpyStore) -> None:
+async def test_ttl_is_honoured(make_config: Any, raw_conn: Any) -> None:
+    config = make_config()
+    store = PepperpyStore.create(config, HashingEmbedder(64))
     namespace = ("sessions", "s1")
-    await store.aput(namespace, "brief", {"text": "gone soon"}, ttl=0.02)  # minutes: 1.2 s
-    await store.aput(namespace, "lasting", {"text": "stays"})
-    assert await store.aget(namespace, "brief", refresh_ttl=False) is not None
-    await asyncio.sleep(1.5)
-    assert await store.aget(namespace, "brief") is None
-    assert [i.key for i in await store.asearch(namespace)] == ["lasting"]
+    table = f'"{config.schema_name}"."{config.table}"'
+    try:
+        await store.aput(namespace, "brief", {"text": "gone soon"}, ttl=0.02)  # minutes: 1.2 s
+        await store.aput(namespace, "lasting", {"text": "stays"})
+        assert await store.aget(namespace, "brief", refresh_ttl=False) is not None
+        lifetime = await raw_conn.fetchval(
+            f"SELECT expires_at - updated_at FROM {table} WHERE key = $1",
+            memory_key(namespace, "brief"),
+        )
+        assert lifetime == timedelta(seconds=1.2)
+        # Time passes for the items (their clocks moved back two seconds, nobody sleeps).
+        await raw_conn.execute(
+            f"UPDATE {table} SET expires_at = expires_at - interval '2 seconds' "
+            "WHERE expires_at IS NOT NULL"
+        )
+        assert await store.aget(namespace, "brief") is None
+        assert [i.key for i in await store.asearch(namespace)] == ["lasting"]
+    finally:
+        await store.aclose()
 
 
 async def test_async_batch_mixes_operations_in_order(store: PepperpyStore) -> None:

@@ -137,9 +137,12 @@ async def test_searches_join_their_branches_by_owner_and_key(
 async def test_cleanup_expired_spares_another_owners_live_memory_under_the_same_key(
     storage: PostgresStorage[str, Any], raw_conn: asyncpg.Connection
 ) -> None:
-    await storage.store("token", "ana's session token", ttl=0.2, **ANA)
+    await storage.store("token", "ana's session token", ttl=60, **ANA)
     await storage.store("token", "bruno's session token", **BRUNO)
-    await asyncio.sleep(0.3)
+    await raw_conn.execute(  # Ana's minute passes
+        f'UPDATE "{storage.config.schema_name}"."{storage.config.table}" '
+        "SET expires_at = now() - interval '1 second' WHERE scope_id = 'ana'"
+    )
     assert await storage.cleanup_expired() == 1
     rows = await _rows(raw_conn, storage.config)
     assert [(r["scope_id"], r["key"]) for r in rows] == [("bruno", "token")]
