@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import sys
@@ -51,6 +52,39 @@ class Progress:
         if done >= total:
             self.stream.write("\n")
         self.stream.flush()
+
+
+@contextlib.contextmanager
+def progress_bar(label: str) -> Iterator[Callable[[int, int], None]]:
+    """A ``progress(done, total)`` callback drawing a bar on stderr: rich's (with rate and
+    time left) when the ``cli`` extra is installed, the plain one otherwise."""
+    try:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+        from rich.progress import Progress as RichProgress
+    except ImportError:
+        yield Progress(label)
+        return
+    bar = RichProgress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=False,
+    )
+    task = bar.add_task(label, total=None)
+
+    def update(done: int, total: int) -> None:
+        bar.update(task, completed=done, total=total)
+
+    with bar:  # stopped (and the terminal restored) on errors and Ctrl-C too
+        yield update
 
 
 def _config(args: argparse.Namespace) -> PostgresConfig:
@@ -272,8 +306,11 @@ async def _import(args: argparse.Namespace) -> int:
     lines = list(_read_jsonl(args.file))
 
     async def work(storage: PostgresStorage[str, Any]) -> int:
+        with progress_bar("importing") as progress:
+            return await load(storage, progress)
+
+    async def load(storage: PostgresStorage[str, Any], progress: Callable[[int, int], None]) -> int:
         stored = skipped = failed = 0
-        progress = Progress("importing")
         batch: list[tuple[int, dict[str, Any]]] = []
 
         async def flush() -> None:
@@ -353,9 +390,8 @@ async def _export(args: argparse.Namespace) -> int:
 
 async def _reindex(args: argparse.Namespace) -> int:
     async def work(storage: PostgresStorage[str, Any]) -> int:
-        count = await storage.reindex(
-            MemoryIndex(args.index), progress=Progress(f"reindexing {args.index}")
-        )
+        with progress_bar(f"reindexing {args.index}") as progress:
+            count = await storage.reindex(MemoryIndex(args.index), progress=progress)
         print(f"reindexed {count} memories ({args.index})", file=sys.stderr)
         return 0
 

@@ -53,6 +53,23 @@ def test_every_command_has_help() -> None:
         assert sub.returncode == 0 and "--dsn" in sub.stdout, command
 
 
+def test_progress_bars_use_rich_when_installed_and_plain_text_otherwise(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pepperpy_pg_memory import cli
+
+    with cli.progress_bar("reindexing semantic") as progress:
+        for done in range(0, 41, 10):
+            progress(done, 40)
+    drawn = capsys.readouterr().err
+    assert "reindexing semantic" in drawn and "40/40" in drawn and "[" not in drawn
+
+    monkeypatch.setitem(sys.modules, "rich.progress", None)  # as if the extra were missing
+    with cli.progress_bar("importing") as progress:
+        progress(40, 40)
+    assert capsys.readouterr().err == "\rimporting [" + "#" * 30 + "] 40/40\n"
+
+
 @pytest.mark.model
 def test_store_get_search_delete_round_trip(target: list[str]) -> None:
     assert _cli("init", *target).stdout.startswith("ready:")
@@ -105,7 +122,7 @@ def test_import_export_reindex_cleanup_stats(target: list[str], tmp_path: Path) 
     imported = _cli("import", str(source), *target)
     assert imported.returncode == 1  # something was skipped or failed
     assert "stored 1200, skipped 2, failed 1" in imported.stderr
-    assert "importing [" in imported.stderr  # the progress bar
+    assert "importing" in imported.stderr and "1213/1213" in imported.stderr  # rich's bar
     assert "line 4: not JSON" in imported.stderr and "line 10:" in imported.stderr
 
     out = tmp_path / "export.jsonl"
