@@ -27,6 +27,7 @@ from .errors import (
     MemoryValidationError,
 )
 from .models import MemoryEntry, MemoryQuery, MemorySearchResult
+from .queries import ArrayPattern
 from .storage import MemoryItem, MemorySearchResults, PostgresStorage, ProgressCallback
 from .types import MemoryIndex, MemoryScope, MemoryType
 
@@ -46,6 +47,7 @@ __all__ = [
     "MemoryScope",
     "MemoryIndex",
     "MemoryQuery",
+    "ArrayPattern",
     "MemoryEntry",
     "MemorySearchResult",
     "Embedder",

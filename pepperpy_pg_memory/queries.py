@@ -21,7 +21,14 @@ from .schema import TableLayout
 from .sql import Query
 from .types import Identity, MemoryScope, MemoryType
 
-__all__ = ["Query", "Statements", "Restriction", "STAGING_COLUMNS", "ENTRY_COLUMNS"]
+__all__ = [
+    "Query",
+    "Statements",
+    "Restriction",
+    "ArrayPattern",
+    "STAGING_COLUMNS",
+    "ENTRY_COLUMNS",
+]
 
 ENTRY_COLUMNS = (
     "key",
@@ -93,6 +100,15 @@ def _in_identities(params: Params, identities: Sequence[Identity]) -> str:
         f"(m.scope, m.scope_id, m.key) IN (SELECT * FROM unnest("
         f"{scopes}::text[], {scope_ids}::text[], {keys}::text[]))"
     )
+
+
+@dataclass(frozen=True)
+class ArrayPattern:
+    """Matches a JSON array of strings by its first (``at="start"``) or last (``"end"``)
+    elements; a None label matches any element."""
+
+    labels: tuple[str | None, ...]
+    at: Literal["start", "end"] = "start"
 
 
 @dataclass(frozen=True)
@@ -315,6 +331,55 @@ class Statements:
             f"WHERE {where} AND {extracted} IS NOT NULL "
             f"GROUP BY 1 ORDER BY 1 LIMIT {params.add(limit)}"
         )
+        return Query(sql, params.values)
+
+    def distinct_arrays(
+        self,
+        path: list[str],
+        restriction: Restriction,
+        *,
+        patterns: Sequence[ArrayPattern],
+        depth: int | None,
+        limit: int,
+        offset: int,
+    ) -> Query:
+        """The distinct JSON arrays of strings at metadata ``path`` that match every pattern,
+        cut to their first ``depth`` elements (then distinct again), in element-wise code
+        point order, paged."""
+        params = Params()
+        extracted = f"m.metadata #> {params.add(path)}::text[]"
+        where = restriction.conditions(params)
+        # Conditions are evaluated in any order: the length must not be asked of a scalar.
+        length = "(CASE WHEN jsonb_typeof(v) = 'array' THEN jsonb_array_length(v) END)"
+        conditions = ["jsonb_typeof(v) = 'array'"]
+        for pattern in patterns:
+            size = len(pattern.labels)
+            conditions.append(f"{length} >= {params.add(size)}::int")
+            for position, label in enumerate(pattern.labels):
+                if label is None:
+                    continue
+                index = (
+                    f"{params.add(position)}::int"
+                    if pattern.at == "start"
+                    else f"{length} - {params.add(size - position)}::int"
+                )
+                conditions.append(f"(v ->> ({index})) = {params.add(label)}")
+        value = "v"
+        if depth is not None:
+            value = (
+                "(SELECT jsonb_agg(e ORDER BY i) FROM jsonb_array_elements(v) "
+                f"WITH ORDINALITY AS t(e, i) WHERE i <= {params.add(depth)}::int)"
+            )
+        sql = f"""
+            SELECT value FROM (
+                SELECT DISTINCT {value} AS value
+                FROM (SELECT {extracted} AS v FROM {self.table} m WHERE {where}) AS found
+                WHERE {" AND ".join(conditions)}
+            ) AS distinct_values
+            ORDER BY ARRAY(SELECT e FROM jsonb_array_elements_text(value)
+                           WITH ORDINALITY AS t(e, i) ORDER BY i) COLLATE "C"
+            LIMIT {params.add(limit)} OFFSET {params.add(offset)}
+        """
         return Query(sql, params.values)
 
     def count(self, restriction: Restriction) -> Query:

@@ -55,7 +55,7 @@ from .items import (
 )
 from .metrics import Metrics, instrumented
 from .models import MemoryEntry, MemoryQuery, MemorySearchResult
-from .queries import ListOrder, Restriction, Statements
+from .queries import ArrayPattern, ListOrder, Restriction, Statements
 from .results import MemorySearchResults
 from .schema import (
     APPLICATION_NAME,
@@ -759,6 +759,40 @@ class PostgresStorage(Generic[K, V]):
             self._statements.distinct_metadata(key_path(key), restriction, limit),
         )
         return [(row["value"], int(row["memories"])) for row in rows]
+
+    @instrumented("distinct_arrays")
+    async def distinct_metadata_arrays(
+        self,
+        key: str,
+        *,
+        patterns: Iterable[ArrayPattern] = (),
+        depth: int | None = None,
+        scope: Scope = None,
+        scope_id: str | None = None,
+        key_prefix: str | tuple[str, ...] | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> builtins.list[builtins.list[str]]:
+        """The distinct arrays of strings stored at metadata ``key`` among live memories that
+        match every pattern (e.g. ``ArrayPattern(("users", None))``: first element "users",
+        any second), cut to their first ``depth`` elements, in element-wise order, paged in
+        the database (for listings such as LangGraph's namespaces)."""
+        from .filters import key_path
+
+        if not 1 <= limit <= 100_000 or not 0 <= offset:
+            raise MemoryValidationError("limit must be in [1, 100000] and offset >= 0")
+        if depth is not None and depth < 1:
+            raise MemoryValidationError("depth must be at least 1")
+        query = self._statements.distinct_arrays(
+            key_path(key),
+            self._restriction(scope, scope_id, key_prefix=key_prefix),
+            patterns=list(patterns),
+            depth=depth,
+            limit=limit,
+            offset=offset,
+        )
+        rows = await self.database.fetch("distinct_arrays", query)
+        return [list(row["value"]) for row in rows]
 
     @instrumented("list")
     async def list(

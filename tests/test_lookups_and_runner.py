@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from pepperpy_pg_memory import (
+    ArrayPattern,
     HashingEmbedder,
     MemoryIndex,
     MemoryQuery,
@@ -139,3 +140,38 @@ async def test_list_pages_by_keyset_match_one_long_list(
             break
     assert [(e.scope_id, e.key) for e in pages] == [(e.scope_id, e.key) for e in whole]
     assert len(pages) == 23
+
+
+async def test_distinct_metadata_arrays_match_cut_order_and_page_in_sql(
+    storage: PostgresStorage[str, Any],
+) -> None:
+    paths = [
+        ["users", "ana", "prefs"],
+        ["users", "ana", "facts"],
+        ["users", "Zoë", "prefs"],
+        ["users", "élodie", "prefs"],
+        ["users", "bruno"],
+        ["docs", "v1", "prefs"],
+    ]
+    await storage.store_many(
+        {"key": f"k{n}", "value": "x", "metadata": {"ns": path}} for n, path in enumerate(paths)
+    )
+    await storage.store("other", "x", metadata={"ns": "not an array"})
+
+    async def arrays(**options: Any) -> list[list[str]]:
+        return await storage.distinct_metadata_arrays("ns", **options)
+
+    # Element-wise code point order, as Python sorts tuples.
+    assert await arrays() == sorted(paths)
+    users_prefs = [ArrayPattern(("users", None, "prefs"))]
+    assert await arrays(patterns=users_prefs) == sorted(
+        p for p in paths if p[0] == "users" and p[2:] == ["prefs"]
+    )
+    assert await arrays(patterns=[ArrayPattern(("prefs",), at="end")]) == sorted(
+        p for p in paths if p[-1] == "prefs"
+    )
+    assert await arrays(depth=2) == [list(t) for t in sorted({tuple(p[:2]) for p in paths})]
+    assert (
+        await arrays(depth=2, limit=2, offset=1)
+        == [list(t) for t in sorted({tuple(p[:2]) for p in paths})][1:3]
+    )

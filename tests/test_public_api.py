@@ -32,6 +32,7 @@ EXPECTED = {
     "MemoryTimeoutError",
     "MemoryNotFoundError",
     "AmbiguousKeyError",
+    "ArrayPattern",
     "MemoryValidationError",
     "DimensionMismatchError",
     "MemoryIndexError",

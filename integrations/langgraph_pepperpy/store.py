@@ -19,9 +19,11 @@ How LangGraph's namespaces map onto memories:
 
 from __future__ import annotations
 
+import itertools
+import typing
 from collections.abc import Iterable
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote, unquote
 
 from langgraph.store.base import (
@@ -29,7 +31,6 @@ from langgraph.store.base import (
     GetOp,
     Item,
     ListNamespacesOp,
-    MatchCondition,
     Op,
     PutOp,
     Result,
@@ -39,6 +40,7 @@ from langgraph.store.base import (
 )
 
 from pepperpy_pg_memory import (
+    ArrayPattern,
     MemoryEntry,
     MemoryIndex,
     MemoryQuery,
@@ -68,7 +70,6 @@ _SCOPES = {
     "assistant": MemoryScope.AGENT,
     "assistants": MemoryScope.AGENT,
 }
-_MAX_NAMESPACES = 100_000
 
 
 def namespace_scope(namespace: tuple[str, ...]) -> tuple[MemoryScope, str | None]:
@@ -141,14 +142,6 @@ def _text_for(value: dict[str, Any], fields: list[str] | None) -> str:
         if node is not None:
             parts.append(default_text_of(node))
     return "\n".join(parts)
-
-
-def _matches(namespace: tuple[str, ...], condition: MatchCondition) -> bool:
-    path = tuple(condition.path)
-    if len(path) > len(namespace):
-        return False
-    window = namespace[: len(path)] if condition.match_type == "prefix" else namespace[-len(path) :]
-    return all(want == "*" or want == have for want, have in zip(path, window, strict=True))
 
 
 class PepperpyStore(BaseStore):
@@ -359,23 +352,21 @@ class PepperpyStore(BaseStore):
         self, storage: PostgresStorage[Any, Any], op: ListNamespacesOp
     ) -> list[tuple[str, ...]]:
         literal: tuple[str, ...] = ()
+        patterns = []
         for condition in op.match_conditions or ():
-            # A literal prefix (up to the first wildcard) narrows the scan in the database.
-            if condition.match_type == "prefix":
-                labels = []
-                for label in condition.path:
-                    if label == "*":
-                        break
-                    labels.append(label)
-                literal = max(literal, tuple(labels), key=len)
-        prefix = _prefixes(literal)
-        values = await storage.distinct_metadata(
-            NAMESPACE_FIELD, key_prefix=prefix, limit=_MAX_NAMESPACES
+            labels = tuple(None if label == "*" else label for label in condition.path)
+            at: Literal["start", "end"] = "start" if condition.match_type == "prefix" else "end"
+            patterns.append(ArrayPattern(labels, at=at))
+            if at == "start":
+                # Its literal part (up to the first wildcard) narrows the scan by key.
+                head = tuple(itertools.takewhile(lambda label: label is not None, labels))
+                literal = max(literal, typing.cast(tuple[str, ...], head), key=len)
+        found = await storage.distinct_metadata_arrays(
+            NAMESPACE_FIELD,
+            patterns=patterns,
+            depth=op.max_depth,
+            key_prefix=_prefixes(literal),
+            limit=op.limit,
+            offset=op.offset,
         )
-        namespaces = {tuple(value) for value, _ in values}
-        conditions = op.match_conditions or ()
-        selected = {ns for ns in namespaces if all(_matches(ns, c) for c in conditions)}
-        if op.max_depth is not None:
-            selected = {ns[: op.max_depth] for ns in selected}
-        ordered = sorted(selected)
-        return ordered[op.offset : op.offset + op.limit]
+        return [tuple(namespace) for namespace in found]
