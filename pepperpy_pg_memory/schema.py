@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 import asyncpg
 
 from .errors import MemoryConfigurationError, MemorySchemaError
-from .identifiers import qualified, quote_ident
+from .identifiers import qualified, quote_ident, quote_name
 from .sql import Query
 
 __all__ = [
@@ -360,6 +360,27 @@ async def text_search_config_exists(conn: asyncpg.Connection, name: str) -> bool
     return bool(
         await conn.fetchval("SELECT EXISTS (SELECT 1 FROM pg_ts_config WHERE cfgname = $1)", name)
     )
+
+
+async def vector_schema(conn: asyncpg.Connection) -> str:
+    """The schema pgvector's types live in (its codecs are registered from there)."""
+    return str(
+        await conn.fetchval(
+            "SELECT n.nspname FROM pg_extension e JOIN pg_namespace n "
+            "ON n.oid = e.extnamespace WHERE e.extname = 'vector'"
+        )
+    )
+
+
+async def ensure_database(conn: asyncpg.Connection, name: str) -> None:
+    """Create the database ``name`` unless it exists (another process may race us to it)."""
+    if await conn.fetchval("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)", name):
+        return
+    try:
+        # CREATE DATABASE takes no parameters: the name is quoted instead.
+        await conn.execute(f"CREATE DATABASE {quote_name(name)}")
+    except asyncpg.DuplicateDatabaseError:
+        pass  # another process created it first
 
 
 async def migrate(

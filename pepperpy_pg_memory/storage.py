@@ -40,7 +40,6 @@ from .errors import (
     MemoryValidationError,
 )
 from .faults import translate
-from .identifiers import quote_name
 from .items import (
     TTL,
     MemoryItem,
@@ -63,7 +62,9 @@ from .schema import (
     SCHEMA_VERSION,
     TENANT_SETTING,
     TableLayout,
+    ensure_database,
     migrate,
+    vector_schema,
     vector_type_for,
 )
 from .search_sql import Page, SearchStatements
@@ -219,10 +220,7 @@ class PostgresStorage(Generic[K, V]):
         conn = await connect(config, dsn)
         try:
             layout = await migrate(conn, wanted, row_level_security=config.row_level_security)
-            vector_schema = await conn.fetchval(
-                "SELECT n.nspname FROM pg_extension e JOIN pg_namespace n "
-                "ON n.oid = e.extnamespace WHERE e.extname = 'vector'"
-            )
+            vectors_in = await vector_schema(conn)
         except asyncpg.PostgresError as exc:
             raise translate(exc, "start") from exc
         finally:
@@ -237,7 +235,7 @@ class PostgresStorage(Generic[K, V]):
                 config.text_search_config,
             )
         self._use_layout(layout)
-        await self.database.open(dsn, vector_schema, self._session_settings())
+        await self.database.open(dsn, vectors_in, self._session_settings())
         if layout.dimension != dimension:
             if config.on_dimension_mismatch == "reindex":
                 await self.reindex(MemoryIndex.SEMANTIC)
@@ -281,16 +279,7 @@ class PostgresStorage(Generic[K, V]):
     async def _ensure_embedded_database(self, server: EmbeddedServer) -> None:
         conn = await connect(self.config, server.uri("postgres"))
         try:
-            exists = await conn.fetchval(
-                "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)",
-                self.config.database,
-            )
-            if not exists:
-                try:
-                    # CREATE DATABASE takes no parameters: the name is quoted instead.
-                    await conn.execute(f"CREATE DATABASE {quote_name(self.config.database)}")
-                except asyncpg.DuplicateDatabaseError:
-                    pass  # another process created it first
+            await ensure_database(conn, self.config.database)
         finally:
             await conn.close()
 
