@@ -54,6 +54,13 @@ def _at_least(params: Params, expression: str, min_score: float | None) -> str:
     return f"({expression}) >= {params.add(float(min_score))}::float8"
 
 
+def _page(params: Params, order: str, limit: int, offset: int) -> str:
+    """``ORDER BY`` the best first, ties broken by identity, then the page."""
+    # Unqualified: the identity columns are merged by the joins' USING, or come from a CTE.
+    tail = f"LIMIT {params.add(limit)} OFFSET {params.add(offset)}"
+    return f"ORDER BY {order}, key, scope, scope_id {tail}"
+
+
 class SearchStatements:
     """The search SQL of one memory table."""
 
@@ -89,8 +96,7 @@ class SearchStatements:
             )
             SELECT *, 1 - distance AS score FROM hits
             WHERE {_at_least(params, "1 - distance", min_score)}
-            ORDER BY distance, key, scope, scope_id
-            LIMIT {params.add(limit)} OFFSET {params.add(offset)}
+            {_page(params, "distance", limit, offset)}
         """
         return Query(sql, params.values)
 
@@ -186,8 +192,7 @@ class SearchStatements:
             SELECT {_SELECT_ENTRY}, c.score::float8 AS score
             FROM contextual c JOIN {self.table} m USING ({_OWNER_KEY})
             WHERE {_at_least(params, "c.score", min_score)}
-            ORDER BY c.score DESC, m.key, m.scope, m.scope_id
-            LIMIT {params.add(limit)} OFFSET {params.add(offset)}
+            {_page(params, "c.score DESC", limit, offset)}
         """
         return Query(sql, params.values)
 
@@ -245,8 +250,7 @@ class SearchStatements:
                    f.contextual_score::float8 AS contextual_score
             FROM fused f JOIN {self.table} m USING ({_OWNER_KEY})
             WHERE {_at_least(params, "f.score", min_score)}
-            ORDER BY f.score DESC, m.key, m.scope, m.scope_id
-            LIMIT {params.add(limit)} OFFSET {params.add(offset)}
+            {_page(params, "f.score DESC", limit, offset)}
         """
         return Query(sql, params.values)
 
@@ -268,8 +272,7 @@ class SearchStatements:
             FROM {self.table} m
             WHERE {where} AND {matches}
               AND {_at_least(params, score, min_score)}
-            ORDER BY m.updated_at DESC, m.key, m.scope, m.scope_id
-            LIMIT {params.add(limit)} OFFSET {params.add(offset)}
+            {_page(params, "m.updated_at DESC", limit, offset)}
         """
         return Query(sql, params.values)
 
