@@ -29,8 +29,6 @@ from .types import MemoryIndex, MemoryScope, MemoryType
 
 __all__ = ["main"]
 
-IMPORT_BATCH = 500
-
 
 class Progress:
     """A one-line progress bar on stderr (redrawn at most ten times a second)."""
@@ -289,100 +287,38 @@ async def _search(args: argparse.Namespace) -> int:
     return await _with_storage(args, work)
 
 
-def _read_jsonl(path: str) -> Iterator[tuple[int, str]]:
-    stream = sys.stdin if path == "-" else open(path, encoding="utf-8")  # noqa: SIM115
-    try:
-        for number, line in enumerate(stream, 1):
-            if line.strip():
-                yield number, line
-    finally:
-        if stream is not sys.stdin:
-            stream.close()
-
-
 async def _import(args: argparse.Namespace) -> int:
     if args.file != "-" and not Path(args.file).is_file():
         raise MemoryValidationError(f"no such file: {args.file}")
-    lines = list(_read_jsonl(args.file))
 
     async def work(storage: PostgresStorage[str, Any]) -> int:
+        source = sys.stdin if args.file == "-" else args.file
         with progress_bar("importing") as progress:
-            return await load(storage, progress)
-
-    async def load(storage: PostgresStorage[str, Any], progress: Callable[[int, int], None]) -> int:
-        stored = skipped = failed = 0
-        batch: list[tuple[int, dict[str, Any]]] = []
-
-        async def flush() -> None:
-            nonlocal stored, failed
-            if not batch:
-                return
-            try:
-                stored += await storage.store_many([item for _, item in batch])
-            except MemoryValidationError:
-                # One bad item fails its batch (all or nothing); store the rest one by one
-                # so the summary can name exactly the lines that failed.
-                for number, item in batch:
-                    try:
-                        await storage.store_many([item])
-                        stored += 1
-                    except MemoryValidationError as exc:
-                        failed += 1
-                        print(f"line {number}: {exc}", file=sys.stderr)
-            batch.clear()
-
-        for done, (number, line) in enumerate(lines, 1):
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as exc:
-                skipped += 1
-                print(f"line {number}: not JSON ({exc.msg}), skipped", file=sys.stderr)
-                continue
-            if not isinstance(item, dict) or "key" not in item or "value" not in item:
-                skipped += 1
-                print(
-                    f"line {number}: needs an object with key and value, skipped", file=sys.stderr
-                )
-                continue
-            batch.append((number, item))
-            if len(batch) >= IMPORT_BATCH:
-                await flush()
-            progress(done, len(lines))
-        await flush()
-        progress(len(lines), len(lines))
-        summary = {"stored": stored, "skipped": skipped, "failed": failed}
+            report = await storage.import_jsonl(source, progress=progress)
+        for number, message in report.errors:
+            print(f"line {number}: {message}", file=sys.stderr)
         if args.json:
-            _print_json(summary)
+            _print_json(report.as_dict())
         else:
-            print(f"stored {stored}, skipped {skipped}, failed {failed}", file=sys.stderr)
-        return 0 if failed == 0 and skipped == 0 else 1
+            print(
+                f"stored {report.stored}, skipped {report.skipped}, failed {report.failed}",
+                file=sys.stderr,
+            )
+        return 0 if report.failed == 0 and report.skipped == 0 else 1
 
     return await _with_storage(args, work)
 
 
 async def _export(args: argparse.Namespace) -> int:
     async def work(storage: PostgresStorage[str, Any]) -> int:
-        out = sys.stdout if args.out in (None, "-") else open(args.out, "w", encoding="utf-8")  # noqa: SIM115
-        count = 0
-        try:
-            # A keyset scan: pages never skip or repeat a memory, even under several owners
-            # holding one key or writes arriving meanwhile.
-            async for entry in storage.scan(scope=args.scope, scope_id=args.scope_id):
-                record = {
-                    "key": entry.key,
-                    "value": entry.value,
-                    "type": entry.type.value,
-                    "scope": entry.scope.value,
-                    "scope_id": entry.scope_id or None,
-                    "metadata": entry.metadata,
-                    "expires_at": entry.expires_at.isoformat() if entry.expires_at else None,
-                }
-                out.write(json.dumps(record, ensure_ascii=False) + "\n")
-                count += 1
-        finally:
-            if out is not sys.stdout:
-                out.close()
-        print(f"exported {count} memories", file=sys.stderr)
+        out = sys.stdout if args.out in (None, "-") else args.out
+        count = await storage.export_jsonl(
+            out, scope=args.scope, scope_id=args.scope_id, with_embeddings=args.with_embeddings
+        )
+        if args.json:
+            _print_json({"exported": count})
+        else:
+            print(f"exported {count} memories", file=sys.stderr)
         return 0
 
     return await _with_storage(args, work)
@@ -487,6 +423,11 @@ def _parser() -> argparse.ArgumentParser:
     imported.add_argument("file", help="JSONL file, or - for stdin")
     exported = command("export", _export, "write live memories as JSONL", owner)
     exported.add_argument("--out", help="file (default: stdout)")
+    exported.add_argument(
+        "--with-embeddings",
+        action="store_true",
+        help="include the vectors (an import into a table of the same dimension embeds nothing)",
+    )
     reindex = command("reindex", _reindex, "rebuild an index with a progress bar")
     reindex.add_argument("index", choices=["semantic", "contextual"])
     command("cleanup", _cleanup, "delete expired memories")

@@ -179,7 +179,7 @@ class Statements:
         self.staging_name = self.staging.strip('"')
 
     # --- writes --------------------------------------------------------------------------
-    def _upsert_tail(self) -> str:
+    def _upsert_tail(self, restoring: bool = False) -> str:
         # created_at survives an update unless the old row had expired: an expired memory is
         # gone, and storing its key again starts a new one. updated_at is the moment of the
         # write (clock_timestamp, not the transaction's start), so that of concurrent upserts
@@ -202,23 +202,31 @@ class Statements:
                          AND m.content_hash = EXCLUDED.content_hash
                     THEN m.embedding
                     ELSE EXCLUDED.embedding END,
-                created_at = CASE
-                    WHEN m.expires_at IS NOT NULL AND m.expires_at <= now() THEN now()
-                    ELSE m.created_at END,
-                updated_at = clock_timestamp(),
+                {self._moments(restoring)}
                 expires_at = EXCLUDED.expires_at
             RETURNING m.scope, m.scope_id, m.key, m.created_at, m.updated_at, m.expires_at,
                 (m.embedding IS NULL AND m.indices @> ARRAY['semantic']) AS needs_embedding
         """
 
+    @staticmethod
+    def _moments(restoring: bool) -> str:
+        if restoring:
+            # A restore writes the moments the backup recorded.
+            return "created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at,"
+        return """created_at = CASE
+                    WHEN m.expires_at IS NOT NULL AND m.expires_at <= now() THEN now()
+                    ELSE m.created_at END,
+                updated_at = clock_timestamp(),"""
+
     def _staged_type(self, type_name: str) -> str:
         return self.vector if type_name == "vector" else type_name
 
-    def _insert(self, values: Mapping[str, str], source: str) -> str:
+    def _insert(self, values: Mapping[str, str], source: str, moments: Sequence[str] = ()) -> str:
         """``INSERT … SELECT``/``VALUES`` of every table column a write fills, each from
-        ``values`` (a write column's name → its SQL), then the upsert."""
+        ``values`` (a write column's name → its SQL), then the upsert. ``moments`` names
+        ``created_at``/``updated_at`` when ``values`` gives them (a restore)."""
         columns = [name for name in STAGING_COLUMNS if name not in ("ttl", "expires_at")]
-        columns += list(_TABLE_VALUES)
+        columns += [*_TABLE_VALUES, *moments]
         expressions = [
             _TABLE_VALUES[name].format(**values) if name in _TABLE_VALUES else values[name]
             for name in columns
@@ -227,7 +235,8 @@ class Statements:
             body = f"SELECT {', '.join(expressions)} FROM {source}"
         else:
             body = f"VALUES ({', '.join(expressions)})"
-        return f"INSERT INTO {self.table} AS m ({', '.join(columns)}) {body} {self._upsert_tail()}"
+        tail = self._upsert_tail(restoring=bool(moments))
+        return f"INSERT INTO {self.table} AS m ({', '.join(columns)}) {body} {tail}"
 
     def upsert_one(self, tenant: str, record: Sequence[Any]) -> Query:
         """One write, ``record`` in :data:`STAGING_COLUMNS` order."""
@@ -237,6 +246,19 @@ class Statements:
         }
         values["tenant"] = f"${len(WRITE_COLUMNS) + 1}"
         return Query(self._insert(values, source=""), [*record, tenant])
+
+    def restore_one(self) -> Query:
+        """A template for ``executemany``: one write as :meth:`upsert_one` takes it, then the
+        tenant, ``created_at`` and ``updated_at`` to keep (None: now)."""
+        values = {
+            name: f"${position}::{self._staged_type(type_name)}"
+            for position, (name, type_name) in enumerate(WRITE_COLUMNS, start=1)
+        }
+        count = len(WRITE_COLUMNS)
+        values["tenant"] = f"${count + 1}"
+        values["created_at"] = f"COALESCE(${count + 2}::timestamptz, now())"
+        values["updated_at"] = f"COALESCE(${count + 3}::timestamptz, now())"
+        return Query(self._insert(values, source="", moments=("created_at", "updated_at")))
 
     def create_staging(self) -> Query:
         # One temporary table per connection, emptied at each commit: COPY needs a target, and
@@ -417,7 +439,13 @@ class Statements:
         )
         return Query(sql, params.values)
 
-    def scan_page(self, restriction: Restriction, after: Identity | None, limit: int) -> Query:
+    def scan_page(
+        self,
+        restriction: Restriction,
+        after: Identity | None,
+        limit: int,
+        include_embedding: bool = False,
+    ) -> Query:
         """The next ``limit`` memories in identity order after ``after`` (a keyset page: each
         page costs the same however far the scan has gone, unlike OFFSET)."""
         params = Params()
@@ -425,8 +453,9 @@ class Statements:
         if after is not None:
             bound = ", ".join(params.add(part) for part in after)
             where += f" AND (m.scope, m.scope_id, m.key) > ({bound})"
+        extra = ", m.embedding" if include_embedding else ""
         sql = (
-            f"SELECT {_SELECT_ENTRY} FROM {self.table} m WHERE {where} "
+            f"SELECT {_SELECT_ENTRY}{extra} FROM {self.table} m WHERE {where} "
             f"ORDER BY m.scope, m.scope_id, m.key LIMIT {params.add(limit)}"
         )
         return Query(sql, params.values)

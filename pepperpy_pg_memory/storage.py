@@ -11,20 +11,23 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
+import io
 import logging
+import os
 import typing
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import replace
 from datetime import datetime, timedelta
 from functools import partial
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TextIO, TypeVar
 
 import asyncpg
 import numpy as np
 from pydantic import BaseModel, TypeAdapter
 from pydantic import ValidationError as PydanticValidationError
 
-from . import maintenance
+from . import backup, maintenance
 from .bulk import write_batch
 from .cache import EmbeddingCache
 from .config import PostgresConfig
@@ -70,7 +73,7 @@ from .schema import (
 from .search_sql import Page, SearchStatements
 from .sql import Query
 from .types import Identity, MemoryIndex, MemoryScope, MemoryType
-from .values import default_text_of, validate_key
+from .values import default_text_of, to_json_value, validate_key
 from .vectors import EmbeddingPipeline, Vector
 
 __all__ = ["PostgresStorage", "MemorySearchResults", "ProgressCallback", "MemoryItem"]
@@ -87,6 +90,17 @@ ProgressCallback = Callable[[int, int], None]
 """Called as ``progress(done, total)`` while long work runs."""
 
 Types = Iterable[MemoryType | str] | MemoryType | None
+
+# What a restored line that leaves a field out gets: store()'s own defaults.
+_RESTORE_DEFAULTS: dict[str, Any] = {
+    "type": MemoryType.LONG_TERM,
+    "scope": MemoryScope.GLOBAL,
+    "scope_id": None,
+    "indices": None,
+    "metadata": None,
+    "embedding": None,
+    "text": None,
+}
 
 
 class PostgresStorage(Generic[K, V]):
@@ -828,6 +842,7 @@ class PostgresStorage(Generic[K, V]):
         types: Types = None,
         filter: Mapping[str, Any] | None = None,
         page_size: int = 1_000,
+        include_embedding: bool = False,
     ) -> AsyncIterator[MemoryEntry[V]]:
         """Every live memory that matches, in owner-then-key order, read a page at a time.
 
@@ -841,13 +856,130 @@ class PostgresStorage(Generic[K, V]):
         after: Identity | None = None
         while True:
             rows = await self.database.fetch(
-                "scan", self._statements.scan_page(restriction, after, page_size)
+                "scan",
+                self._statements.scan_page(restriction, after, page_size, include_embedding),
             )
             for row in rows:
-                yield self._entry(row)
+                yield self._entry(row, embedding=include_embedding)
             if len(rows) < page_size:
                 return
             after = _identity(rows[-1])
+
+    # --- backups ---------------------------------------------------------------------------
+    async def export_jsonl(
+        self,
+        out: TextIO | str | os.PathLike[str],
+        *,
+        scope: Scope = None,
+        scope_id: str | None = None,
+        with_embeddings: bool = False,
+    ) -> int:
+        """Write the live memories (of one owner, if given) to ``out`` in the export format
+        (:mod:`pepperpy_pg_memory.backup`), paged by keyset; returns how many.
+
+        ``with_embeddings`` includes each vector, so that an import into a table of the same
+        dimension need not embed anything.
+        """
+        with _opened(out, "w") as stream:
+            stream.write(backup.header(self.layout.dimension, with_embeddings) + "\n")
+            count = 0
+            async for entry in self.scan(
+                scope=scope, scope_id=scope_id, include_embedding=with_embeddings
+            ):
+                stream.write(backup.line_of(entry, self._tenant, to_json_value(entry.value)))
+                stream.write("\n")
+                count += 1
+        return count
+
+    async def import_jsonl(
+        self,
+        source: TextIO | str | os.PathLike[str],
+        *,
+        batch_size: int = 500,
+        progress: ProgressCallback | None = None,
+    ) -> backup.ImportReport:
+        """Restore memories from an export (or a release 0.1 export), streaming the file.
+
+        Every field comes back as exported: owner, type, metadata, indices, text,
+        ``created_at``, ``updated_at`` and the expiry (or none). Vectors in the file are used
+        when their dimension is the table's; the rest are embedded. Importing a file twice
+        changes nothing. A line that is not a memory, or a memory that may not be stored (bad
+        fields, another tenant's, expired since the export), is reported with its line number
+        in the returned :class:`~pepperpy_pg_memory.backup.ImportReport`, and nothing of it
+        is written. ``progress(bytes_read, total_bytes)`` follows a file's reading.
+        """
+        report = backup.ImportReport()
+        pending: builtins.list[tuple[int, PendingWrite, backup.Restored]] = []
+        with_embeddings = True
+        with _opened(source, "r") as stream:
+            total = _size_of(stream)
+            done = 0
+            for number, line in enumerate(stream, start=1):
+                done += len(line.encode())
+                if not line.strip():
+                    continue
+                if number == 1:
+                    found = backup.read_header(line)
+                    if found is not None:
+                        with_embeddings = found.get("dimension") == self.layout.dimension
+                        continue
+                try:
+                    restored = backup.parse_line(line, with_embeddings)
+                except MemoryValidationError as exc:
+                    report.skipped += 1
+                    report.errors.append((number, str(exc)))
+                    continue
+                try:
+                    if restored.tenant != self._tenant:
+                        raise MemoryValidationError(
+                            f"belongs to tenant {restored.tenant!r}; this store acts for "
+                            f"{self._tenant!r}"
+                        )
+                    write = self._prepare(**{**_RESTORE_DEFAULTS, **restored.fields})
+                except MemoryValidationError as exc:
+                    report.failed += 1
+                    report.errors.append((number, str(exc)))
+                    continue
+                pending.append((number, write, restored))
+                if len(pending) >= batch_size:
+                    await self._restore(pending, report)
+                if progress is not None and total:
+                    progress(done, total)
+            await self._restore(pending, report)
+            if progress is not None and total:
+                progress(total, total)
+        return report
+
+    async def _restore(
+        self,
+        pending: builtins.list[tuple[int, PendingWrite, backup.Restored]],
+        report: backup.ImportReport,
+    ) -> None:
+        """Write a batch of restored memories in one transaction (emptying ``pending``); if the
+        server refuses one, each is written alone so that the report names the line."""
+        if not pending:
+            return
+        await self._plan_embeddings([write for _, write, _ in pending])
+        template = self._statements.restore_one().sql
+
+        def row(write: PendingWrite, restored: backup.Restored) -> tuple[Any, ...]:
+            return (*write.record(), self._tenant, restored.created_at, restored.updated_at)
+
+        try:
+            await self.database.run(
+                "import",
+                partial(_in_transaction, template, [row(w, r) for _, w, r in pending]),
+            )
+            report.stored += len(pending)
+        except MemoryValidationError:
+            for number, write, restored in pending:
+                try:
+                    await self.database.executemany("import", template, [row(write, restored)])
+                    report.stored += 1
+                except MemoryValidationError as exc:
+                    report.failed += 1
+                    report.errors.append((number, str(exc)))
+        pending.clear()
 
     # --- deleting --------------------------------------------------------------------------
     @instrumented("delete")
@@ -1249,6 +1381,32 @@ class PostgresStorage(Generic[K, V]):
         }
         figures["dimension"] = self.layout.dimension
         return figures
+
+
+async def _in_transaction(
+    template: str, rows: builtins.list[tuple[Any, ...]], conn: asyncpg.Connection
+) -> None:
+    async with conn.transaction():
+        await conn.executemany(template, rows)
+
+
+@contextlib.contextmanager
+def _opened(target: TextIO | str | os.PathLike[str], mode: str) -> Iterator[TextIO]:
+    """A text stream for ``target``: a path is opened (and closed) here, a stream is used as
+    it is."""
+    if isinstance(target, (str, os.PathLike)):
+        with open(target, mode, encoding="utf-8") as stream:
+            yield typing.cast(TextIO, stream)
+    else:
+        yield target
+
+
+def _size_of(stream: TextIO) -> int:
+    """Bytes in a file being read, for progress; 0 when unknown (a pipe)."""
+    try:
+        return os.fstat(stream.fileno()).st_size
+    except (OSError, ValueError, io.UnsupportedOperation):
+        return 0
 
 
 def _declared_value_type(storage: PostgresStorage[Any, Any]) -> Any:
