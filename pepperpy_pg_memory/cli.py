@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -85,7 +86,27 @@ def progress_bar(label: str) -> Iterator[Callable[[int, int], None]]:
         yield update
 
 
+ENV_PREFIX = "PEPPERPY_PG_"
+
+
+def load_dotenv_file(path: Path = Path(".env")) -> list[str]:
+    """Put ``path``'s ``PEPPERPY_PG_*`` lines into the environment, unless it sets them
+    already (a real variable wins over the file); other lines are left alone. Returns the
+    names taken."""
+    from dotenv import dotenv_values  # a dependency of pydantic-settings
+
+    if not path.is_file():
+        return []
+    taken = []
+    for name, value in dotenv_values(path).items():
+        if name.upper().startswith(ENV_PREFIX) and value is not None and name not in os.environ:
+            os.environ[name] = value
+            taken.append(name)
+    return taken
+
+
 def _config(args: argparse.Namespace) -> PostgresConfig:
+    load_dotenv_file()
     values: dict[str, Any] = {}
     if args.dsn:
         values["dsn"] = args.dsn

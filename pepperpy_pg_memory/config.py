@@ -18,8 +18,8 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
-    model_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -78,8 +78,14 @@ class PostgresConfig(BaseSettings):
     password: SecretStr | None = None
     schema_name: str = Field(
         default="public",
-        validation_alias=AliasChoices("schema", "schema_name", "PEPPERPY_PG_SCHEMA"),
-        description="PostgreSQL schema holding the table (created if missing).",
+        # Every alias is also an environment variable's name, unprefixed: only prefixed ones
+        # are given, so that a stray SCHEMA=... cannot move the store. The constructor's
+        # schema= is mapped in __init__.
+        validation_alias=AliasChoices("PEPPERPY_PG_SCHEMA", "PEPPERPY_PG_SCHEMA_NAME"),
+        description=(
+            "PostgreSQL schema holding the table (created if missing); pass it as schema= "
+            "or schema_name=, read it as .schema_name."
+        ),
     )
     table: str = Field(default="memories", description="Table holding this store's memories.")
     data_dir: Path = Field(
@@ -200,13 +206,20 @@ class PostgresConfig(BaseSettings):
     )
 
     def __init__(self, **values: Any) -> None:
+        if "schema" in values:
+            if "schema_name" in values:
+                raise MemoryConfigurationError(
+                    "give either schema or schema_name, not both", field="schema_name"
+                )
+            values["schema_name"] = values.pop("schema")
         try:
             super().__init__(**values)
         except ValidationError as exc:
             first = exc.errors()[0]
             field = ".".join(str(part) for part in first["loc"]) or None
+            where = f"PostgresConfig.{field}" if field else "PostgresConfig"
             raise MemoryConfigurationError(
-                f"invalid PostgresConfig.{field}: {first['msg']}", field=field
+                f"invalid {where}: {first['msg']}", field=field
             ) from None
 
     @field_validator("schema_name", "table")
@@ -255,13 +268,23 @@ class PostgresConfig(BaseSettings):
                 raise ValueError(f"TTL of {memory_type.name} must be positive, got {ttl}")
         return value
 
-    @model_validator(mode="after")
-    def _pool_bounds(self) -> PostgresConfig:
-        if self.min_size > self.max_size:
-            raise ValueError(f"min_size ({self.min_size}) exceeds max_size ({self.max_size})")
-        if self.retry_base_delay > self.retry_max_delay:
-            raise ValueError("retry_base_delay exceeds retry_max_delay")
-        return self
+    # Checked on the later field of each pair, so that the error names a field (a model-level
+    # check has no location) and the earlier value is already validated.
+    @field_validator("max_size")
+    @classmethod
+    def _pool_bounds(cls, value: int, info: ValidationInfo) -> int:
+        min_size = info.data.get("min_size")
+        if min_size is not None and min_size > value:
+            raise ValueError(f"min_size ({min_size}) exceeds max_size ({value})")
+        return value
+
+    @field_validator("retry_max_delay")
+    @classmethod
+    def _retry_bounds(cls, value: float, info: ValidationInfo) -> float:
+        base = info.data.get("retry_base_delay")
+        if base is not None and base > value:
+            raise ValueError(f"retry_base_delay ({base}) exceeds retry_max_delay ({value})")
+        return value
 
     @property
     def is_embedded(self) -> bool:

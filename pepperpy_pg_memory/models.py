@@ -66,6 +66,14 @@ class MemorySearchResult(BaseModel, Generic[V]):
     contextual_score: float | None = None
 
 
+class _Invalid(ValueError):
+    """A check across fields failed; ``field`` is the one to fix."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 class MemoryQuery(BaseModel):
     """What to search for, where, and how much.
 
@@ -118,35 +126,41 @@ class MemoryQuery(BaseModel):
             super().__init__(**data)
         except ValidationError as exc:
             first = exc.errors()[0]
-            where = ".".join(str(part) for part in first["loc"]) or "query"
-            raise MemoryValidationError(f"invalid MemoryQuery.{where}: {first['msg']}") from None
+            cause = first.get("ctx", {}).get("error")
+            # A check across fields has no location: it says which field it is about.
+            where = ".".join(str(part) for part in first["loc"]) or getattr(cause, "field", "")
+            message = str(cause) if isinstance(cause, _Invalid) else first["msg"]
+            raise MemoryValidationError(f"invalid MemoryQuery.{where}: {message}") from None
 
     @model_validator(mode="after")
     def _consistent(self) -> MemoryQuery:
         index = self.index_type
         if self.query is not None and not self.query.strip():
-            raise ValueError("query is empty")
+            raise _Invalid("query", "query is empty")
         if self.query is not None and "\x00" in self.query:
-            raise ValueError("query contains a NUL character")
+            raise _Invalid("query", "query contains a NUL character")
         if index is MemoryIndex.SEMANTIC:
             if self.query is None and self.embedding is None:
-                raise ValueError("a SEMANTIC query needs `query` text or an `embedding`")
+                raise _Invalid("query", "a SEMANTIC query needs `query` text or an `embedding`")
         elif index in (MemoryIndex.CONTEXTUAL, MemoryIndex.HYBRID):
             if self.query is None:
-                raise ValueError(f"a {index.name} query needs `query` text")
+                raise _Invalid("query", f"a {index.name} query needs `query` text")
         if self.embedding is not None and index not in (MemoryIndex.SEMANTIC, MemoryIndex.HYBRID):
-            raise ValueError("`embedding` is only used by SEMANTIC and HYBRID queries")
+            raise _Invalid("embedding", "`embedding` is only used by SEMANTIC and HYBRID queries")
         if self.min_score is not None:
             low = -1.0 if index is MemoryIndex.SEMANTIC else 0.0
             if not low <= self.min_score <= 1.0:
-                raise ValueError(
+                raise _Invalid(
+                    "min_score",
                     f"min_score {self.min_score} is outside the {index.name} score range "
-                    f"[{low:g}, 1]"
+                    f"[{low:g}, 1]",
                 )
         if self.include_embedding and index is not MemoryIndex.SEMANTIC:
-            raise ValueError("include_embedding is only available for SEMANTIC queries")
+            raise _Invalid(
+                "include_embedding", "include_embedding is only available for SEMANTIC queries"
+            )
         if self.scope_id is not None and self.scope is None:
-            raise ValueError("scope_id needs a scope")
+            raise _Invalid("scope_id", "scope_id needs a scope")
         if self.scope is MemoryScope.GLOBAL and self.scope_id not in (None, ""):
-            raise ValueError("GLOBAL memories have no scope_id")
+            raise _Invalid("scope_id", "GLOBAL memories have no scope_id")
         return self

@@ -21,6 +21,14 @@ import pytest
 from pepperpy_pg_memory import HashingEmbedder, PostgresConfig, PostgresStorage
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # The suite ignores the user's own settings (a PEPPERPY_PG_DSN exported for their server
+    # would point every store there); tests that need a variable set it themselves.
+    for name in list(os.environ):
+        if name.upper().startswith("PEPPERPY_PG_") and name.upper() != "PEPPERPY_PG_TEST_DSN":
+            del os.environ[name]
+
+
 @pytest.fixture(scope="session")
 def pg_dsn() -> Iterator[str]:
     external = os.environ.get("PEPPERPY_PG_TEST_DSN")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -55,6 +56,43 @@ def test_environment_variables(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     assert config.data_dir == tmp_path
 
 
+def test_only_prefixed_variables_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Unprefixed names (the field's own, or its constructor alias) are not the library's.
+    for name in ("SCHEMA", "schema_name", "SCHEMA_NAME", "TABLE", "HOST", "DSN"):
+        monkeypatch.setenv(name, "oops")
+    config = PostgresConfig()
+    assert (config.schema_name, config.table, config.host, config.dsn) == (
+        "public",
+        "memories",
+        None,
+        None,
+    )
+    monkeypatch.setenv("PEPPERPY_PG_SCHEMA_NAME", "by_field_name")
+    assert PostgresConfig().schema_name == "by_field_name"
+    assert PostgresConfig(schema="given").schema_name == "given"
+    assert PostgresConfig(schema_name="given_too").schema_name == "given_too"
+
+
+def test_the_cli_reads_dotenv_below_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from pepperpy_pg_memory.cli import load_dotenv_file
+
+    dotenv = tmp_path / ".env"
+    dotenv.write_text(
+        "PEPPERPY_PG_TABLE=from_dotenv\nPEPPERPY_PG_SCHEMA=dotenv_schema\nSCHEMA=oops\n"
+        "UNRELATED=1\n"
+    )
+    monkeypatch.setenv("PEPPERPY_PG_SCHEMA", "from_environment")
+    for name in ("PEPPERPY_PG_TABLE", "UNRELATED"):
+        monkeypatch.delenv(name, raising=False)
+    assert load_dotenv_file(dotenv) == ["PEPPERPY_PG_TABLE"]
+    config = PostgresConfig()
+    assert (config.table, config.schema_name) == ("from_dotenv", "from_environment")
+    assert "UNRELATED" not in __import__("os").environ
+    monkeypatch.delenv("PEPPERPY_PG_TABLE")
+
+
 def test_dsn_wins_and_stays_secret() -> None:
     config = PostgresConfig(dsn="postgresql://u:hunter2@h/db")
     assert not config.is_embedded
@@ -67,8 +105,10 @@ def test_dsn_wins_and_stays_secret() -> None:
     [
         ({"port": 0}, "port"),
         ({"port": 70_000}, "port"),
-        ({"min_size": 5, "max_size": 2}, None),
-        ({"schema": "Bad-Name"}, "schema"),
+        ({"min_size": 5, "max_size": 2}, "max_size"),
+        ({"retry_base_delay": 3, "retry_max_delay": 1}, "retry_max_delay"),
+        ({"schema": "Bad-Name"}, "schema_name"),
+        ({"schema": "a", "schema_name": "b"}, "schema_name"),
         ({"table": "drop table;"}, "table"),
         ({"table": "x" * 60}, "table"),
         ({"text_search_config": "english'; --"}, "text_search_config"),
@@ -105,3 +145,20 @@ def test_config_is_frozen() -> None:
 
     with pytest.raises(ValidationError, match="frozen"):
         config.port = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "fields, field",
+    [
+        ({"query": "x", "min_score": 2}, "min_score"),
+        ({"query": "  "}, "query"),
+        ({"query": "x", "scope_id": "ana"}, "scope_id"),
+        ({"query": "x", "index_type": "contextual", "embedding": [1.0]}, "embedding"),
+        ({"query": "x", "limit": 0}, "limit"),
+    ],
+)
+def test_query_errors_name_the_field_to_fix(fields: dict[str, Any], field: str) -> None:
+    from pepperpy_pg_memory import MemoryQuery, MemoryValidationError
+
+    with pytest.raises(MemoryValidationError, match=rf"^invalid MemoryQuery\.{field}: "):
+        MemoryQuery(**fields)
