@@ -1,0 +1,66 @@
+"""The README runs: every ```python and ```bash block, as written, on a fresh embedded server.
+
+A block may be skipped only by a marker on the line before it, with its reason:
+``<!-- readme-test: skip (why) -->``. An unmarked block that fails fails the test.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+README = Path(__file__).parent.parent / "README.md"
+_FENCE = re.compile(r"^```(\w+)\n(.*?)^```", re.MULTILINE | re.DOTALL)
+_SKIP = re.compile(r"<!-- readme-test: skip \((?P<reason>[^)]+)\) -->\s*$")
+
+
+def _blocks() -> list[tuple[int, str, str, str | None]]:
+    """(line, language, code, skip reason) of every python and bash block."""
+    text = README.read_text()
+    found = []
+    for match in _FENCE.finditer(text):
+        language = match.group(1)
+        if language not in ("python", "bash"):
+            continue
+        before = text[: match.start()].rstrip("\n").rsplit("\n", 1)[-1]
+        skip = _SKIP.search(before)
+        line = text.count("\n", 0, match.start()) + 1
+        found.append((line, language, match.group(2), skip.group("reason") if skip else None))
+    return found
+
+
+def test_the_readme_has_runnable_blocks() -> None:
+    blocks = _blocks()
+    assert sum(1 for *_, skip in blocks if skip is None) >= 6
+    assert all(reason.strip() for *_, reason in blocks if reason is not None)
+
+
+@pytest.mark.model
+@pytest.mark.parametrize(
+    "line, language, code, skip",
+    _blocks(),
+    ids=[f"README.md:{line}-{language}" for line, language, _, _ in _blocks()],
+)
+def test_readme_block_runs(
+    tmp_path: Path, line: int, language: str, code: str, skip: str | None
+) -> None:
+    if skip is not None:
+        pytest.skip(f"marked in the README: {skip}")
+    env = {
+        **os.environ,
+        # A fresh embedded server of its own, as on a new machine.
+        "PEPPERPY_PG_DATA_DIR": str(tmp_path / "data"),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    command = [sys.executable, "-c", code] if language == "python" else ["bash", "-e", "-c", code]
+    done = subprocess.run(
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr
+    if language == "python":
+        assert done.stderr == "", done.stderr
