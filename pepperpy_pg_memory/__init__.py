@@ -22,6 +22,7 @@ from .errors import (
     MemoryError,
     MemoryIndexError,
     MemoryNotFoundError,
+    MemoryPermissionError,
     MemorySchemaError,
     MemoryTimeoutError,
     MemoryValidationError,
@@ -65,4 +66,5 @@ __all__ = [
     "DimensionMismatchError",
     "MemoryIndexError",
     "MemorySchemaError",
+    "MemoryPermissionError",
 ]

@@ -38,11 +38,13 @@ class Progress:
         self.label = label
         self.stream = stream
         self._last = 0.0
+        self._finished = False
 
     def __call__(self, done: int, total: int) -> None:
         now = time.monotonic()
-        if done < total and now - self._last < 0.1:
-            return
+        if self._finished or (done < total and now - self._last < 0.1):
+            return  # the full bar is drawn once, however often completion is reported
+        self._finished = done >= total
         self._last = now
         width = 30
         filled = int(width * done / total) if total else width
@@ -198,6 +200,18 @@ async def _demo(args: argparse.Namespace) -> int:
 async def _init(args: argparse.Namespace) -> int:
     async def work(storage: PostgresStorage[str, Any]) -> int:
         layout = storage.layout
+        if args.json:
+            _print_json(
+                {
+                    "schema": layout.schema,
+                    "table": layout.table,
+                    "schema_version": layout.version,
+                    "dimension": layout.dimension,
+                    "vector_type": layout.vector_type,
+                    "text_search_config": layout.text_search_config,
+                }
+            )
+            return 0
         print(
             f"ready: {layout.schema}.{layout.table} (schema version {layout.version}, "
             f"{layout.dimension}-d {layout.vector_type}, text search "
@@ -349,7 +363,10 @@ async def _reindex(args: argparse.Namespace) -> int:
     async def work(storage: PostgresStorage[str, Any]) -> int:
         with progress_bar(f"reindexing {args.index}") as progress:
             count = await storage.reindex(MemoryIndex(args.index), progress=progress)
-        print(f"reindexed {count} memories ({args.index})", file=sys.stderr)
+        if args.json:
+            _print_json({"reindexed": count, "index": args.index})
+        else:
+            print(f"reindexed {count} memories ({args.index})", file=sys.stderr)
         return 0
 
     return await _with_storage(args, work)
@@ -384,15 +401,25 @@ async def _stats(args: argparse.Namespace) -> int:
 
 
 # --- parser ----------------------------------------------------------------------------------
+def _connection_options(parser: argparse.ArgumentParser, *, after_command: bool) -> None:
+    """The options every command takes, before its name or after it. After it they default
+    to SUPPRESS, so that they only override what was given before."""
+    group = parser.add_argument_group("connection (default: PEPPERPY_PG_* or embedded)")
+    unset: dict[str, Any] = {"default": argparse.SUPPRESS} if after_command else {}
+    group.add_argument("--dsn", help="postgresql:// URL of a server", **unset)
+    group.add_argument("--data-dir", help="embedded server's data folder", **unset)
+    group.add_argument("--schema", help="PostgreSQL schema (default: public)", **unset)
+    group.add_argument("--table", help="memory table (default: memories)", **unset)
+    flag: dict[str, Any] = {"action": "store_true", **unset}
+    group.add_argument("--debug", help="tracebacks and debug logs", **flag)
+
+
 def _parser() -> argparse.ArgumentParser:
     connection = argparse.ArgumentParser(add_help=False)
-    group = connection.add_argument_group("connection (default: PEPPERPY_PG_* or embedded)")
-    group.add_argument("--dsn", help="postgresql:// URL of a server")
-    group.add_argument("--data-dir", help="embedded server's data folder")
-    group.add_argument("--schema", help="PostgreSQL schema (default: public)")
-    group.add_argument("--table", help="memory table (default: memories)")
-    group.add_argument("--json", action="store_true", help="machine-readable output")
-    group.add_argument("--debug", action="store_true", help="tracebacks and debug logs")
+    _connection_options(connection, after_command=True)
+    # Offered by the commands that print results; the demo is a narrative only.
+    output = argparse.ArgumentParser(add_help=False)
+    output.add_argument("--json", action="store_true", help="machine-readable output")
 
     owner = argparse.ArgumentParser(add_help=False)
     owner.add_argument("--scope", choices=[s.value for s in MemoryScope])
@@ -402,18 +429,22 @@ def _parser() -> argparse.ArgumentParser:
         prog="pepperpy-memory",
         description="PostgreSQL memory for LLM agents: store, search and maintain memories.",
     )
+    _connection_options(parser, after_command=False)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, handler: Any, help: str, *parents: Any) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help, description=help, parents=[connection, *parents])
+        sub = commands.add_parser(
+            name, help=help, description=help, parents=[connection, output, *parents]
+        )
         sub.set_defaults(handler=handler)
         return sub
 
-    command(
+    demo = commands.add_parser(
         "demo",
-        _demo,
-        "store a dozen agent memories and show semantic, contextual and hybrid recall",
+        help="store a dozen agent memories and show semantic, contextual and hybrid recall",
+        parents=[connection],
     )
+    demo.set_defaults(handler=_demo, json=False)
     command("init", _init, "create the extensions and the memory table (idempotent)")
     command("migrate", _init, "apply pending schema migrations and show the schema version")
 

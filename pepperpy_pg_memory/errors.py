@@ -20,6 +20,7 @@ __all__ = [
     "DimensionMismatchError",
     "MemoryIndexError",
     "MemorySchemaError",
+    "MemoryPermissionError",
 ]
 
 STORE_TYPE = "postgres"
@@ -107,3 +108,8 @@ class MemoryIndexError(MemoryError):
 
 class MemorySchemaError(MemoryError):
     """The table was created by an incompatible version of this library."""
+
+
+class MemoryPermissionError(MemoryError, builtins.PermissionError):
+    """The database refused the operation to this role: a missing grant, or a row-level
+    security policy (e.g. a write for another tenant than the session's)."""

@@ -11,6 +11,7 @@ from .errors import (
     MemoryConfigurationError,
     MemoryConnectionError,
     MemoryError,
+    MemoryPermissionError,
     MemoryTimeoutError,
     MemoryValidationError,
 )
@@ -74,6 +75,8 @@ def translate(exc: BaseException, operation: str) -> MemoryError:
         return MemoryConfigurationError(f"{operation}: {exc}", field="user")
     if isinstance(exc, asyncpg.InvalidCatalogNameError):
         return MemoryConfigurationError(f"{operation}: {exc}", field="database")
+    if isinstance(exc, asyncpg.InsufficientPrivilegeError):
+        return MemoryPermissionError(f"{operation}: the database refused it: {exc}")
     if isinstance(exc, (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)):
         return MemoryValidationError(f"{operation}: the server rejected the data: {exc}")
     if isinstance(exc, OSError):

@@ -53,6 +53,23 @@ def test_every_command_has_help() -> None:
         assert sub.returncode == 0 and "--dsn" in sub.stdout, command
 
 
+def test_connection_options_before_the_command_and_json_everywhere(
+    pg_dsn: str, test_schema: str
+) -> None:
+    server = ["--dsn", pg_dsn, "--schema", test_schema]
+    before, after = f"cli_{uuid.uuid4().hex[:8]}", f"cli_{uuid.uuid4().hex[:8]}"
+    # Options before the command name count; given after it too, the later one wins.
+    init = _cli(*server, "--table", before, "init", "--json")
+    assert init.returncode == 0, init.stderr
+    assert json.loads(init.stdout)["table"] == before
+    migrated = _cli(*server, "--table", before, "migrate", "--json", "--table", after)
+    assert json.loads(migrated.stdout)["table"] == after
+    reindexed = _cli("reindex", "contextual", "--json", *server, "--table", after)
+    assert json.loads(reindexed.stdout) == {"reindexed": 0, "index": "contextual"}
+    # The demo tells a story and offers no --json.
+    assert _cli("demo", "--json").returncode == 2
+
+
 def test_progress_bars_use_rich_when_installed_and_plain_text_otherwise(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -67,6 +84,7 @@ def test_progress_bars_use_rich_when_installed_and_plain_text_otherwise(
     monkeypatch.setitem(sys.modules, "rich.progress", None)  # as if the extra were missing
     with cli.progress_bar("importing") as progress:
         progress(40, 40)
+        progress(40, 40)  # completion reported twice draws one last line
     assert capsys.readouterr().err == "\rimporting [" + "#" * 30 + "] 40/40\n"
 
 

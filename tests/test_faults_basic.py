@@ -100,3 +100,13 @@ def test_faults_are_classified_by_sqlstate_and_public_classes(
 ) -> None:
     assert is_transient(error) is transient
     assert isinstance(translate(error, "store"), MemoryError)
+
+
+def test_a_refusal_by_the_database_is_a_permission_error() -> None:
+    from pepperpy_pg_memory import MemoryPermissionError
+
+    error = translate(
+        asyncpg.InsufficientPrivilegeError("new row violates row-level security"), "store"
+    )
+    assert isinstance(error, MemoryPermissionError) and isinstance(error, PermissionError)
+    assert "row-level security" in str(error)

@@ -37,6 +37,7 @@ EXPECTED = {
     "DimensionMismatchError",
     "MemoryIndexError",
     "MemorySchemaError",
+    "MemoryPermissionError",
 }
 
 

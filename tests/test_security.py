@@ -17,6 +17,7 @@ from pepperpy_pg_memory import (
     MemoryConfigurationError,
     MemoryError,
     MemoryIndex,
+    MemoryNotFoundError,
     MemoryQuery,
     MemoryScope,
     MemoryValidationError,
@@ -186,7 +187,7 @@ async def test_row_level_security_isolates_tenants_even_outside_the_library(
         assert await acme_store.count() == 1 and await globex_store.count() == 1
         hits = await globex_store.search(MemoryQuery(query="launches", limit=10))
         assert [h.entry.key for h in hits] == ["globex-plan"]
-        with pytest.raises(MemoryError):
+        with pytest.raises(MemoryNotFoundError):  # another tenant's memory is not there
             await globex_store.retrieve("acme-plan")
         assert await globex_store.delete_many(keys=["acme-plan"]) == 0
         assert await acme_store.exists("acme-plan")
