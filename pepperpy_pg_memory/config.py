@@ -41,6 +41,10 @@ DEFAULT_TYPE_TTLS: dict[MemoryType, timedelta | None] = {
 }
 
 
+# Fields that may not be below another: later field -> the one it bounds from below.
+_ORDERED_PAIRS = {"max_size": "min_size", "retry_max_delay": "retry_base_delay"}
+
+
 def default_data_dir() -> Path:
     """Where the embedded server keeps its files unless ``data_dir`` says otherwise."""
     return Path(platformdirs.user_data_dir("pepperpy-pg-memory")) / "postgres"
@@ -270,20 +274,13 @@ class PostgresConfig(BaseSettings):
 
     # Checked on the later field of each pair, so that the error names a field (a model-level
     # check has no location) and the earlier value is already validated.
-    @field_validator("max_size")
+    @field_validator(*_ORDERED_PAIRS)
     @classmethod
-    def _pool_bounds(cls, value: int, info: ValidationInfo) -> int:
-        min_size = info.data.get("min_size")
-        if min_size is not None and min_size > value:
-            raise ValueError(f"min_size ({min_size}) exceeds max_size ({value})")
-        return value
-
-    @field_validator("retry_max_delay")
-    @classmethod
-    def _retry_bounds(cls, value: float, info: ValidationInfo) -> float:
-        base = info.data.get("retry_base_delay")
-        if base is not None and base > value:
-            raise ValueError(f"retry_base_delay ({base}) exceeds retry_max_delay ({value})")
+    def _not_below(cls, value: float, info: ValidationInfo) -> float:
+        lower_name = _ORDERED_PAIRS[str(info.field_name)]
+        lower = info.data.get(lower_name)
+        if lower is not None and lower > value:
+            raise ValueError(f"{lower_name} ({lower}) exceeds {info.field_name} ({value})")
         return value
 
     @property
