@@ -202,9 +202,9 @@ async def test_async_batch_mixes_operations_in_order(store: PepperpyStore) -> No
     assert results[2] is not None and results[2].value == {"text": "alpha"}
     assert results[4] is None
     assert [i.key for i in results[5]] == ["b"]
-    entry = await run_on_async(
-        store._handle.loop, store._handle.storage.retrieve("lg:agents/helper/#b")
-    )
+    core = store.storage
+    assert core.loop is not None
+    entry = await run_on_async(core.loop, core.retrieve("lg:agents/helper/#b"))
     assert (entry.scope, entry.scope_id) == (MemoryScope.AGENT, "helper")
 
 

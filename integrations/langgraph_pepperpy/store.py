@@ -179,6 +179,11 @@ class PepperpyStore(BaseStore):
         ``Embeddings`` or a pepperpy embedder, None for the default model."""
         return cls(BackgroundStorage.create(config, embedding), ttl=ttl)
 
+    @property
+    def storage(self) -> PostgresStorage[Any, Any]:
+        """The core store underneath (it runs on its own event loop: ``storage.loop``)."""
+        return self._handle.storage
+
     def close(self) -> None:
         self._handle.close()
 
