@@ -28,6 +28,7 @@ from .errors import (
     MemoryValidationError,
 )
 from .models import MemoryEntry, MemoryQuery, MemorySearchResult
+from .onnx_embedder import OnnxEmbedder
 from .queries import ArrayPattern
 from .storage import MemoryItem, MemorySearchResults, PostgresStorage, ProgressCallback
 from .types import MemoryIndex, MemoryScope, MemoryType
@@ -53,6 +54,7 @@ __all__ = [
     "MemorySearchResult",
     "Embedder",
     "SentenceTransformerEmbedder",
+    "OnnxEmbedder",
     "LangChainEmbedder",
     "HashingEmbedder",
     "default_embedder",

@@ -201,6 +201,14 @@ class PostgresConfig(BaseSettings):
     maintenance_work_mem: str = Field(
         default="512MB", pattern=r"^[0-9]{1,7}(kB|MB|GB)$", description="For index builds."
     )
+    embedding_backend: Literal["onnx", "torch"] = Field(
+        default="onnx",
+        description=(
+            "How the default model runs when no embedder is given: onnxruntime (exported from "
+            "the packaged weights on first use, then no torch import) or sentence-transformers "
+            "on torch. The vectors are the same."
+        ),
+    )
     on_dimension_mismatch: Literal["error", "reindex"] = Field(
         default="error",
         description=(

@@ -19,7 +19,7 @@ import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -255,15 +255,24 @@ class HashingEmbedder:
         return self._vector(text)
 
 
-def default_embedder() -> SentenceTransformerEmbedder:
-    """The embedder a store uses when none is given."""
-    return SentenceTransformerEmbedder()
+EmbeddingBackend = Literal["onnx", "torch"]
 
 
-def as_embedder(obj: Any) -> Embedder:
-    """``obj`` as an :class:`Embedder`: ours as they are, LangChain ``Embeddings`` wrapped."""
+def default_embedder(backend: EmbeddingBackend = "onnx") -> Embedder:
+    """The embedder a store uses when none is given: all-MiniLM-L6-v2 on onnxruntime (the
+    default) or through sentence-transformers on torch. Both give the same vectors."""
+    if backend == "torch":
+        return SentenceTransformerEmbedder()
+    from .onnx_embedder import OnnxEmbedder
+
+    return OnnxEmbedder()
+
+
+def as_embedder(obj: Any, backend: EmbeddingBackend = "onnx") -> Embedder:
+    """``obj`` as an :class:`Embedder`: ours as they are, LangChain ``Embeddings`` wrapped;
+    None is the default model on ``backend``."""
     if obj is None:
-        return default_embedder()
+        return default_embedder(backend)
     # LangChain's Embeddings also has (sync) embed_documents/embed_query: test for it first.
     if hasattr(obj, "aembed_documents") and hasattr(obj, "aembed_query"):
         return LangChainEmbedder(obj)

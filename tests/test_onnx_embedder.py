@@ -1,0 +1,100 @@
+"""The default backend: the packaged model exported once to ONNX, checked, then run by
+onnxruntime — the same vectors as sentence-transformers, without torch after the first use."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from pepperpy_pg_memory import (
+    OnnxEmbedder,
+    PostgresConfig,
+    PostgresStorage,
+    SentenceTransformerEmbedder,
+)
+
+pytestmark = pytest.mark.model
+
+SENTENCES = [
+    "Bruno works as a database administrator in Lisbon.",
+    "which nuts are dangerous for Ana?",
+    "Ticket KX-221 was escalated to the on-call engineer",
+    "Refunds are possible within thirty days with a receipt.",
+    "Les réunions du lundi sont annulées jusqu'à nouvel ordre",
+    "",
+]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cache folder holding a checked export, made once for this module."""
+    cache = tmp_path_factory.mktemp("onnx-cache")
+    asyncio.run(OnnxEmbedder(cache_folder=cache).embed_query("warm up"))
+    return cache
+
+
+async def test_onnx_vectors_are_the_models(exported: Path, minilm: Any) -> None:
+    onnx = OnnxEmbedder(cache_folder=exported)
+    assert onnx.dimension == 384 and onnx.onnx_path().is_file()
+    ours = np.asarray(await onnx.embed_documents(SENTENCES))
+    reference = np.asarray(await minilm.embed_documents(SENTENCES))
+    assert np.min(np.sum(ours * reference, axis=1)) >= 0.9999
+    single = np.asarray(await onnx.embed_query(SENTENCES[2]))
+    assert np.allclose(single, ours[2], atol=1e-5)  # batching and padding change nothing
+
+
+def _run(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=600
+    )
+
+
+def test_later_starts_do_not_import_torch(exported: Path) -> None:
+    done = _run(
+        f"""
+        import asyncio, sys
+        from pepperpy_pg_memory import OnnxEmbedder
+        vector = asyncio.run(OnnxEmbedder(cache_folder={str(exported)!r}).embed_query("hi"))
+        assert vector.shape == (384,)
+        print("torch" in sys.modules, "sentence_transformers" in sys.modules)
+        """
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "False"]
+    assert done.stderr == ""
+
+
+def test_processes_starting_together_export_once(tmp_path: Path) -> None:
+    code = f"""
+        import asyncio
+        from pepperpy_pg_memory import OnnxEmbedder
+        asyncio.run(OnnxEmbedder(cache_folder={str(tmp_path)!r}).embed_query("hi"))
+        """
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(code)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    results = [process.communicate(timeout=600) for process in processes]
+    assert [p.returncode for p in processes] == [0, 0], [err for _, err in results]
+    models = list(tmp_path.rglob("*.onnx"))
+    assert len(models) == 1
+    leftovers = [p.name for p in tmp_path.rglob("*") if p.is_file() and "partial" in p.name]
+    assert leftovers == []
+
+
+def test_the_store_uses_the_configured_backend() -> None:
+    assert isinstance(PostgresStorage(PostgresConfig()).embedder, OnnxEmbedder)
+    torch_config = PostgresConfig(embedding_backend="torch")
+    assert isinstance(PostgresStorage(torch_config).embedder, SentenceTransformerEmbedder)
