@@ -1038,21 +1038,20 @@ class PostgresStorage(Generic[K, V]):
                 "delete_many needs a scope, types, filter, keys or key_prefix; "
                 "use clear() to delete all"
             )
+        criteria = self._restriction(
+            scope, scope_id, types, filter, value_filter=value_filter, key_prefix=key_prefix
+        )
         key_set = identities = None
         if keys is not None:
             key_set = frozenset(self._keys(keys))
             if scope is None:
-                identities = frozenset(await self._resolve(sorted(key_set), None, None))
-                if not identities:
+                # Each key must name one live memory among those the other criteria select.
+                found = await self._owners_of(sorted(key_set), criteria)
+                _check_unambiguous(found)
+                if not found:
                     return 0
-        restriction = replace(
-            self._restriction(
-                scope, scope_id, types, filter, value_filter=value_filter, key_prefix=key_prefix
-            ),
-            keys=key_set,
-            identities=identities,
-            include_expired=True,
-        )
+                identities = frozenset(found)
+        restriction = replace(criteria, keys=key_set, identities=identities, include_expired=True)
         # Its work grows with the rows matched, which nothing bounds.
         return await self.database.execute(
             "delete_many",

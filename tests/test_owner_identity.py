@@ -77,6 +77,18 @@ async def test_a_key_without_scope_names_its_one_holder_or_is_ambiguous(
     assert (await storage.retrieve("shared", **BRUNO)).value == "held by bruno"
 
 
+async def test_delete_many_by_keys_resolves_within_its_other_criteria(
+    storage: PostgresStorage[str, Any],
+) -> None:
+    await storage.store("note", "ana's", metadata={"kind": "draft"}, **ANA)
+    await storage.store("note", "bruno's", metadata={"kind": "final"}, **BRUNO)
+    with pytest.raises(AmbiguousKeyError):
+        await storage.delete_many(keys=["note"], types="long_term")
+    # The filter leaves one holder: that one is deleted, the other stays.
+    assert await storage.delete_many(keys=["note"], filter={"kind": "draft"}) == 1
+    assert (await storage.retrieve("note")).scope_id == "bruno"
+
+
 async def test_calls_with_an_owner_act_on_that_owner_only(
     storage: PostgresStorage[str, Any],
 ) -> None:
