@@ -168,8 +168,8 @@ def parse_line(line: str, with_embeddings: bool) -> Restored:
     for name in ("type", "scope", "scope_id", "metadata", "indices", "text"):
         if data.get(name) is not None:
             fields[name] = data[name]
-    if fields.get("scope_id") == "":
-        del fields["scope_id"]  # GLOBAL's
+    if fields.get("scope_id") == "" and fields.get("scope", "global") == "global":
+        del fields["scope_id"]  # GLOBAL's (an empty id for another scope is refused later)
     if with_embeddings and data.get("embedding") is not None:
         fields["embedding"] = data["embedding"]
     tenant = data.get("tenant", "")

@@ -121,16 +121,18 @@ async def test_bad_lines_are_named_and_nothing_of_them_is_written(
             json.dumps({"key": "theirs", "value": "x", "tenant": "acme"}),
             json.dumps({"key": "odd", "value": "x", "colour": "blue"}),
             json.dumps({"key": "when", "value": "x", "created_at": "yesterday"}),
+            json.dumps({"key": "whose", "value": "x", "scope": "user", "scope_id": ""}),
         ]
     )
     async with PostgresStorage[str, Any](config, HashingEmbedder(16)) as store:
         report = await store.import_jsonl(io.StringIO(text))
-    assert (report.stored, report.skipped, report.failed) == (1, 4, 3)
+    assert (report.stored, report.skipped, report.failed) == (1, 4, 4)
     lines = dict(report.errors)
-    assert sorted(lines) == [3, 4, 5, 6, 7, 8, 9]
+    assert sorted(lines) == [3, 4, 5, 6, 7, 8, 9, 10]
     assert "not JSON" in lines[3] and "key and value" in lines[4] and "NUL" in lines[5]
     assert "in the past" in lines[6] and "tenant 'acme'" in lines[7]
     assert "colour" in lines[8] and "ISO 8601" in lines[9]
+    assert "scope_id must be a non-empty string" in lines[10]  # not moved to a default owner
     assert [row["key"] for row in await _rows(raw_conn, config)] == ["good"]
 
 
