@@ -260,14 +260,21 @@ class OnnxEmbedder(LocalModelEmbedder):
     def _export(self, path: Path) -> None:
         from filelock import FileLock
 
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Processes starting together: one exports, the others wait and then find the file.
-        with FileLock(str(path.with_suffix(".lock"))):
-            if path.is_file():
-                return
-            logger.info("exporting %s to ONNX at %s (once)", self.name, path)
-            worst = export_onnx(self.folder, path)
-            logger.info("ONNX export checked: smallest cosine to the model %.6f", worst)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # Processes starting together: one exports, the others wait and find the file.
+            with FileLock(str(path.with_suffix(".lock"))):
+                if path.is_file():
+                    return
+                logger.info("exporting %s to ONNX at %s (once)", self.name, path)
+                worst = export_onnx(self.folder, path)
+                logger.info("ONNX export checked: smallest cosine to the model %.6f", worst)
+        except OSError as exc:
+            raise MemoryConfigurationError(
+                f"cannot write the ONNX export to {path.parent} ({exc}): point "
+                "OnnxEmbedder(cache_folder=...) or XDG_CACHE_HOME at a writable folder, or "
+                "use PostgresConfig(embedding_backend='torch')"
+            ) from exc
 
     def _encode(self, texts: list[str]) -> Vector:
         session, tokenizer = self._load()

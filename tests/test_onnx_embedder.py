@@ -98,3 +98,13 @@ def test_the_store_uses_the_configured_backend() -> None:
     assert isinstance(PostgresStorage(PostgresConfig()).embedder, OnnxEmbedder)
     torch_config = PostgresConfig(embedding_backend="torch")
     assert isinstance(PostgresStorage(torch_config).embedder, SentenceTransformerEmbedder)
+
+
+def test_an_unwritable_cache_is_a_configuration_error(tmp_path: Path) -> None:
+    from pepperpy_pg_memory import MemoryConfigurationError
+
+    blocked = tmp_path / "file-not-folder"
+    blocked.write_text("a file where the cache folder would go")
+    embedder = OnnxEmbedder(cache_folder=blocked / "onnx")
+    with pytest.raises(MemoryConfigurationError, match="cannot write the ONNX export"):
+        asyncio.run(embedder.embed_query("hi"))
