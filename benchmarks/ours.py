@@ -80,6 +80,9 @@ async def storage_suite(
         )
         rows.append(latency_row("semantic_search", SYSTEM, mode, size, samples))
 
+        progress(f"raw pgvector floor at {size}")
+        rows.append(await raw_floor_row(store, size, question_vectors))
+
         progress(f"recall@10 at {size}")
         rows.append(await recall_row(store, memories, vectors, questions, question_vectors))
         progress(f"ef_search sweep at {size}")
@@ -157,6 +160,26 @@ async def storage_suite(
         )
         await store.clear()
     return rows
+
+
+RAW_FLOOR = "raw pgvector (prepared statement)"
+
+
+async def raw_floor_row(
+    store: PostgresStorage[str, Any], size: int, question_vectors: npt.NDArray[np.float32]
+) -> Measurement:
+    """The floor under our semantic search: the bare HNSW query a hand-written client would
+    run, prepared once, on one of our pool's connections (the same ef_search and codecs), on
+    the same table and vectors; it returns keys only and decodes nothing else."""
+    layout = store.layout
+    sql = (
+        f"SELECT key FROM {layout.qualified_table} "
+        f"ORDER BY embedding <=> $1::{layout.vector_column_type} LIMIT 10"
+    )
+    async with store.database.pool.acquire() as conn:
+        statement = await conn.prepare(sql)
+        samples = await latencies([lambda v=v: statement.fetch(v) for v in question_vectors])
+    return latency_row("semantic_search", RAW_FLOOR, "storage", size, samples)
 
 
 async def expire_half(store: PostgresStorage[str, Any]) -> None:

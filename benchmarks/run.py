@@ -152,6 +152,17 @@ def _targets(rows: list[Measurement], ratios: list[dict[str, Any]]) -> list[dict
             check("insert vs langchain-postgres (x)", anchor_ratio["ratio"], 3.0, True)
         if anchor_ratio["name"] == "semantic_search":
             check(f"semantic p50 vs {anchor_ratio['anchor']} (x)", anchor_ratio["ratio"], 2.0, True)
+    floor = next(
+        (
+            r
+            for r in rows
+            if (r.name, r.system, r.size) == ("semantic_search", ours.RAW_FLOOR, size)
+        ),
+        None,
+    )
+    semantic = find("semantic_search", size)
+    if floor is not None and semantic is not None and floor.p50_ms and semantic.p50_ms:
+        check("semantic p50 vs raw pgvector floor (x)", semantic.p50_ms / floor.p50_ms, 1.4, False)
     for name, goal in (("semantic_search", 1.5), ("fulltext_search", 2.0), ("hybrid_search", 3.0)):
         row = find(name, size)
         check(f"{name} p50 ms at 10k (storage)", row and row.p50_ms, goal, False)
