@@ -186,6 +186,30 @@ async def test_ttl_is_honoured(make_config: Any, raw_conn: Any) -> None:
         await store.aclose()
 
 
+async def test_ttl_none_means_never_even_with_a_default(make_config: Any, raw_conn: Any) -> None:
+    config = make_config()
+    store = PepperpyStore.create(config, HashingEmbedder(64), ttl={"default_ttl": 10})
+    namespace = ("users", "ana")
+    try:
+        await store.aput(namespace, "defaulted", {"text": "gets the default"})
+        await store.aput(namespace, "forever", {"text": "never expires"}, ttl=None)
+        await store.abatch([PutOp(namespace, "batched", {"text": "no ttl in the op"})])
+        lifetimes = {
+            row["key"].rsplit("#", 1)[1]: row["lifetime"]
+            for row in await raw_conn.fetch(
+                f'SELECT key, expires_at - updated_at AS lifetime FROM "{config.schema_name}".'
+                f'"{config.table}"'
+            )
+        }
+        assert lifetimes == {
+            "defaulted": timedelta(minutes=10),
+            "forever": None,
+            "batched": None,
+        }
+    finally:
+        await store.aclose()
+
+
 async def test_async_batch_mixes_operations_in_order(store: PepperpyStore) -> None:
     namespace = ("agents", "helper")
     results = await store.abatch(

@@ -227,12 +227,6 @@ class PepperpyStore(BaseStore):
         return results
 
     # --- operations -------------------------------------------------------------------------
-    def _ttl_minutes(self, op: PutOp) -> float | None:
-        minutes = op.ttl
-        if minutes is None and self.ttl_config:
-            minutes = self.ttl_config.get("default_ttl")
-        return minutes
-
     async def _refresh(
         self, storage: PostgresStorage[Any, Any], entries: list[MemoryEntry[Any]]
     ) -> None:
@@ -260,7 +254,9 @@ class PepperpyStore(BaseStore):
             if op.value is None:
                 continue
             scope, scope_id = namespace_scope(op.namespace)
-            minutes = self._ttl_minutes(op)
+            # BaseStore.put has already applied ttl_config's default to a put without a ttl;
+            # what reaches a PutOp is final, and None means the item never expires.
+            minutes = op.ttl
             value = dict(op.value)
             fields = list(op.index) if isinstance(op.index, list) else None
             items.append(
