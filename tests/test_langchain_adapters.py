@@ -86,6 +86,24 @@ def test_relevance_scores_are_in_unit_range(store: PepperpyVectorStore) -> None:
     assert distances[0][1] == pytest.approx(0.0, abs=1e-5)
 
 
+async def test_scored_search_by_vector(store: PepperpyVectorStore) -> None:
+    store.add_documents(DOCS)
+    vector = WordEmbeddings().embed_query("Ana drinks green tea every morning")
+    with_distance = store.similarity_search_with_score_by_vector(vector, k=3)
+    assert with_distance[0][0].page_content == "Ana drinks green tea every morning"
+    assert with_distance[0][1] == pytest.approx(0.0, abs=1e-5)  # distance: lower is closer
+    relevance = store.similarity_search_by_vector_with_relevance_scores(vector, k=3)
+    assert [d.page_content for d, _ in relevance] == [d.page_content for d, _ in with_distance]
+    assert relevance[0][1] == pytest.approx(1.0, abs=1e-5)
+    assert all(0.0 <= score <= 1.0 for _, score in relevance)
+    assert [score for _, score in relevance] == sorted((s for _, s in relevance), reverse=True)
+    filtered = await store.asimilarity_search_by_vector_with_relevance_scores(
+        vector, k=3, filter={"tag": "drink"}
+    )
+    assert len(filtered) == 2 and all(d.metadata["tag"] == "drink" for d, _ in filtered)
+    assert await store.asimilarity_search_with_score_by_vector(vector, k=1) == with_distance[:1]
+
+
 def test_retriever_search_types(store: PepperpyVectorStore) -> None:
     store.add_documents(DOCS, ids=["tea", "coffee", "chess"])
     for search_type, kwargs in [

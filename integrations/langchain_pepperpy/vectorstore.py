@@ -290,6 +290,58 @@ class PepperpyVectorStore(VectorStore):
     ) -> list[Document]:
         return [doc for doc, _ in await self.asimilarity_search_with_score(query, k, filter)]
 
+    def similarity_search_with_score_by_vector(
+        self,
+        embedding: list[float],
+        k: int = 4,
+        filter: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> list[tuple[Document, float]]:
+        """Nearest documents to a vector, with cosine distance (lower is closer), as
+        :meth:`similarity_search_with_score` gives for a query."""
+        q = self._query(embedding=list(embedding), limit=k, filter=filter)
+        return self._with_distance(self._handle.call(lambda s: s.search(q)))
+
+    async def asimilarity_search_with_score_by_vector(
+        self,
+        embedding: list[float],
+        k: int = 4,
+        filter: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> list[tuple[Document, float]]:
+        q = self._query(embedding=list(embedding), limit=k, filter=filter)
+        return self._with_distance(await self._handle.acall(lambda s: s.search(q)))
+
+    def similarity_search_by_vector_with_relevance_scores(
+        self,
+        embedding: list[float],
+        k: int = 4,
+        filter: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> list[tuple[Document, float]]:
+        """Nearest documents to a vector, with relevance in [0, 1] (higher is closer) — what
+        clients such as mem0's LangChain provider threshold on."""
+        return [
+            (document, _relevance(distance))
+            for document, distance in self.similarity_search_with_score_by_vector(
+                embedding, k, filter
+            )
+        ]
+
+    async def asimilarity_search_by_vector_with_relevance_scores(
+        self,
+        embedding: list[float],
+        k: int = 4,
+        filter: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> list[tuple[Document, float]]:
+        return [
+            (document, _relevance(distance))
+            for document, distance in await self.asimilarity_search_with_score_by_vector(
+                embedding, k, filter
+            )
+        ]
+
     def similarity_search_by_vector(
         self,
         embedding: list[float],
