@@ -10,6 +10,8 @@ without blocking its loop. This is the whole sync API: a thin shell over the asy
 from __future__ import annotations
 
 import asyncio
+import atexit
+import logging
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Generic, TypeVar
@@ -21,6 +23,11 @@ __all__ = ["LoopThread", "default_loop_thread", "BackgroundStorage", "run_on", "
 
 T = TypeVar("T")
 K = TypeVar("K", bound=str)
+
+EXIT_TIMEOUT = 4.0
+"""Seconds a store left open may take to close at interpreter exit."""
+
+logger = logging.getLogger(__name__)
 V = TypeVar("V")
 
 
@@ -122,6 +129,12 @@ class BackgroundStorage(Generic[K, V]):
         self.storage = storage
         self.loop = storage.loop
         self.owned = owned
+        if owned:
+            # Scripts and notebooks often never close what they open. Registered after the
+            # store started (so after the embedded server's own exit handler), this runs
+            # first at exit: the pool closes while the server is still up, instead of
+            # reconnecting to a server that is shutting down and printing a traceback a try.
+            atexit.register(self._close_at_exit)
 
     @classmethod
     def create(
@@ -157,12 +170,24 @@ class BackgroundStorage(Generic[K, V]):
 
     def close(self) -> None:
         """Close the store if this handle owns it."""
-        if self.owned and self.loop.is_running():
-            run_on(self.loop, self.storage.close())
+        if self.owned:
+            atexit.unregister(self._close_at_exit)
+            if self.loop.is_running():
+                run_on(self.loop, self.storage.close())
 
     async def aclose(self) -> None:
         if self.owned:
+            atexit.unregister(self._close_at_exit)
             await run_on_async(self.loop, self.storage.close())
+
+    def _close_at_exit(self) -> None:
+        if not self.loop.is_running() or self.storage.loop is None:
+            return
+        future = asyncio.run_coroutine_threadsafe(self.storage.close(), self.loop)
+        try:
+            future.result(timeout=EXIT_TIMEOUT)
+        except Exception as exc:  # exiting anyway: never turn exit into a traceback
+            logger.debug("closing a store at exit failed: %r", exc)
 
 
 async def _started(

@@ -4,7 +4,13 @@ the chat history in a real chain, and the memory retriever as a tool."""
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
+import textwrap
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -355,3 +361,39 @@ async def test_memory_retriever_recalls_one_users_memories(shared_storage: Any) 
     tool = create_retriever_tool(retriever, "recall", "Recall what you know about the user")
     output = await tool.ainvoke({"query": "peanuts"})
     assert "allergic to peanuts" in output
+
+
+@pytest.mark.model
+def test_a_script_that_never_closes_its_stores_exits_cleanly(tmp_path: Path) -> None:
+    # What LangChain users write: stores, a LangGraph store and a chat history on the
+    # embedded server, none of them closed.
+    script = textwrap.dedent(
+        """
+        import time
+        from langchain_pepperpy import PepperpyChatMessageHistory, PepperpyVectorStore
+        from langgraph_pepperpy import PepperpyStore
+        from pepperpy_pg_memory import PostgresConfig
+
+        config = PostgresConfig()
+        store = PepperpyVectorStore.create(config, scope="user", scope_id="ana")
+        store.add_texts(["Ana is allergic to peanuts"])
+        memory = PepperpyStore.create(config)
+        memory.put(("users", "ana"), "k", {"text": "x"})
+        history = PepperpyChatMessageHistory("s1", config=config)
+        history.add_user_message("hi")
+        print(time.time())
+        """
+    )
+    data = tmp_path / "data"
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**os.environ, "PEPPERPY_PG_DATA_DIR": str(data)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    exited = time.time()
+    assert done.returncode == 0
+    assert done.stderr == ""  # no reconnect tracebacks while the server stops
+    assert exited - float(done.stdout.strip()) < 5.0
+    assert not (data / "postmaster.pid").exists()  # the embedded server stopped
