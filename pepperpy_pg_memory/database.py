@@ -15,6 +15,7 @@ import json
 import logging
 import typing
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from functools import partial
 from typing import Any, TypeVar
 
 import asyncpg
@@ -27,7 +28,7 @@ from .metrics import Metrics
 from .queries import Query
 from .values import encode_json
 
-__all__ = ["Database", "connect"]
+__all__ = ["Database", "connect", "in_one_transaction"]
 
 logger = logging.getLogger(__name__)
 
@@ -231,13 +232,16 @@ class Database:
         self, operation: str, queries: Sequence[Query], *, timeout: float | None = None
     ) -> None:
         """Run ``queries`` in order in one transaction."""
+        await self.run(operation, partial(in_one_transaction, queries, timeout))
 
-        async def work(conn: asyncpg.Connection) -> None:
-            async with conn.transaction():
-                for query in queries:
-                    await conn.execute(query.sql, *query.args, timeout=timeout)
 
-        await self.run(operation, work)
+async def in_one_transaction(
+    queries: Sequence[Query], timeout: float | None, conn: asyncpg.Connection
+) -> None:
+    """Run ``queries`` in order on ``conn``, all or none (a savepoint inside a transaction)."""
+    async with conn.transaction():
+        for query in queries:
+            await conn.execute(query.sql, *query.args, timeout=timeout)
 
 
 def affected(status: str) -> int:

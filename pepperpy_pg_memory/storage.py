@@ -588,13 +588,10 @@ class PostgresStorage(Generic[K, V]):
 
     async def _after_bulk_load(self) -> None:
         try:
-            await self.database.run(
+            await self.database.execute_all(
                 "store_many",
-                partial(
-                    maintenance.in_one_transaction,
-                    self.layout.after_bulk_load(),
-                    self.config.maintenance_timeout,
-                ),
+                self.layout.after_bulk_load(),
+                timeout=self.config.maintenance_timeout,
             )
         except MemoryError as exc:
             # Only an optimisation (autovacuum does the same later): the data is committed.
@@ -1299,13 +1296,10 @@ class PostgresStorage(Generic[K, V]):
                 progress(min(done, total), total)
         await database.execute("reindex", statements.save_reindex_cursor(None))
         if rebuild:
-            await database.run(
+            await database.execute_all(
                 "reindex",
-                partial(
-                    maintenance.in_one_transaction,
-                    self.layout.build_vector_index(self.config.maintenance_work_mem),
-                    self.config.maintenance_timeout,
-                ),
+                self.layout.build_vector_index(self.config.maintenance_work_mem),
+                timeout=self.config.maintenance_timeout,
             )
         return done
 
