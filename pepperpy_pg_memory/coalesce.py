@@ -1,0 +1,160 @@
+"""``Coalescer``: concurrent calls of one operation gathered into batches.
+
+An agent host serving many conversations at once issues thousands of small writes together.
+Run one by one, each holds a pooled connection for its round trips and the rest queue for one;
+past ``pool_timeout`` they fail although the server is idle most of that time. A coalescer
+queues the calls instead and runs whatever has queued as one batch — one embedding call, one
+COPY — on at most ``lanes`` connections at a time. A lone call runs at once, as a batch of one.
+
+The rules a caller can rely on:
+
+* every call gets its own outcome: the batch function returns one result or exception per
+  item, in order;
+* a queued call fails with :class:`MemoryTimeoutError`, and is never run, once it has waited
+  ``wait_timeout`` seconds during which no batch started: the coalescer is stuck (every lane
+  held by a blocked statement), the way a pool with no connection free for ``pool_timeout``
+  is. A long queue that keeps moving never times out: a burst of ten thousand calls waits for
+  the batches before it, as it would wait for its own round trips;
+* a call cancelled before its batch started is dropped; after, it runs to completion like a
+  cancelled statement would;
+* :meth:`drain` waits for every queued and running batch (a store drains before closing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from .errors import MemoryTimeoutError
+
+__all__ = ["Coalescer", "BatchFunction"]
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+BatchFunction = Callable[[list[T]], Awaitable[Sequence[R | BaseException]]]
+
+
+@dataclass(eq=False)
+class _Call(Generic[T, R]):
+    item: T
+    future: asyncio.Future[R]
+    queued_at: float
+
+
+class Coalescer(Generic[T, R]):
+    """Gathers concurrent :meth:`submit` calls into batches for ``run``.
+
+    Args:
+        operation: the operation's name, for error messages.
+        run: takes the queued items (at most ``max_batch``) and returns one result or
+            exception per item, in the same order. An exception it raises is every item's.
+        lanes: how many batches may run at once.
+        max_batch: the largest batch.
+        wait_timeout: seconds a queued call may wait while no batch starts.
+    """
+
+    def __init__(
+        self,
+        operation: str,
+        run: BatchFunction[T, R],
+        *,
+        lanes: int,
+        max_batch: int,
+        wait_timeout: float,
+    ) -> None:
+        if lanes < 1 or max_batch < 1:
+            raise ValueError("a coalescer needs at least one lane and batches of at least one")
+        self.operation = operation
+        self._run = run
+        self._lanes = lanes
+        self._max_batch = max_batch
+        self._wait_timeout = wait_timeout
+        self._queue: collections.deque[_Call[T, R]] = collections.deque()
+        self._running: set[asyncio.Task[None]] = set()
+        # One timer for the oldest queued call, not one per call: a burst queues thousands.
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._last_start = float("-inf")  # when a lane last took a batch
+
+    @property
+    def queued(self) -> int:
+        """Calls waiting for a batch to start."""
+        return len(self._queue)
+
+    async def submit(self, item: T) -> R:
+        """Queue ``item`` and wait for its outcome."""
+        loop = asyncio.get_running_loop()
+        call: _Call[T, R] = _Call(item, loop.create_future(), loop.time())
+        self._queue.append(call)
+        if self._watchdog is None:
+            self._watchdog = loop.call_at(self._deadline(call), self._expire)
+        if len(self._running) < self._lanes:
+            lane = loop.create_task(self._lane())
+            self._running.add(lane)
+            lane.add_done_callback(self._running.discard)
+        return await call.future
+
+    def _deadline(self, call: _Call[T, R]) -> float:
+        return max(call.queued_at, self._last_start) + self._wait_timeout
+
+    def _expire(self) -> None:
+        """Fail the queued calls that waited ``wait_timeout`` with no batch starting (the
+        oldest are first), then watch the next one."""
+        self._watchdog = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        while self._queue and self._deadline(self._queue[0]) <= now:
+            call = self._queue.popleft()
+            if not call.future.done():
+                call.future.set_exception(
+                    MemoryTimeoutError(
+                        f"{self.operation}: waited {self._wait_timeout:g}s and no earlier call "
+                        "finished; raise pool_timeout or max_size, or run fewer operations at "
+                        "once"
+                    )
+                )
+        if self._queue:
+            self._watchdog = loop.call_at(self._deadline(self._queue[0]), self._expire)
+
+    def _take(self) -> list[_Call[T, R]]:
+        self._last_start = asyncio.get_running_loop().time()
+        batch: list[_Call[T, R]] = []
+        while self._queue and len(batch) < self._max_batch:
+            call = self._queue.popleft()
+            if not call.future.done():  # not cancelled while it waited
+                batch.append(call)
+        return batch
+
+    async def _lane(self) -> None:
+        while self._queue:
+            batch = self._take()
+            if not batch:
+                continue
+            try:
+                outcomes = await self._run([call.item for call in batch])
+            except asyncio.CancelledError:
+                for call in batch:
+                    call.future.cancel()
+                raise
+            except BaseException as exc:  # the batch's failure is every call's
+                outcomes = [exc] * len(batch)
+            if len(outcomes) != len(batch):
+                mismatch = RuntimeError(
+                    f"{self.operation}: a batch of {len(batch)} got {len(outcomes)} outcomes"
+                )
+                outcomes = [mismatch] * len(batch)
+            for call, outcome in zip(batch, outcomes, strict=True):
+                if call.future.done():  # its caller gave up meanwhile
+                    continue
+                if isinstance(outcome, BaseException):
+                    call.future.set_exception(outcome)
+                else:
+                    call.future.set_result(outcome)
+
+    async def drain(self) -> None:
+        """Wait until nothing is queued or running."""
+        while self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
