@@ -9,7 +9,6 @@ from typing import Any
 import asyncpg
 
 from .queries import STAGING_COLUMNS, Statements
-from .types import Identity
 
 __all__ = ["write_batch"]
 
@@ -22,9 +21,12 @@ async def write_batch(
     maintenance_work_mem: str,
     timeout: float,
     conn: asyncpg.Connection,
-) -> list[Identity]:
-    """Upsert ``records`` (in :data:`STAGING_COLUMNS` order); returns the memories the merge
-    left without a vector (their text changed concurrently).
+    *,
+    every_row: bool = False,
+) -> list[asyncpg.Record]:
+    """Upsert ``records`` (in :data:`STAGING_COLUMNS` order); returns the rows the merge left
+    without a vector (their text changed concurrently), or with ``every_row`` every merged
+    row (its identity, moments and ``needs_embedding``).
 
     Inserting row by row into an HNSW graph is the slowest part of a write (about 1.5 ms a row
     at 384 dimensions); building the graph once over all rows is several times faster. So a
@@ -37,7 +39,7 @@ async def write_batch(
     if rebuild:
         count = statements.count_up_to(len(records))
         rebuild = await conn.fetchval(count.sql, *count.args, timeout=timeout) < len(records)
-    merge = statements.merge_staging(tenant)
+    merge = statements.merge_staging(tenant, every_row=every_row)
     async with conn.transaction():
         if rebuild:
             await conn.execute(layout.drop_vector_index().sql, timeout=timeout)
@@ -52,4 +54,4 @@ async def write_batch(
         if rebuild:
             for query in layout.build_vector_index(maintenance_work_mem):
                 await conn.execute(query.sql, *query.args, timeout=timeout)
-    return [Identity(row["scope"], row["scope_id"], row["key"]) for row in rows]
+    return rows

@@ -144,6 +144,15 @@ class Database:
         await self.pool.expire_connections()
 
     # --- running ----------------------------------------------------------------------------
+    def check_loop(self, operation: str) -> None:
+        """Refuse a call from another event loop than the pool's: asyncpg connections belong
+        to the loop that opened them."""
+        if asyncio.get_running_loop() is not self._loop:
+            raise MemoryError(
+                f"{operation}: this store was started on another event loop; call it from "
+                "that loop, or through pepperpy_pg_memory.runner.BackgroundStorage"
+            )
+
     async def run(self, operation: str, work: Work[T]) -> T:
         """Run ``work`` on a pooled connection, retrying transient faults.
 
@@ -151,12 +160,7 @@ class Database:
         so running it again after a broken connection cannot duplicate anything.
         """
         pool = self.pool
-        if asyncio.get_running_loop() is not self._loop:
-            # asyncpg connections belong to the loop that opened them.
-            raise MemoryError(
-                f"{operation}: this store was started on another event loop; call it from "
-                "that loop, or through pepperpy_pg_memory.runner.BackgroundStorage"
-            )
+        self.check_loop(operation)
         config = self.config
 
         async def attempt() -> T:

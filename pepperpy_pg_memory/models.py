@@ -10,9 +10,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from .errors import MemoryValidationError
 from .types import MemoryIndex, MemoryScope, MemoryType
 
-__all__ = ["MemoryEntry", "MemoryQuery", "MemorySearchResult"]
+__all__ = ["MemoryEntry", "MemoryQuery", "MemorySearchResult", "trusted"]
 
 V = TypeVar("V")
+M = TypeVar("M", bound=BaseModel)
 
 MAX_LIMIT = 1_000
 MAX_OFFSET = 100_000
@@ -164,3 +165,21 @@ class MemoryQuery(BaseModel):
         if self.scope is MemoryScope.GLOBAL and self.scope_id not in (None, ""):
             raise _Invalid("scope_id", "GLOBAL memories have no scope_id")
         return self
+
+
+def trusted(model: type[M], **values: Any) -> M:
+    """An instance of ``model`` from values this library made itself (already valid), every
+    field given.
+
+    It is what ``model.model_construct(**values)`` builds, without the per-field default and
+    alias handling that costs about 8 µs an object: a search or a batch read builds one or two
+    per row, which made row mapping the largest cost of a fast query.
+    """
+    if values.keys() != model.model_fields.keys():
+        return model.model_construct(**values)
+    instance = model.__new__(model)
+    object.__setattr__(instance, "__dict__", values)
+    object.__setattr__(instance, "__pydantic_fields_set__", set(values))
+    object.__setattr__(instance, "__pydantic_extra__", None)
+    object.__setattr__(instance, "__pydantic_private__", None)
+    return instance

@@ -270,13 +270,15 @@ class Statements:
             f"CREATE TEMPORARY TABLE IF NOT EXISTS {self.staging} ({columns}) ON COMMIT DELETE ROWS"
         )
 
-    def merge_staging(self, tenant: str) -> Query:
-        """The staged rows upserted; returns the identities left needing an embedding."""
+    def merge_staging(self, tenant: str, every_row: bool = False) -> Query:
+        """The staged rows upserted; returns the identities left needing an embedding, or
+        with ``every_row`` each merged row's identity, moments and ``needs_embedding``."""
         values = {name: name for name in STAGING_COLUMNS}
         values["tenant"] = "$1"
         sql = f"""
             WITH merged AS ({self._insert(values, source=self.staging)})
-            SELECT scope, scope_id, key FROM merged WHERE needs_embedding
+            SELECT {"*" if every_row else "scope, scope_id, key"} FROM merged
+            {"" if every_row else "WHERE needs_embedding"}
         """
         return Query(sql, [tenant])
 

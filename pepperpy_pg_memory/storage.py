@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import functools
 import io
 import logging
 import os
@@ -30,6 +31,7 @@ from pydantic import ValidationError as PydanticValidationError
 from . import backup, maintenance
 from .bulk import write_batch
 from .cache import EmbeddingCache
+from .coalesce import Coalescer
 from .config import PostgresConfig
 from .database import Database, connect
 from .embedded import EmbeddedServer, acquire_embedded, release_embedded
@@ -37,6 +39,7 @@ from .embeddings import Embedder, as_embedder
 from .errors import (
     AmbiguousKeyError,
     DimensionMismatchError,
+    MemoryConnectionError,
     MemoryError,
     MemoryIndexError,
     MemoryNotFoundError,
@@ -56,7 +59,7 @@ from .items import (
     restriction,
 )
 from .metrics import Metrics, instrumented
-from .models import MemoryEntry, MemoryQuery, MemorySearchResult
+from .models import MemoryEntry, MemoryQuery, MemorySearchResult, trusted
 from .queries import ArrayPattern, ListOrder, Restriction, Statements
 from .results import MemorySearchResults
 from .schema import (
@@ -85,6 +88,12 @@ V = TypeVar("V")
 
 BULK_WRITE_ROWS = 1_000
 """A ``store_many`` of at least this many rows runs under ``config.maintenance_timeout``."""
+
+STORE_BATCH_ROWS = 256
+"""The most concurrent ``store()`` calls written together in one batch."""
+
+StoreCall = tuple[PendingWrite, Any]
+"""One ``store()`` call waiting for its batch: the prepared write and the caller's value."""
 
 ProgressCallback = Callable[[int, int], None]
 """Called as ``progress(done, total)`` while long work runs."""
@@ -163,6 +172,15 @@ class PostgresStorage(Generic[K, V]):
         self._value_type = value_type
         self._value_adapter: TypeAdapter[Any] | None | Literal[False] = False
         self._start_lock = asyncio.Lock()
+        # Concurrent store() calls are written in batches, on half the pool at most: a burst
+        # of thousands then costs a few COPYs instead of a queue for connections.
+        self._store_calls: Coalescer[StoreCall, MemoryEntry[V]] = Coalescer(
+            "store",
+            self._store_batch,
+            lanes=max(1, self.config.max_size // 2),
+            max_batch=STORE_BATCH_ROWS,
+            wait_timeout=self.config.pool_timeout,
+        )
 
     # --- lifecycle ---------------------------------------------------------------------------
     async def __aenter__(self) -> PostgresStorage[K, V]:
@@ -298,7 +316,9 @@ class PostgresStorage(Generic[K, V]):
             await conn.close()
 
     async def close(self) -> None:
-        """Close the pool, and stop the embedded server if this store started it. Idempotent."""
+        """Finish the writes under way, close the pool, and stop the embedded server if this
+        store started it. Idempotent."""
+        await self._store_calls.drain()
         async with self._start_lock:
             await self._close()
 
@@ -345,14 +365,15 @@ class PostgresStorage(Generic[K, V]):
 
     def _entry(self, row: asyncpg.Record, embedding: bool = False) -> MemoryEntry[V]:
         vector = row["embedding"] if embedding else None
-        return MemoryEntry.model_construct(
+        return trusted(
+            MemoryEntry,
             key=row["key"],
             value=self._decode_value(row["value"]),
             text=row["content"],
             type=MemoryType(row["memory_type"]),
             scope=MemoryScope(row["scope"]),
             scope_id=row["scope_id"],
-            indices=frozenset(MemoryIndex(index) for index in row["indices"]),
+            indices=_indices(tuple(row["indices"])),
             metadata=row["metadata"],
             created_at=row["created_at"],
             updated_at=row["updated_at"],
@@ -363,7 +384,8 @@ class PostgresStorage(Generic[K, V]):
     def _result(
         self, row: asyncpg.Record, index: MemoryIndex, embedding: bool = False
     ) -> MemorySearchResult[V]:
-        return MemorySearchResult.model_construct(
+        return trusted(
+            MemorySearchResult,
             entry=self._entry(row, embedding=embedding),
             score=float(row["score"]),
             index_type=index,
@@ -496,6 +518,52 @@ class PostgresStorage(Generic[K, V]):
             embedding=embedding,
             text=text,
         )
+        # Batches run on the caller's loop, which must be the pool's.
+        self.database.check_loop("store")
+        return await self._store_calls.submit((write, value))
+
+    async def _store_batch(
+        self, calls: builtins.list[StoreCall]
+    ) -> builtins.list[MemoryEntry[V] | BaseException]:
+        """The outcome of each of ``calls`` (concurrent ``store()`` calls), in order.
+
+        Calls are written in runs in which no memory appears twice (an upsert cannot change
+        one row twice), in call order: the result is what one-by-one calls would give.
+        """
+        outcomes: builtins.list[MemoryEntry[V] | BaseException] = []
+        run: dict[Identity, StoreCall] = {}
+        for call in calls:
+            if call[0].identity in run:
+                outcomes += await self._store_run(builtins.list(run.values()))
+                run = {}
+            run[call[0].identity] = call
+        return outcomes + await self._store_run(builtins.list(run.values()))
+
+    async def _store_run(
+        self, calls: builtins.list[StoreCall]
+    ) -> builtins.list[MemoryEntry[V] | BaseException]:
+        if len(calls) > 1:
+            writes = {write.identity: write for write, _ in calls}
+            try:
+                rows = await self._write_together(builtins.list(writes.values()))
+            except MemoryConnectionError:
+                raise  # the server or the pool failed: every call's outcome
+            except Exception as exc:
+                # Perhaps one write's data failed the batch: give each its own outcome.
+                logger.debug("store: a batch of %d failed (%r); one by one", len(calls), exc)
+            else:
+                return [self._stored(write, value, rows[write.identity]) for write, value in calls]
+        outcomes: builtins.list[MemoryEntry[V] | BaseException] = []
+        for write, value in calls:
+            try:
+                outcomes.append(await self._write_one(write, value))
+            except MemoryConnectionError:
+                raise
+            except Exception as exc:
+                outcomes.append(exc)
+        return outcomes
+
+    async def _write_one(self, write: PendingWrite, value: Any) -> MemoryEntry[V]:
         await self._plan_embeddings([write])
         row = await self.database.fetchrow(
             "store", self._statements.upsert_one(self._tenant, write.record())
@@ -503,7 +571,34 @@ class PostgresStorage(Generic[K, V]):
         assert row is not None
         if row["needs_embedding"]:
             await self._repair_embeddings([write.identity], {write.identity: write})
-        return MemoryEntry.model_construct(
+        return self._stored(write, value, row)
+
+    async def _write_together(
+        self, writes: builtins.list[PendingWrite]
+    ) -> dict[Identity, asyncpg.Record]:
+        """Upsert ``writes`` (distinct memories) in one transaction; each one's new row."""
+        await self._plan_embeddings(writes)
+        rows = await self.database.run(
+            "store",
+            partial(
+                write_batch,
+                self._statements,
+                self._tenant,
+                [write.record() for write in writes],
+                0,  # never rebuild the index for a burst: other calls are reading it
+                self.config.maintenance_work_mem,
+                self.config.command_timeout,
+                every_row=True,
+            ),
+        )
+        by_identity = {_identity(row): row for row in rows}
+        repair = [identity for identity, row in by_identity.items() if row["needs_embedding"]]
+        await self._repair_embeddings(repair, {write.identity: write for write in writes})
+        return by_identity
+
+    def _stored(self, write: PendingWrite, value: Any, row: asyncpg.Record) -> MemoryEntry[V]:
+        return trusted(
+            MemoryEntry,
             key=write.key,
             value=value,
             text=write.text,
@@ -569,7 +664,7 @@ class PostgresStorage(Generic[K, V]):
         batch = list(writes.values())
         await self._plan_embeddings(batch, progress)
         config = self.config
-        repair = await self.database.run(
+        rows = await self.database.run(
             "store_many",
             partial(
                 write_batch,
@@ -581,7 +676,7 @@ class PostgresStorage(Generic[K, V]):
                 self._timeout_for(len(batch)),
             ),
         )
-        await self._repair_embeddings(repair, writes)
+        await self._repair_embeddings([_identity(row) for row in rows], writes)
         if len(batch) >= config.bulk_index_rebuild_rows > 0:
             await self._after_bulk_load()
         return len(batch)
@@ -674,6 +769,32 @@ class PostgresStorage(Generic[K, V]):
         )
         _check_unambiguous([_identity(row) for row in rows])
         return {row["key"]: self._entry(row) for row in rows}
+
+    @instrumented("retrieve_many")
+    async def retrieve_by_owner(
+        self, names: Iterable[tuple[MemoryScope | str, str | None, K]]
+    ) -> dict[Identity, MemoryEntry[V]]:
+        """Live memories of several owners in one round trip: ``names`` are ``(scope,
+        scope_id, key)`` triples (``scope_id`` as in :meth:`store`); the result maps each
+        found memory's :class:`~pepperpy_pg_memory.types.Identity` to it (an identity's
+        ``scope_id`` is ``''`` for GLOBAL); missing ones are left out."""
+        owners: dict[tuple[Any, str | None], tuple[str, str]] = {}
+        identities = set()
+        for scope, scope_id, key in names:
+            checked = owners.get((scope, scope_id))
+            if checked is None:
+                owner_scope, owner_id = owner(scope, scope_id, self.config.default_scope_id)
+                assert owner_scope is not None and owner_id is not None
+                checked = owners[(scope, scope_id)] = (owner_scope.value, owner_id)
+            identities.add(Identity(*checked, validate_key(key, self.config.max_key_length)))
+        if not identities:
+            return {}
+        wanted = replace(self._restriction(), identities=frozenset(identities))
+        rows = await self.database.fetch(
+            "retrieve_many",
+            self._statements.retrieve_many(sorted({i.key for i in identities}), wanted),
+        )
+        return {_identity(row): self._entry(row) for row in rows}
 
     @instrumented("touch")
     async def touch(
@@ -1423,6 +1544,12 @@ def _position(entry: MemoryEntry[Any], order_by: ListOrder) -> tuple[Any, ...]:
     first = {"created_at": entry.created_at, "updated_at": entry.updated_at}.get(order_by)
     identity = (entry.key, scope, entry.scope_id)
     return identity if first is None else (first, *identity)
+
+
+@functools.lru_cache(maxsize=64)
+def _indices(names: tuple[str, ...]) -> frozenset[MemoryIndex]:
+    # A handful of distinct combinations exist: built once each, not per row.
+    return frozenset(MemoryIndex(name) for name in names)
 
 
 def _vector_list(vector: Any) -> builtins.list[float]:

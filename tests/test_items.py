@@ -5,6 +5,7 @@ nothing behind)."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 
@@ -73,3 +74,46 @@ def test_item_fields() -> None:
         item_fields({"key": "k"}, 1)
     with pytest.raises(MemoryValidationError, match="item 2: expected a mapping"):
         item_fields(["k", 1], 2)
+
+
+def test_trusted_builds_what_model_construct_builds() -> None:
+    from datetime import datetime, timezone
+
+    from pepperpy_pg_memory.models import MemoryEntry, MemorySearchResult, trusted
+    from pepperpy_pg_memory.types import MemoryIndex, MemoryScope, MemoryType
+
+    now = datetime.now(timezone.utc)
+    fields: dict[str, Any] = {
+        "key": "k",
+        "value": {"a": [1, 2]},
+        "text": "t",
+        "type": MemoryType.LONG_TERM,
+        "scope": MemoryScope.USER,
+        "scope_id": "ana",
+        "indices": frozenset({MemoryIndex.SEMANTIC}),
+        "metadata": {"m": 1},
+        "created_at": now,
+        "updated_at": now,
+        "expires_at": None,
+        "embedding": None,
+    }
+    fast = trusted(MemoryEntry, **fields)
+    slow = MemoryEntry.model_construct(**fields)
+    assert fast == slow
+    assert fast.model_dump() == slow.model_dump()
+    assert fast.model_fields_set == slow.model_fields_set
+    assert fast.model_copy(update={"key": "j"}).key == "j"
+    result = trusted(
+        MemorySearchResult,
+        entry=fast,
+        score=0.5,
+        index_type=MemoryIndex.SEMANTIC,
+        semantic_score=0.5,
+        contextual_score=None,
+    )
+    assert result.entry.key == "k" and result.model_dump()["score"] == 0.5
+    # Missing fields: model_construct's defaults apply.
+    partial_result = trusted(
+        MemorySearchResult, entry=fast, score=0.1, index_type=MemoryIndex.CONTEXTUAL
+    )
+    assert partial_result.semantic_score is None

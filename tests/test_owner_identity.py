@@ -21,6 +21,7 @@ from pepperpy_pg_memory import (
     PostgresStorage,
 )
 from pepperpy_pg_memory.schema import MAX_KEY_BYTES, MAX_SCOPE_ID_BYTES, MAX_TENANT_BYTES
+from pepperpy_pg_memory.types import Identity
 
 ANA = {"scope": MemoryScope.USER, "scope_id": "ana"}
 BRUNO = {"scope": MemoryScope.USER, "scope_id": "bruno"}
@@ -268,6 +269,35 @@ async def test_tenants_without_row_level_security_are_still_apart(
         await globex_store.store("plan", "globex again")
         assert await globex_store.clear() == 1
         assert await acme_store.count() == 1
+
+
+async def test_retrieve_by_owner_returns_exactly_the_named_memories(make_config: Any) -> None:
+    shared = make_config()
+    other_tenant = shared.model_copy(update={"tenant": "globex"})
+    async with (
+        PostgresStorage[str, Any](shared, HashingEmbedder(16)) as storage,
+        PostgresStorage[str, Any](other_tenant, HashingEmbedder(16)) as globex,
+    ):
+        await storage.store("plan", "ana's plan", **ANA)
+        await storage.store("plan", "bruno's plan", **BRUNO)
+        await storage.store("plan", "everyone's plan")
+        await storage.store("gone", "expired", **ANA, ttl=timedelta(microseconds=1))
+        await globex.store("plan", "globex's plan", **ANA)
+        found = await storage.retrieve_by_owner(
+            [
+                ("user", "ana", "plan"),
+                (MemoryScope.GLOBAL, None, "plan"),
+                ("user", "ana", "gone"),
+                ("user", "carla", "plan"),
+            ]
+        )
+        assert {identity: entry.value for identity, entry in found.items()} == {
+            Identity("user", "ana", "plan"): "ana's plan",
+            Identity("global", "", "plan"): "everyone's plan",
+        }
+        assert await storage.retrieve_by_owner([]) == {}
+        with pytest.raises(MemoryValidationError):
+            await storage.retrieve_by_owner([("user", "", "plan")])
 
 
 async def test_reindex_and_scan_walk_every_owner_of_a_key(

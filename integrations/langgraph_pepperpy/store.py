@@ -19,8 +19,11 @@ How LangGraph's namespaces map onto memories:
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import re
 import typing
+import weakref
 from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any, Literal
@@ -41,6 +44,7 @@ from langgraph.store.base import (
 
 from pepperpy_pg_memory import (
     ArrayPattern,
+    MemoryConnectionError,
     MemoryEntry,
     MemoryIndex,
     MemoryQuery,
@@ -49,12 +53,16 @@ from pepperpy_pg_memory import (
     PostgresConfig,
     PostgresStorage,
 )
+from pepperpy_pg_memory.coalesce import BatchFunction, Coalescer
 from pepperpy_pg_memory.runner import BackgroundStorage
 from pepperpy_pg_memory.schema import MAX_KEY_BYTES
+from pepperpy_pg_memory.types import Identity
 from pepperpy_pg_memory.values import default_text_of
 
 __all__ = ["PepperpyStore", "namespace_scope"]
 
+CALLS_PER_BATCH = 256
+"""The most concurrent batch()/abatch() calls run together."""
 PREFIX = "lg:"
 NAMESPACE_FIELD = "lg_namespace"
 TTL_FIELD = "lg_ttl_minutes"
@@ -100,6 +108,7 @@ def memory_key(namespace: tuple[str, ...], key: str) -> str:
 # A longer legacy key cannot be named by this release (its encoded keys are ASCII, one byte
 # a character); 0.1 refused keys over 512 characters unless configured otherwise.
 _LEGACY_MAX_KEY = MAX_KEY_BYTES
+_UNESCAPED = re.compile(r"[A-Za-z0-9_.~-]*")
 
 
 def legacy_memory_key(namespace: tuple[str, ...], key: str) -> str | None:
@@ -107,6 +116,8 @@ def legacy_memory_key(namespace: tuple[str, ...], key: str) -> str | None:
     label or the key has characters other than ASCII letters, digits and ``_.-~``) and could
     have been stored. Such items are still found under it, and move to the current key when
     next written."""
+    if _UNESCAPED.fullmatch(key) and all(_UNESCAPED.fullmatch(label) for label in namespace):
+        return None  # neither encoding changes these characters: the keys are the same
     legacy = f"{_namespace_path(namespace, _legacy_escape)}#{_legacy_escape(key)}"
     if legacy == memory_key(namespace, key) or len(legacy) > _LEGACY_MAX_KEY:
         return None
@@ -167,6 +178,10 @@ class PepperpyStore(BaseStore):
             storage if isinstance(storage, BackgroundStorage) else BackgroundStorage.share(storage)
         )
         self.ttl_config = ttl
+        self._calls = self._coalescer(self._run_calls)
+        self._calls_from: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, Coalescer[list[Op], list[Result]]
+        ] = weakref.WeakKeyDictionary()
 
     @classmethod
     def create(
@@ -185,39 +200,106 @@ class PepperpyStore(BaseStore):
         return self._handle.storage
 
     def close(self) -> None:
+        if self._handle.loop.is_running():
+            self._handle.call(lambda s: self._calls.drain())
         self._handle.close()
 
     async def aclose(self) -> None:
+        calls = self._calls_from.get(asyncio.get_running_loop())
+        if calls is not None:
+            await calls.drain()
+        await self._handle.acall(lambda s: self._calls.drain())
         await self._handle.aclose()
 
     # --- batching ---------------------------------------------------------------------------
+    # Concurrent batch()/abatch() calls (an agent host serving many threads, or LangGraph's
+    # own put/get, each a batch of one) are run together: their operations, in call order,
+    # as one batch. Their puts become one store_many, their gets one retrieve_many per owner.
     def batch(self, ops: Iterable[Op]) -> list[Result]:
         operations = list(ops)
-        return self._handle.call(lambda s: self._execute(s, operations))
+        return self._handle.call(lambda s: self._calls.submit(operations))
 
     async def abatch(self, ops: Iterable[Op]) -> list[Result]:
         operations = list(ops)
-        return await self._handle.acall(lambda s: self._execute(s, operations))
+        loop = asyncio.get_running_loop()
+        if loop is self._handle.loop:
+            return await self._calls.submit(operations)
+        # Gathered on the caller's loop too, so that a burst crosses to the store's thread in
+        # a few hops instead of one per call.
+        calls = self._calls_from.get(loop)
+        if calls is None:
+            calls = self._calls_from[loop] = self._coalescer(self._hop)
+        return await calls.submit(operations)
+
+    async def _hop(self, calls: list[list[Op]]) -> list[list[Result] | BaseException]:
+        return await self._handle.acall(lambda s: self._run_calls(calls))
+
+    def _coalescer(
+        self, run: BatchFunction[list[Op], list[Result]]
+    ) -> Coalescer[list[Op], list[Result]]:
+        config = self._handle.storage.config
+        return Coalescer(
+            "LangGraph store batch",
+            run,
+            lanes=max(1, config.max_size // 2),
+            max_batch=CALLS_PER_BATCH,
+            wait_timeout=config.pool_timeout,
+        )
+
+    async def _run_calls(self, calls: list[list[Op]]) -> list[list[Result] | BaseException]:
+        storage = self.storage
+        if len(calls) > 1:
+            try:
+                results = await self._execute(storage, [op for ops in calls for op in ops])
+            except MemoryConnectionError:
+                raise  # the server or the pool failed: every call's outcome
+            except Exception:  # perhaps one call's operation: give each its own outcome
+                pass
+            else:
+                out: list[list[Result] | BaseException] = []
+                for ops in calls:
+                    out.append(results[: len(ops)])
+                    results = results[len(ops) :]
+                return out
+        outcomes: list[list[Result] | BaseException] = []
+        for ops in calls:
+            try:
+                outcomes.append(await self._execute(storage, ops))
+            except MemoryConnectionError:
+                raise
+            except Exception as exc:
+                outcomes.append(exc)
+        return outcomes
 
     async def _execute(self, storage: PostgresStorage[Any, Any], ops: list[Op]) -> list[Result]:
         results: list[Result] = [None] * len(ops)
-        pending_puts: dict[str, PutOp] = {}
+        puts: dict[str, PutOp] = {}
+        gets: list[tuple[int, GetOp]] = []
 
         async def flush() -> None:
-            if pending_puts:
-                await self._put(storage, list(pending_puts.values()))
-                pending_puts.clear()
+            if puts:
+                await self._put(storage, list(puts.values()))
+                puts.clear()
+            if gets:
+                for (position, _), item in zip(gets, await self._get(storage, gets), strict=True):
+                    results[position] = item
+                gets.clear()
 
-        # Consecutive puts go to the database as one batch; any other op first flushes them,
-        # so every op sees the writes that came before it.
+        # Consecutive puts go to the database as one batch, and so do consecutive gets; any
+        # other kind of op first flushes them, so every op sees the writes before it.
         for position, op in enumerate(ops):
             if isinstance(op, PutOp):
-                pending_puts[memory_key(op.namespace, op.key)] = op
+                if gets:
+                    await flush()
+                puts[memory_key(op.namespace, op.key)] = op
+                continue
+            if isinstance(op, GetOp):
+                if puts:
+                    await flush()
+                gets.append((position, op))
                 continue
             await flush()
-            if isinstance(op, GetOp):
-                results[position] = await self._get(storage, op)
-            elif isinstance(op, SearchOp):
+            if isinstance(op, SearchOp):
                 results[position] = await self._search(storage, op)
             elif isinstance(op, ListNamespacesOp):
                 results[position] = await self._list_namespaces(storage, op)
@@ -292,16 +374,26 @@ class PepperpyStore(BaseStore):
             updated_at=entry.updated_at,
         )
 
-    async def _get(self, storage: PostgresStorage[Any, Any], op: GetOp) -> Item | None:
-        scope, scope_id = namespace_scope(op.namespace)
-        keys = _keys(op.namespace, op.key)
-        found = await storage.retrieve_many(keys, scope=scope, scope_id=scope_id)
-        entry = next((found[key] for key in keys if key in found), None)
-        if entry is None:
-            return None
-        if op.refresh_ttl:
-            await self._refresh(storage, [entry])
-        return self._item(entry)
+    async def _get(
+        self, storage: PostgresStorage[Any, Any], gets: list[tuple[int, GetOp]]
+    ) -> list[Item | None]:
+        """The items ``gets`` name, in order, in one round trip."""
+        wanted = []  # per get: the identities it may be stored under, the current one first
+        for _, op in gets:
+            scope, scope_id = namespace_scope(op.namespace)
+            owner = (scope.value, scope_id or "")
+            wanted.append([Identity(*owner, key) for key in _keys(op.namespace, op.key)])
+        found = await storage.retrieve_by_owner(i for identities in wanted for i in identities)
+        items: list[Item | None] = []
+        refresh: list[MemoryEntry[Any]] = []
+        for (_, op), identities in zip(gets, wanted, strict=True):
+            entry = next((found[i] for i in identities if i in found), None)
+            if entry is not None and op.refresh_ttl:
+                refresh.append(entry)
+            items.append(None if entry is None else self._item(entry))
+        if refresh:
+            await self._refresh(storage, list({id(e): e for e in refresh}.values()))
+        return items
 
     async def _search(self, storage: PostgresStorage[Any, Any], op: SearchOp) -> list[SearchItem]:
         prefix = _prefixes(op.namespace_prefix)
