@@ -4,6 +4,7 @@ A filter is a mapping from metadata keys to conditions, in the style of MongoDB:
 
     {"topic": "billing"}                          # equality
     {"priority": {"$gte": 2, "$lt": 5}}           # numeric range (numbers compared as numbers)
+    {"due": {"$lt": "2026-12-01"}}                # text range (by code point: ISO dates sort)
     {"lang": {"$in": ["en", "pt"]}}               # membership ($nin: the opposite)
     {"tags": {"$contains": "urgent"}}             # a list that holds a value
     {"reviewed": {"$exists": False}}              # key absent
@@ -129,11 +130,21 @@ class _Compiler:
                 raise MemoryValidationError(f"$exists for {key!r} takes true or false")
             test = f"({column} #> {self.params.add(path)}::text[]) IS NOT NULL"
             return f"({test})" if operand else f"(NOT {test})"
-        # Range: compare as numbers, and only against values that are numbers, so that
-        # "9" never sorts above "10" and a string never satisfies a numeric bound.
+        # Range: a number bound compares numbers as numbers, and only values that are numbers,
+        # so that "9" never sorts above "10" and a string never satisfies a numeric bound. A
+        # string bound compares strings by code point (ISO dates sort as dates), the same on
+        # every server whatever its collation.
+        if isinstance(operand, str):
+            text = _json_value(key, operator, operand)
+            extracted = f"({column} #> {self.params.add(path)}::text[])"
+            return (
+                f"(jsonb_typeof({extracted}) = 'string' AND "
+                f"({extracted} #>> '{{}}') COLLATE \"C\" {_RANGE_OPERATORS[operator]} "
+                f"{self.params.add(text)}::text)"
+            )
         if isinstance(operand, bool) or not isinstance(operand, (int, float)):
             raise MemoryValidationError(
-                f"{operator} for {key!r} takes a number, got {type(operand).__name__}"
+                f"{operator} for {key!r} takes a number or a string, got {type(operand).__name__}"
             )
         if not math.isfinite(operand):
             raise MemoryValidationError(f"{operator} for {key!r} takes a finite number")
