@@ -212,24 +212,30 @@ class PepperpyVectorStore(VectorStore):
 
     def add_embeddings(
         self,
-        texts: Iterable[str],
-        embeddings: list[list[float]],
+        texts: Iterable[str] | None = None,
+        embeddings: list[list[float]] | None = None,
         metadatas: list[dict[str, Any]] | None = None,
         ids: list[str] | None = None,
     ) -> list[str]:
-        """Add texts with vectors computed elsewhere (nothing is embedded)."""
-        items, keys = self._items(texts, metadatas, ids, embeddings)
+        """Add texts with vectors computed elsewhere (nothing is embedded).
+
+        ``texts`` may be left out (mem0's LangChain provider does): each vector is then
+        stored with an empty text, found by meaning and by its metadata but not by words.
+        """
+        texts, vectors = _texts_for(texts, embeddings)
+        items, keys = self._items(texts, metadatas, ids, vectors)
         self._handle.call(lambda s: s.store_many(items))
         return keys
 
     async def aadd_embeddings(
         self,
-        texts: Iterable[str],
-        embeddings: list[list[float]],
+        texts: Iterable[str] | None = None,
+        embeddings: list[list[float]] | None = None,
         metadatas: list[dict[str, Any]] | None = None,
         ids: list[str] | None = None,
     ) -> list[str]:
-        items, keys = self._items(texts, metadatas, ids, embeddings)
+        texts, vectors = _texts_for(texts, embeddings)
+        items, keys = self._items(texts, metadatas, ids, vectors)
         await self._handle.acall(lambda s: s.store_many(items))
         return keys
 
@@ -468,6 +474,15 @@ class PepperpyVectorStore(VectorStore):
         "similarity_score_threshold" or "hybrid"."""
         tags = kwargs.pop("tags", None) or [*self._get_retriever_tags()]
         return PepperpyVectorStoreRetriever(vectorstore=self, tags=tags, **kwargs)
+
+
+def _texts_for(
+    texts: Iterable[str] | None, embeddings: list[list[float]] | None
+) -> tuple[list[str], list[list[float]]]:
+    if embeddings is None:
+        raise TypeError("add_embeddings needs embeddings (use add_texts to have them computed)")
+    listed = [""] * len(embeddings) if texts is None else list(texts)
+    return listed, embeddings
 
 
 class PepperpyVectorStoreRetriever(VectorStoreRetriever):
