@@ -3,8 +3,9 @@
 The first line is a header (``{"format": "pepperpy-memory-export", "version": 1, ...}``); each
 following line is one memory with its key, value, indexed text, type, owner (tenant, scope,
 scope_id), metadata, indices, ``created_at``, ``updated_at`` and ``expires_at`` (null: never),
-and, when exported with embeddings, its vector. Files written by release 0.1 (no header; key,
-value, type, scope, scope_id, metadata, expires_at) are read too.
+and, when exported with embeddings, its vector; since version 2, ``passages`` (the texts of
+a memory that has any; they are embedded again on import). Files written by release 0.1 (no
+header; key, value, type, scope, scope_id, metadata, expires_at) are read too.
 
 Pure functions: turning entries into lines and lines into checked fields. Running the export
 and import is :meth:`PostgresStorage.export_jsonl` / :meth:`PostgresStorage.import_jsonl`.
@@ -31,8 +32,9 @@ __all__ = [
 ]
 
 FORMAT = "pepperpy-memory-export"
-VERSION = 1
-"""Raised when a field is added; readers accept every version up to theirs."""
+VERSION = 2
+"""Raised when a field is added; readers accept every version up to theirs. 2 added
+``passages``."""
 
 _FIELDS_V1 = frozenset(
     {
@@ -49,6 +51,7 @@ _FIELDS_V1 = frozenset(
         "updated_at",
         "expires_at",
         "embedding",
+        "passages",
     }
 )
 
@@ -66,7 +69,9 @@ def header(dimension: int, embeddings: bool) -> str:
     )
 
 
-def line_of(entry: MemoryEntry[Any], tenant: str, value: Any) -> str:
+def line_of(
+    entry: MemoryEntry[Any], tenant: str, value: Any, passages: list[str] | None = None
+) -> str:
     """One memory as a line (``value`` as JSON data; ``entry.embedding`` included if set)."""
     record: dict[str, Any] = {
         "key": entry.key,
@@ -84,6 +89,8 @@ def line_of(entry: MemoryEntry[Any], tenant: str, value: Any) -> str:
     }
     if entry.embedding is not None:
         record["embedding"] = entry.embedding
+    if passages:
+        record["passages"] = passages
     return json.dumps(record, ensure_ascii=False)
 
 
@@ -165,7 +172,7 @@ def parse_line(line: str, with_embeddings: bool) -> Restored:
         "ttl": "never" if expires_at is None else None,
         "expires_at": expires_at,
     }
-    for name in ("type", "scope", "scope_id", "metadata", "indices", "text"):
+    for name in ("type", "scope", "scope_id", "metadata", "indices", "text", "passages"):
         if data.get(name) is not None:
             fields[name] = data[name]
     if fields.get("scope_id") == "" and fields.get("scope", "global") == "global":

@@ -8,9 +8,9 @@ from typing import Any
 
 import asyncpg
 
-from .queries import STAGING_COLUMNS, Statements
+from .queries import PASSAGE_COLUMNS, STAGING_COLUMNS, Statements
 
-__all__ = ["write_batch"]
+__all__ = ["write_batch", "write_one", "copy_passages"]
 
 
 async def write_batch(
@@ -23,10 +23,12 @@ async def write_batch(
     conn: asyncpg.Connection,
     *,
     every_row: bool = False,
+    passages: Sequence[tuple[Any, ...]] = (),
 ) -> list[asyncpg.Record]:
     """Upsert ``records`` (in :data:`STAGING_COLUMNS` order); returns the rows the merge left
     without a vector (their text changed concurrently), or with ``every_row`` every merged
-    row (its identity, moments and ``needs_embedding``).
+    row (its identity, moments and ``needs_embedding``). The memories' passages are replaced
+    by ``passages`` (rows in :data:`PASSAGE_COLUMNS` order) in the same transaction.
 
     Inserting row by row into an HNSW graph is the slowest part of a write (about 1.5 ms a row
     at 384 dimensions); building the graph once over all rows is several times faster. So a
@@ -50,8 +52,49 @@ async def write_batch(
             columns=list(STAGING_COLUMNS),
             timeout=timeout,
         )
+        gone = statements.delete_staged_passages(tenant)
+        await conn.execute(gone.sql, *gone.args, timeout=timeout)
         rows = await conn.fetch(merge.sql, *merge.args, timeout=timeout)
+        await copy_passages(statements, passages, timeout, conn)
         if rebuild:
             for query in layout.build_vector_index(maintenance_work_mem):
                 await conn.execute(query.sql, *query.args, timeout=timeout)
     return rows
+
+
+async def copy_passages(
+    statements: Statements,
+    passages: Sequence[tuple[Any, ...]],
+    timeout: float | None,
+    conn: asyncpg.Connection,
+) -> None:
+    """Add passage rows (in :data:`PASSAGE_COLUMNS` order) of memories written just before."""
+    if passages:
+        layout = statements.layout
+        await conn.copy_records_to_table(
+            layout.passages_name,
+            schema_name=layout.schema,
+            records=passages,
+            columns=list(PASSAGE_COLUMNS),
+            timeout=timeout,
+        )
+
+
+async def write_one(
+    statements: Statements,
+    tenant: str,
+    record: Sequence[Any],
+    passages: Sequence[tuple[Any, ...]],
+    timeout: float | None,
+    conn: asyncpg.Connection,
+) -> asyncpg.Record:
+    """Upsert one memory and replace its passages, in one transaction when it has any."""
+    upsert = statements.upsert_one(tenant, record)
+    if not passages:  # one statement: its passages (if it had any) go with it
+        row = await conn.fetchrow(upsert.sql, *upsert.args, timeout=timeout)
+    else:
+        async with conn.transaction():
+            row = await conn.fetchrow(upsert.sql, *upsert.args, timeout=timeout)
+            await copy_passages(statements, passages, timeout, conn)
+    assert row is not None
+    return row

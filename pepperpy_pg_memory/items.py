@@ -9,7 +9,7 @@ statement runs.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal, TypedDict, TypeVar
@@ -60,6 +60,8 @@ class MemoryItem(_RequiredItem, total=False):
     embedding: Any
     text: str | None
     """The text to index, instead of what ``text_of(value)`` gives."""
+    passages: Sequence[str] | None
+    """Texts embedded one by one beside the memory's own (see ``store``)."""
 
 
 ITEM_FIELDS = frozenset(MemoryItem.__annotations__)
@@ -82,6 +84,9 @@ class PendingWrite:
     embedding: Vector | None
     ttl: timedelta | None
     expires_at: datetime | None
+    passages: tuple[str, ...] = ()
+    passage_vectors: Vector | None = None
+    """Filled by the embedding step, one row per passage."""
 
     @property
     def identity(self) -> Identity:
@@ -264,6 +269,7 @@ def prepare_write(
     expires_at: datetime | None,
     embedding: Any = None,
     text: str | None = None,
+    passages: Sequence[str] | None = None,
 ) -> PendingWrite:
     """One write, checked: every rule a memory must meet before anything is sent.
 
@@ -319,4 +325,33 @@ def prepare_write(
         embedding=vector,
         ttl=ttl_delta,
         expires_at=expiry,
+        passages=_checked_passages(key, passages, indices_to_write),
     )
+
+
+MAX_PASSAGES = 64
+"""The most passages one memory may carry."""
+
+
+def _checked_passages(
+    key: str, passages: Sequence[str] | None, indices: frozenset[MemoryIndex]
+) -> tuple[str, ...]:
+    if passages is None:
+        return ()
+    if isinstance(passages, str) or not isinstance(passages, Sequence):
+        raise MemoryValidationError(f"{key!r}: passages must be a list of strings")
+    if passages and MemoryIndex.SEMANTIC not in indices:
+        raise MemoryValidationError(
+            f"{key!r}: passages are embedded, but SEMANTIC is not among its indices"
+        )
+    if len(passages) > MAX_PASSAGES:
+        raise MemoryValidationError(
+            f"{key!r} has {len(passages)} passages; the limit is {MAX_PASSAGES}"
+        )
+    for passage in passages:
+        if not isinstance(passage, str):
+            raise MemoryValidationError(
+                f"{key!r}: a passage must be a str, not {passage.__class__.__name__}"
+            )
+        to_json_value(passage, "passage")  # NUL and surrogate check
+    return tuple(passages)

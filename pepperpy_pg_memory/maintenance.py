@@ -81,8 +81,10 @@ async def convert_dimension(
     await in_one_transaction(
         [
             old.drop_vector_index(),
-            new.retype_embedding_column(),
+            old.drop_passages_index(),
+            *new.retype_embedding_column(),
             Query(new.hnsw_index_statement()),
+            Query(new.passages_hnsw_statement()),
             Statements(new).record_dimension(),
         ],
         timeout,

@@ -63,6 +63,8 @@ WRITE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("expires_at", "timestamptz"),
 )
 STAGING_COLUMNS = tuple(name for name, _ in WRITE_COLUMNS)
+PASSAGE_COLUMNS = ("tenant", "scope", "scope_id", "key", "position", "content", "embedding")
+"""A passage row, in the order of the COPY that writes them."""
 # Written columns that are not the staged value itself: the expiry is the moment given, or now
 # plus the time-to-live; the tenant is the store's.
 _TABLE_VALUES = {"expires_at": "COALESCE({expires_at}, now() + {ttl})", "tenant": "{tenant}"}
@@ -177,6 +179,7 @@ class Statements:
         self.vector = layout.vector_column_type
         self.staging = quote_ident(f"pepperpy_staging_{layout.table}_{int(layout.dimension)}")
         self.staging_name = self.staging.strip('"')
+        self.passages = layout.qualified_passages
 
     # --- writes --------------------------------------------------------------------------
     def _upsert_tail(self, restoring: bool = False) -> str:
@@ -239,13 +242,65 @@ class Statements:
         return f"INSERT INTO {self.table} AS m ({', '.join(columns)}) {body} {tail}"
 
     def upsert_one(self, tenant: str, record: Sequence[Any]) -> Query:
-        """One write, ``record`` in :data:`STAGING_COLUMNS` order."""
+        """One write, ``record`` in :data:`STAGING_COLUMNS` order. The memory's passages
+        go in the same statement: a write replaces them (the caller adds the new ones)."""
         values = {
             name: f"${position}::{self._staged_type(type_name)}"
             for position, (name, type_name) in enumerate(WRITE_COLUMNS, start=1)
         }
         values["tenant"] = f"${len(WRITE_COLUMNS) + 1}"
-        return Query(self._insert(values, source=""), [*record, tenant])
+        owner = " AND ".join(
+            f"p.{column} = {values[column]}" for column in ("tenant", "scope", "scope_id", "key")
+        )
+        sql = f"""
+            WITH old_passages AS (DELETE FROM {self.passages} p WHERE {owner})
+            {self._insert(values, source="")}
+        """
+        return Query(sql, [*record, tenant])
+
+    def delete_staged_passages(self, tenant: str) -> Query:
+        """The passages of every staged memory (a batch write replaces them)."""
+        return Query(
+            f"DELETE FROM {self.passages} p USING {self.staging} s WHERE p.tenant = $1 "
+            "AND p.scope = s.scope AND p.scope_id = s.scope_id AND p.key = s.key",
+            [tenant],
+        )
+
+    def delete_passages(self, tenant: str, identities: Sequence[Identity]) -> Query:
+        params = Params([tenant])
+        return Query(
+            f"DELETE FROM {self.passages} m "
+            f"WHERE m.tenant = $1 AND {_in_identities(params, identities)}",
+            params.values,
+        )
+
+    def passages_of(self, tenant: str, identities: Sequence[Identity]) -> Query:
+        """The passage texts of ``identities``, in position order."""
+        params = Params([tenant])
+        return Query(
+            f"SELECT m.scope, m.scope_id, m.key, array_agg(m.content ORDER BY m.position) "
+            f"AS passages FROM {self.passages} m "
+            f"WHERE m.tenant = $1 AND {_in_identities(params, identities)} "
+            "GROUP BY m.scope, m.scope_id, m.key",
+            params.values,
+        )
+
+    def passages_batch(self, tenant: str, after: tuple[Any, ...], batch: int) -> Query:
+        """The next passages in identity and position order after ``after`` (keyset)."""
+        return Query(
+            f"SELECT scope, scope_id, key, position, content FROM {self.passages} "
+            "WHERE tenant = $1 AND (scope, scope_id, key, position) > ($2, $3, $4, $5) "
+            "ORDER BY scope, scope_id, key, position LIMIT $6",
+            [tenant, *after, batch],
+        )
+
+    def set_passage_embeddings(self) -> Query:
+        """A template for ``executemany``; per row: tenant, scope, scope_id, key, position,
+        vector."""
+        return Query(
+            f"UPDATE {self.passages} SET embedding = $6::{self.vector} WHERE tenant = $1 "
+            "AND scope = $2 AND scope_id = $3 AND key = $4 AND position = $5"
+        )
 
     def restore_one(self) -> Query:
         """A template for ``executemany``: one write as :meth:`upsert_one` takes it, then the

@@ -85,6 +85,22 @@ class TableLayout:
     def registry(self) -> str:
         return qualified(self.schema, REGISTRY)
 
+    @property
+    def passages_name(self) -> str:
+        """The side table of passage vectors (see :func:`_v5_passages`), unquoted."""
+        return f"{self.table}_passages"
+
+    @property
+    def qualified_passages(self) -> str:
+        return qualified(self.schema, self.passages_name)
+
+    def passages_hnsw_statement(self) -> str:
+        return (
+            f"CREATE INDEX IF NOT EXISTS {quote_ident(self.passages_name + '_embedding_idx')} "
+            f"ON {self.qualified_passages} USING hnsw (embedding {self.cosine_ops}) "
+            f"WITH (m = {int(self.hnsw_m)}, ef_construction = {int(self.hnsw_ef_construction)})"
+        )
+
     def index_name(self, suffix: str) -> str:
         return quote_ident(f"{self.table}_{suffix}")
 
@@ -116,6 +132,10 @@ class TableLayout:
     def drop_vector_index(self) -> Query:
         return Query(f"DROP INDEX IF EXISTS {self.qualified_index('embedding_idx')}")
 
+    def drop_passages_index(self) -> Query:
+        name = qualified(self.schema, self.passages_name + "_embedding_idx")
+        return Query(f"DROP INDEX IF EXISTS {name}")
+
     def build_vector_index(self, maintenance_work_mem: str) -> list[Query]:
         """Build the HNSW index in one pass, with more memory for this transaction only
         (run inside a transaction)."""
@@ -132,12 +152,16 @@ class TableLayout:
             for suffix in GIN_INDEXES
         ] + [Query(f"ANALYZE {self.qualified_table}")]
 
-    def retype_embedding_column(self) -> Query:
-        """Give the embedding column this layout's type, dropping every stored vector."""
-        return Query(
-            f"ALTER TABLE {self.qualified_table} ALTER COLUMN embedding "
-            f"TYPE {self.vector_column_type} USING NULL"
-        )
+    def retype_embedding_column(self) -> list[Query]:
+        """Give the embedding columns (memories' and passages') this layout's type, dropping
+        every stored vector."""
+        return [
+            Query(
+                f"ALTER TABLE {table} ALTER COLUMN embedding "
+                f"TYPE {self.vector_column_type} USING NULL"
+            )
+            for table in (self.qualified_table, self.qualified_passages)
+        ]
 
     def set_tsvector_expression(self) -> Query:
         """Recompute the generated tsvector column with this layout's text search config."""
@@ -231,12 +255,19 @@ def row_level_security_statements(layout: TableLayout) -> list[str]:
     (superusers and roles with BYPASSRLS are exempt, as always in PostgreSQL)."""
     policy = layout.index_name("tenant_isolation")
     tenant = f"current_setting('{TENANT_SETTING}', true)"
+    tables = [layout.qualified_table]
+    if layout.version >= _PASSAGES_VERSION:
+        tables.append(layout.qualified_passages)
     return [
-        f"ALTER TABLE {layout.qualified_table} ENABLE ROW LEVEL SECURITY",
-        f"ALTER TABLE {layout.qualified_table} FORCE ROW LEVEL SECURITY",
-        f"DROP POLICY IF EXISTS {policy} ON {layout.qualified_table}",
-        f"CREATE POLICY {policy} ON {layout.qualified_table} "
-        f"USING (tenant = {tenant}) WITH CHECK (tenant = {tenant})",
+        statement
+        for table in tables
+        for statement in (
+            f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY",
+            f"ALTER TABLE {table} FORCE ROW LEVEL SECURITY",
+            f"DROP POLICY IF EXISTS {policy} ON {table}",
+            f"CREATE POLICY {policy} ON {table} "
+            f"USING (tenant = {tenant}) WITH CHECK (tenant = {tenant})",
+        )
     ]
 
 
@@ -303,6 +334,36 @@ def _v4_owner_identity(layout: TableLayout) -> list[str]:
     ]
 
 
+_PASSAGES_VERSION = 5
+
+
+def _v5_passages(layout: TableLayout) -> list[str]:
+    # A memory may carry passages: texts embedded one by one (LangGraph embeds each indexed
+    # field of an item apart), and a semantic search scores the memory by the best of its own
+    # vector and theirs. They live beside the memory, keyed by its identity and a position;
+    # the foreign key deletes them with it (by delete, sweep or clear) and no write can hang
+    # a passage on a memory that does not exist. A new, empty table: instant on any database.
+    passages = layout.qualified_passages
+    owner = ", ".join(IDENTITY_COLUMNS)
+    return [
+        f"""
+        CREATE TABLE IF NOT EXISTS {passages} (
+            tenant     text NOT NULL,
+            scope      text NOT NULL,
+            scope_id   text NOT NULL,
+            key        text NOT NULL,
+            position   integer NOT NULL CHECK (position >= 0),
+            content    text NOT NULL,
+            embedding  {layout.vector_column_type},
+            PRIMARY KEY ({owner}, position),
+            FOREIGN KEY ({owner}) REFERENCES {layout.qualified_table} ({owner})
+                ON DELETE CASCADE
+        )
+        """,
+        layout.passages_hnsw_statement(),
+    ]
+
+
 Migration = Callable[[TableLayout], list[str]]
 
 MIGRATIONS: list[Migration] = [
@@ -310,6 +371,7 @@ MIGRATIONS: list[Migration] = [
     _v2_small_gin_pending_lists,
     _v3_tenant_column,
     _v4_owner_identity,
+    _v5_passages,
 ]
 """Append-only. Position i (0-based) is schema version i + 1."""
 
@@ -450,9 +512,8 @@ async def migrate(
             # Restores the vector index if an interrupted bulk reindex left the table without
             # it (a no-op otherwise).
             await conn.execute(layout.hnsw_index_statement())
-        if row_level_security:
-            for statement in row_level_security_statements(layout):
-                await conn.execute(statement)
+        if layout.version >= _PASSAGES_VERSION:
+            await conn.execute(layout.passages_hnsw_statement())
         if layout.version < SCHEMA_VERSION:
             await conn.execute(
                 f"UPDATE {wanted.registry} SET schema_version = $2, updated_at = now() "
@@ -461,4 +522,7 @@ async def migrate(
                 SCHEMA_VERSION,
             )
             layout = replace(layout, version=SCHEMA_VERSION)
+        if row_level_security:
+            for statement in row_level_security_statements(layout):
+                await conn.execute(statement)
         return layout

@@ -67,7 +67,25 @@ class SearchStatements:
     def __init__(self, layout: TableLayout) -> None:
         self.layout = layout
         self.table = layout.qualified_table
+        self.passages = layout.qualified_passages
         self.vector = layout.vector_column_type
+
+    def _passage_hits(self, params: Params, vector: str, where: str, tenant: str, want: str) -> str:
+        """A CTE body: per memory within the restriction, its passages' best distance to
+        ``vector``, over the ``want`` nearest passages (the passages' own HNSW index)."""
+        tenant_param = params.add(tenant)
+        # The EXISTS is evaluated once (an InitPlan): a table without passages costs nothing.
+        return f"""
+            SELECT scope, scope_id, key, min(distance) AS distance FROM (
+                SELECT p.scope, p.scope_id, p.key, p.embedding <=> {vector} AS distance
+                FROM {self.passages} p
+                JOIN {self.table} m USING ({_OWNER_KEY})
+                WHERE p.tenant = {tenant_param} AND p.embedding IS NOT NULL AND {where}
+                  AND EXISTS (SELECT 1 FROM {self.passages} WHERE tenant = {tenant_param})
+                ORDER BY p.embedding <=> {vector}
+                LIMIT {want}
+            ) nearest GROUP BY scope, scope_id, key
+        """
 
     # --- search ----------------------------------------------------------------------------
     def semantic_search(
@@ -86,15 +104,34 @@ class SearchStatements:
         # The inner query is the shape pgvector's HNSW index serves (ORDER BY distance LIMIT);
         # with iterative scans on, it keeps scanning until the filters let `limit` rows through.
         # MATERIALIZED and the outer ORDER BY restore exact order after relaxed_order scans.
+        want = params.add(limit + offset)
+        # A memory with passages counts by its best vector: its own or a passage's. Memories
+        # found only through a passage are fetched by identity.
         sql = f"""
             WITH hits AS MATERIALIZED (
-                SELECT {_SELECT_ENTRY}{extra}, m.embedding <=> {vector} AS distance
+                SELECT {_SELECT_ENTRY}{extra}, m.embedding <=> {vector} AS own_distance
                 FROM {self.table} m
                 WHERE m.embedding IS NOT NULL AND {where}
                 ORDER BY m.embedding <=> {vector}
-                LIMIT {params.add(limit + offset)}
+                LIMIT {want}
+            ),
+            passage_hits AS MATERIALIZED (
+                {self._passage_hits(params, vector, where, restriction.tenant, want)}
+            ),
+            merged AS (
+                SELECT h.*, LEAST(h.own_distance, ph.distance) AS distance
+                FROM hits h LEFT JOIN passage_hits ph USING (scope, scope_id, key)
+                UNION ALL
+                SELECT {_SELECT_ENTRY}{extra}, m.embedding <=> {vector}, ph.distance
+                FROM passage_hits ph
+                JOIN {self.table} m ON m.tenant = {params.add(restriction.tenant)}
+                    AND (m.scope, m.scope_id, m.key) = (ph.scope, ph.scope_id, ph.key)
+                WHERE NOT EXISTS (
+                    SELECT 1 FROM hits h
+                    WHERE (h.scope, h.scope_id, h.key) = (ph.scope, ph.scope_id, ph.key)
+                )
             )
-            SELECT *, 1 - distance AS score FROM hits
+            SELECT *, 1 - distance AS score FROM merged
             WHERE {_at_least(params, "1 - distance", min_score)}
             {_page(params, "distance", limit, offset)}
         """
@@ -219,13 +256,23 @@ class SearchStatements:
         # Reciprocal-rank fusion in the database, in one round trip: each index ranks its own
         # candidates, ranks are fused as sum(1 / (k + rank)), and the sum is scaled by (k+1)/2
         # so that first place in both lists scores 1.
+        passage_hits = self._passage_hits(params, vector, where, restriction.tenant, pool)
+        tenant = params.add(restriction.tenant)
         sql = f"""
-            WITH semantic AS MATERIALIZED (
+            WITH own AS MATERIALIZED (
                 SELECT {_M_OWNER_KEY}, m.embedding <=> {vector} AS distance
                 FROM {self.table} m
                 WHERE m.embedding IS NOT NULL AND {where}
                 ORDER BY m.embedding <=> {vector}
                 LIMIT {pool}
+            ),
+            passage_hits AS MATERIALIZED ({passage_hits}),
+            semantic AS (
+                SELECT {_OWNER_KEY}, min(distance) AS distance FROM (
+                    SELECT {_OWNER_KEY}, distance FROM own
+                    UNION ALL
+                    SELECT {tenant}, scope, scope_id, key, distance FROM passage_hits
+                ) both_kinds GROUP BY {_OWNER_KEY}
             ),
             semantic_ranked AS (
                 SELECT {_OWNER_KEY}, 1 - distance AS semantic_score,

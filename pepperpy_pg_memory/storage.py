@@ -17,7 +17,7 @@ import io
 import logging
 import os
 import typing
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 from functools import partial
@@ -29,7 +29,7 @@ from pydantic import BaseModel, TypeAdapter
 from pydantic import ValidationError as PydanticValidationError
 
 from . import backup, maintenance
-from .bulk import write_batch
+from .bulk import copy_passages, write_batch, write_one
 from .cache import EmbeddingCache
 from .coalesce import Coalescer
 from .config import PostgresConfig
@@ -77,7 +77,7 @@ from .search_sql import Page, SearchStatements
 from .sql import Query
 from .types import Identity, MemoryIndex, MemoryScope, MemoryType
 from .values import default_text_of, to_json_value, validate_key
-from .vectors import EmbeddingPipeline, Vector
+from .vectors import EmbeddingPipeline, Vector, content_hash
 
 __all__ = ["PostgresStorage", "MemorySearchResults", "ProgressCallback", "MemoryItem"]
 
@@ -85,6 +85,9 @@ logger = logging.getLogger(__name__)
 
 K = TypeVar("K", bound=str)
 V = TypeVar("V")
+
+EXPORT_PAGE = 500
+"""Memories an export writes per look-up of their passages."""
 
 BULK_WRITE_ROWS = 1_000
 """A ``store_many`` of at least this many rows runs under ``config.maintenance_timeout``."""
@@ -109,6 +112,7 @@ _RESTORE_DEFAULTS: dict[str, Any] = {
     "metadata": None,
     "embedding": None,
     "text": None,
+    "passages": None,
 }
 
 
@@ -431,6 +435,7 @@ class PostgresStorage(Generic[K, V]):
         reach the model, deduplicated, in batches.
         """
         cache = self._vectors.cache
+        await self._embed_passages(writes)
         missing: builtins.list[PendingWrite] = []
         for write in writes:
             if write.wants_embedding and write.embedding is None:
@@ -450,6 +455,39 @@ class PostgresStorage(Generic[K, V]):
             for write, vector in zip(missing, vectors, strict=True):
                 write.embedding = vector
                 cache.put(write.content_hash, vector)
+
+    async def _embed_passages(self, writes: builtins.list[PendingWrite]) -> None:
+        """Vectors for the writes' passages: from the cache, else from the model."""
+        cache = self._vectors.cache
+        todo = [w for w in writes if w.passages and w.passage_vectors is None]
+        texts = [text for w in todo for text in w.passages]
+        if not texts:
+            return
+        vectors: dict[str, Vector] = {}
+        missing = []
+        for text in dict.fromkeys(texts):
+            cached = cache.get(content_hash(text))
+            if cached is None:
+                missing.append(text)
+            else:
+                vectors[text] = cached
+        if missing:
+            for text, vector in zip(missing, await self._vectors.embed(missing), strict=True):
+                vectors[text] = vector
+                cache.put(content_hash(text), vector)
+        for write in todo:
+            write.passage_vectors = np.stack([vectors[text] for text in write.passages])
+
+    def _passage_rows(self, writes: Iterable[PendingWrite]) -> builtins.list[tuple[Any, ...]]:
+        rows = []
+        for write in writes:
+            if write.passages:
+                assert write.passage_vectors is not None
+                for position, (text, vector) in enumerate(
+                    zip(write.passages, write.passage_vectors, strict=True)
+                ):
+                    rows.append((self._tenant, *write.identity, position, text, vector))
+        return rows
 
     async def _repair_embeddings(
         self, identities: builtins.list[Identity], writes: Mapping[Identity, PendingWrite]
@@ -484,6 +522,7 @@ class PostgresStorage(Generic[K, V]):
         expires_at: datetime | None = None,
         embedding: Any = None,
         text: str | None = None,
+        passages: Sequence[str] | None = None,
     ) -> MemoryEntry[V]:
         """Store ``value`` under ``key`` for one owner, replacing what that owner held under
         the key before (an upsert). Another owner's memory under the same key is untouched.
@@ -500,6 +539,10 @@ class PostgresStorage(Generic[K, V]):
                 default (``config.type_ttls``). ``expires_at`` sets the moment instead.
             embedding: a precomputed vector, to skip the embedder.
             text: the text to index, instead of what ``text_of(value)`` gives.
+            passages: more texts to embed one by one (at most 64), e.g. the fields of a
+                record: a semantic search scores the memory by the best match among its
+                text and its passages. A write replaces the memory's passages (none given:
+                it has none).
 
         Returns:
             The stored entry. ``created_at`` is kept from an earlier live version of the key;
@@ -517,6 +560,7 @@ class PostgresStorage(Generic[K, V]):
             expires_at=expires_at,
             embedding=embedding,
             text=text,
+            passages=passages,
         )
         # Batches run on the caller's loop, which must be the pool's.
         self.database.check_loop("store")
@@ -565,10 +609,17 @@ class PostgresStorage(Generic[K, V]):
 
     async def _write_one(self, write: PendingWrite, value: Any) -> MemoryEntry[V]:
         await self._plan_embeddings([write])
-        row = await self.database.fetchrow(
-            "store", self._statements.upsert_one(self._tenant, write.record())
+        row = await self.database.run(
+            "store",
+            partial(
+                write_one,
+                self._statements,
+                self._tenant,
+                write.record(),
+                self._passage_rows([write]),
+                None,
+            ),
         )
-        assert row is not None
         if row["needs_embedding"]:
             await self._repair_embeddings([write.identity], {write.identity: write})
         return self._stored(write, value, row)
@@ -589,6 +640,7 @@ class PostgresStorage(Generic[K, V]):
                 self.config.maintenance_work_mem,
                 self.config.command_timeout,
                 every_row=True,
+                passages=self._passage_rows(writes),
             ),
         )
         by_identity = {_identity(row): row for row in rows}
@@ -646,6 +698,7 @@ class PostgresStorage(Generic[K, V]):
             "expires_at": None,
             "embedding": None,
             "text": None,
+            "passages": None,
         }
         writes: dict[Identity, PendingWrite] = {}
         for position, item in enumerate(items):
@@ -674,6 +727,7 @@ class PostgresStorage(Generic[K, V]):
                 config.bulk_index_rebuild_rows,
                 config.maintenance_work_mem,
                 self._timeout_for(len(batch)),
+                passages=self._passage_rows(batch),
             ),
         )
         await self._repair_embeddings([_identity(row) for row in rows], writes)
@@ -998,16 +1052,42 @@ class PostgresStorage(Generic[K, V]):
         ``with_embeddings`` includes each vector, so that an import into a table of the same
         dimension need not embed anything.
         """
+        count = 0
+        page: builtins.list[MemoryEntry[V]] = []
+
+        async def write_page(stream: TextIO) -> None:
+            nonlocal count
+            passages = await self._passages_of(page)
+            for entry in page:
+                identity = Identity(entry.scope.value, entry.scope_id, entry.key)
+                line = backup.line_of(
+                    entry, self._tenant, to_json_value(entry.value), passages.get(identity)
+                )
+                stream.write(line + "\n")
+            count += len(page)
+            page.clear()
+
         with _opened(out, "w") as stream:
             stream.write(backup.header(self.layout.dimension, with_embeddings) + "\n")
-            count = 0
             async for entry in self.scan(
                 scope=scope, scope_id=scope_id, include_embedding=with_embeddings
             ):
-                stream.write(backup.line_of(entry, self._tenant, to_json_value(entry.value)))
-                stream.write("\n")
-                count += 1
+                page.append(entry)
+                if len(page) >= EXPORT_PAGE:
+                    await write_page(stream)
+            await write_page(stream)
         return count
+
+    async def _passages_of(
+        self, entries: builtins.list[MemoryEntry[V]]
+    ) -> dict[Identity, builtins.list[str]]:
+        if not entries:
+            return {}
+        identities = [Identity(e.scope.value, e.scope_id, e.key) for e in entries]
+        rows = await self.database.fetch(
+            "export", self._statements.passages_of(self._tenant, identities)
+        )
+        return {_identity(row): builtins.list(row["passages"]) for row in rows}
 
     async def import_jsonl(
         self,
@@ -1083,16 +1163,26 @@ class PostgresStorage(Generic[K, V]):
         def row(write: PendingWrite, restored: backup.Restored) -> tuple[Any, ...]:
             return (*write.record(), self._tenant, restored.created_at, restored.updated_at)
 
+        async def restore(
+            batch: builtins.list[tuple[int, PendingWrite, backup.Restored]],
+            conn: asyncpg.Connection,
+        ) -> None:
+            writes = [write for _, write, _ in batch]
+            async with conn.transaction():
+                await conn.executemany(template, [row(w, r) for _, w, r in batch])
+                # A restored memory has the file's passages, and only those.
+                gone = self._statements.delete_passages(self._tenant, [w.identity for w in writes])
+                await conn.execute(gone.sql, *gone.args)
+                await copy_passages(self._statements, self._passage_rows(writes), None, conn)
+
         try:
-            await self.database.run(
-                "import",
-                partial(_in_transaction, template, [row(w, r) for _, w, r in pending]),
-            )
+            await self.database.run("import", partial(restore, pending))
             report.stored += len(pending)
         except MemoryValidationError:
-            for number, write, restored in pending:
+            for entry in pending:
+                number = entry[0]
                 try:
-                    await self.database.executemany("import", template, [row(write, restored)])
+                    await self.database.run("import", partial(restore, [entry]))
                     report.stored += 1
                 except MemoryValidationError as exc:
                     report.failed += 1
@@ -1416,6 +1506,7 @@ class PostgresStorage(Generic[K, V]):
             if progress is not None:
                 progress(min(done, total), total)
         await database.execute("reindex", statements.save_reindex_cursor(None))
+        await self._reindex_passages(batch)
         if rebuild:
             await database.execute_all(
                 "reindex",
@@ -1423,6 +1514,29 @@ class PostgresStorage(Generic[K, V]):
                 timeout=self.config.maintenance_timeout,
             )
         return done
+
+    async def _reindex_passages(self, batch: int) -> None:
+        """Re-embed every passage of the tenant, in identity order. (Not resumable on its
+        own: an interrupted run's next call embeds them all again; passages are few.)"""
+        statements, tenant = self._statements, self._tenant
+        after: tuple[Any, ...] = ("", "", "", -1)
+        while True:
+            rows = await self.database.fetch(
+                "reindex", statements.passages_batch(tenant, after, batch)
+            )
+            if not rows:
+                return
+            vectors = await self._vectors.embed([row["content"] for row in rows])
+            await self.database.executemany(
+                "reindex",
+                statements.set_passage_embeddings().sql,
+                [
+                    (tenant, row["scope"], row["scope_id"], row["key"], row["position"], vector)
+                    for row, vector in zip(rows, vectors, strict=True)
+                ],
+            )
+            last = rows[-1]
+            after = (last["scope"], last["scope_id"], last["key"], last["position"])
 
     async def _convert_dimension(self, dimension: int) -> None:
         """Retype the embedding column for a new model; every stored vector is dropped."""
@@ -1495,13 +1609,6 @@ class PostgresStorage(Generic[K, V]):
         }
         figures["dimension"] = self.layout.dimension
         return figures
-
-
-async def _in_transaction(
-    template: str, rows: builtins.list[tuple[Any, ...]], conn: asyncpg.Connection
-) -> None:
-    async with conn.transaction():
-        await conn.executemany(template, rows)
 
 
 @contextlib.contextmanager

@@ -108,6 +108,24 @@ async def test_a_release_0_1_database_upgrades_in_place(
         await graph.adelete(("users", "ana", "memories"), "food")
         assert await graph.aget(("users", "ana", "memories"), "food") is None
 
+        # Migration 5 added an empty passages table: an upgraded item gains per-field
+        # vectors when written again, for its owner only.
+        passages = f'"{schema}".memories_passages'
+        assert await raw_conn.fetchval(f"SELECT count(*) FROM {passages}") == 0
+        await graph.aput(
+            ("users", "ana", "memories"),
+            "trip",
+            {"title": "Lisbon", "note": "ramen"},
+            ["title", "note"],
+        )
+        owners = await raw_conn.fetch(
+            f"SELECT scope, scope_id, content FROM {passages} ORDER BY position"
+        )
+        assert [tuple(row) for row in owners] == [
+            ("user", "ana", "Lisbon"),
+            ("user", "ana", "ramen"),
+        ]
+
         history = PepperpyChatMessageHistory("s-1", storage=store)
         assert [m.content for m in await history.aget_messages()] == [
             "Hi, I need a hotel in Lisbon",
@@ -183,16 +201,17 @@ async def test_every_unique_index_includes_the_distribution_column(
     # Citus distributes a table by one column and requires it in every unique index: the
     # owner id (scope_id) keeps one owner's memories on one node.
     layout = storage.layout
-    unique = await raw_conn.fetch(
-        "SELECT c.relname, array_agg(a.attname) AS columns FROM pg_index i "
-        "JOIN pg_class c ON c.oid = i.indexrelid "
-        "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) "
-        "WHERE i.indrelid = $1::regclass AND i.indisunique GROUP BY c.relname",
-        f"{layout.schema}.{layout.table}",
-    )
-    assert unique, "the primary key is a unique index"
-    for index in unique:
-        assert "scope_id" in index["columns"], index["relname"]
+    for table in (layout.table, layout.passages_name):
+        unique = await raw_conn.fetch(
+            "SELECT c.relname, array_agg(a.attname) AS columns FROM pg_index i "
+            "JOIN pg_class c ON c.oid = i.indexrelid "
+            "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) "
+            "WHERE i.indrelid = $1::regclass AND i.indisunique GROUP BY c.relname",
+            f"{layout.schema}.{table}",
+        )
+        assert unique, "the primary key is a unique index"
+        for index in unique:
+            assert "scope_id" in index["columns"], index["relname"]
 
 
 async def test_new_memories_after_the_upgrade_get_the_type_defaults(

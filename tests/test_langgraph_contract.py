@@ -28,7 +28,7 @@ from langgraph.store.base import (
 )
 
 from langgraph_pepperpy import PepperpyStore
-from pepperpy_pg_memory import HashingEmbedder
+from pepperpy_pg_memory import HashingEmbedder, MemoryConfigurationError
 
 DIMENSION = 256
 
@@ -398,3 +398,88 @@ async def test_async_and_sync_calls_see_the_same_items(store: PepperpyStore) -> 
     await store.adelete(("test",), "a")
     assert await store.aget(("test",), "a") is None
     assert store.ttl_config is None and store.supports_ttl
+
+
+# --- per-field embedding ----------------------------------------------------------------------
+def _scored(store: PepperpyStore, query: str) -> dict[str, float]:
+    return {hit.key: hit.score or 0.0 for hit in store.search(("test",), query=query, limit=10)}
+
+
+def test_each_indexed_field_is_embedded_apart_and_the_best_counts(make_config: Any) -> None:
+    store = PepperpyStore.create(
+        make_config(), HashingEmbedder(DIMENSION), index={"fields": ["key0", "key1", "key3"]}
+    )
+    try:
+        # doc1 lacks key0: a missing field is skipped, not an error.
+        store.put(("test",), "doc1", {"key1": "xxx", "key2": "yyy", "key3": "zzz"})
+        store.put(("test",), "doc2", {"key0": "uuu", "key1": "vvv", "key2": "www", "key3": "xxx"})
+        both = _scored(store, "xxx")  # doc1.key1 and doc2.key3: equally good
+        assert both["doc1"] == pytest.approx(both["doc2"], abs=1e-3)
+        assert both["doc1"] == pytest.approx(1.0, abs=1e-3)
+        only_doc2 = _scored(store, "uuu")
+        assert max(only_doc2, key=only_doc2.__getitem__) == "doc2"
+        assert only_doc2["doc2"] == pytest.approx(1.0, abs=1e-3)
+        assert only_doc2.get("doc1", 0) < 0.5
+        only_doc1 = _scored(store, "zzz")
+        assert max(only_doc1, key=only_doc1.__getitem__) == "doc1"
+        unindexed = _scored(store, "www")  # key2 is not indexed
+        assert all(score < 0.5 for score in unindexed.values())
+    finally:
+        store.close()
+
+
+def test_a_puts_own_fields_override_the_stores(make_config: Any) -> None:
+    store = PepperpyStore.create(
+        make_config(), HashingEmbedder(DIMENSION), index={"fields": ["key17"]}
+    )
+    try:
+        store.put(
+            ("test",), "doc3", {"key0": "aaa", "key1": "bbb", "key2": "ccc"}, ["key0", "key1"]
+        )
+        store.put(
+            ("test",), "doc4", {"key0": "eee", "key1": "bbb", "key3": "ggg"}, ["key1", "key3"]
+        )
+        assert store.search(("test",), query="aaa")[0].key == "doc3"
+        assert store.search(("test",), query="ggg")[0].key == "doc4"
+        shared = _scored(store, "bbb")
+        assert shared["doc3"] == pytest.approx(shared["doc4"], abs=1e-3)
+        assert all(score < 0.9 for score in _scored(store, "ccc").values())
+        store.put(("test",), "doc5", {"key0": "hhh", "key1": "iii"}, index=False)
+        listed = store.search(("test",))
+        assert len(listed) == 3 and all(item.score is None for item in listed)
+        assert "doc5" not in _keys(store.search(("test",), query="hhh"))
+        # Nested paths and every element of a list, in LangGraph's path syntax.
+        store.put(
+            ("test",),
+            "doc6",
+            {"steps": [{"say": "first step"}, {"say": "last step"}]},
+            ["steps[*].say"],
+        )
+        assert _scored(store, "last step")["doc6"] == pytest.approx(1.0, abs=1e-3)
+    finally:
+        store.close()
+
+
+def test_the_index_config_is_checked_against_the_table(make_config: Any) -> None:
+    embedder = HashingEmbedder(DIMENSION)
+
+    def embed(texts: list[str]) -> list[list[float]]:
+        return [list(map(float, v)) for v in asyncio.run(embedder.embed_documents(texts))]
+
+    config = make_config()
+    with pytest.raises(MemoryConfigurationError, match="dims"):
+        PepperpyStore.create(config, HashingEmbedder(DIMENSION), index={"dims": 99})
+    with pytest.raises(MemoryConfigurationError, match="once"):
+        PepperpyStore.create(config, HashingEmbedder(DIMENSION), index={"embed": embed})
+    # index["embed"] alone chooses the embedder of a new store.
+    store = PepperpyStore.create(
+        config, index={"dims": DIMENSION, "embed": embed, "fields": ["title", "body"]}
+    )
+    try:
+        store.put(("test",), "a", {"title": "quiet lake", "body": "morning swim"})
+        assert _scored(store, "morning swim")["a"] == pytest.approx(1.0, abs=1e-3)
+        # Another model may not write into this table's index.
+        with pytest.raises(MemoryConfigurationError, match="one model"):
+            PepperpyStore(store.storage, index={"embed": embed})
+    finally:
+        store.close()

@@ -13,14 +13,19 @@ How LangGraph's namespaces map onto memories:
   namespace) at most 256, like every ``scope_id``; the namespace's labels and the key together
   at most 2,000 (up to 17 escaped characters besides: the encoded key is at most 2,048 bytes);
 * its type is LONG_TERM; ``ttl`` (minutes, as in LangGraph) becomes the memory's expiry;
-* the value is stored as is; the text indexed for semantic search is the fields named by the
-  put's ``index`` (default: the whole value's text), and ``index=False`` stores it unindexed.
+* the value is stored as is. The fields named by the put's ``index`` (else the store's
+  ``index={"fields": [...]}``; default ``["$"]``, the whole value) are indexed, with
+  LangGraph's path syntax (``a.b``, ``a[0]``, ``a[*].b``, ``{a,b}``): each field's text is
+  embedded apart, as a passage of the memory, and a semantic search scores the item by its
+  best field, as LangGraph's stores do; the fields joined are the memory's text, searched
+  by words too. ``index=False`` stores the item unindexed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import re
 import typing
 import weakref
@@ -32,6 +37,7 @@ from urllib.parse import quote, unquote
 from langgraph.store.base import (
     BaseStore,
     GetOp,
+    IndexConfig,
     Item,
     ListNamespacesOp,
     Op,
@@ -41,9 +47,11 @@ from langgraph.store.base import (
     SearchOp,
     TTLConfig,
 )
+from langgraph.store.base.embed import ensure_embeddings, get_text_at_path
 
 from pepperpy_pg_memory import (
     ArrayPattern,
+    MemoryConfigurationError,
     MemoryConnectionError,
     MemoryEntry,
     MemoryIndex,
@@ -54,12 +62,15 @@ from pepperpy_pg_memory import (
     PostgresStorage,
 )
 from pepperpy_pg_memory.coalesce import BatchFunction, Coalescer
+from pepperpy_pg_memory.items import MAX_PASSAGES
 from pepperpy_pg_memory.runner import BackgroundStorage
 from pepperpy_pg_memory.schema import MAX_KEY_BYTES
 from pepperpy_pg_memory.types import Identity
 from pepperpy_pg_memory.values import default_text_of
 
-__all__ = ["PepperpyStore", "namespace_scope"]
+__all__ = ["PepperpyStore", "namespace_scope", "texts_for"]
+
+logger = logging.getLogger(__name__)
 
 CALLS_PER_BATCH = 256
 """The most concurrent batch()/abatch() calls run together."""
@@ -85,6 +96,39 @@ def namespace_scope(namespace: tuple[str, ...]) -> tuple[MemoryScope, str | None
     if len(namespace) >= 2 and namespace[0] in _SCOPES:
         return _SCOPES[namespace[0]], namespace[1]
     return MemoryScope.GLOBAL, None
+
+
+def _without_embed(index: IndexConfig | None) -> IndexConfig | None:
+    if index is None:
+        return None
+    rest = dict(index)
+    rest.pop("embed", None)
+    return typing.cast(IndexConfig, rest)
+
+
+def _check_index(index: IndexConfig | None, storage: PostgresStorage[Any, Any]) -> list[str]:
+    """The default fields of ``index``, once it is checked against the store's table."""
+    if index is None:
+        return ["$"]
+    if index.get("embed") is not None:
+        # Only create() can choose the embedder: this store's table already has one.
+        raise MemoryConfigurationError(
+            "index['embed'] differs from the embedder of the storage given: one table holds "
+            "the vectors of one model. Use PepperpyStore.create(index=...) with a table of "
+            "its own, or leave `embed` out",
+            field="index",
+        )
+    dims = index.get("dims")
+    if dims is not None and dims != storage.layout.dimension:
+        raise MemoryConfigurationError(
+            f"index['dims'] is {dims} but the store's vectors have "
+            f"{storage.layout.dimension} dimensions (the embedder's)",
+            field="index",
+        )
+    fields: Any = index.get("fields") or ["$"]
+    if isinstance(fields, str) or not all(isinstance(f, str) and f for f in fields):
+        raise MemoryConfigurationError("index['fields'] must be a list of paths", field="index")
+    return list(fields)
 
 
 def _escape(text: str) -> str:
@@ -142,17 +186,20 @@ def _item_key(memory: str) -> str:
     return unquote(memory.rsplit("#", 1)[1])
 
 
-def _text_for(value: dict[str, Any], fields: list[str] | None) -> str:
-    if not fields or fields == ["$"]:
-        return default_text_of(value)
-    parts = []
-    for field in fields:
-        node: Any = value
-        for segment in field.split("."):
-            node = node.get(segment) if isinstance(node, dict) else None
-        if node is not None:
-            parts.append(default_text_of(node))
-    return "\n".join(parts)
+def texts_for(value: dict[str, Any], fields: list[str]) -> tuple[str, list[str]]:
+    """The memory text and passages of an item indexed on ``fields``: ``$`` alone is the
+    whole value as one text (no passages); otherwise each field's texts are passages (when
+    there are several) and, joined, the text."""
+    if fields == ["$"]:
+        return default_text_of(value), []
+    texts = [text for field in fields for text in get_text_at_path(value, field)]
+    if len(texts) > MAX_PASSAGES:
+        logger.warning(
+            "an item has %d indexed texts; the first %d are embedded apart",
+            len(texts),
+            MAX_PASSAGES,
+        )
+    return "\n".join(texts), texts[:MAX_PASSAGES] if len(texts) > 1 else []
 
 
 class PepperpyStore(BaseStore):
@@ -173,11 +220,14 @@ class PepperpyStore(BaseStore):
         storage: PostgresStorage[Any, Any] | BackgroundStorage[Any, Any],
         *,
         ttl: TTLConfig | None = None,
+        index: IndexConfig | None = None,
     ) -> None:
         self._handle = (
             storage if isinstance(storage, BackgroundStorage) else BackgroundStorage.share(storage)
         )
         self.ttl_config = ttl
+        self.index_config = index
+        self._fields = _check_index(index, self._handle.storage)
         self._calls = self._coalescer(self._run_calls)
         self._calls_from: weakref.WeakKeyDictionary[
             asyncio.AbstractEventLoop, Coalescer[list[Op], list[Result]]
@@ -189,10 +239,31 @@ class PepperpyStore(BaseStore):
         config: PostgresConfig | None = None,
         embedding: Any = None,
         ttl: TTLConfig | None = None,
+        index: IndexConfig | None = None,
     ) -> PepperpyStore:
         """A store opened on ``config`` (embedded by default); ``embedding`` is a LangChain
-        ``Embeddings`` or a pepperpy embedder, None for the default model."""
-        return cls(BackgroundStorage.create(config, embedding), ttl=ttl)
+        ``Embeddings`` or a pepperpy embedder, None for the default model.
+
+        ``index`` takes LangGraph's ``IndexConfig``: ``fields`` are the default fields to
+        embed; ``embed`` may name the embedder instead of ``embedding`` (a LangChain
+        ``Embeddings``, a function, or a ``"provider:model"`` string); ``dims`` must be its
+        dimension. A table holds the vectors of one model: to use another, open a store on
+        another table.
+        """
+        embed = (index or {}).get("embed")
+        if embed is not None:
+            if embedding is not None and embedding is not embed:
+                raise MemoryConfigurationError(
+                    "give the embedder once: as `embedding` or as index['embed']",
+                    field="index",
+                )
+            embedding = ensure_embeddings(embed)
+        handle = BackgroundStorage.create(config, embedding)
+        try:
+            return cls(handle, ttl=ttl, index=_without_embed(index))
+        except BaseException:
+            handle.close()
+            raise
 
     @property
     def storage(self) -> PostgresStorage[Any, Any]:
@@ -340,12 +411,14 @@ class PepperpyStore(BaseStore):
             # what reaches a PutOp is final, and None means the item never expires.
             minutes = op.ttl
             value = dict(op.value)
-            fields = list(op.index) if isinstance(op.index, list) else None
+            fields = list(op.index) if isinstance(op.index, list) else self._fields
+            text, passages = texts_for(value, fields)
             items.append(
                 {
                     "key": memory_key(op.namespace, op.key),
                     "value": value,
-                    "text": _text_for(value, fields),
+                    "text": text,
+                    "passages": passages,
                     "type": MemoryType.LONG_TERM,
                     "scope": scope,
                     "scope_id": scope_id,
