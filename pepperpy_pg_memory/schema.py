@@ -296,8 +296,6 @@ def _v4_owner_identity(layout: TableLayout) -> list[str]:
     # (scope_id) in every unique index; the primary key is the only one.
     table = layout.qualified_table
     pkey = layout.index_name("pkey")
-    # One function per schema (shared by its tables), one trigger per table.
-    guard = qualified(layout.schema, _GUARD)
     return [
         f"ALTER TABLE {table} DROP CONSTRAINT IF EXISTS {pkey}, "
         f"ADD CONSTRAINT {pkey} PRIMARY KEY ({', '.join(IDENTITY_COLUMNS)})",
@@ -310,16 +308,28 @@ def _v4_owner_identity(layout: TableLayout) -> list[str]:
         # lack the client schema setting: their writes are refused with a message that says
         # what to do. (Its upserts fail on their own: ON CONFLICT (key) matches no
         # constraint any more.) Sessions of other programs (psql, admin scripts) pass.
+        *_old_client_guard(layout, _OWNER_IDENTITY_VERSION, "per-owner memory identity", _GUARD),
+    ]
+
+
+def _old_client_guard(layout: TableLayout, version: int, change: str, name: str) -> list[str]:
+    """Refuse writes from this library's connections that speak a schema older than
+    ``version`` (they would break what ``change`` introduced)."""
+    table = layout.qualified_table
+    # One function per schema and version (shared by the schema's tables at that version:
+    # a table not yet upgraded keeps the guard it has), one trigger per table.
+    guard = qualified(layout.schema, name)
+    return [
         f"""
         CREATE OR REPLACE FUNCTION {guard}() RETURNS trigger LANGUAGE plpgsql AS $guard$
         BEGIN
             IF current_setting('application_name', true) = '{APPLICATION_NAME}'
                AND coalesce(nullif(current_setting('{CLIENT_SCHEMA_SETTING}', true), ''),
-                            '0')::int < {_OWNER_IDENTITY_VERSION} THEN
+                            '0')::int < {int(version)} THEN
                 RAISE EXCEPTION USING
                     ERRCODE = 'object_not_in_prerequisite_state',
-                    MESSAGE = format('%I.%I was upgraded to per-owner memory identity '
-                        '(schema {_OWNER_IDENTITY_VERSION}) by a newer pepperpy-pg-memory; '
+                    MESSAGE = format('%I.%I was upgraded to {change} '
+                        '(schema {int(version)}) by a newer pepperpy-pg-memory; '
                         'this process runs an older release and may not write to it',
                         TG_TABLE_SCHEMA, TG_TABLE_NAME),
                     HINT = 'Stop every process running the older release and upgrade it.';
@@ -328,7 +338,7 @@ def _v4_owner_identity(layout: TableLayout) -> list[str]:
         END
         $guard$
         """,
-        f"CREATE OR REPLACE TRIGGER {quote_ident(_GUARD)} "
+        f"CREATE OR REPLACE TRIGGER {quote_ident(name)} "
         f"BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON {table} "
         f"FOR EACH STATEMENT EXECUTE FUNCTION {guard}()",
     ]
@@ -361,6 +371,15 @@ def _v5_passages(layout: TableLayout) -> list[str]:
         )
         """,
         layout.passages_hnsw_statement(),
+        # A process of the previous release would write a memory without replacing its
+        # passages, leaving vectors of text the memory no longer has: it may not write.
+        f"DROP TRIGGER IF EXISTS {quote_ident(_GUARD)} ON {layout.qualified_table}",
+        *_old_client_guard(
+            layout,
+            _PASSAGES_VERSION,
+            "per-owner memory identity and passages",
+            f"{_GUARD}_before_{_PASSAGES_VERSION}",
+        ),
     ]
 
 

@@ -70,6 +70,11 @@ class SearchStatements:
         self.passages = layout.qualified_passages
         self.vector = layout.vector_column_type
 
+    def _passages_exist(self, params: Params, tenant: str) -> str:
+        return (
+            f"(SELECT EXISTS (SELECT 1 FROM {self.passages} WHERE tenant = {params.add(tenant)}))"
+        )
+
     def _passage_hits(self, params: Params, vector: str, where: str, tenant: str, want: str) -> str:
         """A CTE body: per memory within the restriction, its passages' best distance to
         ``vector``, over the ``want`` nearest passages (the passages' own HNSW index)."""
@@ -95,12 +100,33 @@ class SearchStatements:
         page: Page,
         *,
         include_embedding: bool = False,
+        passages: bool = True,
     ) -> Query:
+        """The nearest memories. With ``passages=False``, a memory's own vector only (a
+        simpler statement: planning it costs a third as much), and every row says in
+        ``passages_exist`` whether the tenant has passages, i.e. whether the full statement
+        was needed."""
         limit, offset, min_score = page
         params = Params()
         vector = f"{params.add(embedding)}::{self.vector}"
         where = restriction.conditions(params)
         extra = ", m.embedding" if include_embedding else ""
+        if not passages:
+            sql = f"""
+                WITH hits AS MATERIALIZED (
+                    SELECT {_SELECT_ENTRY}{extra}, m.embedding <=> {vector} AS distance
+                    FROM {self.table} m
+                    WHERE m.embedding IS NOT NULL AND {where}
+                    ORDER BY m.embedding <=> {vector}
+                    LIMIT {params.add(limit + offset)}
+                )
+                SELECT *, 1 - distance AS score,
+                    {self._passages_exist(params, restriction.tenant)} AS passages_exist
+                FROM hits
+                WHERE {_at_least(params, "1 - distance", min_score)}
+                {_page(params, "distance", limit, offset)}
+            """
+            return Query(sql, params.values)
         # The inner query is the shape pgvector's HNSW index serves (ORDER BY distance LIMIT);
         # with iterative scans on, it keeps scanning until the filters let `limit` rows through.
         # MATERIALIZED and the outer ORDER BY restore exact order after relaxed_order scans.
@@ -242,7 +268,10 @@ class SearchStatements:
         *,
         candidates: int,
         rrf_k: int,
+        passages: bool = True,
     ) -> Query:
+        """Reciprocal-rank fusion of semantic and contextual candidates; ``passages`` as in
+        :meth:`semantic_search`."""
         limit, offset, min_score = page
         params = Params()
         where = restriction.conditions(params)
@@ -256,24 +285,32 @@ class SearchStatements:
         # Reciprocal-rank fusion in the database, in one round trip: each index ranks its own
         # candidates, ranks are fused as sum(1 / (k + rank)), and the sum is scaled by (k+1)/2
         # so that first place in both lists scores 1.
-        passage_hits = self._passage_hits(params, vector, where, restriction.tenant, pool)
-        tenant = params.add(restriction.tenant)
+        own = f"""
+            SELECT {_M_OWNER_KEY}, m.embedding <=> {vector} AS distance
+            FROM {self.table} m
+            WHERE m.embedding IS NOT NULL AND {where}
+            ORDER BY m.embedding <=> {vector}
+            LIMIT {pool}
+        """
+        if passages:
+            passage_hits = self._passage_hits(params, vector, where, restriction.tenant, pool)
+            tenant = params.add(restriction.tenant)
+            semantic = f"""
+                own AS MATERIALIZED ({own}),
+                passage_hits AS MATERIALIZED ({passage_hits}),
+                semantic AS (
+                    SELECT {_OWNER_KEY}, min(distance) AS distance FROM (
+                        SELECT {_OWNER_KEY}, distance FROM own
+                        UNION ALL
+                        SELECT {tenant}, scope, scope_id, key, distance FROM passage_hits
+                    ) both_kinds GROUP BY {_OWNER_KEY}
+                )"""
+            flag = "FALSE"
+        else:
+            semantic = f"semantic AS MATERIALIZED ({own})"
+            flag = self._passages_exist(params, restriction.tenant)
         sql = f"""
-            WITH own AS MATERIALIZED (
-                SELECT {_M_OWNER_KEY}, m.embedding <=> {vector} AS distance
-                FROM {self.table} m
-                WHERE m.embedding IS NOT NULL AND {where}
-                ORDER BY m.embedding <=> {vector}
-                LIMIT {pool}
-            ),
-            passage_hits AS MATERIALIZED ({passage_hits}),
-            semantic AS (
-                SELECT {_OWNER_KEY}, min(distance) AS distance FROM (
-                    SELECT {_OWNER_KEY}, distance FROM own
-                    UNION ALL
-                    SELECT {tenant}, scope, scope_id, key, distance FROM passage_hits
-                ) both_kinds GROUP BY {_OWNER_KEY}
-            ),
+            WITH {semantic},
             semantic_ranked AS (
                 SELECT {_OWNER_KEY}, 1 - distance AS semantic_score,
                        row_number() OVER (ORDER BY distance, {_OWNER_KEY}) AS rank
@@ -294,7 +331,7 @@ class SearchStatements:
                 FULL OUTER JOIN contextual_ranked c USING ({_OWNER_KEY})
             )
             SELECT {_SELECT_ENTRY}, f.score::float8 AS score, f.semantic_score,
-                   f.contextual_score::float8 AS contextual_score
+                   f.contextual_score::float8 AS contextual_score, {flag} AS passages_exist
             FROM fused f JOIN {self.table} m USING ({_OWNER_KEY})
             WHERE {_at_least(params, "f.score", min_score)}
             {_page(params, "f.score DESC", limit, offset)}

@@ -176,6 +176,8 @@ class PostgresStorage(Generic[K, V]):
         self._value_type = value_type
         self._value_adapter: TypeAdapter[Any] | None | Literal[False] = False
         self._start_lock = asyncio.Lock()
+        # Whether searches must look at passages (see _vector_rows): once true, stays true.
+        self._passages_seen = False
         # Concurrent store() calls are written in batches, on half the pool at most: a burst
         # of thousands then costs a few COPYs instead of a queue for connections.
         self._store_calls: Coalescer[StoreCall, MemoryEntry[V]] = Coalescer(
@@ -479,6 +481,7 @@ class PostgresStorage(Generic[K, V]):
             write.passage_vectors = np.stack([vectors[text] for text in write.passages])
 
     def _passage_rows(self, writes: Iterable[PendingWrite]) -> builtins.list[tuple[Any, ...]]:
+        """Passage rows of ``writes``, for COPY (and, if any, searches use passages now)."""
         rows = []
         for write in writes:
             if write.passages:
@@ -487,6 +490,8 @@ class PostgresStorage(Generic[K, V]):
                     zip(write.passages, write.passage_vectors, strict=True)
                 ):
                     rows.append((self._tenant, *write.identity, position, text, vector))
+        if rows:
+            self._passages_seen = True
         return rows
 
     async def _repair_embeddings(
@@ -1318,31 +1323,52 @@ class PostgresStorage(Generic[K, V]):
         )
         page = Page(query.limit, query.offset, query.min_score)
         index = query.index_type
-        statement: Query
+        statement: Callable[..., Query]
         if index is MemoryIndex.SEMANTIC:
-            statement = searches.semantic_search(
-                await self._search_vector(query),
+            vector = await self._search_vector(query)
+            statement = partial(
+                searches.semantic_search,
+                vector,
                 restriction,
                 page,
                 include_embedding=query.include_embedding,
             )
-        elif index is MemoryIndex.CONTEXTUAL:
-            assert query.query is not None
-            statement = searches.contextual_search(query.query, restriction, page)
         elif index is MemoryIndex.HYBRID:
             assert query.query is not None
-            statement = searches.hybrid_search(
+            vector = await self._search_vector(query)
+            statement = partial(
+                searches.hybrid_search,
                 query.query,
-                await self._search_vector(query),
+                vector,
                 restriction,
                 page,
                 candidates=self.config.hybrid_candidates,
                 rrf_k=self.config.rrf_k,
             )
         else:
-            statement = searches.temporal_search(query.query, restriction, page)
-        rows = await self.database.fetch("search", statement)
+            if index is MemoryIndex.CONTEXTUAL:
+                assert query.query is not None
+                words = searches.contextual_search(query.query, restriction, page)
+            else:
+                words = searches.temporal_search(query.query, restriction, page)
+            rows = await self.database.fetch("search", words)
+            return [self._result(row, index) for row in rows]
+        rows = await self._vector_rows(statement)
         return [self._result(row, index, embedding=query.include_embedding) for row in rows]
+
+    async def _vector_rows(self, statement: Callable[..., Query]) -> builtins.list[Any]:
+        """Rows of a vector search: with passages once any are known to exist, else the
+        simpler statement, whose rows tell whether passages exist (then it runs again, with
+        them, and passages are used from then on)."""
+        if self._passages_seen:
+            return await self.database.fetch("search", statement(passages=True))
+        rows = await self.database.fetch("search", statement(passages=False))
+        if rows and not rows[0]["passages_exist"]:
+            return rows
+        if rows:
+            self._passages_seen = True
+        # No rows: nothing said whether passages exist; the full statement finds out.
+        return await self.database.fetch("search", statement(passages=True))
 
     def similar(
         self,

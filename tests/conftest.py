@@ -99,6 +99,14 @@ async def test_schema(pg_dsn: str) -> AsyncIterator[str]:
     yield schema
     conn = await asyncpg.connect(pg_dsn)
     try:
+        # Hundreds of tables (each with its passages table and indexes) dropped in one
+        # transaction would exhaust the server's lock table: a few at a time, then the schema.
+        tables = await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = $1", schema)
+        for start in range(0, len(tables), 20):
+            names = ", ".join(
+                f'"{schema}"."{row["tablename"]}"' for row in tables[start : start + 20]
+            )
+            await conn.execute(f"DROP TABLE IF EXISTS {names} CASCADE")
         await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
     finally:
         await conn.close()

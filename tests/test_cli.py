@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from pepperpy_pg_memory import backup
+
 
 def _cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -149,7 +151,7 @@ def test_import_export_reindex_cleanup_stats(target: list[str], tmp_path: Path) 
     exported = _cli("export", "--out", str(out), *target)
     assert exported.returncode == 0 and "exported 1200 memories" in exported.stderr
     head, *records = [json.loads(line) for line in out.read_text().splitlines()]
-    assert head["format"] == "pepperpy-memory-export" and head["version"] == 1
+    assert head["format"] == "pepperpy-memory-export" and head["version"] == backup.VERSION
     assert len(records) == 1200 and records[0]["metadata"] == {"i": 0}
 
     reindexed = _cli("reindex", "contextual", *target)

@@ -231,3 +231,25 @@ async def test_new_memories_after_the_upgrade_get_the_type_defaults(
         assert (
             await store.retrieve("session-note", scope="session", scope_id="s-1")
         ).expires_at is None
+
+
+async def test_a_process_speaking_schema_4_cannot_write_after_passages_arrive(
+    storage: PostgresStorage[str, Any], pg_dsn: str
+) -> None:
+    # A release of schema 4 upserts a memory without replacing its passages: refused, so that
+    # no memory keeps vectors of text it no longer has.
+    await storage.store("doc", "text", passages=["first", "second"])
+    layout = storage.layout
+    old = await asyncpg.connect(
+        pg_dsn,
+        server_settings={"application_name": "pepperpy-pg-memory", "pepperpy.client_schema": "4"},
+    )
+    try:
+        with pytest.raises(asyncpg.ObjectNotInPrerequisiteStateError) as caught:
+            await old.execute(
+                f"UPDATE {layout.qualified_table} SET value = '\"changed\"' WHERE key = 'doc'"
+            )
+        assert "per-owner memory identity and passages (schema 5)" in str(caught.value)
+    finally:
+        await old.close()
+    assert (await storage.retrieve("doc")).value == "text"

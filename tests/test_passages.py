@@ -178,3 +178,20 @@ async def test_reindex_re_embeds_passages_with_a_new_model(make_config: Any) -> 
         assert second.layout.dimension == 128
         scores = await _scores(second, "the passage text")
         assert scores["doc"] == pytest.approx(1.0, abs=1e-4)
+
+
+async def test_a_store_finds_passages_another_process_wrote(config: PostgresConfig) -> None:
+    async with (
+        PostgresStorage[str, Any](config, HashingEmbedder(256)) as reader,
+        PostgresStorage[str, Any](config, HashingEmbedder(256)) as writer,
+    ):
+        await writer.store_many({"key": f"f{i}", "value": f"filler {i}"} for i in range(20))
+        # The reader has seen no passage yet: its first search learns that some exist.
+        assert (await _scores(reader, "filler 3"))["f3"] == pytest.approx(1.0, abs=1e-4)
+        await writer.store("hidden", "unrelated words", passages=["violet lantern"])
+        for index in (MemoryIndex.SEMANTIC, MemoryIndex.HYBRID):
+            hits = await reader.search(MemoryQuery(query="violet lantern", index_type=index))
+            assert hits[0].entry.key == "hidden", index
+        # A search whose filter leaves only the passage's memory.
+        only = await reader.search(MemoryQuery(query="violet lantern", keys=["hidden"], limit=5))
+        assert [h.entry.key for h in only] == ["hidden"]
