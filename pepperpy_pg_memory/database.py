@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import typing
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -26,7 +25,7 @@ from .errors import MemoryError, MemoryTimeoutError
 from .faults import ConnectionLost, backoff_delay, is_transient, translate
 from .metrics import Metrics
 from .queries import Query
-from .values import encode_json
+from .values import decode_json, encode_json
 
 __all__ = ["Database", "connect", "in_one_transaction"]
 
@@ -109,7 +108,7 @@ class Database:
                 "jsonb",
                 schema="pg_catalog",
                 encoder=lambda value: b"\x01" + encode_json(value).encode(),
-                decoder=lambda data: json.loads(data[1:]),
+                decoder=lambda data: decode_json(data[1:]),
                 format="binary",
             )
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import math
-import unicodedata
+import re
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
 from pydantic import BaseModel
 
 from .errors import MemoryValidationError
@@ -25,6 +26,7 @@ __all__ = [
     "default_text_of",
     "encode_json",
     "EncodedJSON",
+    "decode_json",
 ]
 
 _MAX_DEPTH = 64
@@ -37,13 +39,18 @@ def validate_key(key: Any, max_bytes: int) -> str:
         raise MemoryValidationError(f"memory keys must be strings, got {type(key).__name__}")
     if not key:
         raise MemoryValidationError("memory key is empty")
-    for char in key:
-        if unicodedata.category(char) in ("Cc", "Cs"):
-            raise MemoryValidationError(
-                f"memory key contains the control or surrogate character U+{ord(char):04X}"
-            )
+    found = _CONTROL_OR_SURROGATE.search(key)
+    if found is not None:
+        raise MemoryValidationError(
+            f"memory key contains the control or surrogate character U+{ord(found.group()):04X}"
+        )
     check_bytes(key, max_bytes, "memory key")
     return key
+
+
+# Unicode categories Cc (C0, DEL, C1) and Cs (surrogates), as one pattern: a key is checked on
+# every read and write, and a character loop cost more than the lookup it guards.
+_CONTROL_OR_SURROGATE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 def check_bytes(text: str, max_bytes: int, what: str) -> None:
@@ -155,3 +162,18 @@ def _string_leaves(value: Any, out: list[str]) -> None:
     elif isinstance(value, list):
         for item in value:
             _string_leaves(item, out)
+
+
+_BIG_INTEGER = re.compile(rb"\d{19,}")
+
+
+def decode_json(data: bytes) -> Any:
+    """JSON text (as PostgreSQL sends jsonb) to Python data, losing nothing.
+
+    orjson is five times faster than the json module but reads an integer beyond 64 bits as
+    a float; a document with a run of 19 digits or more (such an integer, or a long number
+    inside a string) is read by the json module instead, which keeps every digit.
+    """
+    if _BIG_INTEGER.search(data):
+        return json.loads(data)
+    return orjson.loads(data)

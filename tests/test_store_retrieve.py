@@ -355,3 +355,26 @@ async def test_a_ten_megabyte_value_is_refused_by_default(
     with pytest.raises(MemoryValidationError, match="the limit is 1,048,576"):
         await storage.store("huge", {"content": "x" * 10_000_000})
     assert await storage.count() == 0
+
+
+async def test_numbers_beyond_64_bits_come_back_exactly(
+    storage: PostgresStorage[str, Any],
+) -> None:
+    # Rows are decoded by orjson, which would read these as floats: they must not be.
+    value = {"id": 2**70 + 1, "neg": -(2**65), "list": [10**30, 1.5], "text": "9" * 25}
+    await storage.store("big", value, metadata={"order": 12345678901234567890123})
+    entry = await storage.retrieve("big")
+    assert entry.value == value and isinstance(entry.value["id"], int)
+    assert entry.metadata == {"order": 12345678901234567890123}
+
+
+def test_key_check_refuses_exactly_the_control_and_surrogate_characters() -> None:
+    import sys
+    import unicodedata
+
+    from pepperpy_pg_memory.values import _CONTROL_OR_SURROGATE
+
+    for code in range(sys.maxunicode + 1):
+        char = chr(code)
+        expected = unicodedata.category(char) in ("Cc", "Cs")
+        assert (_CONTROL_OR_SURROGATE.search(char) is not None) == expected, hex(code)

@@ -24,6 +24,7 @@ How LangGraph's namespaces map onto memories:
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import re
@@ -141,8 +142,15 @@ def _legacy_escape(text: str) -> str:
     return quote(text, safe="")
 
 
+# Agents read and write a few namespaces over and over: their paths are computed once.
+@functools.lru_cache(maxsize=4096)
 def _namespace_path(namespace: tuple[str, ...], escape: Any = _escape) -> str:
     return PREFIX + "".join(escape(label) + "/" for label in namespace)
+
+
+@functools.lru_cache(maxsize=4096)
+def _plain_labels(namespace: tuple[str, ...]) -> bool:
+    return all(_UNESCAPED.fullmatch(label) for label in namespace)
 
 
 def memory_key(namespace: tuple[str, ...], key: str) -> str:
@@ -160,7 +168,7 @@ def legacy_memory_key(namespace: tuple[str, ...], key: str) -> str | None:
     label or the key has characters other than ASCII letters, digits and ``_.-~``) and could
     have been stored. Such items are still found under it, and move to the current key when
     next written."""
-    if _UNESCAPED.fullmatch(key) and all(_UNESCAPED.fullmatch(label) for label in namespace):
+    if _UNESCAPED.fullmatch(key) and _plain_labels(namespace):
         return None  # neither encoding changes these characters: the keys are the same
     legacy = f"{_namespace_path(namespace, _legacy_escape)}#{_legacy_escape(key)}"
     if legacy == memory_key(namespace, key) or len(legacy) > _LEGACY_MAX_KEY:
