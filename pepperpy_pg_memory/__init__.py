@@ -17,6 +17,7 @@ from .embeddings import (
 from .errors import (
     AmbiguousKeyError,
     DimensionMismatchError,
+    EmbedderMismatchError,
     MemoryConfigurationError,
     MemoryConnectionError,
     MemoryError,
@@ -66,6 +67,7 @@ __all__ = [
     "AmbiguousKeyError",
     "MemoryValidationError",
     "DimensionMismatchError",
+    "EmbedderMismatchError",
     "MemoryIndexError",
     "MemorySchemaError",
     "MemoryPermissionError",

@@ -209,12 +209,17 @@ class PostgresConfig(BaseSettings):
             "on torch. The vectors are the same."
         ),
     )
-    on_dimension_mismatch: Literal["error", "reindex"] = Field(
+    on_embedder_change: Literal["error", "reindex"] = Field(
         default="error",
         description=(
-            "What start() does when the embedder's dimension differs from the stored vectors: "
-            "raise DimensionMismatchError, or re-embed every memory with the new model."
+            "What start() does when the table holds another model's vectors (by name and "
+            "dimension): raise EmbedderMismatchError (DimensionMismatchError when only the "
+            "dimension tells), or re-embed every memory with the new model (resumable)."
         ),
+    )
+    on_dimension_mismatch: Literal["error", "reindex"] = Field(
+        default="error",
+        description="Older name of on_embedder_change: 'reindex' here re-embeds as well.",
     )
 
     def __init__(self, **values: Any) -> None:

@@ -115,7 +115,8 @@ class SentenceTransformerEmbedder(LocalModelEmbedder):
 
     @property
     def name(self) -> str:
-        return self._model_path or "all-MiniLM-L6-v2"
+        # The model's own name, as OnnxEmbedder gives it: both backends make the same vectors.
+        return Path(self._model_path).name if self._model_path else "all-MiniLM-L6-v2"
 
     def _load(self) -> Any:
         with self._lock:
@@ -209,7 +210,16 @@ class LangChainEmbedder:
 
     @property
     def name(self) -> str:
-        return type(self.embeddings).__name__
+        """Our own wrapper's model, else the class and (when it says) the model name, e.g.
+        ``OpenAIEmbeddings:text-embedding-3-small``."""
+        inner_name = getattr(getattr(self.embeddings, "embedder", None), "name", None)
+        if isinstance(inner_name, str):
+            return inner_name
+        kind = type(self.embeddings).__name__
+        model = getattr(self.embeddings, "model", None) or getattr(
+            self.embeddings, "model_name", None
+        )
+        return f"{kind}:{model}" if isinstance(model, str) else kind
 
     @property
     def dimension(self) -> int:
@@ -268,6 +278,15 @@ class HashingEmbedder:
 
 
 EmbeddingBackend = Literal["onnx", "torch"]
+
+
+def embedder_identity(embedder: Any, dimension: int) -> str:
+    """What names the vectors an embedder makes: its declared ``name`` (else its class name)
+    and its dimension. Embedders with one identity may share a table's index."""
+    name = getattr(embedder, "name", None)
+    if not isinstance(name, str) or not name:
+        name = type(embedder).__name__
+    return f"{name}/{int(dimension)}"
 
 
 def default_embedder(backend: EmbeddingBackend = "onnx") -> Embedder:

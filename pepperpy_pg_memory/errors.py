@@ -18,6 +18,7 @@ __all__ = [
     "AmbiguousKeyError",
     "MemoryValidationError",
     "DimensionMismatchError",
+    "EmbedderMismatchError",
     "MemoryIndexError",
     "MemorySchemaError",
     "MemoryPermissionError",
@@ -100,6 +101,16 @@ class DimensionMismatchError(MemoryValidationError):
         super().__init__(message)
         self.expected = expected
         self.actual = actual
+
+
+class EmbedderMismatchError(MemoryError):
+    """The table holds vectors of another model than the store's embedder (by name and
+    dimension): searching or writing would mix two models' vectors in one index."""
+
+    def __init__(self, message: str, *, recorded: str, current: str) -> None:
+        super().__init__(message)
+        self.recorded = recorded
+        self.current = current
 
 
 class MemoryIndexError(MemoryError):

@@ -605,6 +605,20 @@ class Statements:
             [layout.table, layout.dimension, layout.vector_type],
         )
 
+    def holds_vectors(self) -> Query:
+        """Whether any memory or passage (of any tenant) has a vector."""
+        return Query(
+            f"SELECT EXISTS (SELECT 1 FROM {self.table} WHERE embedding IS NOT NULL) "
+            f"OR EXISTS (SELECT 1 FROM {self.passages} WHERE embedding IS NOT NULL)"
+        )
+
+    def record_embedder(self) -> Query:
+        """Record the identity of the model whose vectors the table now holds."""
+        return Query(
+            f"UPDATE {self.registry} SET embedder = $2, updated_at = now() WHERE table_name = $1",
+            [self.layout.table, self.layout.embedder],
+        )
+
     def record_text_search_config(self) -> Query:
         """Record this layout's text search configuration in the registry."""
         return Query(

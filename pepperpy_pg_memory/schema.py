@@ -76,6 +76,8 @@ class TableLayout:
     hnsw_m: int = 16
     hnsw_ef_construction: int = 64
     version: int = 0
+    embedder: str | None = None
+    """The identity of the model whose vectors the table holds (None: not recorded yet)."""
 
     @property
     def qualified_table(self) -> str:
@@ -411,6 +413,32 @@ def _registry_statement(schema: str) -> str:
     """
 
 
+REGISTRY_VERSION_TABLE = "pepperpy_memory_registry_version"
+"""One row per schema: the version of the registry table's own layout."""
+
+
+def _registry_v1_embedder(schema: str) -> list[str]:
+    # Which model's vectors a table holds: its name and dimension, so that a store started
+    # with another model of the same dimension cannot mix two models' vectors in one index.
+    return [f"ALTER TABLE {qualified(schema, REGISTRY)} ADD COLUMN IF NOT EXISTS embedder text"]
+
+
+REGISTRY_MIGRATIONS: list[Callable[[str], list[str]]] = [_registry_v1_embedder]
+"""The registry's own migrations (append-only), applied before the tables' migrations."""
+
+
+async def _migrate_registry(conn: asyncpg.Connection, schema: str) -> None:
+    versions = qualified(schema, REGISTRY_VERSION_TABLE)
+    await conn.execute(f"CREATE TABLE IF NOT EXISTS {versions} (version integer NOT NULL)")
+    current = await conn.fetchval(f"SELECT max(version) FROM {versions}") or 0
+    for version in range(current + 1, len(REGISTRY_MIGRATIONS) + 1):
+        for statement in REGISTRY_MIGRATIONS[version - 1](schema):
+            await conn.execute(statement)
+    if current < len(REGISTRY_MIGRATIONS):
+        await conn.execute(f"DELETE FROM {versions}")
+        await conn.execute(f"INSERT INTO {versions} VALUES ($1)", len(REGISTRY_MIGRATIONS))
+
+
 async def _ensure_extensions(conn: asyncpg.Connection) -> None:
     for extension, purpose in (("vector", "pgvector"), ("pg_trgm", "pg_trgm")):
         try:
@@ -477,6 +505,7 @@ async def migrate(
         await _ensure_extensions(conn)
         await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(wanted.schema)}")
         await conn.execute(_registry_statement(wanted.schema))
+        await _migrate_registry(conn, wanted.schema)
         if not await text_search_config_exists(conn, wanted.text_search_config):
             raise MemoryConfigurationError(
                 f"text search configuration {wanted.text_search_config!r} does not exist on the "
@@ -484,7 +513,7 @@ async def migrate(
                 field="text_search_config",
             )
         row = await conn.fetchrow(
-            f"SELECT schema_version, dimension, vector_type, text_search_config "
+            f"SELECT schema_version, dimension, vector_type, text_search_config, embedder "
             f"FROM {wanted.registry} WHERE table_name = $1 FOR UPDATE",
             wanted.table,
         )
@@ -499,13 +528,13 @@ async def migrate(
                 )
             layout = wanted
             await conn.execute(
-                f"INSERT INTO {wanted.registry} "
-                "(table_name, schema_version, dimension, vector_type, text_search_config) "
-                "VALUES ($1, 0, $2, $3, $4)",
+                f"INSERT INTO {wanted.registry} (table_name, schema_version, dimension, "
+                "vector_type, text_search_config, embedder) VALUES ($1, 0, $2, $3, $4, $5)",
                 wanted.table,
                 wanted.dimension,
                 wanted.vector_type,
                 wanted.text_search_config,
+                wanted.embedder,
             )
         else:
             layout = TableLayout(
@@ -517,7 +546,16 @@ async def migrate(
                 hnsw_m=wanted.hnsw_m,
                 hnsw_ef_construction=wanted.hnsw_ef_construction,
                 version=row["schema_version"],
+                embedder=row["embedder"],
             )
+            if layout.embedder is None and wanted.embedder is not None:
+                # A table from before identities were recorded adopts the current model.
+                await conn.execute(
+                    f"UPDATE {wanted.registry} SET embedder = $2 WHERE table_name = $1",
+                    wanted.table,
+                    wanted.embedder,
+                )
+                layout = replace(layout, embedder=wanted.embedder)
         if layout.version > SCHEMA_VERSION:
             raise MemorySchemaError(
                 f"table {wanted.schema}.{wanted.table} has schema version {layout.version}, "

@@ -35,10 +35,11 @@ from .coalesce import Coalescer
 from .config import PostgresConfig
 from .database import Database, connect
 from .embedded import EmbeddedServer, acquire_embedded, release_embedded
-from .embeddings import Embedder, as_embedder
+from .embeddings import Embedder, as_embedder, embedder_identity
 from .errors import (
     AmbiguousKeyError,
     DimensionMismatchError,
+    EmbedderMismatchError,
     MemoryConnectionError,
     MemoryError,
     MemoryIndexError,
@@ -176,6 +177,7 @@ class PostgresStorage(Generic[K, V]):
         self._value_type = value_type
         self._value_adapter: TypeAdapter[Any] | None | Literal[False] = False
         self._start_lock = asyncio.Lock()
+        self._identity = ""  # the embedder's identity, known once started
         # Whether searches must look at passages (see _vector_rows): once true, stays true.
         self._passages_seen = False
         # Concurrent store() calls are written in batches, on half the pool at most: a burst
@@ -225,8 +227,11 @@ class PostgresStorage(Generic[K, V]):
         """Connect, create the extensions and the table if needed, and open the pool.
 
         Idempotent. On an embedded config, starts the server first (or attaches to a running
-        one). Raises :class:`DimensionMismatchError` when the table holds embeddings of another
-        dimension than the embedder's, unless ``config.on_dimension_mismatch == "reindex"``.
+        one). When the table holds another model's vectors (the registry records the model's
+        name and dimension), raises :class:`EmbedderMismatchError` — or
+        :class:`DimensionMismatchError` when the dimensions differ — unless
+        ``config.on_embedder_change == "reindex"``, which re-embeds every memory (resumable).
+        A table without vectors simply adopts the current model.
         """
         async with self._start_lock:
             if self.database.is_open:
@@ -246,6 +251,7 @@ class PostgresStorage(Generic[K, V]):
         else:
             dsn = config.connection_dsn()
         dimension = await self._vectors.model_dimension()
+        self._identity = embedder_identity(self._vectors.embedder, dimension)
         wanted = TableLayout(
             schema=config.schema_name,
             table=config.table,
@@ -254,6 +260,7 @@ class PostgresStorage(Generic[K, V]):
             text_search_config=config.text_search_config,
             hnsw_m=config.hnsw_m,
             hnsw_ef_construction=config.hnsw_ef_construction,
+            embedder=self._identity,
         )
         conn = await connect(config, dsn)
         try:
@@ -274,19 +281,52 @@ class PostgresStorage(Generic[K, V]):
             )
         self._use_layout(layout)
         await self.database.open(dsn, vectors_in, self._session_settings())
-        if layout.dimension != dimension:
-            if config.on_dimension_mismatch == "reindex":
-                await self.reindex(MemoryIndex.SEMANTIC)
-            else:
-                raise DimensionMismatchError(
-                    f"table {layout.schema}.{layout.table} holds {layout.dimension}-dimensional "
-                    f"embeddings but the embedder produces {dimension}: start with "
-                    "PostgresConfig(on_dimension_mismatch='reindex') to re-embed every memory "
-                    "with the new model, or use the model the table was built with",
-                    expected=layout.dimension,
-                    actual=dimension,
-                )
+        await self._check_embedder(layout, dimension)
         logger.info("memory store ready on %s", config.describe_target())
+
+    async def _check_embedder(self, layout: TableLayout, dimension: int) -> None:
+        """Make sure the table's vectors are the current model's: adopt it for a table
+        without vectors, re-embed if configured to, else refuse to start."""
+        if layout.embedder == self._identity:
+            return
+        config = self.config
+        where = f"table {layout.schema}.{layout.table}"
+        if layout.dimension == dimension and not await self._holds_vectors():
+            await self._record_embedder()
+            return
+        if "reindex" in (config.on_embedder_change, config.on_dimension_mismatch):
+            logger.warning(
+                "%s holds vectors of %s; re-embedding every memory with %s",
+                where,
+                layout.embedder,
+                self._identity,
+            )
+            await self.reindex(MemoryIndex.SEMANTIC)
+            return
+        if layout.dimension != dimension:
+            raise DimensionMismatchError(
+                f"{where} holds {layout.dimension}-dimensional embeddings but the embedder "
+                f"produces {dimension}: start with PostgresConfig(on_embedder_change='reindex') "
+                "to re-embed every memory with the new model, or use the model the table was "
+                "built with",
+                expected=layout.dimension,
+                actual=dimension,
+            )
+        raise EmbedderMismatchError(
+            f"{where} holds vectors of {layout.embedder}, not of this store's embedder "
+            f"{self._identity}: searching would compare two models' vectors. Start with "
+            "PostgresConfig(on_embedder_change='reindex') to re-embed every memory with it, "
+            "or use the model the table was built with",
+            recorded=str(layout.embedder),
+            current=self._identity,
+        )
+
+    async def _holds_vectors(self) -> bool:
+        return bool(await self.database.fetchval("start", self._statements.holds_vectors()))
+
+    async def _record_embedder(self) -> None:
+        self._use_layout(replace(self.layout, embedder=self._identity))
+        await self.database.execute("reindex", self._statements.record_embedder())
 
     def _session_settings(self) -> dict[str, str]:
         config = self.config
@@ -1531,8 +1571,10 @@ class PostgresStorage(Generic[K, V]):
             done += len(rows)
             if progress is not None:
                 progress(min(done, total), total)
-        await database.execute("reindex", statements.save_reindex_cursor(None))
         await self._reindex_passages(batch)
+        await database.execute("reindex", statements.save_reindex_cursor(None))
+        # Every vector is now the current model's.
+        await self._record_embedder()
         if rebuild:
             await database.execute_all(
                 "reindex",

@@ -118,7 +118,7 @@ async def test_changing_the_model_dimension_is_detected_and_migrated(
     async with PostgresStorage[str, Any](config, HashingEmbedder(16)) as store:
         await store.store_many((f"k{i}", f"memory text {i}") for i in range(40))
 
-    with pytest.raises(DimensionMismatchError, match="on_dimension_mismatch='reindex'") as caught:
+    with pytest.raises(DimensionMismatchError, match="on_embedder_change='reindex'") as caught:
         async with PostgresStorage[str, Any](config, HashingEmbedder(24)):
             pass
     assert (caught.value.expected, caught.value.actual) == (16, 24)
