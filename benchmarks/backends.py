@@ -3,8 +3,9 @@
 ``python -m benchmarks.backends [--rounds 5] [--out FILE]``: the same process, backends
 alternating round by round (the host's speed drifts), sentences from the benchmark corpus.
 Reports p50 of single-query embedding and sentences/s in batches of 32 for sentence-transformers
-on torch and for onnxruntime, the ratios between them, and the smallest cosine between their
-vectors.
+on torch, for onnxruntime (fp32) and for its int8 variant, the ratios to torch, the smallest
+cosine between each one's vectors and torch's, and each one's top-3 agreement with torch on
+the corpus questions.
 """
 
 from __future__ import annotations
@@ -27,7 +28,11 @@ from .corpus import memories, questions
 
 
 async def _measure(rounds: int) -> dict[str, Any]:
-    backends: dict[str, Any] = {"torch": SentenceTransformerEmbedder(), "onnx": OnnxEmbedder()}
+    backends: dict[str, Any] = {
+        "torch": SentenceTransformerEmbedder(),
+        "onnx": OnnxEmbedder(),
+        "onnx-int8": OnnxEmbedder(variant="int8"),
+    }
     texts = [m.text for m in memories(512)]
     asked = questions(200)
     for embedder in backends.values():  # load, export if needed, warm up
@@ -46,18 +51,39 @@ async def _measure(rounds: int) -> dict[str, Any]:
             for start in range(0, len(texts), 32):
                 await embedder.embed_documents(texts[start : start + 32])
             per_second[name].append(len(texts) / (time.perf_counter() - started))
-    torch_vectors = np.asarray(await backends["torch"].embed_documents(texts + asked))
-    onnx_vectors = np.asarray(await backends["onnx"].embed_documents(texts + asked))
+    vectors = {
+        name: np.asarray(await embedder.embed_documents(texts + asked))
+        for name, embedder in backends.items()
+    }
+
+    def top3(matrix: Any) -> Any:
+        scores = matrix[len(texts) :] @ matrix[: len(texts)].T
+        return np.argsort(-scores, axis=1)[:, :3]
+
+    reference = top3(vectors["torch"])
     query = {name: statistics.median(values) for name, values in query_ms.items()}
     throughput = {name: statistics.median(values) for name, values in per_second.items()}
+    others = [name for name in backends if name != "torch"]
     return {
         "date": time.strftime("%Y-%m-%d"),
         "cpus": os.cpu_count(),
         "query_p50_ms": query,
         "batch_sentences_per_second": throughput,
-        "query_ratio_onnx_over_torch": query["onnx"] / query["torch"],
-        "throughput_ratio_onnx_over_torch": throughput["onnx"] / throughput["torch"],
-        "min_cosine_onnx_vs_torch": float(np.min(np.sum(torch_vectors * onnx_vectors, axis=1))),
+        "query_ratio_over_torch": {name: query[name] / query["torch"] for name in others},
+        "throughput_ratio_over_torch": {
+            name: throughput[name] / throughput["torch"] for name in others
+        },
+        "min_cosine_vs_torch": {
+            name: float(np.min(np.sum(vectors["torch"] * vectors[name], axis=1))) for name in others
+        },
+        "top3_same_as_torch": {
+            name: float(
+                np.mean(
+                    [set(a) == set(b) for a, b in zip(top3(vectors[name]), reference, strict=True)]
+                )
+            )
+            for name in others
+        },
         "rounds": {"query_ms": query_ms, "sentences_per_second": per_second},
     }
 
@@ -71,13 +97,14 @@ def main() -> int:
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     q, t = result["query_p50_ms"], result["batch_sentences_per_second"]
-    print(
-        f"query p50: torch {q['torch']:.2f} ms, onnx {q['onnx']:.2f} ms "
-        f"({result['query_ratio_onnx_over_torch']:.2f}x); batches of 32: torch "
-        f"{t['torch']:.0f}/s, onnx {t['onnx']:.0f}/s "
-        f"({result['throughput_ratio_onnx_over_torch']:.2f}x); min cosine "
-        f"{result['min_cosine_onnx_vs_torch']:.6f}"
-    )
+    print(f"torch: query p50 {q['torch']:.2f} ms, batches of 32 {t['torch']:.0f}/s")
+    for name in result["query_ratio_over_torch"]:
+        print(
+            f"{name}: query p50 {q[name]:.2f} ms ({result['query_ratio_over_torch'][name]:.2f}x),"
+            f" batches {t[name]:.0f}/s ({result['throughput_ratio_over_torch'][name]:.2f}x), "
+            f"min cosine {result['min_cosine_vs_torch'][name]:.4f}, "
+            f"top-3 as torch {result['top3_same_as_torch'][name]:.3f}"
+        )
     return 0
 
 

@@ -277,7 +277,7 @@ class HashingEmbedder:
         return self._vector(text)
 
 
-EmbeddingBackend = Literal["onnx", "torch"]
+EmbeddingBackend = Literal["onnx", "onnx-int8", "torch"]
 
 
 def embedder_identity(embedder: Any, dimension: int) -> str:
@@ -296,7 +296,7 @@ def default_embedder(backend: EmbeddingBackend = "onnx") -> Embedder:
         return SentenceTransformerEmbedder()
     from .onnx_embedder import OnnxEmbedder
 
-    return OnnxEmbedder()
+    return OnnxEmbedder(variant="int8" if backend == "onnx-int8" else "fp32")
 
 
 def as_embedder(obj: Any, backend: EmbeddingBackend = "onnx") -> Embedder:

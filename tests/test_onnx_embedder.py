@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from pepperpy_pg_memory import (
+    MemoryConfigurationError,
     OnnxEmbedder,
     PostgresConfig,
     PostgresStorage,
@@ -101,10 +102,48 @@ def test_the_store_uses_the_configured_backend() -> None:
 
 
 def test_an_unwritable_cache_is_a_configuration_error(tmp_path: Path) -> None:
-    from pepperpy_pg_memory import MemoryConfigurationError
-
     blocked = tmp_path / "file-not-folder"
     blocked.write_text("a file where the cache folder would go")
     embedder = OnnxEmbedder(cache_folder=blocked / "onnx")
     with pytest.raises(MemoryConfigurationError, match="cannot write the ONNX export"):
         asyncio.run(embedder.embed_query("hi"))
+
+
+def test_the_int8_variant_is_checked_close_and_another_model(exported: Path) -> None:
+    from pepperpy_pg_memory.embeddings import embedder_identity
+    from pepperpy_pg_memory.onnx_embedder import RETRIEVAL_MEMORIES, RETRIEVAL_QUESTIONS
+
+    int8 = OnnxEmbedder(cache_folder=exported, variant="int8")
+    fp32 = OnnxEmbedder(cache_folder=exported)
+    assert int8.onnx_path() != fp32.onnx_path()
+    small = np.asarray(asyncio.run(int8.embed_documents(SENTENCES)))
+    assert int8.onnx_path().is_file()
+    assert int8.onnx_path().stat().st_size < fp32.onnx_path().stat().st_size / 2
+    full = np.asarray(asyncio.run(fp32.embed_documents(SENTENCES)))
+    assert np.min(np.sum(small * full, axis=1)) >= 0.95
+    assert not np.allclose(small, full, atol=1e-4)  # close, not the same vectors
+    # Its nearest memories are fp32's on the published check set.
+    memories = np.asarray(asyncio.run(int8.embed_documents(RETRIEVAL_MEMORIES)))
+    questions = np.asarray(asyncio.run(int8.embed_documents(RETRIEVAL_QUESTIONS)))
+    assert [int(i) for i in np.argmax(questions @ memories.T, axis=1)] == [0, 1, 2, 3, 4, 6, 9, 10]
+    # So a table built with one refuses the other (see test_embedder_identity.py).
+    assert embedder_identity(int8, 384) == "all-MiniLM-L6-v2-int8/384"
+    assert embedder_identity(fp32, 384) == embedder_identity(SentenceTransformerEmbedder(), 384)
+    config = PostgresConfig(embedding_backend="onnx-int8")
+    assert PostgresStorage(config).embedder.name == "all-MiniLM-L6-v2-int8"  # type: ignore[attr-defined]
+    with pytest.raises(MemoryConfigurationError):
+        OnnxEmbedder(variant="int4")  # type: ignore[arg-type]
+
+
+def test_the_int8_variant_loads_without_torch(exported: Path) -> None:
+    asyncio.run(OnnxEmbedder(cache_folder=exported, variant="int8").embed_query("warm"))
+    done = _run(
+        f"""
+        import asyncio, sys
+        from pepperpy_pg_memory import OnnxEmbedder
+        embedder = OnnxEmbedder(cache_folder={str(exported)!r}, variant="int8")
+        print(asyncio.run(embedder.embed_query("hi")).shape, "torch" in sys.modules)
+        """
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["(384,)", "False"]
