@@ -139,8 +139,13 @@ class Coalescer(Generic[T, R]):
                 for call in batch:
                     call.future.cancel()
                 raise
-            except BaseException as exc:  # the batch's failure is every call's
+            except Exception as exc:  # the batch's failure is every call's
                 outcomes = [exc] * len(batch)
+            except BaseException as exc:  # KeyboardInterrupt, SystemExit: theirs, and ours
+                for call in batch:
+                    if not call.future.done():
+                        call.future.set_exception(exc)
+                raise
             if len(outcomes) != len(batch):
                 mismatch = RuntimeError(
                     f"{self.operation}: a batch of {len(batch)} got {len(outcomes)} outcomes"

@@ -36,6 +36,7 @@ EXPECTED = {
     "ArrayPattern",
     "MemoryValidationError",
     "DimensionMismatchError",
+    "EmbedderMismatchError",
     "MemoryIndexError",
     "MemorySchemaError",
     "MemoryPermissionError",
@@ -51,6 +52,7 @@ def test_exports_are_pinned() -> None:
 def test_error_hierarchy() -> None:
     from pepperpy_pg_memory import (
         DimensionMismatchError,
+        EmbedderMismatchError,
         MemoryConfigurationError,
         MemoryConnectionError,
         MemoryError,
@@ -68,6 +70,7 @@ def test_error_hierarchy() -> None:
         MemoryNotFoundError,
         MemoryValidationError,
         DimensionMismatchError,
+        EmbedderMismatchError,
         MemoryIndexError,
         MemorySchemaError,
     ):
