@@ -124,6 +124,7 @@ async def table_figures(
     for name, query in (
         ("memories", statements.count(Restriction(tenant=tenant))),
         ("expired_not_cleaned", statements.count_expired(tenant)),
+        ("passages", statements.count_passages(tenant)),
     ):
         figures[name] = int(await conn.fetchval(query.sql, *query.args))
     sizes_query, indexes_query = statements.table_sizes(), statements.index_sizes()

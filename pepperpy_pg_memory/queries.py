@@ -266,6 +266,9 @@ class Statements:
             [tenant],
         )
 
+    def count_passages(self, tenant: str) -> Query:
+        return Query(f"SELECT count(*) FROM {self.passages} WHERE tenant = $1", [tenant])
+
     def delete_passages(self, tenant: str, identities: Sequence[Identity]) -> Query:
         params = Params([tenant])
         return Query(

@@ -1650,7 +1650,10 @@ class PostgresStorage(Generic[K, V]):
         ``memories`` and ``expired_not_cleaned``; ``table_bytes``, ``total_bytes`` and
         ``index_bytes`` per index; ``pool`` (size, in use, idle, waiting, max); ``operations``
         (count, errors, mean and bucketed p50/p95 latency, histogram) per operation;
-        ``errors`` by class; ``embedding_cache`` (entries, hits, misses, hit rate).
+        ``errors`` by class; ``embedding_cache`` (entries, hits, misses, hit rate);
+        ``dimension`` and ``embedder`` (the model the table's vectors come from, as the
+        registry records it); ``passages`` (the tenant's) and ``queued_stores`` (concurrent
+        ``store()`` calls waiting for their batch).
         """
         figures = await self.database.run(
             "stats", partial(maintenance.table_figures, self._statements, self._tenant)
@@ -1676,6 +1679,8 @@ class PostgresStorage(Generic[K, V]):
             "hit_rate": cache.hits / lookups if lookups else None,
         }
         figures["dimension"] = self.layout.dimension
+        figures["embedder"] = self.layout.embedder
+        figures["queued_stores"] = self._store_calls.queued
         return figures
 
 

@@ -14,7 +14,7 @@ async def test_stats_follow_the_operations(storage: PostgresStorage[str, Any]) -
     before = await storage.stats()
     assert before["memories"] == 0 and before["operations"] == {}
     await storage.store_many((f"k{i}", f"text {i}") for i in range(20))
-    await storage.store("one", "more text")
+    await storage.store("one", "more text", passages=["first part", "second part"])
     for _ in range(3):
         await storage.search(MemoryQuery(query="text"))
     with pytest.raises(MemoryNotFoundError):
@@ -35,6 +35,9 @@ async def test_stats_follow_the_operations(storage: PostgresStorage[str, Any]) -
     }
     assert after["total_bytes"] > before["total_bytes"]
     assert after["embedding_cache"]["hits"] >= 2  # the repeated query was embedded once
+    assert after["passages"] == 2 and before["passages"] == 0
+    assert after["embedder"] == "hashing/64" and after["dimension"] == 64
+    assert after["queued_stores"] == 0
 
 
 async def test_prometheus_collector_exports_histograms_and_errors(
