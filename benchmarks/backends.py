@@ -24,7 +24,26 @@ import numpy as np
 
 from pepperpy_pg_memory import OnnxEmbedder, SentenceTransformerEmbedder
 
-from .corpus import memories, questions
+from .corpus import NAMES, memories, questions
+
+# What each question form of the corpus asks about: the topic of the memories that answer it.
+_ASKS = {
+    "like to drink": "drinks",
+    "books does": "reads",
+    "sport or instrument": "plays",
+    "food does": "cooks",
+    "like to go": "visits",
+    "allergic to anything": "allergic",
+    "'s job": "as",
+    "travelling to": "planning",
+}
+
+
+def _answers(question: str) -> tuple[str, str] | None:
+    """The (user, topic) whose memories answer ``question``, read off its template."""
+    topic = next((t for form, t in _ASKS.items() if form in question), None)
+    name = next((n for n in NAMES if f" {n} " in f" {question} " or f"{n}'s" in question), None)
+    return None if topic is None or name is None else (name.lower(), topic)
 
 
 async def _measure(rounds: int) -> dict[str, Any]:
@@ -33,7 +52,8 @@ async def _measure(rounds: int) -> dict[str, Any]:
         "onnx": OnnxEmbedder(),
         "onnx-int8": OnnxEmbedder(variant="int8"),
     }
-    texts = [m.text for m in memories(512)]
+    corpus = memories(512)
+    texts = [m.text for m in corpus]
     asked = questions(200)
     for embedder in backends.values():  # load, export if needed, warm up
         await embedder.embed_documents(texts[:32])
@@ -61,6 +81,22 @@ async def _measure(rounds: int) -> dict[str, Any]:
         return np.argsort(-scores, axis=1)[:, :3]
 
     reference = top3(vectors["torch"])
+
+    def hit_rates(matrix: Any) -> dict[str, float]:
+        """Share of answerable questions whose first (or first three) results answer them."""
+        scores = matrix[len(texts) :] @ matrix[: len(texts)].T
+        first = second = total = 0
+        for question, row in zip(asked, scores, strict=True):
+            wanted = _answers(question)
+            relevant = {i for i, m in enumerate(corpus) if wanted and (m.user, m.topic) == wanted}
+            if not relevant:
+                continue
+            ranked = np.argsort(-row)[:3].tolist()
+            total += 1
+            first += ranked[0] in relevant
+            second += bool(relevant & set(ranked))
+        return {"hit_at_1": first / total, "hit_at_3": second / total, "questions": total}
+
     query = {name: statistics.median(values) for name, values in query_ms.items()}
     throughput = {name: statistics.median(values) for name, values in per_second.items()}
     others = [name for name in backends if name != "torch"]
@@ -76,6 +112,7 @@ async def _measure(rounds: int) -> dict[str, Any]:
         "min_cosine_vs_torch": {
             name: float(np.min(np.sum(vectors["torch"] * vectors[name], axis=1))) for name in others
         },
+        "hit_rates": {name: hit_rates(vectors[name]) for name in backends},
         "top3_same_as_torch": {
             name: float(
                 np.mean(
@@ -98,6 +135,11 @@ def main() -> int:
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     q, t = result["query_p50_ms"], result["batch_sentences_per_second"]
     print(f"torch: query p50 {q['torch']:.2f} ms, batches of 32 {t['torch']:.0f}/s")
+    for name, rates in result["hit_rates"].items():
+        print(
+            f"{name}: hit@1 {rates['hit_at_1']:.3f}, hit@3 {rates['hit_at_3']:.3f} "
+            f"over {rates['questions']} answerable questions"
+        )
     for name in result["query_ratio_over_torch"]:
         print(
             f"{name}: query p50 {q[name]:.2f} ms ({result['query_ratio_over_torch'][name]:.2f}x),"
