@@ -24,13 +24,16 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from .errors import MemoryTimeoutError
+from .errors import MemoryConnectionError, MemoryTimeoutError
 
-__all__ = ["Coalescer", "BatchFunction"]
+__all__ = ["Coalescer", "BatchFunction", "together_or_alone"]
+
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -163,3 +166,30 @@ class Coalescer(Generic[T, R]):
         """Wait until nothing is queued or running."""
         while self._running:
             await asyncio.gather(*self._running, return_exceptions=True)
+
+
+async def together_or_alone(
+    operation: str,
+    items: list[T],
+    together: Callable[[list[T]], Awaitable[list[R]]],
+    alone: Callable[[T], Awaitable[R]],
+) -> list[R | BaseException]:
+    """A batch function's usual policy: run ``items`` together; if that fails on anything but
+    the server or the pool (perhaps one item's data failed them all), run each alone, so that
+    each gets its own outcome. A :class:`MemoryConnectionError` is every item's: raised."""
+    if len(items) > 1:
+        try:
+            return list(await together(items))
+        except MemoryConnectionError:
+            raise
+        except Exception as exc:
+            logger.debug("%s: a batch of %d failed (%r); one by one", operation, len(items), exc)
+    outcomes: list[R | BaseException] = []
+    for item in items:
+        try:
+            outcomes.append(await alone(item))
+        except MemoryConnectionError:
+            raise
+        except Exception as exc:
+            outcomes.append(exc)
+    return outcomes

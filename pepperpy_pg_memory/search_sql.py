@@ -75,18 +75,33 @@ class SearchStatements:
             f"(SELECT EXISTS (SELECT 1 FROM {self.passages} WHERE tenant = {params.add(tenant)}))"
         )
 
+    def _nearest(self, columns: str, vector: str, where: str, want: str, distance: str) -> str:
+        """A CTE body: ``columns`` and the distance (named ``distance``) of the ``want``
+        memories nearest to ``vector`` within the restriction ``where``.
+
+        It is the shape pgvector's HNSW index serves (ORDER BY distance LIMIT); with iterative
+        scans on, it keeps scanning until the filters let ``want`` rows through. Callers
+        materialise it and sort again: relaxed_order scans return rows roughly in order.
+        """
+        return f"""
+            SELECT {columns}, m.embedding <=> {vector} AS {distance}
+            FROM {self.table} m
+            WHERE m.embedding IS NOT NULL AND {where}
+            ORDER BY m.embedding <=> {vector}
+            LIMIT {want}
+        """
+
     def _passage_hits(self, params: Params, vector: str, where: str, tenant: str, want: str) -> str:
         """A CTE body: per memory within the restriction, its passages' best distance to
         ``vector``, over the ``want`` nearest passages (the passages' own HNSW index)."""
-        tenant_param = params.add(tenant)
         # The EXISTS is evaluated once (an InitPlan): a table without passages costs nothing.
         return f"""
             SELECT scope, scope_id, key, min(distance) AS distance FROM (
                 SELECT p.scope, p.scope_id, p.key, p.embedding <=> {vector} AS distance
                 FROM {self.passages} p
                 JOIN {self.table} m USING ({_OWNER_KEY})
-                WHERE p.tenant = {tenant_param} AND p.embedding IS NOT NULL AND {where}
-                  AND EXISTS (SELECT 1 FROM {self.passages} WHERE tenant = {tenant_param})
+                WHERE p.tenant = {params.add(tenant)} AND p.embedding IS NOT NULL AND {where}
+                  AND {self._passages_exist(params, tenant)}
                 ORDER BY p.embedding <=> {vector}
                 LIMIT {want}
             ) nearest GROUP BY scope, scope_id, key
@@ -110,16 +125,12 @@ class SearchStatements:
         params = Params()
         vector = f"{params.add(embedding)}::{self.vector}"
         where = restriction.conditions(params)
-        extra = ", m.embedding" if include_embedding else ""
+        columns = _SELECT_ENTRY + (", m.embedding" if include_embedding else "")
+        want = params.add(limit + offset)
         if not passages:
+            nearest = self._nearest(columns, vector, where, want, "distance")
             sql = f"""
-                WITH hits AS MATERIALIZED (
-                    SELECT {_SELECT_ENTRY}{extra}, m.embedding <=> {vector} AS distance
-                    FROM {self.table} m
-                    WHERE m.embedding IS NOT NULL AND {where}
-                    ORDER BY m.embedding <=> {vector}
-                    LIMIT {params.add(limit + offset)}
-                )
+                WITH hits AS MATERIALIZED ({nearest})
                 SELECT *, 1 - distance AS score,
                     {self._passages_exist(params, restriction.tenant)} AS passages_exist
                 FROM hits
@@ -127,19 +138,11 @@ class SearchStatements:
                 {_page(params, "distance", limit, offset)}
             """
             return Query(sql, params.values)
-        # The inner query is the shape pgvector's HNSW index serves (ORDER BY distance LIMIT);
-        # with iterative scans on, it keeps scanning until the filters let `limit` rows through.
-        # MATERIALIZED and the outer ORDER BY restore exact order after relaxed_order scans.
-        want = params.add(limit + offset)
         # A memory with passages counts by its best vector: its own or a passage's. Memories
         # found only through a passage are fetched by identity.
         sql = f"""
             WITH hits AS MATERIALIZED (
-                SELECT {_SELECT_ENTRY}{extra}, m.embedding <=> {vector} AS own_distance
-                FROM {self.table} m
-                WHERE m.embedding IS NOT NULL AND {where}
-                ORDER BY m.embedding <=> {vector}
-                LIMIT {want}
+                {self._nearest(columns, vector, where, want, "own_distance")}
             ),
             passage_hits AS MATERIALIZED (
                 {self._passage_hits(params, vector, where, restriction.tenant, want)}
@@ -148,7 +151,7 @@ class SearchStatements:
                 SELECT h.*, LEAST(h.own_distance, ph.distance) AS distance
                 FROM hits h LEFT JOIN passage_hits ph USING (scope, scope_id, key)
                 UNION ALL
-                SELECT {_SELECT_ENTRY}{extra}, m.embedding <=> {vector}, ph.distance
+                SELECT {columns}, m.embedding <=> {vector}, ph.distance
                 FROM passage_hits ph
                 JOIN {self.table} m ON m.tenant = {params.add(restriction.tenant)}
                     AND (m.scope, m.scope_id, m.key) = (ph.scope, ph.scope_id, ph.key)
@@ -285,13 +288,7 @@ class SearchStatements:
         # Reciprocal-rank fusion in the database, in one round trip: each index ranks its own
         # candidates, ranks are fused as sum(1 / (k + rank)), and the sum is scaled by (k+1)/2
         # so that first place in both lists scores 1.
-        own = f"""
-            SELECT {_M_OWNER_KEY}, m.embedding <=> {vector} AS distance
-            FROM {self.table} m
-            WHERE m.embedding IS NOT NULL AND {where}
-            ORDER BY m.embedding <=> {vector}
-            LIMIT {pool}
-        """
+        own = self._nearest(_M_OWNER_KEY, vector, where, pool, "distance")
         if passages:
             passage_hits = self._passage_hits(params, vector, where, restriction.tenant, pool)
             tenant = params.add(restriction.tenant)

@@ -31,7 +31,7 @@ from pydantic import ValidationError as PydanticValidationError
 from . import backup, maintenance
 from .bulk import copy_passages, write_batch, write_one
 from .cache import EmbeddingCache
-from .coalesce import Coalescer
+from .coalesce import Coalescer, together_or_alone
 from .config import PostgresConfig
 from .database import Database, connect
 from .embedded import EmbeddedServer, acquire_embedded, release_embedded
@@ -40,7 +40,6 @@ from .errors import (
     AmbiguousKeyError,
     DimensionMismatchError,
     EmbedderMismatchError,
-    MemoryConnectionError,
     MemoryError,
     MemoryIndexError,
     MemoryNotFoundError,
@@ -78,7 +77,7 @@ from .search_sql import Page, SearchStatements
 from .sql import Query
 from .types import Identity, MemoryIndex, MemoryScope, MemoryType
 from .values import default_text_of, to_json_value, validate_key
-from .vectors import EmbeddingPipeline, Vector, content_hash
+from .vectors import EmbeddingPipeline, Vector
 
 __all__ = ["PostgresStorage", "MemorySearchResults", "ProgressCallback", "MemoryItem"]
 
@@ -500,25 +499,15 @@ class PostgresStorage(Generic[K, V]):
 
     async def _embed_passages(self, writes: builtins.list[PendingWrite]) -> None:
         """Vectors for the writes' passages: from the cache, else from the model."""
-        cache = self._vectors.cache
         todo = [w for w in writes if w.passages and w.passage_vectors is None]
         texts = [text for w in todo for text in w.passages]
         if not texts:
             return
-        vectors: dict[str, Vector] = {}
-        missing = []
-        for text in dict.fromkeys(texts):
-            cached = cache.get(content_hash(text))
-            if cached is None:
-                missing.append(text)
-            else:
-                vectors[text] = cached
-        if missing:
-            for text, vector in zip(missing, await self._vectors.embed(missing), strict=True):
-                vectors[text] = vector
-                cache.put(content_hash(text), vector)
+        vectors = await self._vectors.embed_cached(texts)
+        start = 0
         for write in todo:
-            write.passage_vectors = np.stack([vectors[text] for text in write.passages])
+            write.passage_vectors = vectors[start : start + len(write.passages)]
+            start += len(write.passages)
 
     def _passage_rows(self, writes: Iterable[PendingWrite]) -> builtins.list[tuple[Any, ...]]:
         """Passage rows of ``writes``, for COPY (and, if any, searches use passages now)."""
@@ -631,26 +620,15 @@ class PostgresStorage(Generic[K, V]):
     async def _store_run(
         self, calls: builtins.list[StoreCall]
     ) -> builtins.list[MemoryEntry[V] | BaseException]:
-        if len(calls) > 1:
-            writes = {write.identity: write for write, _ in calls}
-            try:
-                rows = await self._write_together(builtins.list(writes.values()))
-            except MemoryConnectionError:
-                raise  # the server or the pool failed: every call's outcome
-            except Exception as exc:
-                # Perhaps one write's data failed the batch: give each its own outcome.
-                logger.debug("store: a batch of %d failed (%r); one by one", len(calls), exc)
-            else:
-                return [self._stored(write, value, rows[write.identity]) for write, value in calls]
-        outcomes: builtins.list[MemoryEntry[V] | BaseException] = []
-        for write, value in calls:
-            try:
-                outcomes.append(await self._write_one(write, value))
-            except MemoryConnectionError:
-                raise
-            except Exception as exc:
-                outcomes.append(exc)
-        return outcomes
+        """Distinct memories' writes: in one batch, or one by one if the batch fails."""
+
+        async def together(run: builtins.list[StoreCall]) -> builtins.list[MemoryEntry[V]]:
+            rows = await self._write_together([write for write, _ in run])
+            return [self._stored(write, value, rows[write.identity]) for write, value in run]
+
+        return await together_or_alone(
+            "store", calls, together, lambda call: self._write_one(*call)
+        )
 
     async def _write_one(self, write: PendingWrite, value: Any) -> MemoryEntry[V]:
         await self._plan_embeddings([write])

@@ -104,6 +104,25 @@ class EmbeddingPipeline:
             return np.zeros((0, dimension), dtype=np.float32)
         return np.stack([vectors[text] for text in texts])
 
+    async def embed_cached(self, texts: list[str]) -> Vector:
+        """Like :meth:`embed`, answering texts embedded recently from the cache (and caching
+        the rest)."""
+        vectors: dict[str, Vector] = {}
+        missing = []
+        for text in dict.fromkeys(texts):
+            cached = self.cache.get(content_hash(text))
+            if cached is None:
+                missing.append(text)
+            else:
+                vectors[text] = cached
+        if missing:
+            for text, vector in zip(missing, await self.embed(missing), strict=True):
+                vectors[text] = vector
+                self.cache.put(content_hash(text), vector)
+        if not texts:
+            return np.zeros((0, self._dimension()), dtype=np.float32)
+        return np.stack([vectors[text] for text in texts])
+
     async def query(self, text: str) -> Vector:
         """The vector a search for ``text`` uses: from the cache, or the model's query
         embedding (checked, then cached)."""

@@ -53,7 +53,6 @@ from langgraph.store.base.embed import ensure_embeddings, get_text_at_path
 from pepperpy_pg_memory import (
     ArrayPattern,
     MemoryConfigurationError,
-    MemoryConnectionError,
     MemoryEntry,
     MemoryIndex,
     MemoryQuery,
@@ -62,7 +61,7 @@ from pepperpy_pg_memory import (
     PostgresConfig,
     PostgresStorage,
 )
-from pepperpy_pg_memory.coalesce import BatchFunction, Coalescer
+from pepperpy_pg_memory.coalesce import BatchFunction, Coalescer, together_or_alone
 from pepperpy_pg_memory.items import MAX_PASSAGES
 from pepperpy_pg_memory.runner import BackgroundStorage
 from pepperpy_pg_memory.schema import MAX_KEY_BYTES
@@ -327,28 +326,18 @@ class PepperpyStore(BaseStore):
 
     async def _run_calls(self, calls: list[list[Op]]) -> list[list[Result] | BaseException]:
         storage = self.storage
-        if len(calls) > 1:
-            try:
-                results = await self._execute(storage, [op for ops in calls for op in ops])
-            except MemoryConnectionError:
-                raise  # the server or the pool failed: every call's outcome
-            except Exception:  # perhaps one call's operation: give each its own outcome
-                pass
-            else:
-                out: list[list[Result] | BaseException] = []
-                for ops in calls:
-                    out.append(results[: len(ops)])
-                    results = results[len(ops) :]
-                return out
-        outcomes: list[list[Result] | BaseException] = []
-        for ops in calls:
-            try:
-                outcomes.append(await self._execute(storage, ops))
-            except MemoryConnectionError:
-                raise
-            except Exception as exc:
-                outcomes.append(exc)
-        return outcomes
+
+        async def together(batch: list[list[Op]]) -> list[list[Result]]:
+            results = await self._execute(storage, [op for ops in batch for op in ops])
+            out = []
+            for ops in batch:
+                out.append(results[: len(ops)])
+                results = results[len(ops) :]
+            return out
+
+        return await together_or_alone(
+            "LangGraph store batch", calls, together, lambda ops: self._execute(storage, ops)
+        )
 
     async def _execute(self, storage: PostgresStorage[Any, Any], ops: list[Op]) -> list[Result]:
         results: list[Result] = [None] * len(ops)
