@@ -85,16 +85,16 @@ async def write_one(
     tenant: str,
     record: Sequence[Any],
     passages: Sequence[tuple[Any, ...]],
-    timeout: float | None,
     conn: asyncpg.Connection,
 ) -> asyncpg.Record:
-    """Upsert one memory and replace its passages, in one transaction when it has any."""
+    """Upsert one memory and replace its passages, in one transaction when it has any (each
+    statement under the pool's command timeout)."""
     upsert = statements.upsert_one(tenant, record)
     if not passages:  # one statement: its passages (if it had any) go with it
-        row = await conn.fetchrow(upsert.sql, *upsert.args, timeout=timeout)
+        row = await conn.fetchrow(upsert.sql, *upsert.args)
     else:
         async with conn.transaction():
-            row = await conn.fetchrow(upsert.sql, *upsert.args, timeout=timeout)
-            await copy_passages(statements, passages, timeout, conn)
+            row = await conn.fetchrow(upsert.sql, *upsert.args)
+            await copy_passages(statements, passages, None, conn)
     assert row is not None
     return row

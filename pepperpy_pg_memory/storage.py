@@ -640,7 +640,6 @@ class PostgresStorage(Generic[K, V]):
                 self._tenant,
                 write.record(),
                 self._passage_rows([write]),
-                None,
             ),
         )
         if row["needs_embedding"]:
