@@ -7,8 +7,9 @@ loading data: insert, then ``aapply_vector_index`` (the time includes the index 
 
 from __future__ import annotations
 
+import contextlib
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import numpy as np
@@ -90,7 +91,6 @@ async def langgraph_suite(
     progress: Callable[[str], None],
 ) -> list[Measurement]:
     from langgraph.store.base import PutOp
-    from langgraph.store.postgres.aio import AsyncPostgresStore
 
     size = len(memories)
     dimension = len(next(iter(table.values())))
@@ -98,20 +98,8 @@ async def langgraph_suite(
     def embed(texts: list[str]) -> list[list[float]]:
         return [table[t].tolist() for t in texts]
 
-    index: Any = {
-        "dims": dimension,
-        "embed": embed,
-        "fields": ["text"],
-        "distance_type": "cosine",
-        "ann_index_config": {"kind": "hnsw", "m": 16, "ef_construction": 64},
-    }
     rows: list[Measurement] = []
-    async with AsyncPostgresStore.from_conn_string(
-        url, index=index, pool_config={"min_size": 1, "max_size": 10}
-    ) as store:
-        await store.setup()
-        async with store.conn.connection() as conn:  # type: ignore[union-attr]
-            await conn.execute("TRUNCATE store, store_vectors")
+    async with langgraph_store(url, dimension, embed) as store:
         ops = [
             PutOp(
                 namespace=("users", m.user),
@@ -133,6 +121,30 @@ async def langgraph_suite(
             [lambda q=q: store.asearch(("users",), query=q, limit=10) for q in questions]
         )
         rows.append(latency_row("semantic_search", LANGGRAPH, "storage", size, samples))
+    return rows
+
+
+@contextlib.asynccontextmanager
+async def langgraph_store(url: str, dimension: int, embed: Any) -> AsyncIterator[Any]:
+    """LangGraph's AsyncPostgresStore with an HNSW cosine index like ours (m 16,
+    ef_construction 64) on ``text``, a pool of 10, emptied before and after use."""
+    from langgraph.store.postgres.aio import AsyncPostgresStore
+
+    index: Any = {
+        "dims": dimension,
+        "embed": embed,
+        "fields": ["text"],
+        "distance_type": "cosine",
+        "ann_index_config": {"kind": "hnsw", "m": 16, "ef_construction": 64},
+    }
+    async with AsyncPostgresStore.from_conn_string(
+        url, index=index, pool_config={"min_size": 1, "max_size": 10}
+    ) as store:
+        await store.setup()
         async with store.conn.connection() as conn:  # type: ignore[union-attr]
             await conn.execute("TRUNCATE store, store_vectors")
-    return rows
+        try:
+            yield store
+        finally:
+            async with store.conn.connection() as conn:  # type: ignore[union-attr]
+                await conn.execute("TRUNCATE store, store_vectors")

@@ -29,6 +29,7 @@ from typing import Any
 from pepperpy_pg_memory import HashingEmbedder, MemoryScope, PostgresConfig, PostgresStorage
 from pepperpy_pg_memory.runner import BackgroundStorage
 
+from .anchors import langgraph_store
 from .measure import Measurement, cpu_count, rate_row
 from .run import _log, _prepare_database, _start_server, _versions
 
@@ -117,31 +118,13 @@ async def _core(url: str, count: int) -> list[Measurement]:
 
 
 async def _langgraph(url: str, count: int) -> list[Measurement]:
-    from langgraph.store.postgres.aio import AsyncPostgresStore
-
     embedder = HashingEmbedder(DIMENSION)
 
     async def embed(texts: list[str]) -> list[list[float]]:
         return [list(map(float, v)) for v in await embedder.embed_documents(texts)]
 
-    index: Any = {
-        "dims": DIMENSION,
-        "embed": embed,
-        "fields": ["text"],
-        "distance_type": "cosine",
-        "ann_index_config": {"kind": "hnsw", "m": 16, "ef_construction": 64},
-    }
-    async with AsyncPostgresStore.from_conn_string(
-        url, index=index, pool_config={"min_size": 1, "max_size": 10}
-    ) as store:
-        await store.setup()
-        async with store.conn.connection() as conn:  # type: ignore[union-attr]
-            await conn.execute("TRUNCATE store, store_vectors")
-        try:
-            return await _store_bursts(store, LANGGRAPH, count)
-        finally:
-            async with store.conn.connection() as conn:  # type: ignore[union-attr]
-                await conn.execute("TRUNCATE store, store_vectors")
+    async with langgraph_store(url, DIMENSION, embed) as store:
+        return await _store_bursts(store, LANGGRAPH, count)
 
 
 def _ratios(rows: list[Measurement]) -> list[dict[str, Any]]:
