@@ -1,9 +1,13 @@
-"""Test doubles that are not databases: embedders that count or fail on cue."""
+"""Test doubles that are not databases (embedders that count or fail on cue), and a lock that
+makes a real table stop answering."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
 import numpy as np
 
 from pepperpy_pg_memory import HashingEmbedder
@@ -57,3 +61,16 @@ class FixedEmbedder(HashingEmbedder):
 
     async def embed_query(self, text: str) -> Any:
         return self.vector
+
+
+@contextlib.asynccontextmanager
+async def table_locked(dsn: str, table: str) -> AsyncIterator[None]:
+    """Hold an ACCESS EXCLUSIVE lock on ``table`` (already quoted and qualified) from another
+    connection: every statement on it waits until the block ends."""
+    blocker = await asyncpg.connect(dsn)
+    try:
+        async with blocker.transaction():
+            await blocker.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+            yield
+    finally:
+        await blocker.close()

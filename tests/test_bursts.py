@@ -8,10 +8,9 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-import asyncpg
 import pytest
 
-from helpers import CountingEmbedder
+from helpers import CountingEmbedder, table_locked
 from langgraph_pepperpy import PepperpyStore
 from pepperpy_pg_memory import (
     HashingEmbedder,
@@ -108,21 +107,12 @@ async def test_stores_queued_behind_a_locked_table_time_out_within_pool_timeout(
     config = make_config(max_size=2, pool_timeout=0.5, command_timeout=1.0)
     async with PostgresStorage[str, Any](config, HashingEmbedder(16)) as storage:
         await storage.store("k", "v")
-        blocker = await asyncpg.connect(pg_dsn)
-        try:
-            transaction = blocker.transaction()
-            await transaction.start()
-            await blocker.execute(
-                f'LOCK TABLE "{config.schema_name}"."{config.table}" IN ACCESS EXCLUSIVE MODE'
-            )
+        async with table_locked(pg_dsn, f'"{config.schema_name}"."{config.table}"'):
             started = asyncio.get_running_loop().time()
             outcomes = await asyncio.gather(
                 *(storage.store(f"k{i}", f"v{i}") for i in range(20)), return_exceptions=True
             )
             elapsed = asyncio.get_running_loop().time() - started
-            await transaction.rollback()
-        finally:
-            await blocker.close()
         assert all(isinstance(o, MemoryTimeoutError) for o in outcomes), outcomes
         assert elapsed < config.pool_timeout + config.command_timeout + 1
         # Nothing was half-written, and the store serves again once the lock is gone.

@@ -15,6 +15,7 @@ import asyncpg
 import pytest
 from conftest import PrivateServer
 
+from helpers import table_locked
 from pepperpy_pg_memory import (
     HashingEmbedder,
     MemoryError,
@@ -154,19 +155,12 @@ async def test_pool_exhaustion_with_a_blocking_query_times_out_cleanly(
     config = _config(private_server, max_size=2, pool_timeout=0.5, command_timeout=1.0)
     async with PostgresStorage[str, Any](config, HashingEmbedder(16)) as store:
         await store.store("k", "v")
-        blocker = await asyncpg.connect(private_server.uri)
-        try:
-            transaction = blocker.transaction()
-            await transaction.start()
-            await blocker.execute(f'LOCK TABLE public."{config.table}" IN ACCESS EXCLUSIVE MODE')
+        async with table_locked(private_server.uri, f'public."{config.table}"'):
             started = asyncio.get_running_loop().time()
             outcomes = await asyncio.gather(
                 *(store.retrieve("k") for _ in range(6)), return_exceptions=True
             )
             elapsed = asyncio.get_running_loop().time() - started
-            await transaction.rollback()
-        finally:
-            await blocker.close()
         assert all(isinstance(o, MemoryTimeoutError) for o in outcomes), outcomes
         # Calls queued for the pool give up after pool_timeout; those holding a connection
         # after command_timeout (1 s here): all within pool_timeout + 1 s.
@@ -206,11 +200,7 @@ async def test_cancelled_writes_and_searches_leave_no_damage(private_server: Pri
                 pass
             assert await store.count() in (0, 5_000)  # all or nothing
 
-        blocker = await asyncpg.connect(private_server.uri)
-        try:
-            transaction = blocker.transaction()
-            await transaction.start()
-            await blocker.execute(f'LOCK TABLE public."{config.table}" IN ACCESS EXCLUSIVE MODE')
+        async with table_locked(private_server.uri, f'public."{config.table}"'):
             searches = [
                 asyncio.ensure_future(store.search(MemoryQuery(query="text 1"))) for _ in range(3)
             ]
@@ -218,9 +208,6 @@ async def test_cancelled_writes_and_searches_leave_no_damage(private_server: Pri
             for search in searches:
                 search.cancel()
             await asyncio.gather(*searches, return_exceptions=True)
-            await transaction.rollback()
-        finally:
-            await blocker.close()
         # every pooled connection is usable again
         results = await asyncio.gather(*(store.count() for _ in range(6)))
         assert len(set(results)) == 1
