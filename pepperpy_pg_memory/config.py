@@ -184,6 +184,22 @@ class PostgresConfig(BaseSettings):
     hybrid_candidates: int = Field(
         default=50, ge=1, le=1000, description="Candidates each index contributes to HYBRID."
     )
+    contextual_match: Literal["any", "all"] = Field(
+        default="any",
+        description=(
+            "How CONTEXTUAL (and HYBRID's word side) matches a query: 'any' of its terms, "
+            "ranked by BM25 (rare terms and identifiers weigh most), or 'all' of its words "
+            "(web-search syntax, ranked by ts_rank_cd: how earlier releases matched)."
+        ),
+    )
+    background_backfill: bool = Field(
+        default=True,
+        description=(
+            "Run pending online backfills (work on every existing row after an upgrade) in "
+            "the background after start(); otherwise run them with complete_backfills() or "
+            "`pepperpy-memory backfill`."
+        ),
+    )
     trigram_threshold: float = Field(
         default=0.5, gt=0, le=1, description="word_similarity needed for a fuzzy text match."
     )

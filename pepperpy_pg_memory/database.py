@@ -200,6 +200,26 @@ class Database:
         )
         return rows
 
+    async def fetch_with_generic_plan(
+        self, operation: str, query: Query, *, timeout: float | None = None
+    ) -> list[asyncpg.Record]:
+        """Like :meth:`fetch`, planned once per connection and statement shape.
+
+        The pool's sessions plan every execution for its values (vector searches need it);
+        a statement whose plan does not depend on them but whose planning costs more than
+        its execution (the BM25 search's many CTEs) runs with a cached generic plan.
+        """
+
+        async def work(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+            async with conn.transaction(readonly=True):
+                await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+                rows: list[asyncpg.Record] = await conn.fetch(
+                    query.sql, *query.args, timeout=timeout
+                )
+                return rows
+
+        return await self.run(operation, work)
+
     async def fetchrow(
         self, operation: str, query: Query, *, timeout: float | None = None
     ) -> asyncpg.Record | None:

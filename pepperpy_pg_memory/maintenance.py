@@ -108,6 +108,7 @@ async def rebuild_contextual(
             switched = replace(layout, text_search_config=wanted)
             steps += [
                 switched.set_tsvector_expression(),
+                *switched.recompute_terms(),
                 Statements(switched).record_text_search_config(),
             ]
         steps += layout.reindex_text_indexes()

@@ -36,6 +36,8 @@ __all__ = [
     "MAX_SCOPE_ID_BYTES",
     "MAX_TENANT_BYTES",
     "row_level_security_statements",
+    "BACKFILLS",
+    "terms_function",
 ]
 
 logger = logging.getLogger(__name__)
@@ -103,6 +105,27 @@ class TableLayout:
             f"WITH (m = {int(self.hnsw_m)}, ef_construction = {int(self.hnsw_ef_construction)})"
         )
 
+    @property
+    def qualified_term_stats(self) -> str:
+        """Per tenant and term, how many memories hold it (see :func:`_v6_terms`)."""
+        return qualified(self.schema, f"{self.table}_term_stats")
+
+    @property
+    def qualified_term_totals(self) -> str:
+        """Per tenant, how many memories have terms and their mean number of terms."""
+        return qualified(self.schema, f"{self.table}_term_totals")
+
+    def terms_trigger_statement(self) -> str:
+        """(Re)create the trigger computing ``terms`` with this layout's configuration."""
+        # The configuration name matched TEXT_SEARCH_CONFIG_PATTERN and was looked up in
+        # pg_ts_config before any DDL uses it.
+        setter = qualified(self.schema, "pepperpy_set_terms")
+        return (
+            f"CREATE OR REPLACE TRIGGER {self.index_name('terms')} "
+            f"BEFORE INSERT OR UPDATE OF content, indices ON {self.qualified_table} "
+            f"FOR EACH ROW EXECUTE FUNCTION {setter}('{self.text_search_config}')"
+        )
+
     def index_name(self, suffix: str) -> str:
         return quote_ident(f"{self.table}_{suffix}")
 
@@ -151,8 +174,13 @@ class TableLayout:
         lists (every search scans them until merged) and refresh the planner's statistics."""
         return [
             Query("SELECT gin_clean_pending_list($1::regclass)", [self.qualified_index(suffix)])
-            for suffix in GIN_INDEXES
+            for suffix in self.gin_indexes
         ] + [Query(f"ANALYZE {self.qualified_table}")]
+
+    @property
+    def gin_indexes(self) -> tuple[str, ...]:
+        """Suffixes of the table's GIN indexes at its version."""
+        return GIN_INDEXES + (("terms_idx",) if self.version >= _TERMS_VERSION else ())
 
     def retype_embedding_column(self) -> list[Query]:
         """Give the embedding columns (memories' and passages') this layout's type, dropping
@@ -172,10 +200,22 @@ class TableLayout:
             f"SET EXPRESSION AS ({self.tsvector_expression()})"
         )
 
+    def recompute_terms(self) -> list[Query]:
+        """Compute every memory's terms again with this layout's configuration (and have the
+        trigger use it from now on)."""
+        return [
+            Query(self.terms_trigger_statement()),
+            Query(
+                f"UPDATE {self.qualified_table} SET terms = CASE WHEN indices @> "
+                f"ARRAY['contextual'] THEN {terms_function(self.schema)}"
+                f"('{self.text_search_config}'::regconfig, content) END"
+            ),
+        ]
+
     def reindex_text_indexes(self) -> list[Query]:
         return [
             Query(f"REINDEX INDEX {self.qualified_index(suffix)}")
-            for suffix in ("tsv_idx", "trgm_idx")
+            for suffix in ("tsv_idx", "trgm_idx", "terms_idx")
         ]
 
     def tsvector_expression(self) -> str:
@@ -260,6 +300,8 @@ def row_level_security_statements(layout: TableLayout) -> list[str]:
     tables = [layout.qualified_table]
     if layout.version >= _PASSAGES_VERSION:
         tables.append(layout.qualified_passages)
+    if layout.version >= _TERMS_VERSION:
+        tables += [layout.qualified_term_stats, layout.qualified_term_totals]
     return [
         statement
         for table in tables
@@ -385,6 +427,100 @@ def _v5_passages(layout: TableLayout) -> list[str]:
     ]
 
 
+_TERMS_VERSION = 6
+
+# What makes a token an identifier: letters and digits joined by - _ . / # (A-77812,
+# db-prod-08, v3.11, user_id), or letters and digits run together (TP1352, x86).
+IDENTIFIER_TOKEN = (
+    r"[[:alnum:]]+(?:[-_./#][[:alnum:]]+)+"
+    r"|[[:alnum:]]*(?:[[:alpha:]][[:digit:]]|[[:digit:]][[:alpha:]])[[:alnum:]]*"
+)
+# Cheap test for "may hold an identifier": most memories hold none and skip the extraction.
+_MAY_HOLD_IDENTIFIER = (
+    r"[[:alnum:]][-_./#][[:alnum:]]|[[:alpha:]][[:digit:]]|[[:digit:]][[:alpha:]]"
+)
+# Where an identifier splits into its parts: at joiners and between letters and digits.
+_IDENTIFIER_PARTS = (
+    r"[^[:alpha:][:digit:]]+|(?<=[[:alpha:]])(?=[[:digit:]])|(?<=[[:digit:]])(?=[[:alpha:]])"
+)
+
+
+def terms_function(schema: str) -> str:
+    """The qualified name of ``terms(config regconfig, content text) -> tsvector``."""
+    return qualified(schema, "pepperpy_terms")
+
+
+def _v6_terms(layout: TableLayout) -> list[str]:
+    # Contextual recall ranks by the terms of a memory: the text search configuration's
+    # lexemes plus its identifiers, whole and by their parts (the default parser splits
+    # A-77812 into a stop word and '-77812'). A new column, NULL for existing rows until
+    # the online backfill (backfill.TERMS) fills it: adding it rewrites nothing. A trigger
+    # keeps it current for every writer, this release's and the previous one's.
+    schema, table = layout.schema, layout.qualified_table
+    identifiers = qualified(schema, "pepperpy_identifier_terms")
+    setter = qualified(schema, "pepperpy_set_terms")
+    return [
+        f"""
+        CREATE OR REPLACE FUNCTION {identifiers}(content text) RETURNS text[]
+        IMMUTABLE STRICT PARALLEL SAFE LANGUAGE sql AS $terms$
+            SELECT CASE WHEN content !~ '{_MAY_HOLD_IDENTIFIER}' THEN '{{}}'::text[] ELSE (
+                SELECT coalesce(array_agg(DISTINCT term), '{{}}') FROM (
+                    SELECT DISTINCT lower(m[1]) AS token
+                    FROM regexp_matches(content, '({IDENTIFIER_TOKEN})', 'g') m
+                ) tokens
+                CROSS JOIN LATERAL (
+                    SELECT token UNION ALL
+                    SELECT unnest(regexp_split_to_array(token, '{_IDENTIFIER_PARTS}'))
+                ) AS parts(term)
+                WHERE term <> ''
+            ) END
+        $terms$
+        """,
+        f"""
+        CREATE OR REPLACE FUNCTION {terms_function(schema)}(config regconfig, content text)
+        RETURNS tsvector IMMUTABLE STRICT PARALLEL SAFE LANGUAGE sql AS $terms$
+            SELECT to_tsvector(config, content) || array_to_tsvector({identifiers}(content))
+        $terms$
+        """,
+        # The configuration comes as the trigger's argument: one function for every table.
+        f"""
+        CREATE OR REPLACE FUNCTION {setter}() RETURNS trigger LANGUAGE plpgsql AS $terms$
+        BEGIN
+            IF TG_OP = 'UPDATE' AND NEW.content IS NOT DISTINCT FROM OLD.content
+               AND NEW.indices IS NOT DISTINCT FROM OLD.indices AND OLD.terms IS NOT NULL THEN
+                RETURN NEW;
+            END IF;
+            NEW.terms := CASE WHEN NEW.indices @> ARRAY['contextual']
+                THEN {terms_function(schema)}(TG_ARGV[0]::regconfig, NEW.content) END;
+            RETURN NEW;
+        END
+        $terms$
+        """,
+        f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS terms tsvector",
+        layout.terms_trigger_statement(),
+        f"CREATE INDEX IF NOT EXISTS {layout.index_name('terms_idx')} ON {table} "
+        "USING gin (terms) WITH (gin_pending_list_limit = 256)",
+        # Document frequencies per tenant, refreshed in the background (term_stats.py): a
+        # counter updated by every write would be a hot row under write bursts.
+        f"""
+        CREATE TABLE IF NOT EXISTS {layout.qualified_term_stats} (
+            tenant  text NOT NULL,
+            term    text NOT NULL,
+            df      integer NOT NULL,
+            PRIMARY KEY (tenant, term)
+        )
+        """,
+        f"""
+        CREATE TABLE IF NOT EXISTS {layout.qualified_term_totals} (
+            tenant        text PRIMARY KEY,
+            documents     bigint NOT NULL,
+            avg_length    float8 NOT NULL,
+            refreshed_at  timestamptz NOT NULL DEFAULT now()
+        )
+        """,
+    ]
+
+
 Migration = Callable[[TableLayout], list[str]]
 
 MIGRATIONS: list[Migration] = [
@@ -393,6 +529,7 @@ MIGRATIONS: list[Migration] = [
     _v3_tenant_column,
     _v4_owner_identity,
     _v5_passages,
+    _v6_terms,
 ]
 """Append-only. Position i (0-based) is schema version i + 1."""
 
@@ -423,7 +560,33 @@ def _registry_v1_embedder(schema: str) -> list[str]:
     return [f"ALTER TABLE {qualified(schema, REGISTRY)} ADD COLUMN IF NOT EXISTS embedder text"]
 
 
-REGISTRY_MIGRATIONS: list[Callable[[str], list[str]]] = [_registry_v1_embedder]
+BACKFILLS = "pepperpy_memory_backfills"
+"""Per table, backfill and tenant: how far an online backfill got (see backfill.py)."""
+
+
+def _registry_v2_backfills(schema: str) -> list[str]:
+    # Where each online backfill stands, so that it resumes after a crash or a restart.
+    return [
+        f"""
+        CREATE TABLE IF NOT EXISTS {qualified(schema, BACKFILLS)} (
+            table_name   text NOT NULL,
+            name         text NOT NULL,
+            tenant       text NOT NULL,
+            position     text[],
+            rows_done    bigint NOT NULL DEFAULT 0,
+            started_at   timestamptz NOT NULL DEFAULT now(),
+            updated_at   timestamptz NOT NULL DEFAULT now(),
+            finished_at  timestamptz,
+            PRIMARY KEY (table_name, name, tenant)
+        )
+        """
+    ]
+
+
+REGISTRY_MIGRATIONS: list[Callable[[str], list[str]]] = [
+    _registry_v1_embedder,
+    _registry_v2_backfills,
+]
 """The registry's own migrations (append-only), applied before the tables' migrations."""
 
 

@@ -9,7 +9,7 @@ identity, never by key alone.
 from __future__ import annotations
 
 import re
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from .filters import Params
 from .queries import (
@@ -20,11 +20,13 @@ from .queries import (
     _SELECT_ENTRY,
     Restriction,
 )
-from .schema import TableLayout
+from .schema import TableLayout, terms_function
 from .sql import Query
 from .types import Identity
 
-__all__ = ["SearchStatements", "Page", "fuzzy_words"]
+__all__ = ["SearchStatements", "Page", "fuzzy_words", "split_query", "ContextualMatch"]
+
+ContextualMatch = Literal["any", "all"]
 
 
 class Page(NamedTuple):
@@ -40,6 +42,27 @@ _WORD = re.compile(r"\w+", re.UNICODE)
 FUZZY_MIN_WORD_LENGTH = 4
 FUZZY_MAX_WORDS = 8
 FUZZY_MAX_CANDIDATES = 2_000
+
+
+CONTEXTUAL_CANDIDATES = 100
+"""How many memories each candidate step of a BM25 search fetches at most."""
+# BM25's usual constants (Lucene's defaults): term-frequency saturation and length weight.
+BM25_K1 = 1.2
+BM25_B = 0.75
+
+_PHRASE = re.compile(r'"[^"]*"?')
+_EXCLUSION = re.compile(r"(?:^|(?<=\s))-(?=\w)\S+")
+
+
+def split_query(query: str) -> tuple[str, str | None]:
+    """``query`` as the terms to rank by and, if it has any, its quoted phrases and ``-word``
+    exclusions (web-search syntax) that every result must satisfy."""
+    phrases = [p for p in _PHRASE.findall(query) if p.strip('"').strip()]
+    exclusions = _EXCLUSION.findall(query)
+    if not phrases and not exclusions:
+        return query, None
+    positive = _EXCLUSION.sub(" ", query)
+    return positive, " ".join(phrases + exclusions)
 
 
 def fuzzy_words(query: str) -> list[str]:
@@ -64,8 +87,14 @@ def _page(params: Params, order: str, limit: int, offset: int) -> str:
 class SearchStatements:
     """The search SQL of one memory table."""
 
-    def __init__(self, layout: TableLayout) -> None:
+    def __init__(
+        self, layout: TableLayout, *, match: ContextualMatch = "any", backfilling: bool = False
+    ) -> None:
         self.layout = layout
+        self.match = match
+        """How contextual search matches words: "any" (BM25) or "all" (every word)."""
+        self.backfilling = backfilling
+        """Whether some memories may still lack ``terms`` (the backfill has not finished)."""
         self.table = layout.qualified_table
         self.passages = layout.qualified_passages
         self.vector = layout.vector_column_type
@@ -172,21 +201,144 @@ class SearchStatements:
             f"{params.add(query)})"
         )
 
+    def _all_words(self, params: Params, query: str, where: str, want: str) -> str:
+        """A CTE body: memories holding every word of ``query`` (web-search syntax), ranked by
+        cover density: the contextual search of releases before BM25, kept as
+        ``contextual_match="all"``."""
+        tsquery = self._tsquery(params, query)
+        return f"""
+            SELECT {_M_OWNER_KEY}, 0.5 + 0.5 * ts_rank_cd(m.tsv, {tsquery}, 32) AS score,
+                1.0::float8 AS coverage
+            FROM {self.table} m
+            WHERE {_CONTEXTUAL} AND {where} AND m.tsv @@ {tsquery}
+            ORDER BY score DESC, m.key, m.scope, m.scope_id
+            LIMIT {want}
+        """
+
+    def _best_matching(self, params: Params, query: str, where: str, tenant: str, want: int) -> str:
+        """CTEs ending in ``words`` (identity, score): at most ``want`` memories holding any of
+        the query's terms, ranked by BM25.
+
+        The query's terms are what a memory's ``terms`` column holds: the configuration's
+        lexemes and identifiers, whole and by parts. Candidates come, through the GIN index,
+        from (1) the rarest terms, as many as fit in the candidate budget by document
+        frequency; (2) the memories holding every term the tenant has; and, when those two
+        give fewer than ``want``, (3) the memories holding the two rarest known terms. Each
+        step is capped, so a question of common words never scans the table; every query
+        term then counts in the score, the ones too common to fetch by included.
+        """
+        positive, required = split_query(query)
+        cap = params.add(max(want, CONTEXTUAL_CANDIDATES))
+        window = params.add(want)
+        own_tenant, config = params.add(tenant), params.add(self.layout.text_search_config)
+        terms_of = f"{terms_function(self.layout.schema)}({config}::text::regconfig, "
+        # Phrases and exclusions keep their web-search meaning, as conditions.
+        constraint = (
+            f"coalesce(m.terms, m.tsv) @@ {self._tsquery(params, required)}" if required else "TRUE"
+        )
+        candidate = f"{_CONTEXTUAL} AND {where} AND {constraint}"
+        # Memories written before terms existed are found by their full-text column until the
+        # online backfill reaches them (see backfill.TERMS).
+        unfilled = (
+            f"""UNION
+                (SELECT {_M_OWNER_KEY}, m.tsv AS terms FROM {self.table} m
+                 WHERE m.terms IS NULL AND m.tsv @@ {self._tsquery(params, positive)}
+                   AND {candidate} LIMIT {cap})"""
+            if self.backfilling
+            else ""
+        )
+        # A lexeme as a tsquery operand: quoted, its quotes and backslashes doubled.
+        quoted = r"'''' || replace(replace(lexeme, '\', '\\'), '''', '''''') || ''''"
+        k1, b = BM25_K1, BM25_B
+        return f"""
+            query_terms AS MATERIALIZED (
+                SELECT q.lexeme, coalesce(s.df, 0) AS df
+                FROM unnest(tsvector_to_array({terms_of}{params.add(positive)}))) q(lexeme)
+                LEFT JOIN {self.layout.qualified_term_stats} s
+                    ON s.tenant = {own_tenant} AND s.term = q.lexeme
+            ),
+            term_totals AS MATERIALIZED (
+                SELECT greatest(coalesce(max(documents), 0), 1)::float8 AS documents,
+                       coalesce(nullif(max(avg_length), 0), 1)::float8 AS avg_length
+                FROM {self.layout.qualified_term_totals} WHERE tenant = {own_tenant}
+            ),
+            weights AS MATERIALIZED (
+                -- BM25's idf; a term no memory holds (or one newer than the statistics)
+                -- weighs as if one memory held it: not more than the rarest real term.
+                SELECT lexeme, df, {quoted} AS quoted,
+                    ln(1 + (documents - least(greatest(df, 1), documents) + 0.5)
+                        / (greatest(df, 1) + 0.5)) AS idf,
+                    sum(df) OVER (ORDER BY df, lexeme) AS running,
+                    CASE WHEN df > 0 THEN row_number() OVER (
+                        PARTITION BY df > 0 ORDER BY df, lexeme) END AS known_rarity
+                FROM query_terms, term_totals
+            ),
+            probes AS MATERIALIZED (
+                SELECT string_agg(quoted, ' | ') FILTER (WHERE running <= {cap})::tsquery AS rare,
+                       string_agg(quoted, ' & ') FILTER (WHERE df > 0)::tsquery AS every,
+                       string_agg(quoted, ' & ') FILTER (WHERE known_rarity <= 2)::tsquery AS pair,
+                       -- The best score a memory can reach: every term the tenant's memories
+                       -- hold (terms no memory holds cannot tell memories apart).
+                       coalesce(sum(idf) FILTER (WHERE df > 0), sum(idf)) * {k1 + 1} AS best,
+                       sum(idf) AS weight
+                FROM weights
+            ),
+            first_candidates AS MATERIALIZED (
+                (SELECT {_M_OWNER_KEY}, m.terms FROM {self.table} m
+                 WHERE m.terms @@ (SELECT rare FROM probes) AND {candidate} LIMIT {cap})
+                UNION
+                (SELECT {_M_OWNER_KEY}, m.terms FROM {self.table} m
+                 WHERE m.terms @@ (SELECT every FROM probes) AND {candidate} LIMIT {cap})
+                {unfilled}
+            ),
+            candidates AS (
+                SELECT * FROM first_candidates
+                UNION
+                (SELECT {_M_OWNER_KEY}, m.terms FROM {self.table} m
+                 WHERE (SELECT count(*) FROM first_candidates) < {window}
+                   AND m.terms @@ (SELECT pair FROM probes) AND {candidate} LIMIT {cap})
+            ),
+            words AS MATERIALIZED (
+                SELECT c.tenant, c.scope, c.scope_id, c.key,
+                    0.5 + 0.5 * least(1, sum(w.idf * u.tf * {k1 + 1} / (u.tf + {k1} * (
+                        {1 - b} + {b} * length(c.terms) / t.avg_length)))
+                        / (SELECT best FROM probes)) AS score,
+                    -- The share of the query's term weight the memory holds.
+                    sum(w.idf) / (SELECT weight FROM probes) AS coverage
+                FROM candidates c
+                CROSS JOIN LATERAL (
+                    SELECT x.lexeme, coalesce(cardinality(x.positions), 1) AS tf
+                    FROM unnest(c.terms) x
+                ) u
+                JOIN weights w ON w.lexeme = u.lexeme
+                CROSS JOIN term_totals t
+                GROUP BY c.tenant, c.scope, c.scope_id, c.key
+                ORDER BY score DESC, c.key, c.scope, c.scope_id
+                LIMIT {window}
+            )
+        """
+
     def _contextual_ctes(
-        self, params: Params, query: str, where: str, tenant: str, want: str
+        self, params: Params, query: str, where: str, tenant: str, want: int
     ) -> str:
-        """CTEs ``exact`` and ``fuzzy`` (identity, score), each at most ``want`` rows, best
+        """CTEs ``words`` and ``fuzzy`` (identity, score), each at most ``want`` rows, best
         first, and ``contextual``, both together.
 
-        Full-text matches come first. The trigram fallback for misspellings runs only when
-        they do not fill the window: its cost grows with how common the words' trigrams are,
-        so it is kept off the path of queries that full text already answers.
+        Word matches come first. The trigram fallback for misspellings runs only when they do
+        not fill the window: its cost grows with how common the words' trigrams are, so it is
+        kept off the path of queries that full text already answers.
         """
-        tsquery = self._tsquery(params, query)
-        words = [params.add(word) for word in fuzzy_words(query)]
+        if self.match == "all":
+            words = (
+                f"words AS MATERIALIZED ({self._all_words(params, query, where, params.add(want))})"
+            )
+        else:
+            words = self._best_matching(params, query, where, tenant, want)
+        window = params.add(want)
+        fuzzy = [params.add(word) for word in fuzzy_words(query)]
         # Added only when used: PostgreSQL rejects a parameter that no expression types.
-        own_tenant = params.add(tenant) if words else ""
-        config = params.add(self.layout.text_search_config) if words else ""
+        own_tenant = params.add(tenant) if fuzzy else ""
+        config = params.add(self.layout.text_search_config) if fuzzy else ""
         # Only a word the table has never seen (as a full-text lexeme) can be a misspelling
         # worth a trigram search; it becomes NULL otherwise, and a NULL key makes its trigram
         # index scan return nothing. Evaluated once per query, as an InitPlan.
@@ -197,15 +349,15 @@ class SearchStatements:
                         WHERE x.tenant = {own_tenant}
                           AND x.tsv @@ plainto_tsquery({config}::text::regconfig, {w}))
                 THEN {w} END)"""
-            for w in words
+            for w in fuzzy
         ]
         if suspects:
             any_suspect = " OR ".join(f"{suspect} <% m.content" for suspect in suspects)
             # Ranked by how well all the query's words appear, so that the correctly spelt
             # words still decide between the rows a misspelt one brings in.
             fuzzy_score = (
-                "(" + " + ".join(f"word_similarity({w}, m.content)" for w in words) + ")"
-                f" / {len(words)}"
+                "(" + " + ".join(f"word_similarity({w}, m.content)" for w in fuzzy) + ")"
+                f" / {len(fuzzy)}"
             )
             threshold = "current_setting('pg_trgm.word_similarity_threshold')::float8"
             candidates_match = f"({any_suspect})"
@@ -213,31 +365,26 @@ class SearchStatements:
         else:
             fuzzy_score, candidates_match, fuzzy_match = "0", "FALSE", "FALSE"
         return f"""
-            exact AS MATERIALIZED (
-                SELECT {_M_OWNER_KEY}, 0.5 + 0.5 * ts_rank_cd(m.tsv, {tsquery}, 32) AS score
-                FROM {self.table} m
-                WHERE {_CONTEXTUAL} AND {where} AND m.tsv @@ {tsquery}
-                ORDER BY score DESC, m.key, m.scope, m.scope_id
-                LIMIT {want}
-            ),
+            {words},
             fuzzy AS MATERIALIZED (
-                SELECT {_M_OWNER_KEY}, 0.5 * {fuzzy_score} AS score
+                SELECT {_M_OWNER_KEY}, 0.5 * {fuzzy_score} AS score, {fuzzy_score} AS coverage
                 FROM (
                     -- A misspelling of a common word matches most of the table; scoring
                     -- is bounded to the first candidates the trigram index yields.
                     SELECT {_M_OWNER_KEY}, m.content FROM {self.table} m
-                    WHERE (SELECT count(*) FROM exact) < {want}
-                      AND {_CONTEXTUAL} AND {where} AND (m.tsv @@ {tsquery}) IS NOT TRUE
-                      AND {candidates_match}
+                    WHERE (SELECT count(*) FROM words) < {window}
+                      AND {_CONTEXTUAL} AND {where} AND {candidates_match}
                     LIMIT {FUZZY_MAX_CANDIDATES}
                 ) AS m
-                WHERE {fuzzy_match}
+                WHERE {fuzzy_match} AND NOT EXISTS (
+                    SELECT 1 FROM words w
+                    WHERE (w.scope, w.scope_id, w.key) = (m.scope, m.scope_id, m.key))
                 ORDER BY score DESC, m.key, m.scope, m.scope_id
-                LIMIT {want}
+                LIMIT {window}
             ),
             contextual AS (
-                SELECT {_OWNER_KEY}, score FROM exact
-                UNION ALL SELECT {_OWNER_KEY}, score FROM fuzzy
+                SELECT {_OWNER_KEY}, score, coverage FROM words
+                UNION ALL SELECT {_OWNER_KEY}, score, coverage FROM fuzzy
             )
         """
 
@@ -250,9 +397,7 @@ class SearchStatements:
         limit, offset, min_score = page
         params = Params()
         where = restriction.conditions(params)
-        ctes = self._contextual_ctes(
-            params, query, where, restriction.tenant, params.add(limit + offset)
-        )
+        ctes = self._contextual_ctes(params, query, where, restriction.tenant, limit + offset)
         sql = f"""
             WITH {ctes}
             SELECT {_SELECT_ENTRY}, c.score::float8 AS score
@@ -279,12 +424,10 @@ class SearchStatements:
         params = Params()
         where = restriction.conditions(params)
         vector = f"{params.add(embedding)}::{self.vector}"
-        pool = params.add(max(candidates, limit + offset))
+        window = max(candidates, limit + offset)
+        pool = params.add(window)
         k = params.add(float(rrf_k))
-        # The word side keeps web-search semantics (every word must appear). Matching any word
-        # was tried: words every memory shares ("Ana") then flooded the fused ranking with
-        # noise and pushed the right memory out of the top results.
-        ctes = self._contextual_ctes(params, query, where, restriction.tenant, pool)
+        ctes = self._contextual_ctes(params, query, where, restriction.tenant, window)
         # Reciprocal-rank fusion in the database, in one round trip: each index ranks its own
         # candidates, ranks are fused as sum(1 / (k + rank)), and the sum is scaled by (k+1)/2
         # so that first place in both lists scores 1.
@@ -306,6 +449,18 @@ class SearchStatements:
         else:
             semantic = f"semantic AS MATERIALIZED ({own})"
             flag = self._passages_exist(params, restriction.tenant)
+        if self.match == "all":
+            # Plain reciprocal-rank fusion, as releases before BM25 ranked.
+            weight, semantic_weight = "1.0", "1.0"
+        else:
+            # Any-term matching finds a word in common with almost any question, so each side
+            # counts by how sure it is: the semantic rank by its cosine, the word rank by the
+            # square of the share of the query's term weight the memory holds (rare terms
+            # weigh most; half the weight gets a quarter of the vote). Plain rank fusion let
+            # one shared common word outvote the nearest meaning, and could not let a memory
+            # holding the asked-for identifier beat its near-miss twin that embeds closer.
+            weight = "coverage * coverage"
+            semantic_weight = "greatest(s.semantic_score, 0)"
         sql = f"""
             WITH {semantic},
             semantic_ranked AS (
@@ -315,14 +470,15 @@ class SearchStatements:
             ),
             {ctes},
             contextual_ranked AS (
-                SELECT {_OWNER_KEY}, score AS contextual_score,
-                       row_number() OVER (ORDER BY score DESC, {_OWNER_KEY}) AS rank
+                SELECT {_OWNER_KEY}, score AS contextual_score, {weight} AS weight,
+                       row_number() OVER (ORDER BY {weight} DESC, score DESC, {_OWNER_KEY})
+                           AS rank
                 FROM contextual
             ),
             fused AS (
                 SELECT {_OWNER_KEY},
-                    (COALESCE(1.0 / ({k} + s.rank), 0) + COALESCE(1.0 / ({k} + c.rank), 0))
-                        * ({k} + 1) / 2 AS score,
+                    (COALESCE({semantic_weight} / ({k} + s.rank), 0)
+                        + COALESCE(c.weight / ({k} + c.rank), 0)) * ({k} + 1) / 2 AS score,
                     s.semantic_score, c.contextual_score
                 FROM semantic_ranked s
                 FULL OUTER JOIN contextual_ranked c USING ({_OWNER_KEY})

@@ -9,11 +9,22 @@ lets its connections go, and the server this process started is stopped.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import signal
 import threading
 from types import FrameType
+from typing import Any
 
-__all__ = ["interrupt_on_sigterm"]
+__all__ = ["interrupt_on_sigterm", "cancel_and_wait"]
+
+
+async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
+    """Cancel a background task and wait until it has unwound (a no-op if it is done)."""
+    if task is not None and not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:

@@ -28,7 +28,7 @@ import numpy as np
 from pydantic import BaseModel, TypeAdapter
 from pydantic import ValidationError as PydanticValidationError
 
-from . import backup, maintenance
+from . import backfill, backup, maintenance
 from .bulk import copy_passages, write_batch, write_one
 from .cache import EmbeddingCache
 from .coalesce import Coalescer, together_or_alone
@@ -74,8 +74,10 @@ from .schema import (
     vector_type_for,
 )
 from .search_sql import Page, SearchStatements
+from .shutdown import cancel_and_wait
 from .sql import Query
-from .types import Identity, MemoryIndex, MemoryScope, MemoryType
+from .term_stats import TermStatistics
+from .types import Identity, MemoryIndex, MemoryScope, MemoryType, ProgressCallback
 from .values import default_text_of, to_json_value, validate_key
 from .vectors import EmbeddingPipeline, Vector
 
@@ -98,8 +100,6 @@ STORE_BATCH_ROWS = 256
 StoreCall = tuple[PendingWrite, Any]
 """One ``store()`` call waiting for its batch: the prepared write and the caller's value."""
 
-ProgressCallback = Callable[[int, int], None]
-"""Called as ``progress(done, total)`` while long work runs."""
 
 Types = Iterable[MemoryType | str] | MemoryType | None
 
@@ -179,6 +179,11 @@ class PostgresStorage(Generic[K, V]):
         self._identity = ""  # the embedder's identity, known once started
         # Whether searches must look at passages (see _vector_rows): once true, stays true.
         self._passages_seen = False
+        # Whether an online backfill may still leave rows without terms (searches then look
+        # at the old full-text column too), and the task running it in the background.
+        self._backfilling = True
+        self._backfill_task: asyncio.Task[None] | None = None
+        self._term_stats = TermStatistics(self.database, lambda: self.layout, self._tenant)
         # Concurrent store() calls are written in batches, on half the pool at most: a burst
         # of thousands then costs a few COPYs instead of a queue for connections.
         self._store_calls: Coalescer[StoreCall, MemoryEntry[V]] = Coalescer(
@@ -281,6 +286,8 @@ class PostgresStorage(Generic[K, V]):
         self._use_layout(layout)
         await self.database.open(dsn, vectors_in, self._session_settings())
         await self._check_embedder(layout, dimension)
+        await self._start_backfills()
+        await self._term_stats.start()
         logger.info("memory store ready on %s", config.describe_target())
 
     async def _check_embedder(self, layout: TableLayout, dimension: int) -> None:
@@ -347,10 +354,76 @@ class PostgresStorage(Generic[K, V]):
             **({TENANT_SETTING: config.tenant} if config.tenant is not None else {}),
         }
 
+    async def _start_backfills(self) -> None:
+        """Note whether online backfills are pending, and start them in the background."""
+        pending = [
+            item
+            for item in backfill.BACKFILLS_TO_RUN
+            if not await backfill.is_finished(self.database, self.layout, item, self._tenant)
+        ]
+        self._set_backfilling(bool(pending))
+        if pending and self.config.background_backfill:
+            self._backfill_task = asyncio.get_running_loop().create_task(
+                self._backfill_in_background()
+            )
+
+    async def _backfill_in_background(self) -> None:
+        try:
+            await self.complete_backfills()
+        except Exception:
+            logger.warning(
+                "the online backfill of %s stopped; the next start() or complete_backfills() "
+                "resumes it",
+                self.layout.table,
+                exc_info=True,
+            )
+
+    async def complete_backfills(self, *, progress: ProgressCallback | None = None) -> int:
+        """Run the pending online backfills of this tenant's memories to the end; returns
+        how many memories they changed.
+
+        An upgrade that adds something every existing memory needs (e.g. the contextual
+        terms of schema version 6) does it after start(), in batches of
+        ``maintenance_batch_size`` that resume after a crash; with ``background_backfill``
+        (the default) start() runs them in the background, and searches stay correct
+        meanwhile. Call this (or ``pepperpy-memory backfill``) to wait for them, with progress.
+        """
+        changed = 0
+        for item in backfill.BACKFILLS_TO_RUN:
+            changed += await backfill.run(
+                self.database,
+                self.layout,
+                item,
+                self._tenant,
+                batch_size=self.config.maintenance_batch_size,
+                progress=progress,
+            )
+        if self._backfilling:
+            self._set_backfilling(False)
+            self._term_stats.note_writes(max(changed, 1))
+        return changed
+
+    async def refresh_term_statistics(self) -> None:
+        """Recount the term statistics contextual ranking uses, now.
+
+        They are refreshed in the background once writes since the last count reach a
+        quarter of the memories, so a search right after a large load may rank by stale
+        figures for a moment; call this after bulk loads when the next search matters.
+        """
+        await self._term_stats.settle()
+        await self._term_stats.refresh_now()
+
+    def _set_backfilling(self, backfilling: bool) -> None:
+        self._backfilling = backfilling
+        if self._layout is not None:
+            self._use_layout(self._layout)
+
     def _use_layout(self, layout: TableLayout) -> None:
         self._layout = layout
         self._sql = Statements(layout)
-        self._search_sql = SearchStatements(layout)
+        self._search_sql = SearchStatements(
+            layout, match=self.config.contextual_match, backfilling=self._backfilling
+        )
         self._vectors.dimension = layout.dimension
 
     async def _ensure_embedded_database(self, server: EmbeddedServer) -> None:
@@ -368,6 +441,11 @@ class PostgresStorage(Generic[K, V]):
             await self._close()
 
     async def _close(self) -> None:
+        # A backfill's batch under way rolls back; the next start resumes after the last
+        # committed one.
+        task, self._backfill_task = self._backfill_task, None
+        await cancel_and_wait(task)
+        await self._term_stats.stop()
         await self.database.close()
         server, self._server = self._server, None
         if server is not None:
@@ -642,6 +720,7 @@ class PostgresStorage(Generic[K, V]):
                 self._passage_rows([write]),
             ),
         )
+        self._term_stats.note_writes(1)
         if row["needs_embedding"]:
             await self._repair_embeddings([write.identity], {write.identity: write})
         return self._stored(write, value, row)
@@ -665,6 +744,7 @@ class PostgresStorage(Generic[K, V]):
                 passages=self._passage_rows(writes),
             ),
         )
+        self._term_stats.note_writes(len(writes))
         by_identity = {_identity(row): row for row in rows}
         repair = [identity for identity, row in by_identity.items() if row["needs_embedding"]]
         await self._repair_embeddings(repair, {write.identity: write for write in writes})
@@ -752,6 +832,7 @@ class PostgresStorage(Generic[K, V]):
                 passages=self._passage_rows(batch),
             ),
         )
+        self._term_stats.note_writes(len(batch))
         await self._repair_embeddings([_identity(row) for row in rows], writes)
         if len(batch) >= config.bulk_index_rebuild_rows > 0:
             await self._after_bulk_load()
@@ -1209,6 +1290,7 @@ class PostgresStorage(Generic[K, V]):
                 except MemoryValidationError as exc:
                     report.failed += 1
                     report.errors.append((number, str(exc)))
+        self._term_stats.note_writes(len(pending))
         pending.clear()
 
     # --- deleting --------------------------------------------------------------------------
@@ -1232,6 +1314,7 @@ class PostgresStorage(Generic[K, V]):
             scope, scope_id = holders[0].scope, holders[0].scope_id
         restriction = replace(self._restriction(scope, scope_id), include_expired=True)
         rows = await self.database.fetch("delete", self._statements.delete(checked, restriction))
+        self._term_stats.note_writes(len(rows))
         return any(row["live"] for row in rows)
 
     @instrumented("delete_many")
@@ -1283,11 +1366,13 @@ class PostgresStorage(Generic[K, V]):
                 identities = frozenset(found)
         restriction = replace(criteria, keys=key_set, identities=identities, include_expired=True)
         # Its work grows with the rows matched, which nothing bounds.
-        return await self.database.execute(
+        deleted = await self.database.execute(
             "delete_many",
             self._statements.delete_many(restriction),
             timeout=self.config.maintenance_timeout,
         )
+        self._term_stats.note_writes(deleted)
+        return deleted
 
     @instrumented("clear")
     async def clear(self) -> int:
@@ -1298,6 +1383,7 @@ class PostgresStorage(Generic[K, V]):
             timeout=self.config.maintenance_timeout,
         )
         self._vectors.cache.clear()
+        self._term_stats.note_writes(deleted)
         return deleted
 
     # --- searching -------------------------------------------------------------------------
@@ -1366,6 +1452,9 @@ class PostgresStorage(Generic[K, V]):
             if index is MemoryIndex.CONTEXTUAL:
                 assert query.query is not None
                 words = searches.contextual_search(query.query, restriction, page)
+                if self.config.contextual_match == "any":
+                    rows = await self.database.fetch_with_generic_plan("search", words)
+                    return [self._result(row, index) for row in rows]
             else:
                 words = searches.temporal_search(query.query, restriction, page)
             rows = await self.database.fetch("search", words)
@@ -1629,8 +1718,9 @@ class PostgresStorage(Generic[K, V]):
         (count, errors, mean and bucketed p50/p95 latency, histogram) per operation;
         ``errors`` by class; ``embedding_cache`` (entries, hits, misses, hit rate);
         ``dimension`` and ``embedder`` (the model the table's vectors come from, as the
-        registry records it); ``passages`` (the tenant's) and ``queued_stores`` (concurrent
-        ``store()`` calls waiting for their batch).
+        registry records it); ``passages`` (the tenant's), ``queued_stores`` (concurrent
+        ``store()`` calls waiting for their batch) and ``backfill_pending`` (whether an
+        upgrade's online backfill may still be under way, see :meth:`complete_backfills`).
         """
         figures = await self.database.run(
             "stats", partial(maintenance.table_figures, self._statements, self._tenant)
@@ -1658,6 +1748,7 @@ class PostgresStorage(Generic[K, V]):
         figures["dimension"] = self.layout.dimension
         figures["embedder"] = self.layout.embedder
         figures["queued_stores"] = self._store_calls.queued
+        figures["backfill_pending"] = self._backfilling
         return figures
 
 

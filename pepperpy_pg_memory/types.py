@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import Enum
 from typing import NamedTuple
 
-__all__ = ["MemoryType", "MemoryScope", "MemoryIndex", "Identity"]
+__all__ = ["MemoryType", "MemoryScope", "MemoryIndex", "Identity", "ProgressCallback"]
+
+ProgressCallback = Callable[[int, int], None]
+"""Called as ``progress(done, total)`` while long work runs."""
 
 
 class MemoryType(str, Enum):

@@ -32,12 +32,16 @@ async def test_stats_follow_the_operations(storage: PostgresStorage[str, Any]) -
     assert set(after["index_bytes"]) >= {
         f"{storage.config.table}_embedding_idx",
         f"{storage.config.table}_tsv_idx",
+        f"{storage.config.table}_terms_idx",
     }
     assert after["total_bytes"] > before["total_bytes"]
     assert after["embedding_cache"]["hits"] >= 2  # the repeated query was embedded once
     assert after["passages"] == 2 and before["passages"] == 0
     assert after["embedder"] == "hashing/64" and after["dimension"] == 64
     assert after["queued_stores"] == 0
+    # A new table has nothing to backfill; the background run notices at once.
+    await storage.complete_backfills()
+    assert (await storage.stats())["backfill_pending"] is False
 
 
 async def test_prometheus_collector_exports_histograms_and_errors(

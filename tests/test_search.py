@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from pepperpy_pg_memory import (
+    HashingEmbedder,
     MemoryIndex,
     MemoryIndexError,
     MemoryNotFoundError,
@@ -127,11 +128,26 @@ async def test_hybrid_fuses_both_rankings_in_the_database(
     )
     top = results[0]
     assert top.entry.key == "tea"
-    assert top.score == pytest.approx(1.0)  # first in both lists
+    # First in both lists: each side counts by how sure it is (its cosine; the square of the
+    # share of the query's term weight it holds, here all of it).
     assert top.semantic_score is not None and top.contextual_score is not None
+    assert top.score == pytest.approx((top.semantic_score + 1.0) / 2)
     others = results[1:]
-    assert all(r.contextual_score is None for r in others)  # matched by meaning only
-    assert all(0 < r.score < 1 for r in others)
+    assert all(0 <= r.score < top.score for r in others)  # 0: no evidence either way
+    # Memories found by meaning only have no word score.
+    assert any(r.contextual_score is None for r in others)
+
+
+async def test_all_words_hybrid_is_plain_rank_fusion(make_config: Any) -> None:
+    config = make_config(contextual_match="all")
+    async with PostgresStorage[str, Any](config, HashingEmbedder(64)) as store:
+        await store.store_many(CORPUS.items())
+        results = await store.search(
+            MemoryQuery(query="green tea afternoon", index_type=MemoryIndex.HYBRID, limit=5)
+        )
+        assert results[0].entry.key == "tea"
+        assert results[0].score == pytest.approx(1.0)  # first in both lists
+        assert all(r.contextual_score is None for r in results[1:])
 
 
 async def test_temporal_search_returns_newest_first(storage: PostgresStorage[str, Any]) -> None:

@@ -1,0 +1,188 @@
+"""Online backfills: work that touches every row of a table, done after ``start()`` in small
+batches instead of inside a migration.
+
+A migration may add a column instantly; filling it for existing rows rewrites them, which must
+not happen inside ``start()`` (a large table would keep every process waiting). Instead a
+:class:`Backfill` names the rows still to do and the assignment that does them; :func:`run`
+walks the tenant's rows in identity order (keyset pagination on the primary key), one batch
+per transaction, and records its position in the registry's backfill table in the same
+transaction, so a crash loses at most the batch under way and the next run resumes after the
+last committed one. Several processes may run the same backfill: each batch locks the
+backfill's row, so they take turns. Readers must stay correct while rows are pending (e.g.
+contextual search falls back to the old full-text column for rows without terms).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
+import asyncpg
+
+from .database import Database
+from .identifiers import qualified
+from .schema import BACKFILLS, TableLayout, terms_function
+from .sql import Query
+from .types import ProgressCallback
+
+__all__ = ["Backfill", "TERMS", "BACKFILLS_TO_RUN", "is_finished", "run"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Backfill:
+    """One kind of row-by-row work on a memory table."""
+
+    name: str
+    """Its name in the registry (stable: it keys the saved position)."""
+    pending: str
+    """A condition on the memory row ``m`` that holds while the row still needs the work."""
+    assignment: Callable[[TableLayout], str]
+    """The ``SET`` list that does the work on ``m``."""
+
+
+def _terms_assignment(layout: TableLayout) -> str:
+    # The configuration name was validated and looked up before any DDL used it.
+    return (
+        f"terms = {terms_function(layout.schema)}"
+        f"('{layout.text_search_config}'::regconfig, m.content)"
+    )
+
+
+TERMS = Backfill(
+    name="terms",
+    pending="m.terms IS NULL AND m.indices @> ARRAY['contextual']",
+    assignment=_terms_assignment,
+)
+"""Contextual terms (schema version 6) for memories written before the column existed."""
+
+BACKFILLS_TO_RUN = (TERMS,)
+
+
+def _registry(layout: TableLayout) -> str:
+    return qualified(layout.schema, BACKFILLS)
+
+
+def _register(layout: TableLayout, backfill: Backfill, tenant: str) -> Query:
+    return Query(
+        f"INSERT INTO {_registry(layout)} (table_name, name, tenant) VALUES ($1, $2, $3) "
+        "ON CONFLICT DO NOTHING",
+        [layout.table, backfill.name, tenant],
+    )
+
+
+def _finished(layout: TableLayout, backfill: Backfill, tenant: str) -> Query:
+    return Query(
+        f"SELECT finished_at IS NOT NULL FROM {_registry(layout)} "
+        "WHERE table_name = $1 AND name = $2 AND tenant = $3",
+        [layout.table, backfill.name, tenant],
+    )
+
+
+def _count_pending(layout: TableLayout, backfill: Backfill, tenant: str) -> Query:
+    return Query(
+        f"SELECT count(*) FROM {layout.qualified_table} m WHERE m.tenant = $1 AND "
+        f"{backfill.pending}",
+        [tenant],
+    )
+
+
+async def is_finished(
+    database: Database, layout: TableLayout, backfill: Backfill, tenant: str
+) -> bool:
+    """Whether every row of ``tenant`` has had ``backfill`` (registering it if new)."""
+    await database.execute("backfill", _register(layout, backfill, tenant))
+    return bool(await database.fetchval("backfill", _finished(layout, backfill, tenant)))
+
+
+async def _batch(
+    layout: TableLayout, backfill: Backfill, tenant: str, size: int, conn: asyncpg.Connection
+) -> tuple[int, bool]:
+    """Do the next batch; returns how many rows it changed and whether the backfill is done."""
+    registry = _registry(layout)
+    async with conn.transaction():
+        state = await conn.fetchrow(
+            f"SELECT position, finished_at IS NOT NULL AS finished FROM {registry} "
+            "WHERE table_name = $1 AND name = $2 AND tenant = $3 FOR UPDATE",
+            layout.table,
+            backfill.name,
+            tenant,
+        )
+        if state is None or state["finished"]:
+            return 0, True
+        after = state["position"] or ["", "", ""]  # scopes are never empty
+        row = await conn.fetchrow(
+            f"""
+            WITH batch AS MATERIALIZED (
+                SELECT m.scope, m.scope_id, m.key FROM {layout.qualified_table} m
+                WHERE m.tenant = $1 AND (m.scope, m.scope_id, m.key) > ($2, $3, $4)
+                ORDER BY m.scope, m.scope_id, m.key
+                LIMIT $5
+            ),
+            changed AS (
+                UPDATE {layout.qualified_table} m SET {backfill.assignment(layout)}
+                FROM batch b
+                WHERE m.tenant = $1 AND (m.scope, m.scope_id, m.key) = (b.scope, b.scope_id, b.key)
+                  AND {backfill.pending}
+                RETURNING 1
+            )
+            SELECT (SELECT count(*) FROM changed) AS changed,
+                   (SELECT count(*) FROM batch) AS seen,
+                   (SELECT ARRAY[scope, scope_id, key] FROM batch
+                    ORDER BY scope DESC, scope_id DESC, key DESC LIMIT 1) AS last
+            """,
+            tenant,
+            *after,
+            size,
+        )
+        assert row is not None
+        done = row["seen"] < size
+        await conn.execute(
+            f"UPDATE {registry} SET position = coalesce($4, position), "
+            "rows_done = rows_done + $5, updated_at = now(), "
+            "finished_at = CASE WHEN $6 THEN now() END "
+            "WHERE table_name = $1 AND name = $2 AND tenant = $3",
+            layout.table,
+            backfill.name,
+            tenant,
+            row["last"],
+            row["changed"],
+            done,
+        )
+        return int(row["changed"]), done
+
+
+async def run(
+    database: Database,
+    layout: TableLayout,
+    backfill: Backfill,
+    tenant: str,
+    *,
+    batch_size: int = 500,
+    progress: ProgressCallback | None = None,
+) -> int:
+    """Run ``backfill`` over the tenant's rows to the end (resuming where any earlier run
+    stopped); returns how many rows this call changed."""
+    if await is_finished(database, layout, backfill, tenant):
+        return 0
+    total = int(await database.fetchval("backfill", _count_pending(layout, backfill, tenant)))
+    logger.info(
+        "backfilling %s on %s.%s: %d memories to do",
+        backfill.name,
+        layout.schema,
+        layout.table,
+        total,
+    )
+    changed = 0
+    while True:
+        count, done = await database.run(
+            "backfill", partial(_batch, layout, backfill, tenant, batch_size)
+        )
+        changed += count
+        if progress is not None:
+            progress(min(changed, total), total)
+        if done:
+            return changed
