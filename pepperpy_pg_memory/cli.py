@@ -120,6 +120,9 @@ def _config(args: argparse.Namespace) -> PostgresConfig:
         values["table"] = args.table
     elif args.command == "demo":
         values["table"] = "demo_memories"
+    # A command lasts seconds: it would only start an upgrade's backfill to cancel it at exit
+    # (`backfill` runs it to the end, in the foreground).
+    values["background_backfill"] = False
     return PostgresConfig(**values)
 
 
@@ -372,6 +375,20 @@ async def _reindex(args: argparse.Namespace) -> int:
     return await _with_storage(args, work)
 
 
+async def _backfill(args: argparse.Namespace) -> int:
+    async def work(storage: PostgresStorage[str, Any]) -> int:
+        with progress_bar("backfilling") as progress:
+            count = await storage.complete_backfills(progress=progress)
+        await storage.refresh_term_statistics()
+        if args.json:
+            _print_json({"backfilled": count})
+        else:
+            print(f"backfilled {count} memories", file=sys.stderr)
+        return 0
+
+    return await _with_storage(args, work)
+
+
 async def _cleanup(args: argparse.Namespace) -> int:
     async def work(storage: PostgresStorage[str, Any]) -> int:
         deleted = await storage.cleanup_expired()
@@ -482,6 +499,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     reindex = command("reindex", _reindex, "rebuild an index with a progress bar")
     reindex.add_argument("index", choices=["semantic", "contextual"])
+    command(
+        "backfill",
+        _backfill,
+        "finish an upgrade's work on existing memories (e.g. contextual terms), with progress",
+    )
     command("cleanup", _cleanup, "delete expired memories")
     command("stats", _stats, "counts, sizes, pool, latency and error figures")
     return parser

@@ -47,6 +47,7 @@ def test_every_command_has_help() -> None:
         "import",
         "export",
         "reindex",
+        "backfill",
         "cleanup",
         "stats",
     ):
@@ -68,6 +69,8 @@ def test_connection_options_before_the_command_and_json_everywhere(
     assert json.loads(migrated.stdout)["table"] == after
     reindexed = _cli("reindex", "contextual", "--json", *server, "--table", after)
     assert json.loads(reindexed.stdout) == {"reindexed": 0, "index": "contextual"}
+    backfilled = _cli("backfill", "--json", *server, "--table", after)
+    assert json.loads(backfilled.stdout) == {"backfilled": 0}
     # The demo tells a story and offers no --json.
     assert _cli("demo", "--json").returncode == 2
 
@@ -116,6 +119,11 @@ def test_store_get_search_delete_round_trip(target: list[str]) -> None:
     )
     hits = json.loads(found.stdout)
     assert hits[0]["entry"]["key"] == "ana-tea" and 0 < hits[0]["score"] <= 1
+    assert _cli("store", "order", "Order A-77812 shipped on Monday", *target).returncode == 0
+    question = _cli(
+        "search", "has A-77812 been sent yet?", "--index", "contextual", "--json", *target
+    )
+    assert json.loads(question.stdout)[0]["entry"]["key"] == "order"
     table = _cli("search", "green tea", "--index", "contextual", *target)
     assert "ana-tea" in table.stdout and "score" in table.stdout
     assert "┃" in table.stdout  # rich's boxed table (the `cli` extra is in `all`)
