@@ -58,3 +58,34 @@ def test_quick_benchmark_writes_json(tmp_path: Path) -> None:
     assert all(0 < r["throughput"] <= 1 for r in sweep)
     assert report["ratios"] and report["targets"] is not None
     assert "measurement" in result.stdout  # the readable table
+
+
+def test_contextual_benchmark_runs_small(tmp_path: Path) -> None:
+    out = tmp_path / "contextual.json"
+    scratch = Path(tempfile.mkdtemp(prefix="ctx-smoke-"))
+    try:
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.contextual",
+                *("--hashing", "--noise", "50", "--size", "300", "--queries", "5"),
+                *("--rounds", "1", "--write-rows", "100", "--out", str(out)),
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env={**os.environ, "TMPDIR": str(scratch)},
+        )
+    finally:
+        shutil.rmtree(scratch)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    identifiers = report["quality"]["identifiers"]
+    # Word matching does not depend on the vectors: any-term BM25 finds the identifiers that
+    # all-words matching misses, whatever the embedder.
+    assert identifiers["contextual_any"]["hit_at_3"] >= 0.85
+    assert identifiers["contextual_all"]["hit_at_3"] < identifiers["contextual_any"]["hit_at_3"]
+    assert set(report["latency"]["ratio_any_over_all"]) >= {"contextual_all_kinds"}
+    assert report["write_cost"]["rows"] == 100
