@@ -280,6 +280,8 @@ class SearchStatements:
                        -- The best score a memory can reach: every term the tenant's memories
                        -- hold (terms no memory holds cannot tell memories apart).
                        coalesce(sum(idf) FILTER (WHERE df > 0), sum(idf)) * {k1 + 1} AS best,
+                       -- The query's term weight, for a memory's share of it (see
+                       -- hybrid_search).
                        sum(idf) AS weight
                 FROM weights
             ),
@@ -304,7 +306,7 @@ class SearchStatements:
                         {1 - b} + {b} * length(c.terms) / t.avg_length)))
                         / (SELECT best FROM probes)) AS score,
                     -- The share of the query's term weight the memory holds.
-                    sum(w.idf) / (SELECT weight FROM probes) AS coverage
+                    least(1, sum(w.idf) / (SELECT weight FROM probes)) AS coverage
                 FROM candidates c
                 CROSS JOIN LATERAL (
                     SELECT x.lexeme, coalesce(cardinality(x.positions), 1) AS tf

@@ -11,10 +11,12 @@ import asyncpg
 import pytest
 from test_identity_upgrade import _load_release_0_1
 
+from langchain_pepperpy import PepperpyMemoryRetriever
 from pepperpy_pg_memory import (
     HashingEmbedder,
     MemoryIndex,
     MemoryQuery,
+    MemoryScope,
     PostgresConfig,
     PostgresStorage,
 )
@@ -310,3 +312,11 @@ async def test_start_backfills_in_the_background(
         assert not store._backfilling
         table = f'"{config.schema_name}"."{config.table}"'
         assert await raw_conn.fetchval(f"SELECT count(terms) FROM {table}") == 12
+
+
+async def test_the_langchain_retriever_uses_the_same_search(
+    orders: PostgresStorage[str, Any],
+) -> None:
+    retriever = PepperpyMemoryRetriever.from_storage(orders, scope=MemoryScope.GLOBAL, k=3)
+    documents = await retriever.ainvoke("has A-77812 been sent yet?")
+    assert documents[0].metadata["key"] == "shipped"

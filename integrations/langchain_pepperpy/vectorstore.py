@@ -371,7 +371,8 @@ class PepperpyVectorStore(VectorStore):
     def hybrid_search(
         self, query: str, k: int = 4, filter: dict[str, Any] | None = None, **kwargs: Any
     ) -> list[Document]:
-        """Semantic and full-text results fused by reciprocal rank (in one SQL statement)."""
+        """Semantic and full-text results fused by rank, each side weighted by how sure it is
+        (in one SQL statement)."""
         q = self._query(query=query, limit=k, filter=filter, index_type=MemoryIndex.HYBRID)
         return [document_of(r.entry) for r in self._handle.call(lambda s: s.search(q))]
 
