@@ -24,6 +24,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .errors import MemoryConfigurationError
+from .filters import FieldKind, key_path
 from .identifiers import IDENTIFIER_PATTERN, TEXT_SEARCH_CONFIG_PATTERN
 from .schema import MAX_KEY_BYTES, MAX_SCOPE_ID_BYTES, MAX_TENANT_BYTES
 from .types import MemoryType
@@ -192,6 +193,14 @@ class PostgresConfig(BaseSettings):
             "(web-search syntax, ranked by ts_rank_cd: how earlier releases matched)."
         ),
     )
+    indexed_metadata: dict[str, Literal["numeric", "text"]] = Field(
+        default_factory=dict,
+        description=(
+            "Metadata fields filtered by range often, e.g. {'priority': 'numeric', 'due': "
+            "'text'}: start() adds an expression index for each (recorded, never dropped "
+            "automatically), and range filters on them use it."
+        ),
+    )
     background_backfill: bool = Field(
         default=True,
         description=(
@@ -265,6 +274,20 @@ class PostgresConfig(BaseSettings):
                 f"(letters, digits, underscore; at most 48 characters; not starting with a digit)"
             )
         return value
+
+    @field_validator("indexed_metadata")
+    @classmethod
+    def _metadata_keys(cls, value: dict[str, str]) -> dict[str, str]:
+        for key in value:
+            key_path(key)  # raises with the reason
+        return value
+
+    @property
+    def indexed_fields(self) -> tuple[tuple[tuple[str, ...], FieldKind], ...]:
+        """``indexed_metadata`` as (path, kind) pairs, in a stable order."""
+        return tuple(
+            (tuple(key_path(key)), kind) for key, kind in sorted(self.indexed_metadata.items())
+        )
 
     @field_validator("tenant", "default_scope_id")
     @classmethod

@@ -22,11 +22,24 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 from .errors import MemoryValidationError
 
-__all__ = ["Params", "compile_filter", "key_path", "MAX_FILTER_DEPTH"]
+__all__ = [
+    "Params",
+    "compile_filter",
+    "key_path",
+    "typed_field",
+    "field_type",
+    "IndexedFields",
+    "FieldKind",
+    "MAX_FILTER_DEPTH",
+]
+
+FieldKind = Literal["numeric", "text"]
+IndexedFields = Mapping[tuple[str, ...], FieldKind]
+"""Metadata paths with an expression index (``PostgresConfig.indexed_metadata``), by kind."""
 
 MAX_FILTER_DEPTH = 8
 MAX_FILTER_CONDITIONS = 200
@@ -50,10 +63,53 @@ class Params:
         return f"${len(self.values)}"
 
 
+def typed_field(column: str, path: list[str] | tuple[str, ...], kind: FieldKind) -> str:
+    """The value at ``path`` of the jsonb ``column`` when it is a number (``numeric``) or a
+    string (``text``, compared by code point), else NULL: the expression an index on a
+    metadata field is built on, and the one range filters on that field compile to.
+
+    The path is spelt out in the SQL text (an index expression must match literally): its
+    segments passed :func:`key_path`, which admits letters, digits, ``_`` and ``-`` only.
+    """
+    literal = _path_literal(path)
+    if kind == "numeric":
+        return (
+            f"(CASE WHEN jsonb_typeof({column} #> {literal}) = 'number' "
+            f"THEN ({column} #>> {literal})::numeric END)"
+        )
+    return (
+        f"((CASE WHEN jsonb_typeof({column} #> {literal}) = 'string' "
+        f'THEN {column} #>> {literal} END) COLLATE "C")'
+    )
+
+
+def _path_literal(path: list[str] | tuple[str, ...]) -> str:
+    segments = [segment for part in path for segment in key_path(part)]
+    return "'{" + ",".join(segments) + "}'"
+
+
+def field_type(column: str, path: list[str] | tuple[str, ...]) -> str:
+    """The JSON type of the value at ``path`` (NULL when absent), spelt as range filters on an
+    indexed field test it; the store keeps statistics on it, so that the planner knows most
+    values have the expected type (it would guess 0.5% and pick the wrong plan)."""
+    return f"jsonb_typeof({column} #> {_path_literal(path)})"
+
+
+def _typed_test(column: str, path: list[str], kind: FieldKind, operator: str, bound: str) -> str:
+    """A range test in the form the field's expression index serves, with the three-valued
+    meaning of the unindexed form: a missing key is unknown, a value of another type fails."""
+    json_type = "number" if kind == "numeric" else "string"
+    return (
+        f"({field_type(column, path)} = '{json_type}' AND "
+        f"{typed_field(column, path, kind)} {operator} {bound})"
+    )
+
+
 class _Compiler:
-    def __init__(self, params: Params, column: str) -> None:
+    def __init__(self, params: Params, column: str, indexed: IndexedFields | None) -> None:
         self.params = params
         self.column = column
+        self.indexed = indexed or {}
         self.conditions = 0
 
     def document(self, spec: Any, depth: int) -> str:
@@ -134,6 +190,11 @@ class _Compiler:
         # so that "9" never sorts above "10" and a string never satisfies a numeric bound. A
         # string bound compares strings by code point (ISO dates sort as dates), the same on
         # every server whatever its collation.
+        kind = self.indexed.get(tuple(path))
+        if isinstance(operand, str) and kind == "text":
+            text = _json_value(key, operator, operand)
+            bound = f"{self.params.add(text)}::text"
+            return _typed_test(self.column, path, "text", _RANGE_OPERATORS[operator], bound)
         if isinstance(operand, str):
             text = _json_value(key, operator, operand)
             extracted = f"({column} #> {self.params.add(path)}::text[])"
@@ -148,6 +209,12 @@ class _Compiler:
             )
         if not math.isfinite(operand):
             raise MemoryValidationError(f"{operator} for {key!r} takes a finite number")
+        if kind == "numeric":
+            # The same test, in the form the field's expression index serves.
+            bound = self.params.add(float(operand) if isinstance(operand, float) else operand)
+            return _typed_test(
+                self.column, path, "numeric", _RANGE_OPERATORS[operator], f"{bound}::numeric"
+            )
         extracted = f"({column} #> {self.params.add(path)}::text[])"
         bound = self.params.add(float(operand) if isinstance(operand, float) else operand)
         return (
@@ -205,11 +272,18 @@ def _json_value(key: str, operator: str, value: Any) -> Any:
     )
 
 
-def compile_filter(spec: Mapping[str, Any] | None, params: Params, column: str = "metadata") -> str:
+def compile_filter(
+    spec: Mapping[str, Any] | None,
+    params: Params,
+    column: str = "metadata",
+    indexed: IndexedFields | None = None,
+) -> str:
     """SQL condition for ``spec`` over the jsonb ``column``; values are added to ``params``.
 
     ``column`` is always one of this package's own column expressions, never user input.
+    Range conditions on ``indexed`` paths compile to :func:`typed_field` (same meaning, in the
+    form their expression index serves).
     """
     if spec is None:
         return "TRUE"
-    return _Compiler(params, column).document(spec, depth=1)
+    return _Compiler(params, column, indexed).document(spec, depth=1)

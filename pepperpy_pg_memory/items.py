@@ -249,6 +249,7 @@ def restriction(
         scope_id=owner_id,
         types=type_set,
         filter=filter,
+        indexed_metadata=config.indexed_fields,
         **bounds,
     )
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from .filters import Params, compile_filter
+from .filters import FieldKind, Params, compile_filter
 from .identifiers import quote_ident
 from .schema import TableLayout
 from .sql import Query
@@ -135,6 +135,8 @@ class Restriction:
     updated_after: datetime | None = None
     updated_before: datetime | None = None
     include_expired: bool = False
+    indexed_metadata: tuple[tuple[tuple[str, ...], FieldKind], ...] = ()
+    """Metadata paths with an expression index (their range filters take its form)."""
 
     def conditions(self, params: Params) -> str:
         parts = [f"m.tenant = {params.add(self.tenant)}"]
@@ -163,7 +165,11 @@ class Restriction:
             if bound is not None:
                 parts.append(f"m.{column} {operator} {params.add(bound)}")
         if self.filter:
-            parts.append(compile_filter(self.filter, params, column="m.metadata"))
+            parts.append(
+                compile_filter(
+                    self.filter, params, column="m.metadata", indexed=dict(self.indexed_metadata)
+                )
+            )
         if self.value_filter:
             parts.append(compile_filter(self.value_filter, params, column="m.value"))
         return " AND ".join(parts)

@@ -11,6 +11,7 @@ schema version, the embedding dimension and vector type, and the text search con
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -18,6 +19,7 @@ from dataclasses import dataclass, replace
 import asyncpg
 
 from .errors import MemoryConfigurationError, MemorySchemaError
+from .filters import FieldKind, field_type, typed_field
 from .identifiers import qualified, quote_ident, quote_name
 from .sql import Query
 
@@ -38,6 +40,9 @@ __all__ = [
     "row_level_security_statements",
     "BACKFILLS",
     "terms_function",
+    "ensure_metadata_indexes",
+    "metadata_index_name",
+    "metadata_statistics_name",
 ]
 
 logger = logging.getLogger(__name__)
@@ -583,9 +588,31 @@ def _registry_v2_backfills(schema: str) -> list[str]:
     ]
 
 
+METADATA_INDEXES = "pepperpy_memory_metadata_indexes"
+"""Per table: the metadata fields given an expression index (see ensure_metadata_indexes)."""
+
+
+def _registry_v3_metadata_indexes(schema: str) -> list[str]:
+    # Indexes made from configuration are recorded, so that they are known as ours and are
+    # never dropped because a later configuration stopped naming them.
+    return [
+        f"""
+        CREATE TABLE IF NOT EXISTS {qualified(schema, METADATA_INDEXES)} (
+            table_name  text NOT NULL,
+            path        text[] NOT NULL,
+            kind        text NOT NULL,
+            index_name  text NOT NULL,
+            created_at  timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (table_name, path, kind)
+        )
+        """
+    ]
+
+
 REGISTRY_MIGRATIONS: list[Callable[[str], list[str]]] = [
     _registry_v1_embedder,
     _registry_v2_backfills,
+    _registry_v3_metadata_indexes,
 ]
 """The registry's own migrations (append-only), applied before the tables' migrations."""
 
@@ -653,6 +680,74 @@ async def ensure_database(conn: asyncpg.Connection, name: str) -> None:
         await conn.execute(f"CREATE DATABASE {quote_name(name)}")
     except asyncpg.DuplicateDatabaseError:
         pass  # another process created it first
+
+
+def metadata_index_name(layout: TableLayout, path: tuple[str, ...], kind: str) -> str:
+    """The unquoted name of the expression index on a metadata field."""
+    digest = hashlib.sha1(("\x00".join(path) + "\x00" + kind).encode()).hexdigest()[:10]
+    return f"{layout.table}_meta_{digest}"
+
+
+def metadata_statistics_name(layout: TableLayout, path: tuple[str, ...]) -> str:
+    """The unquoted name of the statistics on a metadata field's JSON type."""
+    digest = hashlib.sha1("\x00".join(path).encode()).hexdigest()[:10]
+    return f"{layout.table}_mtype_{digest}"
+
+
+async def ensure_metadata_indexes(
+    conn: asyncpg.Connection,
+    layout: TableLayout,
+    fields: tuple[tuple[tuple[str, ...], FieldKind], ...],
+) -> list[str]:
+    """Give each metadata field of ``fields`` its expression index (see
+    :func:`~.filters.typed_field`) unless it has one, recording it; returns the names created.
+
+    Built under the migration lock, in one transaction (a plain build: it holds off writes to
+    the table while it runs, about 0.1 s per 100,000 rows), with statistics on the field's
+    JSON type; then the table is analysed so that the planner knows the field's distribution.
+    Indexes are never dropped here.
+    """
+    if not fields:
+        return []
+    registry = qualified(layout.schema, METADATA_INDEXES)
+    created: list[str] = []
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_KEY)
+        for path, kind in fields:
+            name = metadata_index_name(layout, path, kind)
+            recorded = await conn.fetchval(
+                f"SELECT EXISTS (SELECT 1 FROM {registry} WHERE table_name = $1 "
+                "AND path = $2 AND kind = $3)",
+                layout.table,
+                list(path),
+                kind,
+            )
+            if recorded:
+                continue
+            expression = typed_field("metadata", path, kind)
+            await conn.execute(
+                f"CREATE INDEX IF NOT EXISTS {quote_ident(name)} "
+                f"ON {layout.qualified_table} ({expression})"
+            )
+            # Range filters test the value's type too; without statistics on it the planner
+            # guesses 0.5% of rows pass and reads half the table through the index.
+            statistics = qualified(layout.schema, metadata_statistics_name(layout, path))
+            await conn.execute(
+                f"CREATE STATISTICS IF NOT EXISTS {statistics} "
+                f"ON ({field_type('metadata', path)}) FROM {layout.qualified_table}"
+            )
+            await conn.execute(
+                f"INSERT INTO {registry} (table_name, path, kind, index_name) "
+                "VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                layout.table,
+                list(path),
+                kind,
+                name,
+            )
+            created.append(name)
+        if created:
+            await conn.execute(f"ANALYZE {layout.qualified_table}")
+    return created
 
 
 async def migrate(

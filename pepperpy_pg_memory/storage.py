@@ -69,6 +69,7 @@ from .schema import (
     TENANT_SETTING,
     TableLayout,
     ensure_database,
+    ensure_metadata_indexes,
     migrate,
     vector_schema,
     vector_type_for,
@@ -269,6 +270,8 @@ class PostgresStorage(Generic[K, V]):
         conn = await connect(config, dsn)
         try:
             layout = await migrate(conn, wanted, row_level_security=config.row_level_security)
+            for name in await ensure_metadata_indexes(conn, layout, config.indexed_fields):
+                logger.info("created metadata index %s", name)
             vectors_in = await vector_schema(conn)
         except asyncpg.PostgresError as exc:
             raise translate(exc, "start") from exc
