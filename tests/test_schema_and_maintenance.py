@@ -231,3 +231,20 @@ async def test_unknown_text_search_config_fails_at_start(make_config: Any) -> No
             make_config(text_search_config="klingon"), HashingEmbedder(16)
         ):
             pass
+
+
+async def test_vectors_stay_in_the_row(
+    make_config: Any, raw_conn: asyncpg.Connection
+) -> None:
+    # A 384-dimensional vector and a few hundred characters of text come to about 2.3 kB,
+    # past PostgreSQL's default 2 kB TOAST threshold: the vector would move out of the row.
+    async with PostgresStorage[str, Any](make_config(), HashingEmbedder(384)) as store:
+        await store.store_many(
+            {"key": f"k{i}", "value": f"memory {i} " + "with a longer text " * 15}
+            for i in range(50)
+        )
+        toasted = await raw_conn.fetchval(
+            "SELECT pg_relation_size(reltoastrelid) FROM pg_class WHERE oid = $1::regclass",
+            store.layout.regclass,
+        )
+    assert toasted == 0
