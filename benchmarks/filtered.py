@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import os
 import statistics
@@ -26,6 +27,9 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+import platformdirs
 
 from pepperpy_pg_memory import MemoryQuery, PostgresConfig, PostgresStorage
 from pepperpy_pg_memory.embeddings import default_embedder
@@ -66,13 +70,23 @@ async def _exact(store: PostgresStorage[str, Any], vector: list[float], below: i
 
 
 async def _vectors(texts: list[str], random: bool) -> dict[str, Any]:
+    """Each text's vector; the model's are kept in the user cache folder (embedding 100k
+    texts takes minutes), keyed by the texts."""
     embedder: Any = RandomEmbedder(384) if random else default_embedder("onnx")
-    table: dict[str, Any] = {}
-    for start in range(0, len(texts), 256):
-        batch = texts[start : start + 256]
-        for text, vector in zip(batch, await embedder.embed_documents(batch), strict=True):
-            table[text] = vector
-    return table
+    digest = hashlib.sha256("\n".join(texts).encode()).hexdigest()[:16]
+    cache = Path(platformdirs.user_cache_dir("pepperpy-pg-memory")) / f"bench-{digest}.npy"
+    if not random and cache.exists():
+        matrix = np.load(cache)
+    else:
+        parts = [
+            np.asarray(await embedder.embed_documents(texts[start : start + 256]))
+            for start in range(0, len(texts), 256)
+        ]
+        matrix = np.concatenate(parts)
+        if not random:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            np.save(cache, matrix)
+    return dict(zip(texts, matrix, strict=True))
 
 
 async def _measure(size: int, queries: int, rounds: int, random: bool) -> dict[str, Any]:
