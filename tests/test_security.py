@@ -200,12 +200,22 @@ async def test_row_level_security_isolates_tenants_even_outside_the_library(
         assert await globex_store.delete("plan") is True
         assert (await acme_store.retrieve("plan")).value == "acme plan"
         await globex_store.store("plan", "globex again")
+        # Term statistics and the online backfill work under the policy, per tenant.
+        for store in (acme_store, globex_store):
+            await store.complete_backfills()
+            await store.refresh_term_statistics()
+        words = await globex_store.search(
+            MemoryQuery(query="when does it launch?", index_type=MemoryIndex.CONTEXTUAL)
+        )
+        assert [h.entry.key for h in words] == ["globex-plan"]
 
     # Plain SQL by the same role, not through the library: the policy still applies.
     conn = await asyncpg.connect(tenant_db)
     try:
         assert await conn.fetchval(f'SELECT count(*) FROM public."{table}"') == 0
         await conn.execute("SET pepperpy.tenant = 'acme'")
+        stats = f'SELECT DISTINCT tenant FROM public."{table}_term_stats"'
+        assert [r["tenant"] for r in await conn.fetch(stats)] == ["acme"]
         keys = await conn.fetch(f'SELECT key FROM public."{table}" ORDER BY key')
         assert [r["key"] for r in keys] == ["acme-plan", "plan"]
         with pytest.raises(asyncpg.InsufficientPrivilegeError):
