@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
 import sys
@@ -42,6 +41,7 @@ from pepperpy_pg_memory import (
 from pepperpy_pg_memory.embeddings import Embedder, default_embedder
 
 from .corpus import keyword_queries, memories, questions
+from .measure import report
 from .recall_sets import RecallSet, identifier_set, paraphrase_set, shares_a_word
 from .run import _start_server
 
@@ -266,11 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, help="write the JSON here")
     args = parser.parse_args(argv)
-    result = asyncio.run(_run(args))
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    report(asyncio.run(_run(args)), args.out)
     return 0
 
 

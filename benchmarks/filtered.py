@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
-import json
 import os
 import statistics
 import sys
@@ -37,6 +36,7 @@ from pepperpy_pg_memory.search_sql import Page
 
 from .corpus import memories, questions
 from .embedders import PrecomputedEmbedder, RandomEmbedder
+from .measure import report
 from .run import _start_server
 
 SELECTIVITY = {"1%": 1, "10%": 10, "50%": 50}
@@ -191,11 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--random", action="store_true", help="random vectors (no model)")
     parser.add_argument("--out", type=Path, help="write the JSON here")
     args = parser.parse_args(argv)
-    result = asyncio.run(_measure(args.size, args.queries, args.rounds, args.random))
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    report(asyncio.run(_measure(args.size, args.queries, args.rounds, args.random)), args.out)
     return 0
 
 
