@@ -330,7 +330,10 @@ class SearchStatements:
         not fill the window: its cost grows with how common the words' trigrams are, so it is
         kept off the path of queries that full text already answers.
         """
-        if self.match == "all":
+        positive, _ = split_query(query)
+        if self.match == "all" or not _WORD.search(positive):
+            # Exclusions alone ("-coffee") ask for every memory without the word: nothing to
+            # rank by, so the web-search statement answers, as it always did.
             words = (
                 f"words AS MATERIALIZED ({self._all_words(params, query, where, params.add(want))})"
             )

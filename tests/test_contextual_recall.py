@@ -122,6 +122,9 @@ async def test_phrases_and_exclusions_keep_their_meaning(
     assert phrase == ["tea"]
     excluded = [r.entry.key for r in await _contextual(storage, "Ana drinks -coffee")]
     assert excluded == ["tea"]
+    # Exclusions alone: every memory without the word.
+    only = {r.entry.key for r in await _contextual(storage, "-coffee")}
+    assert only == {"tea", "green"}
     assert split_query('pizza -pineapple "New York"') == (
         'pizza   "New York"',
         '"New York" -pineapple',

@@ -99,10 +99,13 @@ async def test_start_adds_and_records_the_indexes_once_and_never_drops_them(
     name = metadata_index_name(layout, ("priority",), "numeric")
     assert name in await _indexes(raw_conn, config)
     # With statistics on the field's JSON type, which range filters also test.
-    assert await raw_conn.fetchval(
-        "SELECT count(*) FROM pg_statistic_ext WHERE stxname = $1",
-        metadata_statistics_name(layout, ("priority",)),
-    ) == 1
+    assert (
+        await raw_conn.fetchval(
+            "SELECT count(*) FROM pg_statistic_ext WHERE stxname = $1",
+            metadata_statistics_name(layout, ("priority",)),
+        )
+        == 1
+    )
     registry = f'"{config.schema_name}".{METADATA_INDEXES}'
     recorded = await raw_conn.fetch(
         f"SELECT path, kind, index_name FROM {registry} WHERE table_name = $1", config.table

@@ -233,9 +233,7 @@ async def test_unknown_text_search_config_fails_at_start(make_config: Any) -> No
             pass
 
 
-async def test_vectors_stay_in_the_row(
-    make_config: Any, raw_conn: asyncpg.Connection
-) -> None:
+async def test_vectors_stay_in_the_row(make_config: Any, raw_conn: asyncpg.Connection) -> None:
     # A 384-dimensional vector and a few hundred characters of text come to about 2.3 kB,
     # past PostgreSQL's default 2 kB TOAST threshold: the vector would move out of the row.
     async with PostgresStorage[str, Any](make_config(), HashingEmbedder(384)) as store:
