@@ -27,7 +27,16 @@ from .schema import BACKFILLS, TableLayout, terms_function
 from .sql import Query
 from .types import ProgressCallback
 
-__all__ = ["Backfill", "TERMS", "BACKFILLS_TO_RUN", "is_finished", "run"]
+__all__ = [
+    "Backfill",
+    "TERMS",
+    "BACKFILLS_TO_RUN",
+    "REEMBED",
+    "is_finished",
+    "run",
+    "saved_position",
+    "save_position",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +70,10 @@ TERMS = Backfill(
 
 BACKFILLS_TO_RUN = (TERMS,)
 
+REEMBED = "reembed"
+"""The semantic reindex's entry: a walk whose batches are embedded in Python between reading
+and writing (see PostgresStorage.reindex), kept in the same table with the same rules."""
+
 
 def _registry(layout: TableLayout) -> str:
     return qualified(layout.schema, BACKFILLS)
@@ -87,6 +100,39 @@ def _count_pending(layout: TableLayout, backfill: Backfill, tenant: str) -> Quer
         f"SELECT count(*) FROM {layout.qualified_table} m WHERE m.tenant = $1 AND "
         f"{backfill.pending}",
         [tenant],
+    )
+
+
+def saved_position(layout: TableLayout, name: str, tenant: str) -> Query:
+    """Where an unfinished walk named ``name`` stopped: one row (position, finished), or
+    none if it never ran."""
+    return Query(
+        f"SELECT position, finished_at IS NOT NULL AS finished FROM {_registry(layout)} "
+        "WHERE table_name = $1 AND name = $2 AND tenant = $3",
+        [layout.table, name, tenant],
+    )
+
+
+def save_position(
+    layout: TableLayout,
+    name: str,
+    tenant: str,
+    position: list[str] | None,
+    rows: int,
+    *,
+    start: bool = False,
+    finished: bool = False,
+) -> Query:
+    """Record that a walk reached ``position`` having done ``rows`` more rows (``start``: a
+    new walk begins; ``finished``: it is over). Run it in the transaction that wrote them."""
+    return Query(
+        f"INSERT INTO {_registry(layout)} AS b (table_name, name, tenant, position, "
+        "rows_done, finished_at) VALUES ($1, $2, $3, $4, $5, CASE WHEN $7 THEN now() END) "
+        "ON CONFLICT (table_name, name, tenant) DO UPDATE SET position = excluded.position, "
+        "rows_done = CASE WHEN $6 THEN 0 ELSE b.rows_done END + excluded.rows_done, "
+        "started_at = CASE WHEN $6 THEN now() ELSE b.started_at END, "
+        "updated_at = now(), finished_at = excluded.finished_at",
+        [layout.table, name, tenant, position, rows, start, finished],
     )
 
 

@@ -24,7 +24,6 @@ from .types import Identity
 
 __all__ = [
     "decode_cursor",
-    "encode_cursor",
     "convert_dimension",
     "rebuild_contextual",
     "table_figures",
@@ -37,13 +36,9 @@ START = Identity("", "", "")
 """Precedes every identity (scopes are never empty): where a reindex starts."""
 
 
-def encode_cursor(tenant: str, position: Identity) -> str:
-    """A reindex position as the registry keeps it."""
-    return json.dumps([tenant, *position])
-
-
 def decode_cursor(saved: str | None, tenant: str) -> Identity | None:
-    """The position a reindex of ``tenant`` left, or None to start from the beginning (none
+    """The position a reindex of ``tenant`` left in the registry's ``reindex_cursor`` (where
+    releases before the backfill table kept it), or None to start from the beginning (none
     saved, another tenant's, or a key alone as releases before owner identity saved it)."""
     if not saved:
         return None
@@ -62,15 +57,14 @@ def decode_cursor(saved: str | None, tenant: str) -> Identity | None:
 async def write_reindexed(
     statements: Statements,
     records: list[tuple[Any, ...]],
-    cursor: str,
+    position: Query,
     conn: asyncpg.Connection,
 ) -> None:
-    """Store re-embedded vectors and the position they reach."""
+    """Store re-embedded vectors and the position they reach (see backfill.save_position)."""
     # The vectors and the position move together: a crash never skips a batch.
     async with conn.transaction():
         await conn.executemany(statements.set_embeddings().sql, records)
-        save = statements.save_reindex_cursor(cursor)
-        await conn.execute(save.sql, *save.args)
+        await conn.execute(position.sql, *position.args)
 
 
 async def convert_dimension(

@@ -1598,11 +1598,15 @@ class PostgresStorage(Generic[K, V]):
         if dimension != self.layout.dimension:
             await self._convert_dimension(dimension)
             resume = False
-        statements, database, tenant = self._statements, self.database, self._tenant
+        statements, database, tenant, layout = (
+            self._statements,
+            self.database,
+            self._tenant,
+            self.layout,
+        )
         cursor: Identity | None = None
         if resume:
-            saved = await database.fetchval("reindex", statements.load_reindex_cursor())
-            cursor = maintenance.decode_cursor(saved, tenant)
+            cursor = await self._unfinished_reindex()
         total = int(await database.fetchval("reindex", statements.count_semantic(tenant)))
         done = 0
         if cursor is not None:
@@ -1613,6 +1617,9 @@ class PostgresStorage(Generic[K, V]):
         # searches meanwhile scan exactly (correct, slower); if the run is interrupted, the
         # next start() or reindex() builds the index again.
         rebuild = cursor is None and 0 < self.config.bulk_index_rebuild_rows <= total
+        if cursor is None:
+            start = backfill.save_position(layout, backfill.REEMBED, tenant, None, 0, start=True)
+            await database.execute("reindex", start)
         if rebuild:
             await database.execute("reindex", self.layout.drop_vector_index())
         while True:
@@ -1628,20 +1635,18 @@ class PostgresStorage(Generic[K, V]):
                 for row, vector in zip(rows, vectors, strict=True)
             ]
             cursor = _identity(rows[-1])
+            reached = backfill.save_position(
+                layout, backfill.REEMBED, tenant, list(cursor), len(rows)
+            )
             await database.run(
-                "reindex",
-                partial(
-                    maintenance.write_reindexed,
-                    statements,
-                    records,
-                    maintenance.encode_cursor(tenant, cursor),
-                ),
+                "reindex", partial(maintenance.write_reindexed, statements, records, reached)
             )
             done += len(rows)
             if progress is not None:
                 progress(min(done, total), total)
         await self._reindex_passages(batch)
-        await database.execute("reindex", statements.save_reindex_cursor(None))
+        over = backfill.save_position(layout, backfill.REEMBED, tenant, None, 0, finished=True)
+        await database.execute_all("reindex", [over, statements.save_reindex_cursor(None)])
         # Every vector is now the current model's.
         await self._record_embedder()
         if rebuild:
@@ -1651,6 +1656,20 @@ class PostgresStorage(Generic[K, V]):
                 timeout=self.config.maintenance_timeout,
             )
         return done
+
+    async def _unfinished_reindex(self) -> Identity | None:
+        """Where an interrupted semantic reindex of this tenant stopped, if one did."""
+        row = await self.database.fetchrow(
+            "reindex", backfill.saved_position(self.layout, backfill.REEMBED, self._tenant)
+        )
+        if row is not None:
+            position = row["position"]
+            if row["finished"] or not position:
+                return None
+            return Identity(*position)
+        # Releases before the backfill table kept one position per table in the registry.
+        saved = await self.database.fetchval("reindex", self._statements.load_reindex_cursor())
+        return maintenance.decode_cursor(saved, self._tenant)
 
     async def _reindex_passages(self, batch: int) -> None:
         """Re-embed every passage of the tenant, in identity order. (Not resumable on its

@@ -181,15 +181,44 @@ async def test_interrupted_reindex_resumes_where_it_stopped(
     async with PostgresStorage[str, Any](config, failing) as store:
         with pytest.raises(RuntimeError, match="model crashed"):
             await store.reindex(MemoryIndex.SEMANTIC, batch_size=10)
-    row = await _registry(raw_conn, config.schema_name, config.table)
-    # The position is a whole identity (tenant, scope, scope_id, key), in key order per owner.
-    assert json.loads(row["reindex_cursor"]) == ["", "global", "", "k019"]
+    # The position is kept per tenant with the online backfills': a whole identity (scope,
+    # scope_id, key), in key order per owner.
+    walk = (
+        f'SELECT * FROM "{config.schema_name}".pepperpy_memory_backfills '
+        "WHERE table_name = $1 AND name = 'reembed'"
+    )
+    row = await raw_conn.fetchrow(walk, config.table)
+    assert (row["tenant"], row["position"], row["rows_done"]) == ("", ["global", "", "k019"], 20)
+    assert row["finished_at"] is None
 
     embedder = CountingEmbedder(16)
     async with PostgresStorage[str, Any](config, embedder) as store:
         assert await store.reindex(MemoryIndex.SEMANTIC, batch_size=10) == 30
         assert min(embedder.embedded_texts, key=lambda t: int(t.split()[1])) == "text 20"
+        row = await raw_conn.fetchrow(walk, config.table)
+        assert row["finished_at"] is not None and row["rows_done"] == 50
         assert await store.reindex(MemoryIndex.SEMANTIC, batch_size=10, resume=False) == 50
+        # Finished: the next call starts over.
+        assert await store.reindex(MemoryIndex.SEMANTIC, batch_size=10) == 50
+    row = await _registry(raw_conn, config.schema_name, config.table)
+    assert row["reindex_cursor"] is None
+
+
+async def test_a_reindex_interrupted_under_an_earlier_release_resumes(
+    make_config: Any, raw_conn: asyncpg.Connection
+) -> None:
+    config = make_config()
+    async with PostgresStorage[str, Any](config, HashingEmbedder(16)) as store:
+        await store.store_many((f"k{i:03d}", f"text {i}") for i in range(50))
+    # Where releases before the backfill table kept the position of an interrupted reindex.
+    await raw_conn.execute(
+        f'UPDATE "{config.schema_name}".pepperpy_memory_tables SET reindex_cursor = $2 '
+        "WHERE table_name = $1",
+        config.table,
+        json.dumps(["", "global", "", "k029"]),
+    )
+    async with PostgresStorage[str, Any](config, HashingEmbedder(16)) as store:
+        assert await store.reindex(MemoryIndex.SEMANTIC, batch_size=10) == 20
     row = await _registry(raw_conn, config.schema_name, config.table)
     assert row["reindex_cursor"] is None
 
