@@ -855,7 +855,33 @@ async def migrate(
                 SCHEMA_VERSION,
             )
             layout = replace(layout, version=SCHEMA_VERSION)
-        if row_level_security:
+        if row_level_security and not await _row_level_security_in_place(conn, layout):
             for statement in row_level_security_statements(layout):
                 await conn.execute(statement)
         return layout
+
+
+async def _row_level_security_in_place(conn: asyncpg.Connection, layout: TableLayout) -> bool:
+    """Whether every table of ``layout`` already has forced row-level security and our policy.
+
+    The statements take an exclusive lock on each table; run at every start they would queue
+    behind (and deadlock with) other processes' reads and writes for nothing. (A release that
+    changes the policy must give it a new name.)
+    """
+    tables = [layout.regclass, f"{layout.schema}.{layout.passages_name}"]
+    if layout.version >= _TERMS_VERSION:
+        tables += [
+            f"{layout.schema}.{layout.table}_term_stats",
+            f"{layout.schema}.{layout.table}_term_totals",
+        ]
+    in_place = await conn.fetchval(
+        """
+        SELECT count(*) FROM pg_class c
+        WHERE c.oid = ANY(SELECT to_regclass(t) FROM unnest($1::text[]) t)
+          AND c.relrowsecurity AND c.relforcerowsecurity
+          AND EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = c.oid AND p.polname = $2)
+        """,
+        tables,
+        f"{layout.table}_tenant_isolation",
+    )
+    return bool(in_place == len(tables))

@@ -49,6 +49,9 @@ async def refresh(layout: TableLayout, tenant: str, conn: asyncpg.Connection) ->
         )
         if not locked:
             return None
+        # The memory table first, as migrations lock it: taking the statistics tables first
+        # could deadlock with a start() changing the table.
+        await conn.execute(f"LOCK TABLE {table} IN ACCESS SHARE MODE")
         await conn.execute(f"DELETE FROM {stats} WHERE tenant = $1", tenant)
         await conn.execute(
             f"""

@@ -3,6 +3,7 @@ row-level security for tenants, and secrets kept out of logs, reprs and errors."
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -240,6 +241,28 @@ async def test_row_level_security_isolates_tenants_even_outside_the_library(
         assert await conn.fetchval(select) == "overwritten"
     finally:
         await conn.close()
+
+
+async def test_a_store_starting_with_row_level_security_waits_on_no_reader(
+    private_server: PrivateServer, tenant_db: str
+) -> None:
+    # Re-applying the policies at every start took an exclusive lock on each table: it queued
+    # behind any open read, and deadlocked with the background refresh of term statistics.
+    table = f"rls_{uuid.uuid4().hex[:8]}"
+    config = _alice(private_server, table=table, tenant="acme", row_level_security=True)
+    async with PostgresStorage[str, Any](config, HashingEmbedder(16)) as store:
+        await store.store("k", "a memory")
+        reader = await asyncpg.connect(tenant_db)
+        try:
+            async with reader.transaction():
+                await reader.execute("SET LOCAL pepperpy.tenant = 'acme'")
+                for name in (table, f"{table}_term_stats", f"{table}_passages"):
+                    await reader.fetch(f'SELECT 1 FROM public."{name}" LIMIT 1')
+                again = PostgresStorage[str, Any](config, HashingEmbedder(16))
+                await asyncio.wait_for(again.start(), timeout=20)
+                await again.close()
+        finally:
+            await reader.close()
 
 
 async def test_password_stays_out_of_reprs_logs_and_errors(
