@@ -87,14 +87,6 @@ def _register(layout: TableLayout, backfill: Backfill, tenant: str) -> Query:
     )
 
 
-def _finished(layout: TableLayout, backfill: Backfill, tenant: str) -> Query:
-    return Query(
-        f"SELECT finished_at IS NOT NULL FROM {_registry(layout)} "
-        "WHERE table_name = $1 AND name = $2 AND tenant = $3",
-        [layout.table, backfill.name, tenant],
-    )
-
-
 def _count_pending(layout: TableLayout, backfill: Backfill, tenant: str) -> Query:
     return Query(
         f"SELECT count(*) FROM {layout.qualified_table} m WHERE m.tenant = $1 AND "
@@ -103,12 +95,12 @@ def _count_pending(layout: TableLayout, backfill: Backfill, tenant: str) -> Quer
     )
 
 
-def saved_position(layout: TableLayout, name: str, tenant: str) -> Query:
-    """Where an unfinished walk named ``name`` stopped: one row (position, finished), or
-    none if it never ran."""
+def saved_position(layout: TableLayout, name: str, tenant: str, *, lock: bool = False) -> Query:
+    """Where the walk named ``name`` stands: one row (position, finished), or none if it never
+    ran. ``lock``: hold its row for this transaction (one batch at a time)."""
     return Query(
         f"SELECT position, finished_at IS NOT NULL AS finished FROM {_registry(layout)} "
-        "WHERE table_name = $1 AND name = $2 AND tenant = $3",
+        "WHERE table_name = $1 AND name = $2 AND tenant = $3" + (" FOR UPDATE" if lock else ""),
         [layout.table, name, tenant],
     )
 
@@ -141,22 +133,17 @@ async def is_finished(
 ) -> bool:
     """Whether every row of ``tenant`` has had ``backfill`` (registering it if new)."""
     await database.execute("backfill", _register(layout, backfill, tenant))
-    return bool(await database.fetchval("backfill", _finished(layout, backfill, tenant)))
+    state = await database.fetchrow("backfill", saved_position(layout, backfill.name, tenant))
+    return state is not None and bool(state["finished"])
 
 
 async def _batch(
     layout: TableLayout, backfill: Backfill, tenant: str, size: int, conn: asyncpg.Connection
 ) -> tuple[int, bool]:
     """Do the next batch; returns how many rows it changed and whether the backfill is done."""
-    registry = _registry(layout)
     async with conn.transaction():
-        state = await conn.fetchrow(
-            f"SELECT position, finished_at IS NOT NULL AS finished FROM {registry} "
-            "WHERE table_name = $1 AND name = $2 AND tenant = $3 FOR UPDATE",
-            layout.table,
-            backfill.name,
-            tenant,
-        )
+        where = saved_position(layout, backfill.name, tenant, lock=True)
+        state = await conn.fetchrow(where.sql, *where.args)
         if state is None or state["finished"]:
             return 0, True
         after = state["position"] or ["", "", ""]  # scopes are never empty
@@ -186,18 +173,10 @@ async def _batch(
         )
         assert row is not None
         done = row["seen"] < size
-        await conn.execute(
-            f"UPDATE {registry} SET position = coalesce($4, position), "
-            "rows_done = rows_done + $5, updated_at = now(), "
-            "finished_at = CASE WHEN $6 THEN now() END "
-            "WHERE table_name = $1 AND name = $2 AND tenant = $3",
-            layout.table,
-            backfill.name,
-            tenant,
-            row["last"],
-            row["changed"],
-            done,
+        reached = save_position(
+            layout, backfill.name, tenant, row["last"], row["changed"], finished=done
         )
+        await conn.execute(reached.sql, *reached.args)
         return int(row["changed"]), done
 
 
