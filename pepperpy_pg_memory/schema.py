@@ -111,14 +111,22 @@ class TableLayout:
         )
 
     @property
+    def term_stats_name(self) -> str:
+        """Per tenant and term, how many memories hold it (see :func:`_v6_terms`), unquoted."""
+        return f"{self.table}_term_stats"
+
+    @property
+    def term_totals_name(self) -> str:
+        """Per tenant, how many memories have terms and their mean number, unquoted."""
+        return f"{self.table}_term_totals"
+
+    @property
     def qualified_term_stats(self) -> str:
-        """Per tenant and term, how many memories hold it (see :func:`_v6_terms`)."""
-        return qualified(self.schema, f"{self.table}_term_stats")
+        return qualified(self.schema, self.term_stats_name)
 
     @property
     def qualified_term_totals(self) -> str:
-        """Per tenant, how many memories have terms and their mean number of terms."""
-        return qualified(self.schema, f"{self.table}_term_totals")
+        return qualified(self.schema, self.term_totals_name)
 
     def terms_trigger_statement(self) -> str:
         """(Re)create the trigger computing ``terms`` with this layout's configuration."""
@@ -296,20 +304,29 @@ def _v3_tenant_column(layout: TableLayout) -> list[str]:
     ]
 
 
+_POLICY = "tenant_isolation"
+
+
+def _tenant_tables(layout: TableLayout) -> list[str]:
+    """The unquoted names of the tables whose rows carry a tenant, at the layout's version:
+    those row-level security covers."""
+    names = [layout.table]
+    if layout.version >= _PASSAGES_VERSION:
+        names.append(layout.passages_name)
+    if layout.version >= _TERMS_VERSION:
+        names += [layout.term_stats_name, layout.term_totals_name]
+    return names
+
+
 def row_level_security_statements(layout: TableLayout) -> list[str]:
     """Turn on tenant isolation in the database itself: every session, the table owner's
     included, sees and writes only rows of the tenant named by its pepperpy.tenant setting
     (superusers and roles with BYPASSRLS are exempt, as always in PostgreSQL)."""
-    policy = layout.index_name("tenant_isolation")
+    policy = layout.index_name(_POLICY)
     tenant = f"current_setting('{TENANT_SETTING}', true)"
-    tables = [layout.qualified_table]
-    if layout.version >= _PASSAGES_VERSION:
-        tables.append(layout.qualified_passages)
-    if layout.version >= _TERMS_VERSION:
-        tables += [layout.qualified_term_stats, layout.qualified_term_totals]
     return [
         statement
-        for table in tables
+        for table in (qualified(layout.schema, name) for name in _tenant_tables(layout))
         for statement in (
             f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY",
             f"ALTER TABLE {table} FORCE ROW LEVEL SECURITY",
@@ -868,12 +885,7 @@ async def _row_level_security_in_place(conn: asyncpg.Connection, layout: TableLa
     behind (and deadlock with) other processes' reads and writes for nothing. (A release that
     changes the policy must give it a new name.)
     """
-    tables = [layout.regclass, f"{layout.schema}.{layout.passages_name}"]
-    if layout.version >= _TERMS_VERSION:
-        tables += [
-            f"{layout.schema}.{layout.table}_term_stats",
-            f"{layout.schema}.{layout.table}_term_totals",
-        ]
+    tables = [f"{layout.schema}.{name}" for name in _tenant_tables(layout)]
     in_place = await conn.fetchval(
         """
         SELECT count(*) FROM pg_class c
@@ -882,6 +894,6 @@ async def _row_level_security_in_place(conn: asyncpg.Connection, layout: TableLa
           AND EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = c.oid AND p.polname = $2)
         """,
         tables,
-        f"{layout.table}_tenant_isolation",
+        f"{layout.table}_{_POLICY}",
     )
     return bool(in_place == len(tables))
