@@ -215,9 +215,18 @@ class SearchStatements:
             LIMIT {want}
         """
 
-    def _best_matching(self, params: Params, query: str, where: str, tenant: str, want: int) -> str:
+    def _best_matching(
+        self,
+        params: Params,
+        positive: str,
+        required: str | None,
+        where: str,
+        tenant: str,
+        want: int,
+    ) -> str:
         """CTEs ending in ``words`` (identity, score): at most ``want`` memories holding any of
-        the query's terms, ranked by BM25.
+        the terms of ``positive`` and satisfying ``required`` (see :func:`split_query`), ranked
+        by BM25.
 
         The query's terms are what a memory's ``terms`` column holds: the configuration's
         lexemes and identifiers, whole and by parts. Candidates come, through the GIN index,
@@ -227,7 +236,6 @@ class SearchStatements:
         step is capped, so a question of common words never scans the table; every query
         term then counts in the score, the ones too common to fetch by included.
         """
-        positive, required = split_query(query)
         cap = params.add(max(want, CONTEXTUAL_CANDIDATES))
         window = params.add(want)
         own_tenant, config = params.add(tenant), params.add(self.layout.text_search_config)
@@ -330,7 +338,7 @@ class SearchStatements:
         not fill the window: its cost grows with how common the words' trigrams are, so it is
         kept off the path of queries that full text already answers.
         """
-        positive, _ = split_query(query)
+        positive, required = split_query(query)
         if self.match == "all" or not _WORD.search(positive):
             # Exclusions alone ("-coffee") ask for every memory without the word: nothing to
             # rank by, so the web-search statement answers, as it always did.
@@ -338,7 +346,7 @@ class SearchStatements:
                 f"words AS MATERIALIZED ({self._all_words(params, query, where, params.add(want))})"
             )
         else:
-            words = self._best_matching(params, query, where, tenant, want)
+            words = self._best_matching(params, positive, required, where, tenant, want)
         window = params.add(want)
         fuzzy = [params.add(word) for word in fuzzy_words(query)]
         # Added only when used: PostgreSQL rejects a parameter that no expression types.
