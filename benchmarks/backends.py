@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,6 +23,7 @@ import numpy as np
 from pepperpy_pg_memory import OnnxEmbedder, SentenceTransformerEmbedder
 
 from .corpus import NAMES, memories, questions
+from .measure import save_json
 
 # What each question form of the corpus asks about: the topic of the memories that answer it.
 _ASKS = {
@@ -131,8 +130,7 @@ def main() -> int:
     parser.add_argument("--out", help="JSON file to write")
     args = parser.parse_args()
     result = asyncio.run(_measure(args.rounds))
-    if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    save_json(result, args.out)
     q, t = result["query_p50_ms"], result["batch_sentences_per_second"]
     print(f"torch: query p50 {q['torch']:.2f} ms, batches of 32 {t['torch']:.0f}/s")
     for name, rates in result["hit_rates"].items():

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import tempfile
 import time
@@ -30,7 +29,7 @@ from pepperpy_pg_memory import HashingEmbedder, MemoryScope, PostgresConfig, Pos
 from pepperpy_pg_memory.runner import BackgroundStorage
 
 from .anchors import langgraph_store
-from .measure import Measurement, cpu_count, rate_row
+from .measure import Measurement, cpu_count, rate_row, save_json
 from .run import _log, _prepare_database, _start_server, _versions
 
 OURS = "pepperpy-pg-memory PepperpyStore"
@@ -195,8 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{row['name']:18} {row['system']:36} {row['count']:6d} calls {seconds:7.2f} s{note}")
     for ratio in report["ratios"]:
         print(f"{ratio['name']:18} ours/theirs {ratio['ratio']:.2f} (goal <= 2)")
-    if args.out:
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
+    save_json(report, args.out)
     return 0
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import sys
 import tempfile
@@ -21,6 +20,7 @@ from typing import Any
 
 from pepperpy_pg_memory import HashingEmbedder, MemoryQuery, PostgresConfig, PostgresStorage
 
+from .measure import save_json
 from .run import _start_server
 
 
@@ -90,8 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"ours p50 ms per round: {[round(x, 3) for x in result['ours_p50_ms']]}")
     print(f"floor p50 ms per round: {[round(x, 3) for x in result['floor_p50_ms']]}")
     print(f"ratio (medians): {result['ratio']:.2f} (goal <= 1.4)")
-    if args.out:
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    save_json(result, args.out)
     return 0
 
 

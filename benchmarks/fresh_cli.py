@@ -10,7 +10,6 @@ The ONNX export is made (and timed) before the rounds, as a first use would.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -20,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from .measure import save_json
 
 
 def _cli(data_dir: Path, backend: str, *args: str) -> float:
@@ -73,8 +74,7 @@ def main() -> int:
     parser.add_argument("--out", help="JSON file to write")
     args = parser.parse_args()
     result = run(args.rounds)
-    if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    save_json(result, args.out)
     medians = result["median_seconds"]
     print(
         f"fresh CLI search, median of {args.rounds}: onnx {medians['onnx']:.2f} s, torch "

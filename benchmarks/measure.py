@@ -89,9 +89,13 @@ def cpu_count() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def save_json(result: dict[str, Any], out: Path | str | None) -> None:
+    """Write a benchmark's result to ``out`` as indented JSON (nothing when None)."""
+    if out:
+        Path(out).write_text(json.dumps(result, indent=2) + "\n")
+
+
 def report(result: dict[str, Any], out: Path | None) -> None:
     """Print a benchmark's JSON result, and write it to ``out`` when given."""
-    text = json.dumps(result, indent=2)
-    print(text)
-    if out is not None:
-        out.write_text(text + "\n")
+    print(json.dumps(result, indent=2))
+    save_json(result, out)

@@ -20,6 +20,7 @@ from pepperpy_pg_memory import (
     MemoryQuery,
     MemorySchemaError,
     MemoryValidationError,
+    PostgresConfig,
     PostgresStorage,
 )
 from pepperpy_pg_memory.schema import MIGRATIONS, SCHEMA_VERSION
@@ -171,12 +172,17 @@ async def test_reindex_semantic_re_embeds_everything_with_progress(make_config: 
         assert progress == [(20, 50), (40, 50), (50, 50)]
 
 
+async def _fifty_texts(config: PostgresConfig) -> None:
+    """Fill the table with k000..k049 ("text 0".."text 49"), one owner (global)."""
+    async with PostgresStorage[str, Any](config, HashingEmbedder(16)) as store:
+        await store.store_many((f"k{i:03d}", f"text {i}") for i in range(50))
+
+
 async def test_interrupted_reindex_resumes_where_it_stopped(
     make_config: Any, raw_conn: asyncpg.Connection
 ) -> None:
     config = make_config()
-    async with PostgresStorage[str, Any](config, HashingEmbedder(16)) as store:
-        await store.store_many((f"k{i:03d}", f"text {i}") for i in range(50))
+    await _fifty_texts(config)
     failing = FailingEmbedder(16, fail_on_call=3)  # batches 1 and 2 succeed, 3 crashes
     async with PostgresStorage[str, Any](config, failing) as store:
         with pytest.raises(RuntimeError, match="model crashed"):
@@ -208,8 +214,7 @@ async def test_a_reindex_interrupted_under_an_earlier_release_resumes(
     make_config: Any, raw_conn: asyncpg.Connection
 ) -> None:
     config = make_config()
-    async with PostgresStorage[str, Any](config, HashingEmbedder(16)) as store:
-        await store.store_many((f"k{i:03d}", f"text {i}") for i in range(50))
+    await _fifty_texts(config)
     # Where releases before the backfill table kept the position of an interrupted reindex.
     await raw_conn.execute(
         f'UPDATE "{config.schema_name}".pepperpy_memory_tables SET reindex_cursor = $2 '
