@@ -1452,15 +1452,15 @@ class PostgresStorage(Generic[K, V]):
                 rrf_k=self.config.rrf_k,
             )
         else:
+            fetch = self.database.fetch
             if index is MemoryIndex.CONTEXTUAL:
                 assert query.query is not None
                 words = searches.contextual_search(query.query, restriction, page)
                 if self.config.contextual_match == "any":
-                    rows = await self.database.fetch_with_generic_plan("search", words)
-                    return [self._result(row, index) for row in rows]
+                    fetch = self.database.fetch_with_generic_plan  # see its docstring
             else:
                 words = searches.temporal_search(query.query, restriction, page)
-            rows = await self.database.fetch("search", words)
+            rows = await fetch("search", words)
             return [self._result(row, index) for row in rows]
         rows = await self._vector_rows(statement)
         return [self._result(row, index, embedding=query.include_embedding) for row in rows]
