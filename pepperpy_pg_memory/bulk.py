@@ -8,9 +8,12 @@ from typing import Any
 
 import asyncpg
 
+from .history import PLAIN, Change
+from .items import PendingWrite
 from .queries import PASSAGE_COLUMNS, STAGING_COLUMNS, Statements
+from .types import Identity
 
-__all__ = ["write_batch", "write_one", "copy_passages"]
+__all__ = ["write_batch", "write_one", "write_superseding", "copy_passages"]
 
 
 async def write_batch(
@@ -24,11 +27,13 @@ async def write_batch(
     *,
     every_row: bool = False,
     passages: Sequence[tuple[Any, ...]] = (),
+    change: Change = PLAIN,
 ) -> list[asyncpg.Record]:
     """Upsert ``records`` (in :data:`STAGING_COLUMNS` order); returns the rows the merge left
     without a vector (their text changed concurrently), or with ``every_row`` every merged
     row (its identity, moments and ``needs_embedding``). The memories' passages are replaced
-    by ``passages`` (rows in :data:`PASSAGE_COLUMNS` order) in the same transaction.
+    by ``passages`` (rows in :data:`PASSAGE_COLUMNS` order) in the same transaction; the
+    history records ``change`` with each version.
 
     Inserting row by row into an HNSW graph is the slowest part of a write (about 1.5 ms a row
     at 384 dimensions); building the graph once over all rows is several times faster. So a
@@ -41,7 +46,7 @@ async def write_batch(
     if rebuild:
         count = statements.count_up_to(len(records))
         rebuild = await conn.fetchval(count.sql, *count.args, timeout=timeout) < len(records)
-    merge = statements.merge_staging(tenant, every_row=every_row)
+    merge = statements.merge_staging(tenant, every_row=every_row, change=change)
     async with conn.transaction():
         if rebuild:
             await conn.execute(layout.drop_vector_index().sql, timeout=timeout)
@@ -86,10 +91,12 @@ async def write_one(
     record: Sequence[Any],
     passages: Sequence[tuple[Any, ...]],
     conn: asyncpg.Connection,
+    *,
+    change: Change = PLAIN,
 ) -> asyncpg.Record:
     """Upsert one memory and replace its passages, in one transaction when it has any (each
     statement under the pool's command timeout)."""
-    upsert = statements.upsert_one(tenant, record)
+    upsert = statements.upsert_one(tenant, record, change)
     if not passages:  # one statement: its passages (if it had any) go with it
         row = await conn.fetchrow(upsert.sql, *upsert.args)
     else:
@@ -97,4 +104,32 @@ async def write_one(
             row = await conn.fetchrow(upsert.sql, *upsert.args)
             await copy_passages(statements, passages, None, conn)
     assert row is not None
+    return row
+
+
+async def write_superseding(
+    statements: Statements,
+    tenant: str,
+    old: Identity,
+    write: PendingWrite,
+    passages: Sequence[tuple[Any, ...]],
+    closing: Change,
+    conn: asyncpg.Connection,
+) -> asyncpg.Record | None:
+    """Replace the live, valid memory ``old`` by ``write`` in one transaction: the new fact
+    is valid from this moment, and links to ``old``; if ``write`` is another memory, ``old``
+    stops being valid at the same moment (a version recording ``closing``). None, changing
+    nothing, if ``old`` is not live and valid."""
+    async with conn.transaction():
+        lock = statements.lock_valid(tenant, old)
+        state = await conn.fetchrow(lock.sql, *lock.args)
+        if state is None:
+            return None
+        write.valid_from, write.supersedes = state["moment"], old.key
+        if write.identity != old:
+            close = statements.close_validity(tenant, old, state["moment"], write.key, closing)
+            await conn.execute(close.sql, *close.args)
+        upsert = statements.upsert_one(tenant, write.record(), write.change)
+        row = await conn.fetchrow(upsert.sql, *upsert.args)
+        await copy_passages(statements, passages, None, conn)
     return row

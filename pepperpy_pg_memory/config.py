@@ -209,6 +209,25 @@ class PostgresConfig(BaseSettings):
             "`pepperpy-memory backfill`."
         ),
     )
+    history: bool = Field(
+        default=True,
+        description=(
+            "Record every change to a memory as a version (history(), restore(), searches "
+            "as_of a moment). Off, this store's writes record none."
+        ),
+    )
+    history_max_versions: int | None = Field(
+        default=None,
+        ge=1,
+        description="cleanup_expired() keeps at most this many versions per memory (None: all).",
+    )
+    history_max_age: timedelta | None = Field(
+        default=None,
+        description=(
+            "cleanup_expired() drops versions older than this, never a memory's newest "
+            "(None: keep them all)."
+        ),
+    )
     trigram_threshold: float = Field(
         default=0.5, gt=0, le=1, description="word_similarity needed for a fuzzy text match."
     )
@@ -323,6 +342,13 @@ class PostgresConfig(BaseSettings):
         for memory_type, ttl in value.items():
             if ttl is not None and ttl <= timedelta(0):
                 raise ValueError(f"TTL of {memory_type.name} must be positive, got {ttl}")
+        return value
+
+    @field_validator("history_max_age")
+    @classmethod
+    def _positive_age(cls, value: timedelta | None) -> timedelta | None:
+        if value is not None and value <= timedelta(0):
+            raise ValueError(f"history_max_age must be positive, got {value}")
         return value
 
     # Checked on the later field of each pair, so that the error names a field (a model-level

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import typing
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from datetime import datetime
 from functools import partial
 from typing import Any, TypeVar
 
@@ -23,6 +24,7 @@ from pgvector.asyncpg import register_vector
 from .config import PostgresConfig
 from .errors import MemoryError, MemoryTimeoutError
 from .faults import ConnectionLost, backoff_delay, is_transient, translate
+from .history import AS_OF_SETTING
 from .metrics import Metrics
 from .queries import Query
 from .values import decode_json, encode_json
@@ -213,6 +215,32 @@ class Database:
         async def work(conn: asyncpg.Connection) -> list[asyncpg.Record]:
             async with conn.transaction(readonly=True):
                 await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+                rows: list[asyncpg.Record] = await conn.fetch(
+                    query.sql, *query.args, timeout=timeout
+                )
+                return rows
+
+        return await self.run(operation, work)
+
+    async def fetch_as_of(
+        self,
+        operation: str,
+        query: Query,
+        moment: datetime,
+        *,
+        generic_plan: bool = False,
+        timeout: float | None = None,
+    ) -> list[asyncpg.Record]:
+        """Like :meth:`fetch`, for a statement reading the memories as of ``moment`` (it
+        names the moment through a transaction setting; see ``history.as_of_source``)."""
+
+        async def work(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+            async with conn.transaction(readonly=True):
+                await conn.execute(
+                    "SELECT set_config($1, $2, true)", AS_OF_SETTING, moment.isoformat()
+                )
+                if generic_plan:
+                    await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
                 rows: list[asyncpg.Record] = await conn.fetch(
                     query.sql, *query.args, timeout=timeout
                 )

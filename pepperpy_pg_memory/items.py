@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal, TypedDict, TypeVar
 
 from .config import PostgresConfig
 from .errors import MemoryValidationError
+from .history import Change
 from .queries import STAGING_COLUMNS, Restriction
 from .schema import MAX_SCOPE_ID_BYTES
 from .types import STORABLE_INDICES, Identity, MemoryIndex, MemoryScope, MemoryType
@@ -87,6 +88,12 @@ class PendingWrite:
     passages: tuple[str, ...] = ()
     passage_vectors: Vector | None = None
     """Filled by the embedding step, one row per passage."""
+    valid_from: datetime | None = None
+    """None: kept from the memory's live version, or from when it is stored."""
+    valid_to: datetime | None = None
+    supersedes: str | None = None
+    change: Change = field(default_factory=Change)
+    """What the history records beside the version this write makes."""
 
     @property
     def identity(self) -> Identity:
@@ -112,6 +119,9 @@ class PendingWrite:
             "embedding": self.embedding,
             "ttl": self.ttl,
             "expires_at": self.expires_at,
+            "valid_from": self.valid_from,
+            "valid_to": self.valid_to,
+            "supersedes": self.supersedes,
         }
         return tuple(columns[name] for name in STAGING_COLUMNS)
 

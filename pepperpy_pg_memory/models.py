@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from .errors import MemoryValidationError
 from .types import MemoryIndex, MemoryScope, MemoryType
 
-__all__ = ["MemoryEntry", "MemoryQuery", "MemorySearchResult", "trusted"]
+__all__ = ["MemoryEntry", "MemoryVersion", "MemoryQuery", "MemorySearchResult", "trusted"]
 
 V = TypeVar("V")
 M = TypeVar("M", bound=BaseModel)
@@ -33,6 +33,10 @@ class MemoryEntry(BaseModel, Generic[V]):
         updated_at: last stored.
         expires_at: when it stops being visible; ``None`` never.
         embedding: only filled when asked for (``retrieve(..., include_embedding=True)``).
+        version: 1 when first stored, one more with every change (see ``history``).
+        valid_from, valid_to: when the fact became true and stopped being true
+            (``valid_to`` None: still true); see ``supersede`` and ``invalidate``.
+        supersedes, superseded_by: the key of the fact this one replaced, or that replaced it.
     """
 
     model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
@@ -48,6 +52,48 @@ class MemoryEntry(BaseModel, Generic[V]):
     created_at: datetime
     updated_at: datetime
     expires_at: datetime | None = None
+    embedding: list[float] | None = None
+    version: int = 1
+    valid_from: datetime | None = None
+    valid_to: datetime | None = None
+    supersedes: str | None = None
+    superseded_by: str | None = None
+
+
+class MemoryVersion(BaseModel, Generic[V]):
+    """One version of a memory, as its history recorded it (see ``PostgresStorage.history``).
+
+    Attributes:
+        version: 1, 2, … gapless per memory, in commit order.
+        operation: what made it: ``create``, ``update``, ``delete``, ``supersede``,
+            ``invalidate``, ``restore`` or ``expire`` (reclaimed by ``cleanup_expired``).
+            A ``delete``/``expire`` version holds what the memory was when it ended.
+        actor, reason: as given to the call that made it.
+        at: when it was recorded.
+        The other fields are the memory's as of that version (see :class:`MemoryEntry`).
+    """
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    key: str
+    scope: MemoryScope
+    scope_id: str
+    version: int
+    operation: str
+    value: V
+    text: str
+    type: MemoryType
+    indices: frozenset[MemoryIndex]
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    created_at: datetime
+    expires_at: datetime | None = None
+    valid_from: datetime | None = None
+    valid_to: datetime | None = None
+    supersedes: str | None = None
+    superseded_by: str | None = None
+    actor: str | None = None
+    reason: str | None = None
+    at: datetime
     embedding: list[float] | None = None
 
 
@@ -121,6 +167,15 @@ class MemoryQuery(BaseModel):
     created_before: datetime | None = None
     updated_after: datetime | None = None
     updated_before: datetime | None = None
+    as_of: datetime | None = Field(
+        default=None,
+        description="Search the memories as they were stored and valid at this moment "
+        "(timezone-aware; needs the history, see PostgresConfig.history).",
+    )
+    include_invalid: bool = Field(
+        default=False,
+        description="Also return facts whose validity has closed (superseded or invalidated).",
+    )
 
     def __init__(self, **data: Any) -> None:
         try:
@@ -162,6 +217,8 @@ class MemoryQuery(BaseModel):
             )
         if self.scope_id is not None and self.scope is None:
             raise _Invalid("scope_id", "scope_id needs a scope")
+        if self.as_of is not None and self.as_of.tzinfo is None:
+            raise _Invalid("as_of", "as_of must be a timezone-aware datetime")
         if self.scope is MemoryScope.GLOBAL and self.scope_id not in (None, ""):
             raise _Invalid("scope_id", "GLOBAL memories have no scope_id")
         return self

@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from .filters import FieldKind, Params, compile_filter
+from .history import AS_OF_MOMENT, PLAIN, Change, as_of_source, change_context
 from .identifiers import quote_ident
 from .schema import TableLayout
 from .sql import Query
@@ -42,8 +43,15 @@ ENTRY_COLUMNS = (
     "created_at",
     "updated_at",
     "expires_at",
+    "version",
+    "valid_from",
+    "valid_to",
+    "supersedes",
+    "superseded_by",
 )
-_SELECT_ENTRY = ", ".join(f"m.{column}" for column in ENTRY_COLUMNS)
+# valid_from NULL means "since created" (rows from before validity was recorded have it).
+_ENTRY_EXPRESSIONS = {"valid_from": "coalesce(m.valid_from, m.created_at) AS valid_from"}
+_SELECT_ENTRY = ", ".join(_ENTRY_EXPRESSIONS.get(column, f"m.{column}") for column in ENTRY_COLUMNS)
 
 # What a write supplies, with its type in the staging table. This one list drives the staging
 # table, the COPY, the record of a PendingWrite and both upserts' column and value lists.
@@ -61,6 +69,9 @@ WRITE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("embedding", "vector"),
     ("ttl", "interval"),
     ("expires_at", "timestamptz"),
+    ("valid_from", "timestamptz"),
+    ("valid_to", "timestamptz"),
+    ("supersedes", "text"),
 )
 STAGING_COLUMNS = tuple(name for name, _ in WRITE_COLUMNS)
 PASSAGE_COLUMNS = ("tenant", "scope", "scope_id", "key", "position", "content", "embedding")
@@ -70,12 +81,21 @@ PASSAGE_COLUMNS = ("tenant", "scope", "scope_id", "key", "position", "content", 
 _TABLE_VALUES = {"expires_at": "COALESCE({expires_at}, now() + {ttl})", "tenant": "{tenant}"}
 
 _LIVE = "(m.expires_at IS NULL OR m.expires_at > now())"
+# The old row, in an upsert: gone (expired) or no longer true (validity closed). Storing its
+# key again starts a new memory, or a new fact.
+_EXPIRED = "(m.expires_at IS NOT NULL AND m.expires_at <= now())"
+_CLOSED = "(m.valid_to IS NOT NULL AND m.valid_to <= now())"
 # How rows of one statement's branches are matched to each other and to the table: by the
 # whole identity, never by key alone (several owners may hold one key).
 _OWNER_KEY = "tenant, scope, scope_id, key"
 _M_OWNER_KEY = "m.tenant, m.scope, m.scope_id, m.key"
 _SEMANTIC = "m.indices @> ARRAY['semantic']"
 _CONTEXTUAL = "m.indices @> ARRAY['contextual']"
+
+# What a write returns about each row it wrote.
+_WRITTEN = """m.scope, m.scope_id, m.key, m.created_at, m.updated_at, m.expires_at, m.version,
+    coalesce(m.valid_from, m.created_at) AS valid_from, m.valid_to, m.supersedes,
+    m.superseded_by, (m.embedding IS NULL AND m.indices @> ARRAY['semantic']) AS needs_embedding"""
 
 ListOrder = Literal["created_at", "updated_at", "key"]
 _ORDER_COLUMNS: dict[str, str] = {
@@ -135,13 +155,23 @@ class Restriction:
     updated_after: datetime | None = None
     updated_before: datetime | None = None
     include_expired: bool = False
+    include_invalid: bool = False
+    """Also memories whose validity has closed (superseded or invalidated)."""
+    as_of: datetime | None = None
+    """Read the memories as they stood at this moment (the statement reads
+    :meth:`~.schema.TableLayout.as_of_source`): expiry and validity are judged then."""
     indexed_metadata: tuple[tuple[tuple[str, ...], FieldKind], ...] = ()
     """Metadata paths with an expression index (their range filters take its form)."""
 
     def conditions(self, params: Params) -> str:
         parts = [f"m.tenant = {params.add(self.tenant)}"]
+        moment = "now()" if self.as_of is None else f"{params.add(self.as_of)}::timestamptz"
         if not self.include_expired:
-            parts.append(_LIVE)
+            parts.append(f"(m.expires_at IS NULL OR m.expires_at > {moment})")
+        if not self.include_invalid:
+            parts.append(f"(m.valid_to IS NULL OR m.valid_to > {moment})")
+            if self.as_of is not None:
+                parts.append(f"coalesce(m.valid_from, m.created_at) <= {moment}")
         if self.scope is not None:
             parts.append(f"m.scope = {params.add(self.scope.value)}")
         if self.scope_id is not None:
@@ -178,9 +208,13 @@ class Restriction:
 class Statements:
     """The SQL of one memory table."""
 
-    def __init__(self, layout: TableLayout) -> None:
+    def __init__(self, layout: TableLayout, *, as_of: bool = False) -> None:
         self.layout = layout
         self.table = layout.qualified_table
+        if as_of:
+            # Reads only: the table as it stood at the moment the transaction's AS_OF_SETTING
+            # names (see Database.fetch_as_of).
+            self.table = as_of_source(layout, AS_OF_MOMENT)
         self.registry = layout.registry
         self.vector = layout.vector_column_type
         self.staging = quote_ident(f"pepperpy_staging_{layout.table}_{int(layout.dimension)}")
@@ -197,6 +231,7 @@ class Statements:
         # PostgresStorage._plan_embeddings).
         # The conflict target is the whole identity: a write never moves a memory to another
         # owner, and never touches a memory another owner holds under the same key.
+        # A write makes the memory true again: over a closed fact it starts a new one.
         return f"""
             ON CONFLICT ({_OWNER_KEY}) DO UPDATE SET
                 value = EXCLUDED.value,
@@ -212,9 +247,17 @@ class Statements:
                     THEN m.embedding
                     ELSE EXCLUDED.embedding END,
                 {self._moments(restoring)}
-                expires_at = EXCLUDED.expires_at
-            RETURNING m.scope, m.scope_id, m.key, m.created_at, m.updated_at, m.expires_at,
-                (m.embedding IS NULL AND m.indices @> ARRAY['semantic']) AS needs_embedding
+                expires_at = EXCLUDED.expires_at,
+                valid_from = CASE
+                    WHEN EXCLUDED.valid_from IS NOT NULL THEN EXCLUDED.valid_from
+                    WHEN {_EXPIRED} THEN NULL
+                    WHEN {_CLOSED} THEN now()
+                    ELSE m.valid_from END,
+                valid_to = EXCLUDED.valid_to,
+                supersedes = CASE WHEN {_EXPIRED} OR {_CLOSED} THEN EXCLUDED.supersedes
+                    ELSE coalesce(EXCLUDED.supersedes, m.supersedes) END,
+                superseded_by = NULL
+            RETURNING {_WRITTEN}
         """
 
     @staticmethod
@@ -230,39 +273,49 @@ class Statements:
     def _staged_type(self, type_name: str) -> str:
         return self.vector if type_name == "vector" else type_name
 
-    def _insert(self, values: Mapping[str, str], source: str, moments: Sequence[str] = ()) -> str:
+    def _insert(
+        self,
+        values: Mapping[str, str],
+        source: str,
+        moments: Sequence[str] = (),
+        context: str = "",
+    ) -> str:
         """``INSERT … SELECT``/``VALUES`` of every table column a write fills, each from
         ``values`` (a write column's name → its SQL), then the upsert. ``moments`` names
-        ``created_at``/``updated_at`` when ``values`` gives them (a restore)."""
+        ``created_at``/``updated_at`` when ``values`` gives them (a restore); ``context`` is
+        a :func:`~.history.change_context` to join."""
         columns = [name for name in STAGING_COLUMNS if name not in ("ttl", "expires_at")]
         columns += [*_TABLE_VALUES, *moments]
         expressions = [
             _TABLE_VALUES[name].format(**values) if name in _TABLE_VALUES else values[name]
             for name in columns
         ]
-        if source:
-            body = f"SELECT {', '.join(expressions)} FROM {source}"
+        sources = [item for item in (source, context) if item]
+        if sources:
+            body = f"SELECT {', '.join(expressions)} FROM {', '.join(sources)}"
         else:
             body = f"VALUES ({', '.join(expressions)})"
         tail = self._upsert_tail(restoring=bool(moments))
         return f"INSERT INTO {self.table} AS m ({', '.join(columns)}) {body} {tail}"
 
-    def upsert_one(self, tenant: str, record: Sequence[Any]) -> Query:
+    def upsert_one(self, tenant: str, record: Sequence[Any], change: Change = PLAIN) -> Query:
         """One write, ``record`` in :data:`STAGING_COLUMNS` order. The memory's passages
         go in the same statement: a write replaces them (the caller adds the new ones)."""
         values = {
             name: f"${position}::{self._staged_type(type_name)}"
             for position, (name, type_name) in enumerate(WRITE_COLUMNS, start=1)
         }
-        values["tenant"] = f"${len(WRITE_COLUMNS) + 1}"
+        params = Params([*record, tenant])
+        values["tenant"] = f"${len(params.values)}"
         owner = " AND ".join(
             f"p.{column} = {values[column]}" for column in ("tenant", "scope", "scope_id", "key")
         )
+        context = change_context(params, change) if change.said else ""
         sql = f"""
             WITH old_passages AS (DELETE FROM {self.passages} p WHERE {owner})
-            {self._insert(values, source="")}
+            {self._insert(values, source="", context=context)}
         """
-        return Query(sql, [*record, tenant])
+        return Query(sql, params.values)
 
     def delete_staged_passages(self, tenant: str) -> Query:
         """The passages of every staged memory (a batch write replaces them)."""
@@ -334,17 +387,20 @@ class Statements:
             f"CREATE TEMPORARY TABLE IF NOT EXISTS {self.staging} ({columns}) ON COMMIT DELETE ROWS"
         )
 
-    def merge_staging(self, tenant: str, every_row: bool = False) -> Query:
+    def merge_staging(self, tenant: str, every_row: bool = False, change: Change = PLAIN) -> Query:
         """The staged rows upserted; returns the identities left needing an embedding, or
         with ``every_row`` each merged row's identity, moments and ``needs_embedding``."""
-        values = {name: name for name in STAGING_COLUMNS}
+        values = {name: f"s.{name}" for name in STAGING_COLUMNS}
+        params = Params([tenant])
         values["tenant"] = "$1"
+        context = change_context(params, change) if change.said else ""
+        merge = self._insert(values, source=f"{self.staging} s", context=context)
         sql = f"""
-            WITH merged AS ({self._insert(values, source=self.staging)})
+            WITH merged AS ({merge})
             SELECT {"*" if every_row else "scope, scope_id, key"} FROM merged
             {"" if every_row else "WHERE needs_embedding"}
         """
-        return Query(sql, [tenant])
+        return Query(sql, params.values)
 
     def set_embeddings(self) -> Query:
         """A template for ``executemany``; per row: tenant, scope, scope_id, key, vector,
@@ -527,18 +583,20 @@ class Statements:
         return Query(sql, params.values)
 
     # --- deletes ---------------------------------------------------------------------------
-    def delete(self, key: str, restriction: Restriction) -> Query:
+    def delete(self, key: str, restriction: Restriction, change: Change = PLAIN) -> Query:
         params = Params([key])
+        using = f"USING {change_context(params, change)}" if change.said else ""
         sql = (
-            f"DELETE FROM {self.table} m WHERE m.key = $1 "
+            f"DELETE FROM {self.table} m {using} WHERE m.key = $1 "
             f"AND {restriction.conditions(params)} "
             f"RETURNING {_LIVE} AS live"
         )
         return Query(sql, params.values)
 
-    def delete_many(self, restriction: Restriction) -> Query:
+    def delete_many(self, restriction: Restriction, change: Change = PLAIN) -> Query:
         params = Params()
-        sql = f"DELETE FROM {self.table} m WHERE {restriction.conditions(params)}"
+        using = f"USING {change_context(params, change)}" if change.said else ""
+        sql = f"DELETE FROM {self.table} m {using} WHERE {restriction.conditions(params)}"
         return Query(sql, params.values)
 
     def delete_expired_batch(self, restriction: Restriction, batch: int) -> Query:
@@ -546,14 +604,47 @@ class Statements:
         where = restriction.conditions(params)
         # Bounded batches with SKIP LOCKED: a sweep never holds many row locks at once and
         # never waits on a writer. Rows are named by their whole identity: another owner's
-        # live memory under the same key is not expired and stays.
+        # live memory under the same key is not expired and stays. Each becomes an "expire"
+        # version in the history.
+        context = change_context(params, Change(operation="expire"))
         sql = f"""
-            DELETE FROM {self.table} d WHERE ({_OWNER_KEY}) IN (
+            DELETE FROM {self.table} d USING {context} WHERE ({_OWNER_KEY}) IN (
                 SELECT {_M_OWNER_KEY} FROM {self.table} m
                 WHERE m.expires_at <= now() AND {where}
                 LIMIT {params.add(batch)} FOR UPDATE SKIP LOCKED)
             AND d.expires_at <= now()
         """
+        return Query(sql, params.values)
+
+    # --- validity ----------------------------------------------------------------------------
+    def lock_valid(self, tenant: str, identity: Identity) -> Query:
+        """Lock the memory if it is live and valid; its row says the transaction's moment."""
+        return Query(
+            f"SELECT now() AS moment, coalesce(m.valid_from, m.created_at) AS valid_from "
+            f"FROM {self.table} m WHERE m.tenant = $1 AND m.scope = $2 AND m.scope_id = $3 "
+            f"AND m.key = $4 AND {_LIVE} AND NOT {_CLOSED} FOR UPDATE",
+            [tenant, *identity],
+        )
+
+    def close_validity(
+        self,
+        tenant: str,
+        identity: Identity,
+        valid_to: datetime | None,
+        superseded_by: str | None,
+        change: Change,
+    ) -> Query:
+        """End a live, valid memory's validity at ``valid_to`` (None: now), not before it
+        began; a new version."""
+        params = Params([tenant, *identity, valid_to, superseded_by])
+        end = "coalesce($5::timestamptz, now())"
+        sql = (
+            f"UPDATE {self.table} m SET valid_to = {end}, superseded_by = $6, "
+            f"updated_at = clock_timestamp() FROM {change_context(params, change)} "
+            f"WHERE m.tenant = $1 AND m.scope = $2 AND m.scope_id = $3 AND m.key = $4 "
+            f"AND {_LIVE} AND NOT {_CLOSED} AND coalesce(m.valid_from, m.created_at) <= {end} "
+            f"RETURNING {_SELECT_ENTRY}"
+        )
         return Query(sql, params.values)
 
     def count_up_to(self, limit: int) -> Query:

@@ -43,6 +43,12 @@ __all__ = [
     "ensure_metadata_indexes",
     "metadata_index_name",
     "metadata_statistics_name",
+    "HISTORY_VERSION",
+    "HISTORY_SETTING",
+    "HISTORY_OPERATION_SETTING",
+    "HISTORY_ACTOR_SETTING",
+    "HISTORY_REASON_SETTING",
+    "VERSIONED_COLUMNS",
 ]
 
 logger = logging.getLogger(__name__)
@@ -109,6 +115,15 @@ class TableLayout:
             f"ON {self.qualified_passages} USING hnsw (embedding {self.cosine_ops}) "
             f"WITH (m = {int(self.hnsw_m)}, ef_construction = {int(self.hnsw_ef_construction)})"
         )
+
+    @property
+    def history_name(self) -> str:
+        """Every version of every memory (see :func:`_v8_history`), unquoted."""
+        return f"{self.table}_history"
+
+    @property
+    def qualified_history(self) -> str:
+        return qualified(self.schema, self.history_name)
 
     @property
     def term_stats_name(self) -> str:
@@ -196,14 +211,17 @@ class TableLayout:
         return GIN_INDEXES + (("terms_idx",) if self.version >= _TERMS_VERSION else ())
 
     def retype_embedding_column(self) -> list[Query]:
-        """Give the embedding columns (memories' and passages') this layout's type, dropping
-        every stored vector."""
+        """Give the embedding columns (memories', passages' and versions') this layout's
+        type, dropping every stored vector (old versions keep their text, not a vector)."""
+        tables = [self.qualified_table, self.qualified_passages]
+        if self.version >= HISTORY_VERSION:
+            tables.append(self.qualified_history)
         return [
             Query(
                 f"ALTER TABLE {table} ALTER COLUMN embedding "
                 f"TYPE {self.vector_column_type} USING NULL"
             )
-            for table in (self.qualified_table, self.qualified_passages)
+            for table in tables
         ]
 
     def set_tsvector_expression(self) -> Query:
@@ -315,6 +333,8 @@ def _tenant_tables(layout: TableLayout) -> list[str]:
         names.append(layout.passages_name)
     if layout.version >= _TERMS_VERSION:
         names += [layout.term_stats_name, layout.term_totals_name]
+    if layout.version >= HISTORY_VERSION:
+        names.append(layout.history_name)
     return names
 
 
@@ -560,6 +580,153 @@ def _v7_vectors_inline(layout: TableLayout) -> list[str]:
     ]
 
 
+HISTORY_VERSION = 8
+
+HISTORY_OPERATION_SETTING = "pepperpy.operation"
+HISTORY_ACTOR_SETTING = "pepperpy.actor"
+HISTORY_REASON_SETTING = "pepperpy.reason"
+HISTORY_SETTING = "pepperpy.history"
+"""Session setting: 'off' when the store was configured with ``history=False``."""
+
+# The columns a version repeats from the memory row, in the history table's order.
+VERSIONED_COLUMNS = (
+    "tenant",
+    "scope",
+    "scope_id",
+    "key",
+    "version",
+    "value",
+    "content",
+    "content_hash",
+    "memory_type",
+    "indices",
+    "metadata",
+    "embedding",
+    "created_at",
+    "expires_at",
+    "valid_from",
+    "valid_to",
+    "supersedes",
+    "superseded_by",
+)
+
+
+def _v8_history(layout: TableLayout) -> list[str]:
+    # Every change to a memory becomes a version in a history table, written by triggers in
+    # the transaction of the change, whoever the writer is (this release, an adapter, psql).
+    # The memory row carries its version: a BEFORE trigger numbers it (gapless: concurrent
+    # writers of one memory queue on its row lock). A write that leaves updated_at alone
+    # (a TTL refresh, an embedding repair, a backfill) is bookkeeping, not a version.
+    # New columns are NULL or a constant: adding them rewrites no row. valid_from NULL
+    # means created_at. Rows from before this migration get their first version recorded
+    # when they next change (the trigger records the replaced image if history lacks it),
+    # and reads "as of" a moment take an unchanged row from the table itself.
+    table, history = layout.qualified_table, layout.qualified_history
+    schema, name = layout.schema, layout.table
+    number = qualified(schema, f"{name}_number_version")
+    record = qualified(schema, f"{name}_record_version")
+    owner = ", ".join(IDENTITY_COLUMNS)
+    columns = ", ".join(VERSIONED_COLUMNS)
+    old = ", ".join(f"OLD.{column}" for column in VERSIONED_COLUMNS)
+    new = ", ".join(f"NEW.{column}" for column in VERSIONED_COLUMNS)
+    same_memory = " AND ".join(f"h.{column} = NEW.{column}" for column in IDENTITY_COLUMNS)
+    setting = "nullif(current_setting('{}', true), '')".format
+    return [
+        f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS version integer NOT NULL DEFAULT 1, "
+        "ADD COLUMN IF NOT EXISTS valid_from timestamptz, "
+        "ADD COLUMN IF NOT EXISTS valid_to timestamptz, "
+        "ADD COLUMN IF NOT EXISTS supersedes text, "
+        "ADD COLUMN IF NOT EXISTS superseded_by text",
+        f"""
+        CREATE TABLE IF NOT EXISTS {history} (
+            tenant         text NOT NULL,
+            scope          text NOT NULL,
+            scope_id       text NOT NULL,
+            key            text NOT NULL,
+            version        integer NOT NULL,
+            value          jsonb NOT NULL,
+            content        text NOT NULL,
+            content_hash   bytea NOT NULL,
+            memory_type    text NOT NULL,
+            indices        text[] NOT NULL,
+            metadata       jsonb NOT NULL,
+            embedding      {layout.vector_column_type},
+            created_at     timestamptz NOT NULL,
+            expires_at     timestamptz,
+            valid_from     timestamptz,
+            valid_to       timestamptz,
+            supersedes     text,
+            superseded_by  text,
+            operation      text NOT NULL,
+            actor          text,
+            reason         text,
+            at             timestamptz NOT NULL,
+            PRIMARY KEY ({owner}, version)
+        ) WITH (toast_tuple_target = {_INLINE_TUPLE_BYTES})
+        """,
+        # Reads as of a moment and trimming by age scan by time.
+        f"CREATE INDEX IF NOT EXISTS {quote_ident(layout.history_name + '_at_idx')} "
+        f"ON {history} (tenant, at)",
+        f"""
+        CREATE OR REPLACE FUNCTION {number}() RETURNS trigger LANGUAGE plpgsql AS $version$
+        BEGIN
+            IF TG_OP = 'INSERT' THEN
+                -- A memory deleted and stored again continues its numbering.
+                NEW.version := coalesce((SELECT max(h.version) FROM {history} h
+                                         WHERE {same_memory}), 0) + 1;
+            ELSIF NEW.updated_at IS DISTINCT FROM OLD.updated_at THEN
+                NEW.version := OLD.version + 1;
+            ELSE
+                NEW.version := OLD.version;
+            END IF;
+            RETURN NEW;
+        END
+        $version$
+        """,
+        f"""
+        CREATE OR REPLACE FUNCTION {record}() RETURNS trigger LANGUAGE plpgsql AS $history$
+        DECLARE
+            operation text := {setting(HISTORY_OPERATION_SETTING)};
+            actor text := {setting(HISTORY_ACTOR_SETTING)};
+            reason text := {setting(HISTORY_REASON_SETTING)};
+        BEGIN
+            IF current_setting('{HISTORY_SETTING}', true) = 'off' THEN
+                RETURN NULL;
+            END IF;
+            IF TG_OP <> 'INSERT' THEN
+                -- The version being replaced, when history lacks it (a row older than
+                -- history, or written with history off).
+                INSERT INTO {history} ({columns}, operation, at)
+                VALUES ({old}, CASE WHEN OLD.version = 1 THEN 'create' ELSE 'update' END,
+                        OLD.updated_at)
+                ON CONFLICT DO NOTHING;
+            END IF;
+            IF TG_OP = 'DELETE' THEN
+                INSERT INTO {history} ({columns}, operation, actor, reason, at)
+                VALUES ({old.replace("OLD.version", "OLD.version + 1")},
+                        coalesce(operation, 'delete'), actor, reason, clock_timestamp());
+            ELSE
+                INSERT INTO {history} ({columns}, operation, actor, reason, at)
+                VALUES ({new}, coalesce(operation,
+                        CASE TG_OP WHEN 'INSERT' THEN 'create' ELSE 'update' END),
+                        actor, reason, NEW.updated_at);
+            END IF;
+            RETURN NULL;
+        END
+        $history$
+        """,
+        f"CREATE OR REPLACE TRIGGER {layout.index_name('number_version')} "
+        f"BEFORE INSERT OR UPDATE ON {table} FOR EACH ROW EXECUTE FUNCTION {number}()",
+        f"CREATE OR REPLACE TRIGGER {layout.index_name('history_insert')} "
+        f"AFTER INSERT ON {table} FOR EACH ROW EXECUTE FUNCTION {record}()",
+        f"CREATE OR REPLACE TRIGGER {layout.index_name('history_update')} "
+        f"AFTER UPDATE ON {table} FOR EACH ROW "
+        f"WHEN (OLD.version IS DISTINCT FROM NEW.version) EXECUTE FUNCTION {record}()",
+        f"CREATE OR REPLACE TRIGGER {layout.index_name('history_delete')} "
+        f"AFTER DELETE ON {table} FOR EACH ROW EXECUTE FUNCTION {record}()",
+    ]
+
+
 Migration = Callable[[TableLayout], list[str]]
 
 MIGRATIONS: list[Migration] = [
@@ -570,6 +737,7 @@ MIGRATIONS: list[Migration] = [
     _v5_passages,
     _v6_terms,
     _v7_vectors_inline,
+    _v8_history,
 ]
 """Append-only. Position i (0-based) is schema version i + 1."""
 

@@ -12,6 +12,7 @@ import re
 from typing import Any, Literal, NamedTuple
 
 from .filters import Params
+from .history import AS_OF_MOMENT, as_of_source
 from .queries import (
     _CONTEXTUAL,
     _LIVE,
@@ -88,7 +89,12 @@ class SearchStatements:
     """The search SQL of one memory table."""
 
     def __init__(
-        self, layout: TableLayout, *, match: ContextualMatch = "any", backfilling: bool = False
+        self,
+        layout: TableLayout,
+        *,
+        match: ContextualMatch = "any",
+        backfilling: bool = False,
+        as_of: bool = False,
     ) -> None:
         self.layout = layout
         self.match = match
@@ -96,6 +102,10 @@ class SearchStatements:
         self.backfilling = backfilling
         """Whether some memories may still lack ``terms`` (the backfill has not finished)."""
         self.table = layout.qualified_table
+        if as_of:
+            # The memories as they stood at the transaction's AS_OF_SETTING moment; passages
+            # have no history, so as-of searches score memories by their own vectors.
+            self.table = as_of_source(layout, AS_OF_MOMENT)
         self.passages = layout.qualified_passages
         self.vector = layout.vector_column_type
 

@@ -19,7 +19,7 @@ import os
 import typing
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from functools import partial
 from typing import Any, Generic, Literal, TextIO, TypeVar
 
@@ -29,7 +29,7 @@ from pydantic import BaseModel, TypeAdapter
 from pydantic import ValidationError as PydanticValidationError
 
 from . import backfill, backup, maintenance
-from .bulk import copy_passages, write_batch, write_one
+from .bulk import copy_passages, write_batch, write_one, write_superseding
 from .cache import EmbeddingCache
 from .coalesce import Coalescer, together_or_alone
 from .config import PostgresConfig
@@ -46,6 +46,7 @@ from .errors import (
     MemoryValidationError,
 )
 from .faults import translate
+from .history import Change, HistoryStatements, check_note
 from .items import (
     TTL,
     MemoryItem,
@@ -59,12 +60,13 @@ from .items import (
     restriction,
 )
 from .metrics import Metrics, instrumented
-from .models import MemoryEntry, MemoryQuery, MemorySearchResult, trusted
+from .models import MemoryEntry, MemoryQuery, MemorySearchResult, MemoryVersion, trusted
 from .queries import ArrayPattern, ListOrder, Restriction, Statements
 from .results import MemorySearchResults
 from .schema import (
     APPLICATION_NAME,
     CLIENT_SCHEMA_SETTING,
+    HISTORY_SETTING,
     SCHEMA_VERSION,
     TENANT_SETTING,
     TableLayout,
@@ -103,6 +105,11 @@ StoreCall = tuple[PendingWrite, Any]
 
 
 Types = Iterable[MemoryType | str] | MemoryType | None
+
+# What supersede() passes on to the new fact's write.
+_SUPERSEDE_FIELDS = frozenset(
+    {"type", "indices", "metadata", "ttl", "expires_at", "embedding", "text", "passages"}
+)
 
 # What a restored line that leaves a field out gets: store()'s own defaults.
 _RESTORE_DEFAULTS: dict[str, Any] = {
@@ -354,6 +361,7 @@ class PostgresStorage(Generic[K, V]):
             # generic plan that cannot see the query vector, the limit or the filters, and
             # picks scans ten times slower. Plan each execution for its values.
             "plan_cache_mode": "force_custom_plan",
+            HISTORY_SETTING: "on" if config.history else "off",
             **({TENANT_SETTING: config.tenant} if config.tenant is not None else {}),
         }
 
@@ -427,6 +435,11 @@ class PostgresStorage(Generic[K, V]):
         self._search_sql = SearchStatements(
             layout, match=self.config.contextual_match, backfilling=self._backfilling
         )
+        self._sql_as_of = Statements(layout, as_of=True)
+        self._search_sql_as_of = SearchStatements(
+            layout, match=self.config.contextual_match, backfilling=self._backfilling, as_of=True
+        )
+        self._history_sql = HistoryStatements(layout)
         self._vectors.dimension = layout.dimension
 
     async def _ensure_embedded_database(self, server: EmbeddedServer) -> None:
@@ -505,6 +518,11 @@ class PostgresStorage(Generic[K, V]):
             updated_at=row["updated_at"],
             expires_at=row["expires_at"],
             embedding=None if vector is None else _vector_list(vector),
+            version=row["version"],
+            valid_from=row["valid_from"],
+            valid_to=row["valid_to"],
+            supersedes=row["supersedes"],
+            superseded_by=row["superseded_by"],
         )
 
     def _result(
@@ -638,6 +656,8 @@ class PostgresStorage(Generic[K, V]):
         embedding: Any = None,
         text: str | None = None,
         passages: Sequence[str] | None = None,
+        actor: str | None = None,
+        reason: str | None = None,
     ) -> MemoryEntry[V]:
         """Store ``value`` under ``key`` for one owner, replacing what that owner held under
         the key before (an upsert). Another owner's memory under the same key is untouched.
@@ -658,10 +678,13 @@ class PostgresStorage(Generic[K, V]):
                 record: a semantic search scores the memory by the best match among its
                 text and its passages. A write replaces the memory's passages (none given:
                 it has none).
+            actor, reason: who makes the change and why, recorded with the version it makes
+                (see :meth:`history`).
 
         Returns:
             The stored entry. ``created_at`` is kept from an earlier live version of the key;
-            the text is re-embedded only if it changed.
+            the text is re-embedded only if it changed. Storing over a fact whose validity
+            has closed starts a new fact (valid from now).
         """
         write = self._prepare(
             key,
@@ -677,6 +700,7 @@ class PostgresStorage(Generic[K, V]):
             text=text,
             passages=passages,
         )
+        write.change = self._change(None, actor, reason)
         # Batches run on the caller's loop, which must be the pool's.
         self.database.check_loop("store")
         return await self._store_calls.submit((write, value))
@@ -687,12 +711,14 @@ class PostgresStorage(Generic[K, V]):
         """The outcome of each of ``calls`` (concurrent ``store()`` calls), in order.
 
         Calls are written in runs in which no memory appears twice (an upsert cannot change
-        one row twice), in call order: the result is what one-by-one calls would give.
+        one row twice) and every write tells the history the same actor and reason, in call
+        order: the result is what one-by-one calls would give.
         """
         outcomes: builtins.list[MemoryEntry[V] | BaseException] = []
         run: dict[Identity, StoreCall] = {}
         for call in calls:
-            if call[0].identity in run:
+            first = next(iter(run.values()), None)
+            if call[0].identity in run or (first is not None and first[0].change != call[0].change):
                 outcomes += await self._store_run(builtins.list(run.values()))
                 run = {}
             run[call[0].identity] = call
@@ -721,6 +747,7 @@ class PostgresStorage(Generic[K, V]):
                 self._tenant,
                 write.record(),
                 self._passage_rows([write]),
+                change=write.change,
             ),
         )
         self._term_stats.note_writes(1)
@@ -745,6 +772,7 @@ class PostgresStorage(Generic[K, V]):
                 self.config.command_timeout,
                 every_row=True,
                 passages=self._passage_rows(writes),
+                change=writes[0].change,
             ),
         )
         self._term_stats.note_writes(len(writes))
@@ -768,6 +796,11 @@ class PostgresStorage(Generic[K, V]):
             updated_at=row["updated_at"],
             expires_at=row["expires_at"],
             embedding=None,
+            version=row["version"],
+            valid_from=row["valid_from"],
+            valid_to=row["valid_to"],
+            supersedes=row["supersedes"],
+            superseded_by=row["superseded_by"],
         )
 
     @instrumented("store_many")
@@ -782,13 +815,15 @@ class PostgresStorage(Generic[K, V]):
         metadata: Mapping[str, Any] | None = None,
         ttl: TTL = None,
         progress: ProgressCallback | None = None,
+        actor: str | None = None,
+        reason: str | None = None,
     ) -> int:
         """Store many memories in one transaction: all of them, or (on any error) none.
 
         Everything is validated and embedded (in batches of ``config.embedding_batch_size``)
         before the database is touched; rows then go in through COPY and one upsert. A key
         given twice for one owner keeps its last value. ``progress(done, total)`` follows the
-        embedding.
+        embedding. ``actor`` and ``reason`` are recorded with every version the call makes.
 
         Returns:
             How many distinct memories (owner and key) were written.
@@ -806,6 +841,7 @@ class PostgresStorage(Generic[K, V]):
             "passages": None,
         }
         writes: dict[Identity, PendingWrite] = {}
+        change = self._change(None, actor, reason)
         for position, item in enumerate(items):
             fields = item_fields(item, position)
             try:
@@ -814,6 +850,7 @@ class PostgresStorage(Generic[K, V]):
                 # Say which item, keeping the error's own class (DimensionMismatchError...).
                 exc.message = f"item {position}: {exc.message}"
                 raise
+            write.change = change
             # Re-inserted so that the last occurrence decides the order.
             writes.pop(write.identity, None)
             writes[write.identity] = write
@@ -833,6 +870,7 @@ class PostgresStorage(Generic[K, V]):
                 config.maintenance_work_mem,
                 self._timeout_for(len(batch)),
                 passages=self._passage_rows(batch),
+                change=change,
             ),
         )
         self._term_stats.note_writes(len(batch))
@@ -866,7 +904,8 @@ class PostgresStorage(Generic[K, V]):
         if owner_scope is not None:
             assert owner_id is not None
             return [Identity(owner_scope.value, owner_id, key) for key in keys]
-        found = await self._owners_of(keys, self._restriction())
+        # A key names its memory whether or not the fact is still valid.
+        found = await self._owners_of(keys, replace(self._restriction(), include_invalid=True))
         _check_unambiguous(found)
         return found
 
@@ -889,22 +928,33 @@ class PostgresStorage(Generic[K, V]):
         scope: Scope = None,
         scope_id: str | None = None,
         include_embedding: bool = False,
+        as_of: datetime | None = None,
+        include_invalid: bool = False,
     ) -> MemoryEntry[V]:
-        """The live memory stored under ``key`` by the owner ``scope``/``scope_id``.
+        """The live, valid memory stored under ``key`` by the owner ``scope``/``scope_id``.
 
         Without a scope, the key is looked up across the owners this store may see: one match
-        is that memory; several raise :class:`AmbiguousKeyError`.
+        is that memory; several raise :class:`AmbiguousKeyError`. With ``as_of`` (a
+        timezone-aware moment), the memory as it was stored and valid then, from its
+        history; ``include_invalid`` also returns a fact whose validity has closed.
 
         Raises:
-            MemoryNotFoundError: no such key, it has expired, or it belongs to another
-                ``(scope, scope_id)`` than the one given.
+            MemoryNotFoundError: no such key, it has expired, its validity has closed, or it
+                belongs to another ``(scope, scope_id)`` than the one given.
             AmbiguousKeyError: no scope was given and several owners hold the key.
         """
         checked = validate_key(key, self.config.max_key_length)
-        restriction = self._restriction(scope, scope_id)
-        rows = await self.database.fetch(
-            "retrieve", self._statements.retrieve(checked, restriction, include_embedding)
+        restriction = self._restriction(
+            scope, scope_id, as_of=_moment(as_of, "as_of"), include_invalid=include_invalid
         )
+        if as_of is None:
+            rows = await self.database.fetch(
+                "retrieve", self._statements.retrieve(checked, restriction, include_embedding)
+            )
+        else:
+            rows = await self.database.fetch_as_of(
+                "retrieve", self._sql_as_of.retrieve(checked, restriction, include_embedding), as_of
+            )
         if not rows:
             raise MemoryNotFoundError(checked)
         if len(rows) > 1:
@@ -1298,16 +1348,27 @@ class PostgresStorage(Generic[K, V]):
 
     # --- deleting --------------------------------------------------------------------------
     @instrumented("delete")
-    async def delete(self, key: K, *, scope: Scope = None, scope_id: str | None = None) -> bool:
+    async def delete(
+        self,
+        key: K,
+        *,
+        scope: Scope = None,
+        scope_id: str | None = None,
+        actor: str | None = None,
+        reason: str | None = None,
+    ) -> bool:
         """Delete the owner's memory stored under ``key``; True if a live one was deleted.
 
-        Without a scope, the key's one live holder is deleted (see :meth:`retrieve`).
+        Without a scope, the key's one live holder is deleted (see :meth:`retrieve`). The
+        history keeps what it was (a ``delete`` version, with ``actor`` and ``reason``):
+        :meth:`restore` brings it back.
 
         Raises:
             AmbiguousKeyError: no scope was given and several owners hold the key (nothing
                 is deleted).
         """
         checked = validate_key(key, self.config.max_key_length)
+        change = self._change(None, actor, reason)
         if scope is None:
             if scope_id is not None:
                 raise MemoryValidationError("scope_id needs a scope")
@@ -1315,8 +1376,10 @@ class PostgresStorage(Generic[K, V]):
             if not holders:
                 return False
             scope, scope_id = holders[0].scope, holders[0].scope_id
-        restriction = replace(self._restriction(scope, scope_id), include_expired=True)
-        rows = await self.database.fetch("delete", self._statements.delete(checked, restriction))
+        restriction = self._restriction(scope, scope_id, include_expired=True, include_invalid=True)
+        rows = await self.database.fetch(
+            "delete", self._statements.delete(checked, restriction, change)
+        )
         self._term_stats.note_writes(len(rows))
         return any(row["live"] for row in rows)
 
@@ -1331,8 +1394,11 @@ class PostgresStorage(Generic[K, V]):
         keys: Iterable[str] | None = None,
         value_filter: Mapping[str, Any] | None = None,
         key_prefix: str | tuple[str, ...] | None = None,
+        actor: str | None = None,
+        reason: str | None = None,
     ) -> int:
-        """Delete every memory that matches all the criteria given; returns how many.
+        """Delete every memory that matches all the criteria given; returns how many (each
+        leaves a ``delete`` version in the history, with ``actor`` and ``reason``).
 
         At least one criterion is required, so that a forgotten argument cannot empty the
         store: use :meth:`clear` for that. ``keys`` without a scope name each key's one live
@@ -1354,6 +1420,7 @@ class PostgresStorage(Generic[K, V]):
                 "delete_many needs a scope, types, filter, keys or key_prefix; "
                 "use clear() to delete all"
             )
+        change = self._change(None, actor, reason)
         criteria = self._restriction(
             scope, scope_id, types, filter, value_filter=value_filter, key_prefix=key_prefix
         )
@@ -1367,11 +1434,17 @@ class PostgresStorage(Generic[K, V]):
                 if not found:
                     return 0
                 identities = frozenset(found)
-        restriction = replace(criteria, keys=key_set, identities=identities, include_expired=True)
+        restriction = replace(
+            criteria,
+            keys=key_set,
+            identities=identities,
+            include_expired=True,
+            include_invalid=True,
+        )
         # Its work grows with the rows matched, which nothing bounds.
         deleted = await self.database.execute(
             "delete_many",
-            self._statements.delete_many(restriction),
+            self._statements.delete_many(restriction, change),
             timeout=self.config.maintenance_timeout,
         )
         self._term_stats.note_writes(deleted)
@@ -1382,12 +1455,236 @@ class PostgresStorage(Generic[K, V]):
         """Delete every memory of this store's tenant; returns how many."""
         deleted = await self.database.execute(
             "clear",
-            self._statements.delete_many(Restriction(tenant=self._tenant, include_expired=True)),
+            self._statements.delete_many(
+                Restriction(tenant=self._tenant, include_expired=True, include_invalid=True),
+                Change(reason="clear"),
+            ),
             timeout=self.config.maintenance_timeout,
         )
         self._vectors.cache.clear()
         self._term_stats.note_writes(deleted)
         return deleted
+
+    # --- memory over time ---------------------------------------------------------------------
+    def _change(self, operation: str | None, actor: str | None, reason: str | None) -> Change:
+        return Change(operation, check_note(actor, "actor"), check_note(reason, "reason"))
+
+    async def _named(self, key: str, scope: Scope, scope_id: str | None) -> Identity:
+        """The memory ``key`` names, live or deleted: the given owner's, or, without a scope,
+        the one owner holding the key now or in its history."""
+        owner_scope, owner_id = owner(scope, scope_id, self.config.default_scope_id)
+        if owner_scope is not None:
+            assert owner_id is not None
+            return Identity(owner_scope.value, owner_id, key)
+        rows = await self.database.fetch("history", self._history_sql.owners_of(self._tenant, key))
+        if not rows:
+            raise MemoryNotFoundError(key)
+        if len(rows) > 1:
+            raise AmbiguousKeyError(key, len(rows))
+        return _identity(rows[0])
+
+    @instrumented("history")
+    async def history(
+        self,
+        key: K,
+        *,
+        scope: Scope = None,
+        scope_id: str | None = None,
+        limit: int | None = None,
+        include_embedding: bool = False,
+    ) -> builtins.list[MemoryVersion[V]]:
+        """Every recorded version of the owner's memory under ``key``, newest first (also
+        of a deleted one; empty if the owner never stored it). Without a scope, the key
+        names its one holder, now or in the history.
+
+        Raises:
+            MemoryNotFoundError: no scope was given and nobody holds or held the key.
+            AmbiguousKeyError: no scope was given and several owners hold or held it.
+        """
+        checked = validate_key(key, self.config.max_key_length)
+        if limit is not None and (isinstance(limit, bool) or not 1 <= limit <= 100_000):
+            raise MemoryValidationError("limit must be None or in [1, 100000]")
+        identity = await self._named(checked, scope, scope_id)
+        rows = await self.database.fetch(
+            "history", self._history_sql.versions(self._tenant, identity, limit)
+        )
+        return [self._version(row, include_embedding) for row in rows]
+
+    def _version(self, row: asyncpg.Record, embedding: bool = False) -> MemoryVersion[V]:
+        vector = row["embedding"] if embedding else None
+        return trusted(
+            MemoryVersion,
+            key=row["key"],
+            scope=MemoryScope(row["scope"]),
+            scope_id=row["scope_id"],
+            version=row["version"],
+            operation=row["operation"],
+            value=self._decode_value(row["value"]),
+            text=row["content"],
+            type=MemoryType(row["memory_type"]),
+            indices=_indices(tuple(row["indices"])),
+            metadata=row["metadata"],
+            created_at=row["created_at"],
+            expires_at=row["expires_at"],
+            valid_from=row["valid_from"],
+            valid_to=row["valid_to"],
+            supersedes=row["supersedes"],
+            superseded_by=row["superseded_by"],
+            actor=row["actor"],
+            reason=row["reason"],
+            at=row["at"],
+            embedding=None if vector is None else _vector_list(vector),
+        )
+
+    @instrumented("restore")
+    async def restore(
+        self,
+        key: K,
+        version: int,
+        *,
+        scope: Scope = None,
+        scope_id: str | None = None,
+        actor: str | None = None,
+        reason: str | None = None,
+    ) -> MemoryEntry[V]:
+        """Make ``version`` of the memory under ``key`` current again, as a new version (a
+        deleted memory comes back). Its value, text, type, metadata, validity and expiry
+        are the version's (an expiry that has passed gives the type's time-to-live from now);
+        the text is re-embedded only if it differs from the current one. Passages are not
+        versioned: the restored memory has none.
+
+        Raises:
+            MemoryNotFoundError: the memory has no such version.
+        """
+        checked = validate_key(key, self.config.max_key_length)
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise MemoryValidationError("version must be a positive integer")
+        change = self._change("restore", actor, reason)
+        identity = await self._named(checked, scope, scope_id)
+        row = await self.database.fetchrow(
+            "restore", self._history_sql.version(self._tenant, identity, version)
+        )
+        if row is None:
+            missing = MemoryNotFoundError(checked)
+            missing.message = f"memory {checked!r} has no version {version}"
+            raise missing
+        expires_at = row["expires_at"]
+        ttl: TTL = "never" if expires_at is None else None
+        if expires_at is not None and expires_at <= datetime.now(timezone.utc):
+            expires_at = None  # long gone: the type's time-to-live, from now
+        value = row["value"]
+        write = self._prepare(
+            identity.key,
+            value,
+            type=row["memory_type"],
+            scope=identity.scope,
+            scope_id=identity.scope_id or None,
+            indices=row["indices"],
+            metadata=row["metadata"],
+            ttl=ttl if expires_at is None else None,
+            expires_at=expires_at,
+            text=row["content"],
+        )
+        write.valid_from, write.valid_to = row["valid_from"], row["valid_to"]
+        write.supersedes, write.change = row["supersedes"], change
+        return await self._write_one(write, self._decode_value(value))
+
+    @instrumented("supersede")
+    async def supersede(
+        self,
+        key: K,
+        value: V,
+        *,
+        new_key: K | None = None,
+        scope: Scope = None,
+        scope_id: str | None = None,
+        reason: str | None = None,
+        actor: str | None = None,
+        **store_kwargs: Any,
+    ) -> MemoryEntry[V]:
+        """Replace a fact that stopped being true by a new one, keeping both.
+
+        The live, valid memory under ``key`` stops being valid now, and ``value`` is stored
+        valid from now: as a new version of ``key``, or under ``new_key`` (same owner), in
+        which case the old memory stays, closed, with ``superseded_by=new_key`` (searches see
+        it with ``MemoryQuery(include_invalid=True)``, and ``as_of`` an earlier moment). The
+        new memory's ``supersedes`` is ``key``. ``store_kwargs`` are :meth:`store`'s (the
+        type defaults to the old memory's). One transaction.
+
+        Raises:
+            MemoryNotFoundError: no live, valid memory under ``key`` for that owner.
+        """
+        checked = validate_key(key, self.config.max_key_length)
+        unknown = set(store_kwargs) - _SUPERSEDE_FIELDS
+        if unknown:
+            raise MemoryValidationError(f"supersede() got unknown arguments {sorted(unknown)}")
+        old = await self.retrieve(key, scope=scope, scope_id=scope_id)
+        identity = Identity(old.scope.value, old.scope_id, old.key)
+        fields = {**_RESTORE_DEFAULTS, "ttl": None, "expires_at": None, "type": old.type}
+        write = self._prepare(
+            checked if new_key is None else new_key,
+            value,
+            **{**fields, **store_kwargs, "scope": old.scope, "scope_id": old.scope_id or None},
+        )
+        same_memory = write.identity == identity
+        write.change = self._change("supersede" if same_memory else None, actor, reason)
+        await self._plan_embeddings([write])
+        row = await self.database.run(
+            "supersede",
+            partial(
+                write_superseding,
+                self._statements,
+                self._tenant,
+                identity,
+                write,
+                self._passage_rows([write]),
+                self._change("supersede", actor, reason),
+            ),
+        )
+        if row is None:
+            raise MemoryNotFoundError(checked)
+        self._term_stats.note_writes(1)
+        if row["needs_embedding"]:
+            await self._repair_embeddings([write.identity], {write.identity: write})
+        return self._stored(write, value, row)
+
+    @instrumented("invalidate")
+    async def invalidate(
+        self,
+        key: K,
+        *,
+        scope: Scope = None,
+        scope_id: str | None = None,
+        at: datetime | None = None,
+        reason: str | None = None,
+        actor: str | None = None,
+    ) -> MemoryEntry[V]:
+        """Say that the fact under ``key`` stopped being true at ``at`` (default: now), with
+        no successor. The memory stays (reads see it with ``include_invalid=True``, or
+        ``as_of`` an earlier moment); storing the key again starts a new fact.
+
+        Raises:
+            MemoryNotFoundError: no live, valid memory under ``key`` for that owner.
+            MemoryValidationError: ``at`` is before the fact became valid.
+        """
+        checked = validate_key(key, self.config.max_key_length)
+        moment = _moment(at, "at")
+        change = self._change("invalidate", actor, reason)
+        old = await self.retrieve(key, scope=scope, scope_id=scope_id)
+        identity = Identity(old.scope.value, old.scope_id, old.key)
+        row = await self.database.fetchrow(
+            "invalidate",
+            self._statements.close_validity(self._tenant, identity, moment, None, change),
+        )
+        if row is None:
+            current = await self.retrieve(key, scope=old.scope, scope_id=old.scope_id)
+            if moment is not None and current.valid_from and moment < current.valid_from:
+                raise MemoryValidationError(
+                    f"at {moment.isoformat()} is before {checked!r} became valid "
+                    f"({current.valid_from.isoformat()})"
+                )
+            raise MemoryNotFoundError(checked)
+        return self._entry(row)
 
     # --- searching -------------------------------------------------------------------------
     def search(self, query: MemoryQuery) -> MemorySearchResults[V]:
@@ -1413,7 +1710,8 @@ class PostgresStorage(Generic[K, V]):
 
     @instrumented("search")
     async def _search(self, query: MemoryQuery) -> builtins.list[MemorySearchResult[V]]:
-        searches = self._searches
+        as_of = query.as_of
+        searches = self._searches if as_of is None else self._search_sql_as_of
         restriction = self._restriction(
             query.scope,
             query.scope_id,
@@ -1426,6 +1724,8 @@ class PostgresStorage(Generic[K, V]):
             created_before=query.created_before,
             updated_after=query.updated_after,
             updated_before=query.updated_before,
+            as_of=as_of,
+            include_invalid=query.include_invalid,
         )
         page = Page(query.limit, query.offset, query.min_score)
         index = query.index_type
@@ -1452,17 +1752,25 @@ class PostgresStorage(Generic[K, V]):
                 rrf_k=self.config.rrf_k,
             )
         else:
-            fetch = self.database.fetch
+            # The BM25 search plans once per shape (see fetch_with_generic_plan).
+            generic = index is MemoryIndex.CONTEXTUAL and self.config.contextual_match == "any"
             if index is MemoryIndex.CONTEXTUAL:
                 assert query.query is not None
                 words = searches.contextual_search(query.query, restriction, page)
-                if self.config.contextual_match == "any":
-                    fetch = self.database.fetch_with_generic_plan  # see its docstring
             else:
                 words = searches.temporal_search(query.query, restriction, page)
-            rows = await fetch("search", words)
+            if as_of is not None:
+                rows = await self.database.fetch_as_of("search", words, as_of, generic_plan=generic)
+            elif generic:
+                rows = await self.database.fetch_with_generic_plan("search", words)
+            else:
+                rows = await self.database.fetch("search", words)
             return [self._result(row, index) for row in rows]
-        rows = await self._vector_rows(statement)
+        if as_of is not None:
+            # Passages have no history: a memory counts by its own vector then.
+            rows = await self.database.fetch_as_of("search", statement(passages=False), as_of)
+        else:
+            rows = await self._vector_rows(statement)
         return [self._result(row, index, embedding=query.include_embedding) for row in rows]
 
     async def _vector_rows(self, statement: Callable[..., Query]) -> builtins.list[Any]:
@@ -1552,17 +1860,34 @@ class PostgresStorage(Generic[K, V]):
     ) -> int:
         """Delete expired memories in bounded batches; returns how many were deleted.
 
-        Expired memories are already invisible to every read; this reclaims their space.
+        Expired memories are already invisible to every read; this reclaims their space
+        (each leaves an ``expire`` version in the history). Then, when
+        ``history_max_versions`` or ``history_max_age`` is set, the history of this store's
+        tenant is trimmed to them.
         """
         batch = batch_size or self.config.maintenance_batch_size
-        restriction = replace(self._restriction(scope, scope_id), include_expired=True)
+        restriction = self._restriction(scope, scope_id, include_expired=True, include_invalid=True)
         sweep = self._statements.delete_expired_batch(restriction, batch)
         total = 0
         while True:
             deleted = await self.database.execute("cleanup_expired", sweep)
             total += deleted
             if deleted < batch:
-                return total
+                break
+        await self._trim_history()
+        return total
+
+    async def _trim_history(self) -> None:
+        config, history = self.config, self._history_sql
+        trims = []
+        if config.history_max_versions is not None:
+            trims.append(history.trim_versions(self._tenant, config.history_max_versions))
+        if config.history_max_age is not None:
+            trims.append(history.trim_older_than(self._tenant, config.history_max_age))
+        for trim in trims:
+            await self.database.execute(
+                "cleanup_expired", trim, timeout=self.config.maintenance_timeout
+            )
 
     @instrumented("reindex")
     async def reindex(
@@ -1830,6 +2155,13 @@ def _vector_list(vector: Any) -> builtins.list[float]:
 
 def _identity(row: asyncpg.Record) -> Identity:
     return Identity(row["scope"], row["scope_id"], row["key"])
+
+
+def _moment(value: datetime | None, name: str) -> datetime | None:
+    """``value`` if it is None or a timezone-aware datetime."""
+    if value is not None and (not isinstance(value, datetime) or value.tzinfo is None):
+        raise MemoryValidationError(f"{name} must be a timezone-aware datetime")
+    return value
 
 
 def _check_unambiguous(identities: Iterable[Identity]) -> None:

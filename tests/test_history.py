@@ -1,0 +1,384 @@
+"""Memory over time: every change is a version in a history table written in the change's own
+transaction; facts can stop being true (supersede, invalidate) and stay recallable; reads can
+look at the store as it stood at any moment."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import asyncpg
+import pytest
+
+from pepperpy_pg_memory import (
+    AmbiguousKeyError,
+    HashingEmbedder,
+    MemoryIndex,
+    MemoryNotFoundError,
+    MemoryQuery,
+    MemoryScope,
+    MemoryValidationError,
+    PostgresConfig,
+    PostgresStorage,
+)
+
+ANA = {"scope": MemoryScope.USER, "scope_id": "ana"}
+BRUNO = {"scope": MemoryScope.USER, "scope_id": "bruno"}
+
+
+@pytest.fixture
+async def storage(config: PostgresConfig) -> Any:
+    async with PostgresStorage[str, Any](config, HashingEmbedder(256)) as store:
+        yield store
+
+
+def _history_table(config: PostgresConfig) -> str:
+    return f'"{config.schema_name}"."{config.table}_history"'
+
+
+async def _server_now(storage: PostgresStorage[str, Any]) -> datetime:
+    # Moments compared with what the server recorded come from the server's clock.
+    async with storage.database.pool.acquire() as conn:
+        moment: datetime = await conn.fetchval("SELECT clock_timestamp()")
+    return moment
+
+
+async def test_every_change_is_a_version_newest_first(storage: PostgresStorage[str, Any]) -> None:
+    await storage.store("city", "Ana lives in Lisbon", **ANA, actor="agent", reason="told")
+    await storage.store("city", "Ana lives in Porto", **ANA, metadata={"source": "chat"})
+    assert await storage.delete("city", **ANA, actor="ana", reason="asked to forget")
+
+    versions = await storage.history("city", **ANA)
+    assert [(v.version, v.operation) for v in versions] == [
+        (3, "delete"),
+        (2, "update"),
+        (1, "create"),
+    ]
+    assert [v.value for v in versions] == [
+        "Ana lives in Porto",
+        "Ana lives in Porto",
+        "Ana lives in Lisbon",
+    ]
+    assert (versions[2].actor, versions[2].reason) == ("agent", "told")
+    assert (versions[1].actor, versions[1].reason) == (None, None)
+    assert (versions[0].actor, versions[0].reason) == ("ana", "asked to forget")
+    assert versions[1].metadata == {"source": "chat"}
+    assert versions[0].at >= versions[1].at >= versions[2].at
+    assert await storage.history("city", **ANA, limit=1) == versions[:1]
+    # Versions carry their embedding, so that semantic recall as of a moment is possible.
+    with_vectors = await storage.history("city", **ANA, include_embedding=True)
+    assert all(v.embedding is not None and len(v.embedding) == 256 for v in with_vectors)
+
+
+async def test_the_entry_carries_its_version_and_a_deleted_key_continues_numbering(
+    storage: PostgresStorage[str, Any],
+) -> None:
+    first = await storage.store("k", "one", **ANA)
+    second = await storage.store("k", "two", **ANA)
+    assert (first.version, second.version) == (1, 2)
+    assert (await storage.retrieve("k", **ANA)).version == 2
+    await storage.delete("k", **ANA)
+    again = await storage.store("k", "three", **ANA)
+    assert again.version == 4
+    assert [v.version for v in await storage.history("k", **ANA)] == [4, 3, 2, 1]
+
+
+async def test_history_is_per_owner(storage: PostgresStorage[str, Any]) -> None:
+    await storage.store("pref", "tea", **ANA)
+    await storage.store("pref", "coffee", **BRUNO)
+    await storage.store("pref", "green tea", **ANA)
+    assert [v.value for v in await storage.history("pref", **ANA)] == ["green tea", "tea"]
+    assert [v.value for v in await storage.history("pref", **BRUNO)] == ["coffee"]
+    with pytest.raises(AmbiguousKeyError):
+        await storage.history("pref")
+    assert await storage.history("pref", scope="user", scope_id="carla") == []
+
+
+async def test_bookkeeping_is_not_a_version(storage: PostgresStorage[str, Any]) -> None:
+    stored = await storage.store("note", "remember the milk", **ANA)
+    assert await storage.touch(["note"], timedelta(hours=2), **ANA) == 1
+    await storage.reindex(MemoryIndex.SEMANTIC)
+    entry = await storage.retrieve("note", **ANA)
+    assert entry.version == 1
+    assert entry.updated_at == stored.updated_at
+    assert len(await storage.history("note", **ANA)) == 1
+
+
+async def test_batches_and_bursts_record_versions_with_actor_and_reason(
+    storage: PostgresStorage[str, Any],
+) -> None:
+    items = [{"key": f"m{i}", "value": f"memory {i}"} for i in range(5)]
+    assert await storage.store_many(items, **ANA, actor="importer", reason="load") == 5
+    # Concurrent store() calls are written together; calls with different reasons are not
+    # mixed in one statement.
+    await asyncio.gather(
+        *(storage.store(f"m{i}", f"memory {i}, again", **ANA, reason=f"r{i}") for i in range(5))
+    )
+    for i in range(5):
+        versions = await storage.history(f"m{i}", **ANA)
+        assert [(v.operation, v.actor, v.reason) for v in versions] == [
+            ("update", None, f"r{i}"),
+            ("create", "importer", "load"),
+        ]
+    assert await storage.delete_many(keys=["m0", "m1"], **ANA, reason="cleanup") == 2
+    assert (await storage.history("m0", **ANA))[0].reason == "cleanup"
+
+
+async def test_concurrent_writers_make_gapless_versions(
+    storage: PostgresStorage[str, Any],
+) -> None:
+    await storage.store("counter", "start", **ANA)
+
+    async def writer(name: str) -> None:
+        for i in range(50):
+            await storage.store("counter", f"{name} {i}", **ANA)
+
+    await asyncio.gather(writer("a"), writer("b"))
+    versions = await storage.history("counter", **ANA)
+    assert [v.version for v in versions] == list(range(101, 0, -1))
+    live = await storage.retrieve("counter", **ANA)
+    assert live.version == 101
+    assert live.value == versions[0].value
+    # Commit order: each writer's own values appear in the order it wrote them.
+    for name in ("a", "b"):
+        own = [int(v.value.split()[1]) for v in reversed(versions) if v.value.startswith(name)]
+        assert own == list(range(50))
+
+
+async def test_a_failed_write_leaves_no_version(
+    storage: PostgresStorage[str, Any], config: PostgresConfig, raw_conn: asyncpg.Connection
+) -> None:
+    await storage.store("ok", "fine", **ANA)
+    with pytest.raises(MemoryValidationError):
+        await storage.store_many(
+            [{"key": "new", "value": "x"}, {"key": "ok", "value": None}], **ANA
+        )
+    # A write that fails inside the database rolls its version back with it.
+    await raw_conn.execute(
+        f'ALTER TABLE "{config.schema_name}"."{config.table}" ADD CONSTRAINT no_boom '
+        "CHECK (content <> 'boom') NOT VALID"
+    )
+    with pytest.raises(MemoryValidationError, match="rejected"):
+        await storage.store("ok", "boom", **ANA)
+    rows = await raw_conn.fetch(f"SELECT key, version FROM {_history_table(config)} ORDER BY 1")
+    assert [tuple(row) for row in rows] == [("ok", 1)]
+
+
+async def test_a_cancelled_write_leaves_no_version(
+    storage: PostgresStorage[str, Any], config: PostgresConfig, raw_conn: asyncpg.Connection
+) -> None:
+    await storage.store("slow", "v1", **ANA)
+    async with raw_conn.transaction():
+        # Hold the row: the next write waits on it, and is cancelled while waiting (its
+        # statement is cancelled on the server and its transaction rolls back).
+        await raw_conn.execute(
+            f'SELECT 1 FROM "{config.schema_name}"."{config.table}" WHERE key = $1 FOR UPDATE',
+            "slow",
+        )
+        task = asyncio.create_task(
+            storage.store_many([{"key": "slow", "value": "v2"}, ("other", "x")], **ANA)
+        )
+        await asyncio.sleep(0.3)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert [v.value for v in await storage.history("slow", **ANA)] == ["v1"]
+    assert await storage.history("other", **ANA) == []
+    assert (await storage.retrieve("slow", **ANA)).version == 1
+
+
+async def test_restore_brings_back_a_version_and_a_deleted_memory(
+    storage: PostgresStorage[str, Any],
+) -> None:
+    await storage.store("pet", "a cat named Tom", **ANA, metadata={"n": 1})
+    await storage.store("pet", "a dog named Rex", **ANA, metadata={"n": 2})
+    restored = await storage.restore("pet", 1, **ANA, reason="mistake")
+    assert (restored.value, restored.metadata, restored.version) == ("a cat named Tom", {"n": 1}, 3)
+    top = (await storage.history("pet", **ANA))[0]
+    assert (top.operation, top.reason, top.value) == ("restore", "mistake", "a cat named Tom")
+    hits = await storage.search(MemoryQuery(query="a cat named Tom", limit=1))
+    assert hits[0].entry.key == "pet" and hits[0].score > 0.99
+
+    await storage.delete("pet", **ANA)
+    with pytest.raises(MemoryNotFoundError):
+        await storage.retrieve("pet", **ANA)
+    back = await storage.restore("pet", 2)  # the key names its one holder, in the history
+    assert (back.value, back.version) == ("a dog named Rex", 5)
+    assert (await storage.retrieve("pet", **ANA)).value == "a dog named Rex"
+    with pytest.raises(MemoryNotFoundError, match="no version 9"):
+        await storage.restore("pet", 9, **ANA)
+    with pytest.raises(MemoryValidationError):
+        await storage.restore("pet", 0, **ANA)
+
+
+async def test_supersede_under_a_new_key_keeps_the_old_fact_closed(
+    storage: PostgresStorage[str, Any],
+) -> None:
+    await storage.store("job", "Ana works at Acme", **ANA, type="long_term")
+    new = await storage.supersede(
+        "job", "Ana works at Globex", new_key="job-2", **ANA, reason="changed jobs", actor="bot"
+    )
+    assert (new.key, new.supersedes, new.valid_to) == ("job-2", "job", None)
+    assert new.valid_from is not None
+    with pytest.raises(MemoryNotFoundError):
+        await storage.retrieve("job", **ANA)
+    old = await storage.retrieve("job", **ANA, include_invalid=True)
+    assert (old.superseded_by, old.valid_to) == ("job-2", new.valid_from)
+    assert (await storage.history("job", **ANA))[0].operation == "supersede"
+    assert (await storage.history("job", **ANA))[0].reason == "changed jobs"
+
+    hits = await storage.search(MemoryQuery(query="where does Ana work", limit=5, **ANA))
+    assert [hit.entry.key for hit in hits] == ["job-2"]
+    every = await storage.search(
+        MemoryQuery(query="where does Ana work", limit=5, include_invalid=True, **ANA)
+    )
+    assert {hit.entry.key for hit in every} == {"job", "job-2"}
+    assert await storage.count(**ANA) == 1
+    assert [e.key for e in await storage.list(**ANA)] == ["job-2"]
+    # A closed fact cannot be superseded again.
+    with pytest.raises(MemoryNotFoundError):
+        await storage.supersede("job", "Ana works at Initech", new_key="job-3", **ANA)
+
+
+async def test_supersede_the_same_key_and_invalidate(storage: PostgresStorage[str, Any]) -> None:
+    await storage.store("mood", "happy", **ANA)
+    entry = await storage.supersede("mood", "tired", **ANA)
+    assert (entry.version, entry.supersedes, entry.value) == (2, "mood", "tired")
+    assert (await storage.history("mood", **ANA))[0].operation == "supersede"
+
+    closed = await storage.invalidate("mood", **ANA, reason="no longer true")
+    assert closed.valid_to is not None and closed.version == 3
+    with pytest.raises(MemoryNotFoundError):
+        await storage.retrieve("mood", **ANA)
+    with pytest.raises(MemoryNotFoundError):
+        await storage.invalidate("mood", **ANA)
+    # Storing the key again starts a new fact.
+    fresh = await storage.store("mood", "rested", **ANA)
+    assert fresh.valid_to is None and fresh.valid_from > closed.valid_to  # type: ignore[operator]
+    with pytest.raises(MemoryValidationError, match="before"):
+        await storage.invalidate("mood", **ANA, at=datetime(2000, 1, 1, tzinfo=timezone.utc))
+    with pytest.raises(MemoryValidationError, match="timezone"):
+        await storage.invalidate("mood", **ANA, at=datetime(2030, 1, 1))
+    # A validity that ends in the future keeps the fact valid until then.
+    later = await storage.invalidate("mood", **ANA, at=datetime.now(timezone.utc) + timedelta(1))
+    assert later.valid_to is not None
+    assert (await storage.retrieve("mood", **ANA)).value == "rested"
+
+
+async def test_cleanup_records_expiry_and_trims_only_when_asked(
+    make_config: Any,
+) -> None:
+    async with PostgresStorage[str, Any](
+        make_config(history_max_versions=2), HashingEmbedder(64)
+    ) as store:
+        for i in range(4):
+            await store.store("k", f"v{i}", **ANA)
+        await store.store("brief", "soon gone", **ANA, ttl=0.2)
+        await asyncio.sleep(0.4)
+        assert await store.cleanup_expired() == 1
+        assert [v.operation for v in await store.history("brief", **ANA)] == ["expire", "create"]
+        assert [v.version for v in await store.history("k", **ANA)] == [4, 3]
+    async with PostgresStorage[str, Any](
+        make_config(history_max_age=timedelta(milliseconds=1)), HashingEmbedder(64)
+    ) as store:
+        await store.store("j", "one", **ANA)
+        await store.store("j", "two", **ANA)
+        await asyncio.sleep(0.05)
+        await store.cleanup_expired()
+        # Never a memory's newest version.
+        assert [v.version for v in await store.history("j", **ANA)] == [2]
+
+
+async def test_history_off_records_nothing(make_config: Any, raw_conn: asyncpg.Connection) -> None:
+    config = make_config(history=False)
+    async with PostgresStorage[str, Any](config, HashingEmbedder(64)) as store:
+        await store.store("quiet", "one", **ANA)
+        await store.store("quiet", "two", **ANA)
+        assert (await store.retrieve("quiet", **ANA)).version == 2
+        count = await raw_conn.fetchval(f"SELECT count(*) FROM {_history_table(config)}")
+        assert count == 0
+        # The live row still shows as the newest version.
+        assert [(v.version, v.value) for v in await store.history("quiet", **ANA)] == [(2, "two")]
+
+
+async def test_as_of_retrieve_and_search_follow_a_timeline(
+    storage: PostgresStorage[str, Any],
+) -> None:
+    """Store, update, supersede, invalidate, delete, restore: at every step, reads as of that
+    moment return exactly what was true then."""
+    moments: list[tuple[datetime, dict[str, str]]] = []
+
+    async def mark(truth: dict[str, str]) -> None:
+        moments.append((await _server_now(storage), dict(truth)))
+
+    await mark({})
+    await storage.store("home", "Ana lives in Lisbon", **ANA)
+    await storage.store("drink", "Ana drinks green tea", **ANA)
+    await mark({"home": "Ana lives in Lisbon", "drink": "Ana drinks green tea"})
+    await storage.store("home", "Ana lives in Porto", **ANA)
+    await mark({"home": "Ana lives in Porto", "drink": "Ana drinks green tea"})
+    await storage.supersede("drink", "Ana drinks black coffee", new_key="drink-2", **ANA)
+    await mark({"home": "Ana lives in Porto", "drink-2": "Ana drinks black coffee"})
+    await storage.invalidate("home", **ANA)
+    await mark({"drink-2": "Ana drinks black coffee"})
+    await storage.delete("drink-2", **ANA)
+    await mark({})
+    await storage.restore("drink-2", 1, **ANA)
+    await storage.restore("home", 2, **ANA)
+    await mark({"home": "Ana lives in Porto", "drink-2": "Ana drinks black coffee"})
+
+    keys = ("home", "drink", "drink-2")
+    for moment, truth in moments:
+        for key in keys:
+            if key in truth:
+                entry = await storage.retrieve(key, **ANA, as_of=moment)
+                assert entry.value == truth[key], (moment, key)
+            else:
+                with pytest.raises(MemoryNotFoundError):
+                    await storage.retrieve(key, **ANA, as_of=moment)
+        for index in (
+            MemoryIndex.SEMANTIC,
+            MemoryIndex.CONTEXTUAL,
+            MemoryIndex.HYBRID,
+            MemoryIndex.TEMPORAL,
+        ):
+            query = None if index is MemoryIndex.TEMPORAL else "Ana lives drinks tea coffee"
+            hits = await storage.search(
+                MemoryQuery(query=query, index_type=index, limit=10, as_of=moment, **ANA)
+            )
+            found = {hit.entry.key: hit.entry.value for hit in hits}
+            if index is MemoryIndex.CONTEXTUAL or index is MemoryIndex.HYBRID:
+                # Word search finds what holds the words; every hit must be true then.
+                assert found.items() <= truth.items(), (moment, index)
+                assert bool(found) == bool(truth), (moment, index)
+            else:
+                assert found == truth, (moment, index)
+    # Now: what the last step says.
+    now = {e.key: e.value for e in await storage.list(**ANA)}
+    assert now == moments[-1][1]
+
+
+async def test_as_of_needs_an_aware_moment(storage: PostgresStorage[str, Any]) -> None:
+    with pytest.raises(MemoryValidationError, match="timezone"):
+        MemoryQuery(query="x", as_of=datetime(2026, 1, 1))
+    with pytest.raises(MemoryValidationError, match="timezone"):
+        await storage.retrieve("x", **ANA, as_of=datetime(2026, 1, 1))
+
+
+async def test_history_has_row_level_security(
+    make_config: Any, raw_conn: asyncpg.Connection
+) -> None:
+    config = make_config(row_level_security=True, tenant="acme")
+    async with PostgresStorage[str, Any](config, HashingEmbedder(64)) as store:
+        await store.store("secret", "acme's plan", **ANA)
+    row = await raw_conn.fetchrow(
+        "SELECT relrowsecurity, relforcerowsecurity FROM pg_class WHERE oid = $1::regclass",
+        f"{config.schema_name}.{config.table}_history",
+    )
+    assert tuple(row) == (True, True)
+    other = make_config(row_level_security=True, tenant="globex")
+    async with PostgresStorage[str, Any](other, HashingEmbedder(64)) as store:
+        assert await store.history("secret", **ANA) == []
+        with pytest.raises(MemoryNotFoundError):
+            await store.restore("secret", 1, **ANA)
