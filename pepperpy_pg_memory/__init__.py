@@ -28,7 +28,7 @@ from .errors import (
     MemoryTimeoutError,
     MemoryValidationError,
 )
-from .models import MemoryEntry, MemoryQuery, MemorySearchResult
+from .models import MemoryEntry, MemoryQuery, MemorySearchResult, MemoryVersion
 from .onnx_embedder import OnnxEmbedder
 from .queries import ArrayPattern
 from .storage import MemoryItem, MemorySearchResults, PostgresStorage, ProgressCallback
@@ -52,6 +52,7 @@ __all__ = [
     "MemoryQuery",
     "ArrayPattern",
     "MemoryEntry",
+    "MemoryVersion",
     "MemorySearchResult",
     "Embedder",
     "SentenceTransformerEmbedder",

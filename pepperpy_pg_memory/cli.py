@@ -290,6 +290,49 @@ def _results_rows(results: Sequence[MemorySearchResult[Any]]) -> list[list[str]]
     ]
 
 
+async def _history(args: argparse.Namespace) -> int:
+    async def work(storage: PostgresStorage[str, Any]) -> int:
+        versions = await storage.history(
+            args.key, scope=args.scope, scope_id=args.scope_id, limit=args.limit
+        )
+        if args.json:
+            _print_json([version.model_dump(exclude={"embedding"}) for version in versions])
+        elif not versions:
+            print(f"no history for {args.key}")
+        else:
+            _print_table(
+                [
+                    [
+                        str(v.version),
+                        v.operation,
+                        v.at.isoformat(timespec="seconds"),
+                        v.actor or "",
+                        _clip(v.reason or ""),
+                        _clip(v.text),
+                    ]
+                    for v in versions
+                ],
+                ["version", "operation", "at", "actor", "reason", "text"],
+            )
+        return 0 if versions else 1
+
+    return await _with_storage(args, work)
+
+
+async def _restore(args: argparse.Namespace) -> int:
+    async def work(storage: PostgresStorage[str, Any]) -> int:
+        entry = await storage.restore(
+            args.key, args.version, scope=args.scope, scope_id=args.scope_id, reason=args.reason
+        )
+        if args.json:
+            _print_json(_entry_json(entry))
+        else:
+            print(f"restored {entry.key} to version {args.version} (now version {entry.version})")
+        return 0
+
+    return await _with_storage(args, work)
+
+
 async def _search(args: argparse.Namespace) -> int:
     query = MemoryQuery(
         query=args.query,
@@ -477,6 +520,17 @@ def _parser() -> argparse.ArgumentParser:
     get.add_argument("key")
     delete = command("delete", _delete, "delete one memory (exit 1 if there was none)", owner)
     delete.add_argument("key")
+    history = command(
+        "history", _history, "show a memory's versions, newest first (exit 1 if none)", owner
+    )
+    history.add_argument("key")
+    history.add_argument("--limit", type=int, help="only the newest LIMIT versions")
+    restore = command(
+        "restore", _restore, "make an earlier version of a memory current again", owner
+    )
+    restore.add_argument("key")
+    restore.add_argument("version", type=int)
+    restore.add_argument("--reason", help="recorded with the new version")
 
     search = command("search", _search, "search memories", owner)
     search.add_argument("query")

@@ -43,6 +43,8 @@ def test_every_command_has_help() -> None:
         "store",
         "get",
         "delete",
+        "history",
+        "restore",
         "search",
         "import",
         "export",
@@ -127,6 +129,16 @@ def test_store_get_search_delete_round_trip(target: list[str]) -> None:
     table = _cli("search", "green tea", "--index", "contextual", *target)
     assert "ana-tea" in table.stdout and "score" in table.stdout
     assert "┃" in table.stdout  # rich's boxed table (the `cli` extra is in `all`)
+    owner = ["--scope", "user", "--scope-id", "ana"]
+    changed = _cli("store", "ana-tea", "Ana switched to coffee", *owner, *target)
+    assert changed.returncode == 0, changed.stderr
+    versions = json.loads(_cli("history", "ana-tea", "--json", *owner, *target).stdout)
+    assert [(v["version"], v["operation"]) for v in versions] == [(2, "update"), (1, "create")]
+    restored = _cli("restore", "ana-tea", "1", "--reason", "typo", "--json", *owner, *target)
+    assert json.loads(restored.stdout)["version"] == 3, restored.stderr
+    shown = _cli("history", "ana-tea", *target)  # the key names its one holder
+    assert "restore" in shown.stdout and "typo" in shown.stdout
+    assert _cli("history", "never-stored", *owner, *target).returncode == 1
     assert _cli("delete", "ana-tea", *target).returncode == 0
     assert _cli("delete", "ana-tea", *target).returncode == 1
     missing = _cli("get", "ana-tea", *target)

@@ -20,6 +20,7 @@ EXPECTED = {
     "MemoryIndex",
     "MemoryQuery",
     "MemoryEntry",
+    "MemoryVersion",
     "MemorySearchResult",
     "Embedder",
     "SentenceTransformerEmbedder",
