@@ -108,6 +108,29 @@ async def test_a_release_0_1_database_upgrades_in_place(
         await graph.adelete(("users", "ana", "memories"), "food")
         assert await graph.aget(("users", "ana", "memories"), "food") is None
 
+        # Migration 8: an old memory is version 1, valid since it was created; its history
+        # starts with its row, and a change (here LangGraph's delete) records that row first.
+        fact = await store.retrieve("global-fact")
+        assert (fact.version, fact.valid_from, fact.valid_to) == (1, fact.created_at, None)
+        assert [(v.version, v.operation) for v in await store.history("global-fact")] == [
+            (1, "create")
+        ]
+        food_history = await store.history(
+            "lg:users/ana/memories/#food", scope="user", scope_id="ana"
+        )
+        assert [(v.version, v.operation) for v in food_history] == [(2, "delete"), (1, "create")]
+        moment = await raw_conn.fetchval("SELECT clock_timestamp()")
+        assert (await store.retrieve("global-fact", as_of=moment)).value == fact.value
+        then = await store.search(
+            MemoryQuery(query="peanuts allergy", scope="user", scope_id="ana", as_of=moment)
+        )
+        assert then[0].entry.key == "ana-allergy"
+        restored = await store.restore(
+            "lg:users/ana/memories/#food", 1, scope="user", scope_id="ana"
+        )
+        assert restored.version == 3
+        assert (await graph.aget(("users", "ana", "memories"), "food")) is not None
+
         # Migration 5 added an empty passages table: an upgraded item gains per-field
         # vectors when written again, for its owner only.
         passages = f'"{schema}".memories_passages'

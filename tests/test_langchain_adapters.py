@@ -34,7 +34,7 @@ from pepperpy_pg_memory import (
     MemoryType,
     PostgresStorage,
 )
-from pepperpy_pg_memory.runner import run_on_async
+from pepperpy_pg_memory.runner import run_on, run_on_async
 
 
 class WordEmbeddings(DeterministicFakeEmbedding):
@@ -397,3 +397,17 @@ def test_a_script_that_never_closes_its_stores_exits_cleanly(tmp_path: Path) -> 
     assert done.stderr == ""  # no reconnect tracebacks while the server stops
     assert exited - float(done.stdout.strip()) < 5.0
     assert not (data / "postmaster.pid").exists()  # the embedded server stopped
+
+
+def test_writes_and_deletes_land_in_history(store: PepperpyVectorStore) -> None:
+    store.add_texts(["Ana drinks tea"], ids=["d1"])
+    store.add_texts(["Ana drinks coffee"], ids=["d1"])  # the same id: an update
+    store.delete(["d1"])
+    storage = store.storage
+    assert storage.loop is not None
+    versions = run_on(storage.loop, storage.history("d1", scope="user", scope_id="ana"))
+    assert [(v.version, v.operation, v.text) for v in versions] == [
+        (3, "delete", "Ana drinks coffee"),
+        (2, "update", "Ana drinks coffee"),
+        (1, "create", "Ana drinks tea"),
+    ]
