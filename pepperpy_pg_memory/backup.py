@@ -4,8 +4,12 @@ The first line is a header (``{"format": "pepperpy-memory-export", "version": 1,
 following line is one memory with its key, value, indexed text, type, owner (tenant, scope,
 scope_id), metadata, indices, ``created_at``, ``updated_at`` and ``expires_at`` (null: never),
 and, when exported with embeddings, its vector; since version 2, ``passages`` (the texts of
-a memory that has any; they are embedded again on import). Files written by release 0.1 (no
-header; key, value, type, scope, scope_id, metadata, expires_at) are read too.
+a memory that has any; they are embedded again on import); since version 3, its ``version``
+and validity (``valid_from``, ``valid_to``, ``supersedes``, ``superseded_by``), and, in an
+export made with history (the header says ``"history": true``), one line per recorded version
+after the memories (``{"kind": "version", ...}``), deleted memories' included. Files written
+by release 0.1 (no header; key, value, type, scope, scope_id, metadata, expires_at) are read
+too.
 
 Pure functions: turning entries into lines and lines into checked fields. Running the export
 and import is :meth:`PostgresStorage.export_jsonl` / :meth:`PostgresStorage.import_jsonl`.
@@ -19,22 +23,24 @@ from datetime import datetime, timezone
 from typing import Any
 
 from .errors import MemoryValidationError
-from .models import MemoryEntry
+from .models import MemoryEntry, MemoryVersion
 
 __all__ = [
     "FORMAT",
     "VERSION",
     "ImportReport",
     "Restored",
+    "RestoredVersion",
+    "version_line",
     "header",
     "line_of",
     "parse_line",
 ]
 
 FORMAT = "pepperpy-memory-export"
-VERSION = 2
+VERSION = 3
 """Raised when a field is added; readers accept every version up to theirs. 2 added
-``passages``."""
+``passages``; 3 added versions, validity and history lines."""
 
 _FIELDS_V1 = frozenset(
     {
@@ -52,11 +58,43 @@ _FIELDS_V1 = frozenset(
         "expires_at",
         "embedding",
         "passages",
+        "version",
+        "valid_from",
+        "valid_to",
+        "supersedes",
+        "superseded_by",
+    }
+)
+VERSION_KIND = "version"
+_VERSION_FIELDS = frozenset(
+    {
+        "kind",
+        "tenant",
+        "scope",
+        "scope_id",
+        "key",
+        "version",
+        "operation",
+        "value",
+        "text",
+        "type",
+        "indices",
+        "metadata",
+        "created_at",
+        "expires_at",
+        "valid_from",
+        "valid_to",
+        "supersedes",
+        "superseded_by",
+        "actor",
+        "reason",
+        "at",
+        "embedding",
     }
 )
 
 
-def header(dimension: int, embeddings: bool) -> str:
+def header(dimension: int, embeddings: bool, history: bool = False) -> str:
     """The first line of an export."""
     return json.dumps(
         {
@@ -64,9 +102,14 @@ def header(dimension: int, embeddings: bool) -> str:
             "version": VERSION,
             "dimension": dimension,
             "embeddings": embeddings,
+            "history": history,
             "exported_at": datetime.now(timezone.utc).isoformat(),
         }
     )
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat()
 
 
 def line_of(
@@ -85,12 +128,47 @@ def line_of(
         "indices": sorted(index.value for index in entry.indices),
         "created_at": entry.created_at.isoformat(),
         "updated_at": entry.updated_at.isoformat(),
-        "expires_at": entry.expires_at.isoformat() if entry.expires_at else None,
+        "expires_at": _iso(entry.expires_at),
+        "version": entry.version,
+        "valid_from": _iso(entry.valid_from),
+        "valid_to": _iso(entry.valid_to),
+        "supersedes": entry.supersedes,
+        "superseded_by": entry.superseded_by,
     }
     if entry.embedding is not None:
         record["embedding"] = entry.embedding
     if passages:
         record["passages"] = passages
+    return json.dumps(record, ensure_ascii=False)
+
+
+def version_line(version: MemoryVersion[Any], tenant: str, value: Any) -> str:
+    """One recorded version as a line (``value`` as JSON data; its vector if set)."""
+    record: dict[str, Any] = {
+        "kind": VERSION_KIND,
+        "tenant": tenant,
+        "scope": version.scope.value,
+        "scope_id": version.scope_id,
+        "key": version.key,
+        "version": version.version,
+        "operation": version.operation,
+        "value": value,
+        "text": version.text,
+        "type": version.type.value,
+        "indices": sorted(index.value for index in version.indices),
+        "metadata": version.metadata,
+        "created_at": version.created_at.isoformat(),
+        "expires_at": _iso(version.expires_at),
+        "valid_from": _iso(version.valid_from),
+        "valid_to": _iso(version.valid_to),
+        "supersedes": version.supersedes,
+        "superseded_by": version.superseded_by,
+        "actor": version.actor,
+        "reason": version.reason,
+        "at": version.at.isoformat(),
+    }
+    if version.embedding is not None:
+        record["embedding"] = version.embedding
     return json.dumps(record, ensure_ascii=False)
 
 
@@ -102,6 +180,38 @@ class Restored:
     tenant: str
     created_at: datetime | None
     updated_at: datetime | None
+    version: int | None = None
+    validity: dict[str, Any] = field(default_factory=dict)
+    """``valid_from``, ``valid_to``, ``supersedes``, ``superseded_by`` as exported."""
+
+
+@dataclass
+class RestoredVersion:
+    """One history line, checked: the columns of a version (see ``schema.VERSIONED_COLUMNS``
+    and the history table) but the content hash and the vector's type, which the store
+    adds."""
+
+    tenant: str
+    scope: str
+    scope_id: str
+    key: str
+    version: int
+    operation: str
+    value: Any
+    text: str
+    type: str
+    indices: list[str]
+    metadata: dict[str, Any]
+    created_at: datetime
+    expires_at: datetime | None
+    valid_from: datetime | None
+    valid_to: datetime | None
+    supersedes: str | None
+    superseded_by: str | None
+    actor: str | None
+    reason: str | None
+    at: datetime
+    embedding: list[float] | None
 
 
 @dataclass
@@ -113,10 +223,17 @@ class ImportReport:
     stored: int = 0
     skipped: int = 0
     failed: int = 0
+    versions: int = 0
+    """History lines recorded (an export made with history)."""
     errors: list[tuple[int, str]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"stored": self.stored, "skipped": self.skipped, "failed": self.failed}
+        return {
+            "stored": self.stored,
+            "skipped": self.skipped,
+            "failed": self.failed,
+            "versions": self.versions,
+        }
 
 
 def read_header(line: str) -> dict[str, Any] | None:
@@ -151,13 +268,16 @@ def _moment(data: dict[str, Any], name: str) -> datetime | None:
     return moment
 
 
-def parse_line(line: str, with_embeddings: bool) -> Restored:
-    """A line as the fields to store, or a :class:`MemoryValidationError` saying what is
-    wrong. ``with_embeddings``: use the line's vector (the store checks its dimension)."""
+def parse_line(line: str, with_embeddings: bool) -> Restored | RestoredVersion:
+    """A line as the fields to store (or, for a history line, the version to record), or a
+    :class:`MemoryValidationError` saying what is wrong. ``with_embeddings``: use the line's
+    vector (the store checks its dimension)."""
     try:
         data = json.loads(line)
     except json.JSONDecodeError as exc:
         raise MemoryValidationError(f"not JSON ({exc.msg})") from None
+    if isinstance(data, dict) and data.get("kind") == VERSION_KIND:
+        return _parse_version(data, with_embeddings)
     if not isinstance(data, dict) or "key" not in data or "value" not in data:
         raise MemoryValidationError("needs an object with key and value")
     unknown = set(data) - _FIELDS_V1
@@ -182,4 +302,82 @@ def parse_line(line: str, with_embeddings: bool) -> Restored:
     tenant = data.get("tenant", "")
     if not isinstance(tenant, str):
         raise MemoryValidationError("tenant must be a string")
-    return Restored(fields, tenant, _moment(data, "created_at"), _moment(data, "updated_at"))
+    validity = {
+        "valid_from": _moment(data, "valid_from"),
+        "valid_to": _moment(data, "valid_to"),
+        "supersedes": _text(data, "supersedes"),
+        "superseded_by": _text(data, "superseded_by"),
+    }
+    return Restored(
+        fields,
+        tenant,
+        _moment(data, "created_at"),
+        _moment(data, "updated_at"),
+        _version_number(data, required=False),
+        validity,
+    )
+
+
+def _text(data: dict[str, Any], name: str, required: bool = False) -> str | None:
+    raw = data.get(name)
+    if raw is None and not required:
+        return None
+    if not isinstance(raw, str) or "\x00" in raw:
+        raise MemoryValidationError(f"{name} must be a string")
+    return raw
+
+
+def _version_number(data: dict[str, Any], required: bool) -> int | None:
+    raw = data.get("version")
+    if raw is None and not required:
+        return None
+    if isinstance(raw, bool) or not isinstance(raw, int) or not 1 <= raw < 2**31:
+        raise MemoryValidationError("version must be a positive integer")
+    return raw
+
+
+def _parse_version(data: dict[str, Any], with_embeddings: bool) -> RestoredVersion:
+    unknown = set(data) - _VERSION_FIELDS
+    if unknown:
+        raise MemoryValidationError(f"unknown fields {sorted(unknown)}")
+    if "value" not in data or data["value"] is None:
+        raise MemoryValidationError("a version needs a value")
+    indices = data.get("indices")
+    if not isinstance(indices, list) or not all(isinstance(i, str) for i in indices):
+        raise MemoryValidationError("indices must be a list of strings")
+    metadata = data.get("metadata", {})
+    if not isinstance(metadata, dict):
+        raise MemoryValidationError("metadata must be an object")
+    created_at, at = _moment(data, "created_at"), _moment(data, "at")
+    if created_at is None or at is None:
+        raise MemoryValidationError("a version needs created_at and at")
+    embedding = data.get("embedding") if with_embeddings else None
+    if embedding is not None and not (
+        isinstance(embedding, list) and all(isinstance(x, (int, float)) for x in embedding)
+    ):
+        raise MemoryValidationError("embedding must be a list of numbers")
+    version = _version_number(data, required=True)
+    assert version is not None
+    return RestoredVersion(
+        tenant=_text(data, "tenant", required=True) or "",
+        scope=_text(data, "scope", required=True) or "",
+        scope_id=_text(data, "scope_id", required=True) or "",
+        key=_text(data, "key", required=True) or "",
+        version=version,
+        operation=_text(data, "operation", required=True) or "",
+        value=data["value"],
+        text=_text(data, "text", required=True) or "",
+        type=_text(data, "type", required=True) or "",
+        indices=indices,
+        metadata=metadata,
+        created_at=created_at,
+        expires_at=_moment(data, "expires_at"),
+        valid_from=_moment(data, "valid_from"),
+        valid_to=_moment(data, "valid_to"),
+        supersedes=_text(data, "supersedes"),
+        superseded_by=_text(data, "superseded_by"),
+        actor=_text(data, "actor"),
+        reason=_text(data, "reason"),
+        at=at,
+        embedding=embedding,
+    )

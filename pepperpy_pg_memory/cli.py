@@ -381,8 +381,10 @@ async def _import(args: argparse.Namespace) -> int:
         if args.json:
             _print_json(report.as_dict())
         else:
+            versions = f", {report.versions} versions" if report.versions else ""
             print(
-                f"stored {report.stored}, skipped {report.skipped}, failed {report.failed}",
+                f"stored {report.stored}, skipped {report.skipped}, failed {report.failed}"
+                + versions,
                 file=sys.stderr,
             )
         return 0 if report.failed == 0 and report.skipped == 0 else 1
@@ -394,7 +396,11 @@ async def _export(args: argparse.Namespace) -> int:
     async def work(storage: PostgresStorage[str, Any]) -> int:
         out = sys.stdout if args.out in (None, "-") else args.out
         count = await storage.export_jsonl(
-            out, scope=args.scope, scope_id=args.scope_id, with_embeddings=args.with_embeddings
+            out,
+            scope=args.scope,
+            scope_id=args.scope_id,
+            with_embeddings=args.with_embeddings,
+            with_history=args.with_history,
         )
         if args.json:
             _print_json({"exported": count})
@@ -550,6 +556,12 @@ def _parser() -> argparse.ArgumentParser:
         "--with-embeddings",
         action="store_true",
         help="include the vectors (an import into a table of the same dimension embeds nothing)",
+    )
+    exported.add_argument(
+        "--with-history",
+        action="store_true",
+        help="include every recorded version, deleted memories' too (restored by an import "
+        "into a table without those memories)",
     )
     reindex = command("reindex", _reindex, "rebuild an index with a progress bar")
     reindex.add_argument("index", choices=["semantic", "contextual"])

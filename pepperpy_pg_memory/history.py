@@ -35,6 +35,7 @@ __all__ = [
     "HistoryStatements",
     "GONE_OPERATIONS",
     "as_of_source",
+    "replaced_versions",
     "change_context",
     "check_note",
 ]
@@ -94,6 +95,10 @@ def change_context(params: Params, change: Change) -> str:
     return f"(SELECT {calls}) AS history_context"
 
 
+IMPORTED_COLUMNS = (*VERSIONED_COLUMNS, "operation", "actor", "reason", "at")
+"""What an imported version gives, in the order :meth:`HistoryStatements.insert_version`
+takes it."""
+
 # A version whose operation ended the memory: reads as of a later moment do not see it.
 GONE_OPERATIONS = ("delete", "expire")
 
@@ -147,11 +152,9 @@ class HistoryStatements:
         return f"SELECT {_version_columns('h')} FROM {self.history} h WHERE {_same_memory('h')}"
 
     def _unrecorded(self) -> str:
-        recorded = " AND ".join(f"h.{column} = m.{column}" for column in IDENTITY_COLUMNS)
         return (
             f"SELECT {_version_columns('m', recorded=False)} FROM {self.table} m "
-            f"WHERE {_same_memory('m')} AND NOT EXISTS "
-            f"(SELECT 1 FROM {self.history} h WHERE {recorded} AND h.version = m.version)"
+            f"WHERE {_same_memory('m')} AND NOT m.in_history"
         )
 
     def owners_of(self, tenant: str, key: str) -> Query:
@@ -163,6 +166,71 @@ class HistoryStatements:
             "LIMIT 2",
             [tenant, key],
         )
+
+    def page(
+        self,
+        tenant: str,
+        owner: tuple[str, str] | None,
+        after: tuple[str, str, str, int] | None,
+        limit: int,
+    ) -> Query:
+        """The next ``limit`` recorded versions (of one owner, if given) in identity and
+        version order after ``after`` (a keyset page, for exports)."""
+        params = Params([tenant])
+        where = ["h.tenant = $1"]
+        if owner is not None:
+            where.append(
+                f"(h.scope, h.scope_id) = ({params.add(owner[0])}, {params.add(owner[1])})"
+            )
+        if after is not None:
+            bound = ", ".join(params.add(part) for part in after)
+            where.append(f"(h.scope, h.scope_id, h.key, h.version) > ({bound})")
+        return Query(
+            f"SELECT {_version_columns('h')} FROM {self.history} h WHERE {' AND '.join(where)} "
+            f"ORDER BY h.scope, h.scope_id, h.key, h.version LIMIT {params.add(limit)}",
+            params.values,
+        )
+
+    def insert_version(self) -> Query:
+        """A template for ``executemany``: one imported version, in :data:`IMPORTED_COLUMNS`
+        order (a version already recorded is kept)."""
+        vector = self.layout.vector_column_type
+        placeholders = ", ".join(
+            f"${n}::{vector}" if column == "embedding" else f"${n}"
+            for n, column in enumerate(IMPORTED_COLUMNS, 1)
+        )
+        return Query(
+            f"INSERT INTO {self.history} ({', '.join(IMPORTED_COLUMNS)}) "
+            f"VALUES ({placeholders}) ON CONFLICT DO NOTHING"
+        )
+
+    def after_import(self, tenant: str) -> list[Query]:
+        """What an import that brought versions finishes with (in its importing
+        transaction): when each version was replaced; the memory rows whose version is now
+        recorded; and the vectors of recorded versions exported without them, from the
+        memory row they are."""
+        same = " AND ".join(f"n.{column} = h.{column}" for column in IDENTITY_COLUMNS)
+        recorded = " AND ".join(f"h.{column} = m.{column}" for column in IDENTITY_COLUMNS)
+        return [
+            Query(
+                f"UPDATE {self.history} h SET replaced_at = n.at FROM {self.history} n "
+                f"WHERE h.tenant = $1 AND {same} AND n.version = h.version + 1 "
+                "AND h.replaced_at IS NULL",
+                [tenant],
+            ),
+            Query(
+                f"UPDATE {self.table} m SET in_history = true WHERE m.tenant = $1 "
+                f"AND NOT m.in_history AND EXISTS (SELECT 1 FROM {self.history} h "
+                f"WHERE {recorded} AND h.version = m.version)",
+                [tenant],
+            ),
+            Query(
+                f"UPDATE {self.history} h SET embedding = m.embedding FROM {self.table} m "
+                f"WHERE h.tenant = $1 AND {recorded} AND h.version = m.version "
+                "AND h.embedding IS NULL AND m.embedding IS NOT NULL",
+                [tenant],
+            ),
+        ]
 
     def trim_versions(self, tenant: str, keep: int) -> Query:
         """Delete all but the newest ``keep`` versions of each memory."""
@@ -195,31 +263,35 @@ def as_of_source(layout: TableLayout, moment: str) -> str:
     """A subquery shaped like the memory table holding each memory as it stood at
     ``moment`` (an SQL expression): the version then current, unless it was a deletion.
 
-    A memory's next version is exactly ``version + 1`` (versions are gapless), so "then
-    current" is one primary-key probe per version. A row unchanged since before history
-    was recorded has no version: it is read from the table itself.
+    A row of the table whose version was written by then is that version (had it been
+    replaced since, its ``updated_at`` would be later): the table's own indexes serve that
+    part. The rest are :func:`replaced_versions`.
     """
-    history, table = layout.qualified_history, layout.qualified_table
+    live = ", ".join(f"m.{column}" for column in VERSIONED_COLUMNS)
+    return f"""(
+        SELECT {live}, m.updated_at, m.tsv, m.terms
+        FROM {layout.qualified_table} m
+        WHERE m.updated_at <= {moment}
+        UNION ALL
+        SELECT * FROM {replaced_versions(layout, moment)} replaced
+    )"""
+
+
+def replaced_versions(layout: TableLayout, moment: str) -> str:
+    """A subquery shaped like the memory table: the versions current at ``moment`` that have
+    been replaced since (current from their ``at`` until their ``replaced_at``), unless
+    they were deletions. Usually few; found through the history's index on
+    ``replaced_at``."""
     config = f"'{layout.text_search_config}'::regconfig"
     terms = terms_function(layout.schema)
     contextual = "h.indices @> ARRAY['contextual']"
     versioned = ", ".join(f"h.{column}" for column in VERSIONED_COLUMNS)
-    live = ", ".join(f"m.{column}" for column in VERSIONED_COLUMNS)
-    next_version = " AND ".join(f"n.{column} = h.{column}" for column in IDENTITY_COLUMNS)
-    recorded = " AND ".join(f"h.{column} = m.{column}" for column in IDENTITY_COLUMNS)
     gone = ", ".join(f"'{operation}'" for operation in GONE_OPERATIONS)
     return f"""(
         SELECT {versioned}, h.at AS updated_at,
             CASE WHEN {contextual} THEN to_tsvector({config}, h.content) END AS tsv,
-            CASE WHEN {contextual}
-                 THEN {terms}({config}, h.content) END AS terms
-        FROM {history} h
-        WHERE h.at <= {moment} AND h.operation NOT IN ({gone})
-          AND NOT EXISTS (SELECT 1 FROM {history} n WHERE {next_version}
-                          AND n.version = h.version + 1 AND n.at <= {moment})
-        UNION ALL
-        SELECT {live}, m.updated_at, m.tsv, m.terms
-        FROM {table} m
-        WHERE m.updated_at <= {moment}
-          AND NOT EXISTS (SELECT 1 FROM {history} h WHERE {recorded} AND h.version = m.version)
+            CASE WHEN {contextual} THEN {terms}({config}, h.content) END AS terms
+        FROM {layout.qualified_history} h
+        WHERE h.replaced_at > {moment} AND h.at <= {moment}
+          AND h.operation NOT IN ({gone})
     )"""

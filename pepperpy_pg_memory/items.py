@@ -92,6 +92,7 @@ class PendingWrite:
     """None: kept from the memory's live version, or from when it is stored."""
     valid_to: datetime | None = None
     supersedes: str | None = None
+    superseded_by: str | None = None
     change: Change = field(default_factory=Change)
     """What the history records beside the version this write makes."""
 
@@ -122,6 +123,7 @@ class PendingWrite:
             "valid_from": self.valid_from,
             "valid_to": self.valid_to,
             "supersedes": self.supersedes,
+            "superseded_by": self.superseded_by,
         }
         return tuple(columns[name] for name in STAGING_COLUMNS)
 

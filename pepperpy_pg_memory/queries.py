@@ -72,6 +72,7 @@ WRITE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("valid_from", "timestamptz"),
     ("valid_to", "timestamptz"),
     ("supersedes", "text"),
+    ("superseded_by", "text"),
 )
 STAGING_COLUMNS = tuple(name for name, _ in WRITE_COLUMNS)
 PASSAGE_COLUMNS = ("tenant", "scope", "scope_id", "key", "position", "content", "embedding")
@@ -256,7 +257,7 @@ class Statements:
                 valid_to = EXCLUDED.valid_to,
                 supersedes = CASE WHEN {_EXPIRED} OR {_CLOSED} THEN EXCLUDED.supersedes
                     ELSE coalesce(EXCLUDED.supersedes, m.supersedes) END,
-                superseded_by = NULL
+                superseded_by = EXCLUDED.superseded_by
             RETURNING {_WRITTEN}
         """
 
@@ -364,9 +365,10 @@ class Statements:
             "AND scope = $2 AND scope_id = $3 AND key = $4 AND position = $5"
         )
 
-    def restore_one(self) -> Query:
+    def restore_one(self, with_version: bool = False) -> Query:
         """A template for ``executemany``: one write as :meth:`upsert_one` takes it, then the
-        tenant, ``created_at`` and ``updated_at`` to keep (None: now)."""
+        tenant, ``created_at`` and ``updated_at`` to keep (None: now), and with
+        ``with_version`` the version (an import bringing its history)."""
         values = {
             name: f"${position}::{self._staged_type(type_name)}"
             for position, (name, type_name) in enumerate(WRITE_COLUMNS, start=1)
@@ -375,7 +377,11 @@ class Statements:
         values["tenant"] = f"${count + 1}"
         values["created_at"] = f"COALESCE(${count + 2}::timestamptz, now())"
         values["updated_at"] = f"COALESCE(${count + 3}::timestamptz, now())"
-        return Query(self._insert(values, source="", moments=("created_at", "updated_at")))
+        moments: tuple[str, ...] = ("created_at", "updated_at")
+        if with_version:
+            values["version"] = f"COALESCE(${count + 4}::integer, 1)"
+            moments += ("version",)
+        return Query(self._insert(values, source="", moments=moments))
 
     def create_staging(self) -> Query:
         # One temporary table per connection, emptied at each commit: COPY needs a target, and

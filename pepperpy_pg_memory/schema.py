@@ -45,6 +45,7 @@ __all__ = [
     "metadata_statistics_name",
     "HISTORY_VERSION",
     "HISTORY_SETTING",
+    "IMPORTING_SETTING",
     "HISTORY_OPERATION_SETTING",
     "HISTORY_ACTOR_SETTING",
     "HISTORY_REASON_SETTING",
@@ -587,6 +588,8 @@ HISTORY_ACTOR_SETTING = "pepperpy.actor"
 HISTORY_REASON_SETTING = "pepperpy.reason"
 HISTORY_SETTING = "pepperpy.history"
 """Session setting: 'off' when the store was configured with ``history=False``."""
+IMPORTING_SETTING = "pepperpy.importing"
+"""Transaction setting: 'on' while an import restores memories with their own history."""
 
 # The columns a version repeats from the memory row, in the history table's order.
 VERSIONED_COLUMNS = (
@@ -617,10 +620,13 @@ def _v8_history(layout: TableLayout) -> list[str]:
     # The memory row carries its version: a BEFORE trigger numbers it (gapless: concurrent
     # writers of one memory queue on its row lock). A write that leaves updated_at alone
     # (a TTL refresh, an embedding repair, a backfill) is bookkeeping, not a version.
+    # A version says when it was replaced (replaced_at), and a row whether its version is
+    # in the history (in_history): "current at a moment" is then a test on one row, which
+    # no plan can turn into a join over the whole history.
     # New columns are NULL or a constant: adding them rewrites no row. valid_from NULL
-    # means created_at. Rows from before this migration get their first version recorded
-    # when they next change (the trigger records the replaced image if history lacks it),
-    # and reads "as of" a moment take an unchanged row from the table itself.
+    # means created_at. Rows from before this migration (in_history false) get their
+    # version recorded when they next change; until then reads "as of" a moment take them
+    # from the table itself.
     table, history = layout.qualified_table, layout.qualified_history
     schema, name = layout.schema, layout.table
     number = qualified(schema, f"{name}_number_version")
@@ -630,13 +636,17 @@ def _v8_history(layout: TableLayout) -> list[str]:
     old = ", ".join(f"OLD.{column}" for column in VERSIONED_COLUMNS)
     new = ", ".join(f"NEW.{column}" for column in VERSIONED_COLUMNS)
     same_memory = " AND ".join(f"h.{column} = NEW.{column}" for column in IDENTITY_COLUMNS)
+    replaced = " AND ".join(f"h.{column} = OLD.{column}" for column in IDENTITY_COLUMNS)
     setting = "nullif(current_setting('{}', true), '')".format
+    recording = f"coalesce(current_setting('{HISTORY_SETTING}', true), '') <> 'off'"
+    importing = f"coalesce(current_setting('{IMPORTING_SETTING}', true), '') = 'on'"
     return [
         f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS version integer NOT NULL DEFAULT 1, "
         "ADD COLUMN IF NOT EXISTS valid_from timestamptz, "
         "ADD COLUMN IF NOT EXISTS valid_to timestamptz, "
         "ADD COLUMN IF NOT EXISTS supersedes text, "
-        "ADD COLUMN IF NOT EXISTS superseded_by text",
+        "ADD COLUMN IF NOT EXISTS superseded_by text, "
+        "ADD COLUMN IF NOT EXISTS in_history boolean NOT NULL DEFAULT false",
         f"""
         CREATE TABLE IF NOT EXISTS {history} (
             tenant         text NOT NULL,
@@ -661,23 +671,50 @@ def _v8_history(layout: TableLayout) -> list[str]:
             actor          text,
             reason         text,
             at             timestamptz NOT NULL,
+            replaced_at    timestamptz,
             PRIMARY KEY ({owner}, version)
         ) WITH (toast_tuple_target = {_INLINE_TUPLE_BYTES})
         """,
-        # Reads as of a moment and trimming by age scan by time.
+        # Trimming by age scans by time; reads as of a moment look for the versions
+        # replaced since.
         f"CREATE INDEX IF NOT EXISTS {quote_ident(layout.history_name + '_at_idx')} "
         f"ON {history} (tenant, at)",
+        f"CREATE INDEX IF NOT EXISTS {quote_ident(layout.history_name + '_replaced_idx')} "
+        f"ON {history} (tenant, replaced_at) WHERE replaced_at IS NOT NULL",
+        # Rows whose version the history lacks (from before it, or written with it off):
+        # few, and read by every "as of" read.
+        f"CREATE INDEX IF NOT EXISTS {layout.index_name('unrecorded_idx')} "
+        f"ON {table} (tenant, updated_at) WHERE NOT in_history",
         f"""
         CREATE OR REPLACE FUNCTION {number}() RETURNS trigger LANGUAGE plpgsql AS $version$
         BEGIN
+            IF {importing} THEN
+                -- An import bringing its own history: rows keep the versions they had,
+                -- and are marked in_history once the import has written their versions.
+                -- It never changes a memory already here (another history).
+                IF TG_OP = 'INSERT' THEN
+                    NEW.in_history := false;
+                ELSIF NEW.updated_at IS DISTINCT FROM OLD.updated_at THEN
+                    RAISE EXCEPTION USING
+                        ERRCODE = 'check_violation',
+                        MESSAGE = format('memory %L is already stored with another history: '
+                            'import with history into a table without it', NEW.key);
+                ELSE
+                    NEW.version := OLD.version;
+                END IF;
+                RETURN NEW;
+            END IF;
             IF TG_OP = 'INSERT' THEN
                 -- A memory deleted and stored again continues its numbering.
-                NEW.version := coalesce((SELECT max(h.version) FROM {history} h
-                                         WHERE {same_memory}), 0) + 1;
+                NEW.version := coalesce(
+                    (SELECT max(h.version) FROM {history} h WHERE {same_memory}), 0) + 1;
+                NEW.in_history := {recording};
             ELSIF NEW.updated_at IS DISTINCT FROM OLD.updated_at THEN
                 NEW.version := OLD.version + 1;
+                NEW.in_history := {recording};
             ELSE
                 NEW.version := OLD.version;
+                NEW.in_history := OLD.in_history;
             END IF;
             RETURN NEW;
         END
@@ -689,27 +726,36 @@ def _v8_history(layout: TableLayout) -> list[str]:
             operation text := {setting(HISTORY_OPERATION_SETTING)};
             actor text := {setting(HISTORY_ACTOR_SETTING)};
             reason text := {setting(HISTORY_REASON_SETTING)};
+            moment timestamptz := CASE TG_OP WHEN 'DELETE' THEN clock_timestamp()
+                                  ELSE NEW.updated_at END;
         BEGIN
-            IF current_setting('{HISTORY_SETTING}', true) = 'off' THEN
+            IF {importing} THEN
                 RETURN NULL;
             END IF;
             IF TG_OP <> 'INSERT' THEN
-                -- The version being replaced, when history lacks it (a row older than
-                -- history, or written with history off).
-                INSERT INTO {history} ({columns}, operation, at)
-                VALUES ({old}, CASE WHEN OLD.version = 1 THEN 'create' ELSE 'update' END,
-                        OLD.updated_at)
-                ON CONFLICT DO NOTHING;
+                IF OLD.in_history THEN
+                    UPDATE {history} h SET replaced_at = moment
+                    WHERE {replaced} AND h.version = OLD.version;
+                ELSIF {recording} THEN
+                    -- The version being replaced, which history lacks.
+                    INSERT INTO {history} ({columns}, operation, at, replaced_at)
+                    VALUES ({old}, CASE WHEN OLD.version = 1 THEN 'create' ELSE 'update' END,
+                            OLD.updated_at, moment)
+                    ON CONFLICT DO NOTHING;
+                END IF;
+            END IF;
+            IF NOT {recording} THEN
+                RETURN NULL;
             END IF;
             IF TG_OP = 'DELETE' THEN
                 INSERT INTO {history} ({columns}, operation, actor, reason, at)
                 VALUES ({old.replace("OLD.version", "OLD.version + 1")},
-                        coalesce(operation, 'delete'), actor, reason, clock_timestamp());
+                        coalesce(operation, 'delete'), actor, reason, moment);
             ELSE
                 INSERT INTO {history} ({columns}, operation, actor, reason, at)
                 VALUES ({new}, coalesce(operation,
                         CASE TG_OP WHEN 'INSERT' THEN 'create' ELSE 'update' END),
-                        actor, reason, NEW.updated_at);
+                        actor, reason, moment);
             END IF;
             RETURN NULL;
         END

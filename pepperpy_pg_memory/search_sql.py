@@ -12,7 +12,7 @@ import re
 from typing import Any, Literal, NamedTuple
 
 from .filters import Params
-from .history import AS_OF_MOMENT, as_of_source
+from .history import AS_OF_MOMENT, as_of_source, replaced_versions
 from .queries import (
     _CONTEXTUAL,
     _LIVE,
@@ -102,6 +102,7 @@ class SearchStatements:
         self.backfilling = backfilling
         """Whether some memories may still lack ``terms`` (the backfill has not finished)."""
         self.table = layout.qualified_table
+        self.as_of = as_of
         if as_of:
             # The memories as they stood at the transaction's AS_OF_SETTING moment; passages
             # have no history, so as-of searches score memories by their own vectors.
@@ -122,13 +123,33 @@ class SearchStatements:
         scans on, it keeps scanning until the filters let ``want`` rows through. Callers
         materialise it and sort again: relaxed_order scans return rows roughly in order.
         """
-        return f"""
+        if self.as_of:
+            # As of a moment: the rows written by then through the table's HNSW index, and
+            # the versions replaced since (few) by distance; the nearest of both.
+            layout = self.layout
+            written = f"{layout.qualified_table} m WHERE m.updated_at <= {AS_OF_MOMENT} AND"
+            replaced = f"{replaced_versions(layout, AS_OF_MOMENT)} m WHERE"
+            return f"""
+                SELECT * FROM (
+                    {self._nearest_in(written, columns, vector, where, want, distance)}
+                    UNION ALL
+                    {self._nearest_in(replaced, columns, vector, where, want, distance)}
+                ) both_parts ORDER BY {distance} LIMIT {want}
+            """
+        return self._nearest_in(f"{self.table} m WHERE", columns, vector, where, want, distance)
+
+    @staticmethod
+    def _nearest_in(
+        source: str, columns: str, vector: str, where: str, want: str, distance: str
+    ) -> str:
+        """``_nearest`` over ``source`` (a FROM item named ``m`` and the start of its
+        WHERE clause)."""
+        return f"""(
             SELECT {columns}, m.embedding <=> {vector} AS {distance}
-            FROM {self.table} m
-            WHERE m.embedding IS NOT NULL AND {where}
+            FROM {source} m.embedding IS NOT NULL AND {where}
             ORDER BY m.embedding <=> {vector}
             LIMIT {want}
-        """
+        )"""
 
     def _passage_hits(self, params: Params, vector: str, where: str, tenant: str, want: str) -> str:
         """A CTE body: per memory within the restriction, its passages' best distance to

@@ -46,7 +46,7 @@ from .errors import (
     MemoryValidationError,
 )
 from .faults import translate
-from .history import Change, HistoryStatements, check_note
+from .history import IMPORTED_COLUMNS, Change, HistoryStatements, check_note
 from .items import (
     TTL,
     MemoryItem,
@@ -67,6 +67,7 @@ from .schema import (
     APPLICATION_NAME,
     CLIENT_SCHEMA_SETTING,
     HISTORY_SETTING,
+    IMPORTING_SETTING,
     SCHEMA_VERSION,
     TENANT_SETTING,
     TableLayout,
@@ -81,8 +82,8 @@ from .shutdown import cancel_and_wait
 from .sql import Query
 from .term_stats import TermStatistics
 from .types import Identity, MemoryIndex, MemoryScope, MemoryType, ProgressCallback
-from .values import default_text_of, to_json_value, validate_key
-from .vectors import EmbeddingPipeline, Vector
+from .values import EncodedJSON, default_text_of, encode_json, to_json_value, validate_key
+from .vectors import EmbeddingPipeline, Vector, content_hash
 
 __all__ = ["PostgresStorage", "MemorySearchResults", "ProgressCallback", "MemoryItem"]
 
@@ -1171,8 +1172,10 @@ class PostgresStorage(Generic[K, V]):
         filter: Mapping[str, Any] | None = None,
         page_size: int = 1_000,
         include_embedding: bool = False,
+        include_invalid: bool = False,
     ) -> AsyncIterator[MemoryEntry[V]]:
-        """Every live memory that matches, in owner-then-key order, read a page at a time.
+        """Every live, valid memory that matches (with ``include_invalid``, the facts whose
+        validity has closed too), in owner-then-key order, read a page at a time.
 
         Pages follow the last memory read (a keyset), so each costs the same however far the
         scan has gone, and memories written or deleted meanwhile never shift the pages: for
@@ -1180,7 +1183,9 @@ class PostgresStorage(Generic[K, V]):
         """
         if not 1 <= page_size <= 10_000:
             raise MemoryValidationError("page_size must be in [1, 10000]")
-        restriction = self._restriction(scope, scope_id, types, filter)
+        restriction = self._restriction(
+            scope, scope_id, types, filter, include_invalid=include_invalid
+        )
         after: Identity | None = None
         while True:
             rows = await self.database.fetch(
@@ -1201,12 +1206,16 @@ class PostgresStorage(Generic[K, V]):
         scope: Scope = None,
         scope_id: str | None = None,
         with_embeddings: bool = False,
+        with_history: bool = False,
     ) -> int:
-        """Write the live memories (of one owner, if given) to ``out`` in the export format
-        (:mod:`pepperpy_pg_memory.backup`), paged by keyset; returns how many.
+        """Write the live memories (of one owner, if given), closed facts included, to ``out``
+        in the export format (:mod:`pepperpy_pg_memory.backup`), paged by keyset; returns how
+        many.
 
         ``with_embeddings`` includes each vector, so that an import into a table of the same
-        dimension need not embed anything.
+        dimension need not embed anything. ``with_history`` adds every recorded version
+        (deleted memories' too), which an import into a table without those memories
+        restores as they were.
         """
         count = 0
         page: builtins.list[MemoryEntry[V]] = []
@@ -1224,15 +1233,39 @@ class PostgresStorage(Generic[K, V]):
             page.clear()
 
         with _opened(out, "w") as stream:
-            stream.write(backup.header(self.layout.dimension, with_embeddings) + "\n")
+            stream.write(backup.header(self.layout.dimension, with_embeddings, with_history) + "\n")
             async for entry in self.scan(
-                scope=scope, scope_id=scope_id, include_embedding=with_embeddings
+                scope=scope,
+                scope_id=scope_id,
+                include_embedding=with_embeddings,
+                include_invalid=True,
             ):
                 page.append(entry)
                 if len(page) >= EXPORT_PAGE:
                     await write_page(stream)
             await write_page(stream)
+            if with_history:
+                await self._export_history(stream, scope, scope_id, with_embeddings)
         return count
+
+    async def _export_history(
+        self, stream: TextIO, scope: Scope, scope_id: str | None, with_embeddings: bool
+    ) -> None:
+        owner_scope, owner_id = owner(scope, scope_id, self.config.default_scope_id)
+        owned = None if owner_scope is None else (owner_scope.value, owner_id or "")
+        after: tuple[str, str, str, int] | None = None
+        while True:
+            rows = await self.database.fetch(
+                "export", self._history_sql.page(self._tenant, owned, after, EXPORT_PAGE)
+            )
+            for row in rows:
+                version = self._version(row, embedding=with_embeddings)
+                line = backup.version_line(version, self._tenant, row["value"])
+                stream.write(line + "\n")
+            if len(rows) < EXPORT_PAGE:
+                return
+            last = rows[-1]
+            after = (last["scope"], last["scope_id"], last["key"], last["version"])
 
     async def _passages_of(
         self, entries: builtins.list[MemoryEntry[V]]
@@ -1264,7 +1297,9 @@ class PostgresStorage(Generic[K, V]):
         """
         report = backup.ImportReport()
         pending: builtins.list[tuple[int, PendingWrite, backup.Restored]] = []
+        versions: builtins.list[backup.RestoredVersion] = []
         with_embeddings = True
+        with_history = False
         with _opened(source, "r") as stream:
             total = _size_of(stream)
             done = 0
@@ -1276,12 +1311,24 @@ class PostgresStorage(Generic[K, V]):
                     found = backup.read_header(line)
                     if found is not None:
                         with_embeddings = found.get("dimension") == self.layout.dimension
+                        with_history = found.get("history") is True
                         continue
                 try:
                     restored = backup.parse_line(line, with_embeddings)
                 except MemoryValidationError as exc:
                     report.skipped += 1
                     report.errors.append((number, str(exc)))
+                    continue
+                if isinstance(restored, backup.RestoredVersion):
+                    try:
+                        self._check_imported_version(restored, with_history)
+                    except MemoryValidationError as exc:
+                        report.failed += 1
+                        report.errors.append((number, str(exc)))
+                        continue
+                    versions.append(restored)
+                    if len(versions) >= batch_size:
+                        report.versions += await self._record_versions(versions)
                     continue
                 try:
                     if restored.tenant != self._tenant:
@@ -1294,30 +1341,97 @@ class PostgresStorage(Generic[K, V]):
                     report.failed += 1
                     report.errors.append((number, str(exc)))
                     continue
+                for name, value in restored.validity.items():
+                    setattr(write, name, value)
                 pending.append((number, write, restored))
                 if len(pending) >= batch_size:
-                    await self._restore(pending, report)
+                    await self._restore(pending, report, with_history)
                 if progress is not None and total:
                     progress(done, total)
-            await self._restore(pending, report)
+            await self._restore(pending, report, with_history)
+            report.versions += await self._record_versions(versions)
+            if report.versions:
+                await self.database.execute_all(
+                    "import",
+                    [self._importing(), *self._history_sql.after_import(self._tenant)],
+                    timeout=self.config.maintenance_timeout,
+                )
             if progress is not None and total:
                 progress(total, total)
         return report
+
+    def _check_imported_version(self, restored: backup.RestoredVersion, with_history: bool) -> None:
+        """A history line's fields checked like a memory's."""
+        if not with_history:
+            raise MemoryValidationError("a history line in an export whose header has none")
+        if restored.tenant != self._tenant:
+            raise MemoryValidationError(
+                f"belongs to tenant {restored.tenant!r}; this store acts for {self._tenant!r}"
+            )
+        as_enum(MemoryScope, restored.scope, "scope")
+        as_enum(MemoryType, restored.type, "type")
+        for name in restored.indices:
+            as_enum(MemoryIndex, name, "index")
+        if restored.embedding is not None:
+            self._vectors.check(restored.embedding)
+
+    async def _record_versions(self, versions: builtins.list[backup.RestoredVersion]) -> int:
+        """Record imported versions (emptying ``versions``), embedding the texts of those
+        that came without a vector, so that semantic reads as of a moment find them;
+        returns how many."""
+        if not versions:
+            return 0
+        unembedded = [
+            v for v in versions if v.embedding is None and MemoryIndex.SEMANTIC.value in v.indices
+        ]
+        vectors = await self._vectors.embed_cached([v.text for v in unembedded])
+        embedded = dict(zip(map(id, unembedded), vectors, strict=True))
+        rows = []
+        for version in versions:
+            columns = {
+                **vars(version),
+                "value": EncodedJSON(encode_json(to_json_value(version.value))),
+                "content": version.text,
+                "content_hash": content_hash(version.text),
+                "memory_type": version.type,
+                "metadata": to_json_value(version.metadata, "metadata"),
+                "embedding": embedded.get(id(version), version.embedding),
+            }
+            rows.append(tuple(columns[name] for name in IMPORTED_COLUMNS))
+        await self.database.executemany(
+            "import",
+            self._history_sql.insert_version().sql,
+            rows,
+            timeout=self.config.maintenance_timeout,
+        )
+        count = len(versions)
+        versions.clear()
+        return count
+
+    @staticmethod
+    def _importing() -> Query:
+        return Query("SELECT set_config($1, 'on', true)", [IMPORTING_SETTING])
 
     async def _restore(
         self,
         pending: builtins.list[tuple[int, PendingWrite, backup.Restored]],
         report: backup.ImportReport,
+        with_history: bool = False,
     ) -> None:
         """Write a batch of restored memories in one transaction (emptying ``pending``); if the
-        server refuses one, each is written alone so that the report names the line."""
+        server refuses one, each is written alone so that the report names the line. With
+        ``with_history`` the memories keep their versions: the file's history lines record
+        them (see :meth:`_record_versions`)."""
         if not pending:
             return
         await self._plan_embeddings([write for _, write, _ in pending])
-        template = self._statements.restore_one().sql
+        template = self._statements.restore_one(with_version=with_history).sql
 
         def row(write: PendingWrite, restored: backup.Restored) -> tuple[Any, ...]:
-            return (*write.record(), self._tenant, restored.created_at, restored.updated_at)
+            moments: tuple[Any, ...] = (self._tenant, restored.created_at, restored.updated_at)
+            if with_history:
+                moments += (restored.version,)
+            return (*write.record(), *moments)
 
         async def restore(
             batch: builtins.list[tuple[int, PendingWrite, backup.Restored]],
@@ -1325,6 +1439,9 @@ class PostgresStorage(Generic[K, V]):
         ) -> None:
             writes = [write for _, write, _ in batch]
             async with conn.transaction():
+                if with_history:
+                    importing = self._importing()
+                    await conn.execute(importing.sql, *importing.args)
                 await conn.executemany(template, [row(w, r) for _, w, r in batch])
                 # A restored memory has the file's passages, and only those.
                 gone = self._statements.delete_passages(self._tenant, [w.identity for w in writes])

@@ -173,6 +173,12 @@ def test_import_export_reindex_cleanup_stats(target: list[str], tmp_path: Path) 
     head, *records = [json.loads(line) for line in out.read_text().splitlines()]
     assert head["format"] == "pepperpy-memory-export" and head["version"] == backup.VERSION
     assert len(records) == 1200 and records[0]["metadata"] == {"i": 0}
+    assert not head["history"]
+    with_history = tmp_path / "history.jsonl"
+    assert _cli("export", "--with-history", "--out", str(with_history), *target).returncode == 0
+    head, *records = [json.loads(line) for line in with_history.read_text().splitlines()]
+    assert head["history"] and len(records) == 2400  # each memory and its one version
+    assert records[-1]["kind"] == "version" and records[-1]["operation"] == "create"
 
     reindexed = _cli("reindex", "contextual", *target)
     assert reindexed.returncode == 0 and "reindexed 1200 memories" in reindexed.stderr

@@ -5,7 +5,9 @@ look at the store as it stood at any moment."""
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -382,3 +384,77 @@ async def test_history_has_row_level_security(
         assert await store.history("secret", **ANA) == []
         with pytest.raises(MemoryNotFoundError):
             await store.restore("secret", 1, **ANA)
+
+
+def _comparable(versions: list[Any]) -> list[tuple[Any, ...]]:
+    return [
+        (v.key, v.scope_id, v.version, v.operation, v.value, v.actor, v.reason, v.at, v.valid_to)
+        for v in versions
+    ]
+
+
+@pytest.mark.parametrize("with_embeddings", [False, True])
+async def test_export_with_history_restores_versions_validity_and_deleted_memories(
+    make_config: Any, tmp_path: Path, with_embeddings: bool
+) -> None:
+    source, target = make_config(), make_config()
+    backup = tmp_path / "history.jsonl"
+    async with PostgresStorage[str, Any](source, HashingEmbedder(64)) as store:
+        await store.store("job", "Ana works at Acme", **ANA, actor="agent")
+        await store.store("job", "Ana works at Acme, in Lisbon", **ANA)
+        middle = await _server_now(store)
+        await store.supersede("job", "Ana works at Globex", new_key="job-2", **ANA, reason="moved")
+        await store.store("gone", "a memory deleted later", **BRUNO)
+        await store.delete("gone", **BRUNO, reason="asked")
+        originals = {
+            key: _comparable(await store.history(key, **owner))
+            for key, owner in (("job", ANA), ("job-2", ANA), ("gone", BRUNO))
+        }
+        assert (
+            await store.export_jsonl(backup, with_embeddings=with_embeddings, with_history=True)
+            == 2
+        )
+    async with PostgresStorage[str, Any](target, HashingEmbedder(64)) as store:
+        report = await store.import_jsonl(backup)
+        assert (report.stored, report.versions, report.failed) == (2, 6, 0), report.errors
+        for key, owner in (("job", ANA), ("job-2", ANA), ("gone", BRUNO)):
+            assert _comparable(await store.history(key, **owner)) == originals[key], key
+        old = await store.retrieve("job", **ANA, include_invalid=True)
+        assert (old.version, old.superseded_by, old.valid_to is not None) == (3, "job-2", True)
+        assert (await store.retrieve("job-2", **ANA)).supersedes == "job"
+        # Reads as of a moment before the import work on the imported history.
+        assert (await store.retrieve("job", **ANA, as_of=middle)).value == (
+            "Ana works at Acme, in Lisbon"
+        )
+        then = await store.search(MemoryQuery(query="Ana works", as_of=middle, **ANA))
+        assert [hit.entry.key for hit in then] == ["job"]
+        # The next change continues the numbering; a deleted memory can be restored.
+        assert (await store.store("job-2", "Ana works at Globex, remotely", **ANA)).version == 2
+        assert (await store.restore("gone", 1, **BRUNO)).version == 3
+        again = await store.import_jsonl(backup)  # a memory changed since: named, not merged
+        assert again.failed == 1 and "another history" in again.errors[0][1]
+
+
+async def test_a_history_line_needs_a_history_export(make_config: Any, tmp_path: Path) -> None:
+    line = {
+        "kind": "version",
+        "tenant": "",
+        "scope": "user",
+        "scope_id": "ana",
+        "key": "k",
+        "version": 1,
+        "operation": "create",
+        "value": "v",
+        "text": "v",
+        "type": "long_term",
+        "indices": ["semantic"],
+        "metadata": {},
+        "created_at": "2026-01-01T00:00:00+00:00",
+        "at": "2026-01-01T00:00:00+00:00",
+    }
+    path = tmp_path / "lines.jsonl"
+    path.write_text(json.dumps(line) + "\n")
+    async with PostgresStorage[str, Any](make_config(), HashingEmbedder(64)) as store:
+        report = await store.import_jsonl(path)
+        assert report.failed == 1 and "header" in report.errors[0][1]
+        assert await store.history("k", **ANA) == []
