@@ -89,3 +89,35 @@ def test_contextual_benchmark_runs_small(tmp_path: Path) -> None:
     assert identifiers["contextual_all"]["hit_at_3"] < identifiers["contextual_any"]["hit_at_3"]
     assert set(report["latency"]["ratio_any_over_all"]) >= {"contextual_all_kinds"}
     assert report["write_cost"]["rows"] == 100
+
+
+def test_history_benchmark_runs_small(tmp_path: Path) -> None:
+    out = tmp_path / "history.json"
+    scratch = Path(tempfile.mkdtemp(prefix="history-smoke-"))
+    try:
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.history",
+                *("--random", "--size", "300", "--writes", "24", "--queries", "5"),
+                *("--rounds", "1", "--out", str(out)),
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env={**os.environ, "TMPDIR": str(scratch)},
+        )
+    finally:
+        shutil.rmtree(scratch)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert set(report["ratios"]) == {
+        "store_history_on_over_off",
+        "update_history_on_over_off",
+        "search_30pct_superseded_over_none",
+        "as_of_before_over_current",
+        "as_of_now_over_current",
+    }
+    assert report["write_p50_ms_per_round"]["store"]["on"]
