@@ -232,6 +232,15 @@ class HistoryStatements:
             ),
         ]
 
+    def forget_vectors(self, tenant: str) -> Query:
+        """Drop the vectors of ``tenant``'s versions (another model's: never compared with
+        the new model's; a re-embedding gives current versions theirs again)."""
+        return Query(
+            f"UPDATE {self.history} SET embedding = NULL "
+            "WHERE tenant = $1 AND embedding IS NOT NULL",
+            [tenant],
+        )
+
     def trim_versions(self, tenant: str, keep: int) -> Query:
         """Delete all but the newest ``keep`` versions of each memory."""
         owner = ", ".join(IDENTITY_COLUMNS)

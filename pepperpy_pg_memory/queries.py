@@ -410,13 +410,21 @@ class Statements:
 
     def set_embeddings(self) -> Query:
         """A template for ``executemany``; per row: tenant, scope, scope_id, key, vector,
-        content hash."""
+        content hash. The memory's current version in the history gets the vector too."""
         # Only if the text is still the one that was embedded: a concurrent writer that changed
         # it has written its own embedding.
         return Query(
-            f"UPDATE {self.table} SET embedding = $5::{self.vector} "
-            "WHERE tenant = $1 AND scope = $2 AND scope_id = $3 AND key = $4 "
-            "AND content_hash = $6"
+            f"""
+            WITH written AS (
+                UPDATE {self.table} SET embedding = $5::{self.vector}
+                WHERE tenant = $1 AND scope = $2 AND scope_id = $3 AND key = $4
+                  AND content_hash = $6
+                RETURNING version
+            )
+            UPDATE {self.layout.qualified_history} h SET embedding = $5::{self.vector}
+            FROM written WHERE h.tenant = $1 AND h.scope = $2 AND h.scope_id = $3
+              AND h.key = $4 AND h.version = written.version
+            """
         )
 
     def touch(self, tenant: str, identities: Sequence[Identity], ttl: Any) -> Query:

@@ -2061,7 +2061,12 @@ class PostgresStorage(Generic[K, V]):
         rebuild = cursor is None and 0 < self.config.bulk_index_rebuild_rows <= total
         if cursor is None:
             start = backfill.save_position(layout, backfill.REEMBED, tenant, None, 0, start=True)
-            await database.execute("reindex", start)
+            steps = [start]
+            if layout.embedder is not None and layout.embedder != self._identity:
+                # Versions keep vectors of the model they were written with; a query of the
+                # new model must not be compared with them.
+                steps.append(self._history_sql.forget_vectors(tenant))
+            await database.execute_all("reindex", steps, timeout=self.config.maintenance_timeout)
         if rebuild:
             await database.execute("reindex", self.layout.drop_vector_index())
         while True:

@@ -458,3 +458,36 @@ async def test_a_history_line_needs_a_history_export(make_config: Any, tmp_path:
         report = await store.import_jsonl(path)
         assert report.failed == 1 and "header" in report.errors[0][1]
         assert await store.history("k", **ANA) == []
+
+
+class _ReversedModel(HashingEmbedder):
+    """Another model of the hashing embedder's dimension (its vectors reversed)."""
+
+    name = "reversed-model"
+
+    async def embed_documents(self, texts: list[str]) -> Any:
+        return (await super().embed_documents(texts))[:, ::-1].copy()
+
+    async def embed_query(self, text: str) -> Any:
+        return (await super().embed_query(text))[::-1].copy()
+
+
+async def test_a_model_change_never_compares_versions_across_models(
+    config: PostgresConfig, raw_conn: asyncpg.Connection
+) -> None:
+    async with PostgresStorage[str, Any](config, HashingEmbedder(32)) as store:
+        await store.store("k", "green tea in the morning", **ANA)
+        await store.store("k", "black coffee at noon", **ANA)
+    moving = config.model_copy(update={"on_embedder_change": "reindex"})
+    async with PostgresStorage[str, Any](moving, _ReversedModel(32)) as store:
+        rows = await raw_conn.fetch(
+            f"SELECT h.version, h.embedding::text = m.embedding::text AS same "
+            f'FROM {_history_table(config)} h JOIN "{config.schema_name}"."{config.table}" m '
+            "USING (tenant, scope, scope_id, key) ORDER BY h.version"
+        )
+        # The current version has the new model's vector, in the table and in the history;
+        # the replaced one has none (the old model's is gone).
+        assert [(row["version"], row["same"]) for row in rows] == [(1, None), (2, True)]
+        now = await _server_now(store)
+        hits = await store.search(MemoryQuery(query="black coffee at noon", as_of=now, **ANA))
+        assert hits[0].entry.key == "k" and hits[0].score == pytest.approx(1.0, abs=1e-4)
