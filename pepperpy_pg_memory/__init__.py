@@ -28,7 +28,7 @@ from .errors import (
     MemoryTimeoutError,
     MemoryValidationError,
 )
-from .models import MemoryEntry, MemoryQuery, MemorySearchResult, MemoryVersion
+from .models import MemoryEntry, MemoryQuery, MemorySearchResult, MemoryVersion, Ranking
 from .onnx_embedder import OnnxEmbedder
 from .queries import ArrayPattern
 from .storage import MemoryItem, MemorySearchResults, PostgresStorage, ProgressCallback
@@ -53,6 +53,7 @@ __all__ = [
     "ArrayPattern",
     "MemoryEntry",
     "MemoryVersion",
+    "Ranking",
     "MemorySearchResult",
     "Embedder",
     "SentenceTransformerEmbedder",

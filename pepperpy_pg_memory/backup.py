@@ -63,6 +63,7 @@ _FIELDS_V1 = frozenset(
         "valid_to",
         "supersedes",
         "superseded_by",
+        "importance",
     }
 )
 VERSION_KIND = "version"
@@ -90,6 +91,7 @@ _VERSION_FIELDS = frozenset(
         "reason",
         "at",
         "embedding",
+        "importance",
     }
 )
 
@@ -134,6 +136,7 @@ def line_of(
         "valid_to": _iso(entry.valid_to),
         "supersedes": entry.supersedes,
         "superseded_by": entry.superseded_by,
+        "importance": entry.importance,
     }
     if entry.embedding is not None:
         record["embedding"] = entry.embedding
@@ -166,6 +169,7 @@ def version_line(version: MemoryVersion[Any], tenant: str, value: Any) -> str:
         "actor": version.actor,
         "reason": version.reason,
         "at": version.at.isoformat(),
+        "importance": version.importance,
     }
     if version.embedding is not None:
         record["embedding"] = version.embedding
@@ -212,6 +216,7 @@ class RestoredVersion:
     reason: str | None
     at: datetime
     embedding: list[float] | None
+    importance: float = 0.5
 
 
 @dataclass
@@ -292,7 +297,16 @@ def parse_line(line: str, with_embeddings: bool) -> Restored | RestoredVersion:
         "ttl": "never" if expires_at is None else None,
         "expires_at": expires_at,
     }
-    for name in ("type", "scope", "scope_id", "metadata", "indices", "text", "passages"):
+    for name in (
+        "type",
+        "scope",
+        "scope_id",
+        "metadata",
+        "indices",
+        "text",
+        "passages",
+        "importance",
+    ):
         if data.get(name) is not None:
             fields[name] = data[name]
     if fields.get("scope_id") == "" and fields.get("scope", "global") == "global":
@@ -380,4 +394,12 @@ def _parse_version(data: dict[str, Any], with_embeddings: bool) -> RestoredVersi
         reason=_text(data, "reason"),
         at=at,
         embedding=embedding,
+        importance=_importance(data),
     )
+
+
+def _importance(data: dict[str, Any]) -> float:
+    raw = data.get("importance", 0.5)
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not 0 <= raw <= 1:
+        raise MemoryValidationError("importance must be a number in [0, 1]")
+    return float(raw)

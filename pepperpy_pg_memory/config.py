@@ -209,6 +209,19 @@ class PostgresConfig(BaseSettings):
             "`pepperpy-memory backfill`."
         ),
     )
+    track_access: bool = Field(
+        default=True,
+        description="Count reads (retrieve and searches) per memory, for ranking by recency.",
+    )
+    access_flush_interval: float = Field(
+        default=5.0,
+        gt=0,
+        le=3600,
+        description=(
+            "Seconds between writes of read counts (access_count, last_accessed_at): reads "
+            "are counted in memory and written at most once a memory per interval."
+        ),
+    )
     history: bool = Field(
         default=True,
         description=(

@@ -63,9 +63,12 @@ class MemoryItem(_RequiredItem, total=False):
     """The text to index, instead of what ``text_of(value)`` gives."""
     passages: Sequence[str] | None
     """Texts embedded one by one beside the memory's own (see ``store``)."""
+    importance: float
+    """In [0, 1]; 0.5 when not given."""
 
 
 ITEM_FIELDS = frozenset(MemoryItem.__annotations__)
+DEFAULT_IMPORTANCE = 0.5
 DEFAULT_INDICES = frozenset({MemoryIndex.SEMANTIC, MemoryIndex.CONTEXTUAL})
 
 
@@ -93,6 +96,7 @@ class PendingWrite:
     valid_to: datetime | None = None
     supersedes: str | None = None
     superseded_by: str | None = None
+    importance: float = DEFAULT_IMPORTANCE
     change: Change = field(default_factory=Change)
     """What the history records beside the version this write makes."""
 
@@ -124,6 +128,7 @@ class PendingWrite:
             "valid_to": self.valid_to,
             "supersedes": self.supersedes,
             "superseded_by": self.superseded_by,
+            "importance": self.importance,
         }
         return tuple(columns[name] for name in STAGING_COLUMNS)
 
@@ -283,6 +288,7 @@ def prepare_write(
     embedding: Any = None,
     text: str | None = None,
     passages: Sequence[str] | None = None,
+    importance: float = DEFAULT_IMPORTANCE,
 ) -> PendingWrite:
     """One write, checked: every rule a memory must meet before anything is sent.
 
@@ -339,7 +345,17 @@ def prepare_write(
         ttl=ttl_delta,
         expires_at=expiry,
         passages=_checked_passages(key, passages, indices_to_write),
+        importance=checked_importance(importance),
     )
+
+
+def checked_importance(importance: Any) -> float:
+    """``importance`` as stored: a number in [0, 1]."""
+    if isinstance(importance, bool) or not isinstance(importance, (int, float)):
+        raise MemoryValidationError("importance must be a number in [0, 1]")
+    if not 0.0 <= float(importance) <= 1.0:
+        raise MemoryValidationError(f"importance must be in [0, 1], got {importance!r}")
+    return float(importance)
 
 
 MAX_PASSAGES = 64

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -10,7 +10,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from .errors import MemoryValidationError
 from .types import MemoryIndex, MemoryScope, MemoryType
 
-__all__ = ["MemoryEntry", "MemoryVersion", "MemoryQuery", "MemorySearchResult", "trusted"]
+__all__ = [
+    "MemoryEntry",
+    "MemoryVersion",
+    "MemoryQuery",
+    "MemorySearchResult",
+    "Ranking",
+    "trusted",
+]
 
 V = TypeVar("V")
 M = TypeVar("M", bound=BaseModel)
@@ -37,6 +44,9 @@ class MemoryEntry(BaseModel, Generic[V]):
         valid_from, valid_to: when the fact became true and stopped being true
             (``valid_to`` None: still true); see ``supersede`` and ``invalidate``.
         supersedes, superseded_by: the key of the fact this one replaced, or that replaced it.
+        importance: in [0, 1], as stored (0.5 by default); weighs in a ``Ranking``.
+        access_count, last_accessed_at: how often ``retrieve`` and searches returned it, and
+            when last (counted off the read path: up to ``access_flush_interval`` late).
     """
 
     model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
@@ -58,6 +68,9 @@ class MemoryEntry(BaseModel, Generic[V]):
     valid_to: datetime | None = None
     supersedes: str | None = None
     superseded_by: str | None = None
+    importance: float = 0.5
+    access_count: int = 0
+    last_accessed_at: datetime | None = None
 
 
 class MemoryVersion(BaseModel, Generic[V]):
@@ -95,6 +108,7 @@ class MemoryVersion(BaseModel, Generic[V]):
     reason: str | None = None
     at: datetime
     embedding: list[float] | None = None
+    importance: float = 0.5
 
 
 class MemorySearchResult(BaseModel, Generic[V]):
@@ -102,6 +116,8 @@ class MemorySearchResult(BaseModel, Generic[V]):
 
     ``score`` depends on the index used (see :class:`MemoryQuery`); higher is always better.
     ``semantic_score`` and ``contextual_score`` show the parts a HYBRID score was fused from.
+    With a :class:`Ranking`, ``score`` is the ranked score and ``relevance_score``,
+    ``recency_score`` and ``importance_score`` (each in [0, 1]) the parts it was weighed from.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -111,6 +127,48 @@ class MemorySearchResult(BaseModel, Generic[V]):
     index_type: MemoryIndex
     semantic_score: float | None = None
     contextual_score: float | None = None
+    relevance_score: float | None = None
+    recency_score: float | None = None
+    importance_score: float | None = None
+
+
+class Ranking(BaseModel):
+    """How a search weighs what it found (the Generative Agents retrieval score).
+
+    score = relevance x the index's score mapped to [0, 1] (a cosine c as (1 + c) / 2)
+          + recency x 0.5 ** (age / half_life), age since the memory was last read (else
+            since it was created)
+          + importance x the memory's importance.
+
+    Computed in the database over the index's candidates (four times what is asked for).
+
+    Example:
+        >>> Ranking(relevance=1.0, recency=0.5, importance=0.5).half_life.days
+        7
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    relevance: float = Field(default=1.0, ge=0, le=1_000)
+    recency: float = Field(default=0.0, ge=0, le=1_000)
+    importance: float = Field(default=0.0, ge=0, le=1_000)
+    half_life: timedelta = timedelta(days=7)
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"]) or "weights"
+            raise MemoryValidationError(f"invalid Ranking.{where}: {first['msg']}") from None
+
+    @model_validator(mode="after")
+    def _weighs_something(self) -> Ranking:
+        if self.relevance + self.recency + self.importance <= 0:
+            raise ValueError("at least one weight must be positive")
+        if self.half_life <= timedelta(0):
+            raise ValueError("half_life must be positive")
+        return self
 
 
 class _Invalid(ValueError):
@@ -175,6 +233,10 @@ class MemoryQuery(BaseModel):
     include_invalid: bool = Field(
         default=False,
         description="Also return facts whose validity has closed (superseded or invalidated).",
+    )
+    ranking: Ranking | None = Field(
+        default=None,
+        description="Weigh relevance with recency and importance (None: the index's order).",
     )
 
     def __init__(self, **data: Any) -> None:

@@ -48,10 +48,38 @@ ENTRY_COLUMNS = (
     "valid_to",
     "supersedes",
     "superseded_by",
+    "importance",
+    "access_count",
+    "last_accessed_at",
 )
-# valid_from NULL means "since created" (rows from before validity was recorded have it).
-_ENTRY_EXPRESSIONS = {"valid_from": "coalesce(m.valid_from, m.created_at) AS valid_from"}
-_SELECT_ENTRY = ", ".join(_ENTRY_EXPRESSIONS.get(column, f"m.{column}") for column in ENTRY_COLUMNS)
+
+
+def _access_expressions(layout: TableLayout) -> dict[str, str]:
+    """A memory row ``m``'s read counts, kept beside it (see access.py): a look-up per row."""
+    counted = (
+        f"FROM {layout.qualified_access} a WHERE a.tenant = m.tenant AND a.scope = m.scope "
+        "AND a.scope_id = m.scope_id AND a.key = m.key"
+    )
+    return {
+        "access_count": f"coalesce((SELECT a.access_count {counted}), 0) AS access_count",
+        "last_accessed_at": f"(SELECT a.last_accessed_at {counted}) AS last_accessed_at",
+    }
+
+
+def select_entry(layout: TableLayout) -> str:
+    """The select list of :data:`ENTRY_COLUMNS` from a memory row ``m``."""
+    expressions = {
+        # NULL means "since created" (rows from before validity was recorded have it).
+        "valid_from": "coalesce(m.valid_from, m.created_at) AS valid_from",
+        **_access_expressions(layout),
+    }
+    return ", ".join(expressions.get(column, f"m.{column}") for column in ENTRY_COLUMNS)
+
+
+def access_columns(layout: TableLayout) -> str:
+    """The read counts of a memory row ``m`` (for a write's RETURNING)."""
+    return ", ".join(_access_expressions(layout).values())
+
 
 # What a write supplies, with its type in the staging table. This one list drives the staging
 # table, the COPY, the record of a PendingWrite and both upserts' column and value lists.
@@ -73,6 +101,7 @@ WRITE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("valid_to", "timestamptz"),
     ("supersedes", "text"),
     ("superseded_by", "text"),
+    ("importance", "real"),
 )
 STAGING_COLUMNS = tuple(name for name, _ in WRITE_COLUMNS)
 PASSAGE_COLUMNS = ("tenant", "scope", "scope_id", "key", "position", "content", "embedding")
@@ -93,10 +122,11 @@ _M_OWNER_KEY = "m.tenant, m.scope, m.scope_id, m.key"
 _SEMANTIC = "m.indices @> ARRAY['semantic']"
 _CONTEXTUAL = "m.indices @> ARRAY['contextual']"
 
-# What a write returns about each row it wrote.
+# What a write returns about each row it wrote (and select_entry's access columns).
 _WRITTEN = """m.scope, m.scope_id, m.key, m.created_at, m.updated_at, m.expires_at, m.version,
     coalesce(m.valid_from, m.created_at) AS valid_from, m.valid_to, m.supersedes,
-    m.superseded_by, (m.embedding IS NULL AND m.indices @> ARRAY['semantic']) AS needs_embedding"""
+    m.superseded_by, m.importance,
+    (m.embedding IS NULL AND m.indices @> ARRAY['semantic']) AS needs_embedding"""
 
 ListOrder = Literal["created_at", "updated_at", "key"]
 _ORDER_COLUMNS: dict[str, str] = {
@@ -212,6 +242,8 @@ class Statements:
     def __init__(self, layout: TableLayout, *, as_of: bool = False) -> None:
         self.layout = layout
         self.table = layout.qualified_table
+        self.entry = select_entry(layout)
+        self.access_columns = access_columns(layout)
         if as_of:
             # Reads only: the table as it stood at the moment the transaction's AS_OF_SETTING
             # names (see Database.fetch_as_of).
@@ -257,8 +289,9 @@ class Statements:
                 valid_to = EXCLUDED.valid_to,
                 supersedes = CASE WHEN {_EXPIRED} OR {_CLOSED} THEN EXCLUDED.supersedes
                     ELSE coalesce(EXCLUDED.supersedes, m.supersedes) END,
-                superseded_by = EXCLUDED.superseded_by
-            RETURNING {_WRITTEN}
+                superseded_by = EXCLUDED.superseded_by,
+                importance = EXCLUDED.importance
+            RETURNING {_WRITTEN}, {self.access_columns}
         """
 
     @staticmethod
@@ -451,7 +484,7 @@ class Statements:
         params = Params([key])
         extra = ", m.embedding" if include_embedding else ""
         sql = (
-            f"SELECT {_SELECT_ENTRY}{extra} FROM {self.table} m "
+            f"SELECT {self.entry}{extra} FROM {self.table} m "
             f"WHERE m.key = $1 AND {restriction.conditions(params)} LIMIT 2"
         )
         return Query(sql, params.values)
@@ -469,7 +502,7 @@ class Statements:
         return self._under_keys("m.scope, m.scope_id, m.key", keys, restriction)
 
     def retrieve_many(self, keys: list[str], restriction: Restriction) -> Query:
-        return self._under_keys(_SELECT_ENTRY, keys, restriction)
+        return self._under_keys(self.entry, keys, restriction)
 
     def exists(self, key: str, restriction: Restriction) -> Query:
         """How many owners hold ``key`` within the restriction, counted no further than 2."""
@@ -569,7 +602,7 @@ class Statements:
             bound = ", ".join(params.add(value) for value in after)
             where += f" AND ({', '.join(columns)}) {'<' if descending else '>'} ({bound})"
         sql = (
-            f"SELECT {_SELECT_ENTRY} FROM {self.table} m WHERE {where} "
+            f"SELECT {self.entry} FROM {self.table} m WHERE {where} "
             f"ORDER BY {', '.join(f'{column} {direction}' for column in columns)} "
             f"LIMIT {params.add(limit)} OFFSET {params.add(offset)}"
         )
@@ -591,7 +624,7 @@ class Statements:
             where += f" AND (m.scope, m.scope_id, m.key) > ({bound})"
         extra = ", m.embedding" if include_embedding else ""
         sql = (
-            f"SELECT {_SELECT_ENTRY}{extra} FROM {self.table} m WHERE {where} "
+            f"SELECT {self.entry}{extra} FROM {self.table} m WHERE {where} "
             f"ORDER BY m.scope, m.scope_id, m.key LIMIT {params.add(limit)}"
         )
         return Query(sql, params.values)
@@ -657,7 +690,7 @@ class Statements:
             f"updated_at = clock_timestamp() FROM {change_context(params, change)} "
             f"WHERE m.tenant = $1 AND m.scope = $2 AND m.scope_id = $3 AND m.key = $4 "
             f"AND {_LIVE} AND NOT {_CLOSED} AND coalesce(m.valid_from, m.created_at) <= {end} "
-            f"RETURNING {_SELECT_ENTRY}"
+            f"RETURNING {self.entry}"
         )
         return Query(sql, params.values)
 

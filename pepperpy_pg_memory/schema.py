@@ -127,6 +127,16 @@ class TableLayout:
         return qualified(self.schema, self.history_name)
 
     @property
+    def access_name(self) -> str:
+        """How often and when each memory was last read (see :func:`_v9_importance_and_access`),
+        unquoted."""
+        return f"{self.table}_access"
+
+    @property
+    def qualified_access(self) -> str:
+        return qualified(self.schema, self.access_name)
+
+    @property
     def term_stats_name(self) -> str:
         """Per tenant and term, how many memories hold it (see :func:`_v6_terms`), unquoted."""
         return f"{self.table}_term_stats"
@@ -336,6 +346,8 @@ def _tenant_tables(layout: TableLayout) -> list[str]:
         names += [layout.term_stats_name, layout.term_totals_name]
     if layout.version >= HISTORY_VERSION:
         names.append(layout.history_name)
+    if layout.version >= ACCESS_VERSION:
+        names.append(layout.access_name)
     return names
 
 
@@ -591,8 +603,9 @@ HISTORY_SETTING = "pepperpy.history"
 IMPORTING_SETTING = "pepperpy.importing"
 """Transaction setting: 'on' while an import restores memories with their own history."""
 
-# The columns a version repeats from the memory row, in the history table's order.
-VERSIONED_COLUMNS = (
+# The columns a version repeats from the memory row, in the history table's order, as
+# migration 8 created it (migration 9 adds importance).
+_V8_VERSIONED_COLUMNS = (
     "tenant",
     "scope",
     "scope_id",
@@ -614,77 +627,28 @@ VERSIONED_COLUMNS = (
 )
 
 
-def _v8_history(layout: TableLayout) -> list[str]:
-    # Every change to a memory becomes a version in a history table, written by triggers in
-    # the transaction of the change, whoever the writer is (this release, an adapter, psql).
-    # The memory row carries its version: a BEFORE trigger numbers it (gapless: concurrent
-    # writers of one memory queue on its row lock). A write that leaves updated_at alone
-    # (a TTL refresh, an embedding repair, a backfill) is bookkeeping, not a version.
-    # A version says when it was replaced (replaced_at), and a row whether its version is
-    # in the history (in_history): "current at a moment" is then a test on one row, which
-    # no plan can turn into a join over the whole history.
-    # New columns are NULL or a constant: adding them rewrites no row. valid_from NULL
-    # means created_at. Rows from before this migration (in_history false) get their
-    # version recorded when they next change; until then reads "as of" a moment take them
-    # from the table itself.
-    table, history = layout.qualified_table, layout.qualified_history
-    schema, name = layout.schema, layout.table
-    number = qualified(schema, f"{name}_number_version")
-    record = qualified(schema, f"{name}_record_version")
-    owner = ", ".join(IDENTITY_COLUMNS)
-    columns = ", ".join(VERSIONED_COLUMNS)
-    old = ", ".join(f"OLD.{column}" for column in VERSIONED_COLUMNS)
-    new = ", ".join(f"NEW.{column}" for column in VERSIONED_COLUMNS)
+def _history_function_names(layout: TableLayout) -> tuple[str, str]:
+    """The table's trigger functions: the one numbering versions, the one recording them."""
+    return (
+        qualified(layout.schema, f"{layout.table}_number_version"),
+        qualified(layout.schema, f"{layout.table}_record_version"),
+    )
+
+
+def _history_functions(layout: TableLayout, versioned: tuple[str, ...]) -> list[str]:
+    """(Re)create the trigger functions that number a memory's versions and record them,
+    copying the ``versioned`` columns into the history."""
+    history = layout.qualified_history
+    number, record = _history_function_names(layout)
+    columns = ", ".join(versioned)
+    old = ", ".join(f"OLD.{column}" for column in versioned)
+    new = ", ".join(f"NEW.{column}" for column in versioned)
     same_memory = " AND ".join(f"h.{column} = NEW.{column}" for column in IDENTITY_COLUMNS)
     replaced = " AND ".join(f"h.{column} = OLD.{column}" for column in IDENTITY_COLUMNS)
     setting = "nullif(current_setting('{}', true), '')".format
     recording = f"coalesce(current_setting('{HISTORY_SETTING}', true), '') <> 'off'"
     importing = f"coalesce(current_setting('{IMPORTING_SETTING}', true), '') = 'on'"
     return [
-        f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS version integer NOT NULL DEFAULT 1, "
-        "ADD COLUMN IF NOT EXISTS valid_from timestamptz, "
-        "ADD COLUMN IF NOT EXISTS valid_to timestamptz, "
-        "ADD COLUMN IF NOT EXISTS supersedes text, "
-        "ADD COLUMN IF NOT EXISTS superseded_by text, "
-        "ADD COLUMN IF NOT EXISTS in_history boolean NOT NULL DEFAULT false",
-        f"""
-        CREATE TABLE IF NOT EXISTS {history} (
-            tenant         text NOT NULL,
-            scope          text NOT NULL,
-            scope_id       text NOT NULL,
-            key            text NOT NULL,
-            version        integer NOT NULL,
-            value          jsonb NOT NULL,
-            content        text NOT NULL,
-            content_hash   bytea NOT NULL,
-            memory_type    text NOT NULL,
-            indices        text[] NOT NULL,
-            metadata       jsonb NOT NULL,
-            embedding      {layout.vector_column_type},
-            created_at     timestamptz NOT NULL,
-            expires_at     timestamptz,
-            valid_from     timestamptz,
-            valid_to       timestamptz,
-            supersedes     text,
-            superseded_by  text,
-            operation      text NOT NULL,
-            actor          text,
-            reason         text,
-            at             timestamptz NOT NULL,
-            replaced_at    timestamptz,
-            PRIMARY KEY ({owner}, version)
-        ) WITH (toast_tuple_target = {_INLINE_TUPLE_BYTES})
-        """,
-        # Trimming by age scans by time; reads as of a moment look for the versions
-        # replaced since.
-        f"CREATE INDEX IF NOT EXISTS {quote_ident(layout.history_name + '_at_idx')} "
-        f"ON {history} (tenant, at)",
-        f"CREATE INDEX IF NOT EXISTS {quote_ident(layout.history_name + '_replaced_idx')} "
-        f"ON {history} (tenant, replaced_at) WHERE replaced_at IS NOT NULL",
-        # Rows whose version the history lacks (from before it, or written with it off):
-        # few, and read by every "as of" read.
-        f"CREATE INDEX IF NOT EXISTS {layout.index_name('unrecorded_idx')} "
-        f"ON {table} (tenant, updated_at) WHERE NOT in_history",
         f"""
         CREATE OR REPLACE FUNCTION {number}() RETURNS trigger LANGUAGE plpgsql AS $version$
         BEGIN
@@ -761,6 +725,71 @@ def _v8_history(layout: TableLayout) -> list[str]:
         END
         $history$
         """,
+    ]
+
+
+def _v8_history(layout: TableLayout) -> list[str]:
+    # Every change to a memory becomes a version in a history table, written by triggers in
+    # the transaction of the change, whoever the writer is (this release, an adapter, psql).
+    # The memory row carries its version: a BEFORE trigger numbers it (gapless: concurrent
+    # writers of one memory queue on its row lock). A write that leaves updated_at alone
+    # (a TTL refresh, an embedding repair, a backfill) is bookkeeping, not a version.
+    # A version says when it was replaced (replaced_at), and a row whether its version is
+    # in the history (in_history): "current at a moment" is then a test on one row, which
+    # no plan can turn into a join over the whole history.
+    # New columns are NULL or a constant: adding them rewrites no row. valid_from NULL
+    # means created_at. Rows from before this migration (in_history false) get their
+    # version recorded when they next change; until then reads "as of" a moment take them
+    # from the table itself.
+    table, history = layout.qualified_table, layout.qualified_history
+    owner = ", ".join(IDENTITY_COLUMNS)
+    number, record = _history_function_names(layout)
+    return [
+        f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS version integer NOT NULL DEFAULT 1, "
+        "ADD COLUMN IF NOT EXISTS valid_from timestamptz, "
+        "ADD COLUMN IF NOT EXISTS valid_to timestamptz, "
+        "ADD COLUMN IF NOT EXISTS supersedes text, "
+        "ADD COLUMN IF NOT EXISTS superseded_by text, "
+        "ADD COLUMN IF NOT EXISTS in_history boolean NOT NULL DEFAULT false",
+        f"""
+        CREATE TABLE IF NOT EXISTS {history} (
+            tenant         text NOT NULL,
+            scope          text NOT NULL,
+            scope_id       text NOT NULL,
+            key            text NOT NULL,
+            version        integer NOT NULL,
+            value          jsonb NOT NULL,
+            content        text NOT NULL,
+            content_hash   bytea NOT NULL,
+            memory_type    text NOT NULL,
+            indices        text[] NOT NULL,
+            metadata       jsonb NOT NULL,
+            embedding      {layout.vector_column_type},
+            created_at     timestamptz NOT NULL,
+            expires_at     timestamptz,
+            valid_from     timestamptz,
+            valid_to       timestamptz,
+            supersedes     text,
+            superseded_by  text,
+            operation      text NOT NULL,
+            actor          text,
+            reason         text,
+            at             timestamptz NOT NULL,
+            replaced_at    timestamptz,
+            PRIMARY KEY ({owner}, version)
+        ) WITH (toast_tuple_target = {_INLINE_TUPLE_BYTES})
+        """,
+        # Trimming by age scans by time; reads as of a moment look for the versions
+        # replaced since.
+        f"CREATE INDEX IF NOT EXISTS {quote_ident(layout.history_name + '_at_idx')} "
+        f"ON {history} (tenant, at)",
+        f"CREATE INDEX IF NOT EXISTS {quote_ident(layout.history_name + '_replaced_idx')} "
+        f"ON {history} (tenant, replaced_at) WHERE replaced_at IS NOT NULL",
+        # Rows whose version the history lacks (from before it, or written with it off):
+        # few, and read by every "as of" read.
+        f"CREATE INDEX IF NOT EXISTS {layout.index_name('unrecorded_idx')} "
+        f"ON {table} (tenant, updated_at) WHERE NOT in_history",
+        *_history_functions(layout, _V8_VERSIONED_COLUMNS),
         f"CREATE OR REPLACE TRIGGER {layout.index_name('number_version')} "
         f"BEFORE INSERT OR UPDATE ON {table} FOR EACH ROW EXECUTE FUNCTION {number}()",
         f"CREATE OR REPLACE TRIGGER {layout.index_name('history_insert')} "
@@ -770,6 +799,42 @@ def _v8_history(layout: TableLayout) -> list[str]:
         f"WHEN (OLD.version IS DISTINCT FROM NEW.version) EXECUTE FUNCTION {record}()",
         f"CREATE OR REPLACE TRIGGER {layout.index_name('history_delete')} "
         f"AFTER DELETE ON {table} FOR EACH ROW EXECUTE FUNCTION {record}()",
+    ]
+
+
+ACCESS_VERSION = 9
+_V9_VERSIONED_COLUMNS = (*_V8_VERSIONED_COLUMNS, "importance")
+VERSIONED_COLUMNS = _V9_VERSIONED_COLUMNS
+"""The columns a version repeats from the memory row, in the history table's order."""
+
+
+def _v9_importance_and_access(layout: TableLayout) -> list[str]:
+    # Importance is the memory's (a version records it). Access counts are bookkeeping,
+    # kept beside the memory: counting a read in the memory row would rewrite it, and a
+    # non-HOT update re-inserts it into the HNSW and GIN indexes. The constant default
+    # rewrites no row, and the check is NOT VALID: existing rows hold the default, and
+    # validating would scan the table under its lock.
+    table, history = layout.qualified_table, layout.qualified_history
+    owner = ", ".join(IDENTITY_COLUMNS)
+    return [
+        f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS importance real NOT NULL DEFAULT 0.5",
+        f"ALTER TABLE {table} DROP CONSTRAINT IF EXISTS {layout.index_name('importance_range')}",
+        f"ALTER TABLE {table} ADD CONSTRAINT {layout.index_name('importance_range')} "
+        "CHECK (importance >= 0 AND importance <= 1) NOT VALID",
+        f"ALTER TABLE {history} ADD COLUMN IF NOT EXISTS importance real NOT NULL DEFAULT 0.5",
+        *_history_functions(layout, _V9_VERSIONED_COLUMNS),
+        f"""
+        CREATE TABLE IF NOT EXISTS {layout.qualified_access} (
+            tenant            text NOT NULL,
+            scope             text NOT NULL,
+            scope_id          text NOT NULL,
+            key               text NOT NULL,
+            access_count      bigint NOT NULL,
+            last_accessed_at  timestamptz NOT NULL,
+            PRIMARY KEY ({owner}),
+            FOREIGN KEY ({owner}) REFERENCES {table} ({owner}) ON DELETE CASCADE
+        )
+        """,
     ]
 
 
@@ -784,6 +849,7 @@ MIGRATIONS: list[Migration] = [
     _v6_terms,
     _v7_vectors_inline,
     _v8_history,
+    _v9_importance_and_access,
 ]
 """Append-only. Position i (0-based) is schema version i + 1."""
 

@@ -13,13 +13,14 @@ from typing import Any, Literal, NamedTuple
 
 from .filters import Params
 from .history import AS_OF_MOMENT, as_of_source, replaced_versions
+from .models import Ranking
 from .queries import (
     _CONTEXTUAL,
     _LIVE,
     _M_OWNER_KEY,
     _OWNER_KEY,
-    _SELECT_ENTRY,
     Restriction,
+    select_entry,
 )
 from .schema import TableLayout, terms_function
 from .sql import Query
@@ -102,6 +103,7 @@ class SearchStatements:
         self.backfilling = backfilling
         """Whether some memories may still lack ``terms`` (the backfill has not finished)."""
         self.table = layout.qualified_table
+        self.entry = select_entry(layout)
         self.as_of = as_of
         if as_of:
             # The memories as they stood at the transaction's AS_OF_SETTING moment; passages
@@ -185,7 +187,7 @@ class SearchStatements:
         params = Params()
         vector = f"{params.add(embedding)}::{self.vector}"
         where = restriction.conditions(params)
-        columns = _SELECT_ENTRY + (", m.embedding" if include_embedding else "")
+        columns = self.entry + (", m.embedding" if include_embedding else "")
         want = params.add(limit + offset)
         if not passages:
             nearest = self._nearest(columns, vector, where, want, "distance")
@@ -444,7 +446,7 @@ class SearchStatements:
         ctes = self._contextual_ctes(params, query, where, restriction.tenant, limit + offset)
         sql = f"""
             WITH {ctes}
-            SELECT {_SELECT_ENTRY}, c.score::float8 AS score
+            SELECT {self.entry}, c.score::float8 AS score
             FROM contextual c JOIN {self.table} m USING ({_OWNER_KEY})
             WHERE {_at_least(params, "c.score", min_score)}
             {_page(params, "c.score DESC", limit, offset)}
@@ -527,11 +529,49 @@ class SearchStatements:
                 FROM semantic_ranked s
                 FULL OUTER JOIN contextual_ranked c USING ({_OWNER_KEY})
             )
-            SELECT {_SELECT_ENTRY}, f.score::float8 AS score, f.semantic_score,
+            SELECT {self.entry}, f.score::float8 AS score, f.semantic_score,
                    f.contextual_score::float8 AS contextual_score, {flag} AS passages_exist
             FROM fused f JOIN {self.table} m USING ({_OWNER_KEY})
             WHERE {_at_least(params, "f.score", min_score)}
             {_page(params, "f.score DESC", limit, offset)}
+        """
+        return Query(sql, params.values)
+
+    def ranked(
+        self,
+        candidates: Query,
+        ranking: Ranking,
+        cosine: bool,
+        page: Page,
+    ) -> Query:
+        """``candidates`` (a search's statement, asked for more rows than the page) weighed
+        by ``ranking`` in the database, best first, then the page. ``cosine``: the
+        candidates' score is a cosine in [-1, 1] (mapped to [0, 1]); otherwise it is in
+        [0, 1] already."""
+        limit, offset, min_score = page
+        params = Params(list(candidates.args))
+        relevance = "(1 + c.score) / 2" if cosine else "c.score"
+        half_life = params.add(ranking.half_life.total_seconds())
+        # Age since the last read, else since created; never negative (a reader's clock
+        # may run ahead of the server's).
+        age = "greatest(0, extract(epoch FROM now() - coalesce(c.last_accessed_at, c.created_at)))"
+        weights = [params.add(w) for w in (ranking.relevance, ranking.recency, ranking.importance)]
+        score = (
+            f"{weights[0]}::float8 * relevance_score + {weights[1]}::float8 * recency_score "
+            f"+ {weights[2]}::float8 * importance_score"
+        )
+        sql = f"""
+            WITH candidates AS ({candidates.sql}),
+            parts AS (
+                SELECT c.*,
+                    greatest(0, least(1, {relevance}))::float8 AS relevance_score,
+                    power(0.5, {age} / {half_life}::float8)::float8 AS recency_score,
+                    c.importance::float8 AS importance_score
+                FROM candidates c
+            )
+            SELECT *, ({score})::float8 AS ranked_score FROM parts
+            WHERE {_at_least(params, score, min_score)}
+            {_page(params, "ranked_score DESC", limit, offset)}
         """
         return Query(sql, params.values)
 
@@ -549,7 +589,7 @@ class SearchStatements:
             matches = f"{_CONTEXTUAL} AND m.tsv @@ {self._tsquery(params, query)}"
         score = "1.0 / (1.0 + extract(epoch FROM now() - m.updated_at) / 3600.0)"
         sql = f"""
-            SELECT {_SELECT_ENTRY}, ({score})::float8 AS score
+            SELECT {self.entry}, ({score})::float8 AS score
             FROM {self.table} m
             WHERE {where} AND {matches}
               AND {_at_least(params, score, min_score)}
@@ -575,7 +615,7 @@ class SearchStatements:
         )
         sql = f"""
             WITH hits AS MATERIALIZED (
-                SELECT {_SELECT_ENTRY}, m.embedding <=> {probe} AS distance
+                SELECT {self.entry}, m.embedding <=> {probe} AS distance
                 FROM {self.table} m
                 WHERE m.embedding IS NOT NULL AND {where}
                   AND (m.scope, m.scope_id, m.key) <> ($2, $3, $4)

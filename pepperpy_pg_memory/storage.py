@@ -29,6 +29,7 @@ from pydantic import BaseModel, TypeAdapter
 from pydantic import ValidationError as PydanticValidationError
 
 from . import backfill, backup, maintenance
+from .access import AccessTracker
 from .bulk import copy_passages, write_batch, write_one, write_superseding
 from .cache import EmbeddingCache
 from .coalesce import Coalescer, together_or_alone
@@ -98,6 +99,9 @@ EXPORT_PAGE = 500
 BULK_WRITE_ROWS = 1_000
 """A ``store_many`` of at least this many rows runs under ``config.maintenance_timeout``."""
 
+RANKED_CANDIDATES = 4_000
+"""The most candidates a ranked search weighs (four times limit + offset, up to this)."""
+
 STORE_BATCH_ROWS = 256
 """The most concurrent ``store()`` calls written together in one batch."""
 
@@ -109,7 +113,17 @@ Types = Iterable[MemoryType | str] | MemoryType | None
 
 # What supersede() passes on to the new fact's write.
 _SUPERSEDE_FIELDS = frozenset(
-    {"type", "indices", "metadata", "ttl", "expires_at", "embedding", "text", "passages"}
+    {
+        "type",
+        "indices",
+        "metadata",
+        "ttl",
+        "expires_at",
+        "embedding",
+        "text",
+        "passages",
+        "importance",
+    }
 )
 
 # What a restored line that leaves a field out gets: store()'s own defaults.
@@ -193,6 +207,12 @@ class PostgresStorage(Generic[K, V]):
         self._backfilling = True
         self._backfill_task: asyncio.Task[None] | None = None
         self._term_stats = TermStatistics(self.database, lambda: self.layout, self._tenant)
+        self._access = AccessTracker(
+            self.database,
+            self._tenant,
+            self.config.access_flush_interval,
+            enabled=self.config.track_access,
+        )
         # Concurrent store() calls are written in batches, on half the pool at most: a burst
         # of thousands then costs a few COPYs instead of a queue for connections.
         self._store_calls: Coalescer[StoreCall, MemoryEntry[V]] = Coalescer(
@@ -425,6 +445,11 @@ class PostgresStorage(Generic[K, V]):
         await self._term_stats.settle()
         await self._term_stats.refresh_now()
 
+    async def flush_access_counts(self) -> None:
+        """Write the read counts noted so far now, instead of within
+        ``access_flush_interval`` seconds (``close()`` writes them too)."""
+        await self._access.flush()
+
     def _set_backfilling(self, backfilling: bool) -> None:
         self._backfilling = backfilling
         if self._layout is not None:
@@ -441,6 +466,7 @@ class PostgresStorage(Generic[K, V]):
             layout, match=self.config.contextual_match, backfilling=self._backfilling, as_of=True
         )
         self._history_sql = HistoryStatements(layout)
+        self._access.layout = layout
         self._vectors.dimension = layout.dimension
 
     async def _ensure_embedded_database(self, server: EmbeddedServer) -> None:
@@ -463,6 +489,7 @@ class PostgresStorage(Generic[K, V]):
         task, self._backfill_task = self._backfill_task, None
         await cancel_and_wait(task)
         await self._term_stats.stop()
+        await self._access.stop()
         await self.database.close()
         server, self._server = self._server, None
         if server is not None:
@@ -524,18 +551,25 @@ class PostgresStorage(Generic[K, V]):
             valid_to=row["valid_to"],
             supersedes=row["supersedes"],
             superseded_by=row["superseded_by"],
+            importance=row["importance"],
+            access_count=row["access_count"],
+            last_accessed_at=row["last_accessed_at"],
         )
 
     def _result(
         self, row: asyncpg.Record, index: MemoryIndex, embedding: bool = False
     ) -> MemorySearchResult[V]:
+        ranked = _optional_float(row, "ranked_score")
         return trusted(
             MemorySearchResult,
             entry=self._entry(row, embedding=embedding),
-            score=float(row["score"]),
+            score=float(row["score"]) if ranked is None else ranked,
             index_type=index,
             semantic_score=_optional_float(row, "semantic_score"),
             contextual_score=_optional_float(row, "contextual_score"),
+            relevance_score=_optional_float(row, "relevance_score"),
+            recency_score=_optional_float(row, "recency_score"),
+            importance_score=_optional_float(row, "importance_score"),
         )
 
     # --- checking input ------------------------------------------------------------------
@@ -657,6 +691,7 @@ class PostgresStorage(Generic[K, V]):
         embedding: Any = None,
         text: str | None = None,
         passages: Sequence[str] | None = None,
+        importance: float = 0.5,
         actor: str | None = None,
         reason: str | None = None,
     ) -> MemoryEntry[V]:
@@ -679,6 +714,8 @@ class PostgresStorage(Generic[K, V]):
                 record: a semantic search scores the memory by the best match among its
                 text and its passages. A write replaces the memory's passages (none given:
                 it has none).
+            importance: in [0, 1]; weighs in searches with a ``Ranking`` (a store sets it:
+                0.5 unless given).
             actor, reason: who makes the change and why, recorded with the version it makes
                 (see :meth:`history`).
 
@@ -700,6 +737,7 @@ class PostgresStorage(Generic[K, V]):
             embedding=embedding,
             text=text,
             passages=passages,
+            importance=importance,
         )
         write.change = self._change(None, actor, reason)
         # Batches run on the caller's loop, which must be the pool's.
@@ -802,6 +840,9 @@ class PostgresStorage(Generic[K, V]):
             valid_to=row["valid_to"],
             supersedes=row["supersedes"],
             superseded_by=row["superseded_by"],
+            importance=row["importance"],
+            access_count=row["access_count"],
+            last_accessed_at=row["last_accessed_at"],
         )
 
     @instrumented("store_many")
@@ -960,6 +1001,8 @@ class PostgresStorage(Generic[K, V]):
             raise MemoryNotFoundError(checked)
         if len(rows) > 1:
             raise await self._ambiguous(checked, restriction)
+        if as_of is None:
+            self._access.note([_identity(rows[0])])
         return self._entry(rows[0], embedding=include_embedding)
 
     @instrumented("retrieve_many")
@@ -1651,6 +1694,7 @@ class PostgresStorage(Generic[K, V]):
             reason=row["reason"],
             at=row["at"],
             embedding=None if vector is None else _vector_list(vector),
+            importance=row["importance"],
         )
 
     @instrumented("restore")
@@ -1701,6 +1745,7 @@ class PostgresStorage(Generic[K, V]):
             ttl=ttl if expires_at is None else None,
             expires_at=expires_at,
             text=row["content"],
+            importance=row["importance"],
         )
         write.valid_from, write.valid_to = row["valid_from"], row["valid_to"]
         write.supersedes, write.change = row["supersedes"], change
@@ -1844,7 +1889,12 @@ class PostgresStorage(Generic[K, V]):
             as_of=as_of,
             include_invalid=query.include_invalid,
         )
-        page = Page(query.limit, query.offset, query.min_score)
+        wanted = Page(query.limit, query.offset, query.min_score)
+        ranking = query.ranking
+        # With a ranking, the index finds four times the page and the database weighs them.
+        page = wanted
+        if ranking is not None:
+            page = Page(min(4 * (query.limit + query.offset), RANKED_CANDIDATES), 0, None)
         index = query.index_type
         statement: Callable[..., Query]
         if index is MemoryIndex.SEMANTIC:
@@ -1868,27 +1918,41 @@ class PostgresStorage(Generic[K, V]):
                 candidates=self.config.hybrid_candidates,
                 rrf_k=self.config.rrf_k,
             )
+        elif index is MemoryIndex.CONTEXTUAL:
+            assert query.query is not None
+            words = searches.contextual_search(query.query, restriction, page)
+            statement = lambda **_: words  # noqa: E731 - one shape for every kind
         else:
-            # The BM25 search plans once per shape (see fetch_with_generic_plan).
-            generic = index is MemoryIndex.CONTEXTUAL and self.config.contextual_match == "any"
-            if index is MemoryIndex.CONTEXTUAL:
-                assert query.query is not None
-                words = searches.contextual_search(query.query, restriction, page)
-            else:
-                words = searches.temporal_search(query.query, restriction, page)
-            if as_of is not None:
-                rows = await self.database.fetch_as_of("search", words, as_of, generic_plan=generic)
-            elif generic:
-                rows = await self.database.fetch_with_generic_plan("search", words)
-            else:
-                rows = await self.database.fetch("search", words)
-            return [self._result(row, index) for row in rows]
-        if as_of is not None:
-            # Passages have no history: a memory counts by its own vector then.
-            rows = await self.database.fetch_as_of("search", statement(passages=False), as_of)
-        else:
-            rows = await self._vector_rows(statement)
+            temporal = searches.temporal_search(query.query, restriction, page)
+            statement = lambda **_: temporal  # noqa: E731
+        if ranking is not None:
+            unranked, cosine = statement, index is MemoryIndex.SEMANTIC
+
+            def statement(**shape: Any) -> Query:
+                return searches.ranked(unranked(**shape), ranking, cosine, wanted)
+
+        rows = await self._search_rows(statement, index, as_of)
+        if as_of is None:
+            self._access.note(_identity(row) for row in rows)
         return [self._result(row, index, embedding=query.include_embedding) for row in rows]
+
+    async def _search_rows(
+        self, statement: Callable[..., Query], index: MemoryIndex, as_of: datetime | None
+    ) -> builtins.list[Any]:
+        if index in (MemoryIndex.SEMANTIC, MemoryIndex.HYBRID):
+            if as_of is None:
+                return await self._vector_rows(statement)
+            # Passages have no history: a memory counts by its own vector then.
+            return await self.database.fetch_as_of("search", statement(passages=False), as_of)
+        # The BM25 search plans once per shape (see fetch_with_generic_plan).
+        generic = index is MemoryIndex.CONTEXTUAL and self.config.contextual_match == "any"
+        if as_of is not None:
+            return await self.database.fetch_as_of(
+                "search", statement(), as_of, generic_plan=generic
+            )
+        if generic:
+            return await self.database.fetch_with_generic_plan("search", statement())
+        return await self.database.fetch("search", statement())
 
     async def _vector_rows(self, statement: Callable[..., Query]) -> builtins.list[Any]:
         """Rows of a vector search: with passages once any are known to exist, else the

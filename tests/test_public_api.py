@@ -21,6 +21,7 @@ EXPECTED = {
     "MemoryQuery",
     "MemoryEntry",
     "MemoryVersion",
+    "Ranking",
     "MemorySearchResult",
     "Embedder",
     "SentenceTransformerEmbedder",
