@@ -33,6 +33,7 @@ from pepperpy_pg_memory import (
     MemoryScope,
     MemoryType,
     PostgresStorage,
+    Ranking,
 )
 from pepperpy_pg_memory.runner import run_on, run_on_async
 
@@ -411,3 +412,24 @@ def test_writes_and_deletes_land_in_history(store: PepperpyVectorStore) -> None:
         (2, "update", "Ana drinks coffee"),
         (1, "create", "Ana drinks tea"),
     ]
+
+
+def test_the_retriever_takes_a_ranking(store: PepperpyVectorStore) -> None:
+    store.add_texts(["Ana drinks green tea", "Ana drinks green tea daily"], ids=["low", "high"])
+    storage = store.storage
+    assert storage.loop is not None
+    run_on(
+        storage.loop,
+        storage.store(
+            "high", "Ana drinks green tea daily", importance=1.0, scope="user", scope_id="ana"
+        ),
+    )
+    run_on(
+        storage.loop,
+        storage.store("low", "Ana drinks green tea", importance=0.0, scope="user", scope_id="ana"),
+    )
+    ranking = Ranking(relevance=0.1, importance=1.0)
+    retriever = store.as_retriever(search_kwargs={"k": 2, "ranking": ranking})
+    assert [doc.id for doc in retriever.invoke("green tea")] == ["high", "low"]
+    plain = store.as_retriever(search_kwargs={"k": 2})
+    assert [doc.id for doc in plain.invoke("Ana drinks green tea")] == ["low", "high"]

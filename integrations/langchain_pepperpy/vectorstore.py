@@ -25,6 +25,7 @@ from pepperpy_pg_memory import (
     MemoryType,
     PostgresConfig,
     PostgresStorage,
+    Ranking,
 )
 from pepperpy_pg_memory.runner import BackgroundStorage
 
@@ -262,13 +263,16 @@ class PepperpyVectorStore(VectorStore):
         return [document_of(found[key]) for key in dict.fromkeys(ids) if key in found]
 
     # --- searching ------------------------------------------------------------------------
-    def _query(self, **fields: Any) -> MemoryQuery:
-        return MemoryQuery(scope=self.scope, scope_id=self.scope_id, **fields)
+    def _query(self, *, ranking: Ranking | None = None, **fields: Any) -> MemoryQuery:
+        # ``ranking`` comes through LangChain's search kwargs, e.g.
+        # as_retriever(search_kwargs={"ranking": Ranking(recency=0.5)}).
+        return MemoryQuery(scope=self.scope, scope_id=self.scope_id, ranking=ranking, **fields)
 
     def _with_distance(
         self, results: list[MemorySearchResult[Any]]
     ) -> list[tuple[Document, float]]:
-        # LangChain's *_with_score returns cosine distance (lower is closer), as PGVector does.
+        # LangChain's *_with_score returns cosine distance (lower is closer), as PGVector does;
+        # with a ranking, one minus the ranked score.
         return [(document_of(r.entry), 1.0 - r.score) for r in results]
 
     def _select_relevance_score_fn(self) -> Callable[[float], float]:
@@ -277,24 +281,25 @@ class PepperpyVectorStore(VectorStore):
     def similarity_search_with_score(
         self, query: str, k: int = 4, filter: dict[str, Any] | None = None, **kwargs: Any
     ) -> list[tuple[Document, float]]:
-        q = self._query(query=query, limit=k, filter=filter)
+        q = self._query(query=query, limit=k, filter=filter, ranking=kwargs.get("ranking"))
         return self._with_distance(self._handle.call(lambda s: s.search(q)))
 
     async def asimilarity_search_with_score(
         self, query: str, k: int = 4, filter: dict[str, Any] | None = None, **kwargs: Any
     ) -> list[tuple[Document, float]]:
-        q = self._query(query=query, limit=k, filter=filter)
+        q = self._query(query=query, limit=k, filter=filter, ranking=kwargs.get("ranking"))
         return self._with_distance(await self._handle.acall(lambda s: s.search(q)))
 
     def similarity_search(
         self, query: str, k: int = 4, filter: dict[str, Any] | None = None, **kwargs: Any
     ) -> list[Document]:
-        return [doc for doc, _ in self.similarity_search_with_score(query, k, filter)]
+        return [doc for doc, _ in self.similarity_search_with_score(query, k, filter, **kwargs)]
 
     async def asimilarity_search(
         self, query: str, k: int = 4, filter: dict[str, Any] | None = None, **kwargs: Any
     ) -> list[Document]:
-        return [doc for doc, _ in await self.asimilarity_search_with_score(query, k, filter)]
+        scored = await self.asimilarity_search_with_score(query, k, filter, **kwargs)
+        return [doc for doc, _ in scored]
 
     def similarity_search_with_score_by_vector(
         self,
