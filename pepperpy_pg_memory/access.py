@@ -31,12 +31,22 @@ logger = logging.getLogger(__name__)
 
 
 def record_accesses(
-    layout: TableLayout, tenant: str, counts: dict[Identity, tuple[int, datetime]]
+    layout: TableLayout,
+    tenant: str,
+    counts: dict[Identity, tuple[int, datetime]],
+    *,
+    restoring: bool = False,
 ) -> Query:
     """Add ``counts`` (per memory: reads, last read) to the access table, for the memories that
-    still exist."""
+    still exist; ``restoring`` (an import) keeps the larger of the two counts instead, so
+    that importing twice counts once."""
     owner = ", ".join(IDENTITY_COLUMNS)
     names = sorted(counts)  # one lock order for every flusher
+    total = (
+        "greatest(a.access_count, EXCLUDED.access_count)"
+        if restoring
+        else ("a.access_count + EXCLUDED.access_count")
+    )
     return Query(
         f"""
         INSERT INTO {layout.qualified_access} AS a ({owner}, access_count, last_accessed_at)
@@ -46,7 +56,7 @@ def record_accesses(
         WHERE EXISTS (SELECT 1 FROM {layout.qualified_table} m WHERE m.tenant = $1
                       AND (m.scope, m.scope_id, m.key) = (u.scope, u.scope_id, u.key))
         ON CONFLICT ({owner}) DO UPDATE SET
-            access_count = a.access_count + EXCLUDED.access_count,
+            access_count = {total},
             last_accessed_at = greatest(a.last_accessed_at, EXCLUDED.last_accessed_at)
         """,
         [

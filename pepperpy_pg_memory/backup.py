@@ -64,6 +64,8 @@ _FIELDS_V1 = frozenset(
         "supersedes",
         "superseded_by",
         "importance",
+        "access_count",
+        "last_accessed_at",
     }
 )
 VERSION_KIND = "version"
@@ -137,6 +139,8 @@ def line_of(
         "supersedes": entry.supersedes,
         "superseded_by": entry.superseded_by,
         "importance": entry.importance,
+        "access_count": entry.access_count,
+        "last_accessed_at": _iso(entry.last_accessed_at),
     }
     if entry.embedding is not None:
         record["embedding"] = entry.embedding
@@ -187,6 +191,8 @@ class Restored:
     version: int | None = None
     validity: dict[str, Any] = field(default_factory=dict)
     """``valid_from``, ``valid_to``, ``supersedes``, ``superseded_by`` as exported."""
+    reads: tuple[int, datetime] | None = None
+    """``access_count`` and ``last_accessed_at``, when the memory had been read."""
 
 
 @dataclass
@@ -329,7 +335,15 @@ def parse_line(line: str, with_embeddings: bool) -> Restored | RestoredVersion:
         _moment(data, "updated_at"),
         _version_number(data, required=False),
         validity,
+        _reads(data),
     )
+
+
+def _reads(data: dict[str, Any]) -> tuple[int, datetime] | None:
+    count, last = data.get("access_count", 0), _moment(data, "last_accessed_at")
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        raise MemoryValidationError("access_count must be a non-negative integer")
+    return (count, last) if count and last is not None else None
 
 
 def _text(data: dict[str, Any], name: str, required: bool = False) -> str | None:

@@ -29,7 +29,7 @@ from pydantic import BaseModel, TypeAdapter
 from pydantic import ValidationError as PydanticValidationError
 
 from . import backfill, backup, maintenance
-from .access import AccessTracker
+from .access import AccessTracker, record_accesses
 from .bulk import copy_passages, write_batch, write_one, write_superseding
 from .cache import EmbeddingCache
 from .coalesce import Coalescer, together_or_alone
@@ -1490,6 +1490,10 @@ class PostgresStorage(Generic[K, V]):
                 gone = self._statements.delete_passages(self._tenant, [w.identity for w in writes])
                 await conn.execute(gone.sql, *gone.args)
                 await copy_passages(self._statements, self._passage_rows(writes), None, conn)
+                reads = {w.identity: r.reads for _, w, r in batch if r.reads is not None}
+                if reads:
+                    counted = record_accesses(self.layout, self._tenant, reads, restoring=True)
+                    await conn.execute(counted.sql, *counted.args)
 
         try:
             await self.database.run("import", partial(restore, pending))

@@ -52,11 +52,16 @@ async def test_importance_is_stored_checked_and_exported(
             await storage.store("bad", "x", **ANA, importance=bad)
     # A version records it; an export carries it.
     assert (await storage.history("high", **ANA))[0].importance == pytest.approx(0.9)
+    # So are the read counts (one retrieve above), and importing twice counts them once.
+    await storage.flush_access_counts()
     backup = tmp_path / "backup.jsonl"
     await storage.export_jsonl(backup, with_history=True)
     async with PostgresStorage[str, Any](make_config(), HashingEmbedder(64)) as other:
         await other.import_jsonl(backup)
-        assert (await other.retrieve("high", **ANA)).importance == pytest.approx(0.9)
+        await other.import_jsonl(backup)
+        restored = await other.retrieve("high", **ANA)
+        assert restored.importance == pytest.approx(0.9)
+        assert (restored.access_count, restored.last_accessed_at is not None) == (1, True)
         assert (await other.history("high", **ANA))[0].importance == pytest.approx(0.9)
 
 
