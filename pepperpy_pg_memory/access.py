@@ -36,12 +36,18 @@ def record_accesses(
     counts: dict[Identity, tuple[int, datetime]],
     *,
     restoring: bool = False,
+    existing_only: bool = True,
 ) -> Query:
-    """Add ``counts`` (per memory: reads, last read) to the access table, for the memories that
-    still exist; ``restoring`` (an import) keeps the larger of the two counts instead, so
-    that importing twice counts once."""
+    """Add ``counts`` (per memory: reads, last read) to the access table; ``restoring`` (an
+    import) keeps the larger of the two counts instead, so that importing twice counts once.
+    With ``existing_only=False`` the foreign key alone checks that each memory exists (one
+    probe a row instead of two; a memory deleted since its read fails the statement)."""
     owner = ", ".join(IDENTITY_COLUMNS)
     names = sorted(counts)  # one lock order for every flusher
+    existing = (
+        f"WHERE EXISTS (SELECT 1 FROM {layout.qualified_table} m WHERE m.tenant = $1 "
+        "AND (m.scope, m.scope_id, m.key) = (u.scope, u.scope_id, u.key))"
+    )
     total = (
         "greatest(a.access_count, EXCLUDED.access_count)"
         if restoring
@@ -53,8 +59,7 @@ def record_accesses(
         SELECT $1, u.scope, u.scope_id, u.key, u.reads, u.last_read
         FROM unnest($2::text[], $3::text[], $4::text[], $5::bigint[], $6::timestamptz[])
             AS u(scope, scope_id, key, reads, last_read)
-        WHERE EXISTS (SELECT 1 FROM {layout.qualified_table} m WHERE m.tenant = $1
-                      AND (m.scope, m.scope_id, m.key) = (u.scope, u.scope_id, u.key))
+        {existing if existing_only else ""}
         ON CONFLICT ({owner}) DO UPDATE SET
             access_count = {total},
             last_accessed_at = greatest(a.last_accessed_at, EXCLUDED.last_accessed_at)
@@ -110,13 +115,14 @@ class AccessTracker:
         counts, self._counts = self._counts, {}
         if not counts or self.layout is None:
             return
-        query = record_accesses(self.layout, self.tenant, counts)
+        # Usually every memory read still exists: the foreign key's check suffices.
+        query = record_accesses(self.layout, self.tenant, counts, existing_only=False)
         try:
             await self.database.execute("access", query)
         except MemoryError as exc:
             if not isinstance(exc.__cause__, asyncpg.ForeignKeyViolationError):
                 raise
-            # A memory was deleted between the check and the insert: once more, without it.
+            # A memory was deleted since it was read: once more, for those that exist.
             await self.database.execute("access", record_accesses(self.layout, self.tenant, counts))
 
     async def stop(self) -> None:

@@ -121,3 +121,29 @@ def test_history_benchmark_runs_small(tmp_path: Path) -> None:
         "as_of_now_over_current",
     }
     assert report["write_p50_ms_per_round"]["store"]["on"]
+
+
+def test_ranking_benchmark_runs_small(tmp_path: Path) -> None:
+    out = tmp_path / "ranking.json"
+    scratch = Path(tempfile.mkdtemp(prefix="ranking-smoke-"))
+    try:
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.ranking",
+                *("--random", "--size", "300", "--queries", "6", "--rounds", "1"),
+                *("--out", str(out)),
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env={**os.environ, "TMPDIR": str(scratch)},
+        )
+    finally:
+        shutil.rmtree(scratch)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert set(report["ratios"]) == {"ranked_over_plain", "counting_over_not_counting"}
+    assert set(report["p50_ms"]) == {"plain", "ranked", "plain_not_counting"}

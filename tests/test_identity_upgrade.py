@@ -112,6 +112,10 @@ async def test_a_release_0_1_database_upgrades_in_place(
         # starts with its row, and a change (here LangGraph's delete) records that row first.
         fact = await store.retrieve("global-fact")
         assert (fact.version, fact.valid_from, fact.valid_to) == (1, fact.created_at, None)
+        # Migration 9: importance 0.5, no reads counted yet; reads are counted from now.
+        assert (fact.importance, fact.access_count, fact.last_accessed_at) == (0.5, 0, None)
+        await store.flush_access_counts()
+        assert (await store.retrieve("global-fact")).access_count >= 1
         assert [(v.version, v.operation) for v in await store.history("global-fact")] == [
             (1, "create")
         ]

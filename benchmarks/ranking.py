@@ -1,0 +1,143 @@
+"""``python -m benchmarks.ranking``: what ranking and read counting cost a search.
+
+One table of N memories of one owner (the model's vectors, cached; ``--random`` for random
+ones), each with an importance, read by two stores started on it: one counting reads
+(``track_access=True``, the default), one not. Rounds alternate, per query, between a plain
+semantic search, the same search with ``Ranking(relevance=1, recency=0.3, importance=0.3)``
+(four times the page of candidates weighed in the database), and the plain search through the
+store that does not count reads — the three in turn for each query, each going first for a
+third of them (the first search of a vector warms the pages the others read), so that drift on
+a busy host touches all three alike; p50 per round, then the ratios.
+
+Targets (issue 13): ranked ≤ 1.3x plain; reads counted ≤ 1.05x not counted. The side table's
+look-ups for ``access_count`` are in both (every entry carries them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from pepperpy_pg_memory import MemoryQuery, PostgresConfig, PostgresStorage, Ranking
+
+from .corpus import memories, questions
+from .embedders import PrecomputedEmbedder
+from .filtered import _vectors
+from .measure import report
+from .run import _start_server
+
+OWNER = {"scope": "user", "scope_id": "ana"}
+RANKING = Ranking(relevance=1.0, recency=0.3, importance=0.3, half_life=timedelta(days=1))
+
+
+def _log(message: str) -> None:
+    print(f"  [{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+async def _p50_ms(store: PostgresStorage[str, Any], queries: list[MemoryQuery]) -> float:
+    times = []
+    for query in queries:
+        begun = time.perf_counter()
+        await store.search(query)
+        times.append((time.perf_counter() - begun) * 1000)
+    return statistics.median(times)
+
+
+async def _measure(size: int, queries: int, rounds: int, random: bool) -> dict[str, Any]:
+    server = _start_server(Path(tempfile.mkdtemp(prefix="pepperpy-ranking-")))
+    corpus = memories(size)
+    asked = questions(queries)
+    _log(f"embedding {size + queries} texts (cached after the first run)")
+    embedder = PrecomputedEmbedder(await _vectors([m.text for m in corpus] + asked, random=random))
+    dsn = server.get_uri("postgres")
+    counting = PostgresStorage[str, Any](PostgresConfig(dsn=dsn, table="ranked"), embedder)
+    silent = PostgresStorage[str, Any](
+        PostgresConfig(dsn=dsn, table="ranked", track_access=False), embedder
+    )
+    try:
+        await counting.start()
+        await silent.start()
+        _log(f"loading {size} memories")
+        await counting.store_many(
+            [
+                {"key": m.key, "value": m.text, "importance": (i % 10) / 10, **OWNER}
+                for i, m in enumerate(corpus)
+            ]
+        )
+        async with counting.database.pool.acquire() as conn:  # as autovacuum would
+            await conn.execute(f"VACUUM ANALYZE {counting.layout.qualified_table}")
+        vectors = [(await counting.query_vector(q)).tolist() for q in asked]
+        plain = [MemoryQuery(embedding=v, limit=10, **OWNER) for v in vectors]
+        ranked = [MemoryQuery(embedding=v, limit=10, ranking=RANKING, **OWNER) for v in vectors]
+        for store, batch in ((counting, plain), (counting, ranked), (silent, plain)):
+            await _p50_ms(store, batch[:10])  # warm every statement shape
+        await counting.flush_access_counts()  # some memories have counts, as in use
+        p50: dict[str, list[float]] = {}
+        _log(f"searches: {queries} per system and round, {rounds} rounds")
+        systems = (
+            ("plain", counting, plain),
+            ("ranked", counting, ranked),
+            ("plain_not_counting", silent, plain),
+        )
+        for _ in range(rounds):
+            times: dict[str, list[float]] = {name: [] for name, _, _ in systems}
+            for position in range(len(plain)):
+                # The first search of a vector warms the pages the next ones read: each
+                # system goes first for a third of the queries.
+                turn = position % len(systems)
+                for name, store, batch in systems[turn:] + systems[:turn]:
+                    begun = time.perf_counter()
+                    await store.search(batch[position])
+                    times[name].append((time.perf_counter() - begun) * 1000)
+            for name, samples in times.items():
+                p50.setdefault(name, []).append(statistics.median(samples))
+    finally:
+        await silent.close()
+        await counting.close()
+        server.cleanup()
+    medians = {name: statistics.median(values) for name, values in p50.items()}
+    ratios = {
+        "ranked_over_plain": medians["ranked"] / medians["plain"],
+        "counting_over_not_counting": medians["plain"] / medians["plain_not_counting"],
+    }
+    return {
+        "date": time.strftime("%Y-%m-%d"),
+        "cpus": os.cpu_count(),
+        "mode": "storage (vectors given)",
+        "vectors": "random" if random else "all-MiniLM-L6-v2",
+        "size": size,
+        "queries": queries,
+        "rounds": rounds,
+        "ranking": RANKING.model_dump(mode="json"),
+        "p50_ms_per_round": p50,
+        "p50_ms": medians,
+        "ratios": ratios,
+        "targets_met": {
+            "ranked": ratios["ranked_over_plain"] <= 1.3,
+            "counting": ratios["counting_over_not_counting"] <= 1.05,
+        },
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.ranking", description=__doc__)
+    parser.add_argument("--size", type=int, default=10_000)
+    parser.add_argument("--queries", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--random", action="store_true", help="random vectors (no model)")
+    parser.add_argument("--out", type=Path, help="write the JSON here")
+    args = parser.parse_args(argv)
+    report(asyncio.run(_measure(args.size, args.queries, args.rounds, args.random)), args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
