@@ -100,7 +100,8 @@ async def test_a_table_of_an_older_schema_version_is_upgraded(
         await store.store("old", "written by version 1")
     table = f'"{config.schema_name}"."{config.table}"'
     # Roll the table back to what migration 1 made, as an older release would have left it.
-    await raw_conn.execute(f'DROP TABLE "{config.schema_name}"."{config.table}_passages"')
+    for later in ("passages", "access"):  # tables of later migrations, keyed by the tenant
+        await raw_conn.execute(f'DROP TABLE "{config.schema_name}"."{config.table}_{later}"')
     await raw_conn.execute(f"ALTER TABLE {table} DROP COLUMN tenant")
     await raw_conn.execute(
         f'UPDATE "{config.schema_name}".pepperpy_memory_tables SET schema_version = 1 '
