@@ -4,16 +4,24 @@ merge it into the memory table, in one transaction."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime, timezone
 from typing import Any
 
 import asyncpg
 
+from .access import record_accesses
 from .history import PLAIN, Change
 from .items import PendingWrite
 from .queries import PASSAGE_COLUMNS, STAGING_COLUMNS, Statements
 from .types import Identity
 
-__all__ = ["write_batch", "write_one", "write_superseding", "copy_passages"]
+__all__ = [
+    "write_batch",
+    "write_one",
+    "write_superseding",
+    "write_deduplicated",
+    "copy_passages",
+]
 
 
 async def write_batch(
@@ -133,3 +141,50 @@ async def write_superseding(
         row = await conn.fetchrow(upsert.sql, *upsert.args)
         await copy_passages(statements, passages, None, conn)
     return row
+
+
+# pg_advisory_xact_lock(int, int) keys of deduplicating writes: this class, the owner's hash.
+# (The two-key space does not meet the one-key locks of migrations and statistics.)
+_DEDUPE_LOCK_CLASS = 0x64656475  # "dedu"
+
+
+async def write_deduplicated(
+    statements: Statements,
+    tenant: str,
+    write: PendingWrite,
+    threshold: float | None,
+    passages: Sequence[tuple[Any, ...]],
+    reinforcing: Change,
+    conn: asyncpg.Connection,
+) -> tuple[asyncpg.Record, bool]:
+    """Write ``write`` unless its owner holds a memory it duplicates (see
+    ``Statements.find_duplicate``); then reinforce that one instead, count a read of it and
+    record ``reinforcing``. One transaction, holding a lock on the owner's deduplicating
+    writes, so that concurrent duplicates find each other. Returns the row written or
+    reinforced, and whether it was a duplicate."""
+    owner = "\x1f".join((tenant, write.scope.value, write.scope_id))
+    async with conn.transaction():
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock($1, hashtext($2))", _DEDUPE_LOCK_CLASS, owner
+        )
+        find = statements.find_duplicate(
+            tenant, write.identity, write.text, write.embedding, threshold
+        )
+        duplicate = await conn.fetchrow(find.sql, *find.args)
+        if duplicate is not None:
+            original = Identity(duplicate["scope"], duplicate["scope_id"], duplicate["key"])
+            # Counted first: the reinforced row returned then shows the new count.
+            read = {original: (1, datetime.now(timezone.utc))}
+            counted = record_accesses(statements.layout, tenant, read)
+            await conn.execute(counted.sql, *counted.args)
+            update = statements.reinforce(
+                tenant, original, write.importance, write.metadata, reinforcing
+            )
+            row = await conn.fetchrow(update.sql, *update.args)
+            assert row is not None
+            return row, True
+        upsert = statements.upsert_one(tenant, write.record(), write.change)
+        row = await conn.fetchrow(upsert.sql, *upsert.args)
+        await copy_passages(statements, passages, None, conn)
+    assert row is not None
+    return row, False

@@ -209,6 +209,15 @@ class PostgresConfig(BaseSettings):
             "`pepperpy-memory backfill`."
         ),
     )
+    dedupe_threshold: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description=(
+            "store() without dedupe= deduplicates at this cosine (and the same normalised "
+            "text always); None: only when a store() asks for it."
+        ),
+    )
     track_access: bool = Field(
         default=True,
         description="Count reads (retrieve and searches) per memory, for ranking by recency.",

@@ -47,6 +47,8 @@ class MemoryEntry(BaseModel, Generic[V]):
         importance: in [0, 1], as stored (0.5 by default); weighs in a ``Ranking``.
         access_count, last_accessed_at: how often ``retrieve`` and searches returned it, and
             when last (counted off the read path: up to ``access_flush_interval`` late).
+        deduplicated: set on what ``store(..., dedupe=...)`` returns when the write
+            duplicated this memory (which was reinforced instead; see ``store``).
     """
 
     model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
@@ -71,6 +73,7 @@ class MemoryEntry(BaseModel, Generic[V]):
     importance: float = 0.5
     access_count: int = 0
     last_accessed_at: datetime | None = None
+    deduplicated: bool = False
 
 
 class MemoryVersion(BaseModel, Generic[V]):
@@ -79,7 +82,9 @@ class MemoryVersion(BaseModel, Generic[V]):
     Attributes:
         version: 1, 2, … gapless per memory, in commit order.
         operation: what made it: ``create``, ``update``, ``delete``, ``supersede``,
-            ``invalidate``, ``restore`` or ``expire`` (reclaimed by ``cleanup_expired``).
+            ``invalidate``, ``restore``, ``reinforce`` (a duplicate write; its ``reason``
+            holds the duplicate's key and text) or ``expire`` (reclaimed by
+            ``cleanup_expired``).
             A ``delete``/``expire`` version holds what the memory was when it ended.
         actor, reason: as given to the call that made it.
         at: when it was recorded.

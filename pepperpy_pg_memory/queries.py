@@ -18,7 +18,7 @@ from typing import Any, Literal
 from .filters import FieldKind, Params, compile_filter
 from .history import AS_OF_MOMENT, PLAIN, Change, as_of_source, change_context
 from .identifiers import quote_ident
-from .schema import TableLayout
+from .schema import TableLayout, dedupe_identifiers_function, normalized_function
 from .sql import Query
 from .types import Identity, MemoryScope, MemoryType
 
@@ -661,6 +661,68 @@ class Statements:
                 LIMIT {params.add(batch)} FOR UPDATE SKIP LOCKED)
             AND d.expires_at <= now()
         """
+        return Query(sql, params.values)
+
+    # --- deduplication ---------------------------------------------------------------------
+    def find_duplicate(
+        self, tenant: str, identity: Identity, text: str, vector: Any, threshold: float | None
+    ) -> Query:
+        """The owner's live, valid memory (under another key) that a write of ``text`` would
+        duplicate: the same normalised text, or, with ``threshold`` and ``vector``, a cosine
+        of at least ``threshold`` among the five nearest with the same identifiers and
+        numbers. Nothing when the write's own key is live (it updates that memory)."""
+        schema = self.layout.schema
+        normalized, identifiers = normalized_function(schema), dedupe_identifiers_function(schema)
+        params = Params([tenant, *identity, text])
+        owner = (
+            "m.tenant = $1 AND m.scope = $2 AND m.scope_id = $3 AND m.key <> $4 "
+            f"AND {_LIVE} AND NOT {_CLOSED}"
+        )
+        found = [
+            f"""(SELECT m.scope, m.scope_id, m.key, 1.0::float8 AS similarity FROM {self.table} m
+                WHERE {owner} AND md5({normalized}(m.content)) = md5({normalized}($5))
+                LIMIT 1)"""
+        ]
+        if threshold is not None and vector is not None:
+            probe = f"{params.add(vector)}::{self.vector}"
+            least = params.add(threshold)
+            found.append(
+                f"""(SELECT * FROM (
+                    SELECT m.scope, m.scope_id, m.key, 1 - (m.embedding <=> {probe}) AS similarity
+                    FROM {self.table} m
+                    WHERE {owner} AND m.embedding IS NOT NULL
+                      AND {identifiers}(m.content) = {identifiers}($5)
+                    ORDER BY m.embedding <=> {probe} LIMIT 5
+                ) near WHERE near.similarity >= {least}::float8)"""
+            )
+        own = (
+            f"SELECT 1 FROM {self.table} o WHERE o.tenant = $1 AND o.scope = $2 "
+            "AND o.scope_id = $3 AND o.key = $4 AND (o.expires_at IS NULL OR o.expires_at > now())"
+        )
+        sql = (
+            f"SELECT * FROM ({' UNION ALL '.join(found)}) candidates "
+            f"WHERE NOT EXISTS ({own}) ORDER BY similarity DESC, key LIMIT 1"
+        )
+        return Query(sql, params.values)
+
+    def reinforce(
+        self,
+        tenant: str,
+        identity: Identity,
+        importance: float,
+        metadata: Mapping[str, Any],
+        change: Change,
+    ) -> Query:
+        """A duplicate write's effect on the memory it duplicates: the larger importance,
+        the metadata merged (the write's keys winning); a version."""
+        params = Params([tenant, *identity, importance, metadata])
+        sql = (
+            f"UPDATE {self.table} m SET importance = greatest(m.importance, $5), "
+            "metadata = m.metadata || $6::jsonb, updated_at = clock_timestamp() "
+            f"FROM {change_context(params, change)} "
+            "WHERE m.tenant = $1 AND m.scope = $2 AND m.scope_id = $3 AND m.key = $4 "
+            f"RETURNING {self.entry}"
+        )
         return Query(sql, params.values)
 
     # --- validity ----------------------------------------------------------------------------

@@ -30,7 +30,13 @@ from pydantic import ValidationError as PydanticValidationError
 
 from . import backfill, backup, maintenance
 from .access import AccessTracker, record_accesses
-from .bulk import copy_passages, write_batch, write_one, write_superseding
+from .bulk import (
+    copy_passages,
+    write_batch,
+    write_deduplicated,
+    write_one,
+    write_superseding,
+)
 from .cache import EmbeddingCache
 from .coalesce import Coalescer, together_or_alone
 from .config import PostgresConfig
@@ -554,6 +560,7 @@ class PostgresStorage(Generic[K, V]):
             importance=row["importance"],
             access_count=row["access_count"],
             last_accessed_at=row["last_accessed_at"],
+            deduplicated=False,
         )
 
     def _result(
@@ -692,6 +699,7 @@ class PostgresStorage(Generic[K, V]):
         text: str | None = None,
         passages: Sequence[str] | None = None,
         importance: float = 0.5,
+        dedupe: bool | float | None = None,
         actor: str | None = None,
         reason: str | None = None,
     ) -> MemoryEntry[V]:
@@ -716,6 +724,14 @@ class PostgresStorage(Generic[K, V]):
                 it has none).
             importance: in [0, 1]; weighs in searches with a ``Ranking`` (a store sets it:
                 0.5 unless given).
+            dedupe: ``True``: if the owner holds a live, valid memory under another key
+                with the same text (case and spacing aside), reinforce it instead of adding
+                one: importance the larger, metadata merged (this write's keys winning), a
+                read counted, and a ``reinforce`` version whose reason keeps this write's
+                key and text; the returned entry is that memory, ``deduplicated=True``. A
+                number in (0, 1] also takes a cosine at least that high — never between
+                texts whose identifiers or numbers differ (``A-77812`` and ``A-77813``).
+                ``False``: never. None: ``config.dedupe_threshold`` (None: never).
             actor, reason: who makes the change and why, recorded with the version it makes
                 (see :meth:`history`).
 
@@ -740,9 +756,55 @@ class PostgresStorage(Generic[K, V]):
             importance=importance,
         )
         write.change = self._change(None, actor, reason)
+        rule = self._dedupe_rule(dedupe)
+        if rule is not False:
+            return await self._write_deduplicated(write, value, rule, reason)
         # Batches run on the caller's loop, which must be the pool's.
         self.database.check_loop("store")
         return await self._store_calls.submit((write, value))
+
+    def _dedupe_rule(self, dedupe: bool | float | None) -> float | None | Literal[False]:
+        """False: no deduplication; None: the same normalised text; a number: that too, or
+        a cosine at least that high."""
+        if dedupe is None:
+            threshold = self.config.dedupe_threshold
+            return False if threshold is None else threshold
+        if isinstance(dedupe, bool):
+            return None if dedupe else False
+        if not isinstance(dedupe, (int, float)) or not 0 < dedupe <= 1:
+            raise MemoryValidationError("dedupe must be True, False, None or a number in (0, 1]")
+        return float(dedupe)
+
+    async def _write_deduplicated(
+        self,
+        write: PendingWrite,
+        value: Any,
+        threshold: float | None,
+        reason: str | None,
+    ) -> MemoryEntry[V]:
+        await self._plan_embeddings([write])
+        trace = f"duplicate {write.key!r}: {write.text}"
+        reinforcing = Change(
+            "reinforce", write.change.actor, trace if reason is None else f"{reason} ({trace})"
+        )
+        row, duplicate = await self.database.run(
+            "store",
+            partial(
+                write_deduplicated,
+                self._statements,
+                self._tenant,
+                write,
+                threshold,
+                self._passage_rows([write]),
+                reinforcing,
+            ),
+        )
+        self._term_stats.note_writes(1)
+        if duplicate:
+            return self._entry(row).model_copy(update={"deduplicated": True})
+        if row["needs_embedding"]:
+            await self._repair_embeddings([write.identity], {write.identity: write})
+        return self._stored(write, value, row)
 
     async def _store_batch(
         self, calls: builtins.list[StoreCall]
@@ -843,6 +905,7 @@ class PostgresStorage(Generic[K, V]):
             importance=row["importance"],
             access_count=row["access_count"],
             last_accessed_at=row["last_accessed_at"],
+            deduplicated=False,
         )
 
     @instrumented("store_many")

@@ -53,10 +53,14 @@ async def test_thousands_of_concurrent_stores_on_two_connections(make_config: An
         assert len(embedder.batches) < 300
         back = await storage.retrieve("k1234", scope=MemoryScope.USER, scope_id="u2")
         assert back.value == {"text": "note 1234"}
+        # 32-dimensional hashing vectors collide: several of u2's 429 notes have exactly
+        # the vector of "note 1234", and which of those exact ties the graph yields first is
+        # arbitrary. Every tie is found with room for them all.
         hits = await storage.search(
-            MemoryQuery(query="note 1234", scope=MemoryScope.USER, scope_id="u2", limit=3)
+            MemoryQuery(query="note 1234", scope=MemoryScope.USER, scope_id="u2", limit=30)
         )
         assert "k1234" in [hit.entry.key for hit in hits]
+        assert hits[0].score == pytest.approx(1.0)
 
 
 async def test_a_write_that_fails_in_a_burst_fails_alone(make_config: Any) -> None:

@@ -1,0 +1,137 @@
+"""Deduplication on write: a store that repeats what its owner already holds reinforces that
+memory instead of adding another, race-safe, and leaves a trace in its history."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from pepperpy_pg_memory import (
+    HashingEmbedder,
+    MemoryScope,
+    MemoryValidationError,
+    PostgresConfig,
+    PostgresStorage,
+)
+
+ANA = {"scope": MemoryScope.USER, "scope_id": "ana"}
+BRUNO = {"scope": MemoryScope.USER, "scope_id": "bruno"}
+
+
+@pytest.fixture
+async def storage(config: PostgresConfig) -> Any:
+    async with PostgresStorage[str, Any](config, HashingEmbedder(256)) as store:
+        yield store
+
+
+async def test_the_same_text_reinforces_the_memory_it_repeats(
+    storage: PostgresStorage[str, Any],
+) -> None:
+    first = await storage.store("k1", "Ana likes green tea", **ANA, metadata={"a": 1, "b": 1})
+    again = await storage.store(
+        "k2",
+        "  ana LIKES   green tea ",
+        **ANA,
+        dedupe=True,
+        importance=0.9,
+        metadata={"b": 2, "c": 3},
+        reason="said twice",
+    )
+    assert (again.key, again.deduplicated, again.version) == ("k1", True, 2)
+    assert again.value == "Ana likes green tea"  # the memory kept its own text
+    assert again.importance == pytest.approx(0.9)
+    assert again.metadata == {"a": 1, "b": 2, "c": 3}
+    assert again.access_count == first.access_count + 1
+    assert await storage.count(**ANA) == 1
+    assert not await storage.exists("k2", **ANA)
+    reinforced = (await storage.history("k1", **ANA))[0]
+    assert reinforced.operation == "reinforce"
+    assert reinforced.reason is not None
+    assert "said twice" in reinforced.reason and "'k2'" in reinforced.reason
+    assert "ana LIKES   green tea" in reinforced.reason  # the write's text, not lost
+    # The larger importance wins: a less important repeat lowers nothing.
+    low = await storage.store("k3", "Ana likes green tea", **ANA, dedupe=True, importance=0.1)
+    assert low.importance == pytest.approx(0.9)
+
+
+async def test_without_dedupe_or_across_owners_nothing_is_merged(
+    storage: PostgresStorage[str, Any],
+) -> None:
+    await storage.store("k1", "Ana likes green tea", **ANA)
+    assert not (await storage.store("k2", "Ana likes green tea", **ANA)).deduplicated
+    other = await storage.store("k3", "Ana likes green tea", **BRUNO, dedupe=True)
+    assert (other.key, other.deduplicated) == ("k3", False)
+    # A write to a key its owner holds updates that memory, duplicate or not.
+    own = await storage.store("k1", "Ana likes green tea", **ANA, dedupe=True)
+    assert (own.key, own.deduplicated, own.version) == ("k1", False, 2)
+    assert await storage.count(**ANA) == 2
+    with pytest.raises(MemoryValidationError, match="dedupe"):
+        await storage.store("k4", "x", **ANA, dedupe=1.5)
+
+
+async def test_a_threshold_accepts_close_vectors_but_never_other_identifiers(
+    storage: PostgresStorage[str, Any],
+) -> None:
+    # The hashing embedder gives texts of the same words the same vector.
+    await storage.store("order", "order A-77812 shipped on Monday", **ANA)
+    twin = await storage.store(
+        "near", "shipped on Monday: order A-77813", **ANA, dedupe=0.5
+    )  # close words, another order
+    assert not twin.deduplicated
+    same = await storage.store("same", "on Monday order A-77812 shipped", **ANA, dedupe=0.9)
+    assert (same.key, same.deduplicated) == ("order", True)
+    number = await storage.store("five", "Ana has 5 cats", **ANA)
+    other_number = await storage.store("six", "Ana has 6 cats", **ANA, dedupe=0.5)
+    assert number.key == "five" and not other_number.deduplicated
+    # Exact text alone (True) does not take close vectors.
+    words = await storage.store("reordered", "Monday on shipped A-77812 order", **ANA, dedupe=True)
+    assert not words.deduplicated
+
+
+async def test_the_configured_threshold_applies_unless_a_store_says_otherwise(
+    make_config: Any,
+) -> None:
+    config = make_config(dedupe_threshold=0.95)
+    async with PostgresStorage[str, Any](config, HashingEmbedder(256)) as store:
+        await store.store("a", "Ana drinks green tea", **ANA)
+        assert (await store.store("b", "green tea Ana drinks", **ANA)).deduplicated
+        assert not (
+            await store.store("c", "green tea Ana drinks", **ANA, dedupe=False)
+        ).deduplicated
+
+
+async def test_concurrent_duplicates_find_each_other(storage: PostgresStorage[str, Any]) -> None:
+    results = await asyncio.gather(
+        *(storage.store(f"k{i}", "Ana's flight leaves at 9", **ANA, dedupe=True) for i in range(20))
+    )
+    assert await storage.count(**ANA) == 1
+    assert sum(entry.deduplicated for entry in results) == 19
+    kept = {entry.key for entry in results}
+    assert len(kept) == 1
+    versions = await storage.history(kept.pop(), **ANA)
+    assert [v.operation for v in versions].count("reinforce") == 19
+
+
+@pytest.mark.model
+async def test_with_the_model_a_paraphrase_is_a_duplicate_and_a_near_miss_is_not(
+    make_config: Any, minilm: Any
+) -> None:
+    """all-MiniLM-L6-v2: the paraphrase is at cosine 0.94; the other allergy at 0.72; yet
+    'A-77812' beside 'A-77813' is at 0.98 and '9' beside '10' at 0.96 — above any useful
+    threshold, which is why differing identifiers and numbers always keep memories apart."""
+    async with PostgresStorage[str, Any](make_config(), minilm) as store:
+        await store.store("allergy", "Ana is allergic to peanuts", **ANA)
+        await store.store("order", "Order A-77812 shipped on Monday", **ANA)
+        await store.store("flight", "Ana's flight leaves at 9", **ANA)
+        said = await store.store("again", "Ana has a peanut allergy", **ANA, dedupe=0.92)
+        assert (said.key, said.deduplicated) == ("allergy", True)
+        for key, text in (
+            ("shellfish", "Ana is allergic to shellfish"),
+            ("other-order", "Order A-77813 shipped on Monday"),
+            ("later-flight", "Ana's flight leaves at 10"),
+        ):
+            written = await store.store(key, text, **ANA, dedupe=0.92)
+            assert (written.key, written.deduplicated) == (key, False), text
+        assert await store.count(**ANA) == 6
