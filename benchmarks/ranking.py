@@ -1,4 +1,5 @@
-"""``python -m benchmarks.ranking``: what ranking and read counting cost a search.
+"""``python -m benchmarks.ranking``: what ranking and read counting cost a search, and what
+deduplication costs a store.
 
 One table of N memories of one owner (the model's vectors, cached; ``--random`` for random
 ones), each with an importance, read by two stores started on it: one counting reads
@@ -9,8 +10,12 @@ store that does not count reads — the three in turn for each query, each going
 third of them (the first search of a vector warms the pages the others read), so that drift on
 a busy host touches all three alike; p50 per round, then the ratios.
 
-Targets (issue 13): ranked ≤ 1.3x plain; reads counted ≤ 1.05x not counted. The side table's
-look-ups for ``access_count`` are in both (every entry carries them).
+Then ``--writes`` new memories are stored one call at a time into the same table, alternating
+a plain ``store()`` and ``store(dedupe=True)`` (none of them a duplicate: the lookup's cost).
+
+Targets (issue 13): ranked ≤ 1.3x plain; reads counted ≤ 1.05x not counted; store with
+``dedupe=True`` ≤ 1.5x plain store. The side table's look-ups for ``access_count`` are in both
+searches (every entry carries them).
 """
 
 from __future__ import annotations
@@ -51,9 +56,11 @@ async def _p50_ms(store: PostgresStorage[str, Any], queries: list[MemoryQuery]) 
     return statistics.median(times)
 
 
-async def _measure(size: int, queries: int, rounds: int, random: bool) -> dict[str, Any]:
+async def _measure(
+    size: int, queries: int, rounds: int, writes: int, random: bool
+) -> dict[str, Any]:
     server = _start_server(Path(tempfile.mkdtemp(prefix="pepperpy-ranking-")))
-    corpus = memories(size)
+    corpus = memories(size + writes)
     asked = questions(queries)
     _log(f"embedding {size + queries} texts (cached after the first run)")
     embedder = PrecomputedEmbedder(await _vectors([m.text for m in corpus] + asked, random=random))
@@ -69,7 +76,7 @@ async def _measure(size: int, queries: int, rounds: int, random: bool) -> dict[s
         await counting.store_many(
             [
                 {"key": m.key, "value": m.text, "importance": (i % 10) / 10, **OWNER}
-                for i, m in enumerate(corpus)
+                for i, m in enumerate(corpus[:size])
             ]
         )
         async with counting.database.pool.acquire() as conn:  # as autovacuum would
@@ -99,14 +106,23 @@ async def _measure(size: int, queries: int, rounds: int, random: bool) -> dict[s
                     times[name].append((time.perf_counter() - begun) * 1000)
             for name, samples in times.items():
                 p50.setdefault(name, []).append(statistics.median(samples))
+        _log(f"writes: {writes} new memories, plain and deduplicating stores alternating")
+        write_ms: dict[str, list[float]] = {"store": [], "store_dedupe": []}
+        for position, memory in enumerate(corpus[size:]):
+            name = "store_dedupe" if position % 2 else "store"
+            begun = time.perf_counter()
+            await counting.store(memory.key, memory.text, dedupe=name == "store_dedupe", **OWNER)
+            write_ms[name].append((time.perf_counter() - begun) * 1000)
     finally:
         await silent.close()
         await counting.close()
         server.cleanup()
     medians = {name: statistics.median(values) for name, values in p50.items()}
+    writes_p50 = {name: statistics.median(values) for name, values in write_ms.items()}
     ratios = {
         "ranked_over_plain": medians["ranked"] / medians["plain"],
         "counting_over_not_counting": medians["plain"] / medians["plain_not_counting"],
+        "dedupe_store_over_store": writes_p50["store_dedupe"] / writes_p50["store"],
     }
     return {
         "date": time.strftime("%Y-%m-%d"),
@@ -119,10 +135,13 @@ async def _measure(size: int, queries: int, rounds: int, random: bool) -> dict[s
         "ranking": RANKING.model_dump(mode="json"),
         "p50_ms_per_round": p50,
         "p50_ms": medians,
+        "writes": writes,
+        "write_p50_ms": writes_p50,
         "ratios": ratios,
         "targets_met": {
             "ranked": ratios["ranked_over_plain"] <= 1.3,
             "counting": ratios["counting_over_not_counting"] <= 1.05,
+            "dedupe_store": ratios["dedupe_store_over_store"] <= 1.5,
         },
     }
 
@@ -132,10 +151,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=10_000)
     parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--writes", type=int, default=400)
     parser.add_argument("--random", action="store_true", help="random vectors (no model)")
     parser.add_argument("--out", type=Path, help="write the JSON here")
     args = parser.parse_args(argv)
-    report(asyncio.run(_measure(args.size, args.queries, args.rounds, args.random)), args.out)
+    measured = _measure(args.size, args.queries, args.rounds, args.writes, args.random)
+    report(asyncio.run(measured), args.out)
     return 0
 
 

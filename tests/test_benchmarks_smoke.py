@@ -133,6 +133,7 @@ def test_ranking_benchmark_runs_small(tmp_path: Path) -> None:
                 "-m",
                 "benchmarks.ranking",
                 *("--random", "--size", "300", "--queries", "6", "--rounds", "1"),
+                *("--writes", "10"),
                 *("--out", str(out)),
             ],
             cwd=ROOT,
@@ -145,5 +146,9 @@ def test_ranking_benchmark_runs_small(tmp_path: Path) -> None:
         shutil.rmtree(scratch)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(out.read_text())
-    assert set(report["ratios"]) == {"ranked_over_plain", "counting_over_not_counting"}
+    assert set(report["ratios"]) == {
+        "ranked_over_plain",
+        "counting_over_not_counting",
+        "dedupe_store_over_store",
+    }
     assert set(report["p50_ms"]) == {"plain", "ranked", "plain_not_counting"}
