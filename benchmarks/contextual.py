@@ -41,16 +41,12 @@ from pepperpy_pg_memory import (
 from pepperpy_pg_memory.embeddings import Embedder, default_embedder
 
 from .corpus import keyword_queries, memories, questions
-from .measure import report
+from .measure import log, report
 from .recall_sets import RecallSet, identifier_set, paraphrase_set, shares_a_word
 from .run import _start_server
 
 MODES = (MemoryIndex.CONTEXTUAL, MemoryIndex.SEMANTIC, MemoryIndex.HYBRID)
 MATCHES = ("any", "all")
-
-
-def _log(message: str) -> None:
-    print(f"  [{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 async def _load(store: PostgresStorage[str, Any], texts: dict[str, str]) -> None:
@@ -102,7 +98,7 @@ async def quality(dsn: str, noise: int, embedder: Embedder) -> dict[str, Any]:
     try:
         for store in stores.values():
             await store.start()
-        _log(f"quality: loading {len(texts)} memories")
+        log(f"quality: loading {len(texts)} memories")
         await _load(stores["any"], texts)
         for name, recall in (("identifiers", identifiers), ("paraphrases", paraphrases)):
             for match, store in stores.items():
@@ -112,7 +108,7 @@ async def quality(dsn: str, noise: int, embedder: Embedder) -> dict[str, Any]:
                     rates = await _hit_rates(store, recall, mode)
                     label = mode.value if mode is MemoryIndex.SEMANTIC else f"{mode.value}_{match}"
                     out.setdefault(name, {})[label] = rates
-                    _log(f"{name} {label}: {rates}")
+                    log(f"{name} {label}: {rates}")
     finally:
         for store in stores.values():
             await store.close()
@@ -138,10 +134,10 @@ async def latency(dsn: str, size: int, queries: int, rounds: int) -> dict[str, A
     try:
         for store in stores.values():
             await store.start()
-        _log(f"latency: loading {len(texts)} memories")
+        log(f"latency: loading {len(texts)} memories")
         started = time.perf_counter()
         await _load(stores["any"], texts)
-        _log(f"loaded in {time.perf_counter() - started:.0f} s")
+        log(f"loaded in {time.perf_counter() - started:.0f} s")
         for kind in asked.values():  # warm up: every statement shape, both stores
             for store in stores.values():
                 for query in kind[:10]:
@@ -242,7 +238,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
             result["embedder"] = getattr(embedder, "name", type(embedder).__name__)
             result["quality"] = await quality(dsn, args.noise, embedder)
         if args.write_rows:
-            _log(f"write cost: {args.write_rows} rows")
+            log(f"write cost: {args.write_rows} rows")
             result["write_cost"] = await write_cost(dsn, args.write_rows, args.rounds)
         if args.size:
             result["latency"] = await latency(dsn, args.size, args.queries, args.rounds)

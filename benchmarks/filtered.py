@@ -36,15 +36,11 @@ from pepperpy_pg_memory.search_sql import Page
 
 from .corpus import memories, questions
 from .embedders import PrecomputedEmbedder, RandomEmbedder
-from .measure import report
+from .measure import log, report
 from .run import _start_server
 
 SELECTIVITY = {"1%": 1, "10%": 10, "50%": 50}
 OWNER = {"scope": "user", "scope_id": "ana"}
-
-
-def _log(message: str) -> None:
-    print(f"  [{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 async def _p50(store: PostgresStorage[str, Any], queries: list[MemoryQuery]) -> float:
@@ -95,7 +91,7 @@ async def _measure(size: int, queries: int, rounds: int, random: bool) -> dict[s
         dsn = server.get_uri("postgres")
         corpus = memories(size)
         asked = questions(queries)
-        _log(f"embedding {size + queries} texts")
+        log(f"embedding {size + queries} texts")
         embedder = PrecomputedEmbedder(await _vectors([m.text for m in corpus] + asked, random))
         # Two tables of the same rows: the statistics the indexed store keeps on the field
         # would otherwise help the anchor's plans too, and it would no longer be "before".
@@ -110,7 +106,7 @@ async def _measure(size: int, queries: int, rounds: int, random: bool) -> dict[s
                 {"key": m.key, "value": m.text, "metadata": {"priority": i % 100}, **OWNER}
                 for i, m in enumerate(corpus)
             ]
-            _log(f"loading {size} memories, twice")
+            log(f"loading {size} memories, twice")
             await plain.store_many(rows)
             begun = time.perf_counter()
             await indexed.start()  # adds the expression index to the empty table
@@ -137,7 +133,7 @@ async def _measure(size: int, queries: int, rounds: int, random: bool) -> dict[s
                 for name, batch in filtered.items():
                     p50.setdefault(f"anchor_{name}", []).append(await _p50(plain, batch))
                     p50.setdefault(f"indexed_{name}", []).append(await _p50(indexed, batch))
-            _log("recall against exact filtered search")
+            log("recall against exact filtered search")
             recall: dict[str, float] = {}
             found = 0
             for vector, query in zip(vectors, unfiltered, strict=True):

@@ -33,14 +33,10 @@ from pepperpy_pg_memory import MemoryQuery, PostgresConfig, PostgresStorage
 from .corpus import memories, questions
 from .embedders import PrecomputedEmbedder
 from .filtered import _vectors
-from .measure import report
+from .measure import log, report
 from .run import _start_server
 
 OWNER = {"scope": "user", "scope_id": "ana"}
-
-
-def _log(message: str) -> None:
-    print(f"  [{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 async def _p50_ms(calls: list[Any]) -> float:
@@ -100,7 +96,7 @@ async def _measure(
     server = _start_server(Path(tempfile.mkdtemp(prefix="pepperpy-history-")))
     corpus = memories(size + writes)
     asked = questions(queries)
-    _log(f"embedding {size + writes + queries} texts (cached after the first run)")
+    log(f"embedding {size + writes + queries} texts (cached after the first run)")
     vectors = await _vectors([m.text for m in corpus] + asked, random=random)
     embedder = PrecomputedEmbedder(vectors)
     dsn = server.get_uri("postgres")
@@ -116,18 +112,18 @@ async def _measure(
     try:
         for store in stores.values():
             await store.start()
-        _log(f"writes: {writes} stores and updates per system, {rounds} alternating rounds")
+        log(f"writes: {writes} stores and updates per system, {rounds} alternating rounds")
         write_texts = [m.text for m in corpus[size:]]
         write_p50 = await _writes(stores["history_on"], stores["history_off"], write_texts, rounds)
 
         rows = [{"key": m.key, "value": m.text, **OWNER} for m in corpus[:size]]
-        _log(f"loading {size} memories into two tables")
+        log(f"loading {size} memories into two tables")
         for name in ("none_superseded", "superseded"):
             await stores[name].store_many(rows)
         superseded = stores["superseded"]
         before = await _server_now(superseded)
         share = int(size * 0.3)
-        _log(f"superseding {share} of them by new memories")
+        log(f"superseding {share} of them by new memories")
         for i, memory in enumerate(corpus[:share]):
             successor = corpus[(i + share) % size].text
             await superseded.supersede(memory.key, successor, new_key=f"{memory.key}-2", **OWNER)
@@ -140,7 +136,7 @@ async def _measure(
             await _searches(store, query_vectors[:10])
         await _searches(superseded, query_vectors[:10], before)
         search_p50: dict[str, list[float]] = {}
-        _log(f"searches: {queries} per system and round, {rounds} rounds")
+        log(f"searches: {queries} per system and round, {rounds} rounds")
         for _ in range(rounds):
             now = await _server_now(superseded)
             for name, work in (

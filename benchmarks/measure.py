@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -83,6 +84,11 @@ def rate_row(
         count=count,
         extra={"seconds": seconds, **extra},
     )
+
+
+def log(message: str) -> None:
+    """A timestamped progress line on stderr (results go to stdout and --out)."""
+    print(f"  [{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 def cpu_count() -> int:

@@ -36,15 +36,11 @@ from pepperpy_pg_memory import MemoryQuery, PostgresConfig, PostgresStorage, Ran
 from .corpus import memories, questions
 from .embedders import PrecomputedEmbedder
 from .filtered import _vectors
-from .measure import report
+from .measure import log, report
 from .run import _start_server
 
 OWNER = {"scope": "user", "scope_id": "ana"}
 RANKING = Ranking(relevance=1.0, recency=0.3, importance=0.3, half_life=timedelta(days=1))
-
-
-def _log(message: str) -> None:
-    print(f"  [{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 async def _p50_ms(store: PostgresStorage[str, Any], queries: list[MemoryQuery]) -> float:
@@ -62,7 +58,7 @@ async def _measure(
     server = _start_server(Path(tempfile.mkdtemp(prefix="pepperpy-ranking-")))
     corpus = memories(size + writes)
     asked = questions(queries)
-    _log(f"embedding {size + queries} texts (cached after the first run)")
+    log(f"embedding {size + queries} texts (cached after the first run)")
     embedder = PrecomputedEmbedder(await _vectors([m.text for m in corpus] + asked, random=random))
     dsn = server.get_uri("postgres")
     counting = PostgresStorage[str, Any](PostgresConfig(dsn=dsn, table="ranked"), embedder)
@@ -72,7 +68,7 @@ async def _measure(
     try:
         await counting.start()
         await silent.start()
-        _log(f"loading {size} memories")
+        log(f"loading {size} memories")
         await counting.store_many(
             [
                 {"key": m.key, "value": m.text, "importance": (i % 10) / 10, **OWNER}
@@ -88,7 +84,7 @@ async def _measure(
             await _p50_ms(store, batch[:10])  # warm every statement shape
         await counting.flush_access_counts()  # some memories have counts, as in use
         p50: dict[str, list[float]] = {}
-        _log(f"searches: {queries} per system and round, {rounds} rounds")
+        log(f"searches: {queries} per system and round, {rounds} rounds")
         systems = (
             ("plain", counting, plain),
             ("ranked", counting, ranked),
@@ -106,7 +102,7 @@ async def _measure(
                     times[name].append((time.perf_counter() - begun) * 1000)
             for name, samples in times.items():
                 p50.setdefault(name, []).append(statistics.median(samples))
-        _log(f"writes: {writes} new memories, plain and deduplicating stores alternating")
+        log(f"writes: {writes} new memories, plain and deduplicating stores alternating")
         write_ms: dict[str, list[float]] = {"store": [], "store_dedupe": []}
         for position, memory in enumerate(corpus[size:]):
             name = "store_dedupe" if position % 2 else "store"

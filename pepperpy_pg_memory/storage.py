@@ -117,6 +117,21 @@ StoreCall = tuple[PendingWrite, Any]
 
 Types = Iterable[MemoryType | str] | MemoryType | None
 
+# The fields of a MemoryEntry a row of a read or a write gives as they are.
+_ROW_FIELDS = (
+    "created_at",
+    "updated_at",
+    "expires_at",
+    "version",
+    "valid_from",
+    "valid_to",
+    "supersedes",
+    "superseded_by",
+    "importance",
+    "access_count",
+    "last_accessed_at",
+)
+
 # What supersede() passes on to the new fact's write.
 _SUPERSEDE_FIELDS = frozenset(
     {
@@ -548,19 +563,9 @@ class PostgresStorage(Generic[K, V]):
             scope_id=row["scope_id"],
             indices=_indices(tuple(row["indices"])),
             metadata=row["metadata"],
-            created_at=row["created_at"],
-            updated_at=row["updated_at"],
-            expires_at=row["expires_at"],
             embedding=None if vector is None else _vector_list(vector),
-            version=row["version"],
-            valid_from=row["valid_from"],
-            valid_to=row["valid_to"],
-            supersedes=row["supersedes"],
-            superseded_by=row["superseded_by"],
-            importance=row["importance"],
-            access_count=row["access_count"],
-            last_accessed_at=row["last_accessed_at"],
             deduplicated=False,
+            **{column: row[column] for column in _ROW_FIELDS},
         )
 
     def _result(
@@ -893,19 +898,9 @@ class PostgresStorage(Generic[K, V]):
             scope_id=write.scope_id,
             indices=write.indices,
             metadata=write.metadata,
-            created_at=row["created_at"],
-            updated_at=row["updated_at"],
-            expires_at=row["expires_at"],
             embedding=None,
-            version=row["version"],
-            valid_from=row["valid_from"],
-            valid_to=row["valid_to"],
-            supersedes=row["supersedes"],
-            superseded_by=row["superseded_by"],
-            importance=row["importance"],
-            access_count=row["access_count"],
-            last_accessed_at=row["last_accessed_at"],
             deduplicated=False,
+            **{column: row[column] for column in _ROW_FIELDS},
         )
 
     @instrumented("store_many")

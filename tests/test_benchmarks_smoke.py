@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -60,18 +61,14 @@ def test_quick_benchmark_writes_json(tmp_path: Path) -> None:
     assert "measurement" in result.stdout  # the readable table
 
 
-def test_contextual_benchmark_runs_small(tmp_path: Path) -> None:
-    out = tmp_path / "contextual.json"
-    scratch = Path(tempfile.mkdtemp(prefix="ctx-smoke-"))
+def _run_small(module: str, tmp_path: Path, *args: str) -> dict[str, Any]:
+    """Run ``python -m benchmarks.<module> *args --out …`` on a server of its own (in a
+    scratch folder removed afterwards) and return the JSON it wrote."""
+    out = tmp_path / f"{module}.json"
+    scratch = Path(tempfile.mkdtemp(prefix=f"{module}-smoke-"))
     try:
         result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "benchmarks.contextual",
-                *("--hashing", "--noise", "50", "--size", "300", "--queries", "5"),
-                *("--rounds", "1", "--write-rows", "100", "--out", str(out)),
-            ],
+            [sys.executable, "-m", f"benchmarks.{module}", *args, "--out", str(out)],
             cwd=ROOT,
             capture_output=True,
             text=True,
@@ -81,7 +78,17 @@ def test_contextual_benchmark_runs_small(tmp_path: Path) -> None:
     finally:
         shutil.rmtree(scratch)
     assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(out.read_text())
+    report: dict[str, Any] = json.loads(out.read_text())
+    return report
+
+
+def test_contextual_benchmark_runs_small(tmp_path: Path) -> None:
+    report = _run_small(
+        "contextual",
+        tmp_path,
+        *("--hashing", "--noise", "50", "--size", "300", "--queries", "5"),
+        *("--rounds", "1", "--write-rows", "100"),
+    )
     identifiers = report["quality"]["identifiers"]
     # Word matching does not depend on the vectors: any-term BM25 finds the identifiers that
     # all-words matching misses, whatever the embedder.
@@ -92,27 +99,11 @@ def test_contextual_benchmark_runs_small(tmp_path: Path) -> None:
 
 
 def test_history_benchmark_runs_small(tmp_path: Path) -> None:
-    out = tmp_path / "history.json"
-    scratch = Path(tempfile.mkdtemp(prefix="history-smoke-"))
-    try:
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "benchmarks.history",
-                *("--random", "--size", "300", "--writes", "24", "--queries", "5"),
-                *("--rounds", "1", "--out", str(out)),
-            ],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=600,
-            env={**os.environ, "TMPDIR": str(scratch)},
-        )
-    finally:
-        shutil.rmtree(scratch)
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(out.read_text())
+    report = _run_small(
+        "history",
+        tmp_path,
+        *("--random", "--size", "300", "--writes", "24", "--queries", "5", "--rounds", "1"),
+    )
     assert set(report["ratios"]) == {
         "store_history_on_over_off",
         "update_history_on_over_off",
@@ -124,28 +115,11 @@ def test_history_benchmark_runs_small(tmp_path: Path) -> None:
 
 
 def test_ranking_benchmark_runs_small(tmp_path: Path) -> None:
-    out = tmp_path / "ranking.json"
-    scratch = Path(tempfile.mkdtemp(prefix="ranking-smoke-"))
-    try:
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "benchmarks.ranking",
-                *("--random", "--size", "300", "--queries", "6", "--rounds", "1"),
-                *("--writes", "10"),
-                *("--out", str(out)),
-            ],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=600,
-            env={**os.environ, "TMPDIR": str(scratch)},
-        )
-    finally:
-        shutil.rmtree(scratch)
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(out.read_text())
+    report = _run_small(
+        "ranking",
+        tmp_path,
+        *("--random", "--size", "300", "--queries", "6", "--rounds", "1", "--writes", "10"),
+    )
     assert set(report["ratios"]) == {
         "ranked_over_plain",
         "counting_over_not_counting",
