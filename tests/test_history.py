@@ -238,9 +238,11 @@ async def test_supersede_under_a_new_key_keeps_the_old_fact_closed(
     assert {hit.entry.key for hit in every} == {"job", "job-2"}
     assert await storage.count(**ANA) == 1
     assert [e.key for e in await storage.list(**ANA)] == ["job-2"]
-    # A closed fact cannot be superseded again.
+    # A closed fact cannot be superseded again, but it can be deleted (by its key alone too).
     with pytest.raises(MemoryNotFoundError):
         await storage.supersede("job", "Ana works at Initech", new_key="job-3", **ANA)
+    assert await storage.delete("job")
+    assert (await storage.history("job", **ANA))[0].operation == "delete"
 
 
 async def test_supersede_the_same_key_and_invalidate(storage: PostgresStorage[str, Any]) -> None:
