@@ -1043,6 +1043,21 @@ class PostgresStorage(Generic[K, V]):
                 belongs to another ``(scope, scope_id)`` than the one given.
             AmbiguousKeyError: no scope was given and several owners hold the key.
         """
+        return await self._retrieve(key, scope, scope_id, include_embedding, as_of, include_invalid)
+
+    async def _retrieve(
+        self,
+        key: Any,
+        scope: Scope,
+        scope_id: str | None,
+        include_embedding: bool = False,
+        as_of: datetime | None = None,
+        include_invalid: bool = False,
+        *,
+        counted: bool = True,
+    ) -> MemoryEntry[V]:
+        """:meth:`retrieve`; ``counted=False`` for the store's own look-ups, which are not a
+        caller's read of the memory."""
         checked = validate_key(key, self.config.max_key_length)
         restriction = self._restriction(
             scope, scope_id, as_of=_moment(as_of, "as_of"), include_invalid=include_invalid
@@ -1059,7 +1074,7 @@ class PostgresStorage(Generic[K, V]):
             raise MemoryNotFoundError(checked)
         if len(rows) > 1:
             raise await self._ambiguous(checked, restriction)
-        if as_of is None:
+        if counted and as_of is None:
             self._access.note([_identity(rows[0])])
         return self._entry(rows[0], embedding=include_embedding)
 
@@ -1842,7 +1857,7 @@ class PostgresStorage(Generic[K, V]):
         unknown = set(store_kwargs) - _SUPERSEDE_FIELDS
         if unknown:
             raise MemoryValidationError(f"supersede() got unknown arguments {sorted(unknown)}")
-        old = await self.retrieve(key, scope=scope, scope_id=scope_id)
+        old = await self._retrieve(key, scope, scope_id, counted=False)
         identity = Identity(old.scope.value, old.scope_id, old.key)
         fields = {**_RESTORE_DEFAULTS, "ttl": None, "expires_at": None, "type": old.type}
         write = self._prepare(
@@ -1894,14 +1909,14 @@ class PostgresStorage(Generic[K, V]):
         checked = validate_key(key, self.config.max_key_length)
         moment = _moment(at, "at")
         change = self._change("invalidate", actor, reason)
-        old = await self.retrieve(key, scope=scope, scope_id=scope_id)
+        old = await self._retrieve(key, scope, scope_id, counted=False)
         identity = Identity(old.scope.value, old.scope_id, old.key)
         row = await self.database.fetchrow(
             "invalidate",
             self._statements.close_validity(self._tenant, identity, moment, None, change),
         )
         if row is None:
-            current = await self.retrieve(key, scope=old.scope, scope_id=old.scope_id)
+            current = await self._retrieve(key, old.scope, old.scope_id, counted=False)
             if moment is not None and current.valid_from and moment < current.valid_from:
                 raise MemoryValidationError(
                     f"at {moment.isoformat()} is before {checked!r} became valid "

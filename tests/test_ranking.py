@@ -223,3 +223,12 @@ async def test_tracking_can_be_switched_off(make_config: Any) -> None:
         await store.retrieve("k", **ANA)
         await store.flush_access_counts()
         assert (await store.retrieve("k", **ANA)).access_count == 0
+
+
+async def test_the_stores_own_look_ups_are_not_reads(storage: PostgresStorage[str, Any]) -> None:
+    await storage.store("mood", "happy", **ANA)
+    await storage.supersede("mood", "tired", **ANA)
+    await storage.invalidate("mood", **ANA)
+    await storage.flush_access_counts()
+    closed = await storage.retrieve("mood", **ANA, include_invalid=True)
+    assert closed.access_count == 0
