@@ -32,6 +32,8 @@ def test_notebook_runs(
     text = "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
     if name == "quickstart.ipynb":
         assert "ana-allergy" in text and "exists after 1.5 s: False" in text
+        assert "as of:  Bruno works as a database administrator" in text
+        assert "supersede" in text and "importance 1.00" in text
         assert any("image/png" in o.get("data", {}) for o in outputs)
     else:
         assert "peanut" in text and "I remember:" in text
