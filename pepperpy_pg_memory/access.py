@@ -12,7 +12,6 @@ re-insert it into the HNSW and GIN indexes. Counts are bookkeeping: no version, 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Iterable
 from datetime import datetime, timezone
@@ -22,6 +21,7 @@ import asyncpg
 from .database import Database
 from .errors import MemoryError
 from .schema import IDENTITY_COLUMNS, TableLayout
+from .shutdown import cancel_and_wait
 from .sql import Query
 from .types import Identity
 
@@ -128,10 +128,7 @@ class AccessTracker:
     async def stop(self) -> None:
         """Write what is left and stop the background task."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
         if self.database.is_open:
             try:
                 await self.flush()

@@ -22,6 +22,7 @@ from .schema import (
     IDENTITY_COLUMNS,
     VERSIONED_COLUMNS,
     TableLayout,
+    same_memory,
     terms_function,
 )
 from .sql import Query
@@ -209,8 +210,7 @@ class HistoryStatements:
         transaction): when each version was replaced; the memory rows whose version is now
         recorded; and the vectors of recorded versions exported without them, from the
         memory row they are."""
-        same = " AND ".join(f"n.{column} = h.{column}" for column in IDENTITY_COLUMNS)
-        recorded = " AND ".join(f"h.{column} = m.{column}" for column in IDENTITY_COLUMNS)
+        same, recorded = same_memory("n", "h"), same_memory("h", "m")
         return [
             Query(
                 f"UPDATE {self.history} h SET replaced_at = n.at FROM {self.history} n "
@@ -244,7 +244,7 @@ class HistoryStatements:
     def trim_versions(self, tenant: str, keep: int) -> Query:
         """Delete all but the newest ``keep`` versions of each memory."""
         owner = ", ".join(IDENTITY_COLUMNS)
-        same = " AND ".join(f"h.{column} = l.{column}" for column in IDENTITY_COLUMNS)
+        same = same_memory("h", "l")
         return Query(
             f"DELETE FROM {self.history} h USING ("
             f"SELECT {owner}, max(version) AS latest FROM {self.history} "
@@ -256,7 +256,7 @@ class HistoryStatements:
     def trim_older_than(self, tenant: str, age: timedelta) -> Query:
         """Delete versions recorded more than ``age`` ago, never a memory's newest (it is
         what the memory is, or what it was when deleted)."""
-        same = " AND ".join(f"n.{column} = h.{column}" for column in IDENTITY_COLUMNS)
+        same = same_memory("n", "h")
         return Query(
             f"DELETE FROM {self.history} h WHERE h.tenant = $1 AND h.at < now() - $2::interval "
             f"AND EXISTS (SELECT 1 FROM {self.history} n WHERE {same} "

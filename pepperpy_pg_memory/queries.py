@@ -29,17 +29,10 @@ __all__ = [
     "ArrayPattern",
     "STAGING_COLUMNS",
     "ENTRY_COLUMNS",
+    "AS_STORED_COLUMNS",
 ]
 
-ENTRY_COLUMNS = (
-    "key",
-    "value",
-    "content",
-    "memory_type",
-    "scope",
-    "scope_id",
-    "indices",
-    "metadata",
+AS_STORED_COLUMNS = (
     "created_at",
     "updated_at",
     "expires_at",
@@ -51,6 +44,18 @@ ENTRY_COLUMNS = (
     "importance",
     "access_count",
     "last_accessed_at",
+)
+"""Entry columns a MemoryEntry takes as they come (reads' and writes' rows give them all)."""
+ENTRY_COLUMNS = (
+    "key",
+    "value",
+    "content",
+    "memory_type",
+    "scope",
+    "scope_id",
+    "indices",
+    "metadata",
+    *AS_STORED_COLUMNS,
 )
 
 

@@ -34,6 +34,7 @@ __all__ = [
     "CLIENT_SCHEMA_SETTING",
     "APPLICATION_NAME",
     "IDENTITY_COLUMNS",
+    "same_memory",
     "MAX_KEY_BYTES",
     "MAX_SCOPE_ID_BYTES",
     "MAX_TENANT_BYTES",
@@ -373,6 +374,12 @@ def row_level_security_statements(layout: TableLayout) -> list[str]:
 IDENTITY_COLUMNS = ("tenant", "scope", "scope_id", "key")
 """What names one memory: its owner (tenant, scope, scope_id) and its key. The primary key."""
 
+
+def same_memory(left: str, right: str) -> str:
+    """SQL: the rows (or records) named ``left`` and ``right`` are of one memory."""
+    return " AND ".join(f"{left}.{column} = {right}.{column}" for column in IDENTITY_COLUMNS)
+
+
 # A btree index entry holds at most 2,704 bytes (a third of a page, less headers). The primary
 # key's entry is the four identity columns: these limits keep the largest one at 2,475 bytes
 # (tenant 128 + scope 7 + scope_id 256 + key 2,048 + 36 of headers and alignment), so no valid
@@ -643,8 +650,7 @@ def _history_functions(layout: TableLayout, versioned: tuple[str, ...]) -> list[
     columns = ", ".join(versioned)
     old = ", ".join(f"OLD.{column}" for column in versioned)
     new = ", ".join(f"NEW.{column}" for column in versioned)
-    same_memory = " AND ".join(f"h.{column} = NEW.{column}" for column in IDENTITY_COLUMNS)
-    replaced = " AND ".join(f"h.{column} = OLD.{column}" for column in IDENTITY_COLUMNS)
+    inserted, replaced = same_memory("h", "NEW"), same_memory("h", "OLD")
     setting = "nullif(current_setting('{}', true), '')".format
     recording = f"coalesce(current_setting('{HISTORY_SETTING}', true), '') <> 'off'"
     importing = f"coalesce(current_setting('{IMPORTING_SETTING}', true), '') = 'on'"
@@ -671,7 +677,7 @@ def _history_functions(layout: TableLayout, versioned: tuple[str, ...]) -> list[
             IF TG_OP = 'INSERT' THEN
                 -- A memory deleted and stored again continues its numbering.
                 NEW.version := coalesce(
-                    (SELECT max(h.version) FROM {history} h WHERE {same_memory}), 0) + 1;
+                    (SELECT max(h.version) FROM {history} h WHERE {inserted}), 0) + 1;
                 NEW.in_history := {recording};
             ELSIF NEW.updated_at IS DISTINCT FROM OLD.updated_at THEN
                 NEW.version := OLD.version + 1;

@@ -68,7 +68,7 @@ from .items import (
 )
 from .metrics import Metrics, instrumented
 from .models import MemoryEntry, MemoryQuery, MemorySearchResult, MemoryVersion, trusted
-from .queries import ArrayPattern, ListOrder, Restriction, Statements
+from .queries import AS_STORED_COLUMNS, ArrayPattern, ListOrder, Restriction, Statements
 from .results import MemorySearchResults
 from .schema import (
     APPLICATION_NAME,
@@ -116,21 +116,6 @@ StoreCall = tuple[PendingWrite, Any]
 
 
 Types = Iterable[MemoryType | str] | MemoryType | None
-
-# The fields of a MemoryEntry a row of a read or a write gives as they are.
-_ROW_FIELDS = (
-    "created_at",
-    "updated_at",
-    "expires_at",
-    "version",
-    "valid_from",
-    "valid_to",
-    "supersedes",
-    "superseded_by",
-    "importance",
-    "access_count",
-    "last_accessed_at",
-)
 
 # What supersede() passes on to the new fact's write.
 _SUPERSEDE_FIELDS = frozenset(
@@ -565,7 +550,7 @@ class PostgresStorage(Generic[K, V]):
             metadata=row["metadata"],
             embedding=None if vector is None else _vector_list(vector),
             deduplicated=False,
-            **{column: row[column] for column in _ROW_FIELDS},
+            **{column: row[column] for column in AS_STORED_COLUMNS},
         )
 
     def _result(
@@ -804,12 +789,10 @@ class PostgresStorage(Generic[K, V]):
                 reinforcing,
             ),
         )
-        self._term_stats.note_writes(1)
         if duplicate:
+            self._term_stats.note_writes(1)
             return self._entry(row).model_copy(update={"deduplicated": True})
-        if row["needs_embedding"]:
-            await self._repair_embeddings([write.identity], {write.identity: write})
-        return self._stored(write, value, row)
+        return await self._written(write, value, row)
 
     async def _store_batch(
         self, calls: builtins.list[StoreCall]
@@ -856,6 +839,12 @@ class PostgresStorage(Generic[K, V]):
                 change=write.change,
             ),
         )
+        return await self._written(write, value, row)
+
+    async def _written(
+        self, write: PendingWrite, value: Any, row: asyncpg.Record
+    ) -> MemoryEntry[V]:
+        """The entry one write made, once its text has a vector (see _repair_embeddings)."""
         self._term_stats.note_writes(1)
         if row["needs_embedding"]:
             await self._repair_embeddings([write.identity], {write.identity: write})
@@ -900,7 +889,7 @@ class PostgresStorage(Generic[K, V]):
             metadata=write.metadata,
             embedding=None,
             deduplicated=False,
-            **{column: row[column] for column in _ROW_FIELDS},
+            **{column: row[column] for column in AS_STORED_COLUMNS},
         )
 
     @instrumented("store_many")
@@ -1447,11 +1436,7 @@ class PostgresStorage(Generic[K, V]):
                         report.versions += await self._record_versions(versions)
                     continue
                 try:
-                    if restored.tenant != self._tenant:
-                        raise MemoryValidationError(
-                            f"belongs to tenant {restored.tenant!r}; this store acts for "
-                            f"{self._tenant!r}"
-                        )
+                    self._check_tenant(restored.tenant)
                     write = self._prepare(**{**_RESTORE_DEFAULTS, **restored.fields})
                 except MemoryValidationError as exc:
                     report.failed += 1
@@ -1476,14 +1461,18 @@ class PostgresStorage(Generic[K, V]):
                 progress(total, total)
         return report
 
+    def _check_tenant(self, tenant: str) -> None:
+        """An imported line must be of this store's tenant."""
+        if tenant != self._tenant:
+            raise MemoryValidationError(
+                f"belongs to tenant {tenant!r}; this store acts for {self._tenant!r}"
+            )
+
     def _check_imported_version(self, restored: backup.RestoredVersion, with_history: bool) -> None:
         """A history line's fields checked like a memory's."""
         if not with_history:
             raise MemoryValidationError("a history line in an export whose header has none")
-        if restored.tenant != self._tenant:
-            raise MemoryValidationError(
-                f"belongs to tenant {restored.tenant!r}; this store acts for {self._tenant!r}"
-            )
+        self._check_tenant(restored.tenant)
         as_enum(MemoryScope, restored.scope, "scope")
         as_enum(MemoryType, restored.type, "type")
         for name in restored.indices:
@@ -1882,10 +1871,7 @@ class PostgresStorage(Generic[K, V]):
         )
         if row is None:
             raise MemoryNotFoundError(checked)
-        self._term_stats.note_writes(1)
-        if row["needs_embedding"]:
-            await self._repair_embeddings([write.identity], {write.identity: write})
-        return self._stored(write, value, row)
+        return await self._written(write, value, row)
 
     @instrumented("invalidate")
     async def invalidate(
