@@ -28,11 +28,18 @@ from .errors import (
     MemoryTimeoutError,
     MemoryValidationError,
 )
-from .models import MemoryEntry, MemoryQuery, MemorySearchResult, MemoryVersion, Ranking
+from .models import (
+    MemoryEntry,
+    MemoryQuery,
+    MemorySearchResult,
+    MemoryVersion,
+    Ranking,
+    StoredCount,
+)
 from .onnx_embedder import OnnxEmbedder
 from .queries import ArrayPattern
 from .storage import MemoryItem, MemorySearchResults, PostgresStorage, ProgressCallback
-from .types import MemoryIndex, MemoryScope, MemoryType
+from .types import MANAGED_FIELD, MemoryIndex, MemoryScope, MemoryType
 
 try:
     __version__ = version("pepperpy-pg-memory")
@@ -54,6 +61,8 @@ __all__ = [
     "MemoryEntry",
     "MemoryVersion",
     "Ranking",
+    "StoredCount",
+    "MANAGED_FIELD",
     "MemorySearchResult",
     "Embedder",
     "SentenceTransformerEmbedder",

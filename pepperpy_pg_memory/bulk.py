@@ -4,12 +4,11 @@ merge it into the memory table, in one transaction."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, timezone
 from typing import Any
 
 import asyncpg
 
-from .access import record_accesses
+from .dedupe import BatchDeduplication, lock_owners, reinforce
 from .history import PLAIN, Change
 from .items import PendingWrite
 from .queries import PASSAGE_COLUMNS, STAGING_COLUMNS, Statements
@@ -36,12 +35,14 @@ async def write_batch(
     every_row: bool = False,
     passages: Sequence[tuple[Any, ...]] = (),
     change: Change = PLAIN,
+    dedupe: BatchDeduplication | None = None,
 ) -> list[asyncpg.Record]:
     """Upsert ``records`` (in :data:`STAGING_COLUMNS` order); returns the rows the merge left
     without a vector (their text changed concurrently), or with ``every_row`` every merged
     row (its identity, moments and ``needs_embedding``). The memories' passages are replaced
     by ``passages`` (rows in :data:`PASSAGE_COLUMNS` order) in the same transaction; the
-    history records ``change`` with each version.
+    history records ``change`` with each version. With ``dedupe``, writes that duplicate a
+    memory the owner holds (or an earlier write of the batch) reinforce it instead.
 
     Inserting row by row into an HNSW graph is the slowest part of a write (about 1.5 ms a row
     at 384 dimensions); building the graph once over all rows is several times faster. So a
@@ -56,8 +57,6 @@ async def write_batch(
         rebuild = await conn.fetchval(count.sql, *count.args, timeout=timeout) < len(records)
     merge = statements.merge_staging(tenant, every_row=every_row, change=change)
     async with conn.transaction():
-        if rebuild:
-            await conn.execute(layout.drop_vector_index().sql, timeout=timeout)
         await conn.execute(statements.create_staging().sql, timeout=timeout)
         await conn.copy_records_to_table(
             statements.staging_name,
@@ -65,6 +64,12 @@ async def write_batch(
             columns=list(STAGING_COLUMNS),
             timeout=timeout,
         )
+        if dedupe is not None:
+            # Before the index goes: a near-duplicate is found through it.
+            folded = await dedupe.unstage_duplicates(conn, timeout)
+            passages = [row for row in passages if Identity(*row[1:4]) not in folded]
+        if rebuild:
+            await conn.execute(layout.drop_vector_index().sql, timeout=timeout)
         gone = statements.delete_staged_passages(tenant)
         await conn.execute(gone.sql, *gone.args, timeout=timeout)
         rows = await conn.fetch(merge.sql, *merge.args, timeout=timeout)
@@ -72,6 +77,8 @@ async def write_batch(
         if rebuild:
             for query in layout.build_vector_index(maintenance_work_mem):
                 await conn.execute(query.sql, *query.args, timeout=timeout)
+        if dedupe is not None:
+            await dedupe.reinforce(conn, timeout)
     return rows
 
 
@@ -143,11 +150,6 @@ async def write_superseding(
     return row
 
 
-# pg_advisory_xact_lock(int, int) keys of deduplicating writes: this class, the owner's hash.
-# (The two-key space does not meet the one-key locks of migrations and statistics.)
-_DEDUPE_LOCK_CLASS = 0x64656475  # "dedu"
-
-
 async def write_deduplicated(
     statements: Statements,
     tenant: str,
@@ -157,32 +159,19 @@ async def write_deduplicated(
     reinforcing: Change,
     conn: asyncpg.Connection,
 ) -> tuple[asyncpg.Record, bool]:
-    """Write ``write`` unless its owner holds a memory it duplicates (see
-    ``Statements.find_duplicate``); then reinforce that one instead, count a read of it and
-    record ``reinforcing``. One transaction, holding a lock on the owner's deduplicating
-    writes, so that concurrent duplicates find each other. Returns the row written or
-    reinforced, and whether it was a duplicate."""
-    owner = "\x1f".join((tenant, write.scope.value, write.scope_id))
+    """Write ``write`` unless its owner holds a memory it duplicates; then reinforce that
+    one instead and record ``reinforcing``. One transaction, holding the owner's lock.
+    Returns the row written or reinforced, and whether it was a duplicate."""
     async with conn.transaction():
-        await conn.execute(
-            "SELECT pg_advisory_xact_lock($1, hashtext($2))", _DEDUPE_LOCK_CLASS, owner
-        )
+        await lock_owners(tenant, [write.identity], conn)
         find = statements.find_duplicate(
             tenant, write.identity, write.text, write.embedding, threshold
         )
         duplicate = await conn.fetchrow(find.sql, *find.args)
         if duplicate is not None:
-            original = Identity(duplicate["scope"], duplicate["scope_id"], duplicate["key"])
-            # Counted first: the reinforced row returned then shows the new count.
-            read = {original: (1, datetime.now(timezone.utc))}
-            counted = record_accesses(statements.layout, tenant, read)
-            await conn.execute(counted.sql, *counted.args)
-            update = statements.reinforce(
-                tenant, original, write.importance, write.metadata, reinforcing
-            )
-            row = await conn.fetchrow(update.sql, *update.args)
-            assert row is not None
-            return row, True
+            original = write.identity._replace(key=duplicate["key"])
+            reinforced = await reinforce(statements, tenant, original, write, reinforcing, conn)
+            return reinforced, True
         upsert = statements.upsert_one(tenant, write.record(), write.change)
         row = await conn.fetchrow(upsert.sql, *upsert.args)
         await copy_passages(statements, passages, None, conn)

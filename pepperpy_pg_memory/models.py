@@ -16,6 +16,7 @@ __all__ = [
     "MemoryQuery",
     "MemorySearchResult",
     "Ranking",
+    "StoredCount",
     "trusted",
 ]
 
@@ -135,6 +136,22 @@ class MemorySearchResult(BaseModel, Generic[V]):
     relevance_score: float | None = None
     recency_score: float | None = None
     importance_score: float | None = None
+
+
+class StoredCount(int):
+    """What ``store_many`` returns: how many distinct memories it wrote (an ``int``, as
+    before), and in ``deduplicated`` how many more items it folded into memories they
+    repeat."""
+
+    deduplicated: int
+
+    def __new__(cls, written: int, *, deduplicated: int = 0) -> StoredCount:
+        count = super().__new__(cls, written)
+        count.deduplicated = deduplicated
+        return count
+
+    def __repr__(self) -> str:
+        return f"StoredCount({int(self)}, deduplicated={self.deduplicated})"
 
 
 class Ranking(BaseModel):

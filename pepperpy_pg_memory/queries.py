@@ -20,7 +20,7 @@ from .history import AS_OF_MOMENT, PLAIN, Change, as_of_source, change_context
 from .identifiers import quote_ident
 from .schema import TableLayout, dedupe_identifiers_function, normalized_function
 from .sql import Query
-from .types import Identity, MemoryScope, MemoryType
+from .types import MANAGED_FIELD, Identity, MemoryScope, MemoryType
 
 __all__ = [
     "Query",
@@ -669,46 +669,95 @@ class Statements:
         return Query(sql, params.values)
 
     # --- deduplication ---------------------------------------------------------------------
-    def find_duplicate(
-        self, tenant: str, identity: Identity, text: str, vector: Any, threshold: float | None
-    ) -> Query:
-        """The owner's live, valid memory (under another key) that a write of ``text`` would
-        duplicate: the same normalised text, or, with ``threshold`` and ``vector``, a cosine
-        of at least ``threshold`` among the five nearest with the same identifiers and
-        numbers. Nothing when the write's own key is live (it updates that memory)."""
-        schema = self.layout.schema
-        normalized, identifiers = normalized_function(schema), dedupe_identifiers_function(schema)
-        params = Params([tenant, *identity, text])
+    def _duplicate_of(self, write: Mapping[str, str], least: str | None) -> str:
+        """A subquery: the owner's live, valid memory (under another key, not an adapter's
+        record) that a write would duplicate — the same normalised text, or, with ``least``
+        (a cosine) and a vector, one of the five nearest at least that close with the same
+        identifiers and numbers; nothing when the write's own key is live (it updates that
+        memory). ``write`` gives the SQL of the write's tenant, scope, scope_id, key, text and
+        vector."""
+        normalized = normalized_function(self.layout.schema)
+        identifiers = dedupe_identifiers_function(self.layout.schema)
         owner = (
-            "m.tenant = $1 AND m.scope = $2 AND m.scope_id = $3 AND m.key <> $4 "
-            f"AND {_LIVE} AND NOT {_CLOSED}"
+            f"m.tenant = {write['tenant']} AND m.scope = {write['scope']} "
+            f"AND m.scope_id = {write['scope_id']} AND m.key <> {write['key']} "
+            f"AND {_LIVE} AND NOT {_CLOSED} AND NOT m.metadata ? '{MANAGED_FIELD}'"
         )
         found = [
-            f"""(SELECT m.scope, m.scope_id, m.key, 1.0::float8 AS similarity FROM {self.table} m
-                WHERE {owner} AND md5({normalized}(m.content)) = md5({normalized}($5))
+            f"""(SELECT m.key, 1.0::float8 AS similarity FROM {self.table} m
+                WHERE {owner} AND md5({normalized}(m.content)) = md5({normalized}({write["text"]}))
                 LIMIT 1)"""
         ]
-        if threshold is not None and vector is not None:
-            probe = f"{params.add(vector)}::{self.vector}"
-            least = params.add(threshold)
+        if least is not None:
+            probe = write["vector"]
             found.append(
                 f"""(SELECT * FROM (
-                    SELECT m.scope, m.scope_id, m.key, 1 - (m.embedding <=> {probe}) AS similarity
+                    SELECT m.key, 1 - (m.embedding <=> {probe}) AS similarity
                     FROM {self.table} m
-                    WHERE {owner} AND m.embedding IS NOT NULL
-                      AND {identifiers}(m.content) = {identifiers}($5)
+                    WHERE {owner} AND m.embedding IS NOT NULL AND {probe} IS NOT NULL
+                      AND {identifiers}(m.content) = {identifiers}({write["text"]})
                     ORDER BY m.embedding <=> {probe} LIMIT 5
                 ) near WHERE near.similarity >= {least}::float8)"""
             )
         own = (
-            f"SELECT 1 FROM {self.table} o WHERE o.tenant = $1 AND o.scope = $2 "
-            "AND o.scope_id = $3 AND o.key = $4 AND (o.expires_at IS NULL OR o.expires_at > now())"
+            f"SELECT 1 FROM {self.table} o WHERE o.tenant = {write['tenant']} "
+            f"AND o.scope = {write['scope']} AND o.scope_id = {write['scope_id']} "
+            f"AND o.key = {write['key']} AND (o.expires_at IS NULL OR o.expires_at > now())"
         )
-        sql = (
+        return (
             f"SELECT * FROM ({' UNION ALL '.join(found)}) candidates "
             f"WHERE NOT EXISTS ({own}) ORDER BY similarity DESC, key LIMIT 1"
         )
+
+    def find_duplicate(
+        self, tenant: str, identity: Identity, text: str, vector: Any, threshold: float | None
+    ) -> Query:
+        """The memory a write of ``text`` under ``identity`` would duplicate (see
+        :meth:`_duplicate_of`): its key and similarity."""
+        params = Params([tenant, *identity, text])
+        write = {"tenant": "$1", "scope": "$2", "scope_id": "$3", "key": "$4", "text": "$5"}
+        least = None
+        if threshold is not None and vector is not None:
+            write["vector"] = f"{params.add(vector)}::{self.vector}"
+            least = params.add(threshold)
+        return Query(self._duplicate_of(write, least), params.values)
+
+    def staged_duplicates(self, tenant: str, threshold: float | None) -> Query:
+        """Per staged write: whether its own key is live, its text's normalised hash and
+        identifiers (to find duplicates inside the batch), and the key of the owner's memory
+        it duplicates, if any (see :meth:`_duplicate_of`)."""
+        params = Params([tenant])
+        write = {
+            "tenant": "$1",
+            **{name: f"s.{name}" for name in ("scope", "scope_id", "key")},
+            "text": "s.content",
+            "vector": "s.embedding",
+        }
+        least = None if threshold is None else params.add(threshold)
+        schema = self.layout.schema
+        normalized = normalized_function(schema)
+        own = (
+            f"EXISTS (SELECT 1 FROM {self.table} o WHERE o.tenant = $1 AND o.scope = s.scope "
+            "AND o.scope_id = s.scope_id AND o.key = s.key "
+            "AND (o.expires_at IS NULL OR o.expires_at > now()))"
+        )
+        sql = f"""
+            SELECT s.scope, s.scope_id, s.key, {own} AS own_live,
+                   md5({normalized}(s.content)) AS text_hash,
+                   {dedupe_identifiers_function(schema)}(s.content) AS identifiers,
+                   d.key AS duplicate_key
+            FROM {self.staging} s
+            LEFT JOIN LATERAL ({self._duplicate_of(write, least)}) d ON true
+        """
         return Query(sql, params.values)
+
+    def unstage(self, identities: Sequence[Identity]) -> Query:
+        """Drop staged writes (duplicates folded into other memories)."""
+        return Query(
+            f"DELETE FROM {self.staging} s WHERE (s.scope, s.scope_id, s.key) IN "
+            "(SELECT * FROM unnest($1::text[], $2::text[], $3::text[]))",
+            _identity_arrays(identities),
+        )
 
     def reinforce(
         self,

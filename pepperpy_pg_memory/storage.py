@@ -41,6 +41,7 @@ from .cache import EmbeddingCache
 from .coalesce import Coalescer, together_or_alone
 from .config import PostgresConfig
 from .database import Database, connect
+from .dedupe import BatchDeduplication
 from .embedded import EmbeddedServer, acquire_embedded, release_embedded
 from .embeddings import Embedder, as_embedder, embedder_identity
 from .errors import (
@@ -67,7 +68,14 @@ from .items import (
     restriction,
 )
 from .metrics import Metrics, instrumented
-from .models import MemoryEntry, MemoryQuery, MemorySearchResult, MemoryVersion, trusted
+from .models import (
+    MemoryEntry,
+    MemoryQuery,
+    MemorySearchResult,
+    MemoryVersion,
+    StoredCount,
+    trusted,
+)
 from .queries import AS_STORED_COLUMNS, ArrayPattern, ListOrder, Restriction, Statements
 from .results import MemorySearchResults
 from .schema import (
@@ -88,7 +96,14 @@ from .search_sql import Page, SearchStatements
 from .shutdown import cancel_and_wait
 from .sql import Query
 from .term_stats import TermStatistics
-from .types import Identity, MemoryIndex, MemoryScope, MemoryType, ProgressCallback
+from .types import (
+    MANAGED_FIELD,
+    Identity,
+    MemoryIndex,
+    MemoryScope,
+    MemoryType,
+    ProgressCallback,
+)
 from .values import EncodedJSON, default_text_of, encode_json, to_json_value, validate_key
 from .vectors import EmbeddingPipeline, Vector, content_hash
 
@@ -747,8 +762,8 @@ class PostgresStorage(Generic[K, V]):
         )
         write.change = self._change(None, actor, reason)
         rule = self._dedupe_rule(dedupe)
-        if rule is not False:
-            return await self._write_deduplicated(write, value, rule, reason)
+        if rule is not False and MANAGED_FIELD not in write.metadata:
+            return await self._write_deduplicated(write, value, rule)
         # Batches run on the caller's loop, which must be the pool's.
         self.database.check_loop("store")
         return await self._store_calls.submit((write, value))
@@ -765,18 +780,21 @@ class PostgresStorage(Generic[K, V]):
             raise MemoryValidationError("dedupe must be True, False, None or a number in (0, 1]")
         return float(dedupe)
 
-    async def _write_deduplicated(
-        self,
-        write: PendingWrite,
-        value: Any,
-        threshold: float | None,
-        reason: str | None,
-    ) -> MemoryEntry[V]:
-        await self._plan_embeddings([write])
+    @staticmethod
+    def _reinforcing(write: PendingWrite) -> Change:
+        """What the history records when ``write`` is folded into a memory it duplicates:
+        the write's key and text, after its reason."""
         trace = f"duplicate {write.key!r}: {write.text}"
-        reinforcing = Change(
+        reason = write.change.reason
+        return Change(
             "reinforce", write.change.actor, trace if reason is None else f"{reason} ({trace})"
         )
+
+    async def _write_deduplicated(
+        self, write: PendingWrite, value: Any, threshold: float | None
+    ) -> MemoryEntry[V]:
+        await self._plan_embeddings([write])
+        reinforcing = self._reinforcing(write)
         row, duplicate = await self.database.run(
             "store",
             partial(
@@ -904,18 +922,22 @@ class PostgresStorage(Generic[K, V]):
         metadata: Mapping[str, Any] | None = None,
         ttl: TTL = None,
         progress: ProgressCallback | None = None,
+        dedupe: bool | float | None = None,
         actor: str | None = None,
         reason: str | None = None,
-    ) -> int:
+    ) -> StoredCount:
         """Store many memories in one transaction: all of them, or (on any error) none.
 
         Everything is validated and embedded (in batches of ``config.embedding_batch_size``)
         before the database is touched; rows then go in through COPY and one upsert. A key
         given twice for one owner keeps its last value. ``progress(done, total)`` follows the
         embedding. ``actor`` and ``reason`` are recorded with every version the call makes.
+        ``dedupe`` is :meth:`store`'s, per item: an item repeating a memory its owner holds,
+        or an earlier item of the batch, reinforces that memory instead of adding one.
 
         Returns:
-            How many distinct memories (owner and key) were written.
+            How many distinct memories (owner and key) were written, an ``int`` whose
+            ``deduplicated`` says how many more items were folded into other memories.
         """
         defaults = {
             "type": type,
@@ -944,10 +966,16 @@ class PostgresStorage(Generic[K, V]):
             writes.pop(write.identity, None)
             writes[write.identity] = write
         if not writes:
-            return 0
+            return StoredCount(0)
         batch = list(writes.values())
         await self._plan_embeddings(batch, progress)
         config = self.config
+        rule = self._dedupe_rule(dedupe)
+        deduplication = (
+            None
+            if rule is False
+            else BatchDeduplication(self._statements, self._tenant, batch, rule, self._reinforcing)
+        )
         rows = await self.database.run(
             "store_many",
             partial(
@@ -960,13 +988,15 @@ class PostgresStorage(Generic[K, V]):
                 self._timeout_for(len(batch)),
                 passages=self._passage_rows(batch),
                 change=change,
+                dedupe=deduplication,
             ),
         )
+        folded = len(deduplication.duplicates) if deduplication is not None else 0
         self._term_stats.note_writes(len(batch))
         await self._repair_embeddings([_identity(row) for row in rows], writes)
         if len(batch) >= config.bulk_index_rebuild_rows > 0:
             await self._after_bulk_load()
-        return len(batch)
+        return StoredCount(len(batch) - folded, deduplicated=folded)
 
     async def _after_bulk_load(self) -> None:
         try:

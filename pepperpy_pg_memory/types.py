@@ -6,10 +6,23 @@ from collections.abc import Callable
 from enum import Enum
 from typing import NamedTuple
 
-__all__ = ["MemoryType", "MemoryScope", "MemoryIndex", "Identity", "ProgressCallback"]
+__all__ = [
+    "MemoryType",
+    "MemoryScope",
+    "MemoryIndex",
+    "Identity",
+    "ProgressCallback",
+    "MANAGED_FIELD",
+]
 
 ProgressCallback = Callable[[int, int], None]
 """Called as ``progress(done, total)`` while long work runs."""
+
+MANAGED_FIELD = "pepperpy_managed"
+"""The metadata field that marks a memory as a record an adapter keeps (a chat message, a
+LangGraph item), its value naming the adapter. Such rows are what their framework wrote,
+verbatim: a write is never folded into them as a duplicate, and consolidation and the
+per-owner quota leave them alone (a repeated "yes" stays in the transcript)."""
 
 
 class MemoryType(str, Enum):

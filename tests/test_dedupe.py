@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from pepperpy_pg_memory import (
+    MANAGED_FIELD,
     HashingEmbedder,
     MemoryScope,
     MemoryValidationError,
@@ -135,3 +136,106 @@ async def test_with_the_model_a_paraphrase_is_a_duplicate_and_a_near_miss_is_not
             written = await store.store(key, text, **ANA, dedupe=0.92)
             assert (written.key, written.deduplicated) == (key, False), text
         assert await store.count(**ANA) == 6
+
+
+async def test_store_many_folds_repeats_of_held_memories_and_of_earlier_items(
+    storage: PostgresStorage[str, Any],
+) -> None:
+    await storage.store("held", "Ana likes green tea", **ANA, importance=0.2)
+    await storage.store("bruno-tea", "Ana likes green tea", **BRUNO)
+    written = await storage.store_many(
+        [
+            {"key": "again", "value": "ana likes GREEN tea", "importance": 0.7},
+            {"key": "new", "value": "Ana plays chess"},
+            {"key": "new-again", "value": "Ana  plays chess", "metadata": {"source": "chat"}},
+            {"key": "other", "value": "Ana plays go"},
+            {"key": "bruno", "value": "Ana likes green tea", **BRUNO},
+        ],
+        **ANA,
+        dedupe=True,
+        reason="import",
+    )
+    assert (int(written), written.deduplicated) == (2, 3)
+    assert repr(written) == "StoredCount(2, deduplicated=3)"
+    assert sorted(e.key for e in await storage.list(**ANA)) == ["held", "new", "other"]
+    assert [e.key for e in await storage.list(**BRUNO)] == ["bruno-tea"]
+    held = await storage.retrieve("held", **ANA)
+    assert held is not None
+    assert (held.importance, held.version, held.access_count) == (pytest.approx(0.7), 2, 1)
+    chess = await storage.retrieve("new", **ANA)
+    assert chess is not None and chess.metadata == {"source": "chat"}
+    reinforced = (await storage.history("new", **ANA))[0]
+    assert reinforced.operation == "reinforce"
+    assert reinforced.reason is not None and "'new-again'" in reinforced.reason
+    assert "import" in reinforced.reason
+    # Without dedupe, the same batch adds every item.
+    plain = await storage.store_many([("p1", "Ana plays go"), ("p2", "Ana plays go")], **ANA)
+    assert (int(plain), plain.deduplicated) == (2, 0)
+
+
+async def test_store_many_with_a_threshold_keeps_different_identifiers_apart(
+    storage: PostgresStorage[str, Any],
+) -> None:
+    written = await storage.store_many(
+        [
+            ("a", "shipped on Monday: order A-77812"),
+            ("b", "on Monday order A-77812 shipped"),
+            ("c", "on Monday order A-77813 shipped"),
+            ("d", "Monday shipped order A-77812 on"),
+        ],
+        **ANA,
+        dedupe=0.5,
+    )
+    assert (int(written), written.deduplicated) == (2, 2)
+    assert sorted(e.key for e in await storage.list(**ANA)) == ["a", "c"]
+
+
+async def test_a_batch_rewriting_a_memory_is_judged_by_its_new_text(
+    storage: PostgresStorage[str, Any],
+) -> None:
+    await storage.store("tea", "Ana likes green tea", **ANA)
+    written = await storage.store_many(
+        [("tea", "Ana likes black coffee"), ("tea-2", "Ana likes green tea")],
+        **ANA,
+        dedupe=True,
+    )
+    # "tea" now says coffee: the second item repeats nothing the owner will hold.
+    assert (int(written), written.deduplicated) == (2, 0)
+    assert await storage.count(**ANA) == 2
+
+
+async def test_adapter_records_are_never_folded_into_or_folded(
+    storage: PostgresStorage[str, Any],
+) -> None:
+    managed = {MANAGED_FIELD: "test-adapter"}
+    await storage.store("msg-1", "yes", **ANA, metadata=managed)
+    mine = await storage.store("fact", "yes", **ANA, dedupe=True)
+    assert (mine.key, mine.deduplicated) == ("fact", False)
+    written = await storage.store_many(
+        [
+            {"key": "msg-2", "value": "yes", "metadata": managed},
+            {"key": "msg-3", "value": "yes", "metadata": managed},
+        ],
+        **ANA,
+        dedupe=True,
+    )
+    assert (int(written), written.deduplicated) == (2, 0)
+    assert await storage.count(**ANA) == 4
+
+
+async def test_concurrent_batches_of_one_text_leave_one_memory(
+    storage: PostgresStorage[str, Any],
+) -> None:
+    counts = await asyncio.gather(
+        *(
+            storage.store_many(
+                [(f"b{batch}-{i}", "Ana's flight leaves at 9") for i in range(3)],
+                **ANA,
+                dedupe=True,
+            )
+            for batch in range(5)
+        )
+    )
+    assert sum(int(count) for count in counts) == 1
+    assert sum(count.deduplicated for count in counts) == 14
+    assert await storage.count(**ANA) == 1

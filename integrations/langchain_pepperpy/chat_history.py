@@ -12,6 +12,7 @@ from langchain_core.chat_history import BaseChatMessageHistory
 from langchain_core.messages import BaseMessage, message_to_dict, messages_from_dict
 
 from pepperpy_pg_memory import (
+    MANAGED_FIELD,
     MemoryEntry,
     MemoryIndex,
     MemoryQuery,
@@ -25,6 +26,7 @@ from pepperpy_pg_memory.runner import BackgroundStorage
 __all__ = ["PepperpyChatMessageHistory"]
 
 KIND = "chat_message"
+MANAGED_BY = "langchain-chat-history"
 _PAGE = 1_000
 _sequence = itertools.count()
 _sequence_lock = threading.Lock()
@@ -117,12 +119,13 @@ class PepperpyChatMessageHistory(BaseChatMessageHistory):
             {
                 "key": f"{self._prefix()}{stamp}-{position:05d}",
                 "value": {"content": _text_of(message), "message": message_to_dict(message)},
-                "metadata": {"kind": KIND, "role": message.type},
+                "metadata": {"kind": KIND, "role": message.type, MANAGED_FIELD: MANAGED_BY},
                 "ttl": self.ttl,
             }
             for position, message in enumerate(messages)
         ]
-        await storage.store_many(items, type=MemoryType.SHORT_TERM, **self._owner())
+        # A transcript keeps every message, repeats included.
+        await storage.store_many(items, type=MemoryType.SHORT_TERM, dedupe=False, **self._owner())
 
     async def _clear(self, storage: PostgresStorage[Any, Any]) -> None:
         await storage.delete_many(**self._owner(), filter={"kind": KIND}, key_prefix=self._prefix())

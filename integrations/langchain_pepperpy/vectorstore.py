@@ -196,7 +196,7 @@ class PepperpyVectorStore(VectorStore):
         **kwargs: Any,
     ) -> list[str]:
         items, keys = self._items(texts, metadatas, ids)
-        self._handle.call(lambda s: s.store_many(items))
+        self._handle.call(lambda s: s.store_many(items, dedupe=False))
         return keys
 
     async def aadd_texts(
@@ -208,7 +208,7 @@ class PepperpyVectorStore(VectorStore):
         **kwargs: Any,
     ) -> list[str]:
         items, keys = self._items(texts, metadatas, ids)
-        await self._handle.acall(lambda s: s.store_many(items))
+        await self._handle.acall(lambda s: s.store_many(items, dedupe=False))
         return keys
 
     def add_embeddings(
@@ -225,7 +225,7 @@ class PepperpyVectorStore(VectorStore):
         """
         texts, vectors = _texts_for(texts, embeddings)
         items, keys = self._items(texts, metadatas, ids, vectors)
-        self._handle.call(lambda s: s.store_many(items))
+        self._handle.call(lambda s: s.store_many(items, dedupe=False))
         return keys
 
     async def aadd_embeddings(
@@ -237,7 +237,7 @@ class PepperpyVectorStore(VectorStore):
     ) -> list[str]:
         texts, vectors = _texts_for(texts, embeddings)
         items, keys = self._items(texts, metadatas, ids, vectors)
-        await self._handle.acall(lambda s: s.store_many(items))
+        await self._handle.acall(lambda s: s.store_many(items, dedupe=False))
         return keys
 
     def delete(self, ids: list[str] | None = None, **kwargs: Any) -> bool | None:

@@ -51,6 +51,7 @@ from langgraph.store.base import (
 from langgraph.store.base.embed import ensure_embeddings, get_text_at_path
 
 from pepperpy_pg_memory import (
+    MANAGED_FIELD,
     ArrayPattern,
     MemoryConfigurationError,
     MemoryEntry,
@@ -77,6 +78,7 @@ CALLS_PER_BATCH = 256
 PREFIX = "lg:"
 NAMESPACE_FIELD = "lg_namespace"
 TTL_FIELD = "lg_ttl_minutes"
+MANAGED_BY = "langgraph-store"
 _SCOPES = {
     "user": MemoryScope.USER,
     "users": MemoryScope.USER,
@@ -422,12 +424,17 @@ class PepperpyStore(BaseStore):
                     "indices": [MemoryIndex.CONTEXTUAL]
                     if op.index is False
                     else [MemoryIndex.SEMANTIC, MemoryIndex.CONTEXTUAL],
-                    "metadata": {NAMESPACE_FIELD: list(op.namespace), TTL_FIELD: minutes},
+                    "metadata": {
+                        NAMESPACE_FIELD: list(op.namespace),
+                        TTL_FIELD: minutes,
+                        MANAGED_FIELD: MANAGED_BY,
+                    },
                     "ttl": timedelta(minutes=minutes) if minutes is not None else "never",
                 }
             )
         if items:
-            await storage.store_many(items)
+            # An item is what LangGraph put, under its key: never folded into another.
+            await storage.store_many(items, dedupe=False)
         # After the writes: a failure in between leaves an item under both keys (reads prefer
         # the current one), never under neither.
         for (scope, scope_id), keys in deletes.items():

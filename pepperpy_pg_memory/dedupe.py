@@ -1,0 +1,181 @@
+"""Deduplication on write: a write that repeats what its owner already remembers reinforces
+that memory instead of adding one (``store(dedupe=...)``, ``store_many(dedupe=...)``).
+
+What counts as a duplicate is decided in SQL (:meth:`~.queries.Statements.find_duplicate`):
+the same normalised text, or a cosine at least the threshold between texts that carry the same
+identifiers and numbers. Writes of one owner that deduplicate hold a lock on that owner until
+they commit, so concurrent duplicates find each other instead of both being added.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import asyncpg
+import numpy as np
+
+from .access import record_accesses
+from .history import Change
+from .items import PendingWrite
+from .queries import Statements
+from .types import MANAGED_FIELD, Identity
+
+__all__ = ["BatchDeduplication", "lock_owners", "reinforce"]
+
+# pg_advisory_xact_lock(int, int) keys of deduplicating writes: this class, the owner's hash.
+# (The two-key space does not meet the one-key locks of migrations and statistics.)
+_DEDUPE_LOCK_CLASS = 0x64656475  # "dedu"
+
+
+def _owner_name(tenant: str, identity: Identity) -> str:
+    return "\x1f".join((tenant, identity.scope, identity.scope_id))
+
+
+async def lock_owners(
+    tenant: str, identities: Iterable[Identity], conn: asyncpg.Connection
+) -> None:
+    """Hold, until the transaction ends, the deduplication lock of each owner of
+    ``identities`` — in one order for every caller, so that two batches never deadlock."""
+    owners = sorted({_owner_name(tenant, identity) for identity in identities})
+    await conn.executemany(
+        "SELECT pg_advisory_xact_lock($1, hashtext($2))",
+        [(_DEDUPE_LOCK_CLASS, owner) for owner in owners],
+    )
+
+
+async def reinforce(
+    statements: Statements,
+    tenant: str,
+    original: Identity,
+    write: PendingWrite,
+    change: Change,
+    conn: asyncpg.Connection,
+    timeout: float | None = None,
+) -> asyncpg.Record:
+    """``write``'s effect on the memory ``original`` it duplicates, recording ``change``:
+    a read counted (first, so that the row returned shows it), then the memory reinforced."""
+    read = {original: (1, datetime.now(timezone.utc))}
+    counted = record_accesses(statements.layout, tenant, read)
+    await conn.execute(counted.sql, *counted.args, timeout=timeout)
+    update = statements.reinforce(tenant, original, write.importance, write.metadata, change)
+    row = await conn.fetchrow(update.sql, *update.args, timeout=timeout)
+    assert row is not None
+    return row
+
+
+@dataclass
+class BatchDeduplication:
+    """The deduplication of one ``store_many`` batch, run inside its transaction: after the
+    batch is staged, :meth:`unstage_duplicates` takes out the writes that duplicate a memory
+    the owner holds or an earlier write of the batch; after the merge, :meth:`reinforce`
+    reinforces what they duplicate, one ``reinforce`` version each."""
+
+    statements: Statements
+    tenant: str
+    writes: Sequence[PendingWrite]
+    """In batch order (a later write duplicates an earlier one, never the reverse)."""
+    threshold: float | None
+    reinforcing: Callable[[PendingWrite], Change]
+    duplicates: dict[Identity, Identity] = field(default_factory=dict)
+    """Each folded write's identity → the memory it reinforces."""
+
+    async def unstage_duplicates(
+        self, conn: asyncpg.Connection, timeout: float | None
+    ) -> frozenset[Identity]:
+        await lock_owners(self.tenant, [write.identity for write in self.writes], conn)
+        find = self.statements.staged_duplicates(self.tenant, self.threshold)
+        found = {
+            Identity(row["scope"], row["scope_id"], row["key"]): row
+            for row in await conn.fetch(find.sql, *find.args, timeout=timeout)
+        }
+        self.duplicates = self._decide(found)
+        if self.duplicates:
+            unstage = self.statements.unstage(list(self.duplicates))
+            await conn.execute(unstage.sql, *unstage.args, timeout=timeout)
+        return frozenset(self.duplicates)
+
+    def _decide(self, found: dict[Identity, asyncpg.Record]) -> dict[Identity, Identity]:
+        batch = {write.identity for write in self.writes}
+        earlier = _KeptWrites()
+        duplicates: dict[Identity, Identity] = {}
+        for write in self.writes:
+            row = found[write.identity]
+            if MANAGED_FIELD in write.metadata:
+                continue  # an adapter's record is kept verbatim, and repeats nothing
+            original = None
+            if row["duplicate_key"] is not None:
+                candidate = write.identity._replace(key=row["duplicate_key"])
+                # A memory this batch rewrites is judged by its new text, below.
+                original = None if candidate in batch else candidate
+            if original is None and not row["own_live"]:
+                original = earlier.repeated_by(write, row, self.threshold)
+            if original is not None:
+                duplicates[write.identity] = original
+            else:
+                earlier.add(write, row)
+        return duplicates
+
+    async def reinforce(self, conn: asyncpg.Connection, timeout: float | None) -> None:
+        by_identity = {write.identity: write for write in self.writes}
+        for folded, original in self.duplicates.items():
+            write = by_identity[folded]
+            await reinforce(
+                self.statements,
+                self.tenant,
+                original,
+                write,
+                self.reinforcing(write),
+                conn,
+                timeout,
+            )
+
+
+class _KeptWrites:
+    """The writes of a batch kept so far, indexed to answer "does this one repeat an earlier
+    one": by owner and text hash, and by owner and identifiers for near-duplicates (only
+    texts with the same identifiers may match; their unit vectors are compared at once)."""
+
+    def __init__(self) -> None:
+        self._by_hash: dict[tuple[str, ...], Identity] = {}
+        self._by_identifiers: dict[tuple[str, ...], tuple[list[Identity], list[Any]]] = {}
+
+    @staticmethod
+    def _groups(write: PendingWrite, row: asyncpg.Record) -> tuple[tuple[str, ...], ...]:
+        owner = (write.scope.value, write.scope_id)
+        return (*owner, row["text_hash"]), (*owner, *(row["identifiers"] or ()))
+
+    def add(self, write: PendingWrite, row: asyncpg.Record) -> None:
+        by_hash, by_identifiers = self._groups(write, row)
+        self._by_hash.setdefault(by_hash, write.identity)
+        unit = _unit(write.embedding)
+        if unit is not None:
+            identities, vectors = self._by_identifiers.setdefault(by_identifiers, ([], []))
+            identities.append(write.identity)
+            vectors.append(unit)
+
+    def repeated_by(
+        self, write: PendingWrite, row: asyncpg.Record, threshold: float | None
+    ) -> Identity | None:
+        """The earliest kept write with the same text, else the closest one at least
+        ``threshold`` close (a tie: the earliest)."""
+        by_hash, by_identifiers = self._groups(write, row)
+        if by_hash in self._by_hash:
+            return self._by_hash[by_hash]
+        unit = _unit(write.embedding)
+        if threshold is None or unit is None or by_identifiers not in self._by_identifiers:
+            return None
+        identities, vectors = self._by_identifiers[by_identifiers]
+        similarities = np.asarray(vectors) @ unit
+        best = int(np.argmax(similarities))
+        return identities[best] if similarities[best] >= threshold else None
+
+
+def _unit(vector: Any) -> Any:
+    if vector is None:
+        return None
+    array = np.asarray(vector, dtype=np.float64)
+    norm = float(np.linalg.norm(array))
+    return array / norm if norm else None
