@@ -24,6 +24,7 @@ from .errors import (
     MemoryIndexError,
     MemoryNotFoundError,
     MemoryPermissionError,
+    MemoryQuotaError,
     MemorySchemaError,
     MemoryTimeoutError,
     MemoryValidationError,
@@ -82,4 +83,5 @@ __all__ = [
     "MemoryIndexError",
     "MemorySchemaError",
     "MemoryPermissionError",
+    "MemoryQuotaError",
 ]

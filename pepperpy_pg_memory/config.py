@@ -218,6 +218,17 @@ class PostgresConfig(BaseSettings):
             "text always); None: only when a store() asks for it."
         ),
     )
+    max_memories_per_owner: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "The most memories one owner (scope and scope id) may hold, adapters' records "
+            "aside. At the limit a new memory evicts the owner's lowest-ranked memory that "
+            "is not long-term (lowest importance, then least recently read or created), "
+            "recorded in its history; if all are long-term, MemoryQuotaError and nothing "
+            "is written. None: no limit."
+        ),
+    )
     track_access: bool = Field(
         default=True,
         description="Count reads (retrieve and searches) per memory, for ranking by recency.",

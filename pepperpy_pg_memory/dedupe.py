@@ -21,13 +21,10 @@ from .access import record_accesses
 from .history import Change
 from .items import PendingWrite
 from .queries import Statements
+from .schema import OWNER_LOCK_CLASS
 from .types import MANAGED_FIELD, Identity
 
 __all__ = ["BatchDeduplication", "lock_owners", "reinforce"]
-
-# pg_advisory_xact_lock(int, int) keys of deduplicating writes: this class, the owner's hash.
-# (The two-key space does not meet the one-key locks of migrations and statistics.)
-_DEDUPE_LOCK_CLASS = 0x64656475  # "dedu"
 
 
 def _owner_name(tenant: str, identity: Identity) -> str:
@@ -37,12 +34,13 @@ def _owner_name(tenant: str, identity: Identity) -> str:
 async def lock_owners(
     tenant: str, identities: Iterable[Identity], conn: asyncpg.Connection
 ) -> None:
-    """Hold, until the transaction ends, the deduplication lock of each owner of
-    ``identities`` — in one order for every caller, so that two batches never deadlock."""
+    """Hold, until the transaction ends, the lock of each owner of ``identities`` (see
+    :data:`~.schema.OWNER_LOCK_CLASS`), taken in one order by every caller so that two
+    batches never deadlock."""
     owners = sorted({_owner_name(tenant, identity) for identity in identities})
     await conn.executemany(
         "SELECT pg_advisory_xact_lock($1, hashtext($2))",
-        [(_DEDUPE_LOCK_CLASS, owner) for owner in owners],
+        [(OWNER_LOCK_CLASS, owner) for owner in owners],
     )
 
 

@@ -22,6 +22,8 @@ __all__ = [
     "MemoryIndexError",
     "MemorySchemaError",
     "MemoryPermissionError",
+    "MemoryQuotaError",
+    "QUOTA_SQLSTATE",
 ]
 
 STORE_TYPE = "postgres"
@@ -124,3 +126,12 @@ class MemorySchemaError(MemoryError):
 class MemoryPermissionError(MemoryError, builtins.PermissionError):
     """The database refused the operation to this role: a missing grant, or a row-level
     security policy (e.g. a write for another tenant than the session's)."""
+
+
+QUOTA_SQLSTATE = "PM001"
+"""The SQLSTATE the database raises for a write refused by the per-owner quota."""
+
+
+class MemoryQuotaError(MemoryError):
+    """The owner holds ``PostgresConfig.max_memories_per_owner`` memories and none of them
+    can be evicted (every one is long-term): nothing was written."""

@@ -8,10 +8,12 @@ import random
 import asyncpg
 
 from .errors import (
+    QUOTA_SQLSTATE,
     MemoryConfigurationError,
     MemoryConnectionError,
     MemoryError,
     MemoryPermissionError,
+    MemoryQuotaError,
     MemoryTimeoutError,
     MemoryValidationError,
 )
@@ -75,6 +77,8 @@ def translate(exc: BaseException, operation: str) -> MemoryError:
         return MemoryConfigurationError(f"{operation}: {exc}", field="user")
     if isinstance(exc, asyncpg.InvalidCatalogNameError):
         return MemoryConfigurationError(f"{operation}: {exc}", field="database")
+    if isinstance(exc, asyncpg.PostgresError) and exc.sqlstate == QUOTA_SQLSTATE:
+        return MemoryQuotaError(f"{operation}: {exc}")
     if isinstance(exc, asyncpg.InsufficientPrivilegeError):
         return MemoryPermissionError(f"{operation}: the database refused it: {exc}")
     if isinstance(exc, (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)):

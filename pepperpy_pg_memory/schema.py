@@ -18,10 +18,11 @@ from dataclasses import dataclass, replace
 
 import asyncpg
 
-from .errors import MemoryConfigurationError, MemorySchemaError
+from .errors import QUOTA_SQLSTATE, MemoryConfigurationError, MemorySchemaError
 from .filters import FieldKind, field_type, typed_field
 from .identifiers import qualified, quote_ident, quote_name
 from .sql import Query
+from .types import MANAGED_FIELD
 
 __all__ = [
     "TableLayout",
@@ -47,6 +48,8 @@ __all__ = [
     "HISTORY_VERSION",
     "HISTORY_SETTING",
     "IMPORTING_SETTING",
+    "QUOTA_SETTING",
+    "OWNER_LOCK_CLASS",
     "HISTORY_OPERATION_SETTING",
     "HISTORY_ACTOR_SETTING",
     "HISTORY_REASON_SETTING",
@@ -892,6 +895,102 @@ def _v10_dedupe(layout: TableLayout) -> list[str]:
     ]
 
 
+OWNER_LOCK_CLASS = 0x64656475  # "dedu"
+"""First key of ``pg_advisory_xact_lock(int, int)`` locks on one owner's memories (the second:
+``hashtext`` of tenant, scope and scope id joined by U+001F), held by writes that must see
+the owner's memories unchanged until they commit: deduplication and the quota. (The two-key
+space does not meet the one-key locks of migrations and statistics.)"""
+
+QUOTA_SETTING = "pepperpy.max_memories_per_owner"
+"""Session setting: the most memories one owner may hold (unset: no limit)."""
+
+
+def quota_function(schema: str) -> str:
+    return qualified(schema, "pepperpy_enforce_quota")
+
+
+def _v11_quota(layout: TableLayout) -> list[str]:
+    # A per-owner quota is enforced where every writer passes (store, batches, adapters,
+    # imports), in the transaction of the write: a BEFORE INSERT trigger, which does nothing
+    # unless the session sets a limit (its WHEN clause, so unlimited stores pay nothing). A
+    # row that will replace a live memory (an upsert) adds none. At the limit the owner's
+    # lowest-ranked memory that is not long-term is deleted — recorded in the history as an
+    # eviction even when history is off for the store — or the write fails. Rows written by
+    # the same transaction (their xmin is its id) are never evicted: a batch cannot push out
+    # its own rows (their versions would be recorded after their deletion). A moment would
+    # not do: rows committed while this write waited for the owner's lock are newer than it.
+    function, table = quota_function(layout.schema), layout.qualified_table
+    owner = (
+        "m.tenant = NEW.tenant AND m.scope = NEW.scope AND m.scope_id = NEW.scope_id "
+        "AND (m.expires_at IS NULL OR m.expires_at > now()) "
+        f"AND NOT m.metadata ? '{MANAGED_FIELD}'"
+    )
+    setting = "current_setting('{}', true)".format
+    return [
+        f"""
+        CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $quota$
+        DECLARE
+            quota integer := nullif({setting(QUOTA_SETTING)}, '')::integer;
+            held integer;
+            excess integer;
+            evicted integer := 0;
+            victim record;
+            saved text[];
+        BEGIN
+            IF quota IS NULL OR NEW.metadata ? '{MANAGED_FIELD}'
+               OR coalesce({setting(IMPORTING_SETTING)}, '') = 'on' THEN
+                RETURN NEW;
+            END IF;
+            PERFORM pg_advisory_xact_lock({OWNER_LOCK_CLASS},
+                hashtext(concat_ws(chr(31), NEW.tenant, NEW.scope, NEW.scope_id)));
+            IF EXISTS (SELECT 1 FROM {table} m WHERE {owner} AND m.key = NEW.key) THEN
+                RETURN NEW;
+            END IF;
+            SELECT count(*) INTO held FROM {table} m WHERE {owner};
+            excess := held - quota + 1;
+            IF excess <= 0 THEN
+                RETURN NEW;
+            END IF;
+            saved := ARRAY[{setting(HISTORY_SETTING)}, {setting(HISTORY_OPERATION_SETTING)},
+                           {setting(HISTORY_REASON_SETTING)}];
+            PERFORM set_config('{HISTORY_SETTING}', 'on', true),
+                    set_config('{HISTORY_OPERATION_SETTING}', 'evict', true),
+                    set_config('{HISTORY_REASON_SETTING}',
+                        format('quota: at most %s memories per owner', quota), true);
+            FOR victim IN
+                SELECT m.scope, m.scope_id, m.key FROM {table} m
+                LEFT JOIN {layout.qualified_access} a ON {same_memory("a", "m")}
+                WHERE {owner} AND m.memory_type <> 'long_term'
+                  AND m.xmin <> pg_current_xact_id()::xid
+                ORDER BY m.importance, coalesce(a.last_accessed_at, m.created_at), m.key
+                LIMIT excess
+            LOOP
+                DELETE FROM {table} m WHERE m.tenant = NEW.tenant AND m.scope = victim.scope
+                    AND m.scope_id = victim.scope_id AND m.key = victim.key;
+                evicted := evicted + 1;
+            END LOOP;
+            PERFORM set_config('{HISTORY_SETTING}', coalesce(saved[1], ''), true),
+                    set_config('{HISTORY_OPERATION_SETTING}', coalesce(saved[2], ''), true),
+                    set_config('{HISTORY_REASON_SETTING}', coalesce(saved[3], ''), true);
+            IF evicted < excess THEN
+                RAISE EXCEPTION USING ERRCODE = '{QUOTA_SQLSTATE}',
+                    MESSAGE = format('%s:%s holds %s memories, the most allowed is %s, and none '
+                        'it could give up is older than this write and not long-term',
+                        NEW.scope, NEW.scope_id, held, quota);
+            END IF;
+            RETURN NEW;
+        END
+        $quota$
+        """,
+        f"""
+        CREATE OR REPLACE TRIGGER {layout.index_name("quota")}
+        BEFORE INSERT ON {table} FOR EACH ROW
+        WHEN (nullif({setting(QUOTA_SETTING)}, '') IS NOT NULL)
+        EXECUTE FUNCTION {function}()
+        """,
+    ]
+
+
 Migration = Callable[[TableLayout], list[str]]
 
 MIGRATIONS: list[Migration] = [
@@ -905,6 +1004,7 @@ MIGRATIONS: list[Migration] = [
     _v8_history,
     _v9_importance_and_access,
     _v10_dedupe,
+    _v11_quota,
 ]
 """Append-only. Position i (0-based) is schema version i + 1."""
 

@@ -83,6 +83,7 @@ from .schema import (
     CLIENT_SCHEMA_SETTING,
     HISTORY_SETTING,
     IMPORTING_SETTING,
+    QUOTA_SETTING,
     SCHEMA_VERSION,
     TENANT_SETTING,
     TableLayout,
@@ -405,6 +406,11 @@ class PostgresStorage(Generic[K, V]):
             "plan_cache_mode": "force_custom_plan",
             HISTORY_SETTING: "on" if config.history else "off",
             **({TENANT_SETTING: config.tenant} if config.tenant is not None else {}),
+            **(
+                {QUOTA_SETTING: str(config.max_memories_per_owner)}
+                if config.max_memories_per_owner is not None
+                else {}
+            ),
         }
 
     async def _start_backfills(self) -> None:

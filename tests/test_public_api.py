@@ -42,6 +42,9 @@ EXPECTED = {
     "MemoryIndexError",
     "MemorySchemaError",
     "MemoryPermissionError",
+    "MemoryQuotaError",
+    "StoredCount",
+    "MANAGED_FIELD",
 }
 
 
