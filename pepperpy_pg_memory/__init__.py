@@ -7,6 +7,7 @@ fusing both, with memory types, scopes and expiry. Start with :class:`PostgresSt
 from importlib.metadata import PackageNotFoundError, version
 
 from .config import PostgresConfig
+from .consolidation import ConsolidationReport
 from .embeddings import (
     Embedder,
     HashingEmbedder,
@@ -63,6 +64,7 @@ __all__ = [
     "MemoryVersion",
     "Ranking",
     "StoredCount",
+    "ConsolidationReport",
     "MANAGED_FIELD",
     "MemorySearchResult",
     "Embedder",

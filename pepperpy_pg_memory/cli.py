@@ -438,6 +438,35 @@ async def _backfill(args: argparse.Namespace) -> int:
     return await _with_storage(args, work)
 
 
+async def _consolidate(args: argparse.Namespace) -> int:
+    async def work(storage: PostgresStorage[str, Any]) -> int:
+        with progress_bar("consolidating owners") as progress:
+            report = await storage.consolidate(
+                scope=args.scope,
+                scope_id=args.scope_id,
+                promote_after=args.promote_after,
+                merge_threshold=args.merge_threshold,
+                include_managed=args.include_managed,
+                dry_run=args.dry_run,
+                actor="pepperpy-memory consolidate",
+                progress=progress,
+            )
+        if args.json:
+            _print_json(report.model_dump())
+            return 0
+        would = "would be " if report.dry_run else ""
+        print(f"owners examined: {report.owners}")
+        print(f"{would}promoted to long-term: {len(report.promoted)}")
+        for key in report.promoted:
+            print(f"  {key}")
+        print(f"{would}merged: {len(report.merged)}")
+        for key, keeper in report.merged_into.items():
+            print(f"  {key} -> {keeper}")
+        return 0
+
+    return await _with_storage(args, work)
+
+
 async def _cleanup(args: argparse.Namespace) -> int:
     async def work(storage: PostgresStorage[str, Any]) -> int:
         deleted = await storage.cleanup_expired()
@@ -569,6 +598,33 @@ def _parser() -> argparse.ArgumentParser:
         "backfill",
         _backfill,
         "finish an upgrade's work on existing memories (e.g. contextual terms), with progress",
+    )
+    consolidate = command(
+        "consolidate",
+        _consolidate,
+        "promote memories read often to long-term and merge near-duplicates (every change "
+        "kept in history), with progress",
+        owner,
+    )
+    consolidate.add_argument(
+        "--promote-after",
+        type=int,
+        default=3,
+        help="reads that make a short-term, working or medium-term memory long-term (3)",
+    )
+    consolidate.add_argument(
+        "--merge-threshold",
+        type=float,
+        default=0.92,
+        help="cosine at which memories with the same identifiers merge (0.92)",
+    )
+    consolidate.add_argument(
+        "--include-managed",
+        action="store_true",
+        help="also chat-history messages and LangGraph items",
+    )
+    consolidate.add_argument(
+        "--dry-run", action="store_true", help="report what would change, change nothing"
     )
     command("cleanup", _cleanup, "delete expired memories")
     command("stats", _stats, "counts, sizes, pool, latency and error figures")

@@ -40,6 +40,7 @@ from .bulk import (
 from .cache import EmbeddingCache
 from .coalesce import Coalescer, together_or_alone
 from .config import PostgresConfig
+from .consolidation import Consolidation, ConsolidationReport, Summarizer
 from .database import Database, connect
 from .dedupe import BatchDeduplication
 from .embedded import EmbeddedServer, acquire_embedded, release_embedded
@@ -2130,6 +2131,76 @@ class PostgresStorage(Generic[K, V]):
         return [self._result(row, MemoryIndex.SEMANTIC) for row in rows]
 
     # --- maintenance -------------------------------------------------------------------------
+    @instrumented("consolidate")
+    async def consolidate(
+        self,
+        *,
+        scope: Scope = None,
+        scope_id: str | None = None,
+        promote_after: int = 3,
+        merge_threshold: float = 0.92,
+        summarize: Summarizer | None = None,
+        dry_run: bool = False,
+        include_managed: bool = False,
+        actor: str | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> ConsolidationReport:
+        """Tidy each owner's memories (the given owner's, or every owner's), keeping every
+        change in the history. Per owner, in one transaction:
+
+        1. short-term, working and medium-term memories read at least ``promote_after``
+           times become long-term, with no expiry (a ``promote`` version);
+        2. near-duplicates — the same text, or a cosine of at least ``merge_threshold``
+           between texts with the same identifiers and numbers — merge into the most
+           important, most recently read one: the others stop being valid, superseded by
+           it with reason "merged" (``history`` shows them, ``restore`` brings one back);
+        3. with ``summarize`` (``async (entries) -> str``, or an object with an async
+           ``ainvoke``, such as a LangChain chat model), each session's short-term
+           memories that no summary covers yet become one episodic memory in the session,
+           whose ``metadata["sources"]`` lists their keys (they expire as before).
+
+        Adapters' records (see ``MANAGED_FIELD``) are left alone unless
+        ``include_managed``. Running it again changes nothing; ``dry_run`` reports what it
+        would do and changes nothing (without calling ``summarize``).
+        ``progress(done, owners)`` follows the owners.
+        """
+        await self.flush_access_counts()  # promotion counts every read so far
+        run = Consolidation(
+            database=self.database,
+            statements=self._statements,
+            tenant=self._tenant,
+            promote_after=promote_after,
+            merge_threshold=merge_threshold,
+            include_managed=include_managed,
+            dry_run=dry_run,
+            actor=check_note(actor, "actor"),
+            entry=self._entry,
+            write_summary=partial(self._write_summary, actor=actor),
+        )
+        return await run.run(self._restriction(scope, scope_id), summarize, progress)
+
+    async def _write_summary(
+        self,
+        owner: Identity,
+        text: str,
+        sources: builtins.list[MemoryEntry[V]],
+        *,
+        actor: str | None,
+    ) -> str:
+        summary = await self.store(
+            typing.cast(K, owner.key),
+            typing.cast(V, text),
+            type=MemoryType.EPISODIC,
+            scope=owner.scope,
+            scope_id=owner.scope_id,
+            metadata={"sources": [entry.key for entry in sources]},
+            importance=max(entry.importance for entry in sources),
+            dedupe=False,
+            actor=actor,
+            reason=f"summary of {len(sources)} short-term memories",
+        )
+        return summary.key
+
     @instrumented("cleanup_expired")
     async def cleanup_expired(
         self,

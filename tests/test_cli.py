@@ -50,6 +50,7 @@ def test_every_command_has_help() -> None:
         "export",
         "reindex",
         "backfill",
+        "consolidate",
         "cleanup",
         "stats",
     ):
@@ -144,6 +145,27 @@ def test_store_get_search_delete_round_trip(target: list[str]) -> None:
     missing = _cli("get", "ana-tea", *target)
     assert missing.returncode == 1
     assert missing.stderr == "error: no memory with key 'ana-tea'\n"
+
+
+@pytest.mark.model
+def test_consolidate_reports_then_merges_repeated_memories(target: list[str]) -> None:
+    owner = ["--scope", "user", "--scope-id", "ana"]
+    for key, text in (("tea", "Ana likes green tea"), ("tea-again", "ana likes GREEN tea")):
+        assert _cli("store", key, text, *owner, *target).returncode == 0
+    dry = _cli("consolidate", "--dry-run", "--json", *owner, *target)
+    assert dry.returncode == 0, dry.stderr
+    # Equally important: the most recent keeps.
+    assert json.loads(dry.stdout)["merged_into"] == {"tea": "tea-again"}
+    done = _cli("consolidate", *owner, *target)
+    assert done.returncode == 0, done.stderr
+    assert "merged: 1" in done.stdout and "tea -> tea-again" in done.stdout
+    again = json.loads(_cli("consolidate", "--json", *owner, *target).stdout)
+    assert (again["merged"], again["dry_run"]) == ([], False)
+    versions = json.loads(_cli("history", "tea", "--json", *owner, *target).stdout)
+    assert (versions[0]["reason"], versions[0]["actor"]) == (
+        "merged",
+        "pepperpy-memory consolidate",
+    )
 
 
 @pytest.mark.model

@@ -44,6 +44,7 @@ EXPECTED = {
     "MemoryPermissionError",
     "MemoryQuotaError",
     "StoredCount",
+    "ConsolidationReport",
     "MANAGED_FIELD",
 }
 
