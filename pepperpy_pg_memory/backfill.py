@@ -25,11 +25,12 @@ from .database import Database
 from .identifiers import qualified
 from .schema import BACKFILLS, TableLayout, terms_function
 from .sql import Query
-from .types import ProgressCallback
+from .types import MANAGED_FIELD, ProgressCallback
 
 __all__ = [
     "Backfill",
     "TERMS",
+    "MANAGED",
     "BACKFILLS_TO_RUN",
     "REEMBED",
     "is_finished",
@@ -68,7 +69,27 @@ TERMS = Backfill(
 )
 """Contextual terms (schema version 6) for memories written before the column existed."""
 
-BACKFILLS_TO_RUN = (TERMS,)
+# How the adapters' records were told apart before they carried MANAGED_FIELD: the LangChain
+# chat history's keys and kind, the LangGraph store's namespace field.
+_LEGACY_CHAT = "(m.metadata ->> 'kind' = 'chat_message' AND starts_with(m.key, 'chat:'))"
+_LEGACY_LANGGRAPH = "m.metadata ? 'lg_namespace'"
+
+
+def _managed_assignment(layout: TableLayout) -> str:
+    # Metadata only: updated_at stays, so the history sees bookkeeping, not a new version.
+    adapter = f"CASE WHEN {_LEGACY_CHAT} THEN 'langchain-chat-history' ELSE 'langgraph-store' END"
+    return f"metadata = m.metadata || jsonb_build_object('{MANAGED_FIELD}', {adapter})"
+
+
+MANAGED = Backfill(
+    name="managed",
+    pending=f"({_LEGACY_CHAT} OR {_LEGACY_LANGGRAPH}) AND NOT m.metadata ? '{MANAGED_FIELD}'",
+    assignment=_managed_assignment,
+)
+"""The adapters' records written before they were marked (schema version 11), marked: until
+then deduplication, consolidation and the quota would treat them as ordinary memories."""
+
+BACKFILLS_TO_RUN = (TERMS, MANAGED)
 
 REEMBED = "reembed"
 """The semantic reindex's entry: a walk whose batches are embedded in Python between reading

@@ -12,6 +12,7 @@ import pytest
 from langchain_pepperpy import PepperpyChatMessageHistory
 from langgraph_pepperpy import PepperpyStore
 from pepperpy_pg_memory import (
+    MANAGED_FIELD,
     HashingEmbedder,
     MemoryIndex,
     MemoryQuery,
@@ -158,6 +159,22 @@ async def test_a_release_0_1_database_upgrades_in_place(
             "Hi, I need a hotel in Lisbon",
             "Sure, for which dates?",
         ]
+
+        # Migration 11's backfill marks 0.1's adapter records (chat messages, LangGraph
+        # items), metadata only: no new version. Consolidation then leaves them alone.
+        await store.complete_backfills()
+        marked = await raw_conn.fetch(
+            f"SELECT key, metadata ->> '{MANAGED_FIELD}' AS adapter, version "
+            f'FROM "{schema}".memories WHERE metadata ? \'{MANAGED_FIELD}\' ORDER BY key'
+        )
+        adapters = {row["key"]: row["adapter"] for row in marked}
+        assert set(adapters.values()) == {"langchain-chat-history", "langgraph-store"}
+        assert sum(key.startswith("chat:s-1:") for key in adapters) == 2
+        assert adapters["lg:docs/#readme"] == "langgraph-store"
+        assert "global-fact" not in adapters
+        assert {row["version"] for row in marked if row["key"].startswith("chat:")} == {1}
+        report = await store.consolidate(promote_after=1, dry_run=True)
+        assert not set(report.promoted) & set(adapters)
 
     version = await raw_conn.fetchval(
         f'SELECT schema_version FROM "{schema}".pepperpy_memory_tables'
