@@ -228,7 +228,7 @@ async def run(
             "backfill", partial(_batch, layout, backfill, tenant, batch_size)
         )
         changed += count
-        if progress is not None:
+        if progress is not None and total:  # (a walk with nothing to do shows no bar)
             progress(min(changed, total), total)
         if done:
             return changed

@@ -45,6 +45,8 @@ NEIGHBOURS = 10
 MERGED = "merged"
 """The reason recorded on a memory merged into another."""
 SUMMARY_PREFIX = "summary:"
+SOURCES_FIELD = "sources"
+"""The metadata field of a summary: the keys of the memories it sums up."""
 
 
 class ConsolidationReport(BaseModel):
@@ -113,9 +115,17 @@ class ConsolidationStatements:
         self.entry = select_entry(layout)
 
     @staticmethod
-    def _mine(params: Params, tenant: str, owner: Identity, managed: bool, alias: str) -> str:
+    def _mine(
+        params: Params,
+        tenant: str,
+        owner: Identity,
+        managed: bool,
+        alias: str,
+        merging: bool = False,
+    ) -> str:
         """The owner's live, valid memories (``alias`` names the row), adapters' records
-        only if ``managed``."""
+        only if ``managed``; for ``merging``, summaries left out (a summary resembles the
+        memories it sums up, which stay until they expire)."""
         conditions = [
             f"{alias}.tenant = {params.add(tenant)}",
             f"{alias}.scope = {params.add(owner.scope)}",
@@ -125,6 +135,8 @@ class ConsolidationStatements:
         ]
         if not managed:
             conditions.append(f"NOT {alias}.metadata ? '{MANAGED_FIELD}'")
+        if merging:
+            conditions.append(f"NOT {alias}.metadata ? '{SOURCES_FIELD}'")
         return " AND ".join(conditions)
 
     def owners(self, restriction: Restriction, managed: bool) -> Query:
@@ -181,7 +193,7 @@ class ConsolidationStatements:
             f"""
             SELECT m.key, md5({normalized_function(schema)}(m.content)) AS text_hash,
                    {dedupe_identifiers_function(schema)}(m.content) AS identifiers
-            FROM {self.table} m WHERE {self._mine(params, tenant, owner, managed, "m")}
+            FROM {self.table} m WHERE {self._mine(params, tenant, owner, managed, "m", True)}
             ORDER BY m.importance DESC, {recent} DESC, m.key
             """,
             params.values,
@@ -199,8 +211,8 @@ class ConsolidationStatements:
         :data:`NEIGHBOURS` nearest (``excluded`` keys left out), found through the index."""
         params = Params()
         gone = params.add(list(excluded))
-        mine = self._mine(params, tenant, owner, managed, "m")
-        theirs = self._mine(params, tenant, owner, managed, "o")
+        mine = self._mine(params, tenant, owner, managed, "m", merging=True)
+        theirs = self._mine(params, tenant, owner, managed, "o", merging=True)
         least = params.add(threshold)
         sql = f"""
             SELECT m.key, near.key AS other FROM {self.table} m
@@ -222,8 +234,8 @@ class ConsolidationStatements:
         covered = (
             f"SELECT 1 FROM {self.table} s WHERE {self._mine(params, tenant, owner, True, 's')} "
             f"AND s.memory_type = '{MemoryType.EPISODIC.value}' "
-            "AND jsonb_typeof(s.metadata -> 'sources') = 'array' "
-            "AND s.metadata -> 'sources' ? m.key"
+            f"AND jsonb_typeof(s.metadata -> '{SOURCES_FIELD}') = 'array' "
+            f"AND s.metadata -> '{SOURCES_FIELD}' ? m.key"
         )
         sql = f"""
             SELECT {self.entry} FROM {self.table} m

@@ -153,6 +153,9 @@ class StoredCount(int):
     def __repr__(self) -> str:
         return f"StoredCount({int(self)}, deduplicated={self.deduplicated})"
 
+    # int takes str() from repr(): printed, the count shows as the number it is.
+    __str__ = int.__repr__
+
 
 class Ranking(BaseModel):
     """How a search weighs what it found (the Generative Agents retrieval score).

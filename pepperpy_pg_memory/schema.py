@@ -991,6 +991,39 @@ def _v11_quota(layout: TableLayout) -> list[str]:
     ]
 
 
+# Words that embeddings blur as much as numbers: "Oslo in May" and "Oslo in June" are at
+# cosine 0.96 with all-MiniLM-L6-v2, "Ana likes tea" and "Ana doesn't like tea" close
+# behind. Two texts that differ in these never count as duplicates.
+_CALENDAR_WORDS = (
+    "january february march april may june july august september october november december "
+    "monday tuesday wednesday thursday friday saturday sunday"
+).split()
+_NEGATIONS = "not no never none nothing nobody nowhere neither nor without".split()
+
+
+def _v12_dedupe_calendar_and_negation(layout: TableLayout) -> list[str]:
+    # Deduplication and consolidation compare these; no index holds them, so redefining
+    # the function rewrites nothing.
+    schema = layout.schema
+    words = "|".join(_CALENDAR_WORDS + _NEGATIONS)
+    return [
+        f"""
+        CREATE OR REPLACE FUNCTION {dedupe_identifiers_function(schema)}(content text)
+        RETURNS text[] IMMUTABLE STRICT PARALLEL SAFE LANGUAGE sql AS $identifiers$
+            SELECT coalesce(array_agg(DISTINCT token ORDER BY token), '{{}}') FROM (
+                SELECT unnest({qualified(schema, "pepperpy_identifier_terms")}(content))
+                UNION ALL
+                SELECT (regexp_matches(content, '[[:digit:]]+', 'g'))[1]
+                UNION ALL
+                SELECT (regexp_matches(lower(content), '\\m({words})\\M', 'g'))[1]
+                UNION ALL
+                SELECT 'not' WHERE lower(content) ~ 'n''t\\M'
+            ) AS tokens(token)
+        $identifiers$
+        """,
+    ]
+
+
 Migration = Callable[[TableLayout], list[str]]
 
 MIGRATIONS: list[Migration] = [
@@ -1005,6 +1038,7 @@ MIGRATIONS: list[Migration] = [
     _v9_importance_and_access,
     _v10_dedupe,
     _v11_quota,
+    _v12_dedupe_calendar_and_negation,
 ]
 """Append-only. Position i (0-based) is schema version i + 1."""
 

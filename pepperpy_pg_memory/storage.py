@@ -40,7 +40,7 @@ from .bulk import (
 from .cache import EmbeddingCache
 from .coalesce import Coalescer, together_or_alone
 from .config import PostgresConfig
-from .consolidation import Consolidation, ConsolidationReport, Summarizer
+from .consolidation import SOURCES_FIELD, Consolidation, ConsolidationReport, Summarizer
 from .database import Database, connect
 from .dedupe import BatchDeduplication
 from .embedded import EmbeddedServer, acquire_embedded, release_embedded
@@ -2193,7 +2193,7 @@ class PostgresStorage(Generic[K, V]):
             type=MemoryType.EPISODIC,
             scope=owner.scope,
             scope_id=owner.scope_id,
-            metadata={"sources": [entry.key for entry in sources]},
+            metadata={SOURCES_FIELD: [entry.key for entry in sources]},
             importance=max(entry.importance for entry in sources),
             dedupe=False,
             actor=actor,

@@ -197,3 +197,18 @@ async def test_with_the_model_paraphrases_merge_and_near_misses_stay(
         report = await store.consolidate()
         assert report.merged_into == {"again": "allergy"}
         assert await store.count(**ANA) == 4
+
+
+async def test_a_summary_never_merges_with_what_it_sums_up(
+    storage: PostgresStorage[str, Any],
+) -> None:
+    await storage.store("t1", "Ana booked the terrace", **SESSION, **SHORT)
+
+    async def echo(entries: list[MemoryEntry[Any]]) -> str:
+        return entries[0].text  # a summary saying just what its one source says
+
+    first = await storage.consolidate(summarize=echo)
+    assert first.summarized == ["t1"]
+    again = await storage.consolidate(summarize=echo)
+    assert (again.merged, again.summaries) == ([], [])
+    assert await storage.count(**SESSION) == 2

@@ -283,7 +283,13 @@ async def test_an_upgraded_table_is_searchable_before_and_after_its_backfill(
         contextual_rows = await raw_conn.fetchval(
             f"SELECT count(*) FROM {table} WHERE indices @> ARRAY['contextual']"
         )
-        assert await store.complete_backfills() == contextual_rows
+        # (and the marking of the release's chat messages and LangGraph items)
+        adapter_rows = await raw_conn.fetchval(
+            f"SELECT count(*) FROM {table} WHERE metadata ? 'lg_namespace' "
+            "OR metadata ->> 'kind' = 'chat_message'"
+        )
+        assert adapter_rows > 0
+        assert await store.complete_backfills() == contextual_rows + adapter_rows
         assert (
             await raw_conn.fetchval(
                 f"SELECT count(*) FROM {table} WHERE indices @> ARRAY['contextual'] "

@@ -157,6 +157,7 @@ async def test_store_many_folds_repeats_of_held_memories_and_of_earlier_items(
     )
     assert (int(written), written.deduplicated) == (2, 3)
     assert repr(written) == "StoredCount(2, deduplicated=3)"
+    assert (str(written), f"{written}", f"{written:>3}") == ("2", "2", "  2")
     assert sorted(e.key for e in await storage.list(**ANA)) == ["held", "new", "other"]
     assert [e.key for e in await storage.list(**BRUNO)] == ["bruno-tea"]
     held = await storage.retrieve("held", **ANA)
@@ -239,3 +240,24 @@ async def test_concurrent_batches_of_one_text_leave_one_memory(
     assert sum(int(count) for count in counts) == 1
     assert sum(count.deduplicated for count in counts) == 14
     assert await storage.count(**ANA) == 1
+
+
+@pytest.mark.parametrize(
+    ("held", "written"),
+    [
+        ("Ana flies to Oslo in May", "Ana flies to Oslo in June"),
+        ("the review is on Monday", "the review is on Tuesday"),
+        ("Ana likes spicy food", "Ana doesn't like spicy food"),
+        ("Ana likes spicy food", "Ana does not like spicy food"),
+        ("Ana eats fish", "Ana never eats fish"),
+    ],
+)
+async def test_dates_and_negations_keep_close_texts_apart(
+    storage: PostgresStorage[str, Any], held: str, written: str
+) -> None:
+    """Embeddings blur months, weekdays and negations as they blur numbers."""
+    await storage.store("held", held, **ANA)
+    entry = await storage.store("written", written, **ANA, dedupe=0.1)
+    assert not entry.deduplicated
+    same = await storage.store("again", held.upper(), **ANA, dedupe=0.1)
+    assert (same.key, same.deduplicated) == ("held", True)

@@ -165,7 +165,7 @@ async def test_a_release_0_1_database_upgrades_in_place(
         await store.complete_backfills()
         marked = await raw_conn.fetch(
             f"SELECT key, metadata ->> '{MANAGED_FIELD}' AS adapter, version "
-            f'FROM "{schema}".memories WHERE metadata ? \'{MANAGED_FIELD}\' ORDER BY key'
+            f"FROM \"{schema}\".memories WHERE metadata ? '{MANAGED_FIELD}' ORDER BY key"
         )
         adapters = {row["key"]: row["adapter"] for row in marked}
         assert set(adapters.values()) == {"langchain-chat-history", "langgraph-store"}
