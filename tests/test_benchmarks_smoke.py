@@ -118,11 +118,15 @@ def test_ranking_benchmark_runs_small(tmp_path: Path) -> None:
     report = _run_small(
         "ranking",
         tmp_path,
-        *("--random", "--size", "300", "--queries", "6", "--rounds", "1", "--writes", "10"),
+        *("--random", "--size", "300", "--queries", "6", "--rounds", "1", "--writes", "12"),
+        *("--batch", "5"),
     )
     assert set(report["ratios"]) == {
         "ranked_over_plain",
         "counting_over_not_counting",
         "dedupe_store_over_store",
+        "quota_store_over_store",
+        "dedupe_batch_over_batch",
     }
+    assert set(report["batch_p50_ms"]) == {"store_many", "store_many_dedupe"}
     assert set(report["p50_ms"]) == {"plain", "ranked", "plain_not_counting"}
