@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 import typing
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import datetime
@@ -35,6 +36,20 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Work = Callable[[asyncpg.Connection], Awaitable[T]]
+
+
+if sys.version_info >= (3, 11):
+
+    async def _acquire(pool: asyncpg.Pool, timeout: float) -> Any:
+        # asyncio.timeout rather than acquire(timeout=): asyncpg's wait_for runs the
+        # acquisition as a task of its own, an extra turn of the loop per operation.
+        async with asyncio.timeout(timeout):
+            return await pool.acquire()
+
+else:  # pragma: no cover - Python 3.10
+
+    async def _acquire(pool: asyncpg.Pool, timeout: float) -> Any:
+        return await pool.acquire(timeout=timeout)
 
 
 async def retrying(
@@ -167,7 +182,7 @@ class Database:
         async def attempt() -> T:
             self.metrics.waiting += 1
             try:
-                conn = await pool.acquire(timeout=config.pool_timeout)
+                conn = await _acquire(pool, config.pool_timeout)
             except asyncio.TimeoutError:
                 raise MemoryTimeoutError(
                     f"{operation}: no free database connection within "

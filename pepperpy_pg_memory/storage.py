@@ -2531,8 +2531,5 @@ def _check_unambiguous(identities: Iterable[Identity]) -> None:
 
 
 def _optional_float(row: asyncpg.Record, column: str) -> float | None:
-    try:
-        value = row[column]
-    except KeyError:
-        return None
+    value = row.get(column)  # (a missing column costs no exception: six a search result)
     return None if value is None else float(value)
