@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .config import PostgresConfig
-from .errors import MemoryError, MemoryValidationError
+from .errors import MemoryConfigurationError, MemoryError, MemoryValidationError
 from .models import MemoryEntry, MemoryQuery, MemorySearchResult
 from .shutdown import interrupt_on_sigterm
 from .storage import PostgresStorage
@@ -467,6 +467,22 @@ async def _consolidate(args: argparse.Namespace) -> int:
     return await _with_storage(args, work)
 
 
+async def _mcp(args: argparse.Namespace) -> int:
+    try:
+        from mcp_pepperpy.runner import serve
+    except ImportError as exc:
+        raise MemoryConfigurationError(
+            f"the MCP server needs the mcp extra ({exc}): pip install 'pepperpy-pg-memory[mcp]'"
+        ) from exc
+    return await serve(
+        _config(args),
+        user=args.user,
+        allow_any_user=args.allow_any_user,
+        http=args.http,
+        token=args.token,
+    )
+
+
 async def _cleanup(args: argparse.Namespace) -> int:
     async def work(storage: PostgresStorage[str, Any]) -> int:
         deleted = await storage.cleanup_expired()
@@ -625,6 +641,31 @@ def _parser() -> argparse.ArgumentParser:
     )
     consolidate.add_argument(
         "--dry-run", action="store_true", help="report what would change, change nothing"
+    )
+    mcp = commands.add_parser(
+        "mcp",
+        help="serve the memories to agent hosts over the Model Context Protocol (stdio)",
+        description="An MCP server with the tools remember, recall, forget and list_memories. "
+        "On stdio by default (what desktop hosts launch); --http serves streamable HTTP.",
+        parents=[connection],
+    )
+    mcp.set_defaults(handler=_mcp, json=False)
+    mcp.add_argument("--user", help="the user the server acts for (default: global memories)")
+    mcp.add_argument(
+        "--allow-any-user",
+        action="store_true",
+        help="let calls name another user_id than --user",
+    )
+    mcp.add_argument(
+        "--http",
+        metavar="HOST:PORT",
+        help="serve streamable HTTP at http://HOST:PORT/mcp instead of stdio "
+        "(loopback only, unless --token is set)",
+    )
+    mcp.add_argument(
+        "--token",
+        default=os.environ.get("PEPPERPY_MCP_TOKEN"),
+        help="bearer token every HTTP request must carry (default: $PEPPERPY_MCP_TOKEN)",
     )
     command("cleanup", _cleanup, "delete expired memories")
     command("stats", _stats, "counts, sizes, pool, latency and error figures")

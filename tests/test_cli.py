@@ -51,6 +51,7 @@ def test_every_command_has_help() -> None:
         "reindex",
         "backfill",
         "consolidate",
+        "mcp",
         "cleanup",
         "stats",
     ):
