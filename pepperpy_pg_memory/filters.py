@@ -8,9 +8,12 @@ A filter is a mapping from metadata keys to conditions, in the style of MongoDB:
     {"lang": {"$in": ["en", "pt"]}}               # membership ($nin: the opposite)
     {"tags": {"$contains": "urgent"}}             # a list that holds a value
     {"reviewed": {"$exists": False}}              # key absent
+    {"title": {"$itext": "refund"}}               # a string holding this text ($text: case too)
+    {"tags": {"$empty": True}}                    # absent, null, "", [] or {}
     {"$or": [{"topic": "billing"}, {"$not": {"lang": "en"}}]}
 
-Operators: ``$eq $ne $gt $gte $lt $lte $in $nin $contains $exists`` on a key, and
+Operators: ``$eq $ne $gt $gte $lt $lte $in $nin $contains $exists $text $itext $empty`` on a
+key, and
 ``$and $or $not`` to combine. A key is a name of letters, digits, ``_`` and ``-``; dots step into
 nested objects (``"user.plan"``). Keys travel as ``text[]`` parameters and values as ``jsonb`` or
 ``numeric`` parameters: nothing from a filter is ever spliced into the SQL text. Anything
@@ -48,7 +51,18 @@ _KEY_SEGMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_\-]{0,63}")
 _MAX_KEY_SEGMENTS = 8
 
 _RANGE_OPERATORS = {"$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
-_FIELD_OPERATORS = {"$eq", "$ne", "$in", "$nin", "$contains", "$exists", *_RANGE_OPERATORS}
+_FIELD_OPERATORS = {
+    "$eq",
+    "$ne",
+    "$in",
+    "$nin",
+    "$contains",
+    "$exists",
+    "$text",
+    "$itext",
+    "$empty",
+    *_RANGE_OPERATORS,
+}
 _LOGICAL_OPERATORS = {"$and", "$or", "$not"}
 
 
@@ -185,6 +199,22 @@ class _Compiler:
             if not isinstance(operand, bool):
                 raise MemoryValidationError(f"$exists for {key!r} takes true or false")
             test = f"({column} #> {self.params.add(path)}::text[]) IS NOT NULL"
+            return f"({test})" if operand else f"(NOT {test})"
+        if operator in ("$text", "$itext"):
+            if not isinstance(operand, str) or not operand:
+                raise MemoryValidationError(f"{operator} for {key!r} takes a non-empty string")
+            extracted = f"({column} #> {self.params.add(path)}::text[])"
+            text = f"({extracted} #>> '{{}}')"
+            needle = self.params.add(_json_value(key, operator, operand))
+            if operator == "$itext":
+                text, needle = f"lower({text})", f"lower({needle}::text)"
+            # strpos, not LIKE: the operand's % and _ are text, not patterns.
+            return f"(jsonb_typeof({extracted}) = 'string' AND strpos({text}, {needle}) > 0)"
+        if operator == "$empty":
+            if not isinstance(operand, bool):
+                raise MemoryValidationError(f"$empty for {key!r} takes true or false")
+            extracted = f"({column} #> {self.params.add(path)}::text[])"
+            test = f"coalesce({extracted} IN ('null', '\"\"', '[]', '{{}}'), true)"
             return f"({test})" if operand else f"(NOT {test})"
         # Range: a number bound compares numbers as numbers, and only values that are numbers,
         # so that "9" never sorts above "10" and a string never satisfies a numeric bound. A

@@ -40,6 +40,9 @@ def test_values_and_keys_never_reach_the_sql_text() -> None:
         ({"n": {"$in": []}}, "non-empty list"),
         ({"n": {"$in": [[1]]}}, "scalar"),
         ({"n": {"$exists": "yes"}}, "true or false"),
+        ({"n": {"$empty": 1}}, "true or false"),
+        ({"n": {"$text": ""}}, "non-empty string"),
+        ({"n": {"$itext": 3}}, "non-empty string"),
         ({"$and": {}}, "non-empty list"),
         ({"$or": []}, "non-empty list"),
         ({"n": object()}, "not a JSON value"),
@@ -106,6 +109,17 @@ async def rows(storage: PostgresStorage[str, Any]) -> PostgresStorage[str, Any]:
         ({"$or": [{"topic": "other"}, {"priority": {"$lt": 3}}]}, {"r3", "r5"}),
         ({"$and": [{"topic": "billing"}, {"$not": {"tags": {"$contains": "urgent"}}}]}, {"r2"}),
         ({}, {"r1", "r2", "r3", "r4", "r5"}),
+        # substrings of string values: % and _ are plain characters, not patterns
+        ({"topic": {"$text": "ill"}}, {"r1", "r2"}),
+        ({"topic": {"$text": "ILL"}}, set()),
+        ({"topic": {"$itext": "ILL"}}, {"r1", "r2"}),
+        ({"topic": {"$text": "%"}}, set()),
+        ({"priority": {"$text": "1"}}, {"r4"}),  # only strings: 10 is a number
+        ({"user.plan": {"$itext": "PR"}}, {"r1"}),
+        # absent, null or empty
+        ({"tags": {"$empty": True}}, {"r3", "r4", "r5"}),
+        ({"tags": {"$empty": False}}, {"r1", "r2"}),
+        ({"reviewed": {"$empty": True}}, {"r1", "r2", "r4", "r5"}),
     ],
 )
 async def test_filter_semantics(
