@@ -14,6 +14,7 @@ import pytest
         ("langchain_pepperpy", "langchain_core", "pepperpy-pg-memory[langchain]"),
         ("langgraph_pepperpy", "langgraph", "pepperpy-pg-memory[langgraph]"),
         ("mcp_pepperpy", "mcp", "pepperpy-pg-memory[mcp]"),
+        ("llama_index_pepperpy", "llama_index", "pepperpy-pg-memory[llamaindex]"),
     ],
 )
 def test_missing_extra_names_what_to_install(adapter: str, blocked: str, extra: str) -> None:
@@ -35,7 +36,7 @@ def test_missing_extra_names_what_to_install(adapter: str, blocked: str, extra: 
 def test_core_imports_without_the_frameworks() -> None:
     code = (
         "import sys\n"
-        "for name in ('langchain_core', 'langgraph', 'langchain_postgres', 'mcp'):\n"
+        "for name in ('langchain_core', 'langgraph', 'langchain_postgres', 'mcp', 'llama_index'):\n"
         "    sys.modules[name] = None\n"
         "import pepperpy_pg_memory, pepperpy_pg_memory.runner, pepperpy_pg_memory.cli\n"
         "print(pepperpy_pg_memory.PostgresStorage.__name__)\n"
