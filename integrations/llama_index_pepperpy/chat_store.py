@@ -21,6 +21,7 @@ from llama_index.core.base.llms.types import ChatMessage
 from llama_index.core.bridge.pydantic import PrivateAttr
 from llama_index.core.storage.chat_store.base import BaseChatStore
 from llama_index.core.storage.chat_store.base_db import AsyncDBChatStore, MessageStatus
+from typing_extensions import Self
 
 from pepperpy_pg_memory import (
     MANAGED_FIELD,
@@ -207,23 +208,10 @@ class ChatMessages:
             after = page[-1]
 
 
-def _handle(config: PostgresConfig | None, storage: PostgresStorage[Any, Any] | None) -> Any:
-    if storage is not None:
-        return BackgroundStorage.share(storage)
-    return BackgroundStorage.create(config)
+class _OverMemories:
+    """How both chat stores are made and closed (pydantic keeps their private attributes)."""
 
-
-class PepperpyChatStore(BaseChatStore):
-    """LlamaIndex ``BaseChatStore`` (``ChatMemoryBuffer(chat_store=...)``): sync methods and
-    their async forms, from any thread or event loop.
-
-    Example:
-        >>> store = PepperpyChatStore.create()
-        >>> memory = ChatMemoryBuffer.from_defaults(chat_store=store, chat_store_key="ana")
-    """
-
-    _handle: BackgroundStorage[Any, Any] = PrivateAttr()
-    _messages: ChatMessages = PrivateAttr()
+    _handle: BackgroundStorage[Any, Any]
 
     def __init__(self, handle: BackgroundStorage[Any, Any], *, ttl: Any = "never") -> None:
         super().__init__()
@@ -237,16 +225,33 @@ class PepperpyChatStore(BaseChatStore):
         *,
         storage: PostgresStorage[Any, Any] | None = None,
         ttl: Any = "never",
-    ) -> PepperpyChatStore:
-        """On ``config`` (embedded server by default), or over a running ``storage``."""
-        return cls(_handle(config, storage), ttl=ttl)
+    ) -> Self:
+        """On ``config`` (embedded server by default), or over a running ``storage``;
+        messages live until deleted unless ``ttl`` says otherwise."""
+        if storage is not None:
+            return cls(BackgroundStorage.share(storage), ttl=ttl)
+        return cls(BackgroundStorage.create(config), ttl=ttl)
+
+    def close(self) -> None:
+        """Close the underlying store if this object created it."""
+        self._handle.close()
+
+
+class PepperpyChatStore(_OverMemories, BaseChatStore):
+    """LlamaIndex ``BaseChatStore`` (``ChatMemoryBuffer(chat_store=...)``): sync methods and
+    their async forms, from any thread or event loop.
+
+    Example:
+        >>> store = PepperpyChatStore.create()
+        >>> memory = ChatMemoryBuffer.from_defaults(chat_store=store, chat_store_key="ana")
+    """
+
+    _handle: BackgroundStorage[Any, Any] = PrivateAttr()
+    _messages: ChatMessages = PrivateAttr()
 
     @classmethod
     def class_name(cls) -> str:
         return "PepperpyChatStore"
-
-    def close(self) -> None:
-        self._handle.close()
 
     def set_messages(self, key: str, messages: list[ChatMessage]) -> None:
         self._handle.call(lambda s: self._set(s, key, messages))
@@ -310,35 +315,16 @@ class PepperpyChatStore(BaseChatStore):
         return await self._handle.acall(self._messages.keys)
 
 
-class PepperpyDBChatStore(AsyncDBChatStore):
+class PepperpyDBChatStore(_OverMemories, AsyncDBChatStore):
     """LlamaIndex ``AsyncDBChatStore``, for ``Memory.from_defaults(chat_store=...)``:
     active and archived messages per chat key, counts, and archiving of the oldest."""
 
     _handle: BackgroundStorage[Any, Any] = PrivateAttr()
     _messages: ChatMessages = PrivateAttr()
 
-    def __init__(self, handle: BackgroundStorage[Any, Any], *, ttl: Any = "never") -> None:
-        super().__init__()
-        self._handle = handle
-        self._messages = ChatMessages(ttl)
-
-    @classmethod
-    def create(
-        cls,
-        config: PostgresConfig | None = None,
-        *,
-        storage: PostgresStorage[Any, Any] | None = None,
-        ttl: Any = "never",
-    ) -> PepperpyDBChatStore:
-        """On ``config`` (embedded server by default), or over a running ``storage``."""
-        return cls(_handle(config, storage), ttl=ttl)
-
     @classmethod
     def class_name(cls) -> str:
         return "PepperpyDBChatStore"
-
-    def close(self) -> None:
-        self._handle.close()
 
     async def get_messages(
         self,
