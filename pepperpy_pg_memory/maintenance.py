@@ -111,10 +111,20 @@ async def rebuild_contextual(
         return int(await conn.fetchval(count.sql, *count.args))
 
 
+OWNERS_IN_STATS = 200
+"""``stats()["by_owner"]`` lists this many owners at most, the largest first."""
+
+
+def owner_label(scope: str, scope_id: str) -> str:
+    """An owner as people write it: ``user:ana``, ``session:s-1``, ``global``."""
+    return scope if not scope_id else f"{scope}:{scope_id}"
+
+
 async def table_figures(
     statements: Statements, tenant: str, conn: asyncpg.Connection
 ) -> dict[str, Any]:
-    """The tenant's row counts, and on-disk sizes of the memory table and its indexes."""
+    """The tenant's row counts (in all, per type, for the largest owners), and on-disk sizes
+    of the memory table and its indexes."""
     figures: dict[str, Any] = {}
     for name, query in (
         ("memories", statements.count(Restriction(tenant=tenant))),
@@ -122,6 +132,15 @@ async def table_figures(
         ("passages", statements.count_passages(tenant)),
     ):
         figures[name] = int(await conn.fetchval(query.sql, *query.args))
+    by_type = statements.counts_by_type(tenant)
+    figures["by_type"] = {
+        row["name"]: int(row["memories"]) for row in await conn.fetch(by_type.sql, *by_type.args)
+    }
+    by_owner = statements.counts_by_owner(tenant, OWNERS_IN_STATS)
+    figures["by_owner"] = {
+        owner_label(row["scope"], row["scope_id"]): int(row["memories"])
+        for row in await conn.fetch(by_owner.sql, *by_owner.args)
+    }
     sizes_query, indexes_query = statements.table_sizes(), statements.index_sizes()
     sizes = await conn.fetchrow(sizes_query.sql, *sizes_query.args)
     assert sizes is not None

@@ -816,6 +816,23 @@ class Statements:
             f"SELECT count(*) FROM (SELECT 1 FROM {self.table} LIMIT $1) AS bounded", [limit]
         )
 
+    def counts_by_type(self, tenant: str) -> Query:
+        """Live memories per type."""
+        return Query(
+            f"SELECT m.memory_type AS name, count(*) AS memories FROM {self.table} m "
+            f"WHERE m.tenant = $1 AND {_LIVE} GROUP BY m.memory_type ORDER BY m.memory_type",
+            [tenant],
+        )
+
+    def counts_by_owner(self, tenant: str, limit: int) -> Query:
+        """Live memories per owner, the ``limit`` largest owners."""
+        return Query(
+            f"SELECT m.scope, m.scope_id, count(*) AS memories FROM {self.table} m "
+            f"WHERE m.tenant = $1 AND {_LIVE} GROUP BY m.scope, m.scope_id "
+            "ORDER BY count(*) DESC, m.scope, m.scope_id LIMIT $2",
+            [tenant, limit],
+        )
+
     def count_expired(self, tenant: str) -> Query:
         return Query(
             f"SELECT count(*) FROM {self.table} WHERE tenant = $1 AND expires_at <= now()",

@@ -2416,7 +2416,8 @@ class PostgresStorage(Generic[K, V]):
     async def stats(self) -> dict[str, Any]:
         """Figures for monitoring (the design document's list).
 
-        ``memories`` and ``expired_not_cleaned``; ``table_bytes``, ``total_bytes`` and
+        ``memories`` and ``expired_not_cleaned``; live memories ``by_type`` and ``by_owner``
+        (``user:ana``, ``global``; the 200 largest owners); ``table_bytes``, ``total_bytes`` and
         ``index_bytes`` per index; ``pool`` (size, in use, idle, waiting, max); ``operations``
         (count, errors, mean and bucketed p50/p95 latency, histogram) per operation;
         ``errors`` by class; ``embedding_cache`` (entries, hits, misses, hit rate);

@@ -37,6 +37,12 @@ async def test_stats_follow_the_operations(storage: PostgresStorage[str, Any]) -
     assert after["total_bytes"] > before["total_bytes"]
     assert after["embedding_cache"]["hits"] >= 2  # the repeated query was embedded once
     assert after["passages"] == 2 and before["passages"] == 0
+    assert before["by_type"] == {} and after["by_type"] == {"long_term": 21}
+    await storage.store("ana", "x", type="short_term", scope="user", scope_id="ana")
+    await storage.store("gone", "x", scope="user", scope_id="ana", ttl=0.001)
+    counts = await storage.stats()
+    assert counts["by_type"] == {"long_term": 21, "short_term": 1}  # the expired one is gone
+    assert counts["by_owner"] == {"global": 21, "user:ana": 1}
     assert after["embedder"] == "hashing/64" and after["dimension"] == 64
     assert after["queued_stores"] == 0
     # A new table has nothing to backfill; the background run notices at once.
