@@ -483,6 +483,16 @@ async def _mcp(args: argparse.Namespace) -> int:
     )
 
 
+async def _ui(args: argparse.Namespace) -> int:
+    try:
+        from pepperpy_browser.runner import serve
+    except ImportError as exc:
+        raise MemoryConfigurationError(
+            f"the memory browser needs the ui extra ({exc}): pip install 'pepperpy-pg-memory[ui]'"
+        ) from exc
+    return await serve(_config(args), host=args.host, port=args.port, token=args.token)
+
+
 async def _cleanup(args: argparse.Namespace) -> int:
     async def work(storage: PostgresStorage[str, Any]) -> int:
         deleted = await storage.cleanup_expired()
@@ -666,6 +676,21 @@ def _parser() -> argparse.ArgumentParser:
         "--token",
         default=os.environ.get("PEPPERPY_MCP_TOKEN"),
         help="bearer token every HTTP request must carry (default: $PEPPERPY_MCP_TOKEN)",
+    )
+    ui = commands.add_parser(
+        "ui",
+        help="browse, search and correct the memories in a local web page",
+        description="The memory browser: a table of memories, search, owner and type filters, "
+        "history with restore and invalidate, and statistics. Loopback only, unless --token.",
+        parents=[connection],
+    )
+    ui.set_defaults(handler=_ui, json=False)
+    ui.add_argument("--host", default="127.0.0.1", help="interface to listen on (127.0.0.1)")
+    ui.add_argument("--port", type=int, default=8765, help="port (8765)")
+    ui.add_argument(
+        "--token",
+        default=os.environ.get("PEPPERPY_UI_TOKEN"),
+        help="required on every request (open /?token=...; default: $PEPPERPY_UI_TOKEN)",
     )
     command("cleanup", _cleanup, "delete expired memories")
     command("stats", _stats, "counts, sizes, pool, latency and error figures")

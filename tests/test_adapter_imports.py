@@ -15,6 +15,7 @@ import pytest
         ("langgraph_pepperpy", "langgraph", "pepperpy-pg-memory[langgraph]"),
         ("mcp_pepperpy", "mcp", "pepperpy-pg-memory[mcp]"),
         ("llama_index_pepperpy", "llama_index", "pepperpy-pg-memory[llamaindex]"),
+        ("pepperpy_browser", "jinja2", "pepperpy-pg-memory[ui]"),
     ],
 )
 def test_missing_extra_names_what_to_install(adapter: str, blocked: str, extra: str) -> None:

@@ -52,6 +52,7 @@ def test_every_command_has_help() -> None:
         "backfill",
         "consolidate",
         "mcp",
+        "ui",
         "cleanup",
         "stats",
     ):
