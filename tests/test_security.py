@@ -26,6 +26,7 @@ from pepperpy_pg_memory import (
     PostgresStorage,
 )
 from pepperpy_pg_memory.schema import MIGRATIONS, SCHEMA_VERSION
+from pepperpy_pg_memory.serving import host_names, is_loopback
 
 PASSWORD = "s3cr3t-Pa55word!"
 
@@ -291,3 +292,21 @@ async def test_password_stays_out_of_reprs_logs_and_errors(
         error = error.__cause__
     assert all(PASSWORD not in str(e) for e in chain)
     assert PASSWORD not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback", "names"),
+    [
+        ("127.0.0.1", True, {"127.0.0.1:80", "localhost:80"}),
+        ("localhost", True, {"127.0.0.1:80", "localhost:80"}),
+        ("::1", True, {"[::1]:80", "localhost:80"}),
+        ("[::1]", True, {"[::1]:80", "localhost:80"}),
+        ("0.0.0.0", False, {"0.0.0.0:80"}),
+        ("10.1.2.3", False, {"10.1.2.3:80"}),
+        ("memory.example", False, {"memory.example:80"}),
+        ("fe80::1", False, {"[fe80::1]:80"}),
+    ],
+)
+def test_where_the_servers_listen(host: str, loopback: bool, names: set[str]) -> None:
+    assert is_loopback(host) is loopback
+    assert host_names(host, 80) == names

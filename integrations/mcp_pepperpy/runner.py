@@ -8,7 +8,6 @@ with stdout pointed at stderr, and logs always go to stderr.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import logging
 import os
 import sys
@@ -16,6 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from pepperpy_pg_memory import MemoryConfigurationError, PostgresConfig, PostgresStorage
+from pepperpy_pg_memory.serving import is_loopback
 
 from .server import bearer_token_guard, create_server, transport_security
 
@@ -31,22 +31,13 @@ def parse_http_address(value: str, token: str | None) -> tuple[str, int]:
     if not sep or not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise MemoryConfigurationError(f"--http takes HOST:PORT, not {value!r}", field="http")
     host = host.strip("[]") or "127.0.0.1"
-    if not _is_loopback(host) and not token:
+    if not is_loopback(host) and not token:
         raise MemoryConfigurationError(
             f"--http {value} would accept connections from other machines: bind it to "
             "127.0.0.1, or set --token (then every request needs it as a bearer token)",
             field="http",
         )
     return host, int(port_text)
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 @contextlib.contextmanager

@@ -32,6 +32,7 @@ from pepperpy_pg_memory import (
     MemoryValidationError,
     PostgresStorage,
 )
+from pepperpy_pg_memory.serving import host_names
 
 __all__ = [
     "create_server",
@@ -255,10 +256,7 @@ def _memory(entry: MemoryEntry[Any], score: float | None) -> Memory:
 
 def transport_security(host: str, port: int) -> TransportSecuritySettings:
     """Host and Origin checks against DNS rebinding: only the names the server listens as."""
-    names = {host, "127.0.0.1", "localhost"} if host in ("127.0.0.1", "localhost") else {host}
-    if host == "::1":
-        names = {"[::1]", "localhost"}
-    hosts = [f"{name}:{port}" for name in sorted(names)]
+    hosts = sorted(host_names(host, port))
     origins = [f"{scheme}://{h}" for h in hosts for scheme in ("http", "https")]
     return TransportSecuritySettings(
         enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins
