@@ -1278,13 +1278,14 @@ class PostgresStorage(Generic[K, V]):
         filter: Mapping[str, Any] | None = None,
         value_filter: Mapping[str, Any] | None = None,
         key_prefix: str | tuple[str, ...] | None = None,
+        keys: Iterable[str] | None = None,
         limit: int = 100,
         offset: int = 0,
         order_by: ListOrder = "created_at",
         descending: bool = True,
         after: MemoryEntry[Any] | None = None,
     ) -> builtins.list[MemoryEntry[V]]:
-        """A page of live memories, newest first by default.
+        """A page of live memories, newest first by default; with ``keys``, only those.
 
         For the next page, pass the last entry of this one as ``after`` (a keyset: every page
         costs the same, and writes meanwhile do not shift the pages); ``offset`` skips rows.
@@ -1295,7 +1296,13 @@ class PostgresStorage(Generic[K, V]):
             raise MemoryValidationError(f"cannot order by {order_by!r}")
         query = self._statements.list_page(
             self._restriction(
-                scope, scope_id, types, filter, value_filter=value_filter, key_prefix=key_prefix
+                scope,
+                scope_id,
+                types,
+                filter,
+                value_filter=value_filter,
+                key_prefix=key_prefix,
+                keys=None if keys is None else frozenset(self._keys(keys)),
             ),
             limit=limit,
             offset=offset,

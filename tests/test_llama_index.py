@@ -209,6 +209,16 @@ async def test_every_filter_operator_and_nesting(
     assert set(found.ids or []) == expected
 
 
+async def test_nodes_by_id_and_filter_together(filled: PepperpyVectorStore) -> None:
+    both = _filters(_f("topic", ["health", "food"], FilterOperator.IN))
+    found = await filled.aget_nodes(node_ids=["b1", "a1", "missing"], filters=both)
+    assert [node.node_id for node in found] == ["a1"]
+    found = await filled.aget_nodes(node_ids=["a2", "a1"], filters=both)
+    assert [node.node_id for node in found] == ["a2", "a1"]  # in the order asked
+    only = await filled.aget_nodes(node_ids=["a1"], filters=both)
+    assert [node.node_id for node in only] == ["a1"]
+
+
 async def test_filter_keys_are_never_spliced_into_sql(filled: PepperpyVectorStore) -> None:
     hostile = _filters(_f("topic') OR 1=1; --", "x"))
     with pytest.raises(ValueError, match="invalid filter key"):

@@ -31,6 +31,16 @@ async def test_retrieve_many_returns_live_owned_entries(storage: PostgresStorage
     assert await storage.retrieve_many([]) == {}
 
 
+async def test_list_names_keys_within_an_owner(storage: PostgresStorage[str, Any]) -> None:
+    for key, scope_id in (("a", "u1"), ("b", "u1"), ("c", "u1"), ("a", "u2")):
+        await storage.store(key, f"{key} of {scope_id}", scope=MemoryScope.USER, scope_id=scope_id)
+    listed = await storage.list(keys=["c", "a", "zz"], scope=MemoryScope.USER, scope_id="u1")
+    assert sorted(entry.value for entry in listed) == ["a of u1", "c of u1"]
+    anyone = await storage.list(keys=["a"], order_by="key")
+    assert sorted(entry.scope_id for entry in anyone) == ["u1", "u2"]
+    assert await storage.list(keys=[]) == []
+
+
 async def test_key_prefix_and_value_filter(storage: PostgresStorage[str, Any]) -> None:
     await storage.store("ns/a/1", {"content": "one", "rank": 1})
     await storage.store("ns/a/2", {"content": "two", "rank": 2})

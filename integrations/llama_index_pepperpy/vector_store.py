@@ -45,6 +45,7 @@ __all__ = ["PepperpyVectorStore", "to_filter", "REF_DOC_FIELD"]
 
 REF_DOC_FIELD = "ref_doc_id"
 """The metadata field holding a node's source document (``delete(ref_doc_id)`` uses it)."""
+_PAGE = 500
 MMR_CANDIDATES = 4
 """An MMR query weighs this many times ``similarity_top_k`` nearest nodes."""
 
@@ -296,31 +297,27 @@ class PepperpyVectorStore(BasePydanticVectorStore):
         node_ids: list[str] | None,
         spec: dict[str, Any] | None,
     ) -> list[BaseNode]:
-        if node_ids is not None:
-            found = await storage.retrieve_many(node_ids, **self._owner())
-            wanted = [found[key] for key in dict.fromkeys(node_ids) if key in found]
-            matching = {e.key for e in wanted}
-            if spec is not None and wanted:
-                listed = await storage.list(
-                    filter=spec, key_prefix=None, limit=len(wanted), **self._owner()
-                )
-                matching = {e.key for e in listed} & matching
-            return [_node(entry) for entry in wanted if entry.key in matching]
-        nodes: list[BaseNode] = []
-        after: MemoryEntry[Any] | None = None
+        """The nodes with these ids (in that order) and/or matching ``spec``."""
+        if node_ids is not None and not node_ids:
+            return []
+        found: list[MemoryEntry[Any]] = []
         while True:  # keyset pages: each costs the same however many nodes there are
             page = await storage.list(
+                keys=node_ids,
                 filter=spec,
                 order_by="key",
                 descending=False,
-                limit=500,
-                after=after,
+                limit=_PAGE,
+                after=found[-1] if found else None,
                 **self._owner(),
             )
-            nodes += [_node(entry) for entry in page]
-            if len(page) < 500:
-                return nodes
-            after = page[-1]
+            found += page
+            if len(page) < _PAGE:
+                break
+        if node_ids is not None:
+            by_key = {entry.key: entry for entry in found}
+            found = [by_key[key] for key in dict.fromkeys(node_ids) if key in by_key]
+        return [_node(entry) for entry in found]
 
     def query(self, query: VectorStoreQuery, **kwargs: Any) -> VectorStoreQueryResult:
         return self._handle.call(lambda s: self._query(s, query))
