@@ -97,7 +97,7 @@ class BatchDeduplication:
 
     def _decide(self, found: dict[Identity, asyncpg.Record]) -> dict[Identity, Identity]:
         batch = {write.identity for write in self.writes}
-        earlier = _KeptWrites()
+        earlier = _KeptWrites(self.threshold)
         duplicates: dict[Identity, Identity] = {}
         for write in self.writes:
             row = found[write.identity]
@@ -108,12 +108,12 @@ class BatchDeduplication:
                 candidate = write.identity._replace(key=row["duplicate_key"])
                 # A memory this batch rewrites is judged by its new text, below.
                 original = None if candidate in batch else candidate
-            if original is None and not row["own_live"]:
-                original = earlier.repeated_by(write, row, self.threshold)
+            if original is None and row["own_live"]:
+                earlier.keep(write, row)  # an update of its own memory repeats nothing
+            elif original is None:
+                original = earlier.repeated_or_kept(write, row)
             if original is not None:
                 duplicates[write.identity] = original
-            else:
-                earlier.add(write, row)
         return duplicates
 
     async def reinforce(self, conn: asyncpg.Connection, timeout: float | None) -> None:
@@ -131,44 +131,69 @@ class BatchDeduplication:
             )
 
 
+class _UnitRows:
+    """Unit vectors of one group of kept writes, as the rows of a matrix that grows by
+    doubling: comparing a write against all of them is one product, and adding one copies
+    nothing (rebuilding the matrix per write made large batches quadratic in copying)."""
+
+    def __init__(self, first: Any) -> None:
+        self.rows = np.empty((4, first.shape[0]), dtype=np.float64)
+        self.identities: list[Identity] = []
+
+    def add(self, identity: Identity, unit: Any) -> None:
+        if len(self.identities) == self.rows.shape[0]:
+            self.rows = np.concatenate([self.rows, np.empty_like(self.rows)])
+        self.rows[len(self.identities)] = unit
+        self.identities.append(identity)
+
+    def closest(self, unit: Any) -> tuple[float, Identity]:
+        similarities = self.rows[: len(self.identities)] @ unit
+        best = int(np.argmax(similarities))  # the first of equals: the earliest write
+        return float(similarities[best]), self.identities[best]
+
+
 class _KeptWrites:
     """The writes of a batch kept so far, indexed to answer "does this one repeat an earlier
-    one": by owner and text hash, and by owner and identifiers for near-duplicates (only
-    texts with the same identifiers may match; their unit vectors are compared at once)."""
+    one": by owner and text hash, and (with a threshold) by owner and identifiers for
+    near-duplicates: only texts with the same identifiers may match."""
 
-    def __init__(self) -> None:
+    def __init__(self, threshold: float | None) -> None:
+        self.threshold = threshold
         self._by_hash: dict[tuple[str, ...], Identity] = {}
-        self._by_identifiers: dict[tuple[str, ...], tuple[list[Identity], list[Any]]] = {}
+        self._by_identifiers: dict[tuple[str, ...], _UnitRows] = {}
 
     @staticmethod
     def _groups(write: PendingWrite, row: asyncpg.Record) -> tuple[tuple[str, ...], ...]:
         owner = (write.scope.value, write.scope_id)
         return (*owner, row["text_hash"]), (*owner, *(row["identifiers"] or ()))
 
-    def add(self, write: PendingWrite, row: asyncpg.Record) -> None:
-        by_hash, by_identifiers = self._groups(write, row)
-        self._by_hash.setdefault(by_hash, write.identity)
-        unit = _unit(write.embedding)
-        if unit is not None:
-            identities, vectors = self._by_identifiers.setdefault(by_identifiers, ([], []))
-            identities.append(write.identity)
-            vectors.append(unit)
-
-    def repeated_by(
-        self, write: PendingWrite, row: asyncpg.Record, threshold: float | None
-    ) -> Identity | None:
-        """The earliest kept write with the same text, else the closest one at least
-        ``threshold`` close (a tie: the earliest)."""
+    def repeated_or_kept(self, write: PendingWrite, row: asyncpg.Record) -> Identity | None:
+        """The earliest kept write with the same text, else the closest one at least the
+        threshold close; or None, and ``write`` is kept."""
         by_hash, by_identifiers = self._groups(write, row)
         if by_hash in self._by_hash:
             return self._by_hash[by_hash]
-        unit = _unit(write.embedding)
-        if threshold is None or unit is None or by_identifiers not in self._by_identifiers:
-            return None
-        identities, vectors = self._by_identifiers[by_identifiers]
-        similarities = np.asarray(vectors) @ unit
-        best = int(np.argmax(similarities))
-        return identities[best] if similarities[best] >= threshold else None
+        threshold = self.threshold
+        unit = None if threshold is None else _unit(write.embedding)
+        group = self._by_identifiers.get(by_identifiers)
+        if threshold is not None and unit is not None and group is not None:
+            similarity, closest = group.closest(unit)
+            if similarity >= threshold:
+                return closest
+        self.keep(write, row, unit)
+        return None
+
+    def keep(self, write: PendingWrite, row: asyncpg.Record, unit: Any = None) -> None:
+        """Note ``write`` as kept, whether or not it could repeat anything."""
+        by_hash, by_identifiers = self._groups(write, row)
+        self._by_hash.setdefault(by_hash, write.identity)
+        if unit is None and self.threshold is not None:
+            unit = _unit(write.embedding)
+        if unit is not None:
+            group = self._by_identifiers.get(by_identifiers)
+            if group is None:
+                group = self._by_identifiers[by_identifiers] = _UnitRows(unit)
+            group.add(write.identity, unit)
 
 
 def _unit(vector: Any) -> Any:

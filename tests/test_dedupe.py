@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import numpy as np
 import pytest
 
 from pepperpy_pg_memory import (
@@ -261,3 +262,15 @@ async def test_dates_and_negations_keep_close_texts_apart(
     assert not entry.deduplicated
     same = await storage.store("again", held.upper(), **ANA, dedupe=0.1)
     assert (same.key, same.deduplicated) == ("held", True)
+
+
+def test_a_batch_compares_against_every_kept_vector_as_it_grows() -> None:
+    from pepperpy_pg_memory.dedupe import _UnitRows
+    from pepperpy_pg_memory.types import Identity
+
+    rows = _UnitRows(np.zeros(3))
+    for i in range(10):  # past the first capacities (4, 8)
+        rows.add(Identity("user", "ana", f"k{i}"), np.eye(3)[i % 3])
+    similarity, closest = rows.closest(np.array([0.0, 1.0, 0.0]))
+    assert (similarity, closest.key) == (1.0, "k1")  # the earliest of equals
+    assert len(rows.identities) == 10 and rows.rows.shape[0] >= 10
