@@ -1319,12 +1319,14 @@ class PostgresStorage(Generic[K, V]):
         scope_id: str | None = None,
         types: Types = None,
         filter: Mapping[str, Any] | None = None,
+        keys: Iterable[str] | None = None,
         page_size: int = 1_000,
         include_embedding: bool = False,
         include_invalid: bool = False,
     ) -> AsyncIterator[MemoryEntry[V]]:
         """Every live, valid memory that matches (with ``include_invalid``, the facts whose
-        validity has closed too), in owner-then-key order, read a page at a time.
+        validity has closed too; with ``keys``, only those), in owner-then-key order, read a
+        page at a time.
 
         Pages follow the last memory read (a keyset), so each costs the same however far the
         scan has gone, and memories written or deleted meanwhile never shift the pages: for
@@ -1333,7 +1335,12 @@ class PostgresStorage(Generic[K, V]):
         if not 1 <= page_size <= 10_000:
             raise MemoryValidationError("page_size must be in [1, 10000]")
         restriction = self._restriction(
-            scope, scope_id, types, filter, include_invalid=include_invalid
+            scope,
+            scope_id,
+            types,
+            filter,
+            include_invalid=include_invalid,
+            keys=None if keys is None else frozenset(self._keys(keys)),
         )
         after: Identity | None = None
         while True:

@@ -31,7 +31,7 @@ async def test_retrieve_many_returns_live_owned_entries(storage: PostgresStorage
     assert await storage.retrieve_many([]) == {}
 
 
-async def test_list_names_keys_within_an_owner(storage: PostgresStorage[str, Any]) -> None:
+async def test_list_and_scan_name_keys(storage: PostgresStorage[str, Any]) -> None:
     for key, scope_id in (("a", "u1"), ("b", "u1"), ("c", "u1"), ("a", "u2")):
         await storage.store(key, f"{key} of {scope_id}", scope=MemoryScope.USER, scope_id=scope_id)
     listed = await storage.list(keys=["c", "a", "zz"], scope=MemoryScope.USER, scope_id="u1")
@@ -39,6 +39,8 @@ async def test_list_names_keys_within_an_owner(storage: PostgresStorage[str, Any
     anyone = await storage.list(keys=["a"], order_by="key")
     assert sorted(entry.scope_id for entry in anyone) == ["u1", "u2"]
     assert await storage.list(keys=[]) == []
+    scanned = [(e.scope_id, e.key) async for e in storage.scan(keys=["c", "a"])]
+    assert scanned == [("u1", "a"), ("u1", "c"), ("u2", "a")]  # owner, then key
 
 
 async def test_key_prefix_and_value_filter(storage: PostgresStorage[str, Any]) -> None:

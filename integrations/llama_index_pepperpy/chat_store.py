@@ -37,7 +37,6 @@ from pepperpy_pg_memory.runner import BackgroundStorage
 __all__ = ["PepperpyChatStore", "PepperpyDBChatStore", "ChatMessages"]
 
 MANAGED_BY = "llama-index-chat-store"
-_PAGE = 500
 _sequence = itertools.count()
 
 
@@ -74,22 +73,16 @@ class ChatMessages:
         limit: int | None = None,
         offset: int = 0,
     ) -> list[MemoryEntry[Any]]:
-        """The key's messages in the order they were added (keyset pages)."""
+        """The key's messages in the order they were added (their keys' order)."""
         found: list[MemoryEntry[Any]] = []
         wanted = None if limit is None else offset + limit
-        while wanted is None or len(found) < wanted:
-            page = await storage.list(
-                filter=self._filter(status),
-                order_by="key",
-                descending=False,
-                limit=_PAGE,
-                after=found[-1] if found else None,
-                **self.owner(key),
-            )
-            found += page
-            if len(page) < _PAGE:
+        if wanted == 0:
+            return found
+        async for entry in storage.scan(filter=self._filter(status), **self.owner(key)):
+            found.append(entry)
+            if len(found) == wanted:
                 break
-        return found[offset:wanted]
+        return found[offset:]
 
     async def get(
         self,
@@ -191,21 +184,13 @@ class ChatMessages:
 
     async def keys(self, storage: PostgresStorage[Any, Any]) -> list[str]:
         """Every chat key holding messages."""
-        found: set[str] = set()
-        after: MemoryEntry[Any] | None = None
-        while True:
-            # Every owner (a scope without an id would mean the default session only).
-            page = await storage.list(
-                filter={MANAGED_FIELD: MANAGED_BY},
-                order_by="key",
-                descending=False,
-                limit=_PAGE,
-                after=after,
-            )
-            found.update(e.scope_id for e in page if e.scope is MemoryScope.SESSION)
-            if len(page) < _PAGE:
-                return sorted(found)
-            after = page[-1]
+        # Every owner (a scope without an id would mean the default session only).
+        found = {
+            entry.scope_id
+            async for entry in storage.scan(filter={MANAGED_FIELD: MANAGED_BY})
+            if entry.scope is MemoryScope.SESSION
+        }
+        return sorted(found)
 
 
 class _OverMemories:

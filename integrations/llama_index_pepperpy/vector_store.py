@@ -45,7 +45,6 @@ __all__ = ["PepperpyVectorStore", "to_filter", "REF_DOC_FIELD"]
 
 REF_DOC_FIELD = "ref_doc_id"
 """The metadata field holding a node's source document (``delete(ref_doc_id)`` uses it)."""
-_PAGE = 500
 MMR_CANDIDATES = 4
 """An MMR query weighs this many times ``similarity_top_k`` nearest nodes."""
 
@@ -298,22 +297,7 @@ class PepperpyVectorStore(BasePydanticVectorStore):
         spec: dict[str, Any] | None,
     ) -> list[BaseNode]:
         """The nodes with these ids (in that order) and/or matching ``spec``."""
-        if node_ids is not None and not node_ids:
-            return []
-        found: list[MemoryEntry[Any]] = []
-        while True:  # keyset pages: each costs the same however many nodes there are
-            page = await storage.list(
-                keys=node_ids,
-                filter=spec,
-                order_by="key",
-                descending=False,
-                limit=_PAGE,
-                after=found[-1] if found else None,
-                **self._owner(),
-            )
-            found += page
-            if len(page) < _PAGE:
-                break
+        found = [entry async for entry in storage.scan(keys=node_ids, filter=spec, **self._owner())]
         if node_ids is not None:
             by_key = {entry.key: entry for entry in found}
             found = [by_key[key] for key in dict.fromkeys(node_ids) if key in by_key]
