@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import json
 import logging
 import os
@@ -467,30 +468,32 @@ async def _consolidate(args: argparse.Namespace) -> int:
     return await _with_storage(args, work)
 
 
-async def _mcp(args: argparse.Namespace) -> int:
+def _server(module: str, what: str, extra: str) -> Any:
+    """The ``serve`` coroutine of an optional server, or an error naming its extra."""
     try:
-        from mcp_pepperpy.runner import serve
+        return importlib.import_module(module).serve
     except ImportError as exc:
         raise MemoryConfigurationError(
-            f"the MCP server needs the mcp extra ({exc}): pip install 'pepperpy-pg-memory[mcp]'"
+            f"{what} needs the {extra} extra ({exc}): pip install 'pepperpy-pg-memory[{extra}]'"
         ) from exc
-    return await serve(
+
+
+async def _mcp(args: argparse.Namespace) -> int:
+    serve = _server("mcp_pepperpy.runner", "the MCP server", "mcp")
+    result: int = await serve(
         _config(args),
         user=args.user,
         allow_any_user=args.allow_any_user,
         http=args.http,
         token=args.token,
     )
+    return result
 
 
 async def _ui(args: argparse.Namespace) -> int:
-    try:
-        from pepperpy_browser.runner import serve
-    except ImportError as exc:
-        raise MemoryConfigurationError(
-            f"the memory browser needs the ui extra ({exc}): pip install 'pepperpy-pg-memory[ui]'"
-        ) from exc
-    return await serve(_config(args), host=args.host, port=args.port, token=args.token)
+    serve = _server("pepperpy_browser.runner", "the memory browser", "ui")
+    result: int = await serve(_config(args), host=args.host, port=args.port, token=args.token)
+    return result
 
 
 async def _cleanup(args: argparse.Namespace) -> int:
