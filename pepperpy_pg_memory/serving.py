@@ -4,8 +4,9 @@ listen: whether an interface is loopback, and the ``Host`` values a client sends
 from __future__ import annotations
 
 import ipaddress
+from typing import Any, Literal
 
-__all__ = ["is_loopback", "host_names"]
+__all__ = ["is_loopback", "host_names", "serve_http"]
 
 
 def is_loopback(host: str) -> bool:
@@ -29,3 +30,16 @@ def host_names(host: str, port: int) -> set[str]:
     else:
         names = {f"[{bare}]" if ":" in bare else bare}
     return {f"{name}:{port}" for name in names}
+
+
+async def serve_http(
+    app: Any, host: str, port: int, *, lifespan: Literal["on", "off"] = "on"
+) -> None:
+    """Serve the ASGI ``app`` until the process is stopped: uvicorn (the servers' extras
+    bring it), warnings only and no access log — addresses can carry a token."""
+    import uvicorn
+
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level="warning", access_log=False, lifespan=lifespan
+    )
+    await uvicorn.Server(config).serve()

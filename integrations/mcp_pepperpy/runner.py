@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from pepperpy_pg_memory import MemoryConfigurationError, PostgresConfig, PostgresStorage
-from pepperpy_pg_memory.serving import is_loopback
+from pepperpy_pg_memory.serving import is_loopback, serve_http
 
 from .server import bearer_token_guard, create_server, transport_security
 
@@ -77,8 +77,6 @@ async def serve(
         if address is None:
             await server.run_stdio_async()
             return 0
-        import uvicorn
-
         host, port = address
         app: Any = server.streamable_http_app(
             transport_security=transport_security(host, port), host=host
@@ -86,10 +84,7 @@ async def serve(
         if token:
             app = bearer_token_guard(app, token)
         logger.warning("MCP server on http://%s:%d/mcp", host, port)
-        uvicorn_config = uvicorn.Config(
-            app, host=host, port=port, log_level="warning", access_log=False, lifespan="on"
-        )
-        await uvicorn.Server(uvicorn_config).serve()
+        await serve_http(app, host, port)  # its lifespan runs the MCP session manager
         return 0
     finally:
         await storage.close()

@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from pepperpy_pg_memory import MemoryConfigurationError, PostgresConfig, PostgresStorage
-from pepperpy_pg_memory.serving import host_names, is_loopback
+from pepperpy_pg_memory.serving import host_names, is_loopback, serve_http
 
 from .app import create_app
 
@@ -29,8 +29,6 @@ async def serve(
         )
     if not 0 < port < 65536:
         raise MemoryConfigurationError(f"--port {port} is not a port", field="port")
-    import uvicorn
-
     storage = PostgresStorage[str, Any](config)
     await storage.start()
     try:
@@ -38,10 +36,7 @@ async def serve(
         shown = f"[{host}]" if ":" in host else host
         suffix = f"/?token={token}" if token else "/"
         logger.warning("memory browser on http://%s:%d%s", shown, port, suffix)
-        server_config = uvicorn.Config(
-            app, host=host, port=port, log_level="warning", access_log=False, lifespan="off"
-        )
-        await uvicorn.Server(server_config).serve()
+        await serve_http(app, host, port, lifespan="off")
         return 0
     finally:
         await storage.close()
