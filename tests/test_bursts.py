@@ -144,28 +144,31 @@ def small_store(make_config: Any) -> Iterator[PepperpyStore]:
     store.close()
 
 
+def _text(i: int) -> str:
+    # Words of its own. With "note number {i}" two of three hashed words were shared, all
+    # 3,000 vectors sat in one narrow cone, and in full-suite runs searches sometimes missed
+    # their exact match (once 193 of 300), presumably an HNSW graph grown by concurrent
+    # inserts over near-identical vectors: never reproduced alone, not proven.
+    return f"item{i} code{i * 7919 % 100003} tag{i * 104729 % 99991}"
+
+
 async def test_langgraph_bursts_of_puts_gets_and_searches(small_store: PepperpyStore) -> None:
     count = 3000
     namespaces = [("users", f"u{i % 20}", "notes") for i in range(count)]
     await asyncio.gather(
-        *(
-            small_store.aput(namespaces[i], f"k{i}", {"text": f"note number {i}"})
-            for i in range(count)
-        )
+        *(small_store.aput(namespaces[i], f"k{i}", {"text": _text(i)}) for i in range(count))
     )
     items = await asyncio.gather(*(small_store.aget(namespaces[i], f"k{i}") for i in range(count)))
     assert [item.value["text"] if item else None for item in items] == [
-        f"note number {i}" for i in range(count)
+        _text(i) for i in range(count)
     ]
     assert {item.namespace for item in items if item} == set(namespaces)
     hits = await asyncio.gather(
-        *(small_store.asearch(namespaces[i], query=f"note number {i}", limit=3) for i in range(300))
+        *(small_store.asearch(namespaces[i], query=_text(i), limit=3) for i in range(300))
     )
-    # HNSW is approximate: under a namespace filter, concurrent inserts build a graph in
-    # which an iterative scan can, rarely, pass an item by (seen once in ~20 runs). What a
-    # burst must not do is lose items or their vectors: nearly every one is found.
+    # Every item is found by its own text: none lost its vector in a burst.
     missed = [i for i, found in enumerate(hits) if f"k{i}" not in [hit.key for hit in found]]
-    assert len(missed) <= 3, missed
+    assert missed == []
     # Deletes in a burst too.
     await asyncio.gather(*(small_store.adelete(namespaces[i], f"k{i}") for i in range(0, count, 2)))
     left = await asyncio.gather(*(small_store.aget(namespaces[i], f"k{i}") for i in range(count)))
