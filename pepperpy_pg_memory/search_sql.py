@@ -264,7 +264,8 @@ class SearchStatements:
         The query's terms are what a memory's ``terms`` column holds: the configuration's
         lexemes and identifiers, whole and by parts. Candidates come, through the GIN index,
         from (1) the rarest terms, as many as fit in the candidate budget by document
-        frequency; (2) the memories holding every term the tenant has; and, when those two
+        frequency, and each term newer than the statistics on its own; (2) the memories
+        holding every term the tenant has; and, when those two
         give fewer than ``want``, (3) the memories holding the two rarest known terms. Each
         step is capped, so a question of common words never scans the table; every query
         term then counts in the score, the ones too common to fetch by included.
@@ -315,7 +316,8 @@ class SearchStatements:
                 FROM query_terms, term_totals
             ),
             probes AS MATERIALIZED (
-                SELECT string_agg(quoted, ' | ') FILTER (WHERE running <= {cap})::tsquery AS rare,
+                SELECT string_agg(quoted, ' | ')
+                           FILTER (WHERE df > 0 AND running <= {cap})::tsquery AS rare,
                        string_agg(quoted, ' & ') FILTER (WHERE df > 0)::tsquery AS every,
                        string_agg(quoted, ' & ') FILTER (WHERE known_rarity <= 2)::tsquery AS pair,
                        -- The best score a memory can reach: every term the tenant's memories
@@ -329,6 +331,15 @@ class SearchStatements:
             first_candidates AS MATERIALIZED (
                 (SELECT {_M_OWNER_KEY}, m.terms FROM {self.table} m
                  WHERE m.terms @@ (SELECT rare FROM probes) AND {candidate} LIMIT {cap})
+                UNION
+                -- Terms the statistics do not know yet (newer than the last count), each
+                -- on its own: one of them may be common by now, and a capped probe of all of
+                -- them at once could leave out the memory the new identifier names (its
+                -- rows come last in the heap, so a cut drops the newest first).
+                (SELECT c.* FROM weights w CROSS JOIN LATERAL (
+                    SELECT {_M_OWNER_KEY}, m.terms FROM {self.table} m
+                    WHERE m.terms @@ w.quoted::tsquery AND {candidate} LIMIT {cap}) c
+                 WHERE w.df = 0)
                 UNION
                 (SELECT {_M_OWNER_KEY}, m.terms FROM {self.table} m
                  WHERE m.terms @@ (SELECT every FROM probes) AND {candidate} LIMIT {cap})

@@ -98,6 +98,30 @@ async def test_rare_terms_outweigh_common_ones(storage: PostgresStorage[str, Any
     assert len(results) == 5 and all(r.score < results[0].score for r in results[1:])
 
 
+async def test_a_term_newer_than_the_statistics_is_not_crowded_out(
+    storage: PostgresStorage[str, Any],
+) -> None:
+    # The statistics are counted before a hundred "ticket-…" memories arrive (too few writes
+    # to recount), so every term of the query is unknown to them, "ticket" included, which as
+    # many memories as the candidate budget now hold. The new memory's own number must find it.
+    await storage.store_many([{"key": f"o{i}", "value": f"other note {i}"} for i in range(500)])
+    await storage.refresh_term_statistics()
+    await storage.store_many(
+        [
+            {"key": f"t{i}", "value": f"ticket-{1000 + i} closed"}
+            for i in range(CONTEXTUAL_CANDIDATES)
+        ]
+    )
+    await storage.store("new", "ticket-98765 opened by Ana")
+    results = await _contextual(storage, "ticket-98765")
+    assert results[0].entry.key == "new"
+    # Hybrid search takes its contextual candidates from the same probes.
+    hybrid = await storage.search(
+        MemoryQuery(query="ticket-98765", index_type=MemoryIndex.HYBRID, limit=3)
+    )
+    assert hybrid[0].entry.key == "new"
+
+
 async def test_scores_keep_their_contract(orders: PostgresStorage[str, Any]) -> None:
     words = await _contextual(orders, "was A-77812 shipped?")
     assert words and all(0.5 < r.score <= 1.0 for r in words)
