@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 import platformdirs
@@ -21,7 +21,7 @@ from pydantic import (
     ValidationInfo,
     field_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .errors import MemoryConfigurationError
 from .filters import FieldKind, key_path
@@ -126,6 +126,46 @@ class PostgresConfig(BaseSettings):
     )
     retry_base_delay: float = Field(default=0.2, ge=0)
     retry_max_delay: float = Field(default=2.0, ge=0)
+
+    # --- read replicas -------------------------------------------------------------------------
+    read_replicas: Annotated[tuple[SecretStr, ...], NoDecode] = Field(
+        default=(),
+        description=(
+            "postgresql:// URLs of streaming replicas of the server; reads (searches, "
+            "retrieve, list, count, similar, stats) go to a healthy one, everything else to "
+            "the primary. From the environment: PEPPERPY_PG_READ_REPLICAS, comma-separated."
+        ),
+    )
+    read_your_writes: bool = Field(
+        default=True,
+        description=(
+            "A read after this store's write waits for the replica to replay it (up to "
+            "replica_wait_timeout), else reads from the primary. False accepts replica lag."
+        ),
+    )
+    replica_wait_timeout: float = Field(
+        default=0.5, ge=0, description="Seconds a read waits for a replica to catch up."
+    )
+    replica_max_lag: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds behind the primary past which a replica is taken out of rotation.",
+    )
+    replica_check_interval: float = Field(
+        default=1.0,
+        gt=0,
+        description="Seconds between health and lag checks of the replicas (and re-checks of "
+        "those out of rotation).",
+    )
+    embedded_replicas: int = Field(
+        default=0,
+        ge=0,
+        le=8,
+        description=(
+            "Local streaming replicas of the embedded server to start and read from (to try "
+            "an application's replica behaviour on one machine)."
+        ),
+    )
 
     # --- multi-tenancy -------------------------------------------------------------------------
     tenant: str | None = Field(
@@ -324,6 +364,33 @@ class PostgresConfig(BaseSettings):
             raise ValueError(
                 f"{value!r} is not a plain lower-case identifier "
                 f"(letters, digits, underscore; at most 48 characters; not starting with a digit)"
+            )
+        return value
+
+    @field_validator("read_replicas", mode="before")
+    @classmethod
+    def _replica_list(cls, value: Any) -> Any:
+        # The environment gives one string: "postgresql://a/db,postgresql://b/db".
+        if isinstance(value, (str, SecretStr)):
+            text = value.get_secret_value() if isinstance(value, SecretStr) else value
+            return tuple(part.strip() for part in text.split(",") if part.strip())
+        return value
+
+    @field_validator("read_replicas")
+    @classmethod
+    def _replica_urls(cls, value: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
+        for number, dsn in enumerate(value, 1):
+            if not dsn.get_secret_value().startswith(("postgresql://", "postgres://")):
+                raise ValueError(f"replica {number} is not a postgresql:// URL")
+        return value
+
+    @field_validator("embedded_replicas")
+    @classmethod
+    def _replicas_of_embedded(cls, value: int, info: ValidationInfo) -> int:
+        if value and (info.data.get("dsn") is not None or info.data.get("host") is not None):
+            raise ValueError(
+                "embedded replicas copy the embedded server; with your own server, list its "
+                "replicas in read_replicas"
             )
         return value
 

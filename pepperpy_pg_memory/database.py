@@ -30,7 +30,7 @@ from .metrics import Metrics
 from .queries import Query
 from .values import decode_json, encode_json
 
-__all__ = ["Database", "connect", "in_one_transaction"]
+__all__ = ["Database", "Runner", "connect", "in_one_transaction"]
 
 logger = logging.getLogger(__name__)
 
@@ -85,129 +85,12 @@ async def connect(config: PostgresConfig, dsn: str) -> asyncpg.Connection:
     )
 
 
-class Database:
-    """The pool of one store and the one way statements reach it.
-
-    Args:
-        config: pool sizes, timeouts and retry settings.
-        metrics: where the number of tasks waiting for a connection is kept.
-    """
-
-    def __init__(self, config: PostgresConfig, metrics: Metrics) -> None:
-        self.config = config
-        self.metrics = metrics
-        self._pool: asyncpg.Pool | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    @property
-    def pool(self) -> asyncpg.Pool:
-        if self._pool is None:
-            raise MemoryError("the storage is not started: await storage.start() first")
-        return self._pool
-
-    @property
-    def is_open(self) -> bool:
-        return self._pool is not None
-
-    @property
-    def loop(self) -> asyncio.AbstractEventLoop | None:
-        """The event loop the pool belongs to; None when closed."""
-        return self._loop if self._pool is not None else None
-
-    async def open(self, dsn: str, vector_schema: str, settings: dict[str, str]) -> None:
-        """Open the pool; every connection gets pgvector's codecs, binary jsonb (so that
-        COPY can carry it) and ``settings``."""
-        config = self.config
-
-        async def init(conn: asyncpg.Connection) -> None:
-            await register_vector(conn, schema=vector_schema)
-            await conn.set_type_codec(
-                "jsonb",
-                schema="pg_catalog",
-                encoder=lambda value: b"\x01" + encode_json(value).encode(),
-                decoder=lambda data: decode_json(data[1:]),
-                format="binary",
-            )
-
-        async def create() -> asyncpg.Pool:
-            pool = await asyncpg.create_pool(
-                dsn,
-                min_size=config.min_size,
-                max_size=config.max_size,
-                command_timeout=config.command_timeout,
-                timeout=config.connect_timeout,
-                init=init,
-                reset=_keep_session,
-                server_settings=settings,
-            )
-            assert pool is not None
-            return pool
-
-        self._loop = asyncio.get_running_loop()
-        self._pool = await retrying(config, "open pool", create)
-
-    async def close(self) -> None:
-        """Close the pool (terminate it if closing hangs or the server is gone). Idempotent."""
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            try:
-                await asyncio.wait_for(pool.close(), timeout=self.config.command_timeout)
-            except (asyncio.TimeoutError, asyncpg.InterfaceError, OSError):
-                pool.terminate()
-
-    async def expire_connections(self) -> None:
-        """Make the pool replace its connections (their cached statements are stale)."""
-        await self.pool.expire_connections()
-
-    # --- running ----------------------------------------------------------------------------
-    def check_loop(self, operation: str) -> None:
-        """Refuse a call from another event loop than the pool's: asyncpg connections belong
-        to the loop that opened them."""
-        if asyncio.get_running_loop() is not self._loop:
-            raise MemoryError(
-                f"{operation}: this store was started on another event loop; call it from "
-                "that loop, or through pepperpy_pg_memory.runner.BackgroundStorage"
-            )
+class Runner:
+    """How statements run, whatever server runs them: the statement helpers over one
+    :meth:`run` (the primary's pool, or a read router that picks a replica)."""
 
     async def run(self, operation: str, work: Work[T]) -> T:
-        """Run ``work`` on a pooled connection, retrying transient faults.
-
-        Every caller's ``work`` is idempotent (reads, upserts, deletes by key or condition),
-        so running it again after a broken connection cannot duplicate anything.
-        """
-        pool = self.pool
-        self.check_loop(operation)
-        config = self.config
-
-        async def attempt() -> T:
-            self.metrics.waiting += 1
-            try:
-                conn = await _acquire(pool, config.pool_timeout)
-            except asyncio.TimeoutError:
-                raise MemoryTimeoutError(
-                    f"{operation}: no free database connection within "
-                    f"{config.pool_timeout:g}s (max_size={config.max_size}); raise "
-                    "max_size or pool_timeout, or run fewer operations at once"
-                ) from None
-            finally:
-                self.metrics.waiting -= 1
-            try:
-                return await work(typing.cast(asyncpg.Connection, conn))
-            except asyncpg.InterfaceError as exc:
-                if not conn.is_closed():
-                    raise
-                raise ConnectionLost(str(exc)) from exc
-            except Exception as exc:
-                if is_transient(exc):
-                    # Never hand a broken connection back for reuse; the pool opens a new one.
-                    # (If it died on its own, asyncpg has already taken it back: nothing to do.)
-                    with contextlib.suppress(asyncpg.InterfaceError):
-                        conn.terminate()
-                raise
-            finally:
-                await pool.release(conn)
-
-        return await retrying(config, operation, attempt)
+        raise NotImplementedError
 
     async def fetch(
         self, operation: str, query: Query, *, timeout: float | None = None
@@ -299,6 +182,139 @@ class Database:
     ) -> None:
         """Run ``queries`` in order in one transaction."""
         await self.run(operation, partial(in_one_transaction, queries, timeout))
+
+
+class Database(Runner):
+    """The pool of one store and the one way statements reach it.
+
+    Args:
+        config: pool sizes, timeouts and retry settings.
+        metrics: where the number of tasks waiting for a connection is kept.
+    """
+
+    def __init__(self, config: PostgresConfig, metrics: Metrics) -> None:
+        self.config = config
+        self.metrics = metrics
+        self._pool: asyncpg.Pool | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.after_write: Callable[[asyncpg.Connection], Awaitable[None]] | None = None
+        """Run on the connection after every operation that may have written (with read
+        replicas: to note the WAL position reads must wait for)."""
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise MemoryError("the storage is not started: await storage.start() first")
+        return self._pool
+
+    @property
+    def is_open(self) -> bool:
+        return self._pool is not None
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The event loop the pool belongs to; None when closed."""
+        return self._loop if self._pool is not None else None
+
+    async def open(self, dsn: str, vector_schema: str, settings: dict[str, str]) -> None:
+        """Open the pool; every connection gets pgvector's codecs, binary jsonb (so that
+        COPY can carry it) and ``settings``."""
+        config = self.config
+
+        async def init(conn: asyncpg.Connection) -> None:
+            await register_vector(conn, schema=vector_schema)
+            await conn.set_type_codec(
+                "jsonb",
+                schema="pg_catalog",
+                encoder=lambda value: b"\x01" + encode_json(value).encode(),
+                decoder=lambda data: decode_json(data[1:]),
+                format="binary",
+            )
+
+        async def create() -> asyncpg.Pool:
+            pool = await asyncpg.create_pool(
+                dsn,
+                min_size=config.min_size,
+                max_size=config.max_size,
+                command_timeout=config.command_timeout,
+                timeout=config.connect_timeout,
+                init=init,
+                reset=_keep_session,
+                server_settings=settings,
+            )
+            assert pool is not None
+            return pool
+
+        self._loop = asyncio.get_running_loop()
+        self._pool = await retrying(config, "open pool", create)
+
+    async def close(self) -> None:
+        """Close the pool (terminate it if closing hangs or the server is gone). Idempotent."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            try:
+                await asyncio.wait_for(pool.close(), timeout=self.config.command_timeout)
+            except (asyncio.TimeoutError, asyncpg.InterfaceError, OSError):
+                pool.terminate()
+
+    async def expire_connections(self) -> None:
+        """Make the pool replace its connections (their cached statements are stale)."""
+        await self.pool.expire_connections()
+
+    # --- running ----------------------------------------------------------------------------
+    def check_loop(self, operation: str) -> None:
+        """Refuse a call from another event loop than the pool's: asyncpg connections belong
+        to the loop that opened them."""
+        if asyncio.get_running_loop() is not self._loop:
+            raise MemoryError(
+                f"{operation}: this store was started on another event loop; call it from "
+                "that loop, or through pepperpy_pg_memory.runner.BackgroundStorage"
+            )
+
+    async def run(self, operation: str, work: Work[T], *, read: bool = False) -> T:
+        """Run ``work`` on a pooled connection, retrying transient faults.
+
+        Every caller's ``work`` is idempotent (reads, upserts, deletes by key or condition),
+        so running it again after a broken connection cannot duplicate anything. ``read``
+        says that ``work`` only reads (no :attr:`after_write`).
+        """
+        pool = self.pool
+        self.check_loop(operation)
+        config = self.config
+        after_write = self.after_write
+
+        async def attempt() -> T:
+            self.metrics.waiting += 1
+            try:
+                conn = await _acquire(pool, config.pool_timeout)
+            except asyncio.TimeoutError:
+                raise MemoryTimeoutError(
+                    f"{operation}: no free database connection within "
+                    f"{config.pool_timeout:g}s (max_size={config.max_size}); raise "
+                    "max_size or pool_timeout, or run fewer operations at once"
+                ) from None
+            finally:
+                self.metrics.waiting -= 1
+            try:
+                result = await work(typing.cast(asyncpg.Connection, conn))
+                if after_write is not None and not read:
+                    await after_write(conn)
+                return result
+            except asyncpg.InterfaceError as exc:
+                if not conn.is_closed():
+                    raise
+                raise ConnectionLost(str(exc)) from exc
+            except Exception as exc:
+                if is_transient(exc):
+                    # Never hand a broken connection back for reuse; the pool opens a new one.
+                    # (If it died on its own, asyncpg has already taken it back: nothing to do.)
+                    with contextlib.suppress(asyncpg.InterfaceError):
+                        conn.terminate()
+                raise
+            finally:
+                await pool.release(conn)
+
+        return await retrying(config, operation, attempt)
 
 
 async def in_one_transaction(

@@ -41,9 +41,10 @@ from .cache import EmbeddingCache
 from .coalesce import Coalescer, together_or_alone
 from .config import PostgresConfig
 from .consolidation import SOURCES_FIELD, Consolidation, ConsolidationReport, Summarizer
-from .database import Database, connect
+from .database import Database, Runner, connect
 from .dedupe import BatchDeduplication
 from .embedded import EmbeddedServer, acquire_embedded, release_embedded
+from .embedded_replicas import EmbeddedReplica, acquire_replicas, release_replicas
 from .embeddings import Embedder, as_embedder, embedder_identity
 from .errors import (
     AmbiguousKeyError,
@@ -78,6 +79,7 @@ from .models import (
     trusted,
 )
 from .queries import AS_STORED_COLUMNS, ArrayPattern, ListOrder, Restriction, Statements
+from .replicas import ReadRouter
 from .results import MemorySearchResults
 from .schema import (
     APPLICATION_NAME,
@@ -208,6 +210,11 @@ class PostgresStorage(Generic[K, V]):
         self.metrics = Metrics()
         self.database = Database(self.config, self.metrics)
         """The pool and how statements run on it (for monitoring and tests)."""
+        self.reads: Runner = self.database
+        """Where the reads a replica may serve run: the primary, or a :class:`ReadRouter`
+        over the replicas when there are any."""
+        self._router: ReadRouter | None = None
+        self._embedded_replicas: builtins.list[EmbeddedReplica] = []
         self._vectors = EmbeddingPipeline(
             as_embedder(embedder, self.config.embedding_backend),
             cache_size=self.config.embedding_cache_size,
@@ -339,10 +346,25 @@ class PostgresStorage(Generic[K, V]):
             )
         self._use_layout(layout)
         await self.database.open(dsn, vectors_in, self._session_settings())
+        await self._open_replicas(vectors_in)
         await self._check_embedder(layout, dimension)
         await self._start_backfills()
         await self._term_stats.start()
         logger.info("memory store ready on %s", config.describe_target())
+
+    async def _open_replicas(self, vectors_in: str) -> None:
+        config = self.config
+        dsns = [dsn.get_secret_value() for dsn in config.read_replicas]
+        if config.embedded_replicas:
+            assert self._server is not None
+            self._embedded_replicas = await acquire_replicas(self._server, config.embedded_replicas)
+            dsns += [replica.uri(config.database) for replica in self._embedded_replicas]
+        if not dsns:
+            return
+        router = self._router = ReadRouter(config, self.database, self.metrics, dsns)
+        await router.open(vectors_in, self._session_settings())
+        await router.mark_written()  # the migrations, made outside the pool
+        self.reads = router
 
     async def _check_embedder(self, layout: TableLayout, dimension: int) -> None:
         """Make sure the table's vectors are the current model's: adopt it for a table
@@ -518,9 +540,15 @@ class PostgresStorage(Generic[K, V]):
         await cancel_and_wait(task)
         await self._term_stats.stop()
         await self._access.stop()
+        router, self._router = self._router, None
+        self.reads = self.database
+        if router is not None:
+            await router.close()
         await self.database.close()
         server, self._server = self._server, None
+        replicas, self._embedded_replicas = self._embedded_replicas, []
         if server is not None:
+            await release_replicas(server, replicas)
             await release_embedded(server)
 
     @property
@@ -1088,12 +1116,14 @@ class PostgresStorage(Generic[K, V]):
         restriction = self._restriction(
             scope, scope_id, as_of=_moment(as_of, "as_of"), include_invalid=include_invalid
         )
+        # The store's own look-ups (counted=False) precede writes: they read the primary.
+        runner = self.reads if counted else self.database
         if as_of is None:
-            rows = await self.database.fetch(
+            rows = await runner.fetch(
                 "retrieve", self._statements.retrieve(checked, restriction, include_embedding)
             )
         else:
-            rows = await self.database.fetch_as_of(
+            rows = await runner.fetch_as_of(
                 "retrieve", self._sql_as_of.retrieve(checked, restriction, include_embedding), as_of
             )
         if not rows:
@@ -1116,7 +1146,7 @@ class PostgresStorage(Generic[K, V]):
         checked = self._keys(keys)
         if not checked:
             return {}
-        rows = await self.database.fetch(
+        rows = await self.reads.fetch(
             "retrieve_many",
             self._statements.retrieve_many(checked, self._restriction(scope, scope_id)),
         )
@@ -1143,7 +1173,7 @@ class PostgresStorage(Generic[K, V]):
         if not identities:
             return {}
         wanted = replace(self._restriction(), identities=frozenset(identities))
-        rows = await self.database.fetch(
+        rows = await self.reads.fetch(
             "retrieve_many",
             self._statements.retrieve_many(sorted({i.key for i in identities}), wanted),
         )
@@ -1185,9 +1215,7 @@ class PostgresStorage(Generic[K, V]):
         """
         checked = validate_key(key, self.config.max_key_length)
         restriction = self._restriction(scope, scope_id)
-        found = await self.database.fetchval(
-            "exists", self._statements.exists(checked, restriction)
-        )
+        found = await self.reads.fetchval("exists", self._statements.exists(checked, restriction))
         if found > 1:
             raise await self._ambiguous(checked, restriction)
         return bool(found)
@@ -1207,7 +1235,7 @@ class PostgresStorage(Generic[K, V]):
         restriction = self._restriction(
             scope, scope_id, types, filter, value_filter=value_filter, key_prefix=key_prefix
         )
-        return int(await self.database.fetchval("count", self._statements.count(restriction)))
+        return int(await self.reads.fetchval("count", self._statements.count(restriction)))
 
     @instrumented("distinct_metadata")
     async def distinct_metadata(
@@ -1228,7 +1256,7 @@ class PostgresStorage(Generic[K, V]):
         if not 1 <= limit <= 100_000:
             raise MemoryValidationError("limit must be in [1, 100000]")
         restriction = self._restriction(scope, scope_id, types, filter, key_prefix=key_prefix)
-        rows = await self.database.fetch(
+        rows = await self.reads.fetch(
             "distinct_metadata",
             self._statements.distinct_metadata(key_path(key), restriction, limit),
         )
@@ -1265,7 +1293,7 @@ class PostgresStorage(Generic[K, V]):
             limit=limit,
             offset=offset,
         )
-        rows = await self.database.fetch("distinct_arrays", query)
+        rows = await self.reads.fetch("distinct_arrays", query)
         return [list(row["value"]) for row in rows]
 
     @instrumented("list")
@@ -1310,7 +1338,7 @@ class PostgresStorage(Generic[K, V]):
             descending=descending,
             after=None if after is None else _position(after, order_by),
         )
-        return [self._entry(row) for row in await self.database.fetch("list", query)]
+        return [self._entry(row) for row in await self.reads.fetch("list", query)]
 
     async def scan(
         self,
@@ -2057,30 +2085,28 @@ class PostgresStorage(Generic[K, V]):
             if as_of is None:
                 return await self._vector_rows(statement)
             # Passages have no history: a memory counts by its own vector then.
-            return await self.database.fetch_as_of("search", statement(passages=False), as_of)
+            return await self.reads.fetch_as_of("search", statement(passages=False), as_of)
         # The BM25 search plans once per shape (see fetch_with_generic_plan).
         generic = index is MemoryIndex.CONTEXTUAL and self.config.contextual_match == "any"
         if as_of is not None:
-            return await self.database.fetch_as_of(
-                "search", statement(), as_of, generic_plan=generic
-            )
+            return await self.reads.fetch_as_of("search", statement(), as_of, generic_plan=generic)
         if generic:
-            return await self.database.fetch_with_generic_plan("search", statement())
-        return await self.database.fetch("search", statement())
+            return await self.reads.fetch_with_generic_plan("search", statement())
+        return await self.reads.fetch("search", statement())
 
     async def _vector_rows(self, statement: Callable[..., Query]) -> builtins.list[Any]:
         """Rows of a vector search: with passages once any are known to exist, else the
         simpler statement, whose rows tell whether passages exist (then it runs again, with
         them, and passages are used from then on)."""
         if self._passages_seen:
-            return await self.database.fetch("search", statement(passages=True))
-        rows = await self.database.fetch("search", statement(passages=False))
+            return await self.reads.fetch("search", statement(passages=True))
+        rows = await self.reads.fetch("search", statement(passages=False))
         if rows and not rows[0]["passages_exist"]:
             return rows
         if rows:
             self._passages_seen = True
         # No rows: nothing said whether passages exist; the full statement finds out.
-        return await self.database.fetch("search", statement(passages=True))
+        return await self.reads.fetch("search", statement(passages=True))
 
     def similar(
         self,
@@ -2128,12 +2154,12 @@ class PostgresStorage(Generic[K, V]):
         if not holders:
             raise MemoryNotFoundError(key)
         target = holders[0]
-        rows = await self.database.fetch(
+        rows = await self.reads.fetch(
             "similar",
             self._searches.similar(target, restriction, limit=limit, min_score=min_score),
         )
         if not rows:
-            state = await self.database.fetchrow(
+            state = await self.reads.fetchrow(
                 "similar", self._searches.probe_state(self._tenant, target)
             )
             if state is None:
@@ -2439,8 +2465,14 @@ class PostgresStorage(Generic[K, V]):
         registry records it); ``passages`` (the tenant's), ``queued_stores`` (concurrent
         ``store()`` calls waiting for their batch) and ``backfill_pending`` (whether an
         upgrade's online backfill may still be under way, see :meth:`complete_backfills`).
+        With read replicas, ``replicas`` lists each one's ``name`` (no password),
+        ``healthy``, ``lag_seconds``, ``reads``, ``errors``, ``last_error``, ``in_flight``,
+        ``waits`` (reads that waited for it to replay this store's writes) and ``operations``
+        (reads by operation); ``primary_reads`` counts the routed reads the primary served.
+        Without replicas, ``replicas`` is empty and ``primary_reads`` None. The table
+        figures come from whichever server served the read.
         """
-        figures = await self.database.run(
+        figures = await self.reads.run(
             "stats", partial(maintenance.table_figures, self._statements, self._tenant)
         )
         pool = self.database.pool
@@ -2467,6 +2499,9 @@ class PostgresStorage(Generic[K, V]):
         figures["embedder"] = self.layout.embedder
         figures["queued_stores"] = self._store_calls.queued
         figures["backfill_pending"] = self._backfilling
+        router = self._router
+        figures["replicas"] = [] if router is None else router.stats()
+        figures["primary_reads"] = None if router is None else router.primary_reads
         return figures
 
 
