@@ -130,3 +130,19 @@ def test_ranking_benchmark_runs_small(tmp_path: Path) -> None:
     }
     assert set(report["batch_p50_ms"]) == {"store_many", "store_many_dedupe"}
     assert set(report["p50_ms"]) == {"plain", "ranked", "plain_not_counting"}
+
+
+def test_replicas_benchmark_runs_small(tmp_path: Path) -> None:
+    report = _run_small(
+        "replicas",
+        tmp_path,
+        *("--size", "200", "--clients", "2", "--seconds", "0.3", "--rounds", "1", "--pairs", "5"),
+    )
+    assert set(report["ratios"]) == {
+        "throughput_1_replica_over_0",
+        "write_then_search_1_replica_over_0",
+    }
+    # The routed store's reads were served by the replica, which replayed every write first.
+    assert report["replica"]["healthy"] and report["replica"]["errors"] == 0
+    assert report["replica"]["operations"]["search"] > 0
+    assert report["replica"]["waits"] >= 5
