@@ -4,6 +4,7 @@ onnxruntime — the same vectors as sentence-transformers, without torch after t
 from __future__ import annotations
 
 import asyncio
+import logging
 import subprocess
 import sys
 import textwrap
@@ -116,8 +117,15 @@ def test_the_int8_variant_is_checked_close_and_another_model(exported: Path) -> 
     int8 = OnnxEmbedder(cache_folder=exported, variant="int8")
     fp32 = OnnxEmbedder(cache_folder=exported)
     assert int8.onnx_path() != fp32.onnx_path()
+    root = logging.getLogger()
+    handlers, filters = list(root.handlers), list(root.filters)
     small = np.asarray(asyncio.run(int8.embed_documents(SENTENCES)))
+    # Quantising left the application's logging as it was (onnxruntime's quantiser logs on
+    # the root logger, which with no handler would configure it).
+    assert root.handlers == handlers and root.filters == filters
+    assert logging.getLogger("onnxruntime").level == logging.NOTSET
     assert int8.onnx_path().is_file()
+    assert not list(int8.onnx_path().parent.glob(".*.fused"))  # the fused step is cleaned up
     assert int8.onnx_path().stat().st_size < fp32.onnx_path().stat().st_size / 2
     full = np.asarray(asyncio.run(fp32.embed_documents(SENTENCES)))
     assert np.min(np.sum(small * full, axis=1)) >= 0.95
