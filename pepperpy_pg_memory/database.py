@@ -14,7 +14,7 @@ import contextlib
 import logging
 import sys
 import typing
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from functools import partial
 from typing import Any, TypeVar
@@ -35,6 +35,7 @@ __all__ = ["Database", "Runner", "connect", "in_one_transaction"]
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+GENERIC_PLAN = {"plan_cache_mode": "force_generic_plan"}
 Work = Callable[[asyncpg.Connection], Awaitable[T]]
 
 
@@ -100,6 +101,31 @@ class Runner:
         )
         return rows
 
+    async def fetch_with_settings(
+        self,
+        operation: str,
+        query: Query,
+        settings: Mapping[str, str],
+        *,
+        timeout: float | None = None,
+    ) -> list[asyncpg.Record]:
+        """Like :meth:`fetch`, in a read-only transaction with ``settings`` (name → value)
+        in force for it alone (``set_config(…, true)``, i.e. ``SET LOCAL``)."""
+        pairs = [part for name, value in settings.items() for part in (name, value)]
+        setter = "SELECT " + ", ".join(
+            f"set_config(${number}, ${number + 1}, true)" for number in range(1, len(pairs), 2)
+        )
+
+        async def work(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+            async with conn.transaction(readonly=True):
+                await conn.execute(setter, *pairs)
+                rows: list[asyncpg.Record] = await conn.fetch(
+                    query.sql, *query.args, timeout=timeout
+                )
+                return rows
+
+        return await self.run(operation, work)
+
     async def fetch_with_generic_plan(
         self, operation: str, query: Query, *, timeout: float | None = None
     ) -> list[asyncpg.Record]:
@@ -109,16 +135,7 @@ class Runner:
         a statement whose plan does not depend on them but whose planning costs more than
         its execution (the BM25 search's many CTEs) runs with a cached generic plan.
         """
-
-        async def work(conn: asyncpg.Connection) -> list[asyncpg.Record]:
-            async with conn.transaction(readonly=True):
-                await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
-                rows: list[asyncpg.Record] = await conn.fetch(
-                    query.sql, *query.args, timeout=timeout
-                )
-                return rows
-
-        return await self.run(operation, work)
+        return await self.fetch_with_settings(operation, query, GENERIC_PLAN, timeout=timeout)
 
     async def fetch_as_of(
         self,
@@ -131,20 +148,15 @@ class Runner:
     ) -> list[asyncpg.Record]:
         """Like :meth:`fetch`, for a statement reading the memories as of ``moment`` (it
         names the moment through a transaction setting; see ``history.as_of_source``)."""
-
-        async def work(conn: asyncpg.Connection) -> list[asyncpg.Record]:
-            async with conn.transaction(readonly=True):
-                await conn.execute(
-                    "SELECT set_config($1, $2, true)", AS_OF_SETTING, moment.isoformat()
-                )
-                if generic_plan:
-                    await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
-                rows: list[asyncpg.Record] = await conn.fetch(
-                    query.sql, *query.args, timeout=timeout
-                )
-                return rows
-
-        return await self.run(operation, work)
+        return await self.fetch_with_settings(
+            operation,
+            query,
+            {
+                AS_OF_SETTING: moment.isoformat(),
+                **(GENERIC_PLAN if generic_plan else {}),
+            },
+            timeout=timeout,
+        )
 
     async def fetchrow(
         self, operation: str, query: Query, *, timeout: float | None = None

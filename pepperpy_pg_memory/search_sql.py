@@ -79,6 +79,21 @@ def _at_least(params: Params, expression: str, min_score: float | None) -> str:
     return f"({expression}) >= {params.add(float(min_score))}::float8"
 
 
+def _walk_wider(params: Params, ef_search: int | None) -> str:
+    """A condition that sets ``hnsw.ef_search`` for this statement alone (empty for None).
+
+    It holds no column, so the planner makes it a one-time filter, evaluated before the
+    first row is read from the scan beneath it; pgvector reads the setting when that first
+    row is asked for; and ``set_config(..., true)`` lasts to the end of the transaction — the
+    statement's own, unless the caller opened one around it. So a filtered search walks a
+    wider graph at no extra round trip (a ``SET LOCAL`` needs three).
+    """
+    if ef_search is None:
+        return ""
+    value = params.add(str(ef_search))
+    return f" AND (SELECT set_config('hnsw.ef_search', {value}, true)) IS NOT NULL"
+
+
 def _page(params: Params, order: str, limit: int, offset: int) -> str:
     """``ORDER BY`` the best first, ties broken by identity, then the page."""
     # Unqualified: the identity columns are merged by the joins' USING, or come from a CTE.
@@ -178,15 +193,16 @@ class SearchStatements:
         *,
         include_embedding: bool = False,
         passages: bool = True,
+        ef_search: int | None = None,
     ) -> Query:
         """The nearest memories. With ``passages=False``, a memory's own vector only (a
         simpler statement: planning it costs a third as much), and every row says in
         ``passages_exist`` whether the tenant has passages, i.e. whether the full statement
-        was needed."""
+        was needed. ``ef_search`` overrides the session's for this statement."""
         limit, offset, min_score = page
         params = Params()
         vector = f"{params.add(embedding)}::{self.vector}"
-        where = restriction.conditions(params)
+        where = restriction.conditions(params) + _walk_wider(params, ef_search)
         columns = self.entry + (", m.embedding" if include_embedding else "")
         want = params.add(limit + offset)
         if not passages:
@@ -474,9 +490,10 @@ class SearchStatements:
         candidates: int,
         rrf_k: int,
         passages: bool = True,
+        ef_search: int | None = None,
     ) -> Query:
-        """Reciprocal-rank fusion of semantic and contextual candidates; ``passages`` as in
-        :meth:`semantic_search`."""
+        """Reciprocal-rank fusion of semantic and contextual candidates; ``passages`` and
+        ``ef_search`` as in :meth:`semantic_search`."""
         limit, offset, min_score = page
         params = Params()
         where = restriction.conditions(params)
@@ -485,6 +502,7 @@ class SearchStatements:
         pool = params.add(window)
         k = params.add(float(rrf_k))
         ctes = self._contextual_ctes(params, query, where, restriction.tenant, window)
+        where += _walk_wider(params, ef_search)  # the graph walks only
         # Reciprocal-rank fusion in the database, in one round trip: each index ranks its own
         # candidates, ranks are fused as sum(1 / (k + rank)), and the sum is scaled by (k+1)/2
         # so that first place in both lists scores 1.

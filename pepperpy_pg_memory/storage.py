@@ -2038,6 +2038,14 @@ class PostgresStorage(Generic[K, V]):
         if ranking is not None:
             page = Page(min(4 * (query.limit + query.offset), RANKED_CANDIDATES), 0, None)
         index = query.index_type
+        # A filter thins out the graph walk's candidates: walk further (see the setting).
+        config = self.config
+        ef_search = (
+            config.hnsw_ef_search_filtered
+            if (query.filter or query.value_filter)
+            and config.hnsw_ef_search_filtered != config.hnsw_ef_search
+            else None
+        )
         statement: Callable[..., Query]
         if index is MemoryIndex.SEMANTIC:
             vector = await self._search_vector(query)
@@ -2047,6 +2055,7 @@ class PostgresStorage(Generic[K, V]):
                 restriction,
                 page,
                 include_embedding=query.include_embedding,
+                ef_search=ef_search,
             )
         elif index is MemoryIndex.HYBRID:
             assert query.query is not None
@@ -2057,8 +2066,9 @@ class PostgresStorage(Generic[K, V]):
                 vector,
                 restriction,
                 page,
-                candidates=self.config.hybrid_candidates,
-                rrf_k=self.config.rrf_k,
+                candidates=config.hybrid_candidates,
+                rrf_k=config.rrf_k,
+                ef_search=ef_search,
             )
         elif index is MemoryIndex.CONTEXTUAL:
             assert query.query is not None

@@ -290,3 +290,34 @@ async def test_queries_without_searchable_words_return_nothing(
     for index in (MemoryIndex.CONTEXTUAL, MemoryIndex.HYBRID):
         results = await corpus.search(MemoryQuery(query=text, index_type=index))
         assert all(r.contextual_score is None for r in results)
+
+
+async def test_filtered_searches_walk_the_graph_further(make_config: Any) -> None:
+    # With ef_search 1 and no iterative scan the graph walk yields one candidate (distinct
+    # random vectors: no ties); a filtered search walks with hnsw_ef_search_filtered instead.
+    import numpy as np
+
+    narrow = {"hnsw_ef_search": 1, "hnsw_iterative_scan": "off"}
+    config = make_config(**narrow, hnsw_ef_search_filtered=400)
+    vectors = np.random.default_rng(7).normal(size=(3001, 64)).astype(np.float32)
+    rows = [
+        {
+            "key": f"k{i}",
+            "value": f"note {i}",
+            "metadata": {"even": i % 2 == 0},
+            "embedding": vectors[i].tolist(),
+        }
+        for i in range(3000)
+    ]
+    query = MemoryQuery(embedding=vectors[3000].tolist(), limit=5, filter={"even": True})
+    async with PostgresStorage[str, Any](config, HashingEmbedder(64)) as store:
+        await store.store_many(rows)
+        async with store.database.pool.acquire() as conn:  # the planner must see the table
+            await conn.execute(f"ANALYZE {store.layout.qualified_table}")
+        filtered = await store.search(query)
+        assert len(filtered) == 5 and all(r.entry.metadata["even"] for r in filtered)
+        unfiltered = await store.search(MemoryQuery(embedding=vectors[3000].tolist(), limit=5))
+        assert len(unfiltered) == 1  # ef_search 1 still holds for unfiltered searches
+    same = make_config(**narrow, hnsw_ef_search_filtered=1, table=config.table)
+    async with PostgresStorage[str, Any](same, HashingEmbedder(64)) as store:
+        assert len(await store.search(query)) <= 1  # and the setting is what made the change
