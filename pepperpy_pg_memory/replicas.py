@@ -145,6 +145,7 @@ class ReadRouter(Runner):
         """Reads that went to the primary (no healthy replica, or one that could not serve)."""
         self._horizon = 0
         self._horizon_known = True
+        self._note_failures = 0
         self._turns = itertools.count()
         # (monotonic time, primary position) samples, oldest first; see _lag.
         self._positions: collections.deque[tuple[float, int]] = collections.deque(
@@ -183,6 +184,7 @@ class ReadRouter(Runner):
         except Exception as exc:  # noqa: BLE001 - the write itself succeeded
             # Unknown: the next read asks the primary for its position instead.
             logger.debug("could not read the primary's WAL position: %s", exc)
+            self._note_failures += 1
             self._horizon_known = False
             return
         self._horizon = max(self._horizon, position)
@@ -192,13 +194,11 @@ class ReadRouter(Runner):
 
     async def _current_horizon(self) -> int:
         if not self._horizon_known:
-            self._horizon_known = True
-            try:
-                position = await self._primary_position()
-                self._horizon = max(self._horizon, position)
-            except MemoryError:
-                self._horizon_known = False
-                raise
+            failures = self._note_failures
+            position = await self._primary_position()  # past every write that committed
+            self._horizon = max(self._horizon, position)
+            # Known again, unless another note failed meanwhile (its write may be later).
+            self._horizon_known = failures == self._note_failures
         return self._horizon
 
     async def mark_written(self) -> None:
