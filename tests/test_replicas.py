@@ -33,6 +33,7 @@ from pepperpy_pg_memory.embedded_replicas import (
     stop_replica,
 )
 from pepperpy_pg_memory.replicas import describe_dsn, record_end
+from pepperpy_pg_memory.runner import BackgroundStorage
 
 READS = {
     "search",
@@ -329,6 +330,22 @@ async def test_a_failed_read_on_a_replica_is_answered_by_the_primary(cluster: Cl
             await store.close()
     finally:
         await cluster.on_replica("SELECT pg_wal_replay_resume()")
+
+
+async def test_the_sync_api_reads_from_the_replica(cluster: Cluster) -> None:
+    # The store runs on the process-wide loop thread; its replica checks run there too.
+    def work() -> tuple[Any, dict[str, Any]]:
+        handle = BackgroundStorage.create(cluster.config(), HashingEmbedder(64))
+        try:
+            handle.call(lambda store: store.store("a", "from sync code", scope="user"))
+            found = handle.call(lambda store: store.retrieve("a", scope="user"))
+            return found, handle.call(lambda store: store.stats())
+        finally:
+            handle.close()
+
+    found, stats = await asyncio.to_thread(work)
+    assert found.text == "from sync code"
+    assert _replica(stats)["operations"]["retrieve"] == 1 and stats["primary_reads"] == 0
 
 
 def test_replica_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
