@@ -222,9 +222,10 @@ class PostgresConfig(BaseSettings):
         ge=1,
         le=1000,
         description=(
-            "ef_search of semantic and hybrid searches with a metadata or value filter: of "
-            "the candidates the graph walk finds, only those the filter lets through count, "
-            "so a wider walk keeps recall (at 100k and 50% selectivity, 0.94 with 100)."
+            "ef_search of semantic and hybrid searches and similar() with a metadata or value "
+            "filter: of the candidates the graph walk finds, only those the filter lets "
+            "through count, so a wider walk keeps recall (at 100k and 50% selectivity, 0.94 "
+            "with 100)."
         ),
     )
     hnsw_iterative_scan: Literal["off", "relaxed_order", "strict_order"] = Field(

@@ -79,8 +79,8 @@ def _at_least(params: Params, expression: str, min_score: float | None) -> str:
     return f"({expression}) >= {params.add(float(min_score))}::float8"
 
 
-def _walk_wider(params: Params, ef_search: int | None) -> str:
-    """A condition that sets ``hnsw.ef_search`` for this statement alone (empty for None).
+def _walk_wider(params: Params, ef_search: int) -> str:
+    """A condition that sets ``hnsw.ef_search`` for this statement alone.
 
     It holds no column, so the planner makes it a one-time filter, evaluated before the
     first row is read from the scan beneath it; pgvector reads the setting when that first
@@ -88,8 +88,6 @@ def _walk_wider(params: Params, ef_search: int | None) -> str:
     statement's own, unless the caller opened one around it. So a filtered search walks a
     wider graph at no extra round trip (a ``SET LOCAL`` needs three).
     """
-    if ef_search is None:
-        return ""
     value = params.add(str(ef_search))
     return f" AND (SELECT set_config('hnsw.ef_search', {value}, true)) IS NOT NULL"
 
@@ -111,9 +109,13 @@ class SearchStatements:
         match: ContextualMatch = "any",
         backfilling: bool = False,
         as_of: bool = False,
+        filtered_ef_search: int | None = None,
     ) -> None:
         self.layout = layout
         self.match = match
+        self.filtered_ef_search = filtered_ef_search
+        """The ``hnsw.ef_search`` of graph walks under a metadata or value filter (None: the
+        session's): of the candidates a walk finds, only those the filter passes count."""
         """How contextual search matches words: "any" (BM25) or "all" (every word)."""
         self.backfilling = backfilling
         """Whether some memories may still lack ``terms`` (the backfill has not finished)."""
@@ -126,6 +128,14 @@ class SearchStatements:
             self.table = as_of_source(layout, AS_OF_MOMENT)
         self.passages = layout.qualified_passages
         self.vector = layout.vector_column_type
+
+    def _graph_conditions(self, params: Params, restriction: Restriction) -> str:
+        """``restriction``'s conditions for a walk of the HNSW graph: with a filter, the walk
+        widens to :attr:`filtered_ef_search`."""
+        where = restriction.conditions(params)
+        if self.filtered_ef_search is None or not (restriction.filter or restriction.value_filter):
+            return where
+        return where + _walk_wider(params, self.filtered_ef_search)
 
     def _passages_exist(self, params: Params, tenant: str) -> str:
         return (
@@ -193,16 +203,15 @@ class SearchStatements:
         *,
         include_embedding: bool = False,
         passages: bool = True,
-        ef_search: int | None = None,
     ) -> Query:
         """The nearest memories. With ``passages=False``, a memory's own vector only (a
         simpler statement: planning it costs a third as much), and every row says in
         ``passages_exist`` whether the tenant has passages, i.e. whether the full statement
-        was needed. ``ef_search`` overrides the session's for this statement."""
+        was needed."""
         limit, offset, min_score = page
         params = Params()
         vector = f"{params.add(embedding)}::{self.vector}"
-        where = restriction.conditions(params) + _walk_wider(params, ef_search)
+        where = self._graph_conditions(params, restriction)
         columns = self.entry + (", m.embedding" if include_embedding else "")
         want = params.add(limit + offset)
         if not passages:
@@ -490,10 +499,9 @@ class SearchStatements:
         candidates: int,
         rrf_k: int,
         passages: bool = True,
-        ef_search: int | None = None,
     ) -> Query:
-        """Reciprocal-rank fusion of semantic and contextual candidates; ``passages`` and
-        ``ef_search`` as in :meth:`semantic_search`."""
+        """Reciprocal-rank fusion of semantic and contextual candidates; ``passages`` as in
+        :meth:`semantic_search`."""
         limit, offset, min_score = page
         params = Params()
         where = restriction.conditions(params)
@@ -502,7 +510,7 @@ class SearchStatements:
         pool = params.add(window)
         k = params.add(float(rrf_k))
         ctes = self._contextual_ctes(params, query, where, restriction.tenant, window)
-        where += _walk_wider(params, ef_search)  # the graph walks only
+        where = self._graph_conditions(params, restriction)  # for the graph walks
         # Reciprocal-rank fusion in the database, in one round trip: each index ranks its own
         # candidates, ranks are fused as sum(1 / (k + rank)), and the sum is scaled by (k+1)/2
         # so that first place in both lists scores 1.
@@ -635,7 +643,7 @@ class SearchStatements:
         min_score: float | None,
     ) -> Query:
         params = Params([restriction.tenant, *target])
-        where = restriction.conditions(params)
+        where = self._graph_conditions(params, restriction)
         # A scalar subquery becomes an InitPlan parameter, which the HNSW index can order by:
         # the stored vector is used as is, never re-embedded.
         probe = (

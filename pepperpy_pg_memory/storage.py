@@ -508,13 +508,21 @@ class PostgresStorage(Generic[K, V]):
     def _use_layout(self, layout: TableLayout) -> None:
         self._layout = layout
         self._sql = Statements(layout)
-        self._search_sql = SearchStatements(
-            layout, match=self.config.contextual_match, backfilling=self._backfilling
+        config = self.config
+        searches = partial(
+            SearchStatements,
+            layout,
+            match=config.contextual_match,
+            backfilling=self._backfilling,
+            filtered_ef_search=(
+                config.hnsw_ef_search_filtered
+                if config.hnsw_ef_search_filtered != config.hnsw_ef_search
+                else None
+            ),
         )
+        self._search_sql = searches()
         self._sql_as_of = Statements(layout, as_of=True)
-        self._search_sql_as_of = SearchStatements(
-            layout, match=self.config.contextual_match, backfilling=self._backfilling, as_of=True
-        )
+        self._search_sql_as_of = searches(as_of=True)
         self._history_sql = HistoryStatements(layout)
         self._access.layout = layout
         self._vectors.dimension = layout.dimension
@@ -2038,14 +2046,6 @@ class PostgresStorage(Generic[K, V]):
         if ranking is not None:
             page = Page(min(4 * (query.limit + query.offset), RANKED_CANDIDATES), 0, None)
         index = query.index_type
-        # A filter thins out the graph walk's candidates: walk further (see the setting).
-        config = self.config
-        ef_search = (
-            config.hnsw_ef_search_filtered
-            if (query.filter or query.value_filter)
-            and config.hnsw_ef_search_filtered != config.hnsw_ef_search
-            else None
-        )
         statement: Callable[..., Query]
         if index is MemoryIndex.SEMANTIC:
             vector = await self._search_vector(query)
@@ -2055,7 +2055,6 @@ class PostgresStorage(Generic[K, V]):
                 restriction,
                 page,
                 include_embedding=query.include_embedding,
-                ef_search=ef_search,
             )
         elif index is MemoryIndex.HYBRID:
             assert query.query is not None
@@ -2066,9 +2065,8 @@ class PostgresStorage(Generic[K, V]):
                 vector,
                 restriction,
                 page,
-                candidates=config.hybrid_candidates,
-                rrf_k=config.rrf_k,
-                ef_search=ef_search,
+                candidates=self.config.hybrid_candidates,
+                rrf_k=self.config.rrf_k,
             )
         elif index is MemoryIndex.CONTEXTUAL:
             assert query.query is not None

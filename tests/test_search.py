@@ -316,8 +316,12 @@ async def test_filtered_searches_walk_the_graph_further(make_config: Any) -> Non
             await conn.execute(f"ANALYZE {store.layout.qualified_table}")
         filtered = await store.search(query)
         assert len(filtered) == 5 and all(r.entry.metadata["even"] for r in filtered)
+        # similar() walks the same graph from a stored vector, with the same rule.
+        neighbours = await store.similar("k1", limit=5, filter={"even": True})
+        assert len(neighbours) == 5 and all(r.entry.metadata["even"] for r in neighbours)
         unfiltered = await store.search(MemoryQuery(embedding=vectors[3000].tolist(), limit=5))
         assert len(unfiltered) == 1  # ef_search 1 still holds for unfiltered searches
     same = make_config(**narrow, hnsw_ef_search_filtered=1, table=config.table)
     async with PostgresStorage[str, Any](same, HashingEmbedder(64)) as store:
         assert len(await store.search(query)) <= 1  # and the setting is what made the change
+        assert len(await store.similar("k1", limit=5, filter={"even": True})) <= 1
