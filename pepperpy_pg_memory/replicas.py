@@ -90,7 +90,6 @@ class _Replica:
     dsn: str
     database: Database
     healthy: bool = False
-    standby: bool = True
     replayed: int = 0
     """The last replay position seen (a pg_lsn as an integer)."""
     lag: float | None = None
@@ -305,8 +304,7 @@ class ReadRouter(Runner):
             self._failed(replica, exc.__cause__ or exc)
             return
         assert state is not None
-        replica.standby = bool(state["standby"])
-        if not replica.standby or state["replayed"] is None:
+        if not state["standby"] or state["replayed"] is None:
             replica.lag = None
             self._failed(replica, MemoryError("the server is not a standby replica"))
             return

@@ -345,14 +345,15 @@ class PostgresStorage(Generic[K, V]):
                 config.text_search_config,
             )
         self._use_layout(layout)
-        await self.database.open(dsn, vectors_in, self._session_settings())
-        await self._open_replicas(vectors_in)
+        settings = self._session_settings()
+        await self.database.open(dsn, vectors_in, settings)
+        await self._open_replicas(vectors_in, settings)
         await self._check_embedder(layout, dimension)
         await self._start_backfills()
         await self._term_stats.start()
         logger.info("memory store ready on %s", config.describe_target())
 
-    async def _open_replicas(self, vectors_in: str) -> None:
+    async def _open_replicas(self, vectors_in: str, settings: dict[str, str]) -> None:
         config = self.config
         dsns = [dsn.get_secret_value() for dsn in config.read_replicas]
         if config.embedded_replicas:
@@ -362,7 +363,7 @@ class PostgresStorage(Generic[K, V]):
         if not dsns:
             return
         router = self._router = ReadRouter(config, self.database, self.metrics, dsns)
-        await router.open(vectors_in, self._session_settings())
+        await router.open(vectors_in, settings)
         await router.mark_written()  # the migrations, made outside the pool
         self.reads = router
 
