@@ -127,6 +127,17 @@ def test_the_int8_variant_is_checked_close_and_another_model(exported: Path) -> 
     assert int8.onnx_path().is_file()
     assert not list(int8.onnx_path().parent.glob(".*.fused"))  # the fused step is cleaned up
     assert int8.onnx_path().stat().st_size < fp32.onnx_path().stat().st_size / 2
+    # Each layer's feed-forward output projection stays fp32 (its input's outliers would
+    # set the quantisation scale); the other weight products are quantised.
+    import onnx
+
+    from pepperpy_pg_memory.onnx_embedder import FEED_FORWARD_OUTPUT
+
+    nodes = onnx.load(str(int8.onnx_path())).graph.node
+    kept = [n for n in nodes if FEED_FORWARD_OUTPUT.search(n.name)]
+    assert len(kept) == 6 and {n.op_type for n in kept} == {"MatMul"}
+    quantised = [n for n in nodes if n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul")]
+    assert len(quantised) == 6 * 5  # query, key, value, attention output, intermediate
     full = np.asarray(asyncio.run(fp32.embed_documents(SENTENCES)))
     assert np.min(np.sum(small * full, axis=1)) >= 0.95
     assert not np.allclose(small, full, atol=1e-4)  # close, not the same vectors
@@ -155,3 +166,17 @@ def test_the_int8_variant_loads_without_torch(exported: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["(384,)", "False"]
+
+
+def test_the_int8_check_forgives_ties_and_nothing_else() -> None:
+    from pepperpy_pg_memory.onnx_embedder import same_top3
+
+    fp32 = np.array([[0.49, 0.31, 0.107, 0.1016, 0.02]])
+    assert same_top3(fp32, fp32)
+    # Third place between two memories fp32 scores 0.005 apart (under TIE_MARGIN): a tie,
+    # either order passes.
+    assert same_top3(fp32, np.array([[0.45, 0.31, 0.094, 0.119, 0.02]]))
+    # A memory fp32 ranks well below its third does not.
+    assert not same_top3(fp32, np.array([[0.45, 0.31, 0.05, 0.04, 0.2]]))
+    # Nor does another first, however close.
+    assert not same_top3(fp32, np.array([[0.30, 0.31, 0.107, 0.1016, 0.02]]))
