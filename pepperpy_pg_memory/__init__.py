@@ -7,7 +7,7 @@ fusing both, with memory types, scopes and expiry. Start with :class:`PostgresSt
 from importlib.metadata import PackageNotFoundError, version
 
 from .config import PostgresConfig
-from .consolidation import ConsolidationReport
+from .consolidation import ConsolidationReport, OwnerConsolidation
 from .embeddings import (
     Embedder,
     HashingEmbedder,
@@ -65,6 +65,7 @@ __all__ = [
     "Ranking",
     "StoredCount",
     "ConsolidationReport",
+    "OwnerConsolidation",
     "MANAGED_FIELD",
     "MemorySearchResult",
     "Embedder",

@@ -257,7 +257,7 @@ async def _get(args: argparse.Namespace) -> int:
         if args.json:
             _print_json(_entry_json(entry))
         else:
-            owner = entry.scope.value + (f":{entry.scope_id}" if entry.scope_id else "")
+            owner = _owner_label(entry.scope, entry.scope_id)
             print(f"{entry.key}  [{entry.type.value}, {owner}]  {entry.text}")
             if entry.metadata:
                 print(f"metadata: {json.dumps(entry.metadata, ensure_ascii=False)}")
@@ -284,7 +284,7 @@ def _results_rows(results: Sequence[MemorySearchResult[Any]]) -> list[list[str]]
             f"{r.score:.3f}",
             r.entry.key,
             r.entry.type.value,
-            r.entry.scope.value + (f":{r.entry.scope_id}" if r.entry.scope_id else ""),
+            _owner_label(r.entry.scope, r.entry.scope_id),
             _clip(r.entry.text),
         ]
         for r in results
@@ -457,15 +457,23 @@ async def _consolidate(args: argparse.Namespace) -> int:
             return 0
         would = "would be " if report.dry_run else ""
         print(f"owners examined: {report.owners}")
+        # Keys per owner: two owners may use the same key.
         print(f"{would}promoted to long-term: {len(report.promoted)}")
-        for key in report.promoted:
-            print(f"  {key}")
+        for owner in report.by_owner:
+            for key in owner.promoted:
+                print(f"  {_owner_label(owner.scope, owner.scope_id)} {key}")
         print(f"{would}merged: {len(report.merged)}")
-        for key, keeper in report.merged_into.items():
-            print(f"  {key} -> {keeper}")
+        for owner in report.by_owner:
+            for key, keeper in owner.merged_into.items():
+                print(f"  {_owner_label(owner.scope, owner.scope_id)} {key} -> {keeper}")
         return 0
 
     return await _with_storage(args, work)
+
+
+def _owner_label(scope: MemoryScope, scope_id: str) -> str:
+    """An owner as the CLI prints it: ``user:ana``, or ``global``."""
+    return scope.value + (f":{scope_id}" if scope_id else "")
 
 
 def _server(module: str, what: str, extra: str) -> Any:

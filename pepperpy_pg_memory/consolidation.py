@@ -49,22 +49,53 @@ SOURCES_FIELD = "sources"
 """The metadata field of a summary: the keys of the memories it sums up."""
 
 
+class OwnerConsolidation(BaseModel):
+    """What a consolidation did to one owner's memories: keys are this owner's."""
+
+    scope: MemoryScope
+    scope_id: str
+    promoted: list[str] = Field(default_factory=list)
+    merged_into: dict[str, str] = Field(default_factory=dict)
+    """Each merged key → the key it was merged into."""
+    summarized: list[str] = Field(default_factory=list)
+    summaries: list[str] = Field(default_factory=list)
+
+
 class ConsolidationReport(BaseModel):
-    """What :meth:`PostgresStorage.consolidate` did (or, with ``dry_run``, would do)."""
+    """What :meth:`PostgresStorage.consolidate` did (or, with ``dry_run``, would do).
+
+    The flat lists hold keys of every owner examined; two owners may use the same key, so
+    :attr:`by_owner` says whose each one is.
+    """
 
     promoted: list[str] = Field(default_factory=list)
     """Keys of memories made long-term."""
     merged: list[str] = Field(default_factory=list)
     """Keys of memories merged into another (closed, superseded by it)."""
     merged_into: dict[str, str] = Field(default_factory=dict)
-    """Each merged key → the key it was merged into (one owner's keys: per-owner runs)."""
+    """Each merged key → the key it was merged into. Keyed by key alone: when two owners
+    merged the same key, only the later owner's pair is here; :attr:`by_owner` has both."""
     summarized: list[str] = Field(default_factory=list)
     """Keys of the short-term memories a summary now covers."""
     summaries: list[str] = Field(default_factory=list)
     """Keys of the episodic memories written as summaries."""
+    by_owner: list[OwnerConsolidation] = Field(default_factory=list)
+    """The same changes per owner, for the owners that had any, in the order examined."""
     owners: int = 0
     """How many owners were examined."""
     dry_run: bool = False
+
+    def _owner(self, owner: Identity) -> OwnerConsolidation:
+        """The :attr:`by_owner` entry of ``owner`` (added on its first change)."""
+        scope = MemoryScope(owner.scope)
+        if self.by_owner and (self.by_owner[-1].scope, self.by_owner[-1].scope_id) == (
+            scope,
+            owner.scope_id,
+        ):
+            return self.by_owner[-1]
+        entry = OwnerConsolidation(scope=scope, scope_id=owner.scope_id)
+        self.by_owner.append(entry)
+        return entry
 
 
 class _Invocable(Protocol):
@@ -321,6 +352,10 @@ class Consolidation:
         report.promoted += promoted
         report.merged += list(merged)
         report.merged_into.update(merged)
+        if promoted or merged:
+            mine = report._owner(owner)
+            mine.promoted += promoted
+            mine.merged_into.update(merged)
 
     async def _merges(self, owner: Identity, conn: asyncpg.Connection) -> dict[str, str]:
         """Merged key → keeper key. In keeper order, a memory not yet merged keeps, and takes
@@ -374,3 +409,6 @@ class Consolidation:
             key = await self.write_summary(owner._replace(key=key), text, entries)
         report.summarized += sources
         report.summaries.append(key)
+        mine = report._owner(owner)
+        mine.summarized += sources
+        mine.summaries.append(key)

@@ -62,6 +62,32 @@ async def test_memories_read_often_become_long_term(storage: PostgresStorage[str
     assert again.promoted == [] and again.merged == []
 
 
+async def test_the_report_says_whose_keys_two_owners_merged_under_the_same_key(
+    storage: PostgresStorage[str, Any],
+) -> None:
+    for owner, name in ((ANA, "Ana"), (BRUNO, "Bruno")):
+        await storage.store("tea", f"{name} likes green tea", **owner, importance=0.2)
+        await storage.store("tea-again", f"{name.lower()} likes GREEN tea", **owner)
+        await storage.store("trip", f"{name} flies to Oslo", **owner, **SHORT)
+        await _read(storage, "trip", 3, **owner)
+
+    report = await storage.consolidate()
+    assert report.owners == 2
+    assert report.merged == ["tea", "tea"] and report.promoted == ["trip", "trip"]
+    # Keyed by key alone, the flat map holds one pair; per owner, both are there.
+    assert report.merged_into == {"tea": "tea-again"}
+    assert [
+        (o.scope, o.scope_id, o.merged_into, o.promoted, o.summaries) for o in report.by_owner
+    ] == [
+        (MemoryScope.USER, "ana", {"tea": "tea-again"}, ["trip"], []),
+        (MemoryScope.USER, "bruno", {"tea": "tea-again"}, ["trip"], []),
+    ]
+    for owner in (ANA, BRUNO):  # each owner's own memory was merged, into its own keeper
+        closed = (await storage.history("tea", **owner))[0]
+        assert (closed.reason, closed.superseded_by) == ("merged", "tea-again")
+    assert (await storage.consolidate()).by_owner == []
+
+
 async def test_near_duplicates_merge_into_the_most_important_and_can_be_restored(
     storage: PostgresStorage[str, Any],
 ) -> None:

@@ -45,6 +45,7 @@ EXPECTED = {
     "MemoryQuotaError",
     "StoredCount",
     "ConsolidationReport",
+    "OwnerConsolidation",
     "MANAGED_FIELD",
 }
 
