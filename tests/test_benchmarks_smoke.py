@@ -146,3 +146,14 @@ def test_replicas_benchmark_runs_small(tmp_path: Path) -> None:
     assert report["replica"]["healthy"] and report["replica"]["errors"] == 0
     assert report["replica"]["operations"]["search"] > 0
     assert report["replica"]["waits"] >= 5
+
+
+def test_floor_benchmark_splits_the_gap(tmp_path: Path) -> None:
+    report = _run_small("floor", tmp_path, "--size", "300", "--queries", "20", "--rounds", "1")
+    assert report["size"] == 300 and report["goal"] == 1.4
+    assert len(report["ours_p50_ms"]) == len(report["floor_p50_ms"]) == len(report["sql_p50_ms"])
+    # Our statement runs on the server (planned and executed), as does the floor's.
+    for name in ("floor", "sql"):
+        times = report["server_median_ms"][name]
+        assert times["planning"] > 0 and times["execution"] > 0
+    assert report["ratio"] > 0 and report["sql_ratio"] > 0
