@@ -110,7 +110,9 @@ async def _explained(conn: Any, sql: str, args: list[Any], runs: int = 30) -> di
     """Median planning and execution time of ``sql`` by ``EXPLAIN ANALYZE``."""
     planning, execution = [], []
     for _ in range(runs):
-        plan = json.loads(await conn.fetchval(f"EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON) {sql}", *args))
+        plan = json.loads(
+            await conn.fetchval(f"EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON) {sql}", *args)
+        )
         planning.append(plan[0]["Planning Time"])
         execution.append(plan[0]["Execution Time"])
     return {"planning": statistics.median(planning), "execution": statistics.median(execution)}
