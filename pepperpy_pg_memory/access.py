@@ -118,12 +118,18 @@ class AccessTracker:
         # Usually every memory read still exists: the foreign key's check suffices.
         query = record_accesses(self.layout, self.tenant, counts, existing_only=False)
         try:
-            await self.database.execute("access", query)
+            await self._record(query)
         except MemoryError as exc:
             if not isinstance(exc.__cause__, asyncpg.ForeignKeyViolationError):
                 raise
             # A memory was deleted since it was read: once more, for those that exist.
-            await self.database.execute("access", record_accesses(self.layout, self.tenant, counts))
+            await self._record(record_accesses(self.layout, self.tenant, counts))
+
+    async def _record(self, query: Query) -> None:
+        # Counts are up to an interval late anyway: reads on a replica need not wait for them.
+        await self.database.run(
+            "access", lambda conn: conn.execute(query.sql, *query.args), visible_to_reads=False
+        )
 
     async def stop(self) -> None:
         """Write what is left and stop the background task."""

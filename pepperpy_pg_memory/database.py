@@ -283,12 +283,14 @@ class Database(Runner):
                 "that loop, or through pepperpy_pg_memory.runner.BackgroundStorage"
             )
 
-    async def run(self, operation: str, work: Work[T], *, read: bool = False) -> T:
+    async def run(self, operation: str, work: Work[T], *, visible_to_reads: bool = True) -> T:
         """Run ``work`` on a pooled connection, retrying transient faults.
 
         Every caller's ``work`` is idempotent (reads, upserts, deletes by key or condition),
-        so running it again after a broken connection cannot duplicate anything. ``read``
-        says that ``work`` only reads (no :attr:`after_write`).
+        so running it again after a broken connection cannot duplicate anything.
+        ``visible_to_reads=False`` says that later reads need not see what ``work`` did: it
+        only reads, or writes bookkeeping such as read counts (no :attr:`after_write`, so a
+        read on a replica does not wait for it).
         """
         pool = self.pool
         self.check_loop(operation)
@@ -309,7 +311,7 @@ class Database(Runner):
                 self.metrics.waiting -= 1
             try:
                 result = await work(typing.cast(asyncpg.Connection, conn))
-                if after_write is not None and not read:
+                if after_write is not None and visible_to_reads:
                     await after_write(conn)
                 return result
             except asyncpg.InterfaceError as exc:

@@ -222,7 +222,7 @@ class ReadRouter(Runner):
             finally:
                 replica.in_flight -= 1
         self.primary_reads += 1
-        return await self.primary.run(operation, work, read=True)
+        return await self.primary.run(operation, work, visible_to_reads=False)
 
     def _choose(self) -> _Replica | None:
         healthy = [replica for replica in self.replicas if replica.healthy]
@@ -290,7 +290,9 @@ class ReadRouter(Runner):
     async def _primary_position(self) -> int:
         sql = PRIMARY_POSITION.sql
         return self._end(
-            await self.primary.run("replicas", lambda conn: conn.fetchval(sql), read=True)
+            await self.primary.run(
+                "replicas", lambda conn: conn.fetchval(sql), visible_to_reads=False
+            )
         )
 
     async def _check(self, replica: _Replica) -> None:

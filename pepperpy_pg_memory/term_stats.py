@@ -134,8 +134,10 @@ class TermStatistics:
 
     async def refresh_now(self) -> None:
         """Recount the statistics now (a no-op if another session is recounting them)."""
+        # Figures for ranking, recounted now and then: reads on a replica need not wait for
+        # the recount to be replayed.
         documents = await self._database.run(
-            "term_stats", partial(refresh, self._layout(), self._tenant)
+            "term_stats", partial(refresh, self._layout(), self._tenant), visible_to_reads=False
         )
         if documents is not None:
             self._documents = documents

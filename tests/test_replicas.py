@@ -225,6 +225,35 @@ async def test_a_paused_replica_lags_and_leaves_the_rotation(cluster: Cluster) -
         await lagging.close()
 
 
+async def test_bookkeeping_writes_do_not_make_reads_wait(cluster: Cluster) -> None:
+    # Read counts and term statistics are written on the primary in the background; reads
+    # need not see them at once, so they must not hold reads back until a replica replays
+    # them (with replay paused, such a read would wait, then go to the primary).
+    store = await _store(cluster.config(replica_wait_timeout=0.2, replica_max_lag=30))
+    mine: dict[str, Any] = {"scope": "user", "scope_id": "u"}
+    try:
+        await store.store("note", {"content": "a memory read often"}, **mine)
+        await store.refresh_term_statistics()
+        await _until(lambda: _replayed(store, "note"))
+        await cluster.on_replica("SELECT pg_wal_replay_pause()")
+        for _ in range(3):
+            assert (await store.retrieve("note", **mine)).key == "note"
+        await store.flush_access_counts()
+        await store.refresh_term_statistics()
+        before = await store.stats()
+        assert await store.count(**mine) == 1
+        after = await store.stats()
+        assert _replica(after)["waits"] == _replica(before)["waits"]
+        assert after["primary_reads"] == before["primary_reads"]
+        assert _replica(after)["reads"] > _replica(before)["reads"]
+        # A write of the memory itself still does: the next read sees it.
+        await store.store("note", {"content": "changed while replay is paused"}, **mine)
+        assert (await store.retrieve("note", **mine)).text == "changed while replay is paused"
+    finally:
+        await cluster.on_replica("SELECT pg_wal_replay_resume()")
+        await store.close()
+
+
 async def _replayed(store: PostgresStorage[str, Any], key: str) -> bool:
     return await store.exists(key, scope="user", scope_id="u")
 
