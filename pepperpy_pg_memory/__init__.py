@@ -32,6 +32,7 @@ from .errors import (
 )
 from .models import (
     MemoryEntry,
+    MemoryOwner,
     MemoryQuery,
     MemorySearchResult,
     MemoryVersion,
@@ -64,6 +65,7 @@ __all__ = [
     "MemoryVersion",
     "Ranking",
     "StoredCount",
+    "MemoryOwner",
     "ConsolidationReport",
     "OwnerConsolidation",
     "MANAGED_FIELD",

@@ -170,18 +170,6 @@ class ConsolidationStatements:
             conditions.append(f"NOT {alias}.metadata ? '{SOURCES_FIELD}'")
         return " AND ".join(conditions)
 
-    def owners(self, restriction: Restriction, managed: bool) -> Query:
-        """The owners holding memories ``restriction`` admits, in order."""
-        params = Params()
-        where = restriction.conditions(params)
-        if not managed:
-            where += f" AND NOT m.metadata ? '{MANAGED_FIELD}'"
-        return Query(
-            f"SELECT DISTINCT m.scope, m.scope_id FROM {self.table} m WHERE {where} "
-            "ORDER BY m.scope, m.scope_id",
-            params.values,
-        )
-
     def promote(
         self,
         tenant: str,
@@ -309,7 +297,8 @@ class Consolidation:
     ) -> ConsolidationReport:
         report = ConsolidationReport(dry_run=self.dry_run)
         rows = await self.database.fetch(
-            "consolidate", self.sql.owners(restriction, self.include_managed)
+            "consolidate",
+            self.statements.owners(restriction, exclude_managed=not self.include_managed),
         )
         owners = [Identity(row["scope"], row["scope_id"], "") for row in rows]
         for done, owner in enumerate(owners, start=1):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -136,6 +136,14 @@ class MemorySearchResult(BaseModel, Generic[V]):
     relevance_score: float | None = None
     recency_score: float | None = None
     importance_score: float | None = None
+
+
+class MemoryOwner(NamedTuple):
+    """An owner holding memories, with how many (what ``PostgresStorage.owners`` lists)."""
+
+    scope: MemoryScope
+    scope_id: str
+    memories: int
 
 
 class StoredCount(int):

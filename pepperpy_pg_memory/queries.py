@@ -529,6 +529,32 @@ class Statements:
         )
         return Query(sql, params.values)
 
+    def owners(
+        self,
+        restriction: Restriction,
+        limit: int | None = None,
+        after: tuple[str, str] | None = None,
+        *,
+        exclude_managed: bool = False,
+    ) -> Query:
+        """The owners (scope, scope_id) holding memories ``restriction`` admits, each with
+        how many, in owner order: those after ``after``, at most ``limit`` (None: all). With
+        ``exclude_managed``, adapters' own records (chat messages, …) do not count."""
+        params = Params()
+        where = restriction.conditions(params)
+        if exclude_managed:
+            where += f" AND NOT m.metadata ? {params.add(MANAGED_FIELD)}"
+        if after is not None:
+            scope, scope_id = params.add(after[0]), params.add(after[1])
+            where += f" AND (m.scope, m.scope_id) > ({scope}, {scope_id})"
+        sql = (
+            f"SELECT m.scope, m.scope_id, count(*) AS memories FROM {self.table} m "
+            f"WHERE {where} GROUP BY m.scope, m.scope_id ORDER BY m.scope, m.scope_id"
+        )
+        if limit is not None:
+            sql += f" LIMIT {params.add(limit)}"
+        return Query(sql, params.values)
+
     def distinct_arrays(
         self,
         path: list[str],

@@ -72,6 +72,7 @@ from .items import (
 from .metrics import Metrics, instrumented
 from .models import (
     MemoryEntry,
+    MemoryOwner,
     MemoryQuery,
     MemorySearchResult,
     MemoryVersion,
@@ -1270,6 +1271,41 @@ class PostgresStorage(Generic[K, V]):
             self._statements.distinct_metadata(key_path(key), restriction, limit),
         )
         return [(row["value"], int(row["memories"])) for row in rows]
+
+    @instrumented("owners")
+    async def owners(
+        self,
+        scope: MemoryScope | str | None = None,
+        *,
+        types: Types = None,
+        filter: Mapping[str, Any] | None = None,
+        key_prefix: str | tuple[str, ...] | None = None,
+        limit: int = 1_000,
+        after: tuple[MemoryScope | str, str] | None = None,
+    ) -> builtins.list[MemoryOwner]:
+        """The owners holding live memories that match, each with how many, in (scope,
+        scope_id) order: at most ``limit``, after the owner ``after`` (pass the last one
+        listed to get the next page). Counted in the database, without reading memories.
+
+        ``scope`` lists every owner of that scope (there is no ``scope_id`` here: elsewhere a
+        scope without one names the scope's default owner).
+        """
+        if not 1 <= limit <= 100_000:
+            raise MemoryValidationError("limit must be in [1, 100000]")
+        start: tuple[str, str] | None = None
+        if after is not None:
+            if not (isinstance(after, tuple) and len(after) == 2 and isinstance(after[1], str)):
+                raise MemoryValidationError("after must be a (scope, scope_id) pair")
+            start = (as_enum(MemoryScope, after[0], "scope").value, after[1])
+        restriction = replace(
+            self._restriction(None, None, types, filter, key_prefix=key_prefix),
+            scope=None if scope is None else as_enum(MemoryScope, scope, "scope"),
+        )
+        rows = await self.reads.fetch("owners", self._statements.owners(restriction, limit, start))
+        return [
+            MemoryOwner(MemoryScope(row["scope"]), row["scope_id"], int(row["memories"]))
+            for row in rows
+        ]
 
     @instrumented("distinct_arrays")
     async def distinct_metadata_arrays(

@@ -313,6 +313,14 @@ def test_chat_store_round_trips_messages_for_chat_memory_buffer(config: Postgres
         assert [m.role for m in buffer.get()] == [m.role for m in _conversation()]
         chat.add_message("bruno", ChatMessage(role=MessageRole.USER, content="hi"))
         assert chat.get_keys() == ["ana", "bruno"]
+        chat.add_message("carla", ChatMessage(role=MessageRole.USER, content="hi"))
+        # Keys are listed by the page, in the database (one key a page here).
+        from llama_index_pepperpy import chat_store
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(chat_store, "_KEYS_PAGE", 1)
+            assert chat.get_keys() == ["ana", "bruno", "carla"]
+        chat.delete_messages("carla")
         removed = chat.delete_message("ana", 1)
         assert removed is not None and removed.content == "Book a table for two"
         last = chat.delete_last_message("ana")

@@ -315,3 +315,48 @@ async def test_reindex_and_scan_walk_every_owner_of_a_key(
         assert scanned == sorted((o["scope_id"], k) for o in owners for k in ("a", "b", "c"))
     async with PostgresStorage[str, Any](config, HashingEmbedder(16)) as store:
         assert await store.reindex(MemoryIndex.SEMANTIC, batch_size=7) == 36
+
+
+async def test_owners_lists_who_holds_memories_counted_and_paged(
+    storage: PostgresStorage[str, Any],
+) -> None:
+    from pepperpy_pg_memory import MemoryOwner, MemoryType
+
+    for key in ("tea", "trip", "job"):
+        await storage.store(key, f"ana {key}", **ANA, metadata={"topic": key})
+    await storage.store("tea", "bruno tea", **BRUNO, metadata={"topic": "tea"})
+    await storage.store("turn", "hello", scope=MemoryScope.SESSION, scope_id="s-1", ttl=3600)
+    await storage.store("rule", "be kind", scope=MemoryScope.GLOBAL)
+    await storage.store("gone", "expired", scope=MemoryScope.USER, scope_id="carla", ttl=1)
+    config = storage.config.model_copy(update={"tenant": "other"})
+    async with PostgresStorage[str, Any](config, HashingEmbedder(64)) as other:
+        await other.store("x", "another tenant's user", scope=MemoryScope.USER, scope_id="dan")
+    await asyncio.sleep(1.1)  # carla's only memory expires
+
+    everyone = await storage.owners()
+    assert everyone == [
+        MemoryOwner(MemoryScope.GLOBAL, "", 1),
+        MemoryOwner(MemoryScope.SESSION, "s-1", 1),
+        MemoryOwner(MemoryScope.USER, "ana", 3),
+        MemoryOwner(MemoryScope.USER, "bruno", 1),
+    ]
+    # A scope alone is every owner of that scope, not its default owner.
+    assert [o.scope_id for o in await storage.owners("user")] == ["ana", "bruno"]
+    assert await storage.owners(MemoryScope.USER, filter={"topic": "tea"}) == [
+        MemoryOwner(MemoryScope.USER, "ana", 1),
+        MemoryOwner(MemoryScope.USER, "bruno", 1),
+    ]
+    assert await storage.owners(types=MemoryType.SHORT_TERM) == []
+    assert await storage.owners(key_prefix="tr") == [MemoryOwner(MemoryScope.USER, "ana", 1)]
+    # Keyset pages: the last owner listed starts the next page.
+    pages, after = [], None
+    while page := await storage.owners(limit=3, after=after):
+        pages.append(page)
+        after = (page[-1].scope, page[-1].scope_id)
+    assert [len(page) for page in pages] == [3, 1] and sum(pages, []) == everyone
+    assert await storage.owners(after=("user", "ana")) == everyone[3:]
+    for bad in ({"limit": 0}, {"after": ("user",)}, {"after": ("nobody", "x")}):
+        with pytest.raises(MemoryValidationError):
+            await storage.owners(**bad)
+    with pytest.raises(MemoryValidationError):
+        await storage.owners("planet")

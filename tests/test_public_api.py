@@ -44,6 +44,7 @@ EXPECTED = {
     "MemoryPermissionError",
     "MemoryQuotaError",
     "StoredCount",
+    "MemoryOwner",
     "ConsolidationReport",
     "OwnerConsolidation",
     "MANAGED_FIELD",

@@ -41,6 +41,7 @@ READS = {
     "retrieve_many",
     "exists",
     "count",
+    "owners",
     "list",
     "similar",
     "stats",
@@ -144,6 +145,7 @@ async def test_reads_go_to_the_replica_and_writes_to_the_primary(cluster: Cluste
         assert set(await store.retrieve_many(["a", "n1", "n4"], **mine)) == {"a", "n1"}
         assert await store.exists("n2", **mine) and not await store.exists("n4", **mine)
         assert await store.count(**mine) == 5
+        assert [owner.memories for owner in await store.owners("user")] == [5]
         assert len(await store.list(**mine)) == 5
         assert len(await store.similar("n1", **mine)) == 4
         stats = await store.stats()
@@ -152,6 +154,7 @@ async def test_reads_go_to_the_replica_and_writes_to_the_primary(cluster: Cluste
         served = replica["operations"]
         # Every read named above was served by the replica; nothing else was sent to it.
         assert {"search", "retrieve", "retrieve_many", "exists", "count", "list"} <= set(served)
+        assert "owners" in served
         assert {"similar", "stats"} <= set(served)
         assert set(served) <= READS, served
         assert served["search"] == 3 and replica["reads"] == sum(served.values())

@@ -183,14 +183,24 @@ class ChatMessages:
         return messages
 
     async def keys(self, storage: PostgresStorage[Any, Any]) -> list[str]:
-        """Every chat key holding messages."""
-        # Every owner (a scope without an id would mean the default session only).
-        found = {
-            entry.scope_id
-            async for entry in storage.scan(filter={MANAGED_FIELD: MANAGED_BY})
-            if entry.scope is MemoryScope.SESSION
-        }
-        return sorted(found)
+        """Every chat key holding messages (counted in the database, a page at a time)."""
+        found: list[str] = []
+        after: tuple[MemoryScope, str] | None = None
+        while True:
+            owners = await storage.owners(
+                MemoryScope.SESSION,
+                filter={MANAGED_FIELD: MANAGED_BY},
+                limit=_KEYS_PAGE,
+                after=after,
+            )
+            found += [owner.scope_id for owner in owners]
+            if len(owners) < _KEYS_PAGE:
+                return found
+            after = (owners[-1].scope, owners[-1].scope_id)
+
+
+_KEYS_PAGE = 1_000
+"""Chat keys listed per query."""
 
 
 class _OverMemories:
