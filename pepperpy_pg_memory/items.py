@@ -240,6 +240,17 @@ def owner(
     return scope, scope_id
 
 
+def check_key_texts(given: str | Iterable[str] | None, name: str) -> None:
+    """Refuse ``keys`` or ``key_prefix`` values PostgreSQL would refuse (NUL characters,
+    lone surrogates) or that are not strings, before anything is sent."""
+    if given is None:
+        return
+    for text in [given] if isinstance(given, str) else given:
+        if not isinstance(text, str):
+            raise MemoryValidationError(f"{name} must be strings, not {type(text).__name__}")
+        to_json_value(text, name)
+
+
 def restriction(
     config: PostgresConfig,
     tenant: str,
@@ -260,6 +271,8 @@ def restriction(
         given = filter if name == "filter" else bounds.get(name)
         if given is not None and not isinstance(given, Mapping):
             raise MemoryValidationError(f"{name} must be a mapping")
+    for name in ("keys", "key_prefix"):
+        check_key_texts(bounds.get(name), name)
     return Restriction(
         tenant=tenant,
         scope=owner_scope,

@@ -214,7 +214,12 @@ class ReadRouter(Runner):
             try:
                 result = await replica.database.run(operation, work)
             except MemoryError as exc:
-                self._failed(replica, exc.__cause__ or exc)
+                cause = exc.__cause__ or exc
+                if isinstance(cause, asyncpg.DataError):
+                    # About the statement's values (a division by zero, a NUL in a text):
+                    # the primary would refuse them too, and the replica is fine.
+                    raise
+                self._failed(replica, cause)
             else:
                 replica.reads += 1
                 replica.operations[operation] += 1

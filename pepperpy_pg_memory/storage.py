@@ -1296,6 +1296,7 @@ class PostgresStorage(Generic[K, V]):
         if after is not None:
             if not (isinstance(after, tuple) and len(after) == 2 and isinstance(after[1], str)):
                 raise MemoryValidationError("after must be a (scope, scope_id) pair")
+            to_json_value(after[1], "after")  # NUL and surrogate check
             start = (as_enum(MemoryScope, after[0], "scope").value, after[1])
         restriction = replace(
             self._restriction(None, None, types, filter, key_prefix=key_prefix),

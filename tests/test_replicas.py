@@ -257,6 +257,35 @@ async def test_bookkeeping_writes_do_not_make_reads_wait(cluster: Cluster) -> No
         await store.close()
 
 
+async def test_a_bad_value_is_refused_without_blaming_the_replica(cluster: Cluster) -> None:
+    from pepperpy_pg_memory import MemoryValidationError
+    from pepperpy_pg_memory.sql import Query
+
+    store = await _store(cluster.config())
+    try:
+        await store.store("a", {"content": "x"}, scope="user", scope_id="u")
+        before = await store.stats()
+        # The server refuses the values (SQLSTATE class 22): the primary would refuse them
+        # as well, so the error is raised at once, the replica stays in rotation and the
+        # primary is not asked.
+        with pytest.raises(MemoryValidationError, match="division by zero"):
+            await store.reads.fetchval("probe", Query("SELECT 1 / $1::int", [0]))
+        after = await store.stats()
+        assert _replica(after)["healthy"] and _replica(after)["errors"] == 0
+        assert after["primary_reads"] == before["primary_reads"]
+        # Keys and prefixes PostgreSQL would refuse never reach a server.
+        for bad in ({"key_prefix": "a\x00"}, {"key_prefix": ("a", "b\x00")}):
+            with pytest.raises(MemoryValidationError, match="NUL"):
+                await store.count(**bad)
+        with pytest.raises(MemoryValidationError, match="NUL"):
+            await store.search(MemoryQuery(query="x", keys=frozenset({"a\x00"})))
+        with pytest.raises(MemoryValidationError, match="NUL"):
+            await store.owners(after=("user", "u\x00"))
+        assert _replica(await store.stats())["errors"] == 0
+    finally:
+        await store.close()
+
+
 async def _replayed(store: PostgresStorage[str, Any], key: str) -> bool:
     return await store.exists(key, scope="user", scope_id="u")
 

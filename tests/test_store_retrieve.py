@@ -14,6 +14,7 @@ from pepperpy_pg_memory import (
     MemoryError,
     MemoryIndex,
     MemoryNotFoundError,
+    MemoryQuery,
     MemoryScope,
     MemoryType,
     MemoryValidationError,
@@ -245,6 +246,28 @@ async def test_bad_values_are_rejected_and_nothing_is_written(
     with pytest.raises(MemoryValidationError, match=message):
         await storage.store("k", value)
     assert await storage.count() == 0
+
+
+@pytest.mark.parametrize(
+    "restriction, message",
+    [
+        ({"key_prefix": "a\x00"}, "NUL"),
+        ({"key_prefix": ("ok", "lone \ud800")}, "not valid Unicode"),
+        ({"key_prefix": ("ok", 7)}, "must be strings"),
+    ],
+)
+async def test_bad_key_restrictions_are_refused_before_the_server(
+    storage: PostgresStorage[str, Any], restriction: dict[str, Any], message: str
+) -> None:
+    # (The server would refuse them too, as "the server rejected the data"; with replicas,
+    # that used to count against the replica.)
+    await storage.store("a", "value")
+    for call in (storage.count, storage.list, storage.delete_many):
+        with pytest.raises(MemoryValidationError, match=message):
+            await call(**restriction)
+    with pytest.raises(MemoryValidationError, match="NUL"):
+        await storage.search(MemoryQuery(query="value", keys=frozenset({"a\x00"})))
+    assert await storage.count() == 1
 
 
 async def test_oversized_value_is_rejected(make_config: Any) -> None:
