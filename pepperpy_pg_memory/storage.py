@@ -78,6 +78,7 @@ from .models import (
     MemoryVersion,
     StoredCount,
     trusted,
+    trusted_from,
 )
 from .queries import AS_STORED_COLUMNS, ArrayPattern, ListOrder, Restriction, Statements
 from .replicas import ReadRouter
@@ -597,37 +598,38 @@ class PostgresStorage(Generic[K, V]):
         return None
 
     def _entry(self, row: asyncpg.Record, embedding: bool = False) -> MemoryEntry[V]:
+        # Row mapping is most of a fast read's Python time: one dict, built once, kept by
+        # the entry; enums by dictionary (the enum call is a few times slower).
         vector = row["embedding"] if embedding else None
-        return trusted(
-            MemoryEntry,
-            key=row["key"],
-            value=self._decode_value(row["value"]),
-            text=row["content"],
-            type=MemoryType(row["memory_type"]),
-            scope=MemoryScope(row["scope"]),
-            scope_id=row["scope_id"],
-            indices=_indices(tuple(row["indices"])),
-            metadata=row["metadata"],
-            embedding=None if vector is None else _vector_list(vector),
-            deduplicated=False,
-            **{column: row[column] for column in AS_STORED_COLUMNS},
-        )
+        values = {
+            "key": row["key"],
+            "value": self._decode_value(row["value"]),
+            "text": row["content"],
+            "type": _member(_MEMORY_TYPES, MemoryType, row["memory_type"]),
+            "scope": _member(_SCOPES, MemoryScope, row["scope"]),
+            "scope_id": row["scope_id"],
+            "indices": _indices(tuple(row["indices"])),
+            "metadata": row["metadata"],
+            "embedding": None if vector is None else _vector_list(vector),
+            "deduplicated": False,
+        }
+        for column in AS_STORED_COLUMNS:
+            values[column] = row[column]
+        return trusted_from(MemoryEntry, values)
 
     def _result(
         self, row: asyncpg.Record, index: MemoryIndex, embedding: bool = False
     ) -> MemorySearchResult[V]:
-        ranked = _optional_float(row, "ranked_score")
-        return trusted(
-            MemorySearchResult,
-            entry=self._entry(row, embedding=embedding),
-            score=float(row["score"]) if ranked is None else ranked,
-            index_type=index,
-            semantic_score=_optional_float(row, "semantic_score"),
-            contextual_score=_optional_float(row, "contextual_score"),
-            relevance_score=_optional_float(row, "relevance_score"),
-            recency_score=_optional_float(row, "recency_score"),
-            importance_score=_optional_float(row, "importance_score"),
-        )
+        # Only some statements give a ranked score or score parts (fusion's, ranking's).
+        ranked = _optional_float(row["ranked_score"]) if "ranked_score" in row else None
+        values: dict[str, Any] = {
+            "entry": self._entry(row, embedding=embedding),
+            "score": float(row["score"]) if ranked is None else ranked,
+            "index_type": index,
+        }
+        for part in _SCORE_PARTS:
+            values[part] = _optional_float(row[part]) if part in row else None
+        return trusted_from(MemorySearchResult, values)
 
     # --- checking input ------------------------------------------------------------------
     def _restriction(
@@ -2626,6 +2628,24 @@ def _check_unambiguous(identities: Iterable[Identity]) -> None:
             raise AmbiguousKeyError(key, count)
 
 
-def _optional_float(row: asyncpg.Record, column: str) -> float | None:
-    value = row.get(column)  # (a missing column costs no exception: six a search result)
+def _optional_float(value: Any) -> float | None:
     return None if value is None else float(value)
+
+
+_MEMORY_TYPES = {member.value: member for member in MemoryType}
+_SCOPES = {member.value: member for member in MemoryScope}
+_SCORE_PARTS = (
+    "semantic_score",
+    "contextual_score",
+    "relevance_score",
+    "recency_score",
+    "importance_score",
+)
+
+E = TypeVar("E", MemoryType, MemoryScope)
+
+
+def _member(members: Mapping[str, E], kind: type[E], value: str) -> E:
+    """``kind(value)`` by dictionary (an unknown value raises as the enum call does)."""
+    found = members.get(value)
+    return found if found is not None else kind(value)

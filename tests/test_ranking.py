@@ -164,7 +164,8 @@ async def test_importance_and_recency_reorder_the_candidates(
         MemoryQuery(query="green tea", limit=3, ranking=recency, **ANA)
     )
     assert [hit.entry.key for hit in by_recency][0] == "m0"
-    assert all(0 <= (hit.recency_score or 0) <= 1 for hit in by_recency)
+    recencies = [hit.recency_score for hit in by_recency]
+    assert all(score is not None and 0 <= score <= 1 for score in recencies), recencies
 
     # Relevance is the index's score in [0, 1]: (1 + cosine) / 2 for semantic search.
     mixed = await storage.search(MemoryQuery(query="green tea", limit=3, ranking=Ranking(), **ANA))
