@@ -212,6 +212,9 @@ class Database(Runner):
         self.after_write: Callable[[asyncpg.Connection], Awaitable[None]] | None = None
         """Run on the connection after every operation that may have written (with read
         replicas: to note the WAL position reads must wait for)."""
+        self.reading: Runner = _PrimaryReads(self)
+        """The same pool for statements that only read but must read the primary (history,
+        scans, look-ups before a write): they set no read-your-writes horizon."""
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -329,6 +332,16 @@ class Database(Runner):
                 await pool.release(conn)
 
         return await retrying(config, operation, attempt)
+
+
+class _PrimaryReads(Runner):
+    """:class:`Database` for statements that only read (see ``Database.reading``)."""
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+
+    async def run(self, operation: str, work: Work[T]) -> T:
+        return await self.database.run(operation, work, visible_to_reads=False)
 
 
 async def in_one_transaction(

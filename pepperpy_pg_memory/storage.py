@@ -407,7 +407,7 @@ class PostgresStorage(Generic[K, V]):
         )
 
     async def _holds_vectors(self) -> bool:
-        return bool(await self.database.fetchval("start", self._statements.holds_vectors()))
+        return bool(await self.database.reading.fetchval("start", self._statements.holds_vectors()))
 
     async def _record_embedder(self) -> None:
         self._use_layout(replace(self.layout, embedder=self._identity))
@@ -677,7 +677,7 @@ class PostgresStorage(Generic[K, V]):
                 if write.embedding is None:
                     missing.append(write)
         if missing:
-            rows = await self.database.fetch(
+            rows = await self.database.reading.fetch(
                 "store",
                 self._statements.known_hashes(self._tenant, [w.identity for w in missing]),
                 timeout=self._timeout_for(len(missing)),
@@ -1078,7 +1078,9 @@ class PostgresStorage(Generic[K, V]):
     async def _owners_of(
         self, keys: builtins.list[str], restriction: Restriction
     ) -> builtins.list[Identity]:
-        rows = await self.database.fetch("lookup", self._statements.owners_of(keys, restriction))
+        rows = await self.database.reading.fetch(
+            "lookup", self._statements.owners_of(keys, restriction)
+        )
         return [_identity(row) for row in rows]
 
     async def _ambiguous(self, key: str, restriction: Restriction) -> AmbiguousKeyError:
@@ -1420,7 +1422,7 @@ class PostgresStorage(Generic[K, V]):
         )
         after: Identity | None = None
         while True:
-            rows = await self.database.fetch(
+            rows = await self.database.reading.fetch(
                 "scan",
                 self._statements.scan_page(restriction, after, page_size, include_embedding),
             )
@@ -1487,7 +1489,7 @@ class PostgresStorage(Generic[K, V]):
         owned = None if owner_scope is None else (owner_scope.value, owner_id or "")
         after: tuple[str, str, str, int] | None = None
         while True:
-            rows = await self.database.fetch(
+            rows = await self.database.reading.fetch(
                 "export", self._history_sql.page(self._tenant, owned, after, EXPORT_PAGE)
             )
             for row in rows:
@@ -1505,7 +1507,7 @@ class PostgresStorage(Generic[K, V]):
         if not entries:
             return {}
         identities = [Identity(e.scope.value, e.scope_id, e.key) for e in entries]
-        rows = await self.database.fetch(
+        rows = await self.database.reading.fetch(
             "export", self._statements.passages_of(self._tenant, identities)
         )
         return {_identity(row): builtins.list(row["passages"]) for row in rows}
@@ -1829,7 +1831,9 @@ class PostgresStorage(Generic[K, V]):
         if owner_scope is not None:
             assert owner_id is not None
             return Identity(owner_scope.value, owner_id, key)
-        rows = await self.database.fetch("history", self._history_sql.owners_of(self._tenant, key))
+        rows = await self.database.reading.fetch(
+            "history", self._history_sql.owners_of(self._tenant, key)
+        )
         if not rows:
             raise MemoryNotFoundError(key)
         if len(rows) > 1:
@@ -1858,7 +1862,7 @@ class PostgresStorage(Generic[K, V]):
         if limit is not None and (isinstance(limit, bool) or not 1 <= limit <= 100_000):
             raise MemoryValidationError("limit must be None or in [1, 100000]")
         identity = await self._named(checked, scope, scope_id)
-        rows = await self.database.fetch(
+        rows = await self.database.reading.fetch(
             "history", self._history_sql.versions(self._tenant, identity, limit)
         )
         return [self._version(row, include_embedding) for row in rows]
@@ -2437,7 +2441,9 @@ class PostgresStorage(Generic[K, V]):
                 return None
             return Identity(*position)
         # Releases before the backfill table kept one position per table in the registry.
-        saved = await self.database.fetchval("reindex", self._statements.load_reindex_cursor())
+        saved = await self.database.reading.fetchval(
+            "reindex", self._statements.load_reindex_cursor()
+        )
         return maintenance.decode_cursor(saved, self._tenant)
 
     async def _reindex_passages(self, batch: int) -> None:
@@ -2446,7 +2452,7 @@ class PostgresStorage(Generic[K, V]):
         statements, tenant = self._statements, self._tenant
         after: tuple[Any, ...] = ("", "", "", -1)
         while True:
-            rows = await self.database.fetch(
+            rows = await self.database.reading.fetch(
                 "reindex", statements.passages_batch(tenant, after, batch)
             )
             if not rows:

@@ -228,10 +228,11 @@ async def test_a_paused_replica_lags_and_leaves_the_rotation(cluster: Cluster) -
         await lagging.close()
 
 
-async def test_bookkeeping_writes_do_not_make_reads_wait(cluster: Cluster) -> None:
+async def test_bookkeeping_and_primary_reads_do_not_make_reads_wait(cluster: Cluster) -> None:
     # Read counts and term statistics are written on the primary in the background; reads
     # need not see them at once, so they must not hold reads back until a replica replays
-    # them (with replay paused, such a read would wait, then go to the primary).
+    # them (with replay paused, such a read would wait, then go to the primary). Reads that
+    # run on the primary (history, scans) write nothing: they must not either.
     store = await _store(cluster.config(replica_wait_timeout=0.2, replica_max_lag=30))
     mine: dict[str, Any] = {"scope": "user", "scope_id": "u"}
     try:
@@ -243,6 +244,8 @@ async def test_bookkeeping_writes_do_not_make_reads_wait(cluster: Cluster) -> No
             assert (await store.retrieve("note", **mine)).key == "note"
         await store.flush_access_counts()
         await store.refresh_term_statistics()
+        assert [v.version for v in await store.history("note", **mine)] == [1]
+        assert [entry.key async for entry in store.scan(**mine)] == ["note"]
         before = await store.stats()
         assert await store.count(**mine) == 1
         after = await store.stats()
