@@ -92,6 +92,14 @@ def _walk_wider(params: Params, ef_search: int) -> str:
     return f" AND (SELECT set_config('hnsw.ef_search', {value}, true)) IS NOT NULL"
 
 
+RESORTED = "distance + 0"
+"""What a re-sort of an HNSW walk's rows orders by. With relaxed-order iterative scans the walk
+returns rows roughly by distance; PostgreSQL 17+ carries a materialised CTE's ORDER BY out
+to the query reading it and would trust that order (an incremental sort that only sorts rows
+of equal distance). ``+ 0`` is an expression the CTE is not ordered by, so the rows are
+sorted for real (pgvector's documented form)."""
+
+
 def _page(params: Params, order: str, limit: int, offset: int) -> str:
     """``ORDER BY`` the best first, ties broken by identity, then the page."""
     # Unqualified: the identity columns are merged by the joins' USING, or come from a CTE.
@@ -161,7 +169,7 @@ class SearchStatements:
                     {self._nearest_in(written, columns, vector, where, want, distance)}
                     UNION ALL
                     {self._nearest_in(replaced, columns, vector, where, want, distance)}
-                ) both_parts ORDER BY {distance} LIMIT {want}
+                ) both_parts ORDER BY {distance} + 0 LIMIT {want}
             """
         return self._nearest_in(f"{self.table} m WHERE", columns, vector, where, want, distance)
 
@@ -222,7 +230,7 @@ class SearchStatements:
                     {self._passages_exist(params, restriction.tenant)} AS passages_exist
                 FROM hits
                 WHERE {_at_least(params, "1 - distance", min_score)}
-                {_page(params, "distance", limit, offset)}
+                {_page(params, RESORTED, limit, offset)}
             """
             return Query(sql, params.values)
         # A memory with passages counts by its best vector: its own or a passage's. Memories
@@ -249,7 +257,7 @@ class SearchStatements:
             )
             SELECT *, 1 - distance AS score FROM merged
             WHERE {_at_least(params, "1 - distance", min_score)}
-            {_page(params, "distance", limit, offset)}
+            {_page(params, RESORTED, limit, offset)}
         """
         return Query(sql, params.values)
 
@@ -548,7 +556,7 @@ class SearchStatements:
             WITH {semantic},
             semantic_ranked AS (
                 SELECT {_OWNER_KEY}, 1 - distance AS semantic_score,
-                       row_number() OVER (ORDER BY distance, {_OWNER_KEY}) AS rank
+                       row_number() OVER (ORDER BY {RESORTED}, {_OWNER_KEY}) AS rank
                 FROM semantic
             ),
             {ctes},
@@ -661,7 +669,7 @@ class SearchStatements:
             )
             SELECT *, 1 - distance AS score, 1 - distance AS semantic_score FROM hits
             WHERE distance IS NOT NULL AND {_at_least(params, "1 - distance", min_score)}
-            ORDER BY distance, key, scope, scope_id
+            ORDER BY {RESORTED}, key, scope, scope_id
         """
         return Query(sql, params.values)
 

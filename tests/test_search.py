@@ -325,3 +325,37 @@ async def test_filtered_searches_walk_the_graph_further(make_config: Any) -> Non
     async with PostgresStorage[str, Any](same, HashingEmbedder(64)) as store:
         assert len(await store.search(query)) <= 1  # and the setting is what made the change
         assert len(await store.similar("k1", limit=5, filter={"even": True})) <= 1
+
+
+async def test_results_come_best_first_when_the_graph_walk_returns_them_out_of_order(
+    make_config: Any,
+) -> None:
+    # Relaxed-order iterative scans (the default) return rows roughly by distance once a walk
+    # needs more than one round (here: ef_search 10, 100 results). The statements sort them
+    # again; PostgreSQL 17+ must not take the walk's order for granted when they do.
+    import numpy as np
+
+    config = make_config(hnsw_ef_search=10, hnsw_ef_search_filtered=10)
+    vectors = np.random.default_rng(11).normal(size=(4020, 32)).astype(np.float32)
+    async with PostgresStorage[str, Any](config, HashingEmbedder(32)) as store:
+        await store.store_many(
+            {"key": f"k{i}", "value": f"note {i}", "embedding": vectors[i].tolist()}
+            for i in range(4000)
+        )
+        async with store.database.pool.acquire() as conn:  # the planner must see the table
+            await conn.execute(f"ANALYZE {store.layout.qualified_table}")
+
+        def best_first(results: Any) -> bool:
+            scores = [r.score for r in results]
+            return all(a >= b for a, b in zip(scores, scores[1:], strict=False))
+
+        for probe in vectors[4000:]:
+            query = MemoryQuery(embedding=probe.tolist(), limit=100)
+            page = await store.search(query)
+            assert len(page) == 100 and best_first(page)
+            # Offset pages line up with the one long page.
+            second = await store.search(query.model_copy(update={"limit": 50, "offset": 50}))
+            assert [r.entry.key for r in second] == [r.entry.key for r in page[50:]]
+        assert best_first(await store.similar("k1", limit=100))
+        hybrid = MemoryQuery(query="note", embedding=vectors[4000].tolist(), index_type="hybrid")
+        assert best_first(await store.search(hybrid.model_copy(update={"limit": 100})))
