@@ -227,7 +227,7 @@ class ReadRouter(Runner):
             finally:
                 replica.in_flight -= 1
         self.primary_reads += 1
-        return await self.primary.run(operation, work, visible_to_reads=False)
+        return await self.primary.reading.run(operation, work)
 
     def _choose(self) -> _Replica | None:
         healthy = [replica for replica in self.replicas if replica.healthy]
@@ -293,12 +293,7 @@ class ReadRouter(Runner):
         await asyncio.gather(*(self._check(replica) for replica in self.replicas))
 
     async def _primary_position(self) -> int:
-        sql = PRIMARY_POSITION.sql
-        return self._end(
-            await self.primary.run(
-                "replicas", lambda conn: conn.fetchval(sql), visible_to_reads=False
-            )
-        )
+        return self._end(await self.primary.reading.fetchval("replicas", PRIMARY_POSITION))
 
     async def _check(self, replica: _Replica) -> None:
         timeout = min(self.config.connect_timeout, max(self.config.replica_check_interval, 1.0))

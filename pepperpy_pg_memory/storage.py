@@ -1131,7 +1131,7 @@ class PostgresStorage(Generic[K, V]):
             scope, scope_id, as_of=_moment(as_of, "as_of"), include_invalid=include_invalid
         )
         # The store's own look-ups (counted=False) precede writes: they read the primary.
-        runner = self.reads if counted else self.database
+        runner = self.reads if counted else self.database.reading
         if as_of is None:
             rows = await runner.fetch(
                 "retrieve", self._statements.retrieve(checked, restriction, include_embedding)
