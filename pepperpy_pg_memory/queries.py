@@ -332,6 +332,12 @@ class Statements:
         sources = [item for item in (source, context) if item]
         if sources:
             body = f"SELECT {', '.join(expressions)} FROM {', '.join(sources)}"
+            if source:
+                # Rows are written (and so locked) in the identity order every writer follows:
+                # two batches over the same memories never wait for each other in a cycle.
+                body += " ORDER BY " + ", ".join(
+                    values[column] for column in ("scope", "scope_id", "key")
+                )
         else:
             body = f"VALUES ({', '.join(expressions)})"
         tail = self._upsert_tail(restoring=bool(moments))
@@ -466,10 +472,19 @@ class Statements:
         )
 
     def touch(self, tenant: str, identities: Sequence[Identity], ttl: Any) -> Query:
+        # A refresh is bookkeeping of a read: it never waits for a writer (a memory being
+        # written is skipped; its write sets its own expiry) and locks what it takes in the
+        # identity order every writer follows, so it can close no cycle of waits.
         params = Params([tenant, ttl])
         return Query(
-            f"UPDATE {self.table} m SET expires_at = now() + $2::interval "
-            f"WHERE m.tenant = $1 AND {_in_identities(params, identities)} AND {_LIVE}",
+            f"""
+            UPDATE {self.table} t SET expires_at = now() + $2::interval
+            FROM (SELECT {_M_OWNER_KEY} FROM {self.table} m
+                  WHERE m.tenant = $1 AND {_in_identities(params, identities)} AND {_LIVE}
+                  ORDER BY {_M_OWNER_KEY} FOR NO KEY UPDATE SKIP LOCKED) locked
+            WHERE t.tenant = locked.tenant AND t.scope = locked.scope
+              AND t.scope_id = locked.scope_id AND t.key = locked.key
+            """,
             params.values,
         )
 
@@ -674,7 +689,13 @@ class Statements:
     def delete_many(self, restriction: Restriction, change: Change = PLAIN) -> Query:
         params = Params()
         using = f"USING {change_context(params, change)}" if change.said else ""
-        sql = f"DELETE FROM {self.table} m {using} WHERE {restriction.conditions(params)}"
+        # Rows are locked in the identity order every writer follows, before any is deleted.
+        sql = f"""
+            DELETE FROM {self.table} d {using} WHERE ({_OWNER_KEY}) IN (
+                SELECT {_M_OWNER_KEY} FROM {self.table} m
+                WHERE {restriction.conditions(params)}
+                ORDER BY {_M_OWNER_KEY} FOR UPDATE)
+        """
         return Query(sql, params.values)
 
     def delete_expired_batch(self, restriction: Restriction, batch: int) -> Query:

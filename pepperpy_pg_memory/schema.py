@@ -648,7 +648,7 @@ def _history_function_names(layout: TableLayout) -> tuple[str, str]:
 def _history_functions(layout: TableLayout, versioned: tuple[str, ...]) -> list[str]:
     """(Re)create the trigger functions that number a memory's versions and record them,
     copying the ``versioned`` columns into the history."""
-    history = layout.qualified_history
+    table, history = layout.qualified_table, layout.qualified_history
     number, record = _history_function_names(layout)
     columns = ", ".join(versioned)
     old = ", ".join(f"OLD.{column}" for column in versioned)
@@ -678,9 +678,18 @@ def _history_functions(layout: TableLayout, versioned: tuple[str, ...]) -> list[
                 RETURN NEW;
             END IF;
             IF TG_OP = 'INSERT' THEN
-                -- A memory deleted and stored again continues its numbering.
-                NEW.version := coalesce(
-                    (SELECT max(h.version) FROM {history} h WHERE {inserted}), 0) + 1;
+                -- A memory deleted and stored again continues its numbering. A writer of
+                -- the memory that has not committed (a delete above all, whose version the
+                -- history does not show yet) is waited for on the memory's row, the lock
+                -- every writer of it takes first; the next statement's snapshot then shows
+                -- its version. A live row means this insert becomes an update, which
+                -- numbers itself.
+                PERFORM 1 FROM {table} m WHERE {same_memory("m", "NEW")}
+                    FOR NO KEY UPDATE;
+                IF NOT FOUND THEN
+                    NEW.version := coalesce(
+                        (SELECT max(h.version) FROM {history} h WHERE {inserted}), 0) + 1;
+                END IF;
                 NEW.in_history := {recording};
             ELSIF NEW.updated_at IS DISTINCT FROM OLD.updated_at THEN
                 NEW.version := OLD.version + 1;
@@ -922,6 +931,18 @@ def _quota_function(layout: TableLayout) -> str:
         f"AND NOT m.metadata ? '{MANAGED_FIELD}'"
     )
     setting = "current_setting('{}', true)".format
+    candidates = f"""
+        SELECT m.scope, m.scope_id, m.key FROM {table} m
+        LEFT JOIN {layout.qualified_access} a ON {same_memory("a", "m")}
+        WHERE {owner} AND m.memory_type <> 'long_term'
+          AND m.xmin <> pg_current_xact_id()::xid
+        ORDER BY m.importance, coalesce(a.last_accessed_at, m.created_at), m.key"""
+    victims, victims_left = f"{candidates} LIMIT excess", f"{candidates} LIMIT excess - evicted"
+    evict = f"""DELETE FROM {table} m WHERE m.tenant = NEW.tenant AND m.scope = victim.scope
+                    AND m.scope_id = victim.scope_id AND m.key = victim.key;
+                IF FOUND THEN
+                    evicted := evicted + 1;
+                END IF;"""
     return f"""
         CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $quota$
         DECLARE
@@ -959,26 +980,31 @@ def _quota_function(layout: TableLayout) -> str:
                     set_config('{HISTORY_OPERATION_SETTING}', 'evict', true),
                     set_config('{HISTORY_REASON_SETTING}',
                         format('quota: at most %s memories per owner', quota), true);
-            FOR victim IN
-                SELECT m.scope, m.scope_id, m.key FROM {table} m
-                LEFT JOIN {layout.qualified_access} a ON {same_memory("a", "m")}
-                WHERE {owner} AND m.memory_type <> 'long_term'
-                  AND m.xmin <> pg_current_xact_id()::xid
-                ORDER BY m.importance, coalesce(a.last_accessed_at, m.created_at), m.key
-                LIMIT excess
-            LOOP
-                DELETE FROM {table} m WHERE m.tenant = NEW.tenant AND m.scope = victim.scope
-                    AND m.scope_id = victim.scope_id AND m.key = victim.key;
-                evicted := evicted + 1;
+            -- Victims another transaction is writing are passed over first: waiting for one
+            -- while holding the owner's lock could close a cycle with a writer that holds
+            -- it and wants the lock. Only when the free ones are too few are the others
+            -- waited for (a delete or a TTL refresh, which never wants the owner's lock).
+            FOR victim IN {victims} FOR UPDATE OF m SKIP LOCKED LOOP
+                {evict}
             END LOOP;
+            IF evicted < excess THEN
+                FOR victim IN {victims_left} FOR UPDATE OF m LOOP
+                    {evict}
+                END LOOP;
+            END IF;
             PERFORM set_config('{HISTORY_SETTING}', coalesce(saved[1], ''), true),
                     set_config('{HISTORY_OPERATION_SETTING}', coalesce(saved[2], ''), true),
                     set_config('{HISTORY_REASON_SETTING}', coalesce(saved[3], ''), true);
             IF evicted < excess THEN
-                RAISE EXCEPTION USING ERRCODE = '{QUOTA_SQLSTATE}',
-                    MESSAGE = format('%s:%s holds %s memories, the most allowed is %s, and none '
-                        'it could give up is older than this write and not long-term',
-                        NEW.scope, NEW.scope_id, held, quota);
+                -- Memories deleted meanwhile by the writers waited for count too.
+                SELECT count(*) INTO held FROM (
+                    SELECT 1 FROM {table} m WHERE {owner} LIMIT quota + 100) counted;
+                IF held >= quota THEN
+                    RAISE EXCEPTION USING ERRCODE = '{QUOTA_SQLSTATE}',
+                        MESSAGE = format('%s:%s holds %s memories, the most allowed is %s, '
+                            'and none it could give up is older than this write and not '
+                            'long-term', NEW.scope, NEW.scope_id, held, quota);
+                END IF;
             END IF;
             RETURN NEW;
         END
@@ -1048,6 +1074,24 @@ def _v13_bounded_quota_count(layout: TableLayout) -> list[str]:
     return [_quota_function(layout)]
 
 
+def _v14_ordered_writers(layout: TableLayout) -> list[str]:
+    # Version numbers waited for a concurrent delete only through the primary key, after the
+    # number was taken (a duplicate version under a delete and a re-store); quota eviction
+    # waited for rows other writers held while it held the owner's lock (a deadlock).
+    # Locks follow one order: the owner's advisory lock (quota, deduplication), then the
+    # memories' rows in identity order. BEFORE triggers fire in name order, so the numbering
+    # trigger, which now locks the row, is renamed to fire after the quota's.
+    table = layout.qualified_table
+    number, _ = _history_function_names(layout)
+    return [
+        *_history_functions(layout, _V9_VERSIONED_COLUMNS),
+        _quota_function(layout),
+        f"DROP TRIGGER IF EXISTS {layout.index_name('number_version')} ON {table}",
+        f"CREATE OR REPLACE TRIGGER {layout.index_name('version')} "
+        f"BEFORE INSERT OR UPDATE ON {table} FOR EACH ROW EXECUTE FUNCTION {number}()",
+    ]
+
+
 Migration = Callable[[TableLayout], list[str]]
 
 MIGRATIONS: list[Migration] = [
@@ -1064,6 +1108,7 @@ MIGRATIONS: list[Migration] = [
     _v11_quota,
     _v12_dedupe_calendar_and_negation,
     _v13_bounded_quota_count,
+    _v14_ordered_writers,
 ]
 """Append-only. Position i (0-based) is schema version i + 1."""
 
