@@ -23,7 +23,12 @@ import asyncpg
 from pgvector.asyncpg import register_vector
 
 from .config import PostgresConfig
-from .errors import MemoryError, MemoryTimeoutError
+from .errors import (
+    MemoryConnectionError,
+    MemoryError,
+    MemoryOutcomeUnknownError,
+    MemoryTimeoutError,
+)
 from .faults import ConnectionLost, backoff_delay, is_transient, translate
 from .history import AS_OF_SETTING
 from .metrics import Metrics
@@ -299,8 +304,12 @@ class Database(Runner):
         self.check_loop(operation)
         config = self.config
         after_write = self.after_write
+        # Whether some attempt's statements reached the server: a write whose connection
+        # then broke may have committed.
+        sent = False
 
         async def attempt() -> T:
+            nonlocal sent
             self.metrics.waiting += 1
             try:
                 conn = await _acquire(pool, config.pool_timeout)
@@ -313,12 +322,13 @@ class Database(Runner):
             finally:
                 self.metrics.waiting -= 1
             try:
+                sent = True
                 result = await work(typing.cast(asyncpg.Connection, conn))
                 if after_write is not None and visible_to_reads:
                     await after_write(conn)
                 return result
             except asyncpg.InterfaceError as exc:
-                if not conn.is_closed():
+                if not _is_broken(conn):
                     raise
                 raise ConnectionLost(str(exc)) from exc
             except Exception as exc:
@@ -331,7 +341,28 @@ class Database(Runner):
             finally:
                 await pool.release(conn)
 
-        return await retrying(config, operation, attempt)
+        try:
+            return await retrying(config, operation, attempt)
+        except MemoryTimeoutError:
+            raise  # the server cancels a statement that timed out: it did not commit
+        except MemoryConnectionError as exc:
+            if not (sent and visible_to_reads):
+                raise
+            raise MemoryOutcomeUnknownError(
+                f"{operation}: the connection broke after the write was sent and the retries "
+                "ran out, so whether it took effect is unknown; writing it again is safe "
+                f"({exc})"
+            ) from exc
+
+
+def _is_broken(conn: Any) -> bool:
+    """Whether a pooled connection died under a statement. asyncpg hands a connection that
+    closed back to the pool at once, and its proxy then refuses every call, ``is_closed``
+    included."""
+    try:
+        return bool(conn.is_closed())
+    except asyncpg.InterfaceError:
+        return True
 
 
 class _PrimaryReads(Runner):

@@ -57,6 +57,16 @@ class MemoryConnectionError(MemoryError, builtins.ConnectionError):
     """The server could not be reached, or the connection broke and retries ran out."""
 
 
+class MemoryOutcomeUnknownError(MemoryConnectionError):
+    """A write reached the server, then its connection broke before the server said whether
+    it committed, and the retries ran out: the write may or may not have taken effect.
+
+    Writes are safe to repeat (storing a memory exactly as it is records no new version), so
+    the caller may store again once the database is back, or read the memory to learn what
+    it holds. Never raised for a write that is known to have failed.
+    """
+
+
 class MemoryTimeoutError(MemoryConnectionError, builtins.TimeoutError):
     """An operation, or the wait for a free pooled connection, exceeded its timeout."""
 

@@ -19,7 +19,7 @@ from .errors import MemoryValidationError
 from .history import Change
 from .queries import STAGING_COLUMNS, Restriction
 from .schema import MAX_SCOPE_ID_BYTES
-from .types import STORABLE_INDICES, Identity, MemoryIndex, MemoryScope, MemoryType
+from .types import MANAGED_FIELD, STORABLE_INDICES, Identity, MemoryIndex, MemoryScope, MemoryType
 from .values import EncodedJSON, check_bytes, encode_json, to_json_value, validate_key
 from .vectors import Vector, content_hash, one_vector
 
@@ -65,6 +65,10 @@ class MemoryItem(_RequiredItem, total=False):
     """Texts embedded one by one beside the memory's own (see ``store``)."""
     importance: float
     """In [0, 1]; 0.5 when not given."""
+    managed_by: str
+    """For adapters only: the adapter whose record this is (kept in metadata under
+    ``MANAGED_FIELD``, which callers' own metadata may not name). Such records are read back
+    by the adapter that wrote them and left out of quotas, deduplication and consolidation."""
 
 
 ITEM_FIELDS = frozenset(MemoryItem.__annotations__)
@@ -302,6 +306,7 @@ def prepare_write(
     text: str | None = None,
     passages: Sequence[str] | None = None,
     importance: float = DEFAULT_IMPORTANCE,
+    managed_by: str | None = None,
 ) -> PendingWrite:
     """One write, checked: every rule a memory must meet before anything is sent.
 
@@ -329,6 +334,16 @@ def prepare_write(
         json_metadata = to_json_value(metadata, "metadata")
     else:
         raise MemoryValidationError("metadata must be a mapping")
+    if MANAGED_FIELD in json_metadata and json_metadata[MANAGED_FIELD] != managed_by:
+        # The marker exempts a record from the quota and puts it in an adapter's reads: a
+        # caller who could set it could do both.
+        raise MemoryValidationError(
+            f"metadata of {key!r}: {MANAGED_FIELD!r} is reserved for the adapters' own records"
+        )
+    if managed_by is not None:
+        if not isinstance(managed_by, str) or not managed_by:
+            raise MemoryValidationError("managed_by must be a non-empty str")
+        json_metadata = {**json_metadata, MANAGED_FIELD: managed_by}
     indexed = text_of(value) if text is None else text
     if not isinstance(indexed, str):
         raise MemoryValidationError(

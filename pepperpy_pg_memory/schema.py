@@ -637,6 +637,9 @@ _V8_VERSIONED_COLUMNS = (
 )
 
 
+_NOT_COMPARED = ("tenant", "scope", "scope_id", "key", "version", "created_at", "expires_at")
+
+
 def _history_function_names(layout: TableLayout) -> tuple[str, str]:
     """The table's trigger functions: the one numbering versions, the one recording them."""
     return (
@@ -654,12 +657,19 @@ def _history_functions(layout: TableLayout, versioned: tuple[str, ...]) -> list[
     old = ", ".join(f"OLD.{column}" for column in versioned)
     new = ", ".join(f"NEW.{column}" for column in versioned)
     inserted, replaced = same_memory("h", "NEW"), same_memory("h", "OLD")
+    # What makes a version differ from the one before (not its moments or its expiry).
+    compared = [column for column in versioned if column not in _NOT_COMPARED]
+    old_content = ", ".join(f"OLD.{column}" for column in compared)
+    new_content = ", ".join(f"NEW.{column}" for column in compared)
     setting = "nullif(current_setting('{}', true), '')".format
     recording = f"coalesce(current_setting('{HISTORY_SETTING}', true), '') <> 'off'"
     importing = f"coalesce(current_setting('{IMPORTING_SETTING}', true), '') = 'on'"
     return [
         f"""
         CREATE OR REPLACE FUNCTION {number}() RETURNS trigger LANGUAGE plpgsql AS $version$
+        DECLARE
+            last_version integer;
+            last_at timestamptz;
         BEGIN
             IF {importing} THEN
                 -- An import bringing its own history: rows keep the versions they had,
@@ -687,10 +697,27 @@ def _history_functions(layout: TableLayout, versioned: tuple[str, ...]) -> list[
                 PERFORM 1 FROM {table} m WHERE {same_memory("m", "NEW")}
                     FOR NO KEY UPDATE;
                 IF NOT FOUND THEN
-                    NEW.version := coalesce(
-                        (SELECT max(h.version) FROM {history} h WHERE {inserted}), 0) + 1;
+                    SELECT h.version, h.at INTO last_version, last_at FROM {history} h
+                    WHERE {inserted} ORDER BY h.version DESC LIMIT 1;
+                    NEW.version := coalesce(last_version, 0) + 1;
+                    -- The write's moment was taken before it waited: versions keep the
+                    -- order of their moments.
+                    IF NEW.updated_at <= last_at THEN
+                        NEW.updated_at := clock_timestamp();
+                    END IF;
                 END IF;
                 NEW.in_history := {recording};
+            ELSIF NEW.updated_at IS DISTINCT FROM OLD.updated_at
+                  AND {setting(HISTORY_OPERATION_SETTING)} IS NULL
+                  AND NEW.created_at = OLD.created_at
+                  AND ROW({old_content}) IS NOT DISTINCT FROM ROW({new_content}) THEN
+                -- The memory written again as it is (a write retried after its connection
+                -- broke, above all): no new version, so a retry is safe. An expiry given
+                -- with it still applies. A named operation (a reinforcement, a restore)
+                -- is an event of its own and is recorded.
+                NEW.updated_at := OLD.updated_at;
+                NEW.version := OLD.version;
+                NEW.in_history := OLD.in_history;
             ELSIF NEW.updated_at IS DISTINCT FROM OLD.updated_at THEN
                 NEW.version := OLD.version + 1;
                 NEW.in_history := {recording};

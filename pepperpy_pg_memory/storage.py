@@ -212,7 +212,7 @@ class PostgresStorage(Generic[K, V]):
         self.metrics = Metrics()
         self.database = Database(self.config, self.metrics)
         """The pool and how statements run on it (for monitoring and tests)."""
-        self.reads: Runner = self.database
+        self.reads: Runner = self.database.reading
         """Where the reads a replica may serve run: the primary, or a :class:`ReadRouter`
         over the replicas when there are any."""
         self._router: ReadRouter | None = None
@@ -552,7 +552,7 @@ class PostgresStorage(Generic[K, V]):
         await self._term_stats.stop()
         await self._access.stop()
         router, self._router = self._router, None
-        self.reads = self.database
+        self.reads = self.database.reading
         if router is not None:
             await router.close()
         await self.database.close()
@@ -1321,6 +1321,7 @@ class PostgresStorage(Generic[K, V]):
         depth: int | None = None,
         scope: Scope = None,
         scope_id: str | None = None,
+        filter: Mapping[str, Any] | None = None,
         key_prefix: str | tuple[str, ...] | None = None,
         limit: int = 100,
         offset: int = 0,
@@ -1337,7 +1338,7 @@ class PostgresStorage(Generic[K, V]):
             raise MemoryValidationError("depth must be at least 1")
         query = self._statements.distinct_arrays(
             key_path(key),
-            self._restriction(scope, scope_id, key_prefix=key_prefix),
+            self._restriction(scope, scope_id, None, filter, key_prefix=key_prefix),
             patterns=list(patterns),
             depth=depth,
             limit=limit,
@@ -1566,7 +1567,12 @@ class PostgresStorage(Generic[K, V]):
                     continue
                 try:
                     self._check_tenant(restored.tenant)
-                    write = self._prepare(**{**_RESTORE_DEFAULTS, **restored.fields})
+                    # A backup holds the adapters' records as they were (an import is the
+                    # operator's door, not a user's).
+                    write = self._prepare(
+                        **{**_RESTORE_DEFAULTS, **restored.fields},
+                        managed_by=(restored.fields.get("metadata") or {}).get(MANAGED_FIELD),
+                    )
                 except MemoryValidationError as exc:
                     report.failed += 1
                     report.errors.append((number, str(exc)))
@@ -1939,6 +1945,7 @@ class PostgresStorage(Generic[K, V]):
             scope_id=identity.scope_id or None,
             indices=row["indices"],
             metadata=row["metadata"],
+            managed_by=row["metadata"].get(MANAGED_FIELD),
             ttl=ttl if expires_at is None else None,
             expires_at=expires_at,
             text=row["content"],

@@ -33,6 +33,7 @@ EXPECTED = {
     "MemoryConfigurationError",
     "MemoryConnectionError",
     "MemoryTimeoutError",
+    "MemoryOutcomeUnknownError",
     "MemoryNotFoundError",
     "AmbiguousKeyError",
     "ArrayPattern",
@@ -87,6 +88,7 @@ def test_error_hierarchy() -> None:
     assert issubclass(MemoryValidationError, ValueError)
     assert issubclass(MemoryTimeoutError, TimeoutError)
     assert issubclass(MemoryConnectionError, ConnectionError)
+    assert issubclass(pepperpy_pg_memory.MemoryOutcomeUnknownError, MemoryConnectionError)
     assert MemoryError("x").store_type == "postgres"
 
 

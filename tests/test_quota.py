@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 
 from pepperpy_pg_memory import (
-    MANAGED_FIELD,
     HashingEmbedder,
     MemoryQuotaError,
     MemoryScope,
@@ -91,9 +90,7 @@ async def test_a_batch_never_evicts_its_own_rows(storage: PostgresStorage[str, A
 async def test_adapter_records_neither_count_nor_make_room(
     storage: PostgresStorage[str, Any],
 ) -> None:
-    transcript = [
-        {"key": f"msg-{i}", "value": "yes", "metadata": {MANAGED_FIELD: "test"}} for i in range(5)
-    ]
+    transcript = [{"key": f"msg-{i}", "value": "yes", "managed_by": "test"} for i in range(5)]
     await storage.store_many(transcript, **ANA, **SHORT)
     for key in ("a", "b", "c", "d"):
         await storage.store(key, f"note {key}", **ANA, **SHORT)

@@ -12,7 +12,6 @@ from langchain_core.chat_history import BaseChatMessageHistory
 from langchain_core.messages import BaseMessage, message_to_dict, messages_from_dict
 
 from pepperpy_pg_memory import (
-    MANAGED_FIELD,
     MemoryEntry,
     MemoryIndex,
     MemoryQuery,
@@ -119,7 +118,8 @@ class PepperpyChatMessageHistory(BaseChatMessageHistory):
             {
                 "key": f"{self._prefix()}{stamp}-{position:05d}",
                 "value": {"content": _text_of(message), "message": message_to_dict(message)},
-                "metadata": {"kind": KIND, "role": message.type, MANAGED_FIELD: MANAGED_BY},
+                "metadata": {"kind": KIND, "role": message.type},
+                "managed_by": MANAGED_BY,
                 "ttl": self.ttl,
             }
             for position, message in enumerate(messages)

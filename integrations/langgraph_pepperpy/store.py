@@ -100,6 +100,39 @@ def namespace_scope(namespace: tuple[str, ...]) -> tuple[MemoryScope, str | None
     return MemoryScope.GLOBAL, None
 
 
+def _reads_under(prefix: tuple[str, ...]) -> dict[str, Any]:
+    """The owner restriction of every read under a namespace prefix: the owner (or the scope)
+    the prefix maps to, and this adapter's records only. A key shaped like an item's, stored
+    by another owner or through another door, is never read as one."""
+    where: dict[str, Any] = {"filter": {MANAGED_FIELD: MANAGED_BY}}
+    if len(prefix) >= 2 or (prefix and prefix[0] not in _SCOPES):
+        # Every namespace under the prefix maps to this one owner. (Under ("users",) alone
+        # are both the namespace ("users",), a global one, and every user's.)
+        scope, scope_id = namespace_scope(prefix)
+        where["scope"] = scope
+        if scope_id is not None:
+            where["scope_id"] = scope_id
+    return where
+
+
+def _namespace_of(entry: MemoryEntry[Any]) -> tuple[str, ...] | None:
+    """The namespace of a record read back, or None (with a warning) when the record is not
+    one this adapter wrote for that namespace's owner."""
+    labels = entry.metadata.get(NAMESPACE_FIELD)
+    if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
+        logger.warning("skipped memory %r: it has no LangGraph namespace", entry.key)
+        return None
+    namespace = tuple(labels)
+    scope, scope_id = namespace_scope(namespace)
+    if (entry.scope, entry.scope_id or None) != (scope, scope_id) or entry.key not in (
+        memory_key(namespace, _item_key(entry.key)),
+        legacy_memory_key(namespace, _item_key(entry.key)),
+    ):
+        logger.warning("skipped memory %r: its namespace is not its owner's", entry.key)
+        return None
+    return namespace
+
+
 def _without_embed(index: IndexConfig | None) -> IndexConfig | None:
     if index is None:
         return None
@@ -427,8 +460,8 @@ class PepperpyStore(BaseStore):
                     "metadata": {
                         NAMESPACE_FIELD: list(op.namespace),
                         TTL_FIELD: minutes,
-                        MANAGED_FIELD: MANAGED_BY,
                     },
+                    "managed_by": MANAGED_BY,
                     "ttl": timedelta(minutes=minutes) if minutes is not None else "never",
                 }
             )
@@ -473,7 +506,11 @@ class PepperpyStore(BaseStore):
         return items
 
     async def _search(self, storage: PostgresStorage[Any, Any], op: SearchOp) -> list[SearchItem]:
-        prefix = _prefixes(op.namespace_prefix)
+        # LangGraph's own stores take a prefix given as a list too.
+        namespace_prefix = tuple(op.namespace_prefix)
+        prefix = _prefixes(namespace_prefix)
+        where = _reads_under(namespace_prefix)
+        scored: list[tuple[MemoryEntry[Any], float | None]]
         if op.query:
             query = MemoryQuery(
                 query=op.query,
@@ -482,40 +519,33 @@ class PepperpyStore(BaseStore):
                 value_filter=op.filter,
                 limit=op.limit,
                 offset=op.offset,
+                **where,
             )
-            results = await storage.search(query)
-            if op.refresh_ttl:
-                await self._refresh(storage, [r.entry for r in results])
-            return [
-                SearchItem(
-                    namespace=tuple(r.entry.metadata[NAMESPACE_FIELD]),
-                    key=_item_key(r.entry.key),
-                    value=r.entry.value,
-                    created_at=r.entry.created_at,
-                    updated_at=r.entry.updated_at,
-                    score=r.score,
-                )
-                for r in results
-            ]
-        entries = await storage.list(
-            key_prefix=prefix,
-            value_filter=op.filter,
-            limit=op.limit,
-            offset=op.offset,
-            order_by="updated_at",
-            descending=True,
-        )
+            scored = [(r.entry, r.score) for r in await storage.search(query)]
+        else:
+            entries = await storage.list(
+                key_prefix=prefix,
+                value_filter=op.filter,
+                limit=op.limit,
+                offset=op.offset,
+                order_by="updated_at",
+                descending=True,
+                **where,
+            )
+            scored = [(entry, None) for entry in entries]
+        found = [(e, score, ns) for e, score in scored if (ns := _namespace_of(e)) is not None]
         if op.refresh_ttl:
-            await self._refresh(storage, entries)
+            await self._refresh(storage, [entry for entry, _, _ in found])
         return [
             SearchItem(
-                namespace=tuple(e.metadata[NAMESPACE_FIELD]),
-                key=_item_key(e.key),
-                value=e.value,
-                created_at=e.created_at,
-                updated_at=e.updated_at,
+                namespace=namespace,
+                key=_item_key(entry.key),
+                value=entry.value,
+                created_at=entry.created_at,
+                updated_at=entry.updated_at,
+                score=score,
             )
-            for e in entries
+            for entry, score, namespace in found
         ]
 
     async def _list_namespaces(
@@ -538,5 +568,6 @@ class PepperpyStore(BaseStore):
             key_prefix=_prefixes(literal),
             limit=op.limit,
             offset=op.offset,
+            **_reads_under(literal),
         )
         return [tuple(namespace) for namespace in found]

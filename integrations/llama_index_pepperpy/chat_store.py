@@ -114,8 +114,8 @@ class ChatMessages:
                     "key": f"msg:{stamp}-{position:05d}",
                     "value": {"message": dumped},
                     "text": message.content or "",
+                    "managed_by": MANAGED_BY,
                     "metadata": {
-                        MANAGED_FIELD: MANAGED_BY,
                         "status": MessageStatus(status).value,
                         "role": message.role.value,
                     },
@@ -171,6 +171,7 @@ class ChatMessages:
                     "value": entry.value,
                     "text": entry.text,
                     "metadata": {**entry.metadata, "status": MessageStatus.ARCHIVED.value},
+                    "managed_by": MANAGED_BY,
                     "indices": [MemoryIndex.CONTEXTUAL],
                 }
                 for entry in entries

@@ -22,7 +22,6 @@ from mcp.server.transport_security import TransportSecuritySettings
 from pydantic import BaseModel, Field
 
 from pepperpy_pg_memory import (
-    AmbiguousKeyError,
     MemoryEntry,
     MemoryError,
     MemoryIndex,
@@ -206,17 +205,9 @@ def create_server(
         who = owner(user_id)
         if not isinstance(key, str) or not key.strip():
             raise ToolError("key is empty")
+        # A key another owner holds gets the answer a key nobody holds gets: telling them
+        # apart would let one user probe another's keys.
         deleted = await guarded(lambda: storage.delete(key, actor="mcp", **who))
-        if not deleted:
-            try:
-                elsewhere = await storage.exists(key)  # under any owner
-            except AmbiguousKeyError:
-                elsewhere = True
-            if elsewhere:
-                holder = "global" if who["scope_id"] is None else f"user {who['scope_id']!r}"
-                raise ToolError(
-                    f"memory {key!r} is not one of the memories of {holder}: nothing deleted"
-                )
         return Forgotten(deleted=bool(deleted))
 
     @server.tool(description="List a user's memories, newest first.")
