@@ -209,6 +209,14 @@ class PostgresConfig(BaseSettings):
     max_value_bytes: int = Field(
         default=1_048_576, ge=1, description="Largest JSON-encoded value accepted."
     )
+    max_metadata_bytes: int = Field(
+        default=65_536,
+        ge=1,
+        description=(
+            "Largest JSON-encoded metadata accepted (metadata is read with every result and "
+            "indexed; values are what may be large)."
+        ),
+    )
 
     # --- indexing and search -----------------------------------------------------------------
     text_search_config: str = Field(

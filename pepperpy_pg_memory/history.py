@@ -10,6 +10,7 @@ joins (:func:`change_context`): no extra round trip, and gone when the transacti
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -35,6 +36,7 @@ __all__ = [
     "PLAIN",
     "HistoryStatements",
     "GONE_OPERATIONS",
+    "OPERATIONS",
     "as_of_source",
     "replaced_versions",
     "change_context",
@@ -102,6 +104,11 @@ takes it."""
 
 # A version whose operation ended the memory: reads as of a later moment do not see it.
 GONE_OPERATIONS = ("delete", "expire")
+OPERATIONS = frozenset(
+    {"create", "update", "reinforce", "supersede", "invalidate", "restore", "promote", "evict"}
+    | set(GONE_OPERATIONS)
+)
+"""Every operation a version may record (an imported history line names one of them)."""
 
 
 def _version_columns(alias: str, recorded: bool = True) -> str:
@@ -203,6 +210,31 @@ class HistoryStatements:
         return Query(
             f"INSERT INTO {self.history} ({', '.join(IMPORTED_COLUMNS)}) "
             f"VALUES ({placeholders}) ON CONFLICT DO NOTHING"
+        )
+
+    def recorded_here(self, tenant: str, identities: Sequence[Identity]) -> Query:
+        """Per memory among ``identities`` that this table knows (a row or versions): its
+        recorded versions' numbers and moments, and its row's ``updated_at`` (None: no
+        row)."""
+        scopes, scope_ids, keys = (list(column) for column in zip(*identities, strict=True))
+        return Query(
+            f"""
+            WITH wanted AS (
+                SELECT * FROM unnest($2::text[], $3::text[], $4::text[])
+                    AS w(scope, scope_id, key))
+            SELECT w.scope, w.scope_id, w.key,
+                (SELECT m.updated_at FROM {self.table} m WHERE m.tenant = $1
+                   AND m.scope = w.scope AND m.scope_id = w.scope_id AND m.key = w.key)
+                   AS updated_at,
+                (SELECT coalesce(array_agg(h.version ORDER BY h.version), '{{}}')
+                   FROM {self.history} h WHERE h.tenant = $1 AND h.scope = w.scope
+                   AND h.scope_id = w.scope_id AND h.key = w.key) AS versions,
+                (SELECT coalesce(array_agg(h.at ORDER BY h.version), '{{}}')
+                   FROM {self.history} h WHERE h.tenant = $1 AND h.scope = w.scope
+                   AND h.scope_id = w.scope_id AND h.key = w.key) AS moments
+            FROM wanted w
+            """,
+            [tenant, scopes, scope_ids, keys],
         )
 
     def after_import(self, tenant: str) -> list[Query]:

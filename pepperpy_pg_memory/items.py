@@ -20,7 +20,14 @@ from .history import Change
 from .queries import STAGING_COLUMNS, Restriction
 from .schema import MAX_SCOPE_ID_BYTES
 from .types import MANAGED_FIELD, STORABLE_INDICES, Identity, MemoryIndex, MemoryScope, MemoryType
-from .values import EncodedJSON, check_bytes, encode_json, to_json_value, validate_key
+from .values import (
+    EncodedJSON,
+    check_bytes,
+    check_visible,
+    encode_json,
+    to_json_value,
+    validate_key,
+)
 from .vectors import Vector, content_hash, one_vector
 
 __all__ = [
@@ -318,6 +325,9 @@ def prepare_write(
     owner_scope, owner_id = owner(scope, scope_id, config.default_scope_id)
     if owner_scope is None or owner_id is None:
         raise MemoryValidationError("a memory needs a scope")
+    # New names only: memories stored under such names before stay readable by them.
+    check_visible(key, "memory key")
+    check_visible(owner_id, "scope_id")
     if value is None:
         raise MemoryValidationError(f"value of {key!r} is None: there is nothing to remember")
     # Encoded once: the size check and the database write share the text.
@@ -334,6 +344,13 @@ def prepare_write(
         json_metadata = to_json_value(metadata, "metadata")
     else:
         raise MemoryValidationError("metadata must be a mapping")
+    if json_metadata:
+        metadata_size = len(encode_json(json_metadata).encode())
+        if metadata_size > config.max_metadata_bytes:
+            raise MemoryValidationError(
+                f"metadata of {key!r} is {metadata_size:,} bytes as JSON; the limit is "
+                f"{config.max_metadata_bytes:,} (PostgresConfig.max_metadata_bytes)"
+            )
     if MANAGED_FIELD in json_metadata and json_metadata[MANAGED_FIELD] != managed_by:
         # The marker exempts a record from the quota and puts it in an adapter's reads: a
         # caller who could set it could do both.

@@ -488,6 +488,29 @@ class Statements:
             params.values,
         )
 
+    def replaced_live(self, tenant: str, identities: Sequence[Identity]) -> Query:
+        """The owners of ``identities`` that are live memories counted by the quota, one row
+        each (a write over one takes no room)."""
+        params = Params([tenant])
+        return Query(
+            f"SELECT m.scope, m.scope_id FROM {self.table} m "
+            f"WHERE m.tenant = $1 AND {_in_identities(params, identities)} AND {_LIVE} "
+            f"AND NOT m.metadata ? {params.add(MANAGED_FIELD)}",
+            params.values,
+        )
+
+    def owners_held(self, tenant: str, owners: Sequence[tuple[str, str]]) -> Query:
+        """How many live memories the quota counts, per owner among ``owners``."""
+        params = Params([tenant, [o[0] for o in owners], [o[1] for o in owners]])
+        return Query(
+            f"SELECT m.scope, m.scope_id, count(*) AS held FROM {self.table} m "
+            "WHERE m.tenant = $1 AND (m.scope, m.scope_id) IN "
+            "(SELECT * FROM unnest($2::text[], $3::text[])) "
+            f"AND {_LIVE} AND NOT m.metadata ? {params.add(MANAGED_FIELD)} "
+            "GROUP BY m.scope, m.scope_id",
+            params.values,
+        )
+
     def known_hashes(self, tenant: str, identities: Sequence[Identity]) -> Query:
         params = Params([tenant])
         return Query(

@@ -16,6 +16,7 @@ import functools
 import io
 import logging
 import os
+import tempfile
 import typing
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
@@ -56,7 +57,8 @@ from .errors import (
     MemoryValidationError,
 )
 from .faults import translate
-from .history import IMPORTED_COLUMNS, Change, HistoryStatements, check_note
+from .history import IMPORTED_COLUMNS, OPERATIONS, Change, HistoryStatements, check_note
+from .import_check import ImportPlan, check_import
 from .items import (
     TTL,
     MemoryItem,
@@ -1525,76 +1527,94 @@ class PostgresStorage(Generic[K, V]):
         Every field comes back as exported: owner, type, metadata, indices, text,
         ``created_at``, ``updated_at`` and the expiry (or none). Vectors in the file are used
         when their dimension is the table's; the rest are embedded. Importing a file twice
-        changes nothing. A line that is not a memory, or a memory that may not be stored (bad
-        fields, another tenant's, expired since the export), is reported with its line number
-        in the returned :class:`~pepperpy_pg_memory.backup.ImportReport`, and nothing of it
-        is written. ``progress(bytes_read, total_bytes)`` follows a file's reading.
+        changes nothing. The whole file is checked first: a line that is not a memory, a
+        memory that may not be stored (bad fields, another tenant's), or a history line for a
+        memory this table holds with another history means that nothing of the file is
+        written, and the returned :class:`~pepperpy_pg_memory.backup.ImportReport` names
+        every such line. ``progress(bytes_read, total_bytes)`` follows the writing.
+
+        Raises:
+            MemoryQuotaError: with ``max_memories_per_owner`` set, an owner would hold more
+                memories after the file than the limit (nothing is written).
         """
         report = backup.ImportReport()
+        with (
+            _opened(source, "r") as stream,
+            tempfile.TemporaryFile("w+", encoding="utf-8") as spool,
+        ):
+            total = _size_of(stream)
+            plan = await check_import(
+                stream,
+                spool,
+                report,
+                dimension=self.layout.dimension,
+                prepare=self._prepare_restored,
+                check_version=self._check_imported_version,
+                runner=self.database.reading,
+                statements=self._statements,
+                history=self._history_sql,
+                tenant=self._tenant,
+                quota=self.config.max_memories_per_owner,
+            )
+            if plan.refused:
+                return report  # nothing written
+            spool.seek(0)
+            await self._apply_import(spool, plan, report, batch_size, total, progress)
+        return report
+
+    def _prepare_restored(self, restored: backup.Restored) -> PendingWrite:
+        """An imported memory line as a write, checked like any other."""
+        self._check_tenant(restored.tenant)
+        # A backup holds the adapters' records as they were (an import is the operator's
+        # door, not a user's).
+        write = self._prepare(
+            **{**_RESTORE_DEFAULTS, **restored.fields},
+            managed_by=(restored.fields.get("metadata") or {}).get(MANAGED_FIELD),
+        )
+        for name, value in restored.validity.items():
+            setattr(write, name, value)
+        return write
+
+    async def _apply_import(
+        self,
+        spool: TextIO,
+        plan: ImportPlan,
+        report: backup.ImportReport,
+        batch_size: int,
+        total: int,
+        progress: ProgressCallback | None,
+    ) -> None:
+        """The second pass: write a checked file's memories and versions in batches."""
         pending: builtins.list[tuple[int, PendingWrite, backup.Restored]] = []
         versions: builtins.list[backup.RestoredVersion] = []
-        with_embeddings = True
-        with_history = False
-        with _opened(source, "r") as stream:
-            total = _size_of(stream)
-            done = 0
-            for number, line in enumerate(stream, start=1):
-                done += len(line.encode())
-                if not line.strip():
-                    continue
-                if number == 1:
-                    found = backup.read_header(line)
-                    if found is not None:
-                        with_embeddings = found.get("dimension") == self.layout.dimension
-                        with_history = found.get("history") is True
-                        continue
-                try:
-                    restored = backup.parse_line(line, with_embeddings)
-                except MemoryValidationError as exc:
-                    report.skipped += 1
-                    report.errors.append((number, str(exc)))
-                    continue
-                if isinstance(restored, backup.RestoredVersion):
-                    try:
-                        self._check_imported_version(restored, with_history)
-                    except MemoryValidationError as exc:
-                        report.failed += 1
-                        report.errors.append((number, str(exc)))
-                        continue
-                    versions.append(restored)
-                    if len(versions) >= batch_size:
-                        report.versions += await self._record_versions(versions)
-                    continue
-                try:
-                    self._check_tenant(restored.tenant)
-                    # A backup holds the adapters' records as they were (an import is the
-                    # operator's door, not a user's).
-                    write = self._prepare(
-                        **{**_RESTORE_DEFAULTS, **restored.fields},
-                        managed_by=(restored.fields.get("metadata") or {}).get(MANAGED_FIELD),
-                    )
-                except MemoryValidationError as exc:
-                    report.failed += 1
-                    report.errors.append((number, str(exc)))
-                    continue
-                for name, value in restored.validity.items():
-                    setattr(write, name, value)
-                pending.append((number, write, restored))
-                if len(pending) >= batch_size:
-                    await self._restore(pending, report, with_history)
-                if progress is not None and total:
-                    progress(done, total)
-            await self._restore(pending, report, with_history)
-            report.versions += await self._record_versions(versions)
-            if report.versions:
-                await self.database.execute_all(
-                    "import",
-                    [self._importing(), *self._history_sql.after_import(self._tenant)],
-                    timeout=self.config.maintenance_timeout,
-                )
+        done = 0
+        for number, line in enumerate(spool, start=1):
+            done += len(line.encode())
+            if not line.strip() or number in plan.expired:
+                continue
+            if number == 1 and backup.read_header(line) is not None:
+                continue
+            restored = backup.parse_line(line, plan.with_embeddings)
+            if isinstance(restored, backup.RestoredVersion):
+                versions.append(restored)
+                if len(versions) >= batch_size:
+                    report.versions += await self._record_versions(versions)
+                continue
+            pending.append((number, self._prepare_restored(restored), restored))
+            if len(pending) >= batch_size:
+                await self._restore(pending, report, plan.with_history)
             if progress is not None and total:
-                progress(total, total)
-        return report
+                progress(min(done, total), total)
+        await self._restore(pending, report, plan.with_history)
+        report.versions += await self._record_versions(versions)
+        if report.versions:
+            await self.database.execute_all(
+                "import",
+                [self._importing(), *self._history_sql.after_import(self._tenant)],
+                timeout=self.config.maintenance_timeout,
+            )
+        if progress is not None and total:
+            progress(total, total)
 
     def _check_tenant(self, tenant: str) -> None:
         """An imported line must be of this store's tenant."""
@@ -1604,14 +1624,35 @@ class PostgresStorage(Generic[K, V]):
             )
 
     def _check_imported_version(self, restored: backup.RestoredVersion, with_history: bool) -> None:
-        """A history line's fields checked like a memory's."""
+        """A history line's fields checked like a memory's: the same rules and limits, and
+        an operation a version may record."""
         if not with_history:
             raise MemoryValidationError("a history line in an export whose header has none")
         self._check_tenant(restored.tenant)
-        as_enum(MemoryScope, restored.scope, "scope")
-        as_enum(MemoryType, restored.type, "type")
-        for name in restored.indices:
-            as_enum(MemoryIndex, name, "index")
+        if restored.operation not in OPERATIONS:
+            raise MemoryValidationError(
+                f"operation {restored.operation!r} is not one a version records "
+                f"({', '.join(sorted(OPERATIONS))})"
+            )
+        if restored.version < 1:
+            raise MemoryValidationError("a version number starts at 1")
+        check_note(restored.actor, "actor")
+        check_note(restored.reason, "reason")
+        metadata = restored.metadata
+        self._prepare(
+            restored.key,
+            restored.value,
+            type=restored.type,
+            scope=restored.scope,
+            scope_id=restored.scope_id or None,
+            indices=restored.indices,
+            metadata=metadata,
+            managed_by=metadata.get(MANAGED_FIELD) if isinstance(metadata, dict) else None,
+            ttl=None,
+            expires_at=None,
+            text=restored.text,
+            importance=restored.importance,
+        )
         if restored.embedding is not None:
             self._vectors.check(restored.embedding)
 

@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 
 from pepperpy_pg_memory import (
-    MANAGED_FIELD,
     HashingEmbedder,
     MemoryEntry,
     MemoryScope,
@@ -134,9 +133,10 @@ async def test_a_dry_run_reports_and_changes_nothing(storage: PostgresStorage[st
 async def test_adapter_records_are_left_alone_unless_included(
     storage: PostgresStorage[str, Any],
 ) -> None:
-    managed = {MANAGED_FIELD: "test"}
-    await storage.store("msg-1", "yes", **SESSION, **SHORT, metadata=managed)
-    await storage.store("msg-2", "yes", **SESSION, **SHORT, metadata=managed)
+    # Adapters mark their records through managed_by (callers' metadata may not).
+    records = [{"key": f"msg-{n}", "value": "yes", "managed_by": "test"} for n in (1, 2)]
+    for record in records:
+        await storage.store_many([record], **SESSION, **SHORT)
     await _read(storage, "msg-1", 3, **SESSION)
     report = await storage.consolidate()
     assert (report.promoted, report.merged, report.owners) == ([], [], 0)

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from pepperpy_pg_memory import (
-    MANAGED_FIELD,
     HashingEmbedder,
     MemoryScope,
     MemoryValidationError,
@@ -65,9 +64,12 @@ async def test_without_dedupe_or_across_owners_nothing_is_merged(
     assert not (await storage.store("k2", "Ana likes green tea", **ANA)).deduplicated
     other = await storage.store("k3", "Ana likes green tea", **BRUNO, dedupe=True)
     assert (other.key, other.deduplicated) == ("k3", False)
-    # A write to a key its owner holds updates that memory, duplicate or not.
+    # A write to a key its owner holds updates that memory, duplicate or not (here to what
+    # it already holds: no new version).
     own = await storage.store("k1", "Ana likes green tea", **ANA, dedupe=True)
-    assert (own.key, own.deduplicated, own.version) == ("k1", False, 2)
+    assert (own.key, own.deduplicated, own.version) == ("k1", False, 1)
+    changed = await storage.store("k1", "Ana likes green tea a lot", **ANA, dedupe=True)
+    assert (changed.key, changed.deduplicated, changed.version) == ("k1", False, 2)
     assert await storage.count(**ANA) == 2
     with pytest.raises(MemoryValidationError, match="dedupe"):
         await storage.store("k4", "x", **ANA, dedupe=1.5)
@@ -209,14 +211,14 @@ async def test_a_batch_rewriting_a_memory_is_judged_by_its_new_text(
 async def test_adapter_records_are_never_folded_into_or_folded(
     storage: PostgresStorage[str, Any],
 ) -> None:
-    managed = {MANAGED_FIELD: "test-adapter"}
-    await storage.store("msg-1", "yes", **ANA, metadata=managed)
+    managed = "test-adapter"
+    await storage.store_many([{"key": "msg-1", "value": "yes", "managed_by": managed}], **ANA)
     mine = await storage.store("fact", "yes", **ANA, dedupe=True)
     assert (mine.key, mine.deduplicated) == ("fact", False)
     written = await storage.store_many(
         [
-            {"key": "msg-2", "value": "yes", "metadata": managed},
-            {"key": "msg-3", "value": "yes", "metadata": managed},
+            {"key": "msg-2", "value": "yes", "managed_by": managed},
+            {"key": "msg-3", "value": "yes", "managed_by": managed},
         ],
         **ANA,
         dedupe=True,
