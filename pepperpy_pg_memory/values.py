@@ -23,6 +23,8 @@ __all__ = [
     "validate_key",
     "check_bytes",
     "check_visible",
+    "INVISIBLE",
+    "CONTROL_OR_SURROGATE",
     "to_json_value",
     "default_text_of",
     "encode_json",
@@ -40,7 +42,7 @@ def validate_key(key: Any, max_bytes: int) -> str:
         raise MemoryValidationError(f"memory keys must be strings, got {type(key).__name__}")
     if not key:
         raise MemoryValidationError("memory key is empty")
-    found = _CONTROL_OR_SURROGATE.search(key)
+    found = CONTROL_OR_SURROGATE.search(key)
     if found is not None:
         raise MemoryValidationError(
             f"memory key contains the control or surrogate character U+{ord(found.group()):04X}"
@@ -51,13 +53,13 @@ def validate_key(key: Any, max_bytes: int) -> str:
 
 # Unicode categories Cc (C0, DEL, C1) and Cs (surrogates), as one pattern: a key is checked on
 # every read and write, and a character loop cost more than the lookup it guards.
-_CONTROL_OR_SURROGATE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+CONTROL_OR_SURROGATE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 # Characters that render as nothing or reorder what follows them (zero-width and bidirectional
 # controls): a name holding one looks identical to another name. The zero-width joiner is left
 # out, as emoji sequences need it.
-_INVISIBLE = re.compile(
+INVISIBLE = re.compile(
     "[\u00ad\u061c\u180e\u200b\u200c\u200e\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]"
 )
 
@@ -65,7 +67,7 @@ _INVISIBLE = re.compile(
 def check_visible(text: str, what: str) -> None:
     """Refuse a name (a key, a scope id) with an invisible or bidirectional control character:
     it would pass for another name wherever names are shown."""
-    found = _INVISIBLE.search(text)
+    found = INVISIBLE.search(text)
     if found is not None:
         raise MemoryValidationError(
             f"{what} contains the invisible or bidirectional control character "

@@ -476,8 +476,15 @@ def test_the_index_config_is_checked_against_the_table(make_config: Any) -> None
         config, index={"dims": DIMENSION, "embed": embed, "fields": ["title", "body"]}
     )
     try:
+        # The config as given, as LangGraph's stores keep it.
+        assert store.index_config is not None and store.index_config["embed"] is embed
         store.put(("test",), "a", {"title": "quiet lake", "body": "morning swim"})
         assert _scored(store, "morning swim")["a"] == pytest.approx(1.0, abs=1e-3)
+        # A distance the table's index does not use is refused, never silently ignored.
+        for distance in ("l2", "inner_product"):
+            with pytest.raises(MemoryConfigurationError, match="distance_type"):
+                PepperpyStore(store.storage, index={"distance_type": distance})  # type: ignore[typeddict-unknown-key]
+        PepperpyStore(store.storage, index={"distance_type": "cosine"})  # type: ignore[typeddict-unknown-key]
         # Another model may not write into this table's index.
         with pytest.raises(MemoryConfigurationError, match="one model"):
             PepperpyStore(store.storage, index={"embed": embed})

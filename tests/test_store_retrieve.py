@@ -395,9 +395,9 @@ def test_key_check_refuses_exactly_the_control_and_surrogate_characters() -> Non
     import sys
     import unicodedata
 
-    from pepperpy_pg_memory.values import _CONTROL_OR_SURROGATE
+    from pepperpy_pg_memory.values import CONTROL_OR_SURROGATE
 
     for code in range(sys.maxunicode + 1):
         char = chr(code)
         expected = unicodedata.category(char) in ("Cc", "Cs")
-        assert (_CONTROL_OR_SURROGATE.search(char) is not None) == expected, hex(code)
+        assert (CONTROL_OR_SURROGATE.search(char) is not None) == expected, hex(code)

@@ -67,7 +67,7 @@ from pepperpy_pg_memory.items import MAX_PASSAGES
 from pepperpy_pg_memory.runner import BackgroundStorage
 from pepperpy_pg_memory.schema import MAX_KEY_BYTES
 from pepperpy_pg_memory.types import Identity
-from pepperpy_pg_memory.values import default_text_of
+from pepperpy_pg_memory.values import INVISIBLE, default_text_of
 
 __all__ = ["PepperpyStore", "namespace_scope", "texts_for"]
 
@@ -96,7 +96,7 @@ _SCOPES = {
 def namespace_scope(namespace: tuple[str, ...]) -> tuple[MemoryScope, str | None]:
     """The (scope, scope_id) a namespace's memories get (see the module docstring)."""
     if len(namespace) >= 2 and namespace[0] in _SCOPES:
-        return _SCOPES[namespace[0]], namespace[1]
+        return _SCOPES[namespace[0]], _owner_id(namespace[1])
     return MemoryScope.GLOBAL, None
 
 
@@ -153,6 +153,15 @@ def _check_index(index: IndexConfig | None, storage: PostgresStorage[Any, Any]) 
             "its own, or leave `embed` out",
             field="index",
         )
+    distance = typing.cast(dict[str, Any], index).get("distance_type", "cosine")
+    if distance != "cosine":
+        # Scores and the HNSW index's operator class are cosine's: another distance would
+        # be silently ignored.
+        raise MemoryConfigurationError(
+            f"index['distance_type'] is {distance!r}, but this store compares vectors by "
+            "cosine (its index's operator class): leave distance_type out or give 'cosine'",
+            field="index",
+        )
     dims = index.get("dims")
     if dims is not None and dims != storage.layout.dimension:
         raise MemoryConfigurationError(
@@ -167,8 +176,27 @@ def _check_index(index: IndexConfig | None, storage: PostgresStorage[Any, Any]) 
 
 
 def _escape(text: str) -> str:
-    # '%' first, so that the escapes themselves are not escaped again.
-    return text.replace("%", "%25").replace("/", "%2F").replace("#", "%23")
+    # '%' first, so that the escapes themselves are not escaped again. Characters the core
+    # refuses in a key (control, invisible and bidirectional ones), which LangGraph's stores
+    # accept, are percent-encoded too: the item's key and labels come back exactly.
+    escaped = text.replace("%", "%25").replace("/", "%2F").replace("#", "%23")
+    return _REFUSED_IN_KEYS.sub(_percent_encoded, escaped)
+
+
+# C0, DEL and C1 controls, then the invisible characters' class without its brackets.
+_REFUSED_IN_KEYS = re.compile("[\x00-\x1f\x7f-\x9f" + INVISIBLE.pattern[1:])
+
+
+def _percent_encoded(found: re.Match[str]) -> str:
+    return quote(found.group(), safe="")
+
+
+def _owner_id(label: str) -> str:
+    """A namespace label as the owner's id: as it is, but for the invisible characters a
+    new scope id may not hold, percent-encoded (and so '%' before them)."""
+    if INVISIBLE.search(label) is None:
+        return label
+    return INVISIBLE.sub(_percent_encoded, label.replace("%", "%25"))
 
 
 def _legacy_escape(text: str) -> str:
@@ -302,10 +330,12 @@ class PepperpyStore(BaseStore):
             embedding = ensure_embeddings(embed)
         handle = BackgroundStorage.create(config, embedding)
         try:
-            return cls(handle, ttl=ttl, index=_without_embed(index))
+            store = cls(handle, ttl=ttl, index=_without_embed(index))
         except BaseException:
             handle.close()
             raise
+        store.index_config = index  # as given, `embed` included (it chose the embedder)
+        return store
 
     @property
     def storage(self) -> PostgresStorage[Any, Any]:

@@ -1,0 +1,97 @@
+"""Behaviours of LangGraph's own store tests (libs/checkpoint-postgres tests/test_store.py and
+test_async_store.py) that PepperpyStore once differed on, written as tests of our own: labels
+and keys with control or invisible characters, prefixes given as lists, put/delete bursts of
+the same keys from many threads, and a TTL-refreshing burst."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+from langgraph_pepperpy import PepperpyStore
+from pepperpy_pg_memory import HashingEmbedder
+
+
+@pytest.fixture
+def store(make_config: Any) -> Iterator[PepperpyStore]:
+    memory_store = PepperpyStore.create(
+        make_config(max_size=6),
+        HashingEmbedder(32),
+        ttl={"default_ttl": 5, "refresh_on_read": True},
+    )
+    yield memory_store
+    memory_store.close()
+
+
+@pytest.mark.parametrize(
+    ("namespace", "key"),
+    [
+        (("users", "a\nb", "notes"), "line\nbreak"),
+        (("tab\there",), "key\twith\ttabs"),
+        (("users", "a\u200bna"), "zero\u200bwidth\u202eoverride"),
+        (("bell\x07", "c1\x85"), "%2F/#"),
+    ],
+)
+def test_any_label_and_key_round_trips_exactly(
+    store: PepperpyStore, namespace: tuple[str, ...], key: str
+) -> None:
+    store.put(namespace, key, {"text": "kept exactly"})
+    item = store.get(namespace, key)
+    assert item is not None and (item.namespace, item.key) == (namespace, key)
+    found = store.search(namespace[:1])
+    assert [(i.namespace, i.key) for i in found] == [(namespace, key)]
+    assert store.list_namespaces(prefix=namespace[:1]) == [namespace]
+    store.delete(namespace, key)
+    assert store.get(namespace, key) is None
+
+
+def test_a_namespace_look_alike_is_another_namespace(store: PepperpyStore) -> None:
+    store.put(("users", "ana"), "k", {"text": "plain"})
+    store.put(("users", "a\u200bna"), "k", {"text": "look-alike"})
+    assert store.get(("users", "ana"), "k").value == {"text": "plain"}  # type: ignore[union-attr]
+    assert [i.value for i in store.search(("users", "ana"))] == [{"text": "plain"}]
+
+
+def test_put_and_delete_of_the_same_keys_from_many_threads(store: PepperpyStore) -> None:
+    """LangGraph's burst: 10 threads putting and deleting a few keys (a re-put raced a
+    delete for the next version number, and lost with a duplicate key)."""
+    namespace = ("burst",)
+
+    def work(thread: int) -> int:
+        done = 0
+        for step in range(60):
+            key = f"k{(thread + step) % 5}"
+            if step % 3 == 2:
+                store.delete(namespace, key)
+            else:
+                store.put(namespace, key, {"thread": thread, "step": step})
+            done += 1
+        return done
+
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        assert sum(pool.map(work, range(10))) == 600
+
+
+async def test_a_ttl_refreshing_burst_has_no_failures(store: PepperpyStore) -> None:
+    """Concurrent puts, gets (each refreshing its TTL), searches and deletes on a few keys:
+    the TTL refresh once deadlocked with the writers."""
+    namespace = ("users", "ana")
+
+    async def work(task: int) -> None:
+        for step in range(30):
+            key = f"k{(task + step) % 6}"
+            kind = step % 4
+            if kind == 0:
+                await store.aput(namespace, key, {"text": f"note {task} {step}"})
+            elif kind == 1:
+                await store.aget(namespace, key, refresh_ttl=True)
+            elif kind == 2:
+                await store.asearch(namespace, query="note", limit=5, refresh_ttl=True)
+            else:
+                await store.adelete(namespace, key)
+
+    await asyncio.gather(*(work(task) for task in range(20)))
