@@ -125,9 +125,12 @@ async def langgraph_suite(
 
 
 @contextlib.asynccontextmanager
-async def langgraph_store(url: str, dimension: int, embed: Any) -> AsyncIterator[Any]:
+async def langgraph_store(
+    url: str, dimension: int, embed: Any, ttl: Any = None
+) -> AsyncIterator[Any]:
     """LangGraph's AsyncPostgresStore with an HNSW cosine index like ours (m 16,
-    ef_construction 64) on ``text``, a pool of 10, emptied before and after use."""
+    ef_construction 64) on ``text``, a pool of 10 (and ``ttl``, its TTLConfig), emptied
+    before and after use."""
     from langgraph.store.postgres.aio import AsyncPostgresStore
 
     index: Any = {
@@ -138,7 +141,7 @@ async def langgraph_store(url: str, dimension: int, embed: Any) -> AsyncIterator
         "ann_index_config": {"kind": "hnsw", "m": 16, "ef_construction": 64},
     }
     async with AsyncPostgresStore.from_conn_string(
-        url, index=index, pool_config={"min_size": 1, "max_size": 10}
+        url, index=index, pool_config={"min_size": 1, "max_size": 10}, ttl=ttl
     ) as store:
         await store.setup()
         async with store.conn.connection() as conn:  # type: ignore[union-attr]

@@ -8,7 +8,11 @@ its default pool (10 connections) and default ``pool_timeout``:
 * ``burst_put``: N concurrent ``aput`` of distinct items (every value embedded);
 * ``burst_get``: N concurrent ``aget`` of those items;
 * ``burst_search``: N/10 concurrent ``asearch`` with a query;
-* ``burst_core_store``: N concurrent core ``PostgresStorage.store()`` calls (ours only).
+* ``burst_core_store``: N concurrent core ``PostgresStorage.store()`` calls (ours only);
+* ``burst_mixed_ttl``: N concurrent calls on 20 keys of one namespace — puts, deletes, gets
+  and searches that refresh TTLs — on stores configured as LangGraph deployments are
+  (``ttl={"default_ttl": 60, "refresh_on_read": True}``): LangGraph's burst tests' load.
+  The row keeps ``failures`` (calls that raised), whose target is 0.
 
 Both stores embed with the same cheap hashing embedder, so that the rows measure the stores,
 not the model. The JSON has a ``ratios`` list: our seconds over theirs per burst (target ≤ 2).
@@ -82,6 +86,60 @@ async def _store_bursts(store: Any, system: str, count: int) -> list[Measurement
     return rows
 
 
+MIXED_KEYS = 20
+TTL_CONFIG: Any = {"default_ttl": 60, "refresh_on_read": True}
+
+
+async def _mixed_burst(store: Any, system: str, count: int) -> Measurement:
+    """Puts, deletes, gets and searches of a few keys at once, refreshing TTLs on reads."""
+    namespace = ("users", "ana")
+
+    def call(i: int) -> Awaitable[Any]:
+        key = f"k{i % MIXED_KEYS}"
+        kind = i % 4
+        if kind == 0:
+            return store.aput(namespace, key, {"text": f"note {i} about tea"})
+        if kind == 1:
+            return store.aget(namespace, key, refresh_ttl=True)
+        if kind == 2:
+            return store.adelete(namespace, key)
+        return store.asearch(namespace, query="tea", limit=5, refresh_ttl=True)
+
+    started = time.perf_counter()
+    results = await asyncio.gather(*(call(i) for i in range(count)), return_exceptions=True)
+    seconds = time.perf_counter() - started
+    failed = [r for r in results if isinstance(r, BaseException)]
+    kinds = sorted({type(r).__name__ for r in failed})
+    return rate_row(
+        "burst_mixed_ttl", system, "storage", count, count, seconds,
+        failures=len(failed), failure_kinds=kinds,
+    )  # fmt: skip
+
+
+async def _ours_mixed(url: str, count: int) -> list[Measurement]:
+    from langgraph_pepperpy import PepperpyStore
+
+    config = PostgresConfig(dsn=url, table="burst_mixed")
+    handle = await BackgroundStorage.acreate(config, HashingEmbedder(DIMENSION))
+    store = PepperpyStore(handle, ttl=TTL_CONFIG)
+    try:
+        await handle.acall(lambda s: s.clear())
+        return [await _mixed_burst(store, OURS, count)]
+    finally:
+        await handle.acall(lambda s: s.clear())
+        await store.aclose()
+
+
+async def _langgraph_mixed(url: str, count: int) -> list[Measurement]:
+    embedder = HashingEmbedder(DIMENSION)
+
+    async def embed(texts: list[str]) -> list[list[float]]:
+        return [list(map(float, v)) for v in await embedder.embed_documents(texts)]
+
+    async with langgraph_store(url, DIMENSION, embed, ttl=TTL_CONFIG) as store:
+        return [await _mixed_burst(store, LANGGRAPH, count)]
+
+
 async def _ours(url: str, count: int) -> list[Measurement]:
     from langgraph_pepperpy import PepperpyStore
 
@@ -129,7 +187,7 @@ async def _langgraph(url: str, count: int) -> list[Measurement]:
 def _ratios(rows: list[Measurement]) -> list[dict[str, Any]]:
     seconds = {(r.name, r.system): r.count / r.throughput for r in rows}
     out = []
-    for name in ("burst_put", "burst_get", "burst_search"):
+    for name in ("burst_put", "burst_get", "burst_search", "burst_mixed_ttl"):
         if (name, OURS) in seconds and (name, LANGGRAPH) in seconds:
             ratio = seconds[(name, OURS)] / seconds[(name, LANGGRAPH)]
             out.append(
@@ -155,14 +213,18 @@ async def _run(count: int, anchors: bool) -> dict[str, Any]:
         rows += await _core(url, count)
         _log(f"{OURS}: bursts of {count}")
         rows += await _ours(url, count)
+        rows += await _ours_mixed(url, count)
         if anchors:
             _log(f"{LANGGRAPH}: bursts of {count}")
             rows += await _langgraph(url, count)
+            rows += await _langgraph_mixed(url, count)
         # The anchor again, then ours again: the host's speed drifts within a run.
         if anchors:
             _log("second round")
             rows += await _ours(url, count)
+            rows += await _ours_mixed(url, count)
             rows += await _langgraph(url, count)
+            rows += await _langgraph_mixed(url, count)
     finally:
         server.cleanup()
     environment = {"cpu_count": cpu_count(), "database": database}
@@ -191,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
         seconds = row["count"] / row["throughput"]
         empty = row["extra"].get("empty_results")
         note = f"  ({empty} found nothing)" if empty else ""
+        if "failures" in row["extra"]:
+            note += f"  ({row['extra']['failures']} failed {row['extra']['failure_kinds']})"
         print(f"{row['name']:18} {row['system']:36} {row['count']:6d} calls {seconds:7.2f} s{note}")
     for ratio in report["ratios"]:
         print(f"{ratio['name']:18} ours/theirs {ratio['ratio']:.2f} (goal <= 2)")

@@ -24,6 +24,7 @@ How LangGraph's namespaces map onto memories:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import itertools
 import logging
@@ -98,6 +99,10 @@ def namespace_scope(namespace: tuple[str, ...]) -> tuple[MemoryScope, str | None
     if len(namespace) >= 2 and namespace[0] in _SCOPES:
         return _SCOPES[namespace[0]], _owner_id(namespace[1])
     return MemoryScope.GLOBAL, None
+
+
+# Where an op of a call made alone goes in a batch of such calls: writes, then reads.
+_READ_ORDER: dict[type, int] = {PutOp: 0, GetOp: 1, SearchOp: 1, ListNamespacesOp: 1}
 
 
 def _reads_under(prefix: tuple[str, ...]) -> dict[str, Any]:
@@ -393,7 +398,12 @@ class PepperpyStore(BaseStore):
         storage = self.storage
 
         async def together(batch: list[list[Op]]) -> list[list[Result]]:
-            results = await self._execute(storage, [op for ops in batch for op in ops])
+            ops = [op for ops in batch for op in ops]
+            # Calls made at once may take effect in any order; one op each (aput, aget,
+            # asearch, adelete), they run as every write, in call order, then every read.
+            # A call of several ops keeps its own order, so then all keep call order.
+            independent = all(len(ops) == 1 for ops in batch)
+            results = await self._execute(storage, ops, writes_first=independent)
             out = []
             for ops in batch:
                 out.append(results[: len(ops)])
@@ -404,10 +414,33 @@ class PepperpyStore(BaseStore):
             "LangGraph store batch", calls, together, lambda ops: self._execute(storage, ops)
         )
 
-    async def _execute(self, storage: PostgresStorage[Any, Any], ops: list[Op]) -> list[Result]:
+    async def _execute(
+        self, storage: PostgresStorage[Any, Any], ops: list[Op], writes_first: bool = False
+    ) -> list[Result]:
         results: list[Result] = [None] * len(ops)
+        if writes_first:
+            # Every write (puts of one item collapse into the last), then each distinct read
+            # once: after the same writes, equal reads have equal answers.
+            order = sorted(range(len(ops)), key=lambda position: _READ_ORDER[type(ops[position])])
+            distinct: list[Op] = []
+            answered_by: list[int] = []
+            first_read: dict[Op, int] = {}
+            for position in order:
+                op = ops[position]
+                index = len(distinct)
+                if not isinstance(op, PutOp):
+                    with contextlib.suppress(TypeError):  # an op holding a filter dict
+                        index = first_read.setdefault(op, index)
+                if index == len(distinct):
+                    distinct.append(op)
+                answered_by.append(index)
+            answers = await self._execute(storage, distinct)
+            for position, index in zip(order, answered_by, strict=True):
+                results[position] = answers[index]
+            return results
         puts: dict[str, PutOp] = {}
         gets: list[tuple[int, GetOp]] = []
+        searches: list[tuple[int, SearchOp]] = []
 
         async def flush() -> None:
             if puts:
@@ -417,12 +450,18 @@ class PepperpyStore(BaseStore):
                 for (position, _), item in zip(gets, await self._get(storage, gets), strict=True):
                     results[position] = item
                 gets.clear()
+            if searches:
+                # Reads that do not see each other: at once, on as many connections.
+                found = await asyncio.gather(*(self._search(storage, op) for _, op in searches))
+                for (position, _), items in zip(searches, found, strict=True):
+                    results[position] = items
+                searches.clear()
 
         # Consecutive puts go to the database as one batch, and so do consecutive gets; any
         # other kind of op first flushes them, so every op sees the writes before it.
         for position, op in enumerate(ops):
             if isinstance(op, PutOp):
-                if gets:
+                if gets or searches:
                     await flush()
                 puts[memory_key(op.namespace, op.key)] = op
                 continue
@@ -431,10 +470,13 @@ class PepperpyStore(BaseStore):
                     await flush()
                 gets.append((position, op))
                 continue
-            await flush()
             if isinstance(op, SearchOp):
-                results[position] = await self._search(storage, op)
-            elif isinstance(op, ListNamespacesOp):
+                if puts:
+                    await flush()
+                searches.append((position, op))
+                continue
+            await flush()
+            if isinstance(op, ListNamespacesOp):
                 results[position] = await self._list_namespaces(storage, op)
             else:
                 raise TypeError(f"unknown store operation {op!r}")
