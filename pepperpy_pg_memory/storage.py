@@ -51,6 +51,7 @@ from .errors import (
     AmbiguousKeyError,
     DimensionMismatchError,
     EmbedderMismatchError,
+    MemoryConfigurationError,
     MemoryError,
     MemoryIndexError,
     MemoryNotFoundError,
@@ -331,6 +332,8 @@ class PostgresStorage(Generic[K, V]):
         )
         conn = await connect(config, dsn)
         try:
+            if config.row_level_security:
+                await _check_row_level_security_applies(conn)
             layout = await migrate(conn, wanted, row_level_security=config.row_level_security)
             for name in await ensure_metadata_indexes(conn, layout, config.indexed_fields):
                 logger.info("created metadata index %s", name)
@@ -2605,6 +2608,24 @@ class PostgresStorage(Generic[K, V]):
         figures["replicas"] = [] if router is None else router.stats()
         figures["primary_reads"] = None if router is None else router.primary_reads
         return figures
+
+
+async def _check_row_level_security_applies(conn: asyncpg.Connection) -> None:
+    """Refuse row-level security that would restrict nothing: PostgreSQL exempts superusers
+    and BYPASSRLS roles from every policy, so the tenant boundary would hold only inside this
+    library, not for SQL run with the same credentials."""
+    row = await conn.fetchrow(
+        "SELECT current_user AS role, rolsuper, rolbypassrls FROM pg_roles "
+        "WHERE rolname = current_user"
+    )
+    if row is not None and (row["rolsuper"] or row["rolbypassrls"]):
+        kind = "a superuser" if row["rolsuper"] else "a BYPASSRLS role"
+        raise MemoryConfigurationError(
+            f"row_level_security=True, but the store connects as {row['role']!r}, {kind}, "
+            "which PostgreSQL's policies do not restrict: connect as an ordinary role (see "
+            "the README's Multi-tenant deployments)",
+            field="row_level_security",
+        )
 
 
 @contextlib.contextmanager

@@ -16,6 +16,7 @@ import pytest
 from pepperpy_pg_memory import (
     AmbiguousKeyError,
     HashingEmbedder,
+    MemoryConfigurationError,
     MemoryIndex,
     MemoryNotFoundError,
     MemoryQuery,
@@ -371,9 +372,15 @@ async def test_as_of_needs_an_aware_moment(storage: PostgresStorage[str, Any]) -
 
 
 async def test_history_has_row_level_security(
-    make_config: Any, raw_conn: asyncpg.Connection
+    make_config: Any, raw_conn: asyncpg.Connection, ordinary_dsn: str
 ) -> None:
-    config = make_config(row_level_security=True, tenant="acme")
+    # A superuser is exempt from every policy: row-level security for one is refused.
+    with pytest.raises(MemoryConfigurationError, match="superuser"):
+        async with PostgresStorage[str, Any](
+            make_config(row_level_security=True, tenant="acme"), HashingEmbedder(64)
+        ):
+            pass
+    config = make_config(row_level_security=True, tenant="acme", dsn=ordinary_dsn)
     async with PostgresStorage[str, Any](config, HashingEmbedder(64)) as store:
         await store.store("secret", "acme's plan", **ANA)
     row = await raw_conn.fetchrow(
@@ -381,7 +388,9 @@ async def test_history_has_row_level_security(
         f"{config.schema_name}.{config.table}_history",
     )
     assert tuple(row) == (True, True)
-    other = make_config(row_level_security=True, tenant="globex")
+    other = make_config(
+        row_level_security=True, tenant="globex", dsn=ordinary_dsn, table=config.table
+    )
     async with PostgresStorage[str, Any](other, HashingEmbedder(64)) as store:
         assert await store.history("secret", **ANA) == []
         with pytest.raises(MemoryNotFoundError):
