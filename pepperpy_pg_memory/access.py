@@ -16,8 +16,6 @@ import logging
 from collections.abc import Iterable
 from datetime import datetime, timezone
 
-import asyncpg
-
 from .database import Database
 from .errors import MemoryError
 from .schema import IDENTITY_COLUMNS, TableLayout
@@ -36,18 +34,16 @@ def record_accesses(
     counts: dict[Identity, tuple[int, datetime]],
     *,
     restoring: bool = False,
-    existing_only: bool = True,
 ) -> Query:
     """Add ``counts`` (per memory: reads, last read) to the access table; ``restoring`` (an
     import) keeps the larger of the two counts instead, so that importing twice counts once.
-    With ``existing_only=False`` the foreign key alone checks that each memory exists (one
-    probe a row instead of two; a memory deleted since its read fails the statement)."""
+
+    Each memory is first held against deletion (``FOR KEY SHARE``, in identity order), the
+    lock the foreign key would take anyway: a memory being deleted meanwhile is skipped, never
+    waited for, and one deleted since its read is not counted (instead of failing the
+    statement on the foreign key)."""
     owner = ", ".join(IDENTITY_COLUMNS)
     names = sorted(counts)  # one lock order for every flusher
-    existing = (
-        f"WHERE EXISTS (SELECT 1 FROM {layout.qualified_table} m WHERE m.tenant = $1 "
-        "AND (m.scope, m.scope_id, m.key) = (u.scope, u.scope_id, u.key))"
-    )
     total = (
         "greatest(a.access_count, EXCLUDED.access_count)"
         if restoring
@@ -55,11 +51,17 @@ def record_accesses(
     )
     return Query(
         f"""
+        WITH counted AS (
+            SELECT u.scope, u.scope_id, u.key, u.reads, u.last_read
+            FROM unnest($2::text[], $3::text[], $4::text[], $5::bigint[], $6::timestamptz[])
+                AS u(scope, scope_id, key, reads, last_read)
+            JOIN {layout.qualified_table} m ON m.tenant = $1
+                AND (m.scope, m.scope_id, m.key) = (u.scope, u.scope_id, u.key)
+            ORDER BY u.scope, u.scope_id, u.key
+            FOR KEY SHARE OF m SKIP LOCKED
+        )
         INSERT INTO {layout.qualified_access} AS a ({owner}, access_count, last_accessed_at)
-        SELECT $1, u.scope, u.scope_id, u.key, u.reads, u.last_read
-        FROM unnest($2::text[], $3::text[], $4::text[], $5::bigint[], $6::timestamptz[])
-            AS u(scope, scope_id, key, reads, last_read)
-        {existing if existing_only else ""}
+        SELECT $1, c.scope, c.scope_id, c.key, c.reads, c.last_read FROM counted c
         ON CONFLICT ({owner}) DO UPDATE SET
             access_count = {total},
             last_accessed_at = greatest(a.last_accessed_at, EXCLUDED.last_accessed_at)
@@ -115,15 +117,7 @@ class AccessTracker:
         counts, self._counts = self._counts, {}
         if not counts or self.layout is None:
             return
-        # Usually every memory read still exists: the foreign key's check suffices.
-        query = record_accesses(self.layout, self.tenant, counts, existing_only=False)
-        try:
-            await self._record(query)
-        except MemoryError as exc:
-            if not isinstance(exc.__cause__, asyncpg.ForeignKeyViolationError):
-                raise
-            # A memory was deleted since it was read: once more, for those that exist.
-            await self._record(record_accesses(self.layout, self.tenant, counts))
+        await self._record(record_accesses(self.layout, self.tenant, counts))
 
     async def _record(self, query: Query) -> None:
         # Counts are up to an interval late anyway: reads on a replica need not wait for them.

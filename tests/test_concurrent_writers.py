@@ -17,6 +17,7 @@ from pepperpy_pg_memory import (
     HashingEmbedder,
     MemoryConnectionError,
     MemoryNotFoundError,
+    MemoryOutcomeUnknownError,
     MemoryQuotaError,
     PostgresConfig,
     PostgresStorage,
@@ -59,38 +60,71 @@ def _check_versions(recorded: dict[str, list[int]], live: dict[str, int]) -> Non
             assert live[key] == versions[-1], (key, live[key], versions)
 
 
+class Outcomes:
+    """What the callers were told of each write: every stored value is a token of its own."""
+
+    def __init__(self) -> None:
+        self.errors: Counter[str] = Counter()
+        self.acknowledged: set[str] = set()
+        self.failed: set[str] = set()
+
+
 async def _workload(
     stores: list[PostgresStorage[str, Any]], *, tasks: int, operations: int, seed: int
-) -> Counter[str]:
+) -> Outcomes:
     keys = [f"k{n}" for n in range(10)]
-    errors: Counter[str] = Counter()
+    outcomes = Outcomes()
 
     async def worker(number: int) -> None:
         rnd = random.Random(seed * 1000 + number)
         store = stores[number % len(stores)]
-        for _ in range(operations):
-            operation = rnd.choice(["store", "store", "delete", "touch", "many", "get"])
+        for step in range(operations):
+            operation = rnd.choice(["store", "store", "delete", "touch", "many", "get", "tidy"])
+            tokens: list[str] = []
             try:
                 if operation == "store":
+                    tokens = [f"{number}-{step}"]
                     await store.store(
-                        rnd.choice(keys), {"v": rnd.randint(0, 3)}, type="short_term", **OWNER
+                        rnd.choice(keys),
+                        {"token": tokens[0]},
+                        type="short_term",
+                        dedupe=rnd.random() < 0.5,
+                        **OWNER,
                     )
                 elif operation == "delete":
                     await store.delete(rnd.choice(keys), **OWNER)
                 elif operation == "touch":
                     await store.touch(rnd.sample(keys, 4), timedelta(minutes=5), **OWNER)
                 elif operation == "many":
-                    batch = [(key, {"v": rnd.randint(0, 3)}) for key in rnd.sample(keys, 4)]
+                    chosen = rnd.sample(keys, 4)
+                    tokens = [f"{number}-{step}-{key}" for key in chosen]
+                    batch = [
+                        (key, {"token": token}) for key, token in zip(chosen, tokens, strict=True)
+                    ]
                     await store.store_many(batch, type="short_term", **OWNER)
+                elif operation == "tidy":
+                    await store.consolidate(scope="user", scope_id="ana")
                 else:
                     await store.retrieve(rnd.choice(keys), **OWNER)
+                outcomes.acknowledged.update(tokens)
             except MemoryNotFoundError:
                 pass
+            except MemoryOutcomeUnknownError:
+                outcomes.errors["MemoryOutcomeUnknownError"] += 1
             except (MemoryConnectionError, MemoryQuotaError) as exc:
-                errors[type(exc).__name__] += 1
+                outcomes.errors[type(exc).__name__] += 1
+                outcomes.failed.update(tokens)
 
     await asyncio.gather(*(worker(number) for number in range(tasks)))
-    return errors
+    return outcomes
+
+
+async def _recorded_tokens(conn: asyncpg.Connection, config: PostgresConfig) -> set[str]:
+    """Every value any version of any memory held (the history keeps them all)."""
+    rows = await conn.fetch(
+        f'SELECT value ->> \'token\' AS token FROM "{config.schema_name}"."{config.table}_history"'
+    )
+    return {row["token"] for row in rows if row["token"] is not None}
 
 
 async def test_versions_stay_gapless_under_interleaved_stores_and_deletes(
@@ -101,8 +135,9 @@ async def test_versions_stay_gapless_under_interleaved_stores_and_deletes(
     config = make_config(max_size=8)
     before = await _deadlocks(raw_conn)
     async with PostgresStorage[str, Any](config, HashingEmbedder(32)) as store:
-        errors = await _workload([store], tasks=12, operations=40, seed=1)
-    assert errors == Counter()
+        outcomes = await _workload([store], tasks=12, operations=40, seed=1)
+    assert outcomes.errors == Counter()
+    assert outcomes.acknowledged <= await _recorded_tokens(raw_conn, config)
     _check_versions(*await _versions(raw_conn, config))
     assert await _deadlocks(raw_conn) == before
 
@@ -113,9 +148,10 @@ async def test_a_quota_under_concurrent_batches_evicts_without_deadlocks(
     config = make_config(max_size=8, max_memories_per_owner=6)
     before = await _deadlocks(raw_conn)
     async with PostgresStorage[str, Any](config, HashingEmbedder(32)) as store:
-        errors = await _workload([store], tasks=12, operations=40, seed=2)
+        outcomes = await _workload([store], tasks=12, operations=40, seed=2)
         assert await store.count(**OWNER) <= 6
-    assert errors == Counter()
+    assert outcomes.errors == Counter()
+    assert outcomes.acknowledged <= await _recorded_tokens(raw_conn, config)
     _check_versions(*await _versions(raw_conn, config))
     assert await _deadlocks(raw_conn) == before
 
@@ -178,11 +214,15 @@ async def test_stress_two_stores_and_killed_backends(
 
         killing = asyncio.create_task(killer())
         try:
-            errors = await _workload([first, second], tasks=16, operations=60, seed=3)
+            outcomes = await _workload([first, second], tasks=16, operations=60, seed=3)
         finally:
             done.set()
             await killing
         assert await first.count(**OWNER) <= 8
-    assert set(errors) <= {"MemoryConnectionError", "MemoryOutcomeUnknownError"}
+    assert set(outcomes.errors) <= {"MemoryConnectionError", "MemoryOutcomeUnknownError"}
     _check_versions(*await _versions(raw_conn, config))
+    # What the callers were told is what the database holds.
+    recorded = await _recorded_tokens(raw_conn, config)
+    assert outcomes.acknowledged <= recorded
+    assert not outcomes.failed & recorded
     assert await _deadlocks(raw_conn) == before
