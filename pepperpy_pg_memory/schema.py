@@ -764,7 +764,17 @@ def _history_functions(layout: TableLayout, versioned: tuple[str, ...]) -> list[
                 INSERT INTO {history} ({columns}, operation, actor, reason, at)
                 VALUES ({new}, coalesce(operation,
                         CASE TG_OP WHEN 'INSERT' THEN 'create' ELSE 'update' END),
-                        actor, reason, moment);
+                        actor, reason, moment)
+                ON CONFLICT DO NOTHING;
+                IF NOT FOUND THEN
+                    -- A new row's number was taken before a delete and a re-store of the
+                    -- memory by others both committed (an insert re-checks its conflicts
+                    -- without numbering again): the write is retried, and numbers anew.
+                    RAISE EXCEPTION USING
+                        ERRCODE = 'serialization_failure',
+                        MESSAGE = format('memory %L was written by another transaction while '
+                            'this one numbered its version', NEW.key);
+                END IF;
             END IF;
             RETURN NULL;
         END
