@@ -183,3 +183,16 @@ async def test_an_import_over_the_quota_writes_nothing(make_config: Any) -> None
         with pytest.raises(MemoryQuotaError, match="user:ana would hold 10"):
             await storage.import_jsonl(_backup(*memories))
         assert await storage.count() == 0
+
+
+def test_the_browser_spells_out_invisible_characters_in_names() -> None:
+    """Names stored before the rule (or by SQL) may still hold them: the browser shows them."""
+    from pathlib import Path
+
+    from pepperpy_browser.app import _visible
+
+    assert _visible("a\u200bna") == "a<U+200B>na" and _visible("ana") == "ana"
+    assert _visible("evil\u202etxt.exe") == "evil<U+202E>txt.exe"
+    templates = Path(__file__).parents[1] / "integrations" / "pepperpy_browser" / "templates"
+    assert "{{ label | visible }}" in (templates / "index.html").read_text()
+    assert "{{ key | visible }}" in (templates / "history.html").read_text()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import re
 import secrets
 from datetime import datetime
 from pathlib import Path
@@ -37,6 +38,7 @@ from pepperpy_pg_memory import (
     MemoryType,
     PostgresStorage,
 )
+from pepperpy_pg_memory.values import INVISIBLE
 
 __all__ = ["create_app", "PAGE_SIZE", "TOKEN_COOKIE"]
 
@@ -132,6 +134,9 @@ def create_app(
     templates.filters["as_json"] = lambda value: json.dumps(
         value, ensure_ascii=False, sort_keys=True
     )
+    # Names shown with their invisible characters spelled out: "ana" and "a\u200bna" are two
+    # owners and must not look like one.
+    templates.filters["visible"] = _visible
     csrf = secrets.token_urlsafe(32)
 
     def render(name: str, status: int = 200, **context: Any) -> HTMLResponse:
@@ -320,3 +325,11 @@ def _with_headers(app: ASGIApp) -> ASGIApp:
         await app(scope, receive, sending)
 
     return wrapped
+
+
+_HIDDEN = re.compile(f"[\x00-\x1f\x7f-\x9f{INVISIBLE.pattern[1:-1]}]")
+
+
+def _visible(text: str) -> str:
+    """``text`` with each control, invisible or bidirectional character as ``<U+XXXX>``."""
+    return _HIDDEN.sub(lambda found: f"<U+{ord(found.group()):04X}>", text)
