@@ -162,22 +162,29 @@ def minilm() -> Any:
 
 
 @pytest.fixture(scope="session")
-async def ordinary_dsn(pg_dsn: str, test_schema: str) -> str:
-    """The session server as an ordinary role (no superuser, no BYPASSRLS) that may create
-    tables in the test schema: what row-level security restricts."""
+async def ordinary(pg_dsn: str, test_schema: str) -> AsyncIterator[dict[str, str]]:
+    """The session server as an ordinary role (no superuser, no BYPASSRLS), with a schema of
+    its own (the test schema's registry belongs to the superuser): config fields ``dsn`` and
+    ``schema`` for what row-level security restricts."""
+    schema = f"{test_schema}_ordinary"
     conn = await asyncpg.connect(pg_dsn)
     try:
         if not await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = 'pepperpy_ordinary'"):
             await conn.execute("CREATE ROLE pepperpy_ordinary LOGIN PASSWORD 'ordinary'")
-        await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{test_schema}"')
+        await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+        await conn.execute(f'GRANT USAGE, CREATE ON SCHEMA "{schema}" TO pepperpy_ordinary')
         # start() says CREATE SCHEMA IF NOT EXISTS, which needs the right even when it exists.
         database = await conn.fetchval("SELECT current_database()")
         await conn.execute(f'GRANT CREATE ON DATABASE "{database}" TO pepperpy_ordinary')
-        await conn.execute(f'GRANT USAGE, CREATE ON SCHEMA "{test_schema}" TO pepperpy_ordinary')
         for extension in ("vector", "pg_trgm"):
             await conn.execute(f"CREATE EXTENSION IF NOT EXISTS {extension}")
     finally:
         await conn.close()
     # The DSN is postgresql://USER[:PASSWORD]@HOST_PART: the same server, another role.
     _, _, server = pg_dsn.partition("@")
-    return f"postgresql://pepperpy_ordinary:ordinary@{server}"
+    yield {"dsn": f"postgresql://pepperpy_ordinary:ordinary@{server}", "schema": schema}
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()

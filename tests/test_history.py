@@ -372,7 +372,7 @@ async def test_as_of_needs_an_aware_moment(storage: PostgresStorage[str, Any]) -
 
 
 async def test_history_has_row_level_security(
-    make_config: Any, raw_conn: asyncpg.Connection, ordinary_dsn: str
+    make_config: Any, raw_conn: asyncpg.Connection, ordinary: dict[str, str]
 ) -> None:
     # A superuser is exempt from every policy: row-level security for one is refused.
     with pytest.raises(MemoryConfigurationError, match="superuser"):
@@ -380,7 +380,7 @@ async def test_history_has_row_level_security(
             make_config(row_level_security=True, tenant="acme"), HashingEmbedder(64)
         ):
             pass
-    config = make_config(row_level_security=True, tenant="acme", dsn=ordinary_dsn)
+    config = make_config(row_level_security=True, tenant="acme", **ordinary)
     async with PostgresStorage[str, Any](config, HashingEmbedder(64)) as store:
         await store.store("secret", "acme's plan", **ANA)
     row = await raw_conn.fetchrow(
@@ -388,9 +388,7 @@ async def test_history_has_row_level_security(
         f"{config.schema_name}.{config.table}_history",
     )
     assert tuple(row) == (True, True)
-    other = make_config(
-        row_level_security=True, tenant="globex", dsn=ordinary_dsn, table=config.table
-    )
+    other = make_config(row_level_security=True, tenant="globex", table=config.table, **ordinary)
     async with PostgresStorage[str, Any](other, HashingEmbedder(64)) as store:
         assert await store.history("secret", **ANA) == []
         with pytest.raises(MemoryNotFoundError):
