@@ -64,6 +64,14 @@ async def write_batch(
             columns=list(STAGING_COLUMNS),
             timeout=timeout,
         )
+        if rebuild:
+            # Rebuilding batches queue on the table's lock, taken before anything else of
+            # the table: DROP INDEX takes it only after naming the index, and several batches
+            # dropping and building it at once deadlocked. The first one to get it may have
+            # made the table large enough that an index build no longer pays.
+            await conn.execute(f"LOCK TABLE {statements.table} IN ACCESS EXCLUSIVE MODE")
+            count = statements.count_up_to(len(records))
+            rebuild = await conn.fetchval(count.sql, *count.args, timeout=timeout) < len(records)
         if dedupe is not None:
             # Before the index goes: a near-duplicate is found through it.
             folded = await dedupe.unstage_duplicates(conn, timeout)

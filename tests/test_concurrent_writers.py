@@ -226,3 +226,23 @@ async def test_stress_two_stores_and_killed_backends(
     assert outcomes.acknowledged <= recorded
     assert not outcomes.failed & recorded
     assert await _deadlocks(raw_conn) == before
+
+
+async def test_concurrent_bulk_loads_rebuilding_the_index_do_not_deadlock(
+    make_config: Any, raw_conn: asyncpg.Connection
+) -> None:
+    """Batches large enough to drop and rebuild the vector index, several at once on an
+    empty table (an agent host's burst of puts): they dropped the index in turns and
+    deadlocked."""
+    config = make_config(bulk_index_rebuild_rows=50, max_size=6)
+    before = await _deadlocks(raw_conn)
+    async with PostgresStorage[str, Any](config, HashingEmbedder(32)) as store:
+        counts = await asyncio.gather(
+            *(
+                store.store_many([(f"b{batch}-{n}", f"note {batch} {n}") for n in range(60)])
+                for batch in range(6)
+            )
+        )
+        assert [int(count) for count in counts] == [60] * 6
+        assert await store.count() == 360
+    assert await _deadlocks(raw_conn) == before
