@@ -24,6 +24,7 @@ __all__ = [
     "check_bytes",
     "check_visible",
     "INVISIBLE",
+    "UNSEEN",
     "CONTROL_OR_SURROGATE",
     "to_json_value",
     "default_text_of",
@@ -59,9 +60,13 @@ CONTROL_OR_SURROGATE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 # Characters that render as nothing or reorder what follows them (zero-width and bidirectional
 # controls): a name holding one looks identical to another name. The zero-width joiner is left
 # out, as emoji sequences need it.
-INVISIBLE = re.compile(
-    "[\u00ad\u061c\u180e\u200b\u200c\u200e\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]"
+_INVISIBLE_CHARACTERS = (
+    "\u00ad\u061c\u180e\u200b\u200c\u200e\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff"
 )
+INVISIBLE = re.compile(f"[{_INVISIBLE_CHARACTERS}]")
+UNSEEN = re.compile(f"[\x00-\x1f\x7f-\x9f{_INVISIBLE_CHARACTERS}]")
+"""Control characters (C0, DEL, C1) and the invisible ones: what a name shown to a person or
+kept in a key must spell out."""
 
 
 def check_visible(text: str, what: str) -> None:

@@ -68,7 +68,7 @@ from pepperpy_pg_memory.items import MAX_PASSAGES
 from pepperpy_pg_memory.runner import BackgroundStorage
 from pepperpy_pg_memory.schema import MAX_KEY_BYTES
 from pepperpy_pg_memory.types import Identity
-from pepperpy_pg_memory.values import INVISIBLE, default_text_of
+from pepperpy_pg_memory.values import INVISIBLE, UNSEEN, default_text_of
 
 __all__ = ["PepperpyStore", "namespace_scope", "texts_for"]
 
@@ -127,11 +127,11 @@ def _namespace_of(entry: MemoryEntry[Any]) -> tuple[str, ...] | None:
     if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
         logger.warning("skipped memory %r: it has no LangGraph namespace", entry.key)
         return None
-    namespace = tuple(labels)
+    namespace, key = tuple(labels), _item_key(entry.key)
     scope, scope_id = namespace_scope(namespace)
     if (entry.scope, entry.scope_id or None) != (scope, scope_id) or entry.key not in (
-        memory_key(namespace, _item_key(entry.key)),
-        legacy_memory_key(namespace, _item_key(entry.key)),
+        memory_key(namespace, key),
+        legacy_memory_key(namespace, key),
     ):
         logger.warning("skipped memory %r: its namespace is not its owner's", entry.key)
         return None
@@ -185,11 +185,7 @@ def _escape(text: str) -> str:
     # refuses in a key (control, invisible and bidirectional ones), which LangGraph's stores
     # accept, are percent-encoded too: the item's key and labels come back exactly.
     escaped = text.replace("%", "%25").replace("/", "%2F").replace("#", "%23")
-    return _REFUSED_IN_KEYS.sub(_percent_encoded, escaped)
-
-
-# C0, DEL and C1 controls, then the invisible characters' class without its brackets.
-_REFUSED_IN_KEYS = re.compile("[\x00-\x1f\x7f-\x9f" + INVISIBLE.pattern[1:])
+    return UNSEEN.sub(_percent_encoded, escaped)
 
 
 def _percent_encoded(found: re.Match[str]) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hmac
 import json
-import re
 import secrets
 from datetime import datetime
 from pathlib import Path
@@ -38,7 +37,7 @@ from pepperpy_pg_memory import (
     MemoryType,
     PostgresStorage,
 )
-from pepperpy_pg_memory.values import INVISIBLE
+from pepperpy_pg_memory.values import UNSEEN
 
 __all__ = ["create_app", "PAGE_SIZE", "TOKEN_COOKIE"]
 
@@ -327,9 +326,6 @@ def _with_headers(app: ASGIApp) -> ASGIApp:
     return wrapped
 
 
-_HIDDEN = re.compile(f"[\x00-\x1f\x7f-\x9f{INVISIBLE.pattern[1:-1]}]")
-
-
 def _visible(text: str) -> str:
     """``text`` with each control, invisible or bidirectional character as ``<U+XXXX>``."""
-    return _HIDDEN.sub(lambda found: f"<U+{ord(found.group()):04X}>", text)
+    return UNSEEN.sub(lambda found: f"<U+{ord(found.group()):04X}>", text)
