@@ -226,13 +226,14 @@ class HistoryStatements:
                 (SELECT m.updated_at FROM {self.table} m WHERE m.tenant = $1
                    AND m.scope = w.scope AND m.scope_id = w.scope_id AND m.key = w.key)
                    AS updated_at,
-                (SELECT coalesce(array_agg(h.version ORDER BY h.version), '{{}}')
-                   FROM {self.history} h WHERE h.tenant = $1 AND h.scope = w.scope
-                   AND h.scope_id = w.scope_id AND h.key = w.key) AS versions,
-                (SELECT coalesce(array_agg(h.at ORDER BY h.version), '{{}}')
-                   FROM {self.history} h WHERE h.tenant = $1 AND h.scope = w.scope
-                   AND h.scope_id = w.scope_id AND h.key = w.key) AS moments
+                coalesce(recorded.versions, '{{}}') AS versions,
+                coalesce(recorded.moments, '{{}}') AS moments
             FROM wanted w
+            CROSS JOIN LATERAL (
+                SELECT array_agg(h.version ORDER BY h.version) AS versions,
+                       array_agg(h.at ORDER BY h.version) AS moments
+                FROM {self.history} h WHERE h.tenant = $1 AND h.scope = w.scope
+                  AND h.scope_id = w.scope_id AND h.key = w.key) recorded
             """,
             [tenant, scopes, scope_ids, keys],
         )
