@@ -35,6 +35,7 @@ from pepperpy_pg_memory import (
     HashingEmbedder,
     MemoryIndex,
     MemoryQuery,
+    MemoryScope,
     PostgresConfig,
     PostgresStorage,
 )
@@ -58,11 +59,16 @@ async def _load(store: PostgresStorage[str, Any], texts: dict[str, str]) -> None
 
 
 async def _hit_rates(
-    store: PostgresStorage[str, Any], recall: RecallSet, mode: MemoryIndex
+    store: PostgresStorage[str, Any],
+    recall: RecallSet,
+    mode: MemoryIndex,
+    owner: dict[str, Any] | None = None,
 ) -> dict[str, float]:
     first = third = 0
     for case in recall.cases:
-        results = await store.search(MemoryQuery(query=case.question, index_type=mode, limit=3))
+        results = await store.search(
+            MemoryQuery(query=case.question, index_type=mode, limit=3, **(owner or {}))
+        )
         keys = [result.entry.key for result in results]
         first += keys[:1] == [case.answer]
         third += case.answer in keys
@@ -112,6 +118,76 @@ async def quality(dsn: str, noise: int, embedder: Embedder) -> dict[str, Any]:
     finally:
         for store in stores.values():
             await store.close()
+    return out
+
+
+STATISTICS = ("owner", "tenant")
+OWNER = {"scope": MemoryScope.USER, "scope_id": "ana"}
+OWNER_SHARES = (0.25, 0.5, 1.0)
+"""How much of the quality table's noise belongs to the asking owner, per split."""
+
+
+async def owner_quality(dsn: str, noise: int, embedder: Embedder) -> dict[str, Any]:
+    """The recall sets asked within one owner, whose BM25 weights count that owner's memories
+    (``term_statistics="owner"``, the default) or the tenant's (the anchor, as before).
+
+    User ``ana`` holds the recall sets' memories and a share of the ``noise`` corpus memories
+    (each of :data:`OWNER_SHARES`, one table each); 20 other users hold the rest and as many
+    again, whose words weigh only in the anchor. A split changes which memories a question's
+    words meet, so single questions flip either way; the mean over splits is compared.
+    """
+    identifiers, paraphrases = identifier_set(), paraphrase_set()
+    own = {**identifiers.memories, **paraphrases.memories}
+    corpus = [(m.key, m.text) for m in memories(2 * noise)]
+    out: dict[str, Any] = {"splits": {}}
+    for share in OWNER_SHARES:
+        mine = int(noise * share)
+        stores = {
+            statistics_scope: PostgresStorage[str, Any](
+                PostgresConfig(
+                    dsn=dsn, table=f"owners_{int(share * 100)}", term_statistics=statistics_scope
+                ),
+                embedder,
+            )
+            for statistics_scope in STATISTICS
+        }
+        split: dict[str, Any] = {"owner_memories": len(own) + mine}
+        try:
+            for store in stores.values():
+                await store.start()
+            loader = stores["owner"]
+            log(f"owner quality: {share:.0%} of the noise is ana's, loading")
+            ana = [{"key": key, "value": text} for key, text in [*own.items(), *corpus[:mine]]]
+            await loader.store_many(ana, **OWNER)
+            others = corpus[mine:]
+            split["other_memories"] = len(others)
+            for user in range(20):
+                await loader.store_many(
+                    [{"key": key, "value": text} for key, text in others[user::20]],
+                    scope=MemoryScope.USER,
+                    scope_id=f"user-{user}",
+                )
+            await loader.complete_backfills()
+            await loader.refresh_term_statistics()
+            for name, recall in (("identifiers", identifiers), ("paraphrases", paraphrases)):
+                for statistics_scope, store in stores.items():
+                    for mode in (MemoryIndex.CONTEXTUAL, MemoryIndex.HYBRID):
+                        rates = await _hit_rates(store, recall, mode, OWNER)
+                        split.setdefault(name, {})[f"{mode.value}_{statistics_scope}"] = rates
+            log(f"owner quality {share:.0%}: {split}")
+        finally:
+            for store in stores.values():
+                await store.close()
+        out["splits"][str(share)] = split
+    out["mean_owner_minus_tenant"] = {
+        f"{name}_{mode}_{hit}": statistics.mean(
+            split[name][f"{mode}_owner"][hit] - split[name][f"{mode}_tenant"][hit]
+            for split in out["splits"].values()
+        )
+        for name in ("identifiers", "paraphrases")
+        for mode in ("contextual", "hybrid")
+        for hit in ("hit_at_1", "hit_at_3")
+    }
     return out
 
 
@@ -218,6 +294,12 @@ def _targets(result: dict[str, Any]) -> dict[str, Any]:
         targets["paraphrases_hybrid_hit_at_1>=semantic"] = (
             para["hybrid_any"]["hit_at_1"] >= para["semantic"]["hit_at_1"]
         )
+    owners = result.get("owner_quality")
+    if owners:
+        # Issue 35: per-owner statistics lose at most 0.01 against the tenant's.
+        targets["owner_statistics_lose<=0.01"] = all(
+            difference >= -0.01 for difference in owners["mean_owner_minus_tenant"].values()
+        )
     lat = result.get("latency")
     if lat:
         ratios = lat["ratio_any_over_all"]
@@ -237,6 +319,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
             )
             result["embedder"] = getattr(embedder, "name", type(embedder).__name__)
             result["quality"] = await quality(dsn, args.noise, embedder)
+            result["owner_quality"] = await owner_quality(dsn, args.noise, embedder)
         if args.write_rows:
             log(f"write cost: {args.write_rows} rows")
             result["write_cost"] = await write_cost(dsn, args.write_rows, args.rounds)

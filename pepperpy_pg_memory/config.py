@@ -252,6 +252,15 @@ class PostgresConfig(BaseSettings):
             "(web-search syntax, ranked by ts_rank_cd: how earlier releases matched)."
         ),
     )
+    term_statistics: Literal["owner", "tenant"] = Field(
+        default="owner",
+        description=(
+            "Whose memories BM25's term weights count when a search is within one owner: "
+            "'owner' (that owner's only, so no user's scores depend on another's words) or "
+            "'tenant' (every memory of the tenant; one statistics table less to refresh). "
+            "Searches across owners always count the tenant's."
+        ),
+    )
     indexed_metadata: dict[str, Literal["numeric", "text"]] = Field(
         default_factory=dict,
         description=(

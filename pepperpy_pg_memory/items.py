@@ -112,6 +112,11 @@ class PendingWrite:
     """What the history records beside the version this write makes."""
 
     @property
+    def owner(self) -> tuple[str, str]:
+        """(scope, scope_id) as stored."""
+        return self.scope.value, self.scope_id
+
+    @property
     def identity(self) -> Identity:
         return Identity(self.scope.value, self.scope_id, self.key)
 

@@ -199,6 +199,13 @@ class Restriction:
     indexed_metadata: tuple[tuple[tuple[str, ...], FieldKind], ...] = ()
     """Metadata paths with an expression index (their range filters take its form)."""
 
+    @property
+    def owner(self) -> tuple[str, str] | None:
+        """The one owner (scope, scope_id) the memories must belong to, if there is one."""
+        if self.scope is None or self.scope_id is None:
+            return None
+        return self.scope.value, self.scope_id
+
     def conditions(self, params: Params) -> str:
         parts = [f"m.tenant = {params.add(self.tenant)}"]
         moment = "now()" if self.as_of is None else f"{params.add(self.as_of)}::timestamptz"

@@ -46,6 +46,7 @@ __all__ = [
     "metadata_index_name",
     "metadata_statistics_name",
     "HISTORY_VERSION",
+    "OWNER_TERMS_VERSION",
     "HISTORY_SETTING",
     "IMPORTING_SETTING",
     "QUOTA_SETTING",
@@ -149,6 +150,25 @@ class TableLayout:
     def term_totals_name(self) -> str:
         """Per tenant, how many memories have terms and their mean number, unquoted."""
         return f"{self.table}_term_totals"
+
+    @property
+    def owner_terms_name(self) -> str:
+        """Per owner and term, how many of the owner's memories hold it (see
+        :func:`_v15_owner_term_statistics`), unquoted."""
+        return f"{self.table}_owner_terms"
+
+    @property
+    def owner_totals_name(self) -> str:
+        """Per owner, how many memories have terms and their mean number, unquoted."""
+        return f"{self.table}_owner_totals"
+
+    @property
+    def qualified_owner_terms(self) -> str:
+        return qualified(self.schema, self.owner_terms_name)
+
+    @property
+    def qualified_owner_totals(self) -> str:
+        return qualified(self.schema, self.owner_totals_name)
 
     @property
     def qualified_term_stats(self) -> str:
@@ -352,6 +372,8 @@ def _tenant_tables(layout: TableLayout) -> list[str]:
         names.append(layout.history_name)
     if layout.version >= ACCESS_VERSION:
         names.append(layout.access_name)
+    if layout.version >= OWNER_TERMS_VERSION:
+        names += [layout.owner_terms_name, layout.owner_totals_name]
     return names
 
 
@@ -1129,6 +1151,39 @@ def _v14_ordered_writers(layout: TableLayout) -> list[str]:
     ]
 
 
+OWNER_TERMS_VERSION = 15
+
+
+def _v15_owner_term_statistics(layout: TableLayout) -> list[str]:
+    # BM25 weighs a term by how many memories hold it. Counted over the tenant, one user's
+    # scores moved with other users' words, so a user bound to one owner could probe what
+    # the others wrote. A search within one owner now weighs terms by that owner's memories
+    # (term_stats.py keeps these as it keeps the tenant's; PostgresConfig.term_statistics).
+    return [
+        f"""
+        CREATE TABLE IF NOT EXISTS {layout.qualified_owner_terms} (
+            tenant    text NOT NULL,
+            scope     text NOT NULL,
+            scope_id  text NOT NULL,
+            term      text NOT NULL,
+            df        integer NOT NULL,
+            PRIMARY KEY (tenant, scope, scope_id, term)
+        )
+        """,
+        f"""
+        CREATE TABLE IF NOT EXISTS {layout.qualified_owner_totals} (
+            tenant        text NOT NULL,
+            scope         text NOT NULL,
+            scope_id      text NOT NULL,
+            documents     bigint NOT NULL,
+            avg_length    float8 NOT NULL,
+            refreshed_at  timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (tenant, scope, scope_id)
+        )
+        """,
+    ]
+
+
 Migration = Callable[[TableLayout], list[str]]
 
 MIGRATIONS: list[Migration] = [
@@ -1146,6 +1201,7 @@ MIGRATIONS: list[Migration] = [
     _v12_dedupe_calendar_and_negation,
     _v13_bounded_quota_count,
     _v14_ordered_writers,
+    _v15_owner_term_statistics,
 ]
 """Append-only. Position i (0-based) is schema version i + 1."""
 

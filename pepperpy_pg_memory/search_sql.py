@@ -26,9 +26,17 @@ from .schema import TableLayout, terms_function
 from .sql import Query
 from .types import Identity
 
-__all__ = ["SearchStatements", "Page", "fuzzy_words", "split_query", "ContextualMatch"]
+__all__ = [
+    "SearchStatements",
+    "Page",
+    "fuzzy_words",
+    "split_query",
+    "ContextualMatch",
+    "TermStatisticsScope",
+]
 
 ContextualMatch = Literal["any", "all"]
+TermStatisticsScope = Literal["owner", "tenant"]
 
 
 class Page(NamedTuple):
@@ -115,16 +123,20 @@ class SearchStatements:
         layout: TableLayout,
         *,
         match: ContextualMatch = "any",
+        term_statistics: TermStatisticsScope = "owner",
         backfilling: bool = False,
         as_of: bool = False,
         filtered_ef_search: int | None = None,
     ) -> None:
         self.layout = layout
         self.match = match
+        """How contextual search matches words: "any" (BM25) or "all" (every word)."""
+        self.term_statistics = term_statistics
+        """Whose memories weigh a search's terms when it is within one owner (see
+        :meth:`_statistics`)."""
         self.filtered_ef_search = filtered_ef_search
         """The ``hnsw.ef_search`` of graph walks under a metadata or value filter (None: the
         session's): of the candidates a walk finds, only those the filter passes count."""
-        """How contextual search matches words: "any" (BM25) or "all" (every word)."""
         self.backfilling = backfilling
         """Whether some memories may still lack ``terms`` (the backfill has not finished)."""
         self.table = layout.qualified_table
@@ -281,13 +293,38 @@ class SearchStatements:
             LIMIT {want}
         """
 
+    def _statistics(self, params: Params, restriction: Restriction) -> tuple[str, str]:
+        """Where BM25's figures come from: the term frequencies to join a query's lexemes
+        ``q.lexeme`` to (as ``s``), and the totals' FROM and WHERE.
+
+        A search within one owner counts that owner's memories (unless ``term_statistics`` is
+        "tenant"): were they the tenant's, one user's scores would move with the words other
+        users store, and a user bound to one owner could learn them. A search across owners
+        sees the tenant's memories anyway.
+        """
+        tenant = params.add(restriction.tenant)
+        owner = restriction.owner
+        if owner is None or self.term_statistics == "tenant":
+            return (
+                f"{self.layout.qualified_term_stats} s "
+                f"ON s.tenant = {tenant} AND s.term = q.lexeme",
+                f"{self.layout.qualified_term_totals} WHERE tenant = {tenant}",
+            )
+        scope, scope_id = params.add(owner[0]), params.add(owner[1])
+        return (
+            f"{self.layout.qualified_owner_terms} s ON s.tenant = {tenant} "
+            f"AND s.scope = {scope} AND s.scope_id = {scope_id} AND s.term = q.lexeme",
+            f"{self.layout.qualified_owner_totals} "
+            f"WHERE tenant = {tenant} AND scope = {scope} AND scope_id = {scope_id}",
+        )
+
     def _best_matching(
         self,
         params: Params,
         positive: str,
         required: str | None,
         where: str,
-        tenant: str,
+        restriction: Restriction,
         want: int,
     ) -> str:
         """CTEs ending in ``words`` (identity, score): at most ``want`` memories holding any of
@@ -305,7 +342,8 @@ class SearchStatements:
         """
         cap = params.add(max(want, CONTEXTUAL_CANDIDATES))
         window = params.add(want)
-        own_tenant, config = params.add(tenant), params.add(self.layout.text_search_config)
+        frequencies, totals = self._statistics(params, restriction)
+        config = params.add(self.layout.text_search_config)
         terms_of = f"{terms_function(self.layout.schema)}({config}::text::regconfig, "
         # Phrases and exclusions keep their web-search meaning, as conditions.
         constraint = (
@@ -329,13 +367,12 @@ class SearchStatements:
             query_terms AS MATERIALIZED (
                 SELECT q.lexeme, coalesce(s.df, 0) AS df
                 FROM unnest(tsvector_to_array({terms_of}{params.add(positive)}))) q(lexeme)
-                LEFT JOIN {self.layout.qualified_term_stats} s
-                    ON s.tenant = {own_tenant} AND s.term = q.lexeme
+                LEFT JOIN {frequencies}
             ),
             term_totals AS MATERIALIZED (
                 SELECT greatest(coalesce(max(documents), 0), 1)::float8 AS documents,
                        coalesce(nullif(max(avg_length), 0), 1)::float8 AS avg_length
-                FROM {self.layout.qualified_term_totals} WHERE tenant = {own_tenant}
+                FROM {totals}
             ),
             weights AS MATERIALIZED (
                 -- BM25's idf; a term no memory holds (or one newer than the statistics)
@@ -406,7 +443,7 @@ class SearchStatements:
         """
 
     def _contextual_ctes(
-        self, params: Params, query: str, where: str, tenant: str, want: int
+        self, params: Params, query: str, where: str, restriction: Restriction, want: int
     ) -> str:
         """CTEs ``words`` and ``fuzzy`` (identity, score), each at most ``want`` rows, best
         first, and ``contextual``, both together.
@@ -423,11 +460,11 @@ class SearchStatements:
                 f"words AS MATERIALIZED ({self._all_words(params, query, where, params.add(want))})"
             )
         else:
-            words = self._best_matching(params, positive, required, where, tenant, want)
+            words = self._best_matching(params, positive, required, where, restriction, want)
         window = params.add(want)
         fuzzy = [params.add(word) for word in fuzzy_words(query)]
         # Added only when used: PostgreSQL rejects a parameter that no expression types.
-        own_tenant = params.add(tenant) if fuzzy else ""
+        own_tenant = params.add(restriction.tenant) if fuzzy else ""
         config = params.add(self.layout.text_search_config) if fuzzy else ""
         # Only a word the table has never seen (as a full-text lexeme) can be a misspelling
         # worth a trigram search; it becomes NULL otherwise, and a NULL key makes its trigram
@@ -487,7 +524,7 @@ class SearchStatements:
         limit, offset, min_score = page
         params = Params()
         where = restriction.conditions(params)
-        ctes = self._contextual_ctes(params, query, where, restriction.tenant, limit + offset)
+        ctes = self._contextual_ctes(params, query, where, restriction, limit + offset)
         sql = f"""
             WITH {ctes}
             SELECT {self.entry}, c.score::float8 AS score
@@ -517,7 +554,7 @@ class SearchStatements:
         window = max(candidates, limit + offset)
         pool = params.add(window)
         k = params.add(float(rrf_k))
-        ctes = self._contextual_ctes(params, query, where, restriction.tenant, window)
+        ctes = self._contextual_ctes(params, query, where, restriction, window)
         where = self._graph_conditions(params, restriction)  # for the graph walks
         # Reciprocal-rank fusion in the database, in one round trip: each index ranks its own
         # candidates, ranks are fused as sum(1 / (k + rank)), and the sum is scaled by (k+1)/2

@@ -241,7 +241,12 @@ class PostgresStorage(Generic[K, V]):
         # at the old full-text column too), and the task running it in the background.
         self._backfilling = True
         self._backfill_task: asyncio.Task[None] | None = None
-        self._term_stats = TermStatistics(self.database, lambda: self.layout, self._tenant)
+        self._term_stats = TermStatistics(
+            self.database,
+            lambda: self.layout,
+            self._tenant,
+            per_owner=self.config.term_statistics == "owner",
+        )
         self._access = AccessTracker(
             self.database,
             self._tenant,
@@ -521,6 +526,7 @@ class PostgresStorage(Generic[K, V]):
             SearchStatements,
             layout,
             match=config.contextual_match,
+            term_statistics=config.term_statistics,
             backfilling=self._backfilling,
             filtered_ef_search=(
                 config.hnsw_ef_search_filtered
@@ -860,7 +866,7 @@ class PostgresStorage(Generic[K, V]):
             ),
         )
         if duplicate:
-            self._term_stats.note_writes(1)
+            self._term_stats.note_writes(1, [_owner(row)])
             return self._entry(row).model_copy(update={"deduplicated": True})
         return await self._written(write, value, row)
 
@@ -915,7 +921,7 @@ class PostgresStorage(Generic[K, V]):
         self, write: PendingWrite, value: Any, row: asyncpg.Record
     ) -> MemoryEntry[V]:
         """The entry one write made, once its text has a vector (see _repair_embeddings)."""
-        self._term_stats.note_writes(1)
+        self._term_stats.note_writes(1, [_owner(row)])
         if row["needs_embedding"]:
             await self._repair_embeddings([write.identity], {write.identity: write})
         return self._stored(write, value, row)
@@ -940,7 +946,7 @@ class PostgresStorage(Generic[K, V]):
                 change=writes[0].change,
             ),
         )
-        self._term_stats.note_writes(len(writes))
+        self._term_stats.note_writes(len(writes), [write.owner for write in writes])
         by_identity = {_identity(row): row for row in rows}
         repair = [identity for identity, row in by_identity.items() if row["needs_embedding"]]
         await self._repair_embeddings(repair, {write.identity: write for write in writes})
@@ -1044,7 +1050,7 @@ class PostgresStorage(Generic[K, V]):
             ),
         )
         folded = len(deduplication.duplicates) if deduplication is not None else 0
-        self._term_stats.note_writes(len(batch))
+        self._term_stats.note_writes(len(batch), [write.owner for write in batch])
         await self._repair_embeddings([_identity(row) for row in rows], writes)
         if len(batch) >= config.bulk_index_rebuild_rows > 0:
             await self._after_bulk_load()
@@ -1748,7 +1754,7 @@ class PostgresStorage(Generic[K, V]):
                 except MemoryValidationError as exc:
                     report.failed += 1
                     report.errors.append((number, str(exc)))
-        self._term_stats.note_writes(len(pending))
+        self._term_stats.note_writes(len(pending), [write.owner for _, write, _ in pending])
         pending.clear()
 
     # --- deleting --------------------------------------------------------------------------
@@ -1785,7 +1791,8 @@ class PostgresStorage(Generic[K, V]):
         rows = await self.database.fetch(
             "delete", self._statements.delete(checked, restriction, change)
         )
-        self._term_stats.note_writes(len(rows))
+        owner = restriction.owner
+        self._term_stats.note_writes(len(rows), [owner] * len(rows) if owner else ())
         return any(row["live"] for row in rows)
 
     @instrumented("delete_many")
@@ -1852,7 +1859,9 @@ class PostgresStorage(Generic[K, V]):
             self._statements.delete_many(restriction, change),
             timeout=self.config.maintenance_timeout,
         )
-        self._term_stats.note_writes(deleted)
+        # Several owners' counts, when one is not named, go stale until their next writes.
+        owner = restriction.owner
+        self._term_stats.note_writes(deleted, [owner] * deleted if owner else ())
         return deleted
 
     @instrumented("clear")
@@ -2153,6 +2162,7 @@ class PostgresStorage(Generic[K, V]):
             )
         elif index is MemoryIndex.HYBRID:
             assert query.query is not None
+            self._term_stats.note_search(restriction.owner)
             vector = await self._search_vector(query)
             statement = partial(
                 searches.hybrid_search,
@@ -2165,6 +2175,7 @@ class PostgresStorage(Generic[K, V]):
             )
         elif index is MemoryIndex.CONTEXTUAL:
             assert query.query is not None
+            self._term_stats.note_search(restriction.owner)
             words = searches.contextual_search(query.query, restriction, page)
             statement = lambda **_: words  # noqa: E731 - one shape for every kind
         else:
@@ -2684,6 +2695,10 @@ def _vector_list(vector: Any) -> builtins.list[float]:
 
 def _identity(row: asyncpg.Record) -> Identity:
     return Identity(row["scope"], row["scope_id"], row["key"])
+
+
+def _owner(row: asyncpg.Record) -> tuple[str, str]:
+    return row["scope"], row["scope_id"]
 
 
 def _moment(value: datetime | None, name: str) -> datetime | None:

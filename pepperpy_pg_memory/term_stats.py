@@ -1,21 +1,28 @@
-"""Term statistics for contextual ranking: per tenant, how many memories hold each term, how
-many memories there are and how many terms they hold on average.
+"""Term statistics for contextual ranking: how many memories hold each term, how many
+memories there are and how many terms they hold on average — per tenant, and per owner.
 
 BM25 weighs a term by its rarity, so a search needs document frequencies. Counting them on
 every write would make the row of every common word a hot spot that all concurrent writers
-queue on; instead they are recomputed, for one tenant at a time, from the memories' ``terms``
-column in one statement, in the background, once the writes since the last refresh reach a
-quarter of the memories counted then (and at start when none were ever counted). Between
-refreshes the figures are a little stale: a new term reads as unseen (rare), which is what a
-new identifier is. Statistics are kept per tenant so that scores reveal nothing about another
-tenant's memories.
+queue on; instead they are recomputed from the memories' ``terms`` column, in the background,
+once the writes since the last count reach a quarter of the memories counted then (and at
+start, or at an owner's first search here, when none were ever counted). Between refreshes
+the figures are a little stale: a new term reads as unseen (rare), which is what a new
+identifier is.
+
+Whose memories are counted is a matter of isolation. A search within one owner weighs terms
+by that owner's memories (``PostgresConfig.term_statistics="owner"``, the default): counted
+over the tenant, one user's scores would move with the words other users store, and a user
+bound to one owner could probe them. A search across owners sees the tenant's memories
+anyway and uses the tenant's figures. The per-owner figures cost a second recount of the
+owners written to, in the background; ``"tenant"`` leaves it out.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterable
 from functools import partial
 
 import asyncpg
@@ -25,12 +32,27 @@ from .queries import _LIVE
 from .schema import TableLayout
 from .shutdown import cancel_and_wait
 
-__all__ = ["TermStatistics", "REFRESH_FRACTION"]
+__all__ = ["TermStatistics", "REFRESH_FRACTION", "Owner"]
 
 logger = logging.getLogger(__name__)
 
 REFRESH_FRACTION = 0.25
 """Refresh once the writes since the last refresh reach this share of the memories then."""
+
+OWNERS_PER_TRANSACTION = 500
+"""Owners recounted in one transaction: each holds an advisory lock until it commits, and
+PostgreSQL's lock table is shared and bounded."""
+
+REMEMBERED_OWNERS = 100_000
+"""Owners whose statistics one process remembers having checked, before it forgets them all
+(a long-lived server with many users would otherwise grow without bound)."""
+
+Owner = tuple[str, str]
+"""(scope, scope_id) as stored."""
+
+
+def _lock_class(layout: TableLayout) -> str:
+    return f"{layout.schema}.{layout.table}.term_stats"
 
 
 async def refresh(layout: TableLayout, tenant: str, conn: asyncpg.Connection) -> int | None:
@@ -44,7 +66,7 @@ async def refresh(layout: TableLayout, tenant: str, conn: asyncpg.Connection) ->
     async with conn.transaction():
         locked = await conn.fetchval(
             "SELECT pg_try_advisory_xact_lock(hashtext($1), hashtext($2))",
-            f"{layout.schema}.{layout.table}.term_stats",
+            _lock_class(layout),
             tenant,
         )
         if not locked:
@@ -76,6 +98,102 @@ async def refresh(layout: TableLayout, tenant: str, conn: asyncpg.Connection) ->
         return int(documents)
 
 
+async def owners_of(layout: TableLayout, tenant: str, conn: asyncpg.Connection) -> list[Owner]:
+    """Every owner holding memories of the tenant."""
+    rows = await conn.fetch(
+        f"SELECT DISTINCT scope, scope_id FROM {layout.qualified_table} WHERE tenant = $1",
+        tenant,
+    )
+    return [(row["scope"], row["scope_id"]) for row in rows]
+
+
+async def refresh_owners(
+    layout: TableLayout,
+    tenant: str,
+    owners: list[Owner],
+    conn: asyncpg.Connection,
+    *,
+    only_uncounted: bool = False,
+) -> dict[Owner, int]:
+    """Recount the statistics of ``owners`` (at most :data:`OWNERS_PER_TRANSACTION`);
+    returns the memories counted per owner. An owner another session is recounting right now
+    is left to it; with ``only_uncounted``, an owner counted before is not recounted (its
+    last count is returned)."""
+    table, terms, totals = (
+        layout.qualified_table,
+        layout.qualified_owner_terms,
+        layout.qualified_owner_totals,
+    )
+    owned = "unnest($2::text[], $3::text[]) o(scope, scope_id)"
+    figures: dict[Owner, int] = {}
+    if only_uncounted:
+        rows = await conn.fetch(
+            f"""SELECT t.scope, t.scope_id, t.documents FROM {owned} JOIN {totals} t
+                ON t.tenant = $1 AND t.scope = o.scope AND t.scope_id = o.scope_id""",
+            tenant,
+            [owner[0] for owner in owners],
+            [owner[1] for owner in owners],
+        )
+        figures = {(row["scope"], row["scope_id"]): int(row["documents"]) for row in rows}
+        owners = [owner for owner in owners if owner not in figures]
+        if not owners:
+            return figures
+    async with conn.transaction():
+        await conn.execute(f"LOCK TABLE {table} IN ACCESS SHARE MODE")  # see refresh()
+        # Two sessions recounting one owner would both insert its rows: one waits for the
+        # other, then fails on the primary key. Each owner is recounted under its lock.
+        locked = await conn.fetch(
+            f"""
+            SELECT o.scope, o.scope_id FROM {owned}
+            WHERE pg_try_advisory_xact_lock(
+                hashtext($4), hashtext($1 || '/' || o.scope || '/' || o.scope_id))
+            """,
+            tenant,
+            [owner[0] for owner in owners],
+            [owner[1] for owner in owners],
+            _lock_class(layout),
+        )
+        if not locked:
+            return figures
+        mine = [[row["scope"] for row in locked], [row["scope_id"] for row in locked]]
+        same_owner = "x.tenant = $1 AND x.scope = o.scope AND x.scope_id = o.scope_id"
+        for side in (terms, totals):
+            await conn.execute(
+                f"DELETE FROM {side} x USING {owned} WHERE {same_owner}", tenant, *mine
+            )
+        await conn.execute(
+            f"""
+            INSERT INTO {terms} (tenant, scope, scope_id, term, df)
+            SELECT $1, m.scope, m.scope_id, lexeme, count(*)
+            FROM {owned} JOIN {table} m
+                ON m.tenant = $1 AND m.scope = o.scope AND m.scope_id = o.scope_id,
+                unnest(tsvector_to_array(m.terms)) lexeme
+            WHERE m.terms IS NOT NULL AND {_LIVE}
+            GROUP BY m.scope, m.scope_id, lexeme
+            """,
+            tenant,
+            *mine,
+        )
+        # An owner without memories keeps no totals: it reads as never counted, and any
+        # search of it finds nothing to rank.
+        counted = await conn.fetch(
+            f"""
+            INSERT INTO {totals} (tenant, scope, scope_id, documents, avg_length, refreshed_at)
+            SELECT $1, m.scope, m.scope_id, count(*), avg(length(m.terms)), now()
+            FROM {owned} JOIN {table} m
+                ON m.tenant = $1 AND m.scope = o.scope AND m.scope_id = o.scope_id
+            WHERE m.terms IS NOT NULL AND {_LIVE}
+            GROUP BY m.scope, m.scope_id
+            RETURNING scope, scope_id, documents
+            """,
+            tenant,
+            *mine,
+        )
+        figures.update({(row["scope"], row["scope_id"]): 0 for row in locked})
+        figures.update({(row["scope"], row["scope_id"]): int(row["documents"]) for row in counted})
+        return figures
+
+
 async def counted(layout: TableLayout, tenant: str, conn: asyncpg.Connection) -> int | None:
     """How many memories the last refresh counted (None: never refreshed)."""
     value = await conn.fetchval(
@@ -85,16 +203,31 @@ async def counted(layout: TableLayout, tenant: str, conn: asyncpg.Connection) ->
 
 
 class TermStatistics:
-    """Keeps one tenant's term statistics fresh enough, refreshing them in the background."""
+    """Keeps one tenant's term statistics, and those of the owners it writes and searches,
+    fresh enough, refreshing them in the background."""
 
-    def __init__(self, database: Database, layout: Callable[[], TableLayout], tenant: str) -> None:
+    def __init__(
+        self,
+        database: Database,
+        layout: Callable[[], TableLayout],
+        tenant: str,
+        *,
+        per_owner: bool = True,
+    ) -> None:
         self._database = database
         self._layout = layout
         self._tenant = tenant
+        self._per_owner = per_owner
         self._documents = 0
         self._writes = 0
+        self._tenant_due = False
+        self._owner_documents: dict[Owner, int] = {}
+        self._owner_writes: Counter[Owner] = Counter()
+        self._owners_due: set[Owner] = set()
+        # Owners searched here whose statistics may never have been counted (another process
+        # wrote them): counted once, in the background, if they were not.
+        self._owners_unchecked: set[Owner] = set()
         self._task: asyncio.Task[None] | None = None
-        self._again = False
 
     async def start(self) -> None:
         """Read how many memories the statistics cover; refresh if they were never counted."""
@@ -103,37 +236,59 @@ class TermStatistics:
         )
         self._documents = documents or 0
         if documents is None:
+            self._tenant_due = True
             self._schedule()
 
-    def note_writes(self, count: int) -> None:
-        """``count`` memories were written or deleted: refresh once there are enough."""
+    def note_writes(self, count: int, owners: Iterable[Owner] = ()) -> None:
+        """``count`` memories were written or deleted, of ``owners`` (each memory's owner, as
+        far as known): refresh once there are enough."""
         if count <= 0:
             return
         self._writes += count
         if self._writes >= max(1, REFRESH_FRACTION * self._documents):
+            self._writes = 0
+            self._tenant_due = True
+        if self._per_owner:
+            for owner, written in Counter(owners).items():
+                self._owner_writes[owner] += written
+                if self._owner_writes[owner] >= max(
+                    1, REFRESH_FRACTION * self._owner_documents.get(owner, 0)
+                ):
+                    del self._owner_writes[owner]
+                    self._owners_due.add(owner)
+        if self._tenant_due or self._owners_due:
             self._schedule()
+
+    def note_search(self, owner: Owner | None) -> None:
+        """A search within ``owner`` (None: across owners) is about to run."""
+        if not self._per_owner or owner is None or owner in self._owner_documents:
+            return
+        if len(self._owner_documents) >= REMEMBERED_OWNERS:
+            self._owner_documents.clear()
+        # Remembered as seen at once, so that a burst of searches schedules one check.
+        self._owner_documents[owner] = 0
+        self._owners_unchecked.add(owner)
+        self._schedule()
 
     def _schedule(self) -> None:
         if self._task is not None and not self._task.done():
-            self._again = True  # writes arrived while counting: count again after
-            return
-        self._writes = 0
+            return  # the running refresh looks for more work before it ends
         self._task = asyncio.get_running_loop().create_task(self._refresh_in_background())
 
     async def _refresh_in_background(self) -> None:
-        while True:
-            self._again = False
-            try:
-                await self.refresh_now()
-            except Exception:  # a missed refresh only leaves figures stale: log, go on
-                logger.warning("refreshing term statistics failed", exc_info=True)
-                return
-            if not self._again:
-                return
-            self._writes = 0
+        try:
+            while self._tenant_due or self._owners_due or self._owners_unchecked:
+                if self._tenant_due:
+                    self._tenant_due = False
+                    await self._refresh_tenant()
+                due, self._owners_due = self._owners_due, set()
+                await self._refresh_owners(list(due))
+                unchecked, self._owners_unchecked = self._owners_unchecked - due, set()
+                await self._refresh_owners(list(unchecked), only_uncounted=True)
+        except Exception:  # a missed refresh only leaves figures stale: log, go on
+            logger.warning("refreshing term statistics failed", exc_info=True)
 
-    async def refresh_now(self) -> None:
-        """Recount the statistics now (a no-op if another session is recounting them)."""
+    async def _refresh_tenant(self) -> None:
         # Figures for ranking, recounted now and then: reads on a replica need not wait for
         # the recount to be replayed.
         documents = await self._database.run(
@@ -141,6 +296,33 @@ class TermStatistics:
         )
         if documents is not None:
             self._documents = documents
+
+    async def _refresh_owners(self, owners: list[Owner], *, only_uncounted: bool = False) -> None:
+        for start in range(0, len(owners), OWNERS_PER_TRANSACTION):
+            figures = await self._database.run(
+                "term_stats",
+                partial(
+                    refresh_owners,
+                    self._layout(),
+                    self._tenant,
+                    owners[start : start + OWNERS_PER_TRANSACTION],
+                    only_uncounted=only_uncounted,
+                ),
+                visible_to_reads=False,
+            )
+            self._owner_documents.update(figures)
+
+    async def refresh_now(self) -> None:
+        """Recount the tenant's statistics and, per owner, every owner's, now (leaving any
+        that another session is recounting right now to it)."""
+        await self._refresh_tenant()
+        if self._per_owner:
+            owners = await self._database.run(
+                "term_stats",
+                partial(owners_of, self._layout(), self._tenant),
+                visible_to_reads=False,
+            )
+            await self._refresh_owners(owners)
 
     async def settle(self) -> None:
         """Wait for a background refresh under way."""

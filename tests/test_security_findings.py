@@ -18,6 +18,8 @@ from langgraph_pepperpy import PepperpyStore
 from pepperpy_pg_memory import (
     MANAGED_FIELD,
     HashingEmbedder,
+    MemoryIndex,
+    MemoryQuery,
     MemoryQuotaError,
     MemoryScope,
     MemoryValidationError,
@@ -183,6 +185,73 @@ async def test_an_import_over_the_quota_writes_nothing(make_config: Any) -> None
         with pytest.raises(MemoryQuotaError, match="user:ana would hold 10"):
             await storage.import_jsonl(_backup(*memories))
         assert await storage.count() == 0
+
+
+async def _payroll_score(store: PostgresStorage[str, Any], owner: str) -> float:
+    found = await store.search(
+        MemoryQuery(
+            query="payroll Lisbon",
+            index_type=MemoryIndex.CONTEXTUAL,
+            scope=MemoryScope.USER,
+            scope_id=owner,
+        )
+    )
+    return next(result.score for result in found if result.entry.key == "payroll")
+
+
+@pytest.mark.parametrize("statistics", ["owner", "tenant"])
+async def test_a_users_scores_do_not_reveal_other_users_words(
+    make_config: Any, statistics: str
+) -> None:
+    """Bruno stores a hundred memories with a word and watches Ana's score for it: with
+    per-owner statistics (the default) it does not move; counted over the tenant it did."""
+    config = make_config(term_statistics=statistics)
+    async with PostgresStorage[str, Any](config, HashingEmbedder(64)) as storage:
+        ana = {"scope": "user", "scope_id": "ana"}
+        await storage.store("payroll", "Ana runs the payroll for the Lisbon office", **ana)
+        await storage.store("lunch", "Ana has lunch at noon in Lisbon", **ana)
+        await storage.refresh_term_statistics()
+        before = await _payroll_score(storage, "ana")
+        await storage.store_many(
+            [{"key": f"b{n}", "value": f"payroll batch {n}"} for n in range(100)],
+            scope="user",
+            scope_id="bruno",
+        )
+        await storage.refresh_term_statistics()
+        after = await _payroll_score(storage, "ana")
+        if statistics == "owner":
+            assert after == before
+        else:
+            assert after != before  # the leak that per-owner statistics close
+
+
+async def test_owner_statistics_are_counted_without_being_asked(
+    make_config: Any, raw_conn: Any
+) -> None:
+    """An owner's figures follow its writes in the background, and an owner another process
+    wrote is counted at its first search here."""
+    config = make_config()
+    async with PostgresStorage[str, Any](config, HashingEmbedder(64)) as writer:
+        await writer.store_many(
+            [{"key": f"k{n}", "value": f"note {n}"} for n in range(8)], scope="user", scope_id="ana"
+        )
+        await writer._term_stats.settle()
+        totals = writer.layout.qualified_owner_totals
+        counted = f"SELECT documents FROM {totals} WHERE scope = 'user' AND scope_id = 'ana'"
+        assert await raw_conn.fetchval(counted) == 8
+        await raw_conn.execute(f"DELETE FROM {totals}")
+    async with PostgresStorage[str, Any](config, HashingEmbedder(64)) as reader:
+        await _search_words(reader, "note", "ana")
+        await reader._term_stats.settle()
+        assert await raw_conn.fetchval(counted) == 8
+
+
+async def _search_words(store: PostgresStorage[str, Any], query: str, owner: str) -> None:
+    await store.search(
+        MemoryQuery(
+            query=query, index_type=MemoryIndex.CONTEXTUAL, scope=MemoryScope.USER, scope_id=owner
+        )
+    )
 
 
 def test_the_browser_spells_out_invisible_characters_in_names() -> None:
