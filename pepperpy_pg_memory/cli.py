@@ -516,6 +516,17 @@ async def _cleanup(args: argparse.Namespace) -> int:
     return await _with_storage(args, work)
 
 
+async def _grant_tenant(args: argparse.Namespace) -> int:
+    config = _config(args).model_copy(update={"row_level_security": True})
+    async with PostgresStorage[str, Any](config) as storage:
+        await storage.grant_tenant(args.role, args.tenant)
+    if args.json:
+        _print_json({"role": args.role, "tenant": args.tenant})
+    else:
+        print(f"role {args.role} now acts for tenant {args.tenant} only", file=sys.stderr)
+    return 0
+
+
 async def _stats(args: argparse.Namespace) -> int:
     async def work(storage: PostgresStorage[str, Any]) -> int:
         figures = await storage.stats()
@@ -629,6 +640,14 @@ def _parser() -> argparse.ArgumentParser:
         help="include every recorded version, deleted memories' too (restored by an import "
         "into a table without those memories)",
     )
+    granted = command(
+        "grant-tenant",
+        _grant_tenant,
+        "bind a database role to one tenant under row-level security, and grant it the "
+        "table's use (run as the table's owner)",
+    )
+    granted.add_argument("role", help="an existing role, not a superuser")
+    granted.add_argument("tenant")
     reindex = command("reindex", _reindex, "rebuild an index with a progress bar")
     reindex.add_argument("index", choices=["semantic", "contextual"])
     command(

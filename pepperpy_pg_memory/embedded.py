@@ -18,6 +18,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from .errors import MemoryConfigurationError, MemoryConnectionError
 
@@ -33,8 +34,14 @@ class EmbeddedServer:
     started_here: bool
     users: int = 0
 
-    def uri(self, database: str | None = None) -> str:
-        return str(self.handle.get_uri(database))
+    def uri(self, database: str | None = None, role: str | None = None) -> str:
+        """A connection URI for ``database`` as ``role`` (None: the server's superuser). The
+        server admits local connections without a password."""
+        uri = str(self.handle.get_uri(database))
+        if role is None:
+            return uri
+        parts = urlsplit(uri)
+        return urlunsplit(parts._replace(netloc=f"{quote(role, safe='')}@{parts.hostname or ''}"))
 
 
 _servers: dict[Path, EmbeddedServer] = {}

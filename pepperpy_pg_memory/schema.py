@@ -171,6 +171,16 @@ class TableLayout:
         return qualified(self.schema, self.owner_totals_name)
 
     @property
+    def tenant_roles_name(self) -> str:
+        """Which database role acts for which tenant (see :func:`_v16_tenant_roles`),
+        unquoted."""
+        return f"{self.table}_tenant_roles"
+
+    @property
+    def qualified_tenant_roles(self) -> str:
+        return qualified(self.schema, self.tenant_roles_name)
+
+    @property
     def qualified_term_stats(self) -> str:
         return qualified(self.schema, self.term_stats_name)
 
@@ -357,7 +367,12 @@ def _v3_tenant_column(layout: TableLayout) -> list[str]:
     ]
 
 
-_POLICY = "tenant_isolation"
+_POLICY = "tenant_binding"
+"""The policy's name: a release that changes the policy gives it a new one (see
+_row_level_security_in_place)."""
+_OLD_POLICIES = ("tenant_isolation",)
+"""Earlier releases' policies, dropped when ours is created ("tenant_isolation" trusted the
+pepperpy.tenant setting alone)."""
 
 
 def _tenant_tables(layout: TableLayout) -> list[str]:
@@ -377,23 +392,63 @@ def _tenant_tables(layout: TableLayout) -> list[str]:
     return names
 
 
+def session_tenant(layout: TableLayout) -> str:
+    """SQL for the tenant a session acts for: the one its role is bound to (see
+    :func:`grant_tenant_statements`), else its pepperpy.tenant setting."""
+    return (
+        f"coalesce((SELECT b.tenant FROM {layout.qualified_tenant_roles} b "
+        f"WHERE b.role_name = current_user), current_setting('{TENANT_SETTING}', true))"
+    )
+
+
 def row_level_security_statements(layout: TableLayout) -> list[str]:
     """Turn on tenant isolation in the database itself: every session, the table owner's
-    included, sees and writes only rows of the tenant named by its pepperpy.tenant setting
-    (superusers and roles with BYPASSRLS are exempt, as always in PostgreSQL)."""
+    included, sees and writes only rows of its tenant — the one its role is bound to, else the
+    one its pepperpy.tenant setting names (superusers and roles with BYPASSRLS are exempt, as
+    always in PostgreSQL)."""
     policy = layout.index_name(_POLICY)
-    tenant = f"current_setting('{TENANT_SETTING}', true)"
+    tenant = session_tenant(layout)
     return [
         statement
         for table in (qualified(layout.schema, name) for name in _tenant_tables(layout))
         for statement in (
             f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY",
             f"ALTER TABLE {table} FORCE ROW LEVEL SECURITY",
+            *(
+                f"DROP POLICY IF EXISTS {layout.index_name(old)} ON {table}"
+                for old in _OLD_POLICIES
+            ),
             f"DROP POLICY IF EXISTS {policy} ON {table}",
             f"CREATE POLICY {policy} ON {table} "
             f"USING (tenant = {tenant}) WITH CHECK (tenant = {tenant})",
         )
     ]
+
+
+def grant_tenant_statements(layout: TableLayout, role: str) -> list[str]:
+    """What a role that is not the tables' owner needs to run a store of one tenant: read the
+    registries, read and write the store's tables (row-level security keeps it to its tenant)
+    and the backfill positions. Binding the role is :func:`bind_tenant_role`'s."""
+    grantee = quote_ident(role)
+    registries = [qualified(layout.schema, name) for name in _REGISTRY_TABLES]
+    tables = [qualified(layout.schema, name) for name in _tenant_tables(layout)]
+    return [
+        f"GRANT USAGE ON SCHEMA {quote_ident(layout.schema)} TO {grantee}",
+        f"GRANT SELECT ON {', '.join(registries)} TO {grantee}",
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON {qualified(layout.schema, BACKFILLS)} "
+        f"TO {grantee}",
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON {', '.join(tables)} TO {grantee}",
+        f"GRANT SELECT ON {layout.qualified_tenant_roles} TO {grantee}",
+    ]
+
+
+def bind_tenant_role(layout: TableLayout, role: str, tenant: str) -> Query:
+    """Bind ``role`` to ``tenant``: its sessions act for that tenant whatever they set."""
+    return Query(
+        f"INSERT INTO {layout.qualified_tenant_roles} (role_name, tenant) VALUES ($1, $2) "
+        "ON CONFLICT (role_name) DO UPDATE SET tenant = excluded.tenant, bound_at = now()",
+        [role, tenant],
+    )
 
 
 IDENTITY_COLUMNS = ("tenant", "scope", "scope_id", "key")
@@ -1184,6 +1239,29 @@ def _v15_owner_term_statistics(layout: TableLayout) -> list[str]:
     ]
 
 
+TENANT_ROLES_VERSION = 16
+
+
+def _v16_tenant_roles(layout: TableLayout) -> list[str]:
+    # Row-level security trusted the pepperpy.tenant setting, which any session may set: a
+    # role is now bound to its tenant here (see row_level_security_statements), and a role
+    # reads only its own binding.
+    table = layout.qualified_tenant_roles
+    return [
+        f"""
+        CREATE TABLE IF NOT EXISTS {table} (
+            role_name  text PRIMARY KEY,
+            tenant     text NOT NULL,
+            bound_at   timestamptz NOT NULL DEFAULT now()
+        )
+        """,
+        f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY",
+        f"DROP POLICY IF EXISTS {layout.index_name('own_binding')} ON {table}",
+        f"CREATE POLICY {layout.index_name('own_binding')} ON {table} "
+        "USING (role_name = current_user)",
+    ]
+
+
 Migration = Callable[[TableLayout], list[str]]
 
 MIGRATIONS: list[Migration] = [
@@ -1202,6 +1280,7 @@ MIGRATIONS: list[Migration] = [
     _v13_bounded_quota_count,
     _v14_ordered_writers,
     _v15_owner_term_statistics,
+    _v16_tenant_roles,
 ]
 """Append-only. Position i (0-based) is schema version i + 1."""
 
@@ -1275,6 +1354,10 @@ def _registry_v3_metadata_indexes(schema: str) -> list[str]:
         """
     ]
 
+
+_REGISTRY_TABLES = (REGISTRY, REGISTRY_VERSION_TABLE, METADATA_INDEXES)
+"""The tables of a schema that describe its memory tables (all but the backfill positions,
+which stores write)."""
 
 REGISTRY_MIGRATIONS: list[Callable[[str], list[str]]] = [
     _registry_v1_embedder,
@@ -1427,6 +1510,9 @@ async def migrate(
     """
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_KEY)
+        owner = await _owner_if_not_ours(conn, wanted)
+        if owner is not None:
+            return await _recorded_layout(conn, wanted, owner, row_level_security)
         await _ensure_extensions(conn)
         await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(wanted.schema)}")
         await conn.execute(_registry_statement(wanted.schema))
@@ -1462,17 +1548,7 @@ async def migrate(
                 wanted.embedder,
             )
         else:
-            layout = TableLayout(
-                schema=wanted.schema,
-                table=wanted.table,
-                dimension=row["dimension"],
-                vector_type=row["vector_type"],
-                text_search_config=row["text_search_config"],
-                hnsw_m=wanted.hnsw_m,
-                hnsw_ef_construction=wanted.hnsw_ef_construction,
-                version=row["schema_version"],
-                embedder=row["embedder"],
-            )
+            layout = _layout_from(row, wanted)
             if layout.embedder is None and wanted.embedder is not None:
                 # A table from before identities were recorded adopts the current model.
                 await conn.execute(
@@ -1508,6 +1584,58 @@ async def migrate(
             for statement in row_level_security_statements(layout):
                 await conn.execute(statement)
         return layout
+
+
+def _layout_from(row: asyncpg.Record, wanted: TableLayout) -> TableLayout:
+    """The layout the registry's ``row`` records for the table ``wanted`` names."""
+    return TableLayout(
+        schema=wanted.schema,
+        table=wanted.table,
+        dimension=row["dimension"],
+        vector_type=row["vector_type"],
+        text_search_config=row["text_search_config"],
+        hnsw_m=wanted.hnsw_m,
+        hnsw_ef_construction=wanted.hnsw_ef_construction,
+        version=row["schema_version"],
+        embedder=row["embedder"],
+    )
+
+
+async def _owner_if_not_ours(conn: asyncpg.Connection, wanted: TableLayout) -> str | None:
+    """The role owning the table, if it exists and the session's role cannot act as it."""
+    return await conn.fetchval(  # type: ignore[no-any-return]
+        "SELECT pg_get_userbyid(c.relowner) FROM pg_class c WHERE c.oid = to_regclass($1) "
+        "AND NOT pg_has_role(current_user, c.relowner, 'USAGE')",
+        wanted.qualified_table,
+    )
+
+
+async def _recorded_layout(
+    conn: asyncpg.Connection, wanted: TableLayout, owner: str, row_level_security: bool
+) -> TableLayout:
+    """The layout of a table another role owns (a tenant's role, say): such a role may use the
+    table but not change it, so the table must be as this release wants it."""
+    row = await conn.fetchrow(
+        f"SELECT schema_version, dimension, vector_type, text_search_config, embedder "
+        f"FROM {wanted.registry} WHERE table_name = $1",
+        wanted.table,
+    )
+    if row is None or row["schema_version"] != SCHEMA_VERSION:
+        found = "no" if row is None else row["schema_version"]
+        raise MemorySchemaError(
+            f"table {wanted.schema}.{wanted.table} has schema version {found}, this release "
+            f"uses {SCHEMA_VERSION}, and it belongs to role {owner!r}: start a store as that "
+            "role first (it applies the migrations)"
+        )
+    layout = _layout_from(row, wanted)
+    if row_level_security and not await _row_level_security_in_place(conn, layout):
+        raise MemoryConfigurationError(
+            f"row_level_security=True, but table {wanted.schema}.{wanted.table} has no "
+            f"row-level security of this release: start a store with row_level_security=True "
+            f"as its owner, role {owner!r}, first",
+            field="row_level_security",
+        )
+    return layout
 
 
 async def _row_level_security_in_place(conn: asyncpg.Connection, layout: TableLayout) -> bool:

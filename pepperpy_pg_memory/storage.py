@@ -51,7 +51,6 @@ from .errors import (
     AmbiguousKeyError,
     DimensionMismatchError,
     EmbedderMismatchError,
-    MemoryConfigurationError,
     MemoryError,
     MemoryIndexError,
     MemoryNotFoundError,
@@ -104,6 +103,13 @@ from .schema import (
 from .search_sql import Page, SearchStatements
 from .shutdown import cancel_and_wait
 from .sql import Query
+from .tenancy import (
+    APPLICATION_ROLE,
+    check_binding,
+    check_row_level_security_applies,
+    ensure_application_role,
+    grant_tenant,
+)
 from .term_stats import TermStatistics
 from .types import (
     MANAGED_FIELD,
@@ -335,11 +341,15 @@ class PostgresStorage(Generic[K, V]):
             hnsw_ef_construction=config.hnsw_ef_construction,
             embedder=self._identity,
         )
+        if config.is_embedded and config.row_level_security:
+            dsn = await self._embedded_application_role(wanted)
         conn = await connect(config, dsn)
         try:
             if config.row_level_security:
-                await _check_row_level_security_applies(conn)
+                await check_row_level_security_applies(conn)
             layout = await migrate(conn, wanted, row_level_security=config.row_level_security)
+            if config.row_level_security:
+                await check_binding(conn, layout, self._tenant)
             for name in await ensure_metadata_indexes(conn, layout, config.indexed_fields):
                 logger.info("created metadata index %s", name)
             vectors_in = await vector_schema(conn)
@@ -364,6 +374,32 @@ class PostgresStorage(Generic[K, V]):
         await self._start_backfills()
         await self._term_stats.start()
         logger.info("memory store ready on %s", config.describe_target())
+
+    async def _embedded_application_role(self, wanted: TableLayout) -> str:
+        """Under row-level security, the embedded server's stores connect as an ordinary role
+        (policies do not restrict its superuser): the superuser migrates the tables, which it
+        keeps owning (so the stores cannot switch the policies off), and grants the role their
+        use. Returns the role's URI."""
+        assert self._server is not None
+        config = self.config
+        conn = await connect(config, self._server.uri(config.database))
+        try:
+            layout = await migrate(conn, wanted, row_level_security=True)
+            await ensure_metadata_indexes(conn, layout, config.indexed_fields)
+            await ensure_application_role(conn, layout)
+        except asyncpg.PostgresError as exc:
+            raise translate(exc, "start") from exc
+        finally:
+            await conn.close()
+        return self._server.uri(config.database, role=APPLICATION_ROLE)
+
+    async def grant_tenant(self, role: str, tenant: str) -> None:
+        """Bind the database role ``role`` to ``tenant`` and grant it the use of this store's
+        tables: under row-level security its sessions then see and write only that tenant's
+        memories, whatever ``pepperpy.tenant`` they set. Run as the tables' owner (a store
+        started as the owner, with ``row_level_security=True``); ``role`` must exist and not be
+        a superuser or BYPASSRLS role (see the README's Multi-tenant deployments)."""
+        await self.database.run("grant_tenant", partial(grant_tenant, self.layout, role, tenant))
 
     async def _open_replicas(self, vectors_in: str, settings: dict[str, str]) -> None:
         config = self.config
@@ -2619,24 +2655,6 @@ class PostgresStorage(Generic[K, V]):
         figures["replicas"] = [] if router is None else router.stats()
         figures["primary_reads"] = None if router is None else router.primary_reads
         return figures
-
-
-async def _check_row_level_security_applies(conn: asyncpg.Connection) -> None:
-    """Refuse row-level security that would restrict nothing: PostgreSQL exempts superusers
-    and BYPASSRLS roles from every policy, so the tenant boundary would hold only inside this
-    library, not for SQL run with the same credentials."""
-    row = await conn.fetchrow(
-        "SELECT current_user AS role, rolsuper, rolbypassrls FROM pg_roles "
-        "WHERE rolname = current_user"
-    )
-    if row is not None and (row["rolsuper"] or row["rolbypassrls"]):
-        kind = "a superuser" if row["rolsuper"] else "a BYPASSRLS role"
-        raise MemoryConfigurationError(
-            f"row_level_security=True, but the store connects as {row['role']!r}, {kind}, "
-            "which PostgreSQL's policies do not restrict: connect as an ordinary role (see "
-            "the README's Multi-tenant deployments)",
-            field="row_level_security",
-        )
 
 
 @contextlib.contextmanager

@@ -4,7 +4,10 @@ row-level security for tenants, and secrets kept out of logs, reprs and errors."
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -27,6 +30,7 @@ from pepperpy_pg_memory import (
 )
 from pepperpy_pg_memory.schema import MIGRATIONS, SCHEMA_VERSION
 from pepperpy_pg_memory.serving import host_names, is_loopback
+from pepperpy_pg_memory.sql import Query
 
 PASSWORD = "s3cr3t-Pa55word!"
 
@@ -243,6 +247,122 @@ async def test_row_level_security_isolates_tenants_even_outside_the_library(
         assert await conn.fetchval(select) == "overwritten"
     finally:
         await conn.close()
+
+
+async def _tenant_role(private_server: PrivateServer, role: str) -> str:
+    """A login role of the server (with a password), as an administrator would create it for
+    one tenant's processes; returns its DSN for the tenants database."""
+    conn = await asyncpg.connect(private_server.uri)
+    try:
+        if not await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role):
+            await conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{PASSWORD}'")
+        private_server.require_password_for(role)
+        await conn.execute("SELECT pg_reload_conf()")
+    finally:
+        await conn.close()
+    return private_server.user_dsn(role, PASSWORD, "tenants")
+
+
+async def test_a_role_bound_to_its_tenant_cannot_choose_another(
+    private_server: PrivateServer, tenant_db: str, minilm: Any
+) -> None:
+    """Globex's processes hold their own role, bound to globex by the tables' owner: setting
+    ``pepperpy.tenant`` to acme, in SQL of their own, shows and changes nothing of Acme's."""
+    table = f"rls_{uuid.uuid4().hex[:8]}"
+    acme_dsn = await _tenant_role(private_server, "acme_app")
+    globex_dsn = await _tenant_role(private_server, "globex_app")
+    owner = _alice(private_server, table=table, row_level_security=True)
+    async with PostgresStorage[str, Any](owner, minilm) as admin:
+        await admin.grant_tenant("acme_app", "acme")
+        with pytest.raises(MemoryValidationError, match="does not exist"):
+            await admin.grant_tenant("no_such_role", "acme")
+        with pytest.raises(MemoryValidationError, match="exempt"):
+            await admin.grant_tenant("postgres", "acme")
+
+    # The command line does the same.
+    granted = subprocess.run(
+        [sys.executable, "-m", "pepperpy_pg_memory", "--dsn", tenant_db, "--table", table]
+        + ["grant-tenant", "globex_app", "globex", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert granted.returncode == 0, granted.stderr
+    assert json.loads(granted.stdout) == {"role": "globex_app", "tenant": "globex"}
+
+    def tenant_config(dsn: str, tenant: str) -> PostgresConfig:
+        return PostgresConfig(dsn=dsn, table=table, tenant=tenant, row_level_security=True)
+
+    async with PostgresStorage[str, Any](tenant_config(acme_dsn, "acme"), minilm) as acme:
+        await acme.store("plan", "acme merges with initech", scope=MemoryScope.GLOBAL)
+        await acme.refresh_term_statistics()
+    # A store claiming another tenant than its role's is refused at start.
+    with pytest.raises(MemoryConfigurationError, match="bound to tenant 'globex'"):
+        async with PostgresStorage[str, Any](tenant_config(globex_dsn, "acme"), minilm):
+            pass
+
+    attacker = await asyncpg.connect(globex_dsn)
+    try:
+        await attacker.execute("SET pepperpy.tenant = 'acme'")
+        for name in (table, f"{table}_term_stats", f"{table}_owner_terms", f"{table}_history"):
+            assert await attacker.fetchval(f'SELECT count(*) FROM public."{name}"') == 0
+        assert await attacker.execute(f"UPDATE public.\"{table}\" SET content = 'x'") == "UPDATE 0"
+        assert await attacker.execute(f'DELETE FROM public."{table}"') == "DELETE 0"
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await attacker.execute(
+                f'INSERT INTO public."{table}" (tenant, key, value, content, content_hash, '
+                "memory_type, scope, scope_id, indices) VALUES ('acme', 'plan', '1', 'x', "
+                "'\\x00', 'long_term', 'global', '', '{}')"
+            )
+        # The binding itself: its own is all the role sees, and it cannot change it.
+        bindings = f'SELECT role_name, tenant FROM public."{table}_tenant_roles"'
+        assert [tuple(row) for row in await attacker.fetch(bindings)] == [("globex_app", "globex")]
+        for statement in (
+            f"UPDATE public.\"{table}_tenant_roles\" SET tenant = 'acme'",
+            f'DELETE FROM public."{table}_tenant_roles"',
+            f'ALTER TABLE public."{table}" DISABLE ROW LEVEL SECURITY',
+        ):
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await attacker.execute(statement)
+    finally:
+        await attacker.close()
+    owner_conn = await asyncpg.connect(tenant_db)
+    try:
+        await owner_conn.execute("SET pepperpy.tenant = 'acme'")
+        assert await owner_conn.fetchval(f'SELECT content FROM public."{table}"') == (
+            "acme merges with initech"
+        )
+    finally:
+        await owner_conn.close()
+
+
+async def test_the_embedded_server_runs_row_level_security_as_an_ordinary_role(
+    tmp_path: Any,
+) -> None:
+    """Its only role was its superuser, which policies do not restrict: the stores now connect
+    as an ordinary role, and the superuser keeps owning the tables."""
+    config = PostgresConfig(data_dir=tmp_path / "pg", row_level_security=True, tenant="acme")
+    async with PostgresStorage[str, Any](config, HashingEmbedder(16)) as store:
+        await store.store("k", "a memory")
+        assert (await store.retrieve("k")).value == "a memory"
+        role = await store.database.fetchval("whoami", Query("SELECT current_user::text", []))
+        assert role == "pepperpy_app"
+        server = store._server
+        assert server is not None
+        superuser = await asyncpg.connect(server.uri(config.database))
+        try:
+            owner = await superuser.fetchval(
+                "SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = to_regclass($1)",
+                store.layout.qualified_table,
+            )
+            assert owner != "pepperpy_app"
+        finally:
+            await superuser.close()
+        other = PostgresStorage[str, Any](
+            config.model_copy(update={"tenant": "globex"}), HashingEmbedder(16)
+        )
+        async with other:
+            assert await other.count() == 0
 
 
 async def test_a_store_starting_with_row_level_security_waits_on_no_reader(

@@ -1,0 +1,116 @@
+"""Tenants in the database itself: row-level security's checks at start, and roles bound to
+one tenant each.
+
+PostgreSQL exempts superusers and BYPASSRLS roles from every policy, and a session may set
+``pepperpy.tenant`` to anything; so a tenant boundary that holds for SQL run outside this
+library needs (1) a role the policies restrict and (2) a tenant the session cannot choose. The
+second is a binding: a row of ``<table>_tenant_roles`` naming the role's tenant, which the
+policy reads before the setting (see :func:`~.schema.session_tenant`). Bindings and grants are
+made by the tables' owner (:func:`grant_tenant`); the bound role can read only its own.
+"""
+
+from __future__ import annotations
+
+import asyncpg
+
+from .errors import MemoryConfigurationError, MemoryValidationError
+from .schema import MAX_TENANT_BYTES, TableLayout, bind_tenant_role, grant_tenant_statements
+from .values import check_bytes
+
+__all__ = [
+    "check_row_level_security_applies",
+    "check_binding",
+    "grant_tenant",
+    "ensure_application_role",
+    "APPLICATION_ROLE",
+]
+
+APPLICATION_ROLE = "pepperpy_app"
+"""The role the embedded server's stores connect as under row-level security."""
+
+_MAX_ROLE_BYTES = 63  # NAMEDATALEN - 1: longer names are cut, which would name another role
+
+
+async def check_row_level_security_applies(conn: asyncpg.Connection) -> None:
+    """Refuse row-level security that would restrict nothing: PostgreSQL exempts superusers
+    and BYPASSRLS roles from every policy, so the tenant boundary would hold only inside this
+    library, not for SQL run with the same credentials."""
+    row = await conn.fetchrow(
+        "SELECT current_user AS role, rolsuper, rolbypassrls FROM pg_roles "
+        "WHERE rolname = current_user"
+    )
+    if row is not None and (row["rolsuper"] or row["rolbypassrls"]):
+        kind = "a superuser" if row["rolsuper"] else "a BYPASSRLS role"
+        raise MemoryConfigurationError(
+            f"row_level_security=True, but the store connects as {row['role']!r}, {kind}, "
+            "which PostgreSQL's policies do not restrict: connect as an ordinary role (see "
+            "the README's Multi-tenant deployments)",
+            field="row_level_security",
+        )
+
+
+async def check_binding(conn: asyncpg.Connection, layout: TableLayout, tenant: str) -> None:
+    """Refuse a store whose role is bound to another tenant than the one it is configured
+    for: every row it wrote would fail the policy's check, every read would find nothing."""
+    row = await conn.fetchrow(
+        f"SELECT current_user AS role, b.tenant FROM {layout.qualified_tenant_roles} b "
+        "WHERE b.role_name = current_user"
+    )
+    if row is not None and row["tenant"] != tenant:
+        raise MemoryConfigurationError(
+            f"the store connects as role {row['role']!r}, which is bound to tenant "
+            f"{row['tenant']!r}, but is configured for tenant {tenant!r}",
+            field="tenant",
+        )
+
+
+def _checked_role(role: str) -> str:
+    if not isinstance(role, str) or not role or "\x00" in role:
+        raise MemoryValidationError("role must be a non-empty string without NUL characters")
+    check_bytes(role, _MAX_ROLE_BYTES, "role")
+    return role
+
+
+async def grant_tenant(
+    layout: TableLayout, role: str, tenant: str, conn: asyncpg.Connection
+) -> None:
+    """Bind ``role`` to ``tenant`` and grant it what a store needs, in one transaction. Run
+    by the tables' owner; the role must exist and be one that policies restrict."""
+    _checked_role(role)
+    if not isinstance(tenant, str) or not tenant:
+        raise MemoryValidationError("tenant must be a non-empty string")
+    check_bytes(tenant, MAX_TENANT_BYTES, "tenant")
+    found = await conn.fetchrow(
+        "SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = $1", role
+    )
+    if found is None:
+        raise MemoryValidationError(f"role {role!r} does not exist (CREATE ROLE it first)")
+    if found["rolsuper"] or found["rolbypassrls"]:
+        raise MemoryValidationError(
+            f"role {role!r} is exempt from row-level security (a superuser or BYPASSRLS): "
+            "binding it to a tenant would restrict nothing"
+        )
+    async with conn.transaction():
+        for statement in grant_tenant_statements(layout, role):
+            await conn.execute(statement)
+        bind = bind_tenant_role(layout, role, tenant)
+        await conn.execute(bind.sql, *bind.args)
+
+
+async def ensure_application_role(conn: asyncpg.Connection, layout: TableLayout) -> None:
+    """On a server of our own (the embedded one), as its superuser: the ordinary role that
+    stores with row-level security connect as, with the grants of a store's tables, unbound
+    (it acts for the tenant its sessions set, which is each store's own)."""
+    async with conn.transaction():
+        # Two processes starting at once would both create the role.
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", APPLICATION_ROLE)
+        exists = await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)", APPLICATION_ROLE
+        )
+        if not exists:
+            # The embedded server admits local connections without a password.
+            await conn.execute(
+                f"CREATE ROLE {APPLICATION_ROLE} LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEROLE"
+            )
+        for statement in grant_tenant_statements(layout, APPLICATION_ROLE):
+            await conn.execute(statement)
