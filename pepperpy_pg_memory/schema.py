@@ -230,9 +230,12 @@ class TableLayout:
     def drop_vector_index(self) -> Query:
         return Query(f"DROP INDEX IF EXISTS {self.qualified_index('embedding_idx')}")
 
+    @property
+    def qualified_passages_index(self) -> str:
+        return qualified(self.schema, self.passages_name + "_embedding_idx")
+
     def drop_passages_index(self) -> Query:
-        name = qualified(self.schema, self.passages_name + "_embedding_idx")
-        return Query(f"DROP INDEX IF EXISTS {name}")
+        return Query(f"DROP INDEX IF EXISTS {self.qualified_passages_index}")
 
     def build_vector_index(self, maintenance_work_mem: str) -> list[Query]:
         """Build the HNSW index in one pass, with more memory for this transaction only
@@ -1566,11 +1569,14 @@ async def migrate(
             logger.info("applying migration %d to %s.%s", version, layout.schema, layout.table)
             for statement in MIGRATIONS[version - 1](layout):
                 await conn.execute(statement)
-        if layout.version >= 1:
-            # Restores the vector index if an interrupted bulk reindex left the table without
-            # it (a no-op otherwise).
+        # Restores a vector index an interrupted bulk reindex dropped. Asked of the catalog
+        # first: CREATE INDEX IF NOT EXISTS locks the table against writes before it looks,
+        # and holding the first table's lock while queueing for the second's deadlocked with
+        # other processes' writes.
+        if layout.version >= 1 and not await _exists(conn, layout.qualified_index("embedding_idx")):
             await conn.execute(layout.hnsw_index_statement())
-        if layout.version >= _PASSAGES_VERSION:
+        passages_index = layout.qualified_passages_index
+        if layout.version >= _PASSAGES_VERSION and not await _exists(conn, passages_index):
             await conn.execute(layout.passages_hnsw_statement())
         if layout.version < SCHEMA_VERSION:
             await conn.execute(
@@ -1584,6 +1590,10 @@ async def migrate(
             for statement in row_level_security_statements(layout):
                 await conn.execute(statement)
         return layout
+
+
+async def _exists(conn: asyncpg.Connection, relation: str) -> bool:
+    return bool(await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", relation))
 
 
 def _layout_from(row: asyncpg.Record, wanted: TableLayout) -> TableLayout:

