@@ -327,19 +327,24 @@ class Database(Runner):
                 if after_write is not None and visible_to_reads:
                     await after_write(conn)
                 return result
-            except asyncpg.InterfaceError as exc:
-                if not _is_broken(conn):
-                    raise
-                raise ConnectionLost(str(exc)) from exc
             except Exception as exc:
-                if is_transient(exc):
+                unusable = _unusable(conn, exc)
+                if unusable or is_transient(exc):
                     # Never hand a broken connection back for reuse; the pool opens a new one.
                     # (If it died on its own, asyncpg has already taken it back: nothing to do.)
                     with contextlib.suppress(asyncpg.InterfaceError):
                         conn.terminate()
+                if unusable:
+                    raise ConnectionLost(str(exc)) from exc
                 raise
             finally:
-                await pool.release(conn)
+                try:
+                    await pool.release(conn)
+                except (asyncpg.InterfaceError, asyncpg.InternalClientError):
+                    # Its reset failed (a protocol left mid-operation): the connection is
+                    # terminated, and the outcome is the work's, not the release's.
+                    with contextlib.suppress(asyncpg.InterfaceError):
+                        conn.terminate()
 
         try:
             return await retrying(config, operation, attempt)
@@ -353,6 +358,24 @@ class Database(Runner):
                 "ran out, so whether it took effect is unknown; writing it again is safe "
                 f"({exc})"
             ) from exc
+
+
+def _unusable(conn: Any, exc: BaseException) -> bool:
+    """Whether ``exc`` left the connection unusable: it died under the statement, or its
+    protocol was left mid-operation (the driver then refuses everything, a rollback
+    included, with "another operation is in progress"; seen when the server ends a backend
+    as a statement starts on it)."""
+    if isinstance(exc, asyncpg.InterfaceError) and _is_broken(conn):
+        return True
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, asyncpg.InternalClientError) or (
+            isinstance(seen, asyncpg.InterfaceError)
+            and "another operation is in progress" in str(seen)
+        ):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _is_broken(conn: Any) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from typing import Any
 
@@ -110,3 +111,29 @@ def test_a_refusal_by_the_database_is_a_permission_error() -> None:
     )
     assert isinstance(error, MemoryPermissionError) and isinstance(error, PermissionError)
     assert "row-level security" in str(error)
+
+
+async def test_a_connection_left_mid_operation_is_replaced_and_the_work_retried(
+    storage: Any,
+) -> None:
+    """Under backend kills the driver may leave a connection's protocol mid-operation: every
+    later call on it, its rollback and the pool's reset included, fails with "another
+    operation is in progress". The connection is dropped and the work runs again on a fresh
+    one, instead of the reset's error escaping as a permanent failure."""
+    attempts = 0
+    stray: list[asyncio.Future[Any]] = []
+
+    async def work(conn: asyncpg.Connection) -> int:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 1:
+            stray.append(asyncio.ensure_future(conn.fetchval("SELECT pg_sleep(0.3)")))
+            await asyncio.sleep(0)
+            async with conn.transaction():
+                await conn.execute("SELECT 1")
+        return int(await conn.fetchval("SELECT 41 + 1"))
+
+    assert await storage.database.run("probe", work) == 42
+    assert attempts == 2
+    with contextlib.suppress(Exception):
+        await stray[0]
