@@ -240,6 +240,15 @@ class PostgresConfig(BaseSettings):
         default="relaxed_order",
         description="pgvector 0.8 iterative scans, so filtered searches still fill `limit`.",
     )
+    distance: Literal["cosine", "l2", "inner_product"] = Field(
+        default="cosine",
+        description=(
+            "How a new table compares vectors (its HNSW indexes' operator class): 'cosine' "
+            "(score 1 - cosine distance), 'l2' (score: minus the Euclidean distance) or "
+            "'inner_product' (score: the inner product). An existing table keeps its own; "
+            "starting it with another raises MemoryConfigurationError."
+        ),
+    )
     rrf_k: int = Field(default=60, ge=1, description="Reciprocal-rank-fusion constant.")
     hybrid_candidates: int = Field(
         default=50, ge=1, le=1000, description="Candidates each index contributes to HYBRID."

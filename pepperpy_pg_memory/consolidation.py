@@ -227,7 +227,8 @@ class ConsolidationStatements:
         excluded: Sequence[str],
     ) -> Query:
         """Pairs of the owner's memories at cosine ``threshold`` or closer, among each one's
-        :data:`NEIGHBOURS` nearest (``excluded`` keys left out), found through the index."""
+        :data:`NEIGHBOURS` nearest (``excluded`` keys left out), found through the index (by
+        the table's distance; the threshold is always a cosine)."""
         params = Params()
         gone = params.add(list(excluded))
         mine = self._mine(params, tenant, owner, managed, "m", merging=True)
@@ -240,7 +241,8 @@ class ConsolidationStatements:
                 FROM {self.table} o
                 WHERE {theirs} AND o.key <> m.key AND o.embedding IS NOT NULL
                   AND o.key <> ALL({gone}::text[])
-                ORDER BY o.embedding <=> m.embedding LIMIT {NEIGHBOURS}
+                ORDER BY o.embedding {self.layout.distance_operator} m.embedding
+                LIMIT {NEIGHBOURS}
             ) near
             WHERE {mine} AND m.embedding IS NOT NULL AND m.key <> ALL({gone}::text[])
               AND near.similarity >= {least}::float8

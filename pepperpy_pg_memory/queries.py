@@ -766,6 +766,8 @@ class Statements:
                 LIMIT 1)"""
         ]
         if least is not None:
+            # The nearest through the table's index (its own distance; for the unit vectors
+            # embedding models give, the same order as cosine's), judged by their cosine.
             probe = write["vector"]
             found.append(
                 f"""(SELECT * FROM (
@@ -773,7 +775,7 @@ class Statements:
                     FROM {self.table} m
                     WHERE {owner} AND m.embedding IS NOT NULL AND {probe} IS NOT NULL
                       AND {identifiers}(m.content) = {identifiers}({write["text"]})
-                    ORDER BY m.embedding <=> {probe} LIMIT 5
+                    ORDER BY m.embedding {self.layout.distance_operator} {probe} LIMIT 5
                 ) near WHERE near.similarity >= {least}::float8)"""
             )
         own = (

@@ -55,6 +55,7 @@ __all__ = [
     "HISTORY_ACTOR_SETTING",
     "HISTORY_REASON_SETTING",
     "VERSIONED_COLUMNS",
+    "DISTANCES",
 ]
 
 logger = logging.getLogger(__name__)
@@ -83,6 +84,14 @@ def vector_type_for(dimension: int) -> str:
     )
 
 
+DISTANCES: dict[str, tuple[str, str]] = {
+    "cosine": ("<=>", "cosine_ops"),
+    "l2": ("<->", "l2_ops"),
+    "inner_product": ("<#>", "ip_ops"),
+}
+"""Per way of comparing vectors: pgvector's distance operator and operator class suffix."""
+
+
 @dataclass(frozen=True)
 class TableLayout:
     """What a memory table looks like, as recorded in the registry."""
@@ -97,6 +106,32 @@ class TableLayout:
     version: int = 0
     embedder: str | None = None
     """The identity of the model whose vectors the table holds (None: not recorded yet)."""
+    distance: str = "cosine"
+    """How vectors are compared (a key of :data:`DISTANCES`): the vector indexes' operator
+    class, the searches' operator and their scores."""
+
+    @property
+    def distance_operator(self) -> str:
+        return DISTANCES[self.distance][0]
+
+    @property
+    def vector_ops(self) -> str:
+        return f"{self.vector_type}_{DISTANCES[self.distance][1]}"
+
+    def score_of(self, distance: str) -> str:
+        """SQL for a search score, higher is nearer, from pgvector's ``distance``: a cosine
+        (``1 - distance``), the inner product (``<#>`` is its negative) or the negative
+        Euclidean distance — LangGraph's conventions."""
+        if self.distance == "cosine":
+            return f"(1 - {distance})"
+        return f"(-{distance})"
+
+    def cosine_of(self, distance: str) -> str:
+        """SQL for the cosine ``distance`` implies for unit-length vectors (what embedding
+        models give): the semantic side's confidence in hybrid fusion and in ranking."""
+        if self.distance == "l2":
+            return f"(1 - {distance} * {distance} / 2)"
+        return self.score_of(distance)
 
     @property
     def qualified_table(self) -> str:
@@ -118,7 +153,7 @@ class TableLayout:
     def passages_hnsw_statement(self) -> str:
         return (
             f"CREATE INDEX IF NOT EXISTS {quote_ident(self.passages_name + '_embedding_idx')} "
-            f"ON {self.qualified_passages} USING hnsw (embedding {self.cosine_ops}) "
+            f"ON {self.qualified_passages} USING hnsw (embedding {self.vector_ops}) "
             f"WITH (m = {int(self.hnsw_m)}, ef_construction = {int(self.hnsw_ef_construction)})"
         )
 
@@ -210,14 +245,10 @@ class TableLayout:
         # Both parts come from vector_type_for() and an int: no caller text reaches here.
         return f"{self.vector_type}({int(self.dimension)})"
 
-    @property
-    def cosine_ops(self) -> str:
-        return f"{self.vector_type}_cosine_ops"
-
     def hnsw_index_statement(self) -> str:
         return (
             f"CREATE INDEX IF NOT EXISTS {self.index_name('embedding_idx')} "
-            f"ON {self.qualified_table} USING hnsw (embedding {self.cosine_ops}) "
+            f"ON {self.qualified_table} USING hnsw (embedding {self.vector_ops}) "
             f"WITH (m = {int(self.hnsw_m)}, ef_construction = {int(self.hnsw_ef_construction)})"
         )
 
@@ -1362,10 +1393,21 @@ _REGISTRY_TABLES = (REGISTRY, REGISTRY_VERSION_TABLE, METADATA_INDEXES)
 """The tables of a schema that describe its memory tables (all but the backfill positions,
 which stores write)."""
 
+
+def _registry_v4_distance(schema: str) -> list[str]:
+    # How a table's vectors are compared, chosen when it is created (its indexes' operator
+    # class): cosine, as every table before.
+    return [
+        f"ALTER TABLE {qualified(schema, REGISTRY)} "
+        "ADD COLUMN IF NOT EXISTS distance text NOT NULL DEFAULT 'cosine'"
+    ]
+
+
 REGISTRY_MIGRATIONS: list[Callable[[str], list[str]]] = [
     _registry_v1_embedder,
     _registry_v2_backfills,
     _registry_v3_metadata_indexes,
+    _registry_v4_distance,
 ]
 """The registry's own migrations (append-only), applied before the tables' migrations."""
 
@@ -1527,8 +1569,8 @@ async def migrate(
                 field="text_search_config",
             )
         row = await conn.fetchrow(
-            f"SELECT schema_version, dimension, vector_type, text_search_config, embedder "
-            f"FROM {wanted.registry} WHERE table_name = $1 FOR UPDATE",
+            f"SELECT schema_version, dimension, vector_type, text_search_config, embedder, "
+            f"distance FROM {wanted.registry} WHERE table_name = $1 FOR UPDATE",
             wanted.table,
         )
         if row is None:
@@ -1543,12 +1585,14 @@ async def migrate(
             layout = wanted
             await conn.execute(
                 f"INSERT INTO {wanted.registry} (table_name, schema_version, dimension, "
-                "vector_type, text_search_config, embedder) VALUES ($1, 0, $2, $3, $4, $5)",
+                "vector_type, text_search_config, embedder, distance) "
+                "VALUES ($1, 0, $2, $3, $4, $5, $6)",
                 wanted.table,
                 wanted.dimension,
                 wanted.vector_type,
                 wanted.text_search_config,
                 wanted.embedder,
+                wanted.distance,
             )
         else:
             layout = _layout_from(row, wanted)
@@ -1608,7 +1652,20 @@ def _layout_from(row: asyncpg.Record, wanted: TableLayout) -> TableLayout:
         hnsw_ef_construction=wanted.hnsw_ef_construction,
         version=row["schema_version"],
         embedder=row["embedder"],
+        distance=_same_distance(row["distance"], wanted),
     )
+
+
+def _same_distance(recorded: str, wanted: TableLayout) -> str:
+    """The table's distance, if it is the one wanted: it is its indexes' operator class."""
+    if recorded != wanted.distance:
+        raise MemoryConfigurationError(
+            f"table {wanted.schema}.{wanted.table} compares vectors by {recorded!r} (its "
+            f"indexes' operator class), not {wanted.distance!r}: configure "
+            f"distance={recorded!r}, or use another table",
+            field="distance",
+        )
+    return recorded
 
 
 async def _owner_if_not_ours(conn: asyncpg.Connection, wanted: TableLayout) -> str | None:
@@ -1626,8 +1683,8 @@ async def _recorded_layout(
     """The layout of a table another role owns (a tenant's role, say): such a role may use the
     table but not change it, so the table must be as this release wants it."""
     row = await conn.fetchrow(
-        f"SELECT schema_version, dimension, vector_type, text_search_config, embedder "
-        f"FROM {wanted.registry} WHERE table_name = $1",
+        f"SELECT schema_version, dimension, vector_type, text_search_config, embedder, "
+        f"distance FROM {wanted.registry} WHERE table_name = $1",
         wanted.table,
     )
     if row is None or row["schema_version"] != SCHEMA_VERSION:

@@ -148,6 +148,7 @@ class SearchStatements:
             self.table = as_of_source(layout, AS_OF_MOMENT)
         self.passages = layout.qualified_passages
         self.vector = layout.vector_column_type
+        self.op = layout.distance_operator
 
     def _graph_conditions(self, params: Params, restriction: Restriction) -> str:
         """``restriction``'s conditions for a walk of the HNSW graph: with a filter, the walk
@@ -185,16 +186,15 @@ class SearchStatements:
             """
         return self._nearest_in(f"{self.table} m WHERE", columns, vector, where, want, distance)
 
-    @staticmethod
     def _nearest_in(
-        source: str, columns: str, vector: str, where: str, want: str, distance: str
+        self, source: str, columns: str, vector: str, where: str, want: str, distance: str
     ) -> str:
         """``_nearest`` over ``source`` (a FROM item named ``m`` and the start of its
         WHERE clause)."""
         return f"""(
-            SELECT {columns}, m.embedding <=> {vector} AS {distance}
+            SELECT {columns}, m.embedding {self.op} {vector} AS {distance}
             FROM {source} m.embedding IS NOT NULL AND {where}
-            ORDER BY m.embedding <=> {vector}
+            ORDER BY m.embedding {self.op} {vector}
             LIMIT {want}
         )"""
 
@@ -204,12 +204,12 @@ class SearchStatements:
         # The EXISTS is evaluated once (an InitPlan): a table without passages costs nothing.
         return f"""
             SELECT scope, scope_id, key, min(distance) AS distance FROM (
-                SELECT p.scope, p.scope_id, p.key, p.embedding <=> {vector} AS distance
+                SELECT p.scope, p.scope_id, p.key, p.embedding {self.op} {vector} AS distance
                 FROM {self.passages} p
                 JOIN {self.table} m USING ({_OWNER_KEY})
                 WHERE p.tenant = {params.add(tenant)} AND p.embedding IS NOT NULL AND {where}
                   AND {self._passages_exist(params, tenant)}
-                ORDER BY p.embedding <=> {vector}
+                ORDER BY p.embedding {self.op} {vector}
                 LIMIT {want}
             ) nearest GROUP BY scope, scope_id, key
         """
@@ -233,15 +233,16 @@ class SearchStatements:
         vector = f"{params.add(embedding)}::{self.vector}"
         where = self._graph_conditions(params, restriction)
         columns = self.entry + (", m.embedding" if include_embedding else "")
+        score, similarity = self.layout.score_of("distance"), self.layout.cosine_of("distance")
         want = params.add(limit + offset)
         if not passages:
             nearest = self._nearest(columns, vector, where, want, "distance")
             sql = f"""
                 WITH hits AS MATERIALIZED ({nearest})
-                SELECT *, 1 - distance AS score,
+                SELECT *, {score} AS score, {similarity} AS similarity,
                     {self._passages_exist(params, restriction.tenant)} AS passages_exist
                 FROM hits
-                WHERE {_at_least(params, "1 - distance", min_score)}
+                WHERE {_at_least(params, score, min_score)}
                 {_page(params, RESORTED, limit, offset)}
             """
             return Query(sql, params.values)
@@ -258,7 +259,7 @@ class SearchStatements:
                 SELECT h.*, LEAST(h.own_distance, ph.distance) AS distance
                 FROM hits h LEFT JOIN passage_hits ph USING (scope, scope_id, key)
                 UNION ALL
-                SELECT {columns}, m.embedding <=> {vector}, ph.distance
+                SELECT {columns}, m.embedding {self.op} {vector}, ph.distance
                 FROM passage_hits ph
                 JOIN {self.table} m ON m.tenant = {params.add(restriction.tenant)}
                     AND (m.scope, m.scope_id, m.key) = (ph.scope, ph.scope_id, ph.key)
@@ -267,8 +268,8 @@ class SearchStatements:
                     WHERE (h.scope, h.scope_id, h.key) = (ph.scope, ph.scope_id, ph.key)
                 )
             )
-            SELECT *, 1 - distance AS score FROM merged
-            WHERE {_at_least(params, "1 - distance", min_score)}
+            SELECT *, {score} AS score, {similarity} AS similarity FROM merged
+            WHERE {_at_least(params, score, min_score)}
             {_page(params, RESORTED, limit, offset)}
         """
         return Query(sql, params.values)
@@ -588,11 +589,12 @@ class SearchStatements:
             # one shared common word outvote the nearest meaning, and could not let a memory
             # holding the asked-for identifier beat its near-miss twin that embeds closer.
             weight = "coverage * coverage"
-            semantic_weight = "greatest(s.semantic_score, 0)"
+            semantic_weight = "greatest(s.similarity, 0)"
         sql = f"""
             WITH {semantic},
             semantic_ranked AS (
-                SELECT {_OWNER_KEY}, 1 - distance AS semantic_score,
+                SELECT {_OWNER_KEY}, {self.layout.score_of("distance")} AS semantic_score,
+                       {self.layout.cosine_of("distance")} AS similarity,
                        row_number() OVER (ORDER BY {RESORTED}, {_OWNER_KEY}) AS rank
                 FROM semantic
             ),
@@ -628,11 +630,11 @@ class SearchStatements:
     ) -> Query:
         """``candidates`` (a search's statement, asked for more rows than the page) weighed
         by ``ranking`` in the database, best first, then the page. ``cosine``: the
-        candidates' score is a cosine in [-1, 1] (mapped to [0, 1]); otherwise it is in
-        [0, 1] already."""
+        candidates are a semantic search's, whose ``similarity`` is a cosine in [-1, 1]
+        (mapped to [0, 1]); otherwise their score is in [0, 1] already."""
         limit, offset, min_score = page
         params = Params(list(candidates.args))
-        relevance = "(1 + c.score) / 2" if cosine else "c.score"
+        relevance = "(1 + c.similarity) / 2" if cosine else "c.score"
         half_life = params.add(ranking.half_life.total_seconds())
         # Age since the last read, else since created; never negative (a reader's clock
         # may run ahead of the server's).
@@ -689,6 +691,7 @@ class SearchStatements:
     ) -> Query:
         params = Params([restriction.tenant, *target])
         where = self._graph_conditions(params, restriction)
+        score = self.layout.score_of("distance")
         # A scalar subquery becomes an InitPlan parameter, which the HNSW index can order by:
         # the stored vector is used as is, never re-embedded.
         probe = (
@@ -697,15 +700,15 @@ class SearchStatements:
         )
         sql = f"""
             WITH hits AS MATERIALIZED (
-                SELECT {self.entry}, m.embedding <=> {probe} AS distance
+                SELECT {self.entry}, m.embedding {self.op} {probe} AS distance
                 FROM {self.table} m
                 WHERE m.embedding IS NOT NULL AND {where}
                   AND (m.scope, m.scope_id, m.key) <> ($2, $3, $4)
-                ORDER BY m.embedding <=> {probe}
+                ORDER BY m.embedding {self.op} {probe}
                 LIMIT {params.add(limit)}
             )
-            SELECT *, 1 - distance AS score, 1 - distance AS semantic_score FROM hits
-            WHERE distance IS NOT NULL AND {_at_least(params, "1 - distance", min_score)}
+            SELECT *, {score} AS score, {score} AS semantic_score FROM hits
+            WHERE distance IS NOT NULL AND {_at_least(params, score, min_score)}
             ORDER BY {RESORTED}, key, scope, scope_id
         """
         return Query(sql, params.values)

@@ -340,6 +340,7 @@ class PostgresStorage(Generic[K, V]):
             hnsw_m=config.hnsw_m,
             hnsw_ef_construction=config.hnsw_ef_construction,
             embedder=self._identity,
+            distance=config.distance,
         )
         if config.is_embedded and config.row_level_security:
             dsn = await self._embedded_application_role(wanted)

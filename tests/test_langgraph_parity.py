@@ -10,10 +10,11 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import numpy as np
 import pytest
 
 from langgraph_pepperpy import PepperpyStore
-from pepperpy_pg_memory import HashingEmbedder
+from pepperpy_pg_memory import HashingEmbedder, MemoryConfigurationError
 
 
 @pytest.fixture
@@ -95,3 +96,77 @@ async def test_a_ttl_refreshing_burst_has_no_failures(store: PepperpyStore) -> N
                 await store.adelete(namespace, key)
 
     await asyncio.gather(*(work(task) for task in range(20)))
+
+
+class _FixedVectors:
+    """Vectors of different lengths, so that cosine, Euclidean distance and inner product
+    each order them differently: the query is (1, 0, 0)."""
+
+    name = "fixed-test-vectors"
+    dimension = 3
+    vectors = {
+        "shortnear": (0.45, 0.05, 0.0),  # nearest in angle
+        "middle": (1.0, 0.5, 0.0),  # nearest in space
+        "longfar": (3.0, 3.0, 0.0),  # largest inner product
+    }
+
+    def _vector(self, text: str) -> np.ndarray:
+        for word, vector in self.vectors.items():
+            if word in text:
+                return np.array(vector, dtype=np.float32)
+        return np.array((0.0, 0.0, 1.0), dtype=np.float32)
+
+    async def embed_documents(self, texts: list[str]) -> np.ndarray:
+        return np.stack([self._vector(text) for text in texts])
+
+    async def embed_query(self, text: str) -> np.ndarray:
+        return np.array((1.0, 0.0, 0.0), dtype=np.float32)
+
+
+def _langgraph_score(distance: str, vector: tuple[float, ...]) -> float:
+    """The score LangGraph's PostgresStore gives for ``distance`` against (1, 0, 0)."""
+    v, q = np.array(vector), np.array((1.0, 0.0, 0.0))
+    if distance == "l2":
+        return -float(np.linalg.norm(v - q))
+    if distance == "inner_product":
+        return float(v @ q)
+    return float(v @ q / np.linalg.norm(v))
+
+
+@pytest.mark.parametrize(
+    ("distance", "order"),
+    [
+        ("cosine", ["shortnear", "middle", "longfar"]),
+        ("l2", ["middle", "shortnear", "longfar"]),
+        ("inner_product", ["longfar", "middle", "shortnear"]),
+    ],
+)
+def test_each_distance_type_orders_and_scores_as_langgraph(
+    make_config: Any, distance: str, order: list[str]
+) -> None:
+    config = make_config()
+    memory = PepperpyStore.create(
+        config,
+        _FixedVectors(),
+        index={"dims": 3, "distance_type": distance},  # type: ignore[typeddict-unknown-key]
+    )
+    try:
+        assert memory.storage.layout.distance == distance
+        for word in _FixedVectors.vectors:
+            memory.put(("docs",), word, {"text": word})
+        found = memory.search(("docs",), query="anything", limit=3)
+        assert [item.key for item in found] == order
+        for item in found:
+            expected = _langgraph_score(distance, _FixedVectors.vectors[item.key])
+            assert item.score == pytest.approx(expected, abs=1e-4)
+    finally:
+        memory.close()
+    # The table keeps its distance: a store asking for another is refused, never ignored.
+    other = "cosine" if distance != "cosine" else "l2"
+    with pytest.raises(MemoryConfigurationError, match="compares vectors by"):
+        PepperpyStore.create(config, _FixedVectors(), index={"dims": 3, "distance_type": other})  # type: ignore[typeddict-unknown-key]
+
+
+def test_a_distance_pgvector_cannot_index_for_floats_is_refused(make_config: Any) -> None:
+    with pytest.raises(MemoryConfigurationError, match="hamming"):
+        PepperpyStore.create(make_config(), _FixedVectors(), index={"distance_type": "hamming"})  # type: ignore[typeddict-unknown-key]

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import numpy as np
 import pytest
 
 from pepperpy_pg_memory import (
     HashingEmbedder,
+    MemoryConfigurationError,
     MemoryIndex,
     MemoryIndexError,
     MemoryNotFoundError,
@@ -17,6 +19,7 @@ from pepperpy_pg_memory import (
     MemoryType,
     MemoryValidationError,
     PostgresStorage,
+    Ranking,
 )
 
 CORPUS = {
@@ -359,3 +362,37 @@ async def test_results_come_best_first_when_the_graph_walk_returns_them_out_of_o
         assert best_first(await store.similar("k1", limit=100))
         hybrid = MemoryQuery(query="note", embedding=vectors[4000].tolist(), index_type="hybrid")
         assert best_first(await store.search(hybrid.model_copy(update={"limit": 100})))
+
+
+@pytest.mark.parametrize("distance", ["l2", "inner_product"])
+async def test_a_table_compares_vectors_by_its_own_distance(
+    make_config: Any, distance: str
+) -> None:
+    """Every vector path — semantic, hybrid, ranked, similar, deduplication — runs on the
+    table's operator (its index's), and scores follow LangGraph's conventions."""
+    config = make_config(distance=distance)
+    embedder = HashingEmbedder(64)
+    async with PostgresStorage[str, Any](config, embedder) as store:
+        await store.store_many([{"key": key, "value": text} for key, text in CORPUS.items()])
+        query = "green tea in the afternoon"
+        found = await store.search(MemoryQuery(query=query, limit=3))
+        assert found[0].entry.key == "tea"
+        nearest = await embedder.embed_query(CORPUS["tea"])
+        asked = await embedder.embed_query(query)
+        if distance == "l2":
+            expected = -float(np.linalg.norm(nearest - asked))
+        else:
+            expected = float(nearest @ asked)
+        assert found[0].score == pytest.approx(expected, abs=1e-4)
+        hybrid = await store.search(
+            MemoryQuery(query=query, index_type=MemoryIndex.HYBRID, limit=3)
+        )
+        assert hybrid[0].entry.key == "tea"
+        ranked = await store.search(MemoryQuery(query=query, limit=3, ranking=Ranking()))
+        assert ranked[0].entry.key == "tea" and 0 < ranked[0].score <= 1
+        assert (await store.similar("coffee", 1))[0].entry.key in CORPUS
+        twin = await store.store("tea-again", CORPUS["tea"], dedupe=True)
+        assert twin.deduplicated and twin.key == "tea"
+    with pytest.raises(MemoryConfigurationError, match=f"compares vectors by '{distance}'"):
+        async with PostgresStorage[str, Any](make_config(table=config.table), embedder):
+            pass

@@ -66,7 +66,7 @@ from pepperpy_pg_memory import (
 from pepperpy_pg_memory.coalesce import BatchFunction, Coalescer, together_or_alone
 from pepperpy_pg_memory.items import MAX_PASSAGES
 from pepperpy_pg_memory.runner import BackgroundStorage
-from pepperpy_pg_memory.schema import MAX_KEY_BYTES
+from pepperpy_pg_memory.schema import DISTANCES, MAX_KEY_BYTES
 from pepperpy_pg_memory.types import Identity
 from pepperpy_pg_memory.values import INVISIBLE, UNSEEN, default_text_of
 
@@ -159,12 +159,12 @@ def _check_index(index: IndexConfig | None, storage: PostgresStorage[Any, Any]) 
             field="index",
         )
     distance = typing.cast(dict[str, Any], index).get("distance_type", "cosine")
-    if distance != "cosine":
-        # Scores and the HNSW index's operator class are cosine's: another distance would
-        # be silently ignored.
+    if distance != storage.layout.distance:
+        # The table's indexes compare by one distance: another would be silently ignored.
         raise MemoryConfigurationError(
-            f"index['distance_type'] is {distance!r}, but this store compares vectors by "
-            "cosine (its index's operator class): leave distance_type out or give 'cosine'",
+            f"index['distance_type'] is {distance!r}, but this store's table compares vectors "
+            f"by {storage.layout.distance!r} (its indexes' operator class): give that, or "
+            "PepperpyStore.create(index=...) on a table of its own",
             field="index",
         )
     dims = index.get("dims")
@@ -318,8 +318,10 @@ class PepperpyStore(BaseStore):
         ``index`` takes LangGraph's ``IndexConfig``: ``fields`` are the default fields to
         embed; ``embed`` may name the embedder instead of ``embedding`` (a LangChain
         ``Embeddings``, a function, or a ``"provider:model"`` string); ``dims`` must be its
-        dimension. A table holds the vectors of one model: to use another, open a store on
-        another table.
+        dimension; ``distance_type`` ("cosine", "l2" or "inner_product") is how the table
+        compares vectors, with LangGraph's scores (1 - cosine distance, minus the Euclidean
+        distance, the inner product). A table holds the vectors of one model: to use another,
+        open a store on another table.
         """
         embed = (index or {}).get("embed")
         if embed is not None:
@@ -329,6 +331,16 @@ class PepperpyStore(BaseStore):
                     field="index",
                 )
             embedding = ensure_embeddings(embed)
+        distance = typing.cast(dict[str, Any], index or {}).get("distance_type")
+        if distance is not None:
+            if distance not in DISTANCES:
+                raise MemoryConfigurationError(
+                    f"index['distance_type'] is {distance!r}: this store compares float "
+                    f"vectors by one of {', '.join(DISTANCES)}",
+                    field="index",
+                )
+            # A new table is created comparing by it (an existing one must already).
+            config = (config or PostgresConfig()).model_copy(update={"distance": distance})
         handle = BackgroundStorage.create(config, embedding)
         try:
             store = cls(handle, ttl=ttl, index=_without_embed(index))
