@@ -86,6 +86,10 @@ async def _store_bursts(store: Any, system: str, count: int) -> list[Measurement
     return rows
 
 
+GOALS = {"burst_mixed_ttl": 1.0}
+"""Per burst, the most our seconds may be of theirs (issue 22: LangGraph's burst load at least
+as fast as theirs; the others, 2)."""
+
 MIXED_KEYS = 20
 TTL_CONFIG: Any = {"default_ttl": 60, "refresh_on_read": True}
 
@@ -190,13 +194,14 @@ def _ratios(rows: list[Measurement]) -> list[dict[str, Any]]:
     for name in ("burst_put", "burst_get", "burst_search", "burst_mixed_ttl"):
         if (name, OURS) in seconds and (name, LANGGRAPH) in seconds:
             ratio = seconds[(name, OURS)] / seconds[(name, LANGGRAPH)]
+            goal = GOALS.get(name, 2.0)
             out.append(
                 {
                     "name": name,
                     "ratio": ratio,
                     "meaning": "our seconds over AsyncPostgresStore's",
-                    "goal": 2.0,
-                    "met": ratio <= 2.0,
+                    "goal": goal,
+                    "met": ratio <= goal,
                 }
             )
     return out
@@ -257,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
             note += f"  ({row['extra']['failures']} failed {row['extra']['failure_kinds']})"
         print(f"{row['name']:18} {row['system']:36} {row['count']:6d} calls {seconds:7.2f} s{note}")
     for ratio in report["ratios"]:
-        print(f"{ratio['name']:18} ours/theirs {ratio['ratio']:.2f} (goal <= 2)")
+        print(f"{ratio['name']:18} ours/theirs {ratio['ratio']:.2f} (goal <= {ratio['goal']:g})")
     save_json(report, args.out)
     return 0
 

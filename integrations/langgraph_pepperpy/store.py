@@ -74,8 +74,17 @@ __all__ = ["PepperpyStore", "namespace_scope", "texts_for"]
 
 logger = logging.getLogger(__name__)
 
-CALLS_PER_BATCH = 256
-"""The most concurrent batch()/abatch() calls run together."""
+CALLS_PER_BATCH = 16_384
+"""The most concurrent batch()/abatch() calls run together. An agent host's burst is mostly
+calls of one op on a few items, which collapse (puts of one item into the last, equal reads
+into one): one batch of the whole burst does the least work, as LangGraph's stores do. What
+reaches the database is bounded apart: :data:`ITEMS_PER_WRITE`, :data:`SEARCHES_AT_ONCE`."""
+ITEMS_PER_WRITE = 256
+"""Items written by one store_many of a batch (distinct items: a burst of new ones)."""
+WRITES_AT_ONCE = 4
+"""Chunks of :data:`ITEMS_PER_WRITE` items of one batch written at once."""
+SEARCHES_AT_ONCE = 8
+"""Distinct searches of one batch in flight at once (each holds a pooled connection)."""
 PREFIX = "lg:"
 NAMESPACE_FIELD = "lg_namespace"
 TTL_FIELD = "lg_ttl_minutes"
@@ -412,10 +421,10 @@ class PepperpyStore(BaseStore):
             # A call of several ops keeps its own order, so then all keep call order.
             independent = all(len(ops) == 1 for ops in batch)
             results = await self._execute(storage, ops, writes_first=independent)
-            out = []
+            out, start = [], 0
             for ops in batch:
-                out.append(results[: len(ops)])
-                results = results[len(ops) :]
+                out.append(results[start : start + len(ops)])
+                start += len(ops)
             return out
 
         return await together_or_alone(
@@ -459,8 +468,14 @@ class PepperpyStore(BaseStore):
                     results[position] = item
                 gets.clear()
             if searches:
-                # Reads that do not see each other: at once, on as many connections.
-                found = await asyncio.gather(*(self._search(storage, op) for _, op in searches))
+                # Reads that do not see each other: a few at a time, each on a connection.
+                room = asyncio.Semaphore(SEARCHES_AT_ONCE)
+
+                async def search(op: SearchOp) -> list[SearchItem]:
+                    async with room:
+                        return await self._search(storage, op)
+
+                found = await asyncio.gather(*(search(op) for _, op in searches))
                 for (position, _), items in zip(searches, found, strict=True):
                     results[position] = items
                 searches.clear()
@@ -514,7 +529,7 @@ class PepperpyStore(BaseStore):
             deletes.setdefault(owner, []).extend(
                 legacy if op.value is not None else [current, *legacy]
             )
-        items = []
+        items: list[dict[str, Any]] = []
         for op in ops:
             if op.value is None:
                 continue
@@ -545,9 +560,22 @@ class PepperpyStore(BaseStore):
                     "ttl": timedelta(minutes=minutes) if minutes is not None else "never",
                 }
             )
-        if items:
-            # An item is what LangGraph put, under its key: never folded into another.
-            await storage.store_many(items, dedupe=False)
+        # An item is what LangGraph put, under its key: never folded into another. Distinct
+        # items (one per key by now) are written in chunks in identity order, a few at once:
+        # chunks hold disjoint keys, locked in one order.
+        items.sort(key=lambda item: (item["scope"].value, item["scope_id"] or "", item["key"]))
+        room = asyncio.Semaphore(WRITES_AT_ONCE)
+
+        async def write(chunk: list[dict[str, Any]]) -> None:
+            async with room:
+                await storage.store_many(chunk, dedupe=False)
+
+        await asyncio.gather(
+            *(
+                write(items[start : start + ITEMS_PER_WRITE])
+                for start in range(0, len(items), ITEMS_PER_WRITE)
+            )
+        )
         # After the writes: a failure in between leaves an item under both keys (reads prefer
         # the current one), never under neither.
         for (scope, scope_id), keys in deletes.items():
