@@ -35,9 +35,11 @@ __all__ = ["main"]
 class Progress:
     """A one-line progress bar on stderr (redrawn at most ten times a second)."""
 
-    def __init__(self, label: str, stream: TextIO = sys.stderr) -> None:
+    def __init__(self, label: str, stream: TextIO | None = None) -> None:
         self.label = label
-        self.stream = stream
+        # Looked up when the bar is made, not when the module was imported: a notebook or a
+        # test harness may have replaced sys.stderr since.
+        self.stream = stream if stream is not None else sys.stderr
         self._last = 0.0
         self._finished = False
 
