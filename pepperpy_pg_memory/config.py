@@ -26,7 +26,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from .errors import MemoryConfigurationError
 from .filters import FieldKind, key_path
 from .identifiers import IDENTIFIER_PATTERN, TEXT_SEARCH_CONFIG_PATTERN
-from .schema import MAX_KEY_BYTES, MAX_SCOPE_ID_BYTES, MAX_TENANT_BYTES
+from .limits import MAX_KEY_BYTES, MAX_SCOPE_ID_BYTES, MAX_TENANT_BYTES
 from .types import MemoryType
 
 __all__ = ["PostgresConfig", "DEFAULT_TYPE_TTLS", "default_data_dir"]

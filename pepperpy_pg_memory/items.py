@@ -17,8 +17,8 @@ from typing import Any, Literal, TypedDict, TypeVar
 from .config import PostgresConfig
 from .errors import MemoryValidationError
 from .history import Change
+from .limits import MAX_SCOPE_ID_BYTES
 from .queries import STAGING_COLUMNS, Restriction
-from .schema import MAX_SCOPE_ID_BYTES
 from .types import MANAGED_FIELD, STORABLE_INDICES, Identity, MemoryIndex, MemoryScope, MemoryType
 from .values import (
     EncodedJSON,

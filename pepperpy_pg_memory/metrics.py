@@ -13,10 +13,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
-
-if TYPE_CHECKING:
-    from .storage import PostgresStorage
+from typing import Any, ParamSpec, Protocol, TypeVar
 
 __all__ = ["Metrics", "OperationStats", "instrumented", "PrometheusCollector", "BUCKETS_MS"]
 
@@ -138,6 +135,21 @@ def instrumented(
     return decorate
 
 
+class _Configured(Protocol):
+    @property
+    def table(self) -> str: ...
+
+
+class MeasuredStore(Protocol):
+    """What the collector reads of a store (a :class:`~.storage.PostgresStorage`)."""
+
+    @property
+    def config(self) -> _Configured: ...
+
+    @property
+    def metrics(self) -> Metrics: ...
+
+
 class PrometheusCollector:
     """Exposes a store's operation histograms and error counts to ``prometheus_client``.
 
@@ -146,7 +158,7 @@ class PrometheusCollector:
         >>> REGISTRY.register(PrometheusCollector(storage))  # doctest: +SKIP
     """
 
-    def __init__(self, storage: PostgresStorage[Any, Any], name: str = "pepperpy_memory") -> None:
+    def __init__(self, storage: MeasuredStore, name: str = "pepperpy_memory") -> None:
         self.storage = storage
         self.name = name
 

@@ -33,8 +33,8 @@ import numpy as np
 import numpy.typing as npt
 import platformdirs
 
-from .embeddings import LocalModelEmbedder, packaged_model_folder
 from .errors import MemoryConfigurationError
+from .local_models import LocalModelEmbedder, packaged_model_folder, quiet_transformers
 
 __all__ = ["OnnxEmbedder", "export_onnx", "quantize_int8", "MIN_COSINE", "MIN_INT8_COSINE"]
 
@@ -177,9 +177,7 @@ def export_onnx(folder: Path, target: Path) -> float:
                 input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
             ).last_hidden_state
 
-    from .embeddings import _quiet_transformers
-
-    _quiet_transformers()
+    quiet_transformers()
     model = AutoModel.from_pretrained(str(folder), local_files_only=True).eval()
     tokenizer = _tokenizer(folder)
     sample = tokenizer.encode_batch(["an example", "another, longer example sentence"])

@@ -30,6 +30,10 @@ __all__ = [
     "STAGING_COLUMNS",
     "ENTRY_COLUMNS",
     "AS_STORED_COLUMNS",
+    "LIVE",
+    "CONTEXTUAL",
+    "OWNER_KEY",
+    "M_OWNER_KEY",
 ]
 
 AS_STORED_COLUMNS = (
@@ -115,17 +119,19 @@ PASSAGE_COLUMNS = ("tenant", "scope", "scope_id", "key", "position", "content", 
 # plus the time-to-live; the tenant is the store's.
 _TABLE_VALUES = {"expires_at": "COALESCE({expires_at}, now() + {ttl})", "tenant": "{tenant}"}
 
-_LIVE = "(m.expires_at IS NULL OR m.expires_at > now())"
+# SQL fragments the search statements (search_sql.py) and the statistics (term_stats.py) share:
+# a memory ``m`` not expired, and one in the contextual index.
+LIVE = "(m.expires_at IS NULL OR m.expires_at > now())"
 # The old row, in an upsert: gone (expired) or no longer true (validity closed). Storing its
 # key again starts a new memory, or a new fact.
 _EXPIRED = "(m.expires_at IS NOT NULL AND m.expires_at <= now())"
 _CLOSED = "(m.valid_to IS NOT NULL AND m.valid_to <= now())"
 # How rows of one statement's branches are matched to each other and to the table: by the
 # whole identity, never by key alone (several owners may hold one key).
-_OWNER_KEY = "tenant, scope, scope_id, key"
-_M_OWNER_KEY = "m.tenant, m.scope, m.scope_id, m.key"
+OWNER_KEY = "tenant, scope, scope_id, key"
+M_OWNER_KEY = "m.tenant, m.scope, m.scope_id, m.key"
 _SEMANTIC = "m.indices @> ARRAY['semantic']"
-_CONTEXTUAL = "m.indices @> ARRAY['contextual']"
+CONTEXTUAL = "m.indices @> ARRAY['contextual']"
 
 # What a write returns about each row it wrote (and select_entry's access columns).
 _WRITTEN = """m.scope, m.scope_id, m.key, m.created_at, m.updated_at, m.expires_at, m.version,
@@ -278,7 +284,7 @@ class Statements:
         # owner, and never touches a memory another owner holds under the same key.
         # A write makes the memory true again: over a closed fact it starts a new one.
         return f"""
-            ON CONFLICT ({_OWNER_KEY}) DO UPDATE SET
+            ON CONFLICT ({OWNER_KEY}) DO UPDATE SET
                 value = EXCLUDED.value,
                 content = EXCLUDED.content,
                 content_hash = EXCLUDED.content_hash,
@@ -486,9 +492,9 @@ class Statements:
         return Query(
             f"""
             UPDATE {self.table} t SET expires_at = now() + $2::interval
-            FROM (SELECT {_M_OWNER_KEY} FROM {self.table} m
-                  WHERE m.tenant = $1 AND {_in_identities(params, identities)} AND {_LIVE}
-                  ORDER BY {_M_OWNER_KEY} FOR NO KEY UPDATE SKIP LOCKED) locked
+            FROM (SELECT {M_OWNER_KEY} FROM {self.table} m
+                  WHERE m.tenant = $1 AND {_in_identities(params, identities)} AND {LIVE}
+                  ORDER BY {M_OWNER_KEY} FOR NO KEY UPDATE SKIP LOCKED) locked
             WHERE t.tenant = locked.tenant AND t.scope = locked.scope
               AND t.scope_id = locked.scope_id AND t.key = locked.key
             """,
@@ -501,7 +507,7 @@ class Statements:
         params = Params([tenant])
         return Query(
             f"SELECT m.scope, m.scope_id FROM {self.table} m "
-            f"WHERE m.tenant = $1 AND {_in_identities(params, identities)} AND {_LIVE} "
+            f"WHERE m.tenant = $1 AND {_in_identities(params, identities)} AND {LIVE} "
             f"AND NOT m.metadata ? {params.add(MANAGED_FIELD)}",
             params.values,
         )
@@ -513,7 +519,7 @@ class Statements:
             f"SELECT m.scope, m.scope_id, count(*) AS held FROM {self.table} m "
             "WHERE m.tenant = $1 AND (m.scope, m.scope_id) IN "
             "(SELECT * FROM unnest($2::text[], $3::text[])) "
-            f"AND {_LIVE} AND NOT m.metadata ? {params.add(MANAGED_FIELD)} "
+            f"AND {LIVE} AND NOT m.metadata ? {params.add(MANAGED_FIELD)} "
             "GROUP BY m.scope, m.scope_id",
             params.values,
         )
@@ -712,7 +718,7 @@ class Statements:
         sql = (
             f"DELETE FROM {self.table} m {using} WHERE m.key = $1 "
             f"AND {restriction.conditions(params)} "
-            f"RETURNING {_LIVE} AS live"
+            f"RETURNING {LIVE} AS live"
         )
         return Query(sql, params.values)
 
@@ -721,10 +727,10 @@ class Statements:
         using = f"USING {change_context(params, change)}" if change.said else ""
         # Rows are locked in the identity order every writer follows, before any is deleted.
         sql = f"""
-            DELETE FROM {self.table} d {using} WHERE ({_OWNER_KEY}) IN (
-                SELECT {_M_OWNER_KEY} FROM {self.table} m
+            DELETE FROM {self.table} d {using} WHERE ({OWNER_KEY}) IN (
+                SELECT {M_OWNER_KEY} FROM {self.table} m
                 WHERE {restriction.conditions(params)}
-                ORDER BY {_M_OWNER_KEY} FOR UPDATE)
+                ORDER BY {M_OWNER_KEY} FOR UPDATE)
         """
         return Query(sql, params.values)
 
@@ -737,8 +743,8 @@ class Statements:
         # version in the history.
         context = change_context(params, Change(operation="expire"))
         sql = f"""
-            DELETE FROM {self.table} d USING {context} WHERE ({_OWNER_KEY}) IN (
-                SELECT {_M_OWNER_KEY} FROM {self.table} m
+            DELETE FROM {self.table} d USING {context} WHERE ({OWNER_KEY}) IN (
+                SELECT {M_OWNER_KEY} FROM {self.table} m
                 WHERE m.expires_at <= now() AND {where}
                 LIMIT {params.add(batch)} FOR UPDATE SKIP LOCKED)
             AND d.expires_at <= now()
@@ -758,7 +764,7 @@ class Statements:
         owner = (
             f"m.tenant = {write['tenant']} AND m.scope = {write['scope']} "
             f"AND m.scope_id = {write['scope_id']} AND m.key <> {write['key']} "
-            f"AND {_LIVE} AND NOT {_CLOSED} AND NOT m.metadata ? '{MANAGED_FIELD}'"
+            f"AND {LIVE} AND NOT {_CLOSED} AND NOT m.metadata ? '{MANAGED_FIELD}'"
         )
         found = [
             f"""(SELECT m.key, 1.0::float8 AS similarity FROM {self.table} m
@@ -864,7 +870,7 @@ class Statements:
         return Query(
             f"SELECT now() AS moment, coalesce(m.valid_from, m.created_at) AS valid_from "
             f"FROM {self.table} m WHERE m.tenant = $1 AND m.scope = $2 AND m.scope_id = $3 "
-            f"AND m.key = $4 AND {_LIVE} AND NOT {_CLOSED} FOR UPDATE",
+            f"AND m.key = $4 AND {LIVE} AND NOT {_CLOSED} FOR UPDATE",
             [tenant, *identity],
         )
 
@@ -884,7 +890,7 @@ class Statements:
             f"UPDATE {self.table} m SET valid_to = {end}, superseded_by = $6, "
             f"updated_at = clock_timestamp() FROM {change_context(params, change)} "
             f"WHERE m.tenant = $1 AND m.scope = $2 AND m.scope_id = $3 AND m.key = $4 "
-            f"AND {_LIVE} AND NOT {_CLOSED} AND coalesce(m.valid_from, m.created_at) <= {end} "
+            f"AND {LIVE} AND NOT {_CLOSED} AND coalesce(m.valid_from, m.created_at) <= {end} "
             f"RETURNING {self.entry}"
         )
         return Query(sql, params.values)
@@ -899,7 +905,7 @@ class Statements:
         """Live memories per type."""
         return Query(
             f"SELECT m.memory_type AS name, count(*) AS memories FROM {self.table} m "
-            f"WHERE m.tenant = $1 AND {_LIVE} GROUP BY m.memory_type ORDER BY m.memory_type",
+            f"WHERE m.tenant = $1 AND {LIVE} GROUP BY m.memory_type ORDER BY m.memory_type",
             [tenant],
         )
 
@@ -907,7 +913,7 @@ class Statements:
         """Live memories per owner, the ``limit`` largest owners."""
         return Query(
             f"SELECT m.scope, m.scope_id, count(*) AS memories FROM {self.table} m "
-            f"WHERE m.tenant = $1 AND {_LIVE} GROUP BY m.scope, m.scope_id "
+            f"WHERE m.tenant = $1 AND {LIVE} GROUP BY m.scope, m.scope_id "
             "ORDER BY count(*) DESC, m.scope, m.scope_id LIMIT $2",
             [tenant, limit],
         )
@@ -924,7 +930,7 @@ class Statements:
         primary key's order."""
         return Query(
             f"SELECT m.scope, m.scope_id, m.key, m.content, m.content_hash FROM {self.table} m "
-            f"WHERE m.tenant = $1 AND {_SEMANTIC} AND {_LIVE} "
+            f"WHERE m.tenant = $1 AND {_SEMANTIC} AND {LIVE} "
             "AND (m.scope, m.scope_id, m.key) > ($2, $3, $4) "
             "ORDER BY m.scope, m.scope_id, m.key LIMIT $5",
             [tenant, *after, batch],
@@ -932,13 +938,13 @@ class Statements:
 
     def count_semantic(self, tenant: str) -> Query:
         return Query(
-            f"SELECT count(*) FROM {self.table} m WHERE m.tenant = $1 AND {_SEMANTIC} AND {_LIVE}",
+            f"SELECT count(*) FROM {self.table} m WHERE m.tenant = $1 AND {_SEMANTIC} AND {LIVE}",
             [tenant],
         )
 
     def count_contextual(self, tenant: str) -> Query:
         return Query(
-            f"SELECT count(*) FROM {self.table} m WHERE m.tenant = $1 AND {_CONTEXTUAL}",
+            f"SELECT count(*) FROM {self.table} m WHERE m.tenant = $1 AND {CONTEXTUAL}",
             [tenant],
         )
 

@@ -21,6 +21,7 @@ import asyncpg
 from .errors import QUOTA_SQLSTATE, MemoryConfigurationError, MemorySchemaError
 from .filters import FieldKind, field_type, typed_field
 from .identifiers import qualified, quote_ident, quote_name
+from .limits import MAX_KEY_BYTES, MAX_SCOPE_ID_BYTES, MAX_TENANT_BYTES
 from .sql import Query
 from .types import MANAGED_FIELD
 
@@ -493,14 +494,6 @@ def same_memory(left: str, right: str) -> str:
     """SQL: the rows (or records) named ``left`` and ``right`` are of one memory."""
     return " AND ".join(f"{left}.{column} = {right}.{column}" for column in IDENTITY_COLUMNS)
 
-
-# A btree index entry holds at most 2,704 bytes (a third of a page, less headers). The primary
-# key's entry is the four identity columns: these limits keep the largest one at 2,475 bytes
-# (tenant 128 + scope 7 + scope_id 256 + key 2,048 + 36 of headers and alignment), so no valid
-# memory can fail with the server's "index row size exceeds maximum".
-MAX_KEY_BYTES = 2_048
-MAX_SCOPE_ID_BYTES = 256
-MAX_TENANT_BYTES = 128
 
 CLIENT_SCHEMA_SETTING = "pepperpy.client_schema"
 """Session setting by which a store's connections say which schema version they speak."""

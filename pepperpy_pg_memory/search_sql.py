@@ -15,10 +15,10 @@ from .filters import Params
 from .history import AS_OF_MOMENT, as_of_source, replaced_versions
 from .models import Ranking
 from .queries import (
-    _CONTEXTUAL,
-    _LIVE,
-    _M_OWNER_KEY,
-    _OWNER_KEY,
+    CONTEXTUAL,
+    LIVE,
+    M_OWNER_KEY,
+    OWNER_KEY,
     Restriction,
     select_entry,
 )
@@ -206,7 +206,7 @@ class SearchStatements:
             SELECT scope, scope_id, key, min(distance) AS distance FROM (
                 SELECT p.scope, p.scope_id, p.key, p.embedding {self.op} {vector} AS distance
                 FROM {self.passages} p
-                JOIN {self.table} m USING ({_OWNER_KEY})
+                JOIN {self.table} m USING ({OWNER_KEY})
                 WHERE p.tenant = {params.add(tenant)} AND p.embedding IS NOT NULL AND {where}
                   AND {self._passages_exist(params, tenant)}
                 ORDER BY p.embedding {self.op} {vector}
@@ -286,10 +286,10 @@ class SearchStatements:
         ``contextual_match="all"``."""
         tsquery = self._tsquery(params, query)
         return f"""
-            SELECT {_M_OWNER_KEY}, 0.5 + 0.5 * ts_rank_cd(m.tsv, {tsquery}, 32) AS score,
+            SELECT {M_OWNER_KEY}, 0.5 + 0.5 * ts_rank_cd(m.tsv, {tsquery}, 32) AS score,
                 1.0::float8 AS coverage
             FROM {self.table} m
-            WHERE {_CONTEXTUAL} AND {where} AND m.tsv @@ {tsquery}
+            WHERE {CONTEXTUAL} AND {where} AND m.tsv @@ {tsquery}
             ORDER BY score DESC, m.key, m.scope, m.scope_id
             LIMIT {want}
         """
@@ -350,12 +350,12 @@ class SearchStatements:
         constraint = (
             f"coalesce(m.terms, m.tsv) @@ {self._tsquery(params, required)}" if required else "TRUE"
         )
-        candidate = f"{_CONTEXTUAL} AND {where} AND {constraint}"
+        candidate = f"{CONTEXTUAL} AND {where} AND {constraint}"
         # Memories written before terms existed are found by their full-text column until the
         # online backfill reaches them (see backfill.TERMS).
         unfilled = (
             f"""UNION
-                (SELECT {_M_OWNER_KEY}, m.tsv AS terms FROM {self.table} m
+                (SELECT {M_OWNER_KEY}, m.tsv AS terms FROM {self.table} m
                  WHERE m.terms IS NULL AND m.tsv @@ {self._tsquery(params, positive)}
                    AND {candidate} LIMIT {cap})"""
             if self.backfilling
@@ -400,7 +400,7 @@ class SearchStatements:
                 FROM weights
             ),
             first_candidates AS MATERIALIZED (
-                (SELECT {_M_OWNER_KEY}, m.terms FROM {self.table} m
+                (SELECT {M_OWNER_KEY}, m.terms FROM {self.table} m
                  WHERE m.terms @@ (SELECT rare FROM probes) AND {candidate} LIMIT {cap})
                 UNION
                 -- Terms the statistics do not know yet (newer than the last count), each
@@ -408,18 +408,18 @@ class SearchStatements:
                 -- them at once could leave out the memory the new identifier names (its
                 -- rows come last in the heap, so a cut drops the newest first).
                 (SELECT c.* FROM weights w CROSS JOIN LATERAL (
-                    SELECT {_M_OWNER_KEY}, m.terms FROM {self.table} m
+                    SELECT {M_OWNER_KEY}, m.terms FROM {self.table} m
                     WHERE m.terms @@ w.quoted::tsquery AND {candidate} LIMIT {cap}) c
                  WHERE w.df = 0)
                 UNION
-                (SELECT {_M_OWNER_KEY}, m.terms FROM {self.table} m
+                (SELECT {M_OWNER_KEY}, m.terms FROM {self.table} m
                  WHERE m.terms @@ (SELECT every FROM probes) AND {candidate} LIMIT {cap})
                 {unfilled}
             ),
             candidates AS (
                 SELECT * FROM first_candidates
                 UNION
-                (SELECT {_M_OWNER_KEY}, m.terms FROM {self.table} m
+                (SELECT {M_OWNER_KEY}, m.terms FROM {self.table} m
                  WHERE (SELECT count(*) FROM first_candidates) < {window}
                    AND m.terms @@ (SELECT pair FROM probes) AND {candidate} LIMIT {cap})
             ),
@@ -495,13 +495,13 @@ class SearchStatements:
         return f"""
             {words},
             fuzzy AS MATERIALIZED (
-                SELECT {_M_OWNER_KEY}, 0.5 * {fuzzy_score} AS score, {fuzzy_score} AS coverage
+                SELECT {M_OWNER_KEY}, 0.5 * {fuzzy_score} AS score, {fuzzy_score} AS coverage
                 FROM (
                     -- A misspelling of a common word matches most of the table; scoring
                     -- is bounded to the first candidates the trigram index yields.
-                    SELECT {_M_OWNER_KEY}, m.content FROM {self.table} m
+                    SELECT {M_OWNER_KEY}, m.content FROM {self.table} m
                     WHERE (SELECT count(*) FROM words) < {window}
-                      AND {_CONTEXTUAL} AND {where} AND {candidates_match}
+                      AND {CONTEXTUAL} AND {where} AND {candidates_match}
                     LIMIT {FUZZY_MAX_CANDIDATES}
                 ) AS m
                 WHERE {fuzzy_match} AND NOT EXISTS (
@@ -511,8 +511,8 @@ class SearchStatements:
                 LIMIT {window}
             ),
             contextual AS (
-                SELECT {_OWNER_KEY}, score, coverage FROM words
-                UNION ALL SELECT {_OWNER_KEY}, score, coverage FROM fuzzy
+                SELECT {OWNER_KEY}, score, coverage FROM words
+                UNION ALL SELECT {OWNER_KEY}, score, coverage FROM fuzzy
             )
         """
 
@@ -529,7 +529,7 @@ class SearchStatements:
         sql = f"""
             WITH {ctes}
             SELECT {self.entry}, c.score::float8 AS score
-            FROM contextual c JOIN {self.table} m USING ({_OWNER_KEY})
+            FROM contextual c JOIN {self.table} m USING ({OWNER_KEY})
             WHERE {_at_least(params, "c.score", min_score)}
             {_page(params, "c.score DESC", limit, offset)}
         """
@@ -560,7 +560,7 @@ class SearchStatements:
         # Reciprocal-rank fusion in the database, in one round trip: each index ranks its own
         # candidates, ranks are fused as sum(1 / (k + rank)), and the sum is scaled by (k+1)/2
         # so that first place in both lists scores 1.
-        own = self._nearest(_M_OWNER_KEY, vector, where, pool, "distance")
+        own = self._nearest(M_OWNER_KEY, vector, where, pool, "distance")
         if passages:
             passage_hits = self._passage_hits(params, vector, where, restriction.tenant, pool)
             tenant = params.add(restriction.tenant)
@@ -568,11 +568,11 @@ class SearchStatements:
                 own AS MATERIALIZED ({own}),
                 passage_hits AS MATERIALIZED ({passage_hits}),
                 semantic AS (
-                    SELECT {_OWNER_KEY}, min(distance) AS distance FROM (
-                        SELECT {_OWNER_KEY}, distance FROM own
+                    SELECT {OWNER_KEY}, min(distance) AS distance FROM (
+                        SELECT {OWNER_KEY}, distance FROM own
                         UNION ALL
                         SELECT {tenant}, scope, scope_id, key, distance FROM passage_hits
-                    ) both_kinds GROUP BY {_OWNER_KEY}
+                    ) both_kinds GROUP BY {OWNER_KEY}
                 )"""
             flag = "FALSE"
         else:
@@ -593,29 +593,29 @@ class SearchStatements:
         sql = f"""
             WITH {semantic},
             semantic_ranked AS (
-                SELECT {_OWNER_KEY}, {self.layout.score_of("distance")} AS semantic_score,
+                SELECT {OWNER_KEY}, {self.layout.score_of("distance")} AS semantic_score,
                        {self.layout.cosine_of("distance")} AS similarity,
-                       row_number() OVER (ORDER BY {RESORTED}, {_OWNER_KEY}) AS rank
+                       row_number() OVER (ORDER BY {RESORTED}, {OWNER_KEY}) AS rank
                 FROM semantic
             ),
             {ctes},
             contextual_ranked AS (
-                SELECT {_OWNER_KEY}, score AS contextual_score, {weight} AS weight,
-                       row_number() OVER (ORDER BY {weight} DESC, score DESC, {_OWNER_KEY})
+                SELECT {OWNER_KEY}, score AS contextual_score, {weight} AS weight,
+                       row_number() OVER (ORDER BY {weight} DESC, score DESC, {OWNER_KEY})
                            AS rank
                 FROM contextual
             ),
             fused AS (
-                SELECT {_OWNER_KEY},
+                SELECT {OWNER_KEY},
                     (COALESCE({semantic_weight} / ({k} + s.rank), 0)
                         + COALESCE(c.weight / ({k} + c.rank), 0)) * ({k} + 1) / 2 AS score,
                     s.semantic_score, c.contextual_score
                 FROM semantic_ranked s
-                FULL OUTER JOIN contextual_ranked c USING ({_OWNER_KEY})
+                FULL OUTER JOIN contextual_ranked c USING ({OWNER_KEY})
             )
             SELECT {self.entry}, f.score::float8 AS score, f.semantic_score,
                    f.contextual_score::float8 AS contextual_score, {flag} AS passages_exist
-            FROM fused f JOIN {self.table} m USING ({_OWNER_KEY})
+            FROM fused f JOIN {self.table} m USING ({OWNER_KEY})
             WHERE {_at_least(params, "f.score", min_score)}
             {_page(params, "f.score DESC", limit, offset)}
         """
@@ -670,7 +670,7 @@ class SearchStatements:
         where = restriction.conditions(params)
         matches = "TRUE"
         if query is not None:
-            matches = f"{_CONTEXTUAL} AND m.tsv @@ {self._tsquery(params, query)}"
+            matches = f"{CONTEXTUAL} AND m.tsv @@ {self._tsquery(params, query)}"
         score = "1.0 / (1.0 + extract(epoch FROM now() - m.updated_at) / 3600.0)"
         sql = f"""
             SELECT {self.entry}, ({score})::float8 AS score
@@ -718,6 +718,6 @@ class SearchStatements:
         sql = (
             f"SELECT m.embedding IS NOT NULL AS has_embedding FROM {self.table} m "
             f"WHERE m.tenant = $1 AND m.scope = $2 AND m.scope_id = $3 AND m.key = $4 "
-            f"AND {_LIVE}"
+            f"AND {LIVE}"
         )
         return Query(sql, [tenant, *target])

@@ -14,7 +14,8 @@ from __future__ import annotations
 import asyncpg
 
 from .errors import MemoryConfigurationError, MemoryValidationError
-from .schema import MAX_TENANT_BYTES, TableLayout, bind_tenant_role, grant_tenant_statements
+from .limits import MAX_TENANT_BYTES
+from .schema import TableLayout, bind_tenant_role, grant_tenant_statements
 from .values import check_bytes
 
 __all__ = [

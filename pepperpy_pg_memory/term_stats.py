@@ -28,7 +28,7 @@ from functools import partial
 import asyncpg
 
 from .database import Database
-from .queries import _LIVE
+from .queries import LIVE
 from .schema import TableLayout
 from .shutdown import cancel_and_wait
 
@@ -79,7 +79,7 @@ async def refresh(layout: TableLayout, tenant: str, conn: asyncpg.Connection) ->
             f"""
             INSERT INTO {stats} (tenant, term, df)
             SELECT $1, lexeme, count(*) FROM {table} m, unnest(tsvector_to_array(m.terms)) lexeme
-            WHERE m.tenant = $1 AND m.terms IS NOT NULL AND {_LIVE}
+            WHERE m.tenant = $1 AND m.terms IS NOT NULL AND {LIVE}
             GROUP BY lexeme
             """,
             tenant,
@@ -88,7 +88,7 @@ async def refresh(layout: TableLayout, tenant: str, conn: asyncpg.Connection) ->
             f"""
             INSERT INTO {totals} (tenant, documents, avg_length, refreshed_at)
             SELECT $1, count(*), coalesce(avg(length(m.terms)), 0), now() FROM {table} m
-            WHERE m.tenant = $1 AND m.terms IS NOT NULL AND {_LIVE}
+            WHERE m.tenant = $1 AND m.terms IS NOT NULL AND {LIVE}
             ON CONFLICT (tenant) DO UPDATE SET documents = excluded.documents,
                 avg_length = excluded.avg_length, refreshed_at = excluded.refreshed_at
             RETURNING documents
@@ -168,7 +168,7 @@ async def refresh_owners(
             FROM {owned} JOIN {table} m
                 ON m.tenant = $1 AND m.scope = o.scope AND m.scope_id = o.scope_id,
                 unnest(tsvector_to_array(m.terms)) lexeme
-            WHERE m.terms IS NOT NULL AND {_LIVE}
+            WHERE m.terms IS NOT NULL AND {LIVE}
             GROUP BY m.scope, m.scope_id, lexeme
             """,
             tenant,
@@ -182,7 +182,7 @@ async def refresh_owners(
             SELECT $1, m.scope, m.scope_id, count(*), avg(length(m.terms)), now()
             FROM {owned} JOIN {table} m
                 ON m.tenant = $1 AND m.scope = o.scope AND m.scope_id = o.scope_id
-            WHERE m.terms IS NOT NULL AND {_LIVE}
+            WHERE m.terms IS NOT NULL AND {LIVE}
             GROUP BY m.scope, m.scope_id
             RETURNING scope, scope_id, documents
             """,
