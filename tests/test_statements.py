@@ -1,0 +1,99 @@
+"""Statements as they are built, without a database: which operator, which statistics and
+which bound values a search sends. (Every statement also runs against PostgreSQL in the other
+tests; these pin what must not drift between modes and configurations.)"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from pepperpy_pg_memory import MemoryScope
+from pepperpy_pg_memory.queries import Restriction
+from pepperpy_pg_memory.schema import DISTANCES, SCHEMA_VERSION, TableLayout
+from pepperpy_pg_memory.search_sql import Page, SearchStatements
+from pepperpy_pg_memory.types import Identity
+
+VECTOR = [0.1, 0.2, 0.3]
+ANA = Restriction(tenant="acme", scope=MemoryScope.USER, scope_id="ana")
+EVERYONE = Restriction(tenant="acme")
+
+
+def _layout(distance: str = "cosine") -> TableLayout:
+    return TableLayout(
+        schema="public",
+        table="memories",
+        dimension=3,
+        vector_type="vector",
+        text_search_config="english",
+        version=SCHEMA_VERSION,
+        distance=distance,
+    )
+
+
+def _operators(sql: str) -> set[str]:
+    return set(re.findall(r"<=>|<->|<#>", sql))
+
+
+@pytest.mark.parametrize("distance", sorted(DISTANCES))
+def test_every_vector_statement_uses_the_tables_operator_only(distance: str) -> None:
+    layout = _layout(distance)
+    searches = SearchStatements(layout)
+    operator = DISTANCES[distance][0]
+    built = [
+        searches.semantic_search(VECTOR, ANA, Page(5)),
+        searches.semantic_search(VECTOR, ANA, Page(5), passages=False),
+        searches.hybrid_search("tea", VECTOR, ANA, Page(5), candidates=50, rrf_k=60),
+    ]
+    for query in built:
+        assert _operators(query.sql) == {operator}
+        assert VECTOR in query.args  # the query's vector is a bound value
+    similar = searches.similar(Identity("user", "ana", "k"), ANA, limit=5, min_score=None)
+    assert _operators(similar.sql) == {operator}
+    assert f"embedding {layout.vector_ops}" in layout.hnsw_index_statement()
+    assert layout.vector_ops.endswith(DISTANCES[distance][1])
+
+
+def test_the_embedding_and_the_owner_are_bound_values_never_sql_text() -> None:
+    query = SearchStatements(_layout()).semantic_search(VECTOR, ANA, Page(5, 0, 0.5))
+    assert VECTOR in query.args and "ana" in query.args and 0.5 in query.args
+    assert "0.1" not in query.sql and "'ana'" not in query.sql
+
+
+@pytest.mark.parametrize(
+    ("distance", "score"),
+    [("cosine", "(1 - distance)"), ("l2", "(-distance)"), ("inner_product", "(-distance)")],
+)
+def test_scores_follow_langgraphs_conventions(distance: str, score: str) -> None:
+    layout = _layout(distance)
+    assert layout.score_of("distance") == score
+    query = SearchStatements(layout).semantic_search(VECTOR, ANA, Page(5))
+    assert f"{score} AS score" in query.sql
+    # Hybrid fusion and ranking weigh by a cosine, whatever the table's distance.
+    assert f"{layout.cosine_of('distance')} AS similarity" in query.sql
+
+
+def test_a_search_within_one_owner_weighs_terms_by_that_owners_statistics() -> None:
+    layout = _layout()
+    owner = SearchStatements(layout).contextual_search("payroll", ANA, Page(5))
+    assert layout.qualified_owner_terms in owner.sql
+    assert layout.qualified_term_stats not in owner.sql
+    assert "ana" in owner.args
+    across = SearchStatements(layout).contextual_search("payroll", EVERYONE, Page(5))
+    assert layout.qualified_term_stats in across.sql
+    assert layout.qualified_owner_terms not in across.sql
+    tenant_wide = SearchStatements(layout, term_statistics="tenant")
+    assert (
+        layout.qualified_owner_terms
+        not in tenant_wide.contextual_search("payroll", ANA, Page(5)).sql
+    )
+
+
+def test_an_owner_is_one_scope_and_its_id() -> None:
+    assert ANA.owner == ("user", "ana")
+    assert EVERYONE.owner is None
+    assert Restriction(tenant="acme", scope=MemoryScope.GLOBAL, scope_id="").owner == (
+        "global",
+        "",
+    )
+    assert Restriction(tenant="acme", scope=MemoryScope.USER).owner is None
