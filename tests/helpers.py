@@ -1,10 +1,14 @@
-"""Test doubles that are not databases (embedders that count or fail on cue), and a lock that
-makes a real table stop answering."""
+"""Test doubles that are not databases (embedders that count or fail on cue), a lock that
+makes a real table stop answering, and the one way tests wait for something to happen."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -74,3 +78,38 @@ async def table_locked(dsn: str, table: str) -> AsyncIterator[None]:
             yield
     finally:
         await blocker.close()
+
+
+def wait_until(condition: Callable[[], bool], seconds: float, what: str) -> None:
+    """Poll ``condition`` until it holds; fail naming ``what`` after ``seconds`` (a generous
+    bound: a loaded machine is slow, never wrong)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: not within {seconds:g} s"
+        time.sleep(0.05)
+
+
+async def until(condition: Callable[[], Awaitable[bool]], seconds: float, what: str) -> None:
+    """:func:`wait_until` for a condition that must be awaited."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not await condition():
+        assert asyncio.get_running_loop().time() < deadline, f"{what}: not within {seconds:g} s"
+        await asyncio.sleep(0.05)
+
+
+def wait_for_port(process: subprocess.Popen[Any], port: int, seconds: float = 120) -> None:
+    """Wait until ``process`` listens on ``port`` of 127.0.0.1; fail with its stderr if it
+    exits first."""
+
+    def listening() -> bool:
+        if process.poll() is not None:
+            error = process.stderr.read() if process.stderr else ""
+            raise AssertionError(error.decode() if isinstance(error, bytes) else error)
+        with socket.socket() as probe:
+            return probe.connect_ex(("127.0.0.1", port)) == 0
+
+    try:
+        wait_until(listening, seconds, f"a server on port {port}")
+    except AssertionError:
+        process.kill()
+        raise

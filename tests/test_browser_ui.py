@@ -9,7 +9,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -20,6 +19,7 @@ from typing import Any
 import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
+from helpers import wait_for_port
 from pepperpy_pg_memory import MemoryScope, MemoryType, PostgresConfig, PostgresStorage
 
 pytestmark = pytest.mark.model  # the browser's store embeds searches with the default model
@@ -73,16 +73,8 @@ def _start(target: dict[str, str], *extra: str, port: int | None = None) -> tupl
     process = subprocess.Popen(
         [*command, *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(process.stderr.read() if process.stderr else "exited")
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                return process, f"http://127.0.0.1:{port}"
-        time.sleep(0.2)
-    process.kill()
-    raise AssertionError("the memory browser did not start")
+    wait_for_port(process, port)
+    return process, f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture

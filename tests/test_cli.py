@@ -8,13 +8,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from helpers import wait_until
 from pepperpy_pg_memory import backup
 
 
@@ -253,12 +253,14 @@ def test_a_terminated_command_stops_the_embedded_server_it_started(tmp_path: Pat
         stderr=subprocess.PIPE,
         text=True,
     )
+
     # The server is up within a second or two; loading the model then takes seconds more, so
     # the signal lands while the demo is still running.
-    deadline = time.monotonic() + 120
-    while not pid_file.exists():
-        assert command.poll() is None and time.monotonic() < deadline
-        time.sleep(0.05)
+    def started() -> bool:
+        assert command.poll() is None, "the demo exited before its server started"
+        return pid_file.exists()
+
+    wait_until(started, 120, "the demo's server started")
     postmaster = int(pid_file.read_text().split()[0])
     command.send_signal(signal.SIGTERM)
     command.communicate(timeout=120)

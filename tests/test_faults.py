@@ -15,7 +15,7 @@ import asyncpg
 import pytest
 from conftest import PrivateServer
 
-from helpers import table_locked
+from helpers import table_locked, until
 from pepperpy_pg_memory import (
     HashingEmbedder,
     MemoryError,
@@ -218,10 +218,8 @@ async def test_cancelled_writes_and_searches_leave_no_damage(private_server: Pri
             "SELECT array_agg(query) FROM pg_stat_activity WHERE application_name = "
             "'pepperpy-pg-memory' AND state = 'active' AND pid <> pg_backend_pid()"
         )
-        deadline = asyncio.get_running_loop().time() + 10
-        while True:
-            active = await store.database.run("check", lambda conn: conn.fetchval(check))
-            if not active or asyncio.get_running_loop().time() > deadline:
-                break
-            await asyncio.sleep(0.2)
-        assert not active, active
+
+        async def idle() -> bool:
+            return not await store.database.run("check", lambda conn: conn.fetchval(check))
+
+        await until(idle, 10, "no statement of the store still active")

@@ -8,7 +8,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -21,6 +20,7 @@ from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 
+from helpers import wait_for_port, wait_until
 from pepperpy_pg_memory import MemoryScope, PostgresConfig, PostgresStorage
 
 pytestmark = pytest.mark.model  # the server embeds with the default model
@@ -192,14 +192,7 @@ def http_server(target: list[str]) -> Iterator[tuple[str, str]]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(process.stderr.read().decode() if process.stderr else "")
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        time.sleep(0.2)
+    wait_for_port(process, port)
     try:
         yield f"http://127.0.0.1:{port}/mcp", token
     finally:
@@ -277,7 +270,4 @@ async def test_the_server_outlives_the_command_that_started_the_embedded_databas
         assert found["memories"][0]["content"] == "Ana moved to Porto"
     # The last process out stopped the server, though another one had started it.
     postmaster = data_dir / "postmaster.pid"
-    deadline = time.monotonic() + 30
-    while postmaster.exists() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not postmaster.exists()
+    wait_until(lambda: not postmaster.exists(), 30, "the embedded server stopped")

@@ -18,6 +18,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from helpers import until
 from pepperpy_pg_memory import (
     HashingEmbedder,
     MemoryConfigurationError,
@@ -120,10 +121,7 @@ def _replica(stats: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _until(condition: Any, seconds: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + seconds
-    while not await condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
+    await until(condition, seconds, "the replica's state")
 
 
 async def test_reads_go_to_the_replica_and_writes_to_the_primary(cluster: Cluster) -> None:
