@@ -242,7 +242,7 @@ async def _store(args: argparse.Namespace) -> int:
             scope=args.scope or MemoryScope.GLOBAL,
             scope_id=args.scope_id,
             metadata=metadata,
-            ttl=args.ttl if args.ttl is None or args.ttl == "never" else float(args.ttl),
+            ttl=args.ttl,
         )
         if args.json:
             _print_json(_entry_json(entry))
@@ -546,6 +546,21 @@ async def _stats(args: argparse.Namespace) -> int:
 
 
 # --- parser ----------------------------------------------------------------------------------
+def _seconds_or_never(text: str) -> float | str:
+    """A ``--ttl``: a number of seconds, or "never"."""
+    if text == "never":
+        return text
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither a number of seconds nor 'never'"
+        ) from None
+    if not seconds > 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text!r}: a time-to-live must be positive")
+    return seconds
+
+
 def _connection_options(parser: argparse.ArgumentParser, *, after_command: bool) -> None:
     """The options every command takes, before its name or after it. After it they default
     to SUPPRESS, so that they only override what was given before."""
@@ -599,7 +614,7 @@ def _parser() -> argparse.ArgumentParser:
     store.add_argument("--json-value", action="store_true", help="VALUE is JSON")
     store.add_argument("--type", default="long_term", choices=[t.value for t in MemoryType])
     store.add_argument("--metadata", help="JSON object")
-    store.add_argument("--ttl", help="seconds until it expires, or 'never'")
+    store.add_argument("--ttl", type=_seconds_or_never, help="seconds until it expires, or 'never'")
 
     get = command("get", _get, "show one memory", owner)
     get.add_argument("key")

@@ -268,3 +268,10 @@ def test_a_terminated_command_stops_the_embedded_server_it_started(tmp_path: Pat
     assert not pid_file.exists()
     with pytest.raises(ProcessLookupError):
         os.kill(postmaster, 0)
+
+
+def test_a_bad_ttl_is_a_usage_error_not_a_traceback() -> None:
+    for given, said in (("abc", "neither a number of seconds nor 'never'"), ("0", "positive")):
+        refused = _cli("store", "k", "v", "--ttl", given)
+        assert refused.returncode == 2
+        assert said in refused.stderr and "Traceback" not in refused.stderr
