@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .config import PostgresConfig
-from .errors import MemoryConfigurationError, MemoryError, MemoryValidationError
+from .errors import AmbiguousKeyError, MemoryConfigurationError, MemoryError, MemoryValidationError
 from .models import MemoryEntry, MemoryQuery, MemorySearchResult
 from .shutdown import interrupt_on_sigterm
 from .storage import PostgresStorage
@@ -546,6 +546,16 @@ async def _stats(args: argparse.Namespace) -> int:
 
 
 # --- parser ----------------------------------------------------------------------------------
+def _check_owner(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """An owner is a scope and, but for global, its id: one without the other is refused,
+    rather than read as the library's default id."""
+    scope, scope_id = getattr(args, "scope", None), getattr(args, "scope_id", None)
+    if scope not in (None, MemoryScope.GLOBAL.value) and scope_id is None:
+        parser.error(f"--scope {scope} needs --scope-id (which {scope}'s memories)")
+    if scope_id is not None and scope is None:
+        parser.error("--scope-id needs --scope (session, user or agent)")
+
+
 def _seconds_or_never(text: str) -> float | str:
     """A ``--ttl``: a number of seconds, or "never"."""
     if text == "never":
@@ -745,13 +755,24 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    _check_owner(parser, args)
     interrupt_on_sigterm()
     # Retries are logged as warnings; on a terminal only the final error line should show.
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.ERROR)
     try:
         result: int = asyncio.run(args.handler(args))
         return result
+    except AmbiguousKeyError as exc:
+        if args.debug:
+            raise
+        print(
+            f"error: {exc.owners} owners hold a memory with key {exc.key!r}: give --scope and "
+            "--scope-id to say whose memory is meant",
+            file=sys.stderr,
+        )
+        return 1
     except MemoryError as exc:
         if args.debug:
             raise

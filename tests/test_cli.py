@@ -275,3 +275,27 @@ def test_a_bad_ttl_is_a_usage_error_not_a_traceback() -> None:
         refused = _cli("store", "k", "v", "--ttl", given)
         assert refused.returncode == 2
         assert said in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_an_owner_is_given_whole() -> None:
+    """A scope without its id was read as the library's default id (user 'default'); an id
+    without a scope was refused in Python's words."""
+    for arguments, said in (
+        (["search", "tea", "--scope", "user"], "--scope user needs --scope-id"),
+        (["get", "k", "--scope-id", "ana"], "--scope-id needs --scope"),
+    ):
+        refused = _cli(*arguments)
+        assert refused.returncode == 2 and said in refused.stderr
+
+
+@pytest.mark.model
+def test_an_ambiguous_key_names_the_flags_that_settle_it(target: list[str]) -> None:
+    for owner in ("ana", "bruno"):
+        stored = _cli(
+            "store", "plan", f"{owner}'s plan", "--scope", "user", "--scope-id", owner, *target
+        )
+        assert stored.returncode == 0, stored.stderr
+    ambiguous = _cli("get", "plan", *target)
+    assert ambiguous.returncode == 1
+    assert "2 owners hold a memory with key 'plan'" in ambiguous.stderr
+    assert "--scope and --scope-id" in ambiguous.stderr and "scope=" not in ambiguous.stderr
