@@ -902,20 +902,25 @@ class Statements:
         )
 
     def counts_by_type(self, tenant: str) -> Query:
-        """Live memories per type."""
+        """The memories :meth:`count` counts (live and valid), per type."""
+        params = Params()
+        where = Restriction(tenant=tenant).conditions(params)
         return Query(
             f"SELECT m.memory_type AS name, count(*) AS memories FROM {self.table} m "
-            f"WHERE m.tenant = $1 AND {LIVE} GROUP BY m.memory_type ORDER BY m.memory_type",
-            [tenant],
+            f"WHERE {where} GROUP BY m.memory_type ORDER BY m.memory_type",
+            params.values,
         )
 
     def counts_by_owner(self, tenant: str, limit: int) -> Query:
-        """Live memories per owner, the ``limit`` largest owners."""
+        """The memories :meth:`count` counts (live and valid), per owner: the ``limit``
+        largest owners."""
+        params = Params()
+        where = Restriction(tenant=tenant).conditions(params)
         return Query(
             f"SELECT m.scope, m.scope_id, count(*) AS memories FROM {self.table} m "
-            f"WHERE m.tenant = $1 AND {LIVE} GROUP BY m.scope, m.scope_id "
-            "ORDER BY count(*) DESC, m.scope, m.scope_id LIMIT $2",
-            [tenant, limit],
+            f"WHERE {where} GROUP BY m.scope, m.scope_id "
+            f"ORDER BY count(*) DESC, m.scope, m.scope_id LIMIT {params.add(limit)}",
+            params.values,
         )
 
     def count_expired(self, tenant: str) -> Query:

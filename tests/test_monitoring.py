@@ -43,6 +43,12 @@ async def test_stats_follow_the_operations(storage: PostgresStorage[str, Any]) -
     counts = await storage.stats()
     assert counts["by_type"] == {"long_term": 21, "short_term": 1}  # the expired one is gone
     assert counts["by_owner"] == {"global": 21, "user:ana": 1}
+    # A fact that stopped being true is not counted, in the total or in its breakdowns (they
+    # disagreed: 7 memories, per type 8).
+    await storage.invalidate("ana", scope="user", scope_id="ana")
+    counts = await storage.stats()
+    assert counts["memories"] == sum(counts["by_type"].values()) == 21
+    assert counts["by_owner"] == {"global": 21}
     assert after["embedder"] == "hashing/64" and after["dimension"] == 64
     assert after["queued_stores"] == 0
     # A new table has nothing to backfill; the background run notices at once.
