@@ -535,14 +535,26 @@ async def _stats(args: argparse.Namespace) -> int:
         if args.json:
             _print_json(figures)
         else:
-            for name, value in figures.items():
-                shown = (
-                    json.dumps(value, default=_json_default) if isinstance(value, dict) else value
-                )
-                print(f"{name:22} {shown}")
+            print(_figures_text(figures))
         return 0
 
     return await _with_storage(args, work)
+
+
+def _figures_text(figures: dict[str, Any], indent: str = "") -> str:
+    """``stats()`` for people: one figure a line, nested ones indented under their name."""
+    lines = []
+    for name, value in figures.items():
+        if isinstance(value, dict):
+            lines.append(f"{indent}{name}:" + ("" if value else " -"))
+            if value:
+                lines.append(_figures_text(value, indent + "  "))
+        elif isinstance(value, list):
+            shown = ", ".join(json.dumps(item, default=_json_default) for item in value)
+            lines.append(f"{indent}{name:{max(1, 24 - len(indent))}} {shown or '-'}")
+        else:
+            lines.append(f"{indent}{name:{max(1, 24 - len(indent))}} {value}")
+    return "\n".join(lines)
 
 
 # --- parser ----------------------------------------------------------------------------------

@@ -299,3 +299,15 @@ def test_an_ambiguous_key_names_the_flags_that_settle_it(target: list[str]) -> N
     assert ambiguous.returncode == 1
     assert "2 owners hold a memory with key 'plan'" in ambiguous.stderr
     assert "--scope and --scope-id" in ambiguous.stderr and "scope=" not in ambiguous.stderr
+
+
+def test_stats_read_as_text_one_figure_a_line() -> None:
+    from pepperpy_pg_memory.cli import _figures_text
+
+    text = _figures_text({"memories": 7, "by_type": {"long_term": 5}, "by_owner": {}})
+    assert text.splitlines() == [
+        "memories                 7",
+        "by_type:",
+        "  long_term              5",
+        "by_owner: -",
+    ]
