@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from langchain_core.documents import Document
 from langchain_core.embeddings import DeterministicFakeEmbedding
@@ -433,3 +434,27 @@ def test_the_retriever_takes_a_ranking(store: PepperpyVectorStore) -> None:
     assert [doc.id for doc in retriever.invoke("green tea")] == ["high", "low"]
     plain = store.as_retriever(search_kwargs={"k": 2})
     assert [doc.id for doc in plain.invoke("Ana drinks green tea")] == ["low", "high"]
+
+
+@pytest.mark.parametrize("distance", ["l2", "inner_product"])
+def test_scores_are_the_tables_own_distance(make_config: Any, distance: str) -> None:
+    """On an l2 or inner-product table the scores are that distance (as pgvector gives it),
+    and relevance follows LangChain's function for it, not cosine's."""
+    embedder = HashingEmbedder(32)
+    store = PepperpyVectorStore.create(make_config(distance=distance), embedder)
+    try:
+        store.add_texts(["green tea in the afternoon", "restart the router"], ids=["tea", "net"])
+        query = "green tea"
+        (first, score), _ = store.similarity_search_with_score(query, k=2)
+        assert first.id == "tea"
+        asked = asyncio.run(embedder.embed_query(query))
+        stored = asyncio.run(embedder.embed_query("green tea in the afternoon"))
+        expected = (
+            float(np.linalg.norm(stored - asked)) if distance == "l2" else -float(stored @ asked)
+        )
+        assert score == pytest.approx(expected, abs=1e-4)
+        relevant = store.similarity_search_with_relevance_scores(query, k=2)
+        assert [d.id for d, _ in relevant] == ["tea", "net"]
+        assert 1 >= relevant[0][1] > relevant[1][1] >= 0
+    finally:
+        store.close()

@@ -271,11 +271,20 @@ class PepperpyVectorStore(VectorStore):
     def _with_distance(
         self, results: list[MemorySearchResult[Any]]
     ) -> list[tuple[Document, float]]:
-        # LangChain's *_with_score returns cosine distance (lower is closer), as PGVector does;
-        # with a ranking, one minus the ranked score.
-        return [(document_of(r.entry), 1.0 - r.score) for r in results]
+        # LangChain's *_with_score returns the distance (lower is closer), as PGVector does:
+        # the table's own — cosine distance, Euclidean distance, or the negative inner
+        # product (pgvector's <#>); with a ranking on a cosine table, one minus the ranked
+        # score.
+        if self._handle.storage.layout.distance == "cosine":
+            return [(document_of(r.entry), 1.0 - r.score) for r in results]
+        return [(document_of(r.entry), -r.score) for r in results]
 
     def _select_relevance_score_fn(self) -> Callable[[float], float]:
+        distance = self._handle.storage.layout.distance
+        if distance == "l2":
+            return self._euclidean_relevance_score_fn
+        if distance == "inner_product":
+            return self._max_inner_product_relevance_score_fn
         return _relevance
 
     def similarity_search_with_score(
@@ -332,8 +341,9 @@ class PepperpyVectorStore(VectorStore):
     ) -> list[tuple[Document, float]]:
         """Nearest documents to a vector, with relevance in [0, 1] (higher is closer) — what
         clients such as mem0's LangChain provider threshold on."""
+        relevance = self._select_relevance_score_fn()
         return [
-            (document, _relevance(distance))
+            (document, min(1.0, max(0.0, relevance(distance))))
             for document, distance in self.similarity_search_with_score_by_vector(
                 embedding, k, filter
             )
@@ -346,8 +356,9 @@ class PepperpyVectorStore(VectorStore):
         filter: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> list[tuple[Document, float]]:
+        relevance = self._select_relevance_score_fn()
         return [
-            (document, _relevance(distance))
+            (document, min(1.0, max(0.0, relevance(distance))))
             for document, distance in await self.asimilarity_search_with_score_by_vector(
                 embedding, k, filter
             )
