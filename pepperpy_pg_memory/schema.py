@@ -1567,10 +1567,7 @@ async def migrate(
             wanted.table,
         )
         if row is None:
-            exists = await conn.fetchval(
-                "SELECT to_regclass($1) IS NOT NULL", f"{wanted.schema}.{wanted.table}"
-            )
-            if exists:
+            if await _exists(conn, f"{wanted.schema}.{wanted.table}"):
                 raise MemorySchemaError(
                     f"table {wanted.schema}.{wanted.table} exists but was not created by "
                     "pepperpy-pg-memory; choose another `table` or drop it"

@@ -32,18 +32,27 @@ APPLICATION_ROLE = "pepperpy_app"
 _MAX_ROLE_BYTES = 63  # NAMEDATALEN - 1: longer names are cut, which would name another role
 
 
+async def _role(conn: asyncpg.Connection, name: str | None) -> asyncpg.Record | None:
+    """The role ``name`` (None: the session's) as ``role`` and, when PostgreSQL's policies do
+    not restrict it, why as ``exempt`` ("a superuser", "a BYPASSRLS role"); None if there is
+    no such role."""
+    return await conn.fetchrow(
+        "SELECT rolname::text AS role, CASE WHEN rolsuper THEN 'a superuser' "
+        "WHEN rolbypassrls THEN 'a BYPASSRLS role' END AS exempt FROM pg_roles "
+        "WHERE rolname = coalesce($1::name, current_user)",
+        name,
+    )
+
+
 async def check_row_level_security_applies(conn: asyncpg.Connection) -> None:
     """Refuse row-level security that would restrict nothing: PostgreSQL exempts superusers
     and BYPASSRLS roles from every policy, so the tenant boundary would hold only inside this
     library, not for SQL run with the same credentials."""
-    row = await conn.fetchrow(
-        "SELECT current_user AS role, rolsuper, rolbypassrls FROM pg_roles "
-        "WHERE rolname = current_user"
-    )
-    if row is not None and (row["rolsuper"] or row["rolbypassrls"]):
-        kind = "a superuser" if row["rolsuper"] else "a BYPASSRLS role"
+    row = await _role(conn, None)
+    if row is not None and row["exempt"]:
         raise MemoryConfigurationError(
-            f"row_level_security=True, but the store connects as {row['role']!r}, {kind}, "
+            f"row_level_security=True, but the store connects as {row['role']!r}, "
+            f"{row['exempt']}, "
             "which PostgreSQL's policies do not restrict: connect as an ordinary role (see "
             "the README's Multi-tenant deployments)",
             field="row_level_security",
@@ -81,14 +90,12 @@ async def grant_tenant(
     if not isinstance(tenant, str) or not tenant:
         raise MemoryValidationError("tenant must be a non-empty string")
     check_bytes(tenant, MAX_TENANT_BYTES, "tenant")
-    found = await conn.fetchrow(
-        "SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = $1", role
-    )
+    found = await _role(conn, role)
     if found is None:
         raise MemoryValidationError(f"role {role!r} does not exist (CREATE ROLE it first)")
-    if found["rolsuper"] or found["rolbypassrls"]:
+    if found["exempt"]:
         raise MemoryValidationError(
-            f"role {role!r} is exempt from row-level security (a superuser or BYPASSRLS): "
+            f"role {role!r} is exempt from row-level security ({found['exempt']}): "
             "binding it to a tenant would restrict nothing"
         )
     async with conn.transaction():
