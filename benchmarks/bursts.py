@@ -12,7 +12,8 @@ its default pool (10 connections) and default ``pool_timeout``:
 * ``burst_mixed_ttl``: N concurrent calls on 20 keys of one namespace — puts, deletes, gets
   and searches that refresh TTLs — on stores configured as LangGraph deployments are
   (``ttl={"default_ttl": 60, "refresh_on_read": True}``): LangGraph's burst tests' load.
-  The row keeps ``failures`` (calls that raised), whose target is 0.
+  Run five times per store (the median counts); the row keeps ``failures`` (calls that
+  raised, over all runs), whose target is 0.
 
 Both stores embed with the same cheap hashing embedder, so that the rows measure the stores,
 not the model. The JSON has a ``ratios`` list: our seconds over theirs per burst (target ≤ 2).
@@ -94,6 +95,23 @@ MIXED_KEYS = 20
 TTL_CONFIG: Any = {"default_ttl": 60, "refresh_on_read": True}
 
 
+MIXED_REPEATS = 5
+"""A mixed burst lasts about a tenth of a second, so one garbage-collector pass more or less
+moves it by a fifth: each store runs it this many times, and the median counts."""
+
+
+async def _mixed_bursts(store: Any, system: str, count: int) -> Measurement:
+    """:func:`_mixed_burst` :data:`MIXED_REPEATS` times; the median run, with every run's
+    failures."""
+    runs = [await _mixed_burst(store, system, count) for _ in range(MIXED_REPEATS)]
+    runs.sort(key=lambda row: row.throughput)
+    median = runs[len(runs) // 2]
+    median.extra["failures"] = sum(row.extra["failures"] for row in runs)
+    median.extra["failure_kinds"] = sorted({k for row in runs for k in row.extra["failure_kinds"]})
+    median.extra["runs_seconds"] = [round(row.count / row.throughput, 4) for row in runs]
+    return median
+
+
 async def _mixed_burst(store: Any, system: str, count: int) -> Measurement:
     """Puts, deletes, gets and searches of a few keys at once, refreshing TTLs on reads."""
     namespace = ("users", "ana")
@@ -128,7 +146,7 @@ async def _ours_mixed(url: str, count: int) -> list[Measurement]:
     store = PepperpyStore(handle, ttl=TTL_CONFIG)
     try:
         await handle.acall(lambda s: s.clear())
-        return [await _mixed_burst(store, OURS, count)]
+        return [await _mixed_bursts(store, OURS, count)]
     finally:
         await handle.acall(lambda s: s.clear())
         await store.aclose()
@@ -141,7 +159,7 @@ async def _langgraph_mixed(url: str, count: int) -> list[Measurement]:
         return [list(map(float, v)) for v in await embedder.embed_documents(texts)]
 
     async with langgraph_store(url, DIMENSION, embed, ttl=TTL_CONFIG) as store:
-        return [await _mixed_burst(store, LANGGRAPH, count)]
+        return [await _mixed_bursts(store, LANGGRAPH, count)]
 
 
 async def _ours(url: str, count: int) -> list[Measurement]:

@@ -89,6 +89,12 @@ class Coalescer(Generic[T, R]):
 
     async def submit(self, item: T) -> R:
         """Queue ``item`` and wait for its outcome."""
+        return await self.enqueue(item)
+
+    def enqueue(self, item: T) -> asyncio.Future[R]:
+        """Queue ``item``; the future holds its outcome. :meth:`submit` without a coroutine of
+        its own, for callers that queue thousands at once (each coroutine is garbage the
+        collector walks)."""
         loop = asyncio.get_running_loop()
         call: _Call[T, R] = _Call(item, loop.create_future(), loop.time())
         self._queue.append(call)
@@ -98,7 +104,7 @@ class Coalescer(Generic[T, R]):
             lane = loop.create_task(self._lane())
             self._running.add(lane)
             lane.add_done_callback(self._running.discard)
-        return await call.future
+        return call.future
 
     def _deadline(self, call: _Call[T, R]) -> float:
         return max(call.queued_at, self._last_start) + self._wait_timeout

@@ -28,7 +28,8 @@ from langgraph.store.base import (
 )
 
 from langgraph_pepperpy import PepperpyStore
-from pepperpy_pg_memory import HashingEmbedder, MemoryConfigurationError
+from langgraph_pepperpy.store import memory_key
+from pepperpy_pg_memory import HashingEmbedder, MemoryConfigurationError, PostgresStorage
 
 DIMENSION = 256
 
@@ -133,6 +134,56 @@ def test_invalid_namespaces_are_refused(store: PepperpyStore) -> None:
     store.batch([PutOp(("langgraph", "foo"), "bar", {"a": 2})])
     assert store.get(("langgraph", "foo"), "bar").value == {"a": 2}  # type: ignore[union-attr]
     assert store.search(("langgraph", "foo"))[0].value == {"a": 2}
+
+
+async def test_async_calls_check_namespaces_and_apply_ttls_as_base_store_does(
+    make_config: Any,
+) -> None:
+    # aget/aput/adelete/asearch are our own (a burst's calls are queued as they are); they
+    # must refuse and default exactly as BaseStore's, which the sync calls go through.
+    storage = PostgresStorage(make_config(), HashingEmbedder(DIMENSION))
+    await storage.start()  # on this loop: the store's calls run here, with no thread
+    store = PepperpyStore(storage, ttl={"default_ttl": 30, "refresh_on_read": False})
+    try:
+        for namespace in [(), ("the", "thing.about"), ("some", "fun", ""), ("langgraph", "x")]:
+            with pytest.raises(InvalidNamespaceError):
+                await store.aput(namespace, "k", {"a": 1})
+        for bad in [("the", "thing.about"), ("some", "", "x"), ("nul\x00",), (1,)]:
+            with pytest.raises(InvalidNamespaceError):
+                await store.aget(bad, "k")  # type: ignore[arg-type]
+            with pytest.raises(InvalidNamespaceError):
+                await store.adelete(bad, "k")  # type: ignore[arg-type]
+            with pytest.raises(InvalidNamespaceError):
+                await store.asearch(bad)  # type: ignore[arg-type]
+        await store.aput(("users", "ana"), "default", {"text": "thirty minutes"})
+        await store.aput(("users", "ana"), "forever", {"text": "never expires"}, ttl=None)
+        await store.aput(("users", "ana"), "short", {"text": "five minutes"}, ttl=5)
+        await store.aput(("users", "ana"), 7, {"text": "a key that is not a string"})  # type: ignore[arg-type]
+        entries = await storage.retrieve_many(
+            [memory_key(("users", "ana"), k) for k in ("default", "forever", "short", "7")],
+            scope="user",
+            scope_id="ana",
+        )
+        lifetimes = {
+            key: None if e.expires_at is None else (e.expires_at - e.updated_at).total_seconds()
+            for key, e in entries.items()
+        }
+        assert lifetimes == {
+            memory_key(("users", "ana"), "default"): pytest.approx(30 * 60, abs=5),
+            memory_key(("users", "ana"), "forever"): None,
+            memory_key(("users", "ana"), "short"): pytest.approx(5 * 60, abs=5),
+            memory_key(("users", "ana"), "7"): pytest.approx(30 * 60, abs=5),
+        }
+        found = await store.asearch(("users",), query="minutes", limit=2, offset=1)
+        assert len(found) == 2
+        assert (await store.aget(("users", "ana"), 7)).value == {  # type: ignore[arg-type,union-attr]
+            "text": "a key that is not a string"
+        }
+        await store.adelete(("users", "ana"), "short")
+        assert await store.aget(("users", "ana"), "short") is None
+    finally:
+        await store.aclose()
+        await storage.close()
 
 
 def test_values_and_labels_in_any_script(store: PepperpyStore) -> None:

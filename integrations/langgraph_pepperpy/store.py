@@ -31,7 +31,7 @@ import logging
 import re
 import typing
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from typing import Any, Literal
 from urllib.parse import quote, unquote
@@ -40,6 +40,7 @@ from langgraph.store.base import (
     BaseStore,
     GetOp,
     IndexConfig,
+    InvalidNamespaceError,
     Item,
     ListNamespacesOp,
     Op,
@@ -89,6 +90,10 @@ PREFIX = "lg:"
 NAMESPACE_FIELD = "lg_namespace"
 TTL_FIELD = "lg_ttl_minutes"
 MANAGED_BY = "langgraph-store"
+Call = Op | list[Op]
+"""What one caller queued: the op of an ``aget``/``aput``/``adelete``/``asearch``, or the ops
+of a ``batch``/``abatch`` (a list), whose outcome is then a list of results."""
+Outcome = Result | list[Result]
 _SCOPES = {
     "user": MemoryScope.USER,
     "users": MemoryScope.USER,
@@ -101,6 +106,31 @@ _SCOPES = {
     "assistant": MemoryScope.AGENT,
     "assistants": MemoryScope.AGENT,
 }
+
+
+class _NoTTL:
+    """``aput`` given no ``ttl``: the store's default applies (None is "never expires")."""
+
+
+_NO_TTL: Any = _NoTTL()
+
+
+def _check_labels(namespace: tuple[str, ...]) -> None:
+    """LangGraph's rules for a namespace's labels: strings, not empty, no ``.`` (its path
+    separator) and no NUL."""
+    for label in namespace:
+        if not isinstance(label, str):
+            raise InvalidNamespaceError(
+                f"Invalid namespace label {label!r} in {namespace}: labels are strings, "
+                f"not {type(label).__name__}"
+            )
+        if not label:
+            raise InvalidNamespaceError(f"Empty namespace label in {namespace}")
+        if "." in label or "\x00" in label:
+            raise InvalidNamespaceError(
+                f"Invalid namespace label {label!r} in {namespace}: labels contain no '.' "
+                "and no NUL"
+            )
 
 
 def namespace_scope(namespace: tuple[str, ...]) -> tuple[MemoryScope, str | None]:
@@ -310,7 +340,7 @@ class PepperpyStore(BaseStore):
         self._fields = _check_index(index, self._handle.storage)
         self._calls = self._coalescer(self._run_calls)
         self._calls_from: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, Coalescer[list[Op], list[Result]]
+            asyncio.AbstractEventLoop, Coalescer[Call, Outcome]
         ] = weakref.WeakKeyDictionary()
 
     @classmethod
@@ -381,27 +411,84 @@ class PepperpyStore(BaseStore):
     # own put/get, each a batch of one) are run together: their operations, in call order,
     # as one batch. Their puts become one store_many, their gets one retrieve_many per owner.
     def batch(self, ops: Iterable[Op]) -> list[Result]:
-        operations = list(ops)
-        return self._handle.call(lambda s: self._calls.submit(operations))
+        operations: Call = list(ops)
+        outcome = self._handle.call(lambda s: self._calls.submit(operations))
+        return typing.cast(list[Result], outcome)
 
     async def abatch(self, ops: Iterable[Op]) -> list[Result]:
-        operations = list(ops)
+        return typing.cast(list[Result], await self._queue(list(ops)))
+
+    # LangGraph's single-item calls, queued as they are: a burst of thousands allocates a
+    # coroutine and a list less per call than through abatch, and so wakes the garbage
+    # collector (whose full passes walk every object of the process) less often. Each checks
+    # and fills in its op as BaseStore's does.
+    async def aget(
+        self, namespace: tuple[str, ...], key: str, *, refresh_ttl: bool | None = None
+    ) -> Item | None:
+        _check_labels(namespace)
+        op = GetOp(namespace, str(key), self._refreshes(refresh_ttl))
+        return typing.cast(Item | None, await self._queue(op))
+
+    async def asearch(
+        self,
+        namespace_prefix: tuple[str, ...],
+        /,
+        *,
+        query: str | None = None,
+        filter: dict[str, Any] | None = None,
+        limit: int = 10,
+        offset: int = 0,
+        refresh_ttl: bool | None = None,
+    ) -> list[SearchItem]:
+        _check_labels(namespace_prefix)
+        refresh = self._refreshes(refresh_ttl)
+        op = SearchOp(namespace_prefix, filter, limit, offset, query, refresh)
+        return typing.cast(list[SearchItem], await self._queue(op))
+
+    async def aput(
+        self,
+        namespace: tuple[str, ...],
+        key: str,
+        value: Mapping[str, Any],
+        index: Literal[False] | list[str] | None = None,
+        *,
+        ttl: float | None | Any = _NO_TTL,
+    ) -> None:
+        if not namespace:
+            raise InvalidNamespaceError("Namespace cannot be empty.")
+        _check_labels(namespace)
+        if namespace[0] == "langgraph":
+            raise InvalidNamespaceError(
+                f'Root label for namespace cannot be "langgraph". Got: {namespace}'
+            )
+        if ttl is _NO_TTL or not isinstance(ttl, int | float | type(None)):
+            ttl = (self.ttl_config or {}).get("default_ttl")
+        await self._queue(PutOp(namespace, str(key), value, index=index, ttl=ttl))
+
+    async def adelete(self, namespace: tuple[str, ...], key: str) -> None:
+        _check_labels(namespace)
+        await self._queue(PutOp(namespace, str(key), None))
+
+    def _refreshes(self, refresh_ttl: bool | None) -> bool:
+        if refresh_ttl is not None:
+            return refresh_ttl
+        return bool((self.ttl_config or {}).get("refresh_on_read", True))
+
+    def _queue(self, call: Call) -> asyncio.Future[Outcome]:
         loop = asyncio.get_running_loop()
         if loop is self._handle.loop:
-            return await self._calls.submit(operations)
+            return self._calls.enqueue(call)
         # Gathered on the caller's loop too, so that a burst crosses to the store's thread in
         # a few hops instead of one per call.
         calls = self._calls_from.get(loop)
         if calls is None:
             calls = self._calls_from[loop] = self._coalescer(self._hop)
-        return await calls.submit(operations)
+        return calls.enqueue(call)
 
-    async def _hop(self, calls: list[list[Op]]) -> list[list[Result] | BaseException]:
+    async def _hop(self, calls: list[Call]) -> list[Outcome | BaseException]:
         return await self._handle.acall(lambda s: self._run_calls(calls))
 
-    def _coalescer(
-        self, run: BatchFunction[list[Op], list[Result]]
-    ) -> Coalescer[list[Op], list[Result]]:
+    def _coalescer(self, run: BatchFunction[Call, Outcome]) -> Coalescer[Call, Outcome]:
         config = self._handle.storage.config
         return Coalescer(
             "LangGraph store batch",
@@ -411,25 +498,38 @@ class PepperpyStore(BaseStore):
             wait_timeout=config.pool_timeout,
         )
 
-    async def _run_calls(self, calls: list[list[Op]]) -> list[list[Result] | BaseException]:
+    async def _run_calls(self, calls: list[Call]) -> list[Outcome | BaseException]:
         storage = self.storage
 
-        async def together(batch: list[list[Op]]) -> list[list[Result]]:
-            ops = [op for ops in batch for op in ops]
+        async def together(batch: list[Call]) -> list[Outcome]:
+            ops: list[Op] = []
+            for call in batch:
+                if isinstance(call, list):
+                    ops.extend(call)
+                else:
+                    ops.append(call)
             # Calls made at once may take effect in any order; one op each (aput, aget,
             # asearch, adelete), they run as every write, in call order, then every read.
             # A call of several ops keeps its own order, so then all keep call order.
-            independent = all(len(ops) == 1 for ops in batch)
+            independent = all(not isinstance(call, list) or len(call) == 1 for call in batch)
             results = await self._execute(storage, ops, writes_first=independent)
-            out, start = [], 0
-            for ops in batch:
-                out.append(results[start : start + len(ops)])
-                start += len(ops)
+            out: list[Outcome] = []
+            start = 0
+            for call in batch:
+                if isinstance(call, list):
+                    out.append(results[start : start + len(call)])
+                    start += len(call)
+                else:
+                    out.append(results[start])
+                    start += 1
             return out
 
-        return await together_or_alone(
-            "LangGraph store batch", calls, together, lambda ops: self._execute(storage, ops)
-        )
+        async def alone(call: Call) -> Outcome:
+            if isinstance(call, list):
+                return await self._execute(storage, call)
+            return (await self._execute(storage, [call]))[0]
+
+        return await together_or_alone("LangGraph store batch", calls, together, alone)
 
     async def _execute(
         self, storage: PostgresStorage[Any, Any], ops: list[Op], writes_first: bool = False
@@ -459,26 +559,35 @@ class PepperpyStore(BaseStore):
         gets: list[tuple[int, GetOp]] = []
         searches: list[tuple[int, SearchOp]] = []
 
+        async def read_items() -> None:
+            for (position, _), item in zip(gets, await self._get(storage, gets), strict=True):
+                results[position] = item
+
+        async def read_searches() -> None:
+            # Reads that do not see each other: a few at a time, each on a connection.
+            room = asyncio.Semaphore(SEARCHES_AT_ONCE)
+
+            async def search(op: SearchOp) -> list[SearchItem]:
+                async with room:
+                    return await self._search(storage, op)
+
+            found = await asyncio.gather(*(search(op) for _, op in searches))
+            for (position, _), items in zip(searches, found, strict=True):
+                results[position] = items
+
         async def flush() -> None:
             if puts:
                 await self._put(storage, list(puts.values()))
                 puts.clear()
-            if gets:
-                for (position, _), item in zip(gets, await self._get(storage, gets), strict=True):
-                    results[position] = item
-                gets.clear()
-            if searches:
-                # Reads that do not see each other: a few at a time, each on a connection.
-                room = asyncio.Semaphore(SEARCHES_AT_ONCE)
-
-                async def search(op: SearchOp) -> list[SearchItem]:
-                    async with room:
-                        return await self._search(storage, op)
-
-                found = await asyncio.gather(*(search(op) for _, op in searches))
-                for (position, _), items in zip(searches, found, strict=True):
-                    results[position] = items
-                searches.clear()
+            # The gets and searches queued have no write between them: they run at once.
+            if gets and searches:
+                await asyncio.gather(read_items(), read_searches())
+            elif gets:
+                await read_items()
+            elif searches:
+                await read_searches()
+            gets.clear()
+            searches.clear()
 
         # Consecutive puts go to the database as one batch, and so do consecutive gets; any
         # other kind of op first flushes them, so every op sees the writes before it.
