@@ -5,7 +5,7 @@ A migration may add a column instantly; filling it for existing rows rewrites th
 not happen inside ``start()`` (a large table would keep every process waiting). Instead a
 :class:`Backfill` names the rows still to do and the assignment that does them; :func:`run`
 walks the tenant's rows in identity order (keyset pagination on the primary key), one batch
-per transaction, and records its position in the registry's backfill table in the same
+per transaction, and records its position in the table's backfill positions in the same
 transaction, so a crash loses at most the batch under way and the next run resumes after the
 last committed one. Several processes may run the same backfill: each batch locks the
 backfill's row, so they take turns. Readers must stay correct while rows are pending (e.g.
@@ -22,8 +22,7 @@ from functools import partial
 import asyncpg
 
 from .database import Database
-from .identifiers import qualified
-from .schema import BACKFILLS, TableLayout, terms_function
+from .schema import TableLayout, terms_function
 from .sql import Query
 from .types import MANAGED_FIELD, ProgressCallback
 
@@ -96,15 +95,11 @@ REEMBED = "reembed"
 and writing (see PostgresStorage.reindex), kept in the same table with the same rules."""
 
 
-def _registry(layout: TableLayout) -> str:
-    return qualified(layout.schema, BACKFILLS)
-
-
 def _register(layout: TableLayout, backfill: Backfill, tenant: str) -> Query:
     return Query(
-        f"INSERT INTO {_registry(layout)} (table_name, name, tenant) VALUES ($1, $2, $3) "
+        f"INSERT INTO {layout.qualified_backfills} (tenant, name) VALUES ($1, $2) "
         "ON CONFLICT DO NOTHING",
-        [layout.table, backfill.name, tenant],
+        [tenant, backfill.name],
     )
 
 
@@ -120,9 +115,9 @@ def saved_position(layout: TableLayout, name: str, tenant: str, *, lock: bool = 
     """Where the walk named ``name`` stands: one row (position, finished), or none if it never
     ran. ``lock``: hold its row for this transaction (one batch at a time)."""
     return Query(
-        f"SELECT position, finished_at IS NOT NULL AS finished FROM {_registry(layout)} "
-        "WHERE table_name = $1 AND name = $2 AND tenant = $3" + (" FOR UPDATE" if lock else ""),
-        [layout.table, name, tenant],
+        f"SELECT position, finished_at IS NOT NULL AS finished FROM {layout.qualified_backfills} "
+        "WHERE tenant = $1 AND name = $2" + (" FOR UPDATE" if lock else ""),
+        [tenant, name],
     )
 
 
@@ -139,13 +134,13 @@ def save_position(
     """Record that a walk reached ``position`` having done ``rows`` more rows (``start``: a
     new walk begins; ``finished``: it is over). Run it in the transaction that wrote them."""
     return Query(
-        f"INSERT INTO {_registry(layout)} AS b (table_name, name, tenant, position, "
-        "rows_done, finished_at) VALUES ($1, $2, $3, $4, $5, CASE WHEN $7 THEN now() END) "
-        "ON CONFLICT (table_name, name, tenant) DO UPDATE SET position = excluded.position, "
-        "rows_done = CASE WHEN $6 THEN 0 ELSE b.rows_done END + excluded.rows_done, "
-        "started_at = CASE WHEN $6 THEN now() ELSE b.started_at END, "
+        f"INSERT INTO {layout.qualified_backfills} AS b (tenant, name, position, rows_done, "
+        "finished_at) VALUES ($1, $2, $3, $4, CASE WHEN $6 THEN now() END) "
+        "ON CONFLICT (tenant, name) DO UPDATE SET position = excluded.position, "
+        "rows_done = CASE WHEN $5 THEN 0 ELSE b.rows_done END + excluded.rows_done, "
+        "started_at = CASE WHEN $5 THEN now() ELSE b.started_at END, "
         "updated_at = now(), finished_at = excluded.finished_at",
-        [layout.table, name, tenant, position, rows, start, finished],
+        [tenant, name, position, rows, start, finished],
     )
 
 

@@ -16,6 +16,7 @@ __all__ = [
     "quote_ident",
     "quote_name",
     "qualified",
+    "name_literal",
 ]
 
 # 48 leaves room for the suffixes of derived index names within PostgreSQL's 63-byte limit.
@@ -43,3 +44,10 @@ def quote_name(name: str) -> str:
 def qualified(schema: str, name: str) -> str:
     """``"schema"."name"``, both parts validated."""
     return f"{quote_ident(schema)}.{quote_ident(name)}"
+
+
+def name_literal(name: str) -> str:
+    """An identifier, validated, as a SQL string literal (e.g. a table's name compared with a
+    registry's ``table_name`` in DDL, where no bind parameter can go)."""
+    quote_ident(name)  # the pattern admits no quote and no backslash
+    return f"'{name}'"

@@ -20,7 +20,7 @@ import asyncpg
 
 from .errors import QUOTA_SQLSTATE, MemoryConfigurationError, MemorySchemaError
 from .filters import FieldKind, field_type, typed_field
-from .identifiers import qualified, quote_ident, quote_name
+from .identifiers import name_literal, qualified, quote_ident, quote_name
 from .limits import MAX_KEY_BYTES, MAX_SCOPE_ID_BYTES, MAX_TENANT_BYTES
 from .sql import Query
 from .types import MANAGED_FIELD
@@ -48,6 +48,7 @@ __all__ = [
     "metadata_statistics_name",
     "HISTORY_VERSION",
     "OWNER_TERMS_VERSION",
+    "BACKFILLS_PER_TABLE_VERSION",
     "HISTORY_SETTING",
     "IMPORTING_SETTING",
     "QUOTA_SETTING",
@@ -215,6 +216,16 @@ class TableLayout:
     @property
     def qualified_tenant_roles(self) -> str:
         return qualified(self.schema, self.tenant_roles_name)
+
+    @property
+    def backfills_name(self) -> str:
+        """How far each online backfill got, per tenant (see :func:`_v17_backfills_per_table`),
+        unquoted."""
+        return f"{self.table}_backfills"
+
+    @property
+    def qualified_backfills(self) -> str:
+        return qualified(self.schema, self.backfills_name)
 
     @property
     def qualified_term_stats(self) -> str:
@@ -424,6 +435,8 @@ def _tenant_tables(layout: TableLayout) -> list[str]:
         names.append(layout.access_name)
     if layout.version >= OWNER_TERMS_VERSION:
         names += [layout.owner_terms_name, layout.owner_totals_name]
+    if layout.version >= BACKFILLS_PER_TABLE_VERSION:
+        names.append(layout.backfills_name)
     return names
 
 
@@ -462,16 +475,16 @@ def row_level_security_statements(layout: TableLayout) -> list[str]:
 
 def grant_tenant_statements(layout: TableLayout, role: str) -> list[str]:
     """What a role that is not the tables' owner needs to run a store of one tenant: read the
-    registries, read and write the store's tables (row-level security keeps it to its tenant)
-    and the backfill positions. Binding the role is :func:`bind_tenant_role`'s."""
+    registries, read and write the store's tables (row-level security keeps it to its tenant,
+    backfill positions included). Binding the role is :func:`bind_tenant_role`'s."""
     grantee = quote_ident(role)
     registries = [qualified(layout.schema, name) for name in _REGISTRY_TABLES]
     tables = [qualified(layout.schema, name) for name in _tenant_tables(layout)]
     return [
         f"GRANT USAGE ON SCHEMA {quote_ident(layout.schema)} TO {grantee}",
         f"GRANT SELECT ON {', '.join(registries)} TO {grantee}",
-        f"GRANT SELECT, INSERT, UPDATE, DELETE ON {qualified(layout.schema, BACKFILLS)} "
-        f"TO {grantee}",
+        # Earlier releases granted the schema-wide positions table: every tenant's rows.
+        f"REVOKE ALL ON {qualified(layout.schema, BACKFILLS)} FROM {grantee}",
         f"GRANT SELECT, INSERT, UPDATE, DELETE ON {', '.join(tables)} TO {grantee}",
         f"GRANT SELECT ON {layout.qualified_tenant_roles} TO {grantee}",
     ]
@@ -1289,6 +1302,55 @@ def _v16_tenant_roles(layout: TableLayout) -> list[str]:
     ]
 
 
+BACKFILLS_PER_TABLE_VERSION = 17
+
+
+def _v17_backfills_per_table(layout: TableLayout) -> list[str]:
+    # Backfill positions were kept schema-wide (pepperpy_memory_backfills, one row per table,
+    # backfill and tenant), a table row-level security did not cover: a tenant's role, which
+    # records its own tenant's progress, could mark another tenant's backfill finished. They
+    # now live beside the memories, in a table the tenant policy covers; the positions
+    # recorded so far are copied (the schema-wide rows stay, unused, for older processes).
+    table = layout.qualified_backfills
+    return [
+        f"""
+        CREATE TABLE IF NOT EXISTS {table} (
+            tenant       text NOT NULL,
+            name         text NOT NULL,
+            position     text[],
+            rows_done    bigint NOT NULL DEFAULT 0,
+            started_at   timestamptz NOT NULL DEFAULT now(),
+            updated_at   timestamptz NOT NULL DEFAULT now(),
+            finished_at  timestamptz,
+            PRIMARY KEY (tenant, name)
+        )
+        """,
+        f"""
+        INSERT INTO {table} (tenant, name, position, rows_done, started_at, updated_at,
+                             finished_at)
+        SELECT tenant, name, position, rows_done, started_at, updated_at, finished_at
+        FROM {qualified(layout.schema, BACKFILLS)}
+        WHERE table_name = {name_literal(layout.table)}
+        ON CONFLICT DO NOTHING
+        """,
+        # The roles bound to this table's tenants lose what they were granted on the
+        # schema-wide table; grant_tenant_statements grants them the new one.
+        f"""
+        DO $$
+        DECLARE bound record;
+        BEGIN
+            FOR bound IN SELECT b.role_name FROM {layout.qualified_tenant_roles} b
+                         JOIN pg_roles r ON r.rolname = b.role_name LOOP
+                EXECUTE format('REVOKE ALL ON {qualified(layout.schema, BACKFILLS)} FROM %I',
+                               bound.role_name);
+                EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON {table} TO %I',
+                               bound.role_name);
+            END LOOP;
+        END $$
+        """,
+    ]
+
+
 Migration = Callable[[TableLayout], list[str]]
 
 MIGRATIONS: list[Migration] = [
@@ -1308,6 +1370,7 @@ MIGRATIONS: list[Migration] = [
     _v14_ordered_writers,
     _v15_owner_term_statistics,
     _v16_tenant_roles,
+    _v17_backfills_per_table,
 ]
 """Append-only. Position i (0-based) is schema version i + 1."""
 

@@ -478,7 +478,9 @@ class PostgresStorage(Generic[K, V]):
             # picks scans ten times slower. Plan each execution for its values.
             "plan_cache_mode": "force_custom_plan",
             HISTORY_SETTING: "on" if config.history else "off",
-            **({TENANT_SETTING: config.tenant} if config.tenant is not None else {}),
+            # The tenant every statement names ("" without one): under row-level security
+            # the policies read it (a role bound to a tenant is held to its binding instead).
+            TENANT_SETTING: self._tenant,
             **(
                 {QUOTA_SETTING: str(config.max_memories_per_owner)}
                 if config.max_memories_per_owner is not None

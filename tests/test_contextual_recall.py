@@ -252,9 +252,8 @@ async def _forget_terms(store: PostgresStorage[str, Any], raw_conn: asyncpg.Conn
     layout = store.layout
     await raw_conn.execute(f"UPDATE {layout.qualified_table} SET terms = NULL")
     await raw_conn.execute(
-        f'UPDATE "{layout.schema}".pepperpy_memory_backfills '
-        "SET finished_at = NULL, position = NULL, rows_done = 0 WHERE table_name = $1",
-        layout.table,
+        f"UPDATE {layout.qualified_backfills} "
+        "SET finished_at = NULL, position = NULL, rows_done = 0"
     )
 
 

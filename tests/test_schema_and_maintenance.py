@@ -7,6 +7,7 @@ import json
 import sys
 import textwrap
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -178,6 +179,52 @@ async def _fifty_texts(config: PostgresConfig) -> None:
         await store.store_many((f"k{i:03d}", f"text {i}") for i in range(50))
 
 
+async def test_backfill_positions_move_beside_their_table_on_upgrade(
+    make_config: Any, raw_conn: asyncpg.Connection
+) -> None:
+    # Before schema 17 the positions were kept schema-wide, one row per table, backfill and
+    # tenant; an upgrade copies this table's, so a finished backfill is not walked again.
+    config = make_config(background_backfill=False)
+    async with PostgresStorage[str, Any](config, CountingEmbedder(16)) as store:
+        await store.store("k", "written before the upgrade")
+    schema, table = config.schema_name, config.table
+    await raw_conn.execute(f'DROP TABLE "{schema}"."{table}_backfills"')
+    await raw_conn.execute(
+        f'UPDATE "{schema}".pepperpy_memory_tables SET schema_version = 16 WHERE table_name = $1',
+        table,
+    )
+    shared = f'"{schema}".pepperpy_memory_backfills'
+    await raw_conn.executemany(
+        f"INSERT INTO {shared} (table_name, name, tenant, position, rows_done, finished_at) "
+        "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (table_name, name, tenant) DO UPDATE "
+        "SET position = excluded.position, rows_done = excluded.rows_done, "
+        "finished_at = excluded.finished_at",
+        [
+            (table, "terms", "", ["global", "", "k"], 1, datetime.now(UTC)),
+            (table, "managed", "", ["global", "", "k"], 1, datetime.now(UTC)),
+            (table, "reembed", "acme", ["user", "ana", "k7"], 7, None),
+            (f"{table}_other", "terms", "", None, 0, None),  # another table's: left there
+        ],
+    )
+    async with PostgresStorage[str, Any](config, CountingEmbedder(16)) as store:
+        assert (await store.stats())["backfill_pending"] is False
+    rows = await raw_conn.fetch(
+        f"SELECT tenant, name, position, rows_done, finished_at IS NOT NULL AS finished "
+        f'FROM "{schema}"."{table}_backfills" ORDER BY tenant, name'
+    )
+    assert [tuple(row) for row in rows] == [
+        ("", "managed", ["global", "", "k"], 1, True),
+        ("", "terms", ["global", "", "k"], 1, True),
+        ("acme", "reembed", ["user", "ana", "k7"], 7, False),
+    ]
+    assert (
+        await raw_conn.fetchval(
+            f"SELECT count(*) FROM {shared} WHERE table_name = $1", f"{table}_other"
+        )
+        == 1
+    )
+
+
 async def test_interrupted_reindex_resumes_where_it_stopped(
     make_config: Any, raw_conn: asyncpg.Connection
 ) -> None:
@@ -190,10 +237,9 @@ async def test_interrupted_reindex_resumes_where_it_stopped(
     # The position is kept per tenant with the online backfills': a whole identity (scope,
     # scope_id, key), in key order per owner.
     walk = (
-        f'SELECT * FROM "{config.schema_name}".pepperpy_memory_backfills '
-        "WHERE table_name = $1 AND name = 'reembed'"
+        f'SELECT * FROM "{config.schema_name}"."{config.table}_backfills" WHERE name = \'reembed\''
     )
-    row = await raw_conn.fetchrow(walk, config.table)
+    row = await raw_conn.fetchrow(walk)
     assert (row["tenant"], row["position"], row["rows_done"]) == ("", ["global", "", "k019"], 20)
     assert row["finished_at"] is None
 
@@ -201,7 +247,7 @@ async def test_interrupted_reindex_resumes_where_it_stopped(
     async with PostgresStorage[str, Any](config, embedder) as store:
         assert await store.reindex(MemoryIndex.SEMANTIC, batch_size=10) == 30
         assert min(embedder.embedded_texts, key=lambda t: int(t.split()[1])) == "text 20"
-        row = await raw_conn.fetchrow(walk, config.table)
+        row = await raw_conn.fetchrow(walk)
         assert row["finished_at"] is not None and row["rows_done"] == 50
         assert await store.reindex(MemoryIndex.SEMANTIC, batch_size=10, resume=False) == 50
         # Finished: the next call starts over.

@@ -314,8 +314,29 @@ async def test_a_role_bound_to_its_tenant_cannot_choose_another(
     attacker = await asyncpg.connect(globex_dsn)
     try:
         await attacker.execute("SET pepperpy.tenant = 'acme'")
-        for name in (table, f"{table}_term_stats", f"{table}_owner_terms", f"{table}_history"):
+        for name in (
+            table,
+            f"{table}_term_stats",
+            f"{table}_owner_terms",
+            f"{table}_history",
+            f"{table}_backfills",
+        ):
             assert await attacker.fetchval(f'SELECT count(*) FROM public."{name}"') == 0
+        # Acme's backfill positions: globex can neither read nor finish nor reset them (a
+        # backfill marked finished would leave acme's memories without their search terms).
+        assert (
+            await attacker.execute(
+                f'UPDATE public."{table}_backfills" SET finished_at = now(), position = NULL'
+            )
+            == "UPDATE 0"
+        )
+        assert await attacker.execute(f'DELETE FROM public."{table}_backfills"') == "DELETE 0"
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await attacker.execute(
+                f"INSERT INTO public.\"{table}_backfills\" (tenant, name) VALUES ('acme', 'x')"
+            )
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await attacker.fetch("SELECT * FROM public.pepperpy_memory_backfills")
         assert await attacker.execute(f"UPDATE public.\"{table}\" SET content = 'x'") == "UPDATE 0"
         assert await attacker.execute(f'DELETE FROM public."{table}"') == "DELETE 0"
         with pytest.raises(asyncpg.InsufficientPrivilegeError):
@@ -342,6 +363,8 @@ async def test_a_role_bound_to_its_tenant_cannot_choose_another(
         assert await owner_conn.fetchval(f'SELECT content FROM public."{table}"') == (
             "acme merges with initech"
         )
+        finished = f'SELECT count(*) FROM public."{table}_backfills" WHERE finished_at IS NOT NULL'
+        assert await owner_conn.fetchval(finished) >= 1  # acme's own, untouched
     finally:
         await owner_conn.close()
 
