@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
-import functools
 import io
 import logging
 import os
@@ -25,9 +24,7 @@ from functools import partial
 from typing import Any, Generic, Literal, TextIO, TypeVar
 
 import asyncpg
-import numpy as np
-from pydantic import BaseModel, TypeAdapter
-from pydantic import ValidationError as PydanticValidationError
+from pydantic import BaseModel
 
 from . import backfill, backup, maintenance
 from .access import AccessTracker, record_accesses
@@ -52,12 +49,11 @@ from .errors import (
     DimensionMismatchError,
     EmbedderMismatchError,
     MemoryError,
-    MemoryIndexError,
     MemoryNotFoundError,
     MemoryValidationError,
 )
 from .faults import translate
-from .history import IMPORTED_COLUMNS, OPERATIONS, Change, HistoryStatements, check_note
+from .history import IMPORTED_COLUMNS, OPERATIONS, Change, check_note
 from .import_check import ImportPlan, check_import
 from .items import (
     TTL,
@@ -76,12 +72,13 @@ from .models import (
     MemoryEntry,
     MemoryOwner,
     MemoryQuery,
-    MemorySearchResult,
     MemoryVersion,
     StoredCount,
     trusted,
-    trusted_from,
 )
+from .operations import naming, reads, search
+from .operations.rows import RowMapper, identity_of, owner_of
+from .operations.started import Started
 from .queries import AS_STORED_COLUMNS, ArrayPattern, ListOrder, Restriction, Statements
 from .replicas import ReadRouter
 from .results import MemorySearchResults
@@ -100,7 +97,7 @@ from .schema import (
     vector_schema,
     vector_type_for,
 )
-from .search_sql import Page, SearchStatements
+from .search_sql import SearchStatements
 from .shutdown import cancel_and_wait
 from .sql import Query
 from .tenancy import (
@@ -234,15 +231,11 @@ class PostgresStorage(Generic[K, V]):
         # Part of every memory's identity; '' for a store without a tenant.
         self._tenant = self.config.tenant or ""
         self._server: EmbeddedServer | None = None
-        self._layout: TableLayout | None = None
-        self._sql: Statements | None = None
-        self._search_sql: SearchStatements | None = None
+        # What the operations share, built by start() (see operations/started.py).
+        self._started: Started[V] | None = None
         self._value_type = value_type
-        self._value_adapter: TypeAdapter[Any] | None | Literal[False] = False
         self._start_lock = asyncio.Lock()
         self._identity = ""  # the embedder's identity, known once started
-        # Whether searches must look at passages (see _vector_rows): once true, stays true.
-        self._passages_seen = False
         # Whether an online backfill may still leave rows without terms (searches then look
         # at the old full-text column too), and the task running it in the background.
         self._backfilling = True
@@ -298,9 +291,7 @@ class PostgresStorage(Generic[K, V]):
     @property
     def layout(self) -> TableLayout:
         """The table's recorded layout (dimension, vector type, text search configuration)."""
-        if self._layout is None:
-            raise MemoryError("the storage is not started: await storage.start() first")
-        return self._layout
+        return self._ready.layout
 
     async def start(self) -> None:
         """Connect, create the extensions and the table if needed, and open the pool.
@@ -415,6 +406,7 @@ class PostgresStorage(Generic[K, V]):
         await router.open(vectors_in, settings)
         await router.mark_written()  # the migrations, made outside the pool
         self.reads = router
+        self._started = replace(self._ready, reads=router)
 
     async def _check_embedder(self, layout: TableLayout, dimension: int) -> None:
         """Make sure the table's vectors are the current model's: adopt it for a table
@@ -554,29 +546,27 @@ class PostgresStorage(Generic[K, V]):
 
     def _set_backfilling(self, backfilling: bool) -> None:
         self._backfilling = backfilling
-        if self._layout is not None:
-            self._use_layout(self._layout)
+        if self._started is not None:
+            self._started = replace(self._started, backfilling=backfilling)
 
     def _use_layout(self, layout: TableLayout) -> None:
-        self._layout = layout
-        self._sql = Statements(layout)
-        config = self.config
-        searches = partial(
-            SearchStatements,
-            layout,
-            match=config.contextual_match,
-            term_statistics=config.term_statistics,
-            backfilling=self._backfilling,
-            filtered_ef_search=(
-                config.hnsw_ef_search_filtered
-                if config.hnsw_ef_search_filtered != config.hnsw_ef_search
-                else None
-            ),
-        )
-        self._search_sql = searches()
-        self._sql_as_of = Statements(layout, as_of=True)
-        self._search_sql_as_of = searches(as_of=True)
-        self._history_sql = HistoryStatements(layout)
+        if self._started is None:
+            self._started = Started(
+                config=self.config,
+                tenant=self._tenant,
+                layout=layout,
+                backfilling=self._backfilling,
+                database=self.database,
+                reads=self.reads,
+                vectors=self._vectors,
+                term_stats=self._term_stats,
+                access=self._access,
+                rows=RowMapper(self._value_type or _declared_value_type(self)),
+                metrics=self.metrics,
+                text_of=self.text_of,
+            )
+        else:
+            self._started = replace(self._started, layout=layout, reads=self.reads)
         self._access.layout = layout
         self._vectors.dimension = layout.dimension
 
@@ -603,6 +593,8 @@ class PostgresStorage(Generic[K, V]):
         await self._access.stop()
         router, self._router = self._router, None
         self.reads = self.database.reading
+        if self._started is not None:
+            self._started = replace(self._started, reads=self.reads)
         if router is not None:
             await router.close()
         await self.database.close()
@@ -613,73 +605,18 @@ class PostgresStorage(Generic[K, V]):
             await release_embedded(server)
 
     @property
-    def _statements(self) -> Statements:
-        if self._sql is None:
+    def _ready(self) -> Started[V]:
+        if self._started is None:
             raise MemoryError("the storage is not started: await storage.start() first")
-        return self._sql
+        return self._started
+
+    @property
+    def _statements(self) -> Statements:
+        return self._ready.statements
 
     @property
     def _searches(self) -> SearchStatements:
-        if self._search_sql is None:
-            raise MemoryError("the storage is not started: await storage.start() first")
-        return self._search_sql
-
-    # --- mapping rows ------------------------------------------------------------------------
-    def _decode_value(self, raw: Any) -> V:
-        adapter = self._value_adapter
-        if adapter is False:
-            adapter = self._value_adapter = self._make_value_adapter()
-        if adapter is None:
-            return typing.cast(V, raw)
-        try:
-            return typing.cast(V, adapter.validate_python(raw))
-        except PydanticValidationError as exc:
-            raise MemoryValidationError(
-                f"a stored value does not fit the storage's value type: {exc.errors()[0]['msg']}"
-            ) from None
-
-    def _make_value_adapter(self) -> TypeAdapter[Any] | None:
-        # Only a pydantic model is rebuilt from the stored JSON; other declared types are
-        # hints, and a value that does not match one is still returned rather than made
-        # unreadable.
-        value_type = self._value_type or _declared_value_type(self)
-        if isinstance(value_type, type) and issubclass(value_type, BaseModel):
-            return TypeAdapter(value_type)
-        return None
-
-    def _entry(self, row: asyncpg.Record, embedding: bool = False) -> MemoryEntry[V]:
-        # Row mapping is most of a fast read's Python time: one dict, built once, kept by
-        # the entry; enums by dictionary (the enum call is a few times slower).
-        vector = row["embedding"] if embedding else None
-        values = {
-            "key": row["key"],
-            "value": self._decode_value(row["value"]),
-            "text": row["content"],
-            "type": _member(_MEMORY_TYPES, MemoryType, row["memory_type"]),
-            "scope": _member(_SCOPES, MemoryScope, row["scope"]),
-            "scope_id": row["scope_id"],
-            "indices": _indices(tuple(row["indices"])),
-            "metadata": row["metadata"],
-            "embedding": None if vector is None else _vector_list(vector),
-            "deduplicated": False,
-        }
-        for column in AS_STORED_COLUMNS:
-            values[column] = row[column]
-        return trusted_from(MemoryEntry, values)
-
-    def _result(
-        self, row: asyncpg.Record, index: MemoryIndex, embedding: bool = False
-    ) -> MemorySearchResult[V]:
-        # Only some statements give a ranked score or score parts (fusion's, ranking's).
-        ranked = _optional_float(row["ranked_score"]) if "ranked_score" in row else None
-        values: dict[str, Any] = {
-            "entry": self._entry(row, embedding=embedding),
-            "score": float(row["score"]) if ranked is None else ranked,
-            "index_type": index,
-        }
-        for part in _SCORE_PARTS:
-            values[part] = _optional_float(row[part]) if part in row else None
-        return trusted_from(MemorySearchResult, values)
+        return self._ready.searches
 
     # --- checking input ------------------------------------------------------------------
     def _restriction(
@@ -732,7 +669,7 @@ class PostgresStorage(Generic[K, V]):
                 self._statements.known_hashes(self._tenant, [w.identity for w in missing]),
                 timeout=self._timeout_for(len(missing)),
             )
-            stored = {_identity(row): bytes(row["content_hash"]) for row in rows}
+            stored = {identity_of(row): bytes(row["content_hash"]) for row in rows}
             missing = [w for w in missing if stored.get(w.identity) != w.content_hash]
         if missing:
             vectors = await self._vectors.embed([w.text for w in missing], progress)
@@ -763,7 +700,7 @@ class PostgresStorage(Generic[K, V]):
                 ):
                     rows.append((self._tenant, *write.identity, position, text, vector))
         if rows:
-            self._passages_seen = True
+            self._ready.state.passages_seen = True
         return rows
 
     async def _repair_embeddings(
@@ -905,8 +842,8 @@ class PostgresStorage(Generic[K, V]):
             ),
         )
         if duplicate:
-            self._term_stats.note_writes(1, [_owner(row)])
-            return self._entry(row).model_copy(update={"deduplicated": True})
+            self._term_stats.note_writes(1, [owner_of(row)])
+            return self._ready.rows.entry(row).model_copy(update={"deduplicated": True})
         return await self._written(write, value, row)
 
     async def _store_batch(
@@ -960,7 +897,7 @@ class PostgresStorage(Generic[K, V]):
         self, write: PendingWrite, value: Any, row: asyncpg.Record
     ) -> MemoryEntry[V]:
         """The entry one write made, once its text has a vector (see _repair_embeddings)."""
-        self._term_stats.note_writes(1, [_owner(row)])
+        self._term_stats.note_writes(1, [owner_of(row)])
         if row["needs_embedding"]:
             await self._repair_embeddings([write.identity], {write.identity: write})
         return self._stored(write, value, row)
@@ -986,7 +923,7 @@ class PostgresStorage(Generic[K, V]):
             ),
         )
         self._term_stats.note_writes(len(writes), [write.owner for write in writes])
-        by_identity = {_identity(row): row for row in rows}
+        by_identity = {identity_of(row): row for row in rows}
         repair = [identity for identity, row in by_identity.items() if row["needs_embedding"]]
         await self._repair_embeddings(repair, {write.identity: write for write in writes})
         return by_identity
@@ -1090,7 +1027,7 @@ class PostgresStorage(Generic[K, V]):
         )
         folded = len(deduplication.duplicates) if deduplication is not None else 0
         self._term_stats.note_writes(len(batch), [write.owner for write in batch])
-        await self._repair_embeddings([_identity(row) for row in rows], writes)
+        await self._repair_embeddings([identity_of(row) for row in rows], writes)
         if len(batch) >= config.bulk_index_rebuild_rows > 0:
             await self._after_bulk_load()
         return StoredCount(len(batch) - folded, deduplicated=folded)
@@ -1110,32 +1047,7 @@ class PostgresStorage(Generic[K, V]):
     async def _resolve(
         self, keys: builtins.list[str], scope: Scope, scope_id: str | None
     ) -> builtins.list[Identity]:
-        """The memories ``keys`` name: the given owner's, or, without a scope, each key's one
-        live holder among the owners this store may see (keys nobody holds are left out).
-
-        Raises:
-            AmbiguousKeyError: no scope was given and several owners hold one of the keys.
-        """
-        owner_scope, owner_id = owner(scope, scope_id, self.config.default_scope_id)
-        if owner_scope is not None:
-            assert owner_id is not None
-            return [Identity(owner_scope.value, owner_id, key) for key in keys]
-        # A key names its memory whether or not the fact is still valid.
-        found = await self._owners_of(keys, replace(self._restriction(), include_invalid=True))
-        _check_unambiguous(found)
-        return found
-
-    async def _owners_of(
-        self, keys: builtins.list[str], restriction: Restriction
-    ) -> builtins.list[Identity]:
-        rows = await self.database.reading.fetch(
-            "lookup", self._statements.owners_of(keys, restriction)
-        )
-        return [_identity(row) for row in rows]
-
-    async def _ambiguous(self, key: str, restriction: Restriction) -> AmbiguousKeyError:
-        """The error for a key several owners hold, saying how many."""
-        return AmbiguousKeyError(key, len(await self._owners_of([key], restriction)))
+        return await naming.resolve(self._ready, keys, scope, scope_id)
 
     # --- reading ---------------------------------------------------------------------------
     @instrumented("retrieve")
@@ -1180,25 +1092,10 @@ class PostgresStorage(Generic[K, V]):
         restriction = self._restriction(
             scope, scope_id, as_of=_moment(as_of, "as_of"), include_invalid=include_invalid
         )
-        # The store's own look-ups (counted=False) precede writes: they read the primary.
-        runner = self.reads if counted else self.database.reading
-        if as_of is None:
-            rows = await runner.fetch(
-                "retrieve", self._statements.retrieve(checked, restriction, include_embedding)
-            )
-        else:
-            rows = await runner.fetch_as_of(
-                "retrieve", self._sql_as_of.retrieve(checked, restriction, include_embedding), as_of
-            )
-        if not rows:
-            raise MemoryNotFoundError(checked)
-        if len(rows) > 1:
-            raise await self._ambiguous(checked, restriction)
-        if counted and as_of is None:
-            self._access.note([_identity(rows[0])])
-        return self._entry(rows[0], embedding=include_embedding)
+        return await reads.retrieve(
+            self._ready, checked, restriction, include_embedding, as_of, counted=counted
+        )
 
-    @instrumented("retrieve_many")
     async def retrieve_many(
         self, keys: Iterable[K], *, scope: Scope = None, scope_id: str | None = None
     ) -> dict[str, MemoryEntry[V]]:
@@ -1207,17 +1104,9 @@ class PostgresStorage(Generic[K, V]):
         Raises:
             AmbiguousKeyError: no scope was given and several owners hold one of the keys.
         """
-        checked = self._keys(keys)
-        if not checked:
-            return {}
-        rows = await self.reads.fetch(
-            "retrieve_many",
-            self._statements.retrieve_many(checked, self._restriction(scope, scope_id)),
-        )
-        _check_unambiguous([_identity(row) for row in rows])
-        return {row["key"]: self._entry(row) for row in rows}
+        restriction = self._restriction(scope, scope_id)
+        return await reads.retrieve_many(self._ready, self._keys(keys), restriction)
 
-    @instrumented("retrieve_many")
     async def retrieve_by_owner(
         self, names: Iterable[tuple[MemoryScope | str, str | None, K]]
     ) -> dict[Identity, MemoryEntry[V]]:
@@ -1225,25 +1114,8 @@ class PostgresStorage(Generic[K, V]):
         scope_id, key)`` triples (``scope_id`` as in :meth:`store`); the result maps each
         found memory's :class:`~pepperpy_pg_memory.types.Identity` to it (an identity's
         ``scope_id`` is ``''`` for GLOBAL); missing ones are left out."""
-        owners: dict[tuple[Any, str | None], tuple[str, str]] = {}
-        identities = set()
-        for scope, scope_id, key in names:
-            checked = owners.get((scope, scope_id))
-            if checked is None:
-                owner_scope, owner_id = owner(scope, scope_id, self.config.default_scope_id)
-                assert owner_scope is not None and owner_id is not None
-                checked = owners[(scope, scope_id)] = (owner_scope.value, owner_id)
-            identities.add(Identity(*checked, validate_key(key, self.config.max_key_length)))
-        if not identities:
-            return {}
-        wanted = replace(self._restriction(), identities=frozenset(identities))
-        rows = await self.reads.fetch(
-            "retrieve_many",
-            self._statements.retrieve_many(sorted({i.key for i in identities}), wanted),
-        )
-        return {_identity(row): self._entry(row) for row in rows}
+        return await reads.retrieve_by_owner(self._ready, names)
 
-    @instrumented("touch")
     async def touch(
         self,
         keys: Iterable[K],
@@ -1263,14 +1135,8 @@ class PostgresStorage(Generic[K, V]):
         delta, _ = resolve_expiry(ttl, None, self.config.ttl_for(MemoryType.LONG_TERM))
         if not checked or delta is None:
             return 0
-        identities = await self._resolve(checked, scope, scope_id)
-        if not identities:
-            return 0
-        return await self.database.execute(
-            "touch", self._statements.touch(self._tenant, identities, delta)
-        )
+        return await reads.touch(self._ready, checked, delta, scope, scope_id)
 
-    @instrumented("exists")
     async def exists(self, key: K, *, scope: Scope = None, scope_id: str | None = None) -> bool:
         """Whether the owner holds a live memory under ``key``.
 
@@ -1278,13 +1144,8 @@ class PostgresStorage(Generic[K, V]):
             AmbiguousKeyError: no scope was given and several owners hold the key.
         """
         checked = validate_key(key, self.config.max_key_length)
-        restriction = self._restriction(scope, scope_id)
-        found = await self.reads.fetchval("exists", self._statements.exists(checked, restriction))
-        if found > 1:
-            raise await self._ambiguous(checked, restriction)
-        return bool(found)
+        return await reads.exists(self._ready, checked, self._restriction(scope, scope_id))
 
-    @instrumented("count")
     async def count(
         self,
         *,
@@ -1299,9 +1160,8 @@ class PostgresStorage(Generic[K, V]):
         restriction = self._restriction(
             scope, scope_id, types, filter, value_filter=value_filter, key_prefix=key_prefix
         )
-        return int(await self.reads.fetchval("count", self._statements.count(restriction)))
+        return await reads.count(self._ready, restriction)
 
-    @instrumented("distinct_metadata")
     async def distinct_metadata(
         self,
         key: str,
@@ -1315,18 +1175,11 @@ class PostgresStorage(Generic[K, V]):
     ) -> builtins.list[tuple[Any, int]]:
         """The distinct values of metadata ``key`` (dots for nested keys) among live memories,
         each with how many memories have it, in value order."""
-        from .filters import key_path
-
         if not 1 <= limit <= 100_000:
             raise MemoryValidationError("limit must be in [1, 100000]")
         restriction = self._restriction(scope, scope_id, types, filter, key_prefix=key_prefix)
-        rows = await self.reads.fetch(
-            "distinct_metadata",
-            self._statements.distinct_metadata(key_path(key), restriction, limit),
-        )
-        return [(row["value"], int(row["memories"])) for row in rows]
+        return await reads.distinct_metadata(self._ready, key, restriction, limit)
 
-    @instrumented("owners")
     async def owners(
         self,
         scope: MemoryScope | str | None = None,
@@ -1356,13 +1209,8 @@ class PostgresStorage(Generic[K, V]):
             self._restriction(None, None, types, filter, key_prefix=key_prefix),
             scope=None if scope is None else as_enum(MemoryScope, scope, "scope"),
         )
-        rows = await self.reads.fetch("owners", self._statements.owners(restriction, limit, start))
-        return [
-            MemoryOwner(MemoryScope(row["scope"]), row["scope_id"], int(row["memories"]))
-            for row in rows
-        ]
+        return await reads.owners(self._ready, restriction, limit, start)
 
-    @instrumented("distinct_arrays")
     async def distinct_metadata_arrays(
         self,
         key: str,
@@ -1380,24 +1228,15 @@ class PostgresStorage(Generic[K, V]):
         match every pattern (e.g. ``ArrayPattern(("users", None))``: first element "users",
         any second), cut to their first ``depth`` elements, in element-wise order, paged in
         the database (for listings such as LangGraph's namespaces)."""
-        from .filters import key_path
-
         if not 1 <= limit <= 100_000 or not 0 <= offset:
             raise MemoryValidationError("limit must be in [1, 100000] and offset >= 0")
         if depth is not None and depth < 1:
             raise MemoryValidationError("depth must be at least 1")
-        query = self._statements.distinct_arrays(
-            key_path(key),
-            self._restriction(scope, scope_id, None, filter, key_prefix=key_prefix),
-            patterns=list(patterns),
-            depth=depth,
-            limit=limit,
-            offset=offset,
+        restriction = self._restriction(scope, scope_id, None, filter, key_prefix=key_prefix)
+        return await reads.distinct_arrays(
+            self._ready, key, restriction, list(patterns), depth, limit, offset
         )
-        rows = await self.reads.fetch("distinct_arrays", query)
-        return [list(row["value"]) for row in rows]
 
-    @instrumented("list")
     async def list(
         self,
         *,
@@ -1423,23 +1262,24 @@ class PostgresStorage(Generic[K, V]):
             raise MemoryValidationError("limit must be in [1, 10000] and offset >= 0")
         if order_by not in ("created_at", "updated_at", "key"):
             raise MemoryValidationError(f"cannot order by {order_by!r}")
-        query = self._statements.list_page(
-            self._restriction(
-                scope,
-                scope_id,
-                types,
-                filter,
-                value_filter=value_filter,
-                key_prefix=key_prefix,
-                keys=None if keys is None else frozenset(self._keys(keys)),
-            ),
+        restriction = self._restriction(
+            scope,
+            scope_id,
+            types,
+            filter,
+            value_filter=value_filter,
+            key_prefix=key_prefix,
+            keys=None if keys is None else frozenset(self._keys(keys)),
+        )
+        return await reads.list_page(
+            self._ready,
+            restriction,
             limit=limit,
             offset=offset,
             order_by=order_by,
             descending=descending,
-            after=None if after is None else _position(after, order_by),
+            after=after,
         )
-        return [self._entry(row) for row in await self.reads.fetch("list", query)]
 
     async def scan(
         self,
@@ -1471,17 +1311,8 @@ class PostgresStorage(Generic[K, V]):
             include_invalid=include_invalid,
             keys=None if keys is None else frozenset(self._keys(keys)),
         )
-        after: Identity | None = None
-        while True:
-            rows = await self.database.reading.fetch(
-                "scan",
-                self._statements.scan_page(restriction, after, page_size, include_embedding),
-            )
-            for row in rows:
-                yield self._entry(row, embedding=include_embedding)
-            if len(rows) < page_size:
-                return
-            after = _identity(rows[-1])
+        async for entry in reads.scan(self._ready, restriction, page_size, include_embedding):
+            yield entry
 
     # --- backups ---------------------------------------------------------------------------
     async def export_jsonl(
@@ -1541,10 +1372,10 @@ class PostgresStorage(Generic[K, V]):
         after: tuple[str, str, str, int] | None = None
         while True:
             rows = await self.database.reading.fetch(
-                "export", self._history_sql.page(self._tenant, owned, after, EXPORT_PAGE)
+                "export", self._ready.history.page(self._tenant, owned, after, EXPORT_PAGE)
             )
             for row in rows:
-                version = self._version(row, embedding=with_embeddings)
+                version = self._ready.rows.version(row, embedding=with_embeddings)
                 line = backup.version_line(version, self._tenant, row["value"])
                 stream.write(line + "\n")
             if len(rows) < EXPORT_PAGE:
@@ -1561,7 +1392,7 @@ class PostgresStorage(Generic[K, V]):
         rows = await self.database.reading.fetch(
             "export", self._statements.passages_of(self._tenant, identities)
         )
-        return {_identity(row): builtins.list(row["passages"]) for row in rows}
+        return {identity_of(row): builtins.list(row["passages"]) for row in rows}
 
     async def import_jsonl(
         self,
@@ -1600,7 +1431,7 @@ class PostgresStorage(Generic[K, V]):
                 check_version=self._check_imported_version,
                 runner=self.database.reading,
                 statements=self._statements,
-                history=self._history_sql,
+                history=self._ready.history,
                 tenant=self._tenant,
                 quota=self.config.max_memories_per_owner,
             )
@@ -1658,7 +1489,7 @@ class PostgresStorage(Generic[K, V]):
         if report.versions:
             await self.database.execute_all(
                 "import",
-                [self._importing(), *self._history_sql.after_import(self._tenant)],
+                [self._importing(), *self._ready.history.after_import(self._tenant)],
                 timeout=self.config.maintenance_timeout,
             )
         if progress is not None and total:
@@ -1729,7 +1560,7 @@ class PostgresStorage(Generic[K, V]):
             rows.append(tuple(columns[name] for name in IMPORTED_COLUMNS))
         await self.database.executemany(
             "import",
-            self._history_sql.insert_version().sql,
+            self._ready.history.insert_version().sql,
             rows,
             timeout=self.config.maintenance_timeout,
         )
@@ -1880,8 +1711,8 @@ class PostgresStorage(Generic[K, V]):
             key_set = frozenset(self._keys(keys))
             if scope is None:
                 # Each key must name one live memory among those the other criteria select.
-                found = await self._owners_of(sorted(key_set), criteria)
-                _check_unambiguous(found)
+                found = await naming.owners_of(self._ready, sorted(key_set), criteria)
+                naming.check_unambiguous(found)
                 if not found:
                     return 0
                 identities = frozenset(found)
@@ -1930,13 +1761,13 @@ class PostgresStorage(Generic[K, V]):
             assert owner_id is not None
             return Identity(owner_scope.value, owner_id, key)
         rows = await self.database.reading.fetch(
-            "history", self._history_sql.owners_of(self._tenant, key)
+            "history", self._ready.history.owners_of(self._tenant, key)
         )
         if not rows:
             raise MemoryNotFoundError(key)
         if len(rows) > 1:
             raise AmbiguousKeyError(key, len(rows))
-        return _identity(rows[0])
+        return identity_of(rows[0])
 
     @instrumented("history")
     async def history(
@@ -1961,36 +1792,9 @@ class PostgresStorage(Generic[K, V]):
             raise MemoryValidationError("limit must be None or in [1, 100000]")
         identity = await self._named(checked, scope, scope_id)
         rows = await self.database.reading.fetch(
-            "history", self._history_sql.versions(self._tenant, identity, limit)
+            "history", self._ready.history.versions(self._tenant, identity, limit)
         )
-        return [self._version(row, include_embedding) for row in rows]
-
-    def _version(self, row: asyncpg.Record, embedding: bool = False) -> MemoryVersion[V]:
-        vector = row["embedding"] if embedding else None
-        return trusted(
-            MemoryVersion,
-            key=row["key"],
-            scope=MemoryScope(row["scope"]),
-            scope_id=row["scope_id"],
-            version=row["version"],
-            operation=row["operation"],
-            value=self._decode_value(row["value"]),
-            text=row["content"],
-            type=MemoryType(row["memory_type"]),
-            indices=_indices(tuple(row["indices"])),
-            metadata=row["metadata"],
-            created_at=row["created_at"],
-            expires_at=row["expires_at"],
-            valid_from=row["valid_from"],
-            valid_to=row["valid_to"],
-            supersedes=row["supersedes"],
-            superseded_by=row["superseded_by"],
-            actor=row["actor"],
-            reason=row["reason"],
-            at=row["at"],
-            embedding=None if vector is None else _vector_list(vector),
-            importance=row["importance"],
-        )
+        return [self._ready.rows.version(row, include_embedding) for row in rows]
 
     @instrumented("restore")
     async def restore(
@@ -2018,7 +1822,7 @@ class PostgresStorage(Generic[K, V]):
         change = self._change("restore", actor, reason)
         identity = await self._named(checked, scope, scope_id)
         row = await self.database.fetchrow(
-            "restore", self._history_sql.version(self._tenant, identity, version)
+            "restore", self._ready.history.version(self._tenant, identity, version)
         )
         if row is None:
             missing = MemoryNotFoundError(checked)
@@ -2045,7 +1849,7 @@ class PostgresStorage(Generic[K, V]):
         )
         write.valid_from, write.valid_to = row["valid_from"], row["valid_to"]
         write.supersedes, write.change = row["supersedes"], change
-        return await self._write_one(write, self._decode_value(value))
+        return await self._write_one(write, self._ready.rows.value(value))
 
     @instrumented("supersede")
     async def supersede(
@@ -2139,7 +1943,7 @@ class PostgresStorage(Generic[K, V]):
                     f"({current.valid_from.isoformat()})"
                 )
             raise MemoryNotFoundError(checked)
-        return self._entry(row)
+        return self._ready.rows.entry(row)
 
     # --- searching -------------------------------------------------------------------------
     def search(self, query: MemoryQuery) -> MemorySearchResults[V]:
@@ -2149,117 +1953,13 @@ class PostgresStorage(Generic[K, V]):
         """
         if not isinstance(query, MemoryQuery):
             raise MemoryValidationError("search takes a MemoryQuery")
-        return MemorySearchResults(lambda: self._search(query))
+        return MemorySearchResults(lambda: search.search(self._ready, query))
 
     async def query_vector(self, text: str) -> Vector:
         """The vector a search for ``text`` uses: the embedder's query embedding, checked
         against the table's dimension and cached (adapters that rank by vectors themselves,
         e.g. for MMR, take it from here)."""
         return await self._vectors.query(text)
-
-    async def _search_vector(self, query: MemoryQuery) -> Vector:
-        if query.embedding is not None:
-            return self._vectors.check(query.embedding)
-        assert query.query is not None
-        return await self._vectors.query(query.query)
-
-    @instrumented("search")
-    async def _search(self, query: MemoryQuery) -> builtins.list[MemorySearchResult[V]]:
-        as_of = query.as_of
-        searches = self._searches if as_of is None else self._search_sql_as_of
-        restriction = self._restriction(
-            query.scope,
-            query.scope_id,
-            query.types,
-            query.filter,
-            value_filter=query.value_filter,
-            keys=query.keys,
-            key_prefix=query.key_prefix,
-            created_after=query.created_after,
-            created_before=query.created_before,
-            updated_after=query.updated_after,
-            updated_before=query.updated_before,
-            as_of=as_of,
-            include_invalid=query.include_invalid,
-        )
-        wanted = Page(query.limit, query.offset, query.min_score)
-        ranking = query.ranking
-        # With a ranking, the index finds four times the page and the database weighs them.
-        page = wanted
-        if ranking is not None:
-            page = Page(min(4 * (query.limit + query.offset), RANKED_CANDIDATES), 0, None)
-        index = query.index_type
-        statement: Callable[..., Query]
-        if index is MemoryIndex.SEMANTIC:
-            vector = await self._search_vector(query)
-            statement = partial(
-                searches.semantic_search,
-                vector,
-                restriction,
-                page,
-                include_embedding=query.include_embedding,
-            )
-        elif index is MemoryIndex.HYBRID:
-            assert query.query is not None
-            self._term_stats.note_search(restriction.owner)
-            vector = await self._search_vector(query)
-            statement = partial(
-                searches.hybrid_search,
-                query.query,
-                vector,
-                restriction,
-                page,
-                candidates=self.config.hybrid_candidates,
-                rrf_k=self.config.rrf_k,
-            )
-        elif index is MemoryIndex.CONTEXTUAL:
-            assert query.query is not None
-            self._term_stats.note_search(restriction.owner)
-            words = searches.contextual_search(query.query, restriction, page)
-            statement = lambda **_: words  # noqa: E731 - one shape for every kind
-        else:
-            temporal = searches.temporal_search(query.query, restriction, page)
-            statement = lambda **_: temporal  # noqa: E731
-        if ranking is not None:
-            unranked, cosine = statement, index is MemoryIndex.SEMANTIC
-
-            def statement(**shape: Any) -> Query:
-                return searches.ranked(unranked(**shape), ranking, cosine, wanted)
-
-        rows = await self._search_rows(statement, index, as_of)
-        if as_of is None:
-            self._access.note(_identity(row) for row in rows)
-        return [self._result(row, index, embedding=query.include_embedding) for row in rows]
-
-    async def _search_rows(
-        self, statement: Callable[..., Query], index: MemoryIndex, as_of: datetime | None
-    ) -> builtins.list[Any]:
-        if index in (MemoryIndex.SEMANTIC, MemoryIndex.HYBRID):
-            if as_of is None:
-                return await self._vector_rows(statement)
-            # Passages have no history: a memory counts by its own vector then.
-            return await self.reads.fetch_as_of("search", statement(passages=False), as_of)
-        # The BM25 search plans once per shape (see fetch_with_generic_plan).
-        generic = index is MemoryIndex.CONTEXTUAL and self.config.contextual_match == "any"
-        if as_of is not None:
-            return await self.reads.fetch_as_of("search", statement(), as_of, generic_plan=generic)
-        if generic:
-            return await self.reads.fetch_with_generic_plan("search", statement())
-        return await self.reads.fetch("search", statement())
-
-    async def _vector_rows(self, statement: Callable[..., Query]) -> builtins.list[Any]:
-        """Rows of a vector search: with passages once any are known to exist, else the
-        simpler statement, whose rows tell whether passages exist (then it runs again, with
-        them, and passages are used from then on)."""
-        if self._passages_seen:
-            return await self.reads.fetch("search", statement(passages=True))
-        rows = await self.reads.fetch("search", statement(passages=False))
-        if rows and not rows[0]["passages_exist"]:
-            return rows
-        if rows:
-            self._passages_seen = True
-        # No rows: nothing said whether passages exist; the full statement finds out.
-        return await self.reads.fetch("search", statement(passages=True))
 
     def similar(
         self,
@@ -2290,38 +1990,10 @@ class PostgresStorage(Generic[K, V]):
             raise MemoryValidationError("min_score must be in [-1, 1] (cosine similarity)")
         restriction = self._restriction(scope, scope_id, types, filter)
         return MemorySearchResults(
-            lambda: self._similar(checked, scope, scope_id, restriction, limit, min_score)
-        )
-
-    @instrumented("similar")
-    async def _similar(
-        self,
-        key: str,
-        scope: Scope,
-        scope_id: str | None,
-        restriction: Restriction,
-        limit: int,
-        min_score: float | None,
-    ) -> builtins.list[MemorySearchResult[V]]:
-        holders = await self._resolve([key], scope, scope_id)
-        if not holders:
-            raise MemoryNotFoundError(key)
-        target = holders[0]
-        rows = await self.reads.fetch(
-            "similar",
-            self._searches.similar(target, restriction, limit=limit, min_score=min_score),
-        )
-        if not rows:
-            state = await self.reads.fetchrow(
-                "similar", self._searches.probe_state(self._tenant, target)
+            lambda: search.similar(
+                self._ready, checked, scope, scope_id, restriction, limit, min_score
             )
-            if state is None:
-                raise MemoryNotFoundError(key)
-            if not state["has_embedding"]:
-                raise MemoryIndexError(
-                    f"memory {key!r} has no embedding: it was stored without the SEMANTIC index"
-                )
-        return [self._result(row, MemoryIndex.SEMANTIC) for row in rows]
+        )
 
     # --- maintenance -------------------------------------------------------------------------
     @instrumented("consolidate")
@@ -2367,7 +2039,7 @@ class PostgresStorage(Generic[K, V]):
             include_managed=include_managed,
             dry_run=dry_run,
             actor=check_note(actor, "actor"),
-            entry=self._entry,
+            entry=self._ready.rows.entry,
             write_summary=partial(self._write_summary, actor=actor),
         )
         return await run.run(self._restriction(scope, scope_id), summarize, progress)
@@ -2422,7 +2094,7 @@ class PostgresStorage(Generic[K, V]):
         return total
 
     async def _trim_history(self) -> None:
-        config, history = self.config, self._history_sql
+        config, history = self.config, self._ready.history
         trims = []
         if config.history_max_versions is not None:
             trims.append(history.trim_versions(self._tenant, config.history_max_versions))
@@ -2492,7 +2164,7 @@ class PostgresStorage(Generic[K, V]):
             if layout.embedder is not None and layout.embedder != self._identity:
                 # Versions keep vectors of the model they were written with; a query of the
                 # new model must not be compared with them.
-                steps.append(self._history_sql.forget_vectors(tenant))
+                steps.append(self._ready.history.forget_vectors(tenant))
             await database.execute_all("reindex", steps, timeout=self.config.maintenance_timeout)
         if rebuild:
             await database.execute("reindex", self.layout.drop_vector_index())
@@ -2505,10 +2177,10 @@ class PostgresStorage(Generic[K, V]):
                 break
             vectors = await self._vectors.embed([row["content"] for row in rows])
             records = [
-                (tenant, *_identity(row), vector, row["content_hash"])
+                (tenant, *identity_of(row), vector, row["content_hash"])
                 for row, vector in zip(rows, vectors, strict=True)
             ]
-            cursor = _identity(rows[-1])
+            cursor = identity_of(rows[-1])
             reached = backfill.save_position(
                 layout, backfill.REEMBED, tenant, list(cursor), len(rows)
             )
@@ -2694,69 +2366,8 @@ def _declared_value_type(storage: PostgresStorage[Any, Any]) -> Any:
     return None
 
 
-def _position(entry: MemoryEntry[Any], order_by: ListOrder) -> tuple[Any, ...]:
-    """Where ``entry`` sits in a list ordered by ``order_by`` (for keyset paging)."""
-    scope = entry.scope.value if isinstance(entry.scope, MemoryScope) else entry.scope
-    first = {"created_at": entry.created_at, "updated_at": entry.updated_at}.get(order_by)
-    identity = (entry.key, scope, entry.scope_id)
-    return identity if first is None else (first, *identity)
-
-
-@functools.lru_cache(maxsize=64)
-def _indices(names: tuple[str, ...]) -> frozenset[MemoryIndex]:
-    # A handful of distinct combinations exist: built once each, not per row.
-    return frozenset(MemoryIndex(name) for name in names)
-
-
-def _vector_list(vector: Any) -> builtins.list[float]:
-    # pgvector >= 0.4 decodes to Vector/HalfVector objects, 0.3 to numpy arrays.
-    values = vector.to_list() if hasattr(vector, "to_list") else np.asarray(vector).tolist()
-    return [float(x) for x in values]
-
-
-def _identity(row: asyncpg.Record) -> Identity:
-    return Identity(row["scope"], row["scope_id"], row["key"])
-
-
-def _owner(row: asyncpg.Record) -> tuple[str, str]:
-    return row["scope"], row["scope_id"]
-
-
 def _moment(value: datetime | None, name: str) -> datetime | None:
     """``value`` if it is None or a timezone-aware datetime."""
     if value is not None and (not isinstance(value, datetime) or value.tzinfo is None):
         raise MemoryValidationError(f"{name} must be a timezone-aware datetime")
     return value
-
-
-def _check_unambiguous(identities: Iterable[Identity]) -> None:
-    """Raise :class:`AmbiguousKeyError` for the first key held by several owners."""
-    owners: dict[str, int] = {}
-    for identity in identities:
-        owners[identity.key] = owners.get(identity.key, 0) + 1
-    for key, count in owners.items():
-        if count > 1:
-            raise AmbiguousKeyError(key, count)
-
-
-def _optional_float(value: Any) -> float | None:
-    return None if value is None else float(value)
-
-
-_MEMORY_TYPES = {member.value: member for member in MemoryType}
-_SCOPES = {member.value: member for member in MemoryScope}
-_SCORE_PARTS = (
-    "semantic_score",
-    "contextual_score",
-    "relevance_score",
-    "recency_score",
-    "importance_score",
-)
-
-E = TypeVar("E", MemoryType, MemoryScope)
-
-
-def _member(members: Mapping[str, E], kind: type[E], value: str) -> E:
-    """``kind(value)`` by dictionary (an unknown value raises as the enum call does)."""
-    found = members.get(value)
-    return found if found is not None else kind(value)

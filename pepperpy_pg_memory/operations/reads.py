@@ -1,0 +1,226 @@
+"""Reads of live memories: by key, by owner, counts, listings, scans."""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import replace
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+from ..errors import MemoryNotFoundError
+from ..filters import key_path
+from ..items import Scope, owner
+from ..metrics import instrumented
+from ..models import MemoryEntry, MemoryOwner
+from ..queries import ArrayPattern, ListOrder, Restriction
+from ..types import Identity, MemoryScope
+from ..values import validate_key
+from .naming import ambiguous, check_unambiguous, resolve
+from .rows import identity_of
+from .started import Started
+
+__all__ = [
+    "retrieve",
+    "retrieve_many",
+    "retrieve_by_owner",
+    "touch",
+    "exists",
+    "count",
+    "distinct_metadata",
+    "owners",
+    "distinct_arrays",
+    "list_page",
+    "scan",
+]
+
+V = TypeVar("V")
+
+
+async def retrieve(
+    started: Started[V],
+    key: str,
+    restriction: Restriction,
+    include_embedding: bool = False,
+    as_of: datetime | None = None,
+    *,
+    counted: bool = True,
+) -> MemoryEntry[V]:
+    """The memory ``key`` names within ``restriction``; ``counted=False`` for the store's own
+    look-ups, which are not a caller's read of the memory (and read the primary: they
+    precede writes)."""
+    runner = started.reads if counted else started.database.reading
+    if as_of is None:
+        statement = started.statements.retrieve(key, restriction, include_embedding)
+        rows = await runner.fetch("retrieve", statement)
+    else:
+        statement = started.statements_as_of.retrieve(key, restriction, include_embedding)
+        rows = await runner.fetch_as_of("retrieve", statement, as_of)
+    if not rows:
+        raise MemoryNotFoundError(key)
+    if len(rows) > 1:
+        raise await ambiguous(started, key, restriction)
+    if counted and as_of is None:
+        started.access.note([identity_of(rows[0])])
+    return started.rows.entry(rows[0], embedding=include_embedding)
+
+
+@instrumented("retrieve_many")
+async def retrieve_many(
+    started: Started[V], keys: builtins.list[str], restriction: Restriction
+) -> dict[str, MemoryEntry[V]]:
+    """The live memories under ``keys`` within ``restriction``, by key."""
+    if not keys:
+        return {}
+    rows = await started.reads.fetch(
+        "retrieve_many", started.statements.retrieve_many(keys, restriction)
+    )
+    check_unambiguous([identity_of(row) for row in rows])
+    return {row["key"]: started.rows.entry(row) for row in rows}
+
+
+@instrumented("retrieve_many")
+async def retrieve_by_owner(
+    started: Started[V], names: Iterable[tuple[MemoryScope | str, str | None, str]]
+) -> dict[Identity, MemoryEntry[V]]:
+    """Live memories of several owners in one round trip, by identity."""
+    checked_owners: dict[tuple[Any, str | None], tuple[str, str]] = {}
+    identities = set()
+    longest = started.config.max_key_length
+    for scope, scope_id, key in names:
+        checked = checked_owners.get((scope, scope_id))
+        if checked is None:
+            owner_scope, owner_id = owner(scope, scope_id, started.config.default_scope_id)
+            assert owner_scope is not None and owner_id is not None
+            checked = checked_owners[(scope, scope_id)] = (owner_scope.value, owner_id)
+        identities.add(Identity(*checked, validate_key(key, longest)))
+    if not identities:
+        return {}
+    wanted = replace(started.restriction(), identities=frozenset(identities))
+    rows = await started.reads.fetch(
+        "retrieve_many",
+        started.statements.retrieve_many(sorted({i.key for i in identities}), wanted),
+    )
+    return {identity_of(row): started.rows.entry(row) for row in rows}
+
+
+@instrumented("touch")
+async def touch(
+    started: Started[Any],
+    keys: builtins.list[str],
+    ttl: timedelta,
+    scope: Scope,
+    scope_id: str | None,
+) -> int:
+    """A new time-to-live from now for the live memories ``keys`` name."""
+    identities = await resolve(started, keys, scope, scope_id)
+    if not identities:
+        return 0
+    return await started.database.execute(
+        "touch", started.statements.touch(started.tenant, identities, ttl)
+    )
+
+
+@instrumented("exists")
+async def exists(started: Started[Any], key: str, restriction: Restriction) -> bool:
+    """Whether a live memory is stored under ``key`` within ``restriction``."""
+    found = await started.reads.fetchval("exists", started.statements.exists(key, restriction))
+    if found > 1:
+        raise await ambiguous(started, key, restriction)
+    return bool(found)
+
+
+@instrumented("count")
+async def count(started: Started[Any], restriction: Restriction) -> int:
+    """How many live memories match."""
+    return int(await started.reads.fetchval("count", started.statements.count(restriction)))
+
+
+@instrumented("distinct_metadata")
+async def distinct_metadata(
+    started: Started[Any], key: str, restriction: Restriction, limit: int
+) -> builtins.list[tuple[Any, int]]:
+    """The distinct values of metadata ``key`` among live memories, with their counts."""
+    rows = await started.reads.fetch(
+        "distinct_metadata",
+        started.statements.distinct_metadata(key_path(key), restriction, limit),
+    )
+    return [(row["value"], int(row["memories"])) for row in rows]
+
+
+@instrumented("owners")
+async def owners(
+    started: Started[Any], restriction: Restriction, limit: int, after: tuple[str, str] | None
+) -> builtins.list[MemoryOwner]:
+    """The owners holding matching live memories, each with how many, a page at a time."""
+    rows = await started.reads.fetch("owners", started.statements.owners(restriction, limit, after))
+    return [
+        MemoryOwner(MemoryScope(row["scope"]), row["scope_id"], int(row["memories"]))
+        for row in rows
+    ]
+
+
+@instrumented("distinct_arrays")
+async def distinct_arrays(
+    started: Started[Any],
+    key: str,
+    restriction: Restriction,
+    patterns: builtins.list[ArrayPattern],
+    depth: int | None,
+    limit: int,
+    offset: int,
+) -> builtins.list[builtins.list[str]]:
+    """The distinct string arrays at metadata ``key`` matching ``patterns``, paged."""
+    query = started.statements.distinct_arrays(
+        key_path(key), restriction, patterns=patterns, depth=depth, limit=limit, offset=offset
+    )
+    rows = await started.reads.fetch("distinct_arrays", query)
+    return [list(row["value"]) for row in rows]
+
+
+@instrumented("list")
+async def list_page(
+    started: Started[V],
+    restriction: Restriction,
+    *,
+    limit: int,
+    offset: int,
+    order_by: ListOrder,
+    descending: bool,
+    after: MemoryEntry[Any] | None,
+) -> builtins.list[MemoryEntry[V]]:
+    """A page of live memories in ``order_by`` order, after the entry ``after`` if given."""
+    query = started.statements.list_page(
+        restriction,
+        limit=limit,
+        offset=offset,
+        order_by=order_by,
+        descending=descending,
+        after=None if after is None else _position(after, order_by),
+    )
+    return [started.rows.entry(row) for row in await started.reads.fetch("list", query)]
+
+
+async def scan(
+    started: Started[V], restriction: Restriction, page_size: int, include_embedding: bool
+) -> AsyncIterator[MemoryEntry[V]]:
+    """Every matching memory, in owner-then-key order, a keyset page at a time."""
+    after: Identity | None = None
+    while True:
+        rows = await started.database.reading.fetch(
+            "scan",
+            started.statements.scan_page(restriction, after, page_size, include_embedding),
+        )
+        for row in rows:
+            yield started.rows.entry(row, embedding=include_embedding)
+        if len(rows) < page_size:
+            return
+        after = identity_of(rows[-1])
+
+
+def _position(entry: MemoryEntry[Any], order_by: ListOrder) -> tuple[Any, ...]:
+    """Where ``entry`` sits in a list ordered by ``order_by`` (for keyset paging)."""
+    scope = entry.scope.value if isinstance(entry.scope, MemoryScope) else entry.scope
+    first = {"created_at": entry.created_at, "updated_at": entry.updated_at}.get(order_by)
+    identity = (entry.key, scope, entry.scope_id)
+    return identity if first is None else (first, *identity)
