@@ -30,17 +30,13 @@ from . import backfill, backup, maintenance
 from .access import AccessTracker, record_accesses
 from .bulk import (
     copy_passages,
-    write_batch,
-    write_deduplicated,
-    write_one,
     write_superseding,
 )
 from .cache import EmbeddingCache
-from .coalesce import Coalescer, together_or_alone
+from .coalesce import Coalescer
 from .config import PostgresConfig
 from .consolidation import SOURCES_FIELD, Consolidation, ConsolidationReport, Summarizer
 from .database import Database, Runner, connect
-from .dedupe import BatchDeduplication
 from .embedded import EmbeddedServer, acquire_embedded, release_embedded
 from .embedded_replicas import EmbeddedReplica, acquire_replicas, release_replicas
 from .embeddings import Embedder, as_embedder, embedder_identity
@@ -74,12 +70,11 @@ from .models import (
     MemoryQuery,
     MemoryVersion,
     StoredCount,
-    trusted,
 )
-from .operations import naming, reads, search
-from .operations.rows import RowMapper, identity_of, owner_of
+from .operations import naming, reads, search, writing
+from .operations.rows import RowMapper, identity_of
 from .operations.started import Started
-from .queries import AS_STORED_COLUMNS, ArrayPattern, ListOrder, Restriction, Statements
+from .queries import ArrayPattern, ListOrder, Restriction, Statements
 from .replicas import ReadRouter
 from .results import MemorySearchResults
 from .schema import (
@@ -256,7 +251,7 @@ class PostgresStorage(Generic[K, V]):
         # of thousands then costs a few COPYs instead of a queue for connections.
         self._store_calls: Coalescer[StoreCall, MemoryEntry[V]] = Coalescer(
             "store",
-            self._store_batch,
+            lambda calls: writing.store_batch(self._ready, calls),
             lanes=max(1, self.config.max_size // 2),
             max_batch=STORE_BATCH_ROWS,
             wait_timeout=self.config.pool_timeout,
@@ -636,91 +631,6 @@ class PostgresStorage(Generic[K, V]):
         return prepare_write(self.config, self.text_of, self.layout.dimension, key, value, **fields)
 
     # --- writing ---------------------------------------------------------------------------
-    def _timeout_for(self, rows: int) -> float:
-        """Seconds per statement for work on ``rows`` rows at once.
-
-        A bulk load's statements do work that grows with the batch (and may rebuild the
-        index): they get the maintenance timeout, not the one meant for single reads/writes.
-        """
-        if rows >= BULK_WRITE_ROWS:
-            return self.config.maintenance_timeout
-        return self.config.command_timeout
-
-    async def _plan_embeddings(
-        self, writes: builtins.list[PendingWrite], progress: ProgressCallback | None = None
-    ) -> None:
-        """Give every write that needs one an embedding, embedding as little as possible.
-
-        The cache answers texts embedded recently; a memory whose stored text is unchanged
-        keeps its stored vector (the upsert leaves it in place when sent NULL); only the rest
-        reach the model, deduplicated, in batches.
-        """
-        cache = self._vectors.cache
-        await self._embed_passages(writes)
-        missing: builtins.list[PendingWrite] = []
-        for write in writes:
-            if write.wants_embedding and write.embedding is None:
-                write.embedding = cache.get(write.content_hash)
-                if write.embedding is None:
-                    missing.append(write)
-        if missing:
-            rows = await self.database.reading.fetch(
-                "store",
-                self._statements.known_hashes(self._tenant, [w.identity for w in missing]),
-                timeout=self._timeout_for(len(missing)),
-            )
-            stored = {identity_of(row): bytes(row["content_hash"]) for row in rows}
-            missing = [w for w in missing if stored.get(w.identity) != w.content_hash]
-        if missing:
-            vectors = await self._vectors.embed([w.text for w in missing], progress)
-            for write, vector in zip(missing, vectors, strict=True):
-                write.embedding = vector
-                cache.put(write.content_hash, vector)
-
-    async def _embed_passages(self, writes: builtins.list[PendingWrite]) -> None:
-        """Vectors for the writes' passages: from the cache, else from the model."""
-        todo = [w for w in writes if w.passages and w.passage_vectors is None]
-        texts = [text for w in todo for text in w.passages]
-        if not texts:
-            return
-        vectors = await self._vectors.embed_cached(texts)
-        start = 0
-        for write in todo:
-            write.passage_vectors = vectors[start : start + len(write.passages)]
-            start += len(write.passages)
-
-    def _passage_rows(self, writes: Iterable[PendingWrite]) -> builtins.list[tuple[Any, ...]]:
-        """Passage rows of ``writes``, for COPY (and, if any, searches use passages now)."""
-        rows = []
-        for write in writes:
-            if write.passages:
-                assert write.passage_vectors is not None
-                for position, (text, vector) in enumerate(
-                    zip(write.passages, write.passage_vectors, strict=True)
-                ):
-                    rows.append((self._tenant, *write.identity, position, text, vector))
-        if rows:
-            self._ready.state.passages_seen = True
-        return rows
-
-    async def _repair_embeddings(
-        self, identities: builtins.list[Identity], writes: Mapping[Identity, PendingWrite]
-    ) -> None:
-        """Embed rows the upsert left without a vector (their text changed concurrently)."""
-        todo = [writes[identity] for identity in identities if identity in writes]
-        if not todo:
-            return
-        vectors = await self._vectors.embed([w.text for w in todo])
-        await self.database.executemany(
-            "store",
-            self._statements.set_embeddings().sql,
-            [
-                (self._tenant, *w.identity, vector, w.content_hash)
-                for w, vector in zip(todo, vectors, strict=True)
-            ],
-            timeout=self._timeout_for(len(todo)),
-        )
-
     @instrumented("store")
     async def store(
         self,
@@ -797,7 +707,7 @@ class PostgresStorage(Generic[K, V]):
         write.change = self._change(None, actor, reason)
         rule = self._dedupe_rule(dedupe)
         if rule is not False and MANAGED_FIELD not in write.metadata:
-            return await self._write_deduplicated(write, value, rule)
+            return await writing.write_deduplicated(self._ready, write, value, rule)
         # Batches run on the caller's loop, which must be the pool's.
         self.database.check_loop("store")
         return await self._store_calls.submit((write, value))
@@ -813,136 +723,6 @@ class PostgresStorage(Generic[K, V]):
         if not isinstance(dedupe, (int, float)) or not 0 < dedupe <= 1:
             raise MemoryValidationError("dedupe must be True, False, None or a number in (0, 1]")
         return float(dedupe)
-
-    @staticmethod
-    def _reinforcing(write: PendingWrite) -> Change:
-        """What the history records when ``write`` is folded into a memory it duplicates:
-        the write's key and text, after its reason."""
-        trace = f"duplicate {write.key!r}: {write.text}"
-        reason = write.change.reason
-        return Change(
-            "reinforce", write.change.actor, trace if reason is None else f"{reason} ({trace})"
-        )
-
-    async def _write_deduplicated(
-        self, write: PendingWrite, value: Any, threshold: float | None
-    ) -> MemoryEntry[V]:
-        await self._plan_embeddings([write])
-        reinforcing = self._reinforcing(write)
-        row, duplicate = await self.database.run(
-            "store",
-            partial(
-                write_deduplicated,
-                self._statements,
-                self._tenant,
-                write,
-                threshold,
-                self._passage_rows([write]),
-                reinforcing,
-            ),
-        )
-        if duplicate:
-            self._term_stats.note_writes(1, [owner_of(row)])
-            return self._ready.rows.entry(row).model_copy(update={"deduplicated": True})
-        return await self._written(write, value, row)
-
-    async def _store_batch(
-        self, calls: builtins.list[StoreCall]
-    ) -> builtins.list[MemoryEntry[V] | BaseException]:
-        """The outcome of each of ``calls`` (concurrent ``store()`` calls), in order.
-
-        Calls are written in runs in which no memory appears twice (an upsert cannot change
-        one row twice) and every write tells the history the same actor and reason, in call
-        order: the result is what one-by-one calls would give.
-        """
-        outcomes: builtins.list[MemoryEntry[V] | BaseException] = []
-        run: dict[Identity, StoreCall] = {}
-        for call in calls:
-            first = next(iter(run.values()), None)
-            if call[0].identity in run or (first is not None and first[0].change != call[0].change):
-                outcomes += await self._store_run(builtins.list(run.values()))
-                run = {}
-            run[call[0].identity] = call
-        return outcomes + await self._store_run(builtins.list(run.values()))
-
-    async def _store_run(
-        self, calls: builtins.list[StoreCall]
-    ) -> builtins.list[MemoryEntry[V] | BaseException]:
-        """Distinct memories' writes: in one batch, or one by one if the batch fails."""
-
-        async def together(run: builtins.list[StoreCall]) -> builtins.list[MemoryEntry[V]]:
-            rows = await self._write_together([write for write, _ in run])
-            return [self._stored(write, value, rows[write.identity]) for write, value in run]
-
-        return await together_or_alone(
-            "store", calls, together, lambda call: self._write_one(*call)
-        )
-
-    async def _write_one(self, write: PendingWrite, value: Any) -> MemoryEntry[V]:
-        await self._plan_embeddings([write])
-        row = await self.database.run(
-            "store",
-            partial(
-                write_one,
-                self._statements,
-                self._tenant,
-                write.record(),
-                self._passage_rows([write]),
-                change=write.change,
-            ),
-        )
-        return await self._written(write, value, row)
-
-    async def _written(
-        self, write: PendingWrite, value: Any, row: asyncpg.Record
-    ) -> MemoryEntry[V]:
-        """The entry one write made, once its text has a vector (see _repair_embeddings)."""
-        self._term_stats.note_writes(1, [owner_of(row)])
-        if row["needs_embedding"]:
-            await self._repair_embeddings([write.identity], {write.identity: write})
-        return self._stored(write, value, row)
-
-    async def _write_together(
-        self, writes: builtins.list[PendingWrite]
-    ) -> dict[Identity, asyncpg.Record]:
-        """Upsert ``writes`` (distinct memories) in one transaction; each one's new row."""
-        await self._plan_embeddings(writes)
-        rows = await self.database.run(
-            "store",
-            partial(
-                write_batch,
-                self._statements,
-                self._tenant,
-                [write.record() for write in writes],
-                0,  # never rebuild the index for a burst: other calls are reading it
-                self.config.maintenance_work_mem,
-                self.config.command_timeout,
-                every_row=True,
-                passages=self._passage_rows(writes),
-                change=writes[0].change,
-            ),
-        )
-        self._term_stats.note_writes(len(writes), [write.owner for write in writes])
-        by_identity = {identity_of(row): row for row in rows}
-        repair = [identity for identity, row in by_identity.items() if row["needs_embedding"]]
-        await self._repair_embeddings(repair, {write.identity: write for write in writes})
-        return by_identity
-
-    def _stored(self, write: PendingWrite, value: Any, row: asyncpg.Record) -> MemoryEntry[V]:
-        return trusted(
-            MemoryEntry,
-            key=write.key,
-            value=value,
-            text=write.text,
-            type=write.type,
-            scope=write.scope,
-            scope_id=write.scope_id,
-            indices=write.indices,
-            metadata=write.metadata,
-            embedding=None,
-            deduplicated=False,
-            **{column: row[column] for column in AS_STORED_COLUMNS},
-        )
 
     @instrumented("store_many")
     async def store_many(
@@ -1001,47 +781,8 @@ class PostgresStorage(Generic[K, V]):
             writes[write.identity] = write
         if not writes:
             return StoredCount(0)
-        batch = list(writes.values())
-        await self._plan_embeddings(batch, progress)
-        config = self.config
         rule = self._dedupe_rule(dedupe)
-        deduplication = (
-            None
-            if rule is False
-            else BatchDeduplication(self._statements, self._tenant, batch, rule, self._reinforcing)
-        )
-        rows = await self.database.run(
-            "store_many",
-            partial(
-                write_batch,
-                self._statements,
-                self._tenant,
-                [write.record() for write in batch],
-                config.bulk_index_rebuild_rows,
-                config.maintenance_work_mem,
-                self._timeout_for(len(batch)),
-                passages=self._passage_rows(batch),
-                change=change,
-                dedupe=deduplication,
-            ),
-        )
-        folded = len(deduplication.duplicates) if deduplication is not None else 0
-        self._term_stats.note_writes(len(batch), [write.owner for write in batch])
-        await self._repair_embeddings([identity_of(row) for row in rows], writes)
-        if len(batch) >= config.bulk_index_rebuild_rows > 0:
-            await self._after_bulk_load()
-        return StoredCount(len(batch) - folded, deduplicated=folded)
-
-    async def _after_bulk_load(self) -> None:
-        try:
-            await self.database.execute_all(
-                "store_many",
-                self.layout.after_bulk_load(),
-                timeout=self.config.maintenance_timeout,
-            )
-        except MemoryError as exc:
-            # Only an optimisation (autovacuum does the same later): the data is committed.
-            logger.info("skipped post-load index maintenance: %s", exc)
+        return await writing.store_many(self._ready, writes, rule, progress)
 
     # --- naming memories -------------------------------------------------------------------
     async def _resolve(
@@ -1584,7 +1325,7 @@ class PostgresStorage(Generic[K, V]):
         them (see :meth:`_record_versions`)."""
         if not pending:
             return
-        await self._plan_embeddings([write for _, write, _ in pending])
+        await writing.plan_embeddings(self._ready, [write for _, write, _ in pending])
         template = self._statements.restore_one(with_version=with_history).sql
 
         def row(write: PendingWrite, restored: backup.Restored) -> tuple[Any, ...]:
@@ -1606,7 +1347,9 @@ class PostgresStorage(Generic[K, V]):
                 # A restored memory has the file's passages, and only those.
                 gone = self._statements.delete_passages(self._tenant, [w.identity for w in writes])
                 await conn.execute(gone.sql, *gone.args)
-                await copy_passages(self._statements, self._passage_rows(writes), None, conn)
+                await copy_passages(
+                    self._statements, writing.passage_rows(self._ready, writes), None, conn
+                )
                 reads = {w.identity: r.reads for _, w, r in batch if r.reads is not None}
                 if reads:
                     counted = record_accesses(self.layout, self._tenant, reads, restoring=True)
@@ -1849,7 +1592,7 @@ class PostgresStorage(Generic[K, V]):
         )
         write.valid_from, write.valid_to = row["valid_from"], row["valid_to"]
         write.supersedes, write.change = row["supersedes"], change
-        return await self._write_one(write, self._ready.rows.value(value))
+        return await writing.write_one(self._ready, write, self._ready.rows.value(value))
 
     @instrumented("supersede")
     async def supersede(
@@ -1890,7 +1633,7 @@ class PostgresStorage(Generic[K, V]):
         )
         same_memory = write.identity == identity
         write.change = self._change("supersede" if same_memory else None, actor, reason)
-        await self._plan_embeddings([write])
+        await writing.plan_embeddings(self._ready, [write])
         row = await self.database.run(
             "supersede",
             partial(
@@ -1899,13 +1642,13 @@ class PostgresStorage(Generic[K, V]):
                 self._tenant,
                 identity,
                 write,
-                self._passage_rows([write]),
+                writing.passage_rows(self._ready, [write]),
                 self._change("supersede", actor, reason),
             ),
         )
         if row is None:
             raise MemoryNotFoundError(checked)
-        return await self._written(write, value, row)
+        return await writing.written(self._ready, write, value, row)
 
     @instrumented("invalidate")
     async def invalidate(
