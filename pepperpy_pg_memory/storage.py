@@ -19,7 +19,7 @@ import tempfile
 import typing
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, Generic, Literal, TextIO, TypeVar
 
@@ -30,7 +30,6 @@ from . import backfill, backup, maintenance
 from .access import AccessTracker, record_accesses
 from .bulk import (
     copy_passages,
-    write_superseding,
 )
 from .cache import EmbeddingCache
 from .coalesce import Coalescer
@@ -41,7 +40,6 @@ from .embedded import EmbeddedServer, acquire_embedded, release_embedded
 from .embedded_replicas import EmbeddedReplica, acquire_replicas, release_replicas
 from .embeddings import Embedder, as_embedder, embedder_identity
 from .errors import (
-    AmbiguousKeyError,
     DimensionMismatchError,
     EmbedderMismatchError,
     MemoryError,
@@ -71,7 +69,7 @@ from .models import (
     MemoryVersion,
     StoredCount,
 )
-from .operations import naming, reads, search, writing
+from .operations import deleting, naming, reads, search, versions, writing
 from .operations.rows import RowMapper, identity_of
 from .operations.started import Started
 from .queries import ArrayPattern, ListOrder, Restriction, Statements
@@ -1371,7 +1369,6 @@ class PostgresStorage(Generic[K, V]):
         pending.clear()
 
     # --- deleting --------------------------------------------------------------------------
-    @instrumented("delete")
     async def delete(
         self,
         key: K,
@@ -1393,22 +1390,15 @@ class PostgresStorage(Generic[K, V]):
         """
         checked = validate_key(key, self.config.max_key_length)
         change = self._change(None, actor, reason)
-        if scope is None:
-            if scope_id is not None:
-                raise MemoryValidationError("scope_id needs a scope")
-            holders = await self._resolve([checked], None, None)
-            if not holders:
-                return False
-            scope, scope_id = holders[0].scope, holders[0].scope_id
-        restriction = self._restriction(scope, scope_id, include_expired=True, include_invalid=True)
-        rows = await self.database.fetch(
-            "delete", self._statements.delete(checked, restriction, change)
-        )
-        owner = restriction.owner
-        self._term_stats.note_writes(len(rows), [owner] * len(rows) if owner else ())
-        return any(row["live"] for row in rows)
+        restriction = None
+        if scope is not None:
+            restriction = self._restriction(
+                scope, scope_id, include_expired=True, include_invalid=True
+            )
+        elif scope_id is not None:
+            raise MemoryValidationError("scope_id needs a scope")
+        return await deleting.delete(self._ready, checked, restriction, change)
 
-    @instrumented("delete_many")
     async def delete_many(
         self,
         *,
@@ -1449,70 +1439,19 @@ class PostgresStorage(Generic[K, V]):
         criteria = self._restriction(
             scope, scope_id, types, filter, value_filter=value_filter, key_prefix=key_prefix
         )
-        key_set = identities = None
-        if keys is not None:
-            key_set = frozenset(self._keys(keys))
-            if scope is None:
-                # Each key must name one live memory among those the other criteria select.
-                found = await naming.owners_of(self._ready, sorted(key_set), criteria)
-                naming.check_unambiguous(found)
-                if not found:
-                    return 0
-                identities = frozenset(found)
-        restriction = replace(
-            criteria,
-            keys=key_set,
-            identities=identities,
-            include_expired=True,
-            include_invalid=True,
+        key_set = None if keys is None else frozenset(self._keys(keys))
+        return await deleting.delete_many(
+            self._ready, criteria, key_set, owner_given=scope is not None, change=change
         )
-        # Its work grows with the rows matched, which nothing bounds.
-        deleted = await self.database.execute(
-            "delete_many",
-            self._statements.delete_many(restriction, change),
-            timeout=self.config.maintenance_timeout,
-        )
-        # Several owners' counts, when one is not named, go stale until their next writes.
-        owner = restriction.owner
-        self._term_stats.note_writes(deleted, [owner] * deleted if owner else ())
-        return deleted
 
-    @instrumented("clear")
     async def clear(self) -> int:
         """Delete every memory of this store's tenant; returns how many."""
-        deleted = await self.database.execute(
-            "clear",
-            self._statements.delete_many(
-                Restriction(tenant=self._tenant, include_expired=True, include_invalid=True),
-                Change(reason="clear"),
-            ),
-            timeout=self.config.maintenance_timeout,
-        )
-        self._vectors.cache.clear()
-        self._term_stats.note_writes(deleted)
-        return deleted
+        return await deleting.clear(self._ready)
 
     # --- memory over time ---------------------------------------------------------------------
     def _change(self, operation: str | None, actor: str | None, reason: str | None) -> Change:
         return Change(operation, check_note(actor, "actor"), check_note(reason, "reason"))
 
-    async def _named(self, key: str, scope: Scope, scope_id: str | None) -> Identity:
-        """The memory ``key`` names, live or deleted: the given owner's, or, without a scope,
-        the one owner holding the key now or in its history."""
-        owner_scope, owner_id = owner(scope, scope_id, self.config.default_scope_id)
-        if owner_scope is not None:
-            assert owner_id is not None
-            return Identity(owner_scope.value, owner_id, key)
-        rows = await self.database.reading.fetch(
-            "history", self._ready.history.owners_of(self._tenant, key)
-        )
-        if not rows:
-            raise MemoryNotFoundError(key)
-        if len(rows) > 1:
-            raise AmbiguousKeyError(key, len(rows))
-        return identity_of(rows[0])
-
-    @instrumented("history")
     async def history(
         self,
         key: K,
@@ -1533,13 +1472,9 @@ class PostgresStorage(Generic[K, V]):
         checked = validate_key(key, self.config.max_key_length)
         if limit is not None and (isinstance(limit, bool) or not 1 <= limit <= 100_000):
             raise MemoryValidationError("limit must be None or in [1, 100000]")
-        identity = await self._named(checked, scope, scope_id)
-        rows = await self.database.reading.fetch(
-            "history", self._ready.history.versions(self._tenant, identity, limit)
-        )
-        return [self._ready.rows.version(row, include_embedding) for row in rows]
+        identity = await versions.named(self._ready, checked, scope, scope_id)
+        return await versions.history(self._ready, identity, limit, include_embedding)
 
-    @instrumented("restore")
     async def restore(
         self,
         key: K,
@@ -1563,38 +1498,9 @@ class PostgresStorage(Generic[K, V]):
         if isinstance(version, bool) or not isinstance(version, int) or version < 1:
             raise MemoryValidationError("version must be a positive integer")
         change = self._change("restore", actor, reason)
-        identity = await self._named(checked, scope, scope_id)
-        row = await self.database.fetchrow(
-            "restore", self._ready.history.version(self._tenant, identity, version)
-        )
-        if row is None:
-            missing = MemoryNotFoundError(checked)
-            missing.message = f"memory {checked!r} has no version {version}"
-            raise missing
-        expires_at = row["expires_at"]
-        ttl: TTL = "never" if expires_at is None else None
-        if expires_at is not None and expires_at <= datetime.now(timezone.utc):
-            expires_at = None  # long gone: the type's time-to-live, from now
-        value = row["value"]
-        write = self._prepare(
-            identity.key,
-            value,
-            type=row["memory_type"],
-            scope=identity.scope,
-            scope_id=identity.scope_id or None,
-            indices=row["indices"],
-            metadata=row["metadata"],
-            managed_by=row["metadata"].get(MANAGED_FIELD),
-            ttl=ttl if expires_at is None else None,
-            expires_at=expires_at,
-            text=row["content"],
-            importance=row["importance"],
-        )
-        write.valid_from, write.valid_to = row["valid_from"], row["valid_to"]
-        write.supersedes, write.change = row["supersedes"], change
-        return await writing.write_one(self._ready, write, self._ready.rows.value(value))
+        identity = await versions.named(self._ready, checked, scope, scope_id)
+        return await versions.restore(self._ready, identity, version, change)
 
-    @instrumented("supersede")
     async def supersede(
         self,
         key: K,
@@ -1633,24 +1539,9 @@ class PostgresStorage(Generic[K, V]):
         )
         same_memory = write.identity == identity
         write.change = self._change("supersede" if same_memory else None, actor, reason)
-        await writing.plan_embeddings(self._ready, [write])
-        row = await self.database.run(
-            "supersede",
-            partial(
-                write_superseding,
-                self._statements,
-                self._tenant,
-                identity,
-                write,
-                writing.passage_rows(self._ready, [write]),
-                self._change("supersede", actor, reason),
-            ),
-        )
-        if row is None:
-            raise MemoryNotFoundError(checked)
-        return await writing.written(self._ready, write, value, row)
+        closing = self._change("supersede", actor, reason)
+        return await versions.supersede(self._ready, identity, write, value, closing)
 
-    @instrumented("invalidate")
     async def invalidate(
         self,
         key: K,
@@ -1674,11 +1565,8 @@ class PostgresStorage(Generic[K, V]):
         change = self._change("invalidate", actor, reason)
         old = await self._retrieve(key, scope, scope_id, counted=False)
         identity = Identity(old.scope.value, old.scope_id, old.key)
-        row = await self.database.fetchrow(
-            "invalidate",
-            self._statements.close_validity(self._tenant, identity, moment, None, change),
-        )
-        if row is None:
+        closed = await versions.invalidate(self._ready, identity, moment, change)
+        if closed is None:
             current = await self._retrieve(key, old.scope, old.scope_id, counted=False)
             if moment is not None and current.valid_from and moment < current.valid_from:
                 raise MemoryValidationError(
@@ -1686,7 +1574,7 @@ class PostgresStorage(Generic[K, V]):
                     f"({current.valid_from.isoformat()})"
                 )
             raise MemoryNotFoundError(checked)
-        return self._ready.rows.entry(row)
+        return closed
 
     # --- searching -------------------------------------------------------------------------
     def search(self, query: MemoryQuery) -> MemorySearchResults[V]:
