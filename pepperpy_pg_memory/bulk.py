@@ -4,14 +4,17 @@ merge it into the memory table, in one transaction."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 import asyncpg
 
+from .access import record_accesses
 from .dedupe import BatchDeduplication, lock_owners, reinforce
 from .history import PLAIN, Change
 from .items import PendingWrite
 from .queries import PASSAGE_COLUMNS, STAGING_COLUMNS, Statements
+from .sql import Query
 from .types import Identity
 
 __all__ = [
@@ -20,6 +23,7 @@ __all__ = [
     "write_superseding",
     "write_deduplicated",
     "copy_passages",
+    "write_restored",
 ]
 
 
@@ -185,3 +189,29 @@ async def write_deduplicated(
         await copy_passages(statements, passages, None, conn)
     assert row is not None
     return row, False
+
+
+async def write_restored(
+    statements: Statements,
+    tenant: str,
+    template: str,
+    rows: Sequence[tuple[Any, ...]],
+    identities: Sequence[Identity],
+    passages: Sequence[tuple[Any, ...]],
+    reads: dict[Identity, tuple[int, datetime]],
+    importing: Query | None,
+    conn: asyncpg.Connection,
+) -> None:
+    """Write restored memories (``rows`` for the ``template`` of ``restore_one``, of the
+    memories ``identities``) with their passages (only those) and read counts, in one
+    transaction; ``importing`` marks it as an import whose versions come from the file."""
+    async with conn.transaction():
+        if importing is not None:
+            await conn.execute(importing.sql, *importing.args)
+        await conn.executemany(template, rows)
+        gone = statements.delete_passages(tenant, list(identities))
+        await conn.execute(gone.sql, *gone.args)
+        await copy_passages(statements, passages, None, conn)
+        if reads:
+            counted = record_accesses(statements.layout, tenant, reads, restoring=True)
+            await conn.execute(counted.sql, *counted.args)

@@ -42,6 +42,7 @@ __all__ = [
     "prepare_write",
     "resolve_expiry",
     "restriction",
+    "STORE_DEFAULTS",
 ]
 
 TTL = timedelta | float | int | Literal["never"] | None
@@ -298,6 +299,19 @@ def restriction(
         indexed_metadata=config.indexed_fields,
         **bounds,
     )
+
+
+STORE_DEFAULTS: dict[str, Any] = {
+    "type": MemoryType.LONG_TERM,
+    "scope": MemoryScope.GLOBAL,
+    "scope_id": None,
+    "indices": None,
+    "metadata": None,
+    "embedding": None,
+    "text": None,
+    "passages": None,
+}
+"""What ``store()`` gives a field left out (an imported line's, a superseding fact's)."""
 
 
 def prepare_write(

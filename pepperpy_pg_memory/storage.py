@@ -15,7 +15,6 @@ import contextlib
 import io
 import logging
 import os
-import tempfile
 import typing
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
@@ -27,10 +26,7 @@ import asyncpg
 from pydantic import BaseModel
 
 from . import backfill, backup, maintenance
-from .access import AccessTracker, record_accesses
-from .bulk import (
-    copy_passages,
-)
+from .access import AccessTracker
 from .cache import EmbeddingCache
 from .coalesce import Coalescer
 from .config import PostgresConfig
@@ -47,16 +43,15 @@ from .errors import (
     MemoryValidationError,
 )
 from .faults import translate
-from .history import IMPORTED_COLUMNS, OPERATIONS, Change, check_note
-from .import_check import ImportPlan, check_import
+from .history import Change, check_note
 from .items import (
+    STORE_DEFAULTS,
     TTL,
     MemoryItem,
     PendingWrite,
     Scope,
     as_enum,
     item_fields,
-    owner,
     prepare_write,
     resolve_expiry,
     restriction,
@@ -69,7 +64,7 @@ from .models import (
     MemoryVersion,
     StoredCount,
 )
-from .operations import deleting, naming, reads, search, versions, writing
+from .operations import deleting, naming, reads, search, transfer, versions, writing
 from .operations.rows import RowMapper, identity_of
 from .operations.started import Started
 from .queries import ArrayPattern, ListOrder, Restriction, Statements
@@ -79,7 +74,6 @@ from .schema import (
     APPLICATION_NAME,
     CLIENT_SCHEMA_SETTING,
     HISTORY_SETTING,
-    IMPORTING_SETTING,
     QUOTA_SETTING,
     SCHEMA_VERSION,
     TENANT_SETTING,
@@ -92,7 +86,6 @@ from .schema import (
 )
 from .search_sql import SearchStatements
 from .shutdown import cancel_and_wait
-from .sql import Query
 from .tenancy import (
     APPLICATION_ROLE,
     check_binding,
@@ -109,8 +102,8 @@ from .types import (
     MemoryType,
     ProgressCallback,
 )
-from .values import EncodedJSON, default_text_of, encode_json, to_json_value, validate_key
-from .vectors import EmbeddingPipeline, Vector, content_hash
+from .values import default_text_of, to_json_value, validate_key
+from .vectors import EmbeddingPipeline, Vector
 
 __all__ = ["PostgresStorage", "MemorySearchResults", "ProgressCallback", "MemoryItem"]
 
@@ -151,18 +144,6 @@ _SUPERSEDE_FIELDS = frozenset(
         "importance",
     }
 )
-
-# What a restored line that leaves a field out gets: store()'s own defaults.
-_RESTORE_DEFAULTS: dict[str, Any] = {
-    "type": MemoryType.LONG_TERM,
-    "scope": MemoryScope.GLOBAL,
-    "scope_id": None,
-    "indices": None,
-    "metadata": None,
-    "embedding": None,
-    "text": None,
-    "passages": None,
-}
 
 
 class PostgresStorage(Generic[K, V]):
@@ -1072,66 +1053,14 @@ class PostgresStorage(Generic[K, V]):
         (deleted memories' too), which an import into a table without those memories
         restores as they were.
         """
-        count = 0
-        page: builtins.list[MemoryEntry[V]] = []
-
-        async def write_page(stream: TextIO) -> None:
-            nonlocal count
-            passages = await self._passages_of(page)
-            for entry in page:
-                identity = Identity(entry.scope.value, entry.scope_id, entry.key)
-                line = backup.line_of(
-                    entry, self._tenant, to_json_value(entry.value), passages.get(identity)
-                )
-                stream.write(line + "\n")
-            count += len(page)
-            page.clear()
-
-        with _opened(out, "w") as stream:
-            stream.write(backup.header(self.layout.dimension, with_embeddings, with_history) + "\n")
-            async for entry in self.scan(
-                scope=scope,
-                scope_id=scope_id,
-                include_embedding=with_embeddings,
-                include_invalid=True,
-            ):
-                page.append(entry)
-                if len(page) >= EXPORT_PAGE:
-                    await write_page(stream)
-            await write_page(stream)
-            if with_history:
-                await self._export_history(stream, scope, scope_id, with_embeddings)
-        return count
-
-    async def _export_history(
-        self, stream: TextIO, scope: Scope, scope_id: str | None, with_embeddings: bool
-    ) -> None:
-        owner_scope, owner_id = owner(scope, scope_id, self.config.default_scope_id)
-        owned = None if owner_scope is None else (owner_scope.value, owner_id or "")
-        after: tuple[str, str, str, int] | None = None
-        while True:
-            rows = await self.database.reading.fetch(
-                "export", self._ready.history.page(self._tenant, owned, after, EXPORT_PAGE)
-            )
-            for row in rows:
-                version = self._ready.rows.version(row, embedding=with_embeddings)
-                line = backup.version_line(version, self._tenant, row["value"])
-                stream.write(line + "\n")
-            if len(rows) < EXPORT_PAGE:
-                return
-            last = rows[-1]
-            after = (last["scope"], last["scope_id"], last["key"], last["version"])
-
-    async def _passages_of(
-        self, entries: builtins.list[MemoryEntry[V]]
-    ) -> dict[Identity, builtins.list[str]]:
-        if not entries:
-            return {}
-        identities = [Identity(e.scope.value, e.scope_id, e.key) for e in entries]
-        rows = await self.database.reading.fetch(
-            "export", self._statements.passages_of(self._tenant, identities)
+        return await transfer.export_jsonl(
+            self._ready,
+            out,
+            scope=scope,
+            scope_id=scope_id,
+            with_embeddings=with_embeddings,
+            with_history=with_history,
         )
-        return {identity_of(row): builtins.list(row["passages"]) for row in rows}
 
     async def import_jsonl(
         self,
@@ -1155,218 +1084,9 @@ class PostgresStorage(Generic[K, V]):
             MemoryQuotaError: with ``max_memories_per_owner`` set, an owner would hold more
                 memories after the file than the limit (nothing is written).
         """
-        report = backup.ImportReport()
-        with (
-            _opened(source, "r") as stream,
-            tempfile.TemporaryFile("w+", encoding="utf-8") as spool,
-        ):
-            total = _size_of(stream)
-            plan = await check_import(
-                stream,
-                spool,
-                report,
-                dimension=self.layout.dimension,
-                prepare=self._prepare_restored,
-                check_version=self._check_imported_version,
-                runner=self.database.reading,
-                statements=self._statements,
-                history=self._ready.history,
-                tenant=self._tenant,
-                quota=self.config.max_memories_per_owner,
-            )
-            if plan.refused:
-                return report  # nothing written
-            spool.seek(0)
-            await self._apply_import(spool, plan, report, batch_size, total, progress)
-        return report
-
-    def _prepare_restored(self, restored: backup.Restored) -> PendingWrite:
-        """An imported memory line as a write, checked like any other."""
-        self._check_tenant(restored.tenant)
-        # A backup holds the adapters' records as they were (an import is the operator's
-        # door, not a user's).
-        write = self._prepare(
-            **{**_RESTORE_DEFAULTS, **restored.fields},
-            managed_by=(restored.fields.get("metadata") or {}).get(MANAGED_FIELD),
+        return await transfer.import_jsonl(
+            self._ready, source, batch_size=batch_size, progress=progress
         )
-        for name, value in restored.validity.items():
-            setattr(write, name, value)
-        return write
-
-    async def _apply_import(
-        self,
-        spool: TextIO,
-        plan: ImportPlan,
-        report: backup.ImportReport,
-        batch_size: int,
-        total: int,
-        progress: ProgressCallback | None,
-    ) -> None:
-        """The second pass: write a checked file's memories and versions in batches."""
-        pending: builtins.list[tuple[int, PendingWrite, backup.Restored]] = []
-        versions: builtins.list[backup.RestoredVersion] = []
-        done = 0
-        for number, line in enumerate(spool, start=1):
-            done += len(line.encode())
-            if not line.strip() or number in plan.expired:
-                continue
-            if number == 1 and backup.read_header(line) is not None:
-                continue
-            restored = backup.parse_line(line, plan.with_embeddings)
-            if isinstance(restored, backup.RestoredVersion):
-                versions.append(restored)
-                if len(versions) >= batch_size:
-                    report.versions += await self._record_versions(versions)
-                continue
-            pending.append((number, self._prepare_restored(restored), restored))
-            if len(pending) >= batch_size:
-                await self._restore(pending, report, plan.with_history)
-            if progress is not None and total:
-                progress(min(done, total), total)
-        await self._restore(pending, report, plan.with_history)
-        report.versions += await self._record_versions(versions)
-        if report.versions:
-            await self.database.execute_all(
-                "import",
-                [self._importing(), *self._ready.history.after_import(self._tenant)],
-                timeout=self.config.maintenance_timeout,
-            )
-        if progress is not None and total:
-            progress(total, total)
-
-    def _check_tenant(self, tenant: str) -> None:
-        """An imported line must be of this store's tenant."""
-        if tenant != self._tenant:
-            raise MemoryValidationError(
-                f"belongs to tenant {tenant!r}; this store acts for {self._tenant!r}"
-            )
-
-    def _check_imported_version(self, restored: backup.RestoredVersion, with_history: bool) -> None:
-        """A history line's fields checked like a memory's: the same rules and limits, and
-        an operation a version may record."""
-        if not with_history:
-            raise MemoryValidationError("a history line in an export whose header has none")
-        self._check_tenant(restored.tenant)
-        if restored.operation not in OPERATIONS:
-            raise MemoryValidationError(
-                f"operation {restored.operation!r} is not one a version records "
-                f"({', '.join(sorted(OPERATIONS))})"
-            )
-        if restored.version < 1:
-            raise MemoryValidationError("a version number starts at 1")
-        check_note(restored.actor, "actor")
-        check_note(restored.reason, "reason")
-        metadata = restored.metadata
-        self._prepare(
-            restored.key,
-            restored.value,
-            type=restored.type,
-            scope=restored.scope,
-            scope_id=restored.scope_id or None,
-            indices=restored.indices,
-            metadata=metadata,
-            managed_by=metadata.get(MANAGED_FIELD) if isinstance(metadata, dict) else None,
-            ttl=None,
-            expires_at=None,
-            text=restored.text,
-            importance=restored.importance,
-        )
-        if restored.embedding is not None:
-            self._vectors.check(restored.embedding)
-
-    async def _record_versions(self, versions: builtins.list[backup.RestoredVersion]) -> int:
-        """Record imported versions (emptying ``versions``), embedding the texts of those
-        that came without a vector, so that semantic reads as of a moment find them;
-        returns how many."""
-        if not versions:
-            return 0
-        unembedded = [
-            v for v in versions if v.embedding is None and MemoryIndex.SEMANTIC.value in v.indices
-        ]
-        vectors = await self._vectors.embed_cached([v.text for v in unembedded])
-        embedded = dict(zip(map(id, unembedded), vectors, strict=True))
-        rows = []
-        for version in versions:
-            columns = {
-                **vars(version),
-                "value": EncodedJSON(encode_json(to_json_value(version.value))),
-                "content": version.text,
-                "content_hash": content_hash(version.text),
-                "memory_type": version.type,
-                "metadata": to_json_value(version.metadata, "metadata"),
-                "embedding": embedded.get(id(version), version.embedding),
-            }
-            rows.append(tuple(columns[name] for name in IMPORTED_COLUMNS))
-        await self.database.executemany(
-            "import",
-            self._ready.history.insert_version().sql,
-            rows,
-            timeout=self.config.maintenance_timeout,
-        )
-        count = len(versions)
-        versions.clear()
-        return count
-
-    @staticmethod
-    def _importing() -> Query:
-        return Query("SELECT set_config($1, 'on', true)", [IMPORTING_SETTING])
-
-    async def _restore(
-        self,
-        pending: builtins.list[tuple[int, PendingWrite, backup.Restored]],
-        report: backup.ImportReport,
-        with_history: bool = False,
-    ) -> None:
-        """Write a batch of restored memories in one transaction (emptying ``pending``); if the
-        server refuses one, each is written alone so that the report names the line. With
-        ``with_history`` the memories keep their versions: the file's history lines record
-        them (see :meth:`_record_versions`)."""
-        if not pending:
-            return
-        await writing.plan_embeddings(self._ready, [write for _, write, _ in pending])
-        template = self._statements.restore_one(with_version=with_history).sql
-
-        def row(write: PendingWrite, restored: backup.Restored) -> tuple[Any, ...]:
-            moments: tuple[Any, ...] = (self._tenant, restored.created_at, restored.updated_at)
-            if with_history:
-                moments += (restored.version,)
-            return (*write.record(), *moments)
-
-        async def restore(
-            batch: builtins.list[tuple[int, PendingWrite, backup.Restored]],
-            conn: asyncpg.Connection,
-        ) -> None:
-            writes = [write for _, write, _ in batch]
-            async with conn.transaction():
-                if with_history:
-                    importing = self._importing()
-                    await conn.execute(importing.sql, *importing.args)
-                await conn.executemany(template, [row(w, r) for _, w, r in batch])
-                # A restored memory has the file's passages, and only those.
-                gone = self._statements.delete_passages(self._tenant, [w.identity for w in writes])
-                await conn.execute(gone.sql, *gone.args)
-                await copy_passages(
-                    self._statements, writing.passage_rows(self._ready, writes), None, conn
-                )
-                reads = {w.identity: r.reads for _, w, r in batch if r.reads is not None}
-                if reads:
-                    counted = record_accesses(self.layout, self._tenant, reads, restoring=True)
-                    await conn.execute(counted.sql, *counted.args)
-
-        try:
-            await self.database.run("import", partial(restore, pending))
-            report.stored += len(pending)
-        except MemoryValidationError:
-            for entry in pending:
-                number = entry[0]
-                try:
-                    await self.database.run("import", partial(restore, [entry]))
-                    report.stored += 1
-                except MemoryValidationError as exc:
-                    report.failed += 1
-                    report.errors.append((number, str(exc)))
-        self._term_stats.note_writes(len(pending), [write.owner for _, write, _ in pending])
-        pending.clear()
 
     # --- deleting --------------------------------------------------------------------------
     async def delete(
@@ -1531,7 +1251,7 @@ class PostgresStorage(Generic[K, V]):
             raise MemoryValidationError(f"supersede() got unknown arguments {sorted(unknown)}")
         old = await self._retrieve(key, scope, scope_id, counted=False)
         identity = Identity(old.scope.value, old.scope_id, old.key)
-        fields = {**_RESTORE_DEFAULTS, "ttl": None, "expires_at": None, "type": old.type}
+        fields = {**STORE_DEFAULTS, "ttl": None, "expires_at": None, "type": old.type}
         write = self._prepare(
             checked if new_key is None else new_key,
             value,

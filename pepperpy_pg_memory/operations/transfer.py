@@ -1,0 +1,379 @@
+"""Backups: export a store's memories (and their history) to JSON lines, import them back.
+
+An import reads the file twice: :func:`~pepperpy_pg_memory.import_check.check_import` checks
+every line and spools the file, and only a file with no bad line is written, in batches.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import io
+import os
+import tempfile
+import typing
+from collections.abc import Iterator
+from functools import partial
+from typing import Any, TextIO, TypeVar
+
+from .. import backup
+from ..bulk import write_restored
+from ..errors import MemoryValidationError
+from ..history import IMPORTED_COLUMNS, OPERATIONS, check_note
+from ..import_check import ImportPlan, check_import
+from ..items import STORE_DEFAULTS, PendingWrite, Scope, owner
+from ..models import MemoryEntry
+from ..schema import IMPORTING_SETTING
+from ..sql import Query
+from ..types import MANAGED_FIELD, Identity, MemoryIndex, ProgressCallback
+from ..values import EncodedJSON, encode_json, to_json_value
+from ..vectors import content_hash
+from . import writing
+from .reads import scan
+from .rows import identity_of
+from .started import Started
+
+__all__ = ["export_jsonl", "import_jsonl"]
+
+V = TypeVar("V")
+
+EXPORT_PAGE = 500
+"""Memories an export writes per look-up of their passages."""
+SCAN_PAGE = 1_000
+"""Memories an export reads per page."""
+
+
+async def export_jsonl(
+    started: Started[V],
+    out: TextIO | str | os.PathLike[str],
+    *,
+    scope: Scope = None,
+    scope_id: str | None = None,
+    with_embeddings: bool = False,
+    with_history: bool = False,
+) -> int:
+    """Write the live memories (of one owner, if given), closed facts included, to ``out``
+    in the export format (:mod:`pepperpy_pg_memory.backup`), paged by keyset; returns how
+    many.
+
+    ``with_embeddings`` includes each vector, so that an import into a table of the same
+    dimension need not embed anything. ``with_history`` adds every recorded version
+    (deleted memories' too), which an import into a table without those memories
+    restores as they were.
+    """
+    count = 0
+    page: builtins.list[MemoryEntry[V]] = []
+
+    async def write_page(stream: TextIO) -> None:
+        nonlocal count
+        passages = await passages_of(started, page)
+        for entry in page:
+            identity = Identity(entry.scope.value, entry.scope_id, entry.key)
+            line = backup.line_of(
+                entry, started.tenant, to_json_value(entry.value), passages.get(identity)
+            )
+            stream.write(line + "\n")
+        count += len(page)
+        page.clear()
+
+    with _opened(out, "w") as stream:
+        stream.write(backup.header(started.layout.dimension, with_embeddings, with_history) + "\n")
+        restriction = started.restriction(scope, scope_id, include_invalid=True)
+        async for entry in scan(started, restriction, SCAN_PAGE, with_embeddings):
+            page.append(entry)
+            if len(page) >= EXPORT_PAGE:
+                await write_page(stream)
+        await write_page(stream)
+        if with_history:
+            await export_history(started, stream, scope, scope_id, with_embeddings)
+    return count
+
+
+async def export_history(
+    started: Started[V], stream: TextIO, scope: Scope, scope_id: str | None, with_embeddings: bool
+) -> None:
+    owner_scope, owner_id = owner(scope, scope_id, started.config.default_scope_id)
+    owned = None if owner_scope is None else (owner_scope.value, owner_id or "")
+    after: tuple[str, str, str, int] | None = None
+    while True:
+        rows = await started.database.reading.fetch(
+            "export", started.history.page(started.tenant, owned, after, EXPORT_PAGE)
+        )
+        for row in rows:
+            version = started.rows.version(row, embedding=with_embeddings)
+            line = backup.version_line(version, started.tenant, row["value"])
+            stream.write(line + "\n")
+        if len(rows) < EXPORT_PAGE:
+            return
+        last = rows[-1]
+        after = (last["scope"], last["scope_id"], last["key"], last["version"])
+
+
+async def passages_of(
+    started: Started[V], entries: builtins.list[MemoryEntry[V]]
+) -> dict[Identity, builtins.list[str]]:
+    if not entries:
+        return {}
+    identities = [Identity(e.scope.value, e.scope_id, e.key) for e in entries]
+    rows = await started.database.reading.fetch(
+        "export", started.statements.passages_of(started.tenant, identities)
+    )
+    return {identity_of(row): builtins.list(row["passages"]) for row in rows}
+
+
+async def import_jsonl(
+    started: Started[V],
+    source: TextIO | str | os.PathLike[str],
+    *,
+    batch_size: int = 500,
+    progress: ProgressCallback | None = None,
+) -> backup.ImportReport:
+    """Restore memories from an export (or a release 0.1 export), streaming the file.
+
+    Every field comes back as exported: owner, type, metadata, indices, text,
+    ``created_at``, ``updated_at`` and the expiry (or none). Vectors in the file are used
+    when their dimension is the table's; the rest are embedded. Importing a file twice
+    changes nothing. The whole file is checked first: a line that is not a memory, a
+    memory that may not be stored (bad fields, another tenant's), or a history line for a
+    memory this table holds with another history means that nothing of the file is
+    written, and the returned :class:`~pepperpy_pg_memory.backup.ImportReport` names
+    every such line. ``progress(bytes_read, total_bytes)`` follows the writing.
+
+    Raises:
+        MemoryQuotaError: with ``max_memories_per_owner`` set, an owner would hold more
+            memories after the file than the limit (nothing is written).
+    """
+    report = backup.ImportReport()
+    with (
+        _opened(source, "r") as stream,
+        tempfile.TemporaryFile("w+", encoding="utf-8") as spool,
+    ):
+        total = _size_of(stream)
+        plan = await check_import(
+            stream,
+            spool,
+            report,
+            dimension=started.layout.dimension,
+            prepare=partial(prepare_restored, started),
+            check_version=partial(check_imported_version, started),
+            runner=started.database.reading,
+            statements=started.statements,
+            history=started.history,
+            tenant=started.tenant,
+            quota=started.config.max_memories_per_owner,
+        )
+        if plan.refused:
+            return report  # nothing written
+        spool.seek(0)
+        await apply_import(started, spool, plan, report, batch_size, total, progress)
+    return report
+
+
+def prepare_restored(started: Started[V], restored: backup.Restored) -> PendingWrite:
+    """An imported memory line as a write, checked like any other."""
+    check_tenant(started, restored.tenant)
+    # A backup holds the adapters' records as they were (an import is the operator's
+    # door, not a user's).
+    write = started.prepare(
+        **{**STORE_DEFAULTS, **restored.fields},
+        managed_by=(restored.fields.get("metadata") or {}).get(MANAGED_FIELD),
+    )
+    for name, value in restored.validity.items():
+        setattr(write, name, value)
+    return write
+
+
+async def apply_import(
+    started: Started[V],
+    spool: TextIO,
+    plan: ImportPlan,
+    report: backup.ImportReport,
+    batch_size: int,
+    total: int,
+    progress: ProgressCallback | None,
+) -> None:
+    """The second pass: write a checked file's memories and versions in batches."""
+    pending: builtins.list[tuple[int, PendingWrite, backup.Restored]] = []
+    versions: builtins.list[backup.RestoredVersion] = []
+    done = 0
+    for number, line in enumerate(spool, start=1):
+        done += len(line.encode())
+        if not line.strip() or number in plan.expired:
+            continue
+        if number == 1 and backup.read_header(line) is not None:
+            continue
+        restored = backup.parse_line(line, plan.with_embeddings)
+        if isinstance(restored, backup.RestoredVersion):
+            versions.append(restored)
+            if len(versions) >= batch_size:
+                report.versions += await record_versions(started, versions)
+            continue
+        pending.append((number, prepare_restored(started, restored), restored))
+        if len(pending) >= batch_size:
+            await restore_batch(started, pending, report, plan.with_history)
+        if progress is not None and total:
+            progress(min(done, total), total)
+    await restore_batch(started, pending, report, plan.with_history)
+    report.versions += await record_versions(started, versions)
+    if report.versions:
+        await started.database.execute_all(
+            "import",
+            [importing(), *started.history.after_import(started.tenant)],
+            timeout=started.config.maintenance_timeout,
+        )
+    if progress is not None and total:
+        progress(total, total)
+
+
+def check_tenant(started: Started[V], tenant: str) -> None:
+    """An imported line must be of this store's tenant."""
+    if tenant != started.tenant:
+        raise MemoryValidationError(
+            f"belongs to tenant {tenant!r}; this store acts for {started.tenant!r}"
+        )
+
+
+def check_imported_version(
+    started: Started[V], restored: backup.RestoredVersion, with_history: bool
+) -> None:
+    """A history line's fields checked like a memory's: the same rules and limits, and
+    an operation a version may record."""
+    if not with_history:
+        raise MemoryValidationError("a history line in an export whose header has none")
+    check_tenant(started, restored.tenant)
+    if restored.operation not in OPERATIONS:
+        raise MemoryValidationError(
+            f"operation {restored.operation!r} is not one a version records "
+            f"({', '.join(sorted(OPERATIONS))})"
+        )
+    if restored.version < 1:
+        raise MemoryValidationError("a version number starts at 1")
+    check_note(restored.actor, "actor")
+    check_note(restored.reason, "reason")
+    metadata = restored.metadata
+    started.prepare(
+        restored.key,
+        restored.value,
+        type=restored.type,
+        scope=restored.scope,
+        scope_id=restored.scope_id or None,
+        indices=restored.indices,
+        metadata=metadata,
+        managed_by=metadata.get(MANAGED_FIELD) if isinstance(metadata, dict) else None,
+        ttl=None,
+        expires_at=None,
+        text=restored.text,
+        importance=restored.importance,
+    )
+    if restored.embedding is not None:
+        started.vectors.check(restored.embedding)
+
+
+async def record_versions(
+    started: Started[V], versions: builtins.list[backup.RestoredVersion]
+) -> int:
+    """Record imported versions (emptying ``versions``), embedding the texts of those
+    that came without a vector, so that semantic reads as of a moment find them;
+    returns how many."""
+    if not versions:
+        return 0
+    unembedded = [
+        v for v in versions if v.embedding is None and MemoryIndex.SEMANTIC.value in v.indices
+    ]
+    vectors = await started.vectors.embed_cached([v.text for v in unembedded])
+    embedded = dict(zip(map(id, unembedded), vectors, strict=True))
+    rows = []
+    for version in versions:
+        columns = {
+            **vars(version),
+            "value": EncodedJSON(encode_json(to_json_value(version.value))),
+            "content": version.text,
+            "content_hash": content_hash(version.text),
+            "memory_type": version.type,
+            "metadata": to_json_value(version.metadata, "metadata"),
+            "embedding": embedded.get(id(version), version.embedding),
+        }
+        rows.append(tuple(columns[name] for name in IMPORTED_COLUMNS))
+    await started.database.executemany(
+        "import",
+        started.history.insert_version().sql,
+        rows,
+        timeout=started.config.maintenance_timeout,
+    )
+    count = len(versions)
+    versions.clear()
+    return count
+
+
+def importing() -> Query:
+    return Query("SELECT set_config($1, 'on', true)", [IMPORTING_SETTING])
+
+
+async def restore_batch(
+    started: Started[V],
+    pending: builtins.list[tuple[int, PendingWrite, backup.Restored]],
+    report: backup.ImportReport,
+    with_history: bool = False,
+) -> None:
+    """Write a batch of restored memories in one transaction (emptying ``pending``); if the
+    server refuses one, each is written alone so that the report names the line. With
+    ``with_history`` the memories keep their versions: the file's history lines record
+    them (see :func:`record_versions`)."""
+    if not pending:
+        return
+    await writing.plan_embeddings(started, [write for _, write, _ in pending])
+    template = started.statements.restore_one(with_version=with_history).sql
+
+    def row(write: PendingWrite, restored: backup.Restored) -> tuple[Any, ...]:
+        moments: tuple[Any, ...] = (started.tenant, restored.created_at, restored.updated_at)
+        if with_history:
+            moments += (restored.version,)
+        return (*write.record(), *moments)
+
+    def restore(batch: builtins.list[tuple[int, PendingWrite, backup.Restored]]) -> Any:
+        writes = [write for _, write, _ in batch]
+        return partial(
+            write_restored,
+            started.statements,
+            started.tenant,
+            template,
+            [row(w, r) for _, w, r in batch],
+            [w.identity for w in writes],
+            writing.passage_rows(started, writes),
+            {w.identity: r.reads for _, w, r in batch if r.reads is not None},
+            importing() if with_history else None,
+        )
+
+    try:
+        await started.database.run("import", restore(pending))
+        report.stored += len(pending)
+    except MemoryValidationError:
+        for entry in pending:
+            number = entry[0]
+            try:
+                await started.database.run("import", restore([entry]))
+                report.stored += 1
+            except MemoryValidationError as exc:
+                report.failed += 1
+                report.errors.append((number, str(exc)))
+    started.term_stats.note_writes(len(pending), [write.owner for _, write, _ in pending])
+    pending.clear()
+
+
+@contextlib.contextmanager
+def _opened(target: TextIO | str | os.PathLike[str], mode: str) -> Iterator[TextIO]:
+    """A text stream for ``target``: a path is opened (and closed) here, a stream is used as
+    it is."""
+    if isinstance(target, (str, os.PathLike)):
+        with open(target, mode, encoding="utf-8") as stream:
+            yield typing.cast(TextIO, stream)
+    else:
+        yield target
+
+
+def _size_of(stream: TextIO) -> int:
+    """Bytes in a file being read, for progress; 0 when unknown (a pipe)."""
+    try:
+        return os.fstat(stream.fileno()).st_size
+    except (OSError, ValueError, io.UnsupportedOperation):
+        return 0
