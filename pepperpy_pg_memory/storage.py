@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import contextlib
-import io
 import logging
 import os
 import typing
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 from functools import partial
@@ -25,12 +23,12 @@ from typing import Any, Generic, Literal, TextIO, TypeVar
 import asyncpg
 from pydantic import BaseModel
 
-from . import backfill, backup, maintenance
+from . import backfill, backup
 from .access import AccessTracker
 from .cache import EmbeddingCache
 from .coalesce import Coalescer
 from .config import PostgresConfig
-from .consolidation import SOURCES_FIELD, Consolidation, ConsolidationReport, Summarizer
+from .consolidation import Consolidation, ConsolidationReport, Summarizer
 from .database import Database, Runner, connect
 from .embedded import EmbeddedServer, acquire_embedded, release_embedded
 from .embedded_replicas import EmbeddedReplica, acquire_replicas, release_replicas
@@ -64,8 +62,8 @@ from .models import (
     MemoryVersion,
     StoredCount,
 )
-from .operations import deleting, naming, reads, search, transfer, versions, writing
-from .operations.rows import RowMapper, identity_of
+from .operations import deleting, naming, reads, search, transfer, upkeep, versions, writing
+from .operations.rows import RowMapper
 from .operations.started import Started
 from .queries import ArrayPattern, ListOrder, Restriction, Statements
 from .replicas import ReadRouter
@@ -389,8 +387,8 @@ class PostgresStorage(Generic[K, V]):
             return
         config = self.config
         where = f"table {layout.schema}.{layout.table}"
-        if layout.dimension == dimension and not await self._holds_vectors():
-            await self._record_embedder()
+        if layout.dimension == dimension and not await upkeep.holds_vectors(self._ready):
+            await upkeep.record_embedder(self._ready, self._relayout)
             return
         if "reindex" in (config.on_embedder_change, config.on_dimension_mismatch):
             logger.warning(
@@ -418,13 +416,6 @@ class PostgresStorage(Generic[K, V]):
             recorded=str(layout.embedder),
             current=self._identity,
         )
-
-    async def _holds_vectors(self) -> bool:
-        return bool(await self.database.reading.fetchval("start", self._statements.holds_vectors()))
-
-    async def _record_embedder(self) -> None:
-        self._use_layout(replace(self.layout, embedder=self._identity))
-        await self.database.execute("reindex", self._statements.record_embedder())
 
     def _session_settings(self) -> dict[str, str]:
         config = self.config
@@ -523,6 +514,10 @@ class PostgresStorage(Generic[K, V]):
         if self._started is not None:
             self._started = replace(self._started, backfilling=backfilling)
 
+    def _relayout(self, layout: TableLayout) -> Started[V]:
+        self._use_layout(layout)
+        return self._ready
+
     def _use_layout(self, layout: TableLayout) -> None:
         if self._started is None:
             self._started = Started(
@@ -538,6 +533,7 @@ class PostgresStorage(Generic[K, V]):
                 rows=RowMapper(self._value_type or _declared_value_type(self)),
                 metrics=self.metrics,
                 text_of=self.text_of,
+                embedder_identity=self._identity,
             )
         else:
             self._started = replace(self._started, layout=layout, reads=self.reads)
@@ -1391,33 +1387,10 @@ class PostgresStorage(Generic[K, V]):
             dry_run=dry_run,
             actor=check_note(actor, "actor"),
             entry=self._ready.rows.entry,
-            write_summary=partial(self._write_summary, actor=actor),
+            write_summary=partial(upkeep.write_summary, self._ready, actor=actor),
         )
         return await run.run(self._restriction(scope, scope_id), summarize, progress)
 
-    async def _write_summary(
-        self,
-        owner: Identity,
-        text: str,
-        sources: builtins.list[MemoryEntry[V]],
-        *,
-        actor: str | None,
-    ) -> str:
-        summary = await self.store(
-            typing.cast(K, owner.key),
-            typing.cast(V, text),
-            type=MemoryType.EPISODIC,
-            scope=owner.scope,
-            scope_id=owner.scope_id,
-            metadata={SOURCES_FIELD: [entry.key for entry in sources]},
-            importance=max(entry.importance for entry in sources),
-            dedupe=False,
-            actor=actor,
-            reason=f"summary of {len(sources)} short-term memories",
-        )
-        return summary.key
-
-    @instrumented("cleanup_expired")
     async def cleanup_expired(
         self,
         *,
@@ -1434,27 +1407,7 @@ class PostgresStorage(Generic[K, V]):
         """
         batch = batch_size or self.config.maintenance_batch_size
         restriction = self._restriction(scope, scope_id, include_expired=True, include_invalid=True)
-        sweep = self._statements.delete_expired_batch(restriction, batch)
-        total = 0
-        while True:
-            deleted = await self.database.execute("cleanup_expired", sweep)
-            total += deleted
-            if deleted < batch:
-                break
-        await self._trim_history()
-        return total
-
-    async def _trim_history(self) -> None:
-        config, history = self.config, self._ready.history
-        trims = []
-        if config.history_max_versions is not None:
-            trims.append(history.trim_versions(self._tenant, config.history_max_versions))
-        if config.history_max_age is not None:
-            trims.append(history.trim_older_than(self._tenant, config.history_max_age))
-        for trim in trims:
-            await self.database.execute(
-                "cleanup_expired", trim, timeout=self.config.maintenance_timeout
-            )
+        return await upkeep.cleanup_expired(self._ready, restriction, batch)
 
     @instrumented("reindex")
     async def reindex(
@@ -1477,159 +1430,12 @@ class PostgresStorage(Generic[K, V]):
         """
         index = as_enum(MemoryIndex, index, "index")
         if index is MemoryIndex.SEMANTIC:
-            return await self._reindex_semantic(batch_size, resume, progress)
+            return await upkeep.reindex_semantic(
+                self._ready, batch_size, resume, progress, self._relayout
+            )
         if index is MemoryIndex.CONTEXTUAL:
-            return await self._reindex_contextual(progress)
+            return await upkeep.reindex_contextual(self._ready, progress, self._relayout)
         raise MemoryValidationError(f"{index.name} is a query mode, not an index to rebuild")
-
-    async def _reindex_semantic(
-        self, batch_size: int | None, resume: bool, progress: ProgressCallback | None
-    ) -> int:
-        batch = batch_size or self.config.embedding_batch_size * 4
-        dimension = await self._vectors.model_dimension()
-        if dimension != self.layout.dimension:
-            await self._convert_dimension(dimension)
-            resume = False
-        statements, database, tenant, layout = (
-            self._statements,
-            self.database,
-            self._tenant,
-            self.layout,
-        )
-        cursor: Identity | None = None
-        if resume:
-            cursor = await self._unfinished_reindex()
-        total = int(await database.fetchval("reindex", statements.count_semantic(tenant)))
-        done = 0
-        if cursor is not None:
-            logger.info("resuming an interrupted semantic reindex of %s", self.layout.table)
-        self._vectors.cache.clear()  # vectors from the previous model must not be reused
-        # Each re-embedded row would go through the HNSW graph (about 1 ms a row); without the
-        # index the updates are plain writes and the graph is built once at the end. Semantic
-        # searches meanwhile scan exactly (correct, slower); if the run is interrupted, the
-        # next start() or reindex() builds the index again.
-        rebuild = cursor is None and 0 < self.config.bulk_index_rebuild_rows <= total
-        if cursor is None:
-            start = backfill.save_position(layout, backfill.REEMBED, tenant, None, 0, start=True)
-            steps = [start]
-            if layout.embedder is not None and layout.embedder != self._identity:
-                # Versions keep vectors of the model they were written with; a query of the
-                # new model must not be compared with them.
-                steps.append(self._ready.history.forget_vectors(tenant))
-            await database.execute_all("reindex", steps, timeout=self.config.maintenance_timeout)
-        if rebuild:
-            await database.execute("reindex", self.layout.drop_vector_index())
-        while True:
-            rows = await database.fetch(
-                "reindex",
-                statements.reindex_batch(tenant, cursor or maintenance.START, batch),
-            )
-            if not rows:
-                break
-            vectors = await self._vectors.embed([row["content"] for row in rows])
-            records = [
-                (tenant, *identity_of(row), vector, row["content_hash"])
-                for row, vector in zip(rows, vectors, strict=True)
-            ]
-            cursor = identity_of(rows[-1])
-            reached = backfill.save_position(
-                layout, backfill.REEMBED, tenant, list(cursor), len(rows)
-            )
-            await database.run(
-                "reindex", partial(maintenance.write_reindexed, statements, records, reached)
-            )
-            done += len(rows)
-            if progress is not None:
-                progress(min(done, total), total)
-        await self._reindex_passages(batch)
-        over = backfill.save_position(layout, backfill.REEMBED, tenant, None, 0, finished=True)
-        await database.execute_all("reindex", [over, statements.save_reindex_cursor(None)])
-        # Every vector is now the current model's.
-        await self._record_embedder()
-        if rebuild:
-            await database.execute_all(
-                "reindex",
-                self.layout.build_vector_index(self.config.maintenance_work_mem),
-                timeout=self.config.maintenance_timeout,
-            )
-        return done
-
-    async def _unfinished_reindex(self) -> Identity | None:
-        """Where an interrupted semantic reindex of this tenant stopped, if one did."""
-        row = await self.database.fetchrow(
-            "reindex", backfill.saved_position(self.layout, backfill.REEMBED, self._tenant)
-        )
-        if row is not None:
-            position = row["position"]
-            if row["finished"] or not position:
-                return None
-            return Identity(*position)
-        # Releases before the backfill table kept one position per table in the registry.
-        saved = await self.database.reading.fetchval(
-            "reindex", self._statements.load_reindex_cursor()
-        )
-        return maintenance.decode_cursor(saved, self._tenant)
-
-    async def _reindex_passages(self, batch: int) -> None:
-        """Re-embed every passage of the tenant, in identity order. (Not resumable on its
-        own: an interrupted run's next call embeds them all again; passages are few.)"""
-        statements, tenant = self._statements, self._tenant
-        after: tuple[Any, ...] = ("", "", "", -1)
-        while True:
-            rows = await self.database.reading.fetch(
-                "reindex", statements.passages_batch(tenant, after, batch)
-            )
-            if not rows:
-                return
-            vectors = await self._vectors.embed([row["content"] for row in rows])
-            await self.database.executemany(
-                "reindex",
-                statements.set_passage_embeddings().sql,
-                [
-                    (tenant, row["scope"], row["scope_id"], row["key"], row["position"], vector)
-                    for row, vector in zip(rows, vectors, strict=True)
-                ],
-            )
-            last = rows[-1]
-            after = (last["scope"], last["scope_id"], last["key"], last["position"])
-
-    async def _convert_dimension(self, dimension: int) -> None:
-        """Retype the embedding column for a new model; every stored vector is dropped."""
-        old = self.layout
-        new = replace(old, dimension=dimension, vector_type=vector_type_for(dimension))
-        logger.warning(
-            "converting %s.%s embeddings from %d to %d dimensions; every memory is re-embedded",
-            old.schema,
-            old.table,
-            old.dimension,
-            dimension,
-        )
-        await self.database.run(
-            "reindex",
-            partial(maintenance.convert_dimension, old, new, self.config.maintenance_timeout),
-        )
-        self._use_layout(new)
-        # Cached statements describe the old column type.
-        await self.database.expire_connections()
-
-    async def _reindex_contextual(self, progress: ProgressCallback | None) -> int:
-        layout = self.layout
-        wanted = self.config.text_search_config
-        count = await self.database.run(
-            "reindex",
-            partial(
-                maintenance.rebuild_contextual,
-                layout,
-                wanted,
-                self._tenant,
-                self.config.maintenance_timeout,
-            ),
-        )
-        if layout.text_search_config != wanted:
-            self._use_layout(replace(layout, text_search_config=wanted))
-        if progress is not None:
-            progress(count, count)
-        return count
 
     async def stats(self) -> dict[str, Any]:
         """Figures for monitoring (the design document's list).
@@ -1650,56 +1456,9 @@ class PostgresStorage(Generic[K, V]):
         Without replicas, ``replicas`` is empty and ``primary_reads`` None. The table
         figures come from whichever server served the read.
         """
-        figures = await self.reads.run(
-            "stats", partial(maintenance.table_figures, self._statements, self._tenant)
+        return await upkeep.stats(
+            self._ready, self._store_calls.queued, self._backfilling, self._router
         )
-        pool = self.database.pool
-        figures["pool"] = {
-            "size": pool.get_size(),
-            "idle": pool.get_idle_size(),
-            "in_use": pool.get_size() - pool.get_idle_size(),
-            "waiting": self.metrics.waiting,
-            "max_size": pool.get_max_size(),
-        }
-        figures["operations"] = {
-            name: stats.as_dict() for name, stats in sorted(self.metrics.operations.items())
-        }
-        figures["errors"] = dict(self.metrics.errors)
-        cache = self._vectors.cache
-        lookups = cache.hits + cache.misses
-        figures["embedding_cache"] = {
-            "entries": len(cache),
-            "hits": cache.hits,
-            "misses": cache.misses,
-            "hit_rate": cache.hits / lookups if lookups else None,
-        }
-        figures["dimension"] = self.layout.dimension
-        figures["embedder"] = self.layout.embedder
-        figures["queued_stores"] = self._store_calls.queued
-        figures["backfill_pending"] = self._backfilling
-        router = self._router
-        figures["replicas"] = [] if router is None else router.stats()
-        figures["primary_reads"] = None if router is None else router.primary_reads
-        return figures
-
-
-@contextlib.contextmanager
-def _opened(target: TextIO | str | os.PathLike[str], mode: str) -> Iterator[TextIO]:
-    """A text stream for ``target``: a path is opened (and closed) here, a stream is used as
-    it is."""
-    if isinstance(target, (str, os.PathLike)):
-        with open(target, mode, encoding="utf-8") as stream:
-            yield typing.cast(TextIO, stream)
-    else:
-        yield target
-
-
-def _size_of(stream: TextIO) -> int:
-    """Bytes in a file being read, for progress; 0 when unknown (a pipe)."""
-    try:
-        return os.fstat(stream.fileno()).st_size
-    except (OSError, ValueError, io.UnsupportedOperation):
-        return 0
 
 
 def _declared_value_type(storage: PostgresStorage[Any, Any]) -> Any:

@@ -65,6 +65,8 @@ class Started(Generic[V]):
     rows: RowMapper[V]
     metrics: Metrics
     text_of: Callable[[Any], str]
+    embedder_identity: str
+    """The current embedder's name and dimension (the layout records the table's)."""
     state: SearchState = field(default_factory=SearchState)
     statements: Statements = field(init=False)
     statements_as_of: Statements = field(init=False)
