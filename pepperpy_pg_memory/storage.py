@@ -20,27 +20,21 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, Generic, Literal, TextIO, TypeVar
 
-import asyncpg
 from pydantic import BaseModel
 
-from . import backfill, backup
+from . import backup
 from .access import AccessTracker
 from .cache import EmbeddingCache
 from .coalesce import Coalescer
 from .config import PostgresConfig
 from .consolidation import Consolidation, ConsolidationReport, Summarizer
-from .database import Database, Runner, connect
-from .embedded import EmbeddedServer, acquire_embedded, release_embedded
-from .embedded_replicas import EmbeddedReplica, acquire_replicas, release_replicas
+from .database import Database, Runner
 from .embeddings import Embedder, as_embedder, embedder_identity
 from .errors import (
-    DimensionMismatchError,
-    EmbedderMismatchError,
     MemoryError,
     MemoryNotFoundError,
     MemoryValidationError,
 )
-from .faults import translate
 from .history import Change, check_note
 from .items import (
     STORE_DEFAULTS,
@@ -62,33 +56,27 @@ from .models import (
     MemoryVersion,
     StoredCount,
 )
-from .operations import deleting, naming, reads, search, transfer, upkeep, versions, writing
+from .operations import (
+    deleting,
+    lifecycle,
+    naming,
+    reads,
+    search,
+    transfer,
+    upkeep,
+    versions,
+    writing,
+)
 from .operations.rows import RowMapper
 from .operations.started import Started
 from .queries import ArrayPattern, ListOrder, Restriction, Statements
-from .replicas import ReadRouter
 from .results import MemorySearchResults
 from .schema import (
-    APPLICATION_NAME,
-    CLIENT_SCHEMA_SETTING,
-    HISTORY_SETTING,
-    QUOTA_SETTING,
-    SCHEMA_VERSION,
-    TENANT_SETTING,
     TableLayout,
-    ensure_database,
-    ensure_metadata_indexes,
-    migrate,
-    vector_schema,
-    vector_type_for,
 )
 from .search_sql import SearchStatements
 from .shutdown import cancel_and_wait
 from .tenancy import (
-    APPLICATION_ROLE,
-    check_binding,
-    check_row_level_security_applies,
-    ensure_application_role,
     grant_tenant,
 )
 from .term_stats import TermStatistics
@@ -193,8 +181,8 @@ class PostgresStorage(Generic[K, V]):
         self.reads: Runner = self.database.reading
         """Where the reads a replica may serve run: the primary, or a :class:`ReadRouter`
         over the replicas when there are any."""
-        self._router: ReadRouter | None = None
-        self._embedded_replicas: builtins.list[EmbeddedReplica] = []
+        # The embedded server, replicas and their router, when start() opened them.
+        self._attached = lifecycle.Attachments()
         self._vectors = EmbeddingPipeline(
             as_embedder(embedder, self.config.embedding_backend),
             cache_size=self.config.embedding_cache_size,
@@ -202,7 +190,6 @@ class PostgresStorage(Generic[K, V]):
         )
         # Part of every memory's identity; '' for a store without a tenant.
         self._tenant = self.config.tenant or ""
-        self._server: EmbeddedServer | None = None
         # What the operations share, built by start() (see operations/started.py).
         self._started: Started[V] | None = None
         self._value_type = value_type
@@ -285,77 +272,31 @@ class PostgresStorage(Generic[K, V]):
                 raise
 
     async def _start(self) -> None:
-        config = self.config
-        if config.is_embedded:
-            self._server = await acquire_embedded(config.data_dir)
-            await self._ensure_embedded_database(self._server)
-            dsn = self._server.uri(config.database)
-        else:
-            dsn = config.connection_dsn()
+        config, attached = self.config, self._attached
+        dsn = await lifecycle.attach_server(config, attached)
         dimension = await self._vectors.model_dimension()
         self._identity = embedder_identity(self._vectors.embedder, dimension)
-        wanted = TableLayout(
-            schema=config.schema_name,
-            table=config.table,
-            dimension=dimension,
-            vector_type=vector_type_for(dimension),
-            text_search_config=config.text_search_config,
-            hnsw_m=config.hnsw_m,
-            hnsw_ef_construction=config.hnsw_ef_construction,
-            embedder=self._identity,
-            distance=config.distance,
+        wanted = lifecycle.wanted_layout(config, dimension, self._identity)
+        layout, vectors_in, dsn = await lifecycle.prepare_table(
+            config, dsn, wanted, self._tenant, attached
         )
-        if config.is_embedded and config.row_level_security:
-            dsn = await self._embedded_application_role(wanted)
-        conn = await connect(config, dsn)
-        try:
-            if config.row_level_security:
-                await check_row_level_security_applies(conn)
-            layout = await migrate(conn, wanted, row_level_security=config.row_level_security)
-            if config.row_level_security:
-                await check_binding(conn, layout, self._tenant)
-            for name in await ensure_metadata_indexes(conn, layout, config.indexed_fields):
-                logger.info("created metadata index %s", name)
-            vectors_in = await vector_schema(conn)
-        except asyncpg.PostgresError as exc:
-            raise translate(exc, "start") from exc
-        finally:
-            await conn.close()
-        if layout.text_search_config != config.text_search_config:
-            logger.warning(
-                "table %s.%s is indexed with text search configuration %r, not %r: run "
-                "reindex(MemoryIndex.CONTEXTUAL) to switch",
-                layout.schema,
-                layout.table,
-                layout.text_search_config,
-                config.text_search_config,
-            )
         self._use_layout(layout)
-        settings = self._session_settings()
+        settings = lifecycle.session_settings(config, self._tenant)
         await self.database.open(dsn, vectors_in, settings)
-        await self._open_replicas(vectors_in, settings)
-        await self._check_embedder(layout, dimension)
-        await self._start_backfills()
+        router = await lifecycle.open_replicas(
+            config, self.database, self.metrics, attached, vectors_in, settings
+        )
+        if router is not None:
+            self.reads = router
+            self._use_layout(layout)
+        await lifecycle.check_embedder(self._ready, dimension, self._use_layout)
+        self._set_backfilling(await lifecycle.backfills_pending(self._ready))
+        if self._backfilling and config.background_backfill:
+            self._backfill_task = asyncio.get_running_loop().create_task(
+                self._backfill_in_background()
+            )
         await self._term_stats.start()
         logger.info("memory store ready on %s", config.describe_target())
-
-    async def _embedded_application_role(self, wanted: TableLayout) -> str:
-        """Under row-level security, the embedded server's stores connect as an ordinary role
-        (policies do not restrict its superuser): the superuser migrates the tables, which it
-        keeps owning (so the stores cannot switch the policies off), and grants the role their
-        use. Returns the role's URI."""
-        assert self._server is not None
-        config = self.config
-        conn = await connect(config, self._server.uri(config.database))
-        try:
-            layout = await migrate(conn, wanted, row_level_security=True)
-            await ensure_metadata_indexes(conn, layout, config.indexed_fields)
-            await ensure_application_role(conn, layout)
-        except asyncpg.PostgresError as exc:
-            raise translate(exc, "start") from exc
-        finally:
-            await conn.close()
-        return self._server.uri(config.database, role=APPLICATION_ROLE)
 
     async def grant_tenant(self, role: str, tenant: str) -> None:
         """Bind the database role ``role`` to ``tenant`` and grant it the use of this store's
@@ -364,99 +305,6 @@ class PostgresStorage(Generic[K, V]):
         started as the owner, with ``row_level_security=True``); ``role`` must exist and not be
         a superuser or BYPASSRLS role (see the README's Multi-tenant deployments)."""
         await self.database.run("grant_tenant", partial(grant_tenant, self.layout, role, tenant))
-
-    async def _open_replicas(self, vectors_in: str, settings: dict[str, str]) -> None:
-        config = self.config
-        dsns = [dsn.get_secret_value() for dsn in config.read_replicas]
-        if config.embedded_replicas:
-            assert self._server is not None
-            self._embedded_replicas = await acquire_replicas(self._server, config.embedded_replicas)
-            dsns += [replica.uri(config.database) for replica in self._embedded_replicas]
-        if not dsns:
-            return
-        router = self._router = ReadRouter(config, self.database, self.metrics, dsns)
-        await router.open(vectors_in, settings)
-        await router.mark_written()  # the migrations, made outside the pool
-        self.reads = router
-        self._started = replace(self._ready, reads=router)
-
-    async def _check_embedder(self, layout: TableLayout, dimension: int) -> None:
-        """Make sure the table's vectors are the current model's: adopt it for a table
-        without vectors, re-embed if configured to, else refuse to start."""
-        if layout.embedder == self._identity:
-            return
-        config = self.config
-        where = f"table {layout.schema}.{layout.table}"
-        if layout.dimension == dimension and not await upkeep.holds_vectors(self._ready):
-            await upkeep.record_embedder(self._ready, self._relayout)
-            return
-        if "reindex" in (config.on_embedder_change, config.on_dimension_mismatch):
-            logger.warning(
-                "%s holds vectors of %s; re-embedding every memory with %s",
-                where,
-                layout.embedder,
-                self._identity,
-            )
-            await self.reindex(MemoryIndex.SEMANTIC)
-            return
-        if layout.dimension != dimension:
-            raise DimensionMismatchError(
-                f"{where} holds {layout.dimension}-dimensional embeddings but the embedder "
-                f"produces {dimension}: start with PostgresConfig(on_embedder_change='reindex') "
-                "to re-embed every memory with the new model, or use the model the table was "
-                "built with",
-                expected=layout.dimension,
-                actual=dimension,
-            )
-        raise EmbedderMismatchError(
-            f"{where} holds vectors of {layout.embedder}, not of this store's embedder "
-            f"{self._identity}: searching would compare two models' vectors. Start with "
-            "PostgresConfig(on_embedder_change='reindex') to re-embed every memory with it, "
-            "or use the model the table was built with",
-            recorded=str(layout.embedder),
-            current=self._identity,
-        )
-
-    def _session_settings(self) -> dict[str, str]:
-        config = self.config
-        return {
-            "application_name": APPLICATION_NAME,
-            # Tells the schema's guard that these connections know per-owner identity.
-            CLIENT_SCHEMA_SETTING: str(SCHEMA_VERSION),
-            "hnsw.ef_search": str(config.hnsw_ef_search),
-            "hnsw.iterative_scan": config.hnsw_iterative_scan,
-            "pg_trgm.word_similarity_threshold": str(config.trigram_threshold),
-            # Memory lookups are short OLTP queries: starting parallel workers or JIT compiling
-            # costs more (milliseconds) than the queries themselves.
-            "max_parallel_workers_per_gather": "0",
-            "jit": "off",
-            # asyncpg prepares every statement; after five runs PostgreSQL may switch to a
-            # generic plan that cannot see the query vector, the limit or the filters, and
-            # picks scans ten times slower. Plan each execution for its values.
-            "plan_cache_mode": "force_custom_plan",
-            HISTORY_SETTING: "on" if config.history else "off",
-            # The tenant every statement names ("" without one): under row-level security
-            # the policies read it (a role bound to a tenant is held to its binding instead).
-            TENANT_SETTING: self._tenant,
-            **(
-                {QUOTA_SETTING: str(config.max_memories_per_owner)}
-                if config.max_memories_per_owner is not None
-                else {}
-            ),
-        }
-
-    async def _start_backfills(self) -> None:
-        """Note whether online backfills are pending, and start them in the background."""
-        pending = [
-            item
-            for item in backfill.BACKFILLS_TO_RUN
-            if not await backfill.is_finished(self.database, self.layout, item, self._tenant)
-        ]
-        self._set_backfilling(bool(pending))
-        if pending and self.config.background_backfill:
-            self._backfill_task = asyncio.get_running_loop().create_task(
-                self._backfill_in_background()
-            )
 
     async def _backfill_in_background(self) -> None:
         try:
@@ -479,16 +327,7 @@ class PostgresStorage(Generic[K, V]):
         (the default) start() runs them in the background, and searches stay correct
         meanwhile. Call this (or ``pepperpy-memory backfill``) to wait for them, with progress.
         """
-        changed = 0
-        for item in backfill.BACKFILLS_TO_RUN:
-            changed += await backfill.run(
-                self.database,
-                self.layout,
-                item,
-                self._tenant,
-                batch_size=self.config.maintenance_batch_size,
-                progress=progress,
-            )
+        changed = await lifecycle.run_backfills(self._ready, progress)
         if self._backfilling:
             self._set_backfilling(False)
             self._term_stats.note_writes(max(changed, 1))
@@ -514,11 +353,9 @@ class PostgresStorage(Generic[K, V]):
         if self._started is not None:
             self._started = replace(self._started, backfilling=backfilling)
 
-    def _relayout(self, layout: TableLayout) -> Started[V]:
-        self._use_layout(layout)
-        return self._ready
-
-    def _use_layout(self, layout: TableLayout) -> None:
+    def _use_layout(self, layout: TableLayout) -> Started[V]:
+        """Build the operations' context for ``layout`` (and the current reads), keep it and
+        return it: at start, and whenever the layout changes (see upkeep.Relayout)."""
         if self._started is None:
             self._started = Started(
                 config=self.config,
@@ -539,13 +376,7 @@ class PostgresStorage(Generic[K, V]):
             self._started = replace(self._started, layout=layout, reads=self.reads)
         self._access.layout = layout
         self._vectors.dimension = layout.dimension
-
-    async def _ensure_embedded_database(self, server: EmbeddedServer) -> None:
-        conn = await connect(self.config, server.uri("postgres"))
-        try:
-            await ensure_database(conn, self.config.database)
-        finally:
-            await conn.close()
+        return self._started
 
     async def close(self) -> None:
         """Finish the writes under way, close the pool, and stop the embedded server if this
@@ -561,18 +392,10 @@ class PostgresStorage(Generic[K, V]):
         await cancel_and_wait(task)
         await self._term_stats.stop()
         await self._access.stop()
-        router, self._router = self._router, None
         self.reads = self.database.reading
         if self._started is not None:
             self._started = replace(self._started, reads=self.reads)
-        if router is not None:
-            await router.close()
-        await self.database.close()
-        server, self._server = self._server, None
-        replicas, self._embedded_replicas = self._embedded_replicas, []
-        if server is not None:
-            await release_replicas(server, replicas)
-            await release_embedded(server)
+        await lifecycle.release(self._attached, self.database)
 
     @property
     def _ready(self) -> Started[V]:
@@ -1431,10 +1254,10 @@ class PostgresStorage(Generic[K, V]):
         index = as_enum(MemoryIndex, index, "index")
         if index is MemoryIndex.SEMANTIC:
             return await upkeep.reindex_semantic(
-                self._ready, batch_size, resume, progress, self._relayout
+                self._ready, batch_size, resume, progress, self._use_layout
             )
         if index is MemoryIndex.CONTEXTUAL:
-            return await upkeep.reindex_contextual(self._ready, progress, self._relayout)
+            return await upkeep.reindex_contextual(self._ready, progress, self._use_layout)
         raise MemoryValidationError(f"{index.name} is a query mode, not an index to rebuild")
 
     async def stats(self) -> dict[str, Any]:
@@ -1457,7 +1280,7 @@ class PostgresStorage(Generic[K, V]):
         figures come from whichever server served the read.
         """
         return await upkeep.stats(
-            self._ready, self._store_calls.queued, self._backfilling, self._router
+            self._ready, self._store_calls.queued, self._backfilling, self._attached.router
         )
 
 

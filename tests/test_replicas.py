@@ -94,9 +94,9 @@ async def cluster() -> AsyncIterator[Cluster]:
     )
     await holder.start()
     try:
-        server = holder._server
+        server = holder._attached.server
         assert server is not None
-        (embedded,) = holder._embedded_replicas
+        (embedded,) = holder._attached.replicas
         assert embedded.data_dir == replica_folder(data_dir, 1)
         yield Cluster(
             primary=server.uri("postgres"),

@@ -380,7 +380,7 @@ async def test_the_embedded_server_runs_row_level_security_as_an_ordinary_role(
         assert (await store.retrieve("k")).value == "a memory"
         role = await store.database.fetchval("whoami", Query("SELECT current_user::text", []))
         assert role == "pepperpy_app"
-        server = store._server
+        server = store._attached.server
         assert server is not None
         superuser = await asyncpg.connect(server.uri(config.database))
         try:

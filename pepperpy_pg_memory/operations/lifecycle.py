@@ -1,0 +1,274 @@
+"""Starting and closing a store: the server, the table's migrations, the pool's session
+settings, read replicas, the embedder check and the online backfills."""
+
+from __future__ import annotations
+
+import builtins
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+
+from .. import backfill
+from ..config import PostgresConfig
+from ..database import Database, connect
+from ..embedded import EmbeddedServer, acquire_embedded, release_embedded
+from ..embedded_replicas import EmbeddedReplica, acquire_replicas, release_replicas
+from ..errors import DimensionMismatchError, EmbedderMismatchError
+from ..faults import translate
+from ..metrics import Metrics
+from ..replicas import ReadRouter
+from ..schema import (
+    APPLICATION_NAME,
+    CLIENT_SCHEMA_SETTING,
+    HISTORY_SETTING,
+    QUOTA_SETTING,
+    SCHEMA_VERSION,
+    TENANT_SETTING,
+    TableLayout,
+    ensure_database,
+    ensure_metadata_indexes,
+    migrate,
+    vector_schema,
+    vector_type_for,
+)
+from ..tenancy import (
+    APPLICATION_ROLE,
+    check_binding,
+    check_row_level_security_applies,
+    ensure_application_role,
+)
+from ..types import ProgressCallback
+from .started import Started
+from .upkeep import Relayout, holds_vectors, record_embedder, reindex_semantic
+
+__all__ = [
+    "Attachments",
+    "attach_server",
+    "wanted_layout",
+    "prepare_table",
+    "session_settings",
+    "open_replicas",
+    "check_embedder",
+    "backfills_pending",
+    "run_backfills",
+    "release",
+]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Attachments:
+    """What ``start()`` opened besides the pool, for ``close()`` to release."""
+
+    server: EmbeddedServer | None = None
+    router: ReadRouter | None = None
+    replicas: builtins.list[EmbeddedReplica] = field(default_factory=list)
+
+
+async def attach_server(config: PostgresConfig, attached: Attachments) -> str:
+    """The DSN to connect to: on an embedded config, the server started (or joined) and its
+    database made if missing."""
+    if not config.is_embedded:
+        return config.connection_dsn()
+    server = attached.server = await acquire_embedded(config.data_dir)
+    conn = await connect(config, server.uri("postgres"))
+    try:
+        await ensure_database(conn, config.database)
+    finally:
+        await conn.close()
+    return server.uri(config.database)
+
+
+def wanted_layout(config: PostgresConfig, dimension: int, embedder: str) -> TableLayout:
+    """The layout ``config`` asks for, with the embedder's dimension and identity."""
+    return TableLayout(
+        schema=config.schema_name,
+        table=config.table,
+        dimension=dimension,
+        vector_type=vector_type_for(dimension),
+        text_search_config=config.text_search_config,
+        hnsw_m=config.hnsw_m,
+        hnsw_ef_construction=config.hnsw_ef_construction,
+        embedder=embedder,
+        distance=config.distance,
+    )
+
+
+async def prepare_table(
+    config: PostgresConfig, dsn: str, wanted: TableLayout, tenant: str, attached: Attachments
+) -> tuple[TableLayout, str, str]:
+    """Create or upgrade the table (and its row-level security, metadata indexes); returns
+    the layout recorded, the schema pgvector lives in and the DSN the pool connects to.
+
+    Under row-level security on the embedded server the stores connect as an ordinary role
+    (policies do not restrict its superuser): the superuser migrates the tables, which it
+    keeps owning (so the stores cannot switch the policies off), and grants the role their
+    use.
+    """
+    if config.is_embedded and config.row_level_security:
+        assert attached.server is not None
+        conn = await connect(config, dsn)
+        try:
+            layout = await migrate(conn, wanted, row_level_security=True)
+            await ensure_metadata_indexes(conn, layout, config.indexed_fields)
+            await ensure_application_role(conn, layout)
+        except asyncpg.PostgresError as exc:
+            raise translate(exc, "start") from exc
+        finally:
+            await conn.close()
+        dsn = attached.server.uri(config.database, role=APPLICATION_ROLE)
+    conn = await connect(config, dsn)
+    try:
+        if config.row_level_security:
+            await check_row_level_security_applies(conn)
+        layout = await migrate(conn, wanted, row_level_security=config.row_level_security)
+        if config.row_level_security:
+            await check_binding(conn, layout, tenant)
+        for name in await ensure_metadata_indexes(conn, layout, config.indexed_fields):
+            logger.info("created metadata index %s", name)
+        vectors_in = await vector_schema(conn)
+    except asyncpg.PostgresError as exc:
+        raise translate(exc, "start") from exc
+    finally:
+        await conn.close()
+    if layout.text_search_config != config.text_search_config:
+        logger.warning(
+            "table %s.%s is indexed with text search configuration %r, not %r: run "
+            "reindex(MemoryIndex.CONTEXTUAL) to switch",
+            layout.schema,
+            layout.table,
+            layout.text_search_config,
+            config.text_search_config,
+        )
+    return layout, vectors_in, dsn
+
+
+def session_settings(config: PostgresConfig, tenant: str) -> dict[str, str]:
+    """The settings every pooled session starts with."""
+    return {
+        "application_name": APPLICATION_NAME,
+        # Tells the schema's guard that these connections know per-owner identity.
+        CLIENT_SCHEMA_SETTING: str(SCHEMA_VERSION),
+        "hnsw.ef_search": str(config.hnsw_ef_search),
+        "hnsw.iterative_scan": config.hnsw_iterative_scan,
+        "pg_trgm.word_similarity_threshold": str(config.trigram_threshold),
+        # Memory lookups are short OLTP queries: starting parallel workers or JIT compiling
+        # costs more (milliseconds) than the queries themselves.
+        "max_parallel_workers_per_gather": "0",
+        "jit": "off",
+        # asyncpg prepares every statement; after five runs PostgreSQL may switch to a
+        # generic plan that cannot see the query vector, the limit or the filters, and
+        # picks scans ten times slower. Plan each execution for its values.
+        "plan_cache_mode": "force_custom_plan",
+        HISTORY_SETTING: "on" if config.history else "off",
+        # The tenant every statement names ("" without one): under row-level security
+        # the policies read it (a role bound to a tenant is held to its binding instead).
+        TENANT_SETTING: tenant,
+        **(
+            {QUOTA_SETTING: str(config.max_memories_per_owner)}
+            if config.max_memories_per_owner is not None
+            else {}
+        ),
+    }
+
+
+async def open_replicas(
+    config: PostgresConfig,
+    database: Database,
+    metrics: Metrics,
+    attached: Attachments,
+    vectors_in: str,
+    settings: dict[str, str],
+) -> ReadRouter | None:
+    """A router over the configured read replicas (embedded ones started), or None."""
+    dsns = [dsn.get_secret_value() for dsn in config.read_replicas]
+    if config.embedded_replicas:
+        assert attached.server is not None
+        attached.replicas = await acquire_replicas(attached.server, config.embedded_replicas)
+        dsns += [replica.uri(config.database) for replica in attached.replicas]
+    if not dsns:
+        return None
+    router = attached.router = ReadRouter(config, database, metrics, dsns)
+    await router.open(vectors_in, settings)
+    await router.mark_written()  # the migrations, made outside the pool
+    return router
+
+
+async def check_embedder(started: Started[Any], dimension: int, relayout: Relayout[Any]) -> None:
+    """Make sure the table's vectors are the current model's: adopt it for a table without
+    vectors, re-embed if configured to, else refuse to start."""
+    layout, identity, config = started.layout, started.embedder_identity, started.config
+    if layout.embedder == identity:
+        return
+    where = f"table {layout.schema}.{layout.table}"
+    if layout.dimension == dimension and not await holds_vectors(started):
+        await record_embedder(started, relayout)
+        return
+    if "reindex" in (config.on_embedder_change, config.on_dimension_mismatch):
+        logger.warning(
+            "%s holds vectors of %s; re-embedding every memory with %s",
+            where,
+            layout.embedder,
+            identity,
+        )
+        await reindex_semantic(started, None, True, None, relayout)
+        return
+    if layout.dimension != dimension:
+        raise DimensionMismatchError(
+            f"{where} holds {layout.dimension}-dimensional embeddings but the embedder "
+            f"produces {dimension}: start with PostgresConfig(on_embedder_change='reindex') "
+            "to re-embed every memory with the new model, or use the model the table was "
+            "built with",
+            expected=layout.dimension,
+            actual=dimension,
+        )
+    raise EmbedderMismatchError(
+        f"{where} holds vectors of {layout.embedder}, not of this store's embedder "
+        f"{identity}: searching would compare two models' vectors. Start with "
+        "PostgresConfig(on_embedder_change='reindex') to re-embed every memory with it, "
+        "or use the model the table was built with",
+        recorded=str(layout.embedder),
+        current=identity,
+    )
+
+
+async def backfills_pending(started: Started[Any]) -> bool:
+    """Whether an online backfill of the tenant's memories is still to run."""
+    database, layout, tenant = started.database, started.layout, started.tenant
+    finished = [
+        await backfill.is_finished(database, layout, item, tenant)
+        for item in backfill.BACKFILLS_TO_RUN
+    ]
+    return not all(finished)
+
+
+async def run_backfills(started: Started[Any], progress: ProgressCallback | None) -> int:
+    """Run the pending online backfills to the end; how many memories they changed."""
+    changed = 0
+    for item in backfill.BACKFILLS_TO_RUN:
+        changed += await backfill.run(
+            started.database,
+            started.layout,
+            item,
+            started.tenant,
+            batch_size=started.config.maintenance_batch_size,
+            progress=progress,
+        )
+    return changed
+
+
+async def release(attached: Attachments, database: Database) -> None:
+    """Close the replicas' router and the pool, then let go of embedded replicas and the
+    embedded server (shared between stores and counted: the last one stops them)."""
+    router, attached.router = attached.router, None
+    if router is not None:
+        await router.close()
+    await database.close()
+    server, attached.server = attached.server, None
+    replicas, attached.replicas = attached.replicas, []
+    if server is not None:
+        await release_replicas(server, replicas)
+        await release_embedded(server)
