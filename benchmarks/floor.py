@@ -57,7 +57,7 @@ async def _measure(size: int, queries: int, rounds: int) -> dict[str, Any]:
             )
             # The store's own statement for these searches (no passages exist).
             restriction = store._restriction()
-            ours_sql = store._searches.semantic_search(
+            ours_sql = store._ready.searches.semantic_search(
                 vectors[0], restriction, Page(10), passages=False
             )
             ours: list[float] = []

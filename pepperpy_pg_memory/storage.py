@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 from functools import partial
-from typing import Any, Generic, Literal, TextIO, TypeVar
+from typing import Any, Generic, TextIO, TypeVar
 
 from pydantic import BaseModel
 
@@ -59,7 +59,6 @@ from .models import (
 from .operations import (
     deleting,
     lifecycle,
-    naming,
     reads,
     search,
     transfer,
@@ -69,15 +68,10 @@ from .operations import (
 )
 from .operations.rows import RowMapper
 from .operations.started import Started
-from .queries import ArrayPattern, ListOrder, Restriction, Statements
+from .queries import ArrayPattern, ListOrder, Restriction
 from .results import MemorySearchResults
 from .schema import (
     TableLayout,
-)
-from .search_sql import SearchStatements
-from .shutdown import cancel_and_wait
-from .tenancy import (
-    grant_tenant,
 )
 from .term_stats import TermStatistics
 from .types import (
@@ -196,9 +190,8 @@ class PostgresStorage(Generic[K, V]):
         self._start_lock = asyncio.Lock()
         self._identity = ""  # the embedder's identity, known once started
         # Whether an online backfill may still leave rows without terms (searches then look
-        # at the old full-text column too), and the task running it in the background.
+        # at the old full-text column too).
         self._backfilling = True
-        self._backfill_task: asyncio.Task[None] | None = None
         self._term_stats = TermStatistics(
             self.database,
             lambda: self.layout,
@@ -292,8 +285,8 @@ class PostgresStorage(Generic[K, V]):
         await lifecycle.check_embedder(self._ready, dimension, self._use_layout)
         self._set_backfilling(await lifecycle.backfills_pending(self._ready))
         if self._backfilling and config.background_backfill:
-            self._backfill_task = asyncio.get_running_loop().create_task(
-                self._backfill_in_background()
+            attached.backfill = lifecycle.in_background(
+                self.complete_backfills(), f"the online backfill of {layout.table}"
             )
         await self._term_stats.start()
         logger.info("memory store ready on %s", config.describe_target())
@@ -304,18 +297,7 @@ class PostgresStorage(Generic[K, V]):
         memories, whatever ``pepperpy.tenant`` they set. Run as the tables' owner (a store
         started as the owner, with ``row_level_security=True``); ``role`` must exist and not be
         a superuser or BYPASSRLS role (see the README's Multi-tenant deployments)."""
-        await self.database.run("grant_tenant", partial(grant_tenant, self.layout, role, tenant))
-
-    async def _backfill_in_background(self) -> None:
-        try:
-            await self.complete_backfills()
-        except Exception:
-            logger.warning(
-                "the online backfill of %s stopped; the next start() or complete_backfills() "
-                "resumes it",
-                self.layout.table,
-                exc_info=True,
-            )
+        await lifecycle.grant_tenant(self._ready, role, tenant)
 
     async def complete_backfills(self, *, progress: ProgressCallback | None = None) -> int:
         """Run the pending online backfills of this tenant's memories to the end; returns
@@ -386,10 +368,7 @@ class PostgresStorage(Generic[K, V]):
             await self._close()
 
     async def _close(self) -> None:
-        # A backfill's batch under way rolls back; the next start resumes after the last
-        # committed one.
-        task, self._backfill_task = self._backfill_task, None
-        await cancel_and_wait(task)
+        await lifecycle.stop_background(self._attached)
         await self._term_stats.stop()
         await self._access.stop()
         self.reads = self.database.reading
@@ -403,14 +382,6 @@ class PostgresStorage(Generic[K, V]):
             raise MemoryError("the storage is not started: await storage.start() first")
         return self._started
 
-    @property
-    def _statements(self) -> Statements:
-        return self._ready.statements
-
-    @property
-    def _searches(self) -> SearchStatements:
-        return self._ready.searches
-
     # --- checking input ------------------------------------------------------------------
     def _restriction(
         self,
@@ -421,9 +392,6 @@ class PostgresStorage(Generic[K, V]):
         **bounds: Any,
     ) -> Restriction:
         return restriction(self.config, self._tenant, scope, scope_id, types, filter, **bounds)
-
-    def _keys(self, keys: Iterable[str]) -> builtins.list[str]:
-        return list(dict.fromkeys(validate_key(key, self.config.max_key_length) for key in keys))
 
     def _prepare(self, key: Any, value: Any, **fields: Any) -> PendingWrite:
         return prepare_write(self.config, self.text_of, self.layout.dimension, key, value, **fields)
@@ -502,25 +470,13 @@ class PostgresStorage(Generic[K, V]):
             passages=passages,
             importance=importance,
         )
-        write.change = self._change(None, actor, reason)
-        rule = self._dedupe_rule(dedupe)
+        write.change = _change(None, actor, reason)
+        rule = writing.dedupe_rule(self.config, dedupe)
         if rule is not False and MANAGED_FIELD not in write.metadata:
             return await writing.write_deduplicated(self._ready, write, value, rule)
         # Batches run on the caller's loop, which must be the pool's.
         self.database.check_loop("store")
         return await self._store_calls.submit((write, value))
-
-    def _dedupe_rule(self, dedupe: bool | float | None) -> float | None | Literal[False]:
-        """False: no deduplication; None: the same normalised text; a number: that too, or
-        a cosine at least that high."""
-        if dedupe is None:
-            threshold = self.config.dedupe_threshold
-            return False if threshold is None else threshold
-        if isinstance(dedupe, bool):
-            return None if dedupe else False
-        if not isinstance(dedupe, (int, float)) or not 0 < dedupe <= 1:
-            raise MemoryValidationError("dedupe must be True, False, None or a number in (0, 1]")
-        return float(dedupe)
 
     @instrumented("store_many")
     async def store_many(
@@ -564,7 +520,7 @@ class PostgresStorage(Generic[K, V]):
             "passages": None,
         }
         writes: dict[Identity, PendingWrite] = {}
-        change = self._change(None, actor, reason)
+        change = _change(None, actor, reason)
         for position, item in enumerate(items):
             fields = item_fields(item, position)
             try:
@@ -579,15 +535,10 @@ class PostgresStorage(Generic[K, V]):
             writes[write.identity] = write
         if not writes:
             return StoredCount(0)
-        rule = self._dedupe_rule(dedupe)
+        rule = writing.dedupe_rule(self.config, dedupe)
         return await writing.store_many(self._ready, writes, rule, progress)
 
     # --- naming memories -------------------------------------------------------------------
-    async def _resolve(
-        self, keys: builtins.list[str], scope: Scope, scope_id: str | None
-    ) -> builtins.list[Identity]:
-        return await naming.resolve(self._ready, keys, scope, scope_id)
-
     # --- reading ---------------------------------------------------------------------------
     @instrumented("retrieve")
     async def retrieve(
@@ -644,7 +595,7 @@ class PostgresStorage(Generic[K, V]):
             AmbiguousKeyError: no scope was given and several owners hold one of the keys.
         """
         restriction = self._restriction(scope, scope_id)
-        return await reads.retrieve_many(self._ready, self._keys(keys), restriction)
+        return await reads.retrieve_many(self._ready, self._ready.keys(keys), restriction)
 
     async def retrieve_by_owner(
         self, names: Iterable[tuple[MemoryScope | str, str | None, K]]
@@ -670,7 +621,7 @@ class PostgresStorage(Generic[K, V]):
             AmbiguousKeyError: no scope was given and several owners hold one of the keys
                 (nothing is extended).
         """
-        checked = self._keys(keys)
+        checked = self._ready.keys(keys)
         delta, _ = resolve_expiry(ttl, None, self.config.ttl_for(MemoryType.LONG_TERM))
         if not checked or delta is None:
             return 0
@@ -808,7 +759,7 @@ class PostgresStorage(Generic[K, V]):
             filter,
             value_filter=value_filter,
             key_prefix=key_prefix,
-            keys=None if keys is None else frozenset(self._keys(keys)),
+            keys=None if keys is None else frozenset(self._ready.keys(keys)),
         )
         return await reads.list_page(
             self._ready,
@@ -848,7 +799,7 @@ class PostgresStorage(Generic[K, V]):
             types,
             filter,
             include_invalid=include_invalid,
-            keys=None if keys is None else frozenset(self._keys(keys)),
+            keys=None if keys is None else frozenset(self._ready.keys(keys)),
         )
         async for entry in reads.scan(self._ready, restriction, page_size, include_embedding):
             yield entry
@@ -928,7 +879,7 @@ class PostgresStorage(Generic[K, V]):
                 is deleted).
         """
         checked = validate_key(key, self.config.max_key_length)
-        change = self._change(None, actor, reason)
+        change = _change(None, actor, reason)
         restriction = None
         if scope is not None:
             restriction = self._restriction(
@@ -974,11 +925,11 @@ class PostgresStorage(Generic[K, V]):
                 "delete_many needs a scope, types, filter, keys or key_prefix; "
                 "use clear() to delete all"
             )
-        change = self._change(None, actor, reason)
+        change = _change(None, actor, reason)
         criteria = self._restriction(
             scope, scope_id, types, filter, value_filter=value_filter, key_prefix=key_prefix
         )
-        key_set = None if keys is None else frozenset(self._keys(keys))
+        key_set = None if keys is None else frozenset(self._ready.keys(keys))
         return await deleting.delete_many(
             self._ready, criteria, key_set, owner_given=scope is not None, change=change
         )
@@ -988,9 +939,6 @@ class PostgresStorage(Generic[K, V]):
         return await deleting.clear(self._ready)
 
     # --- memory over time ---------------------------------------------------------------------
-    def _change(self, operation: str | None, actor: str | None, reason: str | None) -> Change:
-        return Change(operation, check_note(actor, "actor"), check_note(reason, "reason"))
-
     async def history(
         self,
         key: K,
@@ -1036,7 +984,7 @@ class PostgresStorage(Generic[K, V]):
         checked = validate_key(key, self.config.max_key_length)
         if isinstance(version, bool) or not isinstance(version, int) or version < 1:
             raise MemoryValidationError("version must be a positive integer")
-        change = self._change("restore", actor, reason)
+        change = _change("restore", actor, reason)
         identity = await versions.named(self._ready, checked, scope, scope_id)
         return await versions.restore(self._ready, identity, version, change)
 
@@ -1077,8 +1025,8 @@ class PostgresStorage(Generic[K, V]):
             **{**fields, **store_kwargs, "scope": old.scope, "scope_id": old.scope_id or None},
         )
         same_memory = write.identity == identity
-        write.change = self._change("supersede" if same_memory else None, actor, reason)
-        closing = self._change("supersede", actor, reason)
+        write.change = _change("supersede" if same_memory else None, actor, reason)
+        closing = _change("supersede", actor, reason)
         return await versions.supersede(self._ready, identity, write, value, closing)
 
     async def invalidate(
@@ -1101,7 +1049,7 @@ class PostgresStorage(Generic[K, V]):
         """
         checked = validate_key(key, self.config.max_key_length)
         moment = _moment(at, "at")
-        change = self._change("invalidate", actor, reason)
+        change = _change("invalidate", actor, reason)
         old = await self._retrieve(key, scope, scope_id, counted=False)
         identity = Identity(old.scope.value, old.scope_id, old.key)
         closed = await versions.invalidate(self._ready, identity, moment, change)
@@ -1202,7 +1150,7 @@ class PostgresStorage(Generic[K, V]):
         await self.flush_access_counts()  # promotion counts every read so far
         run = Consolidation(
             database=self.database,
-            statements=self._statements,
+            statements=self._ready.statements,
             tenant=self._tenant,
             promote_after=promote_after,
             merge_threshold=merge_threshold,
@@ -1282,6 +1230,11 @@ class PostgresStorage(Generic[K, V]):
         return await upkeep.stats(
             self._ready, self._store_calls.queued, self._backfilling, self._attached.router
         )
+
+
+def _change(operation: str | None, actor: str | None, reason: str | None) -> Change:
+    """A change the history records, its notes checked."""
+    return Change(operation, check_note(actor, "actor"), check_note(reason, "reason"))
 
 
 def _declared_value_type(storage: PostgresStorage[Any, Any]) -> Any:

@@ -182,7 +182,7 @@ async def test_a_question_of_common_words_fetches_a_bounded_candidate_set(
         ]
     )
     await storage.refresh_term_statistics()
-    statement = storage._searches.contextual_search(
+    statement = storage._ready.searches.contextual_search(
         "does Ana like tea or coffee", storage._restriction(None, None, None, None), Page(10)
     )
     async with storage.database.pool.acquire() as conn:  # with the store's settings
@@ -339,8 +339,8 @@ async def test_start_backfills_in_the_background(
         await store.store_many([{"key": f"k{i}", "value": f"item Q-{i}"} for i in range(12)])
         await _forget_terms(store, raw_conn)
     async with PostgresStorage[str, Any](config, HashingEmbedder(64)) as store:
-        assert store._backfill_task is not None
-        await store._backfill_task
+        assert store._attached.backfill is not None
+        await store._attached.backfill
         assert not store._backfilling
         table = f'"{config.schema_name}"."{config.table}"'
         assert await raw_conn.fetchval(f"SELECT count(terms) FROM {table}") == 12

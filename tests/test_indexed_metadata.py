@@ -144,7 +144,9 @@ async def test_a_selective_range_is_served_by_the_index(make_config: Any) -> Non
         query = MemoryQuery(query="memory number 7", filter={"priority": {"$lt": 2}}, limit=5)
         vector = await store.query_vector("memory number 7")
         restriction = store._restriction(None, None, None, query.filter)
-        statement = store._searches.semantic_search(vector, restriction, Page(5), passages=False)
+        statement = store._ready.searches.semantic_search(
+            vector, restriction, Page(5), passages=False
+        )
         async with store.database.pool.acquire() as conn:
             plan = await conn.fetchval("EXPLAIN (FORMAT JSON) " + statement.sql, *statement.args)
         name = metadata_index_name(store.layout, ("priority",), "numeric")

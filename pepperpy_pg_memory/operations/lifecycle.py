@@ -3,9 +3,12 @@ settings, read replicas, the embedder check and the online backfills."""
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import logging
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import asyncpg
@@ -33,11 +36,15 @@ from ..schema import (
     vector_schema,
     vector_type_for,
 )
+from ..shutdown import cancel_and_wait
 from ..tenancy import (
     APPLICATION_ROLE,
     check_binding,
     check_row_level_security_applies,
     ensure_application_role,
+)
+from ..tenancy import (
+    grant_tenant as grant_tenant_role,
 )
 from ..types import ProgressCallback
 from .started import Started
@@ -54,6 +61,9 @@ __all__ = [
     "backfills_pending",
     "run_backfills",
     "release",
+    "grant_tenant",
+    "in_background",
+    "stop_background",
 ]
 
 logger = logging.getLogger(__name__)
@@ -66,6 +76,8 @@ class Attachments:
     server: EmbeddedServer | None = None
     router: ReadRouter | None = None
     replicas: builtins.list[EmbeddedReplica] = field(default_factory=list)
+    backfill: asyncio.Task[None] | None = None
+    """The online backfill running in the background, if any."""
 
 
 async def attach_server(config: PostgresConfig, attached: Attachments) -> str:
@@ -272,3 +284,34 @@ async def release(attached: Attachments, database: Database) -> None:
     if server is not None:
         await release_replicas(server, replicas)
         await release_embedded(server)
+
+
+async def grant_tenant(started: Started[Any], role: str, tenant: str) -> None:
+    """Bind ``role`` to ``tenant`` and grant it the use of the store's tables."""
+    await started.database.run(
+        "grant_tenant", partial(grant_tenant_role, started.layout, role, tenant)
+    )
+
+
+def in_background(work: Coroutine[Any, Any, Any], what: str) -> asyncio.Task[None]:
+    """Run ``work`` as a task that logs, rather than raises, its failure (the next start()
+    or complete_backfills() resumes a backfill)."""
+
+    async def run() -> None:
+        try:
+            await work
+        except Exception:
+            logger.warning(
+                "%s stopped; the next start() or complete_backfills() resumes it",
+                what,
+                exc_info=True,
+            )
+
+    return asyncio.get_running_loop().create_task(run())
+
+
+async def stop_background(attached: Attachments) -> None:
+    """Cancel background work: a backfill's batch under way rolls back, and the next start
+    resumes after the last committed one."""
+    task, attached.backfill = attached.backfill, None
+    await cancel_and_wait(task)

@@ -11,7 +11,7 @@ import builtins
 import logging
 from collections.abc import Iterable, Mapping
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import asyncpg
 
@@ -19,8 +19,9 @@ from ..bulk import write_batch
 from ..bulk import write_deduplicated as write_deduplicated_row
 from ..bulk import write_one as write_one_row
 from ..coalesce import together_or_alone
+from ..config import PostgresConfig
 from ..dedupe import BatchDeduplication
-from ..errors import MemoryError
+from ..errors import MemoryError, MemoryValidationError
 from ..history import Change
 from ..items import PendingWrite
 from ..models import MemoryEntry, StoredCount, trusted
@@ -40,6 +41,7 @@ __all__ = [
     "store_batch",
     "write_one",
     "store_many",
+    "dedupe_rule",
 ]
 
 logger = logging.getLogger(__name__)
@@ -335,3 +337,18 @@ async def store_many(
     if len(batch) >= config.bulk_index_rebuild_rows > 0:
         await after_bulk_load(started)
     return StoredCount(len(batch) - folded, deduplicated=folded)
+
+
+def dedupe_rule(
+    config: PostgresConfig, dedupe: bool | float | None
+) -> float | None | Literal[False]:
+    """``store(dedupe=...)`` as a rule: False, no deduplication; None, the same normalised
+    text; a number, that too or a cosine at least that high."""
+    if dedupe is None:
+        threshold = config.dedupe_threshold
+        return False if threshold is None else threshold
+    if isinstance(dedupe, bool):
+        return None if dedupe else False
+    if not isinstance(dedupe, (int, float)) or not 0 < dedupe <= 1:
+        raise MemoryValidationError("dedupe must be True, False, None or a number in (0, 1]")
+    return float(dedupe)
