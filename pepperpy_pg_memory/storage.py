@@ -17,19 +17,15 @@ import typing
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
-from functools import partial
 from typing import Any, Generic, TextIO, TypeVar
 
 from pydantic import BaseModel
 
 from . import backup
-from .access import AccessTracker
 from .cache import EmbeddingCache
-from .coalesce import Coalescer
 from .config import PostgresConfig
-from .consolidation import Consolidation, ConsolidationReport, Summarizer
-from .database import Database, Runner
-from .embeddings import Embedder, as_embedder, embedder_identity
+from .consolidation import ConsolidationReport, Summarizer
+from .embeddings import Embedder
 from .errors import (
     MemoryError,
     MemoryNotFoundError,
@@ -42,13 +38,14 @@ from .items import (
     MemoryItem,
     PendingWrite,
     Scope,
+    Vector,
     as_enum,
     item_fields,
     prepare_write,
     resolve_expiry,
     restriction,
 )
-from .metrics import Metrics, instrumented
+from .metrics import instrumented
 from .models import (
     MemoryEntry,
     MemoryOwner,
@@ -66,14 +63,12 @@ from .operations import (
     versions,
     writing,
 )
-from .operations.rows import RowMapper
-from .operations.started import Started
+from .operations.started import Services, Started, Types
 from .queries import ArrayPattern, ListOrder, Restriction
 from .results import MemorySearchResults
 from .schema import (
     TableLayout,
 )
-from .term_stats import TermStatistics
 from .types import (
     MANAGED_FIELD,
     Identity,
@@ -83,7 +78,6 @@ from .types import (
     ProgressCallback,
 )
 from .values import default_text_of, to_json_value, validate_key
-from .vectors import EmbeddingPipeline, Vector
 
 __all__ = ["PostgresStorage", "MemorySearchResults", "ProgressCallback", "MemoryItem"]
 
@@ -91,24 +85,6 @@ logger = logging.getLogger(__name__)
 
 K = TypeVar("K", bound=str)
 V = TypeVar("V")
-
-EXPORT_PAGE = 500
-"""Memories an export writes per look-up of their passages."""
-
-BULK_WRITE_ROWS = 1_000
-"""A ``store_many`` of at least this many rows runs under ``config.maintenance_timeout``."""
-
-RANKED_CANDIDATES = 4_000
-"""The most candidates a ranked search weighs (four times limit + offset, up to this)."""
-
-STORE_BATCH_ROWS = 256
-"""The most concurrent ``store()`` calls written together in one batch."""
-
-StoreCall = tuple[PendingWrite, Any]
-"""One ``store()`` call waiting for its batch: the prepared write and the caller's value."""
-
-
-Types = Iterable[MemoryType | str] | MemoryType | None
 
 # What supersede() passes on to the new fact's write.
 _SUPERSEDE_FIELDS = frozenset(
@@ -169,49 +145,34 @@ class PostgresStorage(Generic[K, V]):
     ) -> None:
         self.config = config if config is not None else PostgresConfig()
         self.text_of: Callable[[Any], str] = text_of or default_text_of
-        self.metrics = Metrics()
-        self.database = Database(self.config, self.metrics)
+        services = Services.create(self.config, embedder, lambda: self.layout)
+        self.metrics = services.metrics
+        self.database = services.database
         """The pool and how statements run on it (for monitoring and tests)."""
-        self.reads: Runner = self.database.reading
+        self.reads = self.database.reading
         """Where the reads a replica may serve run: the primary, or a :class:`ReadRouter`
         over the replicas when there are any."""
+        self._services = services
+        self._vectors, self._term_stats, self._access = (
+            services.vectors,
+            services.term_stats,
+            services.access,
+        )
         # The embedded server, replicas and their router, when start() opened them.
         self._attached = lifecycle.Attachments()
-        self._vectors = EmbeddingPipeline(
-            as_embedder(embedder, self.config.embedding_backend),
-            cache_size=self.config.embedding_cache_size,
-            batch_size=self.config.embedding_batch_size,
-        )
         # Part of every memory's identity; '' for a store without a tenant.
         self._tenant = self.config.tenant or ""
         # What the operations share, built by start() (see operations/started.py).
         self._started: Started[V] | None = None
         self._value_type = value_type
         self._start_lock = asyncio.Lock()
-        self._identity = ""  # the embedder's identity, known once started
+        self._identity = ""  # the embedder's name and dimension, known once started
         # Whether an online backfill may still leave rows without terms (searches then look
         # at the old full-text column too).
         self._backfilling = True
-        self._term_stats = TermStatistics(
-            self.database,
-            lambda: self.layout,
-            self._tenant,
-            per_owner=self.config.term_statistics == "owner",
-        )
-        self._access = AccessTracker(
-            self.database,
-            self._tenant,
-            self.config.access_flush_interval,
-            enabled=self.config.track_access,
-        )
-        # Concurrent store() calls are written in batches, on half the pool at most: a burst
-        # of thousands then costs a few COPYs instead of a queue for connections.
-        self._store_calls: Coalescer[StoreCall, MemoryEntry[V]] = Coalescer(
-            "store",
-            lambda calls: writing.store_batch(self._ready, calls),
-            lanes=max(1, self.config.max_size // 2),
-            max_batch=STORE_BATCH_ROWS,
-            wait_timeout=self.config.pool_timeout,
+        # Concurrent store() calls are written in batches (see writing.store_queue).
+        self._store_calls = writing.store_queue(
+            self.config, lambda calls: writing.store_batch(self._ready, calls)
         )
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -268,8 +229,8 @@ class PostgresStorage(Generic[K, V]):
         config, attached = self.config, self._attached
         dsn = await lifecycle.attach_server(config, attached)
         dimension = await self._vectors.model_dimension()
-        self._identity = embedder_identity(self._vectors.embedder, dimension)
-        wanted = lifecycle.wanted_layout(config, dimension, self._identity)
+        wanted = lifecycle.wanted_layout(config, self._vectors.embedder, dimension)
+        self._identity = str(wanted.embedder)
         layout, vectors_in, dsn = await lifecycle.prepare_table(
             config, dsn, wanted, self._tenant, attached
         )
@@ -339,18 +300,13 @@ class PostgresStorage(Generic[K, V]):
         """Build the operations' context for ``layout`` (and the current reads), keep it and
         return it: at start, and whenever the layout changes (see upkeep.Relayout)."""
         if self._started is None:
-            self._started = Started(
-                config=self.config,
-                tenant=self._tenant,
-                layout=layout,
+            self._started = Started.build(
+                self._services,
+                self.config,
+                layout,
                 backfilling=self._backfilling,
-                database=self.database,
                 reads=self.reads,
-                vectors=self._vectors,
-                term_stats=self._term_stats,
-                access=self._access,
-                rows=RowMapper(self._value_type or _declared_value_type(self)),
-                metrics=self.metrics,
+                value_type=self._value_type or _declared_value_type(self),
                 text_of=self.text_of,
                 embedder_identity=self._identity,
             )
@@ -476,7 +432,8 @@ class PostgresStorage(Generic[K, V]):
             return await writing.write_deduplicated(self._ready, write, value, rule)
         # Batches run on the caller's loop, which must be the pool's.
         self.database.check_loop("store")
-        return await self._store_calls.submit((write, value))
+        entry: MemoryEntry[V] = await self._store_calls.submit((write, value))
+        return entry
 
     @instrumented("store_many")
     async def store_many(
@@ -1148,19 +1105,17 @@ class PostgresStorage(Generic[K, V]):
         ``progress(done, owners)`` follows the owners.
         """
         await self.flush_access_counts()  # promotion counts every read so far
-        run = Consolidation(
-            database=self.database,
-            statements=self._ready.statements,
-            tenant=self._tenant,
+        return await upkeep.consolidate(
+            self._ready,
+            self._restriction(scope, scope_id),
             promote_after=promote_after,
             merge_threshold=merge_threshold,
-            include_managed=include_managed,
+            summarize=summarize,
             dry_run=dry_run,
+            include_managed=include_managed,
             actor=check_note(actor, "actor"),
-            entry=self._ready.rows.entry,
-            write_summary=partial(upkeep.write_summary, self._ready, actor=actor),
+            progress=progress,
         )
-        return await run.run(self._restriction(scope, scope_id), summarize, progress)
 
     async def cleanup_expired(
         self,

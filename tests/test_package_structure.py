@@ -10,32 +10,46 @@ from pathlib import Path
 PACKAGE = Path(__file__).parents[1] / "pepperpy_pg_memory"
 
 
+def _module_names() -> dict[Path, str]:
+    """Every module of the package (subpackages included), by path: dotted, relative to the
+    package (``storage``, ``operations.search``; a package's ``__init__`` is its own name)."""
+    names = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE).with_suffix("").parts
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        if parts:
+            names[path] = ".".join(parts)
+    return names
+
+
 def _imports() -> tuple[dict[str, set[str]], list[tuple[str, str, str]]]:
-    """Per module, the sibling modules it imports; and every private name imported."""
-    modules = {path.stem for path in PACKAGE.glob("*.py")}
+    """Per module, the package's modules it imports; and every private name imported."""
+    names = _module_names()
+    modules = set(names.values())
     graph: dict[str, set[str]] = defaultdict(set)
     private: list[tuple[str, str, str]] = []
-    for path in PACKAGE.glob("*.py"):
+    for path, name in names.items():
+        package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.ImportFrom) and node.level == 1:
-                if node.module is None:  # from . import x
-                    graph[path.stem] |= {a.name for a in node.names if a.name in modules}
-                    continue
-                target = node.module.split(".")[0]
-                if target not in modules:
-                    continue
-                graph[path.stem].add(target)
-                private += [
-                    (path.stem, target, alias.name)
-                    for alias in node.names
-                    if alias.name.startswith("_")
-                ]
-            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith(
-                "pepperpy_pg_memory."
-            ):
-                target = (node.module or "").split(".")[1]
-                if target in modules:
-                    graph[path.stem].add(target)
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            if node.level:
+                base = package[: len(package) - (node.level - 1)]
+            elif (node.module or "").startswith("pepperpy_pg_memory."):
+                base = []
+            else:
+                continue
+            module = (node.module or "").removeprefix("pepperpy_pg_memory")
+            target = ".".join([*base, *filter(None, module.split("."))])
+            for alias in node.names:
+                submodule = f"{target}.{alias.name}" if target else alias.name
+                if submodule in modules:  # from . import x
+                    graph[name].add(submodule)
+                elif target in modules:
+                    graph[name].add(target)
+                    if alias.name.startswith("_"):
+                        private.append((name, target, alias.name))
     return graph, private
 
 
@@ -76,3 +90,29 @@ def test_the_cycle_finder_finds_one() -> None:
 def test_no_module_imports_another_modules_private_names() -> None:
     _, private = _imports()
     assert private == []
+
+
+def test_operations_never_import_the_facade() -> None:
+    # Operations take the Started context; PostgresStorage calls them, never the reverse.
+    graph, _ = _imports()
+    operations = [module for module in graph if module.startswith("operations.")]
+    assert len(operations) >= 8
+    for module in operations:
+        assert "storage" not in graph[module], module
+
+
+def test_the_facade_stays_thin() -> None:
+    source = (PACKAGE / "storage.py").read_text(encoding="utf-8")
+    tree = ast.parse(source)
+    (facade,) = [
+        n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "PostgresStorage"
+    ]
+    private = [
+        n.name
+        for n in facade.body
+        if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)
+        and n.name.startswith("_")
+        and not n.name.startswith("__")
+    ]
+    assert len(private) <= 10, private
+    assert "conn." not in source  # connections belong to the database layer

@@ -18,6 +18,7 @@ from ..config import PostgresConfig
 from ..database import Database, connect
 from ..embedded import EmbeddedServer, acquire_embedded, release_embedded
 from ..embedded_replicas import EmbeddedReplica, acquire_replicas, release_replicas
+from ..embeddings import Embedder, embedder_identity
 from ..errors import DimensionMismatchError, EmbedderMismatchError
 from ..faults import translate
 from ..metrics import Metrics
@@ -94,8 +95,8 @@ async def attach_server(config: PostgresConfig, attached: Attachments) -> str:
     return server.uri(config.database)
 
 
-def wanted_layout(config: PostgresConfig, dimension: int, embedder: str) -> TableLayout:
-    """The layout ``config`` asks for, with the embedder's dimension and identity."""
+def wanted_layout(config: PostgresConfig, embedder: Embedder, dimension: int) -> TableLayout:
+    """The layout ``config`` asks for, for ``embedder`` (its dimension and identity)."""
     return TableLayout(
         schema=config.schema_name,
         table=config.table,
@@ -104,7 +105,7 @@ def wanted_layout(config: PostgresConfig, dimension: int, embedder: str) -> Tabl
         text_search_config=config.text_search_config,
         hnsw_m=config.hnsw_m,
         hnsw_ef_construction=config.hnsw_ef_construction,
-        embedder=embedder,
+        embedder=embedder_identity(embedder, dimension),
         distance=config.distance,
     )
 

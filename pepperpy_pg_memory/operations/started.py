@@ -11,6 +11,7 @@ from typing import Any, Generic, TypeVar
 from ..access import AccessTracker
 from ..config import PostgresConfig
 from ..database import Database, Runner
+from ..embeddings import as_embedder
 from ..history import HistoryStatements
 from ..items import PendingWrite, Scope, prepare_write, restriction
 from ..metrics import Metrics
@@ -23,7 +24,7 @@ from ..values import validate_key
 from ..vectors import EmbeddingPipeline
 from .rows import RowMapper
 
-__all__ = ["Started", "SearchState", "Types"]
+__all__ = ["Started", "SearchState", "Services", "Types"]
 
 V = TypeVar("V")
 
@@ -37,6 +38,43 @@ class SearchState:
     passages_seen: bool = False
     """Whether any memory has passages: once true, vector searches look at them (see
     :func:`.search.vector_rows`)."""
+
+
+@dataclass(frozen=True)
+class Services:
+    """What a store has from its construction, started or not: the pool and how statements
+    run, the embedding pipeline, the term statistics and read counts kept in the background."""
+
+    metrics: Metrics
+    database: Database
+    vectors: EmbeddingPipeline
+    term_stats: TermStatistics
+    access: AccessTracker
+
+    @classmethod
+    def create(
+        cls, config: PostgresConfig, embedder: Any, layout: Callable[[], TableLayout]
+    ) -> Services:
+        """The services of a store of ``config`` whose table's layout ``layout`` tells once
+        started."""
+        metrics = Metrics()
+        database = Database(config, metrics)
+        tenant = config.tenant or ""
+        return cls(
+            metrics=metrics,
+            database=database,
+            vectors=EmbeddingPipeline(
+                as_embedder(embedder, config.embedding_backend),
+                cache_size=config.embedding_cache_size,
+                batch_size=config.embedding_batch_size,
+            ),
+            term_stats=TermStatistics(
+                database, layout, tenant, per_owner=config.term_statistics == "owner"
+            ),
+            access=AccessTracker(
+                database, tenant, config.access_flush_interval, enabled=config.track_access
+            ),
+        )
 
 
 @dataclass(frozen=True)
@@ -97,6 +135,36 @@ class Started(Generic[V]):
         }
         for name, value in built.items():
             object.__setattr__(self, name, value)
+
+    @classmethod
+    def build(
+        cls,
+        services: Services,
+        config: PostgresConfig,
+        layout: TableLayout,
+        *,
+        backfilling: bool,
+        reads: Runner,
+        value_type: Any,
+        text_of: Callable[[Any], str],
+        embedder_identity: str,
+    ) -> Started[V]:
+        """The context of a store that has just started on ``layout``."""
+        return cls(
+            config=config,
+            tenant=config.tenant or "",
+            layout=layout,
+            backfilling=backfilling,
+            database=services.database,
+            reads=reads,
+            vectors=services.vectors,
+            term_stats=services.term_stats,
+            access=services.access,
+            rows=RowMapper(value_type),
+            metrics=services.metrics,
+            text_of=text_of,
+            embedder_identity=embedder_identity,
+        )
 
     # --- input ---------------------------------------------------------------------------
     def restriction(

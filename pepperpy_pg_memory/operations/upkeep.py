@@ -11,7 +11,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 from .. import backfill, maintenance
-from ..consolidation import SOURCES_FIELD
+from ..consolidation import SOURCES_FIELD, Consolidation, ConsolidationReport, Summarizer
 from ..history import Change, check_note
 from ..metrics import instrumented
 from ..models import MemoryEntry
@@ -31,6 +31,7 @@ __all__ = [
     "record_embedder",
     "holds_vectors",
     "write_summary",
+    "consolidate",
     "stats",
 ]
 
@@ -55,6 +56,35 @@ async def cleanup_expired(started: Started[Any], restriction: Restriction, batch
             break
     await trim_history(started)
     return total
+
+
+@instrumented("consolidate")
+async def consolidate(
+    started: Started[V],
+    restriction: Restriction,
+    *,
+    promote_after: int,
+    merge_threshold: float,
+    summarize: Summarizer | None,
+    dry_run: bool,
+    include_managed: bool,
+    actor: str | None,
+    progress: ProgressCallback | None,
+) -> ConsolidationReport:
+    """Promote, merge and summarise each owner's memories within ``restriction``."""
+    run = Consolidation(
+        database=started.database,
+        statements=started.statements,
+        tenant=started.tenant,
+        promote_after=promote_after,
+        merge_threshold=merge_threshold,
+        include_managed=include_managed,
+        dry_run=dry_run,
+        actor=actor,
+        entry=started.rows.entry,
+        write_summary=partial(write_summary, started, actor=actor),
+    )
+    return await run.run(restriction, summarize, progress)
 
 
 async def write_summary(

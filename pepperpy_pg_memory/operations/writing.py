@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import builtins
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from functools import partial
 from typing import Any, Literal, TypeVar
 
@@ -18,7 +18,7 @@ import asyncpg
 from ..bulk import write_batch
 from ..bulk import write_deduplicated as write_deduplicated_row
 from ..bulk import write_one as write_one_row
-from ..coalesce import together_or_alone
+from ..coalesce import Coalescer, together_or_alone
 from ..config import PostgresConfig
 from ..dedupe import BatchDeduplication
 from ..errors import MemoryError, MemoryValidationError
@@ -42,6 +42,7 @@ __all__ = [
     "write_one",
     "store_many",
     "dedupe_rule",
+    "store_queue",
 ]
 
 logger = logging.getLogger(__name__)
@@ -53,6 +54,25 @@ BULK_WRITE_ROWS = 1_000
 
 StoreCall = tuple[PendingWrite, Any]
 """One ``store()`` call waiting for its batch: the prepared write and the caller's value."""
+
+STORE_BATCH_ROWS = 256
+"""The most concurrent ``store()`` calls written together in one batch."""
+
+
+def store_queue(
+    config: PostgresConfig,
+    run: Callable[[builtins.list[StoreCall]], Awaitable[builtins.list[Any]]],
+) -> Coalescer[StoreCall, Any]:
+    """Where concurrent ``store()`` calls wait to be written together by ``run`` (usually
+    :func:`store_batch`): in batches, on half the pool at most, so that a burst of thousands
+    costs a few COPYs instead of a queue for connections."""
+    return Coalescer(
+        "store",
+        run,
+        lanes=max(1, config.max_size // 2),
+        max_batch=STORE_BATCH_ROWS,
+        wait_timeout=config.pool_timeout,
+    )
 
 
 def timeout_for(started: Started[V], rows: int) -> float:
