@@ -8,6 +8,7 @@ statement runs.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -117,8 +118,10 @@ class PendingWrite:
         """(scope, scope_id) as stored."""
         return self.scope.value, self.scope_id
 
-    @property
+    @functools.cached_property
     def identity(self) -> Identity:
+        """The memory written (its owner and key never change once prepared); made once: a
+        batch's bookkeeping asks for it many times."""
         return Identity(self.scope.value, self.scope_id, self.key)
 
     @property

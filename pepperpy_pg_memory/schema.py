@@ -1106,9 +1106,24 @@ def _quota_function(layout: TableLayout) -> str:
             evicted integer := 0;
             victim record;
             saved text[];
+            room_name text;
+            room integer;
         BEGIN
             IF quota IS NULL OR NEW.metadata ? '{MANAGED_FIELD}'
                OR coalesce({setting(IMPORTING_SETTING)}, '') = 'on' THEN
+                RETURN NEW;
+            END IF;
+            -- Counted once per owner and transaction, under the owner's lock, which is held
+            -- to the transaction's end and keeps every other writer of the owner out: the
+            -- room left then only shrinks by this transaction's own writes, each of which
+            -- spends one (an update of a memory too: the next count corrects it). A bulk
+            -- load counted each row's owner again on every row: 84 microseconds a row at
+            -- 100 memories an owner.
+            room_name := 'pepperpy_quota.r' || md5(concat_ws(chr(31), TG_TABLE_SCHEMA,
+                TG_TABLE_NAME, NEW.tenant, NEW.scope, NEW.scope_id));
+            room := nullif(current_setting(room_name, true), '')::integer;
+            IF room > 0 THEN
+                PERFORM set_config(room_name, (room - 1)::text, true);
                 RETURN NEW;
             END IF;
             PERFORM pg_advisory_xact_lock({OWNER_LOCK_CLASS},
@@ -1120,6 +1135,7 @@ def _quota_function(layout: TableLayout) -> str:
                 SELECT 1 FROM {table} m WHERE m.tenant = NEW.tenant AND m.scope = NEW.scope
                   AND m.scope_id = NEW.scope_id LIMIT quota) every_row;
             IF held < quota THEN
+                PERFORM set_config(room_name, (quota - held - 1)::text, true);
                 RETURN NEW;
             END IF;
             SELECT count(*) INTO held FROM (
@@ -1351,6 +1367,15 @@ def _v17_backfills_per_table(layout: TableLayout) -> list[str]:
     ]
 
 
+QUOTA_ROOM_VERSION = 18
+
+
+def _v18_quota_counted_once(layout: TableLayout) -> list[str]:
+    # The quota trigger counted the owner's memories on every new row; it now counts once
+    # per owner and transaction and keeps the room left in a transaction-local setting.
+    return [_quota_function(layout)]
+
+
 Migration = Callable[[TableLayout], list[str]]
 
 MIGRATIONS: list[Migration] = [
@@ -1371,6 +1396,7 @@ MIGRATIONS: list[Migration] = [
     _v15_owner_term_statistics,
     _v16_tenant_roles,
     _v17_backfills_per_table,
+    _v18_quota_counted_once,
 ]
 """Append-only. Position i (0-based) is schema version i + 1."""
 

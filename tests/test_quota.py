@@ -87,6 +87,28 @@ async def test_a_batch_never_evicts_its_own_rows(storage: PostgresStorage[str, A
     assert await _keys(storage, **ANA) == ["n0", "n1", "n2"]
 
 
+
+async def test_one_batch_of_several_owners_fills_each_owners_room_exactly(
+    storage: PostgresStorage[str, Any],
+) -> None:
+    # The room is counted once per owner and transaction, then spent row by row: the
+    # owners of one batch each get theirs, and the row that finds none makes room.
+    await storage.store("old", "old note", **ANA, **SHORT, importance=0.1)
+    items = []
+    for i in range(2):
+        items.append({"key": f"a{i}", "value": f"ana {i}", **ANA, **SHORT})
+        items.append({"key": f"b{i}", "value": f"bruno {i}", **BRUNO, **SHORT})
+    items.append({"key": "a0", "value": "ana 0, again", **ANA, **SHORT})  # the last one counts
+    assert int(await storage.store_many(items)) == 4
+    assert await _keys(storage, **ANA) == ["a0", "a1", "old"]
+    assert await _keys(storage, **BRUNO) == ["b0", "b1"]
+    batch = [{"key": "a2", "value": "ana 2", **ANA, **SHORT}]
+    batch += [{"key": f"b{i}", "value": f"bruno {i}", **BRUNO, **SHORT} for i in (2, 3)]
+    await storage.store_many(batch)
+    assert await _keys(storage, **ANA) == ["a0", "a1", "a2"]  # "old" made room
+    assert await storage.count(**BRUNO) == 3  # one of bruno's made room for the fourth
+    assert "b3" in await _keys(storage, **BRUNO)
+
 async def test_adapter_records_neither_count_nor_make_room(
     storage: PostgresStorage[str, Any],
 ) -> None:

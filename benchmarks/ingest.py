@@ -1,0 +1,161 @@
+"""``python -m benchmarks.ingest``: bulk ingest with every feature on, beside the raw floor.
+
+Issue 24's first row: ``store_many`` of N memories with their vectors given (384-d,
+clustered), held by 100 owners, against asyncpg's COPY of the same rows into a bare table
+followed by the same HNSW build (m 16, ef_construction 64): the raw floor. Ours runs with
+everything a deployment turns on — history, contextual terms with per-owner statistics, a
+deduplication check on every item, ``max_memories_per_owner`` — and then with one feature off
+at a time, so that the cost of each shows beside the others. Each store writes a fresh table
+in one call (which is how a bulk load rebuilds the index once), rounds alternate, the median
+counts, and the JSON keeps the ratios to the floor (target: everything on ≥ 0.7×).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import numpy as np
+
+from pepperpy_pg_memory import HashingEmbedder, MemoryScope, PostgresConfig, PostgresStorage
+
+from .corpus import memories
+from .measure import save_json
+from .run import _log, _prepare_database, _start_server
+
+DIMENSION = 384
+OWNERS = 100
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "everything_on": {},
+    "no_history": {"history": False},
+    "no_dedupe_check": {"dedupe": False},
+    "no_quota": {"max_memories_per_owner": None},
+    "tenant_term_statistics": {"term_statistics": "tenant"},
+}
+"""What each store changes from everything on (the dedupe check is a store_many argument)."""
+
+
+def _vectors(count: int, seed: int = 11) -> np.ndarray:
+    """Unit vectors in 50 clusters: what a model's embeddings of related notes look like."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(50, DIMENSION))
+    vectors = centres[rng.integers(0, 50, count)] + 0.35 * rng.normal(size=(count, DIMENSION))
+    return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+
+
+async def _raw(url: str, rows: list[tuple[str, str, np.ndarray]], table: str) -> float:
+    """COPY into a bare table, then the HNSW build: the floor."""
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        from pgvector.asyncpg import register_vector
+
+        await register_vector(conn)
+        await conn.execute(
+            f"CREATE TABLE {table} (key text PRIMARY KEY, owner text NOT NULL, content text "
+            f"NOT NULL, embedding vector({DIMENSION}) NOT NULL)"
+        )
+        records = [
+            (key, f"user-{i % OWNERS}", text, vec) for i, (key, text, vec) in enumerate(rows)
+        ]
+        started = time.perf_counter()
+        await conn.copy_records_to_table(
+            table, records=records, columns=["key", "owner", "content", "embedding"]
+        )
+        await conn.execute(
+            f"CREATE INDEX ON {table} USING hnsw (embedding vector_cosine_ops) "
+            "WITH (m = 16, ef_construction = 64)"
+        )
+        return time.perf_counter() - started
+    finally:
+        await conn.close()
+
+
+async def _ours(
+    url: str, rows: list[tuple[str, str, np.ndarray]], table: str, variant: dict[str, Any]
+) -> float:
+    settings = {k: v for k, v in variant.items() if k != "dedupe"}
+    config = PostgresConfig(
+        dsn=url,
+        table=table,
+        **{"max_memories_per_owner": 1_000_000, "dedupe_threshold": 0.95, **settings},
+    )
+    items = [
+        {
+            "key": key,
+            "value": {"text": text},
+            "text": text,
+            "embedding": vector.tolist(),
+            "scope": MemoryScope.USER,
+            "scope_id": f"user-{i % OWNERS}",
+        }
+        for i, (key, text, vector) in enumerate(rows)
+    ]
+    async with PostgresStorage[str, Any](config, HashingEmbedder(DIMENSION)) as store:
+        started = time.perf_counter()
+        await store.store_many(items, dedupe=variant.get("dedupe"))
+        seconds = time.perf_counter() - started
+        await store.complete_backfills()
+    return seconds
+
+
+async def _run(size: int, rounds: int) -> dict[str, Any]:
+    server = _start_server(Path(tempfile.mkdtemp(prefix="pepperpy-ingest-")))
+    try:
+        database = await _prepare_database(server)
+        url = server.get_uri("bench")
+        texts = [(m.key, m.text) for m in memories(size)]
+        vectors = _vectors(size)
+        rows = [(key, text, vectors[i]) for i, (key, text) in enumerate(texts)]
+        seconds: dict[str, list[float]] = {"raw_copy_hnsw": []}
+        for name in VARIANTS:
+            seconds[name] = []
+        for number in range(rounds):
+            _log(f"round {number + 1}: raw")
+            seconds["raw_copy_hnsw"].append(await _raw(url, rows, f"raw_{number}"))
+            for index, (name, variant) in enumerate(VARIANTS.items()):
+                _log(f"round {number + 1}: {name}")
+                table = f"ours_{index}_{number}"
+                seconds[name].append(await _ours(url, rows, table, variant))
+    finally:
+        server.cleanup()
+    medians = {name: statistics.median(values) for name, values in seconds.items()}
+    floor = medians["raw_copy_hnsw"]
+    return {
+        "date": time.strftime("%Y-%m-%d"),
+        "database": database,
+        "rows": size,
+        "owners": OWNERS,
+        "rounds": rounds,
+        "seconds": seconds,
+        "rows_per_second": {name: size / value for name, value in medians.items()},
+        "ratio_to_raw": {name: floor / value for name, value in medians.items()},
+        "goal": {"everything_on_ratio_to_raw": 0.7},
+        "met": floor / medians["everything_on"] >= 0.7,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.ingest", description=__doc__)
+    parser.add_argument("--size", type=int, default=10_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--out", type=Path, help="write the JSON here")
+    args = parser.parse_args(argv)
+    report = asyncio.run(_run(args.size, args.rounds))
+    for name, rate in report["rows_per_second"].items():
+        ratio = report["ratio_to_raw"][name]
+        print(f"{name:24} {rate:8.0f} rows/s  {ratio:5.2f}x raw")
+    save_json(report, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
