@@ -87,7 +87,6 @@ async def test_a_batch_never_evicts_its_own_rows(storage: PostgresStorage[str, A
     assert await _keys(storage, **ANA) == ["n0", "n1", "n2"]
 
 
-
 async def test_one_batch_of_several_owners_fills_each_owners_room_exactly(
     storage: PostgresStorage[str, Any],
 ) -> None:
@@ -108,6 +107,7 @@ async def test_one_batch_of_several_owners_fills_each_owners_room_exactly(
     assert await _keys(storage, **ANA) == ["a0", "a1", "a2"]  # "old" made room
     assert await storage.count(**BRUNO) == 3  # one of bruno's made room for the fourth
     assert "b3" in await _keys(storage, **BRUNO)
+
 
 async def test_adapter_records_neither_count_nor_make_room(
     storage: PostgresStorage[str, Any],
