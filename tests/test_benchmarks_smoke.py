@@ -114,7 +114,6 @@ def test_history_benchmark_runs_small(tmp_path: Path) -> None:
     assert report["write_p50_ms_per_round"]["store"]["on"]
 
 
-
 def test_ingest_benchmark_runs_small(tmp_path: Path) -> None:
     report = _run_small("ingest", tmp_path, "--size", "300", "--rounds", "1")
     assert set(report["rows_per_second"]) == {
@@ -127,6 +126,7 @@ def test_ingest_benchmark_runs_small(tmp_path: Path) -> None:
     }
     assert report["ratio_to_raw"]["raw_copy_hnsw"] == 1.0
     assert all(len(values) == 1 for values in report["seconds"].values())
+
 
 def test_ranking_benchmark_runs_small(tmp_path: Path) -> None:
     report = _run_small(
