@@ -56,6 +56,10 @@ FUZZY_MAX_CANDIDATES = 2_000
 
 CONTEXTUAL_CANDIDATES = 100
 """How many memories each candidate step of a BM25 search fetches at most."""
+
+TEMPORAL_CANDIDATES = 40
+"""The fewest best word matches a TEMPORAL search with a query orders by time."""
+
 # BM25's usual constants (Lucene's defaults): term-frequency saturation and length weight.
 BM25_K1 = 1.2
 BM25_B = 0.75
@@ -665,19 +669,29 @@ class SearchStatements:
         restriction: Restriction,
         page: Page,
     ) -> Query:
+        """Newest first; with a query, among what a contextual search of it finds first
+        (its words matched as CONTEXTUAL matches them, up to four times the page and at
+        least :data:`TEMPORAL_CANDIDATES`): a question finds what its words find."""
         limit, offset, min_score = page
         params = Params()
         where = restriction.conditions(params)
-        matches = "TRUE"
-        if query is not None:
-            matches = f"{CONTEXTUAL} AND m.tsv @@ {self._tsquery(params, query)}"
         score = "1.0 / (1.0 + extract(epoch FROM now() - m.updated_at) / 3600.0)"
+        if query is None:
+            sql = f"""
+                SELECT {self.entry}, ({score})::float8 AS score
+                FROM {self.table} m
+                WHERE {where} AND {_at_least(params, score, min_score)}
+                {_page(params, "m.updated_at DESC", limit, offset)}
+            """
+            return Query(sql, params.values)
+        want = max(4 * (limit + offset), TEMPORAL_CANDIDATES)
+        ctes = self._contextual_ctes(params, query, where, restriction, want)
         sql = f"""
+            WITH {ctes}
             SELECT {self.entry}, ({score})::float8 AS score
-            FROM {self.table} m
-            WHERE {where} AND {matches}
-              AND {_at_least(params, score, min_score)}
-            {_page(params, "m.updated_at DESC", limit, offset)}
+            FROM contextual c JOIN {self.table} m USING ({OWNER_KEY})
+            WHERE {_at_least(params, score, min_score)}
+            {_page(params, "m.updated_at DESC, m.key, m.scope, m.scope_id", limit, offset)}
         """
         return Query(sql, params.values)
 

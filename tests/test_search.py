@@ -163,6 +163,26 @@ async def test_temporal_search_returns_newest_first(storage: PostgresStorage[str
     assert [r.entry.key for r in only] == ["middle"]
 
 
+async def test_temporal_search_of_a_question_finds_what_its_words_find(
+    storage: PostgresStorage[str, Any],
+) -> None:
+    ana = {"scope": MemoryScope.USER, "scope_id": "ana"}
+    await storage.store("allergy", "Ana is allergic to peanuts", **ana)
+    await storage.store("diet", "Ana avoids dairy food since May", **ana)
+    await storage.store("weather", "It rained all week", **ana)
+    await storage.store("latest", "Ana booked a table for Friday", **ana)
+    question = "what food should I avoid for Ana"
+    found = await storage.search(
+        MemoryQuery(query=question, index_type=MemoryIndex.TEMPORAL, **ana)
+    )
+    # Every memory the question's words find, newest first; none of the others.
+    assert [r.entry.key for r in found] == ["latest", "diet", "allergy"]
+    contextual = await storage.search(
+        MemoryQuery(query=question, index_type=MemoryIndex.CONTEXTUAL, **ana)
+    )
+    assert {r.entry.key for r in contextual} == {r.entry.key for r in found}
+
+
 async def test_paging_with_offset_is_consistent(storage: PostgresStorage[str, Any]) -> None:
     await storage.store_many((f"k{i:02d}", f"note number {i}") for i in range(30))
     for index in (MemoryIndex.SEMANTIC, MemoryIndex.CONTEXTUAL, MemoryIndex.HYBRID):

@@ -102,14 +102,6 @@ async def _fetch_words(
     return await started.reads.fetch("search", statement(False))
 
 
-async def _fetch_plain(
-    started: Started[Any], statement: Statement, as_of: datetime | None
-) -> builtins.list[Any]:
-    if as_of is not None:
-        return await started.reads.fetch_as_of("search", statement(False), as_of)
-    return await started.reads.fetch("search", statement(False))
-
-
 def _semantic(searches: SearchStatements, request: SearchRequest) -> Statement:
     assert request.vector is not None
     vector, restriction, page = request.vector, request.restriction, request.page
@@ -148,7 +140,7 @@ SEARCH_MODES: dict[MemoryIndex, SearchMode] = {
     MemoryIndex.SEMANTIC: SearchMode(True, False, True, _semantic, _fetch_vectors),
     MemoryIndex.HYBRID: SearchMode(True, True, False, _hybrid, _fetch_vectors),
     MemoryIndex.CONTEXTUAL: SearchMode(False, True, False, _contextual, _fetch_words),
-    MemoryIndex.TEMPORAL: SearchMode(False, False, False, _temporal, _fetch_plain),
+    MemoryIndex.TEMPORAL: SearchMode(False, True, False, _temporal, _fetch_words),
 }
 
 
