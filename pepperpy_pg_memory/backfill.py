@@ -33,6 +33,7 @@ __all__ = [
     "BACKFILLS_TO_RUN",
     "REEMBED",
     "is_finished",
+    "finish_if_idle",
     "run",
     "saved_position",
     "save_position",
@@ -151,6 +152,30 @@ async def is_finished(
     await database.execute("backfill", _register(layout, backfill, tenant))
     state = await database.fetchrow("backfill", saved_position(layout, backfill.name, tenant))
     return state is not None and bool(state["finished"])
+
+
+async def finish_if_idle(
+    database: Database, layout: TableLayout, backfill: Backfill, tenant: str
+) -> bool:
+    """Whether ``backfill`` is finished for the tenant, recording it finished first when no
+    row needs it (a new table, or one every row of which was written since): a store that
+    only starts, as ``pepperpy-memory init`` does, leaves nothing pending."""
+    if await is_finished(database, layout, backfill, tenant):
+        return True
+    pending = await database.fetchval("backfill", _any_pending(layout, backfill, tenant))
+    if pending:
+        return False
+    done = save_position(layout, backfill.name, tenant, None, 0, finished=True)
+    await database.execute("backfill", done)
+    return True
+
+
+def _any_pending(layout: TableLayout, backfill: Backfill, tenant: str) -> Query:
+    return Query(
+        f"SELECT EXISTS (SELECT 1 FROM {layout.qualified_table} m WHERE m.tenant = $1 AND "
+        f"{backfill.pending})",
+        [tenant],
+    )
 
 
 async def _batch(

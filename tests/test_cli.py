@@ -70,6 +70,9 @@ def test_connection_options_before_the_command_and_json_everywhere(
     init = _cli(*server, "--table", before, "init", "--json")
     assert init.returncode == 0, init.stderr
     assert json.loads(init.stdout)["table"] == before
+    # A table init made has nothing to backfill, and says so at once.
+    stats = _cli(*server, "--table", before, "stats", "--json")
+    assert json.loads(stats.stdout)["backfill_pending"] is False
     migrated = _cli(*server, "--table", before, "migrate", "--json", "--table", after)
     assert json.loads(migrated.stdout)["table"] == after
     reindexed = _cli("reindex", "contextual", "--json", *server, "--table", after)

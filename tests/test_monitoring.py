@@ -51,8 +51,7 @@ async def test_stats_follow_the_operations(storage: PostgresStorage[str, Any]) -
     assert counts["by_owner"] == {"global": 21}
     assert after["embedder"] == "hashing/64" and after["dimension"] == 64
     assert after["queued_stores"] == 0
-    # A new table has nothing to backfill; the background run notices at once.
-    await storage.complete_backfills()
+    # A new table has nothing to backfill: not pending from the start.
     assert (await storage.stats())["backfill_pending"] is False
 
 

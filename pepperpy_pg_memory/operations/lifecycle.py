@@ -252,7 +252,7 @@ async def backfills_pending(started: Started[Any]) -> bool:
     """Whether an online backfill of the tenant's memories is still to run."""
     database, layout, tenant = started.database, started.layout, started.tenant
     finished = [
-        await backfill.is_finished(database, layout, item, tenant)
+        await backfill.finish_if_idle(database, layout, item, tenant)
         for item in backfill.BACKFILLS_TO_RUN
     ]
     return not all(finished)
