@@ -4,10 +4,11 @@ Semantic recall through pgvector, contextual recall through full-text search, hy
 fusing both, with memory types, scopes and expiry. Start with :class:`PostgresStorage`.
 """
 
+import importlib
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
 
 from .config import PostgresConfig
-from .consolidation import ConsolidationReport, OwnerConsolidation
 from .embeddings import (
     Embedder,
     HashingEmbedder,
@@ -41,9 +42,38 @@ from .models import (
     StoredCount,
 )
 from .onnx_embedder import OnnxEmbedder
-from .queries import ArrayPattern
-from .storage import MemoryItem, MemorySearchResults, PostgresStorage, ProgressCallback
-from .types import MANAGED_FIELD, MemoryIndex, MemoryScope, MemoryType
+from .types import MANAGED_FIELD, MemoryIndex, MemoryScope, MemoryType, ProgressCallback
+
+if TYPE_CHECKING:
+    from .consolidation import ConsolidationReport, OwnerConsolidation
+    from .items import MemoryItem
+    from .queries import ArrayPattern
+    from .results import MemorySearchResults
+    from .storage import PostgresStorage
+
+# Imported on first use: the store brings asyncpg and the database layer, which a command
+# line's --help or a configuration check need not load.
+_LAZY = {
+    "PostgresStorage": ".storage",
+    "MemorySearchResults": ".results",
+    "MemoryItem": ".items",
+    "ArrayPattern": ".queries",
+    "ConsolidationReport": ".consolidation",
+    "OwnerConsolidation": ".consolidation",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 try:
     __version__ = version("pepperpy-pg-memory")

@@ -20,14 +20,18 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from .config import PostgresConfig
 from .errors import AmbiguousKeyError, MemoryConfigurationError, MemoryError, MemoryValidationError
 from .models import MemoryEntry, MemoryQuery, MemorySearchResult
 from .shutdown import interrupt_on_sigterm
-from .storage import PostgresStorage
 from .types import MemoryIndex, MemoryScope, MemoryType
+
+if TYPE_CHECKING:
+    # The store (asyncpg, numpy and the rest) is imported when a command needs it, not for
+    # --help or a usage error.
+    from .storage import PostgresStorage
 
 __all__ = ["main"]
 
@@ -132,6 +136,8 @@ def _config(args: argparse.Namespace) -> PostgresConfig:
 async def _with_storage(
     args: argparse.Namespace, work: Callable[[PostgresStorage[str, Any]], Awaitable[int]]
 ) -> int:
+    from .storage import PostgresStorage
+
     async with PostgresStorage[str, Any](_config(args)) as storage:
         return await work(storage)
 
@@ -519,6 +525,8 @@ async def _cleanup(args: argparse.Namespace) -> int:
 
 
 async def _grant_tenant(args: argparse.Namespace) -> int:
+    from .storage import PostgresStorage
+
     config = _config(args).model_copy(update={"row_level_security": True})
     async with PostgresStorage[str, Any](config) as storage:
         await storage.grant_tenant(args.role, args.tenant)

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import uuid
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,31 @@ def test_every_command_has_help() -> None:
         assert command in top.stdout
         sub = _cli(command, "--help")
         assert sub.returncode == 0 and "--dsn" in sub.stdout, command
+
+
+def test_help_loads_no_database_driver_and_no_model() -> None:
+    # --help, a usage error and the package's names cost an import of the light modules:
+    # asyncpg, torch, transformers and onnxruntime wait for a command that needs them.
+    probe = textwrap.dedent(
+        """
+        import sys
+        import pepperpy_pg_memory
+        from pepperpy_pg_memory import MemoryQuery, PostgresConfig
+        from pepperpy_pg_memory.cli import main
+        for argv in (["--help"], ["store", "--help"], ["search", "--nope"]):
+            try:
+                main(argv)
+            except SystemExit:
+                pass
+        heavy = ("asyncpg", "torch", "transformers", "onnxruntime", "sentence_transformers")
+        print(sorted(name for name in heavy if name in sys.modules))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"
 
 
 def test_connection_options_before_the_command_and_json_everywhere(
