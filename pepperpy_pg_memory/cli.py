@@ -299,6 +299,50 @@ def _results_rows(results: Sequence[MemorySearchResult[Any]]) -> list[list[str]]
     ]
 
 
+async def _list(args: argparse.Namespace) -> int:
+    filters = _parse_json(args.filter, "--filter")
+    if args.limit < 1 or args.page < 1:
+        raise MemoryValidationError("--limit and --page start at 1")
+
+    async def work(storage: PostgresStorage[str, Any]) -> int:
+        entries = await storage.list(
+            scope=args.scope,
+            scope_id=args.scope_id,
+            types=args.type,
+            filter=filters,
+            key_prefix=args.prefix,
+            limit=args.limit,
+            offset=(args.page - 1) * args.limit,
+            order_by=args.order,
+            descending=args.order != "key",
+        )
+        if args.json:
+            _print_json([_entry_json(entry) for entry in entries])
+            return 0
+        if not entries:
+            print("no memories" if args.page == 1 else f"no memories on page {args.page}")
+            return 0
+        _print_table(
+            [
+                [
+                    entry.key,
+                    entry.type.value,
+                    _owner_label(entry.scope, entry.scope_id),
+                    entry.updated_at.isoformat(timespec="seconds"),
+                    _clip(entry.text),
+                ]
+                for entry in entries
+            ],
+            ["key", "type", "owner", "updated", "text"],
+        )
+        first = (args.page - 1) * args.limit + 1
+        more = f"; next: --page {args.page + 1}" if len(entries) == args.limit else ""
+        print(f"memories {first}-{first + len(entries) - 1}{more}", file=sys.stderr)
+        return 0
+
+    return await _with_storage(args, work)
+
+
 async def _history(args: argparse.Namespace) -> int:
     async def work(storage: PostgresStorage[str, Any]) -> int:
         versions = await storage.history(
@@ -646,6 +690,23 @@ def _parser() -> argparse.ArgumentParser:
     store.add_argument("--metadata", help="JSON object")
     store.add_argument("--ttl", type=_seconds_or_never, help="seconds until it expires, or 'never'")
 
+    listed = command(
+        "list",
+        _list,
+        "list memories, newest first, a page at a time (all owners by default)",
+        owner,
+    )
+    listed.add_argument("--type", action="append", choices=[t.value for t in MemoryType])
+    listed.add_argument("--filter", help='metadata filter as JSON, e.g. {"topic": "health"}')
+    listed.add_argument("--prefix", help="only keys starting with PREFIX")
+    listed.add_argument("--limit", type=int, default=20, help="memories per page (default 20)")
+    listed.add_argument("--page", type=int, default=1, help="which page (default 1)")
+    listed.add_argument(
+        "--order",
+        default="updated_at",
+        choices=["updated_at", "created_at", "key"],
+        help="newest written, newest created, or by key (default updated_at)",
+    )
     get = command("get", _get, "show one memory", owner)
     get.add_argument("key")
     delete = command("delete", _delete, "delete one memory (exit 1 if there was none)", owner)

@@ -42,6 +42,7 @@ def test_every_command_has_help() -> None:
         "init",
         "migrate",
         "store",
+        "list",
         "get",
         "delete",
         "history",
@@ -328,6 +329,33 @@ def test_an_ambiguous_key_names_the_flags_that_settle_it(target: list[str]) -> N
     assert ambiguous.returncode == 1
     assert "2 owners hold a memory with key 'plan'" in ambiguous.stderr
     assert "--scope and --scope-id" in ambiguous.stderr and "scope=" not in ambiguous.stderr
+
+
+def test_list_pages_through_an_owners_memories(target: list[str]) -> None:
+    ana = ["--scope", "user", "--scope-id", "ana"]
+    for key in ("a-tea", "a-walk", "a-book"):
+        assert _cli("store", key, f"Ana note {key}", *ana, *target).returncode == 0
+    assert _cli("store", "b-jazz", "Bruno likes jazz", "--scope", "user", "--scope-id", "bruno",
+                *target).returncode == 0  # fmt: skip
+    first = _cli("list", *ana, "--limit", "2", *target)
+    assert first.returncode == 0, first.stderr
+    assert "a-book" in first.stdout and "a-walk" in first.stdout  # newest first
+    assert "a-tea" not in first.stdout and "b-jazz" not in first.stdout
+    assert "memories 1-2; next: --page 2" in first.stderr
+    second = _cli("list", *ana, "--limit", "2", "--page", "2", "--json", *target)
+    assert [entry["key"] for entry in json.loads(second.stdout)] == ["a-tea"]
+    everyone = _cli("list", "--order", "key", "--json", *target)
+    assert [e["key"] for e in json.loads(everyone.stdout)] == [
+        "a-book",
+        "a-tea",
+        "a-walk",
+        "b-jazz",
+    ]
+    prefixed = _cli("list", "--prefix", "b-", "--json", *target)
+    assert [entry["key"] for entry in json.loads(prefixed.stdout)] == ["b-jazz"]
+    refused = _cli("list", "--limit", "0", *target)
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert "--limit and --page start at 1" in refused.stderr
 
 
 def test_stats_read_as_text_one_figure_a_line() -> None:
