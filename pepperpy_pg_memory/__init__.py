@@ -75,6 +75,7 @@ def __getattr__(name: str) -> Any:
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
 
+
 try:
     __version__ = version("pepperpy-pg-memory")
 except PackageNotFoundError:  # running from a source tree that was never installed
