@@ -88,7 +88,10 @@ async def test_a_release_0_1_database_upgrades_in_place(
             "content": "Ana is allergic to peanuts"
         }
 
-        # LangGraph items and the chat history written by 0.1 keep their identity.
+        # LangGraph items and the chat history written by 0.1 keep their identity. (Their
+        # search sees them once the upgrade's backfill has marked them as the adapter's
+        # records: waited for here, not raced.)
+        await store.complete_backfills()
         graph = PepperpyStore(store)
         food = await graph.aget(("users", "ana", "memories"), "food")
         assert food is not None and food.value == {"text": "Ana loves ramen"}
