@@ -23,7 +23,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from .config import PostgresConfig
-from .errors import AmbiguousKeyError, MemoryConfigurationError, MemoryError, MemoryValidationError
+from .errors import (
+    AmbiguousKeyError,
+    MemoryConfigurationError,
+    MemoryConnectionError,
+    MemoryError,
+    MemoryValidationError,
+)
 from .models import MemoryEntry, MemoryQuery, MemorySearchResult
 from .shutdown import interrupt_on_sigterm
 from .types import MemoryIndex, MemoryScope, MemoryType
@@ -133,12 +139,32 @@ def _config(args: argparse.Namespace) -> PostgresConfig:
     return PostgresConfig(**values)
 
 
+async def _reachable(config: PostgresConfig) -> None:
+    """Fail at once when nothing answers at the server's address. The store retries a
+    refused connection for seconds (a server restarting comes back); a command typed at a
+    server that is not there should say so after one attempt."""
+    if config.is_embedded:
+        return
+    import asyncpg
+
+    try:
+        conn = await asyncpg.connect(config.connection_dsn(), timeout=config.connect_timeout)
+    except (OSError, asyncio.TimeoutError) as exc:
+        reason = getattr(exc, "strerror", None) or type(exc).__name__
+        raise MemoryConnectionError(f"cannot reach {config.describe_target()}: {reason}") from None
+    except Exception:  # it answered: the store's start says what is wrong (a password...)
+        return
+    await conn.close()
+
+
 async def _with_storage(
     args: argparse.Namespace, work: Callable[[PostgresStorage[str, Any]], Awaitable[int]]
 ) -> int:
     from .storage import PostgresStorage
 
-    async with PostgresStorage[str, Any](_config(args)) as storage:
+    config = _config(args)
+    await _reachable(config)
+    async with PostgresStorage[str, Any](config) as storage:
         return await work(storage)
 
 
@@ -572,6 +598,7 @@ async def _grant_tenant(args: argparse.Namespace) -> int:
     from .storage import PostgresStorage
 
     config = _config(args).model_copy(update={"row_level_security": True})
+    await _reachable(config)
     async with PostgresStorage[str, Any](config) as storage:
         await storage.grant_tenant(args.role, args.tenant)
     if args.json:

@@ -358,6 +358,27 @@ def test_list_pages_through_an_owners_memories(target: list[str]) -> None:
     assert "--limit and --page start at 1" in refused.stderr
 
 
+def test_a_server_that_is_not_there_is_reported_after_one_attempt(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import asyncpg
+
+    from pepperpy_pg_memory import cli
+
+    attempts = []
+
+    async def refused(*args: Any, **kwargs: Any) -> Any:
+        attempts.append(args)
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    monkeypatch.setattr(asyncpg, "connect", refused)
+    dsn = "postgresql://nobody@127.0.0.1:1/none"
+    assert cli.main(["--dsn", dsn, "stats"]) == 1
+    assert len(attempts) == 1  # no retries, no backoff
+    error = capsys.readouterr().err
+    assert error == "error: cannot reach the server named by dsn: Connection refused\n"
+
+
 def test_stats_read_as_text_one_figure_a_line() -> None:
     from pepperpy_pg_memory.cli import _figures_text
 
