@@ -5,11 +5,13 @@ ChatMemoryBuffer and Memory with a VectorMemoryBlock — offline (MockLLM, and o
 from __future__ import annotations
 
 import asyncio
+import zlib
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from llama_index.core import Document, Settings, StorageContext, VectorStoreIndex
+from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.base.llms.types import (
     ChatMessage,
     ImageBlock,
@@ -281,6 +283,57 @@ def test_an_index_retriever_and_query_engine_end_to_end(config: PostgresConfig) 
         assert ana._handle.call(lambda s: s.count(**ANA)) == 2
     finally:
         ana.close()
+
+
+class _WordsEmbedding(BaseEmbedding):
+    """A user's own LlamaIndex embedding model (48 dimensions, hashing words, offline)."""
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "WordsEmbedding"
+
+    def _vector(self, text: str) -> list[float]:
+        counts = [0.0] * 48
+        for word in text.lower().replace(".", " ").replace("?", " ").split():
+            counts[zlib.crc32(word.encode()) % 48] += 1.0
+        norm = sum(c * c for c in counts) ** 0.5 or 1.0
+        return [c / norm for c in counts]
+
+    def _get_query_embedding(self, query: str) -> list[float]:
+        return self._vector(query)
+
+    def _get_text_embedding(self, text: str) -> list[float]:
+        return self._vector(text)
+
+    async def _aget_query_embedding(self, query: str) -> list[float]:
+        return self._vector(query)
+
+
+def test_the_index_model_set_in_settings_is_the_stores_embedder(
+    config: PostgresConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A user whose Settings.embed_model is their own model gives it to the store: the table
+    # takes its dimension, and the store embeds queries with it. (Set through the field the
+    # property keeps, so that the test puts back whatever was there, unresolved.)
+    monkeypatch.setattr(Settings, "_embed_model", _WordsEmbedding(model_name="words-48"))
+    store = PepperpyVectorStore.create(config, embedder=Settings.embed_model, **ANA)
+    try:
+        assert store.client.layout.dimension == 48
+        assert store.client.layout.embedder == "_WordsEmbedding:words-48/48"
+        index = VectorStoreIndex.from_documents(
+            [
+                Document(text="Ana is allergic to peanuts.", id_="health"),
+                Document(text="Refunds take 30 days.", id_="billing"),
+            ],
+            storage_context=StorageContext.from_defaults(vector_store=store),
+        )
+        hits = index.as_retriever(similarity_top_k=1).retrieve("peanuts allergic Ana")
+        assert [hit.node.ref_doc_id for hit in hits] == ["health"]
+        # A text query embedded by the store itself, with the same model.
+        found = store.query(VectorStoreQuery(query_str="refunds days", similarity_top_k=1))
+        assert found.nodes is not None and found.nodes[0].ref_doc_id == "billing"
+    finally:
+        store.close()
 
 
 def _conversation() -> list[ChatMessage]:

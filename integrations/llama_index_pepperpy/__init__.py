@@ -10,7 +10,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
     ) from exc
 
 from .chat_store import PepperpyChatStore, PepperpyDBChatStore
-from .embedding import PepperpyEmbedding
+from .embedding import LlamaIndexEmbedder, PepperpyEmbedding
 from .vector_store import PepperpyVectorStore, to_filter
 
 __all__ = [
@@ -18,5 +18,6 @@ __all__ = [
     "PepperpyChatStore",
     "PepperpyDBChatStore",
     "PepperpyEmbedding",
+    "LlamaIndexEmbedder",
     "to_filter",
 ]

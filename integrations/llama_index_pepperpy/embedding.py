@@ -12,7 +12,7 @@ from llama_index.core.bridge.pydantic import PrivateAttr
 from pepperpy_pg_memory import Embedder
 from pepperpy_pg_memory.runner import default_loop_thread
 
-__all__ = ["PepperpyEmbedding"]
+__all__ = ["PepperpyEmbedding", "LlamaIndexEmbedder", "as_store_embedder"]
 
 
 class PepperpyEmbedding(BaseEmbedding):
@@ -47,3 +47,42 @@ class PepperpyEmbedding(BaseEmbedding):
 
     async def _aget_text_embeddings(self, texts: list[str]) -> list[list[float]]:
         return self._rows(await self._embedder.embed_documents(texts))
+
+
+class LlamaIndexEmbedder:
+    """A LlamaIndex embedding model (``Settings.embed_model``, a ``HuggingFaceEmbedding``,
+    ``OpenAIEmbedding``…) as the store's :class:`~pepperpy_pg_memory.Embedder`: the store then
+    embeds queries and node texts with the model the index uses, and its table takes that
+    model's dimension."""
+
+    def __init__(self, model: BaseEmbedding) -> None:
+        self.model = model
+        self._dimension: int | None = None
+
+    @property
+    def name(self) -> str:
+        """The class and the model, e.g. ``HuggingFaceEmbedding:BAAI/bge-small-en-v1.5``."""
+        return f"{type(self.model).__name__}:{self.model.model_name}"
+
+    @property
+    def dimension(self) -> int:
+        if self._dimension is None:
+            self._dimension = len(self.model.get_query_embedding("dimension probe"))
+        return self._dimension
+
+    async def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        return await self.model.aget_text_embedding_batch(texts)
+
+    async def embed_query(self, text: str) -> list[float]:
+        return await self.model.aget_query_embedding(text)
+
+
+def as_store_embedder(embedder: Any) -> Any:
+    """What the store embeds with for ``embedder``: one of ours (also when LlamaIndex sees it
+    through :class:`PepperpyEmbedding`), a LlamaIndex model wrapped, anything else as given
+    (a LangChain ``Embeddings``; None for the default model)."""
+    if isinstance(embedder, PepperpyEmbedding):
+        return embedder._embedder
+    if isinstance(embedder, BaseEmbedding):
+        return LlamaIndexEmbedder(embedder)
+    return embedder

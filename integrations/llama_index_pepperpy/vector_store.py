@@ -39,7 +39,7 @@ from pepperpy_pg_memory import (
 )
 from pepperpy_pg_memory.runner import BackgroundStorage
 
-from .embedding import PepperpyEmbedding
+from .embedding import PepperpyEmbedding, as_store_embedder
 
 __all__ = ["PepperpyVectorStore", "to_filter", "REF_DOC_FIELD"]
 
@@ -157,9 +157,11 @@ class PepperpyVectorStore(BasePydanticVectorStore):
         scope_id: str | None = None,
     ) -> PepperpyVectorStore:
         """A ready store on ``config`` (the embedded server by default). Nodes usually come
-        with LlamaIndex's embeddings; ``embedder`` (default: all-MiniLM-L6-v2) embeds those
-        that do not, and text queries — it must give vectors of the same dimension."""
-        handle = BackgroundStorage.create(config, embedder)
+        with LlamaIndex's embeddings; ``embedder`` embeds those that do not, and text
+        queries, so it must be the index's model: pass ``embedder=Settings.embed_model``
+        (any LlamaIndex embedding model; the table takes its dimension), one of ours, or a
+        LangChain ``Embeddings``. Default: all-MiniLM-L6-v2, 384 dimensions."""
+        handle = BackgroundStorage.create(config, as_store_embedder(embedder))
         return cls(
             handle, memory_type=MemoryType(type), scope=MemoryScope(scope), scope_id=scope_id
         )
