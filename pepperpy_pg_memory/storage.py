@@ -260,6 +260,12 @@ class PostgresStorage(Generic[K, V]):
         a superuser or BYPASSRLS role (see the README's Multi-tenant deployments)."""
         await lifecycle.grant_tenant(self._ready, role, tenant)
 
+    @property
+    def backfill_pending(self) -> bool:
+        """Whether an upgrade's online backfill may still be under way (see
+        :meth:`complete_backfills`): rows written before the upgrade may lack what it adds."""
+        return self._backfilling
+
     async def complete_backfills(self, *, progress: ProgressCallback | None = None) -> int:
         """Run the pending online backfills of this tenant's memories to the end; returns
         how many memories they changed.

@@ -204,6 +204,25 @@ RELEASE_0_1_WRITES = {
 }
 
 
+async def test_langgraph_reads_see_earlier_items_while_the_upgrade_backfill_runs(
+    pg_dsn: str,
+) -> None:
+    # Release 0.1's LangGraph items carry only their namespace field until the backfill
+    # marks them as the adapter's records: until then the adapter's reads count them too.
+    schema = await _load_release_0_1(pg_dsn)
+    config = PostgresConfig(dsn=pg_dsn, schema=schema, table="memories", background_backfill=False)
+    async with PostgresStorage[str, Any](config, HashingEmbedder(16)) as store:
+        assert store.backfill_pending
+        graph = PepperpyStore(store)
+        before = sorted(item.key for item in await graph.asearch(("users", "ana"), limit=10))
+        namespaces = await graph.alist_namespaces()
+        assert before == ["café da manhã", "food"]
+        await store.complete_backfills()
+        assert not store.backfill_pending
+        after = sorted(item.key for item in await graph.asearch(("users", "ana"), limit=10))
+        assert after == before and await graph.alist_namespaces() == namespaces
+
+
 async def test_a_process_still_running_release_0_1_cannot_write_after_the_upgrade(
     pg_dsn: str, raw_conn: asyncpg.Connection
 ) -> None:

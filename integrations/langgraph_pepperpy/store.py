@@ -144,11 +144,18 @@ def namespace_scope(namespace: tuple[str, ...]) -> tuple[MemoryScope, str | None
 _READ_ORDER: dict[type, int] = {PutOp: 0, GetOp: 1, SearchOp: 1, ListNamespacesOp: 1}
 
 
-def _reads_under(prefix: tuple[str, ...]) -> dict[str, Any]:
+def _reads_under(prefix: tuple[str, ...], *, legacy: bool = False) -> dict[str, Any]:
     """The owner restriction of every read under a namespace prefix: the owner (or the scope)
     the prefix maps to, and this adapter's records only. A key shaped like an item's, stored
-    by another owner or through another door, is never read as one."""
-    where: dict[str, Any] = {"filter": {MANAGED_FIELD: MANAGED_BY}}
+    by another owner or through another door, is never read as one.
+
+    ``legacy``: an upgrade's backfill has not yet marked the items earlier releases wrote
+    (they carry only their namespace field): those of the owner count too, meanwhile."""
+    mine: dict[str, Any] = {MANAGED_FIELD: MANAGED_BY}
+    if legacy:
+        unmarked = {NAMESPACE_FIELD: {"$exists": True}, MANAGED_FIELD: {"$exists": False}}
+        mine = {"$or": [mine, unmarked]}
+    where: dict[str, Any] = {"filter": mine}
     if len(prefix) >= 2 or (prefix and prefix[0] not in _SCOPES):
         # Every namespace under the prefix maps to this one owner. (Under ("users",) alone
         # are both the namespace ("users",), a global one, and every user's.)
@@ -726,7 +733,7 @@ class PepperpyStore(BaseStore):
         # LangGraph's own stores take a prefix given as a list too.
         namespace_prefix = tuple(op.namespace_prefix)
         prefix = _prefixes(namespace_prefix)
-        where = _reads_under(namespace_prefix)
+        where = _reads_under(namespace_prefix, legacy=storage.backfill_pending)
         scored: list[tuple[MemoryEntry[Any], float | None]]
         if op.query:
             query = MemoryQuery(
@@ -785,6 +792,6 @@ class PepperpyStore(BaseStore):
             key_prefix=_prefixes(literal),
             limit=op.limit,
             offset=op.offset,
-            **_reads_under(literal),
+            **_reads_under(literal, legacy=storage.backfill_pending),
         )
         return [tuple(namespace) for namespace in found]
