@@ -41,6 +41,7 @@ __all__ = [
     "replaced_versions",
     "change_context",
     "check_note",
+    "change_of",
 ]
 
 AS_OF_SETTING = "pepperpy.as_of"
@@ -337,3 +338,8 @@ def replaced_versions(layout: TableLayout, moment: str) -> str:
         WHERE h.replaced_at > {moment} AND h.at <= {moment}
           AND h.operation NOT IN ({gone})
     )"""
+
+
+def change_of(operation: str | None, actor: str | None, reason: str | None) -> Change:
+    """What the history records with a write, its notes checked (see :func:`check_note`)."""
+    return Change(operation, check_note(actor, "actor"), check_note(reason, "reason"))

@@ -13,7 +13,6 @@ import asyncio
 import builtins
 import logging
 import os
-import typing
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -31,7 +30,7 @@ from .errors import (
     MemoryNotFoundError,
     MemoryValidationError,
 )
-from .history import Change, check_note
+from .history import change_of, check_note
 from .items import (
     STORE_DEFAULTS,
     TTL,
@@ -63,6 +62,7 @@ from .operations import (
     versions,
     writing,
 )
+from .operations.rows import declared_value_type
 from .operations.started import Services, Started, Types
 from .queries import ArrayPattern, ListOrder, Restriction
 from .results import MemorySearchResults
@@ -85,21 +85,6 @@ logger = logging.getLogger(__name__)
 
 K = TypeVar("K", bound=str)
 V = TypeVar("V")
-
-# What supersede() passes on to the new fact's write.
-_SUPERSEDE_FIELDS = frozenset(
-    {
-        "type",
-        "indices",
-        "metadata",
-        "ttl",
-        "expires_at",
-        "embedding",
-        "text",
-        "passages",
-        "importance",
-    }
-)
 
 
 class PostgresStorage(Generic[K, V]):
@@ -312,7 +297,7 @@ class PostgresStorage(Generic[K, V]):
                 layout,
                 backfilling=self._backfilling,
                 reads=self.reads,
-                value_type=self._value_type or _declared_value_type(self),
+                value_type=self._value_type or declared_value_type(self, PostgresStorage),
                 text_of=self.text_of,
                 embedder_identity=self._identity,
             )
@@ -432,7 +417,7 @@ class PostgresStorage(Generic[K, V]):
             passages=passages,
             importance=importance,
         )
-        write.change = _change(None, actor, reason)
+        write.change = change_of(None, actor, reason)
         rule = writing.dedupe_rule(self.config, dedupe)
         if rule is not False and MANAGED_FIELD not in write.metadata:
             return await writing.write_deduplicated(self._ready, write, value, rule)
@@ -483,7 +468,7 @@ class PostgresStorage(Generic[K, V]):
             "passages": None,
         }
         writes: dict[Identity, PendingWrite] = {}
-        change = _change(None, actor, reason)
+        change = change_of(None, actor, reason)
         for position, item in enumerate(items):
             fields = item_fields(item, position)
             try:
@@ -842,7 +827,7 @@ class PostgresStorage(Generic[K, V]):
                 is deleted).
         """
         checked = validate_key(key, self.config.max_key_length)
-        change = _change(None, actor, reason)
+        change = change_of(None, actor, reason)
         restriction = None
         if scope is not None:
             restriction = self._restriction(
@@ -888,7 +873,7 @@ class PostgresStorage(Generic[K, V]):
                 "delete_many needs a scope, types, filter, keys or key_prefix; "
                 "use clear() to delete all"
             )
-        change = _change(None, actor, reason)
+        change = change_of(None, actor, reason)
         criteria = self._restriction(
             scope, scope_id, types, filter, value_filter=value_filter, key_prefix=key_prefix
         )
@@ -947,7 +932,7 @@ class PostgresStorage(Generic[K, V]):
         checked = validate_key(key, self.config.max_key_length)
         if isinstance(version, bool) or not isinstance(version, int) or version < 1:
             raise MemoryValidationError("version must be a positive integer")
-        change = _change("restore", actor, reason)
+        change = change_of("restore", actor, reason)
         identity = await versions.named(self._ready, checked, scope, scope_id)
         return await versions.restore(self._ready, identity, version, change)
 
@@ -976,7 +961,7 @@ class PostgresStorage(Generic[K, V]):
             MemoryNotFoundError: no live, valid memory under ``key`` for that owner.
         """
         checked = validate_key(key, self.config.max_key_length)
-        unknown = set(store_kwargs) - _SUPERSEDE_FIELDS
+        unknown = set(store_kwargs) - versions.SUPERSEDE_FIELDS
         if unknown:
             raise MemoryValidationError(f"supersede() got unknown arguments {sorted(unknown)}")
         old = await self._retrieve(key, scope, scope_id, counted=False)
@@ -988,8 +973,8 @@ class PostgresStorage(Generic[K, V]):
             **{**fields, **store_kwargs, "scope": old.scope, "scope_id": old.scope_id or None},
         )
         same_memory = write.identity == identity
-        write.change = _change("supersede" if same_memory else None, actor, reason)
-        closing = _change("supersede", actor, reason)
+        write.change = change_of("supersede" if same_memory else None, actor, reason)
+        closing = change_of("supersede", actor, reason)
         return await versions.supersede(self._ready, identity, write, value, closing)
 
     async def invalidate(
@@ -1012,7 +997,7 @@ class PostgresStorage(Generic[K, V]):
         """
         checked = validate_key(key, self.config.max_key_length)
         moment = _moment(at, "at")
-        change = _change("invalidate", actor, reason)
+        change = change_of("invalidate", actor, reason)
         old = await self._retrieve(key, scope, scope_id, counted=False)
         identity = Identity(old.scope.value, old.scope_id, old.key)
         closed = await versions.invalidate(self._ready, identity, moment, change)
@@ -1191,26 +1176,6 @@ class PostgresStorage(Generic[K, V]):
         return await upkeep.stats(
             self._ready, self._store_calls.queued, self._backfilling, self._attached.router
         )
-
-
-def _change(operation: str | None, actor: str | None, reason: str | None) -> Change:
-    """A change the history records, its notes checked."""
-    return Change(operation, check_note(actor, "actor"), check_note(reason, "reason"))
-
-
-def _declared_value_type(storage: PostgresStorage[Any, Any]) -> Any:
-    """The ``V`` of ``PostgresStorage[str, V](...)``, or of a subclass's
-    ``class Notes(PostgresStorage[str, Note])``; None when not declared."""
-    origin = getattr(storage, "__orig_class__", None)
-    candidates = [origin] if origin is not None else []
-    for klass in type(storage).__mro__:
-        candidates += getattr(klass, "__orig_bases__", ())
-    for candidate in candidates:
-        if typing.get_origin(candidate) is PostgresStorage:
-            args = typing.get_args(candidate)
-            if len(args) == 2:
-                return args[1]
-    return None
 
 
 def _moment(value: datetime | None, name: str) -> datetime | None:

@@ -18,7 +18,7 @@ from ..models import MemoryEntry, MemorySearchResult, MemoryVersion, trusted, tr
 from ..queries import AS_STORED_COLUMNS
 from ..types import Identity, MemoryIndex, MemoryScope, MemoryType
 
-__all__ = ["RowMapper", "identity_of", "owner_of", "vector_list"]
+__all__ = ["RowMapper", "identity_of", "owner_of", "vector_list", "declared_value_type"]
 
 V = TypeVar("V")
 E = TypeVar("E", MemoryType, MemoryScope)
@@ -147,3 +147,18 @@ def _member(members: Mapping[str, E], kind: type[E], value: str) -> E:
     """``kind(value)`` by dictionary (an unknown value raises as the enum call does)."""
     found = members.get(value)
     return found if found is not None else kind(value)
+
+
+def declared_value_type(store: Any, generic: type) -> Any:
+    """The ``V`` of ``generic[str, V](...)`` (a store made as ``PostgresStorage[str, Note]``),
+    or of a subclass's ``class Notes(PostgresStorage[str, Note])``; None when not declared."""
+    origin = getattr(store, "__orig_class__", None)
+    candidates = [origin] if origin is not None else []
+    for klass in type(store).__mro__:
+        candidates += getattr(klass, "__orig_bases__", ())
+    for candidate in candidates:
+        if typing.get_origin(candidate) is generic:
+            args = typing.get_args(candidate)
+            if len(args) == 2:
+                return args[1]
+    return None

@@ -19,9 +19,24 @@ from .rows import identity_of
 from .started import Started
 from .writing import passage_rows, plan_embeddings, write_one, written
 
-__all__ = ["named", "history", "restore", "supersede", "invalidate"]
+__all__ = ["named", "history", "restore", "supersede", "invalidate", "SUPERSEDE_FIELDS"]
 
 V = TypeVar("V")
+
+SUPERSEDE_FIELDS = frozenset(
+    {
+        "type",
+        "indices",
+        "metadata",
+        "ttl",
+        "expires_at",
+        "embedding",
+        "text",
+        "passages",
+        "importance",
+    }
+)
+"""What ``supersede()`` passes on to the new fact's write (``store()``'s arguments)."""
 
 
 async def named(started: Started[Any], key: str, scope: Scope, scope_id: str | None) -> Identity:
