@@ -18,7 +18,9 @@ from .sql import Query
 from .types import Identity
 
 __all__ = [
+    "SMALL_BATCH_ROWS",
     "write_batch",
+    "write_rows",
     "write_one",
     "write_superseding",
     "write_deduplicated",
@@ -91,6 +93,33 @@ async def write_batch(
                 await conn.execute(query.sql, *query.args, timeout=timeout)
         if dedupe is not None:
             await dedupe.reinforce(conn, timeout)
+    return rows
+
+
+SMALL_BATCH_ROWS = 32
+"""The most rows :func:`write_rows` writes in one statement; a larger batch is staged."""
+
+
+async def write_rows(
+    statements: Statements,
+    tenant: str,
+    records: Sequence[tuple[Any, ...]],
+    timeout: float,
+    conn: asyncpg.Connection,
+    *,
+    passages: Sequence[tuple[Any, ...]] = (),
+    change: Change = PLAIN,
+) -> list[asyncpg.Record]:
+    """:func:`write_batch` for a few rows (at most :data:`SMALL_BATCH_ROWS`, no deduplication,
+    no index rebuild): one statement instead of a staging table, a COPY and a merge — one
+    round trip (two with passages, in one transaction). Returns every merged row."""
+    upsert = statements.upsert_rows(tenant, records, change)
+    if not passages:
+        rows: list[asyncpg.Record] = await conn.fetch(upsert.sql, *upsert.args, timeout=timeout)
+        return rows
+    async with conn.transaction():
+        rows = await conn.fetch(upsert.sql, *upsert.args, timeout=timeout)
+        await copy_passages(statements, passages, timeout, conn)
     return rows
 
 

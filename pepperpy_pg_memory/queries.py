@@ -113,6 +113,7 @@ WRITE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("importance", "real"),
 )
 STAGING_COLUMNS = tuple(name for name, _ in WRITE_COLUMNS)
+_SCOPE, _SCOPE_ID, _KEY = (STAGING_COLUMNS.index(name) for name in ("scope", "scope_id", "key"))
 PASSAGE_COLUMNS = ("tenant", "scope", "scope_id", "key", "position", "content", "embedding")
 """A passage row, in the order of the COPY that writes them."""
 # Written columns that are not the staged value itself: the expiry is the moment given, or now
@@ -372,6 +373,41 @@ class Statements:
         sql = f"""
             WITH old_passages AS (DELETE FROM {self.passages} p WHERE {owner})
             {self._insert(values, source="", context=context)}
+        """
+        return Query(sql, params.values)
+
+    def upsert_rows(
+        self, tenant: str, records: Sequence[Sequence[Any]], change: Change = PLAIN
+    ) -> Query:
+        """A few writes of distinct memories (``records`` in :data:`STAGING_COLUMNS` order) in
+        one statement, without staging: their rows as VALUES, upserted in identity order, and
+        their passages deleted in the same statement (the caller adds the new ones). Returns
+        every merged row, as :meth:`merge_staging` with ``every_row`` does."""
+        params = Params([tenant])
+        rows = [
+            "("
+            + ", ".join(
+                f"{params.add(value)}::{self._staged_type(type_name)}"
+                for value, (_, type_name) in zip(record, WRITE_COLUMNS, strict=True)
+            )
+            + ")"
+            for record in records
+        ]
+        names = ", ".join(name for name, _ in WRITE_COLUMNS)
+        values = {name: f"s.{name}" for name in STAGING_COLUMNS}
+        values["tenant"] = "$1"
+        identities = [
+            Identity(record[_SCOPE], record[_SCOPE_ID], record[_KEY]) for record in records
+        ]
+        gone = _in_identities(params, identities)
+        context = change_context(params, change) if change.said else ""
+        merge = self._insert(
+            values, source=f"(VALUES {', '.join(rows)}) AS s({names})", context=context
+        )
+        sql = f"""
+            WITH old_passages AS (DELETE FROM {self.passages} m WHERE m.tenant = $1 AND {gone}),
+            merged AS ({merge})
+            SELECT * FROM merged
         """
         return Query(sql, params.values)
 
