@@ -9,7 +9,7 @@ import re
 import pytest
 
 from pepperpy_pg_memory import MemoryScope
-from pepperpy_pg_memory.queries import Restriction
+from pepperpy_pg_memory.queries import STAGING_COLUMNS, Restriction, Statements
 from pepperpy_pg_memory.schema import DISTANCES, SCHEMA_VERSION, TableLayout
 from pepperpy_pg_memory.search_sql import Page, SearchStatements
 from pepperpy_pg_memory.types import Identity
@@ -97,3 +97,20 @@ def test_an_owner_is_one_scope_and_its_id() -> None:
         "",
     )
     assert Restriction(tenant="acme", scope=MemoryScope.USER).owner is None
+
+
+def test_a_small_batch_is_one_statement_of_bound_rows_in_identity_order() -> None:
+    def record(scope_id: str, key: str) -> tuple[object, ...]:
+        fields = {"scope": "user", "scope_id": scope_id, "key": key, "content": f"text {key}"}
+        return tuple(fields.get(name, f"<{name}>") for name in STAGING_COLUMNS)
+
+    records = [record("bruno", "b1"), record("ana", "a'); DROP TABLE memories; --")]
+    query = Statements(_layout()).upsert_rows("acme", records)
+    assert query.args[0] == "acme"
+    for row in records:  # every value is bound, none spliced
+        assert all(value in query.args for value in row)
+    assert "DROP TABLE" not in query.sql and "bruno" not in query.sql
+    assert query.sql.count("::") >= len(records) * len(STAGING_COLUMNS)
+    # Written in the identity order every writer locks in; old passages go in the same one.
+    assert "ORDER BY s.scope, s.scope_id, s.key" in " ".join(query.sql.split())
+    assert "DELETE FROM" in query.sql and "ON CONFLICT" in query.sql
