@@ -453,7 +453,7 @@ async def _import(args: argparse.Namespace) -> int:
 
     async def work(storage: PostgresStorage[str, Any]) -> int:
         source = sys.stdin if args.file == "-" else args.file
-        with progress_bar("importing") as progress:
+        with progress_bar("importing memories") as progress:
             report = await storage.import_jsonl(source, progress=progress)
         for number, message in report.errors:
             print(f"line {number}: {message}", file=sys.stderr)

@@ -796,7 +796,7 @@ class PostgresStorage(Generic[K, V]):
         memory that may not be stored (bad fields, another tenant's), or a history line for a
         memory this table holds with another history means that nothing of the file is
         written, and the returned :class:`~pepperpy_pg_memory.backup.ImportReport` names
-        every such line. ``progress(bytes_read, total_bytes)`` follows the writing.
+        every such line. ``progress(memories_written, memories)`` follows the writing.
 
         Raises:
             MemoryQuotaError: with ``max_memories_per_owner`` set, an owner would hold more

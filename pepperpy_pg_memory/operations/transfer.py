@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-import io
 import os
 import tempfile
 import typing
@@ -137,7 +136,7 @@ async def import_jsonl(
     memory that may not be stored (bad fields, another tenant's), or a history line for a
     memory this table holds with another history means that nothing of the file is
     written, and the returned :class:`~pepperpy_pg_memory.backup.ImportReport` names
-    every such line. ``progress(bytes_read, total_bytes)`` follows the writing.
+    every such line. ``progress(memories_written, memories)`` follows the writing.
 
     Raises:
         MemoryQuotaError: with ``max_memories_per_owner`` set, an owner would hold more
@@ -148,7 +147,6 @@ async def import_jsonl(
         _opened(source, "r") as stream,
         tempfile.TemporaryFile("w+", encoding="utf-8") as spool,
     ):
-        total = _size_of(stream)
         plan = await check_import(
             stream,
             spool,
@@ -165,7 +163,7 @@ async def import_jsonl(
         if plan.refused:
             return report  # nothing written
         spool.seek(0)
-        await apply_import(started, spool, plan, report, batch_size, total, progress)
+        await apply_import(started, spool, plan, report, batch_size, progress)
     return report
 
 
@@ -189,15 +187,15 @@ async def apply_import(
     plan: ImportPlan,
     report: backup.ImportReport,
     batch_size: int,
-    total: int,
     progress: ProgressCallback | None,
 ) -> None:
-    """The second pass: write a checked file's memories and versions in batches."""
+    """The second pass: write a checked file's memories and versions in batches;
+    ``progress(memories written, memories to write)`` after each batch."""
     pending: builtins.list[tuple[int, PendingWrite, backup.Restored]] = []
     versions: builtins.list[backup.RestoredVersion] = []
+    total = sum(1 for line, _, _ in plan.memories.values() if line not in plan.expired)
     done = 0
     for number, line in enumerate(spool, start=1):
-        done += len(line.encode())
         if not line.strip() or number in plan.expired:
             continue
         if number == 1 and backup.read_header(line) is not None:
@@ -210,9 +208,10 @@ async def apply_import(
             continue
         pending.append((number, prepare_restored(started, restored), restored))
         if len(pending) >= batch_size:
+            done += len(pending)
             await restore_batch(started, pending, report, plan.with_history)
-        if progress is not None and total:
-            progress(min(done, total), total)
+            if progress is not None and total:
+                progress(min(done, total), total)
     await restore_batch(started, pending, report, plan.with_history)
     report.versions += await record_versions(started, versions)
     if report.versions:
@@ -369,11 +368,3 @@ def _opened(target: TextIO | str | os.PathLike[str], mode: str) -> Iterator[Text
             yield typing.cast(TextIO, stream)
     else:
         yield target
-
-
-def _size_of(stream: TextIO) -> int:
-    """Bytes in a file being read, for progress; 0 when unknown (a pipe)."""
-    try:
-        return os.fstat(stream.fileno()).st_size
-    except (OSError, ValueError, io.UnsupportedOperation):
-        return 0
