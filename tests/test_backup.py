@@ -87,7 +87,6 @@ async def test_export_then_import_restores_every_field(
     assert never["expires_at"] is None  # not the short-term default of one day
 
 
-
 async def test_an_imports_progress_counts_memories(make_config: Any, tmp_path: Path) -> None:
     backup = tmp_path / "backup.jsonl"
     async with PostgresStorage[str, Any](make_config(), HashingEmbedder(32)) as store:
@@ -99,6 +98,7 @@ async def test_an_imports_progress_counts_memories(make_config: Any, tmp_path: P
             backup, batch_size=4, progress=lambda done, total: calls.append((done, total))
         )
     assert calls == [(4, 6), (6, 6)]
+
 
 async def test_a_release_0_1_export_imports(make_config: Any, tmp_path: Path) -> None:
     # What 0.1's export wrote: no header, no text or moments, expires_at as an ISO string.
