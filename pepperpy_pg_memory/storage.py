@@ -1,10 +1,11 @@
 """``PostgresStorage``: an agent's memories in PostgreSQL, recalled by meaning and by words.
 
-The class keeps the public methods; each reads validate → build → run → map. What they share
-lives in small modules: :mod:`.items` checks input (pure), :mod:`.queries` and
-:mod:`.search_sql` build statements, :mod:`.database` runs them (pool, retries, errors),
-:mod:`.vectors` embeds (model, cache, checks), :mod:`.bulk` and :mod:`.maintenance` hold the
-steps that need one connection of their own.
+A facade: each public method checks its arguments, calls one operation of
+:mod:`.operations` (a function of the :class:`~.operations.started.Started` context that
+``start()`` builds) and returns. Below the operations: :mod:`.items` checks input (pure),
+:mod:`.queries` and :mod:`.search_sql` build statements, :mod:`.database` runs them (pool,
+retries, errors), :mod:`.vectors` embeds (model, cache, checks), :mod:`.bulk` and
+:mod:`.maintenance` hold the steps that need one connection of their own.
 """
 
 from __future__ import annotations
