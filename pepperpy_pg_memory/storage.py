@@ -25,6 +25,7 @@ from . import backup
 from .cache import EmbeddingCache
 from .config import PostgresConfig
 from .consolidation import ConsolidationReport, Summarizer
+from .database import Runner
 from .embeddings import Embedder
 from .errors import (
     MemoryError,
@@ -41,7 +42,6 @@ from .items import (
     Vector,
     as_enum,
     item_fields,
-    prepare_write,
     resolve_expiry,
     restriction,
 )
@@ -135,9 +135,6 @@ class PostgresStorage(Generic[K, V]):
         self.metrics = services.metrics
         self.database = services.database
         """The pool and how statements run on it (for monitoring and tests)."""
-        self.reads = self.database.reading
-        """Where the reads a replica may serve run: the primary, or a :class:`ReadRouter`
-        over the replicas when there are any."""
         self._services = services
         self._vectors, self._term_stats, self._access = (
             services.vectors,
@@ -153,9 +150,6 @@ class PostgresStorage(Generic[K, V]):
         self._value_type = value_type
         self._start_lock = asyncio.Lock()
         self._identity = ""  # the embedder's name and dimension, known once started
-        # Whether an online backfill may still leave rows without terms (searches then look
-        # at the old full-text column too).
-        self._backfilling = True
         # Concurrent store() calls are written in batches (see writing.store_queue).
         self._store_calls = writing.store_queue(
             self.config, lambda calls: writing.store_batch(self._ready, calls)
@@ -168,6 +162,13 @@ class PostgresStorage(Generic[K, V]):
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
+
+    @property
+    def reads(self) -> Runner:
+        """Where the reads a replica may serve run: the primary, or a :class:`ReadRouter`
+        over the replicas when there are any."""
+        router = self._attached.router
+        return self.database.reading if router is None else router
 
     @property
     def started(self) -> bool:
@@ -227,11 +228,10 @@ class PostgresStorage(Generic[K, V]):
             config, self.database, self.metrics, attached, vectors_in, settings
         )
         if router is not None:
-            self.reads = router
-            self._use_layout(layout)
+            self._use_layout(layout)  # reads go through it from now on
         await lifecycle.check_embedder(self._ready, dimension, self._use_layout)
         self._set_backfilling(await lifecycle.backfills_pending(self._ready))
-        if self._backfilling and config.background_backfill:
+        if self._ready.backfilling and config.background_backfill:
             attached.backfill = lifecycle.in_background(
                 self.complete_backfills(), f"the online backfill of {layout.table}"
             )
@@ -250,7 +250,7 @@ class PostgresStorage(Generic[K, V]):
     def backfill_pending(self) -> bool:
         """Whether an upgrade's online backfill may still be under way (see
         :meth:`complete_backfills`): rows written before the upgrade may lack what it adds."""
-        return self._backfilling
+        return self._started is None or self._started.backfilling
 
     async def complete_backfills(self, *, progress: ProgressCallback | None = None) -> int:
         """Run the pending online backfills of this tenant's memories to the end; returns
@@ -263,7 +263,7 @@ class PostgresStorage(Generic[K, V]):
         meanwhile. Call this (or ``pepperpy-memory backfill``) to wait for them, with progress.
         """
         changed = await lifecycle.run_backfills(self._ready, progress)
-        if self._backfilling:
+        if self._ready.backfilling:
             self._set_backfilling(False)
             self._term_stats.note_writes(max(changed, 1))
         return changed
@@ -284,9 +284,7 @@ class PostgresStorage(Generic[K, V]):
         await self._access.flush()
 
     def _set_backfilling(self, backfilling: bool) -> None:
-        self._backfilling = backfilling
-        if self._started is not None:
-            self._started = replace(self._started, backfilling=backfilling)
+        self._started = replace(self._ready, backfilling=backfilling)
 
     def _use_layout(self, layout: TableLayout) -> Started[V]:
         """Build the operations' context for ``layout`` (and the current reads), keep it and
@@ -296,7 +294,7 @@ class PostgresStorage(Generic[K, V]):
                 self._services,
                 self.config,
                 layout,
-                backfilling=self._backfilling,
+                backfilling=True,  # until start() has looked
                 reads=self.reads,
                 value_type=self._value_type or declared_value_type(self, PostgresStorage),
                 text_of=self.text_of,
@@ -319,10 +317,9 @@ class PostgresStorage(Generic[K, V]):
         await lifecycle.stop_background(self._attached)
         await self._term_stats.stop()
         await self._access.stop()
-        self.reads = self.database.reading
+        await lifecycle.release(self._attached, self.database)
         if self._started is not None:
             self._started = replace(self._started, reads=self.reads)
-        await lifecycle.release(self._attached, self.database)
 
     @property
     def _ready(self) -> Started[V]:
@@ -340,9 +337,6 @@ class PostgresStorage(Generic[K, V]):
         **bounds: Any,
     ) -> Restriction:
         return restriction(self.config, self._tenant, scope, scope_id, types, filter, **bounds)
-
-    def _prepare(self, key: Any, value: Any, **fields: Any) -> PendingWrite:
-        return prepare_write(self.config, self.text_of, self.layout.dimension, key, value, **fields)
 
     # --- writing ---------------------------------------------------------------------------
     @instrumented("store")
@@ -403,7 +397,7 @@ class PostgresStorage(Generic[K, V]):
             the text is re-embedded only if it changed. Storing over a fact whose validity
             has closed starts a new fact (valid from now).
         """
-        write = self._prepare(
+        write = self._ready.prepare(
             key,
             value,
             type=type,
@@ -473,7 +467,7 @@ class PostgresStorage(Generic[K, V]):
         for position, item in enumerate(items):
             fields = item_fields(item, position)
             try:
-                write = self._prepare(**{**defaults, **fields})
+                write = self._ready.prepare(**{**defaults, **fields})
             except MemoryValidationError as exc:
                 # Say which item, keeping the error's own class (DimensionMismatchError...).
                 exc.message = f"item {position}: {exc.message}"
@@ -968,7 +962,7 @@ class PostgresStorage(Generic[K, V]):
         old = await self._retrieve(key, scope, scope_id, counted=False)
         identity = Identity(old.scope.value, old.scope_id, old.key)
         fields = {**STORE_DEFAULTS, "ttl": None, "expires_at": None, "type": old.type}
-        write = self._prepare(
+        write = self._ready.prepare(
             checked if new_key is None else new_key,
             value,
             **{**fields, **store_kwargs, "scope": old.scope, "scope_id": old.scope_id or None},
@@ -1175,7 +1169,7 @@ class PostgresStorage(Generic[K, V]):
         figures come from whichever server served the read.
         """
         return await upkeep.stats(
-            self._ready, self._store_calls.queued, self._backfilling, self._attached.router
+            self._ready, self._store_calls.queued, self._ready.backfilling, self._attached.router
         )
 
 

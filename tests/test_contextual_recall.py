@@ -328,7 +328,7 @@ async def test_an_upgraded_table_is_searchable_before_and_after_its_backfill(
     # Another process starting later finds the work done.
     async with PostgresStorage[str, Any](config, HashingEmbedder(16)) as store:
         assert await store.complete_backfills() == 0
-        assert not store._backfilling
+        assert not store.backfill_pending
 
 
 async def test_start_backfills_in_the_background(
@@ -341,7 +341,7 @@ async def test_start_backfills_in_the_background(
     async with PostgresStorage[str, Any](config, HashingEmbedder(64)) as store:
         assert store._attached.backfill is not None
         await store._attached.backfill
-        assert not store._backfilling
+        assert not store.backfill_pending
         table = f'"{config.schema_name}"."{config.table}"'
         assert await raw_conn.fetchval(f"SELECT count(terms) FROM {table}") == 12
 

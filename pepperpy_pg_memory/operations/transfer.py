@@ -51,15 +51,8 @@ async def export_jsonl(
     with_embeddings: bool = False,
     with_history: bool = False,
 ) -> int:
-    """Write the live memories (of one owner, if given), closed facts included, to ``out``
-    in the export format (:mod:`pepperpy_pg_memory.backup`), paged by keyset; returns how
-    many.
-
-    ``with_embeddings`` includes each vector, so that an import into a table of the same
-    dimension need not embed anything. ``with_history`` adds every recorded version
-    (deleted memories' too), which an import into a table without those memories
-    restores as they were.
-    """
+    """``PostgresStorage.export_jsonl``: the header, then the memories a keyset page at a
+    time with their passages, then (``with_history``) every version; how many memories."""
     count = 0
     page: builtins.list[MemoryEntry[V]] = []
 
@@ -127,21 +120,8 @@ async def import_jsonl(
     batch_size: int = 500,
     progress: ProgressCallback | None = None,
 ) -> backup.ImportReport:
-    """Restore memories from an export (or a release 0.1 export), streaming the file.
-
-    Every field comes back as exported: owner, type, metadata, indices, text,
-    ``created_at``, ``updated_at`` and the expiry (or none). Vectors in the file are used
-    when their dimension is the table's; the rest are embedded. Importing a file twice
-    changes nothing. The whole file is checked first: a line that is not a memory, a
-    memory that may not be stored (bad fields, another tenant's), or a history line for a
-    memory this table holds with another history means that nothing of the file is
-    written, and the returned :class:`~pepperpy_pg_memory.backup.ImportReport` names
-    every such line. ``progress(memories_written, memories)`` follows the writing.
-
-    Raises:
-        MemoryQuotaError: with ``max_memories_per_owner`` set, an owner would hold more
-            memories after the file than the limit (nothing is written).
-    """
+    """``PostgresStorage.import_jsonl``: check the whole file (spooling it), then, if no
+    line is refused, write it in batches of ``batch_size``."""
     report = backup.ImportReport()
     with (
         _opened(source, "r") as stream,
