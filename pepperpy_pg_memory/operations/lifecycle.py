@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import logging
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -95,6 +96,19 @@ async def attach_server(config: PostgresConfig, attached: Attachments) -> str:
     return server.uri(config.database)
 
 
+@contextlib.asynccontextmanager
+async def _start_connection(config: PostgresConfig, dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection of ``start()``'s own, outside the pool (migrations run on it), closed
+    after; the server's errors as ours."""
+    conn = await connect(config, dsn)
+    try:
+        yield conn
+    except asyncpg.PostgresError as exc:
+        raise translate(exc, "start") from exc
+    finally:
+        await conn.close()
+
+
 def wanted_layout(config: PostgresConfig, embedder: Embedder, dimension: int) -> TableLayout:
     """The layout ``config`` asks for, for ``embedder`` (its dimension and identity)."""
     return TableLayout(
@@ -123,18 +137,12 @@ async def prepare_table(
     """
     if config.is_embedded and config.row_level_security:
         assert attached.server is not None
-        conn = await connect(config, dsn)
-        try:
+        async with _start_connection(config, dsn) as conn:
             layout = await migrate(conn, wanted, row_level_security=True)
             await ensure_metadata_indexes(conn, layout, config.indexed_fields)
             await ensure_application_role(conn, layout)
-        except asyncpg.PostgresError as exc:
-            raise translate(exc, "start") from exc
-        finally:
-            await conn.close()
         dsn = attached.server.uri(config.database, role=APPLICATION_ROLE)
-    conn = await connect(config, dsn)
-    try:
+    async with _start_connection(config, dsn) as conn:
         if config.row_level_security:
             await check_row_level_security_applies(conn)
         layout = await migrate(conn, wanted, row_level_security=config.row_level_security)
@@ -143,10 +151,6 @@ async def prepare_table(
         for name in await ensure_metadata_indexes(conn, layout, config.indexed_fields):
             logger.info("created metadata index %s", name)
         vectors_in = await vector_schema(conn)
-    except asyncpg.PostgresError as exc:
-        raise translate(exc, "start") from exc
-    finally:
-        await conn.close()
     if layout.text_search_config != config.text_search_config:
         logger.warning(
             "table %s.%s is indexed with text search configuration %r, not %r: run "
