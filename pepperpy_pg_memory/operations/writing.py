@@ -15,7 +15,7 @@ from typing import Any, Literal, TypeVar
 
 import asyncpg
 
-from ..bulk import SMALL_BATCH_ROWS, write_batch, write_rows
+from ..bulk import write_batch
 from ..bulk import write_deduplicated as write_deduplicated_row
 from ..bulk import write_one as write_one_row
 from ..coalesce import Coalescer, together_or_alone
@@ -267,28 +267,21 @@ async def write_together(
 ) -> dict[Identity, asyncpg.Record]:
     """Upsert ``writes`` (distinct memories) in one transaction; each one's new row."""
     await plan_embeddings(started, writes)
-    records = [write.record() for write in writes]
-    passages, change = passage_rows(started, writes), writes[0].change
-    timeout = started.config.command_timeout
-    if len(records) <= SMALL_BATCH_ROWS:
-        work = partial(
-            write_rows, started.statements, started.tenant, records, timeout,
-            passages=passages, change=change,
-        )  # fmt: skip
-    else:
-        work = partial(
+    rows = await started.database.run(
+        "store",
+        partial(
             write_batch,
             started.statements,
             started.tenant,
-            records,
+            [write.record() for write in writes],
             0,  # never rebuild the index for a burst: other calls are reading it
             started.config.maintenance_work_mem,
-            timeout,
+            started.config.command_timeout,
             every_row=True,
-            passages=passages,
-            change=change,
-        )
-    rows = await started.database.run("store", work)
+            passages=passage_rows(started, writes),
+            change=writes[0].change,
+        ),
+    )
     started.term_stats.note_writes(len(writes), [write.owner for write in writes])
     by_identity = {identity_of(row): row for row in rows}
     repair = [identity for identity, row in by_identity.items() if row["needs_embedding"]]
@@ -343,33 +336,21 @@ async def store_many(
         if dedupe is False
         else BatchDeduplication(started.statements, started.tenant, batch, dedupe, reinforcing)
     )
-    records, passages = [write.record() for write in batch], passage_rows(started, batch)
-    timeout, rebuild_from = timeout_for(started, len(batch)), config.bulk_index_rebuild_rows
-    if deduplication is None and len(records) <= SMALL_BATCH_ROWS < rebuild_from:
-        merged = await started.database.run(
-            "store_many",
-            partial(
-                write_rows, started.statements, started.tenant, records, timeout,
-                passages=passages, change=batch[0].change,
-            ),
-        )  # fmt: skip
-        rows = [row for row in merged if row["needs_embedding"]]
-    else:
-        rows = await started.database.run(
-            "store_many",
-            partial(
-                write_batch,
-                started.statements,
-                started.tenant,
-                records,
-                rebuild_from,
-                config.maintenance_work_mem,
-                timeout,
-                passages=passages,
-                change=batch[0].change,
-                dedupe=deduplication,
-            ),
-        )
+    rows = await started.database.run(
+        "store_many",
+        partial(
+            write_batch,
+            started.statements,
+            started.tenant,
+            [write.record() for write in batch],
+            config.bulk_index_rebuild_rows,
+            config.maintenance_work_mem,
+            timeout_for(started, len(batch)),
+            passages=passage_rows(started, batch),
+            change=batch[0].change,
+            dedupe=deduplication,
+        ),
+    )
     folded = len(deduplication.duplicates) if deduplication is not None else 0
     started.term_stats.note_writes(len(batch), [write.owner for write in batch])
     await repair_embeddings(started, [identity_of(row) for row in rows], writes)
