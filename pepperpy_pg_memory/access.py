@@ -15,8 +15,9 @@ import asyncio
 import logging
 from collections.abc import Iterable
 from datetime import datetime, timezone
+from functools import partial
 
-from .database import Database
+from .database import Database, in_one_transaction
 from .errors import MemoryError
 from .schema import IDENTITY_COLUMNS, TableLayout
 from .shutdown import cancel_and_wait
@@ -34,6 +35,27 @@ def record_accesses(
     counts: dict[Identity, tuple[int, datetime]],
     *,
     restoring: bool = False,
+) -> list[Query]:
+    """:func:`_record_accesses`, in one statement, or on a cluster distributed by owner one
+    per owner (Citus locks rows only in a statement that names the node's owner)."""
+    if layout.distribution != "owner":
+        return [_record_accesses(layout, tenant, counts, restoring=restoring)]
+    by_owner: dict[str, dict[Identity, tuple[int, datetime]]] = {}
+    for identity, count in counts.items():
+        by_owner.setdefault(identity.scope_id, {})[identity] = count
+    return [
+        _record_accesses(layout, tenant, owned, restoring=restoring, scope_id=scope_id)
+        for scope_id, owned in sorted(by_owner.items())
+    ]
+
+
+def _record_accesses(
+    layout: TableLayout,
+    tenant: str,
+    counts: dict[Identity, tuple[int, datetime]],
+    *,
+    restoring: bool = False,
+    scope_id: str | None = None,
 ) -> Query:
     """Add ``counts`` (per memory: reads, last read) to the access table; ``restoring`` (an
     import) keeps the larger of the two counts instead, so that importing twice counts once.
@@ -44,6 +66,7 @@ def record_accesses(
     statement on the foreign key)."""
     owner = ", ".join(IDENTITY_COLUMNS)
     names = sorted(counts)  # one lock order for every flusher
+    one_owner = "" if scope_id is None else "AND m.scope_id = $7"
     total = (
         "greatest(a.access_count, EXCLUDED.access_count)"
         if restoring
@@ -56,7 +79,7 @@ def record_accesses(
             FROM unnest($2::text[], $3::text[], $4::text[], $5::bigint[], $6::timestamptz[])
                 AS u(scope, scope_id, key, reads, last_read)
             JOIN {layout.qualified_table} m ON m.tenant = $1
-                AND (m.scope, m.scope_id, m.key) = (u.scope, u.scope_id, u.key)
+                AND (m.scope, m.scope_id, m.key) = (u.scope, u.scope_id, u.key) {one_owner}
             ORDER BY u.scope, u.scope_id, u.key
             FOR KEY SHARE OF m SKIP LOCKED
         )
@@ -73,6 +96,7 @@ def record_accesses(
             [name.key for name in names],
             [counts[name][0] for name in names],
             [counts[name][1] for name in names],
+            *([] if scope_id is None else [scope_id]),
         ],
     )
 
@@ -117,12 +141,10 @@ class AccessTracker:
         counts, self._counts = self._counts, {}
         if not counts or self.layout is None:
             return
-        await self._record(record_accesses(self.layout, self.tenant, counts))
-
-    async def _record(self, query: Query) -> None:
+        queries = record_accesses(self.layout, self.tenant, counts)
         # Counts are up to an interval late anyway: reads on a replica need not wait for them.
         await self.database.run(
-            "access", lambda conn: conn.execute(query.sql, *query.args), visible_to_reads=False
+            "access", partial(in_one_transaction, queries, None), visible_to_reads=False
         )
 
     async def stop(self) -> None:

@@ -134,13 +134,15 @@ def save_position(
 ) -> Query:
     """Record that a walk reached ``position`` having done ``rows`` more rows (``start``: a
     new walk begins; ``finished``: it is over). Run it in the transaction that wrote them."""
+    # The moment comes with the inserted row: Citus calls no function in the SET clause
+    # that is not immutable.
     return Query(
         f"INSERT INTO {layout.qualified_backfills} AS b (tenant, name, position, rows_done, "
-        "finished_at) VALUES ($1, $2, $3, $4, CASE WHEN $6 THEN now() END) "
+        "updated_at, finished_at) VALUES ($1, $2, $3, $4, now(), CASE WHEN $6 THEN now() END) "
         "ON CONFLICT (tenant, name) DO UPDATE SET position = excluded.position, "
         "rows_done = CASE WHEN $5 THEN 0 ELSE b.rows_done END + excluded.rows_done, "
-        "started_at = CASE WHEN $5 THEN now() ELSE b.started_at END, "
-        "updated_at = now(), finished_at = excluded.finished_at",
+        "started_at = CASE WHEN $5 THEN excluded.updated_at ELSE b.started_at END, "
+        "updated_at = excluded.updated_at, finished_at = excluded.finished_at",
         [tenant, name, position, rows, start, finished],
     )
 

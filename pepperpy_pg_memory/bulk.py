@@ -13,8 +13,8 @@ from .access import record_accesses
 from .dedupe import BatchDeduplication, lock_owners, reinforce
 from .history import PLAIN, Change
 from .items import PendingWrite
-from .queries import PASSAGE_COLUMNS, STAGING_COLUMNS, Statements
-from .sql import Query
+from .queries import PASSAGE_COLUMNS, STAGING_COLUMNS, Statements, record_identity
+from .sql import Query, send
 from .types import Identity
 
 __all__ = [
@@ -67,7 +67,7 @@ async def write_batch(
     layout = statements.layout
     rebuild = 0 < rebuild_from <= len(records)
     if dedupe is None and not rebuild and len(records) <= SMALL_BATCH_ROWS:
-        rows = await write_rows(
+        rows: list[asyncpg.Record] = await write_rows(
             statements, tenant, records, timeout, conn, passages=passages, change=change
         )
         return rows if every_row else [row for row in rows if row["needs_embedding"]]
@@ -99,7 +99,7 @@ async def write_batch(
             await conn.execute(layout.drop_vector_index().sql, timeout=timeout)
         gone = statements.delete_staged_passages(tenant)
         await conn.execute(gone.sql, *gone.args, timeout=timeout)
-        rows = await conn.fetch(merge.sql, *merge.args, timeout=timeout)
+        rows = await send(conn, "fetch", merge, timeout)
         await copy_passages(statements, passages, timeout, conn)
         if rebuild:
             for query in layout.build_vector_index(maintenance_work_mem):
@@ -122,13 +122,24 @@ async def write_rows(
     """Upsert a few rows of distinct memories in one statement (two with passages, in one
     transaction): :func:`write_batch`'s path for small batches. Returns every merged row."""
     upsert = statements.upsert_rows(tenant, records, change)
+    await _clear_passages(statements, tenant, [record_identity(r) for r in records], conn)
     if not passages:
-        rows: list[asyncpg.Record] = await conn.fetch(upsert.sql, *upsert.args, timeout=timeout)
+        rows: list[asyncpg.Record] = await send(conn, "fetch", upsert, timeout)
         return rows
     async with conn.transaction():
-        rows = await conn.fetch(upsert.sql, *upsert.args, timeout=timeout)
+        rows = await send(conn, "fetch", upsert, timeout)
         await copy_passages(statements, passages, timeout, conn)
     return rows
+
+
+async def _clear_passages(
+    statements: Statements, tenant: str, identities: Sequence[Identity], conn: asyncpg.Connection
+) -> None:
+    """On a cluster, what one server's upsert statement does itself: delete the passages
+    of the memories it replaces (see :meth:`Statements.clear_passages`)."""
+    query = statements.clear_passages(tenant, identities)
+    if query is not None:
+        await conn.execute(query.sql, *query.args)
 
 
 async def copy_passages(
@@ -161,11 +172,13 @@ async def write_one(
     """Upsert one memory and replace its passages, in one transaction when it has any (each
     statement under the pool's command timeout)."""
     upsert = statements.upsert_one(tenant, record, change)
+    await _clear_passages(statements, tenant, [record_identity(record)], conn)
+    row: asyncpg.Record | None
     if not passages:  # one statement: its passages (if it had any) go with it
-        row = await conn.fetchrow(upsert.sql, *upsert.args)
+        row = await send(conn, "fetchrow", upsert)
     else:
         async with conn.transaction():
-            row = await conn.fetchrow(upsert.sql, *upsert.args)
+            row = await send(conn, "fetchrow", upsert)
             await copy_passages(statements, passages, None, conn)
     assert row is not None
     return row
@@ -192,9 +205,10 @@ async def write_superseding(
         write.valid_from, write.supersedes = state["moment"], old.key
         if write.identity != old:
             close = statements.close_validity(tenant, old, state["moment"], write.key, closing)
-            await conn.execute(close.sql, *close.args)
+            await send(conn, "execute", close)
         upsert = statements.upsert_one(tenant, write.record(), write.change)
-        row = await conn.fetchrow(upsert.sql, *upsert.args)
+        await _clear_passages(statements, tenant, [write.identity], conn)
+        row: asyncpg.Record | None = await send(conn, "fetchrow", upsert)
         await copy_passages(statements, passages, None, conn)
     return row
 
@@ -222,7 +236,8 @@ async def write_deduplicated(
             reinforced = await reinforce(statements, tenant, original, write, reinforcing, conn)
             return reinforced, True
         upsert = statements.upsert_one(tenant, write.record(), write.change)
-        row = await conn.fetchrow(upsert.sql, *upsert.args)
+        await _clear_passages(statements, tenant, [write.identity], conn)
+        row = await send(conn, "fetchrow", upsert)
         await copy_passages(statements, passages, None, conn)
     assert row is not None
     return row, False
@@ -250,5 +265,5 @@ async def write_restored(
         await conn.execute(gone.sql, *gone.args)
         await copy_passages(statements, passages, None, conn)
         if reads:
-            counted = record_accesses(statements.layout, tenant, reads, restoring=True)
-            await conn.execute(counted.sql, *counted.args)
+            for counted in record_accesses(statements.layout, tenant, reads, restoring=True):
+                await conn.execute(counted.sql, *counted.args)

@@ -24,10 +24,10 @@ from .database import Database
 from .dedupe import lock_owners
 from .errors import MemoryValidationError
 from .filters import Params
-from .history import Change, change_context
+from .history import Change
 from .queries import Restriction, Statements, select_entry
 from .schema import TableLayout, dedupe_identifiers_function, normalized_function, same_memory
-from .sql import Query
+from .sql import Query, send
 from .types import MANAGED_FIELD, Identity, MemoryScope, MemoryType, ProgressCallback
 
 __all__ = [
@@ -144,6 +144,7 @@ class ConsolidationStatements:
         self.layout = layout
         self.table = layout.qualified_table
         self.entry = select_entry(layout)
+        self.writes = Statements(layout)
 
     @staticmethod
     def _mine(
@@ -192,12 +193,14 @@ class ConsolidationStatements:
         )
         if dry_run:
             return Query(f"SELECT m.key FROM {self.table} m WHERE {where}", params.values)
+        writes = self.writes
+        context = writes.context_of(params, change)
         sql = (
             f"UPDATE {self.table} m SET memory_type = '{MemoryType.LONG_TERM.value}', "
-            "expires_at = NULL, updated_at = clock_timestamp() "
-            f"FROM {change_context(params, change)} WHERE {where} RETURNING m.key"
+            f"expires_at = NULL, updated_at = {writes.clock} "
+            f"{'FROM ' + context if context else ''} WHERE {where} RETURNING m.key"
         )
-        return Query(sql, params.values)
+        return writes.announced(sql, params, change)
 
     def candidates(self, tenant: str, owner: Identity, managed: bool) -> Query:
         """The owner's memories in keeper order (most important, then most recently read or
@@ -330,7 +333,7 @@ class Consolidation:
                 Change("promote", self.actor, reads),
                 self.dry_run,
             )
-            promoted = [row["key"] for row in await conn.fetch(promote.sql, *promote.args)]
+            promoted = [row["key"] for row in await send(conn, "fetch", promote)]
             merged = await self._merges(owner, conn)
             if not self.dry_run:
                 closing = Change("supersede", self.actor, MERGED)
@@ -338,7 +341,7 @@ class Consolidation:
                     close = self.statements.close_validity(
                         self.tenant, owner._replace(key=key), None, keeper, closing
                     )
-                    await conn.execute(close.sql, *close.args)
+                    await send(conn, "execute", close)
         # Reported once committed (a retried transaction reports once).
         report.promoted += promoted
         report.merged += list(merged)

@@ -32,7 +32,7 @@ from .errors import (
 from .faults import ConnectionLost, backoff_delay, is_transient, translate
 from .history import AS_OF_SETTING
 from .metrics import Metrics
-from .queries import Query
+from .sql import Query, send
 from .values import decode_json, encode_json
 
 __all__ = ["Database", "Runner", "connect", "in_one_transaction"]
@@ -102,7 +102,7 @@ class Runner:
         self, operation: str, query: Query, *, timeout: float | None = None
     ) -> list[asyncpg.Record]:
         rows: list[asyncpg.Record] = await self.run(
-            operation, lambda conn: conn.fetch(query.sql, *query.args, timeout=timeout)
+            operation, lambda conn: send(conn, "fetch", query, timeout)
         )
         return rows
 
@@ -167,20 +167,16 @@ class Runner:
         self, operation: str, query: Query, *, timeout: float | None = None
     ) -> asyncpg.Record | None:
         row: asyncpg.Record | None = await self.run(
-            operation, lambda conn: conn.fetchrow(query.sql, *query.args, timeout=timeout)
+            operation, lambda conn: send(conn, "fetchrow", query, timeout)
         )
         return row
 
     async def fetchval(self, operation: str, query: Query, *, timeout: float | None = None) -> Any:
-        return await self.run(
-            operation, lambda conn: conn.fetchval(query.sql, *query.args, timeout=timeout)
-        )
+        return await self.run(operation, lambda conn: send(conn, "fetchval", query, timeout))
 
     async def execute(self, operation: str, query: Query, *, timeout: float | None = None) -> int:
         """Run a statement; returns how many rows it affected."""
-        status: str = await self.run(
-            operation, lambda conn: conn.execute(query.sql, *query.args, timeout=timeout)
-        )
+        status: str = await self.run(operation, lambda conn: send(conn, "execute", query, timeout))
         return affected(status)
 
     async def executemany(
@@ -217,6 +213,9 @@ class Database(Runner):
         self.after_write: Callable[[asyncpg.Connection], Awaitable[None]] | None = None
         """Run on the connection after every operation that may have written (with read
         replicas: to note the WAL position reads must wait for)."""
+        self.transaction_settings: str | None = None
+        """Statements (SET LOCAL …) every operation runs first, in a transaction around it:
+        on a Citus cluster, how the settings the triggers read reach the workers."""
         self.reading: Runner = _PrimaryReads(self)
         """The same pool for statements that only read but must read the primary (history,
         scans, look-ups before a write): they set no read-your-writes horizon."""
@@ -291,6 +290,13 @@ class Database(Runner):
                 "that loop, or through pepperpy_pg_memory.runner.BackgroundStorage"
             )
 
+    async def _work_in(self, conn: asyncpg.Connection, work: Work[T]) -> T:
+        if self.transaction_settings is None:
+            return await work(conn)
+        async with conn.transaction():
+            await conn.execute(self.transaction_settings)
+            return await work(conn)
+
     async def run(self, operation: str, work: Work[T], *, visible_to_reads: bool = True) -> T:
         """Run ``work`` on a pooled connection, retrying transient faults.
 
@@ -323,7 +329,7 @@ class Database(Runner):
                 self.metrics.waiting -= 1
             try:
                 sent = True
-                result = await work(typing.cast(asyncpg.Connection, conn))
+                result = await self._work_in(typing.cast(asyncpg.Connection, conn), work)
                 if after_write is not None and visible_to_reads:
                     await after_write(conn)
                 return result
@@ -404,7 +410,7 @@ async def in_one_transaction(
     """Run ``queries`` in order on ``conn``, all or none (a savepoint inside a transaction)."""
     async with conn.transaction():
         for query in queries:
-            await conn.execute(query.sql, *query.args, timeout=timeout)
+            await send(conn, "execute", query, timeout)
 
 
 def affected(status: str) -> int:

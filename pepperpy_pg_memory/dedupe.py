@@ -22,6 +22,7 @@ from .history import Change
 from .items import PendingWrite
 from .queries import Statements
 from .schema import OWNER_LOCK_CLASS
+from .sql import send
 from .types import MANAGED_FIELD, Identity
 
 __all__ = ["BatchDeduplication", "lock_owners", "reinforce"]
@@ -56,10 +57,10 @@ async def reinforce(
     """``write``'s effect on the memory ``original`` it duplicates, recording ``change``:
     a read counted (first, so that the row returned shows it), then the memory reinforced."""
     read = {original: (1, datetime.now(timezone.utc))}
-    counted = record_accesses(statements.layout, tenant, read)
-    await conn.execute(counted.sql, *counted.args, timeout=timeout)
+    for counted in record_accesses(statements.layout, tenant, read):
+        await conn.execute(counted.sql, *counted.args, timeout=timeout)
     update = statements.reinforce(tenant, original, write.importance, write.metadata, change)
-    row = await conn.fetchrow(update.sql, *update.args, timeout=timeout)
+    row: asyncpg.Record | None = await send(conn, "fetchrow", update, timeout)
     assert row is not None
     return row
 
@@ -84,16 +85,34 @@ class BatchDeduplication:
         self, conn: asyncpg.Connection, timeout: float | None
     ) -> frozenset[Identity]:
         await lock_owners(self.tenant, [write.identity for write in self.writes], conn)
-        find = self.statements.staged_duplicates(self.tenant, self.threshold)
         found = {
             Identity(row["scope"], row["scope_id"], row["key"]): row
-            for row in await conn.fetch(find.sql, *find.args, timeout=timeout)
+            for row in await self._look_up(conn, timeout)
         }
         self.duplicates = self._decide(found)
         if self.duplicates:
             unstage = self.statements.unstage(list(self.duplicates))
             await conn.execute(unstage.sql, *unstage.args, timeout=timeout)
         return frozenset(self.duplicates)
+
+    async def _look_up(
+        self, conn: asyncpg.Connection, timeout: float | None
+    ) -> list[asyncpg.Record]:
+        statements = self.statements
+        if not statements.distributed:
+            find = statements.staged_duplicates(self.tenant, self.threshold)
+            rows: list[asyncpg.Record] = await conn.fetch(find.sql, *find.args, timeout=timeout)
+            return rows
+        rows = []
+        for write in self.writes:
+            vector = write.embedding if self.threshold is not None else None
+            find = statements.write_duplicates(
+                self.tenant, write.identity, write.text, vector, self.threshold
+            )
+            row = await conn.fetchrow(find.sql, *find.args, timeout=timeout)
+            assert row is not None
+            rows.append(row)
+        return rows
 
     def _decide(self, found: dict[Identity, asyncpg.Record]) -> dict[Identity, Identity]:
         batch = {write.identity for write in self.writes}

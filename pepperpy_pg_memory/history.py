@@ -84,17 +84,39 @@ def check_note(value: str | None, name: str) -> str | None:
     return value
 
 
-def change_context(params: Params, change: Change) -> str:
-    """A one-row FROM item that tells the history triggers about ``change`` (every setting
-    is set, so that an earlier statement's in the same transaction does not carry over)."""
-    settings = (
+def _settings_of(change: Change) -> tuple[tuple[str, str | None], ...]:
+    return (
         (HISTORY_OPERATION_SETTING, change.operation),
         (HISTORY_ACTOR_SETTING, change.actor),
         (HISTORY_REASON_SETTING, change.reason),
     )
+
+
+def setting_statement(name: str, value: str) -> str:
+    """``SET LOCAL name = 'value'``: a setting Citus forwards to the workers (it forwards
+    no set_config call). SET takes no bind parameter, so the value is quoted here:
+    standard_conforming_strings (on since PostgreSQL 9.1) leaves backslashes alone, and
+    quotes are doubled; a NUL cannot be sent at all."""
+    if "\x00" in value:
+        raise MemoryValidationError(f"{name} must have no NUL character")
+    if not name.replace(".", "").replace("_", "").isalnum():
+        raise ValueError(f"not a setting name: {name!r}")
+    quoted = "'" + value.replace("'", "''") + "'"
+    return f"SET LOCAL {name} = {quoted}"
+
+
+def change_settings(change: Change) -> str:
+    """:func:`change_context` as SET LOCAL statements (for a cluster: see
+    :meth:`~.queries.Statements.announce`)."""
+    return "; ".join(setting_statement(name, value or "") for name, value in _settings_of(change))
+
+
+def change_context(params: Params, change: Change) -> str:
+    """A one-row FROM item that tells the history triggers about ``change`` (every setting
+    is set, so that an earlier statement's in the same transaction does not carry over)."""
     calls = ", ".join(
         f"set_config('{name}', coalesce({params.add(value)}::text, ''), true)"
-        for name, value in settings
+        for name, value in _settings_of(change)
     )
     return f"(SELECT {calls}) AS history_context"
 

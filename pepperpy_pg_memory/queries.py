@@ -16,9 +16,9 @@ from datetime import datetime
 from typing import Any, Literal
 
 from .filters import FieldKind, Params, compile_filter
-from .history import AS_OF_MOMENT, PLAIN, Change, as_of_source, change_context
+from .history import AS_OF_MOMENT, PLAIN, Change, as_of_source, change_context, change_settings
 from .identifiers import quote_ident
-from .schema import TableLayout, dedupe_identifiers_function, normalized_function
+from .schema import TableLayout, dedupe_identifiers_function, normalized_function, same_memory
 from .sql import Query
 from .types import MANAGED_FIELD, Identity, MemoryScope, MemoryType
 
@@ -63,11 +63,12 @@ ENTRY_COLUMNS = (
 )
 
 
-def _access_expressions(layout: TableLayout) -> dict[str, str]:
-    """A memory row ``m``'s read counts, kept beside it (see access.py): a look-up per row."""
+def _access_expressions(layout: TableLayout, pinned: str = "") -> dict[str, str]:
+    """A memory row ``m``'s read counts, kept beside it (see access.py): a look-up per row.
+    ``pinned`` is a condition on ``a`` to add (see :func:`select_entry`)."""
     counted = (
         f"FROM {layout.qualified_access} a WHERE a.tenant = m.tenant AND a.scope = m.scope "
-        "AND a.scope_id = m.scope_id AND a.key = m.key"
+        f"AND a.scope_id = m.scope_id AND a.key = m.key{pinned}"
     )
     return {
         "access_count": f"coalesce((SELECT a.access_count {counted}), 0) AS access_count",
@@ -75,14 +76,27 @@ def _access_expressions(layout: TableLayout) -> dict[str, str]:
     }
 
 
-def select_entry(layout: TableLayout) -> str:
-    """The select list of :data:`ENTRY_COLUMNS` from a memory row ``m``."""
+def select_entry(layout: TableLayout, pinned: str = "") -> str:
+    """The select list of :data:`ENTRY_COLUMNS` from a memory row ``m``; ``pinned`` a
+    condition on the read counts' row ``a`` to add (see :meth:`Statements.entry_for`)."""
     expressions = {
         # NULL means "since created" (rows from before validity was recorded have it).
         "valid_from": "coalesce(m.valid_from, m.created_at) AS valid_from",
-        **_access_expressions(layout),
+        **_access_expressions(layout, pinned),
     }
     return ", ".join(expressions.get(column, f"m.{column}") for column in ENTRY_COLUMNS)
+
+
+def pinned_condition(
+    layout: TableLayout, params: Params, restriction: Restriction, alias: str
+) -> str:
+    """`` AND alias.<distribution column> = value`` when ``layout`` is distributed and
+    ``restriction`` gives that column's value; "" otherwise."""
+    if layout.distribution == "owner" and restriction.scope_id is not None:
+        return f" AND {alias}.scope_id = {params.add(restriction.scope_id)}"
+    if layout.distribution == "tenant":
+        return f" AND {alias}.tenant = {params.add(restriction.tenant)}"
+    return ""
 
 
 def access_columns(layout: TableLayout) -> str:
@@ -114,6 +128,13 @@ WRITE_COLUMNS: tuple[tuple[str, str], ...] = (
 )
 STAGING_COLUMNS = tuple(name for name, _ in WRITE_COLUMNS)
 _SCOPE, _SCOPE_ID, _KEY = (STAGING_COLUMNS.index(name) for name in ("scope", "scope_id", "key"))
+
+
+def record_identity(record: Sequence[Any]) -> Identity:
+    """The memory a write's record (in :data:`STAGING_COLUMNS` order) names."""
+    return Identity(record[_SCOPE], record[_SCOPE_ID], record[_KEY])
+
+
 PASSAGE_COLUMNS = ("tenant", "scope", "scope_id", "key", "position", "content", "embedding")
 """A passage row, in the order of the COPY that writes them."""
 # Written columns that are not the staged value itself: the expiry is the moment given, or now
@@ -125,8 +146,14 @@ _TABLE_VALUES = {"expires_at": "COALESCE({expires_at}, now() + {ttl})", "tenant"
 LIVE = "(m.expires_at IS NULL OR m.expires_at > now())"
 # The old row, in an upsert: gone (expired) or no longer true (validity closed). Storing its
 # key again starts a new memory, or a new fact.
-_EXPIRED = "(m.expires_at IS NOT NULL AND m.expires_at <= now())"
-_CLOSED = "(m.valid_to IS NOT NULL AND m.valid_to <= now())"
+_EXPIRED = "(m.expires_at IS NOT NULL AND m.expires_at <= {moment})"
+_CLOSED = "(m.valid_to IS NOT NULL AND m.valid_to <= {moment})"
+_CLOSED_NOW = _CLOSED.format(moment="now()")
+# The transaction's moment as a FROM item ``clock`` (for a RETURNING clause, where Citus
+# allows no function that is not immutable).
+_CLOCK = "(SELECT now() AS at) clock"
+EXPIRING = Change(operation="expire")
+
 # How rows of one statement's branches are matched to each other and to the table: by the
 # whole identity, never by key alone (several owners may hold one key).
 OWNER_KEY = "tenant, scope, scope_id, key"
@@ -263,6 +290,10 @@ class Statements:
         self.table = layout.qualified_table
         self.entry = select_entry(layout)
         self.access_columns = access_columns(layout)
+        if layout.distributed:
+            # Citus runs no subquery in an INSERT's RETURNING: on a cluster a write's entry
+            # does not carry the memory's read counts (reads do).
+            self.access_columns = "0::bigint AS access_count, NULL::timestamptz AS last_accessed_at"
         if as_of:
             # Reads only: the table as it stood at the moment the transaction's AS_OF_SETTING
             # names (see Database.fetch_as_of).
@@ -272,9 +303,19 @@ class Statements:
         self.staging = quote_ident(f"pepperpy_staging_{layout.table}_{int(layout.dimension)}")
         self.staging_name = self.staging.strip('"')
         self.passages = layout.qualified_passages
+        self.distributed = layout.distributed
+        # The moment an UPDATE records: the clock (so that of two updates of one memory the
+        # later commit has the later moment), or on a cluster, where UPDATE may call no
+        # volatile function, the statement's start.
+        self.clock = "statement_timestamp()" if self.distributed else "clock_timestamp()"
 
     # --- writes --------------------------------------------------------------------------
     def _upsert_tail(self, restoring: bool = False) -> str:
+        # On a Citus cluster the SET clause may call no function that is not immutable: the
+        # moment of the write comes from the inserted row (see _insert), evaluated once by
+        # the coordinator.
+        moment = "EXCLUDED.updated_at" if self.distributed else "now()"
+        expired, closed = _EXPIRED.format(moment=moment), _CLOSED.format(moment=moment)
         # created_at survives an update unless the old row had expired: an expired memory is
         # gone, and storing its key again starts a new one. updated_at is the moment of the
         # write (clock_timestamp, not the transaction's start), so that of concurrent upserts
@@ -298,30 +339,30 @@ class Statements:
                          AND m.content_hash = EXCLUDED.content_hash
                     THEN m.embedding
                     ELSE EXCLUDED.embedding END,
-                {self._moments(restoring)}
+                {self._moments(restoring, moment)}
                 expires_at = EXCLUDED.expires_at,
                 valid_from = CASE
                     WHEN EXCLUDED.valid_from IS NOT NULL THEN EXCLUDED.valid_from
-                    WHEN {_EXPIRED} THEN NULL
-                    WHEN {_CLOSED} THEN now()
+                    WHEN {expired} THEN NULL
+                    WHEN {closed} THEN {moment}
                     ELSE m.valid_from END,
                 valid_to = EXCLUDED.valid_to,
-                supersedes = CASE WHEN {_EXPIRED} OR {_CLOSED} THEN EXCLUDED.supersedes
+                supersedes = CASE WHEN {expired} OR {closed} THEN EXCLUDED.supersedes
                     ELSE coalesce(EXCLUDED.supersedes, m.supersedes) END,
                 superseded_by = EXCLUDED.superseded_by,
                 importance = EXCLUDED.importance
             RETURNING {_WRITTEN}, {self.access_columns}
         """
 
-    @staticmethod
-    def _moments(restoring: bool) -> str:
+    def _moments(self, restoring: bool, moment: str) -> str:
         if restoring:
             # A restore writes the moments the backup recorded.
             return "created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at,"
-        return """created_at = CASE
-                    WHEN m.expires_at IS NOT NULL AND m.expires_at <= now() THEN now()
+        updated = "EXCLUDED.updated_at" if self.distributed else "clock_timestamp()"
+        return f"""created_at = CASE
+                    WHEN m.expires_at IS NOT NULL AND m.expires_at <= {moment} THEN {moment}
                     ELSE m.created_at END,
-                updated_at = clock_timestamp(),"""
+                updated_at = {updated},"""
 
     def _staged_type(self, type_name: str) -> str:
         return self.vector if type_name == "vector" else type_name
@@ -338,6 +379,12 @@ class Statements:
         ``created_at``/``updated_at`` when ``values`` gives them (a restore); ``context`` is
         a :func:`~.history.change_context` to join."""
         columns = [name for name in STAGING_COLUMNS if name not in ("ttl", "expires_at")]
+        restoring = bool(moments)
+        if self.distributed and not moments:
+            # The write's moment, for the upsert's SET clause (see _upsert_tail).
+            values = {**values, "created_at": "statement_timestamp()"}
+            values["updated_at"] = "statement_timestamp()"
+            moments = ("created_at", "updated_at")
         columns += [*_TABLE_VALUES, *moments]
         expressions = [
             _TABLE_VALUES[name].format(**values) if name in _TABLE_VALUES else values[name]
@@ -354,7 +401,7 @@ class Statements:
                 )
         else:
             body = f"VALUES ({', '.join(expressions)})"
-        tail = self._upsert_tail(restoring=bool(moments))
+        tail = self._upsert_tail(restoring=restoring)
         return f"INSERT INTO {self.table} AS m ({', '.join(columns)}) {body} {tail}"
 
     def upsert_one(self, tenant: str, record: Sequence[Any], change: Change = PLAIN) -> Query:
@@ -369,10 +416,13 @@ class Statements:
         owner = " AND ".join(
             f"p.{column} = {values[column]}" for column in ("tenant", "scope", "scope_id", "key")
         )
-        context = change_context(params, change) if change.said else ""
+        context = self.context_of(params, change)
+        insert = self._insert(values, source="", context=context)
+        if self.distributed:  # the caller deletes the passages first (see clear_passages)
+            return self.announced(insert, params, change)
         sql = f"""
             WITH old_passages AS (DELETE FROM {self.passages} p WHERE {owner})
-            {self._insert(values, source="", context=context)}
+            {insert}
         """
         return Query(sql, params.values)
 
@@ -396,20 +446,50 @@ class Statements:
         names = ", ".join(name for name, _ in WRITE_COLUMNS)
         values = {name: f"s.{name}" for name in STAGING_COLUMNS}
         values["tenant"] = "$1"
-        identities = [
-            Identity(record[_SCOPE], record[_SCOPE_ID], record[_KEY]) for record in records
-        ]
-        gone = _in_identities(params, identities)
-        context = change_context(params, change) if change.said else ""
+        context = self.context_of(params, change)
         merge = self._insert(
             values, source=f"(VALUES {', '.join(rows)}) AS s({names})", context=context
         )
+        if self.distributed:  # the caller deletes the passages first (see clear_passages)
+            return self.announced(merge, params, change)
+        gone = _in_identities(params, [record_identity(record) for record in records])
         sql = f"""
             WITH old_passages AS (DELETE FROM {self.passages} m WHERE m.tenant = $1 AND {gone}),
             merged AS ({merge})
             SELECT * FROM merged
         """
         return Query(sql, params.values)
+
+    def entry_for(self, params: Params, restriction: Restriction) -> str:
+        """:attr:`entry` for a read within ``restriction``. On a cluster, Citus runs a read on
+        the one node holding its owner only if every table it reads is pinned to that owner
+        by a value, and a look-up correlated with the row is not: the read counts' look-up
+        names the owner (or tenant) itself."""
+        pinned = pinned_condition(self.layout, params, restriction, "a")
+        return select_entry(self.layout, pinned) if pinned else self.entry
+
+    def context_of(self, params: Params, change: Change) -> str:
+        """The FROM item that tells the history triggers about ``change`` (none if it says
+        nothing). On a cluster the triggers fire on the worker, which never sees settings
+        made by a function call: the statement's ``before`` says it (see :meth:`announced`)."""
+        return change_context(params, change) if change.said and not self.distributed else ""
+
+    def announced(self, sql: str, params: Params, change: Change) -> Query:
+        """The statement ``sql`` that makes ``change``: on a cluster, run after the SET LOCAL
+        statements that tell the history triggers about it (Citus forwards those to the
+        workers: see distribution.SESSION_SETTINGS)."""
+        before = change_settings(change) if self.distributed and change.said else ""
+        return Query(sql, params.values, before)
+
+    def clear_passages(self, tenant: str, identities: Sequence[Identity]) -> Query | None:
+        """On a cluster, the passages of the memories a write replaces, deleted before it
+        (Citus runs no data-modifying WITH in an INSERT); None on one server, where the
+        upsert deletes them itself."""
+        return self.delete_passages(tenant, identities) if self.distributed and identities else None
+
+    def _from(self, params: Params, change: Change) -> str:
+        context = self.context_of(params, change)
+        return f"FROM {context} " if context else ""
 
     def delete_staged_passages(self, tenant: str) -> Query:
         """The passages of every staged memory (a batch write replaces them)."""
@@ -492,14 +572,14 @@ class Statements:
         values = {name: f"s.{name}" for name in STAGING_COLUMNS}
         params = Params([tenant])
         values["tenant"] = "$1"
-        context = change_context(params, change) if change.said else ""
+        context = self.context_of(params, change)
         merge = self._insert(values, source=f"{self.staging} s", context=context)
         sql = f"""
             WITH merged AS ({merge})
             SELECT {"*" if every_row else "scope, scope_id, key"} FROM merged
             {"" if every_row else "WHERE needs_embedding"}
         """
-        return Query(sql, params.values)
+        return self.announced(sql, params, change)
 
     def set_embeddings(self) -> Query:
         """A template for ``executemany``; per row: tenant, scope, scope_id, key, vector,
@@ -576,13 +656,15 @@ class Statements:
         params = Params([key])
         extra = ", m.embedding" if include_embedding else ""
         sql = (
-            f"SELECT {self.entry}{extra} FROM {self.table} m "
+            f"SELECT {self.entry_for(params, restriction)}{extra} FROM {self.table} m "
             f"WHERE m.key = $1 AND {restriction.conditions(params)} LIMIT 2"
         )
         return Query(sql, params.values)
 
-    def _under_keys(self, columns: str, keys: list[str], restriction: Restriction) -> Query:
-        params = Params([keys])
+    def _under_keys(
+        self, columns: str, keys: list[str], restriction: Restriction, params: Params | None = None
+    ) -> Query:
+        params = Params([keys]) if params is None else params
         sql = (
             f"SELECT {columns} FROM {self.table} m "
             f"WHERE m.key = ANY($1::text[]) AND {restriction.conditions(params)}"
@@ -594,7 +676,8 @@ class Statements:
         return self._under_keys("m.scope, m.scope_id, m.key", keys, restriction)
 
     def retrieve_many(self, keys: list[str], restriction: Restriction) -> Query:
-        return self._under_keys(self.entry, keys, restriction)
+        params = Params([keys])
+        return self._under_keys(self.entry_for(params, restriction), keys, restriction, params)
 
     def exists(self, key: str, restriction: Restriction) -> Query:
         """How many owners hold ``key`` within the restriction, counted no further than 2."""
@@ -720,7 +803,7 @@ class Statements:
             bound = ", ".join(params.add(value) for value in after)
             where += f" AND ({', '.join(columns)}) {'<' if descending else '>'} ({bound})"
         sql = (
-            f"SELECT {self.entry} FROM {self.table} m WHERE {where} "
+            f"SELECT {self.entry_for(params, restriction)} FROM {self.table} m WHERE {where} "
             f"ORDER BY {', '.join(f'{column} {direction}' for column in columns)} "
             f"LIMIT {params.add(limit)} OFFSET {params.add(offset)}"
         )
@@ -742,25 +825,27 @@ class Statements:
             where += f" AND (m.scope, m.scope_id, m.key) > ({bound})"
         extra = ", m.embedding" if include_embedding else ""
         sql = (
-            f"SELECT {self.entry}{extra} FROM {self.table} m WHERE {where} "
-            f"ORDER BY m.scope, m.scope_id, m.key LIMIT {params.add(limit)}"
+            f"SELECT {self.entry_for(params, restriction)}{extra} FROM {self.table} m "
+            f"WHERE {where} ORDER BY m.scope, m.scope_id, m.key LIMIT {params.add(limit)}"
         )
         return Query(sql, params.values)
 
     # --- deletes ---------------------------------------------------------------------------
     def delete(self, key: str, restriction: Restriction, change: Change = PLAIN) -> Query:
         params = Params([key])
-        using = f"USING {change_context(params, change)}" if change.said else ""
+        # The moment comes from a FROM item: Citus allows no stable function in RETURNING.
+        sources = ", ".join(filter(None, [self.context_of(params, change), _CLOCK]))
         sql = (
-            f"DELETE FROM {self.table} m {using} WHERE m.key = $1 "
+            f"DELETE FROM {self.table} m USING {sources} WHERE m.key = $1 "
             f"AND {restriction.conditions(params)} "
-            f"RETURNING {LIVE} AS live"
+            "RETURNING (m.expires_at IS NULL OR m.expires_at > clock.at) AS live"
         )
-        return Query(sql, params.values)
+        return self.announced(sql, params, change)
 
     def delete_many(self, restriction: Restriction, change: Change = PLAIN) -> Query:
         params = Params()
-        using = f"USING {change_context(params, change)}" if change.said else ""
+        context = self.context_of(params, change)
+        using = f"USING {context}" if context else ""
         # Rows are locked in the identity order every writer follows, before any is deleted.
         sql = f"""
             DELETE FROM {self.table} d {using} WHERE ({OWNER_KEY}) IN (
@@ -768,7 +853,7 @@ class Statements:
                 WHERE {restriction.conditions(params)}
                 ORDER BY {M_OWNER_KEY} FOR UPDATE)
         """
-        return Query(sql, params.values)
+        return self.announced(sql, params, change)
 
     def delete_expired_batch(self, restriction: Restriction, batch: int) -> Query:
         params = Params()
@@ -777,15 +862,29 @@ class Statements:
         # never waits on a writer. Rows are named by their whole identity: another owner's
         # live memory under the same key is not expired and stays. Each becomes an "expire"
         # version in the history.
-        context = change_context(params, Change(operation="expire"))
+        # (Joined rather than matched with IN: Citus deparses a row IN a subquery wrongly.)
+        context = self.context_of(params, EXPIRING)
+        also = f", {context}" if context else ""
         sql = f"""
-            DELETE FROM {self.table} d USING {context} WHERE ({OWNER_KEY}) IN (
+            DELETE FROM {self.table} d USING (
                 SELECT {M_OWNER_KEY} FROM {self.table} m
                 WHERE m.expires_at <= now() AND {where}
-                LIMIT {params.add(batch)} FOR UPDATE SKIP LOCKED)
-            AND d.expires_at <= now()
+                LIMIT {params.add(batch)} FOR UPDATE SKIP LOCKED) x {also}
+            WHERE {same_memory("d", "x")} AND d.expires_at <= now()
         """
-        return Query(sql, params.values)
+        return self.announced(sql, params, EXPIRING)
+
+    def expired_owners(self, restriction: Restriction, limit: int) -> Query:
+        """Owners holding expired memories within ``restriction`` (at most ``limit``): on
+        a cluster a sweep deletes owner by owner (Citus locks rows only in a statement
+        that names the node's owner)."""
+        params = Params()
+        where = restriction.conditions(params)
+        return Query(
+            f"SELECT DISTINCT m.scope, m.scope_id FROM {self.table} m "
+            f"WHERE m.expires_at <= now() AND {where} LIMIT {params.add(limit)}",
+            params.values,
+        )
 
     # --- deduplication ---------------------------------------------------------------------
     def _duplicate_of(self, write: Mapping[str, str], least: str | None) -> str:
@@ -800,7 +899,7 @@ class Statements:
         owner = (
             f"m.tenant = {write['tenant']} AND m.scope = {write['scope']} "
             f"AND m.scope_id = {write['scope_id']} AND m.key <> {write['key']} "
-            f"AND {LIVE} AND NOT {_CLOSED} AND NOT m.metadata ? '{MANAGED_FIELD}'"
+            f"AND {LIVE} AND NOT {_CLOSED_NOW} AND NOT m.metadata ? '{MANAGED_FIELD}'"
         )
         found = [
             f"""(SELECT m.key, 1.0::float8 AS similarity FROM {self.table} m
@@ -872,6 +971,31 @@ class Statements:
         """
         return Query(sql, params.values)
 
+    def write_duplicates(
+        self, tenant: str, identity: Identity, text: str, vector: Any, threshold: float | None
+    ) -> Query:
+        """:meth:`staged_duplicates`' row for one write given as parameters: on a cluster,
+        where the staging table (on the coordinator) cannot join the memories (on the
+        workers), each write is looked up in a statement that names its owner."""
+        params = Params([tenant, *identity, text, vector])
+        vector_sql = f"$6::{self.vector}"
+        write = {"tenant": "$1", "scope": "$2", "scope_id": "$3", "key": "$4", "text": "$5"}
+        write["vector"] = vector_sql
+        least = None if threshold is None else params.add(threshold)
+        schema = self.layout.schema
+        own = (
+            f"EXISTS (SELECT 1 FROM {self.table} o WHERE o.tenant = $1 AND o.scope = $2 "
+            "AND o.scope_id = $3 AND o.key = $4 "
+            "AND (o.expires_at IS NULL OR o.expires_at > now()))"
+        )
+        sql = f"""
+            SELECT $2::text AS scope, $3::text AS scope_id, $4::text AS key, {own} AS own_live,
+                   md5({normalized_function(schema)}($5)) AS text_hash,
+                   {dedupe_identifiers_function(schema)}($5) AS identifiers,
+                   (SELECT d.key FROM ({self._duplicate_of(write, least)}) d) AS duplicate_key
+        """
+        return Query(sql, params.values)
+
     def unstage(self, identities: Sequence[Identity]) -> Query:
         """Drop staged writes (duplicates folded into other memories)."""
         return Query(
@@ -893,12 +1017,12 @@ class Statements:
         params = Params([tenant, *identity, importance, metadata])
         sql = (
             f"UPDATE {self.table} m SET importance = greatest(m.importance, $5), "
-            "metadata = m.metadata || $6::jsonb, updated_at = clock_timestamp() "
-            f"FROM {change_context(params, change)} "
+            f"metadata = m.metadata || $6::jsonb, updated_at = {self.clock} "
+            f"{self._from(params, change)}"
             "WHERE m.tenant = $1 AND m.scope = $2 AND m.scope_id = $3 AND m.key = $4 "
             f"RETURNING {self.entry}"
         )
-        return Query(sql, params.values)
+        return self.announced(sql, params, change)
 
     # --- validity ----------------------------------------------------------------------------
     def lock_valid(self, tenant: str, identity: Identity) -> Query:
@@ -906,7 +1030,7 @@ class Statements:
         return Query(
             f"SELECT now() AS moment, coalesce(m.valid_from, m.created_at) AS valid_from "
             f"FROM {self.table} m WHERE m.tenant = $1 AND m.scope = $2 AND m.scope_id = $3 "
-            f"AND m.key = $4 AND {LIVE} AND NOT {_CLOSED} FOR UPDATE",
+            f"AND m.key = $4 AND {LIVE} AND NOT {_CLOSED_NOW} FOR UPDATE",
             [tenant, *identity],
         )
 
@@ -921,15 +1045,18 @@ class Statements:
         """End a live, valid memory's validity at ``valid_to`` (None: now), not before it
         began; a new version."""
         params = Params([tenant, *identity, valid_to, superseded_by])
-        end = "coalesce($5::timestamptz, now())"
+        # The moment comes from a FROM item: Citus allows no stable function in a CASE or
+        # COALESCE of an UPDATE.
+        end = "coalesce($5::timestamptz, clock.at)"
+        sources = ", ".join(filter(None, [self.context_of(params, change), _CLOCK]))
         sql = (
             f"UPDATE {self.table} m SET valid_to = {end}, superseded_by = $6, "
-            f"updated_at = clock_timestamp() FROM {change_context(params, change)} "
+            f"updated_at = {self.clock} FROM {sources} "
             f"WHERE m.tenant = $1 AND m.scope = $2 AND m.scope_id = $3 AND m.key = $4 "
-            f"AND {LIVE} AND NOT {_CLOSED} AND coalesce(m.valid_from, m.created_at) <= {end} "
+            f"AND {LIVE} AND NOT {_CLOSED_NOW} AND coalesce(m.valid_from, m.created_at) <= {end} "
             f"RETURNING {self.entry}"
         )
-        return Query(sql, params.values)
+        return self.announced(sql, params, change)
 
     def count_up_to(self, limit: int) -> Query:
         """Rows in the table, counted no further than ``limit`` (cheap on a large table)."""

@@ -111,6 +111,13 @@ class TableLayout:
     distance: str = "cosine"
     """How vectors are compared (a key of :data:`DISTANCES`): the vector indexes' operator
     class, the searches' operator and their scores."""
+    distribution: str | None = None
+    """How the table is placed on a Citus cluster ("owner", "tenant"; None: an ordinary
+    table): its statements take the shapes Citus runs (see distribution.py)."""
+
+    @property
+    def distributed(self) -> bool:
+        return self.distribution is not None
 
     @property
     def distance_operator(self) -> str:
@@ -880,7 +887,7 @@ def _history_functions(layout: TableLayout, versioned: tuple[str, ...]) -> list[
             ELSE
                 INSERT INTO {history} ({columns}, operation, actor, reason, at)
                 VALUES ({new}, coalesce(operation,
-                        CASE TG_OP WHEN 'INSERT' THEN 'create' ELSE 'update' END),
+                        CASE WHEN TG_OP = 'INSERT' THEN 'create' ELSE 'update' END),
                         actor, reason, moment)
                 ON CONFLICT DO NOTHING;
                 IF NOT FOUND THEN
@@ -1376,6 +1383,17 @@ def _v18_quota_counted_once(layout: TableLayout) -> list[str]:
     return [_quota_function(layout)]
 
 
+CITUS_READY_VERSION = 19
+
+
+def _v19_history_on_workers(layout: TableLayout) -> list[str]:
+    # On a Citus cluster the history trigger fires on a worker, which plans its INSERT into
+    # the (distributed) history table itself; Citus 14 deparses a "CASE x WHEN" over a
+    # trigger's values wrongly there ("operator does not exist: text = boolean"). The same
+    # choice is now written "CASE WHEN x = …", which it reads right.
+    return _history_functions(layout, _V9_VERSIONED_COLUMNS)
+
+
 Migration = Callable[[TableLayout], list[str]]
 
 MIGRATIONS: list[Migration] = [
@@ -1397,6 +1415,7 @@ MIGRATIONS: list[Migration] = [
     _v16_tenant_roles,
     _v17_backfills_per_table,
     _v18_quota_counted_once,
+    _v19_history_on_workers,
 ]
 """Append-only. Position i (0-based) is schema version i + 1."""
 

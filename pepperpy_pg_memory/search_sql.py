@@ -20,6 +20,7 @@ from .queries import (
     M_OWNER_KEY,
     OWNER_KEY,
     Restriction,
+    pinned_condition,
     select_entry,
 )
 from .schema import TableLayout, terms_function
@@ -154,6 +155,18 @@ class SearchStatements:
         self.vector = layout.vector_column_type
         self.op = layout.distance_operator
 
+    def _entry(self, params: Params, restriction: Restriction) -> str:
+        """The entry's columns for a search within ``restriction`` (see
+        :meth:`~.queries.Statements.entry_for`)."""
+        pinned = pinned_condition(self.layout, params, restriction, "a")
+        return select_entry(self.layout, pinned) if pinned else self.entry
+
+    def _pinned(self, params: Params, restriction: Restriction) -> str:
+        """For the memories ``m`` joined to a CTE's identities: on a cluster, the owner (or
+        tenant) again, as a value — Citus keeps a statement on one node only if every
+        table in it is pinned so, and does not infer it through the CTE."""
+        return pinned_condition(self.layout, params, restriction, "m")
+
     def _graph_conditions(self, params: Params, restriction: Restriction) -> str:
         """``restriction``'s conditions for a walk of the HNSW graph: with a filter, the walk
         widens to :attr:`filtered_ef_search`."""
@@ -162,10 +175,14 @@ class SearchStatements:
             return where
         return where + _walk_wider(params, self.filtered_ef_search)
 
-    def _passages_exist(self, params: Params, tenant: str) -> str:
-        return (
-            f"(SELECT EXISTS (SELECT 1 FROM {self.passages} WHERE tenant = {params.add(tenant)}))"
-        )
+    def _passages_exist(self, params: Params, restriction: Restriction) -> str:
+        """Whether the memories the restriction names could have passages: the tenant's, or
+        within one owner that owner's (on a cluster, a look-up on the owner's node)."""
+        where = f"tenant = {params.add(restriction.tenant)}"
+        if restriction.owner is not None:
+            scope, scope_id = restriction.owner
+            where += f" AND scope = {params.add(scope)} AND scope_id = {params.add(scope_id)}"
+        return f"(SELECT EXISTS (SELECT 1 FROM {self.passages} WHERE {where}))"
 
     def _nearest(self, columns: str, vector: str, where: str, want: str, distance: str) -> str:
         """A CTE body: ``columns`` and the distance (named ``distance``) of the ``want``
@@ -202,7 +219,9 @@ class SearchStatements:
             LIMIT {want}
         )"""
 
-    def _passage_hits(self, params: Params, vector: str, where: str, tenant: str, want: str) -> str:
+    def _passage_hits(
+        self, params: Params, vector: str, where: str, restriction: Restriction, want: str
+    ) -> str:
         """A CTE body: per memory within the restriction, its passages' best distance to
         ``vector``, over the ``want`` nearest passages (the passages' own HNSW index)."""
         # The EXISTS is evaluated once (an InitPlan): a table without passages costs nothing.
@@ -211,8 +230,8 @@ class SearchStatements:
                 SELECT p.scope, p.scope_id, p.key, p.embedding {self.op} {vector} AS distance
                 FROM {self.passages} p
                 JOIN {self.table} m USING ({OWNER_KEY})
-                WHERE p.tenant = {params.add(tenant)} AND p.embedding IS NOT NULL AND {where}
-                  AND {self._passages_exist(params, tenant)}
+                WHERE p.tenant = {params.add(restriction.tenant)} AND p.embedding IS NOT NULL
+                  AND {where} AND {self._passages_exist(params, restriction)}
                 ORDER BY p.embedding {self.op} {vector}
                 LIMIT {want}
             ) nearest GROUP BY scope, scope_id, key
@@ -236,7 +255,7 @@ class SearchStatements:
         params = Params()
         vector = f"{params.add(embedding)}::{self.vector}"
         where = self._graph_conditions(params, restriction)
-        columns = self.entry + (", m.embedding" if include_embedding else "")
+        columns = self._entry(params, restriction) + (", m.embedding" if include_embedding else "")
         score, similarity = self.layout.score_of("distance"), self.layout.cosine_of("distance")
         want = params.add(limit + offset)
         if not passages:
@@ -244,7 +263,7 @@ class SearchStatements:
             sql = f"""
                 WITH hits AS MATERIALIZED ({nearest})
                 SELECT *, {score} AS score, {similarity} AS similarity,
-                    {self._passages_exist(params, restriction.tenant)} AS passages_exist
+                    {self._passages_exist(params, restriction)} AS passages_exist
                 FROM hits
                 WHERE {_at_least(params, score, min_score)}
                 {_page(params, RESORTED, limit, offset)}
@@ -257,7 +276,7 @@ class SearchStatements:
                 {self._nearest(columns, vector, where, want, "own_distance")}
             ),
             passage_hits AS MATERIALIZED (
-                {self._passage_hits(params, vector, where, restriction.tenant, want)}
+                {self._passage_hits(params, vector, where, restriction, want)}
             ),
             merged AS (
                 SELECT h.*, LEAST(h.own_distance, ph.distance) AS distance
@@ -267,6 +286,7 @@ class SearchStatements:
                 FROM passage_hits ph
                 JOIN {self.table} m ON m.tenant = {params.add(restriction.tenant)}
                     AND (m.scope, m.scope_id, m.key) = (ph.scope, ph.scope_id, ph.key)
+                    {self._pinned(params, restriction)}
                 WHERE NOT EXISTS (
                     SELECT 1 FROM hits h
                     WHERE (h.scope, h.scope_id, h.key) = (ph.scope, ph.scope_id, ph.key)
@@ -367,6 +387,15 @@ class SearchStatements:
         )
         # A lexeme as a tsquery operand: quoted, its quotes and backslashes doubled.
         quoted = r"'''' || replace(replace(lexeme, '\', '\\'), '''', '''''') || ''''"
+        unknown = f"""(SELECT c.* FROM weights w CROSS JOIN LATERAL (
+                    SELECT {M_OWNER_KEY}, m.terms FROM {self.table} m
+                    WHERE m.terms @@ w.quoted::tsquery AND {candidate} LIMIT {cap}) c
+                 WHERE w.df = 0)"""
+        if self.layout.distributed:
+            # Citus cannot push a LIMIT inside a lateral subquery down to the workers: the
+            # new terms are probed together, under one cap.
+            unknown = f"""(SELECT {M_OWNER_KEY}, m.terms FROM {self.table} m
+                 WHERE m.terms @@ (SELECT unknown FROM probes) AND {candidate} LIMIT {cap})"""
         k1, b = BM25_K1, BM25_B
         return f"""
             query_terms AS MATERIALIZED (
@@ -395,6 +424,7 @@ class SearchStatements:
                            FILTER (WHERE df > 0 AND running <= {cap})::tsquery AS rare,
                        string_agg(quoted, ' & ') FILTER (WHERE df > 0)::tsquery AS every,
                        string_agg(quoted, ' & ') FILTER (WHERE known_rarity <= 2)::tsquery AS pair,
+                       string_agg(quoted, ' | ') FILTER (WHERE df = 0)::tsquery AS unknown,
                        -- The best score a memory can reach: every term the tenant's memories
                        -- hold (terms no memory holds cannot tell memories apart).
                        coalesce(sum(idf) FILTER (WHERE df > 0), sum(idf)) * {k1 + 1} AS best,
@@ -411,10 +441,7 @@ class SearchStatements:
                 -- on its own: one of them may be common by now, and a capped probe of all of
                 -- them at once could leave out the memory the new identifier names (its
                 -- rows come last in the heap, so a cut drops the newest first).
-                (SELECT c.* FROM weights w CROSS JOIN LATERAL (
-                    SELECT {M_OWNER_KEY}, m.terms FROM {self.table} m
-                    WHERE m.terms @@ w.quoted::tsquery AND {candidate} LIMIT {cap}) c
-                 WHERE w.df = 0)
+                {unknown}
                 UNION
                 (SELECT {M_OWNER_KEY}, m.terms FROM {self.table} m
                  WHERE m.terms @@ (SELECT every FROM probes) AND {candidate} LIMIT {cap})
@@ -470,6 +497,15 @@ class SearchStatements:
         fuzzy = [params.add(word) for word in fuzzy_words(query)]
         # Added only when used: PostgreSQL rejects a parameter that no expression types.
         own_tenant = params.add(restriction.tenant) if fuzzy else ""
+        # Words the owner's memories hold, when the search is within one owner: another
+        # owner's words decide nothing here (and on a cluster the look-up stays on the
+        # owner's node).
+        own_words = ""
+        if fuzzy and restriction.owner is not None:
+            scope, scope_id = restriction.owner
+            own_words = (
+                f" AND x.scope = {params.add(scope)} AND x.scope_id = {params.add(scope_id)}"
+            )
         config = params.add(self.layout.text_search_config) if fuzzy else ""
         # Only a word the table has never seen (as a full-text lexeme) can be a misspelling
         # worth a trigram search; it becomes NULL otherwise, and a NULL key makes its trigram
@@ -478,7 +514,7 @@ class SearchStatements:
             f"""(SELECT CASE WHEN length({w}) >= {FUZZY_MIN_WORD_LENGTH}
                     AND numnode(plainto_tsquery({config}::text::regconfig, {w})) > 0
                     AND NOT EXISTS (SELECT 1 FROM {self.table} x
-                        WHERE x.tenant = {own_tenant}
+                        WHERE x.tenant = {own_tenant}{own_words}
                           AND x.tsv @@ plainto_tsquery({config}::text::regconfig, {w}))
                 THEN {w} END)"""
             for w in fuzzy
@@ -532,9 +568,9 @@ class SearchStatements:
         ctes = self._contextual_ctes(params, query, where, restriction, limit + offset)
         sql = f"""
             WITH {ctes}
-            SELECT {self.entry}, c.score::float8 AS score
+            SELECT {self._entry(params, restriction)}, c.score::float8 AS score
             FROM contextual c JOIN {self.table} m USING ({OWNER_KEY})
-            WHERE {_at_least(params, "c.score", min_score)}
+            WHERE {_at_least(params, "c.score", min_score)}{self._pinned(params, restriction)}
             {_page(params, "c.score DESC", limit, offset)}
         """
         return Query(sql, params.values)
@@ -566,7 +602,7 @@ class SearchStatements:
         # so that first place in both lists scores 1.
         own = self._nearest(M_OWNER_KEY, vector, where, pool, "distance")
         if passages:
-            passage_hits = self._passage_hits(params, vector, where, restriction.tenant, pool)
+            passage_hits = self._passage_hits(params, vector, where, restriction, pool)
             tenant = params.add(restriction.tenant)
             semantic = f"""
                 own AS MATERIALIZED ({own}),
@@ -581,7 +617,7 @@ class SearchStatements:
             flag = "FALSE"
         else:
             semantic = f"semantic AS MATERIALIZED ({own})"
-            flag = self._passages_exist(params, restriction.tenant)
+            flag = self._passages_exist(params, restriction)
         if self.match == "all":
             # Plain reciprocal-rank fusion, as releases before BM25 ranked.
             weight, semantic_weight = "1.0", "1.0"
@@ -617,10 +653,10 @@ class SearchStatements:
                 FROM semantic_ranked s
                 FULL OUTER JOIN contextual_ranked c USING ({OWNER_KEY})
             )
-            SELECT {self.entry}, f.score::float8 AS score, f.semantic_score,
+            SELECT {self._entry(params, restriction)}, f.score::float8 AS score, f.semantic_score,
                    f.contextual_score::float8 AS contextual_score, {flag} AS passages_exist
             FROM fused f JOIN {self.table} m USING ({OWNER_KEY})
-            WHERE {_at_least(params, "f.score", min_score)}
+            WHERE {_at_least(params, "f.score", min_score)}{self._pinned(params, restriction)}
             {_page(params, "f.score DESC", limit, offset)}
         """
         return Query(sql, params.values)
@@ -678,7 +714,7 @@ class SearchStatements:
         score = "1.0 / (1.0 + extract(epoch FROM now() - m.updated_at) / 3600.0)"
         if query is None:
             sql = f"""
-                SELECT {self.entry}, ({score})::float8 AS score
+                SELECT {self._entry(params, restriction)}, ({score})::float8 AS score
                 FROM {self.table} m
                 WHERE {where} AND {_at_least(params, score, min_score)}
                 {_page(params, "m.updated_at DESC", limit, offset)}
@@ -688,9 +724,9 @@ class SearchStatements:
         ctes = self._contextual_ctes(params, query, where, restriction, want)
         sql = f"""
             WITH {ctes}
-            SELECT {self.entry}, ({score})::float8 AS score
+            SELECT {self._entry(params, restriction)}, ({score})::float8 AS score
             FROM contextual c JOIN {self.table} m USING ({OWNER_KEY})
-            WHERE {_at_least(params, score, min_score)}
+            WHERE {_at_least(params, score, min_score)}{self._pinned(params, restriction)}
             {_page(params, "m.updated_at DESC, m.key, m.scope, m.scope_id", limit, offset)}
         """
         return Query(sql, params.values)
@@ -702,7 +738,11 @@ class SearchStatements:
         *,
         limit: int,
         min_score: float | None,
+        vector: Any = None,
     ) -> Query:
+        """The memories nearest ``target``'s stored vector; ``vector``, when given, is that
+        vector (on a cluster, where the statement cannot read it from another owner's node,
+        the caller reads it first with :meth:`probe_state`)."""
         params = Params([restriction.tenant, *target])
         where = self._graph_conditions(params, restriction)
         score = self.layout.score_of("distance")
@@ -712,9 +752,12 @@ class SearchStatements:
             f"(SELECT p.embedding FROM {self.table} p WHERE p.tenant = $1 AND p.scope = $2 "
             "AND p.scope_id = $3 AND p.key = $4 AND (p.expires_at IS NULL OR p.expires_at > now()))"
         )
+        if vector is not None:
+            probe = f"{params.add(vector)}::{self.layout.vector_column_type}"
+            where += " AND m.tenant = $1"  # the target's tenant, as the probe names it
         sql = f"""
             WITH hits AS MATERIALIZED (
-                SELECT {self.entry}, m.embedding {self.op} {probe} AS distance
+                SELECT {self._entry(params, restriction)}, m.embedding {self.op} {probe} AS distance
                 FROM {self.table} m
                 WHERE m.embedding IS NOT NULL AND {where}
                   AND (m.scope, m.scope_id, m.key) <> ($2, $3, $4)
@@ -728,9 +771,10 @@ class SearchStatements:
         return Query(sql, params.values)
 
     def probe_state(self, tenant: str, target: Identity) -> Query:
-        """Whether ``target`` is live, and whether it has an embedding (for similar's errors)."""
+        """Whether ``target`` is live (a row), whether it has an embedding, and that
+        embedding."""
         sql = (
-            f"SELECT m.embedding IS NOT NULL AS has_embedding FROM {self.table} m "
+            f"SELECT m.embedding IS NOT NULL AS has_embedding, m.embedding FROM {self.table} m "
             f"WHERE m.tenant = $1 AND m.scope = $2 AND m.scope_id = $3 AND m.key = $4 "
             f"AND {LIVE}"
         )

@@ -178,13 +178,14 @@ async def refresh_owners(
         # search of it finds nothing to rank.
         counted = await conn.fetch(
             f"""
-            INSERT INTO {totals} (tenant, scope, scope_id, documents, avg_length, refreshed_at)
+            INSERT INTO {totals} AS t (tenant, scope, scope_id, documents, avg_length,
+                                       refreshed_at)
             SELECT $1, m.scope, m.scope_id, count(*), avg(length(m.terms)), now()
             FROM {owned} JOIN {table} m
                 ON m.tenant = $1 AND m.scope = o.scope AND m.scope_id = o.scope_id
             WHERE m.terms IS NOT NULL AND {LIVE}
             GROUP BY m.scope, m.scope_id
-            RETURNING scope, scope_id, documents
+            RETURNING t.scope, t.scope_id, t.documents
             """,
             tenant,
             *mine,

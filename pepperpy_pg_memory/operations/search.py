@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
+import asyncpg
+
 from ..errors import MemoryIndexError, MemoryNotFoundError
 from ..items import Scope
 from ..metrics import instrumented
@@ -20,7 +22,7 @@ from ..models import MemoryQuery, MemorySearchResult
 from ..queries import Restriction
 from ..search_sql import Page, SearchStatements
 from ..sql import Query
-from ..types import MemoryIndex
+from ..types import Identity, MemoryIndex
 from ..vectors import Vector
 from .naming import resolve
 from .rows import identity_of
@@ -91,8 +93,9 @@ async def _fetch_vectors(
 async def _fetch_words(
     started: Started[Any], statement: Statement, as_of: datetime | None
 ) -> builtins.list[Any]:
-    # The BM25 search plans once per shape (see fetch_with_generic_plan).
-    generic = started.config.contextual_match == "any"
+    # The BM25 search plans once per shape (see fetch_with_generic_plan); Citus plans no
+    # generic statement whose parameters reach a SQL function, so a cluster plans each.
+    generic = started.config.contextual_match == "any" and not started.layout.distributed
     if as_of is not None:
         return await started.reads.fetch_as_of(
             "search", statement(False), as_of, generic_plan=generic
@@ -211,18 +214,33 @@ async def similar(
     if not holders:
         raise MemoryNotFoundError(key)
     target = holders[0]
+    state = None
+    vector = None
+    if started.layout.distributed:
+        # A statement naming two owners' rows (the target's and the candidates') would
+        # join across nodes: the target's vector is read first.
+        state = await _probe(started, key, target)
+        vector = state["embedding"]
     rows = await started.reads.fetch(
         "similar",
-        started.searches.similar(target, restriction, limit=limit, min_score=min_score),
+        started.searches.similar(
+            target, restriction, limit=limit, min_score=min_score, vector=vector
+        ),
     )
-    if not rows:
-        state = await started.reads.fetchrow(
-            "similar", started.searches.probe_state(started.tenant, target)
-        )
-        if state is None:
-            raise MemoryNotFoundError(key)
-        if not state["has_embedding"]:
-            raise MemoryIndexError(
-                f"memory {key!r} has no embedding: it was stored without the SEMANTIC index"
-            )
+    if not rows and state is None:
+        await _probe(started, key, target)
     return [started.rows.result(row, MemoryIndex.SEMANTIC) for row in rows]
+
+
+async def _probe(started: Started[Any], key: str, target: Identity) -> asyncpg.Record:
+    """``target``'s row for :func:`similar`: it must be live and have an embedding."""
+    state = await started.reads.fetchrow(
+        "similar", started.searches.probe_state(started.tenant, target)
+    )
+    if state is None:
+        raise MemoryNotFoundError(key)
+    if not state["has_embedding"]:
+        raise MemoryIndexError(
+            f"memory {key!r} has no embedding: it was stored without the SEMANTIC index"
+        )
+    return state

@@ -18,7 +18,7 @@ from ..models import MemoryEntry
 from ..queries import Restriction
 from ..replicas import ReadRouter
 from ..schema import TableLayout, vector_type_for
-from ..types import Identity, MemoryType, ProgressCallback
+from ..types import Identity, MemoryScope, MemoryType, ProgressCallback
 from .rows import identity_of
 from .started import Started
 from .writing import write_one
@@ -47,15 +47,41 @@ the context for it, and returns it."""
 @instrumented("cleanup_expired")
 async def cleanup_expired(started: Started[Any], restriction: Restriction, batch: int) -> int:
     """Delete expired memories in batches of ``batch``, then trim the history; how many."""
+    if started.layout.distribution == "owner" and restriction.owner is None:
+        total = await _sweep_owner_by_owner(started, restriction, batch)
+    else:
+        total = await _sweep(started, restriction, batch)
+    await trim_history(started)
+    return total
+
+
+async def _sweep(started: Started[Any], restriction: Restriction, batch: int) -> int:
     sweep = started.statements.delete_expired_batch(restriction, batch)
     total = 0
     while True:
         deleted = await started.database.execute("cleanup_expired", sweep)
         total += deleted
         if deleted < batch:
-            break
-    await trim_history(started)
-    return total
+            return total
+
+
+async def _sweep_owner_by_owner(started: Started[Any], restriction: Restriction, batch: int) -> int:
+    total = 0
+    while True:
+        owners = await started.database.fetch(
+            "cleanup_expired", started.statements.expired_owners(restriction, batch)
+        )
+        swept = 0
+        for owner in owners:
+            one = replace(
+                restriction, scope=MemoryScope(owner["scope"]), scope_id=owner["scope_id"]
+            )
+            swept += await _sweep(started, one, batch)
+        total += swept
+        # An owner whose expired rows are all locked by writers yields nothing: stop
+        # rather than find it again.
+        if len(owners) < batch or swept == 0:
+            return total
 
 
 @instrumented("consolidate")
