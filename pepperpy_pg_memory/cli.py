@@ -136,6 +136,8 @@ def _config(args: argparse.Namespace) -> PostgresConfig:
     # A command lasts seconds: it would only start an upgrade's backfill to cancel it at exit
     # (`backfill` runs it to the end, in the foreground).
     values["background_backfill"] = False
+    if getattr(args, "distribution", None):
+        values["distribution"] = args.distribution
     return PostgresConfig(**values)
 
 
@@ -503,6 +505,28 @@ async def _reindex(args: argparse.Namespace) -> int:
     return await _with_storage(args, work)
 
 
+async def _distribute(args: argparse.Namespace) -> int:
+    from .storage import PostgresStorage
+
+    # The store is started as it is (not yet distributed), then converted.
+    config = _config(args).model_copy(update={"distribution": None})
+    await _reachable(config)
+    async with PostgresStorage[str, Any](config) as storage:
+        with progress_bar("distributing tables") as progress:
+            await storage.distribute(args.distribution, progress=progress)
+        layout = storage.layout
+    if args.json:
+        _print_json({"table": f"{layout.schema}.{layout.table}", "distribution": args.distribution})
+    else:
+        print(
+            f"{layout.schema}.{layout.table} is distributed by {args.distribution}: start "
+            f"stores with distribution={args.distribution!r} "
+            f"(PEPPERPY_PG_DISTRIBUTION={args.distribution})",
+            file=sys.stderr,
+        )
+    return 0
+
+
 async def _backfill(args: argparse.Namespace) -> int:
     async def work(storage: PostgresStorage[str, Any]) -> int:
         with progress_bar("backfilling") as progress:
@@ -706,7 +730,19 @@ def _parser() -> argparse.ArgumentParser:
         parents=[connection],
     )
     demo.set_defaults(handler=_demo, json=False)
-    command("init", _init, "create the extensions and the memory table (idempotent)")
+    init = command("init", _init, "create the extensions and the memory table (idempotent)")
+    init.add_argument(
+        "--distribution",
+        choices=["owner", "tenant"],
+        help="on a Citus coordinator: create the tables distributed by owner or by tenant",
+    )
+    distribute = command(
+        "distribute",
+        _distribute,
+        "distribute an existing store's tables across a Citus cluster (resumable; stop "
+        "the store's other processes first), with progress",
+    )
+    distribute.add_argument("--distribution", choices=["owner", "tenant"], required=True)
     command("migrate", _init, "apply pending schema migrations and show the schema version")
 
     store = command("store", _store, "store (or replace) one memory", owner)

@@ -184,6 +184,17 @@ class PostgresConfig(BaseSettings):
         ),
     )
 
+    distribution: Literal["owner", "tenant"] | None = Field(
+        default=None,
+        description=(
+            "On a Citus coordinator: distribute the store's tables across the workers by the "
+            "owner ('owner': each scope_id's memories on one node) or by the tenant "
+            "('tenant'). start() creates a new store distributed, and refuses a server "
+            "without Citus or an existing store not yet distributed (`pepperpy-memory "
+            "distribute` converts it). None: ordinary tables."
+        ),
+    )
+
     # --- memories ------------------------------------------------------------------------------
     default_scope_id: str = Field(
         default="default",
@@ -428,6 +439,16 @@ class PostgresConfig(BaseSettings):
             raise ValueError(
                 "embedded replicas copy the embedded server; with your own server, list its "
                 "replicas in read_replicas"
+            )
+        return value
+
+    @field_validator("distribution")
+    @classmethod
+    def _distribution_alone(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and info.data.get("row_level_security"):
+            raise ValueError(
+                "row-level security on a Citus cluster is not supported yet: its policies "
+                "would run on the workers, which this release has not tested"
             )
         return value
 

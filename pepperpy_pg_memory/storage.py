@@ -26,6 +26,7 @@ from .cache import EmbeddingCache
 from .config import PostgresConfig
 from .consolidation import ConsolidationReport, Summarizer
 from .database import Runner
+from .distribution import Distribution
 from .embeddings import Embedder
 from .errors import (
     MemoryError,
@@ -224,6 +225,9 @@ class PostgresStorage(Generic[K, V]):
         self._use_layout(layout)
         settings = lifecycle.session_settings(config, self._tenant)
         await self.database.open(dsn, vectors_in, settings)
+        self.database.transaction_settings = lifecycle.transaction_settings(
+            config, self._tenant, layout
+        )
         router = await lifecycle.open_replicas(
             config, self.database, self.metrics, attached, vectors_in, settings
         )
@@ -245,6 +249,21 @@ class PostgresStorage(Generic[K, V]):
         started as the owner, with ``row_level_security=True``); ``role`` must exist and not be
         a superuser or BYPASSRLS role (see the README's Multi-tenant deployments)."""
         await lifecycle.grant_tenant(self._ready, role, tenant)
+
+    async def distribute(
+        self, distribution: Distribution, *, progress: ProgressCallback | None = None
+    ) -> None:
+        """Distribute this store's tables across a Citus cluster by ``distribution``
+        ("owner": each owner's memories on one node; "tenant": each tenant's), converting
+        a store created without it (``pepperpy-memory distribute``). Each table moves in
+        its own transaction, and a table already placed is skipped: an interrupted run
+        resumes. Stop every other process using the store first; start them again with
+        ``distribution`` configured. ``progress`` gets (tables done, tables in all)."""
+        layout = await lifecycle.distribute(self._ready, distribution, progress)
+        self._use_layout(layout)
+        self.database.transaction_settings = lifecycle.transaction_settings(
+            self.config, self._tenant, layout
+        )
 
     @property
     def backfill_pending(self) -> bool:

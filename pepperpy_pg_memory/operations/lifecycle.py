@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
@@ -17,11 +18,14 @@ import asyncpg
 from .. import backfill
 from ..config import PostgresConfig
 from ..database import Database, connect
+from ..distribution import PROPAGATE_SETTINGS, Distribution, check_distribution
+from ..distribution import distribute as distribute_tables
 from ..embedded import EmbeddedServer, acquire_embedded, release_embedded
 from ..embedded_replicas import EmbeddedReplica, acquire_replicas, release_replicas
 from ..embeddings import Embedder, embedder_identity
 from ..errors import DimensionMismatchError, EmbedderMismatchError
 from ..faults import translate
+from ..history import setting_statement
 from ..metrics import Metrics
 from ..replicas import ReadRouter
 from ..schema import (
@@ -58,6 +62,7 @@ __all__ = [
     "wanted_layout",
     "prepare_table",
     "session_settings",
+    "transaction_settings",
     "open_replicas",
     "check_embedder",
     "backfills_pending",
@@ -148,6 +153,8 @@ async def prepare_table(
         layout = await migrate(conn, wanted, row_level_security=config.row_level_security)
         if config.row_level_security:
             await check_binding(conn, layout, tenant)
+        placed = await check_distribution(conn, layout, config.distribution)
+        layout = dataclasses.replace(layout, distribution=placed)
         for name in await ensure_metadata_indexes(conn, layout, config.indexed_fields):
             logger.info("created metadata index %s", name)
         vectors_in = await vector_schema(conn)
@@ -190,6 +197,45 @@ def session_settings(config: PostgresConfig, tenant: str) -> dict[str, str]:
             else {}
         ),
     }
+
+
+def transaction_settings(config: PostgresConfig, tenant: str, layout: TableLayout) -> str | None:
+    """On a Citus cluster, the session settings the workers need, as the SET LOCAL
+    statements every operation starts with (statements and triggers run on the workers,
+    which see no session setting of ours): those the triggers read, and the index scans'
+    (HNSW's search width, the trigram threshold); None otherwise."""
+    if not layout.distributed:
+        return None
+    settings = session_settings(config, tenant)
+    on_workers = (
+        CLIENT_SCHEMA_SETTING,
+        HISTORY_SETTING,
+        TENANT_SETTING,
+        QUOTA_SETTING,
+        "hnsw.ef_search",
+        "hnsw.iterative_scan",
+        "pg_trgm.word_similarity_threshold",
+    )
+    # Citus forwards SET LOCAL to the workers only when told to, in the transaction too.
+    return "; ".join(
+        [
+            setting_statement(PROPAGATE_SETTINGS, "local"),
+            *(setting_statement(name, settings[name]) for name in on_workers if name in settings),
+        ]
+    )
+
+
+async def distribute(
+    started: Started[Any], distribution: Distribution, progress: ProgressCallback | None
+) -> TableLayout:
+    """Distribute the store's tables on its Citus cluster (see distribution.distribute);
+    the layout that says so."""
+    layout = started.layout
+    await started.database.run(
+        "distribute",
+        lambda conn: distribute_tables(conn, layout, distribution, progress),
+    )
+    return dataclasses.replace(layout, distribution=distribution)
 
 
 async def open_replicas(

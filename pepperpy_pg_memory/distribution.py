@@ -1,0 +1,233 @@
+"""A store's tables on a Citus cluster: which column places each, and turning a store's
+ordinary tables into distributed ones.
+
+Each memory's owner (or, with ``distribution="tenant"``, its tenant) decides the node that
+holds it. The tables that hold one row per memory or per owner — the memories, their
+passages, history, read counts and per-owner term statistics — are distributed by that
+column and co-located, so every statement given an owner runs on one node and the history
+and quota triggers (which fire on the node holding the row) write to that node only. The
+tables every node reads and no write needs — the schema's registry, backfill positions,
+tenant role bindings and (by owner) the tenant-wide term statistics — are reference tables,
+copied to every node: a node that is down fails their (rare) updates, never a memory's write.
+With ``distribution="tenant"`` the tenant-wide statistics and backfill positions go with
+their tenant instead.
+
+Citus refuses to distribute a table with triggers unless ``citus.enable_unsafe_triggers`` is
+on while it does: our triggers only touch rows of the same memory (co-located) or the row
+itself, which is the case that setting exists for.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Literal
+
+import asyncpg
+
+from .errors import MemoryConfigurationError
+from .identifiers import qualified
+from .schema import BACKFILLS, METADATA_INDEXES, REGISTRY, REGISTRY_VERSION_TABLE, TableLayout
+from .sql import Query
+from .types import ProgressCallback
+
+__all__ = [
+    "Distribution",
+    "DISTRIBUTION_COLUMNS",
+    "TablePlacement",
+    "placements",
+    "citus_installed",
+    "distribution_of",
+    "check_distribution",
+    "distribute",
+    "UNSAFE_TRIGGERS",
+    "PROPAGATE_SETTINGS",
+]
+
+logger = logging.getLogger(__name__)
+
+Distribution = Literal["owner", "tenant"]
+
+DISTRIBUTION_COLUMNS: dict[str, str] = {"owner": "scope_id", "tenant": "tenant"}
+"""The column each distribution places memories by."""
+
+UNSAFE_TRIGGERS = "SET LOCAL citus.enable_unsafe_triggers = on"
+
+PROPAGATE_SETTINGS = "citus.propagate_set_commands"
+"""The setting by which Citus forwards SET LOCAL to the workers a transaction uses (the
+only settings it forwards; see operations.lifecycle.transaction_settings)."""
+
+
+@dataclass(frozen=True)
+class TablePlacement:
+    """How one table of a store is placed on the cluster."""
+
+    name: str
+    """Qualified (quoted) table name."""
+    column: str | None
+    """Its distribution column; None: a reference table (on every node)."""
+
+
+def placements(layout: TableLayout, distribution: Distribution) -> list[TablePlacement]:
+    """Every table of ``layout``'s store and its placement, in the order they are
+    distributed (reference tables, then the memories, then what is co-located with them:
+    a table with a foreign key follows the table it references)."""
+    column = DISTRIBUTION_COLUMNS[distribution]
+    by_tenant = distribution == "tenant"
+    schema_wide = [REGISTRY, REGISTRY_VERSION_TABLE, BACKFILLS, METADATA_INDEXES]
+    reference = [qualified(layout.schema, name) for name in schema_wide]
+    reference.append(layout.qualified_tenant_roles)
+    with_tenant = [
+        layout.qualified_backfills,
+        layout.qualified_term_stats,
+        layout.qualified_term_totals,
+    ]
+    with_owner = [
+        layout.qualified_table,
+        layout.qualified_passages,
+        layout.qualified_history,
+        layout.qualified_access,
+        layout.qualified_owner_terms,
+        layout.qualified_owner_totals,
+    ]
+    return [
+        *(TablePlacement(name, None) for name in reference),
+        *(TablePlacement(name, None) for name in with_tenant if not by_tenant),
+        *(TablePlacement(name, column) for name in with_owner),
+        *(TablePlacement(name, column) for name in with_tenant if by_tenant),
+    ]
+
+
+async def citus_installed(conn: asyncpg.Connection) -> bool:
+    """Whether the database has the Citus extension."""
+    return bool(
+        await conn.fetchval("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')")
+    )
+
+
+_PLACEMENT = """
+    SELECT p.partmethod::text AS partmethod,
+           column_to_column_name(p.logicalrelid, p.partkey) AS column_name
+    FROM pg_dist_partition p WHERE p.logicalrelid = to_regclass($1)
+"""
+
+
+async def _placement_of(conn: asyncpg.Connection, table: str) -> tuple[str, str | None] | None:
+    """(method, column) of a table Citus manages ('n': reference, 'h': hash); None if not."""
+    row = await conn.fetchrow(_PLACEMENT, table)
+    if row is None:
+        return None
+    return row["partmethod"], row["column_name"]
+
+
+async def distribution_of(conn: asyncpg.Connection, layout: TableLayout) -> Distribution | None:
+    """How the store's memory table is distributed (None: an ordinary table)."""
+    if not await citus_installed(conn):
+        return None
+    placed = await _placement_of(conn, layout.qualified_table)
+    if placed is None or placed[0] != "h":
+        return None
+    for name, column in DISTRIBUTION_COLUMNS.items():
+        if placed[1] == column:
+            return name  # type: ignore[return-value]
+    raise MemoryConfigurationError(
+        f"table {layout.schema}.{layout.table} is distributed by {placed[1]!r}, which is "
+        "neither the owner (scope_id) nor the tenant"
+    )
+
+
+async def check_distribution(
+    conn: asyncpg.Connection, layout: TableLayout, wanted: Distribution | None
+) -> Distribution | None:
+    """The store's distribution, checked against the configured one; a new store (created
+    by this start()) is distributed here. Returns the distribution in place."""
+    current = await distribution_of(conn, layout)
+    if wanted is None or current == wanted:
+        return current
+    if not await citus_installed(conn):
+        raise MemoryConfigurationError(
+            f"distribution={wanted!r} needs a Citus coordinator, and this server has no "
+            "Citus extension: connect to the coordinator, or leave distribution unset",
+            field="distribution",
+        )
+    if current is not None:
+        raise MemoryConfigurationError(
+            f"table {layout.schema}.{layout.table} is distributed by {current!r}, not "
+            f"{wanted!r}: configure distribution={current!r}",
+            field="distribution",
+        )
+    if await _holds_memories(conn, layout):
+        raise MemoryConfigurationError(
+            f"table {layout.schema}.{layout.table} holds memories and is not distributed: "
+            f"convert it with `pepperpy-memory distribute --distribution {wanted}` (with "
+            "every process using it stopped), then start again",
+            field="distribution",
+        )
+    await distribute(conn, layout, wanted)
+    return wanted
+
+
+async def _holds_memories(conn: asyncpg.Connection, layout: TableLayout) -> bool:
+    return bool(await conn.fetchval(f"SELECT EXISTS (SELECT 1 FROM {layout.qualified_table})"))
+
+
+def _distribute_statement(placement: TablePlacement, colocate_with: str) -> Query:
+    if placement.column is None:
+        return Query("SELECT create_reference_table($1::regclass)", [placement.name])
+    return Query(
+        "SELECT create_distributed_table($1::regclass, $2, colocate_with => $3)",
+        [placement.name, placement.column, colocate_with],
+    )
+
+
+async def distribute(
+    conn: asyncpg.Connection,
+    layout: TableLayout,
+    distribution: Distribution,
+    progress: ProgressCallback | None = None,
+) -> int:
+    """Distribute the store's tables (and the schema's registry) by ``distribution``.
+
+    Each table moves in its own transaction and a table already placed as wanted is
+    skipped, so an interrupted run resumes where it stopped; the rows are copied to the
+    nodes by Citus, none is rewritten. Returns the tables distributed now. ``progress``
+    gets (tables done, tables in all) after each.
+    """
+    if not await citus_installed(conn):
+        raise MemoryConfigurationError(
+            "this server has no Citus extension: run this against a Citus coordinator",
+            field="distribution",
+        )
+    plan = placements(layout, distribution)
+    moved = 0
+    for done, placement in enumerate(plan, start=1):
+        placed = await _placement_of(conn, placement.name)
+        if placed is not None:
+            method, column = placed
+            if (method == "n") != (placement.column is None) or (
+                placement.column is not None and column != placement.column
+            ):
+                raise MemoryConfigurationError(
+                    f"{placement.name} is already distributed differently "
+                    f"(method {method!r}, column {column!r})",
+                    field="distribution",
+                )
+        else:
+            # The first distributed table starts the co-location group the others join.
+            colocate_with = (
+                "default" if placement.name == layout.qualified_table else (layout.qualified_table)
+            )
+            statement = _distribute_statement(placement, colocate_with)
+            async with conn.transaction():
+                await conn.execute(UNSAFE_TRIGGERS)
+                # Citus copies the rows a table holds into its shards, and the shards'
+                # triggers would fire on them (numbering versions again, recording history
+                # twice): they are off for the copy, in this transaction only.
+                await conn.execute(f"ALTER TABLE {placement.name} DISABLE TRIGGER USER")
+                await conn.execute(statement.sql, *statement.args)
+                await conn.execute(f"ALTER TABLE {placement.name} ENABLE TRIGGER USER")
+            logger.info("distributed %s", placement.name)
+            moved += 1
+        if progress is not None:
+            progress(done, len(plan))
+    return moved
