@@ -25,7 +25,9 @@ def pytest_configure(config: pytest.Config) -> None:
     # The suite ignores the user's own settings (a PEPPERPY_PG_DSN exported for their server
     # would point every store there); tests that need a variable set it themselves.
     for name in list(os.environ):
-        if name.upper().startswith("PEPPERPY_PG_") and name.upper() != "PEPPERPY_PG_TEST_DSN":
+        if name.upper().startswith("PEPPERPY_PG_") and not name.upper().startswith(
+            "PEPPERPY_PG_TEST_"
+        ):
             del os.environ[name]
 
 
@@ -48,6 +50,106 @@ def pg_dsn() -> Iterator[str]:
 
 
 _SESSION_PGDATA: Path | None = None
+
+CITUS_SCRIPTS = Path(__file__).resolve().parents[1].parent / "shared" / "citus"
+"""Where the Citus source and its build and cluster scripts are kept (../shared/citus)."""
+
+
+def _free_ports(count: int) -> int:
+    """The first of ``count`` consecutive free TCP ports on 127.0.0.1."""
+    import socket
+
+    for base in range(19700, 29700, 10):
+        sockets = []
+        try:
+            for port in range(base, base + count):
+                probe = socket.socket()
+                sockets.append(probe)
+                probe.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for probe in sockets:
+                probe.close()
+    raise RuntimeError("no free ports for a Citus cluster")
+
+
+class CitusCluster:
+    """A Citus cluster for the tests: its coordinator's DSN and, for a cluster started here,
+    its nodes' folders (so that a test may stop a worker and start it again)."""
+
+    def __init__(self, dsn: str, pg_config: str | None = None, folder: str | None = None):
+        self.dsn = dsn
+        self.pg_config = pg_config
+        self.folder = folder
+
+    @property
+    def local(self) -> bool:
+        """Whether this session started it (and so may stop its nodes)."""
+        return self.folder is not None
+
+    def _pg_ctl(self, port: int, action: str) -> None:
+        import subprocess
+
+        assert self.pg_config is not None and self.folder is not None
+        bindir = subprocess.run(
+            [self.pg_config, "--bindir"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        node = Path(self.folder) / f"node-{port}"
+        command = [f"{bindir}/pg_ctl", "-D", str(node), "-w", "-m", "fast", action]
+        if action == "start":
+            command[1:1] = ["-l", str(node / "server.log")]
+        if os.geteuid() == 0:  # the nodes run as embedded_postgres (see cluster.sh)
+            command = ["su", "embedded_postgres", "-s", "/bin/bash", "-c", " ".join(command)]
+        subprocess.run(command, capture_output=True, check=True, timeout=120)
+
+    def stop_node(self, port: int) -> None:
+        self._pg_ctl(port, "stop")
+
+    def start_node(self, port: int) -> None:
+        self._pg_ctl(port, "start")
+
+
+@pytest.fixture(scope="session")
+def citus_cluster() -> Iterator[CitusCluster]:
+    """A Citus coordinator: ``PEPPERPY_PG_TEST_CITUS_DSN`` (a cluster of the user's own), or
+    a coordinator and two workers started here from the build ``./scripts/test`` made
+    (``PEPPERPY_PG_TEST_CITUS_PG_CONFIG``, the pg_config Citus was built into)."""
+    import shutil
+    import subprocess
+
+    external = os.environ.get("PEPPERPY_PG_TEST_CITUS_DSN")
+    if external:
+        yield CitusCluster(external)
+        return
+    pg_config = os.environ.get("PEPPERPY_PG_TEST_CITUS_PG_CONFIG")
+    if not pg_config:
+        pytest.skip(
+            "no Citus cluster: ./scripts/test builds one when ../shared/citus and gcc exist, "
+            "or set PEPPERPY_PG_TEST_CITUS_DSN to a coordinator"
+        )
+    script = str(CITUS_SCRIPTS / "cluster.sh")
+    folder = tempfile.mkdtemp(prefix="pepperpy-citus-")
+    port = _free_ports(3)
+    started = subprocess.run(
+        ["bash", script, "start", pg_config, folder, "2", str(port)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if started.returncode != 0:
+        raise RuntimeError(f"the Citus cluster did not start: {started.stderr[-2000:]}")
+    try:
+        yield CitusCluster(started.stdout.strip().splitlines()[-1], pg_config, folder)
+    finally:
+        subprocess.run(["bash", script, "stop", pg_config, folder], timeout=300, check=False)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def citus_dsn(citus_cluster: CitusCluster) -> str:
+    return citus_cluster.dsn
 
 
 @pytest.fixture

@@ -1,0 +1,315 @@
+"""The store on a Citus cluster (a coordinator and two workers): distributed at start(),
+converted by ``distribute``, every operation giving what it gives on one server, owner-scoped
+statements on one node.
+
+The cluster comes from ``citus_dsn`` (conftest): ``./scripts/test`` builds Citus from
+../shared/citus, or ``PEPPERPY_PG_TEST_CITUS_DSN`` names a coordinator of your own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import re
+import uuid
+from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
+from typing import Any
+
+import asyncpg
+import pytest
+from pgvector.asyncpg import register_vector
+
+from pepperpy_pg_memory import (
+    HashingEmbedder,
+    MemoryConfigurationError,
+    MemoryIndex,
+    MemoryQuery,
+    MemoryScope,
+    MemoryType,
+    PostgresConfig,
+    PostgresStorage,
+)
+from pepperpy_pg_memory.queries import Restriction
+from pepperpy_pg_memory.search_sql import Page
+from pepperpy_pg_memory.types import Identity
+
+ANA = {"scope": MemoryScope.USER, "scope_id": "ana"}
+BRUNO = {"scope": MemoryScope.USER, "scope_id": "bruno"}
+
+Make = Callable[..., PostgresConfig]
+
+
+@pytest.fixture(scope="module")
+async def cluster_schema(citus_dsn: str) -> AsyncIterator[str]:
+    schema = f"citus_{uuid.uuid4().hex[:8]}"
+    yield schema
+    conn = await asyncpg.connect(citus_dsn)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+def on_cluster(citus_dsn: str, cluster_schema: str) -> Make:
+    """Configs for a table of this test's own on the cluster (distributed by owner unless
+    the test says otherwise)."""
+
+    def make(**overrides: Any) -> PostgresConfig:
+        values: dict[str, Any] = {
+            "dsn": citus_dsn,
+            "schema": cluster_schema,
+            "table": f"m_{uuid.uuid4().hex[:10]}",
+            "distribution": "owner",
+            "retry_attempts": 2,
+            "retry_base_delay": 0.05,
+        }
+        values.update(overrides)
+        return PostgresConfig(**values)
+
+    return make
+
+
+def _store(config: PostgresConfig) -> PostgresStorage[str, Any]:
+    return PostgresStorage[str, Any](config, HashingEmbedder(64))
+
+
+async def _placements(dsn: str, config: PostgresConfig) -> dict[str, tuple[str, str | None, int]]:
+    """Each of the store's tables Citus manages: (method, column, co-location group)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT c.relname, p.partmethod::text AS method, p.colocationid, "
+            "column_to_column_name(p.logicalrelid, p.partkey) AS column_name "
+            "FROM pg_dist_partition p JOIN pg_class c ON c.oid = p.logicalrelid "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 "
+            "AND c.relname LIKE $2",
+            config.schema_name,
+            f"{config.table}%",
+        )
+    finally:
+        await conn.close()
+    return {
+        row["relname"]: (row["method"], row["column_name"], row["colocationid"]) for row in rows
+    }
+
+
+@pytest.mark.citus
+async def test_start_creates_the_tables_distributed_and_co_located(
+    citus_dsn: str, on_cluster: Make
+) -> None:
+    config = on_cluster()
+    async with _store(config):
+        pass
+    placed = await _placements(citus_dsn, config)
+    table = config.table
+    per_memory = [table, f"{table}_passages", f"{table}_history", f"{table}_access"]
+    per_owner = [f"{table}_owner_terms", f"{table}_owner_totals"]
+    groups = {placed[name][2] for name in per_memory + per_owner}
+    assert len(groups) == 1  # one co-location group: an owner's rows share a node
+    assert all(placed[name][:2] == ("h", "scope_id") for name in per_memory + per_owner)
+    # Read by every node, written by no memory write.
+    for name in (f"{table}_term_stats", f"{table}_backfills", f"{table}_tenant_roles"):
+        assert placed[name][0] == "n"
+
+
+@pytest.mark.citus
+async def test_by_tenant_every_table_follows_the_tenant(citus_dsn: str, on_cluster: Make) -> None:
+    config = on_cluster(distribution="tenant", tenant="acme")
+    async with _store(config) as store:
+        await store.store("k", "a memory of acme's", **ANA)
+        assert (await store.retrieve("k", **ANA)).value == "a memory of acme's"
+    placed = await _placements(citus_dsn, config)
+    for suffix in ("", "_history", "_term_stats", "_backfills"):
+        assert placed[config.table + suffix][:2] == ("h", "tenant")
+
+
+async def test_a_server_without_citus_is_refused(make_config: Make) -> None:
+    with pytest.raises(MemoryConfigurationError, match="Citus coordinator"):
+        async with _store(make_config(distribution="owner")):
+            pass
+
+
+def test_row_level_security_on_a_cluster_is_refused() -> None:
+    with pytest.raises(MemoryConfigurationError, match="row-level security"):
+        PostgresConfig(distribution="owner", row_level_security=True, tenant="acme")
+
+
+@pytest.mark.citus
+async def test_an_existing_store_is_converted_by_distribute_with_nothing_lost(
+    citus_dsn: str, on_cluster: Make
+) -> None:
+    plain = on_cluster(distribution=None)
+    async with _store(plain) as store:
+        await store.store("k", "Ana likes green tea", **ANA)
+        await store.store("k", "Ana likes black tea", **ANA)
+        await store.store("g", "the office opens at 9")
+    wanted = plain.model_copy(update={"distribution": "owner"})
+    with pytest.raises(MemoryConfigurationError, match="pepperpy-memory distribute"):
+        async with _store(wanted):
+            pass
+    seen: list[tuple[int, int]] = []
+    async with _store(plain) as store:
+        await store.distribute("owner", progress=lambda done, total: seen.append((done, total)))
+        # The store goes on working, distributed.
+        await store.store("k2", "Ana likes rooibos", **ANA)
+    assert seen[-1][0] == seen[-1][1] and len(seen) == seen[-1][1]
+    async with _store(wanted) as store:
+        assert (await store.retrieve("k", **ANA)).value == "Ana likes black tea"
+        # The triggers were off for the copy only: the next write is numbered after it.
+        await store.store("k", "Ana likes mint tea", **ANA)
+        assert [v.version for v in await store.history("k", **ANA)] == [3, 2, 1]
+        assert await store.count() == 3
+        # Running it again finds everything in place.
+        await store.distribute("owner")
+    assert (await _placements(citus_dsn, plain))[plain.table][:2] == ("h", "scope_id")
+
+
+async def _workload(store: PostgresStorage[str, Any]) -> dict[str, Any]:
+    """Every kind of operation, with owners and without; what each returned."""
+    seen: dict[str, Any] = {}
+    await store.store("tea", "Ana likes green tea", **ANA, actor="ana", reason="said so")
+    await store.store("tea", "Ana likes black tea", **ANA)
+    await store.store("jazz", "Bruno listens to jazz on Fridays", **BRUNO)
+    await store.store("office", "The office opens at 9")
+    few = [(f"cat-{i}", f"fact number {i} about cats and dogs") for i in range(6)]
+    seen["store_many small"] = int(await store.store_many(few, **ANA))
+    many = [(f"note-{i}", f"Bruno note {i} about trains and buses {i * 7}") for i in range(40)]
+    seen["store_many staged"] = int(await store.store_many(many, **BRUNO))
+    seen["dedupe"] = (await store.store("tea-again", "Ana likes black tea", **ANA, dedupe=True)).key
+    await store.store("brief", "a short-lived note", **ANA, ttl=timedelta(milliseconds=300))
+    seen["retrieve"] = (await store.retrieve("tea", **ANA)).value
+    seen["retrieve without owner"] = (await store.retrieve("jazz")).value
+    seen["exists"] = await store.exists("jazz", **BRUNO)
+    seen["count"] = await store.count()
+    seen["count ana"] = await store.count(**ANA)
+    seen["list ana"] = [entry.key for entry in await store.list(**ANA)]
+    for index in (MemoryIndex.SEMANTIC, MemoryIndex.CONTEXTUAL, MemoryIndex.HYBRID):
+        for owner_name, owner in (("ana", ANA), ("everyone", {})):
+            found = await store.search(
+                MemoryQuery(query="cats and tea", index_type=index, limit=4, **owner)
+            )
+            seen[f"{index.value} {owner_name}"] = sorted(hit.entry.key for hit in found)
+    temporal = await store.search(
+        MemoryQuery(query="trains", index_type=MemoryIndex.TEMPORAL, limit=3, **BRUNO)
+    )
+    seen["temporal"] = len(temporal)
+    seen["similar"] = sorted(hit.entry.key for hit in await store.similar("cat-1", **ANA, limit=3))
+    await store.supersede("tea", "Ana likes oolong tea", **ANA, reason="changed her mind")
+    await store.invalidate("office", reason="moved")
+    seen["deleted"] = await store.delete("jazz", **BRUNO, actor="bruno", reason="asked")
+    seen["history tea"] = [
+        (v.version, v.operation, v.actor, v.reason) for v in await store.history("tea", **ANA)
+    ]
+    seen["history jazz"] = [
+        (v.version, v.operation, v.actor, v.reason) for v in await store.history("jazz", **BRUNO)
+    ]
+    restored = await store.restore("jazz", version=1, **BRUNO)
+    seen["restored"] = restored.value
+    await asyncio.sleep(0.6)  # "brief" expires
+    seen["cleanup"] = await store.cleanup_expired()
+    seen["history brief"] = [v.operation for v in await store.history("brief", **ANA)]
+    await store.retrieve("cat-1", **ANA)
+    await store.flush_access_counts()
+    seen["read count"] = (await store.retrieve("cat-2", **ANA)).access_count
+    seen["consolidate"] = len((await store.consolidate(dry_run=True)).merged)
+    exported = io.StringIO()
+    seen["export"] = await store.export_jsonl(exported, with_history=True)
+    seen["delete_many"] = await store.delete_many(**BRUNO, key_prefix="note-1")
+    seen["stats"] = (await store.stats())["memories"]
+    seen["reindex"] = await store.reindex()
+    return seen
+
+
+@pytest.mark.citus
+async def test_every_operation_gives_on_the_cluster_what_it_gives_on_one_server(
+    make_config: Make, on_cluster: Make
+) -> None:
+    async with _store(make_config()) as store:
+        expected = await _workload(store)
+    async with _store(on_cluster(max_memories_per_owner=None)) as store:
+        found = await _workload(store)
+    assert found == expected
+    # What the workload saw, so that agreement is not agreement on nothing.
+    assert expected["history jazz"][0][1:] == ("delete", "bruno", "asked")
+    assert expected["history tea"][-1][1:] == ("create", "ana", "said so")
+    assert expected["history brief"][0] == "expire"
+    assert expected["cleanup"] == 1
+    assert expected["dedupe"] == "tea"
+
+
+@pytest.mark.citus
+async def test_the_quota_holds_on_the_cluster(on_cluster: Make) -> None:
+    short = {"type": MemoryType.SHORT_TERM}
+    async with _store(on_cluster(max_memories_per_owner=2)) as store:
+        await store.store("a", "first note", **ANA, **short, importance=0.1)
+        await store.store("b", "second note", **ANA, **short, importance=0.9)
+        await store.store("c", "third note", **ANA, **short)
+        await store.store("x", "Bruno's own", **BRUNO, **short)
+        assert sorted(entry.key for entry in await store.list(**ANA)) == ["b", "c"]
+        assert (await store.history("a", **ANA))[0].operation == "evict"
+        assert await store.count(**BRUNO) == 1
+
+
+@pytest.mark.citus
+async def test_owner_scoped_statements_run_on_one_node(citus_dsn: str, on_cluster: Make) -> None:
+    async with _store(on_cluster()) as store:
+        await store.store("tea", "Ana likes green tea", **ANA)
+        started = store._ready
+        owner = started.restriction(MemoryScope.USER, "ana")
+        vector = await store.query_vector("tea")
+        page = Page(5, 0, None)
+        statements = {
+            "retrieve": started.statements.retrieve("tea", owner, False),
+            "delete": started.statements.delete("tea", owner),
+            "store": started.statements.upsert_one(
+                "",
+                # A write's record (queries.WRITE_COLUMNS), JSON as text for a plain
+                # connection.
+                ["tea", '"x"', "x", b"h", "long_term", "user", "ana", ["semantic"], "{}"]
+                + [None] * 7
+                + [0.5],
+            ),
+            "semantic": started.searches.semantic_search(vector, owner, page),
+            "contextual": started.searches.contextual_search("green tea", owner, page),
+            "hybrid": started.searches.hybrid_search(
+                "green tae", vector, owner, page, candidates=50, rrf_k=60
+            ),
+            "temporal": started.searches.temporal_search("tea", owner, page),
+            "similar": started.searches.similar(
+                Identity("user", "ana", "tea"), owner, limit=3, min_score=None, vector=vector
+            ),
+        }
+        everyone = Restriction(tenant="")
+        fan_out = started.searches.semantic_search(vector, everyone, page)
+        settings = store.database.transaction_settings
+        assert settings is not None
+    # As the store's sessions plan: for the values given (see lifecycle.session_settings).
+    conn = await asyncpg.connect(
+        citus_dsn,
+        server_settings={
+            "plan_cache_mode": "force_custom_plan",
+        },
+    )
+    try:
+        await register_vector(conn)
+        for name, query in statements.items():
+            plan = await _plan(conn, settings, query.sql, query.args)
+            # Every part on one node; reads in one task, with no part run first on its own
+            # (delete's moment, a constant, is computed first on the coordinator).
+            assert set(re.findall(r"Task Count: (\d+)", plan)) == {"1"}, (name, plan)
+            if name != "delete":
+                assert "Distributed Subplan" not in plan, (name, plan)
+        # Without an owner, every shard.
+        plan = await _plan(conn, settings, fan_out.sql, fan_out.args)
+        assert max(int(n) for n in re.findall(r"Task Count: (\d+)", plan)) > 1
+    finally:
+        await conn.close()
+
+
+async def _plan(conn: asyncpg.Connection, settings: str, sql: str, args: Any) -> str:
+    """The plan of ``sql`` in a transaction set up as the store sets up its own."""
+    async with conn.transaction():
+        await conn.execute(settings)
+        return "\n".join(row[0] for row in await conn.fetch(f"EXPLAIN {sql}", *args))
