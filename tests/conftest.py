@@ -51,8 +51,12 @@ def pg_dsn() -> Iterator[str]:
 
 _SESSION_PGDATA: Path | None = None
 
-CITUS_SCRIPTS = Path(__file__).resolve().parents[1].parent / "shared" / "citus"
-"""Where the Citus source and its build and cluster scripts are kept (../shared/citus)."""
+CITUS_SCRIPTS = Path(
+    os.environ.get("PEPPERPY_PG_TEST_CITUS_SCRIPTS")
+    or Path(__file__).resolve().parents[1].parent / "shared" / "citus"
+)
+"""Where the Citus build and cluster scripts are (``./scripts/test`` says; else
+../shared/citus beside the project)."""
 
 
 def _free_ports(count: int) -> int:
