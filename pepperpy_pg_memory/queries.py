@@ -188,10 +188,16 @@ def _identity_arrays(identities: Sequence[Identity]) -> list[list[str]]:
 
 def _in_identities(params: Params, identities: Sequence[Identity]) -> str:
     scopes, scope_ids, keys = (params.add(a) for a in _identity_arrays(identities))
-    return (
+    condition = (
         f"(m.scope, m.scope_id, m.key) IN (SELECT * FROM unnest("
         f"{scopes}::text[], {scope_ids}::text[], {keys}::text[]))"
     )
+    owners = {identity.scope_id for identity in identities}
+    if len(owners) == 1:
+        # Said as a value too: on a cluster distributed by owner, the statement then runs
+        # on that owner's node only (Citus does not look into the arrays).
+        condition += f" AND m.scope_id = {params.add(owners.pop())}"
+    return condition
 
 
 @dataclass(frozen=True)
@@ -381,9 +387,13 @@ class Statements:
         columns = [name for name in STAGING_COLUMNS if name not in ("ttl", "expires_at")]
         restoring = bool(moments)
         if self.distributed and not moments:
-            # The write's moment, for the upsert's SET clause (see _upsert_tail).
-            values = {**values, "created_at": "statement_timestamp()"}
-            values["updated_at"] = "statement_timestamp()"
+            # The write's moment, for the upsert's SET clause (see _upsert_tail): the
+            # transaction's, as a new row's on one server (and as its expiry counts from).
+            # (An update on one server takes the clock's instead, so that of two writers of
+            # one memory the later commit has the later moment; Citus evaluates the moment
+            # before the row is locked, so that order cannot hold on a cluster.)
+            values = {**values, "created_at": "now()"}
+            values["updated_at"] = "now()"
             moments = ("created_at", "updated_at")
         columns += [*_TABLE_VALUES, *moments]
         expressions = [
@@ -605,14 +615,19 @@ class Statements:
         # written is skipped; its write sets its own expiry) and locks what it takes in the
         # identity order every writer follows, so it can close no cycle of waits.
         params = Params([tenant, ttl])
+        chosen = _in_identities(params, identities)
+        owners = {identity.scope_id for identity in identities}
+        # The memories updated, pinned to their owner as a value when there is one (on a
+        # cluster the statement then runs on that owner's node alone).
+        pinned = f"AND t.scope_id = {params.add(owners.pop())}" if len(owners) == 1 else ""
         return Query(
             f"""
             UPDATE {self.table} t SET expires_at = now() + $2::interval
             FROM (SELECT {M_OWNER_KEY} FROM {self.table} m
-                  WHERE m.tenant = $1 AND {_in_identities(params, identities)} AND {LIVE}
+                  WHERE m.tenant = $1 AND {chosen} AND {LIVE}
                   ORDER BY {M_OWNER_KEY} FOR NO KEY UPDATE SKIP LOCKED) locked
             WHERE t.tenant = locked.tenant AND t.scope = locked.scope
-              AND t.scope_id = locked.scope_id AND t.key = locked.key
+              AND t.scope_id = locked.scope_id AND t.key = locked.key {pinned}
             """,
             params.values,
         )

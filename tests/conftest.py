@@ -246,6 +246,11 @@ def make_config(pg_dsn: str, test_schema: str) -> Any:
             "retry_base_delay": 0.05,
             "retry_max_delay": 0.2,
         }
+        # Every test's store on a Citus cluster (PEPPERPY_PG_TEST_DSN then names its
+        # coordinator): see test_citus.py's run of the adapters' and core tests.
+        distribution = os.environ.get("PEPPERPY_PG_TEST_DISTRIBUTION")
+        if distribution:
+            values["distribution"] = distribution
         values.update(overrides)
         return PostgresConfig(**values)
 

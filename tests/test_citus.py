@@ -18,11 +18,13 @@ from typing import Any
 
 import asyncpg
 import pytest
+from conftest import CitusCluster
 from pgvector.asyncpg import register_vector
 
 from pepperpy_pg_memory import (
     HashingEmbedder,
     MemoryConfigurationError,
+    MemoryConnectionError,
     MemoryIndex,
     MemoryQuery,
     MemoryScope,
@@ -313,3 +315,128 @@ async def _plan(conn: asyncpg.Connection, settings: str, sql: str, args: Any) ->
     async with conn.transaction():
         await conn.execute(settings)
         return "\n".join(row[0] for row in await conn.fetch(f"EXPLAIN {sql}", *args))
+
+
+async def _node_of(dsn: str, config: PostgresConfig, scope_id: str) -> int:
+    """The port of the worker holding ``scope_id``'s memories."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        port: int = await conn.fetchval(
+            "SELECT p.nodeport FROM pg_dist_shard_placement p WHERE p.shardid = "
+            "get_shard_id_for_distribution_column($1::regclass, $2::text)",
+            f"{config.schema_name}.{config.table}",
+            scope_id,
+        )
+    finally:
+        await conn.close()
+    return port
+
+
+@pytest.mark.citus
+async def test_a_stopped_worker_stops_only_its_owners_and_fan_outs(
+    citus_cluster: CitusCluster, on_cluster: Make
+) -> None:
+    if not citus_cluster.local:
+        pytest.skip("stops a worker: needs the cluster this session started")
+    config = on_cluster(retry_attempts=1)
+    async with _store(config) as store:
+        owners = {f"u{i}": await _node_of(citus_cluster.dsn, config, f"u{i}") for i in range(12)}
+        down_port = max(owners.values())
+        down = next(owner for owner, port in owners.items() if port == down_port)
+        up = next(owner for owner, port in owners.items() if port != down_port)
+        for owner in (down, up):
+            await store.store("note", f"{owner}'s first note", scope="user", scope_id=owner)
+        citus_cluster.stop_node(down_port)
+        try:
+            # The owner whose node is up is served: writes (history included) and reads.
+            await store.store("note", f"{up}'s second note", scope="user", scope_id=up)
+            assert [v.version for v in await store.history("note", scope="user", scope_id=up)] == [
+                2,
+                1,
+            ]
+            found = await store.search(
+                MemoryQuery(query="second note", limit=3, scope=MemoryScope.USER, scope_id=up)
+            )
+            assert [hit.entry.key for hit in found] == ["note"]
+            # The other owner's calls, and calls across owners, say which node is missing.
+            with pytest.raises(MemoryConnectionError, match=str(down_port)):
+                await store.retrieve("note", scope="user", scope_id=down)
+            with pytest.raises(MemoryConnectionError, match=str(down_port)):
+                await store.search(MemoryQuery(query="note", limit=3))
+        finally:
+            citus_cluster.start_node(down_port)
+        # Everything recovers once the node is back.
+        await store.store("note", f"{down}'s second note", scope="user", scope_id=down)
+        assert len(await store.search(MemoryQuery(query="note", limit=30))) == 2
+
+
+@pytest.mark.citus
+async def test_shard_moves_while_writes_continue_lose_nothing(
+    citus_cluster: CitusCluster, on_cluster: Make
+) -> None:
+    if not citus_cluster.local:
+        pytest.skip("moves shards between workers: needs the cluster this session started")
+    config = on_cluster()
+    owners = [f"mover{i}" for i in range(6)]
+    acknowledged: dict[tuple[str, str], int] = {}
+    moving = True
+
+    async def writer(store: PostgresStorage[str, Any], number: int) -> None:
+        round_ = 0
+        while moving or round_ < 3:
+            for owner in owners:
+                key = f"k{number}"
+                await store.store(
+                    key, f"{owner} {key} write {round_}", scope="user", scope_id=owner
+                )
+                acknowledged[(owner, key)] = acknowledged.get((owner, key), 0) + 1
+            round_ += 1
+
+    async with _store(config) as store:
+        for owner in owners:  # every shard the writers use exists with rows
+            await store.store("k0", f"{owner} first", scope="user", scope_id=owner)
+        acknowledged.update({(owner, "k0"): 1 for owner in owners})
+        writers = [asyncio.create_task(writer(store, number)) for number in range(3)]
+        conn = await asyncpg.connect(citus_cluster.dsn)
+        try:
+            shards = await conn.fetch(
+                "SELECT DISTINCT p.shardid, p.nodename, p.nodeport FROM pg_dist_shard_placement p "
+                "WHERE p.shardid IN (SELECT get_shard_id_for_distribution_column($1::regclass, o) "
+                "FROM unnest($2::text[]) o)",
+                f"{config.schema_name}.{config.table}",
+                owners,
+            )
+            workers = await conn.fetch(
+                "SELECT nodename, nodeport FROM pg_dist_node WHERE noderole = 'primary' "
+                "AND shouldhaveshards ORDER BY nodeport"
+            )
+            for shard in shards:
+                target = next(w for w in workers if w["nodeport"] != shard["nodeport"])
+                # Moves the shard with every table co-located with it (history, passages,
+                # read counts, term statistics); writes wait while it copies.
+                await conn.execute(
+                    "SELECT citus_move_shard_placement($1, $2, $3, $4, $5, "
+                    "shard_transfer_mode => 'block_writes')",
+                    shard["shardid"],
+                    shard["nodename"],
+                    shard["nodeport"],
+                    target["nodename"],
+                    target["nodeport"],
+                )
+            now_at = dict(
+                await conn.fetch(
+                    "SELECT shardid, nodeport FROM pg_dist_shard_placement "
+                    "WHERE shardid = ANY($1::bigint[])",
+                    [shard["shardid"] for shard in shards],
+                )
+            )
+        finally:
+            moving = False
+            await asyncio.gather(*writers)
+            await conn.close()
+        assert all(now_at[shard["shardid"]] != shard["nodeport"] for shard in shards)
+        # Every acknowledged write is there, as a version of its memory: gapless, in order,
+        # numbered by the triggers on whichever node held the shard.
+        for (owner, key), writes in acknowledged.items():
+            versions = [v.version for v in await store.history(key, scope="user", scope_id=owner)]
+            assert versions == list(range(writes, 0, -1)), (owner, key)

@@ -176,10 +176,16 @@ async def test_ttl_is_honoured(make_config: Any, raw_conn: Any) -> None:
         )
         assert lifetime == timedelta(seconds=1.2)
         # Time passes for the items (their clocks moved back two seconds, nobody sleeps).
-        await raw_conn.execute(
-            f"UPDATE {table} SET expires_at = expires_at - interval '2 seconds' "
-            "WHERE expires_at IS NOT NULL"
-        )
+        # (Each moment computed here: Citus, which the suite may run on, refuses a moment
+        # computed from a column in an UPDATE.)
+        for key, expires_at in await raw_conn.fetch(
+            f"SELECT key, expires_at FROM {table} WHERE expires_at IS NOT NULL"
+        ):
+            await raw_conn.execute(
+                f"UPDATE {table} SET expires_at = $2 WHERE key = $1",
+                key,
+                expires_at - timedelta(seconds=2),
+            )
         assert await store.aget(namespace, "brief") is None
         assert [i.key for i in await store.asearch(namespace)] == ["lasting"]
     finally:
