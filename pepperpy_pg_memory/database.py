@@ -30,7 +30,7 @@ from .errors import (
     MemoryTimeoutError,
 )
 from .faults import ConnectionLost, backoff_delay, is_transient, translate
-from .history import AS_OF_SETTING
+from .history import AS_OF_SETTING, setting_statement
 from .metrics import Metrics
 from .sql import Query, send
 from .values import decode_json, encode_json
@@ -98,6 +98,11 @@ class Runner:
     async def run(self, operation: str, work: Work[T]) -> T:
         raise NotImplementedError
 
+    @property
+    def distributed(self) -> bool:
+        """Whether the statements run on a Citus cluster (settings then go by SET LOCAL)."""
+        return False
+
     async def fetch(
         self, operation: str, query: Query, *, timeout: float | None = None
     ) -> list[asyncpg.Record]:
@@ -120,6 +125,10 @@ class Runner:
         setter = "SELECT " + ", ".join(
             f"set_config(${number}, ${number + 1}, true)" for number in range(1, len(pairs), 2)
         )
+        if self.distributed:
+            # The statement runs on the workers, which see only what SET LOCAL sets.
+            setter = "; ".join(setting_statement(name, value) for name, value in settings.items())
+            pairs = []
 
         async def work(conn: asyncpg.Connection) -> list[asyncpg.Record]:
             async with conn.transaction(readonly=True):
@@ -229,6 +238,10 @@ class Database(Runner):
     @property
     def is_open(self) -> bool:
         return self._pool is not None
+
+    @property
+    def distributed(self) -> bool:
+        return self.transaction_settings is not None
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop | None:
@@ -402,6 +415,10 @@ class _PrimaryReads(Runner):
 
     async def run(self, operation: str, work: Work[T]) -> T:
         return await self.database.run(operation, work, visible_to_reads=False)
+
+    @property
+    def distributed(self) -> bool:
+        return self.database.distributed
 
 
 async def in_one_transaction(

@@ -122,8 +122,8 @@ async def _check_histories(
     hold would clash with the versions its next writes number."""
     wanted = list(dict.fromkeys([*plan.memories, *(v[1] for v in plan.versions)]))
     known: dict[Identity, tuple[datetime | None, set[tuple[int, datetime]]]] = {}
-    for start in range(0, len(wanted), _LOOKUP_BATCH):
-        query = history.recorded_here(tenant, wanted[start : start + _LOOKUP_BATCH])
+    for batch in _lookup_batches(wanted, by_owner=runner.distributed):
+        query = history.recorded_here(tenant, batch)
         for row in await runner.fetch("import", query):
             recorded = set(zip(row["versions"], row["moments"], strict=True))
             if row["updated_at"] is not None or recorded:
@@ -174,3 +174,19 @@ async def _check_quota(
             f"import: the most memories allowed per owner is {quota}, and after this file "
             f"{', '.join(over[:10])}{' …' if len(over) > 10 else ''}; nothing was written"
         )
+
+
+def _lookup_batches(identities: list[Identity], *, by_owner: bool) -> list[list[Identity]]:
+    """``identities`` in look-up batches of at most :data:`_LOOKUP_BATCH`; on a cluster,
+    one owner's each (a look-up of one owner runs on that owner's node)."""
+    groups: list[list[Identity]] = [identities]
+    if by_owner:
+        owners: dict[str, list[Identity]] = {}
+        for identity in identities:
+            owners.setdefault(identity.scope_id, []).append(identity)
+        groups = list(owners.values())
+    return [
+        group[start : start + _LOOKUP_BATCH]
+        for group in groups
+        for start in range(0, len(group), _LOOKUP_BATCH)
+    ]

@@ -860,13 +860,16 @@ class Statements:
     def delete_many(self, restriction: Restriction, change: Change = PLAIN) -> Query:
         params = Params()
         context = self.context_of(params, change)
-        using = f"USING {context}" if context else ""
+        also = f", {context}" if context else ""
         # Rows are locked in the identity order every writer follows, before any is deleted.
+        # (Joined rather than matched with IN, and pinned to the owner as a value: so Citus
+        # runs it, on the owner's node.)
         sql = f"""
-            DELETE FROM {self.table} d {using} WHERE ({OWNER_KEY}) IN (
+            DELETE FROM {self.table} d USING (
                 SELECT {M_OWNER_KEY} FROM {self.table} m
                 WHERE {restriction.conditions(params)}
-                ORDER BY {M_OWNER_KEY} FOR UPDATE)
+                ORDER BY {M_OWNER_KEY} FOR UPDATE) x {also}
+            WHERE {same_memory("d", "x")}{pinned_condition(self.layout, params, restriction, "d")}
         """
         return self.announced(sql, params, change)
 
@@ -889,15 +892,17 @@ class Statements:
         """
         return self.announced(sql, params, EXPIRING)
 
-    def expired_owners(self, restriction: Restriction, limit: int) -> Query:
-        """Owners holding expired memories within ``restriction`` (at most ``limit``): on
-        a cluster a sweep deletes owner by owner (Citus locks rows only in a statement
-        that names the node's owner)."""
+    def matching_owners(self, restriction: Restriction, limit: int, expired: bool = False) -> Query:
+        """Owners holding memories within ``restriction`` (``expired`` ones only), at most
+        ``limit``: on a cluster a delete across owners goes owner by owner (Citus locks
+        rows only in a statement that names the node's owner)."""
         params = Params()
         where = restriction.conditions(params)
+        if expired:
+            where = f"m.expires_at <= now() AND {where}"
         return Query(
             f"SELECT DISTINCT m.scope, m.scope_id FROM {self.table} m "
-            f"WHERE m.expires_at <= now() AND {where} LIMIT {params.add(limit)}",
+            f"WHERE {where} LIMIT {params.add(limit)}",
             params.values,
         )
 

@@ -12,7 +12,7 @@ import re
 from typing import Any, Literal, NamedTuple
 
 from .filters import Params
-from .history import AS_OF_MOMENT, as_of_source, replaced_versions
+from .history import AS_OF_MOMENT, as_of_source, replaced_versions, setting_statement
 from .models import Ranking
 from .queries import (
     CONTEXTUAL,
@@ -171,9 +171,24 @@ class SearchStatements:
         """``restriction``'s conditions for a walk of the HNSW graph: with a filter, the walk
         widens to :attr:`filtered_ef_search`."""
         where = restriction.conditions(params)
-        if self.filtered_ef_search is None or not (restriction.filter or restriction.value_filter):
-            return where
+        if not self._walks_wider(restriction) or self.layout.distributed:
+            return where  # on a cluster the setting goes first (see _walked)
+        assert self.filtered_ef_search is not None
         return where + _walk_wider(params, self.filtered_ef_search)
+
+    def _walks_wider(self, restriction: Restriction) -> bool:
+        return self.filtered_ef_search is not None and bool(
+            restriction.filter or restriction.value_filter
+        )
+
+    def _walked(self, sql: str, params: Params, restriction: Restriction) -> Query:
+        """A statement walking the graph within ``restriction``. On a cluster the walk runs
+        on the workers, which see no setting made by a function call: a filtered walk's
+        width goes first, as SET LOCAL (which Citus forwards)."""
+        before = ""
+        if self.layout.distributed and self._walks_wider(restriction):
+            before = setting_statement("hnsw.ef_search", str(self.filtered_ef_search))
+        return Query(sql, params.values, before)
 
     def _passages_exist(self, params: Params, restriction: Restriction) -> str:
         """Whether the memories the restriction names could have passages: the tenant's, or
@@ -268,7 +283,7 @@ class SearchStatements:
                 WHERE {_at_least(params, score, min_score)}
                 {_page(params, RESORTED, limit, offset)}
             """
-            return Query(sql, params.values)
+            return self._walked(sql, params, restriction)
         # A memory with passages counts by its best vector: its own or a passage's. Memories
         # found only through a passage are fetched by identity.
         sql = f"""
@@ -296,7 +311,7 @@ class SearchStatements:
             WHERE {_at_least(params, score, min_score)}
             {_page(params, RESORTED, limit, offset)}
         """
-        return Query(sql, params.values)
+        return self._walked(sql, params, restriction)
 
     def _tsquery(self, params: Params, query: str) -> str:
         return (
@@ -659,7 +674,7 @@ class SearchStatements:
             WHERE {_at_least(params, "f.score", min_score)}{self._pinned(params, restriction)}
             {_page(params, "f.score DESC", limit, offset)}
         """
-        return Query(sql, params.values)
+        return self._walked(sql, params, restriction)
 
     def ranked(
         self,
@@ -697,7 +712,7 @@ class SearchStatements:
             WHERE {_at_least(params, score, min_score)}
             {_page(params, "ranked_score DESC", limit, offset)}
         """
-        return Query(sql, params.values)
+        return Query(sql, params.values, candidates.before)
 
     def temporal_search(
         self,
@@ -768,7 +783,7 @@ class SearchStatements:
             WHERE distance IS NOT NULL AND {_at_least(params, score, min_score)}
             ORDER BY {RESORTED}, key, scope, scope_id
         """
-        return Query(sql, params.values)
+        return self._walked(sql, params, restriction)
 
     def probe_state(self, tenant: str, target: Identity) -> Query:
         """Whether ``target`` is live (a row), whether it has an embedding, and that

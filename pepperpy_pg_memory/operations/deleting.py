@@ -6,9 +6,14 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+import asyncpg
+
+from ..database import affected
 from ..history import Change
 from ..metrics import instrumented
 from ..queries import Restriction
+from ..sql import send
+from ..types import MemoryScope
 from .naming import check_unambiguous, owners_of, resolve
 from .started import Started
 
@@ -58,12 +63,7 @@ async def delete_many(
     restriction = replace(
         criteria, keys=keys, identities=identities, include_expired=True, include_invalid=True
     )
-    # Its work grows with the rows matched, which nothing bounds.
-    deleted = await started.database.execute(
-        "delete_many",
-        started.statements.delete_many(restriction, change),
-        timeout=started.config.maintenance_timeout,
-    )
+    deleted = await _delete_matching(started, "delete_many", restriction, change)
     # Several owners' counts, when one is not named, go stale until their next writes.
     owner = restriction.owner
     started.term_stats.note_writes(deleted, [owner] * deleted if owner else ())
@@ -73,14 +73,47 @@ async def delete_many(
 @instrumented("clear")
 async def clear(started: Started[Any]) -> int:
     """Delete every memory of the store's tenant; how many."""
-    deleted = await started.database.execute(
-        "clear",
-        started.statements.delete_many(
-            Restriction(tenant=started.tenant, include_expired=True, include_invalid=True),
-            Change(reason="clear"),
-        ),
-        timeout=started.config.maintenance_timeout,
-    )
+    everything = Restriction(tenant=started.tenant, include_expired=True, include_invalid=True)
+    deleted = await _delete_matching(started, "clear", everything, Change(reason="clear"))
     started.vectors.cache.clear()
     started.term_stats.note_writes(deleted)
     return deleted
+
+
+OWNERS_PER_PASS = 500
+"""Owners a delete across owners on a cluster looks up at a time."""
+
+
+async def _delete_matching(
+    started: Started[Any], operation: str, restriction: Restriction, change: Change
+) -> int:
+    """Delete what ``restriction`` selects, in one transaction; how many. On a cluster
+    distributed by owner and without one owner, owner by owner (Citus locks rows only in a
+    statement naming the owner's node): one statement each, still in one transaction."""
+    statements = started.statements
+    # Its work grows with the rows matched, which nothing bounds.
+    timeout = started.config.maintenance_timeout
+    if started.layout.distribution != "owner" or restriction.owner is not None:
+        return await started.database.execute(
+            operation, statements.delete_many(restriction, change), timeout=timeout
+        )
+
+    async def work(conn: asyncpg.Connection) -> int:
+        deleted = 0
+        async with conn.transaction():
+            while True:
+                owners = await send(
+                    conn, "fetch", statements.matching_owners(restriction, OWNERS_PER_PASS)
+                )
+                for owner in owners:
+                    one = replace(
+                        restriction, scope=MemoryScope(owner["scope"]), scope_id=owner["scope_id"]
+                    )
+                    status = await send(
+                        conn, "execute", statements.delete_many(one, change), timeout
+                    )
+                    deleted += affected(status)
+                if len(owners) < OWNERS_PER_PASS:
+                    return deleted
+
+    return await started.database.run(operation, work)

@@ -18,7 +18,7 @@ from typing import Any, TextIO, TypeVar
 from .. import backup
 from ..bulk import write_restored
 from ..errors import MemoryValidationError
-from ..history import IMPORTED_COLUMNS, OPERATIONS, check_note
+from ..history import IMPORTED_COLUMNS, OPERATIONS, check_note, setting_statement
 from ..import_check import ImportPlan, check_import
 from ..items import STORE_DEFAULTS, PendingWrite, Scope, owner
 from ..models import MemoryEntry
@@ -197,7 +197,7 @@ async def apply_import(
     if report.versions:
         await started.database.execute_all(
             "import",
-            [importing(), *started.history.after_import(started.tenant)],
+            [importing(started), *started.history.after_import(started.tenant)],
             timeout=started.config.maintenance_timeout,
         )
     if progress is not None and total:
@@ -284,7 +284,11 @@ async def record_versions(
     return count
 
 
-def importing() -> Query:
+def importing(started: Started[Any]) -> Query:
+    """What tells the history triggers that the transaction imports versions (they record
+    none of their own): on a cluster, where they fire on the workers, by SET LOCAL."""
+    if started.layout.distributed:
+        return Query(setting_statement(IMPORTING_SETTING, "on"))
     return Query("SELECT set_config($1, 'on', true)", [IMPORTING_SETTING])
 
 
@@ -320,7 +324,7 @@ async def restore_batch(
             [w.identity for w in writes],
             writing.passage_rows(started, writes),
             {w.identity: r.reads for _, w, r in batch if r.reads is not None},
-            importing() if with_history else None,
+            importing(started) if with_history else None,
         )
 
     try:

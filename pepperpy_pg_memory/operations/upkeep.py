@@ -69,7 +69,7 @@ async def _sweep_owner_by_owner(started: Started[Any], restriction: Restriction,
     total = 0
     while True:
         owners = await started.database.fetch(
-            "cleanup_expired", started.statements.expired_owners(restriction, batch)
+            "cleanup_expired", started.statements.matching_owners(restriction, batch, True)
         )
         swept = 0
         for owner in owners:
