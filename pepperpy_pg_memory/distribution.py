@@ -26,8 +26,16 @@ from typing import Literal
 import asyncpg
 
 from .errors import MemoryConfigurationError
-from .identifiers import qualified
-from .schema import BACKFILLS, METADATA_INDEXES, REGISTRY, REGISTRY_VERSION_TABLE, TableLayout
+from .identifiers import qualified, quote_ident
+from .schema import (
+    BACKFILLS,
+    CITUS_READY_VERSION,
+    CLIENT_SCHEMA_SETTING,
+    METADATA_INDEXES,
+    REGISTRY,
+    REGISTRY_VERSION_TABLE,
+    TableLayout,
+)
 from .sql import Query
 from .types import ProgressCallback
 
@@ -42,6 +50,7 @@ __all__ = [
     "distribute",
     "UNSAFE_TRIGGERS",
     "PROPAGATE_SETTINGS",
+    "worker_guard",
 ]
 
 logger = logging.getLogger(__name__)
@@ -230,4 +239,51 @@ async def distribute(
             moved += 1
         if progress is not None:
             progress(done, len(plan))
+    async with conn.transaction():
+        await conn.execute(UNSAFE_TRIGGERS)
+        for guard in worker_guard(layout):
+            await conn.execute(guard)
     return moved
+
+
+WORKERS_GUARD_VERSION = CITUS_READY_VERSION
+"""The oldest schema a process may speak to write to a distributed store."""
+
+
+def worker_guard(layout: TableLayout) -> list[str]:
+    """The guard against processes of an older release, as it runs on a cluster.
+
+    The schema's own guard (schema._old_client_guard) is a statement trigger that knows this
+    library's sessions by their application name; on a cluster the statements run on the
+    workers, in Citus's sessions, under Citus's name, and that guard passes everything. Our
+    sessions send the schema they speak in every transaction (``SET LOCAL``, which Citus
+    forwards): a row written by a session that says an older one is refused on the worker.
+    Sessions that say nothing (psql, scripts) pass, as on one server."""
+    function = qualified(layout.schema, f"{_WORKERS_GUARD}_v{WORKERS_GUARD_VERSION}")
+    required = int(WORKERS_GUARD_VERSION)
+    return [
+        f"""
+        CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $guard$
+        BEGIN
+            IF coalesce(nullif(current_setting('{CLIENT_SCHEMA_SETTING}', true), ''),
+                        '{required}')::int < {required} THEN
+                RAISE EXCEPTION USING
+                    ERRCODE = 'object_not_in_prerequisite_state',
+                    MESSAGE = format('%I.%I is distributed and speaks schema {required} or '
+                        'later; this process runs an older release of pepperpy-pg-memory '
+                        '(schema %s) and may not write to it',
+                        TG_TABLE_SCHEMA, TG_TABLE_NAME,
+                        current_setting('{CLIENT_SCHEMA_SETTING}', true)),
+                    HINT = 'Stop every process running the older release and upgrade it.';
+            END IF;
+            RETURN CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END;
+        END
+        $guard$
+        """,
+        f"CREATE OR REPLACE TRIGGER {quote_ident(_WORKERS_GUARD)} "
+        f"BEFORE INSERT OR UPDATE OR DELETE ON {layout.qualified_table} "
+        f"FOR EACH ROW EXECUTE FUNCTION {function}()",
+    ]
+
+
+_WORKERS_GUARD = "pepperpy_reject_old_clients_on_workers"

@@ -25,12 +25,14 @@ from pepperpy_pg_memory import (
     HashingEmbedder,
     MemoryConfigurationError,
     MemoryConnectionError,
+    MemoryError,
     MemoryIndex,
     MemoryQuery,
     MemoryScope,
     MemoryType,
     PostgresConfig,
     PostgresStorage,
+    schema,
 )
 from pepperpy_pg_memory.queries import Restriction
 from pepperpy_pg_memory.search_sql import Page
@@ -279,6 +281,15 @@ async def test_owner_scoped_statements_run_on_one_node(citus_dsn: str, on_cluste
                 "green tae", vector, owner, page, candidates=50, rrf_k=60
             ),
             "temporal": started.searches.temporal_search("tea", owner, page),
+            "exists": started.statements.exists("tea", owner),
+            "count": started.statements.count(owner),
+            "list": started.statements.list_page(
+                owner, limit=10, offset=0, order_by="updated_at", descending=True
+            ),
+            "touch": started.statements.touch(
+                "", [Identity("user", "ana", "tea")], timedelta(minutes=5)
+            ),
+            "history": started.history.versions("", Identity("user", "ana", "tea"), 10),
             "similar": started.searches.similar(
                 Identity("user", "ana", "tea"), owner, limit=3, min_score=None, vector=vector
             ),
@@ -440,3 +451,58 @@ async def test_shard_moves_while_writes_continue_lose_nothing(
         for (owner, key), writes in acknowledged.items():
             versions = [v.version for v in await store.history(key, scope="user", scope_id=owner)]
             assert versions == list(range(writes, 0, -1)), (owner, key)
+
+
+@pytest.mark.citus
+async def test_a_distributed_store_upgrades_on_the_cluster(
+    citus_dsn: str, on_cluster: Make
+) -> None:
+    config = on_cluster()
+    async with _store(config) as store:
+        await store.store("tea", "Ana likes green tea", **ANA)
+        layout = store.layout
+    # The store as schema 18 left it: the history function Citus deparsed wrongly on the
+    # workers (see schema._v19_history_on_workers), and the registry at 18.
+    old = [
+        statement.replace("CASE WHEN TG_OP = 'INSERT'", "CASE TG_OP WHEN 'INSERT'")
+        for statement in schema._history_functions(layout, schema._V9_VERSIONED_COLUMNS)
+    ]
+    conn = await asyncpg.connect(citus_dsn)
+    try:
+        for statement in old:
+            await conn.execute(statement)  # Citus carries the function to the workers
+        async with _store(config) as store:  # the registry still says 19: nothing to apply
+            with pytest.raises(MemoryError, match="operator does not exist"):
+                await store.store("tea", "Ana likes oolong tea", **ANA)
+        await conn.execute(
+            f"UPDATE {layout.registry} SET schema_version = 18 WHERE table_name = $1",
+            layout.table,
+        )
+    finally:
+        await conn.close()
+    async with _store(config.model_copy(update={"history": True})) as store:
+        # start() applied migration 19 on the cluster: the workers write versions again.
+        assert store.layout.version == schema.SCHEMA_VERSION
+        await store.store("tea", "Ana likes black tea", **ANA)
+        assert [v.version for v in await store.history("tea", **ANA)] == [2, 1]
+
+
+@pytest.mark.citus
+async def test_a_process_of_an_older_release_may_not_write_to_the_cluster(
+    on_cluster: Make,
+) -> None:
+    async with _store(on_cluster()) as store:
+        await store.store("tea", "Ana likes green tea", **ANA)
+        settings = store.database.transaction_settings
+        assert settings is not None
+        # What a process speaking schema 18 would send with each transaction.
+        store.database.transaction_settings = settings.replace(
+            f"pepperpy.client_schema = '{schema.SCHEMA_VERSION}'", "pepperpy.client_schema = '18'"
+        )
+        with pytest.raises(MemoryError, match="runs an older release") as caught:
+            await store.store("tea", "Ana likes black tea", **ANA)
+        assert "schema 18" in str(caught.value)
+        with pytest.raises(MemoryError, match="runs an older release"):
+            await store.delete("tea", **ANA)
+        store.database.transaction_settings = settings
+        assert (await store.retrieve("tea", **ANA)).value == "Ana likes green tea"
