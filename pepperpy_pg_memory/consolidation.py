@@ -25,7 +25,7 @@ from .dedupe import lock_owners
 from .errors import MemoryValidationError
 from .filters import Params
 from .history import Change
-from .queries import Restriction, Statements, select_entry
+from .queries import Restriction, Statements, pinned_condition, select_entry
 from .schema import TableLayout, dedupe_identifiers_function, normalized_function, same_memory
 from .sql import Query, send
 from .types import MANAGED_FIELD, Identity, MemoryScope, MemoryType, ProgressCallback
@@ -143,8 +143,13 @@ class ConsolidationStatements:
     def __init__(self, layout: TableLayout) -> None:
         self.layout = layout
         self.table = layout.qualified_table
-        self.entry = select_entry(layout)
         self.writes = Statements(layout)
+
+    def _pinned(self, params: Params, tenant: str, owner: Identity) -> str:
+        """For the read counts ``a`` looked up per memory: on a cluster, the owner as a value
+        (see queries.pinned_condition)."""
+        mine = Restriction(tenant=tenant, scope=MemoryScope(owner.scope), scope_id=owner.scope_id)
+        return pinned_condition(self.layout, params, mine, "a")
 
     @staticmethod
     def _mine(
@@ -185,7 +190,8 @@ class ConsolidationStatements:
         params = Params()
         counted = (
             f"EXISTS (SELECT 1 FROM {self.layout.qualified_access} a "
-            f"WHERE {same_memory('a', 'm')} AND a.access_count >= {params.add(reads)})"
+            f"WHERE {same_memory('a', 'm')}{self._pinned(params, tenant, owner)} "
+            f"AND a.access_count >= {params.add(reads)})"
         )
         where = (
             f"{self._mine(params, tenant, owner, managed, 'm')} AND {counted} "
@@ -209,7 +215,7 @@ class ConsolidationStatements:
         schema = self.layout.schema
         recent = (
             f"coalesce((SELECT a.last_accessed_at FROM {self.layout.qualified_access} a "
-            f"WHERE {same_memory('a', 'm')}), m.created_at)"
+            f"WHERE {same_memory('a', 'm')}{self._pinned(params, tenant, owner)}), m.created_at)"
         )
         return Query(
             f"""
@@ -261,8 +267,9 @@ class ConsolidationStatements:
             f"AND jsonb_typeof(s.metadata -> '{SOURCES_FIELD}') = 'array' "
             f"AND s.metadata -> '{SOURCES_FIELD}' ? m.key"
         )
+        entry = select_entry(self.layout, self._pinned(params, tenant, owner))
         sql = f"""
-            SELECT {self.entry} FROM {self.table} m
+            SELECT {entry} FROM {self.table} m
             WHERE {self._mine(params, tenant, owner, managed, "m")}
               AND m.memory_type = '{MemoryType.SHORT_TERM.value}' AND NOT EXISTS ({covered})
             ORDER BY m.created_at, m.key

@@ -32,6 +32,7 @@ from .schema import (
     CITUS_READY_VERSION,
     CLIENT_SCHEMA_SETTING,
     METADATA_INDEXES,
+    MIGRATION_LOCK_KEY,
     REGISTRY,
     REGISTRY_VERSION_TABLE,
     TableLayout,
@@ -152,6 +153,22 @@ async def check_distribution(
     by this start()) is distributed here. Returns the distribution in place."""
     current = await distribution_of(conn, layout)
     if wanted is None or current == wanted:
+        return current
+    # Processes starting at once on a new store: one distributes it, the others then find
+    # it done (the lock migrations take, held for the session: each table moves in a
+    # transaction of its own).
+    await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
+    try:
+        return await _distribute_new(conn, layout, wanted)
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
+
+
+async def _distribute_new(
+    conn: asyncpg.Connection, layout: TableLayout, wanted: Distribution
+) -> Distribution:
+    current = await distribution_of(conn, layout)
+    if current == wanted:
         return current
     if not await citus_installed(conn):
         raise MemoryConfigurationError(

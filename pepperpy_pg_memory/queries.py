@@ -997,11 +997,12 @@ class Statements:
         """:meth:`staged_duplicates`' row for one write given as parameters: on a cluster,
         where the staging table (on the coordinator) cannot join the memories (on the
         workers), each write is looked up in a statement that names its owner."""
-        params = Params([tenant, *identity, text, vector])
-        vector_sql = f"$6::{self.vector}"
+        params = Params([tenant, *identity, text])
         write = {"tenant": "$1", "scope": "$2", "scope_id": "$3", "key": "$4", "text": "$5"}
-        write["vector"] = vector_sql
-        least = None if threshold is None else params.add(threshold)
+        least = None
+        if threshold is not None:  # (a parameter no expression reads is refused)
+            write["vector"] = f"{params.add(vector)}::{self.vector}"
+            least = params.add(threshold)
         schema = self.layout.schema
         own = (
             f"EXISTS (SELECT 1 FROM {self.table} o WHERE o.tenant = $1 AND o.scope = $2 "

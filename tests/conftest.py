@@ -7,6 +7,7 @@ instead; the tests then work in a schema of their own, dropped at the end.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import tempfile
 import uuid
@@ -144,8 +145,25 @@ def citus_cluster() -> Iterator[CitusCluster]:
     )
     if started.returncode != 0:
         raise RuntimeError(f"the Citus cluster did not start: {started.stderr[-2000:]}")
+    dsn = started.stdout.strip().splitlines()[-1]
+    # Every test makes tables of its own, each of 32 shards by default: 4 keep the cluster's
+    # catalog (and each test's DDL) small, and still spread owners over both workers.
+    settings = subprocess.run(
+        [
+            str(Path(pg_config).parent / "psql"),
+            dsn,
+            "-c",
+            "ALTER SYSTEM SET citus.shard_count = 4",
+            "-c",
+            "SELECT pg_reload_conf()",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    if settings.returncode != 0:
+        raise RuntimeError(f"could not configure the Citus cluster: {settings.stderr}")
     try:
-        yield CitusCluster(started.stdout.strip().splitlines()[-1], pg_config, folder)
+        yield CitusCluster(dsn, pg_config, folder)
     finally:
         subprocess.run(["bash", script, "stop", pg_config, folder], timeout=300, check=False)
         shutil.rmtree(folder, ignore_errors=True)
@@ -234,8 +252,9 @@ async def test_schema(pg_dsn: str) -> AsyncIterator[str]:
 
 
 @pytest.fixture
-def make_config(pg_dsn: str, test_schema: str) -> Any:
+def make_config(pg_dsn: str, test_schema: str) -> Iterator[Any]:
     """Build a config for a table of this test's own (extra fields override)."""
+    made: list[PostgresConfig] = []
 
     def make(**overrides: Any) -> PostgresConfig:
         values: dict[str, Any] = {
@@ -252,9 +271,33 @@ def make_config(pg_dsn: str, test_schema: str) -> Any:
         if distribution:
             values["distribution"] = distribution
         values.update(overrides)
-        return PostgresConfig(**values)
+        config = PostgresConfig(**values)
+        made.append(config)
+        return config
 
-    return make
+    yield make
+    if os.environ.get("PEPPERPY_PG_TEST_DISTRIBUTION"):
+        # On a cluster every table is a dozen distributed ones with their shards: kept to
+        # the end of the session, they grow the catalog until each new connection's type
+        # look-up takes seconds. Each test's go with it.
+        asyncio.run(_drop_tables(pg_dsn, made))
+
+
+async def _drop_tables(dsn: str, configs: list[PostgresConfig]) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        for config in configs:
+            tables = await conn.fetch(
+                "SELECT tablename FROM pg_tables WHERE schemaname = $1 "
+                "AND (tablename = $2 OR starts_with(tablename, $2 || '_'))",
+                config.schema_name,
+                config.table,
+            )
+            names = ", ".join(f'"{config.schema_name}"."{row[0]}"' for row in tables)
+            if names:
+                await conn.execute(f"DROP TABLE IF EXISTS {names} CASCADE")
+    finally:
+        await conn.close()
 
 
 @pytest.fixture

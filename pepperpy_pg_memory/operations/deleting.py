@@ -102,9 +102,8 @@ async def _delete_matching(
         deleted = 0
         async with conn.transaction():
             while True:
-                owners = await send(
-                    conn, "fetch", statements.matching_owners(restriction, OWNERS_PER_PASS)
-                )
+                matching = statements.matching_owners(restriction, OWNERS_PER_PASS)
+                owners = await send(conn, "fetch", matching, timeout)
                 for owner in owners:
                     one = replace(
                         restriction, scope=MemoryScope(owner["scope"]), scope_id=owner["scope_id"]
