@@ -32,6 +32,7 @@ from pepperpy_pg_memory import (
     PostgresConfig,
     PostgresStorage,
 )
+from pepperpy_pg_memory.sql import Query
 
 from .measure import save_json
 from .run import _log, _start_server
@@ -115,6 +116,7 @@ async def _p50s(store: PostgresStorage[str, Any], calls: int) -> dict[str, float
 async def _run(size: int, calls: int, rounds: int, dsn: str | None) -> dict[str, Any]:
     single_server = _start_server(Path(tempfile.mkdtemp(prefix="pepperpy-citus-one-")))
     results: dict[str, list[dict[str, float]]] = {"one_server": [], "cluster": []}
+    shards = 0
     try:
         with _cluster(dsn) as coordinator:
             one = PostgresConfig(dsn=single_server.get_uri("postgres"), table="bench_one")
@@ -123,6 +125,13 @@ async def _run(size: int, calls: int, rounds: int, dsn: str | None) -> dict[str,
             )
             _log("loading both stores")
             async with _loaded(one, size) as alone, _loaded(many, size) as spread:
+                shards = await spread.database.fetchval(
+                    "shards",
+                    Query(
+                        "SELECT count(*) FROM pg_dist_shard WHERE logicalrelid = $1::regclass",
+                        [spread.layout.qualified_table],
+                    ),
+                )
                 for number in range(rounds):
                     _log(f"round {number + 1}")
                     results["one_server"].append(await _p50s(alone, calls))
@@ -139,7 +148,8 @@ async def _run(size: int, calls: int, rounds: int, dsn: str | None) -> dict[str,
         "owners": OWNERS,
         "calls_per_round": calls,
         "rounds": rounds,
-        "cluster": "Citus 14.0.1, coordinator + 2 workers on this machine, 32 shards",
+        "cluster": "Citus 14.0.1, a coordinator and 2 workers on this machine",
+        "shards": shards,
         "p50_ms": medians,
         "ratio_cluster_to_one_server": {
             name: medians["cluster"][name] / medians["one_server"][name]
