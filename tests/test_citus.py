@@ -589,3 +589,56 @@ def test_the_adapters_and_the_core_behave_the_same_on_the_cluster(citus_dsn: str
     )
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
     assert " passed" in run.stdout.splitlines()[-1]
+
+
+@pytest.mark.citus
+async def test_a_search_across_owners_finds_the_exact_nearest(
+    citus_dsn: str, on_cluster: Make
+) -> None:
+    """Each shard's HNSW graph, merged on the coordinator, against the exact top 10 by
+    cosine over every memory; with the index scans off the statement is exact."""
+    import numpy as np
+
+    rng = np.random.default_rng(7)
+    vectors = rng.normal(size=(1_500, 64)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    queries = rng.normal(size=(20, 64)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    exact = [list(np.argsort(-(vectors @ query))[:10]) for query in queries]
+    async with _store(on_cluster()) as store:
+        await store.store_many(
+            {
+                "key": f"k{i}",
+                "value": f"memory {i}",
+                "embedding": vectors[i].tolist(),
+                "scope": MemoryScope.USER,
+                "scope_id": f"owner-{i % 40}",
+            }
+            for i in range(len(vectors))
+        )
+        found = [
+            [
+                int(hit.entry.key[1:])
+                for hit in await store.search(MemoryQuery(embedding=q.tolist(), limit=10))
+            ]
+            for q in queries
+        ]
+        started = store._ready
+        statements = [
+            started.searches.semantic_search(q, Restriction(tenant=""), Page(10, 0, None))
+            for q in queries
+        ]
+        settings = store.database.transaction_settings
+        assert settings is not None
+    hits = sum(len(set(got) & set(want)) for got, want in zip(found, exact, strict=True))
+    assert hits / (10 * len(queries)) >= 0.98
+    conn = await asyncpg.connect(citus_dsn)
+    try:
+        await register_vector(conn)
+        for statement, want in zip(statements, exact, strict=True):
+            async with conn.transaction():
+                await conn.execute(settings + "; SET LOCAL enable_indexscan = off")
+                rows = await conn.fetch(statement.sql, *statement.args)
+            assert [int(row["key"][1:]) for row in rows] == want
+    finally:
+        await conn.close()
