@@ -115,6 +115,11 @@ class CitusCluster:
     def start_node(self, port: int) -> None:
         self._pg_ctl(port, "start")
 
+    def node_ports(self) -> list[int]:
+        """Every node's port, the coordinator's first."""
+        assert self.folder is not None
+        return sorted(int(node.name.split("-")[1]) for node in Path(self.folder).glob("node-*"))
+
 
 @pytest.fixture(scope="session")
 def citus_cluster() -> Iterator[CitusCluster]:

@@ -642,3 +642,89 @@ async def test_a_search_across_owners_finds_the_exact_nearest(
             assert [int(row["key"][1:]) for row in rows] == want
     finally:
         await conn.close()
+
+
+@pytest.mark.citus
+async def test_the_rebalancer_moves_shards_while_writes_continue(
+    citus_cluster: CitusCluster, on_cluster: Make
+) -> None:
+    """Every shard of the store moved to one worker, then ``citus_rebalance_start()``
+    spreading them again by logical replication (``wal_level = logical``, set here:
+    cluster.sh does not) while writers go on: every acknowledged write is a version of its
+    memory, numbered without a gap."""
+    if not citus_cluster.local:
+        pytest.skip("restarts every node: needs the cluster this session started")
+    for port in citus_cluster.node_ports():
+        await _logical(citus_cluster, port)
+    for port in reversed(citus_cluster.node_ports()):  # the workers, then the coordinator
+        citus_cluster.stop_node(port)
+        citus_cluster.start_node(port)
+    config = on_cluster()
+    owners = [f"owner{i}" for i in range(12)]
+    acknowledged: dict[tuple[str, str], int] = {}
+    rebalancing = True
+
+    async def writer(store: PostgresStorage[str, Any], number: int) -> None:
+        round_ = 0
+        while rebalancing or round_ < 2:
+            for owner in owners:
+                key = f"k{round_ % 3}"  # writers share keys: their versions interleave
+                text = f"{owner} write {number}.{round_}"
+                await store.store(key, text, scope="user", scope_id=owner)
+                acknowledged[(owner, key)] = acknowledged.get((owner, key), 0) + 1
+            round_ += 1
+
+    table = f"{config.schema_name}.{config.table}"
+    async with _store(config) as store:
+        conn = await asyncpg.connect(citus_cluster.dsn)
+        try:
+            assert await conn.fetchval("SHOW wal_level") == "logical"
+            placements = await conn.fetch(
+                "SELECT s.shardid, n.nodename, n.nodeport FROM pg_dist_shard s "
+                "JOIN pg_dist_placement p USING (shardid) JOIN pg_dist_node n USING (groupid) "
+                "WHERE s.logicalrelid = $1::regclass",
+                table,
+            )
+            first = min(placement["nodeport"] for placement in placements)
+            for placement in placements:  # all on the first worker: the rebalancer has work
+                if placement["nodeport"] != first:
+                    await conn.execute(
+                        "SELECT citus_move_shard_placement($1, $2, $3, $2, $4, "
+                        "shard_transfer_mode => 'block_writes')",
+                        placement["shardid"],
+                        placement["nodename"],
+                        placement["nodeport"],
+                        first,
+                    )
+            writers = [asyncio.create_task(writer(store, number)) for number in range(3)]
+            try:
+                await asyncio.sleep(0.3)
+                await conn.execute(
+                    "SELECT citus_rebalance_start(shard_transfer_mode => 'force_logical')"
+                )
+                await conn.execute("SELECT citus_rebalance_wait()")
+                nodes = await conn.fetchval(
+                    "SELECT count(DISTINCT n.nodeport) FROM pg_dist_shard s "
+                    "JOIN pg_dist_placement p USING (shardid) JOIN pg_dist_node n USING (groupid) "
+                    "WHERE s.logicalrelid = $1::regclass",
+                    table,
+                )
+            finally:
+                rebalancing = False
+                await asyncio.gather(*writers)
+        finally:
+            await conn.close()
+        assert nodes == 2  # spread again
+        for (owner, key), writes in acknowledged.items():
+            versions = [v.version for v in await store.history(key, scope="user", scope_id=owner)]
+            assert versions == list(range(writes, 0, -1)), (owner, key)
+
+
+async def _logical(cluster: CitusCluster, port: int) -> None:
+    """``wal_level = logical`` on the node at ``port`` (from its next start)."""
+    coordinator = cluster.node_ports()[0]
+    node = await asyncpg.connect(cluster.dsn.replace(f":{coordinator}/", f":{port}/"))
+    try:
+        await node.execute("ALTER SYSTEM SET wal_level = logical")
+    finally:
+        await node.close()
