@@ -115,6 +115,14 @@ class CitusCluster:
     def start_node(self, port: int) -> None:
         self._pg_ctl(port, "start")
 
+    def deadlocks(self) -> int:
+        """How many deadlocks the nodes' logs report (PostgreSQL logs each one it breaks)."""
+        assert self.folder is not None
+        return sum(
+            log.read_text(errors="replace").count("deadlock detected")
+            for log in Path(self.folder).glob("node-*/server.log")
+        )
+
     def node_ports(self) -> list[int]:
         """Every node's port, the coordinator's first."""
         assert self.folder is not None

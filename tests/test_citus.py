@@ -715,6 +715,7 @@ async def test_the_rebalancer_moves_shards_while_writes_continue(
         finally:
             await conn.close()
         assert nodes == 2  # spread again
+        assert citus_cluster.deadlocks() == 0  # none detected, on any node, in the session
         for (owner, key), writes in acknowledged.items():
             versions = [v.version for v in await store.history(key, scope="user", scope_id=owner)]
             assert versions == list(range(writes, 0, -1)), (owner, key)
