@@ -626,7 +626,7 @@ class Statements:
             FROM (SELECT {M_OWNER_KEY} FROM {self.table} m
                   WHERE m.tenant = $1 AND {chosen} AND {LIVE}
                   ORDER BY {M_OWNER_KEY} FOR NO KEY UPDATE SKIP LOCKED) locked
-            WHERE t.tenant = locked.tenant AND t.scope = locked.scope
+            WHERE t.tenant = $1 AND t.tenant = locked.tenant AND t.scope = locked.scope
               AND t.scope_id = locked.scope_id AND t.key = locked.key {pinned}
             """,
             params.values,
