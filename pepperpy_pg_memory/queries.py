@@ -11,7 +11,7 @@ only names in the text are the table's, validated and quoted by
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Literal
 
@@ -238,6 +238,10 @@ class Restriction:
     :meth:`~.schema.TableLayout.as_of_source`): expiry and validity are judged then."""
     indexed_metadata: tuple[tuple[tuple[str, ...], FieldKind], ...] = ()
     """Metadata paths with an expression index (their range filters take its form)."""
+
+    def of_owner(self, scope: str, scope_id: str) -> Restriction:
+        """This restriction narrowed to one owner (as stored: scope's value, scope_id)."""
+        return replace(self, scope=MemoryScope(scope), scope_id=scope_id)
 
     @property
     def owner(self) -> tuple[str, str] | None:

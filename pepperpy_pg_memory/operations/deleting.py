@@ -13,7 +13,6 @@ from ..history import Change
 from ..metrics import instrumented
 from ..queries import Restriction
 from ..sql import send
-from ..types import MemoryScope
 from .naming import check_unambiguous, owners_of, resolve
 from .started import Started
 
@@ -105,9 +104,7 @@ async def _delete_matching(
                 matching = statements.matching_owners(restriction, OWNERS_PER_PASS)
                 owners = await send(conn, "fetch", matching, timeout)
                 for owner in owners:
-                    one = replace(
-                        restriction, scope=MemoryScope(owner["scope"]), scope_id=owner["scope_id"]
-                    )
+                    one = restriction.of_owner(owner["scope"], owner["scope_id"])
                     status = await send(
                         conn, "execute", statements.delete_many(one, change), timeout
                     )

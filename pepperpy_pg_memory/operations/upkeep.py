@@ -18,7 +18,7 @@ from ..models import MemoryEntry
 from ..queries import Restriction
 from ..replicas import ReadRouter
 from ..schema import TableLayout, vector_type_for
-from ..types import Identity, MemoryScope, MemoryType, ProgressCallback
+from ..types import Identity, MemoryType, ProgressCallback
 from .rows import identity_of
 from .started import Started
 from .writing import write_one
@@ -73,9 +73,7 @@ async def _sweep_owner_by_owner(started: Started[Any], restriction: Restriction,
         )
         swept = 0
         for owner in owners:
-            one = replace(
-                restriction, scope=MemoryScope(owner["scope"]), scope_id=owner["scope_id"]
-            )
+            one = restriction.of_owner(owner["scope"], owner["scope_id"])
             swept += await _sweep(started, one, batch)
         total += swept
         # An owner whose expired rows are all locked by writers yields nothing: stop
