@@ -9,6 +9,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 from .config import PostgresConfig
+from .conversations import Turn
 from .embeddings import (
     Embedder,
     HashingEmbedder,
@@ -92,6 +93,7 @@ __all__ = [
     "MemoryScope",
     "MemoryIndex",
     "MemoryQuery",
+    "Turn",
     "ArrayPattern",
     "MemoryEntry",
     "MemoryVersion",

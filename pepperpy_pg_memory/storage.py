@@ -25,6 +25,7 @@ from . import backup
 from .cache import EmbeddingCache
 from .config import PostgresConfig
 from .consolidation import ConsolidationReport, Summarizer
+from .conversations import CONVERSATION_RECORDS, Turn
 from .database import Runner
 from .distribution import Distribution
 from .embeddings import Embedder
@@ -55,6 +56,7 @@ from .models import (
     StoredCount,
 )
 from .operations import (
+    conversing,
     deleting,
     lifecycle,
     reads,
@@ -499,6 +501,65 @@ class PostgresStorage(Generic[K, V]):
             return StoredCount(0)
         rule = writing.dedupe_rule(self.config, dedupe)
         return await writing.store_many(self._ready, writes, rule, progress)
+
+    @instrumented("store_conversation")
+    async def store_conversation(
+        self,
+        session_id: str,
+        turns: Sequence[Turn | Mapping[str, Any]],
+        *,
+        scope: MemoryScope | str = MemoryScope.USER,
+        scope_id: str | None = None,
+        type: MemoryType | str = MemoryType.LONG_TERM,
+        metadata: Mapping[str, Any] | None = None,
+        ttl: TTL = None,
+        actor: str | None = None,
+        reason: str | None = None,
+        managed_by: str = CONVERSATION_RECORDS,
+    ) -> StoredCount:
+        """Store the turns of one session of a conversation, each a memory of the owner
+        found by what it is about.
+
+        Each :class:`Turn` becomes a memory keyed by its id, whose value is the turn (speaker,
+        text, ``at``, session) unless the turn gives its own. It is indexed with its context:
+        the session's date, the turns just before it (a reply is found by the question it
+        answers) and the relative dates it mentions resolved against its date ("yesterday"
+        becomes the day), and its vector leans on the turn and less on that context (see
+        :mod:`pepperpy_pg_memory.conversations`). ``entry.text`` is that indexed text.
+
+        Turns go after the session's turns already stored, so a chat can be stored as it
+        goes; storing a turn id again replaces that turn in its place. A turn without
+        ``at`` takes the moment of the turn before it (or now). An id given twice raises
+        :class:`MemoryValidationError` with nothing written; the turns are written in one
+        transaction, all or none. ``metadata`` goes on every turn (a turn's own over it);
+        ``conversation.session_id``, ``conversation.at`` and ``conversation.position`` are
+        kept there for filters.
+
+        Turns are a transcript's records: never folded into one another as duplicates (a
+        repeated "yes" stays), left alone by consolidation and, like the chat adapters'
+        messages, not counted by ``max_memories_per_owner``. ``managed_by`` is for the
+        adapters that write through this method.
+
+        Returns:
+            How many turns were written.
+        """
+        if scope_id is None and as_enum(MemoryScope, scope, "scope") is MemoryScope.SESSION:
+            scope_id = session_id
+        items = await conversing.turn_items(
+            self._ready, session_id, turns, scope=scope, scope_id=scope_id, metadata=metadata
+        )
+        for item in items:
+            item["managed_by"] = managed_by
+        return await self.store_many(
+            items,
+            type=type,
+            scope=scope,
+            scope_id=scope_id,
+            ttl=ttl,
+            dedupe=False,
+            actor=actor,
+            reason=reason,
+        )
 
     # --- naming memories -------------------------------------------------------------------
     # --- reading ---------------------------------------------------------------------------

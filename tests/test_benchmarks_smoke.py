@@ -171,3 +171,33 @@ def test_floor_benchmark_splits_the_gap(tmp_path: Path) -> None:
         times = report["server_median_ms"][name]
         assert times["planning"] > 0 and times["execution"] > 0
     assert report["ratio"] > 0 and report["sql_ratio"] > 0
+
+
+@pytest.mark.model
+def test_conversation_benchmark_writes_json(tmp_path: Path) -> None:
+    out = tmp_path / "conversations.json"
+    scratch = Path(tempfile.mkdtemp(prefix="bench-smoke-"))
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "benchmarks.conversations", "--conversations", "1",
+             "--out", str(out)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env={**os.environ, "TMPDIR": str(scratch)},
+        )  # fmt: skip
+    finally:
+        shutil.rmtree(scratch)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["conversations"] == 1 and report["questions"] > 0
+    assert set(report["systems"]) == {"model_alone_exact", "turns", "conversation"}
+    for system in ("turns", "conversation"):
+        for mode in ("semantic", "contextual", "hybrid"):
+            scores = report["systems"][system][mode]["scores"]["all"]
+            assert 0 <= scores["recall@5"] <= scores["hit@5"] <= 1
+            assert report["systems"][system][mode]["p50_ms"] > 0
+    # Storing by turn alone, the model's semantic ranking is the exact reference's.
+    exact = report["systems"]["model_alone_exact"]["semantic"]["scores"]["all"]["hit@5"]
+    assert abs(report["systems"]["turns"]["semantic"]["scores"]["all"]["hit@5"] - exact) <= 0.05

@@ -1,0 +1,250 @@
+"""Conversation turns as memories that are found by what they are about.
+
+A turn of a chat ("Biscuit! After my grandmother's cat.") often means nothing alone: the
+question it answers is in the turn before, the subject two turns before, and when it was
+said is the session's date. :func:`indexed_text` writes the text a turn is indexed by — its
+date, the turns just before it, the turn, and the relative dates it mentions resolved
+against its date ("yesterday: Thursday 16 March 2023") — so that word search matches it by
+its context. :func:`blend` gives the turn one vector that leans on the turn's own meaning
+and less on its context, so that semantic search does too, at the cost of one vector per
+memory (a second vector per turn, as a passage, would make every owner-scoped search scan
+the passages' index as well).
+
+Plain functions over plain data: the write itself is :meth:`PostgresStorage.store_conversation`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .errors import MemoryValidationError
+
+__all__ = [
+    "Turn",
+    "StoredTurn",
+    "CONVERSATION_FIELD",
+    "CONVERSATION_RECORDS",
+    "CONTEXT_TURNS",
+    "CONTEXT_WEIGHT",
+    "blend",
+    "indexed_text",
+    "long_date",
+    "own_text",
+    "relative_dates",
+    "turns_of",
+]
+
+CONVERSATION_FIELD = "conversation"
+"""The metadata field a turn's session, position and moment are kept under (filter on
+``conversation.session_id``, ``conversation.at``, ``conversation.position``)."""
+
+CONVERSATION_RECORDS = "conversation"
+"""The ``managed_by`` of the turns ``store_conversation`` writes for its own callers."""
+
+CONTEXT_TURNS = 2
+"""How many turns before a turn its indexed text repeats: a reply, the question it answers
+and what the question is about."""
+
+CONTEXT_WEIGHT = 0.4
+"""The share of the context's vector in a turn's vector (the turn's own meaning has the rest)."""
+
+
+class Turn(BaseModel):
+    """One turn of a conversation, as a caller gives it.
+
+    ``id`` becomes the memory's key (unique within the owner); ``at``, when the turn was said
+    (a date or a moment; None: when it is stored).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str = Field(min_length=1)
+    speaker: str = Field(min_length=1)
+    text: str
+    at: datetime | date | None = None
+    value: Any = None
+    """The memory's value; None stores the turn itself (speaker, text, at, session_id)."""
+    metadata: dict[str, Any] | None = None
+    """This turn's own metadata, over the call's."""
+
+    @field_validator("speaker")
+    @classmethod
+    def _one_line(cls, speaker: str) -> str:
+        if "\n" in speaker or "\r" in speaker:
+            raise ValueError("a speaker's name is one line")
+        return speaker
+
+
+@dataclass(frozen=True)
+class StoredTurn:
+    """A turn placed in its session: what :func:`indexed_text` reads."""
+
+    id: str
+    speaker: str
+    text: str
+    at: datetime
+    position: int
+
+
+def turns_of(turns: Sequence[Turn | Mapping[str, Any]]) -> list[Turn]:
+    """The caller's turns checked: each a :class:`Turn` (or a mapping of its fields), no id
+    twice."""
+    if isinstance(turns, (str, bytes, Mapping)) or not isinstance(turns, Sequence):
+        raise MemoryValidationError("turns must be a list of Turn (or of mappings)")
+    checked: list[Turn] = []
+    seen: set[str] = set()
+    for position, turn in enumerate(turns):
+        try:
+            checked_turn = turn if isinstance(turn, Turn) else Turn.model_validate(turn)
+        except ValueError as exc:
+            raise MemoryValidationError(f"turn {position}: {exc}") from None
+        if checked_turn.id in seen:
+            raise MemoryValidationError(
+                f"turn {position}: the id {checked_turn.id!r} is given twice in one call"
+            )
+        seen.add(checked_turn.id)
+        checked.append(checked_turn)
+    return checked
+
+
+def moment_of(at: datetime | date | None, default: datetime) -> datetime:
+    """A turn's moment as an aware datetime (a bare date is its midnight, UTC)."""
+    if at is None:
+        return default
+    if isinstance(at, datetime):
+        return at if at.tzinfo is not None else at.replace(tzinfo=timezone.utc)
+    return datetime(at.year, at.month, at.day, tzinfo=timezone.utc)
+
+
+def long_date(day: date) -> str:
+    """A date the way people ask about it: weekday, day, month name, year."""
+    return f"{day:%A} {day.day} {day:%B} {day.year}"
+
+
+def own_text(speaker: str, text: str) -> str:
+    return f"{speaker}: {text}"
+
+
+def indexed_text(session: Sequence[StoredTurn], index: int) -> tuple[str, int]:
+    """What the turn ``session[index]`` is indexed by — its date, the :data:`CONTEXT_TURNS`
+    turns before it, the turn, and its relative dates resolved — and where in it the turn's
+    own text starts."""
+    turn = session[index]
+    day = turn.at.date()
+    lines = [long_date(day)]
+    lines.extend(
+        own_text(before.speaker, before.text)
+        for before in session[max(0, index - CONTEXT_TURNS) : index]
+    )
+    start = sum(len(line) + 1 for line in lines) + len(turn.speaker) + 2
+    lines.append(own_text(turn.speaker, turn.text))
+    resolved = relative_dates(turn.text, day)
+    if resolved:
+        lines.append("(" + "; ".join(f"{phrase}: {when}" for phrase, when in resolved) + ")")
+    return "\n".join(lines), start
+
+
+def blend(own: np.ndarray, context: np.ndarray, weight: float = CONTEXT_WEIGHT) -> np.ndarray:
+    """Unit vectors mixing each turn's own vector with its context's."""
+    mixed = (1.0 - weight) * own + weight * context
+    norms = np.linalg.norm(mixed, axis=1, keepdims=True)
+    norms[norms == 0] = 1.0
+    result: np.ndarray = (mixed / norms).astype(np.float32)
+    return result
+
+
+# --- relative dates ---------------------------------------------------------------------------
+
+_WEEKDAYS = ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]
+_NUMBERS = {
+    "a": 1, "an": 1, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6,
+    "seven": 7, "eight": 8, "nine": 9, "ten": 10, "a couple of": 2, "a few": 3,
+}  # fmt: skip
+_COUNT = r"(\d{1,2}|a couple of|a few|an?|one|two|three|four|five|six|seven|eight|nine|ten)"
+_RELATIVE = re.compile(
+    r"\b(?:"
+    r"(?P<day_before>the day before yesterday)"
+    r"|(?P<yesterday>yesterday|last night)"
+    r"|(?P<today>today|this morning|this afternoon|this evening|tonight)"
+    r"|(?P<tomorrow>tomorrow)"
+    rf"|(?P<ago>(?P<count>{_COUNT}) (?P<unit>day|week|month|year)s? ago)"
+    rf"|(?P<last_weekday>last (?P<weekday>{'|'.join(_WEEKDAYS)}))"
+    rf"|(?P<next_weekday>next (?P<next_day>{'|'.join(_WEEKDAYS)}))"
+    r"|(?P<last_span>last (?P<span>weekend|week|month|year))"
+    r"|(?P<next_span>next (?P<ahead>weekend|week|month|year))"
+    r")\b",
+    re.IGNORECASE,
+)
+
+
+def _months_back(day: date, months: int) -> date:
+    month = day.month - 1 - months
+    return date(day.year + month // 12, month % 12 + 1, 1)
+
+
+def _weekday_before(day: date, weekday: int) -> date:
+    return day - timedelta(days=(day.weekday() - weekday) % 7 or 7)
+
+
+def _weekday_after(day: date, weekday: int) -> date:
+    return day + timedelta(days=(weekday - day.weekday()) % 7 or 7)
+
+
+def _resolve(match: re.Match[str], day: date) -> str | None:
+    if match["day_before"]:
+        return long_date(day - timedelta(days=2))
+    if match["yesterday"]:
+        return long_date(day - timedelta(days=1))
+    if match["today"]:
+        return long_date(day)
+    if match["tomorrow"]:
+        return long_date(day + timedelta(days=1))
+    if match["ago"]:
+        word = match["count"].lower()
+        count = int(word) if word.isdigit() else _NUMBERS[word]
+        unit = match["unit"].lower()
+        if unit == "day":
+            return long_date(day - timedelta(days=count))
+        if unit == "week":
+            return f"the week of {long_date(day - timedelta(weeks=count))}"
+        if unit == "month":
+            back = _months_back(day, count)
+            return f"{back:%B} {back.year}"
+        return str(day.year - count)
+    if match["last_weekday"]:
+        return long_date(_weekday_before(day, _WEEKDAYS.index(match["weekday"].lower())))
+    if match["next_weekday"]:
+        return long_date(_weekday_after(day, _WEEKDAYS.index(match["next_day"].lower())))
+    span = (match["span"] or match["ahead"] or "").lower()
+    ahead = bool(match["ahead"])
+    if span == "weekend":
+        saturday = _weekday_after(day, 5) if ahead else _weekday_before(day, 5)
+        return f"the weekend of {long_date(saturday)}"
+    if span == "week":
+        return f"the week of {long_date(day + timedelta(weeks=1 if ahead else -1))}"
+    if span == "month":
+        month = _months_back(day, -1 if ahead else 1)
+        return f"{month:%B} {month.year}"
+    if span == "year":
+        return str(day.year + (1 if ahead else -1))
+    return None
+
+
+def relative_dates(text: str, day: date) -> list[tuple[str, str]]:
+    """The relative dates ``text`` mentions ("yesterday", "two weeks ago", "last Friday"),
+    each with what it means on ``day``, in order, each phrase once."""
+    found: dict[str, str] = {}
+    for match in _RELATIVE.finditer(text):
+        phrase = match.group(0).lower()
+        if phrase not in found:
+            meaning = _resolve(match, day)
+            if meaning is not None:
+                found[phrase] = meaning
+    return list(found.items())

@@ -1,0 +1,164 @@
+"""``store_conversation``'s part before the write: a session's turns placed after the ones
+already stored, each given its indexed text and its vector."""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from typing import Any, TypeVar
+
+from ..conversations import (
+    CONVERSATION_FIELD,
+    StoredTurn,
+    Turn,
+    blend,
+    indexed_text,
+    moment_of,
+    own_text,
+    turns_of,
+)
+from ..errors import MemoryValidationError
+from ..items import Scope
+from ..models import MemoryEntry
+from .reads import list_page
+from .started import Started
+
+__all__ = ["turn_items", "session_turns"]
+
+V = TypeVar("V")
+
+_PAGE = 10_000
+
+
+def _stored(entry: MemoryEntry[Any]) -> StoredTurn | None:
+    """A turn stored before, read back from its row (None if the row is not one)."""
+    placed = entry.metadata.get(CONVERSATION_FIELD)
+    if not isinstance(placed, dict):
+        return None
+    try:
+        start, end = placed["span"]
+        return StoredTurn(
+            id=entry.key,
+            speaker=str(placed["speaker"]),
+            text=entry.text[start:end],
+            at=datetime.fromisoformat(placed["at"]),
+            position=int(placed["position"]),
+        )
+    except (KeyError, TypeError, ValueError):
+        return None  # metadata written by hand: not a turn this module can place
+
+
+async def session_turns(
+    started: Started[V], session_id: str, scope: Scope, scope_id: str | None
+) -> builtins.list[StoredTurn]:
+    """The session's stored turns, in their order."""
+    restriction = started.restriction(
+        scope, scope_id, None, {f"{CONVERSATION_FIELD}.session_id": session_id}
+    )
+    entries: builtins.list[MemoryEntry[V]] = []
+    while True:
+        page = await list_page(
+            started,
+            restriction,
+            limit=_PAGE,
+            offset=0,
+            order_by="key",
+            descending=False,
+            after=entries[-1] if entries else None,
+        )
+        entries += page
+        if len(page) < _PAGE:
+            break
+    stored = [turn for turn in map(_stored, entries) if turn is not None]
+    return sorted(stored, key=lambda turn: (turn.position, turn.id))
+
+
+async def turn_items(
+    started: Started[V],
+    session_id: str,
+    turns: Sequence[Turn | Mapping[str, Any]],
+    *,
+    scope: Scope,
+    scope_id: str | None,
+    metadata: Mapping[str, Any] | None,
+) -> builtins.list[dict[str, Any]]:
+    """``store_many`` items of ``turns``: each keyed by its id, its value the turn (or the
+    turn's own ``value``), indexed by its context (see :mod:`..conversations`), placed after
+    the session's stored turns (a turn stored before keeps its place)."""
+    if not isinstance(session_id, str) or not session_id:
+        raise MemoryValidationError("session_id must be a non-empty str")
+    given = turns_of(turns)
+    if metadata is not None and CONVERSATION_FIELD in metadata:
+        raise MemoryValidationError(
+            f"metadata: {CONVERSATION_FIELD!r} is where a turn's place is kept; use another name"
+        )
+    for turn in given:
+        if turn.metadata is not None and CONVERSATION_FIELD in turn.metadata:
+            raise MemoryValidationError(
+                f"turn {turn.id!r}: metadata field {CONVERSATION_FIELD!r} is reserved"
+            )
+    if not given:
+        return []
+    session = await session_turns(started, session_id, scope, scope_id)
+    places = {turn.id: index for index, turn in enumerate(session)}
+    now = datetime.now(timezone.utc)
+    placed: builtins.list[int] = []
+    for turn in given:
+        index = places.get(turn.id)
+        if index is None:  # a new turn: after the last one
+            index = len(session)
+            position = session[-1].position + 1 if session else 0
+        else:  # a turn stored before: replaced in its place
+            position = session[index].position
+        # A turn without a moment was said when the one before it was (or now).
+        before = session[index - 1].at if index else now
+        stored = StoredTurn(turn.id, turn.speaker, turn.text, moment_of(turn.at, before), position)
+        if index == len(session):
+            session.append(stored)
+            places[turn.id] = index
+        else:
+            session[index] = stored
+        placed.append(index)
+    indexed = [indexed_text(session, index) for index in placed]
+    texts = [text for text, _ in indexed]
+    items: builtins.list[dict[str, Any]] = []
+    for turn, index, (text, start) in zip(given, placed, indexed, strict=True):
+        stored = session[index]
+        value = (
+            turn.value
+            if turn.value is not None
+            else {
+                "speaker": stored.speaker,
+                "text": stored.text,
+                "at": stored.at.isoformat(),
+                "session_id": session_id,
+            }
+        )
+        items.append(
+            {
+                "key": turn.id,
+                "value": value,
+                "text": text,
+                "metadata": {
+                    **(metadata or {}),
+                    **(turn.metadata or {}),
+                    CONVERSATION_FIELD: {
+                        "session_id": session_id,
+                        "position": stored.position,
+                        "speaker": stored.speaker,
+                        "at": stored.at.isoformat(),
+                        # Where the turn's own words are in the indexed text: a later
+                        # call reads them back as the context of the turns after it.
+                        "span": [start, start + len(stored.text)],
+                    },
+                },
+            }
+        )
+    own_vectors = await started.vectors.embed(
+        [own_text(session[index].speaker, session[index].text) for index in placed]
+    )
+    context_vectors = await started.vectors.embed(texts)
+    for item, vector in zip(items, blend(own_vectors, context_vectors), strict=True):
+        item["embedding"] = vector
+    return items

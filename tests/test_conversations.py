@@ -1,0 +1,246 @@
+"""``store_conversation``: turns kept addressable by id, indexed by their context and date."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timezone
+from typing import Any
+
+import pytest
+
+from pepperpy_pg_memory import (
+    HashingEmbedder,
+    MemoryIndex,
+    MemoryQuery,
+    MemoryScope,
+    MemoryValidationError,
+    PostgresConfig,
+    PostgresStorage,
+    Turn,
+)
+from pepperpy_pg_memory.conversations import (
+    StoredTurn,
+    blend,
+    indexed_text,
+    long_date,
+    relative_dates,
+)
+
+ANA = {"scope": MemoryScope.USER, "scope_id": "ana"}
+FRIDAY = date(2023, 3, 17)
+
+
+def _pet_talk(at: date | None = FRIDAY) -> list[Turn]:
+    return [
+        Turn(id="t1", speaker="Ana", text="Guess what I did yesterday!", at=at),
+        Turn(id="t2", speaker="Bruno", text="What? Tell me!", at=at),
+        Turn(id="t3", speaker="Ana", text="I adopted a dog from the shelter.", at=at),
+        Turn(id="t4", speaker="Bruno", text="Wow! What did you name her?", at=at),
+        Turn(id="t5", speaker="Ana", text="Biscuit! After my grandmother's cat.", at=at),
+    ]
+
+
+# --- the indexing rules, without a database ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("I went yesterday", [("yesterday", "Thursday 16 March 2023")]),
+        ("the day before yesterday", [("the day before yesterday", "Wednesday 15 March 2023")]),
+        ("Last Friday was fun", [("last friday", "Friday 10 March 2023")]),
+        ("a couple of days ago", [("a couple of days ago", "Wednesday 15 March 2023")]),
+        ("two weeks ago", [("two weeks ago", "the week of Friday 3 March 2023")]),
+        ("3 months ago", [("3 months ago", "December 2022")]),
+        ("last weekend", [("last weekend", "the weekend of Saturday 11 March 2023")]),
+        ("next Tuesday", [("next tuesday", "Tuesday 21 March 2023")]),
+        ("last month and last year", [("last month", "February 2023"), ("last year", "2022")]),
+        ("this morning, yesterday and yesterday again", [
+            ("this morning", "Friday 17 March 2023"), ("yesterday", "Thursday 16 March 2023")
+        ]),
+        ("nothing relative here, only the yesteryear", []),
+    ],
+)  # fmt: skip
+def test_relative_dates_resolve_against_the_turns_day(
+    text: str, expected: list[tuple[str, str]]
+) -> None:
+    assert relative_dates(text, FRIDAY) == expected
+
+
+def test_a_turn_is_indexed_with_its_date_the_turns_before_and_its_dates() -> None:
+    at = datetime(2023, 3, 17, 20, 15, tzinfo=timezone.utc)
+    session = [StoredTurn(t.id, t.speaker, t.text, at, i) for i, t in enumerate(_pet_talk())]
+    text, start = indexed_text(session, 4)
+    assert text.splitlines() == [
+        "Friday 17 March 2023",
+        "Ana: I adopted a dog from the shelter.",
+        "Bruno: Wow! What did you name her?",
+        "Ana: Biscuit! After my grandmother's cat.",
+    ]
+    assert text[start : start + len(session[4].text)] == session[4].text
+    first, start = indexed_text(session, 0)
+    assert first.splitlines() == [
+        "Friday 17 March 2023",
+        "Ana: Guess what I did yesterday!",
+        "(yesterday: Thursday 16 March 2023)",
+    ]
+    assert first[start:].startswith("Guess what")
+    assert long_date(date(2024, 2, 29)) == "Thursday 29 February 2024"
+
+
+def test_a_turns_vector_leans_on_the_turn() -> None:
+    import numpy as np
+
+    own = np.array([[1.0, 0.0], [0.0, 0.0]], dtype=np.float32)
+    context = np.array([[0.0, 1.0], [0.0, 0.0]], dtype=np.float32)
+    mixed = blend(own, context)
+    assert mixed[0][0] > mixed[0][1] > 0
+    assert np.isclose(np.linalg.norm(mixed[0]), 1.0)
+    assert not np.isnan(mixed[1]).any()  # an all-zero pair stays zero, not NaN
+
+
+# --- the write ------------------------------------------------------------------------------
+
+
+async def test_turns_are_memories_keyed_by_their_ids(storage: PostgresStorage[str, Any]) -> None:
+    written = await storage.store_conversation("s1", _pet_talk(), **ANA)
+    assert written == 5
+    entry = await storage.retrieve("t5", **ANA)
+    assert entry.value == {
+        "speaker": "Ana",
+        "text": "Biscuit! After my grandmother's cat.",
+        "at": "2023-03-17T00:00:00+00:00",
+        "session_id": "s1",
+    }
+    place = entry.metadata["conversation"]
+    assert (place["session_id"], place["position"], place["speaker"]) == ("s1", 4, "Ana")
+    assert "What did you name her?" in entry.text and entry.text.startswith("Friday 17 March")
+    assert entry.type.value == "long_term" and entry.scope is MemoryScope.USER
+
+
+async def test_a_short_reply_is_found_by_the_words_of_its_context(
+    storage: PostgresStorage[str, Any],
+) -> None:
+    await storage.store_conversation("s1", _pet_talk(), **ANA)
+    results = await storage.search(
+        MemoryQuery(
+            query="what is the name of the dog", index_type=MemoryIndex.CONTEXTUAL, limit=5, **ANA
+        )
+    )
+    assert "t5" in [result.entry.key for result in results]
+    dated = await storage.search(
+        MemoryQuery(query="Thursday 16 March", index_type=MemoryIndex.CONTEXTUAL, **ANA)
+    )
+    # Every turn says March 2023 (its date); only t1's "yesterday" says Thursday the 16th.
+    assert dated[0].entry.key == "t1" and dated[0].score > dated[1].score
+
+
+async def test_turns_can_be_filtered_by_session_and_moment(
+    storage: PostgresStorage[str, Any],
+) -> None:
+    await storage.store_conversation("s1", _pet_talk(), **ANA)
+    later = [Turn(id="u1", speaker="Ana", text="Biscuit learned to sit.", at=date(2023, 5, 2))]
+    await storage.store_conversation("s2", later, **ANA)
+    in_may = await storage.list(filter={"conversation.at": {"$gte": "2023-05-01"}}, **ANA)
+    assert [entry.key for entry in in_may] == ["u1"]
+    first = await storage.list(filter={"conversation.session_id": "s1"}, **ANA)
+    assert sorted(entry.key for entry in first) == ["t1", "t2", "t3", "t4", "t5"]
+
+
+async def test_a_session_stored_in_parts_keeps_its_order_and_context(
+    storage: PostgresStorage[str, Any],
+) -> None:
+    turns = _pet_talk(at=None)
+    await storage.store_conversation("s1", turns[:3], **ANA)
+    await storage.store_conversation("s1", turns[3:], **ANA)
+    reply = await storage.retrieve("t5", **ANA)
+    assert reply.metadata["conversation"]["position"] == 4
+    # The turn before the call's first turn came from the database.
+    assert "Ana: I adopted a dog from the shelter." in reply.text
+    question = await storage.retrieve("t4", **ANA)
+    assert "I adopted a dog" in question.text
+    # No moment given: the turns share the first call's moment.
+    assert reply.value["at"] == (await storage.retrieve("t1", **ANA)).value["at"]
+
+
+async def test_storing_a_turn_again_replaces_it_in_its_place(
+    storage: PostgresStorage[str, Any],
+) -> None:
+    await storage.store_conversation("s1", _pet_talk(), **ANA)
+    fixed = Turn(id="t3", speaker="Ana", text="I adopted a beagle from the shelter.", at=FRIDAY)
+    assert await storage.store_conversation("s1", [fixed], **ANA) == 1
+    assert await storage.count(**ANA) == 5
+    entry = await storage.retrieve("t3", **ANA)
+    assert entry.metadata["conversation"]["position"] == 2
+    assert entry.value["text"] == "I adopted a beagle from the shelter."
+    assert "Bruno: What? Tell me!" in entry.text  # its context is still the turns before it
+    assert [version.version for version in await storage.history("t3", **ANA)] == [2, 1]
+
+
+async def test_an_id_given_twice_writes_nothing(storage: PostgresStorage[str, Any]) -> None:
+    turns = [*_pet_talk(), Turn(id="t2", speaker="Bruno", text="again", at=FRIDAY)]
+    with pytest.raises(MemoryValidationError, match="'t2' is given twice"):
+        await storage.store_conversation("s1", turns, **ANA)
+    assert await storage.count() == 0
+
+
+@pytest.mark.parametrize(
+    ("session_id", "turns", "metadata", "message"),
+    [
+        ("", [{"id": "a", "speaker": "Ana", "text": "hi"}], None, "session_id"),
+        ("s", [{"id": "a", "text": "hi"}], None, "turn 0"),
+        ("s", [{"id": "a", "speaker": "A\nB", "text": "hi"}], None, "one line"),
+        ("s", "hello", None, "list of Turn"),
+        ("s", [{"id": "a", "speaker": "Ana", "text": "hi"}], {"conversation": 1}, "reserved|place"),
+        ("s", [{"id": "", "speaker": "Ana", "text": "hi"}], None, "turn 0"),
+    ],
+)
+async def test_bad_input_is_refused_with_nothing_written(
+    storage: PostgresStorage[str, Any],
+    session_id: str,
+    turns: Any,
+    metadata: Any,
+    message: str,
+) -> None:
+    with pytest.raises(MemoryValidationError, match=message):
+        await storage.store_conversation(session_id, turns, metadata=metadata, **ANA)
+    assert await storage.count() == 0
+
+
+async def test_one_bad_turn_writes_none_of_the_others(storage: PostgresStorage[str, Any]) -> None:
+    turns: list[Any] = [*_pet_talk(), {"id": "t6", "speaker": "Ana", "text": "bad\x00"}]
+    with pytest.raises(MemoryValidationError):
+        await storage.store_conversation("s1", turns, **ANA)
+    assert await storage.count() == 0
+
+
+async def test_another_owners_turns_are_untouched(storage: PostgresStorage[str, Any]) -> None:
+    bruno = {"scope": MemoryScope.USER, "scope_id": "bruno"}
+    await storage.store_conversation("s1", _pet_talk(), **bruno)
+    await storage.store_conversation(
+        "s1", [Turn(id="t5", speaker="Ana", text="Mine.", at=FRIDAY)], **ANA
+    )
+    theirs = await storage.retrieve("t5", **bruno)
+    assert theirs.value["text"] == "Biscuit! After my grandmother's cat."
+    assert theirs.version == 1
+    mine = await storage.retrieve("t5", **ANA)
+    # Ana's session holds only her turn: Bruno's turns are not its context.
+    assert mine.metadata["conversation"]["position"] == 0
+    assert "grandmother" not in mine.text
+
+
+async def test_a_session_scope_defaults_to_the_session(storage: PostgresStorage[str, Any]) -> None:
+    await storage.store_conversation("chat-9", _pet_talk(), scope=MemoryScope.SESSION)
+    entry = await storage.retrieve("t5", scope=MemoryScope.SESSION, scope_id="chat-9")
+    assert entry.value["session_id"] == "chat-9"
+
+
+async def test_repeated_turns_stay_and_the_quota_does_not_count_them(
+    make_config: Any,
+) -> None:
+    config: PostgresConfig = make_config(max_memories_per_owner=2, dedupe_threshold=0.9)
+    async with PostgresStorage[str, Any](config, HashingEmbedder(64)) as store:
+        turns = [Turn(id=f"y{i}", speaker="Ana", text="Yes!", at=FRIDAY) for i in range(4)]
+        assert await store.store_conversation("s1", turns, **ANA) == 4
+        assert await store.count(**ANA) == 4
+        report = await store.consolidate(**ANA)
+        assert await store.count(**ANA) == 4, report
