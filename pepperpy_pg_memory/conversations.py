@@ -37,6 +37,7 @@ __all__ = [
     "indexed_text",
     "long_date",
     "own_text",
+    "turn_own_text",
     "relative_dates",
     "turns_of",
 ]
@@ -149,6 +150,21 @@ def indexed_text(session: Sequence[StoredTurn], index: int) -> tuple[str, int]:
     if resolved:
         lines.append("(" + "; ".join(f"{phrase}: {when}" for phrase, when in resolved) + ")")
     return "\n".join(lines), start
+
+
+def turn_own_text(content: str, place: Any) -> str | None:
+    """A stored turn's own text ("Speaker: text"), read from its indexed text and its place
+    (its metadata's :data:`CONVERSATION_FIELD`); None for a row that is not a turn."""
+    if not isinstance(place, dict):
+        return None
+    try:
+        start, end = place["span"]
+        speaker = place["speaker"]
+        if not (isinstance(start, int) and isinstance(end, int) and isinstance(speaker, str)):
+            return None
+    except (KeyError, TypeError, ValueError):
+        return None
+    return own_text(speaker, content[start:end])
 
 
 def blend(own: np.ndarray, context: np.ndarray, weight: float = CONTEXT_WEIGHT) -> np.ndarray:

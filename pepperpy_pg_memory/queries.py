@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Literal
 
+from .conversations import CONVERSATION_FIELD
 from .filters import FieldKind, Params, compile_filter
 from .history import AS_OF_MOMENT, PLAIN, Change, as_of_source, change_context, change_settings
 from .identifiers import quote_ident
@@ -1122,7 +1123,8 @@ class Statements:
         """The next ``batch`` live semantic memories of ``tenant`` after ``after``, in the
         primary key's order."""
         return Query(
-            f"SELECT m.scope, m.scope_id, m.key, m.content, m.content_hash FROM {self.table} m "
+            "SELECT m.scope, m.scope_id, m.key, m.content, m.content_hash, "
+            f"m.metadata -> '{CONVERSATION_FIELD}' AS conversation FROM {self.table} m "
             f"WHERE m.tenant = $1 AND {_SEMANTIC} AND {LIVE} "
             "AND (m.scope, m.scope_id, m.key) > ($2, $3, $4) "
             "ORDER BY m.scope, m.scope_id, m.key LIMIT $5",

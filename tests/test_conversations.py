@@ -244,3 +244,22 @@ async def test_repeated_turns_stay_and_the_quota_does_not_count_them(
         assert await store.count(**ANA) == 4
         report = await store.consolidate(**ANA)
         assert await store.count(**ANA) == 4, report
+
+
+async def test_reindexing_gives_a_turn_the_vector_its_write_gave(
+    storage: PostgresStorage[str, Any],
+) -> None:
+    await storage.store_conversation("s1", _pet_talk(), **ANA)
+    await storage.store("note", "Ana likes dogs", **ANA)
+    before = {
+        key: (await storage.retrieve(key, include_embedding=True, **ANA)).embedding
+        for key in ("t5", "note")
+    }
+    await storage.reindex(MemoryIndex.SEMANTIC)
+    for key, vector in before.items():
+        after = (await storage.retrieve(key, include_embedding=True, **ANA)).embedding
+        assert after == pytest.approx(vector, abs=1e-5), key
+    # Not the plain embedding of its indexed text: that is what a turn's vector leans away from.
+    reply = await storage.retrieve("t5", include_embedding=True, **ANA)
+    plain = await storage.embedder.embed_documents([reply.text])
+    assert list(plain[0]) != pytest.approx(reply.embedding, abs=1e-3)

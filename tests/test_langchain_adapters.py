@@ -272,6 +272,24 @@ async def test_history_is_searchable_by_meaning(shared_storage: Any) -> None:
     assert "router" in str(found[0].content)
 
 
+async def test_history_finds_an_answer_by_the_question_before_it(shared_storage: Any) -> None:
+    history = PepperpyChatMessageHistory("session-q", storage=shared_storage)
+    await history.aadd_messages([HumanMessage(content="Which city did you pick for the offsite?")])
+    await history.aadd_messages([AIMessage(content="Lisbon, in the second week of May.")])
+    await history.aadd_messages([HumanMessage(content="Great, thanks!")])
+    found = await history.asearch("offsite city", k=2, index=MemoryIndex.CONTEXTUAL)
+    # The question holds the words; the answer after it is found by them too.
+    assert any(str(message.content).startswith("Lisbon") for message in found)
+    entry = next(
+        e
+        for e in await shared_storage.list(scope="session", scope_id="session-q")
+        if e.value["content"].startswith("Lisbon")
+    )
+    assert entry.text.splitlines()[1] == "User: Which city did you pick for the offsite?"
+    assert entry.metadata["conversation"]["position"] == 1
+    assert entry.metadata["role"] == "ai" and entry.metadata["kind"] == "chat_message"
+
+
 def test_history_in_a_real_chain(make_config: Any) -> None:
     config = make_config()
     histories: dict[str, PepperpyChatMessageHistory] = {}

@@ -19,6 +19,7 @@ EXPECTED = {
     "MemoryScope",
     "MemoryIndex",
     "MemoryQuery",
+    "Turn",
     "MemoryEntry",
     "MemoryVersion",
     "Ranking",

@@ -19,6 +19,7 @@ from pepperpy_pg_memory import (
     MemoryType,
     PostgresConfig,
     PostgresStorage,
+    Turn,
 )
 from pepperpy_pg_memory.runner import BackgroundStorage
 
@@ -27,6 +28,8 @@ __all__ = ["PepperpyChatMessageHistory"]
 KIND = "chat_message"
 MANAGED_BY = "langchain-chat-history"
 _PAGE = 1_000
+_SPEAKERS = {"human": "User", "ai": "Assistant", "system": "System", "tool": "Tool"}
+"""How a message's type is named as the speaker of its turn."""
 _sequence = itertools.count()
 _sequence_lock = threading.Lock()
 
@@ -114,18 +117,27 @@ class PepperpyChatMessageHistory(BaseChatMessageHistory):
         self, storage: PostgresStorage[Any, Any], messages: Sequence[BaseMessage]
     ) -> None:
         stamp = _order_stamp()
-        items = [
-            {
-                "key": f"{self._prefix()}{stamp}-{position:05d}",
-                "value": {"content": _text_of(message), "message": message_to_dict(message)},
-                "metadata": {"kind": KIND, "role": message.type},
-                "managed_by": MANAGED_BY,
-                "ttl": self.ttl,
-            }
+        # Through store_conversation: a message is also found by the ones before it (an
+        # answer by its question) and by its date. A transcript keeps every message,
+        # repeats included (turns are never folded together).
+        turns = [
+            Turn(
+                id=f"{self._prefix()}{stamp}-{position:05d}",
+                speaker=_SPEAKERS.get(message.type, message.type),
+                text=_text_of(message),
+                value={"content": _text_of(message), "message": message_to_dict(message)},
+                metadata={"kind": KIND, "role": message.type},
+            )
             for position, message in enumerate(messages)
         ]
-        # A transcript keeps every message, repeats included.
-        await storage.store_many(items, type=MemoryType.SHORT_TERM, dedupe=False, **self._owner())
+        await storage.store_conversation(
+            self.session_id,
+            turns,
+            type=MemoryType.SHORT_TERM,
+            ttl=self.ttl,
+            managed_by=MANAGED_BY,
+            **self._owner(),
+        )
 
     async def _clear(self, storage: PostgresStorage[Any, Any]) -> None:
         await storage.delete_many(**self._owner(), filter={"kind": KIND}, key_prefix=self._prefix())

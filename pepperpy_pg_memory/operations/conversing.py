@@ -15,16 +15,17 @@ from ..conversations import (
     blend,
     indexed_text,
     moment_of,
-    own_text,
+    turn_own_text,
     turns_of,
 )
 from ..errors import MemoryValidationError
 from ..items import Scope
 from ..models import MemoryEntry
+from ..vectors import Vector
 from .reads import list_page
 from .started import Started
 
-__all__ = ["turn_items", "session_turns"]
+__all__ = ["turn_items", "session_turns", "indexed_vectors"]
 
 V = TypeVar("V")
 
@@ -34,19 +35,36 @@ _PAGE = 10_000
 def _stored(entry: MemoryEntry[Any]) -> StoredTurn | None:
     """A turn stored before, read back from its row (None if the row is not one)."""
     placed = entry.metadata.get(CONVERSATION_FIELD)
-    if not isinstance(placed, dict):
+    if turn_own_text(entry.text, placed) is None:
         return None
+    assert isinstance(placed, dict)
     try:
         start, end = placed["span"]
         return StoredTurn(
             id=entry.key,
-            speaker=str(placed["speaker"]),
+            speaker=placed["speaker"],
             text=entry.text[start:end],
             at=datetime.fromisoformat(placed["at"]),
             position=int(placed["position"]),
         )
     except (KeyError, TypeError, ValueError):
         return None  # metadata written by hand: not a turn this module can place
+
+
+async def indexed_vectors(
+    started: Started[V], contents: Sequence[str], places: Sequence[Any]
+) -> Vector:
+    """The vectors of rows indexed by ``contents``: a turn's (its place among ``places``
+    says so) blends its own text's vector with its indexed text's; any other row's is its
+    content's. What a write and a re-embedding both give."""
+    vectors = await started.vectors.embed(list(contents))
+    owns = [turn_own_text(content, place) for content, place in zip(contents, places, strict=True)]
+    turns = [index for index, own in enumerate(owns) if own is not None]
+    if turns:
+        own_vectors = await started.vectors.embed([owns[index] or "" for index in turns])
+        vectors = vectors.copy()
+        vectors[turns] = blend(own_vectors, vectors[turns])
+    return vectors
 
 
 async def session_turns(
@@ -155,10 +173,8 @@ async def turn_items(
                 },
             }
         )
-    own_vectors = await started.vectors.embed(
-        [own_text(session[index].speaker, session[index].text) for index in placed]
-    )
-    context_vectors = await started.vectors.embed(texts)
-    for item, vector in zip(items, blend(own_vectors, context_vectors), strict=True):
+    turn_places = [item["metadata"][CONVERSATION_FIELD] for item in items]
+    vectors = await indexed_vectors(started, texts, turn_places)
+    for item, vector in zip(items, vectors, strict=True):
         item["embedding"] = vector
     return items

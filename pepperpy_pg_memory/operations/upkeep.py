@@ -19,6 +19,7 @@ from ..queries import Restriction
 from ..replicas import ReadRouter
 from ..schema import TableLayout, vector_type_for
 from ..types import Identity, MemoryType, ProgressCallback
+from . import conversing
 from .rows import identity_of
 from .started import Started
 from .writing import write_one
@@ -243,7 +244,10 @@ async def reindex_semantic(
         )
         if not rows:
             break
-        vectors = await started.vectors.embed([row["content"] for row in rows])
+        # A conversation's turn gets the vector its write gave it (see conversations.py).
+        vectors = await conversing.indexed_vectors(
+            started, [row["content"] for row in rows], [row["conversation"] for row in rows]
+        )
         records = [
             (tenant, *identity_of(row), vector, row["content_hash"])
             for row, vector in zip(rows, vectors, strict=True)
