@@ -699,6 +699,23 @@ def _connection_options(parser: argparse.ArgumentParser, *, after_command: bool)
     group.add_argument("--debug", help="tracebacks and debug logs", **flag)
 
 
+class _HelpWithDefaults(argparse.HelpFormatter):
+    """Help that says an option's default, when it has one worth saying (an option whose
+    help already speaks of its default, such as one read from a secret's variable, keeps
+    its own words)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (
+            action.option_strings
+            and "default" not in text
+            and default not in (None, False, argparse.SUPPRESS)
+        ):
+            text += " (default: %(default)s)"
+        return text
+
+
 def _parser() -> argparse.ArgumentParser:
     connection = argparse.ArgumentParser(add_help=False)
     _connection_options(connection, after_command=True)
@@ -707,11 +724,14 @@ def _parser() -> argparse.ArgumentParser:
     output.add_argument("--json", action="store_true", help="machine-readable output")
 
     owner = argparse.ArgumentParser(add_help=False)
-    owner.add_argument("--scope", choices=[s.value for s in MemoryScope])
+    owner.add_argument(
+        "--scope", choices=[s.value for s in MemoryScope], help="whose memories (with --scope-id)"
+    )
     owner.add_argument("--scope-id", help="session, user or agent id")
 
     parser = argparse.ArgumentParser(
         prog="pepperpy-memory",
+        formatter_class=_HelpWithDefaults,
         description="PostgreSQL memory for LLM agents: store, search and maintain memories.",
     )
     _connection_options(parser, after_command=False)
@@ -719,13 +739,18 @@ def _parser() -> argparse.ArgumentParser:
 
     def command(name: str, handler: Any, help: str, *parents: Any) -> argparse.ArgumentParser:
         sub = commands.add_parser(
-            name, help=help, description=help, parents=[connection, output, *parents]
+            name,
+            help=help,
+            description=help,
+            parents=[connection, output, *parents],
+            formatter_class=_HelpWithDefaults,
         )
         sub.set_defaults(handler=handler)
         return sub
 
     demo = commands.add_parser(
         "demo",
+        formatter_class=_HelpWithDefaults,
         help="store a dozen agent memories and show semantic, contextual and hybrid recall",
         parents=[connection],
     )
@@ -749,7 +774,12 @@ def _parser() -> argparse.ArgumentParser:
     store.add_argument("key")
     store.add_argument("value", help="the memory's text (or JSON with --json-value)")
     store.add_argument("--json-value", action="store_true", help="VALUE is JSON")
-    store.add_argument("--type", default="long_term", choices=[t.value for t in MemoryType])
+    store.add_argument(
+        "--type",
+        default="long_term",
+        choices=[t.value for t in MemoryType],
+        help="memory type (short-lived types expire on their own)",
+    )
     store.add_argument("--metadata", help="JSON object")
     store.add_argument("--ttl", type=_seconds_or_never, help="seconds until it expires, or 'never'")
 
@@ -759,7 +789,12 @@ def _parser() -> argparse.ArgumentParser:
         "list memories, newest first, a page at a time (all owners by default)",
         owner,
     )
-    listed.add_argument("--type", action="append", choices=[t.value for t in MemoryType])
+    listed.add_argument(
+        "--type",
+        action="append",
+        choices=[t.value for t in MemoryType],
+        help="only this type (repeat for several)",
+    )
     listed.add_argument("--filter", help='metadata filter as JSON, e.g. {"topic": "health"}')
     listed.add_argument("--prefix", help="only keys starting with PREFIX")
     listed.add_argument("--limit", type=int, default=20, help="memories per page (default 20)")
@@ -788,10 +823,20 @@ def _parser() -> argparse.ArgumentParser:
 
     search = command("search", _search, "search memories", owner)
     search.add_argument("query")
-    search.add_argument("--index", default="hybrid", choices=[i.value for i in MemoryIndex])
+    search.add_argument(
+        "--index",
+        default="hybrid",
+        choices=[i.value for i in MemoryIndex],
+        help="how to match: by meaning, by words, both, or newest first",
+    )
     search.add_argument("-k", type=int, default=5, help="how many results (default 5)")
-    search.add_argument("--min-score", type=float)
-    search.add_argument("--type", action="append", choices=[t.value for t in MemoryType])
+    search.add_argument("--min-score", type=float, help="leave out results scoring lower")
+    search.add_argument(
+        "--type",
+        action="append",
+        choices=[t.value for t in MemoryType],
+        help="only this type (repeat for several)",
+    )
     search.add_argument("--filter", help='metadata filter as JSON, e.g. {"topic": "health"}')
 
     imported = command(
@@ -855,6 +900,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     mcp = commands.add_parser(
         "mcp",
+        formatter_class=_HelpWithDefaults,
         help="serve the memories to agent hosts over the Model Context Protocol (stdio)",
         description="An MCP server with the tools remember, recall, forget and list_memories. "
         "On stdio by default (what desktop hosts launch); --http serves streamable HTTP.",
@@ -880,6 +926,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     ui = commands.add_parser(
         "ui",
+        formatter_class=_HelpWithDefaults,
         help="browse, search and correct the memories in a local web page",
         description="The memory browser: a table of memories, search, owner and type filters, "
         "history with restore and invalidate, and statistics. Loopback only, unless --token.",
@@ -898,6 +945,18 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _announce_model_preparation() -> None:
+    """The first use of the model exports it (about half a minute): say so, and how long it
+    took, rather than sit silent."""
+    announcer = logging.getLogger("pepperpy_pg_memory.onnx_embedder")
+    if announcer.level in (logging.NOTSET, logging.WARNING, logging.ERROR):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        announcer.addHandler(handler)
+        announcer.setLevel(logging.INFO)
+        announcer.propagate = False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -905,6 +964,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     interrupt_on_sigterm()
     # Retries are logged as warnings; on a terminal only the final error line should show.
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.ERROR)
+    _announce_model_preparation()
     try:
         result: int = asyncio.run(args.handler(args))
         return result

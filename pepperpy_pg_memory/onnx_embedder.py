@@ -24,6 +24,7 @@ import logging
 import os
 import re
 import threading
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -461,9 +462,15 @@ class OnnxEmbedder(LocalModelEmbedder):
                     with FileLock(str(fp32.with_suffix(".lock"))):
                         if not fp32.is_file():
                             self._export_fp32(fp32)
-                logger.info("quantising %s to int8 at %s (once)", self.name, path)
+                logger.info("Quantising %s to int8 (first use only) ...", self.name)
+                started = time.perf_counter()
                 worst = quantize_int8(fp32, path, self.folder)
-                logger.info("int8 model checked: smallest cosine to fp32 %.4f", worst)
+                logger.info(
+                    "int8 model ready in %.1fs (%s; smallest cosine to fp32 %.4f).",
+                    time.perf_counter() - started,
+                    path,
+                    worst,
+                )
         except OSError as exc:
             raise MemoryConfigurationError(
                 f"cannot write the ONNX export to {path.parent} ({exc}): point "
@@ -472,9 +479,19 @@ class OnnxEmbedder(LocalModelEmbedder):
             ) from exc
 
     def _export_fp32(self, path: Path) -> None:
-        logger.info("exporting %s to ONNX at %s (once)", self.folder.name, path)
+        logger.info(
+            "Preparing the embedding model: exporting %s to ONNX (first use only, about "
+            "half a minute) ...",
+            self.folder.name,
+        )
+        started = time.perf_counter()
         worst = export_onnx(self.folder, path)
-        logger.info("ONNX export checked: smallest cosine to the model %.6f", worst)
+        logger.info(
+            "Embedding model ready in %.1fs (%s; smallest cosine to the model %.6f).",
+            time.perf_counter() - started,
+            path,
+            worst,
+        )
 
     def _encode(self, texts: list[str]) -> Vector:
         session, tokenizer = self._load()

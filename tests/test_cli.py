@@ -19,13 +19,16 @@ from helpers import wait_until
 from pepperpy_pg_memory import backup
 
 
-def _cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def _cli(
+    *args: str, stdin: str | None = None, env_extra: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "pepperpy_pg_memory", *args],
         capture_output=True,
         text=True,
         input=stdin,
         timeout=300,
+        env={**os.environ, **(env_extra or {})},
     )
 
 
@@ -61,6 +64,14 @@ def test_every_command_has_help() -> None:
         assert command in top.stdout
         sub = _cli(command, "--help")
         assert sub.returncode == 0 and "--dsn" in sub.stdout, command
+
+
+def test_help_says_the_defaults() -> None:
+    assert "(default: hybrid)" in " ".join(_cli("search", "--help").stdout.split())
+    assert "(default: long_term)" in " ".join(_cli("store", "--help").stdout.split())
+    # An option whose default comes from a secret's variable names the variable, not it.
+    shown = _cli("mcp", "--help", env_extra={"PEPPERPY_MCP_TOKEN": "s3cret-value"})
+    assert "s3cret-value" not in shown.stdout and "$PEPPERPY_MCP_TOKEN" in shown.stdout
 
 
 def test_help_loads_no_database_driver_and_no_model() -> None:

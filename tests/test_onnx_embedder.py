@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import subprocess
 import sys
 import textwrap
@@ -34,12 +35,46 @@ SENTENCES = [
 ]
 
 
+_EXPORT_MESSAGES: list[str] = []
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A cache folder holding a checked export, made once for this module."""
+    """A cache folder holding a checked export, made once for this module (what it said
+    while exporting is kept in ``_EXPORT_MESSAGES``)."""
     cache = tmp_path_factory.mktemp("onnx-cache")
-    asyncio.run(OnnxEmbedder(cache_folder=cache).embed_query("warm up"))
+    announcer = logging.getLogger("pepperpy_pg_memory.onnx_embedder")
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            _EXPORT_MESSAGES.append(record.getMessage())
+
+    keep, level = Keep(), announcer.level
+    announcer.addHandler(keep)
+    announcer.setLevel(logging.INFO)
+    try:
+        asyncio.run(OnnxEmbedder(cache_folder=cache).embed_query("warm up"))
+    finally:
+        announcer.removeHandler(keep)
+        announcer.setLevel(level)
     return cache
+
+
+def test_the_first_use_says_it_prepares_the_model_and_how_long_it_took(exported: Path) -> None:
+    assert _EXPORT_MESSAGES[0].startswith("Preparing the embedding model: exporting")
+    assert re.match(r"Embedding model ready in \d+\.\ds ", _EXPORT_MESSAGES[-1])
+    # The CLI and the demo show these lines on stderr (cli._announce_model_preparation).
+    from pepperpy_pg_memory import cli
+
+    announcer = logging.getLogger("pepperpy_pg_memory.onnx_embedder")
+    saved = (announcer.level, announcer.propagate, list(announcer.handlers))
+    try:
+        cli._announce_model_preparation()
+        assert announcer.isEnabledFor(logging.INFO) and not announcer.propagate
+    finally:
+        announcer.setLevel(saved[0])
+        announcer.propagate = saved[1]
+        announcer.handlers[:] = saved[2]
 
 
 async def test_onnx_vectors_are_the_models(exported: Path, minilm: Any) -> None:
