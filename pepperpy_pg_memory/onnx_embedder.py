@@ -480,9 +480,9 @@ class OnnxEmbedder(LocalModelEmbedder):
 
     def _export_fp32(self, path: Path) -> None:
         logger.info(
-            "Preparing the embedding model: exporting %s to ONNX (first use only, about "
+            "Preparing the embedding model: exporting %s to ONNX (first use only, up to "
             "half a minute) ...",
-            self.folder.name,
+            self.name,
         )
         started = time.perf_counter()
         worst = export_onnx(self.folder, path)

