@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import ast
+import json
 from collections import defaultdict
 from pathlib import Path
 
@@ -144,3 +145,29 @@ def test_the_quick_start_installs_no_developer_toolchain() -> None:
     assert _extra(extras, "all") >= local | _extra(extras, "dev")
     readme = (root / "README.md").read_text()
     assert '.venv/bin/pip install torch==2.13.0 -e ".[local]"' in readme
+
+
+def test_the_jupyter_extra_installs_what_the_notebooks_import() -> None:
+    import tomllib
+
+    root = Path(__file__).resolve().parent.parent
+    extras = tomllib.loads((root / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    jupyter = _extra(extras, "jupyter")
+    assert {"jupyterlab", "ipykernel", "matplotlib", "langchain-core", "langgraph"} <= jupyter
+    assert "llama-index-core" in jupyter and not jupyter & _extra(extras, "dev")
+    imported = set()
+    for notebook in (root / "notebooks").glob("*.ipynb"):
+        for cell in json.loads(notebook.read_text())["cells"]:
+            for line in "".join(cell["source"]).splitlines():
+                if cell["cell_type"] == "code" and line.startswith(("import ", "from ")):
+                    imported.add(line.split()[1].split(".")[0])
+    # Each third-party import is one of the extra's distributions (or our own packages).
+    ours = {"pepperpy_pg_memory", "langchain_pepperpy", "langgraph_pepperpy",
+            "llama_index_pepperpy", "io", "time"}  # fmt: skip
+    distributions = {"IPython": "ipykernel", "matplotlib": "matplotlib",
+                     "langchain_core": "langchain-core", "langgraph": "langgraph",
+                     "llama_index": "llama-index-core"}  # fmt: skip
+    for module in imported - ours:
+        assert distributions[module] in jupyter, module
