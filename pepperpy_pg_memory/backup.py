@@ -232,6 +232,9 @@ class ImportReport:
     was written."""
 
     stored: int = 0
+    """Memories written (new, changed or left as they were)."""
+    unchanged: int = 0
+    """Of those, how many were already stored exactly so (a second import of one file)."""
     skipped: int = 0
     failed: int = 0
     versions: int = 0
@@ -241,6 +244,7 @@ class ImportReport:
     def as_dict(self) -> dict[str, Any]:
         return {
             "stored": self.stored,
+            "unchanged": self.unchanged,
             "skipped": self.skipped,
             "failed": self.failed,
             "versions": self.versions,

@@ -463,9 +463,10 @@ async def _import(args: argparse.Namespace) -> int:
             _print_json(report.as_dict())
         else:
             versions = f", {report.versions} versions" if report.versions else ""
+            changed = report.stored - report.unchanged
             print(
-                f"stored {report.stored}, skipped {report.skipped}, failed {report.failed}"
-                + versions,
+                f"stored {changed} memories, unchanged {report.unchanged}, skipped "
+                f"{report.skipped}, failed {report.failed}" + versions,
                 file=sys.stderr,
             )
         return 0 if report.failed == 0 and report.skipped == 0 else 1

@@ -321,7 +321,7 @@ class Statements:
         self.clock = "statement_timestamp()" if self.distributed else "clock_timestamp()"
 
     # --- writes --------------------------------------------------------------------------
-    def _upsert_tail(self, restoring: bool = False) -> str:
+    def _upsert_tail(self, restoring: bool = False, given: tuple[str, str] | None = None) -> str:
         # On a Citus cluster the SET clause may call no function that is not immutable: the
         # moment of the write comes from the inserted row (see _insert), evaluated once by
         # the coordinator.
@@ -350,7 +350,7 @@ class Statements:
                          AND m.content_hash = EXCLUDED.content_hash
                     THEN m.embedding
                     ELSE EXCLUDED.embedding END,
-                {self._moments(restoring, moment)}
+                {self._moments(restoring, moment, given)}
                 expires_at = EXCLUDED.expires_at,
                 valid_from = CASE
                     WHEN EXCLUDED.valid_from IS NOT NULL THEN EXCLUDED.valid_from
@@ -365,14 +365,22 @@ class Statements:
             RETURNING {_WRITTEN}, {self.access_columns}
         """
 
-    def _moments(self, restoring: bool, moment: str) -> str:
-        if restoring:
-            # A restore writes the moments the backup recorded.
-            return "created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at,"
+    def _moments(self, restoring: bool, moment: str, given: tuple[str, str] | None) -> str:
         updated = "EXCLUDED.updated_at" if self.distributed else "clock_timestamp()"
-        return f"""created_at = CASE
+        created = f"""CASE
                     WHEN m.expires_at IS NOT NULL AND m.expires_at <= {moment} THEN {moment}
-                    ELSE m.created_at END,
+                    ELSE m.created_at END"""
+        if restoring:
+            # A restore writes the moments the backup recorded; a line that recorded none
+            # is an ordinary write of the memory (so importing it again changes nothing).
+            if given is None:
+                return "created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at,"
+            created_given, updated_given = given
+            return f"""created_at = CASE WHEN {created_given} IS NULL THEN {created}
+                    ELSE EXCLUDED.created_at END,
+                updated_at = CASE WHEN {updated_given} IS NULL THEN {updated}
+                    ELSE EXCLUDED.updated_at END,"""
+        return f"""created_at = {created},
                 updated_at = {updated},"""
 
     def _staged_type(self, type_name: str) -> str:
@@ -384,11 +392,13 @@ class Statements:
         source: str,
         moments: Sequence[str] = (),
         context: str = "",
+        given: tuple[str, str] | None = None,
     ) -> str:
         """``INSERT … SELECT``/``VALUES`` of every table column a write fills, each from
         ``values`` (a write column's name → its SQL), then the upsert. ``moments`` names
-        ``created_at``/``updated_at`` when ``values`` gives them (a restore); ``context`` is
-        a :func:`~.history.change_context` to join."""
+        ``created_at``/``updated_at`` when ``values`` gives them (a restore), and ``given``
+        the parameters that say whether the caller gave each; ``context`` is a
+        :func:`~.history.change_context` to join."""
         columns = [name for name in STAGING_COLUMNS if name not in ("ttl", "expires_at")]
         restoring = bool(moments)
         if self.distributed and not moments:
@@ -416,7 +426,7 @@ class Statements:
                 )
         else:
             body = f"VALUES ({', '.join(expressions)})"
-        tail = self._upsert_tail(restoring=restoring)
+        tail = self._upsert_tail(restoring=restoring, given=given)
         return f"INSERT INTO {self.table} AS m ({', '.join(columns)}) {body} {tail}"
 
     def upsert_one(self, tenant: str, record: Sequence[Any], change: Change = PLAIN) -> Query:
@@ -569,7 +579,8 @@ class Statements:
         if with_version:
             values["version"] = f"COALESCE(${count + 4}::integer, 1)"
             moments += ("version",)
-        return Query(self._insert(values, source="", moments=moments))
+        given = (f"${count + 2}::timestamptz", f"${count + 3}::timestamptz")
+        return Query(self._insert(values, source="", moments=moments, given=given))
 
     def create_staging(self) -> Query:
         # One temporary table per connection, emptied at each commit: COPY needs a target, and
@@ -657,6 +668,19 @@ class Statements:
             "(SELECT * FROM unnest($2::text[], $3::text[])) "
             f"AND {LIVE} AND NOT m.metadata ? {params.add(MANAGED_FIELD)} "
             "GROUP BY m.scope, m.scope_id",
+            params.values,
+        )
+
+    def memory_states(self, tenant: str, identities: Sequence[Identity]) -> Query:
+        """A digest of each memory's state among ``identities`` (all it holds but its read
+        counts): equal before and after a write means the write changed nothing."""
+        params = Params([tenant])
+        return Query(
+            "SELECT m.scope, m.scope_id, m.key, md5(row(m.value, m.content, m.memory_type, "
+            "m.indices, m.metadata, m.embedding, m.created_at, m.updated_at, m.expires_at, "
+            "m.version, m.valid_from, m.valid_to, m.supersedes, m.superseded_by, "
+            f"m.importance)::text) AS state FROM {self.table} m "
+            f"WHERE m.tenant = $1 AND {_in_identities(params, identities)}",
             params.values,
         )
 

@@ -79,12 +79,39 @@ async def test_export_then_import_restores_every_field(
         assert (report.stored, report.skipped, report.failed) == (6, 0, 0)
         # Vectors in the file are used as they are; without them each text is embedded once.
         assert len(embedder.embedded_texts) == (0 if with_embeddings else 4)
+        assert report.unchanged == 0
         again = await store.import_jsonl(backup)  # idempotent
-        assert again.stored == 6
+        assert (again.stored, again.unchanged) == (6, 6)
     restored = await _rows(raw_conn, target)
     assert restored == await _rows(raw_conn, source)
     never = next(row for row in restored if row["key"] == "pinned")
     assert never["expires_at"] is None  # not the short-term default of one day
+
+
+async def test_importing_lines_without_moments_again_changes_nothing(
+    make_config: Any, tmp_path: Path
+) -> None:
+    source = tmp_path / "plain.jsonl"
+    lines = [{"key": f"k{i}", "value": f"plain memory {i}"} for i in range(3)]
+    source.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    async with PostgresStorage[str, Any](make_config(), HashingEmbedder(32)) as store:
+        first = await store.import_jsonl(source)
+        assert (first.stored, first.unchanged) == (3, 0)
+        before = await store.retrieve("k1")
+        again = await store.import_jsonl(source)
+        assert (again.stored, again.unchanged) == (3, 3)
+        after = await store.retrieve("k1")
+        assert (after.version, after.created_at, after.updated_at) == (
+            before.version,
+            before.created_at,
+            before.updated_at,
+        )
+        lines[1]["value"] = "plain memory one, changed"
+        source.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+        changed = await store.import_jsonl(source)
+        assert (changed.stored, changed.unchanged) == (3, 2)
+        now = await store.retrieve("k1")
+        assert now.version == before.version + 1 and now.created_at == before.created_at
 
 
 async def test_an_imports_progress_counts_memories(make_config: Any, tmp_path: Path) -> None:

@@ -226,16 +226,18 @@ def test_import_export_reindex_cleanup_stats(target: list[str], tmp_path: Path) 
     source.write_text("\n".join(lines) + "\n")
     imported = _cli("import", str(source), *target)
     assert imported.returncode == 1  # bad lines: every one named, nothing written
-    assert "stored 0, skipped 2, failed 1" in imported.stderr
+    assert "stored 0 memories, unchanged 0, skipped 2, failed 1" in imported.stderr
     assert "line 4: not JSON" in imported.stderr and "line 10:" in imported.stderr
     for bad in (9, 7, 3):
         del lines[bad]
     source.write_text("\n".join(lines) + "\n")
     imported = _cli("import", str(source), *target)
     assert imported.returncode == 0, imported.stderr
-    assert "stored 1200, skipped 0, failed 0" in imported.stderr
+    assert "stored 1200 memories, unchanged 0, skipped 0, failed 0" in imported.stderr
     # rich's bar, in memories written, ending full
     assert "importing memories" in imported.stderr and "1200/1200" in imported.stderr
+    again = _cli("import", str(source), *target)
+    assert "stored 0 memories, unchanged 1200, skipped 0, failed 0" in again.stderr
 
     out = tmp_path / "export.jsonl"
     exported = _cli("export", "--out", str(out), *target)

@@ -327,20 +327,37 @@ async def restore_batch(
             importing(started) if with_history else None,
         )
 
+    identities = [write.identity for _, write, _ in pending]
+    before = await _states(started, identities)
+    written: builtins.list[Identity] = []
     try:
         await started.database.run("import", restore(pending))
-        report.stored += len(pending)
+        written = identities
     except MemoryValidationError:
         for entry in pending:
             number = entry[0]
             try:
                 await started.database.run("import", restore([entry]))
-                report.stored += 1
+                written.append(entry[1].identity)
             except MemoryValidationError as exc:
                 report.failed += 1
                 report.errors.append((number, str(exc)))
+    report.stored += len(written)
+    if before:
+        after = await _states(started, [i for i in written if i in before])
+        report.unchanged += sum(1 for i, state in after.items() if before[i] == state)
     started.term_stats.note_writes(len(pending), [write.owner for _, write, _ in pending])
     pending.clear()
+
+
+async def _states(started: Started[V], identities: builtins.list[Identity]) -> dict[Identity, str]:
+    """The state digest of each of ``identities`` that is stored (see
+    :meth:`Statements.memory_states`)."""
+    if not identities:
+        return {}
+    query = started.statements.memory_states(started.tenant, identities)
+    rows = await started.database.fetch("import", query)
+    return {identity_of(row): row["state"] for row in rows}
 
 
 @contextlib.contextmanager
