@@ -175,22 +175,7 @@ def test_floor_benchmark_splits_the_gap(tmp_path: Path) -> None:
 
 @pytest.mark.model
 def test_conversation_benchmark_writes_json(tmp_path: Path) -> None:
-    out = tmp_path / "conversations.json"
-    scratch = Path(tempfile.mkdtemp(prefix="bench-smoke-"))
-    try:
-        result = subprocess.run(
-            [sys.executable, "-m", "benchmarks.conversations", "--conversations", "1",
-             "--out", str(out)],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=600,
-            env={**os.environ, "TMPDIR": str(scratch)},
-        )  # fmt: skip
-    finally:
-        shutil.rmtree(scratch)
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(out.read_text())
+    report = _run_small("conversations", tmp_path, "--conversations", "1")
     assert report["conversations"] == 1 and report["questions"] > 0
     assert set(report["systems"]) == {"model_alone_exact", "turns", "conversation"}
     for system in ("turns", "conversation"):
