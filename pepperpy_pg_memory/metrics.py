@@ -153,7 +153,7 @@ class MeasuredStore(Protocol):
 class PrometheusCollector:
     """Exposes a store's operation histograms and error counts to ``prometheus_client``.
 
-    Example:
+    Examples:
         >>> from prometheus_client import REGISTRY
         >>> REGISTRY.register(PrometheusCollector(storage))  # doctest: +SKIP
     """

@@ -175,7 +175,7 @@ class Ranking(BaseModel):
 
     Computed in the database over the index's candidates (four times what is asked for).
 
-    Example:
+    Examples:
         >>> Ranking(relevance=1.0, recency=0.5, importance=0.5).half_life.days
         7
     """
@@ -225,7 +225,7 @@ class MemoryQuery(BaseModel):
       indices scores 1.
     * TEMPORAL: newest first; score 1 / (1 + age in hours). ``query`` is optional.
 
-    Example:
+    Examples:
         >>> MemoryQuery(query="coffee preferences", index_type=MemoryIndex.HYBRID, limit=5).limit
         5
     """

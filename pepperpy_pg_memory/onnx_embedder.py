@@ -378,7 +378,7 @@ class OnnxEmbedder(LocalModelEmbedder):
     """all-MiniLM-L6-v2 (or another sentence-transformers folder of the same Transformer →
     mean Pooling → Normalize shape) on onnxruntime.
 
-    Example:
+    Examples:
         >>> embedder = OnnxEmbedder()
         >>> embedder.dimension
         384

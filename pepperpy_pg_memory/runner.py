@@ -34,7 +34,7 @@ V = TypeVar("V")
 class LoopThread:
     """An asyncio event loop running in a daemon thread of its own.
 
-    Example:
+    Examples:
         >>> runner = LoopThread()
         >>> async def answer() -> int:
         ...     return 42

@@ -98,7 +98,7 @@ class PostgresStorage(Generic[K, V]):
     value type is a pydantic model (``value_type=Note``, or ``PostgresStorage[str, Note]``),
     values read back are validated into it.
 
-    Example:
+    Examples:
         >>> async def main() -> None:
         ...     async with PostgresStorage[str, dict](PostgresConfig()) as storage:
         ...         await storage.store(
@@ -249,7 +249,7 @@ class PostgresStorage(Generic[K, V]):
         tables: under row-level security its sessions then see and write only that tenant's
         memories, whatever ``pepperpy.tenant`` they set. Run as the tables' owner (a store
         started as the owner, with ``row_level_security=True``); ``role`` must exist and not be
-        a superuser or BYPASSRLS role (see the README's Multi-tenant deployments)."""
+        a superuser or BYPASSRLS role (see docs/multi-tenant-deployments.md)."""
         await lifecycle.grant_tenant(self._ready, role, tenant)
 
     async def distribute(
@@ -387,8 +387,10 @@ class PostgresStorage(Generic[K, V]):
         Args:
             key: unique per owner (at most ``config.max_key_length`` bytes in UTF-8).
             value: JSON data (dict, list, str, number, bool, None) or a pydantic model.
-            type, scope: what kind of memory and whose; ``scope_id`` (at most 256 bytes)
-                defaults to ``config.default_scope_id`` (GLOBAL has none).
+            type: what kind of memory.
+            scope: whose; ``scope_id`` (at most 256 bytes) defaults to
+                ``config.default_scope_id`` (GLOBAL has none).
+            scope_id: the owner within ``scope``.
             indices: SEMANTIC and/or CONTEXTUAL (default both); an empty set stores a plain
                 key-value memory.
             metadata: a JSON object, searchable with filters.
@@ -410,8 +412,9 @@ class PostgresStorage(Generic[K, V]):
                 number in (0, 1] also takes a cosine at least that high — never between
                 texts whose identifiers or numbers differ (``A-77812`` and ``A-77813``).
                 ``False``: never. None: ``config.dedupe_threshold`` (None: never).
-            actor, reason: who makes the change and why, recorded with the version it makes
-                (see :meth:`history`).
+            actor: who makes the change, recorded with the version it makes (see
+                :meth:`history`).
+            reason: why, recorded likewise.
 
         Returns:
             The stored entry. ``created_at`` is kept from an earlier live version of the key;

@@ -54,7 +54,7 @@ async def check_row_level_security_applies(conn: asyncpg.Connection) -> None:
             f"row_level_security=True, but the store connects as {row['role']!r}, "
             f"{row['exempt']}, "
             "which PostgreSQL's policies do not restrict: connect as an ordinary role (see "
-            "the README's Multi-tenant deployments)",
+            "docs/multi-tenant-deployments.md)",
             field="row_level_security",
         )
 

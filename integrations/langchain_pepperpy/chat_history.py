@@ -56,7 +56,7 @@ class PepperpyChatMessageHistory(BaseChatMessageHistory):
     :meth:`search` ("what did the user say about X?"). Messages of every type round-trip,
     tool calls included, in the order they were added.
 
-    Example:
+    Examples:
         >>> history = PepperpyChatMessageHistory("session-42", config=PostgresConfig())
         >>> history.add_user_message("My router keeps dropping the connection")
         >>> history.messages[-1].content

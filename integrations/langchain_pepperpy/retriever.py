@@ -34,7 +34,7 @@ class PepperpyMemoryRetriever(BaseRetriever):
     Each Document carries the memory's metadata plus ``key``, ``type``, ``score`` and
     ``created_at``. Usable as an agent tool through ``create_retriever_tool``.
 
-    Example:
+    Examples:
         >>> retriever = PepperpyMemoryRetriever.create(scope=MemoryScope.USER, scope_id="ana")
         >>> retriever.invoke("what does Ana drink?")  # doctest: +SKIP
     """

@@ -57,7 +57,7 @@ class PepperpyVectorStore(VectorStore):
     Sync and async methods both work from any thread and any event loop, a Jupyter cell
     included: the store runs on an event loop of its own.
 
-    Example:
+    Examples:
         >>> store = PepperpyVectorStore.create(PostgresConfig(data_dir="/tmp/memories"))
         >>> ids = store.add_texts(["Ana likes oat milk"], metadatas=[{"user": "ana"}])
         >>> store.similarity_search("what milk does Ana drink?", k=1)[0].page_content

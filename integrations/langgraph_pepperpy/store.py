@@ -323,7 +323,7 @@ class PepperpyStore(BaseStore):
     """LangGraph ``BaseStore`` on pepperpy-pg-memory: put/get/delete/search/list_namespaces,
     semantic search through the core's HNSW index, filters on values, TTLs in minutes.
 
-    Example:
+    Examples:
         >>> store = PepperpyStore.create(PostgresConfig(data_dir="/tmp/memories"))
         >>> store.put(("users", "ana"), "coffee", {"text": "Ana drinks oat milk lattes"})
         >>> store.search(("users", "ana"), query="what does Ana drink?")[0].key

@@ -237,7 +237,7 @@ class PepperpyChatStore(_OverMemories, BaseChatStore):
     """LlamaIndex ``BaseChatStore`` (``ChatMemoryBuffer(chat_store=...)``): sync methods and
     their async forms, from any thread or event loop.
 
-    Example:
+    Examples:
         >>> store = PepperpyChatStore.create()
         >>> memory = ChatMemoryBuffer.from_defaults(chat_store=store, chat_store_key="ana")
     """

@@ -122,7 +122,7 @@ class PepperpyVectorStore(BasePydanticVectorStore):
     TEXT_SEARCH (contextual: BM25 with trigram fallback), HYBRID (the store's rank fusion)
     and MMR. Adding a node whose id is stored updates it (never a duplicate).
 
-    Example:
+    Examples:
         >>> store = PepperpyVectorStore.create(scope="user", scope_id="ana")
         >>> index = VectorStoreIndex.from_documents(
         ...     documents, storage_context=StorageContext.from_defaults(vector_store=store)
