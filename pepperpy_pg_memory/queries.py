@@ -853,6 +853,27 @@ class Statements:
         )
         return Query(sql, params.values)
 
+    def turns_before(self, restriction: Restriction, position: int | None, count: int) -> Query:
+        """The ``count`` conversation turns among the restriction's placed last before
+        ``position`` (None: the last ones), the latest first: the context a turn written
+        there is indexed with (see :mod:`.conversations`). The session's other turns stay
+        in the database."""
+        params = Params()
+        where = restriction.conditions(params)
+        path = params.add([CONVERSATION_FIELD, "position"])
+        place = (
+            f"CASE WHEN jsonb_typeof(m.metadata #> {path}::text[]) = 'number' "
+            f"THEN (m.metadata #>> {path}::text[])::numeric END"
+        )
+        if position is not None:
+            where += f" AND {place} < {params.add(position)}::numeric"
+        sql = (
+            f"SELECT {self.entry_for(params, restriction)} FROM {self.table} m WHERE {where} "
+            f"AND {place} IS NOT NULL ORDER BY {place} DESC, m.key DESC "
+            f"LIMIT {params.add(count)}"
+        )
+        return Query(sql, params.values)
+
     def scan_page(
         self,
         restriction: Restriction,
@@ -1148,11 +1169,11 @@ class Statements:
         primary key's order."""
         return Query(
             "SELECT m.scope, m.scope_id, m.key, m.content, m.content_hash, "
-            f"m.metadata -> '{CONVERSATION_FIELD}' AS conversation FROM {self.table} m "
+            f"m.metadata -> $6::text AS conversation FROM {self.table} m "
             f"WHERE m.tenant = $1 AND {_SEMANTIC} AND {LIVE} "
             "AND (m.scope, m.scope_id, m.key) > ($2, $3, $4) "
             "ORDER BY m.scope, m.scope_id, m.key LIMIT $5",
-            [tenant, *after, batch],
+            [tenant, *after, batch, CONVERSATION_FIELD],
         )
 
     def count_semantic(self, tenant: str) -> Query:

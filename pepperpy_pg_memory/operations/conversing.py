@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 from typing import Any, TypeVar
 
 from ..conversations import (
+    CONTEXT_TURNS,
     CONVERSATION_FIELD,
     StoredTurn,
     Turn,
@@ -21,15 +22,13 @@ from ..conversations import (
 from ..errors import MemoryValidationError
 from ..items import Scope
 from ..models import MemoryEntry
+from ..sql import Query
 from ..vectors import Vector
-from .reads import list_page
 from .started import Started
 
 __all__ = ["turn_items", "session_turns", "indexed_vectors"]
 
 V = TypeVar("V")
-
-_PAGE = 10_000
 
 
 def _stored(entry: MemoryEntry[Any]) -> StoredTurn | None:
@@ -68,28 +67,34 @@ async def indexed_vectors(
 
 
 async def session_turns(
-    started: Started[V], session_id: str, scope: Scope, scope_id: str | None
+    started: Started[V],
+    session_id: str,
+    scope: Scope,
+    scope_id: str | None,
+    ids: Sequence[str],
 ) -> builtins.list[StoredTurn]:
-    """The session's stored turns, in their order."""
-    restriction = started.restriction(
-        scope, scope_id, None, {f"{CONVERSATION_FIELD}.session_id": session_id}
-    )
-    entries: builtins.list[MemoryEntry[V]] = []
-    while True:
-        page = await list_page(
-            started,
-            restriction,
-            limit=_PAGE,
-            offset=0,
-            order_by="key",
-            descending=False,
-            after=entries[-1] if entries else None,
-        )
-        entries += page
-        if len(page) < _PAGE:
-            break
-    stored = [turn for turn in map(_stored, entries) if turn is not None]
-    return sorted(stored, key=lambda turn: (turn.position, turn.id))
+    """What a write of the turns ``ids`` needs of the session's stored turns, in their
+    order: those turns themselves, the :data:`CONTEXT_TURNS` turns before each of them and
+    the session's last ones (a long chat is not read whole to append one message)."""
+    session = {f"{CONVERSATION_FIELD}.session_id": session_id}
+    restriction = started.restriction(scope, scope_id, None, session)
+    statements = started.statements
+    found: dict[str, StoredTurn] = {}
+
+    async def fetch(query: Query) -> builtins.list[StoredTurn]:
+        rows = await started.reads.fetch("store_conversation", query)
+        turns = [_stored(started.rows.entry(row)) for row in rows]
+        for turn in turns:
+            if turn is not None:
+                found[turn.id] = turn
+        return [turn for turn in turns if turn is not None]
+
+    await fetch(statements.turns_before(restriction, None, CONTEXT_TURNS))
+    named = started.restriction(scope, scope_id, None, session, keys=frozenset(ids))
+    page = statements.list_page(named, limit=len(ids), offset=0, order_by="key", descending=False)
+    for replaced in await fetch(page):
+        await fetch(statements.turns_before(restriction, replaced.position, CONTEXT_TURNS))
+    return sorted(found.values(), key=lambda turn: (turn.position, turn.id))
 
 
 async def turn_items(
@@ -118,7 +123,7 @@ async def turn_items(
             )
     if not given:
         return []
-    session = await session_turns(started, session_id, scope, scope_id)
+    session = await session_turns(started, session_id, scope, scope_id, [turn.id for turn in given])
     places = {turn.id: index for index, turn in enumerate(session)}
     now = datetime.now(timezone.utc)
     placed: builtins.list[int] = []
