@@ -6,7 +6,9 @@ is stored two ways, each conversation as the memories of its own owner:
 - ``turns``: every turn a memory of its own (key = turn id, text = "Speaker: text") through
   ``store_many`` — how the issue measured the store;
 - ``conversation``: every session through ``store_conversation`` (each turn indexed with its
-  date, the turns before it and its resolved relative dates).
+  date, the turns before it and its resolved relative dates);
+- ``conversation_reranked``: the same, HYBRID for 20 candidates re-ranked by
+  :class:`~pepperpy_pg_memory.reranking.LateInteractionReranker` (optional, not the default).
 
 Each question is searched within its owner with ``limit=k`` in each mode. hit@k: at least one
 answering turn in the top k; recall@k: the share of answering turns there. Both per question
@@ -108,6 +110,32 @@ async def _search_all(
     return found, seconds
 
 
+RERANK_CANDIDATES = 20
+
+
+async def _search_reranked(
+    store: PostgresStorage[str, Any], questions: list[dict[str, Any]], k: int
+) -> tuple[list[list[str]], list[float]]:
+    """HYBRID for :data:`RERANK_CANDIDATES`, re-ranked by late interaction to the top k."""
+    from pepperpy_pg_memory.reranking import LateInteractionReranker
+
+    reranker = LateInteractionReranker()
+    found, seconds = [], []
+    for question in questions:
+        query = MemoryQuery(
+            query=question["question"],
+            index_type=MemoryIndex.HYBRID,
+            limit=RERANK_CANDIDATES,
+            scope=MemoryScope.USER,
+            scope_id=question["conversation"],
+        )
+        started = time.perf_counter()
+        results = await reranker.rerank(question["question"], await store.search(query), limit=k)
+        seconds.append(time.perf_counter() - started)
+        found.append([result.entry.key for result in results])
+    return found, seconds
+
+
 async def _model_alone(
     embedder: Embedder, data: dict[str, Any], questions: list[dict[str, Any]], k: int
 ) -> list[list[str]]:
@@ -174,6 +202,17 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
                         "p50_ms": round(statistics.median(seconds) * 1000, 2),
                     }
                 report["systems"][system] = result
+                if system == "conversation" and args.rerank:
+                    _log("conversation: hybrid, re-ranked")
+                    await _search_reranked(store, questions[:5], args.k)  # warm
+                    found, seconds = await _search_reranked(store, questions, args.k)
+                    report["systems"]["conversation_reranked"] = {
+                        "hybrid": {
+                            "scores": _scores(found, questions, args.k),
+                            "p50_ms": round(statistics.median(seconds) * 1000, 2),
+                            "candidates": RERANK_CANDIDATES,
+                        }
+                    }
     finally:
         server.cleanup()
     turns = report["systems"]["turns"]
@@ -223,6 +262,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--conversations", type=int, default=0, help="only the first N (0: all)")
     parser.add_argument("--questions", type=int, default=0, help="only the first N (0: all)")
     parser.add_argument("--backend", default="onnx", choices=["onnx", "onnx-int8", "torch"])
+    parser.add_argument(
+        "--no-rerank",
+        dest="rerank",
+        action="store_false",
+        help="leave out the re-ranked row (late interaction over the top 20)",
+    )
     parser.add_argument("--out", type=Path, help="write the JSON here")
     args = parser.parse_args(argv)
     report = asyncio.run(_run(args))

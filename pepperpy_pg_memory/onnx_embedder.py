@@ -137,6 +137,24 @@ def _encode(session: Any, tokenizer: Any, texts: list[str]) -> Vector:
     return _pooled(hidden, feeds["attention_mask"])
 
 
+def _token_vectors(session: Any, tokenizer: Any, texts: list[str]) -> list[Vector]:
+    """Each text's contextual token vectors, L2-normalised, without [CLS] and [SEP]."""
+    encoded = tokenizer.encode_batch(texts)
+    feeds = {
+        "input_ids": np.asarray([e.ids for e in encoded], dtype=np.int64),
+        "attention_mask": np.asarray([e.attention_mask for e in encoded], dtype=np.int64),
+        "token_type_ids": np.asarray([e.type_ids for e in encoded], dtype=np.int64),
+    }
+    (hidden,) = session.run(["last_hidden_state"], feeds)
+    norms = np.clip(np.linalg.norm(hidden, axis=2, keepdims=True), 1e-12, None)
+    hidden = (hidden / norms).astype(np.float32)
+    out = []
+    for row, mask in zip(hidden, feeds["attention_mask"], strict=True):
+        real = row[mask.astype(bool)]
+        out.append(real[1:-1] if len(real) > 2 else real)
+    return out
+
+
 def _session(path: Path) -> Any:
     import onnxruntime
 
@@ -492,6 +510,15 @@ class OnnxEmbedder(LocalModelEmbedder):
             path,
             worst,
         )
+
+    def token_vectors(self, texts: list[str]) -> list[Vector]:
+        """Each text's token vectors (the model's last layer, one unit vector per word
+        piece), for late-interaction scoring; blocking (run it in a thread)."""
+        session, tokenizer = self._load()
+        out: list[Vector] = []
+        for start in range(0, len(texts), self.batch_size):
+            out.extend(_token_vectors(session, tokenizer, texts[start : start + self.batch_size]))
+        return out
 
     def _encode(self, texts: list[str]) -> Vector:
         session, tokenizer = self._load()

@@ -177,7 +177,14 @@ def test_floor_benchmark_splits_the_gap(tmp_path: Path) -> None:
 def test_conversation_benchmark_writes_json(tmp_path: Path) -> None:
     report = _run_small("conversations", tmp_path, "--conversations", "1")
     assert report["conversations"] == 1 and report["questions"] > 0
-    assert set(report["systems"]) == {"model_alone_exact", "turns", "conversation"}
+    assert set(report["systems"]) == {
+        "model_alone_exact",
+        "turns",
+        "conversation",
+        "conversation_reranked",
+    }
+    reranked = report["systems"]["conversation_reranked"]["hybrid"]
+    assert reranked["candidates"] == 20 and reranked["p50_ms"] > 0
     for system in ("turns", "conversation"):
         for mode in ("semantic", "contextual", "hybrid"):
             scores = report["systems"][system][mode]["scores"]["all"]
