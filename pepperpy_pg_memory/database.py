@@ -30,7 +30,7 @@ from .errors import (
     MemoryTimeoutError,
 )
 from .faults import ConnectionLost, backoff_delay, is_transient, translate
-from .history import AS_OF_SETTING, setting_statement
+from .history import AS_OF_SETTING, settings_query
 from .metrics import Metrics
 from .sql import Query, send
 from .values import decode_json, encode_json
@@ -121,18 +121,11 @@ class Runner:
     ) -> list[asyncpg.Record]:
         """Like :meth:`fetch`, in a read-only transaction with ``settings`` (name → value)
         in force for it alone (``set_config(…, true)``, i.e. ``SET LOCAL``)."""
-        pairs = [part for name, value in settings.items() for part in (name, value)]
-        setter = "SELECT " + ", ".join(
-            f"set_config(${number}, ${number + 1}, true)" for number in range(1, len(pairs), 2)
-        )
-        if self.distributed:
-            # The statement runs on the workers, which see only what SET LOCAL sets.
-            setter = "; ".join(setting_statement(name, value) for name, value in settings.items())
-            pairs = []
+        setter = settings_query(settings, self.distributed)
 
         async def work(conn: asyncpg.Connection) -> list[asyncpg.Record]:
             async with conn.transaction(readonly=True):
-                await conn.execute(setter, *pairs)
+                await conn.execute(setter.sql, *setter.args)
                 rows: list[asyncpg.Record] = await conn.fetch(
                     query.sql, *query.args, timeout=timeout
                 )

@@ -10,7 +10,7 @@ joins (:func:`change_context`): no extra round trip, and gone when the transacti
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -104,6 +104,20 @@ def setting_statement(name: str, value: str) -> str:
         raise ValueError(f"not a setting name: {name!r}")
     quoted = "'" + value.replace("'", "''") + "'"
     return f"SET LOCAL {name} = {quoted}"
+
+
+def settings_query(settings: Mapping[str, str], distributed: bool) -> Query:
+    """One statement putting ``settings`` (name → value) in force for the transaction: on
+    one server ``set_config(…, true)`` with the values as bind parameters; on a cluster
+    ``SET LOCAL``, the form Citus forwards to the workers a statement runs on."""
+    if distributed:
+        return Query("; ".join(setting_statement(name, value) for name, value in settings.items()))
+    params = Params()
+    calls = ", ".join(
+        f"set_config({params.add(name)}, {params.add(value)}, true)"
+        for name, value in settings.items()
+    )
+    return Query(f"SELECT {calls}", params.values)
 
 
 def change_settings(change: Change) -> str:

@@ -114,3 +114,22 @@ def test_a_small_batch_is_one_statement_of_bound_rows_in_identity_order() -> Non
     # Written in the identity order every writer locks in; old passages go in the same one.
     assert "ORDER BY s.scope, s.scope_id, s.key" in " ".join(query.sql.split())
     assert "DELETE FROM" in query.sql and "ON CONFLICT" in query.sql
+
+
+def test_transaction_settings_bind_their_values_on_one_server_and_quote_them_on_a_cluster() -> None:
+    from pepperpy_pg_memory.history import settings_query
+
+    one = settings_query({"pepperpy.tenant": "it's", "hnsw.ef_search": "200"}, False)
+    assert one.sql == "SELECT set_config($1, $2, true), set_config($3, $4, true)"
+    assert one.args == ["pepperpy.tenant", "it's", "hnsw.ef_search", "200"]
+    cluster = settings_query({"pepperpy.tenant": "it's", "hnsw.ef_search": "200"}, True)
+    assert cluster.sql == "SET LOCAL pepperpy.tenant = 'it''s'; SET LOCAL hnsw.ef_search = '200'"
+    assert not cluster.args
+
+
+def test_a_conversations_context_is_read_by_position_with_every_value_bound() -> None:
+    statements = Statements(_layout())
+    query = statements.turns_before(ANA, 7, 2)
+    assert "ORDER BY CASE WHEN jsonb_typeof" in query.sql and "DESC, m.key DESC" in query.sql
+    assert ["conversation", "position"] in query.args and 7 in query.args and 2 in query.args
+    assert "'conversation'" not in query.sql  # the field's name travels as a parameter

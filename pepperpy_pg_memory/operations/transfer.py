@@ -18,7 +18,7 @@ from typing import Any, TextIO, TypeVar
 from .. import backup
 from ..bulk import write_restored
 from ..errors import MemoryValidationError
-from ..history import IMPORTED_COLUMNS, OPERATIONS, check_note, setting_statement
+from ..history import IMPORTED_COLUMNS, OPERATIONS, check_note, settings_query
 from ..import_check import ImportPlan, check_import
 from ..items import STORE_DEFAULTS, PendingWrite, Scope, owner
 from ..models import MemoryEntry
@@ -287,9 +287,7 @@ async def record_versions(
 def importing(started: Started[Any]) -> Query:
     """What tells the history triggers that the transaction imports versions (they record
     none of their own): on a cluster, where they fire on the workers, by SET LOCAL."""
-    if started.layout.distributed:
-        return Query(setting_statement(IMPORTING_SETTING, "on"))
-    return Query("SELECT set_config($1, 'on', true)", [IMPORTING_SETTING])
+    return settings_query({IMPORTING_SETTING: "on"}, started.layout.distributed)
 
 
 async def restore_batch(
