@@ -143,12 +143,69 @@ async def _run(size: int, rounds: int) -> dict[str, Any]:
     }
 
 
+async def _profile(size: int) -> list[tuple[float, int, str]]:
+    """One everything-on store, every statement it sends timed on the client: (seconds,
+    times run, the statement's first words), largest first."""
+    import collections
+
+    spent: dict[str, float] = collections.defaultdict(float)
+    runs: collections.Counter[str] = collections.Counter()
+    originals = {}
+    for name in (
+        "execute",
+        "fetch",
+        "fetchval",
+        "fetchrow",
+        "executemany",
+        "copy_records_to_table",
+    ):
+        original = getattr(asyncpg.Connection, name)
+        originals[name] = original
+
+        def timed(original: Any = original, name: str = name) -> Any:
+            async def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+                started = time.perf_counter()
+                try:
+                    return await original(self, *args, **kwargs)
+                finally:
+                    what = args[0] if args and isinstance(args[0], str) else name
+                    label = f"{name}: {' '.join(what.split())[:110]}"
+                    spent[label] += time.perf_counter() - started
+                    runs[label] += 1
+
+            return call
+
+        setattr(asyncpg.Connection, name, timed())
+    server = _start_server(Path(tempfile.mkdtemp(prefix="pepperpy-ingest-")))
+    try:
+        await _prepare_database(server)
+        texts = [(m.key, m.text) for m in memories(size)]
+        vectors = _vectors(size)
+        rows = [(key, text, vectors[i]) for i, (key, text) in enumerate(texts)]
+        total = await _ours(server.get_uri("bench"), rows, "profiled", {})
+    finally:
+        server.cleanup()
+        for name, original in originals.items():
+            setattr(asyncpg.Connection, name, original)
+    report = sorted(((spent[k], runs[k], k) for k in spent), reverse=True)
+    return [(total, 1, "the whole store_many")] + report
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.ingest", description=__doc__)
     parser.add_argument("--size", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path, help="write the JSON here")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="instead: one everything-on store, each statement's time (where the time goes)",
+    )
     args = parser.parse_args(argv)
+    if args.profile:
+        for seconds, times, label in asyncio.run(_profile(args.size))[:15]:
+            print(f"{seconds:7.3f} s {times:5}x  {label}")
+        return 0
     report = asyncio.run(_run(args.size, args.rounds))
     for name, rate in report["rows_per_second"].items():
         ratio = report["ratio_to_raw"][name]

@@ -61,14 +61,13 @@ def test_quick_benchmark_writes_json(tmp_path: Path) -> None:
     assert "measurement" in result.stdout  # the readable table
 
 
-def _run_small(module: str, tmp_path: Path, *args: str) -> dict[str, Any]:
-    """Run ``python -m benchmarks.<module> *args --out …`` on a server of its own (in a
-    scratch folder removed afterwards) and return the JSON it wrote."""
-    out = tmp_path / f"{module}.json"
+def _run_module(module: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m benchmarks.<module> *args`` on a server of its own (in a scratch folder
+    removed afterwards); it must succeed."""
     scratch = Path(tempfile.mkdtemp(prefix=f"{module}-smoke-"))
     try:
         result = subprocess.run(
-            [sys.executable, "-m", f"benchmarks.{module}", *args, "--out", str(out)],
+            [sys.executable, "-m", f"benchmarks.{module}", *args],
             cwd=ROOT,
             capture_output=True,
             text=True,
@@ -78,6 +77,13 @@ def _run_small(module: str, tmp_path: Path, *args: str) -> dict[str, Any]:
     finally:
         shutil.rmtree(scratch)
     assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def _run_small(module: str, tmp_path: Path, *args: str) -> dict[str, Any]:
+    """:func:`_run_module` with ``--out``; the JSON it wrote."""
+    out = tmp_path / f"{module}.json"
+    _run_module(module, *args, "--out", str(out))
     report: dict[str, Any] = json.loads(out.read_text())
     return report
 
@@ -193,3 +199,15 @@ def test_conversation_benchmark_writes_json(tmp_path: Path) -> None:
     # Storing by turn alone, the model's semantic ranking is the exact reference's.
     exact = report["systems"]["model_alone_exact"]["semantic"]["scores"]["all"]["hit@5"]
     assert abs(report["systems"]["turns"]["semantic"]["scores"]["all"]["hit@5"] - exact) <= 0.05
+
+
+def test_chat_appends_benchmark_runs_small(tmp_path: Path) -> None:
+    report = _run_small("chat_appends", tmp_path, "--sizes", "5", "40")
+    assert [row["session_turns"] for row in report["rows"]] == [5, 40]
+    assert all(row["append_p50_ms"] > 0 and row["store_p50_ms"] > 0 for row in report["rows"])
+
+
+def test_ingest_profile_names_where_the_time_goes() -> None:
+    lines = _run_module("ingest", "--size", "300", "--profile").stdout.splitlines()
+    assert "the whole store_many" in lines[0]
+    assert any("WITH merged AS (INSERT INTO" in line for line in lines)
