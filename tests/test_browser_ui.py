@@ -88,6 +88,19 @@ async def server(target: dict[str, str]) -> AsyncIterator[str]:
         process.wait(timeout=30)
 
 
+async def test_the_browser_says_where_it_is_and_what_it_shows(target: dict[str, str]) -> None:
+    process, url = _start(target)
+    try:
+        assert process.stderr is not None
+        line = process.stderr.readline()
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    assert line.startswith(f"Memory browser on {url}/ — the memories of ")
+    assert f"table {target['schema']}.{target['table']}" in line
+    assert "password" not in line.lower()
+
+
 @pytest.fixture
 async def page(browser: Browser) -> AsyncIterator[Page]:
     context = await browser.new_context()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import socket
 import subprocess
 import sys
@@ -194,6 +195,12 @@ def http_server(target: list[str]) -> Iterator[tuple[str, str]]:
     )
     wait_for_port(process, port)
     try:
+        assert process.stderr is not None
+        said = b""
+        while b"MCP server on" not in said and select.select([process.stderr], [], [], 10)[0]:
+            said += process.stderr.readline()
+        # The address is printed: the CLI logs errors only, and this line is how it is found.
+        assert f"MCP server on http://127.0.0.1:{port}/mcp".encode() in said
         yield f"http://127.0.0.1:{port}/mcp", token
     finally:
         process.terminate()

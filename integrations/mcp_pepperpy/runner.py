@@ -8,7 +8,6 @@ with stdout pointed at stderr, and logs always go to stderr.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import sys
 from collections.abc import Iterator
@@ -20,8 +19,6 @@ from pepperpy_pg_memory.serving import is_loopback, serve_http
 from .server import bearer_token_guard, create_server, transport_security
 
 __all__ = ["serve", "parse_http_address"]
-
-logger = logging.getLogger(__name__)
 
 
 def parse_http_address(value: str, token: str | None) -> tuple[str, int]:
@@ -83,7 +80,9 @@ async def serve(
         )
         if token:
             app = bearer_token_guard(app, token)
-        logger.warning("MCP server on http://%s:%d/mcp", host, port)
+        # Printed (on stderr), not logged: the CLI logs errors only.
+        shown = f"[{host}]" if ":" in host else host
+        print(f"MCP server on http://{shown}:{port}/mcp", file=sys.stderr, flush=True)
         await serve_http(app, host, port)  # its lifespan runs the MCP session manager
         return 0
     finally:

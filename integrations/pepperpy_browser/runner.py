@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import logging
+import sys
 from typing import Any
 
 from pepperpy_pg_memory import MemoryConfigurationError, PostgresConfig, PostgresStorage
@@ -11,8 +11,6 @@ from pepperpy_pg_memory.serving import host_names, is_loopback, serve_http
 from .app import create_app
 
 __all__ = ["serve"]
-
-logger = logging.getLogger(__name__)
 
 
 async def serve(
@@ -35,7 +33,15 @@ async def serve(
         app = create_app(storage, hosts=host_names(host, port), token=token)
         shown = f"[{host}]" if ":" in host else host
         suffix = f"/?token={token}" if token else "/"
-        logger.warning("memory browser on http://%s:%d%s", shown, port, suffix)
+        # Printed, not logged: the CLI logs errors only, and this line is how a user finds
+        # the page (and which database it shows).
+        print(
+            f"Memory browser on http://{shown}:{port}{suffix} — the memories of "
+            f"{config.describe_target()}, table {config.schema_name}.{config.table}. "
+            "Stop it with Ctrl+C.",
+            file=sys.stderr,
+            flush=True,
+        )
         await serve_http(app, host, port, lifespan="off")
         return 0
     finally:
