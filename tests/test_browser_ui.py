@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -113,16 +114,23 @@ def _rows(page: Page) -> Any:
     return page.get_by_role("table", name="Memories").locator("tbody tr")
 
 
-async def test_lists_newest_first_in_pages_and_takes_a_screenshot(page: Page, server: str) -> None:
+async def test_lists_newest_first_in_pages_and_takes_a_screenshot(
+    page: Page, server: str, target: dict[str, str]
+) -> None:
     await page.goto(server)
     table = page.get_by_role("table", name="Memories")
     await expect(table).to_be_visible()
     await expect(_rows(page)).to_have_count(25)
     await expect(_rows(page).first).to_contain_text("global")  # the newest memory, stored last
     await expect(table).to_contain_text("user:ana")
+    await expect(table).to_contain_text("note-26")  # keys are shown
+    shown = f"table {target['schema']}.{target['table']}"
+    await expect(page.locator("header")).to_contain_text(shown)
     stats = page.get_by_role("region", name="Statistics")
     await expect(stats).to_contain_text("short_term: 27")
     await expect(stats).to_contain_text("user:bruno: 1")
+    await expect(stats).to_contain_text("Search indexes")
+    await expect(stats).not_to_contain_text("_idx")  # no internal index names
     SCREENSHOT.parent.mkdir(exist_ok=True)
     await page.screenshot(path=str(SCREENSHOT), full_page=True)
     await page.get_by_role("link", name="Older memories").click()
@@ -138,6 +146,12 @@ async def test_search_orders_by_score_and_owner_and_type_filter(page: Page, serv
     await expect(_rows(page).first).to_contain_text("Ana is allergic to peanuts")
     scores = [float(s) for s in await _rows(page).locator("td.score").all_inner_texts()]
     assert scores == sorted(scores, reverse=True) and len(scores) > 1
+    assert min(scores) > 0  # unrelated memories (score 0 or less) wait behind a link
+    more = page.get_by_role("link", name=re.compile(r"Show \d+ more that score 0 or less"))
+    if await more.count():
+        hidden = int((await more.inner_text()).split()[1])
+        await more.click()
+        await expect(_rows(page)).to_have_count(len(scores) + hidden)
     await page.goto(server)
     owner = page.get_by_role("combobox", name="Owner")
     assert "user:bruno" in await owner.locator("option").all_inner_texts()

@@ -137,10 +137,13 @@ def create_app(
     # owners and must not look like one.
     templates.filters["visible"] = _visible
     csrf = secrets.token_urlsafe(32)
+    config = storage.config
+    showing = f"{config.describe_target()}, table {config.schema_name}.{config.table}"
 
     def render(name: str, status: int = 200, **context: Any) -> HTMLResponse:
         page = templates.get_template(name).render(
             csrf=csrf,
+            showing=showing,
             owner_label=owner_label,
             types=[t.value for t in MemoryType],
             modes=list(MODES),
@@ -166,6 +169,7 @@ def create_app(
         types = memory_type or None
         results: list[tuple[MemoryEntry[Any], float | None]]
         next_page = None
+        weak, show_all = 0, None
         if query:
             if mode not in MODES:
                 raise _BadRequest(f"unknown mode {mode!r}")
@@ -173,6 +177,15 @@ def create_app(
                 MemoryQuery(query=query, index_type=MODES[mode], limit=50, types=types, **owner)
             )
             results = [(hit.entry, hit.score) for hit in hits]
+            if not params.get("all"):
+                # A score of 0 or less says "unrelated" (cosine): shown only when asked.
+                related: list[tuple[MemoryEntry[Any], float | None]] = [
+                    (hit.entry, hit.score) for hit in hits if hit.score > 0
+                ]
+                weak = len(results) - len(related)
+                if weak:
+                    show_all = "?" + urlencode({**dict(params.items()), "all": "1"})
+                results = related
         else:
             entries = await storage.list(
                 types=types,
@@ -211,7 +224,10 @@ def create_app(
             owners=owners,
             memory_type=memory_type,
             next_page=next_page,
+            weak=weak,
+            show_all=show_all,
             stats=stats,
+            index_bytes=sum(stats["index_bytes"].values()),
         )
 
     async def history(request: Request) -> Response:
