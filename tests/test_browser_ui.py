@@ -175,6 +175,16 @@ async def test_delete_asks_first_and_history_restores(page: Page, server: str) -
     page.once("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
     await page.get_by_role("button", name="Delete").click()
     await expect(_rows(page).first).to_contain_text("No memories")
+    banner = page.get_by_role("status")
+    await expect(banner).to_contain_text("Deleted jazz (user:bruno)")
+    await banner.get_by_role("button", name="Undo").click()  # the deleted version comes back
+    await expect(_rows(page)).to_have_count(1)
+    await expect(_rows(page).first).to_contain_text("Bruno listens to jazz")
+    await expect(page.get_by_role("status")).to_have_count(0)
+    assert "owner=user%3Abruno" in page.url  # back on the page the row was on
+    page.once("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
+    await page.get_by_role("button", name="Delete").click()
+    await expect(_rows(page).first).to_contain_text("No memories")
     await page.goto(f"{server}/history?key=jazz&owner=user:bruno")
     versions = page.get_by_role("table", name="Versions")
     await expect(versions).to_contain_text("delete")
@@ -184,6 +194,34 @@ async def test_delete_asks_first_and_history_restores(page: Page, server: str) -
     page.once("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
     await page.get_by_role("button", name="Invalidate").click()
     await expect(page.get_by_role("table", name="Versions")).to_contain_text("invalidate")
+
+
+async def test_an_edit_is_a_new_version(page: Page, server: str) -> None:
+    await page.goto(f"{server}/history?key=allergy&owner=user:ana")
+    edit = page.get_by_role("region", name="Edit")
+    await edit.get_by_role("textbox", name="Value").fill(
+        '"Ana is allergic to peanuts and shellfish"'
+    )
+    await edit.get_by_role("combobox", name="Type").select_option("semantic")
+    await edit.get_by_role("textbox", name="Metadata").fill('{"topic": "health"}')
+    await edit.get_by_role("textbox", name="Why").fill("she told us about shellfish")
+    await edit.get_by_role("button", name="Save as a new version").click()
+    versions = page.get_by_role("table", name="Versions")
+    await expect(versions.locator("tbody tr")).to_have_count(2)
+    await expect(versions.locator("tbody tr").first).to_contain_text("she told us about shellfish")
+    await expect(versions.locator("tbody tr").first).to_contain_text("memory browser")
+    await page.goto(f"{server}/?owner=user:ana&type=semantic")
+    await expect(_rows(page)).to_have_count(1)
+    await expect(_rows(page).first).to_contain_text("peanuts and shellfish")
+    await expect(_rows(page).first).to_contain_text('"topic": "health"')
+    # A value that is not JSON is refused with the reason, and changes nothing.
+    await page.goto(f"{server}/history?key=allergy&owner=user:ana")
+    edit = page.get_by_role("region", name="Edit")
+    await edit.get_by_role("textbox", name="Value").fill("not json")
+    await edit.get_by_role("button", name="Save as a new version").click()
+    await expect(page.locator("main")).to_contain_text("value and metadata are JSON")
+    await page.goto(f"{server}/history?key=allergy&owner=user:ana")
+    await expect(page.get_by_role("table", name="Versions").locator("tbody tr")).to_have_count(2)
 
 
 async def test_hostile_memory_text_is_shown_and_never_run(page: Page, server: str) -> None:

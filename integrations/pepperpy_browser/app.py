@@ -9,13 +9,14 @@ carries it: once as ``?token=`` (kept in a same-site, HTTP-only cookie) or as a 
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 import secrets
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.applications import Starlette
@@ -226,6 +227,7 @@ def create_app(
             next_page=next_page,
             weak=weak,
             show_all=show_all,
+            deleted=_deleted(params),
             stats=stats,
             index_bytes=sum(stats["index_bytes"].values()),
         )
@@ -237,17 +239,62 @@ def create_app(
         versions = await storage.history(key, **owner)
         if not versions:
             raise MemoryNotFoundError(key)
-        return render("history.html", key=key, owner=params.get("owner", ""), versions=versions)
+        current = None
+        if versions[0].operation not in ("delete", "expire", "evict"):
+            with contextlib.suppress(MemoryNotFoundError):
+                current = await storage.retrieve(key, **owner)
+        return render(
+            "history.html",
+            key=key,
+            owner=params.get("owner", ""),
+            versions=versions,
+            current=current,
+        )
 
     async def delete(request: Request) -> Response:
         form = await checked_form(request)
-        owner = _owner(str(form.get("owner", "")))
-        await storage.delete(str(form.get("key", "")), actor="memory browser", **owner)
-        back = str(form.get("back") or "/")
-        # Back to the page the row was on; only a path here (no open redirect).
-        if not back.startswith("/") or back.startswith("//"):
-            back = "/"
-        return RedirectResponse(back, status_code=303)
+        label, key = str(form.get("owner", "")), str(form.get("key", ""))
+        owner = _owner(label)
+        version = (await storage.retrieve(key, **owner)).version
+        await storage.delete(key, actor="memory browser", **owner)
+        # Back to the page the row was on, saying what went and how to bring it back.
+        done = {"deleted": key, "deleted_owner": label, "deleted_version": str(version)}
+        return RedirectResponse(_with_query(_local(form.get("back")), done), status_code=303)
+
+    async def edit(request: Request) -> Response:
+        form = await checked_form(request)
+        label, key = str(form.get("owner", "")), str(form.get("key", ""))
+        owner = _owner(label)
+        entry = await storage.retrieve(key, **owner)
+        try:
+            value = json.loads(str(form.get("value", "")))
+            metadata = json.loads(str(form.get("metadata", "") or "{}"))
+        except json.JSONDecodeError as exc:
+            raise _BadRequest(f"value and metadata are JSON: {exc}") from None
+        expires = str(form.get("expires", "")).strip()
+        try:
+            expires_at = datetime.fromisoformat(expires) if expires else None
+        except ValueError:
+            raise _BadRequest("expires is a date and time (YYYY-MM-DD HH:MM) or empty") from None
+        if expires_at is not None and expires_at.tzinfo is None:
+            expires_at = expires_at.astimezone()  # as the browser's user reads the page
+        # A new version of the same memory: what the form does not show stays as it is
+        # (its indices and importance; its indexed text while the value is unchanged).
+        await storage.store(
+            key,
+            value,
+            type=str(form.get("type", entry.type.value)),
+            metadata=metadata,
+            indices=entry.indices,
+            importance=entry.importance,
+            text=entry.text if value == entry.value else None,
+            ttl=None if expires_at is not None else "never",
+            expires_at=expires_at,
+            actor="memory browser",
+            reason=str(form.get("reason", "")).strip() or "edited in the memory browser",
+            **owner,
+        )
+        return _to_history(form)
 
     async def invalidate(request: Request) -> Response:
         form = await checked_form(request)
@@ -263,6 +310,8 @@ def create_app(
         except ValueError:
             raise _BadRequest("version must be a number") from None
         await storage.restore(str(form.get("key", "")), version, actor="memory browser", **owner)
+        if form.get("back"):  # an undo from the list: back to it
+            return RedirectResponse(_local(form.get("back")), status_code=303)
         return _to_history(form)
 
     async def bad_request(request: Request, exc: Exception) -> Response:
@@ -280,6 +329,7 @@ def create_app(
             Route("/", index),
             Route("/history", history),
             Route("/delete", delete, methods=["POST"]),
+            Route("/edit", edit, methods=["POST"]),
             Route("/invalidate", invalidate, methods=["POST"]),
             Route("/restore", restore, methods=["POST"]),
             Mount("/static", app=_with_headers(static), name="static"),
@@ -292,6 +342,34 @@ def create_app(
         },
     )
     return app
+
+
+def _deleted(params: Any) -> dict[str, str] | None:
+    """What the last delete removed (shown with an undo), if the page says so."""
+    key = params.get("deleted")
+    if not key:
+        return None
+    kept = [(name, value) for name, value in params.multi_items() if name[:7] != "deleted"]
+    back = "/?" + urlencode(kept)
+    return {
+        "key": key,
+        "owner": params.get("deleted_owner", ""),
+        "version": params.get("deleted_version", ""),
+        "back": back,
+    }
+
+
+def _local(back: Any) -> str:
+    """A path of this site to go back to (never another site: no open redirect)."""
+    path = str(back or "/")
+    return path if path.startswith("/") and not path.startswith("//") else "/"
+
+
+def _with_query(path: str, extra: dict[str, str]) -> str:
+    """``path`` with ``extra`` in its query (replacing the same names)."""
+    base, _, query = path.partition("?")
+    kept = [(name, value) for name, value in parse_qsl(query) if name not in extra]
+    return base + "?" + urlencode([*kept, *extra.items()])
 
 
 def _to_history(form: FormData) -> Response:
