@@ -126,7 +126,9 @@ def _pooled(hidden: Any, mask: Any) -> Vector:
     return np.asarray(mean / norms, dtype=np.float32)
 
 
-def _encode(session: Any, tokenizer: Any, texts: list[str]) -> Vector:
+def _hidden(session: Any, tokenizer: Any, texts: list[str]) -> tuple[Any, Any]:
+    """The model's last layer for ``texts`` (batch × tokens × dimension) and the mask of
+    their real tokens."""
     encoded = tokenizer.encode_batch(texts)
     feeds = {
         "input_ids": np.asarray([e.ids for e in encoded], dtype=np.int64),
@@ -134,22 +136,20 @@ def _encode(session: Any, tokenizer: Any, texts: list[str]) -> Vector:
         "token_type_ids": np.asarray([e.type_ids for e in encoded], dtype=np.int64),
     }
     (hidden,) = session.run(["last_hidden_state"], feeds)
-    return _pooled(hidden, feeds["attention_mask"])
+    return hidden, feeds["attention_mask"]
+
+
+def _encode(session: Any, tokenizer: Any, texts: list[str]) -> Vector:
+    return _pooled(*_hidden(session, tokenizer, texts))
 
 
 def _token_vectors(session: Any, tokenizer: Any, texts: list[str]) -> list[Vector]:
     """Each text's contextual token vectors, L2-normalised, without [CLS] and [SEP]."""
-    encoded = tokenizer.encode_batch(texts)
-    feeds = {
-        "input_ids": np.asarray([e.ids for e in encoded], dtype=np.int64),
-        "attention_mask": np.asarray([e.attention_mask for e in encoded], dtype=np.int64),
-        "token_type_ids": np.asarray([e.type_ids for e in encoded], dtype=np.int64),
-    }
-    (hidden,) = session.run(["last_hidden_state"], feeds)
+    hidden, masks = _hidden(session, tokenizer, texts)
     norms = np.clip(np.linalg.norm(hidden, axis=2, keepdims=True), 1e-12, None)
     hidden = (hidden / norms).astype(np.float32)
     out = []
-    for row, mask in zip(hidden, feeds["attention_mask"], strict=True):
+    for row, mask in zip(hidden, masks, strict=True):
         real = row[mask.astype(bool)]
         out.append(real[1:-1] if len(real) > 2 else real)
     return out
