@@ -194,6 +194,32 @@ class HistoryStatements:
             [tenant, *identity, version],
         )
 
+    def gone(self, tenant: str, owner: tuple[str, str] | None, limit: int) -> Query:
+        """The memories whose last version took them away (a delete, an expiry reclaimed, a
+        quota eviction) and that were not stored again: that last version of each (it holds
+        the memory as it was), the latest first."""
+        params = Params([tenant])
+        where = "h.tenant = $1"
+        if owner is not None:
+            where += (
+                f" AND h.scope = {params.add(owner[0])} AND h.scope_id = {params.add(owner[1])}"
+            )
+        return Query(
+            f"""
+            SELECT * FROM (
+                SELECT DISTINCT ON (h.scope, h.scope_id, h.key) {_version_columns("h")}
+                FROM {self.history} h WHERE {where}
+                ORDER BY h.scope, h.scope_id, h.key, h.version DESC
+            ) v
+            WHERE v.operation = ANY({params.add([*GONE_OPERATIONS, "evict"])}::text[])
+              AND NOT EXISTS (SELECT 1 FROM {self.table} m WHERE m.tenant = $1
+                              AND m.scope = v.scope AND m.scope_id = v.scope_id
+                              AND m.key = v.key)
+            ORDER BY v.at DESC, v.scope, v.scope_id, v.key LIMIT {params.add(limit)}
+            """,
+            params.values,
+        )
+
     def _recorded(self) -> str:
         return f"SELECT {_version_columns('h')} FROM {self.history} h WHERE {_same_memory('h')}"
 

@@ -988,6 +988,18 @@ class PostgresStorage(Generic[K, V]):
         identity = await versions.named(self._ready, checked, scope, scope_id)
         return await versions.history(self._ready, identity, limit, include_embedding)
 
+    async def deleted(
+        self, *, scope: Scope = None, scope_id: str | None = None, limit: int = 50
+    ) -> builtins.list[MemoryVersion[V]]:
+        """The memories deleted (or whose expiry was reclaimed, or that the quota evicted)
+        and not stored again, latest first, within the owner if one is given: for each, its
+        last version (``operation`` says which; its value, text and metadata are the memory
+        as it was). ``restore(key, version.version - 1, ...)`` brings one back."""
+        if isinstance(limit, bool) or not 1 <= limit <= 10_000:
+            raise MemoryValidationError("limit must be in [1, 10000]")
+        owner = self._restriction(scope, scope_id).owner
+        return await versions.gone(self._ready, owner, limit)
+
     async def restore(
         self,
         key: K,

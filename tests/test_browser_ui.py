@@ -196,6 +196,22 @@ async def test_delete_asks_first_and_history_restores(page: Page, server: str) -
     await expect(page.get_by_role("table", name="Versions")).to_contain_text("invalidate")
 
 
+async def test_deleted_memories_can_be_found_and_restored(page: Page, server: str) -> None:
+    await page.goto(f"{server}/?owner=user:bruno")
+    page.once("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
+    await page.get_by_role("button", name="Delete").click()
+    await page.get_by_role("link", name="Deleted memories").click()
+    gone = page.get_by_role("table", name="Deleted memories").locator("tbody tr")
+    await expect(gone).to_have_count(1)
+    await expect(gone.first).to_contain_text("Bruno listens to jazz")
+    await expect(gone.first).to_contain_text("delete")
+    await expect(gone.first).to_contain_text("memory browser")
+    await gone.first.get_by_role("button", name="Restore").click()
+    await expect(gone.first).to_contain_text("Nothing deleted")  # back on this page
+    await page.goto(f"{server}/?owner=user:bruno")
+    await expect(_rows(page).first).to_contain_text("Bruno listens to jazz")
+
+
 async def test_an_edit_is_a_new_version(page: Page, server: str) -> None:
     await page.goto(f"{server}/history?key=allergy&owner=user:ana")
     edit = page.get_by_role("region", name="Edit")

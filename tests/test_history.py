@@ -215,6 +215,31 @@ async def test_restore_brings_back_a_version_and_a_deleted_memory(
         await storage.restore("pet", 0, **ANA)
 
 
+async def test_deleted_memories_are_listed_until_stored_again(
+    storage: PostgresStorage[str, Any],
+) -> None:
+    bruno = {"scope": MemoryScope.USER, "scope_id": "bruno"}
+    await storage.store("tea", "Ana drinks green tea", **ANA)
+    await storage.store("tea", "Ana drinks black tea", **ANA)
+    await storage.store("car", "Ana drives a blue car", **ANA)
+    await storage.store("tea", "Bruno drinks mate", **bruno)
+    assert await storage.deleted() == []
+    await storage.delete("tea", **ANA, reason="asked to forget")
+    await storage.delete("tea", **bruno)
+    gone = await storage.deleted(**ANA)
+    assert [(v.key, v.operation, v.version, v.text) for v in gone] == [
+        ("tea", "delete", 3, "Ana drinks black tea")
+    ]
+    assert gone[0].reason == "asked to forget"
+    assert {v.scope_id for v in await storage.deleted()} == {"ana", "bruno"}
+    assert len(await storage.deleted(limit=1)) == 1
+    back = await storage.restore("tea", gone[0].version - 1, **ANA)
+    assert back.text == "Ana drinks black tea"
+    assert await storage.deleted(**ANA) == []
+    with pytest.raises(MemoryValidationError):
+        await storage.deleted(limit=0)
+
+
 async def test_supersede_under_a_new_key_keeps_the_old_fact_closed(
     storage: PostgresStorage[str, Any],
 ) -> None:

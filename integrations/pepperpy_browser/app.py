@@ -251,6 +251,12 @@ def create_app(
             current=current,
         )
 
+    async def deleted(request: Request) -> Response:
+        owner_text = request.query_params.get("owner", "")
+        gone = await storage.deleted(limit=PAGE_SIZE * 4, **_owner(owner_text))
+        here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        return render("deleted.html", gone=gone, owner=owner_text, here=here)
+
     async def delete(request: Request) -> Response:
         form = await checked_form(request)
         label, key = str(form.get("owner", "")), str(form.get("key", ""))
@@ -328,6 +334,7 @@ def create_app(
         routes=[
             Route("/", index),
             Route("/history", history),
+            Route("/deleted", deleted),
             Route("/delete", delete, methods=["POST"]),
             Route("/edit", edit, methods=["POST"]),
             Route("/invalidate", invalidate, methods=["POST"]),

@@ -67,6 +67,16 @@ async def history(
     return [started.rows.version(row, include_embedding) for row in rows]
 
 
+async def gone(
+    started: Started[V], owner: tuple[str, str] | None, limit: int
+) -> builtins.list[MemoryVersion[V]]:
+    """The memories taken away and not stored again, each by its last version."""
+    rows = await started.database.reading.fetch(
+        "history", started.history.gone(started.tenant, owner, limit)
+    )
+    return [started.rows.version(row, False) for row in rows]
+
+
 @instrumented("restore")
 async def restore(
     started: Started[V], identity: Identity, version: int, change: Change
