@@ -541,6 +541,7 @@ ON_THE_CLUSTER = [
     "tests/test_expiry_and_scopes.py",
     "tests/test_passages.py",
     "tests/test_owner_identity.py",
+    "tests/test_conversations.py",
 ]
 """The behaviours run again with every store distributed by owner on the cluster."""
 
