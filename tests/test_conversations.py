@@ -263,3 +263,22 @@ async def test_reindexing_gives_a_turn_the_vector_its_write_gave(
     reply = await storage.retrieve("t5", include_embedding=True, **ANA)
     plain = await storage.embedder.embed_documents([reply.text])
     assert list(plain[0]) != pytest.approx(reply.embedding, abs=1e-3)
+
+
+async def test_a_whole_session_stored_again_keeps_its_places_and_new_context(
+    storage: PostgresStorage[str, Any],
+) -> None:
+    first = [Turn(id=f"w{i:02d}", speaker="Ana", text=f"line {i}", at=FRIDAY) for i in range(12)]
+    await storage.store_conversation("s1", first, **ANA)
+    again = [
+        turn.model_copy(update={"text": f"line {i}, corrected"}) for i, turn in enumerate(first)
+    ]
+    assert await storage.store_conversation("s1", again, **ANA) == 12
+    assert await storage.count(**ANA) == 12
+    turn = await storage.retrieve("w05", **ANA)
+    assert turn.metadata["conversation"]["position"] == 5
+    assert turn.text.splitlines()[1:] == [
+        "Ana: line 3, corrected",
+        "Ana: line 4, corrected",
+        "Ana: line 5, corrected",
+    ]

@@ -30,6 +30,11 @@ __all__ = ["turn_items", "session_turns", "indexed_vectors"]
 
 V = TypeVar("V")
 
+_FEW_REPLACED = 8
+"""Up to this many turns stored again are read with their context one by one."""
+_WHOLE_SESSION = 1_000_000
+"""More than any session holds: the limit of a read of a whole session."""
+
 
 def _stored(entry: MemoryEntry[Any]) -> StoredTurn | None:
     """A turn stored before, read back from its row (None if the row is not one)."""
@@ -92,8 +97,13 @@ async def session_turns(
     await fetch(statements.turns_before(restriction, None, CONTEXT_TURNS))
     named = started.restriction(scope, scope_id, None, session, keys=frozenset(ids))
     page = statements.list_page(named, limit=len(ids), offset=0, order_by="key", descending=False)
-    for replaced in await fetch(page):
-        await fetch(statements.turns_before(restriction, replaced.position, CONTEXT_TURNS))
+    replaced = await fetch(page)
+    if len(replaced) > _FEW_REPLACED:
+        # A session stored again: one read of all of it beats one read per turn.
+        await fetch(statements.turns_before(restriction, None, _WHOLE_SESSION))
+    else:
+        for turn in replaced:
+            await fetch(statements.turns_before(restriction, turn.position, CONTEXT_TURNS))
     return sorted(found.values(), key=lambda turn: (turn.position, turn.id))
 
 
