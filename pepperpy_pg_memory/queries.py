@@ -321,7 +321,7 @@ class Statements:
         self.clock = "statement_timestamp()" if self.distributed else "clock_timestamp()"
 
     # --- writes --------------------------------------------------------------------------
-    def _upsert_tail(self, restoring: bool = False, given: tuple[str, str] | None = None) -> str:
+    def _upsert_tail(self, given: tuple[str, str] | None = None) -> str:
         # On a Citus cluster the SET clause may call no function that is not immutable: the
         # moment of the write comes from the inserted row (see _insert), evaluated once by
         # the coordinator.
@@ -350,7 +350,7 @@ class Statements:
                          AND m.content_hash = EXCLUDED.content_hash
                     THEN m.embedding
                     ELSE EXCLUDED.embedding END,
-                {self._moments(restoring, moment, given)}
+                {self._moments(moment, given)}
                 expires_at = EXCLUDED.expires_at,
                 valid_from = CASE
                     WHEN EXCLUDED.valid_from IS NOT NULL THEN EXCLUDED.valid_from
@@ -365,21 +365,23 @@ class Statements:
             RETURNING {_WRITTEN}, {self.access_columns}
         """
 
-    def _moments(self, restoring: bool, moment: str, given: tuple[str, str] | None) -> str:
+    def _moments(self, moment: str, given: tuple[str, str] | None) -> str:
+        """The SET clause's moments. ``given``, for a restore: the parameters of the
+        ``created_at`` and ``updated_at`` the backup recorded, written as they are; a line
+        that recorded none is an ordinary write of the memory (so importing it again
+        changes nothing)."""
         updated = "EXCLUDED.updated_at" if self.distributed else "clock_timestamp()"
         created = f"""CASE
                     WHEN m.expires_at IS NOT NULL AND m.expires_at <= {moment} THEN {moment}
                     ELSE m.created_at END"""
-        if restoring:
-            # A restore writes the moments the backup recorded; a line that recorded none
-            # is an ordinary write of the memory (so importing it again changes nothing).
-            if given is None:
-                return "created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at,"
+        if given is not None:
             created_given, updated_given = given
-            return f"""created_at = CASE WHEN {created_given} IS NULL THEN {created}
-                    ELSE EXCLUDED.created_at END,
-                updated_at = CASE WHEN {updated_given} IS NULL THEN {updated}
-                    ELSE EXCLUDED.updated_at END,"""
+            created = (
+                f"CASE WHEN {created_given} IS NULL THEN {created} ELSE EXCLUDED.created_at END"
+            )
+            updated = (
+                f"CASE WHEN {updated_given} IS NULL THEN {updated} ELSE EXCLUDED.updated_at END"
+            )
         return f"""created_at = {created},
                 updated_at = {updated},"""
 
@@ -397,10 +399,9 @@ class Statements:
         """``INSERT … SELECT``/``VALUES`` of every table column a write fills, each from
         ``values`` (a write column's name → its SQL), then the upsert. ``moments`` names
         ``created_at``/``updated_at`` when ``values`` gives them (a restore), and ``given``
-        the parameters that say whether the caller gave each; ``context`` is a
-        :func:`~.history.change_context` to join."""
+        the parameters that say whether the caller gave each (see :meth:`_moments`);
+        ``context`` is a :func:`~.history.change_context` to join."""
         columns = [name for name in STAGING_COLUMNS if name not in ("ttl", "expires_at")]
-        restoring = bool(moments)
         if self.distributed and not moments:
             # The write's moment, for the upsert's SET clause (see _upsert_tail): the
             # transaction's, as a new row's on one server (and as its expiry counts from).
@@ -426,7 +427,7 @@ class Statements:
                 )
         else:
             body = f"VALUES ({', '.join(expressions)})"
-        tail = self._upsert_tail(restoring=restoring, given=given)
+        tail = self._upsert_tail(given)
         return f"INSERT INTO {self.table} AS m ({', '.join(columns)}) {body} {tail}"
 
     def upsert_one(self, tenant: str, record: Sequence[Any], change: Change = PLAIN) -> Query:
