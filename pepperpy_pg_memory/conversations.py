@@ -38,6 +38,7 @@ __all__ = [
     "long_date",
     "own_text",
     "turn_own_text",
+    "turn_words",
     "relative_dates",
     "turns_of",
 ]
@@ -152,18 +153,29 @@ def indexed_text(session: Sequence[StoredTurn], index: int) -> tuple[str, int]:
     return "\n".join(lines), start
 
 
-def turn_own_text(content: str, place: Any) -> str | None:
-    """A stored turn's own text ("Speaker: text"), read from its indexed text and its place
-    (its metadata's :data:`CONVERSATION_FIELD`); None for a row that is not a turn."""
+def turn_words(place: Any) -> tuple[str, int, int] | None:
+    """A stored turn's speaker and where its own words are in its indexed text, read from
+    its place (its metadata's :data:`CONVERSATION_FIELD`); None for a row that is not a
+    turn (or whose metadata was written by hand)."""
     if not isinstance(place, dict):
         return None
     try:
         start, end = place["span"]
         speaker = place["speaker"]
-        if not (isinstance(start, int) and isinstance(end, int) and isinstance(speaker, str)):
-            return None
     except (KeyError, TypeError, ValueError):
         return None
+    if not (isinstance(start, int) and isinstance(end, int) and isinstance(speaker, str)):
+        return None
+    return speaker, start, end
+
+
+def turn_own_text(content: str, place: Any) -> str | None:
+    """A stored turn's own text ("Speaker: text") from its indexed text and its place; None
+    for a row that is not a turn."""
+    words = turn_words(place)
+    if words is None:
+        return None
+    speaker, start, end = words
     return own_text(speaker, content[start:end])
 
 

@@ -549,10 +549,14 @@ class PostgresStorage(Generic[K, V]):
         if scope_id is None and as_enum(MemoryScope, scope, "scope") is MemoryScope.SESSION:
             scope_id = session_id
         items = await conversing.turn_items(
-            self._ready, session_id, turns, scope=scope, scope_id=scope_id, metadata=metadata
+            self._ready,
+            session_id,
+            turns,
+            scope=scope,
+            scope_id=scope_id,
+            metadata=metadata,
+            managed_by=managed_by,
         )
-        for item in items:
-            item["managed_by"] = managed_by
         return await self.store_many(
             items,
             type=type,

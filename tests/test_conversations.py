@@ -192,6 +192,7 @@ async def test_an_id_given_twice_writes_nothing(storage: PostgresStorage[str, An
         ("s", "hello", None, "list of Turn"),
         ("s", [{"id": "a", "speaker": "Ana", "text": "hi"}], {"conversation": 1}, "reserved|place"),
         ("s", [{"id": "", "speaker": "Ana", "text": "hi"}], None, "turn 0"),
+        ("s", [{"id": "a\x00b", "speaker": "Ana", "text": "hi"}], None, "key"),
     ],
 )
 async def test_bad_input_is_refused_with_nothing_written(
@@ -204,6 +205,15 @@ async def test_bad_input_is_refused_with_nothing_written(
     with pytest.raises(MemoryValidationError, match=message):
         await storage.store_conversation(session_id, turns, metadata=metadata, **ANA)
     assert await storage.count() == 0
+
+
+async def test_a_conversation_without_an_owner_is_refused_before_anything_is_read(
+    storage: PostgresStorage[str, Any],
+) -> None:
+    await storage.store_conversation("s1", _pet_talk(), scope=MemoryScope.USER, scope_id="bruno")
+    with pytest.raises(MemoryValidationError, match="invalid scope None"):
+        await storage.store_conversation("s1", [Turn(id="x", speaker="Ana", text="hi")], scope=None)
+    assert await storage.count() == 5
 
 
 async def test_one_bad_turn_writes_none_of_the_others(storage: PostgresStorage[str, Any]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
@@ -17,11 +18,13 @@ from ..conversations import (
     indexed_text,
     moment_of,
     turn_own_text,
+    turn_words,
     turns_of,
 )
 from ..errors import MemoryValidationError
 from ..items import Scope
 from ..models import MemoryEntry
+from ..queries import Restriction
 from ..sql import Query
 from ..vectors import Vector
 from .started import Started
@@ -38,21 +41,16 @@ _WHOLE_SESSION = 1_000_000
 
 def _stored(entry: MemoryEntry[Any]) -> StoredTurn | None:
     """A turn stored before, read back from its row (None if the row is not one)."""
-    placed = entry.metadata.get(CONVERSATION_FIELD)
-    if turn_own_text(entry.text, placed) is None:
+    place: Any = entry.metadata.get(CONVERSATION_FIELD)
+    words = turn_words(place)
+    if words is None:
         return None
-    assert isinstance(placed, dict)
+    speaker, start, end = words
     try:
-        start, end = placed["span"]
-        return StoredTurn(
-            id=entry.key,
-            speaker=placed["speaker"],
-            text=entry.text[start:end],
-            at=datetime.fromisoformat(placed["at"]),
-            position=int(placed["position"]),
-        )
+        at, position = datetime.fromisoformat(place["at"]), int(place["position"])
     except (KeyError, TypeError, ValueError):
         return None  # metadata written by hand: not a turn this module can place
+    return StoredTurn(entry.key, speaker, entry.text[start:end], at, position)
 
 
 async def indexed_vectors(
@@ -72,30 +70,24 @@ async def indexed_vectors(
 
 
 async def session_turns(
-    started: Started[V],
-    session_id: str,
-    scope: Scope,
-    scope_id: str | None,
-    ids: Sequence[str],
+    started: Started[V], owner: Restriction, session_id: str, ids: Sequence[str]
 ) -> builtins.list[StoredTurn]:
-    """What a write of the turns ``ids`` needs of the session's stored turns, in their
-    order: those turns themselves, the :data:`CONTEXT_TURNS` turns before each of them and
-    the session's last ones (a long chat is not read whole to append one message)."""
-    session = {f"{CONVERSATION_FIELD}.session_id": session_id}
-    restriction = started.restriction(scope, scope_id, None, session)
+    """What a write of the turns ``ids`` needs of the owner's session's stored turns, in
+    their order: those turns themselves, the :data:`CONTEXT_TURNS` turns before each of
+    them and the session's last ones (a long chat is not read whole to append one
+    message)."""
+    restriction = replace(owner, filter={f"{CONVERSATION_FIELD}.session_id": session_id})
     statements = started.statements
     found: dict[str, StoredTurn] = {}
 
     async def fetch(query: Query) -> builtins.list[StoredTurn]:
         rows = await started.reads.fetch("store_conversation", query)
-        turns = [_stored(started.rows.entry(row)) for row in rows]
-        for turn in turns:
-            if turn is not None:
-                found[turn.id] = turn
-        return [turn for turn in turns if turn is not None]
+        turns = [turn for turn in (_stored(started.rows.entry(row)) for row in rows) if turn]
+        found.update((turn.id, turn) for turn in turns)
+        return turns
 
     await fetch(statements.turns_before(restriction, None, CONTEXT_TURNS))
-    named = started.restriction(scope, scope_id, None, session, keys=frozenset(ids))
+    named = replace(restriction, keys=frozenset(ids))
     page = statements.list_page(named, limit=len(ids), offset=0, order_by="key", descending=False)
     replaced = await fetch(page)
     if len(replaced) > _FEW_REPLACED:
@@ -115,12 +107,17 @@ async def turn_items(
     scope: Scope,
     scope_id: str | None,
     metadata: Mapping[str, Any] | None,
+    managed_by: str,
 ) -> builtins.list[dict[str, Any]]:
     """``store_many`` items of ``turns``: each keyed by its id, its value the turn (or the
     turn's own ``value``), indexed by its context (see :mod:`..conversations`), placed after
-    the session's stored turns (a turn stored before keeps its place)."""
+    the session's stored turns (a turn stored before keeps its place), the record of
+    ``managed_by``."""
     if not isinstance(session_id, str) or not session_id:
         raise MemoryValidationError("session_id must be a non-empty str")
+    # The owner's session (the facade has refused a call without a scope): its context
+    # is never another owner's.
+    owner = started.restriction(scope, scope_id)
     given = turns_of(turns)
     if metadata is not None and CONVERSATION_FIELD in metadata:
         raise MemoryValidationError(
@@ -133,7 +130,8 @@ async def turn_items(
             )
     if not given:
         return []
-    session = await session_turns(started, session_id, scope, scope_id, [turn.id for turn in given])
+    # Each id checked as the key it becomes, before it is read with.
+    session = await session_turns(started, owner, session_id, started.keys(t.id for t in given))
     places = {turn.id: index for index, turn in enumerate(session)}
     now = datetime.now(timezone.utc)
     placed: builtins.list[int] = []
@@ -173,6 +171,7 @@ async def turn_items(
                 "key": turn.id,
                 "value": value,
                 "text": text,
+                "managed_by": managed_by,
                 "metadata": {
                     **(metadata or {}),
                     **(turn.metadata or {}),
