@@ -717,26 +717,35 @@ class _HelpWithDefaults(argparse.HelpFormatter):
         return text
 
 
+class _Parser(argparse.ArgumentParser):
+    """The CLI's parsers, the top level's and each command's: their help says defaults."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpWithDefaults)
+        super().__init__(*args, **kwargs)
+
+
 def _parser() -> argparse.ArgumentParser:
-    connection = argparse.ArgumentParser(add_help=False)
+    connection = _Parser(add_help=False)
     _connection_options(connection, after_command=True)
     # Offered by the commands that print results; the demo is a narrative only.
-    output = argparse.ArgumentParser(add_help=False)
+    output = _Parser(add_help=False)
     output.add_argument("--json", action="store_true", help="machine-readable output")
 
-    owner = argparse.ArgumentParser(add_help=False)
+    owner = _Parser(add_help=False)
     owner.add_argument(
         "--scope", choices=[s.value for s in MemoryScope], help="whose memories (with --scope-id)"
     )
     owner.add_argument("--scope-id", help="session, user or agent id")
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="pepperpy-memory",
-        formatter_class=_HelpWithDefaults,
         description="PostgreSQL memory for LLM agents: store, search and maintain memories.",
     )
     _connection_options(parser, after_command=False)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
 
     def command(name: str, handler: Any, help: str, *parents: Any) -> argparse.ArgumentParser:
         sub = commands.add_parser(
@@ -744,14 +753,12 @@ def _parser() -> argparse.ArgumentParser:
             help=help,
             description=help,
             parents=[connection, output, *parents],
-            formatter_class=_HelpWithDefaults,
         )
         sub.set_defaults(handler=handler)
         return sub
 
     demo = commands.add_parser(
         "demo",
-        formatter_class=_HelpWithDefaults,
         help="store a dozen agent memories and show semantic, contextual and hybrid recall",
         parents=[connection],
     )
@@ -901,7 +908,6 @@ def _parser() -> argparse.ArgumentParser:
     )
     mcp = commands.add_parser(
         "mcp",
-        formatter_class=_HelpWithDefaults,
         help="serve the memories to agent hosts over the Model Context Protocol (stdio)",
         description="An MCP server with the tools remember, recall, forget and list_memories. "
         "On stdio by default (what desktop hosts launch); --http serves streamable HTTP.",
@@ -927,7 +933,6 @@ def _parser() -> argparse.ArgumentParser:
     )
     ui = commands.add_parser(
         "ui",
-        formatter_class=_HelpWithDefaults,
         help="browse, search and correct the memories in a local web page",
         description="The memory browser: a table of memories, search, owner and type filters, "
         "history with restore and invalidate, and statistics. Loopback only, unless --token.",
