@@ -177,16 +177,12 @@ def create_app(
             hits = await storage.search(
                 MemoryQuery(query=query, index_type=MODES[mode], limit=50, types=types, **owner)
             )
-            results = [(hit.entry, hit.score) for hit in hits]
-            if not params.get("all"):
-                # A score of 0 or less says "unrelated" (cosine): shown only when asked.
-                related: list[tuple[MemoryEntry[Any], float | None]] = [
-                    (hit.entry, hit.score) for hit in hits if hit.score > 0
-                ]
-                weak = len(results) - len(related)
-                if weak:
-                    show_all = "?" + urlencode({**dict(params.items()), "all": "1"})
-                results = related
+            # A score of 0 or less says "unrelated" (cosine): shown only when asked.
+            every = bool(params.get("all"))
+            results = [(hit.entry, hit.score) for hit in hits if every or hit.score > 0]
+            weak = len(hits) - len(results)
+            if weak:
+                show_all = "?" + urlencode({**dict(params.items()), "all": "1"})
         else:
             entries = await storage.list(
                 types=types,
@@ -239,10 +235,9 @@ def create_app(
         versions = await storage.history(key, **owner)
         if not versions:
             raise MemoryNotFoundError(key)
-        current = None
-        if versions[0].operation not in ("delete", "expire", "evict"):
-            with contextlib.suppress(MemoryNotFoundError):
-                current = await storage.retrieve(key, **owner)
+        current = None  # a memory gone has nothing to edit
+        with contextlib.suppress(MemoryNotFoundError):
+            current = await storage.retrieve(key, **owner)
         return render(
             "history.html",
             key=key,
