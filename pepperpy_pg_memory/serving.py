@@ -6,7 +6,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Any, Literal
 
-__all__ = ["is_loopback", "host_names", "serve_http"]
+__all__ = ["is_loopback", "host_names", "base_url", "serve_http"]
 
 
 def is_loopback(host: str) -> bool:
@@ -19,6 +19,17 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def _in_url(host: str) -> str:
+    """``host`` as a URL writes it (an IPv6 address in brackets)."""
+    bare = host.strip("[]")
+    return f"[{bare}]" if ":" in bare else bare
+
+
+def base_url(host: str, port: int) -> str:
+    """``http://host:port``: where a server listening on ``host``:``port`` is opened."""
+    return f"http://{_in_url(host)}:{port}"
+
+
 def host_names(host: str, port: int) -> set[str]:
     """The ``Host`` header values that name a server listening on ``host``:``port`` (on
     loopback, the loopback names too); anything else is a rebinding attempt."""
@@ -28,7 +39,7 @@ def host_names(host: str, port: int) -> set[str]:
     elif is_loopback(bare):
         names = {bare, "127.0.0.1", "localhost"}
     else:
-        names = {f"[{bare}]" if ":" in bare else bare}
+        names = {_in_url(bare)}
     return {f"{name}:{port}" for name in names}
 
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from pepperpy_pg_memory import MemoryConfigurationError, PostgresConfig, PostgresStorage
-from pepperpy_pg_memory.serving import is_loopback, serve_http
+from pepperpy_pg_memory.serving import base_url, is_loopback, serve_http
 
 from .server import bearer_token_guard, create_server, transport_security
 
@@ -81,8 +81,7 @@ async def serve(
         if token:
             app = bearer_token_guard(app, token)
         # Printed (on stderr), not logged: the CLI logs errors only.
-        shown = f"[{host}]" if ":" in host else host
-        print(f"MCP server on http://{shown}:{port}/mcp", file=sys.stderr, flush=True)
+        print(f"MCP server on {base_url(host, port)}/mcp", file=sys.stderr, flush=True)
         await serve_http(app, host, port)  # its lifespan runs the MCP session manager
         return 0
     finally:

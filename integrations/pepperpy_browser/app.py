@@ -36,6 +36,7 @@ from pepperpy_pg_memory import (
     MemoryQuery,
     MemoryScope,
     MemoryType,
+    PostgresConfig,
     PostgresStorage,
 )
 from pepperpy_pg_memory.values import UNSEEN
@@ -138,8 +139,7 @@ def create_app(
     # owners and must not look like one.
     templates.filters["visible"] = _visible
     csrf = secrets.token_urlsafe(32)
-    config = storage.config
-    showing = f"{config.describe_target()}, table {config.schema_name}.{config.table}"
+    showing = what_it_shows(storage.config)
 
     def render(name: str, status: int = 200, **context: Any) -> HTMLResponse:
         page = templates.get_template(name).render(
@@ -344,6 +344,11 @@ def create_app(
         },
     )
     return app
+
+
+def what_it_shows(config: PostgresConfig) -> str:
+    """Which database and table the browser shows (never a password)."""
+    return f"{config.describe_target()}, table {config.schema_name}.{config.table}"
 
 
 def _deleted(params: Any) -> dict[str, str] | None:

@@ -6,9 +6,9 @@ import sys
 from typing import Any
 
 from pepperpy_pg_memory import MemoryConfigurationError, PostgresConfig, PostgresStorage
-from pepperpy_pg_memory.serving import host_names, is_loopback, serve_http
+from pepperpy_pg_memory.serving import base_url, host_names, is_loopback, serve_http
 
-from .app import create_app
+from .app import create_app, what_it_shows
 
 __all__ = ["serve"]
 
@@ -31,14 +31,12 @@ async def serve(
     await storage.start()
     try:
         app = create_app(storage, hosts=host_names(host, port), token=token)
-        shown = f"[{host}]" if ":" in host else host
         suffix = f"/?token={token}" if token else "/"
         # Printed, not logged: the CLI logs errors only, and this line is how a user finds
         # the page (and which database it shows).
         print(
-            f"Memory browser on http://{shown}:{port}{suffix} — the memories of "
-            f"{config.describe_target()}, table {config.schema_name}.{config.table}. "
-            "Stop it with Ctrl+C.",
+            f"Memory browser on {base_url(host, port)}{suffix} — the memories of "
+            f"{what_it_shows(config)}. Stop it with Ctrl+C.",
             file=sys.stderr,
             flush=True,
         )
