@@ -40,6 +40,7 @@ from pepperpy_pg_memory import (
     Turn,
 )
 from pepperpy_pg_memory.embeddings import Embedder, default_embedder
+from pepperpy_pg_memory.reranking import LateInteractionReranker
 
 from .dialogues import DEV_SET, load
 from .measure import save_json
@@ -91,46 +92,31 @@ async def _load(store: PostgresStorage[str, Any], data: dict[str, Any], system: 
     await store.refresh_term_statistics()
 
 
+RERANK_CANDIDATES = 20
+
+
 async def _search_all(
-    store: PostgresStorage[str, Any], questions: list[dict[str, Any]], mode: MemoryIndex, k: int
+    store: PostgresStorage[str, Any],
+    questions: list[dict[str, Any]],
+    mode: MemoryIndex,
+    k: int,
+    reranker: LateInteractionReranker | None = None,
 ) -> tuple[list[list[str]], list[float]]:
+    """Each question searched within its owner: the top ``k`` keys and the seconds it took
+    (with ``reranker``: :data:`RERANK_CANDIDATES` found, re-ranked to the top k)."""
     found, seconds = [], []
     for question in questions:
         query = MemoryQuery(
             query=question["question"],
             index_type=mode,
-            limit=k,
+            limit=k if reranker is None else RERANK_CANDIDATES,
             scope=MemoryScope.USER,
             scope_id=question["conversation"],
         )
         started = time.perf_counter()
         results = await store.search(query)
-        seconds.append(time.perf_counter() - started)
-        found.append([result.entry.key for result in results])
-    return found, seconds
-
-
-RERANK_CANDIDATES = 20
-
-
-async def _search_reranked(
-    store: PostgresStorage[str, Any], questions: list[dict[str, Any]], k: int
-) -> tuple[list[list[str]], list[float]]:
-    """HYBRID for :data:`RERANK_CANDIDATES`, re-ranked by late interaction to the top k."""
-    from pepperpy_pg_memory.reranking import LateInteractionReranker
-
-    reranker = LateInteractionReranker()
-    found, seconds = [], []
-    for question in questions:
-        query = MemoryQuery(
-            query=question["question"],
-            index_type=MemoryIndex.HYBRID,
-            limit=RERANK_CANDIDATES,
-            scope=MemoryScope.USER,
-            scope_id=question["conversation"],
-        )
-        started = time.perf_counter()
-        results = await reranker.rerank(question["question"], await store.search(query), limit=k)
+        if reranker is not None:
+            results = await reranker.rerank(question["question"], results, limit=k)
         seconds.append(time.perf_counter() - started)
         found.append([result.entry.key for result in results])
     return found, seconds
@@ -204,8 +190,10 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
                 report["systems"][system] = result
                 if system == "conversation" and args.rerank:
                     _log("conversation: hybrid, re-ranked")
-                    await _search_reranked(store, questions[:5], args.k)  # warm
-                    found, seconds = await _search_reranked(store, questions, args.k)
+                    reranker = LateInteractionReranker()
+                    hybrid = MemoryIndex.HYBRID
+                    await _search_all(store, questions[:5], hybrid, args.k, reranker)  # warm
+                    found, seconds = await _search_all(store, questions, hybrid, args.k, reranker)
                     report["systems"]["conversation_reranked"] = {
                         "hybrid": {
                             "scores": _scores(found, questions, args.k),
