@@ -51,6 +51,13 @@ def _vectors(count: int, seed: int = 11) -> np.ndarray:
     return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
 
 
+def _rows(size: int) -> list[tuple[str, str, np.ndarray]]:
+    """The memories both sides store: key, text and vector."""
+    texts = [(m.key, m.text) for m in memories(size)]
+    vectors = _vectors(size)
+    return [(key, text, vectors[i]) for i, (key, text) in enumerate(texts)]
+
+
 async def _raw(url: str, rows: list[tuple[str, str, np.ndarray]], table: str) -> float:
     """COPY into a bare table, then the HNSW build: the floor."""
     conn = await asyncpg.connect(url)
@@ -112,9 +119,7 @@ async def _run(size: int, rounds: int) -> dict[str, Any]:
     try:
         database = await _prepare_database(server)
         url = server.get_uri("bench")
-        texts = [(m.key, m.text) for m in memories(size)]
-        vectors = _vectors(size)
-        rows = [(key, text, vectors[i]) for i, (key, text) in enumerate(texts)]
+        rows = _rows(size)
         seconds: dict[str, list[float]] = {"raw_copy_hnsw": []}
         for name in VARIANTS:
             seconds[name] = []
@@ -179,9 +184,7 @@ async def _profile(size: int) -> list[tuple[float, int, str]]:
     server = _start_server(Path(tempfile.mkdtemp(prefix="pepperpy-ingest-")))
     try:
         await _prepare_database(server)
-        texts = [(m.key, m.text) for m in memories(size)]
-        vectors = _vectors(size)
-        rows = [(key, text, vectors[i]) for i, (key, text) in enumerate(texts)]
+        rows = _rows(size)
         total = await _ours(server.get_uri("bench"), rows, "profiled", {})
     finally:
         server.cleanup()
