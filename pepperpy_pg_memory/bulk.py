@@ -14,6 +14,7 @@ from .dedupe import BatchDeduplication, lock_owners, reinforce
 from .history import PLAIN, Change
 from .items import PendingWrite
 from .queries import PASSAGE_COLUMNS, STAGING_COLUMNS, Statements, record_identity
+from .schema import STATEMENT_VERSIONS_SETTING, TableLayout
 from .sql import Query, send
 from .types import Identity
 
@@ -46,13 +47,20 @@ async def write_batch(
     passages: Sequence[tuple[Any, ...]] = (),
     change: Change = PLAIN,
     dedupe: BatchDeduplication | None = None,
+    quota: int | None = None,
 ) -> list[asyncpg.Record]:
     """Upsert ``records`` (in :data:`STAGING_COLUMNS` order); returns the rows the merge left
     without a vector (their text changed concurrently), or with ``every_row`` every merged
     row (its identity, moments and ``needs_embedding``). The memories' passages are replaced
     by ``passages`` (rows in :data:`PASSAGE_COLUMNS` order) in the same transaction; the
     history records ``change`` with each version. With ``dedupe``, writes that duplicate a
-    memory the owner holds (or an earlier write of the batch) reinforce it instead.
+    memory the owner holds (or an earlier write of the batch) reinforce it instead;
+    ``quota`` is the store's ``max_memories_per_owner``.
+
+    The merge numbers and records its versions, computes its terms and checks the quota for
+    all its rows at once (:meth:`Statements.merge_staging` with ``versions``) instead of
+    leaving each row to the triggers, unless an owner has no room left: then the quota
+    trigger evicts, row by row, as for any other writer.
 
     A few rows (at most :data:`SMALL_BATCH_ROWS`, with no deduplication and no rebuild) go
     in one statement instead (:func:`write_rows`): the staging table, the COPY and the merge
@@ -62,7 +70,8 @@ async def write_batch(
     at 384 dimensions); building the graph once over all rows is several times faster. So a
     batch of at least ``rebuild_from`` rows (0: never) that is larger than the table drops the
     index and rebuilds it in the same transaction: readers wait for the commit, and a failure
-    rolls the index back with the rows.
+    rolls the index back with the rows. The GIN indexes (words, trigrams, terms, metadata)
+    go the same way: at 10,000 rows inserting into them cost 0.5 s, building them 0.16 s.
     """
     layout = statements.layout
     rebuild = 0 < rebuild_from <= len(records)
@@ -74,7 +83,6 @@ async def write_batch(
     if rebuild:
         count = statements.count_up_to(len(records))
         rebuild = await conn.fetchval(count.sql, *count.args, timeout=timeout) < len(records)
-    merge = statements.merge_staging(tenant, every_row=every_row, change=change)
     async with conn.transaction():
         await conn.execute(statements.create_staging().sql, timeout=timeout)
         await conn.copy_records_to_table(
@@ -95,17 +103,81 @@ async def write_batch(
             # Before the index goes: a near-duplicate is found through it.
             folded = await dedupe.unstage_duplicates(conn, timeout)
             passages = [row for row in passages if Identity(*row[1:4]) not in folded]
+        rebuilt_gin: list[str] = []
         if rebuild:
             await conn.execute(layout.drop_vector_index().sql, timeout=timeout)
+            rebuilt_gin = await _drop_gin_indexes(layout, timeout, conn)
         gone = statements.delete_staged_passages(tenant)
         await conn.execute(gone.sql, *gone.args, timeout=timeout)
-        rows = await send(conn, "fetch", merge, timeout)
+        versions = statements.writes_versions and await _room_for(
+            statements, tenant, records, quota, timeout, conn
+        )
+        merge = statements.merge_staging(tenant, every_row, change, versions=versions)
+        if versions:
+            rows = await _merge_with_versions(statements, merge, timeout, conn)
+        else:
+            rows = await send(conn, "fetch", merge, timeout)
         await copy_passages(statements, passages, timeout, conn)
         if rebuild:
             for query in layout.build_vector_index(maintenance_work_mem):
                 await conn.execute(query.sql, *query.args, timeout=timeout)
+            for definition in rebuilt_gin:
+                await conn.execute(definition, timeout=timeout)
         if dedupe is not None:
             await dedupe.reinforce(conn, timeout)
+    return rows
+
+
+async def _drop_gin_indexes(
+    layout: TableLayout, timeout: float, conn: asyncpg.Connection
+) -> list[str]:
+    """Drop the table's GIN indexes (the caller holds the table's lock); returns the
+    statements that build them again, as the server defined them."""
+    listed = layout.gin_index_definitions()
+    indexes = await conn.fetch(listed.sql, *listed.args, timeout=timeout)
+    for index in indexes:
+        # The name comes from the catalog, quoted there by format('%I').
+        await conn.execute(f"DROP INDEX {index['name']}", timeout=timeout)
+    return [index["definition"] for index in indexes]
+
+
+async def _room_for(
+    statements: Statements,
+    tenant: str,
+    records: Sequence[tuple[Any, ...]],
+    quota: int | None,
+    timeout: float,
+    conn: asyncpg.Connection,
+) -> bool:
+    """Whether every owner of the staged rows has room for its new memories under
+    ``quota`` (always, without one). The owners' locks are taken first and held to the end
+    of the transaction, as the quota trigger takes them."""
+    if quota is None:
+        return True
+    await lock_owners(tenant, [record_identity(record) for record in records], conn)
+    room = statements.quota_room(tenant, quota)
+    return bool(await conn.fetchval(room.sql, *room.args, timeout=timeout))
+
+
+async def _merge_with_versions(
+    statements: Statements, merge: Query, timeout: float, conn: asyncpg.Connection
+) -> list[asyncpg.Record]:
+    """Run a merge that records its own versions, with the row triggers standing aside for
+    it alone (the setting is the transaction's, and set back before anything else runs)."""
+    await conn.execute(f"SELECT set_config('{STATEMENT_VERSIONS_SETTING}', 'on', true)")
+    try:
+        rows: list[asyncpg.Record] = await send(conn, "fetch", merge, timeout)
+    except asyncpg.UniqueViolationError as exc:
+        if exc.constraint_name != f"{statements.layout.history_name}_pkey":
+            raise
+        # A version numbered from the statement's snapshot was recorded meanwhile: a delete
+        # and a re-store of the memory committed while the merge ran (the version trigger
+        # raises the same). The batch is retried whole, and numbers anew.
+        raise asyncpg.SerializationError(
+            "a memory of the batch was written by another transaction while the batch "
+            "numbered its version"
+        ) from exc
+    await conn.execute(f"SELECT set_config('{STATEMENT_VERSIONS_SETTING}', '', true)")
     return rows
 
 

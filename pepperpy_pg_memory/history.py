@@ -21,6 +21,7 @@ from .schema import (
     HISTORY_ACTOR_SETTING,
     HISTORY_OPERATION_SETTING,
     HISTORY_REASON_SETTING,
+    HISTORY_SETTING,
     IDENTITY_COLUMNS,
     VERSIONED_COLUMNS,
     TableLayout,
@@ -40,6 +41,8 @@ __all__ = [
     "OPERATIONS",
     "as_of_source",
     "replaced_versions",
+    "recorded_from_merge",
+    "RECORDING",
     "change_context",
     "check_note",
     "change_of",
@@ -370,6 +373,53 @@ class HistoryStatements:
 
     def count(self, tenant: str) -> Query:
         return Query(f"SELECT count(*) FROM {self.history} WHERE tenant = $1", [tenant])
+
+
+RECORDING = f"coalesce(current_setting('{HISTORY_SETTING}', true), '') <> 'off'"
+"""Whether the session records versions (the store's ``history`` setting)."""
+
+
+def recorded_from_merge(
+    layout: TableLayout, merged: str, operation: str, actor: str, reason: str
+) -> list[str]:
+    """The data-modifying WITH items that record the versions a bulk merge wrote, as the
+    row triggers would (see :func:`~.schema._v20_statement_versions`). ``merged`` names a
+    WITH item holding each merged row as ``new_row`` and the row it replaced (NULL for a
+    new memory) as ``old_row``; ``operation``, ``actor`` and ``reason`` are the change's
+    parameters.
+
+    The new version's insert has no ON CONFLICT: its number was taken from the snapshot, and
+    a version of that number recorded meanwhile (a delete and a re-store of the memory that
+    both committed while the merge ran) fails it with a unique violation on the history's
+    primary key, which the caller turns into a retry (see bulk.write_batch)."""
+    history = layout.qualified_history
+    columns = ", ".join(VERSIONED_COLUMNS)
+    new = ", ".join(f"(w.new_row).{column}" for column in VERSIONED_COLUMNS)
+    old = ", ".join(f"(w.old_row).{column}" for column in VERSIONED_COLUMNS)
+    identity = " AND ".join(f"h.{column} = (w.old_row).{column}" for column in IDENTITY_COLUMNS)
+    replaced = "(w.old_row).version IS NOT NULL AND (w.new_row).version <> (w.old_row).version"
+    return [
+        # The version replaced says when (the trigger's UPDATE of replaced_at).
+        f"""replaced_versions AS (
+            UPDATE {history} h SET replaced_at = (w.new_row).updated_at FROM {merged} w
+            WHERE {replaced} AND (w.old_row).in_history AND {identity}
+              AND h.version = (w.old_row).version)""",
+        # A replaced version the history lacks (written with history off, or before it).
+        f"""unrecorded_versions AS (
+            INSERT INTO {history} ({columns}, operation, at, replaced_at)
+            SELECT {old}, CASE WHEN (w.old_row).version = 1 THEN 'create' ELSE 'update' END,
+                   (w.old_row).updated_at, (w.new_row).updated_at
+            FROM {merged} w WHERE {RECORDING} AND {replaced} AND NOT (w.old_row).in_history
+            ON CONFLICT DO NOTHING)""",
+        f"""new_versions AS (
+            INSERT INTO {history} ({columns}, operation, actor, reason, at)
+            SELECT {new}, coalesce({operation}, CASE WHEN (w.old_row).version IS NULL
+                                               THEN 'create' ELSE 'update' END),
+                   {actor}, {reason}, (w.new_row).updated_at
+            FROM {merged} w
+            WHERE {RECORDING}
+              AND (w.new_row).version IS DISTINCT FROM (w.old_row).version)""",
+    ]
 
 
 def as_of_source(layout: TableLayout, moment: str) -> str:

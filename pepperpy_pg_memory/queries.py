@@ -17,9 +17,26 @@ from typing import Any, Literal
 
 from .conversations import CONVERSATION_FIELD
 from .filters import FieldKind, Params, compile_filter
-from .history import AS_OF_MOMENT, PLAIN, Change, as_of_source, change_context, change_settings
+from .history import (
+    AS_OF_MOMENT,
+    PLAIN,
+    RECORDING,
+    Change,
+    as_of_source,
+    change_context,
+    change_settings,
+    recorded_from_merge,
+)
 from .identifiers import quote_ident
-from .schema import TableLayout, dedupe_identifiers_function, normalized_function, same_memory
+from .schema import (
+    STATEMENT_VERSIONS_VERSION,
+    VERSION_CONTENT_COLUMNS,
+    TableLayout,
+    dedupe_identifiers_function,
+    normalized_function,
+    same_memory,
+    terms_function,
+)
 from .sql import Query
 from .types import MANAGED_FIELD, Identity, MemoryScope, MemoryType
 
@@ -167,6 +184,47 @@ _WRITTEN = """m.scope, m.scope_id, m.key, m.created_at, m.updated_at, m.expires_
     coalesce(m.valid_from, m.created_at) AS valid_from, m.valid_to, m.supersedes,
     m.superseded_by, m.importance,
     (m.embedding IS NULL AND m.indices @> ARRAY['semantic']) AS needs_embedding"""
+
+_WRITTEN_NAMES = (
+    *("scope", "scope_id", "key", "created_at", "updated_at", "expires_at", "version"),
+    *("valid_from", "valid_to", "supersedes", "superseded_by", "importance"),
+    *("needs_embedding", "access_count", "last_accessed_at"),
+)
+"""The columns of :data:`_WRITTEN` and the read counts, by name."""
+
+
+@dataclass(frozen=True)
+class _VersionedMerge:
+    """What an upsert that numbers its own versions adds (see Statements.merge_staging):
+    ``inserted``, a new row's version, moment, history flag and terms (SQL by column);
+    ``source``, joined to the written rows (``last_version``: the memory's last recorded
+    version); ``operation``, the change's operation parameter."""
+
+    inserted: Mapping[str, str]
+    source: str
+    operation: str
+    # Each merged row and the row it replaced, for history.recorded_from_merge.
+    returning: str = ", new AS new_row, old AS old_row"
+
+    def updating(self, updates: Mapping[str, str]) -> dict[str, str]:
+        """The SET clause ``updates`` of a memory written again, numbering its version as
+        the version trigger does: the memory written as it stands (no named operation, same
+        content) keeps its version and moment — a retried write changes nothing — and any
+        other write is the next version."""
+        old = ", ".join(f"m.{column}" for column in VERSION_CONTENT_COLUMNS)
+        new = ", ".join(updates[column] for column in VERSION_CONTENT_COLUMNS)
+        same = (
+            f"({self.operation} IS NULL AND ({updates['created_at']}) = m.created_at "
+            f"AND ROW({old}) IS NOT DISTINCT FROM ROW({new}))"
+        )
+        return {
+            **updates,
+            "updated_at": f"CASE WHEN {same} THEN m.updated_at ELSE {updates['updated_at']} END",
+            "version": f"CASE WHEN {same} THEN m.version ELSE m.version + 1 END",
+            "in_history": f"CASE WHEN {same} THEN m.in_history ELSE {RECORDING} END",
+            "terms": "EXCLUDED.terms",
+        }
+
 
 ListOrder = Literal["created_at", "updated_at", "key"]
 _ORDER_COLUMNS: dict[str, str] = {
@@ -321,7 +379,9 @@ class Statements:
         self.clock = "statement_timestamp()" if self.distributed else "clock_timestamp()"
 
     # --- writes --------------------------------------------------------------------------
-    def _upsert_tail(self, given: tuple[str, str] | None = None) -> str:
+    def _updates(self, given: tuple[str, str] | None = None) -> dict[str, str]:
+        """The upsert's SET clause: each column an update of memory ``m`` writes, from the
+        row proposed for insertion (``EXCLUDED``)."""
         # On a Citus cluster the SET clause may call no function that is not immutable: the
         # moment of the write comes from the inserted row (see _insert), evaluated once by
         # the coordinator.
@@ -333,39 +393,46 @@ class Statements:
         # of one key, the one that committed last also has the latest updated_at. The
         # embedding is kept when the caller sent none because the text is unchanged (see
         # PostgresStorage._plan_embeddings).
-        # The conflict target is the whole identity: a write never moves a memory to another
-        # owner, and never touches a memory another owner holds under the same key.
         # A write makes the memory true again: over a closed fact it starts a new one.
-        return f"""
-            ON CONFLICT ({OWNER_KEY}) DO UPDATE SET
-                value = EXCLUDED.value,
-                content = EXCLUDED.content,
-                content_hash = EXCLUDED.content_hash,
-                memory_type = EXCLUDED.memory_type,
-                indices = EXCLUDED.indices,
-                metadata = EXCLUDED.metadata,
-                embedding = CASE
+        return {
+            "value": "EXCLUDED.value",
+            "content": "EXCLUDED.content",
+            "content_hash": "EXCLUDED.content_hash",
+            "memory_type": "EXCLUDED.memory_type",
+            "indices": "EXCLUDED.indices",
+            "metadata": "EXCLUDED.metadata",
+            "embedding": """CASE
                     WHEN EXCLUDED.embedding IS NULL
                          AND EXCLUDED.indices @> ARRAY['semantic']
                          AND m.content_hash = EXCLUDED.content_hash
                     THEN m.embedding
-                    ELSE EXCLUDED.embedding END,
-                {self._moments(moment, given)}
-                expires_at = EXCLUDED.expires_at,
-                valid_from = CASE
+                    ELSE EXCLUDED.embedding END""",
+            **self._moments(moment, given),
+            "expires_at": "EXCLUDED.expires_at",
+            "valid_from": f"""CASE
                     WHEN EXCLUDED.valid_from IS NOT NULL THEN EXCLUDED.valid_from
                     WHEN {expired} THEN NULL
                     WHEN {closed} THEN {moment}
-                    ELSE m.valid_from END,
-                valid_to = EXCLUDED.valid_to,
-                supersedes = CASE WHEN {expired} OR {closed} THEN EXCLUDED.supersedes
-                    ELSE coalesce(EXCLUDED.supersedes, m.supersedes) END,
-                superseded_by = EXCLUDED.superseded_by,
-                importance = EXCLUDED.importance
-            RETURNING {_WRITTEN}, {self.access_columns}
+                    ELSE m.valid_from END""",
+            "valid_to": "EXCLUDED.valid_to",
+            "supersedes": f"""CASE WHEN {expired} OR {closed} THEN EXCLUDED.supersedes
+                    ELSE coalesce(EXCLUDED.supersedes, m.supersedes) END""",
+            "superseded_by": "EXCLUDED.superseded_by",
+            "importance": "EXCLUDED.importance",
+        }
+
+    def _upsert_tail(self, updates: Mapping[str, str] | None = None, returning: str = "") -> str:
+        # The conflict target is the whole identity: a write never moves a memory to another
+        # owner, and never touches a memory another owner holds under the same key.
+        updates = self._updates() if updates is None else updates
+        assignments = ",\n                ".join(f"{c} = {e}" for c, e in updates.items())
+        return f"""
+            ON CONFLICT ({OWNER_KEY}) DO UPDATE SET
+                {assignments}
+            RETURNING {_WRITTEN}, {self.access_columns}{returning}
         """
 
-    def _moments(self, moment: str, given: tuple[str, str] | None) -> str:
+    def _moments(self, moment: str, given: tuple[str, str] | None) -> dict[str, str]:
         """The SET clause's moments. ``given``, for a restore: the parameters of the
         ``created_at`` and ``updated_at`` the backup recorded, written as they are; a line
         that recorded none is an ordinary write of the memory (so importing it again
@@ -382,8 +449,7 @@ class Statements:
             updated = (
                 f"CASE WHEN {updated_given} IS NULL THEN {updated} ELSE EXCLUDED.updated_at END"
             )
-        return f"""created_at = {created},
-                updated_at = {updated},"""
+        return {"created_at": created, "updated_at": updated}
 
     def _staged_type(self, type_name: str) -> str:
         return self.vector if type_name == "vector" else type_name
@@ -395,12 +461,15 @@ class Statements:
         moments: Sequence[str] = (),
         context: str = "",
         given: tuple[str, str] | None = None,
+        versions: _VersionedMerge | None = None,
     ) -> str:
         """``INSERT … SELECT``/``VALUES`` of every table column a write fills, each from
         ``values`` (a write column's name → its SQL), then the upsert. ``moments`` names
         ``created_at``/``updated_at`` when ``values`` gives them (a restore), and ``given``
         the parameters that say whether the caller gave each (see :meth:`_moments`);
-        ``context`` is a :func:`~.history.change_context` to join."""
+        ``context`` is a :func:`~.history.change_context` to join. With ``versions``, the
+        statement numbers its versions and computes its terms itself (see
+        :meth:`merge_staging`)."""
         columns = [name for name in STAGING_COLUMNS if name not in ("ttl", "expires_at")]
         if self.distributed and not moments:
             # The write's moment, for the upsert's SET clause (see _upsert_tail): the
@@ -416,6 +485,13 @@ class Statements:
             _TABLE_VALUES[name].format(**values) if name in _TABLE_VALUES else values[name]
             for name in columns
         ]
+        updates, returning = self._updates(given), ""
+        if versions is not None:
+            columns += versions.inserted
+            expressions += versions.inserted.values()
+            source += versions.source
+            updates = versions.updating(updates)
+            returning = versions.returning
         sources = [item for item in (source, context) if item]
         if sources:
             body = f"SELECT {', '.join(expressions)} FROM {', '.join(sources)}"
@@ -427,7 +503,7 @@ class Statements:
                 )
         else:
             body = f"VALUES ({', '.join(expressions)})"
-        tail = self._upsert_tail(given)
+        tail = self._upsert_tail(updates, returning)
         return f"INSERT INTO {self.table} AS m ({', '.join(columns)}) {body} {tail}"
 
     def upsert_one(self, tenant: str, record: Sequence[Any], change: Change = PLAIN) -> Query:
@@ -593,12 +669,33 @@ class Statements:
             f"CREATE TEMPORARY TABLE IF NOT EXISTS {self.staging} ({columns}) ON COMMIT DELETE ROWS"
         )
 
-    def merge_staging(self, tenant: str, every_row: bool = False, change: Change = PLAIN) -> Query:
+    @property
+    def writes_versions(self) -> bool:
+        """Whether a bulk merge can number and record its own versions (see
+        :meth:`merge_staging`): on one server, at a schema whose row triggers stand aside."""
+        return not self.distributed and self.layout.version >= STATEMENT_VERSIONS_VERSION
+
+    def merge_staging(
+        self,
+        tenant: str,
+        every_row: bool = False,
+        change: Change = PLAIN,
+        *,
+        versions: bool = False,
+    ) -> Query:
         """The staged rows upserted; returns the identities left needing an embedding, or
-        with ``every_row`` each merged row's identity, moments and ``needs_embedding``."""
+        with ``every_row`` each merged row's identity, moments and ``needs_embedding``.
+
+        With ``versions`` (see :attr:`writes_versions`) the statement does for all its rows
+        what the row triggers do for one: numbers each version, records it (and closes the
+        one it replaces) in the history, and computes the terms. It runs while
+        STATEMENT_VERSIONS_SETTING is on, after the owners' quota was checked
+        (:meth:`quota_room`)."""
         values = {name: f"s.{name}" for name in STAGING_COLUMNS}
         params = Params([tenant])
         values["tenant"] = "$1"
+        if versions:
+            return self._merge_with_versions(values, params, every_row, change)
         context = self.context_of(params, change)
         merge = self._insert(values, source=f"{self.staging} s", context=context)
         sql = f"""
@@ -607,6 +704,73 @@ class Statements:
             {"" if every_row else "WHERE needs_embedding"}
         """
         return self.announced(sql, params, change)
+
+    def _merge_with_versions(
+        self, values: dict[str, str], params: Params, every_row: bool, change: Change
+    ) -> Query:
+        operation, actor, reason = (
+            f"{params.add(note)}::text" for note in (change.operation, change.actor, change.reason)
+        )
+        terms = terms_function(self.layout.schema)
+        versions = _VersionedMerge(
+            # A memory deleted and stored again continues its numbering; the write's moment
+            # stays after the last version's (a delete committed since this transaction
+            # began recorded a later one).
+            source=f"""
+                LEFT JOIN LATERAL (
+                    SELECT h.version, h.at FROM {self.layout.qualified_history} h
+                    WHERE h.tenant = {values["tenant"]} AND h.scope = {values["scope"]}
+                      AND h.scope_id = {values["scope_id"]} AND h.key = {values["key"]}
+                    ORDER BY h.version DESC LIMIT 1
+                ) last_version ON true""",
+            inserted={
+                "version": "coalesce(last_version.version, 0) + 1",
+                "updated_at": "CASE WHEN last_version.at >= now() THEN clock_timestamp() "
+                "ELSE now() END",
+                "in_history": RECORDING,
+                "terms": f"CASE WHEN {values['indices']} @> ARRAY['contextual'] THEN "
+                f"{terms}('{self.layout.text_search_config}'::regconfig, "
+                f"{values['content']}) END",
+            },
+            operation=operation,
+        )
+        merge = self._insert(values, source=f"{self.staging} s", versions=versions)
+        items = [
+            f"merged AS ({merge})",
+            *recorded_from_merge(self.layout, "merged", operation, actor, reason),
+        ]
+        written = ", ".join(_WRITTEN_NAMES) if every_row else "scope, scope_id, key"
+        sql = f"""
+            WITH {", ".join(items)}
+            SELECT {written} FROM merged {"" if every_row else "WHERE needs_embedding"}
+        """
+        return Query(sql, params.values)
+
+    def quota_room(self, tenant: str, quota: int) -> Query:
+        """Whether every owner of the staged rows has room for the new memories among them
+        under ``quota`` (one boolean). The caller holds the owners' locks, as the quota
+        trigger does: the room then only shrinks by the caller's own writes."""
+        params = Params([tenant, MANAGED_FIELD, quota])
+        owner = "m.tenant = $1 AND m.scope = {0}.scope AND m.scope_id = {0}.scope_id".format
+        counted = f"{LIVE} AND NOT m.metadata ? $2"
+        return Query(
+            f"""
+            WITH incoming AS (
+                SELECT s.scope, s.scope_id, count(*) AS memories FROM {self.staging} s
+                WHERE NOT s.metadata ? $2 AND NOT EXISTS (
+                    SELECT 1 FROM {self.table} m
+                    WHERE {owner("s")} AND m.key = s.key AND {counted})
+                GROUP BY s.scope, s.scope_id
+            )
+            SELECT NOT EXISTS (
+                SELECT 1 FROM incoming i
+                WHERE i.memories + (SELECT count(*) FROM (
+                    SELECT 1 FROM {self.table} m WHERE {owner("i")} AND {counted}
+                    LIMIT $3) held) > $3
+            )
+            """,
+            params.values,
+        )
 
     def set_embeddings(self) -> Query:
         """A template for ``executemany``; per row: tenant, scope, scope_id, key, vector,

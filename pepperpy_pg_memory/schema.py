@@ -51,12 +51,15 @@ __all__ = [
     "BACKFILLS_PER_TABLE_VERSION",
     "HISTORY_SETTING",
     "IMPORTING_SETTING",
+    "STATEMENT_VERSIONS_SETTING",
+    "STATEMENT_VERSIONS_VERSION",
     "QUOTA_SETTING",
     "OWNER_LOCK_CLASS",
     "HISTORY_OPERATION_SETTING",
     "HISTORY_ACTOR_SETTING",
     "HISTORY_REASON_SETTING",
     "VERSIONED_COLUMNS",
+    "VERSION_CONTENT_COLUMNS",
     "DISTANCES",
 ]
 
@@ -250,7 +253,8 @@ class TableLayout:
         return (
             f"CREATE OR REPLACE TRIGGER {self.index_name('terms')} "
             f"BEFORE INSERT OR UPDATE OF content, indices ON {self.qualified_table} "
-            f"FOR EACH ROW EXECUTE FUNCTION {setter}('{self.text_search_config}')"
+            f"FOR EACH ROW WHEN ({ROW_TRIGGERS_ON}) "
+            f"EXECUTE FUNCTION {setter}('{self.text_search_config}')"
         )
 
     def index_name(self, suffix: str) -> str:
@@ -294,6 +298,19 @@ class TableLayout:
             Query("SELECT set_config('maintenance_work_mem', $1, true)", [maintenance_work_mem]),
             Query(self.hnsw_index_statement()),
         ]
+
+    def gin_index_definitions(self) -> Query:
+        """Each GIN index of the table (text, terms, metadata, hot fields): its qualified
+        name and the statement that builds it, as the server has it."""
+        return Query(
+            "SELECT format('%I.%I', n.nspname, c.relname) AS name, "
+            "pg_get_indexdef(i.indexrelid) AS definition FROM pg_index i "
+            "JOIN pg_class c ON c.oid = i.indexrelid "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "JOIN pg_am a ON a.oid = c.relam "
+            "WHERE i.indrelid = $1::regclass AND a.amname = 'gin' ORDER BY c.relname",
+            [self.regclass],
+        )
 
     def after_bulk_load(self) -> list[Query]:
         """Statements that make a freshly loaded table fast to search: merge the GIN pending
@@ -736,6 +753,11 @@ HISTORY_SETTING = "pepperpy.history"
 """Session setting: 'off' when the store was configured with ``history=False``."""
 IMPORTING_SETTING = "pepperpy.importing"
 """Transaction setting: 'on' while an import restores memories with their own history."""
+STATEMENT_VERSIONS_SETTING = "pepperpy.statement_versions"
+"""Transaction setting: 'on' while a bulk merge numbers and records its own versions, computes
+its terms and has checked its owners' quota (see :func:`_v20_statement_versions`)."""
+# The WHEN clause of the row triggers that such a merge does the work of.
+ROW_TRIGGERS_ON = f"coalesce(current_setting('{STATEMENT_VERSIONS_SETTING}', true), '') <> 'on'"
 
 # The columns a version repeats from the memory row, in the history table's order, as
 # migration 8 created it (migration 9 adds importance).
@@ -761,6 +783,7 @@ _V8_VERSIONED_COLUMNS = (
 )
 
 
+# A version's identity, moments and expiry: what does not make it differ from the one before.
 _NOT_COMPARED = ("tenant", "scope", "scope_id", "key", "version", "created_at", "expires_at")
 
 
@@ -985,6 +1008,8 @@ ACCESS_VERSION = 9
 _V9_VERSIONED_COLUMNS = (*_V8_VERSIONED_COLUMNS, "importance")
 VERSIONED_COLUMNS = _V9_VERSIONED_COLUMNS
 """The columns a version repeats from the memory row, in the history table's order."""
+VERSION_CONTENT_COLUMNS = tuple(c for c in VERSIONED_COLUMNS if c not in _NOT_COMPARED)
+"""What makes a version differ from the one before (not its identity, moments or expiry)."""
 
 
 def _v9_importance_and_access(layout: TableLayout) -> list[str]:
@@ -1394,6 +1419,41 @@ def _v19_history_on_workers(layout: TableLayout) -> list[str]:
     return _history_functions(layout, _V9_VERSIONED_COLUMNS)
 
 
+STATEMENT_VERSIONS_VERSION = 20
+
+
+def _v20_statement_versions(layout: TableLayout) -> list[str]:
+    # Row triggers numbered, recorded and checked each row of a bulk merge on its own: at
+    # 10,000 rows the version trigger took 0.56 s, the history insert 0.31 s, the terms 0.20 s
+    # and the quota 0.12 s, beside 0.77 s for the insert itself. Such a merge now does that
+    # work for all its rows in its own statement (Statements.merge_staging with versions;
+    # history.recorded_from_merge) and says so in STATEMENT_VERSIONS_SETTING for its duration;
+    # the triggers stand aside then, and stay what every other writer (store, adapters,
+    # psql) goes through. Only the WHEN clauses change: nothing is rewritten.
+    table = layout.qualified_table
+    number, record = _history_function_names(layout)
+    setting = "current_setting('{}', true)".format
+    return [
+        f"CREATE OR REPLACE TRIGGER {layout.index_name('version')} "
+        f"BEFORE INSERT OR UPDATE ON {table} FOR EACH ROW WHEN ({ROW_TRIGGERS_ON}) "
+        f"EXECUTE FUNCTION {number}()",
+        f"CREATE OR REPLACE TRIGGER {layout.index_name('history_insert')} "
+        f"AFTER INSERT ON {table} FOR EACH ROW WHEN ({ROW_TRIGGERS_ON}) "
+        f"EXECUTE FUNCTION {record}()",
+        f"CREATE OR REPLACE TRIGGER {layout.index_name('history_update')} "
+        f"AFTER UPDATE ON {table} FOR EACH ROW "
+        f"WHEN (OLD.version IS DISTINCT FROM NEW.version AND {ROW_TRIGGERS_ON}) "
+        f"EXECUTE FUNCTION {record}()",
+        f"""
+        CREATE OR REPLACE TRIGGER {layout.index_name("quota")}
+        BEFORE INSERT ON {table} FOR EACH ROW
+        WHEN (nullif({setting(QUOTA_SETTING)}, '') IS NOT NULL AND {ROW_TRIGGERS_ON})
+        EXECUTE FUNCTION {quota_function(layout.schema)}()
+        """,
+        layout.terms_trigger_statement(),
+    ]
+
+
 Migration = Callable[[TableLayout], list[str]]
 
 MIGRATIONS: list[Migration] = [
@@ -1416,6 +1476,7 @@ MIGRATIONS: list[Migration] = [
     _v17_backfills_per_table,
     _v18_quota_counted_once,
     _v19_history_on_workers,
+    _v20_statement_versions,
 ]
 """Append-only. Position i (0-based) is schema version i + 1."""
 

@@ -129,6 +129,7 @@ def test_ingest_benchmark_runs_small(tmp_path: Path) -> None:
         "no_dedupe_check",
         "no_quota",
         "tenant_term_statistics",
+        "row_triggers",
     }
     assert report["ratio_to_raw"]["raw_copy_hnsw"] == 1.0
     assert all(len(values) == 1 for values in report["seconds"].values())

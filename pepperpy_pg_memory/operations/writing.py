@@ -280,6 +280,7 @@ async def write_together(
             every_row=True,
             passages=passage_rows(started, writes),
             change=writes[0].change,
+            quota=started.config.max_memories_per_owner,
         ),
     )
     started.term_stats.note_writes(len(writes), [write.owner for write in writes])
@@ -349,6 +350,7 @@ async def store_many(
             passages=passage_rows(started, batch),
             change=batch[0].change,
             dedupe=deduplication,
+            quota=config.max_memories_per_owner,
         ),
     )
     folded = len(deduplication.duplicates) if deduplication is not None else 0
