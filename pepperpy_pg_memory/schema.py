@@ -1768,6 +1768,11 @@ async def migrate(
                 f"table {wanted.schema}.{wanted.table} has schema version {layout.version}, "
                 f"newer than this library's {SCHEMA_VERSION}: upgrade pepperpy-pg-memory"
             )
+        if layout.version < SCHEMA_VERSION and await _citus_installed(conn):
+            # A migration that (re)creates a trigger on a distributed table: Citus creates it
+            # on the shards only when told it is safe there (ours touch rows of the same
+            # memory, co-located). In this transaction only.
+            await conn.execute("SET LOCAL citus.enable_unsafe_triggers = on")
         for version in range(layout.version + 1, SCHEMA_VERSION + 1):
             logger.info("applying migration %d to %s.%s", version, layout.schema, layout.table)
             for statement in MIGRATIONS[version - 1](layout):
@@ -1797,6 +1802,12 @@ async def migrate(
 
 async def _exists(conn: asyncpg.Connection, relation: str) -> bool:
     return bool(await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", relation))
+
+
+async def _citus_installed(conn: asyncpg.Connection) -> bool:
+    return bool(
+        await conn.fetchval("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')")
+    )
 
 
 def _layout_from(row: asyncpg.Record, wanted: TableLayout) -> TableLayout:
