@@ -212,3 +212,19 @@ def test_ingest_profile_names_where_the_time_goes() -> None:
     lines = _run_module("ingest", "--size", "300", "--profile").stdout.splitlines()
     assert "the whole store_many" in lines[0]
     assert any("WITH merged AS (INSERT INTO" in line for line in lines)
+
+
+def test_owners_benchmark_runs_small(tmp_path: Path) -> None:
+    report = _run_small(
+        "owners",
+        tmp_path,
+        *("--owners", "40", "--big", "600", "--sample", "3", "--queries", "3", "--rounds", "1"),
+    )
+    groups = ("small", "big")
+    modes = ("semantic", "contextual", "hybrid")
+    assert set(report["ratio_shared_over_alone"]) == {f"{g}_{m}" for g in groups for m in modes}
+    # Exact search over the owner's own vectors finds what an owner this small holds.
+    assert report["quality"]["small_semantic_recall_at_10"] == 1.0
+    # Term statistics are per owner: the shared table ranks words as the owner's own does.
+    assert report["quality"]["small_contextual_agreement_at_10"] == 1.0
+    assert all("Scan on" in line for line in report["plans"]["big"])

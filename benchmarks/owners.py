@@ -1,0 +1,269 @@
+"""``python -m benchmarks.owners``: owner-scoped search in a table many owners share.
+
+The workload agents run (issue 32): one table of ``--owners`` owners holding
+``--per-owner`` memories each plus one owner of ``--big`` memories (300,000 + 50,000 by
+default). For ``--sample`` small owners and for the big one, owner-scoped SEMANTIC,
+CONTEXTUAL and HYBRID searches (``--queries`` each per owner) run on the shared table and on a
+table holding only that owner's rows — the anchor: what a table per owner would give —
+rounds alternating, p50 per round. Vectors are clustered 384-d unit vectors given with each
+memory (no model); a query is one of the owner's memories, its text and its vector moved a
+little, so every owner has near neighbours to find.
+
+Quality: recall@10 of SEMANTIC on the shared table against the exact answer (numpy over the
+owner's own vectors), and for CONTEXTUAL and HYBRID the share of the anchor's top 10 the
+shared table also returns (term statistics are per owner, so these should agree). The plan
+PostgreSQL picks for a small and for the big owner's semantic search is kept too.
+
+Targets: p50 ≤ 2× the anchor, recall@10 ≥ 0.98, for the small owners and the big one.
+``--quick`` is a small smoke run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pepperpy_pg_memory import (
+    MemoryIndex,
+    MemoryQuery,
+    MemoryScope,
+    PostgresConfig,
+    PostgresStorage,
+)
+from pepperpy_pg_memory.search_sql import Page
+
+from .corpus import memories
+from .embedders import PrecomputedEmbedder
+from .measure import log, report
+from .run import _start_server
+
+DIMENSION = 384
+MODES = (MemoryIndex.SEMANTIC, MemoryIndex.CONTEXTUAL, MemoryIndex.HYBRID)
+BIG = "big"
+
+
+def _clustered(count: int, rng: np.random.Generator, centres: np.ndarray) -> np.ndarray:
+    """Unit vectors around a few of ``centres``: one owner's memories, several topics."""
+    own = centres[rng.choice(len(centres), size=5, replace=False)]
+    vectors = own[rng.integers(0, len(own), count)] + 0.35 * rng.normal(size=(count, DIMENSION))
+    return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+
+
+class _Owner:
+    """One owner's memories (keys, texts, vectors) and the queries asked of them."""
+
+    def __init__(self, name: str, keys: list[str], texts: list[str], vectors: np.ndarray) -> None:
+        self.name, self.keys, self.texts, self.vectors = name, keys, texts, vectors
+        self.queries: list[tuple[str, np.ndarray]] = []
+
+    def ask(self, count: int, rng: np.random.Generator) -> None:
+        for index in rng.choice(len(self.keys), size=count, replace=False):
+            moved = self.vectors[index] + 0.25 * rng.normal(size=DIMENSION) / np.sqrt(DIMENSION)
+            words = self.texts[index].split()
+            text = " ".join(words[: max(3, len(words) // 2)])
+            self.queries.append((text, (moved / np.linalg.norm(moved)).astype(np.float32)))
+
+    def items(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "key": key,
+                "value": text,
+                "embedding": vector,
+                "scope": MemoryScope.USER,
+                "scope_id": self.name,
+            }
+            for key, text, vector in zip(self.keys, self.texts, self.vectors, strict=True)
+        ]
+
+    def exact(self, vector: np.ndarray) -> set[str]:
+        order = np.argsort(-(self.vectors @ vector), kind="stable")[:10]
+        return {self.keys[i] for i in order}
+
+
+def _owners(count: int, per_owner: int, big: int, seed: int = 5) -> list[_Owner]:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(200, DIMENSION))
+    corpus = memories(count * per_owner + big)
+    owners, start = [], 0
+    for number in range(count + 1):
+        size, name = (big, BIG) if number == count else (per_owner, f"user-{number:05d}")
+        chunk = corpus[start : start + size]
+        start += size
+        vectors = _clustered(size, rng, centres)
+        owners.append(_Owner(name, [m.key for m in chunk], [m.text for m in chunk], vectors))
+    return owners
+
+
+async def _p50(store: PostgresStorage[str, Any], queries: list[MemoryQuery]) -> float:
+    times = []
+    for query in queries:
+        begun = time.perf_counter()
+        await store.search(query)
+        times.append((time.perf_counter() - begun) * 1000)
+    return statistics.median(times)
+
+
+def _query(owner: _Owner, text: str, vector: np.ndarray, mode: MemoryIndex) -> MemoryQuery:
+    return MemoryQuery(
+        query=text if mode != MemoryIndex.SEMANTIC else None,
+        embedding=vector.tolist() if mode != MemoryIndex.CONTEXTUAL else None,
+        index_type=mode,
+        limit=10,
+        scope=MemoryScope.USER,
+        scope_id=owner.name,
+    )
+
+
+async def _plan(store: PostgresStorage[str, Any], owner: _Owner) -> list[str]:
+    """The plan of the owner's first semantic search on ``store``: its node lines."""
+    vector = owner.queries[0][1].tolist()
+    restriction = store._restriction(MemoryScope.USER, owner.name)
+    statement = store._ready.searches.semantic_search(vector, restriction, Page(10))
+    async with store.database.pool.acquire() as conn:
+        rows = await conn.fetch("EXPLAIN " + statement.sql, *statement.args)
+    # The query vector is shown inline (a custom plan): left out.
+    return [re.sub(r"'\[[^]]*\]'", "'[…]'", row[0]) for row in rows if "Scan on" in row[0]]
+
+
+async def _measure(args: argparse.Namespace) -> dict[str, Any]:
+    rng = np.random.default_rng(17)
+    log(f"making {args.owners} owners of {args.per_owner} and one of {args.big}")
+    owners = _owners(args.owners, args.per_owner, args.big)
+    sampled = [owners[int(i)] for i in rng.choice(args.owners, size=args.sample, replace=False)]
+    big = owners[-1]
+    for owner in sampled:
+        owner.ask(args.queries, rng)
+    big.ask(args.queries * 4, rng)
+    table = {text: vector for owner in (*sampled, big) for text, vector in owner.queries}
+    embedder = PrecomputedEmbedder(table)
+    server = _start_server(Path(tempfile.mkdtemp(prefix="pepperpy-owners-")))
+    stores: list[PostgresStorage[str, Any]] = []
+    try:
+        dsn = server.get_uri("postgres")
+
+        async def opened(name: str) -> PostgresStorage[str, Any]:
+            store = PostgresStorage[str, Any](PostgresConfig(dsn=dsn, table=name), embedder)
+            await store.start()
+            stores.append(store)
+            return store
+
+        shared = await opened("shared")
+        total = sum(len(owner.keys) for owner in owners)
+        log(f"loading {total:,} memories into the shared table")
+        begun = time.perf_counter()
+        await shared.store_many([item for owner in owners for item in owner.items()])
+        load_seconds = time.perf_counter() - begun
+        await shared.complete_backfills()
+        alone: dict[str, PostgresStorage[str, Any]] = {}
+        log("loading each sampled owner, and the big one, into a table of its own")
+        for number, owner in enumerate((*sampled, big)):
+            alone[owner.name] = await opened(f"alone_{number}")
+            await alone[owner.name].store_many(owner.items())
+            await alone[owner.name].complete_backfills()
+        for store in stores:
+            async with store.database.pool.acquire() as conn:  # as autovacuum would
+                await conn.execute(f"ANALYZE {store.layout.qualified_table}")
+        groups = {"small": sampled, "big": [big]}
+        batches = {
+            (group, mode): [
+                (owner, _query(owner, text, vector, mode))
+                for owner in members
+                for text, vector in owner.queries
+            ]
+            for group, members in groups.items()
+            for mode in MODES
+        }
+        log("warming up every statement shape")
+        for batch in batches.values():
+            for owner, query in batch[:5]:
+                await shared.search(query)
+                await alone[owner.name].search(query)
+        p50: dict[str, list[float]] = {}
+        for number in range(args.rounds):
+            log(f"round {number + 1} of {args.rounds}")
+            for (group, mode), batch in batches.items():
+                label = f"{group}_{mode.value}"
+                shared_ms = await _p50(shared, [query for _, query in batch])
+                times = []
+                for owner, query in batch:
+                    begun = time.perf_counter()
+                    await alone[owner.name].search(query)
+                    times.append((time.perf_counter() - begun) * 1000)
+                p50.setdefault(f"{label}_shared", []).append(shared_ms)
+                p50.setdefault(f"{label}_alone", []).append(statistics.median(times))
+        log("recall against exact search, agreement with the owner's own table")
+        quality: dict[str, float] = {}
+        for (group, mode), batch in batches.items():
+            found = 0
+            for owner, query in batch:
+                got = {hit.entry.key for hit in await shared.search(query)}
+                if mode == MemoryIndex.SEMANTIC:
+                    assert query.embedding is not None
+                    expected = owner.exact(np.asarray(query.embedding, dtype=np.float32))
+                else:
+                    expected = {hit.entry.key for hit in await alone[owner.name].search(query)}
+                found += len(got & expected) / max(1, len(expected))
+            name = "recall_at_10" if mode == MemoryIndex.SEMANTIC else "agreement_at_10"
+            quality[f"{group}_{mode.value}_{name}"] = found / len(batch)
+        plans = {"small": await _plan(shared, sampled[0]), "big": await _plan(shared, big)}
+    finally:
+        for store in stores:
+            await store.close()
+        server.cleanup()
+    medians = {name: statistics.median(values) for name, values in p50.items()}
+    ratios = {
+        name.removesuffix("_shared"): medians[name] / medians[name.replace("_shared", "_alone")]
+        for name in medians
+        if name.endswith("_shared")
+    }
+    return {
+        "date": time.strftime("%Y-%m-%d"),
+        "cpus": os.cpu_count(),
+        "owners": args.owners,
+        "per_owner": args.per_owner,
+        "big_owner": args.big,
+        "sampled": args.sample,
+        "queries_per_owner": args.queries,
+        "rounds": args.rounds,
+        "load_seconds": load_seconds,
+        "p50_ms_per_round": p50,
+        "p50_ms": medians,
+        "ratio_shared_over_alone": ratios,
+        "quality": quality,
+        "plans": plans,
+        "targets_met": {
+            "p50_at_most_2x_alone": all(ratio <= 2.0 for ratio in ratios.values()),
+            "recall_at_least_0.98": all(value >= 0.98 for value in quality.values()),
+        },
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.owners", description=__doc__)
+    parser.add_argument("--owners", type=int, default=3_000)
+    parser.add_argument("--per-owner", type=int, default=100)
+    parser.add_argument("--big", type=int, default=50_000)
+    parser.add_argument("--sample", type=int, default=20)
+    parser.add_argument("--queries", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="300 owners, a big one of 5,000")
+    parser.add_argument("--out", type=Path, help="write the JSON here")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.owners, args.big, args.sample, args.queries, args.rounds = 300, 5_000, 5, 5, 1
+    report(asyncio.run(_measure(args)), args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
