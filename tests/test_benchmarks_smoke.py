@@ -132,6 +132,10 @@ def test_ingest_benchmark_runs_small(tmp_path: Path) -> None:
         "row_triggers",
     }
     assert report["ratio_to_raw"]["raw_copy_hnsw"] == 1.0
+    # Every relation of the store is counted: the memories and their versions at least.
+    largest = report["disk"]["largest_bytes_per_memory"]
+    assert {"<table>", "<table>_history", "<table>_embedding_idx"} <= set(largest)
+    assert report["disk"]["ours_bytes_per_memory"] >= sum(largest.values())
     assert all(len(values) == 1 for values in report["seconds"].values())
 
 
