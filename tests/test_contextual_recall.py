@@ -207,6 +207,62 @@ async def test_a_question_of_common_words_fetches_a_bounded_candidate_set(
     assert len(await _contextual(storage, "does Ana like tea or coffee", limit=10)) == 10
 
 
+def _plan_nodes(plan: str) -> list[dict[str, Any]]:
+    nodes: list[dict[str, Any]] = []
+
+    def walk(node: dict[str, Any]) -> None:
+        nodes.append(node)
+        for child in node.get("Plans", []):
+            walk(child)
+
+    walk(json.loads(plan)[0]["Plan"])
+    return nodes
+
+
+async def test_a_small_owner_is_searched_without_other_owners_terms(
+    storage: PostgresStorage[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another user's 1,500 memories hold the very words Ana's 20 do: through the terms'
+    # index, a search within Ana would read all of them and drop them.
+    crowd = {"scope": MemoryScope.USER, "scope_id": "bruno"}
+    ana = {"scope": MemoryScope.USER, "scope_id": "ana"}
+    await storage.store_many(
+        [
+            {"key": f"b{i}", "value": f"green tea and black coffee, note {i}", **crowd}
+            for i in range(1_500)
+        ]
+        + [{"key": f"a{i}", "value": f"Ana likes green tea, entry {i}", **ana} for i in range(19)]
+        + [{"key": "coffee", "value": "Ana drinks black coffee on Mondays", **ana}]
+    )
+    await storage.refresh_term_statistics()
+    question = "black coffee"
+    restriction = storage._restriction(MemoryScope.USER, "ana")
+
+    async def searched() -> tuple[list[tuple[str, float]], int]:
+        statement = storage._ready.searches.contextual_search(question, restriction, Page(5))
+        async with storage.database.pool.acquire() as conn:
+            plan = await conn.fetchval(
+                "EXPLAIN (ANALYZE, FORMAT JSON) " + statement.sql, *statement.args
+            )
+            rows = await conn.fetch(statement.sql, *statement.args)
+        index = f"{storage.layout.table}_terms_idx"
+        read = sum(
+            n["Actual Rows"] * n["Actual Loops"]
+            for n in _plan_nodes(plan)
+            if n.get("Index Name") == index
+        )
+        return [(row["key"], row["score"]) for row in rows], read
+
+    owned, read_owned = await searched()
+    assert owned[0][0] == "coffee"
+    assert read_owned == 0  # Ana's own memories were read, not the index of everyone's terms
+    # The same answer through the index (as for an owner too large for the shortcut).
+    monkeypatch.setattr("pepperpy_pg_memory.search_sql.SMALL_OWNER_MEMORIES", 0)
+    indexed, read_indexed = await searched()
+    assert indexed == owned
+    assert read_indexed > 1_500
+
+
 async def test_term_statistics_are_kept_per_tenant(make_config: Any, pg_dsn: str) -> None:
     table = make_config().table
 
