@@ -179,6 +179,18 @@ async def test_a_release_0_1_database_upgrades_in_place(
         report = await store.consolidate(promote_after=1, dry_run=True)
         assert not set(report.promoted) & set(adapters)
 
+        # Migration 20: a bulk write numbers and records its own versions; over a memory
+        # from before the history (its row not recorded yet) it records that row first, as
+        # the row triggers do.
+        ana = {"scope": "user", "scope_id": "ana"}
+        await store.store_many(
+            [{"key": "ana-allergy", "value": "Ana is allergic to peanuts and cashews", **ana}]
+            + [{"key": f"bulk-{i}", "value": f"bulk note number {i}", **ana} for i in range(40)]
+        )
+        allergy = await store.history("ana-allergy", **ana)
+        assert [(v.version, v.operation) for v in allergy] == [(2, "update"), (1, "create")]
+        assert allergy[1].value != allergy[0].value
+
     version = await raw_conn.fetchval(
         f'SELECT schema_version FROM "{schema}".pepperpy_memory_tables'
     )
