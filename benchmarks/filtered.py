@@ -36,7 +36,7 @@ from pepperpy_pg_memory.search_sql import Page
 
 from .corpus import memories, questions
 from .embedders import PrecomputedEmbedder, RandomEmbedder
-from .measure import log, report
+from .measure import log, report, search_p50
 from .run import _start_server
 
 SELECTIVITY = {"1%": 1, "10%": 10, "50%": 50}
@@ -44,12 +44,7 @@ OWNER = {"scope": "user", "scope_id": "ana"}
 
 
 async def _p50(store: PostgresStorage[str, Any], queries: list[MemoryQuery]) -> float:
-    times = []
-    for query in queries:
-        begun = time.perf_counter()
-        await store.search(query)
-        times.append((time.perf_counter() - begun) * 1000)
-    return statistics.median(times)
+    return await search_p50((store, query) for query in queries)
 
 
 async def _exact(store: PostgresStorage[str, Any], vector: list[float], below: int) -> float:

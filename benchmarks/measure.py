@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,3 +106,13 @@ def report(result: dict[str, Any], out: Path | None) -> None:
     """Print a benchmark's JSON result, and write it to ``out`` when given."""
     print(json.dumps(result, indent=2))
     save_json(result, out)
+
+
+async def search_p50(searches: Iterable[tuple[Any, Any]]) -> float:
+    """Median milliseconds of ``store.search(query)`` over ``(store, query)`` pairs, in order."""
+    times = []
+    for store, query in searches:
+        begun = time.perf_counter()
+        await store.search(query)
+        times.append((time.perf_counter() - begun) * 1000)
+    return statistics.median(times)

@@ -44,7 +44,7 @@ from pepperpy_pg_memory.search_sql import Page
 
 from .corpus import memories
 from .embedders import PrecomputedEmbedder
-from .measure import log, report
+from .measure import log, report, search_p50
 from .run import _start_server
 
 DIMENSION = 384
@@ -104,15 +104,6 @@ def _owners(count: int, per_owner: int, big: int, seed: int = 5) -> list[_Owner]
     return owners
 
 
-async def _p50(store: PostgresStorage[str, Any], queries: list[MemoryQuery]) -> float:
-    times = []
-    for query in queries:
-        begun = time.perf_counter()
-        await store.search(query)
-        times.append((time.perf_counter() - begun) * 1000)
-    return statistics.median(times)
-
-
 def _query(owner: _Owner, text: str, vector: np.ndarray, mode: MemoryIndex) -> MemoryQuery:
     return MemoryQuery(
         query=text if mode != MemoryIndex.SEMANTIC else None,
@@ -128,11 +119,12 @@ async def _plan(store: PostgresStorage[str, Any], owner: _Owner) -> list[str]:
     """The plan of the owner's first semantic search on ``store``: its node lines."""
     vector = owner.queries[0][1].tolist()
     restriction = store._restriction(MemoryScope.USER, owner.name)
-    statement = store._ready.searches.semantic_search(vector, restriction, Page(10))
+    # The statement a table without passages runs (see operations.search.vector_rows).
+    statement = store._ready.searches.semantic_search(vector, restriction, Page(10), passages=False)
     async with store.database.pool.acquire() as conn:
         rows = await conn.fetch("EXPLAIN " + statement.sql, *statement.args)
     # The query vector is shown inline (a custom plan): left out.
-    return [re.sub(r"'\[[^]]*\]'", "'[…]'", row[0]) for row in rows if "Scan on" in row[0]]
+    return [re.sub(r"'\[[^]]*\]'", "'[…]'", row[0]) for row in rows if "Scan" in row[0]]
 
 
 async def _measure(args: argparse.Namespace) -> dict[str, Any]:
@@ -173,6 +165,8 @@ async def _measure(args: argparse.Namespace) -> dict[str, Any]:
         for store in stores:
             async with store.database.pool.acquire() as conn:  # as autovacuum would
                 await conn.execute(f"ANALYZE {store.layout.qualified_table}")
+            # As a store that has been searched and written a while has them.
+            await store.refresh_term_statistics()
         groups = {"small": sampled, "big": [big]}
         batches = {
             (group, mode): [
@@ -193,14 +187,10 @@ async def _measure(args: argparse.Namespace) -> dict[str, Any]:
             log(f"round {number + 1} of {args.rounds}")
             for (group, mode), batch in batches.items():
                 label = f"{group}_{mode.value}"
-                shared_ms = await _p50(shared, [query for _, query in batch])
-                times = []
-                for owner, query in batch:
-                    begun = time.perf_counter()
-                    await alone[owner.name].search(query)
-                    times.append((time.perf_counter() - begun) * 1000)
+                shared_ms = await search_p50((shared, query) for _, query in batch)
+                alone_ms = await search_p50((alone[owner.name], query) for owner, query in batch)
                 p50.setdefault(f"{label}_shared", []).append(shared_ms)
-                p50.setdefault(f"{label}_alone", []).append(statistics.median(times))
+                p50.setdefault(f"{label}_alone", []).append(alone_ms)
         log("recall against exact search, agreement with the owner's own table")
         quality: dict[str, float] = {}
         for (group, mode), batch in batches.items():

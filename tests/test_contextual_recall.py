@@ -189,14 +189,7 @@ async def test_a_question_of_common_words_fetches_a_bounded_candidate_set(
         plan = await conn.fetchval(
             "EXPLAIN (ANALYZE, FORMAT JSON) " + statement.sql, *statement.args
         )
-    nodes: list[dict[str, Any]] = []
-
-    def walk(node: dict[str, Any]) -> None:
-        nodes.append(node)
-        for child in node.get("Plans", []):
-            walk(child)
-
-    walk(json.loads(plan)[0]["Plan"])
+    nodes = _plan_nodes(plan)
     table = storage.layout.table
     scans = [n for n in nodes if n.get("Relation Name") == table]
     executed = [n for n in scans if n["Actual Loops"] > 0]
