@@ -232,3 +232,7 @@ def test_owners_benchmark_runs_small(tmp_path: Path) -> None:
     # Term statistics are per owner: the shared table ranks words as the owner's own does.
     assert report["quality"]["small_contextual_agreement_at_10"] == 1.0
     assert all("Scan" in line for line in report["plans"]["big"])
+    after = report["after_retiring_30_percent"]
+    assert after["memories_retired"] == 3 * 30 + 180  # 30% of three owners of 100 and of 600
+    # Expired and superseded memories are never returned: the live ones are found as before.
+    assert after["quality"]["small_semantic_recall_at_10"] == 1.0
