@@ -127,6 +127,9 @@ async def workload(
             except (MemoryConnectionError, MemoryQuotaError) as exc:
                 outcomes.errors[type(exc).__name__] += 1
                 outcomes.failed.update(tokens)
+                if type(exc).__name__ == "MemoryTimeoutError":
+                    # Which call waited too long: the test's log shows the worker's stderr.
+                    print(f"{operation} timed out: {exc}", file=sys.stderr, flush=True)
 
     await asyncio.gather(*(worker(number) for number in range(tasks)))
     return outcomes
