@@ -21,8 +21,8 @@ from .schema import (
     HISTORY_ACTOR_SETTING,
     HISTORY_OPERATION_SETTING,
     HISTORY_REASON_SETTING,
-    HISTORY_SETTING,
     IDENTITY_COLUMNS,
+    RECORDING,
     VERSIONED_COLUMNS,
     TableLayout,
     same_memory,
@@ -42,7 +42,6 @@ __all__ = [
     "as_of_source",
     "replaced_versions",
     "recorded_from_merge",
-    "RECORDING",
     "change_context",
     "check_note",
     "change_of",
@@ -373,10 +372,6 @@ class HistoryStatements:
 
     def count(self, tenant: str) -> Query:
         return Query(f"SELECT count(*) FROM {self.history} WHERE tenant = $1", [tenant])
-
-
-RECORDING = f"coalesce(current_setting('{HISTORY_SETTING}', true), '') <> 'off'"
-"""Whether the session records versions (the store's ``history`` setting)."""
 
 
 def recorded_from_merge(

@@ -20,7 +20,6 @@ from .filters import FieldKind, Params, compile_filter
 from .history import (
     AS_OF_MOMENT,
     PLAIN,
-    RECORDING,
     Change,
     as_of_source,
     change_context,
@@ -29,6 +28,7 @@ from .history import (
 )
 from .identifiers import quote_ident
 from .schema import (
+    RECORDING,
     STATEMENT_VERSIONS_VERSION,
     VERSION_CONTENT_COLUMNS,
     TableLayout,
@@ -421,10 +421,9 @@ class Statements:
             "importance": "EXCLUDED.importance",
         }
 
-    def _upsert_tail(self, updates: Mapping[str, str] | None = None, returning: str = "") -> str:
+    def _upsert_tail(self, updates: Mapping[str, str], returning: str = "") -> str:
         # The conflict target is the whole identity: a write never moves a memory to another
         # owner, and never touches a memory another owner holds under the same key.
-        updates = self._updates() if updates is None else updates
         assignments = ",\n                ".join(f"{c} = {e}" for c, e in updates.items())
         return f"""
             ON CONFLICT ({OWNER_KEY}) DO UPDATE SET

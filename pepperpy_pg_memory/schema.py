@@ -51,6 +51,7 @@ __all__ = [
     "BACKFILLS_PER_TABLE_VERSION",
     "HISTORY_SETTING",
     "IMPORTING_SETTING",
+    "RECORDING",
     "STATEMENT_VERSIONS_SETTING",
     "STATEMENT_VERSIONS_VERSION",
     "QUOTA_SETTING",
@@ -751,6 +752,9 @@ HISTORY_ACTOR_SETTING = "pepperpy.actor"
 HISTORY_REASON_SETTING = "pepperpy.reason"
 HISTORY_SETTING = "pepperpy.history"
 """Session setting: 'off' when the store was configured with ``history=False``."""
+RECORDING = f"coalesce(current_setting('{HISTORY_SETTING}', true), '') <> 'off'"
+"""Whether the session records versions (the store's ``history`` setting), in SQL: the
+history triggers and a bulk merge that records its own versions ask the same."""
 IMPORTING_SETTING = "pepperpy.importing"
 """Transaction setting: 'on' while an import restores memories with their own history."""
 STATEMENT_VERSIONS_SETTING = "pepperpy.statement_versions"
@@ -809,7 +813,7 @@ def _history_functions(layout: TableLayout, versioned: tuple[str, ...]) -> list[
     old_content = ", ".join(f"OLD.{column}" for column in compared)
     new_content = ", ".join(f"NEW.{column}" for column in compared)
     setting = "nullif(current_setting('{}', true), '')".format
-    recording = f"coalesce(current_setting('{HISTORY_SETTING}', true), '') <> 'off'"
+    recording = RECORDING
     importing = f"coalesce(current_setting('{IMPORTING_SETTING}', true), '') = 'on'"
     return [
         f"""
