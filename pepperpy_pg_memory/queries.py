@@ -180,17 +180,17 @@ _SEMANTIC = "m.indices @> ARRAY['semantic']"
 CONTEXTUAL = "m.indices @> ARRAY['contextual']"
 
 # What a write returns about each row it wrote (and select_entry's access columns).
-_WRITTEN = """m.scope, m.scope_id, m.key, m.created_at, m.updated_at, m.expires_at, m.version,
-    coalesce(m.valid_from, m.created_at) AS valid_from, m.valid_to, m.supersedes,
-    m.superseded_by, m.importance,
-    (m.embedding IS NULL AND m.indices @> ARRAY['semantic']) AS needs_embedding"""
-
-_WRITTEN_NAMES = (
-    *("scope", "scope_id", "key", "created_at", "updated_at", "expires_at", "version"),
-    *("valid_from", "valid_to", "supersedes", "superseded_by", "importance"),
-    *("needs_embedding", "access_count", "last_accessed_at"),
-)
-"""The columns of :data:`_WRITTEN` and the read counts, by name."""
+_WRITTEN_COLUMNS = {
+    **{name: f"m.{name}" for name in ("scope", "scope_id", "key", "created_at", "updated_at")},
+    **{name: f"m.{name}" for name in ("expires_at", "version")},
+    "valid_from": "coalesce(m.valid_from, m.created_at) AS valid_from",
+    **{name: f"m.{name}" for name in ("valid_to", "supersedes", "superseded_by", "importance")},
+    "needs_embedding": "(m.embedding IS NULL AND m.indices @> ARRAY['semantic']) "
+    "AS needs_embedding",
+}
+_WRITTEN = ", ".join(_WRITTEN_COLUMNS.values())
+# The columns a write returns by name: the above and the read counts.
+_WRITTEN_NAMES = (*_WRITTEN_COLUMNS, "access_count", "last_accessed_at")
 
 
 @dataclass(frozen=True)
