@@ -110,7 +110,7 @@ async def write_batch(
         gone = statements.delete_staged_passages(tenant)
         await conn.execute(gone.sql, *gone.args, timeout=timeout)
         versions = statements.writes_versions and await _room_for(
-            statements, tenant, records, quota, timeout, conn
+            statements, tenant, records, quota, timeout, conn, locked=dedupe is not None
         )
         merge = statements.merge_staging(tenant, every_row, change, versions=versions)
         if versions:
@@ -148,13 +148,17 @@ async def _room_for(
     quota: int | None,
     timeout: float,
     conn: asyncpg.Connection,
+    *,
+    locked: bool,
 ) -> bool:
     """Whether every owner of the staged rows has room for its new memories under
-    ``quota`` (always, without one). The owners' locks are taken first and held to the end
-    of the transaction, as the quota trigger takes them."""
+    ``quota`` (always, without one). The owners' locks are taken first (unless ``locked``:
+    deduplication took them) and held to the end of the transaction, as the quota trigger
+    takes them."""
     if quota is None:
         return True
-    await lock_owners(tenant, [record_identity(record) for record in records], conn)
+    if not locked:
+        await lock_owners(tenant, [record_identity(record) for record in records], conn)
     room = statements.quota_room(tenant, quota)
     return bool(await conn.fetchval(room.sql, *room.args, timeout=timeout))
 
