@@ -165,6 +165,11 @@ async def test_stress_processes_and_killed_backends(
         "retry_attempts": 4,
         "retry_base_delay": 0.05,
         "retry_max_delay": 0.2,
+        # All writes queue on the one owner's lock: on a loaded machine a caller can wait
+        # longer than the default 10 s for a connection. The test is about what the callers
+        # are told, not how fast (a hang still fails at the wait below).
+        "pool_timeout": 90,
+        "command_timeout": 90,
     }
     config = make_config(**fields)
     log_start = server_log.stat().st_size if server_log is not None else 0
