@@ -41,7 +41,7 @@ R = TypeVar("R")
 BatchFunction = Callable[[list[T]], Awaitable[Sequence[R | BaseException]]]
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Call(Generic[T, R]):
     item: T
     future: asyncio.Future[R]

@@ -24,7 +24,6 @@ How LangGraph's namespaces map onto memories:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import itertools
 import logging
@@ -141,7 +140,6 @@ def namespace_scope(namespace: tuple[str, ...]) -> tuple[MemoryScope, str | None
 
 
 # Where an op of a call made alone goes in a batch of such calls: writes, then reads.
-_READ_ORDER: dict[type, int] = {PutOp: 0, GetOp: 1, SearchOp: 1, ListNamespacesOp: 1}
 
 
 def _reads_under(prefix: tuple[str, ...], *, legacy: bool = False) -> dict[str, Any]:
@@ -349,6 +347,11 @@ class PepperpyStore(BaseStore):
         self._calls_from: weakref.WeakKeyDictionary[
             asyncio.AbstractEventLoop, Coalescer[Call, Outcome]
         ] = weakref.WeakKeyDictionary()
+        # The last caller's loop and its coalescer: a burst comes from one loop, and a weak
+        # dictionary lookup per call is a measurable part of a call's cost.
+        self._last_caller: (
+            tuple[weakref.ref[asyncio.AbstractEventLoop], Coalescer[Call, Outcome]] | None
+        ) = None
 
     @classmethod
     def create(
@@ -487,9 +490,13 @@ class PepperpyStore(BaseStore):
             return self._calls.enqueue(call)
         # Gathered on the caller's loop too, so that a burst crosses to the store's thread in
         # a few hops instead of one per call.
+        last = self._last_caller
+        if last is not None and last[0]() is loop:
+            return last[1].enqueue(call)
         calls = self._calls_from.get(loop)
         if calls is None:
             calls = self._calls_from[loop] = self._coalescer(self._hop)
+        self._last_caller = (weakref.ref(loop), calls)
         return calls.enqueue(call)
 
     async def _hop(self, calls: list[Call]) -> list[Outcome | BaseException]:
@@ -509,17 +516,20 @@ class PepperpyStore(BaseStore):
         storage = self.storage
 
         async def together(batch: list[Call]) -> list[Outcome]:
-            ops: list[Op] = []
-            for call in batch:
-                if isinstance(call, list):
-                    ops.extend(call)
-                else:
-                    ops.append(call)
             # Calls made at once may take effect in any order; one op each (aput, aget,
             # asearch, adelete), they run as every write, in call order, then every read.
             # A call of several ops keeps its own order, so then all keep call order.
+            if not any(isinstance(call, list) for call in batch):
+                ops = typing.cast(list[Op], batch)
+                return typing.cast(list[Outcome], await self._execute(storage, ops, True))
+            flat: list[Op] = []
+            for call in batch:
+                if isinstance(call, list):
+                    flat.extend(call)
+                else:
+                    flat.append(call)
             independent = all(not isinstance(call, list) or len(call) == 1 for call in batch)
-            results = await self._execute(storage, ops, writes_first=independent)
+            results = await self._execute(storage, flat, writes_first=independent)
             out: list[Outcome] = []
             start = 0
             for call in batch:
@@ -541,27 +551,31 @@ class PepperpyStore(BaseStore):
     async def _execute(
         self, storage: PostgresStorage[Any, Any], ops: list[Op], writes_first: bool = False
     ) -> list[Result]:
-        results: list[Result] = [None] * len(ops)
         if writes_first:
             # Every write (puts of one item collapse into the last), then each distinct read
-            # once: after the same writes, equal reads have equal answers.
-            order = sorted(range(len(ops)), key=lambda position: _READ_ORDER[type(ops[position])])
-            distinct: list[Op] = []
-            answered_by: list[int] = []
+            # once: after the same writes, equal reads have equal answers. One pass: a
+            # burst's batch holds thousands of ops.
+            last_puts: dict[tuple[tuple[str, ...], str], PutOp] = {}
+            reads: list[Op] = []
             first_read: dict[Op, int] = {}
-            for position in order:
-                op = ops[position]
-                index = len(distinct)
-                if not isinstance(op, PutOp):
-                    with contextlib.suppress(TypeError):  # an op holding a filter dict
-                        index = first_read.setdefault(op, index)
-                if index == len(distinct):
-                    distinct.append(op)
+            answered_by: list[int] = []  # per op: its read's place in `reads`, -1 for a put
+            for op in ops:
+                if isinstance(op, PutOp):
+                    last_puts[(op.namespace, op.key)] = op
+                    answered_by.append(-1)
+                    continue
+                index = len(reads)
+                try:
+                    index = first_read.setdefault(op, index)
+                except TypeError:  # an op holding a filter dict is its own read
+                    pass
+                if index == len(reads):
+                    reads.append(op)
                 answered_by.append(index)
-            answers = await self._execute(storage, distinct)
-            for position, index in zip(order, answered_by, strict=True):
-                results[position] = answers[index]
-            return results
+            answers = await self._execute(storage, [*last_puts.values(), *reads])
+            read_answers = answers[len(last_puts) :]
+            return [None if index < 0 else read_answers[index] for index in answered_by]
+        results: list[Result] = [None] * len(ops)
         puts: dict[str, PutOp] = {}
         gets: list[tuple[int, GetOp]] = []
         searches: list[tuple[int, SearchOp]] = []
