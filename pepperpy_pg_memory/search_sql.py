@@ -379,7 +379,9 @@ class SearchStatements:
         lexemes and identifiers, whole and by parts. Candidates come, through the GIN index,
         from (1) the rarest terms, as many as fit in the candidate budget by document
         frequency, and each term newer than the statistics on its own; (2) the memories
-        holding every term the tenant has; and, when those two
+        holding every term the tenant has, and those holding every term of the query
+        (statistics that lag a bulk load cannot hide the memory that matches it all); and,
+        when those
         give fewer than ``want``, (3) the memories holding the two rarest known terms. Each
         step is capped, so a question of common words never scans the table; every query
         term then counts in the score, the ones too common to fetch by included.
@@ -479,6 +481,7 @@ class SearchStatements:
                 SELECT string_agg(quoted, ' | ')
                            FILTER (WHERE df > 0 AND running <= {cap})::tsquery AS rare,
                        string_agg(quoted, ' & ') FILTER (WHERE df > 0)::tsquery AS every,
+                       string_agg(quoted, ' & ')::tsquery AS whole,
                        string_agg(quoted, ' & ') FILTER (WHERE known_rarity <= 2)::tsquery AS pair,
                        string_agg(quoted, ' | ') FILTER (WHERE df = 0)::tsquery AS unknown,
                        -- The best score a memory can reach: every term the tenant's memories
@@ -499,6 +502,8 @@ class SearchStatements:
                 {unknown}
                 UNION
                 {probe("(SELECT every FROM probes)")}
+                UNION
+                {probe("(SELECT whole FROM probes)")}
                 {unfilled}
             ),
             candidates AS (

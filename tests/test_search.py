@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import asyncpg
 import numpy as np
 import pytest
 
@@ -107,6 +108,27 @@ async def test_contextual_search_uses_full_text_with_stemming(
     )
     assert [r.entry.key for r in results] == ["refund"]
     assert 0.5 < results[0].score <= 1.0
+
+
+async def test_a_load_newer_than_the_term_statistics_is_found(
+    storage: PostgresStorage[str, Any], raw_conn: asyncpg.Connection
+) -> None:
+    """Right after a bulk load the background recount has not run: none of the load's words
+    are counted yet, so each reads as rare. The memory holding every word of the question is
+    found although one of them is in every memory (on a cluster the uncounted words were
+    probed together under one cap, and the cap cut it off)."""
+    await storage.store_many((f"k{n}", f"record {n}") for n in range(300))
+    await storage.refresh_term_statistics()
+    # The statistics as they stood before the load: nothing counted.
+    schema, table = storage.config.schema_name, storage.config.table
+    await raw_conn.execute(f'DELETE FROM "{schema}"."{table}_term_stats"')
+    await raw_conn.execute(
+        f'UPDATE "{schema}"."{table}_term_totals" SET documents = 0, avg_length = 0'
+    )
+    hits = await storage.search(
+        MemoryQuery(query="record 123", index_type=MemoryIndex.CONTEXTUAL, limit=3)
+    )
+    assert hits[0].entry.key == "k123"
 
 
 async def test_contextual_search_finds_misspelled_words_ranked_below_exact_ones(
