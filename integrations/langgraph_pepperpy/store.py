@@ -580,8 +580,13 @@ class PepperpyStore(BaseStore):
         gets: list[tuple[int, GetOp]] = []
         searches: list[tuple[int, SearchOp]] = []
 
+        # The items the reads found that start their TTL again: refreshed once, after all
+        # the reads that ran together (one statement per owner and TTL, not one per read).
+        refresh: list[MemoryEntry[Any]] = []
+
         async def read_items() -> None:
-            for (position, _), item in zip(gets, await self._get(storage, gets), strict=True):
+            found = await self._get(storage, gets, refresh)
+            for (position, _), item in zip(gets, found, strict=True):
                 results[position] = item
 
         async def read_searches() -> None:
@@ -590,7 +595,7 @@ class PepperpyStore(BaseStore):
 
             async def search(op: SearchOp) -> list[SearchItem]:
                 async with room:
-                    return await self._search(storage, op)
+                    return await self._search(storage, op, refresh)
 
             found = await asyncio.gather(*(search(op) for _, op in searches))
             for (position, _), items in zip(searches, found, strict=True):
@@ -609,6 +614,9 @@ class PepperpyStore(BaseStore):
                 await read_searches()
             gets.clear()
             searches.clear()
+            if refresh:
+                await self._refresh(storage, refresh)
+                refresh.clear()
 
         # Consecutive puts go to the database as one batch, and so do consecutive gets; any
         # other kind of op first flushes them, so every op sees the writes before it.
@@ -641,14 +649,16 @@ class PepperpyStore(BaseStore):
         self, storage: PostgresStorage[Any, Any], entries: list[MemoryEntry[Any]]
     ) -> None:
         """Reading an item with a TTL starts its TTL again (LangGraph's refresh_ttl)."""
-        by_ttl: dict[tuple[float, MemoryScope, str | None], list[str]] = {}
+        by_ttl: dict[tuple[float, MemoryScope, str | None], dict[str, None]] = {}
         for entry in entries:
             minutes = entry.metadata.get(TTL_FIELD)
             if minutes is not None:
                 group = (float(minutes), entry.scope, entry.scope_id or None)
-                by_ttl.setdefault(group, []).append(entry.key)
+                by_ttl.setdefault(group, {})[entry.key] = None  # each key once
         for (minutes, scope, scope_id), keys in by_ttl.items():
-            await storage.touch(keys, timedelta(minutes=minutes), scope=scope, scope_id=scope_id)
+            await storage.touch(
+                list(keys), timedelta(minutes=minutes), scope=scope, scope_id=scope_id
+            )
 
     async def _put(self, storage: PostgresStorage[Any, Any], ops: list[PutOp]) -> None:
         # Keys to delete per owner: deleted items, and the legacy keys of items written anew.
@@ -723,9 +733,13 @@ class PepperpyStore(BaseStore):
         )
 
     async def _get(
-        self, storage: PostgresStorage[Any, Any], gets: list[tuple[int, GetOp]]
+        self,
+        storage: PostgresStorage[Any, Any],
+        gets: list[tuple[int, GetOp]],
+        refresh: list[MemoryEntry[Any]],
     ) -> list[Item | None]:
-        """The items ``gets`` name, in order, in one round trip."""
+        """The items ``gets`` name, in order, in one round trip; those whose TTL a get
+        refreshes are added to ``refresh``."""
         wanted = []  # per get: the identities it may be stored under, the current one first
         for _, op in gets:
             scope, scope_id = namespace_scope(op.namespace)
@@ -733,17 +747,17 @@ class PepperpyStore(BaseStore):
             wanted.append([Identity(*owner, key) for key in _keys(op.namespace, op.key)])
         found = await storage.retrieve_by_owner(i for identities in wanted for i in identities)
         items: list[Item | None] = []
-        refresh: list[MemoryEntry[Any]] = []
         for (_, op), identities in zip(gets, wanted, strict=True):
             entry = next((found[i] for i in identities if i in found), None)
             if entry is not None and op.refresh_ttl:
                 refresh.append(entry)
             items.append(None if entry is None else self._item(entry))
-        if refresh:
-            await self._refresh(storage, list({id(e): e for e in refresh}.values()))
         return items
 
-    async def _search(self, storage: PostgresStorage[Any, Any], op: SearchOp) -> list[SearchItem]:
+    async def _search(
+        self, storage: PostgresStorage[Any, Any], op: SearchOp, refresh: list[MemoryEntry[Any]]
+    ) -> list[SearchItem]:
+        """The items ``op`` finds; those whose TTL it refreshes are added to ``refresh``."""
         # LangGraph's own stores take a prefix given as a list too.
         namespace_prefix = tuple(op.namespace_prefix)
         prefix = _prefixes(namespace_prefix)
@@ -773,7 +787,7 @@ class PepperpyStore(BaseStore):
             scored = [(entry, None) for entry in entries]
         found = [(e, score, ns) for e, score in scored if (ns := _namespace_of(e)) is not None]
         if op.refresh_ttl:
-            await self._refresh(storage, [entry for entry, _, _ in found])
+            refresh.extend(entry for entry, _, _ in found)
         return [
             SearchItem(
                 namespace=namespace,
