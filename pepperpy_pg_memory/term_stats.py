@@ -4,8 +4,9 @@ memories there are and how many terms they hold on average — per tenant, and p
 BM25 weighs a term by its rarity, so a search needs document frequencies. Counting them on
 every write would make the row of every common word a hot spot that all concurrent writers
 queue on; instead they are recomputed from the memories' ``terms`` column, in the background,
-once the writes since the last count reach a quarter of the memories counted then (and at
-start, or at an owner's first search here, when none were ever counted). Between refreshes
+once the writes since the last count reach a quarter of the memories counted then, at most
+once a second (and at start, or at an owner's first search here, when none were ever
+counted). Between refreshes
 the figures are a little stale: a new term reads as unseen (rare), which is what a new
 identifier is.
 
@@ -38,6 +39,12 @@ logger = logging.getLogger(__name__)
 
 REFRESH_FRACTION = 0.25
 """Refresh once the writes since the last refresh reach this share of the memories then."""
+
+REFRESH_SPACING = 1.0
+"""Seconds from the end of one refresh due to writes to the start of the next. On a small
+table every batch of writes is a quarter of it: without a spacing, a burst of writes would
+run two recounts per batch beside its writes (a LangGraph host's put/get/delete mix spent a
+third of its database time on them)."""
 
 OWNERS_PER_TRANSACTION = 500
 """Owners recounted in one transaction: each holds an advisory lock until it commits, and
@@ -229,6 +236,7 @@ class TermStatistics:
         # wrote them): counted once, in the background, if they were not.
         self._owners_unchecked: set[Owner] = set()
         self._task: asyncio.Task[None] | None = None
+        self._refreshed_at = float("-inf")  # the loop's time when a refresh last ended
 
     async def start(self) -> None:
         """Read how many memories the statistics cover; refresh if they were never counted."""
@@ -279,6 +287,10 @@ class TermStatistics:
     async def _refresh_in_background(self) -> None:
         try:
             while self._tenant_due or self._owners_due or self._owners_unchecked:
+                if self._tenant_due or self._owners_due:
+                    # The writes that come meanwhile join this refresh.
+                    loop = asyncio.get_running_loop()
+                    await asyncio.sleep(self._refreshed_at + REFRESH_SPACING - loop.time())
                 if self._tenant_due:
                     self._tenant_due = False
                     await self._refresh_tenant()
@@ -286,6 +298,7 @@ class TermStatistics:
                 await self._refresh_owners(list(due))
                 unchecked, self._owners_unchecked = self._owners_unchecked - due, set()
                 await self._refresh_owners(list(unchecked), only_uncounted=True)
+                self._refreshed_at = asyncio.get_running_loop().time()
         except Exception:  # a missed refresh only leaves figures stale: log, go on
             logger.warning("refreshing term statistics failed", exc_info=True)
 
