@@ -748,7 +748,11 @@ class PepperpyStore(BaseStore):
         found = await storage.retrieve_by_owner(i for identities in wanted for i in identities)
         items: list[Item | None] = []
         for (_, op), identities in zip(gets, wanted, strict=True):
-            entry = next((found[i] for i in identities if i in found), None)
+            entry = None
+            for identity in identities:  # the current key first
+                entry = found.get(identity)
+                if entry is not None:
+                    break
             if entry is not None and op.refresh_ttl:
                 refresh.append(entry)
             items.append(None if entry is None else self._item(entry))
