@@ -516,21 +516,29 @@ class SearchStatements:
         }
             ),
             words AS MATERIALIZED (
-                SELECT c.tenant, c.scope, c.scope_id, c.key,
-                    0.5 + 0.5 * least(1, sum(w.idf * u.tf * {k1 + 1} / (u.tf + {k1} * (
-                        {1 - b} + {b} * length(c.terms) / t.avg_length)))
-                        / (SELECT best FROM probes)) AS score,
-                    -- The share of the query's term weight the memory holds.
-                    least(1, sum(w.idf) / (SELECT weight FROM probes)) AS coverage
-                FROM candidates c
-                CROSS JOIN LATERAL (
-                    SELECT x.lexeme, coalesce(cardinality(x.positions), 1) AS tf
-                    FROM unnest(c.terms) x
-                ) u
-                JOIN weights w ON w.lexeme = u.lexeme
-                CROSS JOIN term_totals t
-                GROUP BY c.tenant, c.scope, c.scope_id, c.key
-                ORDER BY score DESC, c.key, c.scope, c.scope_id
+                -- A memory can pass the best score only through terms newer than the
+                -- statistics: then the best memory found scales the scores instead, so that
+                -- they rank it first rather than tie at 1 with memories lacking those terms.
+                SELECT tenant, scope, scope_id, key,
+                    0.5 + 0.5 * bm25 / greatest((SELECT best FROM probes), max(bm25) OVER ())
+                        AS score,
+                    coverage
+                FROM (
+                    SELECT c.tenant, c.scope, c.scope_id, c.key,
+                        sum(w.idf * u.tf * {k1 + 1} / (u.tf + {k1} * (
+                            {1 - b} + {b} * length(c.terms) / t.avg_length))) AS bm25,
+                        -- The share of the query's term weight the memory holds.
+                        least(1, sum(w.idf) / (SELECT weight FROM probes)) AS coverage
+                    FROM candidates c
+                    CROSS JOIN LATERAL (
+                        SELECT x.lexeme, coalesce(cardinality(x.positions), 1) AS tf
+                        FROM unnest(c.terms) x
+                    ) u
+                    JOIN weights w ON w.lexeme = u.lexeme
+                    CROSS JOIN term_totals t
+                    GROUP BY c.tenant, c.scope, c.scope_id, c.key
+                ) scored
+                ORDER BY score DESC, key, scope, scope_id
                 LIMIT {window}
             )
         """
