@@ -91,6 +91,11 @@ async def connect(config: PostgresConfig, dsn: str) -> asyncpg.Connection:
     )
 
 
+class VectorTypesMissing(MemoryError):
+    """The server has no pgvector types (yet): a replica that has not replayed the
+    extension's creation in a new database."""
+
+
 class Runner:
     """How statements run, whatever server runs them: the statement helpers over one
     :meth:`run` (the primary's pool, or a read router that picks a replica)."""
@@ -247,7 +252,10 @@ class Database(Runner):
         config = self.config
 
         async def init(conn: asyncpg.Connection) -> None:
-            await register_vector(conn, schema=vector_schema)
+            try:
+                await register_vector(conn, schema=vector_schema)
+            except ValueError as exc:  # asyncpg's "unknown type"
+                raise VectorTypesMissing(f"{exc} (pgvector's types are not there)") from exc
             await conn.set_type_codec(
                 "jsonb",
                 schema="pg_catalog",

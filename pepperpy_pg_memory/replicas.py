@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 import asyncpg
 
 from .config import PostgresConfig
-from .database import Database, Runner, T, Work
+from .database import Database, Runner, T, VectorTypesMissing, Work
 from .errors import MemoryError
 from .faults import is_transient
 from .metrics import Metrics
@@ -99,6 +99,9 @@ class _Replica:
     waits: int = 0
     """Reads that waited for this replica to replay the store's own writes."""
     last_error: str | None = None
+    replaying_schema: bool = False
+    """Reachable, but without pgvector's types yet: it has not replayed a new database's
+    schema."""
     operations: collections.Counter[str] = field(default_factory=collections.Counter)
 
     def as_dict(self) -> dict[str, Any]:
@@ -165,6 +168,12 @@ class ReadRouter(Runner):
         if self.config.read_your_writes:
             self.primary.after_write = self._note_write
         await self.check()
+        # In a new database a replica may not have replayed the schema the migrations just
+        # made: it is waited for as a connection would be, rather than left out of rotation.
+        deadline = time.monotonic() + self.config.connect_timeout
+        while any(r.replaying_schema for r in self.replicas) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+            await self.check()
         self._watch_task = asyncio.get_running_loop().create_task(self._watch())
 
     async def close(self) -> None:
@@ -301,11 +310,19 @@ class ReadRouter(Runner):
             state = await asyncio.wait_for(
                 replica.database.fetchrow("replicas", REPLICA_STATE), timeout
             )
+        except VectorTypesMissing:
+            # A new database whose schema the replica has not replayed yet: behind, not
+            # broken. Out of rotation until a later check finds it caught up.
+            replica.lag = None
+            replica.healthy = False
+            replica.replaying_schema = True
+            return
         except (MemoryError, asyncio.TimeoutError) as exc:
             replica.lag = None
             self._failed(replica, exc.__cause__ or exc)
             return
         assert state is not None
+        replica.replaying_schema = False
         if not state["standby"] or state["replayed"] is None:
             replica.lag = None
             self._failed(replica, MemoryError("the server is not a standby replica"))
