@@ -131,6 +131,23 @@ async def test_a_load_newer_than_the_term_statistics_is_found(
     assert hits[0].entry.key == "k123"
 
 
+async def test_words_newer_than_the_term_statistics_still_rank_the_fullest_match_first(
+    storage: PostgresStorage[str, Any],
+) -> None:
+    """Two memories written after the last count hold words it does not know: both passed
+    the best score the known words allow, both scored 1, and the key decided."""
+    await storage.store_many((f"old{n}", f"alpha beta note {n}") for n in range(40))
+    await storage.refresh_term_statistics()
+    # Two writes of forty: too few to start a recount.
+    await storage.store("a-partial", "alpha beta zeta")
+    await storage.store("b-whole", "alpha beta zeta omega")
+    hits = await storage.search(
+        MemoryQuery(query="alpha beta zeta omega", index_type=MemoryIndex.CONTEXTUAL, limit=3)
+    )
+    assert [hit.entry.key for hit in hits[:2]] == ["b-whole", "a-partial"]
+    assert hits[0].score > hits[1].score
+
+
 async def test_contextual_search_finds_misspelled_words_ranked_below_exact_ones(
     corpus: PostgresStorage[str, Any],
 ) -> None:
