@@ -32,7 +32,7 @@ import numpy as np
 from pgvector.asyncpg import register_vector
 
 from pepperpy_pg_memory import HashingEmbedder, PostgresConfig, PostgresStorage
-from pepperpy_pg_memory.schema import MIGRATIONS, TableLayout, _registry_statement
+from pepperpy_pg_memory.schema import MIGRATIONS, TableLayout, registry_statement
 
 DIMENSION = 384
 SCOPES = [("global", ""), ("user", "ana"), ("user", "bruno"), ("session", "s-1"), ("agent", "bot")]
@@ -95,7 +95,7 @@ async def _schema_3_table(dsn: str, schema: str, rows: int) -> None:
         await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm")
         await register_vector(conn)
         await conn.execute(f'CREATE SCHEMA "{schema}"')
-        await conn.execute(_registry_statement(schema))
+        await conn.execute(registry_statement(schema))
         for migration in MIGRATIONS[:3]:
             for statement in migration(layout):
                 if "USING hnsw" not in statement:  # built once, after the load

@@ -270,10 +270,10 @@ WORKERS_GUARD_VERSION = CITUS_READY_VERSION
 def worker_guard(layout: TableLayout) -> list[str]:
     """The guard against processes of an older release, as it runs on a cluster.
 
-    The schema's own guard (schema._old_client_guard) is a statement trigger that knows this
-    library's sessions by their application name; on a cluster the statements run on the
-    workers, in Citus's sessions, under Citus's name, and that guard passes everything. Our
-    sessions send the schema they speak in every transaction (``SET LOCAL``, which Citus
+    The schema's own guard (schema.migrations._old_client_guard) is a statement trigger that
+    knows this library's sessions by their application name; on a cluster the statements run
+    on the workers, in Citus's sessions, under Citus's name, and that guard passes everything.
+    Our sessions send the schema they speak in every transaction (``SET LOCAL``, which Citus
     forwards): a row written by a session that says an older one is refused on the worker.
     Sessions that say nothing (psql, scripts) pass, as on one server."""
     function = qualified(layout.schema, f"{_WORKERS_GUARD}_v{WORKERS_GUARD_VERSION}")

@@ -39,6 +39,7 @@ from pepperpy_pg_memory import (
     schema,
 )
 from pepperpy_pg_memory.queries import Restriction
+from pepperpy_pg_memory.schema import migrations
 from pepperpy_pg_memory.search_sql import Page
 from pepperpy_pg_memory.types import Identity
 
@@ -478,10 +479,10 @@ async def test_a_distributed_store_upgrades_on_the_cluster(
         await store.store("tea", "Ana likes green tea", **ANA)
         layout = store.layout
     # The store as schema 18 left it: the history function Citus deparsed wrongly on the
-    # workers (see schema._v19_history_on_workers), and the registry at 18.
+    # workers (see schema.migrations._v19_history_on_workers), and the registry at 18.
     old = [
         statement.replace("CASE WHEN TG_OP = 'INSERT'", "CASE TG_OP WHEN 'INSERT'")
-        for statement in schema._history_functions(layout, schema._V9_VERSIONED_COLUMNS)
+        for statement in migrations._history_functions(layout, migrations._V9_VERSIONED_COLUMNS)
     ]
     conn = await asyncpg.connect(citus_dsn)
     try:

@@ -1,377 +1,24 @@
-"""The one place that knows the schema: the memory table, its indexes, and how they evolve.
-
-The schema is an append-only list of migrations. Each is a function of the table's recorded
-layout (:class:`TableLayout`) returning idempotent statements. :func:`migrate` applies the ones a
-table has not had yet, inside one transaction holding an advisory lock, so that any number of
-processes may start against a fresh database at once. Never edit a released migration: append.
-
-A registry table, ``pepperpy_memory_tables``, in the same schema records per memory table its
-schema version, the embedding dimension and vector type, and the text search configuration.
-"""
+"""The memory table's migrations, in order: each a function of the table's layout returning
+idempotent statements (the DDL, the PL/pgSQL of its triggers and functions), with the names
+and settings it introduces. Append-only: never edit a released migration."""
 
 from __future__ import annotations
 
-import hashlib
-import logging
 from collections.abc import Callable
-from dataclasses import dataclass, replace
 
-import asyncpg
-
-from .errors import QUOTA_SQLSTATE, MemoryConfigurationError, MemorySchemaError
-from .filters import FieldKind, field_type, typed_field
-from .identifiers import name_literal, qualified, quote_ident, quote_name
-from .limits import MAX_KEY_BYTES, MAX_SCOPE_ID_BYTES, MAX_TENANT_BYTES
-from .sql import Query
-from .types import MANAGED_FIELD
-
-__all__ = [
-    "TableLayout",
-    "MIGRATIONS",
-    "SCHEMA_VERSION",
-    "migrate",
-    "vector_type_for",
-    "MAX_INDEXED_DIMENSION",
-    "TENANT_SETTING",
-    "CLIENT_SCHEMA_SETTING",
-    "APPLICATION_NAME",
-    "IDENTITY_COLUMNS",
-    "same_memory",
-    "MAX_KEY_BYTES",
-    "MAX_SCOPE_ID_BYTES",
-    "MAX_TENANT_BYTES",
-    "row_level_security_statements",
-    "BACKFILLS",
-    "terms_function",
-    "ensure_metadata_indexes",
-    "metadata_index_name",
-    "metadata_statistics_name",
-    "HISTORY_VERSION",
-    "OWNER_TERMS_VERSION",
-    "BACKFILLS_PER_TABLE_VERSION",
-    "HISTORY_SETTING",
-    "IMPORTING_SETTING",
-    "RECORDING",
-    "STATEMENT_VERSIONS_SETTING",
-    "STATEMENT_VERSIONS_VERSION",
-    "QUOTA_SETTING",
-    "OWNER_LOCK_CLASS",
-    "HISTORY_OPERATION_SETTING",
-    "HISTORY_ACTOR_SETTING",
-    "HISTORY_REASON_SETTING",
-    "VERSIONED_COLUMNS",
-    "VERSION_CONTENT_COLUMNS",
-    "DISTANCES",
-]
-
-logger = logging.getLogger(__name__)
-
-REGISTRY = "pepperpy_memory_tables"
-# pg_advisory_xact_lock key shared by every store: extension and registry creation are
-# database-wide, so one lock serialises all of them. (A constant: "pepperpy" in ASCII.)
-MIGRATION_LOCK_KEY = 0x7065707065727079
-
-# pgvector's HNSW indexes `vector` up to 2,000 dimensions and `halfvec` up to 4,000.
-_VECTOR_MAX = 2_000
-MAX_INDEXED_DIMENSION = 4_000
-
-
-def vector_type_for(dimension: int) -> str:
-    """The pgvector column type for embeddings of ``dimension``."""
-    if dimension < 1:
-        raise MemoryConfigurationError(f"embedding dimension must be positive, got {dimension}")
-    if dimension <= _VECTOR_MAX:
-        return "vector"
-    if dimension <= MAX_INDEXED_DIMENSION:
-        return "halfvec"
-    raise MemoryConfigurationError(
-        f"{dimension}-dimensional embeddings cannot be indexed by pgvector's HNSW "
-        f"(at most {MAX_INDEXED_DIMENSION}); use a model with fewer dimensions"
-    )
-
-
-DISTANCES: dict[str, tuple[str, str]] = {
-    "cosine": ("<=>", "cosine_ops"),
-    "l2": ("<->", "l2_ops"),
-    "inner_product": ("<#>", "ip_ops"),
-}
-"""Per way of comparing vectors: pgvector's distance operator and operator class suffix."""
-
-
-@dataclass(frozen=True)
-class TableLayout:
-    """What a memory table looks like, as recorded in the registry."""
-
-    schema: str
-    table: str
-    dimension: int
-    vector_type: str
-    text_search_config: str
-    hnsw_m: int = 16
-    hnsw_ef_construction: int = 64
-    version: int = 0
-    embedder: str | None = None
-    """The identity of the model whose vectors the table holds (None: not recorded yet)."""
-    distance: str = "cosine"
-    """How vectors are compared (a key of :data:`DISTANCES`): the vector indexes' operator
-    class, the searches' operator and their scores."""
-    distribution: str | None = None
-    """How the table is placed on a Citus cluster ("owner", "tenant"; None: an ordinary
-    table): its statements take the shapes Citus runs (see distribution.py)."""
-
-    @property
-    def distributed(self) -> bool:
-        return self.distribution is not None
-
-    @property
-    def distance_operator(self) -> str:
-        return DISTANCES[self.distance][0]
-
-    @property
-    def vector_ops(self) -> str:
-        return f"{self.vector_type}_{DISTANCES[self.distance][1]}"
-
-    def score_of(self, distance: str) -> str:
-        """SQL for a search score, higher is nearer, from pgvector's ``distance``: a cosine
-        (``1 - distance``), the inner product (``<#>`` is its negative) or the negative
-        Euclidean distance — LangGraph's conventions."""
-        if self.distance == "cosine":
-            return f"(1 - {distance})"
-        return f"(-{distance})"
-
-    def cosine_of(self, distance: str) -> str:
-        """SQL for the cosine ``distance`` implies for unit-length vectors (what embedding
-        models give): the semantic side's confidence in hybrid fusion and in ranking."""
-        if self.distance == "l2":
-            return f"(1 - {distance} * {distance} / 2)"
-        return self.score_of(distance)
-
-    @property
-    def qualified_table(self) -> str:
-        return qualified(self.schema, self.table)
-
-    @property
-    def registry(self) -> str:
-        return qualified(self.schema, REGISTRY)
-
-    @property
-    def passages_name(self) -> str:
-        """The side table of passage vectors (see :func:`_v5_passages`), unquoted."""
-        return f"{self.table}_passages"
-
-    @property
-    def qualified_passages(self) -> str:
-        return qualified(self.schema, self.passages_name)
-
-    def passages_hnsw_statement(self) -> str:
-        return (
-            f"CREATE INDEX IF NOT EXISTS {quote_ident(self.passages_name + '_embedding_idx')} "
-            f"ON {self.qualified_passages} USING hnsw (embedding {self.vector_ops}) "
-            f"WITH (m = {int(self.hnsw_m)}, ef_construction = {int(self.hnsw_ef_construction)})"
-        )
-
-    @property
-    def history_name(self) -> str:
-        """Every version of every memory (see :func:`_v8_history`), unquoted."""
-        return f"{self.table}_history"
-
-    @property
-    def qualified_history(self) -> str:
-        return qualified(self.schema, self.history_name)
-
-    @property
-    def access_name(self) -> str:
-        """How often and when each memory was last read (see :func:`_v9_importance_and_access`),
-        unquoted."""
-        return f"{self.table}_access"
-
-    @property
-    def qualified_access(self) -> str:
-        return qualified(self.schema, self.access_name)
-
-    @property
-    def term_stats_name(self) -> str:
-        """Per tenant and term, how many memories hold it (see :func:`_v6_terms`), unquoted."""
-        return f"{self.table}_term_stats"
-
-    @property
-    def term_totals_name(self) -> str:
-        """Per tenant, how many memories have terms and their mean number, unquoted."""
-        return f"{self.table}_term_totals"
-
-    @property
-    def owner_terms_name(self) -> str:
-        """Per owner and term, how many of the owner's memories hold it (see
-        :func:`_v15_owner_term_statistics`), unquoted."""
-        return f"{self.table}_owner_terms"
-
-    @property
-    def owner_totals_name(self) -> str:
-        """Per owner, how many memories have terms and their mean number, unquoted."""
-        return f"{self.table}_owner_totals"
-
-    @property
-    def qualified_owner_terms(self) -> str:
-        return qualified(self.schema, self.owner_terms_name)
-
-    @property
-    def qualified_owner_totals(self) -> str:
-        return qualified(self.schema, self.owner_totals_name)
-
-    @property
-    def tenant_roles_name(self) -> str:
-        """Which database role acts for which tenant (see :func:`_v16_tenant_roles`),
-        unquoted."""
-        return f"{self.table}_tenant_roles"
-
-    @property
-    def qualified_tenant_roles(self) -> str:
-        return qualified(self.schema, self.tenant_roles_name)
-
-    @property
-    def backfills_name(self) -> str:
-        """How far each online backfill got, per tenant (see :func:`_v17_backfills_per_table`),
-        unquoted."""
-        return f"{self.table}_backfills"
-
-    @property
-    def qualified_backfills(self) -> str:
-        return qualified(self.schema, self.backfills_name)
-
-    @property
-    def qualified_term_stats(self) -> str:
-        return qualified(self.schema, self.term_stats_name)
-
-    @property
-    def qualified_term_totals(self) -> str:
-        return qualified(self.schema, self.term_totals_name)
-
-    def terms_trigger_statement(self) -> str:
-        """(Re)create the trigger computing ``terms`` with this layout's configuration."""
-        # The configuration name matched TEXT_SEARCH_CONFIG_PATTERN and was looked up in
-        # pg_ts_config before any DDL uses it.
-        setter = qualified(self.schema, "pepperpy_set_terms")
-        return (
-            f"CREATE OR REPLACE TRIGGER {self.index_name('terms')} "
-            f"BEFORE INSERT OR UPDATE OF content, indices ON {self.qualified_table} "
-            f"FOR EACH ROW WHEN ({ROW_TRIGGERS_ON}) "
-            f"EXECUTE FUNCTION {setter}('{self.text_search_config}')"
-        )
-
-    def index_name(self, suffix: str) -> str:
-        return quote_ident(f"{self.table}_{suffix}")
-
-    def qualified_index(self, suffix: str) -> str:
-        return qualified(self.schema, f"{self.table}_{suffix}")
-
-    @property
-    def vector_column_type(self) -> str:
-        # Both parts come from vector_type_for() and an int: no caller text reaches here.
-        return f"{self.vector_type}({int(self.dimension)})"
-
-    def hnsw_index_statement(self) -> str:
-        return (
-            f"CREATE INDEX IF NOT EXISTS {self.index_name('embedding_idx')} "
-            f"ON {self.qualified_table} USING hnsw (embedding {self.vector_ops}) "
-            f"WITH (m = {int(self.hnsw_m)}, ef_construction = {int(self.hnsw_ef_construction)})"
-        )
-
-    @property
-    def regclass(self) -> str:
-        """The table's name as ``$n::regclass`` takes it (both parts validated)."""
-        return f"{self.schema}.{self.table}"
-
-    # --- DDL beyond migrations: index builds, reindexing, model changes --------------------
-    def drop_vector_index(self) -> Query:
-        return Query(f"DROP INDEX IF EXISTS {self.qualified_index('embedding_idx')}")
-
-    @property
-    def qualified_passages_index(self) -> str:
-        return qualified(self.schema, self.passages_name + "_embedding_idx")
-
-    def drop_passages_index(self) -> Query:
-        return Query(f"DROP INDEX IF EXISTS {self.qualified_passages_index}")
-
-    def build_vector_index(self, maintenance_work_mem: str) -> list[Query]:
-        """Build the HNSW index in one pass, with more memory for this transaction only
-        (run inside a transaction)."""
-        return [
-            Query("SELECT set_config('maintenance_work_mem', $1, true)", [maintenance_work_mem]),
-            Query(self.hnsw_index_statement()),
-        ]
-
-    def gin_index_definitions(self) -> Query:
-        """Each GIN index of the table (text, terms, metadata, hot fields): its qualified
-        name and the statement that builds it, as the server has it."""
-        return Query(
-            "SELECT format('%I.%I', n.nspname, c.relname) AS name, "
-            "pg_get_indexdef(i.indexrelid) AS definition FROM pg_index i "
-            "JOIN pg_class c ON c.oid = i.indexrelid "
-            "JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "JOIN pg_am a ON a.oid = c.relam "
-            "WHERE i.indrelid = $1::regclass AND a.amname = 'gin' ORDER BY c.relname",
-            [self.regclass],
-        )
-
-    def after_bulk_load(self) -> list[Query]:
-        """Statements that make a freshly loaded table fast to search: merge the GIN pending
-        lists (every search scans them until merged) and refresh the planner's statistics."""
-        return [
-            Query("SELECT gin_clean_pending_list($1::regclass)", [self.qualified_index(suffix)])
-            for suffix in self.gin_indexes
-        ] + [Query(f"ANALYZE {self.qualified_table}")]
-
-    @property
-    def gin_indexes(self) -> tuple[str, ...]:
-        """Suffixes of the table's GIN indexes at its version."""
-        return GIN_INDEXES + (("terms_idx",) if self.version >= _TERMS_VERSION else ())
-
-    def retype_embedding_column(self) -> list[Query]:
-        """Give the embedding columns (memories', passages' and versions') this layout's
-        type, dropping every stored vector (old versions keep their text, not a vector)."""
-        tables = [self.qualified_table, self.qualified_passages]
-        if self.version >= HISTORY_VERSION:
-            tables.append(self.qualified_history)
-        return [
-            Query(
-                f"ALTER TABLE {table} ALTER COLUMN embedding "
-                f"TYPE {self.vector_column_type} USING NULL"
-            )
-            for table in tables
-        ]
-
-    def set_tsvector_expression(self) -> Query:
-        """Recompute the generated tsvector column with this layout's text search config."""
-        return Query(
-            f"ALTER TABLE {self.qualified_table} ALTER COLUMN tsv "
-            f"SET EXPRESSION AS ({self.tsvector_expression()})"
-        )
-
-    def recompute_terms(self) -> list[Query]:
-        """Compute every memory's terms again with this layout's configuration (and have the
-        trigger use it from now on)."""
-        return [
-            Query(self.terms_trigger_statement()),
-            Query(
-                f"UPDATE {self.qualified_table} SET terms = CASE WHEN indices @> "
-                f"ARRAY['contextual'] THEN {terms_function(self.schema)}"
-                f"('{self.text_search_config}'::regconfig, content) END"
-            ),
-        ]
-
-    def reindex_text_indexes(self) -> list[Query]:
-        return [
-            Query(f"REINDEX INDEX {self.qualified_index(suffix)}")
-            for suffix in ("tsv_idx", "trgm_idx", "terms_idx")
-        ]
-
-    def tsvector_expression(self) -> str:
-        # The configuration name matched TEXT_SEARCH_CONFIG_PATTERN and was looked up in
-        # pg_ts_config before any DDL uses it.
-        return (
-            "CASE WHEN indices @> ARRAY['contextual'] "
-            f"THEN to_tsvector('{self.text_search_config}'::regconfig, content) END"
-        )
+from ..errors import QUOTA_SQLSTATE
+from ..identifiers import name_literal, qualified, quote_ident
+from ..sql import Query
+from ..types import MANAGED_FIELD
+from .layout import (
+    GIN_INDEXES,
+    HISTORY_VERSION,
+    ROW_TRIGGERS_ON,
+    TERMS_VERSION,
+    TableLayout,
+    terms_function,
+)
+from .registry import BACKFILLS, REGISTRY_TABLES
 
 
 def _v1_table(layout: TableLayout) -> list[str]:
@@ -411,9 +58,6 @@ def _v1_table(layout: TableLayout) -> list[str]:
     ]
 
 
-GIN_INDEXES = ("tsv_idx", "trgm_idx", "metadata_idx")
-
-
 def _v2_small_gin_pending_lists(layout: TableLayout) -> list[str]:
     # GIN defers inserts to a pending list that every search must scan in full until it is
     # merged; at the default 4 MB a freshly written table searched 4x slower. 256 kB keeps
@@ -438,7 +82,7 @@ def _v3_tenant_column(layout: TableLayout) -> list[str]:
     ]
 
 
-_POLICY = "tenant_binding"
+TENANT_POLICY = "tenant_binding"
 """The policy's name: a release that changes the policy gives it a new one (see
 _row_level_security_in_place)."""
 _OLD_POLICIES = ("tenant_isolation",)
@@ -446,13 +90,13 @@ _OLD_POLICIES = ("tenant_isolation",)
 pepperpy.tenant setting alone)."""
 
 
-def _tenant_tables(layout: TableLayout) -> list[str]:
+def tenant_tables(layout: TableLayout) -> list[str]:
     """The unquoted names of the tables whose rows carry a tenant, at the layout's version:
     those row-level security covers."""
     names = [layout.table]
-    if layout.version >= _PASSAGES_VERSION:
+    if layout.version >= PASSAGES_VERSION:
         names.append(layout.passages_name)
-    if layout.version >= _TERMS_VERSION:
+    if layout.version >= TERMS_VERSION:
         names += [layout.term_stats_name, layout.term_totals_name]
     if layout.version >= HISTORY_VERSION:
         names.append(layout.history_name)
@@ -479,11 +123,11 @@ def row_level_security_statements(layout: TableLayout) -> list[str]:
     included, sees and writes only rows of its tenant — the one its role is bound to, else the
     one its pepperpy.tenant setting names (superusers and roles with BYPASSRLS are exempt, as
     always in PostgreSQL)."""
-    policy = layout.index_name(_POLICY)
+    policy = layout.index_name(TENANT_POLICY)
     tenant = session_tenant(layout)
     return [
         statement
-        for table in (qualified(layout.schema, name) for name in _tenant_tables(layout))
+        for table in (qualified(layout.schema, name) for name in tenant_tables(layout))
         for statement in (
             f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY",
             f"ALTER TABLE {table} FORCE ROW LEVEL SECURITY",
@@ -503,8 +147,8 @@ def grant_tenant_statements(layout: TableLayout, role: str) -> list[str]:
     registries, read and write the store's tables (row-level security keeps it to its tenant,
     backfill positions included). Binding the role is :func:`bind_tenant_role`'s."""
     grantee = quote_ident(role)
-    registries = [qualified(layout.schema, name) for name in _REGISTRY_TABLES]
-    tables = [qualified(layout.schema, name) for name in _tenant_tables(layout)]
+    registries = [qualified(layout.schema, name) for name in REGISTRY_TABLES]
+    tables = [qualified(layout.schema, name) for name in tenant_tables(layout)]
     return [
         f"GRANT USAGE ON SCHEMA {quote_ident(layout.schema)} TO {grantee}",
         f"GRANT SELECT ON {', '.join(registries)} TO {grantee}",
@@ -595,7 +239,7 @@ def _old_client_guard(layout: TableLayout, version: int, change: str, name: str)
     ]
 
 
-_PASSAGES_VERSION = 5
+PASSAGES_VERSION = 5
 
 
 def _v5_passages(layout: TableLayout) -> list[str]:
@@ -627,14 +271,12 @@ def _v5_passages(layout: TableLayout) -> list[str]:
         f"DROP TRIGGER IF EXISTS {quote_ident(_GUARD)} ON {layout.qualified_table}",
         *_old_client_guard(
             layout,
-            _PASSAGES_VERSION,
+            PASSAGES_VERSION,
             "per-owner memory identity and passages",
-            f"{_GUARD}_before_{_PASSAGES_VERSION}",
+            f"{_GUARD}_before_{PASSAGES_VERSION}",
         ),
     ]
 
-
-_TERMS_VERSION = 6
 
 # What makes a token an identifier: letters and digits joined by - _ . / # (A-77812,
 # db-prod-08, v3.11, user_id), or letters and digits run together (TP1352, x86).
@@ -650,11 +292,6 @@ _MAY_HOLD_IDENTIFIER = (
 _IDENTIFIER_PARTS = (
     r"[^[:alpha:][:digit:]]+|(?<=[[:alpha:]])(?=[[:digit:]])|(?<=[[:digit:]])(?=[[:alpha:]])"
 )
-
-
-def terms_function(schema: str) -> str:
-    """The qualified name of ``terms(config regconfig, content text) -> tsvector``."""
-    return qualified(schema, "pepperpy_terms")
 
 
 def _v6_terms(layout: TableLayout) -> list[str]:
@@ -745,8 +382,6 @@ def _v7_vectors_inline(layout: TableLayout) -> list[str]:
     ]
 
 
-HISTORY_VERSION = 8
-
 HISTORY_OPERATION_SETTING = "pepperpy.operation"
 HISTORY_ACTOR_SETTING = "pepperpy.actor"
 HISTORY_REASON_SETTING = "pepperpy.reason"
@@ -757,11 +392,6 @@ RECORDING = f"coalesce(current_setting('{HISTORY_SETTING}', true), '') <> 'off'"
 history triggers and a bulk merge that records its own versions ask the same."""
 IMPORTING_SETTING = "pepperpy.importing"
 """Transaction setting: 'on' while an import restores memories with their own history."""
-STATEMENT_VERSIONS_SETTING = "pepperpy.statement_versions"
-"""Transaction setting: 'on' while a bulk merge numbers and records its own versions, computes
-its terms and has checked its owners' quota (see :func:`_v20_statement_versions`)."""
-# The WHEN clause of the row triggers that such a merge does the work of.
-ROW_TRIGGERS_ON = f"coalesce(current_setting('{STATEMENT_VERSIONS_SETTING}', true), '') <> 'on'"
 
 # The columns a version repeats from the memory row, in the history table's order, as
 # migration 8 created it (migration 9 adds importance).
@@ -1485,416 +1115,3 @@ MIGRATIONS: list[Migration] = [
 """Append-only. Position i (0-based) is schema version i + 1."""
 
 SCHEMA_VERSION = len(MIGRATIONS)
-
-
-def _registry_statement(schema: str) -> str:
-    return f"""
-        CREATE TABLE IF NOT EXISTS {qualified(schema, REGISTRY)} (
-            table_name          text PRIMARY KEY,
-            schema_version      integer NOT NULL,
-            dimension           integer NOT NULL,
-            vector_type         text NOT NULL,
-            text_search_config  text NOT NULL,
-            reindex_cursor      text,
-            updated_at          timestamptz NOT NULL DEFAULT now()
-        )
-    """
-
-
-REGISTRY_VERSION_TABLE = "pepperpy_memory_registry_version"
-"""One row per schema: the version of the registry table's own layout."""
-
-
-def _registry_v1_embedder(schema: str) -> list[str]:
-    # Which model's vectors a table holds: its name and dimension, so that a store started
-    # with another model of the same dimension cannot mix two models' vectors in one index.
-    return [f"ALTER TABLE {qualified(schema, REGISTRY)} ADD COLUMN IF NOT EXISTS embedder text"]
-
-
-BACKFILLS = "pepperpy_memory_backfills"
-"""Per table, backfill and tenant: how far an online backfill got (see backfill.py)."""
-
-
-def _registry_v2_backfills(schema: str) -> list[str]:
-    # Where each online backfill stands, so that it resumes after a crash or a restart.
-    return [
-        f"""
-        CREATE TABLE IF NOT EXISTS {qualified(schema, BACKFILLS)} (
-            table_name   text NOT NULL,
-            name         text NOT NULL,
-            tenant       text NOT NULL,
-            position     text[],
-            rows_done    bigint NOT NULL DEFAULT 0,
-            started_at   timestamptz NOT NULL DEFAULT now(),
-            updated_at   timestamptz NOT NULL DEFAULT now(),
-            finished_at  timestamptz,
-            PRIMARY KEY (table_name, name, tenant)
-        )
-        """
-    ]
-
-
-METADATA_INDEXES = "pepperpy_memory_metadata_indexes"
-"""Per table: the metadata fields given an expression index (see ensure_metadata_indexes)."""
-
-
-def _registry_v3_metadata_indexes(schema: str) -> list[str]:
-    # Indexes made from configuration are recorded, so that they are known as ours and are
-    # never dropped because a later configuration stopped naming them.
-    return [
-        f"""
-        CREATE TABLE IF NOT EXISTS {qualified(schema, METADATA_INDEXES)} (
-            table_name  text NOT NULL,
-            path        text[] NOT NULL,
-            kind        text NOT NULL,
-            index_name  text NOT NULL,
-            created_at  timestamptz NOT NULL DEFAULT now(),
-            PRIMARY KEY (table_name, path, kind)
-        )
-        """
-    ]
-
-
-_REGISTRY_TABLES = (REGISTRY, REGISTRY_VERSION_TABLE, METADATA_INDEXES)
-"""The tables of a schema that describe its memory tables (all but the backfill positions,
-which stores write)."""
-
-
-def _registry_v4_distance(schema: str) -> list[str]:
-    # How a table's vectors are compared, chosen when it is created (its indexes' operator
-    # class): cosine, as every table before.
-    return [
-        f"ALTER TABLE {qualified(schema, REGISTRY)} "
-        "ADD COLUMN IF NOT EXISTS distance text NOT NULL DEFAULT 'cosine'"
-    ]
-
-
-REGISTRY_MIGRATIONS: list[Callable[[str], list[str]]] = [
-    _registry_v1_embedder,
-    _registry_v2_backfills,
-    _registry_v3_metadata_indexes,
-    _registry_v4_distance,
-]
-"""The registry's own migrations (append-only), applied before the tables' migrations."""
-
-
-async def _migrate_registry(conn: asyncpg.Connection, schema: str) -> None:
-    versions = qualified(schema, REGISTRY_VERSION_TABLE)
-    await conn.execute(f"CREATE TABLE IF NOT EXISTS {versions} (version integer NOT NULL)")
-    current = await conn.fetchval(f"SELECT max(version) FROM {versions}") or 0
-    for version in range(current + 1, len(REGISTRY_MIGRATIONS) + 1):
-        for statement in REGISTRY_MIGRATIONS[version - 1](schema):
-            await conn.execute(statement)
-    if current < len(REGISTRY_MIGRATIONS):
-        await conn.execute(f"DELETE FROM {versions}")
-        await conn.execute(f"INSERT INTO {versions} VALUES ($1)", len(REGISTRY_MIGRATIONS))
-
-
-async def _ensure_extensions(conn: asyncpg.Connection) -> None:
-    for extension, purpose in (("vector", "pgvector"), ("pg_trgm", "pg_trgm")):
-        try:
-            # Under the advisory lock: concurrent CREATE EXTENSION calls race otherwise.
-            await conn.execute(f"CREATE EXTENSION IF NOT EXISTS {extension}")
-        except asyncpg.InsufficientPrivilegeError as exc:
-            raise MemoryConfigurationError(
-                f"the {purpose} extension is not enabled in this database and this user may not "
-                f"enable it: ask an administrator to run CREATE EXTENSION {extension};"
-            ) from exc
-        except (asyncpg.UndefinedFileError, asyncpg.FeatureNotSupportedError) as exc:
-            raise MemoryConfigurationError(
-                f"the {purpose} extension is not installed on the server: install it "
-                f"(e.g. the pgvector/pgvector Docker image) or use the embedded server"
-            ) from exc
-        except asyncpg.PostgresError as exc:
-            if "extension" in str(exc) and "is not available" in str(exc):
-                raise MemoryConfigurationError(
-                    f"the {purpose} extension is not installed on the server: install it "
-                    f"(e.g. the pgvector/pgvector Docker image) or use the embedded server"
-                ) from exc
-            raise
-
-
-async def text_search_config_exists(conn: asyncpg.Connection, name: str) -> bool:
-    """Whether the server has the text search configuration ``name`` (checked before any DDL
-    interpolates it)."""
-    return bool(
-        await conn.fetchval("SELECT EXISTS (SELECT 1 FROM pg_ts_config WHERE cfgname = $1)", name)
-    )
-
-
-async def vector_schema(conn: asyncpg.Connection) -> str:
-    """The schema pgvector's types live in (its codecs are registered from there)."""
-    return str(
-        await conn.fetchval(
-            "SELECT n.nspname FROM pg_extension e JOIN pg_namespace n "
-            "ON n.oid = e.extnamespace WHERE e.extname = 'vector'"
-        )
-    )
-
-
-async def ensure_database(conn: asyncpg.Connection, name: str) -> None:
-    """Create the database ``name`` unless it exists (another process may race us to it)."""
-    if await conn.fetchval("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)", name):
-        return
-    try:
-        # CREATE DATABASE takes no parameters: the name is quoted instead.
-        await conn.execute(f"CREATE DATABASE {quote_name(name)}")
-    except asyncpg.DuplicateDatabaseError:
-        pass  # another process created it first
-
-
-def metadata_index_name(layout: TableLayout, path: tuple[str, ...], kind: str) -> str:
-    """The unquoted name of the expression index on a metadata field."""
-    digest = hashlib.sha1(("\x00".join(path) + "\x00" + kind).encode()).hexdigest()[:10]
-    return f"{layout.table}_meta_{digest}"
-
-
-def metadata_statistics_name(layout: TableLayout, path: tuple[str, ...]) -> str:
-    """The unquoted name of the statistics on a metadata field's JSON type."""
-    digest = hashlib.sha1("\x00".join(path).encode()).hexdigest()[:10]
-    return f"{layout.table}_mtype_{digest}"
-
-
-async def ensure_metadata_indexes(
-    conn: asyncpg.Connection,
-    layout: TableLayout,
-    fields: tuple[tuple[tuple[str, ...], FieldKind], ...],
-) -> list[str]:
-    """Give each metadata field of ``fields`` its expression index (see
-    :func:`~.filters.typed_field`) unless it has one, recording it; returns the names created.
-
-    Built under the migration lock, in one transaction (a plain build: it holds off writes to
-    the table while it runs, about 0.1 s per 100,000 rows), with statistics on the field's
-    JSON type; then the table is analysed so that the planner knows the field's distribution.
-    Indexes are never dropped here.
-    """
-    if not fields:
-        return []
-    registry = qualified(layout.schema, METADATA_INDEXES)
-    created: list[str] = []
-    async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_KEY)
-        for path, kind in fields:
-            name = metadata_index_name(layout, path, kind)
-            recorded = await conn.fetchval(
-                f"SELECT EXISTS (SELECT 1 FROM {registry} WHERE table_name = $1 "
-                "AND path = $2 AND kind = $3)",
-                layout.table,
-                list(path),
-                kind,
-            )
-            if recorded:
-                continue
-            expression = typed_field("metadata", path, kind)
-            await conn.execute(
-                f"CREATE INDEX IF NOT EXISTS {quote_ident(name)} "
-                f"ON {layout.qualified_table} ({expression})"
-            )
-            # Range filters test the value's type too; without statistics on it the planner
-            # guesses 0.5% of rows pass and reads half the table through the index.
-            statistics = qualified(layout.schema, metadata_statistics_name(layout, path))
-            await conn.execute(
-                f"CREATE STATISTICS IF NOT EXISTS {statistics} "
-                f"ON ({field_type('metadata', path)}) FROM {layout.qualified_table}"
-            )
-            await conn.execute(
-                f"INSERT INTO {registry} (table_name, path, kind, index_name) "
-                "VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-                layout.table,
-                list(path),
-                kind,
-                name,
-            )
-            created.append(name)
-        if created:
-            await conn.execute(f"ANALYZE {layout.qualified_table}")
-    return created
-
-
-async def migrate(
-    conn: asyncpg.Connection, wanted: TableLayout, *, row_level_security: bool = False
-) -> TableLayout:
-    """Create or upgrade the table described by ``wanted``; return its recorded layout.
-
-    The recorded dimension and text search configuration win over ``wanted`` for an existing
-    table: changing them is a reindex, not a migration.
-    """
-    async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_KEY)
-        owner = await _owner_if_not_ours(conn, wanted)
-        if owner is not None:
-            return await _recorded_layout(conn, wanted, owner, row_level_security)
-        await _ensure_extensions(conn)
-        await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(wanted.schema)}")
-        await conn.execute(_registry_statement(wanted.schema))
-        await _migrate_registry(conn, wanted.schema)
-        if not await text_search_config_exists(conn, wanted.text_search_config):
-            raise MemoryConfigurationError(
-                f"text search configuration {wanted.text_search_config!r} does not exist on the "
-                "server (see \\dF in psql for the available ones)",
-                field="text_search_config",
-            )
-        row = await conn.fetchrow(
-            f"SELECT schema_version, dimension, vector_type, text_search_config, embedder, "
-            f"distance FROM {wanted.registry} WHERE table_name = $1 FOR UPDATE",
-            wanted.table,
-        )
-        if row is None:
-            if await _exists(conn, f"{wanted.schema}.{wanted.table}"):
-                raise MemorySchemaError(
-                    f"table {wanted.schema}.{wanted.table} exists but was not created by "
-                    "pepperpy-pg-memory; choose another `table` or drop it"
-                )
-            layout = wanted
-            await conn.execute(
-                f"INSERT INTO {wanted.registry} (table_name, schema_version, dimension, "
-                "vector_type, text_search_config, embedder, distance) "
-                "VALUES ($1, 0, $2, $3, $4, $5, $6)",
-                wanted.table,
-                wanted.dimension,
-                wanted.vector_type,
-                wanted.text_search_config,
-                wanted.embedder,
-                wanted.distance,
-            )
-        else:
-            layout = _layout_from(row, wanted)
-            if layout.embedder is None and wanted.embedder is not None:
-                # A table from before identities were recorded adopts the current model.
-                await conn.execute(
-                    f"UPDATE {wanted.registry} SET embedder = $2 WHERE table_name = $1",
-                    wanted.table,
-                    wanted.embedder,
-                )
-                layout = replace(layout, embedder=wanted.embedder)
-        if layout.version > SCHEMA_VERSION:
-            raise MemorySchemaError(
-                f"table {wanted.schema}.{wanted.table} has schema version {layout.version}, "
-                f"newer than this library's {SCHEMA_VERSION}: upgrade pepperpy-pg-memory"
-            )
-        if layout.version < SCHEMA_VERSION and await _citus_installed(conn):
-            # A migration that (re)creates a trigger on a distributed table: Citus creates it
-            # on the shards only when told it is safe there (ours touch rows of the same
-            # memory, co-located). In this transaction only.
-            await conn.execute("SET LOCAL citus.enable_unsafe_triggers = on")
-        for version in range(layout.version + 1, SCHEMA_VERSION + 1):
-            logger.info("applying migration %d to %s.%s", version, layout.schema, layout.table)
-            for statement in MIGRATIONS[version - 1](layout):
-                await conn.execute(statement)
-        # Restores a vector index an interrupted bulk reindex dropped. Asked of the catalog
-        # first: CREATE INDEX IF NOT EXISTS locks the table against writes before it looks,
-        # and holding the first table's lock while queueing for the second's deadlocked with
-        # other processes' writes.
-        if layout.version >= 1 and not await _exists(conn, layout.qualified_index("embedding_idx")):
-            await conn.execute(layout.hnsw_index_statement())
-        passages_index = layout.qualified_passages_index
-        if layout.version >= _PASSAGES_VERSION and not await _exists(conn, passages_index):
-            await conn.execute(layout.passages_hnsw_statement())
-        if layout.version < SCHEMA_VERSION:
-            await conn.execute(
-                f"UPDATE {wanted.registry} SET schema_version = $2, updated_at = now() "
-                "WHERE table_name = $1",
-                wanted.table,
-                SCHEMA_VERSION,
-            )
-            layout = replace(layout, version=SCHEMA_VERSION)
-        if row_level_security and not await _row_level_security_in_place(conn, layout):
-            for statement in row_level_security_statements(layout):
-                await conn.execute(statement)
-        return layout
-
-
-async def _exists(conn: asyncpg.Connection, relation: str) -> bool:
-    return bool(await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", relation))
-
-
-async def _citus_installed(conn: asyncpg.Connection) -> bool:
-    return bool(
-        await conn.fetchval("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')")
-    )
-
-
-def _layout_from(row: asyncpg.Record, wanted: TableLayout) -> TableLayout:
-    """The layout the registry's ``row`` records for the table ``wanted`` names."""
-    return TableLayout(
-        schema=wanted.schema,
-        table=wanted.table,
-        dimension=row["dimension"],
-        vector_type=row["vector_type"],
-        text_search_config=row["text_search_config"],
-        hnsw_m=wanted.hnsw_m,
-        hnsw_ef_construction=wanted.hnsw_ef_construction,
-        version=row["schema_version"],
-        embedder=row["embedder"],
-        distance=_same_distance(row["distance"], wanted),
-    )
-
-
-def _same_distance(recorded: str, wanted: TableLayout) -> str:
-    """The table's distance, if it is the one wanted: it is its indexes' operator class."""
-    if recorded != wanted.distance:
-        raise MemoryConfigurationError(
-            f"table {wanted.schema}.{wanted.table} compares vectors by {recorded!r} (its "
-            f"indexes' operator class), not {wanted.distance!r}: configure "
-            f"distance={recorded!r}, or use another table",
-            field="distance",
-        )
-    return recorded
-
-
-async def _owner_if_not_ours(conn: asyncpg.Connection, wanted: TableLayout) -> str | None:
-    """The role owning the table, if it exists and the session's role cannot act as it."""
-    return await conn.fetchval(  # type: ignore[no-any-return]
-        "SELECT pg_get_userbyid(c.relowner) FROM pg_class c WHERE c.oid = to_regclass($1) "
-        "AND NOT pg_has_role(current_user, c.relowner, 'USAGE')",
-        wanted.qualified_table,
-    )
-
-
-async def _recorded_layout(
-    conn: asyncpg.Connection, wanted: TableLayout, owner: str, row_level_security: bool
-) -> TableLayout:
-    """The layout of a table another role owns (a tenant's role, say): such a role may use the
-    table but not change it, so the table must be as this release wants it."""
-    row = await conn.fetchrow(
-        f"SELECT schema_version, dimension, vector_type, text_search_config, embedder, "
-        f"distance FROM {wanted.registry} WHERE table_name = $1",
-        wanted.table,
-    )
-    if row is None or row["schema_version"] != SCHEMA_VERSION:
-        found = "no" if row is None else row["schema_version"]
-        raise MemorySchemaError(
-            f"table {wanted.schema}.{wanted.table} has schema version {found}, this release "
-            f"uses {SCHEMA_VERSION}, and it belongs to role {owner!r}: start a store as that "
-            "role first (it applies the migrations)"
-        )
-    layout = _layout_from(row, wanted)
-    if row_level_security and not await _row_level_security_in_place(conn, layout):
-        raise MemoryConfigurationError(
-            f"row_level_security=True, but table {wanted.schema}.{wanted.table} has no "
-            f"row-level security of this release: start a store with row_level_security=True "
-            f"as its owner, role {owner!r}, first",
-            field="row_level_security",
-        )
-    return layout
-
-
-async def _row_level_security_in_place(conn: asyncpg.Connection, layout: TableLayout) -> bool:
-    """Whether every table of ``layout`` already has forced row-level security and our policy.
-
-    The statements take an exclusive lock on each table; run at every start they would queue
-    behind (and deadlock with) other processes' reads and writes for nothing. (A release that
-    changes the policy must give it a new name.)
-    """
-    tables = [f"{layout.schema}.{name}" for name in _tenant_tables(layout)]
-    in_place = await conn.fetchval(
-        """
-        SELECT count(*) FROM pg_class c
-        WHERE c.oid = ANY(SELECT to_regclass(t) FROM unnest($1::text[]) t)
-          AND c.relrowsecurity AND c.relforcerowsecurity
-          AND EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = c.oid AND p.polname = $2)
-        """,
-        tables,
-        f"{layout.table}_{_POLICY}",
-    )
-    return bool(in_place == len(tables))
