@@ -15,7 +15,7 @@ from .history import PLAIN, Change
 from .items import PendingWrite
 from .queries import PASSAGE_COLUMNS, STAGING_COLUMNS, Statements, record_identity
 from .schema import STATEMENT_VERSIONS_SETTING, TableLayout
-from .sql import Query, send
+from .sql import Batch, Query, send, send_batch
 from .types import Identity
 
 __all__ = [
@@ -322,21 +322,20 @@ async def write_deduplicated(
 async def write_restored(
     statements: Statements,
     tenant: str,
-    template: str,
-    rows: Sequence[tuple[Any, ...]],
+    restored: Batch,
     identities: Sequence[Identity],
     passages: Sequence[tuple[Any, ...]],
     reads: dict[Identity, tuple[int, datetime]],
     importing: Query | None,
     conn: asyncpg.Connection,
 ) -> None:
-    """Write restored memories (``rows`` for the ``template`` of ``restore_one``, of the
-    memories ``identities``) with their passages (only those) and read counts, in one
+    """Write restored memories (``restored``: ``restore_one`` per memory, of the memories
+    ``identities``) with their passages (only those) and read counts, in one
     transaction; ``importing`` marks it as an import whose versions come from the file."""
     async with conn.transaction():
         if importing is not None:
             await conn.execute(importing.sql, *importing.args)
-        await conn.executemany(template, rows)
+        await send_batch(conn, restored)
         gone = statements.delete_passages(tenant, list(identities))
         await conn.execute(gone.sql, *gone.args)
         await copy_passages(statements, passages, None, conn)

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import sys
 import typing
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from functools import partial
 from typing import Any, TypeVar
@@ -32,7 +32,7 @@ from .errors import (
 from .faults import ConnectionLost, backoff_delay, is_transient, translate
 from .history import AS_OF_SETTING, settings_query
 from .metrics import Metrics
-from .sql import Query, send
+from .sql import Batch, Query, send, send_batch
 from .values import decode_json, encode_json
 
 __all__ = ["Database", "Runner", "connect", "in_one_transaction"]
@@ -187,15 +187,10 @@ class Runner:
         return affected(status)
 
     async def executemany(
-        self,
-        operation: str,
-        sql: str,
-        records: Iterable[Sequence[Any]],
-        *,
-        timeout: float | None = None,
+        self, operation: str, batch: Batch, *, timeout: float | None = None
     ) -> None:
-        rows = list(records)
-        await self.run(operation, lambda conn: conn.executemany(sql, rows, timeout=timeout))
+        """Run one statement once per row of ``batch``, in one round trip."""
+        await self.run(operation, lambda conn: send_batch(conn, batch, timeout))
 
     async def execute_all(
         self, operation: str, queries: Sequence[Query], *, timeout: float | None = None

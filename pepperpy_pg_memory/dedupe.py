@@ -22,7 +22,7 @@ from .history import Change
 from .items import PendingWrite
 from .queries import Statements
 from .schema import OWNER_LOCK_CLASS
-from .sql import send
+from .sql import Query, send, send_batch
 from .types import MANAGED_FIELD, Identity
 
 __all__ = ["BatchDeduplication", "lock_owners", "reinforce"]
@@ -32,6 +32,10 @@ def _owner_name(tenant: str, identity: Identity) -> str:
     return "\x1f".join((tenant, identity.scope, identity.scope_id))
 
 
+_LOCK_OWNER = Query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+"""One owner's lock, held until the transaction ends (run once per owner)."""
+
+
 async def lock_owners(
     tenant: str, identities: Iterable[Identity], conn: asyncpg.Connection
 ) -> None:
@@ -39,10 +43,7 @@ async def lock_owners(
     :data:`~.schema.OWNER_LOCK_CLASS`), taken in one order by every caller so that two
     batches never deadlock."""
     owners = sorted({_owner_name(tenant, identity) for identity in identities})
-    await conn.executemany(
-        "SELECT pg_advisory_xact_lock($1, hashtext($2))",
-        [(OWNER_LOCK_CLASS, owner) for owner in owners],
-    )
+    await send_batch(conn, _LOCK_OWNER.for_each((OWNER_LOCK_CLASS, owner) for owner in owners))
 
 
 async def reinforce(

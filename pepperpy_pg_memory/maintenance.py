@@ -19,7 +19,7 @@ from .database import in_one_transaction
 from .errors import MemoryConfigurationError
 from .queries import Restriction, Statements
 from .schema import TableLayout, text_search_config_exists
-from .sql import Query
+from .sql import Query, send_batch
 from .types import Identity
 
 __all__ = [
@@ -63,7 +63,7 @@ async def write_reindexed(
     """Store re-embedded vectors and the position they reach (see backfill.save_position)."""
     # The vectors and the position move together: a crash never skips a batch.
     async with conn.transaction():
-        await conn.executemany(statements.set_embeddings().sql, records)
+        await send_batch(conn, statements.set_embeddings().for_each(records))
         await conn.execute(position.sql, *position.args)
 
 

@@ -12,6 +12,7 @@ from pepperpy_pg_memory import MemoryScope
 from pepperpy_pg_memory.queries import STAGING_COLUMNS, Restriction, Statements
 from pepperpy_pg_memory.schema import DISTANCES, SCHEMA_VERSION, TableLayout
 from pepperpy_pg_memory.search_sql import Page, SearchStatements
+from pepperpy_pg_memory.sql import Batch, Query
 from pepperpy_pg_memory.types import Identity
 
 VECTOR = [0.1, 0.2, 0.3]
@@ -133,3 +134,11 @@ def test_a_conversations_context_is_read_by_position_with_every_value_bound() ->
     assert "ORDER BY CASE WHEN jsonb_typeof" in query.sql and "DESC, m.key DESC" in query.sql
     assert ["conversation", "position"] in query.args and 7 in query.args and 2 in query.args
     assert "'conversation'" not in query.sql  # the field's name travels as a parameter
+
+
+def test_a_statement_for_each_row_is_a_batch_that_keeps_what_runs_before_it() -> None:
+    statement = Query("UPDATE t SET v = $2 WHERE k = $1", ("ignored",), "SET LOCAL x = 'on'")
+    batch = statement.for_each((key, n) for n, key in enumerate("ab"))
+    assert batch == Batch(
+        "UPDATE t SET v = $2 WHERE k = $1", [("a", 0), ("b", 1)], "SET LOCAL x = 'on'"
+    )

@@ -275,8 +275,7 @@ async def record_versions(
         rows.append(tuple(columns[name] for name in IMPORTED_COLUMNS))
     await started.database.executemany(
         "import",
-        started.history.insert_version().sql,
-        rows,
+        started.history.insert_version().for_each(rows),
         timeout=started.config.maintenance_timeout,
     )
     count = len(versions)
@@ -303,7 +302,7 @@ async def restore_batch(
     if not pending:
         return
     await writing.plan_embeddings(started, [write for _, write, _ in pending])
-    template = started.statements.restore_one(with_version=with_history).sql
+    template = started.statements.restore_one(with_version=with_history)
 
     def row(write: PendingWrite, restored: backup.Restored) -> tuple[Any, ...]:
         moments: tuple[Any, ...] = (started.tenant, restored.created_at, restored.updated_at)
@@ -317,8 +316,7 @@ async def restore_batch(
             write_restored,
             started.statements,
             started.tenant,
-            template,
-            [row(w, r) for _, w, r in batch],
+            template.for_each(row(w, r) for _, w, r in batch),
             [w.identity for w in writes],
             writing.passage_rows(started, writes),
             {w.identity: r.reads for _, w, r in batch if r.reads is not None},

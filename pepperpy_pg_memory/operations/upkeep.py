@@ -305,11 +305,10 @@ async def reindex_passages(started: Started[V], batch: int) -> None:
         vectors = await started.vectors.embed([row["content"] for row in rows])
         await started.database.executemany(
             "reindex",
-            statements.set_passage_embeddings().sql,
-            [
+            statements.set_passage_embeddings().for_each(
                 (tenant, row["scope"], row["scope_id"], row["key"], row["position"], vector)
                 for row, vector in zip(rows, vectors, strict=True)
-            ],
+            ),
         )
         last = rows[-1]
         after = (last["scope"], last["scope_id"], last["key"], last["position"])

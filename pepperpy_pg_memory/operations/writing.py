@@ -162,11 +162,10 @@ async def repair_embeddings(
     vectors = await started.vectors.embed([w.text for w in todo])
     await started.database.executemany(
         "store",
-        started.statements.set_embeddings().sql,
-        [
+        started.statements.set_embeddings().for_each(
             (started.tenant, *w.identity, vector, w.content_hash)
             for w, vector in zip(todo, vectors, strict=True)
-        ],
+        ),
         timeout=timeout_for(started, len(todo)),
     )
 
