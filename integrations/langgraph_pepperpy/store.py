@@ -139,9 +139,6 @@ def namespace_scope(namespace: tuple[str, ...]) -> tuple[MemoryScope, str | None
     return MemoryScope.GLOBAL, None
 
 
-# Where an op of a call made alone goes in a batch of such calls: writes, then reads.
-
-
 def _reads_under(prefix: tuple[str, ...], *, legacy: bool = False) -> dict[str, Any]:
     """The owner restriction of every read under a namespace prefix: the owner (or the scope)
     the prefix maps to, and this adapter's records only. A key shaped like an item's, stored
