@@ -174,6 +174,15 @@ class ReadRouter(Runner):
         while any(r.replaying_schema for r in self.replicas) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
             await self.check()
+        for replica in self.replicas:
+            if replica.replaying_schema:  # not lag any more: a replica of something else?
+                self._failed(
+                    replica,
+                    MemoryError(
+                        f"no pgvector types after {self.config.connect_timeout:g}s: is it a "
+                        "replica of this database?"
+                    ),
+                )
         self._watch_task = asyncio.get_running_loop().create_task(self._watch())
 
     async def close(self) -> None:
@@ -310,10 +319,13 @@ class ReadRouter(Runner):
             state = await asyncio.wait_for(
                 replica.database.fetchrow("replicas", REPLICA_STATE), timeout
             )
-        except VectorTypesMissing:
-            # A new database whose schema the replica has not replayed yet: behind, not
-            # broken. Out of rotation until a later check finds it caught up.
+        except VectorTypesMissing as exc:
             replica.lag = None
+            if self._watch_task is not None:  # long after start: a fault like any other
+                self._failed(replica, exc)
+                return
+            # At start, in a new database: the replica has not replayed the schema yet. It
+            # is behind, not broken (see open()).
             replica.healthy = False
             replica.replaying_schema = True
             return

@@ -199,12 +199,8 @@ async def test_read_your_writes_over_fifty_write_then_search_pairs(cluster: Clus
         await store.close()
 
 
-async def test_a_replica_replaying_a_new_database_is_waited_for_not_failed(
-    cluster: Cluster,
-) -> None:
-    """The first store in a new database creates pgvector's types on the primary; the
-    replica gets them a moment later. Its first connection found no such type: the replica
-    was counted as failed and left out of rotation."""
+async def _new_database(cluster: Cluster) -> str:
+    """A database created on the primary, once the replica has it too (and nothing in it)."""
     name = f"fresh_{uuid.uuid4().hex[:8]}"
     primary = await asyncpg.connect(cluster.primary)
     try:
@@ -212,7 +208,7 @@ async def test_a_replica_replaying_a_new_database_is_waited_for_not_failed(
     finally:
         await primary.close()
 
-    async def database_replayed() -> bool:
+    async def replayed() -> bool:
         try:
             conn = await asyncpg.connect(cluster.embedded.uri(name))
         except asyncpg.InvalidCatalogNameError:
@@ -220,21 +216,37 @@ async def test_a_replica_replaying_a_new_database_is_waited_for_not_failed(
         await conn.close()
         return True
 
-    await _until(database_replayed)
+    await _until(replayed)
+    return name
+
+
+async def _start_while_replay_pauses(
+    cluster: Cluster, config: PostgresConfig, seconds: float
+) -> PostgresStorage[str, Any]:
+    """A store started while the replica replays nothing for ``seconds``: the schema the
+    store makes on the primary reaches the replica only after that."""
+    await cluster.on_replica("SELECT pg_wal_replay_pause()")
+    try:
+        starting = asyncio.create_task(_store(config))
+        await asyncio.sleep(seconds)
+    finally:
+        await cluster.on_replica("SELECT pg_wal_replay_resume()")
+    return await starting
+
+
+async def test_a_replica_replaying_a_new_database_is_waited_for_not_failed(
+    cluster: Cluster,
+) -> None:
+    """The first store in a new database creates pgvector's types on the primary; the
+    replica gets them a moment later. Its first connection found no such type: the replica
+    was counted as failed and left out of rotation."""
+    name = await _new_database(cluster)
     config = cluster.config(
         dsn=cluster.server.uri(name),
         read_replicas=[cluster.embedded.uri(name)],
         replica_check_interval=3600,  # only the start's own checks
     )
-    # The replica holds the database but replays nothing more until the store has made
-    # its schema on the primary: its types arrive while the store starts.
-    await cluster.on_replica("SELECT pg_wal_replay_pause()")
-    try:
-        starting = asyncio.create_task(_store(config))
-        await asyncio.sleep(1.0)
-    finally:
-        await cluster.on_replica("SELECT pg_wal_replay_resume()")
-    store = await starting
+    store = await _start_while_replay_pauses(cluster, config, 1.0)
     try:
         replica = _replica(await store.stats())
         assert replica["errors"] == 0, replica["last_error"]
@@ -242,6 +254,30 @@ async def test_a_replica_replaying_a_new_database_is_waited_for_not_failed(
         await store.store("k", {"content": "first words"}, scope="user", scope_id="u")
         assert (await store.retrieve("k", scope="user", scope_id="u")).text == "first words"
         assert _replica(await store.stats())["reads"] >= 1
+    finally:
+        await store.close()
+
+
+async def test_a_replica_without_the_schema_past_the_connect_timeout_is_a_fault(
+    cluster: Cluster,
+) -> None:
+    """Waited for as long as a connection would be, then reported, not left out quietly."""
+    name = await _new_database(cluster)
+    config = cluster.config(
+        dsn=cluster.server.uri(name),
+        read_replicas=[cluster.embedded.uri(name)],
+        replica_check_interval=3600,
+        connect_timeout=0.5,
+    )
+    store = await _start_while_replay_pauses(cluster, config, 2.0)
+    try:
+        replica = _replica(await store.stats())
+        assert replica["errors"] == 1
+        assert "no pgvector types" in replica["last_error"]
+        assert not replica["healthy"]
+        # Its reads go to the primary meanwhile.
+        await store.store("k", {"content": "first words"}, scope="user", scope_id="u")
+        assert (await store.retrieve("k", scope="user", scope_id="u")).text == "first words"
     finally:
         await store.close()
 
