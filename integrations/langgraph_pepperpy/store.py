@@ -752,7 +752,19 @@ class PepperpyStore(BaseStore):
                     break
             if entry is not None and op.refresh_ttl:
                 refresh.append(entry)
-            items.append(None if entry is None else self._item(entry))
+            if entry is None:
+                items.append(None)
+                continue
+            # The op names the item: nothing to decode from the memory's key.
+            items.append(
+                Item(
+                    value=entry.value,
+                    key=op.key,
+                    namespace=op.namespace,
+                    created_at=entry.created_at,
+                    updated_at=entry.updated_at,
+                )
+            )
         return items
 
     async def _search(
