@@ -719,16 +719,6 @@ class PepperpyStore(BaseStore):
             if keys:
                 await storage.delete_many(keys=keys, scope=scope, scope_id=scope_id)
 
-    @staticmethod
-    def _item(entry: MemoryEntry[Any]) -> Item:
-        return Item(
-            value=entry.value,
-            key=_item_key(entry.key),
-            namespace=tuple(entry.metadata[NAMESPACE_FIELD]),
-            created_at=entry.created_at,
-            updated_at=entry.updated_at,
-        )
-
     async def _get(
         self,
         storage: PostgresStorage[Any, Any],
