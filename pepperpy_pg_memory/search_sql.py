@@ -381,10 +381,9 @@ class SearchStatements:
         frequency, and each term newer than the statistics on its own; (2) the memories
         holding every term the tenant has, and those holding every term of the query
         (statistics that lag a bulk load cannot hide the memory that matches it all); and,
-        when those
-        give fewer than ``want``, (3) the memories holding the two rarest known terms. Each
-        step is capped, so a question of common words never scans the table; every query
-        term then counts in the score, the ones too common to fetch by included.
+        when those give fewer than ``want``, (3) the memories holding the two rarest known
+        terms. Each step is capped, so a question of common words never scans the table;
+        every query term then counts in the score, the ones too common to fetch by included.
         """
         cap = params.add(max(want, CONTEXTUAL_CANDIDATES))
         window = params.add(want)
@@ -481,7 +480,10 @@ class SearchStatements:
                 SELECT string_agg(quoted, ' | ')
                            FILTER (WHERE df > 0 AND running <= {cap})::tsquery AS rare,
                        string_agg(quoted, ' & ') FILTER (WHERE df > 0)::tsquery AS every,
-                       string_agg(quoted, ' & ')::tsquery AS whole,
+                       -- Every term, when some are newer than the statistics (otherwise
+                       -- it is `every`, already probed).
+                       CASE WHEN bool_or(df = 0) THEN string_agg(quoted, ' & ')::tsquery END
+                           AS whole,
                        string_agg(quoted, ' & ') FILTER (WHERE known_rarity <= 2)::tsquery AS pair,
                        string_agg(quoted, ' | ') FILTER (WHERE df = 0)::tsquery AS unknown,
                        -- The best score a memory can reach: every term the tenant's memories
