@@ -4,8 +4,8 @@ when last.
 A read only notes the memories it returned, in memory. A background task writes the notes
 every ``access_flush_interval`` seconds — one statement for all of them, so at most one write
 per memory per interval — into the ``<table>_access`` side table (see
-``schema.migrations._v9_importance_and_access``), never into the memory row: rewriting the row would
-re-insert it into the HNSW and GIN indexes. Counts are bookkeeping: no version, no
+``schema.migrations._v9_importance_and_access``), never into the memory row: rewriting the
+row would re-insert it into the HNSW and GIN indexes. Counts are bookkeeping: no version, no
 ``updated_at``. What is noted when the store closes is written then.
 """
 

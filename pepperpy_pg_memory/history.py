@@ -3,10 +3,10 @@ write happens.
 
 The versions themselves are written by the table's triggers (see
 :func:`~.schema.migrations._v8_history`), in the transaction of each change and whoever the
-writer is. What a trigger cannot know — the
-operation when it is not a plain create, update or delete, the actor and the reason — a
-statement tells it through transaction-local settings, set by a one-row subquery the statement
-joins (:func:`change_context`): no extra round trip, and gone when the transaction ends.
+writer is. What a trigger cannot know — the operation when it is not a plain create, update
+or delete, the actor and the reason — a statement tells it through transaction-local
+settings, set by a one-row subquery the statement joins (:func:`change_context`): no extra
+round trip, and gone when the transaction ends.
 """
 
 from __future__ import annotations
@@ -379,10 +379,10 @@ def recorded_from_merge(
     layout: TableLayout, merged: str, operation: str, actor: str, reason: str
 ) -> list[str]:
     """The data-modifying WITH items that record the versions a bulk merge wrote, as the
-    row triggers would (see :func:`~.schema.migrations._v20_statement_versions`). ``merged`` names a
-    WITH item holding each merged row as ``new_row`` and the row it replaced (NULL for a
-    new memory) as ``old_row``; ``operation``, ``actor`` and ``reason`` are the change's
-    parameters.
+    row triggers would (see :func:`~.schema.migrations._v20_statement_versions`). ``merged``
+    names a WITH item holding each merged row as ``new_row`` and the row it replaced (NULL
+    for a new memory) as ``old_row``; ``operation``, ``actor`` and ``reason`` are the
+    change's parameters.
 
     The new version's insert has no ON CONFLICT: its number was taken from the snapshot, and
     a version of that number recorded meanwhile (a delete and a re-store of the memory that

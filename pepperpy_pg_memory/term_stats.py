@@ -6,9 +6,8 @@ every write would make the row of every common word a hot spot that all concurre
 queue on; instead they are recomputed from the memories' ``terms`` column, in the background,
 once the writes since the last count reach a quarter of the memories counted then, at most
 once a second (and at start, or at an owner's first search here, when none were ever
-counted). Between refreshes
-the figures are a little stale: a new term reads as unseen (rare), which is what a new
-identifier is.
+counted). Between refreshes the figures are a little stale: a new term reads as unseen
+(rare), which is what a new identifier is.
 
 Whose memories are counted is a matter of isolation. A search within one owner weighs terms
 by that owner's memories (``PostgresConfig.term_statistics="owner"``, the default): counted

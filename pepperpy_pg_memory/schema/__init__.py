@@ -18,13 +18,11 @@ from __future__ import annotations
 from ..limits import MAX_KEY_BYTES, MAX_SCOPE_ID_BYTES, MAX_TENANT_BYTES
 from .layout import (
     DISTANCES,
-    GIN_INDEXES,
     HISTORY_VERSION,
     MAX_INDEXED_DIMENSION,
     MIGRATION_LOCK_KEY,
     REGISTRY,
     STATEMENT_VERSIONS_SETTING,
-    TERMS_VERSION,
     TableLayout,
     terms_function,
     vector_type_for,
@@ -54,7 +52,6 @@ from .migrations import (
     dedupe_identifiers_function,
     grant_tenant_statements,
     normalized_function,
-    quota_function,
     row_level_security_statements,
     same_memory,
     session_tenant,
@@ -128,7 +125,4 @@ __all__ = [
     "session_tenant",
     "text_search_config_exists",
     "vector_schema",
-    "GIN_INDEXES",
-    "TERMS_VERSION",
-    "quota_function",
 ]
