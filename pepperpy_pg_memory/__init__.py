@@ -9,7 +9,6 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 from .config import PostgresConfig
-from .conversations import Turn
 from .embeddings import (
     Embedder,
     HashingEmbedder,
@@ -34,21 +33,29 @@ from .errors import (
     MemoryValidationError,
 )
 from .models import (
+    ConsolidationReport,
     MemoryEntry,
     MemoryOwner,
     MemoryQuery,
     MemorySearchResult,
     MemoryVersion,
+    OwnerConsolidation,
     Ranking,
     StoredCount,
+    Turn,
 )
 from .onnx_embedder import OnnxEmbedder
-from .types import MANAGED_FIELD, MemoryIndex, MemoryScope, MemoryType, ProgressCallback
+from .types import (
+    MANAGED_FIELD,
+    ArrayPattern,
+    MemoryIndex,
+    MemoryItem,
+    MemoryScope,
+    MemoryType,
+    ProgressCallback,
+)
 
 if TYPE_CHECKING:
-    from .consolidation import ConsolidationReport, OwnerConsolidation
-    from .items import MemoryItem
-    from .queries import ArrayPattern
     from .results import MemorySearchResults
     from .storage import PostgresStorage
 
@@ -57,10 +64,6 @@ if TYPE_CHECKING:
 _LAZY = {
     "PostgresStorage": ".storage",
     "MemorySearchResults": ".results",
-    "MemoryItem": ".items",
-    "ArrayPattern": ".queries",
-    "ConsolidationReport": ".consolidation",
-    "OwnerConsolidation": ".consolidation",
 }
 
 

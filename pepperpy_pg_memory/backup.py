@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from .errors import MemoryValidationError
-from .models import MemoryEntry, MemoryVersion
+from .models import ImportReport, MemoryEntry, MemoryVersion
 
 __all__ = [
     "FORMAT",
@@ -223,32 +223,6 @@ class RestoredVersion:
     at: datetime
     embedding: list[float] | None
     importance: float = 0.5
-
-
-@dataclass
-class ImportReport:
-    """What an import did. ``errors`` holds ``(line number, message)`` for every line that was
-    skipped (not a memory) or failed (a memory that may not be stored); nothing of those lines
-    was written."""
-
-    stored: int = 0
-    """Memories written (new, changed or left as they were)."""
-    unchanged: int = 0
-    """Of those, how many were already stored exactly so (a second import of one file)."""
-    skipped: int = 0
-    failed: int = 0
-    versions: int = 0
-    """History lines recorded (an export made with history)."""
-    errors: list[tuple[int, str]] = field(default_factory=list)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "stored": self.stored,
-            "unchanged": self.unchanged,
-            "skipped": self.skipped,
-            "failed": self.failed,
-            "versions": self.versions,
-        }
 
 
 def read_header(line: str) -> dict[str, Any] | None:

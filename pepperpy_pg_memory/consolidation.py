@@ -15,20 +15,20 @@ import inspect
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Protocol
+from typing import Any
 
 import asyncpg
-from pydantic import BaseModel, Field
 
 from .database import Database
 from .dedupe import lock_owners
 from .errors import MemoryValidationError
 from .filters import Params
 from .history import Change
+from .models import ConsolidationReport
 from .queries import Restriction, Statements, pinned_condition, select_entry
 from .schema import TableLayout, dedupe_identifiers_function, normalized_function, same_memory
 from .sql import Query, send
-from .types import MANAGED_FIELD, Identity, MemoryScope, MemoryType, ProgressCallback
+from .types import MANAGED_FIELD, Identity, MemoryScope, MemoryType, ProgressCallback, Summarizer
 
 __all__ = [
     "ConsolidationReport",
@@ -47,64 +47,6 @@ MERGED = "merged"
 SUMMARY_PREFIX = "summary:"
 SOURCES_FIELD = "sources"
 """The metadata field of a summary: the keys of the memories it sums up."""
-
-
-class OwnerConsolidation(BaseModel):
-    """What a consolidation did to one owner's memories: keys are this owner's."""
-
-    scope: MemoryScope
-    scope_id: str
-    promoted: list[str] = Field(default_factory=list)
-    merged_into: dict[str, str] = Field(default_factory=dict)
-    """Each merged key → the key it was merged into."""
-    summarized: list[str] = Field(default_factory=list)
-    summaries: list[str] = Field(default_factory=list)
-
-
-class ConsolidationReport(BaseModel):
-    """What :meth:`PostgresStorage.consolidate` did (or, with ``dry_run``, would do).
-
-    The flat lists hold keys of every owner examined; two owners may use the same key, so
-    :attr:`by_owner` says whose each one is.
-    """
-
-    promoted: list[str] = Field(default_factory=list)
-    """Keys of memories made long-term."""
-    merged: list[str] = Field(default_factory=list)
-    """Keys of memories merged into another (closed, superseded by it)."""
-    merged_into: dict[str, str] = Field(default_factory=dict)
-    """Each merged key → the key it was merged into. Keyed by key alone: when two owners
-    merged the same key, only the later owner's pair is here; :attr:`by_owner` has both."""
-    summarized: list[str] = Field(default_factory=list)
-    """Keys of the short-term memories a summary now covers."""
-    summaries: list[str] = Field(default_factory=list)
-    """Keys of the episodic memories written as summaries."""
-    by_owner: list[OwnerConsolidation] = Field(default_factory=list)
-    """The same changes per owner, for the owners that had any, in the order examined."""
-    owners: int = 0
-    """How many owners were examined."""
-    dry_run: bool = False
-
-    def _owner(self, owner: Identity) -> OwnerConsolidation:
-        """The :attr:`by_owner` entry of ``owner`` (added on its first change)."""
-        scope = MemoryScope(owner.scope)
-        if self.by_owner and (self.by_owner[-1].scope, self.by_owner[-1].scope_id) == (
-            scope,
-            owner.scope_id,
-        ):
-            return self.by_owner[-1]
-        entry = OwnerConsolidation(scope=scope, scope_id=owner.scope_id)
-        self.by_owner.append(entry)
-        return entry
-
-
-class _Invocable(Protocol):
-    def ainvoke(self, input: Any, /) -> Awaitable[Any]: ...
-
-
-Summarizer = Callable[[list[Any]], Awaitable[str] | str] | _Invocable
-"""A summariser: ``async (entries) -> str``, or any object with an async ``ainvoke`` taking a
-prompt and returning a message or a string (a LangChain chat model fits)."""
 
 
 def summary_text(entries: Sequence[Any]) -> str:

@@ -22,9 +22,10 @@ from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .errors import MemoryValidationError
+from .models import Turn
+from .types import CONVERSATION_RECORDS
 
 __all__ = [
     "Turn",
@@ -47,41 +48,12 @@ CONVERSATION_FIELD = "conversation"
 """The metadata field a turn's session, position and moment are kept under (filter on
 ``conversation.session_id``, ``conversation.at``, ``conversation.position``)."""
 
-CONVERSATION_RECORDS = "conversation"
-"""The ``managed_by`` of the turns ``store_conversation`` writes for its own callers."""
-
 CONTEXT_TURNS = 2
 """How many turns before a turn its indexed text repeats: a reply, the question it answers
 and what the question is about."""
 
 CONTEXT_WEIGHT = 0.4
 """The share of the context's vector in a turn's vector (the turn's own meaning has the rest)."""
-
-
-class Turn(BaseModel):
-    """One turn of a conversation, as a caller gives it.
-
-    ``id`` becomes the memory's key (unique within the owner); ``at``, when the turn was said
-    (a date or a moment; None: when it is stored).
-    """
-
-    model_config = ConfigDict(frozen=True)
-
-    id: str = Field(min_length=1)
-    speaker: str = Field(min_length=1)
-    text: str
-    at: datetime | date | None = None
-    value: Any = None
-    """The memory's value; None stores the turn itself (speaker, text, at, session_id)."""
-    metadata: dict[str, Any] | None = None
-    """This turn's own metadata, over the call's."""
-
-    @field_validator("speaker")
-    @classmethod
-    def _one_line(cls, speaker: str) -> str:
-        if "\n" in speaker or "\r" in speaker:
-            raise ValueError("a speaker's name is one line")
-        return speaker
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Literal
 
 import asyncpg
 
@@ -38,7 +37,7 @@ from .schema import (
     TableLayout,
 )
 from .sql import Query
-from .types import ProgressCallback
+from .types import Distribution, ProgressCallback
 
 __all__ = [
     "Distribution",
@@ -55,8 +54,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-Distribution = Literal["owner", "tenant"]
 
 DISTRIBUTION_COLUMNS: dict[str, str] = {"owner": "scope_id", "tenant": "tenant"}
 """The column each distribution places memories by."""

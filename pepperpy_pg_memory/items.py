@@ -13,14 +13,24 @@ import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any, Literal, TypedDict, TypeVar
+from typing import Any, TypeVar
 
 from .config import PostgresConfig
 from .errors import MemoryValidationError
 from .history import Change
 from .limits import MAX_SCOPE_ID_BYTES
 from .queries import STAGING_COLUMNS, Restriction
-from .types import MANAGED_FIELD, STORABLE_INDICES, Identity, MemoryIndex, MemoryScope, MemoryType
+from .types import (
+    MANAGED_FIELD,
+    STORABLE_INDICES,
+    TTL,
+    Identity,
+    MemoryIndex,
+    MemoryItem,
+    MemoryScope,
+    MemoryType,
+    Scope,
+)
 from .values import (
     EncodedJSON,
     check_bytes,
@@ -34,9 +44,11 @@ from .vectors import Vector, content_hash, one_vector
 __all__ = [
     "TTL",
     "MemoryItem",
+    "Scope",
     "PendingWrite",
     "Vector",
     "as_enum",
+    "aware_moment",
     "index_set",
     "item_fields",
     "owner",
@@ -45,40 +57,6 @@ __all__ = [
     "restriction",
     "STORE_DEFAULTS",
 ]
-
-TTL = timedelta | float | int | Literal["never"] | None
-"""A time-to-live: a timedelta or seconds; ``"never"``; None for the memory type's default."""
-
-
-class _RequiredItem(TypedDict):
-    key: str
-    value: Any
-
-
-class MemoryItem(_RequiredItem, total=False):
-    """One entry for :meth:`PostgresStorage.store_many`: ``key`` and ``value``, and optionally
-    any of the other fields, each overriding the call's default. A ``(key, value)`` pair is
-    accepted too."""
-
-    type: MemoryType | str
-    scope: MemoryScope | str
-    scope_id: str | None
-    indices: Iterable[MemoryIndex | str] | None
-    metadata: Mapping[str, Any] | None
-    ttl: TTL
-    expires_at: datetime | None
-    embedding: Any
-    text: str | None
-    """The text to index, instead of what ``text_of(value)`` gives."""
-    passages: Sequence[str] | None
-    """Texts embedded one by one beside the memory's own (see ``store``)."""
-    importance: float
-    """In [0, 1]; 0.5 when not given."""
-    managed_by: str
-    """For adapters only: the adapter whose record this is (kept in metadata under
-    ``MANAGED_FIELD``, which callers' own metadata may not name). Such records are read back
-    by the adapter that wrote them and left out of quotas, deduplication and consolidation."""
-
 
 ITEM_FIELDS = frozenset(MemoryItem.__annotations__)
 DEFAULT_IMPORTANCE = 0.5
@@ -202,6 +180,13 @@ def item_fields(item: Any, position: int) -> dict[str, Any]:
     return dict(item)
 
 
+def aware_moment(value: datetime | None, name: str) -> datetime | None:
+    """``value`` if it is None or a timezone-aware datetime."""
+    if value is not None and (not isinstance(value, datetime) or value.tzinfo is None):
+        raise MemoryValidationError(f"{name} must be a timezone-aware datetime")
+    return value
+
+
 def resolve_expiry(
     ttl: TTL, expires_at: datetime | None, default: timedelta | None
 ) -> tuple[timedelta | None, datetime | None]:
@@ -232,9 +217,6 @@ def resolve_expiry(
     if delta <= timedelta(0):
         raise MemoryValidationError(f"ttl must be positive and finite, got {ttl!r}")
     return delta, None
-
-
-Scope = MemoryScope | str | None
 
 
 def owner(

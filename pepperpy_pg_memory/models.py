@@ -1,14 +1,23 @@
-"""The objects callers exchange with the store: entries, queries and search results."""
+"""The objects callers exchange with the store: entries, queries, search results, the turns
+of a conversation, and the reports of imports and consolidations."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
 from typing import Any, Generic, NamedTuple, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .errors import MemoryValidationError
-from .types import MemoryIndex, MemoryScope, MemoryType
+from .types import Identity, MemoryIndex, MemoryScope, MemoryType
 
 __all__ = [
     "MemoryEntry",
@@ -17,6 +26,10 @@ __all__ = [
     "MemorySearchResult",
     "Ranking",
     "StoredCount",
+    "Turn",
+    "ImportReport",
+    "ConsolidationReport",
+    "OwnerConsolidation",
     "trusted",
 ]
 
@@ -348,3 +361,104 @@ def trusted_from(model: type[M], values: dict[str, Any]) -> M:
     object.__setattr__(instance, "__pydantic_extra__", None)
     object.__setattr__(instance, "__pydantic_private__", None)
     return instance
+
+
+class Turn(BaseModel):
+    """One turn of a conversation, as a caller gives it.
+
+    ``id`` becomes the memory's key (unique within the owner); ``at``, when the turn was said
+    (a date or a moment; None: when it is stored).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str = Field(min_length=1)
+    speaker: str = Field(min_length=1)
+    text: str
+    at: datetime | date | None = None
+    value: Any = None
+    """The memory's value; None stores the turn itself (speaker, text, at, session_id)."""
+    metadata: dict[str, Any] | None = None
+    """This turn's own metadata, over the call's."""
+
+    @field_validator("speaker")
+    @classmethod
+    def _one_line(cls, speaker: str) -> str:
+        if "\n" in speaker or "\r" in speaker:
+            raise ValueError("a speaker's name is one line")
+        return speaker
+
+
+@dataclass
+class ImportReport:
+    """What an import did. ``errors`` holds ``(line number, message)`` for every line that was
+    skipped (not a memory) or failed (a memory that may not be stored); nothing of those lines
+    was written."""
+
+    stored: int = 0
+    """Memories written (new, changed or left as they were)."""
+    unchanged: int = 0
+    """Of those, how many were already stored exactly so (a second import of one file)."""
+    skipped: int = 0
+    failed: int = 0
+    versions: int = 0
+    """History lines recorded (an export made with history)."""
+    errors: list[tuple[int, str]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "stored": self.stored,
+            "unchanged": self.unchanged,
+            "skipped": self.skipped,
+            "failed": self.failed,
+            "versions": self.versions,
+        }
+
+
+class OwnerConsolidation(BaseModel):
+    """What a consolidation did to one owner's memories: keys are this owner's."""
+
+    scope: MemoryScope
+    scope_id: str
+    promoted: list[str] = Field(default_factory=list)
+    merged_into: dict[str, str] = Field(default_factory=dict)
+    """Each merged key → the key it was merged into."""
+    summarized: list[str] = Field(default_factory=list)
+    summaries: list[str] = Field(default_factory=list)
+
+
+class ConsolidationReport(BaseModel):
+    """What :meth:`PostgresStorage.consolidate` did (or, with ``dry_run``, would do).
+
+    The flat lists hold keys of every owner examined; two owners may use the same key, so
+    :attr:`by_owner` says whose each one is.
+    """
+
+    promoted: list[str] = Field(default_factory=list)
+    """Keys of memories made long-term."""
+    merged: list[str] = Field(default_factory=list)
+    """Keys of memories merged into another (closed, superseded by it)."""
+    merged_into: dict[str, str] = Field(default_factory=dict)
+    """Each merged key → the key it was merged into. Keyed by key alone: when two owners
+    merged the same key, only the later owner's pair is here; :attr:`by_owner` has both."""
+    summarized: list[str] = Field(default_factory=list)
+    """Keys of the short-term memories a summary now covers."""
+    summaries: list[str] = Field(default_factory=list)
+    """Keys of the episodic memories written as summaries."""
+    by_owner: list[OwnerConsolidation] = Field(default_factory=list)
+    """The same changes per owner, for the owners that had any, in the order examined."""
+    owners: int = 0
+    """How many owners were examined."""
+    dry_run: bool = False
+
+    def _owner(self, owner: Identity) -> OwnerConsolidation:
+        """The :attr:`by_owner` entry of ``owner`` (added on its first change)."""
+        scope = MemoryScope(owner.scope)
+        if self.by_owner and (self.by_owner[-1].scope, self.by_owner[-1].scope_id) == (
+            scope,
+            owner.scope_id,
+        ):
+            return self.by_owner[-1]
+        entry = OwnerConsolidation(scope=scope, scope_id=owner.scope_id)
+        self.by_owner.append(entry)
+        return entry

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 from .conversations import CONVERSATION_FIELD
 from .filters import FieldKind, Params, compile_filter
@@ -38,7 +38,7 @@ from .schema import (
     terms_function,
 )
 from .sql import Query
-from .types import MANAGED_FIELD, Identity, MemoryScope, MemoryType
+from .types import MANAGED_FIELD, ArrayPattern, Identity, ListOrder, MemoryScope, MemoryType
 
 __all__ = [
     "Query",
@@ -226,7 +226,6 @@ class _VersionedMerge:
         }
 
 
-ListOrder = Literal["created_at", "updated_at", "key"]
 _ORDER_COLUMNS: dict[str, str] = {
     "created_at": "m.created_at",
     "updated_at": "m.updated_at",
@@ -257,15 +256,6 @@ def _in_identities(params: Params, identities: Sequence[Identity]) -> str:
         # on that owner's node only (Citus does not look into the arrays).
         condition += f" AND m.scope_id = {params.add(owners.pop())}"
     return condition
-
-
-@dataclass(frozen=True)
-class ArrayPattern:
-    """Matches a JSON array of strings by its first (``at="start"``) or last (``"end"``)
-    elements; a None label matches any element."""
-
-    labels: tuple[str | None, ...]
-    at: Literal["start", "end"] = "start"
 
 
 @dataclass(frozen=True)

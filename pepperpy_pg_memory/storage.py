@@ -21,39 +21,21 @@ from typing import Any, Generic, TextIO, TypeVar
 
 from pydantic import BaseModel
 
-from . import backup
 from .cache import EmbeddingCache
 from .config import PostgresConfig
-from .consolidation import ConsolidationReport, Summarizer
-from .conversations import CONVERSATION_RECORDS, Turn
 from .database import Runner
-from .distribution import Distribution
 from .embeddings import Embedder
-from .errors import (
-    MemoryError,
-    MemoryNotFoundError,
-    MemoryValidationError,
-)
-from .history import change_of, check_note
-from .items import (
-    STORE_DEFAULTS,
-    TTL,
-    MemoryItem,
-    PendingWrite,
-    Scope,
-    Vector,
-    as_enum,
-    item_fields,
-    resolve_expiry,
-    restriction,
-)
+from .errors import MemoryError, MemoryValidationError
 from .metrics import instrumented
 from .models import (
+    ConsolidationReport,
+    ImportReport,
     MemoryEntry,
     MemoryOwner,
     MemoryQuery,
     MemoryVersion,
     StoredCount,
+    Turn,
 )
 from .operations import (
     conversing,
@@ -68,20 +50,24 @@ from .operations import (
 )
 from .operations.rows import declared_value_type
 from .operations.started import Services, Started, Types
-from .queries import ArrayPattern, ListOrder, Restriction
 from .results import MemorySearchResults
-from .schema import (
-    TableLayout,
-)
+from .schema import TableLayout
 from .types import (
-    MANAGED_FIELD,
+    CONVERSATION_RECORDS,
+    TTL,
+    ArrayPattern,
+    Distribution,
     Identity,
+    ListOrder,
     MemoryIndex,
+    MemoryItem,
     MemoryScope,
     MemoryType,
     ProgressCallback,
+    Scope,
+    Summarizer,
 )
-from .values import default_text_of, to_json_value, validate_key
+from .vectors import Vector
 
 __all__ = ["PostgresStorage", "MemorySearchResults", "ProgressCallback", "MemoryItem"]
 
@@ -133,8 +119,8 @@ class PostgresStorage(Generic[K, V]):
         value_type: type[BaseModel] | None = None,
     ) -> None:
         self.config = config if config is not None else PostgresConfig()
-        self.text_of: Callable[[Any], str] = text_of or default_text_of
-        services = Services.create(self.config, embedder, lambda: self.layout)
+        services = Services.create(self.config, embedder, text_of, lambda: self.layout)
+        self.text_of: Callable[[Any], str] = services.text_of
         self.metrics = services.metrics
         self.database = services.database
         """The pool and how statements run on it (for monitoring and tests)."""
@@ -318,7 +304,6 @@ class PostgresStorage(Generic[K, V]):
                 backfilling=True,  # until start() has looked
                 reads=self.reads,
                 value_type=self._value_type or declared_value_type(self, PostgresStorage),
-                text_of=self.text_of,
                 embedder_identity=self._identity,
             )
         else:
@@ -347,17 +332,6 @@ class PostgresStorage(Generic[K, V]):
         if self._started is None:
             raise MemoryError("the storage is not started: await storage.start() first")
         return self._started
-
-    # --- checking input ------------------------------------------------------------------
-    def _restriction(
-        self,
-        scope: Scope = None,
-        scope_id: str | None = None,
-        types: Types = None,
-        filter: Mapping[str, Any] | None = None,
-        **bounds: Any,
-    ) -> Restriction:
-        return restriction(self.config, self._tenant, scope, scope_id, types, filter, **bounds)
 
     # --- writing ---------------------------------------------------------------------------
     @instrumented("store")
@@ -436,14 +410,8 @@ class PostgresStorage(Generic[K, V]):
             passages=passages,
             importance=importance,
         )
-        write.change = change_of(None, actor, reason)
-        rule = writing.dedupe_rule(self.config, dedupe)
-        if rule is not False and MANAGED_FIELD not in write.metadata:
-            return await writing.write_deduplicated(self._ready, write, value, rule)
-        # Batches run on the caller's loop, which must be the pool's.
-        self.database.check_loop("store")
-        entry: MemoryEntry[V] = await self._store_calls.submit((write, value))
-        return entry
+        write.change = self._ready.change(None, actor, reason)
+        return await writing.store(self._ready, self._store_calls, write, value, dedupe)
 
     @instrumented("store_many")
     async def store_many(
@@ -486,24 +454,8 @@ class PostgresStorage(Generic[K, V]):
             "text": None,
             "passages": None,
         }
-        writes: dict[Identity, PendingWrite] = {}
-        change = change_of(None, actor, reason)
-        for position, item in enumerate(items):
-            fields = item_fields(item, position)
-            try:
-                write = self._ready.prepare(**{**defaults, **fields})
-            except MemoryValidationError as exc:
-                # Say which item, keeping the error's own class (DimensionMismatchError...).
-                exc.message = f"item {position}: {exc.message}"
-                raise
-            write.change = change
-            # Re-inserted so that the last occurrence decides the order.
-            writes.pop(write.identity, None)
-            writes[write.identity] = write
-        if not writes:
-            return StoredCount(0)
-        rule = writing.dedupe_rule(self.config, dedupe)
-        return await writing.store_many(self._ready, writes, rule, progress)
+        change = self._ready.change(None, actor, reason)
+        return await writing.store_items(self._ready, items, defaults, change, dedupe, progress)
 
     @instrumented("store_conversation")
     async def store_conversation(
@@ -546,8 +498,7 @@ class PostgresStorage(Generic[K, V]):
         Returns:
             How many turns were written.
         """
-        if scope_id is None and as_enum(MemoryScope, scope, "scope") is MemoryScope.SESSION:
-            scope_id = session_id
+        scope_id = conversing.session_owner(scope, scope_id, session_id)
         items = await conversing.turn_items(
             self._ready,
             session_id,
@@ -568,7 +519,6 @@ class PostgresStorage(Generic[K, V]):
             reason=reason,
         )
 
-    # --- naming memories -------------------------------------------------------------------
     # --- reading ---------------------------------------------------------------------------
     @instrumented("retrieve")
     async def retrieve(
@@ -593,27 +543,8 @@ class PostgresStorage(Generic[K, V]):
                 belongs to another ``(scope, scope_id)`` than the one given.
             AmbiguousKeyError: no scope was given and several owners hold the key.
         """
-        return await self._retrieve(key, scope, scope_id, include_embedding, as_of, include_invalid)
-
-    async def _retrieve(
-        self,
-        key: Any,
-        scope: Scope,
-        scope_id: str | None,
-        include_embedding: bool = False,
-        as_of: datetime | None = None,
-        include_invalid: bool = False,
-        *,
-        counted: bool = True,
-    ) -> MemoryEntry[V]:
-        """:meth:`retrieve`; ``counted=False`` for the store's own look-ups, which are not a
-        caller's read of the memory."""
-        checked = validate_key(key, self.config.max_key_length)
-        restriction = self._restriction(
-            scope, scope_id, as_of=_moment(as_of, "as_of"), include_invalid=include_invalid
-        )
         return await reads.retrieve(
-            self._ready, checked, restriction, include_embedding, as_of, counted=counted
+            self._ready, key, scope, scope_id, include_embedding, as_of, include_invalid
         )
 
     async def retrieve_many(
@@ -624,7 +555,7 @@ class PostgresStorage(Generic[K, V]):
         Raises:
             AmbiguousKeyError: no scope was given and several owners hold one of the keys.
         """
-        restriction = self._restriction(scope, scope_id)
+        restriction = self._ready.restriction(scope, scope_id)
         return await reads.retrieve_many(self._ready, self._ready.keys(keys), restriction)
 
     async def retrieve_by_owner(
@@ -651,11 +582,7 @@ class PostgresStorage(Generic[K, V]):
             AmbiguousKeyError: no scope was given and several owners hold one of the keys
                 (nothing is extended).
         """
-        checked = self._ready.keys(keys)
-        delta, _ = resolve_expiry(ttl, None, self.config.ttl_for(MemoryType.LONG_TERM))
-        if not checked or delta is None:
-            return 0
-        return await reads.touch(self._ready, checked, delta, scope, scope_id)
+        return await reads.touch(self._ready, keys, ttl, scope, scope_id)
 
     async def exists(self, key: K, *, scope: Scope = None, scope_id: str | None = None) -> bool:
         """Whether the owner holds a live memory under ``key``.
@@ -663,8 +590,8 @@ class PostgresStorage(Generic[K, V]):
         Raises:
             AmbiguousKeyError: no scope was given and several owners hold the key.
         """
-        checked = validate_key(key, self.config.max_key_length)
-        return await reads.exists(self._ready, checked, self._restriction(scope, scope_id))
+        checked = self._ready.key(key)
+        return await reads.exists(self._ready, checked, self._ready.restriction(scope, scope_id))
 
     async def count(
         self,
@@ -677,7 +604,7 @@ class PostgresStorage(Generic[K, V]):
         key_prefix: str | tuple[str, ...] | None = None,
     ) -> int:
         """How many live memories match."""
-        restriction = self._restriction(
+        restriction = self._ready.restriction(
             scope, scope_id, types, filter, value_filter=value_filter, key_prefix=key_prefix
         )
         return await reads.count(self._ready, restriction)
@@ -697,7 +624,7 @@ class PostgresStorage(Generic[K, V]):
         each with how many memories have it, in value order."""
         if not 1 <= limit <= 100_000:
             raise MemoryValidationError("limit must be in [1, 100000]")
-        restriction = self._restriction(scope, scope_id, types, filter, key_prefix=key_prefix)
+        restriction = self._ready.restriction(scope, scope_id, types, filter, key_prefix=key_prefix)
         return await reads.distinct_metadata(self._ready, key, restriction, limit)
 
     async def owners(
@@ -719,17 +646,8 @@ class PostgresStorage(Generic[K, V]):
         """
         if not 1 <= limit <= 100_000:
             raise MemoryValidationError("limit must be in [1, 100000]")
-        start: tuple[str, str] | None = None
-        if after is not None:
-            if not (isinstance(after, tuple) and len(after) == 2 and isinstance(after[1], str)):
-                raise MemoryValidationError("after must be a (scope, scope_id) pair")
-            to_json_value(after[1], "after")  # NUL and surrogate check
-            start = (as_enum(MemoryScope, after[0], "scope").value, after[1])
-        restriction = replace(
-            self._restriction(None, None, types, filter, key_prefix=key_prefix),
-            scope=None if scope is None else as_enum(MemoryScope, scope, "scope"),
-        )
-        return await reads.owners(self._ready, restriction, limit, start)
+        restriction = self._ready.restriction(None, None, types, filter, key_prefix=key_prefix)
+        return await reads.owners(self._ready, scope, restriction, limit, after)
 
     async def distinct_metadata_arrays(
         self,
@@ -752,7 +670,7 @@ class PostgresStorage(Generic[K, V]):
             raise MemoryValidationError("limit must be in [1, 100000] and offset >= 0")
         if depth is not None and depth < 1:
             raise MemoryValidationError("depth must be at least 1")
-        restriction = self._restriction(scope, scope_id, None, filter, key_prefix=key_prefix)
+        restriction = self._ready.restriction(scope, scope_id, None, filter, key_prefix=key_prefix)
         return await reads.distinct_arrays(
             self._ready, key, restriction, list(patterns), depth, limit, offset
         )
@@ -782,7 +700,7 @@ class PostgresStorage(Generic[K, V]):
             raise MemoryValidationError("limit must be in [1, 10000] and offset >= 0")
         if order_by not in ("created_at", "updated_at", "key"):
             raise MemoryValidationError(f"cannot order by {order_by!r}")
-        restriction = self._restriction(
+        restriction = self._ready.restriction(
             scope,
             scope_id,
             types,
@@ -823,7 +741,7 @@ class PostgresStorage(Generic[K, V]):
         """
         if not 1 <= page_size <= 10_000:
             raise MemoryValidationError("page_size must be in [1, 10000]")
-        restriction = self._restriction(
+        restriction = self._ready.restriction(
             scope,
             scope_id,
             types,
@@ -868,7 +786,7 @@ class PostgresStorage(Generic[K, V]):
         *,
         batch_size: int = 500,
         progress: ProgressCallback | None = None,
-    ) -> backup.ImportReport:
+    ) -> ImportReport:
         """Restore memories from an export (or a release 0.1 export), streaming the file.
 
         Every field comes back as exported: owner, type, metadata, indices, text,
@@ -908,16 +826,9 @@ class PostgresStorage(Generic[K, V]):
             AmbiguousKeyError: no scope was given and several owners hold the key (nothing
                 is deleted).
         """
-        checked = validate_key(key, self.config.max_key_length)
-        change = change_of(None, actor, reason)
-        restriction = None
-        if scope is not None:
-            restriction = self._restriction(
-                scope, scope_id, include_expired=True, include_invalid=True
-            )
-        elif scope_id is not None:
-            raise MemoryValidationError("scope_id needs a scope")
-        return await deleting.delete(self._ready, checked, restriction, change)
+        checked = self._ready.key(key)
+        change = self._ready.change(None, actor, reason)
+        return await deleting.delete(self._ready, checked, scope, scope_id, change)
 
     async def delete_many(
         self,
@@ -955,8 +866,8 @@ class PostgresStorage(Generic[K, V]):
                 "delete_many needs a scope, types, filter, keys or key_prefix; "
                 "use clear() to delete all"
             )
-        change = change_of(None, actor, reason)
-        criteria = self._restriction(
+        change = self._ready.change(None, actor, reason)
+        criteria = self._ready.restriction(
             scope, scope_id, types, filter, value_filter=value_filter, key_prefix=key_prefix
         )
         key_set = None if keys is None else frozenset(self._ready.keys(keys))
@@ -986,7 +897,7 @@ class PostgresStorage(Generic[K, V]):
             MemoryNotFoundError: no scope was given and nobody holds or held the key.
             AmbiguousKeyError: no scope was given and several owners hold or held it.
         """
-        checked = validate_key(key, self.config.max_key_length)
+        checked = self._ready.key(key)
         if limit is not None and (isinstance(limit, bool) or not 1 <= limit <= 100_000):
             raise MemoryValidationError("limit must be None or in [1, 100000]")
         identity = await versions.named(self._ready, checked, scope, scope_id)
@@ -1001,7 +912,7 @@ class PostgresStorage(Generic[K, V]):
         as it was). ``restore(key, version.version - 1, ...)`` brings one back."""
         if isinstance(limit, bool) or not 1 <= limit <= 10_000:
             raise MemoryValidationError("limit must be in [1, 10000]")
-        owner = self._restriction(scope, scope_id).owner
+        owner = self._ready.restriction(scope, scope_id).owner
         return await versions.gone(self._ready, owner, limit)
 
     async def restore(
@@ -1023,10 +934,10 @@ class PostgresStorage(Generic[K, V]):
         Raises:
             MemoryNotFoundError: the memory has no such version.
         """
-        checked = validate_key(key, self.config.max_key_length)
+        checked = self._ready.key(key)
         if isinstance(version, bool) or not isinstance(version, int) or version < 1:
             raise MemoryValidationError("version must be a positive integer")
-        change = change_of("restore", actor, reason)
+        change = self._ready.change("restore", actor, reason)
         identity = await versions.named(self._ready, checked, scope, scope_id)
         return await versions.restore(self._ready, identity, version, change)
 
@@ -1054,22 +965,10 @@ class PostgresStorage(Generic[K, V]):
         Raises:
             MemoryNotFoundError: no live, valid memory under ``key`` for that owner.
         """
-        checked = validate_key(key, self.config.max_key_length)
-        unknown = set(store_kwargs) - versions.SUPERSEDE_FIELDS
-        if unknown:
-            raise MemoryValidationError(f"supersede() got unknown arguments {sorted(unknown)}")
-        old = await self._retrieve(key, scope, scope_id, counted=False)
-        identity = Identity(old.scope.value, old.scope_id, old.key)
-        fields = {**STORE_DEFAULTS, "ttl": None, "expires_at": None, "type": old.type}
-        write = self._ready.prepare(
-            checked if new_key is None else new_key,
-            value,
-            **{**fields, **store_kwargs, "scope": old.scope, "scope_id": old.scope_id or None},
+        checked = self._ready.key(key)
+        return await versions.supersede(
+            self._ready, checked, value, new_key, scope, scope_id, actor, reason, store_kwargs
         )
-        same_memory = write.identity == identity
-        write.change = change_of("supersede" if same_memory else None, actor, reason)
-        closing = change_of("supersede", actor, reason)
-        return await versions.supersede(self._ready, identity, write, value, closing)
 
     async def invalidate(
         self,
@@ -1089,21 +988,9 @@ class PostgresStorage(Generic[K, V]):
             MemoryNotFoundError: no live, valid memory under ``key`` for that owner.
             MemoryValidationError: ``at`` is before the fact became valid.
         """
-        checked = validate_key(key, self.config.max_key_length)
-        moment = _moment(at, "at")
-        change = change_of("invalidate", actor, reason)
-        old = await self._retrieve(key, scope, scope_id, counted=False)
-        identity = Identity(old.scope.value, old.scope_id, old.key)
-        closed = await versions.invalidate(self._ready, identity, moment, change)
-        if closed is None:
-            current = await self._retrieve(key, old.scope, old.scope_id, counted=False)
-            if moment is not None and current.valid_from and moment < current.valid_from:
-                raise MemoryValidationError(
-                    f"at {moment.isoformat()} is before {checked!r} became valid "
-                    f"({current.valid_from.isoformat()})"
-                )
-            raise MemoryNotFoundError(checked)
-        return closed
+        checked = self._ready.key(key)
+        change = self._ready.change("invalidate", actor, reason)
+        return await versions.invalidate(self._ready, checked, scope, scope_id, at, change)
 
     # --- searching -------------------------------------------------------------------------
     def search(self, query: MemoryQuery) -> MemorySearchResults[V]:
@@ -1143,12 +1030,12 @@ class PostgresStorage(Generic[K, V]):
             MemoryIndexError: ``key`` was stored without the SEMANTIC index.
             AmbiguousKeyError: no scope was given and several owners hold ``key``.
         """
-        checked = validate_key(key, self.config.max_key_length)
+        checked = self._ready.key(key)
         if not 1 <= limit <= 1_000:
             raise MemoryValidationError("limit must be in [1, 1000]")
         if min_score is not None and not -1.0 <= min_score <= 1.0:
             raise MemoryValidationError("min_score must be in [-1, 1] (cosine similarity)")
-        restriction = self._restriction(scope, scope_id, types, filter)
+        restriction = self._ready.restriction(scope, scope_id, types, filter)
         return MemorySearchResults(
             lambda: search.similar(
                 self._ready, checked, scope, scope_id, restriction, limit, min_score
@@ -1192,13 +1079,13 @@ class PostgresStorage(Generic[K, V]):
         await self.flush_access_counts()  # promotion counts every read so far
         return await upkeep.consolidate(
             self._ready,
-            self._restriction(scope, scope_id),
+            self._ready.restriction(scope, scope_id),
             promote_after=promote_after,
             merge_threshold=merge_threshold,
             summarize=summarize,
             dry_run=dry_run,
             include_managed=include_managed,
-            actor=check_note(actor, "actor"),
+            actor=actor,
             progress=progress,
         )
 
@@ -1217,7 +1104,9 @@ class PostgresStorage(Generic[K, V]):
         tenant is trimmed to them.
         """
         batch = batch_size or self.config.maintenance_batch_size
-        restriction = self._restriction(scope, scope_id, include_expired=True, include_invalid=True)
+        restriction = self._ready.restriction(
+            scope, scope_id, include_expired=True, include_invalid=True
+        )
         return await upkeep.cleanup_expired(self._ready, restriction, batch)
 
     @instrumented("reindex")
@@ -1239,14 +1128,9 @@ class PostgresStorage(Generic[K, V]):
         indexes, switching the text search configuration to ``config.text_search_config`` if
         it changed.
         """
-        index = as_enum(MemoryIndex, index, "index")
-        if index is MemoryIndex.SEMANTIC:
-            return await upkeep.reindex_semantic(
-                self._ready, batch_size, resume, progress, self._use_layout
-            )
-        if index is MemoryIndex.CONTEXTUAL:
-            return await upkeep.reindex_contextual(self._ready, progress, self._use_layout)
-        raise MemoryValidationError(f"{index.name} is a query mode, not an index to rebuild")
+        return await upkeep.reindex(
+            self._ready, index, batch_size, resume, progress, self._use_layout
+        )
 
     async def stats(self) -> dict[str, Any]:
         """Figures for monitoring (the design document's list).
@@ -1270,10 +1154,3 @@ class PostgresStorage(Generic[K, V]):
         return await upkeep.stats(
             self._ready, self._store_calls.queued, self._ready.backfilling, self._attached.router
         )
-
-
-def _moment(value: datetime | None, name: str) -> datetime | None:
-    """``value`` if it is None or a timezone-aware datetime."""
-    if value is not None and (not isinstance(value, datetime) or value.tzinfo is None):
-        raise MemoryValidationError(f"{name} must be a timezone-aware datetime")
-    return value

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from enum import Enum
-from typing import NamedTuple
+from typing import Any, Literal, NamedTuple, Protocol, TypedDict
 
 __all__ = [
     "MemoryType",
@@ -13,6 +15,14 @@ __all__ = [
     "Identity",
     "ProgressCallback",
     "MANAGED_FIELD",
+    "CONVERSATION_RECORDS",
+    "TTL",
+    "Scope",
+    "MemoryItem",
+    "ListOrder",
+    "ArrayPattern",
+    "Distribution",
+    "Summarizer",
 ]
 
 ProgressCallback = Callable[[int, int], None]
@@ -23,6 +33,9 @@ MANAGED_FIELD = "pepperpy_managed"
 LangGraph item), its value naming the adapter. Such rows are what their framework wrote,
 verbatim: a write is never folded into them as a duplicate, and consolidation and the
 per-owner quota leave them alone (a repeated "yes" stays in the transcript)."""
+
+CONVERSATION_RECORDS = "conversation"
+"""The ``MANAGED_FIELD`` value of the turns ``store_conversation`` writes."""
 
 
 class MemoryType(str, Enum):
@@ -85,3 +98,66 @@ class Identity(NamedTuple):
     scope: str
     scope_id: str
     key: str
+
+
+Scope = MemoryScope | str | None
+"""A scope as callers give it; None for none."""
+
+TTL = timedelta | float | int | Literal["never"] | None
+"""A time-to-live: a timedelta or seconds; ``"never"``; None for the memory type's default."""
+
+ListOrder = Literal["created_at", "updated_at", "key"]
+"""What ``PostgresStorage.list`` orders by."""
+
+Distribution = Literal["owner", "tenant"]
+"""How a Citus cluster places memories: by owner (``scope_id``) or by tenant."""
+
+
+@dataclass(frozen=True)
+class ArrayPattern:
+    """Matches a JSON array of strings by its first (``at="start"``) or last (``"end"``)
+    elements; a None label matches any element."""
+
+    labels: tuple[str | None, ...]
+    at: Literal["start", "end"] = "start"
+
+
+class Invocable(Protocol):
+    """An object with an async ``ainvoke`` (a LangChain chat model, for one)."""
+
+    def ainvoke(self, input: Any, /) -> Awaitable[Any]: ...
+
+
+Summarizer = Callable[[list[Any]], Awaitable[str] | str] | Invocable
+"""A summariser: ``async (entries) -> str``, or any object with an async ``ainvoke`` taking a
+prompt and returning a message or a string (a LangChain chat model fits)."""
+
+
+class _RequiredItem(TypedDict):
+    key: str
+    value: Any
+
+
+class MemoryItem(_RequiredItem, total=False):
+    """One entry for :meth:`PostgresStorage.store_many`: ``key`` and ``value``, and optionally
+    any of the other fields, each overriding the call's default. A ``(key, value)`` pair is
+    accepted too."""
+
+    type: MemoryType | str
+    scope: MemoryScope | str
+    scope_id: str | None
+    indices: Iterable[MemoryIndex | str] | None
+    metadata: Mapping[str, Any] | None
+    ttl: TTL
+    expires_at: datetime | None
+    embedding: Any
+    text: str | None
+    """The text to index, instead of what ``text_of(value)`` gives."""
+    passages: Sequence[str] | None
+    """Texts embedded one by one beside the memory's own (see ``store``)."""
+    importance: float
+    """In [0, 1]; 0.5 when not given."""
+    managed_by: str
+    """For adapters only: the adapter whose record this is (kept in metadata under
+    ``MANAGED_FIELD``, which callers' own metadata may not name). Such records are read back
+    by the adapter that wrote them and left out of quotas, deduplication and consolidation."""

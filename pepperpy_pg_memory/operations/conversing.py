@@ -22,14 +22,15 @@ from ..conversations import (
     turns_of,
 )
 from ..errors import MemoryValidationError
-from ..items import Scope
+from ..items import Scope, as_enum
 from ..models import MemoryEntry
 from ..queries import Restriction
 from ..sql import Query
+from ..types import MemoryScope
 from ..vectors import Vector
 from .started import Started
 
-__all__ = ["turn_items", "session_turns", "indexed_vectors"]
+__all__ = ["session_owner", "turn_items", "session_turns", "indexed_vectors"]
 
 V = TypeVar("V")
 
@@ -97,6 +98,14 @@ async def session_turns(
         for turn in replaced:
             await fetch(statements.turns_before(restriction, turn.position, CONTEXT_TURNS))
     return sorted(found.values(), key=lambda turn: (turn.position, turn.id))
+
+
+def session_owner(scope: Scope, scope_id: str | None, session_id: str) -> str | None:
+    """The owner id of a conversation's turns: a SESSION scope without one is the
+    session's."""
+    if scope_id is None and as_enum(MemoryScope, scope, "scope") is MemoryScope.SESSION:
+        return session_id
+    return scope_id
 
 
 async def turn_items(

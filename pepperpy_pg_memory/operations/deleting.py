@@ -9,7 +9,9 @@ from typing import Any
 import asyncpg
 
 from ..database import affected
+from ..errors import MemoryValidationError
 from ..history import Change
+from ..items import Scope
 from ..metrics import instrumented
 from ..queries import Restriction
 from ..sql import send
@@ -21,17 +23,18 @@ __all__ = ["delete", "delete_many", "clear"]
 
 @instrumented("delete")
 async def delete(
-    started: Started[Any], key: str, restriction: Restriction | None, change: Change
+    started: Started[Any], key: str, scope: Scope, scope_id: str | None, change: Change
 ) -> bool:
-    """Delete the memory ``key`` names within ``restriction`` (None: the key's one live
-    holder); True if a live one was deleted."""
-    if restriction is None:
+    """Delete the memory ``key`` names for the owner ``scope``/``scope_id`` (no scope: the
+    key's one live holder); True if a live one was deleted."""
+    if scope is None:
+        if scope_id is not None:
+            raise MemoryValidationError("scope_id needs a scope")
         holders = await resolve(started, [key], None, None)
         if not holders:
             return False
-        restriction = started.restriction(
-            holders[0].scope, holders[0].scope_id, include_expired=True, include_invalid=True
-        )
+        scope, scope_id = holders[0].scope, holders[0].scope_id
+    restriction = started.restriction(scope, scope_id, include_expired=True, include_invalid=True)
     rows = await started.database.fetch(
         "delete", started.statements.delete(key, restriction, change)
     )

@@ -8,14 +8,14 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from ..errors import MemoryNotFoundError
+from ..errors import MemoryNotFoundError, MemoryValidationError
 from ..filters import key_path
-from ..items import Scope, owner
+from ..items import Scope, as_enum, aware_moment, owner, resolve_expiry
 from ..metrics import instrumented
 from ..models import MemoryEntry, MemoryOwner
-from ..queries import ArrayPattern, ListOrder, Restriction
-from ..types import Identity, MemoryScope
-from ..values import validate_key
+from ..queries import Restriction
+from ..types import ArrayPattern, Identity, ListOrder, MemoryScope, MemoryType
+from ..values import to_json_value, validate_key
 from .naming import ambiguous, check_unambiguous, resolve
 from .rows import identity_of
 from .started import Started
@@ -39,27 +39,33 @@ V = TypeVar("V")
 
 async def retrieve(
     started: Started[V],
-    key: str,
-    restriction: Restriction,
+    key: Any,
+    scope: Scope,
+    scope_id: str | None,
     include_embedding: bool = False,
     as_of: datetime | None = None,
+    include_invalid: bool = False,
     *,
     counted: bool = True,
 ) -> MemoryEntry[V]:
-    """The memory ``key`` names within ``restriction``; ``counted=False`` for the store's own
-    look-ups, which are not a caller's read of the memory (and read the primary: they
-    precede writes)."""
+    """The memory ``key`` names for the owner ``scope``/``scope_id`` (without a scope, its
+    one live holder); ``counted=False`` for the store's own look-ups, which are not a
+    caller's read of the memory (and read the primary: they precede writes)."""
+    checked = started.key(key)
+    restriction = started.restriction(
+        scope, scope_id, as_of=aware_moment(as_of, "as_of"), include_invalid=include_invalid
+    )
     runner = started.reads if counted else started.database.reading
     if as_of is None:
-        statement = started.statements.retrieve(key, restriction, include_embedding)
+        statement = started.statements.retrieve(checked, restriction, include_embedding)
         rows = await runner.fetch("retrieve", statement)
     else:
-        statement = started.statements_as_of.retrieve(key, restriction, include_embedding)
+        statement = started.statements_as_of.retrieve(checked, restriction, include_embedding)
         rows = await runner.fetch_as_of("retrieve", statement, as_of)
     if not rows:
-        raise MemoryNotFoundError(key)
+        raise MemoryNotFoundError(checked)
     if len(rows) > 1:
-        raise await ambiguous(started, key, restriction)
+        raise await ambiguous(started, checked, restriction)
     if counted and as_of is None:
         started.access.note([identity_of(rows[0])])
     return started.rows.entry(rows[0], embedding=include_embedding)
@@ -107,17 +113,21 @@ async def retrieve_by_owner(
 @instrumented("touch")
 async def touch(
     started: Started[Any],
-    keys: builtins.list[str],
-    ttl: timedelta,
+    keys: Iterable[str],
+    ttl: timedelta | float | int,
     scope: Scope,
     scope_id: str | None,
 ) -> int:
-    """A new time-to-live from now for the live memories ``keys`` name."""
-    identities = await resolve(started, keys, scope, scope_id)
+    """A new time-to-live ``ttl`` from now for the live memories ``keys`` name."""
+    checked = started.keys(keys)
+    delta, _ = resolve_expiry(ttl, None, started.config.ttl_for(MemoryType.LONG_TERM))
+    if not checked or delta is None:
+        return 0
+    identities = await resolve(started, checked, scope, scope_id)
     if not identities:
         return 0
     return await started.database.execute(
-        "touch", started.statements.touch(started.tenant, identities, ttl)
+        "touch", started.statements.touch(started.tenant, identities, delta)
     )
 
 
@@ -150,10 +160,24 @@ async def distinct_metadata(
 
 @instrumented("owners")
 async def owners(
-    started: Started[Any], restriction: Restriction, limit: int, after: tuple[str, str] | None
+    started: Started[Any],
+    scope: MemoryScope | str | None,
+    restriction: Restriction,
+    limit: int,
+    after: tuple[MemoryScope | str, str] | None,
 ) -> builtins.list[MemoryOwner]:
-    """The owners holding matching live memories, each with how many, a page at a time."""
-    rows = await started.reads.fetch("owners", started.statements.owners(restriction, limit, after))
+    """The owners of ``scope`` (None: any) holding live memories within ``restriction``, each
+    with how many, a page of ``limit`` after the owner ``after``."""
+    start: tuple[str, str] | None = None
+    if after is not None:
+        if not (isinstance(after, tuple) and len(after) == 2 and isinstance(after[1], str)):
+            raise MemoryValidationError("after must be a (scope, scope_id) pair")
+        to_json_value(after[1], "after")  # NUL and surrogate check
+        start = (as_enum(MemoryScope, after[0], "scope").value, after[1])
+    restriction = replace(
+        restriction, scope=None if scope is None else as_enum(MemoryScope, scope, "scope")
+    )
+    rows = await started.reads.fetch("owners", started.statements.owners(restriction, limit, start))
     return [
         MemoryOwner(MemoryScope(row["scope"]), row["scope_id"], int(row["memories"]))
         for row in rows

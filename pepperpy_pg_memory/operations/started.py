@@ -12,7 +12,7 @@ from ..access import AccessTracker
 from ..config import PostgresConfig
 from ..database import Database, Runner
 from ..embeddings import as_embedder
-from ..history import HistoryStatements
+from ..history import Change, HistoryStatements, change_of
 from ..items import PendingWrite, Scope, prepare_write, restriction
 from ..metrics import Metrics
 from ..queries import Restriction, Statements
@@ -20,7 +20,7 @@ from ..schema import TableLayout
 from ..search_sql import SearchStatements
 from ..term_stats import TermStatistics
 from ..types import MemoryType
-from ..values import validate_key
+from ..values import default_text_of, validate_key
 from ..vectors import EmbeddingPipeline
 from .rows import RowMapper
 
@@ -50,13 +50,19 @@ class Services:
     vectors: EmbeddingPipeline
     term_stats: TermStatistics
     access: AccessTracker
+    text_of: Callable[[Any], str]
+    """How a value becomes the text that is indexed."""
 
     @classmethod
     def create(
-        cls, config: PostgresConfig, embedder: Any, layout: Callable[[], TableLayout]
+        cls,
+        config: PostgresConfig,
+        embedder: Any,
+        text_of: Callable[[Any], str] | None,
+        layout: Callable[[], TableLayout],
     ) -> Services:
         """The services of a store of ``config`` whose table's layout ``layout`` tells once
-        started."""
+        started (``text_of`` None: :func:`~pepperpy_pg_memory.values.default_text_of`)."""
         metrics = Metrics()
         database = Database(config, metrics)
         tenant = config.tenant or ""
@@ -74,6 +80,7 @@ class Services:
             access=AccessTracker(
                 database, tenant, config.access_flush_interval, enabled=config.track_access
             ),
+            text_of=text_of or default_text_of,
         )
 
 
@@ -146,7 +153,6 @@ class Started(Generic[V]):
         backfilling: bool,
         reads: Runner,
         value_type: Any,
-        text_of: Callable[[Any], str],
         embedder_identity: str,
     ) -> Started[V]:
         """The context of a store that has just started on ``layout``."""
@@ -162,7 +168,7 @@ class Started(Generic[V]):
             access=services.access,
             rows=RowMapper(value_type),
             metrics=services.metrics,
-            text_of=text_of,
+            text_of=services.text_of,
             embedder_identity=embedder_identity,
         )
 
@@ -177,6 +183,14 @@ class Started(Generic[V]):
     ) -> Restriction:
         """The rows a call may touch: this tenant's, of the owner, types and filter given."""
         return restriction(self.config, self.tenant, scope, scope_id, types, filter, **bounds)
+
+    def key(self, key: Any) -> str:
+        """``key`` checked (a string of at most ``max_key_length`` bytes, nothing invisible)."""
+        return validate_key(key, self.config.max_key_length)
+
+    def change(self, operation: str | None, actor: str | None, reason: str | None) -> Change:
+        """What the versions a call makes record: its ``actor`` and ``reason`` checked."""
+        return change_of(operation, actor, reason)
 
     def keys(self, keys: Iterable[str]) -> builtins.list[str]:
         """``keys`` checked, each once, in order."""

@@ -12,13 +12,15 @@ from typing import Any, TypeVar
 
 from .. import backfill, maintenance
 from ..consolidation import SOURCES_FIELD, Consolidation, ConsolidationReport, Summarizer
+from ..errors import MemoryValidationError
 from ..history import Change, check_note
+from ..items import as_enum
 from ..metrics import instrumented
 from ..models import MemoryEntry
 from ..queries import Restriction
 from ..replicas import ReadRouter
 from ..schema import TableLayout, vector_type_for
-from ..types import Identity, MemoryType, ProgressCallback
+from ..types import Identity, MemoryIndex, MemoryType, ProgressCallback
 from . import conversing
 from .rows import identity_of
 from .started import Started
@@ -27,6 +29,7 @@ from .writing import write_one
 __all__ = [
     "Relayout",
     "cleanup_expired",
+    "reindex",
     "reindex_semantic",
     "reindex_contextual",
     "record_embedder",
@@ -97,6 +100,7 @@ async def consolidate(
     progress: ProgressCallback | None,
 ) -> ConsolidationReport:
     """Promote, merge and summarise each owner's memories within ``restriction``."""
+    actor = check_note(actor, "actor")
     run = Consolidation(
         database=started.database,
         statements=started.statements,
@@ -192,6 +196,24 @@ async def trim_history(started: Started[Any]) -> None:
         await started.database.execute(
             "cleanup_expired", trim, timeout=started.config.maintenance_timeout
         )
+
+
+async def reindex(
+    started: Started[V],
+    index: MemoryIndex | str,
+    batch_size: int | None,
+    resume: bool,
+    progress: ProgressCallback | None,
+    relayout: Relayout[V],
+) -> int:
+    """Rebuild ``index`` (SEMANTIC: re-embed; CONTEXTUAL: the word indexes); how many
+    memories it covers."""
+    index = as_enum(MemoryIndex, index, "index")
+    if index is MemoryIndex.SEMANTIC:
+        return await reindex_semantic(started, batch_size, resume, progress, relayout)
+    if index is MemoryIndex.CONTEXTUAL:
+        return await reindex_contextual(started, progress, relayout)
+    raise MemoryValidationError(f"{index.name} is a query mode, not an index to rebuild")
 
 
 async def reindex_semantic(

@@ -4,17 +4,19 @@ one, closing a fact's validity."""
 from __future__ import annotations
 
 import builtins
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from functools import partial
 from typing import Any, TypeVar
 
 from ..bulk import write_superseding
-from ..errors import AmbiguousKeyError, MemoryNotFoundError
+from ..errors import AmbiguousKeyError, MemoryNotFoundError, MemoryValidationError
 from ..history import Change
-from ..items import TTL, PendingWrite, Scope, owner
+from ..items import STORE_DEFAULTS, TTL, Scope, aware_moment, owner
 from ..metrics import instrumented
 from ..models import MemoryEntry, MemoryVersion
 from ..types import MANAGED_FIELD, Identity
+from .reads import retrieve
 from .rows import identity_of
 from .started import Started
 from .writing import passage_rows, plan_embeddings, write_one, written
@@ -115,9 +117,31 @@ async def restore(
 
 @instrumented("supersede")
 async def supersede(
-    started: Started[V], old: Identity, write: PendingWrite, value: Any, closing: Change
+    started: Started[V],
+    key: str,
+    value: Any,
+    new_key: Any,
+    scope: Scope,
+    scope_id: str | None,
+    actor: str | None,
+    reason: str | None,
+    store_fields: Mapping[str, Any],
 ) -> MemoryEntry[V]:
-    """``write`` made the live, valid fact in ``old``'s place, in one transaction."""
+    """``value`` made the live, valid fact in place of the one under ``key`` (as a new
+    version of it, or under ``new_key``, the old one closed), in one transaction."""
+    unknown = set(store_fields) - SUPERSEDE_FIELDS
+    if unknown:
+        raise MemoryValidationError(f"supersede() got unknown arguments {sorted(unknown)}")
+    current = await retrieve(started, key, scope, scope_id, counted=False)
+    old = _identity(current)
+    fields = {**STORE_DEFAULTS, "ttl": None, "expires_at": None, "type": current.type}
+    write = started.prepare(
+        key if new_key is None else new_key,
+        value,
+        **{**fields, **store_fields, "scope": current.scope, "scope_id": current.scope_id or None},
+    )
+    write.change = started.change("supersede" if write.identity == old else None, actor, reason)
+    closing = started.change("supersede", actor, reason)
     await plan_embeddings(started, [write])
     row = await started.database.run(
         "supersede",
@@ -138,12 +162,30 @@ async def supersede(
 
 @instrumented("invalidate")
 async def invalidate(
-    started: Started[V], old: Identity, moment: datetime | None, change: Change
-) -> MemoryEntry[V] | None:
-    """Close the validity of the live, valid fact ``old`` at ``moment`` (None: now); None
-    if it is not live and valid (or ``moment`` is before it became valid)."""
+    started: Started[V],
+    key: str,
+    scope: Scope,
+    scope_id: str | None,
+    at: datetime | None,
+    change: Change,
+) -> MemoryEntry[V]:
+    """Close the validity of the live, valid fact under ``key`` at ``at`` (None: now)."""
+    moment = aware_moment(at, "at")
+    current = await retrieve(started, key, scope, scope_id, counted=False)
     row = await started.database.fetchrow(
         "invalidate",
-        started.statements.close_validity(started.tenant, old, moment, None, change),
+        started.statements.close_validity(started.tenant, _identity(current), moment, None, change),
     )
-    return None if row is None else started.rows.entry(row)
+    if row is not None:
+        return started.rows.entry(row)
+    # Not closed: say why, from what is current now.
+    now = await retrieve(started, key, current.scope, current.scope_id, counted=False)
+    if moment is not None and now.valid_from and moment < now.valid_from:
+        raise MemoryValidationError(
+            f"at {moment.isoformat()} is before {key!r} became valid ({now.valid_from.isoformat()})"
+        )
+    raise MemoryNotFoundError(key)
+
+
+def _identity(entry: MemoryEntry[Any]) -> Identity:
+    return Identity(entry.scope.value, entry.scope_id, entry.key)

@@ -23,10 +23,10 @@ from ..config import PostgresConfig
 from ..dedupe import BatchDeduplication
 from ..errors import MemoryError, MemoryValidationError
 from ..history import Change
-from ..items import PendingWrite
+from ..items import PendingWrite, item_fields
 from ..models import MemoryEntry, StoredCount, trusted
 from ..queries import AS_STORED_COLUMNS
-from ..types import Identity, ProgressCallback
+from ..types import MANAGED_FIELD, Identity, ProgressCallback
 from .rows import identity_of, owner_of
 from .started import Started
 
@@ -40,6 +40,8 @@ __all__ = [
     "write_deduplicated",
     "store_batch",
     "write_one",
+    "store",
+    "store_items",
     "store_many",
     "dedupe_rule",
     "store_queue",
@@ -358,6 +360,52 @@ async def store_many(
     if len(batch) >= config.bulk_index_rebuild_rows > 0:
         await after_bulk_load(started)
     return StoredCount(len(batch) - folded, deduplicated=folded)
+
+
+async def store(
+    started: Started[V],
+    calls: Coalescer[StoreCall, Any],
+    write: PendingWrite,
+    value: Any,
+    dedupe: bool | float | None,
+) -> MemoryEntry[V]:
+    """One ``store()``: reinforcing a duplicate when ``dedupe`` (or the configuration) says
+    so, else written in the next batch of concurrent calls."""
+    rule = dedupe_rule(started.config, dedupe)
+    if rule is not False and MANAGED_FIELD not in write.metadata:
+        return await write_deduplicated(started, write, value, rule)
+    # Batches run on the caller's loop, which must be the pool's.
+    started.database.check_loop("store")
+    entry: MemoryEntry[V] = await calls.submit((write, value))
+    return entry
+
+
+async def store_items(
+    started: Started[V],
+    items: Iterable[Any],
+    defaults: Mapping[str, Any],
+    change: Change,
+    dedupe: bool | float | None,
+    progress: ProgressCallback | None,
+) -> StoredCount:
+    """``store_many()``: ``items`` checked over ``defaults`` (the last of a memory given
+    twice wins), then written in one transaction."""
+    writes: dict[Identity, PendingWrite] = {}
+    for position, item in enumerate(items):
+        fields = item_fields(item, position)
+        try:
+            write = started.prepare(**{**defaults, **fields})
+        except MemoryValidationError as exc:
+            # Say which item, keeping the error's own class (DimensionMismatchError...).
+            exc.message = f"item {position}: {exc.message}"
+            raise
+        write.change = change
+        # Re-inserted so that the last occurrence decides the order.
+        writes.pop(write.identity, None)
+        writes[write.identity] = write
+    if not writes:
+        return StoredCount(0)
+    return await store_many(started, writes, dedupe_rule(started.config, dedupe), progress)
 
 
 def dedupe_rule(
