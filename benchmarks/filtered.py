@@ -51,7 +51,7 @@ async def _exact(store: PostgresStorage[str, Any], vector: list[float], below: i
     """The distance of the true tenth nearest among the rows passing the filter (no index:
     every row is read)."""
     query = MemoryQuery(embedding=vector, limit=10, filter={"priority": {"$lt": below}}, **OWNER)
-    restriction = store._restriction(query.scope, query.scope_id, None, query.filter)
+    restriction = store._ready.restriction(query.scope, query.scope_id, None, query.filter)
     statement = store._ready.searches.semantic_search(vector, restriction, Page(10), passages=False)
     async with store.database.pool.acquire() as conn, conn.transaction():
         await conn.execute("SET LOCAL enable_indexscan = off")

@@ -63,7 +63,7 @@ async def _measure(size: int, queries: int, rounds: int) -> dict[str, Any]:
                 f"ORDER BY embedding <=> $1::{layout.vector_column_type} LIMIT 10"
             )
             # The store's own statement for these searches (no passages exist).
-            restriction = store._restriction()
+            restriction = store._ready.restriction()
             ours_sql = store._ready.searches.semantic_search(
                 vectors[0], restriction, Page(10), passages=False
             )

@@ -155,7 +155,7 @@ async def _retire(
 async def _plan(store: PostgresStorage[str, Any], owner: _Owner) -> list[str]:
     """The plan of the owner's first semantic search on ``store``: its node lines."""
     vector = owner.queries[0][1].tolist()
-    restriction = store._restriction(MemoryScope.USER, owner.name)
+    restriction = store._ready.restriction(MemoryScope.USER, owner.name)
     # The statement a table without passages runs (see operations.search.vector_rows).
     statement = store._ready.searches.semantic_search(vector, restriction, Page(10), passages=False)
     async with store.database.pool.acquire() as conn:

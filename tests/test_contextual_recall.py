@@ -183,7 +183,7 @@ async def test_a_question_of_common_words_fetches_a_bounded_candidate_set(
     )
     await storage.refresh_term_statistics()
     statement = storage._ready.searches.contextual_search(
-        "does Ana like tea or coffee", storage._restriction(None, None, None, None), Page(10)
+        "does Ana like tea or coffee", storage._ready.restriction(None, None, None, None), Page(10)
     )
     async with storage.database.pool.acquire() as conn:  # with the store's settings
         plan = await conn.fetchval(
@@ -229,7 +229,7 @@ async def test_a_small_owner_is_searched_without_other_owners_terms(
     )
     await storage.refresh_term_statistics()
     question = "black coffee"
-    restriction = storage._restriction(MemoryScope.USER, "ana")
+    restriction = storage._ready.restriction(MemoryScope.USER, "ana")
 
     async def searched() -> tuple[list[tuple[str, float]], int]:
         statement = storage._ready.searches.contextual_search(question, restriction, Page(5))

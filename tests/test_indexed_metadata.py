@@ -143,7 +143,7 @@ async def test_a_selective_range_is_served_by_the_index(make_config: Any) -> Non
             await conn.execute(f"ANALYZE {store.layout.qualified_table}")
         query = MemoryQuery(query="memory number 7", filter={"priority": {"$lt": 2}}, limit=5)
         vector = await store.query_vector("memory number 7")
-        restriction = store._restriction(None, None, None, query.filter)
+        restriction = store._ready.restriction(None, None, None, query.filter)
         statement = store._ready.searches.semantic_search(
             vector, restriction, Page(5), passages=False
         )

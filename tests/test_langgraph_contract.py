@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import numpy as np
@@ -386,10 +387,12 @@ def test_expired_items_are_invisible_at_once_without_a_sweeper(make_config: Any)
     # hides it the moment it expires (the README says so).
     store = PepperpyStore.create(make_config(), HashingEmbedder(DIMENSION))
     try:
-        store.put(("test",), "brief", {"text": "short lived"}, ttl=1 / 60)  # one second
+        # Three seconds: the read just after the write must come before it expires, even on
+        # a loaded machine.
+        store.put(("test",), "brief", {"text": "short lived"}, ttl=3 / 60)
         store.put(("test",), "lasting", {"text": "long lived"})
         assert store.get(("test",), "brief") is not None
-        time.sleep(1.5)
+        time.sleep(3.5)
         assert store.get(("test",), "brief") is None
         assert _keys(store.search(("test",), query="short lived")) == ["lasting"]
         assert _keys(store.search(("test",))) == ["lasting"]
@@ -398,26 +401,36 @@ def test_expired_items_are_invisible_at_once_without_a_sweeper(make_config: Any)
         store.close()
 
 
-def test_reads_refresh_a_ttl_and_a_default_ttl_applies(make_config: Any) -> None:
-    store = PepperpyStore.create(
-        make_config(),
-        HashingEmbedder(DIMENSION),
-        ttl={"default_ttl": 2 / 60, "refresh_on_read": True},
-    )
+async def test_reads_refresh_a_ttl_and_a_default_ttl_applies(make_config: Any) -> None:
+    # Read from the expiry the server records, not from sleeps: a loaded machine is slow,
+    # and a refresh moves the expiry all the same.
+    storage = PostgresStorage(make_config(), HashingEmbedder(DIMENSION))
+    await storage.start()
+    store = PepperpyStore(storage, ttl={"default_ttl": 2, "refresh_on_read": True})
+
+    async def expiry(key: str) -> Any:
+        (entry,) = await storage.list(keys=[memory_key(("test",), key)])
+        return entry.expires_at
+
     try:
-        store.put(("test",), "kept", {"text": "kept alive by reads"})
-        store.put(("test",), "left", {"text": "left alone"})
-        store.put(("test",), "forever", {"text": "no expiry"}, ttl=None)
-        time.sleep(0.8)
-        assert store.get(("test",), "left", refresh_ttl=False) is not None
-        for _ in range(3):  # reads at about 0.8, 1.6 and 2.4 s each start two seconds again
-            assert store.get(("test",), "kept") is not None
-            time.sleep(0.8)
-        assert store.get(("test",), "left") is None  # expired at 2 s: never refreshed
-        assert store.get(("test",), "kept") is not None
-        assert store.get(("test",), "forever") is not None
+        await store.aput(("test",), "kept", {"text": "kept alive by reads"})
+        await store.aput(("test",), "left", {"text": "left alone"})
+        await store.aput(("test",), "forever", {"text": "no expiry"}, ttl=None)
+        (stored,) = await storage.list(keys=[memory_key(("test",), "kept")])
+        assert stored.expires_at - stored.updated_at == timedelta(minutes=2)  # the default
+        kept, left = await expiry("kept"), await expiry("left")
+
+        assert await store.aget(("test",), "left", refresh_ttl=False) is not None
+        assert await expiry("left") == left
+        assert await store.aget(("test",), "kept") is not None
+        assert await expiry("kept") > kept
+        kept = await expiry("kept")
+        assert [item.key for item in await store.asearch(("test",), query="kept alive")]
+        assert await expiry("kept") > kept  # a search's results are refreshed too
+        assert await store.aget(("test",), "forever") is not None
+        assert await expiry("forever") is None  # a refresh never gives one an expiry
     finally:
-        store.close()
+        await store.aclose()
 
 
 # --- concurrency ------------------------------------------------------------------------------
