@@ -369,10 +369,11 @@ class PostgresConfig(BaseSettings):
     embedding_backend: Literal["onnx", "onnx-int8", "torch"] = Field(
         default="onnx",
         description=(
-            "How the default model runs when no embedder is given: onnxruntime (exported from "
-            "the packaged weights on first use, then no torch import) or sentence-transformers "
-            "on torch, which give the same vectors; or onnx-int8, the export quantised to 8 "
-            "bits (about twice as fast, close vectors: another model for the table)."
+            "How the default model runs when no embedder is given: onnxruntime (its graph "
+            "built from the packaged weights on first use; no torch) or sentence-transformers "
+            "on torch (the [torch] extra), which give the same vectors; or onnx-int8, the "
+            "graph quantised to 8 bits (about twice as fast, close vectors: another model for "
+            "the table)."
         ),
     )
     on_embedder_change: Literal["error", "reindex"] = Field(

@@ -91,8 +91,9 @@ class SentenceTransformerEmbedder(LocalModelEmbedder):
                         from sentence_transformers import SentenceTransformer
                 except ImportError as exc:
                     raise MemoryConfigurationError(
-                        "the default embedder needs sentence-transformers: "
-                        "pip install 'pepperpy-pg-memory[embeddings]' (and torch==2.13.0 for CPU)"
+                        "the torch backend needs sentence-transformers: pip install torch==2.13.0 "
+                        "--index-url https://download.pytorch.org/whl/cpu, then "
+                        "pip install 'pepperpy-pg-memory[torch]'"
                     ) from exc
                 # sentence-transformers 6 rejects a Path object here.
                 path = self._model_path or str(packaged_model_folder())

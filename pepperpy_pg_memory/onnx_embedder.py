@@ -1,14 +1,16 @@
-"""The default model run by onnxruntime: the same vectors as sentence-transformers, without
-importing torch after the first use.
+"""The default model run by onnxruntime: the same vectors as sentence-transformers, with no
+torch installed.
 
-On first use the packaged all-MiniLM-L6-v2 weights are exported to ONNX (this needs torch,
-once) into the user cache folder, checked against the sentence-transformers model on fixed
-sentences (cosine ≥ 0.9999), and only then published: under a file lock, written to a
-temporary name and renamed, so that processes starting together export once and never read a
-half-written file. Later starts load the ``.onnx`` file with onnxruntime and tokenise with
-``tokenizers``; torch is not imported.
+On first use the packaged all-MiniLM-L6-v2 weights are turned into an ONNX graph
+(:mod:`.bert_graph`, numpy and ``onnx`` only: a few seconds) in the user cache folder,
+checked against the model's own vectors of fixed sentences (cosine ≥ 0.9999: recorded for the
+packaged weights in ``model_checks.json``, or computed by sentence-transformers when another
+model's folder is given and it is installed), and only then published: under a file lock,
+written to a temporary name and renamed, so that processes starting together build it once
+and never read a half-written file. Later starts load the ``.onnx`` file with onnxruntime and
+tokenise with ``tokenizers``.
 
-The ``int8`` variant is the fp32 export with onnxruntime's transformer fusions applied and its
+The ``int8`` variant is the fp32 graph with onnxruntime's transformer fusions applied and its
 weights quantised to 8 bits per channel (dynamic quantisation): queries in about half fp32's
 time, vectors close to but not the model's, so it is another model for the table's registry.
 It is checked against fp32 before it is published: cosine ≥ 0.95 on the check sentences and
@@ -165,75 +167,63 @@ def _session(path: Path) -> Any:
     )
 
 
-def export_onnx(folder: Path, target: Path) -> float:
-    """Export the model in ``folder`` to ``target`` (ONNX, fp32), check it against
-    sentence-transformers and publish it; returns the smallest cosine seen.
+CHECK_VECTORS = Path(__file__).with_name("model_checks.json")
+"""The model's own vectors of :data:`CHECK_SENTENCES`, by weights fingerprint (see
+:func:`_fingerprint`), recorded from sentence-transformers (the tests compare them again)."""
 
-    Raises:
-        MemoryConfigurationError: torch is missing, or the export does not match.
-    """
+
+def _model_vectors(folder: Path) -> Vector | None:
+    """The vectors the model in ``folder`` gives :data:`CHECK_SENTENCES`: recorded for the
+    packaged weights; otherwise from sentence-transformers if it is installed; else None."""
+    recorded = json.loads(CHECK_VECTORS.read_text()).get(_fingerprint(folder))
+    if recorded is not None:
+        return np.asarray(recorded, dtype=np.float32)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            import torch
             from sentence_transformers import SentenceTransformer
-            from transformers import AutoModel
-    except ImportError as exc:
-        raise MemoryConfigurationError(
-            "the first use of the onnx backend exports the model, which needs torch and "
-            "sentence-transformers: pip install torch==2.13.0 'pepperpy-pg-memory[embeddings]' "
-            "(or PostgresConfig(embedding_backend='torch'))"
-        ) from exc
-
-    class _Encoder(torch.nn.Module):
-        # Keyword arguments: transformers 5 reorders positional ones.
-        def __init__(self, model: Any) -> None:
-            super().__init__()
-            self.model = model
-
-        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
-            return self.model(
-                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
-            ).last_hidden_state
-
+    except ImportError:
+        return None
     quiet_transformers()
-    model = AutoModel.from_pretrained(str(folder), local_files_only=True).eval()
-    tokenizer = _tokenizer(folder)
-    sample = tokenizer.encode_batch(["an example", "another, longer example sentence"])
-    inputs = tuple(
-        torch.tensor([getattr(e, name) for e in sample], dtype=torch.int64)
-        for name in ("ids", "attention_mask", "type_ids")
+    model = SentenceTransformer(str(folder), device="cpu", local_files_only=True)
+    return np.asarray(
+        model.encode(CHECK_SENTENCES, normalize_embeddings=True, convert_to_numpy=True),
+        dtype=np.float32,
     )
+
+
+def export_onnx(folder: Path, target: Path) -> float | None:
+    """Build the ONNX graph of the model in ``folder`` at ``target`` (fp32), check it against
+    the model's own vectors and publish it; returns the smallest cosine seen (None when
+    nothing could be compared: another model's folder, without sentence-transformers).
+
+    Raises:
+        MemoryConfigurationError: the model is not a BERT encoder, or the graph does not
+            match it.
+    """
+    import onnx
+
+    from .bert_graph import bert_graph
+
     partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
-    axes = {0: "batch", 1: "tokens"}
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            _Encoder(model),
-            inputs,
-            str(partial),
-            input_names=["input_ids", "attention_mask", "token_type_ids"],
-            output_names=["last_hidden_state"],
-            dynamic_axes={
-                "input_ids": axes,
-                "attention_mask": axes,
-                "token_type_ids": axes,
-                "last_hidden_state": axes,
-            },
-            opset_version=17,
-            dynamo=False,
-        )
+    onnx.save(bert_graph(folder), str(partial))
     try:
-        exported = _encode(_session(partial), tokenizer, CHECK_SENTENCES)
-        reference = SentenceTransformer(str(folder), device="cpu", local_files_only=True).encode(
-            CHECK_SENTENCES, normalize_embeddings=True, convert_to_numpy=True
-        )
-        worst = float(np.min(np.sum(exported * np.asarray(reference), axis=1)))
-        if worst < MIN_COSINE:
-            raise MemoryConfigurationError(
-                f"the ONNX export of {folder.name} differs from the model (cosine {worst:.5f} < "
-                f"{MIN_COSINE}); use PostgresConfig(embedding_backend='torch')"
+        built = _encode(_session(partial), _tokenizer(folder), CHECK_SENTENCES)
+        reference = _model_vectors(folder)
+        worst = None
+        if reference is None:
+            logger.warning(
+                "%s: no recorded vectors and no sentence-transformers to compare the ONNX "
+                "graph with; using it unchecked",
+                folder,
             )
+        else:
+            worst = float(np.min(np.sum(built * reference, axis=1)))
+            if worst < MIN_COSINE:
+                raise MemoryConfigurationError(
+                    f"the ONNX graph of {folder.name} differs from the model (cosine "
+                    f"{worst:.5f} < {MIN_COSINE}); use PostgresConfig(embedding_backend='torch')"
+                )
         os.replace(partial, target)
     finally:
         partial.unlink(missing_ok=True)
@@ -305,8 +295,8 @@ def _fuse_transformer(source: Path, target: Path, folder: Path) -> None:
 
 
 FEED_FORWARD_OUTPUT = re.compile(r"/encoder/layer\.\d+/output/dense/MatMul$")
-"""The name of each encoder layer's feed-forward output projection in our export (torch.onnx
-names nodes by module path; the attention's own output is ``…/attention/output/dense``)."""
+"""The name of each encoder layer's feed-forward output projection in our graph (named by
+module path as torch.onnx names it; the attention's own output is ``…/attention/output/dense``)."""
 
 
 def _feed_forward_outputs(model: Path) -> list[str]:
@@ -498,17 +488,17 @@ class OnnxEmbedder(LocalModelEmbedder):
 
     def _export_fp32(self, path: Path) -> None:
         logger.info(
-            "Preparing the embedding model: exporting %s to ONNX (first use only, up to "
-            "half a minute) ...",
+            "Preparing the embedding model: building the ONNX graph of %s from its weights "
+            "(first use only, a few seconds) ...",
             self.name,
         )
         started = time.perf_counter()
         worst = export_onnx(self.folder, path)
         logger.info(
-            "Embedding model ready in %.1fs (%s; smallest cosine to the model %.6f).",
+            "Embedding model ready in %.1fs (%s; smallest cosine to the model %s).",
             time.perf_counter() - started,
             path,
-            worst,
+            "not compared" if worst is None else f"{worst:.6f}",
         )
 
     def token_vectors(self, texts: list[str]) -> list[Vector]:

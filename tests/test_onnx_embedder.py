@@ -1,5 +1,5 @@
-"""The default backend: the packaged model exported once to ONNX, checked, then run by
-onnxruntime — the same vectors as sentence-transformers, without torch after the first use."""
+"""The default backend: the packaged model's ONNX graph built once from its weights, checked,
+then run by onnxruntime — the same vectors as sentence-transformers, with no torch at all."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +62,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_the_first_use_says_it_prepares_the_model_and_how_long_it_took(exported: Path) -> None:
-    assert _EXPORT_MESSAGES[0].startswith("Preparing the embedding model: exporting")
+    assert _EXPORT_MESSAGES[0].startswith("Preparing the embedding model: building the ONNX")
     assert re.match(r"Embedding model ready in \d+\.\ds ", _EXPORT_MESSAGES[-1])
     # The CLI and the demo show these lines on stderr (cli._announce_model_preparation).
     from pepperpy_pg_memory import cli
@@ -106,6 +107,92 @@ def test_later_starts_do_not_import_torch(exported: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["False", "False"]
     assert done.stderr == ""
+
+
+def test_the_first_use_builds_the_model_where_torch_cannot_be_imported(tmp_path: Path) -> None:
+    # A machine that installed the library and the weights only: importing torch,
+    # transformers or sentence-transformers fails there.
+    done = _run(
+        f"""
+        import asyncio, sys
+        class NoTorch:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("torch", "transformers", "sentence_transformers"):
+                    raise ImportError(f"{{name}} is not installed")
+        sys.meta_path.insert(0, NoTorch())
+        from pepperpy_pg_memory import OnnxEmbedder
+        embedder = OnnxEmbedder(cache_folder={str(tmp_path)!r})
+        vectors = asyncio.run(embedder.embed_documents(["Ana likes tea", "Bruno likes tea"]))
+        print(vectors.shape, round(float(vectors[0] @ vectors[1]), 2) > 0.3)
+        """
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["(2,", "384)", "True"]
+    assert len(list(tmp_path.rglob("model.onnx"))) == 1
+
+
+def test_the_built_graph_is_the_torch_export(tmp_path: Path) -> None:
+    # What transformers' own exporter makes of the model, the reference the builder follows.
+    import torch
+    from transformers import AutoModel
+
+    from pepperpy_pg_memory.local_models import packaged_model_folder
+    from pepperpy_pg_memory.onnx_embedder import _encode, _session, _tokenizer, export_onnx
+
+    folder = packaged_model_folder()
+
+    class Encoder(torch.nn.Module):
+        def __init__(self, model: Any) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
+            return self.model(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+            ).last_hidden_state
+
+    model = AutoModel.from_pretrained(str(folder), local_files_only=True).eval()
+    tokenizer = _tokenizer(folder)
+    sample = tokenizer.encode_batch(["an example", "another, longer example sentence"])
+    inputs = tuple(
+        torch.tensor([getattr(e, name) for e in sample], dtype=torch.int64)
+        for name in ("ids", "attention_mask", "type_ids")
+    )
+    axes = {0: "batch", 1: "tokens"}
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's notes on transformers' code
+        torch.onnx.export(
+            Encoder(model), inputs, str(tmp_path / "torch.onnx"),
+            input_names=names, output_names=["last_hidden_state"],
+            dynamic_axes={name: axes for name in [*names, "last_hidden_state"]},
+            opset_version=17, dynamo=False,
+        )  # fmt: skip
+    worst = export_onnx(folder, tmp_path / "built.onnx")
+    assert worst is not None and worst >= 0.9999  # against the recorded vectors
+    texts = [*SENTENCES, "the " + "very " * 300 + "long one", "x"]
+    exported = _encode(_session(tmp_path / "torch.onnx"), tokenizer, texts)
+    built = _encode(_session(tmp_path / "built.onnx"), tokenizer, texts)
+    assert np.min(np.sum(exported * built, axis=1)) >= 0.9999
+
+
+async def test_the_recorded_check_vectors_are_the_models(minilm: Any) -> None:
+    import json
+
+    from pepperpy_pg_memory.local_models import packaged_model_folder
+    from pepperpy_pg_memory.onnx_embedder import CHECK_SENTENCES, CHECK_VECTORS, _fingerprint
+
+    recorded = json.loads(CHECK_VECTORS.read_text())[_fingerprint(packaged_model_folder())]
+    reference = np.asarray(await minilm.embed_documents(CHECK_SENTENCES))
+    assert np.min(np.sum(np.asarray(recorded) * reference, axis=1)) >= 0.99999
+
+
+def test_a_model_that_is_not_bert_is_refused(tmp_path: Path) -> None:
+    from pepperpy_pg_memory.bert_graph import bert_graph
+
+    (tmp_path / "config.json").write_text('{"model_type": "roberta", "hidden_act": "gelu"}')
+    with pytest.raises(MemoryConfigurationError, match="not a BERT model"):
+        bert_graph(tmp_path)
 
 
 def test_processes_starting_together_export_once(tmp_path: Path) -> None:
