@@ -167,6 +167,9 @@ def _session(path: Path) -> Any:
     )
 
 
+FP32_FILE = "model.built.onnx"
+"""The checked fp32 graph's file in the model's cache folder."""
+
 CHECK_VECTORS = Path(__file__).with_name("model_checks.json")
 """The model's own vectors of :data:`CHECK_SENTENCES`, by weights fingerprint (see
 :func:`_fingerprint`), recorded from sentence-transformers (the tests compare them again)."""
@@ -413,9 +416,11 @@ class OnnxEmbedder(LocalModelEmbedder):
 
     @property
     def name(self) -> str:
-        """The model's name; the int8 variant's vectors differ, so it is another name."""
+        """The model's name; the int8 variant's vectors differ, so it is another name. (Its
+        quantisation of the graph built from the weights gives other vectors than that of
+        torch's export did, "-int8" until 0.2: hence "-int8-v2".)"""
         base = "all-MiniLM-L6-v2" if self._folder is None else self._folder.name
-        return base if self.variant == "fp32" else f"{base}-int8"
+        return base if self.variant == "fp32" else f"{base}-int8-v2"
 
     @property
     def folder(self) -> Path:
@@ -425,8 +430,9 @@ class OnnxEmbedder(LocalModelEmbedder):
         """Where this model's checked export lives (made on first use)."""
         folder = self.folder
         cache = self._cache if self._cache is not None else default_cache_folder()
-        # The int8 file's name says its recipe: a new recipe quantises anew.
-        name = "model.onnx" if self.variant == "fp32" else "model.fused-int8-ffn-fp32.onnx"
+        # The file's name says its recipe: a new recipe builds or quantises anew (an export
+        # made by torch, "model.onnx", gave the same fp32 vectors but other int8 ones).
+        name = FP32_FILE if self.variant == "fp32" else "model.built-fused-int8-ffn-fp32.onnx"
         return cache / f"{folder.name}-{_fingerprint(folder)}" / name
 
     @property
@@ -461,7 +467,7 @@ class OnnxEmbedder(LocalModelEmbedder):
             with FileLock(str(path.with_suffix(".lock"))):
                 if path.is_file():
                     return
-                fp32 = path.with_name("model.onnx")
+                fp32 = path.with_name(FP32_FILE)
                 if path == fp32:
                     self._export_fp32(fp32)
                     return

@@ -128,7 +128,7 @@ def test_the_first_use_builds_the_model_where_torch_cannot_be_imported(tmp_path:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["(2,", "384)", "True"]
-    assert len(list(tmp_path.rglob("model.onnx"))) == 1
+    assert len(list(tmp_path.rglob("model.built.onnx"))) == 1
 
 
 def test_the_built_graph_is_the_torch_export(tmp_path: Path) -> None:
@@ -268,10 +268,10 @@ def test_the_int8_variant_is_checked_close_and_another_model(exported: Path) -> 
     questions = np.asarray(asyncio.run(int8.embed_documents(RETRIEVAL_QUESTIONS)))
     assert [int(i) for i in np.argmax(questions @ memories.T, axis=1)] == [0, 1, 2, 3, 4, 6, 9, 10]
     # So a table built with one refuses the other (see test_embedder_identity.py).
-    assert embedder_identity(int8, 384) == "all-MiniLM-L6-v2-int8/384"
+    assert embedder_identity(int8, 384) == "all-MiniLM-L6-v2-int8-v2/384"
     assert embedder_identity(fp32, 384) == embedder_identity(SentenceTransformerEmbedder(), 384)
     config = PostgresConfig(embedding_backend="onnx-int8")
-    assert PostgresStorage(config).embedder.name == "all-MiniLM-L6-v2-int8"  # type: ignore[attr-defined]
+    assert PostgresStorage(config).embedder.name == "all-MiniLM-L6-v2-int8-v2"  # type: ignore[attr-defined]
     with pytest.raises(MemoryConfigurationError):
         OnnxEmbedder(variant="int4")  # type: ignore[arg-type]
 
