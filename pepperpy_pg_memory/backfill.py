@@ -19,11 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
-import asyncpg
-
 from .database import Database
 from .schema import TableLayout, terms_function
-from .sql import Query
+from .sql import Query, Session
 from .types import MANAGED_FIELD, ProgressCallback
 
 __all__ = [
@@ -181,17 +179,18 @@ def _any_pending(layout: TableLayout, backfill: Backfill, tenant: str) -> Query:
 
 
 async def _batch(
-    layout: TableLayout, backfill: Backfill, tenant: str, size: int, conn: asyncpg.Connection
+    layout: TableLayout, backfill: Backfill, tenant: str, size: int, session: Session
 ) -> tuple[int, bool]:
     """Do the next batch; returns how many rows it changed and whether the backfill is done."""
-    async with conn.transaction():
+    async with session.transaction():
         where = saved_position(layout, backfill.name, tenant, lock=True)
-        state = await conn.fetchrow(where.sql, *where.args)
+        state = await session.fetchrow(where)
         if state is None or state["finished"]:
             return 0, True
         after = state["position"] or ["", "", ""]  # scopes are never empty
-        row = await conn.fetchrow(
-            f"""
+        row = await session.fetchrow(
+            Query(
+                f"""
             WITH batch AS MATERIALIZED (
                 SELECT m.scope, m.scope_id, m.key FROM {layout.qualified_table} m
                 WHERE m.tenant = $1 AND (m.scope, m.scope_id, m.key) > ($2, $3, $4)
@@ -210,16 +209,19 @@ async def _batch(
                    (SELECT ARRAY[scope, scope_id, key] FROM batch
                     ORDER BY scope DESC, scope_id DESC, key DESC LIMIT 1) AS last
             """,
-            tenant,
-            *after,
-            size,
+                (
+                    tenant,
+                    *after,
+                    size,
+                ),
+            )
         )
         assert row is not None
         done = row["seen"] < size
         reached = save_position(
             layout, backfill.name, tenant, row["last"], row["changed"], finished=done
         )
-        await conn.execute(reached.sql, *reached.args)
+        await session.execute(reached)
         return int(row["changed"]), done
 
 

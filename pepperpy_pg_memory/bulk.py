@@ -15,7 +15,7 @@ from .history import PLAIN, Change
 from .items import PendingWrite
 from .queries import PASSAGE_COLUMNS, STAGING_COLUMNS, Statements, record_identity
 from .schema import STATEMENT_VERSIONS_SETTING, TableLayout
-from .sql import Batch, Query, send, send_batch
+from .sql import Batch, Query, Session
 from .types import Identity
 
 __all__ = [
@@ -41,7 +41,7 @@ async def write_batch(
     rebuild_from: int,
     maintenance_work_mem: str,
     timeout: float,
-    conn: asyncpg.Connection,
+    session: Session,
     *,
     every_row: bool = False,
     passages: Sequence[tuple[Any, ...]] = (),
@@ -77,15 +77,15 @@ async def write_batch(
     rebuild = 0 < rebuild_from <= len(records)
     if dedupe is None and not rebuild and len(records) <= SMALL_BATCH_ROWS:
         rows: list[asyncpg.Record] = await write_rows(
-            statements, tenant, records, timeout, conn, passages=passages, change=change
+            statements, tenant, records, timeout, session, passages=passages, change=change
         )
         return rows if every_row else [row for row in rows if row["needs_embedding"]]
     if rebuild:
         count = statements.count_up_to(len(records))
-        rebuild = await conn.fetchval(count.sql, *count.args, timeout=timeout) < len(records)
-    async with conn.transaction():
-        await conn.execute(statements.create_staging().sql, timeout=timeout)
-        await conn.copy_records_to_table(
+        rebuild = await session.fetchval(count, timeout=timeout) < len(records)
+    async with session.transaction():
+        await session.execute(statements.create_staging(), timeout=timeout)
+        await session.copy_rows(
             statements.staging_name,
             records=records,
             columns=list(STAGING_COLUMNS),
@@ -96,48 +96,46 @@ async def write_batch(
             # the table: DROP INDEX takes it only after naming the index, and several batches
             # dropping and building it at once deadlocked. The first one to get it may have
             # made the table large enough that an index build no longer pays.
-            await conn.execute(f"LOCK TABLE {statements.table} IN ACCESS EXCLUSIVE MODE")
+            await session.execute(Query(f"LOCK TABLE {statements.table} IN ACCESS EXCLUSIVE MODE"))
             count = statements.count_up_to(len(records))
-            rebuild = await conn.fetchval(count.sql, *count.args, timeout=timeout) < len(records)
+            rebuild = await session.fetchval(count, timeout=timeout) < len(records)
         if dedupe is not None:
             # Before the index goes: a near-duplicate is found through it.
-            folded = await dedupe.unstage_duplicates(conn, timeout)
+            folded = await dedupe.unstage_duplicates(session, timeout)
             passages = [row for row in passages if Identity(*row[1:4]) not in folded]
         rebuilt_gin: list[str] = []
         if rebuild:
-            await conn.execute(layout.drop_vector_index().sql, timeout=timeout)
-            rebuilt_gin = await _drop_gin_indexes(layout, timeout, conn)
+            await session.execute(layout.drop_vector_index(), timeout=timeout)
+            rebuilt_gin = await _drop_gin_indexes(layout, timeout, session)
         gone = statements.delete_staged_passages(tenant)
-        await conn.execute(gone.sql, *gone.args, timeout=timeout)
+        await session.execute(gone, timeout=timeout)
         versions = statements.writes_versions and await _room_for(
-            statements, tenant, records, quota, timeout, conn, locked=dedupe is not None
+            statements, tenant, records, quota, timeout, session, locked=dedupe is not None
         )
         merge = statements.merge_staging(tenant, every_row, change, versions=versions)
         if versions:
-            rows = await _merge_with_versions(statements, merge, timeout, conn)
+            rows = await _merge_with_versions(statements, merge, timeout, session)
         else:
-            rows = await send(conn, "fetch", merge, timeout)
-        await copy_passages(statements, passages, timeout, conn)
+            rows = await session.fetch(merge, timeout=timeout)
+        await copy_passages(statements, passages, timeout, session)
         if rebuild:
             for query in layout.build_vector_index(maintenance_work_mem):
-                await conn.execute(query.sql, *query.args, timeout=timeout)
+                await session.execute(query, timeout=timeout)
             for definition in rebuilt_gin:
-                await conn.execute(definition, timeout=timeout)
+                await session.execute(Query(definition), timeout=timeout)
         if dedupe is not None:
-            await dedupe.reinforce(conn, timeout)
+            await dedupe.reinforce(session, timeout)
     return rows
 
 
-async def _drop_gin_indexes(
-    layout: TableLayout, timeout: float, conn: asyncpg.Connection
-) -> list[str]:
+async def _drop_gin_indexes(layout: TableLayout, timeout: float, session: Session) -> list[str]:
     """Drop the table's GIN indexes (the caller holds the table's lock); returns the
     statements that build them again, as the server defined them."""
     listed = layout.gin_index_definitions()
-    indexes = await conn.fetch(listed.sql, *listed.args, timeout=timeout)
+    indexes = await session.fetch(listed, timeout=timeout)
     for index in indexes:
         # The name comes from the catalog, quoted there by format('%I').
-        await conn.execute(f"DROP INDEX {index['name']}", timeout=timeout)
+        await session.execute(Query(f"DROP INDEX {index['name']}"), timeout=timeout)
     return [index["definition"] for index in indexes]
 
 
@@ -147,7 +145,7 @@ async def _room_for(
     records: Sequence[tuple[Any, ...]],
     quota: int | None,
     timeout: float,
-    conn: asyncpg.Connection,
+    session: Session,
     *,
     locked: bool,
 ) -> bool:
@@ -158,19 +156,19 @@ async def _room_for(
     if quota is None:
         return True
     if not locked:
-        await lock_owners(tenant, [record_identity(record) for record in records], conn)
+        await lock_owners(tenant, [record_identity(record) for record in records], session)
     room = statements.quota_room(tenant, quota)
-    return bool(await conn.fetchval(room.sql, *room.args, timeout=timeout))
+    return bool(await session.fetchval(room, timeout=timeout))
 
 
 async def _merge_with_versions(
-    statements: Statements, merge: Query, timeout: float, conn: asyncpg.Connection
+    statements: Statements, merge: Query, timeout: float, session: Session
 ) -> list[asyncpg.Record]:
     """Run a merge that records its own versions, with the row triggers standing aside for
     it alone (the setting is the transaction's, and set back before anything else runs)."""
-    await conn.execute(f"SELECT set_config('{STATEMENT_VERSIONS_SETTING}', 'on', true)")
+    await session.execute(Query(f"SELECT set_config('{STATEMENT_VERSIONS_SETTING}', 'on', true)"))
     try:
-        rows: list[asyncpg.Record] = await send(conn, "fetch", merge, timeout)
+        rows: list[asyncpg.Record] = await session.fetch(merge, timeout=timeout)
     except asyncpg.UniqueViolationError as exc:
         if exc.constraint_name != f"{statements.layout.history_name}_pkey":
             raise
@@ -181,7 +179,7 @@ async def _merge_with_versions(
             "a memory of the batch was written by another transaction while the batch "
             "numbered its version"
         ) from exc
-    await conn.execute(f"SELECT set_config('{STATEMENT_VERSIONS_SETTING}', '', true)")
+    await session.execute(Query(f"SELECT set_config('{STATEMENT_VERSIONS_SETTING}', '', true)"))
     return rows
 
 
@@ -190,7 +188,7 @@ async def write_rows(
     tenant: str,
     records: Sequence[tuple[Any, ...]],
     timeout: float,
-    conn: asyncpg.Connection,
+    session: Session,
     *,
     passages: Sequence[tuple[Any, ...]] = (),
     change: Change = PLAIN,
@@ -198,36 +196,36 @@ async def write_rows(
     """Upsert a few rows of distinct memories in one statement (two with passages, in one
     transaction): :func:`write_batch`'s path for small batches. Returns every merged row."""
     upsert = statements.upsert_rows(tenant, records, change)
-    await _clear_passages(statements, tenant, [record_identity(r) for r in records], conn)
+    await _clear_passages(statements, tenant, [record_identity(r) for r in records], session)
     if not passages:
-        rows: list[asyncpg.Record] = await send(conn, "fetch", upsert, timeout)
+        rows: list[asyncpg.Record] = await session.fetch(upsert, timeout=timeout)
         return rows
-    async with conn.transaction():
-        rows = await send(conn, "fetch", upsert, timeout)
-        await copy_passages(statements, passages, timeout, conn)
+    async with session.transaction():
+        rows = await session.fetch(upsert, timeout=timeout)
+        await copy_passages(statements, passages, timeout, session)
     return rows
 
 
 async def _clear_passages(
-    statements: Statements, tenant: str, identities: Sequence[Identity], conn: asyncpg.Connection
+    statements: Statements, tenant: str, identities: Sequence[Identity], session: Session
 ) -> None:
     """On a cluster, what one server's upsert statement does itself: delete the passages
     of the memories it replaces (see :meth:`Statements.clear_passages`)."""
     query = statements.clear_passages(tenant, identities)
     if query is not None:
-        await conn.execute(query.sql, *query.args)
+        await session.execute(query)
 
 
 async def copy_passages(
     statements: Statements,
     passages: Sequence[tuple[Any, ...]],
     timeout: float | None,
-    conn: asyncpg.Connection,
+    session: Session,
 ) -> None:
     """Add passage rows (in :data:`PASSAGE_COLUMNS` order) of memories written just before."""
     if passages:
         layout = statements.layout
-        await conn.copy_records_to_table(
+        await session.copy_rows(
             layout.passages_name,
             schema_name=layout.schema,
             records=passages,
@@ -241,21 +239,21 @@ async def write_one(
     tenant: str,
     record: Sequence[Any],
     passages: Sequence[tuple[Any, ...]],
-    conn: asyncpg.Connection,
+    session: Session,
     *,
     change: Change = PLAIN,
 ) -> asyncpg.Record:
     """Upsert one memory and replace its passages, in one transaction when it has any (each
     statement under the pool's command timeout)."""
     upsert = statements.upsert_one(tenant, record, change)
-    await _clear_passages(statements, tenant, [record_identity(record)], conn)
+    await _clear_passages(statements, tenant, [record_identity(record)], session)
     row: asyncpg.Record | None
     if not passages:  # one statement: its passages (if it had any) go with it
-        row = await send(conn, "fetchrow", upsert)
+        row = await session.fetchrow(upsert)
     else:
-        async with conn.transaction():
-            row = await send(conn, "fetchrow", upsert)
-            await copy_passages(statements, passages, None, conn)
+        async with session.transaction():
+            row = await session.fetchrow(upsert)
+            await copy_passages(statements, passages, None, session)
     assert row is not None
     return row
 
@@ -267,25 +265,25 @@ async def write_superseding(
     write: PendingWrite,
     passages: Sequence[tuple[Any, ...]],
     closing: Change,
-    conn: asyncpg.Connection,
+    session: Session,
 ) -> asyncpg.Record | None:
     """Replace the live, valid memory ``old`` by ``write`` in one transaction: the new fact
     is valid from this moment, and links to ``old``; if ``write`` is another memory, ``old``
     stops being valid at the same moment (a version recording ``closing``). None, changing
     nothing, if ``old`` is not live and valid."""
-    async with conn.transaction():
+    async with session.transaction():
         lock = statements.lock_valid(tenant, old)
-        state = await conn.fetchrow(lock.sql, *lock.args)
+        state = await session.fetchrow(lock)
         if state is None:
             return None
         write.valid_from, write.supersedes = state["moment"], old.key
         if write.identity != old:
             close = statements.close_validity(tenant, old, state["moment"], write.key, closing)
-            await send(conn, "execute", close)
+            await session.execute(close)
         upsert = statements.upsert_one(tenant, write.record(), write.change)
-        await _clear_passages(statements, tenant, [write.identity], conn)
-        row: asyncpg.Record | None = await send(conn, "fetchrow", upsert)
-        await copy_passages(statements, passages, None, conn)
+        await _clear_passages(statements, tenant, [write.identity], session)
+        row: asyncpg.Record | None = await session.fetchrow(upsert)
+        await copy_passages(statements, passages, None, session)
     return row
 
 
@@ -296,25 +294,25 @@ async def write_deduplicated(
     threshold: float | None,
     passages: Sequence[tuple[Any, ...]],
     reinforcing: Change,
-    conn: asyncpg.Connection,
+    session: Session,
 ) -> tuple[asyncpg.Record, bool]:
     """Write ``write`` unless its owner holds a memory it duplicates; then reinforce that
     one instead and record ``reinforcing``. One transaction, holding the owner's lock.
     Returns the row written or reinforced, and whether it was a duplicate."""
-    async with conn.transaction():
-        await lock_owners(tenant, [write.identity], conn)
+    async with session.transaction():
+        await lock_owners(tenant, [write.identity], session)
         find = statements.find_duplicate(
             tenant, write.identity, write.text, write.embedding, threshold
         )
-        duplicate = await conn.fetchrow(find.sql, *find.args)
+        duplicate = await session.fetchrow(find)
         if duplicate is not None:
             original = write.identity._replace(key=duplicate["key"])
-            reinforced = await reinforce(statements, tenant, original, write, reinforcing, conn)
+            reinforced = await reinforce(statements, tenant, original, write, reinforcing, session)
             return reinforced, True
         upsert = statements.upsert_one(tenant, write.record(), write.change)
-        await _clear_passages(statements, tenant, [write.identity], conn)
-        row = await send(conn, "fetchrow", upsert)
-        await copy_passages(statements, passages, None, conn)
+        await _clear_passages(statements, tenant, [write.identity], session)
+        row = await session.fetchrow(upsert)
+        await copy_passages(statements, passages, None, session)
     assert row is not None
     return row, False
 
@@ -327,18 +325,18 @@ async def write_restored(
     passages: Sequence[tuple[Any, ...]],
     reads: dict[Identity, tuple[int, datetime]],
     importing: Query | None,
-    conn: asyncpg.Connection,
+    session: Session,
 ) -> None:
     """Write restored memories (``restored``: ``restore_one`` per memory, of the memories
     ``identities``) with their passages (only those) and read counts, in one
     transaction; ``importing`` marks it as an import whose versions come from the file."""
-    async with conn.transaction():
+    async with session.transaction():
         if importing is not None:
-            await conn.execute(importing.sql, *importing.args)
-        await send_batch(conn, restored)
+            await session.execute(importing)
+        await session.execute_batch(restored)
         gone = statements.delete_passages(tenant, list(identities))
-        await conn.execute(gone.sql, *gone.args)
-        await copy_passages(statements, passages, None, conn)
+        await session.execute(gone)
+        await copy_passages(statements, passages, None, session)
         if reads:
             for counted in record_accesses(statements.layout, tenant, reads, restoring=True):
-                await conn.execute(counted.sql, *counted.args)
+                await session.execute(counted)

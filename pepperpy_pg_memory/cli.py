@@ -147,16 +147,11 @@ async def _reachable(config: PostgresConfig) -> None:
     server that is not there should say so after one attempt."""
     if config.is_embedded:
         return
-    import asyncpg
+    from .database import unreachable
 
-    try:
-        conn = await asyncpg.connect(config.connection_dsn(), timeout=config.connect_timeout)
-    except (OSError, asyncio.TimeoutError) as exc:
-        reason = getattr(exc, "strerror", None) or type(exc).__name__
-        raise MemoryConnectionError(f"cannot reach {config.describe_target()}: {reason}") from None
-    except Exception:  # it answered: the store's start says what is wrong (a password...)
-        return
-    await conn.close()
+    reason = await unreachable(config.connection_dsn(), config.connect_timeout)
+    if reason is not None:
+        raise MemoryConnectionError(f"cannot reach {config.describe_target()}: {reason}")
 
 
 async def _with_storage(

@@ -27,7 +27,7 @@ from .history import Change
 from .models import ConsolidationReport
 from .queries import Restriction, Statements, pinned_condition, select_entry
 from .schema import TableLayout, dedupe_identifiers_function, normalized_function, same_memory
-from .sql import Query, send
+from .sql import Query, Session
 from .types import MANAGED_FIELD, Identity, MemoryScope, MemoryType, ProgressCallback, Summarizer
 
 __all__ = [
@@ -264,15 +264,13 @@ class Consolidation:
                 progress(done, len(owners))
         return report
 
-    async def _tidy(
-        self, owner: Identity, report: ConsolidationReport, conn: asyncpg.Connection
-    ) -> None:
+    async def _tidy(self, owner: Identity, report: ConsolidationReport, session: Session) -> None:
         """Promote, then merge, one owner's memories: one transaction under the owner's lock
         (deduplicating writes and the quota wait; a concurrent run of the same owner too)."""
         promoted: list[str] = []
         merged: dict[str, str] = {}
-        async with conn.transaction():
-            await lock_owners(self.tenant, [owner], conn)
+        async with session.transaction():
+            await lock_owners(self.tenant, [owner], session)
             reads = f"read at least {self.promote_after} times"
             promote = self.sql.promote(
                 self.tenant,
@@ -282,15 +280,15 @@ class Consolidation:
                 Change("promote", self.actor, reads),
                 self.dry_run,
             )
-            promoted = [row["key"] for row in await send(conn, "fetch", promote)]
-            merged = await self._merges(owner, conn)
+            promoted = [row["key"] for row in await session.fetch(promote)]
+            merged = await self._merges(owner, session)
             if not self.dry_run:
                 closing = Change("supersede", self.actor, MERGED)
                 for key, keeper in merged.items():
                     close = self.statements.close_validity(
                         self.tenant, owner._replace(key=key), None, keeper, closing
                     )
-                    await send(conn, "execute", close)
+                    await session.execute(close)
         # Reported once committed (a retried transaction reports once).
         report.promoted += promoted
         report.merged += list(merged)
@@ -300,13 +298,13 @@ class Consolidation:
             mine.promoted += promoted
             mine.merged_into.update(merged)
 
-    async def _merges(self, owner: Identity, conn: asyncpg.Connection) -> dict[str, str]:
+    async def _merges(self, owner: Identity, session: Session) -> dict[str, str]:
         """Merged key → keeper key. In keeper order, a memory not yet merged keeps, and takes
         in its duplicates: the same text, or close vectors with the same identifiers. Its
         duplicates' own duplicates are not taken (no chains drifting from the keeper's
         meaning); the pass repeats over what is left until nothing merges."""
         query = self.sql.candidates(self.tenant, owner, self.include_managed)
-        candidates = await conn.fetch(query.sql, *query.args)
+        candidates = await session.fetch(query)
         order = {row["key"]: position for position, row in enumerate(candidates)}
         identifiers = {row["key"]: tuple(row["identifiers"] or ()) for row in candidates}
         merged: dict[str, str] = {}
@@ -320,7 +318,7 @@ class Consolidation:
                 self.tenant, owner, self.merge_threshold, self.include_managed, list(merged)
             )
             pairs: dict[str, set[str]] = {}
-            for row in await conn.fetch(query.sql, *query.args):
+            for row in await session.fetch(query):
                 if identifiers.get(row["key"]) == identifiers.get(row["other"]):
                     pairs.setdefault(row["key"], set()).add(row["other"])
                     pairs.setdefault(row["other"], set()).add(row["key"])

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import logging
 import sys
-import typing
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from functools import partial
@@ -32,16 +31,16 @@ from .errors import (
 from .faults import ConnectionLost, backoff_delay, is_transient, translate
 from .history import AS_OF_SETTING, settings_query
 from .metrics import Metrics
-from .sql import Batch, Query, send, send_batch
+from .sql import Batch, Query, Session
 from .values import decode_json, encode_json
 
-__all__ = ["Database", "Runner", "connect", "in_one_transaction"]
+__all__ = ["Database", "Runner", "connect", "in_one_transaction", "unreachable"]
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 GENERIC_PLAN = {"plan_cache_mode": "force_generic_plan"}
-Work = Callable[[asyncpg.Connection], Awaitable[T]]
+Work = Callable[[Session], Awaitable[T]]
 
 
 if sys.version_info >= (3, 11):
@@ -84,11 +83,26 @@ async def retrying(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-async def connect(config: PostgresConfig, dsn: str) -> asyncpg.Connection:
-    """One connection outside the pool (for migrations), retried like everything else."""
-    return await retrying(
+async def connect(config: PostgresConfig, dsn: str) -> Session:
+    """A session on a connection of its own, outside the pool (for migrations), retried like
+    everything else; the caller closes it."""
+    connection = await retrying(
         config, "connect", lambda: asyncpg.connect(dsn, timeout=config.connect_timeout)
     )
+    return Session(connection)
+
+
+async def unreachable(dsn: str, timeout: float) -> str | None:
+    """Why nothing answers at ``dsn``'s address, after one attempt (no retries); None when
+    something answered (a refused password is the store's start to report)."""
+    try:
+        connection = await asyncpg.connect(dsn, timeout=timeout)
+    except (OSError, asyncio.TimeoutError) as exc:
+        return str(getattr(exc, "strerror", None) or type(exc).__name__)
+    except Exception:
+        return None
+    await connection.close()
+    return None
 
 
 class VectorTypesMissing(MemoryError):
@@ -112,7 +126,7 @@ class Runner:
         self, operation: str, query: Query, *, timeout: float | None = None
     ) -> list[asyncpg.Record]:
         rows: list[asyncpg.Record] = await self.run(
-            operation, lambda conn: send(conn, "fetch", query, timeout)
+            operation, lambda session: session.fetch(query, timeout=timeout)
         )
         return rows
 
@@ -128,13 +142,10 @@ class Runner:
         in force for it alone (``set_config(…, true)``, i.e. ``SET LOCAL``)."""
         setter = settings_query(settings, self.distributed)
 
-        async def work(conn: asyncpg.Connection) -> list[asyncpg.Record]:
-            async with conn.transaction(readonly=True):
-                await conn.execute(setter.sql, *setter.args)
-                rows: list[asyncpg.Record] = await conn.fetch(
-                    query.sql, *query.args, timeout=timeout
-                )
-                return rows
+        async def work(session: Session) -> list[asyncpg.Record]:
+            async with session.transaction(readonly=True):
+                await session.execute(setter)
+                return await session.fetch(query, timeout=timeout)
 
         return await self.run(operation, work)
 
@@ -174,23 +185,25 @@ class Runner:
         self, operation: str, query: Query, *, timeout: float | None = None
     ) -> asyncpg.Record | None:
         row: asyncpg.Record | None = await self.run(
-            operation, lambda conn: send(conn, "fetchrow", query, timeout)
+            operation, lambda session: session.fetchrow(query, timeout=timeout)
         )
         return row
 
     async def fetchval(self, operation: str, query: Query, *, timeout: float | None = None) -> Any:
-        return await self.run(operation, lambda conn: send(conn, "fetchval", query, timeout))
+        return await self.run(operation, lambda session: session.fetchval(query, timeout=timeout))
 
     async def execute(self, operation: str, query: Query, *, timeout: float | None = None) -> int:
         """Run a statement; returns how many rows it affected."""
-        status: str = await self.run(operation, lambda conn: send(conn, "execute", query, timeout))
+        status: str = await self.run(
+            operation, lambda session: session.execute(query, timeout=timeout)
+        )
         return affected(status)
 
     async def executemany(
         self, operation: str, batch: Batch, *, timeout: float | None = None
     ) -> None:
         """Run one statement once per row of ``batch``, in one round trip."""
-        await self.run(operation, lambda conn: send_batch(conn, batch, timeout))
+        await self.run(operation, lambda session: session.execute_batch(batch, timeout=timeout))
 
     async def execute_all(
         self, operation: str, queries: Sequence[Query], *, timeout: float | None = None
@@ -212,7 +225,7 @@ class Database(Runner):
         self.metrics = metrics
         self._pool: asyncpg.Pool | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.after_write: Callable[[asyncpg.Connection], Awaitable[None]] | None = None
+        self.after_write: Callable[[Session], Awaitable[None]] | None = None
         """Run on the connection after every operation that may have written (with read
         replicas: to note the WAL position reads must wait for)."""
         self.transaction_settings: str | None = None
@@ -299,12 +312,12 @@ class Database(Runner):
                 "that loop, or through pepperpy_pg_memory.runner.BackgroundStorage"
             )
 
-    async def _work_in(self, conn: asyncpg.Connection, work: Work[T]) -> T:
+    async def _work_in(self, session: Session, work: Work[T]) -> T:
         if self.transaction_settings is None:
-            return await work(conn)
-        async with conn.transaction():
-            await conn.execute(self.transaction_settings)
-            return await work(conn)
+            return await work(session)
+        async with session.transaction():
+            await session.execute(Query(self.transaction_settings))
+            return await work(session)
 
     async def run(self, operation: str, work: Work[T], *, visible_to_reads: bool = True) -> T:
         """Run ``work`` on a pooled connection, retrying transient faults.
@@ -338,9 +351,10 @@ class Database(Runner):
                 self.metrics.waiting -= 1
             try:
                 sent = True
-                result = await self._work_in(typing.cast(asyncpg.Connection, conn), work)
+                session = Session(conn)
+                result = await self._work_in(session, work)
                 if after_write is not None and visible_to_reads:
-                    await after_write(conn)
+                    await after_write(session)
                 return result
             except Exception as exc:
                 unusable = _unusable(conn, exc)
@@ -418,12 +432,13 @@ class _PrimaryReads(Runner):
 
 
 async def in_one_transaction(
-    queries: Sequence[Query], timeout: float | None, conn: asyncpg.Connection
+    queries: Sequence[Query], timeout: float | None, session: Session
 ) -> None:
-    """Run ``queries`` in order on ``conn``, all or none (a savepoint inside a transaction)."""
-    async with conn.transaction():
+    """Run ``queries`` in order in ``session``, all or none (a savepoint inside a
+    transaction)."""
+    async with session.transaction():
         for query in queries:
-            await send(conn, "execute", query, timeout)
+            await session.execute(query, timeout=timeout)
 
 
 def affected(status: str) -> int:

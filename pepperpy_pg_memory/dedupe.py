@@ -22,7 +22,7 @@ from .history import Change
 from .items import PendingWrite
 from .queries import Statements
 from .schema import OWNER_LOCK_CLASS
-from .sql import Query, send, send_batch
+from .sql import Query, Session, send_batch
 from .types import MANAGED_FIELD, Identity
 
 __all__ = ["BatchDeduplication", "lock_owners", "reinforce"]
@@ -36,14 +36,12 @@ _LOCK_OWNER = Query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
 """One owner's lock, held until the transaction ends (run once per owner)."""
 
 
-async def lock_owners(
-    tenant: str, identities: Iterable[Identity], conn: asyncpg.Connection
-) -> None:
+async def lock_owners(tenant: str, identities: Iterable[Identity], session: Session) -> None:
     """Hold, until the transaction ends, the lock of each owner of ``identities`` (see
     :data:`~.schema.OWNER_LOCK_CLASS`), taken in one order by every caller so that two
     batches never deadlock."""
     owners = sorted({_owner_name(tenant, identity) for identity in identities})
-    await send_batch(conn, _LOCK_OWNER.for_each((OWNER_LOCK_CLASS, owner) for owner in owners))
+    await send_batch(session, _LOCK_OWNER.for_each((OWNER_LOCK_CLASS, owner) for owner in owners))
 
 
 async def reinforce(
@@ -52,16 +50,16 @@ async def reinforce(
     original: Identity,
     write: PendingWrite,
     change: Change,
-    conn: asyncpg.Connection,
+    session: Session,
     timeout: float | None = None,
 ) -> asyncpg.Record:
     """``write``'s effect on the memory ``original`` it duplicates, recording ``change``:
     a read counted (first, so that the row returned shows it), then the memory reinforced."""
     read = {original: (1, datetime.now(timezone.utc))}
     for counted in record_accesses(statements.layout, tenant, read):
-        await conn.execute(counted.sql, *counted.args, timeout=timeout)
+        await session.execute(counted, timeout=timeout)
     update = statements.reinforce(tenant, original, write.importance, write.metadata, change)
-    row: asyncpg.Record | None = await send(conn, "fetchrow", update, timeout)
+    row: asyncpg.Record | None = await session.fetchrow(update, timeout=timeout)
     assert row is not None
     return row
 
@@ -83,26 +81,24 @@ class BatchDeduplication:
     """Each folded write's identity → the memory it reinforces."""
 
     async def unstage_duplicates(
-        self, conn: asyncpg.Connection, timeout: float | None
+        self, session: Session, timeout: float | None
     ) -> frozenset[Identity]:
-        await lock_owners(self.tenant, [write.identity for write in self.writes], conn)
+        await lock_owners(self.tenant, [write.identity for write in self.writes], session)
         found = {
             Identity(row["scope"], row["scope_id"], row["key"]): row
-            for row in await self._look_up(conn, timeout)
+            for row in await self._look_up(session, timeout)
         }
         self.duplicates = self._decide(found)
         if self.duplicates:
             unstage = self.statements.unstage(list(self.duplicates))
-            await conn.execute(unstage.sql, *unstage.args, timeout=timeout)
+            await session.execute(unstage, timeout=timeout)
         return frozenset(self.duplicates)
 
-    async def _look_up(
-        self, conn: asyncpg.Connection, timeout: float | None
-    ) -> list[asyncpg.Record]:
+    async def _look_up(self, session: Session, timeout: float | None) -> list[asyncpg.Record]:
         statements = self.statements
         if not statements.distributed:
             find = statements.staged_duplicates(self.tenant, self.threshold)
-            rows: list[asyncpg.Record] = await conn.fetch(find.sql, *find.args, timeout=timeout)
+            rows: list[asyncpg.Record] = await session.fetch(find, timeout=timeout)
             return rows
         rows = []
         for write in self.writes:
@@ -110,7 +106,7 @@ class BatchDeduplication:
             find = statements.write_duplicates(
                 self.tenant, write.identity, write.text, vector, self.threshold
             )
-            row = await conn.fetchrow(find.sql, *find.args, timeout=timeout)
+            row = await session.fetchrow(find, timeout=timeout)
             assert row is not None
             rows.append(row)
         return rows
@@ -136,7 +132,7 @@ class BatchDeduplication:
                 duplicates[write.identity] = original
         return duplicates
 
-    async def reinforce(self, conn: asyncpg.Connection, timeout: float | None) -> None:
+    async def reinforce(self, session: Session, timeout: float | None) -> None:
         by_identity = {write.identity: write for write in self.writes}
         for folded, original in self.duplicates.items():
             write = by_identity[folded]
@@ -146,7 +142,7 @@ class BatchDeduplication:
                 original,
                 write,
                 self.reinforcing(write),
-                conn,
+                session,
                 timeout,
             )
 

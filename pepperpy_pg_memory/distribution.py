@@ -22,8 +22,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-import asyncpg
-
 from .errors import MemoryConfigurationError
 from .identifiers import qualified, quote_ident
 from .schema import (
@@ -36,7 +34,7 @@ from .schema import (
     REGISTRY_VERSION_TABLE,
     TableLayout,
 )
-from .sql import Query
+from .sql import Query, Session
 from .types import Distribution, ProgressCallback
 
 __all__ = [
@@ -105,10 +103,12 @@ def placements(layout: TableLayout, distribution: Distribution) -> list[TablePla
     ]
 
 
-async def citus_installed(conn: asyncpg.Connection) -> bool:
+async def citus_installed(session: Session) -> bool:
     """Whether the database has the Citus extension."""
     return bool(
-        await conn.fetchval("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')")
+        await session.fetchval(
+            Query("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')")
+        )
     )
 
 
@@ -119,19 +119,19 @@ _PLACEMENT = """
 """
 
 
-async def _placement_of(conn: asyncpg.Connection, table: str) -> tuple[str, str | None] | None:
+async def _placement_of(session: Session, table: str) -> tuple[str, str | None] | None:
     """(method, column) of a table Citus manages ('n': reference, 'h': hash); None if not."""
-    row = await conn.fetchrow(_PLACEMENT, table)
+    row = await session.fetchrow(Query(_PLACEMENT, (table,)))
     if row is None:
         return None
     return row["partmethod"], row["column_name"]
 
 
-async def distribution_of(conn: asyncpg.Connection, layout: TableLayout) -> Distribution | None:
+async def distribution_of(session: Session, layout: TableLayout) -> Distribution | None:
     """How the store's memory table is distributed (None: an ordinary table)."""
-    if not await citus_installed(conn):
+    if not await citus_installed(session):
         return None
-    placed = await _placement_of(conn, layout.qualified_table)
+    placed = await _placement_of(session, layout.qualified_table)
     if placed is None or placed[0] != "h":
         return None
     for name, column in DISTRIBUTION_COLUMNS.items():
@@ -144,30 +144,30 @@ async def distribution_of(conn: asyncpg.Connection, layout: TableLayout) -> Dist
 
 
 async def check_distribution(
-    conn: asyncpg.Connection, layout: TableLayout, wanted: Distribution | None
+    session: Session, layout: TableLayout, wanted: Distribution | None
 ) -> Distribution | None:
     """The store's distribution, checked against the configured one; a new store (created
     by this start()) is distributed here. Returns the distribution in place."""
-    current = await distribution_of(conn, layout)
+    current = await distribution_of(session, layout)
     if wanted is None or current == wanted:
         return current
     # Processes starting at once on a new store: one distributes it, the others then find
     # it done (the lock migrations take, held for the session: each table moves in a
     # transaction of its own).
-    await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
+    await session.execute(Query("SELECT pg_advisory_lock($1)", (MIGRATION_LOCK_KEY,)))
     try:
-        return await _distribute_new(conn, layout, wanted)
+        return await _distribute_new(session, layout, wanted)
     finally:
-        await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
+        await session.execute(Query("SELECT pg_advisory_unlock($1)", (MIGRATION_LOCK_KEY,)))
 
 
 async def _distribute_new(
-    conn: asyncpg.Connection, layout: TableLayout, wanted: Distribution
+    session: Session, layout: TableLayout, wanted: Distribution
 ) -> Distribution:
-    current = await distribution_of(conn, layout)
+    current = await distribution_of(session, layout)
     if current == wanted:
         return current
-    if not await citus_installed(conn):
+    if not await citus_installed(session):
         raise MemoryConfigurationError(
             f"distribution={wanted!r} needs a Citus coordinator, and this server has no "
             "Citus extension: connect to the coordinator, or leave distribution unset",
@@ -179,19 +179,21 @@ async def _distribute_new(
             f"{wanted!r}: configure distribution={current!r}",
             field="distribution",
         )
-    if await _holds_memories(conn, layout):
+    if await _holds_memories(session, layout):
         raise MemoryConfigurationError(
             f"table {layout.schema}.{layout.table} holds memories and is not distributed: "
             f"convert it with `pepperpy-memory distribute --distribution {wanted}` (with "
             "every process using it stopped), then start again",
             field="distribution",
         )
-    await distribute(conn, layout, wanted)
+    await distribute(session, layout, wanted)
     return wanted
 
 
-async def _holds_memories(conn: asyncpg.Connection, layout: TableLayout) -> bool:
-    return bool(await conn.fetchval(f"SELECT EXISTS (SELECT 1 FROM {layout.qualified_table})"))
+async def _holds_memories(session: Session, layout: TableLayout) -> bool:
+    return bool(
+        await session.fetchval(Query(f"SELECT EXISTS (SELECT 1 FROM {layout.qualified_table})"))
+    )
 
 
 def _distribute_statement(placement: TablePlacement, colocate_with: str) -> Query:
@@ -204,7 +206,7 @@ def _distribute_statement(placement: TablePlacement, colocate_with: str) -> Quer
 
 
 async def distribute(
-    conn: asyncpg.Connection,
+    session: Session,
     layout: TableLayout,
     distribution: Distribution,
     progress: ProgressCallback | None = None,
@@ -216,7 +218,7 @@ async def distribute(
     nodes by Citus, none is rewritten. Returns the tables distributed now. ``progress``
     gets (tables done, tables in all) after each.
     """
-    if not await citus_installed(conn):
+    if not await citus_installed(session):
         raise MemoryConfigurationError(
             "this server has no Citus extension: run this against a Citus coordinator",
             field="distribution",
@@ -224,7 +226,7 @@ async def distribute(
     plan = placements(layout, distribution)
     moved = 0
     for done, placement in enumerate(plan, start=1):
-        placed = await _placement_of(conn, placement.name)
+        placed = await _placement_of(session, placement.name)
         if placed is not None:
             method, column = placed
             if (method == "n") != (placement.column is None) or (
@@ -241,22 +243,22 @@ async def distribute(
                 "default" if placement.name == layout.qualified_table else (layout.qualified_table)
             )
             statement = _distribute_statement(placement, colocate_with)
-            async with conn.transaction():
-                await conn.execute(UNSAFE_TRIGGERS)
+            async with session.transaction():
+                await session.execute(Query(UNSAFE_TRIGGERS))
                 # Citus copies the rows a table holds into its shards, and the shards'
                 # triggers would fire on them (numbering versions again, recording history
                 # twice): they are off for the copy, in this transaction only.
-                await conn.execute(f"ALTER TABLE {placement.name} DISABLE TRIGGER USER")
-                await conn.execute(statement.sql, *statement.args)
-                await conn.execute(f"ALTER TABLE {placement.name} ENABLE TRIGGER USER")
+                await session.execute(Query(f"ALTER TABLE {placement.name} DISABLE TRIGGER USER"))
+                await session.execute(statement)
+                await session.execute(Query(f"ALTER TABLE {placement.name} ENABLE TRIGGER USER"))
             logger.info("distributed %s", placement.name)
             moved += 1
         if progress is not None:
             progress(done, len(plan))
-    async with conn.transaction():
-        await conn.execute(UNSAFE_TRIGGERS)
+    async with session.transaction():
+        await session.execute(Query(UNSAFE_TRIGGERS))
         for guard in worker_guard(layout):
-            await conn.execute(guard)
+            await session.execute(Query(guard))
     return moved
 
 

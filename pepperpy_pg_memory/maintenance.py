@@ -13,13 +13,11 @@ import logging
 from dataclasses import replace
 from typing import Any
 
-import asyncpg
-
 from .database import in_one_transaction
 from .errors import MemoryConfigurationError
 from .queries import Restriction, Statements
 from .schema import TableLayout, text_search_config_exists
-from .sql import Query, send_batch
+from .sql import Query, Session, send_batch
 from .types import Identity
 
 __all__ = [
@@ -58,17 +56,17 @@ async def write_reindexed(
     statements: Statements,
     records: list[tuple[Any, ...]],
     position: Query,
-    conn: asyncpg.Connection,
+    session: Session,
 ) -> None:
     """Store re-embedded vectors and the position they reach (see backfill.save_position)."""
     # The vectors and the position move together: a crash never skips a batch.
-    async with conn.transaction():
-        await send_batch(conn, statements.set_embeddings().for_each(records))
-        await conn.execute(position.sql, *position.args)
+    async with session.transaction():
+        await send_batch(session, statements.set_embeddings().for_each(records))
+        await session.execute(position)
 
 
 async def convert_dimension(
-    old: TableLayout, new: TableLayout, timeout: float, conn: asyncpg.Connection
+    old: TableLayout, new: TableLayout, timeout: float, session: Session
 ) -> None:
     """Retype the embedding column from ``old``'s vectors to ``new``'s, dropping them all."""
     # Built while the column is empty, the index then grows with each batch.
@@ -82,19 +80,19 @@ async def convert_dimension(
             Statements(new).record_dimension(),
         ],
         timeout,
-        conn,
+        session,
     )
 
 
 async def rebuild_contextual(
-    layout: TableLayout, wanted: str, tenant: str, timeout: float, conn: asyncpg.Connection
+    layout: TableLayout, wanted: str, tenant: str, timeout: float, session: Session
 ) -> int:
     """Rebuild the full-text and trigram indexes, first switching the text search
     configuration to ``wanted`` if it differs; returns how many memories they cover."""
-    async with conn.transaction():
+    async with session.transaction():
         steps: list[Query] = []
         if layout.text_search_config != wanted:
-            if not await text_search_config_exists(conn, wanted):
+            if not await text_search_config_exists(session, wanted):
                 raise MemoryConfigurationError(
                     f"text search configuration {wanted!r} does not exist",
                     field="text_search_config",
@@ -106,9 +104,9 @@ async def rebuild_contextual(
                 Statements(switched).record_text_search_config(),
             ]
         steps += layout.reindex_text_indexes()
-        await in_one_transaction(steps, timeout, conn)
+        await in_one_transaction(steps, timeout, session)
         count = Statements(layout).count_contextual(tenant)
-        return int(await conn.fetchval(count.sql, *count.args))
+        return int(await session.fetchval(count))
 
 
 OWNERS_IN_STATS = 200
@@ -120,9 +118,7 @@ def owner_label(scope: str, scope_id: str) -> str:
     return scope if not scope_id else f"{scope}:{scope_id}"
 
 
-async def table_figures(
-    statements: Statements, tenant: str, conn: asyncpg.Connection
-) -> dict[str, Any]:
+async def table_figures(statements: Statements, tenant: str, session: Session) -> dict[str, Any]:
     """The tenant's row counts (in all, per type, for the largest owners), and on-disk sizes
     of the memory table and its indexes."""
     figures: dict[str, Any] = {}
@@ -131,20 +127,18 @@ async def table_figures(
         ("expired_not_cleaned", statements.count_expired(tenant)),
         ("passages", statements.count_passages(tenant)),
     ):
-        figures[name] = int(await conn.fetchval(query.sql, *query.args))
+        figures[name] = int(await session.fetchval(query))
     by_type = statements.counts_by_type(tenant)
-    figures["by_type"] = {
-        row["name"]: int(row["memories"]) for row in await conn.fetch(by_type.sql, *by_type.args)
-    }
+    figures["by_type"] = {row["name"]: int(row["memories"]) for row in await session.fetch(by_type)}
     by_owner = statements.counts_by_owner(tenant, OWNERS_IN_STATS)
     figures["by_owner"] = {
         owner_label(row["scope"], row["scope_id"]): int(row["memories"])
-        for row in await conn.fetch(by_owner.sql, *by_owner.args)
+        for row in await session.fetch(by_owner)
     }
     sizes_query, indexes_query = statements.table_sizes(), statements.index_sizes()
-    sizes = await conn.fetchrow(sizes_query.sql, *sizes_query.args)
+    sizes = await session.fetchrow(sizes_query)
     assert sizes is not None
-    indexes = await conn.fetch(indexes_query.sql, *indexes_query.args)
+    indexes = await session.fetch(indexes_query)
     figures["table_bytes"] = int(sizes["heap"])
     figures["total_bytes"] = int(sizes["total"])
     figures["index_bytes"] = {row["name"]: int(row["bytes"]) for row in indexes}

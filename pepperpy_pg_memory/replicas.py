@@ -40,6 +40,7 @@ from .faults import is_transient
 from .metrics import Metrics
 from .queries import Query
 from .shutdown import cancel_and_wait
+from .sql import Session
 
 __all__ = ["ReadRouter", "describe_dsn"]
 
@@ -194,10 +195,10 @@ class ReadRouter(Runner):
             await replica.database.close()
 
     # --- the store's writes ----------------------------------------------------------------
-    async def _note_write(self, conn: asyncpg.Connection) -> None:
+    async def _note_write(self, session: Session) -> None:
         """After an operation on the primary: what a later read must see is up to here."""
         try:
-            position = self._end(await conn.fetchval(PRIMARY_POSITION.sql))
+            position = self._end(await session.fetchval(PRIMARY_POSITION))
         except Exception as exc:  # noqa: BLE001 - the write itself succeeded
             # Unknown: the next read asks the primary for its position instead.
             logger.debug("could not read the primary's WAL position: %s", exc)

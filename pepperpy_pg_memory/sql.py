@@ -1,12 +1,13 @@
-"""The shapes every statement takes before it runs: :class:`Query`, and :class:`Batch` for
-one statement run once per row."""
+"""The shapes every statement takes before it runs — :class:`Query`, and :class:`Batch` for
+one statement run once per row — and :class:`Session`, the one way to run them on a
+connection of one's own."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
-__all__ = ["Query", "Batch", "send", "send_batch"]
+__all__ = ["Query", "Batch", "Session", "send", "send_batch"]
 
 
 class Query(NamedTuple):
@@ -47,3 +48,57 @@ async def send_batch(conn: Any, batch: Batch, timeout: float | None = None) -> N
     if batch.before:
         await conn.execute(batch.before)
     await conn.executemany(batch.sql, batch.rows, timeout=timeout)
+
+
+class Session:
+    """One connection's statements, run in order, each a :class:`Query` (a :class:`Batch`,
+    or rows copied into a table).
+
+    The database layer hands one to work that needs a connection of its own — a transaction,
+    a COPY, a session's locks — and closes or releases the connection after; no other module
+    holds a connection, so every statement goes through the same shapes.
+    """
+
+    __slots__ = ("_connection",)
+
+    def __init__(self, connection: Any) -> None:
+        self._connection = connection
+
+    async def execute(self, query: Query, *, timeout: float | None = None) -> str:
+        """Run ``query``; its status ("DELETE 3")."""
+        status: str = await send(self._connection, "execute", query, timeout)
+        return status
+
+    async def fetch(self, query: Query, *, timeout: float | None = None) -> list[Any]:
+        rows: list[Any] = await send(self._connection, "fetch", query, timeout)
+        return rows
+
+    async def fetchrow(self, query: Query, *, timeout: float | None = None) -> Any:
+        return await send(self._connection, "fetchrow", query, timeout)
+
+    async def fetchval(self, query: Query, *, timeout: float | None = None) -> Any:
+        return await send(self._connection, "fetchval", query, timeout)
+
+    async def execute_batch(self, batch: Batch, *, timeout: float | None = None) -> None:
+        await send_batch(self._connection, batch, timeout)
+
+    async def copy_rows(
+        self,
+        table: str,
+        records: Iterable[Sequence[Any]],
+        *,
+        columns: Sequence[str],
+        schema_name: str | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        """COPY ``records`` into ``table`` (an identifier the caller has validated)."""
+        await self._connection.copy_records_to_table(
+            table, records=records, columns=columns, schema_name=schema_name, timeout=timeout
+        )
+
+    def transaction(self, **options: Any) -> Any:
+        """asyncpg's transaction (or savepoint) context manager for this connection."""
+        return self._connection.transaction(**options)
+
+    async def close(self) -> None:
+        await self._connection.close()

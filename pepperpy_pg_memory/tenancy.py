@@ -16,6 +16,7 @@ import asyncpg
 from .errors import MemoryConfigurationError, MemoryValidationError
 from .limits import MAX_TENANT_BYTES
 from .schema import TableLayout, bind_tenant_role, grant_tenant_statements
+from .sql import Query, Session
 from .values import check_bytes
 
 __all__ = [
@@ -32,23 +33,26 @@ APPLICATION_ROLE = "pepperpy_app"
 _MAX_ROLE_BYTES = 63  # NAMEDATALEN - 1: longer names are cut, which would name another role
 
 
-async def _role(conn: asyncpg.Connection, name: str | None) -> asyncpg.Record | None:
+async def _role(session: Session, name: str | None) -> asyncpg.Record | None:
     """The role ``name`` (None: the session's) as ``role`` and, when PostgreSQL's policies do
     not restrict it, why as ``exempt`` ("a superuser", "a BYPASSRLS role"); None if there is
     no such role."""
-    return await conn.fetchrow(
-        "SELECT rolname::text AS role, CASE WHEN rolsuper THEN 'a superuser' "
-        "WHEN rolbypassrls THEN 'a BYPASSRLS role' END AS exempt FROM pg_roles "
-        "WHERE rolname = coalesce($1::name, current_user)",
-        name,
+    role: asyncpg.Record | None = await session.fetchrow(
+        Query(
+            "SELECT rolname::text AS role, CASE WHEN rolsuper THEN 'a superuser' "
+            "WHEN rolbypassrls THEN 'a BYPASSRLS role' END AS exempt FROM pg_roles "
+            "WHERE rolname = coalesce($1::name, current_user)",
+            (name,),
+        )
     )
+    return role
 
 
-async def check_row_level_security_applies(conn: asyncpg.Connection) -> None:
+async def check_row_level_security_applies(session: Session) -> None:
     """Refuse row-level security that would restrict nothing: PostgreSQL exempts superusers
     and BYPASSRLS roles from every policy, so the tenant boundary would hold only inside this
     library, not for SQL run with the same credentials."""
-    row = await _role(conn, None)
+    row = await _role(session, None)
     if row is not None and row["exempt"]:
         raise MemoryConfigurationError(
             f"row_level_security=True, but the store connects as {row['role']!r}, "
@@ -59,12 +63,14 @@ async def check_row_level_security_applies(conn: asyncpg.Connection) -> None:
         )
 
 
-async def check_binding(conn: asyncpg.Connection, layout: TableLayout, tenant: str) -> None:
+async def check_binding(session: Session, layout: TableLayout, tenant: str) -> None:
     """Refuse a store whose role is bound to another tenant than the one it is configured
     for: every row it wrote would fail the policy's check, every read would find nothing."""
-    row = await conn.fetchrow(
-        f"SELECT current_user AS role, b.tenant FROM {layout.qualified_tenant_roles} b "
-        "WHERE b.role_name = current_user"
+    row = await session.fetchrow(
+        Query(
+            f"SELECT current_user AS role, b.tenant FROM {layout.qualified_tenant_roles} b "
+            "WHERE b.role_name = current_user"
+        )
     )
     if row is not None and row["tenant"] != tenant:
         raise MemoryConfigurationError(
@@ -81,16 +87,14 @@ def _checked_role(role: str) -> str:
     return role
 
 
-async def grant_tenant(
-    layout: TableLayout, role: str, tenant: str, conn: asyncpg.Connection
-) -> None:
+async def grant_tenant(layout: TableLayout, role: str, tenant: str, session: Session) -> None:
     """Bind ``role`` to ``tenant`` and grant it what a store needs, in one transaction. Run
     by the tables' owner; the role must exist and be one that policies restrict."""
     _checked_role(role)
     if not isinstance(tenant, str) or not tenant:
         raise MemoryValidationError("tenant must be a non-empty string")
     check_bytes(tenant, MAX_TENANT_BYTES, "tenant")
-    found = await _role(conn, role)
+    found = await _role(session, role)
     if found is None:
         raise MemoryValidationError(f"role {role!r} does not exist (CREATE ROLE it first)")
     if found["exempt"]:
@@ -98,27 +102,29 @@ async def grant_tenant(
             f"role {role!r} is exempt from row-level security ({found['exempt']}): "
             "binding it to a tenant would restrict nothing"
         )
-    async with conn.transaction():
+    async with session.transaction():
         for statement in grant_tenant_statements(layout, role):
-            await conn.execute(statement)
+            await session.execute(Query(statement))
         bind = bind_tenant_role(layout, role, tenant)
-        await conn.execute(bind.sql, *bind.args)
+        await session.execute(bind)
 
 
-async def ensure_application_role(conn: asyncpg.Connection, layout: TableLayout) -> None:
+async def ensure_application_role(session: Session, layout: TableLayout) -> None:
     """On a server of our own (the embedded one), as its superuser: the ordinary role that
     stores with row-level security connect as, with the grants of a store's tables, unbound
     (it acts for the tenant its sessions set, which is each store's own)."""
-    async with conn.transaction():
+    async with session.transaction():
         # Two processes starting at once would both create the role.
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", APPLICATION_ROLE)
-        exists = await conn.fetchval(
-            "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)", APPLICATION_ROLE
+        await session.execute(
+            Query("SELECT pg_advisory_xact_lock(hashtext($1))", (APPLICATION_ROLE,))
+        )
+        exists = await session.fetchval(
+            Query("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)", (APPLICATION_ROLE,))
         )
         if not exists:
             # The embedded server admits local connections without a password.
-            await conn.execute(
-                f"CREATE ROLE {APPLICATION_ROLE} LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEROLE"
+            await session.execute(
+                Query(f"CREATE ROLE {APPLICATION_ROLE} LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEROLE")
             )
         for statement in grant_tenant_statements(layout, APPLICATION_ROLE):
-            await conn.execute(statement)
+            await session.execute(Query(statement))

@@ -25,12 +25,11 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from functools import partial
 
-import asyncpg
-
 from .database import Database
 from .queries import LIVE
 from .schema import TableLayout
 from .shutdown import cancel_and_wait
+from .sql import Query, Session
 
 __all__ = ["TermStatistics", "REFRESH_FRACTION", "Owner"]
 
@@ -61,7 +60,7 @@ def _lock_class(layout: TableLayout) -> str:
     return f"{layout.schema}.{layout.table}.term_stats"
 
 
-async def refresh(layout: TableLayout, tenant: str, conn: asyncpg.Connection) -> int | None:
+async def refresh(layout: TableLayout, tenant: str, session: Session) -> int | None:
     """Recount the tenant's statistics; returns the memories counted, or None if another
     session is recounting them right now (its figures will do)."""
     table, stats, totals = (
@@ -69,29 +68,36 @@ async def refresh(layout: TableLayout, tenant: str, conn: asyncpg.Connection) ->
         layout.qualified_term_stats,
         layout.qualified_term_totals,
     )
-    async with conn.transaction():
-        locked = await conn.fetchval(
-            "SELECT pg_try_advisory_xact_lock(hashtext($1), hashtext($2))",
-            _lock_class(layout),
-            tenant,
+    async with session.transaction():
+        locked = await session.fetchval(
+            Query(
+                "SELECT pg_try_advisory_xact_lock(hashtext($1), hashtext($2))",
+                (
+                    _lock_class(layout),
+                    tenant,
+                ),
+            )
         )
         if not locked:
             return None
         # The memory table first, as migrations lock it: taking the statistics tables first
         # could deadlock with a start() changing the table.
-        await conn.execute(f"LOCK TABLE {table} IN ACCESS SHARE MODE")
-        await conn.execute(f"DELETE FROM {stats} WHERE tenant = $1", tenant)
-        await conn.execute(
-            f"""
+        await session.execute(Query(f"LOCK TABLE {table} IN ACCESS SHARE MODE"))
+        await session.execute(Query(f"DELETE FROM {stats} WHERE tenant = $1", (tenant,)))
+        await session.execute(
+            Query(
+                f"""
             INSERT INTO {stats} (tenant, term, df)
             SELECT $1, lexeme, count(*) FROM {table} m, unnest(tsvector_to_array(m.terms)) lexeme
             WHERE m.tenant = $1 AND m.terms IS NOT NULL AND {LIVE}
             GROUP BY lexeme
             """,
-            tenant,
+                (tenant,),
+            )
         )
-        documents = await conn.fetchval(
-            f"""
+        documents = await session.fetchval(
+            Query(
+                f"""
             INSERT INTO {totals} (tenant, documents, avg_length, refreshed_at)
             SELECT $1, count(*), coalesce(avg(length(m.terms)), 0), now() FROM {table} m
             WHERE m.tenant = $1 AND m.terms IS NOT NULL AND {LIVE}
@@ -99,16 +105,19 @@ async def refresh(layout: TableLayout, tenant: str, conn: asyncpg.Connection) ->
                 avg_length = excluded.avg_length, refreshed_at = excluded.refreshed_at
             RETURNING documents
             """,
-            tenant,
+                (tenant,),
+            )
         )
         return int(documents)
 
 
-async def owners_of(layout: TableLayout, tenant: str, conn: asyncpg.Connection) -> list[Owner]:
+async def owners_of(layout: TableLayout, tenant: str, session: Session) -> list[Owner]:
     """Every owner holding memories of the tenant."""
-    rows = await conn.fetch(
-        f"SELECT DISTINCT scope, scope_id FROM {layout.qualified_table} WHERE tenant = $1",
-        tenant,
+    rows = await session.fetch(
+        Query(
+            f"SELECT DISTINCT scope, scope_id FROM {layout.qualified_table} WHERE tenant = $1",
+            (tenant,),
+        )
     )
     return [(row["scope"], row["scope_id"]) for row in rows]
 
@@ -117,7 +126,7 @@ async def refresh_owners(
     layout: TableLayout,
     tenant: str,
     owners: list[Owner],
-    conn: asyncpg.Connection,
+    session: Session,
     *,
     only_uncounted: bool = False,
 ) -> dict[Owner, int]:
@@ -133,42 +142,57 @@ async def refresh_owners(
     owned = "unnest($2::text[], $3::text[]) o(scope, scope_id)"
     figures: dict[Owner, int] = {}
     if only_uncounted:
-        rows = await conn.fetch(
-            f"""SELECT t.scope, t.scope_id, t.documents FROM {owned} JOIN {totals} t
+        rows = await session.fetch(
+            Query(
+                f"""SELECT t.scope, t.scope_id, t.documents FROM {owned} JOIN {totals} t
                 ON t.tenant = $1 AND t.scope = o.scope AND t.scope_id = o.scope_id""",
-            tenant,
-            [owner[0] for owner in owners],
-            [owner[1] for owner in owners],
+                (
+                    tenant,
+                    [owner[0] for owner in owners],
+                    [owner[1] for owner in owners],
+                ),
+            )
         )
         figures = {(row["scope"], row["scope_id"]): int(row["documents"]) for row in rows}
         owners = [owner for owner in owners if owner not in figures]
         if not owners:
             return figures
-    async with conn.transaction():
-        await conn.execute(f"LOCK TABLE {table} IN ACCESS SHARE MODE")  # see refresh()
+    async with session.transaction():
+        await session.execute(Query(f"LOCK TABLE {table} IN ACCESS SHARE MODE"))  # see refresh()
         # Two sessions recounting one owner would both insert its rows: one waits for the
         # other, then fails on the primary key. Each owner is recounted under its lock.
-        locked = await conn.fetch(
-            f"""
+        locked = await session.fetch(
+            Query(
+                f"""
             SELECT o.scope, o.scope_id FROM {owned}
             WHERE pg_try_advisory_xact_lock(
                 hashtext($4), hashtext($1 || '/' || o.scope || '/' || o.scope_id))
             """,
-            tenant,
-            [owner[0] for owner in owners],
-            [owner[1] for owner in owners],
-            _lock_class(layout),
+                (
+                    tenant,
+                    [owner[0] for owner in owners],
+                    [owner[1] for owner in owners],
+                    _lock_class(layout),
+                ),
+            )
         )
         if not locked:
             return figures
         mine = [[row["scope"] for row in locked], [row["scope_id"] for row in locked]]
         same_owner = "x.tenant = $1 AND x.scope = o.scope AND x.scope_id = o.scope_id"
         for side in (terms, totals):
-            await conn.execute(
-                f"DELETE FROM {side} x USING {owned} WHERE {same_owner}", tenant, *mine
+            await session.execute(
+                Query(
+                    f"DELETE FROM {side} x USING {owned} WHERE {same_owner}",
+                    (
+                        tenant,
+                        *mine,
+                    ),
+                )
             )
-        await conn.execute(
-            f"""
+        await session.execute(
+            Query(
+                f"""
             INSERT INTO {terms} (tenant, scope, scope_id, term, df)
             SELECT $1, m.scope, m.scope_id, lexeme, count(*)
             FROM {owned} JOIN {table} m
@@ -177,13 +201,17 @@ async def refresh_owners(
             WHERE m.terms IS NOT NULL AND {LIVE}
             GROUP BY m.scope, m.scope_id, lexeme
             """,
-            tenant,
-            *mine,
+                (
+                    tenant,
+                    *mine,
+                ),
+            )
         )
         # An owner without memories keeps no totals: it reads as never counted, and any
         # search of it finds nothing to rank.
-        counted = await conn.fetch(
-            f"""
+        counted = await session.fetch(
+            Query(
+                f"""
             INSERT INTO {totals} AS t (tenant, scope, scope_id, documents, avg_length,
                                        refreshed_at)
             SELECT $1, m.scope, m.scope_id, count(*), avg(length(m.terms)), now()
@@ -193,18 +221,21 @@ async def refresh_owners(
             GROUP BY m.scope, m.scope_id
             RETURNING t.scope, t.scope_id, t.documents
             """,
-            tenant,
-            *mine,
+                (
+                    tenant,
+                    *mine,
+                ),
+            )
         )
         figures.update({(row["scope"], row["scope_id"]): 0 for row in locked})
         figures.update({(row["scope"], row["scope_id"]): int(row["documents"]) for row in counted})
         return figures
 
 
-async def counted(layout: TableLayout, tenant: str, conn: asyncpg.Connection) -> int | None:
+async def counted(layout: TableLayout, tenant: str, session: Session) -> int | None:
     """How many memories the last refresh counted (None: never refreshed)."""
-    value = await conn.fetchval(
-        f"SELECT documents FROM {layout.qualified_term_totals} WHERE tenant = $1", tenant
+    value = await session.fetchval(
+        Query(f"SELECT documents FROM {layout.qualified_term_totals} WHERE tenant = $1", (tenant,))
     )
     return None if value is None else int(value)
 

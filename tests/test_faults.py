@@ -24,6 +24,7 @@ from pepperpy_pg_memory import (
     PostgresConfig,
     PostgresStorage,
 )
+from pepperpy_pg_memory.sql import Query
 
 pytestmark = pytest.mark.faults
 
@@ -64,7 +65,7 @@ async def test_server_restart_under_load_loses_no_acknowledged_memory(
                 sequence += 1
 
         started_at = await store.database.run(
-            "check", lambda conn: conn.fetchval("SELECT pg_postmaster_start_time()")
+            "check", lambda session: session.fetchval(Query("SELECT pg_postmaster_start_time()"))
         )
 
         async def acknowledged_beyond(count: int) -> None:
@@ -90,7 +91,7 @@ async def test_server_restart_under_load_loses_no_acknowledged_memory(
             assert stored[key].value == value, key
         # the same store object keeps working, on the restarted server
         restarted_at = await store.database.run(
-            "check", lambda conn: conn.fetchval("SELECT pg_postmaster_start_time()")
+            "check", lambda session: session.fetchval(Query("SELECT pg_postmaster_start_time()"))
         )
         assert restarted_at > started_at
         await store.store("after-restart", "fine")
@@ -214,12 +215,12 @@ async def test_cancelled_writes_and_searches_leave_no_damage(private_server: Pri
         # No cancelled statement is left running. (Background work — the BM25 statistics
         # refresh after 5,000 writes — may be active a moment: it must end, a stuck query
         # would not.)
-        check = (
+        check = Query(
             "SELECT array_agg(query) FROM pg_stat_activity WHERE application_name = "
             "'pepperpy-pg-memory' AND state = 'active' AND pid <> pg_backend_pid()"
         )
 
         async def idle() -> bool:
-            return not await store.database.run("check", lambda conn: conn.fetchval(check))
+            return not await store.database.run("check", lambda session: session.fetchval(check))
 
         await until(idle, 10, "no statement of the store still active")

@@ -19,6 +19,7 @@ from pepperpy_pg_memory import (
     PostgresStorage,
 )
 from pepperpy_pg_memory.faults import is_transient, translate
+from pepperpy_pg_memory.sql import Query, Session
 
 
 def _closed_port() -> int:
@@ -123,15 +124,15 @@ async def test_a_connection_left_mid_operation_is_replaced_and_the_work_retried(
     attempts = 0
     stray: list[asyncio.Future[Any]] = []
 
-    async def work(conn: asyncpg.Connection) -> int:
+    async def work(session: Session) -> int:
         nonlocal attempts
         attempts += 1
         if attempts == 1:
-            stray.append(asyncio.ensure_future(conn.fetchval("SELECT pg_sleep(0.3)")))
+            stray.append(asyncio.ensure_future(session.fetchval(Query("SELECT pg_sleep(0.3)"))))
             await asyncio.sleep(0)
-            async with conn.transaction():
-                await conn.execute("SELECT 1")
-        return int(await conn.fetchval("SELECT 41 + 1"))
+            async with session.transaction():
+                await session.execute(Query("SELECT 1"))
+        return int(await session.fetchval(Query("SELECT 41 + 1")))
 
     assert await storage.database.run("probe", work) == 42
     assert attempts == 2

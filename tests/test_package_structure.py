@@ -124,6 +124,16 @@ def test_the_facade_stays_thin() -> None:
     assert "operations" in siblings and len(siblings) <= 12, sorted(siblings)
 
 
+def test_only_the_database_layer_holds_connections() -> None:
+    # Every other module gets a sql.Session from it, whose statements are Query objects.
+    for path, name in _module_names().items():
+        if name in ("database", "sql"):
+            continue
+        source = path.read_text(encoding="utf-8")
+        for driver_call in ("asyncpg.Connection", "asyncpg.connect(", "asyncpg.Pool", "conn."):
+            assert driver_call not in source, (name, driver_call)
+
+
 def _extra(extras: dict[str, list[str]], name: str) -> set[str]:
     """The distributions an extra installs, its nested extras followed."""
     found: set[str] = set()

@@ -6,15 +6,13 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-import asyncpg
-
 from ..database import affected
 from ..errors import MemoryValidationError
 from ..history import Change
 from ..items import Scope
 from ..metrics import instrumented
 from ..queries import Restriction
-from ..sql import send
+from ..sql import Session, send
 from .naming import check_unambiguous, owners_of, resolve
 from .started import Started
 
@@ -100,16 +98,16 @@ async def _delete_matching(
             operation, statements.delete_many(restriction, change), timeout=timeout
         )
 
-    async def work(conn: asyncpg.Connection) -> int:
+    async def work(session: Session) -> int:
         deleted = 0
-        async with conn.transaction():
+        async with session.transaction():
             while True:
                 matching = statements.matching_owners(restriction, OWNERS_PER_PASS)
-                owners = await send(conn, "fetch", matching, timeout)
+                owners = await session.fetch(matching, timeout=timeout)
                 for owner in owners:
                     one = restriction.of_owner(owner["scope"], owner["scope_id"])
                     status = await send(
-                        conn, "execute", statements.delete_many(one, change), timeout
+                        session, "execute", statements.delete_many(one, change), timeout
                     )
                     deleted += affected(status)
                 if len(owners) < OWNERS_PER_PASS:

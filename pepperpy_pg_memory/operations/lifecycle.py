@@ -43,6 +43,7 @@ from ..schema import (
     vector_type_for,
 )
 from ..shutdown import cancel_and_wait
+from ..sql import Session
 from ..tenancy import (
     APPLICATION_ROLE,
     check_binding,
@@ -93,25 +94,25 @@ async def attach_server(config: PostgresConfig, attached: Attachments) -> str:
     if not config.is_embedded:
         return config.connection_dsn()
     server = attached.server = await acquire_embedded(config.data_dir)
-    conn = await connect(config, server.uri("postgres"))
+    session = await connect(config, server.uri("postgres"))
     try:
-        await ensure_database(conn, config.database)
+        await ensure_database(session, config.database)
     finally:
-        await conn.close()
+        await session.close()
     return server.uri(config.database)
 
 
 @contextlib.asynccontextmanager
-async def _start_connection(config: PostgresConfig, dsn: str) -> AsyncIterator[asyncpg.Connection]:
+async def _start_connection(config: PostgresConfig, dsn: str) -> AsyncIterator[Session]:
     """A connection of ``start()``'s own, outside the pool (migrations run on it), closed
     after; the server's errors as ours."""
-    conn = await connect(config, dsn)
+    session = await connect(config, dsn)
     try:
-        yield conn
+        yield session
     except asyncpg.PostgresError as exc:
         raise translate(exc, "start") from exc
     finally:
-        await conn.close()
+        await session.close()
 
 
 def wanted_layout(config: PostgresConfig, embedder: Embedder, dimension: int) -> TableLayout:
@@ -142,22 +143,22 @@ async def prepare_table(
     """
     if config.is_embedded and config.row_level_security:
         assert attached.server is not None
-        async with _start_connection(config, dsn) as conn:
-            layout = await migrate(conn, wanted, row_level_security=True)
-            await ensure_metadata_indexes(conn, layout, config.indexed_fields)
-            await ensure_application_role(conn, layout)
+        async with _start_connection(config, dsn) as session:
+            layout = await migrate(session, wanted, row_level_security=True)
+            await ensure_metadata_indexes(session, layout, config.indexed_fields)
+            await ensure_application_role(session, layout)
         dsn = attached.server.uri(config.database, role=APPLICATION_ROLE)
-    async with _start_connection(config, dsn) as conn:
+    async with _start_connection(config, dsn) as session:
         if config.row_level_security:
-            await check_row_level_security_applies(conn)
-        layout = await migrate(conn, wanted, row_level_security=config.row_level_security)
+            await check_row_level_security_applies(session)
+        layout = await migrate(session, wanted, row_level_security=config.row_level_security)
         if config.row_level_security:
-            await check_binding(conn, layout, tenant)
-        placed = await check_distribution(conn, layout, config.distribution)
+            await check_binding(session, layout, tenant)
+        placed = await check_distribution(session, layout, config.distribution)
         layout = dataclasses.replace(layout, distribution=placed)
-        for name in await ensure_metadata_indexes(conn, layout, config.indexed_fields):
+        for name in await ensure_metadata_indexes(session, layout, config.indexed_fields):
             logger.info("created metadata index %s", name)
-        vectors_in = await vector_schema(conn)
+        vectors_in = await vector_schema(session)
     if layout.text_search_config != config.text_search_config:
         logger.warning(
             "table %s.%s is indexed with text search configuration %r, not %r: run "
@@ -233,7 +234,7 @@ async def distribute(
     layout = started.layout
     await started.database.run(
         "distribute",
-        lambda conn: distribute_tables(conn, layout, distribution, progress),
+        lambda session: distribute_tables(session, layout, distribution, progress),
     )
     return dataclasses.replace(layout, distribution=distribution)
 

@@ -13,6 +13,7 @@ import asyncpg
 from ..errors import MemoryConfigurationError, MemorySchemaError
 from ..filters import FieldKind, field_type, typed_field
 from ..identifiers import qualified, quote_ident, quote_name
+from ..sql import Query, Session
 from .layout import MIGRATION_LOCK_KEY, TableLayout
 from .migrations import (
     MIGRATIONS,
@@ -32,23 +33,27 @@ from .registry import (
 logger = logging.getLogger(__name__)
 
 
-async def _migrate_registry(conn: asyncpg.Connection, schema: str) -> None:
+async def _migrate_registry(session: Session, schema: str) -> None:
     versions = qualified(schema, REGISTRY_VERSION_TABLE)
-    await conn.execute(f"CREATE TABLE IF NOT EXISTS {versions} (version integer NOT NULL)")
-    current = await conn.fetchval(f"SELECT max(version) FROM {versions}") or 0
+    await session.execute(
+        Query(f"CREATE TABLE IF NOT EXISTS {versions} (version integer NOT NULL)")
+    )
+    current = await session.fetchval(Query(f"SELECT max(version) FROM {versions}")) or 0
     for version in range(current + 1, len(REGISTRY_MIGRATIONS) + 1):
         for statement in REGISTRY_MIGRATIONS[version - 1](schema):
-            await conn.execute(statement)
+            await session.execute(Query(statement))
     if current < len(REGISTRY_MIGRATIONS):
-        await conn.execute(f"DELETE FROM {versions}")
-        await conn.execute(f"INSERT INTO {versions} VALUES ($1)", len(REGISTRY_MIGRATIONS))
+        await session.execute(Query(f"DELETE FROM {versions}"))
+        await session.execute(
+            Query(f"INSERT INTO {versions} VALUES ($1)", (len(REGISTRY_MIGRATIONS),))
+        )
 
 
-async def _ensure_extensions(conn: asyncpg.Connection) -> None:
+async def _ensure_extensions(session: Session) -> None:
     for extension, purpose in (("vector", "pgvector"), ("pg_trgm", "pg_trgm")):
         try:
             # Under the advisory lock: concurrent CREATE EXTENSION calls race otherwise.
-            await conn.execute(f"CREATE EXTENSION IF NOT EXISTS {extension}")
+            await session.execute(Query(f"CREATE EXTENSION IF NOT EXISTS {extension}"))
         except asyncpg.InsufficientPrivilegeError as exc:
             raise MemoryConfigurationError(
                 f"the {purpose} extension is not enabled in this database and this user may not "
@@ -68,31 +73,37 @@ async def _ensure_extensions(conn: asyncpg.Connection) -> None:
             raise
 
 
-async def text_search_config_exists(conn: asyncpg.Connection, name: str) -> bool:
+async def text_search_config_exists(session: Session, name: str) -> bool:
     """Whether the server has the text search configuration ``name`` (checked before any DDL
     interpolates it)."""
     return bool(
-        await conn.fetchval("SELECT EXISTS (SELECT 1 FROM pg_ts_config WHERE cfgname = $1)", name)
-    )
-
-
-async def vector_schema(conn: asyncpg.Connection) -> str:
-    """The schema pgvector's types live in (its codecs are registered from there)."""
-    return str(
-        await conn.fetchval(
-            "SELECT n.nspname FROM pg_extension e JOIN pg_namespace n "
-            "ON n.oid = e.extnamespace WHERE e.extname = 'vector'"
+        await session.fetchval(
+            Query("SELECT EXISTS (SELECT 1 FROM pg_ts_config WHERE cfgname = $1)", (name,))
         )
     )
 
 
-async def ensure_database(conn: asyncpg.Connection, name: str) -> None:
+async def vector_schema(session: Session) -> str:
+    """The schema pgvector's types live in (its codecs are registered from there)."""
+    return str(
+        await session.fetchval(
+            Query(
+                "SELECT n.nspname FROM pg_extension e JOIN pg_namespace n "
+                "ON n.oid = e.extnamespace WHERE e.extname = 'vector'"
+            )
+        )
+    )
+
+
+async def ensure_database(session: Session, name: str) -> None:
     """Create the database ``name`` unless it exists (another process may race us to it)."""
-    if await conn.fetchval("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)", name):
+    if await session.fetchval(
+        Query("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)", (name,))
+    ):
         return
     try:
         # CREATE DATABASE takes no parameters: the name is quoted instead.
-        await conn.execute(f"CREATE DATABASE {quote_name(name)}")
+        await session.execute(Query(f"CREATE DATABASE {quote_name(name)}"))
     except asyncpg.DuplicateDatabaseError:
         pass  # another process created it first
 
@@ -110,7 +121,7 @@ def metadata_statistics_name(layout: TableLayout, path: tuple[str, ...]) -> str:
 
 
 async def ensure_metadata_indexes(
-    conn: asyncpg.Connection,
+    session: Session,
     layout: TableLayout,
     fields: tuple[tuple[tuple[str, ...], FieldKind], ...],
 ) -> list[str]:
@@ -126,99 +137,121 @@ async def ensure_metadata_indexes(
         return []
     registry = qualified(layout.schema, METADATA_INDEXES)
     created: list[str] = []
-    async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_KEY)
+    async with session.transaction():
+        await session.execute(Query("SELECT pg_advisory_xact_lock($1)", (MIGRATION_LOCK_KEY,)))
         for path, kind in fields:
             name = metadata_index_name(layout, path, kind)
-            recorded = await conn.fetchval(
-                f"SELECT EXISTS (SELECT 1 FROM {registry} WHERE table_name = $1 "
-                "AND path = $2 AND kind = $3)",
-                layout.table,
-                list(path),
-                kind,
+            recorded = await session.fetchval(
+                Query(
+                    f"SELECT EXISTS (SELECT 1 FROM {registry} WHERE table_name = $1 "
+                    "AND path = $2 AND kind = $3)",
+                    (
+                        layout.table,
+                        list(path),
+                        kind,
+                    ),
+                )
             )
             if recorded:
                 continue
             expression = typed_field("metadata", path, kind)
-            await conn.execute(
-                f"CREATE INDEX IF NOT EXISTS {quote_ident(name)} "
-                f"ON {layout.qualified_table} ({expression})"
+            await session.execute(
+                Query(
+                    f"CREATE INDEX IF NOT EXISTS {quote_ident(name)} "
+                    f"ON {layout.qualified_table} ({expression})"
+                )
             )
             # Range filters test the value's type too; without statistics on it the planner
             # guesses 0.5% of rows pass and reads half the table through the index.
             statistics = qualified(layout.schema, metadata_statistics_name(layout, path))
-            await conn.execute(
-                f"CREATE STATISTICS IF NOT EXISTS {statistics} "
-                f"ON ({field_type('metadata', path)}) FROM {layout.qualified_table}"
+            await session.execute(
+                Query(
+                    f"CREATE STATISTICS IF NOT EXISTS {statistics} "
+                    f"ON ({field_type('metadata', path)}) FROM {layout.qualified_table}"
+                )
             )
-            await conn.execute(
-                f"INSERT INTO {registry} (table_name, path, kind, index_name) "
-                "VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-                layout.table,
-                list(path),
-                kind,
-                name,
+            await session.execute(
+                Query(
+                    f"INSERT INTO {registry} (table_name, path, kind, index_name) "
+                    "VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                    (
+                        layout.table,
+                        list(path),
+                        kind,
+                        name,
+                    ),
+                )
             )
             created.append(name)
         if created:
-            await conn.execute(f"ANALYZE {layout.qualified_table}")
+            await session.execute(Query(f"ANALYZE {layout.qualified_table}"))
     return created
 
 
 async def migrate(
-    conn: asyncpg.Connection, wanted: TableLayout, *, row_level_security: bool = False
+    session: Session, wanted: TableLayout, *, row_level_security: bool = False
 ) -> TableLayout:
     """Create or upgrade the table described by ``wanted``; return its recorded layout.
 
     The recorded dimension and text search configuration win over ``wanted`` for an existing
     table: changing them is a reindex, not a migration.
     """
-    async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_KEY)
-        owner = await _owner_if_not_ours(conn, wanted)
+    async with session.transaction():
+        await session.execute(Query("SELECT pg_advisory_xact_lock($1)", (MIGRATION_LOCK_KEY,)))
+        owner = await _owner_if_not_ours(session, wanted)
         if owner is not None:
-            return await _recorded_layout(conn, wanted, owner, row_level_security)
-        await _ensure_extensions(conn)
-        await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(wanted.schema)}")
-        await conn.execute(registry_statement(wanted.schema))
-        await _migrate_registry(conn, wanted.schema)
-        if not await text_search_config_exists(conn, wanted.text_search_config):
+            return await _recorded_layout(session, wanted, owner, row_level_security)
+        await _ensure_extensions(session)
+        await session.execute(Query(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(wanted.schema)}"))
+        await session.execute(Query(registry_statement(wanted.schema)))
+        await _migrate_registry(session, wanted.schema)
+        if not await text_search_config_exists(session, wanted.text_search_config):
             raise MemoryConfigurationError(
                 f"text search configuration {wanted.text_search_config!r} does not exist on the "
                 "server (see \\dF in psql for the available ones)",
                 field="text_search_config",
             )
-        row = await conn.fetchrow(
-            f"SELECT schema_version, dimension, vector_type, text_search_config, embedder, "
-            f"distance FROM {wanted.registry} WHERE table_name = $1 FOR UPDATE",
-            wanted.table,
+        row = await session.fetchrow(
+            Query(
+                f"SELECT schema_version, dimension, vector_type, text_search_config, embedder, "
+                f"distance FROM {wanted.registry} WHERE table_name = $1 FOR UPDATE",
+                (wanted.table,),
+            )
         )
         if row is None:
-            if await _exists(conn, f"{wanted.schema}.{wanted.table}"):
+            if await _exists(session, f"{wanted.schema}.{wanted.table}"):
                 raise MemorySchemaError(
                     f"table {wanted.schema}.{wanted.table} exists but was not created by "
                     "pepperpy-pg-memory; choose another `table` or drop it"
                 )
             layout = wanted
-            await conn.execute(
-                f"INSERT INTO {wanted.registry} (table_name, schema_version, dimension, "
-                "vector_type, text_search_config, embedder, distance) "
-                "VALUES ($1, 0, $2, $3, $4, $5, $6)",
-                wanted.table,
-                wanted.dimension,
-                wanted.vector_type,
-                wanted.text_search_config,
-                wanted.embedder,
-                wanted.distance,
+            await session.execute(
+                Query(
+                    f"INSERT INTO {wanted.registry} (table_name, schema_version, dimension, "
+                    "vector_type, text_search_config, embedder, distance) "
+                    "VALUES ($1, 0, $2, $3, $4, $5, $6)",
+                    (
+                        wanted.table,
+                        wanted.dimension,
+                        wanted.vector_type,
+                        wanted.text_search_config,
+                        wanted.embedder,
+                        wanted.distance,
+                    ),
+                )
             )
         else:
             layout = _layout_from(row, wanted)
             if layout.embedder is None and wanted.embedder is not None:
                 # A table from before identities were recorded adopts the current model.
-                await conn.execute(
-                    f"UPDATE {wanted.registry} SET embedder = $2 WHERE table_name = $1",
-                    wanted.table,
-                    wanted.embedder,
+                await session.execute(
+                    Query(
+                        f"UPDATE {wanted.registry} SET embedder = $2 WHERE table_name = $1",
+                        (
+                            wanted.table,
+                            wanted.embedder,
+                        ),
+                    )
                 )
                 layout = replace(layout, embedder=wanted.embedder)
         if layout.version > SCHEMA_VERSION:
@@ -226,45 +259,53 @@ async def migrate(
                 f"table {wanted.schema}.{wanted.table} has schema version {layout.version}, "
                 f"newer than this library's {SCHEMA_VERSION}: upgrade pepperpy-pg-memory"
             )
-        if layout.version < SCHEMA_VERSION and await _citus_installed(conn):
+        if layout.version < SCHEMA_VERSION and await _citus_installed(session):
             # A migration that (re)creates a trigger on a distributed table: Citus creates it
             # on the shards only when told it is safe there (ours touch rows of the same
             # memory, co-located). In this transaction only.
-            await conn.execute("SET LOCAL citus.enable_unsafe_triggers = on")
+            await session.execute(Query("SET LOCAL citus.enable_unsafe_triggers = on"))
         for version in range(layout.version + 1, SCHEMA_VERSION + 1):
             logger.info("applying migration %d to %s.%s", version, layout.schema, layout.table)
             for statement in MIGRATIONS[version - 1](layout):
-                await conn.execute(statement)
+                await session.execute(Query(statement))
         # Restores a vector index an interrupted bulk reindex dropped. Asked of the catalog
         # first: CREATE INDEX IF NOT EXISTS locks the table against writes before it looks,
         # and holding the first table's lock while queueing for the second's deadlocked with
         # other processes' writes.
-        if layout.version >= 1 and not await _exists(conn, layout.qualified_index("embedding_idx")):
-            await conn.execute(layout.hnsw_index_statement())
+        if layout.version >= 1 and not await _exists(
+            session, layout.qualified_index("embedding_idx")
+        ):
+            await session.execute(Query(layout.hnsw_index_statement()))
         passages_index = layout.qualified_passages_index
-        if layout.version >= PASSAGES_VERSION and not await _exists(conn, passages_index):
-            await conn.execute(layout.passages_hnsw_statement())
+        if layout.version >= PASSAGES_VERSION and not await _exists(session, passages_index):
+            await session.execute(Query(layout.passages_hnsw_statement()))
         if layout.version < SCHEMA_VERSION:
-            await conn.execute(
-                f"UPDATE {wanted.registry} SET schema_version = $2, updated_at = now() "
-                "WHERE table_name = $1",
-                wanted.table,
-                SCHEMA_VERSION,
+            await session.execute(
+                Query(
+                    f"UPDATE {wanted.registry} SET schema_version = $2, updated_at = now() "
+                    "WHERE table_name = $1",
+                    (
+                        wanted.table,
+                        SCHEMA_VERSION,
+                    ),
+                )
             )
             layout = replace(layout, version=SCHEMA_VERSION)
-        if row_level_security and not await _row_level_security_in_place(conn, layout):
+        if row_level_security and not await _row_level_security_in_place(session, layout):
             for statement in row_level_security_statements(layout):
-                await conn.execute(statement)
+                await session.execute(Query(statement))
         return layout
 
 
-async def _exists(conn: asyncpg.Connection, relation: str) -> bool:
-    return bool(await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", relation))
+async def _exists(session: Session, relation: str) -> bool:
+    return bool(await session.fetchval(Query("SELECT to_regclass($1) IS NOT NULL", (relation,))))
 
 
-async def _citus_installed(conn: asyncpg.Connection) -> bool:
+async def _citus_installed(session: Session) -> bool:
     return bool(
-        await conn.fetchval("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')")
+        await session.fetchval(
+            Query("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')")
+        )
     )
 
 
@@ -296,24 +337,29 @@ def _same_distance(recorded: str, wanted: TableLayout) -> str:
     return recorded
 
 
-async def _owner_if_not_ours(conn: asyncpg.Connection, wanted: TableLayout) -> str | None:
+async def _owner_if_not_ours(session: Session, wanted: TableLayout) -> str | None:
     """The role owning the table, if it exists and the session's role cannot act as it."""
-    return await conn.fetchval(  # type: ignore[no-any-return]
-        "SELECT pg_get_userbyid(c.relowner) FROM pg_class c WHERE c.oid = to_regclass($1) "
-        "AND NOT pg_has_role(current_user, c.relowner, 'USAGE')",
-        wanted.qualified_table,
+    owner: str | None = await session.fetchval(
+        Query(
+            "SELECT pg_get_userbyid(c.relowner) FROM pg_class c WHERE c.oid = to_regclass($1) "
+            "AND NOT pg_has_role(current_user, c.relowner, 'USAGE')",
+            (wanted.qualified_table,),
+        )
     )
+    return owner
 
 
 async def _recorded_layout(
-    conn: asyncpg.Connection, wanted: TableLayout, owner: str, row_level_security: bool
+    session: Session, wanted: TableLayout, owner: str, row_level_security: bool
 ) -> TableLayout:
     """The layout of a table another role owns (a tenant's role, say): such a role may use the
     table but not change it, so the table must be as this release wants it."""
-    row = await conn.fetchrow(
-        f"SELECT schema_version, dimension, vector_type, text_search_config, embedder, "
-        f"distance FROM {wanted.registry} WHERE table_name = $1",
-        wanted.table,
+    row = await session.fetchrow(
+        Query(
+            f"SELECT schema_version, dimension, vector_type, text_search_config, embedder, "
+            f"distance FROM {wanted.registry} WHERE table_name = $1",
+            (wanted.table,),
+        )
     )
     if row is None or row["schema_version"] != SCHEMA_VERSION:
         found = "no" if row is None else row["schema_version"]
@@ -323,7 +369,7 @@ async def _recorded_layout(
             "role first (it applies the migrations)"
         )
     layout = _layout_from(row, wanted)
-    if row_level_security and not await _row_level_security_in_place(conn, layout):
+    if row_level_security and not await _row_level_security_in_place(session, layout):
         raise MemoryConfigurationError(
             f"row_level_security=True, but table {wanted.schema}.{wanted.table} has no "
             f"row-level security of this release: start a store with row_level_security=True "
@@ -333,7 +379,7 @@ async def _recorded_layout(
     return layout
 
 
-async def _row_level_security_in_place(conn: asyncpg.Connection, layout: TableLayout) -> bool:
+async def _row_level_security_in_place(session: Session, layout: TableLayout) -> bool:
     """Whether every table of ``layout`` already has forced row-level security and our policy.
 
     The statements take an exclusive lock on each table; run at every start they would queue
@@ -341,14 +387,18 @@ async def _row_level_security_in_place(conn: asyncpg.Connection, layout: TableLa
     changes the policy must give it a new name.)
     """
     tables = [f"{layout.schema}.{name}" for name in tenant_tables(layout)]
-    in_place = await conn.fetchval(
-        """
+    in_place = await session.fetchval(
+        Query(
+            """
         SELECT count(*) FROM pg_class c
         WHERE c.oid = ANY(SELECT to_regclass(t) FROM unnest($1::text[]) t)
           AND c.relrowsecurity AND c.relforcerowsecurity
           AND EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = c.oid AND p.polname = $2)
         """,
-        tables,
-        f"{layout.table}_{TENANT_POLICY}",
+            (
+                tables,
+                f"{layout.table}_{TENANT_POLICY}",
+            ),
+        )
     )
     return bool(in_place == len(tables))
