@@ -22,7 +22,7 @@ from .history import Change
 from .items import PendingWrite
 from .queries import Statements
 from .schema import OWNER_LOCK_CLASS
-from .sql import Query, Session, send_batch
+from .sql import Query, Session
 from .types import MANAGED_FIELD, Identity
 
 __all__ = ["BatchDeduplication", "lock_owners", "reinforce"]
@@ -41,7 +41,7 @@ async def lock_owners(tenant: str, identities: Iterable[Identity], session: Sess
     :data:`~.schema.OWNER_LOCK_CLASS`), taken in one order by every caller so that two
     batches never deadlock."""
     owners = sorted({_owner_name(tenant, identity) for identity in identities})
-    await send_batch(session, _LOCK_OWNER.for_each((OWNER_LOCK_CLASS, owner) for owner in owners))
+    await session.execute_batch(_LOCK_OWNER.for_each((OWNER_LOCK_CLASS, owner) for owner in owners))
 
 
 async def reinforce(

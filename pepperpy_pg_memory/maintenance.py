@@ -17,7 +17,7 @@ from .database import in_one_transaction
 from .errors import MemoryConfigurationError
 from .queries import Restriction, Statements
 from .schema import TableLayout, text_search_config_exists
-from .sql import Query, Session, send_batch
+from .sql import Query, Session
 from .types import Identity
 
 __all__ = [
@@ -61,7 +61,7 @@ async def write_reindexed(
     """Store re-embedded vectors and the position they reach (see backfill.save_position)."""
     # The vectors and the position move together: a crash never skips a batch.
     async with session.transaction():
-        await send_batch(session, statements.set_embeddings().for_each(records))
+        await session.execute_batch(statements.set_embeddings().for_each(records))
         await session.execute(position)
 
 

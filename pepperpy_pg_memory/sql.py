@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
-__all__ = ["Query", "Batch", "Session", "send", "send_batch"]
+__all__ = ["Query", "Batch", "Session"]
 
 
 class Query(NamedTuple):
@@ -35,7 +35,7 @@ class Batch(NamedTuple):
     """As :attr:`Query.before`: run once, first."""
 
 
-async def send(conn: Any, method: str, query: Query, timeout: float | None = None) -> Any:
+async def _send(conn: Any, method: str, query: Query, timeout: float | None = None) -> Any:
     """Run ``query`` on ``conn`` by its ``method`` (``fetch``, ``fetchrow``, ``fetchval``,
     ``execute``), after what it needs run :attr:`~Query.before` it."""
     if query.before:
@@ -43,7 +43,7 @@ async def send(conn: Any, method: str, query: Query, timeout: float | None = Non
     return await getattr(conn, method)(query.sql, *query.args, timeout=timeout)
 
 
-async def send_batch(conn: Any, batch: Batch, timeout: float | None = None) -> None:
+async def _send_batch(conn: Any, batch: Batch, timeout: float | None = None) -> None:
     """Run ``batch`` on ``conn``, after what it needs run :attr:`~Batch.before` it."""
     if batch.before:
         await conn.execute(batch.before)
@@ -66,21 +66,21 @@ class Session:
 
     async def execute(self, query: Query, *, timeout: float | None = None) -> str:
         """Run ``query``; its status ("DELETE 3")."""
-        status: str = await send(self._connection, "execute", query, timeout)
+        status: str = await _send(self._connection, "execute", query, timeout)
         return status
 
     async def fetch(self, query: Query, *, timeout: float | None = None) -> list[Any]:
-        rows: list[Any] = await send(self._connection, "fetch", query, timeout)
+        rows: list[Any] = await _send(self._connection, "fetch", query, timeout)
         return rows
 
     async def fetchrow(self, query: Query, *, timeout: float | None = None) -> Any:
-        return await send(self._connection, "fetchrow", query, timeout)
+        return await _send(self._connection, "fetchrow", query, timeout)
 
     async def fetchval(self, query: Query, *, timeout: float | None = None) -> Any:
-        return await send(self._connection, "fetchval", query, timeout)
+        return await _send(self._connection, "fetchval", query, timeout)
 
     async def execute_batch(self, batch: Batch, *, timeout: float | None = None) -> None:
-        await send_batch(self._connection, batch, timeout)
+        await _send_batch(self._connection, batch, timeout)
 
     async def copy_rows(
         self,

@@ -103,7 +103,7 @@ async def test_calls_queued_while_no_batch_starts_time_out_and_never_run() -> No
     elapsed = asyncio.get_running_loop().time() - started
     assert all(isinstance(o, MemoryTimeoutError) for o in waiting), waiting
     assert "waited 0.2s and no earlier call finished" in str(waiting[0])
-    assert elapsed < 1.0
+    assert elapsed < 10  # not held until the first batch ends (it never would: see below)
     run.release.set()
     assert await first == 2
     await coalescer.drain()

@@ -12,7 +12,7 @@ from ..history import Change
 from ..items import Scope
 from ..metrics import instrumented
 from ..queries import Restriction
-from ..sql import Session, send
+from ..sql import Session
 from .naming import check_unambiguous, owners_of, resolve
 from .started import Started
 
@@ -106,8 +106,8 @@ async def _delete_matching(
                 owners = await session.fetch(matching, timeout=timeout)
                 for owner in owners:
                     one = restriction.of_owner(owner["scope"], owner["scope_id"])
-                    status = await send(
-                        session, "execute", statements.delete_many(one, change), timeout
+                    status = await session.execute(
+                        statements.delete_many(one, change), timeout=timeout
                     )
                     deleted += affected(status)
                 if len(owners) < OWNERS_PER_PASS:
