@@ -40,6 +40,8 @@ __all__ = [
     "own_text",
     "turn_own_text",
     "turn_words",
+    "asks",
+    "QUESTION_TURN_WEIGHT",
     "relative_dates",
     "turns_of",
 ]
@@ -149,6 +151,21 @@ def turn_own_text(content: str, place: Any) -> str | None:
         return None
     speaker, start, end = words
     return own_text(speaker, content[start:end])
+
+
+QUESTION_TURN_WEIGHT = 0.5
+"""The share of its score a turn that asks a question keeps in a search: it holds the words of
+the questions put to the memory ("How's the job going?" for "what is her job now?") and
+seldom their answer, which is in the turns around it."""
+
+_QUESTION_MARKS = ("?", "？")
+
+
+def asks(content: str, place: Any) -> bool:
+    """Whether a stored turn (its indexed text and its place) is a question; False for a row
+    that is not a turn."""
+    words = turn_words(place)
+    return words is not None and content[words[1] : words[2]].rstrip().endswith(_QUESTION_MARKS)
 
 
 def blend(own: np.ndarray, context: np.ndarray, weight: float = CONTEXT_WEIGHT) -> np.ndarray:

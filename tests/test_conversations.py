@@ -134,6 +134,39 @@ async def test_a_short_reply_is_found_by_the_words_of_its_context(
     assert dated[0].entry.key == "t1" and dated[0].score > dated[1].score
 
 
+async def test_a_turn_that_asks_scores_below_the_answer_after_it(
+    storage: PostgresStorage[str, Any],
+) -> None:
+    # "How's the job going?" holds a question's words; the reply after it holds the answer.
+    turns = [
+        Turn(id="q", speaker="Ana", text="How's the job going?", at=FRIDAY),
+        Turn(id="a", speaker="Bruno", text="I quit! I'm an analyst at Brightline.", at=FRIDAY),
+        Turn(id="x", speaker="Ana", text="Good for you.", at=FRIDAY),
+    ]  # fmt: skip
+    await storage.store_conversation("s1", turns, **ANA)
+    await storage.refresh_term_statistics()
+    question = "how is Bruno's job going"
+    for mode in (MemoryIndex.SEMANTIC, MemoryIndex.CONTEXTUAL, MemoryIndex.HYBRID):
+        found = await storage.search(MemoryQuery(query=question, index_type=mode, limit=3, **ANA))
+        keys = [result.entry.key for result in found]
+        assert keys.index("a") < keys.index("q"), (mode, keys)
+        scores = [result.score for result in found]
+        assert scores == sorted(scores, reverse=True)
+        # Pages agree with the whole list.
+        pages = [
+            await storage.search(
+                MemoryQuery(query=question, index_type=mode, limit=1, offset=offset, **ANA)
+            )
+            for offset in range(3)
+        ]
+        assert [page[0].entry.key for page in pages] == keys
+    # A ranking weighs memories itself, and newest-first stays newest first.
+    newest = await storage.search(
+        MemoryQuery(query="job", index_type=MemoryIndex.TEMPORAL, limit=3, **ANA)
+    )
+    assert all(result.score > 0 for result in newest)
+
+
 async def test_turns_can_be_filtered_by_session_and_moment(
     storage: PostgresStorage[str, Any],
 ) -> None:

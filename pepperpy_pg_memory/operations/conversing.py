@@ -162,6 +162,7 @@ async def turn_items(
         placed.append(index)
     indexed = [indexed_text(session, index) for index in placed]
     texts = [text for text, _ in indexed]
+    started.state.turns_seen = True  # searches weigh turns that ask (see search.search)
     items: builtins.list[dict[str, Any]] = []
     for turn, index, (text, start) in zip(given, placed, indexed, strict=True):
         stored = session[index]

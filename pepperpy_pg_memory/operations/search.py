@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
+from ..conversations import CONVERSATION_FIELD, QUESTION_TURN_WEIGHT, asks
 from ..errors import MemoryIndexError, MemoryNotFoundError
 from ..items import Scope
 from ..metrics import instrumented
@@ -25,7 +26,6 @@ from ..sql import Query
 from ..types import Identity, MemoryIndex
 from ..vectors import Vector
 from .naming import resolve
-from .rows import identity_of
 from .started import Started
 
 __all__ = ["SEARCH_MODES", "SearchMode", "SearchRequest", "search", "similar", "vector_rows"]
@@ -61,6 +61,9 @@ class SearchMode:
     """It ranks by BM25: the owner's term statistics must exist (see TermStatistics)."""
     cosine_scores: bool
     """Its scores are cosine similarities (a ranking then reads them as such)."""
+    by_relevance: bool
+    """It orders by how well a memory matches (not by time): conversation turns that ask
+    questions score less (see :func:`_answers_first`)."""
     build: Callable[[SearchStatements, SearchRequest], Statement]
     fetch: Fetch
 
@@ -140,10 +143,10 @@ def _temporal(searches: SearchStatements, request: SearchRequest) -> Statement:
 
 
 SEARCH_MODES: dict[MemoryIndex, SearchMode] = {
-    MemoryIndex.SEMANTIC: SearchMode(True, False, True, _semantic, _fetch_vectors),
-    MemoryIndex.HYBRID: SearchMode(True, True, False, _hybrid, _fetch_vectors),
-    MemoryIndex.CONTEXTUAL: SearchMode(False, True, False, _contextual, _fetch_words),
-    MemoryIndex.TEMPORAL: SearchMode(False, True, False, _temporal, _fetch_words),
+    MemoryIndex.SEMANTIC: SearchMode(True, False, True, True, _semantic, _fetch_vectors),
+    MemoryIndex.HYBRID: SearchMode(True, True, False, True, _hybrid, _fetch_vectors),
+    MemoryIndex.CONTEXTUAL: SearchMode(False, True, False, True, _contextual, _fetch_words),
+    MemoryIndex.TEMPORAL: SearchMode(False, True, False, False, _temporal, _fetch_words),
 }
 
 
@@ -177,11 +180,17 @@ async def search(started: Started[V], query: MemoryQuery) -> builtins.list[Memor
     )
     wanted = Page(query.limit, query.offset, query.min_score)
     ranking = query.ranking
-    # With a ranking, the index finds four times the page and the database weighs them.
+    mode = SEARCH_MODES[query.index_type]
+    weighs_questions = ranking is None and mode.by_relevance
+    spare = weighs_questions and started.state.turns_seen
     page = wanted
     if ranking is not None:
+        # The index finds four times the page and the database weighs them.
         page = Page(min(4 * (query.limit + query.offset), RANKED_CANDIDATES), 0, None)
-    mode = SEARCH_MODES[query.index_type]
+    elif spare:
+        # Conversation turns that ask questions score less: a few spare candidates can
+        # take their places.
+        page = Page(query.limit + query.offset + SPARE_CANDIDATES, 0, query.min_score)
     if mode.weighs_terms:
         started.term_stats.note_search(restriction.owner)
     vector = await query_vector(started, query) if mode.needs_vector else None
@@ -193,10 +202,48 @@ async def search(started: Started[V], query: MemoryQuery) -> builtins.list[Memor
             return searches.ranked(unranked(passages), ranking, mode.cosine_scores, wanted)
 
     rows = await mode.fetch(started, statement, as_of)
-    if as_of is None:
-        started.access.note(identity_of(row) for row in rows)
     index, embedding = query.index_type, query.include_embedding
-    return [started.rows.result(row, index, embedding=embedding) for row in rows]
+    results = [started.rows.result(row, index, embedding=embedding) for row in rows]
+    if weighs_questions:
+        results = _answers_first(started, results, query.min_score)
+    if spare:
+        results = results[query.offset : query.offset + query.limit]
+    if as_of is None:
+        started.access.note(_identity(result) for result in results)
+    return results
+
+
+SPARE_CANDIDATES = 10
+"""How many more candidates than the page a search fetches once the store holds turns."""
+
+
+def _answers_first(
+    started: Started[V], results: builtins.list[MemorySearchResult[V]], min_score: float | None
+) -> builtins.list[MemorySearchResult[V]]:
+    """``results`` with the conversation turns that ask questions scored
+    :data:`~..conversations.QUESTION_TURN_WEIGHT` of their score, best first, at least
+    ``min_score``."""
+    weighed = False
+    for position, result in enumerate(results):
+        place = result.entry.metadata.get(CONVERSATION_FIELD)
+        if place is None:
+            continue
+        started.state.turns_seen = True
+        if asks(result.entry.text, place) and result.score > 0:
+            results[position] = result.model_copy(
+                update={"score": result.score * QUESTION_TURN_WEIGHT}
+            )
+            weighed = True
+    if weighed:
+        results.sort(key=lambda result: -result.score)  # stable: ties keep their order
+        if min_score is not None:
+            results = [result for result in results if result.score >= min_score]
+    return results
+
+
+def _identity(result: MemorySearchResult[Any]) -> Identity:
+    entry = result.entry
+    return Identity(entry.scope.value, entry.scope_id, entry.key)
 
 
 @instrumented("similar")

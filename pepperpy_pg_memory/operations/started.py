@@ -39,6 +39,11 @@ class SearchState:
     """Whether any memory has passages: once true, vector searches look at them (see
     :func:`.search.vector_rows`)."""
 
+    turns_seen: bool = False
+    """Whether a conversation's turns were written or found: once true, searches fetch a
+    few more candidates, so that turns asking questions can yield their places (see
+    :func:`.search.search`)."""
+
 
 @dataclass(frozen=True)
 class Services:
