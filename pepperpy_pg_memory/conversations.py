@@ -41,6 +41,7 @@ __all__ = [
     "turn_own_text",
     "turn_words",
     "asks",
+    "relevance_weight",
     "QUESTION_TURN_WEIGHT",
     "relative_dates",
     "turns_of",
@@ -166,6 +167,13 @@ def asks(content: str, place: Any) -> bool:
     that is not a turn."""
     words = turn_words(place)
     return words is not None and content[words[1] : words[2]].rstrip().endswith(_QUESTION_MARKS)
+
+
+def relevance_weight(entry: Any) -> float:
+    """The share of its relevance score a memory keeps: :data:`QUESTION_TURN_WEIGHT` for a
+    conversation turn that asks a question, 1 for anything else."""
+    place = entry.metadata.get(CONVERSATION_FIELD)
+    return QUESTION_TURN_WEIGHT if place is not None and asks(entry.text, place) else 1.0
 
 
 def blend(own: np.ndarray, context: np.ndarray, weight: float = CONTEXT_WEIGHT) -> np.ndarray:

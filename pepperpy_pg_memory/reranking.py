@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from .conversations import relevance_weight
 from .errors import MemoryValidationError
 from .models import MemorySearchResult
 from .onnx_embedder import OnnxEmbedder
@@ -60,7 +61,9 @@ class LateInteractionReranker:
     ) -> list[MemorySearchResult[V]]:
         """``results`` best first by their MaxSim to ``question`` (the first ``limit``);
         each result's ``score`` becomes that MaxSim, in [-1, 1], and its first-stage score
-        stays in ``relevance_score``. Ties keep the search's order."""
+        stays in ``relevance_score``. Ties keep the search's order. A conversation turn that
+        asks a question keeps half its MaxSim, as in the search (see
+        :func:`~pepperpy_pg_memory.conversations.relevance_weight`)."""
         if not isinstance(question, str) or not question.strip():
             raise MemoryValidationError("the question to re-rank by must be a non-empty str")
         if limit is not None and limit < 1:
@@ -70,6 +73,9 @@ class LateInteractionReranker:
         texts = [question, *(result.entry.text for result in results)]
         vectors = await asyncio.to_thread(self.embedder.token_vectors, texts)
         scores = [maxsim(vectors[0], document) for document in vectors[1:]]
+        for i, result in enumerate(results):
+            if scores[i] > 0:
+                scores[i] *= relevance_weight(result.entry)
         order = sorted(range(len(results)), key=lambda i: -scores[i])
         chosen = order if limit is None else order[:limit]
         reranked: list[MemorySearchResult[V]] = []

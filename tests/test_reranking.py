@@ -60,3 +60,33 @@ async def test_reranking_nothing_or_a_bad_question() -> None:
         await reranker.rerank("  ", [])
     with pytest.raises(MemoryValidationError):
         await reranker.rerank("q", [], limit=0)
+
+
+@pytest.mark.model
+async def test_a_turn_that_asks_keeps_half_its_maxsim(make_config: Any) -> None:
+    from datetime import date
+
+    from pepperpy_pg_memory import Turn
+
+    embedder = OnnxEmbedder()
+    day = date(2023, 5, 11)
+    async with PostgresStorage[str, Any](make_config(), embedder) as store:
+        await store.store_conversation(
+            "s1",
+            [
+                Turn(id="q", speaker="Ana", text="How's the job going?", at=day),
+                Turn(id="a", speaker="Bruno", text="I quit! I'm a nurse now.", at=day),
+            ],
+            **ANA,
+        )
+        question = "How is Bruno's job going?"
+        hits = await store.search(
+            MemoryQuery(query=question, index_type=MemoryIndex.HYBRID, limit=2, **ANA)
+        )
+        reranker = LateInteractionReranker(embedder)
+        reranked = {hit.entry.key: hit.score for hit in await reranker.rerank(question, hits)}
+        texts = [question, *(hit.entry.text for hit in hits)]
+        vectors = embedder.token_vectors(texts)
+    plain = {hit.entry.key: maxsim(vectors[0], vectors[i + 1]) for i, hit in enumerate(hits)}
+    assert reranked["q"] == pytest.approx(plain["q"] / 2, rel=1e-5)
+    assert reranked["a"] == pytest.approx(plain["a"], rel=1e-5)

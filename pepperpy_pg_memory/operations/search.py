@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from ..conversations import CONVERSATION_FIELD, QUESTION_TURN_WEIGHT, asks
+from ..conversations import CONVERSATION_FIELD, relevance_weight
 from ..errors import MemoryIndexError, MemoryNotFoundError
 from ..items import Scope
 from ..metrics import instrumented
@@ -220,19 +220,18 @@ SPARE_CANDIDATES = 10
 def _answers_first(
     started: Started[V], results: builtins.list[MemorySearchResult[V]], min_score: float | None
 ) -> builtins.list[MemorySearchResult[V]]:
-    """``results`` with the conversation turns that ask questions scored
-    :data:`~..conversations.QUESTION_TURN_WEIGHT` of their score, best first, at least
+    """``results`` with each conversation turn's score weighed (a turn that asks a question
+    keeps half: see :func:`~..conversations.relevance_weight`), best first, at least
     ``min_score``."""
     weighed = False
     for position, result in enumerate(results):
-        place = result.entry.metadata.get(CONVERSATION_FIELD)
-        if place is None:
+        entry = result.entry
+        if CONVERSATION_FIELD not in entry.metadata:
             continue
         started.state.turns_seen = True
-        if asks(result.entry.text, place) and result.score > 0:
-            results[position] = result.model_copy(
-                update={"score": result.score * QUESTION_TURN_WEIGHT}
-            )
+        weight = relevance_weight(entry)
+        if weight != 1.0 and result.score > 0:
+            results[position] = result.model_copy(update={"score": result.score * weight})
             weighed = True
     if weighed:
         results.sort(key=lambda result: -result.score)  # stable: ties keep their order
