@@ -70,15 +70,17 @@ async def test_server_restart_under_load_loses_no_acknowledged_memory(
 
         async def acknowledged_beyond(count: int) -> None:
             # Progress, not a fixed sleep: a slow or busy machine only makes this take longer.
-            while len(acknowledged) <= count:
-                await asyncio.sleep(0.05)
+            async def beyond() -> bool:
+                return len(acknowledged) > count
+
+            await until(beyond, 60, f"more than {count} writes acknowledged")
 
         writers = [asyncio.create_task(writer(n)) for n in range(24)]
-        await asyncio.wait_for(acknowledged_beyond(24), timeout=60)
+        await acknowledged_beyond(24)
         before = len(acknowledged)
         await asyncio.to_thread(private_server.restart, mode)
         # writes go on after the restart
-        await asyncio.wait_for(acknowledged_beyond(len(acknowledged) + 24), timeout=60)
+        await acknowledged_beyond(len(acknowledged) + 24)
         stop.set()
         await asyncio.gather(*writers)
 
