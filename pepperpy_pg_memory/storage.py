@@ -304,6 +304,7 @@ class PostgresStorage(Generic[K, V]):
                 backfilling=True,  # until start() has looked
                 reads=self.reads,
                 value_type=self._value_type or declared_value_type(self, PostgresStorage),
+                text_of=self.text_of,  # as set now: callers may replace it before start()
                 embedder_identity=self._identity,
             )
         else:

@@ -158,6 +158,7 @@ class Started(Generic[V]):
         backfilling: bool,
         reads: Runner,
         value_type: Any,
+        text_of: Callable[[Any], str],
         embedder_identity: str,
     ) -> Started[V]:
         """The context of a store that has just started on ``layout``."""
@@ -173,7 +174,7 @@ class Started(Generic[V]):
             access=services.access,
             rows=RowMapper(value_type),
             metrics=services.metrics,
-            text_of=services.text_of,
+            text_of=text_of,
             embedder_identity=embedder_identity,
         )
 
