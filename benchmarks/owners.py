@@ -243,6 +243,35 @@ async def _measure(args: argparse.Namespace) -> dict[str, Any]:
             name = "recall_at_10" if mode == MemoryIndex.SEMANTIC else "agreement_at_10"
             quality[f"{group}_{mode.value}_{name}"] = found / len(batch)
         plans = {"small": await _plan(shared, sampled[0]), "big": await _plan(shared, big)}
+        log("the big owner's own vector index (PostgresStorage.index_owner)")
+        begun = time.perf_counter()
+        await shared.index_owner(MemoryScope.USER, big.name)
+        owner_index: dict[str, Any] = {"build_seconds": time.perf_counter() - begun}
+        for mode in (MemoryIndex.SEMANTIC, MemoryIndex.HYBRID):
+            batch = batches[("big", mode)]
+            for _, query in batch[:5]:
+                await shared.search(query)
+            rounds = [
+                await search_p50((shared, query) for _, query in batch) for _ in range(args.rounds)
+            ]
+            found = 0.0
+            for owner, query in batch:
+                got = {hit.entry.key for hit in await shared.search(query)}
+                if mode == MemoryIndex.SEMANTIC:
+                    assert query.embedding is not None
+                    expected = owner.exact(np.asarray(query.embedding, dtype=np.float32))
+                else:
+                    expected = {hit.entry.key for hit in await alone[owner.name].search(query)}
+                found += len(got & expected) / max(1, len(expected))
+            alone_ms = statistics.median(p50[f"big_{mode.value}_alone"])
+            owner_index[mode.value] = {
+                "p50_ms": statistics.median(rounds),
+                "ratio_over_alone": statistics.median(rounds) / alone_ms,
+                "recall_or_agreement_at_10": found / len(batch),
+            }
+        owner_index["plan"] = await _plan(shared, big)
+        # The later phases measure the table as before.
+        await shared.drop_owner_index(MemoryScope.USER, big.name)
         log("expiring 15% and closing 15% of those owners' memories; the same searches again")
         retired = await _retire(shared, (*sampled, big), rng)
         after: dict[str, list[float]] = {}
@@ -284,6 +313,7 @@ async def _measure(args: argparse.Namespace) -> dict[str, Any]:
         "ratio_shared_over_alone": ratios,
         "quality": quality,
         "plans": plans,
+        "big_owner_with_its_own_index": owner_index,
         "after_retiring_30_percent": {
             "memories_retired": retired,
             "p50_ms_per_round": after,

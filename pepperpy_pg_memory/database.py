@@ -225,6 +225,7 @@ class Database(Runner):
         self.metrics = metrics
         self._pool: asyncpg.Pool | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._dsn = ""  # where the pool connects, once open (for run_alone)
         self.after_write: Callable[[Session], Awaitable[None]] | None = None
         """Run on the connection after every operation that may have written (with read
         replicas: to note the WAL position reads must wait for)."""
@@ -287,6 +288,7 @@ class Database(Runner):
             return pool
 
         self._loop = asyncio.get_running_loop()
+        self._dsn = dsn
         self._pool = await retrying(config, "open pool", create)
 
     async def close(self) -> None:
@@ -318,6 +320,22 @@ class Database(Runner):
         async with session.transaction():
             await session.execute(Query(self.transaction_settings))
             return await work(session)
+
+    async def run_alone(self, operation: str, work: Work[T]) -> T:
+        """Run ``work`` on a connection of its own, outside the pool and outside any
+        transaction (for statements that may not run in one, such as CREATE INDEX
+        CONCURRENTLY), closed after; transient faults are retried like everything else."""
+        self.check_loop(operation)
+        dsn = self._dsn
+
+        async def attempt() -> T:
+            session = await connect(self.config, dsn)
+            try:
+                return await work(session)
+            finally:
+                await session.close()
+
+        return await retrying(self.config, operation, attempt)
 
     async def run(self, operation: str, work: Work[T], *, visible_to_reads: bool = True) -> T:
         """Run ``work`` on a pooled connection, retrying transient faults.

@@ -51,3 +51,12 @@ def name_literal(name: str) -> str:
     registry's ``table_name`` in DDL, where no bind parameter can go)."""
     quote_ident(name)  # the pattern admits no quote and no backslash
     return f"'{name}'"
+
+
+def text_literal(value: str) -> str:
+    """Any text as a SQL string literal, its quotes doubled, for DDL where no bind parameter
+    can go (a partial index's predicate). Valid only under ``standard_conforming_strings``
+    (PostgreSQL's default), which whoever runs it checks in the same session."""
+    if "\x00" in value:
+        raise MemoryValidationError("a SQL literal cannot hold a NUL character")
+    return "'" + value.replace("'", "''") + "'"

@@ -1133,6 +1133,18 @@ class PostgresStorage(Generic[K, V]):
             self._ready, index, batch_size, resume, progress, self._use_layout
         )
 
+    async def index_owner(self, scope: MemoryScope | str, scope_id: str | None = None) -> bool:
+        """Give one owner's memories a vector index of their own, built without blocking
+        writes (idempotent; True once it is there and valid): its semantic and hybrid
+        searches then walk it instead of the table's, finding a large owner's nearest
+        memories as a table of its own would (see docs/scaling.md). Needs the table's owner
+        role; costs what an HNSW index of that owner's memories costs on disk and in writes."""
+        return await upkeep.index_owner(self._ready, scope, scope_id)
+
+    async def drop_owner_index(self, scope: MemoryScope | str, scope_id: str | None = None) -> bool:
+        """Drop the index :meth:`index_owner` built for that owner; whether there was one."""
+        return await upkeep.index_owner(self._ready, scope, scope_id, drop=True)
+
     async def stats(self) -> dict[str, Any]:
         """Figures for monitoring (the design document's list).
 

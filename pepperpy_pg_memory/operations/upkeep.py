@@ -12,14 +12,15 @@ from typing import Any, TypeVar
 
 from .. import backfill, maintenance
 from ..consolidation import SOURCES_FIELD, Consolidation, ConsolidationReport, Summarizer
-from ..errors import MemoryValidationError
+from ..errors import MemoryConfigurationError, MemoryValidationError
 from ..history import Change, check_note
-from ..items import as_enum
+from ..items import Scope, as_enum
 from ..metrics import instrumented
 from ..models import MemoryEntry
 from ..queries import Restriction
 from ..replicas import ReadRouter
 from ..schema import TableLayout, vector_type_for
+from ..sql import Query, Session
 from ..types import Identity, MemoryIndex, MemoryType, ProgressCallback
 from . import conversing
 from .rows import identity_of
@@ -29,6 +30,7 @@ from .writing import write_one
 __all__ = [
     "Relayout",
     "cleanup_expired",
+    "index_owner",
     "reindex",
     "reindex_semantic",
     "reindex_contextual",
@@ -196,6 +198,39 @@ async def trim_history(started: Started[Any]) -> None:
         await started.database.execute(
             "cleanup_expired", trim, timeout=started.config.maintenance_timeout
         )
+
+
+@instrumented("index_owner")
+async def index_owner(
+    started: Started[Any], scope: Scope, scope_id: str | None, *, drop: bool = False
+) -> bool:
+    """Build (or, with ``drop``, drop) the vector index of one owner's memories; whether the
+    index is there and valid afterwards (with ``drop``: whether there was one)."""
+    owner = started.restriction(scope, scope_id).owner
+    if owner is None:
+        raise MemoryValidationError("an owner's index needs its scope (and scope_id)")
+    layout, named = started.layout, (started.tenant, *owner)
+    timeout = started.config.maintenance_timeout
+
+    async def work(session: Session) -> bool:
+        # The predicate's literals are written for standard_conforming_strings.
+        literal_rules = await session.fetchval(CONFORMING_STRINGS)
+        if literal_rules != "on":
+            raise MemoryConfigurationError(
+                "an owner's index needs standard_conforming_strings = on (the default)"
+            )
+        state = await session.fetchval(layout.owner_index_valid(*named))
+        if drop or state is False:  # False: an interrupted build left it invalid
+            await session.execute(layout.drop_owner_index(*named), timeout=timeout)
+            if drop:
+                return state is not None
+        await session.execute(layout.owner_index_statement(*named), timeout=timeout)
+        return bool(await session.fetchval(layout.owner_index_valid(*named)))
+
+    return await started.database.run_alone("index_owner", work)
+
+
+CONFORMING_STRINGS = Query("SELECT current_setting('standard_conforming_strings')")
 
 
 async def reindex(

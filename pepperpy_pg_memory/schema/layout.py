@@ -5,10 +5,11 @@ that added terms or history, the settings a statement sets to speak to the trigg
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 from ..errors import MemoryConfigurationError
-from ..identifiers import qualified, quote_ident
+from ..identifiers import qualified, quote_ident, text_literal
 from ..sql import Query
 
 REGISTRY = "pepperpy_memory_tables"
@@ -219,6 +220,38 @@ class TableLayout:
             f"CREATE INDEX IF NOT EXISTS {self.index_name('embedding_idx')} "
             f"ON {self.qualified_table} USING hnsw (embedding {self.vector_ops}) "
             f"WITH (m = {int(self.hnsw_m)}, ef_construction = {int(self.hnsw_ef_construction)})"
+        )
+
+    # --- an owner's own vector index ------------------------------------------------------
+    def owner_index_name(self, tenant: str, scope: str, scope_id: str) -> str:
+        """The name of the vector index of one owner's memories (a digest of the owner: any
+        owner id, whatever its characters, names a valid identifier)."""
+        owner = "\x00".join((tenant, scope, scope_id)).encode()
+        return f"{self.table}_own_{hashlib.sha256(owner).hexdigest()[:12]}"
+
+    def owner_index_statement(self, tenant: str, scope: str, scope_id: str) -> Query:
+        """Build the HNSW index of one owner's memories, without blocking writes: a search
+        within that owner (planned for its values) walks it instead of the table's, so a
+        large owner's nearest memories are found as in a table of its own."""
+        return Query(
+            f"CREATE INDEX CONCURRENTLY IF NOT EXISTS "
+            f"{quote_ident(self.owner_index_name(tenant, scope, scope_id))} "
+            f"ON {self.qualified_table} USING hnsw (embedding {self.vector_ops}) "
+            f"WITH (m = {int(self.hnsw_m)}, ef_construction = {int(self.hnsw_ef_construction)}) "
+            f"WHERE tenant = {text_literal(tenant)} AND scope = {text_literal(scope)} "
+            f"AND scope_id = {text_literal(scope_id)}"
+        )
+
+    def drop_owner_index(self, tenant: str, scope: str, scope_id: str) -> Query:
+        name = qualified(self.schema, self.owner_index_name(tenant, scope, scope_id))
+        return Query(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
+
+    def owner_index_valid(self, tenant: str, scope: str, scope_id: str) -> Query:
+        """Whether the owner's index exists and is valid (None: it does not exist; False: a
+        build was interrupted and left it invalid)."""
+        return Query(
+            "SELECT i.indisvalid FROM pg_index i WHERE i.indexrelid = to_regclass($1)",
+            [f"{self.schema}.{self.owner_index_name(tenant, scope, scope_id)}"],
         )
 
     @property
