@@ -614,6 +614,26 @@ async def _cleanup(args: argparse.Namespace) -> int:
     return await _with_storage(args, work)
 
 
+async def _index_owner(args: argparse.Namespace) -> int:
+    async def work(storage: PostgresStorage[str, Any]) -> int:
+        if args.scope is None:
+            raise MemoryValidationError("index-owner needs --scope (and --scope-id)")
+        owner = f"{args.scope}:{args.scope_id}" if args.scope_id else args.scope
+        if args.drop:
+            had = await storage.drop_owner_index(args.scope, args.scope_id)
+            said = f"dropped the index of {owner}" if had else f"{owner} had no index"
+        else:
+            had = await storage.index_owner(args.scope, args.scope_id)
+            said = f"{owner} has its own vector index"
+        if args.json:
+            _print_json({"owner": owner, "dropped" if args.drop else "indexed": had})
+        else:
+            print(said, file=sys.stderr)
+        return 0
+
+    return await _with_storage(args, work)
+
+
 async def _grant_tenant(args: argparse.Namespace) -> int:
     from .storage import PostgresStorage
 
@@ -941,14 +961,22 @@ def _parser() -> argparse.ArgumentParser:
         default=os.environ.get("PEPPERPY_UI_TOKEN"),
         help="required on every request (open /?token=...; default: $PEPPERPY_UI_TOKEN)",
     )
+    index_owner = command(
+        "index-owner",
+        _index_owner,
+        "give one large owner a vector index of its own (built without blocking writes), "
+        "so that its semantic searches find what a table of its own would",
+        owner,
+    )
+    index_owner.add_argument("--drop", action="store_true", help="drop that owner's index")
     command("cleanup", _cleanup, "delete expired memories")
     command("stats", _stats, "counts, sizes, pool, latency and error figures")
     return parser
 
 
 def _announce_model_preparation() -> None:
-    """The first use of the model exports it (about half a minute): say so, and how long it
-    took, rather than sit silent."""
+    """The first use of the model builds its ONNX graph (a few seconds): say so, and how long
+    it took, rather than sit silent."""
     announcer = logging.getLogger("pepperpy_pg_memory.onnx_embedder")
     if announcer.level in (logging.NOTSET, logging.WARNING, logging.ERROR):
         handler = logging.StreamHandler(sys.stderr)

@@ -59,6 +59,7 @@ def test_every_command_has_help() -> None:
         "mcp",
         "ui",
         "cleanup",
+        "index-owner",
         "stats",
     ):
         assert command in top.stdout
@@ -401,3 +402,18 @@ def test_stats_read_as_text_one_figure_a_line() -> None:
         "  long_term              5",
         "by_owner: -",
     ]
+
+
+def test_index_owner_builds_and_drops_one_owners_index(target: list[str]) -> None:
+    ana = ["--scope", "user", "--scope-id", "ana"]
+    assert _cli("store", "k", "a note about tea", *ana, *target).returncode == 0
+    built = _cli("index-owner", "--json", *ana, *target)
+    assert built.returncode == 0, built.stderr
+    assert json.loads(built.stdout) == {"owner": "user:ana", "indexed": True}
+    dropped = _cli("index-owner", "--drop", *ana, *target)
+    assert dropped.returncode == 0 and "dropped the index of user:ana" in dropped.stderr
+    again = _cli("index-owner", "--drop", "--json", *ana, *target)
+    assert json.loads(again.stdout) == {"owner": "user:ana", "dropped": False}
+    nobody = _cli("index-owner", *target)
+    assert nobody.returncode != 0 and "needs --scope" in nobody.stderr
+    assert "Traceback" not in nobody.stderr
