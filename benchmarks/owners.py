@@ -164,6 +164,26 @@ async def _plan(store: PostgresStorage[str, Any], owner: _Owner) -> list[str]:
     return [re.sub(r"'\[[^]]*\]'", "'[…]'", row[0]) for row in rows if "Scan" in row[0]]
 
 
+async def _quality(
+    shared: PostgresStorage[str, Any],
+    alone: dict[str, PostgresStorage[str, Any]],
+    mode: MemoryIndex,
+    batch: list[tuple[_Owner, MemoryQuery]],
+) -> float:
+    """The share of each search's expected ten the shared table returns: for SEMANTIC the
+    exact nearest (recall), otherwise what the owner's own table returns (agreement)."""
+    found = 0.0
+    for owner, query in batch:
+        got = {hit.entry.key for hit in await shared.search(query)}
+        if mode == MemoryIndex.SEMANTIC:
+            assert query.embedding is not None
+            expected = owner.exact(np.asarray(query.embedding, dtype=np.float32))
+        else:
+            expected = {hit.entry.key for hit in await alone[owner.name].search(query)}
+        found += len(got & expected) / max(1, len(expected))
+    return found / len(batch)
+
+
 async def _measure(args: argparse.Namespace) -> dict[str, Any]:
     rng = np.random.default_rng(17)
     log(f"making {args.owners} owners of {args.per_owner} and one of {args.big}")
@@ -231,17 +251,8 @@ async def _measure(args: argparse.Namespace) -> dict[str, Any]:
         log("recall against exact search, agreement with the owner's own table")
         quality: dict[str, float] = {}
         for (group, mode), batch in batches.items():
-            found = 0
-            for owner, query in batch:
-                got = {hit.entry.key for hit in await shared.search(query)}
-                if mode == MemoryIndex.SEMANTIC:
-                    assert query.embedding is not None
-                    expected = owner.exact(np.asarray(query.embedding, dtype=np.float32))
-                else:
-                    expected = {hit.entry.key for hit in await alone[owner.name].search(query)}
-                found += len(got & expected) / max(1, len(expected))
             name = "recall_at_10" if mode == MemoryIndex.SEMANTIC else "agreement_at_10"
-            quality[f"{group}_{mode.value}_{name}"] = found / len(batch)
+            quality[f"{group}_{mode.value}_{name}"] = await _quality(shared, alone, mode, batch)
         plans = {"small": await _plan(shared, sampled[0]), "big": await _plan(shared, big)}
         log("the big owner's own vector index (PostgresStorage.index_owner)")
         begun = time.perf_counter()
@@ -254,20 +265,11 @@ async def _measure(args: argparse.Namespace) -> dict[str, Any]:
             rounds = [
                 await search_p50((shared, query) for _, query in batch) for _ in range(args.rounds)
             ]
-            found = 0.0
-            for owner, query in batch:
-                got = {hit.entry.key for hit in await shared.search(query)}
-                if mode == MemoryIndex.SEMANTIC:
-                    assert query.embedding is not None
-                    expected = owner.exact(np.asarray(query.embedding, dtype=np.float32))
-                else:
-                    expected = {hit.entry.key for hit in await alone[owner.name].search(query)}
-                found += len(got & expected) / max(1, len(expected))
             alone_ms = statistics.median(p50[f"big_{mode.value}_alone"])
             owner_index[mode.value] = {
                 "p50_ms": statistics.median(rounds),
                 "ratio_over_alone": statistics.median(rounds) / alone_ms,
-                "recall_or_agreement_at_10": found / len(batch),
+                "recall_or_agreement_at_10": await _quality(shared, alone, mode, batch),
             }
         owner_index["plan"] = await _plan(shared, big)
         # The later phases measure the table as before.
