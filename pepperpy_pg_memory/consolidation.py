@@ -28,7 +28,15 @@ from .models import ConsolidationReport
 from .queries import Restriction, Statements, pinned_condition, select_entry
 from .schema import TableLayout, dedupe_identifiers_function, normalized_function, same_memory
 from .sql import Query, Session
-from .types import MANAGED_FIELD, Identity, MemoryScope, MemoryType, ProgressCallback, Summarizer
+from .types import (
+    DOCUMENT_FIELD,
+    MANAGED_FIELD,
+    Identity,
+    MemoryScope,
+    MemoryType,
+    ProgressCallback,
+    Summarizer,
+)
 
 __all__ = [
     "ConsolidationReport",
@@ -114,6 +122,8 @@ class ConsolidationStatements:
         ]
         if not managed:
             conditions.append(f"NOT {alias}.metadata ? '{MANAGED_FIELD}'")
+        # A document's id must always name it: never merged, whatever include_managed says.
+        conditions.append(f"NOT {alias}.metadata ? '{DOCUMENT_FIELD}'")
         if merging:
             conditions.append(f"NOT {alias}.metadata ? '{SOURCES_FIELD}'")
         return " AND ".join(conditions)

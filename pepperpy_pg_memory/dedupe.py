@@ -19,11 +19,11 @@ import numpy as np
 
 from .access import record_accesses
 from .history import Change
-from .items import PendingWrite
+from .items import PendingWrite, verbatim
 from .queries import Statements
 from .schema import OWNER_LOCK_CLASS
 from .sql import Query, Session
-from .types import MANAGED_FIELD, Identity
+from .types import Identity
 
 __all__ = ["BatchDeduplication", "lock_owners", "reinforce"]
 
@@ -117,8 +117,8 @@ class BatchDeduplication:
         duplicates: dict[Identity, Identity] = {}
         for write in self.writes:
             row = found[write.identity]
-            if MANAGED_FIELD in write.metadata:
-                continue  # an adapter's record is kept verbatim, and repeats nothing
+            if verbatim(write.metadata):
+                continue  # an adapter's record or document is kept verbatim, and repeats nothing
             original = None
             if row["duplicate_key"] is not None:
                 candidate = write.identity._replace(key=row["duplicate_key"])

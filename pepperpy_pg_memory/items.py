@@ -21,6 +21,7 @@ from .history import Change
 from .limits import MAX_SCOPE_ID_BYTES
 from .queries import STAGING_COLUMNS, Restriction
 from .types import (
+    DOCUMENT_FIELD,
     MANAGED_FIELD,
     STORABLE_INDICES,
     TTL,
@@ -49,6 +50,7 @@ __all__ = [
     "Vector",
     "as_enum",
     "aware_moment",
+    "verbatim",
     "index_set",
     "item_fields",
     "owner",
@@ -178,6 +180,12 @@ def item_fields(item: Any, position: int) -> dict[str, Any]:
     if "key" not in item or "value" not in item:
         raise MemoryValidationError(f"item {position}: needs both 'key' and 'value'")
     return dict(item)
+
+
+def verbatim(metadata: Mapping[str, Any]) -> bool:
+    """Whether a memory is kept as its adapter wrote it (a record or a document): nothing is
+    folded into it as a duplicate, and it is never folded into another."""
+    return MANAGED_FIELD in metadata or DOCUMENT_FIELD in metadata
 
 
 def aware_moment(value: datetime | None, name: str) -> datetime | None:
@@ -318,6 +326,7 @@ def prepare_write(
     passages: Sequence[str] | None = None,
     importance: float = DEFAULT_IMPORTANCE,
     managed_by: str | None = None,
+    document_of: str | None = None,
 ) -> PendingWrite:
     """One write, checked: every rule a memory must meet before anything is sent.
 
@@ -365,6 +374,15 @@ def prepare_write(
         if not isinstance(managed_by, str) or not managed_by:
             raise MemoryValidationError("managed_by must be a non-empty str")
         json_metadata = {**json_metadata, MANAGED_FIELD: managed_by}
+    if DOCUMENT_FIELD in json_metadata and json_metadata[DOCUMENT_FIELD] != document_of:
+        # The marker keeps a memory out of deduplication and consolidation.
+        raise MemoryValidationError(
+            f"metadata of {key!r}: {DOCUMENT_FIELD!r} is reserved for the adapters' documents"
+        )
+    if document_of is not None:
+        if not isinstance(document_of, str) or not document_of:
+            raise MemoryValidationError("document_of must be a non-empty str")
+        json_metadata = {**json_metadata, DOCUMENT_FIELD: document_of}
     indexed = text_of(value) if text is None else text
     if not isinstance(indexed, str):
         raise MemoryValidationError(

@@ -38,7 +38,15 @@ from .schema import (
     terms_function,
 )
 from .sql import Query
-from .types import MANAGED_FIELD, ArrayPattern, Identity, ListOrder, MemoryScope, MemoryType
+from .types import (
+    DOCUMENT_FIELD,
+    MANAGED_FIELD,
+    ArrayPattern,
+    Identity,
+    ListOrder,
+    MemoryScope,
+    MemoryType,
+)
 
 __all__ = [
     "Query",
@@ -1123,7 +1131,8 @@ class Statements:
         owner = (
             f"m.tenant = {write['tenant']} AND m.scope = {write['scope']} "
             f"AND m.scope_id = {write['scope_id']} AND m.key <> {write['key']} "
-            f"AND {LIVE} AND NOT {_CLOSED_NOW} AND NOT m.metadata ? '{MANAGED_FIELD}'"
+            f"AND {LIVE} AND NOT {_CLOSED_NOW} AND NOT m.metadata ? '{MANAGED_FIELD}' "
+            f"AND NOT m.metadata ? '{DOCUMENT_FIELD}'"
         )
         found = [
             f"""(SELECT m.key, 1.0::float8 AS similarity FROM {self.table} m

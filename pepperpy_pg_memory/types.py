@@ -15,6 +15,7 @@ __all__ = [
     "Identity",
     "ProgressCallback",
     "MANAGED_FIELD",
+    "DOCUMENT_FIELD",
     "CONVERSATION_RECORDS",
     "TTL",
     "Scope",
@@ -33,6 +34,13 @@ MANAGED_FIELD = "pepperpy_managed"
 LangGraph item), its value naming the adapter. Such rows are what their framework wrote,
 verbatim: a write is never folded into them as a duplicate, and consolidation and the
 per-owner quota leave them alone (a repeated "yes" stays in the transcript)."""
+
+DOCUMENT_FIELD = "pepperpy_document"
+"""The metadata field that marks a document an adapter keeps under the id its framework
+gave it (a LangChain vector store's), its value naming the adapter. Unlike ``MANAGED_FIELD``
+records, documents are the owner's knowledge: they count toward the per-owner quota (and,
+being long-term, are never evicted); but an id must always name its document, so nothing is
+ever folded into one as a duplicate and consolidation never merges one."""
 
 CONVERSATION_RECORDS = "conversation"
 """The ``MANAGED_FIELD`` value of the turns ``store_conversation`` writes."""
@@ -157,6 +165,10 @@ class MemoryItem(_RequiredItem, total=False):
     """Texts embedded one by one beside the memory's own (see ``store``)."""
     importance: float
     """In [0, 1]; 0.5 when not given."""
+    document_of: str
+    """For adapters only: the adapter whose document this is (kept in metadata under
+    ``DOCUMENT_FIELD``, which callers' own metadata may not name): counted by the quota, never
+    folded into or merged."""
     managed_by: str
     """For adapters only: the adapter whose record this is (kept in metadata under
     ``MANAGED_FIELD``, which callers' own metadata may not name). Such records are read back

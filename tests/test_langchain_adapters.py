@@ -476,3 +476,39 @@ def test_scores_are_the_tables_own_distance(make_config: Any, distance: str) -> 
         assert 1 >= relevant[0][1] > relevant[1][1] >= 0
     finally:
         store.close()
+
+
+def test_a_document_id_always_names_its_document(make_config: Any) -> None:
+    # Issue 34: consolidation folded a document into a core memory, and get_by_ids lost it.
+    from pepperpy_pg_memory import MemoryQuotaError, MemoryValidationError
+    from pepperpy_pg_memory.types import DOCUMENT_FIELD
+
+    store = PepperpyVectorStore.create(
+        make_config(max_memories_per_owner=3), WordEmbeddings(), scope=MemoryScope.USER,
+        scope_id="ana",
+    )  # fmt: skip
+    ana = {"scope": MemoryScope.USER, "scope_id": "ana"}
+    text = "Ana is allergic to peanuts"
+    try:
+        (doc,) = store.add_texts([text], [{"source": "notes"}])
+        core = store._handle.call(lambda s: s.store("ana-allergy", text, importance=0.9, **ana))
+        assert not core.deduplicated  # a document is never what a write folds into
+        folded = store._handle.call(lambda s: s.store("again", text, dedupe=True, **ana))
+        assert folded.key == "ana-allergy" and folded.deduplicated
+        report = store._handle.call(lambda s: s.consolidate(include_managed=True, **ana))
+        assert doc not in report.merged and doc not in report.merged_into.values()
+        assert store.get_by_ids([doc]) == [
+            Document(page_content=text, metadata={"source": "notes"}, id=doc)
+        ]
+        # Documents count toward the owner's quota, and being long-term are never evicted.
+        store.add_texts(["Ana takes the 7:40 train"])
+        with pytest.raises(MemoryQuotaError):
+            store.add_texts(["Ana's third note"])
+        assert len(store.get_by_ids([doc])) == 1
+        # The marker is the adapter's alone.
+        with pytest.raises(MemoryValidationError, match=DOCUMENT_FIELD):
+            store._handle.call(
+                lambda s: s.store("x", "y", metadata={DOCUMENT_FIELD: "mine"}, **ana)
+            )
+    finally:
+        store.close()

@@ -28,17 +28,25 @@ from pepperpy_pg_memory import (
     Ranking,
 )
 from pepperpy_pg_memory.runner import BackgroundStorage
+from pepperpy_pg_memory.types import DOCUMENT_FIELD
 
 from .embeddings import EmbedderEmbeddings
 
 __all__ = ["PepperpyVectorStore", "PepperpyVectorStoreRetriever"]
 
 
+DOCUMENTS = "langchain-vectorstore"
+"""The ``document_of`` of the documents this store writes: an id always names its document
+(never folded into another memory, never merged by consolidation), and it counts toward the
+owner's quota like the owner's own memories."""
+
+
 def document_of(entry: MemoryEntry[Any], **extra: Any) -> Document:
     """A memory as a LangChain Document: its value if a string (else its indexed text), its
-    metadata (with ``extra`` fields added), its key as the id."""
+    metadata (without the store's own marker, with ``extra`` fields added), its key as the id."""
     content = entry.value if isinstance(entry.value, str) else entry.text
-    return Document(page_content=content, metadata={**entry.metadata, **extra}, id=entry.key)
+    metadata = {name: value for name, value in entry.metadata.items() if name != DOCUMENT_FIELD}
+    return Document(page_content=content, metadata={**metadata, **extra}, id=entry.key)
 
 
 def _relevance(distance: float) -> float:
@@ -180,6 +188,7 @@ class PepperpyVectorStore(VectorStore):
                 "value": text,
                 "metadata": dict(metadatas[position] or {}) if metadatas else {},
                 "type": self.memory_type,
+                "document_of": DOCUMENTS,
                 **self._owner(),
             }
             if embeddings is not None:

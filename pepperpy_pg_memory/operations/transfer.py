@@ -24,7 +24,7 @@ from ..items import STORE_DEFAULTS, PendingWrite, Scope, owner
 from ..models import MemoryEntry
 from ..schema import IMPORTING_SETTING
 from ..sql import Query
-from ..types import MANAGED_FIELD, Identity, MemoryIndex, ProgressCallback
+from ..types import DOCUMENT_FIELD, MANAGED_FIELD, Identity, MemoryIndex, ProgressCallback
 from ..values import EncodedJSON, encode_json, to_json_value
 from ..vectors import content_hash
 from . import writing
@@ -155,6 +155,7 @@ def prepare_restored(started: Started[V], restored: backup.Restored) -> PendingW
     write = started.prepare(
         **{**STORE_DEFAULTS, **restored.fields},
         managed_by=(restored.fields.get("metadata") or {}).get(MANAGED_FIELD),
+        document_of=(restored.fields.get("metadata") or {}).get(DOCUMENT_FIELD),
     )
     for name, value in restored.validity.items():
         setattr(write, name, value)
@@ -239,6 +240,7 @@ def check_imported_version(
         indices=restored.indices,
         metadata=metadata,
         managed_by=metadata.get(MANAGED_FIELD) if isinstance(metadata, dict) else None,
+        document_of=metadata.get(DOCUMENT_FIELD) if isinstance(metadata, dict) else None,
         ttl=None,
         expires_at=None,
         text=restored.text,

@@ -23,10 +23,10 @@ from ..config import PostgresConfig
 from ..dedupe import BatchDeduplication
 from ..errors import MemoryError, MemoryValidationError
 from ..history import Change
-from ..items import PendingWrite, item_fields
+from ..items import PendingWrite, item_fields, verbatim
 from ..models import MemoryEntry, StoredCount, trusted
 from ..queries import AS_STORED_COLUMNS
-from ..types import MANAGED_FIELD, Identity, ProgressCallback
+from ..types import Identity, ProgressCallback
 from .rows import identity_of, owner_of
 from .started import Started
 
@@ -372,7 +372,7 @@ async def store(
     """One ``store()``: reinforcing a duplicate when ``dedupe`` (or the configuration) says
     so, else written in the next batch of concurrent calls."""
     rule = dedupe_rule(started.config, dedupe)
-    if rule is not False and MANAGED_FIELD not in write.metadata:
+    if rule is not False and not verbatim(write.metadata):
         return await write_deduplicated(started, write, value, rule)
     # Batches run on the caller's loop, which must be the pool's.
     started.database.check_loop("store")
