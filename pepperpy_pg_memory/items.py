@@ -182,6 +182,22 @@ def item_fields(item: Any, position: int) -> dict[str, Any]:
     return dict(item)
 
 
+def _marked(
+    metadata: dict[str, Any], key: str, field: str, given: str | None, argument: str
+) -> dict[str, Any]:
+    """``metadata`` with the adapter marker ``field`` set to ``given`` (an adapter's
+    ``argument``); a caller's metadata naming the field otherwise is refused."""
+    if field in metadata and metadata[field] != given:
+        raise MemoryValidationError(
+            f"metadata of {key!r}: {field!r} is reserved for the adapters' own memories"
+        )
+    if given is None:
+        return metadata
+    if not isinstance(given, str) or not given:
+        raise MemoryValidationError(f"{argument} must be a non-empty str")
+    return {**metadata, field: given}
+
+
 def verbatim(metadata: Mapping[str, Any]) -> bool:
     """Whether a memory is kept as its adapter wrote it (a record or a document): nothing is
     folded into it as a duplicate, and it is never folded into another."""
@@ -364,25 +380,11 @@ def prepare_write(
                 f"metadata of {key!r} is {metadata_size:,} bytes as JSON; the limit is "
                 f"{config.max_metadata_bytes:,} (PostgresConfig.max_metadata_bytes)"
             )
-    if MANAGED_FIELD in json_metadata and json_metadata[MANAGED_FIELD] != managed_by:
-        # The marker exempts a record from the quota and puts it in an adapter's reads: a
-        # caller who could set it could do both.
-        raise MemoryValidationError(
-            f"metadata of {key!r}: {MANAGED_FIELD!r} is reserved for the adapters' own records"
-        )
-    if managed_by is not None:
-        if not isinstance(managed_by, str) or not managed_by:
-            raise MemoryValidationError("managed_by must be a non-empty str")
-        json_metadata = {**json_metadata, MANAGED_FIELD: managed_by}
-    if DOCUMENT_FIELD in json_metadata and json_metadata[DOCUMENT_FIELD] != document_of:
-        # The marker keeps a memory out of deduplication and consolidation.
-        raise MemoryValidationError(
-            f"metadata of {key!r}: {DOCUMENT_FIELD!r} is reserved for the adapters' documents"
-        )
-    if document_of is not None:
-        if not isinstance(document_of, str) or not document_of:
-            raise MemoryValidationError("document_of must be a non-empty str")
-        json_metadata = {**json_metadata, DOCUMENT_FIELD: document_of}
+    # The markers are the adapters' alone: a caller who could set MANAGED_FIELD could exempt
+    # a record from the quota and put it in an adapter's reads; DOCUMENT_FIELD keeps a memory
+    # out of deduplication and consolidation.
+    json_metadata = _marked(json_metadata, key, MANAGED_FIELD, managed_by, "managed_by")
+    json_metadata = _marked(json_metadata, key, DOCUMENT_FIELD, document_of, "document_of")
     indexed = text_of(value) if text is None else text
     if not isinstance(indexed, str):
         raise MemoryValidationError(
