@@ -121,6 +121,11 @@ def identity_of(row: asyncpg.Record) -> Identity:
     return Identity(row["scope"], row["scope_id"], row["key"])
 
 
+def identity_of_entry(entry: MemoryEntry[Any]) -> Identity:
+    """The memory an entry is (as :func:`identity_of` for its row; ``''`` for GLOBAL)."""
+    return Identity(entry.scope.value, entry.scope_id, entry.key)
+
+
 def owner_of(row: asyncpg.Record) -> tuple[str, str]:
     """The owner a row is of (scope, scope_id), as stored."""
     return row["scope"], row["scope_id"]

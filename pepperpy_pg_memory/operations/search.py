@@ -26,6 +26,7 @@ from ..sql import Query
 from ..types import Identity, MemoryIndex
 from ..vectors import Vector
 from .naming import resolve
+from .rows import identity_of_entry
 from .started import Started
 
 __all__ = ["SEARCH_MODES", "SearchMode", "SearchRequest", "search", "similar", "vector_rows"]
@@ -209,7 +210,7 @@ async def search(started: Started[V], query: MemoryQuery) -> builtins.list[Memor
     if spare:
         results = results[query.offset : query.offset + query.limit]
     if as_of is None:
-        started.access.note(_identity(result) for result in results)
+        started.access.note(identity_of_entry(result.entry) for result in results)
     return results
 
 
@@ -238,11 +239,6 @@ def _answers_first(
         if min_score is not None:
             results = [result for result in results if result.score >= min_score]
     return results
-
-
-def _identity(result: MemorySearchResult[Any]) -> Identity:
-    entry = result.entry
-    return Identity(entry.scope.value, entry.scope_id, entry.key)
 
 
 @instrumented("similar")

@@ -29,7 +29,7 @@ from ..values import EncodedJSON, encode_json, to_json_value
 from ..vectors import content_hash
 from . import writing
 from .reads import scan
-from .rows import identity_of
+from .rows import identity_of, identity_of_entry
 from .started import Started
 
 __all__ = ["export_jsonl", "import_jsonl"]
@@ -60,7 +60,7 @@ async def export_jsonl(
         nonlocal count
         passages = await passages_of(started, page)
         for entry in page:
-            identity = Identity(entry.scope.value, entry.scope_id, entry.key)
+            identity = identity_of_entry(entry)
             line = backup.line_of(
                 entry, started.tenant, to_json_value(entry.value), passages.get(identity)
             )
@@ -106,7 +106,7 @@ async def passages_of(
 ) -> dict[Identity, builtins.list[str]]:
     if not entries:
         return {}
-    identities = [Identity(e.scope.value, e.scope_id, e.key) for e in entries]
+    identities = [identity_of_entry(entry) for entry in entries]
     rows = await started.database.reading.fetch(
         "export", started.statements.passages_of(started.tenant, identities)
     )

@@ -17,7 +17,7 @@ from ..metrics import instrumented
 from ..models import MemoryEntry, MemoryVersion
 from ..types import MANAGED_FIELD, Identity
 from .reads import retrieve
-from .rows import identity_of
+from .rows import identity_of, identity_of_entry
 from .started import Started
 from .writing import passage_rows, plan_embeddings, write_one, written
 
@@ -133,7 +133,7 @@ async def supersede(
     if unknown:
         raise MemoryValidationError(f"supersede() got unknown arguments {sorted(unknown)}")
     current = await retrieve(started, key, scope, scope_id, counted=False)
-    old = _identity(current)
+    old = identity_of_entry(current)
     fields = {**STORE_DEFAULTS, "ttl": None, "expires_at": None, "type": current.type}
     write = started.prepare(
         key if new_key is None else new_key,
@@ -174,7 +174,9 @@ async def invalidate(
     current = await retrieve(started, key, scope, scope_id, counted=False)
     row = await started.database.fetchrow(
         "invalidate",
-        started.statements.close_validity(started.tenant, _identity(current), moment, None, change),
+        started.statements.close_validity(
+            started.tenant, identity_of_entry(current), moment, None, change
+        ),
     )
     if row is not None:
         return started.rows.entry(row)
@@ -185,7 +187,3 @@ async def invalidate(
             f"at {moment.isoformat()} is before {key!r} became valid ({now.valid_from.isoformat()})"
         )
     raise MemoryNotFoundError(key)
-
-
-def _identity(entry: MemoryEntry[Any]) -> Identity:
-    return Identity(entry.scope.value, entry.scope_id, entry.key)
