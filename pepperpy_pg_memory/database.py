@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import sys
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from functools import partial
 from typing import Any, TypeVar
@@ -83,13 +83,19 @@ async def retrying(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-async def connect(config: PostgresConfig, dsn: str) -> Session:
-    """A session on a connection of its own, outside the pool (for migrations), retried like
-    everything else; the caller closes it."""
+@contextlib.asynccontextmanager
+async def connect(config: PostgresConfig, dsn: str) -> AsyncIterator[Session]:
+    """A session on a connection of its own, outside the pool (migrations, index builds that
+    may not run in a transaction), connected with retries like everything else and closed
+    after."""
     connection = await retrying(
         config, "connect", lambda: asyncpg.connect(dsn, timeout=config.connect_timeout)
     )
-    return Session(connection)
+    session = Session(connection)
+    try:
+        yield session
+    finally:
+        await session.close()
 
 
 async def unreachable(dsn: str, timeout: float) -> str | None:
@@ -329,11 +335,8 @@ class Database(Runner):
         dsn = self._dsn
 
         async def attempt() -> T:
-            session = await connect(self.config, dsn)
-            try:
+            async with connect(self.config, dsn) as session:
                 return await work(session)
-            finally:
-                await session.close()
 
         return await retrying(self.config, operation, attempt)
 

@@ -94,11 +94,8 @@ async def attach_server(config: PostgresConfig, attached: Attachments) -> str:
     if not config.is_embedded:
         return config.connection_dsn()
     server = attached.server = await acquire_embedded(config.data_dir)
-    session = await connect(config, server.uri("postgres"))
-    try:
+    async with connect(config, server.uri("postgres")) as session:
         await ensure_database(session, config.database)
-    finally:
-        await session.close()
     return server.uri(config.database)
 
 
@@ -106,13 +103,11 @@ async def attach_server(config: PostgresConfig, attached: Attachments) -> str:
 async def _start_connection(config: PostgresConfig, dsn: str) -> AsyncIterator[Session]:
     """A connection of ``start()``'s own, outside the pool (migrations run on it), closed
     after; the server's errors as ours."""
-    session = await connect(config, dsn)
-    try:
-        yield session
-    except asyncpg.PostgresError as exc:
-        raise translate(exc, "start") from exc
-    finally:
-        await session.close()
+    async with connect(config, dsn) as session:
+        try:
+            yield session
+        except asyncpg.PostgresError as exc:
+            raise translate(exc, "start") from exc
 
 
 def wanted_layout(config: PostgresConfig, embedder: Embedder, dimension: int) -> TableLayout:
