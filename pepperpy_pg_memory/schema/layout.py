@@ -112,8 +112,7 @@ class TableLayout:
     def passages_hnsw_statement(self) -> str:
         return (
             f"CREATE INDEX IF NOT EXISTS {quote_ident(self.passages_name + '_embedding_idx')} "
-            f"ON {self.qualified_passages} USING hnsw (embedding {self.vector_ops}) "
-            f"WITH (m = {int(self.hnsw_m)}, ef_construction = {int(self.hnsw_ef_construction)})"
+            f"{self._hnsw_on(self.qualified_passages)}"
         )
 
     @property
@@ -215,11 +214,18 @@ class TableLayout:
         # Both parts come from vector_type_for() and an int: no caller text reaches here.
         return f"{self.vector_type}({int(self.dimension)})"
 
+    def _hnsw_on(self, table: str) -> str:
+        """The part of an HNSW index's DDL after its name: on ``table``'s vectors, with this
+        layout's operator class and build settings."""
+        return (
+            f"ON {table} USING hnsw (embedding {self.vector_ops}) "
+            f"WITH (m = {int(self.hnsw_m)}, ef_construction = {int(self.hnsw_ef_construction)})"
+        )
+
     def hnsw_index_statement(self) -> str:
         return (
             f"CREATE INDEX IF NOT EXISTS {self.index_name('embedding_idx')} "
-            f"ON {self.qualified_table} USING hnsw (embedding {self.vector_ops}) "
-            f"WITH (m = {int(self.hnsw_m)}, ef_construction = {int(self.hnsw_ef_construction)})"
+            f"{self._hnsw_on(self.qualified_table)}"
         )
 
     # --- an owner's own vector index ------------------------------------------------------
@@ -236,8 +242,7 @@ class TableLayout:
         return Query(
             f"CREATE INDEX CONCURRENTLY IF NOT EXISTS "
             f"{quote_ident(self.owner_index_name(tenant, scope, scope_id))} "
-            f"ON {self.qualified_table} USING hnsw (embedding {self.vector_ops}) "
-            f"WITH (m = {int(self.hnsw_m)}, ef_construction = {int(self.hnsw_ef_construction)}) "
+            f"{self._hnsw_on(self.qualified_table)} "
             f"WHERE tenant = {text_literal(tenant)} AND scope = {text_literal(scope)} "
             f"AND scope_id = {text_literal(scope_id)}"
         )
