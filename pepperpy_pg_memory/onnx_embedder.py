@@ -209,8 +209,8 @@ def export_onnx(folder: Path, target: Path) -> float | None:
     from .bert_graph import bert_graph
 
     partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
-    onnx.save(bert_graph(folder), str(partial))
     try:
+        onnx.save(bert_graph(folder), str(partial))  # a failed save leaves no partial file
         built = _encode(_session(partial), _tokenizer(folder), CHECK_SENTENCES)
         reference = _model_vectors(folder)
         worst = None
