@@ -209,11 +209,7 @@ async def _batch(
                    (SELECT ARRAY[scope, scope_id, key] FROM batch
                     ORDER BY scope DESC, scope_id DESC, key DESC LIMIT 1) AS last
             """,
-                (
-                    tenant,
-                    *after,
-                    size,
-                ),
+                (tenant, *after, size),
             )
         )
         assert row is not None

@@ -72,10 +72,7 @@ async def refresh(layout: TableLayout, tenant: str, session: Session) -> int | N
         locked = await session.fetchval(
             Query(
                 "SELECT pg_try_advisory_xact_lock(hashtext($1), hashtext($2))",
-                (
-                    _lock_class(layout),
-                    tenant,
-                ),
+                (_lock_class(layout), tenant),
             )
         )
         if not locked:
@@ -146,11 +143,7 @@ async def refresh_owners(
             Query(
                 f"""SELECT t.scope, t.scope_id, t.documents FROM {owned} JOIN {totals} t
                 ON t.tenant = $1 AND t.scope = o.scope AND t.scope_id = o.scope_id""",
-                (
-                    tenant,
-                    [owner[0] for owner in owners],
-                    [owner[1] for owner in owners],
-                ),
+                (tenant, [owner[0] for owner in owners], [owner[1] for owner in owners]),
             )
         )
         figures = {(row["scope"], row["scope_id"]): int(row["documents"]) for row in rows}
@@ -184,10 +177,7 @@ async def refresh_owners(
             await session.execute(
                 Query(
                     f"DELETE FROM {side} x USING {owned} WHERE {same_owner}",
-                    (
-                        tenant,
-                        *mine,
-                    ),
+                    (tenant, *mine),
                 )
             )
         await session.execute(
@@ -201,10 +191,7 @@ async def refresh_owners(
             WHERE m.terms IS NOT NULL AND {LIVE}
             GROUP BY m.scope, m.scope_id, lexeme
             """,
-                (
-                    tenant,
-                    *mine,
-                ),
+                (tenant, *mine),
             )
         )
         # An owner without memories keeps no totals: it reads as never counted, and any
@@ -221,10 +208,7 @@ async def refresh_owners(
             GROUP BY m.scope, m.scope_id
             RETURNING t.scope, t.scope_id, t.documents
             """,
-                (
-                    tenant,
-                    *mine,
-                ),
+                (tenant, *mine),
             )
         )
         figures.update({(row["scope"], row["scope_id"]): 0 for row in locked})

@@ -145,11 +145,7 @@ async def ensure_metadata_indexes(
                 Query(
                     f"SELECT EXISTS (SELECT 1 FROM {registry} WHERE table_name = $1 "
                     "AND path = $2 AND kind = $3)",
-                    (
-                        layout.table,
-                        list(path),
-                        kind,
-                    ),
+                    (layout.table, list(path), kind),
                 )
             )
             if recorded:
@@ -174,12 +170,7 @@ async def ensure_metadata_indexes(
                 Query(
                     f"INSERT INTO {registry} (table_name, path, kind, index_name) "
                     "VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-                    (
-                        layout.table,
-                        list(path),
-                        kind,
-                        name,
-                    ),
+                    (layout.table, list(path), kind, name),
                 )
             )
             created.append(name)
@@ -247,10 +238,7 @@ async def migrate(
                 await session.execute(
                     Query(
                         f"UPDATE {wanted.registry} SET embedder = $2 WHERE table_name = $1",
-                        (
-                            wanted.table,
-                            wanted.embedder,
-                        ),
+                        (wanted.table, wanted.embedder),
                     )
                 )
                 layout = replace(layout, embedder=wanted.embedder)
@@ -284,10 +272,7 @@ async def migrate(
                 Query(
                     f"UPDATE {wanted.registry} SET schema_version = $2, updated_at = now() "
                     "WHERE table_name = $1",
-                    (
-                        wanted.table,
-                        SCHEMA_VERSION,
-                    ),
+                    (wanted.table, SCHEMA_VERSION),
                 )
             )
             layout = replace(layout, version=SCHEMA_VERSION)
@@ -395,10 +380,7 @@ async def _row_level_security_in_place(session: Session, layout: TableLayout) ->
           AND c.relrowsecurity AND c.relforcerowsecurity
           AND EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = c.oid AND p.polname = $2)
         """,
-            (
-                tables,
-                f"{layout.table}_{TENANT_POLICY}",
-            ),
+            (tables, f"{layout.table}_{TENANT_POLICY}"),
         )
     )
     return bool(in_place == len(tables))
