@@ -106,16 +106,23 @@ async def test_the_configured_threshold_applies_unless_a_store_says_otherwise(
         ).deduplicated
 
 
-async def test_concurrent_duplicates_find_each_other(storage: PostgresStorage[str, Any]) -> None:
-    results = await asyncio.gather(
-        *(storage.store(f"k{i}", "Ana's flight leaves at 9", **ANA, dedupe=True) for i in range(20))
-    )
-    assert await storage.count(**ANA) == 1
-    assert sum(entry.deduplicated for entry in results) == 19
-    kept = {entry.key for entry in results}
-    assert len(kept) == 1
-    versions = await storage.history(kept.pop(), **ANA)
-    assert [v.operation for v in versions].count("reinforce") == 19
+async def test_concurrent_duplicates_find_each_other(make_config: Any) -> None:
+    # Twenty writers queue on one owner's lock with ten connections: on a slow machine (the
+    # suite on a Citus cluster, two cores) the wait for a connection is long, never wrong.
+    config = make_config(pool_timeout=120)
+    async with PostgresStorage[str, Any](config, HashingEmbedder(64)) as storage:
+        results = await asyncio.gather(
+            *(
+                storage.store(f"k{i}", "Ana's flight leaves at 9", **ANA, dedupe=True)
+                for i in range(20)
+            )
+        )
+        assert await storage.count(**ANA) == 1
+        assert sum(entry.deduplicated for entry in results) == 19
+        kept = {entry.key for entry in results}
+        assert len(kept) == 1
+        versions = await storage.history(kept.pop(), **ANA)
+        assert [v.operation for v in versions].count("reinforce") == 19
 
 
 @pytest.mark.model
