@@ -42,6 +42,7 @@ from .models import (
     OwnerConsolidation,
     Ranking,
     StoredCount,
+    StoredValue,
     Turn,
 )
 from .onnx_embedder import OnnxEmbedder
@@ -102,6 +103,7 @@ __all__ = [
     "MemoryVersion",
     "Ranking",
     "StoredCount",
+    "StoredValue",
     "MemoryOwner",
     "ConsolidationReport",
     "OwnerConsolidation",

@@ -26,6 +26,7 @@ __all__ = [
     "MemorySearchResult",
     "Ranking",
     "StoredCount",
+    "StoredValue",
     "Turn",
     "ImportReport",
     "ConsolidationReport",
@@ -157,6 +158,18 @@ class MemoryOwner(NamedTuple):
     scope: MemoryScope
     scope_id: str
     memories: int
+
+
+class StoredValue(NamedTuple):
+    """A live memory's value and moments, without the rest of its entry: what
+    ``PostgresStorage.values_by_owner`` maps each found memory to. A tuple, so that a read of
+    thousands makes one object per memory (an entry is a model with its own dict)."""
+
+    value: Any
+    metadata: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+    expires_at: datetime | None
 
 
 class StoredCount(int):

@@ -885,6 +885,15 @@ class Statements:
         params = Params([keys])
         return self._under_keys(self.entry_for(params, restriction), keys, restriction, params)
 
+    def values_by_owner(self, keys: list[str], restriction: Restriction) -> Query:
+        """The identity, value, metadata and moments of the memories under ``keys`` within
+        the restriction (a read that builds no entry: no read counts, no indices)."""
+        columns = (
+            "m.scope, m.scope_id, m.key, m.value, m.metadata, m.created_at, m.updated_at, "
+            "m.expires_at"
+        )
+        return self._under_keys(columns, keys, restriction)
+
     def exists(self, key: str, restriction: Restriction) -> Query:
         """How many owners hold ``key`` within the restriction, counted no further than 2."""
         params = Params([key])

@@ -35,6 +35,7 @@ from .models import (
     MemoryQuery,
     MemoryVersion,
     StoredCount,
+    StoredValue,
     Turn,
 )
 from .operations import (
@@ -567,6 +568,14 @@ class PostgresStorage(Generic[K, V]):
         found memory's :class:`~pepperpy_pg_memory.types.Identity` to it (an identity's
         ``scope_id`` is ``''`` for GLOBAL); missing ones are left out."""
         return await reads.retrieve_by_owner(self._ready, names)
+
+    async def values_by_owner(
+        self, names: Iterable[tuple[MemoryScope | str, str | None, K]]
+    ) -> dict[Identity, StoredValue]:
+        """:meth:`retrieve_by_owner` for callers that need only values: each found memory's
+        :class:`~pepperpy_pg_memory.models.StoredValue` (value, metadata and moments), a
+        tuple instead of an entry. Adapters answering bursts of reads use it."""
+        return await reads.values_by_owner(self._ready, names)
 
     async def touch(
         self,

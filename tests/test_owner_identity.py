@@ -19,6 +19,7 @@ from pepperpy_pg_memory import (
     MemoryValidationError,
     PostgresConfig,
     PostgresStorage,
+    StoredValue,
 )
 from pepperpy_pg_memory.schema import MAX_KEY_BYTES, MAX_SCOPE_ID_BYTES, MAX_TENANT_BYTES
 from pepperpy_pg_memory.types import Identity
@@ -298,6 +299,40 @@ async def test_retrieve_by_owner_returns_exactly_the_named_memories(make_config:
         assert await storage.retrieve_by_owner([]) == {}
         with pytest.raises(MemoryValidationError):
             await storage.retrieve_by_owner([("user", "", "plan")])
+
+
+async def test_values_by_owner_reads_what_retrieve_by_owner_reads(make_config: Any) -> None:
+    async with PostgresStorage[str, Any](make_config(), HashingEmbedder(16)) as storage:
+        await storage.store("plan", {"text": "ana's plan"}, **ANA, metadata={"lg": 1})
+        await storage.store("plan", "bruno's plan", **BRUNO)
+        await storage.store("plan", "everyone's plan")
+        await storage.store("gone", "expired", **ANA, ttl=timedelta(microseconds=1))
+        names = [
+            Identity("user", "ana", "plan"),
+            (MemoryScope.GLOBAL, None, "plan"),
+            ("user", "ana", "gone"),
+            ("user", "carla", "plan"),
+            ("user", "ana", "plan"),  # named twice: found once
+        ]
+        entries = await storage.retrieve_by_owner(names)
+        values = await storage.values_by_owner(names)
+        assert (
+            set(values)
+            == set(entries)
+            == {
+                Identity("user", "ana", "plan"),
+                Identity("global", "", "plan"),
+            }
+        )
+        for identity, stored in values.items():
+            entry = entries[identity]
+            assert stored == StoredValue(
+                entry.value, entry.metadata, entry.created_at, entry.updated_at, entry.expires_at
+            )
+        assert values[Identity("user", "ana", "plan")].metadata == {"lg": 1}
+        assert await storage.values_by_owner([]) == {}
+        with pytest.raises(MemoryValidationError):
+            await storage.values_by_owner([("user", "", "plan")])
 
 
 async def test_reindex_and_scan_walk_every_owner_of_a_key(

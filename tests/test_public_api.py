@@ -46,6 +46,7 @@ EXPECTED = {
     "MemoryPermissionError",
     "MemoryQuotaError",
     "StoredCount",
+    "StoredValue",
     "MemoryOwner",
     "ConsolidationReport",
     "OwnerConsolidation",

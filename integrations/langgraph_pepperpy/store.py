@@ -314,6 +314,18 @@ def texts_for(value: dict[str, Any], fields: list[str]) -> tuple[str, list[str]]
     return "\n".join(texts), texts[:MAX_PASSAGES] if len(texts) > 1 else []
 
 
+class _Refreshes(dict[tuple[float, str, str], dict[str, None]]):
+    """The items a batch's reads found whose TTL starts again, by TTL and owner (each key
+    once): refreshed in one statement per group after the reads that ran together."""
+
+    def note(self, identity: Identity, metadata: Mapping[str, Any]) -> None:
+        minutes = metadata.get(TTL_FIELD)
+        if minutes is not None:
+            self.setdefault((float(minutes), identity.scope, identity.scope_id), {})[
+                identity.key
+            ] = None
+
+
 class PepperpyStore(BaseStore):
     """LangGraph ``BaseStore`` on pepperpy-pg-memory: put/get/delete/search/list_namespaces,
     semantic search through the core's HNSW index, filters on values, TTLs in minutes.
@@ -574,16 +586,19 @@ class PepperpyStore(BaseStore):
             return [None if index < 0 else read_answers[index] for index in answered_by]
         results: list[Result] = [None] * len(ops)
         puts: dict[str, PutOp] = {}
-        gets: list[tuple[int, GetOp]] = []
+        # (Positions apart from the ops: a burst's batch holds thousands, and every tuple is
+        # an object more for the garbage collector to walk.)
+        get_positions: list[int] = []
+        gets: list[GetOp] = []
         searches: list[tuple[int, SearchOp]] = []
 
         # The items the reads found that start their TTL again: refreshed once, after all
         # the reads that ran together (one statement per owner and TTL, not one per read).
-        refresh: list[MemoryEntry[Any]] = []
+        refresh = _Refreshes()
 
         async def read_items() -> None:
             found = await self._get(storage, gets, refresh)
-            for (position, _), item in zip(gets, found, strict=True):
+            for position, item in zip(get_positions, found, strict=True):
                 results[position] = item
 
         async def read_searches() -> None:
@@ -610,6 +625,7 @@ class PepperpyStore(BaseStore):
             elif searches:
                 await read_searches()
             gets.clear()
+            get_positions.clear()
             searches.clear()
             if refresh:
                 await self._refresh(storage, refresh)
@@ -626,7 +642,8 @@ class PepperpyStore(BaseStore):
             if isinstance(op, GetOp):
                 if puts:
                     await flush()
-                gets.append((position, op))
+                get_positions.append(position)
+                gets.append(op)
                 continue
             if isinstance(op, SearchOp):
                 if puts:
@@ -642,19 +659,11 @@ class PepperpyStore(BaseStore):
         return results
 
     # --- operations -------------------------------------------------------------------------
-    async def _refresh(
-        self, storage: PostgresStorage[Any, Any], entries: list[MemoryEntry[Any]]
-    ) -> None:
+    async def _refresh(self, storage: PostgresStorage[Any, Any], refresh: _Refreshes) -> None:
         """Reading an item with a TTL starts its TTL again (LangGraph's refresh_ttl)."""
-        by_ttl: dict[tuple[float, MemoryScope, str | None], dict[str, None]] = {}
-        for entry in entries:
-            minutes = entry.metadata.get(TTL_FIELD)
-            if minutes is not None:
-                group = (float(minutes), entry.scope, entry.scope_id or None)
-                by_ttl.setdefault(group, {})[entry.key] = None  # each key once
-        for (minutes, scope, scope_id), keys in by_ttl.items():
+        for (minutes, scope, scope_id), keys in refresh.items():
             await storage.touch(
-                list(keys), timedelta(minutes=minutes), scope=scope, scope_id=scope_id
+                list(keys), timedelta(minutes=minutes), scope=scope, scope_id=scope_id or None
             )
 
     async def _put(self, storage: PostgresStorage[Any, Any], ops: list[PutOp]) -> None:
@@ -720,47 +729,51 @@ class PepperpyStore(BaseStore):
                 await storage.delete_many(keys=keys, scope=scope, scope_id=scope_id)
 
     async def _get(
-        self,
-        storage: PostgresStorage[Any, Any],
-        gets: list[tuple[int, GetOp]],
-        refresh: list[MemoryEntry[Any]],
+        self, storage: PostgresStorage[Any, Any], gets: list[GetOp], refresh: _Refreshes
     ) -> list[Item | None]:
         """The items ``gets`` name, in order, in one round trip; those whose TTL a get
-        refreshes are added to ``refresh``."""
-        wanted = []  # per get: the identities it may be stored under, the current one first
-        for _, op in gets:
-            scope, scope_id = namespace_scope(op.namespace)
-            owner = (scope.value, scope_id or "")
-            wanted.append([Identity(*owner, key) for key in _keys(op.namespace, op.key)])
-        found = await storage.retrieve_by_owner(i for identities in wanted for i in identities)
+        refreshes are noted in ``refresh``."""
+        owners: dict[tuple[str, ...], tuple[str, str]] = {}  # the namespaces' owners, once each
+        names: list[Identity] = []  # per get, the item's identity
+        legacy_names: dict[int, Identity] = {}  # per get whose item may have a legacy key
+        for index, op in enumerate(gets):
+            owner = owners.get(op.namespace)
+            if owner is None:
+                scope, scope_id = namespace_scope(op.namespace)
+                owner = owners[op.namespace] = (scope.value, scope_id or "")
+            names.append(Identity(*owner, memory_key(op.namespace, op.key)))
+            legacy = legacy_memory_key(op.namespace, op.key)
+            if legacy is not None:
+                legacy_names[index] = Identity(*owner, legacy)
+        found = await storage.values_by_owner(itertools.chain(names, legacy_names.values()))
         items: list[Item | None] = []
-        for (_, op), identities in zip(gets, wanted, strict=True):
-            entry = None
-            for identity in identities:  # the current key first
-                entry = found.get(identity)
-                if entry is not None:
-                    break
-            if entry is not None and op.refresh_ttl:
-                refresh.append(entry)
-            if entry is None:
+        for index, op in enumerate(gets):
+            identity = names[index]
+            stored = found.get(identity)
+            if stored is None and index in legacy_names:  # stored by an earlier release
+                identity = legacy_names[index]
+                stored = found.get(identity)
+            if stored is None:
                 items.append(None)
                 continue
+            if op.refresh_ttl:
+                refresh.note(identity, stored.metadata)
             # The op names the item: nothing to decode from the memory's key.
             items.append(
                 Item(
-                    value=entry.value,
+                    value=stored.value,
                     key=op.key,
                     namespace=op.namespace,
-                    created_at=entry.created_at,
-                    updated_at=entry.updated_at,
+                    created_at=stored.created_at,
+                    updated_at=stored.updated_at,
                 )
             )
         return items
 
     async def _search(
-        self, storage: PostgresStorage[Any, Any], op: SearchOp, refresh: list[MemoryEntry[Any]]
+        self, storage: PostgresStorage[Any, Any], op: SearchOp, refresh: _Refreshes
     ) -> list[SearchItem]:
-        """The items ``op`` finds; those whose TTL it refreshes are added to ``refresh``."""
+        """The items ``op`` finds; those whose TTL it refreshes are noted in ``refresh``."""
         # LangGraph's own stores take a prefix given as a list too.
         namespace_prefix = tuple(op.namespace_prefix)
         prefix = _prefixes(namespace_prefix)
@@ -790,7 +803,8 @@ class PepperpyStore(BaseStore):
             scored = [(entry, None) for entry in entries]
         found = [(e, score, ns) for e, score in scored if (ns := _namespace_of(e)) is not None]
         if op.refresh_ttl:
-            refresh.extend(entry for entry, _, _ in found)
+            for entry, _, _ in found:
+                refresh.note(Identity(entry.scope.value, entry.scope_id, entry.key), entry.metadata)
         return [
             SearchItem(
                 namespace=namespace,

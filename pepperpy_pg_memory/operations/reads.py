@@ -12,7 +12,7 @@ from ..errors import MemoryNotFoundError, MemoryValidationError
 from ..filters import key_path
 from ..items import Scope, as_enum, aware_moment, owner, resolve_expiry
 from ..metrics import instrumented
-from ..models import MemoryEntry, MemoryOwner
+from ..models import MemoryEntry, MemoryOwner, StoredValue
 from ..queries import Restriction
 from ..types import ArrayPattern, Identity, ListOrder, MemoryScope, MemoryType
 from ..values import to_json_value, validate_key
@@ -24,6 +24,7 @@ __all__ = [
     "retrieve",
     "retrieve_many",
     "retrieve_by_owner",
+    "values_by_owner",
     "touch",
     "exists",
     "count",
@@ -90,24 +91,97 @@ async def retrieve_by_owner(
     started: Started[V], names: Iterable[tuple[MemoryScope | str, str | None, str]]
 ) -> dict[Identity, MemoryEntry[V]]:
     """Live memories of several owners in one round trip, by identity."""
-    checked_owners: dict[tuple[Any, str | None], tuple[str, str]] = {}
-    identities = set()
+    wanted = _named(started, names)
+    if not wanted:
+        return {}
+    rows = await started.reads.fetch(
+        "retrieve_many",
+        started.statements.retrieve_many(wanted.keys, wanted.restriction(started)),
+    )
+    return {wanted.identity(row): started.rows.entry(row) for row in rows}
+
+
+@instrumented("values_by_owner")
+async def values_by_owner(
+    started: Started[V], names: Iterable[tuple[MemoryScope | str, str | None, str]]
+) -> dict[Identity, StoredValue]:
+    """:func:`retrieve_by_owner`'s memories as their values and moments only."""
+    wanted = _named(started, names)
+    if not wanted:
+        return {}
+    rows = await started.reads.fetch(
+        "values_by_owner",
+        started.statements.values_by_owner(wanted.keys, wanted.restriction(started)),
+    )
+    value = started.rows.value
+    return {
+        wanted.identity(row): StoredValue(
+            value(row["value"]),
+            row["metadata"],
+            row["created_at"],
+            row["updated_at"],
+            row["expires_at"],
+        )
+        for row in rows
+    }
+
+
+class _Named:
+    """The memories a read by owner names, checked: each identity made once (the caller's own
+    :class:`Identity` when it already is one), and found again for a row without a new
+    tuple. A burst of thousands of reads makes every object per memory count: each is work
+    for the garbage collector."""
+
+    def __init__(self) -> None:
+        self._by_owner: dict[str, dict[str, dict[str, Identity]]] = {}
+        self.count = 0
+
+    def __len__(self) -> int:
+        return self.count
+
+    def add(self, scope: str, scope_id: str, key: str, name: Any) -> None:
+        keys = self._by_owner.setdefault(scope, {}).setdefault(scope_id, {})
+        if key not in keys:
+            same = type(name) is Identity and name == (scope, scope_id, key)
+            keys[key] = name if same else Identity(scope, scope_id, key)
+            self.count += 1
+
+    @property
+    def keys(self) -> builtins.list[str]:
+        return sorted(
+            {key for ids in self._by_owner.values() for keys in ids.values() for key in keys}
+        )
+
+    def restriction(self, started: Started[Any]) -> Restriction:
+        identities = frozenset(
+            identity
+            for ids in self._by_owner.values()
+            for keys in ids.values()
+            for identity in keys.values()
+        )
+        return replace(started.restriction(), identities=identities)
+
+    def identity(self, row: Any) -> Identity:
+        return self._by_owner[row["scope"]][row["scope_id"]][row["key"]]
+
+
+def _named(
+    started: Started[Any], names: Iterable[tuple[MemoryScope | str, str | None, str]]
+) -> _Named:
+    """``names`` checked: each owner once, each key against the store's limit."""
+    checked_owners: dict[Any, dict[Any, tuple[str, str]]] = {}
+    wanted = _Named()
     longest = started.config.max_key_length
-    for scope, scope_id, key in names:
-        checked = checked_owners.get((scope, scope_id))
+    for name in names:
+        scope, scope_id, key = name
+        checked = checked_owners.get(scope, {}).get(scope_id)
         if checked is None:
             owner_scope, owner_id = owner(scope, scope_id, started.config.default_scope_id)
             assert owner_scope is not None and owner_id is not None
-            checked = checked_owners[(scope, scope_id)] = (owner_scope.value, owner_id)
-        identities.add(Identity(*checked, validate_key(key, longest)))
-    if not identities:
-        return {}
-    wanted = replace(started.restriction(), identities=frozenset(identities))
-    rows = await started.reads.fetch(
-        "retrieve_many",
-        started.statements.retrieve_many(sorted({i.key for i in identities}), wanted),
-    )
-    return {identity_of(row): started.rows.entry(row) for row in rows}
+            checked = (owner_scope.value, owner_id)
+            checked_owners.setdefault(scope, {})[scope_id] = checked
+        wanted.add(checked[0], checked[1], validate_key(key, longest), name)
+    return wanted
 
 
 @instrumented("touch")
