@@ -62,6 +62,9 @@ class MemoryEntry(BaseModel, Generic[V]):
         importance: in [0, 1], as stored (0.5 by default); weighs in a ``Ranking``.
         access_count, last_accessed_at: how often ``retrieve`` and searches returned it, and
             when last (counted off the read path: up to ``access_flush_interval`` late).
+            ``access_count`` is None when the call that returned the entry did not read the
+            counts: a search, unless ``MemoryQuery(include_access_counts=True)`` or its
+            ``ranking`` weighs recency; a write's entry on a Citus cluster.
         deduplicated: set on what ``store(..., dedupe=...)`` returns when the write
             duplicated this memory (which was reinforced instead; see ``store``).
     """
@@ -86,7 +89,7 @@ class MemoryEntry(BaseModel, Generic[V]):
     supersedes: str | None = None
     superseded_by: str | None = None
     importance: float = 0.5
-    access_count: int = 0
+    access_count: int | None = 0
     last_accessed_at: datetime | None = None
     deduplicated: bool = False
 
@@ -279,6 +282,11 @@ class MemoryQuery(BaseModel):
     )
     include_embedding: bool = Field(
         default=False, description="Fill entry.embedding (SEMANTIC queries only)."
+    )
+    include_access_counts: bool = Field(
+        default=False,
+        description="Read each entry's access_count and last_accessed_at (a look-up per "
+        "result; otherwise access_count is None, unless the ranking weighs recency).",
     )
     created_after: datetime | None = None
     created_before: datetime | None = None

@@ -102,13 +102,23 @@ def _access_expressions(layout: TableLayout, pinned: str = "") -> dict[str, str]
     }
 
 
-def select_entry(layout: TableLayout, pinned: str = "") -> str:
+_UNREAD_COUNTS = {
+    "access_count": "NULL::bigint AS access_count",
+    "last_accessed_at": "NULL::timestamptz AS last_accessed_at",
+}
+NO_READ_COUNTS = ", ".join(_UNREAD_COUNTS.values())
+"""The read-count columns of an entry whose counts were not read (its access_count None)."""
+
+
+def select_entry(layout: TableLayout, pinned: str = "", *, read_counts: bool = True) -> str:
     """The select list of :data:`ENTRY_COLUMNS` from a memory row ``m``; ``pinned`` a
-    condition on the read counts' row ``a`` to add (see :meth:`Statements.entry_for`)."""
+    condition on the read counts' row ``a`` to add (see :meth:`Statements.entry_for`).
+    Without ``read_counts`` the counts are not looked up (NULL)."""
+    counts = _access_expressions(layout, pinned) if read_counts else _UNREAD_COUNTS
     expressions = {
         # NULL means "since created" (rows from before validity was recorded have it).
         "valid_from": "coalesce(m.valid_from, m.created_at) AS valid_from",
-        **_access_expressions(layout, pinned),
+        **counts,
     }
     return ", ".join(expressions.get(column, f"m.{column}") for column in ENTRY_COLUMNS)
 
@@ -359,8 +369,8 @@ class Statements:
         self.access_columns = access_columns(layout)
         if layout.distributed:
             # Citus runs no subquery in an INSERT's RETURNING: on a cluster a write's entry
-            # does not carry the memory's read counts (reads do).
-            self.access_columns = "0::bigint AS access_count, NULL::timestamptz AS last_accessed_at"
+            # does not carry the memory's read counts (reads do), and says so.
+            self.access_columns = NO_READ_COUNTS
         if as_of:
             # Reads only: the table as it stood at the moment the transaction's AS_OF_SETTING
             # names (see Database.fetch_as_of).

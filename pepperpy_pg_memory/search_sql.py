@@ -8,6 +8,7 @@ identity, never by key alone.
 
 from __future__ import annotations
 
+import copy
 import re
 from typing import Any, Literal, NamedTuple
 
@@ -136,6 +137,7 @@ class SearchStatements:
         backfilling: bool = False,
         as_of: bool = False,
         filtered_ef_search: int | None = None,
+        read_counts: bool = False,
     ) -> None:
         self.layout = layout
         self.match = match
@@ -149,7 +151,11 @@ class SearchStatements:
         self.backfilling = backfilling
         """Whether some memories may still lack ``terms`` (the backfill has not finished)."""
         self.table = layout.qualified_table
-        self.entry = select_entry(layout)
+        self.read_counts = read_counts
+        """Whether results carry their memories' read counts: a look-up per result, made
+        only when asked or when a ranking weighs recency (else access_count is None)."""
+        self.entry = select_entry(layout, read_counts=read_counts)
+        self._counted: SearchStatements | None = None
         self.as_of = as_of
         if as_of:
             # The memories as they stood at the transaction's AS_OF_SETTING moment; passages
@@ -159,9 +165,21 @@ class SearchStatements:
         self.vector = layout.vector_column_type
         self.op = layout.distance_operator
 
+    def with_read_counts(self) -> SearchStatements:
+        """These statements with each result's read counts looked up (made once)."""
+        if self.read_counts:
+            return self
+        if self._counted is None:
+            self._counted = copy.copy(self)
+            self._counted.read_counts = True
+            self._counted.entry = select_entry(self.layout)
+        return self._counted
+
     def _entry(self, params: Params, restriction: Restriction) -> str:
         """The entry's columns for a search within ``restriction`` (see
         :meth:`~.queries.Statements.entry_for`)."""
+        if not self.read_counts:
+            return self.entry
         pinned = pinned_condition(self.layout, params, restriction, "a")
         return select_entry(self.layout, pinned) if pinned else self.entry
 

@@ -97,6 +97,31 @@ async def test_reads_are_counted_beside_the_memory_row(
     assert (await storage.retrieve("chess", **ANA)).access_count == 2  # this retrieve's
 
 
+async def test_a_search_reads_the_counts_only_when_asked_or_ranked_by_recency(
+    storage: PostgresStorage[str, Any],
+) -> None:
+    await storage.store("tea", "Ana drinks green tea", **ANA)
+    await storage.retrieve("tea", **ANA)
+    await storage.flush_access_counts()
+    for mode in MemoryIndex:
+        plain = MemoryQuery(query="green tea", index_type=mode, limit=1, **ANA)
+        (hit,) = await storage.search(plain)
+        assert (hit.entry.access_count, hit.entry.last_accessed_at) == (None, None), mode
+        await storage.flush_access_counts()  # each search is a read
+        asked = plain.model_copy(update={"include_access_counts": True})
+        (hit,) = await storage.search(asked)
+        assert hit.entry.access_count is not None and hit.entry.access_count >= 2, mode
+        assert hit.entry.last_accessed_at is not None
+    by_recency = Ranking(relevance=1.0, recency=0.5)
+    (hit,) = await storage.search(MemoryQuery(query="tea", ranking=by_recency, limit=1, **ANA))
+    assert hit.entry.access_count is not None and hit.entry.access_count > 0
+    by_importance = Ranking(relevance=1.0, importance=0.5)
+    (hit,) = await storage.search(MemoryQuery(query="tea", ranking=by_importance, limit=1, **ANA))
+    assert hit.entry.access_count is None
+    # Reads that return one memory read its counts as before.
+    assert (await storage.retrieve("tea", **ANA)).access_count is not None
+
+
 async def test_counts_are_written_in_the_background_and_at_close(make_config: Any) -> None:
     config = make_config(access_flush_interval=0.2)
     async with PostgresStorage[str, Any](config, HashingEmbedder(64)) as store:

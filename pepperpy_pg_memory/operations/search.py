@@ -181,6 +181,9 @@ async def search(started: Started[V], query: MemoryQuery) -> builtins.list[Memor
     )
     wanted = Page(query.limit, query.offset, query.min_score)
     ranking = query.ranking
+    if query.include_access_counts or (ranking is not None and ranking.recency > 0):
+        # (A ranking's recency is the age since the last read.)
+        searches = searches.with_read_counts()
     mode = SEARCH_MODES[query.index_type]
     weighs_questions = ranking is None and mode.by_relevance
     spare = weighs_questions and started.state.turns_seen
