@@ -1088,6 +1088,30 @@ def _v20_statement_versions(layout: TableLayout) -> list[str]:
     ]
 
 
+HEAP_FILLFACTOR = 70
+"""How full a new page of the memory table is filled: the rest is room for the row's next
+version on the same page (see _v21_refreshes_in_place)."""
+
+
+def _v21_refreshes_in_place(layout: TableLayout) -> list[str]:
+    # A TTL refresh (touch; LangGraph's refresh_on_read on every get and search) changes only
+    # expires_at. With a B-tree on expires_at, and pages filled to the brim, every refresh
+    # wrote a new row version into every index: the HNSW graph (about 0.5 ms a row at 384
+    # dimensions, and a dead graph element until VACUUM), the GIN indexes, the deduplication
+    # index's text functions: 0.6-0.8 ms a row. PostgreSQL (16 on) updates a row in place,
+    # without touching its indexes (HOT), when only columns of summarizing (BRIN) indexes
+    # change and its page has room: the sweep of expired memories reads a BRIN index instead,
+    # and new pages keep 30% free. Measured on 10,000 memories: a refresh of 20 rows 11-16 ms
+    # -> 1.1-1.6 ms. Pages written before stay full until rewritten (no rewrite here).
+    table = layout.qualified_table
+    return [
+        f"ALTER TABLE {table} SET (fillfactor = {HEAP_FILLFACTOR})",
+        f"CREATE INDEX IF NOT EXISTS {layout.index_name('expires_brin_idx')} "
+        f"ON {table} USING brin (expires_at)",
+        f"DROP INDEX IF EXISTS {layout.qualified_index('expires_idx')}",
+    ]
+
+
 Migration = Callable[[TableLayout], list[str]]
 
 MIGRATIONS: list[Migration] = [
@@ -1111,6 +1135,7 @@ MIGRATIONS: list[Migration] = [
     _v18_quota_counted_once,
     _v19_history_on_workers,
     _v20_statement_versions,
+    _v21_refreshes_in_place,
 ]
 """Append-only. Position i (0-based) is schema version i + 1."""
 
