@@ -208,6 +208,18 @@ class PostgresConfig(BaseSettings):
         default_factory=lambda: dict(DEFAULT_TYPE_TTLS),
         description="Default time-to-live per memory type; None never expires.",
     )
+    ttl_refresh_slack: float = Field(
+        default=0.01,
+        ge=0,
+        le=0.5,
+        description=(
+            "A TTL refresh (touch; LangGraph's refresh_on_read) leaves a memory whose expiry "
+            "is already within this share of the TTL of the new one: one read many times in "
+            "a row is rewritten once per slack x TTL, not on every read (it may expire that "
+            "much sooner than a refresh on every read would keep it). 0: every refresh "
+            "rewrites."
+        ),
+    )
     max_key_length: int = Field(
         default=MAX_KEY_BYTES,
         ge=1,

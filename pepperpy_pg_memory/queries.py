@@ -798,12 +798,24 @@ class Statements:
             """
         )
 
-    def touch(self, tenant: str, identities: Sequence[Identity], ttl: Any) -> Query:
+    def touch(
+        self, tenant: str, identities: Sequence[Identity], ttl: Any, slack: float = 0.0
+    ) -> Query:
+        """A new expiry ``ttl`` from now for the live memories ``identities`` name, but for
+        those whose expiry is already within ``slack`` × ``ttl`` of it."""
         # A refresh is bookkeeping of a read: it never waits for a writer (a memory being
         # written is skipped; its write sets its own expiry) and locks what it takes in the
         # identity order every writer follows, so it can close no cycle of waits.
         params = Params([tenant, ttl])
         chosen = _in_identities(params, identities)
+        # Rewriting a row costs a new version of it (in place when its page has room, else in
+        # every index, the HNSW graph's included): a memory refreshed a moment ago is left.
+        if slack > 0:
+            stale = params.add(1 - slack)
+            chosen += (
+                f" AND (m.expires_at IS NULL OR m.expires_at < now() + $2::interval * "
+                f"{stale}::float8)"
+            )
         owners = {identity.scope_id for identity in identities}
         # The memories updated, pinned to their owner as a value when there is one (on a
         # cluster the statement then runs on that owner's node alone).

@@ -586,7 +586,9 @@ class PostgresStorage(Generic[K, V]):
         scope_id: str | None = None,
     ) -> int:
         """Give the owner's live memories under ``keys`` a new time-to-live from now (e.g. to
-        keep memories that are still being read); returns how many were extended.
+        keep memories that are still being read); returns how many were extended. A memory
+        whose expiry is already within ``PostgresConfig.ttl_refresh_slack`` (1%) of the TTL
+        of the new one is left as it is and not counted.
 
         Raises:
             AmbiguousKeyError: no scope was given and several owners hold one of the keys

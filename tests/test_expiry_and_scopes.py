@@ -180,6 +180,43 @@ async def test_scope_without_id_uses_the_configured_default(make_config: Any) ->
         assert await store.count(scope=MemoryScope.AGENT, scope_id="other") == 0
 
 
+async def test_a_refresh_leaves_a_memory_refreshed_a_moment_ago(
+    storage: PostgresStorage[str, Any], raw_conn: asyncpg.Connection
+) -> None:
+    # Rewriting a row for a refresh costs a new version of it: a memory whose expiry is
+    # already within ttl_refresh_slack (1%) of the new one is left as it is.
+    assert storage.config.ttl_refresh_slack == 0.01
+    table = f'"{storage.config.schema_name}"."{storage.config.table}"'
+
+    async def expiry(key: str) -> datetime:
+        moment: datetime = await raw_conn.fetchval(
+            f"SELECT expires_at FROM {table} WHERE key = $1", key
+        )
+        return moment
+
+    await storage.store("fresh", "read over and over", ttl=timedelta(hours=1))
+    await storage.store("aging", "read now and then", ttl=timedelta(hours=1))
+    await storage.store("forever", "never expires", ttl=None)
+    written = await expiry("fresh")
+    # Its expiry is already within 36 s of now + 1 h: left, and not counted.
+    assert await storage.touch(["fresh"], timedelta(hours=1)) == 0
+    assert await expiry("fresh") == written
+    # A memory an hour from its end, or a longer TTL, is extended; so is one that never
+    # expired (touch gives it a TTL, as before).
+    await raw_conn.execute(
+        f"UPDATE {table} SET expires_at = now() + interval '59 minutes' WHERE key = 'aging'"
+    )
+    assert await storage.touch(["aging", "forever"], timedelta(hours=1)) == 2
+    assert await expiry("aging") > now_plus(timedelta(minutes=59, seconds=30))
+    assert await expiry("forever") is not None
+    assert await storage.touch(["fresh"], timedelta(hours=2)) == 1
+    assert await expiry("fresh") > written + timedelta(minutes=59)
+
+
+def now_plus(delta: timedelta) -> datetime:
+    return datetime.now(timezone.utc) + delta
+
+
 async def test_touch_extends_live_memories_only(
     storage: PostgresStorage[str, Any], raw_conn: asyncpg.Connection
 ) -> None:

@@ -403,8 +403,8 @@ def test_expired_items_are_invisible_at_once_without_a_sweeper(make_config: Any)
 
 async def test_reads_refresh_a_ttl_and_a_default_ttl_applies(make_config: Any) -> None:
     # Read from the expiry the server records, not from sleeps: a loaded machine is slow,
-    # and a refresh moves the expiry all the same.
-    storage = PostgresStorage(make_config(), HashingEmbedder(DIMENSION))
+    # and a refresh moves the expiry all the same (every refresh: no slack).
+    storage = PostgresStorage(make_config(ttl_refresh_slack=0), HashingEmbedder(DIMENSION))
     await storage.start()
     store = PepperpyStore(storage, ttl={"default_ttl": 2, "refresh_on_read": True})
 

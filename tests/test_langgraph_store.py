@@ -287,8 +287,9 @@ def test_a_graph_reads_memories_across_two_threads_of_one_user(make_config: Any)
 
 
 async def test_reads_refresh_the_ttl_unless_told_not_to(make_config: Any, raw_conn: Any) -> None:
-    # Judged on the stored expiry, not on sleeps racing a short TTL (flaky on a busy machine).
-    config = make_config()
+    # Judged on the stored expiry, not on sleeps racing a short TTL (flaky on a busy machine);
+    # every refresh rewrites (no slack), so that each read moves the expiry.
+    config = make_config(ttl_refresh_slack=0)
     store = PepperpyStore.create(config, HashingEmbedder(64))
     namespace = ("sessions", "s2")
     key = memory_key(namespace, "note")

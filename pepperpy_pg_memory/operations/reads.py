@@ -201,7 +201,10 @@ async def touch(
     if not identities:
         return 0
     return await started.database.execute(
-        "touch", started.statements.touch(started.tenant, identities, delta)
+        "touch",
+        started.statements.touch(
+            started.tenant, identities, delta, started.config.ttl_refresh_slack
+        ),
     )
 
 
