@@ -9,6 +9,8 @@ its default pool (10 connections) and default ``pool_timeout``:
 * ``burst_get``: N concurrent ``aget`` of those items;
 * ``burst_search``: N/10 concurrent ``asearch`` with a query;
 * ``burst_core_store``: N concurrent core ``PostgresStorage.store()`` calls (ours only);
+* ``burst_get_ttl``: N concurrent ``aget`` of N distinct items on stores configured with
+  LangGraph's TTL (``refresh_on_read``): every read refreshes its item's TTL;
 * ``burst_mixed_ttl``: N concurrent calls on 20 keys of one namespace — puts, deletes, gets
   and searches that refresh TTLs — on stores configured as LangGraph deployments are
   (``ttl={"default_ttl": 60, "refresh_on_read": True}``): LangGraph's burst tests' load.
@@ -87,7 +89,7 @@ async def _store_bursts(store: Any, system: str, count: int) -> list[Measurement
     return rows
 
 
-GOALS = {"burst_mixed_ttl": 1.0}
+GOALS = {"burst_mixed_ttl": 1.0, "burst_get_ttl": 1.0}
 """Per burst, the most our seconds may be of theirs (issue 22: LangGraph's burst load at least
 as fast as theirs; the others, 2)."""
 
@@ -98,6 +100,24 @@ TTL_CONFIG: Any = {"default_ttl": 60, "refresh_on_read": True}
 MIXED_REPEATS = 5
 """A mixed burst lasts about a tenth of a second, so one garbage-collector pass more or less
 moves it by a fifth: each store runs it this many times, and the median counts."""
+
+
+async def _ttl_gets(store: Any, system: str, count: int) -> Measurement:
+    """``count`` distinct items put, then all read at once, each read refreshing its TTL (a
+    deployment's TTL config): what an agent host's reads cost when every read keeps its
+    item alive."""
+    texts = _texts(count)
+    namespaces = [("users", f"t{i % 50}") for i in range(count)]
+    await _burst(
+        [lambda i=i: store.aput(namespaces[i], f"k{i}", {"text": texts[i]}) for i in range(count)]
+    )
+    seconds, found = await _burst(
+        [lambda i=i: store.aget(namespaces[i], f"k{i}") for i in range(count)]
+    )
+    missing = sum(item is None for item in found)
+    if missing:
+        raise AssertionError(f"{system}: {missing} of {count} items not found after the burst")
+    return rate_row("burst_get_ttl", system, "storage", count, count, seconds)
 
 
 async def _mixed_bursts(store: Any, system: str, count: int) -> Measurement:
@@ -146,7 +166,7 @@ async def _ours_mixed(url: str, count: int) -> list[Measurement]:
     store = PepperpyStore(handle, ttl=TTL_CONFIG)
     try:
         await handle.acall(lambda s: s.clear())
-        return [await _mixed_bursts(store, OURS, count)]
+        return [await _mixed_bursts(store, OURS, count), await _ttl_gets(store, OURS, count)]
     finally:
         await handle.acall(lambda s: s.clear())
         await store.aclose()
@@ -159,7 +179,8 @@ async def _langgraph_mixed(url: str, count: int) -> list[Measurement]:
         return [list(map(float, v)) for v in await embedder.embed_documents(texts)]
 
     async with langgraph_store(url, DIMENSION, embed, ttl=TTL_CONFIG) as store:
-        return [await _mixed_bursts(store, LANGGRAPH, count)]
+        mixed = await _mixed_bursts(store, LANGGRAPH, count)
+        return [mixed, await _ttl_gets(store, LANGGRAPH, count)]
 
 
 async def _ours(url: str, count: int) -> list[Measurement]:

@@ -85,6 +85,8 @@ WRITES_AT_ONCE = 4
 """Chunks of :data:`ITEMS_PER_WRITE` items of one batch written at once."""
 SEARCHES_AT_ONCE = 8
 """Distinct searches of one batch in flight at once (each holds a pooled connection)."""
+REFRESHES_AT_ONCE = 8
+"""TTL refreshes (one per owner and TTL) of one batch in flight at once."""
 PREFIX = "lg:"
 NAMESPACE_FIELD = "lg_namespace"
 TTL_FIELD = "lg_ttl_minutes"
@@ -660,11 +662,19 @@ class PepperpyStore(BaseStore):
 
     # --- operations -------------------------------------------------------------------------
     async def _refresh(self, storage: PostgresStorage[Any, Any], refresh: _Refreshes) -> None:
-        """Reading an item with a TTL starts its TTL again (LangGraph's refresh_ttl)."""
-        for (minutes, scope, scope_id), keys in refresh.items():
-            await storage.touch(
-                list(keys), timedelta(minutes=minutes), scope=scope, scope_id=scope_id or None
-            )
+        """Reading an item with a TTL starts its TTL again (LangGraph's refresh_ttl): one
+        statement per owner and TTL, a few at once (a refresh never waits for a row lock, so
+        refreshes running together cannot wait on each other)."""
+        room = asyncio.Semaphore(REFRESHES_AT_ONCE)
+
+        async def touch(group: tuple[float, str, str], keys: dict[str, None]) -> None:
+            minutes, scope, scope_id = group
+            async with room:
+                await storage.touch(
+                    list(keys), timedelta(minutes=minutes), scope=scope, scope_id=scope_id or None
+                )
+
+        await asyncio.gather(*(touch(group, keys) for group, keys in refresh.items()))
 
     async def _put(self, storage: PostgresStorage[Any, Any], ops: list[PutOp]) -> None:
         # Keys to delete per owner: deleted items, and the legacy keys of items written anew.
