@@ -236,3 +236,19 @@ def test_owners_benchmark_runs_small(tmp_path: Path) -> None:
     assert after["memories_retired"] == 3 * 30 + 180  # 30% of three owners of 100 and of 600
     # Expired and superseded memories are never returned: the live ones are found as before.
     assert after["quality"]["small_semantic_recall_at_10"] == 1.0
+
+
+def test_bursts_benchmark_runs_small(tmp_path: Path) -> None:
+    report = _run_small("bursts", tmp_path, "--count", "200")
+    names = {(row["name"], row["system"]) for row in report["results"]}
+    for name in ("burst_get_ttl", "burst_get_ttl_aged", "burst_mixed_ttl"):
+        assert {system for burst, system in names if burst == name} == {
+            "pepperpy-pg-memory PepperpyStore",
+            "langgraph AsyncPostgresStore",
+        }
+    # Every burst with a goal has its ratio, once.
+    ratios = [ratio["name"] for ratio in report["ratios"]]
+    assert sorted(ratios) == sorted(set(ratios))
+    assert {"burst_get_ttl", "burst_get_ttl_aged", "burst_mixed_ttl"} <= set(ratios)
+    mixed = [row for row in report["results"] if row["name"] == "burst_mixed_ttl"]
+    assert all(row["extra"]["failures"] == 0 for row in mixed)
