@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import builtins
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
+
+import asyncpg
 
 from ..errors import MemoryNotFoundError, MemoryValidationError
 from ..filters import key_path
@@ -14,6 +16,7 @@ from ..items import Scope, as_enum, aware_moment, owner, resolve_expiry
 from ..metrics import instrumented
 from ..models import MemoryEntry, MemoryOwner, StoredValue
 from ..queries import Restriction
+from ..sql import Query
 from ..types import ArrayPattern, Identity, ListOrder, MemoryScope, MemoryType
 from ..values import to_json_value, validate_key
 from .naming import ambiguous, check_unambiguous, resolve
@@ -91,12 +94,8 @@ async def retrieve_by_owner(
     started: Started[V], names: Iterable[tuple[MemoryScope | str, str | None, str]]
 ) -> dict[Identity, MemoryEntry[V]]:
     """Live memories of several owners in one round trip, by identity."""
-    wanted = _named(started, names)
-    if not wanted:
-        return {}
-    rows = await started.reads.fetch(
-        "retrieve_many",
-        started.statements.retrieve_many(wanted.keys, wanted.restriction(started)),
+    wanted, rows = await _read_named(
+        started, names, "retrieve_many", started.statements.retrieve_many
     )
     return {wanted.identity(row): started.rows.entry(row) for row in rows}
 
@@ -106,12 +105,8 @@ async def values_by_owner(
     started: Started[V], names: Iterable[tuple[MemoryScope | str, str | None, str]]
 ) -> dict[Identity, StoredValue]:
     """:func:`retrieve_by_owner`'s memories as their values and moments only."""
-    wanted = _named(started, names)
-    if not wanted:
-        return {}
-    rows = await started.reads.fetch(
-        "values_by_owner",
-        started.statements.values_by_owner(wanted.keys, wanted.restriction(started)),
+    wanted, rows = await _read_named(
+        started, names, "values_by_owner", started.statements.values_by_owner
     )
     value = started.rows.value
     return {
@@ -124,6 +119,21 @@ async def values_by_owner(
         )
         for row in rows
     }
+
+
+async def _read_named(
+    started: Started[V],
+    names: Iterable[tuple[MemoryScope | str, str | None, str]],
+    operation: str,
+    statement: Callable[[builtins.list[str], Restriction], Query],
+) -> tuple[_Named, builtins.list[asyncpg.Record]]:
+    """The memories ``names`` names, read by ``statement`` (of their keys and owners); no
+    round trip when there are none."""
+    wanted = _named(started, names)
+    if not wanted:
+        return wanted, []
+    rows = await started.reads.fetch(operation, statement(wanted.keys, wanted.restriction(started)))
+    return wanted, rows
 
 
 class _Named:
