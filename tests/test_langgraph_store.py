@@ -314,3 +314,41 @@ async def test_reads_refresh_the_ttl_unless_told_not_to(make_config: Any, raw_co
         assert await expiry() > refreshed
     finally:
         store.close()
+
+
+async def test_reads_of_items_refreshed_a_moment_ago_send_no_refresh(
+    make_config: Any, raw_conn: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With the default slack the refresh statement would leave such items; the store does not
+    # send it (a read of a fresh item costs one statement, not two).
+    config = make_config()
+    store = PepperpyStore.create(config, HashingEmbedder(64), ttl={"refresh_on_read": True})
+    storage = store._handle.storage
+    touched: list[list[str]] = []
+    touch = storage.touch
+
+    async def counted_touch(keys: Any, *args: Any, **kwargs: Any) -> int:
+        touched.append(list(keys))
+        return await touch(keys, *args, **kwargs)
+
+    monkeypatch.setattr(storage, "touch", counted_touch)
+    namespace = ("sessions", "s3")
+    key = memory_key(namespace, "note")
+    table = f'"{config.schema_name}"."{config.table}"'
+    try:
+        await store.aput(namespace, "note", {"text": "read every turn"}, ttl=60.0)
+        written = await raw_conn.fetchval(f"SELECT expires_at FROM {table} WHERE key = $1", key)
+        assert await store.aget(namespace, "note") is not None
+        assert [i.key for i in await store.asearch(namespace)] == ["note"]
+        assert [i.key for i in await store.asearch(namespace, query="turn")] == ["note"]
+        assert touched == []
+        # Half its TTL gone: the next read refreshes it.
+        await raw_conn.execute(
+            f"UPDATE {table} SET expires_at = now() + interval '30 minutes' WHERE key = $1", key
+        )
+        assert await store.aget(namespace, "note") is not None
+        assert touched == [[key]]
+        refreshed = await raw_conn.fetchval(f"SELECT expires_at FROM {table} WHERE key = $1", key)
+        assert refreshed >= written
+    finally:
+        store.close()

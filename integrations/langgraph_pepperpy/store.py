@@ -31,7 +31,7 @@ import re
 import typing
 import weakref
 from collections.abc import Iterable, Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 from urllib.parse import quote, unquote
 
@@ -87,6 +87,9 @@ SEARCHES_AT_ONCE = 8
 """Distinct searches of one batch in flight at once (each holds a pooled connection)."""
 REFRESHES_AT_ONCE = 8
 """TTL refreshes (one per owner and TTL) of one batch in flight at once."""
+CLOCK_MARGIN = timedelta(seconds=5)
+"""How much later than this process's clock says the server's may be, and a batch may take:
+an item is left out of a refresh only when the server, too, would leave it."""
 PREFIX = "lg:"
 NAMESPACE_FIELD = "lg_namespace"
 TTL_FIELD = "lg_ttl_minutes"
@@ -318,14 +321,28 @@ def texts_for(value: dict[str, Any], fields: list[str]) -> tuple[str, list[str]]
 
 class _Refreshes(dict[tuple[float, str, str], dict[str, None]]):
     """The items a batch's reads found whose TTL starts again, by TTL and owner (each key
-    once): refreshed in one statement per group after the reads that ran together."""
+    once): refreshed in one statement per group after the reads that ran together.
 
-    def note(self, identity: Identity, metadata: Mapping[str, Any]) -> None:
+    An item whose expiry, as read, is already within ``slack`` of its TTL of the new one is
+    left out (the refresh statement would leave it: ``PostgresConfig.ttl_refresh_slack``),
+    so that reads of items refreshed a moment ago send no statement at all."""
+
+    def __init__(self, slack: float) -> None:
+        super().__init__()
+        self._slack = slack
+        self._soon = datetime.now(timezone.utc) + CLOCK_MARGIN
+
+    def note(
+        self, identity: Identity, metadata: Mapping[str, Any], expires_at: datetime | None
+    ) -> None:
         minutes = metadata.get(TTL_FIELD)
-        if minutes is not None:
-            self.setdefault((float(minutes), identity.scope, identity.scope_id), {})[
-                identity.key
-            ] = None
+        if minutes is None:
+            return
+        ttl = float(minutes)
+        if expires_at is not None and self._slack > 0:
+            if expires_at >= self._soon + timedelta(minutes=ttl * (1 - self._slack)):
+                return
+        self.setdefault((ttl, identity.scope, identity.scope_id), {})[identity.key] = None
 
 
 class PepperpyStore(BaseStore):
@@ -596,7 +613,7 @@ class PepperpyStore(BaseStore):
 
         # The items the reads found that start their TTL again: refreshed once, after all
         # the reads that ran together (one statement per owner and TTL, not one per read).
-        refresh = _Refreshes()
+        refresh = _Refreshes(storage.config.ttl_refresh_slack)
 
         async def read_items() -> None:
             found = await self._get(storage, gets, refresh)
@@ -767,7 +784,7 @@ class PepperpyStore(BaseStore):
                 items.append(None)
                 continue
             if op.refresh_ttl:
-                refresh.note(identity, stored.metadata)
+                refresh.note(identity, stored.metadata, stored.expires_at)
             # The op names the item: nothing to decode from the memory's key.
             items.append(
                 Item(
@@ -814,7 +831,8 @@ class PepperpyStore(BaseStore):
         found = [(e, score, ns) for e, score in scored if (ns := _namespace_of(e)) is not None]
         if op.refresh_ttl:
             for entry, _, _ in found:
-                refresh.note(Identity(entry.scope.value, entry.scope_id, entry.key), entry.metadata)
+                identity = Identity(entry.scope.value, entry.scope_id, entry.key)
+                refresh.note(identity, entry.metadata, entry.expires_at)
         return [
             SearchItem(
                 namespace=namespace,
