@@ -88,8 +88,8 @@ SEARCHES_AT_ONCE = 8
 REFRESHES_AT_ONCE = 8
 """TTL refreshes (one per owner and TTL) of one batch in flight at once."""
 CLOCK_MARGIN = timedelta(seconds=5)
-"""How much later than this process's clock says the server's may be, and a batch may take:
-an item is left out of a refresh only when the server, too, would leave it."""
+"""How far the server's clock may run ahead of this process's: a read item is left out of a
+refresh only when the server, too, would leave it."""
 PREFIX = "lg:"
 NAMESPACE_FIELD = "lg_namespace"
 TTL_FIELD = "lg_ttl_minutes"
@@ -319,30 +319,43 @@ def texts_for(value: dict[str, Any], fields: list[str]) -> tuple[str, list[str]]
     return "\n".join(texts), texts[:MAX_PASSAGES] if len(texts) > 1 else []
 
 
-class _Refreshes(dict[tuple[float, str, str], dict[str, None]]):
+class _Refreshes(dict[tuple[float, str, str], dict[str, datetime | None]]):
     """The items a batch's reads found whose TTL starts again, by TTL and owner (each key
-    once): refreshed in one statement per group after the reads that ran together.
+    once, with its expiry as read): refreshed in one statement per group after the reads
+    that ran together.
 
-    An item whose expiry, as read, is already within ``slack`` of its TTL of the new one is
-    left out (the refresh statement would leave it: ``PostgresConfig.ttl_refresh_slack``),
-    so that reads of items refreshed a moment ago send no statement at all."""
+    An item whose expiry is already within ``slack`` of its TTL of the new one is left out
+    (the refresh statement would leave it: ``PostgresConfig.ttl_refresh_slack``), so that
+    reads of items refreshed a moment ago send no statement at all."""
 
     def __init__(self, slack: float) -> None:
         super().__init__()
         self._slack = slack
-        self._soon = datetime.now(timezone.utc) + CLOCK_MARGIN
 
     def note(
         self, identity: Identity, metadata: Mapping[str, Any], expires_at: datetime | None
     ) -> None:
         minutes = metadata.get(TTL_FIELD)
-        if minutes is None:
-            return
-        ttl = float(minutes)
-        if expires_at is not None and self._slack > 0:
-            if expires_at >= self._soon + timedelta(minutes=ttl * (1 - self._slack)):
-                return
-        self.setdefault((ttl, identity.scope, identity.scope_id), {})[identity.key] = None
+        if minutes is not None:
+            group = self.setdefault((float(minutes), identity.scope, identity.scope_id), {})
+            group[identity.key] = expires_at
+
+    def due(self) -> list[tuple[timedelta, str, str, list[str]]]:
+        """Each group's TTL, owner and the keys to refresh now: the items the refresh
+        statement would not leave, judged by this process's clock (:data:`CLOCK_MARGIN`
+        later, so that an item is left out only when the server, too, would leave it)."""
+        soon = datetime.now(timezone.utc) + CLOCK_MARGIN
+        groups = []
+        for (minutes, scope, scope_id), expiries in self.items():
+            ttl = timedelta(minutes=minutes)
+            if self._slack > 0:
+                fresh_after = soon + ttl * (1 - self._slack)
+                keys = [k for k, at in expiries.items() if at is None or at < fresh_after]
+            else:
+                keys = list(expiries)
+            if keys:
+                groups.append((ttl, scope, scope_id, keys))
+        return groups
 
 
 class PepperpyStore(BaseStore):
@@ -684,14 +697,11 @@ class PepperpyStore(BaseStore):
         refreshes running together cannot wait on each other)."""
         room = asyncio.Semaphore(REFRESHES_AT_ONCE)
 
-        async def touch(group: tuple[float, str, str], keys: dict[str, None]) -> None:
-            minutes, scope, scope_id = group
+        async def touch(ttl: timedelta, scope: str, scope_id: str, keys: list[str]) -> None:
             async with room:
-                await storage.touch(
-                    list(keys), timedelta(minutes=minutes), scope=scope, scope_id=scope_id or None
-                )
+                await storage.touch(keys, ttl, scope=scope, scope_id=scope_id or None)
 
-        await asyncio.gather(*(touch(group, keys) for group, keys in refresh.items()))
+        await asyncio.gather(*(touch(*group) for group in refresh.due()))
 
     async def _put(self, storage: PostgresStorage[Any, Any], ops: list[PutOp]) -> None:
         # Keys to delete per owner: deleted items, and the legacy keys of items written anew.
