@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from langgraph.store.base import GetOp, PutOp, SearchOp
 
+from helpers import until
 from langgraph_pepperpy import PepperpyStore, namespace_scope
 from langgraph_pepperpy.store import memory_key
 from pepperpy_pg_memory import HashingEmbedder, MemoryScope
@@ -323,7 +324,7 @@ async def test_reads_of_items_refreshed_a_moment_ago_send_no_refresh(
     # send it (a read of a fresh item costs one statement, not two).
     config = make_config()
     store = PepperpyStore.create(config, HashingEmbedder(64), ttl={"refresh_on_read": True})
-    storage = store._handle.storage
+    storage = store.storage
     touched: list[list[str]] = []
     touch = storage.touch
 
@@ -352,3 +353,58 @@ async def test_reads_of_items_refreshed_a_moment_ago_send_no_refresh(
         assert refreshed >= written
     finally:
         store.close()
+
+
+async def test_the_ttl_sweeper_deletes_expired_items(make_config: Any, raw_conn: Any) -> None:
+    # AsyncPostgresStore's sweeper calls: sweep_ttl, start_ttl_sweeper, stop_ttl_sweeper.
+    config = make_config()
+    table = f'"{config.schema_name}"."{config.table}"'
+    store = PepperpyStore.create(
+        config, HashingEmbedder(64), ttl={"default_ttl": 60, "sweep_interval_minutes": 0.005}
+    )
+    namespace = ("sessions", "s4")
+
+    async def expire(key: str) -> None:
+        await raw_conn.execute(
+            f"UPDATE {table} SET expires_at = now() - interval '1 second' WHERE key = $1",
+            memory_key(namespace, key),
+        )
+
+    async def stored(key: str) -> bool:
+        found = await raw_conn.fetchval(
+            f"SELECT count(*) FROM {table} WHERE key = $1", memory_key(namespace, key)
+        )
+        return bool(found)
+
+    try:
+        await store.aput(namespace, "gone", {"text": "expired"})
+        await store.aput(namespace, "kept", {"text": "alive"})
+        await expire("gone")
+        assert await store.sweep_ttl() == 1
+        assert not await stored("gone") and await stored("kept")
+
+        await store.aput(namespace, "later", {"text": "expires while the sweeper runs"})
+        sweeper = await store.start_ttl_sweeper()
+        assert await store.start_ttl_sweeper() is sweeper  # one sweeper at a time
+        await expire("later")
+
+        async def swept() -> bool:
+            return not await stored("later")
+
+        await until(swept, 60, "the sweeper deleting an expired item")
+        assert await stored("kept")
+        assert await store.stop_ttl_sweeper(timeout=30)
+        assert sweeper.done() and sweeper.exception() is None
+        assert await store.stop_ttl_sweeper()  # not running: nothing to stop
+    finally:
+        await store.aclose()
+
+
+async def test_without_a_ttl_config_the_sweeper_has_nothing_to_do(make_config: Any) -> None:
+    store = PepperpyStore.create(make_config(), HashingEmbedder(64))
+    try:
+        task = await store.start_ttl_sweeper()
+        await task
+        assert await store.stop_ttl_sweeper()
+    finally:
+        await store.aclose()

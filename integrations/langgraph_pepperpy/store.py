@@ -28,6 +28,7 @@ import functools
 import itertools
 import logging
 import re
+import time
 import typing
 import weakref
 from collections.abc import Iterable, Mapping
@@ -393,6 +394,8 @@ class PepperpyStore(BaseStore):
         self._last_caller: (
             tuple[weakref.ref[asyncio.AbstractEventLoop], Coalescer[Call, Outcome]] | None
         ) = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._sweeper_stop: asyncio.Event | None = None
 
     @classmethod
     def create(
@@ -446,16 +449,84 @@ class PepperpyStore(BaseStore):
         return self._handle.storage
 
     def close(self) -> None:
+        sweeper, stop = self._sweeper, self._sweeper_stop
+        if sweeper is not None and stop is not None and not sweeper.done():
+            sweeper.get_loop().call_soon_threadsafe(stop.set)
         if self._handle.loop.is_running():
             self._handle.call(lambda s: self._calls.drain())
         self._handle.close()
 
     async def aclose(self) -> None:
+        await self.stop_ttl_sweeper()
         calls = self._calls_from.get(asyncio.get_running_loop())
         if calls is not None:
             await calls.drain()
         await self._handle.acall(lambda s: self._calls.drain())
         await self._handle.aclose()
+
+    # --- expired items (AsyncPostgresStore's sweeper, same calls) ---------------------------
+    async def sweep_ttl(self) -> int:
+        """Delete the expired memories of this store's table, every owner's (as
+        ``PostgresStorage.cleanup_expired``: each leaves an ``expire`` version in the
+        history); how many. Expired items are invisible to reads already: this frees their
+        space."""
+        swept: int = await self._handle.acall(lambda s: s.cleanup_expired())
+        return swept
+
+    async def start_ttl_sweeper(
+        self, sweep_interval_minutes: int | float | None = None
+    ) -> asyncio.Task[None]:
+        """Sweep expired items every ``sweep_interval_minutes`` (else the TTL config's
+        ``sweep_interval_minutes``, else 5) on the calling loop until
+        :meth:`stop_ttl_sweeper` or :meth:`aclose`; the running task. Without a TTL config
+        there is nothing to sweep: an already finished task."""
+        if not self.ttl_config:
+            return asyncio.create_task(asyncio.sleep(0))
+        if self._sweeper is not None and not self._sweeper.done():
+            return self._sweeper
+        minutes = float(
+            sweep_interval_minutes or self.ttl_config.get("sweep_interval_minutes") or 5
+        )
+        stop = self._sweeper_stop = asyncio.Event()
+
+        async def sweep_until_stopped() -> None:
+            while True:
+                try:
+                    await asyncio.wait_for(stop.wait(), timeout=minutes * 60)
+                    return
+                except asyncio.TimeoutError:
+                    pass
+                try:
+                    swept = await self.sweep_ttl()
+                except Exception:  # the next sweep tries again; a sweeper that died would not
+                    logger.exception("the TTL sweep failed")
+                else:
+                    if swept:
+                        logger.info("TTL sweep: %d expired items deleted", swept)
+
+        self._sweeper = asyncio.create_task(sweep_until_stopped(), name="pepperpy-ttl-sweeper")
+        return self._sweeper
+
+    async def stop_ttl_sweeper(self, timeout: float | None = None) -> bool:
+        """Stop the sweeper; False if it was still sweeping after ``timeout`` seconds."""
+        sweeper, stop = self._sweeper, self._sweeper_stop
+        if sweeper is None or stop is None or sweeper.done():
+            return True
+        loop = sweeper.get_loop()
+        if loop is not asyncio.get_running_loop():  # started on another loop: told, then polled
+            loop.call_soon_threadsafe(stop.set)
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while not sweeper.done():
+                if deadline is not None and time.monotonic() > deadline:
+                    return False
+                await asyncio.sleep(0.01)
+            return True
+        stop.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(sweeper), timeout=timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
 
     # --- batching ---------------------------------------------------------------------------
     # Concurrent batch()/abatch() calls (an agent host serving many threads, or LangGraph's
