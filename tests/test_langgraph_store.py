@@ -13,7 +13,7 @@ from langgraph.store.base import GetOp, PutOp, SearchOp
 from helpers import until
 from langgraph_pepperpy import PepperpyStore, namespace_scope
 from langgraph_pepperpy.store import memory_key
-from pepperpy_pg_memory import HashingEmbedder, MemoryScope
+from pepperpy_pg_memory import HashingEmbedder, MemoryConfigurationError, MemoryScope
 from pepperpy_pg_memory.runner import run_on_async
 
 
@@ -408,3 +408,47 @@ async def test_without_a_ttl_config_the_sweeper_has_nothing_to_do(make_config: A
         assert await store.stop_ttl_sweeper()
     finally:
         await store.aclose()
+
+
+def test_code_written_for_postgres_store_opens_this_one(make_config: Any) -> None:
+    # LangGraph's sync pattern: with PostgresStore.from_conn_string(url) as store: store.setup()
+    base = make_config()
+    with PepperpyStore.from_conn_string(
+        base.dsn,
+        pool_config={"min_size": 1, "max_size": 4},
+        ttl={"default_ttl": 60},
+        embedding=HashingEmbedder(64),
+        schema=base.schema_name,
+        table=base.table,
+    ) as store:
+        store.setup()
+        assert store.storage.config.max_size == 4
+        store.put(("users", "ana"), "drink", {"text": "oat milk latte"})
+        item = store.get(("users", "ana"), "drink")
+        assert item is not None and item.value == {"text": "oat milk latte"}
+    assert not store.storage.started  # closed on leaving the block
+
+
+async def test_code_written_for_async_postgres_store_opens_this_one(make_config: Any) -> None:
+    # LangGraph's async pattern, with the embedder named in the index config.
+    base = make_config()
+
+    def embed(texts: list[str]) -> list[list[float]]:
+        return [[1.0 + text.count(letter) for letter in "abcdefgh"] for text in texts]
+
+    async with PepperpyStore.from_conn_string(
+        base.dsn,
+        index={"dims": 8, "embed": embed, "fields": ["text"]},
+        schema=base.schema_name,
+        table=base.table,
+    ) as store:
+        await store.setup()
+        await store.aput(("users", "ana"), "drink", {"text": "oat milk latte"})
+        found = await store.asearch(("users", "ana"), query="oat milk latte")
+        assert [item.key for item in found] == ["drink"]
+    assert not store.storage.started
+
+
+def test_a_pool_setting_it_cannot_honour_is_refused(make_config: Any) -> None:
+    with pytest.raises(MemoryConfigurationError, match="pool_config"):
+        PepperpyStore.from_conn_string(make_config().dsn, pool_config={"max_idle": 30})

@@ -31,8 +31,9 @@ import re
 import time
 import typing
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Generator, Iterable, Mapping
 from datetime import datetime, timedelta, timezone
+from types import TracebackType
 from typing import Any, Literal
 from urllib.parse import quote, unquote
 
@@ -359,6 +360,55 @@ class _Refreshes(dict[tuple[float, str, str], dict[str, datetime | None]]):
         return groups
 
 
+POOL_SETTINGS = ("min_size", "max_size")
+"""The keys of LangGraph's ``PoolConfig`` that ``from_conn_string`` takes (the pool's sizes)."""
+
+
+class StoreOpening:
+    """What :meth:`PepperpyStore.from_conn_string` returns: the store opened on entering a
+    ``with`` or ``async with`` block and closed on leaving it, as LangGraph's stores are."""
+
+    def __init__(self, open_store: Callable[[], PepperpyStore]) -> None:
+        self._open = open_store
+        self._store: PepperpyStore | None = None
+
+    def __enter__(self) -> PepperpyStore:
+        self._store = self._open()
+        return self._store
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._store is not None:
+            self._store.close()
+
+    async def __aenter__(self) -> PepperpyStore:
+        # Opening starts the store's own loop and migrates the table: not on the caller's.
+        self._store = await asyncio.to_thread(self._open)
+        return self._store
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._store is not None:
+            await self._store.aclose()
+
+
+class _Done:
+    """An awaitable with nothing to wait for: what ``setup()`` returns, so that both
+    ``store.setup()`` and ``await store.setup()`` (LangGraph's sync and async stores) work."""
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return
+        yield
+
+
 class PepperpyStore(BaseStore):
     """LangGraph ``BaseStore`` on pepperpy-pg-memory: put/get/delete/search/list_namespaces,
     semantic search through the core's HNSW index, filters on values, TTLs in minutes.
@@ -442,6 +492,39 @@ class PepperpyStore(BaseStore):
             raise
         store.index_config = index  # as given, `embed` included (it chose the embedder)
         return store
+
+    @classmethod
+    def from_conn_string(
+        cls,
+        conn_string: str,
+        *,
+        pipeline: bool = False,
+        pool_config: Mapping[str, Any] | None = None,
+        index: IndexConfig | None = None,
+        ttl: TTLConfig | None = None,
+        embedding: Any = None,
+        **config: Any,
+    ) -> StoreOpening:
+        """LangGraph's way to open its Postgres stores, for code written for them: ``with
+        PepperpyStore.from_conn_string(url) as store:`` or ``async with …``. ``url`` is a
+        ``postgresql://`` URI; ``pool_config`` takes the pool's ``min_size`` and
+        ``max_size``; ``index`` and ``ttl`` are as in :meth:`create`; further keywords are
+        :class:`PostgresConfig` fields (``table=…``). ``pipeline`` is accepted and changes
+        nothing: concurrent calls are batched anyway."""
+        pool = dict(pool_config or {})
+        unknown = sorted(set(pool) - set(POOL_SETTINGS))
+        if unknown:
+            raise MemoryConfigurationError(
+                f"pool_config takes {' and '.join(POOL_SETTINGS)}, not {', '.join(unknown)}",
+                field="pool_config",
+            )
+        settings = PostgresConfig(dsn=conn_string, **{**pool, **config})
+        return StoreOpening(lambda: cls.create(settings, embedding, ttl=ttl, index=index))
+
+    def setup(self) -> _Done:
+        """Nothing to do: the store's tables are created and migrated when it starts. Kept
+        for code written for LangGraph's stores, which call ``setup()`` (or await it) once."""
+        return _Done()
 
     @property
     def storage(self) -> PostgresStorage[Any, Any]:
