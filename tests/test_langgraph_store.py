@@ -420,6 +420,7 @@ def test_code_written_for_postgres_store_opens_this_one(make_config: Any) -> Non
         embedding=HashingEmbedder(64),
         schema=base.schema_name,
         table=base.table,
+        distribution=base.distribution,
     ) as store:
         store.setup()
         assert store.storage.config.max_size == 4
@@ -441,6 +442,7 @@ async def test_code_written_for_async_postgres_store_opens_this_one(make_config:
         index={"dims": 8, "embed": embed, "fields": ["text"]},
         schema=base.schema_name,
         table=base.table,
+        distribution=base.distribution,
     ) as store:
         await store.setup()
         await store.aput(("users", "ana"), "drink", {"text": "oat milk latte"})
