@@ -132,18 +132,19 @@ async def _ttl_gets(
     await _burst(
         [lambda i=i: store.aput(namespaces[i], f"k{i}", {"text": texts[i]}) for i in range(count)]
     )
-    rows = []
-    for name in ("burst_get_ttl", "burst_get_ttl_aged"):
-        if name == "burst_get_ttl_aged":
-            await age()
+
+    async def read_all(name: str) -> Measurement:
         seconds, found = await _burst(
             [lambda i=i: store.aget(namespaces[i], f"k{i}") for i in range(count)]
         )
         missing = sum(item is None for item in found)
         if missing:
             raise AssertionError(f"{system}: {missing} of {count} items not found in {name}")
-        rows.append(rate_row(name, system, "storage", count, count, seconds))
-    return rows
+        return rate_row(name, system, "storage", count, count, seconds)
+
+    fresh = await read_all("burst_get_ttl")
+    await age()
+    return [fresh, await read_all("burst_get_ttl_aged")]
 
 
 async def _mixed_bursts(store: Any, system: str, count: int) -> Measurement:
