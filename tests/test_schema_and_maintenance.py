@@ -382,3 +382,30 @@ async def test_a_ttl_refresh_rewrites_no_index(
         assert entry.expires_at is not None and entry.expires_at > entry.created_at.replace(
             microsecond=0
         ) + timedelta(seconds=7000)
+
+
+async def test_a_ttl_refresh_calls_no_version_trigger(
+    make_config: Any, raw_conn: asyncpg.Connection
+) -> None:
+    # The trigger that numbers versions looks at updated_at, version and the history flag;
+    # an UPDATE that changes none of them (a refresh) leaves it uncalled. EXPLAIN ANALYZE
+    # lists the row triggers that fired.
+    config = make_config()
+    async with PostgresStorage[str, Any](config, HashingEmbedder(16)) as store:
+        table = store.layout.qualified_table
+        await store.store("note", "tea at five", scope="user", scope_id="ana", ttl=3600)
+        owner = "scope = 'user' AND scope_id = 'ana' AND key = 'note'"
+
+        async def fired(assignments: str) -> str:
+            async with raw_conn.transaction():
+                plan = await raw_conn.fetch(
+                    f"EXPLAIN (ANALYZE) UPDATE {table} SET {assignments} WHERE {owner}"
+                )
+            return "\n".join(row[0] for row in plan)
+
+        refresh = await fired("expires_at = now() + interval '2 hours'")
+        assert "_version" not in refresh
+        rewrite = await fired("content = 'tea at six', updated_at = clock_timestamp()")
+        assert f"Trigger {config.table}_version_update: " in rewrite
+        entry = await store.retrieve("note", scope="user", scope_id="ana")
+        assert entry.version == 2
