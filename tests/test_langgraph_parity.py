@@ -12,6 +12,14 @@ from typing import Any
 
 import numpy as np
 import pytest
+from langgraph.store.base import (
+    GetOp,
+    InvalidNamespaceError,
+    ListNamespacesOp,
+    MatchCondition,
+    PutOp,
+    SearchOp,
+)
 
 from langgraph_pepperpy import PepperpyStore
 from pepperpy_pg_memory import HashingEmbedder, MemoryConfigurationError
@@ -55,6 +63,44 @@ def test_a_namespace_look_alike_is_another_namespace(store: PepperpyStore) -> No
     store.put(("users", "a\u200bna"), "k", {"text": "look-alike"})
     assert store.get(("users", "ana"), "k").value == {"text": "plain"}  # type: ignore[union-attr]
     assert [i.value for i in store.search(("users", "ana"))] == [{"text": "plain"}]
+
+
+BAD_NAMESPACES = [("notes.2024",), ("users", ""), ("users", 7)]
+
+
+@pytest.mark.parametrize("namespace", BAD_NAMESPACES)
+async def test_a_batch_with_a_bad_label_runs_none_of_its_ops(
+    store: PepperpyStore, namespace: Any
+) -> None:
+    # Ops handed to batch()/abatch() skip BaseStore's own checks; LangGraph's stores check
+    # each op's labels (a "." would address another namespace in theirs) and refuse the
+    # whole batch before running any of it.
+    await store.aput(("users", "ana"), "diet", {"text": "vegetarian"})
+    refused = [
+        GetOp(namespace, "diet"),
+        PutOp(namespace, "diet", {"text": "vegan"}),
+        PutOp(namespace, "diet", None),
+        SearchOp(namespace),
+        ListNamespacesOp((MatchCondition("prefix", namespace),)),
+        ListNamespacesOp((MatchCondition("suffix", namespace),)),
+    ]
+    for op in refused:
+        with pytest.raises(InvalidNamespaceError):
+            await store.abatch([PutOp(("staged",), "first", {"text": "x"}), op])
+        with pytest.raises(InvalidNamespaceError):
+            await asyncio.to_thread(store.batch, [PutOp(("staged",), "first", {"text": "x"}), op])
+    assert await store.aget(("staged",), "first") is None
+    item = await store.aget(("users", "ana"), "diet")
+    assert item is not None and item.value == {"text": "vegetarian"}
+
+
+def test_like_wildcards_in_labels_are_plain_characters(store: PepperpyStore) -> None:
+    namespaces = [("team_%",), ("team_%", "child"), ("teamX%",), ("TEAM_%",)]
+    for namespace in namespaces:
+        store.put(namespace, "k", {"text": "n"})
+    assert {item.namespace for item in store.search(())} == set(namespaces)
+    assert {item.namespace for item in store.search(("team_%",))} == set(namespaces[:2])
+    assert store.list_namespaces(prefix=("team_%", "*")) == [("team_%", "child")]
 
 
 def test_put_and_delete_of_the_same_keys_from_many_threads(store: PepperpyStore) -> None:

@@ -139,6 +139,22 @@ def _check_labels(namespace: tuple[str, ...]) -> None:
             )
 
 
+def _checked(ops: Iterable[Op]) -> list[Op]:
+    """``ops`` as a list, each op's namespace labels checked as BaseStore's own calls check
+    them: ops given to batch()/abatch() bypass those calls, and a batch with one bad label
+    must fail before any of its ops runs."""
+    checked = list(ops)
+    for op in checked:
+        if isinstance(op, GetOp | PutOp):
+            _check_labels(op.namespace)
+        elif isinstance(op, SearchOp):
+            _check_labels(op.namespace_prefix)
+        elif isinstance(op, ListNamespacesOp):
+            for condition in op.match_conditions or ():
+                _check_labels(condition.path)
+    return checked
+
+
 def namespace_scope(namespace: tuple[str, ...]) -> tuple[MemoryScope, str | None]:
     """The (scope, scope_id) a namespace's memories get (see the module docstring)."""
     if len(namespace) >= 2 and namespace[0] in _SCOPES:
@@ -616,12 +632,12 @@ class PepperpyStore(BaseStore):
     # own put/get, each a batch of one) are run together: their operations, in call order,
     # as one batch. Their puts become one store_many, their gets one retrieve_many per owner.
     def batch(self, ops: Iterable[Op]) -> list[Result]:
-        operations: Call = list(ops)
+        operations: Call = _checked(ops)
         outcome = self._handle.call(lambda s: self._calls.submit(operations))
         return typing.cast(list[Result], outcome)
 
     async def abatch(self, ops: Iterable[Op]) -> list[Result]:
-        return typing.cast(list[Result], await self._queue(list(ops)))
+        return typing.cast(list[Result], await self._queue(_checked(ops)))
 
     # LangGraph's single-item calls, queued as they are: a burst of thousands allocates a
     # coroutine and a list less per call than through abatch, and so wakes the garbage
