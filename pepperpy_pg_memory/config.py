@@ -272,6 +272,16 @@ class PostgresConfig(BaseSettings):
             "starting it with another raises MemoryConfigurationError."
         ),
     )
+    vector_type: Literal["vector", "halfvec"] | None = Field(
+        default=None,
+        description=(
+            "How a new table stores vectors: 'vector' (4-byte floats) or 'halfvec' (2-byte "
+            "floats: half the vectors' space; scores agree to about 1e-3). None: 'vector' "
+            "up to 2,000 dimensions, "
+            "'halfvec' above (what pgvector's HNSW can index). An existing table keeps its "
+            "own; starting it with another raises MemoryConfigurationError."
+        ),
+    )
     rrf_k: int = Field(default=60, ge=1, description="Reciprocal-rank-fusion constant.")
     hybrid_candidates: int = Field(
         default=50, ge=1, le=1000, description="Candidates each index contributes to HYBRID."

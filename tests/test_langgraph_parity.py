@@ -216,3 +216,45 @@ def test_each_distance_type_orders_and_scores_as_langgraph(
 def test_a_distance_pgvector_cannot_index_for_floats_is_refused(make_config: Any) -> None:
     with pytest.raises(MemoryConfigurationError, match="hamming"):
         PepperpyStore.create(make_config(), _FixedVectors(), index={"distance_type": "hamming"})  # type: ignore[typeddict-unknown-key]
+
+
+@pytest.mark.parametrize("distance", ["cosine", "l2", "inner_product"])
+def test_half_precision_vectors_as_langgraph_configures_them(
+    make_config: Any, distance: str
+) -> None:
+    config = make_config()
+    index: Any = {
+        "dims": 3,
+        "distance_type": distance,
+        "ann_index_config": {"kind": "hnsw", "vector_type": "halfvec", "m": 24},
+    }
+    memory = PepperpyStore.create(config, _FixedVectors(), index=index)
+    try:
+        layout = memory.storage.layout
+        assert (layout.vector_type, layout.hnsw_m) == ("halfvec", 24)
+        for word in _FixedVectors.vectors:
+            memory.put(("docs",), word, {"text": word})
+        for item in memory.search(("docs",), query="anything", limit=3):
+            expected = _langgraph_score(distance, _FixedVectors.vectors[item.key])
+            assert item.score == pytest.approx(expected, abs=2e-3)
+    finally:
+        memory.close()
+    # The table keeps its type: a store asking for the other is refused, never ignored.
+    full: Any = {**index, "ann_index_config": {"vector_type": "vector"}}
+    with pytest.raises(MemoryConfigurationError, match="stores its vectors as halfvec"):
+        PepperpyStore.create(config, _FixedVectors(), index=full)
+
+
+@pytest.mark.parametrize(
+    ("ann", "refusal"),
+    [
+        ({"kind": "ivfflat", "nlist": 10}, "indexes vectors with HNSW"),
+        ({"vector_type": "bit"}, "float vectors"),
+    ],
+)
+def test_an_index_this_store_cannot_build_is_refused(
+    make_config: Any, ann: dict[str, Any], refusal: str
+) -> None:
+    index: Any = {"dims": 3, "ann_index_config": ann}
+    with pytest.raises(MemoryConfigurationError, match=refusal):
+        PepperpyStore.create(make_config(), _FixedVectors(), index=index)

@@ -150,6 +150,46 @@ async def test_dimensions_above_2000_use_halfvec(
     assert row["vector_type"] == "halfvec"
 
 
+async def test_a_table_may_store_half_precision_vectors(
+    make_config: Any, raw_conn: asyncpg.Connection
+) -> None:
+    from pepperpy_pg_memory import MemoryConfigurationError
+
+    config = make_config(vector_type="halfvec")
+    async with PostgresStorage[str, Any](config, HashingEmbedder(64)) as store:
+        assert store.layout.vector_type == "halfvec"
+        await store.store_many([("a", "red apples"), ("b", "green pears")])
+        hits = await store.search(MemoryQuery(query="red apples", limit=2))
+        assert [h.entry.key for h in hits] == ["a", "b"]
+        assert hits[0].score == pytest.approx(1.0, abs=1e-3)
+        similar = await store.similar("a", limit=1)
+        assert [s.entry.key for s in similar] == ["b"]
+    table = f'"{config.schema_name}"."{config.table}"'
+    column = await raw_conn.fetchval(
+        "SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
+        "WHERE attrelid = $1::regclass AND attname = 'embedding'",
+        table,
+    )
+    assert column == "halfvec(64)"
+    # The table keeps its type: opened without a choice it is used as it is, with another
+    # refused before anything is written.
+    async with PostgresStorage[str, Any](
+        config.model_copy(update={"vector_type": None}), HashingEmbedder(64)
+    ) as store:
+        assert store.layout.vector_type == "halfvec"
+        assert (await store.retrieve("a")).value == "red apples"
+    with pytest.raises(MemoryConfigurationError, match="stores its vectors as halfvec"):
+        async with PostgresStorage[str, Any](
+            config.model_copy(update={"vector_type": "vector"}), HashingEmbedder(64)
+        ):
+            pass
+    with pytest.raises(MemoryConfigurationError, match="use vector_type='halfvec'"):
+        async with PostgresStorage[str, Any](
+            make_config(vector_type="vector"), HashingEmbedder(2_500)
+        ):
+            pass
+
+
 async def test_unindexable_dimension_is_a_configuration_error(make_config: Any) -> None:
     from pepperpy_pg_memory import MemoryConfigurationError
 

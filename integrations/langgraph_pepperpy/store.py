@@ -202,6 +202,37 @@ def _namespace_of(entry: MemoryEntry[Any]) -> tuple[str, ...] | None:
     return namespace
 
 
+ANN_SETTINGS = {
+    "vector_type": "vector_type",
+    "m": "hnsw_m",
+    "ef_construction": "hnsw_ef_construction",
+}
+"""LangGraph's ``index["ann_index_config"]`` entries and the PostgresConfig fields they set."""
+
+
+def _ann_settings(index: IndexConfig | None) -> dict[str, Any]:
+    """The PostgresConfig fields LangGraph's ``ann_index_config`` asks for. Its HNSW index
+    is this store's too; another kind of index, or bit vectors, it cannot build."""
+    ann: Any = typing.cast(dict[str, Any], index or {}).get("ann_index_config") or {}
+    if not isinstance(ann, Mapping):
+        raise MemoryConfigurationError("index['ann_index_config'] must be a dict", field="index")
+    kind = ann.get("kind", "hnsw")
+    if kind != "hnsw":
+        raise MemoryConfigurationError(
+            f"index['ann_index_config']['kind'] is {kind!r}: this store indexes vectors with "
+            "HNSW (and reads a small owner's memories exactly); leave `kind` out or give "
+            "'hnsw'",
+            field="index",
+        )
+    if ann.get("vector_type", "vector") not in ("vector", "halfvec"):
+        raise MemoryConfigurationError(
+            f"index['ann_index_config']['vector_type'] is {ann['vector_type']!r}: this store "
+            "keeps float vectors, 'vector' or 'halfvec'",
+            field="index",
+        )
+    return {field: ann[name] for name, field in ANN_SETTINGS.items() if name in ann}
+
+
 def _without_embed(index: IndexConfig | None) -> IndexConfig | None:
     if index is None:
         return None
@@ -228,6 +259,14 @@ def _check_index(index: IndexConfig | None, storage: PostgresStorage[Any, Any]) 
         raise MemoryConfigurationError(
             f"index['distance_type'] is {distance!r}, but this store's table compares vectors "
             f"by {storage.layout.distance!r} (its indexes' operator class): give that, or "
+            "PepperpyStore.create(index=...) on a table of its own",
+            field="index",
+        )
+    wanted_type = _ann_settings(index).get("vector_type")
+    if wanted_type is not None and wanted_type != storage.layout.vector_type:
+        raise MemoryConfigurationError(
+            f"index['ann_index_config']['vector_type'] is {wanted_type!r}, but this store's "
+            f"table stores {storage.layout.vector_type!r}: give that, or "
             "PepperpyStore.create(index=...) on a table of its own",
             field="index",
         )
@@ -500,6 +539,13 @@ class PepperpyStore(BaseStore):
                 )
             # A new table is created comparing by it (an existing one must already).
             config = (config or PostgresConfig()).model_copy(update={"distance": distance})
+        table_settings = _ann_settings(index)
+        if table_settings:
+            # A new table is created so (an existing one keeps its vector type: a different
+            # one is refused when the store starts).
+            config = PostgresConfig.model_validate(
+                {**(config or PostgresConfig()).model_dump(), **table_settings}
+            )
         handle = BackgroundStorage.create(config, embedding)
         try:
             store = cls(handle, ttl=ttl, index=_without_embed(index))

@@ -23,7 +23,7 @@ from ..distribution import distribute as distribute_tables
 from ..embedded import EmbeddedServer, acquire_embedded, release_embedded
 from ..embedded_replicas import EmbeddedReplica, acquire_replicas, release_replicas
 from ..embeddings import Embedder, embedder_identity
-from ..errors import DimensionMismatchError, EmbedderMismatchError
+from ..errors import DimensionMismatchError, EmbedderMismatchError, MemoryConfigurationError
 from ..faults import translate
 from ..history import setting_statement
 from ..metrics import Metrics
@@ -116,7 +116,7 @@ def wanted_layout(config: PostgresConfig, embedder: Embedder, dimension: int) ->
         schema=config.schema_name,
         table=config.table,
         dimension=dimension,
-        vector_type=vector_type_for(dimension),
+        vector_type=vector_type_for(dimension, config.vector_type),
         text_search_config=config.text_search_config,
         hnsw_m=config.hnsw_m,
         hnsw_ef_construction=config.hnsw_ef_construction,
@@ -154,6 +154,13 @@ async def prepare_table(
         for name in await ensure_metadata_indexes(session, layout, config.indexed_fields):
             logger.info("created metadata index %s", name)
         vectors_in = await vector_schema(session)
+    if config.vector_type is not None and layout.vector_type != config.vector_type:
+        raise MemoryConfigurationError(
+            f"table {layout.schema}.{layout.table} stores its vectors as {layout.vector_type}, "
+            f"not {config.vector_type}: configure vector_type={layout.vector_type!r} (or "
+            "leave it out), or use another table",
+            field="vector_type",
+        )
     if layout.text_search_config != config.text_search_config:
         logger.warning(
             "table %s.%s is indexed with text search configuration %r, not %r: run "

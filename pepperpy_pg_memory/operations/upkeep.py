@@ -376,7 +376,8 @@ async def convert_dimension(
 ) -> Started[V]:
     """Retype the embedding column for a new model; every stored vector is dropped."""
     old = started.layout
-    new = replace(old, dimension=dimension, vector_type=vector_type_for(dimension))
+    chosen = vector_type_for(dimension, started.config.vector_type)
+    new = replace(old, dimension=dimension, vector_type=chosen)
     logger.warning(
         "converting %s.%s embeddings from %d to %d dimensions; every memory is re-embedded",
         old.schema,

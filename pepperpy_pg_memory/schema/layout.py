@@ -22,11 +22,22 @@ _VECTOR_MAX = 2_000
 MAX_INDEXED_DIMENSION = 4_000
 
 
-def vector_type_for(dimension: int) -> str:
-    """The pgvector column type for embeddings of ``dimension``."""
+def vector_type_for(dimension: int, chosen: str | None = None) -> str:
+    """The pgvector column type for embeddings of ``dimension``: ``chosen`` ("vector" or
+    "halfvec", PostgresConfig.vector_type), else ``vector`` while pgvector can index it."""
     if dimension < 1:
         raise MemoryConfigurationError(f"embedding dimension must be positive, got {dimension}")
-    if dimension <= _VECTOR_MAX:
+    if chosen not in (None, "vector", "halfvec"):
+        raise MemoryConfigurationError(
+            f"vector_type is {chosen!r}: 'vector' or 'halfvec'", field="vector_type"
+        )
+    if chosen == "vector" and dimension > _VECTOR_MAX:
+        raise MemoryConfigurationError(
+            f"{dimension}-dimensional `vector` columns cannot be indexed by pgvector's HNSW "
+            f"(at most {_VECTOR_MAX}): use vector_type='halfvec'",
+            field="vector_type",
+        )
+    if dimension <= _VECTOR_MAX and chosen != "halfvec":
         return "vector"
     if dimension <= MAX_INDEXED_DIMENSION:
         return "halfvec"
