@@ -3,10 +3,14 @@ onto scopes, TTLs, and a compiled graph sharing memories across two threads of o
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
+import asyncpg
 import pytest
 from langgraph.store.base import GetOp, PutOp, SearchOp
 
@@ -454,3 +458,44 @@ async def test_code_written_for_async_postgres_store_opens_this_one(make_config:
 def test_a_pool_setting_it_cannot_honour_is_refused(make_config: Any) -> None:
     with pytest.raises(MemoryConfigurationError, match="pool_config"):
         PepperpyStore.from_conn_string(make_config().dsn, pool_config={"max_idle": 30})
+
+
+def test_the_ttl_sweeper_calls_work_from_synchronous_code(make_config: Any, pg_dsn: str) -> None:
+    # LangGraph's PostgresStore has the sweeper calls as plain methods: sweep_ttl() returns
+    # how many it deleted, start_ttl_sweeper() a concurrent Future, stop_ttl_sweeper() a bool.
+    config = make_config()
+    store = PepperpyStore.create(
+        config, HashingEmbedder(64), ttl={"default_ttl": 60, "sweep_interval_minutes": 0.005}
+    )
+    namespace = ("sessions", "s5")
+    try:
+        assert store.sweep_ttl() == 0
+        store.put(namespace, "brief", {"text": "gone soon"}, ttl=0.01)  # 0.6 s
+        store.put(namespace, "kept", {"text": "alive"})
+        sweeper = store.start_ttl_sweeper()
+        assert isinstance(sweeper, concurrent.futures.Future)
+        assert store.start_ttl_sweeper() is sweeper  # one sweeper at a time
+        deadline = time.monotonic() + 60
+
+        table = f'"{config.schema_name}"."{config.table}"'
+
+        async def rows(key: str) -> int:  # expired or not: what the sweeper deletes
+            connection = await asyncpg.connect(pg_dsn)
+            try:
+                sql = f"SELECT count(*) FROM {table} WHERE key = $1"
+                return int(await connection.fetchval(sql, memory_key(namespace, key)))
+            finally:
+                await connection.close()
+
+        def stored(key: str) -> bool:
+            return asyncio.run(rows(key)) > 0
+
+        while stored("brief"):
+            assert time.monotonic() < deadline, "the sweeper did not delete the expired item"
+            time.sleep(0.1)
+        assert stored("kept")
+        assert store.stop_ttl_sweeper(timeout=30) is True
+        assert sweeper.done() and sweeper.exception() is None
+        assert store.stop_ttl_sweeper() is True  # not running: nothing to stop
+    finally:
+        store.close()

@@ -24,11 +24,12 @@ How LangGraph's namespaces map onto memories:
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import itertools
 import logging
 import re
-import time
+import threading
 import typing
 import weakref
 from collections.abc import Callable, Generator, Iterable, Mapping
@@ -455,6 +456,15 @@ class StoreOpening:
             await self._store.aclose()
 
 
+def _in_async_code() -> bool:
+    """Whether the caller runs on an event loop (and so awaits what it is given)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
 class _Done:
     """An awaitable with nothing to wait for: what ``setup()`` returns, so that both
     ``store.setup()`` and ``await store.setup()`` (LangGraph's sync and async stores) work."""
@@ -499,8 +509,14 @@ class PepperpyStore(BaseStore):
         self._last_caller: (
             tuple[weakref.ref[asyncio.AbstractEventLoop], Coalescer[Call, Outcome]] | None
         ) = None
-        self._sweeper: asyncio.Task[None] | None = None
+        self._sweeper: concurrent.futures.Future[None] | None = None
         self._sweeper_stop: asyncio.Event | None = None
+        self._sweeper_lock = threading.Lock()
+        # The sweeper as each caller's loop awaits it (start_ttl_sweeper from async code).
+        self._sweeper_futures: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, asyncio.Future[None]
+        ] = weakref.WeakKeyDictionary()
+        self._sweeper_wrapped: concurrent.futures.Future[None] | None = None
 
     @classmethod
     def create(
@@ -594,81 +610,117 @@ class PepperpyStore(BaseStore):
         return self._handle.storage
 
     def close(self) -> None:
-        sweeper, stop = self._sweeper, self._sweeper_stop
-        if sweeper is not None and stop is not None and not sweeper.done():
-            sweeper.get_loop().call_soon_threadsafe(stop.set)
+        self._tell_sweeper_to_stop()
         if self._handle.loop.is_running():
             self._handle.call(lambda s: self._calls.drain())
         self._handle.close()
 
     async def aclose(self) -> None:
-        await self.stop_ttl_sweeper()
+        await self._sweeper_stopped(self._tell_sweeper_to_stop(), None)
         calls = self._calls_from.get(asyncio.get_running_loop())
         if calls is not None:
             await calls.drain()
         await self._handle.acall(lambda s: self._calls.drain())
         await self._handle.aclose()
 
-    # --- expired items (AsyncPostgresStore's sweeper, same calls) ---------------------------
-    async def sweep_ttl(self) -> int:
+    # --- expired items (the TTL sweeper calls of LangGraph's stores) --------------------------
+    # LangGraph's PostgresStore has them as plain methods (the sweeper a thread, its handle a
+    # concurrent Future), AsyncPostgresStore as coroutines (the sweeper a task). One class
+    # serves both here: called from async code (a running event loop) each returns an
+    # awaitable, as AsyncPostgresStore's; otherwise it does its work and returns the result,
+    # as PostgresStore's. The sweeper itself runs on the store's own loop either way.
+    def sweep_ttl(self) -> Any:
         """Delete the expired memories of this store's table, every owner's (as
         ``PostgresStorage.cleanup_expired``: each leaves an ``expire`` version in the
         history); how many. Expired items are invisible to reads already: this frees their
         space."""
-        swept: int = await self._handle.acall(lambda s: s.cleanup_expired())
-        return swept
+        if _in_async_code():
+            return self._handle.acall(lambda s: s.cleanup_expired())
+        return self._handle.call(lambda s: s.cleanup_expired())
 
-    async def start_ttl_sweeper(
-        self, sweep_interval_minutes: int | float | None = None
-    ) -> asyncio.Task[None]:
+    def start_ttl_sweeper(self, sweep_interval_minutes: int | float | None = None) -> Any:
         """Sweep expired items every ``sweep_interval_minutes`` (else the TTL config's
-        ``sweep_interval_minutes``, else 5) on the calling loop until
-        :meth:`stop_ttl_sweeper` or :meth:`aclose`; the running task. Without a TTL config
-        there is nothing to sweep: an already finished task."""
-        if not self.ttl_config:
-            return asyncio.create_task(asyncio.sleep(0))
-        if self._sweeper is not None and not self._sweeper.done():
-            return self._sweeper
-        minutes = float(
-            sweep_interval_minutes or self.ttl_config.get("sweep_interval_minutes") or 5
-        )
-        stop = self._sweeper_stop = asyncio.Event()
+        ``sweep_interval_minutes``, else 5) until :meth:`stop_ttl_sweeper` or closing. Returns
+        the sweeper's ``concurrent.futures.Future``, done once it stops; from async code, an
+        awaitable of the same as an asyncio future (one per loop while it runs). Without a
+        TTL config there is nothing to sweep: an already finished future."""
+        sweeper = self._start_sweeper(sweep_interval_minutes)
+        if not _in_async_code():
+            return sweeper
+        return self._sweeper_on_loop(sweeper)
 
-        async def sweep_until_stopped() -> None:
-            while True:
-                try:
-                    await asyncio.wait_for(stop.wait(), timeout=minutes * 60)
-                    return
-                except asyncio.TimeoutError:
-                    pass
-                try:
-                    swept = await self.sweep_ttl()
-                except Exception:  # the next sweep tries again; a sweeper that died would not
-                    logger.exception("the TTL sweep failed")
-                else:
-                    if swept:
-                        logger.info("TTL sweep: %d expired items deleted", swept)
-
-        self._sweeper = asyncio.create_task(sweep_until_stopped(), name="pepperpy-ttl-sweeper")
-        return self._sweeper
-
-    async def stop_ttl_sweeper(self, timeout: float | None = None) -> bool:
-        """Stop the sweeper; False if it was still sweeping after ``timeout`` seconds."""
-        sweeper, stop = self._sweeper, self._sweeper_stop
-        if sweeper is None or stop is None or sweeper.done():
+    def stop_ttl_sweeper(self, timeout: float | None = None) -> Any:
+        """Stop the sweeper; False if it was still sweeping after ``timeout`` seconds (from
+        async code, an awaitable of that)."""
+        sweeper = self._tell_sweeper_to_stop()
+        if _in_async_code():
+            return self._sweeper_stopped(sweeper, timeout)
+        if sweeper is None:
             return True
-        loop = sweeper.get_loop()
-        if loop is not asyncio.get_running_loop():  # started on another loop: told, then polled
-            loop.call_soon_threadsafe(stop.set)
-            deadline = None if timeout is None else time.monotonic() + timeout
-            while not sweeper.done():
-                if deadline is not None and time.monotonic() > deadline:
-                    return False
-                await asyncio.sleep(0.01)
-            return True
-        stop.set()
         try:
-            await asyncio.wait_for(asyncio.shield(sweeper), timeout=timeout)
+            sweeper.result(timeout)
+        except concurrent.futures.TimeoutError:
+            return False
+        return True
+
+    def _start_sweeper(self, minutes_given: int | float | None) -> concurrent.futures.Future[None]:
+        with self._sweeper_lock:
+            if self._sweeper is not None and not self._sweeper.done():
+                return self._sweeper
+            if not self.ttl_config:
+                nothing: concurrent.futures.Future[None] = concurrent.futures.Future()
+                nothing.set_result(None)
+                return nothing
+            minutes = float(minutes_given or self.ttl_config.get("sweep_interval_minutes") or 5)
+            stop = self._sweeper_stop = asyncio.Event()
+
+            async def sweep_until_stopped() -> None:
+                while True:
+                    try:
+                        await asyncio.wait_for(stop.wait(), timeout=minutes * 60)
+                        return
+                    except asyncio.TimeoutError:
+                        pass
+                    try:
+                        swept = await self.storage.cleanup_expired()
+                    except Exception:  # the next sweep tries again; a dead sweeper would not
+                        logger.exception("the TTL sweep failed")
+                    else:
+                        if swept:
+                            logger.info("TTL sweep: %d expired items deleted", swept)
+
+            self._sweeper = asyncio.run_coroutine_threadsafe(
+                sweep_until_stopped(), self._handle.loop
+            )
+            return self._sweeper
+
+    async def _sweeper_on_loop(
+        self, sweeper: concurrent.futures.Future[None]
+    ) -> asyncio.Future[None]:
+        loop = asyncio.get_running_loop()
+        known = self._sweeper_futures.get(loop)
+        if known is None or known.done() or self._sweeper_wrapped is not sweeper:
+            known = self._sweeper_futures[loop] = asyncio.wrap_future(sweeper, loop=loop)
+            self._sweeper_wrapped = sweeper
+        return known
+
+    def _tell_sweeper_to_stop(self) -> concurrent.futures.Future[None] | None:
+        with self._sweeper_lock:
+            sweeper, stop = self._sweeper, self._sweeper_stop
+        if sweeper is None or stop is None or sweeper.done():
+            return None
+        if not self._handle.loop.is_closed():
+            self._handle.loop.call_soon_threadsafe(stop.set)
+        return sweeper
+
+    async def _sweeper_stopped(
+        self, sweeper: concurrent.futures.Future[None] | None, timeout: float | None
+    ) -> bool:
+        if sweeper is None:
+            return True
+        waiting = await self._sweeper_on_loop(sweeper)
+        try:
+            await asyncio.wait_for(asyncio.shield(waiting), timeout=timeout)
         except asyncio.TimeoutError:
             return False
         return True
