@@ -10,7 +10,7 @@ only names in the text are the table's, validated and quoted by
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -890,13 +890,21 @@ class Statements:
         return Query(sql, params.values)
 
     def _under_keys(
-        self, columns: str, keys: list[str], restriction: Restriction, params: Params | None = None
+        self, columns: str | Callable[[Params], str], keys: list[str], restriction: Restriction
     ) -> Query:
-        params = Params([keys]) if params is None else params
-        sql = (
-            f"SELECT {columns} FROM {self.table} m "
-            f"WHERE m.key = ANY($1::text[]) AND {restriction.conditions(params)}"
-        )
+        """``columns`` (or the columns made with the statement's parameters) of the memories
+        under ``keys`` within the restriction."""
+        if restriction.identities is None:
+            params = Params([keys])
+            under = "m.key = ANY($1::text[]) AND "
+        else:
+            # The identities name the keys already. Both as index conditions, a nested loop
+            # over the identities sorted the whole key array again on every probe: 10,000
+            # gets took 5 s instead of 0.2 s once the table's statistics made the planner
+            # choose that loop.
+            params, under = Params(), ""
+        chosen = columns if isinstance(columns, str) else columns(params)
+        sql = f"SELECT {chosen} FROM {self.table} m WHERE {under}{restriction.conditions(params)}"
         return Query(sql, params.values)
 
     def owners_of(self, keys: list[str], restriction: Restriction) -> Query:
@@ -904,8 +912,9 @@ class Statements:
         return self._under_keys("m.scope, m.scope_id, m.key", keys, restriction)
 
     def retrieve_many(self, keys: list[str], restriction: Restriction) -> Query:
-        params = Params([keys])
-        return self._under_keys(self.entry_for(params, restriction), keys, restriction, params)
+        return self._under_keys(
+            lambda params: self.entry_for(params, restriction), keys, restriction
+        )
 
     def values_by_owner(self, keys: list[str], restriction: Restriction) -> Query:
         """The identity, value, metadata and moments of the memories under ``keys`` within

@@ -142,3 +142,21 @@ def test_a_statement_for_each_row_is_a_batch_that_keeps_what_runs_before_it() ->
     assert batch == Batch(
         "UPDATE t SET v = $2 WHERE k = $1", [("a", 0), ("b", 1)], "SET LOCAL x = 'on'"
     )
+
+
+def test_a_read_by_identities_names_each_key_once() -> None:
+    # Reads by owner (LangGraph's gets, retrieve_by_owner) restrict by identity; a key list
+    # beside it was the same condition twice, and a nested loop over the identities sorted
+    # the whole list again on every probe (10,000 gets: 5 s instead of 0.2 s, once the
+    # table's statistics made the planner choose that loop).
+    statements = Statements(_layout())
+    names = frozenset(Identity("user", "ana", f"k{i}") for i in range(3))
+    by_identity = Restriction(tenant="acme", identities=names)
+    for build in (statements.values_by_owner, statements.retrieve_many, statements.owners_of):
+        query = build(["k0", "k1", "k2"], by_identity)
+        assert "ANY(" not in query.sql
+        assert ["k0", "k1", "k2"] in query.args  # the keys, once: in the identities' arrays
+        assert query.args.count(["k0", "k1", "k2"]) == 1
+        # Keys without owners are still matched by the key list.
+        query = build(["k0", "k1"], EVERYONE)
+        assert "m.key = ANY($1::text[])" in query.sql and query.args[0] == ["k0", "k1"]
