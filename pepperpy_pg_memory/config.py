@@ -282,6 +282,18 @@ class PostgresConfig(BaseSettings):
             "own; starting it with another raises MemoryConfigurationError."
         ),
     )
+    fillfactor: int | None = Field(
+        default=None,
+        ge=10,
+        le=100,
+        description=(
+            "How full new pages of the memory table are filled, in percent; the rest is room "
+            "for a row's next version on its page, so that a TTL refresh rewrites no index. "
+            "None: the table's own (70 since schema 21). 50 leaves every row room (about one "
+            "row a page at 384 dimensions): for stores that refresh TTLs on every read. "
+            "Applied when the store starts, to pages written from then on."
+        ),
+    )
     rrf_k: int = Field(default=60, ge=1, description="Reciprocal-rank-fusion constant.")
     hybrid_candidates: int = Field(
         default=50, ge=1, le=1000, description="Candidates each index contributes to HYBRID."

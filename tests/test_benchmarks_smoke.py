@@ -241,14 +241,15 @@ def test_owners_benchmark_runs_small(tmp_path: Path) -> None:
 def test_bursts_benchmark_runs_small(tmp_path: Path) -> None:
     report = _run_small("bursts", tmp_path, "--count", "200")
     names = {(row["name"], row["system"]) for row in report["results"]}
-    for name in ("burst_get_ttl", "burst_get_ttl_aged", "burst_mixed_ttl"):
-        assert {system for burst, system in names if burst == name} == {
-            "pepperpy-pg-memory PepperpyStore",
-            "langgraph AsyncPostgresStore",
-        }
+    both = {"pepperpy-pg-memory PepperpyStore", "langgraph AsyncPostgresStore"}
+    roomy = "pepperpy-pg-memory PepperpyStore, fillfactor 50"
+    for name in ("burst_get_ttl", "burst_get_ttl_aged"):
+        assert {system for burst, system in names if burst == name} == {*both, roomy}
+    assert {system for burst, system in names if burst == "burst_mixed_ttl"} == both
     # Every burst with a goal has its ratio, once.
     ratios = [ratio["name"] for ratio in report["ratios"]]
     assert sorted(ratios) == sorted(set(ratios))
     assert {"burst_get_ttl", "burst_get_ttl_aged", "burst_mixed_ttl"} <= set(ratios)
+    assert "burst_get_ttl_aged (fillfactor 50)" in ratios
     mixed = [row for row in report["results"] if row["name"] == "burst_mixed_ttl"]
     assert all(row["extra"]["failures"] == 0 for row in mixed)

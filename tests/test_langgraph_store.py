@@ -499,3 +499,28 @@ def test_the_ttl_sweeper_calls_work_from_synchronous_code(make_config: Any, pg_d
         assert store.stop_ttl_sweeper() is True  # not running: nothing to stop
     finally:
         store.close()
+
+
+@pytest.mark.parametrize(
+    ("ttl", "fillfactor", "expected"),
+    [
+        ({"default_ttl": 5}, None, "fillfactor=50"),  # refresh_on_read is LangGraph's default
+        ({"default_ttl": 5, "refresh_on_read": False}, None, "fillfactor=70"),
+        (None, None, "fillfactor=70"),
+        ({"default_ttl": 5}, 80, "fillfactor=80"),  # a configuration's own choice stands
+    ],
+)
+async def test_a_store_that_refreshes_on_read_leaves_room_on_its_pages(
+    make_config: Any, raw_conn: Any, ttl: Any, fillfactor: int | None, expected: str
+) -> None:
+    config = make_config(fillfactor=fillfactor)
+    store = PepperpyStore.create(config, HashingEmbedder(16), ttl=ttl)
+    try:
+        await store.aput(("users", "ana"), "k", {"text": "tea"})
+        options = await raw_conn.fetchval(
+            "SELECT reloptions FROM pg_class WHERE oid = $1::regclass",
+            f'"{config.schema_name}"."{config.table}"',
+        )
+        assert expected in options
+    finally:
+        await store.aclose()

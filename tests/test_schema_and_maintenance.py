@@ -449,3 +449,32 @@ async def test_a_ttl_refresh_calls_no_version_trigger(
         assert f"Trigger {config.table}_version_update: " in rewrite
         entry = await store.retrieve("note", scope="user", scope_id="ana")
         assert entry.version == 2
+
+
+async def test_the_fillfactor_of_new_pages_is_configurable(
+    make_config: Any, raw_conn: asyncpg.Connection
+) -> None:
+    # Stores that refresh TTLs on every read give each row room for its next version.
+    config = make_config(fillfactor=50)
+    table = f'"{config.schema_name}"."{config.table}"'
+
+    async def options() -> list[str]:
+        found = await raw_conn.fetchval(
+            "SELECT reloptions FROM pg_class WHERE oid = $1::regclass", table
+        )
+        return list(found or [])
+
+    async with PostgresStorage[str, Any](config, HashingEmbedder(16)) as store:
+        await store.store("note", "tea at five", ttl=3600)
+    assert "fillfactor=50" in await options()
+    # Unset, the table keeps what it has; set again, it changes.
+    async with PostgresStorage[str, Any](
+        config.model_copy(update={"fillfactor": None}), HashingEmbedder(16)
+    ):
+        pass
+    assert "fillfactor=50" in await options()
+    async with PostgresStorage[str, Any](
+        config.model_copy(update={"fillfactor": 60}), HashingEmbedder(16)
+    ) as store:
+        assert (await store.retrieve("note")).value == "tea at five"
+    assert "fillfactor=60" in await options()

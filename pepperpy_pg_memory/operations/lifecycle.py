@@ -37,6 +37,7 @@ from ..schema import (
     TENANT_SETTING,
     TableLayout,
     ensure_database,
+    ensure_fillfactor,
     ensure_metadata_indexes,
     migrate,
     vector_schema,
@@ -141,6 +142,8 @@ async def prepare_table(
         async with _start_connection(config, dsn) as session:
             layout = await migrate(session, wanted, row_level_security=True)
             await ensure_metadata_indexes(session, layout, config.indexed_fields)
+            if config.fillfactor is not None:
+                await ensure_fillfactor(session, layout, config.fillfactor)
             await ensure_application_role(session, layout)
         dsn = attached.server.uri(config.database, role=APPLICATION_ROLE)
     async with _start_connection(config, dsn) as session:
@@ -153,6 +156,10 @@ async def prepare_table(
         layout = dataclasses.replace(layout, distribution=placed)
         for name in await ensure_metadata_indexes(session, layout, config.indexed_fields):
             logger.info("created metadata index %s", name)
+        # (Under row-level security on the embedded server, the superuser did it above.)
+        if config.fillfactor is not None and not (config.is_embedded and config.row_level_security):
+            if await ensure_fillfactor(session, layout, config.fillfactor):
+                logger.info("table %s now fills new pages to %d%%", layout.table, config.fillfactor)
         vectors_in = await vector_schema(session)
     if config.vector_type is not None and layout.vector_type != config.vector_type:
         raise MemoryConfigurationError(

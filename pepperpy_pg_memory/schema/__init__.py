@@ -65,6 +65,7 @@ from .registry import (
 )
 from .runner import (
     ensure_database,
+    ensure_fillfactor,
     ensure_metadata_indexes,
     metadata_index_name,
     metadata_statistics_name,
@@ -91,6 +92,7 @@ __all__ = [
     "row_level_security_statements",
     "BACKFILLS",
     "terms_function",
+    "ensure_fillfactor",
     "ensure_metadata_indexes",
     "metadata_index_name",
     "metadata_statistics_name",

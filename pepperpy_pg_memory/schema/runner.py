@@ -120,6 +120,26 @@ def metadata_statistics_name(layout: TableLayout, path: tuple[str, ...]) -> str:
     return f"{layout.table}_mtype_{digest}"
 
 
+async def ensure_fillfactor(session: Session, layout: TableLayout, fillfactor: int) -> bool:
+    """Give the memory table's new pages ``fillfactor`` (PostgresConfig.fillfactor) unless
+    they have it; whether it changed. A storage parameter: instant, for pages written from
+    now on (``VACUUM FULL`` rewrites the others)."""
+    if not 10 <= fillfactor <= 100:
+        raise MemoryConfigurationError(f"fillfactor is {fillfactor}: 10 to 100", field="fillfactor")
+    options = await session.fetchval(
+        Query("SELECT reloptions FROM pg_class WHERE oid = $1::regclass", (layout.qualified_table,))
+    )
+    if f"fillfactor={fillfactor}" in (options or []):
+        return False
+    async with session.transaction():
+        await session.execute(Query("SELECT pg_advisory_xact_lock($1)", (MIGRATION_LOCK_KEY,)))
+        # An int checked above: no caller text reaches the statement.
+        await session.execute(
+            Query(f"ALTER TABLE {layout.qualified_table} SET (fillfactor = {int(fillfactor)})")
+        )
+    return True
+
+
 async def ensure_metadata_indexes(
     session: Session,
     layout: TableLayout,
