@@ -478,3 +478,24 @@ async def test_the_fillfactor_of_new_pages_is_configurable(
     ) as store:
         assert (await store.retrieve("note")).value == "tea at five"
     assert "fillfactor=60" in await options()
+
+
+async def test_a_role_that_does_not_own_the_table_leaves_its_fillfactor(
+    make_config: Any, raw_conn: asyncpg.Connection, ordinary: dict[str, str], caplog: Any
+) -> None:
+    # A tuning of pages, not a condition of the store: the LangGraph store asks for 50 on a
+    # table that an administrator may own; the store starts all the same, and says so.
+    from pepperpy_pg_memory.database import connect
+    from pepperpy_pg_memory.schema import ensure_fillfactor
+
+    config = make_config()
+    async with PostgresStorage[str, Any](config, HashingEmbedder(16)) as store:
+        layout = store.layout
+    await raw_conn.execute(f'GRANT USAGE ON SCHEMA "{config.schema_name}" TO pepperpy_ordinary')
+    async with connect(config, ordinary["dsn"]) as session:
+        assert await ensure_fillfactor(session, layout, 50) is False
+    assert "fillfactor stays as it is" in caplog.text
+    options = await raw_conn.fetchval(
+        "SELECT reloptions FROM pg_class WHERE oid = $1::regclass", layout.qualified_table
+    )
+    assert "fillfactor=70" in options

@@ -131,6 +131,19 @@ async def ensure_fillfactor(session: Session, layout: TableLayout, fillfactor: i
     )
     if f"fillfactor={fillfactor}" in (options or []):
         return False
+    owner = await _owner_if_not_ours(session, layout)
+    if owner is not None:
+        # A tuning of pages, not a condition of the store: a store that may not change it
+        # works as it is.
+        logger.warning(
+            "table %s is owned by %s: its fillfactor stays as it is (%d asked); its owner may "
+            "run ALTER TABLE ... SET (fillfactor = %d)",
+            layout.qualified_table,
+            owner,
+            fillfactor,
+            fillfactor,
+        )
+        return False
     async with session.transaction():
         await session.execute(Query("SELECT pg_advisory_xact_lock($1)", (MIGRATION_LOCK_KEY,)))
         # An int checked above: no caller text reaches the statement.
