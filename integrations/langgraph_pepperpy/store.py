@@ -89,11 +89,10 @@ WRITES_AT_ONCE = 4
 SEARCHES_AT_ONCE = 8
 """Distinct searches of one batch in flight at once (each holds a pooled connection)."""
 REFRESHES_AT_ONCE = 8
-
+"""TTL refreshes (one per owner and TTL) of one batch in flight at once."""
 REFRESHING_FILLFACTOR = 50
 """The ``PostgresConfig.fillfactor`` a store opened with ``refresh_on_read`` gives its table
 when the configuration names none (see :meth:`PepperpyStore.create`)."""
-"""TTL refreshes (one per owner and TTL) of one batch in flight at once."""
 CLOCK_MARGIN = timedelta(seconds=5)
 """How far the server's clock may run ahead of this process's: a read item is left out of a
 refresh only when the server, too, would leave it."""
