@@ -524,3 +524,11 @@ async def test_a_store_that_refreshes_on_read_leaves_room_on_its_pages(
         assert expected in options
     finally:
         await store.aclose()
+
+
+def test_closing_a_store_ends_its_sweeper_first(make_config: Any) -> None:
+    store = PepperpyStore.create(make_config(), HashingEmbedder(16), ttl={"default_ttl": 60})
+    sweeper = store.start_ttl_sweeper()
+    assert not sweeper.done()
+    store.close()
+    assert sweeper.done() and sweeper.exception() is None

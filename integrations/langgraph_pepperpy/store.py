@@ -90,6 +90,8 @@ SEARCHES_AT_ONCE = 8
 """Distinct searches of one batch in flight at once (each holds a pooled connection)."""
 REFRESHES_AT_ONCE = 8
 """TTL refreshes (one per owner and TTL) of one batch in flight at once."""
+SWEEP_WAIT_SECONDS = 60.0
+"""How long ``close()`` waits for a TTL sweep under way to finish."""
 REFRESHING_FILLFACTOR = 50
 """The ``PostgresConfig.fillfactor`` a store opened with ``refresh_on_read`` gives its table
 when the configuration names none (see :meth:`PepperpyStore.create`)."""
@@ -468,6 +470,14 @@ def _in_async_code() -> bool:
     return True
 
 
+def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether the caller runs on ``loop`` (and so may not wait for work scheduled there)."""
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
+
+
 class _Done:
     """An awaitable with nothing to wait for: what ``setup()`` returns, so that both
     ``store.setup()`` and ``await store.setup()`` (LangGraph's sync and async stores) work."""
@@ -624,7 +634,11 @@ class PepperpyStore(BaseStore):
         return self._handle.storage
 
     def close(self) -> None:
-        self._tell_sweeper_to_stop()
+        sweeper = self._tell_sweeper_to_stop()
+        loop = self._handle.loop
+        if sweeper is not None and loop.is_running() and not _on_loop(loop):
+            # A sweep under way finishes before the store under it closes.
+            concurrent.futures.wait([sweeper], timeout=SWEEP_WAIT_SECONDS)
         if self._handle.loop.is_running():
             self._handle.call(lambda s: self._calls.drain())
         self._handle.close()
