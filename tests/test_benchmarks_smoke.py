@@ -130,8 +130,12 @@ def test_ingest_benchmark_runs_small(tmp_path: Path) -> None:
         "no_quota",
         "tenant_term_statistics",
         "row_triggers",
+        "halfvec",
     }
     assert report["ratio_to_raw"]["raw_copy_hnsw"] == 1.0
+    # Half-precision vectors take less room than full ones, the same memories.
+    halfvec = report["disk_halfvec"]
+    assert halfvec["ours_bytes_per_memory"] < report["disk"]["ours_bytes_per_memory"]
     # Every relation of the store is counted: the memories and their versions at least.
     largest = report["disk"]["largest_bytes_per_memory"]
     assert {"<table>", "<table>_history", "<table>_embedding_idx"} <= set(largest)
