@@ -347,12 +347,88 @@ async def _run(count: int, anchors: bool) -> dict[str, Any]:
     }
 
 
+async def _profile(count: int, fillfactor: int | None) -> list[str]:
+    """Where an aged TTL-get burst of ours goes: the store's reads and its refreshes timed
+    apart, and how many of the refreshed rows PostgreSQL rewrote in place (heap-only)."""
+    from langgraph_pepperpy import PepperpyStore
+
+    spent: dict[str, float] = {}
+    originals = {name: getattr(PepperpyStore, name) for name in ("_get", "_refresh")}
+
+    def timed(name: str) -> Any:
+        original = originals[name]
+
+        async def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return await original(self, *args, **kwargs)
+            finally:
+                spent[name] = spent.get(name, 0.0) + time.perf_counter() - started
+
+        return call
+
+    lines = []
+    server = _start_server(Path(tempfile.mkdtemp(prefix="pepperpy-bursts-profile-")))
+    try:
+        await _prepare_database(server)
+        url = server.get_uri("bench")
+        config = PostgresConfig(dsn=url, table="burst_profiled", fillfactor=fillfactor)
+        handle = await BackgroundStorage.acreate(config, HashingEmbedder(DIMENSION))
+        store = PepperpyStore(handle, ttl=TTL_CONFIG)
+        for name in originals:
+            setattr(PepperpyStore, name, timed(name))
+        connection = await asyncpg.connect(url)
+        try:
+            updates = "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = $1"
+            before = await connection.fetchrow(updates, config.table)
+            try:
+                rows = await _ttl_gets(store, OURS, count, lambda: _age(url, config.table))
+            finally:
+                # Backends report their counts as they end (an idle one only now and then).
+                await store.aclose()
+            # The aging and the aged reads rewrite every item once each.
+            deadline = time.monotonic() + 15
+            while True:
+                after = await connection.fetchrow(updates, config.table)
+                if after["n_tup_upd"] - before["n_tup_upd"] >= 2 * count:
+                    break
+                if time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.2)
+        finally:
+            await connection.close()
+        for row in rows:
+            lines.append(f"{row.name:18} {row.count / row.throughput:6.2f} s")
+        lines.append(f"reads (_get)      {spent.get('_get', 0.0):6.2f} s, both bursts")
+        lines.append(f"refreshes         {spent.get('_refresh', 0.0):6.2f} s, both bursts")
+        updated = after["n_tup_upd"] - before["n_tup_upd"]
+        in_place = after["n_tup_hot_upd"] - before["n_tup_hot_upd"]
+        lines.append(f"rows updated      {updated} ({in_place} in place), the aging's included")
+    finally:
+        for name, original in originals.items():
+            setattr(PepperpyStore, name, original)
+        server.cleanup()
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bursts", description=__doc__)
     parser.add_argument("--count", type=int, default=10_000, help="calls per burst")
     parser.add_argument("--no-anchors", action="store_true", help="measure ours only")
     parser.add_argument("--out", type=Path, help="write the JSON here")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="instead: ours' TTL gets only, reads and refreshes timed apart",
+    )
+    parser.add_argument(
+        "--fillfactor", type=int, help="with --profile: the table's fillfactor (default 70)"
+    )
     args = parser.parse_args(argv)
+    if args.profile:
+        for line in asyncio.run(_profile(args.count, args.fillfactor)):
+            print(line)
+        return 0
     report = asyncio.run(_run(args.count, not args.no_anchors))
     for row in report["results"]:
         seconds = row["count"] / row["throughput"]

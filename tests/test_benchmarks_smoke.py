@@ -222,6 +222,14 @@ def test_ingest_profile_names_where_the_time_goes() -> None:
     assert any("WITH merged AS (INSERT INTO" in line for line in lines)
 
 
+def test_bursts_profile_times_reads_and_refreshes_apart() -> None:
+    lines = _run_module("bursts", "--profile", "--count", "200", "--fillfactor", "50").stdout
+    found = dict(line.split(maxsplit=1) for line in lines.splitlines() if line.strip())
+    assert {"burst_get_ttl", "burst_get_ttl_aged", "reads", "refreshes", "rows"} <= set(found)
+    # The aging and the aged reads each rewrite all 200 items, in place at 50%.
+    assert found["rows"].startswith("updated      400 (400 in place)")
+
+
 def test_owners_benchmark_runs_small(tmp_path: Path) -> None:
     report = _run_small(
         "owners",
