@@ -19,7 +19,14 @@ from typing import Any, Generic, TypeVar
 from .config import PostgresConfig
 from .storage import PostgresStorage
 
-__all__ = ["LoopThread", "default_loop_thread", "BackgroundStorage", "run_on", "run_on_async"]
+__all__ = [
+    "LoopThread",
+    "default_loop_thread",
+    "BackgroundStorage",
+    "run_on",
+    "run_on_async",
+    "running_loop",
+]
 
 T = TypeVar("T")
 K = TypeVar("K", bound=str)
@@ -86,7 +93,8 @@ def default_loop_thread() -> LoopThread:
         return _default
 
 
-def _running_loop() -> asyncio.AbstractEventLoop | None:
+def running_loop() -> asyncio.AbstractEventLoop | None:
+    """The event loop the caller runs on, None outside async code."""
     try:
         return asyncio.get_running_loop()
     except RuntimeError:
@@ -95,7 +103,7 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
 
 def run_on(loop: asyncio.AbstractEventLoop, coroutine: Coroutine[Any, Any, T]) -> T:
     """Run ``coroutine`` on ``loop`` (running in another thread) and wait for the result."""
-    if _running_loop() is loop:
+    if running_loop() is loop:
         coroutine.close()
         raise RuntimeError(
             "a synchronous method was called on the event loop the store runs on, which would "
@@ -109,7 +117,7 @@ def run_on(loop: asyncio.AbstractEventLoop, coroutine: Coroutine[Any, Any, T]) -
 
 async def run_on_async(loop: asyncio.AbstractEventLoop, coroutine: Coroutine[Any, Any, T]) -> T:
     """Await ``coroutine`` on ``loop`` from whichever loop the caller is on."""
-    if _running_loop() is loop:
+    if running_loop() is loop:
         return await coroutine
     return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coroutine, loop))
 

@@ -68,7 +68,7 @@ from pepperpy_pg_memory import (
 )
 from pepperpy_pg_memory.coalesce import BatchFunction, Coalescer, together_or_alone
 from pepperpy_pg_memory.items import MAX_PASSAGES
-from pepperpy_pg_memory.runner import BackgroundStorage
+from pepperpy_pg_memory.runner import BackgroundStorage, running_loop
 from pepperpy_pg_memory.schema import DISTANCES, MAX_KEY_BYTES
 from pepperpy_pg_memory.types import Identity
 from pepperpy_pg_memory.values import INVISIBLE, UNSEEN, default_text_of
@@ -461,23 +461,6 @@ class StoreOpening:
             await self._store.aclose()
 
 
-def _in_async_code() -> bool:
-    """Whether the caller runs on an event loop (and so awaits what it is given)."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
-
-
-def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
-    """Whether the caller runs on ``loop`` (and so may not wait for work scheduled there)."""
-    try:
-        return asyncio.get_running_loop() is loop
-    except RuntimeError:
-        return False
-
-
 class _Done:
     """An awaitable with nothing to wait for: what ``setup()`` returns, so that both
     ``store.setup()`` and ``await store.setup()`` (LangGraph's sync and async stores) work."""
@@ -525,11 +508,12 @@ class PepperpyStore(BaseStore):
         self._sweeper: concurrent.futures.Future[None] | None = None
         self._sweeper_stop: asyncio.Event | None = None
         self._sweeper_lock = threading.Lock()
-        # The sweeper as each caller's loop awaits it (start_ttl_sweeper from async code).
+        # The sweeper as each caller's loop awaits it (start_ttl_sweeper from async code):
+        # the sweeper's concurrent future and its asyncio twin on that loop.
         self._sweeper_futures: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, asyncio.Future[None]
+            asyncio.AbstractEventLoop,
+            tuple[concurrent.futures.Future[None], asyncio.Future[None]],
         ] = weakref.WeakKeyDictionary()
-        self._sweeper_wrapped: concurrent.futures.Future[None] | None = None
 
     @classmethod
     def create(
@@ -558,6 +542,7 @@ class PepperpyStore(BaseStore):
                     field="index",
                 )
             embedding = ensure_embeddings(embed)
+        config = config if config is not None else PostgresConfig()
         distance = typing.cast(dict[str, Any], index or {}).get("distance_type")
         if distance is not None:
             if distance not in DISTANCES:
@@ -567,25 +552,17 @@ class PepperpyStore(BaseStore):
                     field="index",
                 )
             # A new table is created comparing by it (an existing one must already).
-            config = (config or PostgresConfig()).model_copy(update={"distance": distance})
+            config = config.model_copy(update={"distance": distance})
         table_settings = _ann_settings(index)
         if table_settings:
             # A new table is created so (an existing one keeps its vector type: a different
             # one is refused when the store starts).
-            config = PostgresConfig.model_validate(
-                {**(config or PostgresConfig()).model_dump(), **table_settings}
-            )
-        if (
-            ttl
-            and ttl.get("refresh_on_read", True)
-            and (config or PostgresConfig()).fillfactor is None
-        ):
+            config = PostgresConfig.model_validate({**config.model_dump(), **table_settings})
+        if ttl and ttl.get("refresh_on_read", True) and config.fillfactor is None:
             # Every read rewrites its item's expiry: pages keep room for each row's next
             # version, so that a refresh rewrites no index (10,000 gets of items due for a
             # refresh: 0.6 s against 1.4 s at the core's 70%; about one row a page).
-            config = (config or PostgresConfig()).model_copy(
-                update={"fillfactor": REFRESHING_FILLFACTOR}
-            )
+            config = config.model_copy(update={"fillfactor": REFRESHING_FILLFACTOR})
         handle = BackgroundStorage.create(config, embedding)
         try:
             store = cls(handle, ttl=ttl, index=_without_embed(index))
@@ -636,10 +613,10 @@ class PepperpyStore(BaseStore):
     def close(self) -> None:
         sweeper = self._tell_sweeper_to_stop()
         loop = self._handle.loop
-        if sweeper is not None and loop.is_running() and not _on_loop(loop):
+        if sweeper is not None and loop.is_running() and running_loop() is not loop:
             # A sweep under way finishes before the store under it closes.
             concurrent.futures.wait([sweeper], timeout=SWEEP_WAIT_SECONDS)
-        if self._handle.loop.is_running():
+        if loop.is_running():
             self._handle.call(lambda s: self._calls.drain())
         self._handle.close()
 
@@ -662,7 +639,7 @@ class PepperpyStore(BaseStore):
         ``PostgresStorage.cleanup_expired``: each leaves an ``expire`` version in the
         history); how many. Expired items are invisible to reads already: this frees their
         space."""
-        if _in_async_code():
+        if running_loop() is not None:
             return self._handle.acall(lambda s: s.cleanup_expired())
         return self._handle.call(lambda s: s.cleanup_expired())
 
@@ -673,7 +650,7 @@ class PepperpyStore(BaseStore):
         awaitable of the same as an asyncio future (one per loop while it runs). Without a
         TTL config there is nothing to sweep: an already finished future."""
         sweeper = self._start_sweeper(sweep_interval_minutes)
-        if not _in_async_code():
+        if running_loop() is None:
             return sweeper
         return self._sweeper_on_loop(sweeper)
 
@@ -681,7 +658,7 @@ class PepperpyStore(BaseStore):
         """Stop the sweeper; False if it was still sweeping after ``timeout`` seconds (from
         async code, an awaitable of that)."""
         sweeper = self._tell_sweeper_to_stop()
-        if _in_async_code():
+        if running_loop() is not None:
             return self._sweeper_stopped(sweeper, timeout)
         if sweeper is None:
             return True
@@ -727,10 +704,11 @@ class PepperpyStore(BaseStore):
     ) -> asyncio.Future[None]:
         loop = asyncio.get_running_loop()
         known = self._sweeper_futures.get(loop)
-        if known is None or known.done() or self._sweeper_wrapped is not sweeper:
-            known = self._sweeper_futures[loop] = asyncio.wrap_future(sweeper, loop=loop)
-            self._sweeper_wrapped = sweeper
-        return known
+        if known is not None and known[0] is sweeper and not known[1].done():
+            return known[1]
+        waiting = asyncio.wrap_future(sweeper, loop=loop)
+        self._sweeper_futures[loop] = (sweeper, waiting)
+        return waiting
 
     def _tell_sweeper_to_stop(self) -> concurrent.futures.Future[None] | None:
         with self._sweeper_lock:
