@@ -156,8 +156,9 @@ async def prepare_table(
         layout = dataclasses.replace(layout, distribution=placed)
         for name in await ensure_metadata_indexes(session, layout, config.indexed_fields):
             logger.info("created metadata index %s", name)
-        # (Under row-level security on the embedded server, the superuser did it above.)
-        if config.fillfactor is not None and not (config.is_embedded and config.row_level_security):
+        # (Under row-level security on the embedded server the superuser did it above; the
+        # role finds it done.)
+        if config.fillfactor is not None:
             if await ensure_fillfactor(session, layout, config.fillfactor):
                 logger.info("table %s now fills new pages to %d%%", layout.table, config.fillfactor)
         vectors_in = await vector_schema(session)
