@@ -30,10 +30,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -188,35 +189,34 @@ async def _mixed_burst(store: Any, system: str, count: int) -> Measurement:
     )  # fmt: skip
 
 
-async def _ours_mixed(url: str, count: int) -> list[Measurement]:
+@contextlib.asynccontextmanager
+async def _our_store(url: str, table: str, ttl: Any = None, **settings: Any) -> AsyncIterator[Any]:
+    """A PepperpyStore on its own cleared ``table`` of ``url`` (``settings``: PostgresConfig
+    fields), cleared again and closed after."""
     from langgraph_pepperpy import PepperpyStore
 
-    config = PostgresConfig(dsn=url, table="burst_mixed")
+    config = PostgresConfig(dsn=url, table=table, **settings)
     handle = await BackgroundStorage.acreate(config, HashingEmbedder(DIMENSION))
-    store = PepperpyStore(handle, ttl=TTL_CONFIG)
+    store = PepperpyStore(handle, ttl=ttl)
     try:
         await handle.acall(lambda s: s.clear())
-        mixed = await _mixed_bursts(store, OURS, count)
-        return [mixed, *await _ttl_gets(store, OURS, count, lambda: _age(url, config.table))]
+        yield store
     finally:
         await handle.acall(lambda s: s.clear())
         await store.aclose()
+
+
+async def _ours_mixed(url: str, count: int) -> list[Measurement]:
+    async with _our_store(url, "burst_mixed", TTL_CONFIG) as store:
+        mixed = await _mixed_bursts(store, OURS, count)
+        return [mixed, *await _ttl_gets(store, OURS, count, lambda: _age(url, "burst_mixed"))]
 
 
 async def _ours_roomy(url: str, count: int) -> list[Measurement]:
     """The TTL gets on a table whose pages keep half their room
     (``PostgresConfig(fillfactor=50)``): every refreshed row's next version fits on its page."""
-    from langgraph_pepperpy import PepperpyStore
-
-    config = PostgresConfig(dsn=url, table="burst_roomy", fillfactor=50)
-    handle = await BackgroundStorage.acreate(config, HashingEmbedder(DIMENSION))
-    store = PepperpyStore(handle, ttl=TTL_CONFIG)
-    try:
-        await handle.acall(lambda s: s.clear())
-        return await _ttl_gets(store, OURS_ROOMY, count, lambda: _age(url, config.table))
-    finally:
-        await handle.acall(lambda s: s.clear())
-        await store.aclose()
+    async with _our_store(url, "burst_roomy", TTL_CONFIG, fillfactor=50) as store:
+        return await _ttl_gets(store, OURS_ROOMY, count, lambda: _age(url, "burst_roomy"))
 
 
 async def _langgraph_mixed(url: str, count: int) -> list[Measurement]:
@@ -231,17 +231,8 @@ async def _langgraph_mixed(url: str, count: int) -> list[Measurement]:
 
 
 async def _ours(url: str, count: int) -> list[Measurement]:
-    from langgraph_pepperpy import PepperpyStore
-
-    config = PostgresConfig(dsn=url, table="burst_memories")
-    handle = await BackgroundStorage.acreate(config, HashingEmbedder(DIMENSION))
-    store = PepperpyStore(handle)
-    try:
-        await handle.acall(lambda s: s.clear())
+    async with _our_store(url, "burst_memories") as store:
         return await _store_bursts(store, OURS, count)
-    finally:
-        await handle.acall(lambda s: s.clear())
-        await store.aclose()
 
 
 async def _core(url: str, count: int) -> list[Measurement]:
