@@ -287,3 +287,35 @@ def test_a_batch_compares_against_every_kept_vector_as_it_grows() -> None:
     similarity, closest = rows.closest(np.array([0.0, 1.0, 0.0]))
     assert (similarity, closest.key) == (1.0, "k1")  # the earliest of equals
     assert len(rows.identities) == 10 and rows.rows.shape[0] >= 10
+
+
+async def test_near_duplicates_are_found_for_small_and_large_owners_alike(
+    storage: PostgresStorage[str, Any],
+) -> None:
+    """A small owner's memories are all compared with a write, a large owner's nearest come
+    through the HNSW index (past EXACT_NEAR_DUPLICATE_OWNER): both find the near duplicate,
+    store() and store_many() alike, and neither takes one with other identifiers."""
+    from pepperpy_pg_memory.queries import EXACT_NEAR_DUPLICATE_OWNER
+
+    large = {"scope": MemoryScope.USER, "scope_id": "large"}
+    filler = [
+        (f"f{i}", f"note {i}: the weather on day {i} was {'sunny' if i % 2 else 'grey'}")
+        for i in range(EXACT_NEAR_DUPLICATE_OWNER + 10)
+    ]
+    await storage.store_many(filler, **large)
+    for owner in (ANA, large):
+        await storage.store("order", "order A-77812 shipped on Monday", **owner)
+        same = await storage.store("same", "on Monday order A-77812 shipped", **owner, dedupe=0.9)
+        assert (same.key, same.deduplicated) == ("order", True), owner
+        other_order = "shipped on Monday: order A-77813"
+        other = await storage.store("other", other_order, **owner, dedupe=0.5)
+        assert not other.deduplicated, owner
+        written = await storage.store_many(
+            [("batch-same", "Monday shipped order A-77812 on"), ("batch-new", "order A-1 lost")],
+            **owner,
+            dedupe=0.9,
+        )
+        assert (int(written), written.deduplicated) == (1, 1), owner
+        order = await storage.retrieve("order", **owner)
+        assert order is not None and order.version == 3, owner  # reinforced twice
+    assert await storage.count(**large) == EXACT_NEAR_DUPLICATE_OWNER + 10 + 3
