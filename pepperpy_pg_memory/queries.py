@@ -1245,6 +1245,13 @@ class Statements:
             least = params.add(threshold)
         return Query(self._duplicate_of(write, least), params.values)
 
+    def _batch_identifiers(self, text: str, least: str | None) -> str:
+        """The identifiers of a batch's write, which only near duplicates inside the batch
+        are judged by: none without a threshold (about 0.25 s per 10,000 texts)."""
+        if least is None:
+            return "NULL::text[]"
+        return f"{dedupe_identifiers_function(self.layout.schema)}({text})"
+
     def staged_duplicates(self, tenant: str, threshold: float | None) -> Query:
         """Per staged write: whether its own key is live, its text's normalised hash and
         identifiers (to find duplicates inside the batch), and the key of the owner's memory
@@ -1267,7 +1274,7 @@ class Statements:
         sql = f"""
             SELECT s.scope, s.scope_id, s.key, {own} AS own_live,
                    md5({normalized}(s.content)) AS text_hash,
-                   {dedupe_identifiers_function(schema)}(s.content) AS identifiers,
+                   {self._batch_identifiers("s.content", least)} AS identifiers,
                    d.key AS duplicate_key
             FROM {self.staging} s
             LEFT JOIN LATERAL ({self._duplicate_of(write, least)}) d ON true
@@ -1295,7 +1302,7 @@ class Statements:
         sql = f"""
             SELECT $2::text AS scope, $3::text AS scope_id, $4::text AS key, {own} AS own_live,
                    md5({normalized_function(schema)}($5)) AS text_hash,
-                   {dedupe_identifiers_function(schema)}($5) AS identifiers,
+                   {self._batch_identifiers("$5", least)} AS identifiers,
                    (SELECT d.key FROM ({self._duplicate_of(write, least)}) d) AS duplicate_key
         """
         return Query(sql, params.values)
