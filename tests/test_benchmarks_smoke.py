@@ -250,6 +250,22 @@ def test_owners_benchmark_runs_small(tmp_path: Path) -> None:
     assert after["quality"]["small_semantic_recall_at_10"] == 1.0
 
 
+def test_owner_writes_benchmark_runs_small(tmp_path: Path) -> None:
+    report = _run_small(
+        "owner_writes",
+        tmp_path,
+        *("--owners", "3", "--per-owner", "20", "--big", "300", "--writes", "5", "--rounds", "2"),
+    )
+    calls = {"store", "update", "retrieve", "delete", "store_many"}
+    assert set(report["ratio_big_over_small"]) == calls
+    assert all(
+        len(report["ms_per_round"][kind][call]) == 2 for kind in ("small", "big") for call in calls
+    )
+    # Each round stores, rewrites and deletes 5 memories, then writes a batch of 5: nothing
+    # the owners held is lost, and no new note was folded into another.
+    assert report["held_after"] == {"small": 20 + 2 * 5, "big": 300 + 2 * 5}
+
+
 def test_bursts_benchmark_runs_small(tmp_path: Path) -> None:
     report = _run_small("bursts", tmp_path, "--count", "200")
     names = {(row["name"], row["system"]) for row in report["results"]}
