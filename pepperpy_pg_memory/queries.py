@@ -1174,54 +1174,22 @@ class Statements:
         when the write's own key is live (it updates that memory). ``write`` gives the SQL of
         the write's tenant, scope, scope_id, key, text and vector."""
         normalized = normalized_function(self.layout.schema)
-        identifiers = dedupe_identifiers_function(self.layout.schema)
-        owner = (
+        whose = (
             f"m.tenant = {write['tenant']} AND m.scope = {write['scope']} "
-            f"AND m.scope_id = {write['scope_id']} AND m.key <> {write['key']} "
-            f"AND {LIVE} AND NOT {_CLOSED_NOW} AND NOT m.metadata ? '{MANAGED_FIELD}' "
-            f"AND NOT m.metadata ? '{DOCUMENT_FIELD}'"
+            f"AND m.scope_id = {write['scope_id']}"
         )
+        others = (
+            f"m.key <> {write['key']} AND {LIVE} AND NOT {_CLOSED_NOW} "
+            f"AND NOT m.metadata ? '{MANAGED_FIELD}' AND NOT m.metadata ? '{DOCUMENT_FIELD}'"
+        )
+        owner = f"{whose} AND {others}"
         found = [
             f"""(SELECT m.key, 1.0::float8 AS similarity FROM {self.table} m
                 WHERE {owner} AND md5({normalized}(m.content)) = md5({normalized}({write["text"]}))
                 LIMIT 1)"""
         ]
         if least is not None:
-            # The owner's nearest, then judged by their cosine and identifiers (a few regular
-            # expressions, ~25 µs a text: only for those close enough). The nearest first, so
-            # that a search stops early when nothing is close, the common case (bounded by
-            # the cosine inside, an owner of 20,000 was read whole for every write: 95 ms).
-            probe = write["vector"]
-            owner_keys = (
-                f"SELECT c.scope, c.scope_id, c.key FROM {self.table} c "
-                f"WHERE c.tenant = {write['tenant']} AND c.scope = {write['scope']} "
-                f"AND c.scope_id = {write['scope_id']} LIMIT {EXACT_NEAR_DUPLICATE_OWNER + 1}"
-            )
-            small = f"(SELECT count(*) FROM ({owner_keys}) few) <= {EXACT_NEAR_DUPLICATE_OWNER}"
-            candidates = f"{owner} AND m.embedding IS NOT NULL AND {probe} IS NOT NULL"
-            # A batch's statement is planned for an average owner, before it knows whose
-            # writes it checks, so each write chooses at run time. A small owner's memories
-            # are all compared, found by key through the primary key (ordered over a join,
-            # which the graph index cannot give; a walk of the graph passes mostly other
-            # owners' memories, and for a table of few owners a plan read the whole table
-            # once per write); a large owner's nearest come from the graph.
-            sources = (
-                f"(SELECT m.* FROM ({owner_keys}) few JOIN {self.table} m ON m.tenant = "
-                f"{write['tenant']} AND m.scope = few.scope AND m.scope_id = few.scope_id "
-                f"AND m.key = few.key WHERE {candidates} AND {small}) m",
-                f"{self.table} m WHERE {candidates} AND NOT {small}",
-            )
-            nearest = " UNION ALL ".join(
-                f"(SELECT m.key, m.content, 1 - (m.embedding <=> {probe}) AS similarity "
-                f"FROM {source} ORDER BY m.embedding {self.layout.distance_operator} {probe} "
-                f"LIMIT {NEAR_DUPLICATE_CANDIDATES})"
-                for source in sources
-            )
-            found.append(
-                f"""(SELECT near.key, near.similarity FROM ({nearest}) near
-                    WHERE near.similarity >= {least}::float8
-                      AND {identifiers}(near.content) = {identifiers}({write["text"]}))"""
-            )
+            found.append(self._near_duplicates(write, least, whose, others))
         own = (
             f"SELECT 1 FROM {self.table} o WHERE o.tenant = {write['tenant']} "
             f"AND o.scope = {write['scope']} AND o.scope_id = {write['scope_id']} "
@@ -1231,6 +1199,50 @@ class Statements:
             f"SELECT * FROM ({' UNION ALL '.join(found)}) candidates "
             f"WHERE NOT EXISTS ({own}) ORDER BY similarity DESC, key LIMIT 1"
         )
+
+    def _near_duplicates(
+        self, write: Mapping[str, str], least: str, whose: str, others: str
+    ) -> str:
+        """:meth:`_duplicate_of`'s near duplicates: of the owner's memories (``whose``,
+        ``others``) nearest the write, those at least ``least`` close by cosine with the same
+        identifiers (a few regular expressions, ~25 µs a text: read only for those)."""
+        identifiers = dedupe_identifiers_function(self.layout.schema)
+        probe = write["vector"]
+        # The nearest first, then judged: the search stops early when nothing is close, the
+        # common case. How they are found depends on the owner's size, which a batch's
+        # statement cannot know when it is planned (it assumes an average owner), so each
+        # write chooses as it runs, counting at most a little past the bound once.
+        few = (
+            f"SELECT c.scope, c.scope_id, c.key FROM {self.table} c "
+            f"WHERE c.tenant = {write['tenant']} AND c.scope = {write['scope']} "
+            f"AND c.scope_id = {write['scope_id']} "
+            f"ORDER BY c.tenant, c.scope, c.scope_id, c.key LIMIT {EXACT_NEAR_DUPLICATE_OWNER + 1}"
+        )
+        gate = f"SELECT count(*) <= {EXACT_NEAR_DUPLICATE_OWNER} AS small FROM ({few}) few"
+        usable = f"{others} AND m.embedding IS NOT NULL AND {probe} IS NOT NULL"
+        # A small owner's memories are all compared, found by key (an order over a join,
+        # which the graph index cannot give: a walk of the graph passes mostly other owners'
+        # memories). A large owner's nearest come from the graph; its owner condition is
+        # kept from the other indexes (IS TRUE), or a plan that expects an average owner
+        # reads a large one whole and sorts it (20,000 memories: 20 ms a write). On a
+        # cluster it stays plain: the worker's plan names one owner and knows its size.
+        large_owner = whose if self.distributed else f"({whose}) IS TRUE"
+        sources = (
+            f"({few}) few JOIN {self.table} m ON m.tenant = {write['tenant']} "
+            "AND m.scope = few.scope AND m.scope_id = few.scope_id AND m.key = few.key "
+            f"WHERE {usable} AND size.small",
+            f"{self.table} m WHERE {large_owner} AND {usable} AND NOT size.small",
+        )
+        nearest = " UNION ALL ".join(
+            f"(SELECT m.key, m.content, 1 - (m.embedding <=> {probe}) AS similarity "
+            f"FROM {source} ORDER BY m.embedding {self.layout.distance_operator} {probe} "
+            f"LIMIT {NEAR_DUPLICATE_CANDIDATES})"
+            for source in sources
+        )
+        return f"""(SELECT near.key, near.similarity
+            FROM ({gate}) size CROSS JOIN LATERAL ({nearest}) near
+            WHERE near.similarity >= {least}::float8
+              AND {identifiers}(near.content) = {identifiers}({write["text"]}))"""
 
     def find_duplicate(
         self, tenant: str, identity: Identity, text: str, vector: Any, threshold: float | None
