@@ -1230,7 +1230,7 @@ class Statements:
         sources = (
             f"({few}) few JOIN {self.table} m ON m.tenant = {write['tenant']} "
             "AND m.scope = few.scope AND m.scope_id = few.scope_id AND m.key = few.key "
-            f"WHERE {usable} AND size.small",
+            f"WHERE {whose} AND {usable} AND size.small",
             f"{self.table} m WHERE {large_owner} AND {usable} AND NOT size.small",
         )
         nearest = " UNION ALL ".join(
