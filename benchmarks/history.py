@@ -33,19 +33,10 @@ from pepperpy_pg_memory import MemoryQuery, PostgresConfig, PostgresStorage
 from .corpus import memories, questions
 from .embedders import PrecomputedEmbedder
 from .filtered import _vectors
-from .measure import log, report
+from .measure import log, p50_ms, report
 from .run import _start_server
 
 OWNER = {"scope": "user", "scope_id": "ana"}
-
-
-async def _p50_ms(calls: list[Any]) -> float:
-    times = []
-    for call in calls:
-        begun = time.perf_counter()
-        await call()
-        times.append((time.perf_counter() - begun) * 1000)
-    return statistics.median(times)
 
 
 async def _writes(
@@ -70,8 +61,8 @@ async def _writes(
             def writer(key: str, text: str, target: Any = store) -> Any:
                 return lambda: target.store(key, text, **OWNER)
 
-            stored = await _p50_ms([writer(k, t) for k, t in zip(keys, olds, strict=True)])
-            updated = await _p50_ms([writer(k, t) for k, t in zip(keys, news, strict=True)])
+            stored = await p50_ms([writer(k, t) for k, t in zip(keys, olds, strict=True)])
+            updated = await p50_ms([writer(k, t) for k, t in zip(keys, news, strict=True)])
             samples["store"].setdefault(name, []).append(stored)
             samples["update"].setdefault(name, []).append(updated)
     return samples
@@ -81,7 +72,7 @@ async def _searches(
     store: PostgresStorage[str, Any], vectors: list[list[float]], as_of: datetime | None = None
 ) -> float:
     queries = [MemoryQuery(embedding=v, limit=10, as_of=as_of, **OWNER) for v in vectors]
-    return await _p50_ms([lambda q=q: store.search(q) for q in queries])
+    return await p50_ms([lambda q=q: store.search(q) for q in queries])
 
 
 async def _server_now(store: PostgresStorage[str, Any]) -> datetime:

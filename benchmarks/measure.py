@@ -53,6 +53,12 @@ async def latencies(calls: Sequence[Callable[[], Awaitable[Any]]], warmup: int =
     return out
 
 
+async def p50_ms(calls: Sequence[Callable[[], Awaitable[Any]]]) -> float:
+    """Median milliseconds of ``calls``, run one after another, none untimed (writes, whose
+    warm-up would write twice)."""
+    return statistics.median(await latencies(calls, warmup=0))
+
+
 def latency_row(
     name: str, system: str, mode: str, size: int, samples: list[float], **extra: Any
 ) -> Measurement:

@@ -23,7 +23,6 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,7 @@ import numpy as np
 from pepperpy_pg_memory import MemoryScope, PostgresConfig, PostgresStorage
 
 from .embedders import PrecomputedEmbedder
-from .measure import log, report
+from .measure import log, p50_ms, report
 from .owners import DIMENSION, _clustered
 from .run import _prepare_database, _start_server
 
@@ -61,15 +60,6 @@ async def _write_all(store: PostgresStorage[str, Any], owner: str, memories: Any
         )
 
 
-async def _p50(calls: list[Callable[[], Awaitable[Any]]]) -> float:
-    times = []
-    for call in calls:
-        begun = time.perf_counter()
-        await call()
-        times.append((time.perf_counter() - begun) * 1000)
-    return statistics.median(times)
-
-
 async def _round(
     store: PostgresStorage[str, Any], owner: str, fresh: Any, number: int
 ) -> dict[str, float]:
@@ -77,13 +67,13 @@ async def _round(
     where = {"scope": MemoryScope.USER, "scope_id": owner}
     keys = [f"r{number}-{key}" for key, _, _ in fresh]
     result = {
-        "store": await _p50(
+        "store": await p50_ms(
             [
                 lambda k=k, t=t, v=v: store.store(k, t, text=t, embedding=v.tolist(), **where)
                 for k, (_, t, v) in zip(keys, fresh, strict=True)
             ]
         ),
-        "update": await _p50(
+        "update": await p50_ms(
             [
                 lambda k=k, t=t, v=v: store.store(
                     k, t + " (revised)", text=t + " (revised)", embedding=v.tolist(), **where
@@ -91,8 +81,8 @@ async def _round(
                 for k, (_, t, v) in zip(keys, fresh, strict=True)
             ]
         ),
-        "retrieve": await _p50([lambda k=k: store.retrieve(k, **where) for k in keys]),
-        "delete": await _p50([lambda k=k: store.delete(k, **where) for k in keys]),
+        "retrieve": await p50_ms([lambda k=k: store.retrieve(k, **where) for k in keys]),
+        "delete": await p50_ms([lambda k=k: store.delete(k, **where) for k in keys]),
     }
     batch = [
         {"key": f"b{k}", "value": t, "text": t, "embedding": v.tolist()}
