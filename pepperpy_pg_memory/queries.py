@@ -1211,7 +1211,9 @@ class Statements:
         # The nearest first, then judged: the search stops early when nothing is close, the
         # common case. How they are found depends on the owner's size, which a batch's
         # statement cannot know when it is planned (it assumes an average owner), so each
-        # write chooses as it runs, counting at most a little past the bound once.
+        # write chooses as it runs, counting at most a little past the bound once (in the
+        # primary key's order, so that the count reads that index: a plan that expects a
+        # large owner otherwise scans the table for it).
         few = (
             f"SELECT c.scope, c.scope_id, c.key FROM {self.table} c "
             f"WHERE c.tenant = {write['tenant']} AND c.scope = {write['scope']} "
