@@ -359,28 +359,25 @@ async def _profile(count: int, fillfactor: int | None) -> list[str]:
         return call
 
     lines = []
+    table = "burst_profiled"
     server = _start_server(Path(tempfile.mkdtemp(prefix="pepperpy-bursts-profile-")))
     try:
         await _prepare_database(server)
         url = server.get_uri("bench")
-        config = PostgresConfig(dsn=url, table="burst_profiled", fillfactor=fillfactor)
-        handle = await BackgroundStorage.acreate(config, HashingEmbedder(DIMENSION))
-        store = PepperpyStore(handle, ttl=TTL_CONFIG)
         for name in originals:
             setattr(PepperpyStore, name, timed(name))
         connection = await asyncpg.connect(url)
         try:
             updates = "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = $1"
-            before = await connection.fetchrow(updates, config.table)
-            try:
-                rows = await _ttl_gets(store, OURS, count, lambda: _age(url, config.table))
-            finally:
-                # Backends report their counts as they end (an idle one only now and then).
-                await store.aclose()
+            # (Closed at the block's end: backends report their counts as they end, an idle
+            # one only now and then. Its clearing deletes, which are not counted here.)
+            async with _our_store(url, table, TTL_CONFIG, fillfactor=fillfactor) as store:
+                before = await connection.fetchrow(updates, table)
+                rows = await _ttl_gets(store, OURS, count, lambda: _age(url, table))
             # The aging and the aged reads rewrite every item once each.
             deadline = time.monotonic() + 15
             while True:
-                after = await connection.fetchrow(updates, config.table)
+                after = await connection.fetchrow(updates, table)
                 if after["n_tup_upd"] - before["n_tup_upd"] >= 2 * count:
                     break
                 if time.monotonic() > deadline:

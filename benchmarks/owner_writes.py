@@ -28,9 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from pepperpy_pg_memory import MemoryScope, PostgresConfig, PostgresStorage
+from pepperpy_pg_memory import HashingEmbedder, MemoryScope, PostgresConfig, PostgresStorage
 
-from .embedders import PrecomputedEmbedder
 from .measure import log, p50_ms, report
 from .owners import DIMENSION, _clustered
 from .run import _prepare_database, _start_server
@@ -102,16 +101,12 @@ async def _measure(args: argparse.Namespace) -> dict[str, Any]:
         f"user-{n:04d}": _memories(f"u{n}", args.per_owner, rng, centres)
         for n in range(args.owners)
     }
-    probe = "user-0000"
+    # The small owner measured, and the big one.
+    measured = {"small": "user-0000", "big": "big"}
     fresh = {
         kind: [_memories(f"{kind}{r}", args.writes, rng, centres) for r in range(args.rounds)]
         for kind in ("small", "big")
     }
-    vectors = {text: vector for memories in [big, *small.values()] for _, text, vector in memories}
-    for rounds in fresh.values():
-        for memories in rounds:
-            for _, text, vector in memories:
-                vectors[text] = vectors[text + " (revised)"] = vector
     server = _start_server(Path(tempfile.mkdtemp(prefix="pepperpy-owner-writes-")))
     try:
         database = await _prepare_database(server)
@@ -122,7 +117,8 @@ async def _measure(args: argparse.Namespace) -> dict[str, Any]:
             max_memories_per_owner=1_000_000,
         )
         per_round: dict[str, dict[str, list[float]]] = {"small": {}, "big": {}}
-        async with PostgresStorage[str, Any](config, PrecomputedEmbedder(vectors)) as store:
+        # Every write gives its vector: the embedder only says the dimension.
+        async with PostgresStorage[str, Any](config, HashingEmbedder(DIMENSION)) as store:
             await store.clear()
             log(f"loading {args.owners} owners of {args.per_owner} and one of {args.big}")
             begun = time.perf_counter()
@@ -137,7 +133,7 @@ async def _measure(args: argparse.Namespace) -> dict[str, Any]:
             async with store.database.pool.acquire() as connection:
                 await connection.execute(f"VACUUM (ANALYZE) {store.layout.qualified_table}")
             for number in range(args.rounds):
-                for kind, owner in (("small", probe), ("big", "big")):
+                for kind, owner in measured.items():
                     log(f"round {number + 1}: {kind} owner")
                     timings = await _round(store, owner, fresh[kind][number], number)
                     for call, value in timings.items():
@@ -145,7 +141,7 @@ async def _measure(args: argparse.Namespace) -> dict[str, Any]:
             # Each round leaves a batch's memories more (stored, deleted, then the batch).
             held = {
                 kind: await store.count(scope=MemoryScope.USER, scope_id=owner)
-                for kind, owner in (("small", probe), ("big", "big"))
+                for kind, owner in measured.items()
             }
     finally:
         server.cleanup()
