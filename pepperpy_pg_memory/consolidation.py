@@ -26,7 +26,13 @@ from .filters import Params
 from .history import Change
 from .models import ConsolidationReport
 from .queries import Restriction, Statements, pinned_condition, select_entry
-from .schema import TableLayout, dedupe_identifiers_function, normalized_function, same_memory
+from .schema import (
+    TableLayout,
+    dedupe_identifiers_function,
+    live,
+    normalized_function,
+    same_memory,
+)
 from .sql import Query, Session
 from .types import (
     DOCUMENT_FIELD,
@@ -101,8 +107,8 @@ class ConsolidationStatements:
         mine = Restriction(tenant=tenant, scope=MemoryScope(owner.scope), scope_id=owner.scope_id)
         return pinned_condition(self.layout, params, mine, "a")
 
-    @staticmethod
     def _mine(
+        self,
         params: Params,
         tenant: str,
         owner: Identity,
@@ -117,7 +123,7 @@ class ConsolidationStatements:
             f"{alias}.tenant = {params.add(tenant)}",
             f"{alias}.scope = {params.add(owner.scope)}",
             f"{alias}.scope_id = {params.add(owner.scope_id)}",
-            f"({alias}.expires_at IS NULL OR {alias}.expires_at > now())",
+            live(self.layout.expiry_refreshes, alias),
             f"({alias}.valid_to IS NULL OR {alias}.valid_to > now())",
         ]
         if not managed:

@@ -28,11 +28,14 @@ from .schema import (
     BACKFILLS,
     CITUS_READY_VERSION,
     CLIENT_SCHEMA_SETTING,
+    EXPIRY_REFRESHES_VERSION,
     METADATA_INDEXES,
     MIGRATION_LOCK_KEY,
     REGISTRY,
     REGISTRY_VERSION_TABLE,
     TableLayout,
+    quota_function_statement,
+    same_memory,
 )
 from .sql import Query, Session
 from .types import Distribution, ProgressCallback
@@ -95,6 +98,8 @@ def placements(layout: TableLayout, distribution: Distribution) -> list[TablePla
         layout.qualified_owner_terms,
         layout.qualified_owner_totals,
     ]
+    if layout.version >= EXPIRY_REFRESHES_VERSION:
+        with_owner.append(layout.qualified_refreshes)
     return [
         *(TablePlacement(name, None) for name in reference),
         *(TablePlacement(name, None) for name in with_tenant if not by_tenant),
@@ -205,6 +210,21 @@ def _distribute_statement(placement: TablePlacement, colocate_with: str) -> Quer
     )
 
 
+def _fold_refreshes(layout: TableLayout) -> list[Query]:
+    """Write the TTL refreshes kept beside the memories into the memories' rows: on a
+    cluster a refresh rewrites the row (see TableLayout.expiry_refreshes), and a refresh
+    left beside it would no longer keep the memory live."""
+    table, refreshes = layout.qualified_table, layout.qualified_refreshes
+    return [
+        Query(
+            f"UPDATE {table} m SET expires_at = refresh.expires_at FROM {refreshes} refresh "
+            f"WHERE {same_memory('refresh', 'm')} AND refresh.refreshed_from = m.expires_at "
+            "AND refresh.expires_at > m.expires_at"
+        ),
+        Query(f"DELETE FROM {refreshes}"),
+    ]
+
+
 async def distribute(
     session: Session,
     layout: TableLayout,
@@ -224,6 +244,12 @@ async def distribute(
             field="distribution",
         )
     plan = placements(layout, distribution)
+    if layout.version >= EXPIRY_REFRESHES_VERSION and (
+        await _placement_of(session, layout.qualified_table) is None
+    ):
+        async with session.transaction():
+            for statement in _fold_refreshes(layout):
+                await session.execute(statement)
     moved = 0
     for done, placement in enumerate(plan, start=1):
         placed = await _placement_of(session, placement.name)
@@ -259,6 +285,8 @@ async def distribute(
         await session.execute(Query(UNSAFE_TRIGGERS))
         for guard in worker_guard(layout):
             await session.execute(Query(guard))
+        # On a cluster nothing reads the TTL refreshes (see TableLayout.expiry_refreshes).
+        await session.execute(Query(quota_function_statement(layout)))
     return moved
 
 

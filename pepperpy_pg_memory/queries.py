@@ -33,7 +33,11 @@ from .schema import (
     VERSION_CONTENT_COLUMNS,
     TableLayout,
     dedupe_identifiers_function,
+    expired,
+    expiry,
+    live,
     normalized_function,
+    refreshed,
     same_memory,
     terms_function,
 )
@@ -56,7 +60,6 @@ __all__ = [
     "STAGING_COLUMNS",
     "ENTRY_COLUMNS",
     "AS_STORED_COLUMNS",
-    "LIVE",
     "CONTEXTUAL",
     "OWNER_KEY",
     "M_OWNER_KEY",
@@ -118,6 +121,7 @@ def select_entry(layout: TableLayout, pinned: str = "", *, read_counts: bool = T
     expressions = {
         # NULL means "since created" (rows from before validity was recorded have it).
         "valid_from": "coalesce(m.valid_from, m.created_at) AS valid_from",
+        "expires_at": f"{expiry(layout.expiry_refreshes)} AS expires_at",
         **counts,
     }
     return ", ".join(expressions.get(column, f"m.{column}") for column in ENTRY_COLUMNS)
@@ -177,12 +181,9 @@ PASSAGE_COLUMNS = ("tenant", "scope", "scope_id", "key", "position", "content", 
 # plus the time-to-live; the tenant is the store's.
 _TABLE_VALUES = {"expires_at": "COALESCE({expires_at}, now() + {ttl})", "tenant": "{tenant}"}
 
-# SQL fragments the search statements (search_sql.py) and the statistics (term_stats.py) share:
-# a memory ``m`` not expired, and one in the contextual index.
-LIVE = "(m.expires_at IS NULL OR m.expires_at > now())"
-# The old row, in an upsert: gone (expired) or no longer true (validity closed). Storing its
-# key again starts a new memory, or a new fact.
-_EXPIRED = "(m.expires_at IS NOT NULL AND m.expires_at <= {moment})"
+
+# The old row, in an upsert: no longer true (validity closed). Storing its key again starts a
+# new fact.
 _CLOSED = "(m.valid_to IS NOT NULL AND m.valid_to <= {moment})"
 _CLOSED_NOW = _CLOSED.format(moment="now()")
 # The transaction's moment as a FROM item ``clock`` (for a RETURNING clause, where Citus
@@ -326,11 +327,13 @@ class Restriction:
             return None
         return self.scope.value, self.scope_id
 
-    def conditions(self, params: Params) -> str:
+    def conditions(self, params: Params, refreshes: str | None) -> str:
+        """SQL for a memory row ``m``: the restriction lets it through. ``refreshes`` is the
+        table of TTL refreshes that extend expiries (TableLayout.expiry_refreshes)."""
         parts = [f"m.tenant = {params.add(self.tenant)}"]
         moment = "now()" if self.as_of is None else f"{params.add(self.as_of)}::timestamptz"
         if not self.include_expired:
-            parts.append(f"(m.expires_at IS NULL OR m.expires_at > {moment})")
+            parts.append(live(refreshes, moment=moment))
         if not self.include_invalid:
             parts.append(f"(m.valid_to IS NULL OR m.valid_to > {moment})")
             if self.as_of is not None:
@@ -390,6 +393,9 @@ class Statements:
         self.staging_name = self.staging.strip('"')
         self.passages = layout.qualified_passages
         self.distributed = layout.distributed
+        self.refreshes = layout.expiry_refreshes
+        self.live = live(self.refreshes)
+        """SQL: a memory row ``m`` has not expired."""
         # The moment an UPDATE records: the clock (so that of two updates of one memory the
         # later commit has the later moment), or on a cluster, where UPDATE may call no
         # volatile function, the statement's start.
@@ -403,7 +409,7 @@ class Statements:
         # moment of the write comes from the inserted row (see _insert), evaluated once by
         # the coordinator.
         moment = "EXCLUDED.updated_at" if self.distributed else "now()"
-        expired, closed = _EXPIRED.format(moment=moment), _CLOSED.format(moment=moment)
+        gone, closed = expired(self.refreshes, moment), _CLOSED.format(moment=moment)
         # created_at survives an update unless the old row had expired: an expired memory is
         # gone, and storing its key again starts a new one. updated_at is the moment of the
         # write (clock_timestamp, not the transaction's start), so that of concurrent upserts
@@ -428,11 +434,11 @@ class Statements:
             "expires_at": "EXCLUDED.expires_at",
             "valid_from": f"""CASE
                     WHEN EXCLUDED.valid_from IS NOT NULL THEN EXCLUDED.valid_from
-                    WHEN {expired} THEN NULL
+                    WHEN {gone} THEN NULL
                     WHEN {closed} THEN {moment}
                     ELSE m.valid_from END""",
             "valid_to": "EXCLUDED.valid_to",
-            "supersedes": f"""CASE WHEN {expired} OR {closed} THEN EXCLUDED.supersedes
+            "supersedes": f"""CASE WHEN {gone} OR {closed} THEN EXCLUDED.supersedes
                     ELSE coalesce(EXCLUDED.supersedes, m.supersedes) END""",
             "superseded_by": "EXCLUDED.superseded_by",
             "importance": "EXCLUDED.importance",
@@ -455,7 +461,7 @@ class Statements:
         changes nothing)."""
         updated = "EXCLUDED.updated_at" if self.distributed else "clock_timestamp()"
         created = f"""CASE
-                    WHEN m.expires_at IS NOT NULL AND m.expires_at <= {moment} THEN {moment}
+                    WHEN {expired(self.refreshes, moment)} THEN {moment}
                     ELSE m.created_at END"""
         if given is not None:
             created_given, updated_given = given
@@ -768,7 +774,7 @@ class Statements:
         trigger does: the room then only shrinks by the caller's own writes."""
         params = Params([tenant, MANAGED_FIELD, quota])
         owner = "m.tenant = $1 AND m.scope = {0}.scope AND m.scope_id = {0}.scope_id".format
-        counted = f"{LIVE} AND NOT m.metadata ? $2"
+        counted = f"{self.live} AND NOT m.metadata ? $2"
         return Query(
             f"""
             WITH incoming AS (
@@ -811,29 +817,71 @@ class Statements:
         self, tenant: str, identities: Sequence[Identity], ttl: Any, slack: float = 0.0
     ) -> Query:
         """A new expiry ``ttl`` from now for the live memories ``identities`` name, but for
-        those whose expiry is already within ``slack`` × ``ttl`` of it."""
-        # A refresh is bookkeeping of a read: it never waits for a writer (a memory being
-        # written is skipped; its write sets its own expiry) and locks what it takes in the
-        # identity order every writer follows, so it can close no cycle of waits.
+        those whose expiry is already within ``slack`` × ``ttl`` of it. Its one value is
+        how many were given one."""
+        # A refresh is bookkeeping of a read: it never waits for a writer.
         params = Params([tenant, ttl])
         chosen = _in_identities(params, identities)
-        # Rewriting a row costs a new version of it (in place when its page has room, else in
-        # every index, the HNSW graph's included): a memory refreshed a moment ago is left.
-        if slack > 0:
-            stale = params.add(1 - slack)
-            chosen += (
-                f" AND (m.expires_at IS NULL OR m.expires_at < now() + $2::interval * "
-                f"{stale}::float8)"
-            )
+        stale = params.add(1 - slack) if slack > 0 else None
         owners = {identity.scope_id for identity in identities}
         # The memories updated, pinned to their owner as a value when there is one (on a
         # cluster the statement then runs on that owner's node alone).
         pinned = f"AND t.scope_id = {params.add(owners.pop())}" if len(owners) == 1 else ""
+        if self.refreshes is None:
+            return self._touch_rows(params, chosen, stale, pinned)
+        # A memory's new expiry goes beside it (see schema.migrations._v23_expiry_refreshes):
+        # its row is neither written nor locked. Only a memory without an expiry (the
+        # refresh gives it one) or whose own expiry is later than the new one (a refresh
+        # with no slack sets the expiry, earlier or not) has its row rewritten, and is
+        # skipped if a writer holds it (the write sets its own expiry).
+        current = "greatest(m.expires_at, refresh.expires_at)"
+        due = f"AND (m.expires_at IS NULL OR {current} < now() + $2::interval * {stale})"
+        refreshes = self.refreshes
+        return Query(
+            f"""
+            WITH chosen AS MATERIALIZED (
+                SELECT {M_OWNER_KEY}, m.expires_at FROM {self.table} m
+                LEFT JOIN {refreshes} refresh ON {same_memory("refresh", "m")}
+                    AND refresh.refreshed_from = m.expires_at
+                WHERE m.tenant = $1 AND {chosen}
+                  AND (m.expires_at IS NULL OR {current} > now()) {due if stale else ""}
+            ), extended AS (
+                INSERT INTO {refreshes} AS refresh ({OWNER_KEY}, refreshed_from, expires_at)
+                SELECT c.tenant, c.scope, c.scope_id, c.key, c.expires_at, now() + $2::interval
+                FROM chosen c WHERE c.expires_at < now() + $2::interval
+                ORDER BY c.tenant, c.scope, c.scope_id, c.key
+                ON CONFLICT ({OWNER_KEY}) DO UPDATE SET
+                    refreshed_from = EXCLUDED.refreshed_from, expires_at = EXCLUDED.expires_at
+                RETURNING 1
+            ), rewritten AS (
+                UPDATE {self.table} t SET expires_at = now() + $2::interval
+                FROM (SELECT {M_OWNER_KEY} FROM {self.table} m JOIN chosen c
+                      ON {same_memory("c", "m")}
+                      WHERE c.expires_at IS NULL OR c.expires_at >= now() + $2::interval
+                      ORDER BY {M_OWNER_KEY} FOR NO KEY UPDATE OF m SKIP LOCKED) locked
+                WHERE {same_memory("t", "locked")} {pinned}
+                RETURNING 1
+            )
+            SELECT (SELECT count(*) FROM extended) + (SELECT count(*) FROM rewritten)
+            """,
+            params.values,
+        )
+
+    def _touch_rows(self, params: Params, chosen: str, stale: str | None, pinned: str) -> Query:
+        """:meth:`touch` on a table that keeps no refreshes: each memory's row rewritten."""
+        # Locked in the identity order every writer follows, so it can close no cycle of
+        # waits; a memory being written is skipped (its write sets its own expiry). Rewriting
+        # a row costs a new version of it (in place when its page has room, else in every
+        # index, the HNSW graph's included): a memory refreshed a moment ago is left.
+        if stale is not None:
+            chosen += (
+                f" AND (m.expires_at IS NULL OR m.expires_at < now() + $2::interval * {stale})"
+            )
         return Query(
             f"""
             UPDATE {self.table} t SET expires_at = now() + $2::interval
             FROM (SELECT {M_OWNER_KEY} FROM {self.table} m
-                  WHERE m.tenant = $1 AND {chosen} AND {LIVE}
+                  WHERE m.tenant = $1 AND {chosen} AND {self.live}
                   ORDER BY {M_OWNER_KEY} FOR NO KEY UPDATE SKIP LOCKED) locked
             WHERE t.tenant = $1 AND t.tenant = locked.tenant AND t.scope = locked.scope
               AND t.scope_id = locked.scope_id AND t.key = locked.key {pinned}
@@ -841,13 +889,21 @@ class Statements:
             params.values,
         )
 
+    def _past_expiry(self, alias: str) -> str:
+        """SQL: memory row ``alias`` has expired (said so that the BRIN index on
+        ``expires_at`` can find such rows)."""
+        own = f"{alias}.expires_at <= now()"
+        if self.refreshes is None:
+            return own
+        return f"{own} AND NOT {refreshed(self.refreshes, alias, 'now()')}"
+
     def replaced_live(self, tenant: str, identities: Sequence[Identity]) -> Query:
         """The owners of ``identities`` that are live memories counted by the quota, one row
         each (a write over one takes no room)."""
         params = Params([tenant])
         return Query(
             f"SELECT m.scope, m.scope_id FROM {self.table} m "
-            f"WHERE m.tenant = $1 AND {_in_identities(params, identities)} AND {LIVE} "
+            f"WHERE m.tenant = $1 AND {_in_identities(params, identities)} AND {self.live} "
             f"AND NOT m.metadata ? {params.add(MANAGED_FIELD)}",
             params.values,
         )
@@ -859,7 +915,7 @@ class Statements:
             f"SELECT m.scope, m.scope_id, count(*) AS held FROM {self.table} m "
             "WHERE m.tenant = $1 AND (m.scope, m.scope_id) IN "
             "(SELECT * FROM unnest($2::text[], $3::text[])) "
-            f"AND {LIVE} AND NOT m.metadata ? {params.add(MANAGED_FIELD)} "
+            f"AND {self.live} AND NOT m.metadata ? {params.add(MANAGED_FIELD)} "
             "GROUP BY m.scope, m.scope_id",
             params.values,
         )
@@ -894,7 +950,7 @@ class Statements:
         extra = ", m.embedding" if include_embedding else ""
         sql = (
             f"SELECT {self.entry_for(params, restriction)}{extra} FROM {self.table} m "
-            f"WHERE m.key = $1 AND {restriction.conditions(params)} LIMIT 2"
+            f"WHERE m.key = $1 AND {restriction.conditions(params, self.refreshes)} LIMIT 2"
         )
         return Query(sql, params.values)
 
@@ -913,7 +969,8 @@ class Statements:
             # choose that loop.
             params, under = Params(), ""
         chosen = columns if isinstance(columns, str) else columns(params)
-        sql = f"SELECT {chosen} FROM {self.table} m WHERE {under}{restriction.conditions(params)}"
+        where = restriction.conditions(params, self.refreshes)
+        sql = f"SELECT {chosen} FROM {self.table} m WHERE {under}{where}"
         return Query(sql, params.values)
 
     def owners_of(self, keys: list[str], restriction: Restriction) -> Query:
@@ -930,7 +987,7 @@ class Statements:
         the restriction (a read that builds no entry: no read counts, no indices)."""
         columns = (
             "m.scope, m.scope_id, m.key, m.value, m.metadata, m.created_at, m.updated_at, "
-            "m.expires_at"
+            f"{expiry(self.refreshes)} AS expires_at"
         )
         return self._under_keys(columns, keys, restriction)
 
@@ -939,14 +996,15 @@ class Statements:
         params = Params([key])
         sql = (
             f"SELECT count(*) FROM (SELECT 1 FROM {self.table} m "
-            f"WHERE m.key = $1 AND {restriction.conditions(params)} LIMIT 2) AS found"
+            f"WHERE m.key = $1 AND {restriction.conditions(params, self.refreshes)} "
+            "LIMIT 2) AS found"
         )
         return Query(sql, params.values)
 
     def distinct_metadata(self, path: list[str], restriction: Restriction, limit: int) -> Query:
         params = Params()
         extracted = f"m.metadata #> {params.add(path)}::text[]"
-        where = restriction.conditions(params)
+        where = restriction.conditions(params, self.refreshes)
         sql = (
             f"SELECT {extracted} AS value, count(*) AS memories FROM {self.table} m "
             f"WHERE {where} AND {extracted} IS NOT NULL "
@@ -966,7 +1024,7 @@ class Statements:
         how many, in owner order: those after ``after``, at most ``limit`` (None: all). With
         ``exclude_managed``, adapters' own records (chat messages, …) do not count."""
         params = Params()
-        where = restriction.conditions(params)
+        where = restriction.conditions(params, self.refreshes)
         if exclude_managed:
             where += f" AND NOT m.metadata ? {params.add(MANAGED_FIELD)}"
         if after is not None:
@@ -995,7 +1053,7 @@ class Statements:
         point order, paged."""
         params = Params()
         extracted = f"m.metadata #> {params.add(path)}::text[]"
-        where = restriction.conditions(params)
+        where = restriction.conditions(params, self.refreshes)
         # Conditions are evaluated in any order: the length must not be asked of a scalar.
         length = "(CASE WHEN jsonb_typeof(v) = 'array' THEN jsonb_array_length(v) END)"
         conditions = ["jsonb_typeof(v) = 'array'"]
@@ -1031,7 +1089,8 @@ class Statements:
 
     def count(self, restriction: Restriction) -> Query:
         params = Params()
-        sql = f"SELECT count(*) FROM {self.table} m WHERE {restriction.conditions(params)}"
+        where = restriction.conditions(params, self.refreshes)
+        sql = f"SELECT count(*) FROM {self.table} m WHERE {where}"
         return Query(sql, params.values)
 
     def list_page(
@@ -1048,7 +1107,7 @@ class Statements:
         the previous page's last row's position (its ``order_by`` value, then key, scope and
         scope_id; for ``key`` order just the last three)."""
         params = Params()
-        where = restriction.conditions(params)
+        where = restriction.conditions(params, self.refreshes)
         direction = "DESC" if descending else "ASC"
         order = _ORDER_COLUMNS[order_by]
         columns = [order] + [column for column in _TIE_BREAK if column != order]
@@ -1070,7 +1129,7 @@ class Statements:
         there is indexed with (see :mod:`.conversations`). The session's other turns stay
         in the database."""
         params = Params()
-        where = restriction.conditions(params)
+        where = restriction.conditions(params, self.refreshes)
         path = params.add([CONVERSATION_FIELD, "position"])
         place = (
             f"CASE WHEN jsonb_typeof(m.metadata #> {path}::text[]) = 'number' "
@@ -1095,7 +1154,7 @@ class Statements:
         """The next ``limit`` memories in identity order after ``after`` (a keyset page: each
         page costs the same however far the scan has gone, unlike OFFSET)."""
         params = Params()
-        where = restriction.conditions(params)
+        where = restriction.conditions(params, self.refreshes)
         if after is not None:
             bound = ", ".join(params.add(part) for part in after)
             where += f" AND (m.scope, m.scope_id, m.key) > ({bound})"
@@ -1113,8 +1172,8 @@ class Statements:
         sources = ", ".join(filter(None, [self.context_of(params, change), _CLOCK]))
         sql = (
             f"DELETE FROM {self.table} m USING {sources} WHERE m.key = $1 "
-            f"AND {restriction.conditions(params)} "
-            "RETURNING (m.expires_at IS NULL OR m.expires_at > clock.at) AS live"
+            f"AND {restriction.conditions(params, self.refreshes)} "
+            f"RETURNING {live(self.refreshes, moment='clock.at')} AS live"
         )
         return self.announced(sql, params, change)
 
@@ -1128,7 +1187,7 @@ class Statements:
         sql = f"""
             DELETE FROM {self.table} d USING (
                 SELECT {M_OWNER_KEY} FROM {self.table} m
-                WHERE {restriction.conditions(params)}
+                WHERE {restriction.conditions(params, self.refreshes)}
                 ORDER BY {M_OWNER_KEY} FOR UPDATE) x {also}
             WHERE {same_memory("d", "x")}{pinned_condition(self.layout, params, restriction, "d")}
         """
@@ -1136,7 +1195,7 @@ class Statements:
 
     def delete_expired_batch(self, restriction: Restriction, batch: int) -> Query:
         params = Params()
-        where = restriction.conditions(params)
+        where = restriction.conditions(params, self.refreshes)
         # Bounded batches with SKIP LOCKED: a sweep never holds many row locks at once and
         # never waits on a writer. Rows are named by their whole identity: another owner's
         # live memory under the same key is not expired and stays. Each becomes an "expire"
@@ -1147,20 +1206,56 @@ class Statements:
         sql = f"""
             DELETE FROM {self.table} d USING (
                 SELECT {M_OWNER_KEY} FROM {self.table} m
-                WHERE m.expires_at <= now() AND {where}
+                WHERE {self._past_expiry("m")} AND {where}
                 LIMIT {params.add(batch)} FOR UPDATE SKIP LOCKED) x {also}
-            WHERE {same_memory("d", "x")} AND d.expires_at <= now()
+            WHERE {same_memory("d", "x")} AND {self._past_expiry("d")}
         """
         return self.announced(sql, params, EXPIRING)
+
+    def delete_stale_refreshes(self, restriction: Restriction, batch: int) -> Query:
+        """Up to ``batch`` TTL refreshes (of the restriction's tenant and owner) that keep no
+        memory live any more: run out, or of a memory written or deleted since (its
+        expiry is not the one refreshed). Never waits for a refresh being written."""
+        assert self.refreshes is not None
+        params = Params([restriction.tenant])
+        whose = "refresh.tenant = $1"
+        if restriction.scope is not None:
+            whose += f" AND refresh.scope = {params.add(restriction.scope.value)}"
+        if restriction.scope_id is not None:
+            whose += f" AND refresh.scope_id = {params.add(restriction.scope_id)}"
+        sql = f"""
+            DELETE FROM {self.refreshes} d USING (
+                SELECT {OWNER_KEY} FROM {self.refreshes} refresh
+                WHERE {whose} AND (refresh.expires_at <= now() OR NOT EXISTS (
+                    SELECT 1 FROM {self.table} m WHERE {same_memory("m", "refresh")}
+                      AND m.expires_at = refresh.refreshed_from))
+                ORDER BY {OWNER_KEY} LIMIT {params.add(batch)} FOR UPDATE SKIP LOCKED) x
+            WHERE {same_memory("d", "x")}
+        """
+        return Query(sql, params.values)
+
+    def clear_refreshes(self, tenant: str) -> Query:
+        """Every TTL refresh of ``tenant``'s memories, deleted (locked in identity order, as
+        refreshes are written)."""
+        assert self.refreshes is not None
+        return Query(
+            f"""
+            DELETE FROM {self.refreshes} d USING (
+                SELECT {OWNER_KEY} FROM {self.refreshes} WHERE tenant = $1
+                ORDER BY {OWNER_KEY} FOR UPDATE) x
+            WHERE {same_memory("d", "x")}
+            """,
+            [tenant],
+        )
 
     def matching_owners(self, restriction: Restriction, limit: int, expired: bool = False) -> Query:
         """Owners holding memories within ``restriction`` (``expired`` ones only), at most
         ``limit``: on a cluster a delete across owners goes owner by owner (Citus locks
         rows only in a statement that names the node's owner)."""
         params = Params()
-        where = restriction.conditions(params)
+        where = restriction.conditions(params, self.refreshes)
         if expired:
-            where = f"m.expires_at <= now() AND {where}"
+            where = f"{self._past_expiry('m')} AND {where}"
         return Query(
             f"SELECT DISTINCT m.scope, m.scope_id FROM {self.table} m "
             f"WHERE {where} LIMIT {params.add(limit)}",
@@ -1181,7 +1276,7 @@ class Statements:
             f"AND m.scope_id = {write['scope_id']}"
         )
         others = (
-            f"m.key <> {write['key']} AND {LIVE} AND NOT {_CLOSED_NOW} "
+            f"m.key <> {write['key']} AND {self.live} AND NOT {_CLOSED_NOW} "
             f"AND NOT m.metadata ? '{MANAGED_FIELD}' AND NOT m.metadata ? '{DOCUMENT_FIELD}'"
         )
         owner = f"{whose} AND {others}"
@@ -1195,7 +1290,7 @@ class Statements:
         own = (
             f"SELECT 1 FROM {self.table} o WHERE o.tenant = {write['tenant']} "
             f"AND o.scope = {write['scope']} AND o.scope_id = {write['scope_id']} "
-            f"AND o.key = {write['key']} AND (o.expires_at IS NULL OR o.expires_at > now())"
+            f"AND o.key = {write['key']} AND {live(self.refreshes, 'o')}"
         )
         return (
             f"SELECT * FROM ({' UNION ALL '.join(found)}) candidates "
@@ -1292,7 +1387,7 @@ class Statements:
         own = (
             f"EXISTS (SELECT 1 FROM {self.table} o WHERE o.tenant = $1 AND o.scope = s.scope "
             "AND o.scope_id = s.scope_id AND o.key = s.key "
-            "AND (o.expires_at IS NULL OR o.expires_at > now()))"
+            f"AND {live(self.refreshes, 'o')})"
         )
         sql = f"""
             SELECT s.scope, s.scope_id, s.key, {own} AS own_live,
@@ -1320,7 +1415,7 @@ class Statements:
         own = (
             f"EXISTS (SELECT 1 FROM {self.table} o WHERE o.tenant = $1 AND o.scope = $2 "
             "AND o.scope_id = $3 AND o.key = $4 "
-            "AND (o.expires_at IS NULL OR o.expires_at > now()))"
+            f"AND {live(self.refreshes, 'o')})"
         )
         sql = f"""
             SELECT $2::text AS scope, $3::text AS scope_id, $4::text AS key, {own} AS own_live,
@@ -1364,7 +1459,7 @@ class Statements:
         return Query(
             f"SELECT now() AS moment, coalesce(m.valid_from, m.created_at) AS valid_from "
             f"FROM {self.table} m WHERE m.tenant = $1 AND m.scope = $2 AND m.scope_id = $3 "
-            f"AND m.key = $4 AND {LIVE} AND NOT {_CLOSED_NOW} FOR UPDATE",
+            f"AND m.key = $4 AND {self.live} AND NOT {_CLOSED_NOW} FOR UPDATE",
             [tenant, *identity],
         )
 
@@ -1387,7 +1482,8 @@ class Statements:
             f"UPDATE {self.table} m SET valid_to = {end}, superseded_by = $6, "
             f"updated_at = {self.clock} FROM {sources} "
             f"WHERE m.tenant = $1 AND m.scope = $2 AND m.scope_id = $3 AND m.key = $4 "
-            f"AND {LIVE} AND NOT {_CLOSED_NOW} AND coalesce(m.valid_from, m.created_at) <= {end} "
+            f"AND {self.live} AND NOT {_CLOSED_NOW} "
+            f"AND coalesce(m.valid_from, m.created_at) <= {end} "
             f"RETURNING {self.entry}"
         )
         return self.announced(sql, params, change)
@@ -1401,7 +1497,7 @@ class Statements:
     def counts_by_type(self, tenant: str) -> Query:
         """The memories :meth:`count` counts (live and valid), per type."""
         params = Params()
-        where = Restriction(tenant=tenant).conditions(params)
+        where = Restriction(tenant=tenant).conditions(params, self.refreshes)
         return Query(
             f"SELECT m.memory_type AS name, count(*) AS memories FROM {self.table} m "
             f"WHERE {where} GROUP BY m.memory_type ORDER BY m.memory_type",
@@ -1412,7 +1508,7 @@ class Statements:
         """The memories :meth:`count` counts (live and valid), per owner: the ``limit``
         largest owners."""
         params = Params()
-        where = Restriction(tenant=tenant).conditions(params)
+        where = Restriction(tenant=tenant).conditions(params, self.refreshes)
         return Query(
             f"SELECT m.scope, m.scope_id, count(*) AS memories FROM {self.table} m "
             f"WHERE {where} GROUP BY m.scope, m.scope_id "
@@ -1422,7 +1518,7 @@ class Statements:
 
     def count_expired(self, tenant: str) -> Query:
         return Query(
-            f"SELECT count(*) FROM {self.table} WHERE tenant = $1 AND expires_at <= now()",
+            f"SELECT count(*) FROM {self.table} m WHERE m.tenant = $1 AND {self._past_expiry('m')}",
             [tenant],
         )
 
@@ -1433,7 +1529,7 @@ class Statements:
         return Query(
             "SELECT m.scope, m.scope_id, m.key, m.content, m.content_hash, "
             f"m.metadata -> $6::text AS conversation FROM {self.table} m "
-            f"WHERE m.tenant = $1 AND {_SEMANTIC} AND {LIVE} "
+            f"WHERE m.tenant = $1 AND {_SEMANTIC} AND {self.live} "
             "AND (m.scope, m.scope_id, m.key) > ($2, $3, $4) "
             "ORDER BY m.scope, m.scope_id, m.key LIMIT $5",
             [tenant, *after, batch, CONVERSATION_FIELD],
@@ -1441,7 +1537,8 @@ class Statements:
 
     def count_semantic(self, tenant: str) -> Query:
         return Query(
-            f"SELECT count(*) FROM {self.table} m WHERE m.tenant = $1 AND {_SEMANTIC} AND {LIVE}",
+            f"SELECT count(*) FROM {self.table} m WHERE m.tenant = $1 AND {_SEMANTIC} "
+            f"AND {self.live}",
             [tenant],
         )
 

@@ -17,14 +17,13 @@ from .history import AS_OF_MOMENT, as_of_source, replaced_versions, setting_stat
 from .models import Ranking
 from .queries import (
     CONTEXTUAL,
-    LIVE,
     M_OWNER_KEY,
     OWNER_KEY,
     Restriction,
     pinned_condition,
     select_entry,
 )
-from .schema import TableLayout, terms_function
+from .schema import TableLayout, live, terms_function
 from .sql import Query
 from .types import Identity
 
@@ -151,6 +150,8 @@ class SearchStatements:
         self.backfilling = backfilling
         """Whether some memories may still lack ``terms`` (the backfill has not finished)."""
         self.table = layout.qualified_table
+        self.refreshes = layout.expiry_refreshes
+        """The TTL refreshes that extend memories' expiries (see queries.live)."""
         self.read_counts = read_counts
         """Whether results carry their memories' read counts: a look-up per result, made
         only when asked or when a ranking weighs recency (else access_count is None)."""
@@ -192,7 +193,7 @@ class SearchStatements:
     def _graph_conditions(self, params: Params, restriction: Restriction) -> str:
         """``restriction``'s conditions for a walk of the HNSW graph: with a filter, the walk
         widens to :attr:`filtered_ef_search`."""
-        where = restriction.conditions(params)
+        where = restriction.conditions(params, self.refreshes)
         if not self._walks_wider(restriction) or self.layout.distributed:
             return where  # on a cluster the setting goes first (see _walked)
         assert self.filtered_ef_search is not None
@@ -653,7 +654,7 @@ class SearchStatements:
     ) -> Query:
         limit, offset, min_score = page
         params = Params()
-        where = restriction.conditions(params)
+        where = restriction.conditions(params, self.refreshes)
         ctes = self._contextual_ctes(params, query, where, restriction, limit + offset)
         sql = f"""
             WITH {ctes}
@@ -679,7 +680,7 @@ class SearchStatements:
         :meth:`semantic_search`."""
         limit, offset, min_score = page
         params = Params()
-        where = restriction.conditions(params)
+        where = restriction.conditions(params, self.refreshes)
         vector = f"{params.add(embedding)}::{self.vector}"
         window = max(candidates, limit + offset)
         pool = params.add(window)
@@ -799,7 +800,7 @@ class SearchStatements:
         least :data:`TEMPORAL_CANDIDATES`): a question finds what its words find."""
         limit, offset, min_score = page
         params = Params()
-        where = restriction.conditions(params)
+        where = restriction.conditions(params, self.refreshes)
         score = "1.0 / (1.0 + extract(epoch FROM now() - m.updated_at) / 3600.0)"
         if query is None:
             sql = f"""
@@ -839,7 +840,7 @@ class SearchStatements:
         # the stored vector is used as is, never re-embedded.
         probe = (
             f"(SELECT p.embedding FROM {self.table} p WHERE p.tenant = $1 AND p.scope = $2 "
-            "AND p.scope_id = $3 AND p.key = $4 AND (p.expires_at IS NULL OR p.expires_at > now()))"
+            f"AND p.scope_id = $3 AND p.key = $4 AND {live(self.refreshes, 'p')})"
         )
         if vector is not None:
             probe = f"{params.add(vector)}::{self.layout.vector_column_type}"
@@ -865,6 +866,6 @@ class SearchStatements:
         sql = (
             f"SELECT m.embedding IS NOT NULL AS has_embedding, m.embedding FROM {self.table} m "
             f"WHERE m.tenant = $1 AND m.scope = $2 AND m.scope_id = $3 AND m.key = $4 "
-            f"AND {LIVE}"
+            f"AND {live(self.refreshes)}"
         )
         return Query(sql, [tenant, *target])

@@ -26,8 +26,7 @@ from collections.abc import Callable, Iterable
 from functools import partial
 
 from .database import Database
-from .queries import LIVE
-from .schema import TableLayout
+from .schema import TableLayout, live
 from .shutdown import cancel_and_wait
 from .sql import Query, Session
 
@@ -86,7 +85,7 @@ async def refresh(layout: TableLayout, tenant: str, session: Session) -> int | N
                 f"""
             INSERT INTO {stats} (tenant, term, df)
             SELECT $1, lexeme, count(*) FROM {table} m, unnest(tsvector_to_array(m.terms)) lexeme
-            WHERE m.tenant = $1 AND m.terms IS NOT NULL AND {LIVE}
+            WHERE m.tenant = $1 AND m.terms IS NOT NULL AND {live(layout.expiry_refreshes)}
             GROUP BY lexeme
             """,
                 (tenant,),
@@ -97,7 +96,7 @@ async def refresh(layout: TableLayout, tenant: str, session: Session) -> int | N
                 f"""
             INSERT INTO {totals} (tenant, documents, avg_length, refreshed_at)
             SELECT $1, count(*), coalesce(avg(length(m.terms)), 0), now() FROM {table} m
-            WHERE m.tenant = $1 AND m.terms IS NOT NULL AND {LIVE}
+            WHERE m.tenant = $1 AND m.terms IS NOT NULL AND {live(layout.expiry_refreshes)}
             ON CONFLICT (tenant) DO UPDATE SET documents = excluded.documents,
                 avg_length = excluded.avg_length, refreshed_at = excluded.refreshed_at
             RETURNING documents
@@ -188,7 +187,7 @@ async def refresh_owners(
             FROM {owned} JOIN {table} m
                 ON m.tenant = $1 AND m.scope = o.scope AND m.scope_id = o.scope_id,
                 unnest(tsvector_to_array(m.terms)) lexeme
-            WHERE m.terms IS NOT NULL AND {LIVE}
+            WHERE m.terms IS NOT NULL AND {live(layout.expiry_refreshes)}
             GROUP BY m.scope, m.scope_id, lexeme
             """,
                 (tenant, *mine),
@@ -204,7 +203,7 @@ async def refresh_owners(
             SELECT $1, m.scope, m.scope_id, count(*), avg(length(m.terms)), now()
             FROM {owned} JOIN {table} m
                 ON m.tenant = $1 AND m.scope = o.scope AND m.scope_id = o.scope_id
-            WHERE m.terms IS NOT NULL AND {LIVE}
+            WHERE m.terms IS NOT NULL AND {live(layout.expiry_refreshes)}
             GROUP BY m.scope, m.scope_id
             RETURNING t.scope, t.scope_id, t.documents
             """,

@@ -113,3 +113,16 @@ def wait_for_port(process: subprocess.Popen[Any], port: int, seconds: float = 12
     except AssertionError:
         process.kill()
         raise
+
+
+async def expiry_of(connection: asyncpg.Connection, config: Any, key: str) -> Any:
+    """When the memory under ``key`` expires, as the database says it without the library:
+    its row's expiry, or the later one a TTL refresh kept beside it gave (NULL: never)."""
+    table = f'"{config.schema_name}"."{config.table}"'
+    refreshes = f'"{config.schema_name}"."{config.table}_refreshes"'
+    return await connection.fetchval(
+        f"SELECT greatest(m.expires_at, r.expires_at) FROM {table} m LEFT JOIN {refreshes} r "
+        "ON (r.tenant, r.scope, r.scope_id, r.key) = (m.tenant, m.scope, m.scope_id, m.key) "
+        "AND r.refreshed_from = m.expires_at WHERE m.key = $1",
+        key,
+    )

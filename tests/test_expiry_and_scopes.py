@@ -183,16 +183,13 @@ async def test_scope_without_id_uses_the_configured_default(make_config: Any) ->
 async def test_a_refresh_leaves_a_memory_refreshed_a_moment_ago(
     storage: PostgresStorage[str, Any], raw_conn: asyncpg.Connection
 ) -> None:
-    # Rewriting a row for a refresh costs a new version of it: a memory whose expiry is
-    # already within ttl_refresh_slack (1%) of the new one is left as it is.
+    # A refresh writes a row: a memory whose expiry is already within ttl_refresh_slack (1%)
+    # of the new one is left as it is.
     assert storage.config.ttl_refresh_slack == 0.01
     table = f'"{storage.config.schema_name}"."{storage.config.table}"'
 
-    async def expiry(key: str) -> datetime:
-        moment: datetime = await raw_conn.fetchval(
-            f"SELECT expires_at FROM {table} WHERE key = $1", key
-        )
-        return moment
+    async def expiry(key: str) -> datetime | None:
+        return (await storage.retrieve(key)).expires_at
 
     await storage.store("fresh", "read over and over", ttl=timedelta(hours=1))
     await storage.store("aging", "read now and then", ttl=timedelta(hours=1))
@@ -215,6 +212,97 @@ async def test_a_refresh_leaves_a_memory_refreshed_a_moment_ago(
 
 def now_plus(delta: timedelta) -> datetime:
     return datetime.now(timezone.utc) + delta
+
+
+async def _time_passes(conn: asyncpg.Connection, config: PostgresConfig, delta: timedelta) -> None:
+    """Move every expiry ``delta`` back behind the store's back, memories' and refreshes'
+    alike, as the passing of time would (a refresh still names its memory's expiry)."""
+    table = f'"{config.schema_name}"."{config.table}"'
+    async with conn.transaction():
+        await conn.execute(
+            f"UPDATE {table} SET expires_at = expires_at - $1::interval "
+            "WHERE expires_at IS NOT NULL",
+            delta,
+        )
+        await conn.execute(
+            f'UPDATE "{config.schema_name}"."{config.table}_refreshes" '
+            "SET refreshed_from = refreshed_from - $1::interval, "
+            "expires_at = expires_at - $1::interval",
+            delta,
+        )
+
+
+async def test_a_refreshed_memory_outlives_its_own_expiry_everywhere(
+    storage: PostgresStorage[str, Any], raw_conn: asyncpg.Connection
+) -> None:
+    ana: dict[str, Any] = {"scope": MemoryScope.USER, "scope_id": "ana"}
+    await storage.store("kept", "shared phrase about lanterns", ttl=3600, **ana)
+    await storage.store("dropped", "shared phrase about lanterns too", ttl=3600, **ana)
+    assert await storage.touch(["kept"], timedelta(hours=2), **ana) == 1
+    # 90 minutes on: both rows' own expiry has passed; the refresh of "kept" has not.
+    await _time_passes(raw_conn, storage.config, timedelta(minutes=90))
+
+    entry = await storage.retrieve("kept", **ana)
+    assert entry.expires_at is not None
+    assert now_plus(timedelta(minutes=29)) < entry.expires_at < now_plus(timedelta(minutes=31))
+    assert await storage.exists("kept", **ana)
+    assert not await storage.exists("dropped", **ana)
+    assert await storage.count(**ana) == 1
+    assert [e.key for e in await storage.list(**ana)] == ["kept"]
+    for index in MemoryIndex:
+        query = MemoryQuery(query="lanterns shared phrase", index_type=index, **ana)
+        assert [r.entry.key for r in await storage.search(query)] == ["kept"], index
+    assert (await storage.stats())["expired_not_cleaned"] == 1
+    assert await storage.cleanup_expired() == 1
+    assert await storage.exists("kept", **ana)
+    # Read again within its refreshed time, it is refreshed again from there.
+    assert await storage.touch(["kept"], timedelta(hours=2), **ana) == 1
+    assert (await storage.retrieve("kept", **ana)).expires_at > now_plus(timedelta(minutes=119))
+
+
+async def test_a_write_after_a_refresh_sets_its_own_expiry(
+    storage: PostgresStorage[str, Any], raw_conn: asyncpg.Connection
+) -> None:
+    await storage.store("note", "tea at five", ttl=3600)
+    assert await storage.touch(["note"], timedelta(hours=5)) == 1
+    await storage.store("note", "tea at six", ttl=60)
+    expiry = (await storage.retrieve("note")).expires_at
+    assert expiry is not None and expiry < now_plus(timedelta(minutes=2))
+    assert await storage.touch(["note"], timedelta(hours=5)) == 1
+    await storage.store("note", "tea at seven", ttl=None)
+    assert (await storage.retrieve("note")).expires_at is None
+
+
+async def test_a_refreshed_memory_written_after_its_own_expiry_is_the_same_memory(
+    storage: PostgresStorage[str, Any], raw_conn: asyncpg.Connection
+) -> None:
+    # Kept alive by a read past its own expiry, a memory written again is updated (its
+    # creation and history go on), not started anew as an expired one would be.
+    first = await storage.store("note", "tea at five", ttl=3600)
+    assert await storage.touch(["note"], timedelta(hours=2)) == 1
+    await _time_passes(raw_conn, storage.config, timedelta(minutes=90))
+    again = await storage.store("note", "tea at six", ttl=3600)
+    assert again.version == first.version + 1
+    assert again.created_at == first.created_at
+    versions = await storage.history("note")
+    assert sorted(v.version for v in versions) == [1, 2]
+
+
+async def test_a_refresh_does_not_outlive_its_memory(
+    storage: PostgresStorage[str, Any], raw_conn: asyncpg.Connection
+) -> None:
+    # A memory deleted and stored again is a new one: the old one's refresh keeps nothing.
+    await storage.store("note", "tea at five", ttl=3600)
+    assert await storage.touch(["note"], timedelta(hours=2)) == 1
+    await storage.delete("note")
+    await storage.store("note", "tea at six", ttl=3600)
+    await _time_passes(raw_conn, storage.config, timedelta(minutes=90))
+    assert not await storage.exists("note")
+    refreshes = f'"{storage.config.schema_name}"."{storage.config.table}_refreshes"'
+    assert await raw_conn.fetchval(f"SELECT count(*) FROM {refreshes}") == 1
+    assert await storage.cleanup_expired() == 1
+    # The sweep takes the refreshes that keep nothing live with it.
+    assert await raw_conn.fetchval(f"SELECT count(*) FROM {refreshes}") == 0
 
 
 async def test_touch_extends_live_memories_only(

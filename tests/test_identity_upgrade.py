@@ -311,23 +311,31 @@ async def test_new_memories_after_the_upgrade_get_the_type_defaults(
         ).expires_at is None
 
 
-async def test_a_process_speaking_schema_4_cannot_write_after_passages_arrive(
-    storage: PostgresStorage[str, Any], pg_dsn: str
+@pytest.mark.parametrize("spoken", ["4", "22"])
+async def test_a_process_speaking_an_older_schema_cannot_write(
+    storage: PostgresStorage[str, Any], pg_dsn: str, spoken: str
 ) -> None:
-    # A release of schema 4 upserts a memory without replacing its passages: refused, so that
-    # no memory keeps vectors of text it no longer has.
+    # A release of schema 4 upserts a memory without replacing its passages (no memory may
+    # keep vectors of text it no longer has); one of schema 22 judges a memory expired by
+    # its row alone, blind to the refreshes kept beside it (a sweep would delete memories a
+    # read kept). Both are refused.
     await storage.store("doc", "text", passages=["first", "second"])
     layout = storage.layout
     old = await asyncpg.connect(
         pg_dsn,
-        server_settings={"application_name": "pepperpy-pg-memory", "pepperpy.client_schema": "4"},
+        server_settings={
+            "application_name": "pepperpy-pg-memory",
+            "pepperpy.client_schema": spoken,
+        },
     )
     try:
         with pytest.raises(asyncpg.ObjectNotInPrerequisiteStateError) as caught:
             await old.execute(
                 f"UPDATE {layout.qualified_table} SET value = '\"changed\"' WHERE key = 'doc'"
             )
-        assert "per-owner memory identity and passages (schema 5)" in str(caught.value)
+        assert "passages and TTL refreshes kept beside the memories (schema 23)" in str(
+            caught.value
+        )
     finally:
         await old.close()
     assert (await storage.retrieve("doc")).value == "text"

@@ -158,3 +158,27 @@ async def test_a_store_without_a_quota_is_not_limited(make_config: Any) -> None:
     async with PostgresStorage[str, Any](config, HashingEmbedder(64)) as store:
         await store.store_many([(f"k{i}", f"note {i}") for i in range(10)], **ANA, **SHORT)
         assert await store.count(**ANA) == 10
+
+
+async def test_memories_kept_by_a_ttl_refresh_count_toward_the_quota(
+    storage: PostgresStorage[str, Any], raw_conn: Any
+) -> None:
+    # Past their own expiry but refreshed, memories are live: at the limit, a new one evicts.
+    for key in ("a", "b", "c"):
+        await storage.store(key, f"note {key}", **ANA, **SHORT, ttl=3600)
+    assert await storage.touch(["a", "b", "c"], 7200, **ANA) == 3
+    config = storage.config
+    async with raw_conn.transaction():
+        await raw_conn.execute(
+            f'UPDATE "{config.schema_name}"."{config.table}" '
+            "SET expires_at = expires_at - interval '90 minutes'"
+        )
+        await raw_conn.execute(
+            f'UPDATE "{config.schema_name}"."{config.table}_refreshes" '
+            "SET refreshed_from = refreshed_from - interval '90 minutes', "
+            "expires_at = expires_at - interval '90 minutes'"
+        )
+    assert len(await _keys(storage, **ANA)) == 3
+    await storage.store("d", "note d", **ANA, **SHORT)
+    held = await _keys(storage, **ANA)
+    assert len(held) == 3 and "d" in held

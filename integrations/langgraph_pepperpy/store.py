@@ -93,8 +93,8 @@ REFRESHES_AT_ONCE = 8
 SWEEP_WAIT_SECONDS = 60.0
 """How long ``close()`` waits for a TTL sweep under way to finish."""
 REFRESHING_FILLFACTOR = 50
-"""The ``PostgresConfig.fillfactor`` a store opened with ``refresh_on_read`` gives its table
-when the configuration names none (see :meth:`PepperpyStore.create`)."""
+"""The ``PostgresConfig.fillfactor`` a store opened with ``refresh_on_read`` on a Citus
+cluster gives its table when the configuration names none (see :meth:`PepperpyStore.create`)."""
 CLOCK_MARGIN = timedelta(seconds=5)
 """How far the server's clock may run ahead of this process's: a read item is left out of a
 refresh only when the server, too, would leave it."""
@@ -558,10 +558,12 @@ class PepperpyStore(BaseStore):
             # A new table is created so (an existing one keeps its vector type: a different
             # one is refused when the store starts).
             config = PostgresConfig.model_validate({**config.model_dump(), **table_settings})
-        if ttl and ttl.get("refresh_on_read", True) and config.fillfactor is None:
-            # Every read rewrites its item's expiry: pages keep room for each row's next
-            # version, so that a refresh rewrites no index (10,000 gets of items due for a
-            # refresh: 0.6 s against 1.4 s at the core's 70%; about one row a page).
+        refreshing = ttl and ttl.get("refresh_on_read", True)
+        if refreshing and config.distribution is not None and config.fillfactor is None:
+            # On a cluster a read rewrites its item's row to move its expiry (one server
+            # keeps refreshes beside the rows): pages keep room for each row's next version,
+            # so that a refresh rewrites no index (10,000 gets of items due for a refresh:
+            # 0.6 s against 1.4 s at the core's 70%; about one row a page).
             config = config.model_copy(update={"fillfactor": REFRESHING_FILLFACTOR})
         handle = BackgroundStorage.create(config, embedding)
         try:

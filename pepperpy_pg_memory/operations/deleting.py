@@ -75,6 +75,8 @@ async def clear(started: Started[Any]) -> int:
     """Delete every memory of the store's tenant; how many."""
     everything = Restriction(tenant=started.tenant, include_expired=True, include_invalid=True)
     deleted = await _delete_matching(started, "clear", everything, Change(reason="clear"))
+    if started.statements.refreshes is not None:
+        await started.database.execute("clear", started.statements.clear_refreshes(started.tenant))
     started.vectors.cache.clear()
     started.term_stats.note_writes(deleted)
     return deleted

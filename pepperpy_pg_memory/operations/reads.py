@@ -210,12 +210,12 @@ async def touch(
     identities = await resolve(started, checked, scope, scope_id)
     if not identities:
         return 0
-    return await started.database.execute(
-        "touch",
-        started.statements.touch(
-            started.tenant, identities, delta, started.config.ttl_refresh_slack
-        ),
+    statement = started.statements.touch(
+        started.tenant, identities, delta, started.config.ttl_refresh_slack
     )
+    if started.statements.refreshes is None:
+        return await started.database.execute("touch", statement)  # the rows updated
+    return int(await started.database.fetchval("touch", statement))
 
 
 @instrumented("exists")

@@ -57,6 +57,10 @@ async def cleanup_expired(started: Started[Any], restriction: Restriction, batch
         total = await _sweep_owner_by_owner(started, restriction, batch)
     else:
         total = await _sweep(started, restriction, batch)
+    if started.statements.refreshes is not None:
+        stale = started.statements.delete_stale_refreshes(restriction, batch)
+        while await started.database.execute("cleanup_expired", stale) == batch:
+            pass
     await trim_history(started)
     return total
 

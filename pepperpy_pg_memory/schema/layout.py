@@ -146,6 +146,26 @@ class TableLayout:
         return qualified(self.schema, self.access_name)
 
     @property
+    def refreshes_name(self) -> str:
+        """The later expiries TTL refreshes gave memories (see
+        :func:`_v23_expiry_refreshes`), unquoted."""
+        return f"{self.table}_refreshes"
+
+    @property
+    def qualified_refreshes(self) -> str:
+        return qualified(self.schema, self.refreshes_name)
+
+    @property
+    def expiry_refreshes(self) -> str | None:
+        """The qualified table whose refreshes extend memories' expiries, when the statements
+        keep TTL refreshes beside the memories; None when a refresh rewrites the memory's row
+        (before schema 23, and on a cluster, where Citus runs no subquery in an upsert's SET
+        clause, which a write over a refreshed memory needs)."""
+        if self.version < EXPIRY_REFRESHES_VERSION or self.distributed:
+            return None
+        return self.qualified_refreshes
+
+    @property
     def term_stats_name(self) -> str:
         """Per tenant and term, how many memories hold it (see :func:`_v6_terms`), unquoted."""
         return f"{self.table}_term_stats"
@@ -373,6 +393,8 @@ GIN_INDEXES = ("tsv_idx", "trgm_idx", "metadata_idx")
 TERMS_VERSION = 6
 
 HISTORY_VERSION = 8
+
+EXPIRY_REFRESHES_VERSION = 23
 
 STATEMENT_VERSIONS_SETTING = "pepperpy.statement_versions"
 """Transaction setting: 'on' while a bulk merge numbers and records its own versions, computes

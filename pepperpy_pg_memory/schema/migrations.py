@@ -7,10 +7,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..errors import QUOTA_SQLSTATE
-from ..identifiers import name_literal, qualified, quote_ident
+from ..identifiers import name_literal, qualified, quote_ident, text_literal
 from ..sql import Query
 from ..types import MANAGED_FIELD
 from .layout import (
+    EXPIRY_REFRESHES_VERSION,
     GIN_INDEXES,
     HISTORY_VERSION,
     ROW_TRIGGERS_ON,
@@ -106,6 +107,8 @@ def tenant_tables(layout: TableLayout) -> list[str]:
         names += [layout.owner_terms_name, layout.owner_totals_name]
     if layout.version >= BACKFILLS_PER_TABLE_VERSION:
         names.append(layout.backfills_name)
+    if layout.version >= EXPIRY_REFRESHES_VERSION:
+        names.append(layout.refreshes_name)
     return names
 
 
@@ -123,22 +126,24 @@ def row_level_security_statements(layout: TableLayout) -> list[str]:
     included, sees and writes only rows of its tenant — the one its role is bound to, else the
     one its pepperpy.tenant setting names (superusers and roles with BYPASSRLS are exempt, as
     always in PostgreSQL)."""
+    return [
+        statement
+        for name in tenant_tables(layout)
+        for statement in _tenant_policy_statements(layout, qualified(layout.schema, name))
+    ]
+
+
+def _tenant_policy_statements(layout: TableLayout, table: str) -> list[str]:
+    """:func:`row_level_security_statements` for one of the store's tables."""
     policy = layout.index_name(TENANT_POLICY)
     tenant = session_tenant(layout)
     return [
-        statement
-        for table in (qualified(layout.schema, name) for name in tenant_tables(layout))
-        for statement in (
-            f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY",
-            f"ALTER TABLE {table} FORCE ROW LEVEL SECURITY",
-            *(
-                f"DROP POLICY IF EXISTS {layout.index_name(old)} ON {table}"
-                for old in _OLD_POLICIES
-            ),
-            f"DROP POLICY IF EXISTS {policy} ON {table}",
-            f"CREATE POLICY {policy} ON {table} "
-            f"USING (tenant = {tenant}) WITH CHECK (tenant = {tenant})",
-        )
+        f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY",
+        f"ALTER TABLE {table} FORCE ROW LEVEL SECURITY",
+        *(f"DROP POLICY IF EXISTS {layout.index_name(old)} ON {table}" for old in _OLD_POLICIES),
+        f"DROP POLICY IF EXISTS {policy} ON {table}",
+        f"CREATE POLICY {policy} ON {table} "
+        f"USING (tenant = {tenant}) WITH CHECK (tenant = {tenant})",
     ]
 
 
@@ -175,6 +180,48 @@ IDENTITY_COLUMNS = ("tenant", "scope", "scope_id", "key")
 def same_memory(left: str, right: str) -> str:
     """SQL: the rows (or records) named ``left`` and ``right`` are of one memory."""
     return " AND ".join(f"{left}.{column} = {right}.{column}" for column in IDENTITY_COLUMNS)
+
+
+def refreshed(refreshes: str, alias: str, moment: str) -> str:
+    """SQL: a TTL refresh of the memory row ``alias`` (of its current expiry: see
+    :func:`_v23_expiry_refreshes`) lasts past ``moment``."""
+    return (
+        f"EXISTS (SELECT 1 FROM {refreshes} refresh WHERE {same_memory('refresh', alias)} "
+        f"AND refresh.refreshed_from = {alias}.expires_at AND refresh.expires_at > {moment})"
+    )
+
+
+def live(refreshes: str | None, alias: str = "m", moment: str = "now()") -> str:
+    """SQL: the memory row ``alias`` has not expired at ``moment`` — it has no expiry, its
+    own is later, or a refresh of it in ``refreshes`` (TableLayout.expiry_refreshes) is.
+    Every statement that judges expiry says it so (the quota trigger's included)."""
+    own = f"{alias}.expires_at IS NULL OR {alias}.expires_at > {moment}"
+    if refreshes is None:
+        return f"({own})"
+    # Evaluated left to right: the refreshes are looked up only for rows past their own.
+    return f"({own} OR {refreshed(refreshes, alias, moment)})"
+
+
+def expired(refreshes: str | None, moment: str) -> str:
+    """SQL: the old row ``m`` of an upsert had expired by ``moment`` (storing its key again
+    starts a new memory)."""
+    own = f"m.expires_at IS NOT NULL AND m.expires_at <= {moment}"
+    if refreshes is None:
+        return f"({own})"
+    return f"({own} AND NOT {refreshed(refreshes, 'm', moment)})"
+
+
+def expiry(refreshes: str | None, alias: str = "m") -> str:
+    """SQL: when the memory row ``alias`` expires — its own expiry, or the later one a
+    refresh of it gave (NULL: never)."""
+    if refreshes is None:
+        return f"{alias}.expires_at"
+    return (
+        f"CASE WHEN {alias}.expires_at IS NULL THEN NULL ELSE coalesce((SELECT "
+        f"greatest(refresh.expires_at, {alias}.expires_at) FROM {refreshes} refresh "
+        f"WHERE {same_memory('refresh', alias)} AND refresh.refreshed_from = {alias}.expires_at), "
+        f"{alias}.expires_at) END"
+    )
 
 
 CLIENT_SCHEMA_SETTING = "pepperpy.client_schema"
@@ -746,8 +793,10 @@ def quota_function(schema: str) -> str:
     return qualified(schema, "pepperpy_enforce_quota")
 
 
-def _quota_function(layout: TableLayout) -> str:
-    """The quota trigger's function (see _v11_quota)."""
+def quota_function_statement(layout: TableLayout, refreshes: str | None = None) -> str:
+    """(Re)create the quota trigger's function (see _v11_quota), counting memories kept live
+    by the TTL refreshes in ``refreshes`` (see _v23_expiry_refreshes; None: by their rows
+    alone, as on a cluster)."""
     # Counting the owner's memories costs a row each. First every row of the owner, from the
     # primary key's index alone: fewer than the limit, and there is room. Only then the live
     # memories that are not adapters' records, and no further than a little past the limit
@@ -755,8 +804,7 @@ def _quota_function(layout: TableLayout) -> str:
     function, table = quota_function(layout.schema), layout.qualified_table
     owner = (
         "m.tenant = NEW.tenant AND m.scope = NEW.scope AND m.scope_id = NEW.scope_id "
-        "AND (m.expires_at IS NULL OR m.expires_at > now()) "
-        f"AND NOT m.metadata ? '{MANAGED_FIELD}'"
+        f"AND {live(refreshes)} AND NOT m.metadata ? '{MANAGED_FIELD}'"
     )
     setting = "current_setting('{}', true)".format
     candidates = f"""
@@ -869,7 +917,7 @@ def _v11_quota(layout: TableLayout) -> list[str]:
     function, table = quota_function(layout.schema), layout.qualified_table
     setting = "current_setting('{}', true)".format
     return [
-        _quota_function(layout),
+        quota_function_statement(layout),
         f"""
         CREATE OR REPLACE TRIGGER {layout.index_name("quota")}
         BEFORE INSERT ON {table} FOR EACH ROW
@@ -915,7 +963,7 @@ def _v12_dedupe_calendar_and_negation(layout: TableLayout) -> list[str]:
 def _v13_bounded_quota_count(layout: TableLayout) -> list[str]:
     # Version 11 counted every live memory of the owner on each new one, reading each row:
     # 9 ms at 10,000.
-    return [_quota_function(layout)]
+    return [quota_function_statement(layout)]
 
 
 def _v14_ordered_writers(layout: TableLayout) -> list[str]:
@@ -929,7 +977,7 @@ def _v14_ordered_writers(layout: TableLayout) -> list[str]:
     number, _ = _history_function_names(layout)
     return [
         *_history_functions(layout, _V9_VERSIONED_COLUMNS),
-        _quota_function(layout),
+        quota_function_statement(layout),
         f"DROP TRIGGER IF EXISTS {layout.index_name('number_version')} ON {table}",
         f"CREATE OR REPLACE TRIGGER {layout.index_name('version')} "
         f"BEFORE INSERT OR UPDATE ON {table} FOR EACH ROW EXECUTE FUNCTION {number}()",
@@ -1047,7 +1095,7 @@ QUOTA_ROOM_VERSION = 18
 def _v18_quota_counted_once(layout: TableLayout) -> list[str]:
     # The quota trigger counted the owner's memories on every new row; it now counts once
     # per owner and transaction and keeps the room left in a transaction-local setting.
-    return [_quota_function(layout)]
+    return [quota_function_statement(layout)]
 
 
 CITUS_READY_VERSION = 19
@@ -1150,6 +1198,84 @@ def _v22_moments_in_version_order(layout: TableLayout) -> list[str]:
     ]
 
 
+def _v23_expiry_refreshes(layout: TableLayout) -> list[str]:
+    # A TTL refresh (touch; LangGraph's refresh_on_read on every get and search) rewrote the
+    # memory's row to move its expiry: a row of about 2 KB with its vector, locked first
+    # (PostgreSQL locks every row an UPDATE touches when the table has BEFORE UPDATE row
+    # triggers, as ours has), written in place only while its page had room (LangGraph's
+    # stores kept their pages half empty for it), and left alone while a writer held it.
+    # A refresh is now a narrow row beside the memory: the later expiry, and the expiry of
+    # the memory it extends (refreshed_from). It counts while the memory still has that
+    # expiry: every write sets one, so a memory written or deleted since leaves the refresh
+    # stale with nothing to invalidate, and the sweep of expired memories deletes stale ones.
+    # No foreign key: its check would lock the memory's row, which this table exists to
+    # leave alone. On a cluster the table is placed with the memories but stays empty (see
+    # TableLayout.expiry_refreshes).
+    table = layout.qualified_refreshes
+    memories = layout.qualified_table
+    owner = ", ".join(IDENTITY_COLUMNS)
+    policies = "\n".join(
+        f"EXECUTE {text_literal(statement)};"
+        for statement in _tenant_policy_statements(layout, table)
+    )
+    return [
+        f"""
+        CREATE TABLE IF NOT EXISTS {table} (
+            tenant          text NOT NULL,
+            scope           text NOT NULL,
+            scope_id        text NOT NULL,
+            key             text NOT NULL,
+            refreshed_from  timestamptz NOT NULL,
+            expires_at      timestamptz NOT NULL,
+            PRIMARY KEY ({owner})
+        ) WITH (fillfactor = {HEAP_FILLFACTOR})
+        """,
+        # What the memories have, the refreshes get: the bound roles' grants, the tenant
+        # policy (when the memory table has row-level security), the cluster placement. The
+        # quota counts refreshed memories as live; on a cluster, where nothing reads the
+        # refreshes, it keeps judging rows alone.
+        f"""
+        DO $$
+        DECLARE bound record;
+        DECLARE distributed_by text;
+        BEGIN
+            FOR bound IN SELECT b.role_name FROM {layout.qualified_tenant_roles} b
+                         JOIN pg_roles r ON r.rolname = b.role_name LOOP
+                EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON {table} TO %I',
+                               bound.role_name);
+            END LOOP;
+            IF (SELECT c.relrowsecurity FROM pg_class c
+                WHERE c.oid = {text_literal(memories)}::regclass) THEN
+                {policies}
+            END IF;
+            IF EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') THEN
+                EXECUTE 'SELECT column_to_column_name(p.logicalrelid, p.partkey) '
+                        'FROM pg_dist_partition p WHERE p.partmethod = ''h'' '
+                        'AND p.logicalrelid = $1::regclass'
+                    INTO distributed_by USING {text_literal(memories)};
+            END IF;
+            IF distributed_by IS NOT NULL THEN
+                EXECUTE 'SELECT create_distributed_table($1, $2, colocate_with => $3)'
+                    USING {text_literal(table)}, distributed_by, {text_literal(memories)};
+                EXECUTE {text_literal(quota_function_statement(layout))};
+            ELSE
+                EXECUTE {text_literal(quota_function_statement(layout, table))};
+            END IF;
+        END $$
+        """,
+        # A process of an earlier release would judge refreshed memories expired: sweep them
+        # away, or start them anew on a write. It may not write.
+        f"DROP TRIGGER IF EXISTS {quote_ident(f'{_GUARD}_before_{PASSAGES_VERSION}')} "
+        f"ON {memories}",
+        *_old_client_guard(
+            layout,
+            EXPIRY_REFRESHES_VERSION,
+            "per-owner memory identity, passages and TTL refreshes kept beside the memories",
+            f"{_GUARD}_before_{EXPIRY_REFRESHES_VERSION}",
+        ),
+    ]
+
+
 Migration = Callable[[TableLayout], list[str]]
 
 MIGRATIONS: list[Migration] = [
@@ -1175,6 +1301,7 @@ MIGRATIONS: list[Migration] = [
     _v20_statement_versions,
     _v21_refreshes_in_place,
     _v22_moments_in_version_order,
+    _v23_expiry_refreshes,
 ]
 """Append-only. Position i (0-based) is schema version i + 1."""
 
