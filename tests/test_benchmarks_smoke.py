@@ -225,9 +225,13 @@ def test_ingest_profile_names_where_the_time_goes() -> None:
 def test_bursts_profile_times_reads_and_refreshes_apart() -> None:
     lines = _run_module("bursts", "--profile", "--count", "200", "--fillfactor", "50").stdout
     found = dict(line.split(maxsplit=1) for line in lines.splitlines() if line.strip())
-    assert {"burst_get_ttl", "burst_get_ttl_aged", "reads", "refreshes", "rows"} <= set(found)
-    # The aging and the aged reads each rewrite all 200 items, in place at 50%.
-    assert found["rows"].startswith("updated      400 (400 in place)")
+    assert {"burst_get_ttl", "burst_get_ttl_aged", "reads", "refreshes", "rows", "kept"} <= set(
+        found
+    )
+    # The aging rewrites all 200 items, in place at 50%; the aged reads write a refresh of
+    # each beside it, and no memory's row.
+    assert found["rows"].startswith("updated      200 (200 in place)")
+    assert found["kept"].startswith("200 refreshes")
 
 
 def test_owners_benchmark_runs_small(tmp_path: Path) -> None:
@@ -270,14 +274,13 @@ def test_bursts_benchmark_runs_small(tmp_path: Path) -> None:
     report = _run_small("bursts", tmp_path, "--count", "200")
     names = {(row["name"], row["system"]) for row in report["results"]}
     both = {"pepperpy-pg-memory PepperpyStore", "langgraph AsyncPostgresStore"}
-    roomy = "pepperpy-pg-memory PepperpyStore, fillfactor 50"
-    for name in ("burst_get_ttl", "burst_get_ttl_aged"):
-        assert {system for burst, system in names if burst == name} == {*both, roomy}
-    assert {system for burst, system in names if burst == "burst_mixed_ttl"} == both
+    ttl_bursts = ("burst_get_ttl", "burst_get_ttl_aged")
+    for name in (*ttl_bursts, *(f"{name}_long" for name in ttl_bursts), "burst_mixed_ttl"):
+        assert {system for burst, system in names if burst == name} == both
     # Every burst with a goal has its ratio, once.
     ratios = [ratio["name"] for ratio in report["ratios"]]
     assert sorted(ratios) == sorted(set(ratios))
     assert {"burst_get_ttl", "burst_get_ttl_aged", "burst_mixed_ttl"} <= set(ratios)
-    assert "burst_get_ttl_aged (fillfactor 50)" in ratios
+    assert "burst_get_ttl_aged_long" in ratios
     mixed = [row for row in report["results"] if row["name"] == "burst_mixed_ttl"]
     assert all(row["extra"]["failures"] == 0 for row in mixed)
