@@ -417,6 +417,48 @@ async def test_a_ttl_refresh_leaves_the_memory_row_alone(
         assert unread.expires_at < unread.created_at + timedelta(seconds=3700)
 
 
+async def test_the_upgrade_to_refreshes_gives_them_the_memories_protections(
+    make_config: Any, raw_conn: asyncpg.Connection
+) -> None:
+    # A table upgraded to schema 23 gets its refreshes table with what the memories have:
+    # the grants of the roles bound to its tenants, and the tenant policy when the memories
+    # have row-level security (whether or not this start asks for it).
+    config = make_config()
+    role = f"pepperpy_refreshing_{uuid.uuid4().hex[:8]}"
+    await raw_conn.execute(f"CREATE ROLE {role} NOLOGIN")
+    async with PostgresStorage[str, Any](config, HashingEmbedder(16)) as store:
+        await store.store("note", "tea at five", ttl=3600)
+        await store.grant_tenant(role, "acme")
+        layout = store.layout
+    # Back to schema 22, its memories under row-level security.
+    await raw_conn.execute(f"DROP TABLE {layout.qualified_refreshes}")
+    await raw_conn.execute(f"ALTER TABLE {layout.qualified_table} ENABLE ROW LEVEL SECURITY")
+    await raw_conn.execute(
+        f"UPDATE {layout.registry} SET schema_version = 22 WHERE table_name = $1", layout.table
+    )
+    async with PostgresStorage[str, Any](config, HashingEmbedder(16)) as store:
+        assert store.layout.version == SCHEMA_VERSION
+        assert await store.touch(["note"], 7200) == 1
+        entry = await store.retrieve("note")
+        assert entry.expires_at is not None and entry.expires_at > entry.created_at + timedelta(
+            seconds=7000
+        )
+    refreshes = layout.qualified_refreshes
+    secured = await raw_conn.fetchrow(
+        "SELECT relrowsecurity, relforcerowsecurity FROM pg_class WHERE oid = $1::regclass",
+        refreshes,
+    )
+    assert tuple(secured) == (True, True)
+    assert (
+        await raw_conn.fetchval(
+            "SELECT count(*) FROM pg_policy WHERE polrelid = $1::regclass", refreshes
+        )
+        == 1
+    )
+    assert await raw_conn.fetchval("SELECT has_table_privilege($1, $2, 'INSERT')", role, refreshes)
+    await raw_conn.execute(f"ALTER TABLE {layout.qualified_table} DISABLE ROW LEVEL SECURITY")
+
+
 async def test_a_ttl_refresh_calls_no_version_trigger(
     make_config: Any, raw_conn: asyncpg.Connection
 ) -> None:
