@@ -514,6 +514,10 @@ async def test_a_store_that_refreshes_on_read_fills_its_pages_as_configured(
     make_config: Any, raw_conn: Any, ttl: Any, fillfactor: int | None, expected: str
 ) -> None:
     config = make_config(fillfactor=fillfactor)
+    if config.distribution is not None and expected == "fillfactor=70" and ttl:
+        # On a cluster a refresh rewrites the row: pages keep room for it.
+        refreshing = ttl.get("refresh_on_read", True)
+        expected = "fillfactor=50" if refreshing else expected
     store = PepperpyStore.create(config, HashingEmbedder(16), ttl=ttl)
     try:
         await store.aput(("users", "ana"), "k", {"text": "tea"})

@@ -1238,6 +1238,7 @@ def _v23_expiry_refreshes(layout: TableLayout) -> list[str]:
         DO $$
         DECLARE bound record;
         DECLARE distributed_by text;
+        DECLARE placed boolean;
         BEGIN
             FOR bound IN SELECT b.role_name FROM {layout.qualified_tenant_roles} b
                          JOIN pg_roles r ON r.rolname = b.role_name LOOP
@@ -1255,8 +1256,13 @@ def _v23_expiry_refreshes(layout: TableLayout) -> list[str]:
                     INTO distributed_by USING {text_literal(memories)};
             END IF;
             IF distributed_by IS NOT NULL THEN
-                EXECUTE 'SELECT create_distributed_table($1, $2, colocate_with => $3)'
-                    USING {text_literal(table)}, distributed_by, {text_literal(memories)};
+                EXECUTE 'SELECT EXISTS (SELECT 1 FROM pg_dist_partition p '
+                        'WHERE p.logicalrelid = $1::regclass)'
+                    INTO placed USING {text_literal(table)};
+                IF NOT placed THEN
+                    EXECUTE 'SELECT create_distributed_table($1, $2, colocate_with => $3)'
+                        USING {text_literal(table)}, distributed_by, {text_literal(memories)};
+                END IF;
                 EXECUTE {text_literal(quota_function_statement(layout))};
             ELSE
                 EXECUTE {text_literal(quota_function_statement(layout, table))};
