@@ -512,3 +512,33 @@ def test_a_document_id_always_names_its_document(make_config: Any) -> None:
             )
     finally:
         store.close()
+
+
+def test_documents_from_before_the_mark_can_be_adopted(make_config: Any) -> None:
+    # Documents written before 0.2 carry no mark: the vector store adopts them by id, and
+    # from then on a write repeating one is not folded into it.
+    store = PepperpyVectorStore.create(
+        make_config(), WordEmbeddings(), scope=MemoryScope.USER, scope_id="ana"
+    )
+    ana = {"scope": MemoryScope.USER, "scope_id": "ana"}
+    text = "Ana is allergic to peanuts"
+    try:
+        # As release 0.1's vector store wrote it: a plain memory of the owner.
+        old = store._handle.call(lambda s: s.store("doc-1", text, metadata={"page": 3}, **ana))
+        chat = {"key": "chat", "value": "hello", "managed_by": "chat-history"}
+        store._handle.call(lambda s: s.store_many([chat], **ana))
+        folded = store._handle.call(lambda s: s.store("probe", text, dedupe=True, **ana))
+        assert folded.key == "doc-1" and folded.deduplicated  # unmarked: folded into
+        assert store.adopt_documents(["doc-1", "chat", "missing", "doc-1"]) == ["doc-1"]
+        assert store.adopt_documents(["doc-1"]) == []  # already marked
+        after = store._handle.call(lambda s: s.retrieve("doc-1", **ana))
+        assert (after.value, after.created_at, after.version) == (text, old.created_at, 3)
+        history = store._handle.call(lambda s: s.history("doc-1", **ana))
+        assert history[0].reason and "adopt_documents" in history[0].reason
+        assert store.get_by_ids(["doc-1"]) == [
+            Document(page_content=text, metadata={"page": 3}, id="doc-1")
+        ]
+        again = store._handle.call(lambda s: s.store("probe-2", text, dedupe=True, **ana))
+        assert again.key == "probe-2" and not again.deduplicated
+    finally:
+        store.close()

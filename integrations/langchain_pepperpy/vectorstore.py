@@ -28,7 +28,7 @@ from pepperpy_pg_memory import (
     Ranking,
 )
 from pepperpy_pg_memory.runner import BackgroundStorage
-from pepperpy_pg_memory.types import DOCUMENT_FIELD
+from pepperpy_pg_memory.types import DOCUMENT_FIELD, MANAGED_FIELD
 
 from .embeddings import EmbedderEmbeddings
 
@@ -39,6 +39,11 @@ DOCUMENTS = "langchain-vectorstore"
 """The ``document_of`` of the documents this store writes: an id always names its document
 (never folded into another memory, never merged by consolidation), and it counts toward the
 owner's quota like the owner's own memories."""
+
+
+ADOPTED = "marked as a LangChain vector-store document (adopt_documents)"
+"""The reason the history records for a memory :meth:`PepperpyVectorStore.adopt_documents`
+marked."""
 
 
 def document_of(entry: MemoryEntry[Any], **extra: Any) -> Document:
@@ -262,6 +267,43 @@ class PepperpyVectorStore(VectorStore):
         if ids is not None and not ids:
             return 0
         return await storage.delete_many(keys=ids, **self._owner())
+
+    def adopt_documents(self, ids: Sequence[str]) -> list[str]:
+        """Mark the memories of this store's owner under ``ids`` as this store's documents,
+        as every document it writes is: deduplication then never folds a memory into one,
+        and consolidation never merges one. For documents written before 0.2, which carried
+        no mark and cannot be told from the owner's other memories by anything they hold.
+        Each is written again as it is (a version, with this reason); ids not found, already
+        marked or another adapter's records are left. Returns the ids marked."""
+        return self._handle.call(lambda s: self._adopt(s, ids))
+
+    async def aadopt_documents(self, ids: Sequence[str]) -> list[str]:
+        return await self._handle.acall(lambda s: self._adopt(s, ids))
+
+    async def _adopt(self, storage: PostgresStorage[Any, Any], ids: Sequence[str]) -> list[str]:
+        found = await storage.retrieve_many(list(dict.fromkeys(ids)), **self._owner())
+        items: list[dict[str, Any]] = []
+        for key, entry in found.items():
+            if DOCUMENT_FIELD in entry.metadata or MANAGED_FIELD in entry.metadata:
+                continue
+            items.append(
+                {
+                    "key": key,
+                    "value": entry.value,
+                    "text": entry.text,  # the same text: its vector is kept, not embedded
+                    "metadata": entry.metadata,
+                    "type": entry.type,
+                    "indices": entry.indices,
+                    "importance": entry.importance,
+                    "ttl": "never" if entry.expires_at is None else None,
+                    "expires_at": entry.expires_at,
+                    "document_of": DOCUMENTS,
+                    **self._owner(),
+                }
+            )
+        if items:
+            await storage.store_many(items, dedupe=False, reason=ADOPTED)
+        return [item["key"] for item in items]
 
     def get_by_ids(self, ids: Sequence[str], /) -> list[Document]:
         found = self._handle.call(lambda s: s.retrieve_many(ids, **self._owner()))
