@@ -215,9 +215,9 @@ class PostgresConfig(BaseSettings):
         description=(
             "A TTL refresh (touch; LangGraph's refresh_on_read) leaves a memory whose expiry "
             "is already within this share of the TTL of the new one: one read many times in "
-            "a row is rewritten once per slack x TTL, not on every read (it may expire that "
+            "a row is refreshed once per slack x TTL, not on every read (it may expire that "
             "much sooner than a refresh on every read would keep it). 0: every refresh "
-            "rewrites."
+            "writes."
         ),
     )
     max_key_length: int = Field(
@@ -288,10 +288,12 @@ class PostgresConfig(BaseSettings):
         le=100,
         description=(
             "How full new pages of the memory table are filled, in percent; the rest is room "
-            "for a row's next version on its page, so that a TTL refresh rewrites no index. "
-            "None: the table's own (70 since schema 21). 50 leaves every row room (about one "
-            "row a page at 384 dimensions): for stores that refresh TTLs on every read. "
-            "Applied when the store starts, to pages written from then on."
+            "for a row's next version on its page, so that an update of no indexed column "
+            "rewrites no index. None: the table's own (70 since schema 21). 50 leaves every "
+            "row room (about one row a page at 384 dimensions): for stores on a Citus cluster "
+            "that refresh TTLs on every read (a refresh rewrites the row there; one server "
+            "keeps refreshes beside it). Applied when the store starts, to pages written from "
+            "then on."
         ),
     )
     rrf_k: int = Field(default=60, ge=1, description="Reciprocal-rank-fusion constant.")
