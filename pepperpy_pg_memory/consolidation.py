@@ -123,7 +123,7 @@ class ConsolidationStatements:
             f"{alias}.tenant = {params.add(tenant)}",
             f"{alias}.scope = {params.add(owner.scope)}",
             f"{alias}.scope_id = {params.add(owner.scope_id)}",
-            live(self.layout.expiry_refreshes, alias),
+            live(self.layout.refresh_check, alias),
             f"({alias}.valid_to IS NULL OR {alias}.valid_to > now())",
         ]
         if not managed:

@@ -327,13 +327,13 @@ class Restriction:
             return None
         return self.scope.value, self.scope_id
 
-    def conditions(self, params: Params, refreshes: str | None) -> str:
-        """SQL for a memory row ``m``: the restriction lets it through. ``refreshes`` is the
-        table of TTL refreshes that extend expiries (TableLayout.expiry_refreshes)."""
+    def conditions(self, params: Params, refresh_check: str | None) -> str:
+        """SQL for a memory row ``m``: the restriction lets it through. ``refresh_check``
+        says whether a TTL refresh extends an expiry (TableLayout.refresh_check)."""
         parts = [f"m.tenant = {params.add(self.tenant)}"]
         moment = "now()" if self.as_of is None else f"{params.add(self.as_of)}::timestamptz"
         if not self.include_expired:
-            parts.append(live(refreshes, moment=moment))
+            parts.append(live(refresh_check, moment=moment))
         if not self.include_invalid:
             parts.append(f"(m.valid_to IS NULL OR m.valid_to > {moment})")
             if self.as_of is not None:
@@ -394,7 +394,8 @@ class Statements:
         self.passages = layout.qualified_passages
         self.distributed = layout.distributed
         self.refreshes = layout.expiry_refreshes
-        self.live = live(self.refreshes)
+        self.refresh_check = layout.refresh_check
+        self.live = live(self.refresh_check)
         """SQL: a memory row ``m`` has not expired."""
         # The moment an UPDATE records: the clock (so that of two updates of one memory the
         # later commit has the later moment), or on a cluster, where UPDATE may call no
@@ -409,7 +410,7 @@ class Statements:
         # moment of the write comes from the inserted row (see _insert), evaluated once by
         # the coordinator.
         moment = "EXCLUDED.updated_at" if self.distributed else "now()"
-        gone, closed = expired(self.refreshes, moment), _CLOSED.format(moment=moment)
+        gone, closed = expired(self.refresh_check, moment), _CLOSED.format(moment=moment)
         # created_at survives an update unless the old row had expired: an expired memory is
         # gone, and storing its key again starts a new one. updated_at is the moment of the
         # write (clock_timestamp, not the transaction's start), so that of concurrent upserts
@@ -461,7 +462,7 @@ class Statements:
         changes nothing)."""
         updated = "EXCLUDED.updated_at" if self.distributed else "clock_timestamp()"
         created = f"""CASE
-                    WHEN {expired(self.refreshes, moment)} THEN {moment}
+                    WHEN {expired(self.refresh_check, moment)} THEN {moment}
                     ELSE m.created_at END"""
         if given is not None:
             created_given, updated_given = given
@@ -893,9 +894,9 @@ class Statements:
         """SQL: memory row ``alias`` has expired (said so that the BRIN index on
         ``expires_at`` can find such rows)."""
         own = f"{alias}.expires_at <= now()"
-        if self.refreshes is None:
+        if self.refresh_check is None:
             return own
-        return f"{own} AND NOT {refreshed(self.refreshes, alias, 'now()')}"
+        return f"{own} AND NOT {refreshed(self.refresh_check, alias, 'now()')}"
 
     def replaced_live(self, tenant: str, identities: Sequence[Identity]) -> Query:
         """The owners of ``identities`` that are live memories counted by the quota, one row
@@ -950,7 +951,7 @@ class Statements:
         extra = ", m.embedding" if include_embedding else ""
         sql = (
             f"SELECT {self.entry_for(params, restriction)}{extra} FROM {self.table} m "
-            f"WHERE m.key = $1 AND {restriction.conditions(params, self.refreshes)} LIMIT 2"
+            f"WHERE m.key = $1 AND {restriction.conditions(params, self.refresh_check)} LIMIT 2"
         )
         return Query(sql, params.values)
 
@@ -969,7 +970,7 @@ class Statements:
             # choose that loop.
             params, under = Params(), ""
         chosen = columns if isinstance(columns, str) else columns(params)
-        where = restriction.conditions(params, self.refreshes)
+        where = restriction.conditions(params, self.refresh_check)
         sql = f"SELECT {chosen} FROM {self.table} m WHERE {under}{where}"
         return Query(sql, params.values)
 
@@ -996,7 +997,7 @@ class Statements:
         params = Params([key])
         sql = (
             f"SELECT count(*) FROM (SELECT 1 FROM {self.table} m "
-            f"WHERE m.key = $1 AND {restriction.conditions(params, self.refreshes)} "
+            f"WHERE m.key = $1 AND {restriction.conditions(params, self.refresh_check)} "
             "LIMIT 2) AS found"
         )
         return Query(sql, params.values)
@@ -1004,7 +1005,7 @@ class Statements:
     def distinct_metadata(self, path: list[str], restriction: Restriction, limit: int) -> Query:
         params = Params()
         extracted = f"m.metadata #> {params.add(path)}::text[]"
-        where = restriction.conditions(params, self.refreshes)
+        where = restriction.conditions(params, self.refresh_check)
         sql = (
             f"SELECT {extracted} AS value, count(*) AS memories FROM {self.table} m "
             f"WHERE {where} AND {extracted} IS NOT NULL "
@@ -1024,7 +1025,7 @@ class Statements:
         how many, in owner order: those after ``after``, at most ``limit`` (None: all). With
         ``exclude_managed``, adapters' own records (chat messages, …) do not count."""
         params = Params()
-        where = restriction.conditions(params, self.refreshes)
+        where = restriction.conditions(params, self.refresh_check)
         if exclude_managed:
             where += f" AND NOT m.metadata ? {params.add(MANAGED_FIELD)}"
         if after is not None:
@@ -1053,7 +1054,7 @@ class Statements:
         point order, paged."""
         params = Params()
         extracted = f"m.metadata #> {params.add(path)}::text[]"
-        where = restriction.conditions(params, self.refreshes)
+        where = restriction.conditions(params, self.refresh_check)
         # Conditions are evaluated in any order: the length must not be asked of a scalar.
         length = "(CASE WHEN jsonb_typeof(v) = 'array' THEN jsonb_array_length(v) END)"
         conditions = ["jsonb_typeof(v) = 'array'"]
@@ -1089,7 +1090,7 @@ class Statements:
 
     def count(self, restriction: Restriction) -> Query:
         params = Params()
-        where = restriction.conditions(params, self.refreshes)
+        where = restriction.conditions(params, self.refresh_check)
         sql = f"SELECT count(*) FROM {self.table} m WHERE {where}"
         return Query(sql, params.values)
 
@@ -1107,7 +1108,7 @@ class Statements:
         the previous page's last row's position (its ``order_by`` value, then key, scope and
         scope_id; for ``key`` order just the last three)."""
         params = Params()
-        where = restriction.conditions(params, self.refreshes)
+        where = restriction.conditions(params, self.refresh_check)
         direction = "DESC" if descending else "ASC"
         order = _ORDER_COLUMNS[order_by]
         columns = [order] + [column for column in _TIE_BREAK if column != order]
@@ -1129,7 +1130,7 @@ class Statements:
         there is indexed with (see :mod:`.conversations`). The session's other turns stay
         in the database."""
         params = Params()
-        where = restriction.conditions(params, self.refreshes)
+        where = restriction.conditions(params, self.refresh_check)
         path = params.add([CONVERSATION_FIELD, "position"])
         place = (
             f"CASE WHEN jsonb_typeof(m.metadata #> {path}::text[]) = 'number' "
@@ -1154,7 +1155,7 @@ class Statements:
         """The next ``limit`` memories in identity order after ``after`` (a keyset page: each
         page costs the same however far the scan has gone, unlike OFFSET)."""
         params = Params()
-        where = restriction.conditions(params, self.refreshes)
+        where = restriction.conditions(params, self.refresh_check)
         if after is not None:
             bound = ", ".join(params.add(part) for part in after)
             where += f" AND (m.scope, m.scope_id, m.key) > ({bound})"
@@ -1172,8 +1173,8 @@ class Statements:
         sources = ", ".join(filter(None, [self.context_of(params, change), _CLOCK]))
         sql = (
             f"DELETE FROM {self.table} m USING {sources} WHERE m.key = $1 "
-            f"AND {restriction.conditions(params, self.refreshes)} "
-            f"RETURNING {live(self.refreshes, moment='clock.at')} AS live"
+            f"AND {restriction.conditions(params, self.refresh_check)} "
+            f"RETURNING {live(self.refresh_check, moment='clock.at')} AS live"
         )
         return self.announced(sql, params, change)
 
@@ -1187,7 +1188,7 @@ class Statements:
         sql = f"""
             DELETE FROM {self.table} d USING (
                 SELECT {M_OWNER_KEY} FROM {self.table} m
-                WHERE {restriction.conditions(params, self.refreshes)}
+                WHERE {restriction.conditions(params, self.refresh_check)}
                 ORDER BY {M_OWNER_KEY} FOR UPDATE) x {also}
             WHERE {same_memory("d", "x")}{pinned_condition(self.layout, params, restriction, "d")}
         """
@@ -1195,7 +1196,7 @@ class Statements:
 
     def delete_expired_batch(self, restriction: Restriction, batch: int) -> Query:
         params = Params()
-        where = restriction.conditions(params, self.refreshes)
+        where = restriction.conditions(params, self.refresh_check)
         # Bounded batches with SKIP LOCKED: a sweep never holds many row locks at once and
         # never waits on a writer. Rows are named by their whole identity: another owner's
         # live memory under the same key is not expired and stays. Each becomes an "expire"
@@ -1253,7 +1254,7 @@ class Statements:
         ``limit``: on a cluster a delete across owners goes owner by owner (Citus locks
         rows only in a statement that names the node's owner)."""
         params = Params()
-        where = restriction.conditions(params, self.refreshes)
+        where = restriction.conditions(params, self.refresh_check)
         if expired:
             where = f"{self._past_expiry('m')} AND {where}"
         return Query(
@@ -1290,7 +1291,7 @@ class Statements:
         own = (
             f"SELECT 1 FROM {self.table} o WHERE o.tenant = {write['tenant']} "
             f"AND o.scope = {write['scope']} AND o.scope_id = {write['scope_id']} "
-            f"AND o.key = {write['key']} AND {live(self.refreshes, 'o')}"
+            f"AND o.key = {write['key']} AND {live(self.refresh_check, 'o')}"
         )
         return (
             f"SELECT * FROM ({' UNION ALL '.join(found)}) candidates "
@@ -1387,7 +1388,7 @@ class Statements:
         own = (
             f"EXISTS (SELECT 1 FROM {self.table} o WHERE o.tenant = $1 AND o.scope = s.scope "
             "AND o.scope_id = s.scope_id AND o.key = s.key "
-            f"AND {live(self.refreshes, 'o')})"
+            f"AND {live(self.refresh_check, 'o')})"
         )
         sql = f"""
             SELECT s.scope, s.scope_id, s.key, {own} AS own_live,
@@ -1415,7 +1416,7 @@ class Statements:
         own = (
             f"EXISTS (SELECT 1 FROM {self.table} o WHERE o.tenant = $1 AND o.scope = $2 "
             "AND o.scope_id = $3 AND o.key = $4 "
-            f"AND {live(self.refreshes, 'o')})"
+            f"AND {live(self.refresh_check, 'o')})"
         )
         sql = f"""
             SELECT $2::text AS scope, $3::text AS scope_id, $4::text AS key, {own} AS own_live,
@@ -1497,7 +1498,7 @@ class Statements:
     def counts_by_type(self, tenant: str) -> Query:
         """The memories :meth:`count` counts (live and valid), per type."""
         params = Params()
-        where = Restriction(tenant=tenant).conditions(params, self.refreshes)
+        where = Restriction(tenant=tenant).conditions(params, self.refresh_check)
         return Query(
             f"SELECT m.memory_type AS name, count(*) AS memories FROM {self.table} m "
             f"WHERE {where} GROUP BY m.memory_type ORDER BY m.memory_type",
@@ -1508,7 +1509,7 @@ class Statements:
         """The memories :meth:`count` counts (live and valid), per owner: the ``limit``
         largest owners."""
         params = Params()
-        where = Restriction(tenant=tenant).conditions(params, self.refreshes)
+        where = Restriction(tenant=tenant).conditions(params, self.refresh_check)
         return Query(
             f"SELECT m.scope, m.scope_id, count(*) AS memories FROM {self.table} m "
             f"WHERE {where} GROUP BY m.scope, m.scope_id "

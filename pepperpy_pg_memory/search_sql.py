@@ -150,8 +150,8 @@ class SearchStatements:
         self.backfilling = backfilling
         """Whether some memories may still lack ``terms`` (the backfill has not finished)."""
         self.table = layout.qualified_table
-        self.refreshes = layout.expiry_refreshes
-        """The TTL refreshes that extend memories' expiries (see queries.live)."""
+        self.refresh_check = layout.refresh_check
+        """Whether a TTL refresh extends a memory's expiry (see schema.live)."""
         self.read_counts = read_counts
         """Whether results carry their memories' read counts: a look-up per result, made
         only when asked or when a ranking weighs recency (else access_count is None)."""
@@ -193,7 +193,7 @@ class SearchStatements:
     def _graph_conditions(self, params: Params, restriction: Restriction) -> str:
         """``restriction``'s conditions for a walk of the HNSW graph: with a filter, the walk
         widens to :attr:`filtered_ef_search`."""
-        where = restriction.conditions(params, self.refreshes)
+        where = restriction.conditions(params, self.refresh_check)
         if not self._walks_wider(restriction) or self.layout.distributed:
             return where  # on a cluster the setting goes first (see _walked)
         assert self.filtered_ef_search is not None
@@ -654,7 +654,7 @@ class SearchStatements:
     ) -> Query:
         limit, offset, min_score = page
         params = Params()
-        where = restriction.conditions(params, self.refreshes)
+        where = restriction.conditions(params, self.refresh_check)
         ctes = self._contextual_ctes(params, query, where, restriction, limit + offset)
         sql = f"""
             WITH {ctes}
@@ -680,7 +680,7 @@ class SearchStatements:
         :meth:`semantic_search`."""
         limit, offset, min_score = page
         params = Params()
-        where = restriction.conditions(params, self.refreshes)
+        where = restriction.conditions(params, self.refresh_check)
         vector = f"{params.add(embedding)}::{self.vector}"
         window = max(candidates, limit + offset)
         pool = params.add(window)
@@ -800,7 +800,7 @@ class SearchStatements:
         least :data:`TEMPORAL_CANDIDATES`): a question finds what its words find."""
         limit, offset, min_score = page
         params = Params()
-        where = restriction.conditions(params, self.refreshes)
+        where = restriction.conditions(params, self.refresh_check)
         score = "1.0 / (1.0 + extract(epoch FROM now() - m.updated_at) / 3600.0)"
         if query is None:
             sql = f"""
@@ -840,7 +840,7 @@ class SearchStatements:
         # the stored vector is used as is, never re-embedded.
         probe = (
             f"(SELECT p.embedding FROM {self.table} p WHERE p.tenant = $1 AND p.scope = $2 "
-            f"AND p.scope_id = $3 AND p.key = $4 AND {live(self.refreshes, 'p')})"
+            f"AND p.scope_id = $3 AND p.key = $4 AND {live(self.refresh_check, 'p')})"
         )
         if vector is not None:
             probe = f"{params.add(vector)}::{self.layout.vector_column_type}"
@@ -866,6 +866,6 @@ class SearchStatements:
         sql = (
             f"SELECT m.embedding IS NOT NULL AS has_embedding, m.embedding FROM {self.table} m "
             f"WHERE m.tenant = $1 AND m.scope = $2 AND m.scope_id = $3 AND m.key = $4 "
-            f"AND {live(self.refreshes)}"
+            f"AND {live(self.refresh_check)}"
         )
         return Query(sql, [tenant, *target])

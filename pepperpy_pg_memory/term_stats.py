@@ -85,7 +85,7 @@ async def refresh(layout: TableLayout, tenant: str, session: Session) -> int | N
                 f"""
             INSERT INTO {stats} (tenant, term, df)
             SELECT $1, lexeme, count(*) FROM {table} m, unnest(tsvector_to_array(m.terms)) lexeme
-            WHERE m.tenant = $1 AND m.terms IS NOT NULL AND {live(layout.expiry_refreshes)}
+            WHERE m.tenant = $1 AND m.terms IS NOT NULL AND {live(layout.refresh_check)}
             GROUP BY lexeme
             """,
                 (tenant,),
@@ -96,7 +96,7 @@ async def refresh(layout: TableLayout, tenant: str, session: Session) -> int | N
                 f"""
             INSERT INTO {totals} (tenant, documents, avg_length, refreshed_at)
             SELECT $1, count(*), coalesce(avg(length(m.terms)), 0), now() FROM {table} m
-            WHERE m.tenant = $1 AND m.terms IS NOT NULL AND {live(layout.expiry_refreshes)}
+            WHERE m.tenant = $1 AND m.terms IS NOT NULL AND {live(layout.refresh_check)}
             ON CONFLICT (tenant) DO UPDATE SET documents = excluded.documents,
                 avg_length = excluded.avg_length, refreshed_at = excluded.refreshed_at
             RETURNING documents
@@ -187,7 +187,7 @@ async def refresh_owners(
             FROM {owned} JOIN {table} m
                 ON m.tenant = $1 AND m.scope = o.scope AND m.scope_id = o.scope_id,
                 unnest(tsvector_to_array(m.terms)) lexeme
-            WHERE m.terms IS NOT NULL AND {live(layout.expiry_refreshes)}
+            WHERE m.terms IS NOT NULL AND {live(layout.refresh_check)}
             GROUP BY m.scope, m.scope_id, lexeme
             """,
                 (tenant, *mine),
@@ -203,7 +203,7 @@ async def refresh_owners(
             SELECT $1, m.scope, m.scope_id, count(*), avg(length(m.terms)), now()
             FROM {owned} JOIN {table} m
                 ON m.tenant = $1 AND m.scope = o.scope AND m.scope_id = o.scope_id
-            WHERE m.terms IS NOT NULL AND {live(layout.expiry_refreshes)}
+            WHERE m.terms IS NOT NULL AND {live(layout.refresh_check)}
             GROUP BY m.scope, m.scope_id
             RETURNING t.scope, t.scope_id, t.documents
             """,

@@ -166,6 +166,15 @@ class TableLayout:
         return self.qualified_refreshes
 
     @property
+    def refresh_check(self) -> str | None:
+        """The qualified function ``(tenant, scope, scope_id, key, expires_at, moment) ->
+        boolean``: a refresh of the memory's expiry ``expires_at`` lasts past ``moment``
+        (see :func:`_v23_expiry_refreshes`); None when no refreshes are kept."""
+        if self.expiry_refreshes is None:
+            return None
+        return qualified(self.schema, f"{self.table}_refreshed")
+
+    @property
     def term_stats_name(self) -> str:
         """Per tenant and term, how many memories hold it (see :func:`_v6_terms`), unquoted."""
         return f"{self.table}_term_stats"

@@ -182,33 +182,33 @@ def same_memory(left: str, right: str) -> str:
     return " AND ".join(f"{left}.{column} = {right}.{column}" for column in IDENTITY_COLUMNS)
 
 
-def refreshed(refreshes: str, alias: str, moment: str) -> str:
+def refreshed(check: str, alias: str, moment: str) -> str:
     """SQL: a TTL refresh of the memory row ``alias`` (of its current expiry: see
-    :func:`_v23_expiry_refreshes`) lasts past ``moment``."""
-    return (
-        f"EXISTS (SELECT 1 FROM {refreshes} refresh WHERE {same_memory('refresh', alias)} "
-        f"AND refresh.refreshed_from = {alias}.expires_at AND refresh.expires_at > {moment})"
-    )
+    :func:`_v23_expiry_refreshes`) lasts past ``moment``, asked of ``check``
+    (TableLayout.refresh_check)."""
+    identity = ", ".join(f"{alias}.{column}" for column in IDENTITY_COLUMNS)
+    return f"{check}({identity}, {alias}.expires_at, {moment})"
 
 
-def live(refreshes: str | None, alias: str = "m", moment: str = "now()") -> str:
+def live(check: str | None, alias: str = "m", moment: str = "now()") -> str:
     """SQL: the memory row ``alias`` has not expired at ``moment`` — it has no expiry, its
-    own is later, or a refresh of it in ``refreshes`` (TableLayout.expiry_refreshes) is.
-    Every statement that judges expiry says it so (the quota trigger's included)."""
+    own is later, or a refresh of it is (``check``: TableLayout.refresh_check; None: no
+    refreshes are kept). Every statement that judges expiry says it so (the quota trigger's
+    included)."""
     own = f"{alias}.expires_at IS NULL OR {alias}.expires_at > {moment}"
-    if refreshes is None:
+    if check is None:
         return f"({own})"
     # Evaluated left to right: the refreshes are looked up only for rows past their own.
-    return f"({own} OR {refreshed(refreshes, alias, moment)})"
+    return f"({own} OR {refreshed(check, alias, moment)})"
 
 
-def expired(refreshes: str | None, moment: str) -> str:
+def expired(check: str | None, moment: str) -> str:
     """SQL: the old row ``m`` of an upsert had expired by ``moment`` (storing its key again
     starts a new memory)."""
     own = f"m.expires_at IS NOT NULL AND m.expires_at <= {moment}"
-    if refreshes is None:
+    if check is None:
         return f"({own})"
-    return f"({own} AND NOT {refreshed(refreshes, 'm', moment)})"
+    return f"({own} AND NOT {refreshed(check, 'm', moment)})"
 
 
 def expiry(refreshes: str | None, alias: str = "m") -> str:
@@ -793,10 +793,10 @@ def quota_function(schema: str) -> str:
     return qualified(schema, "pepperpy_enforce_quota")
 
 
-def quota_function_statement(layout: TableLayout, refreshes: str | None = None) -> str:
-    """(Re)create the quota trigger's function (see _v11_quota), counting memories kept live
-    by the TTL refreshes in ``refreshes`` (see _v23_expiry_refreshes; None: by their rows
-    alone, as on a cluster)."""
+def quota_function_statement(layout: TableLayout, refresh_check: str | None = None) -> str:
+    """(Re)create the quota trigger's function (see _v11_quota), counting memories a TTL
+    refresh keeps live as ``refresh_check`` says (see _v23_expiry_refreshes; None: by their
+    rows alone, as on a cluster)."""
     # Counting the owner's memories costs a row each. First every row of the owner, from the
     # primary key's index alone: fewer than the limit, and there is room. Only then the live
     # memories that are not adapters' records, and no further than a little past the limit
@@ -804,7 +804,7 @@ def quota_function_statement(layout: TableLayout, refreshes: str | None = None) 
     function, table = quota_function(layout.schema), layout.qualified_table
     owner = (
         "m.tenant = NEW.tenant AND m.scope = NEW.scope AND m.scope_id = NEW.scope_id "
-        f"AND {live(refreshes)} AND NOT m.metadata ? '{MANAGED_FIELD}'"
+        f"AND {live(refresh_check)} AND NOT m.metadata ? '{MANAGED_FIELD}'"
     )
     setting = "current_setting('{}', true)".format
     candidates = f"""
@@ -1214,6 +1214,7 @@ def _v23_expiry_refreshes(layout: TableLayout) -> list[str]:
     table = layout.qualified_refreshes
     memories = layout.qualified_table
     owner = ", ".join(IDENTITY_COLUMNS)
+    check = qualified(layout.schema, f"{layout.table}_refreshed")
     policies = "\n".join(
         f"EXECUTE {text_literal(statement)};"
         for statement in _tenant_policy_statements(layout, table)
@@ -1229,6 +1230,18 @@ def _v23_expiry_refreshes(layout: TableLayout) -> list[str]:
             expires_at      timestamptz NOT NULL,
             PRIMARY KEY ({owner})
         ) WITH (fillfactor = {HEAP_FILLFACTOR})
+        """,
+        # Liveness asks this function rather than a subquery: the planner costs a subquery
+        # in a filter as if it ran for every row (it runs only for rows past their own
+        # expiry), and an owner's exact scan then lost to a graph walk twice as slow.
+        f"""
+        CREATE OR REPLACE FUNCTION {check}(tenant text, scope text, scope_id text, key text,
+                                          expires_at timestamptz, moment timestamptz)
+        RETURNS boolean STABLE PARALLEL SAFE COST 1 LANGUAGE sql AS $refreshed$
+            SELECT EXISTS (SELECT 1 FROM {table} r WHERE r.tenant = $1 AND r.scope = $2
+                           AND r.scope_id = $3 AND r.key = $4 AND r.refreshed_from = $5
+                           AND r.expires_at > $6)
+        $refreshed$
         """,
         # What the memories have, the refreshes get: the bound roles' grants, the tenant
         # policy (when the memory table has row-level security), the cluster placement. The
@@ -1265,7 +1278,7 @@ def _v23_expiry_refreshes(layout: TableLayout) -> list[str]:
                 END IF;
                 EXECUTE {text_literal(quota_function_statement(layout))};
             ELSE
-                EXECUTE {text_literal(quota_function_statement(layout, table))};
+                EXECUTE {text_literal(quota_function_statement(layout, check))};
             END IF;
         END $$
         """,
