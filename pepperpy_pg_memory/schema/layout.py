@@ -166,13 +166,19 @@ class TableLayout:
         return self.qualified_refreshes
 
     @property
+    def qualified_refreshed_function(self) -> str:
+        """The function ``(tenant, scope, scope_id, key, expires_at, moment) -> boolean``: a
+        refresh of the memory's expiry ``expires_at`` lasts past ``moment`` (see
+        :func:`_v23_expiry_refreshes`)."""
+        return qualified(self.schema, f"{self.table}_refreshed")
+
+    @property
     def refresh_check(self) -> str | None:
-        """The qualified function ``(tenant, scope, scope_id, key, expires_at, moment) ->
-        boolean``: a refresh of the memory's expiry ``expires_at`` lasts past ``moment``
-        (see :func:`_v23_expiry_refreshes`); None when no refreshes are kept."""
+        """:attr:`qualified_refreshed_function` when the statements keep TTL refreshes
+        beside the memories (:attr:`expiry_refreshes`); None otherwise."""
         if self.expiry_refreshes is None:
             return None
-        return qualified(self.schema, f"{self.table}_refreshed")
+        return self.qualified_refreshed_function
 
     @property
     def term_stats_name(self) -> str:

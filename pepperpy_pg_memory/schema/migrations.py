@@ -1214,7 +1214,7 @@ def _v23_expiry_refreshes(layout: TableLayout) -> list[str]:
     table = layout.qualified_refreshes
     memories = layout.qualified_table
     owner = ", ".join(IDENTITY_COLUMNS)
-    check = qualified(layout.schema, f"{layout.table}_refreshed")
+    check = layout.qualified_refreshed_function
     policies = "\n".join(
         f"EXECUTE {text_literal(statement)};"
         for statement in _tenant_policy_statements(layout, table)
