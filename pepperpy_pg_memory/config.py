@@ -25,7 +25,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .errors import MemoryConfigurationError
 from .filters import FieldKind, key_path
-from .identifiers import IDENTIFIER_PATTERN, TEXT_SEARCH_CONFIG_PATTERN
+from .identifiers import TEXT_SEARCH_CONFIG_PATTERN, check_identifier
 from .limits import MAX_KEY_BYTES, MAX_SCOPE_ID_BYTES, MAX_TENANT_BYTES
 from .types import MemoryType
 
@@ -445,12 +445,7 @@ class PostgresConfig(BaseSettings):
     @field_validator("schema_name", "table")
     @classmethod
     def _identifier(cls, value: str) -> str:
-        if not IDENTIFIER_PATTERN.fullmatch(value):
-            raise ValueError(
-                f"{value!r} is not a plain lower-case identifier "
-                f"(letters, digits, underscore; at most 48 characters; not starting with a digit)"
-            )
-        return value
+        return check_identifier(value)
 
     @field_validator("read_replicas", mode="before")
     @classmethod

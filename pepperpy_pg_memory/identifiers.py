@@ -13,6 +13,7 @@ from .errors import MemoryValidationError
 __all__ = [
     "IDENTIFIER_PATTERN",
     "TEXT_SEARCH_CONFIG_PATTERN",
+    "check_identifier",
     "quote_ident",
     "quote_name",
     "qualified",
@@ -22,6 +23,17 @@ __all__ = [
 # 48 leaves room for the suffixes of derived index names within PostgreSQL's 63-byte limit.
 IDENTIFIER_PATTERN = re.compile(r"[a-z_][a-z0-9_]{0,47}")
 TEXT_SEARCH_CONFIG_PATTERN = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+
+def check_identifier(name: str) -> str:
+    """``name`` if it may name a schema or table; else ValueError saying what a name may hold
+    (the configuration's check and the CLI's ``--schema``/``--table``)."""
+    if not IDENTIFIER_PATTERN.fullmatch(name):
+        raise ValueError(
+            f"{name!r} is not a plain lower-case identifier "
+            f"(letters, digits, underscore; at most 48 characters; not starting with a digit)"
+        )
+    return name
 
 
 def quote_ident(name: str) -> str:

@@ -31,6 +31,7 @@ __all__ = [
     "ImportReport",
     "ConsolidationReport",
     "OwnerConsolidation",
+    "score_range",
     "trusted",
 ]
 
@@ -39,6 +40,11 @@ M = TypeVar("M", bound=BaseModel)
 
 MAX_LIMIT = 1_000
 MAX_OFFSET = 100_000
+MAX_LIST_PAGE = 10_000
+"""The most memories one ``list()`` page holds."""
+MAX_ROWS_PER_READ = 100_000
+"""The most rows ``history()``, ``distinct_metadata()``, ``owners()`` and
+``distinct_arrays()`` return in one call (a read answers in one message)."""
 
 
 class MemoryEntry(BaseModel, Generic[V]):
@@ -233,6 +239,11 @@ class Ranking(BaseModel):
         return self
 
 
+def score_range(index: MemoryIndex) -> tuple[float, float]:
+    """The scores a search of ``index`` gives: a cosine for SEMANTIC, [0, 1] for the others."""
+    return (-1.0 if index is MemoryIndex.SEMANTIC else 0.0), 1.0
+
+
 class _Invalid(ValueError):
     """A check across fields failed; ``field`` is the one to fix."""
 
@@ -333,12 +344,12 @@ class MemoryQuery(BaseModel):
         if self.embedding is not None and index not in (MemoryIndex.SEMANTIC, MemoryIndex.HYBRID):
             raise _Invalid("embedding", "`embedding` is only used by SEMANTIC and HYBRID queries")
         if self.min_score is not None:
-            low = -1.0 if index is MemoryIndex.SEMANTIC else 0.0
-            if not low <= self.min_score <= 1.0:
+            low, high = score_range(index)
+            if not low <= self.min_score <= high:
                 raise _Invalid(
                     "min_score",
                     f"min_score {self.min_score} is outside the {index.name} score range "
-                    f"[{low:g}, 1]",
+                    f"[{low:g}, {high:g}]",
                 )
         if self.include_embedding and index is not MemoryIndex.SEMANTIC:
             raise _Invalid(

@@ -28,6 +28,8 @@ from .embeddings import Embedder
 from .errors import MemoryError, MemoryValidationError
 from .metrics import instrumented
 from .models import (
+    MAX_LIST_PAGE,
+    MAX_ROWS_PER_READ,
     ConsolidationReport,
     ImportReport,
     MemoryEntry,
@@ -634,8 +636,8 @@ class PostgresStorage(Generic[K, V]):
     ) -> builtins.list[tuple[Any, int]]:
         """The distinct values of metadata ``key`` (dots for nested keys) among live memories,
         each with how many memories have it, in value order."""
-        if not 1 <= limit <= 100_000:
-            raise MemoryValidationError("limit must be in [1, 100000]")
+        if not 1 <= limit <= MAX_ROWS_PER_READ:
+            raise MemoryValidationError(f"limit must be in [1, {MAX_ROWS_PER_READ}]")
         restriction = self._ready.restriction(scope, scope_id, types, filter, key_prefix=key_prefix)
         return await reads.distinct_metadata(self._ready, key, restriction, limit)
 
@@ -656,8 +658,8 @@ class PostgresStorage(Generic[K, V]):
         ``scope`` lists every owner of that scope (there is no ``scope_id`` here: elsewhere a
         scope without one names the scope's default owner).
         """
-        if not 1 <= limit <= 100_000:
-            raise MemoryValidationError("limit must be in [1, 100000]")
+        if not 1 <= limit <= MAX_ROWS_PER_READ:
+            raise MemoryValidationError(f"limit must be in [1, {MAX_ROWS_PER_READ}]")
         restriction = self._ready.restriction(None, None, types, filter, key_prefix=key_prefix)
         return await reads.owners(self._ready, scope, restriction, limit, after)
 
@@ -678,8 +680,10 @@ class PostgresStorage(Generic[K, V]):
         match every pattern (e.g. ``ArrayPattern(("users", None))``: first element "users",
         any second), cut to their first ``depth`` elements, in element-wise order, paged in
         the database (for listings such as LangGraph's namespaces)."""
-        if not 1 <= limit <= 100_000 or not 0 <= offset:
-            raise MemoryValidationError("limit must be in [1, 100000] and offset >= 0")
+        if not 1 <= limit <= MAX_ROWS_PER_READ or not 0 <= offset:
+            raise MemoryValidationError(
+                f"limit must be in [1, {MAX_ROWS_PER_READ}] and offset >= 0"
+            )
         if depth is not None and depth < 1:
             raise MemoryValidationError("depth must be at least 1")
         restriction = self._ready.restriction(scope, scope_id, None, filter, key_prefix=key_prefix)
@@ -708,8 +712,8 @@ class PostgresStorage(Generic[K, V]):
         For the next page, pass the last entry of this one as ``after`` (a keyset: every page
         costs the same, and writes meanwhile do not shift the pages); ``offset`` skips rows.
         """
-        if not 1 <= limit <= 10_000 or not 0 <= offset:
-            raise MemoryValidationError("limit must be in [1, 10000] and offset >= 0")
+        if not 1 <= limit <= MAX_LIST_PAGE or not 0 <= offset:
+            raise MemoryValidationError(f"limit must be in [1, {MAX_LIST_PAGE}] and offset >= 0")
         if order_by not in ("created_at", "updated_at", "key"):
             raise MemoryValidationError(f"cannot order by {order_by!r}")
         restriction = self._ready.restriction(
@@ -910,8 +914,8 @@ class PostgresStorage(Generic[K, V]):
             AmbiguousKeyError: no scope was given and several owners hold or held it.
         """
         checked = self._ready.key(key)
-        if limit is not None and (isinstance(limit, bool) or not 1 <= limit <= 100_000):
-            raise MemoryValidationError("limit must be None or in [1, 100000]")
+        if limit is not None and (isinstance(limit, bool) or not 1 <= limit <= MAX_ROWS_PER_READ):
+            raise MemoryValidationError(f"limit must be None or in [1, {MAX_ROWS_PER_READ}]")
         identity = await versions.named(self._ready, checked, scope, scope_id)
         return await versions.history(self._ready, identity, limit, include_embedding)
 
