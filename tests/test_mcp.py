@@ -278,3 +278,18 @@ async def test_the_server_outlives_the_command_that_started_the_embedded_databas
     # The last process out stopped the server, though another one had started it.
     postmaster = data_dir / "postmaster.pid"
     wait_until(lambda: not postmaster.exists(), 30, "the embedded server stopped")
+
+
+async def test_a_server_for_a_lookalike_user_is_refused(pg_dsn: str, test_schema: str) -> None:
+    """The server's user names the memories it writes: the core's rule for new owners holds
+    for it too (issue 35), whoever builds the server."""
+    from mcp_pepperpy import create_server
+
+    from pepperpy_pg_memory import HashingEmbedder, MemoryValidationError
+
+    config = PostgresConfig(dsn=pg_dsn, schema=test_schema, table=f"mcp_{uuid.uuid4().hex[:8]}")
+    async with PostgresStorage[str, Any](config, HashingEmbedder(16)) as storage:
+        for user in ("ana\u202e", "  "):
+            with pytest.raises(MemoryValidationError, match="the MCP server's user"):
+                create_server(storage, user=user)
+        assert create_server(storage, user="ana") is not None

@@ -32,6 +32,7 @@ from pepperpy_pg_memory import (
     PostgresStorage,
 )
 from pepperpy_pg_memory.serving import host_names
+from pepperpy_pg_memory.values import check_visible
 
 __all__ = [
     "create_server",
@@ -94,7 +95,16 @@ def create_server(
 ) -> MCPServer:
     """An MCP server whose tools read and write ``storage`` (started, on the loop the server
     runs on). ``user`` is the default owner (None: GLOBAL); with it set, calls may name only
-    that user unless ``allow_any_user``."""
+    that user unless ``allow_any_user``.
+
+    Raises:
+        MemoryValidationError: ``user`` is empty or holds an invisible character (it would
+            name memories that look like another user's).
+    """
+    if user is not None:
+        if not user.strip():
+            raise MemoryValidationError("the MCP server's user is empty")
+        check_visible(user, "the MCP server's user")
 
     server = MCPServer(
         name=name,
