@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
@@ -45,6 +45,13 @@ __all__ = [
     "QUESTION_TURN_WEIGHT",
     "relative_dates",
     "turns_of",
+    "TimeCues",
+    "time_cues",
+    "question_weights",
+    "turn_moment",
+    "turn_speaker",
+    "OTHER_TIME_WEIGHT",
+    "OTHER_SPEAKER_WEIGHT",
 ]
 
 CONVERSATION_FIELD = "conversation"
@@ -273,3 +280,195 @@ def relative_dates(text: str, day: date) -> list[tuple[str, str]]:
             if meaning is not None:
                 found[phrase] = meaning
     return list(found.items())
+
+
+# --- what a question says about time ----------------------------------------------------------
+
+_MONTHS = [
+    "january", "february", "march", "april", "may", "june",
+    "july", "august", "september", "october", "november", "december",
+]  # fmt: skip
+_MONTH = "|".join(_MONTHS)
+_DAY = r"(?:[12]\d|3[01]|0?[1-9])(?:st|nd|rd|th)?"
+_YEAR = r"(?:19|20)\d\d"
+# A month name counts as a date only beside a date word or a number ("in May", "May 2023",
+# "on 5 May", "last May"): alone, "may" and "march" are verbs.
+_MONTH_DATE = re.compile(
+    rf"\b(?:(?P<lead>in|during|on|of|last|this|early|late|mid|since|after|before|until|by)"
+    rf"[ -](?:the )?(?:(?P<day>{_DAY}) (?:of )?)?(?P<month>{_MONTH})(?: (?P<day_led>{_DAY})\b)?"
+    rf"|(?P<day_first>{_DAY}) (?:of )?(?P<month_after_day>{_MONTH})"
+    rf"|(?P<month_first>{_MONTH}) (?P<day_after>{_DAY})\b"
+    rf"|(?P<month_of_year>{_MONTH})(?= (?:of )?{_YEAR}))"
+    rf"(?:,? (?:of )?(?P<year>{_YEAR}))?\b",
+    re.IGNORECASE,
+)
+_AFTER = ("since", "after")
+_BEFORE = ("before", "until", "by")
+_YEAR_ALONE = re.compile(
+    rf"\b(?P<lead>in|during|of|since|after|before|until|by) (?P<year>{_YEAR})\b", re.IGNORECASE
+)
+# "after the wedding", "before her trip to Lisbon": the event a question dates by.
+_EVENT = re.compile(
+    r"\b(?P<direction>after|before|since)\s+(?P<event>(?:the|his|her|their|my|our|your)\s+"
+    r"[^?.!,;]{3,60})",
+    re.IGNORECASE,
+)
+
+
+@dataclass(frozen=True)
+class TimeCues:
+    """What a question says about when: the dates it names (``months`` as (year or None,
+    month), ``years``, ``days``), a window it asks about (``after``/``before`` a date: "since
+    May 2023"), and an event it dates by (``event``: "after the wedding" → ("after", "the
+    wedding"), whose moment a search looks up: :meth:`around`)."""
+
+    months: frozenset[tuple[int | None, int]] = frozenset()
+    years: frozenset[int] = frozenset()
+    days: frozenset[date] = frozenset()
+    after: date | None = None
+    before: date | None = None
+    event: tuple[str, str] | None = None
+
+    @property
+    def dates(self) -> bool:
+        """Whether the cues name a date or a window (an event's, once it is known)."""
+        return bool(self.months or self.years or self.days or self.after or self.before)
+
+    def around(self, moment: datetime) -> TimeCues:
+        """These cues with the window their event gives, once the event's ``moment`` is known."""
+        if self.event is None:
+            return self
+        day = moment.date()
+        if self.event[0] == "before":
+            return replace(self, before=day)
+        return replace(self, after=day)
+
+    def names(self, moment: datetime) -> bool:
+        """Whether ``moment`` falls on a date or in a window the question names."""
+        day = moment.date()
+        return (
+            day in self.days
+            or (day.year, day.month) in self.months
+            or (None, day.month) in self.months
+            or day.year in self.years
+            or (self.after is not None and day > self.after)
+            or (self.before is not None and day < self.before)
+        )
+
+
+def _month_end(year: int, month: int) -> date:
+    return _months_back(date(year, month, 1), -1) - timedelta(days=1)
+
+
+def time_cues(question: str) -> TimeCues | None:
+    """The :class:`TimeCues` of ``question``, or None when it says nothing about time."""
+    months: set[tuple[int | None, int]] = set()
+    days: set[date] = set()
+    after: date | None = None
+    before: date | None = None
+    for match in _MONTH_DATE.finditer(question):
+        name = next(
+            match[group]
+            for group in ("month", "month_after_day", "month_first", "month_of_year")
+            if match[group]
+        )
+        if name == "may" and match["year"] is None:
+            continue  # a lower-case "in may" is more often the verb's
+        month = _MONTHS.index(name.lower()) + 1
+        year = int(match["year"]) if match["year"] else None
+        day_text = match["day"] or match["day_led"] or match["day_first"] or match["day_after"]
+        day = None
+        if day_text and year is not None:
+            try:
+                day = date(year, month, int(re.sub(r"\D", "", day_text)))
+            except ValueError:
+                pass  # 31 February: the month still says something
+        lead = (match["lead"] or "").lower()
+        if lead in _AFTER + _BEFORE and year is not None:
+            edge = day or (_month_end(year, month) if lead in _AFTER else date(year, month, 1))
+            after, before = (edge, before) if lead in _AFTER else (after, edge)
+        elif day is not None:
+            days.add(day)
+        else:
+            months.add((year, month))
+    years: set[int] = set()
+    for match in _YEAR_ALONE.finditer(question):
+        year, lead = int(match["year"]), match["lead"].lower()
+        if lead in _AFTER:
+            after = date(year, 12, 31)
+        elif lead in _BEFORE:
+            before = date(year, 1, 1)
+        else:
+            years.add(year)
+    event_match = _EVENT.search(question)
+    event = None
+    # ("after the 5th of May 2023" names a date, read above, not an event.)
+    if event_match is not None and not _MONTH_DATE.search(event_match["event"]):
+        event = (event_match["direction"].lower(), event_match["event"].strip())
+    cues = TimeCues(
+        frozenset(months),
+        frozenset(years),
+        frozenset(days),
+        after,
+        before,
+        event,
+    )
+    return None if cues == TimeCues() else cues
+
+
+OTHER_TIME_WEIGHT = 2 / 3
+"""The share of its score a turn keeps when the question names a time (a date, a window, an
+event it dates by) and the turn was said at another: weighed down, not left out — a question
+naming when is still answered by turns of other days too (the plan made before, the fact it
+builds on). Scores only go down, so they stay in their index's range."""
+
+OTHER_SPEAKER_WEIGHT = 0.8
+"""The share of its score a turn keeps when the question names one of the speakers found and
+the turn is another's: a question about a person ("what is Caroline's job?") is mostly
+answered by what that person said."""
+
+
+def turn_moment(entry: Any) -> datetime | None:
+    """When a stored turn was said; None for a memory that is not a turn."""
+    place = entry.metadata.get(CONVERSATION_FIELD)
+    if not isinstance(place, Mapping) or not isinstance(place.get("at"), str):
+        return None
+    try:
+        return datetime.fromisoformat(place["at"])
+    except ValueError:
+        return None
+
+
+def turn_speaker(entry: Any) -> str | None:
+    """Who said a stored turn; None for a memory that is not a turn."""
+    place = entry.metadata.get(CONVERSATION_FIELD)
+    speaker = place.get("speaker") if isinstance(place, Mapping) else None
+    return speaker if isinstance(speaker, str) else None
+
+
+def question_weights(
+    question: str,
+    cues: TimeCues | None,
+    moments: Sequence[datetime | None],
+    speakers: Sequence[str | None],
+) -> list[float]:
+    """Per found memory (its moment and speaker; None for a memory that is not a turn), the
+    share of its score it keeps for ``question``: :data:`OTHER_TIME_WEIGHT` for a turn said
+    outside the dates and windows the question names (``cues``), and
+    :data:`OTHER_SPEAKER_WEIGHT` for a turn of another speaker than the one it names, when it
+    names exactly one of the speakers found."""
+    weights = [1.0] * len(moments)
+    if cues is not None and cues.dates:
+        for place, moment in enumerate(moments):
+            if moment is not None and not cues.names(moment):
+                weights[place] *= OTHER_TIME_WEIGHT
+    named = {
+        speaker
+        for speaker in set(speakers)
+        if speaker and re.search(rf"(?<!\w){re.escape(speaker)}(?!\w)", question)
+    }
+    if len(named) == 1:
+        for place, speaker in enumerate(speakers):
+            if speaker is not None and speaker not in named:
+                weights[place] *= OTHER_SPEAKER_WEIGHT
+    return weights

@@ -22,7 +22,13 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from .conversations import relevance_weight
+from .conversations import (
+    question_weights,
+    relevance_weight,
+    time_cues,
+    turn_moment,
+    turn_speaker,
+)
 from .errors import MemoryValidationError
 from .models import MemorySearchResult
 from .onnx_embedder import OnnxEmbedder
@@ -61,9 +67,12 @@ class LateInteractionReranker:
     ) -> list[MemorySearchResult[V]]:
         """``results`` best first by their MaxSim to ``question`` (the first ``limit``);
         each result's ``score`` becomes that MaxSim, in [-1, 1], and its first-stage score
-        stays in ``relevance_score``. Ties keep the search's order. A conversation turn that
-        asks a question keeps half its MaxSim, as in the search (see
-        :func:`~pepperpy_pg_memory.conversations.relevance_weight`)."""
+        stays in ``relevance_score``. Ties keep the search's order. Conversation turns are
+        weighed as the search weighs them: one that asks a question keeps half its MaxSim
+        (:func:`~pepperpy_pg_memory.conversations.relevance_weight`), one of another time or
+        speaker than the question names less
+        (:func:`~pepperpy_pg_memory.conversations.question_weights`; an event the question
+        dates by is not looked up here)."""
         if not isinstance(question, str) or not question.strip():
             raise MemoryValidationError("the question to re-rank by must be a non-empty str")
         if limit is not None and limit < 1:
@@ -73,9 +82,15 @@ class LateInteractionReranker:
         texts = [question, *(result.entry.text for result in results)]
         vectors = await asyncio.to_thread(self.embedder.token_vectors, texts)
         scores = [maxsim(vectors[0], document) for document in vectors[1:]]
+        asked = question_weights(
+            question,
+            time_cues(question),
+            [turn_moment(result.entry) for result in results],
+            [turn_speaker(result.entry) for result in results],
+        )
         for i, result in enumerate(results):
             if scores[i] > 0:
-                scores[i] *= relevance_weight(result.entry)
+                scores[i] *= relevance_weight(result.entry) * asked[i]
         order = sorted(range(len(results)), key=lambda i: -scores[i])
         chosen = order if limit is None else order[:limit]
         reranked: list[MemorySearchResult[V]] = []

@@ -19,10 +19,12 @@ from pepperpy_pg_memory import (
 )
 from pepperpy_pg_memory.conversations import (
     StoredTurn,
+    TimeCues,
     blend,
     indexed_text,
     long_date,
     relative_dates,
+    time_cues,
 )
 
 ANA = {"scope": MemoryScope.USER, "scope_id": "ana"}
@@ -325,3 +327,108 @@ async def test_a_whole_session_stored_again_keeps_its_places_and_new_context(
         "Ana: line 4, corrected",
         "Ana: line 5, corrected",
     ]
+
+
+# --- questions that say when --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("question", "expected"),
+    [
+        ("When did Ana adopt a dog?", None),
+        ("may I ask what she did?", None),
+        ("What did they march for?", None),
+        ("Which city is Ana flying to in May 2023?", TimeCues(months=frozenset({(2023, 5)}))),
+        ("What did Bo do last May?", TimeCues(months=frozenset({(None, 5)}))),
+        ("Was it in mid-June?", TimeCues(months=frozenset({(None, 6)}))),
+        ("What happened on 5 May 2023?", TimeCues(days=frozenset({date(2023, 5, 5)}))),
+        ("What happened on May 5, 2023?", TimeCues(days=frozenset({date(2023, 5, 5)}))),
+        ("What did he do in 2022?", TimeCues(years=frozenset({2022}))),
+        ("What changed after May 2023?", TimeCues(after=date(2023, 5, 31))),
+        ("What did she plan before March 2024?", TimeCues(before=date(2024, 3, 1))),
+        ("What has she done since 2022?", TimeCues(after=date(2022, 12, 31))),
+        ("What is Caroline's job now?", None),
+        ("What did she do after the wedding?", TimeCues(event=("after", "the wedding"))),
+        ("What did she do after the 5th of May 2023?", TimeCues(after=date(2023, 5, 5))),
+        (
+            "Where did he go before his trip to Lisbon?",
+            TimeCues(event=("before", "his trip to Lisbon")),
+        ),
+    ],
+)  # fmt: skip
+def test_what_a_question_says_about_time(question: str, expected: TimeCues | None) -> None:
+    assert time_cues(question) == expected
+
+
+def _said(at: date, *lines: tuple[str, str, str]) -> list[Turn]:
+    return [Turn(id=turn_id, speaker=who, text=text, at=at) for turn_id, who, text in lines]
+
+
+async def _keys(storage: PostgresStorage[str, Any], question: str, mode: MemoryIndex) -> list[str]:
+    found = await storage.search(MemoryQuery(query=question, index_type=mode, limit=3, **ANA))
+    return [result.entry.key for result in found]
+
+
+async def _store_sessions(storage: PostgresStorage[str, Any], *sessions: list[Turn]) -> None:
+    for number, turns in enumerate(sessions, 1):
+        await storage.store_conversation(f"s{number}", turns, **ANA)
+    await storage.refresh_term_statistics()
+    # A store learns that it holds turns from the first search that finds one.
+    await storage.search(MemoryQuery(query="anything", index_type=MemoryIndex.CONTEXTUAL, **ANA))
+
+
+async def _moves_up(
+    storage: PostgresStorage[str, Any], plain: str, timed: str, expected: str
+) -> None:
+    """Asked with its time cue, ``expected`` comes first in a word search, where the plain
+    question put another turn first; a hybrid search ranks it no lower than before."""
+    before = await _keys(storage, plain, MemoryIndex.CONTEXTUAL)
+    after = await _keys(storage, timed, MemoryIndex.CONTEXTUAL)
+    assert before[0] != expected and after[0] == expected, (before, after)
+    before = await _keys(storage, plain, MemoryIndex.HYBRID)
+    after = await _keys(storage, timed, MemoryIndex.HYBRID)
+    assert after.index(expected) <= before.index(expected), (before, after)
+
+
+async def test_a_question_about_one_speaker_prefers_what_that_speaker_said(
+    storage: PostgresStorage[str, Any],
+) -> None:
+    await _store_sessions(
+        storage,
+        _said(date(2023, 1, 9), ("a1", "Ana", "Teaching at Hillcrest school, I work there.")),
+        _said(date(2023, 2, 6), ("b1", "Bruno", "Ana, my job: I work as a nurse at Lakeside.")),
+    )
+    await _moves_up(
+        storage, "Where does she work, what job?", "Where does Ana work, what job?", "a1"
+    )
+
+
+async def test_a_question_naming_a_month_prefers_that_months_turns(
+    storage: PostgresStorage[str, Any],
+) -> None:
+    await _store_sessions(
+        storage,
+        _said(date(2023, 3, 6), ("march", "Ana", "I am flying to see my sister in Denver.")),
+        _said(date(2023, 5, 8), ("may", "Ana", "Booked a flight to see my brother in Austin.")),
+    )
+    asked = "Who is Ana flying to see in May 2023?"
+    await _moves_up(storage, "Who is Ana flying to see?", asked, "may")
+    # Weighed down, not left out: March's turn is still found.
+    assert "march" in await _keys(storage, asked, MemoryIndex.CONTEXTUAL)
+
+
+async def test_a_question_dated_by_an_event_prefers_the_turns_after_it(
+    storage: PostgresStorage[str, Any],
+) -> None:
+    await _store_sessions(
+        storage,
+        _said(date(2023, 1, 9), ("yoga", "Ana", "I started yoga classes on Monday.")),
+        _said(date(2023, 3, 13), ("wedding", "Ana", "The wedding was lovely, we danced.")),
+        _said(date(2023, 5, 8), ("pottery", "Ana", "I signed up for pottery classes.")),
+    )
+    plain = "Which classes did Ana start?"
+    await _moves_up(storage, plain, "Which classes did Ana start after the wedding?", "pottery")
+    before = await _keys(
+        storage, "Which classes did Ana start before the wedding?", MemoryIndex.CONTEXTUAL
+    )
+    assert before[0] == "yoga"

@@ -67,6 +67,7 @@ async def test_a_turn_that_asks_keeps_half_its_maxsim(make_config: Any) -> None:
     from datetime import date
 
     from pepperpy_pg_memory import Turn
+    from pepperpy_pg_memory.conversations import OTHER_SPEAKER_WEIGHT
 
     embedder = OnnxEmbedder()
     day = date(2023, 5, 11)
@@ -88,5 +89,7 @@ async def test_a_turn_that_asks_keeps_half_its_maxsim(make_config: Any) -> None:
         texts = [question, *(hit.entry.text for hit in hits)]
         vectors = embedder.token_vectors(texts)
     plain = {hit.entry.key: maxsim(vectors[0], vectors[i + 1]) for i, hit in enumerate(hits)}
-    assert reranked["q"] == pytest.approx(plain["q"] / 2, rel=1e-5)
+    # Ana's question keeps half, and of that what a turn of another speaker than the one
+    # the question names keeps, as in the search.
+    assert reranked["q"] == pytest.approx(plain["q"] / 2 * OTHER_SPEAKER_WEIGHT, rel=1e-5)
     assert reranked["a"] == pytest.approx(plain["a"], rel=1e-5)

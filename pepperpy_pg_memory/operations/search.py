@@ -9,13 +9,21 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, TypeVar
 
 import asyncpg
 
-from ..conversations import CONVERSATION_FIELD, relevance_weight
+from ..conversations import (
+    CONVERSATION_FIELD,
+    TimeCues,
+    question_weights,
+    relevance_weight,
+    time_cues,
+    turn_moment,
+    turn_speaker,
+)
 from ..errors import MemoryIndexError, MemoryNotFoundError
 from ..items import Scope
 from ..metrics import instrumented
@@ -187,14 +195,18 @@ async def search(started: Started[V], query: MemoryQuery) -> builtins.list[Memor
     mode = SEARCH_MODES[query.index_type]
     weighs_questions = ranking is None and mode.by_relevance
     spare = weighs_questions and started.state.turns_seen
+    cues = time_cues(query.query) if spare and query.query is not None else None
     page = wanted
     if ranking is not None:
         # The index finds four times the page and the database weighs them.
         page = Page(min(4 * (query.limit + query.offset), RANKED_CANDIDATES), 0, None)
     elif spare:
-        # Conversation turns that ask questions score less: a few spare candidates can
-        # take their places.
-        page = Page(query.limit + query.offset + SPARE_CANDIDATES, 0, query.min_score)
+        # Conversation turns that ask questions score less, and turns of the time a question
+        # names more: spare candidates can take their places.
+        extra = SPARE_CANDIDATES if cues is None else DATED_CANDIDATES
+        page = Page(query.limit + query.offset + extra, 0, query.min_score)
+    if cues is not None and cues.event is not None:
+        cues = await _dated_by_event(started, cues, cues.event[1], restriction)
     if mode.weighs_terms:
         started.term_stats.note_search(restriction.owner)
     vector = await query_vector(started, query) if mode.needs_vector else None
@@ -209,7 +221,7 @@ async def search(started: Started[V], query: MemoryQuery) -> builtins.list[Memor
     index, embedding = query.index_type, query.include_embedding
     results = [started.rows.result(row, index, embedding=embedding) for row in rows]
     if weighs_questions:
-        results = _answers_first(started, results, query.min_score)
+        results = _answers_first(started, results, query.min_score, query.query, cues)
     if spare:
         results = results[query.offset : query.offset + query.limit]
     if as_of is None:
@@ -219,21 +231,54 @@ async def search(started: Started[V], query: MemoryQuery) -> builtins.list[Memor
 
 SPARE_CANDIDATES = 10
 """How many more candidates than the page a search fetches once the store holds turns."""
+DATED_CANDIDATES = 30
+"""As :data:`SPARE_CANDIDATES`, for a question that says when (see
+:func:`~..conversations.time_cues`): the turns of that time may rank further down."""
+
+
+async def _dated_by_event(
+    started: Started[Any], cues: TimeCues, event: str, restriction: Restriction
+) -> TimeCues:
+    """``cues`` with the window of the event they date by ("after the wedding"): the moment
+    of the turn that best matches the event's words among the memories searched; without
+    one, the cues without the event."""
+    event_query = MemoryQuery(query=event, index_type=MemoryIndex.CONTEXTUAL, limit=3)
+    mode = SEARCH_MODES[MemoryIndex.CONTEXTUAL]
+    request = SearchRequest(event_query, None, restriction, Page(3, 0, None), started)
+    rows = await mode.fetch(started, mode.build(started.searches, request), None)
+    for row in rows:
+        moment = turn_moment(started.rows.result(row, MemoryIndex.CONTEXTUAL).entry)
+        if moment is not None:
+            return cues.around(moment)
+    return replace(cues, event=None)
 
 
 def _answers_first(
-    started: Started[V], results: builtins.list[MemorySearchResult[V]], min_score: float | None
+    started: Started[V],
+    results: builtins.list[MemorySearchResult[V]],
+    min_score: float | None,
+    question: str | None,
+    cues: TimeCues | None,
 ) -> builtins.list[MemorySearchResult[V]]:
     """``results`` with each conversation turn's score weighed (a turn that asks a question
-    keeps half: see :func:`~..conversations.relevance_weight`), best first, at least
-    ``min_score``."""
+    keeps half: see :func:`~..conversations.relevance_weight`; turns of another time or
+    another speaker than the question names keep less:
+    :func:`~..conversations.question_weights`), best first, at least ``min_score``."""
     weighed = False
+    asked = [1.0] * len(results)
+    if question is not None and started.state.turns_seen:
+        asked = question_weights(
+            question,
+            cues,
+            [turn_moment(result.entry) for result in results],
+            [turn_speaker(result.entry) for result in results],
+        )
     for position, result in enumerate(results):
         entry = result.entry
         if CONVERSATION_FIELD not in entry.metadata:
             continue
         started.state.turns_seen = True
-        weight = relevance_weight(entry)
+        weight = relevance_weight(entry) * asked[position]
         if weight != 1.0 and result.score > 0:
             results[position] = result.model_copy(update={"score": result.score * weight})
             weighed = True
