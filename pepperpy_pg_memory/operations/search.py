@@ -206,7 +206,7 @@ async def search(started: Started[V], query: MemoryQuery) -> builtins.list[Memor
         extra = SPARE_CANDIDATES if cues is None else DATED_CANDIDATES
         page = Page(query.limit + query.offset + extra, 0, query.min_score)
     if cues is not None and cues.event is not None:
-        cues = await _dated_by_event(started, cues, cues.event[1], restriction)
+        cues = await _dated_by_event(started, searches, cues, restriction, as_of)
     if mode.weighs_terms:
         started.term_stats.note_search(restriction.owner)
     vector = await query_vector(started, query) if mode.needs_vector else None
@@ -237,15 +237,20 @@ DATED_CANDIDATES = 30
 
 
 async def _dated_by_event(
-    started: Started[Any], cues: TimeCues, event: str, restriction: Restriction
+    started: Started[Any],
+    searches: SearchStatements,
+    cues: TimeCues,
+    restriction: Restriction,
+    as_of: datetime | None,
 ) -> TimeCues:
     """``cues`` with the window of the event they date by ("after the wedding"): the moment
-    of the turn that best matches the event's words among the memories searched; without
-    one, the cues without the event."""
-    event_query = MemoryQuery(query=event, index_type=MemoryIndex.CONTEXTUAL, limit=3)
+    of the turn that best matches the event's words among the memories searched (as of the
+    search's moment); without one, the cues without the event."""
+    assert cues.event is not None
+    event_query = MemoryQuery(query=cues.event[1], index_type=MemoryIndex.CONTEXTUAL, limit=3)
     mode = SEARCH_MODES[MemoryIndex.CONTEXTUAL]
     request = SearchRequest(event_query, None, restriction, Page(3, 0, None), started)
-    rows = await mode.fetch(started, mode.build(started.searches, request), None)
+    rows = await mode.fetch(started, mode.build(searches, request), as_of)
     for row in rows:
         moment = turn_moment(started.rows.result(row, MemoryIndex.CONTEXTUAL).entry)
         if moment is not None:
