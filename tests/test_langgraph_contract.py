@@ -30,7 +30,12 @@ from langgraph.store.base import (
 
 from langgraph_pepperpy import PepperpyStore
 from langgraph_pepperpy.store import memory_key
-from pepperpy_pg_memory import HashingEmbedder, MemoryConfigurationError, PostgresStorage
+from pepperpy_pg_memory import (
+    HashingEmbedder,
+    MemoryConfigurationError,
+    MemoryValidationError,
+    PostgresStorage,
+)
 
 DIMENSION = 256
 
@@ -245,6 +250,16 @@ def test_filters_compare_numbers_as_numbers_and_strings_as_strings(
         item.value["name"] for item in store.search(namespace, filter={"name": {"$gt": "item c"}})
     )
     assert names == ["item d", "item e"]
+    # As documented beside LangGraph's stores: a string operand matches strings only, $ne
+    # matches items without the field too, and a boolean has no order.
+    store.put(namespace, "f", {"score": "11", "name": "item f"})
+    store.put(namespace, "g", {"name": "item g"})
+    strings = store.search(namespace, filter={"score": {"$gte": "10"}})
+    assert [item.key for item in strings] == ["f"]
+    unequal = {item.key for item in store.search(namespace, filter={"score": {"$ne": 10}})}
+    assert unequal == {"a", "b", "d", "e", "f", "g"}
+    with pytest.raises(MemoryValidationError, match="takes a number or a string"):
+        store.search(namespace, filter={"score": {"$gt": True}})
 
 
 def test_semantic_search_ranks_filters_and_pages(store: PepperpyStore) -> None:
