@@ -45,6 +45,7 @@ def test_cli_help_and_errors(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
     )
-    assert failed.returncode == 1
-    assert failed.stderr.startswith("error: invalid PostgresConfig.table")
+    # A usage error naming the option, before anything starts.
+    assert failed.returncode == 2
+    assert "argument --table: 'Bad Name' is not a plain lower-case identifier" in failed.stderr
     assert "Traceback" not in failed.stderr
