@@ -201,8 +201,8 @@ async def search(started: Started[V], query: MemoryQuery) -> builtins.list[Memor
         # The index finds four times the page and the database weighs them.
         page = Page(min(4 * (query.limit + query.offset), RANKED_CANDIDATES), 0, None)
     elif spare:
-        # Conversation turns that ask questions score less, and turns of the time a question
-        # names more: spare candidates can take their places.
+        # Conversation turns that ask questions score less, and so do turns of another time
+        # or speaker than the question names: spare candidates can take their places.
         extra = SPARE_CANDIDATES if cues is None else DATED_CANDIDATES
         page = Page(query.limit + query.offset + extra, 0, query.min_score)
     if cues is not None and cues.event is not None:
