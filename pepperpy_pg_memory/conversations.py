@@ -441,23 +441,19 @@ def turn_moment(entry: Any) -> datetime | None:
 
 def turn_speaker(entry: Any) -> str | None:
     """Who said a stored turn; None for a memory that is not a turn."""
-    place = entry.metadata.get(CONVERSATION_FIELD)
-    speaker = place.get("speaker") if isinstance(place, Mapping) else None
-    return speaker if isinstance(speaker, str) else None
+    words = turn_words(entry.metadata.get(CONVERSATION_FIELD))
+    return None if words is None else words[0]
 
 
-def question_weights(
-    question: str,
-    cues: TimeCues | None,
-    moments: Sequence[datetime | None],
-    speakers: Sequence[str | None],
-) -> list[float]:
-    """Per found memory (its moment and speaker; None for a memory that is not a turn), the
-    share of its score it keeps for ``question``: :data:`OTHER_TIME_WEIGHT` for a turn said
-    outside the dates and windows the question names (``cues``), and
-    :data:`OTHER_SPEAKER_WEIGHT` for a turn of another speaker than the one it names, when it
-    names exactly one of the speakers found."""
-    weights = [1.0] * len(moments)
+def question_weights(question: str, cues: TimeCues | None, entries: Sequence[Any]) -> list[float]:
+    """Per found memory (an entry), the share of its score it keeps for ``question``:
+    :data:`OTHER_TIME_WEIGHT` for a turn said outside the dates and windows the question
+    names (``cues``), and :data:`OTHER_SPEAKER_WEIGHT` for a turn of another speaker than the
+    one it names, when it names exactly one of the speakers found. Memories that are not
+    turns keep all of it."""
+    moments = [turn_moment(entry) for entry in entries]
+    speakers = [turn_speaker(entry) for entry in entries]
+    weights = [1.0] * len(entries)
     if cues is not None and cues.dates:
         for place, moment in enumerate(moments):
             if moment is not None and not cues.names(moment):

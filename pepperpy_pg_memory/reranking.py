@@ -22,13 +22,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from .conversations import (
-    question_weights,
-    relevance_weight,
-    time_cues,
-    turn_moment,
-    turn_speaker,
-)
+from .conversations import question_weights, relevance_weight, time_cues
 from .errors import MemoryValidationError
 from .models import MemorySearchResult
 from .onnx_embedder import OnnxEmbedder
@@ -82,12 +76,7 @@ class LateInteractionReranker:
         texts = [question, *(result.entry.text for result in results)]
         vectors = await asyncio.to_thread(self.embedder.token_vectors, texts)
         scores = [maxsim(vectors[0], document) for document in vectors[1:]]
-        asked = question_weights(
-            question,
-            time_cues(question),
-            [turn_moment(result.entry) for result in results],
-            [turn_speaker(result.entry) for result in results],
-        )
+        asked = question_weights(question, time_cues(question), [r.entry for r in results])
         for i, result in enumerate(results):
             if scores[i] > 0:
                 scores[i] *= relevance_weight(result.entry) * asked[i]

@@ -22,7 +22,6 @@ from ..conversations import (
     relevance_weight,
     time_cues,
     turn_moment,
-    turn_speaker,
 )
 from ..errors import MemoryIndexError, MemoryNotFoundError
 from ..items import Scope
@@ -272,12 +271,7 @@ def _answers_first(
     weighed = False
     asked = [1.0] * len(results)
     if question is not None and started.state.turns_seen:
-        asked = question_weights(
-            question,
-            cues,
-            [turn_moment(result.entry) for result in results],
-            [turn_speaker(result.entry) for result in results],
-        )
+        asked = question_weights(question, cues, [result.entry for result in results])
     for position, result in enumerate(results):
         entry = result.entry
         if CONVERSATION_FIELD not in entry.metadata:
