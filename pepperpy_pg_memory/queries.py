@@ -274,9 +274,13 @@ def _identity_arrays(identities: Sequence[Identity]) -> list[list[str]]:
 
 def _in_identities(params: Params, identities: Sequence[Identity]) -> str:
     scopes, scope_ids, keys = (params.add(a) for a in _identity_arrays(identities))
+    # EXISTS rather than a row compared IN a subquery (the same semi-join on one server):
+    # under row-level security Citus sends a DELETE of that shape to the workers with its
+    # row lost ("subquery has too many columns").
     condition = (
-        f"(m.scope, m.scope_id, m.key) IN (SELECT * FROM unnest("
-        f"{scopes}::text[], {scope_ids}::text[], {keys}::text[]))"
+        f"EXISTS (SELECT 1 FROM unnest({scopes}::text[], {scope_ids}::text[], "
+        f"{keys}::text[]) AS named(scope, scope_id, key) WHERE named.scope = m.scope "
+        "AND named.scope_id = m.scope_id AND named.key = m.key)"
     )
     owners = {identity.scope_id for identity in identities}
     if len(owners) == 1:
