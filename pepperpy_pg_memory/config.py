@@ -474,16 +474,6 @@ class PostgresConfig(BaseSettings):
             )
         return value
 
-    @field_validator("distribution")
-    @classmethod
-    def _distribution_alone(cls, value: str | None, info: ValidationInfo) -> str | None:
-        if value is not None and info.data.get("row_level_security"):
-            raise ValueError(
-                "row-level security on a Citus cluster is not supported yet: its policies "
-                "would run on the workers, which this release has not tested"
-            )
-        return value
-
     @field_validator("indexed_metadata")
     @classmethod
     def _metadata_keys(cls, value: dict[str, str]) -> dict[str, str]:

@@ -34,6 +34,7 @@ from .schema import (
     REGISTRY,
     REGISTRY_VERSION_TABLE,
     TableLayout,
+    cluster_policy_statements,
     quota_function_statement,
     same_memory,
 )
@@ -201,6 +202,26 @@ async def _holds_memories(session: Session, layout: TableLayout) -> bool:
     )
 
 
+async def _row_security_on(session: Session, layout: TableLayout) -> bool:
+    return bool(
+        await session.fetchval(
+            Query(
+                "SELECT relrowsecurity FROM pg_class WHERE oid = to_regclass($1)",
+                (layout.qualified_table,),
+            )
+        )
+    )
+
+
+async def _row_security_forced(session: Session, table: str) -> bool:
+    """Whether row-level security binds ``table``'s owner too."""
+    return bool(
+        await session.fetchval(
+            Query("SELECT relforcerowsecurity FROM pg_class WHERE oid = to_regclass($1)", (table,))
+        )
+    )
+
+
 def _distribute_statement(placement: TablePlacement, colocate_with: str) -> Query:
     if placement.column is None:
         return Query("SELECT create_reference_table($1::regclass)", [placement.name])
@@ -250,6 +271,12 @@ async def distribute(
         async with session.transaction():
             for statement in _fold_refreshes(layout):
                 await session.execute(statement)
+    if await _row_security_on(session, layout):
+        # Citus copies each table's policies to its shards, and refuses the single server's
+        # (they read the role bindings in a subquery): the cluster's form replaces them.
+        async with session.transaction():
+            for policy in await cluster_policy_statements(session, layout):
+                await session.execute(Query(policy))
     moved = 0
     for done, placement in enumerate(plan, start=1):
         placed = await _placement_of(session, placement.name)
@@ -269,13 +296,24 @@ async def distribute(
                 "default" if placement.name == layout.qualified_table else (layout.qualified_table)
             )
             statement = _distribute_statement(placement, colocate_with)
+            forced = await _row_security_forced(session, placement.name)
             async with session.transaction():
                 await session.execute(Query(UNSAFE_TRIGGERS))
                 # Citus copies the rows a table holds into its shards, and the shards'
                 # triggers would fire on them (numbering versions again, recording history
-                # twice): they are off for the copy, in this transaction only.
+                # twice): they are off for the copy, in this transaction only. So is
+                # row-level security for the tables' owner (it refuses a COPY): every row
+                # moves, whatever its tenant.
                 await session.execute(Query(f"ALTER TABLE {placement.name} DISABLE TRIGGER USER"))
+                if forced:
+                    await session.execute(
+                        Query(f"ALTER TABLE {placement.name} NO FORCE ROW LEVEL SECURITY")
+                    )
                 await session.execute(statement)
+                if forced:
+                    await session.execute(
+                        Query(f"ALTER TABLE {placement.name} FORCE ROW LEVEL SECURITY")
+                    )
                 await session.execute(Query(f"ALTER TABLE {placement.name} ENABLE TRIGGER USER"))
             logger.info("distributed %s", placement.name)
             moved += 1

@@ -15,7 +15,12 @@ import asyncpg
 
 from .errors import MemoryConfigurationError, MemoryValidationError
 from .limits import MAX_TENANT_BYTES
-from .schema import TableLayout, bind_tenant_role, grant_tenant_statements
+from .schema import (
+    TableLayout,
+    bind_tenant_role,
+    bound_role_policy_statements,
+    grant_tenant_statements,
+)
 from .sql import Query, Session
 from .values import check_bytes
 
@@ -107,6 +112,15 @@ async def grant_tenant(layout: TableLayout, role: str, tenant: str, session: Ses
             await session.execute(Query(statement))
         bind = bind_tenant_role(layout, role, tenant)
         await session.execute(bind)
+        if layout.distributed:
+            # On a cluster the binding is a policy of its own, and the tenant policy names
+            # the roles it leaves out (see schema.cluster_row_level_security_statements).
+            bound = await session.fetch(
+                Query(f"SELECT role_name FROM {layout.qualified_tenant_roles}")
+            )
+            roles = [row["role_name"] for row in bound]
+            for statement in bound_role_policy_statements(layout, role, tenant, roles):
+                await session.execute(Query(statement))
 
 
 async def ensure_application_role(session: Session, layout: TableLayout) -> None:

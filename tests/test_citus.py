@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -152,9 +153,154 @@ async def test_a_server_without_citus_is_refused(make_config: Make) -> None:
             pass
 
 
-def test_row_level_security_on_a_cluster_is_refused() -> None:
-    with pytest.raises(MemoryConfigurationError, match="row-level security"):
-        PostgresConfig(distribution="owner", row_level_security=True, tenant="acme")
+def _as_role(dsn: str, role: str) -> str:
+    """``dsn`` with ``role`` (and the tests' password) as its user."""
+    parts = urlsplit(dsn)
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{role}:{ROLE_PASSWORD}@{host}"))
+
+
+ROLE_PASSWORD = "rls-test"
+
+
+@pytest.fixture
+async def cluster_roles(citus_dsn: str) -> AsyncIterator[dict[str, str]]:
+    """Three ordinary login roles of the cluster — the tables' owner and two tenants'
+    processes — by name; dropped after, with what they own."""
+    suffix = uuid.uuid4().hex[:6]
+    names = {kind: f"rls_{kind}_{suffix}" for kind in ("owner", "acme", "globex")}
+    conn = await asyncpg.connect(citus_dsn)
+    try:
+        for name in names.values():
+            await conn.execute(f"CREATE ROLE {name} LOGIN PASSWORD '{ROLE_PASSWORD}'")
+        database = await conn.fetchval("SELECT current_database()")
+        await conn.execute(f'GRANT CREATE ON DATABASE "{database}" TO {names["owner"]}')
+        yield names
+    finally:
+        await conn.execute(f"DROP SCHEMA IF EXISTS {names['owner']} CASCADE")
+        for name in names.values():
+            await conn.execute(f"DROP OWNED BY {name} CASCADE")
+            await conn.execute(f"DROP ROLE {name}")
+        await conn.close()
+
+
+@pytest.mark.citus
+async def test_row_level_security_holds_on_the_cluster(
+    citus_dsn: str, cluster_roles: dict[str, str]
+) -> None:
+    """Tenants of one distributed store, each process under a role bound to its tenant: the
+    policies run on the workers, and another tenant's role sees and changes nothing, through
+    the store or in SQL of its own that names the other tenant."""
+    owner, acme_role, globex_role = (cluster_roles[k] for k in ("owner", "acme", "globex"))
+
+    def config(role: str | None, **values: Any) -> PostgresConfig:
+        return PostgresConfig(
+            dsn=citus_dsn if role is None else _as_role(citus_dsn, role),
+            schema=owner,
+            table="memories",
+            distribution="owner",
+            row_level_security=True,
+            **values,
+        )
+
+    with pytest.raises(MemoryConfigurationError, match="superuser"):
+        async with _store(config(None)):
+            pass
+    async with _store(config(owner)) as admin:
+        await admin.grant_tenant(acme_role, "acme")
+        await admin.grant_tenant(globex_role, "globex")
+    async with (
+        _store(config(acme_role, tenant="acme")) as acme,
+        _store(config(globex_role, tenant="globex")) as globex,
+    ):
+        await acme.store("plan", "acme launches the rocket in May", **ANA)
+        await globex.store("plan", "globex launches the boat in June", **ANA)
+        await globex.store("plan", "globex launches the boat in July", **ANA)  # its own
+        for store, text in ((acme, "May"), (globex, "July")):
+            assert text in (await store.retrieve("plan", **ANA)).value
+            assert await store.count() == 1
+            for index in (MemoryIndex.SEMANTIC, MemoryIndex.CONTEXTUAL, MemoryIndex.HYBRID):
+                hits = await store.search(MemoryQuery(query="launches", index_type=index, **ANA))
+                assert [text in hit.entry.value for hit in hits] == [True]
+            assert [v.version for v in await store.history("plan", **ANA)] == (
+                [1] if store is acme else [2, 1]  # newest first
+            )
+        assert await globex.delete("plan", **ANA)
+        assert "May" in (await acme.retrieve("plan", **ANA)).value
+        # The tenant's own statistics and sweeps, written under the policies.
+        await acme.store("brief", "a short note", ttl=timedelta(milliseconds=1), **BRUNO)
+        await acme.refresh_term_statistics()
+        words = await acme.search(MemoryQuery(query="rocket", index_type=MemoryIndex.CONTEXTUAL))
+        assert [hit.entry.key for hit in words] == ["plan"]
+        await asyncio.sleep(0.05)
+        assert await acme.cleanup_expired() == 1
+        assert (await acme.stats())["memories"] == 1
+    with pytest.raises(MemoryConfigurationError, match="bound to tenant 'globex'"):
+        async with _store(config(globex_role, tenant="acme")):
+            pass
+
+    # SQL of their own: on a cluster a setting reaches the workers as SET LOCAL, forwarded.
+    naming_acme = (
+        "SET LOCAL citus.propagate_set_commands = 'local'; SET LOCAL pepperpy.tenant = 'acme'"
+    )
+    attacker = await asyncpg.connect(_as_role(citus_dsn, globex_role))
+    try:
+        async with attacker.transaction():
+            await attacker.execute(naming_acme)
+            for name in ("memories", "memories_history", "memories_owner_terms"):
+                seen = await attacker.fetch(f'SELECT DISTINCT tenant FROM {owner}."{name}"')
+                assert {row["tenant"] for row in seen} <= {"globex"}  # its own history only
+            update = f"UPDATE {owner}.memories SET content = 'x' WHERE scope_id = 'ana'"
+            assert await attacker.execute(update) == "UPDATE 0"
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            async with attacker.transaction():
+                await attacker.execute(naming_acme)
+                await attacker.execute(
+                    f"INSERT INTO {owner}.memories (tenant, key, value, content, content_hash, "
+                    "memory_type, scope, scope_id, indices) VALUES ('acme', 'planted', '1', "
+                    "'x', '\\x00', 'long_term', 'user', 'ana', '{}')"
+                )
+    finally:
+        await attacker.close()
+    # The tables' owner (bound to no tenant) acts for the tenant its session names.
+    admin_conn = await asyncpg.connect(_as_role(citus_dsn, owner))
+    try:
+        async with admin_conn.transaction():
+            await admin_conn.execute(naming_acme)
+            rows = await admin_conn.fetch(f"SELECT tenant, content FROM {owner}.memories")
+        assert [(row["tenant"], "May" in row["content"]) for row in rows] == [("acme", True)]
+    finally:
+        await admin_conn.close()
+
+
+@pytest.mark.citus
+async def test_a_store_under_row_level_security_is_converted_by_distribute(
+    citus_dsn: str, cluster_roles: dict[str, str]
+) -> None:
+    owner, acme_role, globex_role = (cluster_roles[k] for k in ("owner", "acme", "globex"))
+
+    def config(role: str, **values: Any) -> PostgresConfig:
+        dsn = _as_role(citus_dsn, role)
+        return PostgresConfig(
+            dsn=dsn, schema=owner, table="kept", row_level_security=True, **values
+        )
+
+    async with _store(config(owner)) as admin:
+        await admin.grant_tenant(acme_role, "acme")
+    async with _store(config(acme_role, tenant="acme")) as acme:
+        await acme.store("before", "written on one server", **ANA)
+    async with _store(config(owner)) as admin:
+        await admin.distribute("owner")
+        await admin.grant_tenant(globex_role, "globex")  # a binding made on the cluster
+    async with (
+        _store(config(acme_role, tenant="acme", distribution="owner")) as acme,
+        _store(config(globex_role, tenant="globex", distribution="owner")) as globex,
+    ):
+        assert (await acme.retrieve("before", **ANA)).value == "written on one server"
+        await globex.store("before", "globex's own", **ANA)
+        assert (await acme.retrieve("before", **ANA)).value == "written on one server"
+        assert [v.version for v in await acme.history("before", **ANA)] == [1]
+        assert await globex.count() == 1 and await acme.count() == 1
 
 
 @pytest.mark.citus

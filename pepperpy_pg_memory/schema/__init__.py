@@ -50,6 +50,8 @@ from .migrations import (
     VERSION_CONTENT_COLUMNS,
     VERSIONED_COLUMNS,
     bind_tenant_role,
+    bound_role_policy_statements,
+    cluster_row_level_security_statements,
     dedupe_identifiers_function,
     expired,
     expiry,
@@ -70,6 +72,7 @@ from .registry import (
     registry_statement,
 )
 from .runner import (
+    cluster_policy_statements,
     ensure_database,
     ensure_fillfactor,
     ensure_metadata_indexes,
@@ -81,6 +84,7 @@ from .runner import (
 )
 
 __all__ = [
+    "cluster_policy_statements",
     "TableLayout",
     "MIGRATIONS",
     "SCHEMA_VERSION",
@@ -100,6 +104,8 @@ __all__ = [
     "MAX_SCOPE_ID_BYTES",
     "MAX_TENANT_BYTES",
     "row_level_security_statements",
+    "cluster_row_level_security_statements",
+    "bound_role_policy_statements",
     "BACKFILLS",
     "terms_function",
     "ensure_fillfactor",

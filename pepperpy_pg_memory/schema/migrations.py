@@ -4,10 +4,11 @@ and settings it introduces. Append-only: never edit a released migration."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import hashlib
+from collections.abc import Callable, Sequence
 
 from ..errors import QUOTA_SQLSTATE
-from ..identifiers import name_literal, qualified, quote_ident, text_literal
+from ..identifiers import name_literal, qualified, quote_ident, quote_name, text_literal
 from ..sql import Query
 from ..types import MANAGED_FIELD
 from .layout import (
@@ -133,17 +134,78 @@ def row_level_security_statements(layout: TableLayout) -> list[str]:
     ]
 
 
-def _tenant_policy_statements(layout: TableLayout, table: str) -> list[str]:
-    """:func:`row_level_security_statements` for one of the store's tables."""
+def cluster_row_level_security_statements(
+    layout: TableLayout, bindings: Sequence[tuple[str, str]]
+) -> list[str]:
+    """:func:`row_level_security_statements` as a Citus cluster runs them, ``bindings`` being
+    the (role, tenant) pairs bound so far.
+
+    Citus refuses a policy holding a subquery on a distributed table, a function that reads
+    the bindings would run a distributed query from a shard (refused too), and it copies
+    every policy to the workers as a permissive one: so each bound role gets a policy of
+    its own naming its tenant as a constant, and the tenant policy, which trusts the
+    pepperpy.tenant setting, names the bound roles it leaves out. The same rows as on one
+    server: a bound role acts for its tenant whatever it sets."""
+    roles = [role for role, _ in bindings]
+    statements = []
+    for name in tenant_tables(layout):
+        table = qualified(layout.schema, name)
+        statements += _tenant_policy_statements(layout, table, _unbound_tenant(roles))
+        for role, tenant in bindings:
+            statements += _bound_policy_statements(table, role, tenant)
+    return statements
+
+
+def bound_role_policy_statements(
+    layout: TableLayout, role: str, tenant: str, bound_roles: Sequence[str]
+) -> list[str]:
+    """On a cluster, what binding ``role`` to ``tenant`` takes on every table the tenant
+    policy covers: the role's own policy (replacing an earlier binding of it), and the
+    tenant policy leaving out ``bound_roles`` (the role among them)."""
+    statements = []
+    for name in tenant_tables(layout):
+        table = qualified(layout.schema, name)
+        statements += _tenant_policy_statements(layout, table, _unbound_tenant(bound_roles))
+        statements += _bound_policy_statements(table, role, tenant)
+    return statements
+
+
+def _unbound_tenant(bound_roles: Sequence[str]) -> str:
+    """The tenant policy's condition on a cluster: the row's tenant is the one the setting
+    names, for a role bound to none."""
+    roles = ", ".join(text_literal(role) for role in sorted(set(bound_roles)))
+    return (
+        f"tenant = current_setting('{TENANT_SETTING}', true) "
+        f"AND current_user::text <> ALL (ARRAY[{roles}]::text[])"
+    )
+
+
+def _bound_policy_statements(table: str, role: str, tenant: str) -> list[str]:
+    # A policy's name is the table's own namespace: a digest of the role keeps it short and
+    # the same for every binding of that role.
+    policy = quote_ident(f"bound_{hashlib.sha256(role.encode()).hexdigest()[:24]}")
+    literal = text_literal(tenant)
+    return [
+        f"DROP POLICY IF EXISTS {policy} ON {table}",
+        f"CREATE POLICY {policy} ON {table} TO {quote_name(role)} "
+        f"USING (tenant = {literal}) WITH CHECK (tenant = {literal})",
+    ]
+
+
+def _tenant_policy_statements(
+    layout: TableLayout, table: str, condition: str | None = None
+) -> list[str]:
+    """:func:`row_level_security_statements` for one of the store's tables (``condition``:
+    which rows the policy admits, by default those of :func:`session_tenant`)."""
     policy = layout.index_name(TENANT_POLICY)
-    tenant = session_tenant(layout)
+    if condition is None:
+        condition = f"tenant = {session_tenant(layout)}"
     return [
         f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY",
         f"ALTER TABLE {table} FORCE ROW LEVEL SECURITY",
         *(f"DROP POLICY IF EXISTS {layout.index_name(old)} ON {table}" for old in _OLD_POLICIES),
         f"DROP POLICY IF EXISTS {policy} ON {table}",
-        f"CREATE POLICY {policy} ON {table} "
-        f"USING (tenant = {tenant}) WITH CHECK (tenant = {tenant})",
+        f"CREATE POLICY {policy} ON {table} USING ({condition}) WITH CHECK ({condition})",
     ]
 
 
@@ -168,7 +230,9 @@ def bind_tenant_role(layout: TableLayout, role: str, tenant: str) -> Query:
     """Bind ``role`` to ``tenant``: its sessions act for that tenant whatever they set."""
     return Query(
         f"INSERT INTO {layout.qualified_tenant_roles} (role_name, tenant) VALUES ($1, $2) "
-        "ON CONFLICT (role_name) DO UPDATE SET tenant = excluded.tenant, bound_at = now()",
+        # (The new moment from the row inserted: Citus calls no volatile function in SET.)
+        "ON CONFLICT (role_name) DO UPDATE SET tenant = excluded.tenant, "
+        "bound_at = excluded.bound_at",
         [role, tenant],
     )
 

@@ -20,6 +20,7 @@ from .migrations import (
     PASSAGES_VERSION,
     SCHEMA_VERSION,
     TENANT_POLICY,
+    cluster_row_level_security_statements,
     row_level_security_statements,
     tenant_tables,
 )
@@ -51,6 +52,14 @@ async def _migrate_registry(session: Session, schema: str) -> None:
 
 async def _ensure_extensions(session: Session) -> None:
     for extension, purpose in (("vector", "pgvector"), ("pg_trgm", "pg_trgm")):
+        # Asked first: on a Citus coordinator CREATE EXTENSION IF NOT EXISTS checks that the
+        # role owns the extension even when it exists (a managed cluster's application
+        # role never does).
+        exists = Query(
+            "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = $1)", (extension,)
+        )
+        if await session.fetchval(exists):
+            continue
         try:
             # Under the advisory lock: concurrent CREATE EXTENSION calls race otherwise.
             await session.execute(Query(f"CREATE EXTENSION IF NOT EXISTS {extension}"))
@@ -310,9 +319,34 @@ async def migrate(
             )
             layout = replace(layout, version=SCHEMA_VERSION)
         if row_level_security and not await _row_level_security_in_place(session, layout):
-            for statement in row_level_security_statements(layout):
+            for statement in await tenant_policy_statements(session, layout):
                 await session.execute(Query(statement))
         return layout
+
+
+async def tenant_policy_statements(session: Session, layout: TableLayout) -> list[str]:
+    """The statements that put row-level security on the store's tables: for a store
+    distributed on a Citus cluster, :func:`cluster_policy_statements` (which
+    ``distribution.distribute`` also applies before it distributes a store under
+    row-level security)."""
+    if not await _citus_installed(session) or not await session.fetchval(
+        Query(
+            "SELECT EXISTS (SELECT 1 FROM pg_dist_partition WHERE logicalrelid = to_regclass($1))",
+            (layout.qualified_table,),
+        )
+    ):
+        return row_level_security_statements(layout)
+    return await cluster_policy_statements(session, layout)
+
+
+async def cluster_policy_statements(session: Session, layout: TableLayout) -> list[str]:
+    """Row-level security in the form a Citus cluster runs, with the roles bound so far
+    (see cluster_row_level_security_statements)."""
+    bindings = await session.fetch(
+        Query(f"SELECT role_name, tenant FROM {layout.qualified_tenant_roles} ORDER BY 1")
+    )
+    pairs = [(row["role_name"], row["tenant"]) for row in bindings]
+    return cluster_row_level_security_statements(layout, pairs)
 
 
 async def _exists(session: Session, relation: str) -> bool:
