@@ -36,6 +36,7 @@ from .schema import (
     TableLayout,
     cluster_policy_statements,
     quota_function_statement,
+    row_security_on,
     same_memory,
 )
 from .sql import Query, Session
@@ -202,17 +203,6 @@ async def _holds_memories(session: Session, layout: TableLayout) -> bool:
     )
 
 
-async def _row_security_on(session: Session, layout: TableLayout) -> bool:
-    return bool(
-        await session.fetchval(
-            Query(
-                "SELECT relrowsecurity FROM pg_class WHERE oid = to_regclass($1)",
-                (layout.qualified_table,),
-            )
-        )
-    )
-
-
 async def _row_security_forced(session: Session, table: str) -> bool:
     """Whether row-level security binds ``table``'s owner too."""
     return bool(
@@ -271,7 +261,7 @@ async def distribute(
         async with session.transaction():
             for statement in _fold_refreshes(layout):
                 await session.execute(statement)
-    if await _row_security_on(session, layout):
+    if await row_security_on(session, layout):
         # Citus copies each table's policies to its shards, and refuses the single server's
         # (they read the role bindings in a subquery): the cluster's form replaces them.
         async with session.transaction():

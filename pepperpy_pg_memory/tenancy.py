@@ -20,6 +20,7 @@ from .schema import (
     bind_tenant_role,
     bound_role_policy_statements,
     grant_tenant_statements,
+    row_security_on,
 )
 from .sql import Query, Session
 from .values import check_bytes
@@ -112,9 +113,10 @@ async def grant_tenant(layout: TableLayout, role: str, tenant: str, session: Ses
             await session.execute(Query(statement))
         bind = bind_tenant_role(layout, role, tenant)
         await session.execute(bind)
-        if layout.distributed:
+        if layout.distributed and await row_security_on(session, layout):
             # On a cluster the binding is a policy of its own, and the tenant policy names
-            # the roles it leaves out (see schema.cluster_row_level_security_statements).
+            # the roles it leaves out (see schema.cluster_row_level_security_statements;
+            # a store that turns row-level security on later makes them from the bindings).
             bound = await session.fetch(
                 Query(f"SELECT role_name FROM {layout.qualified_tenant_roles}")
             )

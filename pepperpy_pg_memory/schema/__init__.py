@@ -79,11 +79,13 @@ from .runner import (
     metadata_index_name,
     metadata_statistics_name,
     migrate,
+    row_security_on,
     text_search_config_exists,
     vector_schema,
 )
 
 __all__ = [
+    "row_security_on",
     "cluster_policy_statements",
     "TableLayout",
     "MIGRATIONS",

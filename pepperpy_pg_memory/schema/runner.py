@@ -349,6 +349,18 @@ async def cluster_policy_statements(session: Session, layout: TableLayout) -> li
     return cluster_row_level_security_statements(layout, pairs)
 
 
+async def row_security_on(session: Session, layout: TableLayout) -> bool:
+    """Whether the store's memory table has row-level security enabled."""
+    return bool(
+        await session.fetchval(
+            Query(
+                "SELECT relrowsecurity FROM pg_class WHERE oid = to_regclass($1)",
+                (layout.qualified_table,),
+            )
+        )
+    )
+
+
 async def _exists(session: Session, relation: str) -> bool:
     return bool(await session.fetchval(Query("SELECT to_regclass($1) IS NOT NULL", (relation,))))
 
