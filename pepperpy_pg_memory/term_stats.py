@@ -174,6 +174,9 @@ async def refresh_owners(
         if not locked:
             return figures
         mine = [[row["scope"] for row in locked], [row["scope_id"] for row in locked]]
+        # The inserts below say ON CONFLICT DO NOTHING though these owners' rows are gone:
+        # on a Citus cluster an insert of this shape without it goes by COPY, which
+        # row-level security refuses (see refresh()).
         same_owner = "x.tenant = $1 AND x.scope = o.scope AND x.scope_id = o.scope_id"
         for side in (terms, totals):
             await session.execute(
@@ -192,6 +195,7 @@ async def refresh_owners(
                 unnest(tsvector_to_array(m.terms)) lexeme
             WHERE m.terms IS NOT NULL AND {live(layout.refresh_check)}
             GROUP BY m.scope, m.scope_id, lexeme
+            ON CONFLICT DO NOTHING
             """,
                 (tenant, *mine),
             )
@@ -208,6 +212,7 @@ async def refresh_owners(
                 ON m.tenant = $1 AND m.scope = o.scope AND m.scope_id = o.scope_id
             WHERE m.terms IS NOT NULL AND {live(layout.refresh_check)}
             GROUP BY m.scope, m.scope_id
+            ON CONFLICT DO NOTHING
             RETURNING t.scope, t.scope_id, t.documents
             """,
                 (tenant, *mine),

@@ -185,8 +185,9 @@ async def cluster_roles(citus_dsn: str) -> AsyncIterator[dict[str, str]]:
 
 
 @pytest.mark.citus
+@pytest.mark.parametrize("distribution", ["owner", "tenant"])
 async def test_row_level_security_holds_on_the_cluster(
-    citus_dsn: str, cluster_roles: dict[str, str]
+    citus_dsn: str, cluster_roles: dict[str, str], distribution: str
 ) -> None:
     """Tenants of one distributed store, each process under a role bound to its tenant: the
     policies run on the workers, and another tenant's role sees and changes nothing, through
@@ -198,7 +199,7 @@ async def test_row_level_security_holds_on_the_cluster(
             dsn=citus_dsn if role is None else _as_role(citus_dsn, role),
             schema=owner,
             table="memories",
-            distribution="owner",
+            distribution=distribution,
             row_level_security=True,
             **values,
         )
