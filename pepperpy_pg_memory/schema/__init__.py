@@ -85,8 +85,6 @@ from .runner import (
 )
 
 __all__ = [
-    "row_security_on",
-    "cluster_policy_statements",
     "TableLayout",
     "MIGRATIONS",
     "SCHEMA_VERSION",
@@ -108,6 +106,8 @@ __all__ = [
     "row_level_security_statements",
     "cluster_row_level_security_statements",
     "bound_role_policy_statements",
+    "cluster_policy_statements",
+    "row_security_on",
     "BACKFILLS",
     "terms_function",
     "ensure_fillfactor",
