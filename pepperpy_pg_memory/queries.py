@@ -1598,16 +1598,23 @@ class Statements:
         )
 
     def index_sizes(self) -> Query:
+        # On a cluster the coordinator's own relations are empty shells: Citus sums the
+        # shards on the workers.
+        size = "citus_relation_size" if self.distributed else "pg_relation_size"
         return Query(
-            "SELECT c.relname AS name, pg_relation_size(c.oid) AS bytes FROM pg_index i "
+            f"SELECT c.relname AS name, {size}(c.oid) AS bytes FROM pg_index i "
             "JOIN pg_class c ON c.oid = i.indexrelid WHERE i.indrelid = $1::regclass "
             "ORDER BY c.relname",
             [self.layout.regclass],
         )
 
     def table_sizes(self) -> Query:
+        total, heap = (
+            ("citus_total_relation_size", "citus_table_size")
+            if self.distributed
+            else ("pg_total_relation_size", "pg_relation_size")
+        )
         return Query(
-            "SELECT pg_total_relation_size($1::regclass) AS total, "
-            "pg_relation_size($1::regclass) AS heap",
+            f"SELECT {total}($1::regclass) AS total, {heap}($1::regclass) AS heap",
             [self.layout.regclass],
         )
