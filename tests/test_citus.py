@@ -228,6 +228,11 @@ async def test_row_level_security_holds_on_the_cluster(
             )
         assert await globex.delete("plan", **ANA)
         assert "May" in (await acme.retrieve("plan", **ANA)).value
+        # Bulk writes and deletes (staged on the coordinator, then sent to the workers).
+        batch = [{"key": f"bulk-{i}", "value": f"bulk note {i}"} for i in range(6)]
+        assert await globex.store_many(batch, **BRUNO) == 6
+        assert await globex.delete_many(keys=["bulk-0", "bulk-1"], **BRUNO) == 2
+        assert await globex.count() == 4 and await acme.count() == 1
         # The tenant's own statistics and sweeps, written under the policies.
         await acme.store("brief", "a short note", ttl=timedelta(milliseconds=1), **BRUNO)
         await acme.refresh_term_statistics()
