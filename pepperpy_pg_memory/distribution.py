@@ -36,7 +36,7 @@ from .schema import (
     TableLayout,
     cluster_policy_statements,
     quota_function_statement,
-    row_security_on,
+    row_security,
     same_memory,
 )
 from .sql import Query, Session
@@ -203,15 +203,6 @@ async def _holds_memories(session: Session, layout: TableLayout) -> bool:
     )
 
 
-async def _row_security_forced(session: Session, table: str) -> bool:
-    """Whether row-level security binds ``table``'s owner too."""
-    return bool(
-        await session.fetchval(
-            Query("SELECT relforcerowsecurity FROM pg_class WHERE oid = to_regclass($1)", (table,))
-        )
-    )
-
-
 def _distribute_statement(placement: TablePlacement, colocate_with: str) -> Query:
     if placement.column is None:
         return Query("SELECT create_reference_table($1::regclass)", [placement.name])
@@ -261,7 +252,8 @@ async def distribute(
         async with session.transaction():
             for statement in _fold_refreshes(layout):
                 await session.execute(statement)
-    if await row_security_on(session, layout):
+    enabled, _ = await row_security(session, layout.qualified_table)
+    if enabled:
         # Citus copies each table's policies to its shards, and refuses the single server's
         # (they read the role bindings in a subquery): the cluster's form replaces them.
         async with session.transaction():
@@ -286,7 +278,7 @@ async def distribute(
                 "default" if placement.name == layout.qualified_table else (layout.qualified_table)
             )
             statement = _distribute_statement(placement, colocate_with)
-            forced = await _row_security_forced(session, placement.name)
+            _, forced = await row_security(session, placement.name)
             async with session.transaction():
                 await session.execute(Query(UNSAFE_TRIGGERS))
                 # Citus copies the rows a table holds into its shards, and the shards'

@@ -20,7 +20,8 @@ from .schema import (
     bind_tenant_role,
     bound_role_policy_statements,
     grant_tenant_statements,
-    row_security_on,
+    row_security,
+    tenant_bindings,
 )
 from .sql import Query, Session
 from .values import check_bytes
@@ -113,14 +114,11 @@ async def grant_tenant(layout: TableLayout, role: str, tenant: str, session: Ses
             await session.execute(Query(statement))
         bind = bind_tenant_role(layout, role, tenant)
         await session.execute(bind)
-        if layout.distributed and await row_security_on(session, layout):
+        if layout.distributed and (await row_security(session, layout.qualified_table))[0]:
             # On a cluster the binding is a policy of its own, and the tenant policy names
             # the roles it leaves out (see schema.cluster_row_level_security_statements;
             # a store that turns row-level security on later makes them from the bindings).
-            bound = await session.fetch(
-                Query(f"SELECT role_name FROM {layout.qualified_tenant_roles}")
-            )
-            roles = [row["role_name"] for row in bound]
+            roles = [bound for bound, _ in await tenant_bindings(session, layout)]
             for statement in bound_role_policy_statements(layout, role, tenant, roles):
                 await session.execute(Query(statement))
 

@@ -342,23 +342,29 @@ async def tenant_policy_statements(session: Session, layout: TableLayout) -> lis
 async def cluster_policy_statements(session: Session, layout: TableLayout) -> list[str]:
     """Row-level security in the form a Citus cluster runs, with the roles bound so far
     (see cluster_row_level_security_statements)."""
-    bindings = await session.fetch(
+    return cluster_row_level_security_statements(layout, await tenant_bindings(session, layout))
+
+
+async def tenant_bindings(session: Session, layout: TableLayout) -> list[tuple[str, str]]:
+    """The (role, tenant) pairs bound so far (all of them for the tables' owner; a bound
+    role reads its own)."""
+    rows = await session.fetch(
         Query(f"SELECT role_name, tenant FROM {layout.qualified_tenant_roles} ORDER BY 1")
     )
-    pairs = [(row["role_name"], row["tenant"]) for row in bindings]
-    return cluster_row_level_security_statements(layout, pairs)
+    return [(row["role_name"], row["tenant"]) for row in rows]
 
 
-async def row_security_on(session: Session, layout: TableLayout) -> bool:
-    """Whether the store's memory table has row-level security enabled."""
-    return bool(
-        await session.fetchval(
-            Query(
-                "SELECT relrowsecurity FROM pg_class WHERE oid = to_regclass($1)",
-                (layout.qualified_table,),
-            )
+async def row_security(session: Session, table: str) -> tuple[bool, bool]:
+    """Whether ``table`` has row-level security enabled, and whether it binds the table's
+    owner too (FORCE)."""
+    row = await session.fetchrow(
+        Query(
+            "SELECT relrowsecurity AS enabled, relforcerowsecurity AS forced FROM pg_class "
+            "WHERE oid = to_regclass($1)",
+            (table,),
         )
     )
+    return (False, False) if row is None else (bool(row["enabled"]), bool(row["forced"]))
 
 
 async def _exists(session: Session, relation: str) -> bool:
