@@ -14,6 +14,7 @@ from pepperpy_pg_memory import (
     MemoryQuery,
     MemoryScope,
     MemoryType,
+    MemoryValidationError,
     PostgresConfig,
     PostgresStorage,
 )
@@ -328,3 +329,49 @@ async def test_touch_extends_live_memories_only(
     assert entry.expires_at is not None
     assert entry.expires_at - entry.updated_at > timedelta(days=1)
     assert not await storage.exists("b")
+
+
+async def test_touch_by_owner_extends_what_it_names_of_several_owners_at_once(
+    storage: PostgresStorage[str, Any], raw_conn: asyncpg.Connection
+) -> None:
+    # Two owners hold "note"; a third holds "plan" and "gone" (expired). Naming ana's note
+    # and carl's two memories extends ana's note and carl's plan: not bruno's note, nor
+    # carl's expired memory, nor a name nobody holds.
+    for owner in ("ana", "bruno"):
+        await storage.store("note", f"{owner}'s note", scope="user", scope_id=owner, ttl=60)
+    await storage.store("plan", "carl's plan", scope="user", scope_id="carl", ttl=60)
+    await storage.store("gone", "carl's old plan", scope="user", scope_id="carl", ttl=60)
+    await _expire_now(raw_conn, storage.config, "gone")
+    names = [
+        (MemoryScope.USER, "ana", "note"),
+        ("user", "carl", "plan"),
+        ("user", "carl", "gone"),
+        ("user", "dora", "note"),
+    ]
+    assert await storage.touch_by_owner(names, timedelta(days=2)) == 2
+
+    async def lasts(owner: str, key: str) -> timedelta:
+        entry = await storage.retrieve(key, scope="user", scope_id=owner)
+        assert entry.expires_at is not None
+        return entry.expires_at - datetime.now(timezone.utc)
+
+    assert await lasts("ana", "note") > timedelta(days=1)
+    assert await lasts("carl", "plan") > timedelta(days=1)
+    assert await lasts("bruno", "note") < timedelta(minutes=2)
+    assert not await storage.exists("gone", scope="user", scope_id="carl")
+    # Extended a moment ago: within the refresh slack, left and not counted.
+    assert await storage.touch_by_owner(names, timedelta(days=2)) == 0
+    assert await storage.touch_by_owner([], timedelta(days=2)) == 0
+
+
+async def test_touch_by_owner_checks_every_name_before_it_extends_any(
+    storage: PostgresStorage[str, Any],
+) -> None:
+    await storage.store("note", "ana's note", scope="user", scope_id="ana", ttl=60)
+    with pytest.raises(MemoryValidationError):
+        await storage.touch_by_owner(
+            [("user", "ana", "note"), ("user", "ana", "x" * 10_000)], timedelta(days=2)
+        )
+    entry = await storage.retrieve("note", scope="user", scope_id="ana")
+    assert entry.expires_at is not None
+    assert entry.expires_at - datetime.now(timezone.utc) < timedelta(minutes=2)

@@ -328,13 +328,14 @@ async def test_reads_of_items_refreshed_a_moment_ago_send_no_refresh(
     store = PepperpyStore.create(config, HashingEmbedder(64), ttl={"refresh_on_read": True})
     storage = store.storage
     touched: list[list[str]] = []
-    touch = storage.touch
+    touch = storage.touch_by_owner
 
-    async def counted_touch(keys: Any, *args: Any, **kwargs: Any) -> int:
-        touched.append(list(keys))
-        return await touch(keys, *args, **kwargs)
+    async def counted_touch(names: Any, *args: Any, **kwargs: Any) -> int:
+        names = list(names)
+        touched.append([key for _, _, key in names])
+        return await touch(names, *args, **kwargs)
 
-    monkeypatch.setattr(storage, "touch", counted_touch)
+    monkeypatch.setattr(storage, "touch_by_owner", counted_touch)
     namespace = ("sessions", "s3")
     key = memory_key(namespace, "note")
     table = f'"{config.schema_name}"."{config.table}"'
@@ -353,6 +354,55 @@ async def test_reads_of_items_refreshed_a_moment_ago_send_no_refresh(
         assert touched == [[key]]
         refreshed = await expiry_of(raw_conn, config, key)
         assert refreshed >= written
+    finally:
+        store.close()
+
+
+def test_a_large_batch_of_gets_is_read_in_parts_of_whole_namespaces() -> None:
+    from langgraph_pepperpy.store import GETS_PER_PART, READ_PARTS, _owner_parts
+
+    few = [GetOp(("users", "a"), f"k{i}") for i in range(2 * GETS_PER_PART - 1)]
+    assert _owner_parts(few) == [list(range(len(few)))]
+    gets = [GetOp(("users", f"u{i % 40}"), f"k{i}") for i in range(20 * GETS_PER_PART)]
+    parts = _owner_parts(gets)
+    assert 1 < len(parts) <= READ_PARTS
+    assert sorted(i for part in parts for i in part) == list(range(len(gets)))
+    owners = [{gets[i].namespace for i in part} for part in parts]
+    assert all(not a & b for n, a in enumerate(owners) for b in owners[n + 1 :])
+    # One namespace is one part, however many gets it has.
+    single = [GetOp(("users", "a"), f"k{i}") for i in range(4 * GETS_PER_PART)]
+    assert len(_owner_parts(single)) == 1
+
+
+async def test_a_burst_of_reads_refreshes_every_item_it_found_in_every_namespace(
+    make_config: Any, raw_conn: asyncpg.Connection
+) -> None:
+    # Enough gets in one batch to be read in parts (of whole namespaces), each part
+    # refreshing what it found: every item found is refreshed, items of other owners
+    # under the same keys and items not read are not.
+    config = make_config()
+    store = PepperpyStore.create(config, HashingEmbedder(64), ttl={"refresh_on_read": True})
+    table = f'"{config.schema_name}"."{config.table}"'
+    namespaces = [("users", f"u{i}") for i in range(30)]
+    try:
+        await store.abatch(
+            [
+                PutOp(namespace, f"k{i}", {"text": f"note {i}"}, ttl=60.0)
+                for namespace in [*namespaces, ("users", "other")]
+                for i in range(50)
+            ]
+        )
+        await raw_conn.execute(f"UPDATE {table} SET expires_at = now() + interval '30 minutes'")
+        gets = [GetOp(namespace, f"k{i}") for namespace in namespaces for i in range(45)]
+        gets.append(GetOp(namespaces[0], "k0"))  # read twice in one batch
+        found = await store.abatch(gets)
+        assert all(item is not None for item in found)
+        late = await raw_conn.fetchval("SELECT now() + interval '55 minutes'")
+        for namespace in [*namespaces, ("users", "other")]:
+            for i in (0, 44, 45):
+                expiry = await expiry_of(raw_conn, config, memory_key(namespace, f"k{i}"))
+                read = namespace != ("users", "other") and i < 45
+                assert (expiry > late) == read, (namespace, i)
     finally:
         store.close()
 

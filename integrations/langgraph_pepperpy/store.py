@@ -88,8 +88,10 @@ WRITES_AT_ONCE = 4
 """Chunks of :data:`ITEMS_PER_WRITE` items of one batch written at once."""
 SEARCHES_AT_ONCE = 8
 """Distinct searches of one batch in flight at once (each holds a pooled connection)."""
-REFRESHES_AT_ONCE = 8
-"""TTL refreshes (one per owner and TTL) of one batch in flight at once."""
+READ_PARTS = 4
+"""The most parts a batch's gets are read in, at once (see :func:`_owner_parts`)."""
+GETS_PER_PART = 512
+"""The fewest gets worth a part of their own: a round trip more costs less than they take."""
 SWEEP_WAIT_SECONDS = 60.0
 """How long ``close()`` waits for a TTL sweep under way to finish."""
 REFRESHING_FILLFACTOR = 50
@@ -382,10 +384,27 @@ def texts_for(value: dict[str, Any], fields: list[str]) -> tuple[str, list[str]]
     return "\n".join(texts), texts[:MAX_PASSAGES] if len(texts) > 1 else []
 
 
-class _Refreshes(dict[tuple[float, str, str], dict[str, datetime | None]]):
-    """The items a batch's reads found whose TTL starts again, by TTL and owner (each key
-    once, with its expiry as read): refreshed in one statement per group after the reads
-    that ran together.
+def _owner_parts(gets: list[GetOp]) -> list[list[int]]:
+    """The positions of ``gets`` in at most :data:`READ_PARTS` parts of whole namespaces (so
+    that a part names each of its items alone), none under :data:`GETS_PER_PART` gets but
+    the last: a small batch is one part."""
+    if len(gets) < 2 * GETS_PER_PART:
+        return [list(range(len(gets)))]
+    by_namespace: dict[tuple[str, ...], list[int]] = {}
+    for index, op in enumerate(gets):
+        by_namespace.setdefault(op.namespace, []).append(index)
+    size = max(GETS_PER_PART, -(-len(gets) // READ_PARTS))
+    parts: list[list[int]] = [[]]
+    for positions in by_namespace.values():
+        if len(parts[-1]) >= size:
+            parts.append([])
+        parts[-1].extend(positions)
+    return parts
+
+
+class _Refreshes(dict[float, dict[Identity, datetime | None]]):
+    """The items reads found whose TTL starts again, by TTL in minutes (each item once, with
+    its expiry as read): refreshed in one statement per TTL once the reads are done.
 
     An item whose expiry is already within ``slack`` of its TTL of the new one is left out
     (the refresh statement would leave it: ``PostgresConfig.ttl_refresh_slack``), so that
@@ -400,24 +419,23 @@ class _Refreshes(dict[tuple[float, str, str], dict[str, datetime | None]]):
     ) -> None:
         minutes = metadata.get(TTL_FIELD)
         if minutes is not None:
-            group = self.setdefault((float(minutes), identity.scope, identity.scope_id), {})
-            group[identity.key] = expires_at
+            self.setdefault(float(minutes), {})[identity] = expires_at
 
-    def due(self) -> list[tuple[timedelta, str, str, list[str]]]:
-        """Each group's TTL, owner and the keys to refresh now: the items the refresh
-        statement would not leave, judged by this process's clock (:data:`CLOCK_MARGIN`
-        later, so that an item is left out only when the server, too, would leave it)."""
+    def due(self) -> list[tuple[timedelta, list[Identity]]]:
+        """Each TTL with the items to refresh now: those the refresh statement would not
+        leave, judged by this process's clock (:data:`CLOCK_MARGIN` later, so that an item
+        is left out only when the server, too, would leave it)."""
         soon = datetime.now(timezone.utc) + CLOCK_MARGIN
         groups = []
-        for (minutes, scope, scope_id), expiries in self.items():
+        for minutes, expiries in self.items():
             ttl = timedelta(minutes=minutes)
             if self._slack > 0:
                 fresh_after = soon + ttl * (1 - self._slack)
-                keys = [k for k, at in expiries.items() if at is None or at < fresh_after]
+                items = [i for i, at in expiries.items() if at is None or at < fresh_after]
             else:
-                keys = list(expiries)
-            if keys:
-                groups.append((ttl, scope, scope_id, keys))
+                items = list(expiries)
+            if items:
+                groups.append((ttl, items))
         return groups
 
 
@@ -900,14 +918,22 @@ class PepperpyStore(BaseStore):
         gets: list[GetOp] = []
         searches: list[tuple[int, SearchOp]] = []
 
-        # The items the reads found that start their TTL again: refreshed once, after all
-        # the reads that ran together (one statement per owner and TTL, not one per read).
+        # The items the searches found that start their TTL again: refreshed once, after
+        # all the searches that ran together (one statement per TTL, not one per search).
         refresh = _Refreshes(storage.config.ttl_refresh_slack)
 
         async def read_items() -> None:
-            found = await self._get(storage, gets, refresh)
-            for position, item in zip(get_positions, found, strict=True):
-                results[position] = item
+            # A burst's gets are read in parts, each refreshing what it found as soon as it
+            # has it: one part's refresh is written while another part is read.
+            async def read(part: list[int]) -> None:
+                found_here = _Refreshes(storage.config.ttl_refresh_slack)
+                found = await self._get(storage, [gets[i] for i in part], found_here)
+                for i, item in zip(part, found, strict=True):
+                    results[get_positions[i]] = item
+                if found_here:
+                    await self._refresh(storage, found_here)
+
+            await asyncio.gather(*(read(part) for part in _owner_parts(gets)))
 
         async def read_searches() -> None:
             # Reads that do not see each other: a few at a time, each on a connection.
@@ -969,15 +995,10 @@ class PepperpyStore(BaseStore):
     # --- operations -------------------------------------------------------------------------
     async def _refresh(self, storage: PostgresStorage[Any, Any], refresh: _Refreshes) -> None:
         """Reading an item with a TTL starts its TTL again (LangGraph's refresh_ttl): one
-        statement per owner and TTL, a few at once (a refresh never waits for a row lock, so
-        refreshes running together cannot wait on each other)."""
-        room = asyncio.Semaphore(REFRESHES_AT_ONCE)
-
-        async def touch(ttl: timedelta, scope: str, scope_id: str, keys: list[str]) -> None:
-            async with room:
-                await storage.touch(keys, ttl, scope=scope, scope_id=scope_id or None)
-
-        await asyncio.gather(*(touch(*group) for group in refresh.due()))
+        statement per TTL, whatever the items' owners (a refresh never waits for a row lock,
+        so refreshes running together cannot wait on each other)."""
+        for ttl, items in refresh.due():
+            await storage.touch_by_owner(items, ttl)
 
     async def _put(self, storage: PostgresStorage[Any, Any], ops: list[PutOp]) -> None:
         # Keys to delete per owner: deleted items, and the legacy keys of items written anew.

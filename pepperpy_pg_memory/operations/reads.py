@@ -29,6 +29,7 @@ __all__ = [
     "retrieve_by_owner",
     "values_by_owner",
     "touch",
+    "touch_by_owner",
     "exists",
     "count",
     "distinct_metadata",
@@ -162,14 +163,17 @@ class _Named:
             {key for ids in self._by_owner.values() for keys in ids.values() for key in keys}
         )
 
-    def restriction(self, started: Started[Any]) -> Restriction:
-        identities = frozenset(
+    @property
+    def identities(self) -> builtins.list[Identity]:
+        return [
             identity
             for ids in self._by_owner.values()
             for keys in ids.values()
             for identity in keys.values()
-        )
-        return replace(started.restriction(), identities=identities)
+        ]
+
+    def restriction(self, started: Started[Any]) -> Restriction:
+        return replace(started.restriction(), identities=frozenset(self.identities))
 
     def identity(self, row: Any) -> Identity:
         return self._by_owner[row["scope"]][row["scope_id"]][row["key"]]
@@ -216,6 +220,38 @@ async def touch(
     if started.statements.refreshes is None:
         return await started.database.execute("touch", statement)  # the rows updated
     return int(await started.database.fetchval("touch", statement))
+
+
+@instrumented("touch")
+async def touch_by_owner(
+    started: Started[Any],
+    names: Iterable[tuple[MemoryScope | str, str | None, str]],
+    ttl: timedelta | float | int,
+) -> int:
+    """:func:`touch` of memories named with their owners, any number of owners at once."""
+    delta, _ = resolve_expiry(ttl, None, started.config.ttl_for(MemoryType.LONG_TERM))
+    wanted = _named(started, names)
+    if not wanted or delta is None:
+        return 0
+    identities = wanted.identities
+    slack = started.config.ttl_refresh_slack
+    statements = started.statements
+    if started.layout.distributed:
+        # One statement per owner: each then runs on that owner's node alone.
+        by_owner: dict[tuple[str, str], builtins.list[Identity]] = {}
+        for identity in identities:
+            by_owner.setdefault((identity.scope, identity.scope_id), []).append(identity)
+        batches = list(by_owner.values())
+    else:
+        batches = [identities]
+    extended = 0
+    for batch in batches:
+        statement = statements.touch(started.tenant, batch, delta, slack)
+        if statements.refreshes is None:
+            extended += await started.database.execute("touch", statement)
+        else:
+            extended += int(await started.database.fetchval("touch", statement))
+    return extended
 
 
 @instrumented("exists")
