@@ -235,12 +235,115 @@ _PARAPHRASES = [
     ("Elena wants a standing desk for her back.", "What furniture would ease her spine?"),
     ("Farid commutes by bicycle.", "How does he get to work?"),
     ("Greta is pregnant with twins.", "Is she expecting two babies?"),
+    # Seventy more (2026-12-06): with thirty, one question is 0.033 of a hit rate, and the
+    # owner-against-tenant statistics comparison (issue 35's "lose at most 0.01") could not
+    # be read; written the same way, none tried against a model before it was added.
+    (
+        "Hugo takes the early ferry to the island on Fridays.",
+        "How does he cross the water at the end of the week?",
+    ),
+    ("Ines keeps her passport in the kitchen drawer.", "Where does she store travel documents?"),
+    ("Jonas repaired the leaking roof himself.", "Did he fix the house's top by his own hands?"),
+    ("Keiko sings in a church choir.", "Is she part of a vocal group?"),
+    ("Luis broke his wrist skiing in January.", "Has he ever injured an arm on the slopes?"),
+    (
+        "Marta teaches chemistry at a secondary school.",
+        "What subject does she instruct teenagers in?",
+    ),
+    (
+        "Nadia drinks green tea instead of coffee.",
+        "Which hot beverage does she choose each morning?",
+    ),
+    ("Omar's grandmother lives in Marrakesh.", "Where does his elderly relative reside?"),
+    ("Paula collects vintage postcards.", "What old mail items does she hoard?"),
+    ("Rosa sold her old piano last month.", "Did she get rid of a musical instrument recently?"),
+    ("Sami is colour blind.", "Does he struggle to tell hues apart?"),
+    ("Tomas owns three guinea pigs.", "How many small rodents does he keep?"),
+    ("Wen runs a bakery downtown.", "Does she have a shop selling bread in the city centre?"),
+    ("Ana snores loudly at night.", "Is she noisy while sleeping?"),
+    ("Bruno lost his wallet on the bus.", "Where did he misplace a money pouch?"),
+    ("Carla writes poetry in a notebook.", "Does she compose verses?"),
+    ("Diego is colour coordinating his wardrobe by season.", "How does he organise clothes?"),
+    ("Elena got promoted to team lead.", "Did she advance at work?"),
+    ("Farid fasts during Ramadan.", "Does he skip meals for a religious month?"),
+    ("Greta speaks with a strong Scottish accent.", "Where does her way of talking come from?"),
+    (
+        "The printer on the third floor jams constantly.",
+        "Which office machine keeps failing with paper?",
+    ),
+    ("Payroll is processed on the last Thursday of each month.", "When do salaries get paid?"),
+    (
+        "The server room air conditioning broke during the heatwave.",
+        "Did cooling fail where computers are kept?",
+    ),
+    ("Our lease on the warehouse ends next spring.", "When must we leave the storage building?"),
+    ("The new hire from Lisbon starts on Monday.", "When does the Portuguese recruit join?"),
+    ("Client invoices are emailed as PDF attachments.", "How are bills sent to customers?"),
+    (
+        "The coffee machine in the lobby only takes coins.",
+        "Can I pay by card for a drink downstairs?",
+    ),
+    ("The fire drill is scheduled for Wednesday afternoon.", "When is the evacuation practice?"),
+    ("Our website went down after the certificate expired.", "Why was the site unreachable?"),
+    ("Parking spaces are assigned by seniority.", "Who gets a spot for their car?"),
+    (
+        "Hugo is learning Mandarin with an app.",
+        "Which Chinese language is he studying on his phone?",
+    ),
+    ("Ines adopted a rescue greyhound.", "Did she take in a racing dog?"),
+    ("Jonas quit smoking two years ago.", "Has he given up cigarettes?"),
+    ("Keiko's favourite dessert is cheesecake.", "Which sweet treat does she like most?"),
+    (
+        "Luis donates blood every three months.",
+        "Does he give to the transfusion service regularly?",
+    ),
+    ("Marta is planning a trip to Iceland.", "Where is she going on holiday?"),
+    ("Nadia wears contact lenses.", "Does she need help to see clearly?"),
+    ("Omar coaches a youth football team.", "Does he train kids in soccer?"),
+    ("Paula bakes sourdough every weekend.", "Does she make homemade loaves?"),
+    ("Rosa's son is getting married in June.", "When is her boy's wedding?"),
+    ("Sami is renovating his kitchen.", "Is he remodelling where he cooks?"),
+    ("Tomas suffers from migraines.", "Does he get bad headaches?"),
+    ("Wen is a certified scuba diver.", "Can she explore underwater?"),
+    ("Ana's brother works as a pilot.", "What job does her sibling do in aviation?"),
+    ("Bruno prefers reading on an e-reader.", "How does he like to consume books?"),
+    ("Carla's apartment has no elevator.", "Must she climb stairs to get home?"),
+    ("Diego is a lifelong fan of Benfica.", "Which club does he support?"),
+    ("Elena takes the night bus home after concerts.", "How does she return late from gigs?"),
+    ("Farid is allergic to cats.", "Do felines make him sneeze?"),
+    (
+        "Greta knits sweaters for her grandchildren.",
+        "Does she make woollen jumpers for the family's kids?",
+    ),
+    (
+        "The quarterly report needs the legal team's approval.",
+        "Who must sign off the financial summary?",
+    ),
+    ("Visitors must sign in at reception.", "What should guests do upon arrival?"),
+    ("The elevator is out of service until Friday.", "Is the lift working?"),
+    ("Our backup tapes are stored offsite in Porto.", "Where do we keep copies of data?"),
+    ("The sales target for this year was raised by ten percent.", "Did revenue goals go up?"),
+    ("Hugo hates cilantro.", "Which herb does he dislike?"),
+    ("Ines plays chess online every evening.", "What board game does she enjoy at night?"),
+    ("Jonas has two daughters and a son.", "How many kids does he have?"),
+    ("Keiko is moving to Berlin for a job.", "Is she relocating to Germany for work?"),
+    ("Luis restores old motorcycles.", "Does he fix up classic bikes?"),
+    ("Marta is lactose intolerant.", "Can she digest milk?"),
+    ("Nadia ran a half marathon last autumn.", "Did she complete a long race in the fall?"),
+    ("Omar keeps bees in his garden.", "Does he produce honey at home?"),
+    ("Paula's car is an electric hatchback.", "What vehicle does she drive?"),
+    ("Rosa is a night owl.", "Does she stay up late?"),
+    ("Sami's flight to Toronto was cancelled.", "Was his trip to Canada called off?"),
+    ("Tomas bought a telescope to watch planets.", "Does he observe the sky?"),
+    ("Wen's husband is a firefighter.", "What does her spouse do for a living?"),
+    ("The annual conference moved online this year.", "Is the yearly event virtual?"),
+    ("Employees get a free lunch on Fridays.", "Do staff eat at no cost at the end of the week?"),
 ]
 
 
 def paraphrase_set() -> RecallSet:
-    """Thirty memories, each with a question that shares no content word with it (names are
-    left out of the questions on purpose)."""
+    """A hundred memories, each with a question that shares no content word with it (names
+    are left out of the questions on purpose)."""
     memories = {f"para-{i:02d}": memory for i, (memory, _) in enumerate(_PARAPHRASES)}
     cases = [RecallCase(question, f"para-{i:02d}") for i, (_, question) in enumerate(_PARAPHRASES)]
     return RecallSet(memories, cases)

@@ -383,7 +383,8 @@ async def test_a_burst_of_reads_refreshes_every_item_it_found_in_every_namespace
     config = make_config()
     store = PepperpyStore.create(config, HashingEmbedder(64), ttl={"refresh_on_read": True})
     table = f'"{config.schema_name}"."{config.table}"'
-    namespaces = [("users", f"u{i}") for i in range(30)]
+    # ("notes",) is a global namespace: its items belong to no owner.
+    namespaces = [("users", f"u{i}") for i in range(30)] + [("notes",)]
     try:
         await store.abatch(
             [
@@ -403,6 +404,12 @@ async def test_a_burst_of_reads_refreshes_every_item_it_found_in_every_namespace
                 expiry = await expiry_of(raw_conn, config, memory_key(namespace, f"k{i}"))
                 read = namespace != ("users", "other") and i < 45
                 assert (expiry > late) == read, (namespace, i)
+        # A search refreshes what it found too, a global namespace's included.
+        await raw_conn.execute(f"UPDATE {table} SET expires_at = now() + interval '30 minutes'")
+        assert len(await store.asearch(("notes",), limit=50)) == 50
+        for i in (0, 49):
+            assert await expiry_of(raw_conn, config, memory_key(("notes",), f"k{i}")) > late
+        assert await expiry_of(raw_conn, config, memory_key(("users", "u0"), "k0")) < late
     finally:
         store.close()
 
