@@ -1075,6 +1075,11 @@ class PepperpyStore(BaseStore):
             if owner is None:
                 scope, scope_id = namespace_scope(op.namespace)
                 owner = owners[op.namespace] = (scope.value, scope_id or "")
+            if _UNESCAPED.fullmatch(op.key) and _plain_labels(op.namespace):
+                # Nothing to escape, and no legacy key (the common case, made cheap: a burst
+                # names thousands of items).
+                names.append(Identity(*owner, f"{_namespace_path(op.namespace)}#{op.key}"))
+                continue
             names.append(Identity(*owner, memory_key(op.namespace, op.key)))
             legacy = legacy_memory_key(op.namespace, op.key)
             if legacy is not None:
