@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from .conversations import CONVERSATION_FIELD
@@ -288,6 +288,17 @@ def _in_identities(params: Params, identities: Sequence[Identity]) -> str:
         # on that owner's node only (Citus does not look into the arrays).
         condition += f" AND m.scope_id = {params.add(owners.pop())}"
     return condition
+
+
+@dataclass(frozen=True)
+class Touch:
+    """The refresh a read carries (see :meth:`Statements.values_by_owner`): a new expiry
+    ``ttl`` from now for the memories it reads whose metadata matches the filter ``metadata``
+    (all when None), chosen as :meth:`Statements.touch` chooses with ``slack``."""
+
+    ttl: timedelta
+    slack: float
+    metadata: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -819,14 +830,21 @@ class Statements:
         )
 
     def touch(
-        self, tenant: str, identities: Sequence[Identity], ttl: Any, slack: float = 0.0
+        self,
+        tenant: str,
+        identities: Sequence[Identity],
+        ttl: Any,
+        slack: float = 0.0,
+        metadata: Mapping[str, Any] | None = None,
     ) -> Query:
-        """A new expiry ``ttl`` from now for the live memories ``identities`` name, but for
-        those whose expiry is already within ``slack`` × ``ttl`` of it. Its one value is
-        how many were given one."""
+        """A new expiry ``ttl`` from now for the live memories ``identities`` name (those whose
+        metadata matches the filter ``metadata``, when given), but for those whose expiry is
+        already within ``slack`` × ``ttl`` of it. Its one value is how many were given one."""
         # A refresh is bookkeeping of a read: it never waits for a writer.
         params = Params([tenant, ttl])
         chosen = _in_identities(params, identities)
+        if metadata:
+            chosen += f" AND {compile_filter(metadata, params, column='m.metadata')}"
         stale = params.add(1 - slack) if slack > 0 else None
         owners = {identity.scope_id for identity in identities}
         # The memories updated, pinned to their owner as a value when there is one (on a
@@ -834,43 +852,52 @@ class Statements:
         pinned = f"AND t.scope_id = {params.add(owners.pop())}" if len(owners) == 1 else ""
         if self.refreshes is None:
             return self._touch_rows(params, chosen, stale, pinned)
-        # A memory's new expiry goes beside it (see schema.migrations._v23_expiry_refreshes):
-        # its row is neither written nor locked. Only a memory without an expiry (the
-        # refresh gives it one) or whose own expiry is later than the new one (a refresh
-        # with no slack sets the expiry, earlier or not) has its row rewritten, and is
-        # skipped if a writer holds it (the write sets its own expiry).
         current = "greatest(m.expires_at, refresh.expires_at)"
         due = f"AND (m.expires_at IS NULL OR {current} < now() + $2::interval * {stale})"
-        refreshes = self.refreshes
+        chosen_memories = f"""
+            SELECT {M_OWNER_KEY}, m.expires_at FROM {self.table} m
+            LEFT JOIN {self.refreshes} refresh ON {same_memory("refresh", "m")}
+                AND refresh.refreshed_from = m.expires_at
+            WHERE m.tenant = $1 AND {chosen}
+              AND (m.expires_at IS NULL OR {current} > now()) {due if stale else ""}"""
         return Query(
             f"""
-            WITH chosen AS MATERIALIZED (
-                SELECT {M_OWNER_KEY}, m.expires_at FROM {self.table} m
-                LEFT JOIN {refreshes} refresh ON {same_memory("refresh", "m")}
-                    AND refresh.refreshed_from = m.expires_at
-                WHERE m.tenant = $1 AND {chosen}
-                  AND (m.expires_at IS NULL OR {current} > now()) {due if stale else ""}
-            ), extended AS (
-                INSERT INTO {refreshes} AS refresh ({OWNER_KEY}, refreshed_from, expires_at)
-                SELECT c.tenant, c.scope, c.scope_id, c.key, c.expires_at, now() + $2::interval
-                FROM chosen c WHERE c.expires_at < now() + $2::interval
-                ORDER BY c.tenant, c.scope, c.scope_id, c.key
-                ON CONFLICT ({OWNER_KEY}) DO UPDATE SET
-                    refreshed_from = EXCLUDED.refreshed_from, expires_at = EXCLUDED.expires_at
-                RETURNING 1
-            ), rewritten AS (
-                UPDATE {self.table} t SET expires_at = now() + $2::interval
-                FROM (SELECT {M_OWNER_KEY} FROM {self.table} m JOIN chosen c
-                      ON {same_memory("c", "m")}
-                      WHERE c.expires_at IS NULL OR c.expires_at >= now() + $2::interval
-                      ORDER BY {M_OWNER_KEY} FOR NO KEY UPDATE OF m SKIP LOCKED) locked
-                WHERE {same_memory("t", "locked")} {pinned}
-                RETURNING 1
-            )
+            WITH chosen AS MATERIALIZED ({chosen_memories}),
+            {self._extensions("chosen", "$2", pinned)}
             SELECT (SELECT count(*) FROM extended) + (SELECT count(*) FROM rewritten)
             """,
             params.values,
         )
+
+    def _extensions(self, chosen: str, ttl: str, pinned: str = "") -> str:
+        """SQL: the CTEs ``extended`` and ``rewritten`` that give the memories of CTE
+        ``chosen`` (their identities and own ``expires_at``) a new expiry ``ttl`` from now,
+        each returning the memory's identity and its new expiry.
+
+        A memory's new expiry goes beside it (see schema.migrations._v23_expiry_refreshes):
+        its row is neither written nor locked. Only a memory without an expiry (the refresh
+        gives it one) or whose own expiry is later than the new one (a refresh with no slack
+        sets the expiry, earlier or not) has its row rewritten, and is skipped if a writer
+        holds it (the write sets its own expiry)."""
+        assert self.refreshes is not None
+        return f"""
+            extended AS (
+                INSERT INTO {self.refreshes} AS refresh ({OWNER_KEY}, refreshed_from, expires_at)
+                SELECT c.tenant, c.scope, c.scope_id, c.key, c.expires_at, now() + {ttl}::interval
+                FROM {chosen} c WHERE c.expires_at < now() + {ttl}::interval
+                ORDER BY c.tenant, c.scope, c.scope_id, c.key
+                ON CONFLICT ({OWNER_KEY}) DO UPDATE SET
+                    refreshed_from = EXCLUDED.refreshed_from, expires_at = EXCLUDED.expires_at
+                RETURNING refresh.scope, refresh.scope_id, refresh.key, refresh.expires_at
+            ), rewritten AS (
+                UPDATE {self.table} t SET expires_at = now() + {ttl}::interval
+                FROM (SELECT {M_OWNER_KEY} FROM {self.table} m JOIN {chosen} c
+                      ON {same_memory("c", "m")}
+                      WHERE c.expires_at IS NULL OR c.expires_at >= now() + {ttl}::interval
+                      ORDER BY {M_OWNER_KEY} FOR NO KEY UPDATE OF m SKIP LOCKED) locked
+                WHERE {same_memory("t", "locked")} {pinned}
+                RETURNING t.scope, t.scope_id, t.key, t.expires_at
+            )"""
 
     def _touch_rows(self, params: Params, chosen: str, stale: str | None, pinned: str) -> Query:
         """:meth:`touch` on a table that keeps no refreshes: each memory's row rewritten."""
@@ -987,14 +1014,65 @@ class Statements:
             lambda params: self.entry_for(params, restriction), keys, restriction
         )
 
-    def values_by_owner(self, keys: list[str], restriction: Restriction) -> Query:
+    def values_by_owner(
+        self, keys: list[str], restriction: Restriction, touch: Touch | None = None
+    ) -> Query:
         """The identity, value, metadata and moments of the memories under ``keys`` within
-        the restriction (a read that builds no entry: no read counts, no indices)."""
+        the restriction (a read that builds no entry: no read counts, no indices); with
+        ``touch``, those it names get a new expiry as :meth:`touch` gives one, in the same
+        statement, and are read with it (only where refreshes are kept beside the rows:
+        :attr:`touches_while_reading`)."""
         columns = (
             "m.scope, m.scope_id, m.key, m.value, m.metadata, m.created_at, m.updated_at, "
             f"{expiry(self.refreshes)} AS expires_at"
         )
-        return self._under_keys(columns, keys, restriction)
+        if touch is None:
+            return self._under_keys(columns, keys, restriction)
+        assert self.touches_while_reading
+
+        named: dict[str, str] = {}
+
+        def found_columns(params: Params) -> str:
+            named["ttl"] = ttl = params.add(touch.ttl)
+            # Which of the memories read the refresh takes: as touch chooses them.
+            due = "TRUE"
+            if touch.slack > 0:
+                stale = params.add(1 - touch.slack)
+                due = (
+                    f"(m.expires_at IS NULL OR {expiry(self.refreshes)} "
+                    f"< now() + {ttl}::interval * {stale})"
+                )
+            if touch.metadata:
+                due += f" AND {compile_filter(touch.metadata, params, column='m.metadata')}"
+            return f"m.tenant, {columns}, m.expires_at AS own_expiry, {due} AS due"
+
+        read = self._under_keys(found_columns, keys, restriction)
+        ttl = named["ttl"]
+        return Query(
+            f"""
+            WITH found AS MATERIALIZED ({read.sql}),
+            chosen AS (
+                SELECT tenant, scope, scope_id, key, own_expiry AS expires_at FROM found
+                WHERE due
+            ),
+            {self._extensions("chosen", ttl)}
+            SELECT f.scope, f.scope_id, f.key, f.value, f.metadata, f.created_at, f.updated_at,
+                   coalesce(e.expires_at, r.expires_at, f.expires_at) AS expires_at
+            FROM found f
+            LEFT JOIN extended e
+                ON e.scope = f.scope AND e.scope_id = f.scope_id AND e.key = f.key
+            LEFT JOIN rewritten r
+                ON r.scope = f.scope AND r.scope_id = f.scope_id AND r.key = f.key
+            """,
+            read.args,
+        )
+
+    @property
+    def touches_while_reading(self) -> bool:
+        """Whether :meth:`values_by_owner` can refresh what it reads in its own statement:
+        where refreshes are kept beside the rows, on one server (Citus plans no write inside
+        a read across shards)."""
+        return self.refreshes is not None and not self.distributed
 
     def exists(self, key: str, restriction: Restriction) -> Query:
         """How many owners hold ``key`` within the restriction, counted no further than 2."""

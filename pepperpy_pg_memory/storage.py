@@ -572,12 +572,22 @@ class PostgresStorage(Generic[K, V]):
         return await reads.retrieve_by_owner(self._ready, names)
 
     async def values_by_owner(
-        self, names: Iterable[tuple[MemoryScope | str, str | None, K]]
+        self,
+        names: Iterable[tuple[MemoryScope | str, str | None, K]],
+        *,
+        touch: timedelta | float | int | None = None,
+        touch_metadata: Mapping[str, Any] | None = None,
     ) -> dict[Identity, StoredValue]:
         """:meth:`retrieve_by_owner` for callers that need only values: each found memory's
         :class:`~pepperpy_pg_memory.models.StoredValue` (value, metadata and moments), a
-        tuple instead of an entry. Adapters answering bursts of reads use it."""
-        return await reads.values_by_owner(self._ready, names)
+        tuple instead of an entry. Adapters answering bursts of reads use it.
+
+        With ``touch`` (a TTL), the memories read whose metadata matches the filter
+        ``touch_metadata`` (all when None) get a new time-to-live from now, as
+        :meth:`touch_by_owner` gives one, and are returned with it: one statement on one
+        server (a read that writes, so on the primary), a touch and a read on a Citus
+        cluster."""
+        return await reads.values_by_owner(self._ready, names, touch, touch_metadata)
 
     async def touch(
         self,

@@ -375,3 +375,56 @@ async def test_touch_by_owner_checks_every_name_before_it_extends_any(
     entry = await storage.retrieve("note", scope="user", scope_id="ana")
     assert entry.expires_at is not None
     assert entry.expires_at - datetime.now(timezone.utc) < timedelta(minutes=2)
+
+
+async def test_values_by_owner_refreshes_what_it_reads_when_asked(
+    storage: PostgresStorage[str, Any], raw_conn: asyncpg.Connection
+) -> None:
+    # Read with touch=1 h for memories whose metadata says {"ttl": 60}: ana's aging "a" is
+    # extended and read with its new expiry; "b" (another TTL) and bruno's "a" (not read)
+    # keep theirs; "c", which never expired, gets one, as touch gives it; "gone" has expired
+    # and is neither read nor revived.
+    table = f'"{storage.config.schema_name}"."{storage.config.table}"'
+    for owner in ("ana", "bruno"):
+        mine = {"scope": "user", "scope_id": owner}
+        await storage.store("a", "tea", ttl=3600, metadata={"ttl": 60.0}, **mine)
+        await storage.store("b", "coffee", ttl=3600, metadata={"ttl": 30}, **mine)
+        await storage.store("c", "water", ttl=None, metadata={"ttl": 60}, **mine)
+        await storage.store("gone", "juice", ttl=3600, metadata={"ttl": 60}, **mine)
+    await raw_conn.execute(
+        f"UPDATE {table} SET expires_at = now() + interval '30 minutes' "
+        "WHERE expires_at IS NOT NULL"
+    )
+    await _expire_now(raw_conn, storage.config, "gone")
+    names = [("user", "ana", key) for key in ("a", "b", "c", "gone")]
+    found = await storage.values_by_owner(
+        names, touch=timedelta(hours=1), touch_metadata={"ttl": 60}
+    )
+    assert sorted(identity.key for identity in found) == ["a", "b", "c"]
+
+    def left(expires_at: datetime | None) -> timedelta:
+        assert expires_at is not None
+        return expires_at - datetime.now(timezone.utc)
+
+    ana = {name.key: value for name, value in found.items()}
+    assert left(ana["a"].expires_at) > timedelta(minutes=59)
+    assert left(ana["b"].expires_at) < timedelta(minutes=31)
+    assert left(ana["c"].expires_at) > timedelta(minutes=59)
+    # What was read is what is stored.
+    for key in ("a", "b", "c"):
+        entry = await storage.retrieve(key, scope="user", scope_id="ana")
+        assert entry.expires_at == ana[key].expires_at
+    assert left((await storage.retrieve("a", scope="user", scope_id="bruno")).expires_at) < (
+        timedelta(minutes=31)
+    )
+    assert not await storage.exists("gone", scope="user", scope_id="ana")
+    # Read again at once: within the refresh slack, nothing moves.
+    again = await storage.values_by_owner(
+        names, touch=timedelta(hours=1), touch_metadata={"ttl": 60}
+    )
+    assert {i.key: v.expires_at for i, v in again.items()} == {
+        i.key: v.expires_at for i, v in found.items()
+    }
+    # Without a filter every memory read is refreshed.
+    everything = await storage.values_by_owner(names, touch=timedelta(hours=2))
+    assert all(left(value.expires_at) > timedelta(minutes=119) for value in everything.values())

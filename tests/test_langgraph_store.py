@@ -358,6 +358,49 @@ async def test_reads_of_items_refreshed_a_moment_ago_send_no_refresh(
         store.close()
 
 
+async def test_gets_refresh_items_of_the_default_ttl_as_they_read_them(
+    make_config: Any, raw_conn: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Under a TTL config that refreshes on read, an item of the default TTL is refreshed by
+    # the read itself; an item with a TTL of its own by a refresh after it, with its own TTL.
+    config = make_config()
+    store = PepperpyStore.create(
+        config, HashingEmbedder(64), ttl={"default_ttl": 60, "refresh_on_read": True}
+    )
+    storage = store.storage
+    touched: list[list[str]] = []
+    touch = storage.touch_by_owner
+
+    async def counted_touch(names: Any, *args: Any, **kwargs: Any) -> int:
+        names = list(names)
+        touched.append([key for _, _, key in names])
+        return await touch(names, *args, **kwargs)
+
+    monkeypatch.setattr(storage, "touch_by_owner", counted_touch)
+    table = f'"{config.schema_name}"."{config.table}"'
+    namespace = ("users", "ana")
+    try:
+        await store.aput(namespace, "usual", {"text": "default TTL"})
+        await store.aput(namespace, "longer", {"text": "a TTL of its own"}, ttl=120)
+        await raw_conn.execute(f"UPDATE {table} SET expires_at = now() + interval '10 minutes'")
+        found = await store.abatch([GetOp(namespace, "usual"), GetOp(namespace, "longer")])
+        assert all(item is not None for item in found)
+        assert touched == [[memory_key(namespace, "longer")]]
+        left = await raw_conn.fetchval("SELECT now()")
+        usual = await expiry_of(raw_conn, config, memory_key(namespace, "usual"))
+        longer = await expiry_of(raw_conn, config, memory_key(namespace, "longer"))
+        assert timedelta(minutes=59) < usual - left <= timedelta(minutes=60, seconds=5)
+        assert timedelta(minutes=119) < longer - left <= timedelta(minutes=120, seconds=5)
+        # A get that does not refresh leaves them.
+        await raw_conn.execute(f"UPDATE {table} SET expires_at = now() + interval '10 minutes'")
+        await raw_conn.execute(f'DELETE FROM "{config.schema_name}"."{config.table}_refreshes"')
+        assert await store.aget(namespace, "usual", refresh_ttl=False) is not None
+        usual = await expiry_of(raw_conn, config, memory_key(namespace, "usual"))
+        assert usual - await raw_conn.fetchval("SELECT now()") < timedelta(minutes=11)
+    finally:
+        store.close()
+
+
 def test_a_large_batch_of_gets_is_read_in_parts_of_whole_namespaces() -> None:
     from langgraph_pepperpy.store import GETS_PER_PART, READ_PARTS, _owner_parts
 

@@ -1084,7 +1084,17 @@ class PepperpyStore(BaseStore):
             legacy = legacy_memory_key(op.namespace, op.key)
             if legacy is not None:
                 legacy_names[index] = Identity(*owner, legacy)
-        found = await storage.values_by_owner(itertools.chain(names, legacy_names.values()))
+        # Items of the default TTL are refreshed by the read itself, when every get of the
+        # batch refreshes (as every get does under a TTL config that refreshes on read):
+        # one statement instead of a read and a refresh. Others are refreshed after it.
+        default = (self.ttl_config or {}).get("default_ttl")
+        refreshed_with_read = default is not None and all(op.refresh_ttl for op in gets)
+        touch: dict[str, Any] = {}
+        if default is not None and refreshed_with_read:
+            touch = {"touch": timedelta(minutes=default), "touch_metadata": {TTL_FIELD: default}}
+        found = await storage.values_by_owner(
+            itertools.chain(names, legacy_names.values()), **touch
+        )
         items: list[Item | None] = []
         for index, op in enumerate(gets):
             identity = names[index]
@@ -1095,7 +1105,9 @@ class PepperpyStore(BaseStore):
             if stored is None:
                 items.append(None)
                 continue
-            if op.refresh_ttl:
+            if op.refresh_ttl and not (
+                refreshed_with_read and stored.metadata.get(TTL_FIELD) == default
+            ):
                 refresh.note(identity, stored.metadata, stored.expires_at)
             # The op names the item: nothing to decode from the memory's key.
             items.append(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import builtins
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -15,7 +15,7 @@ from ..filters import key_path
 from ..items import Scope, as_enum, aware_moment, owner, resolve_expiry
 from ..metrics import instrumented
 from ..models import MemoryEntry, MemoryOwner, StoredValue
-from ..queries import Restriction
+from ..queries import Restriction, Touch
 from ..sql import Query
 from ..types import ArrayPattern, Identity, ListOrder, MemoryScope, MemoryType
 from ..values import to_json_value, validate_key
@@ -103,12 +103,26 @@ async def retrieve_by_owner(
 
 @instrumented("values_by_owner")
 async def values_by_owner(
-    started: Started[V], names: Iterable[tuple[MemoryScope | str, str | None, str]]
+    started: Started[V],
+    names: Iterable[tuple[MemoryScope | str, str | None, str]],
+    touch: timedelta | float | int | None = None,
+    touch_metadata: Mapping[str, Any] | None = None,
 ) -> dict[Identity, StoredValue]:
-    """:func:`retrieve_by_owner`'s memories as their values and moments only."""
-    wanted, rows = await _read_named(
-        started, names, "values_by_owner", started.statements.values_by_owner
-    )
+    """:func:`retrieve_by_owner`'s memories as their values and moments only; with
+    ``touch``, those whose metadata matches ``touch_metadata`` get a new TTL from now (as
+    :func:`touch_by_owner` gives one), read with it."""
+    delta = None
+    if touch is not None:
+        delta, _ = resolve_expiry(touch, None, started.config.ttl_for(MemoryType.LONG_TERM))
+    if delta is None:
+        wanted, rows = await _read_named(
+            started, names, "values_by_owner", started.statements.values_by_owner
+        )
+    else:
+        wanted = _named(started, names)
+        rows = []
+        if wanted:
+            rows = await _touch_and_read(started, wanted, delta, touch_metadata)
     value = started.rows.value
     return {
         wanted.identity(row): StoredValue(
@@ -120,6 +134,24 @@ async def values_by_owner(
         )
         for row in rows
     }
+
+
+async def _touch_and_read(
+    started: Started[Any],
+    wanted: _Named,
+    ttl: timedelta,
+    metadata: Mapping[str, Any] | None,
+) -> builtins.list[asyncpg.Record]:
+    """The rows of :func:`values_by_owner` for ``wanted``, touched first (on the primary: a
+    read that writes)."""
+    statements, restriction = started.statements, wanted.restriction(started)
+    if statements.touches_while_reading:
+        refresh = Touch(ttl, started.config.ttl_refresh_slack, metadata)
+        statement = statements.values_by_owner(wanted.keys, restriction, refresh)
+        return await started.database.fetch("values_by_owner", statement)
+    await _touch_identities(started, wanted.identities, ttl, metadata)
+    statement = statements.values_by_owner(wanted.keys, restriction)
+    return await started.database.fetch("values_by_owner", statement)
 
 
 async def _read_named(
@@ -233,7 +265,17 @@ async def touch_by_owner(
     wanted = _named(started, names)
     if not wanted or delta is None:
         return 0
-    identities = wanted.identities
+    return await _touch_identities(started, wanted.identities, delta, None)
+
+
+async def _touch_identities(
+    started: Started[Any],
+    identities: builtins.list[Identity],
+    ttl: timedelta,
+    metadata: Mapping[str, Any] | None,
+) -> int:
+    """How many of the memories ``identities`` name (whose metadata matches ``metadata``)
+    :func:`touch` extended: in one statement, or one per owner on a cluster."""
     slack = started.config.ttl_refresh_slack
     statements = started.statements
     if started.layout.distributed:
@@ -246,7 +288,7 @@ async def touch_by_owner(
         batches = [identities]
     extended = 0
     for batch in batches:
-        statement = statements.touch(started.tenant, batch, delta, slack)
+        statement = statements.touch(started.tenant, batch, ttl, slack, metadata)
         if statements.refreshes is None:
             extended += await started.database.execute("touch", statement)
         else:
