@@ -1030,30 +1030,25 @@ class Statements:
             return self._under_keys(columns, keys, restriction)
         assert self.touches_while_reading
 
-        named: dict[str, str] = {}
-
-        def found_columns(params: Params) -> str:
-            named["ttl"] = ttl = params.add(touch.ttl)
-            # Which of the memories read the refresh takes: as touch chooses them.
-            due = "TRUE"
-            if touch.slack > 0:
-                stale = params.add(1 - touch.slack)
-                due = (
-                    f"(m.expires_at IS NULL OR {expiry(self.refreshes)} "
-                    f"< now() + {ttl}::interval * {stale})"
-                )
-            if touch.metadata:
-                due += f" AND {compile_filter(touch.metadata, params, column='m.metadata')}"
-            return f"m.tenant, {columns}, m.expires_at AS own_expiry, {due} AS due"
-
-        read = self._under_keys(found_columns, keys, restriction)
-        ttl = named["ttl"]
+        read = self._under_keys(
+            f"m.tenant, {columns}, m.expires_at AS own_expiry", keys, restriction
+        )
+        params = Params(list(read.args))
+        ttl = params.add(touch.ttl)
+        # Which of the memories read the refresh takes: as touch chooses them, judged by the
+        # expiry the read found (its refresh looked up once).
+        due = "TRUE"
+        if touch.slack > 0:
+            stale = params.add(1 - touch.slack)
+            due = f"(f.own_expiry IS NULL OR f.expires_at < now() + {ttl}::interval * {stale})"
+        if touch.metadata:
+            due += f" AND {compile_filter(touch.metadata, params, column='f.metadata')}"
         return Query(
             f"""
             WITH found AS MATERIALIZED ({read.sql}),
             chosen AS (
-                SELECT tenant, scope, scope_id, key, own_expiry AS expires_at FROM found
-                WHERE due
+                SELECT f.tenant, f.scope, f.scope_id, f.key, f.own_expiry AS expires_at
+                FROM found f WHERE {due}
             ),
             {self._extensions("chosen", ttl)}
             SELECT f.scope, f.scope_id, f.key, f.value, f.metadata, f.created_at, f.updated_at,
@@ -1064,7 +1059,7 @@ class Statements:
             LEFT JOIN rewritten r
                 ON r.scope = f.scope AND r.scope_id = f.scope_id AND r.key = f.key
             """,
-            read.args,
+            params.values,
         )
 
     @property
