@@ -31,7 +31,7 @@ from pepperpy_pg_memory import (
 
 OWNER = {"scope": "user", "scope_id": "ana"}
 KEYS = [f"k{n}" for n in range(10)]
-OPERATIONS = ("store", "store", "delete", "touch", "many", "get", "search", "tidy")
+OPERATIONS = ("store", "store", "delete", "touch", "read_touch", "many", "get", "search", "tidy")
 
 
 class Outcomes:
@@ -102,6 +102,9 @@ async def workload(
                     await store.delete(rnd.choice(KEYS), **OWNER)
                 elif operation == "touch":
                     await store.touch(rnd.sample(KEYS, 4), timedelta(minutes=5), **OWNER)
+                elif operation == "read_touch":  # a read that refreshes what it reads
+                    names = [("user", "ana", key) for key in rnd.sample(KEYS, 4)]
+                    await store.values_by_owner(names, touch=timedelta(minutes=rnd.choice([5, 9])))
                 elif operation == "many":
                     chosen = rnd.sample(KEYS, 4)
                     tokens = [f"{prefix}{number}-{step}-{key}" for key in chosen]
