@@ -319,14 +319,9 @@ async def test_reads_refresh_the_ttl_unless_told_not_to(make_config: Any, raw_co
         store.close()
 
 
-async def test_reads_of_items_refreshed_a_moment_ago_send_no_refresh(
-    make_config: Any, raw_conn: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # With the default slack the refresh statement would leave such items; the store does not
-    # send it (a read of a fresh item costs one statement, not two).
-    config = make_config()
-    store = PepperpyStore.create(config, HashingEmbedder(64), ttl={"refresh_on_read": True})
-    storage = store.storage
+def _refreshes_sent(storage: Any, monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """The keys of every refresh statement the store sends after its reads (each call of
+    ``touch_by_owner``), as the calls are made."""
     touched: list[list[str]] = []
     touch = storage.touch_by_owner
 
@@ -336,6 +331,18 @@ async def test_reads_of_items_refreshed_a_moment_ago_send_no_refresh(
         return await touch(names, *args, **kwargs)
 
     monkeypatch.setattr(storage, "touch_by_owner", counted_touch)
+    return touched
+
+
+async def test_reads_of_items_refreshed_a_moment_ago_send_no_refresh(
+    make_config: Any, raw_conn: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With the default slack the refresh statement would leave such items; the store does not
+    # send it (a read of a fresh item costs one statement, not two).
+    config = make_config()
+    store = PepperpyStore.create(config, HashingEmbedder(64), ttl={"refresh_on_read": True})
+    storage = store.storage
+    touched = _refreshes_sent(storage, monkeypatch)
     namespace = ("sessions", "s3")
     key = memory_key(namespace, "note")
     table = f'"{config.schema_name}"."{config.table}"'
@@ -368,15 +375,7 @@ async def test_gets_refresh_items_of_the_default_ttl_as_they_read_them(
         config, HashingEmbedder(64), ttl={"default_ttl": 60, "refresh_on_read": True}
     )
     storage = store.storage
-    touched: list[list[str]] = []
-    touch = storage.touch_by_owner
-
-    async def counted_touch(names: Any, *args: Any, **kwargs: Any) -> int:
-        names = list(names)
-        touched.append([key for _, _, key in names])
-        return await touch(names, *args, **kwargs)
-
-    monkeypatch.setattr(storage, "touch_by_owner", counted_touch)
+    touched = _refreshes_sent(storage, monkeypatch)
     table = f'"{config.schema_name}"."{config.table}"'
     namespace = ("users", "ana")
     try:
