@@ -578,15 +578,11 @@ class PostgresStorage(Generic[K, V]):
         touch: timedelta | float | int | None = None,
         touch_metadata: Mapping[str, Any] | None = None,
     ) -> dict[Identity, StoredValue]:
-        """:meth:`retrieve_by_owner` for callers that need only values: each found memory's
-        :class:`~pepperpy_pg_memory.models.StoredValue` (value, metadata and moments), a
-        tuple instead of an entry. Adapters answering bursts of reads use it.
-
-        With ``touch`` (a TTL), the memories read whose metadata matches the filter
-        ``touch_metadata`` (all when None) get a new time-to-live from now, as
-        :meth:`touch_by_owner` gives one, and are returned with it: one statement on one
-        server (a read that writes, so on the primary), a touch and a read on a Citus
-        cluster."""
+        """:meth:`retrieve_by_owner` as :class:`~pepperpy_pg_memory.models.StoredValue`
+        tuples (value, metadata, moments), for adapters answering bursts of reads. With
+        ``touch`` (a TTL), those read whose metadata matches the filter ``touch_metadata``
+        get it anew from now, as :meth:`touch_by_owner` gives it, in the read's statement
+        (on the primary; on a Citus cluster, a touch then the read)."""
         return await reads.values_by_owner(self._ready, names, touch, touch_metadata)
 
     async def touch(
@@ -613,10 +609,8 @@ class PostgresStorage(Generic[K, V]):
         names: Iterable[tuple[MemoryScope | str, str | None, K]],
         ttl: timedelta | float | int,
     ) -> int:
-        """:meth:`touch` for callers that name memories with their owners, ``(scope,
-        scope_id, key)``, any number of owners in one call (e.g. every item a burst of reads
-        found): one statement instead of one per owner; on a Citus cluster, one per owner,
-        each on its owner's node. Returns how many were extended."""
+        """:meth:`touch` of memories named with their owners, ``(scope, scope_id, key)``,
+        any number of owners in one statement (one per owner on a Citus cluster)."""
         return await reads.touch_by_owner(self._ready, names, ttl)
 
     async def exists(self, key: K, *, scope: Scope = None, scope_id: str | None = None) -> bool:
