@@ -863,14 +863,14 @@ class Statements:
         return Query(
             f"""
             WITH chosen AS MATERIALIZED ({chosen_memories}),
-            {self._extensions("chosen", "$2", pinned)}
+            {self._extensions("$2", pinned)}
             SELECT (SELECT count(*) FROM extended) + (SELECT count(*) FROM rewritten)
             """,
             params.values,
         )
 
-    def _extensions(self, chosen: str, ttl: str, pinned: str = "") -> str:
-        """SQL: the CTEs ``extended`` and ``rewritten`` that give the memories of CTE
+    def _extensions(self, ttl: str, pinned: str = "") -> str:
+        """SQL: the CTEs ``extended`` and ``rewritten`` that give the memories of a CTE
         ``chosen`` (their identities and own ``expires_at``) a new expiry ``ttl`` from now,
         each returning the memory's identity and its new expiry.
 
@@ -884,19 +884,20 @@ class Statements:
             extended AS (
                 INSERT INTO {self.refreshes} AS refresh ({OWNER_KEY}, refreshed_from, expires_at)
                 SELECT c.tenant, c.scope, c.scope_id, c.key, c.expires_at, now() + {ttl}::interval
-                FROM {chosen} c WHERE c.expires_at < now() + {ttl}::interval
+                FROM chosen c WHERE c.expires_at < now() + {ttl}::interval
                 ORDER BY c.tenant, c.scope, c.scope_id, c.key
                 ON CONFLICT ({OWNER_KEY}) DO UPDATE SET
                     refreshed_from = EXCLUDED.refreshed_from, expires_at = EXCLUDED.expires_at
-                RETURNING refresh.scope, refresh.scope_id, refresh.key, refresh.expires_at
+                RETURNING refresh.tenant, refresh.scope, refresh.scope_id, refresh.key,
+                    refresh.expires_at
             ), rewritten AS (
                 UPDATE {self.table} t SET expires_at = now() + {ttl}::interval
-                FROM (SELECT {M_OWNER_KEY} FROM {self.table} m JOIN {chosen} c
+                FROM (SELECT {M_OWNER_KEY} FROM {self.table} m JOIN chosen c
                       ON {same_memory("c", "m")}
                       WHERE c.expires_at IS NULL OR c.expires_at >= now() + {ttl}::interval
                       ORDER BY {M_OWNER_KEY} FOR NO KEY UPDATE OF m SKIP LOCKED) locked
                 WHERE {same_memory("t", "locked")} {pinned}
-                RETURNING t.scope, t.scope_id, t.key, t.expires_at
+                RETURNING t.tenant, t.scope, t.scope_id, t.key, t.expires_at
             )"""
 
     def _touch_rows(self, params: Params, chosen: str, stale: str | None, pinned: str) -> Query:
@@ -1050,14 +1051,12 @@ class Statements:
                 SELECT f.tenant, f.scope, f.scope_id, f.key, f.own_expiry AS expires_at
                 FROM found f WHERE {due}
             ),
-            {self._extensions("chosen", ttl)}
+            {self._extensions(ttl)}
             SELECT f.scope, f.scope_id, f.key, f.value, f.metadata, f.created_at, f.updated_at,
                    coalesce(e.expires_at, r.expires_at, f.expires_at) AS expires_at
             FROM found f
-            LEFT JOIN extended e
-                ON e.scope = f.scope AND e.scope_id = f.scope_id AND e.key = f.key
-            LEFT JOIN rewritten r
-                ON r.scope = f.scope AND r.scope_id = f.scope_id AND r.key = f.key
+            LEFT JOIN extended e ON {same_memory("e", "f")}
+            LEFT JOIN rewritten r ON {same_memory("r", "f")}
             """,
             params.values,
         )

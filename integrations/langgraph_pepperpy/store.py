@@ -1088,9 +1088,8 @@ class PepperpyStore(BaseStore):
         # batch refreshes (as every get does under a TTL config that refreshes on read):
         # one statement instead of a read and a refresh. Others are refreshed after it.
         default = (self.ttl_config or {}).get("default_ttl")
-        refreshed_with_read = default is not None and all(op.refresh_ttl for op in gets)
         touch: dict[str, Any] = {}
-        if default is not None and refreshed_with_read:
+        if default is not None and all(op.refresh_ttl for op in gets):
             touch = {"touch": timedelta(minutes=default), "touch_metadata": {TTL_FIELD: default}}
         found = await storage.values_by_owner(
             itertools.chain(names, legacy_names.values()), **touch
@@ -1105,9 +1104,7 @@ class PepperpyStore(BaseStore):
             if stored is None:
                 items.append(None)
                 continue
-            if op.refresh_ttl and not (
-                refreshed_with_read and stored.metadata.get(TTL_FIELD) == default
-            ):
+            if op.refresh_ttl and not (touch and stored.metadata.get(TTL_FIELD) == default):
                 refresh.note(identity, stored.metadata, stored.expires_at)
             # The op names the item: nothing to decode from the memory's key.
             items.append(

@@ -111,9 +111,7 @@ async def values_by_owner(
     """:func:`retrieve_by_owner`'s memories as their values and moments only; with
     ``touch``, those whose metadata matches ``touch_metadata`` get a new TTL from now (as
     :func:`touch_by_owner` gives one), read with it."""
-    delta = None
-    if touch is not None:
-        delta, _ = resolve_expiry(touch, None, started.config.ttl_for(MemoryType.LONG_TERM))
+    delta = None if touch is None else _refresh_ttl(started, touch)
     if delta is None:
         wanted, rows = await _read_named(
             started, names, "values_by_owner", started.statements.values_by_owner
@@ -144,13 +142,12 @@ async def _touch_and_read(
 ) -> builtins.list[asyncpg.Record]:
     """The rows of :func:`values_by_owner` for ``wanted``, touched first (on the primary: a
     read that writes)."""
-    statements, restriction = started.statements, wanted.restriction(started)
+    statements, refresh = started.statements, None
     if statements.touches_while_reading:
         refresh = Touch(ttl, started.config.ttl_refresh_slack, metadata)
-        statement = statements.values_by_owner(wanted.keys, restriction, refresh)
-        return await started.database.fetch("values_by_owner", statement)
-    await _touch_identities(started, wanted.identities, ttl, metadata)
-    statement = statements.values_by_owner(wanted.keys, restriction)
+    else:
+        await _touch_identities(started, wanted.identities, ttl, metadata)
+    statement = statements.values_by_owner(wanted.keys, wanted.restriction(started), refresh)
     return await started.database.fetch("values_by_owner", statement)
 
 
@@ -240,18 +237,13 @@ async def touch(
 ) -> int:
     """A new time-to-live ``ttl`` from now for the live memories ``keys`` name."""
     checked = started.keys(keys)
-    delta, _ = resolve_expiry(ttl, None, started.config.ttl_for(MemoryType.LONG_TERM))
+    delta = _refresh_ttl(started, ttl)
     if not checked or delta is None:
         return 0
     identities = await resolve(started, checked, scope, scope_id)
     if not identities:
         return 0
-    statement = started.statements.touch(
-        started.tenant, identities, delta, started.config.ttl_refresh_slack
-    )
-    if started.statements.refreshes is None:
-        return await started.database.execute("touch", statement)  # the rows updated
-    return int(await started.database.fetchval("touch", statement))
+    return await _touch_identities(started, identities, delta, None)
 
 
 @instrumented("touch")
@@ -261,11 +253,17 @@ async def touch_by_owner(
     ttl: timedelta | float | int,
 ) -> int:
     """:func:`touch` of memories named with their owners, any number of owners at once."""
-    delta, _ = resolve_expiry(ttl, None, started.config.ttl_for(MemoryType.LONG_TERM))
+    delta = _refresh_ttl(started, ttl)
     wanted = _named(started, names)
     if not wanted or delta is None:
         return 0
     return await _touch_identities(started, wanted.identities, delta, None)
+
+
+def _refresh_ttl(started: Started[Any], ttl: timedelta | float | int) -> timedelta | None:
+    """A refresh's time-to-live, checked (None: the memories would never expire)."""
+    delta, _ = resolve_expiry(ttl, None, started.config.ttl_for(MemoryType.LONG_TERM))
+    return delta
 
 
 async def _touch_identities(
@@ -290,7 +288,7 @@ async def _touch_identities(
     for batch in batches:
         statement = statements.touch(started.tenant, batch, ttl, slack, metadata)
         if statements.refreshes is None:
-            extended += await started.database.execute("touch", statement)
+            extended += await started.database.execute("touch", statement)  # rows updated
         else:
             extended += int(await started.database.fetchval("touch", statement))
     return extended
