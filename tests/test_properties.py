@@ -3,6 +3,7 @@ from the grammar's pieces ever reaches the server as anything but our own valida
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,7 @@ from pepperpy_pg_memory import (
     PostgresStorage,
 )
 from pepperpy_pg_memory.types import DOCUMENT_FIELD, MANAGED_FIELD
+from pepperpy_pg_memory.values import decode_json
 
 # PostgreSQL text cannot hold NUL, and lone surrogates are not Unicode: both are rejected by
 # design (tested elsewhere); everything else must round-trip.
@@ -50,6 +52,30 @@ SETTINGS = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
+
+
+# Digits everywhere: integers of any size, numbers and digit runs inside strings, so that
+# documents with and without 19 digits in a row (the json module's path) are both drawn.
+digit_heavy = st.recursive(
+    st.integers()
+    | st.sampled_from([2**63, -(2**63) - 1, 2**64, 2**64 + 1, 10**19, 2**70])
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.from_regex(r"[0-9 .-]*"),
+    lambda children: (
+        st.lists(children, max_size=6)
+        | st.dictionaries(st.from_regex(r"[0-9a-z]*"), children, max_size=4)
+    ),
+    max_leaves=16,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(document=digit_heavy)
+def test_json_is_decoded_exactly_whatever_its_digits(document: Any) -> None:
+    data = json.dumps(document).encode()
+    decoded = decode_json(data)
+    assert decoded == json.loads(data)
+    assert repr(decoded) == repr(json.loads(data))  # an int stays an int, a float a float
 
 
 @SETTINGS
