@@ -758,21 +758,22 @@ class PepperpyStore(BaseStore):
     def batch(self, ops: Iterable[Op]) -> list[Result]:
         operations: Call = _checked(ops)
         outcome = self._handle.call(lambda s: self._calls.submit(operations))
-        return typing.cast(list[Result], outcome)
+        return typing.cast("list[Result]", outcome)
 
     async def abatch(self, ops: Iterable[Op]) -> list[Result]:
-        return typing.cast(list[Result], await self._queue(_checked(ops)))
+        return typing.cast("list[Result]", await self._queue(_checked(ops)))
 
     # LangGraph's single-item calls, queued as they are: a burst of thousands allocates a
     # coroutine and a list less per call than through abatch, and so wakes the garbage
     # collector (whose full passes walk every object of the process) less often. Each checks
-    # and fills in its op as BaseStore's does.
+    # and fills in its op as BaseStore's does. (Casts name their types as strings: written
+    # out, `Item | None` is a new object that every waiting call holds until it is answered.)
     async def aget(
         self, namespace: tuple[str, ...], key: str, *, refresh_ttl: bool | None = None
     ) -> Item | None:
         _check_labels(namespace)
         op = GetOp(namespace, str(key), self._refreshes(refresh_ttl))
-        return typing.cast(Item | None, await self._queue(op))
+        return typing.cast("Item | None", await self._queue(op))
 
     async def asearch(
         self,
@@ -788,7 +789,7 @@ class PepperpyStore(BaseStore):
         _check_labels(namespace_prefix)
         refresh = self._refreshes(refresh_ttl)
         op = SearchOp(namespace_prefix, filter, limit, offset, query, refresh)
-        return typing.cast(list[SearchItem], await self._queue(op))
+        return typing.cast("list[SearchItem]", await self._queue(op))
 
     async def aput(
         self,
@@ -855,8 +856,8 @@ class PepperpyStore(BaseStore):
             # asearch, adelete), they run as every write, in call order, then every read.
             # A call of several ops keeps its own order, so then all keep call order.
             if not any(isinstance(call, list) for call in batch):
-                ops = typing.cast(list[Op], batch)
-                return typing.cast(list[Outcome], await self._execute(storage, ops, True))
+                ops = typing.cast("list[Op]", batch)
+                return typing.cast("list[Outcome]", await self._execute(storage, ops, True))
             flat: list[Op] = []
             for call in batch:
                 if isinstance(call, list):
