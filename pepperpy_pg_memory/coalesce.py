@@ -26,7 +26,6 @@ import asyncio
 import collections
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from .errors import MemoryConnectionError, MemoryTimeoutError
@@ -39,13 +38,6 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 BatchFunction = Callable[[list[T]], Awaitable[Sequence[R | BaseException]]]
-
-
-@dataclass(eq=False, slots=True)
-class _Call(Generic[T, R]):
-    item: T
-    future: asyncio.Future[R]
-    queued_at: float
 
 
 class Coalescer(Generic[T, R]):
@@ -76,7 +68,12 @@ class Coalescer(Generic[T, R]):
         self._lanes = lanes
         self._max_batch = max_batch
         self._wait_timeout = wait_timeout
-        self._queue: collections.deque[_Call[T, R]] = collections.deque()
+        # The queue is three deques kept in step rather than one object per call: a burst
+        # queues thousands, each such object one more for the garbage collector to walk
+        # (its full passes walk every object of the process) until the call is answered.
+        self._items: collections.deque[T] = collections.deque()
+        self._futures: collections.deque[asyncio.Future[R]] = collections.deque()
+        self._queued_at: collections.deque[float] = collections.deque()
         self._running: set[asyncio.Task[None]] = set()
         # One timer for the oldest queued call, not one per call: a burst queues thousands.
         self._watchdog: asyncio.TimerHandle | None = None
@@ -85,7 +82,7 @@ class Coalescer(Generic[T, R]):
     @property
     def queued(self) -> int:
         """Calls waiting for a batch to start."""
-        return len(self._queue)
+        return len(self._futures)
 
     async def submit(self, item: T) -> R:
         """Queue ``item`` and wait for its outcome."""
@@ -96,18 +93,26 @@ class Coalescer(Generic[T, R]):
         its own, for callers that queue thousands at once (each coroutine is garbage the
         collector walks)."""
         loop = asyncio.get_running_loop()
-        call: _Call[T, R] = _Call(item, loop.create_future(), loop.time())
-        self._queue.append(call)
+        future: asyncio.Future[R] = loop.create_future()
+        now = loop.time()
+        self._items.append(item)
+        self._futures.append(future)
+        self._queued_at.append(now)
         if self._watchdog is None:
-            self._watchdog = loop.call_at(self._deadline(call), self._expire)
+            self._watchdog = loop.call_at(self._deadline(now), self._expire)
         if len(self._running) < self._lanes:
             lane = loop.create_task(self._lane())
             self._running.add(lane)
             lane.add_done_callback(self._running.discard)
-        return call.future
+        return future
 
-    def _deadline(self, call: _Call[T, R]) -> float:
-        return max(call.queued_at, self._last_start) + self._wait_timeout
+    def _deadline(self, queued_at: float) -> float:
+        return max(queued_at, self._last_start) + self._wait_timeout
+
+    def _pop(self) -> tuple[T, asyncio.Future[R]]:
+        """The oldest queued call, out of the queue."""
+        self._queued_at.popleft()
+        return self._items.popleft(), self._futures.popleft()
 
     def _expire(self) -> None:
         """Fail the queued calls that waited ``wait_timeout`` with no batch starting (the
@@ -115,58 +120,61 @@ class Coalescer(Generic[T, R]):
         self._watchdog = None
         loop = asyncio.get_running_loop()
         now = loop.time()
-        while self._queue and self._deadline(self._queue[0]) <= now:
-            call = self._queue.popleft()
-            if not call.future.done():
-                call.future.set_exception(
+        while self._futures and self._deadline(self._queued_at[0]) <= now:
+            _, future = self._pop()
+            if not future.done():
+                future.set_exception(
                     MemoryTimeoutError(
                         f"{self.operation}: waited {self._wait_timeout:g}s and no earlier call "
                         "finished; raise pool_timeout or max_size, or run fewer operations at "
                         "once"
                     )
                 )
-        if self._queue:
-            self._watchdog = loop.call_at(self._deadline(self._queue[0]), self._expire)
+        if self._futures:
+            self._watchdog = loop.call_at(self._deadline(self._queued_at[0]), self._expire)
 
-    def _take(self) -> list[_Call[T, R]]:
+    def _take(self) -> tuple[list[T], list[asyncio.Future[R]]]:
+        """The next batch: its items and their futures."""
         self._last_start = asyncio.get_running_loop().time()
-        batch: list[_Call[T, R]] = []
-        while self._queue and len(batch) < self._max_batch:
-            call = self._queue.popleft()
-            if not call.future.done():  # not cancelled while it waited
-                batch.append(call)
-        return batch
+        items: list[T] = []
+        futures: list[asyncio.Future[R]] = []
+        while self._futures and len(futures) < self._max_batch:
+            item, future = self._pop()
+            if not future.done():  # not cancelled while it waited
+                items.append(item)
+                futures.append(future)
+        return items, futures
 
     async def _lane(self) -> None:
-        while self._queue:
-            batch = self._take()
-            if not batch:
+        while self._futures:
+            items, futures = self._take()
+            if not futures:
                 continue
             try:
-                outcomes = await self._run([call.item for call in batch])
+                outcomes = await self._run(items)
             except asyncio.CancelledError:
-                for call in batch:
-                    call.future.cancel()
+                for future in futures:
+                    future.cancel()
                 raise
             except Exception as exc:  # the batch's failure is every call's
-                outcomes = [exc] * len(batch)
+                outcomes = [exc] * len(futures)
             except BaseException as exc:  # KeyboardInterrupt, SystemExit: theirs, and ours
-                for call in batch:
-                    if not call.future.done():
-                        call.future.set_exception(exc)
+                for future in futures:
+                    if not future.done():
+                        future.set_exception(exc)
                 raise
-            if len(outcomes) != len(batch):
+            if len(outcomes) != len(futures):
                 mismatch = RuntimeError(
-                    f"{self.operation}: a batch of {len(batch)} got {len(outcomes)} outcomes"
+                    f"{self.operation}: a batch of {len(futures)} got {len(outcomes)} outcomes"
                 )
-                outcomes = [mismatch] * len(batch)
-            for call, outcome in zip(batch, outcomes, strict=True):
-                if call.future.done():  # its caller gave up meanwhile
+                outcomes = [mismatch] * len(futures)
+            for future, outcome in zip(futures, outcomes, strict=True):
+                if future.done():  # its caller gave up meanwhile
                     continue
                 if isinstance(outcome, BaseException):
-                    call.future.set_exception(outcome)
+                    future.set_exception(outcome)
                 else:
-                    call.future.set_result(outcome)
+                    future.set_result(outcome)
 
     async def drain(self) -> None:
         """Wait until nothing is queued or running."""
