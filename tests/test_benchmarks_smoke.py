@@ -178,7 +178,9 @@ def test_replicas_benchmark_runs_small(tmp_path: Path) -> None:
 
 
 def test_floor_benchmark_splits_the_gap(tmp_path: Path) -> None:
-    report = _run_small("floor", tmp_path, "--size", "300", "--queries", "20", "--rounds", "1")
+    report = _run_small(
+        "floor", tmp_path, "--size", "300", "--queries", "20", "--rounds", "1", "--no-model"
+    )
     assert report["size"] == 300 and report["goal"] == 1.4
     assert len(report["ours_p50_ms"]) == len(report["floor_p50_ms"]) == len(report["sql_p50_ms"])
     # Our statement runs on the server (planned and executed), as does the floor's.
@@ -186,6 +188,18 @@ def test_floor_benchmark_splits_the_gap(tmp_path: Path) -> None:
         times = report["server_median_ms"][name]
         assert times["planning"] > 0 and times["execution"] > 0
     assert report["ratio"] > 0 and report["sql_ratio"] > 0
+    assert report["end_to_end"] is None  # --no-model
+
+
+@pytest.mark.model
+def test_floor_benchmark_sets_search_from_text_beside_the_model_alone(tmp_path: Path) -> None:
+    report = _run_small("floor", tmp_path, "--size", "300", "--queries", "10", "--rounds", "2")
+    end_to_end = report["end_to_end"]
+    assert end_to_end["goal"] == 1.2
+    for name in ("ours", "model", "floor"):
+        assert len(end_to_end["p50_ms_per_round"][name]) == 2
+        assert all(ms > 0 for ms in end_to_end["p50_ms_per_round"][name])
+    assert end_to_end["ratio"] > 0
 
 
 @pytest.mark.model
