@@ -6,8 +6,10 @@ default). For ``--sample`` small owners and for the big one, owner-scoped SEMANT
 CONTEXTUAL and HYBRID searches (``--queries`` each per owner) run on the shared table and on a
 table holding only that owner's rows — the anchor: what a table per owner would give —
 rounds alternating, p50 per round. Vectors are clustered 384-d unit vectors given with each
-memory (no model); a query is one of the owner's memories, its text and its vector moved a
-little, so every owner has near neighbours to find.
+memory (no model): five topics an owner, each of subjects of about 50 memories
+(:func:`_clustered`; ``--flat`` for topics without subjects, the worst case for a graph
+index); a query is one of the owner's memories, its text and its vector moved a little, so
+every owner has near neighbours to find.
 
 Quality: recall@10 of SEMANTIC on the shared table against the exact answer (numpy over the
 owner's own vectors), and for CONTEXTUAL and HYBRID the share of the anchor's top 10 the
@@ -56,11 +58,38 @@ MODES = (MemoryIndex.SEMANTIC, MemoryIndex.CONTEXTUAL, MemoryIndex.HYBRID)
 BIG = "big"
 
 
-def _clustered(count: int, rng: np.random.Generator, centres: np.ndarray) -> np.ndarray:
-    """Unit vectors around a few of ``centres``: one owner's memories, several topics."""
+SUBJECT_SIZE = 50
+"""About how many memories share a subject within a topic (graded vectors)."""
+
+
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    return vectors / np.linalg.norm(vectors, axis=-1, keepdims=True)
+
+
+def _clustered(
+    count: int, rng: np.random.Generator, centres: np.ndarray, flat: bool = False
+) -> np.ndarray:
+    """Unit vectors of one owner's memories around a few of ``centres`` (five topics).
+
+    Graded (the default): each topic holds subjects of about :data:`SUBJECT_SIZE` memories,
+    as a person's memories do — a memory's nearest are of its subject (cosine about 0.75),
+    then of its topic (about 0.4), then the rest (about 0). ``flat``: each topic is one
+    cloud whose members are all about as near one another (cosine 0.88 ± 0.01, the data of
+    the runs before 2026-12-06): no memory has neighbours nearer than the rest of its topic,
+    so which ten of thousands are "the nearest" is decided by hundredths, the worst case for
+    a graph index.
+    """
     own = centres[rng.choice(len(centres), size=5, replace=False)]
-    vectors = own[rng.integers(0, len(own), count)] + 0.35 * rng.normal(size=(count, DIMENSION))
-    return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+    if flat:
+        vectors = own[rng.integers(0, len(own), count)] + 0.35 * rng.normal(size=(count, DIMENSION))
+        return _unit(vectors).astype(np.float32)
+    noise = 1 / np.sqrt(DIMENSION)
+    subjects = max(1, count // SUBJECT_SIZE)
+    topics = _unit(own)[rng.integers(0, len(own), subjects)]
+    subject_centres = _unit(topics + 0.9 * noise * rng.normal(size=(subjects, DIMENSION)))
+    vectors = subject_centres[rng.integers(0, subjects, count)]
+    vectors = vectors + 0.6 * noise * rng.normal(size=(count, DIMENSION))
+    return _unit(vectors).astype(np.float32)
 
 
 class _Owner:
@@ -105,7 +134,9 @@ class _Owner:
         return {self.keys[i] for i in order}
 
 
-def _owners(count: int, per_owner: int, big: int, seed: int = 5) -> list[_Owner]:
+def _owners(
+    count: int, per_owner: int, big: int, flat: bool = False, seed: int = 5
+) -> list[_Owner]:
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(200, DIMENSION))
     corpus = memories(count * per_owner + big)
@@ -114,7 +145,7 @@ def _owners(count: int, per_owner: int, big: int, seed: int = 5) -> list[_Owner]
         size, name = (big, BIG) if number == count else (per_owner, f"user-{number:05d}")
         chunk = corpus[start : start + size]
         start += size
-        vectors = _clustered(size, rng, centres)
+        vectors = _clustered(size, rng, centres, flat)
         owners.append(_Owner(name, [m.key for m in chunk], [m.text for m in chunk], vectors))
     return owners
 
@@ -187,7 +218,7 @@ async def _quality(
 async def _measure(args: argparse.Namespace) -> dict[str, Any]:
     rng = np.random.default_rng(17)
     log(f"making {args.owners} owners of {args.per_owner} and one of {args.big}")
-    owners = _owners(args.owners, args.per_owner, args.big)
+    owners = _owners(args.owners, args.per_owner, args.big, args.flat)
     sampled = [owners[int(i)] for i in rng.choice(args.owners, size=args.sample, replace=False)]
     big = owners[-1]
     for owner in sampled:
@@ -306,6 +337,7 @@ async def _measure(args: argparse.Namespace) -> dict[str, Any]:
         "owners": args.owners,
         "per_owner": args.per_owner,
         "big_owner": args.big,
+        "vectors": "flat" if args.flat else "graded",
         "sampled": args.sample,
         "queries_per_owner": args.queries,
         "rounds": args.rounds,
@@ -344,6 +376,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="300 owners, a big one of 5,000")
     parser.add_argument("--out", type=Path, help="write the JSON here")
+    parser.add_argument(
+        "--flat",
+        action="store_true",
+        help="each topic one cloud of equidistant memories (the worst case; see _clustered)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.owners, args.big, args.sample, args.queries, args.rounds = 300, 5_000, 5, 5, 1
