@@ -1440,17 +1440,20 @@ class Statements:
             least = params.add(threshold)
         return Query(self._duplicate_of(write, least), params.values)
 
-    def _batch_identifiers(self, text: str, least: str | None) -> str:
-        """The identifiers of a batch's write, which only near duplicates inside the batch
-        are judged by: none without a threshold (about 0.25 s per 10,000 texts)."""
-        if least is None:
-            return "NULL::text[]"
-        return f"{dedupe_identifiers_function(self.layout.schema)}({text})"
+    def dedupe_identifiers(self, texts: Sequence[str]) -> Query:
+        """Each text's identifiers (see :func:`~.schema.dedupe_identifiers_function`), a row
+        each, in order: what tells a batch's close writes apart."""
+        function = dedupe_identifiers_function(self.layout.schema)
+        return Query(
+            f"SELECT {function}(t) AS identifiers "
+            "FROM unnest($1::text[]) WITH ORDINALITY AS given(t, n) ORDER BY n",
+            [list(texts)],
+        )
 
     def staged_duplicates(self, tenant: str, threshold: float | None) -> Query:
-        """Per staged write: whether its own key is live, its text's normalised hash and
-        identifiers (to find duplicates inside the batch), and the key of the owner's memory
-        it duplicates, if any (see :meth:`_duplicate_of`)."""
+        """Per staged write: whether its own key is live, its text's normalised hash (to find
+        repeats inside the batch), and the key of the owner's memory it duplicates, if any
+        (see :meth:`_duplicate_of`)."""
         params = Params([tenant])
         write = {
             "tenant": "$1",
@@ -1469,7 +1472,6 @@ class Statements:
         sql = f"""
             SELECT s.scope, s.scope_id, s.key, {own} AS own_live,
                    md5({normalized}(s.content)) AS text_hash,
-                   {self._batch_identifiers("s.content", least)} AS identifiers,
                    d.key AS duplicate_key
             FROM {self.staging} s
             LEFT JOIN LATERAL ({self._duplicate_of(write, least)}) d ON true
@@ -1497,7 +1499,6 @@ class Statements:
         sql = f"""
             SELECT $2::text AS scope, $3::text AS scope_id, $4::text AS key, {own} AS own_live,
                    md5({normalized_function(schema)}($5)) AS text_hash,
-                   {self._batch_identifiers("$5", least)} AS identifiers,
                    (SELECT d.key FROM ({self._duplicate_of(write, least)}) d) AS duplicate_key
         """
         return Query(sql, params.values)

@@ -188,9 +188,13 @@ async def test_store_many_folds_repeats_of_held_memories_and_of_earlier_items(
     assert (int(plain), plain.deduplicated) == (2, 0)
 
 
+@pytest.mark.parametrize("pairwise", [1_000, 1])
 async def test_store_many_with_a_threshold_keeps_different_identifiers_apart(
-    storage: PostgresStorage[str, Any],
+    storage: PostgresStorage[str, Any], monkeypatch: pytest.MonkeyPatch, pairwise: int
 ) -> None:
+    """Whether the batch's vectors are compared first (identifiers read only for the close
+    ones) or every write's identifiers are read (an owner's writes past PAIRWISE_WRITES)."""
+    monkeypatch.setattr("pepperpy_pg_memory.dedupe.PAIRWISE_WRITES", pairwise)
     written = await storage.store_many(
         [
             ("a", "shipped on Monday: order A-77812"),
@@ -275,6 +279,41 @@ async def test_dates_and_negations_keep_close_texts_apart(
     assert not entry.deduplicated
     same = await storage.store("again", held.upper(), **ANA, dedupe=0.1)
     assert (same.key, same.deduplicated) == ("held", True)
+
+
+def test_only_writes_with_a_close_one_of_their_owner_are_compared() -> None:
+    from pepperpy_pg_memory import MemoryType
+    from pepperpy_pg_memory.dedupe import close_in_batch
+    from pepperpy_pg_memory.items import PendingWrite
+    from pepperpy_pg_memory.types import MANAGED_FIELD
+
+    def write(key: str, owner: str, vector: list[float], **metadata: Any) -> PendingWrite:
+        return PendingWrite(
+            key=key,
+            value="{}",
+            text=key,
+            content_hash=b"",
+            type=MemoryType.LONG_TERM,
+            scope=MemoryScope.USER,
+            scope_id=owner,
+            indices=frozenset(),
+            metadata=metadata,
+            embedding=np.array(vector, dtype=np.float32),
+            ttl=None,
+            expires_at=None,
+        )
+
+    writes = [
+        write("a", "ana", [1.0, 0.0, 0.0]),
+        write("far", "ana", [0.0, 1.0, 0.0]),
+        write("b", "ana", [0.99, 0.1, 0.0]),  # cosine 0.995 with a
+        write("bruno", "bruno", [1.0, 0.0, 0.0]),  # as close to a, another owner's
+        write("record", "ana", [1.0, 0.0, 0.0], **{MANAGED_FIELD: "adapter"}),
+        write("zero", "ana", [0.0, 0.0, 0.0]),
+    ]
+    assert [w.key for w in close_in_batch(writes, 0.99)] == ["a", "b"]
+    assert [w.key for w in close_in_batch(writes, 0.999)] == []
+    assert [w.key for w in close_in_batch(writes, -1.0)] == ["a", "far", "b"]
 
 
 def test_a_batch_compares_against_every_kept_vector_as_it_grows() -> None:
