@@ -33,10 +33,9 @@ from .types import (
     Scope,
 )
 from .values import (
-    EncodedJSON,
     check_bytes,
     check_visible,
-    encode_json,
+    encode_checked_json,
     to_json_value,
     validate_key,
 )
@@ -360,7 +359,7 @@ def prepare_write(
     if value is None:
         raise MemoryValidationError(f"value of {key!r} is None: there is nothing to remember")
     # Encoded once: the size check and the database write share the text.
-    json_text = EncodedJSON(encode_json(to_json_value(value)))
+    json_text = encode_checked_json(to_json_value(value))
     size = len(json_text.encode())
     if size > config.max_value_bytes:
         raise MemoryValidationError(
@@ -374,7 +373,7 @@ def prepare_write(
     else:
         raise MemoryValidationError("metadata must be a mapping")
     if json_metadata:
-        metadata_size = len(encode_json(json_metadata).encode())
+        metadata_size = len(encode_checked_json(json_metadata).encode())
         if metadata_size > config.max_metadata_bytes:
             raise MemoryValidationError(
                 f"metadata of {key!r} is {metadata_size:,} bytes as JSON; the limit is "

@@ -29,6 +29,7 @@ __all__ = [
     "to_json_value",
     "default_text_of",
     "encode_json",
+    "encode_checked_json",
     "EncodedJSON",
     "decode_json",
 ]
@@ -157,6 +158,17 @@ def encode_json(value: Any) -> str:
     if isinstance(value, EncodedJSON):
         return value
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def encode_checked_json(value: Any) -> EncodedJSON:
+    """:func:`encode_json` of what :func:`to_json_value` returned, in a tenth of the time (a
+    bulk load encodes thousands): orjson, which refuses integers beyond 64 bits (the json
+    module then writes them) and writes a NaN as null (``to_json_value`` refused those). Its
+    small floats read ``1e-7`` where Python's read ``1e-07``: jsonb keeps the same number."""
+    try:
+        return EncodedJSON(orjson.dumps(value).decode())
+    except orjson.JSONEncodeError:
+        return EncodedJSON(encode_json(value))
 
 
 def default_text_of(value: Any) -> str:

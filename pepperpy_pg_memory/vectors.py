@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -53,9 +54,17 @@ def check_vectors(vectors: Any, count: int, dimension: int) -> Vector:
 
 
 def one_vector(raw: Any, dimension: int) -> Vector:
-    """One embedding given by a caller, checked like the embedder's."""
-    vector: Vector = check_vectors(np.asarray([raw], dtype=np.float32), 1, dimension)[0]
-    return vector
+    """One embedding given by a caller, checked like the embedder's (a copy: the caller's
+    array may change after the call)."""
+    vector: Vector = np.array(raw, dtype=np.float32)
+    # The common case in three cheap steps (a bulk load checks thousands): a float32's sum
+    # in float64 cannot overflow, so it is finite exactly when every element is.
+    if vector.shape == (dimension,) and math.isfinite(vector.sum(dtype=np.float64)):
+        if vector.any():
+            return vector
+    as_rows = vector[np.newaxis] if vector.ndim == 1 else np.asarray([raw], dtype=np.float32)
+    checked: Vector = check_vectors(as_rows, 1, dimension)[0]
+    return checked
 
 
 class EmbeddingPipeline:

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from helpers import FixedEmbedder
@@ -19,7 +19,8 @@ from pepperpy_pg_memory import (
     PostgresStorage,
 )
 from pepperpy_pg_memory.types import DOCUMENT_FIELD, MANAGED_FIELD
-from pepperpy_pg_memory.values import decode_json
+from pepperpy_pg_memory.values import decode_json, encode_checked_json, encode_json, to_json_value
+from pepperpy_pg_memory.vectors import check_vectors, one_vector
 
 # PostgreSQL text cannot hold NUL, and lone surrogates are not Unicode: both are rejected by
 # design (tested elsewhere); everything else must round-trip.
@@ -76,6 +77,48 @@ def test_json_is_decoded_exactly_whatever_its_digits(document: Any) -> None:
     decoded, expected = decode_json(data), json.loads(data)
     assert decoded == expected
     assert repr(decoded) == repr(expected)  # an int stays an int, a float a float
+
+
+@settings(max_examples=300, deadline=None)
+@given(document=digit_heavy | json_values)
+def test_the_fast_encoding_writes_the_same_data(document: Any) -> None:
+    """orjson's text for a write, and the json module's, read back as the same data (to the
+    type: an int stays an int, a float a float), integers beyond 64 bits included."""
+    try:
+        checked = to_json_value(document)
+    except MemoryValidationError:
+        assume(False)  # NUL characters: refused before any encoding (tested elsewhere)
+    fast, plain = json.loads(encode_checked_json(checked)), json.loads(encode_json(checked))
+    assert fast == plain
+    assert repr(fast) == repr(plain)
+
+
+def _checked_or_refused(check: Any) -> Any:
+    try:
+        return check().tolist()
+    except MemoryError as exc:
+        return type(exc), str(exc)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    raw=st.lists(
+        st.sampled_from([0.0, -0.0, 1.0, -2.5, 3.4e38, 1e39, float("nan"), float("inf")])
+        | st.floats(width=32),
+        min_size=3,
+        max_size=5,
+    )
+)
+def test_a_given_vector_is_checked_as_the_embedders_are(raw: list[float]) -> None:
+    """The quick check of one caller's vector accepts and refuses exactly what the check of
+    an embedder's batch does, with the same error (NaN, infinity, beyond float32, zeros,
+    another dimension)."""
+    with np.errstate(over="ignore"):
+        quick = _checked_or_refused(lambda: one_vector(raw, 4))
+        batch = _checked_or_refused(
+            lambda: check_vectors(np.asarray([raw], dtype=np.float32), 1, 4)[0]
+        )
+    assert repr(quick) == repr(batch)
 
 
 @SETTINGS

@@ -25,7 +25,7 @@ from ..models import MemoryEntry
 from ..schema import IMPORTING_SETTING
 from ..sql import Query
 from ..types import DOCUMENT_FIELD, MANAGED_FIELD, Identity, MemoryIndex, ProgressCallback
-from ..values import EncodedJSON, encode_json, to_json_value
+from ..values import encode_checked_json, to_json_value
 from ..vectors import content_hash
 from . import writing
 from .reads import scan
@@ -267,7 +267,7 @@ async def record_versions(
     for version in versions:
         columns = {
             **vars(version),
-            "value": EncodedJSON(encode_json(to_json_value(version.value))),
+            "value": encode_checked_json(to_json_value(version.value)),
             "content": version.text,
             "content_hash": content_hash(version.text),
             "memory_type": version.type,
