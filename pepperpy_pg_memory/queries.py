@@ -31,6 +31,7 @@ from .schema import (
     RECORDING,
     STATEMENT_VERSIONS_VERSION,
     VERSION_CONTENT_COLUMNS,
+    RefreshCheck,
     TableLayout,
     dedupe_identifiers_function,
     expired,
@@ -342,13 +343,30 @@ class Restriction:
             return None
         return self.scope.value, self.scope_id
 
+    def _any_refresh(self, params: Params, tenant: str, check: str | None) -> str | None:
+        """SQL run once per statement (an InitPlan, and only when a row past its own expiry
+        asks): whether the owner read (or the tenant) has any TTL refresh. Asking the refresh
+        function costs ~10 µs a row (~0.3 ms for its first row), which an owner with 15
+        expired memories among 100 paid on every search (1.3 → 1.9 ms) with no refresh to
+        find."""
+        if not isinstance(check, RefreshCheck):
+            return None
+        whose = [f"r.tenant = {tenant}"]
+        if self.scope is not None:
+            whose.append(f"r.scope = {params.add(self.scope.value)}")
+        if self.scope_id is not None:
+            whose.append(f"r.scope_id = {params.add(self.scope_id)}")
+        return f"(SELECT EXISTS (SELECT 1 FROM {check.refreshes} r WHERE {' AND '.join(whose)}))"
+
     def conditions(self, params: Params, refresh_check: str | None) -> str:
         """SQL for a memory row ``m``: the restriction lets it through. ``refresh_check``
         says whether a TTL refresh extends an expiry (TableLayout.refresh_check)."""
-        parts = [f"m.tenant = {params.add(self.tenant)}"]
+        tenant = params.add(self.tenant)
+        parts = [f"m.tenant = {tenant}"]
         moment = "now()" if self.as_of is None else f"{params.add(self.as_of)}::timestamptz"
         if not self.include_expired:
-            parts.append(live(refresh_check, moment=moment))
+            any_refresh = self._any_refresh(params, tenant, refresh_check)
+            parts.append(live(refresh_check, moment=moment, any_refresh=any_refresh))
         if not self.include_invalid:
             parts.append(f"(m.valid_to IS NULL OR m.valid_to > {moment})")
             if self.as_of is not None:

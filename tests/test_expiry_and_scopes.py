@@ -247,9 +247,15 @@ async def test_a_refreshed_memory_outlives_its_own_expiry_everywhere(
     ana: dict[str, Any] = {"scope": MemoryScope.USER, "scope_id": "ana"}
     await storage.store("kept", "shared phrase about lanterns", ttl=3600, **ana)
     await storage.store("dropped", "shared phrase about lanterns too", ttl=3600, **ana)
+    # Another owner, with no refresh at all (a read of hers asks no refresh function).
+    bruno: dict[str, Any] = {"scope": MemoryScope.USER, "scope_id": "bruno"}
+    await storage.store("bruno-gone", "shared phrase about lanterns", ttl=3600, **bruno)
     assert await storage.touch(["kept"], timedelta(hours=2), **ana) == 1
     # 90 minutes on: both rows' own expiry has passed; the refresh of "kept" has not.
     await _time_passes(raw_conn, storage.config, timedelta(minutes=90))
+    assert not await storage.exists("bruno-gone", **bruno)
+    assert await storage.list(**bruno) == []
+    assert [e.key for e in await storage.list()] == ["kept"]  # every owner of the tenant
 
     entry = await storage.retrieve("kept", **ana)
     assert entry.expires_at is not None
@@ -261,8 +267,11 @@ async def test_a_refreshed_memory_outlives_its_own_expiry_everywhere(
     for index in MemoryIndex:
         query = MemoryQuery(query="lanterns shared phrase", index_type=index, **ana)
         assert [r.entry.key for r in await storage.search(query)] == ["kept"], index
-    assert (await storage.stats())["expired_not_cleaned"] == 1
-    assert await storage.cleanup_expired() == 1
+    for index in MemoryIndex:
+        query = MemoryQuery(query="lanterns shared phrase", index_type=index)
+        assert [r.entry.key for r in await storage.search(query)] == ["kept"], index
+    assert (await storage.stats())["expired_not_cleaned"] == 2
+    assert await storage.cleanup_expired() == 2
     assert await storage.exists("kept", **ana)
     # Read again within its refreshed time, it is refreshed again from there.
     assert await storage.touch(["kept"], timedelta(hours=2), **ana) == 1

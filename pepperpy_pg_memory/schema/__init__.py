@@ -24,6 +24,7 @@ from .layout import (
     MIGRATION_LOCK_KEY,
     REGISTRY,
     STATEMENT_VERSIONS_SETTING,
+    RefreshCheck,
     TableLayout,
     terms_function,
     vector_type_for,
@@ -86,6 +87,7 @@ from .runner import (
 )
 
 __all__ = [
+    "RefreshCheck",
     "TableLayout",
     "MIGRATIONS",
     "SCHEMA_VERSION",

@@ -55,6 +55,21 @@ DISTANCES: dict[str, tuple[str, str]] = {
 """Per way of comparing vectors: pgvector's distance operator and operator class suffix."""
 
 
+class RefreshCheck(str):
+    """:attr:`TableLayout.refresh_check`: the qualified name of the function that asks whether
+    a TTL refresh extends a memory's expiry (SQL text, as any name), which also knows the
+    table of refreshes it reads: a read can first ask, once, whether the owners it reads have
+    any refresh at all (see :meth:`~.queries.Restriction.conditions`)."""
+
+    refreshes: str
+    """The qualified table of refreshes."""
+
+    def __new__(cls, function: str, refreshes: str) -> RefreshCheck:
+        check = super().__new__(cls, function)
+        check.refreshes = refreshes
+        return check
+
+
 @dataclass(frozen=True)
 class TableLayout:
     """What a memory table looks like, as recorded in the registry."""
@@ -173,12 +188,12 @@ class TableLayout:
         return qualified(self.schema, f"{self.table}_refreshed")
 
     @property
-    def refresh_check(self) -> str | None:
+    def refresh_check(self) -> RefreshCheck | None:
         """:attr:`qualified_refreshed_function` when the statements keep TTL refreshes
         beside the memories (:attr:`expiry_refreshes`); None otherwise."""
         if self.expiry_refreshes is None:
             return None
-        return self.qualified_refreshed_function
+        return RefreshCheck(self.qualified_refreshed_function, self.expiry_refreshes)
 
     @property
     def term_stats_name(self) -> str:

@@ -254,16 +254,21 @@ def refreshed(check: str, alias: str, moment: str) -> str:
     return f"{check}({identity}, {alias}.expires_at, {moment})"
 
 
-def live(check: str | None, alias: str = "m", moment: str = "now()") -> str:
+def live(
+    check: str | None, alias: str = "m", moment: str = "now()", any_refresh: str | None = None
+) -> str:
     """SQL: the memory row ``alias`` has not expired at ``moment`` — it has no expiry, its
     own is later, or a refresh of it is (``check``: TableLayout.refresh_check; None: no
     refreshes are kept). Every statement that judges expiry says it so (the quota trigger's
-    included)."""
+    included). ``any_refresh``: a condition evaluated once per statement, false when no row
+    the statement reads can have a refresh."""
     own = f"{alias}.expires_at IS NULL OR {alias}.expires_at > {moment}"
     if check is None:
         return f"({own})"
     # Evaluated left to right: the refreshes are looked up only for rows past their own.
-    return f"({own} OR {refreshed(check, alias, moment)})"
+    if any_refresh is None:
+        return f"({own} OR {refreshed(check, alias, moment)})"
+    return f"({own} OR ({any_refresh} AND {refreshed(check, alias, moment)}))"
 
 
 def expired(check: str | None, moment: str) -> str:
