@@ -1480,6 +1480,10 @@ class Statements:
             **{name: f"s.{name}" for name in ("scope", "scope_id", "key")},
             "text": "s.content",
             "vector": "s.embedding",
+            # The hash once a write, not once more in the look-up (the normalisation is a
+            # regular expression, ~5 µs a text); OFFSET 0 below keeps the planner from
+            # copying it back in.
+            "text_hash": "h.text_hash",
         }
         least = None if threshold is None else params.add(threshold)
         schema = self.layout.schema
@@ -1489,9 +1493,6 @@ class Statements:
             "AND o.scope_id = s.scope_id AND o.key = s.key "
             f"AND {live(self.refresh_check, 'o')})"
         )
-        # The hash once a write, not once more in the look-up (the normalisation is a regular
-        # expression, ~5 µs a text); OFFSET 0 keeps the planner from copying it back in.
-        write["text_hash"] = "h.text_hash"
         sql = f"""
             SELECT s.scope, s.scope_id, s.key, {own} AS own_live, h.text_hash,
                    d.key AS duplicate_key

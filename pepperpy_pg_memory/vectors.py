@@ -59,9 +59,9 @@ def one_vector(raw: Any, dimension: int) -> Vector:
     vector: Vector = np.array(raw, dtype=np.float32)
     # The common case in three cheap steps (a bulk load checks thousands): a float32's sum
     # in float64 cannot overflow, so it is finite exactly when every element is.
-    if vector.shape == (dimension,) and math.isfinite(vector.sum(dtype=np.float64)):
-        if vector.any():
-            return vector
+    finite = vector.shape == (dimension,) and math.isfinite(vector.sum(dtype=np.float64))
+    if finite and vector.any():
+        return vector
     as_rows = vector[np.newaxis] if vector.ndim == 1 else np.asarray([raw], dtype=np.float32)
     checked: Vector = check_vectors(as_rows, 1, dimension)[0]
     return checked
