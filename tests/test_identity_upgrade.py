@@ -191,6 +191,26 @@ async def test_a_release_0_1_database_upgrades_in_place(
         assert [(v.version, v.operation) for v in allergy] == [(2, "update"), (1, "create")]
         assert allergy[1].value != allergy[0].value
 
+        # Migration 24: the terms of every memory, 0.1's computed by the backfill, are what
+        # the terms function gave before it was inlined; ANALYZE no longer samples the
+        # deduplication index's hash.
+        table = f'"{schema}".memories'
+        identifiers = f'"{schema}".pepperpy_identifier_terms'
+        terms = await raw_conn.fetch(
+            f"SELECT key, terms = to_tsvector('english', content) "
+            f"|| array_to_tsvector({identifiers}(content)) AS same FROM {table} "
+            "WHERE terms IS NOT NULL"
+        )
+        assert len(terms) > 40 and all(row["same"] for row in terms)
+        assert (
+            await raw_conn.fetchval(
+                "SELECT attstattarget FROM pg_attribute "
+                "WHERE attrelid = $1::regclass AND attnum = 1",
+                f'"{schema}".memories_dedupe_idx',
+            )
+            == 0
+        )
+
     version = await raw_conn.fetchval(
         f'SELECT schema_version FROM "{schema}".pepperpy_memory_tables'
     )

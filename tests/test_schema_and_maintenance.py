@@ -20,11 +20,13 @@ from pepperpy_pg_memory import (
     MemoryIndex,
     MemoryQuery,
     MemorySchemaError,
+    MemoryScope,
     MemoryValidationError,
     PostgresConfig,
     PostgresStorage,
 )
 from pepperpy_pg_memory.schema import MIGRATIONS, SCHEMA_VERSION
+from pepperpy_pg_memory.types import Identity
 
 
 async def _registry(conn: asyncpg.Connection, schema: str, table: str) -> asyncpg.Record:
@@ -534,3 +536,96 @@ async def test_a_role_that_does_not_own_the_table_leaves_its_fillfactor(
         "SELECT reloptions FROM pg_class WHERE oid = $1::regclass", layout.qualified_table
     )
     assert "fillfactor=70" in options
+
+
+async def test_the_terms_function_gives_what_it_gave_before_schema_24(
+    storage: PostgresStorage[str, Any], raw_conn: asyncpg.Connection
+) -> None:
+    # Schema 24 moved the identifier function's first test into the terms function, so that
+    # the terms function is inlined and texts without identifiers skip the call: the terms of
+    # every text are what they were.
+    schema = storage.layout.schema
+    texts = [
+        "Ana is allergic to peanuts",
+        "Order A-77812 shipped on 2024-03-05 from gate B12",
+        "release v2.3.1 fixed CVE-2024-1234 (see build_42/x86_64)",
+        "room 12B, flight TP1234 #7; e-mail a.b@example.com",
+        "café 3ª edição, Straße 9a",
+        "",
+        "   ",
+        "123 456",
+        "abc-def",
+        None,
+    ]
+    before = await raw_conn.fetch(
+        f"SELECT t, to_tsvector('english', t) || array_to_tsvector("
+        f'"{schema}".pepperpy_identifier_terms(t)) AS terms FROM unnest($1::text[]) t',
+        texts,
+    )
+    now = await raw_conn.fetch(
+        f"SELECT t, \"{schema}\".pepperpy_terms('english', t) AS terms FROM unnest($1::text[]) t",
+        texts,
+    )
+    assert [(row["t"], row["terms"]) for row in now] == [(row["t"], row["terms"]) for row in before]
+    assert any(row["terms"] is not None and "77812" in row["terms"] for row in now)
+    assert now[-1]["terms"] is None
+    # Inlined: the plan computes to_tsvector itself, and calls the identifier function only
+    # inside the test for texts that may hold one.
+    plan = "\n".join(
+        row[0]
+        for row in await raw_conn.fetch(
+            f"EXPLAIN (VERBOSE) SELECT \"{schema}\".pepperpy_terms('english', t) "
+            "FROM unnest($1::text[]) t",
+            texts,
+        )
+    )
+    assert "to_tsvector" in plan and "pepperpy_terms" not in plan
+    assert "CASE WHEN" in plan
+
+
+ANA: dict[str, Any] = {"scope": MemoryScope.USER, "scope_id": "ana"}
+
+
+async def test_analyze_leaves_the_deduplication_hash_alone_and_the_look_up_keeps_its_index(
+    make_config: Any, raw_conn: asyncpg.Connection
+) -> None:
+    # ANALYZE hashed every sampled text for the deduplication index's statistics, a third of
+    # its time after a bulk load; the look-up through that index needs none (schema 24).
+    config = make_config(dedupe_threshold=0.95)
+    async with PostgresStorage[str, Any](config, HashingEmbedder(32)) as store:
+        await store.store_many(
+            {"key": f"k{i}", "value": f"memory number {i} of user {i % 10}", **ANA}
+            for i in range(2_000)
+        )
+        layout = store.layout
+        await raw_conn.execute(f"ANALYZE {layout.qualified_table}")
+        index = f'"{config.schema_name}"."{config.table}_dedupe_idx"'
+        assert (
+            await raw_conn.fetchval(
+                "SELECT attstattarget FROM pg_attribute "
+                "WHERE attrelid = $1::regclass AND attnum = 1",
+                index,
+            )
+            == 0
+        )
+        sampled = await raw_conn.fetch(
+            "SELECT tablename, attname FROM pg_stats WHERE schemaname = $1 "
+            "AND tablename IN ($2, $3)",
+            config.schema_name,
+            config.table,
+            f"{config.table}_dedupe_idx",
+        )
+        assert {row["attname"] for row in sampled if row["tablename"] == config.table} >= {
+            "key",
+            "scope_id",
+        }
+        assert not [row for row in sampled if row["tablename"] != config.table]
+        look_up = store._ready.statements.find_duplicate(
+            "", Identity("user", "ana", "new"), "memory number 7 of user 7", None, None
+        )
+        plan = "\n".join(
+            row[0] for row in await raw_conn.fetch("EXPLAIN " + look_up.sql, *look_up.args)
+        )
+        assert "_dedupe_idx" in plan
+        entry = await store.store("new", "Memory number 7 of  user 7", dedupe=True, **ANA)
+        assert entry.deduplicated and entry.key == "k7"
