@@ -24,7 +24,13 @@ from typing import Any
 import asyncpg
 import numpy as np
 
-from pepperpy_pg_memory import HashingEmbedder, MemoryScope, PostgresConfig, PostgresStorage
+from pepperpy_pg_memory import (
+    HashingEmbedder,
+    MemoryQuery,
+    MemoryScope,
+    PostgresConfig,
+    PostgresStorage,
+)
 from pepperpy_pg_memory.queries import Statements
 
 from .corpus import memories
@@ -49,12 +55,38 @@ before schema version 20: the statement's gain, in the same run; ``halfvec`` sto
 vectors as half-precision floats, whose space the report's ``disk_halfvec`` gives)."""
 
 
-def _vectors(count: int, seed: int = 11) -> np.ndarray:
-    """Unit vectors in 50 clusters: what a model's embeddings of related notes look like."""
+def _vectors(count: int, seed: int = 11, draw: int | None = None) -> np.ndarray:
+    """Unit vectors in 50 clusters: what a model's embeddings of related notes look like.
+    ``draw`` (a seed) draws other vectors around the same clusters: queries."""
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(50, DIMENSION))
+    if draw is not None:
+        rng = np.random.default_rng(draw)
     vectors = centres[rng.integers(0, 50, count)] + 0.35 * rng.normal(size=(count, DIMENSION))
     return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+
+
+RECALL_QUERIES = 200
+
+
+async def _recall(
+    url: str, rows: list[tuple[str, str, np.ndarray]], table: str, variant: dict[str, Any]
+) -> float:
+    """recall@10 of a tenant-wide semantic search on a table ``_ours`` wrote, against the
+    exact nearest ten of the full-precision vectors (numpy): what the HNSW graph and, for
+    ``halfvec``, the half-precision vectors lose."""
+    keys = [key for key, _, _ in rows]
+    vectors = np.stack([vector for _, _, vector in rows])
+    queries = _vectors(RECALL_QUERIES, draw=29)
+    exact = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]
+    settings = {k: v for k, v in variant.items() if k not in ("dedupe", "row_triggers")}
+    config = PostgresConfig(dsn=url, table=table, **settings)
+    found = 0
+    async with PostgresStorage[str, Any](config, HashingEmbedder(DIMENSION)) as store:
+        for query, nearest in zip(queries, exact, strict=True):
+            hits = await store.search(MemoryQuery(embedding=query.tolist(), limit=10))
+            found += len({hit.entry.key for hit in hits} & {keys[i] for i in nearest})
+    return found / (10 * RECALL_QUERIES)
 
 
 def _rows(size: int) -> list[tuple[str, str, np.ndarray]]:
@@ -182,7 +214,13 @@ async def _run(size: int, rounds: int) -> dict[str, Any]:
                 table = f"ours_{index}_{number}"
                 seconds[name].append(await _ours(url, rows, table, variant))
         disk = await _disk(url, "raw_0", "ours_0_0", size)
-        disk_halfvec = await _disk(url, "raw_0", f"ours_{list(VARIANTS).index('halfvec')}_0", size)
+        halfvec = f"ours_{list(VARIANTS).index('halfvec')}_0"
+        disk_halfvec = await _disk(url, "raw_0", halfvec, size)
+        _log("recall@10 against exact search")
+        recall = {
+            "vector": await _recall(url, rows, "ours_0_0", VARIANTS["everything_on"]),
+            "halfvec": await _recall(url, rows, halfvec, VARIANTS["halfvec"]),
+        }
     finally:
         server.cleanup()
     medians = {name: statistics.median(values) for name, values in seconds.items()}
@@ -200,6 +238,7 @@ async def _run(size: int, rounds: int) -> dict[str, Any]:
         "met": floor / medians["everything_on"] >= 0.7,
         "disk": disk,
         "disk_halfvec": disk_halfvec,
+        "recall_at_10": recall,
     }
 
 
@@ -272,6 +311,10 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"disk: {disk['ours_bytes_per_memory']:,.0f} bytes a memory, "
         f"{disk['ratio_to_raw']:.2f}x the raw table with its HNSW index"
+    )
+    recall = report["recall_at_10"]
+    print(
+        f"recall@10 against exact: vector {recall['vector']:.3f}, halfvec {recall['halfvec']:.3f}"
     )
     save_json(report, args.out)
     return 0

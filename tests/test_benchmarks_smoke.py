@@ -133,6 +133,9 @@ def test_ingest_benchmark_runs_small(tmp_path: Path) -> None:
         "halfvec",
     }
     assert report["ratio_to_raw"]["raw_copy_hnsw"] == 1.0
+    # Of 300 memories, an HNSW search at ef_search 100 finds nearly all exact neighbours.
+    assert report["recall_at_10"]["vector"] >= 0.9
+    assert report["recall_at_10"]["halfvec"] >= 0.9
     # Half-precision vectors take less room than full ones, the same memories.
     halfvec = report["disk_halfvec"]
     assert halfvec["ours_bytes_per_memory"] < report["disk"]["ours_bytes_per_memory"]
