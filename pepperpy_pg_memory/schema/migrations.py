@@ -1364,7 +1364,7 @@ def _v23_expiry_refreshes(layout: TableLayout) -> list[str]:
     ]
 
 
-def _v24_cheaper_bulk_statistics(layout: TableLayout) -> list[str]:
+def _v24_cheaper_terms_and_statistics(layout: TableLayout) -> list[str]:
     # Two costs every bulk write paid for nothing (measured on 10,000 memories of 384
     # dimensions, everything on):
     # - The terms function called the identifier function for every text, and a SQL function
@@ -1419,7 +1419,7 @@ MIGRATIONS: list[Migration] = [
     _v21_refreshes_in_place,
     _v22_moments_in_version_order,
     _v23_expiry_refreshes,
-    _v24_cheaper_bulk_statistics,
+    _v24_cheaper_terms_and_statistics,
 ]
 """Append-only. Position i (0-based) is schema version i + 1."""
 
