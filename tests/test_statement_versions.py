@@ -146,3 +146,48 @@ async def test_a_bulk_merge_keeps_the_quota_and_leaves_eviction_to_the_trigger(
             await store.store_many(_items(range(40, 75)))
         assert await store.count(**OWNER) == 40
     assert merged[3:] == [True, False]  # no room: the trigger found nothing to evict
+
+
+async def test_expired_memories_take_no_room_from_a_bulk_merge(
+    make_config: Any, pg_dsn: str, test_schema: str, merged: list[bool]
+) -> None:
+    # The room is first counted from every row of the owner (the primary key alone); rows
+    # past their expiry, not yet swept, fill that count but not the quota, which the live
+    # count then finds: the batch is merged whole, and nothing is evicted.
+    config = make_config(table="quota_expired", max_memories_per_owner=60)
+    async with PostgresStorage[str, Any](config) as store:
+        await store.store_many(_items(range(40)), type="short_term")
+        conn = await asyncpg.connect(pg_dsn)
+        try:
+            await conn.execute(
+                f'UPDATE "{test_schema}".quota_expired SET expires_at = now() - interval '
+                "'1 minute' WHERE key < 'k20'"
+            )
+            assert await store.count(**OWNER) == 20
+            assert await store.store_many(_items(range(40, 75)), type="short_term") == 35
+            assert await store.count(**OWNER) == 55
+            evicted = await conn.fetchval(
+                f'SELECT count(*) FROM "{test_schema}".quota_expired_history '
+                "WHERE operation = 'evict'"
+            )
+            assert evicted == 0
+            assert merged == [True, True]
+            # Past the quota, the live count decides: the trigger makes room, row by row.
+            await store.store_many(_items(range(75, 110)), type="short_term")
+            assert await store.count(**OWNER) == 60
+            assert merged[2:] == [False]
+        finally:
+            await conn.close()
+    assert await _count_live(pg_dsn, test_schema, "quota_expired") == 60
+
+
+async def _count_live(dsn: str, schema: str, table: str) -> int:
+    conn = await asyncpg.connect(dsn)
+    try:
+        count: int = await conn.fetchval(
+            f'SELECT count(*) FROM "{schema}"."{table}" WHERE expires_at IS NULL '
+            "OR expires_at > now()"
+        )
+    finally:
+        await conn.close()
+    return count
