@@ -210,6 +210,16 @@ async def test_a_release_0_1_database_upgrades_in_place(
             )
             == 0
         )
+        # Migration 25: the refresh check that every read calls is PL/pgSQL, which the
+        # planner does not try to inline.
+        assert (
+            await raw_conn.fetchval(
+                "SELECT l.lanname FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang "
+                "WHERE p.oid = $1::regproc",
+                f'"{schema}".memories_refreshed',
+            )
+            == "plpgsql"
+        )
 
     version = await raw_conn.fetchval(
         f'SELECT schema_version FROM "{schema}".pepperpy_memory_tables'

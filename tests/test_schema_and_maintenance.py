@@ -18,6 +18,7 @@ from pepperpy_pg_memory import (
     DimensionMismatchError,
     HashingEmbedder,
     MemoryIndex,
+    MemoryNotFoundError,
     MemoryQuery,
     MemorySchemaError,
     MemoryScope,
@@ -629,3 +630,29 @@ async def test_analyze_leaves_the_deduplication_hash_alone_and_the_look_up_keeps
         assert "_dedupe_idx" in plan
         entry = await store.store("new", "Memory number 7 of  user 7", dedupe=True, **ANA)
         assert entry.deduplicated and entry.key == "k7"
+
+
+async def test_the_refresh_check_is_not_a_function_the_planner_tries_to_inline(
+    storage: PostgresStorage[str, Any], raw_conn: asyncpg.Connection
+) -> None:
+    # Every read names the refresh check; a SQL function holding a subquery is parsed at
+    # every planning only to be found not inlinable (schema 25 makes it PL/pgSQL).
+    if storage.layout.distributed:
+        pytest.skip("on a cluster the statements do not call the refresh check")
+    language = await raw_conn.fetchval(
+        "SELECT l.lanname FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang "
+        "WHERE p.oid = $1::regproc",
+        storage.layout.qualified_refreshed_function,
+    )
+    assert language == "plpgsql"
+    # And it answers as before: a refreshed memory past its own expiry stays live.
+    await storage.store("tea", "Ana likes green tea", **ANA, ttl=3600)
+    assert await storage.touch(["tea"], 7200, **ANA) == 1
+    table, refreshes = storage.layout.qualified_table, storage.layout.qualified_refreshes
+    past = datetime.now(UTC) - timedelta(minutes=1)
+    await raw_conn.execute(f"UPDATE {table} SET expires_at = $1", past)
+    await raw_conn.execute(f"UPDATE {refreshes} SET refreshed_from = $1", past)
+    assert (await storage.retrieve("tea", **ANA)).key == "tea"
+    await raw_conn.execute(f"UPDATE {refreshes} SET expires_at = now() - interval '1 second'")
+    with pytest.raises(MemoryNotFoundError):
+        await storage.retrieve("tea", **ANA)
