@@ -26,6 +26,7 @@ from pepperpy_pg_memory import (
     PostgresConfig,
     PostgresStorage,
 )
+from pepperpy_pg_memory.identifiers import qualified
 from pepperpy_pg_memory.schema import MIGRATIONS, SCHEMA_VERSION
 from pepperpy_pg_memory.types import Identity
 
@@ -660,3 +661,19 @@ async def test_the_refresh_check_is_not_a_function_the_planner_tries_to_inline(
     await raw_conn.execute(f"UPDATE {refreshes} SET expires_at = now() - interval '1 second'")
     with pytest.raises(MemoryNotFoundError):
         await storage.retrieve("tea", **ANA)
+
+
+async def test_the_version_trigger_plans_its_look_ups_once_per_session(
+    storage: PostgresStorage[str, Any], raw_conn: asyncpg.Connection
+) -> None:
+    # The store's sessions plan each statement for its values; the version trigger's two
+    # primary-key look-ups need no such plan, and keep their own setting (schema 26), which a
+    # migration re-creating the function keeps too.
+    config = await raw_conn.fetchval(
+        "SELECT proconfig FROM pg_proc WHERE oid = $1::regproc",
+        qualified(storage.layout.schema, f"{storage.layout.table}_number_version"),
+    )
+    assert config == ["plan_cache_mode=force_generic_plan"]
+    await storage.store("tea", "Ana likes green tea", **ANA)
+    await storage.store("tea", "Ana likes jasmine tea", **ANA)
+    assert [v.version for v in await storage.history("tea", **ANA)] == [2, 1]
