@@ -220,11 +220,12 @@ async def test_a_release_0_1_database_upgrades_in_place(
             )
             == "plpgsql"
         )
-        # Migration 26: the version trigger plans its look-ups once per session.
-        assert await raw_conn.fetchval(
-            "SELECT proconfig FROM pg_proc WHERE oid = $1::regproc",
-            f'"{schema}".memories_number_version',
-        ) == ["plan_cache_mode=force_generic_plan"]
+        # Migration 26: the version and quota triggers plan their look-ups once per session.
+        for function in ("memories_number_version", "pepperpy_enforce_quota"):
+            assert await raw_conn.fetchval(
+                "SELECT proconfig FROM pg_proc WHERE oid = $1::regproc",
+                f'"{schema}".{function}',
+            ) == ["plan_cache_mode=force_generic_plan"]
 
     version = await raw_conn.fetchval(
         f'SELECT schema_version FROM "{schema}".pepperpy_memory_tables'

@@ -663,17 +663,18 @@ async def test_the_refresh_check_is_not_a_function_the_planner_tries_to_inline(
         await storage.retrieve("tea", **ANA)
 
 
-async def test_the_version_trigger_plans_its_look_ups_once_per_session(
+async def test_the_version_and_quota_triggers_plan_their_look_ups_once_per_session(
     storage: PostgresStorage[str, Any], raw_conn: asyncpg.Connection
 ) -> None:
-    # The store's sessions plan each statement for its values; the version trigger's two
-    # primary-key look-ups need no such plan, and keep their own setting (schema 26), which a
-    # migration re-creating the function keeps too.
-    config = await raw_conn.fetchval(
-        "SELECT proconfig FROM pg_proc WHERE oid = $1::regproc",
-        qualified(storage.layout.schema, f"{storage.layout.table}_number_version"),
-    )
-    assert config == ["plan_cache_mode=force_generic_plan"]
+    # The store's sessions plan each statement for its values; the version and quota
+    # triggers' primary-key look-ups and counts need no such plan, and keep their own
+    # setting (schema 26), which a migration re-creating either function keeps too.
+    schema = storage.layout.schema
+    for function in (f"{storage.layout.table}_number_version", "pepperpy_enforce_quota"):
+        config = await raw_conn.fetchval(
+            "SELECT proconfig FROM pg_proc WHERE oid = $1::regproc", qualified(schema, function)
+        )
+        assert config == ["plan_cache_mode=force_generic_plan"], function
     await storage.store("tea", "Ana likes green tea", **ANA)
     await storage.store("tea", "Ana likes jasmine tea", **ANA)
     assert [v.version for v in await storage.history("tea", **ANA)] == [2, 1]
