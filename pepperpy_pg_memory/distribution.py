@@ -36,6 +36,7 @@ from .schema import (
     TableLayout,
     cluster_policy_statements,
     quota_function_statement,
+    reset_trigger_plans,
     row_security,
     same_memory,
 )
@@ -307,6 +308,8 @@ async def distribute(
             await session.execute(Query(guard))
         # On a cluster nothing reads the TTL refreshes (see TableLayout.expiry_refreshes).
         await session.execute(Query(quota_function_statement(layout)))
+        # Citus plans no distributed query a generic plan leaves with unknown parameters.
+        await session.execute(Query(reset_trigger_plans(layout)))
     return moved
 
 

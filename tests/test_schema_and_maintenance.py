@@ -668,7 +668,9 @@ async def test_the_version_and_quota_triggers_plan_their_look_ups_once_per_sessi
 ) -> None:
     # The store's sessions plan each statement for its values; the version and quota
     # triggers' primary-key look-ups and counts need no such plan, and keep their own
-    # setting (schema 26), which a migration re-creating either function keeps too.
+    # setting (schema 26), on one server.
+    if storage.layout.distributed:
+        pytest.skip("Citus plans no distributed query a generic plan leaves parameters in")
     schema = storage.layout.schema
     for function in (f"{storage.layout.table}_number_version", "pepperpy_enforce_quota"):
         config = await raw_conn.fetchval(

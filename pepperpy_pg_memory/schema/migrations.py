@@ -566,10 +566,10 @@ def _history_functions(layout: TableLayout, versioned: tuple[str, ...]) -> list[
     recording = RECORDING
     importing = f"coalesce(current_setting('{IMPORTING_SETTING}', true), '') = 'on'"
     return [
-        # (Planned once per session: see _v26_triggers_planned_once.)
+        # (A migration re-creating it sets its plan_cache_mode again: see
+        # _v26_triggers_planned_once.)
         f"""
-        CREATE OR REPLACE FUNCTION {number}() RETURNS trigger LANGUAGE plpgsql
-        SET plan_cache_mode = {_TRIGGER_PLAN_CACHE_MODE} AS $version$
+        CREATE OR REPLACE FUNCTION {number}() RETURNS trigger LANGUAGE plpgsql AS $version$
         DECLARE
             last_version integer;
             last_at timestamptz;
@@ -894,10 +894,10 @@ def quota_function_statement(layout: TableLayout, refresh_check: str | None = No
                 IF FOUND THEN
                     evicted := evicted + 1;
                 END IF;"""
-    # (Planned once per session: see _v26_triggers_planned_once.)
+    # (A migration re-creating it sets its plan_cache_mode again on one server: see
+    # _v26_triggers_planned_once.)
     return f"""
-        CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql
-        SET plan_cache_mode = {_TRIGGER_PLAN_CACHE_MODE} AS $quota$
+        CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $quota$
         DECLARE
             quota integer := nullif({setting(QUOTA_SETTING)}, '')::integer;
             held integer;
@@ -1433,13 +1433,35 @@ def _v26_triggers_planned_once(layout: TableLayout) -> list[str]:
     # the quota trigger its key probe and its counts. Each is a primary-key probe or count,
     # planned the same for any values: once per session now, the version trigger 0.03-0.04
     # ms, the quota trigger 0.05-0.09 ms less (scratch EXPLAIN ANALYZE, 10,000 memories).
-    # The functions are created with the setting too, so that a migration re-creating one
-    # keeps it.
-    number, _ = _history_function_names(layout)
+    # Not where Citus is installed: it cannot plan a distributed query whose parameters a
+    # generic plan leaves unknown (distribution.distribute resets the setting).
+    generic = _generic_trigger_plans(layout, f"SET plan_cache_mode = {_TRIGGER_PLAN_CACHE_MODE}")
     return [
-        f"ALTER FUNCTION {function}() SET plan_cache_mode = {_TRIGGER_PLAN_CACHE_MODE}"
-        for function in (number, quota_function(layout.schema))
+        f"""
+        DO $$
+        BEGIN
+            IF NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') THEN
+                {generic}
+            END IF;
+        END $$
+        """
     ]
+
+
+def _generic_trigger_plans(layout: TableLayout, action: str) -> str:
+    """PL/pgSQL: ``ALTER FUNCTION … {action}`` for the version and quota trigger functions."""
+    number, _ = _history_function_names(layout)
+    return " ".join(
+        f"EXECUTE {text_literal(f'ALTER FUNCTION {function}() {action}')};"
+        for function in (number, quota_function(layout.schema))
+    )
+
+
+def reset_trigger_plans(layout: TableLayout) -> str:
+    """The statement that gives the version and quota trigger functions the session's
+    plan_cache_mode again (a table going onto a Citus cluster: see
+    _v26_triggers_planned_once)."""
+    return f"DO $$ BEGIN {_generic_trigger_plans(layout, 'RESET plan_cache_mode')} END $$"
 
 
 Migration = Callable[[TableLayout], list[str]]
