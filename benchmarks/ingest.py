@@ -69,6 +69,12 @@ def _vectors(count: int, seed: int = 11, draw: int | None = None) -> np.ndarray:
 RECALL_QUERIES = 200
 
 
+def _settings(variant: dict[str, Any]) -> dict[str, Any]:
+    """A variant's configuration (the dedupe check is a ``store_many`` argument, the row
+    triggers a patch of ``Statements``)."""
+    return {k: v for k, v in variant.items() if k not in ("dedupe", "row_triggers")}
+
+
 async def _recall(
     url: str, rows: list[tuple[str, str, np.ndarray]], table: str, variant: dict[str, Any]
 ) -> float:
@@ -79,8 +85,7 @@ async def _recall(
     vectors = np.stack([vector for _, _, vector in rows])
     queries = _vectors(RECALL_QUERIES, draw=29)
     exact = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]
-    settings = {k: v for k, v in variant.items() if k not in ("dedupe", "row_triggers")}
-    config = PostgresConfig(dsn=url, table=table, **settings)
+    config = PostgresConfig(dsn=url, table=table, **_settings(variant))
     found = 0
     async with PostgresStorage[str, Any](config, HashingEmbedder(DIMENSION)) as store:
         for query, nearest in zip(queries, exact, strict=True):
@@ -131,11 +136,10 @@ async def _raw(url: str, rows: list[tuple[str, str, np.ndarray]], table: str) ->
 async def _ours(
     url: str, rows: list[tuple[str, str, np.ndarray]], table: str, variant: dict[str, Any]
 ) -> float:
-    settings = {k: v for k, v in variant.items() if k not in ("dedupe", "row_triggers")}
     config = PostgresConfig(
         dsn=url,
         table=table,
-        **{"max_memories_per_owner": 1_000_000, "dedupe_threshold": 0.95, **settings},
+        **{"max_memories_per_owner": 1_000_000, "dedupe_threshold": 0.95, **_settings(variant)},
     )
     items = [
         {

@@ -131,10 +131,7 @@ async def test_a_bulk_merge_keeps_the_quota_and_leaves_eviction_to_the_trigger(
         assert await store.count(**OWNER) == 45
         conn = await asyncpg.connect(pg_dsn)
         try:
-            evicted = await conn.fetchval(
-                f'SELECT count(*) FROM "{test_schema}".quota_merge_history '
-                "WHERE operation = 'evict'"
-            )
+            evicted = await _evictions(conn, test_schema, "quota_merge")
         finally:
             await conn.close()
         assert evicted == 35
@@ -166,28 +163,24 @@ async def test_expired_memories_take_no_room_from_a_bulk_merge(
             assert await store.count(**OWNER) == 20
             assert await store.store_many(_items(range(40, 75)), type="short_term") == 35
             assert await store.count(**OWNER) == 55
-            evicted = await conn.fetchval(
-                f'SELECT count(*) FROM "{test_schema}".quota_expired_history '
-                "WHERE operation = 'evict'"
-            )
-            assert evicted == 0
+            assert await _evictions(conn, test_schema, "quota_expired") == 0
             assert merged == [True, True]
             # Past the quota, the live count decides: the trigger makes room, row by row.
             await store.store_many(_items(range(75, 110)), type="short_term")
             assert await store.count(**OWNER) == 60
             assert merged[2:] == [False]
+            live = await conn.fetchval(
+                f'SELECT count(*) FROM "{test_schema}".quota_expired '
+                "WHERE expires_at IS NULL OR expires_at > now()"
+            )
+            assert live == 60
         finally:
             await conn.close()
-    assert await _count_live(pg_dsn, test_schema, "quota_expired") == 60
 
 
-async def _count_live(dsn: str, schema: str, table: str) -> int:
-    conn = await asyncpg.connect(dsn)
-    try:
-        count: int = await conn.fetchval(
-            f'SELECT count(*) FROM "{schema}"."{table}" WHERE expires_at IS NULL '
-            "OR expires_at > now()"
-        )
-    finally:
-        await conn.close()
+async def _evictions(conn: asyncpg.Connection, schema: str, table: str) -> int:
+    """How many versions of ``table`` the quota evicted, as its history records them."""
+    count: int = await conn.fetchval(
+        f'SELECT count(*) FROM "{schema}"."{table}_history" WHERE operation = \'evict\''
+    )
     return count

@@ -537,10 +537,6 @@ _V8_VERSIONED_COLUMNS = (
 _NOT_COMPARED = ("tenant", "scope", "scope_id", "key", "version", "created_at", "expires_at")
 
 
-_TRIGGER_PLAN_CACHE_MODE = "force_generic_plan"
-"""How the version and quota triggers' queries are planned (see _v26_triggers_planned_once)."""
-
-
 def _history_function_names(layout: TableLayout) -> tuple[str, str]:
     """The table's trigger functions: the one numbering versions, the one recording them."""
     return (
@@ -1435,7 +1431,7 @@ def _v26_triggers_planned_once(layout: TableLayout) -> list[str]:
     # ms, the quota trigger 0.05-0.09 ms less (scratch EXPLAIN ANALYZE, 10,000 memories).
     # Not where Citus is installed: it cannot plan a distributed query whose parameters a
     # generic plan leaves unknown (distribution.distribute resets the setting).
-    generic = _generic_trigger_plans(layout, f"SET plan_cache_mode = {_TRIGGER_PLAN_CACHE_MODE}")
+    generic = _generic_trigger_plans(layout, "SET plan_cache_mode = force_generic_plan")
     return [
         f"""
         DO $$
