@@ -33,6 +33,7 @@ from .schema import (
     MIGRATION_LOCK_KEY,
     REGISTRY,
     REGISTRY_VERSION_TABLE,
+    UNSAFE_TRIGGERS,
     TableLayout,
     cluster_policy_statements,
     quota_function_statement,
@@ -61,8 +62,6 @@ logger = logging.getLogger(__name__)
 
 DISTRIBUTION_COLUMNS: dict[str, str] = {"owner": "scope_id", "tenant": "tenant"}
 """The column each distribution places memories by."""
-
-UNSAFE_TRIGGERS = "SET LOCAL citus.enable_unsafe_triggers = on"
 
 PROPAGATE_SETTINGS = "citus.propagate_set_commands"
 """The setting by which Citus forwards SET LOCAL to the workers a transaction uses (the

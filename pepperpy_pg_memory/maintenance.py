@@ -99,7 +99,7 @@ async def rebuild_contextual(
                 )
             switched = replace(layout, text_search_config=wanted)
             steps += [
-                switched.set_tsvector_expression(),
+                *switched.set_tsvector_expression(),
                 *switched.recompute_terms(),
                 Statements(switched).record_text_search_config(),
             ]

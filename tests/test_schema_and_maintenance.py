@@ -66,12 +66,15 @@ async def test_concurrent_starts_in_one_process(make_config: Any) -> None:
 
 async def test_concurrent_starts_in_separate_processes(make_config: Any, pg_dsn: str) -> None:
     schema = f"procs_{uuid.uuid4().hex[:8]}"
+    config = make_config(schema=schema, table="shared")
+    # (On a cluster, the first of them creates the tables distributed.)
     script = textwrap.dedent(
         f"""
         import asyncio, sys
         from pepperpy_pg_memory import HashingEmbedder, PostgresConfig, PostgresStorage
         async def main():
-            config = PostgresConfig(dsn={pg_dsn!r}, schema={schema!r}, table="shared")
+            config = PostgresConfig(dsn={pg_dsn!r}, schema={schema!r}, table="shared",
+                                    distribution={config.distribution!r})
             async with PostgresStorage(config, HashingEmbedder(16)) as store:
                 await store.store("from-" + sys.argv[1], "hello")
         asyncio.run(main())
@@ -85,7 +88,6 @@ async def test_concurrent_starts_in_separate_processes(make_config: Any, pg_dsn:
     ]
     results = await asyncio.gather(*(p.communicate() for p in processes))
     assert [p.returncode for p in processes] == [0, 0, 0, 0], [err for _, err in results]
-    config = make_config(schema=schema, table="shared")
     async with PostgresStorage[str, Any](config, HashingEmbedder(16)) as store:
         assert await store.count() == 4
 
@@ -336,6 +338,17 @@ async def test_reindex_contextual_switches_the_language(
         assert store.layout.text_search_config == "portuguese"
         hits = await store.search(MemoryQuery(query="gato", index_type=MemoryIndex.CONTEXTUAL))
         assert [h.entry.key for h in hits] == ["pt"]
+        # A memory written after the switch is indexed in the new language too (its terms
+        # and its full-text column), and the full-text column keeps its index.
+        await store.store("pt2", "as gatas estavam correndo")
+        hits = await store.search(MemoryQuery(query="gata", index_type=MemoryIndex.CONTEXTUAL))
+        assert sorted(h.entry.key for h in hits) == ["pt", "pt2"]
+        assert await raw_conn.fetchval(
+            "SELECT to_tsvector('portuguese', content) = tsv AND terms IS NOT NULL "
+            f"FROM {store.layout.qualified_table} WHERE key = 'pt2'"
+        )
+        index = store.layout.qualified_index("tsv_idx")
+        assert await raw_conn.fetchval("SELECT to_regclass($1) IS NOT NULL", index)
     row = await _registry(raw_conn, config.schema_name, config.table)
     assert row["text_search_config"] == "portuguese"
 

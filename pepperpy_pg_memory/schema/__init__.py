@@ -24,6 +24,7 @@ from .layout import (
     MIGRATION_LOCK_KEY,
     REGISTRY,
     STATEMENT_VERSIONS_SETTING,
+    UNSAFE_TRIGGERS,
     RefreshCheck,
     TableLayout,
     terms_function,
@@ -89,6 +90,7 @@ from .runner import (
 
 __all__ = [
     "RefreshCheck",
+    "UNSAFE_TRIGGERS",
     "TableLayout",
     "MIGRATIONS",
     "SCHEMA_VERSION",

@@ -384,17 +384,36 @@ class TableLayout:
             for table in tables
         ]
 
-    def set_tsvector_expression(self) -> Query:
-        """Recompute the generated tsvector column with this layout's text search config."""
-        return Query(
-            f"ALTER TABLE {self.qualified_table} ALTER COLUMN tsv "
-            f"SET EXPRESSION AS ({self.tsvector_expression()})"
-        )
+    def set_tsvector_expression(self) -> list[Query]:
+        """Recompute the generated tsvector column with this layout's text search config
+        (either way, every row is written again)."""
+        if not self.distributed:
+            return [
+                Query(
+                    f"ALTER TABLE {self.qualified_table} ALTER COLUMN tsv "
+                    f"SET EXPRESSION AS ({self.tsvector_expression()})"
+                )
+            ]
+        # Citus runs no SET EXPRESSION on a distributed table: the column goes, with its
+        # index, and comes back computed in the new configuration (last among the columns;
+        # every statement names the columns it reads).
+        return [
+            Query(f"ALTER TABLE {self.qualified_table} DROP COLUMN tsv"),
+            Query(
+                f"ALTER TABLE {self.qualified_table} ADD COLUMN tsv tsvector "
+                f"GENERATED ALWAYS AS ({self.tsvector_expression()}) STORED"
+            ),
+            Query(
+                f"CREATE INDEX {self.index_name('tsv_idx')} ON {self.qualified_table} "
+                f"USING gin (tsv) WITH (gin_pending_list_limit = {GIN_PENDING_LIST_KB})"
+            ),
+        ]
 
     def recompute_terms(self) -> list[Query]:
         """Compute every memory's terms again with this layout's configuration (and have the
         trigger use it from now on)."""
         return [
+            *([Query(UNSAFE_TRIGGERS)] if self.distributed else []),
             Query(self.terms_trigger_statement()),
             Query(
                 f"UPDATE {self.qualified_table} SET terms = CASE WHEN indices @> "
@@ -419,6 +438,12 @@ class TableLayout:
 
 
 GIN_INDEXES = ("tsv_idx", "trgm_idx", "metadata_idx")
+GIN_PENDING_LIST_KB = 256
+UNSAFE_TRIGGERS = "SET LOCAL citus.enable_unsafe_triggers = on"
+"""Run first in a transaction that creates a trigger on a distributed table: Citus creates
+it on the shards only when told it is safe there (ours touch the row itself, or rows of the
+same memory, co-located)."""
+"""The GIN indexes' pending lists, in kB (see migration 2)."""
 
 TERMS_VERSION = 6
 

@@ -14,6 +14,7 @@ from ..types import MANAGED_FIELD
 from .layout import (
     EXPIRY_REFRESHES_VERSION,
     GIN_INDEXES,
+    GIN_PENDING_LIST_KB,
     HISTORY_VERSION,
     ROW_TRIGGERS_ON,
     TERMS_VERSION,
@@ -65,7 +66,8 @@ def _v2_small_gin_pending_lists(layout: TableLayout) -> list[str]:
     # merged; at the default 4 MB a freshly written table searched 4x slower. 256 kB keeps
     # the merge work small and frequent.
     return [
-        f"ALTER INDEX {layout.qualified_index(suffix)} SET (gin_pending_list_limit = 256)"
+        f"ALTER INDEX {layout.qualified_index(suffix)} "
+        f"SET (gin_pending_list_limit = {GIN_PENDING_LIST_KB})"
         for suffix in GIN_INDEXES
     ]
 
@@ -459,7 +461,7 @@ def _v6_terms(layout: TableLayout) -> list[str]:
         f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS terms tsvector",
         layout.terms_trigger_statement(),
         f"CREATE INDEX IF NOT EXISTS {layout.index_name('terms_idx')} ON {table} "
-        "USING gin (terms) WITH (gin_pending_list_limit = 256)",
+        f"USING gin (terms) WITH (gin_pending_list_limit = {GIN_PENDING_LIST_KB})",
         # Document frequencies per tenant, refreshed in the background (term_stats.py): a
         # counter updated by every write would be a hot row under write bursts.
         f"""

@@ -14,7 +14,7 @@ from ..errors import MemoryConfigurationError, MemorySchemaError
 from ..filters import FieldKind, field_type, typed_field
 from ..identifiers import qualified, quote_ident, quote_name
 from ..sql import Query, Session
-from .layout import MIGRATION_LOCK_KEY, TableLayout
+from .layout import MIGRATION_LOCK_KEY, UNSAFE_TRIGGERS, TableLayout
 from .migrations import (
     MIGRATIONS,
     PASSAGES_VERSION,
@@ -290,10 +290,8 @@ async def migrate(
                 f"newer than this library's {SCHEMA_VERSION}: upgrade pepperpy-pg-memory"
             )
         if layout.version < SCHEMA_VERSION and await _citus_installed(session):
-            # A migration that (re)creates a trigger on a distributed table: Citus creates it
-            # on the shards only when told it is safe there (ours touch rows of the same
-            # memory, co-located). In this transaction only.
-            await session.execute(Query("SET LOCAL citus.enable_unsafe_triggers = on"))
+            # A migration may (re)create a trigger on a distributed table.
+            await session.execute(Query(UNSAFE_TRIGGERS))
         for version in range(layout.version + 1, SCHEMA_VERSION + 1):
             logger.info("applying migration %d to %s.%s", version, layout.schema, layout.table)
             for statement in MIGRATIONS[version - 1](layout):
