@@ -81,6 +81,7 @@ async def write_batch(
         )
         return rows if every_row else [row for row in rows if row["needs_embedding"]]
     if rebuild:
+        await session.execute(statements.take_rebuild_turn(), timeout=timeout)
         count = statements.count_up_to(len(records))
         rebuild = await session.fetchval(count, timeout=timeout) < len(records)
     async with session.transaction():

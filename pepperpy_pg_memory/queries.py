@@ -202,6 +202,12 @@ then identifiers): a near duplicate hides behind at most this many closer memori
 identifiers."""
 NEAR_DUPLICATE_SCAN_TUPLES = 1000
 """The most memories a deduplication check's HNSW walk reads (``hnsw.max_scan_tuples``)."""
+REBUILD_LOCK_CLASS = 0x72656275  # "rebu"
+"""First key of the ``pg_advisory_xact_lock(int, int)`` lock a batch that may rebuild a
+table's indexes holds (the second: ``hashtext`` of the qualified table name) from before it
+first reads the table. Inside a transaction (every operation is one on a Citus cluster) that
+read holds the table's weakest lock to the end, and two batches upgrading theirs to LOCK
+TABLE's deadlocked."""
 EXACT_NEAR_DUPLICATE_OWNER = 1000
 """Up to this many memories, an owner's are all compared with a write for deduplication (a few
 milliseconds); beyond it, the nearest are found through the HNSW index."""
@@ -1598,6 +1604,13 @@ class Statements:
             f"RETURNING {self.entry}"
         )
         return self.announced(sql, params, change)
+
+    def take_rebuild_turn(self) -> Query:
+        """Wait for the other batches that may rebuild this table's indexes to end (the
+        lock is held to the end of the transaction; see :data:`REBUILD_LOCK_CLASS`)."""
+        return Query(
+            "SELECT pg_advisory_xact_lock($1, hashtext($2))", [REBUILD_LOCK_CLASS, self.table]
+        )
 
     def count_up_to(self, limit: int) -> Query:
         """Rows in the table, counted no further than ``limit`` (cheap on a large table)."""

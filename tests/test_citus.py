@@ -703,6 +703,18 @@ ON_THE_CLUSTER = [
     "tests/test_owner_identity.py",
     "tests/test_conversations.py",
     "tests/test_schema_and_maintenance.py",
+    "tests/test_security.py",
+    "tests/test_concurrent_writers.py",
+    "tests/test_filters.py",
+    "tests/test_indexed_metadata.py",
+    "tests/test_owner_index.py",
+    "tests/test_ranking.py",
+    "tests/test_contextual_recall.py",
+    "tests/test_embedder_identity.py",
+    "tests/test_lookups_and_runner.py",
+    "tests/test_monitoring.py",
+    "tests/test_langgraph_parity.py",
+    "tests/test_bursts.py",
 ]
 """The behaviours run again with every store distributed by owner on the cluster."""
 
@@ -725,6 +737,17 @@ NOT_ON_THE_CLUSTER = [
     # be: row-level security on a cluster came after schema 23.
     "tests/test_schema_and_maintenance.py::"
     "test_the_upgrade_to_refreshes_gives_them_the_memories_protections",
+    "tests/test_concurrent_writers.py::test_a_ttl_refresh_never_waits_for_a_writer",
+    # Upgrades a store from schema 1; a store is distributed from CITUS_READY_VERSION on.
+    "tests/test_security.py::test_a_table_of_an_older_schema_version_is_upgraded",
+    # Read a single server's plans (on a cluster EXPLAIN shows the coordinator's, and its
+    # tests of what runs where are in this file).
+    "tests/test_indexed_metadata.py::test_a_selective_range_is_served_by_the_index",
+    "tests/test_contextual_recall.py::"
+    "test_a_question_of_common_words_fetches_a_bounded_candidate_set",
+    "tests/test_contextual_recall.py::test_a_small_owner_is_searched_without_other_owners_terms",
+    # A write's returned entry carries no read counts on a cluster (docs/scaling.md).
+    "tests/test_ranking.py::test_a_deleted_memory_takes_its_counts_along",
 ]
 
 

@@ -70,8 +70,12 @@ async def test_an_owners_index_serves_its_searches_and_no_one_elses(store: Any) 
     assert await store.index_owner(MemoryScope.USER, big) is True
     assert await store.index_owner("user", big) is True  # again: nothing to do
     name = store.layout.owner_index_name("", "user", big)
-    assert name in await _plan(store, big)
-    assert name not in await _plan(store, "small")
+    # (On a cluster EXPLAIN shows the coordinator's plan of a worker's query with parameters:
+    # there the results and the index's life are checked, not the plan.)
+    planned = not store.layout.distributed
+    if planned:
+        assert name in await _plan(store, big)
+        assert name not in await _plan(store, "small")
     assert [hit.entry.key for hit in await store.search(query)] == before
     await store.store("late", "a later note", scope=MemoryScope.USER, scope_id=big,
                       embedding=_vectors(1, 99)[0])  # fmt: skip
@@ -79,7 +83,8 @@ async def test_an_owners_index_serves_its_searches_and_no_one_elses(store: Any) 
 
     assert await store.drop_owner_index(MemoryScope.USER, big) is True
     assert await store.drop_owner_index(MemoryScope.USER, big) is False
-    assert name not in await _plan(store, big)
+    if planned:
+        assert name not in await _plan(store, big)
     assert (await store.search(query))[0].entry.key == "late"
 
 
