@@ -224,6 +224,10 @@ async def index_owner(
                 "an owner's index needs standard_conforming_strings = on (the default)"
             )
         state = await session.fetchval(layout.owner_index_valid(*named))
+        if state is True and not drop:
+            # Nothing to do. (Asked again, Citus' concurrent build marked the coordinator's
+            # index invalid before it found that the index exists, and left it so.)
+            return True
         if drop or state is False:  # False: an interrupted build left it invalid
             await session.execute(layout.drop_owner_index(*named), timeout=timeout)
             if drop:
