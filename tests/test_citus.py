@@ -326,18 +326,42 @@ async def test_an_existing_store_is_converted_by_distribute_with_nothing_lost(
     with pytest.raises(MemoryConfigurationError, match="pepperpy-memory distribute"):
         async with _store(wanted):
             pass
+    # As a store made before Citus was installed has them (schema 26): trigger functions
+    # that plan once per session, which a distributed query cannot.
+    functions = [
+        f"{plain.schema_name}.{plain.table}_number_version",
+        f"{plain.schema_name}.pepperpy_enforce_quota",
+    ]
+    conn = await asyncpg.connect(citus_dsn)
+    try:
+        for function in functions:
+            await conn.execute(
+                f"ALTER FUNCTION {function}() SET plan_cache_mode = force_generic_plan"
+            )
+    finally:
+        await conn.close()
     seen: list[tuple[int, int]] = []
     async with _store(plain) as store:
         await store.distribute("owner", progress=lambda done, total: seen.append((done, total)))
         # The store goes on working, distributed.
         await store.store("k2", "Ana likes rooibos", **ANA)
     assert seen[-1][0] == seen[-1][1] and len(seen) == seen[-1][1]
+    conn = await asyncpg.connect(citus_dsn)
+    try:
+        for function in functions:
+            planning = "SELECT proconfig FROM pg_proc WHERE oid = $1::regproc"
+            assert await conn.fetchval(planning, function) is None, function
+    finally:
+        await conn.close()
+    # The quota trigger's count runs on the cluster (a generic plan of it could not).
+    async with _store(wanted.model_copy(update={"max_memories_per_owner": 10})) as store:
+        await store.store("k3", "Ana likes chai", **ANA)
     async with _store(wanted) as store:
         assert (await store.retrieve("k", **ANA)).value == "Ana likes black tea"
         # The triggers were off for the copy only: the next write is numbered after it.
         await store.store("k", "Ana likes mint tea", **ANA)
         assert [v.version for v in await store.history("k", **ANA)] == [3, 2, 1]
-        assert await store.count() == 3
+        assert await store.count() == 4
         # Running it again finds everything in place.
         await store.distribute("owner")
     assert (await _placements(citus_dsn, plain))[plain.table][:2] == ("h", "scope_id")
