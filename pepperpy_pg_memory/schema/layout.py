@@ -439,11 +439,11 @@ class TableLayout:
 
 GIN_INDEXES = ("tsv_idx", "trgm_idx", "metadata_idx")
 GIN_PENDING_LIST_KB = 256
+"""The GIN indexes' pending lists, in kB (see migration 2)."""
 UNSAFE_TRIGGERS = "SET LOCAL citus.enable_unsafe_triggers = on"
 """Run first in a transaction that creates a trigger on a distributed table: Citus creates
 it on the shards only when told it is safe there (ours touch the row itself, or rows of the
 same memory, co-located)."""
-"""The GIN indexes' pending lists, in kB (see migration 2)."""
 
 TERMS_VERSION = 6
 
