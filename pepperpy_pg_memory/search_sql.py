@@ -222,13 +222,27 @@ class SearchStatements:
             where += f" AND scope = {params.add(scope)} AND scope_id = {params.add(scope_id)}"
         return f"(SELECT EXISTS (SELECT 1 FROM {self.passages} WHERE {where}))"
 
-    def _nearest(self, columns: str, vector: str, where: str, want: str, distance: str) -> str:
+    def _nearest(
+        self,
+        columns: str,
+        vector: str,
+        where: str,
+        want: str,
+        distance: str,
+        read_back: bool = False,
+    ) -> str:
         """A CTE body: ``columns`` and the distance (named ``distance``) of the ``want``
         memories nearest to ``vector`` within the restriction ``where``.
 
         It is the shape pgvector's HNSW index serves (ORDER BY distance LIMIT); with iterative
         scans on, it keeps scanning until the filters let ``want`` rows through. Callers
         materialise it and sort again: relaxed_order scans return rows roughly in order.
+
+        With ``read_back`` (one server, now), the nearest are found by their row's address
+        and distance alone and ``columns`` read for those only: within one owner the planner
+        often reads all the owner's rows and sorts them, and a sort carrying every column
+        of a result cost a fifth of the statement (benchmarks/README, "sorting narrow
+        rows"). Where the graph returns rows in order it costs a little instead.
         """
         if self.as_of:
             # As of a moment: the rows written by then through the table's HNSW index, and
@@ -243,6 +257,16 @@ class SearchStatements:
                     {self._nearest_in(replaced, columns, vector, where, want, distance)}
                 ) both_parts ORDER BY {distance} + 0 LIMIT {want}
             """
+        if read_back and not self.layout.distributed:
+            # (A row's address is unique on one server only; within one statement it names
+            # the version the statement's snapshot sees.)
+            found = self._nearest_in(
+                f"{self.table} m WHERE", "m.ctid AS row_id", vector, where, want, distance
+            )
+            return f"""(
+                SELECT {columns}, nearest.{distance} FROM {found} nearest
+                JOIN {self.table} m ON m.ctid = nearest.row_id
+            )"""
         return self._nearest_in(f"{self.table} m WHERE", columns, vector, where, want, distance)
 
     def _nearest_in(
@@ -296,8 +320,9 @@ class SearchStatements:
         columns = self._entry(params, restriction) + (", m.embedding" if include_embedding else "")
         score, similarity = self.layout.score_of("distance"), self.layout.cosine_of("distance")
         want = params.add(limit + offset)
+        within_owner = restriction.owner is not None
         if not passages:
-            nearest = self._nearest(columns, vector, where, want, "distance")
+            nearest = self._nearest(columns, vector, where, want, "distance", within_owner)
             sql = f"""
                 WITH hits AS MATERIALIZED ({nearest})
                 SELECT *, {score} AS score, {similarity} AS similarity,
@@ -311,7 +336,7 @@ class SearchStatements:
         # found only through a passage are fetched by identity.
         sql = f"""
             WITH hits AS MATERIALIZED (
-                {self._nearest(columns, vector, where, want, "own_distance")}
+                {self._nearest(columns, vector, where, want, "own_distance", within_owner)}
             ),
             passage_hits AS MATERIALIZED (
                 {self._passage_hits(params, vector, where, restriction, want)}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import asyncpg
@@ -22,6 +23,8 @@ from pepperpy_pg_memory import (
     PostgresStorage,
     Ranking,
 )
+from pepperpy_pg_memory.search_sql import Page
+from pepperpy_pg_memory.sql import Query
 
 CORPUS = {
     "coffee": "Ana drinks her coffee with oat milk every morning",
@@ -455,3 +458,63 @@ async def test_a_table_compares_vectors_by_its_own_distance(
     with pytest.raises(MemoryConfigurationError, match=f"compares vectors by '{distance}'"):
         async with PostgresStorage[str, Any](make_config(table=config.table), embedder):
             pass
+
+
+async def test_an_owners_search_sorts_addresses_and_reads_back_whole_memories(
+    storage: PostgresStorage[str, Any],
+) -> None:
+    """Within one owner the planner may read every row of the owner and sort them by
+    distance: the sort carries each row's address and distance only, and the nearest are
+    read back whole (with their vectors when asked) in the exact order."""
+    rng = np.random.default_rng(11)
+    vectors = rng.normal(size=(120, 64)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    await storage.store_many(
+        [
+            {"key": f"k{i}", "value": {"n": i}, "text": f"note {i}", "embedding": vectors[i]}
+            for i in range(120)
+        ],
+        scope=MemoryScope.USER,
+        scope_id="ana",
+    )
+    query = rng.normal(size=64).astype(np.float32)
+    query /= np.linalg.norm(query)
+    exact = [f"k{i}" for i in np.argsort(-(vectors @ query))[:5]]
+    asked = MemoryQuery(
+        embedding=query.tolist(), limit=5, scope=MemoryScope.USER, scope_id="ana",
+        include_embedding=True,
+    )  # fmt: skip
+    found = await storage.search(asked)
+    assert [hit.entry.key for hit in found] == exact
+    for hit in found:
+        number = int(hit.entry.key[1:])
+        assert hit.entry.value == {"n": number} and hit.entry.text == f"note {number}"
+        assert hit.score == pytest.approx(float(vectors[number] @ query), abs=1e-5)
+        assert np.allclose(hit.entry.embedding, vectors[number], atol=1e-6)
+    if storage.layout.distributed:
+        return  # (a row's address names a row on one shard only: a cluster reads as before)
+    started = storage._ready
+    statement = started.searches.semantic_search(
+        query, started.restriction(MemoryScope.USER, "ana"), Page(5), passages=False
+    )
+    rows = await storage.database.fetch_with_settings(
+        "explain",
+        Query("EXPLAIN (FORMAT JSON) " + statement.sql, statement.args),
+        {"enable_indexscan": "off", "enable_bitmapscan": "off"},  # the exact scan and sort
+    )
+    plan = rows[0][0]
+    nodes = _nodes(json.loads(plan) if isinstance(plan, str) else plan)
+    sorts = [node for node in nodes if node["Node Type"] == "Sort"]
+    assert "Tid Scan" in {node["Node Type"] for node in nodes}
+    assert sorts and min(node["Plan Width"] for node in sorts) <= 16
+
+
+def _nodes(plan: Any) -> list[dict[str, Any]]:
+    """Every node of an EXPLAIN (FORMAT JSON) plan."""
+    found: list[dict[str, Any]] = []
+    stack = [entry["Plan"] for entry in plan]
+    while stack:
+        node = stack.pop()
+        found.append(node)
+        stack.extend(node.get("Plans", []))
+    return found
