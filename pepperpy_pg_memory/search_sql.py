@@ -257,17 +257,16 @@ class SearchStatements:
                     {self._nearest_in(replaced, columns, vector, where, want, distance)}
                 ) both_parts ORDER BY {distance} + 0 LIMIT {want}
             """
+        source = f"{self.table} m WHERE"
         if read_back and not self.layout.distributed:
             # (A row's address is unique on one server only; within one statement it names
             # the version the statement's snapshot sees.)
-            found = self._nearest_in(
-                f"{self.table} m WHERE", "m.ctid AS row_id", vector, where, want, distance
-            )
+            found = self._nearest_in(source, "m.ctid AS row_id", vector, where, want, distance)
             return f"""(
                 SELECT {columns}, nearest.{distance} FROM {found} nearest
                 JOIN {self.table} m ON m.ctid = nearest.row_id
             )"""
-        return self._nearest_in(f"{self.table} m WHERE", columns, vector, where, want, distance)
+        return self._nearest_in(source, columns, vector, where, want, distance)
 
     def _nearest_in(
         self, source: str, columns: str, vector: str, where: str, want: str, distance: str

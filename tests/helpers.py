@@ -1,10 +1,12 @@
 """Test doubles that are not databases (embedders that count or fail on cue), a lock that
-makes a real table stop answering, and the one way tests wait for something to happen."""
+makes a real table stop answering, the one way tests wait for something to happen, and the
+nodes of a plan."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
 import subprocess
 import time
@@ -126,3 +128,14 @@ async def expiry_of(connection: asyncpg.Connection, config: Any, key: str) -> An
         "AND r.refreshed_from = m.expires_at WHERE m.key = $1",
         key,
     )
+
+
+def plan_nodes(plan: str) -> list[dict[str, Any]]:
+    """Every node of a plan ``EXPLAIN (FORMAT JSON)`` returned."""
+    nodes: list[dict[str, Any]] = []
+    stack = [json.loads(plan)[0]["Plan"]]
+    while stack:
+        node = stack.pop()
+        nodes.append(node)
+        stack.extend(node.get("Plans", []))
+    return nodes

@@ -332,27 +332,23 @@ async def test_an_existing_store_is_converted_by_distribute_with_nothing_lost(
         f"{plain.schema_name}.{plain.table}_number_version",
         f"{plain.schema_name}.pepperpy_enforce_quota",
     ]
+    planning = "SELECT proconfig FROM pg_proc WHERE oid = $1::regproc"
+    seen: list[tuple[int, int]] = []
     conn = await asyncpg.connect(citus_dsn)
     try:
         for function in functions:
             await conn.execute(
                 f"ALTER FUNCTION {function}() SET plan_cache_mode = force_generic_plan"
             )
-    finally:
-        await conn.close()
-    seen: list[tuple[int, int]] = []
-    async with _store(plain) as store:
-        await store.distribute("owner", progress=lambda done, total: seen.append((done, total)))
-        # The store goes on working, distributed.
-        await store.store("k2", "Ana likes rooibos", **ANA)
-    assert seen[-1][0] == seen[-1][1] and len(seen) == seen[-1][1]
-    conn = await asyncpg.connect(citus_dsn)
-    try:
+        async with _store(plain) as store:
+            await store.distribute("owner", progress=lambda done, total: seen.append((done, total)))
+            # The store goes on working, distributed.
+            await store.store("k2", "Ana likes rooibos", **ANA)
         for function in functions:
-            planning = "SELECT proconfig FROM pg_proc WHERE oid = $1::regproc"
             assert await conn.fetchval(planning, function) is None, function
     finally:
         await conn.close()
+    assert seen[-1][0] == seen[-1][1] and len(seen) == seen[-1][1]
     # The quota trigger's count runs on the cluster (a generic plan of it could not).
     async with _store(wanted.model_copy(update={"max_memories_per_owner": 10})) as store:
         await store.store("k3", "Ana likes chai", **ANA)

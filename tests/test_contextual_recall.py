@@ -4,13 +4,13 @@ upgraded tables their terms."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import asyncpg
 import pytest
 from test_identity_upgrade import _load_release_0_1
 
+from helpers import plan_nodes
 from langchain_pepperpy import PepperpyMemoryRetriever
 from pepperpy_pg_memory import (
     HashingEmbedder,
@@ -189,7 +189,7 @@ async def test_a_question_of_common_words_fetches_a_bounded_candidate_set(
         plan = await conn.fetchval(
             "EXPLAIN (ANALYZE, FORMAT JSON) " + statement.sql, *statement.args
         )
-    nodes = _plan_nodes(plan)
+    nodes = plan_nodes(plan)
     table = storage.layout.table
     scans = [n for n in nodes if n.get("Relation Name") == table]
     executed = [n for n in scans if n["Actual Loops"] > 0]
@@ -198,18 +198,6 @@ async def test_a_question_of_common_words_fetches_a_bounded_candidate_set(
     fetched = sum(n["Actual Rows"] * n["Actual Loops"] for n in executed)
     assert fetched <= 3 * CONTEXTUAL_CANDIDATES + 10
     assert len(await _contextual(storage, "does Ana like tea or coffee", limit=10)) == 10
-
-
-def _plan_nodes(plan: str) -> list[dict[str, Any]]:
-    nodes: list[dict[str, Any]] = []
-
-    def walk(node: dict[str, Any]) -> None:
-        nodes.append(node)
-        for child in node.get("Plans", []):
-            walk(child)
-
-    walk(json.loads(plan)[0]["Plan"])
-    return nodes
 
 
 async def test_a_small_owner_is_searched_without_other_owners_terms(
@@ -241,7 +229,7 @@ async def test_a_small_owner_is_searched_without_other_owners_terms(
         index = f"{storage.layout.table}_terms_idx"
         read = sum(
             n["Actual Rows"] * n["Actual Loops"]
-            for n in _plan_nodes(plan)
+            for n in plan_nodes(plan)
             if n.get("Index Name") == index
         )
         return [(row["key"], row["score"]) for row in rows], read

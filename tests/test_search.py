@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
 import asyncpg
 import numpy as np
 import pytest
 
+from helpers import plan_nodes
 from pepperpy_pg_memory import (
     HashingEmbedder,
     MemoryConfigurationError,
@@ -502,19 +502,7 @@ async def test_an_owners_search_sorts_addresses_and_reads_back_whole_memories(
         Query("EXPLAIN (FORMAT JSON) " + statement.sql, statement.args),
         {"enable_indexscan": "off", "enable_bitmapscan": "off"},  # the exact scan and sort
     )
-    plan = rows[0][0]
-    nodes = _nodes(json.loads(plan) if isinstance(plan, str) else plan)
+    nodes = plan_nodes(rows[0][0])
     sorts = [node for node in nodes if node["Node Type"] == "Sort"]
     assert "Tid Scan" in {node["Node Type"] for node in nodes}
     assert sorts and min(node["Plan Width"] for node in sorts) <= 16
-
-
-def _nodes(plan: Any) -> list[dict[str, Any]]:
-    """Every node of an EXPLAIN (FORMAT JSON) plan."""
-    found: list[dict[str, Any]] = []
-    stack = [entry["Plan"] for entry in plan]
-    while stack:
-        node = stack.pop()
-        found.append(node)
-        stack.extend(node.get("Plans", []))
-    return found
