@@ -69,6 +69,10 @@ TEMPORAL_CANDIDATES = 40
 BM25_K1 = 1.2
 BM25_B = 0.75
 
+WORD_VOTE_COVERAGE = 0.5
+"""The share of a question's term weight a memory must hold for its word rank to vote in
+HYBRID fusion (see :meth:`SearchStatements.hybrid_search`)."""
+
 _PHRASE = re.compile(r'"[^"]*"?')
 _EXCLUSION = re.compile(r"(?:^|(?<=\s))-(?=\w)\S+")
 
@@ -742,7 +746,14 @@ class SearchStatements:
             # weigh most; half the weight gets a quarter of the vote). Plain rank fusion let
             # one shared common word outvote the nearest meaning, and could not let a memory
             # holding the asked-for identifier beat its near-miss twin that embeds closer.
-            weight = "coverage * coverage"
+            # A memory holding less than half the weight gets no word vote: it shares a word
+            # or two with the question, not what the question asks, and a fifth to a half of
+            # the weight still outvoted the nearest meaning by the small cosine margins that
+            # separate paraphrases (and more often within one owner, whose statistics make
+            # its common words rarer than the tenant's do).
+            weight = (
+                f"CASE WHEN coverage >= {WORD_VOTE_COVERAGE} THEN coverage * coverage ELSE 0 END"
+            )
             semantic_weight = "greatest(s.similarity, 0)"
         sql = f"""
             WITH {semantic},

@@ -183,6 +183,54 @@ async def test_hybrid_fuses_both_rankings_in_the_database(
     assert any(r.contextual_score is None for r in others)
 
 
+def _unit(*pairs: tuple[int, float]) -> list[float]:
+    """A 64-d vector with the given (index, value) parts, the rest zero, of length 1."""
+    vector = np.zeros(64)
+    for index, value in pairs:
+        vector[index] = value
+    return (vector / np.linalg.norm(vector)).tolist()
+
+
+async def test_hybrid_gives_no_word_vote_to_a_memory_holding_under_half_the_question(
+    storage: PostgresStorage[str, Any],
+) -> None:
+    # Four equally rare words. The decoy holds one of them (a quarter of the term weight)
+    # and embeds a little farther than the answer, which holds none: a paraphrase's answer
+    # and the memory it happens to share a word with. The holder holds three (three
+    # quarters) and embeds farther still: what the question names outweighs a closer
+    # meaning.
+    question = "zorblat quintex mervane holdrup"
+    await storage.store_many(
+        [
+            {"key": "answer", "value": "a paraphrase", "embedding": _unit((0, 0.8), (1, 0.6))},
+            {"key": "decoy", "value": "holdrup note", "embedding": _unit((0, 0.78), (2, 0.63))},
+            {
+                "key": "holder",
+                "value": "zorblat quintex mervane",
+                "embedding": _unit((0, 0.7), (3, 0.71)),
+            },
+            *(
+                {"key": f"filler{n}", "value": f"filler {n}", "embedding": _unit((10 + n, 1.0))}
+                for n in range(20)
+            ),
+        ]
+    )
+    await storage.refresh_term_statistics()
+    results = await storage.search(
+        MemoryQuery(
+            query=question, embedding=_unit((0, 1.0)), index_type=MemoryIndex.HYBRID, limit=3
+        )
+    )
+    assert [r.entry.key for r in results] == ["holder", "answer", "decoy"]
+    decoy = results[2]
+    # The decoy's words still score (shown), they only do not vote.
+    assert decoy.contextual_score is not None and decoy.semantic_score is not None
+    semantic = await storage.search(
+        MemoryQuery(embedding=_unit((0, 1.0)), index_type=MemoryIndex.SEMANTIC, limit=3)
+    )
+    assert [r.entry.key for r in semantic] == ["answer", "decoy", "holder"]
+
+
 async def test_all_words_hybrid_is_plain_rank_fusion(make_config: Any) -> None:
     config = make_config(contextual_match="all")
     async with PostgresStorage[str, Any](config, HashingEmbedder(64)) as store:
