@@ -385,8 +385,9 @@ class SearchStatements:
         """
 
     def _statistics(self, params: Params, restriction: Restriction) -> tuple[str, str]:
-        """Where BM25's figures come from: the term frequencies to join a query's lexemes
-        ``q.lexeme`` to (as ``s``), and the totals' FROM and WHERE.
+        """Where BM25's figures come from: a scalar subquery of the document frequency of
+        the query lexeme ``q.lexeme`` (NULL if no memory holds it), and the totals' FROM and
+        WHERE.
 
         A search within one owner counts that owner's memories (unless ``term_statistics`` is
         "tenant"): were they the tenant's, one user's scores would move with the words other
@@ -396,18 +397,23 @@ class SearchStatements:
         tenant = params.add(restriction.tenant)
         owner = restriction.owner
         if owner is None or self.term_statistics == "tenant":
-            return (
-                f"{self.layout.qualified_term_stats} s "
-                f"ON s.tenant = {tenant} AND s.term = q.lexeme",
-                f"{self.layout.qualified_term_totals} WHERE tenant = {tenant}",
+            frequencies = f"{self.layout.qualified_term_stats} s WHERE s.tenant = {tenant}"
+            totals = f"{self.layout.qualified_term_totals} WHERE tenant = {tenant}"
+        else:
+            scope, scope_id = params.add(owner[0]), params.add(owner[1])
+            frequencies = (
+                f"{self.layout.qualified_owner_terms} s WHERE s.tenant = {tenant} "
+                f"AND s.scope = {scope} AND s.scope_id = {scope_id}"
             )
-        scope, scope_id = params.add(owner[0]), params.add(owner[1])
-        return (
-            f"{self.layout.qualified_owner_terms} s ON s.tenant = {tenant} "
-            f"AND s.scope = {scope} AND s.scope_id = {scope_id} AND s.term = q.lexeme",
-            f"{self.layout.qualified_owner_totals} "
-            f"WHERE tenant = {tenant} AND scope = {scope} AND scope_id = {scope_id}",
-        )
+            totals = (
+                f"{self.layout.qualified_owner_totals} "
+                f"WHERE tenant = {tenant} AND scope = {scope} AND scope_id = {scope_id}"
+            )
+        # A look-up of the whole key per lexeme, whatever the planner expects: as a join, a
+        # plan that took an owner (or a tenant) for a small one read all of its terms and
+        # matched each lexeme against them (50,638 terms, 28 ms a search, for an owner of
+        # 50,000 memories whose statistics the planner had not seen yet).
+        return f"(SELECT s.df FROM {frequencies} AND s.term = q.lexeme)", totals
 
     def _best_matching(
         self,
@@ -434,7 +440,7 @@ class SearchStatements:
         """
         cap = params.add(max(want, CONTEXTUAL_CANDIDATES))
         window = params.add(want)
-        frequencies, totals = self._statistics(params, restriction)
+        frequency, totals = self._statistics(params, restriction)
         # The GIN index holds every owner's terms: a term rare among a user's memories may
         # be in thousands of other users', and the index then yields them all before the
         # owner's conditions drop them (10 ms for an owner of 100 among 350,000 memories,
@@ -502,9 +508,8 @@ class SearchStatements:
         k1, b = BM25_K1, BM25_B
         return f"""
             query_terms AS MATERIALIZED (
-                SELECT q.lexeme, coalesce(s.df, 0) AS df
+                SELECT q.lexeme, coalesce({frequency}, 0) AS df
                 FROM unnest(tsvector_to_array({terms_of}{params.add(positive)}))) q(lexeme)
-                LEFT JOIN {frequencies}
             ),
             term_totals AS MATERIALIZED (
                 SELECT greatest(coalesce(max(documents), 0), 1)::float8 AS documents,

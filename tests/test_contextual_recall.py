@@ -21,6 +21,7 @@ from pepperpy_pg_memory import (
     PostgresStorage,
 )
 from pepperpy_pg_memory import backfill as backfills
+from pepperpy_pg_memory.schema.layout import terms_function
 from pepperpy_pg_memory.search_sql import CONTEXTUAL_CANDIDATES, Page, split_query
 
 ORDERS = {
@@ -242,6 +243,47 @@ async def test_a_small_owner_is_searched_without_other_owners_terms(
     indexed, read_indexed = await searched()
     assert indexed == owned
     assert read_indexed > 1_500
+
+
+async def test_a_large_owners_search_looks_up_only_the_questions_terms(
+    storage: PostgresStorage[str, Any],
+) -> None:
+    # An owner of 3,000 words among small owners: a join of the question's terms to the
+    # owner's statistics, planned for an owner of average size, read all 3,000 of them.
+    big = {"scope": MemoryScope.USER, "scope_id": "big"}
+    await storage.store_many(
+        [{"key": f"w{i}", "value": f"note about thing{i}", **big} for i in range(3_000)]
+        + [
+            {"key": f"s{i}", "value": f"small note {i}", "scope": "user", "scope_id": f"u{i}"}
+            for i in range(200)
+        ]
+    )
+    await storage.refresh_term_statistics()
+    question = "note about thing17 and thing42"
+    statement = storage._ready.searches.contextual_search(
+        question, storage._ready.restriction(MemoryScope.USER, "big"), Page(5)
+    )
+    async with storage.database.pool.acquire() as conn:
+        plan = await conn.fetchval(
+            "EXPLAIN (ANALYZE, FORMAT JSON) " + statement.sql, *statement.args
+        )
+        # The question's terms: its words, and its identifiers whole and by parts.
+        terms = await conn.fetchval(
+            f"SELECT cardinality(tsvector_to_array({terms_function(storage.layout.schema)}("
+            "'english'::regconfig, $1)))",
+            question,
+        )
+    statistics = f"{storage.layout.table}_owner_terms"
+    read = sum(
+        n["Actual Rows"] * n["Actual Loops"]
+        for n in plan_nodes(plan)
+        if n.get("Relation Name") == statistics
+    )
+    assert 0 < read <= terms < 10
+    found = await storage.search(
+        MemoryQuery(query=question, index_type=MemoryIndex.CONTEXTUAL, limit=2, **big)
+    )
+    assert {r.entry.key for r in found} == {"w17", "w42"}
 
 
 async def test_term_statistics_are_kept_per_tenant(make_config: Any, pg_dsn: str) -> None:
