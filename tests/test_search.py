@@ -23,6 +23,7 @@ from pepperpy_pg_memory import (
     PostgresStorage,
     Ranking,
 )
+from pepperpy_pg_memory.database import CACHEABLE_STATEMENT_BYTES
 from pepperpy_pg_memory.search_sql import Page
 from pepperpy_pg_memory.sql import Query
 
@@ -181,6 +182,34 @@ async def test_hybrid_fuses_both_rankings_in_the_database(
     assert all(0 <= r.score < top.score for r in others)  # 0: no evidence either way
     # Memories found by meaning only have no word score.
     assert any(r.contextual_score is None for r in others)
+
+
+async def test_an_owners_longest_searches_stay_prepared_on_the_connection(
+    make_config: Any,
+) -> None:
+    # asyncpg keeps a statement prepared only up to a size: an owner's hybrid search was
+    # longer than its default, and was prepared and parsed again on every call.
+    config = make_config(min_size=1, max_size=1)
+    ana = {"scope": MemoryScope.USER, "scope_id": "ana"}
+    misspelt = "grene tea aftrenoon wiht Ana in Lisbn becuase of hte meetnig"
+    async with PostgresStorage[str, Any](config, HashingEmbedder(64)) as store:
+        await store.store_many(CORPUS.items(), **ana)
+        await store.store("long", "a note", passages=["a passage", "another"], **ana)
+        for mode in (MemoryIndex.HYBRID, MemoryIndex.CONTEXTUAL):
+            for _ in range(2):
+                await store.search(
+                    MemoryQuery(query=misspelt, index_type=mode, filter={"a": 1}, **ana)
+                )
+        async with store.database.pool.acquire() as conn:
+            prepared = await conn.fetch(
+                "SELECT statement FROM pg_prepared_statements WHERE statement LIKE $1",
+                "%contextual%",
+            )
+    lengths = sorted(len(row["statement"].encode()) for row in prepared)
+    # Both searches' statements are kept, the hybrid one (with passages, misspellings and a
+    # filter) longer than asyncpg's default bound.
+    asyncpg_default = 15 * 1024
+    assert len(lengths) >= 2 and asyncpg_default < lengths[-1] < CACHEABLE_STATEMENT_BYTES
 
 
 def _unit(*pairs: tuple[int, float]) -> list[float]:
