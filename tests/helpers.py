@@ -10,7 +10,7 @@ import json
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import asyncpg
@@ -139,3 +139,34 @@ def plan_nodes(plan: str) -> list[dict[str, Any]]:
         nodes.append(node)
         stack.extend(node.get("Plans", []))
     return nodes
+
+
+def _literal(value: Any) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return "'" + value.replace("'", "''") + "'"
+    if isinstance(value, (list, tuple)):
+        return "ARRAY[" + ", ".join(_literal(item) for item in value) + "]"
+    raise TypeError(f"no literal for {value!r}")
+
+
+async def generic_plan(conn: Any, sql: str, args: Sequence[Any]) -> str:
+    """``EXPLAIN (ANALYZE, FORMAT JSON)`` of ``sql`` run with ``args`` (text, numbers,
+    booleans) under a generic plan, as the store runs its word searches: planned once, for
+    any owner."""
+    given = ", ".join(_literal(arg) for arg in args)
+    async with conn.transaction():
+        await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        await conn.execute(f"PREPARE generic_plan_of_test AS {sql}")
+        try:
+            plan: str = await conn.fetchval(
+                f"EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE generic_plan_of_test({given})"
+            )
+        finally:
+            await conn.execute("DEALLOCATE generic_plan_of_test")
+    return plan

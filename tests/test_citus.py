@@ -767,6 +767,8 @@ NOT_ON_THE_CLUSTER = [
     "test_a_question_of_common_words_fetches_a_bounded_candidate_set",
     "tests/test_contextual_recall.py::test_a_small_owner_is_searched_without_other_owners_terms",
     "tests/test_contextual_recall.py::test_a_large_owners_search_looks_up_only_the_questions_terms",
+    "tests/test_contextual_recall.py::"
+    "test_an_owner_holding_most_memories_is_checked_on_what_the_index_finds",
     # A write's returned entry carries no read counts on a cluster (docs/scaling.md).
     "tests/test_ranking.py::test_a_deleted_memory_takes_its_counts_along",
 ]

@@ -10,7 +10,7 @@ import asyncpg
 import pytest
 from test_identity_upgrade import _load_release_0_1
 
-from helpers import plan_nodes
+from helpers import generic_plan, plan_nodes
 from langchain_pepperpy import PepperpyMemoryRetriever
 from pepperpy_pg_memory import (
     HashingEmbedder,
@@ -284,6 +284,49 @@ async def test_a_large_owners_search_looks_up_only_the_questions_terms(
         MemoryQuery(query=question, index_type=MemoryIndex.CONTEXTUAL, limit=2, **big)
     )
     assert {r.entry.key for r in found} == {"w17", "w42"}
+
+
+async def test_an_owner_holding_most_memories_is_checked_on_what_the_index_finds(
+    storage: PostgresStorage[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Intersecting the terms' index with every row of an owner holding most of the table
+    # (what a plan made for an owner of average size does) costs more than checking the
+    # owner on the few rows the terms match: the probes through the index check it.
+    big = {"scope": MemoryScope.USER, "scope_id": "big"}
+    await storage.store_many(
+        [{"key": f"w{i}", "value": f"note {i} about topic{i % 50}", **big} for i in range(2_500)]
+        + [
+            {"key": f"s{i}", "value": f"note about topic{i}", "scope": "user", "scope_id": "small"}
+            for i in range(100)
+        ]
+    )
+    await storage.refresh_term_statistics()
+    question = "topic7 note"
+    restriction = storage._ready.restriction(MemoryScope.USER, "big")
+
+    async def searched() -> tuple[list[tuple[str, float]], int]:
+        statement = storage._ready.searches.contextual_search(question, restriction, Page(10))
+        async with storage.database.pool.acquire() as conn:
+            plan = await generic_plan(conn, statement.sql, statement.args)
+            rows = await conn.fetch(statement.sql, *statement.args)
+        # Scans of the table run with the owner as a check no index serves.
+        checking = sum(
+            1
+            for n in plan_nodes(plan)
+            if n.get("Relation Name") == storage.layout.table
+            and n["Actual Loops"]
+            and "IS TRUE" in n.get("Filter", "") + n.get("Recheck Cond", "")
+        )
+        return [(row["key"], row["score"]) for row in rows], checking
+
+    checked, checking = await searched()
+    assert len(checked) == 10
+    assert {key for key, _ in checked} <= {f"w{i}" for i in range(7, 2_500, 50)}
+    assert checking > 0
+    # An owner holding less of the table: the same answer, its rows intersected.
+    monkeypatch.setattr("pepperpy_pg_memory.search_sql.LARGE_OWNER_BREAK_EVEN", 10**9)
+    intersected, checking = await searched()
+    assert intersected == checked and checking == 0
 
 
 async def test_term_statistics_are_kept_per_tenant(make_config: Any, pg_dsn: str) -> None:
