@@ -45,6 +45,24 @@ async def _keys(store: PostgresStorage[str, Any], query: str, mode: MemoryIndex)
     return [result.entry.key for result in results]
 
 
+async def _owner_search_planned(
+    store: PostgresStorage[str, Any], question: str, owner: str, limit: int, generic: bool
+) -> tuple[list[tuple[str, float]], list[dict[str, Any]]]:
+    """An owner's CONTEXTUAL statement run directly: its (key, score) rows and the nodes of
+    its plan (EXPLAIN ANALYZE; ``generic``: planned once for any owner, as the store runs it)."""
+    restriction = store._ready.restriction(MemoryScope.USER, owner)
+    statement = store._ready.searches.contextual_search(question, restriction, Page(limit))
+    async with store.database.pool.acquire() as conn:  # with the store's settings
+        if generic:
+            plan = await generic_plan(conn, statement.sql, statement.args)
+        else:
+            plan = await conn.fetchval(
+                "EXPLAIN (ANALYZE, FORMAT JSON) " + statement.sql, *statement.args
+            )
+        rows = await conn.fetch(statement.sql, *statement.args)
+    return [(row["key"], row["score"]) for row in rows], plan_nodes(plan)
+
+
 @pytest.fixture
 async def orders(storage: PostgresStorage[str, Any]) -> PostgresStorage[str, Any]:
     await storage.store_many([{"key": k, "value": v} for k, v in ORDERS.items()])
@@ -217,23 +235,14 @@ async def test_a_small_owner_is_searched_without_other_owners_terms(
         + [{"key": "coffee", "value": "Ana drinks black coffee on Mondays", **ana}]
     )
     await storage.refresh_term_statistics()
-    question = "black coffee"
-    restriction = storage._ready.restriction(MemoryScope.USER, "ana")
 
     async def searched() -> tuple[list[tuple[str, float]], int]:
-        statement = storage._ready.searches.contextual_search(question, restriction, Page(5))
-        async with storage.database.pool.acquire() as conn:
-            plan = await conn.fetchval(
-                "EXPLAIN (ANALYZE, FORMAT JSON) " + statement.sql, *statement.args
-            )
-            rows = await conn.fetch(statement.sql, *statement.args)
+        rows, nodes = await _owner_search_planned(storage, "black coffee", "ana", 5, False)
         index = f"{storage.layout.table}_terms_idx"
         read = sum(
-            n["Actual Rows"] * n["Actual Loops"]
-            for n in plan_nodes(plan)
-            if n.get("Index Name") == index
+            n["Actual Rows"] * n["Actual Loops"] for n in nodes if n.get("Index Name") == index
         )
-        return [(row["key"], row["score"]) for row in rows], read
+        return rows, read
 
     owned, read_owned = await searched()
     assert owned[0][0] == "coffee"
@@ -301,23 +310,18 @@ async def test_an_owner_holding_most_memories_is_checked_on_what_the_index_finds
         ]
     )
     await storage.refresh_term_statistics()
-    question = "topic7 note"
-    restriction = storage._ready.restriction(MemoryScope.USER, "big")
 
     async def searched() -> tuple[list[tuple[str, float]], int]:
-        statement = storage._ready.searches.contextual_search(question, restriction, Page(10))
-        async with storage.database.pool.acquire() as conn:
-            plan = await generic_plan(conn, statement.sql, statement.args)
-            rows = await conn.fetch(statement.sql, *statement.args)
+        rows, nodes = await _owner_search_planned(storage, "topic7 note", "big", 10, True)
         # Scans of the table run with the owner as a check no index serves.
         checking = sum(
             1
-            for n in plan_nodes(plan)
+            for n in nodes
             if n.get("Relation Name") == storage.layout.table
             and n["Actual Loops"]
             and "IS TRUE" in n.get("Filter", "") + n.get("Recheck Cond", "")
         )
-        return [(row["key"], row["score"]) for row in rows], checking
+        return rows, checking
 
     checked, checking = await searched()
     assert len(checked) == 10
