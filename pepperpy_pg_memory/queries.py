@@ -364,13 +364,9 @@ class Restriction:
             whose.append(f"r.scope_id = {params.add(self.scope_id)}")
         return f"(SELECT EXISTS (SELECT 1 FROM {check.refreshes} r WHERE {' AND '.join(whose)}))"
 
-    def conditions(
-        self, params: Params, refresh_check: str | None, *, owner_indexed: bool = True
-    ) -> str:
+    def conditions(self, params: Params, refresh_check: str | None) -> str:
         """SQL for a memory row ``m``: the restriction lets it through. ``refresh_check``
-        says whether a TTL refresh extends an expiry (TableLayout.refresh_check).
-        ``owner_indexed=False``: the owner's condition is written so that no index serves it
-        (checked on the rows another index finds)."""
+        says whether a TTL refresh extends an expiry (TableLayout.refresh_check)."""
         tenant = params.add(self.tenant)
         parts = [f"m.tenant = {tenant}"]
         moment = "now()" if self.as_of is None else f"{params.add(self.as_of)}::timestamptz"
@@ -381,15 +377,10 @@ class Restriction:
             parts.append(f"(m.valid_to IS NULL OR m.valid_to > {moment})")
             if self.as_of is not None:
                 parts.append(f"coalesce(m.valid_from, m.created_at) <= {moment}")
-        owner = []
         if self.scope is not None:
-            owner.append(f"m.scope = {params.add(self.scope.value)}")
+            parts.append(f"m.scope = {params.add(self.scope.value)}")
         if self.scope_id is not None:
-            owner.append(f"m.scope_id = {params.add(self.scope_id)}")
-        if owner and not owner_indexed:
-            parts.append(f"({' AND '.join(owner)}) IS TRUE")
-        else:
-            parts.extend(owner)
+            parts.append(f"m.scope_id = {params.add(self.scope_id)}")
         if self.types is not None:
             parts.append(f"m.memory_type = ANY({params.add(sorted(t.value for t in self.types))})")
         if self.keys is not None:

@@ -471,7 +471,7 @@ class SearchStatements:
         # average size, intersects them with every row of the owner's.
         # (Only where the statement is planned once: its extra branches cost a statement
         # planned at every call, as a HYBRID search is, more than they save.)
-        large = loose = None
+        large = None
         tenant_counted = ""
         if small is not None and self.term_statistics == "owner" and check_large_owners:
             tenant_counted = (
@@ -481,7 +481,6 @@ class SearchStatements:
             large = f"""(SELECT coalesce(counted::float8 * counted
                 > {params.add(float(LARGE_OWNER_BREAK_EVEN))}::float8
                     * (tenant_counted - counted), false) FROM term_totals)"""
-            loose = restriction.conditions(params, self.refresh_check, owner_indexed=False)
         config = params.add(self.layout.text_search_config)
         terms_of = f"{terms_function(self.layout.schema)}({config}::text::regconfig, "
         # Phrases and exclusions keep their web-search meaning, as conditions.
@@ -505,7 +504,8 @@ class SearchStatements:
             not_small = f"NOT coalesce({small}, false)"
             through_index = f"({indexed(candidate)} AND {not_small} LIMIT {cap})"
             if large is not None:
-                checked = f"{CONTEXTUAL} AND {loose} AND {constraint}"
+                # The restriction as one opaque condition: no index serves the owner's part.
+                checked = f"{CONTEXTUAL} AND ({where}) IS TRUE AND {constraint}"
                 through_index = f"""({indexed(candidate)} AND {not_small} AND NOT {large}
                         LIMIT {cap})
                     UNION ALL
