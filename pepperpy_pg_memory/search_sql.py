@@ -49,6 +49,16 @@ class Page(NamedTuple):
     min_score: float | None = None
 
 
+class _OwnerSize(NamedTuple):
+    """One-time SQL conditions on a word search's ``term_totals`` (see
+    SearchStatements._owner_size); None where they do not apply."""
+
+    small: str | None
+    large: str | None
+    tenant_counted: str
+    """A column of term_totals the ``large`` condition reads ('' without it)."""
+
+
 _WORD = re.compile(r"\w+", re.UNICODE)
 FUZZY_MIN_WORD_LENGTH = 4
 FUZZY_MAX_WORDS = 8
@@ -426,6 +436,39 @@ class SearchStatements:
         # 50,000 memories whose statistics the planner had not seen yet).
         return f"(SELECT s.df FROM {frequencies} AND s.term = q.lexeme)", totals
 
+    def _owner_size(
+        self, params: Params, restriction: Restriction, check_large_owners: bool
+    ) -> _OwnerSize:
+        """The one-time conditions on ``term_totals`` that tell a small owner and a large one
+        (none for a search across owners, or on a cluster).
+
+        The GIN indexes hold every owner's rows: a term rare among a user's memories may be
+        in thousands of other users', and an index then yields them all before the owner's
+        conditions drop them (10 ms for an owner of 100 among 350,000 memories, against 1.8
+        ms in a table of its own). The planner cannot tell, the term being known only when
+        the statement runs. So within an owner whose statistics say it is small, the probes
+        read the owner's memories instead; a large or not yet counted owner is probed
+        through the index. An owner holding much of the tenant's memories is checked on the
+        rows an index finds (see LARGE_OWNER_BREAK_EVEN): the planner, planning for an
+        owner of average size, intersects them with every row of the owner's, or reads
+        every row of the owner's to test them. (Large owners are told apart only where the
+        statement is planned once: its extra branches cost a statement planned at every
+        call, as a HYBRID search is, more than they save.)
+        """
+        if restriction.owner is None or self.layout.distributed:
+            return _OwnerSize(None, None, "")
+        small = f"(SELECT counted <= {params.add(SMALL_OWNER_MEMORIES)} FROM term_totals)"
+        if self.term_statistics != "owner" or not check_large_owners:
+            return _OwnerSize(small, None, "")
+        tenant_counted = (
+            f", (SELECT max(documents) FROM {self.layout.qualified_term_totals} "
+            f"WHERE tenant = {params.add(restriction.tenant)}) AS tenant_counted"
+        )
+        large = f"""(SELECT coalesce(counted::float8 * counted
+            > {params.add(float(LARGE_OWNER_BREAK_EVEN))}::float8
+                * (tenant_counted - counted), false) FROM term_totals)"""
+        return _OwnerSize(small, large, tenant_counted)
+
     def _best_matching(
         self,
         params: Params,
@@ -434,7 +477,7 @@ class SearchStatements:
         where: str,
         restriction: Restriction,
         want: int,
-        check_large_owners: bool = False,
+        owner_size: _OwnerSize,
     ) -> str:
         """CTEs ending in ``words`` (identity, score): at most ``want`` memories holding any of
         the terms of ``positive`` and satisfying ``required`` (see :func:`split_query`), ranked
@@ -453,34 +496,9 @@ class SearchStatements:
         cap = params.add(max(want, CONTEXTUAL_CANDIDATES))
         window = params.add(want)
         frequency, totals = self._statistics(params, restriction)
-        # The GIN index holds every owner's terms: a term rare among a user's memories may
-        # be in thousands of other users', and the index then yields them all before the
-        # owner's conditions drop them (10 ms for an owner of 100 among 350,000 memories,
-        # against 1.8 ms in a table of its own). The planner cannot tell, the term being
-        # known only when the statement runs. So within an owner whose statistics say it
-        # is small, the probes read the owner's memories (``owned``) instead; a large or
-        # not yet counted owner is probed through the index. Both are planned, and the
-        # one-time conditions on term_totals run one of them.
-        small = (
-            f"(SELECT counted <= {params.add(SMALL_OWNER_MEMORIES)} FROM term_totals)"
-            if restriction.owner is not None and not self.layout.distributed
-            else None
-        )
-        # An owner holding much of the tenant's memories is checked on the rows the terms'
-        # index finds (see LARGE_OWNER_BREAK_EVEN): the planner, planning for an owner of
-        # average size, intersects them with every row of the owner's.
-        # (Only where the statement is planned once: its extra branches cost a statement
-        # planned at every call, as a HYBRID search is, more than they save.)
-        large = None
-        tenant_counted = ""
-        if small is not None and self.term_statistics == "owner" and check_large_owners:
-            tenant_counted = (
-                f", (SELECT max(documents) FROM {self.layout.qualified_term_totals} "
-                f"WHERE tenant = {params.add(restriction.tenant)}) AS tenant_counted"
-            )
-            large = f"""(SELECT coalesce(counted::float8 * counted
-                > {params.add(float(LARGE_OWNER_BREAK_EVEN))}::float8
-                    * (tenant_counted - counted), false) FROM term_totals)"""
+        # Both ways of probing are planned (see _owner_size), and the one-time conditions on
+        # term_totals run one of them; a small owner's memories are read once (``owned``).
+        small, large, tenant_counted = owner_size
         config = params.add(self.layout.text_search_config)
         terms_of = f"{terms_function(self.layout.schema)}({config}::text::regconfig, "
         # Phrases and exclusions keep their web-search meaning, as conditions.
@@ -653,6 +671,8 @@ class SearchStatements:
         kept off the path of queries that full text already answers.
         """
         positive, required = split_query(query)
+        # (The gates read term_totals, which only the BM25 statement has.)
+        owner_size, bm25 = _OwnerSize(None, None, ""), False
         if self.match == "all" or not _WORD.search(positive):
             # Exclusions alone ("-coffee") ask for every memory without the word: nothing to
             # rank by, so the web-search statement answers, as it always did.
@@ -660,8 +680,10 @@ class SearchStatements:
                 f"words AS MATERIALIZED ({self._all_words(params, query, where, params.add(want))})"
             )
         else:
+            owner_size = self._owner_size(params, restriction, check_large_owners)
+            bm25 = True
             words = self._best_matching(
-                params, positive, required, where, restriction, want, check_large_owners
+                params, positive, required, where, restriction, want, owner_size
             )
         window = params.add(want)
         fuzzy = [params.add(word) for word in fuzzy_words(query)]
@@ -677,20 +699,41 @@ class SearchStatements:
                 f" AND x.scope = {params.add(scope)} AND x.scope_id = {params.add(scope_id)}"
             )
         config = params.add(self.layout.text_search_config) if fuzzy else ""
+        counted = None
+        if fuzzy and bm25 and (restriction.owner is None or self.term_statistics == "owner"):
+            counted = self._statistics(params, restriction)[0]
+
         # Only a word the table has never seen (as a full-text lexeme) can be a misspelling
         # worth a trigram search; it becomes NULL otherwise, and a NULL key makes its trigram
-        # index scan return nothing. Evaluated once per query, as an InitPlan.
+        # index scan return nothing. A word the statistics count (the owner's, or the
+        # tenant's across owners) is known without asking the full-text index, whose
+        # look-up within an owner of 50,000 intersected all of the owner's rows with the
+        # word's: 3-5 ms a word.
+        def uncounted(word: str) -> str:
+            if counted is None:
+                return ""
+            lexemes = f"tsvector_to_array(to_tsvector({config}::text::regconfig, {word}))"
+            return f"""AND EXISTS (SELECT 1 FROM unnest({lexemes}) q(lexeme)
+                        WHERE coalesce({counted}, 0) = 0)"""
+
         suspects = [
-            f"""(SELECT CASE WHEN length({w}) >= {FUZZY_MIN_WORD_LENGTH}
+            f"""CASE WHEN length({w}) >= {FUZZY_MIN_WORD_LENGTH}
                     AND numnode(plainto_tsquery({config}::text::regconfig, {w})) > 0
+                    {uncounted(w)}
                     AND NOT EXISTS (SELECT 1 FROM {self.table} x
                         WHERE x.tenant = {own_tenant}{own_words}
                           AND x.tsv @@ plainto_tsquery({config}::text::regconfig, {w}))
-                THEN {w} END)"""
-            for w in fuzzy
+                THEN {w} END AS suspect{number}"""
+            for number, w in enumerate(fuzzy)
         ]
+        # Judged once per query, and only if the trigram step runs (a plan holding the
+        # look-ups in each branch that uses them cost every search their setting up).
+        misspelt = f"misspelt AS MATERIALIZED (SELECT {', '.join(suspects)})," if suspects else ""
         if suspects:
-            any_suspect = " OR ".join(f"{suspect} <% m.content" for suspect in suspects)
+            any_suspect = " OR ".join(
+                f"(SELECT suspect{number} FROM misspelt) <% m.content"
+                for number in range(len(suspects))
+            )
             # Ranked by how well all the query's words appear, so that the correctly spelt
             # words still decide between the rows a misspelt one brings in.
             fuzzy_score = (
@@ -702,18 +745,29 @@ class SearchStatements:
             fuzzy_match = f"{fuzzy_score} >= {threshold}"
         else:
             fuzzy_score, candidates_match, fuzzy_match = "0", "FALSE", "FALSE"
+
+        def trigram_candidates(gate: str, restricted: str) -> str:
+            # A misspelling of a common word matches most of the table; scoring is bounded
+            # to the first candidates found.
+            return f"""(SELECT {M_OWNER_KEY}, m.content FROM {self.table} m
+                WHERE (SELECT count(*) FROM words) < {window} AND {gate}
+                  AND {CONTEXTUAL} AND {restricted} AND {candidates_match}
+                LIMIT {FUZZY_MAX_CANDIDATES})"""
+
+        large = owner_size.large
+        if large is None or not suspects:
+            candidates = trigram_candidates("TRUE", where)
+        else:
+            # A large owner is checked on the rows the trigram index finds (the restriction
+            # as one opaque condition: no index serves the owner's part).
+            candidates = f"""{trigram_candidates(f"NOT {large}", where)}
+                UNION ALL
+                {trigram_candidates(large, f"({where}) IS TRUE")}"""
         return f"""
-            {words},
+            {words},{misspelt}
             fuzzy AS MATERIALIZED (
                 SELECT {M_OWNER_KEY}, 0.5 * {fuzzy_score} AS score, {fuzzy_score} AS coverage
-                FROM (
-                    -- A misspelling of a common word matches most of the table; scoring
-                    -- is bounded to the first candidates the trigram index yields.
-                    SELECT {M_OWNER_KEY}, m.content FROM {self.table} m
-                    WHERE (SELECT count(*) FROM words) < {window}
-                      AND {CONTEXTUAL} AND {where} AND {candidates_match}
-                    LIMIT {FUZZY_MAX_CANDIDATES}
-                ) AS m
+                FROM ({candidates}) AS m
                 WHERE {fuzzy_match} AND NOT EXISTS (
                     SELECT 1 FROM words w
                     WHERE (w.scope, w.scope_id, w.key) = (m.scope, m.scope_id, m.key))

@@ -769,6 +769,10 @@ NOT_ON_THE_CLUSTER = [
     "tests/test_contextual_recall.py::test_a_large_owners_search_looks_up_only_the_questions_terms",
     "tests/test_contextual_recall.py::"
     "test_an_owner_holding_most_memories_is_checked_on_what_the_index_finds",
+    "tests/test_contextual_recall.py::"
+    "test_a_large_owners_misspelling_is_checked_on_what_the_trigram_index_finds",
+    "tests/test_contextual_recall.py::"
+    "test_only_words_the_statistics_do_not_count_are_looked_up_as_misspellings",
     # A write's returned entry carries no read counts on a cluster (docs/scaling.md).
     "tests/test_ranking.py::test_a_deleted_memory_takes_its_counts_along",
 ]

@@ -22,7 +22,7 @@ from pepperpy_pg_memory import (
 )
 from pepperpy_pg_memory import backfill as backfills
 from pepperpy_pg_memory.schema.layout import terms_function
-from pepperpy_pg_memory.search_sql import CONTEXTUAL_CANDIDATES, Page, split_query
+from pepperpy_pg_memory.search_sql import CONTEXTUAL_CANDIDATES, Page, fuzzy_words, split_query
 
 ORDERS = {
     "shipped": "Order A-77812 shipped on Monday via DHL.",
@@ -288,7 +288,9 @@ async def test_a_large_owners_search_looks_up_only_the_questions_terms(
         for n in plan_nodes(plan)
         if n.get("Relation Name") == statistics
     )
-    assert 0 < read <= terms < 10
+    # Each of its terms, and (the words filling fewer places than asked) each of its words
+    # once more, asked whether it is a misspelling.
+    assert 0 < read <= terms + len(fuzzy_words(question)) and terms < 10
     found = await storage.search(
         MemoryQuery(query=question, index_type=MemoryIndex.CONTEXTUAL, limit=2, **big)
     )
@@ -331,6 +333,71 @@ async def test_an_owner_holding_most_memories_is_checked_on_what_the_index_finds
     monkeypatch.setattr("pepperpy_pg_memory.search_sql.LARGE_OWNER_BREAK_EVEN", 10**9)
     intersected, checking = await searched()
     assert intersected == checked and checking == 0
+
+
+async def test_a_large_owners_misspelling_is_checked_on_what_the_trigram_index_finds(
+    storage: PostgresStorage[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # When the words fill fewer places than asked, misspelt words are looked for by their
+    # trigrams. A plan made for an owner of average size read every memory of the owner to
+    # test them (125 ms for an owner of 50,000 among 350,000): for an owner holding much of
+    # the table, the trigram index finds the candidates and the owner is checked on them.
+    big = {"scope": MemoryScope.USER, "scope_id": "big"}
+    await storage.store_many(
+        [{"key": f"w{i}", "value": f"note {i} about topic{i % 50}", **big} for i in range(2_500)]
+        + [{"key": "lucas", "value": "Lucas is allergic to cashews", **big}]
+        + [
+            {
+                "key": "other",
+                "value": "Noah is allergic to cashews",
+                "scope": "user",
+                "scope_id": "small",
+            }
+        ]  # fmt: skip
+    )
+    await storage.refresh_term_statistics()
+
+    async def searched() -> tuple[list[tuple[str, float]], int]:
+        rows, nodes = await _owner_search_planned(storage, "cashewz", "big", 10, True)
+        checking = sum(
+            1
+            for n in nodes
+            if n.get("Relation Name") == storage.layout.table
+            and n["Actual Loops"]
+            and "<%" in n.get("Filter", "") + n.get("Recheck Cond", "") + n.get("Index Cond", "")
+            and "IS TRUE" in n.get("Filter", "") + n.get("Recheck Cond", "")
+        )
+        return rows, checking
+
+    checked, checking = await searched()
+    assert [key for key, _ in checked] == ["lucas"] and 0 < checked[0][1] <= 0.5
+    assert checking > 0
+    # An owner holding less of the table: the same answer, from the owner's own rows.
+    monkeypatch.setattr("pepperpy_pg_memory.search_sql.LARGE_OWNER_BREAK_EVEN", 10**9)
+    from_owner, checking = await searched()
+    assert from_owner == checked and checking == 0
+
+
+async def test_only_words_the_statistics_do_not_count_are_looked_up_as_misspellings(
+    storage: PostgresStorage[str, Any],
+) -> None:
+    # Whether a word is a misspelling is asked of the full-text index only for words the
+    # owner's term statistics do not count.
+    owner = {"scope": MemoryScope.USER, "scope_id": "u1"}
+    await storage.store_many(
+        [{"key": f"w{i}", "value": f"note {i} about topic{i % 50}", **owner} for i in range(200)]
+        + [{"key": "lucas", "value": "Lucas is allergic to cashews", **owner}]
+    )
+    await storage.refresh_term_statistics()
+    rows, nodes = await _owner_search_planned(storage, "Lucas cashewz", "u1", 10, True)
+    assert [key for key, _ in rows] == ["lucas"]
+    looked_up = [
+        n
+        for n in nodes
+        if n["Actual Loops"] and "plainto_tsquery" in n.get("Index Cond", "") + n.get("Filter", "")
+    ]
+    # "cashewz" only: "lucas" is counted.
+    assert len(looked_up) == 1
 
 
 async def test_term_statistics_are_kept_per_tenant(make_config: Any, pg_dsn: str) -> None:
