@@ -773,6 +773,8 @@ NOT_ON_THE_CLUSTER = [
     "test_a_large_owners_misspelling_is_checked_on_what_the_trigram_index_finds",
     "tests/test_contextual_recall.py::"
     "test_only_words_the_statistics_do_not_count_are_looked_up_as_misspellings",
+    # A single server's plan modes: a cluster plans every statement for its values.
+    "tests/test_search.py::test_word_searches_plan_once_and_every_other_statement_for_its_values",
     # A write's returned entry carries no read counts on a cluster (docs/scaling.md).
     "tests/test_ranking.py::test_a_deleted_memory_takes_its_counts_along",
 ]

@@ -23,7 +23,7 @@ from pepperpy_pg_memory import (
     PostgresStorage,
     Ranking,
 )
-from pepperpy_pg_memory.database import CACHEABLE_STATEMENT_BYTES
+from pepperpy_pg_memory.database import CACHEABLE_STATEMENT_BYTES, PlannedOnce
 from pepperpy_pg_memory.search_sql import Page
 from pepperpy_pg_memory.sql import Query
 
@@ -210,6 +210,39 @@ async def test_an_owners_longest_searches_stay_prepared_on_the_connection(
     # filter) longer than asyncpg's default bound.
     asyncpg_default = 15 * 1024
     assert len(lengths) >= 2 and asyncpg_default < lengths[-1] < CACHEABLE_STATEMENT_BYTES
+
+
+async def test_word_searches_plan_once_and_every_other_statement_for_its_values(
+    make_config: Any,
+) -> None:
+    # A word search's plan does not depend on its values and costs more to make than to run:
+    # its session plans generically. Every other statement on the same connection (a
+    # vector search above all, whose plan depends on the owner's size) plans for its
+    # values, whatever ran there before.
+    config = make_config(min_size=1, max_size=1)
+    mode = Query("SELECT current_setting('plan_cache_mode')")
+
+    async def session_mode(store: PostgresStorage[str, Any]) -> str:
+        async with store.database.pool.acquire() as conn:  # the pool's one connection
+            return str(await conn.fetchval(mode.sql))
+
+    once = PlannedOnce(lambda session: session.fetchval(mode))
+    async with PostgresStorage[str, Any](config, HashingEmbedder(64)) as store:
+        database = store.database
+        assert await database.fetchval("test", mode) == "force_custom_plan"
+        assert await database.run("test", once) == "force_generic_plan"
+        assert await database.run("test", once) == "force_generic_plan"
+        assert await database.fetchval("test", mode) == "force_custom_plan"
+        await store.store("tea", "green tea in the afternoon", scope="user", scope_id="u1")
+        words = MemoryQuery(query="green tea", index_type=MemoryIndex.CONTEXTUAL)
+        assert [r.entry.key for r in await store.search(words)] == ["tea"]
+        assert await session_mode(store) == "force_generic_plan"
+        meaning = MemoryQuery(query="green tea", index_type=MemoryIndex.SEMANTIC)
+        assert [r.entry.key for r in await store.search(meaning)] == ["tea"]
+        assert await session_mode(store) == "force_custom_plan"
+        await store.search(words)
+        await store.store("coffee", "black coffee", scope="user", scope_id="u1")
+        assert await session_mode(store) == "force_custom_plan"
 
 
 def _unit(*pairs: tuple[int, float]) -> list[float]:
