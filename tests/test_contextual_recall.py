@@ -297,41 +297,56 @@ async def test_a_large_owners_search_looks_up_only_the_questions_terms(
     assert {r.entry.key for r in found} == {"w17", "w42"}
 
 
+BIG_OWNER = {"scope": MemoryScope.USER, "scope_id": "big"}
+
+
+async def _with_a_large_owner(storage: PostgresStorage[str, Any], *others: dict[str, Any]) -> None:
+    """An owner of 2,500 memories holding most of the table (beside ``others``), counted."""
+    await storage.store_many(
+        [
+            {"key": f"w{i}", "value": f"note {i} about topic{i % 50}", **BIG_OWNER}
+            for i in range(2_500)
+        ]
+        + list(others)
+    )
+    await storage.refresh_term_statistics()
+
+
+async def _checked_on_what_an_index_finds(
+    storage: PostgresStorage[str, Any], question: str, operator: str = ""
+) -> tuple[list[tuple[str, float]], int]:
+    """The large owner's ten best for ``question`` and how many scans of the table (those
+    whose conditions use ``operator``) checked the owner as a condition no index serves."""
+    rows, nodes = await _owner_search_planned(storage, question, "big", 10, True)
+    checking = 0
+    for n in nodes:
+        checked = n.get("Filter", "") + n.get("Recheck Cond", "")
+        scanned = n.get("Relation Name") == storage.layout.table and n["Actual Loops"]
+        if scanned and "IS TRUE" in checked and operator in checked + n.get("Index Cond", ""):
+            checking += 1
+    return rows, checking
+
+
 async def test_an_owner_holding_most_memories_is_checked_on_what_the_index_finds(
     storage: PostgresStorage[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Intersecting the terms' index with every row of an owner holding most of the table
     # (what a plan made for an owner of average size does) costs more than checking the
     # owner on the few rows the terms match: the probes through the index check it.
-    big = {"scope": MemoryScope.USER, "scope_id": "big"}
-    await storage.store_many(
-        [{"key": f"w{i}", "value": f"note {i} about topic{i % 50}", **big} for i in range(2_500)]
-        + [
+    await _with_a_large_owner(
+        storage,
+        *(
             {"key": f"s{i}", "value": f"note about topic{i}", "scope": "user", "scope_id": "small"}
             for i in range(100)
-        ]
+        ),
     )
-    await storage.refresh_term_statistics()
-
-    async def searched() -> tuple[list[tuple[str, float]], int]:
-        rows, nodes = await _owner_search_planned(storage, "topic7 note", "big", 10, True)
-        # Scans of the table run with the owner as a check no index serves.
-        checking = sum(
-            1
-            for n in nodes
-            if n.get("Relation Name") == storage.layout.table
-            and n["Actual Loops"]
-            and "IS TRUE" in n.get("Filter", "") + n.get("Recheck Cond", "")
-        )
-        return rows, checking
-
-    checked, checking = await searched()
+    checked, checking = await _checked_on_what_an_index_finds(storage, "topic7 note")
     assert len(checked) == 10
     assert {key for key, _ in checked} <= {f"w{i}" for i in range(7, 2_500, 50)}
     assert checking > 0
     # An owner holding less of the table: the same answer, its rows intersected.
     monkeypatch.setattr("pepperpy_pg_memory.search_sql.LARGE_OWNER_BREAK_EVEN", 10**9)
-    intersected, checking = await searched()
+    intersected, checking = await _checked_on_what_an_index_finds(storage, "topic7 note")
     assert intersected == checked and checking == 0
 
 
@@ -342,39 +357,17 @@ async def test_a_large_owners_misspelling_is_checked_on_what_the_trigram_index_f
     # trigrams. A plan made for an owner of average size read every memory of the owner to
     # test them (125 ms for an owner of 50,000 among 350,000): for an owner holding much of
     # the table, the trigram index finds the candidates and the owner is checked on them.
-    big = {"scope": MemoryScope.USER, "scope_id": "big"}
-    await storage.store_many(
-        [{"key": f"w{i}", "value": f"note {i} about topic{i % 50}", **big} for i in range(2_500)]
-        + [{"key": "lucas", "value": "Lucas is allergic to cashews", **big}]
-        + [
-            {
-                "key": "other",
-                "value": "Noah is allergic to cashews",
-                "scope": "user",
-                "scope_id": "small",
-            }
-        ]  # fmt: skip
+    await _with_a_large_owner(
+        storage,
+        {"key": "lucas", "value": "Lucas is allergic to cashews", **BIG_OWNER},
+        {"key": "noah", "value": "Noah is allergic to cashews", "scope": "user", "scope_id": "s"},
     )
-    await storage.refresh_term_statistics()
-
-    async def searched() -> tuple[list[tuple[str, float]], int]:
-        rows, nodes = await _owner_search_planned(storage, "cashewz", "big", 10, True)
-        checking = sum(
-            1
-            for n in nodes
-            if n.get("Relation Name") == storage.layout.table
-            and n["Actual Loops"]
-            and "<%" in n.get("Filter", "") + n.get("Recheck Cond", "") + n.get("Index Cond", "")
-            and "IS TRUE" in n.get("Filter", "") + n.get("Recheck Cond", "")
-        )
-        return rows, checking
-
-    checked, checking = await searched()
+    checked, checking = await _checked_on_what_an_index_finds(storage, "cashewz", "<%")
     assert [key for key, _ in checked] == ["lucas"] and 0 < checked[0][1] <= 0.5
     assert checking > 0
     # An owner holding less of the table: the same answer, from the owner's own rows.
     monkeypatch.setattr("pepperpy_pg_memory.search_sql.LARGE_OWNER_BREAK_EVEN", 10**9)
-    from_owner, checking = await searched()
+    from_owner, checking = await _checked_on_what_an_index_finds(storage, "cashewz", "<%")
     assert from_owner == checked and checking == 0
 
 
@@ -382,14 +375,12 @@ async def test_only_words_the_statistics_do_not_count_are_looked_up_as_misspelli
     storage: PostgresStorage[str, Any],
 ) -> None:
     # Whether a word is a misspelling is asked of the full-text index only for words the
-    # owner's term statistics do not count.
-    owner = {"scope": MemoryScope.USER, "scope_id": "u1"}
-    await storage.store_many(
-        [{"key": f"w{i}", "value": f"note {i} about topic{i % 50}", **owner} for i in range(200)]
-        + [{"key": "lucas", "value": "Lucas is allergic to cashews", **owner}]
+    # owner's term statistics do not count (within an owner of 50,000 the index's answer
+    # cost 3-5 ms a word).
+    await _with_a_large_owner(
+        storage, {"key": "lucas", "value": "Lucas is allergic to cashews", **BIG_OWNER}
     )
-    await storage.refresh_term_statistics()
-    rows, nodes = await _owner_search_planned(storage, "Lucas cashewz", "u1", 10, True)
+    rows, nodes = await _owner_search_planned(storage, "Lucas cashewz", "big", 10, True)
     assert [key for key, _ in rows] == ["lucas"]
     looked_up = [
         n
