@@ -339,9 +339,9 @@ class Database(Runner):
         self._planning_once.clear()
 
     # --- running ----------------------------------------------------------------------------
-    async def _plan_for(self, conn: Any, work: Work[Any]) -> None:
-        """Give ``conn``'s session the plan mode ``work`` runs under: generic for
-        :class:`PlannedOnce` work, else each execution planned for its values.
+    async def _plan_for(self, conn: Any, pid: int, work: Work[Any]) -> None:
+        """Give ``conn``'s session (server process ``pid``) the plan mode ``work`` runs under:
+        generic for :class:`PlannedOnce` work, else each execution planned for its values.
 
         A session setting, changed only when the mode changes, before any transaction (one
         rolled back would undo it): a word search run in a transaction of its own with the
@@ -351,14 +351,15 @@ class Database(Runner):
         """
         if self.transaction_settings is not None:
             return
-        pid = _server_process(conn)
         once = isinstance(work, PlannedOnce)
         if once == (pid in self._planning_once):
             return
+        # A change cut short (a cancelled caller) may or may not have reached the session:
+        # it is then taken for generic, which the next operation of the other kind resets.
+        # (Taken for custom, vector searches could run under generic plans unnoticed.)
+        self._planning_once.add(pid)
         await conn.execute(_PLAN_ONCE if once else _PLAN_EACH)
-        if once:
-            self._planning_once.add(pid)
-        else:
+        if not once:
             self._planning_once.discard(pid)
 
     def check_loop(self, operation: str) -> None:
@@ -420,10 +421,12 @@ class Database(Runner):
                 ) from None
             finally:
                 self.metrics.waiting -= 1
+            pid: int | None = None
             try:
                 sent = True
                 session = Session(conn)
-                await self._plan_for(conn, work)
+                pid = _server_process(conn)
+                await self._plan_for(conn, pid, work)
                 result = await self._work_in(session, work)
                 if after_write is not None and visible_to_reads:
                     await after_write(session)
@@ -433,7 +436,8 @@ class Database(Runner):
                 if unusable or is_transient(exc):
                     # Never hand a broken connection back for reuse; the pool opens a new one.
                     # (If it died on its own, asyncpg has already taken it back: nothing to do.)
-                    self._planning_once.discard(_server_process(conn))
+                    if pid is not None:
+                        self._planning_once.discard(pid)
                     with contextlib.suppress(asyncpg.InterfaceError):
                         conn.terminate()
                 if unusable:
