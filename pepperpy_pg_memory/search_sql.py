@@ -478,10 +478,11 @@ class SearchStatements:
         restriction: Restriction,
         want: int,
         owner_size: _OwnerSize,
+        statistics: tuple[str, str],
     ) -> str:
         """CTEs ending in ``words`` (identity, score): at most ``want`` memories holding any of
         the terms of ``positive`` and satisfying ``required`` (see :func:`split_query`), ranked
-        by BM25.
+        by BM25 with the figures of ``statistics`` (see :meth:`_statistics`).
 
         The query's terms are what a memory's ``terms`` column holds: the configuration's
         lexemes and identifiers, whole and by parts. Candidates come, through the GIN index,
@@ -495,7 +496,7 @@ class SearchStatements:
         """
         cap = params.add(max(want, CONTEXTUAL_CANDIDATES))
         window = params.add(want)
-        frequency, totals = self._statistics(params, restriction)
+        frequency, totals = statistics
         # Both ways of probing are planned (see _owner_size), and the one-time conditions on
         # term_totals run one of them; a small owner's memories are read once (``owned``).
         small, large, tenant_counted = owner_size
@@ -672,7 +673,7 @@ class SearchStatements:
         """
         positive, required = split_query(query)
         # (The gates read term_totals, which only the BM25 statement has.)
-        owner_size, bm25 = _OwnerSize(None, None, ""), False
+        owner_size, statistics = _OwnerSize(None, None, ""), None
         if self.match == "all" or not _WORD.search(positive):
             # Exclusions alone ("-coffee") ask for every memory without the word: nothing to
             # rank by, so the web-search statement answers, as it always did.
@@ -681,9 +682,9 @@ class SearchStatements:
             )
         else:
             owner_size = self._owner_size(params, restriction, check_large_owners)
-            bm25 = True
+            statistics = self._statistics(params, restriction)
             words = self._best_matching(
-                params, positive, required, where, restriction, want, owner_size
+                params, positive, required, where, restriction, want, owner_size, statistics
             )
         window = params.add(want)
         fuzzy = [params.add(word) for word in fuzzy_words(query)]
@@ -699,9 +700,11 @@ class SearchStatements:
                 f" AND x.scope = {params.add(scope)} AND x.scope_id = {params.add(scope_id)}"
             )
         config = params.add(self.layout.text_search_config) if fuzzy else ""
+        # A lexeme's (q.lexeme) document frequency, where the statistics count the memories
+        # searched: an owner's own, or the tenant's across owners.
         counted = None
-        if fuzzy and bm25 and (restriction.owner is None or self.term_statistics == "owner"):
-            counted = self._statistics(params, restriction)[0]
+        if statistics and (restriction.owner is None or self.term_statistics == "owner"):
+            counted = statistics[0]
 
         # Only a word the table has never seen (as a full-text lexeme) can be a misspelling
         # worth a trigram search; it becomes NULL otherwise, and a NULL key makes its trigram
