@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
 
 from .filters import Params
@@ -113,6 +114,21 @@ def fuzzy_words(query: str) -> list[str]:
     """The query's distinct words (at most eight) for trigram matching and scoring."""
     words = [w.lower() for w in _WORD.findall(query) if len(w) >= 2]
     return list(dict.fromkeys(words))[:FUZZY_MAX_WORDS]
+
+
+def _by_owner_size(large: str | None, where: str, branch: Callable[[str, str], str]) -> str:
+    """``branch(size, restriction)``: a FROM item of the rows within the restriction ``where``
+    that ``size`` (a condition evaluated once) lets through. Without ``large`` one branch
+    serves every owner; with it (see :meth:`SearchStatements._owner_size`), a second branch
+    serves large owners, with the restriction as one opaque condition: no index serves the
+    owner's part, and the rows the branch's index finds are checked instead (a plan made
+    for an owner of average size intersects them with every row of the owner's, or reads
+    every row of the owner's to test them)."""
+    if large is None:
+        return branch("TRUE", where)
+    return f"""{branch(f"NOT {large}", where)}
+        UNION ALL
+        {branch(large, f"({where}) IS TRUE")}"""
 
 
 def _at_least(params: Params, expression: str, min_score: float | None) -> str:
@@ -521,14 +537,12 @@ class SearchStatements:
             if small is None:
                 return f"({indexed(candidate)} LIMIT {cap})"
             not_small = f"NOT coalesce({small}, false)"
-            through_index = f"({indexed(candidate)} AND {not_small} LIMIT {cap})"
-            if large is not None:
-                # The restriction as one opaque condition: no index serves the owner's part.
-                checked = f"{CONTEXTUAL} AND ({where}) IS TRUE AND {constraint}"
-                through_index = f"""({indexed(candidate)} AND {not_small} AND NOT {large}
-                        LIMIT {cap})
-                    UNION ALL
-                    ({indexed(checked)} AND {not_small} AND {large} LIMIT {cap})"""
+
+            def through(size: str, restricted: str) -> str:
+                conditions = f"{CONTEXTUAL} AND {restricted} AND {constraint}"
+                return f"({indexed(conditions)} AND {not_small} AND {size} LIMIT {cap})"
+
+            through_index = _by_owner_size(large, where, through)
             return f"""(SELECT * FROM (
                     (SELECT m.* FROM owned m WHERE {gate} AND m.terms @@ {match} LIMIT {cap})
                     UNION ALL
@@ -757,15 +771,9 @@ class SearchStatements:
                   AND {CONTEXTUAL} AND {restricted} AND {candidates_match}
                 LIMIT {FUZZY_MAX_CANDIDATES})"""
 
-        large = owner_size.large
-        if large is None or not suspects:
-            candidates = trigram_candidates("TRUE", where)
-        else:
-            # A large owner is checked on the rows the trigram index finds (the restriction
-            # as one opaque condition: no index serves the owner's part).
-            candidates = f"""{trigram_candidates(f"NOT {large}", where)}
-                UNION ALL
-                {trigram_candidates(large, f"({where}) IS TRUE")}"""
+        # A large owner is checked on the rows the trigram index finds.
+        large = owner_size.large if suspects else None
+        candidates = _by_owner_size(large, where, trigram_candidates)
         return f"""
             {words},{misspelt}
             fuzzy AS MATERIALIZED (
