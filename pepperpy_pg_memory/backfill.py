@@ -111,10 +111,11 @@ def _count_pending(layout: TableLayout, backfill: Backfill, tenant: str) -> Quer
 
 
 def saved_position(layout: TableLayout, name: str, tenant: str, *, lock: bool = False) -> Query:
-    """Where the walk named ``name`` stands: one row (position, finished), or none if it never
-    ran. ``lock``: hold its row for this transaction (one batch at a time)."""
+    """Where the walk named ``name`` stands: one row (position, finished, started_at), or none
+    if it never ran. ``lock``: hold its row for this transaction (one batch at a time)."""
     return Query(
-        f"SELECT position, finished_at IS NOT NULL AS finished FROM {layout.qualified_backfills} "
+        "SELECT position, finished_at IS NOT NULL AS finished, started_at "
+        f"FROM {layout.qualified_backfills} "
         "WHERE tenant = $1 AND name = $2" + (" FOR UPDATE" if lock else ""),
         [tenant, name],
     )

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from .errors import MemoryValidationError
@@ -152,10 +152,20 @@ OPERATIONS = frozenset(
 """Every operation a version may record (an imported history line names one of them)."""
 
 
-def _version_columns(alias: str, recorded: bool = True) -> str:
+def _version_columns(alias: str, recorded: bool = True, row: str | None = None) -> str:
     """A version's columns from ``alias``: a history row, or (``recorded=False``) a memory row
-    standing for the version history lacks."""
-    columns = [f"{alias}.{column}" for column in VERSIONED_COLUMNS if column != "valid_from"]
+    standing for the version history lacks. With ``row`` (a FROM item ``m`` of the memory
+    table and the condition that it is ``alias``'s memory), a history row's vector is,
+    while it is the memory's current version, the memory row's: the history gets it only
+    when the version is replaced."""
+    columns = [
+        f"coalesce({alias}.embedding, (SELECT m.embedding FROM {row} "
+        f"AND m.version = {alias}.version)) AS embedding"
+        if column == "embedding" and row is not None
+        else f"{alias}.{column}"
+        for column in VERSIONED_COLUMNS
+        if column != "valid_from"
+    ]
     columns.append(f"coalesce({alias}.valid_from, {alias}.created_at) AS valid_from")
     if recorded:
         columns += [f"{alias}.{column}" for column in ("operation", "actor", "reason", "at")]
@@ -224,7 +234,11 @@ class HistoryStatements:
         )
 
     def _recorded(self) -> str:
-        return f"SELECT {_version_columns('h')} FROM {self.history} h WHERE {_same_memory('h')}"
+        # The memory row named by the same parameters: on a cluster the look-up then stays on
+        # the memory's node (Citus does not follow a correlation to it).
+        row = f"{self.table} m WHERE {_same_memory('m')}"
+        columns = _version_columns("h", row=row)
+        return f"SELECT {columns} FROM {self.history} h WHERE {_same_memory('h')}"
 
     def _unrecorded(self) -> str:
         return (
@@ -253,15 +267,18 @@ class HistoryStatements:
         version order after ``after`` (a keyset page, for exports)."""
         params = Params([tenant])
         where = ["h.tenant = $1"]
+        row = f"{self.table} m WHERE {same_memory('m', 'h')}"
         if owner is not None:
-            where.append(
-                f"(h.scope, h.scope_id) = ({params.add(owner[0])}, {params.add(owner[1])})"
-            )
+            scope, scope_id = params.add(owner[0]), params.add(owner[1])
+            where.append(f"(h.scope, h.scope_id) = ({scope}, {scope_id})")
+            # (Said as values too: on a cluster the look-up stays on the owner's node.)
+            row += f" AND m.scope = {scope} AND m.scope_id = {scope_id}"
         if after is not None:
             bound = ", ".join(params.add(part) for part in after)
             where.append(f"(h.scope, h.scope_id, h.key, h.version) > ({bound})")
         return Query(
-            f"SELECT {_version_columns('h')} FROM {self.history} h WHERE {' AND '.join(where)} "
+            f"SELECT {_version_columns('h', row=row)} FROM {self.history} h "
+            f"WHERE {' AND '.join(where)} "
             f"ORDER BY h.scope, h.scope_id, h.key, h.version LIMIT {params.add(limit)}",
             params.values,
         )
@@ -341,11 +358,21 @@ class HistoryStatements:
 
     def forget_vectors(self, tenant: str) -> Query:
         """Drop the vectors of ``tenant``'s versions (another model's: never compared with
-        the new model's; a re-embedding gives current versions theirs again)."""
+        the new model's; current versions read theirs from the re-embedded rows)."""
         return Query(
             f"UPDATE {self.history} SET embedding = NULL "
             "WHERE tenant = $1 AND embedding IS NOT NULL",
             [tenant],
+        )
+
+    def forget_vectors_since(self, tenant: str, moment: datetime) -> Query:
+        """Drop the vectors of ``tenant``'s versions recorded or replaced since ``moment``,
+        when a re-embedding began: a version replaced before the walk reached its row took
+        the previous model's vector from it."""
+        return Query(
+            f"UPDATE {self.history} SET embedding = NULL WHERE tenant = $1 "
+            "AND embedding IS NOT NULL AND (replaced_at >= $2 OR at >= $2)",
+            [tenant, moment],
         )
 
     def trim_versions(self, tenant: str, keep: int) -> Query:
@@ -390,14 +417,21 @@ def recorded_from_merge(
     primary key, which the caller turns into a retry (see bulk.write_batch)."""
     history = layout.qualified_history
     columns = ", ".join(VERSIONED_COLUMNS)
-    new = ", ".join(f"(w.new_row).{column}" for column in VERSIONED_COLUMNS)
+    # As the row triggers record it: the new version without its vector (the memory row
+    # holds it), which the version's row gets when it is replaced.
+    new = ", ".join(
+        "NULL" if column == "embedding" else f"(w.new_row).{column}" for column in VERSIONED_COLUMNS
+    )
     old = ", ".join(f"(w.old_row).{column}" for column in VERSIONED_COLUMNS)
     identity = " AND ".join(f"h.{column} = (w.old_row).{column}" for column in IDENTITY_COLUMNS)
     replaced = "(w.old_row).version IS NOT NULL AND (w.new_row).version <> (w.old_row).version"
     return [
-        # The version replaced says when (the trigger's UPDATE of replaced_at).
+        # The version replaced says when, and takes its vector from the row it was (the
+        # trigger's UPDATE of replaced_at).
         f"""replaced_versions AS (
-            UPDATE {history} h SET replaced_at = (w.new_row).updated_at FROM {merged} w
+            UPDATE {history} h SET replaced_at = (w.new_row).updated_at,
+                embedding = coalesce(h.embedding, (w.old_row).embedding)
+            FROM {merged} w
             WHERE {replaced} AND (w.old_row).in_history AND {identity}
               AND h.version = (w.old_row).version)""",
         # A replaced version the history lacks (written with history off, or before it).

@@ -845,21 +845,14 @@ class Statements:
 
     def set_embeddings(self) -> Query:
         """A template for ``executemany``; per row: tenant, scope, scope_id, key, vector,
-        content hash. The memory's current version in the history gets the vector too."""
+        content hash. (The memory's current version in the history gets the vector when
+        it is replaced, from the row.)"""
         # Only if the text is still the one that was embedded: a concurrent writer that changed
         # it has written its own embedding.
         return Query(
-            f"""
-            WITH written AS (
-                UPDATE {self.table} SET embedding = $5::{self.vector}
-                WHERE tenant = $1 AND scope = $2 AND scope_id = $3 AND key = $4
-                  AND content_hash = $6
-                RETURNING version
-            )
-            UPDATE {self.layout.qualified_history} h SET embedding = $5::{self.vector}
-            FROM written WHERE h.tenant = $1 AND h.scope = $2 AND h.scope_id = $3
-              AND h.key = $4 AND h.version = written.version
-            """
+            f"UPDATE {self.table} SET embedding = $5::{self.vector} "
+            "WHERE tenant = $1 AND scope = $2 AND scope_id = $3 AND key = $4 "
+            "AND content_hash = $6"
         )
 
     def touch(

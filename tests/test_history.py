@@ -74,6 +74,87 @@ async def test_every_change_is_a_version_newest_first(storage: PostgresStorage[s
     assert all(v.embedding is not None and len(v.embedding) == 256 for v in with_vectors)
 
 
+async def _recorded_vectors(
+    conn: asyncpg.Connection, config: PostgresConfig, key: str
+) -> dict[int, str | None]:
+    """Each recorded version of ``key`` (Ana's) → the vector its history row holds."""
+    rows = await conn.fetch(
+        f"SELECT version, embedding::text AS vector FROM {_history_table(config)} "
+        "WHERE scope = 'user' AND scope_id = 'ana' AND key = $1 ORDER BY version",
+        key,
+    )
+    return {row["version"]: row["vector"] for row in rows}
+
+
+async def _row_vector(conn: asyncpg.Connection, config: PostgresConfig, key: str) -> str:
+    vector: str = await conn.fetchval(
+        f'SELECT embedding::text FROM "{config.schema_name}"."{config.table}" '
+        "WHERE scope = 'user' AND scope_id = 'ana' AND key = $1",
+        key,
+    )
+    return vector
+
+
+@pytest.mark.parametrize("writes", ["one at a time", "in batches"])
+async def test_a_current_versions_vector_is_kept_once_and_recorded_when_replaced(
+    storage: PostgresStorage[str, Any],
+    config: PostgresConfig,
+    raw_conn: asyncpg.Connection,
+    writes: str,
+) -> None:
+    # The memory row holds the current version's vector; its history row gets it when the
+    # version is replaced: by the row triggers (store) or by a bulk merge recording its
+    # own versions (a batch past SMALL_BATCH_ROWS).
+    keys = [f"k{i}" for i in range(40)]
+
+    async def write(text: str) -> None:
+        if writes == "one at a time":
+            await storage.store("k0", f"{text} 0", **ANA)
+        else:
+            await storage.store_many(
+                [{"key": key, "value": f"{text} {i}"} for i, key in enumerate(keys)], **ANA
+            )
+
+    await write("green tea in the morning")
+    first = await _row_vector(raw_conn, config, "k0")
+    assert await _recorded_vectors(raw_conn, config, "k0") == {1: None}
+    # Read through the store, the current version has its vector: the row's.
+    [current] = await storage.history("k0", **ANA, include_embedding=True)
+    assert current.version == 1 and current.embedding is not None
+    assert current.embedding == pytest.approx(json.loads(first))
+
+    await write("black coffee at noon")
+    second = await _row_vector(raw_conn, config, "k0")
+    assert second != first
+    assert await _recorded_vectors(raw_conn, config, "k0") == {1: first, 2: None}
+    newest, oldest = await storage.history("k0", **ANA, include_embedding=True)
+    assert (newest.version, oldest.version) == (2, 1)
+    assert newest.embedding != oldest.embedding
+    # A read as of a moment before the replacement finds the replaced version by meaning.
+    replaced_at = newest.at - timedelta(microseconds=1)
+    hits = await storage.search(
+        MemoryQuery(query="green tea in the morning 0", as_of=replaced_at, limit=1, **ANA)
+    )
+    assert hits[0].entry.key == "k0" and hits[0].entry.version == 1
+
+    assert await storage.delete("k0", **ANA)
+    # The deleted version keeps the vector (as the memory was), the version it ended too.
+    assert await _recorded_vectors(raw_conn, config, "k0") == {1: first, 2: second, 3: second}
+
+
+async def test_a_version_replaced_by_a_writer_without_history_gets_its_vector(
+    config: PostgresConfig, raw_conn: asyncpg.Connection
+) -> None:
+    async with PostgresStorage[str, Any](config, HashingEmbedder(256)) as store:
+        await store.store("k", "green tea in the morning", **ANA)
+    recorded = await _row_vector(raw_conn, config, "k")
+    quiet = config.model_copy(update={"history": False})
+    async with PostgresStorage[str, Any](quiet, HashingEmbedder(256)) as store:
+        await store.store("k", "black coffee at noon", **ANA)
+    # No version of its own, but the one it replaced keeps its vector.
+    assert await _recorded_vectors(raw_conn, config, "k") == {1: recorded}
+
+
 async def test_the_entry_carries_its_version_and_a_deleted_key_continues_numbering(
     storage: PostgresStorage[str, Any],
 ) -> None:
@@ -530,6 +611,41 @@ class _ReversedModel(HashingEmbedder):
         return (await super().embed_query(text))[::-1].copy()
 
 
+async def test_a_version_replaced_during_a_re_embedding_keeps_no_vector_of_the_old_model(
+    config: PostgresConfig, raw_conn: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A version gets its vector from the memory row when replaced. While a re-embedding
+    # walks the rows, a row it has not reached yet still holds the previous model's vector:
+    # a version replaced then would keep it, and be compared with the new model's queries.
+    keys = [f"k{i}" for i in range(10)]
+    async with PostgresStorage[str, Any](config, HashingEmbedder(32)) as store:
+        await store.store_many(
+            [{"key": key, "value": f"note {key} about tea"} for key in keys], **ANA
+        )
+    from pepperpy_pg_memory.operations import conversing
+
+    walked = conversing.indexed_vectors
+    replaced: list[str] = []
+
+    async def replacing_ahead_of_the_walk(started: Any, contents: Any, places: Any) -> Any:
+        if not replaced:  # the first batch: k9's row still holds the previous model's vector
+            replaced.append("k9")
+            await moving_store.store("k9", "note k9 about coffee", **ANA)
+        return await walked(started, contents, places)
+
+    monkeypatch.setattr(conversing, "indexed_vectors", replacing_ahead_of_the_walk)
+    moving = config.model_copy(update={"on_embedder_change": "reindex", "embedding_batch_size": 1})
+    moving_store = PostgresStorage[str, Any](moving, _ReversedModel(32))
+    async with moving_store:
+        assert replaced == ["k9"]
+        # The replaced version has no vector; the current one is the new model's.
+        assert await _recorded_vectors(raw_conn, config, "k9") == {1: None, 2: None}
+        newest, oldest = await moving_store.history("k9", **ANA, include_embedding=True)
+        assert oldest.embedding is None
+        expected = await _ReversedModel(32).embed_documents(["note k9 about coffee"])
+        assert newest.embedding == pytest.approx(list(expected[0]), abs=1e-6)
+
+
 async def test_a_model_change_never_compares_versions_across_models(
     config: PostgresConfig, raw_conn: asyncpg.Connection
 ) -> None:
@@ -543,9 +659,15 @@ async def test_a_model_change_never_compares_versions_across_models(
             f'FROM {_history_table(config)} h JOIN "{config.schema_name}"."{config.table}" m '
             "USING (tenant, scope, scope_id, key) ORDER BY h.version"
         )
-        # The current version has the new model's vector, in the table and in the history;
-        # the replaced one has none (the old model's is gone).
-        assert [(row["version"], row["same"]) for row in rows] == [(1, None), (2, True)]
+        # The replaced version has no vector (the old model's is gone); the current one's is
+        # the table's, the new model's, which its history row gets when it is replaced.
+        assert [(row["version"], row["same"]) for row in rows] == [(1, None), (2, None)]
+        current = (await store.history("k", **ANA, limit=1, include_embedding=True))[0]
+        assert current.version == 2
+        assert (
+            current.embedding
+            == (await store.retrieve("k", **ANA, include_embedding=True)).embedding
+        )
         now = await _server_now(store)
         hits = await store.search(MemoryQuery(query="black coffee at noon", as_of=now, **ANA))
         assert hits[0].entry.key == "k" and hits[0].score == pytest.approx(1.0, abs=1e-4)

@@ -347,14 +347,16 @@ async def test_new_memories_after_the_upgrade_get_the_type_defaults(
         ).expires_at is None
 
 
-@pytest.mark.parametrize("spoken", ["4", "22"])
+@pytest.mark.parametrize("spoken", ["4", "22", "26"])
 async def test_a_process_speaking_an_older_schema_cannot_write(
     storage: PostgresStorage[str, Any], pg_dsn: str, spoken: str
 ) -> None:
     # A release of schema 4 upserts a memory without replacing its passages (no memory may
     # keep vectors of text it no longer has); one of schema 22 judges a memory expired by
     # its row alone, blind to the refreshes kept beside it (a sweep would delete memories a
-    # read kept). Both are refused.
+    # read kept); one of schema 26 records the versions of its bulk merges itself, and
+    # would replace a current version without giving its history row the vector. All are
+    # refused.
     await storage.store("doc", "text", passages=["first", "second"])
     layout = storage.layout
     old = await asyncpg.connect(
@@ -369,9 +371,7 @@ async def test_a_process_speaking_an_older_schema_cannot_write(
             await old.execute(
                 f"UPDATE {layout.qualified_table} SET value = '\"changed\"' WHERE key = 'doc'"
             )
-        assert "passages and TTL refreshes kept beside the memories (schema 23)" in str(
-            caught.value
-        )
+        assert "current versions recorded without their vector (schema 27)" in str(caught.value)
     finally:
         await old.close()
     assert (await storage.retrieve("doc")).value == "text"

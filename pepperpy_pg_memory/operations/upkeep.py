@@ -327,7 +327,16 @@ async def reindex_semantic(
             progress(min(done, total), total)
     await reindex_passages(started, batch)
     over = backfill.save_position(layout, backfill.REEMBED, tenant, None, 0, finished=True)
-    await database.execute_all("reindex", [over, statements.save_reindex_cursor(None)])
+    steps = [over, statements.save_reindex_cursor(None)]
+    if layout.embedder is not None and layout.embedder != started.embedder_identity:
+        # A version replaced (or deleted) while the walk ran, before it reached the
+        # memory's row, was recorded with the previous model's vector from that row.
+        walk = await database.fetchrow(
+            "reindex", backfill.saved_position(layout, backfill.REEMBED, tenant)
+        )
+        if walk is not None and walk["started_at"] is not None:
+            steps.append(started.history.forget_vectors_since(tenant, walk["started_at"]))
+    await database.execute_all("reindex", steps)
     # Every vector is now the current model's.
     started = await record_embedder(started, relayout)
     if rebuild:

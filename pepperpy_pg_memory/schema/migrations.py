@@ -554,7 +554,9 @@ def _history_functions(layout: TableLayout, versioned: tuple[str, ...]) -> list[
     number, record = _history_function_names(layout)
     columns = ", ".join(versioned)
     old = ", ".join(f"OLD.{column}" for column in versioned)
-    new = ", ".join(f"NEW.{column}" for column in versioned)
+    # The current version's vector is the memory row's; its history row gets it when the
+    # version is replaced (see _v27_current_vector_kept_once).
+    new = ", ".join("NULL" if column == "embedding" else f"NEW.{column}" for column in versioned)
     inserted, replaced = same_memory("h", "NEW"), same_memory("h", "OLD")
     # What makes a version differ from the one before (not its moments or its expiry).
     compared = [column for column in versioned if column not in _NOT_COMPARED]
@@ -652,7 +654,8 @@ def _history_functions(layout: TableLayout, versioned: tuple[str, ...]) -> list[
             END IF;
             IF TG_OP <> 'INSERT' THEN
                 IF OLD.in_history THEN
-                    UPDATE {history} h SET replaced_at = moment
+                    UPDATE {history} h SET replaced_at = moment,
+                        embedding = coalesce(h.embedding, OLD.embedding)
                     WHERE {replaced} AND h.version = OLD.version;
                 ELSIF {recording} THEN
                     -- The version being replaced, which history lacks.
@@ -1446,6 +1449,36 @@ def _v26_triggers_planned_once(layout: TableLayout) -> list[str]:
     ]
 
 
+CURRENT_VECTOR_KEPT_ONCE_VERSION = 27
+
+
+def _v27_current_vector_kept_once(layout: TableLayout) -> list[str]:
+    # Every version in the history repeated its memory's vector, the current one too: 1,536
+    # of a version's 2,051 bytes at 384 dimensions, a fifth of a memory's whole footprint,
+    # written twice on every store. The current version's vector is the memory row's; its
+    # history row now gets it when the version is replaced (or deleted), from the row it
+    # was: the vector it had then (an embedding repair or a re-embedding since included).
+    # Readers of the history take a current version's vector from the row (see
+    # history._version_columns). Rows recorded before keep theirs; nothing is rewritten.
+    # A process of an earlier release would replace versions without giving them their
+    # vector (its bulk merge records versions itself): it may not write.
+    return [
+        *_history_functions(layout, _V9_VERSIONED_COLUMNS),
+        # Re-created functions lose their settings: planned once again, as version 26 made
+        # them (not where Citus is installed).
+        *_v26_triggers_planned_once(layout),
+        f"DROP TRIGGER IF EXISTS {quote_ident(f'{_GUARD}_before_{EXPIRY_REFRESHES_VERSION}')} "
+        f"ON {layout.qualified_table}",
+        *_old_client_guard(
+            layout,
+            CURRENT_VECTOR_KEPT_ONCE_VERSION,
+            "per-owner memory identity, passages, TTL refreshes kept beside the memories and "
+            "current versions recorded without their vector",
+            f"{_GUARD}_before_{CURRENT_VECTOR_KEPT_ONCE_VERSION}",
+        ),
+    ]
+
+
 def _generic_trigger_plans(layout: TableLayout, action: str) -> str:
     """PL/pgSQL: ``ALTER FUNCTION … {action}`` for the version and quota trigger functions."""
     number, _ = _history_function_names(layout)
@@ -1491,6 +1524,7 @@ MIGRATIONS: list[Migration] = [
     _v24_cheaper_terms_and_statistics,
     _v25_refresh_check_not_inlined,
     _v26_triggers_planned_once,
+    _v27_current_vector_kept_once,
 ]
 """Append-only. Position i (0-based) is schema version i + 1."""
 
