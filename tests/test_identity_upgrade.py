@@ -139,6 +139,19 @@ async def test_a_release_0_1_database_upgrades_in_place(
         assert restored.version == 3
         assert (await graph.aget(("users", "ana", "memories"), "food")) is not None
 
+        # Migration 27: a current version's vector is its row's alone. Replaced, the
+        # upgraded fact's first version is recorded with the vector its row had; the new
+        # current version reads its vector from the row.
+        old_fact = await store.retrieve("global-fact", include_embedding=True)
+        owner = {"scope": old_fact.scope, "scope_id": old_fact.scope_id or None}
+        await store.store("global-fact", "a newer fact for everyone", **owner)
+        current = await store.retrieve("global-fact", include_embedding=True)
+        newer, older = await store.history("global-fact", **owner, include_embedding=True)
+        assert (newer.version, older.version) == (2, 1)
+        assert older.embedding == pytest.approx(old_fact.embedding)
+        assert newer.embedding == pytest.approx(current.embedding)
+        assert newer.embedding != pytest.approx(older.embedding)
+
         # Migration 5 added an empty passages table: an upgraded item gains per-field
         # vectors when written again, for its owner only.
         passages = f'"{schema}".memories_passages'
