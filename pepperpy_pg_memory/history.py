@@ -356,23 +356,16 @@ class HistoryStatements:
             ),
         ]
 
-    def forget_vectors(self, tenant: str) -> Query:
+    def forget_vectors(self, tenant: str, since: datetime | None = None) -> Query:
         """Drop the vectors of ``tenant``'s versions (another model's: never compared with
-        the new model's; current versions read theirs from the re-embedded rows)."""
+        the new model's; current versions read theirs from the re-embedded rows). With
+        ``since`` (when a re-embedding began), only of versions recorded or replaced since:
+        one replaced before the walk reached its row took the previous model's vector."""
+        recent = "" if since is None else " AND (replaced_at >= $2 OR at >= $2)"
         return Query(
             f"UPDATE {self.history} SET embedding = NULL "
-            "WHERE tenant = $1 AND embedding IS NOT NULL",
-            [tenant],
-        )
-
-    def forget_vectors_since(self, tenant: str, moment: datetime) -> Query:
-        """Drop the vectors of ``tenant``'s versions recorded or replaced since ``moment``,
-        when a re-embedding began: a version replaced before the walk reached its row took
-        the previous model's vector from it."""
-        return Query(
-            f"UPDATE {self.history} SET embedding = NULL WHERE tenant = $1 "
-            "AND embedding IS NOT NULL AND (replaced_at >= $2 OR at >= $2)",
-            [tenant, moment],
+            f"WHERE tenant = $1 AND embedding IS NOT NULL{recent}",
+            [tenant] if since is None else [tenant, since],
         )
 
     def trim_versions(self, tenant: str, keep: int) -> Query:

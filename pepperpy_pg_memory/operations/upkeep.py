@@ -335,7 +335,7 @@ async def reindex_semantic(
             "reindex", backfill.saved_position(layout, backfill.REEMBED, tenant)
         )
         if walk is not None and walk["started_at"] is not None:
-            steps.append(started.history.forget_vectors_since(tenant, walk["started_at"]))
+            steps.append(started.history.forget_vectors(tenant, since=walk["started_at"]))
     await database.execute_all("reindex", steps)
     # Every vector is now the current model's.
     started = await record_embedder(started, relayout)
