@@ -3,7 +3,7 @@ batches instead of inside a migration.
 
 A migration may add a column instantly; filling it for existing rows rewrites them, which must
 not happen inside ``start()`` (a large table would keep every process waiting). Instead a
-:class:`Backfill` names the rows still to do and the assignment that does them; :func:`run`
+:class:`Backfill` names the rows still to do and the statement that does them; :func:`run`
 walks the tenant's rows in identity order (keyset pagination on the primary key), one batch
 per transaction, and records its position in the table's backfill positions in the same
 transaction, so a crash loses at most the batch under way and the next run resumes after the
@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from .database import Database
+from .history import repeats_current_vector
 from .schema import TableLayout, terms_function
 from .sql import Query, Session
 from .types import MANAGED_FIELD, ProgressCallback
@@ -28,6 +29,8 @@ __all__ = [
     "Backfill",
     "TERMS",
     "MANAGED",
+    "HISTORY_VECTORS",
+    "on_memory_rows",
     "BACKFILLS_TO_RUN",
     "REEMBED",
     "is_finished",
@@ -42,14 +45,32 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Backfill:
-    """One kind of row-by-row work on a memory table."""
+    """One kind of row-by-row work on a memory table (or on what it keeps beside its rows)."""
 
     name: str
     """Its name in the registry (stable: it keys the saved position)."""
-    pending: str
-    """A condition on the memory row ``m`` that holds while the row still needs the work."""
-    assignment: Callable[[TableLayout], str]
-    """The ``SET`` list that does the work on ``m``."""
+    pending: Callable[[TableLayout], str]
+    """A condition on the memory row ``m`` that holds while the memory still needs the work."""
+    change: Callable[[TableLayout], str]
+    """An UPDATE that does the work for the memories of the batch that need it (``batch b``:
+    their scope, scope_id and key; $1 the tenant), RETURNING a row per memory it changed."""
+    searched: bool = True
+    """Whether searches must allow for memories still pending (see :attr:`Started.backfilling`)."""
+
+
+def on_memory_rows(name: str, pending: str, assignment: Callable[[TableLayout], str]) -> Backfill:
+    """A backfill that sets ``assignment`` (a ``SET`` list on ``m``) on the memory rows for
+    which ``pending`` holds."""
+
+    def change(layout: TableLayout) -> str:
+        return f"""
+            UPDATE {layout.qualified_table} m SET {assignment(layout)}
+            FROM batch b
+            WHERE m.tenant = $1 AND (m.scope, m.scope_id, m.key) = (b.scope, b.scope_id, b.key)
+              AND {pending}
+            RETURNING 1"""
+
+    return Backfill(name, lambda layout: pending, change)
 
 
 def _terms_assignment(layout: TableLayout) -> str:
@@ -60,10 +81,8 @@ def _terms_assignment(layout: TableLayout) -> str:
     )
 
 
-TERMS = Backfill(
-    name="terms",
-    pending="m.terms IS NULL AND m.indices @> ARRAY['contextual']",
-    assignment=_terms_assignment,
+TERMS = on_memory_rows(
+    "terms", "m.terms IS NULL AND m.indices @> ARRAY['contextual']", _terms_assignment
 )
 """Contextual terms (schema version 6) for memories written before the column existed."""
 
@@ -79,15 +98,45 @@ def _managed_assignment(layout: TableLayout) -> str:
     return f"metadata = m.metadata || jsonb_build_object('{MANAGED_FIELD}', {adapter})"
 
 
-MANAGED = Backfill(
-    name="managed",
-    pending=f"({_LEGACY_CHAT} OR {_LEGACY_LANGGRAPH}) AND NOT m.metadata ? '{MANAGED_FIELD}'",
-    assignment=_managed_assignment,
+MANAGED = on_memory_rows(
+    "managed",
+    f"({_LEGACY_CHAT} OR {_LEGACY_LANGGRAPH}) AND NOT m.metadata ? '{MANAGED_FIELD}'",
+    _managed_assignment,
 )
 """The adapters' records written before they were marked (schema version 11), marked: until
 then deduplication, consolidation and the quota would treat them as ordinary memories."""
 
-BACKFILLS_TO_RUN = (TERMS, MANAGED)
+
+def _current_vector_copied(layout: TableLayout) -> str:
+    return (
+        f"m.in_history AND EXISTS (SELECT 1 FROM {layout.qualified_history} h "
+        f"WHERE {repeats_current_vector('h', 'm')})"
+    )
+
+
+def _forget_current_vector_copies(layout: TableLayout) -> str:
+    return f"""
+            UPDATE {layout.qualified_history} h SET embedding = NULL
+            FROM batch b JOIN {layout.qualified_table} m
+              ON m.tenant = $1 AND (m.scope, m.scope_id, m.key) = (b.scope, b.scope_id, b.key)
+            WHERE h.tenant = $1 AND (h.scope, h.scope_id, h.key) = (b.scope, b.scope_id, b.key)
+              AND {repeats_current_vector("h", "m")}
+            RETURNING 1"""
+
+
+HISTORY_VECTORS = Backfill(
+    name="history_vectors",
+    pending=_current_vector_copied,
+    change=_forget_current_vector_copies,
+    searched=False,
+)
+"""Space back from the history (schema version 27): before it, a memory's current version
+was recorded with a copy of the memory's vector (1,536 bytes at 384 dimensions); since, it
+is recorded without, and readers take the row's. Only a copy equal to the row's vector is
+dropped; the history gets it back when the version is replaced, as for any current version.
+(The space is reused by the history's next rows once VACUUM has seen them.)"""
+
+BACKFILLS_TO_RUN = (TERMS, MANAGED, HISTORY_VECTORS)
 
 REEMBED = "reembed"
 """The semantic reindex's entry: a walk whose batches are embedded in Python between reading
@@ -105,7 +154,7 @@ def _register(layout: TableLayout, backfill: Backfill, tenant: str) -> Query:
 def _count_pending(layout: TableLayout, backfill: Backfill, tenant: str) -> Query:
     return Query(
         f"SELECT count(*) FROM {layout.qualified_table} m WHERE m.tenant = $1 AND "
-        f"{backfill.pending}",
+        f"{backfill.pending(layout)}",
         [tenant],
     )
 
@@ -174,7 +223,7 @@ async def finish_if_idle(
 def _any_pending(layout: TableLayout, backfill: Backfill, tenant: str) -> Query:
     return Query(
         f"SELECT EXISTS (SELECT 1 FROM {layout.qualified_table} m WHERE m.tenant = $1 AND "
-        f"{backfill.pending})",
+        f"{backfill.pending(layout)})",
         [tenant],
     )
 
@@ -198,12 +247,7 @@ async def _batch(
                 ORDER BY m.scope, m.scope_id, m.key
                 LIMIT $5
             ),
-            changed AS (
-                UPDATE {layout.qualified_table} m SET {backfill.assignment(layout)}
-                FROM batch b
-                WHERE m.tenant = $1 AND (m.scope, m.scope_id, m.key) = (b.scope, b.scope_id, b.key)
-                  AND {backfill.pending}
-                RETURNING 1
+            changed AS ({backfill.change(layout)}
             )
             SELECT (SELECT count(*) FROM changed) AS changed,
                    (SELECT count(*) FROM batch) AS seen,

@@ -180,6 +180,16 @@ def _same_memory(alias: str) -> str:
     return " AND ".join(f"{alias}.{column} = ${n}" for n, column in enumerate(IDENTITY_COLUMNS, 1))
 
 
+def repeats_current_vector(history: str, memory: str) -> str:
+    """SQL: the history row ``history`` records the current version of the memory row
+    ``memory`` with a copy of its vector (as before schema version 27, or as an import
+    writes it), which the row already keeps."""
+    return (
+        f"{same_memory(history, memory)} AND {history}.version = {memory}.version "
+        f"AND {memory}.in_history AND {history}.embedding = {memory}.embedding"
+    )
+
+
 class HistoryStatements:
     """The SQL over one memory table's history."""
 
@@ -332,8 +342,9 @@ class HistoryStatements:
     def after_import(self, tenant: str) -> list[Query]:
         """What an import that brought versions finishes with (in its importing
         transaction): when each version was replaced; the memory rows whose version is now
-        recorded; and the vectors of recorded versions exported without them, from the
-        memory row they are."""
+        recorded; and no copy of a memory's vector in its current version's record (an
+        export gives the current version the row's vector; the history keeps it only once
+        the version is replaced)."""
         same, recorded = same_memory("n", "h"), same_memory("h", "m")
         return [
             Query(
@@ -349,9 +360,8 @@ class HistoryStatements:
                 [tenant],
             ),
             Query(
-                f"UPDATE {self.history} h SET embedding = m.embedding FROM {self.table} m "
-                f"WHERE h.tenant = $1 AND {recorded} AND h.version = m.version "
-                "AND h.embedding IS NULL AND m.embedding IS NOT NULL",
+                f"UPDATE {self.history} h SET embedding = NULL FROM {self.table} m "
+                f"WHERE h.tenant = $1 AND {repeats_current_vector('h', 'm')}",
                 [tenant],
             ),
         ]

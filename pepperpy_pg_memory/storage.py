@@ -225,8 +225,9 @@ class PostgresStorage(Generic[K, V]):
         if router is not None:
             self._use_layout(layout)  # reads go through it from now on
         await lifecycle.check_embedder(self._ready, dimension, self._use_layout)
-        self._set_backfilling(await lifecycle.backfills_pending(self._ready))
-        if self._ready.backfilling and config.background_backfill:
+        pending = await lifecycle.pending_backfills(self._ready)
+        self._set_backfilling(any(item.searched for item in pending))
+        if pending and config.background_backfill:
             attached.backfill = lifecycle.in_background(
                 self.complete_backfills(), f"the online backfill of {layout.table}"
             )
@@ -266,8 +267,8 @@ class PostgresStorage(Generic[K, V]):
         """Run the pending online backfills of this tenant's memories to the end; returns
         how many memories they changed.
 
-        An upgrade that adds something every existing memory needs (e.g. the contextual
-        terms of schema version 6) does it after start(), in batches of
+        An upgrade that changes every existing memory (e.g. the contextual terms of schema
+        6, the history's copies of vectors dropped by 27) does it after start(), in batches of
         ``maintenance_batch_size`` that resume after a crash; with ``background_backfill``
         (the default) start() runs them in the background, and searches stay correct
         meanwhile. Call this (or ``pepperpy-memory backfill``) to wait for them, with progress.

@@ -155,6 +155,60 @@ async def test_a_version_replaced_by_a_writer_without_history_gets_its_vector(
     assert await _recorded_vectors(raw_conn, config, "k") == {1: recorded}
 
 
+async def test_an_upgrade_drops_the_copies_of_current_vectors_its_history_kept(
+    make_config: Any, raw_conn: asyncpg.Connection
+) -> None:
+    # Before schema 27 a current version was recorded with a copy of the row's vector; the
+    # upgrade's online backfill drops the copies, and nothing a reader sees changes.
+    config = make_config(background_backfill=False)
+    other_tenant = config.model_copy(update={"tenant": "other"})
+    async with PostgresStorage[str, Any](config, HashingEmbedder(64)) as store:
+        await store.store("k0", "green tea in the morning", **ANA)
+        await store.store("k0", "black coffee at noon", **ANA)
+        await store.store_many([{"key": f"k{i}", "value": f"note {i}"} for i in range(1, 5)], **ANA)
+        await store.store("b", "Bruno plays chess", **BRUNO)
+    async with PostgresStorage[str, Any](other_tenant, HashingEmbedder(64)) as store:
+        await store.store("elsewhere", "the other tenant's tea", **ANA)
+    table, history = f'"{config.schema_name}"."{config.table}"', _history_table(config)
+    current = " AND ".join(
+        f"h.{column} = m.{column}" for column in ("tenant", "scope", "scope_id", "key", "version")
+    )
+    await raw_conn.execute(  # as schema 26 recorded them
+        f"UPDATE {history} h SET embedding = m.embedding FROM {table} m WHERE {current}"
+    )
+    # A recorded vector that is not the row's is not a copy: it stays.
+    replaced = await raw_conn.fetchval(
+        f"SELECT embedding::text FROM {history} WHERE tenant = '' AND key = 'k0' AND version = 1"
+    )
+    await raw_conn.execute(
+        f"UPDATE {history} SET embedding = $1::vector WHERE scope_id = 'bruno'", replaced
+    )
+    await raw_conn.execute(
+        f"UPDATE {store.layout.qualified_backfills} SET finished_at = NULL, position = NULL "
+        "WHERE name = 'history_vectors'"
+    )
+    vectors = f"SELECT tenant, key, version, embedding::text FROM {history} ORDER BY 1, 2, 3"
+    before = await raw_conn.fetch(vectors)
+    async with PostgresStorage[str, Any](config, HashingEmbedder(64)) as store:
+        assert not store.backfill_pending  # searches need nothing of it
+        read_before = await store.history("k0", **ANA, include_embedding=True)
+        seen: list[tuple[int, int]] = []
+        assert await store.complete_backfills(progress=lambda d, t: seen.append((d, t))) == 5
+        assert seen[-1] == (5, 5)
+        after = {(r[0], r[1], r[2]): r[3] for r in await raw_conn.fetch(vectors)}
+        for tenant, key, version, vector in before:
+            dropped = tenant == "" and key != "b" and version == (2 if key == "k0" else 1)
+            assert after[(tenant, key, version)] == (None if dropped else vector), (key, version)
+        assert await store.history("k0", **ANA, include_embedding=True) == read_before
+        hits = await store.search(MemoryQuery(embedding=read_before[0].embedding, limit=1, **ANA))
+        assert hits[0].entry.key == "k0"
+        # Replaced again, the version gets its vector back from the row, as any current one.
+        second = await _row_vector(raw_conn, config, "k0")
+        await store.store("k0", "rooibos at night", **ANA)
+        assert await _recorded_vectors(raw_conn, config, "k0") == {1: replaced, 2: second, 3: None}
+        assert await store.complete_backfills() == 0
+
+
 async def test_the_entry_carries_its_version_and_a_deleted_key_continues_numbering(
     storage: PostgresStorage[str, Any],
 ) -> None:
@@ -558,6 +612,15 @@ async def test_export_with_history_restores_versions_validity_and_deleted_memori
         assert (report.stored, report.versions, report.failed) == (2, 6, 0), report.errors
         for key, owner in (("job", ANA), ("job-2", ANA), ("gone", BRUNO)):
             assert _comparable(await store.history(key, **owner)) == originals[key], key
+        # A current version is recorded without the vector its row keeps (schema 27), even
+        # when the export gave it one.
+        async with store.database.pool.acquire() as conn:
+            copies = await conn.fetchval(
+                f"SELECT count(*) FROM {_history_table(target)} h "
+                f'JOIN "{target.schema_name}"."{target.table}" m USING (tenant, scope, scope_id, '
+                "key, version) WHERE h.embedding IS NOT NULL"
+            )
+        assert copies == 0
         old = await store.retrieve("job", **ANA, include_invalid=True)
         assert (old.version, old.superseded_by, old.valid_to is not None) == (3, "job-2", True)
         assert (await store.retrieve("job-2", **ANA)).supersedes == "job"

@@ -67,7 +67,7 @@ __all__ = [
     "transaction_settings",
     "open_replicas",
     "check_embedder",
-    "backfills_pending",
+    "pending_backfills",
     "run_backfills",
     "release",
     "grant_tenant",
@@ -309,14 +309,14 @@ async def check_embedder(started: Started[Any], dimension: int, relayout: Relayo
     )
 
 
-async def backfills_pending(started: Started[Any]) -> bool:
-    """Whether an online backfill of the tenant's memories is still to run."""
+async def pending_backfills(started: Started[Any]) -> list[backfill.Backfill]:
+    """The online backfills of the tenant's memories still to run."""
     database, layout, tenant = started.database, started.layout, started.tenant
-    finished = [
-        await backfill.finish_if_idle(database, layout, item, tenant)
+    return [
+        item
         for item in backfill.BACKFILLS_TO_RUN
+        if not await backfill.finish_if_idle(database, layout, item, tenant)
     ]
-    return not all(finished)
 
 
 async def run_backfills(started: Started[Any], progress: ProgressCallback | None) -> int:
