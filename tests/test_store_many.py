@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,7 @@ from pepperpy_pg_memory import (
     MemoryValidationError,
     PostgresStorage,
 )
+from pepperpy_pg_memory.operations.started import Started
 
 
 async def test_store_many_embeds_in_batches_once_per_distinct_text(make_config: Any) -> None:
@@ -97,6 +99,32 @@ async def test_a_bad_item_in_the_middle_stores_nothing(storage: PostgresStorage[
     with pytest.raises(MemoryValidationError, match="needs both"):
         await storage.store_many([{"key": "a"}])
     assert await storage.count() == 0
+
+
+async def test_the_collector_is_paused_only_while_a_batch_is_prepared(
+    storage: PostgresStorage[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Preparing a batch pauses Python's cyclic collector (gc_pause): it is on again after
+    # the call, however it ends, and a caller's own pause is left alone.
+    seen: list[bool] = []
+    prepare = Started.prepare
+
+    def noting(self: Started[Any], *args: Any, **kwargs: Any) -> Any:
+        seen.append(gc.isenabled())
+        return prepare(self, *args, **kwargs)
+
+    monkeypatch.setattr(Started, "prepare", noting)
+    await storage.store_many([{"key": f"k{i}", "value": f"note {i}"} for i in range(40)])
+    assert seen and not any(seen) and gc.isenabled()
+    with pytest.raises(MemoryValidationError):
+        await storage.store_many([{"key": "a", "value": "fine"}, {"key": "b", "value": None}])
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        await storage.store_many([{"key": "c", "value": "more"}])
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
 
 
 async def test_embedder_failure_midway_stores_nothing(make_config: Any) -> None:

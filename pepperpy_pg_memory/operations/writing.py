@@ -22,6 +22,7 @@ from ..coalesce import Coalescer, together_or_alone
 from ..config import PostgresConfig
 from ..dedupe import BatchDeduplication
 from ..errors import MemoryError, MemoryValidationError
+from ..gc_pause import cyclic_gc_paused
 from ..history import Change
 from ..items import PendingWrite, item_fields, verbatim
 from ..models import MemoryEntry, StoredCount, trusted
@@ -333,14 +334,13 @@ async def store_many(
     batch = builtins.list(writes.values())
     await plan_embeddings(started, batch, progress)
     config = started.config
-    deduplication = (
-        None
-        if dedupe is False
-        else BatchDeduplication(started.statements, started.tenant, batch, dedupe, reinforcing)
-    )
-    rows = await started.database.run(
-        "store_many",
-        partial(
+    with cyclic_gc_paused():
+        deduplication = (
+            None
+            if dedupe is False
+            else BatchDeduplication(started.statements, started.tenant, batch, dedupe, reinforcing)
+        )
+        work = partial(
             write_batch,
             started.statements,
             started.tenant,
@@ -352,8 +352,8 @@ async def store_many(
             change=batch[0].change,
             dedupe=deduplication,
             quota=config.max_memories_per_owner,
-        ),
-    )
+        )
+    rows = await started.database.run("store_many", work)
     folded = len(deduplication.duplicates) if deduplication is not None else 0
     started.term_stats.note_writes(len(batch), [write.owner for write in batch])
     await repair_embeddings(started, [identity_of(row) for row in rows], writes)
@@ -391,18 +391,19 @@ async def store_items(
     """``store_many()``: ``items`` checked over ``defaults`` (the last of a memory given
     twice wins), then written in one transaction."""
     writes: dict[Identity, PendingWrite] = {}
-    for position, item in enumerate(items):
-        fields = item_fields(item, position)
-        try:
-            write = started.prepare(**{**defaults, **fields})
-        except MemoryValidationError as exc:
-            # Say which item, keeping the error's own class (DimensionMismatchError...).
-            exc.message = f"item {position}: {exc.message}"
-            raise
-        write.change = change
-        # Re-inserted so that the last occurrence decides the order.
-        writes.pop(write.identity, None)
-        writes[write.identity] = write
+    with cyclic_gc_paused():
+        for position, item in enumerate(items):
+            fields = item_fields(item, position)
+            try:
+                write = started.prepare(**{**defaults, **fields})
+            except MemoryValidationError as exc:
+                # Say which item, keeping the error's own class (DimensionMismatchError...).
+                exc.message = f"item {position}: {exc.message}"
+                raise
+            write.change = change
+            # Re-inserted so that the last occurrence decides the order.
+            writes.pop(write.identity, None)
+            writes[write.identity] = write
     if not writes:
         return StoredCount(0)
     return await store_many(started, writes, dedupe_rule(started.config, dedupe), progress)
