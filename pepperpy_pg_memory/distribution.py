@@ -29,6 +29,7 @@ from .schema import (
     CITUS_READY_VERSION,
     CLIENT_SCHEMA_SETTING,
     EXPIRY_REFRESHES_VERSION,
+    HEAP_FILLFACTOR,
     METADATA_INDEXES,
     MIGRATION_LOCK_KEY,
     REGISTRY,
@@ -252,6 +253,11 @@ async def distribute(
         async with session.transaction():
             for statement in _fold_refreshes(layout):
                 await session.execute(statement)
+            # There a refresh rewrites the row: new pages keep room for it, as schema 21
+            # gave every table (one server's are filled since schema 28).
+            await session.execute(
+                Query(f"ALTER TABLE {layout.qualified_table} SET (fillfactor = {HEAP_FILLFACTOR})")
+            )
     enabled, _ = await row_security(session, layout.qualified_table)
     if enabled:
         # Citus copies each table's policies to its shards, and refuses the single server's

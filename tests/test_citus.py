@@ -340,12 +340,20 @@ async def test_an_existing_store_is_converted_by_distribute_with_nothing_lost(
             await conn.execute(
                 f"ALTER FUNCTION {function}() SET plan_cache_mode = force_generic_plan"
             )
+        # And pages filled to the brim (schema 28 on one server).
+        table = f'"{plain.schema_name}"."{plain.table}"'
+        await conn.execute(f"ALTER TABLE {table} RESET (fillfactor)")
         async with _store(plain) as store:
             await store.distribute("owner", progress=lambda done, total: seen.append((done, total)))
             # The store goes on working, distributed.
             await store.store("k2", "Ana likes rooibos", **ANA)
         for function in functions:
             assert await conn.fetchval(planning, function) is None, function
+        # On the cluster a TTL refresh rewrites the row: its page keeps room for it.
+        options = await conn.fetchval(
+            "SELECT reloptions FROM pg_class WHERE oid = $1::regclass", table
+        )
+        assert "fillfactor=70" in options
     finally:
         await conn.close()
     assert seen[-1][0] == seen[-1][1] and len(seen) == seen[-1][1]

@@ -152,6 +152,12 @@ async def test_a_release_0_1_database_upgrades_in_place(
         assert newer.embedding == pytest.approx(current.embedding)
         assert newer.embedding != pytest.approx(older.embedding)
 
+        # Migration 28: on one server new pages are filled again (21 had left 30% free).
+        options = await raw_conn.fetchval(
+            "SELECT reloptions FROM pg_class WHERE oid = $1::regclass", f'"{schema}".memories'
+        )
+        assert not any(option.startswith("fillfactor=") for option in options or [])
+
         # Migration 5 added an empty passages table: an upgraded item gains per-field
         # vectors when written again, for its owner only.
         passages = f'"{schema}".memories_passages'
