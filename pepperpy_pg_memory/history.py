@@ -183,10 +183,15 @@ def _same_memory(alias: str) -> str:
 def repeats_current_vector(history: str, memory: str) -> str:
     """SQL: the history row ``history`` records the current version of the memory row
     ``memory`` with a copy of its vector (as before schema version 27, or as an import
-    writes it), which the row already keeps."""
+    writes it), which the row already keeps.
+
+    ``replaced_at`` is asked of the history row itself: an UPDATE that waited for a writer
+    replacing the memory rechecks the row it updates as the writer left it (replaced, the
+    vector its only copy), but not the memory row it joined."""
     return (
         f"{same_memory(history, memory)} AND {history}.version = {memory}.version "
-        f"AND {memory}.in_history AND {history}.embedding = {memory}.embedding"
+        f"AND {history}.replaced_at IS NULL AND {memory}.in_history "
+        f"AND {history}.embedding = {memory}.embedding"
     )
 
 

@@ -752,6 +752,9 @@ NOT_ON_THE_CLUSTER = [
     # The `ordinary` fixture's role is granted its schema on the coordinator only (the
     # cluster's own row-level security tests are in this file).
     "tests/test_history.py::test_history_has_row_level_security",
+    # Waits for a lock, which on a cluster is taken on a worker (the coordinator's
+    # pg_stat_activity does not show the wait).
+    "tests/test_history.py::test_the_backfill_leaves_a_version_replaced_while_it_waited_its_vector",
     # Reads the plan of a statement across owners, which on a cluster is each shard's.
     "tests/test_store_many.py::test_bulk_load_rebuilds_the_vector_index_atomically",
     # Ages rows with SQL of the test's own that Citus refuses (a moment computed from a

@@ -209,6 +209,51 @@ async def test_an_upgrade_drops_the_copies_of_current_vectors_its_history_kept(
         assert await store.complete_backfills() == 0
 
 
+async def test_the_backfill_leaves_a_version_replaced_while_it_waited_its_vector(
+    make_config: Any, raw_conn: asyncpg.Connection, pg_dsn: str
+) -> None:
+    # The backfill's UPDATE of a current version's record can wait for a writer replacing
+    # the memory; after it the record is the replaced version's, its vector the only copy.
+    config = make_config(background_backfill=False)
+    async with PostgresStorage[str, Any](config, HashingEmbedder(64)) as store:
+        await store.store("k", "green tea in the morning", **ANA)
+    table, history = f'"{config.schema_name}"."{config.table}"', _history_table(config)
+    await raw_conn.execute(  # a copy, as schema 26 recorded it
+        f"UPDATE {history} h SET embedding = m.embedding FROM {table} m "
+        "WHERE (h.tenant, h.scope, h.scope_id, h.key) = (m.tenant, m.scope, m.scope_id, m.key)"
+    )
+    await raw_conn.execute(
+        f'UPDATE "{config.schema_name}"."{config.table}_backfills" '
+        "SET finished_at = NULL, position = NULL WHERE name = 'history_vectors'"
+    )
+    first = await _recorded_vectors(raw_conn, config, "k")
+    writer = await asyncpg.connect(pg_dsn)
+    try:
+        async with PostgresStorage[str, Any](config, HashingEmbedder(64)) as store:
+            replacing = writer.transaction()
+            await replacing.start()
+            await writer.execute(  # a writer of its own (the row triggers record it)
+                f"UPDATE {table} SET value = '\"black coffee\"', content = 'black coffee', "
+                "embedding = NULL, updated_at = clock_timestamp() "
+                "WHERE scope = 'user' AND scope_id = 'ana' AND key = 'k'"
+            )
+            backfill = asyncio.create_task(store.complete_backfills())
+            for _ in range(200):  # until the backfill waits for the writer's lock
+                waiting = await raw_conn.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND query LIKE '%history%'"
+                )
+                if waiting:
+                    break
+                await asyncio.sleep(0.05)
+            assert waiting
+            await replacing.commit()
+            assert await backfill == 0
+    finally:
+        await writer.close()
+    assert (await _recorded_vectors(raw_conn, config, "k"))[1] == first[1] is not None
+
+
 async def test_the_entry_carries_its_version_and_a_deleted_key_continues_numbering(
     storage: PostgresStorage[str, Any],
 ) -> None:
