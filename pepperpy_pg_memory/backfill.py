@@ -109,7 +109,7 @@ then deduplication, consolidation and the quota would treat them as ordinary mem
 
 def _current_vector_copied(layout: TableLayout) -> str:
     return (
-        f"m.in_history AND EXISTS (SELECT 1 FROM {layout.qualified_history} h "
+        f"EXISTS (SELECT 1 FROM {layout.qualified_history} h "
         f"WHERE {repeats_current_vector('h', 'm')})"
     )
 
