@@ -470,7 +470,7 @@ def as_of_source(layout: TableLayout, moment: str) -> str:
     """
     live = ", ".join(f"m.{column}" for column in VERSIONED_COLUMNS)
     return f"""(
-        SELECT {live}, m.updated_at, m.tsv, m.terms
+        SELECT {live}, m.updated_at, m.terms
         FROM {layout.qualified_table} m
         WHERE m.updated_at <= {moment}
         UNION ALL
@@ -490,7 +490,6 @@ def replaced_versions(layout: TableLayout, moment: str) -> str:
     gone = ", ".join(f"'{operation}'" for operation in GONE_OPERATIONS)
     return f"""(
         SELECT {versioned}, h.at AS updated_at,
-            CASE WHEN {contextual} THEN to_tsvector({config}, h.content) END AS tsv,
             CASE WHEN {contextual} THEN {terms}({config}, h.content) END AS terms
         FROM {layout.qualified_history} h
         WHERE h.replaced_at > {moment} AND h.at <= {moment}

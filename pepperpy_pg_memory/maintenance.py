@@ -87,7 +87,7 @@ async def convert_dimension(
 async def rebuild_contextual(
     layout: TableLayout, wanted: str, tenant: str, timeout: float, session: Session
 ) -> int:
-    """Rebuild the full-text and trigram indexes, first switching the text search
+    """Rebuild the terms and trigram indexes, first switching the text search
     configuration to ``wanted`` if it differs; returns how many memories they cover."""
     async with session.transaction():
         steps: list[Query] = []
@@ -99,7 +99,6 @@ async def rebuild_contextual(
                 )
             switched = replace(layout, text_search_config=wanted)
             steps += [
-                *switched.set_tsvector_expression(),
                 *switched.recompute_terms(),
                 Statements(switched).record_text_search_config(),
             ]

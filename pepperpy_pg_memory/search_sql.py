@@ -407,16 +407,26 @@ class SearchStatements:
             f"{params.add(query)})"
         )
 
+    def _words(self, params: Params, alias: str = "m") -> str:
+        """A memory's words as a tsvector: its terms, indexed. While the terms backfill runs
+        (a table upgraded from before schema 6), a memory it has not reached yet is parsed
+        here instead: schema 29 dropped the full-text column that answered for it."""
+        if not self.backfilling:
+            return f"{alias}.terms"
+        config = params.add(self.layout.text_search_config)
+        return f"coalesce({alias}.terms, to_tsvector({config}::text::regconfig, {alias}.content))"
+
     def _all_words(self, params: Params, query: str, where: str, want: str) -> str:
         """A CTE body: memories holding every word of ``query`` (web-search syntax), ranked by
         cover density: the contextual search of releases before BM25, kept as
         ``contextual_match="all"``."""
         tsquery = self._tsquery(params, query)
+        words = self._words(params)
         return f"""
-            SELECT {M_OWNER_KEY}, 0.5 + 0.5 * ts_rank_cd(m.tsv, {tsquery}, 32) AS score,
+            SELECT {M_OWNER_KEY}, 0.5 + 0.5 * ts_rank_cd({words}, {tsquery}, 32) AS score,
                 1.0::float8 AS coverage
             FROM {self.table} m
-            WHERE {CONTEXTUAL} AND {where} AND m.tsv @@ {tsquery}
+            WHERE {CONTEXTUAL} AND {where} AND {words} @@ {tsquery}
             ORDER BY score DESC, m.key, m.scope, m.scope_id
             LIMIT {want}
         """
@@ -520,7 +530,7 @@ class SearchStatements:
         terms_of = f"{terms_function(self.layout.schema)}({config}::text::regconfig, "
         # Phrases and exclusions keep their web-search meaning, as conditions.
         constraint = (
-            f"coalesce(m.terms, m.tsv) @@ {self._tsquery(params, required)}" if required else "TRUE"
+            f"{self._words(params)} @@ {self._tsquery(params, required)}" if required else "TRUE"
         )
         candidate = f"{CONTEXTUAL} AND {where} AND {constraint}"
 
@@ -548,12 +558,14 @@ class SearchStatements:
                     UNION ALL
                     {through_index}) probed)"""
 
-        # Memories written before terms existed are found by their full-text column until the
-        # online backfill reaches them (see backfill.TERMS).
+        # Memories written before terms existed are found by their text, parsed here, until
+        # the online backfill reaches them (see backfill.TERMS): a scan of the restriction's
+        # memories, while the backfill runs.
+        parsed = f"to_tsvector({config}::text::regconfig, m.content)"
         unfilled = (
             f"""UNION
-                (SELECT {M_OWNER_KEY}, m.tsv AS terms FROM {self.table} m
-                 WHERE m.terms IS NULL AND m.tsv @@ {self._tsquery(params, positive)}
+                (SELECT {M_OWNER_KEY}, {parsed} AS terms FROM {self.table} m
+                 WHERE m.terms IS NULL AND {parsed} @@ {self._tsquery(params, positive)}
                    AND {candidate} LIMIT {cap})"""
             if self.backfilling
             else ""
@@ -739,7 +751,8 @@ class SearchStatements:
                     {uncounted(w)}
                     AND NOT EXISTS (SELECT 1 FROM {self.table} x
                         WHERE x.tenant = {own_tenant}{own_words}
-                          AND x.tsv @@ plainto_tsquery({config}::text::regconfig, {w}))
+                          AND {self._words(params, "x")}
+                              @@ plainto_tsquery({config}::text::regconfig, {w}))
                 THEN {w} END AS suspect{number}"""
             for number, w in enumerate(fuzzy)
         ]

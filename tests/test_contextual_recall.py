@@ -484,9 +484,21 @@ async def test_an_upgraded_table_is_searchable_before_and_after_its_backfill(
     async with PostgresStorage[str, Any](config, HashingEmbedder(16)) as store:
         # Migrated without touching a row: the terms come later, online.
         assert await raw_conn.fetchval(f"SELECT count(terms) FROM {table}") == 0
-        # Meanwhile the old full-text column answers.
+        # Meanwhile their text answers, parsed when searched (schema 29 dropped the full-text
+        # column that did): by any word, a phrase, every word, and a misspelling's check.
         hits = await _contextual(store, "peanuts")
         assert [h.entry.key for h in hits] == ["ana-allergy"]
+        assert [h.entry.key for h in await _contextual(store, '"allergic to peanuts"')] == [
+            "ana-allergy"
+        ]
+        assert await _contextual(store, '"peanuts allergic"') == []
+        assert [h.entry.key for h in await _contextual(store, "peanutz")] == ["ana-allergy"]
+        every_word = config.model_copy(update={"contextual_match": "all"})
+        async with PostgresStorage[str, Any](every_word, HashingEmbedder(16)) as all_words:
+            assert [h.entry.key for h in await _contextual(all_words, "office closes")] == [
+                "global-fact"
+            ]
+            assert await _contextual(all_words, "office peanuts") == []
         contextual_rows = await raw_conn.fetchval(
             f"SELECT count(*) FROM {table} WHERE indices @> ARRAY['contextual']"
         )

@@ -157,6 +157,24 @@ async def test_a_release_0_1_database_upgrades_in_place(
             "SELECT reloptions FROM pg_class WHERE oid = $1::regclass", f'"{schema}".memories'
         )
         assert not any(option.startswith("fillfactor=") for option in options or [])
+        # Migration 29: the words are the terms alone; the full-text column and its index
+        # are gone, and 0.1's memories are found by their words (before and after the
+        # backfill gives them terms: see test_contextual_recall).
+        assert not await raw_conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = $1::regclass "
+            "AND attname = 'tsv' AND NOT attisdropped)",
+            f'"{schema}".memories',
+        )
+        assert (
+            await raw_conn.fetchval("SELECT to_regclass($1)", f'"{schema}".memories_tsv_idx')
+            is None
+        )
+        words = await store.search(
+            MemoryQuery(
+                query="allergic", index_type=MemoryIndex.CONTEXTUAL, scope="user", scope_id="ana"
+            )
+        )
+        assert [hit.entry.key for hit in words] == ["ana-allergy"]
 
         # Migration 5 added an empty passages table: an upgraded item gains per-field
         # vectors when written again, for its owner only.

@@ -31,8 +31,8 @@ async def test_stats_follow_the_operations(storage: PostgresStorage[str, Any]) -
     assert after["pool"]["waiting"] == 0 and after["pool"]["size"] >= 1
     assert set(after["index_bytes"]) >= {
         f"{storage.config.table}_embedding_idx",
-        f"{storage.config.table}_tsv_idx",
         f"{storage.config.table}_terms_idx",
+        f"{storage.config.table}_trgm_idx",
     }
     assert after["total_bytes"] > before["total_bytes"]
     assert after["embedding_cache"]["hits"] >= 2  # the repeated query was embedded once

@@ -339,16 +339,16 @@ async def test_reindex_contextual_switches_the_language(
         assert store.layout.text_search_config == "portuguese"
         hits = await store.search(MemoryQuery(query="gato", index_type=MemoryIndex.CONTEXTUAL))
         assert [h.entry.key for h in hits] == ["pt"]
-        # A memory written after the switch is indexed in the new language too (its terms
-        # and its full-text column), and the full-text column keeps its index.
+        # A memory written after the switch is indexed in the new language too, and the
+        # terms keep their index.
         await store.store("pt2", "as gatas estavam correndo")
         hits = await store.search(MemoryQuery(query="gata", index_type=MemoryIndex.CONTEXTUAL))
         assert sorted(h.entry.key for h in hits) == ["pt", "pt2"]
         assert await raw_conn.fetchval(
-            "SELECT to_tsvector('portuguese', content) = tsv AND terms IS NOT NULL "
+            "SELECT to_tsvector('portuguese', content) = terms "
             f"FROM {store.layout.qualified_table} WHERE key = 'pt2'"
         )
-        index = store.layout.qualified_index("tsv_idx")
+        index = store.layout.qualified_index("terms_idx")
         assert await raw_conn.fetchval("SELECT to_regclass($1) IS NOT NULL", index)
     row = await _registry(raw_conn, config.schema_name, config.table)
     assert row["text_search_config"] == "portuguese"

@@ -118,6 +118,14 @@ async def test_a_table_of_an_older_schema_version_is_upgraded(
     for later in ("passages", "access"):  # tables of later migrations, keyed by the tenant
         await raw_conn.execute(f'DROP TABLE "{config.schema_name}"."{config.table}_{later}"')
     await raw_conn.execute(f"ALTER TABLE {table} DROP COLUMN tenant")
+    # Migration 1's full-text column and its index, which migration 29 dropped.
+    await raw_conn.execute(
+        f"ALTER TABLE {table} ADD COLUMN tsv tsvector GENERATED ALWAYS AS "
+        f"({store.layout.tsvector_expression()}) STORED"
+    )
+    await raw_conn.execute(
+        f"CREATE INDEX {store.layout.index_name('tsv_idx')} ON {table} USING gin (tsv)"
+    )
     await raw_conn.execute(
         f'UPDATE "{config.schema_name}".pepperpy_memory_tables SET schema_version = 1 '
         "WHERE table_name = $1",

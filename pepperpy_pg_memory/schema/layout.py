@@ -368,7 +368,9 @@ class TableLayout:
     @property
     def gin_indexes(self) -> tuple[str, ...]:
         """Suffixes of the table's GIN indexes at its version."""
-        return GIN_INDEXES + (("terms_idx",) if self.version >= TERMS_VERSION else ())
+        full_text = ("tsv_idx",) if self.version < ONE_TEXT_VECTOR_VERSION else ()
+        terms = ("terms_idx",) if self.version >= TERMS_VERSION else ()
+        return full_text + GIN_INDEXES + terms
 
     def retype_embedding_column(self) -> list[Query]:
         """Give the embedding columns (memories', passages' and versions') this layout's
@@ -384,34 +386,9 @@ class TableLayout:
             for table in tables
         ]
 
-    def set_tsvector_expression(self) -> list[Query]:
-        """Recompute the generated tsvector column with this layout's text search config
-        (either way, every row is written again)."""
-        if not self.distributed:
-            return [
-                Query(
-                    f"ALTER TABLE {self.qualified_table} ALTER COLUMN tsv "
-                    f"SET EXPRESSION AS ({self.tsvector_expression()})"
-                )
-            ]
-        # Citus runs no SET EXPRESSION on a distributed table: the column goes, with its
-        # index, and comes back computed in the new configuration (last among the columns;
-        # every statement names the columns it reads).
-        return [
-            Query(f"ALTER TABLE {self.qualified_table} DROP COLUMN tsv"),
-            Query(
-                f"ALTER TABLE {self.qualified_table} ADD COLUMN tsv tsvector "
-                f"GENERATED ALWAYS AS ({self.tsvector_expression()}) STORED"
-            ),
-            Query(
-                f"CREATE INDEX {self.index_name('tsv_idx')} ON {self.qualified_table} "
-                f"USING gin (tsv) WITH (gin_pending_list_limit = {GIN_PENDING_LIST_KB})"
-            ),
-        ]
-
     def recompute_terms(self) -> list[Query]:
         """Compute every memory's terms again with this layout's configuration (and have the
-        trigger use it from now on)."""
+        trigger use it from now on): the one parse of its text that word searches read."""
         return [
             *([Query(UNSAFE_TRIGGERS)] if self.distributed else []),
             Query(self.terms_trigger_statement()),
@@ -425,10 +402,12 @@ class TableLayout:
     def reindex_text_indexes(self) -> list[Query]:
         return [
             Query(f"REINDEX INDEX {self.qualified_index(suffix)}")
-            for suffix in ("tsv_idx", "trgm_idx", "terms_idx")
+            for suffix in ("trgm_idx", "terms_idx")
         ]
 
     def tsvector_expression(self) -> str:
+        """The generated full-text column of schemas 1 to 28 (migration 1 creates it, 29
+        drops it: the terms hold the same words)."""
         # The configuration name matched TEXT_SEARCH_CONFIG_PATTERN and was looked up in
         # pg_ts_config before any DDL uses it.
         return (
@@ -437,7 +416,9 @@ class TableLayout:
         )
 
 
-GIN_INDEXES = ("tsv_idx", "trgm_idx", "metadata_idx")
+GIN_INDEXES = ("trgm_idx", "metadata_idx")
+"""The GIN indexes every table has (with the terms' from :data:`TERMS_VERSION`, and the
+generated full-text column's before :data:`ONE_TEXT_VECTOR_VERSION`)."""
 GIN_PENDING_LIST_KB = 256
 """The GIN indexes' pending lists, in kB (see migration 2)."""
 UNSAFE_TRIGGERS = "SET LOCAL citus.enable_unsafe_triggers = on"
@@ -450,6 +431,10 @@ TERMS_VERSION = 6
 HISTORY_VERSION = 8
 
 EXPIRY_REFRESHES_VERSION = 23
+
+ONE_TEXT_VECTOR_VERSION = 29
+"""The schema from which a memory's words are its terms alone (the generated ``tsv`` column
+and its index dropped)."""
 
 STATEMENT_VERSIONS_SETTING = "pepperpy.statement_versions"
 """Transaction setting: 'on' while a bulk merge numbers and records its own versions, computes

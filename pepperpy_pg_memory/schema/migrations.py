@@ -13,7 +13,6 @@ from ..sql import Query
 from ..types import MANAGED_FIELD
 from .layout import (
     EXPIRY_REFRESHES_VERSION,
-    GIN_INDEXES,
     GIN_PENDING_LIST_KB,
     HISTORY_VERSION,
     ROW_TRIGGERS_ON,
@@ -68,7 +67,7 @@ def _v2_small_gin_pending_lists(layout: TableLayout) -> list[str]:
     return [
         f"ALTER INDEX {layout.qualified_index(suffix)} "
         f"SET (gin_pending_list_limit = {GIN_PENDING_LIST_KB})"
-        for suffix in GIN_INDEXES
+        for suffix in ("tsv_idx", "trgm_idx", "metadata_idx")
     ]
 
 
@@ -1507,6 +1506,23 @@ def _v28_full_pages_on_one_server(layout: TableLayout) -> list[str]:
     ]
 
 
+def _v29_one_text_vector(layout: TableLayout) -> list[str]:
+    # Every memory's text was parsed twice on every write: into the generated tsv column
+    # (the words search of the first releases) and into its terms (migration 6: the same
+    # words, with the identifiers in the text). Both were stored and GIN-indexed. At 10,000
+    # memories of 384 dimensions the column cost a tenth of a millisecond a row to compute
+    # (~95 of a bulk insert's ~180 ms) and ~120 bytes a row, which made the row ~2.1 kB:
+    # three to a page instead of four (2,731 bytes of table a memory against 2,048), and its
+    # index 85 more. Word searches read the terms; a memory the terms backfill has not
+    # reached yet is parsed when searched, as long as the backfill runs (search_sql). Both
+    # drops are catalog changes: nothing is rewritten (the column's bytes stay in each row
+    # until the row is next written).
+    return [
+        f"DROP INDEX IF EXISTS {layout.qualified_index('tsv_idx')}",
+        f"ALTER TABLE {layout.qualified_table} DROP COLUMN IF EXISTS tsv",
+    ]
+
+
 def _generic_trigger_plans(layout: TableLayout, action: str) -> str:
     """PL/pgSQL: ``ALTER FUNCTION … {action}`` for the version and quota trigger functions."""
     number, _ = _history_function_names(layout)
@@ -1554,6 +1570,7 @@ MIGRATIONS: list[Migration] = [
     _v26_triggers_planned_once,
     _v27_current_vector_kept_once,
     _v28_full_pages_on_one_server,
+    _v29_one_text_vector,
 ]
 """Append-only. Position i (0-based) is schema version i + 1."""
 
