@@ -9,7 +9,7 @@ per transaction, and records its position in the table's backfill positions in t
 transaction, so a crash loses at most the batch under way and the next run resumes after the
 last committed one. Several processes may run the same backfill: each batch locks the
 backfill's row, so they take turns. Readers must stay correct while rows are pending (e.g.
-contextual search falls back to the old full-text column for rows without terms).
+contextual search parses the text of rows without terms as it reads them).
 """
 
 from __future__ import annotations

@@ -104,8 +104,8 @@ class Started(Generic[V]):
     """Part of every memory's identity; '' for a store without a tenant."""
     layout: TableLayout
     backfilling: bool
-    """Whether an online backfill may still leave rows without terms (searches then look at
-    the old full-text column too)."""
+    """Whether an online backfill may still leave rows without terms (word searches then
+    parse those rows' text as they read them)."""
     database: Database
     reads: Runner
     """Where the reads a replica may serve run."""
