@@ -137,6 +137,12 @@ def _at_least(params: Params, expression: str, min_score: float | None) -> str:
     return f"({expression}) >= {params.add(float(min_score))}::float8"
 
 
+def _parsed_text(config: str, alias: str = "m") -> str:
+    """The words of memory ``alias``'s text, parsed in the text search configuration
+    ``config`` (a bind parameter): what a memory without terms yet is searched by."""
+    return f"to_tsvector({config}::text::regconfig, {alias}.content)"
+
+
 def _walk_wider(params: Params, ef_search: int) -> str:
     """A condition that sets ``hnsw.ef_search`` for this statement alone.
 
@@ -413,8 +419,8 @@ class SearchStatements:
         here instead: schema 29 dropped the full-text column that answered for it."""
         if not self.backfilling:
             return f"{alias}.terms"
-        config = params.add(self.layout.text_search_config)
-        return f"coalesce({alias}.terms, to_tsvector({config}::text::regconfig, {alias}.content))"
+        parsed = _parsed_text(params.add(self.layout.text_search_config), alias)
+        return f"coalesce({alias}.terms, {parsed})"
 
     def _all_words(self, params: Params, query: str, where: str, want: str) -> str:
         """A CTE body: memories holding every word of ``query`` (web-search syntax), ranked by
@@ -561,7 +567,7 @@ class SearchStatements:
         # Memories written before terms existed are found by their text, parsed here, until
         # the online backfill reaches them (see backfill.TERMS): a scan of the restriction's
         # memories, while the backfill runs.
-        parsed = f"to_tsvector({config}::text::regconfig, m.content)"
+        parsed = _parsed_text(config)
         unfilled = (
             f"""UNION
                 (SELECT {M_OWNER_KEY}, {parsed} AS terms FROM {self.table} m
