@@ -265,6 +265,9 @@ def test_owners_benchmark_runs_small(tmp_path: Path) -> None:
     # Term statistics are per owner: the shared table ranks words as the owner's own does.
     assert report["quality"]["small_contextual_agreement_at_10"] == 1.0
     assert all("Scan" in line for line in report["plans"]["big"])
+    # The big owner's recall counts its 12 timed queries and --recall-queries' 200 more.
+    assert report["semantic_recall_queries"] == {"small": 3 * 3, "big": 3 * 4 + 200}
+    assert set(report["big_semantic_recall_at_10_by_ef_search"]) == {"40", "100", "200"}
     after = report["after_retiring_30_percent"]
     assert after["memories_retired"] == 3 * 30 + 180  # 30% of three owners of 100 and of 600
     # Expired and superseded memories are never returned: the live ones are found as before.
